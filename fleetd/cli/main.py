@@ -1,0 +1,459 @@
+"""`fleetd …` commands. Heavy or daemon-side modules are imported inside the commands that need
+them, so `fleetd loop list` stays a ~50 ms round trip."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from fleetd import __version__
+from fleetd.cli.client import Client, CliError, segment
+from fleetd.cli.format import emit_json, local_time, schedule_text, short, table
+from fleetd.paths import Paths, resolve
+from fleetd.timefmt import format_duration
+
+
+def _paths() -> Paths:
+    return resolve()
+
+
+def _client(timeout: float | None = 30.0) -> Client:
+    return Client(_paths().socket, timeout=timeout)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="fleetd")
+def cli() -> None:
+    """fleetd: run coding-agent loops unattended."""
+
+
+# -- daemon ---------------------------------------------------------------------------------------
+
+
+@cli.group()
+def daemon() -> None:
+    """Start, stop and inspect the daemon."""
+
+
+def _daemon_options(f):  # type: ignore[no-untyped-def]
+    f = click.option("--stop-grace", default="30s", show_default=True,
+                     help="How long in-flight runs may finish on stop.")(f)  # fmt: skip
+    f = click.option("--kill-grace", default="5s", show_default=True,
+                     help="Between SIGTERM and SIGKILL of a run's processes.")(f)  # fmt: skip
+    return f
+
+
+def _seconds(value: str, flag: str) -> float:
+    from fleetd.timefmt import DurationError, parse_duration
+
+    try:
+        return parse_duration(value)
+    except DurationError as e:
+        raise CliError(f"invalid {flag}: {e}", exit_code=2) from None
+
+
+@daemon.command("run")
+@_daemon_options
+def daemon_run(stop_grace: str, kill_grace: str) -> None:
+    """Run the daemon in the foreground (what the service unit runs)."""
+    from fleetd.daemon.main import DaemonOptions, run_daemon
+
+    options = DaemonOptions(
+        stop_grace=_seconds(stop_grace, "--stop-grace"), kill_grace=_seconds(kill_grace, "--kill-grace")
+    )
+    raise SystemExit(run_daemon(_paths(), options))
+
+
+@daemon.command("start")
+@_daemon_options
+@click.option("--wait", "wait_s", default=15.0, show_default=True, help="Seconds to wait for the socket.")
+def daemon_start(stop_grace: str, kill_grace: str, wait_s: float) -> None:
+    """Start the daemon in the background; returns once its socket answers."""
+    paths = _paths()
+    client = Client(paths.socket, timeout=2.0)
+    health = client.ping()
+    if health:
+        click.echo(f"fleetd daemon already running (pid {health['pid']}, socket {paths.socket})")
+        return
+    paths.ensure()
+    argv = [sys.executable, "-m", "fleetd", "daemon", "run", "--stop-grace", stop_grace,
+            "--kill-grace", kill_grace]  # fmt: skip
+    with open(paths.daemon_log, "ab") as logf:
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, start_new_session=True, close_fds=True
+        )
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        health = client.ping()
+        if health:
+            click.echo(f"fleetd daemon started (pid {health['pid']}, socket {paths.socket})")
+            return
+        if proc.poll() is not None:
+            raise CliError(f"fleetd daemon exited with status {proc.returncode}: {_last_line(paths)}")
+        time.sleep(0.05)
+    raise CliError(f"fleetd daemon did not answer within {wait_s:g}s; see {paths.daemon_log}")
+
+
+def _last_line(paths: Paths) -> str:
+    try:
+        lines = paths.daemon_log.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return "(no log)"
+    return lines[-1] if lines else "(no log)"
+
+
+@daemon.command("stop")
+@click.option("--wait", "wait_s", default=60.0, show_default=True, help="Seconds to wait for it to exit.")
+def daemon_stop(wait_s: float) -> None:
+    """Stop the daemon: no new fires, in-flight runs get the stop grace, then are interrupted."""
+    paths = _paths()
+    client = Client(paths.socket, timeout=5.0)
+    if client.ping() is None:
+        click.echo(f"fleetd daemon is not running (socket {paths.socket})")
+        return
+    answer = client.call("POST", "/v1/shutdown")
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        if not _pid_alive(answer["pid"]):
+            click.echo(f"fleetd daemon stopped (pid {answer['pid']})")
+            return
+        time.sleep(0.05)
+    raise CliError(f"fleetd daemon (pid {answer['pid']}) still running after {wait_s:g}s")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie still answers kill(0); it is gone for our purpose.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][:1] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+@daemon.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def daemon_status(as_json: bool) -> None:
+    """Is the daemon running, and what is it doing."""
+    health = _client(timeout=5.0).call("GET", "/v1/health")
+    if as_json:
+        emit_json(health)
+        return
+    click.echo(
+        f"fleetd {health['version']} running: pid {health['pid']}, up {format_duration(health['uptime_s'])}, "
+        f"{health['loops']} loop(s), {health['running_runs']} run(s) in progress\n"
+        f"home {health['home']}\nsocket {health['socket']}"
+    )
+
+
+# -- loops ----------------------------------------------------------------------------------------
+
+
+@cli.group()
+def loop() -> None:
+    """Define and control loops."""
+
+
+def _parse_size(text: str) -> int:
+    units = {"": 1, "b": 1, "k": 1024, "kb": 1024, "m": 1024**2, "mb": 1024**2, "g": 1024**3, "gb": 1024**3}
+    raw = text.strip().lower()
+    number = raw.rstrip("kmgb")
+    unit = raw[len(number) :]
+    try:
+        return int(float(number) * units[unit])
+    except (ValueError, KeyError):
+        raise CliError(f"invalid size {text!r} (use e.g. 512k, 10MB)", exit_code=2) from None
+
+
+@loop.command("add")
+@click.argument("name")
+@click.option("--cron", help='Cron expression, e.g. "0 2 * * *".')
+@click.option("--every", help="Interval, e.g. 10m, 1h30m.")
+@click.option("--at", help="One-shot time, ISO 8601, e.g. 2026-12-01T09:00.")
+@click.option("--tz", "timezone", help="Time zone of the schedule (default: the daemon's local zone).")
+@click.option("--dir", "workdir", type=click.Path(file_okay=False), help="Working directory.")
+@click.option("--backend", default="command", show_default=True, help="Backend that runs it.")
+@click.option("--command", "command", help="Shell command (command backend).")
+@click.option("--prompt", help="Prompt text (stdin and FLEETD_PROMPT for the command backend).")
+@click.option("--prompt-file", type=click.Path(dir_okay=False), help="File read for the prompt at each run.")
+@click.option("--env", "env", multiple=True, metavar="K=V", help="Environment variable (repeatable).")
+@click.option("--timeout", help="Kill the run after this long, e.g. 30m.")
+@click.option("--catch-up", type=click.Choice(["once", "skip"]), default="once", show_default=True,
+              help="A fire missed while the daemon was down: run once, or skip.")  # fmt: skip
+@click.option("--output-cap", default="10MB", show_default=True, help="Keep at most this much output (tail).")
+@click.option("--paused", is_flag=True, help="Add it paused.")
+@click.option("--json", "as_json", is_flag=True, help="Print the loop as JSON.")
+def loop_add(name: str, workdir: str | None, prompt_file: str | None, env: tuple[str, ...],
+             output_cap: str, paused: bool, as_json: bool, **fields: Any) -> None:  # fmt: skip
+    """Add a loop NAME with exactly one of --cron, --every, --at."""
+    body: dict[str, Any] = {k: v for k, v in fields.items() if v is not None}
+    body.update(name=name, env=list(env), output_cap=_parse_size(output_cap), enabled=not paused)
+    if workdir is not None:
+        body["dir"] = os.path.abspath(os.path.expanduser(workdir))
+    if prompt_file is not None:
+        body["prompt_file"] = os.path.abspath(os.path.expanduser(prompt_file))
+    created = _client().call("POST", "/v1/loops", body)
+    if as_json:
+        emit_json(created)
+    else:
+        click.echo(f"added loop {created['name']}; next run {local_time(created['next_fire_at'])}")
+
+
+@loop.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+def loop_list(as_json: bool) -> None:
+    """All loops."""
+    loops = _client().call("GET", "/v1/loops")
+    if as_json:
+        emit_json(loops)
+        return
+    rows = [
+        [
+            lp["name"],
+            schedule_text(lp["schedule"]),
+            lp["backend"],
+            "yes" if lp["enabled"] else "paused",
+            local_time(lp["next_fire_at"]),
+            local_time(lp["last_fire_at"]),
+            "running" if lp["running_run_id"] else (lp["last_run"] or {}).get("status", "-"),
+        ]
+        for lp in loops
+    ]
+    click.echo(table(["NAME", "SCHEDULE", "BACKEND", "ENABLED", "NEXT", "LAST FIRE", "LAST RUN"], rows))
+
+
+@loop.command("show")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
+def loop_show(name: str, as_json: bool) -> None:
+    """One loop in full."""
+    lp = _client().call("GET", f"/v1/loops/{segment(name)}")
+    if as_json:
+        emit_json(lp)
+        return
+    _print_fields(
+        [
+            ("name", lp["name"]),
+            ("schedule", f"{schedule_text(lp['schedule'])} ({lp['schedule']['timezone']})"),
+            ("backend", lp["backend"]),
+            ("command", lp["command"]),
+            ("prompt", short(lp["prompt"], 200) if lp["prompt"] else None),
+            ("prompt file", lp["prompt_file"]),
+            ("dir", lp["dir"]),
+            ("env", " ".join(f"{k}={v}" for k, v in lp["env"].items()) or None),
+            ("timeout", format_duration(lp["timeout_s"]) if lp["timeout_s"] else "none"),
+            ("catch-up", lp["catch_up"]),
+            ("enabled", "yes" if lp["enabled"] else "paused"),
+            ("next fire", local_time(lp["next_fire_at"])),
+            ("last fire", local_time(lp["last_fire_at"])),
+            ("last run", _run_brief(lp["last_run"])),
+            ("running", f"run {lp['running_run_id']}" if lp["running_run_id"] else "no"),
+        ]
+    )
+
+
+def _run_brief(run: dict[str, Any] | None) -> str:
+    if not run:
+        return "-"
+    return f"{run['id']} {run['status']} at {local_time(run['started_at'])}"
+
+
+def _print_fields(fields: list[tuple[str, Any]]) -> None:
+    width = max(len(k) for k, _ in fields)
+    for key, value in fields:
+        if value not in (None, ""):
+            click.echo(f"{key.ljust(width)}  {value}")
+
+
+def _loop_action(action: str, verb: str) -> Any:
+    @click.argument("name")
+    def command(name: str) -> None:
+        _client().call("POST", f"/v1/loops/{segment(name)}/{action}")
+        click.echo(f"{verb} loop {name}")
+
+    command.__doc__ = f"{verb.capitalize()} loop NAME."
+    return command
+
+
+loop.command("pause")(_loop_action("pause", "paused"))
+loop.command("resume")(_loop_action("resume", "resumed"))
+
+
+@loop.command("rm")
+@click.argument("name")
+def loop_rm(name: str) -> None:
+    """Remove loop NAME (its run history stays)."""
+    _client().call("DELETE", f"/v1/loops/{segment(name)}")
+    click.echo(f"removed loop {name}")
+
+
+@loop.command("run")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print the run as JSON.")
+def loop_run(name: str, as_json: bool) -> None:
+    """Fire loop NAME now."""
+    run = _client().call("POST", f"/v1/loops/{segment(name)}/run")
+    if as_json:
+        emit_json(run)
+    elif run["status"] == "skipped":
+        raise CliError(f"run {run['id']} skipped: {run['error']}")
+    else:
+        click.echo(
+            f"started run {run['id']} of loop {name}; follow it with `fleetd runs logs {run['id']} --follow`"
+        )
+
+
+# -- runs -----------------------------------------------------------------------------------------
+
+
+@cli.group()
+def runs() -> None:
+    """Run history and output."""
+
+
+@runs.command("list")
+@click.option("--loop", "loop_name", help="Only this loop's runs.")
+@click.option("--status", help="running, succeeded, failed, timed_out, interrupted or skipped.")
+@click.option("--since", help="Only runs started within this long, e.g. 24h.")
+@click.option("--limit", default=50, show_default=True, type=int, help="At most this many, newest first.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+def runs_list(
+    loop_name: str | None, status: str | None, since: str | None, limit: int, as_json: bool
+) -> None:
+    """Runs, newest first."""
+    items = _client().call(
+        "GET", "/v1/runs", query={"loop": loop_name, "status": status, "since": since, "limit": limit}
+    )
+    if as_json:
+        emit_json(items)
+        return
+    rows = [
+        [
+            str(r["id"]),
+            r["loop"],
+            r["trigger"],
+            r["status"],
+            "" if r["exit_code"] is None else str(r["exit_code"]),
+            local_time(r["started_at"]),
+            format_duration(r["duration_s"]),
+            short(r["error"], 50),
+        ]
+        for r in items
+    ]
+    click.echo(table(["ID", "LOOP", "TRIGGER", "STATUS", "EXIT", "STARTED", "TOOK", "ERROR"], rows))
+
+
+def _run_id(value: str) -> str:
+    if not value.isdigit():
+        raise CliError(f"invalid run id {value!r}: run ids are numbers", exit_code=2)
+    return value
+
+
+@runs.command("show")
+@click.argument("run_id")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
+def runs_show(run_id: str, as_json: bool) -> None:
+    """One run in full."""
+    r = _client().call("GET", f"/v1/runs/{_run_id(run_id)}")
+    if as_json:
+        emit_json(r)
+        return
+    _print_fields(
+        [
+            ("id", r["id"]),
+            ("loop", r["loop"]),
+            ("trigger", r["trigger"]),
+            ("status", r["status"]),
+            ("exit code", r["exit_code"]),
+            ("error", r["error"]),
+            ("scheduled", local_time(r["scheduled_at"])),
+            ("started", local_time(r["started_at"])),
+            ("finished", local_time(r["finished_at"])),
+            ("took", format_duration(r["duration_s"]) if r["duration_s"] is not None else None),
+            ("backend", r["backend"]),
+            ("profile", r["profile"]),
+            ("attempts", r["attempts"]),
+            ("log", r["log_path"]),
+        ]
+    )
+
+
+@runs.command("logs")
+@click.argument("run_id")
+@click.option("--follow", "-f", is_flag=True, help="Stream a live run's output until it ends.")
+def runs_logs(run_id: str, follow: bool) -> None:
+    """Print a run's captured output."""
+    path = f"/v1/runs/{_run_id(run_id)}/log" + ("?follow=1" if follow else "")
+    out = sys.stdout.buffer
+    for chunk in _client(timeout=None).stream(path):
+        out.write(chunk)
+        out.flush()
+
+
+# -- service --------------------------------------------------------------------------------------
+
+
+@cli.group()
+def service() -> None:
+    """The systemd user unit / launchd agent."""
+
+
+@service.command("install")
+@click.option("--print", "print_only", is_flag=True, help="Only print the unit; write nothing.")
+def service_install(print_only: bool) -> None:
+    """Install the service for this user (systemd on Linux, launchd on macOS)."""
+    from fleetd.service import units
+
+    home = os.environ.get("FLEETD_HOME")
+    try:
+        result = units.install(
+            platform=sys.platform,
+            fleetd_exe=units.find_fleetd_executable(),
+            fleetd_home=str(Path(home).expanduser().resolve()) if home else None,
+            user_home=Path.home(),
+            log_dir=str(_paths().logs),
+            print_only=print_only,
+            xdg_config_home=os.environ.get("XDG_CONFIG_HOME"),
+        )
+    except (ValueError, RuntimeError, OSError) as e:
+        raise CliError(str(e)) from None
+    if print_only:
+        click.echo(result.text, nl=False)
+        return
+    click.echo(f"wrote {result.path}")
+    for step in result.next_steps:
+        click.echo(f"  {step}")
+
+
+def main() -> None:
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.UsageError as e:
+        hint = f" (see `{e.ctx.command_path} --help`)" if e.ctx else ""
+        click.echo(f"fleetd: {e.format_message()}{hint}", err=True)
+        sys.exit(2)
+    except click.ClickException as e:
+        click.echo(f"fleetd: {e.format_message()}", err=True)
+        sys.exit(e.exit_code)
+    except click.Abort:
+        sys.exit(130)
+    except CliError as e:
+        click.echo(f"fleetd: {e.message}", err=True)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except BrokenPipeError:
+        sys.exit(0)

@@ -1,0 +1,1 @@
+"""The fleetd daemon: lifecycle, socket API, wiring."""

@@ -1,0 +1,217 @@
+"""The HTTP/JSON API served on the Unix socket. Handlers translate; the rules live in loops/."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from fleetd import __version__
+from fleetd.daemon.views import loop_json, run_json
+from fleetd.errors import FleetdError, InvalidArgument
+from fleetd.loops.executor import Executor
+from fleetd.loops.model import validate_loop_input, validate_name
+from fleetd.loops.scheduler import Scheduler
+from fleetd.paths import Paths
+from fleetd.store.loops import LoopStore
+from fleetd.store.runs import STATUSES, RunStore
+from fleetd.timefmt import DurationError, parse_duration, to_iso
+
+log = logging.getLogger("fleetd.api")
+MAX_LIMIT = 10_000
+
+
+@dataclass
+class DaemonContext:
+    paths: Paths
+    loops: LoopStore
+    runs: RunStore
+    scheduler: Scheduler
+    executor: Executor
+    clock: Callable[[], datetime]
+    started_at: datetime
+    default_tz: str
+    request_stop: Callable[[], None]
+
+
+def error_response(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+
+
+async def _body(request: Request) -> dict[str, Any]:
+    try:
+        body = json.loads(await request.body() or b"{}")
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise InvalidArgument("request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise InvalidArgument("request body must be a JSON object")
+    return body
+
+
+def create_app(ctx: DaemonContext) -> Starlette:
+    async def health(request: Request) -> Response:
+        return JSONResponse(
+            {
+                "status": "ok",
+                "version": __version__,
+                "pid": os.getpid(),
+                "home": str(ctx.paths.home),
+                "socket": str(ctx.paths.socket),
+                "started_at": to_iso(ctx.started_at),
+                "uptime_s": round((ctx.clock() - ctx.started_at).total_seconds(), 3),
+                "loops": len(await ctx.loops.list()),
+                "running_runs": len(ctx.executor.active),
+            }
+        )
+
+    async def list_loops(request: Request) -> Response:
+        loops = await ctx.loops.list()
+        last = await ctx.runs.last_for_loops()
+        return JSONResponse([loop_json(lp, last.get(lp.name), _running_id(lp.name)) for lp in loops])
+
+    def _running_id(name: str) -> int | None:
+        slot = ctx.executor.active.get(name)
+        return slot.run_id if slot else None
+
+    async def _loop_view(name: str) -> JSONResponse:
+        loop = await ctx.loops.get(validate_name(name))
+        last = await ctx.runs.list(loop=name, limit=1)
+        return JSONResponse(loop_json(loop, last[0] if last else None, _running_id(name)))
+
+    async def add_loop(request: Request) -> Response:
+        loop = validate_loop_input(await _body(request), ctx.default_tz)
+        await ctx.scheduler.add(loop)
+        response = await _loop_view(loop.name)
+        response.status_code = 201
+        return response
+
+    async def show_loop(request: Request) -> Response:
+        return await _loop_view(request.path_params["name"])
+
+    async def remove_loop(request: Request) -> Response:
+        name = validate_name(request.path_params["name"])
+        await ctx.scheduler.remove(name)
+        return JSONResponse({"removed": name})
+
+    async def pause_loop(request: Request) -> Response:
+        await ctx.scheduler.pause(validate_name(request.path_params["name"]))
+        return await _loop_view(request.path_params["name"])
+
+    async def resume_loop(request: Request) -> Response:
+        await ctx.scheduler.resume(validate_name(request.path_params["name"]))
+        return await _loop_view(request.path_params["name"])
+
+    async def run_loop(request: Request) -> Response:
+        run = await ctx.scheduler.run_now(validate_name(request.path_params["name"]))
+        return JSONResponse(run_json(run), status_code=201)
+
+    async def list_runs(request: Request) -> Response:
+        q = request.query_params
+        status = q.get("status")
+        if status is not None and status not in STATUSES:
+            raise InvalidArgument(f"invalid status {status!r} (one of: {', '.join(STATUSES)})")
+        since = None
+        if q.get("since"):
+            try:
+                since = ctx.clock() - timedelta(seconds=parse_duration(q["since"]))
+            except DurationError as e:
+                raise InvalidArgument(f"invalid --since: {e}") from None
+        try:
+            limit = int(q.get("limit", "50"))
+        except ValueError:
+            raise InvalidArgument(f"invalid --limit {q.get('limit')!r}: not a number") from None
+        if not 1 <= limit <= MAX_LIMIT:
+            raise InvalidArgument(f"--limit must be between 1 and {MAX_LIMIT}")
+        runs = await ctx.runs.list(loop=q.get("loop"), status=status, since=since, limit=limit)
+        return JSONResponse([run_json(r) for r in runs])
+
+    def _run_id(request: Request) -> int:
+        raw = request.path_params["run_id"]
+        try:
+            return int(raw)
+        except ValueError:
+            raise InvalidArgument(f"invalid run id {raw!r}: run ids are numbers") from None
+
+    async def show_run(request: Request) -> Response:
+        return JSONResponse(run_json(await ctx.runs.get(_run_id(request))))
+
+    async def run_log(request: Request) -> Response:
+        run = await ctx.runs.get(_run_id(request))
+        follow = request.query_params.get("follow") in ("1", "true", "yes")
+        return StreamingResponse(_stream_log(ctx, run.id, run.log_path, follow), media_type="text/plain")
+
+    async def shutdown(request: Request) -> Response:
+        ctx.request_stop()
+        return JSONResponse({"stopping": True, "pid": os.getpid()}, status_code=202)
+
+    routes = [
+        Route("/v1/health", health),
+        Route("/v1/loops", list_loops, methods=["GET"]),
+        Route("/v1/loops", add_loop, methods=["POST"]),
+        Route("/v1/loops/{name}", show_loop, methods=["GET"]),
+        Route("/v1/loops/{name}", remove_loop, methods=["DELETE"]),
+        Route("/v1/loops/{name}/pause", pause_loop, methods=["POST"]),
+        Route("/v1/loops/{name}/resume", resume_loop, methods=["POST"]),
+        Route("/v1/loops/{name}/run", run_loop, methods=["POST"]),
+        Route("/v1/runs", list_runs),
+        Route("/v1/runs/{run_id}", show_run),
+        Route("/v1/runs/{run_id}/log", run_log),
+        Route("/v1/shutdown", shutdown, methods=["POST"]),
+    ]
+
+    async def on_fleetd_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, FleetdError)
+        return error_response(exc.status, exc.code, exc.message)
+
+    async def on_http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "bad_request")
+        return error_response(exc.status_code, code, f"{request.method} {request.url.path}: {exc.detail}")
+
+    async def on_unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("internal error on %s %s", request.method, request.url.path)
+        return error_response(500, "internal", f"internal error ({type(exc).__name__}); see the daemon log")
+
+    return Starlette(
+        routes=routes,
+        exception_handlers={
+            FleetdError: on_fleetd_error,
+            HTTPException: on_http_error,
+            Exception: on_unexpected,
+        },
+    )
+
+
+async def _stream_log(
+    ctx: DaemonContext, run_id: int, path: str | None, follow: bool
+) -> AsyncIterator[bytes]:
+    live = ctx.executor.live_logs.get(run_id)
+    if live is None:
+        # Finished (or from an earlier daemon): the file is complete.
+        if path is None or not os.path.exists(path):
+            return
+        with open(path, "rb") as f:
+            while chunk := f.read(64 * 1024):
+                yield chunk
+        return
+    pos = 0
+    while True:
+        data, pos = live.read_from(pos)
+        if data:
+            yield data
+            continue
+        if live.closed or not follow:
+            return
+        await live.wait_for_more(pos, timeout=1.0)
+        await asyncio.sleep(0)

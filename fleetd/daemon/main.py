@@ -1,0 +1,159 @@
+"""The daemon's lifecycle: lock, recover, schedule, serve, and stop cleanly on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import signal
+import sys
+from dataclasses import dataclass
+from datetime import timedelta
+
+from fleetd.daemon.api import DaemonContext, create_app
+from fleetd.daemon.lock import AlreadyRunning, InstanceLock
+from fleetd.daemon.notify import sd_notify
+from fleetd.daemon.server import bind_unix_socket, make_server
+from fleetd.loops import proctree
+from fleetd.loops.executor import Executor
+from fleetd.loops.scheduler import Scheduler
+from fleetd.paths import Paths
+from fleetd.store.db import Database
+from fleetd.store.loops import LoopStore
+from fleetd.store.runs import RunStore
+from fleetd.timefmt import now_utc
+
+log = logging.getLogger("fleetd.daemon")
+
+
+@dataclass
+class DaemonOptions:
+    stop_grace: float = 30.0  # in-flight runs get this long to finish on SIGTERM
+    kill_grace: float = 5.0  # between SIGTERM and SIGKILL of a process tree
+    misfire_grace: float = 60.0  # a timer waking later than this counts as a missed fire
+
+
+def run_daemon(paths: Paths, options: DaemonOptions) -> int:
+    paths.ensure()
+    _setup_logging()
+    lock = InstanceLock(paths.lock)
+    try:
+        lock.acquire()
+    except AlreadyRunning as e:
+        print(
+            f"fleetd: a daemon is already running for {paths.home} (pid {e.pid}, socket {paths.socket})",
+            file=sys.stderr,
+        )
+        return 1
+    try:
+        return asyncio.run(Daemon(paths, options).serve())
+    finally:
+        lock.release()
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(
+        level=os.environ.get("FLEETD_LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def instance_tag(paths: Paths) -> str:
+    """Distinguishes this home's run tags from other instances' (run ids repeat across homes)."""
+    return hashlib.sha256(str(paths.home).encode()).hexdigest()[:12]
+
+
+class Daemon:
+    def __init__(self, paths: Paths, options: DaemonOptions) -> None:
+        self.paths = paths
+        self.options = options
+        self.stop_event = asyncio.Event()
+
+    def request_stop(self) -> None:
+        self.stop_event.set()
+
+    async def serve(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        db = await Database.open(self.paths.db)
+        loops, runs = LoopStore(db), RunStore(db)
+        executor = Executor(
+            runs,
+            log_path=self.paths.run_log,
+            tag_prefix=instance_tag(self.paths),
+            clock=now_utc,
+            kill_grace=self.options.kill_grace,
+        )
+        await self._recover(runs, executor)
+        scheduler = Scheduler(
+            loops, executor, clock=now_utc, misfire_grace=timedelta(seconds=self.options.misfire_grace)
+        )
+        ctx = DaemonContext(
+            paths=self.paths,
+            loops=loops,
+            runs=runs,
+            scheduler=scheduler,
+            executor=executor,
+            clock=now_utc,
+            started_at=now_utc(),
+            default_tz=_local_zone(),
+            request_stop=self.request_stop,
+        )
+        sock = bind_unix_socket(self.paths.socket)
+        server = make_server(create_app(ctx))
+        server_task = asyncio.create_task(server.serve(sockets=[sock]))
+        try:
+            while not server.started:
+                if server_task.done():
+                    await server_task
+                    raise RuntimeError("API server exited during start-up")
+                await asyncio.sleep(0.01)
+            await scheduler.start()
+            log.info("fleetd daemon ready (pid %s, socket %s)", os.getpid(), self.paths.socket)
+            sd_notify("READY=1")
+            await self.stop_event.wait()
+            sd_notify("STOPPING=1")
+            log.info("stopping: no new fires; waiting up to %ss for running runs", self.options.stop_grace)
+            scheduler.stop()
+            executor.accepting = False
+            if not await executor.wait_idle(self.options.stop_grace):
+                await executor.interrupt_all("daemon stopped before the run finished")
+        finally:
+            server.should_exit = True
+            await asyncio.gather(server_task, return_exceptions=True)
+            await db.close()
+            sock.close()
+            if self.paths.socket.exists():
+                self.paths.socket.unlink()
+        log.info("fleetd daemon stopped")
+        return 0
+
+    async def _recover(self, runs: RunStore, executor: Executor) -> None:
+        """Runs a dead daemon left `running` become `interrupted`; their processes are killed."""
+        for run in await runs.running():
+            killed = await proctree.kill_tree(
+                run.pid,
+                create_time=run.pid_create_time,
+                tag=executor.run_tag(run.id),
+                grace=self.options.kill_grace,
+            )
+            await runs.finish(
+                run.id,
+                status="interrupted",
+                finished_at=now_utc(),
+                error="the daemon stopped while this run was running"
+                + (f"; killed {killed} leftover process(es)" if killed else ""),
+            )
+            log.warning("run %s of loop %s was interrupted by a daemon crash", run.id, run.loop)
+
+
+def _local_zone() -> str:
+    try:
+        import tzlocal
+
+        return tzlocal.get_localzone_name() or "UTC"
+    except Exception:
+        return "UTC"

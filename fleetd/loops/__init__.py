@@ -1,0 +1,1 @@
+"""Loops: the model, schedule parsing and planning, the scheduler and run execution."""

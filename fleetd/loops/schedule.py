@@ -1,0 +1,109 @@
+"""Schedules as APScheduler triggers, and the pure decisions of when a loop fires.
+
+APScheduler is used for its trigger arithmetic only; fleetd keeps each loop's next fire time in
+its own database and decides catch-up itself, so a restart never depends on a pickled job store.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from apscheduler.triggers.base import BaseTrigger
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.date import DateTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+
+from fleetd.errors import InvalidArgument
+from fleetd.loops.model import CatchUp, Schedule
+from fleetd.timefmt import DurationError, parse_duration
+
+TriggerKind = Literal["schedule", "manual", "catch-up"]
+
+
+def zone(name: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise InvalidArgument(f"unknown time zone {name!r}") from None
+
+
+def parse_at(expr: str, tz: ZoneInfo) -> datetime:
+    try:
+        when = datetime.fromisoformat(expr)
+    except ValueError:
+        raise InvalidArgument(f"invalid time {expr!r}: use ISO 8601, e.g. 2026-12-01T09:00") from None
+    return when if when.tzinfo else when.replace(tzinfo=tz)
+
+
+def build_trigger(schedule: Schedule, anchor: datetime) -> BaseTrigger:
+    """`anchor` is when the loop was created: interval loops count from it, so fires stay aligned
+    across restarts."""
+    tz = zone(schedule.timezone)
+    if schedule.kind == "cron":
+        try:
+            return CronTrigger.from_crontab(schedule.expr, timezone=tz)
+        except (ValueError, TypeError) as e:
+            raise InvalidArgument(f"invalid cron expression {schedule.expr!r}: {e}") from None
+    if schedule.kind == "every":
+        try:
+            seconds = parse_duration(schedule.expr)
+        except DurationError as e:
+            raise InvalidArgument(f"invalid --every: {e}") from None
+        if seconds < 1:
+            raise InvalidArgument("--every must be at least 1s")
+        interval = timedelta(seconds=seconds)
+        return IntervalTrigger(seconds=seconds, start_date=anchor + interval, timezone=tz)
+    return DateTrigger(run_date=parse_at(schedule.expr, tz), timezone=tz)
+
+
+def first_fire(trigger: BaseTrigger, now: datetime) -> datetime | None:
+    """The first fire at or after `now`, or None when the trigger has none left."""
+    nxt = trigger.get_next_fire_time(None, now)
+    if nxt is not None and nxt < now:
+        return None  # a one-shot whose time has passed
+    return nxt
+
+
+def following(trigger: BaseTrigger, fired: datetime, now: datetime) -> datetime | None:
+    """The fire after `fired`; never one already in the past (those would replay back to back)."""
+    nxt = trigger.get_next_fire_time(fired, now)
+    if nxt is not None and nxt <= now:
+        nxt = first_fire(trigger, now)
+    return nxt
+
+
+@dataclass(frozen=True)
+class Fire:
+    scheduled_at: datetime
+    trigger: TriggerKind
+
+
+@dataclass(frozen=True)
+class Plan:
+    fire: Fire | None
+    next_fire_at: datetime | None
+
+
+def plan_startup(trigger: BaseTrigger, due: datetime | None, now: datetime, catch_up: CatchUp) -> Plan:
+    """On daemon start: a due time already past was missed while the daemon was down. However many
+    fires were missed, `once` runs one catch-up and `skip` none; then the schedule resumes."""
+    if due is None or due >= now:
+        return Plan(None, due)
+    fire = Fire(due, "catch-up") if catch_up == "once" else None
+    return Plan(fire, first_fire(trigger, now))
+
+
+def plan_wake(
+    trigger: BaseTrigger, due: datetime, now: datetime, catch_up: CatchUp, grace: timedelta
+) -> Plan:
+    """When the timer for `due` wakes at `now`. Later than `grace` (host suspended, clock jumped)
+    counts as missed, handled like a fire missed while down."""
+    if now < due:
+        return Plan(None, due)
+    if now - due <= grace:
+        return Plan(Fire(due, "schedule"), following(trigger, due, now))
+    fire = Fire(due, "catch-up") if catch_up == "once" else None
+    return Plan(fire, first_fire(trigger, now))

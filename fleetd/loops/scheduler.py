@@ -1,0 +1,151 @@
+"""The live schedule: one timer task per enabled loop, rebuilt from the database at start.
+
+The database's next_fire_at is the source of truth; this module only sleeps until it, asks
+`schedule.plan_*` what to do, and records the answer together with the run it starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+from apscheduler.triggers.base import BaseTrigger
+
+from fleetd.backends.registry import get_adapter
+from fleetd.errors import InvalidArgument
+from fleetd.loops.executor import Executor
+from fleetd.loops.model import Loop
+from fleetd.loops.schedule import build_trigger, first_fire, plan_startup, plan_wake
+from fleetd.store.loops import LoopStore
+from fleetd.store.runs import LoopFire, Run
+
+log = logging.getLogger("fleetd.scheduler")
+MAX_SLEEP = 30.0  # re-check the wall clock at least this often (suspend, clock changes)
+
+
+class Scheduler:
+    def __init__(
+        self,
+        loops: LoopStore,
+        executor: Executor,
+        *,
+        clock: Callable[[], datetime],
+        misfire_grace: timedelta,
+    ) -> None:
+        self.loops = loops
+        self.executor = executor
+        self.clock = clock
+        self.misfire_grace = misfire_grace
+        self._timers: dict[str, asyncio.Task[None]] = {}
+
+    async def start(self) -> None:
+        for loop in await self.loops.list():
+            if not loop.enabled:
+                continue
+            try:
+                await self._start_loop(loop)
+            except Exception:  # one broken loop must not keep the others from running
+                log.exception("cannot schedule loop %s", loop.name)
+
+    async def _start_loop(self, loop: Loop) -> None:
+        trigger = build_trigger(loop.schedule, _anchor(loop))
+        now = self.clock()
+        plan = plan_startup(trigger, loop.next_fire_at, now, loop.catch_up)
+        if plan.fire is not None:
+            log.info("loop %s missed %s while down: one catch-up run", loop.name, plan.fire.scheduled_at)
+            fired = LoopFire(loop.name, plan.fire.scheduled_at, plan.next_fire_at)
+            await self.executor.fire(loop, "catch-up", plan.fire.scheduled_at, fired)
+        elif plan.next_fire_at != loop.next_fire_at:
+            log.info("loop %s missed %s while down: skipped (catch-up skip)", loop.name, loop.next_fire_at)
+            await self.loops.set_state(
+                loop.name, updated_at=now, next_fire_at=plan.next_fire_at, clear_next=True
+            )
+        self._arm(loop, trigger, plan.next_fire_at)
+
+    def _arm(self, loop: Loop, trigger: BaseTrigger, due: datetime | None) -> None:
+        self._disarm(loop.name)
+        if due is not None:
+            self._timers[loop.name] = asyncio.create_task(
+                self._timer(loop, trigger, due), name=f"timer-{loop.name}"
+            )
+
+    def _disarm(self, name: str) -> None:
+        timer = self._timers.pop(name, None)
+        if timer is not None:
+            timer.cancel()
+
+    async def _timer(self, loop: Loop, trigger: BaseTrigger, due: datetime | None) -> None:
+        while due is not None:
+            delay = (due - self.clock()).total_seconds()
+            if delay > 0:
+                await asyncio.sleep(min(delay, MAX_SLEEP))
+                continue
+            plan = plan_wake(trigger, due, self.clock(), loop.catch_up, self.misfire_grace)
+            try:
+                if plan.fire is not None:
+                    fired = LoopFire(loop.name, plan.fire.scheduled_at, plan.next_fire_at)
+                    await self.executor.fire(loop, plan.fire.trigger, plan.fire.scheduled_at, fired)
+                else:
+                    await self.loops.set_state(
+                        loop.name, updated_at=self.clock(), next_fire_at=plan.next_fire_at, clear_next=True
+                    )
+            except Exception:
+                log.exception("loop %s: could not record the fire at %s; retrying", loop.name, due)
+                await asyncio.sleep(1)
+                continue
+            due = plan.next_fire_at
+        self._timers.pop(loop.name, None)
+
+    # -- changes from the API -------------------------------------------------------------------
+
+    async def add(self, loop: Loop) -> Loop:
+        get_adapter(loop.backend).validate(loop)
+        now = self.clock()
+        loop.created_at = loop.updated_at = now
+        trigger = build_trigger(loop.schedule, now)
+        loop.next_fire_at = first_fire(trigger, now) if loop.enabled else None
+        if loop.enabled and loop.next_fire_at is None:
+            raise InvalidArgument(f"--at {loop.schedule.expr} is in the past")
+        await self.loops.insert(loop)
+        if loop.enabled:
+            self._arm(loop, trigger, loop.next_fire_at)
+        return loop
+
+    async def pause(self, name: str) -> Loop:
+        loop = await self.loops.get(name)
+        self._disarm(name)
+        await self.loops.set_state(name, updated_at=self.clock(), enabled=False, clear_next=True)
+        return await self.loops.get(loop.name)
+
+    async def resume(self, name: str) -> Loop:
+        """Fires that fell while paused are not caught up: pausing means 'not now'."""
+        loop = await self.loops.get(name)
+        if loop.enabled and name in self._timers:
+            return loop
+        now = self.clock()
+        trigger = build_trigger(loop.schedule, _anchor(loop))
+        due = first_fire(trigger, now)
+        await self.loops.set_state(name, updated_at=now, enabled=True, next_fire_at=due, clear_next=True)
+        loop = await self.loops.get(name)
+        self._arm(loop, trigger, due)
+        return loop
+
+    async def remove(self, name: str) -> None:
+        await self.loops.get(name)
+        self._disarm(name)
+        await self.loops.delete(name)
+
+    async def run_now(self, name: str) -> Run:
+        loop = await self.loops.get(name)
+        return await self.executor.fire(loop, "manual", self.clock())
+
+    def stop(self) -> None:
+        for name in list(self._timers):
+            self._disarm(name)
+
+
+def _anchor(loop: Loop) -> datetime:
+    assert loop.created_at is not None
+    return loop.created_at

@@ -1,0 +1,111 @@
+"""Queries on the loops table."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from datetime import datetime
+
+import aiosqlite
+
+from fleetd.errors import Conflict, NotFound
+from fleetd.loops.model import Loop, Schedule
+from fleetd.store.db import Database
+from fleetd.timefmt import from_iso, to_iso
+
+_COLUMNS = (
+    "name, schedule_kind, schedule_expr, timezone, backend, command, prompt, prompt_file, workdir, "
+    "env_json, timeout_s, catch_up, output_cap, enabled, created_at, updated_at, last_fire_at, next_fire_at"
+)
+
+
+def _row_to_loop(row: aiosqlite.Row) -> Loop:
+    return Loop(
+        name=row["name"],
+        schedule=Schedule(kind=row["schedule_kind"], expr=row["schedule_expr"], timezone=row["timezone"]),
+        backend=row["backend"],
+        command=row["command"],
+        prompt=row["prompt"],
+        prompt_file=row["prompt_file"],
+        workdir=row["workdir"],
+        env=json.loads(row["env_json"]),
+        timeout_s=row["timeout_s"],
+        catch_up=row["catch_up"],
+        output_cap=row["output_cap"],
+        enabled=bool(row["enabled"]),
+        created_at=from_iso(row["created_at"]),
+        updated_at=from_iso(row["updated_at"]),
+        last_fire_at=from_iso(row["last_fire_at"]),
+        next_fire_at=from_iso(row["next_fire_at"]),
+    )
+
+
+class LoopStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def insert(self, loop: Loop) -> None:
+        values = (
+            loop.name,
+            loop.schedule.kind,
+            loop.schedule.expr,
+            loop.schedule.timezone,
+            loop.backend,
+            loop.command,
+            loop.prompt,
+            loop.prompt_file,
+            loop.workdir,
+            json.dumps(loop.env, sort_keys=True),
+            loop.timeout_s,
+            loop.catch_up,
+            loop.output_cap,
+            int(loop.enabled),
+            to_iso(loop.created_at),
+            to_iso(loop.updated_at),
+            to_iso(loop.last_fire_at),
+            to_iso(loop.next_fire_at),
+        )
+        try:
+            async with self.db.transaction() as conn:
+                await conn.execute(f"INSERT INTO loops ({_COLUMNS}) VALUES ({','.join('?' * 18)})", values)
+        except sqlite3.IntegrityError:
+            raise Conflict(f"loop {loop.name!r} already exists") from None
+
+    async def get(self, name: str) -> Loop:
+        row = await self.db.fetchone(f"SELECT {_COLUMNS} FROM loops WHERE name = ?", (name,))
+        if row is None:
+            raise NotFound(f"no loop named {name!r}")
+        return _row_to_loop(row)
+
+    async def list(self) -> list[Loop]:
+        rows = await self.db.fetchall(f"SELECT {_COLUMNS} FROM loops ORDER BY name")
+        return [_row_to_loop(r) for r in rows]
+
+    async def set_state(
+        self,
+        name: str,
+        *,
+        updated_at: datetime,
+        enabled: bool | None = None,
+        next_fire_at: datetime | None = None,
+        last_fire_at: datetime | None = None,
+        clear_next: bool = False,
+    ) -> None:
+        sets, params = ["updated_at = ?"], [to_iso(updated_at)]
+        if enabled is not None:
+            sets.append("enabled = ?")
+            params.append(int(enabled))
+        if next_fire_at is not None or clear_next:
+            sets.append("next_fire_at = ?")
+            params.append(to_iso(next_fire_at))
+        if last_fire_at is not None:
+            sets.append("last_fire_at = ?")
+            params.append(to_iso(last_fire_at))
+        async with self.db.transaction() as conn:
+            await conn.execute(f"UPDATE loops SET {', '.join(sets)} WHERE name = ?", (*params, name))
+
+    async def delete(self, name: str) -> None:
+        async with self.db.transaction() as conn:
+            cur = await conn.execute("DELETE FROM loops WHERE name = ?", (name,))
+            if cur.rowcount == 0:
+                raise NotFound(f"no loop named {name!r}")

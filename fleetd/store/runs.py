@@ -1,0 +1,186 @@
+"""Queries on the runs table. Run rows are never deleted by fleetd."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
+
+import aiosqlite
+
+from fleetd.errors import NotFound
+from fleetd.store.db import Database
+from fleetd.timefmt import from_iso, to_iso
+
+RunStatus = Literal["running", "succeeded", "failed", "timed_out", "interrupted", "skipped"]
+FINAL_STATUSES = ("succeeded", "failed", "timed_out", "interrupted", "skipped")
+STATUSES = ("running", *FINAL_STATUSES)
+
+
+@dataclass
+class LoopFire:
+    """A scheduled fire, recorded in the same transaction as its run row, so a crash cannot leave
+    the loop's next fire time and its run history disagreeing."""
+
+    loop: str
+    last_fire_at: datetime
+    next_fire_at: datetime | None
+
+
+@dataclass
+class Run:
+    id: int
+    loop: str
+    trigger: str
+    status: RunStatus
+    scheduled_at: datetime
+    started_at: datetime
+    finished_at: datetime | None
+    exit_code: int | None
+    backend: str
+    profile: str
+    log_path: str | None
+    error: str | None
+    attempts: int
+    pid: int | None
+    pid_create_time: float | None
+
+
+_COLUMNS = (
+    "id, loop, trigger, status, scheduled_at, started_at, finished_at, exit_code, backend, profile, "
+    "log_path, error, attempts, pid, pid_create_time"
+)
+
+
+def _row_to_run(row: aiosqlite.Row) -> Run:
+    return Run(
+        id=row["id"],
+        loop=row["loop"],
+        trigger=row["trigger"],
+        status=row["status"],
+        scheduled_at=from_iso(row["scheduled_at"]),  # type: ignore[arg-type]
+        started_at=from_iso(row["started_at"]),  # type: ignore[arg-type]
+        finished_at=from_iso(row["finished_at"]),
+        exit_code=row["exit_code"],
+        backend=row["backend"],
+        profile=row["profile"],
+        log_path=row["log_path"],
+        error=row["error"],
+        attempts=row["attempts"],
+        pid=row["pid"],
+        pid_create_time=row["pid_create_time"],
+    )
+
+
+class RunStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def insert(
+        self,
+        *,
+        loop: str,
+        trigger: str,
+        status: RunStatus,
+        scheduled_at: datetime,
+        started_at: datetime,
+        backend: str,
+        log_path_for: Callable[[int], object] | None = None,
+        error: str | None = None,
+        finished_at: datetime | None = None,
+        fired: LoopFire | None = None,
+    ) -> Run:
+        """Write the run row before anything runs, so no run is ever lost. `log_path_for(id)` names
+        the log file, which depends on the id."""
+        async with self.db.transaction() as conn:
+            cur = await conn.execute(
+                "INSERT INTO runs (loop, trigger, status, scheduled_at, started_at, finished_at, backend, "
+                "error, attempts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    loop,
+                    trigger,
+                    status,
+                    to_iso(scheduled_at),
+                    to_iso(started_at),
+                    to_iso(finished_at),
+                    backend,
+                    error,
+                    0 if status == "skipped" else 1,
+                ),
+            )
+            run_id = int(cur.lastrowid or 0)
+            if fired is not None:
+                await conn.execute(
+                    "UPDATE loops SET last_fire_at = ?, next_fire_at = ? WHERE name = ?",
+                    (to_iso(fired.last_fire_at), to_iso(fired.next_fire_at), fired.loop),
+                )
+            if log_path_for is not None:
+                await conn.execute(
+                    "UPDATE runs SET log_path = ? WHERE id = ?", (str(log_path_for(run_id)), run_id)
+                )
+        return await self.get(run_id)
+
+    async def set_process(self, run_id: int, pid: int, create_time: float | None) -> None:
+        async with self.db.transaction() as conn:
+            await conn.execute(
+                "UPDATE runs SET pid = ?, pid_create_time = ? WHERE id = ?", (pid, create_time, run_id)
+            )
+
+    async def finish(
+        self,
+        run_id: int,
+        *,
+        status: RunStatus,
+        finished_at: datetime,
+        exit_code: int | None = None,
+        error: str | None = None,
+    ) -> None:
+        async with self.db.transaction() as conn:
+            await conn.execute(
+                "UPDATE runs SET status = ?, finished_at = ?, exit_code = ?, error = ? "
+                "WHERE id = ? AND status = 'running'",
+                (status, to_iso(finished_at), exit_code, error, run_id),
+            )
+
+    async def get(self, run_id: int) -> Run:
+        row = await self.db.fetchone(f"SELECT {_COLUMNS} FROM runs WHERE id = ?", (run_id,))
+        if row is None:
+            raise NotFound(f"no run with id {run_id}")
+        return _row_to_run(row)
+
+    async def list(
+        self,
+        *,
+        loop: str | None = None,
+        status: str | None = None,
+        since: datetime | None = None,
+        limit: int = 50,
+    ) -> list[Run]:
+        where, params = [], []
+        if loop is not None:
+            where.append("loop = ?")
+            params.append(loop)
+        if status is not None:
+            where.append("status = ?")
+            params.append(status)
+        if since is not None:
+            where.append("started_at >= ?")
+            params.append(to_iso(since))
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        rows = await self.db.fetchall(
+            f"SELECT {_COLUMNS} FROM runs {clause} ORDER BY id DESC LIMIT ?", (*params, limit)
+        )
+        return [_row_to_run(r) for r in rows]
+
+    async def running(self) -> list[Run]:
+        rows = await self.db.fetchall(f"SELECT {_COLUMNS} FROM runs WHERE status = 'running' ORDER BY id")
+        return [_row_to_run(r) for r in rows]
+
+    async def last_for_loops(self) -> dict[str, Run]:
+        """The newest run of every defined loop, for `loop list`: one index probe per loop."""
+        rows = await self.db.fetchall(
+            f"SELECT {_COLUMNS} FROM runs WHERE id IN "
+            "(SELECT (SELECT max(id) FROM runs r WHERE r.loop = l.name) FROM loops l)"
+        )
+        return {r["loop"]: _row_to_run(r) for r in rows}

@@ -1,0 +1,68 @@
+"""Durations and timestamps as users type them and as the API prints them. Pure, import-light."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
+
+
+class DurationError(ValueError):
+    pass
+
+
+def parse_duration(text: str) -> float:
+    """'30m', '1h30m', '90s', '2d', '45' (seconds) → seconds. Raises DurationError."""
+    raw = text.strip().lower()
+    if not raw:
+        raise DurationError("empty duration")
+    if re.fullmatch(r"\d+(\.\d+)?", raw):
+        seconds = float(raw)
+    else:
+        pos, seconds = 0, 0.0
+        for m in _PART.finditer(raw):
+            if m.start() != pos:
+                break
+            seconds += float(m.group(1)) * _UNITS[m.group(2)]
+            pos = m.end()
+        if pos != len(raw):
+            raise DurationError(f"invalid duration {text!r} (use e.g. 90s, 10m, 1h30m, 2d)")
+    if seconds <= 0:
+        raise DurationError(f"duration must be positive, got {text!r}")
+    return seconds
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 1:
+        return f"{seconds * 1000:.0f}ms"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    total = int(round(seconds))
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if total >= size:
+            parts.append(f"{total // size}{unit}")
+            total %= size
+    return "".join(parts[:2])
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)
+
+
+def to_iso(dt: datetime | None) -> str | None:
+    """ISO 8601 with offset; fleetd stores and speaks UTC."""
+    if dt is None:
+        return None
+    return dt.astimezone(UTC).isoformat(timespec="milliseconds")
+
+
+def from_iso(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    dt = datetime.fromisoformat(text)
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)

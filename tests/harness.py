@@ -1,0 +1,101 @@
+"""A real fleetd daemon in a subprocess, driven through the real CLI, with deadline-based waits."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+FLEETD = shutil.which("fleetd", path=str(Path(sys.executable).parent)) or "fleetd"
+
+
+def wait_until(
+    predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.05, what: str = ""
+) -> T:
+    """Poll until `predicate()` is truthy; fail with `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+        time.sleep(interval)
+
+
+class Daemon:
+    def __init__(self, home: Path, *args: str) -> None:
+        self.home = home
+        self.args = list(args)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.env = {**os.environ, "FLEETD_HOME": str(home), "FLEETD_LOG_LEVEL": "INFO"}
+        self.env.pop("NOTIFY_SOCKET", None)
+
+    @property
+    def socket(self) -> Path:
+        return self.home / "run" / "fleetd.sock"
+
+    def start(self) -> Daemon:
+        self.home.mkdir(parents=True, exist_ok=True)
+        log = open(self.home / "daemon-test.log", "ab")  # noqa: SIM115 - handed to the child
+        self.proc = subprocess.Popen(
+            [FLEETD, "daemon", "run", *self.args],
+            env=self.env,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
+        log.close()
+        wait_until(self._answers, timeout=20, what="daemon socket to answer")
+        return self
+
+    def _answers(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(f"daemon exited with {self.proc.returncode}:\n{self.log_text()}")
+        return self.cli("daemon", "status", check=False).returncode == 0
+
+    def log_text(self) -> str:
+        try:
+            return (self.home / "daemon-test.log").read_text(errors="replace")[-5000:]
+        except OSError:
+            return ""
+
+    def cli(
+        self, *args: str, check: bool = True, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [FLEETD, *args], env=self.env, capture_output=True, text=True, input=input, timeout=60
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"fleetd {' '.join(args)} exited {result.returncode}: {result.stderr}")
+        return result
+
+    def json(self, *args: str) -> Any:
+        return json.loads(self.cli(*args, "--json").stdout)
+
+    def runs(self, *filters: str) -> list[dict[str, Any]]:
+        return self.json("runs", "list", "--limit", "1000", *filters)  # type: ignore[no-any-return]
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self, timeout: float = 60) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+            raise AssertionError(f"daemon ignored SIGTERM for {timeout}s:\n{self.log_text()}") from None
