@@ -309,9 +309,7 @@ def loop_run(name: str, as_json: bool) -> None:
     elif run["status"] == "skipped":
         raise CliError(f"run {run['id']} skipped: {run['error']}")
     else:
-        click.echo(
-            f"started run {run['id']} of loop {name}; follow it with `fleetd runs logs {run['id']} --follow`"
-        )
+        click.echo(f"started run {run['id']} of loop {name}; follow: fleetd runs logs {run['id']} -f")
 
 
 # -- runs -----------------------------------------------------------------------------------------

@@ -62,7 +62,8 @@ def _str(body: dict[str, Any], key: str) -> str | None:
 def validate_name(name: object) -> str:
     if not isinstance(name, str) or not NAME_RE.match(name):
         raise InvalidArgument(
-            f"invalid loop name {name!r}: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+            f"invalid loop name {name!r}: use 1-64 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
         )
     return name
 

@@ -8,6 +8,7 @@ its environment: a double-forked descendant escapes both the process group and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 
@@ -48,15 +49,11 @@ def snapshot(root_pid: int | None, create_time: float | None, tag: str | None) -
 
 def _signal_all(procs: list[psutil.Process], sig: int, group: int | None) -> None:
     if group is not None:
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(group, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
     for proc in procs:
-        try:
+        with contextlib.suppress(psutil.Error):
             proc.send_signal(sig)
-        except psutil.Error:
-            pass
 
 
 async def kill_tree(

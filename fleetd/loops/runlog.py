@@ -8,6 +8,7 @@ Followers read by logical offset, so a compaction under them only skips what was
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 
 CHUNK = 64 * 1024
@@ -88,7 +89,5 @@ class RunLog:
         if pos < self.end or self.closed:
             return
         event = self._changed
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(event.wait(), timeout)
-        except TimeoutError:
-            pass

@@ -1,0 +1,129 @@
+"""Bad input: one line on stderr, exit 2 for usage errors and 1 otherwise, nothing saved."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import pytest
+
+from tests.harness import Daemon
+
+
+def assert_refused(daemon: Daemon, args: list[str], code: int, *fragments: str) -> None:
+    before = daemon.json("loop", "list")
+    result = daemon.cli(*args, check=False)
+    assert result.returncode == code, result
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("fleetd: ")
+    for fragment in fragments:
+        assert fragment in lines[0]
+    assert "Traceback" not in result.stderr + result.stdout
+    assert daemon.json("loop", "list") == before  # nothing partially saved
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (["--cron", "61 * * * *"], ["invalid cron expression '61 * * * *'"]),
+        (["--cron", "every day"], ["invalid cron expression"]),
+        (["--every", "10 parsecs"], ["invalid --every", "10 parsecs"]),
+        (["--every", "0s"], ["must be positive"]),
+        (["--at", "next tuesday"], ["invalid time 'next tuesday'"]),
+        (["--at", "2001-01-01T09:00"], ["is in the past"]),
+        (["--every", "1m", "--timeout", "forever"], ["invalid --timeout"]),
+        (["--every", "1m", "--dir", "/nonexistent/dir"], ["directory not found: /nonexistent/dir"]),
+        (["--every", "1m", "--prompt-file", "/nonexistent/p.md"], ["prompt file not found"]),
+        (["--every", "1m", "--env", "NOEQUALS"], ["invalid --env 'NOEQUALS'"]),
+        (["--every", "1m", "--env", "FLEETD_RUN_ID=3"], ["reserved for fleetd"]),
+        (["--every", "1m", "--tz", "Mars/Olympus"], ["unknown time zone 'Mars/Olympus'"]),
+        (["--every", "1m", "--backend", "teleport"], ["unknown backend 'teleport'"]),
+        (["--every", "1m", "--cron", "* * * * *"], ["exactly one schedule"]),
+        ([], ["exactly one schedule"]),
+    ],
+)
+def test_invalid_loop_definitions_exit_2(daemon: Daemon, args: list[str], fragments: list[str]) -> None:
+    command = [] if "--backend" in args else ["--command", "true"]
+    assert_refused(daemon, ["loop", "add", "bad", *args, *command], 2, *fragments)
+
+
+def test_command_backend_needs_a_command(daemon: Daemon) -> None:
+    assert_refused(daemon, ["loop", "add", "bad", "--every", "1m"], 2, "needs --command")
+
+
+def test_invalid_name_exits_2(daemon: Daemon) -> None:
+    assert_refused(
+        daemon, ["loop", "add", "../etc", "--every", "1m", "--command", "true"], 2, "invalid loop name"
+    )
+
+
+def test_duplicate_loop_exits_1_and_keeps_the_first(daemon: Daemon) -> None:
+    daemon.cli("loop", "add", "dup", "--every", "1h", "--command", "echo first")
+    assert_refused(
+        daemon, ["loop", "add", "dup", "--every", "1m", "--command", "x"], 1, "loop 'dup' already exists"
+    )
+    assert daemon.json("loop", "show", "dup")["command"] == "echo first"
+
+
+@pytest.mark.parametrize("verb", ["show", "pause", "resume", "rm", "run"])
+def test_unknown_loop_exits_1(daemon: Daemon, verb: str) -> None:
+    assert_refused(daemon, ["loop", verb, "ghost"], 1, "no loop named 'ghost'")
+
+
+def test_unknown_and_malformed_runs(daemon: Daemon) -> None:
+    assert_refused(daemon, ["runs", "show", "999999"], 1, "no run with id 999999")
+    assert_refused(daemon, ["runs", "show", "abc"], 2, "invalid run id 'abc'")
+    assert_refused(daemon, ["runs", "list", "--status", "happy"], 2, "invalid status 'happy'")
+    assert_refused(daemon, ["runs", "list", "--since", "yesterday"], 2, "invalid --since")
+    assert_refused(daemon, ["runs", "list", "--limit", "0"], 2, "--limit must be between")
+
+
+def test_click_usage_errors_are_one_line_exit_2(daemon: Daemon) -> None:
+    assert_refused(daemon, ["loop", "add", "x", "--catch-up", "twice"], 2, "twice")
+    assert_refused(daemon, ["loop", "frobnicate"], 2, "No such command")
+
+
+def test_daemon_not_running_message(tmp_path: Path) -> None:
+    absent = Daemon(tmp_path / "nothing-here")
+    for args in (["loop", "list"], ["runs", "list"], ["daemon", "status"]):
+        result = absent.cli(*args, check=False)
+        assert result.returncode == 1
+        assert result.stderr.strip() == (
+            f"fleetd: fleetd daemon is not running (socket {absent.socket}); "
+            "start it with `fleetd daemon start`"
+        )
+
+
+def _raw(daemon: Daemon, request: bytes) -> tuple[int, dict]:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.connect(str(daemon.socket))
+        s.sendall(request)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(body)
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status", "code"),
+    [
+        (b"POST /v1/loops HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: close\r\n\r\n{bad}", 400,
+         "invalid_argument"),
+        (b"POST /v1/loops HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\n[]", 400,
+         "invalid_argument"),
+        (b'POST /v1/loops HTTP/1.1\r\nHost: x\r\nContent-Length: 30\r\nConnection: close\r\n\r\n'
+         b'{"name": 5, "every": "1m"}    ', 400, "invalid_argument"),
+        (b"GET /v1/nowhere HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 404, "not_found"),
+        (b"PUT /v1/loops HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", 405,
+         "method_not_allowed"),
+    ],
+)  # fmt: skip
+def test_api_answers_bad_requests_with_json_errors(
+    daemon: Daemon, request_bytes: bytes, status: int, code: str
+) -> None:
+    got_status, body = _raw(daemon, request_bytes)
+    assert got_status == status
+    assert body["error"]["code"] == code and body["error"]["message"]

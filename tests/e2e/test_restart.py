@@ -1,0 +1,132 @@
+"""Restarts and crashes: kill -9 mid-run, missed fires with catch-up once / skip, SIGTERM grace."""
+
+from __future__ import annotations
+
+import sqlite3
+import sys
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import psutil
+
+from tests.harness import Daemon, wait_until
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+MakeDaemon = Callable[..., Daemon]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _now() -> datetime:
+    return datetime.now().astimezone()
+
+
+def test_kill9_mid_run_then_restart_marks_interrupted_and_kills_leftovers(
+    make_daemon: MakeDaemon, tmp_path: Path
+) -> None:
+    d = make_daemon()
+    pids_file = tmp_path / "pids"
+    d.cli("loop", "add", "crashy", "--every", "1h", "--timeout", "10m",
+          "--command", f"{sys.executable} {FIXTURES / 'forker.py'} {pids_file}")  # fmt: skip
+    before = d.json("loop", "show", "crashy")
+    run = d.json("loop", "run", "crashy")
+    pids = wait_until(lambda: [int(p) for p in pids_file.read_text().split()] if pids_file.exists() else [],
+                      what="the run's processes to start")  # fmt: skip
+    wait_until(lambda: len(pids_file.read_text().split()) == 3, what="three processes")
+    pids = [int(p) for p in pids_file.read_text().split()]
+    d.kill9()
+    assert all(_alive(p) for p in pids)  # own sessions: they outlive a crashed daemon
+
+    d = make_daemon()
+    after = d.json("runs", "show", str(run["id"]))
+    assert after["status"] == "interrupted"
+    assert "the daemon stopped while this run was running" in after["error"]
+    assert after["finished_at"] is not None
+    wait_until(lambda: not any(_alive(p) for p in pids), timeout=10, what="leftover processes killed")
+    loop = d.json("loop", "show", "crashy")
+    for key in ("name", "schedule", "command", "timeout_s", "next_fire_at", "created_at"):
+        assert loop[key] == before[key]
+
+
+def _missed_while_down(make_daemon: MakeDaemon, catch_up: str, crash: bool) -> tuple[Daemon, dict, list]:
+    d = make_daemon()
+    d.cli("loop", "add", "tick", "--every", "2s", "--catch-up", catch_up, "--command", "true")
+    d.cli("loop", "add", "once", "--at", (_now() + timedelta(seconds=2)).isoformat(timespec="seconds"),
+          "--catch-up", catch_up, "--command", "true")  # fmt: skip
+    # Stop before either fires, then let both fire times pass while the daemon is down.
+    d.kill9() if crash else d.stop()
+    loops, run_count = _offline(d)
+    assert run_count == 0
+    due = {name: datetime.fromisoformat(nxt) for name, nxt in loops.items()}
+    wait_until(lambda: _now() > max(due.values()) + timedelta(seconds=2.1), timeout=10,
+               what="several missed fire times")  # fmt: skip
+    d = make_daemon()
+    return d, due, d.runs()
+
+
+def _offline(d: Daemon) -> tuple[dict[str, str], int]:
+    """The stored next fire times and run count, read from the database while the daemon is down."""
+    with sqlite3.connect(d.home / "fleetd.db") as db:
+        loops = dict(db.execute("SELECT name, next_fire_at FROM loops").fetchall())
+        (count,) = db.execute("SELECT count(*) FROM runs").fetchone()
+    return loops, count
+
+
+def test_missed_fires_run_exactly_once_with_catch_up_once(make_daemon: MakeDaemon) -> None:
+    d, due, _ = _missed_while_down(make_daemon, "once", crash=True)
+    catch_ups = wait_until(
+        lambda: [r for r in d.runs() if r["trigger"] == "catch-up" and r["status"] == "succeeded"]
+        if len([r for r in d.runs() if r["trigger"] == "catch-up"]) >= 2 else [],
+        what="catch-up runs of both loops",
+    )  # fmt: skip
+    wait_until(lambda: len(d.runs("--loop", "tick", "--status", "succeeded")) >= 2, what="schedule resumes")
+    runs = d.runs()
+    assert sorted(r["loop"] for r in runs if r["trigger"] == "catch-up") == ["once", "tick"]
+    for run in catch_ups:
+        assert datetime.fromisoformat(run["scheduled_at"]) == due[run["loop"]]
+    # After the single catch-up, `tick` continues on its schedule; the one-shot is done.
+    assert all(r["trigger"] == "schedule" for r in runs if r["loop"] == "tick" and r not in catch_ups)
+    assert d.json("loop", "show", "once")["next_fire_at"] is None
+    assert datetime.fromisoformat(d.json("loop", "show", "tick")["next_fire_at"]) > due["tick"]
+
+
+def test_missed_fires_are_skipped_with_catch_up_skip(make_daemon: MakeDaemon) -> None:
+    d, due, _ = _missed_while_down(make_daemon, "skip", crash=False)
+    wait_until(lambda: d.runs("--loop", "tick", "--status", "succeeded"), what="tick's next scheduled run")
+    runs = d.runs()
+    assert [r for r in runs if r["trigger"] == "catch-up"] == []
+    assert [r for r in runs if r["loop"] == "once"] == []
+    first = min(datetime.fromisoformat(r["scheduled_at"]) for r in runs if r["loop"] == "tick")
+    assert first > due["tick"] + timedelta(seconds=2)  # the missed ones never ran
+    assert d.json("loop", "show", "once")["next_fire_at"] is None
+
+
+def test_sigterm_lets_short_runs_finish(make_daemon: MakeDaemon) -> None:
+    d = make_daemon("--stop-grace", "10s")
+    d.cli("loop", "add", "short", "--every", "1h", "--command", "sleep 1; echo done")
+    run = d.json("loop", "run", "short")
+    assert d.stop() == 0
+    d = make_daemon()
+    assert d.json("runs", "show", str(run["id"]))["status"] == "succeeded"
+
+
+def test_sigterm_interrupts_runs_that_outlast_the_grace(make_daemon: MakeDaemon, tmp_path: Path) -> None:
+    d = make_daemon("--stop-grace", "1s")
+    pids_file = tmp_path / "pids"
+    d.cli("loop", "add", "long", "--every", "1h",
+          "--command", f"{sys.executable} {FIXTURES / 'forker.py'} {pids_file}")  # fmt: skip
+    run = d.json("loop", "run", "long")
+    wait_until(lambda: pids_file.exists() and len(pids_file.read_text().split()) == 3, what="processes")
+    assert d.stop(timeout=30) == 0
+    pids = [int(p) for p in pids_file.read_text().split()]
+    assert not any(_alive(p) for p in pids)
+    d = make_daemon()
+    after = d.json("runs", "show", str(run["id"]))
+    assert after["status"] == "interrupted"
+    assert after["error"] == "daemon stopped before the run finished"
