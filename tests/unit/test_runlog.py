@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from fleetd.loops.runlog import RunLog
+
+
+def _drain(log: RunLog, pos: int) -> tuple[bytes, int]:
+    out = b""
+    while True:
+        data, pos = log.read_from(pos)
+        if not data:
+            return out, pos
+        out += data
+
+
+async def _writes_and_reads(tmp_path: Path) -> None:
+    log = RunLog(tmp_path / "r.log", cap=4096)
+    log.write(b"a" * 3000)
+    early, pos = _drain(log, 0)
+    assert early == b"a" * 3000
+    # Push well past cap + slack: the file is compacted under the follower.
+    for i in range(10):
+        log.write(bytes([ord("0") + i]) * 1000)
+    assert log.path.stat().st_size <= 4096 + 4096 + 200
+    rest, pos = _drain(log, pos)
+    assert rest.startswith(b"[fleetd] ") and b"bytes dropped by the output cap" in rest
+    assert rest.endswith(b"9" * 1000)
+    assert pos == log.end == 13000
+    log.close()
+    final = log.path.read_bytes()
+    header, _, tail = final.partition(b"\n")
+    assert header == b"[fleetd] output capped at 4096 bytes: 8904 earlier bytes dropped"
+    assert len(tail) == 4096 and tail.endswith(b"9" * 1000) and tail.startswith(b"5" * 96)
+
+
+def test_cap_keeps_the_tail_and_followers_skip_only_what_was_dropped(tmp_path: Path) -> None:
+    asyncio.run(_writes_and_reads(tmp_path))
+
+
+async def _waits(tmp_path: Path) -> None:
+    log = RunLog(tmp_path / "w.log", cap=1 << 20)
+    waiter = asyncio.create_task(log.wait_for_more(0, timeout=5))
+    await asyncio.sleep(0)
+    assert not waiter.done()
+    log.write(b"hello")
+    await asyncio.wait_for(waiter, 1)
+    assert log.read_from(0) == (b"hello", 5)
+    log.close()
+    await asyncio.wait_for(log.wait_for_more(5, timeout=5), 1)  # closed: returns at once
+
+
+def test_followers_wake_on_new_output_and_on_close(tmp_path: Path) -> None:
+    asyncio.run(_waits(tmp_path))
+
+
+def test_small_output_is_untouched(tmp_path: Path) -> None:
+    log = RunLog(tmp_path / "s.log", cap=4096)
+    log.write(b"x" * 4096)
+    log.close()
+    assert log.path.read_bytes() == b"x" * 4096

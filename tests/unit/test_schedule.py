@@ -1,0 +1,115 @@
+"""Pure fire planning with the clock passed in."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from fleetd.errors import InvalidArgument
+from fleetd.loops.model import Schedule
+from fleetd.loops.schedule import Fire, Plan, build_trigger, first_fire, following, plan_startup, plan_wake
+
+T0 = datetime(2026, 11, 21, 12, 0, 0, tzinfo=UTC)
+GRACE = timedelta(seconds=60)
+
+
+def every(expr: str) -> Schedule:
+    return Schedule("every", expr, "UTC")
+
+
+def test_interval_counts_from_creation_and_stays_aligned() -> None:
+    trig = build_trigger(every("10m"), T0)
+    assert first_fire(trig, T0) == T0 + timedelta(minutes=10)
+    # After a restart at an arbitrary moment the grid is the same.
+    assert first_fire(trig, T0 + timedelta(minutes=27)) == T0 + timedelta(minutes=30)
+
+
+def test_cron_in_a_zone() -> None:
+    trig = build_trigger(Schedule("cron", "0 2 * * *", "Europe/Stockholm"), T0)
+    nxt = first_fire(trig, T0)
+    assert nxt is not None and nxt.astimezone(UTC) == datetime(2026, 11, 22, 1, 0, tzinfo=UTC)
+
+
+def test_one_shot_naive_time_is_in_the_schedule_zone_and_fires_once() -> None:
+    trig = build_trigger(Schedule("at", "2026-12-01T09:00", "America/Recife"), T0)
+    due = first_fire(trig, T0)
+    assert due == datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+    assert following(trig, due, due + timedelta(seconds=1)) is None
+    assert first_fire(trig, due + timedelta(seconds=1)) is None  # passed: nothing left
+
+
+@pytest.mark.parametrize(
+    ("schedule", "message"),
+    [
+        (Schedule("cron", "0 25 * * *", "UTC"), "invalid cron expression"),
+        (Schedule("cron", "* * *", "UTC"), "invalid cron expression"),
+        (Schedule("every", "soon", "UTC"), "invalid --every"),
+        (Schedule("every", "500ms", "UTC"), "at least 1s"),
+        (Schedule("at", "tomorrow", "UTC"), "invalid time"),
+        (Schedule("every", "1m", "Nowhere/City"), "unknown time zone"),
+    ],
+)
+def test_bad_schedules(schedule: Schedule, message: str) -> None:
+    with pytest.raises(InvalidArgument, match=message):
+        build_trigger(schedule, T0)
+
+
+def test_startup_not_yet_due_keeps_the_stored_time() -> None:
+    trig = build_trigger(every("10m"), T0)
+    due = T0 + timedelta(minutes=10)
+    assert plan_startup(trig, due, T0 + timedelta(minutes=5), "once") == Plan(None, due)
+
+
+def test_startup_after_many_missed_fires_runs_one_catch_up() -> None:
+    trig = build_trigger(every("10m"), T0)
+    due = T0 + timedelta(minutes=10)
+    now = T0 + timedelta(hours=5, minutes=3)  # 30 fires missed
+    plan = plan_startup(trig, due, now, "once")
+    assert plan.fire == Fire(due, "catch-up")
+    assert plan.next_fire_at == T0 + timedelta(hours=5, minutes=10)
+
+
+def test_startup_with_skip_runs_nothing_and_moves_on() -> None:
+    trig = build_trigger(every("10m"), T0)
+    plan = plan_startup(trig, T0 + timedelta(minutes=10), T0 + timedelta(hours=1, minutes=1), "skip")
+    assert plan == Plan(None, T0 + timedelta(hours=1, minutes=10))
+
+
+def test_startup_missed_one_shot() -> None:
+    trig = build_trigger(Schedule("at", "2026-11-21T13:00:00+00:00", "UTC"), T0)
+    due = T0 + timedelta(hours=1)
+    later = T0 + timedelta(hours=3)
+    assert plan_startup(trig, due, later, "once") == Plan(Fire(due, "catch-up"), None)
+    assert plan_startup(trig, due, later, "skip") == Plan(None, None)
+
+
+def test_wake_on_time_fires_on_schedule_and_plans_the_next() -> None:
+    trig = build_trigger(every("10m"), T0)
+    due = T0 + timedelta(minutes=10)
+    plan = plan_wake(trig, due, due + timedelta(milliseconds=3), "skip", GRACE)
+    assert plan == Plan(Fire(due, "schedule"), due + timedelta(minutes=10))
+
+
+def test_wake_early_does_nothing() -> None:
+    trig = build_trigger(every("10m"), T0)
+    due = T0 + timedelta(minutes=10)
+    assert plan_wake(trig, due, due - timedelta(seconds=1), "once", GRACE) == Plan(None, due)
+
+
+def test_wake_after_suspend_is_a_catch_up_and_never_replays() -> None:
+    trig = build_trigger(every("10m"), T0)
+    due = T0 + timedelta(minutes=10)
+    woke = T0 + timedelta(hours=2, minutes=1)
+    assert plan_wake(trig, due, woke, "once", GRACE) == Plan(
+        Fire(due, "catch-up"), T0 + timedelta(hours=2, minutes=10)
+    )
+    assert plan_wake(trig, due, woke, "skip", GRACE) == Plan(None, T0 + timedelta(hours=2, minutes=10))
+
+
+def test_following_never_returns_a_past_time() -> None:
+    trig = build_trigger(every("1s"), T0)
+    fired = T0 + timedelta(seconds=1)
+    now = fired + timedelta(seconds=3.5)  # the run took a while to record
+    nxt = following(trig, fired, now)
+    assert nxt is not None and nxt > now and nxt == T0 + timedelta(seconds=5)
