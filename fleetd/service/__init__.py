@@ -1,0 +1,1 @@
+"""Service unit files: render and install the systemd user unit / launchd agent."""
