@@ -1,0 +1,43 @@
+"""Shared bench plumbing: a throwaway daemon and a timer for whole commands."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+FLEETD = shutil.which("fleetd", path=str(BIN)) or "fleetd"
+
+
+def time_command(argv: list[str], env: dict[str, str], repeat: int) -> float:
+    """Median wall time of a fresh process, in milliseconds."""
+    samples = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        subprocess.run(argv, env=env, check=True, stdout=subprocess.DEVNULL)
+        samples.append((time.perf_counter() - start) * 1000)
+    return statistics.median(samples)
+
+
+class ThrowawayDaemon:
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="flb-", dir="/tmp"))
+        self.env = {**os.environ, "FLEETD_HOME": str(self.dir / "home")}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> ThrowawayDaemon:
+        subprocess.run([FLEETD, "daemon", "start"], env=self.env, check=True, stdout=subprocess.DEVNULL)
+        return self
+
+    def cli(self, *args: str) -> None:
+        subprocess.run([FLEETD, *args], env=self.env, check=True, stdout=subprocess.DEVNULL)
+
+    def close(self) -> None:
+        subprocess.run([FLEETD, "daemon", "stop"], env=self.env, check=False, stdout=subprocess.DEVNULL)
+        shutil.rmtree(self.dir, ignore_errors=True)
