@@ -4,7 +4,6 @@ them, so `fleetd loop list` stays a ~50 ms round trip."""
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -81,6 +80,8 @@ def daemon_start(stop_grace: str, kill_grace: str, wait_s: float) -> None:
     if health:
         click.echo(f"fleetd daemon already running (pid {health['pid']}, socket {paths.socket})")
         return
+    import subprocess
+
     paths.ensure()
     argv = [sys.executable, "-m", "fleetd", "daemon", "run", "--stop-grace", stop_grace,
             "--kill-grace", kill_grace]  # fmt: skip
