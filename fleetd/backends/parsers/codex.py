@@ -1,0 +1,229 @@
+"""Codex CLI: `codex exec --json` JSONL events, and rate-limit snapshots from rollout files.
+
+The exec stream carries no rate-limit snapshot; windows (used %, reset) live only in the rollout file's
+`token_count` events under $CODEX_HOME/sessions, hence parse_rollout.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, tzinfo
+from typing import Any
+
+from fleetd.backends.parsers import (
+    as_float,
+    as_int,
+    as_str,
+    aware,
+    classify_text,
+    count,
+    dig,
+    excerpt,
+    fail_soft,
+    json_objects,
+    loads_object,
+    safe_bool,
+    status_class,
+    tail_excerpt,
+    unknown,
+)
+from fleetd.backends.reset_time import epoch_to_datetime, parse_reset_time
+from fleetd.backends.result import ErrorClass, ParsedOutput, TokenUsage, WindowState
+
+# "Reconnecting... 2/5 (…)" error events are retry progress, not the turn's final error.
+_RECONNECT = re.compile(r"^\s*Reconnecting\.\.\.\s*\d+\s*/\s*\d+", re.I)
+_STATUS = re.compile(r"(?:last status|unexpected status):?\s*(\d{3})\b", re.I)
+_CODEX_LIMITS = re.compile(
+    r"usage limit|quota exceeded|out of credits|spend cap|usage_limit_reached|too many requests", re.I
+)
+_CODEX_AUTH = re.compile(r"upgrade to plus:|not logged in|codex login|refresh token|token (?:has )?expired", re.I)
+
+
+@dataclass
+class _Scan:
+    objects: int = 0
+    session_id: str | None = None
+    usage: TokenUsage | None = None
+    final_text: str | None = None
+    failed: str | None = None  # turn.failed error.message
+    fatal: list[str] = field(default_factory=list)  # error events other than reconnect progress
+    reconnects: list[str] = field(default_factory=list)
+
+
+@fail_soft
+def parse_exec_jsonl(stdout: str, stderr: str, exit_code: int | None, now: datetime, tz: tzinfo) -> ParsedOutput:
+    """One `codex exec --json` run. Usage is the thread total of the last turn.completed."""
+    now = aware(now, tz)
+    scan = _scan(stdout)
+    if not scan.objects:
+        return _no_events(stdout, stderr, exit_code)
+    common: dict[str, Any] = {"session_id": scan.session_id, "usage": scan.usage or TokenUsage()}
+    error = scan.failed or (scan.fatal[-1] if scan.fatal else None)
+    if error is None and scan.usage is not None and exit_code in (0, None):
+        return ParsedOutput(outcome="succeeded", final_text=scan.final_text, **common)
+    if error is None and scan.reconnects:
+        error = scan.reconnects[-1]  # cut short while retrying: the retry reason is all we know
+    if error is None:
+        if exit_code in (0, None):
+            parsed = unknown(stdout, stderr, note="no turn.completed or turn.failed")
+            parsed.session_id = scan.session_id
+            return parsed
+        error = tail_excerpt(stderr) or f"exited {exit_code}"
+    error_class = classify_codex_message(error) or "unknown"
+    return ParsedOutput(
+        outcome="failed",
+        error_class=error_class,
+        reset_at=parse_reset_time(error, now, tz) if error_class == "rate_limited" else None,
+        message=excerpt(error),
+        **common,
+    )
+
+
+def classify_codex_message(message: str | None) -> ErrorClass | None:
+    """Codex's error prose → class; an HTTP status inside it ("last status: 429") wins."""
+    if not message:
+        return None
+    if m := _STATUS.search(message):
+        from_status = status_class(int(m.group(1)))
+        if from_status is not None:
+            return from_status
+    if _CODEX_LIMITS.search(message):
+        return "rate_limited"
+    if _CODEX_AUTH.search(message):
+        return "auth"
+    return classify_text(message)
+
+
+@safe_bool
+def is_rate_limit_line(line: str) -> bool:
+    """True when a streamed stdout/stderr line already shows a rate or usage limit."""
+    obj = loads_object(line)
+    if obj is None:
+        return classify_codex_message(line) == "rate_limited"
+    if obj.get("type") == "error":
+        return classify_codex_message(as_str(obj.get("message"))) == "rate_limited"
+    if obj.get("type") == "turn.failed":
+        return classify_codex_message(as_str(dig(obj, "error", "message"))) == "rate_limited"
+    return False
+
+
+def parse_rollout(text: str, now: datetime, tz: tzinfo) -> list[WindowState]:
+    """Rate-limit windows from a rollout file's token_count events; later snapshots win, per window.
+
+    Windows are keyed by (limit id, window_minutes), not by the primary/secondary slot, because which
+    slot holds the weekly window is not stable across plans and versions. Never raises.
+    """
+    try:
+        now = aware(now, tz)
+        windows: dict[tuple[str, object], WindowState] = {}
+        for obj in json_objects(text):
+            limits = _rate_limits(obj)
+            if limits is None:
+                continue
+            seen_at = _timestamp(obj.get("timestamp"), tz) or now
+            for slot in ("primary", "secondary"):
+                _merge_window(windows, limits, slot, seen_at, tz)
+        return sorted(windows.values(), key=_window_order)
+    except Exception:  # a corrupt rollout must not break the caller; no windows is the honest answer
+        return []
+
+
+def blocked_until(windows: list[WindowState]) -> datetime | None:
+    """When every exhausted window (used >= 100 %) has reset; None if none is exhausted."""
+    resets = [w.resets_at for w in windows if w.used_percent is not None and w.used_percent >= 100 and w.resets_at]
+    return max(resets) if resets else None
+
+
+def _scan(stdout: str) -> _Scan:
+    scan = _Scan()
+    for obj in json_objects(stdout):
+        scan.objects += 1
+        kind = obj.get("type")
+        if kind == "thread.started":
+            scan.session_id = as_str(obj.get("thread_id")) or scan.session_id
+        elif kind == "turn.completed":
+            scan.usage = _usage(obj.get("usage"))
+        elif kind == "turn.failed":
+            scan.failed = as_str(dig(obj, "error", "message")) or "turn failed"
+        elif kind == "error":
+            message = as_str(obj.get("message")) or "error"
+            (scan.reconnects if _RECONNECT.search(message) else scan.fatal).append(message)
+        elif kind == "item.completed" and dig(obj, "item", "type") == "agent_message":
+            scan.final_text = as_str(dig(obj, "item", "text")) or scan.final_text
+    return scan
+
+
+def _usage(usage: object) -> TokenUsage:
+    """OpenAI semantics in, Anthropic semantics out: input_tokens includes the cached part."""
+    if not isinstance(usage, dict):
+        return TokenUsage()
+    cached = count(usage.get("cached_input_tokens"))
+    return TokenUsage(
+        input_tokens=max(0, count(usage.get("input_tokens")) - cached),
+        output_tokens=count(usage.get("output_tokens")),
+        cache_read_tokens=cached,
+        cache_write_tokens=count(usage.get("cache_write_input_tokens")),
+    )
+
+
+def _no_events(stdout: str, stderr: str, exit_code: int | None) -> ParsedOutput:
+    """No JSON events: config/argument errors and crashes print to stderr only."""
+    both = f"{stdout or ''}\n{stderr or ''}".strip()
+    if exit_code not in (0, None):
+        if not both:
+            return ParsedOutput(outcome="failed", error_class="transient", message=f"exited {exit_code} without output")
+        # A non-zero exit is a failure even when nothing in the output says why.
+        error_class = classify_codex_message(both) or "unknown"
+        return ParsedOutput(outcome="failed", error_class=error_class, message=tail_excerpt(both))
+    return unknown(stdout, stderr)
+
+
+def _rate_limits(obj: dict[str, Any]) -> dict[str, Any] | None:
+    # Current rollouts wrap events as {"type":"event_msg","payload":{…}}; older streams used "msg".
+    payload = obj.get("payload") if isinstance(obj.get("payload"), dict) else obj.get("msg")
+    if not isinstance(payload, dict):
+        payload = obj
+    if payload.get("type") != "token_count":
+        return None
+    limits = payload.get("rate_limits")
+    return limits if isinstance(limits, dict) else None
+
+
+def _merge_window(
+    windows: dict[tuple[str, object], WindowState],
+    limits: dict[str, Any],
+    slot: str,
+    seen_at: datetime,
+    tz: tzinfo,
+) -> None:
+    raw = limits.get(slot)
+    if not isinstance(raw, dict):
+        return
+    limit_id = as_str(limits.get("limit_id")) or "codex"
+    minutes = as_int(raw.get("window_minutes"))
+    resets_at = epoch_to_datetime(raw.get("resets_at"), tz)
+    relative = as_float(raw.get("resets_in_seconds"))
+    if resets_at is None and relative is not None and 0 <= relative < 10**9:
+        # The legacy relative form counts from when the snapshot was written, not from now.
+        resets_at = seen_at + timedelta(seconds=relative)
+    windows[(limit_id, minutes if minutes is not None else slot)] = WindowState(
+        window_minutes=minutes,
+        used_percent=as_float(raw.get("used_percent")),
+        resets_at=resets_at,
+        name=slot if limit_id == "codex" else f"{limit_id}:{slot}",
+    )
+
+
+def _timestamp(value: object, tz: tzinfo) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        stamp = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return stamp if stamp.tzinfo else stamp.replace(tzinfo=tz)
+
+
+def _window_order(window: WindowState) -> tuple[bool, int, str]:
+    return (window.window_minutes is None, window.window_minutes or 0, window.name)

@@ -1,0 +1,58 @@
+"""What a backend parser makes of one attempt's output. Plain data, no behaviour beyond adding tokens."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal
+
+ErrorClass = Literal["rate_limited", "transient", "auth", "contract", "unknown"]
+Outcome = Literal["succeeded", "failed", "unknown"]
+
+
+@dataclass(frozen=True)
+class TokenUsage:
+    """Anthropic semantics: input_tokens EXCLUDES cache reads and cache writes."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+
+    def __add__(self, other: TokenUsage) -> TokenUsage:
+        if not isinstance(other, TokenUsage):
+            return NotImplemented
+        return TokenUsage(
+            self.input_tokens + other.input_tokens,
+            self.output_tokens + other.output_tokens,
+            self.cache_read_tokens + other.cache_read_tokens,
+            self.cache_write_tokens + other.cache_write_tokens,
+        )
+
+    @property
+    def total(self) -> int:
+        return self.input_tokens + self.output_tokens + self.cache_read_tokens + self.cache_write_tokens
+
+
+@dataclass(frozen=True)
+class WindowState:
+    """A usage window the CLI reported (Claude rate_limit_event, Codex token_count.rate_limits)."""
+
+    window_minutes: int | None
+    used_percent: float | None
+    resets_at: datetime | None
+    name: str = ""
+
+
+@dataclass
+class ParsedOutput:
+    outcome: Outcome
+    error_class: ErrorClass | None = None
+    reset_at: datetime | None = None
+    usage: TokenUsage = field(default_factory=TokenUsage)
+    cost_usd: float | None = None
+    model: str | None = None
+    session_id: str | None = None
+    final_text: str | None = None
+    windows: list[WindowState] = field(default_factory=list)
+    message: str | None = None  # short error, or an excerpt of output nobody could parse (<= 300 chars)
