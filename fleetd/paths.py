@@ -44,6 +44,14 @@ class Paths:
     def daemon_log(self) -> Path:
         return self.logs / "daemon.log"
 
+    @property
+    def profiles(self) -> Path:
+        return self.home / "profiles"
+
+    @property
+    def tmp(self) -> Path:
+        return self.home / "tmp"
+
     def run_log(self, run_id: int) -> Path:
         # Sharded so a million runs never put a million files in one directory.
         return self.run_logs / f"{run_id // 1000:04d}" / f"{run_id}.log"

@@ -15,6 +15,13 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 FLEETD = shutil.which("fleetd", path=str(Path(sys.executable).parent)) or "fleetd"
+STANDIN_BIN = Path(__file__).resolve().parent / "standins" / "bin"
+
+
+def captures_dir() -> Path:
+    """The team's captures of the real CLIs: ../shared/captures beside the repo, or FLEETD_CAPTURES."""
+    override = os.environ.get("FLEETD_CAPTURES")
+    return Path(override) if override else Path(__file__).resolve().parents[1].parent / "shared" / "captures"
 
 
 def wait_until(

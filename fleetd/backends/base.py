@@ -1,22 +1,38 @@
-"""The adapter seam: what every backend turns a task into, and what it makes of the result."""
+"""The adapter seam: what every backend turns an attempt into, and what it makes of the result.
+
+A process backend turns (task, profile) into argv/env/stdin/cwd and parses what came back; an HTTP
+backend makes the call itself. Either way the result is a `ParsedOutput`. Nothing here decides
+routing: that is `fleetd.routing`.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from datetime import datetime, tzinfo
+from typing import TYPE_CHECKING, Literal, Protocol
 
+from fleetd.backends.result import ParsedOutput
 from fleetd.loops.model import Loop
 
-AttemptOutcome = Literal["succeeded", "failed", "unknown"]
+if TYPE_CHECKING:
+    from fleetd.profiles.model import Profile
 
 
 @dataclass(frozen=True)
-class Task:
-    """One attempt's worth of work, as the loop defines it."""
-
+class AttemptContext:
     run_id: int
     loop: Loop
     prompt: str | None
+    profile: Profile | None
+    secret: str | None  # the profile's API key, if it has one; never logged
+    model: str | None  # the loop's --model, else the profile's default
+    tmpdir: str  # private TMPDIR for this attempt, removed afterwards
+
+
+@dataclass
+class EnvChange:
+    set: dict[str, str] = field(default_factory=dict)
+    unset: tuple[str, ...] = ()
 
 
 @dataclass
@@ -24,23 +40,49 @@ class ProcessSpec:
     argv: list[str]
     env: dict[str, str] = field(default_factory=dict)  # added to the daemon's environment
     unset_env: tuple[str, ...] = ()
-    stdin: bytes | None = None
+    stdin: bytes | None = None  # None: stdin is closed at once
     cwd: str | None = None
 
 
 @dataclass
-class AttemptResult:
-    outcome: AttemptOutcome
-    error: str | None = None
-    error_class: str | None = None
+class ProcessOutput:
+    exit_code: int | None
+    stdout: str
+    stderr: str
 
 
 class Adapter(Protocol):
     name: str
+    kind: Literal["process", "http"]
+    needs_profile: bool
+    # True where the CLI has no setting to stop its own retrying: the attempt then ends on the first
+    # rate-limit line of live output instead of sitting out minutes of retries.
+    end_on_rate_limit_line: bool
 
     def validate(self, loop: Loop) -> None:
         """Raise InvalidArgument when the loop lacks what this backend needs."""
 
-    def build(self, task: Task) -> ProcessSpec: ...
+    def profile_env(self, profile: Profile, secret: str | None) -> EnvChange:
+        """The environment that makes the CLI use this profile's login or key."""
+        ...
 
-    def interpret(self, exit_code: int, output_tail: bytes) -> AttemptResult: ...
+    def login_argv(self, profile: Profile) -> list[str] | None:
+        """The CLI's own interactive login, or None when the backend logs in by API key only."""
+
+    def is_rate_limit_line(self, line: str) -> bool: ...
+
+
+class ProcessAdapter(Adapter, Protocol):
+    def build(self, ctx: AttemptContext) -> ProcessSpec: ...
+
+    def interpret(self, ctx: AttemptContext, out: ProcessOutput, now: datetime, tz: tzinfo) -> ParsedOutput: ...
+
+
+class LogSink(Protocol):
+    def __call__(self, data: bytes) -> None: ...
+
+
+class HttpAdapter(Adapter, Protocol):
+    async def call(
+        self, ctx: AttemptContext, log: LogSink, timeout: float | None, now: datetime, tz: tzinfo
+    ) -> ParsedOutput: ...

@@ -2,30 +2,51 @@
 
 from __future__ import annotations
 
-from fleetd.backends.base import AttemptResult, ProcessSpec, Task
+from datetime import datetime, tzinfo
+from typing import TYPE_CHECKING, Literal
+
+from fleetd.backends.base import AttemptContext, EnvChange, ProcessOutput, ProcessSpec
+from fleetd.backends.result import ParsedOutput
 from fleetd.errors import InvalidArgument
 from fleetd.loops.model import Loop
+
+if TYPE_CHECKING:
+    from fleetd.profiles.model import Profile
 
 
 class CommandAdapter:
     name = "command"
+    kind: Literal["process"] = "process"
+    needs_profile = False
+    end_on_rate_limit_line = False
 
     def validate(self, loop: Loop) -> None:
         if not loop.command or not loop.command.strip():
             raise InvalidArgument("the command backend needs --command")
+        if loop.profiles:
+            raise InvalidArgument("the command backend takes no --profile")
 
-    def build(self, task: Task) -> ProcessSpec:
-        env = {"FLEETD_PROMPT": task.prompt} if task.prompt is not None else {}
+    def profile_env(self, profile: Profile, secret: str | None) -> EnvChange:
+        return EnvChange()
+
+    def login_argv(self, profile: Profile) -> list[str] | None:
+        return None
+
+    def is_rate_limit_line(self, line: str) -> bool:
+        return False
+
+    def build(self, ctx: AttemptContext) -> ProcessSpec:
+        env = {"FLEETD_PROMPT": ctx.prompt} if ctx.prompt is not None else {}
         return ProcessSpec(
-            argv=["/bin/sh", "-c", task.loop.command or ""],
+            argv=["/bin/sh", "-c", ctx.loop.command or ""],
             env=env,
-            stdin=(task.prompt or "").encode(),
-            cwd=task.loop.workdir,
+            stdin=(ctx.prompt or "").encode(),
+            cwd=ctx.loop.workdir,
         )
 
-    def interpret(self, exit_code: int, output_tail: bytes) -> AttemptResult:
-        if exit_code == 0:
-            return AttemptResult("succeeded")
-        if exit_code < 0:
-            return AttemptResult("failed", f"killed by signal {-exit_code}")
-        return AttemptResult("failed", f"exit code {exit_code}")
+    def interpret(self, ctx: AttemptContext, out: ProcessOutput, now: datetime, tz: tzinfo) -> ParsedOutput:
+        if out.exit_code == 0:
+            return ParsedOutput("succeeded")
+        if out.exit_code is not None and out.exit_code < 0:
+            return ParsedOutput("failed", message=f"killed by signal {-out.exit_code}")
+        return ParsedOutput("failed", message=f"exit code {out.exit_code}")

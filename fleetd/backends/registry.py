@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+from fleetd.backends.aider import AiderAdapter
 from fleetd.backends.base import Adapter
+from fleetd.backends.claude_code import ClaudeCodeAdapter
+from fleetd.backends.codex import CodexAdapter
 from fleetd.backends.command import CommandAdapter
+from fleetd.backends.gemini import GeminiAdapter
+from fleetd.backends.openai_compat import OpenAICompatAdapter
 from fleetd.errors import InvalidArgument
 
 ADAPTERS: dict[str, Adapter] = {
     "command": CommandAdapter(),
+    "claude_code": ClaudeCodeAdapter(),
+    "codex": CodexAdapter(),
+    "gemini": GeminiAdapter(),
+    "aider": AiderAdapter(),
+    "openai_compat": OpenAICompatAdapter(),
 }
 
 

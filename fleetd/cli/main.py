@@ -184,7 +184,13 @@ def _parse_size(text: str) -> int:
 @click.option("--at", help="One-shot time, ISO 8601, e.g. 2026-12-01T09:00.")
 @click.option("--tz", "timezone", help="Time zone of the schedule (default: the daemon's local zone).")
 @click.option("--dir", "workdir", type=click.Path(file_okay=False), help="Working directory.")
-@click.option("--backend", default="command", show_default=True, help="Backend that runs it.")
+@click.option("--backend", default="command", show_default=True,
+              help="command, claude_code, codex, gemini, aider or openai_compat.")  # fmt: skip
+@click.option(
+    "--profile", "profiles", help="Profile pool, comma-separated, tried in order (default: all of the backend)."
+)
+@click.option("--model", help="Model for the agent (default: the profile's).")
+@click.option("--agent-arg", "agent_args", multiple=True, help="Extra argument passed to the agent CLI (repeatable).")
 @click.option("--command", "command", help="Shell command (command backend).")
 @click.option("--prompt", help="Prompt text (stdin and FLEETD_PROMPT for the command backend).")
 @click.option("--prompt-file", type=click.Path(dir_okay=False), help="File read for the prompt at each run.")
@@ -195,11 +201,12 @@ def _parse_size(text: str) -> int:
 @click.option("--output-cap", default="10MB", show_default=True, help="Keep at most this much output (tail).")
 @click.option("--paused", is_flag=True, help="Add it paused.")
 @click.option("--json", "as_json", is_flag=True, help="Print the loop as JSON.")
-def loop_add(name: str, workdir: str | None, prompt_file: str | None, env: tuple[str, ...],
+def loop_add(name: str, workdir: str | None, prompt_file: str | None, env: tuple[str, ...], agent_args: tuple[str, ...],
              output_cap: str, paused: bool, as_json: bool, **fields: Any) -> None:  # fmt: skip
     """Add a loop NAME with exactly one of --cron, --every, --at."""
     body: dict[str, Any] = {k: v for k, v in fields.items() if v is not None}
-    body.update(name=name, env=list(env), output_cap=_parse_size(output_cap), enabled=not paused)
+    body.update(name=name, env=list(env), agent_args=list(agent_args), output_cap=_parse_size(output_cap),
+                enabled=not paused)  # fmt: skip
     if workdir is not None:
         body["dir"] = os.path.abspath(os.path.expanduser(workdir))
     if prompt_file is not None:
@@ -253,6 +260,9 @@ def loop_show(name: str, as_json: bool) -> None:
             ("prompt file", lp["prompt_file"]),
             ("dir", lp["dir"]),
             ("env", " ".join(f"{k}={v}" for k, v in lp["env"].items()) or None),
+            ("profiles", ",".join(lp["profiles"]) or ("(all of the backend)" if lp["backend"] != "command" else None)),
+            ("model", lp["model"]),
+            ("agent args", " ".join(lp["agent_args"]) or None),
             ("timeout", format_duration(lp["timeout_s"]) if lp["timeout_s"] else "none"),
             ("catch-up", lp["catch_up"]),
             ("enabled", "yes" if lp["enabled"] else "paused"),
@@ -327,9 +337,7 @@ def runs() -> None:
 @click.option("--since", help="Only runs started within this long, e.g. 24h.")
 @click.option("--limit", default=50, show_default=True, type=int, help="At most this many, newest first.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
-def runs_list(
-    loop_name: str | None, status: str | None, since: str | None, limit: int, as_json: bool
-) -> None:
+def runs_list(loop_name: str | None, status: str | None, since: str | None, limit: int, as_json: bool) -> None:
     """Runs, newest first."""
     items = _client().call(
         "GET", "/v1/runs", query={"loop": loop_name, "status": status, "since": since, "limit": limit}
@@ -386,6 +394,17 @@ def runs_show(run_id: str, as_json: bool) -> None:
             ("log", r["log_path"]),
         ]
     )
+    for a in r.get("attempt_list", []):
+        t = a["tokens"]
+        cost = f" ${a['cost_usd']:.4f}" if a["cost_usd"] is not None else ""
+        what = a["outcome"] if not a["error_class"] else f"{a['outcome']} ({a['error_class']})"
+        click.echo(
+            f"  attempt {a['number']}: {a['backend']}/{a['profile'] or '-'} {a['model'] or ''} {what}, "
+            f"tokens in {t['input']} out {t['output']} cache r/w {t['cache_read']}/{t['cache_write']}{cost}"
+            + (f", resets {local_time(a['reset_at'])}" if a["reset_at"] else "")
+        )
+        if a["error"]:
+            click.echo(f"    {short(a['error'], 150)}")
 
 
 @runs.command("logs")
@@ -398,6 +417,125 @@ def runs_logs(run_id: str, follow: bool) -> None:
     for chunk in _client(timeout=None).stream(path):
         out.write(chunk)
         out.flush()
+
+
+# -- profiles -------------------------------------------------------------------------------------
+
+
+@cli.group()
+def profile() -> None:
+    """Auth profiles: one login or API key each."""
+
+
+@profile.command("add")
+@click.argument("name")
+@click.option("--backend", required=True, help="claude_code, codex, gemini, aider or openai_compat.")
+@click.option("--tier", type=click.Choice(["local", "subscription", "metered"]),
+              help="Default: metered with an API key, local for a loopback --base-url, else subscription.")  # fmt: skip
+@click.option("--api-key-stdin", is_flag=True, help="Read the API key from stdin (kept in the OS keyring).")
+@click.option("--base-url", help="API base URL (openai_compat; or a gateway for the others).")
+@click.option("--model", help="Default model for this profile.")
+@click.option("--config-dir", type=click.Path(file_okay=False), help="The CLI's config directory for this login.")
+@click.option("--price-input", type=float, help="USD per million input tokens (metered).")
+@click.option("--price-output", type=float, help="USD per million output tokens.")
+@click.option("--price-cache-read", type=float, help="USD per million cache-read tokens.")
+@click.option("--price-cache-write", type=float, help="USD per million cache-write tokens.")
+@click.option("--json", "as_json", is_flag=True, help="Print the profile as JSON.")
+def profile_add(name: str, api_key_stdin: bool, config_dir: str | None, as_json: bool, **fields: Any) -> None:
+    """Add profile NAME. The key never appears on a command line: pipe it in with --api-key-stdin."""
+    body: dict[str, Any] = {k: v for k, v in fields.items() if v is not None}
+    body["name"] = name
+    if config_dir is not None:
+        body["config_dir"] = os.path.abspath(os.path.expanduser(config_dir))
+    if api_key_stdin:
+        if sys.stdin.isatty():
+            raise CliError("--api-key-stdin: pipe the key in, e.g. `fleetd profile add … --api-key-stdin < key.txt`", 2)
+        body["api_key"] = sys.stdin.read().strip()
+    created = _client().call("POST", "/v1/profiles", body)
+    if as_json:
+        emit_json(created)
+        return
+    hint = "" if created["has_api_key"] else f"; log in with `fleetd profile login {name}`"
+    click.echo(f"added profile {name} ({created['backend']}, {created['tier']}){hint}")
+
+
+@profile.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+def profile_list(as_json: bool) -> None:
+    """All profiles."""
+    items = _client().call("GET", "/v1/profiles")
+    if as_json:
+        emit_json(items)
+        return
+    rows = [
+        [p["name"], p["backend"], p["tier"], "key" if p["has_api_key"] else "login", p["model"] or "-",
+         "yes" if p["enabled"] else "no", p["config_dir"]]
+        for p in items
+    ]  # fmt: skip
+    click.echo(table(["NAME", "BACKEND", "TIER", "AUTH", "MODEL", "ENABLED", "CONFIG DIR"], rows))
+
+
+@profile.command("show")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
+def profile_show(name: str, as_json: bool) -> None:
+    """One profile (never its key)."""
+    p = _client().call("GET", f"/v1/profiles/{segment(name)}")
+    if as_json:
+        emit_json(p)
+        return
+    prices = ", ".join(f"{k} ${v}/Mtok" for k, v in p["prices_per_mtok"].items() if v is not None)
+    _print_fields(
+        [
+            ("name", p["name"]),
+            ("backend", p["backend"]),
+            ("tier", p["tier"]),
+            ("auth", "API key (in the keyring)" if p["has_api_key"] else "login in the config dir"),
+            ("config dir", p["config_dir"]),
+            ("base url", p["base_url"]),
+            ("model", p["model"]),
+            ("prices", prices or None),
+            ("enabled", "yes" if p["enabled"] else "no"),
+        ]
+    )
+
+
+@profile.command("rm")
+@click.argument("name")
+def profile_rm(name: str) -> None:
+    """Remove profile NAME and its stored key."""
+    _client().call("DELETE", f"/v1/profiles/{segment(name)}")
+    click.echo(f"removed profile {name}")
+
+
+@profile.command("env")
+@click.argument("name")
+def profile_env(name: str) -> None:
+    """Print shell lines that use this profile by hand: eval "$(fleetd profile env NAME)"."""
+    import shlex
+
+    env = _client().call("GET", f"/v1/profiles/{segment(name)}/env")
+    for var in env["unset"]:
+        click.echo(f"unset {var}")
+    for var, value in env["set"].items():
+        click.echo(f"export {var}={shlex.quote(value)}")
+
+
+@profile.command("login")
+@click.argument("name")
+def profile_login(name: str) -> None:
+    """Run the backend's own login in the foreground, with this profile's config directory."""
+    env = _client().call("GET", f"/v1/profiles/{segment(name)}/env")
+    argv = env["login_argv"]
+    if not argv:
+        raise CliError(f"profile {name} ({env['backend']}) logs in by API key: add it with --api-key-stdin")
+    child_env = {k: v for k, v in os.environ.items() if k not in env["unset"]}
+    child_env.update(env["set"])
+    click.echo(f"running `{' '.join(argv)}` for profile {name}", err=True)
+    try:
+        os.execvpe(argv[0], argv, child_env)
+    except FileNotFoundError:
+        raise CliError(f"{argv[0]} not found on PATH") from None
 
 
 # -- service --------------------------------------------------------------------------------------

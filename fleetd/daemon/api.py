@@ -18,12 +18,16 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from fleetd import __version__
-from fleetd.daemon.views import loop_json, run_json
+from fleetd.daemon.views import loop_json, profile_json, run_json
 from fleetd.errors import FleetdError, InvalidArgument
 from fleetd.loops.executor import Executor
 from fleetd.loops.model import validate_loop_input, validate_name
 from fleetd.loops.scheduler import Scheduler
 from fleetd.paths import Paths
+from fleetd.profiles.model import validate_profile_name
+from fleetd.profiles.service import ProfileService
+from fleetd.routing.policy import check_pool
+from fleetd.store.attempts import AttemptStore
 from fleetd.store.loops import LoopStore
 from fleetd.store.runs import STATUSES, RunStore
 from fleetd.timefmt import DurationError, parse_duration, to_iso
@@ -37,6 +41,8 @@ class DaemonContext:
     paths: Paths
     loops: LoopStore
     runs: RunStore
+    attempts: AttemptStore
+    profiles: ProfileService
     scheduler: Scheduler
     executor: Executor
     clock: Callable[[], datetime]
@@ -91,6 +97,7 @@ def create_app(ctx: DaemonContext) -> Starlette:
 
     async def add_loop(request: Request) -> Response:
         loop = validate_loop_input(await _body(request), ctx.default_tz)
+        check_pool(loop.profiles, await ctx.profiles.store.list(), loop.backend)
         await ctx.scheduler.add(loop)
         response = await _loop_view(loop.name)
         response.status_code = 201
@@ -144,12 +151,33 @@ def create_app(ctx: DaemonContext) -> Starlette:
             raise InvalidArgument(f"invalid run id {raw!r}: run ids are numbers") from None
 
     async def show_run(request: Request) -> Response:
-        return JSONResponse(run_json(await ctx.runs.get(_run_id(request))))
+        run = await ctx.runs.get(_run_id(request))
+        return JSONResponse(run_json(run, await ctx.attempts.for_run(run.id)))
 
     async def run_log(request: Request) -> Response:
         run = await ctx.runs.get(_run_id(request))
         follow = request.query_params.get("follow") in ("1", "true", "yes")
         return StreamingResponse(_stream_log(ctx, run.id, run.log_path, follow), media_type="text/plain")
+
+    async def list_profiles(request: Request) -> Response:
+        return JSONResponse([profile_json(p) for p in await ctx.profiles.store.list()])
+
+    async def add_profile(request: Request) -> Response:
+        profile = await ctx.profiles.add(await _body(request))
+        return JSONResponse(profile_json(profile), status_code=201)
+
+    async def show_profile(request: Request) -> Response:
+        name = validate_profile_name(request.path_params["name"])
+        return JSONResponse(profile_json(await ctx.profiles.store.get(name)))
+
+    async def remove_profile(request: Request) -> Response:
+        name = validate_profile_name(request.path_params["name"])
+        await ctx.profiles.remove(name)
+        return JSONResponse({"removed": name})
+
+    async def profile_env(request: Request) -> Response:
+        name = validate_profile_name(request.path_params["name"])
+        return JSONResponse(await ctx.profiles.environment(name))
 
     async def shutdown(request: Request) -> Response:
         ctx.request_stop()
@@ -167,6 +195,11 @@ def create_app(ctx: DaemonContext) -> Starlette:
         Route("/v1/runs", list_runs),
         Route("/v1/runs/{run_id}", show_run),
         Route("/v1/runs/{run_id}/log", run_log),
+        Route("/v1/profiles", list_profiles, methods=["GET"]),
+        Route("/v1/profiles", add_profile, methods=["POST"]),
+        Route("/v1/profiles/{name}", show_profile, methods=["GET"]),
+        Route("/v1/profiles/{name}", remove_profile, methods=["DELETE"]),
+        Route("/v1/profiles/{name}/env", profile_env, methods=["GET"]),
         Route("/v1/shutdown", shutdown, methods=["POST"]),
     ]
 
@@ -193,9 +226,7 @@ def create_app(ctx: DaemonContext) -> Starlette:
     )
 
 
-async def _stream_log(
-    ctx: DaemonContext, run_id: int, path: str | None, follow: bool
-) -> AsyncIterator[bytes]:
+async def _stream_log(ctx: DaemonContext, run_id: int, path: str | None, follow: bool) -> AsyncIterator[bytes]:
     live = ctx.executor.live_logs.get(run_id)
     if live is None:
         # Finished (or from an earlier daemon): the file is complete.

@@ -10,6 +10,7 @@ import signal
 import sys
 from dataclasses import dataclass
 from datetime import timedelta
+from zoneinfo import ZoneInfo
 
 from fleetd.daemon.api import DaemonContext, create_app
 from fleetd.daemon.lock import AlreadyRunning, InstanceLock
@@ -19,8 +20,12 @@ from fleetd.loops import proctree
 from fleetd.loops.executor import Executor
 from fleetd.loops.scheduler import Scheduler
 from fleetd.paths import Paths
+from fleetd.profiles.secrets import open_secret_store
+from fleetd.profiles.service import ProfileService
+from fleetd.store.attempts import AttemptStore
 from fleetd.store.db import Database
 from fleetd.store.loops import LoopStore
+from fleetd.store.profiles import ProfileStore
 from fleetd.store.runs import RunStore
 from fleetd.timefmt import now_utc
 
@@ -79,12 +84,24 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
         db = await Database.open(self.paths.db)
-        loops, runs = LoopStore(db), RunStore(db)
+        loops, runs, attempts = LoopStore(db), RunStore(db), AttemptStore(db)
+        zone_name = _local_zone()
+        profiles = ProfileService(
+            ProfileStore(db),
+            loops,
+            open_secret_store(self.paths.home),
+            profiles_dir=self.paths.profiles,
+            clock=now_utc,
+        )
         executor = Executor(
             runs,
+            attempts,
+            profiles,
             log_path=self.paths.run_log,
+            tmp_root=self.paths.tmp,
             tag_prefix=instance_tag(self.paths),
             clock=now_utc,
+            local_tz=ZoneInfo(zone_name),
             kill_grace=self.options.kill_grace,
         )
         await self._recover(runs, executor)
@@ -95,11 +112,13 @@ class Daemon:
             paths=self.paths,
             loops=loops,
             runs=runs,
+            attempts=attempts,
+            profiles=profiles,
             scheduler=scheduler,
             executor=executor,
             clock=now_utc,
             started_at=now_utc(),
-            default_tz=_local_zone(),
+            default_tz=zone_name,
             request_stop=self.request_stop,
         )
         sock = bind_unix_socket(self.paths.socket)
@@ -154,6 +173,8 @@ def _local_zone() -> str:
     try:
         import tzlocal
 
-        return tzlocal.get_localzone_name() or "UTC"
+        name = tzlocal.get_localzone_name() or "UTC"
+        ZoneInfo(name)
+        return name
     except Exception:
         return "UTC"

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from fleetd.loops.model import Loop
+from fleetd.profiles.model import PRICE_FIELDS, Profile
+from fleetd.store.attempts import Attempt
 from fleetd.store.runs import Run
 from fleetd.timefmt import to_iso
 
@@ -31,6 +33,9 @@ def loop_json(loop: Loop, last_run: Run | None = None, running_run_id: int | Non
         "last_fire_at": to_iso(loop.last_fire_at),
         "created_at": to_iso(loop.created_at),
         "updated_at": to_iso(loop.updated_at),
+        "profiles": loop.profiles,
+        "model": loop.model,
+        "agent_args": loop.agent_args,
         "last_run": None
         if last_run is None
         else {"id": last_run.id, "status": last_run.status, "started_at": to_iso(last_run.started_at)},
@@ -38,7 +43,47 @@ def loop_json(loop: Loop, last_run: Run | None = None, running_run_id: int | Non
     }
 
 
-def run_json(run: Run) -> dict[str, Any]:
+def profile_json(profile: Profile) -> dict[str, Any]:
+    return {
+        "name": profile.name,
+        "backend": profile.backend,
+        "tier": profile.tier,
+        "config_dir": profile.config_dir,
+        "base_url": profile.base_url,
+        "model": profile.model,
+        "prices_per_mtok": {key.removeprefix("price_"): getattr(profile, key) for key in PRICE_FIELDS},
+        "has_api_key": profile.has_secret,
+        "enabled": profile.enabled,
+        "created_at": to_iso(profile.created_at),
+    }
+
+
+def attempt_json(attempt: Attempt) -> dict[str, Any]:
+    return {
+        "number": attempt.number,
+        "backend": attempt.backend,
+        "profile": attempt.profile,
+        "model": attempt.model,
+        "started_at": to_iso(attempt.started_at),
+        "finished_at": to_iso(attempt.finished_at),
+        "exit_code": attempt.exit_code,
+        "outcome": attempt.outcome,
+        "error_class": attempt.error_class,
+        "error": attempt.error,
+        "reset_at": to_iso(attempt.reset_at),
+        "tokens": {
+            "input": attempt.input_tokens,
+            "output": attempt.output_tokens,
+            "cache_read": attempt.cache_read_tokens,
+            "cache_write": attempt.cache_write_tokens,
+        },
+        "cost_usd": attempt.cost_usd,
+        "session_id": attempt.session_id,
+        "windows": attempt.windows,
+    }
+
+
+def run_json(run: Run, attempts: list[Attempt] | None = None) -> dict[str, Any]:
     duration = None
     if run.finished_at is not None:
         duration = round((run.finished_at - run.started_at).total_seconds(), 3)
@@ -58,4 +103,5 @@ def run_json(run: Run) -> dict[str, Any]:
         "attempts": run.attempts,
         "log_path": run.log_path,
         "pid": run.pid,
+        **({"attempt_list": [attempt_json(a) for a in attempts]} if attempts is not None else {}),
     }

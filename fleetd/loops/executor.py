@@ -1,5 +1,7 @@
-"""Executing runs: one child per run in its own session, output to a capped log, timeouts and
-shutdown kill the whole process tree. A loop never overlaps itself."""
+"""Executing runs. A run is one or more attempts: each under one profile, in a child of its own
+session (or one HTTP call), output to the run's capped log with secrets scrubbed. A rate-limited or
+logged-out profile hands the run to the next profile of the pool. Timeouts and shutdown kill the
+whole process tree. A loop never overlaps itself."""
 
 from __future__ import annotations
 
@@ -7,23 +9,37 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
+import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass, field, replace
+from datetime import datetime, tzinfo
 from pathlib import Path
+from typing import Protocol, cast
 
 import psutil
 
-from fleetd.backends.base import ProcessSpec, Task
+from fleetd.backends.base import AttemptContext, HttpAdapter, ProcessAdapter, ProcessOutput, ProcessSpec
 from fleetd.backends.registry import get_adapter
+from fleetd.backends.result import ParsedOutput
+from fleetd.errors import FleetdError
 from fleetd.loops import proctree
 from fleetd.loops.model import Loop
 from fleetd.loops.runlog import RunLog
+from fleetd.loops.scrub import Scrubber
+from fleetd.profiles.model import Profile
+from fleetd.routing.policy import after_failure
+from fleetd.store.attempts import AttemptStore
 from fleetd.store.runs import LoopFire, Run, RunStatus, RunStore
 from fleetd.timefmt import format_duration
 
 log = logging.getLogger("fleetd.executor")
-TAIL_BYTES = 64 * 1024
+STREAM_KEEP = 8 * 1024 * 1024  # per stream, for the parser; the log file has its own cap
+
+
+class ProfileSource(Protocol):
+    async def candidates(self, loop: Loop) -> list[Profile]: ...
+    async def secret(self, profile: Profile) -> str | None: ...
 
 
 @dataclass
@@ -31,24 +47,40 @@ class ActiveRun:
     run_id: int | None = None
     task: asyncio.Task[None] | None = None
     proc: asyncio.subprocess.Process | None = None
+    tag: str | None = None
     interrupt_reason: str | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@dataclass
+class AttemptEnd:
+    parsed: ParsedOutput
+    exit_code: int | None = None
+    timed_out: bool = False
 
 
 class Executor:
     def __init__(
         self,
         runs: RunStore,
+        attempts: AttemptStore,
+        profiles: ProfileSource,
         *,
         log_path: Callable[[int], Path],
+        tmp_root: Path,
         tag_prefix: str,
         clock: Callable[[], datetime],
+        local_tz: tzinfo,
         kill_grace: float,
     ) -> None:
         self.runs = runs
+        self.attempts = attempts
+        self.profiles = profiles
         self.log_path = log_path
+        self.tmp_root = tmp_root
         self.tag_prefix = tag_prefix
         self.clock = clock
+        self.local_tz = local_tz
         self.kill_grace = kill_grace
         self.active: dict[str, ActiveRun] = {}
         self.live_logs: dict[int, RunLog] = {}
@@ -57,9 +89,7 @@ class Executor:
     def run_tag(self, run_id: int) -> str:
         return f"{self.tag_prefix}-{run_id}"
 
-    async def fire(
-        self, loop: Loop, trigger: str, scheduled_at: datetime, fired: LoopFire | None = None
-    ) -> Run:
+    async def fire(self, loop: Loop, trigger: str, scheduled_at: datetime, fired: LoopFire | None = None) -> Run:
         now = self.clock()
         current = self.active.get(loop.name)
         if current is not None or not self.accepting:
@@ -83,6 +113,7 @@ class Executor:
             del self.active[loop.name]
             raise
         slot.run_id = run.id
+        slot.tag = self.run_tag(run.id)
         slot.task = asyncio.create_task(self._execute(loop, run, slot), name=f"run-{run.id}")
         return run
 
@@ -93,7 +124,7 @@ class Executor:
         exit_code: int | None = None
         error: str | None = None
         try:
-            status, exit_code, error = await self._attempt(loop, run, slot, runlog)
+            status, exit_code, error = await self._attempts(loop, run, slot, runlog)
         except Exception as e:  # the record must be finished whatever happened
             log.exception("run %s of loop %s failed to execute", run.id, loop.name)
             status, error = "failed", f"fleetd could not run it: {e}"
@@ -101,9 +132,7 @@ class Executor:
         finally:
             runlog.close()
             await asyncio.shield(
-                self.runs.finish(
-                    run.id, status=status, finished_at=self.clock(), exit_code=exit_code, error=error
-                )
+                self.runs.finish(run.id, status=status, finished_at=self.clock(), exit_code=exit_code, error=error)
             )
             self.live_logs.pop(run.id, None)
             if self.active.get(loop.name) is slot:
@@ -111,7 +140,7 @@ class Executor:
             slot.done.set()
             log.info("run %s of loop %s: %s", run.id, loop.name, status)
 
-    async def _attempt(
+    async def _attempts(
         self, loop: Loop, run: Run, slot: ActiveRun, runlog: RunLog
     ) -> tuple[RunStatus, int | None, str | None]:
         adapter = get_adapter(loop.backend)
@@ -120,54 +149,161 @@ class Executor:
         except OSError as e:
             runlog.note(f"cannot read prompt file: {e}")
             return "failed", None, f"cannot read prompt file {loop.prompt_file}: {e.strerror}"
-        spec = adapter.build(Task(run_id=run.id, loop=loop, prompt=prompt))
+        pool: list[Profile | None] = list(await self.profiles.candidates(loop)) if adapter.needs_profile else [None]
+        if not pool:
+            message = f"no enabled profile for backend {loop.backend}" + (
+                f" in the pool {','.join(loop.profiles)}" if loop.profiles else ""
+            )
+            runlog.note(message)
+            return "failed", None, message
+        end = AttemptEnd(ParsedOutput("unknown"))
+        for number, profile in enumerate(pool, start=1):
+            end = await self._attempt(number, loop, run, slot, runlog, profile, prompt)
+            if slot.interrupt_reason:
+                return "interrupted", end.exit_code, slot.interrupt_reason
+            if end.timed_out:
+                return "timed_out", end.exit_code, f"timed out after {format_duration(loop.timeout_s)}"
+            if end.parsed.outcome == "succeeded":
+                return "succeeded", end.exit_code, None
+            has_next = number < len(pool)
+            if after_failure(end.parsed.error_class, has_next) == "stop":
+                break
+            nxt = pool[number]
+            runlog.note(
+                f"attempt {number} on profile {profile.name if profile else '-'}: {end.parsed.error_class}; "
+                f"trying profile {nxt.name if nxt else '-'}"
+            )
+        return "failed", end.exit_code, _describe(end.parsed)
+
+    async def _attempt(
+        self,
+        number: int,
+        loop: Loop,
+        run: Run,
+        slot: ActiveRun,
+        runlog: RunLog,
+        profile: Profile | None,
+        prompt: str | None,
+    ) -> AttemptEnd:
+        adapter = get_adapter(loop.backend)
+        secret = await self.profiles.secret(profile) if profile and profile.has_secret else None
+        scrubber = Scrubber([secret] if secret else [])
+        model = loop.model or (profile.model if profile else None)
+        attempt_id = await self.attempts.start(
+            run_id=run.id, number=number, backend=loop.backend, profile=profile.name if profile else "",
+            model=model, started_at=self.clock(),
+        )  # fmt: skip
+        self.tmp_root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmpdir = tempfile.mkdtemp(prefix=f"run{run.id}-{number}-", dir=self.tmp_root)
+        ctx = AttemptContext(run.id, loop, prompt, profile, secret, model, tmpdir)
+        try:
+            if adapter.kind == "http":
+                end = await self._http_attempt(cast(HttpAdapter, adapter), ctx, runlog, scrubber)
+            else:
+                end = await self._process_attempt(cast(ProcessAdapter, adapter), ctx, slot, runlog, scrubber)
+        finally:
+            shutil.rmtree(tmpdir, ignore_errors=True)
+        parsed = end.parsed
+        usage = parsed.usage
+        cost = parsed.cost_usd
+        if cost is None and profile is not None:
+            cost = profile.cost(
+                usage.input_tokens, usage.output_tokens, usage.cache_read_tokens, usage.cache_write_tokens
+            )
+        error = None if parsed.outcome == "succeeded" else scrubber.text(_describe(parsed))
+        await self.attempts.finish(
+            attempt_id, finished_at=self.clock(), exit_code=end.exit_code, parsed=parsed, error=error, cost_usd=cost
+        )
+        end.parsed = replace(parsed, message=scrubber.text(parsed.message))
+        return end
+
+    async def _http_attempt(
+        self, adapter: HttpAdapter, ctx: AttemptContext, runlog: RunLog, scrubber: Scrubber
+    ) -> AttemptEnd:
+        def sink(data: bytes) -> None:
+            runlog.write(scrubber.feed(data))
+
+        try:
+            parsed = await asyncio.wait_for(
+                adapter.call(ctx, sink, ctx.loop.timeout_s, self.clock(), self.local_tz), ctx.loop.timeout_s
+            )
+        except TimeoutError:
+            runlog.write(scrubber.flush())
+            runlog.note(f"timed out after {format_duration(ctx.loop.timeout_s)}")
+            return AttemptEnd(ParsedOutput("failed", "transient", message="timed out"), timed_out=True)
+        runlog.write(scrubber.flush())
+        return AttemptEnd(parsed)
+
+    async def _process_attempt(
+        self, adapter: ProcessAdapter, ctx: AttemptContext, slot: ActiveRun, runlog: RunLog, scrubber: Scrubber
+    ) -> AttemptEnd:
+        loop = ctx.loop
+        try:
+            spec = adapter.build(ctx)
+        except FleetdError as e:
+            runlog.note(e.message)
+            return AttemptEnd(ParsedOutput("failed", "contract", message=e.message))
         if spec.cwd and not os.path.isdir(spec.cwd):
             runlog.note(f"working directory not found: {spec.cwd}")
-            return "failed", None, f"working directory not found: {spec.cwd}"
-        tag = self.run_tag(run.id)
-        env = self._child_env(loop, run, spec, tag)
+            return AttemptEnd(ParsedOutput("failed", "contract", message=f"working directory not found: {spec.cwd}"))
+        tag = self.run_tag(ctx.run_id)
+        env = self._child_env(loop, ctx, spec, tag)
         try:
             proc = await asyncio.create_subprocess_exec(
                 *spec.argv,
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
+                stderr=asyncio.subprocess.PIPE,
                 cwd=spec.cwd,
                 env=env,
                 start_new_session=True,
             )
+        except FileNotFoundError:
+            message = f"{spec.argv[0]} not found on PATH (install it, or set PATH in the daemon's environment)"
+            runlog.note(message)
+            return AttemptEnd(ParsedOutput("failed", "contract", message=message))
         except OSError as e:
-            runlog.note(f"could not start {spec.argv[0]}: {e}")
-            return "failed", None, f"could not start {spec.argv[0]}: {e.strerror or e}"
+            message = f"could not start {spec.argv[0]}: {e.strerror or e}"
+            runlog.note(message)
+            return AttemptEnd(ParsedOutput("failed", "contract", message=message))
         slot.proc = proc
-        await self.runs.set_process(run.id, proc.pid, _create_time(proc.pid))
-        tail = bytearray()
-        pump = asyncio.create_task(_pump(proc, runlog, tail))
+        await self.runs.set_process(ctx.run_id, proc.pid, _create_time(proc.pid))
+        rate_limited = asyncio.Event()
+        watch = adapter.is_rate_limit_line if adapter.end_on_rate_limit_line else None
+        stdout, stderr = _Capture(), _Capture()
+        pumps = [
+            asyncio.create_task(_pump(proc.stdout, stdout, runlog, scrubber, watch, rate_limited)),
+            asyncio.create_task(_pump(proc.stderr, stderr, runlog, scrubber, watch, rate_limited)),
+        ]
         feed = asyncio.create_task(_feed(proc, spec.stdin))
         exited = asyncio.ensure_future(proc.wait())
-        timed_out = False
-        try:
-            await asyncio.wait_for(asyncio.shield(exited), loop.timeout_s)
-        except TimeoutError:
-            timed_out = True
+        stopper = asyncio.ensure_future(rate_limited.wait())
+        done, _ = await asyncio.wait({exited, stopper}, timeout=loop.timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+        timed_out = not done
+        if timed_out:
             runlog.note(f"timed out after {format_duration(loop.timeout_s)}: killing the process tree")
+        elif exited not in done:
+            runlog.note("rate limit in the live output: ending the attempt instead of waiting out the CLI's retries")
+        if exited not in done:
             await proctree.kill_tree(proc.pid, tag=tag, grace=self.kill_grace, root_exited=exited)
         exit_code = await exited
-        # Whatever the run left behind (background jobs holding the output pipe open) goes too.
+        # Whatever the attempt left behind (background jobs holding the output pipes open) goes too.
         leftovers = await proctree.kill_tree(None, tag=tag, grace=self.kill_grace)
         if leftovers:
             runlog.note(f"killed {leftovers} leftover process(es) of this run")
         feed.cancel()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(pump, 10)
-        if slot.interrupt_reason:
-            return "interrupted", exit_code, slot.interrupt_reason
-        if timed_out:
-            return "timed_out", exit_code, f"timed out after {format_duration(loop.timeout_s)}"
-        result = adapter.interpret(exit_code, bytes(tail))
-        return ("succeeded" if result.outcome == "succeeded" else "failed"), exit_code, result.error
+            await asyncio.wait_for(asyncio.gather(*pumps), 10)
+        runlog.write(scrubber.flush())
+        slot.proc = None
+        out = ProcessOutput(exit_code, stdout.text(), stderr.text())
+        parsed = adapter.interpret(ctx, out, self.clock(), self.local_tz)
+        if rate_limited.is_set() and parsed.outcome != "succeeded":
+            parsed = replace(parsed, outcome="failed", error_class="rate_limited")
+        return AttemptEnd(parsed, exit_code, timed_out)
 
-    def _child_env(self, loop: Loop, run: Run, spec: ProcessSpec, tag: str) -> dict[str, str]:
+    def _child_env(self, loop: Loop, ctx: AttemptContext, spec: ProcessSpec, tag: str) -> dict[str, str]:
         env = dict(os.environ)
         for name in spec.unset_env:
             env.pop(name, None)
@@ -175,10 +311,14 @@ class Executor:
         env.update(loop.env)
         env.update(
             {
-                "FLEETD_RUN_ID": str(run.id),
+                "FLEETD_RUN_ID": str(ctx.run_id),
                 "FLEETD_LOOP": loop.name,
-                "FLEETD_TRIGGER": run.trigger,
+                "FLEETD_PROFILE": ctx.profile.name if ctx.profile else "",
                 proctree.TAG_VAR: tag,
+                # The CLIs litter TMPDIR; each attempt gets its own, removed afterwards.
+                "TMPDIR": ctx.tmpdir,
+                "TMP": ctx.tmpdir,
+                "TEMP": ctx.tmpdir,
             }
         )
         return env
@@ -191,14 +331,13 @@ class Executor:
         await asyncio.gather(
             *(
                 proctree.kill_tree(
-                    s.proc.pid, tag=self.run_tag(s.run_id or 0), grace=self.kill_grace,
-                    root_exited=asyncio.ensure_future(s.proc.wait()),
+                    s.proc.pid, tag=s.tag, grace=self.kill_grace, root_exited=asyncio.ensure_future(s.proc.wait())
                 )
                 for s in slots
                 if s.proc is not None
             ),
             return_exceptions=True,
-        )  # fmt: skip
+        )
         await self.wait_idle(timeout=self.kill_grace + 15)
 
     async def wait_idle(self, timeout: float) -> bool:
@@ -210,6 +349,11 @@ class Executor:
         except TimeoutError:
             return False
         return True
+
+
+def _describe(parsed: ParsedOutput) -> str:
+    message = parsed.message or parsed.outcome
+    return f"{parsed.error_class}: {message}" if parsed.error_class else message
 
 
 def read_prompt(loop: Loop) -> str | None:
@@ -225,17 +369,45 @@ def _create_time(pid: int) -> float | None:
         return None
 
 
-async def _pump(proc: asyncio.subprocess.Process, runlog: RunLog, tail: bytearray) -> None:
-    assert proc.stdout is not None
-    while chunk := await proc.stdout.read(65536):
-        runlog.write(chunk)
-        tail.extend(chunk)
-        if len(tail) > TAIL_BYTES:
-            del tail[: len(tail) - TAIL_BYTES]
+class _Capture:
+    """One stream's output for the parser: all of it up to STREAM_KEEP, then the tail."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.partial = b""
+
+    def add(self, chunk: bytes) -> None:
+        self.data.extend(chunk)
+        if len(self.data) > STREAM_KEEP:
+            del self.data[: len(self.data) - STREAM_KEEP]
+
+    def lines(self, chunk: bytes) -> list[str]:
+        buf = self.partial + chunk
+        *complete, self.partial = buf.split(b"\n")
+        return [line.decode(errors="replace") for line in complete]
+
+    def text(self) -> str:
+        return self.data.decode(errors="replace")
+
+
+async def _pump(
+    stream: asyncio.StreamReader | None,
+    capture: _Capture,
+    runlog: RunLog,
+    scrubber: Scrubber,
+    watch: Callable[[str], bool] | None,
+    rate_limited: asyncio.Event,
+) -> None:
+    assert stream is not None
+    while chunk := await stream.read(65536):
+        runlog.write(scrubber.feed(chunk))
+        capture.add(chunk)
+        if watch is not None and not rate_limited.is_set() and any(watch(line) for line in capture.lines(chunk)):
+            rate_limited.set()
 
 
 async def _feed(proc: asyncio.subprocess.Process, data: bytes | None) -> None:
-    """Prompt on stdin, then EOF, so a command that reads stdin never waits forever."""
+    """Prompt on stdin, then EOF: some CLIs (codex) wait for stdin to close."""
     assert proc.stdin is not None
     try:
         if data:

@@ -44,6 +44,9 @@ class Loop:
     catch_up: CatchUp = "once"
     output_cap: int = DEFAULT_OUTPUT_CAP
     enabled: bool = True
+    profiles: list[str] = field(default_factory=list)  # the pool; empty = every enabled profile of the backend
+    model: str | None = None
+    agent_args: list[str] = field(default_factory=list)
     created_at: datetime | None = None
     updated_at: datetime | None = None
     last_fire_at: datetime | None = None
@@ -62,8 +65,7 @@ def _str(body: dict[str, Any], key: str) -> str | None:
 def validate_name(name: object) -> str:
     if not isinstance(name, str) or not NAME_RE.match(name):
         raise InvalidArgument(
-            f"invalid loop name {name!r}: use 1-64 letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit"
+            f"invalid loop name {name!r}: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
         )
     return name
 
@@ -144,6 +146,17 @@ def validate_loop_input(body: dict[str, Any], default_tz: str) -> Loop:
     if not isinstance(output_cap, int) or isinstance(output_cap, bool) or output_cap < 1024:
         raise InvalidArgument("output cap must be an integer number of bytes, at least 1024")
 
+    profiles = body.get("profiles") or []
+    if isinstance(profiles, str):
+        profiles = [p.strip() for p in profiles.split(",") if p.strip()]
+    if not isinstance(profiles, list) or not all(isinstance(p, str) for p in profiles):
+        raise InvalidArgument("--profile must be a comma-separated list of profile names")
+    if len(set(profiles)) != len(profiles):
+        raise InvalidArgument("--profile lists a profile twice")
+    agent_args = body.get("agent_args") or []
+    if not isinstance(agent_args, list) or not all(isinstance(a, str) for a in agent_args):
+        raise InvalidArgument("--agent-arg values must be strings")
+
     return Loop(
         name=name,
         schedule=schedule,
@@ -157,4 +170,7 @@ def validate_loop_input(body: dict[str, Any], default_tz: str) -> Loop:
         catch_up=catch_up,
         output_cap=output_cap,
         enabled=body.get("enabled", True) is not False,
+        profiles=profiles,
+        model=_str(body, "model") or None,
+        agent_args=agent_args,
     )

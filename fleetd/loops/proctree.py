@@ -77,9 +77,7 @@ async def kill_tree(
     group = root_pid if root_pid is not None and any(p.pid == root_pid for p in procs) else None
     _signal_all(procs, signal.SIGTERM, group)
     others = [p for p in procs if p.pid != managed_root]
-    waits: list[asyncio.Future[object]] = [
-        asyncio.ensure_future(asyncio.to_thread(psutil.wait_procs, others, grace))
-    ]
+    waits: list[asyncio.Future[object]] = [asyncio.ensure_future(asyncio.to_thread(psutil.wait_procs, others, grace))]
     if root_exited is not None:
         waits.append(asyncio.ensure_future(asyncio.wait_for(asyncio.shield(root_exited), grace)))
     await asyncio.gather(*waits, return_exceptions=True)

@@ -60,9 +60,7 @@ class RunLog:
         self._file.seek(self.header_len + excess)
         tail = self._file.read(self.cap)
         self.dropped += excess
-        header = (
-            f"[fleetd] output capped at {self.cap} bytes: {self.dropped} earlier bytes dropped\n".encode()
-        )
+        header = f"[fleetd] output capped at {self.cap} bytes: {self.dropped} earlier bytes dropped\n".encode()
         self._file.seek(0)
         self._file.write(header + tail)
         self._file.truncate()

@@ -96,9 +96,7 @@ def plan_startup(trigger: BaseTrigger, due: datetime | None, now: datetime, catc
     return Plan(fire, first_fire(trigger, now))
 
 
-def plan_wake(
-    trigger: BaseTrigger, due: datetime, now: datetime, catch_up: CatchUp, grace: timedelta
-) -> Plan:
+def plan_wake(trigger: BaseTrigger, due: datetime, now: datetime, catch_up: CatchUp, grace: timedelta) -> Plan:
     """When the timer for `due` wakes at `now`. Later than `grace` (host suspended, clock jumped)
     counts as missed, handled like a fire missed while down."""
     if now < due:

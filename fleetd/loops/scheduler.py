@@ -59,17 +59,13 @@ class Scheduler:
             await self.executor.fire(loop, "catch-up", plan.fire.scheduled_at, fired)
         elif plan.next_fire_at != loop.next_fire_at:
             log.info("loop %s missed %s while down: skipped (catch-up skip)", loop.name, loop.next_fire_at)
-            await self.loops.set_state(
-                loop.name, updated_at=now, next_fire_at=plan.next_fire_at, clear_next=True
-            )
+            await self.loops.set_state(loop.name, updated_at=now, next_fire_at=plan.next_fire_at, clear_next=True)
         self._arm(loop, trigger, plan.next_fire_at)
 
     def _arm(self, loop: Loop, trigger: BaseTrigger, due: datetime | None) -> None:
         self._disarm(loop.name)
         if due is not None:
-            self._timers[loop.name] = asyncio.create_task(
-                self._timer(loop, trigger, due), name=f"timer-{loop.name}"
-            )
+            self._timers[loop.name] = asyncio.create_task(self._timer(loop, trigger, due), name=f"timer-{loop.name}")
 
     def _disarm(self, name: str) -> None:
         timer = self._timers.pop(name, None)

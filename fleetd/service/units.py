@@ -54,9 +54,7 @@ def render_systemd_unit(fleetd_exe: str, fleetd_home: str | None) -> str:
     exe = _checked_path("fleetd executable", fleetd_exe)
     if any(c in exe for c in "\"'\\"):
         # systemd refuses these in an executable's path, quoted or escaped.
-        raise ValueError(
-            f"systemd cannot run an executable whose path contains quotes or backslashes: {exe!r}"
-        )
+        raise ValueError(f"systemd cannot run an executable whose path contains quotes or backslashes: {exe!r}")
     exe = _systemd_word(exe)
     environment = []
     if fleetd_home is not None:
@@ -125,9 +123,7 @@ def install(
             f"launchctl print {domain}/{LAUNCHD_LABEL}",
         ]
     else:
-        raise ValueError(
-            f"fleetd service install supports Linux (systemd) and macOS (launchd), not {platform!r}"
-        )
+        raise ValueError(f"fleetd service install supports Linux (systemd) and macOS (launchd), not {platform!r}")
     if not print_only:
         if platform == "darwin":
             # launchd opens the log file but does not create its directory.

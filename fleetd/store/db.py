@@ -76,9 +76,7 @@ async def migrate(conn: aiosqlite.Connection) -> int:
         row = await cur.fetchone()
     version = int(row[0]) if row else 0
     if version > len(MIGRATIONS):
-        raise RuntimeError(
-            f"database schema version {version} is newer than this fleetd knows ({len(MIGRATIONS)})"
-        )
+        raise RuntimeError(f"database schema version {version} is newer than this fleetd knows ({len(MIGRATIONS)})")
     for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
         try:
             await conn.executescript(f"BEGIN;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;")

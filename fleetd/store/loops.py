@@ -15,7 +15,8 @@ from fleetd.timefmt import from_iso, to_iso
 
 _COLUMNS = (
     "name, schedule_kind, schedule_expr, timezone, backend, command, prompt, prompt_file, workdir, "
-    "env_json, timeout_s, catch_up, output_cap, enabled, created_at, updated_at, last_fire_at, next_fire_at"
+    "env_json, timeout_s, catch_up, output_cap, enabled, created_at, updated_at, last_fire_at, next_fire_at, "
+    "profiles_json, model, agent_args_json"
 )
 
 
@@ -37,6 +38,9 @@ def _row_to_loop(row: aiosqlite.Row) -> Loop:
         updated_at=from_iso(row["updated_at"]),
         last_fire_at=from_iso(row["last_fire_at"]),
         next_fire_at=from_iso(row["next_fire_at"]),
+        profiles=json.loads(row["profiles_json"]),
+        model=row["model"],
+        agent_args=json.loads(row["agent_args_json"]),
     )
 
 
@@ -64,10 +68,13 @@ class LoopStore:
             to_iso(loop.updated_at),
             to_iso(loop.last_fire_at),
             to_iso(loop.next_fire_at),
+            json.dumps(loop.profiles),
+            loop.model,
+            json.dumps(loop.agent_args),
         )
         try:
             async with self.db.transaction() as conn:
-                await conn.execute(f"INSERT INTO loops ({_COLUMNS}) VALUES ({','.join('?' * 18)})", values)
+                await conn.execute(f"INSERT INTO loops ({_COLUMNS}) VALUES ({','.join('?' * 21)})", values)
         except sqlite3.IntegrityError:
             raise Conflict(f"loop {loop.name!r} already exists") from None
 

@@ -116,16 +116,12 @@ class RunStore:
                     (to_iso(fired.last_fire_at), to_iso(fired.next_fire_at), fired.loop),
                 )
             if log_path_for is not None:
-                await conn.execute(
-                    "UPDATE runs SET log_path = ? WHERE id = ?", (str(log_path_for(run_id)), run_id)
-                )
+                await conn.execute("UPDATE runs SET log_path = ? WHERE id = ?", (str(log_path_for(run_id)), run_id))
         return await self.get(run_id)
 
     async def set_process(self, run_id: int, pid: int, create_time: float | None) -> None:
         async with self.db.transaction() as conn:
-            await conn.execute(
-                "UPDATE runs SET pid = ?, pid_create_time = ? WHERE id = ?", (pid, create_time, run_id)
-            )
+            await conn.execute("UPDATE runs SET pid = ?, pid_create_time = ? WHERE id = ?", (pid, create_time, run_id))
 
     async def finish(
         self,

@@ -53,4 +53,51 @@ MIGRATIONS: list[str] = [
     CREATE INDEX runs_by_started ON runs (started_at);
     CREATE INDEX runs_running ON runs (status) WHERE status = 'running';
     """,
+    # 2: auth profiles, per-attempt records, a loop's profile pool / model / extra agent arguments
+    """
+    CREATE TABLE profiles (
+        id                INTEGER PRIMARY KEY,
+        name              TEXT NOT NULL UNIQUE,
+        backend           TEXT NOT NULL,
+        tier              TEXT NOT NULL CHECK (tier IN ('local', 'subscription', 'metered')),
+        config_dir        TEXT NOT NULL,
+        base_url          TEXT,
+        model             TEXT,
+        price_input       REAL,  -- USD per million tokens
+        price_output      REAL,
+        price_cache_read  REAL,
+        price_cache_write REAL,
+        has_secret        INTEGER NOT NULL DEFAULT 0,  -- the secret itself lives in the keyring
+        enabled           INTEGER NOT NULL DEFAULT 1,
+        created_at        TEXT NOT NULL,
+        updated_at        TEXT NOT NULL
+    );
+    CREATE TABLE attempts (
+        id                 INTEGER PRIMARY KEY AUTOINCREMENT,
+        run_id             INTEGER NOT NULL REFERENCES runs (id),
+        number             INTEGER NOT NULL,
+        backend            TEXT NOT NULL,
+        profile            TEXT NOT NULL DEFAULT '',
+        model              TEXT,
+        started_at         TEXT NOT NULL,
+        finished_at        TEXT,
+        exit_code          INTEGER,
+        outcome            TEXT,
+        error_class        TEXT,
+        error              TEXT,
+        reset_at           TEXT,
+        input_tokens       INTEGER NOT NULL DEFAULT 0,
+        output_tokens      INTEGER NOT NULL DEFAULT 0,
+        cache_read_tokens  INTEGER NOT NULL DEFAULT 0,
+        cache_write_tokens INTEGER NOT NULL DEFAULT 0,
+        cost_usd           REAL,
+        session_id         TEXT,
+        windows_json       TEXT NOT NULL DEFAULT '[]'
+    );
+    CREATE INDEX attempts_by_run ON attempts (run_id, number);
+    CREATE INDEX attempts_by_profile ON attempts (profile, started_at);
+    ALTER TABLE loops ADD COLUMN profiles_json TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE loops ADD COLUMN model TEXT;
+    ALTER TABLE loops ADD COLUMN agent_args_json TEXT NOT NULL DEFAULT '[]';
+    """,
 ]

@@ -2,26 +2,20 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
 
 from fleetd.backends.parsers import aider, claude_code, codex, gemini
 from fleetd.backends.result import ParsedOutput, TokenUsage
+from tests.harness import captures_dir
 
 NOW = datetime(2026, 11, 21, 23, 30, tzinfo=UTC)
 TZ = ZoneInfo("Europe/Berlin")
 ZERO = TokenUsage()
-
-
-def captures_dir() -> Path:
-    override = os.environ.get("FLEETD_CAPTURES")
-    return Path(override) if override else Path(__file__).resolve().parents[2].parent / "shared" / "captures"
 
 
 @dataclass(frozen=True)

@@ -54,16 +54,12 @@ def test_command_backend_needs_a_command(daemon: Daemon) -> None:
 
 
 def test_invalid_name_exits_2(daemon: Daemon) -> None:
-    assert_refused(
-        daemon, ["loop", "add", "../etc", "--every", "1m", "--command", "true"], 2, "invalid loop name"
-    )
+    assert_refused(daemon, ["loop", "add", "../etc", "--every", "1m", "--command", "true"], 2, "invalid loop name")
 
 
 def test_duplicate_loop_exits_1_and_keeps_the_first(daemon: Daemon) -> None:
     daemon.cli("loop", "add", "dup", "--every", "1h", "--command", "echo first")
-    assert_refused(
-        daemon, ["loop", "add", "dup", "--every", "1m", "--command", "x"], 1, "loop 'dup' already exists"
-    )
+    assert_refused(daemon, ["loop", "add", "dup", "--every", "1m", "--command", "x"], 1, "loop 'dup' already exists")
     assert daemon.json("loop", "show", "dup")["command"] == "echo first"
 
 
@@ -91,8 +87,7 @@ def test_daemon_not_running_message(tmp_path: Path) -> None:
         result = absent.cli(*args, check=False)
         assert result.returncode == 1
         assert result.stderr.strip() == (
-            f"fleetd: fleetd daemon is not running (socket {absent.socket}); "
-            "start it with `fleetd daemon start`"
+            f"fleetd: fleetd daemon is not running (socket {absent.socket}); start it with `fleetd daemon start`"
         )
 
 

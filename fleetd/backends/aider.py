@@ -1,0 +1,68 @@
+"""Aider: `aider --message PROMPT --yes-always`, usage from `--analytics-log`.
+
+Aider has no setting for its own rate-limit retries (~85 s) and exits 0 after giving up, so the
+attempt ends on the first rate-limit line of live output and exit 0 alone is never success.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from datetime import datetime, tzinfo
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from fleetd.backends.agents import AgentCli
+from fleetd.backends.base import AttemptContext, EnvChange, ProcessOutput, ProcessSpec
+from fleetd.backends.parsers import aider as parser
+from fleetd.backends.result import ParsedOutput
+
+if TYPE_CHECKING:
+    from fleetd.profiles.model import Profile
+
+ANALYTICS_LOG = "aider-analytics.jsonl"
+
+
+def key_variable(model: str | None) -> str:
+    """litellm reads the provider's usual variable; the model name says which provider."""
+    name = (model or "").lower()
+    if name.startswith("anthropic/") or name.startswith("claude"):
+        return "ANTHROPIC_API_KEY"
+    if name.startswith("gemini"):
+        return "GEMINI_API_KEY"
+    return "OPENAI_API_KEY"
+
+
+class AiderAdapter(AgentCli):
+    name = "aider"
+    executable = "aider"
+    end_on_rate_limit_line = True
+
+    def profile_env(self, profile: Profile, secret: str | None) -> EnvChange:
+        env: dict[str, str] = {}
+        if profile.base_url:
+            env["OPENAI_API_BASE"] = profile.base_url
+        if secret is not None:
+            env[key_variable(profile.model)] = secret
+        return EnvChange(env)
+
+    def is_rate_limit_line(self, line: str) -> bool:
+        return parser.is_rate_limit_line(line)
+
+    def build(self, ctx: AttemptContext) -> ProcessSpec:
+        assert ctx.profile is not None
+        argv = [
+            self.executable, "--message", ctx.prompt or "", "--yes-always", "--no-pretty",
+            "--no-check-update", "--no-analytics", "--analytics-log", str(Path(ctx.tmpdir) / ANALYTICS_LOG),
+        ]  # fmt: skip
+        if ctx.model:
+            argv += ["--model", ctx.model]
+        change = self.profile_env(ctx.profile, ctx.secret)
+        if ctx.secret is not None and ctx.model:
+            change.set[key_variable(ctx.model)] = ctx.secret
+        return ProcessSpec(argv=argv + ctx.loop.agent_args, env=change.set, cwd=ctx.loop.workdir)
+
+    def interpret(self, ctx: AttemptContext, out: ProcessOutput, now: datetime, tz: tzinfo) -> ParsedOutput:
+        analytics = None
+        with contextlib.suppress(OSError):
+            analytics = (Path(ctx.tmpdir) / ANALYTICS_LOG).read_text(errors="replace")
+        return parser.parse_output(out.stdout, out.stderr, out.exit_code, analytics, now, tz)

@@ -1,0 +1,53 @@
+"""Claude Code: `claude -p PROMPT --output-format stream-json --verbose` under CLAUDE_CONFIG_DIR.
+
+stream-json shows rate_limit_event and api_retry lines live. With -p an ANTHROPIC_API_KEY in the
+environment always wins over the login, so subscription profiles have it removed. The CLI's own
+429 retries (~3 minutes) are turned off: fleetd decides what a rate limit means.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, tzinfo
+from typing import TYPE_CHECKING
+
+from fleetd.backends.agents import AgentCli
+from fleetd.backends.base import AttemptContext, EnvChange, ProcessOutput, ProcessSpec
+from fleetd.backends.parsers import claude_code as parser
+from fleetd.backends.result import ParsedOutput
+
+if TYPE_CHECKING:
+    from fleetd.profiles.model import Profile
+
+CREDENTIAL_VARS = ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "CLAUDE_CODE_OAUTH_TOKEN")
+
+
+class ClaudeCodeAdapter(AgentCli):
+    name = "claude_code"
+    executable = "claude"
+
+    def profile_env(self, profile: Profile, secret: str | None) -> EnvChange:
+        env = {"CLAUDE_CONFIG_DIR": profile.config_dir}
+        if profile.base_url:
+            env["ANTHROPIC_BASE_URL"] = profile.base_url
+        if secret is not None:
+            env["ANTHROPIC_API_KEY"] = secret
+            return EnvChange(env, ("ANTHROPIC_AUTH_TOKEN", "CLAUDE_CODE_OAUTH_TOKEN"))
+        return EnvChange(env, CREDENTIAL_VARS)
+
+    def login_argv(self, profile: Profile) -> list[str] | None:
+        return [self.executable, "/login"]
+
+    def is_rate_limit_line(self, line: str) -> bool:
+        return parser.is_rate_limit_line(line)
+
+    def build(self, ctx: AttemptContext) -> ProcessSpec:
+        assert ctx.profile is not None
+        argv = [self.executable, "-p", ctx.prompt or "", "--output-format", "stream-json", "--verbose"]
+        if ctx.model:
+            argv += ["--model", ctx.model]
+        change = self.profile_env(ctx.profile, ctx.secret)
+        env = {**change.set, "CLAUDE_CODE_MAX_RETRIES": "0", "DISABLE_AUTOUPDATER": "1"}
+        return ProcessSpec(argv=argv + ctx.loop.agent_args, env=env, unset_env=change.unset, cwd=ctx.loop.workdir)
+
+    def interpret(self, ctx: AttemptContext, out: ProcessOutput, now: datetime, tz: tzinfo) -> ParsedOutput:
+        return parser.parse_stream_json(out.stdout, out.stderr, out.exit_code, now, tz)

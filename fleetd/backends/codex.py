@@ -1,0 +1,74 @@
+"""Codex CLI: `codex exec --json --skip-git-repo-check PROMPT` under CODEX_HOME, stdin closed (it
+waits for stdin to close). Window state is read afterwards from the thread's rollout file."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import datetime, tzinfo
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from fleetd.backends.agents import AgentCli
+from fleetd.backends.base import AttemptContext, EnvChange, ProcessOutput, ProcessSpec
+from fleetd.backends.parsers import codex as parser
+from fleetd.backends.result import ParsedOutput
+
+if TYPE_CHECKING:
+    from fleetd.profiles.model import Profile
+
+
+class CodexAdapter(AgentCli):
+    name = "codex"
+    executable = "codex"
+
+    def profile_env(self, profile: Profile, secret: str | None) -> EnvChange:
+        env = {"CODEX_HOME": profile.config_dir}
+        if secret is not None:
+            env["CODEX_API_KEY"] = secret  # overrides the key for `codex exec` only
+            return EnvChange(env)
+        return EnvChange(env, ("CODEX_API_KEY", "OPENAI_API_KEY"))
+
+    def login_argv(self, profile: Profile) -> list[str] | None:
+        return [self.executable, "login"]
+
+    def is_rate_limit_line(self, line: str) -> bool:
+        return parser.is_rate_limit_line(line)
+
+    def build(self, ctx: AttemptContext) -> ProcessSpec:
+        assert ctx.profile is not None
+        argv = [self.executable, "exec", "--json", "--skip-git-repo-check"]
+        if ctx.model:
+            argv += ["-m", ctx.model]
+        change = self.profile_env(ctx.profile, ctx.secret)
+        return ProcessSpec(
+            argv=[*argv, *ctx.loop.agent_args, ctx.prompt or ""],
+            env=change.set,
+            unset_env=change.unset,
+            cwd=ctx.loop.workdir,
+        )
+
+    def interpret(self, ctx: AttemptContext, out: ProcessOutput, now: datetime, tz: tzinfo) -> ParsedOutput:
+        parsed = parser.parse_exec_jsonl(out.stdout, out.stderr, out.exit_code, now, tz)
+        if ctx.profile is None or not parsed.session_id:
+            return parsed
+        rollout = find_rollout(Path(ctx.profile.config_dir), parsed.session_id)
+        if rollout is None:
+            return parsed
+        try:
+            windows = parser.parse_rollout(rollout.read_text(errors="replace"), now, tz)
+        except OSError:
+            return parsed
+        reset_at = parsed.reset_at
+        if parsed.error_class == "rate_limited" and reset_at is None:
+            reset_at = parser.blocked_until(windows)
+        return replace(parsed, windows=windows or parsed.windows, reset_at=reset_at)
+
+
+def find_rollout(codex_home: Path, thread_id: str) -> Path | None:
+    """`sessions/YYYY/MM/DD/rollout-<time>-<thread id>.jsonl`; newest first, archived ones too."""
+    for root in (codex_home / "sessions", codex_home / "archived_sessions"):
+        if root.is_dir():
+            matches = sorted(root.rglob(f"rollout-*{thread_id}.jsonl"), reverse=True)
+            if matches:
+                return matches[0]
+    return None

@@ -1,0 +1,67 @@
+"""Any OpenAI-compatible model server (Ollama, vLLM, llama.cpp, a gateway): one chat completion
+over httpx. 429 / insufficient_quota / retry-after / x-ratelimit-reset-* are mapped by the parser."""
+
+from __future__ import annotations
+
+from datetime import datetime, tzinfo
+from typing import TYPE_CHECKING, Literal
+
+from fleetd.backends.base import AttemptContext, EnvChange, LogSink
+from fleetd.backends.parsers import openai_compat as parser
+from fleetd.backends.result import ParsedOutput
+from fleetd.errors import InvalidArgument
+from fleetd.loops.model import Loop
+
+if TYPE_CHECKING:
+    from fleetd.profiles.model import Profile
+
+
+class OpenAICompatAdapter:
+    name = "openai_compat"
+    kind: Literal["http"] = "http"
+    needs_profile = True
+    end_on_rate_limit_line = False
+
+    def validate(self, loop: Loop) -> None:
+        if loop.prompt is None and loop.prompt_file is None:
+            raise InvalidArgument("the openai_compat backend needs --prompt or --prompt-file")
+        if loop.command:
+            raise InvalidArgument("the openai_compat backend takes no --command")
+
+    def profile_env(self, profile: Profile, secret: str | None) -> EnvChange:
+        env = {"OPENAI_BASE_URL": profile.base_url or ""}
+        if secret is not None:
+            env["OPENAI_API_KEY"] = secret
+        return EnvChange(env)
+
+    def login_argv(self, profile: Profile) -> list[str] | None:
+        return None
+
+    def is_rate_limit_line(self, line: str) -> bool:
+        return False
+
+    async def call(
+        self, ctx: AttemptContext, log: LogSink, timeout: float | None, now: datetime, tz: tzinfo
+    ) -> ParsedOutput:
+        import httpx
+
+        profile = ctx.profile
+        if profile is None or not profile.base_url:
+            return ParsedOutput("failed", "contract", message="the profile has no --base-url")
+        if not ctx.model:
+            return ParsedOutput("failed", "contract", message="no model: give the loop --model or the profile --model")
+        url = profile.base_url.rstrip("/") + "/chat/completions"
+        headers = {"Authorization": f"Bearer {ctx.secret}"} if ctx.secret else {}
+        body = {"model": ctx.model, "messages": [{"role": "user", "content": ctx.prompt or ""}]}
+        log(f"POST {url} model={ctx.model}\n".encode())
+        try:
+            async with httpx.AsyncClient(timeout=timeout) as client:
+                response = await client.post(url, json=body, headers=headers)
+        except httpx.TimeoutException:
+            return ParsedOutput("failed", "transient", message=f"no answer from {url} in time")
+        except httpx.HTTPError as e:
+            return ParsedOutput("failed", "transient", message=f"cannot reach {url}: {e}")
+        parsed = parser.parse_chat_response(response.status_code, dict(response.headers), response.text, now, tz)
+        log(f"HTTP {response.status_code}\n".encode())
+        log(((parsed.final_text or parsed.message or response.text[:2000]) + "\n").encode())
+        return parsed

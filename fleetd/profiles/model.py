@@ -1,0 +1,110 @@
+"""The profile record and the validation of user input into it. Pure but for path checks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlparse
+
+from fleetd.errors import InvalidArgument
+from fleetd.loops.model import NAME_RE
+
+Tier = Literal["local", "subscription", "metered"]
+TIERS: tuple[Tier, ...] = ("local", "subscription", "metered")
+PRICE_FIELDS = ("price_input", "price_output", "price_cache_read", "price_cache_write")
+
+
+@dataclass
+class Profile:
+    name: str
+    backend: str
+    tier: Tier
+    config_dir: str
+    base_url: str | None = None
+    model: str | None = None
+    price_input: float | None = None  # USD per million tokens
+    price_output: float | None = None
+    price_cache_read: float | None = None
+    price_cache_write: float | None = None
+    has_secret: bool = False
+    enabled: bool = True
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+    def cost(self, input_tokens: int, output_tokens: int, cache_read: int, cache_write: int) -> float | None:
+        """What an attempt cost at this profile's prices, when it has any."""
+        prices = (self.price_input, self.price_output, self.price_cache_read, self.price_cache_write)
+        if all(p is None for p in prices):
+            return None
+        counts = (input_tokens, output_tokens, cache_read, cache_write)
+        return sum((p or 0.0) * n for p, n in zip(prices, counts, strict=True)) / 1_000_000
+
+
+def validate_profile_name(name: object) -> str:
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise InvalidArgument(
+            f"invalid profile name {name!r}: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+        )
+    return name
+
+
+def _is_loopback(url: str) -> bool:
+    host = urlparse(url).hostname or ""
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def validate_profile_input(body: dict[str, Any], default_dir: Path) -> tuple[Profile, str | None]:
+    """Returns the profile and the secret (API key) that came with it, which is kept apart."""
+    name = validate_profile_name(body.get("name"))
+    backend = body.get("backend")
+    if not isinstance(backend, str) or not backend:
+        raise InvalidArgument("a profile needs --backend")
+    secret = body.get("api_key")
+    if secret is not None:
+        if not isinstance(secret, str) or not secret.strip():
+            raise InvalidArgument("the API key on stdin is empty")
+        secret = secret.strip()
+        if "\n" in secret:
+            raise InvalidArgument("the API key on stdin must be a single line")
+    base_url = body.get("base_url")
+    if base_url is not None:
+        parsed = urlparse(str(base_url))
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise InvalidArgument(f"invalid --base-url {base_url!r}: use http(s)://host[:port]/path")
+    tier = body.get("tier")
+    if tier is None:
+        if base_url is not None and _is_loopback(str(base_url)) and secret is None:
+            tier = "local"
+        else:
+            tier = "metered" if secret is not None else "subscription"
+    if tier not in TIERS:
+        raise InvalidArgument(f"invalid --tier {tier!r}: use local, subscription or metered")
+    config_dir = body.get("config_dir")
+    if config_dir is not None and not Path(str(config_dir)).is_absolute():
+        raise InvalidArgument(f"config directory must be an absolute path: {config_dir}")
+    prices: dict[str, float | None] = {}
+    for key in PRICE_FIELDS:
+        value = body.get(key)
+        if value is not None:
+            try:
+                value = float(value)
+            except (TypeError, ValueError):
+                raise InvalidArgument(f"invalid --{key.replace('_', '-')} {value!r}: a number") from None
+            if value < 0:
+                raise InvalidArgument(f"--{key.replace('_', '-')} cannot be negative")
+        prices[key] = value
+    model = body.get("model")
+    profile = Profile(
+        name=name,
+        backend=backend,
+        tier=tier,
+        config_dir=str(config_dir) if config_dir else str(default_dir / name),
+        base_url=str(base_url) if base_url else None,
+        model=str(model) if model else None,
+        has_secret=secret is not None,
+        enabled=body.get("enabled", True) is not False,
+        **prices,
+    )
+    return profile, secret

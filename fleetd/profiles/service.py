@@ -1,0 +1,101 @@
+"""Profiles as the daemon manages them: records in SQLite, secrets in the secret store, a private
+config directory each. Blocking keyring calls run in a thread."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from fleetd.backends.registry import get_adapter
+from fleetd.errors import Conflict, InvalidArgument
+from fleetd.loops.model import Loop
+from fleetd.profiles.model import Profile, validate_profile_input
+from fleetd.profiles.secrets import SecretStore
+from fleetd.routing.policy import candidates
+from fleetd.store.loops import LoopStore
+from fleetd.store.profiles import ProfileStore
+
+
+class ProfileService:
+    def __init__(
+        self,
+        store: ProfileStore,
+        loops: LoopStore,
+        secrets: SecretStore,
+        *,
+        profiles_dir: Path,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self.store = store
+        self.loops = loops
+        self.secrets = secrets
+        self.profiles_dir = profiles_dir
+        self.clock = clock
+
+    async def add(self, body: dict[str, Any]) -> Profile:
+        profile, secret = validate_profile_input(body, self.profiles_dir)
+        adapter = get_adapter(profile.backend)
+        if not adapter.needs_profile:
+            raise InvalidArgument(f"the {profile.backend} backend takes no profiles")
+        if profile.backend == "openai_compat" and not profile.base_url:
+            raise InvalidArgument("an openai_compat profile needs --base-url")
+        profile.created_at = profile.updated_at = self.clock()
+        # The secret goes in first and the row second: a refused secret leaves nothing behind, and a
+        # duplicate name is caught before touching the keyring.
+        if await self._exists(profile.name):
+            raise Conflict(f"profile {profile.name!r} already exists")
+        if secret is not None:
+            await asyncio.to_thread(self.secrets.set, profile.name, secret)
+        try:
+            config_dir = Path(profile.config_dir)
+            config_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            os.chmod(config_dir, 0o700)
+            await self.store.insert(profile)
+        except BaseException:
+            if secret is not None:
+                await asyncio.to_thread(self.secrets.delete, profile.name)
+            raise
+        return profile
+
+    async def _exists(self, name: str) -> bool:
+        return any(p.name == name for p in await self.store.list())
+
+    async def remove(self, name: str) -> None:
+        profile = await self.store.get(name)
+        users = [lp.name for lp in await self.loops.list() if name in lp.profiles]
+        if users:
+            raise Conflict(f"profile {name!r} is in the pool of loop(s) {', '.join(users)}; change those first")
+        if profile.has_secret:
+            await asyncio.to_thread(self.secrets.delete, name)
+        await self.store.delete(name)
+        default_dir = self.profiles_dir / name
+        if Path(profile.config_dir) == default_dir:
+            # fleetd made this directory; a directory the user named stays theirs.
+            shutil.rmtree(default_dir, ignore_errors=True)
+
+    async def environment(self, name: str) -> dict[str, Any]:
+        """What a shell needs to use this profile's login by hand, and its backend's login command."""
+        profile = await self.store.get(name)
+        adapter = get_adapter(profile.backend)
+        secret = await self.secret(profile) if profile.has_secret else None
+        change = adapter.profile_env(profile, secret)
+        return {
+            "profile": profile.name,
+            "backend": profile.backend,
+            "set": change.set,
+            "unset": list(change.unset),
+            "login_argv": adapter.login_argv(profile),
+        }
+
+    # -- ProfileSource, for the executor ----------------------------------------------------------
+
+    async def candidates(self, loop: Loop) -> list[Profile]:
+        return candidates(loop.profiles, await self.store.list(loop.backend), loop.backend)
+
+    async def secret(self, profile: Profile) -> str | None:
+        return await asyncio.to_thread(self.secrets.get, profile.name)

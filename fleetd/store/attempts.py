@@ -1,0 +1,119 @@
+"""Queries on the attempts table: one row per execution of a run by one backend under one profile."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from fleetd.backends.result import ParsedOutput
+from fleetd.store.db import Database
+from fleetd.timefmt import from_iso, to_iso
+
+
+@dataclass
+class Attempt:
+    id: int
+    run_id: int
+    number: int
+    backend: str
+    profile: str
+    model: str | None
+    started_at: datetime
+    finished_at: datetime | None = None
+    exit_code: int | None = None
+    outcome: str | None = None
+    error_class: str | None = None
+    error: str | None = None
+    reset_at: datetime | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    cost_usd: float | None = None
+    session_id: str | None = None
+    windows: list[dict[str, Any]] = field(default_factory=list)
+
+
+class AttemptStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def start(
+        self, *, run_id: int, number: int, backend: str, profile: str, model: str | None, started_at: datetime
+    ) -> int:
+        async with self.db.transaction() as conn:
+            cur = await conn.execute(
+                "INSERT INTO attempts (run_id, number, backend, profile, model, started_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (run_id, number, backend, profile, model, to_iso(started_at)),
+            )
+            await conn.execute("UPDATE runs SET attempts = ?, profile = ? WHERE id = ?", (number, profile, run_id))
+            return int(cur.lastrowid or 0)
+
+    async def finish(
+        self,
+        attempt_id: int,
+        *,
+        finished_at: datetime,
+        exit_code: int | None,
+        parsed: ParsedOutput,
+        error: str | None,
+        cost_usd: float | None,
+    ) -> None:
+        windows = [
+            {
+                "name": w.name,
+                "window_minutes": w.window_minutes,
+                "used_percent": w.used_percent,
+                "resets_at": to_iso(w.resets_at),
+            }
+            for w in parsed.windows
+        ]
+        u = parsed.usage
+        async with self.db.transaction() as conn:
+            await conn.execute(
+                "UPDATE attempts SET finished_at = ?, exit_code = ?, outcome = ?, error_class = ?, error = ?, "
+                "reset_at = ?, input_tokens = ?, output_tokens = ?, cache_read_tokens = ?, "
+                "cache_write_tokens = ?, cost_usd = ?, session_id = ?, model = coalesce(?, model), "
+                "windows_json = ? WHERE id = ?",
+                (
+                    to_iso(finished_at), exit_code, parsed.outcome, parsed.error_class, error,
+                    to_iso(parsed.reset_at), u.input_tokens, u.output_tokens, u.cache_read_tokens,
+                    u.cache_write_tokens, cost_usd, parsed.session_id, parsed.model, json.dumps(windows),
+                    attempt_id,
+                ),
+            )  # fmt: skip
+
+    async def for_run(self, run_id: int) -> list[Attempt]:
+        rows = await self.db.fetchall(
+            "SELECT id, run_id, number, backend, profile, model, started_at, finished_at, exit_code, outcome, "
+            "error_class, error, reset_at, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, "
+            "cost_usd, session_id, windows_json FROM attempts WHERE run_id = ? ORDER BY number",
+            (run_id,),
+        )
+        return [
+            Attempt(
+                id=r["id"],
+                run_id=r["run_id"],
+                number=r["number"],
+                backend=r["backend"],
+                profile=r["profile"],
+                model=r["model"],
+                started_at=from_iso(r["started_at"]),  # type: ignore[arg-type]
+                finished_at=from_iso(r["finished_at"]),
+                exit_code=r["exit_code"],
+                outcome=r["outcome"],
+                error_class=r["error_class"],
+                error=r["error"],
+                reset_at=from_iso(r["reset_at"]),
+                input_tokens=r["input_tokens"],
+                output_tokens=r["output_tokens"],
+                cache_read_tokens=r["cache_read_tokens"],
+                cache_write_tokens=r["cache_write_tokens"],
+                cost_usd=r["cost_usd"],
+                session_id=r["session_id"],
+                windows=json.loads(r["windows_json"]),
+            )
+            for r in rows
+        ]

@@ -1,0 +1,89 @@
+"""Queries on the profiles table. No secret ever passes through here."""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import datetime
+
+import aiosqlite
+
+from fleetd.errors import Conflict, NotFound
+from fleetd.profiles.model import PRICE_FIELDS, Profile
+from fleetd.store.db import Database
+from fleetd.timefmt import from_iso, to_iso
+
+_COLUMNS = (
+    "name, backend, tier, config_dir, base_url, model, price_input, price_output, price_cache_read, "
+    "price_cache_write, has_secret, enabled, created_at, updated_at"
+)
+
+
+def _row_to_profile(row: aiosqlite.Row) -> Profile:
+    return Profile(
+        name=row["name"],
+        backend=row["backend"],
+        tier=row["tier"],
+        config_dir=row["config_dir"],
+        base_url=row["base_url"],
+        model=row["model"],
+        has_secret=bool(row["has_secret"]),
+        enabled=bool(row["enabled"]),
+        created_at=from_iso(row["created_at"]),
+        updated_at=from_iso(row["updated_at"]),
+        **{key: row[key] for key in PRICE_FIELDS},
+    )
+
+
+class ProfileStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def insert(self, profile: Profile) -> None:
+        values = (
+            profile.name,
+            profile.backend,
+            profile.tier,
+            profile.config_dir,
+            profile.base_url,
+            profile.model,
+            *(getattr(profile, key) for key in PRICE_FIELDS),
+            int(profile.has_secret),
+            int(profile.enabled),
+            to_iso(profile.created_at),
+            to_iso(profile.updated_at),
+        )
+        try:
+            async with self.db.transaction() as conn:
+                await conn.execute(f"INSERT INTO profiles ({_COLUMNS}) VALUES ({','.join('?' * 14)})", values)
+        except sqlite3.IntegrityError:
+            raise Conflict(f"profile {profile.name!r} already exists") from None
+
+    async def get(self, name: str) -> Profile:
+        row = await self.db.fetchone(f"SELECT {_COLUMNS} FROM profiles WHERE name = ?", (name,))
+        if row is None:
+            raise NotFound(f"no profile named {name!r}")
+        return _row_to_profile(row)
+
+    async def list(self, backend: str | None = None) -> list[Profile]:
+        if backend is None:
+            rows = await self.db.fetchall(f"SELECT {_COLUMNS} FROM profiles ORDER BY name")
+        else:
+            rows = await self.db.fetchall(
+                f"SELECT {_COLUMNS} FROM profiles WHERE backend = ? ORDER BY name", (backend,)
+            )
+        return [_row_to_profile(r) for r in rows]
+
+    async def set_enabled(self, name: str, enabled: bool, now: datetime) -> None:
+        async with self.db.transaction() as conn:
+            cur = await conn.execute(
+                "UPDATE profiles SET enabled = ?, updated_at = ? WHERE name = ?",
+                (int(enabled), to_iso(now), name),
+            )
+            if cur.rowcount == 0:
+                raise NotFound(f"no profile named {name!r}")
+
+    async def delete(self, name: str) -> None:
+        async with self.db.transaction() as conn:
+            cur = await conn.execute("DELETE FROM profiles WHERE name = ?", (name,))
+            if cur.rowcount == 0:
+                raise NotFound(f"no profile named {name!r}")

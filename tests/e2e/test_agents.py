@@ -1,0 +1,288 @@
+"""The agent backends end to end: a real daemon runs the stand-in CLIs (which replay the real
+programs' captured output) under named profiles; attempts, tokens, failover, scrubbing."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from tests.harness import STANDIN_BIN, Daemon, captures_dir, wait_until
+
+SECRET = "sk-ant-api03-TESTSECRET-0123456789"
+RESET_EPOCH = 1795300000  # what the stand-ins report as the limit's reset
+
+
+@pytest.fixture(scope="module")
+def agents() -> Iterator[Daemon]:
+    if not (captures_dir() / "cc_ok_stream").is_dir():
+        pytest.skip(f"captures not found at {captures_dir()} (set FLEETD_CAPTURES)")
+    root = Path(tempfile.mkdtemp(prefix="fla-", dir="/tmp"))
+    standin_dir = root / "standin"
+    standin_dir.mkdir()
+    d = Daemon(root / "home", "--kill-grace", "0.5s")
+    d.env.update(
+        PATH=f"{STANDIN_BIN}:{os.environ['PATH']}",
+        STANDIN_DIR=str(standin_dir),
+        STANDIN_CAPTURES=str(captures_dir()),
+        STANDIN_RESET_EPOCH=str(RESET_EPOCH),
+        FLEETD_SECRET_STORE="file",
+        ANTHROPIC_API_KEY="key-in-the-daemons-environment",  # must never reach a subscription profile
+    )
+    d.start()
+    d.standin_dir = standin_dir  # type: ignore[attr-defined]
+    yield d
+    d.stop()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def set_scenario(d: Daemon, profile: str, scenario: str) -> None:
+    (d.standin_dir / f"{profile}.scenario").write_text(scenario)  # type: ignore[attr-defined]
+
+
+def calls(d: Daemon, run_id: int) -> list[dict]:
+    path = d.standin_dir / "calls.jsonl"  # type: ignore[attr-defined]
+    entries = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    return [e for e in entries if e["env"].get("FLEETD_RUN_ID") == str(run_id)]
+
+
+def run_to_end(d: Daemon, loop: str) -> dict:
+    run = d.json("loop", "run", loop)
+    return wait_until(
+        lambda: (r := d.json("runs", "show", str(run["id"])))["status"] != "running" and r,
+        timeout=30,
+        what=f"run of {loop} to finish",
+    )
+
+
+def test_claude_subscription_profile_success_records_usage(agents: Daemon) -> None:
+    d = agents
+    d.cli("profile", "add", "cc_sub", "--backend", "claude_code")
+    set_scenario(d, "cc_sub", "ok")
+    d.cli("loop", "add", "cc_ok", "--every", "1h", "--backend", "claude_code", "--profile", "cc_sub",
+          "--prompt", "say hi", "--model", "opus", "--agent-arg=--max-turns", "--agent-arg", "3")  # fmt: skip
+    run = run_to_end(d, "cc_ok")
+    assert run["status"] == "succeeded" and run["profile"] == "cc_sub" and run["attempts"] == 1
+    (attempt,) = run["attempt_list"]
+    assert attempt["tokens"] == {"input": 123, "output": 9, "cache_read": 67, "cache_write": 45}
+    assert attempt["cost_usd"] == pytest.approx(0.0009104)
+    assert attempt["session_id"] == "44ce97b6-bd26-4495-bf03-46c93a098e16"
+    assert attempt["outcome"] == "succeeded" and attempt["model"]
+    (call,) = calls(d, run["id"])
+    assert call["argv"] == ["-p", "say hi", "--output-format", "stream-json", "--verbose", "--model", "opus",
+                            "--max-turns", "3"]  # fmt: skip
+    profile_dir = d.json("profile", "show", "cc_sub")["config_dir"]
+    assert call["env"]["CLAUDE_CONFIG_DIR"] == profile_dir
+    assert stat.S_IMODE(os.stat(profile_dir).st_mode) == 0o700
+    assert "ANTHROPIC_API_KEY" not in call["env"]  # a key would win over the subscription login
+    assert call["env"]["CLAUDE_CODE_MAX_RETRIES"] == "0"
+    tmpdir = call["env"]["TMPDIR"]
+    assert call["tmpdir_exists"] and tmpdir.startswith(str(d.home / "tmp")) and not os.path.exists(tmpdir)
+
+
+def test_usage_limit_fails_over_to_the_next_profile_and_scrubs_its_key(agents: Daemon) -> None:
+    d = agents
+    d.cli("profile", "add", "cc_limited", "--backend", "claude_code")
+    d.cli("profile", "add", "cc_api", "--backend", "claude_code", "--api-key-stdin",
+          "--price-input", "3", "--price-output", "15", input=SECRET + "\n")  # fmt: skip
+    set_scenario(d, "cc_limited", "usage_limit")
+    set_scenario(d, "cc_api", "leak_secret")
+    d.cli("loop", "add", "cc_fail", "--every", "1h", "--backend", "claude_code",
+          "--profile", "cc_limited,cc_api", "--prompt", "review")  # fmt: skip
+    run = run_to_end(d, "cc_fail")
+    assert run["status"] == "succeeded" and run["attempts"] == 2 and run["profile"] == "cc_api"
+    first, second = run["attempt_list"]
+    assert (first["profile"], first["outcome"], first["error_class"]) == ("cc_limited", "failed", "rate_limited")
+    assert datetime.fromisoformat(first["reset_at"]) == datetime.fromtimestamp(RESET_EPOCH, UTC)
+    assert "You've hit your limit" in first["error"]
+    assert (second["profile"], second["outcome"]) == ("cc_api", "succeeded")
+    limited_call, api_call = calls(d, run["id"])
+    assert "ANTHROPIC_API_KEY" not in limited_call["env"]
+    assert api_call["env"]["ANTHROPIC_API_KEY"] == SECRET
+    log = d.cli("runs", "logs", str(run["id"])).stdout
+    assert "key=[REDACTED]" in log and SECRET not in log
+    assert "rate_limited; trying profile cc_api" in log
+    for path in d.home.rglob("*"):
+        if path.is_file() and path.name != "secrets.json":
+            assert SECRET.encode() not in path.read_bytes(), path
+    secrets = d.home / "secrets.json"
+    assert stat.S_IMODE(os.stat(secrets).st_mode) == 0o600
+
+
+def test_auth_failure_moves_on_and_contract_failure_stops(agents: Daemon) -> None:
+    d = agents
+    d.cli("profile", "add", "cc_expired", "--backend", "claude_code")
+    d.cli("profile", "add", "cc_garbled", "--backend", "claude_code")
+    set_scenario(d, "cc_expired", "auth")
+    set_scenario(d, "cc_garbled", "garbled")
+    d.cli("loop", "add", "cc_auth", "--every", "1h", "--backend", "claude_code",
+          "--profile", "cc_expired,cc_garbled,cc_sub", "--prompt", "x")  # fmt: skip
+    run = run_to_end(d, "cc_auth")
+    classes = [(a["profile"], a["error_class"]) for a in run["attempt_list"]]
+    assert classes[0] == ("cc_expired", "auth")
+    # Garbled output is nobody's fault we can name: the run stops there instead of burning more profiles.
+    assert classes[1][0] == "cc_garbled" and classes[1][1] != "rate_limited"
+    assert run["status"] == "failed" and len(classes) == 2
+    assert run["attempt_list"][1]["outcome"] in ("unknown", "failed")
+
+
+def test_codex_usage_and_window_state_from_its_rollout(agents: Daemon) -> None:
+    d = agents
+    d.cli("profile", "add", "cx", "--backend", "codex")
+    set_scenario(d, "cx", "ok")
+    d.cli("loop", "add", "cx_ok", "--every", "1h", "--backend", "codex", "--prompt", "hi", "--profile", "cx")
+    run = run_to_end(d, "cx_ok")
+    assert run["status"] == "succeeded"
+    (attempt,) = run["attempt_list"]
+    assert attempt["session_id"] == "01a2006f-309f-7bf3-840a-01322a7670c6"
+    assert attempt["tokens"]["output"] == 33
+    windows = {w["window_minutes"]: w for w in attempt["windows"]}
+    assert windows[300]["used_percent"] == 42.0
+    assert datetime.fromisoformat(windows[300]["resets_at"]) == datetime.fromtimestamp(RESET_EPOCH, UTC)
+    (call,) = calls(d, run["id"])
+    assert call["stdin_closed"] is True  # codex waits for stdin to close
+    assert call["argv"][:3] == ["exec", "--json", "--skip-git-repo-check"] and call["argv"][-1] == "hi"
+    assert call["env"]["CODEX_HOME"] == d.json("profile", "show", "cx")["config_dir"]
+
+
+def test_codex_usage_limit_is_rate_limited(agents: Daemon) -> None:
+    d = agents
+    set_scenario(d, "cx", "usage_limit")
+    d.cli("loop", "add", "cx_lim", "--every", "1h", "--backend", "codex", "--prompt", "hi", "--profile", "cx")
+    run = run_to_end(d, "cx_lim")
+    set_scenario(d, "cx", "ok")
+    (attempt,) = run["attempt_list"]
+    assert run["status"] == "failed" and attempt["error_class"] == "rate_limited"
+    assert attempt["reset_at"] is not None
+
+
+def test_gemini_quota_exit_173_and_own_retries_turned_down(agents: Daemon) -> None:
+    d = agents
+    d.cli("profile", "add", "gem", "--backend", "gemini", "--api-key-stdin", input="gem-key-123\n")
+    set_scenario(d, "gem", "429")
+    d.cli("loop", "add", "gm", "--every", "1h", "--backend", "gemini", "--prompt", "hi", "--model", "gemini-2.5-flash")
+    run = run_to_end(d, "gm")
+    (attempt,) = run["attempt_list"]
+    assert run["status"] == "failed" and run["exit_code"] == 173
+    assert attempt["error_class"] == "rate_limited"
+    gemini_home = Path(d.json("profile", "show", "gem")["config_dir"])
+    settings = json.loads((gemini_home / ".gemini" / "settings.json").read_text())
+    assert settings["general"]["maxAttempts"] == 1
+    (call,) = calls(d, run["id"])
+    assert call["argv"] == ["-p", "hi", "-o", "json", "-m", "gemini-2.5-flash"]
+    assert call["env"]["GEMINI_API_KEY"] == "gem-key-123"
+
+
+def test_aider_rate_limit_ends_the_attempt_at_the_first_line(agents: Daemon) -> None:
+    d = agents
+    d.cli("profile", "add", "aid", "--backend", "aider", "--api-key-stdin", input="aider-key\n")
+    set_scenario(d, "aid", "429")
+    d.cli("loop", "add", "ai", "--every", "1h", "--backend", "aider", "--prompt", "hi", "--model", "openai/fake")
+    started = time.monotonic()
+    run = run_to_end(d, "ai")
+    took = time.monotonic() - started
+    # The stand-in sits out ~64 s of retries, as the real aider does; fleetd must not wait for them.
+    assert took < 15, took
+    (attempt,) = run["attempt_list"]
+    assert run["status"] == "failed" and attempt["error_class"] == "rate_limited"
+    assert "ending the attempt" in d.cli("runs", "logs", str(run["id"])).stdout
+
+
+def test_aider_success_usage_from_its_analytics_log(agents: Daemon) -> None:
+    d = agents
+    set_scenario(d, "aid", "ok")
+    d.cli("loop", "add", "ai_ok", "--every", "1h", "--backend", "aider", "--prompt", "hi", "--model", "openai/fake")
+    run = run_to_end(d, "ai_ok")
+    (attempt,) = run["attempt_list"]
+    assert run["status"] == "succeeded"
+    assert attempt["tokens"]["input"] + attempt["tokens"]["cache_read"] + attempt["tokens"]["cache_write"] == 593
+    assert attempt["tokens"]["output"] == 1
+
+
+class _Provider(BaseHTTPRequestHandler):
+    mode = "ok"
+    seen: list[dict] = []
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        _Provider.seen.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
+        if _Provider.mode == "429":
+            payload = {"error": {"message": "Rate limit reached for requests (fake)", "type": "requests",
+                                 "param": None, "code": "rate_limit_exceeded"}}  # fmt: skip
+            self._send(429, payload, {"retry-after": "20", "x-ratelimit-reset-requests": "6m0s"})
+        else:
+            payload = {"id": "c1", "object": "chat.completion", "model": body["model"],
+                       "choices": [{"index": 0, "message": {"role": "assistant", "content": "local says hi"},
+                                    "finish_reason": "stop"}],
+                       "usage": {"prompt_tokens": 21, "completion_tokens": 4, "total_tokens": 25}}  # fmt: skip
+            self._send(200, payload, {})
+
+    def _send(self, status: int, payload: dict, headers: dict[str, str]) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for k, v in headers.items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_openai_compat_local_model_ok_and_429(agents: Daemon) -> None:
+    d = agents
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Provider)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+        created = d.json("profile", "add", "local", "--backend", "openai_compat", "--base-url", url, "--model", "qwen3")
+        assert created["tier"] == "local" and created["has_api_key"] is False
+        d.cli("loop", "add", "oc", "--every", "1h", "--backend", "openai_compat", "--prompt", "hello")
+        run = run_to_end(d, "oc")
+        (attempt,) = run["attempt_list"]
+        assert run["status"] == "succeeded" and attempt["model"] == "qwen3"
+        assert attempt["tokens"]["input"] + attempt["tokens"]["cache_read"] == 21 and attempt["tokens"]["output"] == 4
+        assert "local says hi" in d.cli("runs", "logs", str(run["id"])).stdout
+        assert _Provider.seen[-1]["path"] == "/v1/chat/completions" and _Provider.seen[-1]["auth"] is None
+        _Provider.mode = "429"
+        run = run_to_end(d, "oc")
+        (attempt,) = run["attempt_list"]
+        assert run["status"] == "failed" and attempt["error_class"] == "rate_limited"
+        reset = datetime.fromisoformat(attempt["reset_at"])
+        assert 0 < (reset - datetime.fromisoformat(attempt["finished_at"])).total_seconds() <= 361
+    finally:
+        server.shutdown()
+
+
+def test_hanging_agent_times_out(agents: Daemon) -> None:
+    d = agents
+    d.cli("profile", "add", "cc_hang", "--backend", "claude_code")
+    set_scenario(d, "cc_hang", "hang")
+    d.cli("loop", "add", "cc_h", "--every", "1h", "--backend", "claude_code", "--profile", "cc_hang",
+          "--prompt", "x", "--timeout", "1s")  # fmt: skip
+    run = run_to_end(d, "cc_h")
+    assert run["status"] == "timed_out"
+
+
+def test_profile_env_and_login(agents: Daemon) -> None:
+    d = agents
+    d.cli("profile", "add", "cc_login", "--backend", "claude_code")
+    profile_dir = d.json("profile", "show", "cc_login")["config_dir"]
+    env = d.cli("profile", "env", "cc_login").stdout.splitlines()
+    assert f"export CLAUDE_CONFIG_DIR={profile_dir}" in env and "unset ANTHROPIC_API_KEY" in env
+    login = d.cli("profile", "login", "cc_login")
+    assert login.stdout.strip() == f"login for {profile_dir}"
+    refused = d.cli("profile", "login", "local", check=False)
+    assert refused.returncode == 1 and "logs in by API key" in refused.stderr
