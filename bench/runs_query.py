@@ -29,10 +29,7 @@ def fill(db_path: Path, n: int) -> None:
 
     asyncio.run(create())
     t = "2026-11-21T00:00:00.000+00:00"
-    rows = (
-        (f"loop{i % LOOPS:02d}", "schedule", "succeeded", t, t, t, 0, "command", f"/tmp/{i}.log")
-        for i in range(n)
-    )
+    rows = ((f"loop{i % LOOPS:02d}", "schedule", "succeeded", t, t, t, 0, "command", f"/tmp/{i}.log") for i in range(n))
     with sqlite3.connect(db_path) as conn:
         conn.executemany(
             "INSERT INTO runs (loop, trigger, status, scheduled_at, started_at, finished_at, exit_code, "

@@ -24,9 +24,7 @@ def captures_dir() -> Path:
     return Path(override) if override else Path(__file__).resolve().parents[1].parent / "shared" / "captures"
 
 
-def wait_until(
-    predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.05, what: str = ""
-) -> T:
+def wait_until(predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.05, what: str = "") -> T:
     """Poll until `predicate()` is truthy; fail with `what` after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while True:
@@ -75,12 +73,8 @@ class Daemon:
         except OSError:
             return ""
 
-    def cli(
-        self, *args: str, check: bool = True, input: str | None = None
-    ) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
-            [FLEETD, *args], env=self.env, capture_output=True, text=True, input=input, timeout=60
-        )
+    def cli(self, *args: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run([FLEETD, *args], env=self.env, capture_output=True, text=True, input=input, timeout=60)
         if check and result.returncode != 0:
             raise AssertionError(f"fleetd {' '.join(args)} exited {result.returncode}: {result.stderr}")
         return result

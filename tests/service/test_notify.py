@@ -30,9 +30,7 @@ def test_returns_false_without_notify_socket(monkeypatch: pytest.MonkeyPatch) ->
     assert sd_notify("READY=1") is False
 
 
-def test_sends_state_to_path_socket(
-    monkeypatch: pytest.MonkeyPatch, receiver: tuple[socket.socket, str]
-) -> None:
+def test_sends_state_to_path_socket(monkeypatch: pytest.MonkeyPatch, receiver: tuple[socket.socket, str]) -> None:
     sock, path = receiver
     monkeypatch.setenv("NOTIFY_SOCKET", path)
     assert sd_notify("READY=1") is True

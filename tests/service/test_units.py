@@ -185,15 +185,11 @@ def test_install_linux_writes_the_unit(tmp_path: Path) -> None:
 
 def test_install_linux_honours_xdg_config_home(tmp_path: Path) -> None:
     config = tmp_path / "xdg config"
-    result = units.install(
-        "linux", EXE, None, tmp_path / "home", "/l", print_only=False, xdg_config_home=str(config)
-    )
+    result = units.install("linux", EXE, None, tmp_path / "home", "/l", print_only=False, xdg_config_home=str(config))
     assert result.path == config / "systemd" / "user" / "fleetd.service"
     assert result.path.is_file()
     # The XDG spec says a relative XDG_CONFIG_HOME is to be ignored.
-    relative = units.install(
-        "linux", EXE, None, tmp_path / "home", "/l", print_only=True, xdg_config_home="cfg"
-    )
+    relative = units.install("linux", EXE, None, tmp_path / "home", "/l", print_only=True, xdg_config_home="cfg")
     assert relative.path == tmp_path / "home" / ".config" / "systemd" / "user" / "fleetd.service"
 
 

@@ -101,9 +101,7 @@ def test_wake_after_suspend_is_a_catch_up_and_never_replays() -> None:
     trig = build_trigger(every("10m"), T0)
     due = T0 + timedelta(minutes=10)
     woke = T0 + timedelta(hours=2, minutes=1)
-    assert plan_wake(trig, due, woke, "once", GRACE) == Plan(
-        Fire(due, "catch-up"), T0 + timedelta(hours=2, minutes=10)
-    )
+    assert plan_wake(trig, due, woke, "once", GRACE) == Plan(Fire(due, "catch-up"), T0 + timedelta(hours=2, minutes=10))
     assert plan_wake(trig, due, woke, "skip", GRACE) == Plan(None, T0 + timedelta(hours=2, minutes=10))
 
 

@@ -23,9 +23,7 @@ def test_fresh_database_is_migrated_to_the_latest_version_in_wal(tmp_path: Path)
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
-def test_a_failing_migration_leaves_the_previous_version(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_failing_migration_leaves_the_previous_version(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     broken = [*schema.MIGRATIONS, "CREATE TABLE extra (x); CREATE TABLE loops (nope);"]
     monkeypatch.setattr("fleetd.store.db.MIGRATIONS", broken)
 
