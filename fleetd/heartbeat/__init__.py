@@ -1,0 +1,1 @@
+"""Heartbeat: usage windows, the agents' own usage records, headroom, auto-switching."""

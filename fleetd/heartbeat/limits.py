@@ -1,0 +1,64 @@
+"""Per-profile limits: `5h=4000000tok`, `7d=40Mtok`, `24h=500req`, `30d=50usd`. Pure."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+from fleetd.errors import InvalidArgument
+from fleetd.timefmt import DurationError, format_duration, parse_duration
+
+Unit = Literal["tok", "req", "usd"]
+_LIMIT = re.compile(r"^\s*([0-9][0-9a-z.]*)\s*=\s*([0-9]+(?:\.[0-9]+)?)([kKmM]?)\s*(tok|req|usd)\s*$")
+_SCALE = {"": 1, "k": 1_000, "m": 1_000_000}
+
+
+@dataclass(frozen=True)
+class Limit:
+    window_s: float
+    amount: float
+    unit: Unit
+
+    @property
+    def label(self) -> str:
+        return format_duration(self.window_s)
+
+    def describe(self) -> str:
+        amount = int(self.amount) if self.amount == int(self.amount) else self.amount
+        return f"{self.label}={amount}{self.unit}"
+
+    def to_json(self) -> dict[str, object]:
+        return {"window_s": self.window_s, "amount": self.amount, "unit": self.unit}
+
+    @classmethod
+    def from_json(cls, data: dict[str, object]) -> Limit:
+        return cls(float(data["window_s"]), float(data["amount"]), data["unit"])  # type: ignore[arg-type]
+
+
+def parse_limit(text: str) -> Limit:
+    m = _LIMIT.match(text)
+    if not m:
+        raise InvalidArgument(
+            f"invalid --limit {text!r}: use WINDOW=AMOUNT+UNIT, e.g. 5h=4000000tok, 24h=500req, 30d=50usd"
+        )
+    window, number, scale, unit = m.groups()
+    try:
+        window_s = parse_duration(window)
+    except DurationError as e:
+        raise InvalidArgument(f"invalid --limit {text!r}: {e}") from None
+    amount = float(number) * _SCALE[scale.lower()]
+    if amount <= 0:
+        raise InvalidArgument(f"invalid --limit {text!r}: the amount must be positive")
+    return Limit(window_s, amount, unit)  # type: ignore[arg-type]
+
+
+def parse_limits(items: list[str]) -> list[Limit]:
+    limits = [parse_limit(item) for item in items]
+    seen: set[tuple[float, str]] = set()
+    for limit in limits:
+        key = (limit.window_s, limit.unit)
+        if key in seen:
+            raise InvalidArgument(f"two --limit values for the same window and unit: {limit.label} {limit.unit}")
+        seen.add(key)
+    return limits

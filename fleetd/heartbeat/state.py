@@ -1,0 +1,89 @@
+"""The profile state machine. Pure: every transition takes the time as an argument.
+
+available → near_limit (≥ threshold of any window) → exhausted (a limit hit, or the backend said
+rate_limited; until its reset) → available again after the reset, but `unconfirmed` until the next
+successful attempt; disabled (auth failure, or by hand) until re-enabled.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Literal
+
+from fleetd.backends.result import WindowState
+from fleetd.heartbeat.windows import WindowUsage
+
+State = Literal["available", "near_limit", "exhausted", "disabled"]
+NEAR_LIMIT = 0.9
+UNKNOWN_RESET_BACKOFF = timedelta(minutes=5)  # a rate limit without a reset time: look again then
+
+
+@dataclass(frozen=True)
+class ProfileStatus:
+    state: State = "available"
+    exhausted_until: datetime | None = None
+    reason: str = ""
+    unconfirmed: bool = False  # back after a reset, not yet proven by a successful attempt
+
+
+def evaluate(
+    prev: ProfileStatus,
+    usages: list[WindowUsage],
+    full_until: list[datetime | None],
+    reported: list[WindowState],
+    now: datetime,
+    near: float = NEAR_LIMIT,
+) -> ProfileStatus:
+    """The periodic judgement from window usage. Reported windows (the backend's own numbers) win
+    over fleetd's estimate; a reset time the backend gave is never shortened by an estimate."""
+    if prev.state == "disabled":
+        return prev
+    if prev.state == "exhausted" and prev.exhausted_until is not None and now < prev.exhausted_until:
+        return prev
+    came_back = prev.state == "exhausted"
+    live = [w for w in reported if w.resets_at is None or w.resets_at > now]
+    for w in live:
+        if w.used_percent is not None and w.used_percent >= 100:
+            until = w.resets_at or now + UNKNOWN_RESET_BACKOFF
+            return ProfileStatus("exhausted", until, f"{_window_name(w)} window at {w.used_percent:g}% (reported)")
+    if not live:
+        for usage, until in zip(usages, full_until, strict=True):
+            if usage.exceeded:
+                reason = f"{usage.limit.describe()} used {usage.used:g}"
+                return ProfileStatus("exhausted", until or now + UNKNOWN_RESET_BACKOFF, reason)
+    fractions = [(w.used_percent or 0) / 100 for w in live] if live else [u.fraction for u in usages]
+    unconfirmed = prev.unconfirmed or came_back
+    if fractions and max(fractions) >= near:
+        return ProfileStatus("near_limit", None, f"{max(fractions):.0%} of a window used", unconfirmed)
+    return ProfileStatus("available", None, "", unconfirmed)
+
+
+def after_attempt(
+    prev: ProfileStatus, outcome: str, error_class: str | None, reset_at: datetime | None, message: str, now: datetime
+) -> ProfileStatus:
+    """What an attempt's result says about its profile."""
+    if error_class == "rate_limited":
+        until = reset_at if reset_at is not None and reset_at > now else now + UNKNOWN_RESET_BACKOFF
+        return ProfileStatus("exhausted", until, f"rate limited: {message}"[:200])
+    if error_class == "auth":
+        return ProfileStatus("disabled", None, f"auth failure: {message}"[:200])
+    if outcome == "succeeded":
+        state = prev.state if prev.state == "near_limit" else "available"
+        return replace(
+            prev, state=state, exhausted_until=None, unconfirmed=False, reason=prev.reason * (state != "available")
+        )
+    return prev
+
+
+def _window_name(w: WindowState) -> str:
+    if w.window_minutes:
+        minutes = w.window_minutes
+        return (
+            f"{minutes // 1440}d"
+            if minutes % 1440 == 0
+            else f"{minutes // 60}h"
+            if minutes % 60 == 0
+            else f"{minutes}m"
+        )
+    return w.name or "usage"

@@ -1,0 +1,140 @@
+"""Limits, windows, state and switching with the clock passed in: hours of windows in microseconds."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from fleetd.backends.result import WindowState
+from fleetd.errors import InvalidArgument
+from fleetd.heartbeat.limits import Limit, parse_limit, parse_limits
+from fleetd.heartbeat.state import ProfileStatus, after_attempt, evaluate
+from fleetd.heartbeat.switch import Standing, attempt_order, choose_active, earliest_reset
+from fleetd.heartbeat.windows import Consumption, headroom, window_usage
+
+T0 = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
+H = timedelta(hours=1)
+
+
+@pytest.mark.parametrize(
+    ("text", "limit"),
+    [
+        ("5h=4000000tok", Limit(18000, 4_000_000, "tok")),
+        ("7d=40Mtok", Limit(604800, 40_000_000, "tok")),
+        ("24h=500req", Limit(86400, 500, "req")),
+        ("30d=12.5usd", Limit(2592000, 12.5, "usd")),
+        ("90m=2ktok", Limit(5400, 2000, "tok")),
+    ],
+)
+def test_parse_limit(text: str, limit: Limit) -> None:
+    assert parse_limit(text) == limit
+
+
+@pytest.mark.parametrize("text", ["5h", "5h=tok", "=5tok", "5h=10parsecs", "forever=1tok", "5h=0tok"])
+def test_bad_limits(text: str) -> None:
+    with pytest.raises(InvalidArgument):
+        parse_limit(text)
+
+
+def test_two_limits_for_one_window_are_refused() -> None:
+    with pytest.raises(InvalidArgument, match="same window"):
+        parse_limits(["5h=1tok", "300m=2tok"])
+
+
+def records(*pairs: tuple[float, int]) -> list[Consumption]:
+    return [Consumption(T0 + timedelta(hours=h), tokens=t) for h, t in pairs]
+
+
+def test_rolling_window_counts_only_the_last_window() -> None:
+    limit = Limit(5 * 3600, 1000, "tok")
+    recs = records((0, 300), (2, 300), (4.5, 300))
+    assert window_usage(recs, limit, T0 + 4.9 * H).used == 900
+    later = window_usage(recs, limit, T0 + 5.5 * H)  # the first one has rolled out
+    assert later.used == 600 and later.eases_at == T0 + 7 * H
+    assert headroom([later]) == pytest.approx(0.4)
+    assert headroom([]) == 1.0
+
+
+def test_full_window_is_full_until_enough_rolls_out() -> None:
+    limit = Limit(5 * 3600, 1000, "tok")
+    recs = records((0, 600), (1, 300), (2, 200))
+    usage = window_usage(recs, limit, T0 + 3 * H)
+    assert usage.exceeded
+    assert usage.full_until(recs, T0 + 3 * H) == T0 + 5 * H  # dropping the 600 brings it to 500
+
+
+def test_state_goes_near_limit_then_exhausted_then_back_unconfirmed() -> None:
+    limit = Limit(5 * 3600, 1000, "tok")
+    recs = records((0, 920))
+    now = T0 + H
+    usage = window_usage(recs, limit, now)
+    near = evaluate(ProfileStatus(), [usage], [None], [], now)
+    assert near.state == "near_limit"
+    recs += records((1.5, 100))
+    now = T0 + 2 * H
+    usage = window_usage(recs, limit, now)
+    full = evaluate(near, [usage], [usage.full_until(recs, now)], [], now)
+    assert (full.state, full.exhausted_until) == ("exhausted", T0 + 5 * H)
+    assert evaluate(full, [usage], [None], [], T0 + 4 * H) == full  # still before its reset
+    now = T0 + 5.1 * H
+    usage = window_usage(recs, limit, now)
+    back = evaluate(full, [usage], [None], [], now)
+    assert back.state == "available" and back.unconfirmed
+    confirmed = after_attempt(back, "succeeded", None, None, "", now)
+    assert confirmed == ProfileStatus("available")
+
+
+def test_reported_windows_win_over_the_estimate() -> None:
+    limit = Limit(5 * 3600, 1000, "tok")
+    usage = window_usage(records((0, 10)), limit, T0 + H)  # fleetd thinks: 1 %
+    reported = [WindowState(300, 100.0, T0 + 3 * H)]
+    status = evaluate(ProfileStatus(), [usage], [None], reported, T0 + H)
+    assert (status.state, status.exhausted_until) == ("exhausted", T0 + 3 * H)
+    assert "5h window at 100% (reported)" in status.reason
+    mostly = evaluate(ProfileStatus(), [usage], [None], [WindowState(10080, 93.0, T0 + 50 * H)], T0 + H)
+    assert mostly.state == "near_limit"
+
+
+def test_rate_limit_auth_and_unknown_reset() -> None:
+    now = T0
+    limited = after_attempt(ProfileStatus(), "failed", "rate_limited", T0 + 2 * H, "You've hit your limit", now)
+    assert (limited.state, limited.exhausted_until) == ("exhausted", T0 + 2 * H)
+    no_reset = after_attempt(ProfileStatus(), "failed", "rate_limited", None, "429", now)
+    assert no_reset.exhausted_until == now + timedelta(minutes=5)
+    dead = after_attempt(ProfileStatus(), "failed", "auth", None, "Invalid API key", now)
+    assert dead.state == "disabled" and "Invalid API key" in dead.reason
+    assert evaluate(dead, [], [], [], now + 100 * H) == dead  # only a person re-enables it
+    assert after_attempt(limited, "failed", "transient", None, "529", now) == limited
+
+
+def st(name: str, state: str = "available", headroom: float = 1.0, position: int = 0, tier: str = "subscription",
+       until: datetime | None = None) -> Standing:  # fmt: skip
+    return Standing(name, position, tier, ProfileStatus(state, until), headroom)  # type: ignore[arg-type]
+
+
+def test_choose_active_keeps_a_usable_current_and_switches_to_most_headroom() -> None:
+    a, b, c = st("a", headroom=0.5, position=0), st("b", headroom=0.8, position=1), st("c", headroom=0.8, position=2)
+    assert choose_active([a, b, c], "a", pinned=False) == ("a", "still available")
+    a_near = st("a", "near_limit", 0.05, 0)
+    name, why = choose_active([a_near, b, c], "a", pinned=False)
+    assert name == "b" and "a is near_limit" in why  # ties go to the configured order
+    assert choose_active([a_near, b, c], "a", pinned=True)[0] == "a"  # a pin holds while usable
+    a_gone = st("a", "exhausted", 0.0, 0, until=T0 + H)
+    name, why = choose_active([a_gone, b, c], "a", pinned=True)
+    assert name == "b" and why.startswith("pinned a is exhausted")
+    assert choose_active([a_gone], "a", pinned=False) == (None, "no profile has headroom")
+
+
+def test_attempt_order_and_earliest_reset() -> None:
+    standings = [
+        st("metered", tier="metered", position=0),
+        st("sub_low", headroom=0.2, position=1),
+        st("sub_high", headroom=0.9, position=2),
+        st("near", "near_limit", 0.95, 3),
+        st("gone", "exhausted", 0.0, 4, until=T0 + 2 * H),
+        st("gone2", "exhausted", 0.0, 5, until=T0 + H),
+        st("local", tier="local", headroom=0.1, position=6),
+    ]
+    assert [s.name for s in attempt_order(standings)] == ["local", "sub_high", "sub_low", "near", "metered"]
+    assert earliest_reset(standings, T0) == T0 + H
