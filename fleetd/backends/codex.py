@@ -59,8 +59,10 @@ class CodexAdapter(AgentCli):
         except OSError:
             return parsed
         reset_at = parsed.reset_at
-        if parsed.error_class == "rate_limited" and reset_at is None:
-            reset_at = parser.blocked_until(windows)
+        if parsed.error_class == "rate_limited":
+            # The rollout's snapshot is Codex's own window state to the second; the message's
+            # "try again at 3:28 PM" is the same time rounded to the minute.
+            reset_at = parser.blocked_until(windows) or reset_at
         return replace(parsed, windows=windows or parsed.windows, reset_at=reset_at)
 
 

@@ -41,6 +41,8 @@ def daemon() -> None:
 
 
 def _daemon_options(f):  # type: ignore[no-untyped-def]
+    f = click.option("--heartbeat-interval", default="30s", show_default=True,
+                     help="How often usage is re-read and profiles re-judged.")(f)  # fmt: skip
     f = click.option("--stop-grace", default="30s", show_default=True,
                      help="How long in-flight runs may finish on stop.")(f)  # fmt: skip
     f = click.option("--kill-grace", default="5s", show_default=True,
@@ -59,12 +61,14 @@ def _seconds(value: str, flag: str) -> float:
 
 @daemon.command("run")
 @_daemon_options
-def daemon_run(stop_grace: str, kill_grace: str) -> None:
+def daemon_run(stop_grace: str, kill_grace: str, heartbeat_interval: str) -> None:
     """Run the daemon in the foreground (what the service unit runs)."""
     from fleetd.daemon.main import DaemonOptions, run_daemon
 
     options = DaemonOptions(
-        stop_grace=_seconds(stop_grace, "--stop-grace"), kill_grace=_seconds(kill_grace, "--kill-grace")
+        stop_grace=_seconds(stop_grace, "--stop-grace"),
+        kill_grace=_seconds(kill_grace, "--kill-grace"),
+        heartbeat_interval=_seconds(heartbeat_interval, "--heartbeat-interval"),
     )
     raise SystemExit(run_daemon(_paths(), options))
 
@@ -72,7 +76,7 @@ def daemon_run(stop_grace: str, kill_grace: str) -> None:
 @daemon.command("start")
 @_daemon_options
 @click.option("--wait", "wait_s", default=15.0, show_default=True, help="Seconds to wait for the socket.")
-def daemon_start(stop_grace: str, kill_grace: str, wait_s: float) -> None:
+def daemon_start(stop_grace: str, kill_grace: str, heartbeat_interval: str, wait_s: float) -> None:
     """Start the daemon in the background; returns once its socket answers."""
     paths = _paths()
     client = Client(paths.socket, timeout=2.0)
@@ -84,7 +88,7 @@ def daemon_start(stop_grace: str, kill_grace: str, wait_s: float) -> None:
 
     paths.ensure()
     argv = [sys.executable, "-m", "fleetd", "daemon", "run", "--stop-grace", stop_grace,
-            "--kill-grace", kill_grace]  # fmt: skip
+            "--kill-grace", kill_grace, "--heartbeat-interval", heartbeat_interval]  # fmt: skip
     with open(paths.daemon_log, "ab") as logf:
         proc = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, start_new_session=True, close_fds=True
@@ -436,15 +440,19 @@ def profile() -> None:
 @click.option("--base-url", help="API base URL (openai_compat; or a gateway for the others).")
 @click.option("--model", help="Default model for this profile.")
 @click.option("--config-dir", type=click.Path(file_okay=False), help="The CLI's config directory for this login.")
+@click.option("--limit", "limits", multiple=True, metavar="WINDOW=AMOUNT",
+              help="A usage limit, e.g. 5h=4000000tok, 24h=500req, 30d=50usd (repeatable).")  # fmt: skip
 @click.option("--price-input", type=float, help="USD per million input tokens (metered).")
 @click.option("--price-output", type=float, help="USD per million output tokens.")
 @click.option("--price-cache-read", type=float, help="USD per million cache-read tokens.")
 @click.option("--price-cache-write", type=float, help="USD per million cache-write tokens.")
 @click.option("--json", "as_json", is_flag=True, help="Print the profile as JSON.")
-def profile_add(name: str, api_key_stdin: bool, config_dir: str | None, as_json: bool, **fields: Any) -> None:
+def profile_add(
+    name: str, api_key_stdin: bool, config_dir: str | None, limits: tuple[str, ...], as_json: bool, **fields: Any
+) -> None:
     """Add profile NAME. The key never appears on a command line: pipe it in with --api-key-stdin."""
     body: dict[str, Any] = {k: v for k, v in fields.items() if v is not None}
-    body["name"] = name
+    body.update(name=name, limits=list(limits))
     if config_dir is not None:
         body["config_dir"] = os.path.abspath(os.path.expanduser(config_dir))
     if api_key_stdin:
@@ -495,6 +503,7 @@ def profile_show(name: str, as_json: bool) -> None:
             ("base url", p["base_url"]),
             ("model", p["model"]),
             ("prices", prices or None),
+            ("limits", " ".join(p["limits"]) or None),
             ("enabled", "yes" if p["enabled"] else "no"),
         ]
     )
@@ -536,6 +545,114 @@ def profile_login(name: str) -> None:
         os.execvpe(argv[0], argv, child_env)
     except FileNotFoundError:
         raise CliError(f"{argv[0]} not found on PATH") from None
+
+
+@profile.command("switch")
+@click.argument("target")
+@click.option("--auto", is_flag=True, help="TARGET is a backend: hand the choice back to the heartbeat.")
+def profile_switch(target: str, auto: bool) -> None:
+    """Pin profile TARGET as its backend's active profile (until exhausted), or with --auto unpin BACKEND."""
+    if auto:
+        answer = _client().call("POST", f"/v1/backends/{segment(target)}/auto")
+        click.echo(f"{answer['backend']}: automatic (active: {answer['active'] or '-'})")
+    else:
+        answer = _client().call("POST", f"/v1/profiles/{segment(target)}/switch")
+        click.echo(f"{answer['backend']}: {answer['active']} pinned")
+
+
+# -- usage and events -----------------------------------------------------------------------------
+
+
+def _usage_table(rows: list[dict[str, Any]]) -> str:
+    lines = []
+    for r in rows:
+        windows = " ".join(
+            f"{w['window']} {_amount(w['used'], w['unit'])}/{_amount(w['limit'], w['unit'])} ({w['percent']:g}%)"
+            for w in r["windows"]
+        )
+        reported = " ".join(
+            f"{_minutes(w['window_minutes'])} {w['used_percent']:g}%*" for w in r["reported_windows"]
+            if w["used_percent"] is not None
+        )  # fmt: skip
+        state = r["state"] + (" (unconfirmed)" if r["unconfirmed"] else "")
+        resets = format_duration(r["resets_in_s"]) if r["resets_in_s"] is not None else "-"
+        marker = "*" if r["active"] else ""
+        marker += " pinned" if r["pinned"] else ""
+        shown = " ".join(x for x in (windows, reported) if x) or "-"
+        lines.append([r["profile"], r["backend"], r["tier"], state, shown, resets, marker.strip(), r["circuit"]])
+    return table(["PROFILE", "BACKEND", "TIER", "STATE", "WINDOWS", "RESETS IN", "ACTIVE", "CIRCUIT"], lines)
+
+
+def _amount(value: float, unit: str) -> str:
+    if unit == "usd":
+        return f"${value:.2f}"
+    for size, suffix in ((1_000_000, "M"), (1_000, "k")):
+        if value >= size:
+            return f"{value / size:.1f}{suffix}{unit}"
+    return f"{value:g}{unit}"
+
+
+def _minutes(value: int | None) -> str:
+    if not value:
+        return "window"
+    return format_duration(value * 60)
+
+
+@cli.command("usage")
+@click.option("--watch", is_flag=True, help="Refresh in place until Ctrl-C.")
+@click.option("--interval", default=2.0, show_default=True, help="Seconds between refreshes with --watch.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+def usage(watch: bool, interval: float, as_json: bool) -> None:
+    """Per profile: state, each window's use, when it resets, the active marker (*)."""
+    client = _client()
+    if as_json:
+        emit_json(client.call("GET", "/v1/usage"))
+        return
+    if not watch:
+        click.echo(_usage_table(client.call("GET", "/v1/usage")))
+        return
+    try:
+        while True:
+            text = _usage_table(client.call("GET", "/v1/usage"))
+            click.echo("\x1b[H\x1b[2J" + time.strftime("%H:%M:%S") + "  fleetd usage (Ctrl-C to stop)\n" + text)
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        return
+
+
+@cli.command("events")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new events.")
+@click.option("--limit", default=50, show_default=True, help="How many recent events first.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+def events(follow: bool, limit: int, as_json: bool) -> None:
+    """profile.exhausted, profile.switched, profile.recovered, run.waiting, …"""
+    import json
+
+    def show(event: dict[str, Any]) -> None:
+        if as_json:
+            click.echo(json.dumps(event))
+        else:
+            click.echo(f"{local_time(event['at'])}  {event['type']:<18} {event['message']}")
+
+    client = _client(timeout=None if follow else 30.0)
+    if not follow:
+        items = client.call("GET", "/v1/events", query={"limit": limit})
+        if as_json and not items:
+            return
+        for event in items:
+            show(event)
+        return
+    buffer = b""
+    try:
+        for chunk in client.stream(f"/v1/events?follow=1&limit={limit}"):
+            buffer += chunk
+            *lines, buffer = buffer.split(b"\n")
+            for line in lines:
+                if line.strip():
+                    show(json.loads(line))
+                    sys.stdout.flush()
+    except KeyboardInterrupt:
+        return
 
 
 # -- service --------------------------------------------------------------------------------------

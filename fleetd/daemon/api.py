@@ -18,8 +18,9 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from fleetd import __version__
-from fleetd.daemon.views import loop_json, profile_json, run_json
-from fleetd.errors import FleetdError, InvalidArgument
+from fleetd.daemon.views import loop_json, profile_json, run_json, usage_json
+from fleetd.errors import FleetdError, InvalidArgument, NotFound
+from fleetd.heartbeat.service import Heartbeat
 from fleetd.loops.executor import Executor
 from fleetd.loops.model import validate_loop_input, validate_name
 from fleetd.loops.scheduler import Scheduler
@@ -28,6 +29,7 @@ from fleetd.profiles.model import validate_profile_name
 from fleetd.profiles.service import ProfileService
 from fleetd.routing.policy import check_pool
 from fleetd.store.attempts import AttemptStore
+from fleetd.store.events import EventLog
 from fleetd.store.loops import LoopStore
 from fleetd.store.runs import STATUSES, RunStore
 from fleetd.timefmt import DurationError, parse_duration, to_iso
@@ -43,6 +45,8 @@ class DaemonContext:
     runs: RunStore
     attempts: AttemptStore
     profiles: ProfileService
+    heartbeat: Heartbeat
+    events: EventLog
     scheduler: Scheduler
     executor: Executor
     clock: Callable[[], datetime]
@@ -179,6 +183,36 @@ def create_app(ctx: DaemonContext) -> Starlette:
         name = validate_profile_name(request.path_params["name"])
         return JSONResponse(await ctx.profiles.environment(name))
 
+    async def usage(request: Request) -> Response:
+        profiles = await ctx.profiles.store.list()
+        return JSONResponse([usage_json(row) for row in ctx.heartbeat.snapshot(profiles)])
+
+    async def switch_profile(request: Request) -> Response:
+        profile = await ctx.profiles.store.get(validate_profile_name(request.path_params["name"]))
+        await ctx.heartbeat.pin(profile)
+        return JSONResponse({"backend": profile.backend, "active": profile.name, "pinned": True})
+
+    async def auto_backend(request: Request) -> Response:
+        backend = request.path_params["backend"]
+        if not any(p.backend == backend for p in await ctx.profiles.store.list()):
+            raise NotFound(f"no profile for backend {backend!r}")
+        await ctx.heartbeat.unpin(backend)
+        active, _ = ctx.heartbeat.active.get(backend, (None, False))
+        return JSONResponse({"backend": backend, "active": active, "pinned": False})
+
+    async def events(request: Request) -> Response:
+        q = request.query_params
+        try:
+            after = int(q.get("after", "-1"))
+            limit = int(q.get("limit", "50"))
+        except ValueError:
+            raise InvalidArgument("after and limit must be numbers") from None
+        follow = q.get("follow") in ("1", "true", "yes")
+        first = await (ctx.events.latest(limit) if after < 0 else ctx.events.after(after, limit))
+        if not follow:
+            return JSONResponse([e.to_json() for e in first])
+        return StreamingResponse(_follow_events(ctx, first), media_type="application/x-ndjson")
+
     async def shutdown(request: Request) -> Response:
         ctx.request_stop()
         return JSONResponse({"stopping": True, "pid": os.getpid()}, status_code=202)
@@ -200,6 +234,10 @@ def create_app(ctx: DaemonContext) -> Starlette:
         Route("/v1/profiles/{name}", show_profile, methods=["GET"]),
         Route("/v1/profiles/{name}", remove_profile, methods=["DELETE"]),
         Route("/v1/profiles/{name}/env", profile_env, methods=["GET"]),
+        Route("/v1/profiles/{name}/switch", switch_profile, methods=["POST"]),
+        Route("/v1/backends/{backend}/auto", auto_backend, methods=["POST"]),
+        Route("/v1/usage", usage),
+        Route("/v1/events", events),
         Route("/v1/shutdown", shutdown, methods=["POST"]),
     ]
 
@@ -246,3 +284,21 @@ async def _stream_log(ctx: DaemonContext, run_id: int, path: str | None, follow:
             return
         await live.wait_for_more(pos, timeout=1.0)
         await asyncio.sleep(0)
+
+
+async def _follow_events(ctx: DaemonContext, first: list) -> AsyncIterator[bytes]:  # type: ignore[type-arg]
+    last = 0
+    for event in first:
+        last = event.id
+        yield (json.dumps(event.to_json()) + "\n").encode()
+    if not first:
+        latest = await ctx.events.latest(1)
+        last = latest[-1].id if latest else 0
+    while True:
+        await ctx.events.wait(timeout=15)
+        batch = await ctx.events.after(last)
+        for event in batch:
+            last = event.id
+            yield (json.dumps(event.to_json()) + "\n").encode()
+        if not batch:
+            yield b"\n"  # keeps a dead client from going unnoticed

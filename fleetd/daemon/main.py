@@ -16,6 +16,7 @@ from fleetd.daemon.api import DaemonContext, create_app
 from fleetd.daemon.lock import AlreadyRunning, InstanceLock
 from fleetd.daemon.notify import sd_notify
 from fleetd.daemon.server import bind_unix_socket, make_server
+from fleetd.heartbeat.service import Heartbeat
 from fleetd.loops import proctree
 from fleetd.loops.executor import Executor
 from fleetd.loops.scheduler import Scheduler
@@ -24,9 +25,11 @@ from fleetd.profiles.secrets import open_secret_store
 from fleetd.profiles.service import ProfileService
 from fleetd.store.attempts import AttemptStore
 from fleetd.store.db import Database
+from fleetd.store.events import EventLog
 from fleetd.store.loops import LoopStore
 from fleetd.store.profiles import ProfileStore
 from fleetd.store.runs import RunStore
+from fleetd.store.usage import UsageStore
 from fleetd.timefmt import now_utc
 
 log = logging.getLogger("fleetd.daemon")
@@ -37,6 +40,7 @@ class DaemonOptions:
     stop_grace: float = 30.0  # in-flight runs get this long to finish on SIGTERM
     kill_grace: float = 5.0  # between SIGTERM and SIGKILL of a process tree
     misfire_grace: float = 60.0  # a timer waking later than this counts as a missed fire
+    heartbeat_interval: float = 30.0
 
 
 def run_daemon(paths: Paths, options: DaemonOptions) -> int:
@@ -86,10 +90,15 @@ class Daemon:
         db = await Database.open(self.paths.db)
         loops, runs, attempts = LoopStore(db), RunStore(db), AttemptStore(db)
         zone_name = _local_zone()
+        profile_store, events = ProfileStore(db), EventLog(db)
+        heartbeat = Heartbeat(
+            profile_store, UsageStore(db), events, clock=now_utc, interval=self.options.heartbeat_interval
+        )
         profiles = ProfileService(
-            ProfileStore(db),
+            profile_store,
             loops,
             open_secret_store(self.paths.home),
+            heartbeat,
             profiles_dir=self.paths.profiles,
             clock=now_utc,
         )
@@ -114,6 +123,8 @@ class Daemon:
             runs=runs,
             attempts=attempts,
             profiles=profiles,
+            heartbeat=heartbeat,
+            events=events,
             scheduler=scheduler,
             executor=executor,
             clock=now_utc,
@@ -130,6 +141,7 @@ class Daemon:
                     await server_task
                     raise RuntimeError("API server exited during start-up")
                 await asyncio.sleep(0.01)
+            await heartbeat.start()
             await scheduler.start()
             log.info("fleetd daemon ready (pid %s, socket %s)", os.getpid(), self.paths.socket)
             sd_notify("READY=1")
@@ -140,6 +152,7 @@ class Daemon:
             executor.accepting = False
             if not await executor.wait_idle(self.options.stop_grace):
                 await executor.interrupt_all("daemon stopped before the run finished")
+            await heartbeat.stop()
         finally:
             server.should_exit = True
             await asyncio.gather(server_task, return_exceptions=True)

@@ -54,6 +54,7 @@ def profile_json(profile: Profile) -> dict[str, Any]:
         "prices_per_mtok": {key.removeprefix("price_"): getattr(profile, key) for key in PRICE_FIELDS},
         "has_api_key": profile.has_secret,
         "enabled": profile.enabled,
+        "limits": [limit.describe() for limit in profile.limits],
         "created_at": to_iso(profile.created_at),
     }
 
@@ -103,5 +104,49 @@ def run_json(run: Run, attempts: list[Attempt] | None = None) -> dict[str, Any]:
         "attempts": run.attempts,
         "log_path": run.log_path,
         "pid": run.pid,
+        "wait_until": to_iso(run.wait_until),
         **({"attempt_list": [attempt_json(a) for a in attempts]} if attempts is not None else {}),
+    }
+
+
+def usage_json(row: dict[str, Any]) -> dict[str, Any]:
+    """One row of `fleetd usage`: a profile's state, windows and whether it is its backend's active one."""
+    profile, stored, now = row["profile"], row["stored"], row["now"]
+    status = stored.status
+    windows = []
+    for w in row["windows"]:
+        windows.append(
+            {
+                "window": w.limit.label,
+                "unit": w.limit.unit,
+                "used": w.used,
+                "limit": w.limit.amount,
+                "percent": round(100 * w.fraction, 1),
+                "eases_at": to_iso(w.eases_at),
+            }
+        )
+    reported = [
+        {"name": w.name, "window_minutes": w.window_minutes, "used_percent": w.used_percent,
+         "resets_at": to_iso(w.resets_at)}
+        for w in stored.reported
+    ]  # fmt: skip
+    resets_in = None
+    if status.exhausted_until is not None:
+        resets_in = max(0.0, round((status.exhausted_until - now).total_seconds(), 1))
+    return {
+        "profile": profile.name,
+        "backend": profile.backend,
+        "tier": profile.tier,
+        "state": status.state,
+        "reason": status.reason,
+        "unconfirmed": status.unconfirmed,
+        "exhausted_until": to_iso(status.exhausted_until),
+        "resets_in_s": resets_in,
+        "windows": windows,
+        "reported_windows": reported,
+        "active": row["active"],
+        "pinned": row["pinned"],
+        "in_flight": row["in_flight"],
+        "garbled_lines": stored.garbled_lines,
+        "circuit": "closed",
     }

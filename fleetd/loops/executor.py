@@ -37,9 +37,19 @@ log = logging.getLogger("fleetd.executor")
 STREAM_KEEP = 8 * 1024 * 1024  # per stream, for the parser; the log file has its own cap
 
 
+MAX_ATTEMPTS = 20  # per run: a bound, not a strategy (each failover needs a newly exhausted profile)
+MAX_WAIT_SLEEP = 30.0  # a waiting run re-checks at least this often
+
+
 class ProfileSource(Protocol):
-    async def candidates(self, loop: Loop) -> list[Profile]: ...
+    async def plan(self, loop: Loop) -> tuple[list[Profile], datetime | None]: ...
     async def secret(self, profile: Profile) -> str | None: ...
+    def reserve(self, profile: Profile) -> None: ...
+    def release(self, profile: Profile) -> None: ...
+    async def attempt_finished(
+        self, profile: Profile, parsed: ParsedOutput, finished_at: datetime, cost_usd: float | None
+    ) -> None: ...
+    async def run_waiting(self, loop: Loop, run_id: int, until: datetime) -> None: ...
 
 
 @dataclass
@@ -49,6 +59,7 @@ class ActiveRun:
     proc: asyncio.subprocess.Process | None = None
     tag: str | None = None
     interrupt_reason: str | None = None
+    interrupted: asyncio.Event = field(default_factory=asyncio.Event)
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -149,31 +160,69 @@ class Executor:
         except OSError as e:
             runlog.note(f"cannot read prompt file: {e}")
             return "failed", None, f"cannot read prompt file {loop.prompt_file}: {e.strerror}"
-        pool: list[Profile | None] = list(await self.profiles.candidates(loop)) if adapter.needs_profile else [None]
-        if not pool:
-            message = f"no enabled profile for backend {loop.backend}" + (
-                f" in the pool {','.join(loop.profiles)}" if loop.profiles else ""
-            )
-            runlog.note(message)
-            return "failed", None, message
+        if not adapter.needs_profile:
+            end = await self._attempt(1, loop, run, slot, runlog, None, prompt)
+            return self._verdict(loop, slot, end) or ("failed", end.exit_code, _describe(end.parsed))
         end = AttemptEnd(ParsedOutput("unknown"))
-        for number, profile in enumerate(pool, start=1):
-            end = await self._attempt(number, loop, run, slot, runlog, profile, prompt)
-            if slot.interrupt_reason:
-                return "interrupted", end.exit_code, slot.interrupt_reason
-            if end.timed_out:
-                return "timed_out", end.exit_code, f"timed out after {format_duration(loop.timeout_s)}"
-            if end.parsed.outcome == "succeeded":
-                return "succeeded", end.exit_code, None
-            has_next = number < len(pool)
-            if after_failure(end.parsed.error_class, has_next) == "stop":
-                break
-            nxt = pool[number]
+        number = 0
+        while True:
+            ordered, earliest = await self.profiles.plan(loop)
+            if not ordered:
+                if earliest is None:
+                    message = f"no enabled profile with headroom for backend {loop.backend}" + (
+                        f" in the pool {','.join(loop.profiles)}" if loop.profiles else ""
+                    )
+                    runlog.note(message)
+                    return (
+                        "failed",
+                        end.exit_code,
+                        message if number == 0 else f"{message}; last: {_describe(end.parsed)}",
+                    )
+                runlog.note(f"no profile has headroom: waiting until {earliest.isoformat(timespec='seconds')}")
+                await self.runs.set_waiting(run.id, earliest)
+                await self.profiles.run_waiting(loop, run.id, earliest)
+                await self._sleep_until(earliest, slot)
+                await self.runs.set_waiting(run.id, None)
+                if slot.interrupt_reason:
+                    return "interrupted", end.exit_code, slot.interrupt_reason
+                continue
+            if number >= MAX_ATTEMPTS:
+                return "failed", end.exit_code, f"gave up after {number} attempts: {_describe(end.parsed)}"
+            profile = ordered[0]
+            number += 1
+            self.profiles.reserve(profile)
+            try:
+                end = await self._attempt(number, loop, run, slot, runlog, profile, prompt)
+            finally:
+                self.profiles.release(profile)
+            verdict = self._verdict(loop, slot, end)
+            if verdict is not None:
+                return verdict
+            if after_failure(end.parsed.error_class, has_next=True) == "stop":
+                return "failed", end.exit_code, _describe(end.parsed)
             runlog.note(
-                f"attempt {number} on profile {profile.name if profile else '-'}: {end.parsed.error_class}; "
-                f"trying profile {nxt.name if nxt else '-'}"
+                f"attempt {number} on profile {profile.name}: {end.parsed.error_class}; "
+                "moving to the next profile with headroom"
             )
-        return "failed", end.exit_code, _describe(end.parsed)
+
+    def _verdict(self, loop: Loop, slot: ActiveRun, end: AttemptEnd) -> tuple[RunStatus, int | None, str | None] | None:
+        """A final status, or None when another profile could still do it."""
+        if slot.interrupt_reason:
+            return "interrupted", end.exit_code, slot.interrupt_reason
+        if end.timed_out:
+            return "timed_out", end.exit_code, f"timed out after {format_duration(loop.timeout_s)}"
+        if end.parsed.outcome == "succeeded":
+            return "succeeded", end.exit_code, None
+        return None
+
+    async def _sleep_until(self, until: datetime, slot: ActiveRun) -> None:
+        """Until `until` by the wall clock, or until the run is interrupted: never a tight loop."""
+        while not slot.interrupted.is_set():
+            delay = (until - self.clock()).total_seconds()
+            if delay <= 0:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(slot.interrupted.wait(), min(delay, MAX_WAIT_SLEEP))
 
     async def _attempt(
         self,
@@ -211,9 +260,12 @@ class Executor:
                 usage.input_tokens, usage.output_tokens, usage.cache_read_tokens, usage.cache_write_tokens
             )
         error = None if parsed.outcome == "succeeded" else scrubber.text(_describe(parsed))
+        finished_at = self.clock()
         await self.attempts.finish(
-            attempt_id, finished_at=self.clock(), exit_code=end.exit_code, parsed=parsed, error=error, cost_usd=cost
+            attempt_id, finished_at=finished_at, exit_code=end.exit_code, parsed=parsed, error=error, cost_usd=cost
         )
+        if profile is not None:
+            await self.profiles.attempt_finished(profile, parsed, finished_at, cost)
         end.parsed = replace(parsed, message=scrubber.text(parsed.message))
         return end
 
@@ -328,6 +380,7 @@ class Executor:
         slots = list(self.active.values())
         for slot in slots:
             slot.interrupt_reason = reason
+            slot.interrupted.set()
         await asyncio.gather(
             *(
                 proctree.kill_tree(

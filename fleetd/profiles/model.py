@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
 
 from fleetd.errors import InvalidArgument
+from fleetd.heartbeat.limits import Limit, parse_limits
 from fleetd.loops.model import NAME_RE
 
 Tier = Literal["local", "subscription", "metered"]
@@ -30,6 +31,7 @@ class Profile:
     price_cache_write: float | None = None
     has_secret: bool = False
     enabled: bool = True
+    limits: list[Limit] = field(default_factory=list)
     created_at: datetime | None = None
     updated_at: datetime | None = None
 
@@ -96,6 +98,9 @@ def validate_profile_input(body: dict[str, Any], default_dir: Path) -> tuple[Pro
                 raise InvalidArgument(f"--{key.replace('_', '-')} cannot be negative")
         prices[key] = value
     model = body.get("model")
+    raw_limits = body.get("limits") or []
+    if not isinstance(raw_limits, list) or not all(isinstance(x, str) for x in raw_limits):
+        raise InvalidArgument("--limit values must be strings like 5h=4000000tok")
     profile = Profile(
         name=name,
         backend=backend,
@@ -105,6 +110,7 @@ def validate_profile_input(body: dict[str, Any], default_dir: Path) -> tuple[Pro
         model=str(model) if model else None,
         has_secret=secret is not None,
         enabled=body.get("enabled", True) is not False,
+        limits=parse_limits(raw_limits),
         **prices,
     )
     return profile, secret

@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from fleetd.backends.registry import get_adapter
+from fleetd.backends.result import ParsedOutput
 from fleetd.errors import Conflict, InvalidArgument
+from fleetd.heartbeat.service import Heartbeat
 from fleetd.loops.model import Loop
 from fleetd.profiles.model import Profile, validate_profile_input
 from fleetd.profiles.secrets import SecretStore
@@ -27,6 +29,7 @@ class ProfileService:
         store: ProfileStore,
         loops: LoopStore,
         secrets: SecretStore,
+        heartbeat: Heartbeat,
         *,
         profiles_dir: Path,
         clock: Callable[[], datetime],
@@ -34,6 +37,7 @@ class ProfileService:
         self.store = store
         self.loops = loops
         self.secrets = secrets
+        self.heartbeat = heartbeat
         self.profiles_dir = profiles_dir
         self.clock = clock
 
@@ -73,6 +77,7 @@ class ProfileService:
         if profile.has_secret:
             await asyncio.to_thread(self.secrets.delete, name)
         await self.store.delete(name)
+        await self.heartbeat.forget(name)
         default_dir = self.profiles_dir / name
         if Path(profile.config_dir) == default_dir:
             # fleetd made this directory; a directory the user named stays theirs.
@@ -94,8 +99,27 @@ class ProfileService:
 
     # -- ProfileSource, for the executor ----------------------------------------------------------
 
-    async def candidates(self, loop: Loop) -> list[Profile]:
-        return candidates(loop.profiles, await self.store.list(loop.backend), loop.backend)
+    async def plan(self, loop: Loop) -> tuple[list[Profile], datetime | None]:
+        """The loop's pool, usable profiles in the order to try, and the earliest reset of the rest."""
+        pool = candidates(loop.profiles, await self.store.list(loop.backend), loop.backend)
+        return await self.heartbeat.plan(pool)
+
+    def reserve(self, profile: Profile) -> None:
+        self.heartbeat.reserve(profile.name)
+
+    def release(self, profile: Profile) -> None:
+        self.heartbeat.release(profile.name)
+
+    async def attempt_finished(
+        self, profile: Profile, parsed: ParsedOutput, finished_at: datetime, cost_usd: float | None
+    ) -> None:
+        await self.heartbeat.attempt_finished(profile, parsed, finished_at, cost_usd)
+
+    async def run_waiting(self, loop: Loop, run_id: int, until: datetime) -> None:
+        await self.heartbeat.events.emit(
+            self.clock(), "run.waiting", f"run {run_id} of loop {loop.name} waits until {until.isoformat()}",
+            backend=loop.backend, run_id=run_id, loop=loop.name, until=until,
+        )  # fmt: skip
 
     async def secret(self, profile: Profile) -> str | None:
         return await asyncio.to_thread(self.secrets.get, profile.name)

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from datetime import datetime
 
 import aiosqlite
 
 from fleetd.errors import Conflict, NotFound
+from fleetd.heartbeat.limits import Limit
 from fleetd.profiles.model import PRICE_FIELDS, Profile
 from fleetd.store.db import Database
 from fleetd.timefmt import from_iso, to_iso
 
 _COLUMNS = (
     "name, backend, tier, config_dir, base_url, model, price_input, price_output, price_cache_read, "
-    "price_cache_write, has_secret, enabled, created_at, updated_at"
+    "price_cache_write, has_secret, enabled, created_at, updated_at, limits_json"
 )
 
 
@@ -30,6 +32,7 @@ def _row_to_profile(row: aiosqlite.Row) -> Profile:
         enabled=bool(row["enabled"]),
         created_at=from_iso(row["created_at"]),
         updated_at=from_iso(row["updated_at"]),
+        limits=[Limit.from_json(x) for x in json.loads(row["limits_json"])],
         **{key: row[key] for key in PRICE_FIELDS},
     )
 
@@ -51,10 +54,11 @@ class ProfileStore:
             int(profile.enabled),
             to_iso(profile.created_at),
             to_iso(profile.updated_at),
+            json.dumps([limit.to_json() for limit in profile.limits]),
         )
         try:
             async with self.db.transaction() as conn:
-                await conn.execute(f"INSERT INTO profiles ({_COLUMNS}) VALUES ({','.join('?' * 14)})", values)
+                await conn.execute(f"INSERT INTO profiles ({_COLUMNS}) VALUES ({','.join('?' * 15)})", values)
         except sqlite3.IntegrityError:
             raise Conflict(f"profile {profile.name!r} already exists") from None
 

@@ -13,9 +13,9 @@ from fleetd.errors import NotFound
 from fleetd.store.db import Database
 from fleetd.timefmt import from_iso, to_iso
 
-RunStatus = Literal["running", "succeeded", "failed", "timed_out", "interrupted", "skipped"]
+RunStatus = Literal["running", "waiting", "succeeded", "failed", "timed_out", "interrupted", "skipped"]
 FINAL_STATUSES = ("succeeded", "failed", "timed_out", "interrupted", "skipped")
-STATUSES = ("running", *FINAL_STATUSES)
+STATUSES = ("running", "waiting", *FINAL_STATUSES)
 
 
 @dataclass
@@ -45,11 +45,12 @@ class Run:
     attempts: int
     pid: int | None
     pid_create_time: float | None
+    wait_until: datetime | None = None
 
 
 _COLUMNS = (
     "id, loop, trigger, status, scheduled_at, started_at, finished_at, exit_code, backend, profile, "
-    "log_path, error, attempts, pid, pid_create_time"
+    "log_path, error, attempts, pid, pid_create_time, wait_until"
 )
 
 
@@ -70,6 +71,7 @@ def _row_to_run(row: aiosqlite.Row) -> Run:
         attempts=row["attempts"],
         pid=row["pid"],
         pid_create_time=row["pid_create_time"],
+        wait_until=from_iso(row["wait_until"]),
     )
 
 
@@ -135,8 +137,16 @@ class RunStore:
         async with self.db.transaction() as conn:
             await conn.execute(
                 "UPDATE runs SET status = ?, finished_at = ?, exit_code = ?, error = ? "
-                "WHERE id = ? AND status = 'running'",
+                "WHERE id = ? AND status IN ('running', 'waiting')",
                 (status, to_iso(finished_at), exit_code, error, run_id),
+            )
+
+    async def set_waiting(self, run_id: int, until: datetime | None) -> None:
+        """`waiting` until a profile's reset (until=None: back to `running`)."""
+        async with self.db.transaction() as conn:
+            await conn.execute(
+                "UPDATE runs SET status = ?, wait_until = ? WHERE id = ? AND status IN ('running', 'waiting')",
+                ("waiting" if until else "running", to_iso(until), run_id),
             )
 
     async def get(self, run_id: int) -> Run:
@@ -170,7 +180,7 @@ class RunStore:
         return [_row_to_run(r) for r in rows]
 
     async def running(self) -> list[Run]:
-        rows = await self.db.fetchall(f"SELECT {_COLUMNS} FROM runs WHERE status = 'running' ORDER BY id")
+        rows = await self.db.fetchall(f"SELECT {_COLUMNS} FROM runs WHERE status IN ('running', 'waiting') ORDER BY id")
         return [_row_to_run(r) for r in rows]
 
     async def last_for_loops(self) -> dict[str, Run]:

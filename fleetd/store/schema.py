@@ -100,4 +100,78 @@ MIGRATIONS: list[str] = [
     ALTER TABLE loops ADD COLUMN model TEXT;
     ALTER TABLE loops ADD COLUMN agent_args_json TEXT NOT NULL DEFAULT '[]';
     """,
+    # 3: the usage heartbeat; runs may wait for a reset
+    """
+    ALTER TABLE profiles ADD COLUMN limits_json TEXT NOT NULL DEFAULT '[]';
+    CREATE TABLE usage_records (
+        id         INTEGER PRIMARY KEY AUTOINCREMENT,
+        profile    TEXT NOT NULL,
+        at         TEXT NOT NULL,
+        source     TEXT NOT NULL CHECK (source IN ('attempt', 'agent')),
+        session_id TEXT,
+        dedupe_key TEXT,
+        tokens     INTEGER NOT NULL,
+        requests   INTEGER NOT NULL DEFAULT 1,
+        cost_usd   REAL NOT NULL DEFAULT 0
+    );
+    CREATE UNIQUE INDEX usage_dedupe ON usage_records (profile, dedupe_key) WHERE dedupe_key IS NOT NULL;
+    CREATE INDEX usage_by_profile ON usage_records (profile, at);
+    CREATE TABLE profile_state (
+        profile         TEXT PRIMARY KEY,
+        state           TEXT NOT NULL,
+        exhausted_until TEXT,
+        reason          TEXT NOT NULL DEFAULT '',
+        unconfirmed     INTEGER NOT NULL DEFAULT 0,
+        reported_json   TEXT NOT NULL DEFAULT '[]',
+        offsets_json    TEXT NOT NULL DEFAULT '{}',
+        garbled_lines   INTEGER NOT NULL DEFAULT 0,
+        updated_at      TEXT NOT NULL
+    );
+    CREATE TABLE backend_active (
+        backend    TEXT PRIMARY KEY,
+        profile    TEXT,
+        pinned     INTEGER NOT NULL DEFAULT 0,
+        updated_at TEXT NOT NULL
+    );
+    CREATE TABLE events (
+        id        INTEGER PRIMARY KEY AUTOINCREMENT,
+        at        TEXT NOT NULL,
+        type      TEXT NOT NULL,
+        backend   TEXT,
+        profile   TEXT,
+        message   TEXT NOT NULL,
+        data_json TEXT NOT NULL DEFAULT '{}'
+    );
+    -- SQLite cannot alter a CHECK constraint: rebuild runs with the `waiting` status. Foreign keys from
+    -- attempts are checked at COMMIT, when `runs` exists again.
+    PRAGMA defer_foreign_keys = ON;
+    CREATE TABLE runs_v3 (
+        id              INTEGER PRIMARY KEY AUTOINCREMENT,
+        loop            TEXT NOT NULL,
+        trigger         TEXT NOT NULL CHECK (trigger IN ('schedule', 'manual', 'catch-up')),
+        status          TEXT NOT NULL CHECK (status IN
+                            ('running', 'waiting', 'succeeded', 'failed', 'timed_out', 'interrupted', 'skipped')),
+        scheduled_at    TEXT NOT NULL,
+        started_at      TEXT NOT NULL,
+        finished_at     TEXT,
+        exit_code       INTEGER,
+        backend         TEXT NOT NULL,
+        profile         TEXT NOT NULL DEFAULT '',
+        log_path        TEXT,
+        error           TEXT,
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        pid             INTEGER,
+        pid_create_time REAL,
+        wait_until      TEXT
+    );
+    INSERT INTO runs_v3 (id, loop, trigger, status, scheduled_at, started_at, finished_at, exit_code, backend, profile,
+                         log_path, error, attempts, pid, pid_create_time)
+        SELECT id, loop, trigger, status, scheduled_at, started_at, finished_at, exit_code, backend, profile,
+               log_path, error, attempts, pid, pid_create_time FROM runs;
+    DROP TABLE runs;
+    ALTER TABLE runs_v3 RENAME TO runs;
+    CREATE INDEX runs_by_loop ON runs (loop, id DESC);
+    CREATE INDEX runs_by_started ON runs (started_at);
+    CREATE INDEX runs_running ON runs (status) WHERE status IN ('running', 'waiting');
+    """,
 ]

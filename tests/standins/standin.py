@@ -25,7 +25,7 @@ ENV_KEYS = (
 RESET_EPOCH = int(os.environ.get("STANDIN_RESET_EPOCH", time.time() + 3600))
 
 
-def scenario() -> str:
+def _scenario_text() -> str:
     directory = os.environ.get("STANDIN_DIR")
     profile = os.environ.get("FLEETD_PROFILE", "")
     if directory and profile:
@@ -33,6 +33,15 @@ def scenario() -> str:
         if path.exists():
             return path.read_text().strip()
     return os.environ.get("STANDIN_SCENARIO", "ok")
+
+
+def scenario() -> str:
+    """The scenario's name; `usage_limit +3` means: reset three seconds from now."""
+    global RESET_EPOCH
+    name, _, arg = _scenario_text().partition(" ")
+    if arg.startswith("+"):
+        RESET_EPOCH = int(time.time() + float(arg[1:]))
+    return name
 
 
 def record(cli: str, stdin_closed: bool | None) -> None:
@@ -195,7 +204,8 @@ def codex(argv: list[str]) -> None:
         replay("codex_quota")
     if s == "usage_limit":
         _write_rollout(thread_id, 100.0)
-        message = "You've hit your usage limit. Try again at 3:28 PM."
+        at = time.localtime(RESET_EPOCH)
+        message = f"You've hit your usage limit. Try again at {time.strftime('%I:%M %p', at).lstrip('0')}."
         emit({"type": "thread.started", "thread_id": thread_id}, {"type": "turn.started"},
              {"type": "error", "message": message}, {"type": "turn.failed", "error": {"message": message}})  # fmt: skip
         sys.exit(1)

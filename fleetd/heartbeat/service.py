@@ -1,0 +1,315 @@
+"""The heartbeat: a periodic beat (and one after every attempt) that folds each profile's
+consumption — fleetd's own attempts and the agents' own records in the profile's directory — into
+rolling windows, judges each profile's state, and keeps each backend's active profile on one with
+headroom. All I/O is here; every decision is a pure function in limits/windows/state/switch."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import statistics
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from fleetd.backends.result import ParsedOutput
+from fleetd.heartbeat.state import NEAR_LIMIT, ProfileStatus, after_attempt, evaluate
+from fleetd.heartbeat.switch import Standing, attempt_order, choose_active, earliest_reset
+from fleetd.heartbeat.windows import WindowUsage, headroom, window_usage
+from fleetd.profiles.model import Profile
+from fleetd.store.events import EventLog
+from fleetd.store.profiles import ProfileStore
+from fleetd.store.usage import NewUsage, StoredState, UsageStore
+
+log = logging.getLogger("fleetd.heartbeat")
+KEEP_HISTORY = timedelta(days=31)  # the longest window anyone sensibly sets, and then some
+RESERVATION_FLOOR = 0.05  # headroom an in-flight attempt takes when its size is unknown
+
+
+def _ingester(profile: Profile, offsets: dict[str, Any]) -> Any:
+    """The reader of this backend's own usage records, if it keeps any."""
+    from fleetd.heartbeat import ingest
+
+    start = {path: ingest.FileOffset.from_json(value) for path, value in offsets.items()}
+    if profile.backend == "claude_code":
+        return ingest.ClaudeTranscripts(Path(profile.config_dir), start)
+    if profile.backend == "codex":
+        return ingest.CodexRollouts(Path(profile.config_dir), start)
+    return None
+
+
+class Heartbeat:
+    def __init__(
+        self,
+        profiles: ProfileStore,
+        usage: UsageStore,
+        events: EventLog,
+        *,
+        clock: Callable[[], datetime],
+        interval: float = 30.0,
+        near_limit: float = NEAR_LIMIT,
+    ) -> None:
+        self.profiles = profiles
+        self.usage = usage
+        self.events = events
+        self.clock = clock
+        self.interval = interval
+        self.near_limit = near_limit
+        self.states: dict[str, StoredState] = {}
+        self.windows: dict[str, list[WindowUsage]] = {}
+        self.active: dict[str, tuple[str | None, bool]] = {}
+        self.in_flight: dict[str, int] = {}
+        self._ingesters: dict[str, Any] = {}
+        self._lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._watch_task: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
+        self._typical_tokens: dict[str, float] = {}
+
+    async def start(self) -> None:
+        self.states = await self.usage.load_states()
+        self.active = await self.usage.load_active()
+        await self.beat()
+        self._task = asyncio.create_task(self._run(), name="heartbeat")
+        self._watch_task = asyncio.create_task(self._watch(), name="heartbeat-watch")
+
+    async def stop(self) -> None:
+        self._stop.set()
+        for task in (self._task, self._watch_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+
+    async def _run(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._next_delay())
+            self._wake.clear()
+            try:
+                await self.beat()
+            except Exception:
+                log.exception("heartbeat failed; next beat in %ss", self.interval)
+
+    def _next_delay(self) -> float:
+        """The interval, or sooner when a profile's reset falls before it."""
+        now = self.clock()
+        resets = [s.status.exhausted_until for s in self.states.values() if s.status.exhausted_until]
+        soonest = min(((r - now).total_seconds() for r in resets if r > now), default=self.interval)
+        return max(0.05, min(self.interval, soonest + 0.01))
+
+    async def _watch(self) -> None:
+        """Beat soon after an agent writes to a profile's usage records (watching directories: editors
+        and agents replace files atomically)."""
+        import watchfiles
+
+        while not self._stop.is_set():
+            roots = [Path(i.watch_root) for i in self._ingesters.values() if i is not None]
+            roots = [r for r in roots if r.is_dir()]
+            if not roots:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), self.interval)
+                continue
+            try:
+                async for _changes in watchfiles.awatch(*roots, stop_event=self._stop, recursive=True,
+                                                        watch_filter=lambda _c, p: p.endswith(".jsonl")):  # fmt: skip
+                    self._wake.set()
+            except Exception:
+                log.exception("watching usage records failed; relying on the periodic beat")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), self.interval)
+
+    # -- the beat -------------------------------------------------------------------------------
+
+    async def beat(self) -> None:
+        async with self._lock:
+            profiles = await self.profiles.list()
+            for profile in profiles:
+                await self._refresh(profile)
+            for backend in sorted({p.backend for p in profiles}):
+                await self._switch(backend, [p for p in profiles if p.backend == backend])
+
+    async def _refresh(self, profile: Profile) -> None:
+        now = self.clock()
+        stored = self.states.get(profile.name) or StoredState(ProfileStatus())
+        await self._ingest(profile, stored, now)
+        records = await self.usage.since(profile.name, now - KEEP_HISTORY)
+        usages = [window_usage(records, limit, now) for limit in profile.limits]
+        fulls = [u.full_until(records, now) for u in usages]
+        self.windows[profile.name] = usages
+        new = evaluate(stored.status, usages, fulls, stored.reported, now, self.near_limit)
+        if not profile.enabled:
+            new = ProfileStatus("disabled", None, "disabled by hand")
+        elif stored.status.reason == "disabled by hand":
+            new = ProfileStatus()
+        await self._set(profile, stored, new, now)
+
+    async def _ingest(self, profile: Profile, stored: StoredState, now: datetime) -> None:
+        if profile.name not in self._ingesters:
+            try:
+                self._ingesters[profile.name] = _ingester(profile, stored.offsets)
+            except Exception:  # usage from the agent's files is a bonus; never a reason to fail a run
+                log.exception("cannot read %s's usage records", profile.name)
+                self._ingesters[profile.name] = None
+        ingester = self._ingesters[profile.name]
+        if ingester is None:
+            return
+        try:
+            result = await asyncio.to_thread(ingester.scan, now)
+        except Exception:
+            log.exception("reading %s's usage records failed", profile.name)
+            return
+        own = await self.usage.attempt_sessions(profile.name, now - KEEP_HISTORY)
+        fresh = [
+            NewUsage(profile.name, r.at, "agent", r.usage.total, 0.0, r.session_id, r.dedupe_key)
+            for r in result.records
+            if r.session_id not in own
+        ]
+        added = await self.usage.add(fresh)
+        stored.offsets = {path: offset.to_json() for path, offset in ingester.offsets.items()}
+        stored.garbled_lines += result.garbled_lines
+        if result.windows:
+            stored.reported = list(result.windows)
+        if added:
+            log.info("profile %s: %d usage record(s) from the agent's own files", profile.name, added)
+
+    async def _set(self, profile: Profile, stored: StoredState, new: ProfileStatus, now: datetime) -> None:
+        old = stored.status
+        stored.status = new
+        self.states[profile.name] = stored
+        await self.usage.save_state(profile.name, stored, now)
+        if new.state == old.state and new.exhausted_until == old.exhausted_until:
+            return
+        kind = {
+            "exhausted": "profile.exhausted",
+            "near_limit": "profile.near_limit",
+            "disabled": "profile.disabled",
+        }.get(new.state, "profile.recovered")
+        if new.state == "available" and old.state == "near_limit":
+            kind = "profile.available"
+        until = f" until {new.exhausted_until.isoformat(timespec='seconds')}" if new.exhausted_until else ""
+        message = f"{profile.name} is {new.state}{until}" + (f": {new.reason}" if new.reason else "")
+        await self.events.emit(now, kind, message, backend=profile.backend, profile=profile.name,
+                               state=new.state, exhausted_until=new.exhausted_until, reason=new.reason)  # fmt: skip
+        log.info("%s", message)
+
+    async def _switch(self, backend: str, profiles: list[Profile]) -> None:
+        current, pinned = self.active.get(backend, (None, False))
+        standings = self.standings(profiles)
+        chosen, why = choose_active(standings, current, pinned)
+        if chosen == current:
+            return
+        now = self.clock()
+        # A pin holds only while the pinned profile is usable; switching away ends it, and says so.
+        self.active[backend] = (chosen, False)
+        await self.usage.save_active(backend, chosen, False, now)
+        message = f"{backend}: active profile {current or '-'} → {chosen or '-'} ({why})"
+        await self.events.emit(now, "profile.switched", message, backend=backend, profile=chosen,
+                               previous=current, reason=why, unpinned=pinned)  # fmt: skip
+        log.info("%s", message)
+
+    def standings(self, profiles: list[Profile]) -> list[Standing]:
+        out = []
+        for position, profile in enumerate(profiles):
+            status = self.states.get(profile.name, StoredState(ProfileStatus())).status
+            room = headroom(self.windows.get(profile.name, []))
+            room -= self.in_flight.get(profile.name, 0) * self._reservation(profile)
+            out.append(Standing(profile.name, position, profile.tier, status, max(0.0, room)))
+        return out
+
+    def _reservation(self, profile: Profile) -> float:
+        """The share of the tightest window one more attempt is expected to take."""
+        typical = self._typical_tokens.get(profile.name)
+        token_limits = [limit.amount for limit in profile.limits if limit.unit == "tok"]
+        if not typical or not token_limits:
+            return RESERVATION_FLOOR
+        return max(RESERVATION_FLOOR, typical / min(token_limits))
+
+    # -- what the executor asks -----------------------------------------------------------------
+
+    async def plan(self, pool: list[Profile]) -> tuple[list[Profile], datetime | None]:
+        """The pool's usable profiles in the order to try, and when the first exhausted one returns."""
+        async with self._lock:
+            now = self.clock()
+            for profile in pool:
+                status = self.states.get(profile.name, StoredState(ProfileStatus())).status
+                if profile.name not in self.states or (
+                    status.state == "exhausted" and status.exhausted_until and status.exhausted_until <= now
+                ):
+                    await self._refresh(profile)
+            standings = self.standings(pool)
+        by_name = {p.name: p for p in pool}
+        return [by_name[s.name] for s in attempt_order(standings)], earliest_reset(standings, self.clock())
+
+    def reserve(self, profile: str) -> None:
+        self.in_flight[profile] = self.in_flight.get(profile, 0) + 1
+
+    def release(self, profile: str) -> None:
+        self.in_flight[profile] = max(0, self.in_flight.get(profile, 0) - 1)
+
+    async def attempt_finished(
+        self, profile: Profile, parsed: ParsedOutput, finished_at: datetime, cost_usd: float | None
+    ) -> None:
+        """Record what the attempt used and what it says about the profile, then beat for its backend."""
+        async with self._lock:
+            tokens = parsed.usage.total
+            await self.usage.add(
+                [NewUsage(profile.name, finished_at, "attempt", tokens, cost_usd or 0.0, parsed.session_id)]
+            )
+            recent = await self.usage.recent_attempt_tokens(profile.name)
+            self._typical_tokens[profile.name] = statistics.median(recent) if recent else 0
+            stored = self.states.get(profile.name) or StoredState(ProfileStatus())
+            if parsed.windows:
+                stored.reported = list(parsed.windows)
+            new = after_attempt(
+                stored.status, parsed.outcome, parsed.error_class, parsed.reset_at, parsed.message or "", finished_at
+            )
+            await self._set(profile, stored, new, finished_at)
+            await self._refresh(profile)
+            same_backend = [p for p in await self.profiles.list() if p.backend == profile.backend]
+            await self._switch(profile.backend, same_backend)
+
+    async def pin(self, profile: Profile) -> None:
+        async with self._lock:
+            previous, _ = self.active.get(profile.backend, (None, False))
+            now = self.clock()
+            self.active[profile.backend] = (profile.name, True)
+            await self.usage.save_active(profile.backend, profile.name, True, now)
+            await self.events.emit(now, "profile.switched", f"{profile.backend}: {profile.name} pinned by hand",
+                                   backend=profile.backend, profile=profile.name, previous=previous,
+                                   reason="pinned by hand")  # fmt: skip
+
+    async def unpin(self, backend: str) -> None:
+        async with self._lock:
+            current, _ = self.active.get(backend, (None, False))
+            self.active[backend] = (current, False)
+            await self.usage.save_active(backend, current, False, self.clock())
+            await self.events.emit(self.clock(), "profile.auto", f"{backend}: the heartbeat chooses again",
+                                   backend=backend, profile=current)  # fmt: skip
+            same_backend = [p for p in await self.profiles.list() if p.backend == backend]
+            await self._switch(backend, same_backend)
+
+    async def forget(self, profile: str) -> None:
+        async with self._lock:
+            self.states.pop(profile, None)
+            self.windows.pop(profile, None)
+            self._ingesters.pop(profile, None)
+            await self.usage.forget(profile)
+            for backend, (active, _) in list(self.active.items()):
+                if active == profile:
+                    self.active[backend] = (None, False)
+
+    def snapshot(self, profiles: list[Profile]) -> list[dict[str, Any]]:
+        """What `fleetd usage` shows, one entry per profile."""
+        now = self.clock()
+        rows = []
+        for profile in profiles:
+            stored = self.states.get(profile.name, StoredState(ProfileStatus()))
+            active, pinned = self.active.get(profile.backend, (None, False))
+            rows.append({"profile": profile, "stored": stored, "windows": self.windows.get(profile.name, []),
+                         "active": active == profile.name, "pinned": pinned and active == profile.name,
+                         "in_flight": self.in_flight.get(profile.name, 0), "now": now})  # fmt: skip
+        return rows

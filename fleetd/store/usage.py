@@ -1,0 +1,143 @@
+"""Queries for the heartbeat: consumption records, each profile's judged state, the active profile
+of each backend."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from fleetd.backends.result import WindowState
+from fleetd.heartbeat.state import ProfileStatus
+from fleetd.heartbeat.windows import Consumption
+from fleetd.store.db import Database
+from fleetd.timefmt import from_iso, to_iso
+
+
+@dataclass
+class StoredState:
+    status: ProfileStatus
+    reported: list[WindowState] = field(default_factory=list)
+    offsets: dict[str, Any] = field(default_factory=dict)
+    garbled_lines: int = 0
+
+
+@dataclass(frozen=True)
+class NewUsage:
+    profile: str
+    at: datetime
+    source: str  # 'attempt' or 'agent'
+    tokens: int
+    cost_usd: float = 0.0
+    session_id: str | None = None
+    dedupe_key: str | None = None
+
+
+def _windows_to_json(windows: list[WindowState]) -> str:
+    return json.dumps(
+        [
+            {"name": w.name, "window_minutes": w.window_minutes, "used_percent": w.used_percent,
+             "resets_at": to_iso(w.resets_at)}
+            for w in windows
+        ]
+    )  # fmt: skip
+
+
+def _windows_from_json(text: str) -> list[WindowState]:
+    return [
+        WindowState(w.get("window_minutes"), w.get("used_percent"), from_iso(w.get("resets_at")), w.get("name", ""))
+        for w in json.loads(text)
+    ]
+
+
+class UsageStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def add(self, records: list[NewUsage]) -> int:
+        """Insert, skipping records whose dedupe key this profile already has. Returns how many were new."""
+        if not records:
+            return 0
+        added = 0
+        async with self.db.transaction() as conn:
+            for r in records:
+                cur = await conn.execute(
+                    "INSERT OR IGNORE INTO usage_records "
+                    "(profile, at, source, session_id, dedupe_key, tokens, cost_usd) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (r.profile, to_iso(r.at), r.source, r.session_id, r.dedupe_key, r.tokens, r.cost_usd),
+                )
+                added += cur.rowcount
+        return added
+
+    async def since(self, profile: str, start: datetime) -> list[Consumption]:
+        rows = await self.db.fetchall(
+            "SELECT at, tokens, requests, cost_usd FROM usage_records WHERE profile = ? AND at > ? ORDER BY at",
+            (profile, to_iso(start)),
+        )
+        return [Consumption(from_iso(r["at"]), r["tokens"], r["requests"], r["cost_usd"]) for r in rows]  # type: ignore[arg-type]
+
+    async def attempt_sessions(self, profile: str, start: datetime) -> set[str]:
+        """Sessions fleetd's own attempts already counted: the agent's records of them are not new usage."""
+        rows = await self.db.fetchall(
+            "SELECT DISTINCT session_id FROM usage_records WHERE profile = ? AND source = 'attempt' "
+            "AND session_id IS NOT NULL AND at > ?",
+            (profile, to_iso(start)),
+        )
+        return {r["session_id"] for r in rows}
+
+    async def recent_attempt_tokens(self, profile: str, limit: int = 10) -> list[int]:
+        rows = await self.db.fetchall(
+            "SELECT tokens FROM usage_records WHERE profile = ? AND source = 'attempt' ORDER BY id DESC LIMIT ?",
+            (profile, limit),
+        )
+        return [r["tokens"] for r in rows]
+
+    async def load_states(self) -> dict[str, StoredState]:
+        rows = await self.db.fetchall(
+            "SELECT profile, state, exhausted_until, reason, unconfirmed, reported_json, offsets_json, garbled_lines "
+            "FROM profile_state"
+        )
+        return {
+            r["profile"]: StoredState(
+                ProfileStatus(r["state"], from_iso(r["exhausted_until"]), r["reason"], bool(r["unconfirmed"])),
+                _windows_from_json(r["reported_json"]),
+                json.loads(r["offsets_json"]),
+                r["garbled_lines"],
+            )
+            for r in rows
+        }
+
+    async def save_state(self, profile: str, stored: StoredState, now: datetime) -> None:
+        s = stored.status
+        async with self.db.transaction() as conn:
+            await conn.execute(
+                "INSERT INTO profile_state (profile, state, exhausted_until, reason, unconfirmed, reported_json, "
+                "offsets_json, garbled_lines, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (profile) DO UPDATE SET state = excluded.state, "
+                "exhausted_until = excluded.exhausted_until, "
+                "reason = excluded.reason, unconfirmed = excluded.unconfirmed, reported_json = excluded.reported_json, "
+                "offsets_json = excluded.offsets_json, garbled_lines = excluded.garbled_lines, "
+                "updated_at = excluded.updated_at",
+                (profile, s.state, to_iso(s.exhausted_until), s.reason, int(s.unconfirmed),
+                 _windows_to_json(stored.reported), json.dumps(stored.offsets), stored.garbled_lines, to_iso(now)),
+            )  # fmt: skip
+
+    async def forget(self, profile: str) -> None:
+        async with self.db.transaction() as conn:
+            await conn.execute("DELETE FROM profile_state WHERE profile = ?", (profile,))
+            await conn.execute("DELETE FROM usage_records WHERE profile = ?", (profile,))
+            await conn.execute("UPDATE backend_active SET profile = NULL, pinned = 0 WHERE profile = ?", (profile,))
+
+    async def load_active(self) -> dict[str, tuple[str | None, bool]]:
+        rows = await self.db.fetchall("SELECT backend, profile, pinned FROM backend_active")
+        return {r["backend"]: (r["profile"], bool(r["pinned"])) for r in rows}
+
+    async def save_active(self, backend: str, profile: str | None, pinned: bool, now: datetime) -> None:
+        async with self.db.transaction() as conn:
+            await conn.execute(
+                "INSERT INTO backend_active (backend, profile, pinned, updated_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (backend) DO UPDATE SET profile = excluded.profile, pinned = excluded.pinned, "
+                "updated_at = excluded.updated_at",
+                (backend, profile, int(pinned), to_iso(now)),
+            )

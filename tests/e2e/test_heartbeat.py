@@ -1,0 +1,166 @@
+"""The usage heartbeat end to end: failover on a usage limit, exhaustion until the stand-in's reset,
+waiting runs that resume by themselves, usage by "someone else", pins, events, restarts."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from tests.harness import STANDIN_BIN, Daemon, captures_dir, wait_until
+
+
+@pytest.fixture
+def hb() -> Iterator[Daemon]:
+    if not (captures_dir() / "cc_ok_stream").is_dir():
+        pytest.skip(f"captures not found at {captures_dir()} (set FLEETD_CAPTURES)")
+    root = Path(tempfile.mkdtemp(prefix="flh-", dir="/tmp"))
+    (root / "standin").mkdir()
+    d = Daemon(root / "home", "--kill-grace", "0.5s", "--heartbeat-interval", "1s")
+    d.env.update(
+        PATH=f"{STANDIN_BIN}:{os.environ['PATH']}",
+        STANDIN_DIR=str(root / "standin"),
+        STANDIN_CAPTURES=str(captures_dir()),
+        FLEETD_SECRET_STORE="file",
+    )
+    d.start()
+    d.standin_dir = root / "standin"  # type: ignore[attr-defined]
+    yield d
+    d.stop()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def scenario(d: Daemon, profile: str, text: str) -> None:
+    (d.standin_dir / f"{profile}.scenario").write_text(text)  # type: ignore[attr-defined]
+
+
+def usage(d: Daemon) -> dict[str, dict]:
+    return {row["profile"]: row for row in d.json("usage")}
+
+
+def finished(d: Daemon, run_id: int, timeout: float = 30) -> dict:
+    return wait_until(
+        lambda: (r := d.json("runs", "show", str(run_id)))["status"] not in ("running", "waiting") and r,
+        timeout=timeout,
+        what=f"run {run_id} to finish",
+    )
+
+
+def events(d: Daemon) -> list[dict]:
+    lines = d.cli("events", "--json", "--limit", "500").stdout.splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def test_usage_limit_mid_run_fails_over_and_the_profile_comes_back_after_its_reset(hb: Daemon) -> None:
+    d = hb
+    d.cli("profile", "add", "claude_a", "--backend", "claude_code", "--limit", "5h=4000000tok", "--limit", "7d=40Mtok")
+    d.cli("profile", "add", "claude_b", "--backend", "claude_code", "--limit", "5h=4000000tok")
+    scenario(d, "claude_a", "usage_limit +4")
+    scenario(d, "claude_b", "ok")
+    d.cli("loop", "add", "review", "--every", "1h", "--backend", "claude_code", "--prompt", "review")
+    run = finished(d, d.json("loop", "run", "review")["id"])
+    assert run["status"] == "succeeded"
+    first, second = run["attempt_list"]
+    assert (first["profile"], first["error_class"], second["profile"]) == ("claude_a", "rate_limited", "claude_b")
+    reset = datetime.fromisoformat(first["reset_at"])
+    rows = usage(d)
+    assert rows["claude_a"]["state"] == "exhausted"
+    assert datetime.fromisoformat(rows["claude_a"]["exhausted_until"]) == reset  # the stand-in's own reset time
+    assert rows["claude_b"]["active"] is True and rows["claude_a"]["active"] is False
+    assert rows["claude_b"]["windows"][0]["used"] == 244  # 123 in + 9 out + 67 cache read + 45 cache write
+    table = d.cli("usage").stdout
+    assert "exhausted" in table and "claude_b" in table and "5h 244tok/4.0Mtok" in table
+    wait_until(lambda: usage(d)["claude_a"]["state"] == "available", timeout=15, what="claude_a back after reset")
+    back = usage(d)["claude_a"]
+    assert back["unconfirmed"] is True  # until an attempt proves it
+    types = [e["type"] for e in events(d) if e["profile"] in ("claude_a", "claude_b")]
+    assert "profile.exhausted" in types and "profile.switched" in types and "profile.recovered" in types
+    shown = d.cli("runs", "show", str(run["id"])).stdout
+    assert "attempt 1: claude_code/claude_a" in shown and "failed (rate_limited)" in shown
+    assert "attempt 2: claude_code/claude_b" in shown
+
+
+def test_all_profiles_exhausted_run_waits_and_resumes_by_itself(hb: Daemon) -> None:
+    d = hb
+    d.cli("profile", "add", "solo", "--backend", "codex")
+    scenario(d, "solo", "usage_limit +3")
+    d.cli("loop", "add", "patient", "--every", "1h", "--backend", "codex", "--prompt", "x")
+    run_id = d.json("loop", "run", "patient")["id"]
+    waiting = wait_until(
+        lambda: (r := d.json("runs", "show", str(run_id)))["status"] == "waiting" and r, what="the run to wait"
+    )
+    assert waiting["wait_until"] is not None
+    assert d.runs("--status", "waiting")[0]["id"] == run_id
+    scenario(d, "solo", "ok")
+    run = finished(d, run_id, timeout=20)
+    assert run["status"] == "succeeded"
+    assert [a["outcome"] for a in run["attempt_list"]] == ["failed", "succeeded"]
+    # It resumed at the reset, not before (no tight retry loop) and not much after.
+    resumed = datetime.fromisoformat(run["attempt_list"][1]["started_at"])
+    assert resumed >= datetime.fromisoformat(waiting["wait_until"]) - timedelta(milliseconds=50)
+    assert "run.waiting" in [e["type"] for e in events(d)]
+
+
+def test_usage_by_someone_else_moves_the_window_and_garbled_lines_are_counted(hb: Daemon) -> None:
+    d = hb
+    d.cli("profile", "add", "shared", "--backend", "claude_code", "--limit", "5h=10000tok")
+    config = Path(d.json("profile", "show", "shared")["config_dir"])
+    transcript = config / "projects" / "-home-me-app" / "8f0c-session.jsonl"
+    transcript.parent.mkdir(parents=True)
+    now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+    line = {
+        "parentUuid": None, "isSidechain": False, "userType": "external", "cwd": "/home/me/app",
+        "sessionId": "8f0c-session", "version": "2.1.330", "type": "assistant", "uuid": "u1", "timestamp": now,
+        "requestId": "req_1",
+        "message": {"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-sonnet-4-5",
+                    "content": [{"type": "text", "text": "hi"}],
+                    "usage": {"input_tokens": 4000, "output_tokens": 500, "cache_creation_input_tokens": 0,
+                              "cache_read_input_tokens": 0}},
+    }  # fmt: skip
+    # Claude Code writes one line per content block with the same ids: counted once.
+    transcript.write_text(json.dumps(line) + "\n" + json.dumps(line) + "\n" + '{"truncated": \n' + "\x00\xff\n")
+    row = wait_until(lambda: (r := usage(d)["shared"])["windows"][0]["used"] > 0 and r, what="the window to move")
+    assert row["windows"][0]["used"] == 4500
+    assert row["garbled_lines"] >= 1
+    line2 = dict(line, requestId="req_2", message=dict(line["message"], id="msg_2"))
+    with transcript.open("a") as f:
+        f.write(json.dumps(line2) + "\n")
+    row = wait_until(lambda: (r := usage(d)["shared"])["windows"][0]["used"] == 9000 and r, what="appended usage")
+    assert row["state"] == "near_limit"  # 90 % of the 5h window
+
+
+def test_manual_pin_and_auto(hb: Daemon) -> None:
+    d = hb
+    for name in ("g1", "g2"):
+        d.cli("profile", "add", name, "--backend", "gemini", "--api-key-stdin", input=f"key-{name}")
+    wait_until(lambda: any(r["active"] for r in d.json("usage") if r["backend"] == "gemini"), what="an active one")
+    assert d.cli("profile", "switch", "g2").stdout.strip() == "gemini: g2 pinned"
+    rows = usage(d)
+    assert rows["g2"]["active"] and rows["g2"]["pinned"] and not rows["g1"]["active"]
+    assert "pinned" in d.cli("usage").stdout
+    assert d.cli("profile", "switch", "--auto", "gemini").stdout.startswith("gemini: automatic")
+    assert usage(d)["g2"]["pinned"] is False
+    bad = d.cli("profile", "switch", "--auto", "nonsense", check=False)
+    assert bad.returncode == 1 and "no profile for backend 'nonsense'" in bad.stderr
+
+
+def test_exhaustion_survives_a_restart(hb: Daemon) -> None:
+    d = hb
+    d.cli("profile", "add", "tired", "--backend", "claude_code")
+    scenario(d, "tired", "usage_limit +3600")
+    d.cli("loop", "add", "once_more", "--every", "1h", "--backend", "claude_code", "--prompt", "x",
+          "--profile", "tired")  # fmt: skip
+    run_id = d.json("loop", "run", "once_more")["id"]
+    wait_until(lambda: usage(d)["tired"]["state"] == "exhausted", what="tired exhausted")
+    until = usage(d)["tired"]["exhausted_until"]
+    d.stop()
+    d.start()
+    row = usage(d)["tired"]
+    assert (row["state"], row["exhausted_until"]) == ("exhausted", until)
+    assert d.json("runs", "show", str(run_id))["status"] in ("interrupted", "failed")
