@@ -25,6 +25,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/cli_roundtrip.py
 	$(BIN)/python bench/runs_query.py
+	$(BIN)/python bench/failover_latency.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
