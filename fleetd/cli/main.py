@@ -579,7 +579,8 @@ def _usage_table(rows: list[dict[str, Any]]) -> str:
         marker = "*" if r["active"] else ""
         marker += " pinned" if r["pinned"] else ""
         shown = " ".join(x for x in (windows, reported) if x) or "-"
-        lines.append([r["profile"], r["backend"], r["tier"], state, shown, resets, marker.strip(), r["circuit"]])
+        circuit = r["circuit"] or "-"
+        lines.append([r["profile"], r["backend"], r["tier"], state, shown, resets, marker.strip(), circuit])
     return table(["PROFILE", "BACKEND", "TIER", "STATE", "WINDOWS", "RESETS IN", "ACTIVE", "CIRCUIT"], lines)
 
 

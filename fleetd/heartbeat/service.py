@@ -164,7 +164,7 @@ class Heartbeat:
             return
         own = await self.usage.attempt_sessions(profile.name, now - KEEP_HISTORY)
         fresh = [
-            NewUsage(profile.name, r.at, "agent", r.usage.total, 0.0, r.session_id, r.dedupe_key)
+            NewUsage(profile.name, r.at, "agent", r.usage.total, 0.0, r.session_id, r.dedupe_key, r.requests)
             for r in result.records
             if r.session_id not in own
         ]

@@ -77,11 +77,22 @@ async def migrate(conn: aiosqlite.Connection) -> int:
     version = int(row[0]) if row else 0
     if version > len(MIGRATIONS):
         raise RuntimeError(f"database schema version {version} is newer than this fleetd knows ({len(MIGRATIONS)})")
-    for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-        try:
-            await conn.executescript(f"BEGIN;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;")
-        except BaseException:
-            if conn.in_transaction:
-                await conn.execute("ROLLBACK")
-            raise
+    # Rebuilding a table (SQLite's only way to change a constraint) drops rows other tables point at;
+    # foreign keys are off meanwhile and checked as a whole before each step commits.
+    await conn.execute("PRAGMA foreign_keys=OFF")
+    try:
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            try:
+                await conn.executescript(f"BEGIN;\n{script}\nPRAGMA user_version = {number};")
+                async with conn.execute("PRAGMA foreign_key_check") as cur:
+                    broken = await cur.fetchall()
+                if broken:
+                    raise RuntimeError(f"schema migration {number} would break {len(broken)} foreign key(s)")
+                await conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    await conn.execute("ROLLBACK")
+                raise
+    finally:
+        await conn.execute("PRAGMA foreign_keys=ON")
     return len(MIGRATIONS)

@@ -142,9 +142,8 @@ MIGRATIONS: list[str] = [
         message   TEXT NOT NULL,
         data_json TEXT NOT NULL DEFAULT '{}'
     );
-    -- SQLite cannot alter a CHECK constraint: rebuild runs with the `waiting` status. Foreign keys from
-    -- attempts are checked at COMMIT, when `runs` exists again.
-    PRAGMA defer_foreign_keys = ON;
+    -- SQLite cannot alter a CHECK constraint: rebuild runs with the `waiting` status (migrate() turns
+    -- foreign keys off around this and checks them all before it commits).
     CREATE TABLE runs_v3 (
         id              INTEGER PRIMARY KEY AUTOINCREMENT,
         loop            TEXT NOT NULL,

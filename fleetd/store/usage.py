@@ -32,6 +32,7 @@ class NewUsage:
     cost_usd: float = 0.0
     session_id: str | None = None
     dedupe_key: str | None = None
+    requests: int = 1
 
 
 def _windows_to_json(windows: list[WindowState]) -> str:
@@ -64,8 +65,9 @@ class UsageStore:
             for r in records:
                 cur = await conn.execute(
                     "INSERT OR IGNORE INTO usage_records "
-                    "(profile, at, source, session_id, dedupe_key, tokens, cost_usd) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (r.profile, to_iso(r.at), r.source, r.session_id, r.dedupe_key, r.tokens, r.cost_usd),
+                    "(profile, at, source, session_id, dedupe_key, tokens, cost_usd, requests) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (r.profile, to_iso(r.at), r.source, r.session_id, r.dedupe_key, r.tokens, r.cost_usd, r.requests),
                 )
                 added += cur.rowcount
         return added

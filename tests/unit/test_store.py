@@ -71,3 +71,37 @@ def test_finish_only_touches_running_runs(tmp_path: Path) -> None:
         await db.close()
 
     asyncio.run(go())
+
+
+T = "2026-11-21T00:00:00.000+00:00"
+
+
+def test_migrating_v2_data_to_v3_keeps_runs_and_attempts(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as conn:
+        for number, script in enumerate(schema.MIGRATIONS[:2], start=1):
+            conn.executescript(f"BEGIN;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;")
+        conn.execute(
+            "INSERT INTO runs (loop, trigger, status, scheduled_at, started_at, backend, attempts) "
+            "VALUES ('l', 'manual', 'succeeded', ?, ?, 'claude_code', 1)",
+            (T, T),
+        )
+        conn.execute(
+            "INSERT INTO attempts (run_id, number, backend, profile, started_at, input_tokens) "
+            "VALUES (1, 1, 'claude_code', 'p', ?, 42)",
+            (T,),
+        )
+
+    async def go() -> None:
+        db = await Database.open(path)
+        run = await RunStore(db).get(1)
+        assert (run.status, run.wait_until, run.attempts) == ("succeeded", None, 1)
+        await db.close()
+
+    asyncio.run(go())
+    with sqlite3.connect(path) as conn:
+        conn.execute("PRAGMA foreign_keys = ON")
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == len(schema.MIGRATIONS)
+        assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
+        assert conn.execute("SELECT input_tokens FROM attempts WHERE run_id = 1").fetchone() == (42,)
+        conn.execute("UPDATE runs SET status = 'waiting' WHERE id = 1")  # the new status is allowed
