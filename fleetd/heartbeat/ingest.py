@@ -32,11 +32,12 @@ CHUNK_BYTES = 1 << 20
 MAX_LINE_BYTES = 64 << 20  # a "line" longer than this without a newline is junk: dropped, not buffered forever
 
 _STRIP = b" \t\r\n\x00"  # NUL padding is what a crash mid-write leaves behind on some filesystems
-_CLAUDE_USAGE_MARKER = b'"usage":{'
+# ccusage's cheap pre-filter, tolerant of whitespace after the colon (pretty-printed or re-serialised lines).
+_CLAUDE_USAGE_MARKER = re.compile(rb'"usage"\s*:\s*\{')
 # ccusage skips a line with a null in any of these fields, wherever in the line it appears.
 _CLAUDE_NULL_FIELD = re.compile(
     rb'"(?:id|cwd|model|speed|costUSD|version|sessionId|requestId|isApiErrorMessage|'
-    rb'cache_read_input_tokens|cache_creation_input_tokens)":null'
+    rb'cache_read_input_tokens|cache_creation_input_tokens)"\s*:\s*null'
 )
 _SEMVER_PREFIX = re.compile(r"\d+\.\d+\.\d")
 _CODEX_MARKERS = (b'"token_count"', b'"turn_context"', b'"session_meta"')
@@ -356,7 +357,7 @@ class ClaudeTranscripts(_JsonlTail):
     def _line(
         self, line: bytes, position: int, path: Path, state: dict[str, Any], now: datetime, out: IngestResult
     ) -> None:
-        if _CLAUDE_USAGE_MARKER not in line or _CLAUDE_NULL_FIELD.search(line):
+        if not _CLAUDE_USAGE_MARKER.search(line) or _CLAUDE_NULL_FIELD.search(line):
             return
         obj = _load_object(line)
         if obj is None:

@@ -64,6 +64,7 @@ class ProfileService:
             if secret is not None:
                 await asyncio.to_thread(self.secrets.delete, profile.name)
             raise
+        await self.heartbeat.beat()  # `fleetd usage` shows it, and its windows, at once
         return profile
 
     async def _exists(self, name: str) -> bool:

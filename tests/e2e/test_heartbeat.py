@@ -110,6 +110,7 @@ def test_all_profiles_exhausted_run_waits_and_resumes_by_itself(hb: Daemon) -> N
 def test_usage_by_someone_else_moves_the_window_and_garbled_lines_are_counted(hb: Daemon) -> None:
     d = hb
     d.cli("profile", "add", "shared", "--backend", "claude_code", "--limit", "5h=10000tok")
+    assert usage(d)["shared"]["windows"][0]["used"] == 0  # shown at once, before any beat
     config = Path(d.json("profile", "show", "shared")["config_dir"])
     transcript = config / "projects" / "-home-me-app" / "8f0c-session.jsonl"
     transcript.parent.mkdir(parents=True)
@@ -124,13 +125,15 @@ def test_usage_by_someone_else_moves_the_window_and_garbled_lines_are_counted(hb
                               "cache_read_input_tokens": 0}},
     }  # fmt: skip
     # Claude Code writes one line per content block with the same ids: counted once.
-    transcript.write_text(json.dumps(line) + "\n" + json.dumps(line) + "\n" + '{"truncated": \n' + "\x00\xff\n")
+    compact = json.dumps(line, separators=(",", ":"))  # as Claude Code writes them
+    transcript.write_text(compact + "\n" + compact + "\n" + '{"truncated": \n' + "\x00\xff\n")
     row = wait_until(lambda: (r := usage(d)["shared"])["windows"][0]["used"] > 0 and r, what="the window to move")
+    assert row["windows"][0]["window"] == "5h"
     assert row["windows"][0]["used"] == 4500
     assert row["garbled_lines"] >= 1
     line2 = dict(line, requestId="req_2", message=dict(line["message"], id="msg_2"))
     with transcript.open("a") as f:
-        f.write(json.dumps(line2) + "\n")
+        f.write(json.dumps(line2, separators=(",", ":")) + "\n")
     row = wait_until(lambda: (r := usage(d)["shared"])["windows"][0]["used"] == 9000 and r, what="appended usage")
     assert row["state"] == "near_limit"  # 90 % of the 5h window
 

@@ -820,3 +820,21 @@ def test_time_is_a_parameter_not_a_clock(codex_dir: Path) -> None:
         ),
     )
     assert CodexRollouts(codex_dir, {}).scan(later).windows[0].resets_at == datetime(2025, 10, 1, 9, 1, tzinfo=UTC)
+
+
+def test_claude_lines_with_spaces_after_colons_are_still_read(tmp_path: Path) -> None:
+    """Claude Code writes compact JSON; a re-serialised transcript must not be ignored."""
+    from fleetd.heartbeat.ingest import ClaudeTranscripts
+
+    line = {
+        "sessionId": "s", "version": "2.1.330", "type": "assistant", "timestamp": "2026-11-21T10:00:00.000Z",
+        "requestId": "r1", "cwd": "/w",
+        "message": {"id": "m1", "model": "claude-sonnet-4-5",
+                    "usage": {"input_tokens": 7, "output_tokens": 3, "cache_creation_input_tokens": 0,
+                              "cache_read_input_tokens": 0}},
+    }  # fmt: skip
+    path = tmp_path / "projects" / "p" / "s.jsonl"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(line, indent=None) + "\n")  # ", " and ": " separators
+    (record,) = ClaudeTranscripts(tmp_path).scan(datetime(2026, 11, 21, 11, tzinfo=UTC)).records
+    assert (record.usage.input_tokens, record.usage.output_tokens) == (7, 3)
