@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench agents clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,8 +15,13 @@ $(STAMP): pyproject.toml
 run: $(STAMP)  ## start the daemon in the foreground on its embedded defaults (SQLite, no external service)
 	$(BIN)/fleetd daemon run
 
-test: $(STAMP) lint  ## install what the tests need and run them
+test: $(STAMP) agents lint  ## install what the tests need and run them
 	$(BIN)/python -m pytest -q
+
+# The pinned real agent CLIs (npm + an Aider venv) in the git-ignored .cache/agents, for the
+# real-program integration tests. Idempotent; without node it says so and those tests skip.
+agents:
+	bash scripts/install-agents.sh
 
 lint: $(STAMP)
 	$(BIN)/ruff check fleetd tests bench

@@ -1,0 +1,141 @@
+"""The pinned real agent CLIs driven through a real fleetd daemon against the loopback fake
+provider: success with the server's usage, and a 429 seen by fleetd within seconds. Skips (with the
+reason) when a CLI is not installed; `make test` installs them where node is available."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from tests.harness import Daemon, wait_until
+from tests.integration import fake_provider as fp
+from tests.integration.agents import AGENT_BIN, FAKE_API_KEY, prepare_profile, require_agent
+
+
+@dataclass(frozen=True)
+class Case:
+    cli: str
+    backend: str
+    model: str
+    tokens: dict[str, int]  # what fleetd must record for the server's fixed usage
+    api: str
+
+
+CASES = [
+    Case("claude", "claude_code", "claude-opus-5-5",
+         {"input": fp.ANTHROPIC_INPUT_TOKENS, "output": fp.ANTHROPIC_OUTPUT_TOKENS,
+          "cache_read": fp.ANTHROPIC_CACHE_READ_INPUT_TOKENS, "cache_write": fp.ANTHROPIC_CACHE_CREATION_INPUT_TOKENS},
+         fp.API_ANTHROPIC),
+    Case("codex", "codex", "gpt-5.5",
+         {"input": fp.RESPONSES_INPUT_TOKENS - fp.RESPONSES_CACHED_INPUT_TOKENS, "output": fp.RESPONSES_OUTPUT_TOKENS,
+          "cache_read": fp.RESPONSES_CACHED_INPUT_TOKENS, "cache_write": 0},
+         fp.API_RESPONSES),
+    Case("gemini", "gemini", "gemini-2.5-flash",
+         {"input": fp.GEMINI_PROMPT_TOKENS, "output": fp.GEMINI_CANDIDATES_TOKENS, "cache_read": 0, "cache_write": 0},
+         fp.API_GEMINI),
+    Case("aider", "aider", "openai/fake",
+         {"input": fp.CHAT_PROMPT_TOKENS, "output": fp.CHAT_COMPLETION_TOKENS, "cache_read": 0, "cache_write": 0},
+         fp.API_CHAT),
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def provider() -> Iterator[fp.FakeProvider]:
+    with fp.running_fake_provider("ok") as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def daemon(provider: fp.FakeProvider) -> Iterator[Daemon]:
+    root = Path(tempfile.mkdtemp(prefix="flr-", dir="/tmp"))
+    (root / "user-home").mkdir()
+    d = Daemon(root / "home", "--kill-grace", "0.5s", "--stop-grace", "1s")
+    d.env.update(
+        PATH=f"{AGENT_BIN}:{os.environ['PATH']}",
+        HOME=str(root / "user-home"),  # the CLIs write dotfiles; keep them out of the real home
+        FLEETD_SECRET_STORE="file",
+        # A trap: anything that tries to leave the machine goes to the fake server, which records it.
+        HTTP_PROXY=provider.base_url, HTTPS_PROXY=provider.base_url,
+        http_proxy=provider.base_url, https_proxy=provider.base_url,
+        NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost",
+    )  # fmt: skip
+    d.start()
+    d.workdir = root / "work"  # type: ignore[attr-defined]
+    d.workdir.mkdir()  # type: ignore[attr-defined]
+    yield d
+    d.stop()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def setup_loop(d: Daemon, case: Case, base_url: str) -> str:
+    base = f"{base_url}/v1" if case.cli == "aider" else base_url
+    d.cli("profile", "add", case.cli, "--backend", case.backend, "--base-url", base, "--api-key-stdin",
+          input=FAKE_API_KEY)  # fmt: skip
+    config_dir = Path(d.json("profile", "show", case.cli)["config_dir"])
+    prepare_profile(case.cli, base_url, config_dir)
+    extra: list[str] = []
+    if case.cli == "claude":
+        extra = ["--env", "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1", "--env", "DISABLE_TELEMETRY=1",
+                 "--env", "DISABLE_ERROR_REPORTING=1"]  # fmt: skip
+    elif case.cli == "codex":
+        extra = ["--env", f"FAKE_PROVIDER_API_KEY={FAKE_API_KEY}"]
+    elif case.cli == "gemini":
+        extra = ["--env", "GEMINI_CLI_TRUST_WORKSPACE=true", "--env", "GEMINI_TELEMETRY_ENABLED=false"]
+    elif case.cli == "aider":
+        extra = ["--env", "LITELLM_LOCAL_MODEL_COST_MAP=True", "--agent-arg=--no-stream", "--agent-arg=--no-git",
+                 f"--agent-arg=--model-metadata-file={config_dir / 'model-metadata.json'}"]  # fmt: skip
+    loop = f"real_{case.cli}"
+    d.cli("loop", "add", loop, "--every", "1h", "--backend", case.backend, "--profile", case.cli,
+          "--prompt", "say hi", "--model", case.model, "--timeout", "2m", "--dir", str(d.workdir), *extra)  # type: ignore[attr-defined]  # fmt: skip
+    return loop
+
+
+def run(d: Daemon, loop: str) -> dict:
+    run_id = d.json("loop", "run", loop)["id"]
+    return wait_until(
+        lambda: (r := d.json("runs", "show", str(run_id)))["status"] not in ("running", "waiting") and r,
+        timeout=150,
+        what=f"run {run_id} of {loop}",
+    )
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.cli for c in CASES])
+def test_real_cli_through_fleetd(daemon: Daemon, provider: fp.FakeProvider, case: Case) -> None:
+    require_agent(case.cli)
+    provider.mode = "ok"
+    loop = setup_loop(daemon, case, provider.base_url)
+    ok = run(daemon, loop)
+    log = daemon.cli("runs", "logs", str(ok["id"])).stdout
+    assert ok["status"] == "succeeded", log[-3000:]
+    (attempt,) = ok["attempt_list"]
+    assert attempt["tokens"] == case.tokens, log[-3000:]
+    assert FAKE_API_KEY not in log  # scrubbed, whatever the CLI printed
+
+    provider.mode = "429"
+    before = len(provider.requests_for(case.api))
+    run_id = daemon.json("loop", "run", loop)["id"]
+    attempt = wait_until(
+        lambda: next((a for a in daemon.json("runs", "show", str(run_id))["attempt_list"] if a["finished_at"]), None),
+        timeout=150,
+        what=f"the first attempt of run {run_id} to end",
+    )
+    assert attempt["error_class"] == "rate_limited", attempt
+    first_429 = provider.requests_for(case.api)[before]
+    wall_of = time.time() - time.monotonic()
+    seen = datetime.fromisoformat(attempt["finished_at"]).timestamp() - (first_429.at + wall_of)
+    print(f"\n{case.cli}: first 429 → fleetd saw the attempt end: {seen:.2f} s")
+    assert seen < 15, seen  # seconds, not the minutes the CLI's own retries would take
+    # Its only profile is exhausted: the run waits for the reset instead of retrying in a loop.
+    waiting = wait_until(lambda: (r := daemon.json("runs", "show", str(run_id)))["status"] == "waiting" and r,
+                         what="the run to wait")  # fmt: skip
+    assert waiting["wait_until"] is not None
+    provider.mode = "ok"
+    assert provider.proxy_attempts == []  # nothing tried to leave the machine
