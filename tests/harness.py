@@ -36,6 +36,16 @@ def wait_until(predicate: Callable[[], T], timeout: float = 10.0, interval: floa
         time.sleep(interval)
 
 
+def alive(pid: int) -> bool:
+    """Running and not a zombie."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 class Daemon:
     def __init__(self, home: Path, *args: str) -> None:
         self.home = home
@@ -84,6 +94,14 @@ class Daemon:
 
     def runs(self, *filters: str) -> list[dict[str, Any]]:
         return self.json("runs", "list", "--limit", "1000", *filters)  # type: ignore[no-any-return]
+
+    def wait_run(self, run_id: int, timeout: float = 30) -> dict[str, Any]:
+        """The run once it is neither running nor waiting."""
+        return wait_until(
+            lambda: (r := self.json("runs", "show", str(run_id)))["status"] not in ("running", "waiting") and r,
+            timeout=timeout,
+            what=f"run {run_id} to finish",
+        )
 
     def kill9(self) -> None:
         assert self.proc is not None

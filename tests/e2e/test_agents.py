@@ -30,7 +30,7 @@ def agents() -> Iterator[Daemon]:
     root = Path(tempfile.mkdtemp(prefix="fla-", dir="/tmp"))
     standin_dir = root / "standin"
     standin_dir.mkdir()
-    d = Daemon(root / "home", "--kill-grace", "0.5s")
+    d = Daemon(root / "home", "--kill-grace", "0.5s", "--stop-grace", "1s")
     d.env.update(
         PATH=f"{STANDIN_BIN}:{os.environ['PATH']}",
         STANDIN_DIR=str(standin_dir),
@@ -57,12 +57,25 @@ def calls(d: Daemon, run_id: int) -> list[dict]:
 
 
 def run_to_end(d: Daemon, loop: str) -> dict:
-    run = d.json("loop", "run", loop)
+    return d.wait_run(d.json("loop", "run", loop)["id"])
+
+
+def first_attempt(d: Daemon, run_id: int) -> dict:
+    """The run's first attempt once it has ended (the run itself may go on, e.g. waiting for a reset)."""
     return wait_until(
-        lambda: (r := d.json("runs", "show", str(run["id"])))["status"] != "running" and r,
+        lambda: next((a for a in d.json("runs", "show", str(run_id))["attempt_list"] if a["finished_at"]), None),
         timeout=30,
-        what=f"run of {loop} to finish",
+        what=f"run {run_id}'s first attempt",
     )
+
+
+def waits_then_resumes(d: Daemon, run_id: int, profile: str) -> dict:
+    """A single-profile run that hit a limit waits for the reset, then succeeds once the profile is fine."""
+    assert wait_until(lambda: d.json("runs", "show", str(run_id))["status"] == "waiting", what="waiting")
+    set_scenario(d, profile, "ok")
+    run = d.wait_run(run_id, timeout=30)
+    assert run["status"] == "succeeded" and run["attempt_list"][-1]["profile"] == profile
+    return run
 
 
 def test_claude_subscription_profile_success_records_usage(agents: Daemon) -> None:
@@ -111,7 +124,7 @@ def test_usage_limit_fails_over_to_the_next_profile_and_scrubs_its_key(agents: D
     assert api_call["env"]["ANTHROPIC_API_KEY"] == SECRET
     log = d.cli("runs", "logs", str(run["id"])).stdout
     assert "key=[REDACTED]" in log and SECRET not in log
-    assert "rate_limited; trying profile cc_api" in log
+    assert "attempt 1 on profile cc_limited: rate_limited; moving to the next profile with headroom" in log
     for path in d.home.rglob("*"):
         if path.is_file() and path.name != "secrets.json":
             assert SECRET.encode() not in path.read_bytes(), path
@@ -157,13 +170,13 @@ def test_codex_usage_and_window_state_from_its_rollout(agents: Daemon) -> None:
 
 def test_codex_usage_limit_is_rate_limited(agents: Daemon) -> None:
     d = agents
-    set_scenario(d, "cx", "usage_limit")
-    d.cli("loop", "add", "cx_lim", "--every", "1h", "--backend", "codex", "--prompt", "hi", "--profile", "cx")
-    run = run_to_end(d, "cx_lim")
-    set_scenario(d, "cx", "ok")
-    (attempt,) = run["attempt_list"]
-    assert run["status"] == "failed" and attempt["error_class"] == "rate_limited"
-    assert attempt["reset_at"] is not None
+    d.cli("profile", "add", "cx_lim", "--backend", "codex")
+    set_scenario(d, "cx_lim", "usage_limit +2")
+    d.cli("loop", "add", "cx_lim", "--every", "1h", "--backend", "codex", "--prompt", "hi", "--profile", "cx_lim")
+    run_id = d.json("loop", "run", "cx_lim")["id"]
+    attempt = first_attempt(d, run_id)
+    assert attempt["error_class"] == "rate_limited" and attempt["reset_at"] is not None
+    waits_then_resumes(d, run_id, "cx_lim")
 
 
 def test_gemini_quota_exit_173_and_own_retries_turned_down(agents: Daemon) -> None:
@@ -171,14 +184,15 @@ def test_gemini_quota_exit_173_and_own_retries_turned_down(agents: Daemon) -> No
     d.cli("profile", "add", "gem", "--backend", "gemini", "--api-key-stdin", input="gem-key-123\n")
     set_scenario(d, "gem", "429")
     d.cli("loop", "add", "gm", "--every", "1h", "--backend", "gemini", "--prompt", "hi", "--model", "gemini-2.5-flash")
-    run = run_to_end(d, "gm")
-    (attempt,) = run["attempt_list"]
-    assert run["status"] == "failed" and run["exit_code"] == 173
-    assert attempt["error_class"] == "rate_limited"
+    run_id = d.json("loop", "run", "gm")["id"]
+    attempt = first_attempt(d, run_id)
+    assert attempt["exit_code"] == 173 and attempt["error_class"] == "rate_limited"
+    waits_then_resumes(d, run_id, "gem")
+    run = d.json("runs", "show", str(run_id))
     gemini_home = Path(d.json("profile", "show", "gem")["config_dir"])
     settings = json.loads((gemini_home / ".gemini" / "settings.json").read_text())
     assert settings["general"]["maxAttempts"] == 1
-    (call,) = calls(d, run["id"])
+    call = calls(d, run["id"])[0]
     assert call["argv"] == ["-p", "hi", "-o", "json", "-m", "gemini-2.5-flash"]
     assert call["env"]["GEMINI_API_KEY"] == "gem-key-123"
 
@@ -189,18 +203,19 @@ def test_aider_rate_limit_ends_the_attempt_at_the_first_line(agents: Daemon) -> 
     set_scenario(d, "aid", "429")
     d.cli("loop", "add", "ai", "--every", "1h", "--backend", "aider", "--prompt", "hi", "--model", "openai/fake")
     started = time.monotonic()
-    run = run_to_end(d, "ai")
+    run_id = d.json("loop", "run", "ai")["id"]
+    attempt = first_attempt(d, run_id)
     took = time.monotonic() - started
     # The stand-in sits out ~64 s of retries, as the real aider does; fleetd must not wait for them.
     assert took < 15, took
-    (attempt,) = run["attempt_list"]
-    assert run["status"] == "failed" and attempt["error_class"] == "rate_limited"
-    assert "ending the attempt" in d.cli("runs", "logs", str(run["id"])).stdout
+    assert attempt["error_class"] == "rate_limited"
+    assert "ending the attempt" in d.cli("runs", "logs", str(run_id)).stdout
+    waits_then_resumes(d, run_id, "aid")
 
 
 def test_aider_success_usage_from_its_analytics_log(agents: Daemon) -> None:
     d = agents
-    set_scenario(d, "aid", "ok")
+    set_scenario(d, "aid", "ok")  # recovered in the test before
     d.cli("loop", "add", "ai_ok", "--every", "1h", "--backend", "aider", "--prompt", "hi", "--model", "openai/fake")
     run = run_to_end(d, "ai_ok")
     (attempt,) = run["attempt_list"]
@@ -257,11 +272,15 @@ def test_openai_compat_local_model_ok_and_429(agents: Daemon) -> None:
         assert "local says hi" in d.cli("runs", "logs", str(run["id"])).stdout
         assert _Provider.seen[-1]["path"] == "/v1/chat/completions" and _Provider.seen[-1]["auth"] is None
         _Provider.mode = "429"
-        run = run_to_end(d, "oc")
-        (attempt,) = run["attempt_list"]
-        assert run["status"] == "failed" and attempt["error_class"] == "rate_limited"
+        run_id = d.json("loop", "run", "oc")["id"]
+        attempt = first_attempt(d, run_id)
+        assert attempt["error_class"] == "rate_limited"
         reset = datetime.fromisoformat(attempt["reset_at"])
+        # x-ratelimit-reset-requests: 6m0s and retry-after: 20 → the run waits until the reset it was given.
         assert 0 < (reset - datetime.fromisoformat(attempt["finished_at"])).total_seconds() <= 361
+        waiting = wait_until(lambda: (r := d.json("runs", "show", str(run_id)))["status"] == "waiting" and r,
+                             what="the run to wait")  # fmt: skip
+        assert datetime.fromisoformat(waiting["wait_until"]) == reset
     finally:
         server.shutdown()
 

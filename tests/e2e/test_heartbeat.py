@@ -44,14 +44,6 @@ def usage(d: Daemon) -> dict[str, dict]:
     return {row["profile"]: row for row in d.json("usage")}
 
 
-def finished(d: Daemon, run_id: int, timeout: float = 30) -> dict:
-    return wait_until(
-        lambda: (r := d.json("runs", "show", str(run_id)))["status"] not in ("running", "waiting") and r,
-        timeout=timeout,
-        what=f"run {run_id} to finish",
-    )
-
-
 def events(d: Daemon) -> list[dict]:
     lines = d.cli("events", "--json", "--limit", "500").stdout.splitlines()
     return [json.loads(line) for line in lines if line.strip()]
@@ -64,7 +56,7 @@ def test_usage_limit_mid_run_fails_over_and_the_profile_comes_back_after_its_res
     scenario(d, "claude_a", "usage_limit +4")
     scenario(d, "claude_b", "ok")
     d.cli("loop", "add", "review", "--every", "1h", "--backend", "claude_code", "--prompt", "review")
-    run = finished(d, d.json("loop", "run", "review")["id"])
+    run = d.wait_run(d.json("loop", "run", "review")["id"])
     assert run["status"] == "succeeded"
     first, second = run["attempt_list"]
     assert (first["profile"], first["error_class"], second["profile"]) == ("claude_a", "rate_limited", "claude_b")
@@ -98,7 +90,7 @@ def test_all_profiles_exhausted_run_waits_and_resumes_by_itself(hb: Daemon) -> N
     assert waiting["wait_until"] is not None
     assert d.runs("--status", "waiting")[0]["id"] == run_id
     scenario(d, "solo", "ok")
-    run = finished(d, run_id, timeout=20)
+    run = d.wait_run(run_id, timeout=20)
     assert run["status"] == "succeeded"
     assert [a["outcome"] for a in run["attempt_list"]] == ["failed", "succeeded"]
     # It resumed at the reset, not before (no tight retry loop) and not much after.

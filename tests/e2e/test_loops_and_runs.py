@@ -12,9 +12,7 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-import psutil
-
-from tests.harness import Daemon, wait_until
+from tests.harness import Daemon, alive, wait_until
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 RUN_KEYS = {"id", "loop", "trigger", "status", "exit_code", "scheduled_at", "started_at", "finished_at",
@@ -113,15 +111,8 @@ def test_timeout_kills_the_whole_tree_even_when_sigterm_is_ignored(daemon: Daemo
     assert run["error"] == "timed out after 1.0s"
     pids = [int(p) for p in pids_file.read_text().split()]
     assert len(pids) == 3  # the run, its child, and the double-forked grandchild
-    wait_until(lambda: not any(_alive(p) for p in pids), timeout=10, what="every process of the run gone")
+    wait_until(lambda: not any(alive(p) for p in pids), timeout=10, what="every process of the run gone")
     assert "timed out after" in daemon.cli("runs", "logs", str(run["id"])).stdout
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 def test_output_is_capped_keeping_the_tail(daemon: Daemon) -> None:

@@ -8,19 +8,10 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 
-import psutil
-
-from tests.harness import Daemon, wait_until
+from tests.harness import Daemon, alive, wait_until
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 MakeDaemon = Callable[..., Daemon]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 def _now() -> datetime:
@@ -41,14 +32,14 @@ def test_kill9_mid_run_then_restart_marks_interrupted_and_kills_leftovers(
     wait_until(lambda: len(pids_file.read_text().split()) == 3, what="three processes")
     pids = [int(p) for p in pids_file.read_text().split()]
     d.kill9()
-    assert all(_alive(p) for p in pids)  # own sessions: they outlive a crashed daemon
+    assert all(alive(p) for p in pids)  # own sessions: they outlive a crashed daemon
 
     d = make_daemon()
     after = d.json("runs", "show", str(run["id"]))
     assert after["status"] == "interrupted"
     assert "the daemon stopped while this run was running" in after["error"]
     assert after["finished_at"] is not None
-    wait_until(lambda: not any(_alive(p) for p in pids), timeout=10, what="leftover processes killed")
+    wait_until(lambda: not any(alive(p) for p in pids), timeout=10, what="leftover processes killed")
     loop = d.json("loop", "show", "crashy")
     for key in ("name", "schedule", "command", "timeout_s", "next_fire_at", "created_at"):
         assert loop[key] == before[key]
@@ -125,7 +116,7 @@ def test_sigterm_interrupts_runs_that_outlast_the_grace(make_daemon: MakeDaemon,
     wait_until(lambda: pids_file.exists() and len(pids_file.read_text().split()) == 3, what="processes")
     assert d.stop(timeout=30) == 0
     pids = [int(p) for p in pids_file.read_text().split()]
-    assert not any(_alive(p) for p in pids)
+    assert not any(alive(p) for p in pids)
     d = make_daemon()
     after = d.json("runs", "show", str(run["id"]))
     assert after["status"] == "interrupted"

@@ -99,12 +99,7 @@ def setup_loop(d: Daemon, case: Case, base_url: str) -> str:
 
 
 def run(d: Daemon, loop: str) -> dict:
-    run_id = d.json("loop", "run", loop)["id"]
-    return wait_until(
-        lambda: (r := d.json("runs", "show", str(run_id)))["status"] not in ("running", "waiting") and r,
-        timeout=150,
-        what=f"run {run_id} of {loop}",
-    )
+    return d.wait_run(d.json("loop", "run", loop)["id"], timeout=150)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.cli for c in CASES])
