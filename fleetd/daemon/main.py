@@ -150,6 +150,7 @@ class Daemon:
             log.info("stopping: no new fires; waiting up to %ss for running runs", self.options.stop_grace)
             scheduler.stop()
             executor.accepting = False
+            executor.interrupt_waiting("daemon stopped while the run waited for a profile's reset")
             if not await executor.wait_idle(self.options.stop_grace):
                 await executor.interrupt_all("daemon stopped before the run finished")
             await heartbeat.stop()

@@ -59,6 +59,7 @@ class ActiveRun:
     proc: asyncio.subprocess.Process | None = None
     tag: str | None = None
     interrupt_reason: str | None = None
+    waiting: bool = False  # sleeping until a profile's reset: nothing to finish
     interrupted: asyncio.Event = field(default_factory=asyncio.Event)
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -181,7 +182,11 @@ class Executor:
                 runlog.note(f"no profile has headroom: waiting until {earliest.isoformat(timespec='seconds')}")
                 await self.runs.set_waiting(run.id, earliest)
                 await self.profiles.run_waiting(loop, run.id, earliest)
-                await self._sleep_until(earliest, slot)
+                slot.waiting = True
+                try:
+                    await self._sleep_until(earliest, slot)
+                finally:
+                    slot.waiting = False
                 await self.runs.set_waiting(run.id, None)
                 if slot.interrupt_reason:
                     return "interrupted", end.exit_code, slot.interrupt_reason
@@ -374,6 +379,13 @@ class Executor:
             }
         )
         return env
+
+    def interrupt_waiting(self, reason: str) -> None:
+        """Runs that only wait for a reset have nothing to finish: they end at once on shutdown."""
+        for slot in self.active.values():
+            if slot.waiting:
+                slot.interrupt_reason = reason
+                slot.interrupted.set()
 
     async def interrupt_all(self, reason: str) -> None:
         """Kill every in-flight run's tree; each run then finishes as `interrupted`."""

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -154,8 +155,12 @@ def test_exhaustion_survives_a_restart(hb: Daemon) -> None:
     run_id = d.json("loop", "run", "once_more")["id"]
     wait_until(lambda: usage(d)["tired"]["state"] == "exhausted", what="tired exhausted")
     until = usage(d)["tired"]["exhausted_until"]
+    wait_until(lambda: d.json("runs", "show", str(run_id))["status"] == "waiting", what="the run to wait")
+    started = time.monotonic()
     d.stop()
+    assert time.monotonic() - started < 10  # a waiting run has nothing to finish: no stop grace for it
     d.start()
     row = usage(d)["tired"]
     assert (row["state"], row["exhausted_until"]) == ("exhausted", until)
-    assert d.json("runs", "show", str(run_id))["status"] in ("interrupted", "failed")
+    after = d.json("runs", "show", str(run_id))
+    assert after["status"] == "interrupted" and "waited for a profile's reset" in after["error"]

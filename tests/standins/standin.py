@@ -130,7 +130,8 @@ def claude(argv: list[str]) -> None:
         emit(result)
         sys.exit(0)
     if s in ("usage_limit", "usage_limit_text"):
-        text = "You've hit your limit · resets 4:50am (Europe/Rome)"
+        clock = time.strftime("%I:%M%p", time.gmtime(RESET_EPOCH)).lstrip("0").lower()
+        text = f"You've hit your limit · resets {clock} (UTC)"
         limit_event = {
             "type": "rate_limit_event",
             "rate_limit_info": {"status": "rejected", "resetsAt": RESET_EPOCH, "rateLimitType": "five_hour",
