@@ -547,6 +547,22 @@ def profile_login(name: str) -> None:
         raise CliError(f"{argv[0]} not found on PATH") from None
 
 
+@profile.command("disable")
+@click.argument("name")
+def profile_disable(name: str) -> None:
+    """Take profile NAME out of rotation until `fleetd profile enable NAME`."""
+    _client().call("POST", f"/v1/profiles/{segment(name)}/disable")
+    click.echo(f"disabled profile {name}")
+
+
+@profile.command("enable")
+@click.argument("name")
+def profile_enable(name: str) -> None:
+    """Put profile NAME back in rotation (also after an auth failure, once its login is fixed)."""
+    _client().call("POST", f"/v1/profiles/{segment(name)}/enable")
+    click.echo(f"enabled profile {name}")
+
+
 @profile.command("switch")
 @click.argument("target")
 @click.option("--auto", is_flag=True, help="TARGET is a backend: hand the choice back to the heartbeat.")

@@ -179,6 +179,14 @@ def create_app(ctx: DaemonContext) -> Starlette:
         await ctx.profiles.remove(name)
         return JSONResponse({"removed": name})
 
+    async def enable_profile(request: Request) -> Response:
+        name = validate_profile_name(request.path_params["name"])
+        return JSONResponse(profile_json(await ctx.profiles.set_enabled(name, True)))
+
+    async def disable_profile(request: Request) -> Response:
+        name = validate_profile_name(request.path_params["name"])
+        return JSONResponse(profile_json(await ctx.profiles.set_enabled(name, False)))
+
     async def profile_env(request: Request) -> Response:
         name = validate_profile_name(request.path_params["name"])
         return JSONResponse(await ctx.profiles.environment(name))
@@ -235,6 +243,8 @@ def create_app(ctx: DaemonContext) -> Starlette:
         Route("/v1/profiles/{name}", remove_profile, methods=["DELETE"]),
         Route("/v1/profiles/{name}/env", profile_env, methods=["GET"]),
         Route("/v1/profiles/{name}/switch", switch_profile, methods=["POST"]),
+        Route("/v1/profiles/{name}/enable", enable_profile, methods=["POST"]),
+        Route("/v1/profiles/{name}/disable", disable_profile, methods=["POST"]),
         Route("/v1/backends/{backend}/auto", auto_backend, methods=["POST"]),
         Route("/v1/usage", usage),
         Route("/v1/events", events),

@@ -143,8 +143,6 @@ class Heartbeat:
         new = evaluate(stored.status, usages, fulls, stored.reported, now, self.near_limit)
         if not profile.enabled:
             new = ProfileStatus("disabled", None, "disabled by hand")
-        elif stored.status.reason == "disabled by hand":
-            new = ProfileStatus()
         await self._set(profile, stored, new, now)
 
     async def _ingest(self, profile: Profile, stored: StoredState, now: datetime) -> None:
@@ -268,6 +266,17 @@ class Heartbeat:
                 stored.status, parsed.outcome, parsed.error_class, parsed.reset_at, parsed.message or "", finished_at
             )
             await self._set(profile, stored, new, finished_at)
+            await self._refresh(profile)
+            same_backend = [p for p in await self.profiles.list() if p.backend == profile.backend]
+            await self._switch(profile.backend, same_backend)
+
+    async def set_enabled(self, profile: Profile, enabled: bool) -> None:
+        """By hand: disable a profile, or bring one back (also after an auth failure, once fixed)."""
+        async with self._lock:
+            now = self.clock()
+            stored = self.states.get(profile.name) or StoredState(ProfileStatus())
+            new = ProfileStatus() if enabled else ProfileStatus("disabled", None, "disabled by hand")
+            await self._set(profile, stored, new, now)
             await self._refresh(profile)
             same_backend = [p for p in await self.profiles.list() if p.backend == profile.backend]
             await self._switch(profile.backend, same_backend)

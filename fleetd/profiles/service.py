@@ -84,6 +84,12 @@ class ProfileService:
             # fleetd made this directory; a directory the user named stays theirs.
             shutil.rmtree(default_dir, ignore_errors=True)
 
+    async def set_enabled(self, name: str, enabled: bool) -> Profile:
+        await self.store.set_enabled(name, enabled, self.clock())
+        profile = await self.store.get(name)
+        await self.heartbeat.set_enabled(profile, enabled)
+        return profile
+
     async def environment(self, name: str) -> dict[str, Any]:
         """What a shell needs to use this profile's login by hand, and its backend's login command."""
         profile = await self.store.get(name)

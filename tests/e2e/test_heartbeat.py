@@ -164,3 +164,25 @@ def test_exhaustion_survives_a_restart(hb: Daemon) -> None:
     assert (row["state"], row["exhausted_until"]) == ("exhausted", until)
     after = d.json("runs", "show", str(run_id))
     assert after["status"] == "interrupted" and "waited for a profile's reset" in after["error"]
+
+
+def test_disable_by_hand_and_enable_after_an_auth_failure(hb: Daemon) -> None:
+    d = hb
+    d.cli("profile", "add", "ka", "--backend", "claude_code")
+    d.cli("profile", "add", "kb", "--backend", "claude_code")
+    scenario(d, "ka", "auth")
+    scenario(d, "kb", "ok")
+    d.cli("loop", "add", "keys", "--every", "1h", "--backend", "claude_code", "--prompt", "x", "--profile", "ka,kb")
+    run = d.wait_run(d.json("loop", "run", "keys")["id"])
+    assert [(a["profile"], a["error_class"]) for a in run["attempt_list"]] == [("ka", "auth"), ("kb", None)]
+    assert usage(d)["ka"]["state"] == "disabled" and "auth failure" in usage(d)["ka"]["reason"]
+    scenario(d, "ka", "ok")  # the login was fixed
+    assert d.cli("profile", "enable", "ka").stdout.strip() == "enabled profile ka"
+    assert usage(d)["ka"]["state"] == "available"
+    d.cli("profile", "disable", "kb")
+    assert (usage(d)["kb"]["state"], usage(d)["kb"]["reason"]) == ("disabled", "disabled by hand")
+    assert d.json("profile", "show", "kb")["enabled"] is False
+    run = d.wait_run(d.json("loop", "run", "keys")["id"])
+    assert [a["profile"] for a in run["attempt_list"]] == ["ka"] and run["status"] == "succeeded"
+    d.cli("profile", "enable", "kb")
+    assert usage(d)["kb"]["state"] == "available" and d.json("profile", "show", "kb")["enabled"] is True
