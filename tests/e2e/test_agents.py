@@ -179,6 +179,25 @@ def test_codex_usage_limit_is_rate_limited(agents: Daemon) -> None:
     waits_then_resumes(d, run_id, "cx_lim")
 
 
+def test_codex_default_provider_reconnects_end_the_attempt_at_the_first_429(agents: Daemon) -> None:
+    d = agents
+    d.cli("profile", "add", "cx_re", "--backend", "codex")
+    set_scenario(d, "cx_re", "429_reconnecting")
+    d.cli("loop", "add", "cx_re", "--every", "1h", "--backend", "codex", "--prompt", "hi", "--profile", "cx_re")
+    started = time.monotonic()
+    run_id = d.json("loop", "run", "cx_re")["id"]
+    attempt = first_attempt(d, run_id)
+    # The stand-in reconnects five times, 3 s apart, as Codex does on its built-in provider.
+    assert time.monotonic() - started < 6
+    assert attempt["error_class"] == "rate_limited"
+    assert "ending the attempt" in d.cli("runs", "logs", str(run_id)).stdout
+    # No reset time in a plain 429: the profile rests 5 minutes and the run waits that long, never a tight loop.
+    waiting = wait_until(lambda: (r := d.json("runs", "show", str(run_id)))["status"] == "waiting" and r,
+                         what="the run to wait")  # fmt: skip
+    pause = datetime.fromisoformat(waiting["wait_until"]) - datetime.fromisoformat(attempt["finished_at"])
+    assert 299 <= pause.total_seconds() <= 301
+
+
 def test_gemini_quota_exit_173_and_own_retries_turned_down(agents: Daemon) -> None:
     d = agents
     d.cli("profile", "add", "gem", "--backend", "gemini", "--api-key-stdin", input="gem-key-123\n")

@@ -201,6 +201,16 @@ def codex(argv: list[str]) -> None:
         replay("codex_ok_codex-prof-quiet")
     if s == "429":
         replay("codex_429_codex-prof-quiet")
+    if s == "429_reconnecting":
+        # The default provider: five reconnects, each after the server's retry-after, then the failure.
+        out, err, code = capture("codex_429")
+        sys.stderr.buffer.write(err)
+        for line in out.decode().splitlines(keepends=True):
+            sys.stdout.write(line)
+            sys.stdout.flush()
+            if "Reconnecting..." in line:
+                time.sleep(3)
+        sys.exit(code)
     if s == "quota":
         replay("codex_quota")
     if s == "usage_limit":
