@@ -41,6 +41,8 @@ def daemon() -> None:
 
 
 def _daemon_options(f):  # type: ignore[no-untyped-def]
+    f = click.option("--near-limit", default="90%", show_default=True,
+                     help="A profile is near_limit from this share of any window.")(f)  # fmt: skip
     f = click.option("--heartbeat-interval", default="30s", show_default=True,
                      help="How often usage is re-read and profiles re-judged.")(f)  # fmt: skip
     f = click.option("--stop-grace", default="30s", show_default=True,
@@ -59,9 +61,19 @@ def _seconds(value: str, flag: str) -> float:
         raise CliError(f"invalid {flag}: {e}", exit_code=2) from None
 
 
+def _fraction(value: str) -> float:
+    try:
+        fraction = float(value.rstrip("%")) / (100 if value.endswith("%") else 1)
+    except ValueError:
+        raise CliError(f"invalid --near-limit {value!r}: use e.g. 90% or 0.9", exit_code=2) from None
+    if not 0 < fraction <= 1:
+        raise CliError(f"invalid --near-limit {value!r}: between 0 and 100%", exit_code=2)
+    return fraction
+
+
 @daemon.command("run")
 @_daemon_options
-def daemon_run(stop_grace: str, kill_grace: str, heartbeat_interval: str) -> None:
+def daemon_run(stop_grace: str, kill_grace: str, heartbeat_interval: str, near_limit: str) -> None:
     """Run the daemon in the foreground (what the service unit runs)."""
     from fleetd.daemon.main import DaemonOptions, run_daemon
 
@@ -69,6 +81,7 @@ def daemon_run(stop_grace: str, kill_grace: str, heartbeat_interval: str) -> Non
         stop_grace=_seconds(stop_grace, "--stop-grace"),
         kill_grace=_seconds(kill_grace, "--kill-grace"),
         heartbeat_interval=_seconds(heartbeat_interval, "--heartbeat-interval"),
+        near_limit=_fraction(near_limit),
     )
     raise SystemExit(run_daemon(_paths(), options))
 
@@ -76,7 +89,7 @@ def daemon_run(stop_grace: str, kill_grace: str, heartbeat_interval: str) -> Non
 @daemon.command("start")
 @_daemon_options
 @click.option("--wait", "wait_s", default=15.0, show_default=True, help="Seconds to wait for the socket.")
-def daemon_start(stop_grace: str, kill_grace: str, heartbeat_interval: str, wait_s: float) -> None:
+def daemon_start(stop_grace: str, kill_grace: str, heartbeat_interval: str, near_limit: str, wait_s: float) -> None:
     """Start the daemon in the background; returns once its socket answers."""
     paths = _paths()
     client = Client(paths.socket, timeout=2.0)
@@ -88,7 +101,8 @@ def daemon_start(stop_grace: str, kill_grace: str, heartbeat_interval: str, wait
 
     paths.ensure()
     argv = [sys.executable, "-m", "fleetd", "daemon", "run", "--stop-grace", stop_grace,
-            "--kill-grace", kill_grace, "--heartbeat-interval", heartbeat_interval]  # fmt: skip
+            "--kill-grace", kill_grace, "--heartbeat-interval", heartbeat_interval,
+            "--near-limit", near_limit]  # fmt: skip
     with open(paths.daemon_log, "ab") as logf:
         proc = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, start_new_session=True, close_fds=True

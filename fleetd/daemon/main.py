@@ -41,6 +41,7 @@ class DaemonOptions:
     kill_grace: float = 5.0  # between SIGTERM and SIGKILL of a process tree
     misfire_grace: float = 60.0  # a timer waking later than this counts as a missed fire
     heartbeat_interval: float = 30.0
+    near_limit: float = 0.9  # a profile is near_limit from this fraction of any window
 
 
 def run_daemon(paths: Paths, options: DaemonOptions) -> int:
@@ -92,7 +93,12 @@ class Daemon:
         zone_name = _local_zone()
         profile_store, events = ProfileStore(db), EventLog(db)
         heartbeat = Heartbeat(
-            profile_store, UsageStore(db), events, clock=now_utc, interval=self.options.heartbeat_interval
+            profile_store,
+            UsageStore(db),
+            events,
+            clock=now_utc,
+            interval=self.options.heartbeat_interval,
+            near_limit=self.options.near_limit,
         )
         profiles = ProfileService(
             profile_store,

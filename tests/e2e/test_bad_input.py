@@ -122,3 +122,13 @@ def test_api_answers_bad_requests_with_json_errors(
     got_status, body = _raw(daemon, request_bytes)
     assert got_status == status
     assert body["error"]["code"] == code and body["error"]["message"]
+
+
+@pytest.mark.parametrize("value", ["150%", "0", "most"])
+def test_daemon_refuses_a_bad_near_limit(tmp_path: Path, value: str) -> None:
+    result = Daemon(tmp_path / "h").cli("daemon", "run", "--near-limit", value, check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"fleetd: invalid --near-limit {value!r}: " + (
+        "use e.g. 90% or 0.9" if value == "most" else "between 0 and 100%"
+    )
+    assert not (tmp_path / "h").exists()  # refused before anything was created

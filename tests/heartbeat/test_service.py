@@ -116,3 +116,15 @@ def test_agent_records_of_fleetds_own_sessions_are_not_counted_twice(tmp_path: P
         assert (added, again) == (1, 0)
 
     run(tmp_path, body)
+
+
+def test_the_near_limit_threshold_is_the_daemons_setting(tmp_path: Path) -> None:
+    async def body(hb: Heartbeat, clock: Clock, usage: UsageStore, profiles: list[Profile]) -> None:
+        await usage.add([NewUsage("a", clock.now, "agent", 920)])
+        await hb.beat()
+        assert hb.states["a"].status.state == "near_limit"  # 92 % ≥ the default 90 %
+        hb.near_limit = 0.95
+        await hb.beat()
+        assert hb.states["a"].status.state == "available"
+
+    run(tmp_path, body)
