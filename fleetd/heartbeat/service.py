@@ -67,6 +67,8 @@ class Heartbeat:
         self._task: asyncio.Task[None] | None = None
         self._watch_task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
+        self._rewatch = asyncio.Event()
+        self._watched: set[Path] = set()
         self._typical_tokens: dict[str, float] = {}
 
     async def start(self) -> None:
@@ -101,26 +103,46 @@ class Heartbeat:
         soonest = min(((r - now).total_seconds() for r in resets if r > now), default=self.interval)
         return max(0.05, min(self.interval, soonest + 0.01))
 
+    def _watch_roots(self) -> set[Path]:
+        """Each ingester's directory, or while it does not exist yet its parent (the profile's config
+        directory), so that its creation is seen too."""
+        roots = {Path(i.watch_root) for i in self._ingesters.values() if i is not None}
+        return {r if r.is_dir() else r.parent for r in roots if r.is_dir() or r.parent.is_dir()}
+
     async def _watch(self) -> None:
-        """Beat soon after an agent writes to a profile's usage records (watching directories: editors
-        and agents replace files atomically)."""
+        """Beat soon after an agent writes to a profile's usage records. Directories are watched, not
+        files (agents and editors replace files atomically), and the watch is re-armed whenever the
+        set of directories changes (a new profile; a CLI creating `projects/` on its first run)."""
         import watchfiles
 
         while not self._stop.is_set():
-            roots = [Path(i.watch_root) for i in self._ingesters.values() if i is not None]
-            roots = [r for r in roots if r.is_dir()]
-            if not roots:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), self.interval)
-                continue
+            self._rewatch.clear()
+            roots = self._watch_roots()
+            self._watched = roots
+            iteration_done = asyncio.Event()
+            relay = asyncio.create_task(self._end_watch_on(iteration_done))
             try:
-                async for _changes in watchfiles.awatch(*roots, stop_event=self._stop, recursive=True,
+                if not roots:
+                    await iteration_done.wait()
+                    continue
+                async for _changes in watchfiles.awatch(*roots, stop_event=iteration_done, recursive=True,
                                                         watch_filter=lambda _c, p: p.endswith(".jsonl")):  # fmt: skip
                     self._wake.set()
             except Exception:
                 log.exception("watching usage records failed; relying on the periodic beat")
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), self.interval)
+            finally:
+                relay.cancel()
+
+    async def _end_watch_on(self, done: asyncio.Event) -> None:
+        stop, rewatch = asyncio.ensure_future(self._stop.wait()), asyncio.ensure_future(self._rewatch.wait())
+        try:
+            await asyncio.wait({stop, rewatch}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            rewatch.cancel()
+            done.set()
 
     # -- the beat -------------------------------------------------------------------------------
 
@@ -131,6 +153,8 @@ class Heartbeat:
                 await self._refresh(profile)
             for backend in sorted({p.backend for p in profiles}):
                 await self._switch(backend, [p for p in profiles if p.backend == backend])
+            if self._watch_roots() != self._watched:
+                self._rewatch.set()
 
     async def _refresh(self, profile: Profile) -> None:
         now = self.clock()

@@ -186,3 +186,22 @@ def test_disable_by_hand_and_enable_after_an_auth_failure(hb: Daemon) -> None:
     assert [a["profile"] for a in run["attempt_list"]] == ["ka"] and run["status"] == "succeeded"
     d.cli("profile", "enable", "kb")
     assert usage(d)["kb"]["state"] == "available" and d.json("profile", "show", "kb")["enabled"] is True
+
+
+def test_a_new_profiles_records_are_seen_within_seconds_not_at_the_next_beat(short_home: Path) -> None:
+    """With a 10-minute beat, only the directory watch can notice the file in time."""
+    d = Daemon(short_home / "home", "--heartbeat-interval", "10m")
+    d.start()
+    try:
+        d.cli("profile", "add", "late", "--backend", "claude_code", "--limit", "5h=1000tok")
+        transcript = Path(d.json("profile", "show", "late")["config_dir"]) / "projects" / "p" / "s.jsonl"
+        transcript.parent.mkdir(parents=True)  # the CLI makes projects/ on its first run, after `profile add`
+        line = {"sessionId": "s", "version": "2.1.330", "type": "assistant", "cwd": "/w", "requestId": "r1",
+                "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+                "message": {"id": "m1", "model": "claude-sonnet-4-5",
+                            "usage": {"input_tokens": 100, "output_tokens": 20, "cache_creation_input_tokens": 0,
+                                      "cache_read_input_tokens": 0}}}  # fmt: skip
+        transcript.write_text(json.dumps(line, separators=(",", ":")) + "\n")
+        wait_until(lambda: usage(d)["late"]["windows"][0]["used"] == 120, timeout=8, what="the watch to notice")
+    finally:
+        d.stop()
