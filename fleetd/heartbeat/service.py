@@ -25,6 +25,7 @@ from fleetd.store.usage import NewUsage, StoredState, UsageStore
 
 log = logging.getLogger("fleetd.heartbeat")
 KEEP_HISTORY = timedelta(days=31)  # the longest window anyone sensibly sets, and then some
+WATCH_ARMING_S = 1.0  # a generous bound on how long watchfiles takes to start watching
 RESERVATION_FLOOR = 0.05  # headroom an in-flight attempt takes when its size is unknown
 
 
@@ -125,6 +126,9 @@ class Heartbeat:
                 if not roots:
                     await iteration_done.wait()
                     continue
+                # Whatever is written while the watch is being armed raises no event: one beat just
+                # after arming reads it (scans are incremental, so this costs next to nothing).
+                asyncio.get_running_loop().call_later(WATCH_ARMING_S, self._wake.set)
                 async for _changes in watchfiles.awatch(*roots, stop_event=iteration_done, recursive=True,
                                                         watch_filter=lambda _c, p: p.endswith(".jsonl")):  # fmt: skip
                     self._wake.set()

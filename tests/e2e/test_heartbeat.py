@@ -202,6 +202,11 @@ def test_a_new_profiles_records_are_seen_within_seconds_not_at_the_next_beat(sho
                             "usage": {"input_tokens": 100, "output_tokens": 20, "cache_creation_input_tokens": 0,
                                       "cache_read_input_tokens": 0}}}  # fmt: skip
         transcript.write_text(json.dumps(line, separators=(",", ":")) + "\n")
-        wait_until(lambda: usage(d)["late"]["windows"][0]["used"] == 120, timeout=8, what="the watch to notice")
+        wait_until(lambda: usage(d)["late"]["windows"][0]["used"] == 120, timeout=20, what="the first record")
+        time.sleep(1.5)  # well past arming: from here on only the directory watch can notice in time
+        second = dict(line, requestId="r2", message=dict(line["message"], id="m2"))
+        with transcript.open("a") as f:
+            f.write(json.dumps(second, separators=(",", ":")) + "\n")
+        wait_until(lambda: usage(d)["late"]["windows"][0]["used"] == 240, timeout=20, what="the watch to notice")
     finally:
         d.stop()
