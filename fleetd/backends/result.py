@@ -43,6 +43,17 @@ class WindowState:
     resets_at: datetime | None
     name: str = ""
 
+    def to_json(self) -> dict[str, object]:
+        """The one JSON shape of a window, in the database and the API alike."""
+        from fleetd.timefmt import to_iso
+
+        return {
+            "name": self.name,
+            "window_minutes": self.window_minutes,
+            "used_percent": self.used_percent,
+            "resets_at": to_iso(self.resets_at),
+        }
+
 
 @dataclass
 class ParsedOutput:

@@ -125,11 +125,7 @@ def usage_json(row: dict[str, Any]) -> dict[str, Any]:
                 "eases_at": to_iso(w.eases_at),
             }
         )
-    reported = [
-        {"name": w.name, "window_minutes": w.window_minutes, "used_percent": w.used_percent,
-         "resets_at": to_iso(w.resets_at)}
-        for w in stored.reported
-    ]  # fmt: skip
+    reported = [w.to_json() for w in stored.reported]
     resets_in = None
     if status.exhausted_until is not None:
         resets_in = max(0.0, round((status.exhausted_until - now).total_seconds(), 1))

@@ -61,15 +61,7 @@ class AttemptStore:
         error: str | None,
         cost_usd: float | None,
     ) -> None:
-        windows = [
-            {
-                "name": w.name,
-                "window_minutes": w.window_minutes,
-                "used_percent": w.used_percent,
-                "resets_at": to_iso(w.resets_at),
-            }
-            for w in parsed.windows
-        ]
+        windows = [w.to_json() for w in parsed.windows]
         u = parsed.usage
         async with self.db.transaction() as conn:
             await conn.execute(

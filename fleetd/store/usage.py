@@ -36,13 +36,7 @@ class NewUsage:
 
 
 def _windows_to_json(windows: list[WindowState]) -> str:
-    return json.dumps(
-        [
-            {"name": w.name, "window_minutes": w.window_minutes, "used_percent": w.used_percent,
-             "resets_at": to_iso(w.resets_at)}
-            for w in windows
-        ]
-    )  # fmt: skip
+    return json.dumps([w.to_json() for w in windows])
 
 
 def _windows_from_json(text: str) -> list[WindowState]:
