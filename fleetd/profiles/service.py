@@ -4,6 +4,7 @@ config directory each. Blocking keyring calls run in a thread."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 from collections.abc import Callable
@@ -13,7 +14,7 @@ from typing import Any
 
 from fleetd.backends.registry import get_adapter
 from fleetd.backends.result import ParsedOutput
-from fleetd.errors import Conflict, InvalidArgument
+from fleetd.errors import Conflict, InvalidArgument, NotFound
 from fleetd.heartbeat.service import Heartbeat
 from fleetd.loops.model import Loop
 from fleetd.profiles.model import Profile, validate_profile_input
@@ -51,7 +52,8 @@ class ProfileService:
         profile.created_at = profile.updated_at = self.clock()
         # The secret goes in first and the row second: a refused secret leaves nothing behind, and a
         # duplicate name is caught before touching the keyring.
-        if await self._exists(profile.name):
+        with contextlib.suppress(NotFound):
+            await self.store.get(profile.name)
             raise Conflict(f"profile {profile.name!r} already exists")
         if secret is not None:
             await asyncio.to_thread(self.secrets.set, profile.name, secret)
@@ -66,9 +68,6 @@ class ProfileService:
             raise
         await self.heartbeat.beat()  # `fleetd usage` shows it, and its windows, at once
         return profile
-
-    async def _exists(self, name: str) -> bool:
-        return any(p.name == name for p in await self.store.list())
 
     async def remove(self, name: str) -> None:
         profile = await self.store.get(name)
