@@ -24,7 +24,7 @@ from fleetd.store.profiles import ProfileStore
 from fleetd.store.usage import NewUsage, StoredState, UsageStore
 
 log = logging.getLogger("fleetd.heartbeat")
-KEEP_HISTORY = timedelta(days=31)  # the longest window anyone sensibly sets, and then some
+KEEP_HISTORY = timedelta(days=31)  # how far back fleetd's own sessions are matched against the agents' records
 WATCH_ARMING_S = 1.0  # a generous bound on how long watchfiles takes to start watching
 RESERVATION_FLOOR = 0.05  # headroom an in-flight attempt takes when its size is unknown
 
@@ -156,7 +156,7 @@ class Heartbeat:
             for profile in profiles:
                 await self._refresh(profile)
             for backend in sorted({p.backend for p in profiles}):
-                await self._switch(backend, [p for p in profiles if p.backend == backend])
+                await self._switch(backend, profiles)
             if self._watch_roots() != self._watched:
                 self._rewatch.set()
 
@@ -164,7 +164,9 @@ class Heartbeat:
         now = self.clock()
         stored = self.states.get(profile.name) or StoredState(ProfileStatus())
         await self._ingest(profile, stored, now)
-        records = await self.usage.since(profile.name, now - KEEP_HISTORY)
+        longest = max((limit.window_s for limit in profile.limits), default=0.0)
+        # A profile without limits has no windows: nothing to read on every beat.
+        records = await self.usage.since(profile.name, now - timedelta(seconds=longest)) if longest else []
         usages = [window_usage(records, limit, now) for limit in profile.limits]
         fulls = [u.full_until(records, now) for u in usages]
         self.windows[profile.name] = usages
@@ -188,7 +190,7 @@ class Heartbeat:
         except Exception:
             log.exception("reading %s's usage records failed", profile.name)
             return
-        own = await self.usage.attempt_sessions(profile.name, now - KEEP_HISTORY)
+        own = await self.usage.attempt_sessions(profile.name, now - KEEP_HISTORY) if result.records else set()
         fresh = [
             NewUsage(profile.name, r.at, "agent", r.usage.total, 0.0, r.session_id, r.dedupe_key, r.requests)
             for r in result.records
@@ -222,7 +224,11 @@ class Heartbeat:
                                state=new.state, exhausted_until=new.exhausted_until, reason=new.reason)  # fmt: skip
         log.info("%s", message)
 
-    async def _switch(self, backend: str, profiles: list[Profile]) -> None:
+    async def _switch(self, backend: str, profiles: list[Profile] | None = None) -> None:
+        """Re-choose `backend`'s active profile among `profiles` (default: all, read now)."""
+        profiles = [
+            p for p in (profiles if profiles is not None else await self.profiles.list()) if p.backend == backend
+        ]
         current, pinned = self.active.get(backend, (None, False))
         standings = self.standings(profiles)
         chosen, why = choose_active(standings, current, pinned)
@@ -295,8 +301,7 @@ class Heartbeat:
             )
             await self._set(profile, stored, new, finished_at)
             await self._refresh(profile)
-            same_backend = [p for p in await self.profiles.list() if p.backend == profile.backend]
-            await self._switch(profile.backend, same_backend)
+            await self._switch(profile.backend)
 
     async def set_enabled(self, profile: Profile, enabled: bool) -> None:
         """By hand: disable a profile, or bring one back (also after an auth failure, once fixed)."""
@@ -306,8 +311,7 @@ class Heartbeat:
             new = ProfileStatus() if enabled else ProfileStatus("disabled", None, "disabled by hand")
             await self._set(profile, stored, new, now)
             await self._refresh(profile)
-            same_backend = [p for p in await self.profiles.list() if p.backend == profile.backend]
-            await self._switch(profile.backend, same_backend)
+            await self._switch(profile.backend)
 
     async def pin(self, profile: Profile) -> None:
         async with self._lock:
@@ -326,8 +330,7 @@ class Heartbeat:
             await self.usage.save_active(backend, current, False, self.clock())
             await self.events.emit(self.clock(), "profile.auto", f"{backend}: the heartbeat chooses again",
                                    backend=backend, profile=current)  # fmt: skip
-            same_backend = [p for p in await self.profiles.list() if p.backend == backend]
-            await self._switch(backend, same_backend)
+            await self._switch(backend)
 
     async def forget(self, profile: str) -> None:
         async with self._lock:
