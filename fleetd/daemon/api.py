@@ -102,10 +102,8 @@ def create_app(ctx: DaemonContext) -> Starlette:
     async def add_loop(request: Request) -> Response:
         loop = validate_loop_input(await _body(request), ctx.default_tz)
         check_pool(loop.profiles, await ctx.profiles.store.list(), loop.backend)
-        await ctx.scheduler.add(loop)
-        response = await _loop_view(loop.name)
-        response.status_code = 201
-        return response
+        saved = await ctx.scheduler.add(loop)
+        return JSONResponse(loop_json(saved, None, _running_id(saved.name)), status_code=201)
 
     async def show_loop(request: Request) -> Response:
         return await _loop_view(request.path_params["name"])

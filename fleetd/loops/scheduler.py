@@ -55,7 +55,7 @@ class Scheduler:
         plan = plan_startup(trigger, loop.next_fire_at, now, loop.catch_up)
         if plan.fire is not None:
             log.info("loop %s missed %s while down: one catch-up run", loop.name, plan.fire.scheduled_at)
-            fired = LoopFire(loop.name, plan.fire.scheduled_at, plan.next_fire_at)
+            fired = LoopFire(loop.name, plan.fire.scheduled_at, plan.next_fire_at, due=loop.next_fire_at)
             await self.executor.fire(loop, "catch-up", plan.fire.scheduled_at, fired)
         elif plan.next_fire_at != loop.next_fire_at:
             log.info("loop %s missed %s while down: skipped (catch-up skip)", loop.name, loop.next_fire_at)
@@ -81,8 +81,11 @@ class Scheduler:
             plan = plan_wake(trigger, due, self.clock(), loop.catch_up, self.misfire_grace)
             try:
                 if plan.fire is not None:
-                    fired = LoopFire(loop.name, plan.fire.scheduled_at, plan.next_fire_at)
-                    await self.executor.fire(loop, plan.fire.trigger, plan.fire.scheduled_at, fired)
+                    # A retry after an error cannot record the fire twice: the run row is written only
+                    # while the stored next fire time is still `due` (see LoopFire).
+                    fired = LoopFire(loop.name, plan.fire.scheduled_at, plan.next_fire_at, due=due)
+                    if await self.executor.fire(loop, plan.fire.trigger, plan.fire.scheduled_at, fired) is None:
+                        log.info("loop %s: the fire at %s was already recorded", loop.name, due)
                 else:
                     await self.loops.set_state(
                         loop.name, updated_at=self.clock(), next_fire_at=plan.next_fire_at, clear_next=True
@@ -104,10 +107,10 @@ class Scheduler:
         loop.next_fire_at = first_fire(trigger, now) if loop.enabled else None
         if loop.enabled and loop.next_fire_at is None:
             raise InvalidArgument(f"--at {loop.schedule.expr} is in the past")
-        await self.loops.insert(loop)
-        if loop.enabled:
-            self._arm(loop, trigger, loop.next_fire_at)
-        return loop
+        saved = await self.loops.insert(loop)
+        if saved.enabled:
+            self._arm(saved, trigger, saved.next_fire_at)
+        return saved
 
     async def pause(self, name: str) -> Loop:
         loop = await self.loops.get(name)
@@ -135,7 +138,9 @@ class Scheduler:
 
     async def run_now(self, name: str) -> Run:
         loop = await self.loops.get(name)
-        return await self.executor.fire(loop, "manual", self.clock())
+        run = await self.executor.fire(loop, "manual", self.clock())
+        assert run is not None  # only a scheduled fire can have been recorded already
+        return run
 
     def stop(self) -> None:
         for name in list(self._timers):

@@ -1,8 +1,10 @@
-"""The database handle: one writer connection behind a lock, one reader connection.
+"""The database handle: one writer connection behind a lock, one reader connection behind another.
 
-Coroutines sharing a connection interleave their transactions, so every write goes through
+Coroutines sharing a connection interleave their statements, so every write goes through
 `transaction()`, which serialises writers and uses BEGIN IMMEDIATE (a deferred BEGIN that reads
-then writes fails at once under WAL).
+then writes fails at once under WAL). Reads are serialised too: while one statement on a
+connection is still stepping, SQLite serves every other statement on it from the same (older)
+snapshot, so a read started after a commit could miss the committed row.
 """
 
 from __future__ import annotations
@@ -30,6 +32,10 @@ class Database:
         self._writer = writer
         self._reader = reader
         self._lock = asyncio.Lock()
+        # Invariant: at most one statement is open on the reader, and it runs to completion (all
+        # rows fetched, cursor closed) before the next starts, so each read sees every commit
+        # that finished before it began.
+        self._read_lock = asyncio.Lock()
 
     @classmethod
     async def open(cls, path: Path) -> Database:
@@ -55,11 +61,11 @@ class Database:
                 await self._writer.execute("COMMIT")
 
     async def fetchall(self, sql: str, params: tuple[Any, ...] = ()) -> list[aiosqlite.Row]:
-        async with self._reader.execute(sql, params) as cur:
+        async with self._read_lock, self._reader.execute(sql, params) as cur:
             return list(await cur.fetchall())
 
     async def fetchone(self, sql: str, params: tuple[Any, ...] = ()) -> aiosqlite.Row | None:
-        async with self._reader.execute(sql, params) as cur:
+        async with self._read_lock, self._reader.execute(sql, params) as cur:
             return await cur.fetchone()
 
 

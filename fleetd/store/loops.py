@@ -48,7 +48,8 @@ class LoopStore:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    async def insert(self, loop: Loop) -> None:
+    async def insert(self, loop: Loop) -> Loop:
+        """Save a new loop; returns it as stored, read back inside the write."""
         values = (
             loop.name,
             loop.schedule.kind,
@@ -74,9 +75,15 @@ class LoopStore:
         )
         try:
             async with self.db.transaction() as conn:
-                await conn.execute(f"INSERT INTO loops ({_COLUMNS}) VALUES ({','.join('?' * 21)})", values)
+                cur = await conn.execute(
+                    f"INSERT INTO loops ({_COLUMNS}) VALUES ({','.join('?' * 21)}) RETURNING {_COLUMNS}", values
+                )
+                row = await cur.fetchone()
+                await cur.close()
         except sqlite3.IntegrityError:
             raise Conflict(f"loop {loop.name!r} already exists") from None
+        assert row is not None
+        return _row_to_loop(row)
 
     async def get(self, name: str) -> Loop:
         row = await self.db.fetchone(f"SELECT {_COLUMNS} FROM loops WHERE name = ?", (name,))

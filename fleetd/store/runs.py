@@ -21,11 +21,16 @@ STATUSES = ("running", "waiting", *FINAL_STATUSES)
 @dataclass
 class LoopFire:
     """A scheduled fire, recorded in the same transaction as its run row, so a crash cannot leave
-    the loop's next fire time and its run history disagreeing."""
+    the loop's next fire time and its run history disagreeing.
+
+    `due` is the loop's stored next_fire_at the fire was planned from: the transaction moves it on
+    only if it still holds that value, so a fire retried after an error, or raced by a pause or a
+    schedule change, is recorded at most once."""
 
     loop: str
     last_fire_at: datetime
     next_fire_at: datetime | None
+    due: datetime | None
 
 
 @dataclass
@@ -92,13 +97,22 @@ class RunStore:
         error: str | None = None,
         finished_at: datetime | None = None,
         fired: LoopFire | None = None,
-    ) -> Run:
+    ) -> Run | None:
         """Write the run row before anything runs, so no run is ever lost. `log_path_for(id)` names
-        the log file, which depends on the id."""
+        the log file, which depends on the id. The row comes back from the write itself (a read on
+        the reader could miss it). None: `fired` was already recorded (or the loop's schedule moved
+        on meanwhile), and nothing was written."""
         async with self.db.transaction() as conn:
+            if fired is not None:
+                cur = await conn.execute(
+                    "UPDATE loops SET last_fire_at = ?, next_fire_at = ? WHERE name = ? AND next_fire_at IS ?",
+                    (to_iso(fired.last_fire_at), to_iso(fired.next_fire_at), fired.loop, to_iso(fired.due)),
+                )
+                if cur.rowcount != 1:
+                    return None
             cur = await conn.execute(
                 "INSERT INTO runs (loop, trigger, status, scheduled_at, started_at, finished_at, backend, "
-                "error, attempts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"error, attempts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING {_COLUMNS}",
                 (
                     loop,
                     trigger,
@@ -111,15 +125,14 @@ class RunStore:
                     0 if status == "skipped" else 1,
                 ),
             )
-            run_id = int(cur.lastrowid or 0)
-            if fired is not None:
-                await conn.execute(
-                    "UPDATE loops SET last_fire_at = ?, next_fire_at = ? WHERE name = ?",
-                    (to_iso(fired.last_fire_at), to_iso(fired.next_fire_at), fired.loop),
-                )
+            row = await cur.fetchone()
+            await cur.close()
+            assert row is not None
+            run = _row_to_run(row)
             if log_path_for is not None:
-                await conn.execute("UPDATE runs SET log_path = ? WHERE id = ?", (str(log_path_for(run_id)), run_id))
-        return await self.get(run_id)
+                run.log_path = str(log_path_for(run.id))
+                await conn.execute("UPDATE runs SET log_path = ? WHERE id = ?", (run.log_path, run.id))
+        return run
 
     async def set_process(self, run_id: int, pid: int, create_time: float | None) -> None:
         async with self.db.transaction() as conn:
