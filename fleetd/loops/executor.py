@@ -39,6 +39,7 @@ STREAM_KEEP = 8 * 1024 * 1024  # per stream, for the parser; the log file has it
 
 MAX_ATTEMPTS = 20  # per run: a bound, not a strategy (each failover needs a newly exhausted profile)
 MAX_WAIT_SLEEP = 30.0  # a waiting run re-checks at least this often
+FINISH_RETRY_FIRST, FINISH_RETRY_MAX = 0.5, 30.0  # backoff for a run end the store refused
 
 
 class ProfileSource(Protocol):
@@ -52,7 +53,7 @@ class ProfileSource(Protocol):
     async def run_waiting(self, loop: Loop, run_id: int, until: datetime) -> None: ...
 
 
-@dataclass
+@dataclass(eq=False)  # identity: slots live in sets
 class ActiveRun:
     run_id: int | None = None
     task: asyncio.Task[None] | None = None
@@ -62,6 +63,18 @@ class ActiveRun:
     waiting: bool = False  # sleeping until a profile's reset: nothing to finish
     interrupted: asyncio.Event = field(default_factory=asyncio.Event)
     done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@dataclass(frozen=True)
+class RunFinish:
+    """A run's end, kept until it is written."""
+
+    run_id: int
+    loop: str
+    status: RunStatus
+    finished_at: datetime
+    exit_code: int | None
+    error: str | None
 
 
 @dataclass
@@ -97,11 +110,15 @@ class Executor:
         self.active: dict[str, ActiveRun] = {}
         self.live_logs: dict[int, RunLog] = {}
         self.accepting = True
+        self.inflight: set[ActiveRun] = set()  # every slot until its run's end was written (or tried)
+        self.unrecorded: dict[int, RunFinish] = {}  # run ends the store refused, by run id
+        self._retrier: asyncio.Task[None] | None = None
 
     def run_tag(self, run_id: int) -> str:
         return f"{self.tag_prefix}-{run_id}"
 
-    async def fire(self, loop: Loop, trigger: str, scheduled_at: datetime, fired: LoopFire | None = None) -> Run:
+    async def fire(self, loop: Loop, trigger: str, scheduled_at: datetime, fired: LoopFire | None = None) -> Run | None:
+        """Record the fire and start its run; None when `fired` was already recorded."""
         now = self.clock()
         current = self.active.get(loop.name)
         if current is not None or not self.accepting:
@@ -116,6 +133,7 @@ class Executor:
             )  # fmt: skip
         slot = ActiveRun()
         self.active[loop.name] = slot  # claimed before any await: two fires cannot both start
+        self.inflight.add(slot)
         try:
             run = await self.runs.insert(
                 loop=loop.name, trigger=trigger, status="running", scheduled_at=scheduled_at,
@@ -123,7 +141,12 @@ class Executor:
             )  # fmt: skip
         except BaseException:
             del self.active[loop.name]
+            self.inflight.discard(slot)
             raise
+        if run is None:
+            del self.active[loop.name]
+            self.inflight.discard(slot)
+            return None
         slot.run_id = run.id
         slot.tag = self.run_tag(run.id)
         slot.task = asyncio.create_task(self._execute(loop, run, slot), name=f"run-{run.id}")
@@ -143,14 +166,64 @@ class Executor:
             runlog.note(error)
         finally:
             runlog.close()
-            await asyncio.shield(
-                self.runs.finish(run.id, status=status, finished_at=self.clock(), exit_code=exit_code, error=error)
-            )
+            # The slot goes first: a run whose end cannot be written (disk full) must not block its
+            # loop's later fires; its record is retried in the background until it is written.
             self.live_logs.pop(run.id, None)
             if self.active.get(loop.name) is slot:
                 del self.active[loop.name]
-            slot.done.set()
+            finish = RunFinish(run.id, loop.name, status, self.clock(), exit_code, error)
+            try:
+                await asyncio.shield(self._record_finish(finish))
+            finally:
+                self.inflight.discard(slot)
+                slot.done.set()
             log.info("run %s of loop %s: %s", run.id, loop.name, status)
+
+    async def _record_finish(self, finish: RunFinish) -> bool:
+        """Write a run's end; on failure keep it for `_retry_finishes` and say so once, loudly."""
+        try:
+            await self.runs.finish(
+                finish.run_id,
+                status=finish.status,
+                finished_at=finish.finished_at,
+                exit_code=finish.exit_code,
+                error=finish.error,
+            )
+        except Exception as e:
+            if finish.run_id not in self.unrecorded:
+                log.error(
+                    "run %s of loop %s ended %s but its record cannot be written (%s); retrying",
+                    finish.run_id, finish.loop, finish.status, e,
+                )  # fmt: skip
+                self.unrecorded[finish.run_id] = finish
+            if self._retrier is None or self._retrier.done():
+                self._retrier = asyncio.create_task(self._retry_finishes(), name="retry-finishes")
+            return False
+        if self.unrecorded.pop(finish.run_id, None) is not None:
+            log.warning("run %s of loop %s: its end is recorded now (%s)", finish.run_id, finish.loop, finish.status)
+        return True
+
+    async def _retry_finishes(self) -> None:
+        delay = FINISH_RETRY_FIRST
+        while self.unrecorded:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, FINISH_RETRY_MAX)
+            for finish in list(self.unrecorded.values()):
+                if not await self._record_finish(finish):
+                    break
+
+    async def flush_unrecorded(self) -> int:
+        """One last try at shutdown; returns how many run ends are still unwritten (the next start
+        marks those runs interrupted)."""
+        if self._retrier is not None:
+            self._retrier.cancel()
+        for finish in list(self.unrecorded.values()):
+            await self._record_finish(finish)
+        if self._retrier is not None:
+            self._retrier.cancel()
+        for finish in self.unrecorded.values():
+            log.error("run %s of loop %s ended %s but could not be recorded", finish.run_id, finish.loop, finish.status)
+        return len(self.unrecorded)
 
     async def _attempts(
         self, loop: Loop, run: Run, slot: ActiveRun, runlog: RunLog
@@ -211,13 +284,14 @@ class Executor:
             )
 
     def _verdict(self, loop: Loop, slot: ActiveRun, end: AttemptEnd) -> tuple[RunStatus, int | None, str | None] | None:
-        """A final status, or None when another profile could still do it."""
-        if slot.interrupt_reason:
-            return "interrupted", end.exit_code, slot.interrupt_reason
+        """A final status, or None when another profile could still do it. Work that finished
+        successfully counts even when a stop was requested meanwhile (it exited 0 in the grace)."""
         if end.timed_out:
             return "timed_out", end.exit_code, f"timed out after {format_duration(loop.timeout_s)}"
         if end.parsed.outcome == "succeeded":
             return "succeeded", end.exit_code, None
+        if slot.interrupt_reason:
+            return "interrupted", end.exit_code, slot.interrupt_reason
         return None
 
     async def _sleep_until(self, until: datetime, slot: ActiveRun) -> None:
@@ -266,9 +340,12 @@ class Executor:
             )
         error = None if parsed.outcome == "succeeded" else scrubber.text(_describe(parsed))
         finished_at = self.clock()
-        await self.attempts.finish(
-            attempt_id, finished_at=finished_at, exit_code=end.exit_code, parsed=parsed, error=error, cost_usd=cost
-        )
+        try:
+            await self.attempts.finish(
+                attempt_id, finished_at=finished_at, exit_code=end.exit_code, parsed=parsed, error=error, cost_usd=cost
+            )
+        except Exception as e:  # the run's own end still gets recorded (and retried)
+            log.error("run %s: cannot record the end of attempt %s (%s)", run.id, number, e)
         if profile is not None:
             await self.profiles.attempt_finished(profile, parsed, finished_at, cost)
         end.parsed = replace(parsed, message=scrubber.text(parsed.message))
@@ -324,7 +401,10 @@ class Executor:
             runlog.note(message)
             return AttemptEnd(ParsedOutput("failed", "contract", message=message))
         slot.proc = proc
-        await self.runs.set_process(ctx.run_id, proc.pid, _create_time(proc.pid))
+        try:
+            await self.runs.set_process(ctx.run_id, proc.pid, _create_time(proc.pid))
+        except Exception as e:  # only crash recovery needs it; the child is ours either way
+            log.error("run %s: cannot record its process %s (%s)", ctx.run_id, proc.pid, e)
         rate_limited = asyncio.Event()
         watch = adapter.is_rate_limit_line if adapter.end_on_rate_limit_line else None
         stdout, stderr = _Capture(), _Capture()
@@ -406,7 +486,7 @@ class Executor:
         await self.wait_idle(timeout=self.kill_grace + 15)
 
     async def wait_idle(self, timeout: float) -> bool:
-        slots = list(self.active.values())
+        slots = list(self.inflight)
         if not slots:
             return True
         try:
