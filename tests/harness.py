@@ -58,7 +58,9 @@ class Daemon:
     def socket(self) -> Path:
         return self.home / "run" / "fleetd.sock"
 
-    def start(self) -> Daemon:
+    def start(self, until: str = "ok") -> Daemon:
+        """Start it and wait until `daemon status` says `until` ("ok": recovered and scheduling;
+        "answers": the socket answers, whatever the status)."""
         self.home.mkdir(parents=True, exist_ok=True)
         log = open(self.home / "daemon-test.log", "ab")  # noqa: SIM115 - handed to the child
         self.proc = subprocess.Popen(
@@ -69,13 +71,19 @@ class Daemon:
             start_new_session=True,
         )
         log.close()
-        wait_until(self._answers, timeout=20, what="daemon socket to answer")
+        wait_until(lambda: self._answers(until), timeout=20, what=f"daemon status {until}")
         return self
 
-    def _answers(self) -> bool:
+    def status(self) -> str | None:
+        """The health status ("ok", "recovering"), or None while the socket does not answer."""
         if self.proc is not None and self.proc.poll() is not None:
             raise AssertionError(f"daemon exited with {self.proc.returncode}:\n{self.log_text()}")
-        return self.cli("daemon", "status", check=False).returncode == 0
+        status = self.cli("daemon", "status", "--json", check=False)
+        return json.loads(status.stdout)["status"] if status.returncode == 0 else None
+
+    def _answers(self, until: str) -> bool:
+        status = self.status()
+        return status is not None and (until == "answers" or status == until)
 
     def log_text(self) -> str:
         try:

@@ -110,8 +110,10 @@ def daemon_start(stop_grace: str, kill_grace: str, heartbeat_interval: str, near
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
         health = client.ping()
-        if health:
-            click.echo(f"fleetd daemon started (pid {health['pid']}, socket {paths.socket})")
+        # It answers while it cleans up after a crash (bounded by one kill grace): wait that out too.
+        if health and (health.get("status") != "recovering" or time.monotonic() + 0.1 >= deadline):
+            recovering = " (still recovering runs a crash left)" if health.get("status") == "recovering" else ""
+            click.echo(f"fleetd daemon started (pid {health['pid']}, socket {paths.socket}){recovering}")
             return
         if proc.poll() is not None:
             raise CliError(f"fleetd daemon exited with status {proc.returncode}: {_last_line(paths)}")
@@ -169,8 +171,9 @@ def daemon_status(as_json: bool) -> None:
     if as_json:
         emit_json(health)
         return
+    state = "recovering runs a crash left" if health["status"] == "recovering" else "running"
     click.echo(
-        f"fleetd {health['version']} running: pid {health['pid']}, up {format_duration(health['uptime_s'])}, "
+        f"fleetd {health['version']} {state}: pid {health['pid']}, up {format_duration(health['uptime_s'])}, "
         f"{health['loops']} loop(s), {health['running_runs']} run(s) in progress\n"
         f"home {health['home']}\nsocket {health['socket']}"
     )

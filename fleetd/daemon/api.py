@@ -53,6 +53,7 @@ class DaemonContext:
     started_at: datetime
     default_tz: str
     request_stop: Callable[[], None]
+    phase: str = "ok"  # "recovering" while a crash's leftovers are cleaned up at start
 
 
 def error_response(status: int, code: str, message: str) -> JSONResponse:
@@ -73,7 +74,7 @@ def create_app(ctx: DaemonContext) -> Starlette:
     async def health(request: Request) -> Response:
         return JSONResponse(
             {
-                "status": "ok",
+                "status": ctx.phase,
                 "version": __version__,
                 "pid": os.getpid(),
                 "home": str(ctx.paths.home),

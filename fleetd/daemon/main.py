@@ -6,10 +6,12 @@ import asyncio
 import hashlib
 import logging
 import os
+import shutil
 import signal
 import sys
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from fleetd.daemon.api import DaemonContext, create_app
@@ -28,9 +30,9 @@ from fleetd.store.db import Database
 from fleetd.store.events import EventLog
 from fleetd.store.loops import LoopStore
 from fleetd.store.profiles import ProfileStore
-from fleetd.store.runs import RunStore
+from fleetd.store.runs import Run, RunStore
 from fleetd.store.usage import UsageStore
-from fleetd.timefmt import now_utc
+from fleetd.timefmt import now_utc, to_iso
 
 log = logging.getLogger("fleetd.daemon")
 
@@ -119,7 +121,7 @@ class Daemon:
             local_tz=ZoneInfo(zone_name),
             kill_grace=self.options.kill_grace,
         )
-        await self._recover(runs, executor)
+        leftovers = await runs.running()  # read before anything can start a run
         scheduler = Scheduler(
             loops, executor, clock=now_utc, misfire_grace=timedelta(seconds=self.options.misfire_grace)
         )
@@ -137,6 +139,7 @@ class Daemon:
             started_at=now_utc(),
             default_tz=zone_name,
             request_stop=self.request_stop,
+            phase="recovering",
         )
         sock = bind_unix_socket(self.paths.socket)
         server = make_server(create_app(ctx))
@@ -147,6 +150,9 @@ class Daemon:
                     await server_task
                     raise RuntimeError("API server exited during start-up")
                 await asyncio.sleep(0.01)
+            # The socket answers (status "recovering") while a crash's leftovers are cleaned up.
+            await self._recover(leftovers, runs, attempts, executor)
+            ctx.phase = "ok"
             await heartbeat.start()
             await scheduler.start()
             log.info("fleetd daemon ready (pid %s, socket %s)", os.getpid(), self.paths.socket)
@@ -159,6 +165,7 @@ class Daemon:
             executor.interrupt_waiting("daemon stopped while the run waited for a profile's reset")
             if not await executor.wait_idle(self.options.stop_grace):
                 await executor.interrupt_all("daemon stopped before the run finished")
+            await executor.flush_unrecorded()
             await heartbeat.stop()
         finally:
             server.should_exit = True
@@ -170,23 +177,50 @@ class Daemon:
         log.info("fleetd daemon stopped")
         return 0
 
-    async def _recover(self, runs: RunStore, executor: Executor) -> None:
-        """Runs a dead daemon left `running` become `interrupted`; their processes are killed."""
-        for run in await runs.running():
-            killed = await proctree.kill_tree(
-                run.pid,
-                create_time=run.pid_create_time,
-                tag=executor.run_tag(run.id),
-                grace=self.options.kill_grace,
-            )
-            await runs.finish(
-                run.id,
-                status="interrupted",
-                finished_at=now_utc(),
-                error="the daemon stopped while this run was running"
-                + (f"; killed {killed} leftover process(es)" if killed else ""),
-            )
+    async def _recover(self, leftovers: list[Run], runs: RunStore, attempts: AttemptStore, executor: Executor) -> None:
+        """Runs a dead daemon left `running` or `waiting` become `interrupted`, their unfinished
+        attempts are closed, their processes killed and their private temp directories removed.
+        All trees die concurrently, so recovery takes one kill grace however many runs there were."""
+        kills = await asyncio.gather(
+            *(
+                proctree.kill_tree(
+                    run.pid,
+                    create_time=run.pid_create_time,
+                    tag=executor.run_tag(run.id),
+                    grace=self.options.kill_grace,
+                )
+                for run in leftovers
+            ),
+            return_exceptions=True,
+        )
+        now = now_utc()
+        for run, killed in zip(leftovers, kills, strict=True):
+            if isinstance(killed, BaseException):
+                log.error("run %s: cannot kill its leftover processes: %s", run.id, killed)
+                killed = 0
+            if run.status == "waiting":
+                reason = "the daemon stopped while this run waited for a profile's reset" + (
+                    f" (until {to_iso(run.wait_until)})" if run.wait_until else ""
+                )
+            else:
+                reason = "the daemon stopped while this run was running" + (
+                    f"; killed {killed} leftover process(es)" if killed else ""
+                )
+            await attempts.interrupt_open(run.id, finished_at=now, error="the daemon stopped during this attempt")
+            await runs.finish(run.id, status="interrupted", finished_at=now, error=reason)
             log.warning("run %s of loop %s was interrupted by a daemon crash", run.id, run.loop)
+        _remove_attempt_dirs(self.paths.tmp)
+
+
+def _remove_attempt_dirs(tmp_root: Path) -> None:
+    """At start no attempt is running, so every private TMPDIR left in `tmp_root` is a dead one's."""
+    try:
+        entries = list(tmp_root.iterdir())
+    except FileNotFoundError:
+        return
+    for entry in entries:
+        if entry.name.startswith("run") and entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
 
 
 def _local_zone() -> str:

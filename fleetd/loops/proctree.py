@@ -77,7 +77,7 @@ async def kill_tree(
     group = root_pid if root_pid is not None and any(p.pid == root_pid for p in procs) else None
     _signal_all(procs, signal.SIGTERM, group)
     others = [p for p in procs if p.pid != managed_root]
-    waits: list[asyncio.Future[object]] = [asyncio.ensure_future(asyncio.to_thread(psutil.wait_procs, others, grace))]
+    waits: list[asyncio.Future[object]] = [asyncio.ensure_future(_wait_gone(others, grace))]
     if root_exited is not None:
         waits.append(asyncio.ensure_future(asyncio.wait_for(asyncio.shield(root_exited), grace)))
     await asyncio.gather(*waits, return_exceptions=True)
@@ -85,10 +85,24 @@ async def kill_tree(
     if survivors:
         _signal_all(survivors, signal.SIGKILL, group)
         rest = [p for p in survivors if p.pid != managed_root]
-        await asyncio.to_thread(psutil.wait_procs, rest, 5)
+        await _wait_gone(rest, 5)
         if root_exited is not None:
             await asyncio.gather(asyncio.wait_for(asyncio.shield(root_exited), 5), return_exceptions=True)
     return len(procs)
+
+
+async def _wait_gone(procs: list[psutil.Process], timeout: float) -> None:
+    """Until every process has exited (or `timeout`). Polls on the event loop instead of blocking a
+    worker thread in psutil.wait_procs: many trees die at once on stop and crash recovery, and the
+    default thread pool would run their waits a few at a time, one grace after another."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    pending = list(procs)
+    while pending:
+        pending = [p for p in pending if _alive(p)]
+        if not pending or loop.time() >= deadline:
+            return
+        await asyncio.sleep(0.05)
 
 
 def _alive(proc: psutil.Process) -> bool:

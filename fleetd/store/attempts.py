@@ -77,6 +77,15 @@ class AttemptStore:
                 ),
             )  # fmt: skip
 
+    async def interrupt_open(self, run_id: int, *, finished_at: datetime, error: str) -> None:
+        """Close the attempts a dead daemon left open (crash recovery)."""
+        async with self.db.transaction() as conn:
+            await conn.execute(
+                "UPDATE attempts SET finished_at = ?, outcome = 'failed', error = ? "
+                "WHERE run_id = ? AND finished_at IS NULL",
+                (to_iso(finished_at), error, run_id),
+            )
+
     async def for_run(self, run_id: int) -> list[Attempt]:
         rows = await self.db.fetchall(
             "SELECT id, run_id, number, backend, profile, model, started_at, finished_at, exit_code, outcome, "

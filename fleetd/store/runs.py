@@ -149,7 +149,7 @@ class RunStore:
     ) -> None:
         async with self.db.transaction() as conn:
             await conn.execute(
-                "UPDATE runs SET status = ?, finished_at = ?, exit_code = ?, error = ? "
+                "UPDATE runs SET status = ?, finished_at = ?, exit_code = ?, error = ?, wait_until = NULL "
                 "WHERE id = ? AND status IN ('running', 'waiting')",
                 (status, to_iso(finished_at), exit_code, error, run_id),
             )
