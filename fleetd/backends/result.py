@@ -57,6 +57,9 @@ class WindowState:
 
 @dataclass
 class ParsedOutput:
+    """What the executor passes on only after scrubbing every string in it (loops.scrub.Scrubber.record): a
+    field added here is scrubbed too, as long as it stays plain data (str, list, tuple, dict, dataclass)."""
+
     outcome: Outcome
     error_class: ErrorClass | None = None
     reset_at: datetime | None = None

@@ -24,7 +24,7 @@ from fleetd.loops.executor import Executor
 from fleetd.loops.scheduler import Scheduler
 from fleetd.paths import Paths
 from fleetd.profiles.secrets import open_secret_store
-from fleetd.profiles.service import ProfileService
+from fleetd.profiles.service import KnownSecrets, ProfileService
 from fleetd.store.attempts import AttemptStore
 from fleetd.store.db import Database
 from fleetd.store.events import EventLog
@@ -94,6 +94,8 @@ class Daemon:
         loops, runs, attempts = LoopStore(db), RunStore(db), AttemptStore(db)
         zone_name = _local_zone()
         profile_store, events = ProfileStore(db), EventLog(db)
+        secret_store = open_secret_store(self.paths.home)
+        known_secrets = KnownSecrets(secret_store, profile_store)  # one cache: the heartbeat's and the executor's
         heartbeat = Heartbeat(
             profile_store,
             UsageStore(db),
@@ -101,14 +103,16 @@ class Daemon:
             clock=now_utc,
             interval=self.options.heartbeat_interval,
             near_limit=self.options.near_limit,
+            known_secrets=known_secrets.values,
         )
         profiles = ProfileService(
             profile_store,
             loops,
-            open_secret_store(self.paths.home),
+            secret_store,
             heartbeat,
             profiles_dir=self.paths.profiles,
             clock=now_utc,
+            known=known_secrets,
         )
         executor = Executor(
             runs,

@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import logging
 import statistics
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Collection
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,7 @@ from fleetd.backends.result import ParsedOutput
 from fleetd.heartbeat.state import NEAR_LIMIT, ProfileStatus, after_attempt, evaluate
 from fleetd.heartbeat.switch import Standing, attempt_order, choose_active, earliest_reset
 from fleetd.heartbeat.windows import WindowUsage, headroom, window_usage
+from fleetd.loops.scrub import Scrubber
 from fleetd.profiles.model import Profile
 from fleetd.store.events import EventLog
 from fleetd.store.profiles import ProfileStore
@@ -51,8 +52,12 @@ class Heartbeat:
         clock: Callable[[], datetime],
         interval: float = 30.0,
         near_limit: float = NEAR_LIMIT,
+        known_secrets: Callable[[], Awaitable[Collection[str]]] | None = None,
     ) -> None:
         self.profiles = profiles
+        # The agents' own records are output too: whatever of them is kept is scrubbed of every key first.
+        # (An attempt's parsed output arrives scrubbed already: the executor scrubs where it enters.)
+        self.known_secrets = known_secrets
         self.usage = usage
         self.events = events
         self.clock = clock
@@ -190,6 +195,8 @@ class Heartbeat:
         except Exception:
             log.exception("reading %s's usage records failed", profile.name)
             return
+        if self.known_secrets is not None and (result.records or result.windows):
+            result = Scrubber(await self.known_secrets()).record(result)
         own = await self.usage.attempt_sessions(profile.name, now - KEEP_HISTORY) if result.records else set()
         fresh = [
             NewUsage(profile.name, r.at, "agent", r.usage.total, 0.0, r.session_id, r.dedupe_key, r.requests)

@@ -11,7 +11,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, replace
 from datetime import datetime, tzinfo
 from pathlib import Path
@@ -45,6 +45,8 @@ FINISH_RETRY_FIRST, FINISH_RETRY_MAX = 0.5, 30.0  # backoff for a run end the st
 class ProfileSource(Protocol):
     async def plan(self, loop: Loop) -> tuple[list[Profile], datetime | None]: ...
     async def secret(self, profile: Profile) -> str | None: ...
+    # Every profile's key: an attempt's output is scrubbed of all of them, not only of its own.
+    async def known_secrets(self) -> Collection[str]: ...
     def reserve(self, profile: Profile) -> None: ...
     def release(self, profile: Profile) -> None: ...
     async def attempt_finished(
@@ -315,7 +317,7 @@ class Executor:
     ) -> AttemptEnd:
         adapter = get_adapter(loop.backend)
         secret = await self.profiles.secret(profile) if profile and profile.has_secret else None
-        scrubber = Scrubber([secret] if secret else [])
+        scrubber = Scrubber([*(await self.profiles.known_secrets()), *([secret] if secret else [])])
         model = loop.model or (profile.model if profile else None)
         attempt_id = await self.attempts.start(
             run_id=run.id, number=number, backend=loop.backend, profile=profile.name if profile else "",
@@ -331,14 +333,16 @@ class Executor:
                 end = await self._process_attempt(cast(ProcessAdapter, adapter), ctx, slot, runlog, scrubber)
         finally:
             shutil.rmtree(tmpdir, ignore_errors=True)
-        parsed = end.parsed
+        # The boundary: the streams were scrubbed before parsing; this catches what the parser decoded into
+        # a key (a JSON escape) and the messages fleetd wrote itself. Nothing below sees the raw values.
+        end.parsed = parsed = scrubber.record(end.parsed)
         usage = parsed.usage
         cost = parsed.cost_usd
         if cost is None and profile is not None:
             cost = profile.cost(
                 usage.input_tokens, usage.output_tokens, usage.cache_read_tokens, usage.cache_write_tokens
             )
-        error = None if parsed.outcome == "succeeded" else scrubber.text(_describe(parsed))
+        error = None if parsed.outcome == "succeeded" else _describe(parsed)
         finished_at = self.clock()
         try:
             await self.attempts.finish(
@@ -348,7 +352,6 @@ class Executor:
             log.error("run %s: cannot record the end of attempt %s (%s)", run.id, number, e)
         if profile is not None:
             await self.profiles.attempt_finished(profile, parsed, finished_at, cost)
-        end.parsed = replace(parsed, message=scrubber.text(parsed.message))
         return end
 
     async def _http_attempt(
@@ -407,10 +410,11 @@ class Executor:
             log.error("run %s: cannot record its process %s (%s)", ctx.run_id, proc.pid, e)
         rate_limited = asyncio.Event()
         watch = adapter.is_rate_limit_line if adapter.end_on_rate_limit_line else None
-        stdout, stderr = _Capture(), _Capture()
+        # Each stream is scrubbed once, as it is read: the run log and the parser get the same clean bytes.
+        stdout, stderr = _Capture(scrubber.fresh()), _Capture(scrubber.fresh())
         pumps = [
-            asyncio.create_task(_pump(proc.stdout, stdout, runlog, scrubber, watch, rate_limited)),
-            asyncio.create_task(_pump(proc.stderr, stderr, runlog, scrubber, watch, rate_limited)),
+            asyncio.create_task(_pump(proc.stdout, stdout, runlog, watch, rate_limited)),
+            asyncio.create_task(_pump(proc.stderr, stderr, runlog, watch, rate_limited)),
         ]
         feed = asyncio.create_task(_feed(proc, spec.stdin))
         exited = asyncio.ensure_future(proc.wait())
@@ -432,7 +436,8 @@ class Executor:
         feed.cancel()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.gather(*pumps), 10)
-        runlog.write(scrubber.flush())
+        for capture in (stdout, stderr):
+            runlog.write(capture.flush())
         slot.proc = None
         out = ProcessOutput(exit_code, stdout.text(), stderr.text())
         parsed = adapter.interpret(ctx, out, self.clock(), self.local_tz)
@@ -515,14 +520,27 @@ def _create_time(pid: int) -> float | None:
 
 
 class _Capture:
-    """One stream's output for the parser: all of it up to STREAM_KEEP, then the tail."""
+    """One stream's output for the parser, scrubbed: all of it up to STREAM_KEEP, then the tail."""
 
-    def __init__(self) -> None:
+    def __init__(self, scrubber: Scrubber) -> None:
+        self.scrubber = scrubber
         self.data = bytearray()
         self.partial = b""
 
-    def add(self, chunk: bytes) -> None:
-        self.data.extend(chunk)
+    def add(self, chunk: bytes) -> bytes:
+        """The scrubbed part of `chunk` that is safe to release (kept here, and for the run log)."""
+        clean = self.scrubber.feed(chunk)
+        self._keep(clean)
+        return clean
+
+    def flush(self) -> bytes:
+        """The held-back tail, once the stream has ended."""
+        clean = self.scrubber.flush()
+        self._keep(clean)
+        return clean
+
+    def _keep(self, clean: bytes) -> None:
+        self.data.extend(clean)
         if len(self.data) > STREAM_KEEP:
             del self.data[: len(self.data) - STREAM_KEEP]
 
@@ -539,14 +557,13 @@ async def _pump(
     stream: asyncio.StreamReader | None,
     capture: _Capture,
     runlog: RunLog,
-    scrubber: Scrubber,
     watch: Callable[[str], bool] | None,
     rate_limited: asyncio.Event,
 ) -> None:
     assert stream is not None
     while chunk := await stream.read(65536):
-        runlog.write(scrubber.feed(chunk))
-        capture.add(chunk)
+        runlog.write(capture.add(chunk))
+        # The watch sees the raw lines, as early as possible; it only ever answers yes or no.
         if watch is not None and not rate_limited.is_set() and any(watch(line) for line in capture.lines(chunk)):
             rate_limited.set()
 

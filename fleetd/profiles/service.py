@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import shutil
 from collections.abc import Callable
@@ -14,7 +15,7 @@ from typing import Any
 
 from fleetd.backends.registry import get_adapter
 from fleetd.backends.result import ParsedOutput
-from fleetd.errors import Conflict, InvalidArgument, NotFound
+from fleetd.errors import Conflict, FleetdError, InvalidArgument, NotFound
 from fleetd.heartbeat.service import Heartbeat
 from fleetd.loops.model import Loop
 from fleetd.profiles.model import Profile, validate_profile_input
@@ -22,6 +23,65 @@ from fleetd.profiles.secrets import SecretStore
 from fleetd.routing.policy import candidates
 from fleetd.store.loops import LoopStore
 from fleetd.store.profiles import ProfileStore
+
+log = logging.getLogger("fleetd.profiles")
+# Another profile's key shorter than this is not scrubbed from every run's output: a placeholder such as
+# "none" for a local server guards nothing and would mangle everyone's output. An attempt's own key is
+# scrubbed from its output whatever its length.
+MIN_SHARED_SECRET_LEN = 8
+
+
+class KnownSecrets:
+    """Every profile's key, held in the daemon's memory only (never written anywhere), so that any attempt's
+    output — and the agents' own records — can be scrubbed of all of them, not just the attempt's own.
+
+    Loaded from the secret store on first use, then kept current by `put` and `drop` as keys are added and
+    removed. A load that could not read every key is not kept: the next use tries again."""
+
+    def __init__(self, secrets: SecretStore, profiles: ProfileStore) -> None:
+        self.secrets = secrets
+        self.profiles = profiles
+        self._by_profile: dict[str, str] | None = None
+        self._generation = 0  # bumped by put/drop: a load that overlapped one is stale
+
+    async def values(self) -> frozenset[str]:
+        by_profile = self._by_profile
+        while by_profile is None:
+            generation = self._generation
+            by_profile, complete = await self._load()
+            if generation != self._generation:
+                by_profile = None  # a key came or went while loading: read again
+            elif complete:
+                self._by_profile = by_profile
+        return frozenset(v for v in by_profile.values() if len(v) >= MIN_SHARED_SECRET_LEN)
+
+    async def _load(self) -> tuple[dict[str, str], bool]:
+        loaded: dict[str, str] = {}
+        complete = True
+        for profile in await self.profiles.list():
+            if not profile.has_secret:
+                continue
+            try:
+                value = await asyncio.to_thread(self.secrets.get, profile.name)
+            except Exception as e:  # a key we cannot read is a key the attempts cannot use either
+                # Only our own one-line message or the exception's type: a foreign one could quote anything.
+                why = e.message if isinstance(e, FleetdError) else type(e).__name__
+                log.warning("cannot read profile %s's key, to scrub output of it: %s", profile.name, why)
+                complete = False
+                continue
+            if value:
+                loaded[profile.name] = value
+        return loaded, complete
+
+    def put(self, profile: str, secret: str) -> None:
+        self._generation += 1
+        if self._by_profile is not None:
+            self._by_profile[profile] = secret
+
+    def drop(self, profile: str) -> None:
+        self._generation += 1
+        if self._by_profile is not None:
+            self._by_profile.pop(profile, None)
 
 
 class ProfileService:
@@ -34,10 +94,12 @@ class ProfileService:
         *,
         profiles_dir: Path,
         clock: Callable[[], datetime],
+        known: KnownSecrets | None = None,
     ) -> None:
         self.store = store
         self.loops = loops
         self.secrets = secrets
+        self.known = known if known is not None else KnownSecrets(secrets, store)
         self.heartbeat = heartbeat
         self.profiles_dir = profiles_dir
         self.clock = clock
@@ -66,6 +128,8 @@ class ProfileService:
             if secret is not None:
                 await asyncio.to_thread(self.secrets.delete, profile.name)
             raise
+        if secret is not None:
+            self.known.put(profile.name, secret)
         await self.heartbeat.beat()  # `fleetd usage` shows it, and its windows, at once
         return profile
 
@@ -76,6 +140,7 @@ class ProfileService:
             raise Conflict(f"profile {name!r} is in the pool of loop(s) {', '.join(users)}; change those first")
         if profile.has_secret:
             await asyncio.to_thread(self.secrets.delete, name)
+            self.known.drop(name)
         await self.store.delete(name)
         await self.heartbeat.forget(name)
         default_dir = self.profiles_dir / name
@@ -129,3 +194,6 @@ class ProfileService:
 
     async def secret(self, profile: Profile) -> str | None:
         return await asyncio.to_thread(self.secrets.get, profile.name)
+
+    async def known_secrets(self) -> frozenset[str]:
+        return await self.known.values()

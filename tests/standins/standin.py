@@ -129,6 +129,8 @@ def claude(argv: list[str]) -> None:
         )
         emit(result)
         sys.exit(0)
+    if s in ("leak_auth", "leak_limit", "leak_ok"):
+        claude_leak(s, init, result)
     if s in ("usage_limit", "usage_limit_text"):
         clock = time.strftime("%I:%M%p", time.gmtime(RESET_EPOCH)).lstrip("0").lower()
         text = f"You've hit your limit · resets {clock} (UTC)"
@@ -157,6 +159,76 @@ def claude(argv: list[str]) -> None:
                         terminal_reason="api_error"))  # fmt: skip
         sys.exit(1)
     raise SystemExit(f"standin claude: unknown scenario {s!r}")
+
+
+def leak_keys() -> list[str]:
+    """The keys a leaking scenario prints: this process's own, then those listed in $STANDIN_DIR/leak_keys (another
+    profile's, which a CLI might have picked up from a shared file or environment)."""
+    own = [os.environ[k] for k in ("ANTHROPIC_API_KEY", "OPENAI_API_KEY", "CODEX_API_KEY", "GEMINI_API_KEY")
+           if os.environ.get(k)]  # fmt: skip
+    listed = Path(os.environ.get("STANDIN_DIR", "/nonexistent")) / "leak_keys"
+    others = listed.read_text().split() if listed.exists() else []
+    return list(dict.fromkeys(own + others))
+
+
+def json_escaped(key: str) -> str:
+    """The key as it reads inside a JSON string whose writer escaped its first character: not the key byte for byte,
+    yet the key once parsed."""
+    return f"\\u{ord(key[0]):04x}{key[1:]}"
+
+
+def claude_leak(s: str, init: dict, result: dict) -> None:
+    """A CLI that prints its keys in every field it has: session id, model, window name, error and answer text, stderr,
+    and (leak_ok) its own transcript, which the heartbeat reads."""
+    keys = leak_keys()
+    joined = " ".join(keys)
+    escaped = " ".join(f"@ESCAPED{i}@" for i in range(len(keys)))
+    session, model = keys[0], keys[-1]
+    model_usage = {model: next(iter(result.get("modelUsage", {}).values()), {"costUSD": 0.001})}
+    init = dict(init, session_id=session, model=model)
+    sys.stderr.write(f"warning: using key {joined}\n")
+    sys.stderr.flush()
+    lines: list[object] = [init]
+    if s == "leak_auth":
+        text = f"Invalid API key {joined} {escaped} · Please run /login"
+        lines.append(dict(result, is_error=True, result=text, api_error_status=401, terminal_reason="api_error",
+                          session_id=session, modelUsage=model_usage))  # fmt: skip
+        code = 1
+    elif s == "leak_limit":
+        clock = time.strftime("%I:%M%p", time.gmtime(RESET_EPOCH)).lstrip("0").lower()
+        text = f"You've hit your limit · resets {clock} (UTC) · {joined} {escaped}"
+        lines.append({"type": "rate_limit_event", "session_id": session,
+                      "rate_limit_info": {"status": "rejected", "resetsAt": RESET_EPOCH, "rateLimitType": model,
+                                          "utilization": 1.0}})  # fmt: skip
+        lines.append(dict(result, is_error=True, result=text, api_error_status=429, terminal_reason="api_error",
+                          session_id=session, modelUsage=model_usage))  # fmt: skip
+        code = 1
+    else:
+        text = f"done; my keys are {joined} {escaped}"
+        lines.append({"type": "assistant", "session_id": session,
+                      "message": {"id": f"msg-{session}", "model": model, "content": [{"type": "text", "text": text}],
+                                  "usage": {"input_tokens": 3, "output_tokens": 1}}})  # fmt: skip
+        lines.append(dict(result, result=text, session_id=session, modelUsage=model_usage))
+        _claude_transcript(session, model)
+        code = 0
+    out = [json.dumps(line, separators=(",", ":"), ensure_ascii=False) for line in lines]
+    for i, key in enumerate(keys):
+        out = [line.replace(f"@ESCAPED{i}@", json_escaped(key)) for line in out]
+    emit(*out)
+    sys.exit(code)
+
+
+def _claude_transcript(session: str, model: str) -> None:
+    """One usage line in the agent's own transcript, its ids and model made of keys (a session of its own, so the
+    heartbeat counts it rather than match it to fleetd's attempt)."""
+    projects = Path(os.environ["CLAUDE_CONFIG_DIR"]) / "projects" / "leak"
+    projects.mkdir(parents=True, exist_ok=True)
+    line = {"type": "assistant", "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime()),
+            "sessionId": f"t-{session}", "requestId": f"req-{model}", "version": "2.0.0",
+            "message": {"id": f"msg-{session}", "model": model, "role": "assistant",
+                        "usage": {"input_tokens": 7, "output_tokens": 2}}}  # fmt: skip
+    with open(projects / "transcript.jsonl", "a") as f:
+        f.write(json.dumps(line) + "\n")
 
 
 # -- codex ----------------------------------------------------------------------------------------

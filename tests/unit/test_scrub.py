@@ -1,7 +1,11 @@
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 
+from fleetd.backends.parsers.claude_code import parse_stream_json
+from fleetd.backends.result import ParsedOutput, TokenUsage, WindowState
 from fleetd.loops.scrub import Scrubber
 
 SECRET = "sk-ant-api03-SECRETVALUE"
@@ -26,3 +30,51 @@ def test_byte_at_a_time() -> None:
 def test_no_secrets_passes_through_and_text_is_scrubbed() -> None:
     assert Scrubber([]).feed(b"abc") == b"abc"
     assert Scrubber([SECRET]).text(f"error: bad key {SECRET}") == "error: bad key [REDACTED]"
+
+
+def test_only_an_end_that_begins_a_secret_is_held_back() -> None:
+    s = Scrubber([SECRET])
+    # A live log does not lag: a line that cannot be the start of the key is released whole.
+    assert s.feed(b"progress 10%\n") == b"progress 10%\n"
+    assert s.feed(b"key sk-ant-a") == b"key "
+    assert s.feed(b"pi03-SECRETVALUE!") == b"[REDACTED]!"
+    assert s.feed(b"sk-ant") == b""
+    assert s.feed(b" no") == b"sk-ant no"
+    assert s.flush() == b""
+
+
+def test_each_stream_holds_back_its_own_tail() -> None:
+    out, err = (base := Scrubber([SECRET])).fresh(), base.fresh()
+    assert out.feed(SECRET[:10].encode()) == b""
+    assert err.feed(b"stderr line\n") == b"stderr line\n"
+    assert out.feed(SECRET[10:].encode()) + out.flush() == b"[REDACTED]"
+
+
+def test_record_scrubs_every_string_at_any_depth() -> None:
+    window = WindowState(60, 100.0, None, name=f"window {SECRET}")
+    parsed = ParsedOutput(
+        "failed", "auth", usage=TokenUsage(1, 2), model=SECRET, session_id=f"s-{SECRET}",
+        final_text=f"{SECRET}{SECRET}", windows=[window], message=f"Invalid API key {SECRET}",
+    )  # fmt: skip
+    clean = Scrubber([SECRET, "other-key-123"]).record(parsed)
+    assert clean == ParsedOutput(
+        "failed", "auth", usage=TokenUsage(1, 2), model="[REDACTED]", session_id="s-[REDACTED]",
+        final_text="[REDACTED][REDACTED]", windows=[WindowState(60, 100.0, None, name="window [REDACTED]")],
+        message="Invalid API key [REDACTED]",
+    )  # fmt: skip
+    assert parsed.model == SECRET  # a new record: the parser's own is left alone
+    nested = {"k": [(f"a{SECRET}", 1)], SECRET: None}
+    assert Scrubber([SECRET]).record(nested) == {"k": [("a[REDACTED]", 1)], "[REDACTED]": None}
+    assert Scrubber([]).record(parsed) is parsed
+
+
+def test_a_key_only_the_parser_decodes_is_caught_by_the_record_scrub() -> None:
+    """The stream shows the key JSON-escaped, so scrubbing the bytes cannot see it; the parsed message has it."""
+    escaped = f"\\u{ord(SECRET[0]):04x}{SECRET[1:]}"
+    line = '{"type":"result","is_error":true,"api_error_status":401,"result":"Invalid API key ' + escaped + '"}\n'
+    s = Scrubber([SECRET])
+    stdout = (s.feed(line.encode()) + s.flush()).decode()
+    assert SECRET not in stdout
+    parsed = parse_stream_json(stdout, "", 1, datetime(2026, 1, 1, tzinfo=UTC), UTC)
+    assert parsed.message is not None and SECRET in parsed.message
+    assert s.record(parsed).message == "Invalid API key [REDACTED]"

@@ -1,0 +1,88 @@
+"""The daemon's in-memory cache of every profile's key, which all output is scrubbed of."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+from fleetd.profiles.model import Profile
+from fleetd.profiles.secrets import SecretStoreUnavailable
+from fleetd.profiles.service import KnownSecrets
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+KEY_A, KEY_B = "sk-key-of-a-0123456789", "sk-key-of-b-9876543210"
+
+
+def profile(name: str, has_secret: bool = True) -> Profile:
+    return Profile(name, "claude_code", "api", f"/nowhere/{name}", has_secret=has_secret, created_at=T0, updated_at=T0)
+
+
+class Store:
+    """A secret store and a profile store in one: the cache reads both."""
+
+    def __init__(self, keys: dict[str, str]) -> None:
+        self.keys = dict(keys)
+        self.profiles = [profile(name) for name in keys] + [profile("login", has_secret=False)]
+        self.gets = 0
+        self.refuse = False
+        self.listing: asyncio.Event | None = None  # when set, list() waits for it
+
+    def get(self, name: str) -> str | None:
+        self.gets += 1
+        if self.refuse:
+            raise SecretStoreUnavailable("the OS keyring is locked")
+        return self.keys.get(name)
+
+    async def list(self) -> list[Profile]:
+        snapshot = list(self.profiles)
+        if self.listing is not None:
+            await self.listing.wait()
+        return snapshot
+
+
+def known(store: Store) -> KnownSecrets:
+    return KnownSecrets(store, store)  # type: ignore[arg-type]
+
+
+def test_loads_once_then_follows_adds_and_removals() -> None:
+    async def go() -> None:
+        store = Store({"a": KEY_A, "b": KEY_B, "short": "none"})
+        cache = known(store)
+        # A placeholder key ("none") is not worth mangling every run's output for.
+        assert await cache.values() == {KEY_A, KEY_B}
+        assert store.gets == 3
+        cache.put("c", "sk-key-of-c-55555")
+        cache.drop("a")
+        assert await cache.values() == {KEY_B, "sk-key-of-c-55555"}
+        assert store.gets == 3  # from memory
+
+    asyncio.run(go())
+
+
+def test_an_unreadable_key_is_not_cached_as_absent() -> None:
+    async def go() -> None:
+        store = Store({"a": KEY_A})
+        store.refuse = True
+        cache = known(store)
+        assert await cache.values() == set()
+        store.refuse = False
+        assert await cache.values() == {KEY_A}
+
+    asyncio.run(go())
+
+
+def test_a_key_added_while_loading_is_not_lost() -> None:
+    async def go() -> None:
+        store = Store({"a": KEY_A})
+        store.listing = asyncio.Event()
+        cache = known(store)
+        loading = asyncio.create_task(cache.values())
+        await asyncio.sleep(0)  # the load has listed the profiles: only "a"
+        store.keys["b"] = KEY_B
+        store.profiles.append(profile("b"))
+        cache.put("b", KEY_B)
+        store.listing.set()
+        assert await loading == {KEY_A, KEY_B}
+        assert await cache.values() == {KEY_A, KEY_B}
+
+    asyncio.run(go())
