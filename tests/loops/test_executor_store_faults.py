@@ -43,6 +43,9 @@ class NoProfiles:
     async def plan(self, loop: Loop) -> Any:
         raise AssertionError("the command backend needs no profile")
 
+    async def known_secrets(self) -> list[str]:
+        return []
+
 
 @asynccontextmanager
 async def _executor(tmp_path: Path) -> AsyncIterator[tuple[Executor, FullDiskRuns, Loop]]:
