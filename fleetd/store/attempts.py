@@ -41,12 +41,23 @@ class AttemptStore:
         self.db = db
 
     async def start(
-        self, *, run_id: int, number: int, backend: str, profile: str, model: str | None, started_at: datetime
+        self,
+        *,
+        run_id: int,
+        number: int,
+        backend: str,
+        profile: str,
+        model: str | None,
+        started_at: datetime,
+        step: int = 0,
+        role: str = "work",
     ) -> int:
+        """`step` is the loop's chain step the attempt came from; `role` what it did (`work`)."""
         async with self.db.transaction() as conn:
             cur = await conn.execute(
-                "INSERT INTO attempts (run_id, number, backend, profile, model, started_at) VALUES (?, ?, ?, ?, ?, ?)",
-                (run_id, number, backend, profile, model, to_iso(started_at)),
+                "INSERT INTO attempts (run_id, number, backend, profile, model, started_at, step, role) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (run_id, number, backend, profile, model, to_iso(started_at), step, role),
             )
             await conn.execute("UPDATE runs SET attempts = ?, profile = ? WHERE id = ?", (number, profile, run_id))
             return int(cur.lastrowid or 0)
@@ -68,12 +79,13 @@ class AttemptStore:
                 "UPDATE attempts SET finished_at = ?, exit_code = ?, outcome = ?, error_class = ?, error = ?, "
                 "reset_at = ?, input_tokens = ?, output_tokens = ?, cache_read_tokens = ?, "
                 "cache_write_tokens = ?, cost_usd = ?, session_id = ?, model = coalesce(?, model), "
-                "windows_json = ? WHERE id = ?",
+                "windows_json = ?, duration_ms = CAST(round((julianday(?) - julianday(started_at)) * 86400000) "
+                "AS INTEGER) WHERE id = ?",
                 (
                     to_iso(finished_at), exit_code, parsed.outcome, parsed.error_class, error,
                     to_iso(parsed.reset_at), u.input_tokens, u.output_tokens, u.cache_read_tokens,
                     u.cache_write_tokens, cost_usd, parsed.session_id, parsed.model, json.dumps(windows),
-                    attempt_id,
+                    to_iso(finished_at), attempt_id,
                 ),
             )  # fmt: skip
 
@@ -81,9 +93,10 @@ class AttemptStore:
         """Close the attempts a dead daemon left open (crash recovery)."""
         async with self.db.transaction() as conn:
             await conn.execute(
-                "UPDATE attempts SET finished_at = ?, outcome = 'failed', error = ? "
+                "UPDATE attempts SET finished_at = ?, outcome = 'failed', error = ?, "
+                "duration_ms = CAST(round((julianday(?) - julianday(started_at)) * 86400000) AS INTEGER) "
                 "WHERE run_id = ? AND finished_at IS NULL",
-                (to_iso(finished_at), error, run_id),
+                (to_iso(finished_at), error, to_iso(finished_at), run_id),
             )
 
     async def for_run(self, run_id: int) -> list[Attempt]:

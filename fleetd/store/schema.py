@@ -173,4 +173,33 @@ MIGRATIONS: list[str] = [
     CREATE INDEX runs_by_started ON runs (started_at);
     CREATE INDEX runs_running ON runs (status) WHERE status IN ('running', 'waiting');
     """,
+    # 4: routing as policy: escalation chains, tiers, budgets, the route of each run, circuit breakers
+    """
+    ALTER TABLE loops ADD COLUMN chain_json TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE loops ADD COLUMN tiers_json TEXT NOT NULL DEFAULT '["local", "subscription"]';
+    ALTER TABLE loops ADD COLUMN max_cost REAL;
+    ALTER TABLE loops ADD COLUMN max_tokens INTEGER;
+    ALTER TABLE loops ADD COLUMN daily_cost REAL;
+    ALTER TABLE loops ADD COLUMN on_exhausted TEXT NOT NULL DEFAULT 'escalate';
+    -- Loops made before tiers existed could use every profile of their backend: they keep that.
+    UPDATE loops SET tiers_json = '["local", "subscription", "metered"]';
+    ALTER TABLE runs ADD COLUMN route_json TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE attempts ADD COLUMN step INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE attempts ADD COLUMN role TEXT NOT NULL DEFAULT 'work';
+    ALTER TABLE attempts ADD COLUMN duration_ms INTEGER;
+    UPDATE attempts
+        SET duration_ms = CAST(round((julianday(finished_at) - julianday(started_at)) * 86400000) AS INTEGER)
+        WHERE finished_at IS NOT NULL;
+    CREATE INDEX attempts_by_started ON attempts (started_at);
+    ALTER TABLE profiles ADD COLUMN daily_cost REAL;
+    ALTER TABLE profiles ADD COLUMN default_reset_s REAL;
+    CREATE TABLE circuits (
+        profile     TEXT PRIMARY KEY,
+        state       TEXT NOT NULL CHECK (state IN ('closed', 'open', 'half_open')),
+        failures    INTEGER NOT NULL DEFAULT 0,
+        open_until  TEXT,
+        cooldown_s  REAL NOT NULL DEFAULT 0,
+        updated_at  TEXT NOT NULL
+    );
+    """,
 ]
