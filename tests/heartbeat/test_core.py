@@ -96,6 +96,22 @@ def test_reported_windows_win_over_the_estimate() -> None:
     assert mostly.state == "near_limit"
 
 
+@pytest.mark.parametrize(
+    ("used_percent", "state", "reason"),
+    [
+        (0.0, "available", ""),
+        (40.0, "available", ""),  # 40 % is 0.4 of the window: far from the near-limit mark
+        (89.0, "available", ""),
+        (93.0, "near_limit", "93% of a window used"),
+        (100.0, "exhausted", "5h window at 100% (reported)"),
+    ],
+)
+def test_a_reported_percentage_is_read_as_a_percentage(used_percent: float, state: str, reason: str) -> None:
+    # fleetd's own estimate says nothing (no usage): the backend's percentage alone decides.
+    status = evaluate(ProfileStatus(), [], [], [WindowState(300, used_percent, T0 + 3 * H)], T0 + H)
+    assert (status.state, status.reason) == (state, reason)
+
+
 def test_rate_limit_auth_and_unknown_reset() -> None:
     now = T0
     limited = after_attempt(ProfileStatus(), "failed", "rate_limited", T0 + 2 * H, "You've hit your limit", now)
