@@ -18,10 +18,21 @@ FLEETD = shutil.which("fleetd", path=str(Path(sys.executable).parent)) or "fleet
 STANDIN_BIN = Path(__file__).resolve().parent / "standins" / "bin"
 
 
+CAPTURES = Path(__file__).resolve().parent / "fixtures" / "captures"
+
+
 def captures_dir() -> Path:
-    """The team's captures of the real CLIs: ../shared/captures beside the repo, or FLEETD_CAPTURES."""
+    """The captures of the real CLIs the tests replay: tests/fixtures/captures, or FLEETD_CAPTURES."""
     override = os.environ.get("FLEETD_CAPTURES")
-    return Path(override) if override else Path(__file__).resolve().parents[1].parent / "shared" / "captures"
+    return Path(override) if override else CAPTURES
+
+
+def capture_folder(name: str) -> Path:
+    """One capture's folder. A missing one is a failure, never a skip: a clone must run what CI runs."""
+    folder = captures_dir() / name
+    if not folder.is_dir():
+        raise AssertionError(f"capture folder {folder} is missing (tests/fixtures/captures, or FLEETD_CAPTURES)")
+    return folder
 
 
 def wait_until(predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.05, what: str = "") -> T:

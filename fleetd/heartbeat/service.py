@@ -28,6 +28,7 @@ log = logging.getLogger("fleetd.heartbeat")
 KEEP_HISTORY = timedelta(days=31)  # how far back fleetd's own sessions are matched against the agents' records
 WATCH_ARMING_S = 1.0  # a generous bound on how long watchfiles takes to start watching
 RESERVATION_FLOOR = 0.05  # headroom an in-flight attempt takes when its size is unknown
+STOP_WAIT_S = 2.0  # how long stop() waits for the beat and the watch (watchfiles' thread sees its stop event in ~50 ms)
 
 
 def _ingester(profile: Profile, offsets: dict[str, Any]) -> Any:
@@ -85,17 +86,29 @@ class Heartbeat:
         self._watch_task = asyncio.create_task(self._watch(), name="heartbeat-watch")
 
     async def stop(self) -> None:
+        """Bounded: cancel the beat and the watch, wait at most STOP_WAIT_S, abandon what is left.
+        A cancellation can be lost (3.11's wait_for drops it when the wake-up it waits for lands in
+        the same instant), so the loops also end on `_stop`, and this never awaits a task unbounded."""
         self._stop.set()
-        for task in (self._task, self._watch_task):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+        tasks = {t for t in (self._task, self._watch_task) if t is not None and not t.done()}
+        for task in tasks:
+            task.cancel()
+        if not tasks:
+            return
+        done, pending = await asyncio.wait(tasks, timeout=STOP_WAIT_S)
+        for task in done:
+            if not task.cancelled() and task.exception() is not None:
+                log.error("heartbeat task %s failed", task.get_name(), exc_info=task.exception())
+        if pending:
+            log.warning("heartbeat: %s still running %ss after stop; abandoned", sorted(t.get_name() for t in pending),
+                        STOP_WAIT_S)  # fmt: skip
 
     async def _run(self) -> None:
-        while True:
+        while not self._stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._next_delay())
+            if self._stop.is_set():
+                return
             self._wake.clear()
             try:
                 await self.beat()

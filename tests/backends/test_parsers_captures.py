@@ -1,4 +1,4 @@
-"""Golden tests: every capture of the REAL CLIs (/work/shared/captures/README.md) parsed to known values."""
+"""Golden tests: every capture of the REAL CLIs (tests/fixtures/captures/README.md) parsed to known values."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 
 from fleetd.backends.parsers import aider, claude_code, codex, gemini
 from fleetd.backends.result import ParsedOutput, TokenUsage
-from tests.harness import captures_dir
+from tests.harness import capture_folder, captures_dir
 
 NOW = datetime(2026, 11, 21, 23, 30, tzinfo=UTC)
 TZ = ZoneInfo("Europe/Berlin")
@@ -26,9 +26,7 @@ class Capture:
 
     @classmethod
     def load(cls, name: str) -> Capture:
-        folder = captures_dir() / name
-        if not folder.is_dir():
-            pytest.skip(f"capture folder {folder} is absent (set FLEETD_CAPTURES to the captures directory)")
+        folder = capture_folder(name)
         read = lambda f: (folder / f).read_text(encoding="utf-8", errors="replace")  # noqa: E731
         return cls(read("stdout.txt"), read("stderr.txt"), int(read("exit_code").strip()))
 
@@ -225,8 +223,7 @@ GOLDEN: dict[str, Golden] = {
 
 def test_every_capture_folder_has_a_golden_case() -> None:
     root = captures_dir()
-    if not root.is_dir():
-        pytest.skip(f"captures directory {root} is absent (set FLEETD_CAPTURES to point at it)")
+    assert root.is_dir(), f"captures directory {root} is missing"
     folders = {p.name for p in root.iterdir() if p.is_dir()}
     assert folders == set(GOLDEN), "a capture was added or removed: give it a golden case"
 

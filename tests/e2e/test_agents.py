@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import STANDIN_BIN, Daemon, captures_dir, wait_until
+from tests.harness import STANDIN_BIN, Daemon, capture_folder, captures_dir, wait_until
 
 SECRET = "sk-ant-api03-TESTSECRET-0123456789"
 RESET_EPOCH = 1795300000  # what the stand-ins report as the limit's reset
@@ -25,8 +25,7 @@ RESET_EPOCH = 1795300000  # what the stand-ins report as the limit's reset
 
 @pytest.fixture(scope="module")
 def agents() -> Iterator[Daemon]:
-    if not (captures_dir() / "cc_ok_stream").is_dir():
-        pytest.skip(f"captures not found at {captures_dir()} (set FLEETD_CAPTURES)")
+    capture_folder("cc_ok_stream")  # fail, not skip, without the captures the stand-ins replay
     root = Path(tempfile.mkdtemp(prefix="fla-", dir="/tmp"))
     standin_dir = root / "standin"
     standin_dir.mkdir()

@@ -14,13 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import STANDIN_BIN, Daemon, captures_dir, wait_until
+from tests.harness import STANDIN_BIN, Daemon, capture_folder, captures_dir, wait_until
 
 
 @pytest.fixture
 def hb() -> Iterator[Daemon]:
-    if not (captures_dir() / "cc_ok_stream").is_dir():
-        pytest.skip(f"captures not found at {captures_dir()} (set FLEETD_CAPTURES)")
+    capture_folder("cc_ok_stream")  # fail, not skip, without the captures the stand-ins replay
     root = Path(tempfile.mkdtemp(prefix="flh-", dir="/tmp"))
     (root / "standin").mkdir()
     d = Daemon(root / "home", "--kill-grace", "0.5s", "--heartbeat-interval", "1s")

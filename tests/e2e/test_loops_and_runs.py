@@ -9,9 +9,10 @@ from __future__ import annotations
 import os
 import stat
 import sys
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from fleetd.cli.format import local_time
 from tests.harness import Daemon, alive, wait_until
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
@@ -83,6 +84,25 @@ def test_manual_run_and_filters(daemon: Daemon) -> None:
     assert daemon.runs("--loop", "manual", "--status", "failed") == []
     assert [r["id"] for r in daemon.runs("--loop", "manual", "--since", "1h")] == [run["id"]]
     assert len(daemon.json("runs", "list", "--limit", "1")) == 1
+
+
+def test_finished_at_is_when_the_run_ended(daemon: Daemon) -> None:
+    daemon.cli("loop", "add", "slow", "--every", "1h", "--command", "sleep 1.2")
+    started = daemon.json("loop", "run", "slow")
+    assert started["finished_at"] is None and started["duration_s"] is None
+    run = daemon.wait_run(started["id"])
+    seen_done = datetime.now(UTC)
+    begin, end = datetime.fromisoformat(run["started_at"]), datetime.fromisoformat(run["finished_at"])
+    assert begin + timedelta(seconds=1.2) <= end <= seen_done
+    assert run["duration_s"] == round((end - begin).total_seconds(), 3)
+    (attempt,) = run["attempt_list"]
+    attempt_begin, attempt_end = (datetime.fromisoformat(attempt[k]) for k in ("started_at", "finished_at"))
+    assert begin <= attempt_begin and attempt_begin + timedelta(seconds=1.2) <= attempt_end <= end
+    # The list and the text view say the same; 1.2 s apart, the two times differ even to the second.
+    (listed,) = daemon.runs("--loop", "slow")
+    assert listed["finished_at"] == run["finished_at"]
+    shown = dict(line.split(None, 1) for line in daemon.cli("runs", "show", str(run["id"])).stdout.splitlines())
+    assert shown["finished"] == local_time(run["finished_at"]) != shown["started"] == local_time(run["started_at"])
 
 
 def test_overlapping_fire_is_recorded_as_skipped(daemon: Daemon) -> None:

@@ -81,8 +81,16 @@ def test_missed_fires_run_exactly_once_with_catch_up_once(make_daemon: MakeDaemo
     assert sorted(r["loop"] for r in runs if r["trigger"] == "catch-up") == ["once", "tick"]
     for run in catch_ups:
         assert datetime.fromisoformat(run["scheduled_at"]) == due[run["loop"]]
-    # After the single catch-up, `tick` continues on its schedule; the one-shot is done.
-    assert all(r["trigger"] == "schedule" for r in runs if r["loop"] == "tick" and r not in catch_ups)
+    # Each missed slot ran once, as the catch-up: not again when the timer was armed (that would say `schedule`).
+    for name, slot in due.items():
+        at_slot = [r["trigger"] for r in runs if (r["loop"], datetime.fromisoformat(r["scheduled_at"])) == (name, slot)]
+        assert at_slot == ["catch-up"], f"{name}'s missed slot {slot} ran as {at_slot}"
+    assert len([r for r in runs if r["loop"] == "once"]) == 1
+    # After the single catch-up, `tick` continues on its schedule, from after the restart; the one-shot is done.
+    scheduled = [r for r in runs if r["loop"] == "tick" and r not in catch_ups]
+    assert all(r["trigger"] == "schedule" for r in scheduled)
+    restarted_after = max(due.values()) + timedelta(seconds=2)
+    assert all(datetime.fromisoformat(r["scheduled_at"]) > restarted_after for r in scheduled)
     assert d.json("loop", "show", "once")["next_fire_at"] is None
     assert datetime.fromisoformat(d.json("loop", "show", "tick")["next_fire_at"]) > due["tick"]
 

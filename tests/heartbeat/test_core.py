@@ -96,6 +96,22 @@ def test_reported_windows_win_over_the_estimate() -> None:
     assert mostly.state == "near_limit"
 
 
+@pytest.mark.parametrize(
+    ("used_percent", "state", "reason"),
+    [
+        (0.0, "available", ""),
+        (40.0, "available", ""),  # 40 % is 0.4 of the window: far from the near-limit mark
+        (89.0, "available", ""),
+        (93.0, "near_limit", "93% of a window used"),
+        (100.0, "exhausted", "5h window at 100% (reported)"),
+    ],
+)
+def test_a_reported_percentage_is_read_as_a_percentage(used_percent: float, state: str, reason: str) -> None:
+    # fleetd's own estimate says nothing (no usage): the backend's percentage alone decides.
+    status = evaluate(ProfileStatus(), [], [], [WindowState(300, used_percent, T0 + 3 * H)], T0 + H)
+    assert (status.state, status.reason) == (state, reason)
+
+
 def test_rate_limit_auth_and_unknown_reset() -> None:
     now = T0
     limited = after_attempt(ProfileStatus(), "failed", "rate_limited", T0 + 2 * H, "You've hit your limit", now)
@@ -124,6 +140,25 @@ def test_choose_active_keeps_a_usable_current_and_switches_to_most_headroom() ->
     name, why = choose_active([a_gone, b, c], "a", pinned=True)
     assert name == "b" and why.startswith("pinned a is exhausted")
     assert choose_active([a_gone], "a", pinned=False) == (None, "no profile has headroom")
+
+
+@pytest.mark.parametrize(
+    ("standings", "chosen"),
+    [
+        # The most headroom wins whatever the configured order, among available profiles first...
+        ([st("low", headroom=0.1, position=0), st("high", headroom=0.9, position=1)], "high"),
+        ([st("high", headroom=0.9, position=0), st("low", headroom=0.1, position=1)], "high"),
+        ([st("a", "available", 0.3, 0), st("b", "available", 0.6, 1), st("c", "available", 0.45, 2)], "b"),
+        # ...then among near_limit ones, when nothing is available.
+        ([st("n1", "near_limit", 0.02, 0), st("n2", "near_limit", 0.08, 1), st("x", "exhausted", 0.0, 2)], "n2"),
+        # available beats near_limit even with less headroom; equal headroom goes to the configured order.
+        ([st("near", "near_limit", 0.09, 0), st("avail", headroom=0.2, position=1)], "avail"),
+        ([st("second", headroom=0.5, position=1), st("first", headroom=0.5, position=0)], "first"),
+    ],
+)
+def test_choose_active_picks_the_most_headroom(standings: list[Standing], chosen: str) -> None:
+    name, why = choose_active(standings, None, pinned=False)
+    assert name == chosen and why.startswith("no active profile")
 
 
 def test_attempt_order_and_earliest_reset() -> None:

@@ -128,3 +128,22 @@ def test_the_near_limit_threshold_is_the_daemons_setting(tmp_path: Path) -> None
         assert hb.states["a"].status.state == "available"
 
     run(tmp_path, body)
+
+
+def test_stop_is_bounded_when_a_watch_event_lands_in_the_same_instant(tmp_path: Path) -> None:
+    # The watcher's only effect is to wake the beat loop. Waking it in the same loop iteration as
+    # stop() cancels it let Python 3.11's wait_for return the wake-up and drop the cancellation:
+    # the beat loop ran on and stop() awaited it forever (a daemon that ignored SIGTERM).
+    async def body(hb: Heartbeat, clock: Clock, usage: UsageStore, profiles: list[Profile]) -> None:
+        for _ in range(5):
+            await asyncio.sleep(0)  # the beat loop is now waiting for its next wake-up
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        hb._wake.set()  # what a change in a watched directory does
+        stopping = asyncio.ensure_future(hb.stop())
+        done, _ = await asyncio.wait({stopping}, timeout=5)
+        assert done, "heartbeat.stop() did not return"
+        assert loop.time() - began < 2
+        assert [t.get_name() for t in asyncio.all_tasks() if t.get_name().startswith("heartbeat")] == []
+
+    run(tmp_path, body)

@@ -1,9 +1,10 @@
 """The REAL agent CLIs against the loopback fake provider: success and rate-limit runs.
 
 Each CLI test is skipped unless ``scripts/install-agents.sh`` installed that CLI into ``.cache/agents/bin``. The
-expected shapes are those of the captures in shared/captures (same CLI versions). Only 127.0.0.1 is contacted: every
-child gets a clean environment (agents.agent_env) whose proxy variables point at the fake provider, which refuses
-and records any outside host asked for (``proxy_attempts``), and each test asserts that list stays empty.
+expected shapes are those of the captures in tests/fixtures/captures (same CLI versions). Only 127.0.0.1 is
+contacted: every child gets a clean environment (agents.agent_env) whose proxy variables point at the fake
+provider, which refuses and records any outside host asked for (``proxy_attempts``), and each test asserts that
+list stays empty.
 
 The fake provider itself is tested at the end of this module with urllib, so those tests run everywhere.
 """
