@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import STANDIN_BIN, Daemon, captures_dir, wait_until
+from tests.harness import STANDIN_BIN, Daemon, capture_folder, captures_dir, wait_until
 
 KEY_A = "sk-ant-api03-LEAKTEST-AAAA-0123456789"
 KEY_B = "sk-ant-api03-LEAKTEST-BBBB-9876543210"
@@ -24,8 +24,7 @@ REDACTED = "[REDACTED]"
 
 @pytest.fixture(scope="module")
 def leaky() -> Iterator[Daemon]:
-    if not (captures_dir() / "cc_ok_stream").is_dir():
-        pytest.skip(f"captures not found at {captures_dir()} (set FLEETD_CAPTURES)")
+    capture_folder("cc_ok_stream")  # a missing fixture fails, never skips
     root = Path(tempfile.mkdtemp(prefix="flk-", dir="/tmp"))
     standin_dir = root / "standin"
     standin_dir.mkdir()
