@@ -1,0 +1,76 @@
+"""A loop's escalation chain: the workers that may do its work, in the order to try them. Pure.
+
+A step is `BACKEND[@MODEL]` (every profile of that backend in an allowed tier) or `PROFILE[@MODEL]`
+(that one profile, whatever its tier: naming it is the deliberate choice). The old form
+`--backend B --profile A,C --model M` is a one-step chain over the pool A, C.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from fleetd.errors import InvalidArgument
+
+TIERS = ("local", "subscription", "metered")
+DEFAULT_TIERS = ("local", "subscription")  # metered only when a loop says so
+ON_EXHAUSTED = ("escalate", "wait")
+
+
+@dataclass(frozen=True)
+class ChainStep:
+    backend: str
+    profiles: tuple[str, ...] = ()  # named profiles (any tier); empty: every allowed profile of the backend
+    model: str | None = None
+
+    @property
+    def explicit(self) -> bool:
+        return bool(self.profiles)
+
+    def describe(self) -> str:
+        who = ",".join(self.profiles) if self.profiles else self.backend
+        return f"{who}@{self.model}" if self.model else who
+
+    def to_json(self) -> dict[str, Any]:
+        return {"backend": self.backend, "profiles": list(self.profiles), "model": self.model}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ChainStep:
+        return cls(str(data["backend"]), tuple(data.get("profiles") or ()), data.get("model"))
+
+
+def parse_chain(text: str, backends: Collection[str], profile_backends: Mapping[str, str]) -> list[ChainStep]:
+    """`local-qwen,claude_code@sonnet,codex` → steps. A name that is a backend is a backend step;
+    otherwise it must be a profile (`profile_backends` maps each profile to its backend)."""
+    steps = []
+    for raw in text.split(","):
+        item = raw.strip()
+        if not item:
+            raise InvalidArgument(f"invalid --chain {text!r}: empty step (use e.g. local-qwen,claude_code@sonnet)")
+        name, _, model = item.partition("@")
+        if "@" in item and not model:
+            raise InvalidArgument(f"invalid --chain step {item!r}: nothing after '@'")
+        if name in backends:
+            if name == "command":
+                raise InvalidArgument("the command backend cannot be a --chain step")
+            steps.append(ChainStep(name, (), model or None))
+        elif name in profile_backends:
+            steps.append(ChainStep(profile_backends[name], (name,), model or None))
+        else:
+            raise InvalidArgument(f"unknown backend or profile {name!r} in --chain")
+    return steps
+
+
+def parse_tiers(value: object) -> tuple[str, ...]:
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list | tuple) or not items:
+        raise InvalidArgument(f"invalid --tiers {value!r}: use a comma-separated list of {', '.join(TIERS)}")
+    tiers = []
+    for item in items:
+        tier = str(item).strip()
+        if tier not in TIERS:
+            raise InvalidArgument(f"invalid tier {tier!r} in --tiers (one of: {', '.join(TIERS)})")
+        if tier not in tiers:
+            tiers.append(tier)
+    return tuple(tiers)

@@ -1,0 +1,363 @@
+"""The router: the one place that decides which worker does a task next, and what a failure means.
+
+It is a generator the caller drives (httpx's auth flow is the pattern): it yields a decision — try
+this candidate, back off, wait until a reset, finish — and is sent what happened (the attempt's
+result, and the world as it stands now). It does no I/O and reads no clock of its own, so every
+path through it is a table-driven test. The executor (loops) is one driver; the gateway will be
+another.
+
+Each decision and every candidate passed over is written to `Router.trail`, the run's route.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Generator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from fleetd.routing.chain import ChainStep
+
+# What each failure class means for the run (the table of ../shared/ARCHITECTURE.md).
+Action = Literal["retry", "next_candidate", "next_step", "stop"]
+ACTIONS: Mapping[str, Action] = {
+    "rate_limited": "next_candidate",  # the profile is exhausted until its reset; another may have headroom
+    "transient": "retry",  # the same candidate after a backoff, a few times; then the next one
+    "quota": "next_candidate",  # the profile is parked (billing), not coming back in minutes
+    "auth": "next_candidate",  # the profile is disabled
+    "unavailable": "next_candidate",  # this candidate cannot run at all here
+    "capability": "next_step",  # the work was rejected: a stronger step may do it
+    "contract": "stop",  # a costlier worker would get the same bad question
+    "unknown": "stop",  # nothing says another worker would do better
+}
+TIER_ORDER = {"local": 0, "subscription": 1, "metered": 2}
+USABLE_STATES = ("available", "near_limit")
+
+
+@dataclass(frozen=True)
+class ProfileView:
+    """One profile as the router sees it at one moment."""
+
+    name: str
+    backend: str
+    tier: str
+    state: str = "available"  # available | near_limit | exhausted | parked | disabled
+    until: datetime | None = None  # when an exhausted (or parked) profile comes back, if known
+    reason: str = ""
+    headroom: float = 1.0
+    active: bool = False  # the backend's active profile (the heartbeat's choice)
+    circuit: str = "closed"  # closed | open | half_open
+    circuit_until: datetime | None = None
+    probe_taken: bool = False  # half-open, and its one probe is already in flight
+    unavailable: str | None = None  # why it cannot run here at all (its CLI is missing, ...)
+    over_daily_cost: str | None = None  # why its daily cost cap is reached
+
+
+@dataclass(frozen=True)
+class World:
+    now: datetime
+    profiles: Mapping[str, ProfileView]
+
+
+@dataclass(frozen=True)
+class Policy:
+    chain: tuple[ChainStep, ...]
+    tiers: frozenset[str] = frozenset({"local", "subscription"})
+    max_cost: float | None = None  # USD per run, every attempt included
+    max_tokens: int | None = None  # per run
+    on_exhausted: str = "escalate"  # or "wait": wait for the step's reset instead of going up the chain
+    retries: int = 2  # per candidate, for transient failures
+    backoff_base: float = 2.0
+    backoff_cap: float = 60.0
+    max_attempts: int = 20  # a bound, not a strategy
+
+
+@dataclass(frozen=True)
+class Candidate:
+    step: int
+    profile: str
+    backend: str
+    model: str | None
+    tier: str
+
+
+@dataclass(frozen=True)
+class AttemptResult:
+    outcome: str  # succeeded | failed | unknown
+    error_class: str | None = None
+    message: str = ""
+    cost_usd: float = 0.0
+    tokens: int = 0
+    reset_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Observation:
+    world: World
+    result: AttemptResult | None = None  # after a Try
+
+
+# -- decisions ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Try:
+    candidate: Candidate
+    number: int  # the run's attempt number, from 1
+    cost_left: float | None  # what the run's budget still allows, for backends that can enforce it
+    tokens_left: int | None
+
+
+@dataclass(frozen=True)
+class Backoff:
+    seconds: float  # then the same candidate again
+
+
+@dataclass(frozen=True)
+class WaitUntil:
+    until: datetime  # nothing allowed has headroom: the run waits for the earliest reset
+
+
+@dataclass(frozen=True)
+class Finish:
+    status: Literal["succeeded", "failed"]
+    reason: str | None = None  # why it failed: "budget: …", "contract: …", "no candidate: …"
+    error_class: str | None = None
+
+
+Decision = Try | Backoff | WaitUntil | Finish
+
+
+@dataclass(frozen=True)
+class Passed:
+    """A candidate the router could not use, and when it may come back (for waiting)."""
+
+    step: int
+    profile: str
+    why: str
+    until: datetime | None = None  # only for reasons that end by themselves (a rate limit's reset)
+
+
+def expand(
+    step_index: int, step: ChainStep, world: World, tiers: frozenset[str]
+) -> tuple[list[Candidate], list[Passed]]:
+    """A chain step's usable candidates in the order to try, and the ones passed over with why.
+
+    Order: the backend's active profile first (so the runs, `usage`'s active mark and the switch
+    events tell one story), then tier (local → subscription → metered), available before near
+    its limit, more headroom, then the configured order."""
+    if step.profiles:
+        views = [(i, world.profiles.get(name), name) for i, name in enumerate(step.profiles)]
+    else:
+        named = sorted((v for v in world.profiles.values() if v.backend == step.backend), key=lambda v: v.name)
+        views = [(i, v, v.name) for i, v in enumerate(named)]
+    usable: list[tuple[tuple[Any, ...], Candidate]] = []
+    passed: list[Passed] = []
+    for position, view, name in views:
+        if view is None:
+            passed.append(Passed(step_index, name, "no such profile"))
+            continue
+        why, until = _why_not(view, world.now, explicit=step.explicit, tiers=tiers)
+        if why is not None:
+            passed.append(Passed(step_index, name, why, until))
+            continue
+        key = (not view.active, TIER_ORDER.get(view.tier, 9), view.state != "available", -view.headroom, position)
+        usable.append((key, Candidate(step_index, name, view.backend, step.model, view.tier)))
+    return [c for _, c in sorted(usable, key=lambda kc: kc[0])], passed
+
+
+def _why_not(
+    view: ProfileView, now: datetime, *, explicit: bool, tiers: frozenset[str]
+) -> tuple[str | None, datetime | None]:
+    if not explicit and view.tier not in tiers:
+        return f"tier {view.tier} not allowed (--tiers {','.join(sorted(tiers, key=TIER_ORDER.__getitem__))})", None
+    if view.unavailable:
+        return f"unavailable: {view.unavailable}", None
+    if view.state == "disabled":
+        return f"disabled{': ' + view.reason if view.reason else ''}", None
+    if view.state == "parked":
+        return f"parked (quota){': ' + view.reason if view.reason else ''}", None
+    if view.state == "exhausted":
+        if view.until is not None and view.until <= now:
+            pass  # its reset has passed: usable again (the heartbeat confirms on its next beat)
+        else:
+            when = f" until {view.until.isoformat(timespec='seconds')}" if view.until else ""
+            return f"exhausted{when}", view.until
+    if view.over_daily_cost:
+        return f"over its daily cost: {view.over_daily_cost}", None
+    if view.circuit == "open" and (view.circuit_until is None or view.circuit_until > now):
+        when = f" until {view.circuit_until.isoformat(timespec='seconds')}" if view.circuit_until else ""
+        return f"circuit open{when}", None
+    if view.circuit in ("open", "half_open") and view.probe_taken:
+        return "circuit half-open: its one probe is in flight", None
+    return None, None
+
+
+def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random) -> float:
+    """Exponential backoff with full jitter: uniform in [0, min(cap, base * 2**(attempt-1))]."""
+    return rng.uniform(0, min(cap, base * 2 ** (attempt - 1)))
+
+
+@dataclass
+class Router:
+    policy: Policy
+    rng: random.Random = field(default_factory=random.Random)
+    trail: list[dict[str, Any]] = field(default_factory=list)
+    spent_cost: float = 0.0
+    spent_tokens: int = 0
+
+    def note(self, now: datetime, kind: str, detail: str, candidate: Candidate | None = None, **data: Any) -> None:
+        entry: dict[str, Any] = {"at": now, "kind": kind, "detail": detail}
+        if candidate is not None:
+            entry.update(step=candidate.step, profile=candidate.profile, backend=candidate.backend,
+                         model=candidate.model)  # fmt: skip
+        entry.update(data)
+        self.trail.append(entry)
+
+    def route(self, world: World) -> Generator[Decision, Observation, None]:
+        policy = self.policy
+        number = 0
+        retries: dict[tuple[int, str], int] = {}
+        out: dict[tuple[int, str], str] = {}  # candidates this run is done with, and why
+        resting: dict[tuple[int, str], datetime] = {}  # rate-limited here: not before this time
+        rejected_steps: set[int] = set()  # capability shortfalls: the next step gets the task
+        again: tuple[int, str] | None = None  # retry this one first (transient backoff)
+        told: set[tuple[int, str, str]] = set()  # passed-over notes already in the trail
+        last: AttemptResult | None = None
+        while True:
+            now = world.now
+            over = self._over_budget()
+            if over:
+                self.note(now, "stop", over)
+                yield Finish("failed", over, last.error_class if last else None)
+                return
+            if number >= policy.max_attempts:
+                reason = f"gave up after {number} attempts" + (f": {_describe(last)}" if last else "")
+                self.note(now, "stop", reason)
+                yield Finish("failed", reason, last.error_class if last else None)
+                return
+            chosen, resets, passed_all = self._choose(world, out, resting, rejected_steps, again, told)
+            again = None
+            if chosen is None:
+                if resets:
+                    until = min(resets)
+                    self.note(
+                        now,
+                        "wait",
+                        f"nothing allowed has headroom: waiting until {until.isoformat(timespec='seconds')}",
+                    )
+                    world = (yield WaitUntil(until)).world
+                    continue
+                reason = _nothing_left(passed_all, out, last)
+                self.note(now, "stop", reason)
+                yield Finish("failed", reason, last.error_class if last else None)
+                return
+            number += 1
+            cost_left = None if policy.max_cost is None else max(0.0, policy.max_cost - self.spent_cost)
+            tokens_left = None if policy.max_tokens is None else max(0, policy.max_tokens - self.spent_tokens)
+            self.note(now, "try", f"attempt {number}: {chosen.profile} (step {chosen.step + 1}: "
+                      f"{policy.chain[chosen.step].describe()})", chosen, number=number)  # fmt: skip
+            observed = yield Try(chosen, number, cost_left, tokens_left)
+            world, result = observed.world, observed.result
+            assert result is not None
+            last = result
+            self.spent_cost += result.cost_usd
+            self.spent_tokens += result.tokens
+            key = (chosen.step, chosen.profile)
+            if result.outcome == "succeeded":
+                self.note(world.now, "outcome", "succeeded", chosen, number=number)
+                yield Finish("succeeded")
+                return
+            error_class = result.error_class or "unknown"
+            action = ACTIONS.get(error_class, "stop")
+            self.note(world.now, "outcome", _describe(result), chosen, number=number, error_class=error_class)
+            if action == "retry":
+                retries[key] = retries.get(key, 0) + 1
+                if retries[key] <= policy.retries and not self._over_budget():
+                    delay = backoff_delay(retries[key], policy.backoff_base, policy.backoff_cap, self.rng)
+                    self.note(world.now, "retry", f"{error_class}: retry {chosen.profile} in {delay:.1f}s "
+                              f"({retries[key]} of {policy.retries})", chosen)  # fmt: skip
+                    world = (yield Backoff(delay)).world
+                    again = key
+                    continue
+                out[key] = f"{error_class} {retries[key]} time(s)"
+                self.note(world.now, "next", f"{chosen.profile}: {out[key]}; trying the next candidate", chosen)
+            elif action == "next_candidate":
+                if error_class == "rate_limited":
+                    view = world.profiles.get(chosen.profile)
+                    until = view.until if view is not None and view.state == "exhausted" and view.until else None
+                    resting[key] = until or result.reset_at or world.now + timedelta(seconds=60)
+                else:
+                    out[key] = error_class
+                self.note(world.now, "next", f"{chosen.profile}: {error_class}; trying the next candidate", chosen)
+            elif action == "next_step":
+                rejected_steps.add(chosen.step)
+                self.note(world.now, "next", f"step {chosen.step + 1} rejected: escalating to the next step", chosen)
+            else:
+                reason = f"{error_class}: {result.message}" if result.message else error_class
+                self.note(world.now, "stop", f"{reason} (not escalated: another worker would get the same task)")
+                yield Finish("failed", reason, error_class)
+                return
+
+    def _choose(
+        self,
+        world: World,
+        out: dict[tuple[int, str], str],
+        resting: dict[tuple[int, str], datetime],
+        rejected_steps: set[int],
+        again: tuple[int, str] | None,
+        told: set[tuple[int, str, str]],
+    ) -> tuple[Candidate | None, list[datetime], list[Passed]]:
+        """The first usable candidate, scanning the chain from its first step (cheaper steps come
+        back after a reset); else the resets worth waiting for."""
+        resets: list[datetime] = []
+        passed_all: list[Passed] = []
+        for index, step in enumerate(self.policy.chain):
+            if index in rejected_steps:
+                continue
+            ordered, passed = expand(index, step, world, self.policy.tiers)
+            for p in passed:
+                if (p.step, p.profile, p.why) not in told:
+                    told.add((p.step, p.profile, p.why))
+                    self.note(world.now, "skip", f"{p.profile}: {p.why}", step=p.step, profile=p.profile)
+            passed_all.extend(passed)
+            step_resets = [p.until for p in passed if p.until is not None]
+            usable = []
+            for c in ordered:
+                key = (c.step, c.profile)
+                if key in out:
+                    continue
+                if key in resting and resting[key] > world.now:
+                    step_resets.append(resting[key])
+                    continue
+                usable.append(c)
+            if again is not None:
+                usable.sort(key=lambda c: (c.step, c.profile) != again)
+            if usable:
+                return usable[0], [], passed_all
+            resets.extend(step_resets)
+            if step_resets and self.policy.on_exhausted == "wait":
+                return None, step_resets, passed_all  # this loop waits for its step rather than escalate
+        return None, resets, passed_all
+
+    def _over_budget(self) -> str | None:
+        p = self.policy
+        if p.max_cost is not None and self.spent_cost >= p.max_cost:
+            return f"budget: spent ${self.spent_cost:.4f} of the run's ${p.max_cost:.2f}"
+        if p.max_tokens is not None and self.spent_tokens >= p.max_tokens:
+            return f"budget: used {self.spent_tokens} of the run's {p.max_tokens} tokens"
+        return None
+
+
+def _describe(result: AttemptResult | None) -> str:
+    if result is None:
+        return "no attempt"
+    message = result.message or result.outcome
+    return f"{result.error_class}: {message}" if result.error_class else message
+
+
+def _nothing_left(passed: list[Passed], out: dict[tuple[int, str], str], last: AttemptResult | None) -> str:
+    reasons = [f"{p.profile}: {p.why}" for p in passed] + [f"{name}: {why}" for (_, name), why in out.items()]
+    text = "no usable candidate" + (f" ({'; '.join(dict.fromkeys(reasons))})" if reasons else " in the chain")
+    return f"{text}; last: {_describe(last)}" if last else text

@@ -1,0 +1,263 @@
+"""The router, driven like the executor drives it, with an injected clock and seed: every failure
+class at every chain position, tiers, budgets, waits and the route it records."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from fleetd.routing.chain import ChainStep
+from fleetd.routing.router import (
+    AttemptResult,
+    Backoff,
+    Finish,
+    Observation,
+    Policy,
+    ProfileView,
+    Router,
+    Try,
+    WaitUntil,
+    World,
+    backoff_delay,
+)
+
+T0 = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+OK = AttemptResult("succeeded", cost_usd=0.5, tokens=1000)
+
+
+def fail(error_class: str, cost: float = 0.0, tokens: int = 0, reset_at: datetime | None = None) -> AttemptResult:
+    return AttemptResult("failed", error_class, f"{error_class} (test)", cost, tokens, reset_at)
+
+
+PROFILES = {
+    "qwen": ProfileView("qwen", "openai_compat", "local"),
+    "cc-a": ProfileView("cc-a", "claude_code", "subscription"),
+    "cc-b": ProfileView("cc-b", "claude_code", "subscription"),
+    "cc-api": ProfileView("cc-api", "claude_code", "metered"),
+    "codex": ProfileView("codex", "codex", "subscription"),
+}
+CHAIN = (ChainStep("openai_compat", ("qwen",)), ChainStep("claude_code", (), "sonnet"), ChainStep("codex"))
+
+
+class Drive:
+    """Plays the executor: performs each decision, answers attempts from `answers` by profile (each
+    call pops the next answer; the last one repeats), and lets `on_result` change the world."""
+
+    def __init__(
+        self,
+        policy: Policy,
+        answers: dict[str, list[AttemptResult]],
+        profiles: dict[str, ProfileView] = PROFILES,
+        on_result: Callable[[dict[str, ProfileView], str, AttemptResult, datetime], None] | None = None,
+    ) -> None:
+        self.router = Router(policy, random.Random(7))
+        self.answers = {k: list(v) for k, v in answers.items()}
+        self.profiles = dict(profiles)
+        self.now = T0
+        self.on_result = on_result or heartbeat_like
+        self.tried: list[str] = []
+        self.decisions: list[object] = []
+
+    def world(self) -> World:
+        return World(self.now, dict(self.profiles))
+
+    def run(self) -> Finish:
+        flow = self.router.route(self.world())
+        decision = next(flow)
+        while True:
+            self.decisions.append(decision)
+            if isinstance(decision, Finish):
+                return decision
+            if isinstance(decision, Try):
+                name = decision.candidate.profile
+                self.tried.append(f"{name}@{decision.candidate.model}" if decision.candidate.model else name)
+                queue = self.answers[name]
+                result = queue.pop(0) if len(queue) > 1 else queue[0]
+                self.now += timedelta(seconds=1)
+                self.on_result(self.profiles, name, result, self.now)
+                decision = flow.send(Observation(self.world(), result))
+            elif isinstance(decision, Backoff):
+                self.now += timedelta(seconds=decision.seconds)
+                decision = flow.send(Observation(self.world()))
+            elif isinstance(decision, WaitUntil):
+                assert decision.until > self.now, "a wait must be for a time to come"
+                self.now = decision.until
+                decision = flow.send(Observation(self.world()))
+            assert len(self.decisions) < 200, "the router must end"
+
+
+def heartbeat_like(profiles: dict[str, ProfileView], name: str, result: AttemptResult, now: datetime) -> None:
+    """What the heartbeat does with an attempt's class: exhausted, parked, disabled."""
+    view = profiles[name]
+    if result.error_class == "rate_limited":
+        profiles[name] = replace(view, state="exhausted", until=result.reset_at or now + timedelta(minutes=1))
+    elif result.error_class == "quota":
+        profiles[name] = replace(view, state="parked")
+    elif result.error_class == "auth":
+        profiles[name] = replace(view, state="disabled")
+    elif result.outcome == "succeeded" and view.state == "exhausted":
+        profiles[name] = replace(view, state="available", until=None)
+
+
+# -- each failure class at each position of the chain ---------------------------------------------------------
+
+CASES = [
+    # (answers, expected order of attempts, expected finish)
+    ({"qwen": [OK]}, ["qwen"], "succeeded"),
+    ({"qwen": [fail("transient"), OK]}, ["qwen", "qwen"], "succeeded"),
+    ({"qwen": [fail("transient")], "cc-a": [OK]}, ["qwen", "qwen", "qwen", "cc-a@sonnet"], "succeeded"),
+    ({"qwen": [fail("rate_limited")], "cc-a": [OK]}, ["qwen", "cc-a@sonnet"], "succeeded"),
+    ({"qwen": [fail("quota")], "cc-a": [OK]}, ["qwen", "cc-a@sonnet"], "succeeded"),
+    ({"qwen": [fail("auth")], "cc-a": [OK]}, ["qwen", "cc-a@sonnet"], "succeeded"),
+    ({"qwen": [fail("unavailable")], "cc-a": [OK]}, ["qwen", "cc-a@sonnet"], "succeeded"),
+    ({"qwen": [fail("capability")], "cc-a": [OK]}, ["qwen", "cc-a@sonnet"], "succeeded"),
+    ({"qwen": [fail("contract")], "cc-a": [OK]}, ["qwen"], "failed"),
+    ({"qwen": [fail("unknown")], "cc-a": [OK]}, ["qwen"], "failed"),
+    # second step: the next profile of the same step before the next step
+    ({"qwen": [fail("auth")], "cc-a": [fail("rate_limited")], "cc-b": [OK]},
+     ["qwen", "cc-a@sonnet", "cc-b@sonnet"], "succeeded"),
+    ({"qwen": [fail("auth")], "cc-a": [fail("auth")], "cc-b": [fail("quota")], "codex": [OK]},
+     ["qwen", "cc-a@sonnet", "cc-b@sonnet", "codex"], "succeeded"),
+    # a capability shortfall skips the rest of its step
+    ({"qwen": [fail("auth")], "cc-a": [fail("capability")], "cc-b": [OK], "codex": [OK]},
+     ["qwen", "cc-a@sonnet", "codex"], "succeeded"),
+    # last step: contract stops at once; everything out → failed with the reasons
+    ({"qwen": [fail("auth")], "cc-a": [fail("auth")], "cc-b": [fail("auth")], "codex": [fail("contract")]},
+     ["qwen", "cc-a@sonnet", "cc-b@sonnet", "codex"], "failed"),
+    ({"qwen": [fail("auth")], "cc-a": [fail("auth")], "cc-b": [fail("auth")], "codex": [fail("quota")]},
+     ["qwen", "cc-a@sonnet", "cc-b@sonnet", "codex"], "failed"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("answers", "order", "status"), CASES)
+def test_each_failure_class_has_its_action(answers: dict, order: list[str], status: str) -> None:
+    drive = Drive(Policy(CHAIN), answers)
+    assert drive.run().status == status
+    assert drive.tried == order
+
+
+def test_the_metered_profile_is_never_expanded_under_default_tiers_but_named_it_is_used() -> None:
+    everyone_out = {"qwen": [fail("auth")], "cc-a": [fail("auth")], "cc-b": [fail("auth")], "codex": [fail("auth")],
+                    "cc-api": [OK]}  # fmt: skip
+    drive = Drive(Policy(CHAIN), everyone_out)
+    finish = drive.run()
+    assert finish.status == "failed" and "cc-api" not in drive.tried
+    assert "tier metered not allowed" in finish.reason
+    assert any(e["kind"] == "skip" and e["profile"] == "cc-api" for e in drive.router.trail)
+    drive = Drive(Policy(CHAIN, tiers=frozenset({"local", "subscription", "metered"})), everyone_out)
+    assert drive.run().status == "succeeded" and drive.tried[-1] == "cc-api@sonnet"
+    named = (*CHAIN, ChainStep("claude_code", ("cc-api",)))
+    drive = Drive(Policy(named), everyone_out)
+    assert drive.run().status == "succeeded" and drive.tried[-1] == "cc-api"
+
+
+def test_when_nothing_has_headroom_the_run_waits_for_the_earliest_reset_then_starts_at_the_cheapest() -> None:
+    soon, later = T0 + timedelta(minutes=5), T0 + timedelta(minutes=30)
+    answers = {
+        "qwen": [fail("rate_limited", reset_at=soon), OK],
+        "cc-a": [fail("rate_limited", reset_at=later)],
+        "cc-b": [fail("rate_limited", reset_at=later)],
+        "codex": [fail("rate_limited", reset_at=later)],
+    }
+    drive = Drive(Policy(CHAIN), answers)
+    assert drive.run().status == "succeeded"
+    waits = [d for d in drive.decisions if isinstance(d, WaitUntil)]
+    assert [w.until for w in waits] == [soon]
+    assert drive.tried == ["qwen", "cc-a@sonnet", "cc-b@sonnet", "codex", "qwen"]
+
+
+def test_on_exhausted_wait_waits_for_the_step_instead_of_escalating() -> None:
+    soon = T0 + timedelta(minutes=5)
+    answers = {"qwen": [fail("rate_limited", reset_at=soon), OK], "cc-a": [OK]}
+    drive = Drive(Policy(CHAIN, on_exhausted="wait"), answers)
+    assert drive.run().status == "succeeded"
+    assert drive.tried == ["qwen", "qwen"]
+    assert [d.until for d in drive.decisions if isinstance(d, WaitUntil)] == [soon]
+
+
+def test_transient_retries_back_off_with_full_jitter_within_the_cap() -> None:
+    drive = Drive(Policy(CHAIN, retries=2, backoff_base=2, backoff_cap=3), {"qwen": [fail("transient")], "cc-a": [OK]})
+    drive.run()
+    delays = [d.seconds for d in drive.decisions if isinstance(d, Backoff)]
+    assert len(delays) == 2 and 0 <= delays[0] <= 2 and 0 <= delays[1] <= 3
+    rng = random.Random(1)
+    samples = [backoff_delay(5, 2, 60, rng) for _ in range(500)]
+    assert max(samples) <= 32 and min(samples) >= 0 and max(samples) > 16  # full jitter, capped at base*2^4
+
+
+def test_a_run_budget_stops_before_the_next_attempt_and_is_passed_down() -> None:
+    answers = {"qwen": [fail("transient", cost=0.8, tokens=400)], "cc-a": [fail("auth", cost=0.5)], "cc-b": [OK]}
+    drive = Drive(Policy(CHAIN, max_cost=2.0), answers)
+    finish = drive.run()
+    assert finish.status == "failed" and finish.reason.startswith("budget: spent $2.4")
+    tries = [d for d in drive.decisions if isinstance(d, Try)]
+    assert [round(t.cost_left or 0, 2) for t in tries] == [2.0, 1.2, 0.4]
+    drive = Drive(Policy(CHAIN, max_tokens=1000), {"qwen": [fail("transient", tokens=600)], "cc-a": [OK]})
+    finish = drive.run()
+    assert finish.status == "failed" and "600" not in (finish.reason or "") and "tokens" in (finish.reason or "")
+    assert drive.tried == ["qwen", "qwen"]
+
+
+def test_open_and_half_open_circuits_are_passed_over_and_one_probe_is_allowed() -> None:
+    profiles = dict(PROFILES)
+    profiles["qwen"] = replace(profiles["qwen"], circuit="open", circuit_until=T0 + timedelta(minutes=1))
+    profiles["cc-a"] = replace(profiles["cc-a"], circuit="half_open", probe_taken=True)
+    drive = Drive(Policy(CHAIN), {"cc-b": [OK]}, profiles)
+    assert drive.run().status == "succeeded" and drive.tried == ["cc-b@sonnet"]
+    skips = {e["profile"]: e["detail"] for e in drive.router.trail if e["kind"] == "skip"}
+    assert "circuit open until" in skips["qwen"] and "probe is in flight" in skips["cc-a"]
+    profiles["cc-a"] = replace(profiles["cc-a"], probe_taken=False)  # the probe is free: it is tried
+    drive = Drive(Policy(CHAIN), {"cc-a": [OK], "cc-b": [OK]}, profiles)
+    assert drive.run().status == "succeeded" and drive.tried == ["cc-a@sonnet"]
+
+
+def test_the_active_profile_goes_first_then_headroom() -> None:
+    profiles = dict(PROFILES)
+    profiles["cc-a"] = replace(profiles["cc-a"], headroom=0.9)
+    profiles["cc-b"] = replace(profiles["cc-b"], headroom=0.2, active=True)
+    chain = (ChainStep("claude_code"),)
+    drive = Drive(Policy(chain), {"cc-a": [OK], "cc-b": [OK]}, profiles)
+    drive.run()
+    assert drive.tried == ["cc-b"]
+    profiles["cc-b"] = replace(profiles["cc-b"], active=False)
+    drive = Drive(Policy(chain), {"cc-a": [OK], "cc-b": [OK]}, profiles)
+    drive.run()
+    assert drive.tried == ["cc-a"]  # the most headroom, not the least
+
+
+def test_unavailable_disabled_and_over_daily_cost_candidates_are_skipped_with_the_reason() -> None:
+    profiles = dict(PROFILES)
+    profiles["qwen"] = replace(profiles["qwen"], unavailable="no server at 127.0.0.1:11434")
+    profiles["cc-a"] = replace(profiles["cc-a"], state="disabled", reason="auth failure")
+    profiles["cc-b"] = replace(profiles["cc-b"], over_daily_cost="$10.00 of $10.00")
+    drive = Drive(Policy(CHAIN), {"codex": [OK]}, profiles)
+    assert drive.run().status == "succeeded" and drive.tried == ["codex"]
+    skips = [e["detail"] for e in drive.router.trail if e["kind"] == "skip"]
+    assert skips == [
+        "qwen: unavailable: no server at 127.0.0.1:11434",
+        "cc-a: disabled: auth failure",
+        "cc-api: tier metered not allowed (--tiers local,subscription)",
+        "cc-b: over its daily cost: $10.00 of $10.00",
+    ]
+
+
+def test_the_route_records_every_decision_in_order() -> None:
+    drive = Drive(Policy(CHAIN), {"qwen": [fail("transient"), fail("transient"), fail("transient")],
+                                  "cc-a": [fail("rate_limited")], "cc-b": [OK]})  # fmt: skip
+    drive.run()
+    kinds = [e["kind"] for e in drive.router.trail if e["kind"] != "skip"]
+    assert kinds == ["try", "outcome", "retry", "try", "outcome", "retry", "try", "outcome", "next",
+                     "try", "outcome", "next", "try", "outcome"]  # fmt: skip
+
+
+def test_attempts_are_bounded() -> None:
+    # A profile that keeps saying rate_limited but whose state never changes cannot loop forever.
+    drive = Drive(Policy((ChainStep("claude_code", ("cc-a",)),), max_attempts=5), {"cc-a": [fail("rate_limited")]},
+                  on_result=lambda *_: None)  # fmt: skip
+    finish = drive.run()
+    assert finish.status == "failed"
+    assert len(drive.tried) <= 5
