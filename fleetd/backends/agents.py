@@ -3,6 +3,8 @@ CLI is found on PATH, and extra arguments pass through."""
 
 from __future__ import annotations
 
+import os
+import shutil
 from typing import TYPE_CHECKING, Literal
 
 from fleetd.backends.base import EnvChange
@@ -19,6 +21,15 @@ class AgentCli:
     kind: Literal["process"] = "process"
     needs_profile = True
     end_on_rate_limit_line = False
+    uses_config_dir = False  # the CLI keeps the profile's login in its config directory
+
+    def unavailable(self, profile: Profile) -> str | None:
+        """Why this profile cannot run here at all, before trying (the router skips it)."""
+        if shutil.which(self.executable) is None:
+            return f"{self.executable} not found on the daemon's PATH"
+        if self.uses_config_dir and not os.path.isdir(profile.config_dir):
+            return f"its config directory {profile.config_dir} is gone"
+        return None
 
     def validate(self, loop: Loop) -> None:
         if loop.prompt is None and loop.prompt_file is None:

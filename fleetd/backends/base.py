@@ -25,8 +25,11 @@ class AttemptContext:
     prompt: str | None
     profile: Profile | None
     secret: str | None  # the profile's API key, if it has one; never logged
-    model: str | None  # the loop's --model, else the profile's default
+    model: str | None  # the chain step's model, else the profile's default
     tmpdir: str  # private TMPDIR for this attempt, removed afterwards
+    timeout_s: float | None = None  # what is left of the run's --timeout
+    cost_left: float | None = None  # what the run's budget still allows, for backends that can enforce it
+    tokens_left: int | None = None
 
 
 @dataclass
@@ -70,6 +73,9 @@ class Adapter(Protocol):
         """The CLI's own interactive login, or None when the backend logs in by API key only."""
 
     def is_rate_limit_line(self, line: str) -> bool: ...
+
+    def unavailable(self, profile: Profile) -> str | None:
+        """Why `profile` cannot run on this host at all (its CLI is missing, ...), or None."""
 
 
 class ProcessAdapter(Adapter, Protocol):

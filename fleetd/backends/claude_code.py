@@ -24,6 +24,7 @@ CREDENTIAL_VARS = ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "CLAUDE_CODE_OAU
 class ClaudeCodeAdapter(AgentCli):
     name = "claude_code"
     executable = "claude"
+    uses_config_dir = True
 
     def profile_env(self, profile: Profile, secret: str | None) -> EnvChange:
         env = {"CLAUDE_CONFIG_DIR": profile.config_dir}
@@ -45,6 +46,8 @@ class ClaudeCodeAdapter(AgentCli):
         argv = [self.executable, "-p", ctx.prompt or "", "--output-format", "stream-json", "--verbose"]
         if ctx.model:
             argv += ["--model", ctx.model]
+        if ctx.cost_left is not None:  # the run's budget: Claude Code stops itself when it is spent
+            argv += ["--max-budget-usd", f"{ctx.cost_left:.4f}"]
         change = self.profile_env(ctx.profile, ctx.secret)
         env = {**change.set, "CLAUDE_CODE_MAX_RETRIES": "0", "DISABLE_AUTOUPDATER": "1"}
         return ProcessSpec(argv=argv + ctx.loop.agent_args, env=env, unset_env=change.unset, cwd=ctx.loop.workdir)

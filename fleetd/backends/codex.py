@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 class CodexAdapter(AgentCli):
     name = "codex"
     executable = "codex"
+    uses_config_dir = True
     # Only a custom provider block takes `stream_max_retries = 0`; the built-in `openai` provider
     # cannot be overridden (Codex 0.169 exits 1 on `-c model_providers.openai.…`), and it reconnects
     # up to 5 times honouring retry-after. Its "Reconnecting... 1/5 (… 429 …)" line ends the attempt.

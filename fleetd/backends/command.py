@@ -35,6 +35,9 @@ class CommandAdapter:
     def is_rate_limit_line(self, line: str) -> bool:
         return False
 
+    def unavailable(self, profile: Profile) -> str | None:
+        return None
+
     def build(self, ctx: AttemptContext) -> ProcessSpec:
         env = {"FLEETD_PROMPT": ctx.prompt} if ctx.prompt is not None else {}
         return ProcessSpec(

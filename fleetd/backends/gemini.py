@@ -27,6 +27,7 @@ DEFAULT_MODEL = "gemini-2.5-pro"
 class GeminiAdapter(AgentCli):
     name = "gemini"
     executable = "gemini"
+    uses_config_dir = True
 
     def profile_env(self, profile: Profile, secret: str | None) -> EnvChange:
         env = {"GEMINI_CLI_HOME": profile.config_dir}

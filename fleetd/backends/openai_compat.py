@@ -40,6 +40,9 @@ class OpenAICompatAdapter:
     def is_rate_limit_line(self, line: str) -> bool:
         return False
 
+    def unavailable(self, profile: Profile) -> str | None:
+        return None
+
     async def call(
         self, ctx: AttemptContext, log: LogSink, timeout: float | None, now: datetime, tz: tzinfo
     ) -> ParsedOutput:
@@ -52,7 +55,9 @@ class OpenAICompatAdapter:
             return ParsedOutput("failed", "contract", message="no model: give the loop --model or the profile --model")
         url = profile.base_url.rstrip("/") + "/chat/completions"
         headers = {"Authorization": f"Bearer {ctx.secret}"} if ctx.secret else {}
-        body = {"model": ctx.model, "messages": [{"role": "user", "content": ctx.prompt or ""}]}
+        body: dict[str, object] = {"model": ctx.model, "messages": [{"role": "user", "content": ctx.prompt or ""}]}
+        if ctx.tokens_left is not None:  # the run's token budget, enforced by the server
+            body["max_tokens"] = ctx.tokens_left
         log(f"POST {url} model={ctx.model}\n".encode())
         try:
             async with httpx.AsyncClient(timeout=timeout) as client:

@@ -27,3 +27,7 @@ def get_adapter(name: str) -> Adapter:
     except KeyError:
         known = ", ".join(sorted(ADAPTERS))
         raise InvalidArgument(f"unknown backend {name!r} (known: {known})") from None
+
+
+def backend_names() -> tuple[str, ...]:
+    return tuple(ADAPTERS)

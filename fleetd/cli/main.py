@@ -211,6 +211,15 @@ def _parse_size(text: str) -> int:
     "--profile", "profiles", help="Profile pool, comma-separated, tried in order (default: all of the backend)."
 )
 @click.option("--model", help="Model for the agent (default: the profile's).")
+@click.option(
+    "--chain", help="Escalation chain, tried left to right: BACKEND[@MODEL] or PROFILE[@MODEL], comma-separated."
+)
+@click.option("--tiers", help="Tiers a backend step may use (default local,subscription; add metered to allow keys).")
+@click.option("--max-cost", help="USD a run may spend, every attempt included.")
+@click.option("--max-tokens", help="Tokens a run may use, e.g. 2M.")
+@click.option("--daily-cost", help="USD the loop may spend per rolling 24 h; a fire over it is skipped.")
+@click.option("--on-exhausted", type=click.Choice(["escalate", "wait"]),
+              help="When a step has no headroom: go up the chain (default) or wait for its reset.")  # fmt: skip
 @click.option("--agent-arg", "agent_args", multiple=True, help="Extra argument passed to the agent CLI (repeatable).")
 @click.option("--command", "command", help="Shell command (command backend).")
 @click.option("--prompt", help="Prompt text (stdin and FLEETD_PROMPT for the command backend).")
@@ -283,6 +292,12 @@ def loop_show(name: str, as_json: bool) -> None:
             ("env", " ".join(f"{k}={v}" for k, v in lp["env"].items()) or None),
             ("profiles", ",".join(lp["profiles"]) or ("(all of the backend)" if lp["backend"] != "command" else None)),
             ("model", lp["model"]),
+            ("chain", ",".join(lp["chain"]) or None),
+            ("tiers", ",".join(lp["tiers"]) if lp["backend"] != "command" else None),
+            ("max cost", f"${lp['max_cost']:.2f} per run" if lp["max_cost"] else None),
+            ("max tokens", f"{lp['max_tokens']} per run" if lp["max_tokens"] else None),
+            ("daily cost", f"${lp['daily_cost']:.2f} per 24 h" if lp["daily_cost"] else None),
+            ("on exhausted", lp["on_exhausted"] if lp["backend"] != "command" else None),
             ("agent args", " ".join(lp["agent_args"]) or None),
             ("timeout", format_duration(lp["timeout_s"]) if lp["timeout_s"] else "none"),
             ("catch-up", lp["catch_up"]),
@@ -293,6 +308,14 @@ def loop_show(name: str, as_json: bool) -> None:
             ("running", f"run {lp['running_run_id']}" if lp["running_run_id"] else "no"),
         ]
     )
+    for step in lp.get("resolved") or []:
+        click.echo(f"step {step['step']}: {step['step_text']}")
+        for name in step["candidates"]:
+            click.echo(f"    {name}")
+        for out in step["passed"]:
+            click.echo(f"    {out['profile']}: out ({out['why']})")
+        if not step["candidates"] and not step["passed"]:
+            click.echo("    (no profile of this backend)")
 
 
 def _run_brief(run: dict[str, Any] | None) -> str:
@@ -426,6 +449,11 @@ def runs_show(run_id: str, as_json: bool) -> None:
         )
         if a["error"]:
             click.echo(f"    {short(a['error'], 150)}")
+    route = r.get("route") or []
+    if route:
+        click.echo("route:")
+        for entry in route:
+            click.echo(f"  {local_time(entry['at'])}  {entry['kind']:<7}  {entry['detail']}")
 
 
 @runs.command("logs")
@@ -463,6 +491,8 @@ def profile() -> None:
 @click.option("--price-output", type=float, help="USD per million output tokens.")
 @click.option("--price-cache-read", type=float, help="USD per million cache-read tokens.")
 @click.option("--price-cache-write", type=float, help="USD per million cache-write tokens.")
+@click.option("--default-reset", help="How long a rate limit that names no reset lasts (default 60s).")
+@click.option("--daily-cost", help="USD this profile may spend per rolling 24 h (then it is passed over).")
 @click.option("--json", "as_json", is_flag=True, help="Print the profile as JSON.")
 def profile_add(
     name: str, api_key_stdin: bool, config_dir: str | None, limits: tuple[str, ...], as_json: bool, **fields: Any
@@ -521,9 +551,20 @@ def profile_show(name: str, as_json: bool) -> None:
             ("model", p["model"]),
             ("prices", prices or None),
             ("limits", " ".join(p["limits"]) or None),
+            ("default reset", format_duration(p["default_reset_s"]) if p.get("default_reset_s") else None),
+            ("daily cost", f"${p['daily_cost']:.2f} per 24 h" if p.get("daily_cost") else None),
             ("enabled", "yes" if p["enabled"] else "no"),
+            ("circuit", _circuit_text(p.get("circuit"))),
         ]
     )
+
+
+@profile.command("reset-circuit")
+@click.argument("name")
+def profile_reset_circuit(name: str) -> None:
+    """Close profile NAME's circuit breaker by hand."""
+    _client().call("POST", f"/v1/profiles/{segment(name)}/reset-circuit")
+    click.echo(f"closed the circuit of profile {name}")
 
 
 @profile.command("rm")
@@ -612,9 +653,17 @@ def _usage_table(rows: list[dict[str, Any]]) -> str:
         marker = "*" if r["active"] else ""
         marker += " pinned" if r["pinned"] else ""
         shown = " ".join(x for x in (windows, reported) if x) or "-"
-        circuit = r["circuit"] or "-"
+        circuit = _circuit_text(r["circuit"])
         lines.append([r["profile"], r["backend"], r["tier"], state, shown, resets, marker.strip(), circuit])
     return table(["PROFILE", "BACKEND", "TIER", "STATE", "WINDOWS", "RESETS IN", "ACTIVE", "CIRCUIT"], lines)
+
+
+def _circuit_text(circuit: dict[str, Any] | None) -> str:
+    if not circuit:
+        return "-"
+    if circuit["state"] == "open":
+        return f"open until {local_time(circuit['open_until'])}"
+    return circuit["state"].replace("_", "-")
 
 
 def _amount(value: float, unit: str) -> str:

@@ -18,16 +18,18 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from fleetd import __version__
-from fleetd.daemon.views import loop_json, profile_json, run_json, usage_json
+from fleetd.backends.registry import backend_names
+from fleetd.daemon.views import circuit_json, loop_json, profile_json, run_json, usage_json
 from fleetd.errors import FleetdError, InvalidArgument, NotFound
 from fleetd.heartbeat.service import Heartbeat
 from fleetd.loops.executor import Executor
 from fleetd.loops.model import validate_loop_input, validate_name
 from fleetd.loops.scheduler import Scheduler
 from fleetd.paths import Paths
-from fleetd.profiles.model import validate_profile_name
+from fleetd.profiles.model import Profile, validate_profile_name
 from fleetd.profiles.service import ProfileService
-from fleetd.routing.policy import check_pool
+from fleetd.routing.policy import apply_routing_input, loop_policy
+from fleetd.routing.router import resolve
 from fleetd.store.attempts import AttemptStore
 from fleetd.store.events import EventLog
 from fleetd.store.loops import LoopStore
@@ -101,13 +103,30 @@ def create_app(ctx: DaemonContext) -> Starlette:
         return JSONResponse(loop_json(loop, last[0] if last else None, _running_id(name)))
 
     async def add_loop(request: Request) -> Response:
-        loop = validate_loop_input(await _body(request), ctx.default_tz)
-        check_pool(loop.profiles, await ctx.profiles.store.list(), loop.backend)
+        body = await _body(request)
+        loop = validate_loop_input(body, ctx.default_tz)
+        apply_routing_input(body, loop, await ctx.profiles.store.list(), backend_names())
         saved = await ctx.scheduler.add(loop)
         return JSONResponse(loop_json(saved, None, _running_id(saved.name)), status_code=201)
 
     async def show_loop(request: Request) -> Response:
-        return await _loop_view(request.path_params["name"])
+        response = await _loop_view(request.path_params["name"])
+        loop = await ctx.loops.get(request.path_params["name"])
+        if loop.backend == "command":
+            return response
+        body = json.loads(bytes(response.body))
+        policy = loop_policy(loop)
+        world, _ = await ctx.profiles.world(list(policy.chain))
+        body["resolved"] = [
+            {
+                "step": index + 1,
+                "step_text": step.describe(),
+                "candidates": [c.profile for c in usable],
+                "passed": [{"profile": p.profile, "why": p.why} for p in passed],
+            }
+            for index, (step, usable, passed) in enumerate(resolve(policy, world))
+        ]
+        return JSONResponse(body)
 
     async def remove_loop(request: Request) -> Response:
         name = validate_name(request.path_params["name"])
@@ -155,7 +174,7 @@ def create_app(ctx: DaemonContext) -> Starlette:
 
     async def show_run(request: Request) -> Response:
         run = await ctx.runs.get(_run_id(request))
-        return JSONResponse(run_json(run, await ctx.attempts.for_run(run.id)))
+        return JSONResponse(run_json(run, await ctx.attempts.for_run(run.id), await ctx.runs.route(run.id)))
 
     async def run_log(request: Request) -> Response:
         run = await ctx.runs.get(_run_id(request))
@@ -163,15 +182,18 @@ def create_app(ctx: DaemonContext) -> Starlette:
         return StreamingResponse(_stream_log(ctx, run.id, run.log_path, follow), media_type="text/plain")
 
     async def list_profiles(request: Request) -> Response:
-        return JSONResponse([profile_json(p) for p in await ctx.profiles.store.list()])
+        return JSONResponse([_profile(p) for p in await ctx.profiles.store.list()])
+
+    def _profile(profile: Profile) -> dict[str, Any]:
+        return {**profile_json(profile), "circuit": circuit_json(ctx.heartbeat.circuit(profile.name))}
 
     async def add_profile(request: Request) -> Response:
         profile = await ctx.profiles.add(await _body(request))
-        return JSONResponse(profile_json(profile), status_code=201)
+        return JSONResponse(_profile(profile), status_code=201)
 
     async def show_profile(request: Request) -> Response:
         name = validate_profile_name(request.path_params["name"])
-        return JSONResponse(profile_json(await ctx.profiles.store.get(name)))
+        return JSONResponse(_profile(await ctx.profiles.store.get(name)))
 
     async def remove_profile(request: Request) -> Response:
         name = validate_profile_name(request.path_params["name"])
@@ -180,11 +202,16 @@ def create_app(ctx: DaemonContext) -> Starlette:
 
     async def enable_profile(request: Request) -> Response:
         name = validate_profile_name(request.path_params["name"])
-        return JSONResponse(profile_json(await ctx.profiles.set_enabled(name, True)))
+        return JSONResponse(_profile(await ctx.profiles.set_enabled(name, True)))
 
     async def disable_profile(request: Request) -> Response:
         name = validate_profile_name(request.path_params["name"])
-        return JSONResponse(profile_json(await ctx.profiles.set_enabled(name, False)))
+        return JSONResponse(_profile(await ctx.profiles.set_enabled(name, False)))
+
+    async def reset_circuit(request: Request) -> Response:
+        profile = await ctx.profiles.store.get(validate_profile_name(request.path_params["name"]))
+        await ctx.heartbeat.reset_circuit(profile)
+        return JSONResponse({"profile": profile.name, "circuit": circuit_json(ctx.heartbeat.circuit(profile.name))})
 
     async def profile_env(request: Request) -> Response:
         name = validate_profile_name(request.path_params["name"])
@@ -244,6 +271,7 @@ def create_app(ctx: DaemonContext) -> Starlette:
         Route("/v1/profiles/{name}/switch", switch_profile, methods=["POST"]),
         Route("/v1/profiles/{name}/enable", enable_profile, methods=["POST"]),
         Route("/v1/profiles/{name}/disable", disable_profile, methods=["POST"]),
+        Route("/v1/profiles/{name}/reset-circuit", reset_circuit, methods=["POST"]),
         Route("/v1/backends/{backend}/auto", auto_backend, methods=["POST"]),
         Route("/v1/usage", usage),
         Route("/v1/events", events),

@@ -26,6 +26,7 @@ from fleetd.paths import Paths
 from fleetd.profiles.secrets import open_secret_store
 from fleetd.profiles.service import KnownSecrets, ProfileService
 from fleetd.store.attempts import AttemptStore
+from fleetd.store.circuits import CircuitStore
 from fleetd.store.db import Database
 from fleetd.store.events import EventLog
 from fleetd.store.loops import LoopStore
@@ -104,6 +105,7 @@ class Daemon:
             interval=self.options.heartbeat_interval,
             near_limit=self.options.near_limit,
             known_secrets=known_secrets.values,
+            circuits=CircuitStore(db),
         )
         profiles = ProfileService(
             profile_store,
@@ -113,6 +115,7 @@ class Daemon:
             profiles_dir=self.paths.profiles,
             clock=now_utc,
             known=known_secrets,
+            attempts=attempts,
         )
         executor = Executor(
             runs,
@@ -124,6 +127,7 @@ class Daemon:
             clock=now_utc,
             local_tz=ZoneInfo(zone_name),
             kill_grace=self.options.kill_grace,
+            events=events,
         )
         leftovers = await runs.running()  # read before anything can start a run
         scheduler = Scheduler(

@@ -6,6 +6,7 @@ from typing import Any
 
 from fleetd.loops.model import Loop
 from fleetd.profiles.model import PRICE_FIELDS, Profile
+from fleetd.routing.circuit import Circuit
 from fleetd.store.attempts import Attempt
 from fleetd.store.runs import Run
 from fleetd.timefmt import to_iso
@@ -36,6 +37,12 @@ def loop_json(loop: Loop, last_run: Run | None = None, running_run_id: int | Non
         "profiles": loop.profiles,
         "model": loop.model,
         "agent_args": loop.agent_args,
+        "chain": [step.describe() for step in loop.chain],
+        "tiers": list(loop.tiers),
+        "max_cost": loop.max_cost,
+        "max_tokens": loop.max_tokens,
+        "daily_cost": loop.daily_cost,
+        "on_exhausted": loop.on_exhausted,
         "last_run": None
         if last_run is None
         else {"id": last_run.id, "status": last_run.status, "started_at": to_iso(last_run.started_at)},
@@ -55,7 +62,18 @@ def profile_json(profile: Profile) -> dict[str, Any]:
         "has_api_key": profile.has_secret,
         "enabled": profile.enabled,
         "limits": [limit.describe() for limit in profile.limits],
+        "default_reset_s": profile.default_reset_s,
+        "daily_cost": profile.daily_cost,
         "created_at": to_iso(profile.created_at),
+    }
+
+
+def circuit_json(circuit: Circuit) -> dict[str, Any]:
+    return {
+        "state": circuit.state,
+        "open_until": to_iso(circuit.open_until) if circuit.state == "open" else None,
+        "failures": circuit.failures,
+        "cooldown_s": circuit.cooldown_s,
     }
 
 
@@ -79,12 +97,17 @@ def attempt_json(attempt: Attempt) -> dict[str, Any]:
             "cache_write": attempt.cache_write_tokens,
         },
         "cost_usd": attempt.cost_usd,
+        "step": attempt.step,
+        "role": attempt.role,
+        "duration_ms": attempt.duration_ms,
         "session_id": attempt.session_id,
         "windows": attempt.windows,
     }
 
 
-def run_json(run: Run, attempts: list[Attempt] | None = None) -> dict[str, Any]:
+def run_json(
+    run: Run, attempts: list[Attempt] | None = None, route: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
     duration = None
     if run.finished_at is not None:
         duration = round((run.finished_at - run.started_at).total_seconds(), 3)
@@ -106,6 +129,7 @@ def run_json(run: Run, attempts: list[Attempt] | None = None) -> dict[str, Any]:
         "pid": run.pid,
         "wait_until": to_iso(run.wait_until),
         **({"attempt_list": [attempt_json(a) for a in attempts]} if attempts is not None else {}),
+        **({"route": route} if route is not None else {}),
     }
 
 
@@ -144,5 +168,5 @@ def usage_json(row: dict[str, Any]) -> dict[str, Any]:
         "pinned": row["pinned"],
         "in_flight": row["in_flight"],
         "garbled_lines": stored.garbled_lines,
-        "circuit": None,  # circuit breakers are not built yet
+        "circuit": circuit_json(row["circuit"]),
     }

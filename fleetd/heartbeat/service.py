@@ -20,6 +20,9 @@ from fleetd.heartbeat.switch import Standing, attempt_order, choose_active, earl
 from fleetd.heartbeat.windows import WindowUsage, headroom, window_usage
 from fleetd.loops.scrub import Scrubber
 from fleetd.profiles.model import Profile
+from fleetd.routing import circuit as breaker
+from fleetd.routing.router import ProfileView
+from fleetd.store.circuits import CircuitStore
 from fleetd.store.events import EventLog
 from fleetd.store.profiles import ProfileStore
 from fleetd.store.usage import NewUsage, StoredState, UsageStore
@@ -27,6 +30,7 @@ from fleetd.store.usage import NewUsage, StoredState, UsageStore
 log = logging.getLogger("fleetd.heartbeat")
 KEEP_HISTORY = timedelta(days=31)  # how far back fleetd's own sessions are matched against the agents' records
 WATCH_ARMING_S = 1.0  # a generous bound on how long watchfiles takes to start watching
+CIRCUIT_EVENTS = {"open": "circuit.opened", "half_open": "circuit.half_open", "closed": "circuit.closed"}
 RESERVATION_FLOOR = 0.05  # headroom an in-flight attempt takes when its size is unknown
 STOP_WAIT_S = 2.0  # how long stop() waits for the beat and the watch (watchfiles' thread sees its stop event in ~50 ms)
 
@@ -54,8 +58,14 @@ class Heartbeat:
         interval: float = 30.0,
         near_limit: float = NEAR_LIMIT,
         known_secrets: Callable[[], Awaitable[Collection[str]]] | None = None,
+        circuits: CircuitStore | None = None,
+        breaker_policy: breaker.BreakerPolicy | None = None,
     ) -> None:
         self.profiles = profiles
+        self.circuit_store = circuits
+        self.breaker_policy = breaker_policy or breaker.BreakerPolicy()
+        self.circuits: dict[str, breaker.Circuit] = {}
+        self.probing: set[str] = set()  # half-open profiles whose one probe is in flight
         # The agents' own records are output too: whatever of them is kept is scrubbed of every key first.
         # (An attempt's parsed output arrives scrubbed already: the executor scrubs where it enters.)
         self.known_secrets = known_secrets
@@ -81,6 +91,8 @@ class Heartbeat:
     async def start(self) -> None:
         self.states = await self.usage.load_states()
         self.active = await self.usage.load_active()
+        if self.circuit_store is not None:
+            self.circuits = await self.circuit_store.load()
         await self.beat()
         self._task = asyncio.create_task(self._run(), name="heartbeat")
         self._watch_task = asyncio.create_task(self._watch(), name="heartbeat-watch")
@@ -119,6 +131,7 @@ class Heartbeat:
         """The interval, or sooner when a profile's reset falls before it."""
         now = self.clock()
         resets = [s.status.exhausted_until for s in self.states.values() if s.status.exhausted_until]
+        resets += [c.open_until for c in self.circuits.values() if c.state == "open" and c.open_until]
         soonest = min(((r - now).total_seconds() for r in resets if r > now), default=self.interval)
         return max(0.05, min(self.interval, soonest + 0.01))
 
@@ -173,6 +186,8 @@ class Heartbeat:
             profiles = await self.profiles.list()
             for profile in profiles:
                 await self._refresh(profile)
+            for profile in profiles:
+                await self._observe_circuit(profile, self.clock())
             for backend in sorted({p.backend for p in profiles}):
                 await self._switch(backend, profiles)
             if self._watch_roots() != self._watched:
@@ -234,6 +249,7 @@ class Heartbeat:
         kind = {
             "exhausted": "profile.exhausted",
             "near_limit": "profile.near_limit",
+            "parked": "profile.quota",
             "disabled": "profile.disabled",
         }.get(new.state, "profile.recovered")
         if new.state == "available" and old.state == "near_limit":
@@ -301,6 +317,93 @@ class Heartbeat:
 
     def release(self, profile: str) -> None:
         self.in_flight[profile] = max(0, self.in_flight.get(profile, 0) - 1)
+        self.probing.discard(profile)
+
+    # -- circuit breakers -------------------------------------------------------------------------
+
+    def circuit(self, profile: str) -> breaker.Circuit:
+        return self.circuits.get(profile, breaker.Circuit()).current(self.clock())
+
+    def claim_probe(self, profile: str) -> bool:
+        """A half-open circuit lets exactly one attempt through; concurrent runs do not all probe.
+        True when this caller may go ahead (a closed circuit always may)."""
+        state = self.circuit(profile).state
+        if state == "closed":
+            return True
+        if state == "half_open" and profile not in self.probing:
+            self.probing.add(profile)
+            return True
+        return False
+
+    async def _observe_circuit(self, profile: Profile, now: datetime) -> None:
+        """An open circuit whose cooldown is over becomes half-open: persist it and say so."""
+        stored = self.circuits.get(profile.name)
+        if stored is None:
+            return
+        current = stored.current(now)
+        if current != stored:
+            await self._set_circuit(profile, stored, current, now, "cooldown over: the next attempt is a probe")
+
+    async def _set_circuit(
+        self, profile: Profile, old: breaker.Circuit, new: breaker.Circuit, now: datetime, why: str
+    ) -> None:
+        self.circuits[profile.name] = new
+        if self.circuit_store is not None:
+            await self.circuit_store.save(profile.name, new, now)
+        if new.state == old.state:
+            return
+        until = ""
+        if new.state == "open" and new.open_until:
+            until = f" until {new.open_until.isoformat(timespec='seconds')}"
+        message = f"{profile.name}: circuit {new.state.replace('_', '-')}{until} ({why})"
+        await self.events.emit(now, CIRCUIT_EVENTS[new.state], message, backend=profile.backend, profile=profile.name,
+                               state=new.state, open_until=new.open_until, reason=why)  # fmt: skip
+        log.info("%s", message)
+
+    async def reset_circuit(self, profile: Profile) -> None:
+        """By hand: close the circuit."""
+        async with self._lock:
+            old = self.circuits.get(profile.name, breaker.Circuit())
+            self.probing.discard(profile.name)
+            await self._set_circuit(profile, old, breaker.Circuit(), self.clock(), "closed by hand")
+
+    # -- the router's view ----------------------------------------------------------------------
+
+    async def views(self, profiles: list[Profile]) -> dict[str, ProfileView]:
+        """Each profile as the router sees it now (state, headroom, active, circuit)."""
+        async with self._lock:
+            now = self.clock()
+            for profile in profiles:
+                status = self.states.get(profile.name, StoredState(ProfileStatus())).status
+                if profile.name not in self.states or (
+                    status.state in ("exhausted", "parked") and status.exhausted_until and status.exhausted_until <= now
+                ):
+                    await self._refresh(profile)
+                await self._observe_circuit(profile, now)
+            by_backend: dict[str, list[Profile]] = {}
+            for profile in profiles:
+                by_backend.setdefault(profile.backend, []).append(profile)
+            views = {}
+            for backend, members in by_backend.items():
+                active, _ = self.active.get(backend, (None, False))
+                for standing in self.standings(members):
+                    profile = next(p for p in members if p.name == standing.name)
+                    circuit = self.circuit(profile.name)
+                    status = standing.status
+                    views[profile.name] = ProfileView(
+                        name=profile.name,
+                        backend=backend,
+                        tier=profile.tier,
+                        state="disabled" if not profile.enabled else status.state,
+                        until=status.exhausted_until,
+                        reason=status.reason,
+                        headroom=standing.headroom,
+                        active=active == profile.name,
+                        circuit=circuit.state,
+                        circuit_until=circuit.open_until,
+                        probe_taken=profile.name in self.probing,
+                    )
+            return views
 
     async def attempt_finished(
         self, profile: Profile, parsed: ParsedOutput, finished_at: datetime, cost_usd: float | None
@@ -316,10 +419,19 @@ class Heartbeat:
             stored = self.states.get(profile.name) or StoredState(ProfileStatus())
             if parsed.windows:
                 stored.reported = list(parsed.windows)
+            default_reset = timedelta(seconds=profile.default_reset_s) if profile.default_reset_s else None
             new = after_attempt(
-                stored.status, parsed.outcome, parsed.error_class, parsed.reset_at, parsed.message or "", finished_at
-            )
+                stored.status, parsed.outcome, parsed.error_class, parsed.reset_at, parsed.message or "", finished_at,
+                **({"default_reset": default_reset} if default_reset else {}),
+            )  # fmt: skip
             await self._set(profile, stored, new, finished_at)
+            old_circuit = self.circuit(profile.name)
+            new_circuit = breaker.after_attempt(
+                old_circuit, parsed.error_class, parsed.outcome == "succeeded", finished_at, self.breaker_policy
+            )
+            if new_circuit != self.circuits.get(profile.name, breaker.Circuit()):
+                why = parsed.error_class or parsed.outcome
+                await self._set_circuit(profile, old_circuit, new_circuit, finished_at, f"attempt {why}")
             await self._refresh(profile)
             await self._switch(profile.backend)
 
@@ -356,6 +468,9 @@ class Heartbeat:
         async with self._lock:
             self.states.pop(profile, None)
             self.windows.pop(profile, None)
+            self.circuits.pop(profile, None)
+            if self.circuit_store is not None:
+                await self.circuit_store.forget(profile)
             self._ingesters.pop(profile, None)
             await self.usage.forget(profile)
             for backend, (active, _) in list(self.active.items()):
@@ -371,5 +486,6 @@ class Heartbeat:
             active, pinned = self.active.get(profile.backend, (None, False))
             rows.append({"profile": profile, "stored": stored, "windows": self.windows.get(profile.name, []),
                          "active": active == profile.name, "pinned": pinned and active == profile.name,
-                         "in_flight": self.in_flight.get(profile.name, 0), "now": now})  # fmt: skip
+                         "in_flight": self.in_flight.get(profile.name, 0), "now": now,
+                         "circuit": self.circuit(profile.name)})  # fmt: skip
         return rows

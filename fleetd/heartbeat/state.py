@@ -2,7 +2,8 @@
 
 available → near_limit (≥ threshold of any window) → exhausted (a limit hit, or the backend said
 rate_limited; until its reset) → available again after the reset, but `unconfirmed` until the next
-successful attempt; disabled (auth failure, or by hand) until re-enabled.
+successful attempt; parked (out of quota / credit: billing, not a rate limit) until re-enabled by
+hand or until the reset the backend gave; disabled (auth failure, or by hand) until re-enabled.
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ from typing import Literal
 from fleetd.backends.result import WindowState
 from fleetd.heartbeat.windows import WindowUsage
 
-State = Literal["available", "near_limit", "exhausted", "disabled"]
+State = Literal["available", "near_limit", "exhausted", "parked", "disabled"]
 NEAR_LIMIT = 0.9
-UNKNOWN_RESET_BACKOFF = timedelta(minutes=5)  # a rate limit without a reset time: look again then
+# A rate limit without a reset time: look again then (a profile's --default-reset overrides it). A
+# key's per-minute limits clear in about a minute; subscription windows come with their reset time.
+UNKNOWN_RESET_BACKOFF = timedelta(seconds=60)
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,8 @@ def evaluate(
     over fleetd's estimate; a reset time the backend gave is never shortened by an estimate."""
     if prev.state == "disabled":
         return prev
+    if prev.state == "parked" and (prev.exhausted_until is None or now < prev.exhausted_until):
+        return prev
     if prev.state == "exhausted" and prev.exhausted_until is not None and now < prev.exhausted_until:
         return prev
     came_back = prev.state == "exhausted"
@@ -60,12 +65,21 @@ def evaluate(
 
 
 def after_attempt(
-    prev: ProfileStatus, outcome: str, error_class: str | None, reset_at: datetime | None, message: str, now: datetime
+    prev: ProfileStatus,
+    outcome: str,
+    error_class: str | None,
+    reset_at: datetime | None,
+    message: str,
+    now: datetime,
+    default_reset: timedelta = UNKNOWN_RESET_BACKOFF,
 ) -> ProfileStatus:
     """What an attempt's result says about its profile."""
     if error_class == "rate_limited":
-        until = reset_at if reset_at is not None and reset_at > now else now + UNKNOWN_RESET_BACKOFF
+        until = reset_at if reset_at is not None and reset_at > now else now + default_reset
         return ProfileStatus("exhausted", until, f"rate limited: {message}"[:200])
+    if error_class == "quota":
+        until = reset_at if reset_at is not None and reset_at > now else None
+        return ProfileStatus("parked", until, f"out of quota: {message}"[:200])
     if error_class == "auth":
         return ProfileStatus("disabled", None, f"auth failure: {message}"[:200])
     if outcome == "succeeded":

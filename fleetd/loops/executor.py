@@ -13,9 +13,9 @@ import shutil
 import tempfile
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, replace
-from datetime import datetime, tzinfo
+from datetime import datetime, timedelta, tzinfo
 from pathlib import Path
-from typing import Protocol, cast
+from typing import Any, Protocol, cast
 
 import psutil
 
@@ -28,8 +28,11 @@ from fleetd.loops.model import Loop
 from fleetd.loops.runlog import RunLog
 from fleetd.loops.scrub import Scrubber
 from fleetd.profiles.model import Profile
-from fleetd.routing.policy import after_failure
+from fleetd.routing.chain import ChainStep
+from fleetd.routing.policy import loop_policy
+from fleetd.routing.router import AttemptResult, Backoff, Candidate, Finish, Observation, Router, Try, WaitUntil, World
 from fleetd.store.attempts import AttemptStore
+from fleetd.store.events import EventLog
 from fleetd.store.runs import LoopFire, Run, RunStatus, RunStore
 from fleetd.timefmt import format_duration
 
@@ -37,13 +40,15 @@ log = logging.getLogger("fleetd.executor")
 STREAM_KEEP = 8 * 1024 * 1024  # per stream, for the parser; the log file has its own cap
 
 
-MAX_ATTEMPTS = 20  # per run: a bound, not a strategy (each failover needs a newly exhausted profile)
+_COMMAND = Candidate(0, "", "command", None, "local")  # the command backend's one attempt: no routing
 MAX_WAIT_SLEEP = 30.0  # a waiting run re-checks at least this often
 FINISH_RETRY_FIRST, FINISH_RETRY_MAX = 0.5, 30.0  # backoff for a run end the store refused
 
 
 class ProfileSource(Protocol):
-    async def plan(self, loop: Loop) -> tuple[list[Profile], datetime | None]: ...
+    async def world(self, steps: list[ChainStep]) -> tuple[World, dict[str, Profile]]: ...
+    def claim_probe(self, profile: Profile) -> bool: ...
+    async def candidate_skipped(self, loop: Loop, run_id: int, profile: str, why: str) -> None: ...
     async def secret(self, profile: Profile) -> str | None: ...
     # Every profile's key: an attempt's output is scrubbed of all of them, not only of its own.
     async def known_secrets(self) -> Collection[str]: ...
@@ -84,6 +89,7 @@ class AttemptEnd:
     parsed: ParsedOutput
     exit_code: int | None = None
     timed_out: bool = False
+    cost_usd: float | None = None
 
 
 class Executor:
@@ -99,8 +105,10 @@ class Executor:
         clock: Callable[[], datetime],
         local_tz: tzinfo,
         kill_grace: float,
+        events: EventLog | None = None,
     ) -> None:
         self.runs = runs
+        self.events = events
         self.attempts = attempts
         self.profiles = profiles
         self.log_path = log_path
@@ -123,16 +131,23 @@ class Executor:
         """Record the fire and start its run; None when `fired` was already recorded."""
         now = self.clock()
         current = self.active.get(loop.name)
-        if current is not None or not self.accepting:
+        over_budget = await self._over_daily_cost(loop, now) if current is None and self.accepting else None
+        if current is not None or not self.accepting or over_budget:
             reason = (
                 "daemon is shutting down"
                 if not self.accepting
+                else over_budget
+                if over_budget
                 else f"previous run {current.run_id or '(starting)'} still running"  # type: ignore[union-attr]
             )
-            return await self.runs.insert(
+            skipped = await self.runs.insert(
                 loop=loop.name, trigger=trigger, status="skipped", scheduled_at=scheduled_at,
                 started_at=now, finished_at=now, backend=loop.backend, error=reason, fired=fired,
             )  # fmt: skip
+            if over_budget and skipped is not None and self.events is not None:
+                await self.events.emit(now, "budget.exceeded", f"loop {loop.name}: run {skipped.id} skipped, {reason}",
+                                       backend=loop.backend, loop=loop.name, run_id=skipped.id)  # fmt: skip
+            return skipped
         slot = ActiveRun()
         self.active[loop.name] = slot  # claimed before any await: two fires cannot both start
         self.inflight.add(slot)
@@ -153,6 +168,15 @@ class Executor:
         slot.tag = self.run_tag(run.id)
         slot.task = asyncio.create_task(self._execute(loop, run, slot), name=f"run-{run.id}")
         return run
+
+    async def _over_daily_cost(self, loop: Loop, now: datetime) -> str | None:
+        """`budget: …` when the loop has spent its --daily-cost in the last 24 h."""
+        if loop.daily_cost is None:
+            return None
+        spent = await self.attempts.loop_cost_since(loop.name, now - timedelta(days=1))
+        if spent < loop.daily_cost:
+            return None
+        return f"budget: the loop spent ${spent:.2f} of its ${loop.daily_cost:.2f} daily cost in the last 24 h"
 
     async def _execute(self, loop: Loop, run: Run, slot: ActiveRun) -> None:
         runlog = RunLog(Path(run.log_path or self.log_path(run.id)), loop.output_cap)
@@ -236,54 +260,97 @@ class Executor:
         except OSError as e:
             runlog.note(f"cannot read prompt file: {e}")
             return "failed", None, f"cannot read prompt file {loop.prompt_file}: {e.strerror}"
+        deadline = run.started_at + timedelta(seconds=loop.timeout_s) if loop.timeout_s else None
         if not adapter.needs_profile:
-            end = await self._attempt(1, loop, run, slot, runlog, None, prompt)
+            end = await self._attempt(1, loop, run, slot, runlog, None, prompt, Try(_COMMAND, 1, None, None), deadline)
             return self._verdict(loop, slot, end) or ("failed", end.exit_code, _describe(end.parsed))
+        router = Router(loop_policy(loop))
+        try:
+            return await self._drive(router, loop, run, slot, runlog, prompt, deadline)
+        finally:
+            with contextlib.suppress(Exception):  # the route is a record, not a reason to fail the run
+                await self.runs.set_route(run.id, [_route_json(entry) for entry in router.trail])
+
+    async def _drive(
+        self,
+        router: Router,
+        loop: Loop,
+        run: Run,
+        slot: ActiveRun,
+        runlog: RunLog,
+        prompt: str | None,
+        deadline: datetime | None,
+    ) -> tuple[RunStatus, int | None, str | None]:
+        """Perform the router's decisions; it alone decides (`fleetd.routing.router`)."""
+        steps = list(router.policy.chain)
+        world, profiles = await self.profiles.world(steps)
+        flow = router.route(world)
+        decision = next(flow)
         end = AttemptEnd(ParsedOutput("unknown"))
-        number = 0
+        noted = 0
         while True:
-            ordered, earliest = await self.profiles.plan(loop)
-            if not ordered:
-                if earliest is None:
-                    message = f"no enabled profile with headroom for backend {loop.backend}" + (
-                        f" in the pool {','.join(loop.profiles)}" if loop.profiles else ""
+            noted = await self._tell(loop, run, runlog, router.trail, noted)
+            if isinstance(decision, Finish):
+                if decision.status == "succeeded":
+                    return "succeeded", end.exit_code, None
+                return "failed", end.exit_code, decision.reason
+            if deadline is not None and self.clock() >= deadline:
+                return "timed_out", end.exit_code, f"timed out after {format_duration(loop.timeout_s)}"
+            if isinstance(decision, Try):
+                profile = profiles[decision.candidate.profile]
+                # No await since the world was read: the probe the router saw free is still free.
+                self.profiles.claim_probe(profile)
+                self.profiles.reserve(profile)
+                try:
+                    end = await self._attempt(
+                        decision.number, loop, run, slot, runlog, profile, prompt, decision, deadline
                     )
-                    runlog.note(message)
-                    return (
-                        "failed",
-                        end.exit_code,
-                        message if number == 0 else f"{message}; last: {_describe(end.parsed)}",
-                    )
-                runlog.note(f"no profile has headroom: waiting until {earliest.isoformat(timespec='seconds')}")
-                await self.runs.set_waiting(run.id, earliest)
-                await self.profiles.run_waiting(loop, run.id, earliest)
+                finally:
+                    self.profiles.release(profile)
+                verdict = self._verdict(loop, slot, end)
+                if verdict is not None:
+                    return verdict
+                result = AttemptResult(
+                    end.parsed.outcome,
+                    end.parsed.error_class,
+                    end.parsed.message or "",
+                    end.cost_usd or 0.0,
+                    end.parsed.usage.total,
+                    end.parsed.reset_at,
+                )
+                world, profiles = await self.profiles.world(steps)
+                decision = flow.send(Observation(world, result))
+            elif isinstance(decision, Backoff):
+                until = self.clock() + timedelta(seconds=decision.seconds)
+                await self._sleep_until(min(until, deadline) if deadline else until, slot)
+                if slot.interrupt_reason:
+                    return "interrupted", end.exit_code, slot.interrupt_reason
+                world, profiles = await self.profiles.world(steps)
+                decision = flow.send(Observation(world))
+            else:
+                assert isinstance(decision, WaitUntil)
+                await self.runs.set_waiting(run.id, decision.until)
+                await self.profiles.run_waiting(loop, run.id, decision.until)
                 slot.waiting = True
                 try:
-                    await self._sleep_until(earliest, slot)
+                    await self._sleep_until(min(decision.until, deadline) if deadline else decision.until, slot)
                 finally:
                     slot.waiting = False
                 await self.runs.set_waiting(run.id, None)
                 if slot.interrupt_reason:
                     return "interrupted", end.exit_code, slot.interrupt_reason
-                continue
-            if number >= MAX_ATTEMPTS:
-                return "failed", end.exit_code, f"gave up after {number} attempts: {_describe(end.parsed)}"
-            profile = ordered[0]
-            number += 1
-            self.profiles.reserve(profile)
-            try:
-                end = await self._attempt(number, loop, run, slot, runlog, profile, prompt)
-            finally:
-                self.profiles.release(profile)
-            verdict = self._verdict(loop, slot, end)
-            if verdict is not None:
-                return verdict
-            if after_failure(end.parsed.error_class, has_next=True) == "stop":
-                return "failed", end.exit_code, _describe(end.parsed)
-            runlog.note(
-                f"attempt {number} on profile {profile.name}: {end.parsed.error_class}; "
-                "moving to the next profile with headroom"
-            )
+                world, profiles = await self.profiles.world(steps)
+                decision = flow.send(Observation(world))
+
+    async def _tell(self, loop: Loop, run: Run, runlog: RunLog, trail: list[dict[str, Any]], noted: int) -> int:
+        """The route's new entries into the run log (never inside a CLI's line: each note is its own
+        line), and an event for each candidate skipped as unavailable."""
+        for entry in trail[noted:]:
+            if entry["kind"] != "outcome":
+                runlog.note(f"route: {entry['detail']}")
+            if entry["kind"] == "skip" and ": unavailable: " in entry["detail"]:
+                await self.profiles.candidate_skipped(loop, run.id, entry["profile"], entry["detail"])
+        return len(trail)
 
     def _verdict(self, loop: Loop, slot: ActiveRun, end: AttemptEnd) -> tuple[RunStatus, int | None, str | None] | None:
         """A final status, or None when another profile could still do it. Work that finished
@@ -314,18 +381,25 @@ class Executor:
         runlog: RunLog,
         profile: Profile | None,
         prompt: str | None,
+        decision: Try,
+        deadline: datetime | None,
     ) -> AttemptEnd:
-        adapter = get_adapter(loop.backend)
+        candidate = decision.candidate
+        adapter = get_adapter(candidate.backend)
         secret = await self.profiles.secret(profile) if profile and profile.has_secret else None
         scrubber = Scrubber([*(await self.profiles.known_secrets()), *([secret] if secret else [])])
-        model = loop.model or (profile.model if profile else None)
+        model = candidate.model or (profile.model if profile else None)
         attempt_id = await self.attempts.start(
-            run_id=run.id, number=number, backend=loop.backend, profile=profile.name if profile else "",
-            model=model, started_at=self.clock(),
+            run_id=run.id, number=number, backend=candidate.backend, profile=profile.name if profile else "",
+            model=model, started_at=self.clock(), step=candidate.step,
         )  # fmt: skip
         self.tmp_root.mkdir(parents=True, exist_ok=True, mode=0o700)
         tmpdir = tempfile.mkdtemp(prefix=f"run{run.id}-{number}-", dir=self.tmp_root)
-        ctx = AttemptContext(run.id, loop, prompt, profile, secret, model, tmpdir)
+        if candidate.backend != loop.backend:  # --agent-arg is for the loop's own backend's CLI
+            loop = replace(loop, agent_args=[])
+        timeout = max(0.0, (deadline - self.clock()).total_seconds()) if deadline else None
+        ctx = AttemptContext(run.id, loop, prompt, profile, secret, model, tmpdir, timeout_s=timeout,
+                             cost_left=decision.cost_left, tokens_left=decision.tokens_left)  # fmt: skip
         try:
             if adapter.kind == "http":
                 end = await self._http_attempt(cast(HttpAdapter, adapter), ctx, runlog, scrubber)
@@ -352,6 +426,7 @@ class Executor:
             log.error("run %s: cannot record the end of attempt %s (%s)", run.id, number, e)
         if profile is not None:
             await self.profiles.attempt_finished(profile, parsed, finished_at, cost)
+        end.cost_usd = cost
         return end
 
     async def _http_attempt(
@@ -362,7 +437,7 @@ class Executor:
 
         try:
             parsed = await asyncio.wait_for(
-                adapter.call(ctx, sink, ctx.loop.timeout_s, self.clock(), self.local_tz), ctx.loop.timeout_s
+                adapter.call(ctx, sink, ctx.timeout_s, self.clock(), self.local_tz), ctx.timeout_s
             )
         except TimeoutError:
             runlog.write(scrubber.flush())
@@ -419,7 +494,7 @@ class Executor:
         feed = asyncio.create_task(_feed(proc, spec.stdin))
         exited = asyncio.ensure_future(proc.wait())
         stopper = asyncio.ensure_future(rate_limited.wait())
-        done, _ = await asyncio.wait({exited, stopper}, timeout=loop.timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait({exited, stopper}, timeout=ctx.timeout_s, return_when=asyncio.FIRST_COMPLETED)
         stopper.cancel()
         timed_out = not done
         if timed_out:
@@ -499,6 +574,10 @@ class Executor:
         except TimeoutError:
             return False
         return True
+
+
+def _route_json(entry: dict[str, Any]) -> dict[str, Any]:
+    return {key: value.isoformat() if isinstance(value, datetime) else value for key, value in entry.items()}
 
 
 def _describe(parsed: ParsedOutput) -> str:

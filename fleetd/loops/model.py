@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from fleetd.errors import InvalidArgument
+from fleetd.routing.chain import DEFAULT_TIERS, ChainStep
 from fleetd.timefmt import DurationError, parse_duration
 
 ScheduleKind = Literal["cron", "every", "at"]
@@ -47,6 +48,14 @@ class Loop:
     profiles: list[str] = field(default_factory=list)  # the pool; empty = every enabled profile of the backend
     model: str | None = None
     agent_args: list[str] = field(default_factory=list)
+    # Routing (agent backends): an escalation chain (empty: one step, `backend` over `profiles` with
+    # `model`), the tiers a backend step may expand to, and what a run / a day may spend.
+    chain: list[ChainStep] = field(default_factory=list)
+    tiers: tuple[str, ...] = DEFAULT_TIERS
+    max_cost: float | None = None  # USD per run
+    max_tokens: int | None = None  # per run
+    daily_cost: float | None = None  # USD per rolling 24 h, for the loop
+    on_exhausted: str = "escalate"  # or "wait" for the step's reset
     created_at: datetime | None = None
     updated_at: datetime | None = None
     last_fire_at: datetime | None = None

@@ -18,6 +18,7 @@ from fleetd.errors import InvalidArgument
 from fleetd.loops.executor import Executor
 from fleetd.loops.model import Loop
 from fleetd.loops.schedule import build_trigger, first_fire, plan_startup, plan_wake
+from fleetd.routing.policy import loop_steps
 from fleetd.store.loops import LoopStore
 from fleetd.store.runs import LoopFire, Run
 
@@ -100,7 +101,8 @@ class Scheduler:
     # -- changes from the API -------------------------------------------------------------------
 
     async def add(self, loop: Loop) -> Loop:
-        get_adapter(loop.backend).validate(loop)
+        for step in loop_steps(loop):
+            get_adapter(step.backend).validate(loop)
         now = self.clock()
         loop.created_at = loop.updated_at = now
         trigger = build_trigger(loop.schedule, now)

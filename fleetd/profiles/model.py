@@ -11,10 +11,13 @@ from urllib.parse import urlparse
 from fleetd.errors import InvalidArgument
 from fleetd.heartbeat.limits import Limit, parse_limits
 from fleetd.loops.model import NAME_RE
+from fleetd.routing.policy import parse_usd
+from fleetd.timefmt import DurationError, parse_duration
 
 Tier = Literal["local", "subscription", "metered"]
 TIERS: tuple[Tier, ...] = ("local", "subscription", "metered")
 PRICE_FIELDS = ("price_input", "price_output", "price_cache_read", "price_cache_write")
+MAX_DEFAULT_RESET_S = 86400.0
 
 
 @dataclass
@@ -32,6 +35,8 @@ class Profile:
     has_secret: bool = False
     enabled: bool = True
     limits: list[Limit] = field(default_factory=list)
+    default_reset_s: float | None = None  # a rate limit that names no reset clears after this long
+    daily_cost: float | None = None  # USD per rolling 24 h; over it the profile is passed over
     created_at: datetime | None = None
     updated_at: datetime | None = None
 
@@ -113,4 +118,12 @@ def validate_profile_input(body: dict[str, Any], default_dir: Path) -> tuple[Pro
         limits=parse_limits(raw_limits),
         **prices,
     )
+    if body.get("default_reset") not in (None, ""):
+        try:
+            profile.default_reset_s = parse_duration(str(body["default_reset"]))
+        except DurationError as e:
+            raise InvalidArgument(f"invalid --default-reset: {e}") from None
+        if profile.default_reset_s > MAX_DEFAULT_RESET_S:
+            raise InvalidArgument("--default-reset is at most 1d")
+    profile.daily_cost = parse_usd(body.get("daily_cost"), "--daily-cost")
     return profile, secret

@@ -9,7 +9,8 @@ import logging
 import os
 import shutil
 from collections.abc import Callable
-from datetime import datetime
+from dataclasses import replace
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +21,14 @@ from fleetd.heartbeat.service import Heartbeat
 from fleetd.loops.model import Loop
 from fleetd.profiles.model import Profile, validate_profile_input
 from fleetd.profiles.secrets import SecretStore
-from fleetd.routing.policy import candidates
+from fleetd.routing.chain import ChainStep
+from fleetd.routing.router import World
+from fleetd.store.attempts import AttemptStore
 from fleetd.store.loops import LoopStore
 from fleetd.store.profiles import ProfileStore
 
 log = logging.getLogger("fleetd.profiles")
+DAY = timedelta(days=1)
 # Another profile's key shorter than this is not scrubbed from every run's output: a placeholder such as
 # "none" for a local server guards nothing and would mangle everyone's output. An attempt's own key is
 # scrubbed from its output whatever its length.
@@ -95,8 +99,10 @@ class ProfileService:
         profiles_dir: Path,
         clock: Callable[[], datetime],
         known: KnownSecrets | None = None,
+        attempts: AttemptStore | None = None,
     ) -> None:
         self.store = store
+        self.attempt_costs = attempts
         self.loops = loops
         self.secrets = secrets
         self.known = known if known is not None else KnownSecrets(secrets, store)
@@ -170,10 +176,25 @@ class ProfileService:
 
     # -- ProfileSource, for the executor ----------------------------------------------------------
 
-    async def plan(self, loop: Loop) -> tuple[list[Profile], datetime | None]:
-        """The loop's pool, usable profiles in the order to try, and the earliest reset of the rest."""
-        pool = candidates(loop.profiles, await self.store.list(loop.backend), loop.backend)
-        return await self.heartbeat.plan(pool)
+    async def world(self, steps: list[ChainStep]) -> tuple[World, dict[str, Profile]]:
+        """What the router needs to know now about every profile the chain could use."""
+        backends = {step.backend for step in steps}
+        profiles = [p for p in await self.store.list() if p.backend in backends]
+        views = await self.heartbeat.views(profiles)
+        now = self.clock()
+        for profile in profiles:
+            why = get_adapter(profile.backend).unavailable(profile)
+            over = None
+            if profile.daily_cost is not None and self.attempt_costs is not None:
+                spent = await self.attempt_costs.profile_cost_since(profile.name, now - DAY)
+                if spent >= profile.daily_cost:
+                    over = f"${spent:.2f} of ${profile.daily_cost:.2f} in the last 24 h"
+            if why or over:
+                views[profile.name] = replace(views[profile.name], unavailable=why, over_daily_cost=over)
+        return World(now, views), {p.name: p for p in profiles}
+
+    def claim_probe(self, profile: Profile) -> bool:
+        return self.heartbeat.claim_probe(profile.name)
 
     def reserve(self, profile: Profile) -> None:
         self.heartbeat.reserve(profile.name)
@@ -185,6 +206,12 @@ class ProfileService:
         self, profile: Profile, parsed: ParsedOutput, finished_at: datetime, cost_usd: float | None
     ) -> None:
         await self.heartbeat.attempt_finished(profile, parsed, finished_at, cost_usd)
+
+    async def candidate_skipped(self, loop: Loop, run_id: int, profile: str, why: str) -> None:
+        await self.heartbeat.events.emit(
+            self.clock(), "candidate.unavailable", f"run {run_id} of loop {loop.name} skipped {why}",
+            backend=None, profile=profile, run_id=run_id, loop=loop.name,
+        )  # fmt: skip
 
     async def run_waiting(self, loop: Loop, run_id: int, until: datetime) -> None:
         await self.heartbeat.events.emit(

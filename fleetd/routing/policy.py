@@ -1,25 +1,101 @@
-"""Candidate order and failure handling, as plain functions over plain data."""
+"""A loop's routing policy: its input checked when the loop is added, and the `Policy` the router
+gets at run time. Pure."""
 
 from __future__ import annotations
 
-from typing import Literal
+import math
+import re
+from collections.abc import Collection
+from typing import TYPE_CHECKING, Any
 
 from fleetd.errors import InvalidArgument
-from fleetd.profiles.model import Profile
+from fleetd.routing.chain import ON_EXHAUSTED, ChainStep, parse_chain, parse_tiers
+from fleetd.routing.router import Policy
 
-Action = Literal["next_profile", "stop"]
-# A rate limit or a dead login is the profile's problem, not the task's: another profile may do it.
-# Anything else (bad arguments, a failing task) would fail the same way under another login.
-NEXT_PROFILE_CLASSES = frozenset({"rate_limited", "auth"})
+if TYPE_CHECKING:
+    from fleetd.loops.model import Loop
+    from fleetd.profiles.model import Profile
+
+MAX_USD = 1_000_000.0  # a bound on any money figure a user types
+MAX_TOKENS = 10**12
+_TOKENS_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmM]?)\s*$")
+ROUTING_FIELDS = ("chain", "tiers", "max_cost", "max_tokens", "daily_cost", "on_exhausted")
 
 
-def candidates(pool: list[str], profiles: list[Profile], backend: str) -> list[Profile]:
-    """The loop's pool in its order, or (empty pool) every profile of the backend by name; only
-    enabled ones."""
-    if not pool:
-        return [p for p in profiles if p.backend == backend and p.enabled]
-    by_name = {p.name: p for p in profiles}
-    return [by_name[name] for name in pool if name in by_name and by_name[name].enabled]
+def parse_usd(value: object, flag: str) -> float | None:
+    """A money amount: finite, 0 < x ≤ MAX_USD."""
+    if value is None or value == "":
+        return None
+    try:
+        amount = float(str(value).strip().lstrip("$"))
+    except ValueError:
+        raise InvalidArgument(f"invalid {flag} {value!r}: an amount in USD, e.g. 2.50") from None
+    if not math.isfinite(amount) or not 0 < amount <= MAX_USD:
+        raise InvalidArgument(f"invalid {flag} {value!r}: more than 0 and at most {MAX_USD:,.0f} USD")
+    return amount
+
+
+def parse_tokens(value: object, flag: str) -> int | None:
+    """A token count: `2000000`, `500k`, `2M`."""
+    if value is None or value == "":
+        return None
+    m = _TOKENS_RE.match(str(value))
+    if not m:
+        raise InvalidArgument(f"invalid {flag} {value!r}: a number of tokens, e.g. 500k or 2M")
+    count = float(m.group(1)) * {"": 1, "k": 1e3, "m": 1e6}[m.group(2).lower()]
+    if not 1 <= count <= MAX_TOKENS:
+        raise InvalidArgument(f"invalid {flag} {value!r}: between 1 and {MAX_TOKENS:.0e} tokens")
+    return int(count)
+
+
+def apply_routing_input(body: dict[str, Any], loop: Loop, profiles: list[Profile], backends: Collection[str]) -> None:
+    """Check a loop's routing options against the profiles that exist, and set them on `loop`."""
+    given = [key for key in ROUTING_FIELDS if body.get(key) not in (None, "", [])]
+    if loop.backend == "command" and not body.get("chain"):
+        if given:
+            raise InvalidArgument(f"--{given[0].replace('_', '-')} needs an agent backend (--backend or --chain)")
+        return
+    chain = body.get("chain")
+    if chain not in (None, ""):
+        if not isinstance(chain, str):
+            raise InvalidArgument("--chain must be a comma-separated list of BACKEND[@MODEL] or PROFILE[@MODEL]")
+        if loop.profiles:
+            raise InvalidArgument("give either --chain or --profile, not both (a profile can be a chain step)")
+        if loop.model:
+            raise InvalidArgument("give the model per step in --chain (STEP@MODEL), not with --model")
+        steps = parse_chain(chain, backends, {p.name: p.backend for p in profiles})
+        explicit_backend = body.get("backend")
+        if explicit_backend not in (None, "", "command") and explicit_backend != steps[0].backend:
+            raise InvalidArgument(f"--backend {explicit_backend} disagrees with --chain; give only --chain")
+        loop.chain = steps
+        loop.backend = steps[0].backend
+    else:
+        check_pool(loop.profiles, profiles, loop.backend)
+    if body.get("tiers") not in (None, ""):
+        loop.tiers = parse_tiers(body["tiers"])
+    loop.max_cost = parse_usd(body.get("max_cost"), "--max-cost")
+    loop.max_tokens = parse_tokens(body.get("max_tokens"), "--max-tokens")
+    loop.daily_cost = parse_usd(body.get("daily_cost"), "--daily-cost")
+    on_exhausted = body.get("on_exhausted") or "escalate"
+    if on_exhausted not in ON_EXHAUSTED:
+        raise InvalidArgument(f"invalid --on-exhausted {on_exhausted!r}: use escalate or wait")
+    loop.on_exhausted = on_exhausted
+    _check_tiers_reach(loop, profiles)
+
+
+def _check_tiers_reach(loop: Loop, profiles: list[Profile]) -> None:
+    """A backend step whose every profile is outside the loop's tiers would never run: say so now."""
+    for step in loop_steps(loop):
+        if step.explicit:
+            continue
+        mine = [p for p in profiles if p.backend == step.backend]
+        if mine and not any(p.tier in loop.tiers for p in mine):
+            names = ", ".join(f"{p.name} ({p.tier})" for p in mine)
+            wanted = ",".join(dict.fromkeys([*loop.tiers, *(p.tier for p in mine)]))
+            raise InvalidArgument(
+                f"no {step.backend} profile is in the tiers {','.join(loop.tiers)} (it has {names}): "
+                f"allow them with --tiers {wanted}, or name one in --profile or --chain"
+            )
 
 
 def check_pool(pool: list[str], profiles: list[Profile], backend: str) -> None:
@@ -33,5 +109,16 @@ def check_pool(pool: list[str], profiles: list[Profile], backend: str) -> None:
             raise InvalidArgument(f"profile {name!r} is for backend {profile.backend}, not {backend}")
 
 
-def after_failure(error_class: str | None, has_next: bool) -> Action:
-    return "next_profile" if has_next and error_class in NEXT_PROFILE_CLASSES else "stop"
+def loop_steps(loop: Loop) -> list[ChainStep]:
+    """The loop's chain; a loop without one is one step: its backend over its pool with its model."""
+    return list(loop.chain) or [ChainStep(loop.backend, tuple(loop.profiles), loop.model)]
+
+
+def loop_policy(loop: Loop) -> Policy:
+    return Policy(
+        chain=tuple(loop_steps(loop)),
+        tiers=frozenset(loop.tiers),
+        max_cost=loop.max_cost,
+        max_tokens=loop.max_tokens,
+        on_exhausted=loop.on_exhausted,
+    )

@@ -144,9 +144,9 @@ def expand(
 ) -> tuple[list[Candidate], list[Passed]]:
     """A chain step's usable candidates in the order to try, and the ones passed over with why.
 
-    Order: the backend's active profile first (so the runs, `usage`'s active mark and the switch
-    events tell one story), then tier (local → subscription → metered), available before near
-    its limit, more headroom, then the configured order."""
+    Order: in a backend step the backend's active profile first (so the runs, `usage`'s active mark
+    and the switch events tell one story); then tier (local → subscription → metered), available
+    before near its limit, more headroom, then the configured order (a named pool's own order)."""
     if step.profiles:
         views = [(i, world.profiles.get(name), name) for i, name in enumerate(step.profiles)]
     else:
@@ -162,7 +162,8 @@ def expand(
         if why is not None:
             passed.append(Passed(step_index, name, why, until))
             continue
-        key = (not view.active, TIER_ORDER.get(view.tier, 9), view.state != "available", -view.headroom, position)
+        active_first = view.active and not step.explicit
+        key = (not active_first, TIER_ORDER.get(view.tier, 9), view.state != "available", -view.headroom, position)
         usable.append((key, Candidate(step_index, name, view.backend, step.model, view.tier)))
     return [c for _, c in sorted(usable, key=lambda kc: kc[0])], passed
 
@@ -192,6 +193,11 @@ def _why_not(
     if view.circuit in ("open", "half_open") and view.probe_taken:
         return "circuit half-open: its one probe is in flight", None
     return None, None
+
+
+def resolve(policy: Policy, world: World) -> list[tuple[ChainStep, list[Candidate], list[Passed]]]:
+    """The chain as it resolves now: each step's candidates in order and who is out, and why."""
+    return [(step, *expand(i, step, world, policy.tiers)) for i, step in enumerate(policy.chain)]
 
 
 def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random) -> float:

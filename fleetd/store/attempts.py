@@ -34,6 +34,9 @@ class Attempt:
     cost_usd: float | None = None
     session_id: str | None = None
     windows: list[dict[str, Any]] = field(default_factory=list)
+    step: int = 0  # the loop's chain step it came from
+    role: str = "work"
+    duration_ms: int | None = None
 
 
 class AttemptStore:
@@ -89,6 +92,23 @@ class AttemptStore:
                 ),
             )  # fmt: skip
 
+    async def profile_cost_since(self, profile: str, since: datetime) -> float:
+        """What fleetd's attempts on `profile` cost since then (USD)."""
+        row = await self.db.fetchone(
+            "SELECT coalesce(sum(cost_usd), 0) AS spent FROM attempts WHERE profile = ? AND started_at >= ?",
+            (profile, to_iso(since)),
+        )
+        return float(row["spent"]) if row else 0.0
+
+    async def loop_cost_since(self, loop: str, since: datetime) -> float:
+        """What a loop's runs cost since then (USD), every attempt included."""
+        row = await self.db.fetchone(
+            "SELECT coalesce(sum(a.cost_usd), 0) AS spent FROM attempts a JOIN runs r ON r.id = a.run_id "
+            "WHERE r.loop = ? AND a.started_at >= ?",
+            (loop, to_iso(since)),
+        )
+        return float(row["spent"]) if row else 0.0
+
     async def interrupt_open(self, run_id: int, *, finished_at: datetime, error: str) -> None:
         """Close the attempts a dead daemon left open (crash recovery)."""
         async with self.db.transaction() as conn:
@@ -103,7 +123,8 @@ class AttemptStore:
         rows = await self.db.fetchall(
             "SELECT id, run_id, number, backend, profile, model, started_at, finished_at, exit_code, outcome, "
             "error_class, error, reset_at, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, "
-            "cost_usd, session_id, windows_json FROM attempts WHERE run_id = ? ORDER BY number",
+            "cost_usd, session_id, windows_json, step, role, duration_ms FROM attempts "
+            "WHERE run_id = ? ORDER BY number",
             (run_id,),
         )
         return [
@@ -128,6 +149,9 @@ class AttemptStore:
                 cost_usd=r["cost_usd"],
                 session_id=r["session_id"],
                 windows=json.loads(r["windows_json"]),
+                step=r["step"],
+                role=r["role"],
+                duration_ms=r["duration_ms"],
             )
             for r in rows
         ]

@@ -10,13 +10,14 @@ import aiosqlite
 
 from fleetd.errors import Conflict, NotFound
 from fleetd.loops.model import Loop, Schedule
+from fleetd.routing.chain import ChainStep
 from fleetd.store.db import Database
 from fleetd.timefmt import from_iso, to_iso
 
 _COLUMNS = (
     "name, schedule_kind, schedule_expr, timezone, backend, command, prompt, prompt_file, workdir, "
     "env_json, timeout_s, catch_up, output_cap, enabled, created_at, updated_at, last_fire_at, next_fire_at, "
-    "profiles_json, model, agent_args_json"
+    "profiles_json, model, agent_args_json, chain_json, tiers_json, max_cost, max_tokens, daily_cost, on_exhausted"
 )
 
 
@@ -41,6 +42,12 @@ def _row_to_loop(row: aiosqlite.Row) -> Loop:
         profiles=json.loads(row["profiles_json"]),
         model=row["model"],
         agent_args=json.loads(row["agent_args_json"]),
+        chain=[ChainStep.from_json(step) for step in json.loads(row["chain_json"])],
+        tiers=tuple(json.loads(row["tiers_json"])),
+        max_cost=row["max_cost"],
+        max_tokens=row["max_tokens"],
+        daily_cost=row["daily_cost"],
+        on_exhausted=row["on_exhausted"],
     )
 
 
@@ -72,11 +79,17 @@ class LoopStore:
             json.dumps(loop.profiles),
             loop.model,
             json.dumps(loop.agent_args),
+            json.dumps([step.to_json() for step in loop.chain]),
+            json.dumps(list(loop.tiers)),
+            loop.max_cost,
+            loop.max_tokens,
+            loop.daily_cost,
+            loop.on_exhausted,
         )
         try:
             async with self.db.transaction() as conn:
                 cur = await conn.execute(
-                    f"INSERT INTO loops ({_COLUMNS}) VALUES ({','.join('?' * 21)}) RETURNING {_COLUMNS}", values
+                    f"INSERT INTO loops ({_COLUMNS}) VALUES ({','.join('?' * 27)}) RETURNING {_COLUMNS}", values
                 )
                 row = await cur.fetchone()
                 await cur.close()

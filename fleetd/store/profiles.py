@@ -16,7 +16,7 @@ from fleetd.timefmt import from_iso, to_iso
 
 _COLUMNS = (
     "name, backend, tier, config_dir, base_url, model, price_input, price_output, price_cache_read, "
-    "price_cache_write, has_secret, enabled, created_at, updated_at, limits_json"
+    "price_cache_write, has_secret, enabled, created_at, updated_at, limits_json, default_reset_s, daily_cost"
 )
 
 
@@ -33,6 +33,8 @@ def _row_to_profile(row: aiosqlite.Row) -> Profile:
         created_at=from_iso(row["created_at"]),
         updated_at=from_iso(row["updated_at"]),
         limits=[Limit.from_json(x) for x in json.loads(row["limits_json"])],
+        default_reset_s=row["default_reset_s"],
+        daily_cost=row["daily_cost"],
         **{key: row[key] for key in PRICE_FIELDS},
     )
 
@@ -55,10 +57,12 @@ class ProfileStore:
             to_iso(profile.created_at),
             to_iso(profile.updated_at),
             json.dumps([limit.to_json() for limit in profile.limits]),
+            profile.default_reset_s,
+            profile.daily_cost,
         )
         try:
             async with self.db.transaction() as conn:
-                await conn.execute(f"INSERT INTO profiles ({_COLUMNS}) VALUES ({','.join('?' * 15)})", values)
+                await conn.execute(f"INSERT INTO profiles ({_COLUMNS}) VALUES ({','.join('?' * 17)})", values)
         except sqlite3.IntegrityError:
             raise Conflict(f"profile {profile.name!r} already exists") from None
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 import aiosqlite
 
@@ -153,6 +154,15 @@ class RunStore:
                 "WHERE id = ? AND status IN ('running', 'waiting')",
                 (status, to_iso(finished_at), exit_code, error, run_id),
             )
+
+    async def set_route(self, run_id: int, route: list[dict[str, Any]]) -> None:
+        """The run's route: every routing decision and every candidate passed over, in order."""
+        async with self.db.transaction() as conn:
+            await conn.execute("UPDATE runs SET route_json = ? WHERE id = ?", (json.dumps(route), run_id))
+
+    async def route(self, run_id: int) -> list[dict[str, Any]]:
+        row = await self.db.fetchone("SELECT route_json FROM runs WHERE id = ?", (run_id,))
+        return list(json.loads(row["route_json"])) if row else []
 
     async def set_waiting(self, run_id: int, until: datetime | None) -> None:
         """`waiting` until a profile's reset (until=None: back to `running`)."""

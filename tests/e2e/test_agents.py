@@ -123,7 +123,7 @@ def test_usage_limit_fails_over_to_the_next_profile_and_scrubs_its_key(agents: D
     assert api_call["env"]["ANTHROPIC_API_KEY"] == SECRET
     log = d.cli("runs", "logs", str(run["id"])).stdout
     assert "key=[REDACTED]" in log and SECRET not in log
-    assert "attempt 1 on profile cc_limited: rate_limited; moving to the next profile with headroom" in log
+    assert "route: cc_limited: rate_limited; trying the next candidate" in log
     for path in d.home.rglob("*"):
         if path.is_file() and path.name != "secrets.json":
             assert SECRET.encode() not in path.read_bytes(), path
@@ -180,7 +180,7 @@ def test_codex_usage_limit_is_rate_limited(agents: Daemon) -> None:
 
 def test_codex_default_provider_reconnects_end_the_attempt_at_the_first_429(agents: Daemon) -> None:
     d = agents
-    d.cli("profile", "add", "cx_re", "--backend", "codex")
+    d.cli("profile", "add", "cx_re", "--backend", "codex", "--default-reset", "90s")
     set_scenario(d, "cx_re", "429_reconnecting")
     d.cli("loop", "add", "cx_re", "--every", "1h", "--backend", "codex", "--prompt", "hi", "--profile", "cx_re")
     started = time.monotonic()
@@ -190,18 +190,22 @@ def test_codex_default_provider_reconnects_end_the_attempt_at_the_first_429(agen
     assert time.monotonic() - started < 6
     assert attempt["error_class"] == "rate_limited"
     assert "ending the attempt" in d.cli("runs", "logs", str(run_id)).stdout
-    # No reset time in a plain 429: the profile rests 5 minutes and the run waits that long, never a tight loop.
+    # No reset time in a plain 429: the profile rests its --default-reset and the run waits that long.
     waiting = wait_until(lambda: (r := d.json("runs", "show", str(run_id)))["status"] == "waiting" and r,
                          what="the run to wait")  # fmt: skip
     pause = datetime.fromisoformat(waiting["wait_until"]) - datetime.fromisoformat(attempt["finished_at"])
-    assert 299 <= pause.total_seconds() <= 301
+    assert 89 <= pause.total_seconds() <= 91
 
 
 def test_gemini_quota_exit_173_and_own_retries_turned_down(agents: Daemon) -> None:
     d = agents
     d.cli("profile", "add", "gem", "--backend", "gemini", "--api-key-stdin", input="gem-key-123\n")
     set_scenario(d, "gem", "429")
-    d.cli("loop", "add", "gm", "--every", "1h", "--backend", "gemini", "--prompt", "hi", "--model", "gemini-2.5-flash")
+    # A key profile is metered: a loop reaches it by name, or by allowing the tier.
+    refused = d.cli("loop", "add", "gm", "--every", "1h", "--backend", "gemini", "--prompt", "hi", check=False)
+    assert refused.returncode == 2 and "--tiers local,subscription,metered" in refused.stderr
+    d.cli("loop", "add", "gm", "--every", "1h", "--backend", "gemini", "--prompt", "hi", "--model", "gemini-2.5-flash",
+          "--tiers", "local,subscription,metered")  # fmt: skip
     run_id = d.json("loop", "run", "gm")["id"]
     attempt = first_attempt(d, run_id)
     assert attempt["exit_code"] == 173 and attempt["error_class"] == "rate_limited"
@@ -219,7 +223,8 @@ def test_aider_rate_limit_ends_the_attempt_at_the_first_line(agents: Daemon) -> 
     d = agents
     d.cli("profile", "add", "aid", "--backend", "aider", "--api-key-stdin", input="aider-key\n")
     set_scenario(d, "aid", "429")
-    d.cli("loop", "add", "ai", "--every", "1h", "--backend", "aider", "--prompt", "hi", "--model", "openai/fake")
+    d.cli("loop", "add", "ai", "--every", "1h", "--backend", "aider", "--prompt", "hi", "--model", "openai/fake",
+          "--profile", "aid")  # fmt: skip
     started = time.monotonic()
     run_id = d.json("loop", "run", "ai")["id"]
     attempt = first_attempt(d, run_id)
@@ -234,7 +239,8 @@ def test_aider_rate_limit_ends_the_attempt_at_the_first_line(agents: Daemon) -> 
 def test_aider_success_usage_from_its_analytics_log(agents: Daemon) -> None:
     d = agents
     set_scenario(d, "aid", "ok")  # recovered in the test before
-    d.cli("loop", "add", "ai_ok", "--every", "1h", "--backend", "aider", "--prompt", "hi", "--model", "openai/fake")
+    d.cli("loop", "add", "ai_ok", "--every", "1h", "--backend", "aider", "--prompt", "hi", "--model", "openai/fake",
+          "--tiers", "metered")  # fmt: skip
     run = run_to_end(d, "ai_ok")
     (attempt,) = run["attempt_list"]
     assert run["status"] == "succeeded"

@@ -117,7 +117,7 @@ def test_rate_limit_auth_and_unknown_reset() -> None:
     limited = after_attempt(ProfileStatus(), "failed", "rate_limited", T0 + 2 * H, "You've hit your limit", now)
     assert (limited.state, limited.exhausted_until) == ("exhausted", T0 + 2 * H)
     no_reset = after_attempt(ProfileStatus(), "failed", "rate_limited", None, "429", now)
-    assert no_reset.exhausted_until == now + timedelta(minutes=5)
+    assert no_reset.exhausted_until == now + timedelta(seconds=60)  # the default reset
     dead = after_attempt(ProfileStatus(), "failed", "auth", None, "Invalid API key", now)
     assert dead.state == "disabled" and "Invalid API key" in dead.reason
     assert evaluate(dead, [], [], [], now + 100 * H) == dead  # only a person re-enables it

@@ -21,6 +21,8 @@ from fleetd.loops.executor import MAX_WAIT_SLEEP, ActiveRun, Executor
 from fleetd.loops.model import Loop, Schedule
 from fleetd.loops.runlog import RunLog
 from fleetd.profiles.model import Profile
+from fleetd.routing.chain import ChainStep
+from fleetd.routing.router import ProfileView, World
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 WAIT = timedelta(minutes=95)
@@ -109,20 +111,28 @@ def test_an_interrupt_ends_the_wait_at_once(tmp_path: Path) -> None:
 
 
 class Waits:
-    """A pool with no headroom until T0 + WAIT, then no profile at all (the run ends without a child)."""
+    """One profile with no headroom until T0 + WAIT, then disabled (the run ends without a child)."""
 
     clock: Clock
 
     def __init__(self) -> None:
         self.plans = 0
 
-    async def plan(self, loop: Loop) -> tuple[list[Profile], datetime | None]:
+    async def world(self, steps: list[ChainStep]) -> tuple[World, dict[str, Profile]]:
         self.plans += 1
         if self.plans > RUNAWAY:
             raise AssertionError(f"busy wait: planned {self.plans} times by {self.clock.elapsed()} s")
-        return [], (T0 + WAIT if self.clock() < T0 + WAIT else None)
+        now = self.clock()
+        if now < T0 + WAIT:
+            view = ProfileView("a", "claude_code", "subscription", "exhausted", until=T0 + WAIT)
+        else:
+            view = ProfileView("a", "claude_code", "subscription", "disabled", reason="gone")
+        return World(now, {"a": view}), {"a": Profile("a", "claude_code", "subscription", str(self.clock))}
 
     async def run_waiting(self, loop: Loop, run_id: int, until: datetime) -> None:
+        pass
+
+    async def candidate_skipped(self, loop: Loop, run_id: int, profile: str, why: str) -> None:
         pass
 
 
@@ -132,6 +142,9 @@ class Runs:
 
     async def set_waiting(self, run_id: int, until: datetime | None) -> None:
         self.waiting.append(until)
+
+    async def set_route(self, run_id: int, route: list[dict[str, Any]]) -> None:
+        pass
 
 
 def test_a_waiting_run_plans_again_only_after_the_reset(tmp_path: Path) -> None:
@@ -148,7 +161,7 @@ def test_a_waiting_run_plans_again_only_after_the_reset(tmp_path: Path) -> None:
             runlog.close()
 
     (status, _, error), clock = run_virtual(go)
-    assert status == "failed" and error is not None and error.startswith("no enabled profile")
+    assert status == "failed" and error is not None and error.startswith("no usable candidate (a: disabled")
     assert runs.waiting == [T0 + WAIT, None]  # waited once, for the reset, then back to running
     assert clock.elapsed() == pytest.approx(WAIT.total_seconds())
     assert profiles.plans <= 2 + WAIT.total_seconds() / MAX_WAIT_SLEEP
