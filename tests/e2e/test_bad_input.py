@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 from pathlib import Path
 
@@ -46,6 +47,8 @@ def assert_refused(daemon: Daemon, args: list[str], code: int, *fragments: str) 
         (["--every", "1m", "--timeout", "9" * 400], ["invalid --timeout", "too long (at most 100 years)"]),
         (["--every", "99999999999w"], ["invalid --every", "too long"]),
         (["--every", "1m", "--output-cap", "99999999999999G"], ["invalid --output-cap"]),
+        (["--every", "1m", "--output-cap", "inf"], ["invalid --output-cap 'inf'"]),
+        (["--every", "1m", "--output-cap", "lots"], ["invalid --output-cap 'lots'"]),
         (["--every", "1m", "--output-cap", "100"], ["invalid --output-cap 100"]),
         (["--every", "1m", "--dir", "/" + "d" * 300], ["cannot use directory", "File name too long"]),
         (["--every", "1m", "--dir", "/" + "d/" * 2100], ["directory is longer than 4096 bytes"]),
@@ -234,3 +237,22 @@ def test_api_answers_unstorable_input_with_4xx_and_no_traceback(
     assert _request(daemon, "GET", "/v1/loops", b"")[0] == 200
     assert _request(daemon, "GET", "/v1/profiles", b"")[0] == 200
     assert "api-bad" not in {x["name"] for x in daemon.json("loop", "list") + daemon.json("profile", "list")}
+
+
+@pytest.mark.parametrize("interval", ["-1", "0", "nan", "inf"])
+def test_usage_watch_refuses_a_bad_interval(daemon: Daemon, interval: str) -> None:
+    result = daemon.cli("usage", "--watch", "--interval", interval, check=False)
+    assert result.returncode == 2, result
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("fleetd: Invalid value for '--interval'")
+
+
+@pytest.mark.parametrize("command", [["daemon", "start"], ["daemon", "run"]])
+def test_a_home_that_cannot_be_made_is_one_line_not_a_traceback(tmp_path: Path, command: list[str]) -> None:
+    home = Daemon(tmp_path / "unused")
+    home.env["FLEETD_HOME"] = "/proc/fleetd-nope"  # /proc refuses new directories, even to root
+    result = home.cli(*command, check=False)
+    assert result.returncode == 1, result
+    expected = "fleetd: cannot create fleetd's directory /proc/fleetd-nope: No such file or directory"
+    assert result.stderr.strip() == expected
+    assert not os.path.exists("/proc/fleetd-nope")
