@@ -296,11 +296,15 @@ def create_app(ctx: DaemonContext) -> Starlette:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "bad_request")
         return error_response(exc.status_code, code, f"{request.method} {request.url.path}: {exc.detail}")
 
-    return Starlette(
+    app = Starlette(
         routes=routes,
         middleware=[Middleware(_InternalErrors)],
         exception_handlers={FleetdError: on_fleetd_error, HTTPException: on_http_error},
     )
+    # `/v1/loops/` (an empty name) would be a 307 with no body, which no client here follows and the
+    # CLI would read as an empty answer: a JSON 404 instead.
+    app.router.redirect_slashes = False
+    return app
 
 
 class _InternalErrors:
