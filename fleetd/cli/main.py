@@ -64,10 +64,12 @@ def _seconds(value: str, flag: str) -> float:
 
 def _positive_seconds(ctx: click.Context, param: click.Parameter, value: float) -> float:
     """A click callback for plain-seconds options: finite, above zero, within fleetd's longest duration."""
-    from fleetd.timefmt import MAX_DURATION_S
+    from fleetd.timefmt import MAX_DURATION_S, MAX_DURATION_YEARS
 
     if not (math.isfinite(value) and 0 < value <= MAX_DURATION_S):
-        raise click.BadParameter(f"{value:g} is not a number of seconds above 0", ctx=ctx, param=param)
+        raise click.BadParameter(
+            f"{value:g}: give seconds above 0, at most {MAX_DURATION_YEARS} years", ctx=ctx, param=param
+        )
     return value
 
 
