@@ -16,6 +16,13 @@ class FleetdError(Exception):
             self.code = code
 
 
+def shown(value: object, limit: int = 60) -> str:
+    """A user's value quoted for an error message and cut short, so a 5,000-character path or
+    number still gives one readable line."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
 class InvalidArgument(FleetdError):
     status = 400
     code = "invalid_argument"

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import UTC, datetime
 
+from fleetd.errors import shown
+
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
+# ASCII digits only: `\d` would also take e.g. Arabic-Indic digits, which no user means here.
+_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h|d|w)")
+_NUMBER = re.compile(r"[0-9]+(?:\.[0-9]+)?")
+# The longest duration fleetd accepts anywhere (timeouts, intervals, windows, --since): anything
+# longer is a typo, and past it datetime arithmetic overflows and SQLite cannot store the number.
+MAX_DURATION_YEARS = 100
+MAX_DURATION_S = MAX_DURATION_YEARS * 365 * 86400
 
 
 class DurationError(ValueError):
@@ -18,7 +27,7 @@ def parse_duration(text: str) -> float:
     raw = text.strip().lower()
     if not raw:
         raise DurationError("empty duration")
-    if re.fullmatch(r"\d+(\.\d+)?", raw):
+    if _NUMBER.fullmatch(raw):
         seconds = float(raw)
     else:
         pos, seconds = 0, 0.0
@@ -28,9 +37,11 @@ def parse_duration(text: str) -> float:
             seconds += float(m.group(1)) * _UNITS[m.group(2)]
             pos = m.end()
         if pos != len(raw):
-            raise DurationError(f"invalid duration {text!r} (use e.g. 90s, 10m, 1h30m, 2d)")
+            raise DurationError(f"invalid duration {shown(text)} (use e.g. 90s, 10m, 1h30m, 2d)")
     if seconds <= 0:
-        raise DurationError(f"duration must be positive, got {text!r}")
+        raise DurationError(f"duration must be positive, got {shown(text)}")
+    if not math.isfinite(seconds) or seconds > MAX_DURATION_S:
+        raise DurationError(f"duration {shown(text)} is too long (at most {MAX_DURATION_YEARS} years)")
     return seconds
 
 

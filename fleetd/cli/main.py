@@ -3,6 +3,7 @@ them, so `fleetd loop list` stays a ~50 ms round trip."""
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
@@ -61,6 +62,26 @@ def _seconds(value: str, flag: str) -> float:
         raise CliError(f"invalid {flag}: {e}", exit_code=2) from None
 
 
+def _positive_seconds(ctx: click.Context, param: click.Parameter, value: float) -> float:
+    """A click callback for plain-seconds options: finite, above zero, within fleetd's longest duration."""
+    from fleetd.timefmt import MAX_DURATION_S, MAX_DURATION_YEARS
+
+    if not (math.isfinite(value) and 0 < value <= MAX_DURATION_S):
+        raise click.BadParameter(
+            f"{value:g}: give seconds above 0, at most {MAX_DURATION_YEARS} years", ctx=ctx, param=param
+        )
+    return value
+
+
+def _ensure_home(paths: Paths) -> None:
+    """Creates fleetd's directories, or says in one line why it cannot (e.g. FLEETD_HOME=/proc/x)."""
+    try:
+        paths.ensure()
+    except OSError as e:
+        where = e.filename or paths.home
+        raise CliError(f"cannot create fleetd's directory {where}: {e.strerror or e}") from None
+
+
 def _fraction(value: str) -> float:
     try:
         fraction = float(value.rstrip("%")) / (100 if value.endswith("%") else 1)
@@ -83,12 +104,15 @@ def daemon_run(stop_grace: str, kill_grace: str, heartbeat_interval: str, near_l
         heartbeat_interval=_seconds(heartbeat_interval, "--heartbeat-interval"),
         near_limit=_fraction(near_limit),
     )
-    raise SystemExit(run_daemon(_paths(), options))
+    paths = _paths()
+    _ensure_home(paths)
+    raise SystemExit(run_daemon(paths, options))
 
 
 @daemon.command("start")
 @_daemon_options
-@click.option("--wait", "wait_s", default=15.0, show_default=True, help="Seconds to wait for the socket.")
+@click.option("--wait", "wait_s", default=15.0, show_default=True, callback=_positive_seconds,
+              help="Seconds to wait for the socket.")  # fmt: skip
 def daemon_start(stop_grace: str, kill_grace: str, heartbeat_interval: str, near_limit: str, wait_s: float) -> None:
     """Start the daemon in the background; returns once its socket answers."""
     paths = _paths()
@@ -99,14 +123,17 @@ def daemon_start(stop_grace: str, kill_grace: str, heartbeat_interval: str, near
         return
     import subprocess
 
-    paths.ensure()
+    _ensure_home(paths)
     argv = [sys.executable, "-m", "fleetd", "daemon", "run", "--stop-grace", stop_grace,
             "--kill-grace", kill_grace, "--heartbeat-interval", heartbeat_interval,
             "--near-limit", near_limit]  # fmt: skip
-    with open(paths.daemon_log, "ab") as logf:
-        proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, start_new_session=True, close_fds=True
-        )
+    try:
+        with open(paths.daemon_log, "ab") as logf:
+            proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, start_new_session=True, close_fds=True
+            )
+    except OSError as e:
+        raise CliError(f"cannot start the fleetd daemon: {e.strerror or e} ({e.filename or sys.executable})") from None
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
         health = client.ping()
@@ -130,7 +157,8 @@ def _last_line(paths: Paths) -> str:
 
 
 @daemon.command("stop")
-@click.option("--wait", "wait_s", default=60.0, show_default=True, help="Seconds to wait for it to exit.")
+@click.option("--wait", "wait_s", default=60.0, show_default=True, callback=_positive_seconds,
+              help="Seconds to wait for it to exit.")  # fmt: skip
 def daemon_stop(wait_s: float) -> None:
     """Stop the daemon: no new fires, in-flight runs get the stop grace, then are interrupted."""
     paths = _paths()
@@ -194,8 +222,8 @@ def _parse_size(text: str) -> int:
     unit = raw[len(number) :]
     try:
         return int(float(number) * units[unit])
-    except (ValueError, KeyError):
-        raise CliError(f"invalid size {text!r} (use e.g. 512k, 10MB)", exit_code=2) from None
+    except (ValueError, KeyError, OverflowError):  # OverflowError: inf; nan is a ValueError
+        raise CliError(f"invalid --output-cap {text!r} (use e.g. 512k, 10MB)", exit_code=2) from None
 
 
 @loop.command("add")
@@ -683,7 +711,8 @@ def _minutes(value: int | None) -> str:
 
 @cli.command("usage")
 @click.option("--watch", is_flag=True, help="Refresh in place until Ctrl-C.")
-@click.option("--interval", default=2.0, show_default=True, help="Seconds between refreshes with --watch.")
+@click.option("--interval", default=2.0, show_default=True, callback=_positive_seconds,
+              help="Seconds between refreshes with --watch.")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
 def usage(watch: bool, interval: float, as_json: bool) -> None:
     """Per profile: state, each window's use, when it resets, the active marker (*)."""

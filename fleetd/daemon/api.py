@@ -13,14 +13,16 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fleetd import __version__
 from fleetd.backends.registry import backend_names
 from fleetd.daemon.views import circuit_json, loop_json, profile_json, run_json, usage_json
-from fleetd.errors import FleetdError, InvalidArgument, NotFound
+from fleetd.errors import FleetdError, InvalidArgument, NotFound, shown
 from fleetd.heartbeat.service import Heartbeat
 from fleetd.loops.executor import Executor
 from fleetd.loops.model import validate_loop_input, validate_name
@@ -38,6 +40,8 @@ from fleetd.timefmt import DurationError, parse_duration, to_iso
 
 log = logging.getLogger("fleetd.api")
 MAX_LIMIT = 10_000
+MAX_ID = 2**63 - 1  # SQLite's largest INTEGER: no row id (run, event) can be past it
+MAX_BODY_DEPTH = 32  # no request body nests more than 3 levels; the rest is refused before any validator recurses
 
 
 @dataclass
@@ -65,11 +69,48 @@ def error_response(status: int, code: str, message: str) -> JSONResponse:
 async def _body(request: Request) -> dict[str, Any]:
     try:
         body = json.loads(await request.body() or b"{}")
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except RecursionError:
+        raise InvalidArgument(f"request body is nested deeper than {MAX_BODY_DEPTH} levels") from None
+    except ValueError:  # JSONDecodeError, UnicodeDecodeError, and an integer past Python's 4,300 digits
         raise InvalidArgument("request body is not valid JSON") from None
     if not isinstance(body, dict):
         raise InvalidArgument("request body must be a JSON object")
+    _check_storable(body)
     return body
+
+
+def _check_storable(body: Any) -> None:
+    """Refuses what no field can hold, before any validator sees it: nesting past MAX_BODY_DEPTH,
+    and text with a lone surrogate (JSON allows "\\ud800"; UTF-8, hence SQLite and our own
+    answers, cannot encode it)."""
+    stack: list[tuple[Any, int]] = [(body, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_BODY_DEPTH:
+            raise InvalidArgument(f"request body is nested deeper than {MAX_BODY_DEPTH} levels")
+        if isinstance(value, dict):
+            stack.extend((k, depth + 1) for k in value)
+            stack.extend((v, depth + 1) for v in value.values())
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1) for v in value)
+        elif isinstance(value, str):
+            try:
+                value.encode()
+            except UnicodeEncodeError:
+                raise InvalidArgument("request body holds text that is not valid Unicode") from None
+
+
+def _int_param(request: Request, key: str, default: int, low: int, high: int) -> int:
+    raw = request.query_params.get(key)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:  # also a number past Python's 4,300-digit limit
+        raise InvalidArgument(f"invalid --{key} {shown(raw)}: not a number") from None
+    if not low <= value <= high:
+        raise InvalidArgument(f"--{key} must be between {low} and {high}")
+    return value
 
 
 def create_app(ctx: DaemonContext) -> Starlette:
@@ -149,28 +190,26 @@ def create_app(ctx: DaemonContext) -> Starlette:
         q = request.query_params
         status = q.get("status")
         if status is not None and status not in STATUSES:
-            raise InvalidArgument(f"invalid status {status!r} (one of: {', '.join(STATUSES)})")
+            raise InvalidArgument(f"invalid status {shown(status)} (one of: {', '.join(STATUSES)})")
         since = None
         if q.get("since"):
             try:
                 since = ctx.clock() - timedelta(seconds=parse_duration(q["since"]))
             except DurationError as e:
                 raise InvalidArgument(f"invalid --since: {e}") from None
-        try:
-            limit = int(q.get("limit", "50"))
-        except ValueError:
-            raise InvalidArgument(f"invalid --limit {q.get('limit')!r}: not a number") from None
-        if not 1 <= limit <= MAX_LIMIT:
-            raise InvalidArgument(f"--limit must be between 1 and {MAX_LIMIT}")
+        limit = _int_param(request, "limit", 50, 1, MAX_LIMIT)
         runs = await ctx.runs.list(loop=q.get("loop"), status=status, since=since, limit=limit)
         return JSONResponse([run_json(r) for r in runs])
 
     def _run_id(request: Request) -> int:
         raw = request.path_params["run_id"]
         try:
-            return int(raw)
+            run_id = int(raw)
         except ValueError:
-            raise InvalidArgument(f"invalid run id {raw!r}: run ids are numbers") from None
+            raise InvalidArgument(f"invalid run id {shown(raw)}: run ids are numbers") from None
+        if not 0 <= run_id <= MAX_ID:
+            raise NotFound(f"no run with id {run_id}")  # the query could not even be asked
+        return run_id
 
     async def show_run(request: Request) -> Response:
         run = await ctx.runs.get(_run_id(request))
@@ -229,18 +268,15 @@ def create_app(ctx: DaemonContext) -> Starlette:
     async def auto_backend(request: Request) -> Response:
         backend = request.path_params["backend"]
         if not any(p.backend == backend for p in await ctx.profiles.store.list()):
-            raise NotFound(f"no profile for backend {backend!r}")
+            raise NotFound(f"no profile for backend {shown(backend)}")
         await ctx.heartbeat.unpin(backend)
         active, _ = ctx.heartbeat.active.get(backend, (None, False))
         return JSONResponse({"backend": backend, "active": active, "pinned": False})
 
     async def events(request: Request) -> Response:
         q = request.query_params
-        try:
-            after = int(q.get("after", "-1"))
-            limit = int(q.get("limit", "50"))
-        except ValueError:
-            raise InvalidArgument("after and limit must be numbers") from None
+        after = _int_param(request, "after", -1, -1, MAX_ID)
+        limit = _int_param(request, "limit", 50, 1, MAX_LIMIT)
         follow = q.get("follow") in ("1", "true", "yes")
         first = await (ctx.events.latest(limit) if after < 0 else ctx.events.after(after, limit))
         if not follow:
@@ -287,18 +323,40 @@ def create_app(ctx: DaemonContext) -> Starlette:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "bad_request")
         return error_response(exc.status_code, code, f"{request.method} {request.url.path}: {exc.detail}")
 
-    async def on_unexpected(request: Request, exc: Exception) -> Response:
-        log.exception("internal error on %s %s", request.method, request.url.path)
-        return error_response(500, "internal", f"internal error ({type(exc).__name__}); see the daemon log")
-
-    return Starlette(
+    app = Starlette(
         routes=routes,
-        exception_handlers={
-            FleetdError: on_fleetd_error,
-            HTTPException: on_http_error,
-            Exception: on_unexpected,
-        },
+        middleware=[Middleware(_InternalErrors)],
+        exception_handlers={FleetdError: on_fleetd_error, HTTPException: on_http_error},
     )
+    # `/v1/loops/` (an empty name) would be a 307 with no body, which no client here follows and the
+    # CLI would read as an empty answer: a JSON 404 instead.
+    app.router.redirect_slashes = False
+    return app
+
+
+class _InternalErrors:
+    """A bug's last stop: one JSON 500 and one traceback in the log. (Starlette's own handler for
+    `Exception` re-raises after answering, so uvicorn logged every traceback a second time.) Bad
+    input never gets here: it is a FleetdError, answered 4xx without a log line."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:
+            log.exception("internal error on %s %s", scope.get("method"), scope.get("path"))
+            if not started:  # a stream cut short mid-answer can only be closed
+                response = error_response(500, "internal", f"internal error ({type(exc).__name__}); see the daemon log")
+                await response(scope, receive, send)
 
 
 async def _stream_log(ctx: DaemonContext, run_id: int, path: str | None, follow: bool) -> AsyncIterator[bytes]:

@@ -6,12 +6,15 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-from fleetd.errors import InvalidArgument
+from fleetd.errors import InvalidArgument, shown
 from fleetd.timefmt import DurationError, format_duration, parse_duration
 
 Unit = Literal["tok", "req", "usd"]
 _LIMIT = re.compile(r"^\s*([0-9][0-9a-z.]*)\s*=\s*([0-9]+(?:\.[0-9]+)?)([kKmM]?)\s*(tok|req|usd)\s*$")
 _SCALE = {"": 1, "k": 1_000, "m": 1_000_000}
+# A quadrillion tokens, requests or dollars: no real quota comes near, and every sum and share of
+# it stays an exact, finite float.
+MAX_LIMIT_AMOUNT = 1e15
 
 
 @dataclass(frozen=True)
@@ -40,16 +43,18 @@ def parse_limit(text: str) -> Limit:
     m = _LIMIT.match(text)
     if not m:
         raise InvalidArgument(
-            f"invalid --limit {text!r}: use WINDOW=AMOUNT+UNIT, e.g. 5h=4000000tok, 24h=500req, 30d=50usd"
+            f"invalid --limit {shown(text)}: use WINDOW=AMOUNT+UNIT, e.g. 5h=4000000tok, 24h=500req, 30d=50usd"
         )
     window, number, scale, unit = m.groups()
     try:
         window_s = parse_duration(window)
     except DurationError as e:
-        raise InvalidArgument(f"invalid --limit {text!r}: {e}") from None
+        raise InvalidArgument(f"invalid --limit {shown(text)}: {e}") from None
     amount = float(number) * _SCALE[scale.lower()]
     if amount <= 0:
-        raise InvalidArgument(f"invalid --limit {text!r}: the amount must be positive")
+        raise InvalidArgument(f"invalid --limit {shown(text)}: the amount must be positive")
+    if amount > MAX_LIMIT_AMOUNT:  # also catches inf, which is what 400 nines become
+        raise InvalidArgument(f"invalid --limit {shown(text)}: the amount must be at most {MAX_LIMIT_AMOUNT:,.0f}")
     return Limit(window_s, amount, unit)  # type: ignore[arg-type]
 
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from fleetd.errors import InvalidArgument
+from fleetd.errors import InvalidArgument, shown
 from fleetd.routing.chain import DEFAULT_TIERS, ChainStep
 from fleetd.timefmt import DurationError, parse_duration
 
@@ -18,6 +19,11 @@ CatchUp = Literal["once", "skip"]
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 DEFAULT_OUTPUT_CAP = 10 * 1024 * 1024
+MIN_OUTPUT_CAP = 1024
+# 1 TiB: far beyond any useful log tail, and well inside what SQLite's INTEGER column holds.
+MAX_OUTPUT_CAP = 1024**4
+# Linux's PATH_MAX; a longer path cannot be opened, so it is refused up front.
+MAX_PATH_BYTES = 4096
 RESERVED_ENV_PREFIX = "FLEETD_"
 
 
@@ -62,19 +68,56 @@ class Loop:
     next_fire_at: datetime | None = None
 
 
-def _str(body: dict[str, Any], key: str) -> str | None:
+def optional_text(body: dict[str, Any], key: str) -> str | None:
+    """A string field, or None when absent. No NUL byte: every field ends up in a path, an argument
+    vector or an environment variable, none of which can hold one."""
     value = body.get(key)
     if value is None:
         return None
     if not isinstance(value, str):
         raise InvalidArgument(f"{key} must be a string")
+    if "\x00" in value:
+        raise InvalidArgument(f"{key} contains a NUL byte")
     return value
 
 
+def _text_list(value: object, message: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and "\x00" not in v for v in value):
+        raise InvalidArgument(message)
+    return value
+
+
+def validate_path(value: object, what: str) -> str:
+    """An absolute path that can be handed to the OS: a string, no NUL byte, not over-long.
+    Whether it exists is the caller's question."""
+    if not isinstance(value, str):
+        raise InvalidArgument(f"{what} must be a string")
+    if "\x00" in value:
+        raise InvalidArgument(f"{what} contains a NUL byte: {shown(value)}")
+    if len(value.encode(errors="surrogateescape")) > MAX_PATH_BYTES:
+        raise InvalidArgument(f"{what} is longer than {MAX_PATH_BYTES} bytes: {shown(value)}")
+    if not Path(value).is_absolute():
+        raise InvalidArgument(f"{what} must be an absolute path: {shown_path(value)}")
+    return value
+
+
+def shown_path(path: str) -> str:
+    """A path in a message: as typed when it is plain, else quoted and cut short."""
+    return path if path.isprintable() and len(path) <= 200 else shown(path)
+
+
+def _path_is(value: str, what: str, test: Callable[[Path], bool]) -> bool:
+    try:
+        return test(Path(value))
+    except OSError as e:  # e.g. a component over NAME_MAX, or a directory we may not search
+        raise InvalidArgument(f"cannot use {what} {shown_path(value)}: {e.strerror}") from None
+
+
 def validate_name(name: object) -> str:
-    if not isinstance(name, str) or not NAME_RE.match(name):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise InvalidArgument(
-            f"invalid loop name {name!r}: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+            f"invalid loop name {shown(name)}: "
+            "use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
         )
     return name
 
@@ -85,8 +128,8 @@ def parse_schedule_input(body: dict[str, Any], default_tz: str) -> Schedule:
     if len(given) != 1:
         raise InvalidArgument("give exactly one schedule: --cron EXPR, --every DURATION or --at TIME")
     kind: ScheduleKind = given[0]  # type: ignore[assignment]
-    expr = _str(body, kind) or ""
-    tz = _str(body, "timezone") or default_tz
+    expr = optional_text(body, kind) or ""
+    tz = optional_text(body, "timezone") or default_tz
     return Schedule(kind=kind, expr=expr.strip(), timezone=tz)
 
 
@@ -99,18 +142,22 @@ def parse_env(items: object) -> dict[str, str]:
         pairs = []
         for item in items:
             if not isinstance(item, str) or "=" not in item:
-                raise InvalidArgument(f"invalid --env {item!r}: use KEY=VALUE")
+                raise InvalidArgument(f"invalid --env {shown(item)}: use KEY=VALUE")
             key, _, value = item.partition("=")
             pairs.append((key, value))
     else:
         raise InvalidArgument("env must be a list of KEY=VALUE")
     env: dict[str, str] = {}
     for key, value in pairs:
-        if not isinstance(key, str) or not ENV_KEY_RE.match(key):
-            raise InvalidArgument(f"invalid environment variable name {key!r}")
+        if not isinstance(key, str) or not ENV_KEY_RE.fullmatch(key):
+            raise InvalidArgument(f"invalid environment variable name {shown(key)}")
         if key.startswith(RESERVED_ENV_PREFIX):
             raise InvalidArgument(f"environment variable {key} is reserved for fleetd")
-        env[key] = str(value)
+        if not isinstance(value, str):
+            raise InvalidArgument(f"the value of environment variable {key} must be a string")
+        if "\x00" in value:
+            raise InvalidArgument(f"the value of environment variable {key} contains a NUL byte")
+        env[key] = value
     return env
 
 
@@ -121,56 +168,64 @@ def validate_loop_input(body: dict[str, Any], default_tz: str) -> Loop:
     """
     name = validate_name(body.get("name"))
     schedule = parse_schedule_input(body, default_tz)
-    backend = _str(body, "backend") or "command"
+    backend = optional_text(body, "backend") or "command"
 
-    prompt, prompt_file = _str(body, "prompt"), _str(body, "prompt_file")
+    prompt, prompt_file = optional_text(body, "prompt"), body.get("prompt_file")
     if prompt is not None and prompt_file is not None:
         raise InvalidArgument("give either --prompt or --prompt-file, not both")
     if prompt_file is not None:
-        p = Path(prompt_file)
-        if not p.is_absolute():
-            raise InvalidArgument(f"prompt file must be an absolute path: {prompt_file}")
-        if not p.is_file():
-            raise InvalidArgument(f"prompt file not found: {prompt_file}")
+        prompt_file = validate_path(prompt_file, "prompt file")
+        if not _path_is(prompt_file, "prompt file", Path.is_file):
+            raise InvalidArgument(f"prompt file not found: {shown_path(prompt_file)}")
 
-    workdir = _str(body, "dir")
+    workdir = body.get("dir")
     if workdir is not None:
-        if not Path(workdir).is_absolute():
-            raise InvalidArgument(f"directory must be an absolute path: {workdir}")
-        if not Path(workdir).is_dir():
-            raise InvalidArgument(f"directory not found: {workdir}")
+        workdir = validate_path(workdir, "directory")
+        if not _path_is(workdir, "directory", Path.is_dir):
+            raise InvalidArgument(f"directory not found: {shown_path(workdir)}")
 
     timeout_s = None
-    if body.get("timeout") not in (None, ""):
+    timeout = body.get("timeout")
+    if timeout not in (None, ""):
+        if not isinstance(timeout, str | int | float) or isinstance(timeout, bool):
+            raise InvalidArgument("invalid --timeout: give a duration, e.g. 30m")
         try:
-            timeout_s = parse_duration(str(body["timeout"]))
+            timeout_s = parse_duration(str(timeout))
         except DurationError as e:
             raise InvalidArgument(f"invalid --timeout: {e}") from None
 
     catch_up = body.get("catch_up") or "once"
     if catch_up not in ("once", "skip"):
-        raise InvalidArgument(f"invalid --catch-up {catch_up!r}: use once or skip")
+        raise InvalidArgument(f"invalid --catch-up {shown(catch_up)}: use once or skip")
 
     output_cap = body.get("output_cap", DEFAULT_OUTPUT_CAP)
-    if not isinstance(output_cap, int) or isinstance(output_cap, bool) or output_cap < 1024:
-        raise InvalidArgument("output cap must be an integer number of bytes, at least 1024")
+    if (
+        not isinstance(output_cap, int)
+        or isinstance(output_cap, bool)
+        or not MIN_OUTPUT_CAP <= output_cap <= MAX_OUTPUT_CAP
+    ):
+        raise InvalidArgument(
+            f"invalid --output-cap {shown(output_cap)}: a whole number of bytes "
+            f"from {MIN_OUTPUT_CAP} (1k) to {MAX_OUTPUT_CAP} (1024G)"
+        )
+
+    enabled = body.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise InvalidArgument("enabled must be true or false")
 
     profiles = body.get("profiles") or []
     if isinstance(profiles, str):
         profiles = [p.strip() for p in profiles.split(",") if p.strip()]
-    if not isinstance(profiles, list) or not all(isinstance(p, str) for p in profiles):
-        raise InvalidArgument("--profile must be a comma-separated list of profile names")
+    profiles = _text_list(profiles, "--profile must be a comma-separated list of profile names")
     if len(set(profiles)) != len(profiles):
         raise InvalidArgument("--profile lists a profile twice")
-    agent_args = body.get("agent_args") or []
-    if not isinstance(agent_args, list) or not all(isinstance(a, str) for a in agent_args):
-        raise InvalidArgument("--agent-arg values must be strings")
+    agent_args = _text_list(body.get("agent_args") or [], "--agent-arg values must be strings without NUL bytes")
 
     return Loop(
         name=name,
         schedule=schedule,
         backend=backend,
-        command=_str(body, "command"),
+        command=optional_text(body, "command"),
         prompt=prompt,
         prompt_file=prompt_file,
         workdir=workdir,
@@ -178,8 +233,8 @@ def validate_loop_input(body: dict[str, Any], default_tz: str) -> Loop:
         timeout_s=timeout_s,
         catch_up=catch_up,
         output_cap=output_cap,
-        enabled=body.get("enabled", True) is not False,
+        enabled=enabled,
         profiles=profiles,
-        model=_str(body, "model") or None,
+        model=optional_text(body, "model") or None,
         agent_args=agent_args,
     )

@@ -7,7 +7,7 @@ its own database and decides catch-up itself, so a restart never depends on a pi
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -35,7 +35,12 @@ def parse_at(expr: str, tz: ZoneInfo) -> datetime:
         when = datetime.fromisoformat(expr)
     except ValueError:
         raise InvalidArgument(f"invalid time {expr!r}: use ISO 8601, e.g. 2026-12-01T09:00") from None
-    return when if when.tzinfo else when.replace(tzinfo=tz)
+    when = when if when.tzinfo else when.replace(tzinfo=tz)
+    try:
+        when.astimezone(UTC)  # fleetd stores UTC: the calendar's very edges cannot be converted
+    except OverflowError:
+        raise InvalidArgument(f"invalid time {expr!r}: out of range") from None
+    return when
 
 
 def build_trigger(schedule: Schedule, anchor: datetime) -> BaseTrigger:
@@ -57,6 +62,13 @@ def build_trigger(schedule: Schedule, anchor: datetime) -> BaseTrigger:
         interval = timedelta(seconds=seconds)
         return IntervalTrigger(seconds=seconds, start_date=anchor + interval, timezone=tz)
     return DateTrigger(run_date=parse_at(schedule.expr, tz), timezone=tz)
+
+
+def never_fires(schedule: Schedule) -> str:
+    """Why a trigger with no fire left was refused, in the user's terms."""
+    if schedule.kind == "cron":
+        return f"cron expression {schedule.expr!r} never fires"
+    return f"--at {schedule.expr} is in the past"
 
 
 def first_fire(trigger: BaseTrigger, now: datetime) -> datetime | None:

@@ -17,7 +17,7 @@ from fleetd.backends.registry import get_adapter
 from fleetd.errors import InvalidArgument
 from fleetd.loops.executor import Executor
 from fleetd.loops.model import Loop
-from fleetd.loops.schedule import build_trigger, first_fire, plan_startup, plan_wake
+from fleetd.loops.schedule import build_trigger, first_fire, never_fires, plan_startup, plan_wake
 from fleetd.routing.policy import loop_steps
 from fleetd.store.loops import LoopStore
 from fleetd.store.runs import LoopFire, Run
@@ -106,9 +106,11 @@ class Scheduler:
         now = self.clock()
         loop.created_at = loop.updated_at = now
         trigger = build_trigger(loop.schedule, now)
-        loop.next_fire_at = first_fire(trigger, now) if loop.enabled else None
-        if loop.enabled and loop.next_fire_at is None:
-            raise InvalidArgument(f"--at {loop.schedule.expr} is in the past")
+        first = first_fire(trigger, now)
+        # A cron expression that never fires is wrong even paused; a past --at only matters enabled.
+        if first is None and (loop.enabled or loop.schedule.kind == "cron"):
+            raise InvalidArgument(never_fires(loop.schedule))
+        loop.next_fire_at = first if loop.enabled else None
         saved = await self.loops.insert(loop)
         if saved.enabled:
             self._arm(saved, trigger, saved.next_fire_at)

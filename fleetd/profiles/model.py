@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
 
-from fleetd.errors import InvalidArgument
+from fleetd.errors import InvalidArgument, shown
 from fleetd.heartbeat.limits import Limit, parse_limits
-from fleetd.loops.model import NAME_RE
+from fleetd.loops.model import NAME_RE, optional_text, validate_path
 from fleetd.routing.policy import parse_usd
 from fleetd.timefmt import DurationError, parse_duration
 
@@ -18,6 +19,9 @@ Tier = Literal["local", "subscription", "metered"]
 TIERS: tuple[Tier, ...] = ("local", "subscription", "metered")
 PRICE_FIELDS = ("price_input", "price_output", "price_cache_read", "price_cache_write")
 MAX_DEFAULT_RESET_S = 86400.0
+# USD per million tokens. Far above any real price, and low enough that a cost (price times any
+# token count fleetd can see) stays a finite number that JSON and SQLite can hold.
+MAX_PRICE_PER_MTOK = 1_000_000.0
 
 
 @dataclass
@@ -50,9 +54,10 @@ class Profile:
 
 
 def validate_profile_name(name: object) -> str:
-    if not isinstance(name, str) or not NAME_RE.match(name):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise InvalidArgument(
-            f"invalid profile name {name!r}: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+            f"invalid profile name {shown(name)}: "
+            "use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
         )
     return name
 
@@ -62,59 +67,87 @@ def _is_loopback(url: str) -> bool:
     return host in ("localhost", "::1") or host.startswith("127.")
 
 
+def _base_url(value: str) -> str:
+    message = f"invalid --base-url {shown(value)}: use http(s)://host[:port]/path"
+    try:
+        parsed = urlparse(value)
+        parsed.port  # noqa: B018 - parsed lazily: a bad port raises here, not later in an adapter
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise InvalidArgument(message)
+    except ValueError:  # e.g. "http://[::1" (an unclosed IPv6 bracket) or a port past 65535
+        raise InvalidArgument(message) from None
+    if any(c.isspace() or not c.isprintable() for c in value):
+        raise InvalidArgument(message)
+    return value
+
+
+def _price(body: dict[str, Any], key: str) -> float | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    flag = "--" + key.replace("_", "-")
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise InvalidArgument(f"invalid {flag} {shown(value)}: a number")
+    try:
+        price = float(value)
+    except (ValueError, OverflowError):  # OverflowError: an int past float's range
+        raise InvalidArgument(f"invalid {flag} {shown(value)}: a number") from None
+    if price < 0:
+        raise InvalidArgument(f"{flag} cannot be negative")
+    if not math.isfinite(price) or price > MAX_PRICE_PER_MTOK:
+        raise InvalidArgument(
+            f"invalid {flag} {shown(value)}: a finite number of USD per million tokens, "
+            f"at most {MAX_PRICE_PER_MTOK:,.0f}"
+        )
+    return price
+
+
 def validate_profile_input(body: dict[str, Any], default_dir: Path) -> tuple[Profile, str | None]:
     """Returns the profile and the secret (API key) that came with it, which is kept apart."""
     name = validate_profile_name(body.get("name"))
-    backend = body.get("backend")
-    if not isinstance(backend, str) or not backend:
+    backend = optional_text(body, "backend")
+    if not backend:
         raise InvalidArgument("a profile needs --backend")
     secret = body.get("api_key")
     if secret is not None:
         if not isinstance(secret, str) or not secret.strip():
             raise InvalidArgument("the API key on stdin is empty")
         secret = secret.strip()
-        if "\n" in secret:
+        if "\n" in secret or "\r" in secret:
             raise InvalidArgument("the API key on stdin must be a single line")
-    base_url = body.get("base_url")
+        if "\x00" in secret:
+            raise InvalidArgument("the API key on stdin contains a NUL byte")
+    base_url = optional_text(body, "base_url")
     if base_url is not None:
-        parsed = urlparse(str(base_url))
-        if parsed.scheme not in ("http", "https") or not parsed.hostname:
-            raise InvalidArgument(f"invalid --base-url {base_url!r}: use http(s)://host[:port]/path")
+        base_url = _base_url(base_url)
     tier = body.get("tier")
     if tier is None:
-        if base_url is not None and _is_loopback(str(base_url)) and secret is None:
+        if base_url is not None and _is_loopback(base_url) and secret is None:
             tier = "local"
         else:
             tier = "metered" if secret is not None else "subscription"
     if tier not in TIERS:
-        raise InvalidArgument(f"invalid --tier {tier!r}: use local, subscription or metered")
+        raise InvalidArgument(f"invalid --tier {shown(tier)}: use local, subscription or metered")
     config_dir = body.get("config_dir")
-    if config_dir is not None and not Path(str(config_dir)).is_absolute():
-        raise InvalidArgument(f"config directory must be an absolute path: {config_dir}")
-    prices: dict[str, float | None] = {}
-    for key in PRICE_FIELDS:
-        value = body.get(key)
-        if value is not None:
-            try:
-                value = float(value)
-            except (TypeError, ValueError):
-                raise InvalidArgument(f"invalid --{key.replace('_', '-')} {value!r}: a number") from None
-            if value < 0:
-                raise InvalidArgument(f"--{key.replace('_', '-')} cannot be negative")
-        prices[key] = value
-    model = body.get("model")
+    if config_dir is not None:
+        config_dir = validate_path(config_dir, "config directory")
+    prices = {key: _price(body, key) for key in PRICE_FIELDS}
+    model = optional_text(body, "model")
     raw_limits = body.get("limits") or []
     if not isinstance(raw_limits, list) or not all(isinstance(x, str) for x in raw_limits):
         raise InvalidArgument("--limit values must be strings like 5h=4000000tok")
+    enabled = body.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise InvalidArgument("enabled must be true or false")
     profile = Profile(
         name=name,
         backend=backend,
         tier=tier,
-        config_dir=str(config_dir) if config_dir else str(default_dir / name),
-        base_url=str(base_url) if base_url else None,
-        model=str(model) if model else None,
+        config_dir=config_dir or str(default_dir / name),
+        base_url=base_url or None,
+        model=model or None,
         has_secret=secret is not None,
-        enabled=body.get("enabled", True) is not False,
+        enabled=enabled,
         limits=parse_limits(raw_limits),
         **prices,
     )

@@ -18,7 +18,7 @@ from fleetd.backends.registry import get_adapter
 from fleetd.backends.result import ParsedOutput
 from fleetd.errors import Conflict, FleetdError, InvalidArgument, NotFound
 from fleetd.heartbeat.service import Heartbeat
-from fleetd.loops.model import Loop
+from fleetd.loops.model import Loop, shown_path
 from fleetd.profiles.model import Profile, validate_profile_input
 from fleetd.profiles.secrets import SecretStore
 from fleetd.routing.chain import ChainStep
@@ -127,8 +127,12 @@ class ProfileService:
             await asyncio.to_thread(self.secrets.set, profile.name, secret)
         try:
             config_dir = Path(profile.config_dir)
-            config_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            os.chmod(config_dir, 0o700)
+            try:
+                config_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+                os.chmod(config_dir, 0o700)
+            except OSError as e:  # a file in the way, no permission, a name too long: the user's to fix
+                message = f"cannot use config directory {shown_path(profile.config_dir)}: {e.strerror}"
+                raise InvalidArgument(message) from None
             await self.store.insert(profile)
         except BaseException:
             if secret is not None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -42,11 +44,29 @@ def assert_refused(daemon: Daemon, args: list[str], code: int, *fragments: str) 
         (["--every", "1m", "--backend", "teleport"], ["unknown backend 'teleport'"]),
         (["--every", "1m", "--cron", "* * * * *"], ["exactly one schedule"]),
         ([], ["exactly one schedule"]),
+        # Numbers that cannot be stored or encoded (were a 500 *and* a saved loop that broke `loop list`):
+        (["--every", "1m", "--timeout", "9" * 400], ["invalid --timeout", "too long (at most 100 years)"]),
+        (["--every", "99999999999w"], ["invalid --every", "too long"]),
+        (["--every", "1m", "--output-cap", "99999999999999G"], ["invalid --output-cap"]),
+        (["--every", "1m", "--output-cap", "inf"], ["invalid --output-cap 'inf'"]),
+        (["--every", "1m", "--output-cap", "lots"], ["invalid --output-cap 'lots'"]),
+        (["--every", "1m", "--output-cap", "100"], ["invalid --output-cap 100"]),
+        (["--every", "1m", "--dir", "/" + "d" * 300], ["cannot use directory", "File name too long"]),
+        (["--every", "1m", "--dir", "/" + "d/" * 2100], ["directory is longer than 4096 bytes"]),
+        (["--at", "9999-12-31T23:59:59-12:00"], ["invalid time", "out of range"]),
+        (["--cron", "0 0 31 2 *"], ["cron expression '0 0 31 2 *' never fires"]),
+        (["--cron", "0 0 31 2 *", "--paused"], ["never fires"]),
     ],
 )
 def test_invalid_loop_definitions_exit_2(daemon: Daemon, args: list[str], fragments: list[str]) -> None:
     command = [] if "--backend" in args else ["--command", "true"]
     assert_refused(daemon, ["loop", "add", "bad", *args, *command], 2, *fragments)
+
+
+def test_prompt_and_prompt_file_together_exit_2(daemon: Daemon) -> None:
+    prompt_file = str(Path(__file__).resolve())  # exists: only the "not both" rule refuses it
+    args = ["loop", "add", "bad", "--every", "1h", "--command", "true", "--prompt", "hi", "--prompt-file", prompt_file]
+    assert_refused(daemon, args, 2, "give either --prompt or --prompt-file, not both")
 
 
 def test_command_backend_needs_a_command(daemon: Daemon) -> None:
@@ -91,7 +111,7 @@ def test_daemon_not_running_message(tmp_path: Path) -> None:
         )
 
 
-def _raw(daemon: Daemon, request: bytes) -> tuple[int, dict]:
+def _raw(daemon: Daemon, request: bytes) -> tuple[int, Any]:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.connect(str(daemon.socket))
         s.sendall(request)
@@ -132,3 +152,109 @@ def test_daemon_refuses_a_bad_near_limit(tmp_path: Path, value: str) -> None:
         "use e.g. 90% or 0.9" if value == "most" else "between 0 and 100%"
     )
     assert not (tmp_path / "h").exists()  # refused before anything was created
+
+
+def assert_profile_refused(daemon: Daemon, args: list[str], *fragments: str) -> None:
+    before = daemon.json("profile", "list")
+    result = daemon.cli("profile", "add", "bad", *args, check=False)
+    assert result.returncode == 2, result
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("fleetd: ") and all(f in line for f in fragments), line
+    # Nothing saved, and the listings that a stored inf or 400-digit number broke still answer.
+    assert daemon.json("profile", "list") == before
+    daemon.json("usage")
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (["--price-input", "inf"], ["invalid --price-input inf", "a finite number"]),
+        (["--price-output", "nan"], ["invalid --price-output nan"]),
+        (["--price-cache-read", "1e400"], ["invalid --price-cache-read inf"]),
+        (["--price-input", "-1"], ["--price-input cannot be negative"]),
+        (["--limit", "5h=" + "9" * 400 + "tok"], ["invalid --limit", "at most 1,000,000,000,000,000"]),
+        (["--limit", "99999999999w=5tok"], ["invalid --limit", "too long"]),
+        (["--base-url", "http://[::1"], ["invalid --base-url 'http://[::1'"]),
+        (["--base-url", "http://localhost:99999/v1"], ["invalid --base-url"]),
+        (["--config-dir", "/proc/fleetd-nope/x"], ["cannot use config directory"]),
+    ],
+)
+def test_profile_numbers_and_urls_that_cannot_be_stored_exit_2(
+    daemon: Daemon, args: list[str], fragments: list[str]
+) -> None:
+    backend = "openai_compat" if "--base-url" in args else "claude_code"
+    assert_profile_refused(daemon, ["--backend", backend, *args], *fragments)
+
+
+def _request(daemon: Daemon, method: str, path: str, body: bytes = b"") -> tuple[int, Any]:
+    head = f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    return _raw(daemon, head.encode() + body)
+
+
+def _loop_body(**fields: object) -> bytes:
+    return json.dumps({"name": "api-bad", "every": "1h", "command": "true", "enabled": False, **fields}).encode()
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status"),
+    [
+        ("GET", "/v1/runs/99999999999999999999", b"", 404),
+        ("GET", "/v1/runs/99999999999999999999/log", b"", 404),
+        ("GET", "/v1/runs/" + "9" * 5000, b"", 400),
+        ("GET", "/v1/loops/", b"", 404),  # an empty name: was a 307 with no body, which the CLI read as None
+        ("GET", "/v1/runs?since=" + "9" * 20, b"", 400),
+        ("GET", "/v1/runs?limit=" + "9" * 20, b"", 400),
+        ("GET", "/v1/events?limit=" + "9" * 20, b"", 400),
+        ("GET", "/v1/events?after=" + "9" * 20, b"", 400),
+        ("GET", "/v1/events?limit=-5", b"", 400),
+        ("POST", "/v1/loops", b"[" * 100_000 + b"]" * 100_000, 400),
+        ("POST", "/v1/loops", b'{"a":' * 40 + b"1" + b"}" * 40, 400),
+        ("POST", "/v1/loops", b'{"name": ' + b"1" * 5000 + b"}", 400),
+        ("POST", "/v1/loops", _loop_body(command="\ud800"), 400),
+        ("POST", "/v1/loops", _loop_body(dir="/tmp\x00"), 400),
+        ("POST", "/v1/loops", _loop_body(prompt_file="/etc/hostname\x00", command="true"), 400),
+        ("POST", "/v1/loops", _loop_body(command="true\x00"), 400),
+        ("POST", "/v1/loops", _loop_body(dir="/" + "d" * 300), 400),
+        ("POST", "/v1/loops", _loop_body(output_cap=10**30), 400),
+        ("POST", "/v1/loops", _loop_body(output_cap=1e400), 400),
+        ("POST", "/v1/loops", _loop_body(timeout=1e400), 400),
+        ("POST", "/v1/loops", _loop_body(enabled="yes"), 400),
+        ("POST", "/v1/loops", _loop_body(env={"A": {"nested": 1}}), 400),
+        ("POST", "/v1/profiles", b'{"name": "api-bad", "backend": "codex", "price_input": Infinity}', 400),
+        ("POST", "/v1/profiles", b'{"name": "api-bad", "backend": "codex", "price_input": ' + b"9" * 400 + b"}", 400),
+        ("POST", "/v1/profiles", b'{"name": "api-bad", "backend": "codex", "config_dir": "/tmp/x\\u0000"}', 400),
+    ],
+)  # fmt: skip
+def test_api_answers_unstorable_input_with_4xx_and_no_traceback(
+    daemon: Daemon, method: str, path: str, body: bytes, status: int
+) -> None:
+    log = daemon.home / "daemon-test.log"
+    log_size = log.stat().st_size
+    got, answer = _request(daemon, method, path, body)
+    assert (got, answer["error"]["code"]) == (status, "not_found" if status == 404 else "invalid_argument"), answer
+    assert answer["error"]["message"]
+    with log.open("rb") as f:
+        f.seek(log_size)
+        assert b"Traceback" not in f.read()  # bad input is not an internal error: no log noise
+    for listing in ("/v1/loops", "/v1/profiles"):
+        status, items = _request(daemon, "GET", listing)
+        assert status == 200 and "api-bad" not in {x["name"] for x in items}
+
+
+@pytest.mark.parametrize("interval", ["-1", "0", "nan", "inf"])
+def test_usage_watch_refuses_a_bad_interval(daemon: Daemon, interval: str) -> None:
+    result = daemon.cli("usage", "--watch", "--interval", interval, check=False)
+    assert result.returncode == 2, result
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("fleetd: Invalid value for '--interval'")
+
+
+@pytest.mark.parametrize("command", [["daemon", "start"], ["daemon", "run"]])
+def test_a_home_that_cannot_be_made_is_one_line_not_a_traceback(tmp_path: Path, command: list[str]) -> None:
+    home = Daemon(tmp_path / "unused")
+    home.env["FLEETD_HOME"] = "/proc/fleetd-nope"  # /proc refuses new directories, even to root
+    result = home.cli(*command, check=False)
+    assert result.returncode == 1, result
+    expected = "fleetd: cannot create fleetd's directory /proc/fleetd-nope: No such file or directory"
+    assert result.stderr.strip() == expected
+    assert not os.path.exists("/proc/fleetd-nope")

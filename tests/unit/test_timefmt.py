@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from fleetd.timefmt import DurationError, format_duration, parse_duration
+from fleetd.timefmt import MAX_DURATION_S, DurationError, format_duration, parse_duration
 
 
 @pytest.mark.parametrize(
@@ -25,3 +25,15 @@ def test_parse_duration_rejects(text: str) -> None:
 )
 def test_format_duration(seconds: float | None, text: str) -> None:
     assert format_duration(seconds) == text
+
+
+@pytest.mark.parametrize("text", ["9" * 400, "99999999999w", "101y", f"{100 * 365 + 1}d", "٣s"])
+def test_parse_duration_refuses_what_cannot_be_stored(text: str) -> None:
+    with pytest.raises(DurationError):
+        parse_duration(text)
+
+
+def test_parse_duration_bound_is_100_years() -> None:
+    assert parse_duration(f"{100 * 365}d") == MAX_DURATION_S
+    with pytest.raises(DurationError, match="too long"):
+        parse_duration(f"{MAX_DURATION_S + 1}")
