@@ -14,7 +14,7 @@ import click
 from fleetd import __version__
 from fleetd.cli.client import Client, CliError, segment
 from fleetd.cli.format import emit_json, local_time, schedule_text, short, table
-from fleetd.paths import Paths, resolve
+from fleetd.paths import Paths, UnsafeDirectory, resolve
 from fleetd.timefmt import format_duration
 
 
@@ -99,7 +99,10 @@ def daemon_start(stop_grace: str, kill_grace: str, heartbeat_interval: str, near
         return
     import subprocess
 
-    paths.ensure()
+    try:
+        paths.ensure()
+    except UnsafeDirectory as e:
+        raise CliError(str(e)) from None
     argv = [sys.executable, "-m", "fleetd", "daemon", "run", "--stop-grace", stop_grace,
             "--kill-grace", kill_grace, "--heartbeat-interval", heartbeat_interval,
             "--near-limit", near_limit]  # fmt: skip
@@ -164,16 +167,21 @@ def _pid_alive(pid: int) -> bool:
 @daemon.command("status")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def daemon_status(as_json: bool) -> None:
-    """Is the daemon running, and what is it doing."""
+    """Is the daemon running, and what is it doing. Exits 1 when its database cannot be written."""
     health = _client(timeout=5.0).call("GET", "/v1/health")
+    store = health.get("store", "ok")
     if as_json:
         emit_json(health)
-        return
-    click.echo(
-        f"fleetd {health['version']} running: pid {health['pid']}, up {format_duration(health['uptime_s'])}, "
-        f"{health['loops']} loop(s), {health['running_runs']} run(s) in progress\n"
-        f"home {health['home']}\nsocket {health['socket']}"
-    )
+    else:
+        loops = "?" if health["loops"] is None else health["loops"]
+        store_line = "ok" if store == "ok" else f"unusable: {store} (changes and fires fail until it is fixed)"
+        click.echo(
+            f"fleetd {health['version']} running: pid {health['pid']}, up {format_duration(health['uptime_s'])}, "
+            f"{loops} loop(s), {health['running_runs']} run(s) in progress\n"
+            f"home {health['home']}\nsocket {health['socket']}\nstore {store_line}"
+        )
+    if store != "ok":
+        raise SystemExit(1)
 
 
 # -- loops ----------------------------------------------------------------------------------------
