@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import os
@@ -80,7 +81,8 @@ async def _serve(daemon: Daemon) -> int:
     finally:
         # However serve() ended: an open connection's thread would keep the process (and the lock) alive.
         if daemon.db is not None:
-            await daemon.db.close()
+            with contextlib.suppress(Exception):  # already closed on a clean stop; never mask the real error
+                await daemon.db.close()
 
 
 def _one_line(e: BaseException) -> str:

@@ -38,7 +38,7 @@ def peer_uid(sock: socket.socket) -> int | None:
     """The uid of the process at the other end of a Unix socket, if the platform can tell."""
     try:
         if hasattr(socket, "SO_PEERCRED"):  # Linux: struct ucred {pid_t pid; uid_t uid; gid_t gid}
-            _pid, uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+            _pid, uid, _gid = struct.unpack("iII", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
             return uid
         if sys.platform == "darwin":  # getpeereid(3) is LOCAL_PEERCRED: struct xucred {u_int version; uid_t uid; ...}
             sol_local, local_peercred = 0, 1
