@@ -8,6 +8,7 @@ Kept import-light: the CLI imports this on every invocation.
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,12 +58,62 @@ class Paths:
         return self.run_logs / f"{run_id // 1000:04d}" / f"{run_id}.log"
 
     def ensure(self) -> None:
-        """Create the directories with private permissions."""
-        for d in (self.home, self.logs, self.run_logs):
-            d.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(self.run_dir, 0o700)
-        os.chmod(self.home, 0o700)
+        """Create the missing directories 0700; refuse existing ones that others can write (UnsafeDirectory).
+
+        An existing directory is never chmod'ed: with FLEETD_HOME=/tmp as root that would break the host."""
+        private_dir(self.home, "the fleetd home", parents=True)
+        for d in (self.logs, self.run_logs):
+            private_dir(d, "fleetd's logs", parents=False)
+        private_dir(self.run_dir, "the socket's directory", parents=True)
+
+
+class UnsafeDirectory(Exception):
+    """A directory fleetd will not use or create; the message is one line that says how to fix it."""
+
+
+def unsafe_reason(path: Path, mode: int, owner: int, uid: int) -> str | None:
+    """Why a directory with this mode and owner is not private enough for user `uid`, and the fix; or None.
+
+    Readable by others is the user's choice (fleetd's own files inside are 0600/0700); writable by
+    others or owned by someone else means another user could plant or swap files fleetd trusts."""
+    if not stat.S_ISDIR(mode):
+        return "it is not a directory"
+    if owner != uid:
+        return f"it belongs to uid {owner}, not to you (uid {uid}); use a directory of your own"
+    if mode & 0o022 and mode & stat.S_ISVTX:
+        # /tmp and its kind are shared by design: never suggest changing them.
+        return f"it is a shared directory (mode {stat.S_IMODE(mode):04o}); use one inside it, e.g. {path / 'fleetd'}"
+    if mode & 0o022:
+        return f"other users can write to it (mode {stat.S_IMODE(mode):04o}); run `chmod go-w {path}` or use another"
+    return None
+
+
+def private_dir(path: Path, what: str, *, parents: bool) -> bool:
+    """Make `path` a usable private directory; True when fleetd created it (then, and only then, 0700).
+
+    `parents=False`: only the last component may be created; a missing parent is an error, so a typo
+    cannot make a whole tree somewhere unexpected."""
+    if not parents and not path.parent.is_dir():
+        raise UnsafeDirectory(
+            f"cannot create {what} {path}: its parent {path.parent} does not exist; create it first or fix the path"
+        )
+    try:
+        path.mkdir(parents=parents, mode=0o700)
+    except FileExistsError:
+        pass
+    except OSError as e:
+        raise UnsafeDirectory(f"cannot create {what} {path}: {e.strerror or e}") from None
+    else:
+        os.chmod(path, 0o700)  # ours, just made: the umask must not loosen it
+        return True
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise UnsafeDirectory(f"cannot use {what} {path}: {e.strerror or e}") from None
+    reason = unsafe_reason(path, st.st_mode, st.st_uid, os.geteuid())
+    if reason:
+        raise UnsafeDirectory(f"refusing to use {path} as {what}: {reason}")
+    return False
 
 
 def resolve(env: dict[str, str] | None = None) -> Paths:

@@ -15,7 +15,7 @@ import click
 from fleetd import __version__
 from fleetd.cli.client import Client, CliError, segment
 from fleetd.cli.format import emit_json, local_time, schedule_text, short, table
-from fleetd.paths import Paths, resolve
+from fleetd.paths import Paths, UnsafeDirectory, resolve
 from fleetd.timefmt import format_duration
 
 
@@ -77,6 +77,8 @@ def _ensure_home(paths: Paths) -> None:
     """Creates fleetd's directories, or says in one line why it cannot (e.g. FLEETD_HOME=/proc/x)."""
     try:
         paths.ensure()
+    except UnsafeDirectory as e:
+        raise CliError(str(e)) from None
     except OSError as e:
         where = e.filename or paths.home
         raise CliError(f"cannot create fleetd's directory {where}: {e.strerror or e}") from None
@@ -194,17 +196,22 @@ def _pid_alive(pid: int) -> bool:
 @daemon.command("status")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def daemon_status(as_json: bool) -> None:
-    """Is the daemon running, and what is it doing."""
+    """Is the daemon running, and what is it doing. Exits 1 when its database cannot be written."""
     health = _client(timeout=5.0).call("GET", "/v1/health")
+    store = health.get("store", "ok")
     if as_json:
         emit_json(health)
-        return
-    state = "recovering runs a crash left" if health["status"] == "recovering" else "running"
-    click.echo(
-        f"fleetd {health['version']} {state}: pid {health['pid']}, up {format_duration(health['uptime_s'])}, "
-        f"{health['loops']} loop(s), {health['running_runs']} run(s) in progress\n"
-        f"home {health['home']}\nsocket {health['socket']}"
-    )
+    else:
+        loops = "?" if health["loops"] is None else health["loops"]
+        state = "recovering runs a crash left" if health["status"] == "recovering" else "running"
+        store_line = "ok" if store == "ok" else f"unusable: {store} (changes and fires fail until it is fixed)"
+        click.echo(
+            f"fleetd {health['version']} {state}: pid {health['pid']}, up {format_duration(health['uptime_s'])}, "
+            f"{loops} loop(s), {health['running_runs']} run(s) in progress\n"
+            f"home {health['home']}\nsocket {health['socket']}\nstore {store_line}"
+        )
+    if store != "ok":
+        raise SystemExit(1)
 
 
 # -- loops ----------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import os
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, BinaryIO
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -26,6 +26,7 @@ from fleetd.errors import FleetdError, InvalidArgument, NotFound, shown
 from fleetd.heartbeat.service import Heartbeat
 from fleetd.loops.executor import Executor
 from fleetd.loops.model import validate_loop_input, validate_name
+from fleetd.loops.runlog import RunLog
 from fleetd.loops.scheduler import Scheduler
 from fleetd.paths import Paths
 from fleetd.profiles.model import Profile, validate_profile_name
@@ -33,9 +34,10 @@ from fleetd.profiles.service import ProfileService
 from fleetd.routing.policy import apply_routing_input, loop_policy
 from fleetd.routing.router import resolve
 from fleetd.store.attempts import AttemptStore
+from fleetd.store.db import StoreUnavailable
 from fleetd.store.events import EventLog
 from fleetd.store.loops import LoopStore
-from fleetd.store.runs import STATUSES, RunStore
+from fleetd.store.runs import FINAL_STATUSES, STATUSES, Run, RunStore
 from fleetd.timefmt import DurationError, parse_duration, to_iso
 
 log = logging.getLogger("fleetd.api")
@@ -115,6 +117,12 @@ def _int_param(request: Request, key: str, default: int, low: int, high: int) ->
 
 def create_app(ctx: DaemonContext) -> Starlette:
     async def health(request: Request) -> Response:
+        # Health answers even when the store does not: "store" says what is wrong with it.
+        store = ctx.loops.db.problem
+        try:
+            loops: int | None = len(await ctx.loops.list())
+        except StoreUnavailable as e:
+            loops, store = None, store or e.problem
         return JSONResponse(
             {
                 "status": ctx.phase,
@@ -124,8 +132,9 @@ def create_app(ctx: DaemonContext) -> Starlette:
                 "socket": str(ctx.paths.socket),
                 "started_at": to_iso(ctx.started_at),
                 "uptime_s": round((ctx.clock() - ctx.started_at).total_seconds(), 3),
-                "loops": len(await ctx.loops.list()),
+                "loops": loops,
                 "running_runs": len(ctx.executor.active),
+                "store": store or "ok",
             }
         )
 
@@ -218,7 +227,7 @@ def create_app(ctx: DaemonContext) -> Starlette:
     async def run_log(request: Request) -> Response:
         run = await ctx.runs.get(_run_id(request))
         follow = request.query_params.get("follow") in ("1", "true", "yes")
-        return StreamingResponse(_stream_log(ctx, run.id, run.log_path, follow), media_type="text/plain")
+        return StreamingResponse(_stream_log(ctx, run, follow), media_type="text/plain")
 
     async def list_profiles(request: Request) -> Response:
         return JSONResponse([_profile(p) for p in await ctx.profiles.store.list()])
@@ -359,16 +368,38 @@ class _InternalErrors:
                 await response(scope, receive, send)
 
 
-async def _stream_log(ctx: DaemonContext, run_id: int, path: str | None, follow: bool) -> AsyncIterator[bytes]:
-    live = ctx.executor.live_logs.get(run_id)
-    if live is None:
-        # Finished (or from an earlier daemon): the file is complete.
-        if path is None or not os.path.exists(path):
-            return
-        with open(path, "rb") as f:
-            while chunk := f.read(64 * 1024):
-                yield chunk
-        return
+def _stream_log(ctx: DaemonContext, run: Run, follow: bool) -> AsyncIterator[bytes]:
+    """The run's output. A finished run whose log file is gone is a 404 here, before any byte is sent,
+    rather than an empty 200 that looks like a run that printed nothing."""
+    live = ctx.executor.live_logs.get(run.id)
+    if live is not None:
+        return _follow_live(live, follow)
+    if run.log_path is None:
+        return _empty()  # skipped: it never had output
+    path = run.log_path
+    try:
+        f = open(path, "rb")  # noqa: SIM115 - handed to the generator, which closes it
+    except FileNotFoundError:
+        if run.status not in FINAL_STATUSES:
+            return _empty()  # starting: its writer has not made the file yet
+        raise NotFound(f"run {run.id}'s log file {path} is missing (deleted?): its output is lost") from None
+    except OSError as e:
+        raise NotFound(f"run {run.id}'s log file {path} cannot be read: {e.strerror or e}") from None
+    return _read_file(f)
+
+
+async def _empty() -> AsyncIterator[bytes]:
+    return
+    yield b""
+
+
+async def _read_file(f: BinaryIO) -> AsyncIterator[bytes]:
+    with f:
+        while chunk := f.read(64 * 1024):
+            yield chunk
+
+
+async def _follow_live(live: RunLog, follow: bool) -> AsyncIterator[bytes]:
     pos = 0
     while True:
         data, pos = live.read_from(pos)

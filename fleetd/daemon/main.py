@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import os
@@ -18,6 +19,7 @@ from fleetd.daemon.api import DaemonContext, create_app
 from fleetd.daemon.lock import AlreadyRunning, InstanceLock
 from fleetd.daemon.notify import sd_notify
 from fleetd.daemon.server import bind_unix_socket, make_server
+from fleetd.daemon.startup import StartupError, open_store, prepare_home
 from fleetd.heartbeat.service import Heartbeat
 from fleetd.loops import proctree
 from fleetd.loops.executor import Executor
@@ -27,7 +29,7 @@ from fleetd.profiles.secrets import open_secret_store
 from fleetd.profiles.service import KnownSecrets, ProfileService
 from fleetd.store.attempts import AttemptStore
 from fleetd.store.circuits import CircuitStore
-from fleetd.store.db import Database
+from fleetd.store.db import Database, StoreUnavailable
 from fleetd.store.events import EventLog
 from fleetd.store.loops import LoopStore
 from fleetd.store.profiles import ProfileStore
@@ -48,10 +50,11 @@ class DaemonOptions:
 
 
 def run_daemon(paths: Paths, options: DaemonOptions) -> int:
-    paths.ensure()
+    """Exit status 0 after a clean stop; 1 with one line on stderr when the daemon cannot start or fails."""
     _setup_logging()
     lock = InstanceLock(paths.lock)
     try:
+        prepare_home(paths)
         lock.acquire()
     except AlreadyRunning as e:
         print(
@@ -59,10 +62,37 @@ def run_daemon(paths: Paths, options: DaemonOptions) -> int:
             file=sys.stderr,
         )
         return 1
+    except (StartupError, OSError) as e:
+        print(f"fleetd: {_one_line(e)}", file=sys.stderr)
+        return 1
     try:
-        return asyncio.run(Daemon(paths, options).serve())
+        return asyncio.run(_serve(Daemon(paths, options)))
+    except StartupError as e:
+        print(f"fleetd: {e}", file=sys.stderr)
+        return 1
+    except Exception as e:
+        log.debug("the daemon failed", exc_info=True)
+        print(f"fleetd: the daemon failed: {_one_line(e)} (FLEETD_LOG_LEVEL=debug logs the traceback)", file=sys.stderr)
+        return 1
     finally:
         lock.release()
+
+
+async def _serve(daemon: Daemon) -> int:
+    try:
+        return await daemon.serve()
+    finally:
+        # However serve() ended: an open connection's thread would keep the process (and the lock) alive.
+        if daemon.db is not None:
+            with contextlib.suppress(Exception):  # already closed on a clean stop; never mask the real error
+                await daemon.db.close()
+
+
+def _one_line(e: BaseException) -> str:
+    text = (e.strerror if isinstance(e, OSError) and e.strerror else str(e)) or type(e).__name__
+    if isinstance(e, OSError) and e.filename:
+        text = f"{e.filename}: {text}"
+    return " ".join(text.split())
 
 
 def _setup_logging() -> None:
@@ -71,6 +101,21 @@ def _setup_logging() -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_drop_reported_store_failures)
+
+
+def _drop_reported_store_failures(record: logging.LogRecord) -> bool:
+    """The store logs each change of its writability once (fleetd.store); the same failure seen again by
+    a retrying caller (a fire every second, each with a traceback) is dropped, not logged 90 times a second."""
+    exc = record.exc_info[1] if record.exc_info else None
+    for _ in range(8):  # a chain, not a cycle: bounded anyway
+        if exc is None:
+            break
+        if isinstance(exc, StoreUnavailable):
+            return False
+        exc = exc.__cause__ or exc.__context__
+    return True
 
 
 def instance_tag(paths: Paths) -> str:
@@ -83,6 +128,7 @@ class Daemon:
         self.paths = paths
         self.options = options
         self.stop_event = asyncio.Event()
+        self.db: Database | None = None
 
     def request_stop(self) -> None:
         self.stop_event.set()
@@ -91,7 +137,7 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
-        db = await Database.open(self.paths.db)
+        db = self.db = await open_store(self.paths)
         loops, runs, attempts = LoopStore(db), RunStore(db), AttemptStore(db)
         zone_name = _local_zone()
         profile_store, events = ProfileStore(db), EventLog(db)

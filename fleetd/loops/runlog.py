@@ -3,24 +3,32 @@
 The file grows to cap + slack, then is rewritten to a one-line marker plus the last `cap` bytes
 (amortised: each byte is copied at most cap/slack times). On close it is cut to exactly the tail.
 Followers read by logical offset, so a compaction under them only skips what was dropped.
+
+If the file is deleted under a live run (someone cleans up the logs directory), the next write, read or
+close notices and makes a new one with the directories, carrying over everything from the still-open old
+file and a note saying so: output is never silently written into a deleted file.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import os
 from pathlib import Path
+from typing import BinaryIO
 
 CHUNK = 64 * 1024
+log = logging.getLogger("fleetd.runlog")
 
 
 class RunLog:
     def __init__(self, path: Path, cap: int) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.path = path
         self.cap = cap
         self.slack = max(cap // 4, 4096)
-        self._file = open(path, "w+b")  # noqa: SIM115 - lives as long as the run
+        self._file = _create(path)
+        self._recreate_failed = False
         self.dropped = 0  # logical bytes no longer in the file
         self.header_len = 0
         self.data_len = 0  # bytes of output in the file after the header
@@ -35,6 +43,7 @@ class RunLog:
     def write(self, data: bytes) -> None:
         if not data or self.closed:
             return
+        self._ensure_file()
         self._file.write(data)
         self._file.flush()
         self.data_len += len(data)
@@ -49,6 +58,7 @@ class RunLog:
     def close(self) -> None:
         if self.closed:
             return
+        self._ensure_file()
         if self.data_len > self.cap:
             self._compact()
         self._file.close()
@@ -67,6 +77,32 @@ class RunLog:
         self._file.flush()
         self.header_len, self.data_len = len(header), len(tail)
 
+    def _ensure_file(self) -> None:
+        """Recreate the file if it is no longer at `path` (deleted, or its directory was)."""
+        try:
+            here = os.stat(self.path)
+            mine = os.fstat(self._file.fileno())
+            if (here.st_dev, here.st_ino) == (mine.st_dev, mine.st_ino):
+                return
+        except FileNotFoundError:
+            pass
+        try:
+            new = _create(self.path)
+        except OSError as e:
+            if not self._recreate_failed:  # once: the run goes on, and its output stays readable live
+                self._recreate_failed = True
+                log.warning("cannot recreate the deleted run log %s: %s", self.path, e)
+            return
+        # The old file is still open: its content moves over whole, so nothing is lost.
+        self._file.flush()
+        self._file.seek(0)
+        new.write(self._file.read())
+        self._file.close()
+        self._file = new
+        self._recreate_failed = False
+        log.warning("run log %s was deleted during the run: recreated it", self.path)
+        self.note("this log file was deleted while the run was writing it: recreated it, with all output so far")
+
     def _notify(self) -> None:
         self._changed.set()
         self._changed = asyncio.Event()
@@ -78,9 +114,19 @@ class RunLog:
         if pos < self.dropped:
             prefix = f"[fleetd] {self.dropped - pos} bytes dropped by the output cap\n".encode()
             pos = self.dropped
-        with open(self.path, "rb") as f:
-            f.seek(self.header_len + (pos - self.dropped))
-            data = f.read(min(CHUNK, self.end - pos))
+        if not self.closed:
+            self._ensure_file()
+        # Our own handle, not the path: it is the file we write even if the path was deleted meanwhile
+        # (or, once closed, the file as it was left). pread leaves the writer's position alone.
+        if self.closed:
+            try:
+                with open(self.path, "rb") as f:
+                    f.seek(self.header_len + (pos - self.dropped))
+                    data = f.read(min(CHUNK, self.end - pos))
+            except FileNotFoundError:
+                return prefix + b"\n[fleetd] the log file was deleted after the run ended\n", self.end
+        else:
+            data = os.pread(self._file.fileno(), min(CHUNK, self.end - pos), self.header_len + (pos - self.dropped))
         return prefix + data, pos + len(data)
 
     async def wait_for_more(self, pos: int, timeout: float) -> None:
@@ -89,3 +135,10 @@ class RunLog:
         event = self._changed
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(event.wait(), timeout)
+
+
+def _create(path: Path) -> BinaryIO:
+    # Directories fleetd makes are private; the output may hold anything the agent printed.
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+    return os.fdopen(fd, "w+b")

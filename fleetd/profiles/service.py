@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import shutil
 from collections.abc import Callable
 from dataclasses import replace
@@ -19,6 +18,7 @@ from fleetd.backends.result import ParsedOutput
 from fleetd.errors import Conflict, FleetdError, InvalidArgument, NotFound
 from fleetd.heartbeat.service import Heartbeat
 from fleetd.loops.model import Loop, shown_path
+from fleetd.paths import UnsafeDirectory, private_dir
 from fleetd.profiles.model import Profile, validate_profile_input
 from fleetd.profiles.secrets import SecretStore
 from fleetd.routing.chain import ChainStep
@@ -123,25 +123,39 @@ class ProfileService:
         with contextlib.suppress(NotFound):
             await self.store.get(profile.name)
             raise Conflict(f"profile {profile.name!r} already exists")
-        if secret is not None:
-            await asyncio.to_thread(self.secrets.set, profile.name, secret)
+        config_dir = Path(profile.config_dir)
+        created = self._prepare_config_dir(profile.name, config_dir)
         try:
-            config_dir = Path(profile.config_dir)
-            try:
-                config_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-                os.chmod(config_dir, 0o700)
-            except OSError as e:  # a file in the way, no permission, a name too long: the user's to fix
-                message = f"cannot use config directory {shown_path(profile.config_dir)}: {e.strerror}"
-                raise InvalidArgument(message) from None
-            await self.store.insert(profile)
-        except BaseException:
             if secret is not None:
-                await asyncio.to_thread(self.secrets.delete, profile.name)
+                await asyncio.to_thread(self.secrets.set, profile.name, secret)
+            try:
+                await self.store.insert(profile)
+            except BaseException:
+                if secret is not None:
+                    await asyncio.to_thread(self.secrets.delete, profile.name)
+                raise
+        except BaseException:
+            if created:
+                with contextlib.suppress(OSError):
+                    config_dir.rmdir()  # only if still empty: never anything the user or an agent put there
             raise
         if secret is not None:
             self.known.put(profile.name, secret)
         await self.heartbeat.beat()  # `fleetd usage` shows it, and its windows, at once
         return profile
+
+    def _prepare_config_dir(self, name: str, config_dir: Path) -> bool:
+        """Create the profile's directory (0700) or check an existing one; True when created here.
+
+        A directory the user names is never chmod'ed, and at most its last component is created."""
+        try:
+            if config_dir == self.profiles_dir / name:
+                private_dir(self.profiles_dir, "fleetd's profiles directory", parents=False)
+            return private_dir(config_dir, f"the config directory of profile {name}", parents=False)
+        except UnsafeDirectory as e:
+            raise InvalidArgument(str(e)) from None
+        except OSError as e:  # a file in the way, no permission, a name too long: the user's to fix
+            raise InvalidArgument(f"cannot use config directory {shown_path(str(config_dir))}: {e.strerror}") from None
 
     async def remove(self, name: str) -> None:
         profile = await self.store.get(name)

@@ -5,19 +5,29 @@ Coroutines sharing a connection interleave their statements, so every write goes
 then writes fails at once under WAL). Reads are serialised too: while one statement on a
 connection is still stepping, SQLite serves every other statement on it from the same (older)
 snapshot, so a read started after a commit could miss the committed row.
+
+SQLite's own failures are translated here, once: a file that cannot be used at all is a `StoreError`
+at open (the daemon refuses to start), and a write the disk or the file refuses later is a
+`StoreUnavailable` (503) that also sets `problem`, which `daemon status` shows until a write succeeds.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
+import sqlite3
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
 
+from fleetd.errors import FleetdError
 from fleetd.store.schema import MIGRATIONS
+
+log = logging.getLogger("fleetd.store")
 
 PRAGMAS = (
     "PRAGMA journal_mode=WAL",
@@ -26,9 +36,49 @@ PRAGMAS = (
     "PRAGMA foreign_keys=ON",
 )
 
+# SQLite's primary result codes (the low byte of an extended code) that say the store itself is unusable,
+# as opposed to a statement being wrong (a constraint, a bug).
+_BUSY, _READONLY, _IOERR, _CORRUPT, _FULL, _CANTOPEN, _NOTADB = 5, 8, 10, 11, 13, 14, 26
+
+
+class StoreError(Exception):
+    """The database cannot be opened, checked or migrated; the message is one line for the user."""
+
+
+class StoreUnavailable(FleetdError, sqlite3.OperationalError):
+    """A read or write the database refused for a reason of its own (disk full, read-only, damaged).
+
+    Still an `sqlite3.OperationalError`, so code that catches SQLite's errors keeps catching it; as a
+    FleetdError the API answers 503 with this one line instead of a 500 and a traceback."""
+
+    status = 503
+    code = "store_unavailable"
+
+    def __init__(self, action: str, problem: str) -> None:
+        super().__init__(f"the database cannot be {action}: {problem}")
+        self.problem = problem
+
+
+def store_problem(exc: BaseException) -> str | None:
+    """What is wrong with the store, in a few words, if `exc` says the store itself failed."""
+    if not isinstance(exc, sqlite3.DatabaseError) or isinstance(exc, sqlite3.IntegrityError | StoreUnavailable):
+        return None
+    code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
+    if code == _FULL:
+        return "disk full"
+    if code == _READONLY:
+        return f"read-only ({exc})"
+    if code in (_CORRUPT, _NOTADB):
+        return f"damaged ({exc})"
+    if code in (_IOERR, _CANTOPEN):
+        return f"write failed: {exc}"
+    if code == _BUSY:
+        return f"locked by another program ({exc})"
+    return None
+
 
 class Database:
-    def __init__(self, writer: aiosqlite.Connection, reader: aiosqlite.Connection) -> None:
+    def __init__(self, writer: aiosqlite.Connection, reader: aiosqlite.Connection, path: Path | None = None) -> None:
         self._writer = writer
         self._reader = reader
         self._lock = asyncio.Lock()
@@ -36,51 +86,203 @@ class Database:
         # rows fetched, cursor closed) before the next starts, so each read sees every commit
         # that finished before it began.
         self._read_lock = asyncio.Lock()
+        self.path = path
+        # Invariant: None exactly when the last write that finished (or the open) succeeded. Each change
+        # is logged once, so a full disk under fires every second is two log lines, not a flood.
+        self.problem: str | None = None
+        self._closed = False
 
     @classmethod
     async def open(cls, path: Path) -> Database:
-        writer = await _connect(path)
-        await migrate(writer)
-        reader = await _connect(path)
-        return cls(writer, reader)
+        """Open, check (quick_check), back up and migrate, and make sure the file can be written.
+
+        Raises StoreError with a one-line reason; nothing is left open then, so a failed start cannot
+        keep the process alive on a connection's thread."""
+        opened: list[aiosqlite.Connection] = []
+        try:
+            _create_private(path)
+            writer = await _connect(path)
+            opened.append(writer)
+            await _quick_check(writer, path)
+            await _migrate_with_backup(writer, path)
+            await _probe_write(writer)
+            reader = await _connect(path)
+            opened.append(reader)
+        except BaseException as e:
+            for conn in opened:
+                with suppress(Exception):
+                    await conn.close()
+            if isinstance(e, sqlite3.Error):
+                raise StoreError(_open_failure(path, e)) from None
+            if isinstance(e, OSError):
+                raise StoreError(f"cannot open the database {path}: {e.strerror or e}") from None
+            raise
+        return cls(writer, reader, path)
 
     async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         await self._reader.close()
         await self._writer.close()
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
         async with self._lock:
-            await self._writer.execute("BEGIN IMMEDIATE")
             try:
-                yield self._writer
-            except BaseException:
-                await self._writer.execute("ROLLBACK")
-                raise
-            else:
-                await self._writer.execute("COMMIT")
+                await self._writer.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._writer
+                    await self._writer.execute("COMMIT")
+                except BaseException:
+                    # SQLite may already have rolled back (some I/O errors do); a second ROLLBACK would fail.
+                    if self._writer.in_transaction:
+                        await self._writer.execute("ROLLBACK")
+                    raise
+            except Exception as e:
+                problem = store_problem(e)
+                if problem is None:
+                    raise
+                self._set_problem(problem)
+                raise StoreUnavailable("written", problem) from e
+            self._set_problem(None)
 
     async def fetchall(self, sql: str, params: tuple[Any, ...] = ()) -> list[aiosqlite.Row]:
-        async with self._read_lock, self._reader.execute(sql, params) as cur:
-            return list(await cur.fetchall())
+        try:
+            async with self._read_lock, self._reader.execute(sql, params) as cur:
+                return list(await cur.fetchall())
+        except sqlite3.DatabaseError as e:
+            _raise_read_failure(e)
+            raise
 
     async def fetchone(self, sql: str, params: tuple[Any, ...] = ()) -> aiosqlite.Row | None:
-        async with self._read_lock, self._reader.execute(sql, params) as cur:
-            return await cur.fetchone()
+        try:
+            async with self._read_lock, self._reader.execute(sql, params) as cur:
+                return await cur.fetchone()
+        except sqlite3.DatabaseError as e:
+            _raise_read_failure(e)
+            raise
+
+    def _set_problem(self, problem: str | None) -> None:
+        if problem == self.problem:
+            return
+        if problem is None:
+            log.warning("the database can be written again (was: %s)", self.problem)
+        else:
+            log.error("the database cannot be written: %s; changes and fires fail until it can", problem)
+        self.problem = problem
+
+
+def _raise_read_failure(e: sqlite3.DatabaseError) -> None:
+    # A read says nothing about whether writes work, so it leaves `problem` alone.
+    problem = store_problem(e)
+    if problem is not None:
+        raise StoreUnavailable("read", problem) from e
 
 
 async def _connect(path: Path) -> aiosqlite.Connection:
     conn = await aiosqlite.connect(path, isolation_level=None)
-    conn.row_factory = aiosqlite.Row
-    for pragma in PRAGMAS:
-        await conn.execute(pragma)
+    try:
+        conn.row_factory = aiosqlite.Row
+        for pragma in PRAGMAS:
+            await conn.execute(pragma)
+    except BaseException:
+        await conn.close()
+        raise
     return conn
 
 
-async def migrate(conn: aiosqlite.Connection) -> int:
+def _create_private(path: Path) -> None:
+    """Create a missing database file 0600: it holds prompts and run history."""
+    with suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+
+
+async def _quick_check(conn: aiosqlite.Connection, path: Path) -> None:
+    # quick_check reads every page (O(size), ~1 s per 100 MB) but skips the index-vs-table cross-check
+    # that integrity_check does; a damaged page is what it is for.
+    async with conn.execute("PRAGMA quick_check") as cur:
+        rows = [" ".join(str(r[0]).split()) for r in await cur.fetchall()]  # SQLite's text spans lines
+    if rows != ["ok"]:
+        more = f" (+{len(rows) - 1} more)" if len(rows) > 1 else ""
+        raise StoreError(f"the database {path} is damaged: {rows[0]}{more}; {_recovery_hint(path)}")
+
+
+def backup_path(path: Path, version: int) -> Path:
+    return path.with_name(f"{path.name}.bak-v{version}")
+
+
+async def _migrate_with_backup(conn: aiosqlite.Connection, path: Path) -> None:
+    version = await _user_version(conn)
+    if version > len(MIGRATIONS):
+        raise StoreError(
+            f"the database {path} has schema version {version}, newer than this fleetd knows ({len(MIGRATIONS)}):"
+            " it was written by a newer fleetd; run that one"
+        )
+    if version == len(MIGRATIONS):
+        return
+    # A fresh file (version 0) has nothing to lose; an existing one is copied before a migration rewrites it.
+    backup = await _backup(conn, path, version) if version > 0 else None
+    try:
+        await migrate(conn)
+    except (sqlite3.Error, RuntimeError) as e:
+        kept = f"; a copy is at {backup}" if backup else ""
+        raise StoreError(
+            f"cannot migrate the database {path} from schema v{version}: {e}; it was left at v{version}{kept}"
+        ) from None
+
+
+async def _backup(conn: aiosqlite.Connection, path: Path, version: int) -> Path:
+    """A consistent copy (SQLite's backup API, WAL content included), made 0600 and renamed into place
+    only when complete."""
+    target = backup_path(path, version)
+    partial = target.with_name(target.name + ".partial")
+    partial.unlink(missing_ok=True)
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.close(fd)
+    # The copy runs on the connection's own thread, so the target must not insist on its creating thread.
+    dest = sqlite3.connect(partial, check_same_thread=False)
+    try:
+        await conn.backup(dest)
+    finally:
+        dest.close()
+    os.replace(partial, target)
+    log.info("backed up the database (schema v%d) to %s before migrating it", version, target)
+    return target
+
+
+async def _probe_write(conn: aiosqlite.Connection) -> None:
+    # BEGIN IMMEDIATE takes the write lock without writing: a read-only file or directory fails here, at
+    # start, instead of at the first fire.
+    await conn.execute("BEGIN IMMEDIATE")
+    await conn.execute("ROLLBACK")
+
+
+async def _user_version(conn: aiosqlite.Connection) -> int:
     async with conn.execute("PRAGMA user_version") as cur:
         row = await cur.fetchone()
-    version = int(row[0]) if row else 0
+    return int(row[0]) if row else 0
+
+
+def _open_failure(path: Path, e: sqlite3.Error) -> str:
+    code = (getattr(e, "sqlite_errorcode", None) or 0) & 0xFF
+    if code in (_CORRUPT, _NOTADB):
+        return f"the database {path} is damaged ({e}); {_recovery_hint(path)}"
+    if code == _READONLY:
+        return f"the database {path} is read-only ({e}): fleetd must be able to write it and its directory"
+    if code == _FULL:
+        return f"the database {path} cannot be written: disk full"
+    return f"cannot open the database {path}: {e}"
+
+
+def _recovery_hint(path: Path) -> str:
+    backups = sorted(path.parent.glob(f"{path.name}.bak-v*"))
+    restore = f"restore {backups[-1]} or " if backups else ""
+    return f"{restore}move it aside to start empty (sqlite3's .recover may save part of it)"
+
+
+async def migrate(conn: aiosqlite.Connection) -> int:
+    version = await _user_version(conn)
     if version > len(MIGRATIONS):
         raise RuntimeError(f"database schema version {version} is newer than this fleetd knows ({len(MIGRATIONS)})")
     # Rebuilding a table (SQLite's only way to change a constraint) drops rows other tables point at;

@@ -176,7 +176,7 @@ def assert_profile_refused(daemon: Daemon, args: list[str], *fragments: str) -> 
         (["--limit", "99999999999w=5tok"], ["invalid --limit", "too long"]),
         (["--base-url", "http://[::1"], ["invalid --base-url 'http://[::1'"]),
         (["--base-url", "http://localhost:99999/v1"], ["invalid --base-url"]),
-        (["--config-dir", "/proc/fleetd-nope/x"], ["cannot use config directory"]),
+        (["--config-dir", "/proc/fleetd-nope/x"], ["/proc/fleetd-nope does not exist"]),
     ],
 )
 def test_profile_numbers_and_urls_that_cannot_be_stored_exit_2(
@@ -255,6 +255,6 @@ def test_a_home_that_cannot_be_made_is_one_line_not_a_traceback(tmp_path: Path, 
     home.env["FLEETD_HOME"] = "/proc/fleetd-nope"  # /proc refuses new directories, even to root
     result = home.cli(*command, check=False)
     assert result.returncode == 1, result
-    expected = "fleetd: cannot create fleetd's directory /proc/fleetd-nope: No such file or directory"
+    expected = "fleetd: cannot create the fleetd home /proc/fleetd-nope: No such file or directory"
     assert result.stderr.strip() == expected
     assert not os.path.exists("/proc/fleetd-nope")

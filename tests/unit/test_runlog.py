@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 from pathlib import Path
 
 from fleetd.loops.runlog import RunLog
@@ -60,3 +61,34 @@ def test_small_output_is_untouched(tmp_path: Path) -> None:
     log.write(b"x" * 4096)
     log.close()
     assert log.path.read_bytes() == b"x" * 4096
+
+
+async def _log_deleted_mid_run(tmp_path: Path) -> None:
+    log = RunLog(tmp_path / "logs" / "runs" / "0000" / "7.log", cap=1 << 20)
+    log.write(b"before\n")
+    follower, pos = _drain(log, 0)
+    shutil.rmtree(tmp_path / "logs")  # someone cleans up the logs directory while the run writes
+    log.write(b"after\n")
+    rest, pos = _drain(log, pos)
+    log.close()
+    text = log.path.read_bytes().decode()
+    assert text.startswith("before\n")
+    assert "[fleetd] this log file was deleted while the run was writing it: recreated it" in text
+    assert text.endswith("after\n")
+    assert (follower + rest).decode() == text  # a live reader sees the same, and the note
+
+
+def test_a_log_deleted_mid_run_is_recreated_with_all_output_and_a_note(tmp_path: Path) -> None:
+    asyncio.run(_log_deleted_mid_run(tmp_path))
+
+
+async def _log_deleted_before_close(tmp_path: Path) -> None:
+    log = RunLog(tmp_path / "r" / "1.log", cap=1 << 20)
+    log.write(b"only output\n")
+    (tmp_path / "r" / "1.log").unlink()
+    log.close()
+    assert log.path.read_bytes().startswith(b"only output\n")
+
+
+def test_a_log_deleted_before_the_run_ends_is_recreated_at_close(tmp_path: Path) -> None:
+    asyncio.run(_log_deleted_before_close(tmp_path))
