@@ -17,7 +17,7 @@ from fleetd.daemon.lock import AlreadyRunning, InstanceLock
 from fleetd.daemon.notify import sd_notify
 from fleetd.daemon.server import bind_unix_socket, make_server
 from fleetd.heartbeat.service import Heartbeat
-from fleetd.loops import proctree
+from fleetd.loops import cgroups, proctree
 from fleetd.loops.executor import Executor
 from fleetd.loops.scheduler import Scheduler
 from fleetd.paths import Paths
@@ -178,6 +178,7 @@ class Daemon:
                 create_time=run.pid_create_time,
                 tag=executor.run_tag(run.id),
                 grace=self.options.kill_grace,
+                cgroup=cgroups.run_path(executor.tag_prefix, run.id),
             )
             await runs.finish(
                 run.id,
@@ -187,6 +188,10 @@ class Daemon:
                 + (f"; killed {killed} leftover process(es)" if killed else ""),
             )
             log.warning("run %s of loop %s was interrupted by a daemon crash", run.id, run.loop)
+        # Run cgroups no `running` row accounts for (the daemon died between finishing a run and
+        # removing its cgroup, or before recording it): kill what is in them, remove them.
+        if killed := await proctree.reap_cgroups(executor.tag_prefix, grace=self.options.kill_grace):
+            log.warning("killed %s leftover process(es) in the run cgroups of a previous daemon", killed)
 
 
 def _local_zone() -> str:
