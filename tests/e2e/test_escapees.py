@@ -39,7 +39,9 @@ def _run_cgroups(d: Daemon) -> list[Path]:
 def test_a_setsid_env_i_escapee_dies_with_its_run(make_daemon: MakeDaemon, tmp_path: Path) -> None:
     d = make_daemon()
     pid_file = tmp_path / "escapee.pid"
-    d.cli("loop", "add", "escape", "--every", "1h", "--command", f"{_escapee(pid_file)} & echo started")
+    # The command waits for the escapee to be under way: killed earlier, it would leave no pid to check.
+    wait = f"while [ ! -s {pid_file} ]; do sleep 0.01; done"
+    d.cli("loop", "add", "escape", "--every", "1h", "--command", f"{_escapee(pid_file)} & {wait}; echo started")
     run = d.json("loop", "run", "escape")
     pid = _read_pid(pid_file)
     finished = d.wait_run(run["id"])
