@@ -21,7 +21,7 @@ from fleetd.daemon.notify import sd_notify
 from fleetd.daemon.server import bind_unix_socket, make_server
 from fleetd.daemon.startup import StartupError, open_store, prepare_home
 from fleetd.heartbeat.service import Heartbeat
-from fleetd.loops import proctree
+from fleetd.loops import cgroups, proctree
 from fleetd.loops.executor import Executor
 from fleetd.loops.scheduler import Scheduler
 from fleetd.paths import Paths
@@ -235,6 +235,7 @@ class Daemon:
         """Runs a dead daemon left `running` or `waiting` become `interrupted`, their unfinished
         attempts are closed, their processes killed and their private temp directories removed.
         All trees die concurrently, so recovery takes one kill grace however many runs there were."""
+        run_cgroups = await asyncio.to_thread(lambda: [cgroups.run_path(executor.tag_prefix, r.id) for r in leftovers])
         kills = await asyncio.gather(
             *(
                 proctree.kill_tree(
@@ -242,11 +243,16 @@ class Daemon:
                     create_time=run.pid_create_time,
                     tag=executor.run_tag(run.id),
                     grace=self.options.kill_grace,
+                    cgroup=cgroup,
                 )
-                for run in leftovers
+                for run, cgroup in zip(leftovers, run_cgroups, strict=True)
             ),
             return_exceptions=True,
         )
+        # Run cgroups no `running` row accounts for (the daemon died between finishing a run and
+        # removing its cgroup, or before recording it): kill what is in them, remove them.
+        if reaped := await proctree.reap_cgroups(executor.tag_prefix, grace=self.options.kill_grace):
+            log.warning("killed %s leftover process(es) in the run cgroups of a previous daemon", reaped)
         now = now_utc()
         for run, killed in zip(leftovers, kills, strict=True):
             if isinstance(killed, BaseException):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import shutil
@@ -23,7 +24,7 @@ from fleetd.backends.base import AttemptContext, HttpAdapter, ProcessAdapter, Pr
 from fleetd.backends.registry import get_adapter
 from fleetd.backends.result import ParsedOutput
 from fleetd.errors import FleetdError
-from fleetd.loops import proctree
+from fleetd.loops import cgroups, proctree
 from fleetd.loops.model import Loop
 from fleetd.loops.runlog import RunLog
 from fleetd.loops.scrub import Scrubber
@@ -66,6 +67,7 @@ class ActiveRun:
     task: asyncio.Task[None] | None = None
     proc: asyncio.subprocess.Process | None = None
     tag: str | None = None
+    cgroup: Path | None = None  # the running attempt's cgroup, where there is one
     interrupt_reason: str | None = None
     waiting: bool = False  # sleeping until a profile's reset: nothing to finish
     interrupted: asyncio.Event = field(default_factory=asyncio.Event)
@@ -460,9 +462,23 @@ class Executor:
             return AttemptEnd(ParsedOutput("failed", "contract", message=f"working directory not found: {spec.cwd}"))
         tag = self.run_tag(ctx.run_id)
         env = self._child_env(loop, ctx, spec, tag)
+        # The run's processes are tracked by its cgroup where one can be made (an escapee that leaves
+        # the session and clears its environment stays in it), else by session + tag (proctree).
+        cgroup = await asyncio.to_thread(cgroups.run_path, self.tag_prefix, ctx.run_id)
+        if cgroup is not None and not cgroups.create(cgroup):
+            log.warning("run %s: cannot make its cgroup %s; tracking its processes by tag", ctx.run_id, cgroup)
+            cgroup = None
+        argv = spec.argv
+        if cgroup is not None:
+            # The child joins through a /bin/sh wrapper that execs the command, where a missing
+            # command would be the wrapper's exit 127: find that out first, as the spawn would.
+            if (problem := _cannot_exec(spec.argv[0], env, spec.cwd)) is not None:
+                _drop_cgroup(ctx.run_id, cgroup)
+                return _not_started(runlog, spec.argv[0], problem)
+            argv = cgroups.join_argv(cgroup, spec.argv)
         try:
             proc = await asyncio.create_subprocess_exec(
-                *spec.argv,
+                *argv,
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
@@ -471,14 +487,18 @@ class Executor:
                 start_new_session=True,
             )
         except FileNotFoundError:
-            message = f"{spec.argv[0]} not found on PATH (install it, or set PATH in the daemon's environment)"
-            runlog.note(message)
-            return AttemptEnd(ParsedOutput("failed", "contract", message=message))
+            _drop_cgroup(ctx.run_id, cgroup)
+            return _not_started(runlog, spec.argv[0], "")
         except OSError as e:
-            message = f"could not start {spec.argv[0]}: {e.strerror or e}"
-            runlog.note(message)
-            return AttemptEnd(ParsedOutput("failed", "contract", message=message))
-        slot.proc = proc
+            _drop_cgroup(ctx.run_id, cgroup)
+            return _not_started(runlog, spec.argv[0], str(e.strerror or e))
+        if cgroup is not None and not cgroups.join(cgroup, proc.pid):
+            # Neither the wrapper nor we could move it: the tag sweep stands in (it misses escapees
+            # that clear their environment).
+            log.warning("run %s: cannot move pid %s into %s; tracking it by tag", ctx.run_id, proc.pid, cgroup)
+            _drop_cgroup(ctx.run_id, cgroup)
+            cgroup = None
+        slot.proc, slot.cgroup = proc, cgroup
         try:
             await self.runs.set_process(ctx.run_id, proc.pid, _create_time(proc.pid))
         except Exception as e:  # only crash recovery needs it; the child is ours either way
@@ -492,7 +512,7 @@ class Executor:
             asyncio.create_task(_pump(proc.stderr, stderr, runlog, watch, rate_limited)),
         ]
         feed = asyncio.create_task(_feed(proc, spec.stdin))
-        exited = asyncio.ensure_future(proc.wait())
+        exited = asyncio.ensure_future(_exit_status(proc))
         stopper = asyncio.ensure_future(rate_limited.wait())
         done, _ = await asyncio.wait({exited, stopper}, timeout=ctx.timeout_s, return_when=asyncio.FIRST_COMPLETED)
         stopper.cancel()
@@ -502,18 +522,21 @@ class Executor:
         elif exited not in done:
             runlog.note("rate limit in the live output: ending the attempt instead of waiting out the CLI's retries")
         if exited not in done:
-            await proctree.kill_tree(proc.pid, tag=tag, grace=self.kill_grace, root_exited=exited)
+            await proctree.kill_tree(proc.pid, tag=tag, grace=self.kill_grace, root_exited=exited, cgroup=cgroup)
         exit_code = await exited
         # Whatever the attempt left behind (background jobs holding the output pipes open) goes too.
-        leftovers = await proctree.kill_tree(None, tag=tag, grace=self.kill_grace)
+        leftovers = await proctree.kill_tree(None, tag=tag, grace=self.kill_grace, cgroup=cgroup)
         if leftovers:
             runlog.note(f"killed {leftovers} leftover process(es) of this run")
+        # Not in a `finally`: a cgroup an exception leaves behind is reused by the run's next
+        # attempt and reaped by the next daemon start (proctree.reap_cgroups).
+        _drop_cgroup(ctx.run_id, cgroup)
         feed.cancel()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.gather(*pumps), 10)
         for capture in (stdout, stderr):
             runlog.write(capture.flush())
-        slot.proc = None
+        slot.proc, slot.cgroup = None, None
         out = ProcessOutput(exit_code, stdout.text(), stderr.text())
         parsed = adapter.interpret(ctx, out, self.clock(), self.local_tz)
         if rate_limited.is_set() and parsed.outcome != "succeeded":
@@ -556,7 +579,11 @@ class Executor:
         await asyncio.gather(
             *(
                 proctree.kill_tree(
-                    s.proc.pid, tag=s.tag, grace=self.kill_grace, root_exited=asyncio.ensure_future(s.proc.wait())
+                    s.proc.pid,
+                    tag=s.tag,
+                    grace=self.kill_grace,
+                    root_exited=asyncio.ensure_future(s.proc.wait()),
+                    cgroup=s.cgroup,
                 )
                 for s in slots
                 if s.proc is not None
@@ -578,6 +605,58 @@ class Executor:
 
 def _route_json(entry: dict[str, Any]) -> dict[str, Any]:
     return {key: value.isoformat() if isinstance(value, datetime) else value for key, value in entry.items()}
+
+
+async def _exit_status(proc: asyncio.subprocess.Process) -> int:
+    """The child's exit status as soon as it has exited. Not `proc.wait()` alone: that also waits
+    for the output pipes to close, which a background process that inherited them holds open as
+    long as it lives, and the sweep that kills such leftovers runs only after this returns."""
+    waiter = asyncio.ensure_future(proc.wait())
+    loop = asyncio.get_running_loop()
+    gone: asyncio.Future[None] = loop.create_future()
+    pidfd = None
+    with contextlib.suppress(AttributeError, OSError):  # pidfd: Linux >= 5.3; elsewhere poll
+        pidfd = os.pidfd_open(proc.pid)
+        loop.add_reader(pidfd, lambda: gone.done() or gone.set_result(None))
+    try:
+        while proc.returncode is None and not waiter.done():
+            # Once the pidfd says it exited, asyncio's child watcher sets returncode moments later.
+            if pidfd is None or gone.done():
+                await asyncio.wait({waiter}, timeout=0.05)
+            else:
+                await asyncio.wait({waiter, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if pidfd is not None:
+            loop.remove_reader(pidfd)
+            os.close(pidfd)
+        if not waiter.done():
+            waiter.cancel()
+    return proc.returncode if proc.returncode is not None else waiter.result()
+
+
+def _cannot_exec(argv0: str, env: dict[str, str], cwd: str | None) -> str | None:
+    """Why exec'ing `argv0` would fail ("" = not found), looked up as the spawn would (PATH from the
+    child's environment; a name with a slash relative to its cwd), or None when it would not."""
+    if "/" in argv0:
+        path = os.path.join(cwd or os.getcwd(), argv0)
+        if not os.path.exists(path):
+            return ""
+        return None if os.access(path, os.X_OK) and not os.path.isdir(path) else os.strerror(errno.EACCES)
+    return None if shutil.which(argv0, path=os.pathsep.join(os.get_exec_path(env))) else ""
+
+
+def _not_started(runlog: RunLog, argv0: str, problem: str) -> AttemptEnd:
+    if problem:
+        message = f"could not start {argv0}: {problem}"
+    else:
+        message = f"{argv0} not found on PATH (install it, or set PATH in the daemon's environment)"
+    runlog.note(message)
+    return AttemptEnd(ParsedOutput("failed", "unavailable", message=message))
+
+
+def _drop_cgroup(run_id: int, cgroup: Path | None) -> None:
+    if cgroup is not None and not cgroups.remove(cgroup):
+        log.warning("run %s: its cgroup %s still holds processes; left for the next start to reap", run_id, cgroup)
 
 
 def _describe(parsed: ParsedOutput) -> str:

@@ -1,8 +1,12 @@
 """Finding and killing everything a run started.
 
-Each run's child leads its own session, and every process of the run carries FLEETD_RUN_TAG in
-its environment: a double-forked descendant escapes both the process group and
-`children(recursive=True)`, but not the tag sweep.
+The run's cgroup (`loops/cgroups`), where there is one, is the source of truth: every process the
+run started is listed there, whatever session or environment it gave itself, and reading it costs
+O(the run's own processes). Without one (no writable cgroup v2 subtree, or a run started before it
+was made) the fallback is the session + tag sweep: each run's child leads its own session, and every
+process of the run carries FLEETD_RUN_TAG in its environment: a double-forked descendant escapes both
+the process group and `children(recursive=True)`, but not the tag sweep, which reads the environment
+of every process on the machine. A descendant that also clears its environment escapes the sweep.
 """
 
 from __future__ import annotations
@@ -11,8 +15,11 @@ import asyncio
 import contextlib
 import os
 import signal
+from pathlib import Path
 
 import psutil
+
+from fleetd.loops import cgroups
 
 TAG_VAR = "FLEETD_RUN_TAG"
 
@@ -28,19 +35,27 @@ def tagged(tag: str) -> list[psutil.Process]:
     return found
 
 
-def snapshot(root_pid: int | None, create_time: float | None, tag: str | None) -> list[psutil.Process]:
-    """The root (if it is still the same process), its descendants and every tagged process."""
+def snapshot(
+    root_pid: int | None, create_time: float | None, tag: str | None, cgroup: Path | None = None
+) -> list[psutil.Process]:
+    """With an existing `cgroup`: the root (if it is still the same process) and every process in
+    the cgroup. Otherwise the root, its descendants and every tagged process."""
     procs: dict[int, psutil.Process] = {}
     if root_pid is not None:
         try:
             root = psutil.Process(root_pid)
             if create_time is None or abs(root.create_time() - create_time) < 0.01:
                 procs[root.pid] = root
-                for child in root.children(recursive=True):
-                    procs[child.pid] = child
+                if cgroup is None:
+                    for child in root.children(recursive=True):
+                        procs[child.pid] = child
         except psutil.Error:
             pass
-    if tag:
+    if cgroup is not None:
+        for pid in cgroups.procs(cgroup):
+            with contextlib.suppress(psutil.Error):
+                procs.setdefault(pid, psutil.Process(pid))
+    elif tag:
         for proc in tagged(tag):
             procs.setdefault(proc.pid, proc)
     procs.pop(os.getpid(), None)
@@ -63,21 +78,27 @@ async def kill_tree(
     grace: float,
     create_time: float | None = None,
     root_exited: asyncio.Future[object] | None = None,
+    cgroup: Path | None = None,
 ) -> int:
     """SIGTERM the whole tree, give it `grace` seconds, SIGKILL what is left. Returns how many
     processes were signalled.
 
+    `cgroup` is the run's cgroup: when it exists, its members are the tree (and whatever they fork
+    during the grace is killed too); when it does not, the session + tag sweep stands in.
     When the root is a child that asyncio manages, pass its `wait()` future as `root_exited`:
     psutil must not wait() on it (asyncio would then see exit status 255).
     """
-    procs = await asyncio.to_thread(snapshot, root_pid, create_time, tag)
+    if cgroup is not None and not cgroups.exists(cgroup):
+        cgroup = None
+    procs = await asyncio.to_thread(snapshot, root_pid, create_time, tag, cgroup)
     if not procs:
         return 0
     managed_root = root_pid if root_exited is not None else None
     group = root_pid if root_pid is not None and any(p.pid == root_pid for p in procs) else None
     _signal_all(procs, signal.SIGTERM, group)
     others = [p for p in procs if p.pid != managed_root]
-    waits: list[asyncio.Future[object]] = [asyncio.ensure_future(_wait_gone(others, grace))]
+    grace_over = _wait_cgroup_empty(cgroup, grace) if cgroup is not None else _wait_gone(others, grace)
+    waits: list[asyncio.Future[object]] = [asyncio.ensure_future(grace_over)]
     if root_exited is not None:
         waits.append(asyncio.ensure_future(asyncio.wait_for(asyncio.shield(root_exited), grace)))
     await asyncio.gather(*waits, return_exceptions=True)
@@ -88,7 +109,29 @@ async def kill_tree(
         await _wait_gone(rest, 5)
         if root_exited is not None:
             await asyncio.gather(asyncio.wait_for(asyncio.shield(root_exited), 5), return_exceptions=True)
-    return len(procs)
+    signalled = {p.pid for p in procs}
+    if cgroup is not None:
+        # Forked during the grace, so not in the snapshot: the cgroup still has them.
+        signalled |= await asyncio.to_thread(cgroups.kill_all, cgroup, 5)
+    return len(signalled)
+
+
+async def reap_cgroups(instance: str, *, grace: float) -> int:
+    """Crash recovery: kill what is left in the run cgroups a killed daemon of this instance left
+    behind, then remove them. Returns how many processes were signalled. O(those processes)."""
+    left = await asyncio.to_thread(cgroups.leftovers, instance)
+    counts = await asyncio.gather(*(kill_tree(None, tag=None, grace=grace, cgroup=cg) for cg in left))
+    for cg in left:
+        cgroups.remove(cg)
+    return sum(counts)
+
+
+async def _wait_cgroup_empty(cgroup: Path, timeout: float) -> None:
+    """Until the run's cgroup is empty (or `timeout`); polled on the event loop like `_wait_gone`."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while cgroups.procs(cgroup) and loop.time() < deadline:
+        await asyncio.sleep(0.05)
 
 
 async def _wait_gone(procs: list[psutil.Process], timeout: float) -> None:

@@ -73,6 +73,7 @@ def test_systemd_unit_with_spaces_and_home() -> None:
     assert service["NotifyAccess"] == "main"
     assert service["Restart"] == "on-failure"
     assert service["KillMode"] == "mixed"
+    assert service["Delegate"] == "yes"  # each run's processes in a cgroup of its own
     assert service["RuntimeDirectory"] == "fleetd"
     assert service["RuntimeDirectoryMode"] == "0700"
     assert int(service["TimeoutStopSec"]) == 45 > DAEMON_STOP_GRACE

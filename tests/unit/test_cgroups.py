@@ -1,0 +1,87 @@
+"""Where a run's cgroup goes, and when there is none (then the tag sweep is used): pure, on strings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fleetd.loops import cgroups
+
+HYBRID = """\
+31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+"""
+PURE_V2 = "29 23 0:26 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:4 - cgroup2 cgroup2 rw,nsdelegate\n"
+V1_ONLY = "35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory\n"
+SERVICE = "/user.slice/user-1000.slice/user@1000.service/app.slice/fleetd.service"
+
+
+@pytest.mark.parametrize(
+    ("mountinfo", "mount"),
+    [(HYBRID, Path("/sys/fs/cgroup/unified")), (PURE_V2, Path("/sys/fs/cgroup")), (V1_ONLY, None), ("", None)],
+)
+def test_the_v2_mount_is_found_on_hybrid_and_pure_layouts(mountinfo: str, mount: Path | None) -> None:
+    assert cgroups.v2_mount(mountinfo) == mount
+
+
+@pytest.mark.parametrize(
+    ("text", "path"),
+    [
+        ("9:name=systemd:/\n4:memory:/x\n0::/\n", "/"),
+        (f"0::{SERVICE}\n", SERVICE),
+        ("4:memory:/x\n", None),  # v1 only: no unified line
+    ],
+)
+def test_own_cgroup_is_the_unified_line(text: str, path: str | None) -> None:
+    assert cgroups.own_path(text) == path
+
+
+def test_a_delegated_own_cgroup_comes_first_then_the_hierarchy_root() -> None:
+    mount = Path("/sys/fs/cgroup")
+    assert cgroups.candidates(mount, SERVICE, delegated=True) == [mount / SERVICE.lstrip("/"), mount]
+    # Not delegated (systemd without Delegate=yes): never make cgroups inside the unit's.
+    assert cgroups.candidates(mount, SERVICE, delegated=False) == [mount]
+    assert cgroups.candidates(mount, "/", delegated=True) == [mount]
+
+
+def test_the_first_usable_candidate_wins_and_none_means_the_tag_sweep() -> None:
+    mount = Path("/sys/fs/cgroup")
+    own = mount / SERVICE.lstrip("/")
+    options = cgroups.candidates(mount, SERVICE, delegated=True)
+    assert cgroups.choose(options, lambda p: True) == own
+    assert cgroups.choose(options, lambda p: p == mount) == mount  # delegated but unusable: the root (as root)
+    assert cgroups.choose(options, lambda p: False) is None  # an unprivileged user without delegation
+
+
+def test_fleetd_cgroup_off_turns_it_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLEETD_CGROUP", "off")
+    assert cgroups._discover() is None
+
+
+def test_a_run_cgroup_lives_in_the_instances_subtree() -> None:
+    base = Path("/sys/fs/cgroup/unified")
+    assert cgroups.subtree_of(base, "abc123") == base / "fleetd-abc123"
+
+
+def test_the_child_joins_its_cgroup_before_the_command_runs() -> None:
+    argv = cgroups.join_argv(Path("/cg/run-1"), ["claude", "-p", "a b"])
+    assert argv[:2] == ["/bin/sh", "-c"]
+    assert argv[3:] == ["fleetd-run", "/cg/run-1/cgroup.procs", "claude", "-p", "a b"]
+    assert argv[2].rstrip().endswith('exec "$@"')  # same pid, session and create time as the command
+
+
+def test_a_missing_command_is_reported_as_before_although_a_wrapper_execs_it(tmp_path: Path) -> None:
+    from fleetd.loops.executor import _cannot_exec
+
+    env = {"PATH": "/usr/bin:/bin"}
+    assert _cannot_exec("sh", env, None) is None
+    assert _cannot_exec("no-such-agent-cli", env, None) == ""  # "not found on PATH"
+    assert _cannot_exec("sh", {"PATH": str(tmp_path)}, None) == ""  # the child's PATH, not the daemon's
+    script = tmp_path / "tool"
+    script.write_text("#!/bin/sh\n")
+    assert _cannot_exec("./tool", env, str(tmp_path)) == "Permission denied"
+    script.chmod(0o755)
+    assert _cannot_exec("./tool", env, str(tmp_path)) is None  # relative to the child's cwd
+    assert _cannot_exec("./tool", env, "/") == ""
