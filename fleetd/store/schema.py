@@ -173,4 +173,10 @@ MIGRATIONS: list[str] = [
     CREATE INDEX runs_by_started ON runs (started_at);
     CREATE INDEX runs_running ON runs (status) WHERE status IN ('running', 'waiting');
     """,
+    # 4: windows leave out the agent's records of a session an attempt's record already counts
+    # (UsageStore.since): this index answers "has this profile an attempt record of session S?"
+    """
+    CREATE INDEX usage_attempt_sessions ON usage_records (profile, session_id)
+        WHERE source = 'attempt' AND session_id IS NOT NULL;
+    """,
 ]
