@@ -283,6 +283,18 @@ def codex(argv: list[str]) -> None:
             if "Reconnecting..." in line:
                 time.sleep(3)
         sys.exit(code)
+    if s == "429_then_exit":
+        # Codex on a custom provider: its final error line, then turn.failed and exit 1 a moment later.
+        out, err, code = capture("codex_429_codex-prof-quiet")
+        lines = out.decode().splitlines(keepends=True)
+        sys.stderr.buffer.write(err)
+        sys.stderr.flush()
+        sys.stdout.write("".join(lines[:3]))
+        sys.stdout.flush()
+        time.sleep(0.2)
+        sys.stdout.write("".join(lines[3:]))
+        sys.stdout.flush()
+        sys.exit(code)
     if s == "quota":
         replay("codex_quota")
     if s == "usage_limit":
