@@ -2,7 +2,8 @@
 
 stream-json shows rate_limit_event and api_retry lines live. With -p an ANTHROPIC_API_KEY in the
 environment always wins over the login, so subscription profiles have it removed. The CLI's own
-429 retries (~3 minutes) are turned off: fleetd decides what a rate limit means.
+429 retries (~3 minutes) are turned off: fleetd decides what a rate limit means. Nonessential
+traffic is off too: an attempt talks to its provider and nothing else.
 """
 
 from __future__ import annotations
@@ -49,7 +50,14 @@ class ClaudeCodeAdapter(AgentCli):
         if ctx.cost_left is not None:  # the run's budget: Claude Code stops itself when it is spent
             argv += ["--max-budget-usd", f"{ctx.cost_left:.4f}"]
         change = self.profile_env(ctx.profile, ctx.secret)
-        env = {**change.set, "CLAUDE_CODE_MAX_RETRIES": "0", "DISABLE_AUTOUPDATER": "1"}
+        # No connections but to the provider: without this Claude Code 2.1.330 also contacted
+        # api.anthropic.com 3 times a run (telemetry and the like), even with ANTHROPIC_BASE_URL elsewhere.
+        env = {
+            **change.set,
+            "CLAUDE_CODE_MAX_RETRIES": "0",
+            "DISABLE_AUTOUPDATER": "1",
+            "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+        }
         return ProcessSpec(argv=argv + ctx.loop.agent_args, env=env, unset_env=change.unset, cwd=ctx.loop.workdir)
 
     def interpret(self, ctx: AttemptContext, out: ProcessOutput, now: datetime, tz: tzinfo) -> ParsedOutput:

@@ -331,7 +331,8 @@ class ClaudeTranscripts(_JsonlTail):
 
     ccusage's rules: only lines containing ``"usage":{``; lines with a null in one of its listed fields, a version
     that is not N.N.N…, or an empty id are skipped; model ``<synthetic>`` means no model; cache writes are
-    ephemeral_5m + ephemeral_1h when ``cache_creation`` is present, else cache_creation_input_tokens.
+    cache_creation_input_tokens, or ephemeral_5m + ephemeral_1h of ``cache_creation`` when that total is missing
+    (as the attempt's parser counts them: ccusage prefers the breakdown, which Claude Code may report as zeros).
     De-duplication by (message.id, requestId) across all files and scans (sidechain copies match by message.id
     alone); on a collision the non-sidechain copy wins, then the larger total, then the one with ``speed``.
     Within one scan the winner simply replaces the loser. A winner that arrives in a later scan, after its loser
@@ -374,8 +375,10 @@ class ClaudeTranscripts(_JsonlTail):
         if not _valid_claude_entry(obj, message):
             return
         model = _text(message.get("model"))
+        # The total, as the attempt's own parser counts it: Claude Code reports a breakdown of zeros beside
+        # a real total when the provider sends none, so the breakdown is only a fallback for a missing total.
         cache = usage.get("cache_creation")
-        if isinstance(cache, dict):
+        if usage.get("cache_creation_input_tokens") is None and isinstance(cache, dict):
             written = _count(cache.get("ephemeral_5m_input_tokens")) + _count(cache.get("ephemeral_1h_input_tokens"))
         else:
             written = _count(usage.get("cache_creation_input_tokens"))

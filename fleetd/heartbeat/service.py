@@ -28,7 +28,6 @@ from fleetd.store.profiles import ProfileStore
 from fleetd.store.usage import NewUsage, StoredState, UsageStore
 
 log = logging.getLogger("fleetd.heartbeat")
-KEEP_HISTORY = timedelta(days=31)  # how far back fleetd's own sessions are matched against the agents' records
 WATCH_ARMING_S = 1.0  # a generous bound on how long watchfiles takes to start watching
 CIRCUIT_EVENTS = {"open": "circuit.opened", "half_open": "circuit.half_open", "closed": "circuit.closed"}
 RESERVATION_FLOOR = 0.05  # headroom an in-flight attempt takes when its size is unknown
@@ -225,11 +224,11 @@ class Heartbeat:
             return
         if self.known_secrets is not None and (result.records or result.windows):
             result = Scrubber(await self.known_secrets()).record(result)
-        own = await self.usage.attempt_sessions(profile.name, now - KEEP_HISTORY) if result.records else set()
+        # Every record is kept, fleetd's own sessions too: which of an agent's and an attempt's records of
+        # one session counts is decided where windows are read (UsageStore.since), never by arrival order.
         fresh = [
             NewUsage(profile.name, r.at, "agent", r.usage.total, 0.0, r.session_id, r.dedupe_key, r.requests)
             for r in result.records
-            if r.session_id not in own
         ]
         added = await self.usage.add(fresh)
         stored.offsets = {path: offset.to_json() for path, offset in ingester.offsets.items()}

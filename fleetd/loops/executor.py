@@ -42,6 +42,9 @@ STREAM_KEEP = 8 * 1024 * 1024  # per stream, for the parser; the log file has it
 
 
 _COMMAND = Candidate(0, "", "command", None, "local")  # the command backend's one attempt: no routing
+# After the line that ends an attempt early, a CLI about to exit by itself may (Codex's final error
+# line comes ~0.2 s before its exit 1): its own exit code is recorded then, not fleetd's -15.
+RATE_LIMIT_EXIT_GRACE = 1.0
 MAX_WAIT_SLEEP = 30.0  # a waiting run re-checks at least this often
 FINISH_RETRY_FIRST, FINISH_RETRY_MAX = 0.5, 30.0  # backoff for a run end the store refused
 
@@ -517,11 +520,13 @@ class Executor:
         done, _ = await asyncio.wait({exited, stopper}, timeout=ctx.timeout_s, return_when=asyncio.FIRST_COMPLETED)
         stopper.cancel()
         timed_out = not done
+        if not timed_out and exited not in done:
+            await asyncio.wait({exited}, timeout=RATE_LIMIT_EXIT_GRACE)
         if timed_out:
             runlog.note(f"timed out after {format_duration(loop.timeout_s)}: killing the process tree")
-        elif exited not in done:
+        elif not exited.done():
             runlog.note("rate limit in the live output: ending the attempt instead of waiting out the CLI's retries")
-        if exited not in done:
+        if not exited.done():
             await proctree.kill_tree(proc.pid, tag=tag, grace=self.kill_grace, root_exited=exited, cgroup=cgroup)
         exit_code = await exited
         # Whatever the attempt left behind (background jobs holding the output pipes open) goes too.

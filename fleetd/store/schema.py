@@ -202,4 +202,10 @@ MIGRATIONS: list[str] = [
         updated_at  TEXT NOT NULL
     );
     """,
+    # 5: windows leave out the agent's records of a session an attempt's record already counts
+    # (UsageStore.since): this index answers "has this profile an attempt record of session S?"
+    """
+    CREATE INDEX usage_attempt_sessions ON usage_records (profile, session_id)
+        WHERE source = 'attempt' AND session_id IS NOT NULL;
+    """,
 ]

@@ -67,20 +67,24 @@ class UsageStore:
         return added
 
     async def since(self, profile: str, start: datetime) -> list[Consumption]:
+        """The profile's consumption after `start`, each session counted once.
+
+        Invariant: a session fleetd ran is counted from exactly one source — its attempt's record once that
+        exists, the agent's own records of it (from the transcript or rollout) until then — whichever of
+        the two was written first. Both are always stored; the choice is made here, at read time, from the
+        rows alone, so no ordering of ingestion against `attempt_finished` can count a session twice
+        (in the trial the file watcher read the agent's record tens of ms before the attempt's existed).
+        Agent records without a session id, or of sessions fleetd never ran (someone using the same
+        login by hand), always count.
+        """
         rows = await self.db.fetchall(
-            "SELECT at, tokens, requests, cost_usd FROM usage_records WHERE profile = ? AND at > ? ORDER BY at",
+            "SELECT at, tokens, requests, cost_usd FROM usage_records AS u WHERE u.profile = ? AND u.at > ? "
+            "AND NOT (u.source = 'agent' AND u.session_id IS NOT NULL AND EXISTS ("
+            "SELECT 1 FROM usage_records AS a WHERE a.profile = u.profile AND a.source = 'attempt' "
+            "AND a.session_id = u.session_id)) ORDER BY u.at",
             (profile, to_iso(start)),
         )
         return [Consumption(from_iso(r["at"]), r["tokens"], r["requests"], r["cost_usd"]) for r in rows]  # type: ignore[arg-type]
-
-    async def attempt_sessions(self, profile: str, start: datetime) -> set[str]:
-        """Sessions fleetd's own attempts already counted: the agent's records of them are not new usage."""
-        rows = await self.db.fetchall(
-            "SELECT DISTINCT session_id FROM usage_records WHERE profile = ? AND source = 'attempt' "
-            "AND session_id IS NOT NULL AND at > ?",
-            (profile, to_iso(start)),
-        )
-        return {r["session_id"] for r in rows}
 
     async def recent_attempt_tokens(self, profile: str, limit: int = 10) -> list[int]:
         rows = await self.db.fetchall(

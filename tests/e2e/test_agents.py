@@ -98,6 +98,7 @@ def test_claude_subscription_profile_success_records_usage(agents: Daemon) -> No
     assert stat.S_IMODE(os.stat(profile_dir).st_mode) == 0o700
     assert "ANTHROPIC_API_KEY" not in call["env"]  # a key would win over the subscription login
     assert call["env"]["CLAUDE_CODE_MAX_RETRIES"] == "0"
+    assert call["env"]["CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC"] == "1"
     tmpdir = call["env"]["TMPDIR"]
     assert call["tmpdir_exists"] and tmpdir.startswith(str(d.home / "tmp")) and not os.path.exists(tmpdir)
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from fleetd.backends.parsers import claude_code
 from fleetd.backends.result import TokenUsage, WindowState
 from fleetd.heartbeat.ingest import (
     ClaudeTranscripts,
@@ -19,6 +20,7 @@ from fleetd.heartbeat.ingest import (
     IngestResult,
     UsageRecord,
 )
+from tests.harness import captures_dir
 
 NOW = datetime(2025, 9, 10, 12, 0, tzinfo=UTC)
 SESSION = "3f1c2a7e-5b8d-4c1e-9a2f-6d7e8f901234"
@@ -161,19 +163,35 @@ def test_watch_roots(tmp_path: Path) -> None:
     assert ClaudeTranscripts(tmp_path / "missing", {}).scan(NOW) == IngestResult()
 
 
-def test_cache_creation_counts_the_breakdown_when_present(claude_dir: Path) -> None:
+def test_cache_creation_counts_the_total_and_the_breakdown_only_without_it(claude_dir: Path) -> None:
+    breakdown = {"ephemeral_5m_input_tokens": 100, "ephemeral_1h_input_tokens": 50}
+    without_total = tokens(5, 6, 7, cache_creation=breakdown)
+    del without_total["cache_creation_input_tokens"]
     append(
         transcript(claude_dir),
-        claude_line(
-            mid="msg_a",
-            usage=tokens(
-                10, 20, 30, 999, cache_creation={"ephemeral_5m_input_tokens": 100, "ephemeral_1h_input_tokens": 50}
-            ),
-        ),
+        claude_line(mid="msg_a", usage=tokens(10, 20, 30, 999, cache_creation=breakdown)),
         claude_line(mid="msg_b", usage=tokens(1, 2, 3, 70)),
+        claude_line(mid="msg_c", usage=without_total),
     )
     usages = [r.usage for r in ClaudeTranscripts(claude_dir, {}).scan(NOW).records]
-    assert usages == [TokenUsage(10, 20, 30, 150), TokenUsage(1, 2, 3, 70)]
+    assert usages == [TokenUsage(10, 20, 30, 999), TokenUsage(1, 2, 3, 70), TokenUsage(5, 6, 7, 150)]
+
+
+def test_cache_writes_agree_with_the_attempt_parser_on_a_real_capture(claude_dir: Path) -> None:
+    """Claude Code 2.1.330 against a provider that sends no breakdown: the usage it reports carries
+    `cache_creation` with zero ephemeral counts beside `cache_creation_input_tokens: 45`. The transcript
+    reader once took the zeros (199 where the attempt counted 244 in the trial)."""
+    folder = captures_dir() / "cc_ok_stream"
+    if not folder.is_dir():
+        pytest.skip(f"capture folder {folder} is absent (set FLEETD_CAPTURES to the captures directory)")
+    stdout = (folder / "stdout.txt").read_text(encoding="utf-8")
+    result = next(obj for obj in map(json.loads, stdout.splitlines()) if obj.get("type") == "result")
+    assert result["usage"]["cache_creation"] == {"ephemeral_1h_input_tokens": 0, "ephemeral_5m_input_tokens": 0}
+    parsed = claude_code.parse_stream_json(stdout, "", 0, NOW, UTC)
+    append(transcript(claude_dir), claude_line(usage=result["usage"]))
+    [record] = ClaudeTranscripts(claude_dir, {}).scan(NOW).records
+    assert record.usage.cache_write_tokens == parsed.usage.cache_write_tokens == 45
+    assert record.usage == parsed.usage
 
 
 def test_synthetic_model_is_no_model(claude_dir: Path) -> None:

@@ -4,9 +4,12 @@ milliseconds; concurrent starts are spread by reservations."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+
+import pytest
 
 from fleetd.backends.result import ParsedOutput, TokenUsage
 from fleetd.heartbeat.limits import parse_limit
@@ -28,14 +31,20 @@ class Clock:
         return self.now
 
 
-def run(tmp_path: Path, body: Callable[[Heartbeat, Clock, UsageStore, list[Profile]], Awaitable[None]]) -> None:
+def run(
+    tmp_path: Path,
+    body: Callable[[Heartbeat, Clock, UsageStore, list[Profile]], Awaitable[None]],
+    *,
+    backend: str = "claude_code",
+    limits: tuple[str, ...] = ("5h=1000tok",),
+) -> None:
     async def go() -> None:
         db = await Database.open(tmp_path / "hb.db")
         clock = Clock()
         store, usage = ProfileStore(db), UsageStore(db)
         profiles = []
         for name in ("a", "b"):
-            p = Profile(name, "claude_code", "subscription", str(tmp_path / name), limits=[parse_limit("5h=1000tok")],
+            p = Profile(name, backend, "subscription", str(tmp_path / name), limits=[parse_limit(x) for x in limits],
                         created_at=T0, updated_at=T0)  # fmt: skip
             await store.insert(p)
             profiles.append(p)
@@ -106,16 +115,96 @@ def test_concurrent_starts_are_spread_by_reservations(tmp_path: Path) -> None:
     run(tmp_path, body)
 
 
-def test_agent_records_of_fleetds_own_sessions_are_not_counted_twice(tmp_path: Path) -> None:
+def test_agent_records_are_stored_once_per_dedupe_key(tmp_path: Path) -> None:
     async def body(hb: Heartbeat, clock: Clock, usage: UsageStore, profiles: list[Profile]) -> None:
-        own = ParsedOutput("succeeded", usage=TokenUsage(input_tokens=100), session_id="s-1")
-        await hb.attempt_finished(profiles[0], own, clock.now, None)
-        assert await usage.attempt_sessions("a", T0 - timedelta(days=1)) == {"s-1"}
         added = await usage.add([NewUsage("a", clock.now, "agent", 5, dedupe_key="m1:r1")])
         again = await usage.add([NewUsage("a", clock.now, "agent", 5, dedupe_key="m1:r1")])
         assert (added, again) == (1, 0)
 
     run(tmp_path, body)
+
+
+# -- fleetd's own sessions, counted once whichever side is recorded first --------------------------
+# In the trial the file watcher read the agent's transcript (or rollout) tens of ms before the attempt's
+# own record existed, and the run was counted twice. These tests put both orders on one clock.
+
+SESSION = "5aa38dd8-1274-4880-8e41-b78b3ad268ce"
+BY_HAND = "0199a213-81c0-7800-8aa1-bbab2a035a53"
+
+
+def agent_writes(profile: Profile, session: str, tokens: int, stamp: str = "2026-11-21T07:59:00.000Z") -> None:
+    """The agent's own record of one request of `session`, as Claude Code or Codex writes it."""
+    if profile.backend == "claude_code":
+        path = Path(profile.config_dir, "projects", "-home-user-project", f"{session}.jsonl")
+        line = {"type": "assistant", "sessionId": session, "version": "2.1.330", "requestId": f"req-{session}",
+                "timestamp": stamp, "message": {"id": f"msg-{session}", "model": "claude-opus-5-5",
+                "usage": {"input_tokens": tokens, "output_tokens": 0, "cache_read_input_tokens": 0,
+                          "cache_creation_input_tokens": 0}}}  # fmt: skip
+    else:
+        path = Path(profile.config_dir, "sessions", "2026", "11", "21", f"rollout-2026-11-21T07-58-00-{session}.jsonl")
+        counts = {"input_tokens": tokens, "cached_input_tokens": 0, "output_tokens": 0, "reasoning_output_tokens": 0,
+                  "total_tokens": tokens}  # fmt: skip
+        info = {"last_token_usage": counts, "total_token_usage": counts}
+        line = {"timestamp": stamp, "type": "event_msg", "payload": {"type": "token_count", "info": info}}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(line, separators=(",", ":")) + "\n")
+
+
+def own_attempt(tokens: int, session: str = SESSION) -> ParsedOutput:
+    return ParsedOutput("succeeded", usage=TokenUsage(input_tokens=tokens), session_id=session)
+
+
+def used(hb: Heartbeat, profile: str) -> list[float]:
+    return [w.used for w in hb.windows[profile]]
+
+
+BOTH_UNITS = ("5h=1000tok", "5h=10req")
+
+
+@pytest.mark.parametrize("backend", ["claude_code", "codex"])
+def test_own_session_ingested_before_its_attempt_is_recorded_counts_once(tmp_path: Path, backend: str) -> None:
+    async def body(hb: Heartbeat, clock: Clock, usage: UsageStore, profiles: list[Profile]) -> None:
+        a = profiles[0]
+        agent_writes(a, SESSION, 300)
+        await hb.beat()  # the watcher's beat, while the attempt is still in flight
+        assert used(hb, "a") == [300, 1]  # what the agent has used so far does count meanwhile
+        clock.now += timedelta(milliseconds=40)
+        await hb.attempt_finished(a, own_attempt(300), clock.now, None)
+        assert used(hb, "a") == [300, 1]
+        await hb.beat()
+        assert used(hb, "a") == [300, 1]
+
+    run(tmp_path, body, backend=backend, limits=BOTH_UNITS)
+
+
+@pytest.mark.parametrize("backend", ["claude_code", "codex"])
+def test_own_session_ingested_after_its_attempt_is_recorded_counts_once(tmp_path: Path, backend: str) -> None:
+    async def body(hb: Heartbeat, clock: Clock, usage: UsageStore, profiles: list[Profile]) -> None:
+        a = profiles[0]
+        await hb.attempt_finished(a, own_attempt(300), clock.now, None)
+        agent_writes(a, SESSION, 300)
+        clock.now += timedelta(milliseconds=40)
+        await hb.beat()
+        assert used(hb, "a") == [300, 1]
+
+    run(tmp_path, body, backend=backend, limits=BOTH_UNITS)
+
+
+@pytest.mark.parametrize("backend", ["claude_code", "codex"])
+def test_a_session_by_hand_and_fleetds_own_are_both_counted(tmp_path: Path, backend: str) -> None:
+    async def body(hb: Heartbeat, clock: Clock, usage: UsageStore, profiles: list[Profile]) -> None:
+        a, b = profiles
+        agent_writes(a, BY_HAND, 200)  # someone using the same login by hand
+        agent_writes(a, SESSION, 300)
+        await hb.beat()
+        await hb.attempt_finished(a, own_attempt(300), clock.now, None)
+        assert used(hb, "a") == [500, 2]
+        # The same session id on another profile is that profile's business, not a's.
+        await hb.attempt_finished(b, own_attempt(50, BY_HAND), clock.now, None)
+        assert used(hb, "a") == [500, 2] and used(hb, "b") == [50, 1]
+
+    run(tmp_path, body, backend=backend, limits=BOTH_UNITS)
 
 
 def test_the_near_limit_threshold_is_the_daemons_setting(tmp_path: Path) -> None:

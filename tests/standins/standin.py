@@ -21,6 +21,7 @@ ENV_KEYS = (
     "CLAUDE_CONFIG_DIR", "CODEX_HOME", "GEMINI_CLI_HOME", "ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN",
     "CODEX_API_KEY", "GEMINI_API_KEY", "OPENAI_API_KEY", "OPENAI_API_BASE", "CLAUDE_CODE_MAX_RETRIES",
     "GEMINI_CLI_NO_RELAUNCH", "TMPDIR", "FLEETD_RUN_ID", "FLEETD_PROFILE", "FLEETD_RUN_TAG",
+    "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC",
 )  # fmt: skip
 RESET_EPOCH = int(os.environ.get("STANDIN_RESET_EPOCH", time.time() + 3600))
 
@@ -282,6 +283,18 @@ def codex(argv: list[str]) -> None:
             sys.stdout.flush()
             if "Reconnecting..." in line:
                 time.sleep(3)
+        sys.exit(code)
+    if s == "429_then_exit":
+        # Codex on a custom provider: its final error line, then turn.failed and exit 1 a moment later.
+        out, err, code = capture("codex_429_codex-prof-quiet")
+        lines = out.decode().splitlines(keepends=True)
+        sys.stderr.buffer.write(err)
+        sys.stderr.flush()
+        sys.stdout.write("".join(lines[:3]))
+        sys.stdout.flush()
+        time.sleep(0.2)
+        sys.stdout.write("".join(lines[3:]))
+        sys.stdout.flush()
         sys.exit(code)
     if s == "quota":
         replay("codex_quota")
