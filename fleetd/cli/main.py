@@ -50,7 +50,14 @@ def _daemon_options(f):  # type: ignore[no-untyped-def]
                      help="How long in-flight runs may finish on stop.")(f)  # fmt: skip
     f = click.option("--kill-grace", default="5s", show_default=True,
                      help="Between SIGTERM and SIGKILL of a run's processes.")(f)  # fmt: skip
+    f = click.option("--backoff-base", default="2s", show_default=True,
+                     help="First retry delay after a transient failure (doubles, jittered, cap 60s).")(f)  # fmt: skip
+    f = click.option("--circuit-cooldown", default="60s", show_default=True,
+                     help="How long an open circuit stays open before one probe (doubles, cap 30m).")(f)  # fmt: skip
     return f
+
+
+_DAEMON_FLAGS = ("stop_grace", "kill_grace", "heartbeat_interval", "near_limit", "backoff_base", "circuit_cooldown")
 
 
 def _seconds(value: str, flag: str) -> float:
@@ -96,16 +103,12 @@ def _fraction(value: str) -> float:
 
 @daemon.command("run")
 @_daemon_options
-def daemon_run(stop_grace: str, kill_grace: str, heartbeat_interval: str, near_limit: str) -> None:
+def daemon_run(near_limit: str, **durations: str) -> None:
     """Run the daemon in the foreground (what the service unit runs)."""
     from fleetd.daemon.main import DaemonOptions, run_daemon
 
-    options = DaemonOptions(
-        stop_grace=_seconds(stop_grace, "--stop-grace"),
-        kill_grace=_seconds(kill_grace, "--kill-grace"),
-        heartbeat_interval=_seconds(heartbeat_interval, "--heartbeat-interval"),
-        near_limit=_fraction(near_limit),
-    )
+    seconds = {name: _seconds(value, "--" + name.replace("_", "-")) for name, value in durations.items()}
+    options = DaemonOptions(near_limit=_fraction(near_limit), **seconds)
     paths = _paths()
     _ensure_home(paths)
     raise SystemExit(run_daemon(paths, options))
@@ -115,7 +118,7 @@ def daemon_run(stop_grace: str, kill_grace: str, heartbeat_interval: str, near_l
 @_daemon_options
 @click.option("--wait", "wait_s", default=15.0, show_default=True, callback=_positive_seconds,
               help="Seconds to wait for the socket.")  # fmt: skip
-def daemon_start(stop_grace: str, kill_grace: str, heartbeat_interval: str, near_limit: str, wait_s: float) -> None:
+def daemon_start(wait_s: float, **options: str) -> None:
     """Start the daemon in the background; returns once its socket answers."""
     paths = _paths()
     client = Client(paths.socket, timeout=2.0)
@@ -126,9 +129,9 @@ def daemon_start(stop_grace: str, kill_grace: str, heartbeat_interval: str, near
     import subprocess
 
     _ensure_home(paths)
-    argv = [sys.executable, "-m", "fleetd", "daemon", "run", "--stop-grace", stop_grace,
-            "--kill-grace", kill_grace, "--heartbeat-interval", heartbeat_interval,
-            "--near-limit", near_limit]  # fmt: skip
+    argv = [sys.executable, "-m", "fleetd", "daemon", "run"]
+    for name in _DAEMON_FLAGS:
+        argv += ["--" + name.replace("_", "-"), options[name]]
     try:
         with open(paths.daemon_log, "ab") as logf:
             proc = subprocess.Popen(
@@ -348,7 +351,7 @@ def loop_show(name: str, as_json: bool) -> None:
         for name in step["candidates"]:
             click.echo(f"    {name}")
         for out in step["passed"]:
-            click.echo(f"    {out['profile']}: out ({out['why']})")
+            click.echo(f"    {out['profile']}: passed over: {out['why']}")
         if not step["candidates"] and not step["passed"]:
             click.echo("    (no profile of this backend)")
 

@@ -27,6 +27,7 @@ from fleetd.loops.scheduler import Scheduler
 from fleetd.paths import Paths
 from fleetd.profiles.secrets import open_secret_store
 from fleetd.profiles.service import KnownSecrets, ProfileService
+from fleetd.routing.circuit import BreakerPolicy
 from fleetd.store.attempts import AttemptStore
 from fleetd.store.circuits import CircuitStore
 from fleetd.store.db import Database, StoreUnavailable
@@ -47,6 +48,8 @@ class DaemonOptions:
     misfire_grace: float = 60.0  # a timer waking later than this counts as a missed fire
     heartbeat_interval: float = 30.0
     near_limit: float = 0.9  # a profile is near_limit from this fraction of any window
+    backoff_base: float = 2.0  # first retry delay after a transient failure
+    circuit_cooldown: float = 60.0  # an open circuit's first cooldown
 
 
 def run_daemon(paths: Paths, options: DaemonOptions) -> int:
@@ -152,6 +155,7 @@ class Daemon:
             near_limit=self.options.near_limit,
             known_secrets=known_secrets.values,
             circuits=CircuitStore(db),
+            breaker_policy=BreakerPolicy(cooldown_s=self.options.circuit_cooldown),
         )
         profiles = ProfileService(
             profile_store,
@@ -174,6 +178,7 @@ class Daemon:
             local_tz=ZoneInfo(zone_name),
             kill_grace=self.options.kill_grace,
             events=events,
+            backoff_base=self.options.backoff_base,
         )
         leftovers = await runs.running()  # read before anything can start a run
         scheduler = Scheduler(

@@ -111,7 +111,9 @@ class Executor:
         local_tz: tzinfo,
         kill_grace: float,
         events: EventLog | None = None,
+        backoff_base: float = 2.0,
     ) -> None:
+        self.backoff_base = backoff_base
         self.runs = runs
         self.events = events
         self.attempts = attempts
@@ -269,7 +271,7 @@ class Executor:
         if not adapter.needs_profile:
             end = await self._attempt(1, loop, run, slot, runlog, None, prompt, Try(_COMMAND, 1, None, None), deadline)
             return self._verdict(loop, slot, end) or ("failed", end.exit_code, _describe(end.parsed))
-        router = Router(loop_policy(loop))
+        router = Router(replace(loop_policy(loop), backoff_base=self.backoff_base))
         try:
             return await self._drive(router, loop, run, slot, runlog, prompt, deadline)
         finally:
@@ -313,8 +315,8 @@ class Executor:
                 finally:
                     self.profiles.release(profile)
                 verdict = self._verdict(loop, slot, end)
-                if verdict is not None:
-                    return verdict
+                if verdict is not None and verdict[0] != "succeeded":
+                    return verdict  # timed out, or interrupted: nothing for the router to decide
                 result = AttemptResult(
                     end.parsed.outcome,
                     end.parsed.error_class,

@@ -1,0 +1,185 @@
+"""Routing as policy through a real daemon with the stand-in CLIs: transient failures are retried and
+fail over, circuit breakers open, half-open and close, metered profiles stay out under the default
+tiers, a missing CLI is skipped, budgets skip fires, and every decision is in the run's route."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.harness import STANDIN_BIN, Daemon, capture_folder, captures_dir, wait_until
+
+CIRCUIT_COOLDOWN = 1.5
+
+
+@pytest.fixture(scope="module")
+def routed() -> Iterator[Daemon]:
+    capture_folder("cc_529")
+    root = Path(tempfile.mkdtemp(prefix="flr-", dir="/tmp"))
+    standin_dir, bin_dir = root / "standin", root / "bin"
+    standin_dir.mkdir()
+    bin_dir.mkdir()
+    # Claude Code and Gemini CLI are "installed"; Codex is not.
+    for cli in ("claude", "gemini"):
+        (bin_dir / cli).write_text(f'#!/bin/sh\nexec {STANDIN_BIN / cli} "$@"\n')
+        (bin_dir / cli).chmod(0o755)
+    d = Daemon(root / "home", "--kill-grace", "0.5s", "--stop-grace", "1s", "--backoff-base", "0.05s",
+               "--circuit-cooldown", f"{CIRCUIT_COOLDOWN}s", "--heartbeat-interval", "1s")  # fmt: skip
+    d.env.update(
+        PATH=f"{bin_dir}:{os.environ['PATH']}",
+        STANDIN_DIR=str(standin_dir),
+        STANDIN_CAPTURES=str(captures_dir()),
+        FLEETD_SECRET_STORE="file",
+    )
+    d.start()
+    d.standin_dir = standin_dir  # type: ignore[attr-defined]
+    yield d
+    d.stop()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def scenario(d: Daemon, profile: str, name: str) -> None:
+    (d.standin_dir / f"{profile}.scenario").write_text(name)  # type: ignore[attr-defined]
+
+
+def called(d: Daemon, profile: str) -> int:
+    path = d.standin_dir / "calls.jsonl"  # type: ignore[attr-defined]
+    lines = path.read_text().splitlines() if path.exists() else []
+    return sum(json.loads(line)["env"].get("FLEETD_PROFILE") == profile for line in lines)
+
+
+def run(d: Daemon, loop: str) -> dict:
+    return d.wait_run(d.json("loop", "run", loop)["id"])
+
+
+def events(d: Daemon) -> list[dict]:
+    """`events --json` prints one object per line."""
+    return [json.loads(line) for line in d.cli("events", "--json", "--limit", "500").stdout.splitlines() if line]
+
+
+def circuit(d: Daemon, profile: str) -> dict:
+    return d.json("profile", "show", profile)["circuit"]
+
+
+def test_a_529_is_retried_then_fails_over_and_the_circuit_opens_half_opens_and_closes(routed: Daemon) -> None:
+    d = routed
+    d.cli("profile", "add", "over-a", "--backend", "claude_code")
+    d.cli("profile", "add", "over-b", "--backend", "claude_code")
+    scenario(d, "over-a", "529")
+    scenario(d, "over-b", "ok")
+    d.cli("loop", "add", "flaky", "--every", "1h", "--paused", "--backend", "claude_code",
+          "--profile", "over-a,over-b", "--prompt", "fix it")  # fmt: skip
+
+    first = run(d, "flaky")
+    assert first["status"] == "succeeded" and first["profile"] == "over-b"
+    tried = [(a["profile"], a["error_class"]) for a in first["attempt_list"]]
+    assert tried == [("over-a", "transient")] * 3 + [("over-b", None)]  # 1 try + 2 retries, then B
+    kinds = [e["kind"] for e in first["route"] if e["kind"] != "skip"]
+    assert kinds == ["try", "outcome", "retry", "try", "outcome", "retry", "try", "outcome", "next", "try", "outcome"]
+    text = d.cli("runs", "show", str(first["id"])).stdout
+    assert "route:" in text and "transient: retry over-a in" in text
+    assert circuit(d, "over-a")["state"] == "open"  # three transient failures in a row
+    assert "circuit.opened" in [e["type"] for e in events(d)]
+
+    second = run(d, "flaky")
+    assert second["status"] == "succeeded" and [a["profile"] for a in second["attempt_list"]] == ["over-b"]
+    assert any(e["kind"] == "skip" and "circuit open until" in e["detail"] for e in second["route"])
+    usage = d.cli("usage").stdout
+    assert "open until" in usage
+
+    scenario(d, "over-a", "ok")
+    wait_until(lambda: circuit(d, "over-a")["state"] == "half_open", timeout=10, what="the cooldown to pass")
+    third = run(d, "flaky")
+    assert [a["profile"] for a in third["attempt_list"]] == ["over-a"]  # the one probe
+    assert circuit(d, "over-a")["state"] == "closed"
+    types = [e["type"] for e in events(d)]
+    assert "circuit.half_open" in types and "circuit.closed" in types
+
+
+def test_reset_circuit_closes_it_by_hand(routed: Daemon) -> None:
+    d = routed
+    d.cli("profile", "add", "over-c", "--backend", "claude_code")
+    scenario(d, "over-c", "529")
+    d.cli("loop", "add", "flaky-c", "--every", "1h", "--paused", "--backend", "claude_code",
+          "--profile", "over-c", "--prompt", "x")  # fmt: skip
+    failed = run(d, "flaky-c")
+    assert failed["status"] == "failed" and failed["error"].startswith("no usable candidate")
+    assert circuit(d, "over-c")["state"] == "open"
+    d.cli("profile", "reset-circuit", "over-c")
+    assert circuit(d, "over-c")["state"] == "closed"
+
+
+def test_a_metered_profile_is_never_touched_under_the_default_tiers(routed: Daemon) -> None:
+    d = routed
+    d.cli("profile", "add", "gem-sub", "--backend", "gemini")
+    d.cli("profile", "add", "gem-key", "--backend", "gemini", "--api-key-stdin", input="gem-key-0123456789\n")
+    scenario(d, "gem-sub", "hang")
+    scenario(d, "gem-key", "ok")
+    d.cli("loop", "add", "gem", "--every", "1h", "--paused", "--backend", "gemini", "--prompt", "x",
+          "--timeout", "2s")  # fmt: skip
+    shown = d.json("loop", "show", "gem")
+    (step,) = shown["resolved"]
+    assert step["candidates"] == ["gem-sub"]
+    assert step["passed"] == [{"profile": "gem-key", "why": "tier metered not allowed (--tiers local,subscription)"}]
+    result = run(d, "gem")
+    assert result["status"] == "timed_out"
+    assert called(d, "gem-key") == 0
+    assert "gem-key: passed over: tier metered not allowed" in d.cli("loop", "show", "gem").stdout
+
+
+def test_a_chain_whose_first_cli_is_not_installed_runs_on_the_next_step(routed: Daemon) -> None:
+    d = routed
+    d.cli("profile", "add", "cx-none", "--backend", "codex")
+    d.cli("profile", "add", "cc-next", "--backend", "claude_code")
+    scenario(d, "cc-next", "ok")
+    d.cli("loop", "add", "chained", "--every", "1h", "--paused", "--chain", "codex,cc-next@sonnet", "--prompt", "x")
+    shown = d.json("loop", "show", "chained")
+    assert shown["chain"] == ["codex", "cc-next@sonnet"] and shown["backend"] == "codex"
+    result = run(d, "chained")
+    assert result["status"] == "succeeded"
+    (attempt,) = result["attempt_list"]
+    assert (attempt["profile"], attempt["step"]) == ("cc-next", 1)
+    calls = [json.loads(line) for line in (d.standin_dir / "calls.jsonl").read_text().splitlines()]  # type: ignore[attr-defined]
+    argv = next(c["argv"] for c in calls if c["env"].get("FLEETD_RUN_ID") == str(result["id"]))
+    assert argv[argv.index("--model") + 1] == "sonnet"  # the step's model
+    assert any("cx-none: unavailable: codex not found on the daemon's PATH" in e["detail"] for e in result["route"])
+    assert any(e["type"] == "candidate.unavailable" and e["profile"] == "cx-none" for e in events(d))
+
+
+def test_the_run_budget_is_passed_down_and_the_daily_cost_skips_fires(routed: Daemon) -> None:
+    d = routed
+    d.cli("profile", "add", "cc-paid", "--backend", "claude_code")
+    scenario(d, "cc-paid", "ok")  # the capture reports $0.0009104 for its run
+    d.cli("loop", "add", "thrifty", "--every", "1h", "--paused", "--backend", "claude_code", "--profile", "cc-paid",
+          "--prompt", "x", "--max-cost", "0.50", "--daily-cost", "0.0005")  # fmt: skip
+    first = run(d, "thrifty")
+    assert first["status"] == "succeeded"
+    calls = [json.loads(line) for line in (d.standin_dir / "calls.jsonl").read_text().splitlines()]  # type: ignore[attr-defined]
+    argv = next(c["argv"] for c in calls if c["env"].get("FLEETD_RUN_ID") == str(first["id"]))
+    assert argv[argv.index("--max-budget-usd") + 1] == "0.5000"
+    second = d.json("loop", "run", "thrifty")
+    assert second["status"] == "skipped" and second["error"].startswith("budget: the loop spent $0.00")
+    assert any(e["type"] == "budget.exceeded" for e in events(d))
+
+
+def test_bad_routing_input_is_refused_with_one_line(routed: Daemon) -> None:
+    d = routed
+    cases = [
+        (["--chain", "nobody"], "unknown backend or profile 'nobody' in --chain"),
+        (["--chain", "claude_code", "--profile", "cc-next"], "give either --chain or --profile"),
+        (["--backend", "claude_code", "--tiers", "gold"], "invalid tier 'gold'"),
+        (["--backend", "claude_code", "--max-cost", "nan"], "invalid --max-cost"),
+        (["--backend", "claude_code", "--max-tokens", "lots"], "invalid --max-tokens"),
+        (["--command", "true", "--max-cost", "1"], "--max-cost needs an agent backend"),
+    ]
+    for args, message in cases:
+        result = d.cli("loop", "add", "bad", "--every", "1h", "--prompt", "x", *args, check=False)
+        assert result.returncode == 2, (args, result.stderr)
+        assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert "bad" not in [lp["name"] for lp in d.json("loop", "list")]
