@@ -18,7 +18,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from fleetd import __version__
-from fleetd.daemon.views import loop_json, profile_json, run_json, usage_json
+from fleetd.daemon.views import loop_json, profile_json, run_json, stats_json, usage_json
 from fleetd.errors import FleetdError, InvalidArgument, NotFound
 from fleetd.heartbeat.service import Heartbeat
 from fleetd.loops.executor import Executor
@@ -32,6 +32,7 @@ from fleetd.store.attempts import AttemptStore
 from fleetd.store.events import EventLog
 from fleetd.store.loops import LoopStore
 from fleetd.store.runs import STATUSES, RunStore
+from fleetd.store.stats import DEFAULT_SINCE, StatsStore, parse_by
 from fleetd.timefmt import DurationError, parse_duration, to_iso
 
 log = logging.getLogger("fleetd.api")
@@ -47,6 +48,7 @@ class DaemonContext:
     profiles: ProfileService
     heartbeat: Heartbeat
     events: EventLog
+    stats: StatsStore
     scheduler: Scheduler
     executor: Executor
     clock: Callable[[], datetime]
@@ -162,6 +164,22 @@ def create_app(ctx: DaemonContext) -> Starlette:
         follow = request.query_params.get("follow") in ("1", "true", "yes")
         return StreamingResponse(_stream_log(ctx, run.id, run.log_path, follow), media_type="text/plain")
 
+    async def stats(request: Request) -> Response:
+        q = request.query_params
+        text = q.get("since", DEFAULT_SINCE)
+        now = ctx.clock()
+        try:
+            since = now - timedelta(seconds=parse_duration(text))
+        except DurationError as e:
+            raise InvalidArgument(f"invalid --since: {e}") from None
+        except OverflowError:
+            raise InvalidArgument(f"invalid --since {text!r}: too far back") from None
+        loop = q.get("loop")
+        if loop is not None:
+            validate_name(loop)
+        figures = await ctx.stats.stats(since=since, by=parse_by(q.get("by")), loop=loop)
+        return JSONResponse(stats_json(figures, now))
+
     async def list_profiles(request: Request) -> Response:
         return JSONResponse([profile_json(p) for p in await ctx.profiles.store.list()])
 
@@ -236,6 +254,7 @@ def create_app(ctx: DaemonContext) -> Starlette:
         Route("/v1/runs", list_runs),
         Route("/v1/runs/{run_id}", show_run),
         Route("/v1/runs/{run_id}/log", run_log),
+        Route("/v1/stats", stats),
         Route("/v1/profiles", list_profiles, methods=["GET"]),
         Route("/v1/profiles", add_profile, methods=["POST"]),
         Route("/v1/profiles/{name}", show_profile, methods=["GET"]),
