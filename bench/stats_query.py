@@ -3,9 +3,10 @@
     .venv/bin/python bench/stats_query.py [--runs 1000000] [--repeat 5]
 
 Rows are written straight into the SQLite file (the daemon's own schema) before the daemon starts:
-runs spread evenly over the last 30 days, ~1.5 attempts each (a third of them fall back to another
-profile or escalate to a later chain step), 1 % skipped. Printed: the CLI's median (a fresh process,
-as a user runs it) and the API call's median alone over the socket (the time spent in the daemon).
+runs spread evenly over the last 30 days across 50 loops, ~1.4 attempts each (a third of them fall
+back to another profile or escalate to a later chain step), 1 % skipped; then the stats rollups are
+built as the schema migration builds them. Printed: the CLI's median (a fresh process, as a user
+runs it) and the API call's median alone over the socket (the time spent in the daemon).
 """
 
 from __future__ import annotations
@@ -13,13 +14,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import random
 import socket
 import sqlite3
 import statistics
 import sys
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -27,87 +26,76 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench._common import FLEETD, ThrowawayDaemon, time_command
 from fleetd.store.db import Database
+from fleetd.store.schema import STATS_REBUILD
 
 LOOPS = 50
 DAYS = 30
-# (backend, profiles, model) per chain step
-STEPS = [
-    ("claude_code", ("cc-a", "cc-b"), "sonnet"),
-    ("codex", ("cx-a",), "gpt-5"),
-    ("gemini", ("gm-a",), "gemini-2.5-pro"),
-]
-
-
-def _iso(dt: datetime) -> str:
-    return dt.isoformat(timespec="milliseconds")
-
-
-def rows(n: int, now: datetime, seed: int = 7) -> Iterator[tuple[tuple[object, ...], list[tuple[object, ...]]]]:
-    """(run row, its attempt rows) in start order, as the daemon writes them."""
-    rnd = random.Random(seed)
-    span = DAYS * 86400 - 3600  # the newest run has an hour to finish
-    start = now - timedelta(days=DAYS)
-    for i in range(n):
-        t = start + timedelta(seconds=span * i / n)
-        loop = f"loop{i % LOOPS:02d}"
-        if rnd.random() < 0.01:
-            yield (loop, "schedule", "skipped", _iso(t), _iso(t), _iso(t), None, "claude_code", "", 0), []
-            continue
-        r = rnd.random()
-        # one candidate (65 %), a second profile of the first step (15 %), the next step (15 %), three steps (5 %)
-        plan = [(0, 0)] if r < 0.65 else [(0, 0), (0, 1)] if r < 0.80 else [(0, 0), (1, 0)] if r < 0.95 else [
-            (0, 0), (1, 0), (2, 0)]  # fmt: skip
-        status = "succeeded" if rnd.random() < 0.88 else "failed"
-        at, attempts = t, []
-        for number, (step, p) in enumerate(plan, start=1):
-            backend, profiles, model = STEPS[step]
-            duration_ms = int(rnd.lognormvariate(10.5, 0.8))  # median ~36 s
-            end = at + timedelta(milliseconds=duration_ms)
-            last = number == len(plan)
-            outcome = ("succeeded" if status == "succeeded" else "failed") if last else "failed"
-            error_class = None if outcome == "succeeded" else rnd.choice(("rate_limited", "transient", "auth"))
-            tin, tout = rnd.randint(1_000, 50_000), rnd.randint(100, 8_000)
-            attempts.append((number, backend, profiles[p], model, _iso(at), _iso(end), outcome, error_class, tin, tout,
-                             tin * 4, tin // 2, round(tin * 3e-6 + tout * 15e-6, 6), step, "work", duration_ms))  # fmt: skip
-            at = end
-        run = (loop, "schedule", status, _iso(t), _iso(t), _iso(at), 0 if status == "succeeded" else 1,
-               attempts[-1][1], attempts[-1][2], len(attempts))  # fmt: skip
-        yield run, attempts
+# How a run went: (its plan, share in 1000), a plan being its attempts as (backend, profile, model, chain step).
+# One candidate; a second profile of the first step (a fallback); the next step (an escalation); three steps.
+CC, CC2 = ("claude_code", "cc-a", "sonnet", 0), ("claude_code", "cc-b", "sonnet", 0)
+CX, GM = ("codex", "cx-a", "gpt-5", 1), ("gemini", "gm-a", "gemini-2.5-pro", 2)
+PLANS = [([CC], 650), ([CC, CC2], 150), ([CC, CX], 150), ([CC, CX, GM], 50)]
 
 
 def fill(db_path: Path, n: int, now: datetime) -> None:
+    """`n` runs evenly over the last 30 days, generated inside SQLite (a Python loop over 2.5 million rows
+    takes minutes), then the stats rollups built as the schema migration builds them."""
+
     async def create() -> None:
         await (await Database.open(db_path)).close()
 
     asyncio.run(create())
-    with sqlite3.connect(db_path) as conn:
+    start = (now - timedelta(days=DAYS)).timestamp()
+    span = DAYS * 86400 - 3600  # the newest run has an hour to finish
+    began = time.perf_counter()
+    with sqlite3.connect(db_path, isolation_level=None) as conn:
+        conn.execute("PRAGMA journal_mode=DELETE")
         conn.execute("PRAGMA synchronous=OFF")
-        run_id = 0
-        batch_runs: list[tuple[object, ...]] = []
-        batch_attempts: list[tuple[object, ...]] = []
-        for run, attempts in rows(n, now):
-            run_id += 1
-            batch_runs.append((run_id, *run))
-            batch_attempts.extend((run_id, *a) for a in attempts)
-            if len(batch_runs) >= 50_000:
-                _insert(conn, batch_runs, batch_attempts)
-                batch_runs, batch_attempts = [], []
-        _insert(conn, batch_runs, batch_attempts)
+        conn.execute("BEGIN")
+        conn.execute("CREATE TEMP TABLE plan_steps (plan INTEGER, number INTEGER, backend TEXT, profile TEXT, "
+                     "model TEXT, step INTEGER)")  # fmt: skip
+        conn.executemany(
+            "INSERT INTO plan_steps VALUES (?, ?, ?, ?, ?, ?)",
+            [(p, i, *att) for p, (atts, _) in enumerate(PLANS) for i, att in enumerate(atts, start=1)],
+        )
+        # each run's plan by its share: 0..999 → the plan whose cumulative share covers it (drawn once: a
+        # flattened random() would be drawn again at each use)
+        bounds, edge = [], 0
+        for p, (_, share) in enumerate(PLANS):
+            edge += share
+            bounds.append(f"WHEN r < {edge} THEN {p}")
+        conn.execute(
+            "CREATE TEMP TABLE run_plan AS WITH RECURSIVE seq(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM seq "
+            f"WHERE i < {n - 1}), "
+            "drawn AS MATERIALIZED (SELECT i, abs(random()) % 1000 AS r, abs(random()) % 100 AS s FROM seq) "
+            f"SELECT i + 1 AS id, {start} + {span}.0 * i / {n} AS t, "
+            f"CASE WHEN s = 0 THEN -1 {' '.join(bounds)} END AS plan, abs(random()) % 100 < 88 AS ok FROM drawn"
+        )
+        iso = "strftime('%Y-%m-%dT%H:%M:%f+00:00', {}, 'unixepoch')"
+        conn.execute(
+            "WITH drawn AS MATERIALIZED (SELECT rp.id, rp.t, ps.*, 2000 + abs(random()) % 80000 "
+            "+ (abs(random()) % 20 = 0) * (abs(random()) % 400000) AS d, 1000 + abs(random()) % 49000 AS tin, "
+            "100 + abs(random()) % 7900 AS tout FROM run_plan rp JOIN plan_steps ps ON ps.plan = rp.plan) "
+            "INSERT INTO attempts (run_id, number, backend, profile, model, started_at, finished_at, outcome, "
+            "input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, cost_usd, step, role, duration_ms) "
+            f"SELECT id, number, backend, profile, model, {iso.format('t + 90 * (number - 1)')}, "
+            f"{iso.format('t + 90 * (number - 1) + d / 1000.0')}, 'succeeded', tin, tout, tin * 4, tin / 2, "
+            "round(tin * 3e-6 + tout * 15e-6, 6), step, 'work', d FROM drawn ORDER BY id, number"
+        )
+        conn.execute(
+            "INSERT INTO runs (id, loop, trigger, status, scheduled_at, started_at, finished_at, exit_code, backend, "
+            f"profile, attempts) SELECT id, 'loop' || printf('%02d', id % {LOOPS}), 'schedule', "
+            "CASE WHEN plan < 0 THEN 'skipped' WHEN ok THEN 'succeeded' ELSE 'failed' END, "
+            f"{iso.format('t')}, {iso.format('t')}, {iso.format('t + 300')}, CASE WHEN plan < 0 THEN NULL "
+            "WHEN ok THEN 0 ELSE 1 END, 'claude_code', '', "
+            "(SELECT count(*) FROM plan_steps WHERE plan = run_plan.plan) FROM run_plan ORDER BY id"
+        )
+        conn.execute("COMMIT")
+        rebuild = time.perf_counter()
+        conn.executescript(f"BEGIN;\n{STATS_REBUILD}\nCOMMIT;")
+        print(f"(rows {rebuild - began:.1f} s, rollups {time.perf_counter() - rebuild:.1f} s)", file=sys.stderr)
         conn.execute("ANALYZE")
-
-
-def _insert(conn: sqlite3.Connection, runs: list[tuple[object, ...]], attempts: list[tuple[object, ...]]) -> None:
-    conn.executemany(
-        "INSERT INTO runs (id, loop, trigger, status, scheduled_at, started_at, finished_at, exit_code, backend, "
-        "profile, attempts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        runs,
-    )
-    conn.executemany(
-        "INSERT INTO attempts (run_id, number, backend, profile, model, started_at, finished_at, outcome, "
-        "error_class, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, cost_usd, step, role, "
-        "duration_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        attempts,
-    )
+        conn.execute("PRAGMA journal_mode=WAL")
 
 
 def time_api(sock_path: Path, path: str, repeat: int) -> float:
