@@ -30,6 +30,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/cli_roundtrip.py
 	$(BIN)/python bench/runs_query.py
+	$(BIN)/python bench/stats_query.py
 	$(BIN)/python bench/failover_latency.py
 
 clean:

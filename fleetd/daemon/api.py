@@ -21,7 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fleetd import __version__
 from fleetd.backends.registry import backend_names
-from fleetd.daemon.views import circuit_json, loop_json, profile_json, run_json, usage_json
+from fleetd.daemon.views import circuit_json, loop_json, profile_json, run_json, stats_json, usage_json
 from fleetd.errors import FleetdError, InvalidArgument, NotFound, shown
 from fleetd.heartbeat.service import Heartbeat
 from fleetd.loops.executor import Executor
@@ -38,6 +38,7 @@ from fleetd.store.db import StoreUnavailable
 from fleetd.store.events import EventLog
 from fleetd.store.loops import LoopStore
 from fleetd.store.runs import FINAL_STATUSES, STATUSES, Run, RunStore
+from fleetd.store.stats import DEFAULT_SINCE, StatsStore, parse_by
 from fleetd.timefmt import DurationError, parse_duration, to_iso
 
 log = logging.getLogger("fleetd.api")
@@ -55,6 +56,7 @@ class DaemonContext:
     profiles: ProfileService
     heartbeat: Heartbeat
     events: EventLog
+    stats: StatsStore
     scheduler: Scheduler
     executor: Executor
     clock: Callable[[], datetime]
@@ -229,6 +231,20 @@ def create_app(ctx: DaemonContext) -> Starlette:
         follow = request.query_params.get("follow") in ("1", "true", "yes")
         return StreamingResponse(_stream_log(ctx, run, follow), media_type="text/plain")
 
+    async def stats(request: Request) -> Response:
+        q = request.query_params
+        text = q.get("since", DEFAULT_SINCE)
+        now = ctx.clock()
+        try:
+            since = now - timedelta(seconds=parse_duration(text))
+        except DurationError as e:
+            raise InvalidArgument(f"invalid --since: {e}") from None
+        loop = q.get("loop")
+        if loop is not None:
+            validate_name(loop)
+        figures = await ctx.stats.stats(since=since, by=parse_by(q.get("by")), loop=loop)
+        return JSONResponse(stats_json(figures, now))
+
     async def list_profiles(request: Request) -> Response:
         return JSONResponse([_profile(p) for p in await ctx.profiles.store.list()])
 
@@ -308,6 +324,7 @@ def create_app(ctx: DaemonContext) -> Starlette:
         Route("/v1/runs", list_runs),
         Route("/v1/runs/{run_id}", show_run),
         Route("/v1/runs/{run_id}/log", run_log),
+        Route("/v1/stats", stats),
         Route("/v1/profiles", list_profiles, methods=["GET"]),
         Route("/v1/profiles", add_profile, methods=["POST"]),
         Route("/v1/profiles/{name}", show_profile, methods=["GET"]),

@@ -35,6 +35,7 @@ from fleetd.store.events import EventLog
 from fleetd.store.loops import LoopStore
 from fleetd.store.profiles import ProfileStore
 from fleetd.store.runs import Run, RunStore
+from fleetd.store.stats import StatsStore
 from fleetd.store.usage import UsageStore
 from fleetd.timefmt import now_utc, to_iso
 
@@ -192,6 +193,7 @@ class Daemon:
             profiles=profiles,
             heartbeat=heartbeat,
             events=events,
+            stats=StatsStore(db),
             scheduler=scheduler,
             executor=executor,
             clock=now_utc,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from fleetd.loops.model import Loop
@@ -9,6 +10,7 @@ from fleetd.profiles.model import PRICE_FIELDS, Profile
 from fleetd.routing.circuit import Circuit
 from fleetd.store.attempts import Attempt
 from fleetd.store.runs import Run
+from fleetd.store.stats import Stats, StatsRow
 from fleetd.timefmt import to_iso
 
 
@@ -169,4 +171,47 @@ def usage_json(row: dict[str, Any]) -> dict[str, Any]:
         "in_flight": row["in_flight"],
         "garbled_lines": stored.garbled_lines,
         "circuit": circuit_json(row["circuit"]),
+    }
+
+
+def stats_json(stats: Stats, until: datetime) -> dict[str, Any]:
+    """`fleetd stats --json`: the window, the grouping, one object per group and the total."""
+    return {
+        "since": to_iso(stats.since),
+        "until": to_iso(until),
+        "by": list(stats.by),
+        "loop": stats.loop,
+        "groups": [_stats_row_json(row) for row in stats.groups],
+        "total": _stats_row_json(stats.total),
+    }
+
+
+def _stats_row_json(row: StatsRow) -> dict[str, Any]:
+    def rate(value: float | None) -> float | None:
+        return None if value is None else round(value, 4)
+
+    def seconds(ms: int | None) -> float | None:
+        return None if ms is None else ms / 1000
+
+    return {
+        "group": row.group,
+        "runs_started": row.runs_started,
+        "runs_ended": row.runs_ended,
+        "attempts": row.attempts,
+        "succeeded": row.succeeded,
+        "fallbacks": row.fallbacks,
+        "escalations": row.escalations,
+        "success_rate": rate(row.success_rate),
+        "fallback_rate": rate(row.fallback_rate),
+        "escalation_rate": rate(row.escalation_rate),
+        "p50_duration_s": seconds(row.p50_duration_ms),
+        "p95_duration_s": seconds(row.p95_duration_ms),
+        "tokens": {
+            "input": row.input_tokens,
+            "output": row.output_tokens,
+            "cache_read": row.cache_read_tokens,
+            "cache_write": row.cache_write_tokens,
+        },
+        "cost_usd": round(row.cost_usd, 6),
+        "cost_per_success_usd": None if row.cost_per_success is None else round(row.cost_per_success, 6),
     }

@@ -6,6 +6,79 @@ leaves the database exactly at the previous version.
 
 from __future__ import annotations
 
+# The rollups of `fleetd stats` (migration 6; store/stats.py says what they count). Each SQL text is
+# written once here: the triggers add one finished attempt's or run's facts, STATS_REBUILD (the
+# migration's backfill, and bench/ after bulk inserts) adds every row's. Two tables of one shape:
+# `stats_daily` keyed by the UTC day ('2026-11-21'), `stats_hourly` by the hour ('2026-11-21T09').
+_TUPLE = "loop, backend, profile, model, step, role"
+_PERIODS = (("stats_daily", 10), ("stats_hourly", 13))  # the table, and how much of an ISO time names its period
+_ROLLUP_TABLE = """
+    CREATE TABLE {table} (
+        period             TEXT NOT NULL,
+        loop               TEXT NOT NULL,
+        backend            TEXT NOT NULL,
+        profile            TEXT NOT NULL,
+        model              TEXT NOT NULL,  -- '' when unknown: a NULL would never match in the key
+        step               INTEGER NOT NULL,
+        role               TEXT NOT NULL,
+        attempts           INTEGER NOT NULL DEFAULT 0,
+        input_tokens       INTEGER NOT NULL DEFAULT 0,
+        output_tokens      INTEGER NOT NULL DEFAULT 0,
+        cache_read_tokens  INTEGER NOT NULL DEFAULT 0,
+        cache_write_tokens INTEGER NOT NULL DEFAULT 0,
+        cost_usd           REAL NOT NULL DEFAULT 0,
+        durations          TEXT NOT NULL DEFAULT '{{}}',  -- {{"rounded duration_ms": attempts}}
+        runs_started       INTEGER NOT NULL DEFAULT 0,
+        fallbacks          INTEGER NOT NULL DEFAULT 0,
+        escalations        INTEGER NOT NULL DEFAULT 0,
+        runs_ended         INTEGER NOT NULL DEFAULT 0,
+        succeeded          INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (period, loop, backend, profile, model, step, role)
+    ) WITHOUT ROWID;
+"""
+_ADD_ATTEMPTS = (
+    "INSERT INTO {table} (period, " + _TUPLE + ", attempts, input_tokens, output_tokens, cache_read_tokens, "
+    "cache_write_tokens, cost_usd, durations) "
+    "SELECT period, " + _TUPLE + ", sum(n), sum(i), sum(o), sum(cr), sum(cw), sum(c), "
+    "json_group_object(CAST(duration_ms AS TEXT), n) FILTER (WHERE duration_ms IS NOT NULL) FROM ("
+    " SELECT substr(started_at, 1, {width}) AS period, " + _TUPLE + ", duration_ms, count(*) AS n, "
+    " sum(input_tokens) AS i, sum(output_tokens) AS o, sum(cache_read_tokens) AS cr, sum(cache_write_tokens) AS cw, "
+    " sum(cost_usd) AS c FROM stats_attempt_facts f WHERE {where} GROUP BY period, " + _TUPLE + ", duration_ms"
+    ") WHERE 1 GROUP BY period, " + _TUPLE + " "
+    "ON CONFLICT DO UPDATE SET attempts = attempts + excluded.attempts, "
+    "input_tokens = input_tokens + excluded.input_tokens, output_tokens = output_tokens + excluded.output_tokens, "
+    "cache_read_tokens = cache_read_tokens + excluded.cache_read_tokens, "
+    "cache_write_tokens = cache_write_tokens + excluded.cache_write_tokens, cost_usd = cost_usd + excluded.cost_usd, "
+    "durations = (SELECT json_group_object(key, n) FROM (SELECT key, sum(value) AS n FROM ("
+    " SELECT key, value FROM json_each({table}.durations)"
+    " UNION ALL SELECT key, value FROM json_each(excluded.durations)) GROUP BY key));"
+)
+_ADD_RUN_STARTS = (
+    "INSERT INTO {table} (period, " + _TUPLE + ", runs_started, fallbacks, escalations) "
+    "SELECT substr(started_at, 1, {width}) AS period, loop, first_backend, first_profile, first_model, first_step, "
+    "first_role, count(*), sum(fallback), sum(escalated) FROM stats_run_facts f WHERE {where} "
+    "GROUP BY period, loop, first_backend, first_profile, first_model, first_step, first_role "
+    "ON CONFLICT DO UPDATE SET runs_started = runs_started + excluded.runs_started, "
+    "fallbacks = fallbacks + excluded.fallbacks, escalations = escalations + excluded.escalations;"
+)
+_ADD_RUN_ENDS = (
+    "INSERT INTO {table} (period, " + _TUPLE + ", runs_ended, succeeded) "
+    "SELECT substr(started_at, 1, {width}) AS period, loop, last_backend, last_profile, last_model, last_step, "
+    "last_role, count(*), sum(succeeded) FROM stats_run_facts f WHERE {where} "
+    "GROUP BY period, loop, last_backend, last_profile, last_model, last_step, last_role "
+    "ON CONFLICT DO UPDATE SET runs_ended = runs_ended + excluded.runs_ended, "
+    "succeeded = succeeded + excluded.succeeded;"
+)
+
+
+def _rollup(templates: tuple[str, ...], where: str) -> str:
+    return "\n".join(t.format(table=table, width=width, where=where) for t in templates for table, width in _PERIODS)
+
+
+STATS_REBUILD = "\n".join(
+    [f"DELETE FROM {table};" for table, _ in _PERIODS] + [_rollup((_ADD_ATTEMPTS, _ADD_RUN_STARTS, _ADD_RUN_ENDS), "1")]
+)
+
 MIGRATIONS: list[str] = [
     # 1: loops and runs
     """
@@ -207,5 +280,56 @@ MIGRATIONS: list[str] = [
     """
     CREATE INDEX usage_attempt_sessions ON usage_records (profile, session_id)
         WHERE source = 'attempt' AND session_id IS NOT NULL;
+    """,
+    # 6: `fleetd stats`: per-day and per-hour rollups that triggers keep as attempts and runs end (store/stats.py)
+    f"""
+    -- What one finished attempt adds to the figures. Its duration is rounded to two significant digits:
+    -- rounding is monotonic, so a percentile of the rounded values is the exact percentile, rounded.
+    CREATE VIEW stats_attempt_facts AS
+    SELECT a.id AS attempt_id, a.started_at, r.loop, a.backend, a.profile,
+           coalesce(a.model, '') AS model, a.step, a.role, a.input_tokens, a.output_tokens, a.cache_read_tokens,
+           a.cache_write_tokens, coalesce(a.cost_usd, 0) AS cost_usd,
+           CASE WHEN a.duration_ms IS NULL THEN NULL
+                WHEN a.duration_ms < 100 THEN max(a.duration_ms, 0)
+                ELSE (a.duration_ms + a.digit / 2) / a.digit * a.digit END AS duration_ms
+    FROM (SELECT id, run_id, started_at, finished_at, backend, profile, model, step, role, input_tokens, output_tokens,
+                 cache_read_tokens, cache_write_tokens, cost_usd, duration_ms,
+                 -- the place value of the second significant digit, e.g. 1000 for 36392
+                 CAST(substr('1000000000000000000', 1, length(duration_ms) - 1) AS INTEGER) AS digit
+          FROM attempts) a
+    JOIN runs r ON r.id = a.run_id
+    WHERE a.finished_at IS NOT NULL;
+    -- What one finished run adds: it starts in the group of its first attempt and ends in the group of
+    -- its last `work` attempt (the one whose output decided it; any last attempt if none is `work`).
+    -- Fallback: its work attempts used more than one candidate (chain step, profile); escalation: more
+    -- than one chain step. `skipped` runs have no attempts and add nothing.
+    CREATE VIEW stats_run_facts AS
+    SELECT r.id AS run_id, r.started_at, r.loop, r.status = 'succeeded' AS succeeded,
+           f.backend AS first_backend, f.profile AS first_profile, coalesce(f.model, '') AS first_model,
+           f.step AS first_step, f.role AS first_role,
+           l.backend AS last_backend, l.profile AS last_profile, coalesce(l.model, '') AS last_model,
+           l.step AS last_step, l.role AS last_role,
+           coalesce((SELECT max(w.step) > min(w.step) OR max(w.profile) <> min(w.profile)
+                     FROM attempts w WHERE w.run_id = r.id AND w.role = 'work'), 0) AS fallback,
+           coalesce((SELECT max(w.step) > min(w.step) FROM attempts w WHERE w.run_id = r.id AND w.role = 'work'), 0)
+               AS escalated
+    FROM runs r
+    JOIN attempts f ON f.id = (SELECT id FROM attempts WHERE run_id = r.id ORDER BY number LIMIT 1)
+    JOIN attempts l ON l.id = coalesce(
+        (SELECT id FROM attempts WHERE run_id = r.id AND role = 'work' ORDER BY number DESC LIMIT 1),
+        (SELECT id FROM attempts WHERE run_id = r.id ORDER BY number DESC LIMIT 1))
+    WHERE r.status IN ('succeeded', 'failed', 'timed_out', 'interrupted');
+    {"".join(_ROLLUP_TABLE.format(table=table) for table, _ in _PERIODS)}
+    CREATE TRIGGER stats_attempt_finished AFTER UPDATE OF finished_at ON attempts
+    WHEN OLD.finished_at IS NULL AND NEW.finished_at IS NOT NULL
+    BEGIN
+        {_rollup((_ADD_ATTEMPTS,), "f.attempt_id = NEW.id")}
+    END;
+    CREATE TRIGGER stats_run_finished AFTER UPDATE OF status ON runs
+    WHEN OLD.status IN ('running', 'waiting') AND NEW.status IN ('succeeded', 'failed', 'timed_out', 'interrupted')
+    BEGIN
+        {_rollup((_ADD_RUN_STARTS, _ADD_RUN_ENDS), "f.run_id = NEW.id")}
+    END;
+    {STATS_REBUILD}
     """,
 ]

@@ -1,0 +1,211 @@
+"""The figures of `fleetd stats`: runs, attempts, success / fallback / escalation, durations, tokens, cost.
+
+What is counted, and where (the README repeats this for users):
+- The window holds what *started* at or after `since`: attempts by their own start, runs by theirs.
+  Work counts once it has ended: an attempt when it finishes, a run when it reaches a final status
+  (`running` and `waiting` runs are not counted yet; `skipped` runs have no attempts and never are).
+- Attempt figures (attempts, duration percentiles, tokens by kind, cost) belong to the group of the
+  attempt itself: its backend, profile, model, chain step, role, and its run's loop.
+- A run is counted twice, each time in exactly one group: it *starts* in the group of its first
+  attempt and *ends* in the group of its last `work` attempt (the attempt whose output decided it: a
+  later reviewer's attempt judges that output, it does not make it). So `runs_started`, `fallbacks`
+  and `escalations` say what happened to runs that began in a group ("how often did this backend,
+  as the first choice, need another candidate"), `runs_ended` and `succeeded` where runs were
+  decided ("how often did the last worker succeed"). A run that fell back from backend A to B is
+  one start in A and one end in B. Every figure is therefore additive: the groups of a table sum to
+  its total, and the totals do not depend on `by`.
+- Fallback: the run's work attempts used more than one candidate, a candidate being one (chain step,
+  profile); retrying the same profile is not a fallback. Escalation: its work attempts span more than
+  one chain step (so every escalation is also a fallback).
+- Rates: success = succeeded / runs_ended; fallback = fallbacks / runs_started; escalation =
+  escalations / runs_started; cost per success = the group's whole cost (failed attempts included:
+  that is what a success cost) / succeeded. A rate with a zero denominator is None.
+- Percentiles are nearest-rank over the attempts' durations rounded to two significant digits (36.4 s
+  is kept as 36 s). Rounding is monotonic, so each is the exact percentile, rounded the same way.
+
+How it stays fast: triggers (schema migration 6) add each finished attempt and run to rollups keyed
+by (period, loop, backend, profile, model, step, role), one per UTC day (`stats_daily`) and one per
+hour (`stats_hourly`): counts, sums, and a histogram of the rounded durations. A query reads whole
+days after `since` from the daily rollup, the whole hours left of its first day from the hourly one,
+and only its first, partial hour from the raw rows, through the same views the triggers use
+(`stats_attempt_facts`, `stats_run_facts`), so each part counts alike. Its cost grows with days times
+groups, not with runs. The histograms are merged here, in Python: SQLite groups by sorting, and
+sorting the (group, duration) pairs of a month cost more than the whole budget of a second.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from fleetd.errors import InvalidArgument
+from fleetd.store.db import Database
+from fleetd.timefmt import to_iso
+
+GROUP_KEYS = ("backend", "profile", "model", "loop", "step", "role")
+DEFAULT_BY = ("backend",)
+DEFAULT_SINCE = "7d"
+
+_SUMS = ("attempts", "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "cost_usd",
+         "runs_started", "fallbacks", "escalations", "runs_ended", "succeeded")  # fmt: skip
+_TUPLE = ("loop", "backend", "profile", "model", "step", "role")
+
+
+@dataclass
+class StatsRow:
+    """One group's figures (`group` maps each `by` key to its value; empty for the total)."""
+
+    group: dict[str, Any]
+    attempts: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    cost_usd: float = 0.0
+    runs_started: int = 0
+    fallbacks: int = 0
+    escalations: int = 0
+    runs_ended: int = 0
+    succeeded: int = 0
+    p50_duration_ms: int | None = None
+    p95_duration_ms: int | None = None
+
+    @property
+    def success_rate(self) -> float | None:
+        return _ratio(self.succeeded, self.runs_ended)
+
+    @property
+    def fallback_rate(self) -> float | None:
+        return _ratio(self.fallbacks, self.runs_started)
+
+    @property
+    def escalation_rate(self) -> float | None:
+        return _ratio(self.escalations, self.runs_started)
+
+    @property
+    def cost_per_success(self) -> float | None:
+        return _ratio(self.cost_usd, self.succeeded)
+
+
+@dataclass
+class Stats:
+    since: datetime
+    by: tuple[str, ...]
+    loop: str | None
+    groups: list[StatsRow] = field(default_factory=list)
+    total: StatsRow = field(default_factory=lambda: StatsRow({}))
+
+
+def parse_by(text: str | None) -> tuple[str, ...]:
+    """`backend` or `loop,step` → the group keys; an unknown or repeated key is an InvalidArgument."""
+    if text is None:
+        return DEFAULT_BY
+    keys = tuple(k.strip() for k in text.split(","))
+    for key in keys:
+        if key not in GROUP_KEYS:
+            raise InvalidArgument(f"unknown --by {key!r} (one of: {', '.join(GROUP_KEYS)}; or two, e.g. loop,step)")
+    if len(set(keys)) != len(keys):
+        raise InvalidArgument(f"--by {text!r} names a key twice")
+    if len(keys) > 2:
+        raise InvalidArgument(f"--by {text!r}: at most two keys")
+    return keys
+
+
+def _ratio(part: float, whole: float) -> float | None:
+    return part / whole if whole else None
+
+
+def _queries(by: tuple[str, ...], loop: str | None) -> tuple[str, str, str]:
+    """The figures per group; the rollups' duration histograms; the raw rows' durations."""
+    keys = ", ".join(by)
+    tuple_ = ", ".join(_TUPLE)
+    only = " AND loop = :loop" if loop is not None else ""
+    daily = f"stats_daily WHERE period > :day{only}"
+    hourly = f"stats_hourly WHERE period > :hour AND period < :next_day{only}"
+    raw = f"started_at >= :since AND started_at < :next_hour{only}"
+    zeros = ", ".join(["0"] * 6)
+    figures = f"""
+        WITH raw_runs AS (SELECT * FROM stats_run_facts WHERE {raw})
+        SELECT {keys}, {", ".join(f"total({s})" for s in _SUMS)} FROM (
+            SELECT {tuple_}, {", ".join(_SUMS)} FROM {daily}
+            UNION ALL
+            SELECT {tuple_}, {", ".join(_SUMS)} FROM {hourly}
+            UNION ALL
+            SELECT {tuple_}, 1, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, cost_usd,
+                   0, 0, 0, 0, 0 FROM stats_attempt_facts WHERE {raw}
+            UNION ALL
+            SELECT loop, first_backend, first_profile, first_model, first_step, first_role, {zeros},
+                   1, fallback, escalated, 0, 0 FROM raw_runs
+            UNION ALL
+            SELECT loop, last_backend, last_profile, last_model, last_step, last_role, {zeros},
+                   0, 0, 0, 1, succeeded FROM raw_runs
+        ) GROUP BY {keys} ORDER BY {keys}
+    """
+    histograms = f"SELECT {keys}, durations FROM {daily} UNION ALL SELECT {keys}, durations FROM {hourly}"
+    raw_durations = (
+        f"SELECT {keys}, duration_ms, count(*) FROM stats_attempt_facts WHERE {raw} AND duration_ms IS NOT NULL "
+        f"GROUP BY {keys}, duration_ms"
+    )
+    return figures, histograms, raw_durations
+
+
+def percentile(histogram: dict[int, int], p: float) -> int | None:
+    """Nearest rank: the smallest duration with at least p % of the attempts at or below it."""
+    total = sum(histogram.values())
+    below = 0
+    for duration in sorted(histogram):
+        below += histogram[duration]
+        if below * 100 >= total * p:
+            return duration
+    return None
+
+
+class StatsStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def stats(self, *, since: datetime, by: tuple[str, ...] = DEFAULT_BY, loop: str | None = None) -> Stats:
+        """The figures per group of `by` (distinct keys from GROUP_KEYS, checked by the caller) and in total."""
+        assert by and len(set(by)) == len(by) and all(k in GROUP_KEYS for k in by), by
+        since = since.astimezone(UTC)
+        hour = since.replace(minute=0, second=0, microsecond=0)
+        next_day = (hour.replace(hour=0) + timedelta(days=1)).date().isoformat()
+        params = {
+            "since": to_iso(since),
+            "day": hour.date().isoformat(),
+            "hour": hour.strftime("%Y-%m-%dT%H"),
+            "next_day": next_day,
+            "next_hour": to_iso(hour + timedelta(hours=1)),
+            "loop": loop,
+        }
+        figures, histograms, raw_durations = _queries(by, loop)
+        n = len(by)
+        rows: dict[tuple[Any, ...], StatsRow] = {}
+        for r in await self.db.fetchall(figures, params):  # type: ignore[arg-type]
+            key = tuple(r[:n])
+            row = StatsRow({k: None if k == "model" and v == "" else v for k, v in zip(by, key, strict=True)})
+            for name, value in zip(_SUMS, r[n:], strict=True):
+                setattr(row, name, value if name == "cost_usd" else int(value))
+            rows[key] = row
+        # Histograms keyed by the duration as text (as the JSON has it): one int() per distinct duration, not per entry.
+        merged: dict[tuple[Any, ...], dict[str, int]] = {key: {} for key in rows}
+        for r in await self.db.fetchall(histograms, params):  # type: ignore[arg-type]
+            hist = merged[tuple(r[:n])]
+            for duration, count in json.loads(r[n]).items():
+                hist[duration] = hist.get(duration, 0) + count
+        for r in await self.db.fetchall(raw_durations, params):  # type: ignore[arg-type]
+            hist = merged[tuple(r[:n])]
+            hist[str(r[n])] = hist.get(str(r[n]), 0) + r[n + 1]
+        result = Stats(since=since, by=by, loop=loop, groups=list(rows.values()))
+        total, overall = result.total, dict[int, int]()
+        for key, row in rows.items():
+            for name in _SUMS:
+                setattr(total, name, getattr(total, name) + getattr(row, name))
+            hist = {int(duration): count for duration, count in merged[key].items()}
+            row.p50_duration_ms, row.p95_duration_ms = percentile(hist, 50), percentile(hist, 95)
+            for duration, count in hist.items():
+                overall[duration] = overall.get(duration, 0) + count
+        total.p50_duration_ms, total.p95_duration_ms = percentile(overall, 50), percentile(overall, 95)
+        return result

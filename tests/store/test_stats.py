@@ -1,0 +1,324 @@
+"""`fleetd stats` figures over a real SQLite file: rows written as the daemon writes them (a run and its
+attempts start unfinished, then end), so the rollup triggers run as they do in production."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import sqlite3
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fleetd.errors import InvalidArgument
+from fleetd.store.db import Database
+from fleetd.store.schema import STATS_REBUILD
+from fleetd.store.stats import Stats, StatsStore, parse_by, percentile
+from fleetd.timefmt import to_iso
+
+NOW = datetime(2026, 11, 30, 15, 37, 12, 345000, tzinfo=UTC)
+WEEK = NOW - timedelta(days=7)
+
+
+@dataclass
+class A:
+    """An attempt: (backend, profile, chain step), how long it took, what it used."""
+
+    backend: str
+    profile: str
+    step: int = 0
+    ms: int = 1000
+    model: str | None = "m"
+    role: str = "work"
+    tokens: tuple[int, int, int, int] = (0, 0, 0, 0)
+    cost: float | None = None
+    finished: bool = True
+
+
+@dataclass
+class R:
+    loop: str
+    status: str
+    attempts: list[A] = field(default_factory=list)
+    at: datetime = NOW - timedelta(hours=1)
+
+
+def write(db_path: Path, runs: list[R]) -> None:
+    """Each run as the daemon records it: inserted `running`, each attempt started then finished, then the
+    run's final status."""
+    with sqlite3.connect(db_path, isolation_level=None) as conn:
+        for run in runs:
+            final = run.status not in ("running", "waiting")
+            status = "skipped" if run.status == "skipped" else "running"
+            run_id = conn.execute(
+                "INSERT INTO runs (loop, trigger, status, scheduled_at, started_at, backend) "
+                "VALUES (?, 'schedule', ?, ?, ?, 'x') RETURNING id",
+                (run.loop, status, to_iso(run.at), to_iso(run.at)),
+            ).fetchone()[0]
+            at = run.at
+            for number, a in enumerate(run.attempts, start=1):
+                attempt_id = conn.execute(
+                    "INSERT INTO attempts (run_id, number, backend, profile, model, started_at, step, role) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                    (run_id, number, a.backend, a.profile, a.model, to_iso(at), a.step, a.role),
+                ).fetchone()[0]
+                if a.finished:
+                    conn.execute(
+                        "UPDATE attempts SET finished_at = ?, duration_ms = ?, input_tokens = ?, output_tokens = ?, "
+                        "cache_read_tokens = ?, cache_write_tokens = ?, cost_usd = ? WHERE id = ?",
+                        (to_iso(at + timedelta(milliseconds=a.ms)), a.ms, *a.tokens, a.cost, attempt_id),
+                    )
+                at += timedelta(milliseconds=a.ms)
+            if final and status != "skipped":
+                conn.execute(
+                    "UPDATE runs SET status = ?, finished_at = ? WHERE id = ?", (run.status, to_iso(at), run_id)
+                )
+
+
+def query(db_path: Path, since: datetime, by: tuple[str, ...], loop: str | None = None) -> Stats:
+    async def go() -> Stats:
+        db = await Database.open(db_path)
+        try:
+            return await StatsStore(db).stats(since=since, by=by, loop=loop)
+        finally:
+            await db.close()
+
+    return asyncio.run(go())
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    path = tmp_path / "f.db"
+    asyncio.run(_create(path))
+    return path
+
+
+async def _create(path: Path) -> None:
+    await (await Database.open(path)).close()
+
+
+CC, CX = "claude_code", "codex"
+SCENARIO = [
+    # one candidate, success
+    R("a", "succeeded", [A(CC, "cc-a", ms=10_000, tokens=(100, 10, 1000, 50), cost=0.10)]),
+    # rate limited on cc-a, the next profile of the same step succeeds: a fallback, no escalation
+    R(
+        "a",
+        "succeeded",
+        [A(CC, "cc-a", ms=2_000, cost=0.01), A(CC, "cc-b", ms=20_000, tokens=(200, 20, 0, 0), cost=0.20)],
+    ),
+    # cc-a fails, the next chain step (codex) fails too: fallback and escalation; the run ends in codex
+    R("a", "failed", [A(CC, "cc-a", ms=3_000), A(CX, "cx-a", step=1, ms=30_000, model="gpt", cost=0.30)]),
+    # a transient retry on the same profile is the same candidate: no fallback
+    R("b", "succeeded", [A(CC, "cc-a", ms=1_000), A(CC, "cc-a", ms=40_000, cost=0.40)]),
+    # a reviewer's attempt after the work: the run ends in the work attempt's group
+    R("b", "succeeded", [A(CC, "cc-a", ms=5_000, cost=0.05), A(CX, "cx-a", ms=7_000, role="review", model="gpt")]),
+    # skipped: no attempts, counts nowhere
+    R("b", "skipped"),
+    # still running: its finished attempt counts, the run does not yet; its open attempt not at all
+    R("b", "running", [A(CC, "cc-a", ms=6_000), A(CC, "cc-b", finished=False)]),
+    # before the window
+    R("a", "succeeded", [A(CC, "cc-a", ms=99_000, cost=9.0)], at=NOW - timedelta(days=8)),
+]
+
+# (runs_started, runs_ended, attempts, succeeded, fallbacks, escalations, p50 ms, p95 ms, cost)
+EXPECTED_BY_BACKEND = {
+    (CC,): (5, 4, 8, 4, 2, 1, 5_000, 40_000, 0.76),
+    (CX,): (0, 1, 2, 0, 0, 0, 7_000, 30_000, 0.30),
+}
+EXPECTED_BY_ROLE = {
+    ("review",): (0, 0, 1, 0, 0, 0, 7_000, 7_000, 0.0),
+    ("work",): (5, 5, 9, 4, 2, 1, 6_000, 40_000, 1.06),
+}
+EXPECTED_BY_LOOP_STEP = {
+    ("a", 0): (3, 2, 4, 2, 2, 1, 3_000, 20_000, 0.31),
+    ("a", 1): (0, 1, 1, 0, 0, 0, 30_000, 30_000, 0.30),
+    ("b", 0): (2, 2, 5, 2, 0, 0, 6_000, 40_000, 0.45),
+}
+
+
+def figures(stats: Stats) -> dict[tuple[Any, ...], tuple[Any, ...]]:
+    return {
+        tuple(row.group[k] for k in stats.by): (
+            row.runs_started, row.runs_ended, row.attempts, row.succeeded, row.fallbacks, row.escalations,
+            row.p50_duration_ms, row.p95_duration_ms, round(row.cost_usd, 6),
+        )
+        for row in stats.groups
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("by", "expected"),
+    [(("backend",), EXPECTED_BY_BACKEND), (("role",), EXPECTED_BY_ROLE), (("loop", "step"), EXPECTED_BY_LOOP_STEP)],
+)
+def test_figures_per_group(
+    db_path: Path, by: tuple[str, ...], expected: dict[tuple[Any, ...], tuple[Any, ...]]
+) -> None:
+    write(db_path, SCENARIO)
+    stats = query(db_path, WEEK, by)
+    assert figures(stats) == expected
+    total = stats.total
+    assert (total.runs_started, total.runs_ended, total.attempts, total.succeeded) == (5, 5, 10, 4)
+    assert (total.fallbacks, total.escalations) == (2, 1)
+    assert round(total.cost_usd, 6) == 1.06
+
+
+def test_rates(db_path: Path) -> None:
+    write(db_path, SCENARIO)
+    stats = query(db_path, WEEK, ("backend",))
+    cc, cx = stats.groups
+    assert cc.success_rate == 1.0 and cc.fallback_rate == 0.4 and cc.escalation_rate == 0.2
+    assert cc.cost_per_success == pytest.approx(0.76 / 4)
+    # codex started no run: its start-side rates are undefined, not zero; its one ended run failed
+    assert cx.fallback_rate is None and cx.escalation_rate is None
+    assert cx.success_rate == 0.0 and cx.cost_per_success is None
+    assert stats.total.success_rate == 0.8 and stats.total.fallback_rate == 0.4
+    # durations of the 10 counted attempts: 1, 2, 3, 5, 6, 7, 10, 20, 30, 40 s
+    assert (stats.total.p50_duration_ms, stats.total.p95_duration_ms) == (6_000, 40_000)
+
+
+def test_model_and_profile_groups(db_path: Path) -> None:
+    write(db_path, [R("a", "succeeded", [A(CC, "cc-a", model=None), A(CC, "cc-b", model="opus")])])
+    assert figures(query(db_path, WEEK, ("model",))).keys() == {(None,), ("opus",)}
+    assert figures(query(db_path, WEEK, ("profile",)))[("cc-b",)][:4] == (0, 1, 1, 1)
+
+
+def test_loop_filter(db_path: Path) -> None:
+    write(db_path, SCENARIO)
+    stats = query(db_path, WEEK, ("backend",), loop="b")
+    assert stats.total.runs_started == 2 and stats.total.attempts == 5
+    assert query(db_path, WEEK, ("backend",), loop="nope").groups == []
+
+
+def test_empty_window(db_path: Path) -> None:
+    write(db_path, SCENARIO)
+    stats = query(db_path, NOW - timedelta(minutes=5), ("backend",))
+    assert stats.groups == []
+    total = stats.total
+    assert (total.runs_started, total.attempts, total.cost_usd) == (0, 0, 0)
+    assert total.success_rate is None and total.p50_duration_ms is None and total.cost_per_success is None
+
+
+def test_percentile_is_nearest_rank() -> None:
+    assert percentile({}, 50) is None
+    assert percentile({10: 1}, 95) == 10
+    hist = {v: 1 for v in range(1, 101)}  # 1..100
+    assert (percentile(hist, 50), percentile(hist, 95), percentile(hist, 100)) == (50, 95, 100)
+    assert percentile({1: 1, 2: 1}, 50) == 1 and percentile({1: 1, 2: 1}, 51) == 2
+
+
+def test_durations_are_rounded_to_two_significant_digits(db_path: Path) -> None:
+    durations = [0, 7, 99, 100, 104, 105, 994, 995, 36_392, 1_234_567]
+    write(db_path, [R("a", "succeeded", [A(CC, "cc-a", ms=ms) for ms in durations])])
+    with sqlite3.connect(db_path) as conn:
+        rounded = [r[0] for r in conn.execute("SELECT duration_ms FROM stats_attempt_facts ORDER BY attempt_id")]
+    assert rounded == [0, 7, 99, 100, 100, 110, 990, 1000, 36_000, 1_200_000]
+
+
+def test_by_is_validated() -> None:
+    assert parse_by(None) == ("backend",)
+    assert parse_by("loop, step") == ("loop", "step")
+    refusals = [("nope", "unknown --by 'nope' (one of: backend, profile, model, loop, step, role"),
+                ("loop,loop", "twice"), ("loop,step,role", "at most two"), ("", "unknown --by ''")]  # fmt: skip
+    for bad, fragment in refusals:
+        with pytest.raises(InvalidArgument) as e:
+            parse_by(bad)
+        assert fragment in e.value.message
+
+
+# -- the rollups against the definition -----------------------------------------------------------
+
+
+def _random_runs(rnd: random.Random, n: int) -> list[R]:
+    candidates = [(CC, "cc-a", 0), (CC, "cc-b", 0), (CX, "cx-a", 1), ("gemini", "gm", 2)]
+    runs = []
+    for _ in range(n):
+        at = NOW - timedelta(seconds=rnd.uniform(0, 3 * 86400))
+        attempts = []
+        for _ in range(rnd.choice((1, 1, 2, 3))):
+            backend, profile, step = rnd.choice(candidates)
+            attempts.append(A(backend, profile, step, ms=rnd.randint(0, 200_000), model=rnd.choice((None, "m1", "m2")),
+                              role=rnd.choice(("work", "work", "work", "review")), cost=rnd.choice((None, 0.5)),
+                              tokens=(rnd.randint(0, 9), 1, 2, 3)))  # fmt: skip
+        runs.append(
+            R(rnd.choice(("a", "b")), rnd.choice(("succeeded", "failed", "timed_out", "running")), attempts, at)
+        )
+    return runs
+
+
+def _reference(runs: list[R], since: datetime, by: tuple[str, ...]) -> dict[tuple[Any, ...], tuple[Any, ...]]:
+    """The documented definition, computed the plain way from the runs themselves."""
+    groups: dict[tuple[Any, ...], list[Any]] = {}
+    hists: dict[tuple[Any, ...], dict[int, int]] = {}
+
+    def key(run: R, a: A) -> tuple[Any, ...]:
+        values = {"backend": a.backend, "profile": a.profile, "model": a.model, "loop": run.loop, "step": a.step,
+                  "role": a.role}  # fmt: skip
+        return tuple(values[k] for k in by)
+
+    def bump(k: tuple[Any, ...], index: int, amount: float = 1) -> None:
+        groups.setdefault(k, [0, 0, 0, 0, 0, 0, 0.0])[index] += amount
+
+    for run in runs:
+        at = run.at
+        for a in run.attempts:
+            if a.finished and at >= since:
+                bump(key(run, a), 2)
+                bump(key(run, a), 6, a.cost or 0)
+                digit = 10 ** (len(str(a.ms)) - 2)  # two significant digits, halves up
+                rounded = a.ms if a.ms < 100 else (a.ms + digit // 2) // digit * digit
+                hist = hists.setdefault(key(run, a), {})
+                hist[rounded] = hist.get(rounded, 0) + 1
+            at += timedelta(milliseconds=a.ms)
+        if run.status == "running" or run.at < since or not run.attempts:
+            continue
+        work = [a for a in run.attempts if a.role == "work"]
+        last = work[-1] if work else run.attempts[-1]
+        first = run.attempts[0]
+        bump(key(run, first), 0)
+        bump(key(run, first), 4, len({(a.step, a.profile) for a in work}) > 1)
+        bump(key(run, first), 5, len({a.step for a in work}) > 1)
+        bump(key(run, last), 1)
+        bump(key(run, last), 3, run.status == "succeeded")
+    return {
+        k: (v[0], v[1], v[2], v[3], v[4], v[5], percentile(hists.get(k, {}), 50), percentile(hists.get(k, {}), 95),
+            round(v[6], 6))
+        for k, v in groups.items()
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_rollups_agree_with_the_definition_wherever_the_window_starts(db_path: Path, seed: int) -> None:
+    """Whole days come from the daily rollup, whole hours of the first day from the hourly one, the first
+    partial hour from raw rows: every cut must give the plain definition's figures."""
+    rnd = random.Random(seed)
+    runs = _random_runs(rnd, 300)
+    write(db_path, runs)
+    starts = [NOW - timedelta(days=4), NOW - timedelta(days=2), NOW - timedelta(days=1, hours=5, minutes=17),
+              NOW.replace(hour=0, minute=0, second=0, microsecond=0), NOW - timedelta(minutes=41)]  # fmt: skip
+    for since in starts:
+        for by in [("backend",), ("model",), ("loop", "role"), ("profile", "step")]:
+            assert figures(query(db_path, since, by)) == _reference(runs, since, by), (since, by)
+
+
+def test_rebuild_gives_what_the_triggers_kept(db_path: Path) -> None:
+    """STATS_REBUILD (the migration's backfill) and the triggers are two writers of one rollup."""
+    write(db_path, _random_runs(random.Random(3), 200) + SCENARIO)
+
+    def snapshot() -> list[tuple[Any, ...]]:
+        with sqlite3.connect(db_path) as conn:
+            rows = []
+            for table in ("stats_daily", "stats_hourly"):
+                for r in conn.execute(f"SELECT * FROM {table} ORDER BY 1, 2, 3, 4, 5, 6, 7"):
+                    rows.append((table, *r[:12], round(r[12], 9), json.loads(r[13]), *r[14:]))
+            return rows
+
+    kept = snapshot()
+    assert kept
+    with sqlite3.connect(db_path, isolation_level=None) as conn:
+        conn.executescript(f"BEGIN; {STATS_REBUILD} COMMIT;")
+    assert snapshot() == kept
