@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import os
 import shutil
-from typing import TYPE_CHECKING, Literal
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Literal
 
-from fleetd.backends.base import EnvChange
+from fleetd.backends.base import EnvChange, UsageReader
 from fleetd.errors import InvalidArgument
 from fleetd.loops.model import Loop
 
@@ -36,6 +37,12 @@ class AgentCli:
             raise InvalidArgument(f"the {self.name} backend needs --prompt or --prompt-file")
         if loop.command:
             raise InvalidArgument(f"the {self.name} backend takes no --command")
+
+    def validate_profile(self, profile: Profile) -> None:
+        pass
+
+    def usage_reader(self, profile: Profile, offsets: Mapping[str, Any]) -> UsageReader | None:
+        return None
 
     def profile_env(self, profile: Profile, secret: str | None) -> EnvChange:
         return EnvChange()

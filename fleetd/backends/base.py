@@ -7,9 +7,11 @@ routing: that is `fleetd.routing`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
-from typing import TYPE_CHECKING, Literal, Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from fleetd.backends.result import ParsedOutput
 from fleetd.loops.model import Loop
@@ -54,6 +56,15 @@ class ProcessOutput:
     stderr: str
 
 
+class UsageReader(Protocol):
+    """Reads a CLI's own usage records incrementally (`usage_files`)."""
+
+    watch_root: Path
+    offsets: Mapping[str, Any]
+
+    def scan(self, now: datetime) -> Any: ...
+
+
 class Adapter(Protocol):
     name: str
     kind: Literal["process", "http"]
@@ -76,6 +87,13 @@ class Adapter(Protocol):
 
     def unavailable(self, profile: Profile) -> str | None:
         """Why `profile` cannot run on this host at all (its CLI is missing, ...), or None."""
+
+    def validate_profile(self, profile: Profile) -> None:
+        """Raise InvalidArgument when a new profile lacks what this backend needs."""
+
+    def usage_reader(self, profile: Profile, offsets: Mapping[str, Any]) -> UsageReader | None:
+        """The reader of the CLI's own usage records in the profile's directory, resuming at
+        `offsets` (its last `offsets`), or None when the CLI keeps none."""
 
 
 class ProcessAdapter(Adapter, Protocol):

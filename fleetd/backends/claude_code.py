@@ -8,11 +8,13 @@ traffic is off too: an attempt talks to its provider and nothing else.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime, tzinfo
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from fleetd.backends.agents import AgentCli
-from fleetd.backends.base import AttemptContext, EnvChange, ProcessOutput, ProcessSpec
+from fleetd.backends.base import AttemptContext, EnvChange, ProcessOutput, ProcessSpec, UsageReader
 from fleetd.backends.parsers import claude_code as parser
 from fleetd.backends.result import ParsedOutput
 
@@ -35,6 +37,12 @@ class ClaudeCodeAdapter(AgentCli):
             env["ANTHROPIC_API_KEY"] = secret
             return EnvChange(env, ("ANTHROPIC_AUTH_TOKEN", "CLAUDE_CODE_OAUTH_TOKEN"))
         return EnvChange(env, CREDENTIAL_VARS)
+
+    def usage_reader(self, profile: Profile, offsets: Mapping[str, Any]) -> UsageReader | None:
+        from fleetd.backends import usage_files
+
+        start = {path: usage_files.FileOffset.from_json(value) for path, value in offsets.items()}
+        return usage_files.ClaudeTranscripts(Path(profile.config_dir), start)
 
     def login_argv(self, profile: Profile) -> list[str] | None:
         return [self.executable, "/login"]

@@ -3,13 +3,14 @@ waits for stdin to close). Window state is read afterwards from the thread's rol
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
 from datetime import datetime, tzinfo
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fleetd.backends.agents import AgentCli
-from fleetd.backends.base import AttemptContext, EnvChange, ProcessOutput, ProcessSpec
+from fleetd.backends.base import AttemptContext, EnvChange, ProcessOutput, ProcessSpec, UsageReader
 from fleetd.backends.parsers import codex as parser
 from fleetd.backends.result import ParsedOutput
 
@@ -32,6 +33,12 @@ class CodexAdapter(AgentCli):
             env["CODEX_API_KEY"] = secret  # overrides the key for `codex exec` only
             return EnvChange(env)
         return EnvChange(env, ("CODEX_API_KEY", "OPENAI_API_KEY"))
+
+    def usage_reader(self, profile: Profile, offsets: Mapping[str, Any]) -> UsageReader | None:
+        from fleetd.backends import usage_files
+
+        start = {path: usage_files.FileOffset.from_json(value) for path, value in offsets.items()}
+        return usage_files.CodexRollouts(Path(profile.config_dir), start)
 
     def login_argv(self, profile: Profile) -> list[str] | None:
         return [self.executable, "login"]

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime, tzinfo
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from fleetd.backends.base import AttemptContext, EnvChange, ProcessOutput, ProcessSpec
+from fleetd.backends.base import AttemptContext, EnvChange, ProcessOutput, ProcessSpec, UsageReader
 from fleetd.backends.result import ParsedOutput
 from fleetd.errors import InvalidArgument
 from fleetd.loops.model import Loop
@@ -36,6 +37,12 @@ class CommandAdapter:
         return False
 
     def unavailable(self, profile: Profile) -> str | None:
+        return None
+
+    def validate_profile(self, profile: Profile) -> None:
+        pass
+
+    def usage_reader(self, profile: Profile, offsets: Mapping[str, Any]) -> UsageReader | None:
         return None
 
     def build(self, ctx: AttemptContext) -> ProcessSpec:

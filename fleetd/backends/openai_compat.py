@@ -3,10 +3,11 @@ over httpx. 429 / insufficient_quota / retry-after / x-ratelimit-reset-* are map
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime, tzinfo
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from fleetd.backends.base import AttemptContext, EnvChange, LogSink
+from fleetd.backends.base import AttemptContext, EnvChange, LogSink, UsageReader
 from fleetd.backends.parsers import openai_compat as parser
 from fleetd.backends.result import ParsedOutput
 from fleetd.errors import InvalidArgument
@@ -41,6 +42,13 @@ class OpenAICompatAdapter:
         return False
 
     def unavailable(self, profile: Profile) -> str | None:
+        return None
+
+    def validate_profile(self, profile: Profile) -> None:
+        if not profile.base_url:
+            raise InvalidArgument("an openai_compat profile needs --base-url")
+
+    def usage_reader(self, profile: Profile, offsets: Mapping[str, Any]) -> UsageReader | None:
         return None
 
     async def call(

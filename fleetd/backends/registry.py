@@ -31,3 +31,8 @@ def get_adapter(name: str) -> Adapter:
 
 def backend_names() -> tuple[str, ...]:
     return tuple(ADAPTERS)
+
+
+def routed_backends() -> tuple[str, ...]:
+    """The backends whose runs the router drives: those that run under a profile."""
+    return tuple(name for name, adapter in ADAPTERS.items() if adapter.needs_profile)

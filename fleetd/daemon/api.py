@@ -20,7 +20,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fleetd import __version__
-from fleetd.backends.registry import backend_names
+from fleetd.backends.registry import get_adapter, routed_backends
 from fleetd.daemon.views import circuit_json, loop_json, profile_json, run_json, stats_json, usage_json
 from fleetd.errors import FleetdError, InvalidArgument, NotFound, shown
 from fleetd.heartbeat.service import Heartbeat
@@ -157,14 +157,14 @@ def create_app(ctx: DaemonContext) -> Starlette:
     async def add_loop(request: Request) -> Response:
         body = await _body(request)
         loop = validate_loop_input(body, ctx.default_tz)
-        apply_routing_input(body, loop, await ctx.profiles.store.list(), backend_names())
+        apply_routing_input(body, loop, await ctx.profiles.store.list(), routed_backends())
         saved = await ctx.scheduler.add(loop)
         return JSONResponse(loop_json(saved, None, _running_id(saved.name)), status_code=201)
 
     async def show_loop(request: Request) -> Response:
         response = await _loop_view(request.path_params["name"])
         loop = await ctx.loops.get(request.path_params["name"])
-        if loop.backend == "command":
+        if not get_adapter(loop.backend).needs_profile:
             return response
         body = json.loads(bytes(response.body))
         policy = loop_policy(loop)

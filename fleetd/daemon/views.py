@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from fleetd.backends.registry import get_adapter
 from fleetd.loops.model import Loop
 from fleetd.profiles.model import PRICE_FIELDS, Profile
 from fleetd.routing.circuit import Circuit
@@ -39,6 +40,7 @@ def loop_json(loop: Loop, last_run: Run | None = None, running_run_id: int | Non
         "profiles": loop.profiles,
         "model": loop.model,
         "agent_args": loop.agent_args,
+        "routed": get_adapter(loop.backend).needs_profile,
         "chain": [step.describe() for step in loop.chain],
         "tiers": list(loop.tiers),
         "max_cost": loop.max_cost,

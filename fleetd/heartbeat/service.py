@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from fleetd.backends.registry import get_adapter
 from fleetd.backends.result import ParsedOutput
 from fleetd.heartbeat.state import NEAR_LIMIT, ProfileStatus, after_attempt, evaluate
 from fleetd.heartbeat.switch import Standing, attempt_order, choose_active, earliest_reset
@@ -32,18 +33,6 @@ WATCH_ARMING_S = 1.0  # a generous bound on how long watchfiles takes to start w
 CIRCUIT_EVENTS = {"open": "circuit.opened", "half_open": "circuit.half_open", "closed": "circuit.closed"}
 RESERVATION_FLOOR = 0.05  # headroom an in-flight attempt takes when its size is unknown
 STOP_WAIT_S = 2.0  # how long stop() waits for the beat and the watch (watchfiles' thread sees its stop event in ~50 ms)
-
-
-def _ingester(profile: Profile, offsets: dict[str, Any]) -> Any:
-    """The reader of this backend's own usage records, if it keeps any."""
-    from fleetd.heartbeat import ingest
-
-    start = {path: ingest.FileOffset.from_json(value) for path, value in offsets.items()}
-    if profile.backend == "claude_code":
-        return ingest.ClaudeTranscripts(Path(profile.config_dir), start)
-    if profile.backend == "codex":
-        return ingest.CodexRollouts(Path(profile.config_dir), start)
-    return None
 
 
 class Heartbeat:
@@ -210,7 +199,7 @@ class Heartbeat:
     async def _ingest(self, profile: Profile, stored: StoredState, now: datetime) -> None:
         if profile.name not in self._ingesters:
             try:
-                self._ingesters[profile.name] = _ingester(profile, stored.offsets)
+                self._ingesters[profile.name] = get_adapter(profile.backend).usage_reader(profile, stored.offsets)
             except Exception:  # usage from the agent's files is a bonus; never a reason to fail a run
                 log.exception("cannot read %s's usage records", profile.name)
                 self._ingesters[profile.name] = None

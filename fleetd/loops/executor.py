@@ -41,7 +41,6 @@ log = logging.getLogger("fleetd.executor")
 STREAM_KEEP = 8 * 1024 * 1024  # per stream, for the parser; the log file has its own cap
 
 
-_COMMAND = Candidate(0, "", "command", None, "local")  # the command backend's one attempt: no routing
 # After the line that ends an attempt early, a CLI about to exit by itself may (Codex's final error
 # line comes ~0.2 s before its exit 1): its own exit code is recorded then, not fleetd's -15.
 RATE_LIMIT_EXIT_GRACE = 1.0
@@ -269,7 +268,8 @@ class Executor:
             return "failed", None, f"cannot read prompt file {loop.prompt_file}: {e.strerror}"
         deadline = run.started_at + timedelta(seconds=loop.timeout_s) if loop.timeout_s else None
         if not adapter.needs_profile:
-            end = await self._attempt(1, loop, run, slot, runlog, None, prompt, Try(_COMMAND, 1, None, None), deadline)
+            alone = Try(Candidate(0, "", loop.backend, None, "local"), 1, None, None)  # no profile, no routing
+            end = await self._attempt(1, loop, run, slot, runlog, None, prompt, alone, deadline)
             return self._verdict(loop, slot, end) or ("failed", end.exit_code, _describe(end.parsed))
         router = Router(replace(loop_policy(loop), backoff_base=self.backoff_base))
         try:

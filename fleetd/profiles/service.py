@@ -115,8 +115,7 @@ class ProfileService:
         adapter = get_adapter(profile.backend)
         if not adapter.needs_profile:
             raise InvalidArgument(f"the {profile.backend} backend takes no profiles")
-        if profile.backend == "openai_compat" and not profile.base_url:
-            raise InvalidArgument("an openai_compat profile needs --base-url")
+        adapter.validate_profile(profile)
         profile.created_at = profile.updated_at = self.clock()
         # The secret goes in first and the row second: a refused secret leaves nothing behind, and a
         # duplicate name is caught before touching the keyring.

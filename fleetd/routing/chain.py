@@ -41,8 +41,9 @@ class ChainStep:
 
 
 def parse_chain(text: str, backends: Collection[str], profile_backends: Mapping[str, str]) -> list[ChainStep]:
-    """`local-qwen,claude_code@sonnet,codex` → steps. A name that is a backend is a backend step;
-    otherwise it must be a profile (`profile_backends` maps each profile to its backend)."""
+    """`local-qwen,claude_code@sonnet,codex` → steps. A name that is a backend (of those that run
+    under profiles, `backends`) is a backend step; otherwise it must be a profile (`profile_backends`
+    maps each profile to its backend)."""
     steps = []
     for raw in text.split(","):
         item = raw.strip()
@@ -52,8 +53,6 @@ def parse_chain(text: str, backends: Collection[str], profile_backends: Mapping[
         if "@" in item and not model:
             raise InvalidArgument(f"invalid --chain step {item!r}: nothing after '@'")
         if name in backends:
-            if name == "command":
-                raise InvalidArgument("the command backend cannot be a --chain step")
             steps.append(ChainStep(name, (), model or None))
         elif name in profile_backends:
             steps.append(ChainStep(profile_backends[name], (name,), model or None))

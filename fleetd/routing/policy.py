@@ -48,10 +48,11 @@ def parse_tokens(value: object, flag: str) -> int | None:
     return int(count)
 
 
-def apply_routing_input(body: dict[str, Any], loop: Loop, profiles: list[Profile], backends: Collection[str]) -> None:
-    """Check a loop's routing options against the profiles that exist, and set them on `loop`."""
+def apply_routing_input(body: dict[str, Any], loop: Loop, profiles: list[Profile], routed: Collection[str]) -> None:
+    """Check a loop's routing options against the profiles that exist, and set them on `loop`.
+    `routed` names the backends that run under profiles (the others take no routing)."""
     given = [key for key in ROUTING_FIELDS if body.get(key) not in (None, "", [])]
-    if loop.backend == "command" and not body.get("chain"):
+    if loop.backend not in routed and not body.get("chain"):
         if given:
             raise InvalidArgument(f"--{given[0].replace('_', '-')} needs an agent backend (--backend or --chain)")
         return
@@ -63,9 +64,9 @@ def apply_routing_input(body: dict[str, Any], loop: Loop, profiles: list[Profile
             raise InvalidArgument("give either --chain or --profile, not both (a profile can be a chain step)")
         if loop.model:
             raise InvalidArgument("give the model per step in --chain (STEP@MODEL), not with --model")
-        steps = parse_chain(chain, backends, {p.name: p.backend for p in profiles})
+        steps = parse_chain(chain, routed, {p.name: p.backend for p in profiles})
         explicit_backend = body.get("backend")
-        if explicit_backend not in (None, "", "command") and explicit_backend != steps[0].backend:
+        if explicit_backend in routed and explicit_backend != steps[0].backend:
             raise InvalidArgument(f"--backend {explicit_backend} disagrees with --chain; give only --chain")
         loop.chain = steps
         loop.backend = steps[0].backend

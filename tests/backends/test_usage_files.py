@@ -13,7 +13,7 @@ import pytest
 
 from fleetd.backends.parsers import claude_code
 from fleetd.backends.result import TokenUsage, WindowState
-from fleetd.heartbeat.ingest import (
+from fleetd.backends.usage_files import (
     ClaudeTranscripts,
     CodexRollouts,
     FileOffset,
@@ -842,7 +842,7 @@ def test_time_is_a_parameter_not_a_clock(codex_dir: Path) -> None:
 
 def test_claude_lines_with_spaces_after_colons_are_still_read(tmp_path: Path) -> None:
     """Claude Code writes compact JSON; a re-serialised transcript must not be ignored."""
-    from fleetd.heartbeat.ingest import ClaudeTranscripts
+    from fleetd.backends.usage_files import ClaudeTranscripts
 
     line = {
         "sessionId": "s", "version": "2.1.330", "type": "assistant", "timestamp": "2026-11-21T10:00:00.000Z",
