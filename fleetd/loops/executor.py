@@ -398,11 +398,11 @@ class Executor:
         except FileNotFoundError:
             message = f"{spec.argv[0]} not found on PATH (install it, or set PATH in the daemon's environment)"
             runlog.note(message)
-            return AttemptEnd(ParsedOutput("failed", "contract", message=message))
+            return AttemptEnd(ParsedOutput("failed", "unavailable", message=message))
         except OSError as e:
             message = f"could not start {spec.argv[0]}: {e.strerror or e}"
             runlog.note(message)
-            return AttemptEnd(ParsedOutput("failed", "contract", message=message))
+            return AttemptEnd(ParsedOutput("failed", "unavailable", message=message))
         slot.proc = proc
         try:
             await self.runs.set_process(ctx.run_id, proc.pid, _create_time(proc.pid))
