@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Literal
 
 from fleetd.backends.base import EnvChange
+from fleetd.backends.result import ErrorClass
 from fleetd.errors import InvalidArgument
 from fleetd.loops.model import Loop
 
@@ -31,3 +32,6 @@ class AgentCli:
 
     def login_argv(self, profile: Profile) -> list[str] | None:
         return None
+
+    def live_failure(self, line: str) -> ErrorClass | None:
+        return None  # the CLI stops retrying by itself (its retries are turned off): nothing to cut short

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
 from typing import TYPE_CHECKING, Literal, Protocol
 
-from fleetd.backends.result import ParsedOutput
+from fleetd.backends.result import ErrorClass, ParsedOutput
 from fleetd.loops.model import Loop
 
 if TYPE_CHECKING:
@@ -70,6 +70,13 @@ class Adapter(Protocol):
         """The CLI's own interactive login, or None when the backend logs in by API key only."""
 
     def is_rate_limit_line(self, line: str) -> bool: ...
+
+    def live_failure(self, line: str) -> ErrorClass | None:
+        """The failure one line of live output already proves, for a CLI that would otherwise sit out its own
+        retries (Codex reconnecting without end on a refused connection, Aider retrying a 503 for 90 s): the
+        attempt can end there. Never raises. The attempt's class is still interpret()'s reading of the whole
+        output, which contains that line; this answer is the fallback when interpret() says "unknown"."""
+        ...
 
 
 class ProcessAdapter(Adapter, Protocol):

@@ -6,7 +6,7 @@ from datetime import datetime, tzinfo
 from typing import TYPE_CHECKING, Literal
 
 from fleetd.backends.base import AttemptContext, EnvChange, ProcessOutput, ProcessSpec
-from fleetd.backends.result import ParsedOutput
+from fleetd.backends.result import ErrorClass, ParsedOutput
 from fleetd.errors import InvalidArgument
 from fleetd.loops.model import Loop
 
@@ -34,6 +34,9 @@ class CommandAdapter:
 
     def is_rate_limit_line(self, line: str) -> bool:
         return False
+
+    def live_failure(self, line: str) -> ErrorClass | None:
+        return None
 
     def build(self, ctx: AttemptContext) -> ProcessSpec:
         env = {"FLEETD_PROMPT": ctx.prompt} if ctx.prompt is not None else {}

@@ -114,7 +114,7 @@ def test_rate_limit_then_recovery_is_a_success() -> None:
         (
             "litellm.RateLimitError: RateLimitError: OpenAIException - You exceeded your current quota, "
             "please check your plan and billing details. insufficient_quota\n",
-            "rate_limited",
+            "quota",
         ),
     ],
 )

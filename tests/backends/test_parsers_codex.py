@@ -40,8 +40,6 @@ def failing(message: str) -> str:
         ),
         ("You've hit your usage limit. Try again Aug 18.", datetime(2026, 8, 17, 22, 0, tzinfo=UTC)),
         ("You've hit your usage limit. Try again later.", None),
-        ("Your workspace is out of credits. Add credits to continue.", None),
-        ("You hit your spend cap set in your workspace. Increase your spend cap to continue.", None),
     ],
 )
 def test_usage_limit_messages(message: str, reset_at: datetime | None) -> None:
@@ -49,6 +47,22 @@ def test_usage_limit_messages(message: str, reset_at: datetime | None) -> None:
     assert (parsed.outcome, parsed.error_class) == ("failed", "rate_limited")
     assert parsed.reset_at == reset_at
     assert parsed.session_id == THREAD
+    assert parsed.message == message
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "Quota exceeded. Check your plan and billing details.",
+        "Your workspace is out of credits. Add credits to continue.",
+        "Your workspace is out of credits. Ask your workspace owner to refill in order to continue.",
+        "You hit your spend cap set in your workspace. Increase your spend cap to continue.",
+        "You hit your spend cap set by the owner of your workspace. Ask them to increase it.",
+    ],
+)
+def test_out_of_money_is_quota_without_a_reset(message: str) -> None:
+    parsed = parse_exec_jsonl(failing(message), "", 1, NOW, TZ)
+    assert (parsed.outcome, parsed.error_class, parsed.reset_at) == ("failed", "quota", None)
     assert parsed.message == message
 
 
@@ -142,7 +156,7 @@ def test_stream_without_terminal_event_and_exit_0_is_unknown() -> None:
         ('{"type":"error","message":"You\'ve hit your usage limit. Try again at 3:28 PM."}', True),
         (
             '{"type":"turn.failed","error":{"message":"Quota exceeded. Check your plan and billing details."}}',
-            True,
+            False,  # quota, not a rate limit (and Codex exits by itself right after)
         ),
         (
             '{"type":"error","message":"Reconnecting... 2/5 '

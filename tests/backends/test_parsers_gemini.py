@@ -21,7 +21,8 @@ def error_json(error: dict[str, object]) -> str:
     return json.dumps({"session_id": SID, "error": error}, indent=2)
 
 
-def test_terminal_daily_quota_has_no_reset() -> None:
+def test_terminal_daily_quota_resets_at_pacific_midnight() -> None:
+    # Requests-per-day lift by themselves at midnight Pacific time: a long rate limit, not quota.
     stderr = LOGS + error_json(
         {
             "type": "TerminalQuotaError",
@@ -30,7 +31,8 @@ def test_terminal_daily_quota_has_no_reset() -> None:
         }
     )
     parsed = parse_json("", stderr, 173, NOW, TZ)
-    assert (parsed.outcome, parsed.error_class, parsed.reset_at) == ("failed", "rate_limited", None)
+    midnight = datetime(2026, 3, 11, 0, 0, tzinfo=ZoneInfo("America/Los_Angeles"))  # NOW is 05:00 PDT on the 10th
+    assert (parsed.outcome, parsed.error_class, parsed.reset_at) == ("failed", "rate_limited", midnight)
     assert parsed.session_id == SID
     assert parsed.message == "You have exhausted your daily quota on this model."
 
