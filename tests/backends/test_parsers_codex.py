@@ -8,7 +8,13 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from fleetd.backends.parsers.codex import blocked_until, is_rate_limit_line, parse_exec_jsonl, parse_rollout
+from fleetd.backends.parsers.codex import (
+    blocked_until,
+    is_rate_limit_line,
+    live_failure,
+    parse_exec_jsonl,
+    parse_rollout,
+)
 from fleetd.backends.result import TokenUsage, WindowState
 
 NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)  # 13:00 in Berlin
@@ -183,6 +189,47 @@ def rollout_line(timestamp: str, rate_limits: object, kind: str = "token_count")
 
 def window(used: float, minutes: int | None, **reset: int) -> dict[str, object]:
     return {"used_percent": used, "window_minutes": minutes, **reset}
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        # Codex 0.169.0 against a server that refuses connections: this line every ~25 s, and no end.
+        (
+            '{"type":"error","message":"Reconnecting... waiting for network (Connection failed: error sending '
+            'request)"}',
+            "transient",
+        ),
+        (
+            '{"type":"error","message":"Reconnecting... 1/5 (exceeded retry limit, last status: 429 Too Many '
+            'Requests)"}',
+            "rate_limited",
+        ),
+        (
+            '{"type":"error","message":"Reconnecting... 2/5 (unexpected status 503 Service Unavailable: overloaded)"}',
+            "transient",
+        ),
+        # Final errors: Codex exits by itself right after them, so there is nothing to cut short.
+        ('{"type":"error","message":"exceeded retry limit, last status: 429 Too Many Requests"}', None),
+        ('{"type":"turn.failed","error":{"message":"Quota exceeded. Check your plan and billing details."}}', None),
+        ('{"type":"item.completed","item":{"type":"agent_message","text":"Reconnecting... 1/5"}}', None),
+        ("Reading additional input from stdin...", None),
+        ("\x00{junk", None),
+    ],
+)
+def test_live_failure(line: str, expected: str | None) -> None:
+    assert live_failure(line) == expected
+
+
+def test_killed_while_waiting_for_network_is_transient() -> None:
+    stdout = jsonl(
+        {"type": "thread.started", "thread_id": THREAD},
+        {"type": "turn.started"},
+        {"type": "error", "message": "Reconnecting... waiting for network (Connection failed: error sending request)"},
+    )
+    parsed = parse_exec_jsonl(stdout, "Reading additional input from stdin...\n", -15, NOW, TZ)
+    assert (parsed.outcome, parsed.error_class, parsed.session_id) == ("failed", "transient", THREAD)
+    assert parsed.message == "Reconnecting... waiting for network (Connection failed: error sending request)"
 
 
 def test_rollout_last_snapshot_wins_per_window_minutes() -> None:
