@@ -194,7 +194,7 @@ def window(used: float, minutes: int | None, **reset: int) -> dict[str, object]:
 @pytest.mark.parametrize(
     ("line", "expected"),
     [
-        # Codex 0.169.0 against a server that refuses connections: this line every ~25 s, and no end.
+        # Codex 0.169.0 against a refused connection: this line at 0.45 s, then after 5, 10, 20 s... and no end.
         (
             '{"type":"error","message":"Reconnecting... waiting for network (Connection failed: error sending '
             'request)"}',

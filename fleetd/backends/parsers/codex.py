@@ -35,7 +35,8 @@ from fleetd.backends.result import ErrorClass, ParsedOutput, TokenUsage, WindowS
 
 # "Reconnecting... 2/5 (…)" error events are retry progress, not the turn's final error. So is
 # "Reconnecting... waiting for network (Connection failed: error sending request)": 0.169 prints it while the
-# server refuses connections and never gives up on its own (measured: still reconnecting after 150 s).
+# server refuses connections and never gives up on its own (measured: first at 0.45 s, then 5, 10, 20 s apart,
+# doubling; still reconnecting after 150 s).
 _RECONNECT = re.compile(r"^\s*Reconnecting\.\.\.\s*(?:\d+\s*/\s*\d+|waiting for network)", re.I)
 _STATUS = re.compile(r"(?:last status|unexpected status):?\s*(\d{3})\b", re.I)
 # Codex's own prose (protocol/src/error.rs). A usage limit names a time to try again; a workspace out of
@@ -43,7 +44,11 @@ _STATUS = re.compile(r"(?:last status|unexpected status):?\s*(\d{3})\b", re.I)
 # (insufficient_quota), waits for someone to pay.
 _CODEX_LIMITS = re.compile(r"usage limit|usage_limit_reached|too many requests", re.I)
 _CODEX_QUOTA = re.compile(r"quota exceeded|out of credits|spend cap|credits_depleted", re.I)
-_CODEX_AUTH = re.compile(r"upgrade to plus:|not logged in|codex login|refresh token|token (?:has )?expired", re.I)
+# "Missing environment variable: `X`." is the provider block's env_key unset: the profile has no key.
+_CODEX_AUTH = re.compile(
+    r"upgrade to plus:|not logged in|codex login|refresh token|token (?:has )?expired|missing environment variable",
+    re.I,
+)
 _CODEX_TRANSIENT = re.compile(r"high demand|at capacity|waiting for network|connection failed", re.I)
 # What stderr holds on a healthy run: anything else there may explain a crash.
 _STDERR_NOISE = re.compile(
