@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -367,6 +367,23 @@ def test_backend_output_class(backend: str, what: str, out: Out, expected: str) 
     assert parsed.message  # always a reason a person can read
     if expected != "rate_limited":
         assert parsed.reset_at is None  # only a rate limit lifts by itself
+
+
+@pytest.mark.parametrize(
+    ("backend", "out", "reset_at"),
+    [
+        # Claude Code and Codex print no reset for an API-key 429: None, and the router applies the profile's
+        # default reset rather than a guess.
+        ("claude", CC_429, None),
+        ("codex", CODEX_429, None),
+        ("aider", AIDER_429, NOW + timedelta(seconds=1)),  # "Please try again in 1s."
+        ("gemini", GEMINI_PER_MINUTE, NOW + timedelta(seconds=1)),  # "Suggested retry after 1s."
+        ("gemini", GEMINI_DAILY, datetime(2026, 11, 30, 0, 0, tzinfo=ZoneInfo("America/Los_Angeles"))),
+    ],
+)
+def test_rate_limit_resets(backend: str, out: Out, reset_at: datetime | None) -> None:
+    parsed = PARSERS[backend](out)
+    assert (parsed.error_class, parsed.reset_at) == ("rate_limited", reset_at)
 
 
 def test_every_class_but_the_gates_own_is_produced_by_some_parser() -> None:
