@@ -209,6 +209,13 @@ def window(used: float, minutes: int | None, **reset: int) -> dict[str, object]:
             '{"type":"error","message":"Reconnecting... 2/5 (unexpected status 503 Service Unavailable: overloaded)"}',
             "transient",
         ),
+        # With its default request/stream retries Codex 0.169.0 sits out a 5xx for ~25-30 s (30 calls); the first
+        # of these lines comes after ~4 s.
+        (
+            '{"type":"error","message":"Reconnecting... 1/5 (We\u2019re currently experiencing high demand, which '
+            'may cause temporary errors.)"}',
+            "transient",
+        ),
         # Final errors: Codex exits by itself right after them, so there is nothing to cut short.
         ('{"type":"error","message":"exceeded retry limit, last status: 429 Too Many Requests"}', None),
         ('{"type":"turn.failed","error":{"message":"Quota exceeded. Check your plan and billing details."}}', None),
