@@ -203,6 +203,13 @@ GEMINI_CREDITS = gemini_failed(
     429,
     173,
 )
+GEMINI_BILLING_DISABLED = gemini_failed(
+    "",
+    '{"error":{"code":403,"message":"This API method requires billing to be enabled. Please enable billing on '
+    'project #123 then retry.","status":"PERMISSION_DENIED","details":[{"reason":"BILLING_DISABLED"}]}}',
+    403,
+    403 % 256,
+)
 GEMINI_BAD_KEY_BODY = (
     '{"error":{"code":400,"message":"API key not valid. Please pass a valid API key. (fake)","status":'
     '"INVALID_ARGUMENT","details":[{"@type":"type.googleapis.com/google.rpc.ErrorInfo","reason":"API_KEY_INVALID",'
@@ -342,6 +349,7 @@ CASES: list[tuple[str, str, Out, str]] = [
     ("gemini", "429 per day", GEMINI_DAILY, "rate_limited"),
     ("gemini", "429 limit: 0 (no free tier for the model)", GEMINI_LIMIT_0, "quota"),
     ("gemini", "429 prepayment credits depleted", GEMINI_CREDITS, "quota"),
+    ("gemini", "403 billing disabled (reference shape)", GEMINI_BILLING_DISABLED, "quota"),
     ("gemini", "400 API key not valid", GEMINI_BAD_KEY, "auth"),
     ("gemini", "no key (exit 41)", GEMINI_NO_KEY, "auth"),
     ("gemini", "400 bad request", GEMINI_BAD_REQUEST, "contract"),

@@ -11,8 +11,9 @@ What 0.61.0 prints, measured against a loopback server, and what it means here:
 * 429 per-day (quotaId …PerDay…): "You have exhausted your daily quota on this model." → rate_limited too:
   the free tier's requests-per-day reset at midnight Pacific time by themselves (ai.google.dev rate-limits
   page); reset_at is the provider's "retry in" when the dump shows one, else that midnight.
-* out of money: `limit: 0` (the project's tier grants this model nothing until billing is set up) and
-  INSUFFICIENT_G1_CREDITS_BALANCE / prepayment credits → quota: waiting does not help.
+* out of money: `limit: 0` (the project's tier grants this model nothing until billing is set up),
+  INSUFFICIENT_G1_CREDITS_BALANCE / prepayment credits, and BILLING_DISABLED ("requires billing to be enabled",
+  a 403) → quota: waiting does not help, and the key itself is fine.
 * 503 "The model is overloaded": the CLI calls it RetryableQuotaError too, but it is the server → transient;
   500 → transient; MODEL_CAPACITY_EXHAUSTED → transient (capacity, not this profile's budget).
 * 400 "API key not valid" (INVALID_ARGUMENT, API_KEY_INVALID) → auth: the words beat the status.
@@ -87,7 +88,7 @@ _LIMIT_LINE = re.compile(
 # Out of money rather than out of requests (see the module docstring).
 _GEMINI_QUOTA = re.compile(
     r"limit:\s*0(?![\d.])|INSUFFICIENT_G1_CREDITS_BALANCE|prepayment credits|credits? (?:are |is )?depleted|"
-    r"billing (?:is )?(?:not )?(?:enabled|disabled|account)",
+    r"BILLING_DISABLED|requires billing to be enabled",
     re.I,
 )
 _CAPACITY = re.compile(r"MODEL_CAPACITY_EX(?:CEEDED|HAUSTED)|exhausted your capacity|capacity exceeded", re.I)
