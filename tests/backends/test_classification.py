@@ -443,6 +443,11 @@ def test_http_response_class(status: int, headers: dict[str, str], body: str, ex
     [
         (400, "API key not valid. Please pass a valid API key.", "auth"),
         (400, "Credit balance is too low", "quota"),
+        (
+            429,
+            "You have reached your specified API usage limits. You will regain access on 2026-12-01 at 00:00 UTC.",
+            "quota",
+        ),
         (429, "You exceeded your current quota, please check your plan and billing details.", "quota"),
         (429, "This request would exceed your rate limit", "rate_limited"),
         (429, "Server overloaded, slow down", "rate_limited"),  # a 429 stays a 429

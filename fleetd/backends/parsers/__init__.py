@@ -32,7 +32,8 @@ _CLASS_PATTERNS: tuple[tuple[ErrorClass, re.Pattern[str]], ...] = (
             r"insufficient_quota|exceeded your current quota|quota exceeded\. check your plan and billing|"
             r"credit balance is too low|credit_balance|billing_error|out of credits|add credits|"
             r"insufficient (?:credits|funds|balance)|prepayment credits|credits? (?:are |is )?depleted|"
-            r"insufficient_g1_credits|spend(?:ing)?[ _](?:cap|limit)|payment required",
+            r"insufficient_g1_credits|spend(?:ing)?[ _](?:cap|limit)|payment required|"
+            r"reached your specified api usage limits",  # Anthropic's monthly spend limit
             re.I,
         ),
     ),
