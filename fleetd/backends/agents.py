@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 from fleetd.backends.base import EnvChange, UsageReader
+from fleetd.backends.result import ErrorClass
 from fleetd.errors import InvalidArgument
 from fleetd.loops.model import Loop
 
@@ -49,3 +50,6 @@ class AgentCli:
 
     def login_argv(self, profile: Profile) -> list[str] | None:
         return None
+
+    def live_failure(self, line: str) -> ErrorClass | None:
+        return None  # the CLI stops retrying by itself (its retries are turned off): nothing to cut short

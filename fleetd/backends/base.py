@@ -13,7 +13,7 @@ from datetime import datetime, tzinfo
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from fleetd.backends.result import ParsedOutput
+from fleetd.backends.result import ErrorClass, ParsedOutput
 from fleetd.loops.model import Loop
 
 if TYPE_CHECKING:
@@ -94,6 +94,13 @@ class Adapter(Protocol):
     def usage_reader(self, profile: Profile, offsets: Mapping[str, Any]) -> UsageReader | None:
         """The reader of the CLI's own usage records in the profile's directory, resuming at
         `offsets` (its last `offsets`), or None when the CLI keeps none."""
+
+    def live_failure(self, line: str) -> ErrorClass | None:
+        """The failure one line of live output already proves, for a CLI that would otherwise sit out its own
+        retries (Codex reconnecting without end on a refused connection, Aider retrying a 503 for 90 s): the
+        attempt can end there. Never raises. The attempt's class is still interpret()'s reading of the whole
+        output, which contains that line; this answer is the fallback when interpret() says "unknown"."""
+        ...
 
 
 class ProcessAdapter(Adapter, Protocol):

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from fleetd.backends.agents import AgentCli
 from fleetd.backends.base import AttemptContext, EnvChange, ProcessOutput, ProcessSpec, UsageReader
 from fleetd.backends.parsers import codex as parser
-from fleetd.backends.result import ParsedOutput
+from fleetd.backends.result import ErrorClass, ParsedOutput
 
 if TYPE_CHECKING:
     from fleetd.profiles.model import Profile
@@ -45,6 +45,9 @@ class CodexAdapter(AgentCli):
 
     def is_rate_limit_line(self, line: str) -> bool:
         return parser.is_rate_limit_line(line)
+
+    def live_failure(self, line: str) -> ErrorClass | None:
+        return parser.live_failure(line)
 
     def build(self, ctx: AttemptContext) -> ProcessSpec:
         assert ctx.profile is not None

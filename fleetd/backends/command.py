@@ -7,7 +7,7 @@ from datetime import datetime, tzinfo
 from typing import TYPE_CHECKING, Any, Literal
 
 from fleetd.backends.base import AttemptContext, EnvChange, ProcessOutput, ProcessSpec, UsageReader
-from fleetd.backends.result import ParsedOutput
+from fleetd.backends.result import ErrorClass, ParsedOutput
 from fleetd.errors import InvalidArgument
 from fleetd.loops.model import Loop
 
@@ -43,6 +43,9 @@ class CommandAdapter:
         pass
 
     def usage_reader(self, profile: Profile, offsets: Mapping[str, Any]) -> UsageReader | None:
+        return None
+
+    def live_failure(self, line: str) -> ErrorClass | None:
         return None
 
     def build(self, ctx: AttemptContext) -> ProcessSpec:

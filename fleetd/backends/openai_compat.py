@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from fleetd.backends.base import AttemptContext, EnvChange, LogSink, UsageReader
 from fleetd.backends.parsers import openai_compat as parser
-from fleetd.backends.result import ParsedOutput
+from fleetd.backends.result import ErrorClass, ParsedOutput
 from fleetd.errors import InvalidArgument
 from fleetd.loops.model import Loop
 
@@ -51,6 +51,9 @@ class OpenAICompatAdapter:
     def usage_reader(self, profile: Profile, offsets: Mapping[str, Any]) -> UsageReader | None:
         return None
 
+    def live_failure(self, line: str) -> ErrorClass | None:
+        return None
+
     async def call(
         self, ctx: AttemptContext, log: LogSink, timeout: float | None, now: datetime, tz: tzinfo
     ) -> ParsedOutput:
@@ -72,7 +75,10 @@ class OpenAICompatAdapter:
                 response = await client.post(url, json=body, headers=headers)
         except httpx.TimeoutException:
             return ParsedOutput("failed", "transient", message=f"no answer from {url} in time")
-        except httpx.HTTPError as e:
+        except (httpx.UnsupportedProtocol, httpx.InvalidURL) as e:
+            # The profile's --base-url cannot be called at all: this worker is unusable, not the task wrong.
+            return ParsedOutput("failed", "unavailable", message=f"cannot call {url}: {e}")
+        except httpx.HTTPError as e:  # refused, reset, DNS, a broken response: the server or the network
             return ParsedOutput("failed", "transient", message=f"cannot reach {url}: {e}")
         parsed = parser.parse_chat_response(response.status_code, dict(response.headers), response.text, now, tz)
         log(f"HTTP {response.status_code}\n".encode())

@@ -4,9 +4,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal
+from typing import Literal, get_args
 
-ErrorClass = Literal["rate_limited", "transient", "auth", "contract", "unknown"]
+# What a failed attempt says about the worker that made it; the router gives each class its own action.
+#   rate_limited  the profile hit a rate or usage limit that lifts by itself (reset_at when the CLI says when)
+#   transient     the provider or the network failed this once: 5xx, 529 overloaded, connection refused/reset,
+#                 a timeout, a crash with no output; the same profile may well succeed on a retry
+#   quota         out of money, not out of time: insufficient_quota, credit balance too low, spend cap; it does
+#                 not lift by itself within minutes
+#   auth          the key or login is wrong or expired (401/403, "API key not valid", "Please run /login")
+#   unavailable   this worker cannot be started here: CLI not on PATH, profile directory gone, keyring locked
+#   contract      the request itself is wrong (400, unknown model, bad arguments): any worker would refuse it
+#   capability    the attempt finished but its output was rejected (the acceptance gate; never a parser)
+#   unknown       nothing recognisable: an excerpt of the output is in the message
+ErrorClass = Literal["rate_limited", "transient", "quota", "auth", "unavailable", "contract", "capability", "unknown"]
+ERROR_CLASSES: tuple[ErrorClass, ...] = get_args(ErrorClass)
 Outcome = Literal["succeeded", "failed", "unknown"]
 
 

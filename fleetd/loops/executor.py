@@ -22,7 +22,7 @@ import psutil
 
 from fleetd.backends.base import AttemptContext, HttpAdapter, ProcessAdapter, ProcessOutput, ProcessSpec
 from fleetd.backends.registry import get_adapter
-from fleetd.backends.result import ParsedOutput
+from fleetd.backends.result import ErrorClass, ParsedOutput
 from fleetd.errors import FleetdError
 from fleetd.loops import cgroups, proctree
 from fleetd.loops.model import Loop
@@ -508,17 +508,17 @@ class Executor:
             await self.runs.set_process(ctx.run_id, proc.pid, _create_time(proc.pid))
         except Exception as e:  # only crash recovery needs it; the child is ours either way
             log.error("run %s: cannot record its process %s (%s)", ctx.run_id, proc.pid, e)
-        rate_limited = asyncio.Event()
-        watch = adapter.is_rate_limit_line if adapter.end_on_rate_limit_line else None
+        ended_early = _LiveFailure()
+        watch = adapter.live_failure if adapter.end_on_rate_limit_line else None
         # Each stream is scrubbed once, as it is read: the run log and the parser get the same clean bytes.
         stdout, stderr = _Capture(scrubber.fresh()), _Capture(scrubber.fresh())
         pumps = [
-            asyncio.create_task(_pump(proc.stdout, stdout, runlog, watch, rate_limited)),
-            asyncio.create_task(_pump(proc.stderr, stderr, runlog, watch, rate_limited)),
+            asyncio.create_task(_pump(proc.stdout, stdout, runlog, watch, ended_early)),
+            asyncio.create_task(_pump(proc.stderr, stderr, runlog, watch, ended_early)),
         ]
         feed = asyncio.create_task(_feed(proc, spec.stdin))
         exited = asyncio.ensure_future(_exit_status(proc))
-        stopper = asyncio.ensure_future(rate_limited.wait())
+        stopper = asyncio.ensure_future(ended_early.seen.wait())
         done, _ = await asyncio.wait({exited, stopper}, timeout=ctx.timeout_s, return_when=asyncio.FIRST_COMPLETED)
         stopper.cancel()
         timed_out = not done
@@ -527,7 +527,8 @@ class Executor:
         if timed_out:
             runlog.note(f"timed out after {format_duration(loop.timeout_s)}: killing the process tree")
         elif not exited.done():
-            runlog.note("rate limit in the live output: ending the attempt instead of waiting out the CLI's retries")
+            what = ended_early.error_class
+            runlog.note(f"{what} in the live output: ending the attempt instead of waiting out the CLI's retries")
         if not exited.done():
             await proctree.kill_tree(proc.pid, tag=tag, grace=self.kill_grace, root_exited=exited, cgroup=cgroup)
         exit_code = await exited
@@ -546,8 +547,9 @@ class Executor:
         slot.proc, slot.cgroup = None, None
         out = ProcessOutput(exit_code, stdout.text(), stderr.text())
         parsed = adapter.interpret(ctx, out, self.clock(), self.local_tz)
-        if rate_limited.is_set() and parsed.outcome != "succeeded":
-            parsed = replace(parsed, outcome="failed", error_class="rate_limited")
+        # The whole output's reading wins; the live line's class stands in where that found nothing.
+        if ended_early.error_class and parsed.outcome != "succeeded" and parsed.error_class in (None, "unknown"):
+            parsed = replace(parsed, outcome="failed", error_class=ended_early.error_class)
         return AttemptEnd(parsed, exit_code, timed_out)
 
     def _child_env(self, loop: Loop, ctx: AttemptContext, spec: ProcessSpec, tag: str) -> dict[str, str]:
@@ -718,19 +720,33 @@ class _Capture:
         return self.data.decode(errors="replace")
 
 
+@dataclass
+class _LiveFailure:
+    """The first failure a line of live output proved (adapter.live_failure), for CLIs that would
+    otherwise sit out their own retries."""
+
+    seen: asyncio.Event = field(default_factory=asyncio.Event)
+    error_class: ErrorClass | None = None
+
+
 async def _pump(
     stream: asyncio.StreamReader | None,
     capture: _Capture,
     runlog: RunLog,
-    watch: Callable[[str], bool] | None,
-    rate_limited: asyncio.Event,
+    watch: Callable[[str], ErrorClass | None] | None,
+    ended: _LiveFailure,
 ) -> None:
     assert stream is not None
     while chunk := await stream.read(65536):
         runlog.write(capture.add(chunk))
-        # The watch sees the raw lines, as early as possible; it only ever answers yes or no.
-        if watch is not None and not rate_limited.is_set() and any(watch(line) for line in capture.lines(chunk)):
-            rate_limited.set()
+        if watch is None or ended.seen.is_set():
+            continue
+        # The watch sees the raw lines, as early as possible; it only names a class.
+        for line in capture.lines(chunk):
+            if found := watch(line):
+                ended.error_class = found
+                ended.seen.set()
+                break
 
 
 async def _feed(proc: asyncio.subprocess.Process, data: bytes | None) -> None:

@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from fleetd.backends.parsers.aider import is_rate_limit_line, parse_output
+from fleetd.backends.parsers.aider import is_rate_limit_line, live_failure, parse_output
 from fleetd.backends.result import TokenUsage
 
 NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
@@ -114,7 +114,7 @@ def test_rate_limit_then_recovery_is_a_success() -> None:
         (
             "litellm.RateLimitError: RateLimitError: OpenAIException - You exceeded your current quota, "
             "please check your plan and billing details. insufficient_quota\n",
-            "rate_limited",
+            "quota",
         ),
     ],
 )
@@ -159,3 +159,26 @@ def test_garbled_analytics_log_falls_back_to_token_lines() -> None:
 )
 def test_is_rate_limit_line(text: str, expected: bool) -> None:
     assert is_rate_limit_line(text) is expected
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        # The first line of each error block Aider 0.86.2 printed, then sat out ~90 s of its own retries.
+        ("litellm.ServiceUnavailableError: ServiceUnavailableError: OpenAIException - The", "transient"),
+        ("litellm.InternalServerError: InternalServerError: OpenAIException - Connection", "transient"),
+        ("The API provider's servers are down or overloaded.", "transient"),
+        ("litellm.RateLimitError: RateLimitError: OpenAIException - Rate limit reached for", "rate_limited"),
+        ("The API provider has rate limited you. Try again later or check your quotas.", "rate_limited"),
+        # A quota 429 also opens with "RateLimitError"; its wrapped words say more, and parse_output reads them.
+        ("litellm.RateLimitError: RateLimitError: OpenAIException - You exceeded your", "rate_limited"),
+        ("current quota, please check your plan and billing details. For more information", None),
+        # Errors Aider does not retry: it exits by itself.
+        ("litellm.AuthenticationError: AuthenticationError: OpenAIException - Incorrect", None),
+        ("Retrying in 0.2 seconds...", None),
+        ("Tokens: 593 sent, 1 received.", None),
+    ],
+)
+def test_live_failure(line: str, expected: str | None) -> None:
+    assert live_failure(line) == expected
+    assert is_rate_limit_line(line) is (expected == "rate_limited")

@@ -148,10 +148,10 @@ GOLDEN: dict[str, Golden] = {
         _std(codex.parse_exec_jsonl),
         codex.is_rate_limit_line,
         "failed",
-        "rate_limited",
+        "quota",  # insufficient_quota: waiting does not help, so it is not a rate limit
         session_id="01a20060-daf0-70d3-8148-a2ca2696027d",
         message_start="Quota exceeded. Check your plan and billing details.",
-        first_limit_line=("stdout", 3),
+        first_limit_line=None,
     ),
     "codex_500_s0": Golden(
         _std(codex.parse_exec_jsonl),

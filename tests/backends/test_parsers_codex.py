@@ -8,7 +8,13 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from fleetd.backends.parsers.codex import blocked_until, is_rate_limit_line, parse_exec_jsonl, parse_rollout
+from fleetd.backends.parsers.codex import (
+    blocked_until,
+    is_rate_limit_line,
+    live_failure,
+    parse_exec_jsonl,
+    parse_rollout,
+)
 from fleetd.backends.result import TokenUsage, WindowState
 
 NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)  # 13:00 in Berlin
@@ -40,8 +46,6 @@ def failing(message: str) -> str:
         ),
         ("You've hit your usage limit. Try again Aug 18.", datetime(2026, 8, 17, 22, 0, tzinfo=UTC)),
         ("You've hit your usage limit. Try again later.", None),
-        ("Your workspace is out of credits. Add credits to continue.", None),
-        ("You hit your spend cap set in your workspace. Increase your spend cap to continue.", None),
     ],
 )
 def test_usage_limit_messages(message: str, reset_at: datetime | None) -> None:
@@ -49,6 +53,22 @@ def test_usage_limit_messages(message: str, reset_at: datetime | None) -> None:
     assert (parsed.outcome, parsed.error_class) == ("failed", "rate_limited")
     assert parsed.reset_at == reset_at
     assert parsed.session_id == THREAD
+    assert parsed.message == message
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "Quota exceeded. Check your plan and billing details.",
+        "Your workspace is out of credits. Add credits to continue.",
+        "Your workspace is out of credits. Ask your workspace owner to refill in order to continue.",
+        "You hit your spend cap set in your workspace. Increase your spend cap to continue.",
+        "You hit your spend cap set by the owner of your workspace. Ask them to increase it.",
+    ],
+)
+def test_out_of_money_is_quota_without_a_reset(message: str) -> None:
+    parsed = parse_exec_jsonl(failing(message), "", 1, NOW, TZ)
+    assert (parsed.outcome, parsed.error_class, parsed.reset_at) == ("failed", "quota", None)
     assert parsed.message == message
 
 
@@ -142,7 +162,7 @@ def test_stream_without_terminal_event_and_exit_0_is_unknown() -> None:
         ('{"type":"error","message":"You\'ve hit your usage limit. Try again at 3:28 PM."}', True),
         (
             '{"type":"turn.failed","error":{"message":"Quota exceeded. Check your plan and billing details."}}',
-            True,
+            False,  # quota, not a rate limit (and Codex exits by itself right after)
         ),
         (
             '{"type":"error","message":"Reconnecting... 2/5 '
@@ -169,6 +189,54 @@ def rollout_line(timestamp: str, rate_limits: object, kind: str = "token_count")
 
 def window(used: float, minutes: int | None, **reset: int) -> dict[str, object]:
     return {"used_percent": used, "window_minutes": minutes, **reset}
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        # Codex 0.169.0 against a refused connection: this line at 0.45 s, then after 5, 10, 20 s... and no end.
+        (
+            '{"type":"error","message":"Reconnecting... waiting for network (Connection failed: error sending '
+            'request)"}',
+            "transient",
+        ),
+        (
+            '{"type":"error","message":"Reconnecting... 1/5 (exceeded retry limit, last status: 429 Too Many '
+            'Requests)"}',
+            "rate_limited",
+        ),
+        (
+            '{"type":"error","message":"Reconnecting... 2/5 (unexpected status 503 Service Unavailable: overloaded)"}',
+            "transient",
+        ),
+        # With its default request/stream retries Codex 0.169.0 sits out a 5xx for ~25-30 s (30 calls); the first
+        # of these lines comes after ~4 s.
+        (
+            '{"type":"error","message":"Reconnecting... 1/5 (We\u2019re currently experiencing high demand, which '
+            'may cause temporary errors.)"}',
+            "transient",
+        ),
+        # Final errors: Codex exits by itself right after them, so there is nothing to cut short.
+        ('{"type":"error","message":"exceeded retry limit, last status: 429 Too Many Requests"}', None),
+        ('{"type":"turn.failed","error":{"message":"Quota exceeded. Check your plan and billing details."}}', None),
+        ('{"type":"item.completed","item":{"type":"agent_message","text":"Reconnecting... 1/5"}}', None),
+        ("Reading additional input from stdin...", None),
+        ("\x00{junk", None),
+    ],
+)
+def test_live_failure(line: str, expected: str | None) -> None:
+    assert live_failure(line) == expected
+
+
+def test_killed_while_waiting_for_network_is_transient() -> None:
+    stdout = jsonl(
+        {"type": "thread.started", "thread_id": THREAD},
+        {"type": "turn.started"},
+        {"type": "error", "message": "Reconnecting... waiting for network (Connection failed: error sending request)"},
+    )
+    parsed = parse_exec_jsonl(stdout, "Reading additional input from stdin...\n", -15, NOW, TZ)
+    assert (parsed.outcome, parsed.error_class, parsed.session_id) == ("failed", "transient", THREAD)
+    assert parsed.message == "Reconnecting... waiting for network (Connection failed: error sending request)"
 
 
 def test_rollout_last_snapshot_wins_per_window_minutes() -> None:

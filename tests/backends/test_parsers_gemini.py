@@ -21,7 +21,8 @@ def error_json(error: dict[str, object]) -> str:
     return json.dumps({"session_id": SID, "error": error}, indent=2)
 
 
-def test_terminal_daily_quota_has_no_reset() -> None:
+def test_terminal_daily_quota_resets_at_pacific_midnight() -> None:
+    # Requests-per-day lift by themselves at midnight Pacific time: a long rate limit, not quota.
     stderr = LOGS + error_json(
         {
             "type": "TerminalQuotaError",
@@ -30,7 +31,8 @@ def test_terminal_daily_quota_has_no_reset() -> None:
         }
     )
     parsed = parse_json("", stderr, 173, NOW, TZ)
-    assert (parsed.outcome, parsed.error_class, parsed.reset_at) == ("failed", "rate_limited", None)
+    midnight = datetime(2026, 3, 11, 0, 0, tzinfo=ZoneInfo("America/Los_Angeles"))  # NOW is 05:00 PDT on the 10th
+    assert (parsed.outcome, parsed.error_class, parsed.reset_at) == ("failed", "rate_limited", midnight)
     assert parsed.session_id == SID
     assert parsed.message == "You have exhausted your daily quota on this model."
 
@@ -178,7 +180,35 @@ def test_stream_429_on_stderr_with_empty_stdout() -> None:
             False,
         ),
         ("Ripgrep is not available. Falling back to GrepTool.", False),
+        # 0.61.0 on a 503: the CLI's class name says "Quota", the server said "overloaded".
+        (
+            "Error when talking to Gemini API Full report available at: /tmp/gemini-client-error.json "
+            "RetryableQuotaError: The model is overloaded. Please try again later. (fake)",
+            False,
+        ),
+        ("Attempt 1 failed: The model is overloaded. Please try again later. (fake). Max attempts reached", False),
     ],
 )
 def test_is_rate_limit_line(text: str, expected: bool) -> None:
     assert is_rate_limit_line(text) is expected
+
+
+def test_daily_quota_reset_is_the_providers_retry_in_when_the_dump_shows_it() -> None:
+    dump = (
+        "TerminalQuotaError: You have exhausted your daily quota on this model.\n  cause: {\n    code: 429,\n"
+        "    message: 'You exceeded your current quota … limit: 250\\n' +\n      'Please retry in 34860.5s.',\n"
+    )
+    error = {"type": "Error", "message": "You have exhausted your daily quota on this model.", "code": 429}
+    parsed = parse_json("", LOGS + dump + error_json(error), 173, NOW, TZ)
+    assert (parsed.error_class, parsed.reset_at) == ("rate_limited", NOW + timedelta(seconds=34860.5))
+
+
+def test_a_provider_body_in_the_message_is_reported_by_its_own_message() -> None:
+    # 0.61.0 puts the whole 400 body in `message`; the class comes from its words, the excerpt from its message.
+    body = (
+        '{"error":{"code":400,"message":"API key not valid. Please pass a valid API key.",'
+        '"status":"INVALID_ARGUMENT","details":[{"reason":"API_KEY_INVALID"}]}}'
+    )
+    parsed = parse_json("", LOGS + error_json({"type": "Error", "message": body, "code": 400}), 144, NOW, TZ)
+    assert (parsed.outcome, parsed.error_class, parsed.reset_at) == ("failed", "auth", None)
+    assert parsed.message == "API key not valid. Please pass a valid API key."

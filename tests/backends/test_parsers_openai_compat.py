@@ -114,11 +114,11 @@ def test_429_reset_from_the_message_when_no_header() -> None:
 @pytest.mark.parametrize(
     "code", ["insufficient_quota", "credit_balance_exhausted", "organization_spend_limit_exceeded"]
 )
-def test_quota_errors_are_rate_limited_even_off_429(code: str) -> None:
+def test_quota_errors_are_quota_even_off_429(code: str) -> None:
     body = json.dumps({"error": {"message": "You exceeded your current quota.", "type": code, "code": code}})
     for status in (429, 403):
         parsed = parse_chat_response(status, {}, body, NOW, TZ)
-        assert (parsed.outcome, parsed.error_class, parsed.reset_at) == ("failed", "rate_limited", None)
+        assert (parsed.outcome, parsed.error_class, parsed.reset_at) == ("failed", "quota", None)
 
 
 @pytest.mark.parametrize(

@@ -149,6 +149,17 @@ def test_auth_failure_moves_on_and_contract_failure_stops(agents: Daemon) -> Non
     assert run["attempt_list"][1]["outcome"] in ("unknown", "failed")
 
 
+def test_a_cli_missing_from_path_is_unavailable_not_contract(agents: Daemon) -> None:
+    # The worker cannot run here; the task is not wrong: the router skips the candidate instead of stopping.
+    d = agents
+    d.cli("profile", "add", "cc_nopath", "--backend", "claude_code")
+    d.cli("loop", "add", "cc_nopath", "--every", "1h", "--backend", "claude_code", "--profile", "cc_nopath",
+          "--prompt", "x", "--env", "PATH=/nonexistent")  # fmt: skip
+    attempt = first_attempt(d, d.json("loop", "run", "cc_nopath")["id"])
+    assert (attempt["outcome"], attempt["error_class"]) == ("failed", "unavailable")
+    assert "claude not found on PATH" in attempt["error"]
+
+
 def test_codex_usage_and_window_state_from_its_rollout(agents: Daemon) -> None:
     d = agents
     d.cli("profile", "add", "cx", "--backend", "codex")

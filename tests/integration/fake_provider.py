@@ -22,7 +22,15 @@ The behaviour is switched at run time with ``server.mode``:
 ``"quota"``  each API's out-of-quota error: OpenAI 429 ``insufficient_quota``, Gemini 429 with a per-day quota
              violation (terminal for Gemini CLI), Anthropic 400 "credit balance is too low";
 ``"500"``    each API's internal server error;
-``"529"``    Anthropic 529 ``overloaded_error``; the other APIs answer their own "overloaded" error with 503.
+``"529"``    Anthropic 529 ``overloaded_error``; the other APIs answer their own "overloaded" error with 503;
+``"bad_key"`` each API's answer to a wrong API key: Anthropic 401 ``authentication_error`` "invalid x-api-key",
+             OpenAI 401 ``invalid_api_key``, Gemini **400** ``INVALID_ARGUMENT`` "API key not valid"
+             (``API_KEY_INVALID``);
+``"bad_request"`` each API's 400 for a malformed request (``invalid_request_error`` / ``INVALID_ARGUMENT``);
+``"model_not_found"`` each API's 404 for an unknown model.
+
+``fail_first(n, mode)`` makes the next ``n`` generation requests answer as ``mode`` (default ``"529"``) and every
+later one succeed: one counter per server, for "a transient error, then the retry works" tests.
 
 Only the generation endpoints follow ``mode``; token counting always succeeds. Error texts end in "(fake)".
 Anthropic answers carry a ``request-id`` header; the OpenAI ones no ``x-request-id`` (Codex would append
@@ -45,7 +53,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-MODES = ("ok", "429", "quota", "500", "529")
+MODES = ("ok", "429", "quota", "500", "529", "bad_key", "bad_request", "model_not_found")
 
 # Keys of FakeProvider.calls: one per API, counting generation requests only.
 API_ANTHROPIC = "anthropic"
@@ -118,6 +126,21 @@ GEMINI_SERVER_ERROR_MESSAGE = (
 )
 GEMINI_OVERLOADED_MESSAGE = "The model is overloaded. Please try again later. (fake)"
 NOT_FOUND_MESSAGE = "Not found (fake)"
+ANTHROPIC_BAD_KEY_MESSAGE = "invalid x-api-key (fake)"
+ANTHROPIC_BAD_REQUEST_MESSAGE = "messages: at least one message is required (fake)"
+OPENAI_BAD_KEY_MESSAGE = (
+    "Incorrect API key provided: sk-fake***6789. You can find your API key at "
+    "https://platform.openai.com/account/api-keys. (fake)"
+)
+OPENAI_BAD_REQUEST_MESSAGE = "Invalid value for 'input': expected a list of items. (fake)"
+GEMINI_BAD_KEY_MESSAGE = "API key not valid. Please pass a valid API key. (fake)"
+GEMINI_BAD_REQUEST_MESSAGE = 'Invalid JSON payload received. Unknown name "bogus": Cannot find field. (fake)'
+
+
+def model_not_found_message(model: str) -> str:
+    """Each API's wording differs; one text (with the model's name) is enough to classify on."""
+    return f"The model `{model}` does not exist or you do not have access to it. (fake)"
+
 
 _GEMINI_METRIC = "generativelanguage.googleapis.com/generate_content_free_tier_requests"
 
@@ -153,9 +176,16 @@ def _retry_headers() -> dict[str, str]:
 # --- per-API error bodies ------------------------------------------------------------------------------------------
 
 
-def anthropic_error(mode: str) -> ErrorReply:
+def anthropic_error(mode: str, model: str = "claude-fake") -> ErrorReply:
     def body(kind: str, message: str) -> dict[str, Any]:
         return {"type": "error", "error": {"type": kind, "message": message}, "request_id": _request_id()}
+
+    if mode == "bad_key":
+        return ErrorReply(401, body("authentication_error", ANTHROPIC_BAD_KEY_MESSAGE))
+    if mode == "bad_request":
+        return ErrorReply(400, body("invalid_request_error", ANTHROPIC_BAD_REQUEST_MESSAGE))
+    if mode == "model_not_found":
+        return ErrorReply(404, body("not_found_error", f"model: {model} (fake)"))
 
     if mode == "429":
         reset = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + RETRY_AFTER_SECONDS))
@@ -173,9 +203,16 @@ def anthropic_error(mode: str) -> ErrorReply:
     return ErrorReply(500, body("api_error", ANTHROPIC_SERVER_ERROR_MESSAGE))
 
 
-def openai_error(mode: str) -> ErrorReply:
+def openai_error(mode: str, model: str = "fake") -> ErrorReply:
     def body(message: str, kind: str, code: str | None) -> dict[str, Any]:
         return {"error": {"message": message, "type": kind, "param": None, "code": code}}
+
+    if mode == "bad_key":
+        return ErrorReply(401, body(OPENAI_BAD_KEY_MESSAGE, "invalid_request_error", "invalid_api_key"))
+    if mode == "bad_request":
+        return ErrorReply(400, body(OPENAI_BAD_REQUEST_MESSAGE, "invalid_request_error", None))
+    if mode == "model_not_found":
+        return ErrorReply(404, body(model_not_found_message(model), "invalid_request_error", "model_not_found"))
 
     if mode == "429":
         headers = {
@@ -192,9 +229,34 @@ def openai_error(mode: str) -> ErrorReply:
     return ErrorReply(500, body(OPENAI_SERVER_ERROR_MESSAGE, "server_error", None))
 
 
-def gemini_error(mode: str) -> ErrorReply:
+def gemini_error(mode: str, model: str = "gemini-fake") -> ErrorReply:
     def body(code: int, status: str, message: str, details: list[dict[str, Any]]) -> dict[str, Any]:
         return {"error": {"code": code, "message": message, "status": status, "details": details}}
+
+    if mode == "bad_key":
+        # The real API answers a wrong key with 400, not 401: only the text and the reason say "auth".
+        details = [
+            {
+                "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                "reason": "API_KEY_INVALID",
+                "domain": "googleapis.com",
+                "metadata": {"service": "generativelanguage.googleapis.com"},
+            },
+            {
+                "@type": "type.googleapis.com/google.rpc.LocalizedMessage",
+                "locale": "en-US",
+                "message": GEMINI_BAD_KEY_MESSAGE,
+            },
+        ]
+        return ErrorReply(400, body(400, "INVALID_ARGUMENT", GEMINI_BAD_KEY_MESSAGE, details))
+    if mode == "bad_request":
+        return ErrorReply(400, body(400, "INVALID_ARGUMENT", GEMINI_BAD_REQUEST_MESSAGE, []))
+    if mode == "model_not_found":
+        message = (
+            f"models/{model} is not found for API version v1beta, or is not supported for generateContent. "
+            "Call ListModels to see the list of available models and their supported methods. (fake)"
+        )
+        return ErrorReply(404, body(404, "NOT_FOUND", message, []))
 
     def quota_details(quota_id: str, limit: str, retry_delay: str) -> list[dict[str, Any]]:
         return [
@@ -526,14 +588,17 @@ class _Handler(BaseHTTPRequestHandler):
         if api is None:
             self._unknown_or_aux(path)
             return
-        mode = self.server.mode
+        mode = self.server.mode_for_next_call()
         if mode != "ok":
+            model = str(request.get("model") or "")
+            if api == API_GEMINI:
+                model = path.rsplit("/", 1)[-1].partition(":")[0]
             error = {
                 API_ANTHROPIC: anthropic_error,
                 API_RESPONSES: openai_error,
                 API_CHAT: openai_error,
                 API_GEMINI: gemini_error,
-            }[api](mode)
+            }[api](mode, model or "fake")
             self._send_json(error.status, error.body, error.headers)
             return
         if api == API_ANTHROPIC:
@@ -640,6 +705,8 @@ class FakeProvider(ThreadingHTTPServer):
         self.requests: list[RecordedRequest] = []
         self.proxy_attempts: list[str] = []
         self.first_call_at: dict[str, float] = {}
+        self._failures_left = 0
+        self._failure_mode = "529"
         self._thread: threading.Thread | None = None
 
     @property
@@ -651,6 +718,26 @@ class FakeProvider(ThreadingHTTPServer):
         if value not in MODES:
             raise ValueError(f"mode must be one of {MODES}, not {value!r}")
         self._mode = value
+
+    def fail_first(self, times: int, mode: str = "529") -> None:
+        """The next ``times`` generation requests answer as ``mode``; then ``self.mode`` applies again."""
+        if mode not in MODES or mode == "ok":
+            raise ValueError(f"failure mode must be one of {MODES[1:]}, not {mode!r}")
+        with self._lock:
+            self._failures_left, self._failure_mode = times, mode
+
+    @property
+    def failures_left(self) -> int:
+        with self._lock:
+            return self._failures_left
+
+    def mode_for_next_call(self) -> str:
+        """The mode one generation request is answered in (spends one of fail_first's failures)."""
+        with self._lock:
+            if self._failures_left > 0:
+                self._failures_left -= 1
+                return self._failure_mode
+            return self._mode
 
     @property
     def port(self) -> int:
@@ -683,6 +770,7 @@ class FakeProvider(ThreadingHTTPServer):
             self.requests = []
             self.proxy_attempts = []
             self.first_call_at = {}
+            self._failures_left = 0
 
     def requests_for(self, api: str) -> list[RecordedRequest]:
         with self._lock:

@@ -5,10 +5,25 @@ Captured scenarios replay the real programs' output byte for byte from the team'
 was given (argv, cwd, selected environment, whether stdin was closed) to $STANDIN_DIR/calls.jsonl.
 
 Scenario: the file $STANDIN_DIR/<FLEETD_PROFILE>.scenario, else $STANDIN_SCENARIO, else "ok".
+
+Failure scenarios every CLI acts out in its own shape (measured with the real programs against
+tests/integration/fake_provider.py, see tests/backends/test_classification.py):
+  overloaded       529 overloaded (503 for the OpenAI and Gemini APIs)        -> transient
+  server_error     500                                                        -> transient
+  refused          connection refused (Codex: reconnects without end)         -> transient
+  crash_silent     exit 1, no output at all                                   -> transient
+  quota            out of credits / insufficient_quota / Gemini `limit: 0`    -> quota
+  bad_key          the key is rejected (Gemini: 400 "API key not valid"; alias bad_key_400)  -> auth
+  bad_request      400                                                        -> contract
+  model_not_found  404 unknown model                                          -> contract
+and `flaky [N] [FAILURE]`: the first N calls of this profile (default $STANDIN_FAIL_TIMES, else 1; counted in
+$STANDIN_DIR/flaky-<profile>.count) act out FAILURE (default overloaded), every later call succeeds ("ok").
+$STANDIN_TIME_SCALE scales the waits of scenarios that replay a CLI's own back-off (Aider's, Codex's).
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import select
@@ -36,13 +51,46 @@ def _scenario_text() -> str:
     return os.environ.get("STANDIN_SCENARIO", "ok")
 
 
+FAILURES = ("overloaded", "server_error", "refused", "crash_silent", "quota", "bad_key", "bad_request",
+            "model_not_found")  # fmt: skip
+_flaky_decided: str | None = None
+
+
 def scenario() -> str:
-    """The scenario's name; `usage_limit +3` means: reset three seconds from now."""
-    global RESET_EPOCH
-    name, _, arg = _scenario_text().partition(" ")
-    if arg.startswith("+"):
-        RESET_EPOCH = int(time.time() + float(arg[1:]))
-    return name
+    """The scenario's name; `usage_limit +3` means: reset three seconds from now; `flaky …` resolves (once per
+    process) to the failure it acts out this time, or "ok"."""
+    global RESET_EPOCH, _flaky_decided
+    name, *args = _scenario_text().split() or ["ok"]
+    if args and args[0].startswith("+"):
+        RESET_EPOCH = int(time.time() + float(args[0][1:]))
+    if name == "flaky":
+        if _flaky_decided is None:
+            _flaky_decided = _flaky(args)
+        return _flaky_decided
+    return "bad_key" if name == "bad_key_400" else name
+
+
+def _flaky(args: list[str]) -> str:
+    times = int(args[0]) if args and args[0].isdigit() else int(os.environ.get("STANDIN_FAIL_TIMES", "1"))
+    failure = next((a for a in args if not a.isdigit()), "overloaded")
+    directory = Path(os.environ.get("STANDIN_DIR") or ".")
+    counter = directory / f"flaky-{os.environ.get('FLEETD_PROFILE') or 'default'}.count"
+    with open(counter, "a+") as f:  # one counter per profile, safe against concurrent calls
+        fcntl.flock(f, fcntl.LOCK_EX)
+        f.seek(0)
+        done = int(f.read().strip() or 0)
+        f.seek(0)
+        f.truncate()
+        f.write(str(done + 1))
+    return failure if done < times else "ok"
+
+
+def scaled_sleep(seconds: float) -> None:
+    time.sleep(seconds * float(os.environ.get("STANDIN_TIME_SCALE", "1")))
+
+
+def crash_silent() -> None:
+    sys.exit(1)
 
 
 def record(cli: str, stdin_closed: bool | None) -> None:
@@ -159,7 +207,67 @@ def claude(argv: list[str]) -> None:
         emit(init, dict(result, is_error=True, result="Invalid API key · Please run /login", api_error_status=401,
                         terminal_reason="api_error"))  # fmt: skip
         sys.exit(1)
+    if s == "crash_silent":
+        crash_silent()
+    if s in CLAUDE_FAILURES or s == "not_logged_in":
+        claude_failure(s, fmt, init, result, argv)
     raise SystemExit(f"standin claude: unknown scenario {s!r}")
+
+
+# Claude Code 2.1.330 with CLAUDE_CODE_MAX_RETRIES=0: (the text it prints, assistant `error`, api_error_status,
+# api_error_type). The gateway address is the one the CLI names when ANTHROPIC_BASE_URL is set.
+_GATEWAY = "If it persists, check your inference gateway (127.0.0.1:18080)."
+CLAUDE_FAILURES: dict[str, tuple[str, str, int | None, str | None]] = {
+    "overloaded": (
+        "API Error: 529 Overloaded. This is a server-side issue, usually temporary — try again in a moment. "
+        + _GATEWAY,
+        "server_error", 529, "overloaded_error",
+    ),
+    "server_error": (
+        "API Error: 500 Internal server error. This is a server-side issue, usually temporary — try again in a "
+        f"moment. {_GATEWAY}",
+        "server_error", 500, "api_error",
+    ),
+    "refused": (
+        "API Error: Connection refused — a firewall or proxy may be blocking it (ECONNREFUSED)", "server_error", None,
+        None,
+    ),
+    "quota": ("Credit balance is too low", "billing_error", 400, "invalid_request_error"),
+    "bad_key": ("Invalid API key · Fix external API key", "authentication_failed", 401, "authentication_error"),
+    "not_logged_in": ("Not logged in · Please run /login", "authentication_failed", None, None),
+    "bad_request": (
+        "API Error: 400 messages: at least one message is required", "unknown", 400, "invalid_request_error",
+    ),
+    "model_not_found": (
+        "There's an issue with the selected model ({model}). It may not exist or you may not have access to it. "
+        "Run --model to pick a different model.",
+        "model_not_found", 404, "not_found_error",
+    ),
+}  # fmt: skip
+
+
+def claude_failure(s: str, fmt: str, init: dict, result: dict, argv: list[str]) -> None:
+    """A failed turn as 2.1.330 prints it: init, a synthetic assistant message, the result; exit 1."""
+    text, error, status, api_type = CLAUDE_FAILURES[s]
+    text = text.format(model=argv[argv.index("--model") + 1] if "--model" in argv else init["model"])
+    synthetic = {
+        "type": "assistant",
+        "message": {"id": f"msg_{uuid.uuid4().hex[:16]}", "model": "<synthetic>", "role": "assistant",
+                    "content": [{"type": "text", "text": text}], "usage": {"input_tokens": 0, "output_tokens": 0}},
+        "session_id": init["session_id"], "error": error, "is_api_error_message": True,
+        "api_error_status": status, "api_error_type": api_type,
+    }  # fmt: skip
+    failed = dict(result, is_error=True, subtype="success", result=text, api_error_status=status,
+                  api_error_type=api_type, terminal_reason="api_error", total_cost_usd=0, duration_api_ms=0,
+                  modelUsage={}, usage=dict(result["usage"], input_tokens=0, output_tokens=0,
+                                            cache_read_input_tokens=0, cache_creation_input_tokens=0))  # fmt: skip
+    if fmt == "stream-json":
+        emit(init, synthetic, failed)
+    elif fmt == "json":
+        emit(failed)
+    else:
+        emit(text)
+    sys.exit(1)
 
 
 def leak_keys() -> list[str]:
@@ -298,6 +406,17 @@ def codex(argv: list[str]) -> None:
         sys.exit(code)
     if s == "quota":
         replay("codex_quota")
+    if s == "crash_silent":
+        crash_silent()
+    if s == "refused":
+        codex_refused(thread_id)
+    if s in CODEX_FAILURES:
+        model = argv[argv.index("-m") + 1] if "-m" in argv else "gpt-5.5"
+        message = CODEX_FAILURES[s].replace("{model}", model)
+        sys.stderr.write("Reading additional input from stdin...\n")
+        emit({"type": "thread.started", "thread_id": thread_id}, {"type": "turn.started"},
+             {"type": "error", "message": message}, {"type": "turn.failed", "error": {"message": message}})  # fmt: skip
+        sys.exit(1)
     if s == "usage_limit":
         _write_rollout(thread_id, 100.0)
         at = time.localtime(RESET_EPOCH)
@@ -306,6 +425,35 @@ def codex(argv: list[str]) -> None:
              {"type": "error", "message": message}, {"type": "turn.failed", "error": {"message": message}})  # fmt: skip
         sys.exit(1)
     raise SystemExit(f"standin codex: unknown scenario {s!r}")
+
+
+# Codex 0.169.0, custom provider with stream_max_retries = request_max_retries = 0: its turn's error message.
+_CODEX_URL = "url: http://127.0.0.1:18080/v1/responses"
+CODEX_FAILURES = {
+    "overloaded": "unexpected status 503 Service Unavailable: The engine is currently overloaded, please try again "
+    f"later., {_CODEX_URL}",
+    "server_error": "We\u2019re currently experiencing high demand, which may cause temporary errors.",
+    "bad_key": "unexpected status 401 Unauthorized: Incorrect API key provided: sk-fake***6789. You can find your API "
+    f"key at https://platform.openai.com/account/api-keys., {_CODEX_URL}",
+    "bad_request": '{"error": {"message": "Invalid value for \'input\': expected a list of items.", '
+    '"type": "invalid_request_error", "param": null, "code": null}}',
+    "model_not_found": "The model `{model}` does not exist or you do not have access to it.",
+}
+
+
+def codex_refused(thread_id: str) -> None:
+    """Connection refused: 0.169.0 reconnects without end, at 0.45 s, then 5, 10, 20 s... apart."""
+    sys.stderr.write("Reading additional input from stdin...\n")
+    emit({"type": "thread.started", "thread_id": thread_id}, {"type": "turn.started"})
+    line = {
+        "type": "error",
+        "message": "Reconnecting... waiting for network (Connection failed: error sending request)",
+    }
+    pause = 5.0
+    while True:
+        emit(line)
+        scaled_sleep(pause)
+        pause = min(pause * 2, 300)
 
 
 # -- gemini ---------------------------------------------------------------------------------------
@@ -325,7 +473,83 @@ def gemini(argv: list[str]) -> None:
         hang()
     if s == "garbled":
         garbled()
+    if s == "crash_silent":
+        crash_silent()
+    if s in GEMINI_FAILURES or s == "daily_quota":
+        gemini_failure(s, argv[argv.index("-m") + 1] if "-m" in argv else "gemini-2.5-pro")
     raise SystemExit(f"standin gemini: unknown scenario {s!r}")
+
+
+GEMINI_NOISE = (
+    "Warning: 256-color support not detected. Using a terminal with at least 256-color support is recommended for a "
+    "better visual experience.\nRipgrep is not available. Falling back to GrepTool.\n"
+    "[STARTUP] Phase 'cleanup_ops' was started but never ended. Skipping metrics.\n"
+)
+_GEMINI_REPORT = "Error when talking to Gemini API Full report available at: /tmp/gemini-client-error-Turn.run.json"
+
+
+def _google_body(code: int, status: str, message: str, details: list[dict] | None = None) -> str:
+    return json.dumps({"error": {"code": code, "message": message, "status": status, "details": details or []}},
+                      separators=(",", ":"))  # fmt: skip
+
+
+_BAD_KEY = "API key not valid. Please pass a valid API key."
+_KEY_DETAILS = [{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "API_KEY_INVALID",
+                 "domain": "googleapis.com", "metadata": {"service": "generativelanguage.googleapis.com"}}]  # fmt: skip
+_NO_TIER = (
+    "You exceeded your current quota, please check your plan and billing details. For more information on this "
+    "error, head to: https://ai.google.dev/gemini-api/docs/rate-limits.\n* Quota exceeded for metric: "
+    "generativelanguage.googleapis.com/generate_content_free_tier_requests, limit: 0, model: {model}"
+)
+# Gemini CLI 0.61.0 with general.maxAttempts=1 and -m: (stderr before the JSON report, its message, its code, exit).
+GEMINI_FAILURES: dict[str, tuple[str, str, int, int]] = {
+    "overloaded": (
+        "Attempt 1 failed: The model is overloaded. Please try again later.. Max attempts reached\n"
+        f"{_GEMINI_REPORT} RetryableQuotaError: The model is overloaded. Please try again later.\n"
+        "  cause: {\n    code: 503,\n    message: 'The model is overloaded. Please try again later.',\n"
+        "    details: []\n  },\n  retryDelayMs: undefined,\n  status: 503\n}\n",
+        "The model is overloaded. Please try again later.", 503, 247,
+    ),
+    "server_error": (
+        f"Attempt 1 failed: {_google_body(500, 'INTERNAL', 'An internal error has occurred.')}. Max attempts reached\n",
+        _google_body(500, "INTERNAL", "An internal error has occurred."), 500, 244,
+    ),
+    "refused": (
+        f"{_GEMINI_REPORT} Error: exception TypeError: fetch failed sending request\n",
+        "exception TypeError: fetch failed sending request", 1, 1,
+    ),
+    "quota": (
+        f"{_GEMINI_REPORT} TerminalQuotaError: {_NO_TIER}\n", _NO_TIER, 429, 173,
+    ),
+    "daily_quota": (
+        f"{_GEMINI_REPORT} TerminalQuotaError: You have exhausted your daily quota on this model.\n"
+        "  cause: {\n    code: 429,\n  },\n  status: 429\n}\n",
+        "You have exhausted your daily quota on this model.", 429, 173,
+    ),
+    "bad_key": (
+        f"{_GEMINI_REPORT} _ApiError: {_google_body(400, 'INVALID_ARGUMENT', _BAD_KEY, _KEY_DETAILS)}\n"
+        "  status: 400\n}\n",
+        _google_body(400, "INVALID_ARGUMENT", _BAD_KEY, _KEY_DETAILS), 400, 144,
+    ),
+    "bad_request": (
+        "", _google_body(400, "INVALID_ARGUMENT", 'Invalid JSON payload received. Unknown name "bogus".'), 400, 144,
+    ),
+    "model_not_found": (
+        f"{_GEMINI_REPORT} ModelNotFoundError: models/{{model}} is not found for API version v1beta\n  code: 404\n}}\n",
+        "models/{model} is not found for API version v1beta, or is not supported for generateContent. Call "
+        "ListModels to see the list of available models and their supported methods.", 1, 1,
+    ),
+}  # fmt: skip
+
+
+def gemini_failure(s: str, model: str) -> None:
+    """Nothing on stdout; start-up noise, the error dump and a JSON report on stderr; exit = status mod 256."""
+    dump, message, code, exit_code = GEMINI_FAILURES[s]
+    report = {"session_id": str(uuid.uuid4()), "error": {"type": "Error", "message": message.replace("{model}", model),
+                                                          "code": code}}  # fmt: skip
+    sys.stderr.write(GEMINI_NOISE + dump.replace("{model}", model) + json.dumps(report, indent=2) + "\n")
+    sys.stderr.flush()
+    sys.exit(exit_code)
 
 
 # -- aider ----------------------------------------------------------------------------------------
@@ -354,7 +578,68 @@ def aider(argv: list[str]) -> None:
         sys.exit(code)
     if s == "hang":
         hang()
+    if s == "crash_silent":
+        crash_silent()
+    if s in AIDER_FAILURES:
+        aider_failure(s)
     raise SystemExit(f"standin aider: unknown scenario {s!r}")
+
+
+AIDER_BANNER = (
+    "Analytics have been permanently disabled.\n\nAider v0.86.2\nModel: openai/fake with whole edit format\n"
+    "Git repo: none\nRepo-map: disabled\n\n"
+)
+_DOWN = "The API provider's servers are down or overloaded."
+_LIMITED = "The API provider has rate limited you. Try again later or check your quotas."
+# Aider 0.86.2: (its error block, wrapped at 80 columns as printed, and whether it retries it). Retried ones are
+# printed 9 times over ~64 s of announced back-off (0.2 s doubling to 32 s), then it exits 0.
+AIDER_FAILURES: dict[str, tuple[str, bool]] = {
+    "overloaded": (
+        "litellm.ServiceUnavailableError: ServiceUnavailableError: OpenAIException - The \n"
+        f"engine is currently overloaded, please try again later.\n{_DOWN}", True,
+    ),
+    "server_error": (
+        "litellm.InternalServerError: InternalServerError: OpenAIException - The server \n"
+        f"had an error while processing your request. Sorry about that!\n{_DOWN}", True,
+    ),
+    "refused": (
+        f"litellm.InternalServerError: InternalServerError: OpenAIException - Connection\nerror.\n{_DOWN}", True,
+    ),
+    "quota": (
+        "litellm.RateLimitError: RateLimitError: OpenAIException - You exceeded your \n"
+        "current quota, please check your plan and billing details. For more information \n"
+        f"on this error, read the docs: \nhttps://platform.openai.com/docs/guides/error-codes/api-errors.\n{_LIMITED}",
+        True,
+    ),
+    "bad_key": (
+        "litellm.AuthenticationError: AuthenticationError: OpenAIException - Incorrect \n"
+        "API key provided: sk-fake***6789. You can find your API key at \n"
+        "https://platform.openai.com/account/api-keys.\n"
+        "The API provider is not able to authenticate you. Check your API key.\n"
+        "https://platform.openai.com/account/api-keys", False,
+    ),
+    "bad_request": (
+        "litellm.BadRequestError: OpenAIException - Invalid value for 'input': expected a\nlist of items.", False,
+    ),
+    "model_not_found": (
+        "litellm.NotFoundError: OpenAIException - The model `fake` does not exist or you \n"
+        "do not have access to it.", False,
+    ),
+}  # fmt: skip
+
+
+def aider_failure(s: str) -> None:
+    block, retried = AIDER_FAILURES[s]
+    sys.stderr.write("Warning: Input is not a terminal (fd=0).\n")
+    sys.stderr.flush()
+    emit(AIDER_BANNER + block)
+    if retried:
+        for pause in (0.2, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0):
+            emit(f"Retrying in {pause} seconds...")
+            scaled_sleep(pause)
+            emit(block)
+    emit("")
+    sys.exit(0)
 
 
 def _stdin_closed() -> bool:

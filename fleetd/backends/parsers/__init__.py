@@ -22,8 +22,21 @@ P = ParamSpec("P")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]+")
 _SPACE = re.compile(r"\s+")
 
-# Ordered: the first class whose pattern matches wins, so a 429 that mentions "overloaded" stays a 429.
+# Ordered: the first class whose pattern matches wins. Quota before rate limit: OpenAI's insufficient_quota
+# arrives as a 429 whose words say "billing"; auth before contract: a rejected key may come as a 400
+# "invalid_request_error". A 429 that mentions "overloaded" stays a 429 through `classify` (status first).
 _CLASS_PATTERNS: tuple[tuple[ErrorClass, re.Pattern[str]], ...] = (
+    (
+        "quota",
+        re.compile(
+            r"insufficient_quota|exceeded your current quota|quota exceeded\. check your plan and billing|"
+            r"credit balance is too low|credit_balance|billing_error|out of credits|add credits|"
+            r"insufficient (?:credits|funds|balance)|prepayment credits|credits? (?:are |is )?depleted|"
+            r"insufficient_g1_credits|spend(?:ing)?[ _](?:cap|limit)|payment required|"
+            r"reached your specified api usage limits",  # Anthropic's monthly spend limit
+            re.I,
+        ),
+    ),
     (
         "rate_limited",
         re.compile(
@@ -31,16 +44,14 @@ _CLASS_PATTERNS: tuple[tuple[ErrorClass, re.Pattern[str]], ...] = (
             r"\b(?:5-hour|weekly|opus weekly|session) limit reached|out of extra usage|"
             r"rate[ _-]?limit|ratelimiterror|rate limited you|too many requests|\(429\)|"
             r"(?:status|code|error)\D{0,12}\b429\b|\b429\b(?= too many| rate)|"
-            r"quota exceeded|exceeded your current quota|insufficient_quota|quotaerror|"
-            r"exhausted your daily quota|resource_exhausted|resource has been exhausted|"
-            r"out of credits|spend cap|spend_limit|credit_balance|billing_error",
+            r"quota exceeded|exhausted your daily quota|resource_exhausted|resource has been exhausted",
             re.I,
         ),
     ),
     (
         "auth",
         re.compile(
-            r"authentication|unauthori[sz]ed|invalid[ _-](?:x-)?api[ _-]?key|incorrect api key|"
+            r"authentication|unauthori[sz]ed|invalid[ _-](?:x-)?api[ _-]?key|incorrect api key|api_key_invalid|"
             r"api key (?:not valid|is invalid|expired)|\(401\)|(?:status|code|error)\D{0,12}\b40[13]\b|"
             r"permission_error|permissiondeniederror|not logged in|please (?:run )?/?login|log ?in again|"
             r"(?:oauth |access |refresh )?token (?:has )?(?:expired|revoked)|upgrade to plus:",
@@ -51,10 +62,11 @@ _CLASS_PATTERNS: tuple[tuple[ErrorClass, re.Pattern[str]], ...] = (
         "transient",
         re.compile(
             r"overloaded|high demand|at capacity|temporarily unavailable|service unavailable|"
-            r"internal server error|bad gateway|gateway timeout|\(5\d\d\)|"
-            r"(?:status|code|error)\D{0,12}\b5\d\d\b|"
-            r"\b5\d\d (?:internal|bad|service|gateway|overloaded)|connection (?:refused|reset|error|closed)|"
-            r"timed out|timeout|econnrefused|econnreset|etimedout|network error|stream disconnected|"
+            r"internal server error|internal error has occurred|bad gateway|gateway timeout|\(5\d\d\)|"
+            r"(?:status|code|error)\D{0,12}\b5\d\d\b|api error: 5\d\d\b|"
+            r"\b5\d\d (?:internal|bad|service|gateway|overloaded)|connection (?:refused|reset|error|closed|failed)|"
+            r"timed out|timeout|econnrefused|econnreset|etimedout|eai_again|socket hang up|network error|"
+            r"fetch failed|error sending request|waiting for network|stream disconnected|"
             r"apiconnectionerror|internalservererror|serviceunavailableerror|server_error|servers are down",
             re.I,
         ),
@@ -62,16 +74,20 @@ _CLASS_PATTERNS: tuple[tuple[ErrorClass, re.Pattern[str]], ...] = (
     (
         "contract",
         re.compile(
-            r"bad request|invalid_request|invalid request|\(4(?:00|04|13|22)\)|"
+            r"bad request|invalid_request|invalid request|invalid_argument|\(4(?:00|04|13|22)\)|"
             r"(?:status|code|error)\D{0,12}\b4(?:00|04|13|22)\b|unknown option|unrecognized argument|"
             r"unexpected argument|requires --verbose|not inside a trusted directory|error loading config|"
             r"is no longer supported|context window|context length|maximum context|request_too_large|"
-            r"prompt is too long|not_found_error|model not found|badrequesterror|notfounderror|"
-            r"contextwindowexceedederror|error_max_turns|error_max_budget",
+            r"prompt is too long|not_found_error|model not found|model_not_found|modelnotfounderror|"
+            r"does not exist or you do not have access|is not found for api version|issue with the selected model|"
+            r"badrequesterror|notfounderror|contextwindowexceedederror|error_max_turns|error_max_budget",
             re.I,
         ),
     ),
 )
+# Classes whose words beat a 4xx status: the status is coarse there (Gemini rejects a bad key with 400,
+# Anthropic an empty credit balance with 400, OpenAI insufficient_quota with 429), the words are not.
+_WORDS_BEAT_4XX: frozenset[ErrorClass] = frozenset({"quota", "auth"})
 
 
 def classify_text(text: str | None) -> ErrorClass | None:
@@ -85,12 +101,15 @@ def classify_text(text: str | None) -> ErrorClass | None:
 
 
 def status_class(status: object) -> ErrorClass | None:
-    """HTTP status → error class (429 limited, 5xx/529 transient, 401/403 auth, other 4xx contract)."""
+    """HTTP status → error class (429 limited, 402 quota, 5xx/529/408 transient, 401/403 auth, other 4xx
+    contract)."""
     code = as_int(status)
     if code is None:
         return None
     if code == 429:
         return "rate_limited"
+    if code == 402:
+        return "quota"
     if code in (401, 403):
         return "auth"
     if code == 408 or 500 <= code <= 599:
@@ -98,6 +117,37 @@ def status_class(status: object) -> ErrorClass | None:
     if 400 <= code <= 499:
         return "contract"
     return None
+
+
+def classify(status: object, *texts: str | None) -> ErrorClass | None:
+    """One failure's class from its HTTP status (if any) and its words.
+
+    The status decides, except that quota and auth words beat a 4xx status (see _WORDS_BEAT_4XX); a 5xx
+    stays transient whatever its body says. None when neither says anything recognisable.
+    """
+    by_words = classify_text(" ".join(t for t in texts if isinstance(t, str) and t))
+    by_status = status_class(status)
+    code = as_int(status)
+    if by_words in _WORDS_BEAT_4XX and (by_status is None or (code is not None and 400 <= code <= 499)):
+        return by_words
+    return by_status or by_words
+
+
+def silent_exit(exit_code: int | None, what: str = "output") -> ParsedOutput:
+    """A non-zero exit with nothing to go on.
+
+    Rule: a CLI that dies without printing an error (no output at all, or only its usual start-up noise) most
+    likely crashed or was killed (out of memory, a signal, a dropped connection it never reported): that is
+    `transient`, worth one more try on the same profile (the router's retries are few and count toward the
+    circuit breaker, so a CLI that always dies this way is soon passed over). Output that is present but
+    unrecognisable is NOT this case: that stays `unknown`, with an excerpt, for a person to read.
+    """
+    return ParsedOutput(outcome="failed", error_class="transient", message=f"exited {exit_code} without {what}")
+
+
+def without_noise(text: str | None, noise: re.Pattern[str]) -> str:
+    """``text`` minus the lines a CLI prints on every run (banners, warnings): what is left may explain a crash."""
+    return "\n".join(line for line in (text or "").splitlines() if line.strip() and not noise.search(line))
 
 
 def excerpt(text: str | None, limit: int = EXCERPT_CHARS) -> str:

@@ -17,7 +17,7 @@ from fleetd.backends.parsers import (
     as_int,
     as_str,
     aware,
-    classify_text,
+    classify,
     count,
     dig,
     excerpt,
@@ -26,9 +26,11 @@ from fleetd.backends.parsers import (
     last_json_block,
     loads_object,
     safe_bool,
+    silent_exit,
     status_class,
     tail_excerpt,
     unknown,
+    without_noise,
 )
 from fleetd.backends.reset_time import epoch_to_datetime, parse_reset_time
 from fleetd.backends.result import ErrorClass, ParsedOutput, TokenUsage, WindowState
@@ -43,12 +45,14 @@ _LIMIT_NOTICE = re.compile(
     re.I,
 )
 _ERROR_NOTICE = re.compile(r"^\s*API Error\b", re.I)
+# What stderr holds on a healthy run (nothing, in 2.1.330): anything else there may explain a crash.
+_STDERR_NOISE = re.compile(r"^\s*(?:warning|debug)\b", re.I)
 _BINARY = re.compile(r"[\x00\ufffd]")
 
 _WINDOW_MINUTES = {"five_hour": 300, "seven_day": 10080, "seven_day_opus": 10080, "seven_day_sonnet": 10080}
 _API_ERROR_TYPE: dict[str, ErrorClass] = {
     "rate_limit_error": "rate_limited",
-    "billing_error": "rate_limited",
+    "billing_error": "quota",
     "overloaded_error": "transient",
     "api_error": "transient",
     "authentication_error": "auth",
@@ -57,11 +61,13 @@ _API_ERROR_TYPE: dict[str, ErrorClass] = {
     "request_too_large": "contract",
     "not_found_error": "contract",
 }
+# The assistant line's `error` (2.1.330 also writes "model_not_found"; "unknown" says nothing).
 _ASSISTANT_ERROR: dict[str, ErrorClass] = {
     "rate_limit": "rate_limited",
-    "billing_error": "rate_limited",
+    "billing_error": "quota",
     "authentication_failed": "auth",
     "invalid_request": "contract",
+    "model_not_found": "contract",
     "server_error": "transient",
 }
 # Runs that hit a limit the caller configured: retrying on another profile would end the same way.
@@ -240,17 +246,20 @@ def _from_result(obj: dict[str, Any], now: datetime, tz: tzinfo) -> ParsedOutput
 
 
 def _result_class(obj: dict[str, Any]) -> ErrorClass | None:
-    """None for a success; otherwise the best-evidenced class (status, then error type, then prose)."""
+    """None for a success; otherwise the best-evidenced class (status and words, then error type, then subtype).
+
+    2.1.330 answers a 400 "Credit balance is too low" (quota) and a 401 "Invalid API key" (auth) with the same
+    result shape as a 529: api_error_status, api_error_type and the CLI's own prose in `result`.
+    """
     subtype = obj.get("subtype")
     text = as_str(obj.get("result")) or ""
     if obj.get("is_error") is not True and subtype in (None, "success"):
         # Old CLIs reported a usage limit as a plain result; a result that IS a limit notice is not an answer.
         return "rate_limited" if "\n" not in text.strip() and _limit_notice(text) else None
     return (
-        status_class(obj.get("api_error_status"))
+        classify(obj.get("api_error_status"), text, *_errors(obj))
         or _API_ERROR_TYPE.get(str(obj.get("api_error_type")))
         or _SUBTYPE.get(str(subtype))
-        or classify_text(" ".join([text, *_errors(obj)]))
         or "unknown"
     )
 
@@ -267,18 +276,22 @@ def _from_signals(
     notice = scan.notice or ""
     error_class: ErrorClass | None = (
         ("rate_limited" if scan.rejected else None)
-        or status_class(scan.api_status)
+        or classify(scan.api_status, notice)
         or _ASSISTANT_ERROR.get(str(scan.assistant_error))
-        or classify_text(notice)
         or status_class(scan.retry_status)
         or _limit_class(_plain_lines(stdout))
     )
     usage = sum(scan.usage_by_message.values(), TokenUsage())
     if error_class is None:
         if exit_code not in (0, None):
-            detail = tail_excerpt(stderr) or f"exited {exit_code} without a result event"
-            error_class = classify_text(stderr) or "unknown"
-            return ParsedOutput(outcome="failed", error_class=error_class, usage=usage, message=detail)
+            said = without_noise(stderr, _STDERR_NOISE)
+            if not said:
+                # Started (init line), then died without a word: a crash, not an answer to judge.
+                parsed = silent_exit(exit_code, "a result event or an error")
+                parsed.usage = usage
+                return parsed
+            error_class = classify(None, said) or "unknown"
+            return ParsedOutput(outcome="failed", error_class=error_class, usage=usage, message=tail_excerpt(said))
         # Truncated stream (no result and no error signal): don't claim success or failure.
         parsed = unknown(stdout, stderr, note="no result event")
         parsed.usage, parsed.final_text = usage, scan.last_text
@@ -299,16 +312,17 @@ def _no_result(stdout: str, stderr: str, exit_code: int | None, now: datetime, t
     if _limit_notice(both):
         return _text_failure(_limit_notice(both) or "", now, tz)
     if exit_code not in (0, None):
-        if not both.strip():
-            return ParsedOutput(outcome="failed", error_class="transient", message=f"exited {exit_code} without output")
+        said = f"{stdout or ''}\n{without_noise(stderr, _STDERR_NOISE)}".strip()
+        if not said:
+            return silent_exit(exit_code)
         # A non-zero exit is a failure even when nothing in the output says why.
-        error_class = classify_text(both) or "unknown"
-        return ParsedOutput(outcome="failed", error_class=error_class, message=tail_excerpt(both.strip()))
+        error_class = classify(None, said) or "unknown"
+        return ParsedOutput(outcome="failed", error_class=error_class, message=tail_excerpt(said))
     return unknown(stdout, stderr)
 
 
 def _text_failure(line: str, now: datetime, tz: tzinfo) -> ParsedOutput:
-    error_class = "rate_limited" if _limit_notice(line) else classify_text(line) or "unknown"
+    error_class = "rate_limited" if _limit_notice(line) else classify(None, line) or "unknown"
     return ParsedOutput(
         outcome="failed",
         error_class=error_class,
@@ -335,12 +349,13 @@ def _plain_lines(text: str) -> str:
 
 
 def _assistant_class(obj: dict[str, Any]) -> ErrorClass | None:
-    status = status_class(obj.get("api_error_status") or obj.get("apiErrorStatus"))
-    if status is not None:
-        return status
-    if obj.get("error"):
-        return _ASSISTANT_ERROR.get(str(obj.get("error")), "unknown")
     message = obj.get("message")
+    text = _content_text(message.get("content")) if isinstance(message, dict) else None
+    status = obj.get("api_error_status") or obj.get("apiErrorStatus")
+    if status is not None and (found := classify(status, text)) is not None:
+        return found
+    if obj.get("error"):
+        return _ASSISTANT_ERROR.get(str(obj.get("error"))) or classify(None, text) or "unknown"
     if isinstance(message, dict) and message.get("model") == "<synthetic>":
         return _limit_class(_content_text(message.get("content")) or "")
     return None

@@ -16,6 +16,7 @@ from fleetd.backends.parsers import (
     as_int,
     as_str,
     aware,
+    classify,
     classify_text,
     count,
     dig,
@@ -24,20 +25,35 @@ from fleetd.backends.parsers import (
     json_objects,
     loads_object,
     safe_bool,
-    status_class,
+    silent_exit,
     tail_excerpt,
     unknown,
+    without_noise,
 )
 from fleetd.backends.reset_time import epoch_to_datetime, parse_reset_time
 from fleetd.backends.result import ErrorClass, ParsedOutput, TokenUsage, WindowState
 
-# "Reconnecting... 2/5 (…)" error events are retry progress, not the turn's final error.
-_RECONNECT = re.compile(r"^\s*Reconnecting\.\.\.\s*\d+\s*/\s*\d+", re.I)
+# "Reconnecting... 2/5 (…)" error events are retry progress, not the turn's final error. So is
+# "Reconnecting... waiting for network (Connection failed: error sending request)": 0.169 prints it while the
+# server refuses connections and never gives up on its own (measured: first at 0.45 s, then 5, 10, 20 s apart,
+# doubling; still reconnecting after 150 s).
+_RECONNECT = re.compile(r"^\s*Reconnecting\.\.\.\s*(?:\d+\s*/\s*\d+|waiting for network)", re.I)
 _STATUS = re.compile(r"(?:last status|unexpected status):?\s*(\d{3})\b", re.I)
-_CODEX_LIMITS = re.compile(
-    r"usage limit|quota exceeded|out of credits|spend cap|usage_limit_reached|too many requests", re.I
+# Codex's own prose (protocol/src/error.rs). A usage limit names a time to try again; a workspace out of
+# credits or at its spend cap, or an API key's "Quota exceeded. Check your plan and billing details."
+# (insufficient_quota), waits for someone to pay.
+_CODEX_LIMITS = re.compile(r"usage limit|usage_limit_reached|too many requests", re.I)
+_CODEX_QUOTA = re.compile(r"quota exceeded|out of credits|spend cap|credits_depleted", re.I)
+# "Missing environment variable: `X`." is the provider block's env_key unset: the profile has no key.
+_CODEX_AUTH = re.compile(
+    r"upgrade to plus:|not logged in|codex login|refresh token|token (?:has )?expired|missing environment variable",
+    re.I,
 )
-_CODEX_AUTH = re.compile(r"upgrade to plus:|not logged in|codex login|refresh token|token (?:has )?expired", re.I)
+_CODEX_TRANSIENT = re.compile(r"high demand|at capacity|waiting for network|connection failed", re.I)
+# What stderr holds on a healthy run: anything else there may explain a crash.
+_STDERR_NOISE = re.compile(
+    r"^Reading (?:additional input|prompt) from stdin|^WARNING: proceeding, even though we could not create PATH"
+)
 
 
 @dataclass
@@ -69,7 +85,12 @@ def parse_exec_jsonl(stdout: str, stderr: str, exit_code: int | None, now: datet
             parsed = unknown(stdout, stderr, note="no turn.completed or turn.failed")
             parsed.session_id = scan.session_id
             return parsed
-        error = tail_excerpt(stderr) or f"exited {exit_code}"
+        said = without_noise(stderr, _STDERR_NOISE)
+        if not said:
+            parsed = silent_exit(exit_code, "turn.completed, turn.failed or an error")
+            parsed.session_id, parsed.usage = scan.session_id, scan.usage or TokenUsage()
+            return parsed
+        error = tail_excerpt(said)
     error_class = classify_codex_message(error) or "unknown"
     return ParsedOutput(
         outcome="failed",
@@ -81,18 +102,42 @@ def parse_exec_jsonl(stdout: str, stderr: str, exit_code: int | None, now: datet
 
 
 def classify_codex_message(message: str | None) -> ErrorClass | None:
-    """Codex's error prose → class; an HTTP status inside it ("last status: 429") wins."""
+    """Codex's error prose → class. An HTTP status inside it ("last status: 429", "unexpected status 401
+    Unauthorized: …") decides, except that quota and auth words beat a 4xx (as everywhere, see `classify`)."""
     if not message:
         return None
     if m := _STATUS.search(message):
-        from_status = status_class(int(m.group(1)))
+        from_status = classify(int(m.group(1)), message)
         if from_status is not None:
             return from_status
     if _CODEX_LIMITS.search(message):
         return "rate_limited"
+    if _CODEX_QUOTA.search(message):
+        return "quota"
     if _CODEX_AUTH.search(message):
         return "auth"
+    if _CODEX_TRANSIENT.search(message):
+        return "transient"
     return classify_text(message)
+
+
+def live_failure(line: str) -> ErrorClass | None:
+    """The class of failure one streamed line already proves, when Codex would otherwise keep retrying.
+
+    Codex reconnects on its own: five times after a 429 on the built-in provider (honouring retry-after), and
+    without end while the server refuses connections. Its first "Reconnecting..." line is enough to act on.
+    Final errors (`error` without "Reconnecting", `turn.failed`) are not reported: Codex exits by itself then.
+    """
+    try:
+        obj = loads_object(line)
+        message = as_str(obj.get("message")) if obj is not None and obj.get("type") == "error" else None
+        if message is None and obj is None and isinstance(line, str):
+            message = line
+        if message is None or not _RECONNECT.search(message):
+            return None
+        return classify_codex_message(message) or "transient"
+    except Exception:  # a detector must not stop the output pump
+        return None
 
 
 @safe_bool
@@ -169,13 +214,13 @@ def _usage(usage: object) -> TokenUsage:
 
 def _no_events(stdout: str, stderr: str, exit_code: int | None) -> ParsedOutput:
     """No JSON events: config/argument errors and crashes print to stderr only."""
-    both = f"{stdout or ''}\n{stderr or ''}".strip()
+    said = f"{stdout or ''}\n{without_noise(stderr, _STDERR_NOISE)}".strip()
     if exit_code not in (0, None):
-        if not both:
-            return ParsedOutput(outcome="failed", error_class="transient", message=f"exited {exit_code} without output")
+        if not said:
+            return silent_exit(exit_code)
         # A non-zero exit is a failure even when nothing in the output says why.
-        error_class = classify_codex_message(both) or "unknown"
-        return ParsedOutput(outcome="failed", error_class=error_class, message=tail_excerpt(both))
+        error_class = classify_codex_message(said) or "unknown"
+        return ParsedOutput(outcome="failed", error_class=error_class, message=tail_excerpt(said))
     return unknown(stdout, stderr)
 
 

@@ -1,19 +1,38 @@
 """Gemini CLI (`gemini -p … -o json|stream-json`) output.
 
 On an API error the CLI prints nothing on stdout, a JSON error object at the end of stderr (after log lines
-and stack traces) and exits with the HTTP status mod 256 (429 → 173).
+and stack traces) and exits with the HTTP status mod 256 (429 → 173, 503 → 247, 500 → 244, 400 → 144).
+Errors that are not HTTP statuses (model not found, fetch failed) exit 1 with `"code": 1`.
+
+What 0.61.0 prints, measured against a loopback server, and what it means here:
+* 429 per-minute (RESOURCE_EXHAUSTED, RetryInfo): "RetryableQuotaError" → rate_limited, reset from
+  "Suggested retry after 1s". Its text says "exceeded your current quota … billing details" like OpenAI's
+  insufficient_quota, yet it lifts within a minute: for Gemini a 429 is a rate limit unless it says more.
+* 429 per-day (quotaId …PerDay…): "You have exhausted your daily quota on this model." → rate_limited too:
+  the free tier's requests-per-day reset at midnight Pacific time by themselves (ai.google.dev rate-limits
+  page); reset_at is the provider's "retry in" when the dump shows one, else that midnight.
+* out of money: `limit: 0` (the project's tier grants this model nothing until billing is set up),
+  INSUFFICIENT_G1_CREDITS_BALANCE / prepayment credits, and BILLING_DISABLED ("requires billing to be enabled",
+  a 403) → quota: waiting does not help, and the key itself is fine.
+* 503 "The model is overloaded": the CLI calls it RetryableQuotaError too, but it is the server → transient;
+  500 → transient; MODEL_CAPACITY_EXHAUSTED → transient (capacity, not this profile's budget).
+* 400 "API key not valid" (INVALID_ARGUMENT, API_KEY_INVALID) → auth: the words beat the status.
+* 400 otherwise → contract; 404 ModelNotFoundError → contract; "fetch failed" (connection refused) → transient.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, tzinfo
+from datetime import datetime, time, timedelta, tzinfo
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from fleetd.backends.parsers import (
+    as_int,
     as_str,
     aware,
+    classify,
     classify_text,
     count,
     dig,
@@ -23,9 +42,10 @@ from fleetd.backends.parsers import (
     last_json_block,
     loads_object,
     safe_bool,
-    status_class,
+    silent_exit,
     tail_excerpt,
     unknown,
+    without_noise,
 )
 from fleetd.backends.reset_time import parse_reset_time
 from fleetd.backends.result import ErrorClass, ParsedOutput, TokenUsage
@@ -48,6 +68,7 @@ _EXIT_CLASS: dict[int, ErrorClass] = {
     503 % 256: "transient",
     504 % 256: "transient",
 }
+_EXIT_STATUS = {code % 256: code for code in (400, 401, 403, 404, 429, 500, 502, 503, 504)}
 _ERROR_TYPE: dict[str, ErrorClass] = {
     "TerminalQuotaError": "rate_limited",
     "RetryableQuotaError": "rate_limited",
@@ -56,11 +77,28 @@ _ERROR_TYPE: dict[str, ErrorClass] = {
     "FatalConfigError": "contract",
     "FatalTurnLimitedError": "contract",
     "FatalSandboxError": "contract",
+    "ModelNotFoundError": "contract",
 }
+# A live line that shows a 429. Not "QuotaError": 0.61 labels a 503 "RetryableQuotaError" as well.
 _LIMIT_LINE = re.compile(
-    r"status 429|\"code\"\s*:\s*429|RESOURCE_EXHAUSTED|Resource has been exhausted|QuotaError|"
+    r"status 429|\"code\"\s*:\s*429|RESOURCE_EXHAUSTED|Resource has been exhausted|"
     r"exhausted your daily quota|Usage limit reached for|Quota exceeded for metric",
     re.I,
+)
+# Out of money rather than out of requests (see the module docstring).
+_GEMINI_QUOTA = re.compile(
+    r"limit:\s*0(?![\d.])|INSUFFICIENT_G1_CREDITS_BALANCE|prepayment credits|credits? (?:are |is )?depleted|"
+    r"BILLING_DISABLED|requires billing to be enabled",
+    re.I,
+)
+_CAPACITY = re.compile(r"MODEL_CAPACITY_EX(?:CEEDED|HAUSTED)|exhausted your capacity|capacity exceeded", re.I)
+_DAILY = re.compile(r"exhausted your daily quota|PerDay|Daily", re.I)
+# Requests-per-day quotas of the Gemini API reset at midnight Pacific time.
+_DAILY_RESET_ZONE = ZoneInfo("America/Los_Angeles")
+# Lines of stderr on every run (start-up chatter), which say nothing about a crash.
+_STDERR_NOISE = re.compile(
+    r"^Warning: 256-color support|^Ripgrep is not available|^\[STARTUP\]|^Loaded cached credentials|"
+    r"^Data collection is disabled|^YOLO mode is enabled"
 )
 _STDERR_TAIL = 4000  # the reset hint, if any, sits near the end of a long stack-trace dump
 
@@ -171,49 +209,81 @@ def _failure(
     error = error_obj.get("error")
     error = error if isinstance(error, dict) else {"message": str(error)}
     message = as_str(error.get("message")) or as_str(error.get("type")) or "error"
-    error_class = _error_class(error, exit_code) or "unknown"
+    error_class = _error_class(error, exit_code, stderr) or "unknown"
     return ParsedOutput(
         outcome="failed",
         error_class=error_class,
         reset_at=_reset(message, stderr, error_class, now, tz),
         session_id=as_str(error_obj.get("session_id")),
-        message=excerpt(message),
+        message=excerpt(_inner_message(message)),
     )
 
 
 def _no_json(stdout: str, stderr: str, exit_code: int | None, now: datetime, tz: tzinfo) -> ParsedOutput:
     """No JSON anywhere: go by the exit code and the log text (e.g. a truncated stack-trace dump)."""
-    both = f"{stdout or ''}\n{stderr or ''}".strip()
+    said = f"{stdout or ''}\n{without_noise(stderr, _STDERR_NOISE)}".strip()
     if exit_code in (0, None):
         return unknown(stdout, stderr)
-    if not both:
-        return ParsedOutput(outcome="failed", error_class="transient", message=f"exited {exit_code} without output")
-    error_class = _EXIT_CLASS.get(exit_code) or ("rate_limited" if _LIMIT_LINE.search(both) else None)
-    error_class = error_class or classify_text(both) or "unknown"
-    limit_line = next((ln for ln in both.splitlines() if _LIMIT_LINE.search(ln)), None)
+    if not said:
+        return silent_exit(exit_code)
+    error_class = _gemini_class(_EXIT_STATUS.get(exit_code), said) or _EXIT_CLASS.get(exit_code)
+    error_class = error_class or ("rate_limited" if _LIMIT_LINE.search(said) else None) or "unknown"
+    limit_line = next((ln for ln in said.splitlines() if _LIMIT_LINE.search(ln)), None)
     return ParsedOutput(
         outcome="failed",
         error_class=error_class,
         reset_at=_reset("", stderr, error_class, now, tz),
-        message=excerpt(limit_line) if limit_line else tail_excerpt(both),
+        message=excerpt(limit_line) if limit_line else tail_excerpt(said),
     )
 
 
-def _error_class(error: dict[str, Any], exit_code: int | None) -> ErrorClass | None:
+def _error_class(error: dict[str, Any], exit_code: int | None, stderr: str = "") -> ErrorClass | None:
+    """The JSON error's class: its code (an HTTP status, or 1), else the exit code's status, with the words."""
     message = as_str(error.get("message")) or ""
+    code = as_int(error.get("code"))
+    status = code if code is not None and 100 <= code <= 599 else _EXIT_STATUS.get(exit_code or 0)
+    # The dump above the JSON keeps what the JSON drops: the error class and `reason: '…'`.
+    context = f"{message}\n{(stderr or '')[-_STDERR_TAIL:]}"
     return (
-        status_class(error.get("code"))
+        _gemini_class(status, message, context)
         or _ERROR_TYPE.get(str(error.get("type")))
-        or ("rate_limited" if _LIMIT_LINE.search(message) else None)
-        or classify_text(message)
         or (_EXIT_CLASS.get(exit_code) if exit_code is not None else None)
     )
+
+
+def _gemini_class(status: int | None, message: str, context: str | None = None) -> ErrorClass | None:
+    """Gemini's reading of a status and its words (see the module docstring for each case)."""
+    context = context if context is not None else message
+    if _GEMINI_QUOTA.search(context):
+        return "quota"
+    if _CAPACITY.search(message):
+        return "transient"
+    if status == 429 or (status is None and _LIMIT_LINE.search(message)):
+        return "rate_limited"  # even when its words say "billing details": see the module docstring
+    if status is None and re.search(r"ModelNotFoundError", context):
+        return "contract"
+    return classify(status, message)
+
+
+def _inner_message(message: str) -> str:
+    """0.61 puts the provider's whole JSON body in `message` for some statuses: its own message reads better."""
+    inner = loads_object(message)
+    return as_str(dig(inner, "error", "message")) or message if inner is not None else message
 
 
 def _reset(message: str, stderr: str, error_class: ErrorClass, now: datetime, tz: tzinfo) -> datetime | None:
     if error_class != "rate_limited":
         return None
-    return parse_reset_time(message, now, tz) or parse_reset_time((stderr or "")[-_STDERR_TAIL:], now, tz)
+    tail = (stderr or "")[-_STDERR_TAIL:]
+    found = parse_reset_time(message, now, tz) or parse_reset_time(tail, now, tz)
+    if found is None and (_DAILY.search(message) or _DAILY.search(tail)):
+        return _next_pacific_midnight(now)
+    return found
+
+
+def _next_pacific_midnight(now: datetime) -> datetime:
+    local = now.astimezone(_DAILY_RESET_ZONE)
+    return datetime.combine(local.date() + timedelta(days=1), time(0), tzinfo=_DAILY_RESET_ZONE)
 
 
 def _failed_despite_output(parsed: ParsedOutput, stderr: str, exit_code: int | None) -> ParsedOutput:

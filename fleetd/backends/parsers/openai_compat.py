@@ -2,6 +2,10 @@
 
 Accepts `/v1/chat/completions` (plain or SSE-streamed) and `/v1/responses` bodies. Status 0 stands for
 "no response at all" (connection refused, reset, timeout), which is transient.
+
+Classes: 5xx and 529 transient; 401/403 auth; 429 rate_limited, with retry-after or x-ratelimit-reset-* as
+the reset; but a 429 (or any status) whose error code is insufficient_quota or a spend limit is quota; 400
+contract unless its words say "bad key" (auth) or "out of credits" (quota).
 """
 
 from __future__ import annotations
@@ -13,13 +17,13 @@ from typing import Any
 from fleetd.backends.parsers import (
     as_str,
     aware,
+    classify,
     classify_text,
     count,
     dig,
     excerpt,
     fail_soft,
     loads_object,
-    status_class,
     unknown,
 )
 from fleetd.backends.reset_time import (
@@ -79,10 +83,9 @@ def _error(
     message = (_error_message(obj) if obj is not None else None) or excerpt(body) or None
     code = _error_code(obj)
     error_class: ErrorClass = (
-        ("rate_limited" if code in _QUOTA_CODES else None)
+        ("quota" if code in _QUOTA_CODES else None)
         or ("transient" if status in (0, None) else None)
-        or status_class(status)
-        or classify_text(message)
+        or classify(status, message)
         or "unknown"
     )
     reset_at = None
