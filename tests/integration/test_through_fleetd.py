@@ -1,5 +1,6 @@
 """The pinned real agent CLIs driven through a real fleetd daemon against the loopback fake
-provider: success with the server's usage, and a 429 seen by fleetd within seconds. Skips (with the
+provider: success with the server's usage, a 429 seen by fleetd within seconds, a lone 529 retried
+into a success, and a provider that keeps answering 529 on one profile while another is healthy. Skips (with the
 reason) when a CLI is not installed; `make test` installs them where node is available."""
 
 from __future__ import annotations
@@ -54,10 +55,17 @@ def provider() -> Iterator[fp.FakeProvider]:
 
 
 @pytest.fixture(scope="module")
+def overloaded() -> Iterator[fp.FakeProvider]:
+    """A second provider that answers every generation request with 529 Overloaded."""
+    with fp.running_fake_provider("529") as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
 def daemon(provider: fp.FakeProvider) -> Iterator[Daemon]:
     root = Path(tempfile.mkdtemp(prefix="flr-", dir="/tmp"))
     (root / "user-home").mkdir()
-    d = Daemon(root / "home", "--kill-grace", "0.5s", "--stop-grace", "1s")
+    d = Daemon(root / "home", "--kill-grace", "0.5s", "--stop-grace", "1s", "--backoff-base", "0.1s")
     d.env.update(
         PATH=f"{AGENT_BIN}:{os.environ['PATH']}",
         HOME=str(root / "user-home"),  # the CLIs write dotfiles; keep them out of the real home
@@ -75,12 +83,21 @@ def daemon(provider: fp.FakeProvider) -> Iterator[Daemon]:
     shutil.rmtree(root, ignore_errors=True)
 
 
-def setup_loop(d: Daemon, case: Case, base_url: str) -> str:
+def add_profile(d: Daemon, case: Case, name: str, base_url: str) -> Path:
     base = f"{base_url}/v1" if case.cli == "aider" else base_url
-    d.cli("profile", "add", case.cli, "--backend", case.backend, "--base-url", base, "--api-key-stdin",
+    d.cli("profile", "add", name, "--backend", case.backend, "--base-url", base, "--api-key-stdin",
           input=FAKE_API_KEY)  # fmt: skip
-    config_dir = Path(d.json("profile", "show", case.cli)["config_dir"])
+    config_dir = Path(d.json("profile", "show", name)["config_dir"])
     prepare_profile(case.cli, base_url, config_dir)
+    return config_dir
+
+
+def setup_loop(d: Daemon, case: Case, base_url: str, *, pool: str | None = None, name: str | None = None) -> str:
+    config_dir = (
+        add_profile(d, case, case.cli, base_url)
+        if pool is None
+        else Path(d.json("profile", "show", pool.split(",")[-1])["config_dir"])
+    )
     extra: list[str] = []
     # Claude Code needs nothing here: fleetd turns its nonessential traffic off itself.
     if case.cli == "codex":
@@ -90,8 +107,8 @@ def setup_loop(d: Daemon, case: Case, base_url: str) -> str:
     elif case.cli == "aider":
         extra = ["--env", "LITELLM_LOCAL_MODEL_COST_MAP=True", "--agent-arg=--no-stream", "--agent-arg=--no-git",
                  f"--agent-arg=--model-metadata-file={config_dir / 'model-metadata.json'}"]  # fmt: skip
-    loop = f"real_{case.cli}"
-    d.cli("loop", "add", loop, "--every", "1h", "--backend", case.backend, "--profile", case.cli,
+    loop = name or f"real_{case.cli}"
+    d.cli("loop", "add", loop, "--every", "1h", "--backend", case.backend, "--profile", pool or case.cli,
           "--prompt", "say hi", "--model", case.model, "--timeout", "2m", "--dir", str(d.workdir), *extra)  # type: ignore[attr-defined]  # fmt: skip
     return loop
 
@@ -134,3 +151,46 @@ def test_real_cli_through_fleetd(daemon: Daemon, provider: fp.FakeProvider, case
     assert waiting["wait_until"] is not None
     provider.mode = "ok"
     assert provider.proxy_attempts == []  # nothing tried to leave the machine
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.cli for c in CASES])
+def test_real_cli_lone_529_is_retried_into_a_success(daemon: Daemon, provider: fp.FakeProvider, case: Case) -> None:
+    """With the CLIs' own retries turned down, one 529 used to fail the run; fleetd retries it."""
+    require_agent(case.cli)
+    provider.mode = "ok"
+    loop = f"lone529_{case.cli}"
+    add_profile(daemon, case, f"{case.cli}-once", provider.base_url)
+    setup_loop(daemon, case, provider.base_url, pool=f"{case.cli}-once", name=loop)
+    provider.fail_first(1, "529")
+    result = run(daemon, loop)
+    log = daemon.cli("runs", "logs", str(result["id"])).stdout
+    assert result["status"] == "succeeded", log[-3000:]
+    classes = [a["error_class"] for a in result["attempt_list"]]
+    # Aider's OpenAI client and Gemini CLI get past one overloaded answer inside their own attempt;
+    # Claude Code and Codex end at once (their retries are turned down) and fleetd retries.
+    assert classes in (["transient", None], [None]), (classes, log[-3000:])
+    if case.cli in ("claude", "codex"):
+        assert classes == ["transient", None]
+        assert any(e["kind"] == "retry" for e in result["route"])
+    assert provider.failures_left == 0
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.cli for c in CASES])
+def test_real_cli_529_on_one_profile_fails_over_to_the_healthy_one(
+    daemon: Daemon, provider: fp.FakeProvider, overloaded: fp.FakeProvider, case: Case
+) -> None:
+    require_agent(case.cli)
+    provider.mode = "ok"
+    add_profile(daemon, case, f"{case.cli}-down", overloaded.base_url)
+    add_profile(daemon, case, f"{case.cli}-up", provider.base_url)
+    loop = setup_loop(daemon, case, provider.base_url, pool=f"{case.cli}-down,{case.cli}-up", name=f"over_{case.cli}")
+    result = run(daemon, loop)
+    log = daemon.cli("runs", "logs", str(result["id"])).stdout
+    assert result["status"] == "succeeded" and result["profile"] == f"{case.cli}-up", log[-3000:]
+    tried = [(a["profile"], a["error_class"]) for a in result["attempt_list"]]
+    assert tried == [(f"{case.cli}-down", "transient")] * 3 + [(f"{case.cli}-up", None)], tried
+    circuit = daemon.json("profile", "show", f"{case.cli}-down")["circuit"]
+    assert circuit["state"] == "open"  # the next run skips it without spending a timeout
+    again = run(daemon, loop)
+    assert [a["profile"] for a in again["attempt_list"]] == [f"{case.cli}-up"]
+    assert overloaded.proxy_attempts == [] and provider.proxy_attempts == []
