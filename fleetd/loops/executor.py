@@ -398,7 +398,7 @@ class Executor:
         model = candidate.model or (profile.model if profile else None)
         attempt_id = await self.attempts.start(
             run_id=run.id, number=number, backend=candidate.backend, profile=profile.name if profile else "",
-            model=model, started_at=self.clock(), step=candidate.step,
+            model=model, started_at=self.clock(), step=candidate.step + 1,
         )  # fmt: skip
         self.tmp_root.mkdir(parents=True, exist_ok=True, mode=0o700)
         tmpdir = tempfile.mkdtemp(prefix=f"run{run.id}-{number}-", dir=self.tmp_root)

@@ -214,9 +214,10 @@ class Router:
     spent_tokens: int = 0
 
     def note(self, now: datetime, kind: str, detail: str, candidate: Candidate | None = None, **data: Any) -> None:
+        """One entry of the route; steps are numbered from 1 there, as users count them."""
         entry: dict[str, Any] = {"at": now, "kind": kind, "detail": detail}
         if candidate is not None:
-            entry.update(step=candidate.step, profile=candidate.profile, backend=candidate.backend,
+            entry.update(step=candidate.step + 1, profile=candidate.profile, backend=candidate.backend,
                          model=candidate.model)  # fmt: skip
         entry.update(data)
         self.trail.append(entry)
@@ -326,7 +327,7 @@ class Router:
             for p in passed:
                 if (p.step, p.profile, p.why) not in told:
                     told.add((p.step, p.profile, p.why))
-                    self.note(world.now, "skip", f"{p.profile}: {p.why}", step=p.step, profile=p.profile)
+                    self.note(world.now, "skip", f"{p.profile}: {p.why}", step=p.step + 1, profile=p.profile)
             passed_all.extend(passed)
             step_resets = [p.until for p in passed if p.until is not None]
             usable = []

@@ -34,7 +34,7 @@ class Attempt:
     cost_usd: float | None = None
     session_id: str | None = None
     windows: list[dict[str, Any]] = field(default_factory=list)
-    step: int = 0  # the loop's chain step it came from
+    step: int = 1  # the loop's chain step it came from, from 1
     role: str = "work"
     duration_ms: int | None = None
 
@@ -52,10 +52,10 @@ class AttemptStore:
         profile: str,
         model: str | None,
         started_at: datetime,
-        step: int = 0,
+        step: int = 1,
         role: str = "work",
     ) -> int:
-        """`step` is the loop's chain step the attempt came from; `role` what it did (`work`)."""
+        """`step` is the loop's chain step the attempt came from (from 1); `role` what it did (`work`)."""
         async with self.db.transaction() as conn:
             cur = await conn.execute(
                 "INSERT INTO attempts (run_id, number, backend, profile, model, started_at, step, role) "

@@ -257,7 +257,7 @@ MIGRATIONS: list[str] = [
     -- Loops made before tiers existed could use every profile of their backend: they keep that.
     UPDATE loops SET tiers_json = '["local", "subscription", "metered"]';
     ALTER TABLE runs ADD COLUMN route_json TEXT NOT NULL DEFAULT '[]';
-    ALTER TABLE attempts ADD COLUMN step INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE attempts ADD COLUMN step INTEGER NOT NULL DEFAULT 1;  -- the chain step, from 1
     ALTER TABLE attempts ADD COLUMN role TEXT NOT NULL DEFAULT 'work';
     ALTER TABLE attempts ADD COLUMN duration_ms INTEGER;
     UPDATE attempts

@@ -144,7 +144,7 @@ def test_a_chain_whose_first_cli_is_not_installed_runs_on_the_next_step(routed: 
     result = run(d, "chained")
     assert result["status"] == "succeeded"
     (attempt,) = result["attempt_list"]
-    assert (attempt["profile"], attempt["step"]) == ("cc-next", 1)
+    assert (attempt["profile"], attempt["step"]) == ("cc-next", 2)
     calls = [json.loads(line) for line in (d.standin_dir / "calls.jsonl").read_text().splitlines()]  # type: ignore[attr-defined]
     argv = next(c["argv"] for c in calls if c["env"].get("FLEETD_RUN_ID") == str(result["id"]))
     assert argv[argv.index("--model") + 1] == "sonnet"  # the step's model
