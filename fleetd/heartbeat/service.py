@@ -17,7 +17,7 @@ from typing import Any
 from fleetd.backends.registry import get_adapter
 from fleetd.backends.result import ParsedOutput
 from fleetd.heartbeat.state import NEAR_LIMIT, ProfileStatus, after_attempt, evaluate
-from fleetd.heartbeat.switch import Standing, attempt_order, choose_active, earliest_reset
+from fleetd.heartbeat.switch import Standing, choose_active
 from fleetd.heartbeat.windows import WindowUsage, headroom, window_usage
 from fleetd.loops.scrub import Scrubber
 from fleetd.profiles.model import Profile
@@ -283,22 +283,6 @@ class Heartbeat:
         if not typical or not token_limits:
             return RESERVATION_FLOOR
         return max(RESERVATION_FLOOR, typical / min(token_limits))
-
-    # -- what the executor asks -----------------------------------------------------------------
-
-    async def plan(self, pool: list[Profile]) -> tuple[list[Profile], datetime | None]:
-        """The pool's usable profiles in the order to try, and when the first exhausted one returns."""
-        async with self._lock:
-            now = self.clock()
-            for profile in pool:
-                status = self.states.get(profile.name, StoredState(ProfileStatus())).status
-                if profile.name not in self.states or (
-                    status.state == "exhausted" and status.exhausted_until and status.exhausted_until <= now
-                ):
-                    await self._refresh(profile)
-            standings = self.standings(pool)
-        by_name = {p.name: p for p in pool}
-        return [by_name[s.name] for s in attempt_order(standings)], earliest_reset(standings, self.clock())
 
     def reserve(self, profile: str) -> None:
         self.in_flight[profile] = self.in_flight.get(profile, 0) + 1

@@ -1,13 +1,11 @@
-"""Which profile a backend uses, and in which order a run tries its pool. Pure."""
+"""Which profile is a backend's active one. Pure. (The order a run tries candidates in is the router's.)"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
 
 from fleetd.heartbeat.state import ProfileStatus
 
-TIER_ORDER = {"local": 0, "subscription": 1, "metered": 2}
 USABLE = ("available", "near_limit")
 
 
@@ -40,18 +38,3 @@ def choose_active(standings: list[Standing], current: str | None, pinned: bool) 
                 why = f"pinned {cur.name} is {cur.status.state}"
             return best.name, f"{why}; {best.name} has the most headroom ({best.headroom:.0%})"
     return None, "no profile has headroom"
-
-
-def attempt_order(standings: list[Standing]) -> list[Standing]:
-    """A run's candidates: usable profiles by tier (local → subscription → metered), then
-    available before near_limit, then headroom, then configured order."""
-    usable = [s for s in standings if s.status.state in USABLE]
-    return sorted(
-        usable, key=lambda s: (TIER_ORDER.get(s.tier, 9), s.status.state != "available", -s.headroom, s.position)
-    )
-
-
-def earliest_reset(standings: list[Standing], now: datetime) -> datetime | None:
-    """When the first exhausted profile comes back; None when none will by itself."""
-    times = [s.status.exhausted_until for s in standings if s.status.state == "exhausted" and s.status.exhausted_until]
-    return min(times) if times else None

@@ -10,7 +10,7 @@ from fleetd.backends.result import WindowState
 from fleetd.errors import InvalidArgument
 from fleetd.heartbeat.limits import Limit, parse_limit, parse_limits
 from fleetd.heartbeat.state import ProfileStatus, after_attempt, evaluate
-from fleetd.heartbeat.switch import Standing, attempt_order, choose_active, earliest_reset
+from fleetd.heartbeat.switch import Standing, choose_active
 from fleetd.heartbeat.windows import Consumption, headroom, window_usage
 
 T0 = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
@@ -159,17 +159,3 @@ def test_choose_active_keeps_a_usable_current_and_switches_to_most_headroom() ->
 def test_choose_active_picks_the_most_headroom(standings: list[Standing], chosen: str) -> None:
     name, why = choose_active(standings, None, pinned=False)
     assert name == chosen and why.startswith("no active profile")
-
-
-def test_attempt_order_and_earliest_reset() -> None:
-    standings = [
-        st("metered", tier="metered", position=0),
-        st("sub_low", headroom=0.2, position=1),
-        st("sub_high", headroom=0.9, position=2),
-        st("near", "near_limit", 0.95, 3),
-        st("gone", "exhausted", 0.0, 4, until=T0 + 2 * H),
-        st("gone2", "exhausted", 0.0, 5, until=T0 + H),
-        st("local", tier="local", headroom=0.1, position=6),
-    ]
-    assert [s.name for s in attempt_order(standings)] == ["local", "sub_high", "sub_low", "near", "metered"]
-    assert earliest_reset(standings, T0) == T0 + H

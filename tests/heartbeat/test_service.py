@@ -15,6 +15,8 @@ from fleetd.backends.result import ParsedOutput, TokenUsage
 from fleetd.heartbeat.limits import parse_limit
 from fleetd.heartbeat.service import Heartbeat
 from fleetd.profiles.model import Profile
+from fleetd.routing.chain import ChainStep
+from fleetd.routing.router import World, expand
 from fleetd.store.db import Database
 from fleetd.store.events import EventLog
 from fleetd.store.profiles import ProfileStore
@@ -91,11 +93,11 @@ def test_rate_limit_reset_from_the_cli_wins_and_restart_keeps_it(tmp_path: Path)
         assert hb.states["a"].status.exhausted_until == reset
         reloaded = await usage.load_states()
         assert reloaded["a"].status.exhausted_until == reset and reloaded["a"].status.state == "exhausted"
-        ordered, earliest = await hb.plan(profiles)
-        assert [p.name for p in ordered] == ["b"] and earliest == reset
+        views = await hb.views(profiles)
+        assert (views["a"].state, views["a"].until, views["b"].state) == ("exhausted", reset, "available")
         clock.now = reset + timedelta(seconds=1)
-        ordered, _ = await hb.plan(profiles)
-        assert {p.name for p in ordered} == {"a", "b"}
+        views = await hb.views(profiles)
+        assert views["a"].state == "available"  # back after its reset (unconfirmed until an attempt succeeds)
 
     run(tmp_path, body)
 
@@ -104,13 +106,16 @@ def test_concurrent_starts_are_spread_by_reservations(tmp_path: Path) -> None:
     async def body(hb: Heartbeat, clock: Clock, usage: UsageStore, profiles: list[Profile]) -> None:
         await usage.add([NewUsage("a", clock.now, "agent", 300), NewUsage("b", clock.now, "agent", 320)])
         await hb.beat()
-        first, _ = await hb.plan(profiles)
-        assert first[0].name == "a"  # 70 % headroom against 68 %
+
+        async def first() -> str:
+            world = World(clock.now, await hb.views(profiles))
+            return expand(0, ChainStep("claude_code", ("a", "b")), world, frozenset({"subscription"}))[0][0].profile
+
+        assert await first() == "a"  # 70 % headroom against 68 %
         hb.reserve("a")  # the first run took it
-        second, _ = await hb.plan(profiles)
-        assert second[0].name == "b"
+        assert await first() == "b"
         hb.release("a")
-        assert (await hb.plan(profiles))[0][0].name == "a"
+        assert await first() == "a"
 
     run(tmp_path, body)
 

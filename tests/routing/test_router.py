@@ -23,6 +23,7 @@ from fleetd.routing.router import (
     WaitUntil,
     World,
     backoff_delay,
+    expand,
 )
 
 T0 = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
@@ -261,3 +262,18 @@ def test_attempts_are_bounded() -> None:
     finish = drive.run()
     assert finish.status == "failed"
     assert len(drive.tried) <= 5
+
+
+def test_candidates_go_local_then_subscription_then_metered_then_by_state_and_headroom() -> None:
+    profiles = {
+        "metered": ProfileView("metered", "claude_code", "metered"),
+        "sub_low": ProfileView("sub_low", "claude_code", "subscription", headroom=0.2),
+        "sub_high": ProfileView("sub_high", "claude_code", "subscription", headroom=0.9),
+        "near": ProfileView("near", "claude_code", "subscription", "near_limit", headroom=0.95),
+        "gone": ProfileView("gone", "claude_code", "subscription", "exhausted", until=T0 + timedelta(hours=2)),
+        "local": ProfileView("local", "claude_code", "local", headroom=0.1),
+    }
+    pool = ChainStep("claude_code", tuple(profiles))
+    ordered, passed = expand(0, pool, World(T0, profiles), frozenset())
+    assert [c.profile for c in ordered] == ["local", "sub_high", "sub_low", "near", "metered"]
+    assert [(p.profile, p.until) for p in passed] == [("gone", T0 + timedelta(hours=2))]
