@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING
 from fleetd.backends.agents import AgentCli
 from fleetd.backends.base import AttemptContext, EnvChange, ProcessOutput, ProcessSpec
 from fleetd.backends.parsers import aider as parser
-from fleetd.backends.result import ErrorClass, ParsedOutput
+from fleetd.records.result import ErrorClass, ParsedOutput
 
 if TYPE_CHECKING:
-    from fleetd.profiles.model import Profile
+    from fleetd.records.profile import Profile
 
 ANALYTICS_LOG = "aider-analytics.jsonl"
 

@@ -13,11 +13,11 @@ from datetime import datetime, tzinfo
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from fleetd.backends.result import ErrorClass, ParsedOutput
-from fleetd.loops.model import Loop
+from fleetd.records.loop import Loop
+from fleetd.records.result import ErrorClass, ParsedOutput
 
 if TYPE_CHECKING:
-    from fleetd.profiles.model import Profile
+    from fleetd.records.profile import Profile
 
 
 @dataclass(frozen=True)

@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING, Any
 from fleetd.backends.agents import AgentCli
 from fleetd.backends.base import AttemptContext, EnvChange, ProcessOutput, ProcessSpec, UsageReader
 from fleetd.backends.parsers import codex as parser
-from fleetd.backends.result import ErrorClass, ParsedOutput
+from fleetd.records.result import ErrorClass, ParsedOutput
 
 if TYPE_CHECKING:
-    from fleetd.profiles.model import Profile
+    from fleetd.records.profile import Profile
 
 
 class CodexAdapter(AgentCli):

@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING
 from fleetd.backends.agents import AgentCli
 from fleetd.backends.base import AttemptContext, EnvChange, ProcessOutput, ProcessSpec
 from fleetd.backends.parsers import gemini as parser
-from fleetd.backends.result import ParsedOutput
+from fleetd.records.result import ParsedOutput
 
 if TYPE_CHECKING:
-    from fleetd.profiles.model import Profile
+    from fleetd.records.profile import Profile
 
 DEFAULT_MODEL = "gemini-2.5-pro"
 

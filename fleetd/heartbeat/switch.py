@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from fleetd.heartbeat.state import ProfileStatus
+from fleetd.records.usage import ProfileStatus
 
 TIER_ORDER = {"local": 0, "subscription": 1, "metered": 2}
 USABLE = ("available", "near_limit")

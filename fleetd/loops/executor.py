@@ -22,19 +22,19 @@ import psutil
 
 from fleetd.backends.base import AttemptContext, HttpAdapter, ProcessAdapter, ProcessOutput, ProcessSpec
 from fleetd.backends.registry import get_adapter
-from fleetd.backends.result import ErrorClass, ParsedOutput
 from fleetd.errors import FleetdError
 from fleetd.loops import cgroups, proctree
-from fleetd.loops.model import Loop
 from fleetd.loops.runlog import RunLog
 from fleetd.loops.scrub import Scrubber
-from fleetd.profiles.model import Profile
-from fleetd.routing.chain import ChainStep
+from fleetd.records.loop import ChainStep, Loop
+from fleetd.records.profile import Profile
+from fleetd.records.result import ErrorClass, ParsedOutput
+from fleetd.records.run import LoopFire, Run, RunStatus
 from fleetd.routing.policy import loop_policy
 from fleetd.routing.router import AttemptResult, Backoff, Candidate, Finish, Observation, Router, Try, WaitUntil, World
 from fleetd.store.attempts import AttemptStore
 from fleetd.store.events import EventLog
-from fleetd.store.runs import LoopFire, Run, RunStatus, RunStore
+from fleetd.store.runs import RunStore
 from fleetd.timefmt import format_duration
 
 log = logging.getLogger("fleetd.executor")

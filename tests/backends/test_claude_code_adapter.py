@@ -8,8 +8,8 @@ import pytest
 
 from fleetd.backends.base import AttemptContext
 from fleetd.backends.claude_code import ClaudeCodeAdapter
-from fleetd.loops.model import Loop, Schedule
-from fleetd.profiles.model import Profile
+from fleetd.records.loop import Loop, Schedule
+from fleetd.records.profile import Profile
 
 
 def context(tmp_path: Path, secret: str | None) -> AttemptContext:

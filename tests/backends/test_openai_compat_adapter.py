@@ -13,9 +13,9 @@ import pytest
 
 from fleetd.backends.base import AttemptContext
 from fleetd.backends.openai_compat import OpenAICompatAdapter
-from fleetd.backends.result import ParsedOutput
-from fleetd.loops.model import Loop, Schedule
-from fleetd.profiles.model import Profile
+from fleetd.records.loop import Loop, Schedule
+from fleetd.records.profile import Profile
+from fleetd.records.result import ParsedOutput
 from tests.integration.fake_provider import FakeProvider, running_fake_provider
 
 NOW = datetime(2026, 11, 30, 3, 40, tzinfo=UTC)

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from fleetd.backends.result import ParsedOutput, TokenUsage
 from fleetd.heartbeat.limits import parse_limit
 from fleetd.heartbeat.service import Heartbeat
-from fleetd.profiles.model import Profile
+from fleetd.records.profile import Profile
+from fleetd.records.result import ParsedOutput, TokenUsage
 from fleetd.store.db import Database
 from fleetd.store.events import EventLog
 from fleetd.store.profiles import ProfileStore
