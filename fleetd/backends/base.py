@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from fleetd.records.loop import Loop
 from fleetd.records.result import ErrorClass, ParsedOutput
+from fleetd.records.task import Task
 
 if TYPE_CHECKING:
     from fleetd.records.profile import Profile
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class AttemptContext:
     run_id: int
-    loop: Loop
+    task: Task
     prompt: str | None
     profile: Profile | None
     secret: str | None  # the profile's API key, if it has one; never logged

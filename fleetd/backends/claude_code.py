@@ -66,7 +66,7 @@ class ClaudeCodeAdapter(AgentCli):
             "DISABLE_AUTOUPDATER": "1",
             "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
         }
-        return ProcessSpec(argv=argv + ctx.loop.agent_args, env=env, unset_env=change.unset, cwd=ctx.loop.workdir)
+        return ProcessSpec(argv=[*argv, *ctx.task.agent_args], env=env, unset_env=change.unset, cwd=ctx.task.workdir)
 
     def interpret(self, ctx: AttemptContext, out: ProcessOutput, now: datetime, tz: tzinfo) -> ParsedOutput:
         return parser.parse_stream_json(out.stdout, out.stderr, out.exit_code, now, tz)

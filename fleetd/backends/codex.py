@@ -56,10 +56,10 @@ class CodexAdapter(AgentCli):
             argv += ["-m", ctx.model]
         change = self.profile_env(ctx.profile, ctx.secret)
         return ProcessSpec(
-            argv=[*argv, *ctx.loop.agent_args, ctx.prompt or ""],
+            argv=[*argv, *ctx.task.agent_args, ctx.prompt or ""],
             env=change.set,
             unset_env=change.unset,
-            cwd=ctx.loop.workdir,
+            cwd=ctx.task.workdir,
         )
 
     def interpret(self, ctx: AttemptContext, out: ProcessOutput, now: datetime, tz: tzinfo) -> ParsedOutput:

@@ -51,10 +51,10 @@ class CommandAdapter:
     def build(self, ctx: AttemptContext) -> ProcessSpec:
         env = {"FLEETD_PROMPT": ctx.prompt} if ctx.prompt is not None else {}
         return ProcessSpec(
-            argv=["/bin/sh", "-c", ctx.loop.command or ""],
+            argv=["/bin/sh", "-c", ctx.task.command or ""],
             env=env,
             stdin=(ctx.prompt or "").encode(),
-            cwd=ctx.loop.workdir,
+            cwd=ctx.task.workdir,
         )
 
     def interpret(self, ctx: AttemptContext, out: ProcessOutput, now: datetime, tz: tzinfo) -> ParsedOutput:
