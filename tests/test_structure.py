@@ -10,16 +10,15 @@ import pytest
 
 FLEETD = Path(__file__).resolve().parents[1] / "fleetd"
 AGENT_BACKENDS = {"claude_code", "codex", "gemini", "aider", "openai_compat"}
-# Plain data and pure helpers the store may build its rows from (records at the bottom).
-RECORD_MODULES = {
-    "fleetd.errors", "fleetd.timefmt", "fleetd.loops.model", "fleetd.profiles.model", "fleetd.heartbeat.limits",
-    "fleetd.heartbeat.state", "fleetd.heartbeat.windows", "fleetd.backends.result", "fleetd.routing.chain",
-    "fleetd.routing.circuit",
-}  # fmt: skip
+# The plain records and the tiny helpers they use: the bottom of the package (records at the bottom).
+RECORD_MODULES = {"fleetd.records", "fleetd.errors", "fleetd.timefmt"}
 ALLOWED = {
-    # the router decides and does no I/O: it sees only its own records
-    "routing": {"fleetd.routing", "fleetd.errors", "fleetd.timefmt"},
+    # the router decides and does no I/O: it sees only the records and its own modules
+    "routing": {"fleetd.routing", *RECORD_MODULES},
+    # the store builds its rows from the records and nothing above them
     "store": {"fleetd.store", *RECORD_MODULES},
+    # the records are a leaf: nothing of fleetd but each other and the tiny helpers
+    "records": RECORD_MODULES,
     # the CLI starts fast and stays out of the daemon
     "cli": {"fleetd", "fleetd.cli", "fleetd.paths", "fleetd.timefmt"},
 }
@@ -40,6 +39,17 @@ def _allowed(module: str, allowed: set[str]) -> bool:
     return any(module == a or module.startswith(a + ".") for a in allowed if a != "fleetd") or module == "fleetd"
 
 
+def _all_imports(path: Path) -> set[str]:
+    """fleetd modules imported anywhere in the file: in functions and under `if TYPE_CHECKING:` too."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("fleetd"):
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names if alias.name.startswith("fleetd")}
+    return found
+
+
 @pytest.mark.parametrize("part", sorted(ALLOWED))
 def test_each_part_imports_only_what_it_may(part: str) -> None:
     bad = {
@@ -47,6 +57,18 @@ def test_each_part_imports_only_what_it_may(part: str) -> None:
         for path in sorted((FLEETD / part).rglob("*.py"))
         for module in _module_imports(path)
         if not _allowed(module, ALLOWED[part])
+    }
+    assert not bad, sorted(bad)
+
+
+def test_the_records_are_a_leaf_even_for_lazy_and_typing_imports() -> None:
+    """A record module that imported from above, even inside a function, would let the store and the
+    pure decision code pull in I/O again."""
+    bad = {
+        f"{path.relative_to(FLEETD.parent)}: {module}"
+        for path in sorted((FLEETD / "records").rglob("*.py"))
+        for module in _all_imports(path)
+        if not _allowed(module, RECORD_MODULES)
     }
     assert not bad, sorted(bad)
 

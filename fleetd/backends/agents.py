@@ -9,12 +9,12 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 from fleetd.backends.base import EnvChange, UsageReader
-from fleetd.backends.result import ErrorClass
 from fleetd.errors import InvalidArgument
-from fleetd.loops.model import Loop
+from fleetd.records.loop import Loop
+from fleetd.records.result import ErrorClass
 
 if TYPE_CHECKING:
-    from fleetd.profiles.model import Profile
+    from fleetd.records.profile import Profile
 
 
 class AgentCli:

@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING
 from fleetd.backends.agents import AgentCli
 from fleetd.backends.base import AttemptContext, EnvChange, ProcessOutput, ProcessSpec
 from fleetd.backends.parsers import aider as parser
-from fleetd.backends.result import ErrorClass, ParsedOutput
+from fleetd.records.result import ErrorClass, ParsedOutput
 
 if TYPE_CHECKING:
-    from fleetd.profiles.model import Profile
+    from fleetd.records.profile import Profile
 
 ANALYTICS_LOG = "aider-analytics.jsonl"
 
@@ -62,7 +62,7 @@ class AiderAdapter(AgentCli):
         change = self.profile_env(ctx.profile, ctx.secret)
         if ctx.secret is not None and ctx.model:
             change.set[key_variable(ctx.model)] = ctx.secret
-        return ProcessSpec(argv=argv + ctx.loop.agent_args, env=change.set, cwd=ctx.loop.workdir)
+        return ProcessSpec(argv=[*argv, *ctx.task.agent_args], env=change.set, cwd=ctx.task.workdir)
 
     def interpret(self, ctx: AttemptContext, out: ProcessOutput, now: datetime, tz: tzinfo) -> ParsedOutput:
         analytics = None

@@ -13,17 +13,18 @@ from datetime import datetime, tzinfo
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from fleetd.backends.result import ErrorClass, ParsedOutput
-from fleetd.loops.model import Loop
+from fleetd.records.loop import Loop
+from fleetd.records.result import ErrorClass, ParsedOutput
+from fleetd.records.task import Task
 
 if TYPE_CHECKING:
-    from fleetd.profiles.model import Profile
+    from fleetd.records.profile import Profile
 
 
 @dataclass(frozen=True)
 class AttemptContext:
     run_id: int
-    loop: Loop
+    task: Task
     prompt: str | None
     profile: Profile | None
     secret: str | None  # the profile's API key, if it has one; never logged

@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Any
 from fleetd.backends.agents import AgentCli
 from fleetd.backends.base import AttemptContext, EnvChange, ProcessOutput, ProcessSpec, UsageReader
 from fleetd.backends.parsers import claude_code as parser
-from fleetd.backends.result import ParsedOutput
+from fleetd.records.result import ParsedOutput
 
 if TYPE_CHECKING:
-    from fleetd.profiles.model import Profile
+    from fleetd.records.profile import Profile
 
 CREDENTIAL_VARS = ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "CLAUDE_CODE_OAUTH_TOKEN")
 
@@ -66,7 +66,7 @@ class ClaudeCodeAdapter(AgentCli):
             "DISABLE_AUTOUPDATER": "1",
             "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
         }
-        return ProcessSpec(argv=argv + ctx.loop.agent_args, env=env, unset_env=change.unset, cwd=ctx.loop.workdir)
+        return ProcessSpec(argv=[*argv, *ctx.task.agent_args], env=env, unset_env=change.unset, cwd=ctx.task.workdir)
 
     def interpret(self, ctx: AttemptContext, out: ProcessOutput, now: datetime, tz: tzinfo) -> ParsedOutput:
         return parser.parse_stream_json(out.stdout, out.stderr, out.exit_code, now, tz)

@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING, Any
 from fleetd.backends.agents import AgentCli
 from fleetd.backends.base import AttemptContext, EnvChange, ProcessOutput, ProcessSpec, UsageReader
 from fleetd.backends.parsers import codex as parser
-from fleetd.backends.result import ErrorClass, ParsedOutput
+from fleetd.records.result import ErrorClass, ParsedOutput
 
 if TYPE_CHECKING:
-    from fleetd.profiles.model import Profile
+    from fleetd.records.profile import Profile
 
 
 class CodexAdapter(AgentCli):
@@ -56,10 +56,10 @@ class CodexAdapter(AgentCli):
             argv += ["-m", ctx.model]
         change = self.profile_env(ctx.profile, ctx.secret)
         return ProcessSpec(
-            argv=[*argv, *ctx.loop.agent_args, ctx.prompt or ""],
+            argv=[*argv, *ctx.task.agent_args, ctx.prompt or ""],
             env=change.set,
             unset_env=change.unset,
-            cwd=ctx.loop.workdir,
+            cwd=ctx.task.workdir,
         )
 
     def interpret(self, ctx: AttemptContext, out: ProcessOutput, now: datetime, tz: tzinfo) -> ParsedOutput:

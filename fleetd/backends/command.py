@@ -7,12 +7,12 @@ from datetime import datetime, tzinfo
 from typing import TYPE_CHECKING, Any, Literal
 
 from fleetd.backends.base import AttemptContext, EnvChange, ProcessOutput, ProcessSpec, UsageReader
-from fleetd.backends.result import ErrorClass, ParsedOutput
 from fleetd.errors import InvalidArgument
-from fleetd.loops.model import Loop
+from fleetd.records.loop import Loop
+from fleetd.records.result import ErrorClass, ParsedOutput
 
 if TYPE_CHECKING:
-    from fleetd.profiles.model import Profile
+    from fleetd.records.profile import Profile
 
 
 class CommandAdapter:
@@ -51,10 +51,10 @@ class CommandAdapter:
     def build(self, ctx: AttemptContext) -> ProcessSpec:
         env = {"FLEETD_PROMPT": ctx.prompt} if ctx.prompt is not None else {}
         return ProcessSpec(
-            argv=["/bin/sh", "-c", ctx.loop.command or ""],
+            argv=["/bin/sh", "-c", ctx.task.command or ""],
             env=env,
             stdin=(ctx.prompt or "").encode(),
-            cwd=ctx.loop.workdir,
+            cwd=ctx.task.workdir,
         )
 
     def interpret(self, ctx: AttemptContext, out: ProcessOutput, now: datetime, tz: tzinfo) -> ParsedOutput:

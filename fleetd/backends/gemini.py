@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING
 from fleetd.backends.agents import AgentCli
 from fleetd.backends.base import AttemptContext, EnvChange, ProcessOutput, ProcessSpec
 from fleetd.backends.parsers import gemini as parser
-from fleetd.backends.result import ParsedOutput
+from fleetd.records.result import ParsedOutput
 
 if TYPE_CHECKING:
-    from fleetd.profiles.model import Profile
+    from fleetd.records.profile import Profile
 
 DEFAULT_MODEL = "gemini-2.5-pro"
 
@@ -50,7 +50,7 @@ class GeminiAdapter(AgentCli):
         change = self.profile_env(ctx.profile, ctx.secret)
         argv = [self.executable, "-p", ctx.prompt or "", "-o", "json", "-m", ctx.model or DEFAULT_MODEL]
         env = {**change.set, "GEMINI_CLI_NO_RELAUNCH": "true"}
-        return ProcessSpec(argv=argv + ctx.loop.agent_args, env=env, unset_env=change.unset, cwd=ctx.loop.workdir)
+        return ProcessSpec(argv=[*argv, *ctx.task.agent_args], env=env, unset_env=change.unset, cwd=ctx.task.workdir)
 
     def interpret(self, ctx: AttemptContext, out: ProcessOutput, now: datetime, tz: tzinfo) -> ParsedOutput:
         return parser.parse_json(out.stdout, out.stderr, out.exit_code, now, tz)

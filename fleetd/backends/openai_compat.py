@@ -9,12 +9,12 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from fleetd.backends.base import AttemptContext, EnvChange, LogSink, UsageReader
 from fleetd.backends.parsers import openai_compat as parser
-from fleetd.backends.result import ErrorClass, ParsedOutput
 from fleetd.errors import InvalidArgument
-from fleetd.loops.model import Loop
+from fleetd.records.loop import Loop
+from fleetd.records.result import ErrorClass, ParsedOutput
 
 if TYPE_CHECKING:
-    from fleetd.profiles.model import Profile
+    from fleetd.records.profile import Profile
 
 
 class OpenAICompatAdapter:

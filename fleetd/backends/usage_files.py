@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from fleetd.backends.parsers.codex import parse_rollout
-from fleetd.backends.result import TokenUsage, WindowState
+from fleetd.records.result import TokenUsage, WindowState
 
 MAX_KEYS = 200_000  # de-duplication keys remembered per profile (message ids resp. Codex event keys)
 CHUNK_BYTES = 1 << 20

@@ -29,15 +29,17 @@ from fleetd.loops.model import validate_loop_input, validate_name
 from fleetd.loops.runlog import RunLog
 from fleetd.loops.scheduler import Scheduler
 from fleetd.paths import Paths
-from fleetd.profiles.model import Profile, validate_profile_name
+from fleetd.profiles.model import validate_profile_name
 from fleetd.profiles.service import ProfileService
+from fleetd.records.profile import Profile
+from fleetd.records.run import FINAL_STATUSES, STATUSES, Run
 from fleetd.routing.policy import apply_routing_input, loop_policy
 from fleetd.routing.router import resolve
 from fleetd.store.attempts import AttemptStore
 from fleetd.store.db import StoreUnavailable
 from fleetd.store.events import EventLog
 from fleetd.store.loops import LoopStore
-from fleetd.store.runs import FINAL_STATUSES, STATUSES, Run, RunStore
+from fleetd.store.runs import RunStore
 from fleetd.store.stats import DEFAULT_SINCE, StatsStore, parse_by
 from fleetd.timefmt import DurationError, parse_duration, to_iso
 

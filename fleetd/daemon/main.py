@@ -27,6 +27,7 @@ from fleetd.loops.scheduler import Scheduler
 from fleetd.paths import Paths
 from fleetd.profiles.secrets import open_secret_store
 from fleetd.profiles.service import KnownSecrets, ProfileService
+from fleetd.records.run import Run
 from fleetd.routing.circuit import BreakerPolicy
 from fleetd.store.attempts import AttemptStore
 from fleetd.store.circuits import CircuitStore
@@ -34,7 +35,7 @@ from fleetd.store.db import Database, StoreUnavailable
 from fleetd.store.events import EventLog
 from fleetd.store.loops import LoopStore
 from fleetd.store.profiles import ProfileStore
-from fleetd.store.runs import Run, RunStore
+from fleetd.store.runs import RunStore
 from fleetd.store.stats import StatsStore
 from fleetd.store.usage import UsageStore
 from fleetd.timefmt import now_utc, to_iso

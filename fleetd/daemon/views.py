@@ -6,11 +6,10 @@ from datetime import datetime
 from typing import Any
 
 from fleetd.backends.registry import get_adapter
-from fleetd.loops.model import Loop
-from fleetd.profiles.model import PRICE_FIELDS, Profile
-from fleetd.routing.circuit import Circuit
-from fleetd.store.attempts import Attempt
-from fleetd.store.runs import Run
+from fleetd.records.circuit import Circuit
+from fleetd.records.loop import Loop
+from fleetd.records.profile import PRICE_FIELDS, Profile
+from fleetd.records.run import Attempt, Run
 from fleetd.store.stats import Stats, StatsRow
 from fleetd.timefmt import to_iso
 

@@ -3,40 +3,16 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import Literal
 
 from fleetd.errors import InvalidArgument, shown
-from fleetd.timefmt import DurationError, format_duration, parse_duration
+from fleetd.records.profile import Limit
+from fleetd.timefmt import DurationError, parse_duration
 
-Unit = Literal["tok", "req", "usd"]
 _LIMIT = re.compile(r"^\s*([0-9][0-9a-z.]*)\s*=\s*([0-9]+(?:\.[0-9]+)?)([kKmM]?)\s*(tok|req|usd)\s*$")
 _SCALE = {"": 1, "k": 1_000, "m": 1_000_000}
 # A quadrillion tokens, requests or dollars: no real quota comes near, and every sum and share of
 # it stays an exact, finite float.
 MAX_LIMIT_AMOUNT = 1e15
-
-
-@dataclass(frozen=True)
-class Limit:
-    window_s: float
-    amount: float
-    unit: Unit
-
-    @property
-    def label(self) -> str:
-        return format_duration(self.window_s)
-
-    def describe(self) -> str:
-        amount = int(self.amount) if self.amount == int(self.amount) else self.amount
-        return f"{self.label}={amount}{self.unit}"
-
-    def to_json(self) -> dict[str, object]:
-        return {"window_s": self.window_s, "amount": self.amount, "unit": self.unit}
-
-    @classmethod
-    def from_json(cls, data: dict[str, object]) -> Limit:
-        return cls(float(data["window_s"]), float(data["amount"]), data["unit"])  # type: ignore[arg-type]
 
 
 def parse_limit(text: str) -> Limit:

@@ -15,18 +15,20 @@ from pathlib import Path
 from typing import Any
 
 from fleetd.backends.registry import get_adapter
-from fleetd.backends.result import ParsedOutput
-from fleetd.heartbeat.state import NEAR_LIMIT, ProfileStatus, after_attempt, evaluate
+from fleetd.heartbeat.state import NEAR_LIMIT, after_attempt, evaluate
 from fleetd.heartbeat.switch import Standing, choose_active
 from fleetd.heartbeat.windows import WindowUsage, headroom, window_usage
 from fleetd.loops.scrub import Scrubber
-from fleetd.profiles.model import Profile
+from fleetd.records.circuit import Circuit
+from fleetd.records.profile import Profile
+from fleetd.records.result import ParsedOutput
+from fleetd.records.usage import ProfileStatus, StoredState
 from fleetd.routing import circuit as breaker
 from fleetd.routing.router import ProfileView
 from fleetd.store.circuits import CircuitStore
 from fleetd.store.events import EventLog
 from fleetd.store.profiles import ProfileStore
-from fleetd.store.usage import NewUsage, StoredState, UsageStore
+from fleetd.store.usage import NewUsage, UsageStore
 
 log = logging.getLogger("fleetd.heartbeat")
 WATCH_ARMING_S = 1.0  # a generous bound on how long watchfiles takes to start watching
@@ -52,7 +54,7 @@ class Heartbeat:
         self.profiles = profiles
         self.circuit_store = circuits
         self.breaker_policy = breaker_policy or breaker.BreakerPolicy()
-        self.circuits: dict[str, breaker.Circuit] = {}
+        self.circuits: dict[str, Circuit] = {}
         self.probing: set[str] = set()  # half-open profiles whose one probe is in flight
         # The agents' own records are output too: whatever of them is kept is scrubbed of every key first.
         # (An attempt's parsed output arrives scrubbed already: the executor scrubs where it enters.)
@@ -293,8 +295,8 @@ class Heartbeat:
 
     # -- circuit breakers -------------------------------------------------------------------------
 
-    def circuit(self, profile: str) -> breaker.Circuit:
-        return self.circuits.get(profile, breaker.Circuit()).current(self.clock())
+    def circuit(self, profile: str) -> Circuit:
+        return self.circuits.get(profile, Circuit()).current(self.clock())
 
     def claim_probe(self, profile: str) -> bool:
         """A half-open circuit lets exactly one attempt through; concurrent runs do not all probe.
@@ -316,9 +318,7 @@ class Heartbeat:
         if current != stored:
             await self._set_circuit(profile, stored, current, now, "cooldown over: the next attempt is a probe")
 
-    async def _set_circuit(
-        self, profile: Profile, old: breaker.Circuit, new: breaker.Circuit, now: datetime, why: str
-    ) -> None:
+    async def _set_circuit(self, profile: Profile, old: Circuit, new: Circuit, now: datetime, why: str) -> None:
         self.circuits[profile.name] = new
         if self.circuit_store is not None:
             await self.circuit_store.save(profile.name, new, now)
@@ -335,9 +335,9 @@ class Heartbeat:
     async def reset_circuit(self, profile: Profile) -> None:
         """By hand: close the circuit."""
         async with self._lock:
-            old = self.circuits.get(profile.name, breaker.Circuit())
+            old = self.circuits.get(profile.name, Circuit())
             self.probing.discard(profile.name)
-            await self._set_circuit(profile, old, breaker.Circuit(), self.clock(), "closed by hand")
+            await self._set_circuit(profile, old, Circuit(), self.clock(), "closed by hand")
 
     # -- the router's view ----------------------------------------------------------------------
 
@@ -401,7 +401,7 @@ class Heartbeat:
             new_circuit = breaker.after_attempt(
                 old_circuit, parsed.error_class, parsed.outcome == "succeeded", finished_at, self.breaker_policy
             )
-            if new_circuit != self.circuits.get(profile.name, breaker.Circuit()):
+            if new_circuit != self.circuits.get(profile.name, Circuit()):
                 why = parsed.error_class or parsed.outcome
                 await self._set_circuit(profile, old_circuit, new_circuit, finished_at, f"attempt {why}")
             await self._refresh(profile)

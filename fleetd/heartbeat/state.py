@@ -8,26 +8,17 @@ hand or until the reset the backend gave; disabled (auth failure, or by hand) un
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime, timedelta
-from typing import Literal
 
-from fleetd.backends.result import WindowState
 from fleetd.heartbeat.windows import WindowUsage
+from fleetd.records.result import WindowState
+from fleetd.records.usage import ProfileStatus
 
-State = Literal["available", "near_limit", "exhausted", "parked", "disabled"]
 NEAR_LIMIT = 0.9
 # A rate limit without a reset time: look again then (a profile's --default-reset overrides it). A
 # key's per-minute limits clear in about a minute; subscription windows come with their reset time.
 UNKNOWN_RESET_BACKOFF = timedelta(seconds=60)
-
-
-@dataclass(frozen=True)
-class ProfileStatus:
-    state: State = "available"
-    exhausted_until: datetime | None = None
-    reason: str = ""
-    unconfirmed: bool = False  # back after a reset, not yet proven by a successful attempt
 
 
 def evaluate(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fleetd.heartbeat.state import ProfileStatus
+from fleetd.records.usage import ProfileStatus
 
 USABLE = ("available", "near_limit")
 

@@ -6,20 +6,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from fleetd.heartbeat.limits import Limit
-
-
-@dataclass(frozen=True)
-class Consumption:
-    """One request's use of a profile: from fleetd's own attempt or the agent's own records."""
-
-    at: datetime
-    tokens: int  # input + output + cache read + cache write
-    requests: int = 1
-    cost_usd: float = 0.0
-
-    def amount(self, unit: str) -> float:
-        return {"tok": self.tokens, "req": self.requests, "usd": self.cost_usd}[unit]
+from fleetd.records.profile import Limit
+from fleetd.records.usage import Consumption
 
 
 @dataclass(frozen=True)

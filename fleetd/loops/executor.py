@@ -22,19 +22,20 @@ import psutil
 
 from fleetd.backends.base import AttemptContext, HttpAdapter, ProcessAdapter, ProcessOutput, ProcessSpec
 from fleetd.backends.registry import get_adapter
-from fleetd.backends.result import ErrorClass, ParsedOutput
 from fleetd.errors import FleetdError
 from fleetd.loops import cgroups, proctree
-from fleetd.loops.model import Loop
 from fleetd.loops.runlog import RunLog
 from fleetd.loops.scrub import Scrubber
-from fleetd.profiles.model import Profile
-from fleetd.routing.chain import ChainStep
+from fleetd.records.loop import ChainStep, Loop
+from fleetd.records.profile import Profile
+from fleetd.records.result import ErrorClass, ParsedOutput
+from fleetd.records.run import LoopFire, Run, RunStatus
+from fleetd.records.task import Task
 from fleetd.routing.policy import loop_policy
 from fleetd.routing.router import AttemptResult, Backoff, Candidate, Finish, Observation, Router, Try, WaitUntil, World
 from fleetd.store.attempts import AttemptStore
 from fleetd.store.events import EventLog
-from fleetd.store.runs import LoopFire, Run, RunStatus, RunStore
+from fleetd.store.runs import RunStore
 from fleetd.timefmt import format_duration
 
 log = logging.getLogger("fleetd.executor")
@@ -402,10 +403,10 @@ class Executor:
         )  # fmt: skip
         self.tmp_root.mkdir(parents=True, exist_ok=True, mode=0o700)
         tmpdir = tempfile.mkdtemp(prefix=f"run{run.id}-{number}-", dir=self.tmp_root)
-        if candidate.backend != loop.backend:  # --agent-arg is for the loop's own backend's CLI
-            loop = replace(loop, agent_args=[])
+        # --agent-arg is for the loop's own backend's CLI
+        task = Task.of(loop, agent_args=candidate.backend == loop.backend)
         timeout = max(0.0, (deadline - self.clock()).total_seconds()) if deadline else None
-        ctx = AttemptContext(run.id, loop, prompt, profile, secret, model, tmpdir, timeout_s=timeout,
+        ctx = AttemptContext(run.id, task, prompt, profile, secret, model, tmpdir, timeout_s=timeout,
                              cost_left=decision.cost_left, tokens_left=decision.tokens_left)  # fmt: skip
         try:
             if adapter.kind == "http":
@@ -448,7 +449,7 @@ class Executor:
             )
         except TimeoutError:
             runlog.write(scrubber.flush())
-            runlog.note(f"timed out after {format_duration(ctx.loop.timeout_s)}")
+            runlog.note(f"timed out after {format_duration(ctx.task.timeout_s)}")
             return AttemptEnd(ParsedOutput("failed", "transient", message="timed out"), timed_out=True)
         runlog.write(scrubber.flush())
         return AttemptEnd(parsed)
@@ -456,7 +457,6 @@ class Executor:
     async def _process_attempt(
         self, adapter: ProcessAdapter, ctx: AttemptContext, slot: ActiveRun, runlog: RunLog, scrubber: Scrubber
     ) -> AttemptEnd:
-        loop = ctx.loop
         try:
             spec = adapter.build(ctx)
         except FleetdError as e:
@@ -466,7 +466,7 @@ class Executor:
             runlog.note(f"working directory not found: {spec.cwd}")
             return AttemptEnd(ParsedOutput("failed", "contract", message=f"working directory not found: {spec.cwd}"))
         tag = self.run_tag(ctx.run_id)
-        env = self._child_env(loop, ctx, spec, tag)
+        env = self._child_env(ctx, spec, tag)
         # The run's processes are tracked by its cgroup where one can be made (an escapee that leaves
         # the session and clears its environment stays in it), else by session + tag (proctree).
         cgroup = await asyncio.to_thread(cgroups.run_path, self.tag_prefix, ctx.run_id)
@@ -525,7 +525,7 @@ class Executor:
         if not timed_out and exited not in done:
             await asyncio.wait({exited}, timeout=RATE_LIMIT_EXIT_GRACE)
         if timed_out:
-            runlog.note(f"timed out after {format_duration(loop.timeout_s)}: killing the process tree")
+            runlog.note(f"timed out after {format_duration(ctx.task.timeout_s)}: killing the process tree")
         elif not exited.done():
             what = ended_early.error_class
             runlog.note(f"{what} in the live output: ending the attempt instead of waiting out the CLI's retries")
@@ -552,16 +552,16 @@ class Executor:
             parsed = replace(parsed, outcome="failed", error_class=ended_early.error_class)
         return AttemptEnd(parsed, exit_code, timed_out)
 
-    def _child_env(self, loop: Loop, ctx: AttemptContext, spec: ProcessSpec, tag: str) -> dict[str, str]:
+    def _child_env(self, ctx: AttemptContext, spec: ProcessSpec, tag: str) -> dict[str, str]:
         env = dict(os.environ)
         for name in spec.unset_env:
             env.pop(name, None)
         env.update(spec.env)
-        env.update(loop.env)
+        env.update(ctx.task.env)
         env.update(
             {
                 "FLEETD_RUN_ID": str(ctx.run_id),
-                "FLEETD_LOOP": loop.name,
+                "FLEETD_LOOP": ctx.task.loop,
                 "FLEETD_PROFILE": ctx.profile.name if ctx.profile else "",
                 proctree.TAG_VAR: tag,
                 # The CLIs litter TMPDIR; each attempt gets its own, removed afterwards.

@@ -1,71 +1,24 @@
-"""The loop contract and the validation of user input into it. Pure: no I/O but path checks."""
+"""The validation of user input into a loop (records.loop). Pure: no I/O but path checks."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from fleetd.errors import InvalidArgument, shown
-from fleetd.routing.chain import DEFAULT_TIERS, ChainStep
+from fleetd.records.loop import DEFAULT_OUTPUT_CAP, Loop, Schedule, ScheduleKind
 from fleetd.timefmt import DurationError, parse_duration
-
-ScheduleKind = Literal["cron", "every", "at"]
-CatchUp = Literal["once", "skip"]
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-DEFAULT_OUTPUT_CAP = 10 * 1024 * 1024
 MIN_OUTPUT_CAP = 1024
 # 1 TiB: far beyond any useful log tail, and well inside what SQLite's INTEGER column holds.
 MAX_OUTPUT_CAP = 1024**4
 # Linux's PATH_MAX; a longer path cannot be opened, so it is refused up front.
 MAX_PATH_BYTES = 4096
 RESERVED_ENV_PREFIX = "FLEETD_"
-
-
-@dataclass(frozen=True)
-class Schedule:
-    kind: ScheduleKind
-    expr: str  # as the user gave it: cron fields, a duration, or an ISO time
-    timezone: str
-
-    def describe(self) -> str:
-        return f"{self.kind} {self.expr}"
-
-
-@dataclass
-class Loop:
-    name: str
-    schedule: Schedule
-    backend: str
-    command: str | None = None
-    prompt: str | None = None
-    prompt_file: str | None = None
-    workdir: str | None = None
-    env: dict[str, str] = field(default_factory=dict)
-    timeout_s: float | None = None
-    catch_up: CatchUp = "once"
-    output_cap: int = DEFAULT_OUTPUT_CAP
-    enabled: bool = True
-    profiles: list[str] = field(default_factory=list)  # the pool; empty = every enabled profile of the backend
-    model: str | None = None
-    agent_args: list[str] = field(default_factory=list)
-    # Routing (agent backends): an escalation chain (empty: one step, `backend` over `profiles` with
-    # `model`), the tiers a backend step may expand to, and what a run / a day may spend.
-    chain: list[ChainStep] = field(default_factory=list)
-    tiers: tuple[str, ...] = DEFAULT_TIERS
-    max_cost: float | None = None  # USD per run
-    max_tokens: int | None = None  # per run
-    daily_cost: float | None = None  # USD per rolling 24 h, for the loop
-    on_exhausted: str = "escalate"  # or "wait" for the step's reset
-    created_at: datetime | None = None
-    updated_at: datetime | None = None
-    last_fire_at: datetime | None = None
-    next_fire_at: datetime | None = None
 
 
 def optional_text(body: dict[str, Any], key: str) -> str | None:

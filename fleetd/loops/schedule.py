@@ -17,7 +17,7 @@ from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from fleetd.errors import InvalidArgument
-from fleetd.loops.model import CatchUp, Schedule
+from fleetd.records.loop import CatchUp, Schedule
 from fleetd.timefmt import DurationError, parse_duration
 
 TriggerKind = Literal["schedule", "manual", "catch-up"]

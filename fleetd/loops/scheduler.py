@@ -16,11 +16,11 @@ from apscheduler.triggers.base import BaseTrigger
 from fleetd.backends.registry import get_adapter
 from fleetd.errors import InvalidArgument
 from fleetd.loops.executor import Executor
-from fleetd.loops.model import Loop
 from fleetd.loops.schedule import build_trigger, first_fire, never_fires, plan_startup, plan_wake
+from fleetd.records.loop import Loop
+from fleetd.records.run import LoopFire, Run
 from fleetd.routing.policy import loop_steps
 from fleetd.store.loops import LoopStore
-from fleetd.store.runs import LoopFire, Run
 
 log = logging.getLogger("fleetd.scheduler")
 MAX_SLEEP = 30.0  # re-check the wall clock at least this often (suspend, clock changes)

@@ -1,56 +1,23 @@
-"""The profile record and the validation of user input into it. Pure but for path checks."""
+"""The validation of user input into a profile (records.profile). Pure but for path checks."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import urlparse
 
 from fleetd.errors import InvalidArgument, shown
-from fleetd.heartbeat.limits import Limit, parse_limits
+from fleetd.heartbeat.limits import parse_limits
 from fleetd.loops.model import NAME_RE, optional_text, validate_path
+from fleetd.records.profile import PRICE_FIELDS, TIERS, Profile
 from fleetd.routing.policy import parse_usd
 from fleetd.timefmt import DurationError, parse_duration
 
-Tier = Literal["local", "subscription", "metered"]
-TIERS: tuple[Tier, ...] = ("local", "subscription", "metered")
-PRICE_FIELDS = ("price_input", "price_output", "price_cache_read", "price_cache_write")
 MAX_DEFAULT_RESET_S = 86400.0
 # USD per million tokens. Far above any real price, and low enough that a cost (price times any
 # token count fleetd can see) stays a finite number that JSON and SQLite can hold.
 MAX_PRICE_PER_MTOK = 1_000_000.0
-
-
-@dataclass
-class Profile:
-    name: str
-    backend: str
-    tier: Tier
-    config_dir: str
-    base_url: str | None = None
-    model: str | None = None
-    price_input: float | None = None  # USD per million tokens
-    price_output: float | None = None
-    price_cache_read: float | None = None
-    price_cache_write: float | None = None
-    has_secret: bool = False
-    enabled: bool = True
-    limits: list[Limit] = field(default_factory=list)
-    default_reset_s: float | None = None  # a rate limit that names no reset clears after this long
-    daily_cost: float | None = None  # USD per rolling 24 h; over it the profile is passed over
-    created_at: datetime | None = None
-    updated_at: datetime | None = None
-
-    def cost(self, input_tokens: int, output_tokens: int, cache_read: int, cache_write: int) -> float | None:
-        """What an attempt cost at this profile's prices, when it has any."""
-        prices = (self.price_input, self.price_output, self.price_cache_read, self.price_cache_write)
-        if all(p is None for p in prices):
-            return None
-        counts = (input_tokens, output_tokens, cache_read, cache_write)
-        return sum((p or 0.0) * n for p, n in zip(prices, counts, strict=True)) / 1_000_000
 
 
 def validate_profile_name(name: object) -> str:

@@ -14,14 +14,15 @@ from pathlib import Path
 from typing import Any
 
 from fleetd.backends.registry import get_adapter
-from fleetd.backends.result import ParsedOutput
 from fleetd.errors import Conflict, FleetdError, InvalidArgument, NotFound
 from fleetd.heartbeat.service import Heartbeat
-from fleetd.loops.model import Loop, shown_path
+from fleetd.loops.model import shown_path
 from fleetd.paths import UnsafeDirectory, private_dir
-from fleetd.profiles.model import Profile, validate_profile_input
+from fleetd.profiles.model import validate_profile_input
 from fleetd.profiles.secrets import SecretStore
-from fleetd.routing.chain import ChainStep
+from fleetd.records.loop import ChainStep, Loop
+from fleetd.records.profile import Profile
+from fleetd.records.result import ParsedOutput
 from fleetd.routing.router import World
 from fleetd.store.attempts import AttemptStore
 from fleetd.store.loops import LoopStore

@@ -8,36 +8,10 @@ A step is `BACKEND[@MODEL]` (every profile of that backend in an allowed tier) o
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
-from typing import Any
 
 from fleetd.errors import InvalidArgument
-
-TIERS = ("local", "subscription", "metered")
-DEFAULT_TIERS = ("local", "subscription")  # metered only when a loop says so
-ON_EXHAUSTED = ("escalate", "wait")
-
-
-@dataclass(frozen=True)
-class ChainStep:
-    backend: str
-    profiles: tuple[str, ...] = ()  # named profiles (any tier); empty: every allowed profile of the backend
-    model: str | None = None
-
-    @property
-    def explicit(self) -> bool:
-        return bool(self.profiles)
-
-    def describe(self) -> str:
-        who = ",".join(self.profiles) if self.profiles else self.backend
-        return f"{who}@{self.model}" if self.model else who
-
-    def to_json(self) -> dict[str, Any]:
-        return {"backend": self.backend, "profiles": list(self.profiles), "model": self.model}
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> ChainStep:
-        return cls(str(data["backend"]), tuple(data.get("profiles") or ()), data.get("model"))
+from fleetd.records.loop import ChainStep
+from fleetd.records.profile import TIERS
 
 
 def parse_chain(text: str, backends: Collection[str], profile_backends: Mapping[str, str]) -> list[ChainStep]:

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Literal
 
-CircuitState = Literal["closed", "open", "half_open"]
+from fleetd.records.circuit import Circuit
+
 # Failures that say the provider (or the way to it) is not working, as opposed to this task or this login.
 BREAKER_CLASSES = frozenset({"transient", "unavailable"})
 
@@ -22,20 +22,6 @@ class BreakerPolicy:
     threshold: int = 3  # consecutive failures that open it
     cooldown_s: float = 60.0  # the first open period
     cooldown_cap_s: float = 1800.0  # doubling stops here
-
-
-@dataclass(frozen=True)
-class Circuit:
-    state: CircuitState = "closed"
-    failures: int = 0  # consecutive, while closed
-    open_until: datetime | None = None
-    cooldown_s: float = 0.0  # the open period last used (doubles while probes fail)
-
-    def current(self, now: datetime) -> Circuit:
-        """What it is at `now`: an open circuit whose cooldown is over is half-open."""
-        if self.state == "open" and self.open_until is not None and now >= self.open_until:
-            return replace(self, state="half_open")  # open -> half_open
-        return self
 
 
 def after_attempt(circuit: Circuit, error_class: str | None, succeeded: bool, now: datetime,

@@ -9,12 +9,13 @@ from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
 from fleetd.errors import InvalidArgument
-from fleetd.routing.chain import ON_EXHAUSTED, ChainStep, parse_chain, parse_tiers
+from fleetd.records.loop import ON_EXHAUSTED, ChainStep
+from fleetd.routing.chain import parse_chain, parse_tiers
 from fleetd.routing.router import Policy
 
 if TYPE_CHECKING:
-    from fleetd.loops.model import Loop
-    from fleetd.profiles.model import Profile
+    from fleetd.records.loop import Loop
+    from fleetd.records.profile import Profile
 
 MAX_USD = 1_000_000.0  # a bound on any money figure a user types
 MAX_TOKENS = 10**12

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from fleetd.routing.chain import ChainStep
+from fleetd.records.loop import ChainStep
 
 # What each failure class means for the run (the table of ../shared/ARCHITECTURE.md).
 Action = Literal["retry", "next_candidate", "next_step", "stop"]

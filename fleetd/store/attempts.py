@@ -3,40 +3,12 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
 
-from fleetd.backends.result import ParsedOutput
+from fleetd.records.result import ParsedOutput
+from fleetd.records.run import Attempt
 from fleetd.store.db import Database
 from fleetd.timefmt import from_iso, to_iso
-
-
-@dataclass
-class Attempt:
-    id: int
-    run_id: int
-    number: int
-    backend: str
-    profile: str
-    model: str | None
-    started_at: datetime
-    finished_at: datetime | None = None
-    exit_code: int | None = None
-    outcome: str | None = None
-    error_class: str | None = None
-    error: str | None = None
-    reset_at: datetime | None = None
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cache_read_tokens: int = 0
-    cache_write_tokens: int = 0
-    cost_usd: float | None = None
-    session_id: str | None = None
-    windows: list[dict[str, Any]] = field(default_factory=list)
-    step: int = 1  # the loop's chain step it came from, from 1
-    role: str = "work"
-    duration_ms: int | None = None
 
 
 class AttemptStore:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from fleetd.routing.circuit import Circuit
+from fleetd.records.circuit import Circuit
 from fleetd.store.db import Database
 from fleetd.timefmt import from_iso, to_iso
 

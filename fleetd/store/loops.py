@@ -9,8 +9,7 @@ from datetime import datetime
 import aiosqlite
 
 from fleetd.errors import Conflict, NotFound
-from fleetd.loops.model import Loop, Schedule
-from fleetd.routing.chain import ChainStep
+from fleetd.records.loop import ChainStep, Loop, Schedule
 from fleetd.store.db import Database
 from fleetd.timefmt import from_iso, to_iso
 

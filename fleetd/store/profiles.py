@@ -9,8 +9,7 @@ from datetime import datetime
 import aiosqlite
 
 from fleetd.errors import Conflict, NotFound
-from fleetd.heartbeat.limits import Limit
-from fleetd.profiles.model import PRICE_FIELDS, Profile
+from fleetd.records.profile import PRICE_FIELDS, Limit, Profile
 from fleetd.store.db import Database
 from fleetd.timefmt import from_iso, to_iso
 

@@ -4,55 +4,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 import aiosqlite
 
 from fleetd.errors import NotFound
+from fleetd.records.run import LoopFire, Run, RunStatus
 from fleetd.store.db import Database
 from fleetd.timefmt import from_iso, to_iso
-
-RunStatus = Literal["running", "waiting", "succeeded", "failed", "timed_out", "interrupted", "skipped"]
-FINAL_STATUSES = ("succeeded", "failed", "timed_out", "interrupted", "skipped")
-STATUSES = ("running", "waiting", *FINAL_STATUSES)
-
-
-@dataclass
-class LoopFire:
-    """A scheduled fire, recorded in the same transaction as its run row, so a crash cannot leave
-    the loop's next fire time and its run history disagreeing.
-
-    `due` is the loop's stored next_fire_at the fire was planned from: the transaction moves it on
-    only if it still holds that value, so a fire retried after an error, or raced by a pause or a
-    schedule change, is recorded at most once."""
-
-    loop: str
-    last_fire_at: datetime
-    next_fire_at: datetime | None
-    due: datetime | None
-
-
-@dataclass
-class Run:
-    id: int
-    loop: str
-    trigger: str
-    status: RunStatus
-    scheduled_at: datetime
-    started_at: datetime
-    finished_at: datetime | None
-    exit_code: int | None
-    backend: str
-    profile: str
-    log_path: str | None
-    error: str | None
-    attempts: int
-    pid: int | None
-    pid_create_time: float | None
-    wait_until: datetime | None = None
-
 
 _COLUMNS = (
     "id, loop, trigger, status, scheduled_at, started_at, finished_at, exit_code, backend, profile, "

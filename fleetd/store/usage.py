@@ -4,23 +4,13 @@ of each backend."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
-from fleetd.backends.result import WindowState
-from fleetd.heartbeat.state import ProfileStatus
-from fleetd.heartbeat.windows import Consumption
+from fleetd.records.result import WindowState
+from fleetd.records.usage import Consumption, ProfileStatus, StoredState
 from fleetd.store.db import Database
 from fleetd.timefmt import from_iso, to_iso
-
-
-@dataclass
-class StoredState:
-    status: ProfileStatus
-    reported: list[WindowState] = field(default_factory=list)
-    offsets: dict[str, Any] = field(default_factory=dict)
-    garbled_lines: int = 0
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from fleetd.backends.parsers import aider, classify, claude_code, codex, gemini, openai_compat
-from fleetd.backends.result import ERROR_CLASSES, ParsedOutput
+from fleetd.records.result import ERROR_CLASSES, ParsedOutput
 
 NOW = datetime(2026, 11, 30, 3, 40, tzinfo=UTC)
 TZ = ZoneInfo("Europe/Berlin")

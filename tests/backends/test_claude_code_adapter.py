@@ -8,14 +8,15 @@ import pytest
 
 from fleetd.backends.base import AttemptContext
 from fleetd.backends.claude_code import ClaudeCodeAdapter
-from fleetd.loops.model import Loop, Schedule
-from fleetd.profiles.model import Profile
+from fleetd.records.loop import Loop, Schedule
+from fleetd.records.profile import Profile
+from fleetd.records.task import Task
 
 
 def context(tmp_path: Path, secret: str | None) -> AttemptContext:
     loop = Loop(name="fix", schedule=Schedule("every", "1h", "UTC"), backend="claude_code", prompt="hi")
     profile = Profile("cc", "claude_code", "subscription", str(tmp_path / "cc"))
-    return AttemptContext(1, loop, "hi", profile, secret, None, str(tmp_path / "tmp"))
+    return AttemptContext(1, Task.of(loop), "hi", profile, secret, None, str(tmp_path / "tmp"))
 
 
 @pytest.mark.parametrize("secret", [None, "sk-ant-api03-TEST"])

@@ -13,9 +13,10 @@ import pytest
 
 from fleetd.backends.base import AttemptContext
 from fleetd.backends.openai_compat import OpenAICompatAdapter
-from fleetd.backends.result import ParsedOutput
-from fleetd.loops.model import Loop, Schedule
-from fleetd.profiles.model import Profile
+from fleetd.records.loop import Loop, Schedule
+from fleetd.records.profile import Profile
+from fleetd.records.result import ParsedOutput
+from fleetd.records.task import Task
 from tests.integration.fake_provider import FakeProvider, running_fake_provider
 
 NOW = datetime(2026, 11, 30, 3, 40, tzinfo=UTC)
@@ -26,7 +27,7 @@ def call(base_url: str, tmp_path: Path, timeout: float = 10.0) -> ParsedOutput:
     loop = Loop(name="l", schedule=Schedule("every", "1h", "UTC"), backend="openai_compat", prompt="hi")
     profile = Profile(name="p", backend="openai_compat", tier="local", config_dir=str(tmp_path), base_url=base_url)
     ctx = AttemptContext(
-        run_id=1, loop=loop, prompt="hi", profile=profile, secret="sk-x", model="m", tmpdir=str(tmp_path)
+        run_id=1, task=Task.of(loop), prompt="hi", profile=profile, secret="sk-x", model="m", tmpdir=str(tmp_path)
     )
     return asyncio.run(OpenAICompatAdapter().call(ctx, lambda data: None, timeout, NOW, TZ))
 

@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from fleetd.backends.parsers.aider import is_rate_limit_line, live_failure, parse_output
-from fleetd.backends.result import TokenUsage
+from fleetd.records.result import TokenUsage
 
 NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
 TZ = ZoneInfo("Europe/Berlin")

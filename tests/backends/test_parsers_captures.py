@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from fleetd.backends.parsers import aider, claude_code, codex, gemini
-from fleetd.backends.result import ParsedOutput, TokenUsage
+from fleetd.records.result import ParsedOutput, TokenUsage
 from tests.harness import capture_folder, captures_dir
 
 NOW = datetime(2026, 11, 21, 23, 30, tzinfo=UTC)

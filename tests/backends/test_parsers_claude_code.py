@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from fleetd.backends.parsers.claude_code import is_rate_limit_line, parse_json, parse_stream_json, parse_text
-from fleetd.backends.result import TokenUsage, WindowState
+from fleetd.records.result import TokenUsage, WindowState
 
 NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)  # 13:00 in Berlin, 12:00 in Lisbon
 TZ = ZoneInfo("Europe/Berlin")

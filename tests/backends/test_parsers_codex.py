@@ -15,7 +15,7 @@ from fleetd.backends.parsers.codex import (
     parse_exec_jsonl,
     parse_rollout,
 )
-from fleetd.backends.result import TokenUsage, WindowState
+from fleetd.records.result import TokenUsage, WindowState
 
 NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)  # 13:00 in Berlin
 TZ = ZoneInfo("Europe/Berlin")

@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from fleetd.backends.parsers import aider, claude_code, codex, gemini, openai_compat
-from fleetd.backends.result import ParsedOutput
+from fleetd.records.result import ParsedOutput
 
 NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
 TZ = ZoneInfo("Europe/Berlin")

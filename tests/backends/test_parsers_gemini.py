@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from fleetd.backends.parsers.gemini import is_rate_limit_line, parse_json, parse_stream_json
-from fleetd.backends.result import TokenUsage
+from fleetd.records.result import TokenUsage
 
 NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
 TZ = ZoneInfo("Europe/Berlin")

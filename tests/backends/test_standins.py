@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from fleetd.backends.parsers import aider, claude_code, codex, gemini
-from fleetd.backends.result import ParsedOutput
+from fleetd.records.result import ParsedOutput
 from tests.harness import STANDIN_BIN, captures_dir
 
 NOW = datetime(2026, 11, 30, 3, 40, tzinfo=UTC)

@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 
 from fleetd.backends.parsers import claude_code
-from fleetd.backends.result import TokenUsage, WindowState
 from fleetd.backends.usage_files import (
     ClaudeTranscripts,
     CodexRollouts,
@@ -20,6 +19,7 @@ from fleetd.backends.usage_files import (
     IngestResult,
     UsageRecord,
 )
+from fleetd.records.result import TokenUsage, WindowState
 from tests.harness import captures_dir
 
 NOW = datetime(2025, 9, 10, 12, 0, tzinfo=UTC)

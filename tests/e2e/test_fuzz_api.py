@@ -28,7 +28,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fleetd.daemon.api import create_app
-from fleetd.store.runs import STATUSES
+from fleetd.records.run import STATUSES
 from fleetd.timefmt import DurationError, parse_duration
 from tests.harness import Daemon
 

@@ -6,12 +6,14 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from fleetd.backends.result import WindowState
 from fleetd.errors import InvalidArgument
-from fleetd.heartbeat.limits import Limit, parse_limit, parse_limits
-from fleetd.heartbeat.state import ProfileStatus, after_attempt, evaluate
+from fleetd.heartbeat.limits import parse_limit, parse_limits
+from fleetd.heartbeat.state import after_attempt, evaluate
 from fleetd.heartbeat.switch import Standing, choose_active
-from fleetd.heartbeat.windows import Consumption, headroom, window_usage
+from fleetd.heartbeat.windows import headroom, window_usage
+from fleetd.records.profile import Limit
+from fleetd.records.result import WindowState
+from fleetd.records.usage import Consumption, ProfileStatus
 
 T0 = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 H = timedelta(hours=1)

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from fleetd.backends.result import ParsedOutput, TokenUsage
 from fleetd.heartbeat.limits import parse_limit
 from fleetd.heartbeat.service import Heartbeat
-from fleetd.profiles.model import Profile
-from fleetd.routing.chain import ChainStep
+from fleetd.records.loop import ChainStep
+from fleetd.records.profile import Profile
+from fleetd.records.result import ParsedOutput, TokenUsage
 from fleetd.routing.router import World, expand
 from fleetd.store.db import Database
 from fleetd.store.events import EventLog

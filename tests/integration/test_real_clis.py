@@ -34,7 +34,7 @@ from fleetd.backends.parsers import aider as aider_parser
 from fleetd.backends.parsers import claude_code as claude_parser
 from fleetd.backends.parsers import codex as codex_parser
 from fleetd.backends.parsers import gemini as gemini_parser
-from fleetd.backends.result import ParsedOutput
+from fleetd.records.result import ParsedOutput
 from tests.integration import agents
 from tests.integration import fake_provider as fp
 from tests.integration.fake_provider import FakeProvider, running_fake_provider

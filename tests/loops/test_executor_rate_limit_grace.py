@@ -12,13 +12,13 @@ from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from fleetd.backends.result import ParsedOutput
 from fleetd.loops.executor import RATE_LIMIT_EXIT_GRACE, Executor
-from fleetd.loops.model import Loop, Schedule
-from fleetd.profiles.model import Profile
-from fleetd.routing.chain import ChainStep
+from fleetd.records.loop import ChainStep, Loop, Schedule
+from fleetd.records.profile import Profile
+from fleetd.records.result import ParsedOutput
+from fleetd.records.run import Attempt
 from fleetd.routing.router import ProfileView, World
-from fleetd.store.attempts import Attempt, AttemptStore
+from fleetd.store.attempts import AttemptStore
 from fleetd.store.db import Database
 from fleetd.store.loops import LoopStore
 from fleetd.store.runs import RunStore

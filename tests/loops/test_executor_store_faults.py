@@ -16,7 +16,7 @@ import pytest
 
 from fleetd.loops import executor as executor_module
 from fleetd.loops.executor import Executor
-from fleetd.loops.model import Loop, Schedule
+from fleetd.records.loop import Loop, Schedule
 from fleetd.store.attempts import AttemptStore
 from fleetd.store.db import Database
 from fleetd.store.loops import LoopStore

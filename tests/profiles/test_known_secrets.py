@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime
 
-from fleetd.profiles.model import Profile
 from fleetd.profiles.secrets import SecretStoreUnavailable
 from fleetd.profiles.service import KnownSecrets
+from fleetd.records.profile import Profile
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 KEY_A, KEY_B = "sk-key-of-a-0123456789", "sk-key-of-b-9876543210"

@@ -6,7 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from fleetd.routing.circuit import BreakerPolicy, Circuit, after_attempt
+from fleetd.records.circuit import Circuit
+from fleetd.routing.circuit import BreakerPolicy, after_attempt
 
 T0 = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 POLICY = BreakerPolicy(threshold=3, cooldown_s=60, cooldown_cap_s=200)

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from fleetd.routing.chain import ChainStep
+from fleetd.records.loop import ChainStep
 from fleetd.routing.router import (
     AttemptResult,
     Backoff,

@@ -10,10 +10,11 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from fleetd.loops.model import Loop, Schedule
+from fleetd.records.loop import Loop, Schedule
+from fleetd.records.run import LoopFire
 from fleetd.store.db import Database
 from fleetd.store.loops import LoopStore
-from fleetd.store.runs import LoopFire, RunStore
+from fleetd.store.runs import RunStore
 
 T0 = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 

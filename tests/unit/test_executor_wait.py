@@ -18,10 +18,9 @@ from typing import Any
 import pytest
 
 from fleetd.loops.executor import MAX_WAIT_SLEEP, ActiveRun, Executor
-from fleetd.loops.model import Loop, Schedule
 from fleetd.loops.runlog import RunLog
-from fleetd.profiles.model import Profile
-from fleetd.routing.chain import ChainStep
+from fleetd.records.loop import ChainStep, Loop, Schedule
+from fleetd.records.profile import Profile
 from fleetd.routing.router import ProfileView, World
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)

@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from fleetd.errors import InvalidArgument
-from fleetd.loops.model import Schedule
 from fleetd.loops.schedule import Fire, Plan, build_trigger, first_fire, following, plan_startup, plan_wake
+from fleetd.records.loop import Schedule
 
 T0 = datetime(2026, 11, 21, 12, 0, 0, tzinfo=UTC)
 GRACE = timedelta(seconds=60)

@@ -6,8 +6,8 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from fleetd.loops.model import Loop, Schedule
 from fleetd.loops.scheduler import Scheduler
+from fleetd.records.loop import Loop, Schedule
 from fleetd.store.db import Database
 from fleetd.store.loops import LoopStore
 

@@ -5,8 +5,8 @@ from datetime import UTC, datetime
 import pytest
 
 from fleetd.backends.parsers.claude_code import parse_stream_json
-from fleetd.backends.result import ParsedOutput, TokenUsage, WindowState
 from fleetd.loops.scrub import Scrubber
+from fleetd.records.result import ParsedOutput, TokenUsage, WindowState
 
 SECRET = "sk-ant-api03-SECRETVALUE"
 

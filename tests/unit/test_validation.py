@@ -12,9 +12,10 @@ import pytest
 
 from fleetd.errors import InvalidArgument
 from fleetd.heartbeat.limits import MAX_LIMIT_AMOUNT, parse_limit
-from fleetd.loops.model import MAX_OUTPUT_CAP, Schedule, validate_loop_input
+from fleetd.loops.model import MAX_OUTPUT_CAP, validate_loop_input
 from fleetd.loops.schedule import build_trigger, never_fires
 from fleetd.profiles.model import MAX_PRICE_PER_MTOK, validate_profile_input
+from fleetd.records.loop import Schedule
 
 LOOP = {"name": "x", "every": "1h", "command": "true"}
 PROFILE = {"name": "p", "backend": "claude_code"}

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from datetime import datetime, tzinfo
 from typing import Any, ParamSpec
 
-from fleetd.backends.result import ErrorClass, ParsedOutput
+from fleetd.records.result import ErrorClass, ParsedOutput
 
 EXCERPT_CHARS = 300
 

@@ -31,7 +31,7 @@ from fleetd.backends.parsers import (
     without_noise,
 )
 from fleetd.backends.reset_time import parse_reset_time
-from fleetd.backends.result import ErrorClass, ParsedOutput, TokenUsage
+from fleetd.records.result import ErrorClass, ParsedOutput, TokenUsage
 
 _NUM = r"(\d+(?:\.\d+)?[kKmM]?)"
 _TOKENS = re.compile(

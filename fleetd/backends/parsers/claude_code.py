@@ -33,7 +33,7 @@ from fleetd.backends.parsers import (
     without_noise,
 )
 from fleetd.backends.reset_time import epoch_to_datetime, parse_reset_time
-from fleetd.backends.result import ErrorClass, ParsedOutput, TokenUsage, WindowState
+from fleetd.records.result import ErrorClass, ParsedOutput, TokenUsage, WindowState
 
 # Every user-visible limit notice across versions (agent-clis.md §1.4), old pipe-epoch form included.
 # Anchored at the start of a line: the CLI prints them as the whole message, while an answer that merely

@@ -31,7 +31,7 @@ from fleetd.backends.parsers import (
     without_noise,
 )
 from fleetd.backends.reset_time import epoch_to_datetime, parse_reset_time
-from fleetd.backends.result import ErrorClass, ParsedOutput, TokenUsage, WindowState
+from fleetd.records.result import ErrorClass, ParsedOutput, TokenUsage, WindowState
 
 # "Reconnecting... 2/5 (…)" error events are retry progress, not the turn's final error. So is
 # "Reconnecting... waiting for network (Connection failed: error sending request)": 0.169 prints it while the

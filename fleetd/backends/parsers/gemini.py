@@ -48,7 +48,7 @@ from fleetd.backends.parsers import (
     without_noise,
 )
 from fleetd.backends.reset_time import parse_reset_time
-from fleetd.backends.result import ErrorClass, ParsedOutput, TokenUsage
+from fleetd.records.result import ErrorClass, ParsedOutput, TokenUsage
 
 # Exit codes from docs/cli/headless.md, plus HTTP statuses the CLI hands to process.exit (mod 256).
 _EXIT_CLASS: dict[int, ErrorClass] = {

@@ -32,7 +32,7 @@ from fleetd.backends.reset_time import (
     parse_reset_time,
     parse_retry_after,
 )
-from fleetd.backends.result import ErrorClass, ParsedOutput, TokenUsage
+from fleetd.records.result import ErrorClass, ParsedOutput, TokenUsage
 
 _QUOTA_CODES = frozenset(
     {

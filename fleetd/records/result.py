@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal, get_args
 
+from fleetd.timefmt import to_iso
+
 # What a failed attempt says about the worker that made it; the router gives each class its own action.
 #   rate_limited  the profile hit a rate or usage limit that lifts by itself (reset_at when the CLI says when)
 #   transient     the provider or the network failed this once: 5xx, 529 overloaded, connection refused/reset,
@@ -57,8 +59,6 @@ class WindowState:
 
     def to_json(self) -> dict[str, object]:
         """The one JSON shape of a window, in the database and the API alike."""
-        from fleetd.timefmt import to_iso
-
         return {
             "name": self.name,
             "window_minutes": self.window_minutes,

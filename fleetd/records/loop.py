@@ -1,0 +1,82 @@
+"""A loop and its schedule and escalation chain, as stored and as the scheduler and executor read them."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+ScheduleKind = Literal["cron", "every", "at"]
+CatchUp = Literal["once", "skip"]
+
+# The tiers (records.profile.TIERS) a backend step may expand to unless the loop says otherwise:
+# metered only when a loop says so.
+DEFAULT_TIERS = ("local", "subscription")
+ON_EXHAUSTED = ("escalate", "wait")
+DEFAULT_OUTPUT_CAP = 10 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Schedule:
+    kind: ScheduleKind
+    expr: str  # as the user gave it: cron fields, a duration, or an ISO time
+    timezone: str
+
+    def describe(self) -> str:
+        return f"{self.kind} {self.expr}"
+
+
+@dataclass(frozen=True)
+class ChainStep:
+    """One step of a loop's escalation chain (routing/chain.py parses and explains them)."""
+
+    backend: str
+    profiles: tuple[str, ...] = ()  # named profiles (any tier); empty: every allowed profile of the backend
+    model: str | None = None
+
+    @property
+    def explicit(self) -> bool:
+        return bool(self.profiles)
+
+    def describe(self) -> str:
+        who = ",".join(self.profiles) if self.profiles else self.backend
+        return f"{who}@{self.model}" if self.model else who
+
+    def to_json(self) -> dict[str, Any]:
+        return {"backend": self.backend, "profiles": list(self.profiles), "model": self.model}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ChainStep:
+        return cls(str(data["backend"]), tuple(data.get("profiles") or ()), data.get("model"))
+
+
+@dataclass
+class Loop:
+    name: str
+    schedule: Schedule
+    backend: str
+    command: str | None = None
+    prompt: str | None = None
+    prompt_file: str | None = None
+    workdir: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    timeout_s: float | None = None
+    catch_up: CatchUp = "once"
+    output_cap: int = DEFAULT_OUTPUT_CAP
+    enabled: bool = True
+    profiles: list[str] = field(default_factory=list)  # the pool; empty = every enabled profile of the backend
+    model: str | None = None
+    agent_args: list[str] = field(default_factory=list)
+    # Routing (agent backends): an escalation chain (empty: one step, `backend` over `profiles` with
+    # `model`), the tiers a backend step may expand to, and what a run / a day may spend.
+    chain: list[ChainStep] = field(default_factory=list)
+    tiers: tuple[str, ...] = DEFAULT_TIERS
+    max_cost: float | None = None  # USD per run
+    max_tokens: int | None = None  # per run
+    daily_cost: float | None = None  # USD per rolling 24 h, for the loop
+    on_exhausted: str = "escalate"  # or "wait" for the step's reset
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    last_fire_at: datetime | None = None
+    next_fire_at: datetime | None = None

@@ -1,0 +1,73 @@
+"""A run (one fire of a loop) and its attempts (one execution each, by one backend under one profile)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+RunStatus = Literal["running", "waiting", "succeeded", "failed", "timed_out", "interrupted", "skipped"]
+FINAL_STATUSES = ("succeeded", "failed", "timed_out", "interrupted", "skipped")
+STATUSES = ("running", "waiting", *FINAL_STATUSES)
+
+
+@dataclass
+class LoopFire:
+    """A scheduled fire, recorded in the same transaction as its run row, so a crash cannot leave
+    the loop's next fire time and its run history disagreeing.
+
+    `due` is the loop's stored next_fire_at the fire was planned from: the transaction moves it on
+    only if it still holds that value, so a fire retried after an error, or raced by a pause or a
+    schedule change, is recorded at most once."""
+
+    loop: str
+    last_fire_at: datetime
+    next_fire_at: datetime | None
+    due: datetime | None
+
+
+@dataclass
+class Run:
+    id: int
+    loop: str
+    trigger: str
+    status: RunStatus
+    scheduled_at: datetime
+    started_at: datetime
+    finished_at: datetime | None
+    exit_code: int | None
+    backend: str
+    profile: str
+    log_path: str | None
+    error: str | None
+    attempts: int
+    pid: int | None
+    pid_create_time: float | None
+    wait_until: datetime | None = None
+
+
+@dataclass
+class Attempt:
+    id: int
+    run_id: int
+    number: int
+    backend: str
+    profile: str
+    model: str | None
+    started_at: datetime
+    finished_at: datetime | None = None
+    exit_code: int | None = None
+    outcome: str | None = None
+    error_class: str | None = None
+    error: str | None = None
+    reset_at: datetime | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    cost_usd: float | None = None
+    session_id: str | None = None
+    windows: list[dict[str, Any]] = field(default_factory=list)
+    step: int = 1  # the loop's chain step it came from, from 1
+    role: str = "work"
+    duration_ms: int | None = None
