@@ -10,13 +10,14 @@ import contextlib
 import logging
 import statistics
 from collections.abc import Awaitable, Callable, Collection
+from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from fleetd.backends.registry import get_adapter
 from fleetd.heartbeat.state import NEAR_LIMIT, after_attempt, evaluate
-from fleetd.heartbeat.switch import Standing, choose_active
+from fleetd.heartbeat.switch import CIRCUIT_OPEN, Standing, choose_active
 from fleetd.heartbeat.windows import WindowUsage, headroom, window_usage
 from fleetd.loops.scrub import Scrubber
 from fleetd.records.circuit import Circuit
@@ -256,7 +257,13 @@ class Heartbeat:
             p for p in (profiles if profiles is not None else await self.profiles.list()) if p.backend == backend
         ]
         current, pinned = self.active.get(backend, (None, False))
-        standings = self.standings(profiles)
+        # A profile whose circuit is open is no one's active profile: runs skip it, and so does the choice.
+        standings = [
+            replace(s, status=ProfileStatus("exhausted", circuit.open_until, CIRCUIT_OPEN))
+            if (circuit := self.circuit(s.name)).state == "open"
+            else s
+            for s in self.standings(profiles)
+        ]
         chosen, why = choose_active(standings, current, pinned)
         if chosen == current:
             return

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from fleetd.records.usage import ProfileStatus
 
 USABLE = ("available", "near_limit")
+CIRCUIT_OPEN = "out: its circuit is open"  # the reason on a standing whose circuit breaker is open
 
 
 @dataclass(frozen=True)
@@ -33,8 +34,9 @@ def choose_active(standings: list[Standing], current: str | None, pinned: bool) 
         pool = [s for s in standings if s.status.state in states]
         if pool:
             best = max(pool, key=lambda s: (s.headroom, -s.position))
-            why = f"{cur.name} is {cur.status.state}" if cur is not None else "no active profile"
+            what = cur.status.reason if cur is not None and cur.status.reason == CIRCUIT_OPEN else None
+            why = f"{cur.name} is {what or cur.status.state}" if cur is not None else "no active profile"
             if pinned and cur is not None:
-                why = f"pinned {cur.name} is {cur.status.state}"
+                why = f"pinned {why}"
             return best.name, f"{why}; {best.name} has the most headroom ({best.headroom:.0%})"
     return None, "no profile has headroom"

@@ -241,3 +241,19 @@ def test_stop_is_bounded_when_a_watch_event_lands_in_the_same_instant(tmp_path: 
         assert [t.get_name() for t in asyncio.all_tasks() if t.get_name().startswith("heartbeat")] == []
 
     run(tmp_path, body)
+
+
+def test_an_open_circuit_moves_the_active_profile_and_says_why(tmp_path: Path) -> None:
+    async def body(hb: Heartbeat, clock: Clock, usage: UsageStore, profiles: list[Profile]) -> None:
+        a, _ = profiles
+        await hb.beat()
+        assert hb.active["claude_code"][0] == "a"
+        overloaded = ParsedOutput("failed", "transient", message="529 Overloaded")
+        for _ in range(3):
+            await hb.attempt_finished(a, overloaded, clock.now, None)
+        assert hb.circuit("a").state == "open"
+        assert hb.active["claude_code"][0] == "b"
+        switched = [e for e in await hb.events.latest(20) if e.type == "profile.switched"]
+        assert "a is out: its circuit is open; b has the most headroom" in switched[-1].message
+
+    run(tmp_path, body)
