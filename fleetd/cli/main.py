@@ -328,7 +328,7 @@ def loop_show(name: str, as_json: bool) -> None:
             ("prompt file", lp["prompt_file"]),
             ("dir", lp["dir"]),
             ("env", " ".join(f"{k}={v}" for k, v in lp["env"].items()) or None),
-            ("profiles", ",".join(lp["profiles"]) or ("(all of the backend)" if lp["routed"] and not lp["chain"] else None)),
+            ("profiles", ",".join(lp["profiles"]) or (ALL_OF_BACKEND if lp["routed"] and not lp["chain"] else None)),
             ("model", lp["model"]),
             ("chain", ",".join(lp["chain"]) or None),
             ("tiers", ",".join(lp["tiers"]) if lp["routed"] else None),
@@ -354,6 +354,9 @@ def loop_show(name: str, as_json: bool) -> None:
             click.echo(f"    {out['profile']}: passed over: {out['why']}")
         if not step["candidates"] and not step["passed"]:
             click.echo("    (no profile of this backend)")
+
+
+ALL_OF_BACKEND = "(all of the backend)"
 
 
 def _run_brief(run: dict[str, Any] | None) -> str:
