@@ -33,6 +33,7 @@ class AttemptContext:
     timeout_s: float | None = None  # what is left of the run's --timeout
     cost_left: float | None = None  # what the run's budget still allows, for backends that can enforce it
     tokens_left: int | None = None
+    resume_session: str | None = None  # a repair round: continue this session of the CLI, where it can
 
 
 @dataclass

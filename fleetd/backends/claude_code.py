@@ -55,6 +55,8 @@ class ClaudeCodeAdapter(AgentCli):
         argv = [self.executable, "-p", ctx.prompt or "", "--output-format", "stream-json", "--verbose"]
         if ctx.model:
             argv += ["--model", ctx.model]
+        if ctx.resume_session:  # a repair round continues the session it repairs
+            argv += ["--resume", ctx.resume_session]
         if ctx.cost_left is not None:  # the run's budget: Claude Code stops itself when it is spent
             argv += ["--max-budget-usd", f"{ctx.cost_left:.4f}"]
         change = self.profile_env(ctx.profile, ctx.secret)

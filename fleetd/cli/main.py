@@ -258,6 +258,11 @@ def _parse_size(text: str) -> int:
 @click.option("--daily-cost", help="USD the loop may spend per rolling 24 h; a fire over it is skipped.")
 @click.option("--on-exhausted", type=click.Choice(["escalate", "wait"]),
               help="When a step has no headroom: go up the chain (default) or wait for its reset.")  # fmt: skip
+@click.option(
+    "--verify", help="Acceptance gate: a shell command run in --dir after each successful attempt; exit 0 accepts."
+)
+@click.option("--verify-timeout", help="How long --verify may take (default 10m).")
+@click.option("--repair", type=int, help="Rejected work gets this many repair rounds on the same worker (default 0).")
 @click.option("--agent-arg", "agent_args", multiple=True, help="Extra argument passed to the agent CLI (repeatable).")
 @click.option("--command", "command", help="Shell command (command backend).")
 @click.option("--prompt", help="Prompt text (stdin and FLEETD_PROMPT for the command backend).")
@@ -336,6 +341,8 @@ def loop_show(name: str, as_json: bool) -> None:
             ("max tokens", f"{lp['max_tokens']} per run" if lp["max_tokens"] else None),
             ("daily cost", f"${lp['daily_cost']:.2f} per 24 h" if lp["daily_cost"] else None),
             ("on exhausted", lp["on_exhausted"] if lp["routed"] else None),
+            ("verify", f"{lp['verify']} (timeout {format_duration(lp['verify_timeout_s'])})" if lp["verify"] else None),
+            ("repair", f"{lp['repair']} round(s)" if lp["repair"] else None),
             ("agent args", " ".join(lp["agent_args"]) or None),
             ("timeout", format_duration(lp["timeout_s"]) if lp["timeout_s"] else "none"),
             ("catch-up", lp["catch_up"]),

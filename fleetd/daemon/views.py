@@ -46,6 +46,9 @@ def loop_json(loop: Loop, last_run: Run | None = None, running_run_id: int | Non
         "max_tokens": loop.max_tokens,
         "daily_cost": loop.daily_cost,
         "on_exhausted": loop.on_exhausted,
+        "verify": loop.verify,
+        "verify_timeout_s": loop.verify_timeout_s,
+        "repair": loop.repair,
         "last_run": None
         if last_run is None
         else {"id": last_run.id, "status": last_run.status, "started_at": to_iso(last_run.started_at)},
@@ -103,6 +106,10 @@ def attempt_json(attempt: Attempt) -> dict[str, Any]:
         "step": attempt.step,
         "role": attempt.role,
         "duration_ms": attempt.duration_ms,
+        "verify_exit": attempt.verify_exit,
+        "verify_ms": attempt.verify_ms,
+        "accepted": attempt.accepted,
+        "findings": attempt.findings,
         "session_id": attempt.session_id,
         "windows": attempt.windows,
     }

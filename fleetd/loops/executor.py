@@ -40,6 +40,7 @@ from fleetd.timefmt import format_duration
 
 log = logging.getLogger("fleetd.executor")
 STREAM_KEEP = 8 * 1024 * 1024  # per stream, for the parser; the log file has its own cap
+VERIFY_TAIL = 4096  # of the verify command's output, kept as the findings
 
 
 # After the line that ends an attempt early, a CLI about to exit by itself may (Codex's final error
@@ -95,6 +96,7 @@ class AttemptEnd:
     exit_code: int | None = None
     timed_out: bool = False
     cost_usd: float | None = None
+    attempt_id: int | None = None
 
 
 class Executor:
@@ -296,6 +298,7 @@ class Executor:
         decision = next(flow)
         end = AttemptEnd(ParsedOutput("unknown"))
         noted = 0
+        sessions: dict[tuple[int, str], str] = {}  # the CLI session each worker's last attempt left, for repairs
         while True:
             noted = await self._tell(loop, run, runlog, router.trail, noted)
             if isinstance(decision, Finish):
@@ -306,15 +309,19 @@ class Executor:
                 return "timed_out", end.exit_code, f"timed out after {format_duration(loop.timeout_s)}"
             if isinstance(decision, Try):
                 profile = profiles[decision.candidate.profile]
+                key = (decision.candidate.step, profile.name)
                 # No await since the world was read: the probe the router saw free is still free.
                 self.profiles.claim_probe(profile)
                 self.profiles.reserve(profile)
                 try:
                     end = await self._attempt(
-                        decision.number, loop, run, slot, runlog, profile, prompt, decision, deadline
-                    )
+                        decision.number, loop, run, slot, runlog, profile, prompt, decision, deadline,
+                        resume=sessions.get(key) if decision.repair else None,
+                    )  # fmt: skip
                 finally:
                     self.profiles.release(profile)
+                if end.parsed.session_id:
+                    sessions[key] = end.parsed.session_id
                 verdict = self._verdict(loop, slot, end)
                 if verdict is not None and verdict[0] != "succeeded":
                     return verdict  # timed out, or interrupted: nothing for the router to decide
@@ -326,6 +333,12 @@ class Executor:
                     end.parsed.usage.total,
                     end.parsed.reset_at,
                 )
+                if end.parsed.outcome == "succeeded" and loop.verify:
+                    gate = await self._verify(loop, run, slot, runlog, decision, profile, end, deadline)
+                    if slot.interrupt_reason:
+                        return "interrupted", end.exit_code, slot.interrupt_reason
+                    if gate is not None:  # rejected: a capability shortfall, or a gate that cannot run
+                        result = replace(result, outcome="failed", error_class=gate[0], message=gate[1])
                 world, profiles = await self.profiles.world(steps)
                 decision = flow.send(Observation(world, result))
             elif isinstance(decision, Backoff):
@@ -349,6 +362,82 @@ class Executor:
                     return "interrupted", end.exit_code, slot.interrupt_reason
                 world, profiles = await self.profiles.world(steps)
                 decision = flow.send(Observation(world))
+
+    async def _verify(
+        self,
+        loop: Loop,
+        run: Run,
+        slot: ActiveRun,
+        runlog: RunLog,
+        decision: Try,
+        profile: Profile,
+        end: AttemptEnd,
+        deadline: datetime | None,
+    ) -> tuple[str, str] | None:
+        """The acceptance gate's command, in the loop's directory after a successful attempt. None: exit 0,
+        accepted. Else (`capability`, findings: the output's tail) for a rejection, or (`contract`, why) for a
+        gate that cannot run at all (not found, 126/127, its own timeout): escalating would not help."""
+        assert loop.verify is not None
+        number, candidate = decision.number, decision.candidate
+        runlog.note(f"verify (attempt {number}, {profile.name}): {loop.verify}")
+        env = {**os.environ, **loop.env, "FLEETD_RUN_ID": str(run.id), "FLEETD_LOOP": loop.name,
+               "FLEETD_ATTEMPT": str(number), "FLEETD_BACKEND": candidate.backend, "FLEETD_PROFILE": profile.name,
+               proctree.TAG_VAR: self.run_tag(run.id)}  # fmt: skip
+        timeout = loop.verify_timeout_s
+        if deadline is not None:
+            timeout = max(0.0, min(timeout, (deadline - self.clock()).total_seconds()))
+        started = self.clock()
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                "/bin/sh", "-c", loop.verify, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT, cwd=loop.workdir, env=env, start_new_session=True,
+            )  # fmt: skip
+        except OSError as e:
+            runlog.note(f"verify could not start: {e.strerror or e}")
+            return "contract", f"the verify command could not start: {e.strerror or e}"
+        slot.proc = proc
+        tail = bytearray()
+
+        async def pump() -> None:
+            assert proc.stdout is not None
+            while chunk := await proc.stdout.read(65536):
+                runlog.write(chunk)
+                tail.extend(chunk)
+                del tail[: max(0, len(tail) - VERIFY_TAIL)]
+
+        reader = asyncio.create_task(pump())
+        exited = asyncio.ensure_future(proc.wait())
+        done, _ = await asyncio.wait({exited}, timeout=timeout)
+        if not done:
+            await proctree.kill_tree(proc.pid, tag=None, grace=self.kill_grace, root_exited=exited)
+        code = await exited
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(reader, 5)
+        slot.proc = None
+        took = self.clock() - started
+        text = tail.decode(errors="replace").strip()
+        runlog.note(f"verify exit {code} after {format_duration(took.total_seconds())}")
+        if not done:
+            gate: tuple[str, str] | None = (
+                "contract",
+                f"the verify command timed out after {format_duration(timeout)}",
+            )
+        elif code == 0:
+            gate = None
+        elif code in (126, 127):
+            gate = (
+                "contract",
+                f"the verify command could not run (exit {code}): {text.splitlines()[-1] if text else ''}",
+            )
+        else:
+            gate = ("capability", f"verify `{loop.verify}` exited {code}:\n{text}" if text else f"verify exited {code}")
+        if end.attempt_id is not None:
+            with contextlib.suppress(Exception):  # a record of the gate, not a reason to fail the run
+                await self.attempts.set_gate(
+                    end.attempt_id, verify_exit=code, verify_ms=int(took.total_seconds() * 1000),
+                    accepted=gate is None, findings=None if gate is None else gate[1],
+                )  # fmt: skip
+        return gate
 
     async def _tell(self, loop: Loop, run: Run, runlog: RunLog, trail: list[dict[str, Any]], noted: int) -> int:
         """The route's new entries into the run log (never inside a CLI's line: each note is its own
@@ -391,6 +480,7 @@ class Executor:
         prompt: str | None,
         decision: Try,
         deadline: datetime | None,
+        resume: str | None = None,
     ) -> AttemptEnd:
         candidate = decision.candidate
         adapter = get_adapter(candidate.backend)
@@ -406,8 +496,11 @@ class Executor:
         # --agent-arg is for the loop's own backend's CLI
         task = Task.of(loop, agent_args=candidate.backend == loop.backend)
         timeout = max(0.0, (deadline - self.clock()).total_seconds()) if deadline else None
+        if decision.findings:
+            prompt = with_findings(prompt, decision.findings)
         ctx = AttemptContext(run.id, task, prompt, profile, secret, model, tmpdir, timeout_s=timeout,
-                             cost_left=decision.cost_left, tokens_left=decision.tokens_left)  # fmt: skip
+                             cost_left=decision.cost_left, tokens_left=decision.tokens_left,
+                             resume_session=resume)  # fmt: skip
         try:
             if adapter.kind == "http":
                 end = await self._http_attempt(cast(HttpAdapter, adapter), ctx, runlog, scrubber)
@@ -434,7 +527,7 @@ class Executor:
             log.error("run %s: cannot record the end of attempt %s (%s)", run.id, number, e)
         if profile is not None:
             await self.profiles.attempt_finished(profile, parsed, finished_at, cost)
-        end.cost_usd = cost
+        end.cost_usd, end.attempt_id = cost, attempt_id
         return end
 
     async def _http_attempt(
@@ -610,6 +703,14 @@ class Executor:
         except TimeoutError:
             return False
         return True
+
+
+def with_findings(prompt: str | None, findings: str) -> str:
+    """The original task, then what the acceptance gate found wrong with the work so far."""
+    return (
+        f"{prompt or ''}\n\n---\nA check of the previous attempt at this task rejected it. Fix what it found:\n"
+        f"{findings}\n"
+    )
 
 
 def _route_json(entry: dict[str, Any]) -> dict[str, Any]:

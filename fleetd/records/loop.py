@@ -76,6 +76,11 @@ class Loop:
     max_tokens: int | None = None  # per run
     daily_cost: float | None = None  # USD per rolling 24 h, for the loop
     on_exhausted: str = "escalate"  # or "wait" for the step's reset
+    # Acceptance: a command whose exit 0 accepts an attempt's work, and how many repair rounds a
+    # rejected worker gets before the next step takes over.
+    verify: str | None = None
+    verify_timeout_s: float = 600.0
+    repair: int = 0
     created_at: datetime | None = None
     updated_at: datetime | None = None
     last_fire_at: datetime | None = None

@@ -71,3 +71,7 @@ class Attempt:
     step: int = 1  # the loop's chain step it came from, from 1
     role: str = "work"
     duration_ms: int | None = None
+    verify_exit: int | None = None  # the acceptance gate's verify command, where the loop has one
+    verify_ms: int | None = None
+    accepted: bool | None = None  # None: no gate judged it
+    findings: str | None = None  # why the gate rejected it

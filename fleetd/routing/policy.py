@@ -12,6 +12,7 @@ from fleetd.errors import InvalidArgument
 from fleetd.records.loop import ON_EXHAUSTED, ChainStep
 from fleetd.routing.chain import parse_chain, parse_tiers
 from fleetd.routing.router import Policy
+from fleetd.timefmt import DurationError, parse_duration
 
 if TYPE_CHECKING:
     from fleetd.records.loop import Loop
@@ -20,7 +21,9 @@ if TYPE_CHECKING:
 MAX_USD = 1_000_000.0  # a bound on any money figure a user types
 MAX_TOKENS = 10**12
 _TOKENS_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmM]?)\s*$")
-ROUTING_FIELDS = ("chain", "tiers", "max_cost", "max_tokens", "daily_cost", "on_exhausted")
+ROUTING_FIELDS = ("chain", "tiers", "max_cost", "max_tokens", "daily_cost", "on_exhausted", "verify", "repair")
+MAX_REPAIR = 5
+MAX_VERIFY_CHARS = 4096
 
 
 def parse_usd(value: object, flag: str) -> float | None:
@@ -82,7 +85,28 @@ def apply_routing_input(body: dict[str, Any], loop: Loop, profiles: list[Profile
     if on_exhausted not in ON_EXHAUSTED:
         raise InvalidArgument(f"invalid --on-exhausted {on_exhausted!r}: use escalate or wait")
     loop.on_exhausted = on_exhausted
+    _apply_acceptance_input(body, loop)
     _check_tiers_reach(loop, profiles)
+
+
+def _apply_acceptance_input(body: dict[str, Any], loop: Loop) -> None:
+    verify = body.get("verify")
+    if verify not in (None, ""):
+        if not isinstance(verify, str) or "\x00" in verify or len(verify) > MAX_VERIFY_CHARS:
+            raise InvalidArgument(f"--verify must be a shell command of at most {MAX_VERIFY_CHARS} characters")
+        loop.verify = verify
+    if body.get("verify_timeout") not in (None, ""):
+        try:
+            loop.verify_timeout_s = parse_duration(str(body["verify_timeout"]))
+        except DurationError as e:
+            raise InvalidArgument(f"invalid --verify-timeout: {e}") from None
+    repair = body.get("repair")
+    if repair not in (None, ""):
+        if isinstance(repair, bool) or not str(repair).isdigit() or int(repair) > MAX_REPAIR:
+            raise InvalidArgument(f"invalid --repair {repair!r}: a number of rounds from 0 to {MAX_REPAIR}")
+        loop.repair = int(repair)
+    if loop.repair and not loop.verify:
+        raise InvalidArgument("--repair needs --verify: a repair round answers the findings of a check")
 
 
 def _check_tiers_reach(loop: Loop, profiles: list[Profile]) -> None:
@@ -123,4 +147,5 @@ def loop_policy(loop: Loop) -> Policy:
         max_cost=loop.max_cost,
         max_tokens=loop.max_tokens,
         on_exhausted=loop.on_exhausted,
+        repairs=loop.repair,
     )

@@ -71,6 +71,7 @@ class Policy:
     backoff_base: float = 2.0
     backoff_cap: float = 60.0
     max_attempts: int = 20  # a bound, not a strategy
+    repairs: int = 0  # after a rejection, this many more attempts on the same worker, with the findings
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,8 @@ class Try:
     number: int  # the run's attempt number, from 1
     cost_left: float | None  # what the run's budget still allows, for backends that can enforce it
     tokens_left: int | None
+    findings: str | None = None  # what the acceptance gate found wrong with earlier work: the prompt carries it
+    repair: bool = False  # a repair round on the worker whose work was rejected (continue its session if it can)
 
 
 @dataclass(frozen=True)
@@ -229,7 +232,10 @@ class Router:
         out: dict[tuple[int, str], str] = {}  # candidates this run is done with, and why
         resting: dict[tuple[int, str], datetime] = {}  # rate-limited here: not before this time
         rejected_steps: set[int] = set()  # capability shortfalls: the next step gets the task
-        again: tuple[int, str] | None = None  # retry this one first (transient backoff)
+        again: tuple[int, str] | None = None  # retry this one first (transient backoff, repair round)
+        repairing: tuple[int, str] | None = None  # the next try is a repair round of this one
+        repairs: dict[tuple[int, str], int] = {}
+        findings: str | None = None  # the acceptance gate's last findings, carried to every later attempt
         told: set[tuple[int, str, str]] = set()  # passed-over notes already in the trail
         last: AttemptResult | None = None
         while True:
@@ -256,16 +262,22 @@ class Router:
                     )
                     world = (yield WaitUntil(until)).world
                     continue
-                reason = _nothing_left(passed_all, out, last)
+                if last is not None and last.error_class == "capability":
+                    reason = f"rejected: {last.message}" if last.message else "rejected"
+                else:
+                    reason = _nothing_left(passed_all, out, last)
                 self.note(now, "stop", reason)
                 yield Finish("failed", reason, last.error_class if last else None)
                 return
             number += 1
             cost_left = None if policy.max_cost is None else max(0.0, policy.max_cost - self.spent_cost)
             tokens_left = None if policy.max_tokens is None else max(0, policy.max_tokens - self.spent_tokens)
-            self.note(now, "try", f"attempt {number}: {chosen.profile} (step {chosen.step + 1}: "
+            repair = repairing == (chosen.step, chosen.profile)
+            repairing = None
+            what = "repair of" if repair else "attempt"
+            self.note(now, "try", f"{what} {number}: {chosen.profile} (step {chosen.step + 1}: "
                       f"{policy.chain[chosen.step].describe()})", chosen, number=number)  # fmt: skip
-            observed = yield Try(chosen, number, cost_left, tokens_left)
+            observed = yield Try(chosen, number, cost_left, tokens_left, findings, repair)
             world, result = observed.world, observed.result
             assert result is not None
             last = result
@@ -299,6 +311,13 @@ class Router:
                     out[key] = error_class
                 self.note(world.now, "next", f"{chosen.profile}: {error_class}; trying the next candidate", chosen)
             elif action == "next_step":
+                findings = result.message or findings
+                repairs[key] = repairs.get(key, 0) + 1
+                if repairs[key] <= policy.repairs:
+                    self.note(world.now, "repair", f"{chosen.profile}'s work was rejected: repair round "
+                              f"{repairs[key]} of {policy.repairs} with the findings", chosen)  # fmt: skip
+                    again = repairing = key
+                    continue
                 rejected_steps.add(chosen.step)
                 self.note(world.now, "next", f"step {chosen.step + 1} rejected: escalating to the next step", chosen)
             else:

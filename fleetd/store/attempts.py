@@ -64,6 +64,16 @@ class AttemptStore:
                 ),
             )  # fmt: skip
 
+    async def set_gate(
+        self, attempt_id: int, *, verify_exit: int | None, verify_ms: int, accepted: bool, findings: str | None
+    ) -> None:
+        """What the acceptance gate said about the attempt's work."""
+        async with self.db.transaction() as conn:
+            await conn.execute(
+                "UPDATE attempts SET verify_exit = ?, verify_ms = ?, accepted = ?, findings = ? WHERE id = ?",
+                (verify_exit, verify_ms, int(accepted), findings, attempt_id),
+            )
+
     async def profile_cost_since(self, profile: str, since: datetime) -> float:
         """What fleetd's attempts on `profile` cost since then (USD)."""
         row = await self.db.fetchone(
@@ -95,7 +105,8 @@ class AttemptStore:
         rows = await self.db.fetchall(
             "SELECT id, run_id, number, backend, profile, model, started_at, finished_at, exit_code, outcome, "
             "error_class, error, reset_at, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, "
-            "cost_usd, session_id, windows_json, step, role, duration_ms FROM attempts "
+            "cost_usd, session_id, windows_json, step, role, duration_ms, verify_exit, verify_ms, accepted, "
+            "findings FROM attempts "
             "WHERE run_id = ? ORDER BY number",
             (run_id,),
         )
@@ -124,6 +135,10 @@ class AttemptStore:
                 step=r["step"],
                 role=r["role"],
                 duration_ms=r["duration_ms"],
+                verify_exit=r["verify_exit"],
+                verify_ms=r["verify_ms"],
+                accepted=None if r["accepted"] is None else bool(r["accepted"]),
+                findings=r["findings"],
             )
             for r in rows
         ]

@@ -16,7 +16,8 @@ from fleetd.timefmt import from_iso, to_iso
 _COLUMNS = (
     "name, schedule_kind, schedule_expr, timezone, backend, command, prompt, prompt_file, workdir, "
     "env_json, timeout_s, catch_up, output_cap, enabled, created_at, updated_at, last_fire_at, next_fire_at, "
-    "profiles_json, model, agent_args_json, chain_json, tiers_json, max_cost, max_tokens, daily_cost, on_exhausted"
+    "profiles_json, model, agent_args_json, chain_json, tiers_json, max_cost, max_tokens, daily_cost, on_exhausted, "
+    "verify, verify_timeout_s, repair"
 )
 
 
@@ -47,6 +48,9 @@ def _row_to_loop(row: aiosqlite.Row) -> Loop:
         max_tokens=row["max_tokens"],
         daily_cost=row["daily_cost"],
         on_exhausted=row["on_exhausted"],
+        verify=row["verify"],
+        verify_timeout_s=row["verify_timeout_s"],
+        repair=row["repair"],
     )
 
 
@@ -84,11 +88,14 @@ class LoopStore:
             loop.max_tokens,
             loop.daily_cost,
             loop.on_exhausted,
+            loop.verify,
+            loop.verify_timeout_s,
+            loop.repair,
         )
         try:
             async with self.db.transaction() as conn:
                 cur = await conn.execute(
-                    f"INSERT INTO loops ({_COLUMNS}) VALUES ({','.join('?' * 27)}) RETURNING {_COLUMNS}", values
+                    f"INSERT INTO loops ({_COLUMNS}) VALUES ({','.join('?' * 30)}) RETURNING {_COLUMNS}", values
                 )
                 row = await cur.fetchone()
                 await cur.close()

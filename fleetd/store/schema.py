@@ -332,4 +332,14 @@ MIGRATIONS: list[str] = [
     END;
     {STATS_REBUILD}
     """,
+    # 7: acceptance: a loop's verify command and repair rounds; what the gate said about each attempt
+    """
+    ALTER TABLE loops ADD COLUMN verify TEXT;
+    ALTER TABLE loops ADD COLUMN verify_timeout_s REAL NOT NULL DEFAULT 600;
+    ALTER TABLE loops ADD COLUMN repair INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE attempts ADD COLUMN verify_exit INTEGER;
+    ALTER TABLE attempts ADD COLUMN verify_ms INTEGER;
+    ALTER TABLE attempts ADD COLUMN accepted INTEGER;
+    ALTER TABLE attempts ADD COLUMN findings TEXT;
+    """,
 ]

@@ -277,3 +277,19 @@ def test_candidates_go_local_then_subscription_then_metered_then_by_state_and_he
     ordered, passed = expand(0, pool, World(T0, profiles), frozenset())
     assert [c.profile for c in ordered] == ["local", "sub_high", "sub_low", "near", "metered"]
     assert [(p.profile, p.until) for p in passed] == [("gone", T0 + timedelta(hours=2))]
+
+
+def test_a_rejection_gets_repair_rounds_on_the_same_worker_then_escalates_with_the_findings() -> None:
+    rejected = AttemptResult("failed", "capability", "2 tests still fail: test_a, test_b")
+    drive = Drive(Policy(CHAIN, repairs=1), {"qwen": [rejected], "cc-a": [rejected, OK]})
+    assert drive.run().status == "succeeded"
+    assert drive.tried == ["qwen", "qwen", "cc-a@sonnet", "cc-a@sonnet"]
+    tries = [d for d in drive.decisions if isinstance(d, Try)]
+    assert [t.repair for t in tries] == [False, True, False, True]
+    assert [t.findings for t in tries] == [None, *["2 tests still fail: test_a, test_b"] * 3]
+
+
+def test_rejected_by_every_step_fails_with_reason_rejected_and_the_last_findings() -> None:
+    rejected = AttemptResult("failed", "capability", "verify exit 1: 3 failed")
+    finish = Drive(Policy(CHAIN), {name: [rejected] for name in PROFILES}).run()
+    assert finish.status == "failed" and finish.reason == "rejected: verify exit 1: 3 failed"

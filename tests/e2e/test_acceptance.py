@@ -1,0 +1,113 @@
+"""The acceptance gate through a real daemon with the stand-in CLIs: a verify command rejects a
+worker's work (the next chain step gets the task, with the findings), repair rounds go back to the
+same worker and continue its session, and a gate that cannot run stops the run."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.harness import STANDIN_BIN, Daemon, capture_folder, captures_dir
+
+SESSION = "44ce97b6-bd26-4495-bf03-46c93a098e16"  # what the cc_ok_stream capture's session is
+
+
+@pytest.fixture(scope="module")
+def gated() -> Iterator[Daemon]:
+    capture_folder("cc_ok_stream")
+    root = Path(tempfile.mkdtemp(prefix="flg-", dir="/tmp"))
+    (root / "standin").mkdir()
+    (root / "work").mkdir()
+    d = Daemon(root / "home", "--kill-grace", "0.5s", "--stop-grace", "1s", "--backoff-base", "0.05s")
+    d.env.update(PATH=f"{STANDIN_BIN}:{os.environ['PATH']}", STANDIN_DIR=str(root / "standin"),
+                 STANDIN_CAPTURES=str(captures_dir()), FLEETD_SECRET_STORE="file")  # fmt: skip
+    d.start()
+    d.root = root  # type: ignore[attr-defined]
+    for name in ("cc-first", "cc-second"):
+        d.cli("profile", "add", name, "--backend", "claude_code")
+        (root / "standin" / f"{name}.scenario").write_text("ok")
+    d.cli("profile", "add", "gem", "--backend", "gemini")
+    (root / "standin" / "gem.scenario").write_text("ok")
+    yield d
+    d.stop()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def calls(d: Daemon, run_id: int) -> list[dict]:
+    lines = (d.root / "standin" / "calls.jsonl").read_text().splitlines()  # type: ignore[attr-defined]
+    return [c for c in map(json.loads, lines) if c["env"].get("FLEETD_RUN_ID") == str(run_id)]
+
+
+def run(d: Daemon, loop: str) -> dict:
+    return d.wait_run(d.json("loop", "run", loop)["id"])
+
+
+def test_rejected_on_step_one_the_next_step_is_accepted_with_the_findings(gated: Daemon) -> None:
+    d = gated
+    verify = 'echo "checked by $FLEETD_PROFILE"; test "$FLEETD_BACKEND" = gemini || { echo "2 tests fail"; exit 1; }'
+    d.cli("loop", "add", "esc", "--every", "1h", "--paused", "--chain", "cc-first,gem@gemini-2.5-flash",
+          "--prompt", "fix the tests", "--dir", str(d.root / "work"), "--verify", verify)  # type: ignore[attr-defined]  # fmt: skip
+    result = run(d, "esc")
+    assert result["status"] == "succeeded" and result["profile"] == "gem"
+    first, second = result["attempt_list"]
+    assert (first["profile"], first["accepted"], first["verify_exit"], first["step"]) == ("cc-first", False, 1, 1)
+    assert "2 tests fail" in first["findings"]
+    assert (second["profile"], second["accepted"], second["verify_exit"], second["step"]) == ("gem", True, 0, 2)
+    cc_call, gem_call = calls(d, result["id"])
+    assert "2 tests fail" not in cc_call["argv"][1]
+    prompt = gem_call["argv"][gem_call["argv"].index("-p") + 1]
+    assert prompt.startswith("fix the tests") and "2 tests fail" in prompt  # the next worker gets the findings
+    log = d.cli("runs", "logs", str(result["id"])).stdout
+    assert "[fleetd] verify (attempt 1, cc-first):" in log and "checked by cc-first" in log
+    assert any(e["kind"] == "next" and "rejected" in e["detail"] for e in result["route"])
+
+
+def test_a_repair_round_continues_the_same_workers_session(gated: Daemon) -> None:
+    d = gated
+    counter = d.root / "verify-count"  # type: ignore[attr-defined]
+    verify = f'n=$(cat {counter} 2>/dev/null || echo 0); n=$((n+1)); echo $n > {counter}; [ $n -ge 2 ] || {{ echo "lint: 3 errors"; exit 1; }}'  # noqa: E501
+    d.cli("loop", "add", "rep", "--every", "1h", "--paused", "--chain", "cc-second,gem", "--prompt", "tidy up",
+          "--verify", verify, "--repair", "1")  # fmt: skip
+    result = run(d, "rep")
+    assert result["status"] == "succeeded"
+    assert [(a["profile"], a["accepted"]) for a in result["attempt_list"]] == [
+        ("cc-second", False),
+        ("cc-second", True),
+    ]
+    first, repair = calls(d, result["id"])
+    assert "--resume" not in first["argv"]
+    assert repair["argv"][repair["argv"].index("--resume") + 1] == SESSION
+    assert "lint: 3 errors" in repair["argv"][repair["argv"].index("-p") + 1]
+    assert any(e["kind"] == "repair" for e in result["route"])
+
+
+def test_rejected_everywhere_fails_with_reason_rejected(gated: Daemon) -> None:
+    d = gated
+    d.cli("loop", "add", "never", "--every", "1h", "--paused", "--chain", "cc-first,gem", "--prompt", "x",
+          "--verify", "echo 'still broken'; exit 3")  # fmt: skip
+    result = run(d, "never")
+    assert result["status"] == "failed" and result["error"].startswith("rejected: verify `echo 'still broken'; exit 3`")
+    assert "still broken" in result["error"]
+    assert len(result["attempt_list"]) == 2
+
+
+def test_a_gate_that_cannot_run_stops_without_escalating(gated: Daemon) -> None:
+    d = gated
+    d.cli("loop", "add", "broken", "--every", "1h", "--paused", "--chain", "cc-first,gem", "--prompt", "x",
+          "--verify", "no-such-checker --all")  # fmt: skip
+    result = run(d, "broken")
+    assert result["status"] == "failed"
+    assert result["error"].startswith("contract: the verify command could not run (exit 127)")
+    assert [a["profile"] for a in result["attempt_list"]] == ["cc-first"]  # gem never asked
+
+
+def test_repair_without_verify_is_refused(gated: Daemon) -> None:
+    refused = gated.cli("loop", "add", "r", "--every", "1h", "--backend", "claude_code", "--prompt", "x",
+                        "--repair", "1", check=False)  # fmt: skip
+    assert refused.returncode == 2 and "--repair needs --verify" in refused.stderr
