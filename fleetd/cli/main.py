@@ -262,6 +262,9 @@ def _parse_size(text: str) -> int:
     "--verify", help="Acceptance gate: a shell command run in --dir after each successful attempt; exit 0 accepts."
 )
 @click.option("--verify-timeout", help="How long --verify may take (default 10m).")
+@click.option(
+    "--review", help="A cheap reviewer agent that must accept the work too: BACKEND[@MODEL] or PROFILE[@MODEL]."
+)
 @click.option("--repair", type=int, help="Rejected work gets this many repair rounds on the same worker (default 0).")
 @click.option("--agent-arg", "agent_args", multiple=True, help="Extra argument passed to the agent CLI (repeatable).")
 @click.option("--command", "command", help="Shell command (command backend).")
@@ -342,6 +345,7 @@ def loop_show(name: str, as_json: bool) -> None:
             ("daily cost", f"${lp['daily_cost']:.2f} per 24 h" if lp["daily_cost"] else None),
             ("on exhausted", lp["on_exhausted"] if lp["routed"] else None),
             ("verify", f"{lp['verify']} (timeout {format_duration(lp['verify_timeout_s'])})" if lp["verify"] else None),
+            ("review", lp["review"]),
             ("repair", f"{lp['repair']} round(s)" if lp["repair"] else None),
             ("agent args", " ".join(lp["agent_args"]) or None),
             ("timeout", format_duration(lp["timeout_s"]) if lp["timeout_s"] else "none"),

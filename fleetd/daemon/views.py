@@ -49,6 +49,7 @@ def loop_json(loop: Loop, last_run: Run | None = None, running_run_id: int | Non
         "verify": loop.verify,
         "verify_timeout_s": loop.verify_timeout_s,
         "repair": loop.repair,
+        "review": loop.review.describe() if loop.review else None,
         "last_run": None
         if last_run is None
         else {"id": last_run.id, "status": last_run.status, "started_at": to_iso(last_run.started_at)},

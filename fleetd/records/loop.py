@@ -81,6 +81,7 @@ class Loop:
     verify: str | None = None
     verify_timeout_s: float = 600.0
     repair: int = 0
+    review: ChainStep | None = None  # a cheap reviewer agent that must accept the work too
     created_at: datetime | None = None
     updated_at: datetime | None = None
     last_fire_at: datetime | None = None

@@ -21,7 +21,17 @@ if TYPE_CHECKING:
 MAX_USD = 1_000_000.0  # a bound on any money figure a user types
 MAX_TOKENS = 10**12
 _TOKENS_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmM]?)\s*$")
-ROUTING_FIELDS = ("chain", "tiers", "max_cost", "max_tokens", "daily_cost", "on_exhausted", "verify", "repair")
+ROUTING_FIELDS = (
+    "chain",
+    "tiers",
+    "max_cost",
+    "max_tokens",
+    "daily_cost",
+    "on_exhausted",
+    "verify",
+    "repair",
+    "review",
+)
 MAX_REPAIR = 5
 MAX_VERIFY_CHARS = 4096
 
@@ -86,6 +96,16 @@ def apply_routing_input(body: dict[str, Any], loop: Loop, profiles: list[Profile
         raise InvalidArgument(f"invalid --on-exhausted {on_exhausted!r}: use escalate or wait")
     loop.on_exhausted = on_exhausted
     _apply_acceptance_input(body, loop)
+    review = body.get("review")
+    if review not in (None, ""):
+        if not isinstance(review, str):
+            raise InvalidArgument("--review must be one step: BACKEND[@MODEL] or PROFILE[@MODEL]")
+        steps = parse_chain(review, routed, {p.name: p.backend for p in profiles})
+        if len(steps) != 1:
+            raise InvalidArgument("--review takes one step: BACKEND[@MODEL] or PROFILE[@MODEL]")
+        loop.review = steps[0]
+    if loop.repair and not (loop.verify or loop.review):
+        raise InvalidArgument("--repair needs --verify or --review: a repair round answers a check's findings")
     _check_tiers_reach(loop, profiles)
 
 
@@ -105,8 +125,7 @@ def _apply_acceptance_input(body: dict[str, Any], loop: Loop) -> None:
         if isinstance(repair, bool) or not str(repair).isdigit() or int(repair) > MAX_REPAIR:
             raise InvalidArgument(f"invalid --repair {repair!r}: a number of rounds from 0 to {MAX_REPAIR}")
         loop.repair = int(repair)
-    if loop.repair and not loop.verify:
-        raise InvalidArgument("--repair needs --verify: a repair round answers the findings of a check")
+
 
 
 def _check_tiers_reach(loop: Loop, profiles: list[Profile]) -> None:

@@ -17,7 +17,7 @@ _COLUMNS = (
     "name, schedule_kind, schedule_expr, timezone, backend, command, prompt, prompt_file, workdir, "
     "env_json, timeout_s, catch_up, output_cap, enabled, created_at, updated_at, last_fire_at, next_fire_at, "
     "profiles_json, model, agent_args_json, chain_json, tiers_json, max_cost, max_tokens, daily_cost, on_exhausted, "
-    "verify, verify_timeout_s, repair"
+    "verify, verify_timeout_s, repair, review_json"
 )
 
 
@@ -51,6 +51,7 @@ def _row_to_loop(row: aiosqlite.Row) -> Loop:
         verify=row["verify"],
         verify_timeout_s=row["verify_timeout_s"],
         repair=row["repair"],
+        review=ChainStep.from_json(json.loads(row["review_json"])) if row["review_json"] else None,
     )
 
 
@@ -91,11 +92,12 @@ class LoopStore:
             loop.verify,
             loop.verify_timeout_s,
             loop.repair,
+            json.dumps(loop.review.to_json()) if loop.review else None,
         )
         try:
             async with self.db.transaction() as conn:
                 cur = await conn.execute(
-                    f"INSERT INTO loops ({_COLUMNS}) VALUES ({','.join('?' * 30)}) RETURNING {_COLUMNS}", values
+                    f"INSERT INTO loops ({_COLUMNS}) VALUES ({','.join('?' * 31)}) RETURNING {_COLUMNS}", values
                 )
                 row = await cur.fetchone()
                 await cur.close()

@@ -337,6 +337,7 @@ MIGRATIONS: list[str] = [
     ALTER TABLE loops ADD COLUMN verify TEXT;
     ALTER TABLE loops ADD COLUMN verify_timeout_s REAL NOT NULL DEFAULT 600;
     ALTER TABLE loops ADD COLUMN repair INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE loops ADD COLUMN review_json TEXT;
     ALTER TABLE attempts ADD COLUMN verify_exit INTEGER;
     ALTER TABLE attempts ADD COLUMN verify_ms INTEGER;
     ALTER TABLE attempts ADD COLUMN accepted INTEGER;

@@ -110,4 +110,4 @@ def test_a_gate_that_cannot_run_stops_without_escalating(gated: Daemon) -> None:
 def test_repair_without_verify_is_refused(gated: Daemon) -> None:
     refused = gated.cli("loop", "add", "r", "--every", "1h", "--backend", "claude_code", "--prompt", "x",
                         "--repair", "1", check=False)  # fmt: skip
-    assert refused.returncode == 2 and "--repair needs --verify" in refused.stderr
+    assert refused.returncode == 2 and "--repair needs --verify or --review" in refused.stderr
