@@ -183,6 +183,7 @@ class Daemon:
             backoff_base=self.options.backoff_base,
         )
         leftovers = await runs.running()  # read before anything can start a run
+        executor.ready.clear()  # a `loop run` that comes in while recovering waits for it (one kill grace)
         scheduler = Scheduler(
             loops, executor, clock=now_utc, misfire_grace=timedelta(seconds=self.options.misfire_grace)
         )
@@ -214,6 +215,7 @@ class Daemon:
                 await asyncio.sleep(0.01)
             # The socket answers (status "recovering") while a crash's leftovers are cleaned up.
             await self._recover(leftovers, runs, attempts, executor)
+            executor.ready.set()
             ctx.phase = "ok"
             await heartbeat.start()
             await scheduler.start()

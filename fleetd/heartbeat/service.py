@@ -296,9 +296,11 @@ class Heartbeat:
     def reserve(self, profile: str) -> None:
         self.in_flight[profile] = self.in_flight.get(profile, 0) + 1
 
-    def release(self, profile: str) -> None:
+    def release(self, profile: str, probe: bool = False) -> None:
+        """An attempt ended; `probe`: it was the half-open circuit's one probe, which is free again."""
         self.in_flight[profile] = max(0, self.in_flight.get(profile, 0) - 1)
-        self.probing.discard(profile)
+        if probe:
+            self.probing.discard(profile)
 
     # -- circuit breakers -------------------------------------------------------------------------
 
@@ -307,11 +309,8 @@ class Heartbeat:
 
     def claim_probe(self, profile: str) -> bool:
         """A half-open circuit lets exactly one attempt through; concurrent runs do not all probe.
-        True when this caller may go ahead (a closed circuit always may)."""
-        state = self.circuit(profile).state
-        if state == "closed":
-            return True
-        if state == "half_open" and profile not in self.probing:
+        True when this caller took the probe (it must then `release(profile, probe=True)`)."""
+        if self.circuit(profile).state == "half_open" and profile not in self.probing:
             self.probing.add(profile)
             return True
         return False

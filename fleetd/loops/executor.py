@@ -8,11 +8,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import itertools
 import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, tzinfo
 from pathlib import Path
@@ -23,7 +24,7 @@ import psutil
 from fleetd.backends.base import AttemptContext, HttpAdapter, ProcessAdapter, ProcessOutput, ProcessSpec
 from fleetd.backends.registry import get_adapter
 from fleetd.errors import FleetdError
-from fleetd.loops import cgroups, proctree
+from fleetd.loops import cgroups, changes, proctree
 from fleetd.loops.runlog import RunLog
 from fleetd.loops.scrub import Scrubber
 from fleetd.records.loop import ChainStep, Loop
@@ -32,7 +33,18 @@ from fleetd.records.result import ErrorClass, ParsedOutput
 from fleetd.records.run import LoopFire, Run, RunStatus
 from fleetd.records.task import Task
 from fleetd.routing.policy import loop_policy
-from fleetd.routing.router import AttemptResult, Backoff, Candidate, Finish, Observation, Router, Try, WaitUntil, World
+from fleetd.routing.router import (
+    AttemptResult,
+    Backoff,
+    Candidate,
+    Finish,
+    Observation,
+    Policy,
+    Router,
+    Try,
+    WaitUntil,
+    World,
+)
 from fleetd.store.attempts import AttemptStore
 from fleetd.store.events import EventLog
 from fleetd.store.runs import RunStore
@@ -41,6 +53,8 @@ from fleetd.timefmt import format_duration
 log = logging.getLogger("fleetd.executor")
 STREAM_KEEP = 8 * 1024 * 1024  # per stream, for the parser; the log file has its own cap
 VERIFY_TAIL = 4096  # of the verify command's output, kept as the findings
+REVIEW_DIFF_CAP = 64 * 1024  # of what changed, in the reviewer's prompt
+NO_VERDICT = "the reviewer's answer holds no verdict"
 
 
 # After the line that ends an attempt early, a CLI about to exit by itself may (Codex's final error
@@ -58,7 +72,7 @@ class ProfileSource(Protocol):
     # Every profile's key: an attempt's output is scrubbed of all of them, not only of its own.
     async def known_secrets(self) -> Collection[str]: ...
     def reserve(self, profile: Profile) -> None: ...
-    def release(self, profile: Profile) -> None: ...
+    def release(self, profile: Profile, probe: bool = False) -> None: ...
     async def attempt_finished(
         self, profile: Profile, parsed: ParsedOutput, finished_at: datetime, cost_usd: float | None
     ) -> None: ...
@@ -76,6 +90,18 @@ class ActiveRun:
     waiting: bool = False  # sleeping until a profile's reset: nothing to finish
     interrupted: asyncio.Event = field(default_factory=asyncio.Event)
     done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """What the acceptance gate made of a successful attempt."""
+
+    rejected: tuple[str, str] | None = None  # (error class, findings): `capability`, or `contract` for a broken gate
+    cost_usd: float = 0.0  # what judging cost (the reviewer's attempts): it counts toward the run's budget
+    tokens: int = 0
+
+
+Judge = Callable[[Try, Profile, "AttemptEnd", "changes.Snapshot | None"], Awaitable[Judgement]]
 
 
 @dataclass(frozen=True)
@@ -129,6 +155,9 @@ class Executor:
         self.active: dict[str, ActiveRun] = {}
         self.live_logs: dict[int, RunLog] = {}
         self.accepting = True
+        self._background: set[asyncio.Future[Any]] = set()  # fire-and-forget work, kept referenced
+        self.ready = asyncio.Event()  # cleared while the daemon recovers from a crash: fires wait for it
+        self.ready.set()
         self.inflight: set[ActiveRun] = set()  # every slot until its run's end was written (or tried)
         self.unrecorded: dict[int, RunFinish] = {}  # run ends the store refused, by run id
         self._retrier: asyncio.Task[None] | None = None
@@ -138,45 +167,54 @@ class Executor:
 
     async def fire(self, loop: Loop, trigger: str, scheduled_at: datetime, fired: LoopFire | None = None) -> Run | None:
         """Record the fire and start its run; None when `fired` was already recorded."""
+        await self.ready.wait()  # not while the daemon still cleans up after a crash
         now = self.clock()
         current = self.active.get(loop.name)
-        over_budget = await self._over_daily_cost(loop, now) if current is None and self.accepting else None
-        if current is not None or not self.accepting or over_budget:
-            reason = (
-                "daemon is shutting down"
-                if not self.accepting
-                else over_budget
-                if over_budget
-                else f"previous run {current.run_id or '(starting)'} still running"  # type: ignore[union-attr]
-            )
+        reason: str | None = None
+        run: Run | None = None
+        if not self.accepting:
+            reason = "daemon is shutting down"
+        elif current is not None:
+            reason = f"previous run {current.run_id or '(starting)'} still running"
+        if reason is None:
+            slot = ActiveRun()
+            self.active[loop.name] = slot  # claimed before any await: two fires cannot both start
+            self.inflight.add(slot)
+            try:
+                over_budget = await self._over_daily_cost(loop, now)
+                if over_budget is None:
+                    run = await self.runs.insert(
+                        loop=loop.name, trigger=trigger, status="running", scheduled_at=scheduled_at,
+                        started_at=now, backend=loop.backend, log_path_for=self.log_path, fired=fired,
+                    )  # fmt: skip
+            except BaseException:
+                self._release(loop.name, slot)
+                raise
+            if over_budget is None and run is None:
+                self._release(loop.name, slot)
+                return None
+            if over_budget is not None:
+                self._release(loop.name, slot)
+                reason = over_budget
+        if run is None:
             skipped = await self.runs.insert(
                 loop=loop.name, trigger=trigger, status="skipped", scheduled_at=scheduled_at,
                 started_at=now, finished_at=now, backend=loop.backend, error=reason, fired=fired,
             )  # fmt: skip
-            if over_budget and skipped is not None and self.events is not None:
+            if reason and reason.startswith("budget:") and skipped is not None and self.events is not None:
                 await self.events.emit(now, "budget.exceeded", f"loop {loop.name}: run {skipped.id} skipped, {reason}",
                                        backend=loop.backend, loop=loop.name, run_id=skipped.id)  # fmt: skip
             return skipped
-        slot = ActiveRun()
-        self.active[loop.name] = slot  # claimed before any await: two fires cannot both start
-        self.inflight.add(slot)
-        try:
-            run = await self.runs.insert(
-                loop=loop.name, trigger=trigger, status="running", scheduled_at=scheduled_at,
-                started_at=now, backend=loop.backend, log_path_for=self.log_path, fired=fired,
-            )  # fmt: skip
-        except BaseException:
-            del self.active[loop.name]
-            self.inflight.discard(slot)
-            raise
-        if run is None:
-            del self.active[loop.name]
-            self.inflight.discard(slot)
-            return None
         slot.run_id = run.id
         slot.tag = self.run_tag(run.id)
         slot.task = asyncio.create_task(self._execute(loop, run, slot), name=f"run-{run.id}")
         return run
+
+    def _release(self, name: str, slot: ActiveRun) -> None:
+        if self.active.get(name) is slot:
+            del self.active[name]
+        self.inflight.discard(slot)
+        slot.done.set()
 
     async def _over_daily_cost(self, loop: Loop, now: datetime) -> str | None:
         """`budget: …` when the loop has spent its --daily-cost in the last 24 h."""
@@ -275,8 +313,20 @@ class Executor:
             end = await self._attempt(1, loop, run, slot, runlog, None, prompt, alone, deadline)
             return self._verdict(loop, slot, end) or ("failed", end.exit_code, _describe(end.parsed))
         router = Router(replace(loop_policy(loop), backoff_base=self.backoff_base))
+        numbers = itertools.count(1)  # attempt numbers of the run, workers and reviewers alike
+
+        async def judge(decision: Try, profile: Profile, end: AttemptEnd, before: changes.Snapshot | None) -> Judgement:
+            """The acceptance gate: the verify command, then the reviewer agent."""
+            if loop.verify:
+                gate = await self._verify(loop, run, slot, runlog, decision, profile, end, deadline)
+                if gate is not None or slot.interrupt_reason:
+                    return Judgement(gate)
+            if loop.review:
+                return await self._review(loop, run, slot, runlog, prompt, end, before, deadline, numbers, router)
+            return Judgement()
+
         try:
-            return await self._drive(router, loop, run, slot, runlog, prompt, deadline)
+            return await self._drive(router, loop, run, slot, runlog, prompt, deadline, numbers=numbers, judge=judge)
         finally:
             with contextlib.suppress(Exception):  # the route is a record, not a reason to fail the run
                 await self.runs.set_route(run.id, [_route_json(entry) for entry in router.trail])
@@ -290,8 +340,13 @@ class Executor:
         runlog: RunLog,
         prompt: str | None,
         deadline: datetime | None,
+        *,
+        numbers: Iterator[int],
+        judge: Judge,
+        role: str = "work",
     ) -> tuple[RunStatus, int | None, str | None]:
-        """Perform the router's decisions; it alone decides (`fleetd.routing.router`)."""
+        """Perform the router's decisions; it alone decides (`fleetd.routing.router`). `judge` is asked
+        about every successful attempt (the acceptance gate); its rejection is the attempt's outcome."""
         steps = list(router.policy.chain)
         world, profiles = await self.profiles.world(steps)
         flow = router.route(world)
@@ -301,6 +356,8 @@ class Executor:
         sessions: dict[tuple[int, str], str] = {}  # the CLI session each worker's last attempt left, for repairs
         while True:
             noted = await self._tell(loop, run, runlog, router.trail, noted)
+            if slot.interrupt_reason and not isinstance(decision, Finish):
+                return "interrupted", end.exit_code, slot.interrupt_reason  # a stop: no new attempt, no retry
             if isinstance(decision, Finish):
                 if decision.status == "succeeded":
                     return "succeeded", end.exit_code, None
@@ -311,15 +368,16 @@ class Executor:
                 profile = profiles[decision.candidate.profile]
                 key = (decision.candidate.step, profile.name)
                 # No await since the world was read: the probe the router saw free is still free.
-                self.profiles.claim_probe(profile)
+                probe = self.profiles.claim_probe(profile)
                 self.profiles.reserve(profile)
                 try:
+                    before = await asyncio.to_thread(changes.snapshot, loop.workdir) if loop.review else None
                     end = await self._attempt(
-                        decision.number, loop, run, slot, runlog, profile, prompt, decision, deadline,
-                        resume=sessions.get(key) if decision.repair else None,
+                        next(numbers), loop, run, slot, runlog, profile, prompt, decision, deadline,
+                        resume=sessions.get(key) if decision.repair else None, role=role,
                     )  # fmt: skip
                 finally:
-                    self.profiles.release(profile)
+                    self.profiles.release(profile, probe)
                 if end.parsed.session_id:
                     sessions[key] = end.parsed.session_id
                 verdict = self._verdict(loop, slot, end)
@@ -333,12 +391,15 @@ class Executor:
                     end.parsed.usage.total,
                     end.parsed.reset_at,
                 )
-                if end.parsed.outcome == "succeeded" and loop.verify:
-                    gate = await self._verify(loop, run, slot, runlog, decision, profile, end, deadline)
+                if end.parsed.outcome == "succeeded":
+                    judged = await judge(decision, profile, end, before)
                     if slot.interrupt_reason:
                         return "interrupted", end.exit_code, slot.interrupt_reason
-                    if gate is not None:  # rejected: a capability shortfall, or a gate that cannot run
-                        result = replace(result, outcome="failed", error_class=gate[0], message=gate[1])
+                    result = replace(result, cost_usd=result.cost_usd + judged.cost_usd,
+                                     tokens=result.tokens + judged.tokens)  # fmt: skip
+                    if judged.rejected is not None:  # a capability shortfall, or a gate that cannot run
+                        result = replace(result, outcome="failed", error_class=judged.rejected[0],
+                                         message=judged.rejected[1])  # fmt: skip
                 world, profiles = await self.profiles.world(steps)
                 decision = flow.send(Observation(world, result))
             elif isinstance(decision, Backoff):
@@ -439,6 +500,63 @@ class Executor:
                 )  # fmt: skip
         return gate
 
+    async def _review(
+        self,
+        loop: Loop,
+        run: Run,
+        slot: ActiveRun,
+        runlog: RunLog,
+        prompt: str | None,
+        end: AttemptEnd,
+        before: changes.Snapshot | None,
+        deadline: datetime | None,
+        numbers: Iterator[int],
+        work: Router,
+    ) -> Judgement:
+        """The cheap reviewer agent: the task, what the worker said it did, and what changed, to a model
+        that must answer `{"verdict": "accept"|"reject", "missing": [...], "reason": "..."}`. It is routed
+        like any work (its own step, the loop's tiers, breakers, the run's remaining budget); an answer
+        without a verdict is asked once more, then the run fails: a broken reviewer never accepts."""
+        from fleetd.backends.parsers.verdict import extract_verdict
+
+        assert loop.review is not None
+        diff = await asyncio.to_thread(changes.changes_since, before, REVIEW_DIFF_CAP) if before else "(unknown)"
+        question = review_prompt(prompt, end.parsed.final_text, diff)
+        left = None if loop.max_cost is None else max(0.0, loop.max_cost - work.spent_cost - (end.cost_usd or 0.0))
+        policy = Policy(chain=(loop.review,), tiers=frozenset(loop.tiers), max_cost=left, retries=1,
+                        backoff_base=self.backoff_base, max_attempts=6)  # fmt: skip
+        reviewer = Router(policy)
+        verdicts: list[Any] = []
+
+        async def read_verdict(
+            decision: Try, profile: Profile, answer: AttemptEnd, _: changes.Snapshot | None
+        ) -> Judgement:
+            verdict = extract_verdict(answer.parsed.final_text or "")
+            if verdict is None:
+                return Judgement(("transient", NO_VERDICT))
+            verdicts.append(verdict)
+            return Judgement()
+
+        runlog.note(f"review by {loop.review.describe()}")
+        status, _, reason = await self._drive(reviewer, loop, run, slot, runlog, question, deadline,
+                                              numbers=numbers, judge=read_verdict, role="review")  # fmt: skip
+        work.trail.extend({**entry, "role": "review"} for entry in reviewer.trail)
+        spent = Judgement(None, reviewer.spent_cost, reviewer.spent_tokens)
+        if status != "succeeded" or not verdicts:
+            why = (
+                "the reviewer gave no verdict"
+                if NO_VERDICT in (reason or "")
+                else f"the reviewer could not run: {reason}"
+            )
+            runlog.note(why)
+            return replace(spent, rejected=("contract", why))
+        verdict = verdicts[-1]
+        runlog.note(f"review: {verdict.verdict}" + (f" ({verdict.reason})" if verdict.reason else ""))
+        if verdict.verdict == "accept":
+            return spent
+        missing = "".join(f"\n- {item}" for item in verdict.missing)
+        return replace(spent, rejected=("capability", f"the reviewer rejected it: {verdict.reason}{missing}"))
+
     async def _tell(self, loop: Loop, run: Run, runlog: RunLog, trail: list[dict[str, Any]], noted: int) -> int:
         """The route's new entries into the run log (never inside a CLI's line: each note is its own
         line), and an event for each candidate skipped as unavailable."""
@@ -481,6 +599,7 @@ class Executor:
         decision: Try,
         deadline: datetime | None,
         resume: str | None = None,
+        role: str = "work",
     ) -> AttemptEnd:
         candidate = decision.candidate
         adapter = get_adapter(candidate.backend)
@@ -489,7 +608,7 @@ class Executor:
         model = candidate.model or (profile.model if profile else None)
         attempt_id = await self.attempts.start(
             run_id=run.id, number=number, backend=candidate.backend, profile=profile.name if profile else "",
-            model=model, started_at=self.clock(), step=candidate.step + 1,
+            model=model, started_at=self.clock(), step=candidate.step + 1, role=role,
         )  # fmt: skip
         self.tmp_root.mkdir(parents=True, exist_ok=True, mode=0o700)
         tmpdir = tempfile.mkdtemp(prefix=f"run{run.id}-{number}-", dir=self.tmp_root)
@@ -526,7 +645,12 @@ class Executor:
         except Exception as e:  # the run's own end still gets recorded (and retried)
             log.error("run %s: cannot record the end of attempt %s (%s)", run.id, number, e)
         if profile is not None:
-            await self.profiles.attempt_finished(profile, parsed, finished_at, cost)
+            # An attempt fleetd itself cut short (its --timeout, a stop) says nothing about the provider:
+            # its usage counts, but it moves neither the profile's state nor its circuit breaker.
+            said = parsed
+            if (end.timed_out or slot.interrupt_reason) and parsed.outcome != "succeeded":
+                said = replace(parsed, outcome="unknown", error_class=None)
+            await self.profiles.attempt_finished(profile, said, finished_at, cost)
         end.cost_usd, end.attempt_id = cost, attempt_id
         return end
 
@@ -597,6 +721,10 @@ class Executor:
             _drop_cgroup(ctx.run_id, cgroup)
             cgroup = None
         slot.proc, slot.cgroup = proc, cgroup
+        if slot.interrupted.is_set():  # the stop came while it was starting: interrupt_all did not see it
+            killer = asyncio.ensure_future(proctree.kill_tree(proc.pid, tag=tag, grace=self.kill_grace, cgroup=cgroup))
+            self._background.add(killer)
+            killer.add_done_callback(self._background.discard)
         try:
             await self.runs.set_process(ctx.run_id, proc.pid, _create_time(proc.pid))
         except Exception as e:  # only crash recovery needs it; the child is ours either way
@@ -703,6 +831,18 @@ class Executor:
         except TimeoutError:
             return False
         return True
+
+
+def review_prompt(task: str | None, final_text: str | None, diff: str) -> str:
+    """What the reviewer agent is asked: check the work like a careful reviewer, answer in JSON."""
+    return (
+        "You review an automated coding agent's work. Do not change any file. Decide whether the task below is done.\n"
+        "Answer with one JSON object and nothing after it: "
+        '{"verdict": "accept" or "reject", "missing": ["what is not done yet", ...], "reason": "one sentence"}.\n'
+        "Reject when something the task asks for is missing or wrong; accept when it is done.\n\n"
+        f"## The task\n{task or '(none)'}\n\n## What the agent said it did\n{final_text or '(nothing)'}\n\n"
+        f"## What changed\n{diff}\n"
+    )
 
 
 def with_findings(prompt: str | None, findings: str) -> str:

@@ -54,13 +54,20 @@ class Scheduler:
         trigger = build_trigger(loop.schedule, _anchor(loop))
         now = self.clock()
         plan = plan_startup(trigger, loop.next_fire_at, now, loop.catch_up)
-        if plan.fire is not None:
-            log.info("loop %s missed %s while down: one catch-up run", loop.name, plan.fire.scheduled_at)
-            fired = LoopFire(loop.name, plan.fire.scheduled_at, plan.next_fire_at, due=loop.next_fire_at)
-            await self.executor.fire(loop, "catch-up", plan.fire.scheduled_at, fired)
-        elif plan.next_fire_at != loop.next_fire_at:
-            log.info("loop %s missed %s while down: skipped (catch-up skip)", loop.name, loop.next_fire_at)
-            await self.loops.set_state(loop.name, updated_at=now, next_fire_at=plan.next_fire_at, clear_next=True)
+        try:
+            if plan.fire is not None:
+                log.info("loop %s missed %s while down: one catch-up run", loop.name, plan.fire.scheduled_at)
+                fired = LoopFire(loop.name, plan.fire.scheduled_at, plan.next_fire_at, due=loop.next_fire_at)
+                await self.executor.fire(loop, "catch-up", plan.fire.scheduled_at, fired)
+            elif plan.next_fire_at != loop.next_fire_at:
+                log.info("loop %s missed %s while down: skipped (catch-up skip)", loop.name, loop.next_fire_at)
+                await self.loops.set_state(loop.name, updated_at=now, next_fire_at=plan.next_fire_at, clear_next=True)
+        except Exception:
+            # Nothing was recorded: the timer takes the stored (past) due time and applies the loop's
+            # catch-up policy itself, retrying like any fire it could not record.
+            log.exception("loop %s: could not record its missed fire; the timer retries it", loop.name)
+            self._arm(loop, trigger, loop.next_fire_at)
+            return
         self._arm(loop, trigger, plan.next_fire_at)
 
     def _arm(self, loop: Loop, trigger: BaseTrigger, due: datetime | None) -> None:

@@ -217,8 +217,8 @@ class ProfileService:
     def reserve(self, profile: Profile) -> None:
         self.heartbeat.reserve(profile.name)
 
-    def release(self, profile: Profile) -> None:
-        self.heartbeat.release(profile.name)
+    def release(self, profile: Profile, probe: bool = False) -> None:
+        self.heartbeat.release(profile.name, probe)
 
     async def attempt_finished(
         self, profile: Profile, parsed: ParsedOutput, finished_at: datetime, cost_usd: float | None

@@ -127,7 +127,6 @@ def _apply_acceptance_input(body: dict[str, Any], loop: Loop) -> None:
         loop.repair = int(repair)
 
 
-
 def _check_tiers_reach(loop: Loop, profiles: list[Profile]) -> None:
     """A backend step whose every profile is outside the loop's tiers would never run: say so now."""
     for step in loop_steps(loop):

@@ -348,7 +348,8 @@ class Router:
                     told.add((p.step, p.profile, p.why))
                     self.note(world.now, "skip", f"{p.profile}: {p.why}", step=p.step + 1, profile=p.profile)
             passed_all.extend(passed)
-            step_resets = [p.until for p in passed if p.until is not None]
+            # A candidate this run is done with is no reason to wait, whenever its reset comes.
+            step_resets = [p.until for p in passed if p.until is not None and (p.step, p.profile) not in out]
             usable = []
             for c in ordered:
                 key = (c.step, c.profile)

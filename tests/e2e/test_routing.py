@@ -183,3 +183,15 @@ def test_bad_routing_input_is_refused_with_one_line(routed: Daemon) -> None:
         assert result.returncode == 2, (args, result.stderr)
         assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert "bad" not in [lp["name"] for lp in d.json("loop", "list")]
+
+
+def test_attempts_fleetd_cuts_short_do_not_open_the_circuit(routed: Daemon) -> None:
+    """A --timeout kill says nothing about the provider: three in a row leave the breaker closed."""
+    d = routed
+    d.cli("profile", "add", "slow", "--backend", "claude_code")
+    scenario(d, "slow", "hang")
+    d.cli("loop", "add", "slowpoke", "--every", "1h", "--paused", "--backend", "claude_code", "--profile", "slow",
+          "--prompt", "x", "--timeout", "1s")  # fmt: skip
+    for _ in range(3):
+        assert run(d, "slowpoke")["status"] == "timed_out"
+    assert circuit(d, "slow")["state"] == "closed" and circuit(d, "slow")["failures"] == 0

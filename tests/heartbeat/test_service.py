@@ -257,3 +257,21 @@ def test_an_open_circuit_moves_the_active_profile_and_says_why(tmp_path: Path) -
         assert "a is out: its circuit is open; b has the most headroom" in switched[-1].message
 
     run(tmp_path, body)
+
+
+def test_only_the_probe_itself_frees_a_half_open_circuits_probe(tmp_path: Path) -> None:
+    async def body(hb: Heartbeat, clock: Clock, usage: UsageStore, profiles: list[Profile]) -> None:
+        a, _ = profiles
+        for _ in range(3):
+            await hb.attempt_finished(a, ParsedOutput("failed", "transient", message="503"), clock.now, None)
+        clock.now += timedelta(minutes=2)
+        assert hb.circuit("a").state == "half_open"
+        assert hb.claim_probe("a") is True
+        assert hb.claim_probe("a") is False  # a concurrent run does not probe too
+        hb.reserve("a")
+        hb.release("a")  # some other attempt on the profile ended: the probe is still out
+        assert hb.claim_probe("a") is False
+        hb.release("a", probe=True)
+        assert hb.claim_probe("a") is True
+
+    run(tmp_path, body)

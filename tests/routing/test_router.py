@@ -293,3 +293,14 @@ def test_rejected_by_every_step_fails_with_reason_rejected_and_the_last_findings
     rejected = AttemptResult("failed", "capability", "verify exit 1: 3 failed")
     finish = Drive(Policy(CHAIN), {name: [rejected] for name in PROFILES}).run()
     assert finish.status == "failed" and finish.reason == "rejected: verify exit 1: 3 failed"
+
+
+def test_a_candidate_the_run_is_done_with_is_no_reason_to_wait() -> None:
+    """Put out for auth, then shown exhausted: its reset must not keep the run waiting."""
+
+    def auth_then_exhausted(profiles: dict[str, ProfileView], name: str, result: AttemptResult, now: datetime) -> None:
+        profiles[name] = replace(profiles[name], state="exhausted", until=now + timedelta(hours=5))
+
+    finish = Drive(Policy((ChainStep("claude_code", ("cc-a",)),)), {"cc-a": [fail("auth")]},
+                   on_result=auth_then_exhausted).run()  # fmt: skip
+    assert finish.status == "failed"

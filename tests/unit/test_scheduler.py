@@ -50,3 +50,47 @@ def test_resume_keeps_an_every_loop_on_the_grid_counted_from_its_creation(tmp_pa
 
     # Created at 09:00 → fires at 10:00, 11:00, …; resuming at 09:25 or 11:20 does not restart the count.
     assert asyncio.run(go()) == [T0 + H, T0 + H, T0 + 3 * H]
+
+
+class FailsOnce:
+    """A store error on the first fire (the catch-up at start), then fires are recorded normally."""
+
+    def __init__(self, runs: object) -> None:
+        self.calls: list[tuple[str, object]] = []
+        self.runs = runs
+
+    async def fire(self, loop: Loop, trigger: str, scheduled_at: datetime, fired: object = None) -> object:
+        self.calls.append((trigger, fired))
+        if len(self.calls) == 1:
+            raise OSError("database or disk is full")
+        return await self.runs.insert(  # type: ignore[attr-defined]
+            loop=loop.name, trigger=trigger, status="skipped", scheduled_at=scheduled_at, started_at=scheduled_at,
+            finished_at=scheduled_at, backend="command", fired=fired,
+        )  # fmt: skip
+
+
+def test_a_catch_up_that_cannot_be_recorded_at_start_is_retried_by_the_loops_timer(tmp_path: Path) -> None:
+    from fleetd.store.runs import RunStore
+
+    async def go() -> tuple[list[str], int]:
+        db = await Database.open(tmp_path / "c.db")
+        clock = Clock(T0)
+        runs = RunStore(db)
+        executor = FailsOnce(runs)
+        scheduler = Scheduler(LoopStore(db), executor, clock=clock, misfire_grace=timedelta(seconds=1))  # type: ignore[arg-type]
+        try:
+            await scheduler.add(Loop("hourly", Schedule("every", "1h", "UTC"), "command", command="true"))
+            scheduler.stop()
+            clock.now = T0 + 2 * H + 30 * M  # the daemon was down across two fire times
+            await scheduler.start()
+            for _ in range(200):  # the timer's retry comes a second later
+                if len(executor.calls) >= 2:
+                    break
+                await asyncio.sleep(0.02)
+            return [t for t, _ in executor.calls], len(await runs.list())
+        finally:
+            scheduler.stop()
+            await db.close()
+
+    triggers, recorded = asyncio.run(go())
+    assert triggers[:2] == ["catch-up", "catch-up"] and recorded == 1  # retried, recorded once

@@ -1,0 +1,44 @@
+"""A loop never overlaps itself, even when two fires arrive together and the first check awaits."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from fleetd.loops.executor import Executor
+from fleetd.records.loop import Loop, Schedule
+from fleetd.store.attempts import AttemptStore
+from fleetd.store.db import Database
+from fleetd.store.loops import LoopStore
+from fleetd.store.runs import RunStore
+from fleetd.timefmt import now_utc
+
+
+class NoProfiles:
+    async def known_secrets(self) -> list[str]:
+        return []
+
+
+def test_two_fires_of_a_budgeted_loop_at_once_start_one_run(tmp_path: Path) -> None:
+    async def go() -> list[Any]:
+        db = await Database.open(tmp_path / "f.db")
+        try:
+            now = now_utc()
+            loop = Loop(name="budgeted", schedule=Schedule("every", "1h", "UTC"), backend="command",
+                        command="sleep 0.3", daily_cost=5.0, created_at=now, updated_at=now)  # fmt: skip
+            await LoopStore(db).insert(loop)
+            ex = Executor(RunStore(db), AttemptStore(db), NoProfiles(), log_path=lambda i: tmp_path / f"{i}.log",  # type: ignore[arg-type]
+                          tmp_root=tmp_path / "tmp", tag_prefix="fire", clock=now_utc, local_tz=ZoneInfo("UTC"),
+                          kill_grace=0.5)  # fmt: skip
+            runs = await asyncio.gather(ex.fire(loop, "schedule", datetime.now(UTC)), ex.fire(loop, "manual", now))
+            assert await ex.wait_idle(10)
+            return sorted((r.status, r.error or "") for r in runs if r is not None)
+        finally:
+            await db.close()
+
+    statuses = asyncio.run(go())
+    assert [s for s, _ in statuses] == ["running", "skipped"]
+    assert "still running" in statuses[1][1]
