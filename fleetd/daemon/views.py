@@ -105,6 +105,7 @@ def attempt_json(attempt: Attempt) -> dict[str, Any]:
         "duration_ms": attempt.duration_ms,
         "session_id": attempt.session_id,
         "windows": attempt.windows,
+        "result_text": attempt.result_text,
     }
 
 

@@ -71,3 +71,16 @@ class Attempt:
     step: int = 1  # the loop's chain step it came from, from 1
     role: str = "work"
     duration_ms: int | None = None
+    result_text: str | None = None  # the agent's final message (ParsedOutput.final_text), scrubbed and capped
+
+
+def accepted_attempt(run: Run, attempts: list[Attempt]) -> Attempt | None:
+    """The attempt whose work the run accepted: the last one that succeeded, of a run that succeeded.
+
+    Reviewer attempts (role `review`) judge work rather than do it, so they never count. A run that did not
+    succeed accepted nothing, whatever its attempts said (the gate may have rejected a succeeded attempt).
+    """
+    if run.status != "succeeded":
+        return None
+    done = [a for a in attempts if a.outcome == "succeeded" and a.role != "review"]
+    return max(done, key=lambda a: a.number) if done else None

@@ -332,4 +332,8 @@ MIGRATIONS: list[str] = [
     END;
     {STATS_REBUILD}
     """,
+    # 7: each attempt's final message (the agent's own account of its work; `runs result`), scrubbed, capped
+    """
+    ALTER TABLE attempts ADD COLUMN result_text TEXT;
+    """,
 ]
