@@ -109,6 +109,22 @@ def attempt_json(attempt: Attempt) -> dict[str, Any]:
     }
 
 
+def result_json(run: Run, attempt: Attempt) -> dict[str, Any]:
+    """`runs result`: the final message of the attempt whose work the run accepted."""
+    return {
+        "run": run.id,
+        "loop": run.loop,
+        "status": run.status,
+        "attempt": attempt.number,
+        "step": attempt.step,
+        "backend": attempt.backend,
+        "profile": attempt.profile,
+        "model": attempt.model,
+        "session_id": attempt.session_id,
+        "result_text": attempt.result_text,
+    }
+
+
 def run_json(
     run: Run, attempts: list[Attempt] | None = None, route: list[dict[str, Any]] | None = None
 ) -> dict[str, Any]:

@@ -41,6 +41,7 @@ class RunLog:
         # Invariant: _held is empty unless _mid_line (notes wait only for a line to end).
         self._mid_line = False  # the last byte written was not a newline
         self._held: list[bytes] = []
+        self._owed_newline = False  # end_line ended a line that the next write must start after
 
     @property
     def end(self) -> int:
@@ -51,6 +52,8 @@ class RunLog:
         if not data or self.closed:
             return
         self._ensure_file()
+        if self._owed_newline:
+            data = b"\n" + data
         if self._held and (end := data.find(b"\n")) != -1:
             # The line the notes waited for ends here: they go right after it.
             held, self._held = b"".join(self._held), []
@@ -63,20 +66,26 @@ class RunLog:
         if self.closed:
             return
         line = f"[fleetd] {text}\n".encode()
-        if self._mid_line:
+        if self._mid_line and not self._owed_newline:
             self._held.append(line)
         else:
             self.write(line)
 
     def end_line(self) -> None:
-        """The output so far is complete (an attempt ended): end its unfinished last line, if any, and write
-        the notes held for it. The next writer starts on a line of its own."""
-        if self._mid_line and not self.closed:
+        """The output so far is complete (an attempt ended): its unfinished last line is over. Notes held for it
+        are written now; otherwise the newline is owed to whatever is written next, so output that simply ends
+        without one (a command's) is left as it was."""
+        if not self._mid_line or self.closed:
+            return
+        if self._held:
             self._ensure_file()
             held, self._held = b"".join(self._held), []
             self._put(b"\n" + held)
+        else:
+            self._owed_newline = True
 
     def _put(self, data: bytes) -> None:
+        self._owed_newline = False
         self._file.write(data)
         self._file.flush()
         self.data_len += len(data)

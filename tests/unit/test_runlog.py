@@ -143,3 +143,17 @@ def test_a_note_at_a_line_start_adds_no_blank_line(tmp_path: Path) -> None:
         return log.path.read_bytes()
 
     assert asyncio.run(go()) == b"[fleetd] route: attempt 1: a\nout\n[fleetd] done\n"
+
+
+def test_end_line_owes_the_newline_to_the_next_writer(tmp_path: Path) -> None:
+    async def go(tail: bytes | None) -> bytes:
+        log = RunLog(tmp_path / "r.log", cap=1 << 20)
+        log.write(b"attempt 1 ends mid-line")
+        log.end_line()
+        if tail is not None:
+            log.write(tail)
+        log.close()
+        return log.path.read_bytes()
+
+    assert asyncio.run(go(None)) == b"attempt 1 ends mid-line"  # a command's output is left as it was
+    assert asyncio.run(go(b"attempt 2\n")) == b"attempt 1 ends mid-line\nattempt 2\n"
