@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 from fleetd.backends.base import EnvChange, UsageReader
@@ -50,6 +50,9 @@ class AgentCli:
 
     def login_argv(self, profile: Profile) -> list[str] | None:
         return None
+
+    def log_renderer(self) -> Callable[[str], str | None] | None:
+        return None  # its output is text already
 
     def live_failure(self, line: str) -> ErrorClass | None:
         return None  # the CLI stops retrying by itself (its retries are turned off): nothing to cut short

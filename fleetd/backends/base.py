@@ -7,7 +7,7 @@ routing: that is `fleetd.routing`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
 from pathlib import Path
@@ -102,6 +102,11 @@ class Adapter(Protocol):
         retries (Codex reconnecting without end on a refused connection, Aider retrying a 503 for 90 s): the
         attempt can end there. Never raises. The attempt's class is still interpret()'s reading of the whole
         output, which contains that line; this answer is the fallback when interpret() says "unknown"."""
+        ...
+
+    def log_renderer(self) -> Callable[[str], str | None] | None:
+        """The pure `render_line` that shows one line of this backend's output readably (None: leave the line
+        out), for `runs logs`; None when the output is already text (a command, aider, an HTTP call's log)."""
         ...
 
 

@@ -8,7 +8,7 @@ traffic is off too: an attempt talks to its provider and nothing else.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime, tzinfo
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -46,6 +46,9 @@ class ClaudeCodeAdapter(AgentCli):
 
     def login_argv(self, profile: Profile) -> list[str] | None:
         return [self.executable, "/login"]
+
+    def log_renderer(self) -> Callable[[str], str | None] | None:
+        return parser.render_line
 
     def is_rate_limit_line(self, line: str) -> bool:
         return parser.is_rate_limit_line(line)

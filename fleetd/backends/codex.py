@@ -3,7 +3,7 @@ waits for stdin to close). Window state is read afterwards from the thread's rol
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from datetime import datetime, tzinfo
 from pathlib import Path
@@ -42,6 +42,9 @@ class CodexAdapter(AgentCli):
 
     def login_argv(self, profile: Profile) -> list[str] | None:
         return [self.executable, "login"]
+
+    def log_renderer(self) -> Callable[[str], str | None] | None:
+        return parser.render_line
 
     def is_rate_limit_line(self, line: str) -> bool:
         return parser.is_rate_limit_line(line)

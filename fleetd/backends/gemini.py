@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from collections.abc import Callable
 from datetime import datetime, tzinfo
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -40,6 +41,9 @@ class GeminiAdapter(AgentCli):
 
     def login_argv(self, profile: Profile) -> list[str] | None:
         return [self.executable]
+
+    def log_renderer(self) -> Callable[[str], str | None] | None:
+        return parser.render_line
 
     def is_rate_limit_line(self, line: str) -> bool:
         return parser.is_rate_limit_line(line)

@@ -3,7 +3,7 @@ over httpx. 429 / insufficient_quota / retry-after / x-ratelimit-reset-* are map
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime, tzinfo
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -50,6 +50,9 @@ class OpenAICompatAdapter:
 
     def usage_reader(self, profile: Profile, offsets: Mapping[str, Any]) -> UsageReader | None:
         return None
+
+    def log_renderer(self) -> Callable[[str], str | None] | None:
+        return None  # its output is text already
 
     def live_failure(self, line: str) -> ErrorClass | None:
         return None

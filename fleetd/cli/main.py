@@ -501,6 +501,8 @@ def runs_show(run_id: str, as_json: bool) -> None:
         )
         if a["error"]:
             click.echo(f"    {short(a['error'], 150)}")
+        if a.get("result_text"):
+            click.echo(f"    said: {short(a['result_text'], 150)}")
     route = r.get("route") or []
     if route:
         click.echo("route:")
@@ -508,12 +510,25 @@ def runs_show(run_id: str, as_json: bool) -> None:
             click.echo(f"  {local_time(entry['at'])}  {entry['kind']:<7}  {entry['detail']}")
 
 
+@runs.command("result")
+@click.argument("run_id")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
+def runs_result(run_id: str, as_json: bool) -> None:
+    """The final message of the attempt the run accepted: what the agent said it did."""
+    r = _client().call("GET", f"/v1/runs/{_run_id(run_id)}/result")
+    if as_json:
+        emit_json(r)
+        return
+    click.echo(r["result_text"])
+
+
 @runs.command("logs")
 @click.argument("run_id")
 @click.option("--follow", "-f", is_flag=True, help="Stream a live run's output until it ends.")
-def runs_logs(run_id: str, follow: bool) -> None:
-    """Print a run's captured output."""
-    path = f"/v1/runs/{_run_id(run_id)}/log" + ("?follow=1" if follow else "")
+@click.option("--raw", is_flag=True, help="The CLI's own output as it printed it (e.g. its JSON), not rendered.")
+def runs_logs(run_id: str, follow: bool, raw: bool) -> None:
+    """Print a run's captured output: agents' messages and tool calls as text (a command's output as is)."""
+    path = f"/v1/runs/{_run_id(run_id)}/log?raw={int(raw)}" + ("&follow=1" if follow else "")
     out = sys.stdout.buffer
     for chunk in _client(timeout=None).stream(path):
         out.write(chunk)

@@ -21,18 +21,28 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fleetd import __version__
 from fleetd.backends.registry import get_adapter, routed_backends
-from fleetd.daemon.views import circuit_json, loop_json, profile_json, run_json, stats_json, usage_json
+from fleetd.daemon.logview import readable
+from fleetd.daemon.views import (
+    circuit_json,
+    loop_json,
+    profile_json,
+    result_json,
+    run_json,
+    stats_json,
+    usage_json,
+)
 from fleetd.errors import FleetdError, InvalidArgument, NotFound, shown
 from fleetd.heartbeat.service import Heartbeat
 from fleetd.loops.executor import Executor
 from fleetd.loops.model import validate_loop_input, validate_name
 from fleetd.loops.runlog import RunLog
 from fleetd.loops.scheduler import Scheduler
+from fleetd.loops.scrub import Scrubber
 from fleetd.paths import Paths
 from fleetd.profiles.model import validate_profile_name
 from fleetd.profiles.service import ProfileService
 from fleetd.records.profile import Profile
-from fleetd.records.run import FINAL_STATUSES, STATUSES, Run
+from fleetd.records.run import FINAL_STATUSES, STATUSES, Run, accepted_attempt
 from fleetd.routing.policy import apply_routing_input, loop_policy
 from fleetd.routing.router import resolve
 from fleetd.store.attempts import AttemptStore
@@ -230,8 +240,25 @@ def create_app(ctx: DaemonContext) -> Starlette:
 
     async def run_log(request: Request) -> Response:
         run = await ctx.runs.get(_run_id(request))
-        follow = request.query_params.get("follow") in ("1", "true", "yes")
-        return StreamingResponse(_stream_log(ctx, run, follow), media_type="text/plain")
+        follow = _flag(request, "follow", False)
+        stream = _stream_log(ctx, run, follow)
+        if not _flag(request, "raw", True):  # raw by default: the API keeps the CLI's own bytes unless asked
+            stream = await _readable_log(ctx, run, stream)
+        return StreamingResponse(stream, media_type="text/plain")
+
+    async def run_result(request: Request) -> Response:
+        run = await ctx.runs.get(_run_id(request))
+        accepted = accepted_attempt(run, await ctx.attempts.for_run(run.id))
+        if accepted is None:
+            if run.status in FINAL_STATUSES:
+                why = f": {run.error}" if run.error else ""
+                raise NotFound(f"run {run.id} has no accepted result: it ended {run.status}{why}")
+            raise NotFound(f"run {run.id} has no result yet: it is {run.status}")
+        if accepted.result_text is None:
+            raise NotFound(
+                f"run {run.id}'s accepted attempt {accepted.number} ({accepted.backend}) left no final message"
+            )
+        return JSONResponse(result_json(run, accepted))
 
     async def stats(request: Request) -> Response:
         q = request.query_params
@@ -326,6 +353,7 @@ def create_app(ctx: DaemonContext) -> Starlette:
         Route("/v1/runs", list_runs),
         Route("/v1/runs/{run_id}", show_run),
         Route("/v1/runs/{run_id}/log", run_log),
+        Route("/v1/runs/{run_id}/result", run_result),
         Route("/v1/stats", stats),
         Route("/v1/profiles", list_profiles, methods=["GET"]),
         Route("/v1/profiles", add_profile, methods=["POST"]),
@@ -405,6 +433,30 @@ def _stream_log(ctx: DaemonContext, run: Run, follow: bool) -> AsyncIterator[byt
     except OSError as e:
         raise NotFound(f"run {run.id}'s log file {path} cannot be read: {e.strerror or e}") from None
     return _read_file(f)
+
+
+def _flag(request: Request, name: str, default: bool) -> bool:
+    value = request.query_params.get(name)
+    if value is None:
+        return default
+    if value.lower() in ("1", "true", "yes"):
+        return True
+    if value.lower() in ("0", "false", "no"):
+        return False
+    raise InvalidArgument(f"invalid {name}={shown(value)} (1 or 0)")
+
+
+async def _readable_log(ctx: DaemonContext, run: Run, stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """The log through each attempt's backend renderer (daemon/logview.py)."""
+    known: dict[int, str] = {}
+
+    async def backend_of(number: int) -> str | None:
+        if number not in known:  # a live run's new attempt: read them again
+            known.update({a.number: a.backend for a in await ctx.attempts.for_run(run.id)})
+        return known.get(number)
+
+    scrubber = Scrubber(await ctx.profiles.known_secrets())
+    return readable(stream, backend=run.backend, backend_of=backend_of, scrubber=scrubber)
 
 
 async def _empty() -> AsyncIterator[bytes]:

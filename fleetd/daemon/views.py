@@ -113,6 +113,23 @@ def attempt_json(attempt: Attempt) -> dict[str, Any]:
         "findings": attempt.findings,
         "session_id": attempt.session_id,
         "windows": attempt.windows,
+        "result_text": attempt.result_text,
+    }
+
+
+def result_json(run: Run, attempt: Attempt) -> dict[str, Any]:
+    """`runs result`: the final message of the attempt whose work the run accepted."""
+    return {
+        "run": run.id,
+        "loop": run.loop,
+        "status": run.status,
+        "attempt": attempt.number,
+        "step": attempt.step,
+        "backend": attempt.backend,
+        "profile": attempt.profile,
+        "model": attempt.model,
+        "session_id": attempt.session_id,
+        "result_text": attempt.result_text,
     }
 
 

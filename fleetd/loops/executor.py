@@ -627,6 +627,7 @@ class Executor:
                 end = await self._process_attempt(cast(ProcessAdapter, adapter), ctx, slot, runlog, scrubber)
         finally:
             shutil.rmtree(tmpdir, ignore_errors=True)
+            runlog.end_line()  # the next attempt's notes and output start on a line of their own
         # The boundary: the streams were scrubbed before parsing; this catches what the parser decoded into
         # a key (a JSON escape) and the messages fleetd wrote itself. Nothing below sees the raw values.
         end.parsed = parsed = scrubber.record(end.parsed)

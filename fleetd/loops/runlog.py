@@ -4,6 +4,10 @@ The file grows to cap + slack, then is rewritten to a one-line marker plus the l
 (amortised: each byte is copied at most cap/slack times). On close it is cut to exactly the tail.
 Followers read by logical offset, so a compaction under them only skips what was dropped.
 
+fleetd's own notes are whole lines and never split a CLI's line: a note made while the output stands in
+the middle of a line (a chunk ended there) is held until that line ends, or until `end_line` (the attempt's
+output is complete) or close ends the line for the CLI.
+
 If the file is deleted under a live run (someone cleans up the logs directory), the next write, read or
 close notices and makes a new one with the directories, carrying over everything from the still-open old
 file and a note saying so: output is never silently written into a deleted file.
@@ -34,6 +38,10 @@ class RunLog:
         self.data_len = 0  # bytes of output in the file after the header
         self.closed = False
         self._changed = asyncio.Event()
+        # Invariant: _held is empty unless _mid_line (notes wait only for a line to end).
+        self._mid_line = False  # the last byte written was not a newline
+        self._held: list[bytes] = []
+        self._owed_newline = False  # end_line ended a line that the next write must start after
 
     @property
     def end(self) -> int:
@@ -44,20 +52,53 @@ class RunLog:
         if not data or self.closed:
             return
         self._ensure_file()
+        if self._owed_newline:
+            data = b"\n" + data
+        if self._held and (end := data.find(b"\n")) != -1:
+            # The line the notes waited for ends here: they go right after it.
+            held, self._held = b"".join(self._held), []
+            data = data[: end + 1] + held + data[end + 1 :]
+        self._put(data)
+
+    def note(self, text: str) -> None:
+        """A line from fleetd itself, in the run's output: at once when the output is at a line's start,
+        else as soon as the current line ends."""
+        if self.closed:
+            return
+        line = f"[fleetd] {text}\n".encode()
+        if self._mid_line and not self._owed_newline:
+            self._held.append(line)
+        else:
+            self.write(line)
+
+    def end_line(self) -> None:
+        """The output so far is complete (an attempt ended): its unfinished last line is over. Notes held for it
+        are written now; otherwise the newline is owed to whatever is written next, so output that simply ends
+        without one (a command's) is left as it was."""
+        if not self._mid_line or self.closed:
+            return
+        if self._held:
+            self._ensure_file()
+            held, self._held = b"".join(self._held), []
+            self._put(b"\n" + held)
+        else:
+            self._owed_newline = True
+
+    def _put(self, data: bytes) -> None:
+        self._owed_newline = False
         self._file.write(data)
         self._file.flush()
         self.data_len += len(data)
+        self._mid_line = not data.endswith(b"\n")
         if self.data_len > self.cap + self.slack:
             self._compact()
         self._notify()
 
-    def note(self, text: str) -> None:
-        """A line from fleetd itself, in the run's output."""
-        self.write(f"\n[fleetd] {text}\n".encode())
-
     def close(self) -> None:
         if self.closed:
             return
+        if self._held:  # output that simply ends without a newline is left as it is
+            self.end_line()
         self._ensure_file()
         if self.data_len > self.cap:
             self._compact()

@@ -82,3 +82,23 @@ class ParsedOutput:
     final_text: str | None = None
     windows: list[WindowState] = field(default_factory=list)
     message: str | None = None  # short error, or an excerpt of output nobody could parse (<= 300 chars)
+
+
+VerdictKind = Literal["accept", "reject"]
+VERDICTS: tuple[VerdictKind, ...] = get_args(VerdictKind)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A reviewer agent's answer about an attempt's work: accept it, or reject it and say what is missing."""
+
+    verdict: VerdictKind
+    missing: tuple[str, ...] = ()
+    reason: str = ""
+
+    @property
+    def accepted(self) -> bool:
+        return self.verdict == "accept"
+
+    def to_json(self) -> dict[str, object]:
+        return {"verdict": self.verdict, "missing": list(self.missing), "reason": self.reason}

@@ -75,3 +75,17 @@ class Attempt:
     verify_ms: int | None = None
     accepted: bool | None = None  # None: no gate judged it
     findings: str | None = None  # why the gate rejected it
+    result_text: str | None = None  # the agent's final message (ParsedOutput.final_text), scrubbed and capped
+
+
+def accepted_attempt(run: Run, attempts: list[Attempt]) -> Attempt | None:
+    """The attempt whose work the run accepted: the last one that succeeded, of a run that succeeded.
+
+    Reviewer attempts (role `review`) judge work rather than do it, so they never count. A run that did not
+    succeed accepted nothing, whatever its attempts said; an attempt the gate rejected (`accepted` False)
+    never counts.
+    """
+    if run.status != "succeeded":
+        return None
+    done = [a for a in attempts if a.outcome == "succeeded" and a.role != "review" and a.accepted is not False]
+    return max(done, key=lambda a: a.number) if done else None

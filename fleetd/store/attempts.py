@@ -10,6 +10,10 @@ from fleetd.records.run import Attempt
 from fleetd.store.db import Database
 from fleetd.timefmt import from_iso, to_iso
 
+# An attempt's final message is kept to this many characters (its end cut, with a mark): what the agent says
+# it did fits many times over, and a runaway answer must not bloat every `runs show`.
+RESULT_TEXT_CAP = 64 * 1024
+
 
 class AttemptStore:
     def __init__(self, db: Database) -> None:
@@ -54,13 +58,13 @@ class AttemptStore:
                 "UPDATE attempts SET finished_at = ?, exit_code = ?, outcome = ?, error_class = ?, error = ?, "
                 "reset_at = ?, input_tokens = ?, output_tokens = ?, cache_read_tokens = ?, "
                 "cache_write_tokens = ?, cost_usd = ?, session_id = ?, model = coalesce(?, model), "
-                "windows_json = ?, duration_ms = CAST(round((julianday(?) - julianday(started_at)) * 86400000) "
-                "AS INTEGER) WHERE id = ?",
+                "windows_json = ?, result_text = ?, "
+                "duration_ms = CAST(round((julianday(?) - julianday(started_at)) * 86400000) AS INTEGER) WHERE id = ?",
                 (
                     to_iso(finished_at), exit_code, parsed.outcome, parsed.error_class, error,
                     to_iso(parsed.reset_at), u.input_tokens, u.output_tokens, u.cache_read_tokens,
                     u.cache_write_tokens, cost_usd, parsed.session_id, parsed.model, json.dumps(windows),
-                    to_iso(finished_at), attempt_id,
+                    cap_result_text(parsed.final_text), to_iso(finished_at), attempt_id,
                 ),
             )  # fmt: skip
 
@@ -106,7 +110,7 @@ class AttemptStore:
             "SELECT id, run_id, number, backend, profile, model, started_at, finished_at, exit_code, outcome, "
             "error_class, error, reset_at, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, "
             "cost_usd, session_id, windows_json, step, role, duration_ms, verify_exit, verify_ms, accepted, "
-            "findings FROM attempts "
+            "findings, result_text FROM attempts "
             "WHERE run_id = ? ORDER BY number",
             (run_id,),
         )
@@ -139,6 +143,16 @@ class AttemptStore:
                 verify_ms=r["verify_ms"],
                 accepted=None if r["accepted"] is None else bool(r["accepted"]),
                 findings=r["findings"],
+                result_text=r["result_text"],
             )
             for r in rows
         ]
+
+
+def cap_result_text(text: str | None) -> str | None:
+    if not text:
+        return None
+    if len(text) <= RESULT_TEXT_CAP:
+        return text
+    mark = f"\n[fleetd] cut: {len(text) - RESULT_TEXT_CAP} more characters"
+    return text[: RESULT_TEXT_CAP - len(mark)] + mark

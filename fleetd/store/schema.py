@@ -343,4 +343,8 @@ MIGRATIONS: list[str] = [
     ALTER TABLE attempts ADD COLUMN accepted INTEGER;
     ALTER TABLE attempts ADD COLUMN findings TEXT;
     """,
+    # 8: each attempt's final message (the agent's own account of its work; `runs result`), scrubbed, capped
+    """
+    ALTER TABLE attempts ADD COLUMN result_text TEXT;
+    """,
 ]

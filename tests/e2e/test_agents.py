@@ -341,3 +341,57 @@ def test_profile_env_and_login(agents: Daemon) -> None:
     assert login.stdout.strip() == f"login for {profile_dir}"
     refused = d.cli("profile", "login", "local", check=False)
     assert refused.returncode == 1 and "logs in by API key" in refused.stderr
+
+
+def test_runs_result_and_readable_logs_across_backends(agents: Daemon) -> None:
+    """A chain whose claude step hits its limit and whose codex step succeeds: `runs result` is codex's final
+    message; `runs logs` renders each attempt with its own backend's renderer; `--raw` keeps the JSON."""
+    d = agents
+    d.cli("profile", "add", "rd_cc", "--backend", "claude_code")
+    d.cli("profile", "add", "rd_cx", "--backend", "codex")
+    set_scenario(d, "rd_cc", "usage_limit")
+    set_scenario(d, "rd_cx", "ok")
+    d.cli("loop", "add", "readable", "--every", "1h", "--chain", "rd_cc,rd_cx", "--prompt", "hi")
+    run = run_to_end(d, "readable")
+    assert run["status"] == "succeeded" and [a["backend"] for a in run["attempt_list"]] == ["claude_code", "codex"]
+    limited, ok = run["attempt_list"]
+    assert limited["result_text"] is None and ok["result_text"] == "hi"
+    rid = str(run["id"])
+    assert d.cli("runs", "result", rid).stdout == "hi\n"
+    answer = d.json("runs", "result", rid)
+    assert answer == {"run": run["id"], "loop": "readable", "status": "succeeded", "attempt": 2, "step": 2,
+                      "backend": "codex", "profile": "rd_cx", "model": ok["model"],
+                      "session_id": "01a2006f-309f-7bf3-840a-01322a7670c6", "result_text": "hi"}  # fmt: skip
+    assert "    said: hi" in d.cli("runs", "show", rid).stdout
+
+    raw = d.cli("runs", "logs", rid, "--raw").stdout
+    assert '{"type":"item.completed"' in raw and '"type":"system"' in raw
+    readable = d.cli("runs", "logs", rid).stdout
+    lines = readable.splitlines()
+    assert not any(line.startswith("{") for line in lines), readable  # no JSON left: each line rendered
+    assert any(line.startswith("[fleetd] route: attempt 1: rd_cc") for line in lines)
+    assert any(line.startswith("session 01a2006f-309f-7bf3-840a-01322a7670c6") for line in lines)
+    assert "hi" in lines and "done: tokens in 111 out 33" in lines
+    # claude's part went through claude's renderer, codex's through codex's
+    cc_part = readable.split("route: attempt 2")[0]
+    assert "You've hit your limit" in cc_part and "session " in cc_part
+
+
+def test_runs_result_without_one_is_a_clear_error(agents: Daemon) -> None:
+    d = agents
+    d.cli("loop", "add", "plain_cmd", "--every", "1h", "--command", "printf 'a\\n{\"json\": 1}\\nno end'")
+    run = run_to_end(d, "plain_cmd")
+    rid = str(run["id"])
+    missing = d.cli("runs", "result", rid, check=False)
+    assert missing.returncode == 1 and missing.stdout == ""
+    assert missing.stderr.strip().endswith(f"run {rid}'s accepted attempt 1 (command) left no final message")
+    # a command's output is shown as it is, rendered or not
+    assert d.cli("runs", "logs", rid).stdout == d.cli("runs", "logs", rid, "--raw").stdout == 'a\n{"json": 1}\nno end'
+
+    d.cli("loop", "add", "failing_cmd", "--every", "1h", "--command", "exit 3")
+    failed = run_to_end(d, "failing_cmd")
+    answer = d.cli("runs", "result", str(failed["id"]), check=False)
+    assert answer.returncode == 1
+    assert f"run {failed['id']} has no accepted result: it ended failed" in answer.stderr
+    bad = d.cli("runs", "result", "x1", check=False)
+    assert bad.returncode == 2

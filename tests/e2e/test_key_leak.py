@@ -100,6 +100,8 @@ def test_keys_printed_in_every_field_reach_nothing(leaky: Daemon) -> None:
     assert limited["error_class"] == "rate_limited" and REDACTED in limited["error"]
     assert [w["name"] for w in limited["windows"]] == [REDACTED]
     assert ok["session_id"] == REDACTED and ok["model"] == REDACTED
+    # The final message held both keys, one of them only as a JSON escape the parser decoded.
+    assert ok["result_text"] == f"done; my keys are {REDACTED} {REDACTED} {REDACTED} {REDACTED}"
     # The heartbeat read the agent's own transcript, whose ids are made of keys too.
     (record,) = wait_until(lambda: agent_records(d, "leak_b"), timeout=20, what="the transcript's usage record")
     assert record["session_id"] == f"t-{REDACTED}"
@@ -117,7 +119,10 @@ def test_keys_printed_in_every_field_reach_nothing(leaky: Daemon) -> None:
     for run_id in (auth_run["id"], limit_id):
         responses[f"runs show {run_id} --json"] = d.cli("runs", "show", str(run_id), "--json").stdout
         responses[f"runs show {run_id}"] = d.cli("runs", "show", str(run_id)).stdout
-        responses[f"runs logs {run_id}"] = d.cli("runs", "logs", str(run_id)).stdout
+        responses[f"runs logs {run_id}"] = d.cli("runs", "logs", str(run_id)).stdout  # rendered: escapes decoded
+        responses[f"runs logs {run_id} --raw"] = d.cli("runs", "logs", str(run_id), "--raw").stdout
+    responses["runs result"] = d.cli("runs", "result", str(limit_id)).stdout
+    responses["runs result --json"] = d.cli("runs", "result", str(limit_id), "--json").stdout
     for name in ("leak_a", "leak_b"):
         responses[f"profile show {name} --json"] = d.cli("profile", "show", name, "--json").stdout
     for where, text in responses.items():

@@ -92,3 +92,68 @@ async def _log_deleted_before_close(tmp_path: Path) -> None:
 
 def test_a_log_deleted_before_the_run_ends_is_recreated_at_close(tmp_path: Path) -> None:
     asyncio.run(_log_deleted_before_close(tmp_path))
+
+
+async def _notes_at_line_boundaries(tmp_path: Path) -> None:
+    log = RunLog(tmp_path / "r.log", cap=1 << 20)
+    log.write(b'{"type":"system"}\n{"type":"assis')  # the CLI's chunk ended mid-line
+    log.note("rate_limited in the live output")
+    log.write(b'tant","text":"hi"}\n{"type":"res')
+    log.note("first")
+    log.note("second")
+    log.write(b'ult"}')
+    log.end_line()  # the attempt's output is complete: its unfinished last line is ended, then the notes
+    log.note("route: attempt 2: other")  # at a line start: written at once
+    log.write(b"plain\n")
+    log.close()
+    assert log.path.read_bytes().decode().splitlines() == [
+        '{"type":"system"}',
+        '{"type":"assistant","text":"hi"}',
+        "[fleetd] rate_limited in the live output",
+        '{"type":"result"}',
+        "[fleetd] first",
+        "[fleetd] second",
+        "[fleetd] route: attempt 2: other",
+        "plain",
+    ]
+
+
+def test_fleetd_notes_never_split_a_cli_line(tmp_path: Path) -> None:
+    asyncio.run(_notes_at_line_boundaries(tmp_path))
+
+
+def test_notes_held_for_an_unended_line_are_written_at_close(tmp_path: Path) -> None:
+    async def go() -> bytes:
+        log = RunLog(tmp_path / "r.log", cap=1 << 20)
+        log.write(b"no newline at the end")
+        log.note("timed out")
+        log.close()
+        return log.path.read_bytes()
+
+    assert asyncio.run(go()) == b"no newline at the end\n[fleetd] timed out\n"
+
+
+def test_a_note_at_a_line_start_adds_no_blank_line(tmp_path: Path) -> None:
+    async def go() -> bytes:
+        log = RunLog(tmp_path / "r.log", cap=1 << 20)
+        log.note("route: attempt 1: a")
+        log.write(b"out\n")
+        log.note("done")
+        log.close()
+        return log.path.read_bytes()
+
+    assert asyncio.run(go()) == b"[fleetd] route: attempt 1: a\nout\n[fleetd] done\n"
+
+
+def test_end_line_owes_the_newline_to_the_next_writer(tmp_path: Path) -> None:
+    async def go(tail: bytes | None) -> bytes:
+        log = RunLog(tmp_path / "r.log", cap=1 << 20)
+        log.write(b"attempt 1 ends mid-line")
+        log.end_line()
+        if tail is not None:
+            log.write(tail)
+        log.close()
+        return log.path.read_bytes()
+
+    assert asyncio.run(go(None)) == b"attempt 1 ends mid-line"  # a command's output is left as it was
+    assert asyncio.run(go(b"attempt 2\n")) == b"attempt 1 ends mid-line\nattempt 2\n"

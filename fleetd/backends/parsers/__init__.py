@@ -275,3 +275,54 @@ def count(value: object) -> int:
 
 def aware(now: datetime, tz: tzinfo) -> datetime:
     return now if now.tzinfo is not None else now.replace(tzinfo=tz)
+
+
+# -- readable logs ------------------------------------------------------------------------------------
+# Each agent CLI's parser has a `render_line(line) -> str | None`: one line of the CLI's output as a person
+# would want to read it (assistant text, each tool call on one line, errors), or None to leave it out
+# (bookkeeping: init details, usage, deltas of nothing). A line that is not JSON is the CLI's own words
+# (stderr, a limit notice) and stays as it is. Pure and total, like the parsers.
+
+TOOL_LINE_CHARS = 160
+
+
+def safe_render(func: Callable[[str], str | None]) -> Callable[[str], str | None]:
+    """A renderer that meets junk shows the line as it is rather than raise: a log must always be readable."""
+
+    @functools.wraps(func)
+    def wrapper(line: str) -> str | None:
+        if not isinstance(line, str):
+            return None
+        try:
+            return func(line)
+        except Exception:  # the contract is "never raise"; the raw line is the honest fallback
+            return line
+
+    return wrapper
+
+
+def one_line(text: object, limit: int = TOOL_LINE_CHARS) -> str:
+    """`text` flattened onto one line and shortened (tool arguments, error bodies)."""
+    if not isinstance(text, str):
+        text = json.dumps(text, ensure_ascii=False, default=str) if text is not None else ""
+    return excerpt(text, limit)
+
+
+# The argument that says what a tool call does, by the names agent CLIs give them; the first one present wins.
+_TOOL_ARGS = ("command", "cmd", "file_path", "path", "absolute_path", "pattern", "query", "url", "prompt",
+              "description", "skill")  # fmt: skip
+
+
+def tool_call(name: object, args: object) -> str:
+    """`→ Bash: pytest -q`: a tool call as one line."""
+    label = name if isinstance(name, str) and name else "tool"
+    if isinstance(args, dict):
+        shown = next((args[k] for k in _TOOL_ARGS if isinstance(args.get(k), str | list) and args.get(k)), None)
+        if shown is None and args:
+            shown = args
+        if isinstance(shown, list):
+            shown = " ".join(str(part) for part in shown)
+    else:
+        shown = args
+    detail = one_line(shown) if shown else ""
+    return f"→ {label}: {detail}" if detail else f"→ {label}"

@@ -13,6 +13,7 @@ from datetime import datetime, tzinfo
 from typing import Any
 
 from fleetd.backends.parsers import (
+    EXCERPT_CHARS,
     as_float,
     as_int,
     as_str,
@@ -25,10 +26,13 @@ from fleetd.backends.parsers import (
     json_objects,
     last_json_block,
     loads_object,
+    one_line,
     safe_bool,
+    safe_render,
     silent_exit,
     status_class,
     tail_excerpt,
+    tool_call,
     unknown,
     without_noise,
 )
@@ -408,3 +412,81 @@ def _main_model(model_usage: object) -> str | None:
 
     name = max(model_usage.items(), key=weight)[0]
     return name if isinstance(name, str) and name else None
+
+
+@safe_render
+def render_line(line: str) -> str | None:
+    """One stream-json line, readable: the assistant's text, `→ Tool: argument` per tool call, failed tool
+    results, retries, a rejected limit, and the result's summary or error. The rest is bookkeeping."""
+    obj = loads_object(line)
+    if obj is None:
+        return line
+    kind = obj.get("type")
+    if kind == "system":
+        return _render_system(obj)
+    if kind == "assistant":
+        message = obj.get("message") if isinstance(obj.get("message"), dict) else {}
+        if message.get("model") == "<synthetic>" or obj.get("error") or obj.get("is_api_error_message"):
+            return f"error: {_content_text(message.get('content')) or obj.get('error') or 'API error'}"
+        return _render_blocks(message.get("content"))
+    if kind == "user":
+        message = obj.get("message") if isinstance(obj.get("message"), dict) else {}
+        return _render_tool_errors(message.get("content"))
+    if kind == "rate_limit_event":
+        info = obj.get("rate_limit_info") if isinstance(obj.get("rate_limit_info"), dict) else {}
+        if info.get("status") != "rejected":
+            return None
+        resets = as_int(info.get("resetsAt"))
+        return f"rate limit reached ({info.get('rateLimitType') or 'limit'})" + (
+            f", resets at epoch {resets}" if resets is not None else ""
+        )
+    if kind == "result":
+        return _render_result(obj)
+    return None
+
+
+def _render_system(obj: dict[str, Any]) -> str | None:
+    subtype = obj.get("subtype")
+    if subtype == "init":
+        return f"session {obj.get('session_id') or '?'} ({obj.get('model') or 'model ?'}, in {obj.get('cwd') or '?'})"
+    if subtype == "api_retry":
+        status = obj.get("error_status") or obj.get("error") or "?"
+        return f"retrying after API error {status} ({obj.get('attempt') or '?'} of {obj.get('max_retries') or '?'})"
+    return None
+
+
+def _render_blocks(content: object) -> str | None:
+    if isinstance(content, str):
+        return content or None
+    parts: list[str] = []
+    for block in content if isinstance(content, list) else []:
+        if not isinstance(block, dict):
+            continue
+        if block.get("type") == "text" and as_str(block.get("text")):
+            parts.append(block["text"].strip("\n"))
+        elif block.get("type") in ("tool_use", "server_tool_use"):
+            parts.append(tool_call(block.get("name"), block.get("input")))
+    return "\n".join(parts) or None
+
+
+def _render_tool_errors(content: object) -> str | None:
+    """Tool results are the tools' business, except a failed one: that explains what the agent did next."""
+    errors = []
+    for block in content if isinstance(content, list) else []:
+        if isinstance(block, dict) and block.get("type") == "tool_result" and block.get("is_error") is True:
+            body = block.get("content")
+            text = _content_text(body) if isinstance(body, list) else body
+            errors.append(f"  ✗ {one_line(text) or 'tool error'}")
+    return "\n".join(errors) or None
+
+
+def _render_result(obj: dict[str, Any]) -> str:
+    if obj.get("is_error") is True or obj.get("subtype") not in (None, "success"):
+        detail = as_str(obj.get("result")) or "; ".join(_errors(obj)) or as_str(obj.get("subtype")) or "error"
+        return f"error: {one_line(detail, EXCERPT_CHARS)}"
+    facts = [f"{count(obj.get('num_turns'))} turn(s)"]
+    if (ms := as_int(obj.get("duration_ms"))) is not None:
+        facts.append(f"{ms / 1000:.1f}s")
+    if (cost := _cost(obj)) is not None:
+        facts.append(f"${cost:.4f}")
+    return "done: " + ", ".join(facts)

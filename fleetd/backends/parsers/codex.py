@@ -12,6 +12,7 @@ from datetime import datetime, timedelta, tzinfo
 from typing import Any
 
 from fleetd.backends.parsers import (
+    EXCERPT_CHARS,
     as_float,
     as_int,
     as_str,
@@ -24,9 +25,12 @@ from fleetd.backends.parsers import (
     fail_soft,
     json_objects,
     loads_object,
+    one_line,
     safe_bool,
+    safe_render,
     silent_exit,
     tail_excerpt,
+    tool_call,
     unknown,
     without_noise,
 )
@@ -272,3 +276,47 @@ def _timestamp(value: object, tz: tzinfo) -> datetime | None:
 
 def _window_order(window: WindowState) -> tuple[bool, int, str]:
     return (window.window_minutes is None, window.window_minutes or 0, window.name)
+
+
+@safe_render
+def render_line(line: str) -> str | None:
+    """One `exec --json` event, readable: the agent's messages, each command, file change, MCP call or web
+    search on one line (shown when it completes, with a failed command's exit code), errors and the turn's
+    end. Reasoning, plans and starts are left out."""
+    obj = loads_object(line)
+    if obj is None:
+        return line
+    kind = obj.get("type")
+    if kind == "thread.started":
+        return f"session {obj.get('thread_id') or '?'}"
+    if kind == "item.completed" and isinstance(obj.get("item"), dict):
+        return _render_item(obj["item"])
+    if kind == "turn.completed":
+        usage = obj.get("usage") if isinstance(obj.get("usage"), dict) else {}
+        return f"done: tokens in {count(usage.get('input_tokens'))} out {count(usage.get('output_tokens'))}"
+    if kind == "turn.failed":
+        return f"error: {one_line(dig(obj, 'error', 'message') or 'turn failed', EXCERPT_CHARS)}"
+    if kind == "error":
+        return f"error: {one_line(obj.get('message') or 'error', EXCERPT_CHARS)}"
+    return None
+
+
+def _render_item(item: dict[str, Any]) -> str | None:
+    kind = item.get("type")
+    if kind == "agent_message":
+        return as_str(item.get("text"))
+    if kind == "command_execution":
+        code = as_int(item.get("exit_code"))
+        failed = f"  ✗ exit {code}" if code not in (None, 0) else ""
+        return tool_call("shell", item.get("command")) + (f"\n{failed}" if failed else "")
+    if kind == "file_change":
+        changes = item.get("changes") if isinstance(item.get("changes"), list) else []
+        paths = [f"{c.get('kind') or 'edit'} {c.get('path')}" for c in changes if isinstance(c, dict)]
+        return tool_call("edit", ", ".join(paths) or None)
+    if kind == "mcp_tool_call":
+        return tool_call(f"{item.get('server') or '?'}.{item.get('tool') or '?'}", item.get("arguments"))
+    if kind == "web_search":
+        return tool_call("web search", item.get("query"))
+    if kind == "error":
+        return f"error: {one_line(item.get('message') or 'error', EXCERPT_CHARS)}"
+    return None

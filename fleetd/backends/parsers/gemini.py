@@ -22,6 +22,7 @@ What 0.61.0 prints, measured against a loopback server, and what it means here:
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta, tzinfo
@@ -29,6 +30,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from fleetd.backends.parsers import (
+    EXCERPT_CHARS,
     as_int,
     as_str,
     aware,
@@ -41,9 +43,12 @@ from fleetd.backends.parsers import (
     json_objects,
     last_json_block,
     loads_object,
+    one_line,
     safe_bool,
+    safe_render,
     silent_exit,
     tail_excerpt,
+    tool_call,
     unknown,
     without_noise,
 )
@@ -340,3 +345,51 @@ def _main_model(models: object, total_key: str) -> str | None:
 
 def _real_model(name: str | None) -> str | None:
     return None if name in (None, "auto") else name
+
+
+# `-o json` prints one pretty-printed document: its lines are not JSON each. These are the lines of such a
+# document (a brace, `"key": value`, an array item); `"response"` and an error's `"message"` are what matter.
+_PRETTY_JSON = re.compile(
+    r'^\s*(?:[{}\[\]],?|"(?:[^"\\]|\\.)*"\s*:.*|"(?:[^"\\]|\\.)*",?|-?\d[\d.eE+-]*,?|(?:true|false|null),?)\s*$'
+)
+_PRETTY_FIELD = re.compile(r'^\s*"(response|message)"\s*:\s*("(?:[^"\\]|\\.)*")\s*,?\s*$')
+
+
+@safe_render
+def render_line(line: str) -> str | None:
+    """One line of Gemini's output, readable: the response and errors of the `-o json` document, or of a
+    stream-json event the assistant's text, `→ tool: argument` per tool call, failed tools, errors and the
+    summary. Log lines and stack dumps on stderr stay as they are."""
+    obj = loads_object(line)
+    if obj is not None:
+        return _render_event(obj)
+    field = _PRETTY_FIELD.match(line)
+    if field:
+        text = json.loads(field.group(2))
+        return text if field.group(1) == "response" else f"error: {one_line(text, EXCERPT_CHARS)}"
+    return None if _PRETTY_JSON.match(line) else line
+
+
+def _render_event(obj: dict[str, Any]) -> str | None:
+    kind = obj.get("type")
+    if kind == "init":
+        return f"session {obj.get('session_id') or '?'} ({obj.get('model') or 'model ?'})"
+    if kind == "message" and obj.get("role") == "assistant":
+        return as_str(obj.get("content"))  # streamed deltas arrive one line each
+    if kind == "tool_use":
+        return tool_call(obj.get("tool_name"), obj.get("parameters"))
+    if kind == "tool_result" and obj.get("status") == "error":
+        return f"  ✗ {one_line(dig(obj, 'error', 'message') or obj.get('output') or 'tool error')}"
+    if kind == "error":
+        return f"error: {one_line(obj.get('message') or 'error', EXCERPT_CHARS)}"
+    if kind == "result":
+        stats = obj.get("stats") if isinstance(obj.get("stats"), dict) else {}
+        if obj.get("status") not in (None, "success"):
+            return f"error: {one_line(dig(obj, 'error', 'message') or obj.get('status'), EXCERPT_CHARS)}"
+        return f"done: tokens in {count(stats.get('input_tokens'))} out {count(stats.get('output_tokens'))}"
+    if obj.get("error") is not None and isinstance(obj.get("error"), dict | str):  # a one-line `-o json` error
+        error = obj["error"]
+        return f"error: {one_line(dig(error, 'message') if isinstance(error, dict) else error, EXCERPT_CHARS)}"
+    if as_str(obj.get("response")):  # a one-line `-o json` answer
+        return str(obj["response"])
+    return None
