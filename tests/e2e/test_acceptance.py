@@ -111,3 +111,47 @@ def test_repair_without_verify_is_refused(gated: Daemon) -> None:
     refused = gated.cli("loop", "add", "r", "--every", "1h", "--backend", "claude_code", "--prompt", "x",
                         "--repair", "1", check=False)  # fmt: skip
     assert refused.returncode == 2 and "--repair needs --verify or --review" in refused.stderr
+
+
+def reviewer(d: Daemon, answers: str) -> None:
+    (d.root / "standin" / "reviewer.scenario").write_text(answers)  # type: ignore[attr-defined]
+
+
+def test_the_reviewer_accepts_and_its_attempt_is_role_review(gated: Daemon) -> None:
+    d = gated
+    d.cli("profile", "add", "reviewer", "--backend", "claude_code")
+    reviewer(d, "verdict_accept")
+    d.cli("loop", "add", "reviewed", "--every", "1h", "--paused", "--chain", "cc-first", "--prompt", "add a flag",
+          "--dir", str(d.root / "work"), "--review", "reviewer@haiku")  # type: ignore[attr-defined]  # fmt: skip
+    result = run(d, "reviewed")
+    assert result["status"] == "succeeded" and result["profile"] in ("cc-first", "reviewer")
+    roles = [(a["profile"], a["role"]) for a in result["attempt_list"]]
+    assert roles == [("cc-first", "work"), ("reviewer", "review")]
+    _, review = calls(d, result["id"])
+    question = review["argv"][review["argv"].index("-p") + 1]
+    assert "add a flag" in question and '"verdict"' in question and "## What changed" in question
+    assert review["argv"][review["argv"].index("--model") + 1] == "haiku"
+    assert d.cli("runs", "result", str(result["id"])).stdout.strip() == "hi"  # the worker's message, not the review
+
+
+def test_a_reviewer_rejection_escalates_with_the_missing_items(gated: Daemon) -> None:
+    d = gated
+    reviewer(d, "verdict_reject")
+    d.cli("loop", "add", "picky", "--every", "1h", "--paused", "--chain", "cc-first,gem", "--prompt", "do it",
+          "--review", "reviewer")  # fmt: skip
+    result = run(d, "picky")
+    assert result["status"] == "failed" and result["error"].startswith("rejected: the reviewer rejected it")
+    assert "update the changelog" in result["error"]
+    gem_call = next(c for c in calls(d, result["id"]) if c["cli"] == "gemini")
+    assert "test the empty input" in gem_call["argv"][gem_call["argv"].index("-p") + 1]
+
+
+def test_a_reviewer_without_a_verdict_is_asked_once_more_then_the_run_fails(gated: Daemon) -> None:
+    d = gated
+    reviewer(d, "verdict_garbage")
+    d.cli("loop", "add", "vague", "--every", "1h", "--paused", "--chain", "cc-first,gem", "--prompt", "do it",
+          "--review", "reviewer")  # fmt: skip
+    result = run(d, "vague")
+    assert result["status"] == "failed" and "the reviewer gave no verdict" in result["error"]
+    roles = [a["role"] for a in result["attempt_list"]]
+    assert roles == ["work", "review", "review"]  # one retry, never a silent accept, no escalation

@@ -150,6 +150,15 @@ def _claude_lines(name: str) -> list[dict]:
     return [json.loads(line) for line in out.decode().splitlines() if line.strip()]
 
 
+REVIEWER_ANSWERS = {
+    "verdict_accept": 'Looked at the diff.\n```json\n'
+    '{"verdict": "accept", "missing": [], "reason": "the tests pass"}\n```',
+    "verdict_reject": '{"verdict": "reject", "missing": ["update the changelog", "test the empty input"],'
+    ' "reason": "two things are not done"}',
+    "verdict_garbage": "I think it is mostly fine, probably.",
+}
+
+
 def claude(argv: list[str]) -> None:
     if argv[:1] == ["/login"]:
         emit(f"login for {os.environ.get('CLAUDE_CONFIG_DIR')}")
@@ -203,6 +212,9 @@ def claude(argv: list[str]) -> None:
         lines = [init, synthetic, failed] if s == "usage_limit_text" else [init, limit_event, synthetic, failed]
         emit(*lines)
         sys.exit(1)
+    if s in REVIEWER_ANSWERS:  # a reviewer agent: its final message is the answer (json or not)
+        emit(init, dict(result, result=REVIEWER_ANSWERS[s]))
+        sys.exit(0)
     if s == "auth":
         emit(init, dict(result, is_error=True, result="Invalid API key · Please run /login", api_error_status=401,
                         terminal_reason="api_error"))  # fmt: skip
