@@ -151,7 +151,7 @@ def _claude_lines(name: str) -> list[dict]:
 
 
 REVIEWER_ANSWERS = {
-    "verdict_accept": 'Looked at the diff.\n```json\n'
+    "verdict_accept": "Looked at the diff.\n```json\n"
     '{"verdict": "accept", "missing": [], "reason": "the tests pass"}\n```',
     "verdict_reject": '{"verdict": "reject", "missing": ["update the changelog", "test the empty input"],'
     ' "reason": "two things are not done"}',
