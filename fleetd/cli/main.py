@@ -494,8 +494,9 @@ def runs_show(run_id: str, as_json: bool) -> None:
         t = a["tokens"]
         cost = f" ${a['cost_usd']:.4f}" if a["cost_usd"] is not None else ""
         what = a["outcome"] if not a["error_class"] else f"{a['outcome']} ({a['error_class']})"
+        role = " (review)" if a.get("role") == "review" else ""
         click.echo(
-            f"  attempt {a['number']}: {a['backend']}/{a['profile'] or '-'} {a['model'] or ''} {what}, "
+            f"  attempt {a['number']}{role}: {a['backend']}/{a['profile'] or '-'} {a['model'] or ''} {what}, "
             f"tokens in {t['input']} out {t['output']} cache r/w {t['cache_read']}/{t['cache_write']}{cost}"
             + (f", resets {local_time(a['reset_at'])}" if a["reset_at"] else "")
         )
@@ -503,6 +504,12 @@ def runs_show(run_id: str, as_json: bool) -> None:
             click.echo(f"    {short(a['error'], 150)}")
         if a.get("result_text"):
             click.echo(f"    said: {short(a['result_text'], 150)}")
+        if a.get("verify_exit") is not None:
+            took = format_duration(a["verify_ms"] / 1000) if a.get("verify_ms") is not None else "-"
+            click.echo(f"    verify: exit {a['verify_exit']} after {took}")
+        if a.get("accepted") is not None:
+            verdict = "accepted" if a["accepted"] else f"rejected: {short(a.get('findings') or '', 150)}"
+            click.echo(f"    gate: {verdict}")
     route = r.get("route") or []
     if route:
         click.echo("route:")

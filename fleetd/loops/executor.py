@@ -322,7 +322,14 @@ class Executor:
                 if gate is not None or slot.interrupt_reason:
                     return Judgement(gate)
             if loop.review:
-                return await self._review(loop, run, slot, runlog, prompt, end, before, deadline, numbers, router)
+                judged = await self._review(loop, run, slot, runlog, prompt, end, before, deadline, numbers, router)
+                if end.attempt_id is not None:
+                    with contextlib.suppress(Exception):  # a record of the verdict, not a reason to fail the run
+                        await self.attempts.set_accepted(
+                            end.attempt_id, accepted=judged.rejected is None,
+                            findings=judged.rejected[1] if judged.rejected else None,
+                        )  # fmt: skip
+                return judged
             return Judgement()
 
         try:

@@ -371,7 +371,7 @@ class Router:
     def _over_budget(self) -> str | None:
         p = self.policy
         if p.max_cost is not None and self.spent_cost >= p.max_cost:
-            return f"budget: spent ${self.spent_cost:.4f} of the run's ${p.max_cost:.2f}"
+            return f"budget: spent ${self.spent_cost:.4f} of the run's ${p.max_cost:g}"
         if p.max_tokens is not None and self.spent_tokens >= p.max_tokens:
             return f"budget: used {self.spent_tokens} of the run's {p.max_tokens} tokens"
         return None

@@ -78,6 +78,13 @@ class AttemptStore:
                 (verify_exit, verify_ms, int(accepted), findings, attempt_id),
             )
 
+    async def set_accepted(self, attempt_id: int, *, accepted: bool, findings: str | None) -> None:
+        """The acceptance gate's final word on the attempt's work (after its reviewer, if any)."""
+        async with self.db.transaction() as conn:
+            await conn.execute(
+                "UPDATE attempts SET accepted = ?, findings = ? WHERE id = ?", (int(accepted), findings, attempt_id)
+            )
+
     async def profile_cost_since(self, profile: str, since: datetime) -> float:
         """What fleetd's attempts on `profile` cost since then (USD)."""
         row = await self.db.fetchone(

@@ -155,3 +155,17 @@ def test_a_reviewer_without_a_verdict_is_asked_once_more_then_the_run_fails(gate
     assert result["status"] == "failed" and "the reviewer gave no verdict" in result["error"]
     roles = [a["role"] for a in result["attempt_list"]]
     assert roles == ["work", "review", "review"]  # one retry, never a silent accept, no escalation
+
+
+def test_the_reviewers_cost_counts_toward_the_runs_budget(gated: Daemon) -> None:
+    """Each stand-in attempt costs $0.0009: work + review exceed $0.0015, so after the rejection
+    nothing more may run (without the reviewer's cost the next step would get the task)."""
+    d = gated
+    reviewer(d, "verdict_reject")
+    d.cli("loop", "add", "frugal", "--every", "1h", "--paused", "--chain", "cc-first,gem", "--prompt", "do it",
+          "--review", "reviewer", "--max-cost", "0.0015")  # fmt: skip
+    result = run(d, "frugal")
+    assert result["status"] == "failed" and result["error"].startswith("budget: spent $0.0018")
+    assert [a["role"] for a in result["attempt_list"]] == ["work", "review"]
+    text = d.cli("runs", "show", str(result["id"])).stdout
+    assert "attempt 2 (review)" in text and "gate: rejected: the reviewer rejected it" in text
