@@ -514,7 +514,8 @@ def runs_show(run_id: str, as_json: bool) -> None:
     if route:
         click.echo("route:")
         for entry in route:
-            click.echo(f"  {local_time(entry['at'])}  {entry['kind']:<7}  {entry['detail']}")
+            who = "review " if entry.get("role") == "review" else ""
+            click.echo(f"  {local_time(entry['at'])}  {who}{entry['kind']:<7}  {short(entry['detail'], 300)}")
 
 
 @runs.command("result")

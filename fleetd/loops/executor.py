@@ -362,7 +362,7 @@ class Executor:
         noted = 0
         sessions: dict[tuple[int, str], str] = {}  # the CLI session each worker's last attempt left, for repairs
         while True:
-            noted = await self._tell(loop, run, runlog, router.trail, noted)
+            noted = await self._tell(loop, run, runlog, router.trail, noted, role)
             if slot.interrupt_reason and not isinstance(decision, Finish):
                 return "interrupted", end.exit_code, slot.interrupt_reason  # a stop: no new attempt, no retry
             if isinstance(decision, Finish):
@@ -532,7 +532,7 @@ class Executor:
         left = None if loop.max_cost is None else max(0.0, loop.max_cost - work.spent_cost - (end.cost_usd or 0.0))
         policy = Policy(chain=(loop.review,), tiers=frozenset(loop.tiers), max_cost=left, retries=1,
                         backoff_base=self.backoff_base, max_attempts=6)  # fmt: skip
-        reviewer = Router(policy)
+        reviewer = Router(policy, role="review")
         verdicts: list[Any] = []
 
         async def read_verdict(
@@ -547,7 +547,7 @@ class Executor:
         runlog.note(f"review by {loop.review.describe()}")
         status, _, reason = await self._drive(reviewer, loop, run, slot, runlog, question, deadline,
                                               numbers=numbers, judge=read_verdict, role="review")  # fmt: skip
-        work.trail.extend({**entry, "role": "review"} for entry in reviewer.trail)
+        work.trail.extend(reviewer.trail)  # its entries carry "role": "review"
         spent = Judgement(None, reviewer.spent_cost, reviewer.spent_tokens)
         if status != "succeeded" or not verdicts:
             why = (
@@ -564,10 +564,15 @@ class Executor:
         missing = "".join(f"\n- {item}" for item in verdict.missing)
         return replace(spent, rejected=("capability", f"the reviewer rejected it: {verdict.reason}{missing}"))
 
-    async def _tell(self, loop: Loop, run: Run, runlog: RunLog, trail: list[dict[str, Any]], noted: int) -> int:
+    async def _tell(
+        self, loop: Loop, run: Run, runlog: RunLog, trail: list[dict[str, Any]], noted: int, role: str = "work"
+    ) -> int:
         """The route's new entries into the run log (never inside a CLI's line: each note is its own
-        line), and an event for each candidate skipped as unavailable."""
+        line), and an event for each candidate skipped as unavailable. A reviewer's entries join the
+        work's trail after its own drive told them: they are not told twice."""
         for entry in trail[noted:]:
+            if entry.get("role", "work") != role:
+                continue
             if entry["kind"] != "outcome":
                 runlog.note(f"route: {entry['detail']}")
             if entry["kind"] == "skip" and ": unavailable: " in entry["detail"]:

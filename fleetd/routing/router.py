@@ -215,10 +215,13 @@ class Router:
     trail: list[dict[str, Any]] = field(default_factory=list)
     spent_cost: float = 0.0
     spent_tokens: int = 0
+    role: str = "work"  # what its attempts do: `review` for the reviewer agent's own router
 
     def note(self, now: datetime, kind: str, detail: str, candidate: Candidate | None = None, **data: Any) -> None:
         """One entry of the route; steps are numbered from 1 there, as users count them."""
         entry: dict[str, Any] = {"at": now, "kind": kind, "detail": detail}
+        if self.role != "work":
+            entry["role"] = self.role
         if candidate is not None:
             entry.update(step=candidate.step + 1, profile=candidate.profile, backend=candidate.backend,
                          model=candidate.model)  # fmt: skip
@@ -274,7 +277,7 @@ class Router:
             tokens_left = None if policy.max_tokens is None else max(0, policy.max_tokens - self.spent_tokens)
             repair = repairing == (chosen.step, chosen.profile)
             repairing = None
-            what = "repair of" if repair else "attempt"
+            what = "repair of" if repair else "review" if self.role == "review" else "attempt"
             self.note(now, "try", f"{what} {number}: {chosen.profile} (step {chosen.step + 1}: "
                       f"{policy.chain[chosen.step].describe()})", chosen, number=number)  # fmt: skip
             observed = yield Try(chosen, number, cost_left, tokens_left, findings, repair)

@@ -38,7 +38,11 @@ class AttemptStore:
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (run_id, number, backend, profile, model, to_iso(started_at), step, role),
             )
-            await conn.execute("UPDATE runs SET attempts = ?, profile = ? WHERE id = ?", (number, profile, run_id))
+            # The run's profile is its worker's; a reviewer's attempt does not take that place.
+            await conn.execute(
+                "UPDATE runs SET attempts = ?, profile = CASE WHEN ? = 'work' THEN ? ELSE profile END WHERE id = ?",
+                (number, role, profile, run_id),
+            )
             return int(cur.lastrowid or 0)
 
     async def finish(
