@@ -54,12 +54,15 @@ class CodexAdapter(AgentCli):
 
     def build(self, ctx: AttemptContext) -> ProcessSpec:
         assert ctx.profile is not None
-        argv = [self.executable, "exec", "--json", "--skip-git-repo-check"]
+        # A repair round continues the session it repairs: `codex exec resume [OPTIONS] SESSION PROMPT`.
+        resume = ["resume"] if ctx.resume_session else []
+        argv = [self.executable, "exec", *resume, "--json", "--skip-git-repo-check"]
         if ctx.model:
             argv += ["-m", ctx.model]
         change = self.profile_env(ctx.profile, ctx.secret)
+        session = [ctx.resume_session] if ctx.resume_session else []
         return ProcessSpec(
-            argv=[*argv, *ctx.task.agent_args, ctx.prompt or ""],
+            argv=[*argv, *ctx.task.agent_args, *session, ctx.prompt or ""],
             env=change.set,
             unset_env=change.unset,
             cwd=ctx.task.workdir,

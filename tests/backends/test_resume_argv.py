@@ -1,0 +1,41 @@
+"""A repair round continues the session it repairs, where the CLI can: the argv each adapter builds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fleetd.backends.base import AttemptContext
+from fleetd.backends.claude_code import ClaudeCodeAdapter
+from fleetd.backends.codex import CodexAdapter
+from fleetd.records.loop import Loop, Schedule
+from fleetd.records.profile import Profile
+from fleetd.records.task import Task
+
+
+def context(tmp_path: Path, backend: str, resume: str | None) -> AttemptContext:
+    loop = Loop(name="fix", schedule=Schedule("every", "1h", "UTC"), backend=backend, prompt="fix it")
+    profile = Profile("p", backend, "subscription", str(tmp_path / "p"))
+    return AttemptContext(1, Task.of(loop), "fix it", profile, None, "m1", str(tmp_path), resume_session=resume)
+
+
+def test_codex_resumes_with_exec_resume_session_then_prompt(tmp_path: Path) -> None:
+    fresh = CodexAdapter().build(context(tmp_path, "codex", None)).argv
+    assert fresh == ["codex", "exec", "--json", "--skip-git-repo-check", "-m", "m1", "fix it"]
+    resumed = CodexAdapter().build(context(tmp_path, "codex", "0199a-thread")).argv
+    assert resumed == [
+        "codex",
+        "exec",
+        "resume",
+        "--json",
+        "--skip-git-repo-check",
+        "-m",
+        "m1",
+        "0199a-thread",
+        "fix it",
+    ]
+
+
+def test_claude_code_resumes_with_resume_session(tmp_path: Path) -> None:
+    argv = ClaudeCodeAdapter().build(context(tmp_path, "claude_code", "44ce97b6")).argv
+    assert argv[argv.index("--resume") + 1] == "44ce97b6"
+    assert "--resume" not in ClaudeCodeAdapter().build(context(tmp_path, "claude_code", None)).argv
