@@ -5,19 +5,17 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
-from fleetd.backends.base import EnvChange, UsageReader
+from fleetd.backends.defaults import AdapterDefaults
 from fleetd.errors import InvalidArgument
 from fleetd.records.loop import Loop
-from fleetd.records.result import ErrorClass
 
 if TYPE_CHECKING:
     from fleetd.records.profile import Profile
 
 
-class AgentCli:
+class AgentCli(AdapterDefaults):
     name = ""
     executable = ""
     kind: Literal["process"] = "process"
@@ -38,21 +36,3 @@ class AgentCli:
             raise InvalidArgument(f"the {self.name} backend needs --prompt or --prompt-file")
         if loop.command:
             raise InvalidArgument(f"the {self.name} backend takes no --command")
-
-    def validate_profile(self, profile: Profile) -> None:
-        pass
-
-    def usage_reader(self, profile: Profile, offsets: Mapping[str, Any]) -> UsageReader | None:
-        return None
-
-    def profile_env(self, profile: Profile, secret: str | None) -> EnvChange:
-        return EnvChange()
-
-    def login_argv(self, profile: Profile) -> list[str] | None:
-        return None
-
-    def log_renderer(self) -> Callable[[str], str | None] | None:
-        return None  # its output is text already
-
-    def live_failure(self, line: str) -> ErrorClass | None:
-        return None  # the CLI stops retrying by itself (its retries are turned off): nothing to cut short

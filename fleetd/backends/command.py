@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
 from datetime import datetime, tzinfo
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Literal
 
-from fleetd.backends.base import AttemptContext, EnvChange, ProcessOutput, ProcessSpec, UsageReader
+from fleetd.backends.base import AttemptContext, ProcessOutput, ProcessSpec
+from fleetd.backends.defaults import AdapterDefaults
 from fleetd.errors import InvalidArgument
 from fleetd.records.loop import Loop
-from fleetd.records.result import ErrorClass, ParsedOutput
-
-if TYPE_CHECKING:
-    from fleetd.records.profile import Profile
+from fleetd.records.result import ParsedOutput
 
 
-class CommandAdapter:
+class CommandAdapter(AdapterDefaults):
     name = "command"
     kind: Literal["process"] = "process"
     needs_profile = False
@@ -26,30 +23,6 @@ class CommandAdapter:
             raise InvalidArgument("the command backend needs --command")
         if loop.profiles:
             raise InvalidArgument("the command backend takes no --profile")
-
-    def profile_env(self, profile: Profile, secret: str | None) -> EnvChange:
-        return EnvChange()
-
-    def login_argv(self, profile: Profile) -> list[str] | None:
-        return None
-
-    def is_rate_limit_line(self, line: str) -> bool:
-        return False
-
-    def unavailable(self, profile: Profile) -> str | None:
-        return None
-
-    def validate_profile(self, profile: Profile) -> None:
-        pass
-
-    def usage_reader(self, profile: Profile, offsets: Mapping[str, Any]) -> UsageReader | None:
-        return None
-
-    def log_renderer(self) -> Callable[[str], str | None] | None:
-        return None  # its output is text already
-
-    def live_failure(self, line: str) -> ErrorClass | None:
-        return None
 
     def build(self, ctx: AttemptContext) -> ProcessSpec:
         env = {"FLEETD_PROMPT": ctx.prompt} if ctx.prompt is not None else {}

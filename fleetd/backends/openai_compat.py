@@ -3,21 +3,21 @@ over httpx. 429 / insufficient_quota / retry-after / x-ratelimit-reset-* are map
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
 from datetime import datetime, tzinfo
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
-from fleetd.backends.base import AttemptContext, EnvChange, LogSink, UsageReader
+from fleetd.backends.base import AttemptContext, EnvChange, LogSink
+from fleetd.backends.defaults import AdapterDefaults
 from fleetd.backends.parsers import openai_compat as parser
 from fleetd.errors import InvalidArgument
 from fleetd.records.loop import Loop
-from fleetd.records.result import ErrorClass, ParsedOutput
+from fleetd.records.result import ParsedOutput
 
 if TYPE_CHECKING:
     from fleetd.records.profile import Profile
 
 
-class OpenAICompatAdapter:
+class OpenAICompatAdapter(AdapterDefaults):
     name = "openai_compat"
     kind: Literal["http"] = "http"
     needs_profile = True
@@ -35,27 +35,9 @@ class OpenAICompatAdapter:
             env["OPENAI_API_KEY"] = secret
         return EnvChange(env)
 
-    def login_argv(self, profile: Profile) -> list[str] | None:
-        return None
-
-    def is_rate_limit_line(self, line: str) -> bool:
-        return False
-
-    def unavailable(self, profile: Profile) -> str | None:
-        return None
-
     def validate_profile(self, profile: Profile) -> None:
         if not profile.base_url:
             raise InvalidArgument("an openai_compat profile needs --base-url")
-
-    def usage_reader(self, profile: Profile, offsets: Mapping[str, Any]) -> UsageReader | None:
-        return None
-
-    def log_renderer(self) -> Callable[[str], str | None] | None:
-        return None  # its output is text already
-
-    def live_failure(self, line: str) -> ErrorClass | None:
-        return None
 
     async def call(
         self, ctx: AttemptContext, log: LogSink, timeout: float | None, now: datetime, tz: tzinfo
