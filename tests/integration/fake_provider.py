@@ -16,7 +16,7 @@ in ``proxy_attempts`` (agents.agent_env sets the proxy variables so, as a trap f
 
 The behaviour is switched at run time with ``server.mode``:
 
-``"ok"``     a one-word reply (``REPLY_TEXT``) with the fixed usage numbers below;
+``"ok"``     a reply of ``server.reply_text`` (default the one word ``REPLY_TEXT``) with the fixed usage numbers below;
 ``"429"``    each API's rate-limit error (Anthropic ``rate_limit_error``, OpenAI ``rate_limit_exceeded``, Gemini
              ``RESOURCE_EXHAUSTED`` with a per-minute quota violation and ``RetryInfo``), ``retry-after: 1``;
 ``"quota"``  each API's out-of-quota error: OpenAI 429 ``insufficient_quota``, Gemini 429 with a per-day quota
@@ -28,6 +28,10 @@ The behaviour is switched at run time with ``server.mode``:
              (``API_KEY_INVALID``);
 ``"bad_request"`` each API's 400 for a malformed request (``invalid_request_error`` / ``INVALID_ARGUMENT``);
 ``"model_not_found"`` each API's 404 for an unknown model.
+
+``server.reply_text`` is the model's answer in every API shape (Anthropic streamed or not, Responses, Gemini streamed
+or not, Chat streamed or not), e.g. a reviewer's JSON verdict; Gemini CLI's own JSON-mode helper calls keep their
+fixed JSON answer.
 
 ``fail_first(n, mode)`` makes the next ``n`` generation requests answer as ``mode`` (default ``"529"``) and every
 later one succeed: one counter per server, for "a transient error, then the retry works" tests.
@@ -307,21 +311,21 @@ def anthropic_usage(output_tokens: int) -> dict[str, Any]:
     }
 
 
-def anthropic_message(model: str) -> dict[str, Any]:
+def anthropic_message(model: str, text: str = REPLY_TEXT) -> dict[str, Any]:
     return {
         "id": "msg_fake_" + secrets.token_hex(8),
         "type": "message",
         "role": "assistant",
         "model": model,
-        "content": [{"type": "text", "text": REPLY_TEXT}],
+        "content": [{"type": "text", "text": text}],
         "stop_reason": "end_turn",
         "stop_sequence": None,
         "usage": anthropic_usage(ANTHROPIC_OUTPUT_TOKENS),
     }
 
 
-def anthropic_stream(model: str) -> Iterator[bytes]:
-    message = anthropic_message(model)
+def anthropic_stream(model: str, text: str = REPLY_TEXT) -> Iterator[bytes]:
+    message = anthropic_message(model, text)
     start = {**message, "content": [], "stop_reason": None, "usage": anthropic_usage(1)}
     yield _sse("message_start", {"type": "message_start", "message": start})
     yield _sse(
@@ -331,7 +335,7 @@ def anthropic_stream(model: str) -> Iterator[bytes]:
     yield _sse("ping", {"type": "ping"})
     yield _sse(
         "content_block_delta",
-        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": REPLY_TEXT}},
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}},
     )
     yield _sse("content_block_stop", {"type": "content_block_stop", "index": 0})
     yield _sse(
@@ -360,7 +364,7 @@ def responses_usage() -> dict[str, Any]:
     }
 
 
-def responses_stream(model: str) -> Iterator[bytes]:
+def responses_stream(model: str, text: str = REPLY_TEXT) -> Iterator[bytes]:
     response_id = "resp_fake_" + secrets.token_hex(8)
     item_id = "msg_fake_" + secrets.token_hex(8)
     created = int(time.time())
@@ -373,7 +377,7 @@ def responses_stream(model: str) -> Iterator[bytes]:
         "status": "in_progress",
         "usage": None,
     }
-    text_part = {"type": "output_text", "text": REPLY_TEXT, "annotations": []}
+    text_part = {"type": "output_text", "text": text, "annotations": []}
     item_done = {"id": item_id, "type": "message", "role": "assistant", "status": "completed", "content": [text_part]}
     seq = iter(range(1000))
 
@@ -394,8 +398,8 @@ def responses_stream(model: str) -> Iterator[bytes]:
         content_index=0,
         part={**text_part, "text": ""},
     )
-    yield event("response.output_text.delta", item_id=item_id, output_index=0, content_index=0, delta=REPLY_TEXT)
-    yield event("response.output_text.done", item_id=item_id, output_index=0, content_index=0, text=REPLY_TEXT)
+    yield event("response.output_text.delta", item_id=item_id, output_index=0, content_index=0, delta=text)
+    yield event("response.output_text.done", item_id=item_id, output_index=0, content_index=0, text=text)
     yield event("response.content_part.done", item_id=item_id, output_index=0, content_index=0, part=text_part)
     yield event("response.output_item.done", output_index=0, item=item_done)
     done = {**base, "status": "completed", "output": [item_done], "usage": responses_usage()}
@@ -429,8 +433,8 @@ def _gemini_chunk(model: str, text: str, final: bool) -> dict[str, Any]:
     return chunk
 
 
-def gemini_text_for(body: Any) -> str:
-    """The reply text; JSON when the request asks for JSON (Gemini CLI's router and helper calls)."""
+def gemini_text_for(body: Any, text: str = REPLY_TEXT) -> str:
+    """``text``; JSON of their own shape when the request asks for JSON (Gemini CLI's router and helper calls)."""
     config = body.get("generationConfig") if isinstance(body, dict) else None
     if isinstance(config, dict) and config.get("responseMimeType") == "application/json":
         return json.dumps(
@@ -442,7 +446,7 @@ def gemini_text_for(body: Any) -> str:
                 "next_speaker": "user",
             }
         )
-    return REPLY_TEXT
+    return text
 
 
 def gemini_response(model: str, text: str) -> dict[str, Any]:
@@ -466,20 +470,20 @@ def chat_usage() -> dict[str, Any]:
     }
 
 
-def chat_completion(model: str) -> dict[str, Any]:
+def chat_completion(model: str, text: str = REPLY_TEXT) -> dict[str, Any]:
     return {
         "id": "chatcmpl-fake" + secrets.token_hex(6),
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,
         "choices": [
-            {"index": 0, "message": {"role": "assistant", "content": REPLY_TEXT}, "finish_reason": "stop"},
+            {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"},
         ],
         "usage": chat_usage(),
     }
 
 
-def chat_stream(model: str, include_usage: bool) -> Iterator[bytes]:
+def chat_stream(model: str, include_usage: bool, text: str = REPLY_TEXT) -> Iterator[bytes]:
     base = {
         "id": "chatcmpl-fake" + secrets.token_hex(6),
         "object": "chat.completion.chunk",
@@ -491,7 +495,7 @@ def chat_stream(model: str, include_usage: bool) -> Iterator[bytes]:
         return _sse(None, {**base, "choices": choices, **extra})
 
     yield chunk([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
-    yield chunk([{"index": 0, "delta": {"content": REPLY_TEXT}, "finish_reason": None}])
+    yield chunk([{"index": 0, "delta": {"content": text}, "finish_reason": None}])
     yield chunk([{"index": 0, "delta": {}, "finish_reason": "stop"}])
     if include_usage:
         yield chunk([], usage=chat_usage())
@@ -601,25 +605,26 @@ class _Handler(BaseHTTPRequestHandler):
             }[api](mode, model or "fake")
             self._send_json(error.status, error.body, error.headers)
             return
+        text = self.server.reply_text
         if api == API_ANTHROPIC:
             model = str(request.get("model") or "claude-fake")
             if request.get("stream"):
-                self._send_sse(anthropic_stream(model))
+                self._send_sse(anthropic_stream(model, text))
             else:
-                self._send_json(200, anthropic_message(model))
+                self._send_json(200, anthropic_message(model, text))
         elif api == API_RESPONSES:
-            self._send_sse(responses_stream(str(request.get("model") or "fake-model")))
+            self._send_sse(responses_stream(str(request.get("model") or "fake-model"), text))
         elif api == API_CHAT:
             model = str(request.get("model") or "fake")
             if request.get("stream"):
                 options = request.get("stream_options")
                 include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
-                self._send_sse(chat_stream(model, include_usage))
+                self._send_sse(chat_stream(model, include_usage, text))
             else:
-                self._send_json(200, chat_completion(model))
+                self._send_json(200, chat_completion(model, text))
         else:
             model, _, method = path.rsplit("/", 1)[-1].partition(":")
-            text = gemini_text_for(request)
+            text = gemini_text_for(request, text)
             if method == "streamGenerateContent":
                 self._send_sse(gemini_stream(model, text))
             else:
@@ -690,7 +695,8 @@ def _api_for(method: str, path: str) -> str | None:
 
 
 class FakeProvider(ThreadingHTTPServer):
-    """The server. ``mode`` may be changed at any time; ``calls``, ``paths``, ``requests`` are live views."""
+    """The server. ``mode`` and ``reply_text`` may be changed at any time; ``calls``, ``paths``, ``requests`` are
+    live views."""
 
     daemon_threads = True
     allow_reuse_address = True
@@ -700,6 +706,7 @@ class FakeProvider(ThreadingHTTPServer):
         self._lock = threading.Lock()
         self._mode = "ok"
         self.mode = mode
+        self.reply_text = REPLY_TEXT  # what the model answers in "ok" mode; reset() leaves it, like mode
         self.calls: dict[str, int] = dict.fromkeys(APIS, 0)
         self.paths: list[str] = []
         self.requests: list[RecordedRequest] = []

@@ -34,7 +34,8 @@ from fleetd.backends.parsers import aider as aider_parser
 from fleetd.backends.parsers import claude_code as claude_parser
 from fleetd.backends.parsers import codex as codex_parser
 from fleetd.backends.parsers import gemini as gemini_parser
-from fleetd.records.result import ParsedOutput
+from fleetd.backends.parsers.verdict import extract_verdict
+from fleetd.records.result import ParsedOutput, Verdict
 from tests.integration import agents
 from tests.integration import fake_provider as fp
 from tests.integration.fake_provider import FakeProvider, running_fake_provider
@@ -87,11 +88,12 @@ def run_agent(
     on_stop: Callable[[subprocess.Popen[str]], None] | None = None,
     timeout: float = RUN_TIMEOUT,
     base_url: str | None = None,
+    drop_flags: tuple[str, ...] = (),
 ) -> AgentRun:
     """Run the real CLI once against ``server`` (or ``base_url``) in private dirs under tmp_path.
 
     With ``stop_on`` (a substring, or a predicate over the line), the first stdout line it matches triggers
-    ``on_stop(process)`` (default: SIGTERM).
+    ``on_stop(process)`` (default: SIGTERM). ``drop_flags`` leaves those (valueless) flags out of agents.agent_argv.
     """
     exe = require(name)
     base_url = base_url or server.base_url
@@ -104,6 +106,7 @@ def run_agent(
     agents.prepare_profile(name, base_url, profile_dir)
     env = agents.agent_env(name, base_url, profile_dir, child_tmp)
     argv = agents.agent_argv(name, PROMPT, base_url=base_url, profile_dir=profile_dir, executable=exe)
+    argv = [arg for arg in argv if arg not in drop_flags]
     matches = stop_on if callable(stop_on) else (lambda line: stop_on is not None and stop_on in line)
 
     out: list[str] = []
@@ -573,6 +576,70 @@ def test_a_lone_529_then_the_next_attempt_succeeds(name: str, server: FakeProvid
     assert_loopback_only(server)
 
 
+# --- a reviewer's verdict through each real CLI's output ------------------------------------------------------------
+
+REJECT_VERDICT = {"verdict": "reject", "missing": ["a test for the empty input"], "reason": "one case is not covered"}
+ACCEPT_VERDICT = {"verdict": "accept", "missing": [], "reason": "the change does what was asked"}
+
+
+def _reviewer_reply(verdict: dict[str, Any]) -> str:
+    """A reviewer's answer as models give it: prose, then the verdict in a ```json fence."""
+    return f"Checked it.\n```json\n{json.dumps(verdict)}\n```"
+
+
+# fleetd's AiderAdapter runs Aider streamed; agents.agent_argv adds --no-stream (for the server's exact usage), and
+# then Aider prints the reply through rich, wrapped at 80 columns: a line break lands inside the JSON's strings.
+VERDICT_DROP_FLAGS = {"aider": ("--no-stream",)}
+
+
+@pytest.mark.parametrize("name", agents.AGENTS)
+def test_reviewer_verdict_read_from_the_real_cli(name: str, server: FakeProvider, tmp_path: Path) -> None:
+    """fleetd reads the reviewer's verdict from `final_text`: the JSON must come through each CLI's output intact."""
+    require(name)
+    server.reply_text = _reviewer_reply(REJECT_VERDICT)
+    run = run_agent(name, server, tmp_path, api=API[name], drop_flags=VERDICT_DROP_FLAGS.get(name, ()))
+    parsed = parse_run(name, run)
+    assert parsed.outcome == "succeeded", run.describe()
+    assert parsed.final_text == server.reply_text, run.describe()
+    expected = Verdict("reject", ("a test for the empty input",), "one case is not covered")
+    assert extract_verdict(parsed.final_text) == expected
+    assert_loopback_only(server)
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "no-stream"])
+def test_reviewer_verdict_through_aider_edits_files_and_without_streaming_is_lost(
+    stream: bool, server: FakeProvider, tmp_path: Path
+) -> None:
+    """What Aider 0.86.2 does with a fenced verdict. Its default "whole" edit format takes the line before a fence
+    as a file name, and --yes-always applies it: the reviewer writes the JSON into the workdir, as "Checked it.".
+    With --no-stream the reply is wrapped at 80 columns inside the reason string, and no verdict can be read."""
+    require("aider")
+    server.reply_text = _reviewer_reply(REJECT_VERDICT)
+    run = run_agent("aider", server, tmp_path, api=API["aider"], drop_flags=("--no-stream",) if stream else ())
+    parsed = parse_run("aider", run)
+    assert parsed.outcome == "succeeded", run.describe()
+    assert "Applied edit to Checked it." in run.stdout
+    assert json.loads((run.workdir / "Checked it.").read_text()) == REJECT_VERDICT
+    assert_loopback_only(server)
+    if stream:
+        assert extract_verdict(parsed.final_text) is not None
+        return
+    assert parsed.final_text is not None
+    assert "```json" not in parsed.final_text  # rich also drops the fence's language
+    assert '"reason": "one \ncase is not covered"' in parsed.final_text
+    assert extract_verdict(parsed.final_text) is None
+
+
+def test_reviewer_accept_verdict_read_from_the_real_cli(server: FakeProvider, tmp_path: Path) -> None:
+    require("claude")
+    server.reply_text = _reviewer_reply(ACCEPT_VERDICT)
+    parsed = parse_run("claude", run_agent("claude", server, tmp_path, api=API["claude"]))
+    assert parsed.outcome == "succeeded"
+    assert parsed.final_text == server.reply_text
+    assert extract_verdict(parsed.final_text) == Verdict("accept", (), "the change does what was asked")
+    assert_loopback_only(server)
+
+
 # --- the fake provider itself (no CLI needed) ----------------------------------------------------------------------
 
 
@@ -717,3 +784,31 @@ def test_fake_provider_refuses_proxy_requests(server: FakeProvider) -> None:
     assert server.proxy_attempts == ["http://example.invalid/"]
     with pytest.raises(ValueError):
         server.mode = "418"
+
+
+def test_fake_provider_reply_text_in_every_api_shape(server: FakeProvider) -> None:
+    base, text = server.base_url, 'Checked it.\n```json\n{"verdict": "accept"}\n```'
+    server.reply_text = text
+
+    def joined(raw: bytes, pick: Callable[[dict[str, Any]], str | None]) -> str:
+        return "".join(piece for event in _sse_data(raw) if (piece := pick(event)) is not None)
+
+    raw = _post(f"{base}/v1/messages", {"model": "m", "stream": True})[2]
+    assert joined(raw, lambda e: e.get("delta", {}).get("text")) == text
+    assert json.loads(_post(f"{base}/v1/messages", {"model": "m"})[2])["content"] == [{"type": "text", "text": text}]
+    raw = _post(f"{base}/v1/responses", {"model": "m", "stream": True})[2]
+    assert joined(raw, lambda e: e.get("delta")) == text
+    assert _sse_data(raw)[-1]["response"]["output"][0]["content"][0]["text"] == text
+    raw = _post(f"{base}/v1beta/models/g:streamGenerateContent?alt=sse", {})[2]
+    assert joined(raw, lambda e: e["candidates"][0]["content"]["parts"][0]["text"]) == text
+    raw = _post(f"{base}/v1beta/models/g:generateContent", {})[2]
+    assert json.loads(raw)["candidates"][0]["content"]["parts"][0]["text"] == text
+    json_mode = {"generationConfig": {"responseMimeType": "application/json"}}
+    raw = _post(f"{base}/v1beta/models/g:generateContent", json_mode)[2]
+    assert "next_speaker" in json.loads(json.loads(raw)["candidates"][0]["content"]["parts"][0]["text"])
+    raw = _post(f"{base}/v1/chat/completions", {"model": "m", "stream": True})[2]
+    assert joined(raw, lambda e: e["choices"][0]["delta"].get("content") if e["choices"] else None) == text
+    raw = _post(f"{base}/v1/chat/completions", {"model": "m"})[2]
+    assert json.loads(raw)["choices"][0]["message"]["content"] == text
+    server.reset()
+    assert server.reply_text == text  # configuration, like mode: reset() forgets only what was recorded
