@@ -59,6 +59,11 @@ class AiderAdapter(AgentCli):
         ]  # fmt: skip
         if ctx.model:
             argv += ["--model", ctx.model]
+        if ctx.role == "review":
+            # Aider applies any fenced block it is answered with as a file edit (--yes-always): a reviewer
+            # only answers. Measured on 0.86.2: the verdict's ```json block became a file in the workdir.
+            argv += ["--chat-mode", "ask", "--chat-history-file", str(Path(ctx.tmpdir) / "chat.history.md"),
+                     "--input-history-file", str(Path(ctx.tmpdir) / "input.history")]  # fmt: skip
         change = self.profile_env(ctx.profile, ctx.secret)
         if ctx.secret is not None and ctx.model:
             change.set[key_variable(ctx.model)] = ctx.secret

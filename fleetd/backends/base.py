@@ -34,6 +34,7 @@ class AttemptContext:
     cost_left: float | None = None  # what the run's budget still allows, for backends that can enforce it
     tokens_left: int | None = None
     resume_session: str | None = None  # a repair round: continue this session of the CLI, where it can
+    role: str = "work"  # `review`: the acceptance gate's reviewer agent, which must only answer, never edit
 
 
 @dataclass

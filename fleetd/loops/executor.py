@@ -631,7 +631,7 @@ class Executor:
             prompt = with_findings(prompt, decision.findings)
         ctx = AttemptContext(run.id, task, prompt, profile, secret, model, tmpdir, timeout_s=timeout,
                              cost_left=decision.cost_left, tokens_left=decision.tokens_left,
-                             resume_session=resume)  # fmt: skip
+                             resume_session=resume, role=role)  # fmt: skip
         try:
             if adapter.kind == "http":
                 end = await self._http_attempt(cast(HttpAdapter, adapter), ctx, runlog, scrubber)

@@ -39,3 +39,14 @@ def test_claude_code_resumes_with_resume_session(tmp_path: Path) -> None:
     argv = ClaudeCodeAdapter().build(context(tmp_path, "claude_code", "44ce97b6")).argv
     assert argv[argv.index("--resume") + 1] == "44ce97b6"
     assert "--resume" not in ClaudeCodeAdapter().build(context(tmp_path, "claude_code", None)).argv
+
+
+def test_an_aider_reviewer_only_answers(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from fleetd.backends.aider import AiderAdapter
+
+    work = context(tmp_path, "aider", None)
+    assert "--chat-mode" not in AiderAdapter().build(work).argv
+    argv = AiderAdapter().build(replace(work, role="review")).argv
+    assert argv[argv.index("--chat-mode") + 1] == "ask"

@@ -89,6 +89,7 @@ def run_agent(
     timeout: float = RUN_TIMEOUT,
     base_url: str | None = None,
     drop_flags: tuple[str, ...] = (),
+    add_flags: tuple[str, ...] = (),
 ) -> AgentRun:
     """Run the real CLI once against ``server`` (or ``base_url``) in private dirs under tmp_path.
 
@@ -106,7 +107,7 @@ def run_agent(
     agents.prepare_profile(name, base_url, profile_dir)
     env = agents.agent_env(name, base_url, profile_dir, child_tmp)
     argv = agents.agent_argv(name, PROMPT, base_url=base_url, profile_dir=profile_dir, executable=exe)
-    argv = [arg for arg in argv if arg not in drop_flags]
+    argv = [arg for arg in argv if arg not in drop_flags] + list(add_flags)
     matches = stop_on if callable(stop_on) else (lambda line: stop_on is not None and stop_on in line)
 
     out: list[str] = []
@@ -628,6 +629,23 @@ def test_reviewer_verdict_through_aider_edits_files_and_without_streaming_is_los
     assert "```json" not in parsed.final_text  # rich also drops the fence's language
     assert '"reason": "one \ncase is not covered"' in parsed.final_text
     assert extract_verdict(parsed.final_text) is None
+
+
+def test_an_aider_reviewer_in_ask_mode_answers_without_editing(server: FakeProvider, tmp_path: Path) -> None:
+    """What fleetd runs an Aider reviewer with (`--chat-mode ask`): the verdict is read, no file is written."""
+    require("aider")
+    server.reply_text = _reviewer_reply(REJECT_VERDICT)
+    history = tmp_path / "history"
+    history.mkdir()
+    run = run_agent("aider", server, tmp_path, api=API["aider"], drop_flags=("--no-stream",),
+                    add_flags=("--chat-mode", "ask", "--chat-history-file", str(history / "chat.md"),
+                               "--input-history-file", str(history / "input")))  # fmt: skip
+    parsed = parse_run("aider", run)
+    assert parsed.outcome == "succeeded", run.describe()
+    assert "Applied edit" not in run.stdout and list(run.workdir.iterdir()) == []
+    verdict = extract_verdict(parsed.final_text)
+    assert verdict is not None and verdict.verdict == "reject"
+    assert_loopback_only(server)
 
 
 def test_reviewer_accept_verdict_read_from_the_real_cli(server: FakeProvider, tmp_path: Path) -> None:
