@@ -305,17 +305,21 @@ MIGRATIONS: list[str] = [
     -- than one chain step. `skipped` runs have no attempts and add nothing.
     CREATE VIEW stats_run_facts AS
     SELECT r.id AS run_id, r.started_at, r.loop, r.status = 'succeeded' AS succeeded,
-           f.backend AS first_backend, f.profile AS first_profile, coalesce(f.model, '') AS first_model,
-           f.step AS first_step, f.role AS first_role,
-           l.backend AS last_backend, l.profile AS last_profile, coalesce(l.model, '') AS last_model,
-           l.step AS last_step, l.role AS last_role,
+           -- A run that ended without any attempt (no usable candidate, over budget, an unreadable prompt)
+           -- counts too: under its loop's backend, no profile, step 1, as work.
+           coalesce(f.backend, r.backend) AS first_backend, coalesce(f.profile, '') AS first_profile,
+           coalesce(f.model, '') AS first_model, coalesce(f.step, 1) AS first_step,
+           coalesce(f.role, 'work') AS first_role,
+           coalesce(l.backend, r.backend) AS last_backend, coalesce(l.profile, '') AS last_profile,
+           coalesce(l.model, '') AS last_model, coalesce(l.step, 1) AS last_step,
+           coalesce(l.role, 'work') AS last_role,
            coalesce((SELECT max(w.step) > min(w.step) OR max(w.profile) <> min(w.profile)
                      FROM attempts w WHERE w.run_id = r.id AND w.role = 'work'), 0) AS fallback,
            coalesce((SELECT max(w.step) > min(w.step) FROM attempts w WHERE w.run_id = r.id AND w.role = 'work'), 0)
                AS escalated
     FROM runs r
-    JOIN attempts f ON f.id = (SELECT id FROM attempts WHERE run_id = r.id ORDER BY number LIMIT 1)
-    JOIN attempts l ON l.id = coalesce(
+    LEFT JOIN attempts f ON f.id = (SELECT id FROM attempts WHERE run_id = r.id ORDER BY number LIMIT 1)
+    LEFT JOIN attempts l ON l.id = coalesce(
         (SELECT id FROM attempts WHERE run_id = r.id AND role = 'work' ORDER BY number DESC LIMIT 1),
         (SELECT id FROM attempts WHERE run_id = r.id ORDER BY number DESC LIMIT 1))
     WHERE r.status IN ('succeeded', 'failed', 'timed_out', 'interrupted');

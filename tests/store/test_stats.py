@@ -322,3 +322,14 @@ def test_rebuild_gives_what_the_triggers_kept(db_path: Path) -> None:
     with sqlite3.connect(db_path, isolation_level=None) as conn:
         conn.executescript(f"BEGIN; {STATS_REBUILD} COMMIT;")
     assert snapshot() == kept
+
+
+def test_a_run_that_ended_without_an_attempt_counts_under_its_loops_backend(db_path: Path) -> None:
+    """No usable candidate, over budget, an unreadable prompt: the run failed and had no attempt."""
+    write(db_path, [R("a", "failed"), R("a", "succeeded", [A(CC, "cc-a")])])
+    stats = query(db_path, WEEK, ("loop",))
+    (row,) = stats.groups
+    assert (row.runs_started, row.runs_ended, row.succeeded, row.attempts) == (2, 2, 1, 1)
+    assert row.success_rate == 0.5
+    by_backend = {tuple(r.group.values()): r for r in query(db_path, WEEK, ("backend",)).groups}
+    assert by_backend[("x",)].runs_ended == 1 and by_backend[("x",)].succeeded == 0
