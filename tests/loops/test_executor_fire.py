@@ -42,3 +42,31 @@ def test_two_fires_of_a_budgeted_loop_at_once_start_one_run(tmp_path: Path) -> N
     statuses = asyncio.run(go())
     assert [s for s, _ in statuses] == ["running", "skipped"]
     assert "still running" in statuses[1][1]
+
+
+def test_a_fire_waits_while_the_daemon_recovers_from_a_crash(tmp_path: Path) -> None:
+    """Recovery kills the leftovers of dead runs by cgroup and removes their temp dirs: a `loop run` that came
+    in meanwhile would lose its processes. It waits for recovery instead (bounded by one kill grace)."""
+
+    async def go() -> tuple[bool, str]:
+        db = await Database.open(tmp_path / "r.db")
+        try:
+            now = now_utc()
+            loop = Loop(name="manual", schedule=Schedule("every", "1h", "UTC"), backend="command", command="true",
+                        created_at=now, updated_at=now)  # fmt: skip
+            await LoopStore(db).insert(loop)
+            ex = Executor(RunStore(db), AttemptStore(db), NoProfiles(), log_path=lambda i: tmp_path / f"{i}.log",  # type: ignore[arg-type]
+                          tmp_root=tmp_path / "tmp", tag_prefix="rec", clock=now_utc, local_tz=ZoneInfo("UTC"),
+                          kill_grace=0.5)  # fmt: skip
+            ex.ready.clear()  # the daemon is recovering
+            fire = asyncio.create_task(ex.fire(loop, "manual", now))
+            await asyncio.sleep(0.2)
+            waited = not fire.done() and await RunStore(db).list() == []
+            ex.ready.set()
+            run = await asyncio.wait_for(fire, 5)
+            assert await ex.wait_idle(10)
+            return waited, (await RunStore(db).get(run.id)).status if run else "none"
+        finally:
+            await db.close()
+
+    assert asyncio.run(go()) == (True, "succeeded")
