@@ -169,8 +169,7 @@ def daemon_stop(wait_s: float) -> None:
     paths = _paths()
     client = Client(paths.socket, timeout=5.0)
     if client.ping() is None:
-        click.echo(f"fleetd daemon is not running (socket {paths.socket})")
-        return
+        raise CliError(f"fleetd daemon is not running (socket {paths.socket})")
     answer = client.call("POST", "/v1/shutdown")
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:

@@ -86,6 +86,7 @@ class ActiveRun:
     proc: asyncio.subprocess.Process | None = None
     tag: str | None = None
     cgroup: Path | None = None  # the running attempt's cgroup, where there is one
+    trigger: str = "manual"  # schedule, manual or catch-up: FLEETD_TRIGGER
     interrupt_reason: str | None = None
     waiting: bool = False  # sleeping until a profile's reset: nothing to finish
     interrupted: asyncio.Event = field(default_factory=asyncio.Event)
@@ -177,7 +178,7 @@ class Executor:
         elif current is not None:
             reason = f"previous run {current.run_id or '(starting)'} still running"
         if reason is None:
-            slot = ActiveRun()
+            slot = ActiveRun(trigger=trigger)
             self.active[loop.name] = slot  # claimed before any await: two fires cannot both start
             self.inflight.add(slot)
             try:
@@ -449,6 +450,7 @@ class Executor:
         number, candidate = decision.number, decision.candidate
         runlog.note(f"verify (attempt {number}, {profile.name}): {loop.verify}")
         env = {**os.environ, **loop.env, "FLEETD_RUN_ID": str(run.id), "FLEETD_LOOP": loop.name,
+               "FLEETD_TRIGGER": slot.trigger,
                "FLEETD_ATTEMPT": str(number), "FLEETD_BACKEND": candidate.backend, "FLEETD_PROFILE": profile.name,
                proctree.TAG_VAR: self.run_tag(run.id)}  # fmt: skip
         timeout = loop.verify_timeout_s
@@ -696,7 +698,7 @@ class Executor:
             runlog.note(f"working directory not found: {spec.cwd}")
             return AttemptEnd(ParsedOutput("failed", "contract", message=f"working directory not found: {spec.cwd}"))
         tag = self.run_tag(ctx.run_id)
-        env = self._child_env(ctx, spec, tag)
+        env = self._child_env(ctx, spec, tag, slot.trigger)
         # The run's processes are tracked by its cgroup where one can be made (an escapee that leaves
         # the session and clears its environment stays in it), else by session + tag (proctree).
         cgroup = await asyncio.to_thread(cgroups.run_path, self.tag_prefix, ctx.run_id)
@@ -786,7 +788,7 @@ class Executor:
             parsed = replace(parsed, outcome="failed", error_class=ended_early.error_class)
         return AttemptEnd(parsed, exit_code, timed_out)
 
-    def _child_env(self, ctx: AttemptContext, spec: ProcessSpec, tag: str) -> dict[str, str]:
+    def _child_env(self, ctx: AttemptContext, spec: ProcessSpec, tag: str, trigger: str) -> dict[str, str]:
         env = dict(os.environ)
         for name in spec.unset_env:
             env.pop(name, None)
@@ -796,6 +798,7 @@ class Executor:
             {
                 "FLEETD_RUN_ID": str(ctx.run_id),
                 "FLEETD_LOOP": ctx.task.loop,
+                "FLEETD_TRIGGER": trigger,
                 "FLEETD_PROFILE": ctx.profile.name if ctx.profile else "",
                 proctree.TAG_VAR: tag,
                 # The CLIs litter TMPDIR; each attempt gets its own, removed afterwards.

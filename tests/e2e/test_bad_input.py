@@ -258,3 +258,11 @@ def test_a_home_that_cannot_be_made_is_one_line_not_a_traceback(tmp_path: Path, 
     expected = "fleetd: cannot create the fleetd home /proc/fleetd-nope: No such file or directory"
     assert result.stderr.strip() == expected
     assert not os.path.exists("/proc/fleetd-nope")
+
+
+def test_daemon_stop_without_a_daemon_exits_1_with_one_line(tmp_path: Path) -> None:
+    result = Daemon(tmp_path / "home").cli("daemon", "stop", check=False)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"fleetd: fleetd daemon is not running (socket {tmp_path}/home/run/fleetd.sock)"
+    ]

@@ -34,7 +34,8 @@ def finished(daemon: Daemon, loop: str, n: int = 1, status: str | None = None) -
 def test_add_fires_and_records_history_with_prompt_on_stdin_and_env(daemon: Daemon, tmp_path: Path) -> None:
     out = daemon.cli(
         "loop", "add", "hist", "--every", "1s", "--dir", str(tmp_path), "--prompt", "look at X",
-        "--env", "GREETING=hello", "--command", 'echo "$GREETING $FLEETD_PROMPT in $PWD"; cat; exit 3',
+        "--env", "GREETING=hello",
+        "--command", 'echo "$GREETING $FLEETD_PROMPT in $PWD ($FLEETD_TRIGGER)"; cat; exit 3',
     )  # fmt: skip
     assert "added loop hist" in out.stdout
     runs = finished(daemon, "hist", n=2)
@@ -47,7 +48,7 @@ def test_add_fires_and_records_history_with_prompt_on_stdin_and_env(daemon: Daem
     for key in ("scheduled_at", "started_at", "finished_at"):
         assert datetime.fromisoformat(run[key]).utcoffset() is not None
     log = daemon.cli("runs", "logs", str(run["id"])).stdout
-    assert f"hello look at X in {tmp_path}" in log
+    assert f"hello look at X in {tmp_path} (schedule)" in log
     assert log.count("look at X") == 2  # once from the variable, once from stdin
     shown = daemon.json("runs", "show", str(run["id"]))
     assert shown["id"] == run["id"] and shown["error"] == "exit code 3"
