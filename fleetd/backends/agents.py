@@ -20,7 +20,7 @@ class AgentCli(AdapterDefaults):
     executable = ""
     kind: Literal["process"] = "process"
     needs_profile = True
-    end_on_rate_limit_line = False
+    end_on_live_failure = False
     uses_config_dir = False  # the CLI keeps the profile's login in its config directory
 
     def unavailable(self, profile: Profile) -> str | None:

@@ -35,7 +35,7 @@ def key_variable(model: str | None) -> str:
 class AiderAdapter(AgentCli):
     name = "aider"
     executable = "aider"
-    end_on_rate_limit_line = True
+    end_on_live_failure = True
 
     def profile_env(self, profile: Profile, secret: str | None) -> EnvChange:
         env: dict[str, str] = {}
@@ -44,9 +44,6 @@ class AiderAdapter(AgentCli):
         if secret is not None:
             env[key_variable(profile.model)] = secret
         return EnvChange(env)
-
-    def is_rate_limit_line(self, line: str) -> bool:
-        return parser.is_rate_limit_line(line)
 
     def live_failure(self, line: str) -> ErrorClass | None:
         return parser.live_failure(line)

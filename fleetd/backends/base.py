@@ -72,9 +72,9 @@ class Adapter(Protocol):
     name: str
     kind: Literal["process", "http"]
     needs_profile: bool
-    # True where the CLI has no setting to stop its own retrying: the attempt then ends on the first
-    # rate-limit line of live output instead of sitting out minutes of retries.
-    end_on_rate_limit_line: bool
+    # True where the CLI has no setting to stop its own retrying: the attempt then ends at the first
+    # line of live output that proves a failure (`live_failure`) instead of sitting out minutes of retries.
+    end_on_live_failure: bool
 
     def validate(self, loop: Loop) -> None:
         """Raise InvalidArgument when the loop lacks what this backend needs."""
@@ -85,8 +85,6 @@ class Adapter(Protocol):
 
     def login_argv(self, profile: Profile) -> list[str] | None:
         """The CLI's own interactive login, or None when the backend logs in by API key only."""
-
-    def is_rate_limit_line(self, line: str) -> bool: ...
 
     def unavailable(self, profile: Profile) -> str | None:
         """Why `profile` cannot run on this host at all (its CLI is missing, ...), or None."""

@@ -50,9 +50,6 @@ class ClaudeCodeAdapter(AgentCli):
     def log_renderer(self) -> Callable[[str], str | None] | None:
         return parser.render_line
 
-    def is_rate_limit_line(self, line: str) -> bool:
-        return parser.is_rate_limit_line(line)
-
     def build(self, ctx: AttemptContext) -> ProcessSpec:
         assert ctx.profile is not None
         argv = [self.executable, "-p", ctx.prompt or "", "--output-format", "stream-json", "--verbose"]

@@ -25,7 +25,7 @@ class CodexAdapter(AgentCli):
     # Only a custom provider block takes `stream_max_retries = 0`; the built-in `openai` provider
     # cannot be overridden (Codex 0.169 exits 1 on `-c model_providers.openai.…`), and it reconnects
     # up to 5 times honouring retry-after. Its "Reconnecting... 1/5 (… 429 …)" line ends the attempt.
-    end_on_rate_limit_line = True
+    end_on_live_failure = True
 
     def profile_env(self, profile: Profile, secret: str | None) -> EnvChange:
         env = {"CODEX_HOME": profile.config_dir}
@@ -45,9 +45,6 @@ class CodexAdapter(AgentCli):
 
     def log_renderer(self) -> Callable[[str], str | None] | None:
         return parser.render_line
-
-    def is_rate_limit_line(self, line: str) -> bool:
-        return parser.is_rate_limit_line(line)
 
     def live_failure(self, line: str) -> ErrorClass | None:
         return parser.live_failure(line)

@@ -16,7 +16,7 @@ class CommandAdapter(AdapterDefaults):
     name = "command"
     kind: Literal["process"] = "process"
     needs_profile = False
-    end_on_rate_limit_line = False
+    end_on_live_failure = False
 
     def validate(self, loop: Loop) -> None:
         if not loop.command or not loop.command.strip():

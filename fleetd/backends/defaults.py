@@ -21,9 +21,6 @@ class AdapterDefaults:
     def login_argv(self, profile: Profile) -> list[str] | None:
         return None
 
-    def is_rate_limit_line(self, line: str) -> bool:
-        return False
-
     def unavailable(self, profile: Profile) -> str | None:
         return None
 

@@ -45,9 +45,6 @@ class GeminiAdapter(AgentCli):
     def log_renderer(self) -> Callable[[str], str | None] | None:
         return parser.render_line
 
-    def is_rate_limit_line(self, line: str) -> bool:
-        return parser.is_rate_limit_line(line)
-
     def build(self, ctx: AttemptContext) -> ProcessSpec:
         assert ctx.profile is not None
         limit_own_retries(Path(ctx.profile.config_dir))

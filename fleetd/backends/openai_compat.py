@@ -21,7 +21,7 @@ class OpenAICompatAdapter(AdapterDefaults):
     name = "openai_compat"
     kind: Literal["http"] = "http"
     needs_profile = True
-    end_on_rate_limit_line = False
+    end_on_live_failure = False
 
     def validate(self, loop: Loop) -> None:
         if loop.prompt is None and loop.prompt_file is None:

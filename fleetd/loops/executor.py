@@ -745,7 +745,7 @@ class Executor:
         except Exception as e:  # only crash recovery needs it; the child is ours either way
             log.error("run %s: cannot record its process %s (%s)", ctx.run_id, proc.pid, e)
         ended_early = _LiveFailure()
-        watch = adapter.live_failure if adapter.end_on_rate_limit_line else None
+        watch = adapter.live_failure if adapter.end_on_live_failure else None
         # Each stream is scrubbed once, as it is read: the run log and the parser get the same clean bytes.
         stdout, stderr = _Capture(scrubber.fresh()), _Capture(scrubber.fresh())
         pumps = [
