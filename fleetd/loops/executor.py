@@ -1,7 +1,7 @@
 """Executing runs. A run is one or more attempts: each under one profile, in a child of its own
-session (or one HTTP call), output to the run's capped log with secrets scrubbed. A rate-limited or
-logged-out profile hands the run to the next profile of the pool. Timeouts and shutdown kill the
-whole process tree. A loop never overlaps itself."""
+session (or one HTTP call), output to the run's capped log with secrets scrubbed. Which attempt
+comes next, and what a failure means, is the router's decision (`fleetd.routing.router`): this
+module performs it. Timeouts and shutdown kill the whole process tree. A loop never overlaps itself."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Awaitable, Callable, Collection, Iterator
+from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, tzinfo
 from pathlib import Path
@@ -124,6 +124,7 @@ class AttemptEnd:
     timed_out: bool = False
     cost_usd: float | None = None
     attempt_id: int | None = None
+    number: int = 0  # the attempt's number in its run (workers and reviewers share one count)
 
 
 class Executor:
@@ -182,8 +183,8 @@ class Executor:
             self.active[loop.name] = slot  # claimed before any await: two fires cannot both start
             self.inflight.add(slot)
             try:
-                over_budget = await self._over_daily_cost(loop, now)
-                if over_budget is None:
+                reason = await self._over_daily_cost(loop, now)
+                if reason is None:
                     run = await self.runs.insert(
                         loop=loop.name, trigger=trigger, status="running", scheduled_at=scheduled_at,
                         started_at=now, backend=loop.backend, log_path_for=self.log_path, fired=fired,
@@ -191,12 +192,10 @@ class Executor:
             except BaseException:
                 self._release(loop.name, slot)
                 raise
-            if over_budget is None and run is None:
+            if run is None:
                 self._release(loop.name, slot)
-                return None
-            if over_budget is not None:
-                self._release(loop.name, slot)
-                reason = over_budget
+                if reason is None:
+                    return None  # `fired` was recorded already
         if run is None:
             skipped = await self.runs.insert(
                 loop=loop.name, trigger=trigger, status="skipped", scheduled_at=scheduled_at,
@@ -212,6 +211,7 @@ class Executor:
         return run
 
     def _release(self, name: str, slot: ActiveRun) -> None:
+        """The loop is free again and the slot done (shutdown stops waiting for it)."""
         if self.active.get(name) is slot:
             del self.active[name]
         self.inflight.discard(slot)
@@ -249,8 +249,7 @@ class Executor:
             try:
                 await asyncio.shield(self._record_finish(finish))
             finally:
-                self.inflight.discard(slot)
-                slot.done.set()
+                self._release(loop.name, slot)
             log.info("run %s of loop %s: %s", run.id, loop.name, status)
 
     async def _record_finish(self, finish: RunFinish) -> bool:
@@ -447,12 +446,11 @@ class Executor:
         accepted. Else (`capability`, findings: the output's tail) for a rejection, or (`contract`, why) for a
         gate that cannot run at all (not found, 126/127, its own timeout): escalating would not help."""
         assert loop.verify is not None
-        number, candidate = decision.number, decision.candidate
+        # The attempt's own number, as recorded: the router's count leaves out reviewers' attempts.
+        number, candidate = end.number, decision.candidate
         runlog.note(f"verify (attempt {number}, {profile.name}): {loop.verify}")
-        env = {**os.environ, **loop.env, "FLEETD_RUN_ID": str(run.id), "FLEETD_LOOP": loop.name,
-               "FLEETD_TRIGGER": slot.trigger,
-               "FLEETD_ATTEMPT": str(number), "FLEETD_BACKEND": candidate.backend, "FLEETD_PROFILE": profile.name,
-               proctree.TAG_VAR: self.run_tag(run.id)}  # fmt: skip
+        env = self._run_env(os.environ, run.id, loop.name, loop.env, slot.trigger, profile.name)
+        env.update({"FLEETD_ATTEMPT": str(number), "FLEETD_BACKEND": candidate.backend})
         timeout = loop.verify_timeout_s
         if deadline is not None:
             timeout = max(0.0, min(timeout, (deadline - self.clock()).total_seconds()))
@@ -476,7 +474,7 @@ class Executor:
                 del tail[: max(0, len(tail) - VERIFY_TAIL)]
 
         reader = asyncio.create_task(pump())
-        exited = asyncio.ensure_future(proc.wait())
+        exited = asyncio.ensure_future(_exit_status(proc))
         done, _ = await asyncio.wait({exited}, timeout=timeout)
         if not done:
             await proctree.kill_tree(proc.pid, tag=None, grace=self.kill_grace, root_exited=exited)
@@ -666,7 +664,7 @@ class Executor:
             if (end.timed_out or slot.interrupt_reason) and parsed.outcome != "succeeded":
                 said = replace(parsed, outcome="unknown", error_class=None)
             await self.profiles.attempt_finished(profile, said, finished_at, cost)
-        end.cost_usd, end.attempt_id = cost, attempt_id
+        end.cost_usd, end.attempt_id, end.number = cost, attempt_id, number
         return end
 
     async def _http_attempt(
@@ -698,7 +696,7 @@ class Executor:
             runlog.note(f"working directory not found: {spec.cwd}")
             return AttemptEnd(ParsedOutput("failed", "contract", message=f"working directory not found: {spec.cwd}"))
         tag = self.run_tag(ctx.run_id)
-        env = self._child_env(ctx, spec, tag, slot.trigger)
+        env = self._child_env(ctx, spec, slot.trigger)
         # The run's processes are tracked by its cgroup where one can be made (an escapee that leaves
         # the session and clears its environment stays in it), else by session + tag (proctree).
         cgroup = await asyncio.to_thread(cgroups.run_path, self.tag_prefix, ctx.run_id)
@@ -788,26 +786,28 @@ class Executor:
             parsed = replace(parsed, outcome="failed", error_class=ended_early.error_class)
         return AttemptEnd(parsed, exit_code, timed_out)
 
-    def _child_env(self, ctx: AttemptContext, spec: ProcessSpec, tag: str, trigger: str) -> dict[str, str]:
-        env = dict(os.environ)
-        for name in spec.unset_env:
-            env.pop(name, None)
-        env.update(spec.env)
-        env.update(ctx.task.env)
-        env.update(
-            {
-                "FLEETD_RUN_ID": str(ctx.run_id),
-                "FLEETD_LOOP": ctx.task.loop,
-                "FLEETD_TRIGGER": trigger,
-                "FLEETD_PROFILE": ctx.profile.name if ctx.profile else "",
-                proctree.TAG_VAR: tag,
-                # The CLIs litter TMPDIR; each attempt gets its own, removed afterwards.
-                "TMPDIR": ctx.tmpdir,
-                "TMP": ctx.tmpdir,
-                "TEMP": ctx.tmpdir,
-            }
-        )
+    def _child_env(self, ctx: AttemptContext, spec: ProcessSpec, trigger: str) -> dict[str, str]:
+        base = {k: v for k, v in os.environ.items() if k not in spec.unset_env}
+        env = self._run_env({**base, **spec.env}, ctx.run_id, ctx.task.loop, ctx.task.env, trigger,
+                            ctx.profile.name if ctx.profile else "")  # fmt: skip
+        # The CLIs litter TMPDIR; each attempt gets its own, removed afterwards.
+        env.update({"TMPDIR": ctx.tmpdir, "TMP": ctx.tmpdir, "TEMP": ctx.tmpdir})
         return env
+
+    def _run_env(
+        self, base: Mapping[str, str], run_id: int, loop: str, loop_env: Mapping[str, str], trigger: str, profile: str
+    ) -> dict[str, str]:
+        """The environment every process of a run gets (its attempts, its verify command): `base`, the
+        loop's --env over it, then fleetd's own variables, which nothing overrides."""
+        return {
+            **base,
+            **loop_env,
+            "FLEETD_RUN_ID": str(run_id),
+            "FLEETD_LOOP": loop,
+            "FLEETD_TRIGGER": trigger,
+            "FLEETD_PROFILE": profile,
+            proctree.TAG_VAR: self.run_tag(run_id),
+        }
 
     def interrupt_waiting(self, reason: str) -> None:
         """Runs that only wait for a reset have nothing to finish: they end at once on shutdown."""
@@ -828,7 +828,7 @@ class Executor:
                     s.proc.pid,
                     tag=s.tag,
                     grace=self.kill_grace,
-                    root_exited=asyncio.ensure_future(s.proc.wait()),
+                    root_exited=asyncio.ensure_future(_exit_status(s.proc)),
                     cgroup=s.cgroup,
                 )
                 for s in slots
