@@ -129,6 +129,14 @@ def _int_param(request: Request, key: str, default: int, low: int, high: int) ->
     return value
 
 
+def _since(text: str, now: datetime) -> datetime:
+    """`--since 24h` → the time that long before now."""
+    try:
+        return now - timedelta(seconds=parse_duration(text))
+    except DurationError as e:
+        raise InvalidArgument(f"invalid --since: {e}") from None
+
+
 def create_app(ctx: DaemonContext) -> Starlette:
     async def health(request: Request) -> Response:
         # Health answers even when the store does not: "store" says what is wrong with it.
@@ -214,12 +222,7 @@ def create_app(ctx: DaemonContext) -> Starlette:
         status = q.get("status")
         if status is not None and status not in STATUSES:
             raise InvalidArgument(f"invalid status {shown(status)} (one of: {', '.join(STATUSES)})")
-        since = None
-        if q.get("since"):
-            try:
-                since = ctx.clock() - timedelta(seconds=parse_duration(q["since"]))
-            except DurationError as e:
-                raise InvalidArgument(f"invalid --since: {e}") from None
+        since = _since(q["since"], ctx.clock()) if q.get("since") else None
         limit = _int_param(request, "limit", 50, 1, MAX_LIMIT)
         runs = await ctx.runs.list(loop=q.get("loop"), status=status, since=since, limit=limit)
         return JSONResponse([run_json(r) for r in runs])
@@ -262,12 +265,8 @@ def create_app(ctx: DaemonContext) -> Starlette:
 
     async def stats(request: Request) -> Response:
         q = request.query_params
-        text = q.get("since", DEFAULT_SINCE)
         now = ctx.clock()
-        try:
-            since = now - timedelta(seconds=parse_duration(text))
-        except DurationError as e:
-            raise InvalidArgument(f"invalid --since: {e}") from None
+        since = _since(q.get("since", DEFAULT_SINCE), now)
         loop = q.get("loop")
         if loop is not None:
             validate_name(loop)
