@@ -358,29 +358,24 @@ class Heartbeat:
                 ):
                     await self._refresh(profile)
                 await self._observe_circuit(profile, now)
-            by_backend: dict[str, list[Profile]] = {}
-            for profile in profiles:
-                by_backend.setdefault(profile.backend, []).append(profile)
             views = {}
-            for backend, members in by_backend.items():
-                active, _ = self.active.get(backend, (None, False))
-                for standing in self.standings(members):
-                    profile = next(p for p in members if p.name == standing.name)
-                    circuit = self.circuit(profile.name)
-                    status = standing.status
-                    views[profile.name] = ProfileView(
-                        name=profile.name,
-                        backend=backend,
-                        tier=profile.tier,
-                        state="disabled" if not profile.enabled else status.state,
-                        until=status.exhausted_until,
-                        reason=status.reason,
-                        headroom=standing.headroom,
-                        active=active == profile.name,
-                        circuit=circuit.state,
-                        circuit_until=circuit.open_until,
-                        probe_taken=profile.name in self.probing,
-                    )
+            for profile, standing in zip(profiles, self.standings(profiles), strict=True):
+                active, _ = self.active.get(profile.backend, (None, False))
+                circuit = self.circuit(profile.name)
+                status = standing.status
+                views[profile.name] = ProfileView(
+                    name=profile.name,
+                    backend=profile.backend,
+                    tier=profile.tier,
+                    state="disabled" if not profile.enabled else status.state,
+                    until=status.exhausted_until,
+                    reason=status.reason,
+                    headroom=standing.headroom,
+                    active=active == profile.name,
+                    circuit=circuit.state,
+                    circuit_until=circuit.open_until,
+                    probe_taken=profile.name in self.probing,
+                )
             return views
 
     async def attempt_finished(
