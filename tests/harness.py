@@ -35,6 +35,17 @@ def capture_folder(name: str) -> Path:
     return folder
 
 
+def standin_env(standin_dir: Path, bin_dir: Path = STANDIN_BIN) -> dict[str, str]:
+    """What a daemon needs to run the stand-in CLIs: them first on PATH, their scenario directory, the
+    captures they replay, and API keys in the opt-in file store (no keyring in tests)."""
+    return {
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "STANDIN_DIR": str(standin_dir),
+        "STANDIN_CAPTURES": str(captures_dir()),
+        "FLEETD_SECRET_STORE": "file",
+    }
+
+
 def wait_until(predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.05, what: str = "") -> T:
     """Poll until `predicate()` is truthy; fail with `what` after `timeout` seconds."""
     deadline = time.monotonic() + timeout

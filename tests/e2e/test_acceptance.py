@@ -5,7 +5,6 @@ same worker and continue its session, and a gate that cannot run stops the run."
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import STANDIN_BIN, Daemon, capture_folder, captures_dir
+from tests.harness import Daemon, capture_folder, standin_env
 
 SESSION = "44ce97b6-bd26-4495-bf03-46c93a098e16"  # what the cc_ok_stream capture's session is
 
@@ -25,8 +24,7 @@ def gated() -> Iterator[Daemon]:
     (root / "standin").mkdir()
     (root / "work").mkdir()
     d = Daemon(root / "home", "--kill-grace", "0.5s", "--stop-grace", "1s", "--backoff-base", "0.05s")
-    d.env.update(PATH=f"{STANDIN_BIN}:{os.environ['PATH']}", STANDIN_DIR=str(root / "standin"),
-                 STANDIN_CAPTURES=str(captures_dir()), FLEETD_SECRET_STORE="file")  # fmt: skip
+    d.env.update(standin_env(root / "standin"))
     d.start()
     d.root = root  # type: ignore[attr-defined]
     for name in ("cc-first", "cc-second"):

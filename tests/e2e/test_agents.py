@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import STANDIN_BIN, Daemon, capture_folder, captures_dir, wait_until
+from tests.harness import Daemon, capture_folder, standin_env, wait_until
 
 SECRET = "sk-ant-api03-TESTSECRET-0123456789"
 RESET_EPOCH = 1795300000  # what the stand-ins report as the limit's reset
@@ -31,11 +31,8 @@ def agents() -> Iterator[Daemon]:
     standin_dir.mkdir()
     d = Daemon(root / "home", "--kill-grace", "0.5s", "--stop-grace", "1s")
     d.env.update(
-        PATH=f"{STANDIN_BIN}:{os.environ['PATH']}",
-        STANDIN_DIR=str(standin_dir),
-        STANDIN_CAPTURES=str(captures_dir()),
+        standin_env(standin_dir),
         STANDIN_RESET_EPOCH=str(RESET_EPOCH),
-        FLEETD_SECRET_STORE="file",
         ANTHROPIC_API_KEY="key-in-the-daemons-environment",  # must never reach a subscription profile
     )
     d.start()

@@ -4,7 +4,6 @@ waiting runs that resume by themselves, usage by "someone else", pins, events, r
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 import time
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import STANDIN_BIN, Daemon, capture_folder, captures_dir, wait_until
+from tests.harness import Daemon, capture_folder, standin_env, wait_until
 
 
 @pytest.fixture
@@ -23,12 +22,7 @@ def hb() -> Iterator[Daemon]:
     root = Path(tempfile.mkdtemp(prefix="flh-", dir="/tmp"))
     (root / "standin").mkdir()
     d = Daemon(root / "home", "--kill-grace", "0.5s", "--heartbeat-interval", "1s")
-    d.env.update(
-        PATH=f"{STANDIN_BIN}:{os.environ['PATH']}",
-        STANDIN_DIR=str(root / "standin"),
-        STANDIN_CAPTURES=str(captures_dir()),
-        FLEETD_SECRET_STORE="file",
-    )
+    d.env.update(standin_env(root / "standin"))
     d.start()
     d.standin_dir = root / "standin"  # type: ignore[attr-defined]
     yield d

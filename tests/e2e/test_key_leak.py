@@ -5,7 +5,6 @@ them in no file under FLEETD_HOME but the opt-in secret store, no database row, 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sqlite3
 import tempfile
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import STANDIN_BIN, Daemon, capture_folder, captures_dir, wait_until
+from tests.harness import Daemon, capture_folder, standin_env, wait_until
 
 KEY_A = "sk-ant-api03-LEAKTEST-AAAA-0123456789"
 KEY_B = "sk-ant-api03-LEAKTEST-BBBB-9876543210"
@@ -32,12 +31,7 @@ def leaky() -> Iterator[Daemon]:
     # scrubbed of every profile's key.
     (standin_dir / "leak_keys").write_text("\n".join(KEYS) + "\n")
     d = Daemon(root / "home", "--kill-grace", "0.5s", "--stop-grace", "1s", "--heartbeat-interval", "1s")
-    d.env.update(
-        PATH=f"{STANDIN_BIN}:{os.environ['PATH']}",
-        STANDIN_DIR=str(standin_dir),
-        STANDIN_CAPTURES=str(captures_dir()),
-        FLEETD_SECRET_STORE="file",
-    )
+    d.env.update(standin_env(standin_dir))
     d.start()
     d.standin_dir = standin_dir  # type: ignore[attr-defined]
     d.root = root  # type: ignore[attr-defined]

@@ -5,7 +5,6 @@ tiers, a missing CLI is skipped, budgets skip fires, and every decision is in th
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import STANDIN_BIN, Daemon, capture_folder, captures_dir, wait_until
+from tests.harness import STANDIN_BIN, Daemon, capture_folder, standin_env, wait_until
 
 CIRCUIT_COOLDOWN = 4.0  # long enough that the second run surely finds it open, even on a loaded machine
 
@@ -31,12 +30,7 @@ def routed() -> Iterator[Daemon]:
         (bin_dir / cli).chmod(0o755)
     d = Daemon(root / "home", "--kill-grace", "0.5s", "--stop-grace", "1s", "--backoff-base", "0.05s",
                "--circuit-cooldown", f"{CIRCUIT_COOLDOWN}s", "--heartbeat-interval", "1s")  # fmt: skip
-    d.env.update(
-        PATH=f"{bin_dir}:{os.environ['PATH']}",
-        STANDIN_DIR=str(standin_dir),
-        STANDIN_CAPTURES=str(captures_dir()),
-        FLEETD_SECRET_STORE="file",
-    )
+    d.env.update(standin_env(standin_dir, bin_dir))
     d.start()
     d.standin_dir = standin_dir  # type: ignore[attr-defined]
     yield d
