@@ -8,7 +8,7 @@ import click
 
 from fleetd.cli.client import CliError, segment
 from fleetd.cli.common import absolute, client, fields_text, render
-from fleetd.cli.format import local_time, schedule_text, short, table
+from fleetd.cli.format import local_time, relative_time, schedule_text, short, table
 from fleetd.timefmt import format_duration
 
 
@@ -106,8 +106,8 @@ def _list_text(loops: list[dict[str, Any]]) -> str:
             schedule_text(lp["schedule"]),
             lp["backend"],
             "yes" if lp["enabled"] else "paused",
-            local_time(lp["next_fire_at"]),
-            local_time(lp["last_fire_at"]),
+            relative_time(lp["next_fire_at"]),
+            relative_time(lp["last_fire_at"]),
             "running" if lp["running_run_id"] else (lp["last_run"] or {}).get("status", "-"),
         ]
         for lp in loops
@@ -173,6 +173,10 @@ def _show_text(lp: dict[str, Any]) -> str:
 
 
 ALL_OF_BACKEND = "(all of the backend)"
+
+
+def _moment(iso: str | None) -> str:
+    return f"{local_time(iso)} ({relative_time(iso)})" if iso else "-"
 
 
 def _run_brief(run: dict[str, Any] | None) -> str:
