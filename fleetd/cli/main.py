@@ -13,6 +13,7 @@ import click
 
 from fleetd import __version__
 from fleetd.cli.client import CliError
+from fleetd.cli.complete import completion
 from fleetd.cli.daemon import daemon
 from fleetd.cli.events import events
 from fleetd.cli.loop import loop
@@ -29,7 +30,7 @@ def cli() -> None:
     """fleetd: run coding-agent loops unattended."""
 
 
-for command in (daemon, loop, runs, profile, usage, events, stats, service):
+for command in (daemon, loop, runs, profile, usage, events, stats, service, completion):
     cli.add_command(command)
 
 

@@ -1,11 +1,14 @@
-"""Each command's `--json`: the keys a script may rely on, pinned. A key added, renamed or dropped is a
-change to the contract and must change this file too (and the README)."""
+"""What scripts and shells rely on: each command's `--json` keys (pinned: a key added, renamed or dropped is
+a change to the contract and must change this file and the README too), the usage table's width, and
+shell completion of names."""
 
 from __future__ import annotations
 
+import os
+import subprocess
 from pathlib import Path
 
-from tests.harness import Daemon
+from tests.harness import FLEETD, Daemon
 
 LOOP = {"agent_args", "backend", "catch_up", "chain", "command", "created_at", "daily_cost", "dir", "enabled", "env",
         "last_fire_at", "last_run", "max_cost", "max_tokens", "model", "name", "next_fire_at", "on_exhausted",
@@ -58,3 +61,33 @@ def test_usage_table_fits_120_columns_and_explains_its_marks(daemon: Daemon, tmp
     assert "window 5h" in daemon.cli("usage", "show", "a-rather-long-profile-name-0").stdout
     missing = daemon.cli("usage", "show", "nobody", check=False)
     assert missing.returncode == 1 and missing.stderr.count("\n") == 1
+
+
+def _complete(daemon: Daemon, line: str) -> list[str]:
+    """What bash completion offers for the last word of `line` (click's protocol: `type,value` lines)."""
+    words = line.split(" ")
+    env = {**daemon.env, "_FLEETD_COMPLETE": "bash_complete", "COMP_WORDS": line, "COMP_CWORD": str(len(words) - 1)}
+    result = subprocess.run([FLEETD], env=env, capture_output=True, text=True, timeout=30, check=True)
+    return [row.split(",", 1)[1] for row in result.stdout.splitlines()]
+
+
+def test_completion_offers_loop_profile_backend_names_and_runs(daemon: Daemon, tmp_path: Path) -> None:
+    daemon.cli("loop", "add", "nightly-tests", "--every", "1h", "--paused", "--command", "true")
+    daemon.cli("profile", "add", "cc-work", "--backend", "claude_code", "--config-dir", str(tmp_path / "cc"))
+    run = daemon.json("loop", "run", "nightly-tests")
+    assert "nightly-tests" in _complete(daemon, "fleetd loop show night")
+    assert _complete(daemon, "fleetd profile show cc-") == ["cc-work"]
+    assert _complete(daemon, "fleetd loop add x --profile jp,cc") == ["jp,cc-work"]
+    assert "claude_code" in _complete(daemon, "fleetd profile add x --backend ")
+    assert "command" not in _complete(daemon, "fleetd profile add x --backend ")  # no profile runs a command
+    assert "command" in _complete(daemon, "fleetd loop add x --backend ")
+    assert str(run["id"]) in _complete(daemon, "fleetd runs show ")
+    for shell in ("bash", "zsh", "fish"):
+        assert "_FLEETD_COMPLETE" in daemon.cli("completion", shell).stdout
+
+
+def test_completion_without_a_daemon_offers_nothing_and_says_nothing(tmp_path: Path) -> None:
+    env = {**os.environ, "FLEETD_HOME": str(tmp_path), "_FLEETD_COMPLETE": "bash_complete",
+           "COMP_WORDS": "fleetd loop show ", "COMP_CWORD": "3"}  # fmt: skip
+    result = subprocess.run([FLEETD], env=env, capture_output=True, text=True, timeout=30)
+    assert (result.returncode, result.stdout.strip(), result.stderr) == (0, "", "")
