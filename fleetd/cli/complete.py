@@ -6,13 +6,15 @@ Names come from the daemon with a short timeout; with no daemon there is simply 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from click.shell_completion import CompletionItem, get_completion_class
 
 from fleetd.cli.client import Client, CliError
 from fleetd.cli.common import paths
+
+if TYPE_CHECKING:  # imported where used: every command module loads this one, completing is rare
+    from click.shell_completion import CompletionItem
 
 
 def _ask(path: str) -> list[dict[str, Any]]:
@@ -24,6 +26,8 @@ def _ask(path: str) -> list[dict[str, Any]]:
 
 
 def _offer(words: list[str], incomplete: str) -> list[CompletionItem]:
+    from click.shell_completion import CompletionItem
+
     # A comma-separated list (--profile a,b): complete its last element, keep what came before.
     head, _, last = incomplete.rpartition(",")
     prefix = head + "," if head else ""
@@ -52,6 +56,8 @@ def profile_backends(ctx: click.Context, param: click.Parameter, incomplete: str
 
 
 def runs(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
+    from click.shell_completion import CompletionItem
+
     recent = _ask("/v1/runs?limit=20")
     return [CompletionItem(str(r["id"]), help=f"{r['loop']} {r['status']}") for r in recent
             if str(r["id"]).startswith(incomplete)]  # fmt: skip
@@ -72,6 +78,8 @@ def completion(ctx: click.Context, shell: str) -> None:
     zsh:  eval "$(fleetd completion zsh)"   in ~/.zshrc
     fish: fleetd completion fish > ~/.config/fish/completions/fleetd.fish
     """
+    from click.shell_completion import get_completion_class
+
     script = get_completion_class(shell)
     assert script is not None  # the Choice above admits only shells click knows
     click.echo(script(ctx.find_root().command, {}, "fleetd", "_FLEETD_COMPLETE").source())
