@@ -15,6 +15,7 @@ from fleetd import __version__
 from fleetd.cli.client import CliError
 from fleetd.cli.daemon import daemon
 from fleetd.cli.events import events
+from fleetd.cli.hook import hook
 from fleetd.cli.loop import loop
 from fleetd.cli.profile import profile
 from fleetd.cli.runs import runs
@@ -29,7 +30,7 @@ def cli() -> None:
     """fleetd: run coding-agent loops unattended."""
 
 
-for command in (daemon, loop, runs, profile, usage, events, stats, service):
+for command in (daemon, loop, runs, profile, usage, events, stats, service, hook):
     cli.add_command(command)
 
 
