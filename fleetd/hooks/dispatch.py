@@ -42,7 +42,10 @@ from fleetd.store.hooks import HookStore
 from fleetd.timefmt import to_iso
 
 log = logging.getLogger("fleetd.hooks")
-QUEUE_CAP = 100
+# Per hook. An event is ~1 KB here, so a full queue is ~1 MB; far more than a burst (a run's end, a switch
+# and an exhaustion are a handful of events), so only a hook that keeps hanging while events keep coming
+# ever reaches it.
+QUEUE_CAP = 1000
 CONCURRENCY = 4
 BATCH = 200
 FOLLOW_WAIT = 15.0  # the follower re-reads the log at least this often, even without a wake-up
@@ -107,6 +110,7 @@ class HookDispatcher:
         self._saved: int | None = None  # the cursor as last written
         self._follower: asyncio.Task[None] | None = None
         self._http: httpx.AsyncClient | None = None
+        self._stopped = False
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
@@ -130,9 +134,12 @@ class HookDispatcher:
                 await self._read_new()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._drained(), grace)
+        # The cursor is saved before the rest is cancelled, and never after: a cancelled delivery did not
+        # happen, so its event must stay after the cursor.
+        await self._save_cursor()
+        self._stopped = True
         for queue in list(self._queues.values()):
             await self._close(queue)
-        await self._save_cursor()
         if self._http is not None:
             await self._http.aclose()
 
@@ -268,6 +275,8 @@ class HookDispatcher:
             del self._pending[event_id]
 
     async def _save_cursor(self) -> None:
+        if self._stopped:
+            return
         safe = min(self._pending) - 1 if self._pending else self._read_upto
         if safe == self._saved:
             return
