@@ -26,6 +26,7 @@ COMMANDS = {
     "events": "fleetd.cli.events:events",
     "stats": "fleetd.cli.stats:stats",
     "service": "fleetd.cli.service:service",
+    "hook": "fleetd.cli.hook:hook",
     "completion": "fleetd.cli.complete:completion",
 }
 

@@ -24,6 +24,7 @@ from fleetd.backends.registry import get_adapter, routed_backends
 from fleetd.daemon.logview import readable
 from fleetd.daemon.views import (
     circuit_json,
+    hook_json,
     loop_json,
     profile_json,
     result_json,
@@ -33,6 +34,8 @@ from fleetd.daemon.views import (
 )
 from fleetd.errors import FleetdError, InvalidArgument, NotFound, shown
 from fleetd.heartbeat.service import Heartbeat
+from fleetd.hooks.model import validate_hook_name
+from fleetd.hooks.service import HookService
 from fleetd.loops.executor import Executor
 from fleetd.loops.model import validate_loop_input, validate_name
 from fleetd.loops.runlog import RunLog
@@ -41,6 +44,7 @@ from fleetd.loops.scrub import Scrubber
 from fleetd.paths import Paths
 from fleetd.profiles.model import validate_profile_name
 from fleetd.profiles.service import ProfileService
+from fleetd.records.hook import Hook
 from fleetd.records.profile import Profile
 from fleetd.records.run import FINAL_STATUSES, STATUSES, Run, accepted_attempt
 from fleetd.routing.policy import apply_routing_input, loop_policy
@@ -71,6 +75,7 @@ class DaemonContext:
     stats: StatsStore
     scheduler: Scheduler
     executor: Executor
+    hooks: HookService
     clock: Callable[[], datetime]
     started_at: datetime
     default_tz: str
@@ -336,6 +341,25 @@ def create_app(ctx: DaemonContext) -> Starlette:
             return JSONResponse([e.to_json() for e in first])
         return StreamingResponse(_follow_events(ctx, first), media_type="application/x-ndjson")
 
+    def _hook(hook: Hook) -> dict[str, Any]:
+        return hook_json(hook, *ctx.hooks.status(hook.name))
+
+    async def list_hooks(request: Request) -> Response:
+        return JSONResponse([_hook(h) for h in await ctx.hooks.list()])
+
+    async def add_hook(request: Request) -> Response:
+        return JSONResponse(_hook(await ctx.hooks.add(await _body(request))), status_code=201)
+
+    async def remove_hook(request: Request) -> Response:
+        name = validate_hook_name(request.path_params["name"])
+        await ctx.hooks.remove(name)
+        return JSONResponse({"removed": name})
+
+    async def test_hook(request: Request) -> Response:
+        name = validate_hook_name(request.path_params["name"])
+        delivery = await ctx.hooks.test(name)
+        return JSONResponse({"hook": name, **delivery.to_json()})
+
     async def shutdown(request: Request) -> Response:
         ctx.request_stop()
         return JSONResponse({"stopping": True, "pid": os.getpid()}, status_code=202)
@@ -366,6 +390,10 @@ def create_app(ctx: DaemonContext) -> Starlette:
         Route("/v1/backends/{backend}/auto", auto_backend, methods=["POST"]),
         Route("/v1/usage", usage),
         Route("/v1/events", events),
+        Route("/v1/hooks", list_hooks, methods=["GET"]),
+        Route("/v1/hooks", add_hook, methods=["POST"]),
+        Route("/v1/hooks/{name}", remove_hook, methods=["DELETE"]),
+        Route("/v1/hooks/{name}/test", test_hook, methods=["POST"]),
         Route("/v1/shutdown", shutdown, methods=["POST"]),
     ]
 

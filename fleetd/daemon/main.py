@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 import os
@@ -21,6 +22,7 @@ from fleetd.daemon.options import DaemonOptions
 from fleetd.daemon.server import bind_unix_socket, make_server
 from fleetd.daemon.startup import StartupError, open_store, prepare_home
 from fleetd.heartbeat.service import Heartbeat
+from fleetd.hooks.service import HookService, secret_names
 from fleetd.loops import cgroups, proctree
 from fleetd.loops.executor import Executor
 from fleetd.loops.scheduler import Scheduler
@@ -33,6 +35,7 @@ from fleetd.store.attempts import AttemptStore
 from fleetd.store.circuits import CircuitStore
 from fleetd.store.db import Database, StoreUnavailable
 from fleetd.store.events import EventLog
+from fleetd.store.hooks import HookStore
 from fleetd.store.loops import LoopStore
 from fleetd.store.profiles import ProfileStore
 from fleetd.store.runs import RunStore
@@ -41,6 +44,7 @@ from fleetd.store.usage import UsageStore
 from fleetd.timefmt import now_utc, to_iso
 
 log = logging.getLogger("fleetd.daemon")
+HOOK_STOP_GRACE = 5.0  # how long pending hook deliveries may finish on stop
 
 
 def run_daemon(paths: Paths, options: DaemonOptions) -> int:
@@ -136,7 +140,10 @@ class Daemon:
         zone_name = _local_zone()
         profile_store, events = ProfileStore(db), EventLog(db)
         secret_store = open_secret_store(self.paths.home)
-        known_secrets = KnownSecrets(secret_store, profile_store)  # one cache: the heartbeat's and the executor's
+        hook_store = HookStore(db)
+        # One cache of every secret to scrub (profile keys and webhook secrets): the heartbeat's and the executor's.
+        known_secrets = KnownSecrets(secret_store, profile_store, more=functools.partial(secret_names, hook_store))
+        hooks = HookService(hook_store, events, secret_store, known_secrets, clock=now_utc, cwd=self.paths.home)
         heartbeat = Heartbeat(
             profile_store,
             UsageStore(db),
@@ -187,6 +194,7 @@ class Daemon:
             stats=StatsStore(db),
             scheduler=scheduler,
             executor=executor,
+            hooks=hooks,
             clock=now_utc,
             started_at=now_utc(),
             default_tz=zone_name,
@@ -206,6 +214,7 @@ class Daemon:
             await self._recover(leftovers, runs, attempts, executor)
             executor.ready.set()
             ctx.phase = "ok"
+            await hooks.start()  # delivers from its cursor: events written at start are not missed
             await heartbeat.start()
             await scheduler.start()
             log.info("fleetd daemon ready (pid %s, socket %s)", os.getpid(), self.paths.socket)
@@ -219,6 +228,8 @@ class Daemon:
             if not await executor.wait_idle(self.options.stop_grace):
                 await executor.interrupt_all("daemon stopped before the run finished")
             await executor.flush_unrecorded()
+            # The runs' last events are written: deliver them if that is quick; the rest waits for the next start.
+            await hooks.stop(grace=min(HOOK_STOP_GRACE, self.options.stop_grace))
             await heartbeat.stop()
         finally:
             server.should_exit = True

@@ -6,7 +6,9 @@ from datetime import datetime
 from typing import Any
 
 from fleetd.backends.registry import get_adapter
+from fleetd.hooks.dispatch import LastDelivery
 from fleetd.records.circuit import Circuit
+from fleetd.records.hook import Hook
 from fleetd.records.loop import Loop
 from fleetd.records.profile import PRICE_FIELDS, Profile
 from fleetd.records.run import Attempt, Run
@@ -241,4 +243,22 @@ def _stats_row_json(row: StatsRow) -> dict[str, Any]:
         },
         "cost_usd": round(row.cost_usd, 6),
         "cost_per_success_usd": None if row.cost_per_success is None else round(row.cost_per_success, 6),
+    }
+
+
+def hook_json(hook: Hook, last: LastDelivery | None = None, pending: int = 0, dropped: int = 0) -> dict[str, Any]:
+    """A hook, never its secret: `has_secret` says whether one is set."""
+    return {
+        "name": hook.name,
+        "on": list(hook.on),
+        "kind": hook.kind,
+        "exec": hook.target if hook.kind == "exec" else None,
+        "webhook": hook.target if hook.kind == "webhook" else None,
+        "timeout_s": hook.timeout_s,
+        "has_secret": hook.has_secret,
+        "created_at": to_iso(hook.created_at),
+        # since the daemon started (kept in its memory)
+        "last_delivery": last.to_json() if last else None,
+        "pending": pending,
+        "dropped": dropped,
     }

@@ -351,4 +351,30 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE attempts ADD COLUMN result_text TEXT;
     """,
+    # 9, 10, 11: placeholders on the `hooks` branch for migrations other branches add in parallel; the
+    # merge puts theirs here (a database migrated by this branch alone must be thrown away, not reused).
+    "",
+    "",
+    "",
+    # 12: hooks (fleetd/hooks/): the command or URL each is told about its events; the secret of a
+    # webhook lives in the secret store. `hook_cursor` is the last event id whose deliveries all ended,
+    # so a restart neither redelivers older events nor loses ones written while delivering.
+    """
+    CREATE TABLE hooks (
+        id          INTEGER PRIMARY KEY,
+        name        TEXT NOT NULL UNIQUE,
+        on_json     TEXT NOT NULL,
+        kind        TEXT NOT NULL CHECK (kind IN ('exec', 'webhook')),
+        target      TEXT NOT NULL,
+        timeout_s   REAL NOT NULL,
+        has_secret  INTEGER NOT NULL DEFAULT 0,
+        since_event INTEGER NOT NULL DEFAULT 0,
+        created_at  TEXT NOT NULL
+    );
+    CREATE TABLE hook_cursor (
+        id         INTEGER PRIMARY KEY CHECK (id = 1),
+        event_id   INTEGER NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+    """,
 ]
