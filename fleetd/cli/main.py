@@ -14,6 +14,7 @@ import click
 from fleetd import __version__
 from fleetd.cli.client import CliError
 from fleetd.cli.daemon import daemon
+from fleetd.cli.doctor import doctor
 from fleetd.cli.events import events
 from fleetd.cli.loop import loop
 from fleetd.cli.profile import profile
@@ -29,7 +30,7 @@ def cli() -> None:
     """fleetd: run coding-agent loops unattended."""
 
 
-for command in (daemon, loop, runs, profile, usage, events, stats, service):
+for command in (daemon, loop, runs, profile, usage, events, stats, service, doctor):
     cli.add_command(command)
 
 

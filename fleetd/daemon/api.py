@@ -31,6 +31,7 @@ from fleetd.daemon.views import (
     stats_json,
     usage_json,
 )
+from fleetd.doctor.service import DoctorService, checked_user_path, loop_warnings
 from fleetd.errors import FleetdError, InvalidArgument, NotFound, shown
 from fleetd.heartbeat.service import Heartbeat
 from fleetd.loops.executor import Executor
@@ -138,6 +139,8 @@ def _since(text: str, now: datetime) -> datetime:
 
 
 def create_app(ctx: DaemonContext) -> Starlette:
+    doctor = DoctorService(ctx.paths, ctx.loops, ctx.profiles, store_problem=lambda: ctx.loops.db.problem)
+
     async def health(request: Request) -> Response:
         # Health answers even when the store does not: "store" says what is wrong with it.
         store = ctx.loops.db.problem
@@ -179,7 +182,9 @@ def create_app(ctx: DaemonContext) -> Starlette:
         loop = validate_loop_input(body, ctx.default_tz)
         apply_routing_input(body, loop, await ctx.profiles.store.list(), routed_backends())
         saved = await ctx.scheduler.add(loop)
-        return JSONResponse(loop_json(saved, None, _running_id(saved.name)), status_code=201)
+        # Saved all the same: the CLI may be installed later; the answer says what would fail now.
+        answer = {**loop_json(saved, None, _running_id(saved.name)), "warnings": loop_warnings(saved)}
+        return JSONResponse(answer, status_code=201)
 
     async def show_loop(request: Request) -> Response:
         response = await _loop_view(request.path_params["name"])
@@ -336,6 +341,10 @@ def create_app(ctx: DaemonContext) -> Starlette:
             return JSONResponse([e.to_json() for e in first])
         return StreamingResponse(_follow_events(ctx, first), media_type="application/x-ndjson")
 
+    async def doctor_report(request: Request) -> Response:
+        user_path = checked_user_path(request.query_params.get("path"))
+        return JSONResponse((await doctor.report(user_path)).to_json())
+
     async def shutdown(request: Request) -> Response:
         ctx.request_stop()
         return JSONResponse({"stopping": True, "pid": os.getpid()}, status_code=202)
@@ -366,6 +375,7 @@ def create_app(ctx: DaemonContext) -> Starlette:
         Route("/v1/backends/{backend}/auto", auto_backend, methods=["POST"]),
         Route("/v1/usage", usage),
         Route("/v1/events", events),
+        Route("/v1/doctor", doctor_report),
         Route("/v1/shutdown", shutdown, methods=["POST"]),
     ]
 
