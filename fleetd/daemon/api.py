@@ -139,8 +139,6 @@ def _since(text: str, now: datetime) -> datetime:
 
 
 def create_app(ctx: DaemonContext) -> Starlette:
-    doctor = DoctorService(ctx.paths, ctx.loops, ctx.profiles, store_problem=lambda: ctx.loops.db.problem)
-
     async def health(request: Request) -> Response:
         # Health answers even when the store does not: "store" says what is wrong with it.
         store = ctx.loops.db.problem
@@ -343,6 +341,7 @@ def create_app(ctx: DaemonContext) -> Starlette:
 
     async def doctor_report(request: Request) -> Response:
         user_path = checked_user_path(request.query_params.get("path"))
+        doctor = DoctorService(ctx.paths, ctx.loops, ctx.profiles, store_problem=lambda: ctx.loops.db.problem)
         return JSONResponse((await doctor.report(user_path)).to_json())
 
     async def shutdown(request: Request) -> Response:
