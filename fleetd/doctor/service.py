@@ -89,8 +89,12 @@ class DoctorService:
             report.findings += checks.check_disk(disk)
         report.findings += checks.check_database(checks.DatabaseFact(str(self.paths.db), self.store_problem()))
         executables = [c.executable for c in clis]
-        service = facts.service_fact(
-            self.platform, Path.home(), self.env, self.paths.home, executables, user_path or daemon_path
+        try:
+            user_home = Path.home()
+        except (RuntimeError, KeyError):  # no HOME and no passwd entry: no per-user unit to look at
+            user_home = None
+        service = user_home and facts.service_fact(
+            self.platform, user_home, self.env, self.paths.home, executables, user_path or daemon_path
         )
         if service is None or not service.installed:
             report.checked.remove("service")
