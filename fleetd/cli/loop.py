@@ -6,9 +6,11 @@ from typing import Any
 
 import click
 
+from fleetd.cli import complete
 from fleetd.cli.client import CliError, segment
 from fleetd.cli.common import absolute, client, fields_text, render
-from fleetd.cli.format import local_time, schedule_text, short, table
+from fleetd.cli.complete import loop_name
+from fleetd.cli.format import local_time, relative_time, schedule_text, short, table
 from fleetd.timefmt import format_duration
 
 
@@ -29,16 +31,19 @@ def _parse_size(text: str) -> int:
 
 
 @loop.command("add")
-@click.argument("name")
+@loop_name
 @click.option("--cron", help='Cron expression, e.g. "0 2 * * *".')
 @click.option("--every", help="Interval, e.g. 10m, 1h30m.")
 @click.option("--at", help="One-shot time, ISO 8601, e.g. 2026-12-01T09:00.")
 @click.option("--tz", "timezone", help="Time zone of the schedule (default: the daemon's local zone).")
 @click.option("--dir", "workdir", type=click.Path(file_okay=False), help="Working directory.")
-@click.option("--backend", default="command", show_default=True,
+@click.option("--backend", default="command", show_default=True, shell_complete=complete.backends,
               help="command, claude_code, codex, gemini, aider or openai_compat.")  # fmt: skip
 @click.option(
-    "--profile", "profiles", help="Profile pool, comma-separated, tried in order (default: all of the backend)."
+    "--profile",
+    "profiles",
+    shell_complete=complete.profiles,
+    help="Profile pool, comma-separated, tried in order (default: all of the backend).",
 )
 @click.option("--model", help="Model for the agent (default: the profile's).")
 @click.option(
@@ -113,8 +118,8 @@ def _list_text(loops: list[dict[str, Any]]) -> str:
             schedule_text(lp["schedule"]),
             lp["backend"],
             "yes" if lp["enabled"] else "paused",
-            local_time(lp["next_fire_at"]),
-            local_time(lp["last_fire_at"]),
+            relative_time(lp["next_fire_at"]),
+            relative_time(lp["last_fire_at"]),
             "running" if lp["running_run_id"] else (lp["last_run"] or {}).get("status", "-"),
         ]
         for lp in loops
@@ -123,7 +128,7 @@ def _list_text(loops: list[dict[str, Any]]) -> str:
 
 
 @loop.command("show")
-@click.argument("name")
+@loop_name
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
 def loop_show(name: str, as_json: bool) -> None:
     """One loop in full."""
@@ -182,6 +187,10 @@ def _show_text(lp: dict[str, Any]) -> str:
 ALL_OF_BACKEND = "(all of the backend)"
 
 
+def _moment(iso: str | None) -> str:
+    return f"{local_time(iso)} ({relative_time(iso)})" if iso else "-"
+
+
 def _run_brief(run: dict[str, Any] | None) -> str:
     if not run:
         return "-"
@@ -189,7 +198,7 @@ def _run_brief(run: dict[str, Any] | None) -> str:
 
 
 def _loop_action(action: str, verb: str) -> Any:
-    @click.argument("name")
+    @loop_name
     def command(name: str) -> None:
         client().call("POST", f"/v1/loops/{segment(name)}/{action}")
         click.echo(f"{verb} loop {name}")
@@ -203,7 +212,7 @@ loop.command("resume")(_loop_action("resume", "resumed"))
 
 
 @loop.command("rm")
-@click.argument("name")
+@loop_name
 def loop_rm(name: str) -> None:
     """Remove loop NAME (its run history stays)."""
     client().call("DELETE", f"/v1/loops/{segment(name)}")
@@ -211,7 +220,7 @@ def loop_rm(name: str) -> None:
 
 
 @loop.command("run")
-@click.argument("name")
+@loop_name
 @click.option("--json", "as_json", is_flag=True, help="Print the run as JSON.")
 def loop_run(name: str, as_json: bool) -> None:
     """Fire loop NAME now."""

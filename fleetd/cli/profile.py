@@ -8,8 +8,10 @@ from typing import Any
 
 import click
 
+from fleetd.cli import complete
 from fleetd.cli.client import CliError, segment
 from fleetd.cli.common import absolute, circuit_text, client, fields_text, render
+from fleetd.cli.complete import profile_name
 from fleetd.cli.format import table
 from fleetd.timefmt import format_duration
 
@@ -20,8 +22,13 @@ def profile() -> None:
 
 
 @profile.command("add")
-@click.argument("name")
-@click.option("--backend", required=True, help="claude_code, codex, gemini, aider or openai_compat.")
+@profile_name
+@click.option(
+    "--backend",
+    required=True,
+    shell_complete=complete.profile_backends,
+    help="claude_code, codex, gemini, aider or openai_compat.",
+)
 @click.option("--tier", type=click.Choice(["local", "subscription", "metered"]),
               help="Default: metered with an API key, local for a loopback --base-url, else subscription.")  # fmt: skip
 @click.option("--api-key-stdin", is_flag=True, help="Read the API key from stdin (kept in the OS keyring).")
@@ -74,7 +81,7 @@ def _list_text(items: list[dict[str, Any]]) -> str:
 
 
 @profile.command("show")
-@click.argument("name")
+@profile_name
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
 def profile_show(name: str, as_json: bool) -> None:
     """One profile (never its key)."""
@@ -103,7 +110,7 @@ def _show_text(p: dict[str, Any]) -> str:
 
 
 @profile.command("reset-circuit")
-@click.argument("name")
+@profile_name
 def profile_reset_circuit(name: str) -> None:
     """Close profile NAME's circuit breaker by hand."""
     client().call("POST", f"/v1/profiles/{segment(name)}/reset-circuit")
@@ -111,7 +118,7 @@ def profile_reset_circuit(name: str) -> None:
 
 
 @profile.command("rm")
-@click.argument("name")
+@profile_name
 def profile_rm(name: str) -> None:
     """Remove profile NAME and its stored key."""
     client().call("DELETE", f"/v1/profiles/{segment(name)}")
@@ -119,7 +126,7 @@ def profile_rm(name: str) -> None:
 
 
 @profile.command("env")
-@click.argument("name")
+@profile_name
 def profile_env(name: str) -> None:
     """Print shell lines that use this profile by hand: eval "$(fleetd profile env NAME)"."""
     import shlex
@@ -132,7 +139,7 @@ def profile_env(name: str) -> None:
 
 
 @profile.command("login")
-@click.argument("name")
+@profile_name
 def profile_login(name: str) -> None:
     """Run the backend's own login in the foreground, with this profile's config directory."""
     env = client().call("GET", f"/v1/profiles/{segment(name)}/env")
@@ -149,7 +156,7 @@ def profile_login(name: str) -> None:
 
 
 @profile.command("disable")
-@click.argument("name")
+@profile_name
 def profile_disable(name: str) -> None:
     """Take profile NAME out of rotation until `fleetd profile enable NAME`."""
     client().call("POST", f"/v1/profiles/{segment(name)}/disable")
@@ -157,7 +164,7 @@ def profile_disable(name: str) -> None:
 
 
 @profile.command("enable")
-@click.argument("name")
+@profile_name
 def profile_enable(name: str) -> None:
     """Put profile NAME back in rotation (also after an auth failure, once its login is fixed)."""
     client().call("POST", f"/v1/profiles/{segment(name)}/enable")

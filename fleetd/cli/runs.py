@@ -7,7 +7,9 @@ from typing import Any
 
 import click
 
+from fleetd.cli import complete
 from fleetd.cli.common import checked_run_id, client, fields_text, render
+from fleetd.cli.complete import run_id_arg
 from fleetd.cli.format import local_time, short, table
 from fleetd.timefmt import format_duration
 
@@ -18,7 +20,7 @@ def runs() -> None:
 
 
 @runs.command("list")
-@click.option("--loop", "loop_name", help="Only this loop's runs.")
+@click.option("--loop", "loop_name", shell_complete=complete.loops, help="Only this loop's runs.")
 @click.option("--status", help="running, succeeded, failed, timed_out, interrupted or skipped.")
 @click.option("--since", help="Only runs started within this long, e.g. 24h.")
 @click.option("--limit", default=50, show_default=True, type=int, help="At most this many, newest first.")
@@ -47,7 +49,7 @@ def _list_text(items: list[dict[str, Any]]) -> str:
 
 
 @runs.command("show")
-@click.argument("run_id")
+@run_id_arg
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
 def runs_show(run_id: str, as_json: bool) -> None:
     """One run in full."""
@@ -105,7 +107,7 @@ def _show_text(r: dict[str, Any]) -> str:
 
 
 @runs.command("result")
-@click.argument("run_id")
+@run_id_arg
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
 def runs_result(run_id: str, as_json: bool) -> None:
     """The final message of the attempt the run accepted: what the agent said it did."""
@@ -114,7 +116,7 @@ def runs_result(run_id: str, as_json: bool) -> None:
 
 
 @runs.command("logs")
-@click.argument("run_id")
+@run_id_arg
 @click.option("--follow", "-f", is_flag=True, help="Stream a live run's output until it ends.")
 @click.option("--raw", is_flag=True, help="The CLI's own output as it printed it (e.g. its JSON), not rendered.")
 def runs_logs(run_id: str, follow: bool, raw: bool) -> None:
