@@ -94,7 +94,14 @@ def loop_add(
     if prompt_file is not None:
         body["prompt_file"] = absolute(prompt_file)
     created = client().call("POST", "/v1/loops", body)
+    warn(created)
     render(created, as_json, lambda lp: f"added loop {lp['name']}; next run {local_time(lp['next_fire_at'])}")
+
+
+def warn(answer: dict[str, Any]) -> None:
+    """What the daemon saved but warns about (a CLI not on its PATH), on stderr, with --json too."""
+    for warning in answer.get("warnings") or []:
+        click.echo(f"warning: {warning}", err=True)
 
 
 @loop.command("list")

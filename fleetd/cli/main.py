@@ -27,6 +27,7 @@ COMMANDS = {
     "stats": "fleetd.cli.stats:stats",
     "service": "fleetd.cli.service:service",
     "hook": "fleetd.cli.hook:hook",
+    "doctor": "fleetd.cli.doctor:doctor",
     "completion": "fleetd.cli.complete:completion",
 }
 

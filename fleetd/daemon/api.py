@@ -32,6 +32,7 @@ from fleetd.daemon.views import (
     stats_json,
     usage_json,
 )
+from fleetd.doctor.service import DoctorService, checked_user_path, loop_warnings
 from fleetd.errors import FleetdError, InvalidArgument, NotFound, shown
 from fleetd.heartbeat.service import Heartbeat
 from fleetd.hooks.model import validate_hook_name
@@ -184,7 +185,9 @@ def create_app(ctx: DaemonContext) -> Starlette:
         loop = validate_loop_input(body, ctx.default_tz)
         apply_routing_input(body, loop, await ctx.profiles.store.list(), routed_backends())
         saved = await ctx.scheduler.add(loop)
-        return JSONResponse(loop_json(saved, None, _running_id(saved.name)), status_code=201)
+        # Saved all the same: the CLI may be installed later; the answer says what would fail now.
+        answer = {**loop_json(saved, None, _running_id(saved.name)), "warnings": loop_warnings(saved)}
+        return JSONResponse(answer, status_code=201)
 
     async def show_loop(request: Request) -> Response:
         response = await _loop_view(request.path_params["name"])
@@ -360,6 +363,11 @@ def create_app(ctx: DaemonContext) -> Starlette:
         delivery = await ctx.hooks.test(name)
         return JSONResponse({"hook": name, **delivery.to_json()})
 
+    async def doctor_report(request: Request) -> Response:
+        user_path = checked_user_path(request.query_params.get("path"))
+        doctor = DoctorService(ctx.paths, ctx.loops, ctx.profiles, store_problem=lambda: ctx.loops.db.problem)
+        return JSONResponse((await doctor.report(user_path)).to_json())
+
     async def shutdown(request: Request) -> Response:
         ctx.request_stop()
         return JSONResponse({"stopping": True, "pid": os.getpid()}, status_code=202)
@@ -394,6 +402,7 @@ def create_app(ctx: DaemonContext) -> Starlette:
         Route("/v1/hooks", add_hook, methods=["POST"]),
         Route("/v1/hooks/{name}", remove_hook, methods=["DELETE"]),
         Route("/v1/hooks/{name}/test", test_hook, methods=["POST"]),
+        Route("/v1/doctor", doctor_report),
         Route("/v1/shutdown", shutdown, methods=["POST"]),
     ]
 
