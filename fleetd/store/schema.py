@@ -351,4 +351,16 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE attempts ADD COLUMN result_text TEXT;
     """,
+    # 9: every `runs list` filter combination is an index search. The list is newest first by
+    # (started_at, id) (store/runs.py), so each index ends in started_at (and the rowid after it):
+    # the equality filters pick the index's prefix, `--since` is a range on started_at, and the walk
+    # comes out in list order and stops at the limit. (loop, id DESC) served `--loop` alone; a status
+    # filter, or `--since` with anything, scanned the table newest first. Retention prunes events by age.
+    """
+    DROP INDEX runs_by_loop;
+    CREATE INDEX runs_by_loop ON runs (loop, started_at);
+    CREATE INDEX runs_by_status ON runs (status, started_at);
+    CREATE INDEX runs_by_loop_status ON runs (loop, status, started_at);
+    CREATE INDEX events_by_at ON events (at);
+    """,
 ]
