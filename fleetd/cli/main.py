@@ -54,10 +54,15 @@ def _daemon_options(f):  # type: ignore[no-untyped-def]
                      help="First retry delay after a transient failure (doubles, jittered, cap 60s).")(f)  # fmt: skip
     f = click.option("--circuit-cooldown", default="60s", show_default=True,
                      help="How long an open circuit stays open before one probe (doubles, cap 30m).")(f)  # fmt: skip
+    f = click.option("--retain", default="90d", show_default=True,
+                     help="Prune runs, attempts, events and run logs older than this (0/off: never).")(f)  # fmt: skip
+    f = click.option("--prune-interval", default="1h", show_default=True,
+                     help="How often the daemon prunes by --retain.")(f)  # fmt: skip
     return f
 
 
-_DAEMON_FLAGS = ("stop_grace", "kill_grace", "heartbeat_interval", "near_limit", "backoff_base", "circuit_cooldown")
+_DAEMON_FLAGS = ("stop_grace", "kill_grace", "heartbeat_interval", "near_limit", "backoff_base", "circuit_cooldown",
+                 "retain", "prune_interval")  # fmt: skip
 
 
 def _seconds(value: str, flag: str) -> float:
@@ -103,12 +108,19 @@ def _fraction(value: str) -> float:
 
 @daemon.command("run")
 @_daemon_options
-def daemon_run(near_limit: str, **durations: str) -> None:
+@click.option("--log-file", type=click.Path(dir_okay=False, path_type=Path), hidden=True,
+              help="Write the daemon's log here, rotating it (`daemon start` sets it), not to stderr.")  # fmt: skip
+def daemon_run(near_limit: str, retain: str, log_file: Path | None, **durations: str) -> None:
     """Run the daemon in the foreground (what the service unit runs)."""
     from fleetd.daemon.main import DaemonOptions, run_daemon
+    from fleetd.timefmt import DurationError, parse_retention
 
     seconds = {name: _seconds(value, "--" + name.replace("_", "-")) for name, value in durations.items()}
-    options = DaemonOptions(near_limit=_fraction(near_limit), **seconds)
+    try:
+        retain_s = parse_retention(retain)
+    except DurationError as e:
+        raise CliError(f"invalid --retain: {e} (or 0 / off to keep everything)", exit_code=2) from None
+    options = DaemonOptions(near_limit=_fraction(near_limit), retain=retain_s, log_file=log_file, **seconds)
     paths = _paths()
     _ensure_home(paths)
     raise SystemExit(run_daemon(paths, options))
@@ -132,6 +144,7 @@ def daemon_start(wait_s: float, **options: str) -> None:
     argv = [sys.executable, "-m", "fleetd", "daemon", "run"]
     for name in _DAEMON_FLAGS:
         argv += ["--" + name.replace("_", "-"), options[name]]
+    argv += ["--log-file", str(paths.daemon_log)]  # it rotates the file it writes itself
     try:
         with open(paths.daemon_log, "ab") as logf:
             proc = subprocess.Popen(
@@ -454,6 +467,35 @@ def runs_list(loop_name: str | None, status: str | None, since: str | None, limi
         for r in items
     ]
     click.echo(table(["ID", "LOOP", "TRIGGER", "STATUS", "EXIT", "STARTED", "TOOK", "ERROR"], rows))
+
+
+@runs.command("prune")
+@click.option("--older-than", help="Prune runs (their attempts and logs) and events older than this, e.g. 30d. "
+              "Without options: the daemon's --retain.")  # fmt: skip
+@click.option("--keep-per-loop", type=click.IntRange(min=1), help="Prune each loop's runs past its newest N.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
+def runs_prune(older_than: str | None, keep_per_loop: int | None, as_json: bool) -> None:
+    """Delete old history now: running runs and each loop's last run are always kept; stats keep their figures."""
+    if older_than is not None:
+        _seconds(older_than, "--older-than")  # a typo is exit 2 before anything is deleted
+    body = {k: v for k, v in (("older_than", older_than), ("keep_per_loop", keep_per_loop)) if v is not None}
+    freed = _client(timeout=None).call("POST", "/v1/runs/prune", body)
+    if as_json:
+        emit_json(freed)
+        return
+    click.echo(
+        f"pruned {freed['runs']} run(s), {freed['attempts']} attempt(s), {freed['events']} event(s), "
+        f"{freed['log_files']} log file(s) ({_size(freed['log_bytes'])})"
+    )
+
+
+def _size(n: float) -> str:
+    unit = "bytes"
+    for bigger in ("KB", "MB", "GB"):
+        if n < 1024:
+            break
+        n, unit = n / 1024, bigger
+    return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
 
 
 def _run_id(value: str) -> str:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import logging.handlers
 import os
 import shutil
 import signal
@@ -23,6 +24,7 @@ from fleetd.daemon.startup import StartupError, open_store, prepare_home
 from fleetd.heartbeat.service import Heartbeat
 from fleetd.loops import cgroups, proctree
 from fleetd.loops.executor import Executor
+from fleetd.loops.retention import Pruner
 from fleetd.loops.scheduler import Scheduler
 from fleetd.paths import Paths
 from fleetd.profiles.secrets import open_secret_store
@@ -35,6 +37,7 @@ from fleetd.store.db import Database, StoreUnavailable
 from fleetd.store.events import EventLog
 from fleetd.store.loops import LoopStore
 from fleetd.store.profiles import ProfileStore
+from fleetd.store.retention import RetentionStore
 from fleetd.store.runs import RunStore
 from fleetd.store.stats import StatsStore
 from fleetd.store.usage import UsageStore
@@ -52,11 +55,18 @@ class DaemonOptions:
     near_limit: float = 0.9  # a profile is near_limit from this fraction of any window
     backoff_base: float = 2.0  # first retry delay after a transient failure
     circuit_cooldown: float = 60.0  # an open circuit's first cooldown
+    retain: float | None = 90 * 86400.0  # runs, attempts, events and run logs older than this are pruned; None: never
+    prune_interval: float = 3600.0  # how often that prune runs
+    # Where the daemon writes its own log, rotating it; None: stderr (a service manager's journal). `daemon start`
+    # sets it, and the daemon's stdout and stderr follow each rotation, so nothing lands in a rotated-away file.
+    log_file: Path | None = None
+    log_max_bytes: int = 10 * 1024 * 1024
+    log_backups: int = 3
 
 
 def run_daemon(paths: Paths, options: DaemonOptions) -> int:
     """Exit status 0 after a clean stop; 1 with one line on stderr when the daemon cannot start or fails."""
-    _setup_logging()
+    _setup_logging(options)
     lock = InstanceLock(paths.lock)
     try:
         prepare_home(paths)
@@ -100,14 +110,41 @@ def _one_line(e: BaseException) -> str:
     return " ".join(text.split())
 
 
-def _setup_logging() -> None:
-    logging.basicConfig(
-        level=os.environ.get("FLEETD_LOG_LEVEL", "INFO").upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(_drop_reported_store_failures)
+def _setup_logging(options: DaemonOptions) -> None:
+    handler: logging.Handler
+    if options.log_file is not None:
+        handler = OwnedLogFile(options.log_file, max_bytes=options.log_max_bytes, backups=options.log_backups)
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(_drop_reported_store_failures)
+    logging.basicConfig(level=os.environ.get("FLEETD_LOG_LEVEL", "INFO").upper(), handlers=[handler], force=True)
+
+
+class OwnedLogFile(logging.handlers.RotatingFileHandler):
+    """The daemon's log when the daemon owns the file (`daemon start`): size-capped, `backups` older files
+    (daemon.log.1 … .N). Invariant: the process's stdout and stderr are the current file, re-pointed at each
+    rotation, so what bypasses logging (a warning, a crash's traceback, a child's inherited stderr) is in
+    the file a user reads, never in a rotated or deleted one; the next record's size check counts it too."""
+
+    def __init__(self, path: Path, *, max_bytes: int, backups: int) -> None:
+        super().__init__(path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8")
+        os.chmod(path, 0o600)  # it may quote prompts and errors
+        self._point_std_streams()
+
+    def doRollover(self) -> None:
+        super().doRollover()
+        if self.stream is not None:
+            os.fchmod(self.stream.fileno(), 0o600)
+        self._point_std_streams()
+
+    def _point_std_streams(self) -> None:
+        if self.stream is None:
+            return
+        for stream, fd in ((sys.stdout, 1), (sys.stderr, 2)):
+            with contextlib.suppress(Exception):
+                stream.flush()
+            os.dup2(self.stream.fileno(), fd)
 
 
 def _drop_reported_store_failures(record: logging.LogRecord) -> bool:
@@ -187,6 +224,7 @@ class Daemon:
         scheduler = Scheduler(
             loops, executor, clock=now_utc, misfire_grace=timedelta(seconds=self.options.misfire_grace)
         )
+        pruner = Pruner(RetentionStore(db), run_logs=self.paths.run_logs, clock=now_utc)
         ctx = DaemonContext(
             paths=self.paths,
             loops=loops,
@@ -203,10 +241,13 @@ class Daemon:
             default_tz=zone_name,
             request_stop=self.request_stop,
             phase="recovering",
+            pruner=pruner,
+            retain=self.options.retain,
         )
         sock = bind_unix_socket(self.paths.socket)
         server = make_server(create_app(ctx))
         server_task = asyncio.create_task(server.serve(sockets=[sock]))
+        pruning: asyncio.Task[None] | None = None
         try:
             while not server.started:
                 if server_task.done():
@@ -219,10 +260,16 @@ class Daemon:
             ctx.phase = "ok"
             await heartbeat.start()
             await scheduler.start()
+            if self.options.retain is not None:
+                pruning = asyncio.create_task(
+                    pruner.run(retain=self.options.retain, interval=self.options.prune_interval)
+                )
             log.info("fleetd daemon ready (pid %s, socket %s)", os.getpid(), self.paths.socket)
             sd_notify("READY=1")
             await self.stop_event.wait()
             sd_notify("STOPPING=1")
+            if pruning is not None:
+                pruning.cancel()  # a batch in flight rolls back whole; the next start prunes again
             log.info("stopping: no new fires; waiting up to %ss for running runs", self.options.stop_grace)
             scheduler.stop()
             executor.accepting = False
@@ -232,6 +279,9 @@ class Daemon:
             await executor.flush_unrecorded()
             await heartbeat.stop()
         finally:
+            if pruning is not None:
+                pruning.cancel()
+                await asyncio.gather(pruning, return_exceptions=True)
             server.should_exit = True
             await asyncio.gather(server_task, return_exceptions=True)
             await db.close()

@@ -1,4 +1,4 @@
-"""Queries on the runs table. Run rows are never deleted by fleetd."""
+"""Queries on the runs table. Rows are deleted only by retention (store/retention.py)."""
 
 from __future__ import annotations
 
