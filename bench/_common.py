@@ -50,8 +50,8 @@ class ThrowawayDaemon:
         self.env = {**os.environ, "FLEETD_HOME": str(self.dir / "home")}
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> ThrowawayDaemon:
-        subprocess.run([FLEETD, "daemon", "start"], env=self.env, check=True, stdout=subprocess.DEVNULL)
+    def start(self, *args: str) -> ThrowawayDaemon:
+        subprocess.run([FLEETD, "daemon", "start", *args], env=self.env, check=True, stdout=subprocess.DEVNULL)
         return self
 
     def cli(self, *args: str) -> None:

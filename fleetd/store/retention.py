@@ -19,6 +19,23 @@ from fleetd.timefmt import to_iso
 _UNFINISHED = "('running', 'waiting')"
 # The newest run of each defined loop (as `runs list` orders them): one index probe per loop.
 _PROTECTED = f"SELECT (SELECT id FROM runs r WHERE r.loop = l.name ORDER BY {NEWEST_FIRST} LIMIT 1) FROM loops l"
+# Each an index walk that stops at its limit (tests/store/test_query_plans.py): a prune's batch never reads
+# or sorts all of a million-run history.
+OLD_RUNS = (
+    f"SELECT id FROM runs WHERE started_at < ? AND status NOT IN {_UNFINISHED} AND id NOT IN ({_PROTECTED}) "
+    "ORDER BY started_at, id LIMIT ?"
+)
+LOOP_NAMES = (  # a skip-scan of runs_by_loop, one probe per name (SELECT DISTINCT would read the whole index)
+    "WITH RECURSIVE names(loop) AS (SELECT min(loop) FROM runs UNION ALL "
+    "SELECT (SELECT min(loop) FROM runs WHERE loop > names.loop) FROM names WHERE names.loop IS NOT NULL) "
+    "SELECT loop FROM names WHERE loop IS NOT NULL"
+)
+KEEP_EDGE = f"SELECT started_at, id FROM runs WHERE loop = ? ORDER BY {NEWEST_FIRST} LIMIT 1 OFFSET ?"
+BEYOND_EDGE = (
+    "SELECT id FROM runs WHERE loop = ? AND started_at <= ? AND NOT (started_at = ? AND id >= ?) "
+    f"AND status NOT IN {_UNFINISHED} ORDER BY started_at, id LIMIT ?"
+)
+OLD_EVENTS = "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE at < ? ORDER BY at LIMIT ?)"
 
 
 @dataclass(frozen=True)
@@ -33,30 +50,21 @@ class RetentionStore:
 
     async def runs_started_before(self, before: datetime, limit: int) -> list[int]:
         """Up to `limit` prunable runs that started before `before`, oldest first (runs_by_started)."""
-        rows = await self.db.fetchall(
-            f"SELECT id FROM runs WHERE started_at < ? AND status NOT IN {_UNFINISHED} "
-            f"AND id NOT IN ({_PROTECTED}) ORDER BY started_at, id LIMIT ?",
-            (to_iso(before), limit),
-        )
+        rows = await self.db.fetchall(OLD_RUNS, (to_iso(before), limit))
         return [r[0] for r in rows]
 
     async def loops_with_runs(self) -> list[str]:
-        """Every loop name in the runs table, removed loops included: a skip-scan of runs_by_loop (one probe
-        per name; SELECT DISTINCT would read the whole index)."""
-        rows = await self.db.fetchall(
-            "WITH RECURSIVE names(loop) AS (SELECT min(loop) FROM runs UNION ALL "
-            "SELECT (SELECT min(loop) FROM runs WHERE loop > names.loop) FROM names WHERE names.loop IS NOT NULL) "
-            "SELECT loop FROM names WHERE loop IS NOT NULL"
-        )
+        """Every loop name in the runs table, removed loops included."""
+        rows = await self.db.fetchall(LOOP_NAMES)
         return [r[0] for r in rows]
 
     async def runs_beyond_newest(self, loop: str, keep: int, limit: int) -> list[int]:
-        """Up to `limit` prunable runs of `loop` past its newest `keep`, oldest first (runs_by_loop)."""
-        rows = await self.db.fetchall(
-            f"SELECT id FROM (SELECT id, status, started_at FROM runs WHERE loop = ? ORDER BY {NEWEST_FIRST} "
-            f"LIMIT -1 OFFSET ?) WHERE status NOT IN {_UNFINISHED} ORDER BY started_at, id LIMIT ?",
-            (loop, keep, limit),
-        )
+        """Up to `limit` prunable runs of `loop` past its newest `keep`, oldest first: both ends of runs_by_loop
+        (the keep-th newest found by walking `keep` entries, then the oldest up to it), never a sort of them all."""
+        edge = await self.db.fetchone(KEEP_EDGE, (loop, keep - 1))
+        if edge is None:
+            return []  # it has no more than `keep` runs
+        rows = await self.db.fetchall(BEYOND_EDGE, (loop, edge[0], edge[0], edge[1], limit))
         return [r[0] for r in rows]
 
     async def delete_runs(self, ids: list[int]) -> tuple[list[DeletedRun], int]:
@@ -86,10 +94,7 @@ class RetentionStore:
     async def delete_events_before(self, before: datetime, limit: int) -> int:
         """Delete up to `limit` events older than `before` (events_by_at); how many went."""
         async with self.db.transaction() as conn:
-            cur = await conn.execute(
-                "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE at < ? ORDER BY at LIMIT ?)",
-                (to_iso(before), limit),
-            )
+            cur = await conn.execute(OLD_EVENTS, (to_iso(before), limit))
             return cur.rowcount
 
     async def last_run_id(self) -> int:

@@ -1,7 +1,7 @@
 """Every history query is an index search (issue 12): `runs list` with any combination of filters, `loop
-list`'s last runs, and `stats`. Checked with EXPLAIN QUERY PLAN on the SQL the stores issue, on a fresh
-(un-ANALYZEd, as the daemon keeps it) database: a `SCAN runs` without an index would read every row of a
-million-run history, and a TEMP B-TREE would sort every matching row before the limit applies."""
+list`'s last runs, `stats`, and retention's batches. Checked with EXPLAIN QUERY PLAN on the SQL the stores
+issue, on a fresh (un-ANALYZEd, as the daemon keeps it) database: a `SCAN runs` without an index would read
+every row of a million-run history, and a TEMP B-TREE would sort every matching row before the limit."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from fleetd.store import retention
 from fleetd.store.db import Database
 from fleetd.store.runs import _COLUMNS, NEWEST_FIRST, list_query
 from fleetd.store.stats import GROUP_KEYS, _queries
@@ -95,3 +96,18 @@ def test_stats_reads_rollups_and_raw_rows_by_index(
             if "TEMP B-TREE" not in s
         ]
         assert not scans, steps
+
+
+@pytest.mark.parametrize(
+    ("sql", "params"),
+    [
+        (retention.OLD_RUNS, ("2026-11-21", 500)),
+        (retention.LOOP_NAMES, ()),
+        (retention.KEEP_EDGE, ("loop07", 999)),
+        (retention.BEYOND_EDGE, ("loop07", "2026-11-21", "2026-11-21", 7, 500)),
+        (retention.OLD_EVENTS, ("2026-11-21", 500)),
+    ],
+)
+def test_each_prune_batch_is_an_index_walk(conn: sqlite3.Connection, sql: str, params: tuple[object, ...]) -> None:
+    steps = plan(conn, sql, params)
+    assert not full_scans(steps, ("runs", "r", "events")), steps
