@@ -15,6 +15,7 @@ from pathlib import Path
 
 APP = "fleetd"
 SOCKET_NAME = "fleetd.sock"
+RUN_LOG_SHARD = 1000  # run ids per directory of run logs
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,7 @@ class Paths:
 
     def run_log(self, run_id: int) -> Path:
         # Sharded so a million runs never put a million files in one directory.
-        return self.run_logs / f"{run_id // 1000:04d}" / f"{run_id}.log"
+        return self.run_logs / f"{run_id // RUN_LOG_SHARD:04d}" / f"{run_id}.log"
 
     def ensure(self) -> None:
         """Create the missing directories 0700; refuse existing ones that others can write (UnsafeDirectory).

@@ -45,6 +45,16 @@ def parse_duration(text: str) -> float:
     return seconds
 
 
+RETENTION_OFF = ("0", "off")
+
+
+def parse_retention(text: str) -> float | None:
+    """`90d` → seconds; `0` or `off` → None (keep everything). Raises DurationError."""
+    if text.strip().lower() in RETENTION_OFF:
+        return None
+    return parse_duration(text)
+
+
 def format_duration(seconds: float | None) -> str:
     if seconds is None:
         return "-"

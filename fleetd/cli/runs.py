@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from fleetd.cli import complete
-from fleetd.cli.common import checked_run_id, client, fields_text, render
+from fleetd.cli.common import checked_run_id, client, fields_text, json_flag, render, seconds
 from fleetd.cli.complete import run_id_arg
 from fleetd.cli.format import local_time, short, table
 from fleetd.timefmt import format_duration
@@ -46,6 +46,35 @@ def _list_text(items: list[dict[str, Any]]) -> str:
         for r in items
     ]
     return table(["ID", "LOOP", "TRIGGER", "STATUS", "EXIT", "STARTED", "TOOK", "ERROR"], rows)
+
+
+@runs.command("prune")
+@click.option("--older-than", help="Prune runs (their attempts and logs) and events older than this, e.g. 30d. "
+              "Without options: the daemon's --retain.")  # fmt: skip
+@click.option("--keep-per-loop", type=click.IntRange(min=1), help="Prune each loop's runs past its newest N.")
+@json_flag
+def runs_prune(older_than: str | None, keep_per_loop: int | None, as_json: bool) -> None:
+    """Delete old history now: running runs and each loop's last run are always kept; stats keep their figures."""
+    if older_than is not None:
+        seconds(older_than, "--older-than")  # a typo is exit 2 before anything is deleted
+    body = {k: v for k, v in (("older_than", older_than), ("keep_per_loop", keep_per_loop)) if v is not None}
+    render(client(timeout=None).call("POST", "/v1/runs/prune", body), as_json, _pruned_text)
+
+
+def _pruned_text(freed: dict[str, Any]) -> str:
+    return (
+        f"pruned {freed['runs']} run(s), {freed['attempts']} attempt(s), {freed['events']} event(s), "
+        f"{freed['log_files']} log file(s) ({_size(freed['log_bytes'])})"
+    )
+
+
+def _size(n: float) -> str:
+    unit = "bytes"
+    for bigger in ("KB", "MB", "GB"):
+        if n < 1024:
+            break
+        n, unit = n / 1024, bigger
+    return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
 
 
 @runs.command("show")

@@ -27,6 +27,7 @@ from fleetd.daemon.views import (
     hook_json,
     loop_json,
     profile_json,
+    pruned_json,
     result_json,
     run_json,
     stats_json,
@@ -39,6 +40,7 @@ from fleetd.hooks.model import validate_hook_name
 from fleetd.hooks.service import HookService
 from fleetd.loops.executor import Executor
 from fleetd.loops.model import validate_loop_input, validate_name
+from fleetd.loops.retention import Pruner
 from fleetd.loops.runlog import RunLog
 from fleetd.loops.scheduler import Scheduler
 from fleetd.loops.scrub import Scrubber
@@ -61,6 +63,7 @@ from fleetd.timefmt import DurationError, parse_duration, to_iso
 log = logging.getLogger("fleetd.api")
 MAX_LIMIT = 10_000
 MAX_ID = 2**63 - 1  # SQLite's largest INTEGER: no row id (run, event) can be past it
+MAX_KEEP = 2**31 - 1  # `runs prune --keep-per-loop`: more than any history holds
 MAX_BODY_DEPTH = 32  # no request body nests more than 3 levels; the rest is refused before any validator recurses
 
 
@@ -82,6 +85,8 @@ class DaemonContext:
     default_tz: str
     request_stop: Callable[[], None]
     phase: str = "ok"  # "recovering" while a crash's leftovers are cleaned up at start
+    pruner: Pruner | None = None
+    retain: float | None = None  # the daemon's --retain in seconds: what `runs prune` without options prunes
 
 
 def error_response(status: int, code: str, message: str) -> JSONResponse:
@@ -235,6 +240,30 @@ def create_app(ctx: DaemonContext) -> Starlette:
         runs = await ctx.runs.list(loop=q.get("loop"), status=status, since=since, limit=limit)
         return JSONResponse([run_json(r) for r in runs])
 
+    async def prune_runs(request: Request) -> Response:
+        body = await _body(request)
+        unknown = sorted(set(body) - {"older_than", "keep_per_loop"})
+        if unknown:
+            raise InvalidArgument(f"unknown field {shown(unknown[0])} (older_than, keep_per_loop)")
+        older_than, keep = body.get("older_than"), body.get("keep_per_loop")
+        seconds: float | None = None
+        if older_than is not None:
+            if not isinstance(older_than, str):
+                raise InvalidArgument("invalid --older-than: give a duration, e.g. 30d")
+            try:
+                seconds = parse_duration(older_than)
+            except DurationError as e:
+                raise InvalidArgument(f"invalid --older-than: {e}") from None
+        if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or not 1 <= keep <= MAX_KEEP):
+            raise InvalidArgument(f"invalid --keep-per-loop {shown(str(keep))}: a number from 1 to {MAX_KEEP}")
+        if seconds is None and keep is None:
+            if ctx.retain is None:
+                raise InvalidArgument("nothing to prune by: give --older-than or --keep-per-loop (--retain is off)")
+            seconds = ctx.retain
+        assert ctx.pruner is not None
+        freed = await ctx.pruner.prune(older_than=seconds, keep_per_loop=keep)
+        return JSONResponse(pruned_json(freed, older_than_s=seconds, keep_per_loop=keep))
+
     def _run_id(request: Request) -> int:
         raw = request.path_params["run_id"]
         try:
@@ -382,6 +411,7 @@ def create_app(ctx: DaemonContext) -> Starlette:
         Route("/v1/loops/{name}/resume", resume_loop, methods=["POST"]),
         Route("/v1/loops/{name}/run", run_loop, methods=["POST"]),
         Route("/v1/runs", list_runs),
+        Route("/v1/runs/prune", prune_runs, methods=["POST"]),
         Route("/v1/runs/{run_id}", show_run),
         Route("/v1/runs/{run_id}/log", run_log),
         Route("/v1/runs/{run_id}/result", run_result),

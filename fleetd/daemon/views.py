@@ -11,7 +11,7 @@ from fleetd.records.circuit import Circuit
 from fleetd.records.hook import Hook
 from fleetd.records.loop import Loop
 from fleetd.records.profile import PRICE_FIELDS, Profile
-from fleetd.records.run import Attempt, Run
+from fleetd.records.run import Attempt, Pruned, Run
 from fleetd.store.stats import Stats, StatsRow
 from fleetd.timefmt import to_iso
 
@@ -161,6 +161,11 @@ def run_json(
         **({"attempt_list": [attempt_json(a) for a in attempts]} if attempts is not None else {}),
         **({"route": route} if route is not None else {}),
     }
+
+
+def pruned_json(freed: Pruned, *, older_than_s: float | None, keep_per_loop: int | None) -> dict[str, Any]:
+    """What `runs prune` freed, and by which criteria."""
+    return {**freed.to_json(), "older_than_s": older_than_s, "keep_per_loop": keep_per_loop}
 
 
 def usage_json(row: dict[str, Any]) -> dict[str, Any]:

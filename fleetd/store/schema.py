@@ -351,9 +351,20 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE attempts ADD COLUMN result_text TEXT;
     """,
-    # 9, 10, 11: placeholders on the `hooks` branch for migrations other branches add in parallel; the
-    # merge puts theirs here (a database migrated by this branch alone must be thrown away, not reused).
-    "",
+    # 9: every `runs list` filter combination is an index search. The list is newest first by
+    # (started_at, id) (store/runs.py), so each index ends in started_at (and the rowid after it):
+    # the equality filters pick the index's prefix, `--since` is a range on started_at, and the walk
+    # comes out in list order and stops at the limit. (loop, id DESC) served `--loop` alone; a status
+    # filter, or `--since` with anything, scanned the table newest first. Retention prunes events by age.
+    """
+    DROP INDEX runs_by_loop;
+    CREATE INDEX runs_by_loop ON runs (loop, started_at);
+    CREATE INDEX runs_by_status ON runs (status, started_at);
+    CREATE INDEX runs_by_loop_status ON runs (loop, status, started_at);
+    CREATE INDEX events_by_at ON events (at);
+    """,
+    # 10, 11: placeholders for migrations other branches add in parallel (a database migrated while
+    # they stand empty must be thrown away, not reused).
     "",
     "",
     # 12: hooks (fleetd/hooks/): the command or URL each is told about its events; the secret of a
