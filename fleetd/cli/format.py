@@ -13,13 +13,13 @@ from typing import Any
 
 import click
 
-from fleetd.timefmt import format_duration
+from fleetd.timefmt import format_duration, local_text
 
 
 def local_time(iso: str | None) -> str:
     if not iso:
         return "-"
-    return datetime.fromisoformat(iso).astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
+    return local_text(datetime.fromisoformat(iso))
 
 
 def relative_time(iso: str | None, now: datetime | None = None) -> str:

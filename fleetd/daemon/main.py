@@ -44,7 +44,7 @@ from fleetd.store.retention import RetentionStore
 from fleetd.store.runs import RunStore
 from fleetd.store.stats import StatsStore
 from fleetd.store.usage import UsageStore
-from fleetd.timefmt import now_utc, to_iso
+from fleetd.timefmt import LOCAL_FORMAT, local_text, now_utc
 
 log = logging.getLogger("fleetd.daemon")
 HOOK_STOP_GRACE = 5.0  # how long pending hook deliveries may finish on stop
@@ -102,7 +102,7 @@ def _setup_logging(options: DaemonOptions) -> None:
         handler = OwnedLogFile(options.log_file, max_bytes=options.log_max_bytes, backups=options.log_backups)
     else:
         handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", LOCAL_FORMAT))
     handler.addFilter(_drop_reported_store_failures)
     logging.basicConfig(level=os.environ.get("FLEETD_LOG_LEVEL", "INFO").upper(), handlers=[handler], force=True)
 
@@ -313,7 +313,7 @@ class Daemon:
                 killed = 0
             if run.status == "waiting":
                 reason = "the daemon stopped while this run waited for a profile's reset" + (
-                    f" (until {to_iso(run.wait_until)})" if run.wait_until else ""
+                    f" (until {local_text(run.wait_until)})" if run.wait_until else ""
                 )
             else:
                 reason = "the daemon stopped while this run was running" + (
