@@ -132,9 +132,11 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
         db = self.db = await open_store(self.paths)
-        loops, runs, attempts = LoopStore(db), RunStore(db), AttemptStore(db)
+        events = EventLog(db)
+        # The run store writes each run's lifecycle events in the run's own transactions.
+        loops, runs, attempts = LoopStore(db), RunStore(db, events, clock=now_utc), AttemptStore(db)
         zone_name = _local_zone()
-        profile_store, events = ProfileStore(db), EventLog(db)
+        profile_store = ProfileStore(db)
         secret_store = open_secret_store(self.paths.home)
         known_secrets = KnownSecrets(secret_store, profile_store)  # one cache: the heartbeat's and the executor's
         heartbeat = Heartbeat(

@@ -231,12 +231,6 @@ class ProfileService:
             backend=None, profile=profile, run_id=run_id, loop=loop.name,
         )  # fmt: skip
 
-    async def run_waiting(self, loop: Loop, run_id: int, until: datetime) -> None:
-        await self.heartbeat.events.emit(
-            self.clock(), "run.waiting", f"run {run_id} of loop {loop.name} waits until {until.isoformat()}",
-            backend=loop.backend, run_id=run_id, loop=loop.name, until=until,
-        )  # fmt: skip
-
     async def secret(self, profile: Profile) -> str | None:
         return await asyncio.to_thread(self.secrets.get, profile.name)
 

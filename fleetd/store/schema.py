@@ -351,4 +351,21 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE attempts ADD COLUMN result_text TEXT;
     """,
+    # 9, 10: placeholders on the `whynot` branch for the migrations other branches add in parallel; the
+    # merge puts theirs here (a database migrated by this branch alone must be thrown away, not reused).
+    "",
+    "",
+    # 11: why a fire did not start a run (`records.fire.SKIP_REASONS`), and how many fires one `skipped`
+    # row stands for: fires skipped against the same run in progress share a row, missed fires are counted.
+    """
+    ALTER TABLE runs ADD COLUMN skip_reason TEXT;
+    ALTER TABLE runs ADD COLUMN skipped_count INTEGER NOT NULL DEFAULT 0;
+    UPDATE runs SET skipped_count = 1,
+        skip_reason = CASE
+            WHEN error LIKE 'budget:%' THEN 'over_daily_cost'
+            WHEN error LIKE 'previous run %' THEN 'overlap'
+            WHEN error = 'daemon is shutting down' THEN 'shutting_down'
+        END
+    WHERE status = 'skipped';
+    """,
 ]
