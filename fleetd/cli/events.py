@@ -16,7 +16,7 @@ from fleetd.cli.format import local_time
 @click.option("--limit", default=50, show_default=True, help="How many recent events first.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 def events(follow: bool, limit: int, as_json: bool) -> None:
-    """profile.exhausted, profile.switched, profile.recovered, run.waiting, …"""
+    """run.started, run.failed, loop.fire_skipped, profile.exhausted, profile.switched, … (README: Events)"""
     import json
 
     def show(event: dict[str, Any]) -> None:

@@ -120,11 +120,20 @@ def _list_text(loops: list[dict[str, Any]]) -> str:
             "yes" if lp["enabled"] else "paused",
             relative_time(lp["next_fire_at"]),
             relative_time(lp["last_fire_at"]),
-            "running" if lp["running_run_id"] else (lp["last_run"] or {}).get("status", "-"),
+            _state_text(lp),
         ]
         for lp in loops
     ]
     return table(["NAME", "SCHEDULE", "BACKEND", "ENABLED", "NEXT", "LAST FIRE", "LAST RUN"], rows)
+
+
+def _state_text(lp: dict[str, Any]) -> str:
+    """What the loop's run is doing: a run that only waits for a usage reset is not `running`."""
+    if lp.get("waiting_until"):
+        return f"waiting until {local_time(lp['waiting_until'])}"
+    if lp["running_run_id"]:
+        return "running"
+    return str((lp["last_run"] or {}).get("status", "-"))
 
 
 @loop.command("show")
@@ -171,7 +180,8 @@ def _show_text(lp: dict[str, Any]) -> str:
                 ("next fire", local_time(lp["next_fire_at"])),
                 ("last fire", local_time(lp["last_fire_at"])),
                 ("last run", _run_brief(lp["last_run"])),
-                ("running", f"run {lp['running_run_id']}" if lp["running_run_id"] else "no"),
+                ("running", _running_text(lp)),
+                ("why not", _why_not_text(lp.get("not_firing"))),
             ]
         )
     ]
@@ -189,6 +199,25 @@ ALL_OF_BACKEND = "(all of the backend)"
 
 def _moment(iso: str | None) -> str:
     return f"{local_time(iso)} ({relative_time(iso)})" if iso else "-"
+
+
+def _running_text(lp: dict[str, Any]) -> str:
+    if not lp["running_run_id"]:
+        return "no"
+    waits = f", waiting until {local_time(lp['waiting_until'])}" if lp.get("waiting_until") else ""
+    return f"run {lp['running_run_id']}{waits}"
+
+
+def _why_not_text(not_firing: dict[str, Any] | None) -> str | None:
+    """`loop show`: why the loop did not fire (or will not), with the times in the local zone."""
+    if not not_firing:
+        return None
+    text = f"{not_firing['message']} [{not_firing['reason']}]"
+    if not_firing.get("since"):
+        text += f"; since {local_time(not_firing['since'])}"
+    if not_firing.get("until"):
+        text += f"; until {local_time(not_firing['until'])}"
+    return text
 
 
 def _run_brief(run: dict[str, Any] | None) -> str:

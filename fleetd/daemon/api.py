@@ -174,16 +174,20 @@ def create_app(ctx: DaemonContext) -> Starlette:
     async def list_loops(request: Request) -> Response:
         loops = await ctx.loops.list()
         last = await ctx.runs.last_for_loops()
-        return JSONResponse([loop_json(lp, last.get(lp.name), _running_id(lp.name)) for lp in loops])
+        return JSONResponse([loop_json(lp, last.get(lp.name), *_running(lp.name)) for lp in loops])
 
     def _running_id(name: str) -> int | None:
+        return _running(name)[0]
+
+    def _running(name: str) -> tuple[int | None, datetime | None]:
+        """The loop's run in progress, and the reset it waits for."""
         slot = ctx.executor.active.get(name)
-        return slot.run_id if slot else None
+        return (slot.run_id, slot.wait_until) if slot else (None, None)
 
     async def _loop_view(name: str) -> JSONResponse:
         loop = await ctx.loops.get(validate_name(name))
         last = await ctx.runs.list(loop=name, limit=1)
-        return JSONResponse(loop_json(loop, last[0] if last else None, _running_id(name)))
+        return JSONResponse(loop_json(loop, last[0] if last else None, *_running(name)))
 
     async def add_loop(request: Request) -> Response:
         body = await _body(request)
@@ -197,20 +201,23 @@ def create_app(ctx: DaemonContext) -> Starlette:
     async def show_loop(request: Request) -> Response:
         response = await _loop_view(request.path_params["name"])
         loop = await ctx.loops.get(request.path_params["name"])
-        if not get_adapter(loop.backend).needs_profile:
-            return response
         body = json.loads(bytes(response.body))
-        policy = loop_policy(loop)
-        world, _ = await ctx.profiles.world(list(policy.chain))
-        body["resolved"] = [
-            {
-                "step": index + 1,
-                "step_text": step.describe(),
-                "candidates": [c.profile for c in usable],
-                "passed": [{"profile": p.profile, "why": p.why} for p in passed],
-            }
-            for index, (step, usable, passed) in enumerate(resolve(policy, world))
-        ]
+        usable_profiles = None
+        if get_adapter(loop.backend).needs_profile:
+            policy = loop_policy(loop)
+            world, _ = await ctx.profiles.world(list(policy.chain))
+            body["resolved"] = [
+                {
+                    "step": index + 1,
+                    "step_text": step.describe(),
+                    "candidates": [c.profile for c in usable],
+                    "passed": [{"profile": p.profile, "why": p.why} for p in passed],
+                }
+                for index, (step, usable, passed) in enumerate(resolve(policy, world))
+            ]
+            usable_profiles = sum(len(step["candidates"]) for step in body["resolved"])
+        not_firing = await ctx.scheduler.not_firing(loop, usable_profiles)
+        body["not_firing"] = not_firing.to_json() if not_firing else None
         return JSONResponse(body)
 
     async def remove_loop(request: Request) -> Response:

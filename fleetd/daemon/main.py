@@ -166,9 +166,11 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
         db = self.db = await open_store(self.paths)
-        loops, runs, attempts = LoopStore(db), RunStore(db), AttemptStore(db)
+        events = EventLog(db)
+        # The run store writes each run's lifecycle events in the run's own transactions.
+        loops, runs, attempts = LoopStore(db), RunStore(db, events, clock=now_utc), AttemptStore(db)
         zone_name = _local_zone()
-        profile_store, events = ProfileStore(db), EventLog(db)
+        profile_store = ProfileStore(db)
         secret_store = open_secret_store(self.paths.home)
         hook_store = HookStore(db)
         # One cache of every secret to scrub (profile keys and webhook secrets): the heartbeat's and the executor's.

@@ -16,7 +16,9 @@ from fleetd.store.stats import Stats, StatsRow
 from fleetd.timefmt import to_iso
 
 
-def loop_json(loop: Loop, last_run: Run | None = None, running_run_id: int | None = None) -> dict[str, Any]:
+def loop_json(
+    loop: Loop, last_run: Run | None = None, running_run_id: int | None = None, waiting_until: datetime | None = None
+) -> dict[str, Any]:
     return {
         "name": loop.name,
         "schedule": {
@@ -56,6 +58,7 @@ def loop_json(loop: Loop, last_run: Run | None = None, running_run_id: int | Non
         if last_run is None
         else {"id": last_run.id, "status": last_run.status, "started_at": to_iso(last_run.started_at)},
         "running_run_id": running_run_id,
+        "waiting_until": to_iso(waiting_until),
     }
 
 
@@ -158,6 +161,8 @@ def run_json(
         "log_path": run.log_path,
         "pid": run.pid,
         "wait_until": to_iso(run.wait_until),
+        "skip_reason": run.skip_reason,
+        "skipped_count": run.skipped_count,
         **({"attempt_list": [attempt_json(a) for a in attempts]} if attempts is not None else {}),
         **({"route": route} if route is not None else {}),
     }

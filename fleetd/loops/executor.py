@@ -27,6 +27,7 @@ from fleetd.errors import FleetdError
 from fleetd.loops import cgroups, changes, proctree
 from fleetd.loops.runlog import RunLog
 from fleetd.loops.scrub import Scrubber
+from fleetd.records.fire import SkipReason, daily_cost_text, skip_text
 from fleetd.records.loop import ChainStep, Loop
 from fleetd.records.profile import Profile
 from fleetd.records.result import ErrorClass, ParsedOutput
@@ -62,7 +63,6 @@ NO_VERDICT = "the reviewer's answer holds no verdict"
 RATE_LIMIT_EXIT_GRACE = 1.0
 MAX_WAIT_SLEEP = 30.0  # a waiting run re-checks at least this often
 FINISH_RETRY_FIRST, FINISH_RETRY_MAX = 0.5, 30.0  # backoff for a run end the store refused
-RUN_END_EVENTS = {"succeeded": "run.succeeded", "failed": "run.failed", "timed_out": "run.timed_out"}
 
 
 class ProfileSource(Protocol):
@@ -77,7 +77,6 @@ class ProfileSource(Protocol):
     async def attempt_finished(
         self, profile: Profile, parsed: ParsedOutput, finished_at: datetime, cost_usd: float | None
     ) -> None: ...
-    async def run_waiting(self, loop: Loop, run_id: int, until: datetime) -> None: ...
 
 
 @dataclass(eq=False)  # identity: slots live in sets
@@ -90,6 +89,10 @@ class ActiveRun:
     trigger: str = "manual"  # schedule, manual or catch-up: FLEETD_TRIGGER
     interrupt_reason: str | None = None
     waiting: bool = False  # sleeping until a profile's reset: nothing to finish
+    wait_until: datetime | None = None  # that reset, while waiting (`loop list`: "waiting until T")
+    # The `skipped` row fires that found this run in progress went into: (reason, run id, fires), so
+    # the next fire skipped for the same reason adds to it instead of writing one more row.
+    skipped: tuple[SkipReason, int, int] | None = None
     interrupted: asyncio.Event = field(default_factory=asyncio.Event)
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -168,18 +171,23 @@ class Executor:
     def run_tag(self, run_id: int) -> str:
         return f"{self.tag_prefix}-{run_id}"
 
-    async def fire(self, loop: Loop, trigger: str, scheduled_at: datetime, fired: LoopFire | None = None) -> Run | None:
-        """Record the fire and start its run; None when `fired` was already recorded."""
+    async def fire(
+        self, loop: Loop, trigger: str, scheduled_at: datetime, fired: LoopFire | None = None, missed: int = 0,
+        missed_reason: SkipReason = "daemon_down",
+    ) -> Run | None:  # fmt: skip
+        """Record the fire and start its run; None when `fired` was already recorded. A catch-up fire
+        says how many fires were `missed` (and why) for its `loop.fire_missed` event."""
         await self.ready.wait()  # not while the daemon still cleans up after a crash
         now = self.clock()
         current = self.active.get(loop.name)
+        code: SkipReason | None = None
         reason: str | None = None
         run: Run | None = None
         if not self.accepting:
-            reason = "daemon is shutting down"
+            code = "shutting_down"
         elif current is not None:
-            reason = f"previous run {current.run_id or '(starting)'} still running"
-        if reason is None:
+            code = "waiting" if current.wait_until else "overlap"
+        if code is None:
             slot = ActiveRun(trigger=trigger)
             self.active[loop.name] = slot  # claimed before any await: two fires cannot both start
             self.inflight.add(slot)
@@ -189,7 +197,10 @@ class Executor:
                     run = await self.runs.insert(
                         loop=loop.name, trigger=trigger, status="running", scheduled_at=scheduled_at,
                         started_at=now, backend=loop.backend, log_path_for=self.log_path, fired=fired,
+                        missed=missed, missed_reason=missed_reason,
                     )  # fmt: skip
+                else:
+                    code = "over_daily_cost"
             except BaseException:
                 self._release(loop.name, slot)
                 raise
@@ -198,18 +209,49 @@ class Executor:
                 if reason is None:
                     return None  # `fired` was recorded already
         if run is None:
-            skipped = await self.runs.insert(
-                loop=loop.name, trigger=trigger, status="skipped", scheduled_at=scheduled_at,
-                started_at=now, finished_at=now, backend=loop.backend, error=reason, fired=fired,
-            )  # fmt: skip
-            if reason and reason.startswith("budget:") and skipped is not None and self.events is not None:
-                await self.events.emit(now, "budget.exceeded", f"loop {loop.name}: run {skipped.id} skipped, {reason}",
-                                       backend=loop.backend, loop=loop.name, run_id=skipped.id)  # fmt: skip
-            return skipped
+            assert code is not None
+            return await self._skip(loop, trigger, scheduled_at, code, reason, fired, current, missed)
         slot.run_id = run.id
         slot.tag = self.run_tag(run.id)
         slot.task = asyncio.create_task(self._execute(loop, run, slot), name=f"run-{run.id}")
         return run
+
+    async def record_missed(
+        self, loop: Loop, scheduled_at: datetime, missed: int, why: SkipReason, fired: LoopFire | None
+    ) -> Run | None:
+        """Fires that fell while fleetd could not fire them, which `--catch-up skip` does not run: one
+        `skipped` row for all of them (and its `loop.fire_missed` event)."""
+        return await self._skip(loop, "catch-up", scheduled_at, why, None, fired, None, missed)
+
+    async def _skip(
+        self, loop: Loop, trigger: str, scheduled_at: datetime, code: SkipReason, reason: str | None,
+        fired: LoopFire | None, blocker: ActiveRun | None, missed: int = 0,
+    ) -> Run | None:  # fmt: skip
+        """A fire that starts no run is a `skipped` row with the reason. Fires that find the same run in
+        progress for the same reason share one row (its `skipped_count`): a run that waits hours for a
+        reset under an `--every 1m` loop leaves one row, not hundreds."""
+        now = self.clock()
+        blocking_id = blocker.run_id if blocker else None
+        until = blocker.wait_until.astimezone(self.local_tz) if blocker and blocker.wait_until else None
+        kept = blocker.skipped if blocker else None
+        if blocker is not None and kept is not None and kept[0] == code:
+            count = kept[2] + 1
+            grown = await self.runs.add_skip(kept[1], count, skip_text(code, count, blocking_id, until), fired)
+            if grown is not None:
+                blocker.skipped = (code, grown.id, count)
+                return grown
+            # Not added: a new row, unless `fired` was recorded already (then the insert writes nothing too).
+        text = reason or skip_text(code, missed or 1, blocking_id, until)
+        skipped = await self.runs.insert(
+            loop=loop.name, trigger=trigger, status="skipped", scheduled_at=scheduled_at, started_at=now,
+            finished_at=now, backend=loop.backend, error=text, fired=fired, skip_reason=code, missed=missed,
+        )  # fmt: skip
+        if skipped is not None and blocker is not None:
+            blocker.skipped = (code, skipped.id, 1)
+        if code == "over_daily_cost" and skipped is not None and self.events is not None:
+            await self.events.emit(now, "budget.exceeded", f"loop {loop.name}: run {skipped.id} skipped, {text}",
+                                   backend=loop.backend, loop=loop.name, run_id=skipped.id)  # fmt: skip
+        return skipped
 
     def _release(self, name: str, slot: ActiveRun) -> None:
         """The loop is free again and the slot done (shutdown stops waiting for it)."""
@@ -222,10 +264,7 @@ class Executor:
         """`budget: …` when the loop has spent its --daily-cost in the last 24 h."""
         if loop.daily_cost is None:
             return None
-        spent = await self.attempts.loop_cost_since(loop.name, now - timedelta(days=1))
-        if spent < loop.daily_cost:
-            return None
-        return f"budget: the loop spent ${spent:.2f} of its ${loop.daily_cost:.2f} daily cost in the last 24 h"
+        return daily_cost_text(await self.attempts.loop_cost_since(loop.name, now - timedelta(days=1)), loop.daily_cost)
 
     async def _execute(self, loop: Loop, run: Run, slot: ActiveRun) -> None:
         runlog = RunLog(Path(run.log_path or self.log_path(run.id)), loop.output_cap)
@@ -248,30 +287,11 @@ class Executor:
                 del self.active[loop.name]
             finish = RunFinish(run.id, loop.name, status, self.clock(), exit_code, error)
             try:
-                if await asyncio.shield(self._record_finish(finish)):
-                    await self._emit_end(loop, run, finish)
+                # The store writes the run's end and its `run.<status>` event in one transaction.
+                await asyncio.shield(self._record_finish(finish))
             finally:
                 self._release(loop.name, slot)
             log.info("run %s of loop %s: %s", run.id, loop.name, status)
-
-    async def _emit_end(self, loop: Loop, run: Run, finish: RunFinish) -> None:
-        """`run.succeeded` / `run.failed` / `run.timed_out` in the event log (hooks follow it). A minimal
-        stand-in on the `hooks` branch until the run lifecycle events land; never fails the run."""
-        event_type = RUN_END_EVENTS.get(finish.status)
-        if self.events is None or event_type is None:
-            return
-        how = finish.status.replace("_", " ")
-        if finish.exit_code is not None and finish.status != "succeeded":
-            how += f", exit {finish.exit_code}"
-        message = f"run {run.id} of loop {loop.name} {how}" + (f": {finish.error}" if finish.error else "")
-        try:
-            await self.events.emit(
-                finish.finished_at, event_type, message, backend=loop.backend, run_id=run.id,
-                loop=loop.name, status=finish.status, exit_code=finish.exit_code, trigger=run.trigger,
-                error=finish.error,
-            )  # fmt: skip
-        except Exception as e:
-            log.warning("run %s: cannot record its %s event: %s", run.id, event_type, e)
 
     async def _record_finish(self, finish: RunFinish) -> bool:
         """Write a run's end; on failure keep it for `_retry_finishes` and say so once, loudly."""
@@ -439,13 +459,12 @@ class Executor:
                 decision = flow.send(Observation(world))
             else:
                 assert isinstance(decision, WaitUntil)
-                await self.runs.set_waiting(run.id, decision.until)
-                await self.profiles.run_waiting(loop, run.id, decision.until)
-                slot.waiting = True
+                await self.runs.set_waiting(run.id, decision.until)  # and its run.waiting event
+                slot.waiting, slot.wait_until = True, decision.until
                 try:
                     await self._sleep_until(min(decision.until, deadline) if deadline else decision.until, slot)
                 finally:
-                    slot.waiting = False
+                    slot.waiting, slot.wait_until = False, None
                 await self.runs.set_waiting(run.id, None)
                 if slot.interrupt_reason:
                     return "interrupted", end.exit_code, slot.interrupt_reason

@@ -17,6 +17,7 @@ from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from fleetd.errors import InvalidArgument
+from fleetd.records.fire import MISSED_CAP
 from fleetd.records.loop import CatchUp, Schedule
 from fleetd.timefmt import DurationError, parse_duration
 
@@ -97,6 +98,17 @@ class Fire:
 class Plan:
     fire: Fire | None
     next_fire_at: datetime | None
+    missed: int = 0  # fires that fell while fleetd could not fire them (a catch-up fire stands for them all)
+
+
+def count_fires(trigger: BaseTrigger, first: datetime, now: datetime, cap: int = MISSED_CAP) -> int:
+    """How many fires fall in [first, now], `first` being one; at most `cap` (then it is "cap+")."""
+    count, fire = 0, first
+    while fire is not None and fire <= now and count < cap:
+        count += 1
+        later = trigger.get_next_fire_time(fire, now)
+        fire = later if later is not None and later > fire else None
+    return count
 
 
 def plan_startup(trigger: BaseTrigger, due: datetime | None, now: datetime, catch_up: CatchUp) -> Plan:
@@ -105,7 +117,7 @@ def plan_startup(trigger: BaseTrigger, due: datetime | None, now: datetime, catc
     if due is None or due >= now:
         return Plan(None, due)
     fire = Fire(due, "catch-up") if catch_up == "once" else None
-    return Plan(fire, first_fire(trigger, now))
+    return Plan(fire, first_fire(trigger, now), count_fires(trigger, due, now))
 
 
 def plan_wake(trigger: BaseTrigger, due: datetime, now: datetime, catch_up: CatchUp, grace: timedelta) -> Plan:
@@ -116,4 +128,4 @@ def plan_wake(trigger: BaseTrigger, due: datetime, now: datetime, catch_up: Catc
     if now - due <= grace:
         return Plan(Fire(due, "schedule"), following(trigger, due, now))
     fire = Fire(due, "catch-up") if catch_up == "once" else None
-    return Plan(fire, first_fire(trigger, now))
+    return Plan(fire, first_fire(trigger, now), count_fires(trigger, due, now))

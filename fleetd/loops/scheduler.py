@@ -16,7 +16,9 @@ from apscheduler.triggers.base import BaseTrigger
 from fleetd.backends.registry import get_adapter
 from fleetd.errors import InvalidArgument
 from fleetd.loops.executor import Executor
-from fleetd.loops.schedule import build_trigger, first_fire, never_fires, plan_startup, plan_wake
+from fleetd.loops.schedule import Plan, build_trigger, first_fire, never_fires, plan_startup, plan_wake
+from fleetd.loops.whynot import LoopFacts, NotFiring, why_not
+from fleetd.records.fire import SkipReason
 from fleetd.records.loop import Loop
 from fleetd.records.run import LoopFire, Run
 from fleetd.routing.policy import loop_steps
@@ -58,10 +60,10 @@ class Scheduler:
             if plan.fire is not None:
                 log.info("loop %s missed %s while down: one catch-up run", loop.name, plan.fire.scheduled_at)
                 fired = LoopFire(loop.name, plan.fire.scheduled_at, plan.next_fire_at, due=loop.next_fire_at)
-                await self.executor.fire(loop, "catch-up", plan.fire.scheduled_at, fired)
+                await self.executor.fire(loop, "catch-up", plan.fire.scheduled_at, fired, missed=plan.missed)
             elif plan.next_fire_at != loop.next_fire_at:
                 log.info("loop %s missed %s while down: skipped (catch-up skip)", loop.name, loop.next_fire_at)
-                await self.loops.set_state(loop.name, updated_at=now, next_fire_at=plan.next_fire_at, clear_next=True)
+                await self._missed(loop, plan, loop.next_fire_at, "daemon_down")
         except Exception:
             # Nothing was recorded: the timer takes the stored (past) due time and applies the loop's
             # catch-up policy itself, retrying like any fire it could not record.
@@ -92,18 +94,29 @@ class Scheduler:
                     # A retry after an error cannot record the fire twice: the run row is written only
                     # while the stored next fire time is still `due` (see LoopFire).
                     fired = LoopFire(loop.name, plan.fire.scheduled_at, plan.next_fire_at, due=due)
-                    if await self.executor.fire(loop, plan.fire.trigger, plan.fire.scheduled_at, fired) is None:
+                    started = await self.executor.fire(
+                        loop, plan.fire.trigger, plan.fire.scheduled_at, fired, missed=plan.missed,
+                        missed_reason="woke_late",
+                    )  # fmt: skip
+                    if started is None:
                         log.info("loop %s: the fire at %s was already recorded", loop.name, due)
                 else:
-                    await self.loops.set_state(
-                        loop.name, updated_at=self.clock(), next_fire_at=plan.next_fire_at, clear_next=True
-                    )
+                    log.info("loop %s: the timer woke late for %s: skipped (catch-up skip)", loop.name, due)
+                    await self._missed(loop, plan, due, "woke_late")
             except Exception:
                 log.exception("loop %s: could not record the fire at %s; retrying", loop.name, due)
                 await asyncio.sleep(1)
                 continue
             due = plan.next_fire_at
         self._timers.pop(loop.name, None)
+
+    async def _missed(self, loop: Loop, plan: Plan, due: datetime | None, why: SkipReason) -> None:
+        """Missed fires `--catch-up skip` does not run: one `skipped` row (and event) for them all, written
+        with the move of the loop's next fire time, so `loop show` can say why it did not fire."""
+        assert due is not None
+        fired = LoopFire(loop.name, due, plan.next_fire_at, due=due)
+        if await self.executor.record_missed(loop, due, plan.missed, why, fired) is None:
+            log.info("loop %s: the missed fire at %s was already recorded", loop.name, due)
 
     # -- changes from the API -------------------------------------------------------------------
 
@@ -152,6 +165,20 @@ class Scheduler:
         run = await self.executor.fire(loop, "manual", self.clock())
         assert run is not None  # only a scheduled fire can have been recorded already
         return run
+
+    async def not_firing(self, loop: Loop, usable_profiles: int | None = None) -> NotFiring | None:
+        """Why `loop` did not fire, or will not (`loops/whynot.py` decides; this reads what it needs)."""
+        now = self.clock()
+        newest = await self.executor.runs.list(loop=loop.name, limit=1)
+        slot = self.executor.active.get(loop.name)
+        spent = None
+        if loop.daily_cost is not None:
+            spent = await self.executor.attempts.loop_cost_since(loop.name, now - timedelta(days=1))
+        facts = LoopFacts(
+            loop, newest[0] if newest else None, slot.run_id if slot else None, slot.wait_until if slot else None,
+            spent, usable_profiles,
+        )  # fmt: skip
+        return why_not(facts, now)
 
     def stop(self) -> None:
         for name in list(self._timers):

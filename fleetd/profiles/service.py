@@ -27,7 +27,6 @@ from fleetd.routing.router import World
 from fleetd.store.attempts import AttemptStore
 from fleetd.store.loops import LoopStore
 from fleetd.store.profiles import ProfileStore
-from fleetd.timefmt import local_text
 
 log = logging.getLogger("fleetd.profiles")
 DAY = timedelta(days=1)
@@ -234,12 +233,6 @@ class ProfileService:
         await self.heartbeat.events.emit(
             self.clock(), "candidate.unavailable", f"run {run_id} of loop {loop.name} skipped {why}",
             backend=None, profile=profile, run_id=run_id, loop=loop.name,
-        )  # fmt: skip
-
-    async def run_waiting(self, loop: Loop, run_id: int, until: datetime) -> None:
-        await self.heartbeat.events.emit(
-            self.clock(), "run.waiting", f"run {run_id} of loop {loop.name} waits until {local_text(until)}",
-            backend=loop.backend, run_id=run_id, loop=loop.name, until=until,
         )  # fmt: skip
 
     async def secret(self, profile: Profile) -> str | None:

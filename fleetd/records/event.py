@@ -18,6 +18,10 @@ EVENT_TYPES: dict[str, str] = {
     "run.timed_out": "a run hit its --timeout",
     "run.waiting": "a run waits for a profile's reset",
     "run.cancelled": "a run was stopped by hand",
+    "run.interrupted": "a run was cut short by a daemon stop or crash",
+    # fires that started no run
+    "loop.fire_skipped": "a fire came due and started no run (overlap, budget, paused, ...)",
+    "loop.fire_missed": "fires fell while the daemon could not fire them (down, asleep)",
     # profiles, as the heartbeat judges them
     "profile.exhausted": "a profile reached a limit until its reset",
     "profile.near_limit": "a profile is close to a limit",

@@ -44,6 +44,10 @@ class Run:
     pid: int | None
     pid_create_time: float | None
     wait_until: datetime | None = None
+    # A `skipped` run: why (records.fire.SKIP_REASONS), and how many fires the row stands for (fires skipped
+    # against the same run in progress for the same reason share one row; missed fires are counted).
+    skip_reason: str | None = None
+    skipped_count: int = 0
 
 
 @dataclass

@@ -1,16 +1,32 @@
-"""The event log (`fleetd events`): profile.exhausted, profile.switched, run.waiting, …"""
+"""The event log (`fleetd events`): profile.exhausted, profile.switched, run.failed, loop.fire_skipped, …
+
+Run and fire events are built here from the run row that a state change wrote (`run_event`,
+`fire_event`) and written by the store in that change's own transaction (`RunStore`), so they cost no
+transaction of their own and can neither be lost nor told twice. Their JSON is a contract (hooks
+deliver it, the README's "Events" section documents it, tests/store/test_events_contract.py pins it).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import json
-from dataclasses import dataclass
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import aiosqlite
+
+from fleetd.records.fire import MISSED_REASONS
+from fleetd.records.run import Run
 from fleetd.store.db import Database
-from fleetd.timefmt import to_iso
+from fleetd.timefmt import format_duration, to_iso
+
+log = logging.getLogger("fleetd.events")
+ERROR_CAP = 300  # characters of a run's error in its event: one line, enough for a notification
+_INSERT = "INSERT INTO events (at, type, backend, profile, message, data_json) VALUES (?, ?, ?, ?, ?, ?)"
 
 
 @dataclass(frozen=True)
@@ -28,6 +44,18 @@ class Event:
                 "message": self.message, "data": self.data}  # fmt: skip
 
 
+@dataclass(frozen=True)
+class NewEvent:
+    """An event not written yet."""
+
+    at: datetime
+    type: str
+    message: str
+    backend: str | None = None
+    profile: str | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+
+
 class EventLog:
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -41,10 +69,32 @@ class EventLog:
         **data: Any,
     ) -> None:  # fmt: skip
         async with self.db.transaction() as conn:
-            await conn.execute(
-                "INSERT INTO events (at, type, backend, profile, message, data_json) VALUES (?, ?, ?, ?, ?, ?)",
-                (to_iso(at), type_, backend, profile, message, json.dumps(data, default=str)),
-            )
+            await conn.execute(_INSERT, (to_iso(at), type_, backend, profile, message, json.dumps(data, default=str)))
+        await self.notify()
+
+    async def write_in(self, conn: aiosqlite.Connection, events: Sequence[NewEvent]) -> bool:
+        """Write `events` inside the caller's open write transaction (call `notify` after its commit).
+        An event is a record of the change, never a reason to lose it: a failing insert is rolled back
+        to a savepoint and logged, and the caller's change commits without it. False when one failed."""
+        if not events:
+            return True
+        await conn.execute("SAVEPOINT events")
+        try:
+            for e in events:
+                await conn.execute(
+                    _INSERT, (to_iso(e.at), e.type, e.backend, e.profile, e.message, json.dumps(e.data, default=str))
+                )
+        except Exception:
+            log.exception("cannot write the event(s) %s; the change they describe is kept", [e.type for e in events])
+            with contextlib.suppress(Exception):  # a transaction SQLite already rolled back fails in the commit
+                await conn.execute("ROLLBACK TO events")
+                await conn.execute("RELEASE events")
+            return False
+        await conn.execute("RELEASE events")
+        return True
+
+    async def notify(self) -> None:
+        """Wake the followers (`events --follow`, hooks): new events were committed."""
         async with self._new:
             self.written += 1
             self._new.notify_all()
@@ -74,3 +124,77 @@ class EventLog:
         async with self._new:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._new.wait_for(lambda: self.written > seen), timeout)
+
+
+def one_line(text: str | None, cap: int = ERROR_CAP) -> str | None:
+    """An error for a notification: its first non-empty line, at most `cap` characters."""
+    if not text:
+        return text
+    line = next((part.strip() for part in text.splitlines() if part.strip()), "")
+    return line if len(line) <= cap else line[: cap - 1] + "…"
+
+
+def run_event(run: Run, at: datetime) -> NewEvent:
+    """`run.<status>` for a run that just started, began waiting for a reset, or ended. The data is the
+    same for every status; the run's error is already scrubbed of keys (it comes from scrubbed output)."""
+    duration = None if run.finished_at is None else round((run.finished_at - run.started_at).total_seconds(), 3)
+    data = {
+        "run_id": run.id,
+        "loop": run.loop,
+        "status": run.status,
+        "trigger": run.trigger,
+        "exit_code": run.exit_code,
+        "error": one_line(run.error),
+        "duration_s": duration,
+        "attempts": run.attempts,
+        "scheduled_at": to_iso(run.scheduled_at),
+        "started_at": to_iso(run.started_at),
+        "finished_at": to_iso(run.finished_at),
+        "wait_until": to_iso(run.wait_until),
+    }
+    who = f"run {run.id} of loop {run.loop}"
+    if run.status == "running":
+        message = f"{who} started ({run.trigger})"
+    elif run.status == "waiting":
+        message = f"{who} waits for a usage reset until {to_iso(run.wait_until)}"
+    else:
+        code = f" (exit {run.exit_code})" if run.exit_code is not None and run.status != "succeeded" else ""
+        message = f"{who} {run.status.replace('_', ' ')}{code} after {format_duration(duration)}"
+        if data["error"]:
+            message += f": {data['error']}"
+    kind = "started" if run.status == "running" else run.status
+    return NewEvent(at, f"run.{kind}", message, backend=run.backend, profile=run.profile or None, data=data)
+
+
+def fire_event(run: Run, at: datetime, missed: int = 0, missed_reason: str = "daemon_down") -> NewEvent | None:
+    """`loop.fire_missed` for fires that fell while fleetd could not fire them (`missed` of them, whether a
+    catch-up `run` stands for them or a `skipped` one), `loop.fire_skipped` for a fire that came due and
+    started no run; None for a run that is neither."""
+    if run.status == "skipped" and run.skip_reason in MISSED_REASONS:
+        missed = run.skipped_count
+    if missed:
+        caught_up = run.status != "skipped"
+        data: dict[str, Any] = {
+            "loop": run.loop,
+            "run_id": run.id,
+            "reason": run.skip_reason or missed_reason,
+            "missed": missed,
+            "first_missed_at": to_iso(run.scheduled_at),
+            "caught_up": caught_up,
+        }
+        what = f"caught up by run {run.id}" if caught_up else "not run (--catch-up skip)"
+        fires = "1 fire" if missed == 1 else f"{missed} fires"
+        message = f"loop {run.loop} missed {fires} while the daemon could not fire them: {what}"
+        return NewEvent(at, "loop.fire_missed", message, backend=run.backend, data=data)
+    if run.status != "skipped":
+        return None
+    data = {
+        "loop": run.loop,
+        "run_id": run.id,
+        "reason": run.skip_reason,
+        "error": one_line(run.error),
+        "trigger": run.trigger,
+        "scheduled_at": to_iso(run.scheduled_at),
+    }
+    message = f"loop {run.loop}: fire skipped (run {run.id}): {data['error']}"
+    return NewEvent(at, "loop.fire_skipped", message, backend=run.backend, data=data)

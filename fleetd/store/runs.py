@@ -1,8 +1,13 @@
-"""Queries on the runs table. Rows are deleted only by retention (store/retention.py)."""
+"""Queries on the runs table. Rows are deleted only by retention (store/retention.py).
+
+Each change of a run's state (started, waiting, ended, a fire skipped or missed) writes its event
+(`store/events.py`) in the change's own transaction: no extra write per run, and no event for a
+change that did not commit."""
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -10,13 +15,16 @@ from typing import Any
 import aiosqlite
 
 from fleetd.errors import NotFound
+from fleetd.records.fire import SkipReason
 from fleetd.records.run import LoopFire, Run, RunStatus
 from fleetd.store.db import Database
-from fleetd.timefmt import from_iso, to_iso
+from fleetd.store.events import EventLog, NewEvent, fire_event, run_event
+from fleetd.timefmt import from_iso, now_utc, to_iso
 
+log = logging.getLogger("fleetd.runs")
 _COLUMNS = (
     "id, loop, trigger, status, scheduled_at, started_at, finished_at, exit_code, backend, profile, "
-    "log_path, error, attempts, pid, pid_create_time, wait_until"
+    "log_path, error, attempts, pid, pid_create_time, wait_until, skip_reason, skipped_count"
 )
 
 
@@ -38,12 +46,35 @@ def _row_to_run(row: aiosqlite.Row) -> Run:
         pid=row["pid"],
         pid_create_time=row["pid_create_time"],
         wait_until=from_iso(row["wait_until"]),
+        skip_reason=row["skip_reason"],
+        skipped_count=row["skipped_count"],
     )
 
 
+class _NotAdded(Exception):
+    pass
+
+
 class RunStore:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, events: EventLog | None = None, clock: Callable[[], datetime] = now_utc) -> None:
         self.db = db
+        self.events = events  # None: no events (tests of other parts)
+        self.clock = clock
+
+    async def _announce(self, conn: aiosqlite.Connection, build: Callable[[], list[NewEvent | None]]) -> bool:
+        """Write the events of a change inside its transaction; never fails it (EventLog.write_in)."""
+        if self.events is None:
+            return False
+        try:
+            events = [e for e in build() if e is not None]
+        except Exception:  # building is pure; a bug in it must not cost the run its record
+            log.exception("cannot build the event(s) of a run change; the change is kept")
+            return False
+        return bool(events) and await self.events.write_in(conn, events)
+
+    async def _notify(self, wrote: bool) -> None:
+        if wrote and self.events is not None:
+            await self.events.notify()
 
     async def insert(
         self,
@@ -58,11 +89,19 @@ class RunStore:
         error: str | None = None,
         finished_at: datetime | None = None,
         fired: LoopFire | None = None,
+        skip_reason: SkipReason | None = None,
+        missed: int = 0,
+        missed_reason: SkipReason = "daemon_down",
     ) -> Run | None:
         """Write the run row before anything runs, so no run is ever lost. `log_path_for(id)` names
         the log file, which depends on the id. The row comes back from the write itself (a read on
         the reader could miss it). None: `fired` was already recorded (or the loop's schedule moved
-        on meanwhile), and nothing was written."""
+        on meanwhile), and nothing was written.
+
+        A `skipped` row says why (`skip_reason`); `missed` is how many fires fell while fleetd could not
+        fire them, which this row (a catch-up run, or a skipped one) stands for, and `missed_reason` why a
+        catch-up run's fires were missed."""
+        skipped_count = (missed or 1) if status == "skipped" else 0
         async with self.db.transaction() as conn:
             if fired is not None:
                 cur = await conn.execute(
@@ -73,7 +112,8 @@ class RunStore:
                     return None
             cur = await conn.execute(
                 "INSERT INTO runs (loop, trigger, status, scheduled_at, started_at, finished_at, backend, "
-                f"error, attempts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING {_COLUMNS}",
+                f"error, attempts, skip_reason, skipped_count) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                f"RETURNING {_COLUMNS}",
                 (
                     loop,
                     trigger,
@@ -84,6 +124,8 @@ class RunStore:
                     backend,
                     error,
                     0 if status == "skipped" else 1,
+                    skip_reason,
+                    skipped_count,
                 ),
             )
             row = await cur.fetchone()
@@ -93,7 +135,41 @@ class RunStore:
             if log_path_for is not None:
                 run.log_path = str(log_path_for(run.id))
                 await conn.execute("UPDATE runs SET log_path = ? WHERE id = ?", (run.log_path, run.id))
+            wrote = await self._announce(
+                conn,
+                lambda: [
+                    fire_event(run, started_at, missed, missed_reason),
+                    run_event(run, started_at) if status == "running" else None,
+                ],
+            )
+        await self._notify(wrote)
         return run
+
+    async def add_skip(self, run_id: int, count: int, error: str, fired: LoopFire | None = None) -> Run | None:
+        """One more fire skipped into the `skipped` row `run_id` (now standing for `count` fires), with the
+        loop's fire times moved on as `insert` does. No event: the row's first fire told it. None, with
+        nothing written: `fired` was already recorded, or the row is gone."""
+        try:
+            async with self.db.transaction() as conn:
+                cur = await conn.execute(
+                    f"UPDATE runs SET skipped_count = ?, error = ? WHERE id = ? AND status = 'skipped' "
+                    f"RETURNING {_COLUMNS}",
+                    (count, error, run_id),
+                )
+                row = await cur.fetchone()
+                await cur.close()
+                if row is None:
+                    return None
+                if fired is not None:
+                    cur = await conn.execute(
+                        "UPDATE loops SET last_fire_at = ?, next_fire_at = ? WHERE name = ? AND next_fire_at IS ?",
+                        (to_iso(fired.last_fire_at), to_iso(fired.next_fire_at), fired.loop, to_iso(fired.due)),
+                    )
+                    if cur.rowcount != 1:
+                        raise _NotAdded  # rolls the count back
+        except _NotAdded:
+            return None
+        return _row_to_run(row)
 
     async def set_process(self, run_id: int, pid: int, create_time: float | None) -> None:
         async with self.db.transaction() as conn:
@@ -108,12 +184,18 @@ class RunStore:
         exit_code: int | None = None,
         error: str | None = None,
     ) -> None:
+        """The run's end, and its `run.<status>` event: the one path every run end takes (the executor's,
+        crash recovery's), so every status gets its event, whatever statuses are added later."""
         async with self.db.transaction() as conn:
-            await conn.execute(
+            cur = await conn.execute(
                 "UPDATE runs SET status = ?, finished_at = ?, exit_code = ?, error = ?, wait_until = NULL "
-                "WHERE id = ? AND status IN ('running', 'waiting')",
+                f"WHERE id = ? AND status IN ('running', 'waiting') RETURNING {_COLUMNS}",
                 (status, to_iso(finished_at), exit_code, error, run_id),
             )
+            row = await cur.fetchone()
+            await cur.close()
+            wrote = row is not None and await self._announce(conn, lambda: [run_event(_row_to_run(row), finished_at)])
+        await self._notify(wrote)
 
     async def set_route(self, run_id: int, route: list[dict[str, Any]]) -> None:
         """The run's route: every routing decision and every candidate passed over, in order."""
@@ -125,12 +207,21 @@ class RunStore:
         return list(json.loads(row["route_json"])) if row else []
 
     async def set_waiting(self, run_id: int, until: datetime | None) -> None:
-        """`waiting` until a profile's reset (until=None: back to `running`)."""
+        """`waiting` until a profile's reset, with its `run.waiting` event (until=None: back to `running`)."""
         async with self.db.transaction() as conn:
-            await conn.execute(
-                "UPDATE runs SET status = ?, wait_until = ? WHERE id = ? AND status IN ('running', 'waiting')",
+            cur = await conn.execute(
+                "UPDATE runs SET status = ?, wait_until = ? WHERE id = ? AND status IN ('running', 'waiting') "
+                f"RETURNING {_COLUMNS}",
                 ("waiting" if until else "running", to_iso(until), run_id),
             )
+            row = await cur.fetchone()
+            await cur.close()
+            wrote = (
+                until is not None
+                and row is not None
+                and await self._announce(conn, lambda: [run_event(_row_to_run(row), self.clock())])
+            )
+        await self._notify(wrote)
 
     async def get(self, run_id: int) -> Run:
         row = await self.db.fetchone(f"SELECT {_COLUMNS} FROM runs WHERE id = ?", (run_id,))

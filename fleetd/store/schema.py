@@ -363,10 +363,22 @@ MIGRATIONS: list[str] = [
     CREATE INDEX runs_by_loop_status ON runs (loop, status, started_at);
     CREATE INDEX events_by_at ON events (at);
     """,
-    # 10, 11: placeholders for migrations other branches add in parallel (a database migrated while
-    # they stand empty must be thrown away, not reused).
+    # 10: a placeholder for the migration another branch adds in parallel (a database migrated while it
+    # stands empty must be thrown away, not reused).
     "",
-    "",
+    # 11: why a fire did not start a run (`records.fire.SKIP_REASONS`), and how many fires one `skipped`
+    # row stands for: fires skipped against the same run in progress share a row, missed fires are counted.
+    """
+    ALTER TABLE runs ADD COLUMN skip_reason TEXT;
+    ALTER TABLE runs ADD COLUMN skipped_count INTEGER NOT NULL DEFAULT 0;
+    UPDATE runs SET skipped_count = 1,
+        skip_reason = CASE
+            WHEN error LIKE 'budget:%' THEN 'over_daily_cost'
+            WHEN error LIKE 'previous run %' THEN 'overlap'
+            WHEN error = 'daemon is shutting down' THEN 'shutting_down'
+        END
+    WHERE status = 'skipped';
+    """,
     # 12: hooks (fleetd/hooks/): the command or URL each is told about its events; the secret of a
     # webhook lives in the secret store. `hook_cursor` is the last event id whose deliveries all ended,
     # so a restart neither redelivers older events nor loses ones written while delivering.

@@ -71,8 +71,13 @@ def test_a_webhook_receives_a_real_run_failed_signed_and_an_exec_hook_gets_it_on
     assert abs(int(request.headers["x-fleetd-timestamp"]) - datetime.now().timestamp()) < 60
     # the same event, as `fleetd events --json` shows it
     assert event in [e for e in _events(daemon) if e["type"] == "run.failed"]
-    got = wait_until(lambda: out.exists() and [json.loads(x) for x in out.read_text().splitlines()], what="exec")
-    assert [e["id"] for e in got] == [event["id"]]
+    def exec_got() -> list[dict[str, Any]] | None:
+        got = [json.loads(x) for x in out.read_text().splitlines()] if out.exists() else []
+        return got if any(e["type"] == "run.failed" for e in got) else None
+
+    got = wait_until(exec_got, what="the exec hook to get run.failed")
+    assert [(e["type"], e["data"]["run_id"]) for e in got] == [("run.started", run["id"]), ("run.failed", run["id"])]
+    assert got[-1] == event  # `run.*`: the run's start, then the same run.failed the webhook got
     listed = {h["name"]: h for h in daemon.json("hook", "list")}
     assert listed["wh-fail"]["last_delivery"]["ok"] and set(listed["wh-fail"]["last_delivery"]) >= DELIVERY_KEYS
     text = daemon.cli("hook", "list").stdout

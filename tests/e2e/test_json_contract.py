@@ -13,9 +13,10 @@ from tests.harness import FLEETD, Daemon
 LOOP = {"agent_args", "backend", "catch_up", "chain", "command", "created_at", "daily_cost", "dir", "enabled", "env",
         "last_fire_at", "last_run", "max_cost", "max_tokens", "model", "name", "next_fire_at", "on_exhausted",
         "output_cap_bytes", "profiles", "prompt", "prompt_file", "repair", "review", "routed", "running_run_id",
-        "schedule", "tiers", "timeout_s", "updated_at", "verify", "verify_timeout_s"}  # fmt: skip
+        "schedule", "tiers", "timeout_s", "updated_at", "verify", "verify_timeout_s", "waiting_until"}  # fmt: skip
 RUN = {"attempts", "backend", "duration_s", "error", "exit_code", "finished_at", "id", "log_path", "loop", "pid",
-       "profile", "scheduled_at", "started_at", "status", "trigger", "wait_until"}  # fmt: skip
+       "profile", "scheduled_at", "skip_reason", "skipped_count", "started_at", "status", "trigger",
+       "wait_until"}  # fmt: skip
 PROFILE = {"backend", "base_url", "circuit", "config_dir", "created_at", "daily_cost", "default_reset_s", "enabled",
            "has_api_key", "limits", "model", "name", "prices_per_mtok", "tier"}  # fmt: skip
 USAGE = {"active", "backend", "circuit", "exhausted_until", "garbled_lines", "in_flight", "pinned", "profile",
@@ -35,7 +36,7 @@ def test_every_commands_json_keys(daemon: Daemon, tmp_path: Path) -> None:
     daemon.wait_run(run["id"])
     assert [set(lp) for lp in daemon.json("loop", "list")] == [LOOP]
     shown = daemon.json("loop", "show", "jc")
-    assert set(shown) == LOOP and set(shown["schedule"]) >= {"kind", "expr", "timezone"}
+    assert set(shown) == LOOP | {"not_firing"} and set(shown["schedule"]) >= {"kind", "expr", "timezone"}
     assert set(shown["last_run"]) == {"id", "started_at", "status"}
 
     assert [set(r) for r in daemon.json("runs", "list")] == [RUN]

@@ -70,3 +70,35 @@ def test_a_fire_waits_while_the_daemon_recovers_from_a_crash(tmp_path: Path) -> 
             await db.close()
 
     assert asyncio.run(go()) == (True, "succeeded")
+
+
+def test_fires_while_a_run_waits_for_a_reset_are_one_skipped_row_with_a_count(tmp_path: Path) -> None:
+    """An `--every 1m` loop whose run waits an hour for a usage reset: one row that counts, not 60 rows."""
+    from datetime import timedelta
+
+    from fleetd.loops.executor import ActiveRun
+
+    async def go() -> list[tuple[int, str, str | None, int, str | None]]:
+        db = await Database.open(tmp_path / "w.db")
+        try:
+            now = now_utc()
+            loop = Loop(name="patient", schedule=Schedule("every", "1m", "UTC"), backend="command", command="true",
+                        created_at=now, updated_at=now)  # fmt: skip
+            await LoopStore(db).insert(loop)
+            ex = Executor(RunStore(db), AttemptStore(db), NoProfiles(), log_path=lambda i: tmp_path / f"{i}.log",  # type: ignore[arg-type]
+                          tmp_root=tmp_path / "tmp", tag_prefix="wait", clock=now_utc, local_tz=ZoneInfo("UTC"),
+                          kill_grace=0.5)  # fmt: skip
+            until = datetime(2030, 1, 1, 10, 0, tzinfo=UTC)
+            ex.active["patient"] = blocker = ActiveRun(run_id=12, waiting=True, wait_until=until)
+            for _ in range(3):
+                await ex.fire(loop, "schedule", now)
+            blocker.waiting, blocker.wait_until = False, None  # the reset came: it runs again
+            await ex.fire(loop, "manual", now + timedelta(minutes=1))
+            return [(r.id, r.status, r.skip_reason, r.skipped_count, r.error) for r in await RunStore(db).list()]
+        finally:
+            await db.close()
+
+    overlap, waited = asyncio.run(go())
+    assert waited[1:] == ("skipped", "waiting", 3, "skipped 3 fires while run 12 waits for a usage reset until "
+                                                   "2030-01-01T10:00:00+00:00")  # fmt: skip
+    assert overlap[1:] == ("skipped", "overlap", 1, "previous run 12 still running")

@@ -11,6 +11,7 @@ import pytest
 
 from fleetd.errors import InvalidArgument
 from fleetd.records.event import EVENT_TYPES, matches, parse_patterns
+from fleetd.records.run import STATUSES
 
 FLEETD = Path(__file__).resolve().parents[2] / "fleetd"
 
@@ -65,7 +66,7 @@ def test_matches(patterns: tuple[str, ...], event_type: str, delivered: bool) ->
 
 def test_every_event_type_the_code_emits_is_defined() -> None:
     """A type emitted but missing from EVENT_TYPES could never be subscribed to."""
-    pattern = re.compile(r"(run|profile|circuit|budget|candidate|hook)\.[a-z_]+")
+    pattern = re.compile(r"(run|loop|profile|circuit|budget|candidate|hook)\.[a-z_]+")
     found = set()
     for path in FLEETD.rglob("*.py"):
         if path.name == "event.py" or "cli" in path.parts:
@@ -73,6 +74,13 @@ def test_every_event_type_the_code_emits_is_defined() -> None:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Constant) and isinstance(node.value, str) and pattern.fullmatch(node.value):
                 found.add(node.value)
-    emitted = {"run.succeeded", "run.failed", "profile.exhausted", "circuit.opened", "hook.failed"}
+    emitted = {"loop.fire_skipped", "loop.fire_missed", "profile.exhausted", "circuit.opened", "hook.failed"}
     assert emitted <= found  # the scan sees the emitters
     assert found - set(EVENT_TYPES) == set()
+
+
+def test_every_run_status_has_its_event_type() -> None:
+    """Run events are `run.<status>` (`run.started` for running), built from the status, not written out."""
+    for status in STATUSES:
+        if status != "skipped":  # a skipped fire is `loop.fire_skipped`
+            assert ("run.started" if status == "running" else f"run.{status}") in EVENT_TYPES

@@ -7,7 +7,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from fleetd.errors import InvalidArgument
-from fleetd.loops.schedule import Fire, Plan, build_trigger, first_fire, following, plan_startup, plan_wake
+from fleetd.loops.schedule import Fire, Plan, build_trigger, count_fires, first_fire, following, plan_startup, plan_wake
+from fleetd.records.fire import MISSED_CAP
 from fleetd.records.loop import Schedule
 
 T0 = datetime(2026, 11, 21, 12, 0, 0, tzinfo=UTC)
@@ -68,20 +69,21 @@ def test_startup_after_many_missed_fires_runs_one_catch_up() -> None:
     plan = plan_startup(trig, due, now, "once")
     assert plan.fire == Fire(due, "catch-up")
     assert plan.next_fire_at == T0 + timedelta(hours=5, minutes=10)
+    assert plan.missed == 30  # the catch-up stands for all of them (its loop.fire_missed event says so)
 
 
 def test_startup_with_skip_runs_nothing_and_moves_on() -> None:
     trig = build_trigger(every("10m"), T0)
     plan = plan_startup(trig, T0 + timedelta(minutes=10), T0 + timedelta(hours=1, minutes=1), "skip")
-    assert plan == Plan(None, T0 + timedelta(hours=1, minutes=10))
+    assert plan == Plan(None, T0 + timedelta(hours=1, minutes=10), missed=6)  # 09:10 … 10:00
 
 
 def test_startup_missed_one_shot() -> None:
     trig = build_trigger(Schedule("at", "2026-11-21T13:00:00+00:00", "UTC"), T0)
     due = T0 + timedelta(hours=1)
     later = T0 + timedelta(hours=3)
-    assert plan_startup(trig, due, later, "once") == Plan(Fire(due, "catch-up"), None)
-    assert plan_startup(trig, due, later, "skip") == Plan(None, None)
+    assert plan_startup(trig, due, later, "once") == Plan(Fire(due, "catch-up"), None, missed=1)
+    assert plan_startup(trig, due, later, "skip") == Plan(None, None, missed=1)
 
 
 def test_wake_on_time_fires_on_schedule_and_plans_the_next() -> None:
@@ -101,8 +103,23 @@ def test_wake_after_suspend_is_a_catch_up_and_never_replays() -> None:
     trig = build_trigger(every("10m"), T0)
     due = T0 + timedelta(minutes=10)
     woke = T0 + timedelta(hours=2, minutes=1)
-    assert plan_wake(trig, due, woke, "once", GRACE) == Plan(Fire(due, "catch-up"), T0 + timedelta(hours=2, minutes=10))
-    assert plan_wake(trig, due, woke, "skip", GRACE) == Plan(None, T0 + timedelta(hours=2, minutes=10))
+    after = T0 + timedelta(hours=2, minutes=10)
+    assert plan_wake(trig, due, woke, "once", GRACE) == Plan(Fire(due, "catch-up"), after, missed=12)
+    assert plan_wake(trig, due, woke, "skip", GRACE) == Plan(None, after, missed=12)
+
+
+@pytest.mark.parametrize(
+    ("schedule", "first", "now", "count"),
+    [
+        (every("10m"), T0 + timedelta(minutes=10), T0 + timedelta(minutes=10), 1),  # the due fire itself
+        (every("10m"), T0 + timedelta(minutes=10), T0 + timedelta(minutes=39), 3),
+        (Schedule("cron", "0 * * * *", "UTC"), T0 + timedelta(hours=1), T0 + timedelta(days=1), 24),
+        (every("1s"), T0 + timedelta(seconds=1), T0 + timedelta(days=7), MISSED_CAP),  # counting stops at the cap
+    ],
+)
+def test_count_fires_counts_the_missed_fires_up_to_a_cap(schedule: Schedule, first: datetime, now: datetime,
+                                                          count: int) -> None:  # fmt: skip
+    assert count_fires(build_trigger(schedule, T0), first, now) == count
 
 
 def test_following_never_returns_a_past_time() -> None:

@@ -59,7 +59,9 @@ class FailsOnce:
         self.calls: list[tuple[str, object]] = []
         self.runs = runs
 
-    async def fire(self, loop: Loop, trigger: str, scheduled_at: datetime, fired: object = None) -> object:
+    async def fire(
+        self, loop: Loop, trigger: str, scheduled_at: datetime, fired: object = None, **missed: object
+    ) -> object:
         self.calls.append((trigger, fired))
         if len(self.calls) == 1:
             raise OSError("database or disk is full")

@@ -1,0 +1,78 @@
+"""Why a loop did not fire (`loop show`): one pure decision over the loop, its newest run, the run it has
+in progress, and what the API read for it, with the clock passed in. The reason codes are
+`records.fire.REASONS`; the executor and scheduler record every fire that started no run as a `skipped`
+row with its reason, and this module reads those rows rather than deciding anything again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from fleetd.records.fire import daily_cost_text
+from fleetd.records.loop import Loop
+from fleetd.records.run import Run
+from fleetd.timefmt import to_iso
+
+
+@dataclass(frozen=True)
+class LoopFacts:
+    """What the decision reads, gathered by `Scheduler.not_firing`."""
+
+    loop: Loop
+    last_run: Run | None  # the loop's newest run row
+    running_id: int | None = None  # its run in progress
+    waiting_until: datetime | None = None  # set while that run waits for a usage reset
+    spent_24h: float | None = None  # what it spent in the last 24 h (loops with --daily-cost)
+    usable_profiles: int | None = None  # usable candidates of its chain now (agent loops; None otherwise)
+
+
+@dataclass(frozen=True)
+class NotFiring:
+    reason: str  # a code of records.fire.REASONS
+    message: str
+    since: datetime | None = None
+    until: datetime | None = None
+    run_id: int | None = None  # the skipped row, or the run in the way
+
+    def to_json(self) -> dict[str, Any]:
+        return {"reason": self.reason, "message": self.message, "since": to_iso(self.since),
+                "until": to_iso(self.until), "run_id": self.run_id}  # fmt: skip
+
+
+def why_not(facts: LoopFacts, now: datetime) -> NotFiring | None:
+    """Why the loop's last fire did not happen, or why its next one will not; None when it fires as
+    planned. The order is what a user must act on first: a pause hides everything else."""
+    loop, last = facts.loop, facts.last_run
+    if not loop.enabled:
+        return NotFiring("paused", "paused: it fires again after `fleetd loop resume`", since=loop.updated_at)
+    if facts.waiting_until is not None and facts.waiting_until > now:
+        skipped = last is not None and last.status == "skipped" and last.skip_reason == "waiting"
+        text = f"run {facts.running_id} waits for a usage reset; fires meanwhile are skipped"
+        if skipped and last is not None:
+            text += f" ({last.skipped_count} so far, run {last.id})"
+        return NotFiring(
+            "waiting", text, since=last.scheduled_at if skipped and last else None, until=facts.waiting_until,
+            run_id=facts.running_id,
+        )  # fmt: skip
+    if last is not None and last.status == "skipped" and last.skip_reason:
+        # The newest fire started no run, and none has since: that row says why, counted.
+        text = f"its last fire was skipped: {last.error}" if last.error else "its last fire was skipped"
+        return NotFiring(last.skip_reason, text, since=last.scheduled_at, run_id=last.id)
+    if loop.next_fire_at is None:
+        if loop.schedule.kind == "at":
+            done = f"already fired (run {last.id})" if last is not None else "is in the past"
+            return NotFiring("at_past", f"one-shot --at {loop.schedule.expr} {done}", since=loop.last_fire_at)
+        return NotFiring("no_next_fire", f"the schedule {loop.schedule.describe()} has no fire left")
+    if loop.daily_cost is not None and facts.spent_24h is not None:
+        over = daily_cost_text(facts.spent_24h, loop.daily_cost)
+        if over is not None:
+            return NotFiring("over_daily_cost", f"its next fire will be skipped: {over}")
+    if facts.usable_profiles == 0:
+        return NotFiring(
+            "no_profile",
+            f"no usable profile for its chain: its next run would find no candidate (see the steps below; "
+            f"`fleetd profile add NAME --backend {loop.backend}`)",
+        )
+    return None

@@ -1,0 +1,60 @@
+"""Why a loop did not fire: the reason codes, said once. The executor and the scheduler record a fire
+that started no run as a `skipped` run with one of the skip reasons; `loops/whynot.py` explains a loop
+with these codes and the few that are not about one fire (paused, a one-shot in the past, no profile).
+The README's "Why a loop did not fire" table is this one.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+SkipReason = Literal["overlap", "waiting", "over_daily_cost", "shutting_down", "daemon_down", "woke_late"]
+
+# Fires that fell while fleetd could not fire them (recorded as `loop.fire_missed`); the other skip
+# reasons are fires that came due and were not run (`loop.fire_skipped`).
+MISSED_REASONS: tuple[SkipReason, ...] = ("daemon_down", "woke_late")
+
+REASONS: dict[str, str] = {
+    "paused": "the loop is paused (`fleetd loop resume NAME`)",
+    "at_past": "a one-shot `--at` loop whose time has passed: it fired, or it was missed",
+    "no_next_fire": "the schedule has no fire left",
+    "overlap": "the previous run was still running (a loop never overlaps itself)",
+    "waiting": "the previous run waits for a usage reset; fires meanwhile are skipped, one row with a count",
+    "over_daily_cost": "the loop spent its `--daily-cost` in the last 24 h",
+    "shutting_down": "the daemon was stopping",
+    "daemon_down": "fires fell while the daemon was down and `--catch-up skip` does not run them",
+    "woke_late": "the timer woke late (host suspended, clock changed) and `--catch-up skip` does not run them",
+    "no_profile": "an agent loop with no usable profile: its next run would find no candidate",
+}
+SKIP_REASONS: tuple[SkipReason, ...] = ("overlap", "waiting", "over_daily_cost", "shutting_down", *MISSED_REASONS)
+
+# Counting missed fires stops here: an `--every 1s` loop down for a week is "1000+", not a long loop.
+MISSED_CAP = 1000
+
+
+def skip_text(reason: SkipReason, count: int, blocking_run: int | None, until: datetime | None = None) -> str:
+    """A skipped run's `error`: why, and how many fires the row stands for when it is more than one."""
+    if reason == "overlap":
+        text = f"previous run {blocking_run or '(starting)'} still running"
+        return text if count == 1 else f"{text} ({count} fires skipped)"
+    if reason == "waiting":
+        when = f" until {until.isoformat(timespec='seconds')}" if until else ""
+        if count == 1:
+            return f"previous run {blocking_run} waits for a usage reset{when}"
+        return f"skipped {count} fires while run {blocking_run} waits for a usage reset{when}"
+    if reason in MISSED_REASONS:
+        many = f"{count}+" if count >= MISSED_CAP else str(count)
+        fires = "1 fire" if count == 1 else f"{many} fires"
+        where = "while the daemon was down" if reason == "daemon_down" else "while the timer slept (host suspended?)"
+        return f"missed {fires} {where}; not run: --catch-up skip"
+    if reason == "shutting_down":
+        return "daemon is shutting down"
+    raise ValueError(f"no text for skip reason {reason!r}")  # over_daily_cost: daily_cost_text
+
+
+def daily_cost_text(spent: float, daily_cost: float) -> str | None:
+    """`budget: …` when the loop has spent its --daily-cost (the one place that decides it), else None."""
+    if spent < daily_cost:
+        return None
+    return f"budget: the loop spent ${spent:.2f} of its ${daily_cost:.2f} daily cost in the last 24 h"

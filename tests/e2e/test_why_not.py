@@ -1,0 +1,152 @@
+"""Why a loop did not fire, and the run lifecycle events, through the CLI against a real daemon: a fire
+skipped because the previous run still runs, a loop over its daily cost, fires coalesced while a run
+waits for a usage reset (`loop list`: "waiting until"), a one-shot missed while the daemon was down,
+and run.* / loop.fire_* events in `fleetd events`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from tests.harness import Daemon, capture_folder, standin_env, wait_until
+
+
+@pytest.fixture(scope="module")
+def d() -> Iterator[Daemon]:
+    capture_folder("cc_ok_stream")  # fail, not skip, without the captures the stand-ins replay
+    root = Path(tempfile.mkdtemp(prefix="flw-", dir="/tmp"))
+    (root / "standin").mkdir()
+    daemon = Daemon(root / "home", "--kill-grace", "0.5s", "--heartbeat-interval", "1s")
+    daemon.env.update(standin_env(root / "standin"))
+    daemon.start()
+    daemon.standin_dir = root / "standin"  # type: ignore[attr-defined]
+    yield daemon
+    daemon.stop()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def scenario(d: Daemon, profile: str, text: str) -> None:
+    (d.standin_dir / f"{profile}.scenario").write_text(text)  # type: ignore[attr-defined]
+
+
+def events(d: Daemon) -> list[dict]:
+    return [json.loads(line) for line in d.cli("events", "--json", "--limit", "1000").stdout.splitlines() if line]
+
+
+def skipped_row(d: Daemon, loop: str, at_least: int) -> dict:
+    """The loop's skipped row once it stands for `at_least` fires."""
+
+    def grown() -> dict | None:
+        return next((r for r in d.runs("--loop", loop, "--status", "skipped") if r["skipped_count"] >= at_least), None)
+
+    return wait_until(grown, timeout=15, what=f"{at_least} fires of {loop} skipped")
+
+
+def why_not(d: Daemon, loop: str) -> str:
+    line = next((x for x in d.cli("loop", "show", loop).stdout.splitlines() if x.startswith("why not")), "")
+    return line.removeprefix("why not").strip()
+
+
+def test_loop_show_says_a_fire_was_skipped_because_the_previous_run_still_runs(d: Daemon) -> None:
+    d.cli("loop", "add", "busy", "--every", "1s", "--command", "sleep 4")
+    row = skipped_row(d, "busy", at_least=2)
+    d.cli("loop", "pause", "busy")
+    assert len(d.runs("--loop", "busy", "--status", "skipped")) == 1  # coalesced: one row that counts
+    assert row["skip_reason"] == "overlap" and "still running" in row["error"]
+    d.cli("loop", "resume", "busy")  # not paused any more: the skipped fire is the answer again
+    shown = d.json("loop", "show", "busy")["not_firing"]
+    if shown["reason"] == "overlap":  # (a fire after the resume may have started a run meanwhile)
+        assert shown["message"].startswith("its last fire was skipped: previous run ") and shown["run_id"] == row["id"]
+    d.cli("loop", "pause", "busy")
+    assert why_not(d, "busy").startswith("paused: it fires again after `fleetd loop resume` [paused]; since ")
+    types = [e["type"] for e in events(d) if e["data"].get("loop") == "busy"]
+    assert types.count("loop.fire_skipped") >= 1 and "run.started" in types
+
+
+def test_loop_show_says_the_loop_is_over_its_daily_cost(d: Daemon) -> None:
+    d.cli("profile", "add", "cc-paid", "--backend", "claude_code")
+    scenario(d, "cc-paid", "ok")  # the capture reports $0.0009104 for its run
+    d.cli("loop", "add", "thrifty", "--every", "1h", "--paused", "--backend", "claude_code", "--profile", "cc-paid",
+          "--prompt", "x", "--daily-cost", "0.0005")  # fmt: skip
+    d.cli("loop", "resume", "thrifty")
+    assert d.json("loop", "show", "thrifty")["not_firing"] is None
+    first = d.wait_run(d.json("loop", "run", "thrifty")["id"])
+    assert first["status"] == "succeeded"
+    ahead = d.json("loop", "show", "thrifty")["not_firing"]
+    assert ahead["reason"] == "over_daily_cost" and ahead["message"].startswith("its next fire will be skipped: budget")
+    skipped = d.json("loop", "run", "thrifty")
+    assert skipped["status"] == "skipped" and skipped["skip_reason"] == "over_daily_cost"
+    assert why_not(d, "thrifty").startswith("its last fire was skipped: budget: the loop spent $0.00")
+    assert "[over_daily_cost]" in why_not(d, "thrifty")
+
+
+def test_fires_while_a_run_waits_for_a_reset_are_one_skipped_row_and_the_list_says_waiting(d: Daemon) -> None:
+    d.cli("profile", "add", "solo", "--backend", "codex")
+    scenario(d, "solo", "usage_limit +6")
+    d.cli("loop", "add", "patient", "--every", "1s", "--backend", "codex", "--prompt", "x", "--on-exhausted", "wait")
+    waiting = wait_until(lambda: next(iter(d.runs("--loop", "patient", "--status", "waiting")), None), timeout=15,
+                         what="the run to wait for the reset")  # fmt: skip
+    row = skipped_row(d, "patient", at_least=3)
+    listed = next(line for line in d.cli("loop", "list").stdout.splitlines() if line.startswith("patient"))
+    shown = d.json("loop", "show", "patient")
+    text = why_not(d, "patient")
+    d.cli("loop", "pause", "patient")
+    assert len(d.runs("--loop", "patient", "--status", "skipped")) == 1  # not one row per fire
+    assert row["skip_reason"] == "waiting"
+    assert row["error"].startswith(f"skipped {row['skipped_count']} fires while run {waiting['id']} waits for a usage")
+    assert "waiting until " in listed and "running" not in listed
+    assert shown["waiting_until"] == waiting["wait_until"] and shown["running_run_id"] == waiting["id"]
+    assert shown["not_firing"]["reason"] == "waiting" and shown["not_firing"]["until"] == waiting["wait_until"]
+    assert f"run {waiting['id']} waits for a usage reset; fires meanwhile are skipped" in text
+    scenario(d, "solo", "ok")
+    done = d.wait_run(waiting["id"], timeout=30)
+    assert done["status"] == "succeeded"
+    mine = [e for e in events(d) if e["data"].get("loop") == "patient"]
+    assert [e["type"] for e in mine if e["type"] == "loop.fire_skipped"] == ["loop.fire_skipped"]  # told once
+    ended = next(e for e in mine if e["type"] == "run.succeeded" and e["data"]["run_id"] == waiting["id"])
+    assert ended["profile"] == "solo" and ended["data"]["attempts"] == 2
+    assert any(e["type"] == "run.waiting" and e["data"]["run_id"] == waiting["id"] for e in mine)
+
+
+def test_run_lifecycle_events_in_fleetd_events(d: Daemon) -> None:
+    d.cli("loop", "add", "ok", "--every", "1h", "--paused", "--command", "echo fine")
+    d.cli("loop", "add", "bad", "--every", "1h", "--paused", "--command", "echo broken >&2; exit 3")
+    d.cli("loop", "add", "slow", "--every", "1h", "--paused", "--command", "sleep 30", "--timeout", "1s")
+    ids = {name: d.wait_run(d.json("loop", "run", name)["id"])["id"] for name in ("ok", "bad", "slow")}
+    ended = {e["data"]["run_id"]: e for e in events(d) if e["type"] in ("run.succeeded", "run.failed", "run.timed_out")}
+    assert ended[ids["ok"]]["type"] == "run.succeeded" and ended[ids["ok"]]["data"]["exit_code"] == 0
+    failed = ended[ids["bad"]]
+    assert failed["type"] == "run.failed" and failed["data"]["exit_code"] == 3 and failed["data"]["loop"] == "bad"
+    assert failed["data"]["duration_s"] is not None and failed["data"]["attempts"] == 1
+    assert ended[ids["slow"]]["type"] == "run.timed_out"
+    started = [e["data"]["run_id"] for e in events(d) if e["type"] == "run.started"]
+    assert set(ids.values()) <= set(started)
+    text = d.cli("events").stdout
+    assert f"run.failed         run {ids['bad']} of loop bad failed (exit 3) after " in text
+
+
+def test_a_one_shot_missed_while_the_daemon_was_down_says_so(tmp_path: Path) -> None:
+    d = Daemon(tmp_path / "home", "--kill-grace", "0.5s").start()
+    try:
+        at = (datetime.now(UTC) + timedelta(seconds=2)).isoformat(timespec="seconds")
+        d.cli("loop", "add", "once", "--at", at, "--catch-up", "skip", "--command", "true")
+        d.stop()
+        wait_until(lambda: datetime.now(UTC) > datetime.fromisoformat(at) + timedelta(seconds=0.5), timeout=10,
+                   what="the one-shot's time to pass while the daemon is down")  # fmt: skip
+        d.start()
+        (row,) = d.runs("--loop", "once")
+        assert (row["status"], row["skip_reason"], row["trigger"]) == ("skipped", "daemon_down", "catch-up")
+        assert why_not(d, "once").startswith(
+            "its last fire was skipped: missed 1 fire while the daemon was down; not run: --catch-up skip [daemon_down]"
+        )
+        (missed,) = [e for e in events(d) if e["type"] == "loop.fire_missed"]
+        assert missed["data"] == {"loop": "once", "run_id": row["id"], "reason": "daemon_down", "missed": 1,
+                                  "first_missed_at": row["scheduled_at"], "caught_up": False}  # fmt: skip
+    finally:
+        d.stop()

@@ -1,0 +1,209 @@
+"""Why a loop did not fire: the pure decision, table-driven, with the clock passed in."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from fleetd.loops.whynot import LoopFacts, why_not
+from fleetd.records.loop import Loop, Schedule
+from fleetd.records.run import Run
+
+NOW = datetime(2026, 3, 2, 9, 0, 0, tzinfo=UTC)
+M = timedelta(minutes=1)
+LOOP = Loop("nightly", Schedule("every", "10m", "UTC"), "command", command="true", created_at=NOW - 60 * M,
+            updated_at=NOW - 60 * M, next_fire_at=NOW + 5 * M, last_fire_at=NOW - 5 * M)  # fmt: skip
+
+
+def run(id_: int, status: str = "succeeded", **kw: object) -> Run:
+    fields: dict[str, object] = dict(
+        id=id_, loop="nightly", trigger="schedule", status=status, scheduled_at=NOW - 5 * M, started_at=NOW - 5 * M,
+        finished_at=NOW - 4 * M, exit_code=0, backend="command", profile="", log_path=None, error=None, attempts=1,
+        pid=None, pid_create_time=None,
+    )  # fmt: skip
+    fields.update(kw)
+    return Run(**fields)  # type: ignore[arg-type]
+
+
+def skipped(id_: int, reason: str, error: str, count: int = 1) -> Run:
+    return run(id_, "skipped", skip_reason=reason, error=error, skipped_count=count, attempts=0, exit_code=None)
+
+
+UNTIL = NOW + 30 * M
+CASES = [
+    # (what, facts, reason, message contains, since, until, run_id)
+    ("fires as planned", LoopFacts(LOOP, run(3)), None, "", None, None, None),
+    ("never ran yet", LoopFacts(LOOP, None), None, "", None, None, None),
+    (
+        "paused",
+        LoopFacts(replace(LOOP, enabled=False, next_fire_at=None, updated_at=NOW - 2 * M), run(3)),
+        "paused",
+        "fleetd loop resume",
+        NOW - 2 * M,
+        None,
+        None,
+    ),
+    (
+        "paused wins over a skipped fire",
+        LoopFacts(replace(LOOP, enabled=False), skipped(4, "overlap", "previous run 3 still running")),
+        "paused",
+        "paused",
+        LOOP.updated_at,
+        None,
+        None,
+    ),
+    (
+        "one-shot that fired",
+        LoopFacts(replace(LOOP, schedule=Schedule("at", "2026-03-02T08:00", "UTC"), next_fire_at=None), run(3)),
+        "at_past",
+        "--at 2026-03-02T08:00 already fired (run 3)",
+        LOOP.last_fire_at,
+        None,
+        None,
+    ),
+    (
+        "one-shot in the past, never run",
+        LoopFacts(
+            replace(LOOP, schedule=Schedule("at", "2026-03-01T08:00", "UTC"), next_fire_at=None, last_fire_at=None),
+            None,
+        ),
+        "at_past",
+        "is in the past",
+        None,
+        None,
+        None,
+    ),
+    (
+        "one-shot missed while down under --catch-up skip",
+        LoopFacts(
+            replace(LOOP, schedule=Schedule("at", "2026-03-02T08:00", "UTC"), next_fire_at=None),
+            skipped(5, "daemon_down", "missed 1 fire while the daemon was down; not run: --catch-up skip"),
+        ),
+        "daemon_down",
+        "while the daemon was down",
+        NOW - 5 * M,
+        None,
+        5,
+    ),
+    (
+        "previous run still running",
+        LoopFacts(LOOP, skipped(4, "overlap", "previous run 3 still running (3 fires skipped)", 3), running_id=3),
+        "overlap",
+        "previous run 3 still running (3 fires skipped)",
+        NOW - 5 * M,
+        None,
+        4,
+    ),
+    (
+        "the last fire was skipped and the run in the way has ended: still the answer until a run starts",
+        LoopFacts(LOOP, skipped(4, "overlap", "previous run 3 still running")),
+        "overlap",
+        "its last fire was skipped: previous run 3 still running",
+        NOW - 5 * M,
+        None,
+        4,
+    ),
+    (
+        "skipped by the catch-up policy after a late wake",
+        LoopFacts(LOOP, skipped(6, "woke_late", "missed 4 fires while the timer slept; not run: --catch-up skip", 4)),
+        "woke_late",
+        "missed 4 fires",
+        NOW - 5 * M,
+        None,
+        6,
+    ),
+    (
+        "a run waits for a usage reset, nothing skipped yet",
+        LoopFacts(LOOP, run(7, "waiting", finished_at=None, wait_until=UNTIL), running_id=7, waiting_until=UNTIL),
+        "waiting",
+        "run 7 waits for a usage reset",
+        None,
+        UNTIL,
+        7,
+    ),
+    (
+        "a run waits for a usage reset, fires skipped into one row",
+        LoopFacts(
+            LOOP, skipped(8, "waiting", "skipped 60 fires while run 7 waits", 60), running_id=7, waiting_until=UNTIL
+        ),
+        "waiting",
+        "(60 so far, run 8)",
+        NOW - 5 * M,
+        UNTIL,
+        7,
+    ),
+    (
+        "a wait whose reset has passed is not a reason",
+        LoopFacts(LOOP, run(7, "running", finished_at=None), running_id=7, waiting_until=NOW - M),
+        None,
+        "",
+        None,
+        None,
+        None,
+    ),
+    (
+        "over its daily cost: the next fire will be skipped",
+        LoopFacts(replace(LOOP, daily_cost=1.0), run(3), spent_24h=1.25),
+        "over_daily_cost",
+        "spent $1.25 of its $1.00 daily cost",
+        None,
+        None,
+        None,
+    ),
+    (
+        "under its daily cost",
+        LoopFacts(replace(LOOP, daily_cost=1.0), run(3), spent_24h=0.5),
+        None,
+        "",
+        None,
+        None,
+        None,
+    ),
+    (
+        "a fire skipped over the daily cost",
+        LoopFacts(
+            replace(LOOP, daily_cost=1.0),
+            skipped(9, "over_daily_cost", "budget: the loop spent $1.25 …"),
+            spent_24h=1.25,
+        ),
+        "over_daily_cost",
+        "its last fire was skipped: budget:",
+        NOW - 5 * M,
+        None,
+        9,
+    ),
+    (
+        "an agent loop with no usable profile",
+        LoopFacts(replace(LOOP, backend="some_agent", command=None, prompt="x"), None, usable_profiles=0),
+        "no_profile",
+        "--backend some_agent",
+        None,
+        None,
+        None,
+    ),
+    ("an agent loop with a usable profile", LoopFacts(LOOP, None, usable_profiles=2), None, "", None, None, None),
+]
+
+
+@pytest.mark.parametrize(("what", "facts", "reason", "text", "since", "until", "run_id"), CASES,
+                         ids=[c[0] for c in CASES])  # fmt: skip
+def test_why_not(
+    what: str, facts: LoopFacts, reason: str | None, text: str, since: datetime | None, until: datetime | None,
+    run_id: int | None,
+) -> None:  # fmt: skip
+    answer = why_not(facts, NOW)
+    if reason is None:
+        assert answer is None
+        return
+    assert answer is not None
+    assert (answer.reason, answer.since, answer.until, answer.run_id) == (reason, since, until, run_id)
+    assert text in answer.message
+
+
+def test_its_json_is_stable() -> None:
+    answer = why_not(LoopFacts(replace(LOOP, enabled=False), None), NOW)
+    assert answer is not None
+    assert answer.to_json() == {"reason": "paused", "message": answer.message, "since": "2026-03-02T08:00:00.000+00:00",
+                                "until": None, "run_id": None}  # fmt: skip
