@@ -71,6 +71,7 @@ def test_a_webhook_receives_a_real_run_failed_signed_and_an_exec_hook_gets_it_on
     assert abs(int(request.headers["x-fleetd-timestamp"]) - datetime.now().timestamp()) < 60
     # the same event, as `fleetd events --json` shows it
     assert event in [e for e in _events(daemon) if e["type"] == "run.failed"]
+
     def exec_got() -> list[dict[str, Any]] | None:
         got = [json.loads(x) for x in out.read_text().splitlines()] if out.exists() else []
         return got if any(e["type"] == "run.failed" for e in got) else None
