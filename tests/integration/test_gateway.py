@@ -266,6 +266,8 @@ def test_bad_cli_input_exits_2_and_saves_nothing(gw: Gateway) -> None:
         ("gateway", "key", "add", "bad key"),
         ("gateway", "enable", "--listen", "0.0.0.0:4141"),
         ("gateway", "enable", "--listen", "nonsense"),
+        ("daemon", "run", "--gateway", "10.1.2.3:4141"),  # not loopback, without --gateway-public
+        ("daemon", "start", "--gateway", "nonsense"),
     ]
     for args in cases:
         result = gw.d.cli(*args, check=False)
