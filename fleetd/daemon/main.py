@@ -22,6 +22,7 @@ from fleetd.daemon.notify import sd_notify
 from fleetd.daemon.options import DaemonOptions
 from fleetd.daemon.server import bind_unix_socket, make_server
 from fleetd.daemon.startup import StartupError, open_store, prepare_home
+from fleetd.errors import FleetdError
 from fleetd.heartbeat.service import Heartbeat
 from fleetd.hooks.service import HookService, secret_names
 from fleetd.loops import cgroups, proctree
@@ -216,6 +217,12 @@ class Daemon:
             loops, executor, clock=now_utc, misfire_grace=timedelta(seconds=self.options.misfire_grace)
         )
         pruner = Pruner(RetentionStore(db), run_logs=self.paths.run_logs, clock=now_utc)
+        from fleetd.gateway.service import GatewayService  # the gateway's stack (httpx, protocols) only here
+        from fleetd.records.gateway import GatewaySetting
+        from fleetd.store.gateway import GatewayStore
+
+        forced = GatewaySetting(self.options.gateway, self.options.gateway_public) if self.options.gateway else None
+        gateway = GatewayService(GatewayStore(db), profiles, clock=now_utc, forced=forced)
         ctx = DaemonContext(
             paths=self.paths,
             loops=loops,
@@ -235,6 +242,7 @@ class Daemon:
             phase="recovering",
             pruner=pruner,
             retain=self.options.retain,
+            gateway=gateway,
         )
         sock = bind_unix_socket(self.paths.socket)
         server = make_server(create_app(ctx))
@@ -252,6 +260,10 @@ class Daemon:
             ctx.phase = "ok"
             await hooks.start()  # delivers from its cursor: events written at start are not missed
             await heartbeat.start()
+            try:
+                await gateway.start()
+            except FleetdError as e:  # the --gateway flag's address cannot be used: nothing half-started
+                raise StartupError(f"the gateway cannot start: {e.message}") from None
             await scheduler.start()
             if self.options.retain is not None:
                 pruning = asyncio.create_task(
@@ -277,6 +289,7 @@ class Daemon:
             if pruning is not None:
                 pruning.cancel()
                 await asyncio.gather(pruning, return_exceptions=True)
+            await gateway.stop()
             server.should_exit = True
             await asyncio.gather(server_task, return_exceptions=True)
             await db.close()

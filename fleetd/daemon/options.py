@@ -13,15 +13,16 @@ from typing import Any, Literal
 
 from fleetd.timefmt import DurationError, parse_duration, parse_retention
 
-# duration: "30s", "5m"; fraction: "90%" or 0.9; retention: a duration, or 0 / off for never.
-Kind = Literal["duration", "fraction", "retention"]
+# duration: "30s", "5m"; fraction: "90%" or 0.9; retention: a duration, or 0 / off for never;
+# text: free text checked where it is used (HOST:PORT); switch: a flag without a value.
+Kind = Literal["duration", "fraction", "retention", "text", "switch"]
 
 
 class OptionError(ValueError):
     """A flag's value cannot be read; the message names the flag."""
 
 
-def _option(default: float | None, help: str, kind: Kind = "duration") -> Any:
+def _option(default: float | str | bool | None, help: str, kind: Kind = "duration") -> Any:
     return field(default=default, metadata={"help": help, "kind": kind})
 
 
@@ -37,6 +38,9 @@ class DaemonOptions:
         90 * 86400.0, "Prune runs, attempts, events and run logs older than this (0/off: never).", "retention"
     )
     prune_interval: float = _option(3600.0, "How often the daemon prunes by --retain.")
+    gateway: str = _option("", "Serve the gateway on HOST:PORT for this run (else the `fleetd gateway enable` "
+                           "setting, if any).", "text")  # fmt: skip
+    gateway_public: bool = _option(False, "Allow a non-loopback --gateway address.", "switch")
     # Not flags. A timer waking later than this counts as a missed fire:
     misfire_grace: float = 60.0
     # Where the daemon writes its own log, rotating it; None: stderr (a service manager's journal). `daemon
@@ -47,16 +51,19 @@ class DaemonOptions:
     log_backups: int = 3
 
     @classmethod
-    def from_flags(cls, texts: dict[str, str]) -> DaemonOptions:
+    def from_flags(cls, texts: dict[str, Any]) -> DaemonOptions:
         """`texts`: flag values as typed, by field name. Raises OptionError."""
-        return cls(**{flag.name: flag.parse(texts[flag.name]) for flag in flags() if flag.name in texts})
+        options = cls(**{flag.name: flag.parse(texts[flag.name]) for flag in flags() if flag.name in texts})
+        if options.gateway:
+            _check_listen(options.gateway, options.gateway_public)
+        return options
 
 
 @dataclass(frozen=True)
 class Flag:
     name: str  # the DaemonOptions field
     kind: Kind
-    default: float | None
+    default: float | str | bool | None
     help: str
 
     @property
@@ -64,9 +71,12 @@ class Flag:
         return "--" + self.name.replace("_", "-")
 
     @property
-    def default_text(self) -> str:
+    def default_text(self) -> Any:
+        if self.kind in ("text", "switch"):
+            return self.default
         if self.default is None:
             return "off"
+        assert isinstance(self.default, float)
         if self.kind == "fraction":
             return f"{self.default * 100:g}%"
         for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
@@ -74,7 +84,19 @@ class Flag:
                 return f"{self.default / size:g}{unit}"
         return f"{self.default:g}s"
 
-    def parse(self, text: str) -> float | None:
+    def argv(self, value: Any) -> list[str]:
+        """The flag as `daemon start` passes it on to `daemon run` (nothing for an unset text or switch)."""
+        if self.kind == "switch":
+            return [self.option] if value else []
+        if self.kind == "text" and not value:
+            return []
+        return [self.option, str(value)]
+
+    def parse(self, text: Any) -> Any:
+        if self.kind == "switch":
+            return bool(text)
+        if self.kind == "text":
+            return str(text or "")
         if self.kind == "fraction":
             return _fraction(text, self.option)
         try:
@@ -100,3 +122,15 @@ def _fraction(text: str, option: str) -> float:
     if not (math.isfinite(fraction) and 0 < fraction <= 1):
         raise OptionError(f"invalid {option} {text!r}: between 0 and 100%")
     return fraction
+
+
+def _check_listen(text: str, public: bool) -> None:
+    from fleetd.errors import InvalidArgument
+    from fleetd.records.gateway import is_loopback, split_listen
+
+    try:
+        host, _ = split_listen(text)
+    except InvalidArgument as e:
+        raise OptionError(f"invalid --gateway: {e.message}") from None
+    if not public and not is_loopback(host):
+        raise OptionError(f"--gateway {text} is not a loopback address: add --gateway-public to listen there")
