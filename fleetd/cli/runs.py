@@ -9,6 +9,7 @@ import click
 
 from fleetd.cli.common import checked_run_id, client, fields_text, render
 from fleetd.cli.format import local_time, short, table
+from fleetd.records.status import STATUSES
 from fleetd.timefmt import format_duration
 
 
@@ -19,7 +20,7 @@ def runs() -> None:
 
 @runs.command("list")
 @click.option("--loop", "loop_name", help="Only this loop's runs.")
-@click.option("--status", help="running, succeeded, failed, timed_out, interrupted or skipped.")
+@click.option("--status", help=f"Only runs in this status: {', '.join(STATUSES)}.")
 @click.option("--since", help="Only runs started within this long, e.g. 24h.")
 @click.option("--limit", default=50, show_default=True, type=int, help="At most this many, newest first.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
