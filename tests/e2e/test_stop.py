@@ -84,7 +84,11 @@ def test_loop_stop_keeps_the_schedule(daemon: Daemon) -> None:
     logged(daemon, run["id"], "up")
     out = daemon.cli("loop", "stop", "keeps")
     assert out.stdout.strip() == f"run {run['id']} of loop keeps cancelled, exit -15"
-    assert daemon.json("runs", "show", str(run["id"]))["error"] == "stopped by `fleetd loop stop`"
+    shown = daemon.json("runs", "show", str(run["id"]))
+    assert shown["error"] == "stopped by `fleetd loop stop`"
+    daemon.cli("loop", "run", "keeps")
+    stopped = daemon.json("loop", "stop", "keeps", "--kill")  # the contract of `loop stop --json`: the run
+    assert set(stopped) >= RUN_KEYS and stopped["loop"] == "keeps" and stopped["status"] == "cancelled"
     after = daemon.json("loop", "show", "keeps")
     assert after["enabled"] is True and after["next_fire_at"] == before["next_fire_at"]
     assert after["running_run_id"] is None
