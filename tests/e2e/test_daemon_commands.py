@@ -113,3 +113,21 @@ def test_a_loop_without_dir_runs_in_its_own_directory_under_the_home(make_daemon
     assert (work / "made-here").exists()
     assert stat.S_IMODE(os.stat(work).st_mode) == 0o700 and stat.S_IMODE(os.stat(work.parent).st_mode) == 0o700
     assert d.json("loop", "show", "homeless")["dir"] is None  # the loop itself is unchanged
+
+
+def test_an_open_follower_does_not_keep_a_stopping_daemon_alive(make_daemon: MakeDaemon) -> None:
+    d = make_daemon()
+    follower = subprocess.Popen([FLEETD, "events", "--follow"], env=d.env, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        # Connected: the daemon's socket has an accepted connection besides the listening one.
+        wait_until(lambda: Path("/proc/net/unix").read_text().count(str(d.socket)) >= 2, what="the follower connected")
+        started = time.monotonic()
+        d.cli("daemon", "stop")
+        assert time.monotonic() - started < 15
+        _, err = follower.communicate(timeout=15)
+        assert follower.returncode == 1
+        assert err.strip().splitlines() == ["fleetd: the fleetd daemon went away mid-answer (connection closed)"]
+    finally:
+        follower.kill()
+        follower.wait(5)
