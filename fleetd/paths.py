@@ -55,6 +55,15 @@ class Paths:
     def tmp(self) -> Path:
         return self.home / "tmp"
 
+    @property
+    def work(self) -> Path:
+        return self.home / "work"
+
+    def loop_work(self, loop: str) -> Path:
+        """Where a loop without --dir runs: its own directory (0700), the same for every run, whoever
+        started the daemon from wherever. Loop names are safe path components (loops/model.py)."""
+        return self.work / loop
+
     def run_log(self, run_id: int) -> Path:
         # Sharded so a million runs never put a million files in one directory.
         return self.run_logs / f"{run_id // RUN_LOG_SHARD:04d}" / f"{run_id}.log"

@@ -28,6 +28,13 @@ class DaemonNotRunning(CliError):
         super().__init__(f"fleetd daemon is not running (socket {socket_path}); start it with `fleetd daemon start`")
 
 
+class StreamCut(CliError):
+    """The daemon's answer stopped before its end: the daemon went away (killed, crashed, stopped)."""
+
+    def __init__(self) -> None:
+        super().__init__("the fleetd daemon went away mid-answer (connection closed)")
+
+
 class Response:
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
@@ -44,15 +51,21 @@ class Response:
 
     def chunks(self) -> Iterator[bytes]:
         if self.headers.get("transfer-encoding", "").lower() == "chunked":
+            # A chunked answer ends with a chunk of size 0: EOF before it means the daemon went away.
             while True:
-                size_line = self._file.readline(1024)
-                if not size_line:
-                    return
-                size = int(size_line.split(b";")[0].strip() or b"0", 16)
-                if size == 0:
-                    return
-                data = self._file.read(size)
-                self._file.readline(8)
+                try:
+                    size_line = self._file.readline(1024)
+                    if not size_line:
+                        raise StreamCut()
+                    size = int(size_line.split(b";")[0].strip() or b"0", 16)
+                    if size == 0:
+                        return
+                    data = self._file.read(size)
+                    self._file.readline(8)
+                except (OSError, ValueError):  # reset by the peer; a torn size line
+                    raise StreamCut() from None
+                if len(data) < size:
+                    raise StreamCut()
                 yield data
         elif "content-length" in self.headers:
             remaining = int(self.headers["content-length"])

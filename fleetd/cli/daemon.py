@@ -64,12 +64,17 @@ def daemon_start(wait_s: float, **texts: Any) -> None:
     """Start the daemon in the background; returns once its socket answers."""
     _options(texts)  # bad flags fail here, not in the background
     where = paths()
-    probe = Client(where.socket, timeout=2.0)
-    health = probe.ping()
+    health = Client(where.socket, timeout=2.0).ping()
     if health:
         click.echo(f"fleetd daemon already running (pid {health['pid']}, socket {where.socket})")
         return
+    _start(where, texts, wait_s)
+
+
+def _start(where: Paths, texts: dict[str, str], wait_s: float, verb: str = "started", was: str = "") -> None:
     import subprocess
+
+    probe = Client(where.socket, timeout=2.0)
 
     ensure_home(where)
     argv = [sys.executable, "-m", "fleetd", "daemon", "run"]
@@ -89,7 +94,7 @@ def daemon_start(wait_s: float, **texts: Any) -> None:
         # It answers while it cleans up after a crash (bounded by one kill grace): wait that out too.
         if health and (health.get("status") != "recovering" or time.monotonic() + 0.1 >= deadline):
             recovering = " (still recovering runs a crash left)" if health.get("status") == "recovering" else ""
-            click.echo(f"fleetd daemon started (pid {health['pid']}, socket {where.socket}){recovering}")
+            click.echo(f"fleetd daemon {verb} (pid {health['pid']}{was}, socket {where.socket}){recovering}")
             return
         if proc.poll() is not None:
             raise CliError(f"fleetd daemon exited with status {proc.returncode}: {_last_line(where)}")
@@ -111,17 +116,96 @@ def _last_line(where: Paths) -> str:
 def daemon_stop(wait_s: float) -> None:
     """Stop the daemon: no new fires, in-flight runs get the stop grace, then are interrupted."""
     where = paths()
-    probe = Client(where.socket, timeout=5.0)
-    if probe.ping() is None:
+    health = Client(where.socket, timeout=5.0).ping()
+    if health is None:
         raise CliError(f"fleetd daemon is not running (socket {where.socket})")
-    answer = probe.call("POST", "/v1/shutdown")
+    click.echo(f"fleetd daemon stopped (pid {_stop(where, wait_s)})")
+
+
+def _stop(where: Paths, wait_s: float) -> int:
+    """Ask the daemon to stop (no new fires, the stop grace, then runs interrupted); its pid once it exited."""
+    answer = Client(where.socket, timeout=5.0).call("POST", "/v1/shutdown")
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
         if not _pid_alive(answer["pid"]):
-            click.echo(f"fleetd daemon stopped (pid {answer['pid']})")
-            return
+            return int(answer["pid"])
         time.sleep(0.05)
     raise CliError(f"fleetd daemon (pid {answer['pid']}) still running after {wait_s:g}s")
+
+
+@daemon.command("restart")
+@daemon_options
+@click.option("--wait", "wait_s", default=15.0, show_default=True, callback=positive_seconds,
+              help="Seconds to wait for the new daemon's socket.")  # fmt: skip
+@click.option("--stop-wait", "stop_wait_s", default=60.0, show_default=True, callback=positive_seconds,
+              help="Seconds to wait for the old daemon to exit.")  # fmt: skip
+def daemon_restart(wait_s: float, stop_wait_s: float, **texts: str) -> None:
+    """Stop the daemon gracefully (as `daemon stop`), then start it (as `daemon start`, with these flags)."""
+    _options(texts)  # bad flags fail before anything is stopped
+    where = paths()
+    health = Client(where.socket, timeout=5.0).ping()
+    if health is None:
+        click.echo(f"fleetd daemon was not running (socket {where.socket}); starting it")
+        _start(where, texts, wait_s)
+        return
+    _refuse_if_supervised(health["pid"], "restart")
+    old = _stop(where, stop_wait_s)
+    _start(where, texts, wait_s, verb="restarted", was=f", was {old}")
+
+
+def _service_unit(pid: int) -> str | None:
+    """The systemd unit the daemon runs in (`fleetd.service`), or None: read from its cgroup."""
+    try:
+        with open(f"/proc/{pid}/cgroup") as f:
+            text = f.read()
+    except OSError:
+        return None
+    for part in text.replace("\n", "/").split("/"):
+        if part.endswith(".service") and "fleetd" in part:
+            return part
+    return None
+
+
+def _refuse_if_supervised(pid: int, verb: str) -> None:
+    """A daemon systemd runs is systemd's to stop: stopped from here, `Restart=on-failure` would not bring
+    it back (it exits 0) and a restart from here would run outside the unit."""
+    unit = _service_unit(pid)
+    if unit is not None:
+        raise CliError(f"fleetd daemon (pid {pid}) runs under systemd as {unit}: use `systemctl --user {verb} {unit}`")
+
+
+@daemon.command("logs")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing what the daemon logs until Ctrl-C.")
+@click.option("--since", help="Only lines logged within this long, e.g. 1h.")
+def daemon_logs(follow: bool, since: str | None) -> None:
+    """The daemon's own log: logs/daemon.log under the fleetd home when started with `daemon start`; the
+    journal (`journalctl --user -u fleetd`) when systemd runs it. (`daemon run` logs to its stderr.)"""
+    from fleetd.cli.common import seconds
+    from fleetd.cli.daemonlog import show_file, show_journal
+
+    window = seconds(since, "--since") if since is not None else None
+    where = paths()
+    health = Client(where.socket, timeout=2.0).ping()
+    unit = _service_unit(health["pid"]) if health else None
+    if unit is None and not health and not where.daemon_log.exists():
+        unit = _installed_unit()
+    if unit is not None:
+        show_journal(unit, follow=follow, since_s=window)
+        return
+    if not where.daemon_log.exists():
+        raise CliError(
+            f"no daemon log at {where.daemon_log}: the daemon writes it when started with `fleetd daemon start` "
+            "(`fleetd daemon run` logs to its own stderr)"
+        )
+    show_file(where.daemon_log, follow=follow, since_s=window)
+
+
+def _installed_unit() -> str | None:
+    """`fleetd.service` when a user unit is installed (the daemon is not running, and left no log file)."""
+    from pathlib import Path
+
+    config = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return "fleetd.service" if (Path(config) / "systemd" / "user" / "fleetd.service").exists() else None
 
 
 def _pid_alive(pid: int) -> bool:

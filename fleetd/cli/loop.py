@@ -8,7 +8,7 @@ import click
 
 from fleetd.cli import complete
 from fleetd.cli.client import CliError, segment
-from fleetd.cli.common import absolute, client, fields_text, render
+from fleetd.cli.common import absolute, client, fields_text, json_flag, render
 from fleetd.cli.complete import loop_name
 from fleetd.cli.format import local_time, relative_time, schedule_text, short, table
 from fleetd.timefmt import format_duration
@@ -242,10 +242,27 @@ loop.command("resume")(_loop_action("resume", "resumed"))
 
 @loop.command("rm")
 @loop_name
-def loop_rm(name: str) -> None:
-    """Remove loop NAME (its run history stays)."""
-    client().call("DELETE", f"/v1/loops/{segment(name)}")
-    click.echo(f"removed loop {name}")
+@click.option("--force", is_flag=True, help="Stop its running run (it ends `cancelled`), then remove it.")
+def loop_rm(name: str, force: bool) -> None:
+    """Remove loop NAME (its run history stays). A loop with a running run is refused without --force."""
+    path = f"/v1/loops/{segment(name)}" + ("?force=1" if force else "")
+    answer = client(timeout=None if force else 30.0).call("DELETE", path)
+    stopped = f" (stopped its run {answer['stopped_run']})" if answer.get("stopped_run") is not None else ""
+    click.echo(f"removed loop {name}{stopped}")
+
+
+@loop.command("stop")
+@loop_name
+@click.option(
+    "--kill", is_flag=True, help="SIGKILL the run's processes at once (default: SIGTERM, the kill grace, SIGKILL)."
+)
+@json_flag
+def loop_stop(name: str, kill: bool, as_json: bool) -> None:
+    """Stop loop NAME's running run (it ends `cancelled`); the loop keeps its schedule. Exit 1 if none runs."""
+    from fleetd.cli.runs import stopped_text
+
+    answer = client(timeout=None).call("POST", f"/v1/loops/{segment(name)}/stop", {"kill": kill})
+    render(answer, as_json, stopped_text)
 
 
 @loop.command("run")

@@ -8,9 +8,11 @@ from typing import Any
 import click
 
 from fleetd.cli import complete
+from fleetd.cli.client import CliError
 from fleetd.cli.common import checked_run_id, client, fields_text, json_flag, render, seconds
 from fleetd.cli.complete import run_id_arg
 from fleetd.cli.format import local_time, short, table
+from fleetd.records.status import STATUSES
 from fleetd.timefmt import format_duration
 
 
@@ -21,7 +23,7 @@ def runs() -> None:
 
 @runs.command("list")
 @click.option("--loop", "loop_name", shell_complete=complete.loops, help="Only this loop's runs.")
-@click.option("--status", help="running, succeeded, failed, timed_out, interrupted or skipped.")
+@click.option("--status", help=f"Only runs in this status: {', '.join(STATUSES)}.")
 @click.option("--since", help="Only runs started within this long, e.g. 24h.")
 @click.option("--limit", default=50, show_default=True, type=int, help="At most this many, newest first.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
@@ -146,12 +148,64 @@ def runs_result(run_id: str, as_json: bool) -> None:
 
 @runs.command("logs")
 @run_id_arg
-@click.option("--follow", "-f", is_flag=True, help="Stream a live run's output until it ends.")
+@click.option("--follow", "-f", is_flag=True,
+              help="Stream a live run's output until it ends; exit 0 if it succeeded, 1 otherwise.")  # fmt: skip
 @click.option("--raw", is_flag=True, help="The CLI's own output as it printed it (e.g. its JSON), not rendered.")
 def runs_logs(run_id: str, follow: bool, raw: bool) -> None:
-    """Print a run's captured output: agents' messages and tool calls as text (a command's output as is)."""
-    path = f"/v1/runs/{checked_run_id(run_id)}/log?raw={int(raw)}" + ("&follow=1" if follow else "")
+    """Print a run's captured output: agents' messages and tool calls as text (a command's output as is).
+
+    With --follow, a last line on stderr says how the run ended ("run 7 failed, exit 3"), and the exit
+    status is the run's: 0 when it succeeded, 1 otherwise (and when the daemon goes away meanwhile)."""
+    from fleetd.cli.client import StreamCut
+
+    checked = checked_run_id(run_id)
+    path = f"/v1/runs/{checked}/log?raw={int(raw)}" + ("&follow=1" if follow else "")
     out = sys.stdout.buffer
-    for chunk in client(timeout=None).stream(path):
-        out.write(chunk)
-        out.flush()
+    try:
+        for chunk in client(timeout=None).stream(path):
+            out.write(chunk)
+            out.flush()
+    except StreamCut:
+        raise CliError(f"the fleetd daemon went away while following run {checked}") from None
+    if not follow:
+        return
+    # The daemon ends a followed stream once the run's end is written: this reads its final status.
+    try:
+        run = client().call("GET", f"/v1/runs/{checked}")
+    except CliError:
+        raise CliError(f"the fleetd daemon went away while following run {checked}") from None
+    click.echo(ending(run), err=True)
+    raise SystemExit(0 if run["status"] == "succeeded" else 1)
+
+
+def ending(run: dict[str, Any]) -> str:
+    """One line on how a run ended: `run 7 failed, exit 3`, `run 7 succeeded`, `run 7 cancelled`."""
+    status = run["status"]
+    if status in ("running", "waiting"):
+        return f"run {run['id']} is still {status} (its end is not recorded yet)"
+    line = f"run {run['id']} {status.replace('_', ' ')}"
+    if status == "failed":
+        line += f", exit {run['exit_code']}" if run["exit_code"] is not None else f": {run['error']}"
+    elif status in ("cancelled", "interrupted") and run["error"]:
+        line += f" ({run['error']})"
+    return line
+
+
+@runs.command("stop")
+@run_id_arg
+@click.option(
+    "--kill", is_flag=True, help="SIGKILL the run's processes at once (default: SIGTERM, the kill grace, SIGKILL)."
+)
+@json_flag
+def runs_stop(run_id: str, kill: bool, as_json: bool) -> None:
+    """Stop run RUN_ID and its whole process tree; it ends `cancelled`. Exit 1 if it had already ended."""
+    # The daemon answers once the run's end is written (it bounds the wait by its kill grace).
+    answer = client(timeout=None).call("POST", f"/v1/runs/{checked_run_id(run_id)}/stop", {"kill": kill})
+    render(answer, as_json, stopped_text)
+
+
+def stopped_text(run: dict[str, Any]) -> str:
+    if run["status"] in ("running", "waiting"):
+        return f"stopping run {run['id']}: its processes are still exiting (see `fleetd runs show {run['id']}`)"
+    code = f", exit {run['exit_code']}" if run["exit_code"] is not None else ""
+    return f"run {run['id']} of loop {run['loop']} {run['status']}{code}"

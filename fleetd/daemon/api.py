@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -34,7 +35,7 @@ from fleetd.daemon.views import (
     usage_json,
 )
 from fleetd.doctor.service import DoctorService, checked_user_path, loop_warnings
-from fleetd.errors import FleetdError, InvalidArgument, NotFound, shown
+from fleetd.errors import Conflict, FleetdError, InvalidArgument, NotFound, shown
 from fleetd.heartbeat.service import Heartbeat
 from fleetd.hooks.model import validate_hook_name
 from fleetd.hooks.service import HookService
@@ -67,6 +68,8 @@ log = logging.getLogger("fleetd.api")
 MAX_LIMIT = 10_000
 MAX_ID = 2**63 - 1  # SQLite's largest INTEGER: no row id (run, event) can be past it
 MAX_KEEP = 2**31 - 1  # `runs prune --keep-per-loop`: more than any history holds
+FOLLOW_START_WAIT = 5.0  # for a just-fired run's log to open
+FOLLOW_RECORD_WAIT = 30.0  # for a followed run's end to be written once its log closed
 MAX_BODY_DEPTH = 32  # no request body nests more than 3 levels; the rest is refused before any validator recurses
 
 
@@ -226,8 +229,40 @@ def create_app(ctx: DaemonContext) -> Starlette:
 
     async def remove_loop(request: Request) -> Response:
         name = validate_name(request.path_params["name"])
-        await ctx.scheduler.remove(name)
-        return JSONResponse({"removed": name})
+        stopped = await ctx.scheduler.remove(name, force=_flag(request, "force", False))
+        return JSONResponse({"removed": name, "stopped_run": stopped})
+
+    async def stop_loop(request: Request) -> Response:
+        name = validate_name(request.path_params["name"])
+        kill = _kill_flag(await _body(request))
+        await ctx.loops.get(name)
+        running = _running_id(name)
+        if running is None:
+            starting = name in ctx.executor.active
+            raise Conflict(
+                f"loop {name}'s run is starting: try again" if starting else f"loop {name} has no running run"
+            )
+        return await _stop(running, kill, "stopped by `fleetd loop stop`")
+
+    async def stop_run(request: Request) -> Response:
+        run_id = _run_id(request)
+        kill = _kill_flag(await _body(request))
+        return await _stop(
+            run_id, kill, "killed by `fleetd runs stop --kill`" if kill else "stopped by `fleetd runs stop`"
+        )
+
+    async def _stop(run_id: int, kill: bool, reason: str) -> Response:
+        run = await ctx.runs.get(run_id)
+        if run.status in FINAL_STATUSES:
+            raise Conflict(_ended(run))
+        if not await ctx.executor.stop(run_id, kill=kill, reason=reason):
+            run = await ctx.runs.get(run_id)
+            raise Conflict(
+                _ended(run)
+                if run.status in FINAL_STATUSES
+                else f"run {run_id} already ended (its record is being written)"
+            )
+        return JSONResponse(run_json(await ctx.runs.get(run_id)))
 
     async def pause_loop(request: Request) -> Response:
         await ctx.scheduler.pause(validate_name(request.path_params["name"]))
@@ -493,10 +528,12 @@ def create_app(ctx: DaemonContext) -> Starlette:
         Route("/v1/loops/{name}/pause", pause_loop, methods=["POST"]),
         Route("/v1/loops/{name}/resume", resume_loop, methods=["POST"]),
         Route("/v1/loops/{name}/run", run_loop, methods=["POST"]),
+        Route("/v1/loops/{name}/stop", stop_loop, methods=["POST"]),
         Route("/v1/runs", list_runs),
         Route("/v1/runs/prune", prune_runs, methods=["POST"]),
         Route("/v1/runs/{run_id}", show_run),
         Route("/v1/runs/{run_id}/log", run_log),
+        Route("/v1/runs/{run_id}/stop", stop_run, methods=["POST"]),
         Route("/v1/runs/{run_id}/result", run_result),
         Route("/v1/stats", stats),
         Route("/v1/profiles", list_profiles, methods=["GET"]),
@@ -580,7 +617,9 @@ def _stream_log(ctx: DaemonContext, run: Run, follow: bool) -> AsyncIterator[byt
     rather than an empty 200 that looks like a run that printed nothing."""
     live = ctx.executor.live_logs.get(run.id)
     if live is not None:
-        return _follow_live(live, follow)
+        return _follow_live(ctx, run.id, live, follow)
+    if follow and ctx.executor.in_flight(run.id):
+        return _follow_pending(ctx, run)
     if run.log_path is None:
         return _empty()  # skipped: it never had output
     path = run.log_path
@@ -593,6 +632,19 @@ def _stream_log(ctx: DaemonContext, run: Run, follow: bool) -> AsyncIterator[byt
     except OSError as e:
         raise NotFound(f"run {run.id}'s log file {path} cannot be read: {e.strerror or e}") from None
     return _read_file(f)
+
+
+def _kill_flag(body: dict[str, Any]) -> bool:
+    kill = body.get("kill", False)
+    if not isinstance(kill, bool):
+        raise InvalidArgument(f"invalid kill {shown(kill)}: true or false")
+    return kill
+
+
+def _ended(run: Run) -> str:
+    """`run 7 already ended: failed (exit code 3)`: a stop that came after the run's own end."""
+    why = f" ({run.error})" if run.error else ""
+    return f"run {run.id} already ended: {run.status}{why}"
 
 
 def _flag(request: Request, name: str, default: bool) -> bool:
@@ -630,7 +682,7 @@ async def _read_file(f: BinaryIO) -> AsyncIterator[bytes]:
             yield chunk
 
 
-async def _follow_live(live: RunLog, follow: bool) -> AsyncIterator[bytes]:
+async def _follow_live(ctx: DaemonContext, run_id: int, live: RunLog, follow: bool) -> AsyncIterator[bytes]:
     pos = 0
     while True:
         data, pos = live.read_from(pos)
@@ -638,9 +690,32 @@ async def _follow_live(live: RunLog, follow: bool) -> AsyncIterator[bytes]:
             yield data
             continue
         if live.closed or not follow:
-            return
+            break
         await live.wait_for_more(pos, timeout=1.0)
         await asyncio.sleep(0)
+    if follow:
+        # The stream ends once the run's end is written, so a follower that asks for the run next
+        # (`runs logs --follow` does, for its footer and exit status) reads its final status.
+        await ctx.executor.wait_recorded(run_id, FOLLOW_RECORD_WAIT)
+
+
+async def _follow_pending(ctx: DaemonContext, run: Run) -> AsyncIterator[bytes]:
+    """A run in flight without a live log: just fired (its task has not opened the log yet), or just
+    ended (its end is being written). Follow the log once it opens, else print the file; either way
+    end once the run's end is written."""
+    deadline = asyncio.get_running_loop().time() + FOLLOW_START_WAIT
+    while ctx.executor.in_flight(run.id) and asyncio.get_running_loop().time() < deadline:
+        live = ctx.executor.live_logs.get(run.id)
+        if live is not None:
+            async for chunk in _follow_live(ctx, run.id, live, True):
+                yield chunk
+            return
+        await asyncio.sleep(0.02)
+    if run.log_path is not None:
+        with contextlib.suppress(OSError):
+            async for chunk in _read_file(open(run.log_path, "rb")):  # noqa: SIM115 - closed by _read_file
+                yield chunk
+    await ctx.executor.wait_recorded(run.id, FOLLOW_RECORD_WAIT)
 
 
 async def _follow_events(ctx: DaemonContext, first: list) -> AsyncIterator[bytes]:  # type: ignore[type-arg]

@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import sys
+from collections.abc import Awaitable
 from datetime import timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -157,15 +158,26 @@ class Daemon:
         self.paths = paths
         self.options = options
         self.stop_event = asyncio.Event()
+        self.hurry = asyncio.Event()  # a second Ctrl-C (or SIGTERM): no more grace for anything
+        self._left: list[asyncio.Future[object]] = []  # work a hurry left running, awaited before exit
         self.db: Database | None = None
 
     def request_stop(self) -> None:
         self.stop_event.set()
 
+    def _on_signal(self, sig: signal.Signals) -> None:
+        if not self.stop_event.is_set():
+            self.stop_event.set()
+            if sig == signal.SIGINT:
+                log.warning("Ctrl-C: stopping gracefully (press Ctrl-C again to kill the runs and stop now)")
+        elif not self.hurry.is_set():
+            log.warning("%s again: killing the runs' process trees and stopping now", sig.name)
+            self.hurry.set()
+
     async def serve(self) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.request_stop)
+            loop.add_signal_handler(sig, self._on_signal, sig)
         db = self.db = await open_store(self.paths)
         events = EventLog(db)
         # The run store writes each run's lifecycle events in the run's own transactions.
@@ -210,6 +222,7 @@ class Daemon:
             kill_grace=self.options.kill_grace,
             events=events,
             backoff_base=self.options.backoff_base,
+            work_dir=self.paths.loop_work,
         )
         leftovers = await runs.running()  # read before anything can start a run
         executor.ready.clear()  # a `loop run` that comes in while recovering waits for it (one kill grace)
@@ -279,8 +292,8 @@ class Daemon:
             scheduler.stop()
             executor.accepting = False
             executor.interrupt_waiting("daemon stopped while the run waited for a profile's reset")
-            if not await executor.wait_idle(self.options.stop_grace):
-                await executor.interrupt_all("daemon stopped before the run finished")
+            if not await self._unless_hurried(executor.wait_idle(self.options.stop_grace)):
+                await self._interrupt(executor)
             await executor.flush_unrecorded()
             # The runs' last events are written: deliver them if that is quick; the rest waits for the next start.
             await hooks.stop(grace=min(HOOK_STOP_GRACE, self.options.stop_grace))
@@ -298,6 +311,31 @@ class Daemon:
                 self.paths.socket.unlink()
         log.info("fleetd daemon stopped")
         return 0
+
+    async def _unless_hurried(self, step: Awaitable[bool | None], cancel: bool = True) -> bool:
+        """`step`'s result, or False as soon as a second signal asks to stop now (`step` is cancelled,
+        unless `cancel` is False: then it goes on, and is awaited after the caller's hurried kill)."""
+        work = asyncio.ensure_future(step)
+        hurried = asyncio.ensure_future(self.hurry.wait())
+        await asyncio.wait({work, hurried}, return_when=asyncio.FIRST_COMPLETED)
+        hurried.cancel()
+        if work.done():
+            return work.result() is not False
+        if cancel:
+            work.cancel()
+        else:
+            self._left.append(work)
+        return False
+
+    async def _interrupt(self, executor: Executor) -> None:
+        """The stop grace is over (or a second signal came): kill every run's tree, with the kill grace
+        unless a (further) signal says now; each run ends `interrupted`."""
+        if not self.hurry.is_set():
+            gentle = executor.interrupt_all("daemon stopped before the run finished")
+            if await self._unless_hurried(gentle, cancel=False):
+                return
+        await executor.interrupt_all("daemon stopped at once (signalled twice) before the run finished", grace=0)
+        await asyncio.gather(*self._left, return_exceptions=True)
 
     async def _recover(self, leftovers: list[Run], runs: RunStore, attempts: AttemptStore, executor: Executor) -> None:
         """Runs a dead daemon left `running` or `waiting` become `interrupted`, their unfinished

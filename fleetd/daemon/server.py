@@ -86,6 +86,9 @@ def bind_unix_socket(path: Path) -> socket.socket:
     return sock
 
 
+FOLLOWERS_GRACE = 2.0  # seconds open answers get once the daemon stops serving
+
+
 def make_server(app: object) -> SocketServer:
     config = uvicorn.Config(
         app,  # type: ignore[arg-type]
@@ -95,5 +98,8 @@ def make_server(app: object) -> SocketServer:
         access_log=False,
         server_header=False,
         date_header=False,
+        # A follower (`events --follow`, `runs logs --follow`) never closes its stream by itself: without
+        # this, one left open kept a stopping daemon alive for good. Its client says the daemon went away.
+        timeout_graceful_shutdown=FOLLOWERS_GRACE,
     )
     return SocketServer(config)

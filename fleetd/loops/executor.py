@@ -88,6 +88,11 @@ class ActiveRun:
     cgroup: Path | None = None  # the running attempt's cgroup, where there is one
     trigger: str = "manual"  # schedule, manual or catch-up: FLEETD_TRIGGER
     interrupt_reason: str | None = None
+    # Invariant: at most one of these wins, decided without an await (`stop`, `_execute`): a stop that
+    # finds `ended` unset makes the run `cancelled` with `cancel_reason`; once `ended`, it is refused.
+    cancel_reason: str | None = None  # who stopped it (`fleetd runs stop`, `loop stop`, `loop rm --force`)
+    ended: bool = False  # the run's status is decided
+    kill_grace: float | None = None  # a stop's own grace (0: SIGKILL at once), for a child that starts later
     waiting: bool = False  # sleeping until a profile's reset: nothing to finish
     wait_until: datetime | None = None  # that reset, while waiting (`loop list`: "waiting until T")
     # The `skipped` row fires that found this run in progress went into: (reason, run id, fires), so
@@ -146,8 +151,10 @@ class Executor:
         kill_grace: float,
         events: EventLog | None = None,
         backoff_base: float = 2.0,
+        work_dir: Callable[[str], Path] | None = None,
     ) -> None:
         self.backoff_base = backoff_base
+        self.work_dir = work_dir  # where a loop without --dir runs (by its name); None: the daemon's cwd
         self.runs = runs
         self.events = events
         self.attempts = attempts
@@ -273,12 +280,19 @@ class Executor:
         exit_code: int | None = None
         error: str | None = None
         try:
+            loop = await self._in_workdir(loop)
             status, exit_code, error = await self._attempts(loop, run, slot, runlog)
         except Exception as e:  # the record must be finished whatever happened
             log.exception("run %s of loop %s failed to execute", run.id, loop.name)
             status, error = "failed", f"fleetd could not run it: {e}"
             runlog.note(error)
         finally:
+            # The run's end, decided here with no await since `_attempts` returned: a stop that came
+            # first wins (even over a command that then exited 0 in its grace); a later one is refused.
+            slot.ended = True
+            if slot.cancel_reason is not None:
+                status, error = "cancelled", slot.cancel_reason
+                runlog.note(f"cancelled: {slot.cancel_reason}")
             runlog.close()
             # The slot goes first: a run whose end cannot be written (disk full) must not block its
             # loop's later fires; its record is retried in the background until it is written.
@@ -292,6 +306,63 @@ class Executor:
             finally:
                 self._release(loop.name, slot)
             log.info("run %s of loop %s: %s", run.id, loop.name, status)
+
+    async def _in_workdir(self, loop: Loop) -> Loop:
+        """The loop as its run sees it: without --dir, in its own directory under the home (not
+        wherever the daemon was started), created 0700."""
+        if loop.workdir is not None or self.work_dir is None:
+            return loop
+        path = self.work_dir(loop.name)
+        await asyncio.to_thread(_private_dirs, path)
+        return replace(loop, workdir=str(path))
+
+    async def stop(self, run_id: int, *, kill: bool = False, reason: str) -> bool:
+        """Stop run `run_id` and its whole process tree: SIGTERM, the kill grace, SIGKILL (`kill`: SIGKILL
+        at once); a run waiting for a reset, or between attempts, just ends. It ends `cancelled`, its
+        error `reason`. Returns False when no run of that id is in flight here, or its end was decided
+        first (it is recorded as it ended). Returns once the run's end is written (or kept in
+        `unrecorded`), or after the kill grace and 15 s more."""
+        slot = self._slot_of(run_id)
+        if slot is None:
+            return False
+        stopping = not slot.ended
+        if stopping:
+            grace = 0.0 if kill else self.kill_grace
+            if slot.cancel_reason is None:
+                slot.cancel_reason = reason
+                slot.interrupt_reason = slot.interrupt_reason or reason
+            if slot.kill_grace is None or grace < slot.kill_grace:  # a second stop may hurry the first
+                slot.kill_grace = grace
+                slot.interrupted.set()
+                if slot.proc is not None:
+                    self._kill_slot(slot, grace)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(slot.done.wait(), self.kill_grace + 15)
+        return stopping
+
+    def _kill_slot(self, slot: ActiveRun, grace: float) -> None:
+        """Kill the slot's current child tree in the background (the run's own task sees it exit)."""
+        assert slot.proc is not None
+        killer = asyncio.ensure_future(
+            proctree.kill_tree(slot.proc.pid, tag=slot.tag, grace=grace,
+                               root_exited=asyncio.ensure_future(_exit_status(slot.proc)), cgroup=slot.cgroup)
+        )  # fmt: skip
+        self._background.add(killer)
+        killer.add_done_callback(self._background.discard)
+
+    def _slot_of(self, run_id: int) -> ActiveRun | None:
+        return next((s for s in self.inflight if s.run_id == run_id), None)
+
+    def in_flight(self, run_id: int) -> bool:
+        """Whether run `run_id` is this daemon's and its end is not written (or tried) yet."""
+        return self._slot_of(run_id) is not None
+
+    async def wait_recorded(self, run_id: int, timeout: float) -> None:
+        """Until run `run_id`'s end is written (or tried), if it is in flight here."""
+        slot = self._slot_of(run_id)
+        if slot is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(slot.done.wait(), timeout)
 
     async def _record_finish(self, finish: RunFinish) -> bool:
         """Write a run's end; on failure keep it for `_retry_finishes` and say so once, loudly."""
@@ -491,6 +562,8 @@ class Executor:
         runlog.note(f"verify (attempt {number}, {profile.name}): {loop.verify}")
         env = self._run_env(os.environ, run.id, loop.name, loop.env, slot.trigger, profile.name)
         env.update({"FLEETD_ATTEMPT": str(number), "FLEETD_BACKEND": candidate.backend})
+        if loop.workdir:
+            env["PWD"] = loop.workdir
         timeout = loop.verify_timeout_s
         if deadline is not None:
             timeout = max(0.0, min(timeout, (deadline - self.clock()).total_seconds()))
@@ -674,7 +747,7 @@ class Executor:
                              resume_session=resume, role=role)  # fmt: skip
         try:
             if adapter.kind == "http":
-                end = await self._http_attempt(cast(HttpAdapter, adapter), ctx, runlog, scrubber)
+                end = await self._http_attempt(cast(HttpAdapter, adapter), ctx, slot, runlog, scrubber)
             else:
                 end = await self._process_attempt(cast(ProcessAdapter, adapter), ctx, slot, runlog, scrubber)
         finally:
@@ -708,15 +781,25 @@ class Executor:
         return end
 
     async def _http_attempt(
-        self, adapter: HttpAdapter, ctx: AttemptContext, runlog: RunLog, scrubber: Scrubber
+        self, adapter: HttpAdapter, ctx: AttemptContext, slot: ActiveRun, runlog: RunLog, scrubber: Scrubber
     ) -> AttemptEnd:
         def sink(data: bytes) -> None:
             runlog.write(scrubber.feed(data))
 
+        call = asyncio.ensure_future(
+            asyncio.wait_for(adapter.call(ctx, sink, ctx.timeout_s, self.clock(), self.local_tz), ctx.timeout_s)
+        )
+        stopped = asyncio.ensure_future(slot.interrupted.wait())  # a stop ends the call: there is no process
+        await asyncio.wait({call, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        if not call.done():
+            call.cancel()
+            await asyncio.gather(call, return_exceptions=True)
+            runlog.write(scrubber.flush())
+            runlog.note(f"the call was abandoned: {slot.interrupt_reason}")
+            return AttemptEnd(ParsedOutput("failed", message=f"abandoned: {slot.interrupt_reason}"))
         try:
-            parsed = await asyncio.wait_for(
-                adapter.call(ctx, sink, ctx.timeout_s, self.clock(), self.local_tz), ctx.timeout_s
-            )
+            parsed = call.result()
         except TimeoutError:
             runlog.write(scrubber.flush())
             runlog.note(f"timed out after {format_duration(ctx.task.timeout_s)}")
@@ -775,9 +858,7 @@ class Executor:
             cgroup = None
         slot.proc, slot.cgroup = proc, cgroup
         if slot.interrupted.is_set():  # the stop came while it was starting: interrupt_all did not see it
-            killer = asyncio.ensure_future(proctree.kill_tree(proc.pid, tag=tag, grace=self.kill_grace, cgroup=cgroup))
-            self._background.add(killer)
-            killer.add_done_callback(self._background.discard)
+            self._kill_slot(slot, self.kill_grace if slot.kill_grace is None else slot.kill_grace)
         try:
             await self.runs.set_process(ctx.run_id, proc.pid, _create_time(proc.pid))
         except Exception as e:  # only crash recovery needs it; the child is ours either way
@@ -832,6 +913,8 @@ class Executor:
                             ctx.profile.name if ctx.profile else "")  # fmt: skip
         # The CLIs litter TMPDIR; each attempt gets its own, removed afterwards.
         env.update({"TMPDIR": ctx.tmpdir, "TMP": ctx.tmpdir, "TEMP": ctx.tmpdir})
+        if spec.cwd:  # not the daemon's own PWD, which a child that reads the variable would believe
+            env["PWD"] = spec.cwd
         return env
 
     def _run_env(
@@ -856,8 +939,10 @@ class Executor:
                 slot.interrupt_reason = reason
                 slot.interrupted.set()
 
-    async def interrupt_all(self, reason: str) -> None:
-        """Kill every in-flight run's tree; each run then finishes as `interrupted`."""
+    async def interrupt_all(self, reason: str, grace: float | None = None) -> None:
+        """Kill every in-flight run's tree (`grace` 0: SIGKILL at once; default the kill grace); each run
+        then finishes as `interrupted`."""
+        grace = self.kill_grace if grace is None else grace
         slots = list(self.active.values())
         for slot in slots:
             slot.interrupt_reason = reason
@@ -867,7 +952,7 @@ class Executor:
                 proctree.kill_tree(
                     s.proc.pid,
                     tag=s.tag,
-                    grace=self.kill_grace,
+                    grace=grace,
                     root_exited=asyncio.ensure_future(_exit_status(s.proc)),
                     cgroup=s.cgroup,
                 )
@@ -876,7 +961,7 @@ class Executor:
             ),
             return_exceptions=True,
         )
-        await self.wait_idle(timeout=self.kill_grace + 15)
+        await self.wait_idle(timeout=grace + 15)
 
     async def wait_idle(self, timeout: float) -> bool:
         slots = list(self.inflight)
@@ -958,6 +1043,15 @@ def _not_started(runlog: RunLog, argv0: str, problem: str) -> AttemptEnd:
         message = f"{argv0} not found on PATH (install it, or set PATH in the daemon's environment)"
     runlog.note(message)
     return AttemptEnd(ParsedOutput("failed", "unavailable", message=message))
+
+
+def _private_dirs(path: Path) -> None:
+    """`path` and any missing parent, each created 0700 (the umask must not loosen them)."""
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    for p in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            p.mkdir(mode=0o700)
+            os.chmod(p, 0o700)
 
 
 def _drop_cgroup(run_id: int, cgroup: Path | None) -> None:

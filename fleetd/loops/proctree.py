@@ -80,8 +80,8 @@ async def kill_tree(
     root_exited: asyncio.Future[object] | None = None,
     cgroup: Path | None = None,
 ) -> int:
-    """SIGTERM the whole tree, give it `grace` seconds, SIGKILL what is left. Returns how many
-    processes were signalled.
+    """SIGTERM the whole tree, give it `grace` seconds, SIGKILL what is left (`grace` 0: SIGKILL at
+    once, no SIGTERM first). Returns how many processes were signalled.
 
     `cgroup` is the run's cgroup: when it exists, its members are the tree (and whatever they fork
     during the grace is killed too); when it does not, the session + tag sweep stands in.
@@ -95,7 +95,7 @@ async def kill_tree(
         return 0
     managed_root = root_pid if root_exited is not None else None
     group = root_pid if root_pid is not None and any(p.pid == root_pid for p in procs) else None
-    _signal_all(procs, signal.SIGTERM, group)
+    _signal_all(procs, signal.SIGTERM if grace > 0 else signal.SIGKILL, group)
     others = [p for p in procs if p.pid != managed_root]
     grace_over = _wait_cgroup_empty(cgroup, grace) if cgroup is not None else _wait_gone(others, grace)
     waits: list[asyncio.Future[object]] = [asyncio.ensure_future(grace_over)]

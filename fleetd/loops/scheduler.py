@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from apscheduler.triggers.base import BaseTrigger
 
 from fleetd.backends.registry import get_adapter
-from fleetd.errors import InvalidArgument
+from fleetd.errors import Conflict, InvalidArgument
 from fleetd.loops.executor import Executor
 from fleetd.loops.schedule import Plan, build_trigger, first_fire, never_fires, plan_startup, plan_wake
 from fleetd.loops.whynot import LoopFacts, NotFiring, why_not
@@ -155,10 +155,24 @@ class Scheduler:
         self._arm(loop, trigger, due)
         return loop
 
-    async def remove(self, name: str) -> None:
+    async def remove(self, name: str, *, force: bool = False) -> int | None:
+        """Remove loop `name`. A loop with a run in flight is refused unless `force`: then its timer
+        stops first (no new fire), the run is stopped (`cancelled`), and the loop goes. Returns the
+        stopped run's id."""
         await self.loops.get(name)
+        slot = self.executor.active.get(name)
+        if slot is not None and not force:
+            what = f"run {slot.run_id}" if slot.run_id is not None else "a run starting"
+            raise Conflict(
+                f"loop {name} has {what} in progress: stop it first (`fleetd loop stop {name}`), "
+                "or remove with --force, which stops it"
+            )
         self._disarm(name)
+        stopped = slot.run_id if slot is not None else None
+        if stopped is not None:
+            await self.executor.stop(stopped, reason=f"stopped by `fleetd loop rm --force` (loop {name} removed)")
         await self.loops.delete(name)
+        return stopped
 
     async def run_now(self, name: str) -> Run:
         loop = await self.loops.get(name)

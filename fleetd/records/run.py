@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
-RunStatus = Literal["running", "waiting", "succeeded", "failed", "timed_out", "interrupted", "skipped"]
-FINAL_STATUSES = ("succeeded", "failed", "timed_out", "interrupted", "skipped")
-STATUSES = ("running", "waiting", *FINAL_STATUSES)
+# The vocabulary lives in its own leaf (the CLI reads it too); re-exported here, where runs are.
+from fleetd.records.status import ACTIVE_STATUSES, ENDED_STATUSES, FINAL_STATUSES, STATUSES, RunStatus
+
+__all__ = ["ACTIVE_STATUSES", "ENDED_STATUSES", "FINAL_STATUSES", "STATUSES", "Attempt", "LoopFire", "Run",
+           "RunStatus", "accepted_attempt"]  # fmt: skip
 
 
 @dataclass

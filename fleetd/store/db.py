@@ -281,17 +281,24 @@ def _recovery_hint(path: Path) -> str:
     return f"{restore}move it aside to start empty (sqlite3's .recover may save part of it)"
 
 
-async def migrate(conn: aiosqlite.Connection) -> int:
+async def migrate(conn: aiosqlite.Connection, upto: int | None = None) -> int:
+    """Apply the migrations after the file's version, up to `upto` (all by default; tests stop early)."""
     version = await _user_version(conn)
     if version > len(MIGRATIONS):
         raise RuntimeError(f"database schema version {version} is newer than this fleetd knows ({len(MIGRATIONS)})")
+    last = len(MIGRATIONS) if upto is None else upto
     # Rebuilding a table (SQLite's only way to change a constraint) drops rows other tables point at;
     # foreign keys are off meanwhile and checked as a whole before each step commits.
     await conn.execute("PRAGMA foreign_keys=OFF")
     try:
-        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+        for number, step in enumerate(MIGRATIONS[version:last], start=version + 1):
             try:
-                await conn.executescript(f"BEGIN;\n{script}\nPRAGMA user_version = {number};")
+                if isinstance(step, str):
+                    await conn.executescript(f"BEGIN;\n{step}\nPRAGMA user_version = {number};")
+                else:  # reads the schema as it changes it: statement by statement, in the same kind of transaction
+                    await conn.execute("BEGIN")
+                    await step(conn)
+                    await conn.execute(f"PRAGMA user_version = {number}")
                 async with conn.execute("PRAGMA foreign_key_check") as cur:
                     broken = await cur.fetchall()
                 if broken:
@@ -303,4 +310,4 @@ async def migrate(conn: aiosqlite.Connection) -> int:
                 raise
     finally:
         await conn.execute("PRAGMA foreign_keys=ON")
-    return len(MIGRATIONS)
+    return max(version, last)

@@ -6,6 +6,17 @@ leaves the database exactly at the previous version.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import aiosqlite
+
+# A migration is a script, or (when it must read the schema it changes) a coroutine function that
+# runs its statements one by one; `db.migrate` wraps either in one transaction with its version bump.
+Migration = str | Callable[["aiosqlite.Connection"], Awaitable[None]]
+
 # The rollups of `fleetd stats` (migration 6; store/stats.py says what they count). Each SQL text is
 # written once here: the triggers add one finished attempt's or run's facts, STATS_REBUILD (the
 # migration's backfill, and bench/ after bulk inserts) adds every row's. Two tables of one shape:
@@ -75,11 +86,102 @@ def _rollup(templates: tuple[str, ...], where: str) -> str:
     return "\n".join(t.format(table=table, width=width, where=where) for t in templates for table, width in _PERIODS)
 
 
+# A run's facts and the trigger that adds them once it ends, with the statuses that count as ended
+# (`{ended}`): migration 6 wrote them with the statuses of its day, migration 10 again with `cancelled`.
+# Each migration keeps its own literal list: a migration means what it meant when it shipped.
+_RUN_FACTS_VIEW = """
+    -- What one finished run adds: it starts in the group of its first attempt and ends in the group of
+    -- its last `work` attempt (the one whose output decided it; any last attempt if none is `work`).
+    -- Fallback: its work attempts used more than one candidate (chain step, profile); escalation: more
+    -- than one chain step. `skipped` runs have no attempts and add nothing.
+    CREATE VIEW stats_run_facts AS
+    SELECT r.id AS run_id, r.started_at, r.loop, r.status = 'succeeded' AS succeeded,
+           -- A run that ended without any attempt (no usable candidate, over budget, an unreadable prompt)
+           -- counts too: under its loop's backend, no profile, step 1, as work.
+           coalesce(f.backend, r.backend) AS first_backend, coalesce(f.profile, '') AS first_profile,
+           coalesce(f.model, '') AS first_model, coalesce(f.step, 1) AS first_step,
+           coalesce(f.role, 'work') AS first_role,
+           coalesce(l.backend, r.backend) AS last_backend, coalesce(l.profile, '') AS last_profile,
+           coalesce(l.model, '') AS last_model, coalesce(l.step, 1) AS last_step,
+           coalesce(l.role, 'work') AS last_role,
+           coalesce((SELECT max(w.step) > min(w.step) OR max(w.profile) <> min(w.profile)
+                     FROM attempts w WHERE w.run_id = r.id AND w.role = 'work'), 0) AS fallback,
+           coalesce((SELECT max(w.step) > min(w.step) FROM attempts w WHERE w.run_id = r.id AND w.role = 'work'), 0)
+               AS escalated
+    FROM runs r
+    LEFT JOIN attempts f ON f.id = (SELECT id FROM attempts WHERE run_id = r.id ORDER BY number LIMIT 1)
+    LEFT JOIN attempts l ON l.id = coalesce(
+        (SELECT id FROM attempts WHERE run_id = r.id AND role = 'work' ORDER BY number DESC LIMIT 1),
+        (SELECT id FROM attempts WHERE run_id = r.id ORDER BY number DESC LIMIT 1))
+    WHERE r.status IN ({ended});
+"""
+_RUN_FINISHED_TRIGGER = (
+    "CREATE TRIGGER stats_run_finished AFTER UPDATE OF status ON runs\n"
+    "WHEN OLD.status IN ('running', 'waiting') AND NEW.status IN ({ended})\n"
+    "BEGIN\n"
+    + _rollup((_ADD_RUN_STARTS, _ADD_RUN_ENDS), "f.run_id = NEW.id").replace("{", "{{").replace("}", "}}")
+    + "\nEND;"
+)
+_ENDED_V6 = "'succeeded', 'failed', 'timed_out', 'interrupted'"
+_ENDED_V10 = "'succeeded', 'failed', 'timed_out', 'interrupted', 'cancelled'"
+
 STATS_REBUILD = "\n".join(
     [f"DELETE FROM {table};" for table, _ in _PERIODS] + [_rollup((_ADD_ATTEMPTS, _ADD_RUN_STARTS, _ADD_RUN_ENDS), "1")]
 )
 
-MIGRATIONS: list[str] = [
+_RUNS_STATUS_CHECK = re.compile(r"(CHECK\s*\(\s*status\s+IN\s*\()([^)]*)(\))", re.IGNORECASE)
+_RUNS_STATUSES_V10 = "'running', 'waiting', 'succeeded', 'failed', 'timed_out', 'interrupted', 'cancelled', 'skipped'"
+
+
+async def _fetch(conn: aiosqlite.Connection, sql: str) -> list[tuple[str, ...]]:
+    async with conn.execute(sql) as cur:
+        return [tuple(row) for row in await cur.fetchall()]
+
+
+async def _runs_with_cancelled(conn: aiosqlite.Connection) -> None:
+    """Migration 10: the runs table's status CHECK admits `cancelled`, and the stats count it as ended.
+
+    SQLite cannot alter a CHECK: the table is rebuilt (a new table from the current definition with
+    the new list, every row copied, the old dropped, the new renamed). Dropping a table drops its
+    indexes and triggers, so every index and trigger on runs is read from sqlite_master first and
+    created again after, whatever earlier migrations (or ones merged later) put there; the columns,
+    likewise, come from the stored definition. Views and other tables' triggers that name `runs` keep
+    naming it: legacy_alter_table stops the rename from checking them against a schema in which
+    `runs` is, for that moment, missing (they are not rewritten, and need not be).
+    Runs via `db.migrate`, inside its transaction with foreign keys off and checked before commit."""
+    ((table_sql,),) = await _fetch(conn, "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'runs'")
+    new_sql, found = _RUNS_STATUS_CHECK.subn(lambda m: m.group(1) + _RUNS_STATUSES_V10 + m.group(3), table_sql)
+    if found != 1:
+        raise RuntimeError("migration 10: the runs table has no single status CHECK to extend")
+    new_sql, named = re.subn(r'^(\s*CREATE\s+TABLE\s+)("runs"|runs|`runs`|\[runs\])', r"\1runs_v10", new_sql)
+    if named != 1:
+        raise RuntimeError("migration 10: cannot read the runs table's definition")
+    attached = await _fetch(
+        conn, "SELECT sql FROM sqlite_master WHERE tbl_name = 'runs' AND type IN ('index', 'trigger') "
+        "AND sql IS NOT NULL AND name <> 'stats_run_finished' ORDER BY type, name",
+    )  # fmt: skip
+    # AUTOINCREMENT's high-water mark: the copy would restart it at max(id), and an id of a pruned
+    # newest run could be given out again.
+    sequence = await _fetch(conn, "SELECT seq FROM sqlite_sequence WHERE name = 'runs'")
+    await conn.execute(new_sql)
+    await conn.execute("INSERT INTO runs_v10 SELECT * FROM runs")
+    await conn.execute("PRAGMA legacy_alter_table = ON")
+    try:
+        await conn.execute("DROP TABLE runs")
+        await conn.execute("ALTER TABLE runs_v10 RENAME TO runs")
+    finally:
+        await conn.execute("PRAGMA legacy_alter_table = OFF")
+    if sequence:
+        await conn.execute("UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = 'runs'", (sequence[0][0],))
+    for (sql,) in attached:
+        await conn.execute(sql)
+    # The stats: `cancelled` runs count as ended (not succeeded), like `interrupted` ones.
+    await conn.execute("DROP VIEW stats_run_facts")
+    await conn.execute(_RUN_FACTS_VIEW.format(ended=_ENDED_V10))
+    await conn.execute(_RUN_FINISHED_TRIGGER.format(ended=_ENDED_V10))
+
+
+MIGRATIONS: list[Migration] = [
     # 1: loops and runs
     """
     CREATE TABLE loops (
@@ -299,41 +401,14 @@ MIGRATIONS: list[str] = [
           FROM attempts) a
     JOIN runs r ON r.id = a.run_id
     WHERE a.finished_at IS NOT NULL;
-    -- What one finished run adds: it starts in the group of its first attempt and ends in the group of
-    -- its last `work` attempt (the one whose output decided it; any last attempt if none is `work`).
-    -- Fallback: its work attempts used more than one candidate (chain step, profile); escalation: more
-    -- than one chain step. `skipped` runs have no attempts and add nothing.
-    CREATE VIEW stats_run_facts AS
-    SELECT r.id AS run_id, r.started_at, r.loop, r.status = 'succeeded' AS succeeded,
-           -- A run that ended without any attempt (no usable candidate, over budget, an unreadable prompt)
-           -- counts too: under its loop's backend, no profile, step 1, as work.
-           coalesce(f.backend, r.backend) AS first_backend, coalesce(f.profile, '') AS first_profile,
-           coalesce(f.model, '') AS first_model, coalesce(f.step, 1) AS first_step,
-           coalesce(f.role, 'work') AS first_role,
-           coalesce(l.backend, r.backend) AS last_backend, coalesce(l.profile, '') AS last_profile,
-           coalesce(l.model, '') AS last_model, coalesce(l.step, 1) AS last_step,
-           coalesce(l.role, 'work') AS last_role,
-           coalesce((SELECT max(w.step) > min(w.step) OR max(w.profile) <> min(w.profile)
-                     FROM attempts w WHERE w.run_id = r.id AND w.role = 'work'), 0) AS fallback,
-           coalesce((SELECT max(w.step) > min(w.step) FROM attempts w WHERE w.run_id = r.id AND w.role = 'work'), 0)
-               AS escalated
-    FROM runs r
-    LEFT JOIN attempts f ON f.id = (SELECT id FROM attempts WHERE run_id = r.id ORDER BY number LIMIT 1)
-    LEFT JOIN attempts l ON l.id = coalesce(
-        (SELECT id FROM attempts WHERE run_id = r.id AND role = 'work' ORDER BY number DESC LIMIT 1),
-        (SELECT id FROM attempts WHERE run_id = r.id ORDER BY number DESC LIMIT 1))
-    WHERE r.status IN ('succeeded', 'failed', 'timed_out', 'interrupted');
+    {_RUN_FACTS_VIEW.format(ended=_ENDED_V6)}
     {"".join(_ROLLUP_TABLE.format(table=table) for table, _ in _PERIODS)}
     CREATE TRIGGER stats_attempt_finished AFTER UPDATE OF finished_at ON attempts
     WHEN OLD.finished_at IS NULL AND NEW.finished_at IS NOT NULL
     BEGIN
         {_rollup((_ADD_ATTEMPTS,), "f.attempt_id = NEW.id")}
     END;
-    CREATE TRIGGER stats_run_finished AFTER UPDATE OF status ON runs
-    WHEN OLD.status IN ('running', 'waiting') AND NEW.status IN ('succeeded', 'failed', 'timed_out', 'interrupted')
-    BEGIN
-        {_rollup((_ADD_RUN_STARTS, _ADD_RUN_ENDS), "f.run_id = NEW.id")}
-    END;
+    {_RUN_FINISHED_TRIGGER.format(ended=_ENDED_V6)}
     {STATS_REBUILD}
     """,
     # 7: acceptance: a loop's verify command and repair rounds; what the gate said about each attempt
@@ -363,9 +438,8 @@ MIGRATIONS: list[str] = [
     CREATE INDEX runs_by_loop_status ON runs (loop, status, started_at);
     CREATE INDEX events_by_at ON events (at);
     """,
-    # 10: a placeholder for the migration another branch adds in parallel (a database migrated while it
-    # stands empty must be thrown away, not reused).
-    "",
+    # 10: a run stopped by hand ends `cancelled` (`fleetd runs stop`)
+    _runs_with_cancelled,
     # 11: why a fire did not start a run (`records.fire.SKIP_REASONS`), and how many fires one `skipped`
     # row stands for: fires skipped against the same run in progress share a row, missed fires are counted.
     """

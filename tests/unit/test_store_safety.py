@@ -8,6 +8,7 @@ import logging
 import sqlite3
 from pathlib import Path
 
+import aiosqlite
 import pytest
 
 from fleetd.store import db as store_db
@@ -19,9 +20,12 @@ T = "2026-11-21T00:00:00.000+00:00"
 
 
 def _old_database(path: Path, version: int) -> None:
+    async def migrate_to() -> None:
+        async with aiosqlite.connect(path, isolation_level=None) as conn:
+            await store_db.migrate(conn, upto=version)
+
+    asyncio.run(migrate_to())
     with sqlite3.connect(path) as conn:
-        for number, script in enumerate(schema.MIGRATIONS[:version], start=1):
-            conn.executescript(f"BEGIN;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;")
         conn.execute(
             "INSERT INTO runs (loop, trigger, status, scheduled_at, started_at, backend) "
             "VALUES ('kept', 'manual', 'succeeded', ?, ?, 'command')",

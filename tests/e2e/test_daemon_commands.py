@@ -1,0 +1,133 @@
+"""`daemon restart`, `daemon logs`, a second Ctrl-C on `daemon run`, flags every daemon command reads
+the same way, and where a loop without --dir runs. Real CLI, real daemon processes."""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import sqlite3
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from tests.harness import FLEETD, Daemon, alive, wait_until
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+MakeDaemon = Callable[..., Daemon]
+
+
+def test_bad_kill_grace_is_a_usage_error_on_every_daemon_command(short_home: Path) -> None:
+    d = Daemon(short_home / "home")
+    for command in ("run", "start", "restart"):
+        result = d.cli("daemon", command, "--kill-grace", "abc", check=False)
+        assert result.returncode == 2, command
+        assert result.stderr.strip().splitlines() == [
+            "fleetd: invalid --kill-grace: invalid duration 'abc' (use e.g. 90s, 10m, 1h30m, 2d)"
+        ]
+    assert not d.socket.exists()  # nothing was started
+
+
+def test_restart_stops_gracefully_then_starts_and_logs_show_it(short_home: Path) -> None:
+    d = Daemon(short_home / "home")
+    try:
+        fresh = d.cli("daemon", "restart", "--kill-grace", "0.5s")
+        assert fresh.stdout.startswith("fleetd daemon was not running") and "starting it" in fresh.stdout
+        first = d.json("daemon", "status")["pid"]
+        again = d.cli("daemon", "restart", "--kill-grace", "0.5s")
+        second = d.json("daemon", "status")["pid"]  # it answers as soon as restart returns
+        assert second != first and not alive(first)
+        assert again.stdout.startswith(f"fleetd daemon restarted (pid {second}, was {first}")
+
+        logs = d.cli("daemon", "logs").stdout
+        assert f"fleetd daemon ready (pid {first}" in logs and f"fleetd daemon ready (pid {second}" in logs
+        assert "fleetd daemon stopped" in logs
+        assert d.cli("daemon", "logs", "--since", "1h").stdout == logs  # all of it is recent
+        recent = d.cli("daemon", "logs", "--since", "0.001s").stdout
+        assert f"ready (pid {first}" not in recent
+        assert d.cli("daemon", "logs", "--since", "soon", check=False).returncode == 2
+
+        follower = subprocess.Popen([FLEETD, "daemon", "logs", "-f"], env=d.env, text=True,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+        try:
+            d.cli("loop", "add", "logged", "--every", "1h", "--command", "true")
+            run_id = d.json("loop", "run", "logged")["id"]
+            wanted = f"run {run_id} of loop logged: succeeded"
+            assert follower.stdout is not None
+            deadline = time.monotonic() + 20
+            seen = ""
+            while wanted not in seen and time.monotonic() < deadline:
+                if select.select([follower.stdout], [], [], 1)[0]:
+                    seen += follower.stdout.readline()
+            assert wanted in seen
+        finally:
+            follower.terminate()
+            follower.wait(10)
+    finally:
+        d.cli("daemon", "stop", check=False)
+
+
+def test_daemon_logs_without_a_log_says_where_it_would_be(short_home: Path) -> None:
+    d = Daemon(short_home / "home")
+    d.env["XDG_CONFIG_HOME"] = str(short_home / "config")  # no unit installed
+    result = d.cli("daemon", "logs", check=False)
+    assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1
+    assert str(short_home / "home" / "logs" / "daemon.log") in result.stderr
+
+
+def test_a_second_ctrl_c_kills_the_runs_and_stops_at_once(short_home: Path, tmp_path: Path) -> None:
+    d = Daemon(short_home / "home", "--kill-grace", "30s", "--stop-grace", "60s").start()
+    try:
+        pids_file = tmp_path / "pids"
+        d.cli("loop", "add", "stubborn", "--every", "1h",
+              "--command", f"{sys.executable} {FIXTURES / 'forker.py'} {pids_file}")  # fmt: skip
+        run_id = d.json("loop", "run", "stubborn")["id"]
+        wait_until(lambda: pids_file.exists() and len(pids_file.read_text().split()) == 3, what="the run's processes")
+        assert d.proc is not None
+        d.proc.send_signal(signal.SIGINT)
+        wait_until(lambda: "press Ctrl-C again" in d.log_text(), what="the first Ctrl-C taken")
+        assert d.proc.poll() is None  # the stop grace (60 s): it waits for the run
+        started = time.monotonic()
+        d.proc.send_signal(signal.SIGINT)
+        assert d.proc.wait(15) == 0
+        assert time.monotonic() - started < 10  # neither the stop grace nor the kill grace
+        pids = [int(p) for p in pids_file.read_text().split()]
+        wait_until(lambda: not any(alive(p) for p in pids), what="every process of the run gone")
+        with sqlite3.connect(d.home / "fleetd.db") as db:
+            status, error = db.execute("SELECT status, error FROM runs WHERE id = ?", (run_id,)).fetchone()
+        assert status == "interrupted" and "at once" in error
+    finally:
+        d.stop()
+
+
+def test_a_loop_without_dir_runs_in_its_own_directory_under_the_home(make_daemon: MakeDaemon) -> None:
+    d = make_daemon()
+    d.cli("loop", "add", "homeless", "--every", "1h", "--command", 'pwd; echo "PWD=$PWD"; touch made-here')
+    run = d.wait_run(d.json("loop", "run", "homeless")["id"])
+    assert run["status"] == "succeeded"
+    work = d.home / "work" / "homeless"
+    assert d.cli("runs", "logs", str(run["id"])).stdout.split() == [str(work), f"PWD={work}"]
+    assert (work / "made-here").exists()
+    assert stat.S_IMODE(os.stat(work).st_mode) == 0o700 and stat.S_IMODE(os.stat(work.parent).st_mode) == 0o700
+    assert d.json("loop", "show", "homeless")["dir"] is None  # the loop itself is unchanged
+
+
+def test_an_open_follower_does_not_keep_a_stopping_daemon_alive(make_daemon: MakeDaemon) -> None:
+    d = make_daemon()
+    follower = subprocess.Popen([FLEETD, "events", "--follow"], env=d.env, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        # Connected: the daemon's socket has an accepted connection besides the listening one.
+        wait_until(lambda: Path("/proc/net/unix").read_text().count(str(d.socket)) >= 2, what="the follower connected")
+        started = time.monotonic()
+        d.cli("daemon", "stop")
+        assert time.monotonic() - started < 15
+        _, err = follower.communicate(timeout=15)
+        assert follower.returncode == 1
+        assert err.strip().splitlines() == ["fleetd: the fleetd daemon went away mid-answer (connection closed)"]
+    finally:
+        follower.kill()
+        follower.wait(5)

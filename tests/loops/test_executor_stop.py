@@ -1,0 +1,153 @@
+"""A stop racing the run's own end: the run is recorded exactly once, as whichever came first.
+
+The run's end is the moment the executor decides its status (the command has exited and its attempt is
+written); a stop before that makes it `cancelled` (keeping the exit code it had), a stop after it is
+refused and the run keeps its own status. Gates on the store's writes hold the run at each boundary,
+so the order is fixed by the test, not by timing."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from fleetd.loops.executor import Executor
+from fleetd.records.loop import Loop, Schedule
+from fleetd.store.attempts import AttemptStore
+from fleetd.store.db import Database
+from fleetd.store.loops import LoopStore
+from fleetd.store.runs import RunStore
+from fleetd.timefmt import now_utc
+
+
+class Gate:
+    """Holds a store write until opened; `reached` says a write is waiting at it."""
+
+    def __init__(self) -> None:
+        self.reached = asyncio.Event()
+        self.open = asyncio.Event()
+
+    async def through(self) -> None:
+        self.reached.set()
+        await asyncio.wait_for(self.open.wait(), 10)
+
+
+class GatedRuns(RunStore):
+    def __init__(self, db: Database) -> None:
+        super().__init__(db)
+        self.gate = Gate()
+        self.finishes: list[tuple[str, int | None]] = []
+
+    async def finish(self, run_id: int, **kwargs: Any) -> None:
+        self.finishes.append((kwargs["status"], kwargs.get("exit_code")))
+        await self.gate.through()
+        await super().finish(run_id, **kwargs)
+
+
+class GatedAttempts(AttemptStore):
+    def __init__(self, db: Database) -> None:
+        super().__init__(db)
+        self.gate = Gate()
+        self.gate.open.set()
+
+    async def finish(self, attempt_id: int, **kwargs: Any) -> None:
+        await self.gate.through()
+        await super().finish(attempt_id, **kwargs)
+
+
+class NoProfiles:
+    async def known_secrets(self) -> list[str]:
+        return []
+
+
+@dataclass
+class Setup:
+    ex: Executor
+    runs: GatedRuns
+    attempts: GatedAttempts
+    loop: Loop
+
+
+@asynccontextmanager
+async def _setup(tmp_path: Path, command: str) -> AsyncIterator[Setup]:
+    db = await Database.open(tmp_path / "s.db")
+    runs, attempts = GatedRuns(db), GatedAttempts(db)
+    now = now_utc()
+    loop = Loop(name="racer", schedule=Schedule("every", "1h", "UTC"), backend="command", command=command,
+                workdir=str(tmp_path), created_at=now, updated_at=now)  # fmt: skip
+    await LoopStore(db).insert(loop)
+    ex = Executor(runs, attempts, NoProfiles(), log_path=lambda i: tmp_path / f"{i}.log",  # type: ignore[arg-type]
+                  tmp_root=tmp_path / "tmp", tag_prefix="stop", clock=now_utc, local_tz=ZoneInfo("UTC"),
+                  kill_grace=5.0)  # fmt: skip
+    try:
+        yield Setup(ex, runs, attempts, loop)
+    finally:
+        await ex.wait_idle(10)
+        await db.close()
+
+
+def test_the_runs_own_end_first_then_a_stop_is_refused(tmp_path: Path) -> None:
+    async def go() -> tuple[bool, list[Any], str, int | None]:
+        async with _setup(tmp_path, "exit 3") as s:
+            run = await s.ex.fire(s.loop, "manual", datetime.now(UTC))
+            assert run is not None
+            await asyncio.wait_for(s.runs.gate.reached.wait(), 10)  # decided `failed`, not yet written
+            stopper = asyncio.create_task(s.ex.stop(run.id, reason="stopped by a test"))
+            await asyncio.sleep(0)  # the stop has looked at the run
+            s.runs.gate.open.set()
+            stopped = await stopper
+            row = await s.runs.get(run.id)
+            return stopped, s.runs.finishes, row.status, row.exit_code
+
+    stopped, finishes, status, exit_code = asyncio.run(go())
+    assert stopped is False
+    assert finishes == [("failed", 3)]  # written once, as it ended by itself
+    assert (status, exit_code) == ("failed", 3)
+
+
+def test_a_stop_first_then_the_command_exits_by_itself_in_the_grace(tmp_path: Path) -> None:
+    """The command ends itself (exit 3 on SIGTERM) inside the grace: still the stop's run."""
+
+    async def go() -> tuple[bool, list[Any], str, str | None]:
+        async with _setup(tmp_path, f"trap 'exit 3' TERM; touch {tmp_path}/up; sleep 30 & wait") as s:
+            s.runs.gate.open.set()
+            run = await s.ex.fire(s.loop, "manual", datetime.now(UTC))
+            assert run is not None
+            while not (tmp_path / "up").exists():  # the trap is set
+                await asyncio.sleep(0.01)
+            stopped = await s.ex.stop(run.id, reason="stopped by a test")
+            row = await s.runs.get(run.id)
+            return stopped, s.runs.finishes, row.status, row.error
+
+    stopped, finishes, status, error = asyncio.run(go())
+    assert stopped is True
+    assert finishes == [("cancelled", 3)]
+    assert (status, error) == ("cancelled", "stopped by a test")
+
+
+def test_a_stop_after_the_command_exited_but_before_the_run_ended_cancels_it(tmp_path: Path) -> None:
+    """The boundary: the command has exited 0, its attempt is being written, the run's status is not
+    decided yet. The stop is first, so the run is `cancelled` (with the exit code it had)."""
+
+    async def go() -> tuple[bool, list[Any], str]:
+        async with _setup(tmp_path, "true") as s:
+            s.attempts.gate.open.clear()
+            s.runs.gate.open.set()
+            run = await s.ex.fire(s.loop, "manual", datetime.now(UTC))
+            assert run is not None
+            await asyncio.wait_for(s.attempts.gate.reached.wait(), 10)
+            stopper = asyncio.create_task(s.ex.stop(run.id, reason="stopped by a test"))
+            await asyncio.sleep(0)
+            s.attempts.gate.open.set()
+            stopped = await stopper
+            return stopped, s.runs.finishes, (await s.runs.get(run.id)).status
+
+    stopped, finishes, status = asyncio.run(go())
+    assert stopped is True
+    assert finishes == [("cancelled", 0)]
+    assert status == "cancelled"
