@@ -41,6 +41,7 @@ from fleetd.loops.scrub import Scrubber
 from fleetd.paths import Paths
 from fleetd.profiles.model import validate_profile_name
 from fleetd.profiles.service import ProfileService
+from fleetd.records.loop import Loop
 from fleetd.records.profile import Profile
 from fleetd.records.run import FINAL_STATUSES, STATUSES, Run, accepted_attempt
 from fleetd.routing.policy import apply_routing_input, loop_policy
@@ -163,23 +164,24 @@ def create_app(ctx: DaemonContext) -> Starlette:
     async def list_loops(request: Request) -> Response:
         loops = await ctx.loops.list()
         last = await ctx.runs.last_for_loops()
-        return JSONResponse([loop_json(lp, last.get(lp.name), _running_id(lp.name)) for lp in loops])
+        return JSONResponse([loop_json(lp, last.get(lp.name), _running_id(lp)) for lp in loops])
 
-    def _running_id(name: str) -> int | None:
-        slot = ctx.executor.active.get(name)
+    def _running_id(loop: Loop) -> int | None:
+        slot = ctx.executor.running(loop)
         return slot.run_id if slot else None
 
     async def _loop_view(name: str) -> JSONResponse:
         loop = await ctx.loops.get(validate_name(name))
-        last = await ctx.runs.list(loop=name, limit=1)
-        return JSONResponse(loop_json(loop, last[0] if last else None, _running_id(name)))
+        # Only this loop's own runs: not those of an earlier loop of the same name (`Loop.instance`).
+        last = await ctx.runs.list(loop=name, since=loop.created_at, limit=1)
+        return JSONResponse(loop_json(loop, last[0] if last else None, _running_id(loop)))
 
     async def add_loop(request: Request) -> Response:
         body = await _body(request)
         loop = validate_loop_input(body, ctx.default_tz)
         apply_routing_input(body, loop, await ctx.profiles.store.list(), routed_backends())
         saved = await ctx.scheduler.add(loop)
-        return JSONResponse(loop_json(saved, None, _running_id(saved.name)), status_code=201)
+        return JSONResponse(loop_json(saved, None, None), status_code=201)
 
     async def show_loop(request: Request) -> Response:
         response = await _loop_view(request.path_params["name"])

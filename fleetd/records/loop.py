@@ -86,3 +86,10 @@ class Loop:
     updated_at: datetime | None = None
     last_fire_at: datetime | None = None
     next_fire_at: datetime | None = None
+
+    @property
+    def instance(self) -> tuple[str, datetime | None]:
+        """This loop as it was added. A loop removed and added again under its name is another instance:
+        it inherits none of the old one's runs (runs of an instance started at or after its `created_at`).
+        An edit keeps the instance."""
+        return (self.name, self.created_at)

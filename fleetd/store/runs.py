@@ -167,9 +167,10 @@ class RunStore:
         return [_row_to_run(r) for r in rows]
 
     async def last_for_loops(self) -> dict[str, Run]:
-        """The newest run of every defined loop, for `loop list`: one index probe per loop."""
+        """The newest run of every defined loop, for `loop list`: one index probe per loop. A run started
+        before the loop was added belongs to an earlier loop of that name (`Loop.instance`)."""
         rows = await self.db.fetchall(
             f"SELECT {_COLUMNS} FROM runs WHERE id IN "
-            "(SELECT (SELECT max(id) FROM runs r WHERE r.loop = l.name) FROM loops l)"
+            "(SELECT (SELECT max(id) FROM runs r WHERE r.loop = l.name AND r.started_at >= l.created_at) FROM loops l)"
         )
         return {r["loop"]: _row_to_run(r) for r in rows}
