@@ -20,7 +20,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fleetd import __version__
-from fleetd.backends.registry import get_adapter, routed_backends
+from fleetd.backends.registry import get_adapter
 from fleetd.daemon.logview import readable
 from fleetd.daemon.views import (
     circuit_json,
@@ -34,17 +34,18 @@ from fleetd.daemon.views import (
 from fleetd.errors import FleetdError, InvalidArgument, NotFound, shown
 from fleetd.heartbeat.service import Heartbeat
 from fleetd.loops.executor import Executor
-from fleetd.loops.model import validate_loop_input, validate_name
+from fleetd.loops.model import validate_name
 from fleetd.loops.runlog import RunLog
 from fleetd.loops.scheduler import Scheduler
 from fleetd.loops.scrub import Scrubber
+from fleetd.loops.service import LoopService
 from fleetd.paths import Paths
 from fleetd.profiles.model import validate_profile_name
 from fleetd.profiles.service import ProfileService
 from fleetd.records.loop import Loop
 from fleetd.records.profile import Profile
 from fleetd.records.run import FINAL_STATUSES, STATUSES, Run, accepted_attempt
-from fleetd.routing.policy import apply_routing_input, loop_policy
+from fleetd.routing.policy import loop_policy
 from fleetd.routing.router import resolve
 from fleetd.store.attempts import AttemptStore
 from fleetd.store.db import StoreUnavailable
@@ -71,6 +72,7 @@ class DaemonContext:
     events: EventLog
     stats: StatsStore
     scheduler: Scheduler
+    loop_service: LoopService
     executor: Executor
     clock: Callable[[], datetime]
     started_at: datetime
@@ -178,10 +180,14 @@ def create_app(ctx: DaemonContext) -> Starlette:
 
     async def add_loop(request: Request) -> Response:
         body = await _body(request)
-        loop = validate_loop_input(body, ctx.default_tz)
-        apply_routing_input(body, loop, await ctx.profiles.store.list(), routed_backends())
-        saved = await ctx.scheduler.add(loop)
+        saved = await ctx.loop_service.add(body)
         return JSONResponse(loop_json(saved, None, None), status_code=201)
+
+    async def edit_loop(request: Request) -> Response:
+        name = validate_name(request.path_params["name"])
+        body = await _body(request)
+        await ctx.loop_service.edit(name, body)
+        return await _loop_view(name)
 
     async def show_loop(request: Request) -> Response:
         response = await _loop_view(request.path_params["name"])
@@ -347,6 +353,7 @@ def create_app(ctx: DaemonContext) -> Starlette:
         Route("/v1/loops", list_loops, methods=["GET"]),
         Route("/v1/loops", add_loop, methods=["POST"]),
         Route("/v1/loops/{name}", show_loop, methods=["GET"]),
+        Route("/v1/loops/{name}", edit_loop, methods=["PATCH"]),
         Route("/v1/loops/{name}", remove_loop, methods=["DELETE"]),
         Route("/v1/loops/{name}/pause", pause_loop, methods=["POST"]),
         Route("/v1/loops/{name}/resume", resume_loop, methods=["POST"]),

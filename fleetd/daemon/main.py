@@ -24,6 +24,7 @@ from fleetd.heartbeat.service import Heartbeat
 from fleetd.loops import cgroups, proctree
 from fleetd.loops.executor import Executor
 from fleetd.loops.scheduler import Scheduler
+from fleetd.loops.service import LoopService
 from fleetd.paths import Paths
 from fleetd.profiles.secrets import open_secret_store
 from fleetd.profiles.service import KnownSecrets, ProfileService
@@ -186,6 +187,7 @@ class Daemon:
             events=events,
             stats=StatsStore(db),
             scheduler=scheduler,
+            loop_service=LoopService(loops, scheduler, profile_store, default_tz=zone_name),
             executor=executor,
             clock=now_utc,
             started_at=now_utc(),

@@ -10,7 +10,7 @@ from urllib.parse import urlparse
 from fleetd.errors import InvalidArgument, shown
 from fleetd.heartbeat.limits import parse_limits
 from fleetd.loops.model import NAME_RE, optional_text, validate_path
-from fleetd.records.profile import PRICE_FIELDS, TIERS, Profile
+from fleetd.records.profile import PRICE_FIELDS, TIERS, Profile, is_loopback
 from fleetd.routing.policy import parse_usd
 from fleetd.timefmt import DurationError, parse_duration
 
@@ -27,11 +27,6 @@ def validate_profile_name(name: object) -> str:
             "use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
         )
     return name
-
-
-def _is_loopback(url: str) -> bool:
-    host = urlparse(url).hostname or ""
-    return host in ("localhost", "::1") or host.startswith("127.")
 
 
 def _base_url(value: str) -> str:
@@ -89,7 +84,7 @@ def validate_profile_input(body: dict[str, Any], default_dir: Path) -> tuple[Pro
         base_url = _base_url(base_url)
     tier = body.get("tier")
     if tier is None:
-        if base_url is not None and _is_loopback(base_url) and secret is None:
+        if base_url is not None and is_loopback(base_url) and secret is None:
             tier = "local"
         else:
             tier = "metered" if secret is not None else "subscription"

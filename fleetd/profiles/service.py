@@ -201,7 +201,8 @@ class ProfileService:
         views = await self.heartbeat.views(profiles)
         now = self.clock()
         for profile in profiles:
-            why = get_adapter(profile.backend).unavailable(profile)
+            adapter = get_adapter(profile.backend)
+            why = adapter.unavailable(profile) or adapter.auth_problem(profile)
             over = None
             if profile.daily_cost is not None and self.attempt_costs is not None:
                 spent = await self.attempt_costs.profile_cost_since(profile.name, now - DAY)

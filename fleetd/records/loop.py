@@ -14,7 +14,9 @@ CatchUp = Literal["once", "skip"]
 # metered only when a loop says so.
 DEFAULT_TIERS = ("local", "subscription")
 ON_EXHAUSTED = ("escalate", "wait")
+DEFAULT_ON_EXHAUSTED = "escalate"
 DEFAULT_OUTPUT_CAP = 10 * 1024 * 1024
+DEFAULT_VERIFY_TIMEOUT_S = 600.0
 
 
 @dataclass(frozen=True)
@@ -75,11 +77,11 @@ class Loop:
     max_cost: float | None = None  # USD per run
     max_tokens: int | None = None  # per run
     daily_cost: float | None = None  # USD per rolling 24 h, for the loop
-    on_exhausted: str = "escalate"  # or "wait" for the step's reset
+    on_exhausted: str = DEFAULT_ON_EXHAUSTED  # or "wait" for the step's reset
     # Acceptance: a command whose exit 0 accepts an attempt's work, and how many repair rounds a
     # rejected worker gets before the next step takes over.
     verify: str | None = None
-    verify_timeout_s: float = 600.0
+    verify_timeout_s: float = DEFAULT_VERIFY_TIMEOUT_S
     repair: int = 0
     review: ChainStep | None = None  # a cheap reviewer agent that must accept the work too
     created_at: datetime | None = None
