@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import click
 
 from fleetd.cli.client import CliError, segment
-from fleetd.cli.common import absolute, client, fields_text, json_flag, render
+from fleetd.cli.common import (
+    Option,
+    absolute,
+    client,
+    edit_changes,
+    fields_text,
+    json_flag,
+    render,
+    shared_options,
+)
 from fleetd.cli.format import local_time, schedule_text, short, table
 from fleetd.timefmt import format_duration
 
@@ -30,105 +37,55 @@ def _parse_size(text: str) -> int:
         raise CliError(f"invalid --output-cap {text!r} (use e.g. 512k, 10MB)", exit_code=2) from None
 
 
-@dataclass(frozen=True)
-class LoopOption:
-    """One option of `loop add` and `loop edit`, declared once for both. `add_default` is what `add` assumes
-    when it is not given; `edit` has no defaults (what is not given stays as it is). A `clearable` option can
-    be unset by `edit --clear-NAME`, back to `add`'s default."""
-
-    flag: str  # "--dir", or a "--on/--off" pair
-    key: str  # the field of the API body
-    help: str
-    add_default: Any = None
-    clearable: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)  # more click settings: type, multiple, metavar
-
-    @property
-    def name(self) -> str:
-        return self.flag.split("/")[0].removeprefix("--")
-
-    @property
-    def clear_flag(self) -> str:
-        """`--clear-dir`; plural for a repeatable option, which it clears of every value: `--clear-agent-args`."""
-        many = self.extra.get("multiple") and not self.name.endswith("s") and self.name != "env"
-        return f"--clear-{self.name}{'s' if many else ''}"
-
-
 # fmt: off
 LOOP_OPTIONS = (
-    LoopOption("--cron", "cron", 'Cron expression, e.g. "0 2 * * *".'),
-    LoopOption("--every", "every", "Interval, e.g. 10m, 1h30m."),
-    LoopOption("--at", "at", "One-shot time, ISO 8601, e.g. 2026-12-01T09:00."),
-    LoopOption("--tz", "timezone", "Time zone of the schedule (default: the daemon's local zone)."),
-    LoopOption("--dir", "dir", "Working directory.", clearable=True, extra={"type": click.Path(file_okay=False)}),
-    LoopOption("--backend", "backend", "command, claude_code, codex, gemini, aider or openai_compat.", "command"),
-    LoopOption("--profile", "profiles", "Profile pool, comma-separated, tried in order (default: all of the backend).",
+    Option("--cron", "cron", 'Cron expression, e.g. "0 2 * * *".'),
+    Option("--every", "every", "Interval, e.g. 10m, 1h30m."),
+    Option("--at", "at", "One-shot time, ISO 8601, e.g. 2026-12-01T09:00."),
+    Option("--tz", "timezone", "Time zone of the schedule (default: the daemon's local zone)."),
+    Option("--dir", "dir", "Working directory.", clearable=True, extra={"type": click.Path(file_okay=False)}),
+    Option("--backend", "backend", "command, claude_code, codex, gemini, aider or openai_compat.", "command"),
+    Option("--profile", "profiles", "Profile pool, comma-separated, tried in order (default: all of the backend).",
                clearable=True),
-    LoopOption("--model", "model", "Model for the agent (default: the profile's).", clearable=True),
-    LoopOption("--chain", "chain",
+    Option("--model", "model", "Model for the agent (default: the profile's).", clearable=True),
+    Option("--chain", "chain",
                "Escalation chain, tried left to right: BACKEND[@MODEL] or PROFILE[@MODEL], comma-separated.",
                clearable=True),
-    LoopOption("--tiers", "tiers",
+    Option("--tiers", "tiers",
                "Tiers a backend step may use (default local,subscription; add metered to allow keys).",
                clearable=True),
-    LoopOption("--max-cost", "max_cost", "USD a run may spend, every attempt included.", clearable=True),
-    LoopOption("--max-tokens", "max_tokens", "Tokens a run may use, e.g. 2M.", clearable=True),
-    LoopOption("--daily-cost", "daily_cost", "USD the loop may spend per rolling 24 h; a fire over it is skipped.",
+    Option("--max-cost", "max_cost", "USD a run may spend, every attempt included.", clearable=True),
+    Option("--max-tokens", "max_tokens", "Tokens a run may use, e.g. 2M.", clearable=True),
+    Option("--daily-cost", "daily_cost", "USD the loop may spend per rolling 24 h; a fire over it is skipped.",
                clearable=True),
-    LoopOption("--on-exhausted", "on_exhausted",
+    Option("--on-exhausted", "on_exhausted",
                "When a step has no headroom: go up the chain (default) or wait for its reset.",
                clearable=True, extra={"type": click.Choice(["escalate", "wait"])}),
-    LoopOption("--verify", "verify",
+    Option("--verify", "verify",
                "Acceptance gate: a shell command run in --dir after each successful attempt; exit 0 accepts.",
                clearable=True),
-    LoopOption("--verify-timeout", "verify_timeout", "How long --verify may take (default 10m).", clearable=True),
-    LoopOption("--review", "review",
+    Option("--verify-timeout", "verify_timeout", "How long --verify may take (default 10m).", clearable=True),
+    Option("--review", "review",
                "A cheap reviewer agent that must accept the work too: BACKEND[@MODEL] or PROFILE[@MODEL].",
                clearable=True),
-    LoopOption("--repair", "repair", "Rejected work gets this many repair rounds on the same worker (default 0).",
+    Option("--repair", "repair", "Rejected work gets this many repair rounds on the same worker (default 0).",
                clearable=True, extra={"type": int}),
-    LoopOption("--agent-arg", "agent_args", "Extra argument passed to the agent CLI (repeatable).",
+    Option("--agent-arg", "agent_args", "Extra argument passed to the agent CLI (repeatable).",
                clearable=True, extra={"multiple": True}),
-    LoopOption("--command", "command", "Shell command (command backend).", clearable=True),
-    LoopOption("--prompt", "prompt", "Prompt text (stdin and FLEETD_PROMPT for the command backend).", clearable=True),
-    LoopOption("--prompt-file", "prompt_file", "File read for the prompt at each run.", clearable=True,
+    Option("--command", "command", "Shell command (command backend).", clearable=True),
+    Option("--prompt", "prompt", "Prompt text (stdin and FLEETD_PROMPT for the command backend).", clearable=True),
+    Option("--prompt-file", "prompt_file", "File read for the prompt at each run.", clearable=True,
                extra={"type": click.Path(dir_okay=False)}),
-    LoopOption("--env", "env", "Environment variable (repeatable).", clearable=True,
+    Option("--env", "env", "Environment variable (repeatable).", clearable=True,
                extra={"multiple": True, "metavar": "K=V"}),
-    LoopOption("--timeout", "timeout", "Kill the run after this long, e.g. 30m.", clearable=True),
-    LoopOption("--catch-up", "catch_up", "A fire missed while the daemon was down: run once, or skip.", "once",
+    Option("--timeout", "timeout", "Kill the run after this long, e.g. 30m.", clearable=True),
+    Option("--catch-up", "catch_up", "A fire missed while the daemon was down: run once, or skip.", "once",
                extra={"type": click.Choice(["once", "skip"])}),
-    LoopOption("--output-cap", "output_cap", "Keep at most this much output (tail).", "10MB"),
-    LoopOption("--paused/--enabled", "paused", "Paused (not firing) or enabled.", False),
+    Option("--output-cap", "output_cap", "Keep at most this much output (tail).", "10MB"),
+    Option("--paused/--enabled", "paused", "Paused (not firing) or enabled.", False),
 )
 # fmt: on
 _BY_KEY = {option.key: option for option in LOOP_OPTIONS}
-
-
-def loop_options(edit: bool) -> Callable[[Callable[..., None]], Callable[..., None]]:
-    """The options of `loop add` (edit=False) or `loop edit`: the same list, with `add`'s defaults or with
-    none and a `--clear-NAME` for each clearable one."""
-
-    def decorate(command: Callable[..., None]) -> Callable[..., None]:
-        declared = []
-        for option in LOOP_OPTIONS:
-            settings = dict(option.extra)
-            if not edit and option.add_default is not None:
-                settings.update(default=option.add_default, show_default=option.add_default is not False)
-            elif "/" in option.flag:
-                settings["default"] = None  # a flag pair left out of `edit` changes nothing (click would say False)
-            declared.append(click.option(option.flag, option.key, help=option.help, **settings))
-        if edit:
-            declared += [
-                click.option(o.clear_flag, f"clear_{o.key}", is_flag=True, help=f"Unset --{o.name}.")
-                for o in LOOP_OPTIONS
-                if o.clearable
-            ]
-        for declare in reversed(declared):
-            command = declare(command)
-        return command
-
-    return decorate
 
 
 def _loop_body(fields: dict[str, Any]) -> dict[str, Any]:
@@ -152,7 +109,7 @@ def _loop_body(fields: dict[str, Any]) -> dict[str, Any]:
 
 @loop.command("add")
 @click.argument("name")
-@loop_options(edit=False)
+@shared_options(LOOP_OPTIONS, edit=False)
 @json_flag
 def loop_add(name: str, as_json: bool, **fields: Any) -> None:
     """Add a loop NAME with exactly one of --cron, --every, --at."""
@@ -162,21 +119,15 @@ def loop_add(name: str, as_json: bool, **fields: Any) -> None:
 
 @loop.command("edit")
 @click.argument("name")
-@loop_options(edit=True)
+@shared_options(LOOP_OPTIONS, edit=True)
 @json_flag
 def loop_edit(name: str, as_json: bool, **fields: Any) -> None:
     """Change loop NAME in place: the options given replace what it has (--env and --agent-arg replace the
     whole list), --clear-NAME unsets one. A new schedule replaces the old one, --prompt and --prompt-file replace
     each other, and --chain replaces --backend/--profile/--model (and they replace it). Checked like `loop add`,
     nothing saved on error; takes effect at the next fire (a run in flight finishes as it started)."""
-    clear = [key.removeprefix("clear_") for key, value in fields.items() if key.startswith("clear_") and value]
-    given = _loop_body({key: value for key, value in fields.items() if not key.startswith("clear_")})
-    if not given and not clear:
-        raise CliError("nothing to change: give the options to change (see `fleetd loop edit --help`)", exit_code=2)
-    for key in clear:
-        if key in given:
-            raise CliError(f"give --{_BY_KEY[key].name} or {_BY_KEY[key].clear_flag}, not both", exit_code=2)
-    edited = client().call("PATCH", f"/v1/loops/{segment(name)}", {**given, "clear": clear})
+    given, clear = edit_changes(LOOP_OPTIONS, fields)
+    edited = client().call("PATCH", f"/v1/loops/{segment(name)}", {**_loop_body(given), "clear": clear})
     render(edited, as_json, lambda lp: f"edited loop {lp['name']}; next run {local_time(lp['next_fire_at'])}")
 
 

@@ -291,6 +291,14 @@ def create_app(ctx: DaemonContext) -> Starlette:
         profile = await ctx.profiles.add(await _body(request))
         return JSONResponse(_profile(profile), status_code=201)
 
+    async def edit_profile(request: Request) -> Response:
+        body = await _body(request)
+        return JSONResponse(_profile(await ctx.profiles.edit(request.path_params["name"], body)))
+
+    async def set_profile_key(request: Request) -> Response:
+        body = await _body(request)
+        return JSONResponse(_profile(await ctx.profiles.set_key(request.path_params["name"], body)))
+
     async def show_profile(request: Request) -> Response:
         name = validate_profile_name(request.path_params["name"])
         return JSONResponse(_profile(await ctx.profiles.store.get(name)))
@@ -366,7 +374,9 @@ def create_app(ctx: DaemonContext) -> Starlette:
         Route("/v1/profiles", list_profiles, methods=["GET"]),
         Route("/v1/profiles", add_profile, methods=["POST"]),
         Route("/v1/profiles/{name}", show_profile, methods=["GET"]),
+        Route("/v1/profiles/{name}", edit_profile, methods=["PATCH"]),
         Route("/v1/profiles/{name}", remove_profile, methods=["DELETE"]),
+        Route("/v1/profiles/{name}/key", set_profile_key, methods=["PUT"]),
         Route("/v1/profiles/{name}/env", profile_env, methods=["GET"]),
         Route("/v1/profiles/{name}/switch", switch_profile, methods=["POST"]),
         Route("/v1/profiles/{name}/enable", enable_profile, methods=["POST"]),
