@@ -96,6 +96,10 @@ class Adapter(Protocol):
     def auth_problem(self, profile: Profile) -> str | None:
         """What keeps `profile` from authenticating that fleetd can see (no key where one is needed), or None."""
 
+    def auth_state(self, profile: Profile) -> str:
+        """How `profile` authenticates now: "key", "login", "none" (a server on this host) or "missing"."""
+        ...
+
     def auth_hint(self, profile: Profile) -> str | None:
         """What the user does next so that `profile` can authenticate (a login, a key), or None: nothing."""
 

@@ -28,6 +28,13 @@ class AdapterDefaults:
             return "no API key (its --base-url is not on this host)"
         return "no API key"
 
+    def auth_state(self, profile: Profile) -> str:
+        if profile.has_secret:
+            return "key"
+        if self.auth_problem(profile):
+            return "missing"
+        return "login" if self.auth == "login" else "none"
+
     def auth_hint(self, profile: Profile) -> str | None:
         problem = self.auth_problem(profile)
         if problem is not None:

@@ -196,10 +196,8 @@ def profile_login(name: str) -> None:
     env = client().call("GET", f"/v1/profiles/{segment(name)}/env")
     argv = env["login_argv"]
     if not argv:
-        raise CliError(
-            f"profile {name} ({env['backend']}) has no login: it uses an API key, "
-            f"`fleetd profile set-key {name} --api-key-stdin < key.txt`"
-        )
+        why = env["auth_hint"] or AUTH_TEXT[env["auth"]]
+        raise CliError(f"profile {name} ({env['backend']}) has no login to run; its authentication: {why}")
     child_env = {k: v for k, v in os.environ.items() if k not in env["unset"]}
     child_env.update(env["set"])
     click.echo(f"running `{' '.join(argv)}` for profile {name}", err=True)

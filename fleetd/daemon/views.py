@@ -59,12 +59,6 @@ def loop_json(loop: Loop, last_run: Run | None = None, running_run_id: int | Non
 
 def profile_json(profile: Profile) -> dict[str, Any]:
     adapter = get_adapter(profile.backend)
-    if profile.has_secret:
-        auth = "key"
-    elif adapter.auth_problem(profile):
-        auth = "missing"
-    else:
-        auth = "login" if adapter.auth == "login" else "none"
     return {
         "name": profile.name,
         "backend": profile.backend,
@@ -74,7 +68,7 @@ def profile_json(profile: Profile) -> dict[str, Any]:
         "model": profile.model,
         "prices_per_mtok": {key.removeprefix("price_"): getattr(profile, key) for key in PRICE_FIELDS},
         "has_api_key": profile.has_secret,
-        "auth": auth,  # how it authenticates: key, login, none (a local server), or missing (it needs a key)
+        "auth": adapter.auth_state(profile),  # key, login, none (a server on this host), or missing (it needs a key)
         "auth_hint": adapter.auth_hint(profile),  # what the user does next for it to authenticate, or None
         "enabled": profile.enabled,
         "limits": [limit.describe() for limit in profile.limits],

@@ -242,6 +242,8 @@ class ProfileService:
             "set": change.set,
             "unset": list(change.unset),
             "login_argv": adapter.login_argv(profile),
+            "auth": adapter.auth_state(profile),
+            "auth_hint": adapter.auth_hint(profile),
         }
 
     # -- ProfileSource, for the executor ----------------------------------------------------------

@@ -205,7 +205,7 @@ def test_a_local_openai_compat_profile_needs_no_key_and_a_remote_one_is_told_wha
         remote.stdout
     )
     login = d.cli("profile", "login", "remote", check=False)
-    assert login.returncode == 1 and "has no login" in login.stderr and "set-key remote" in login.stderr
+    assert login.returncode == 1 and "has no login to run" in login.stderr and "set-key remote" in login.stderr
 
 
 def test_profile_edit_changes_it_in_place_and_the_heartbeat_judges_the_new_limits(d: Daemon) -> None:
