@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
 class AdapterDefaults:
     name = ""
+    executable: str | None = None  # nothing to find on PATH
     auth: AuthKind = "login"
 
     def auth_problem(self, profile: Profile) -> str | None:
@@ -59,6 +60,9 @@ class AdapterDefaults:
 
     def unavailable(self, profile: Profile) -> str | None:
         return None
+
+    def login_problem(self, profile: Profile, env: Mapping[str, str]) -> str | None:
+        return None  # a key (kept by fleetd's secret store), or no login at all
 
     def validate_profile(self, profile: Profile) -> None:
         return None

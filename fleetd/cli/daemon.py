@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import click
@@ -37,9 +38,12 @@ def _options(texts: dict[str, str]) -> DaemonOptions:
 
 @daemon.command("run")
 @daemon_options
-def daemon_run(**texts: str) -> None:
+@click.option("--log-file", type=click.Path(dir_okay=False, path_type=Path), hidden=True,
+              help="Write the daemon's log here, rotating it (`daemon start` sets it), not to stderr.")  # fmt: skip
+def daemon_run(log_file: Path | None, **texts: str) -> None:
     """Run the daemon in the foreground (what the service unit runs)."""
     options = _options(texts)
+    options.log_file = log_file
     from fleetd.daemon.main import run_daemon
 
     where = paths()
@@ -66,6 +70,7 @@ def daemon_start(wait_s: float, **texts: str) -> None:
     argv = [sys.executable, "-m", "fleetd", "daemon", "run"]
     for flag in flags():
         argv += [flag.option, texts[flag.name]]
+    argv += ["--log-file", str(where.daemon_log)]  # it rotates the file it writes itself
     try:
         with open(where.daemon_log, "ab") as logf:
             proc = subprocess.Popen(

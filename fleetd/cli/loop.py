@@ -6,6 +6,7 @@ from typing import Any
 
 import click
 
+from fleetd.cli import complete
 from fleetd.cli.client import CliError, segment
 from fleetd.cli.common import (
     Option,
@@ -17,7 +18,8 @@ from fleetd.cli.common import (
     render,
     shared_options,
 )
-from fleetd.cli.format import local_time, schedule_text, short, table
+from fleetd.cli.complete import loop_name
+from fleetd.cli.format import local_time, relative_time, schedule_text, short, table
 from fleetd.timefmt import format_duration
 
 
@@ -44,9 +46,10 @@ LOOP_OPTIONS = (
     Option("--at", "at", "One-shot time, ISO 8601, e.g. 2026-12-01T09:00."),
     Option("--tz", "timezone", "Time zone of the schedule (default: the daemon's local zone)."),
     Option("--dir", "dir", "Working directory.", clearable=True, extra={"type": click.Path(file_okay=False)}),
-    Option("--backend", "backend", "command, claude_code, codex, gemini, aider or openai_compat.", "command"),
+    Option("--backend", "backend", "command, claude_code, codex, gemini, aider or openai_compat.", "command",
+           extra={"shell_complete": complete.backends}),
     Option("--profile", "profiles", "Profile pool, comma-separated, tried in order (default: all of the backend).",
-               clearable=True),
+           clearable=True, extra={"shell_complete": complete.profiles}),
     Option("--model", "model", "Model for the agent (default: the profile's).", clearable=True),
     Option("--chain", "chain",
                "Escalation chain, tried left to right: BACKEND[@MODEL] or PROFILE[@MODEL], comma-separated.",
@@ -108,17 +111,18 @@ def _loop_body(fields: dict[str, Any]) -> dict[str, Any]:
 
 
 @loop.command("add")
-@click.argument("name")
+@loop_name
 @shared_options(LOOP_OPTIONS, edit=False)
 @json_flag
 def loop_add(name: str, as_json: bool, **fields: Any) -> None:
     """Add a loop NAME with exactly one of --cron, --every, --at."""
     created = client().call("POST", "/v1/loops", {**_loop_body(fields), "name": name})
+    warn(created)
     render(created, as_json, lambda lp: f"added loop {lp['name']}; next run {local_time(lp['next_fire_at'])}")
 
 
 @loop.command("edit")
-@click.argument("name")
+@loop_name
 @shared_options(LOOP_OPTIONS, edit=True)
 @json_flag
 def loop_edit(name: str, as_json: bool, **fields: Any) -> None:
@@ -128,7 +132,14 @@ def loop_edit(name: str, as_json: bool, **fields: Any) -> None:
     nothing saved on error; takes effect at the next fire (a run in flight finishes as it started)."""
     given, clear = edit_changes(LOOP_OPTIONS, fields)
     edited = client().call("PATCH", f"/v1/loops/{segment(name)}", {**_loop_body(given), "clear": clear})
+    warn(edited)
     render(edited, as_json, lambda lp: f"edited loop {lp['name']}; next run {local_time(lp['next_fire_at'])}")
+
+
+def warn(answer: dict[str, Any]) -> None:
+    """What the daemon saved but warns about (a CLI not on its PATH), on stderr, with --json too."""
+    for warning in answer.get("warnings") or []:
+        click.echo(f"warning: {warning}", err=True)
 
 
 @loop.command("list")
@@ -145,8 +156,8 @@ def _list_text(loops: list[dict[str, Any]]) -> str:
             schedule_text(lp["schedule"]),
             lp["backend"],
             "yes" if lp["enabled"] else "paused",
-            local_time(lp["next_fire_at"]),
-            local_time(lp["last_fire_at"]),
+            relative_time(lp["next_fire_at"]),
+            relative_time(lp["last_fire_at"]),
             "running" if lp["running_run_id"] else (lp["last_run"] or {}).get("status", "-"),
         ]
         for lp in loops
@@ -155,7 +166,7 @@ def _list_text(loops: list[dict[str, Any]]) -> str:
 
 
 @loop.command("show")
-@click.argument("name")
+@loop_name
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
 def loop_show(name: str, as_json: bool) -> None:
     """One loop in full."""
@@ -214,6 +225,10 @@ def _show_text(lp: dict[str, Any]) -> str:
 ALL_OF_BACKEND = "(all of the backend)"
 
 
+def _moment(iso: str | None) -> str:
+    return f"{local_time(iso)} ({relative_time(iso)})" if iso else "-"
+
+
 def _run_brief(run: dict[str, Any] | None) -> str:
     if not run:
         return "-"
@@ -221,7 +236,7 @@ def _run_brief(run: dict[str, Any] | None) -> str:
 
 
 def _loop_action(action: str, verb: str) -> Any:
-    @click.argument("name")
+    @loop_name
     def command(name: str) -> None:
         client().call("POST", f"/v1/loops/{segment(name)}/{action}")
         click.echo(f"{verb} loop {name}")
@@ -235,7 +250,7 @@ loop.command("resume")(_loop_action("resume", "resumed"))
 
 
 @loop.command("rm")
-@click.argument("name")
+@loop_name
 def loop_rm(name: str) -> None:
     """Remove loop NAME (its run history stays)."""
     client().call("DELETE", f"/v1/loops/{segment(name)}")
@@ -243,7 +258,7 @@ def loop_rm(name: str) -> None:
 
 
 @loop.command("run")
-@click.argument("name")
+@loop_name
 @click.option("--json", "as_json", is_flag=True, help="Print the run as JSON.")
 def loop_run(name: str, as_json: bool) -> None:
     """Fire loop NAME now."""

@@ -7,30 +7,47 @@ heavier (the daemon, keyring, the unit templates) is imported inside the command
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 import click
 
 from fleetd import __version__
 from fleetd.cli.client import CliError
-from fleetd.cli.daemon import daemon
-from fleetd.cli.events import events
-from fleetd.cli.loop import loop
-from fleetd.cli.profile import profile
-from fleetd.cli.runs import runs
-from fleetd.cli.service import service
-from fleetd.cli.stats import stats
-from fleetd.cli.usage import usage
+
+# name -> "module:attribute". A command imports only its own module: `fleetd loop list` never
+# loads the daemon, profile or service commands (`fleetd --help` loads them all, for their help).
+COMMANDS = {
+    "daemon": "fleetd.cli.daemon:daemon",
+    "loop": "fleetd.cli.loop:loop",
+    "runs": "fleetd.cli.runs:runs",
+    "profile": "fleetd.cli.profile:profile",
+    "usage": "fleetd.cli.usage:usage",
+    "events": "fleetd.cli.events:events",
+    "stats": "fleetd.cli.stats:stats",
+    "service": "fleetd.cli.service:service",
+    "hook": "fleetd.cli.hook:hook",
+    "doctor": "fleetd.cli.doctor:doctor",
+    "completion": "fleetd.cli.complete:completion",
+}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in COMMANDS:
+            return None
+        module, _, attribute = COMMANDS[cmd_name].partition(":")
+        command: click.Command = getattr(importlib.import_module(module), attribute)
+        return command
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="fleetd")
 def cli() -> None:
     """fleetd: run coding-agent loops unattended."""
-
-
-for command in (daemon, loop, runs, profile, usage, events, stats, service):
-    cli.add_command(command)
 
 
 def main() -> None:

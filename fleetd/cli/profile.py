@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from fleetd.cli import complete
 from fleetd.cli.client import CliError, segment
 from fleetd.cli.common import (
     Option,
@@ -20,6 +21,7 @@ from fleetd.cli.common import (
     render,
     shared_options,
 )
+from fleetd.cli.complete import profile_name
 from fleetd.cli.format import table
 from fleetd.timefmt import format_duration
 
@@ -60,8 +62,13 @@ def _key_from_stdin(command: str) -> str:
 
 
 @profile.command("add")
-@click.argument("name")
-@click.option("--backend", required=True, help="claude_code, codex, gemini, aider or openai_compat.")
+@profile_name
+@click.option(
+    "--backend",
+    required=True,
+    shell_complete=complete.profile_backends,
+    help="claude_code, codex, gemini, aider or openai_compat.",
+)
 @click.option("--api-key-stdin", is_flag=True, help="Read the API key from stdin (kept in the OS keyring).")
 @click.option("--config-dir", type=click.Path(file_okay=False), help="The CLI's config directory for this login.")
 @shared_options(PROFILE_OPTIONS, edit=False)
@@ -83,7 +90,7 @@ def _added_text(p: dict[str, Any]) -> str:
 
 
 @profile.command("edit")
-@click.argument("name")
+@profile_name
 @shared_options(PROFILE_OPTIONS, edit=True)
 @json_flag
 def profile_edit(name: str, as_json: bool, **fields: Any) -> None:
@@ -96,7 +103,7 @@ def profile_edit(name: str, as_json: bool, **fields: Any) -> None:
 
 
 @profile.command("set-key")
-@click.argument("name")
+@profile_name
 @click.option("--api-key-stdin", is_flag=True, required=True, help="Read the new API key from stdin.")
 @json_flag
 def profile_set_key(name: str, api_key_stdin: bool, as_json: bool) -> None:
@@ -123,7 +130,7 @@ def _list_text(items: list[dict[str, Any]]) -> str:
 
 
 @profile.command("show")
-@click.argument("name")
+@profile_name
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
 def profile_show(name: str, as_json: bool) -> None:
     """One profile (never its key)."""
@@ -161,7 +168,7 @@ def _show_text(p: dict[str, Any]) -> str:
 
 
 @profile.command("reset-circuit")
-@click.argument("name")
+@profile_name
 def profile_reset_circuit(name: str) -> None:
     """Close profile NAME's circuit breaker by hand."""
     client().call("POST", f"/v1/profiles/{segment(name)}/reset-circuit")
@@ -169,7 +176,7 @@ def profile_reset_circuit(name: str) -> None:
 
 
 @profile.command("rm")
-@click.argument("name")
+@profile_name
 def profile_rm(name: str) -> None:
     """Remove profile NAME and its stored key."""
     client().call("DELETE", f"/v1/profiles/{segment(name)}")
@@ -177,7 +184,7 @@ def profile_rm(name: str) -> None:
 
 
 @profile.command("env")
-@click.argument("name")
+@profile_name
 def profile_env(name: str) -> None:
     """Print shell lines that use this profile by hand: eval "$(fleetd profile env NAME)"."""
     import shlex
@@ -190,7 +197,7 @@ def profile_env(name: str) -> None:
 
 
 @profile.command("login")
-@click.argument("name")
+@profile_name
 def profile_login(name: str) -> None:
     """Run the backend's own login in the foreground, with this profile's config directory."""
     env = client().call("GET", f"/v1/profiles/{segment(name)}/env")
@@ -208,7 +215,7 @@ def profile_login(name: str) -> None:
 
 
 @profile.command("disable")
-@click.argument("name")
+@profile_name
 def profile_disable(name: str) -> None:
     """Take profile NAME out of rotation until `fleetd profile enable NAME`."""
     client().call("POST", f"/v1/profiles/{segment(name)}/disable")
@@ -216,7 +223,7 @@ def profile_disable(name: str) -> None:
 
 
 @profile.command("enable")
-@click.argument("name")
+@profile_name
 def profile_enable(name: str) -> None:
     """Put profile NAME back in rotation (also after an auth failure, once its login is fixed)."""
     client().call("POST", f"/v1/profiles/{segment(name)}/enable")

@@ -7,7 +7,9 @@ from typing import Any
 
 import click
 
-from fleetd.cli.common import checked_run_id, client, fields_text, render
+from fleetd.cli import complete
+from fleetd.cli.common import checked_run_id, client, fields_text, json_flag, render, seconds
+from fleetd.cli.complete import run_id_arg
 from fleetd.cli.format import local_time, short, table
 from fleetd.timefmt import format_duration
 
@@ -18,7 +20,7 @@ def runs() -> None:
 
 
 @runs.command("list")
-@click.option("--loop", "loop_name", help="Only this loop's runs.")
+@click.option("--loop", "loop_name", shell_complete=complete.loops, help="Only this loop's runs.")
 @click.option("--status", help="running, succeeded, failed, timed_out, interrupted or skipped.")
 @click.option("--since", help="Only runs started within this long, e.g. 24h.")
 @click.option("--limit", default=50, show_default=True, type=int, help="At most this many, newest first.")
@@ -46,8 +48,37 @@ def _list_text(items: list[dict[str, Any]]) -> str:
     return table(["ID", "LOOP", "TRIGGER", "STATUS", "EXIT", "STARTED", "TOOK", "ERROR"], rows)
 
 
+@runs.command("prune")
+@click.option("--older-than", help="Prune runs (their attempts and logs) and events older than this, e.g. 30d. "
+              "Without options: the daemon's --retain.")  # fmt: skip
+@click.option("--keep-per-loop", type=click.IntRange(min=1), help="Prune each loop's runs past its newest N.")
+@json_flag
+def runs_prune(older_than: str | None, keep_per_loop: int | None, as_json: bool) -> None:
+    """Delete old history now: running runs and each loop's last run are always kept; stats keep their figures."""
+    if older_than is not None:
+        seconds(older_than, "--older-than")  # a typo is exit 2 before anything is deleted
+    body = {k: v for k, v in (("older_than", older_than), ("keep_per_loop", keep_per_loop)) if v is not None}
+    render(client(timeout=None).call("POST", "/v1/runs/prune", body), as_json, _pruned_text)
+
+
+def _pruned_text(freed: dict[str, Any]) -> str:
+    return (
+        f"pruned {freed['runs']} run(s), {freed['attempts']} attempt(s), {freed['events']} event(s), "
+        f"{freed['log_files']} log file(s) ({_size(freed['log_bytes'])})"
+    )
+
+
+def _size(n: float) -> str:
+    unit = "bytes"
+    for bigger in ("KB", "MB", "GB"):
+        if n < 1024:
+            break
+        n, unit = n / 1024, bigger
+    return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+
+
 @runs.command("show")
-@click.argument("run_id")
+@run_id_arg
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
 def runs_show(run_id: str, as_json: bool) -> None:
     """One run in full."""
@@ -105,7 +136,7 @@ def _show_text(r: dict[str, Any]) -> str:
 
 
 @runs.command("result")
-@click.argument("run_id")
+@run_id_arg
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
 def runs_result(run_id: str, as_json: bool) -> None:
     """The final message of the attempt the run accepted: what the agent said it did."""
@@ -114,7 +145,7 @@ def runs_result(run_id: str, as_json: bool) -> None:
 
 
 @runs.command("logs")
-@click.argument("run_id")
+@run_id_arg
 @click.option("--follow", "-f", is_flag=True, help="Stream a live run's output until it ends.")
 @click.option("--raw", is_flag=True, help="The CLI's own output as it printed it (e.g. its JSON), not rendered.")
 def runs_logs(run_id: str, follow: bool, raw: bool) -> None:

@@ -8,18 +8,20 @@ from __future__ import annotations
 
 import math
 from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path
 from typing import Any, Literal
 
-from fleetd.timefmt import DurationError, parse_duration
+from fleetd.timefmt import DurationError, parse_duration, parse_retention
 
-Kind = Literal["duration", "fraction"]
+# duration: "30s", "5m"; fraction: "90%" or 0.9; retention: a duration, or 0 / off for never.
+Kind = Literal["duration", "fraction", "retention"]
 
 
 class OptionError(ValueError):
     """A flag's value cannot be read; the message names the flag."""
 
 
-def _option(default: float, help: str, kind: Kind = "duration") -> Any:
+def _option(default: float | None, help: str, kind: Kind = "duration") -> Any:
     return field(default=default, metadata={"help": help, "kind": kind})
 
 
@@ -31,8 +33,18 @@ class DaemonOptions:
     near_limit: float = _option(0.9, "A profile is near_limit from this share of any window.", "fraction")
     backoff_base: float = _option(2.0, "First retry delay after a transient failure (doubles, jittered, cap 60s).")
     circuit_cooldown: float = _option(60.0, "How long an open circuit stays open before one probe (doubles, cap 30m).")
-    # Not a flag: a timer waking later than this counts as a missed fire.
+    retain: float | None = _option(
+        90 * 86400.0, "Prune runs, attempts, events and run logs older than this (0/off: never).", "retention"
+    )
+    prune_interval: float = _option(3600.0, "How often the daemon prunes by --retain.")
+    # Not flags. A timer waking later than this counts as a missed fire:
     misfire_grace: float = 60.0
+    # Where the daemon writes its own log, rotating it; None: stderr (a service manager's journal). `daemon
+    # start` sets it (`daemon run --log-file`), and the daemon's stdout and stderr follow each rotation, so
+    # nothing lands in a rotated-away file.
+    log_file: Path | None = None
+    log_max_bytes: int = 10 * 1024 * 1024
+    log_backups: int = 3
 
     @classmethod
     def from_flags(cls, texts: dict[str, str]) -> DaemonOptions:
@@ -44,7 +56,7 @@ class DaemonOptions:
 class Flag:
     name: str  # the DaemonOptions field
     kind: Kind
-    default: float
+    default: float | None
     help: str
 
     @property
@@ -53,15 +65,23 @@ class Flag:
 
     @property
     def default_text(self) -> str:
-        return f"{self.default * 100:g}%" if self.kind == "fraction" else f"{self.default:g}s"
+        if self.default is None:
+            return "off"
+        if self.kind == "fraction":
+            return f"{self.default * 100:g}%"
+        for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+            if self.default >= size and (self.default / size).is_integer():
+                return f"{self.default / size:g}{unit}"
+        return f"{self.default:g}s"
 
-    def parse(self, text: str) -> float:
+    def parse(self, text: str) -> float | None:
         if self.kind == "fraction":
             return _fraction(text, self.option)
         try:
-            return parse_duration(text)
+            return parse_retention(text) if self.kind == "retention" else parse_duration(text)
         except DurationError as e:
-            raise OptionError(f"invalid {self.option}: {e}") from None
+            hint = " (or 0 / off to keep everything)" if self.kind == "retention" else ""
+            raise OptionError(f"invalid {self.option}: {e}{hint}") from None
 
 
 def flags() -> list[Flag]:

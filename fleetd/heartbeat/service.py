@@ -30,6 +30,7 @@ from fleetd.store.circuits import CircuitStore
 from fleetd.store.events import EventLog
 from fleetd.store.profiles import ProfileStore
 from fleetd.store.usage import NewUsage, UsageStore
+from fleetd.timefmt import local_text
 
 log = logging.getLogger("fleetd.heartbeat")
 WATCH_ARMING_S = 1.0  # a generous bound on how long watchfiles takes to start watching
@@ -245,7 +246,7 @@ class Heartbeat:
         }.get(new.state, "profile.recovered")
         if new.state == "available" and old.state == "near_limit":
             kind = "profile.available"
-        until = f" until {new.exhausted_until.isoformat(timespec='seconds')}" if new.exhausted_until else ""
+        until = f" until {local_text(new.exhausted_until)}" if new.exhausted_until else ""
         message = f"{profile.name} is {new.state}{until}" + (f": {new.reason}" if new.reason else "")
         await self.events.emit(now, kind, message, backend=profile.backend, profile=profile.name,
                                state=new.state, exhausted_until=new.exhausted_until, reason=new.reason)  # fmt: skip
@@ -332,7 +333,7 @@ class Heartbeat:
             return
         until = ""
         if new.state == "open" and new.open_until:
-            until = f" until {new.open_until.isoformat(timespec='seconds')}"
+            until = f" until {local_text(new.open_until)}"
         message = f"{profile.name}: circuit {new.state.replace('_', '-')}{until} ({why})"
         await self.events.emit(now, CIRCUIT_EVENTS[new.state], message, backend=profile.backend, profile=profile.name,
                                state=new.state, open_until=new.open_until, reason=why)  # fmt: skip
