@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.test_json_contract import PROFILE
 from tests.e2e.test_loops_and_runs import LOOP_KEYS
 from tests.harness import Daemon, wait_until
 
@@ -267,6 +268,7 @@ def test_set_key_rotates_the_key_and_output_is_scrubbed_of_the_old_and_the_new(d
 
     rotated = json.loads(d.cli("profile", "set-key", "rot", "--api-key-stdin", "--json", input=NEW_KEY + "\n").stdout)
     assert rotated["has_api_key"] is True and NEW_KEY not in json.dumps(rotated)
+    assert set(rotated) == PROFILE  # the contract: the profile, as `profile show --json` has it
     secrets = json.loads((d.home / "secrets.json").read_text())
     assert secrets["rot"] == NEW_KEY and OLD_KEY not in json.dumps(secrets)
     second = d.wait_run(d.json("loop", "run", "leak")["id"])
