@@ -36,3 +36,10 @@ class NotFound(FleetdError):
 class Conflict(FleetdError):
     status = 409
     code = "conflict"
+
+
+class NoProfile(FleetdError):
+    """An agent loop that no profile could run: the fix is another command (`fleetd profile add …`)."""
+
+    status = 409
+    code = "no_profile"

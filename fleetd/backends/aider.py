@@ -35,6 +35,7 @@ def key_variable(model: str | None) -> str:
 class AiderAdapter(AgentCli):
     name = "aider"
     executable = "aider"
+    auth = "key"  # litellm's provider key (any placeholder for a local server): Aider has no login of its own
     end_on_live_failure = True
 
     def gateway_apis(self, profile: Profile) -> dict[str, str]:

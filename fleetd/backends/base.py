@@ -68,10 +68,17 @@ class UsageReader(Protocol):
     def scan(self, now: datetime) -> Any: ...
 
 
+# How a profile of a backend authenticates: "login" (the CLI's own login, kept in the profile's config
+# directory; an API key may stand in for it), "key" (an API key), "key_unless_local" (an API key, unless the
+# profile's --base-url is on this host: a local model server needs none).
+AuthKind = Literal["login", "key", "key_unless_local"]
+
+
 class Adapter(Protocol):
     name: str
     kind: Literal["process", "http"]
     needs_profile: bool
+    auth: AuthKind
     # True where the CLI has no setting to stop its own retrying: the attempt then ends at the first
     # line of live output that proves a failure (`live_failure`) instead of sitting out minutes of retries.
     end_on_live_failure: bool
@@ -87,6 +94,19 @@ class Adapter(Protocol):
 
     def login_argv(self, profile: Profile) -> list[str] | None:
         """The CLI's own interactive login, or None when the backend logs in by API key only."""
+
+    def auth_problem(self, profile: Profile) -> str | None:
+        """What keeps `profile` from authenticating that fleetd can see (no key where one is needed), or None."""
+
+    def auth_state(self, profile: Profile) -> str:
+        """How `profile` authenticates now: "key", "login", "none" (a server on this host) or "missing"."""
+        ...
+
+    def auth_hint(self, profile: Profile) -> str | None:
+        """What the user does next so that `profile` can authenticate (a login, a key), or None: nothing."""
+
+    def setup_hint(self) -> str:
+        """How to add a profile of this backend that can run, as a command line for messages."""
 
     def unavailable(self, profile: Profile) -> str | None:
         """Why `profile` cannot run on this host at all (its CLI is missing, ...), or None."""

@@ -7,7 +7,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from fleetd.backends.base import EnvChange, UsageReader
+from fleetd.backends.base import AuthKind, EnvChange, UsageReader
+from fleetd.records.profile import is_loopback
 from fleetd.records.result import ErrorClass
 
 if TYPE_CHECKING:
@@ -15,7 +16,41 @@ if TYPE_CHECKING:
 
 
 class AdapterDefaults:
+    name = ""
     executable: str | None = None  # nothing to find on PATH
+    auth: AuthKind = "login"
+
+    def auth_problem(self, profile: Profile) -> str | None:
+        if profile.has_secret or self.auth == "login":
+            return None  # a login cannot be checked without running the CLI: `doctor` and the first run tell
+        if self.auth == "key_unless_local":
+            if is_loopback(profile.base_url):
+                return None
+            return "no API key (its --base-url is not on this host)"
+        return "no API key"
+
+    def auth_state(self, profile: Profile) -> str:
+        if profile.has_secret:
+            return "key"
+        if self.auth_problem(profile):
+            return "missing"
+        return "login" if self.auth == "login" else "none"
+
+    def auth_hint(self, profile: Profile) -> str | None:
+        problem = self.auth_problem(profile)
+        if problem is not None:
+            return f"{problem}: add one with `fleetd profile set-key {profile.name} --api-key-stdin < key.txt`"
+        if self.auth == "login" and not profile.has_secret:
+            return f"log in with `fleetd profile login {profile.name}`"
+        return None
+
+    def setup_hint(self) -> str:
+        add = f"fleetd profile add NAME --backend {self.name}"
+        if self.auth == "login":
+            return f"{add}, then fleetd profile login NAME"
+        if self.auth == "key":
+            return f"{add} --api-key-stdin < key.txt"
+        return f"{add} --base-url URL (and --api-key-stdin < key.txt unless the URL is on this host)"
 
     def profile_env(self, profile: Profile, secret: str | None) -> EnvChange:
         return EnvChange()

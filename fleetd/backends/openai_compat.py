@@ -22,6 +22,7 @@ class OpenAICompatAdapter(AdapterDefaults):
     kind: Literal["http"] = "http"
     needs_profile = True
     end_on_live_failure = False
+    auth = "key_unless_local"  # a bearer token; a model server on this host usually takes none
 
     def validate(self, loop: Loop) -> None:
         if loop.prompt is None and loop.prompt_file is None:

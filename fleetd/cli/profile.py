@@ -10,7 +10,17 @@ import click
 
 from fleetd.cli import complete
 from fleetd.cli.client import CliError, segment
-from fleetd.cli.common import absolute, circuit_text, client, fields_text, render
+from fleetd.cli.common import (
+    Option,
+    absolute,
+    circuit_text,
+    client,
+    edit_changes,
+    fields_text,
+    json_flag,
+    render,
+    shared_options,
+)
 from fleetd.cli.complete import profile_name
 from fleetd.cli.format import table
 from fleetd.timefmt import format_duration
@@ -21,6 +31,36 @@ def profile() -> None:
     """Auth profiles: one login or API key each."""
 
 
+# fmt: off
+PROFILE_OPTIONS = (
+    Option("--tier", "tier", "Default: metered with an API key, local for a loopback --base-url, else subscription.",
+           extra={"type": click.Choice(["local", "subscription", "metered"])}),
+    Option("--base-url", "base_url", "API base URL (openai_compat; or a gateway for the others).", clearable=True),
+    Option("--model", "model", "Default model for this profile.", clearable=True),
+    Option("--limit", "limits", "A usage limit, e.g. 5h=4000000tok, 24h=500req, 30d=50usd (repeatable).",
+           clearable=True, extra={"multiple": True, "metavar": "WINDOW=AMOUNT"}),
+    Option("--price-input", "price_input", "USD per million input tokens (metered).", clearable=True,
+           extra={"type": float}),
+    Option("--price-output", "price_output", "USD per million output tokens.", clearable=True, extra={"type": float}),
+    Option("--price-cache-read", "price_cache_read", "USD per million cache-read tokens.", clearable=True,
+           extra={"type": float}),
+    Option("--price-cache-write", "price_cache_write", "USD per million cache-write tokens.", clearable=True,
+           extra={"type": float}),
+    Option("--default-reset", "default_reset", "How long a rate limit that names no reset lasts (default 60s).",
+           clearable=True),
+    Option("--daily-cost", "daily_cost", "USD this profile may spend per rolling 24 h (then it is passed over).",
+           clearable=True),
+)
+# fmt: on
+
+
+def _key_from_stdin(command: str) -> str:
+    if sys.stdin.isatty():
+        example = f"fleetd profile {command} … --api-key-stdin < key.txt"
+        raise CliError(f"--api-key-stdin: pipe the key in, e.g. `{example}`", exit_code=2)
+    return sys.stdin.read().strip()
+
+
 @profile.command("add")
 @profile_name
 @click.option(
@@ -29,39 +69,48 @@ def profile() -> None:
     shell_complete=complete.profile_backends,
     help="claude_code, codex, gemini, aider or openai_compat.",
 )
-@click.option("--tier", type=click.Choice(["local", "subscription", "metered"]),
-              help="Default: metered with an API key, local for a loopback --base-url, else subscription.")  # fmt: skip
 @click.option("--api-key-stdin", is_flag=True, help="Read the API key from stdin (kept in the OS keyring).")
-@click.option("--base-url", help="API base URL (openai_compat; or a gateway for the others).")
-@click.option("--model", help="Default model for this profile.")
 @click.option("--config-dir", type=click.Path(file_okay=False), help="The CLI's config directory for this login.")
-@click.option("--limit", "limits", multiple=True, metavar="WINDOW=AMOUNT",
-              help="A usage limit, e.g. 5h=4000000tok, 24h=500req, 30d=50usd (repeatable).")  # fmt: skip
-@click.option("--price-input", type=float, help="USD per million input tokens (metered).")
-@click.option("--price-output", type=float, help="USD per million output tokens.")
-@click.option("--price-cache-read", type=float, help="USD per million cache-read tokens.")
-@click.option("--price-cache-write", type=float, help="USD per million cache-write tokens.")
-@click.option("--default-reset", help="How long a rate limit that names no reset lasts (default 60s).")
-@click.option("--daily-cost", help="USD this profile may spend per rolling 24 h (then it is passed over).")
-@click.option("--json", "as_json", is_flag=True, help="Print the profile as JSON.")
-def profile_add(
-    name: str, api_key_stdin: bool, config_dir: str | None, limits: tuple[str, ...], as_json: bool, **fields: Any
-) -> None:
+@shared_options(PROFILE_OPTIONS, edit=False)
+@json_flag
+def profile_add(name: str, api_key_stdin: bool, config_dir: str | None, as_json: bool, **fields: Any) -> None:
     """Add profile NAME. The key never appears on a command line: pipe it in with --api-key-stdin."""
-    body: dict[str, Any] = {k: v for k, v in fields.items() if v is not None}
-    body.update(name=name, limits=list(limits))
+    body: dict[str, Any] = {k: list(v) if isinstance(v, tuple) else v for k, v in fields.items() if v is not None}
+    body["name"] = name
     if config_dir is not None:
         body["config_dir"] = absolute(config_dir)
     if api_key_stdin:
-        if sys.stdin.isatty():
-            raise CliError("--api-key-stdin: pipe the key in, e.g. `fleetd profile add … --api-key-stdin < key.txt`", 2)
-        body["api_key"] = sys.stdin.read().strip()
+        body["api_key"] = _key_from_stdin("add")
     render(client().call("POST", "/v1/profiles", body), as_json, _added_text)
 
 
 def _added_text(p: dict[str, Any]) -> str:
-    hint = "" if p["has_api_key"] else f"; log in with `fleetd profile login {p['name']}`"
+    hint = f"; {p['auth_hint']}" if p.get("auth_hint") else ""
     return f"added profile {p['name']} ({p['backend']}, {p['tier']}){hint}"
+
+
+@profile.command("edit")
+@profile_name
+@shared_options(PROFILE_OPTIONS, edit=True)
+@json_flag
+def profile_edit(name: str, as_json: bool, **fields: Any) -> None:
+    """Change profile NAME in place: the options given replace what it has (--limit replaces every limit),
+    --clear-NAME unsets one. Checked like `profile add`, nothing saved on error. Its key: `profile set-key`."""
+    given, clear = edit_changes(PROFILE_OPTIONS, fields)
+    body = {k: list(v) if isinstance(v, tuple) else v for k, v in given.items()}
+    edited = client().call("PATCH", f"/v1/profiles/{segment(name)}", {**body, "clear": clear})
+    render(edited, as_json, lambda p: f"edited profile {p['name']} ({p['backend']}, {p['tier']})")
+
+
+@profile.command("set-key")
+@profile_name
+@click.option("--api-key-stdin", is_flag=True, required=True, help="Read the new API key from stdin.")
+@json_flag
+def profile_set_key(name: str, api_key_stdin: bool, as_json: bool) -> None:
+    """Give profile NAME a new API key (or its first), read from stdin: never on a command line. Output
+    that runs print is scrubbed of the old key too, until the daemon restarts."""
+    answer = client().call("PUT", f"/v1/profiles/{segment(name)}/key", {"api_key": _key_from_stdin("set-key")})
+    render(answer, as_json, lambda p: f"stored a new API key for profile {p['name']}")
 
 
 @profile.command("list")
@@ -73,7 +122,7 @@ def profile_list(as_json: bool) -> None:
 
 def _list_text(items: list[dict[str, Any]]) -> str:
     rows = [
-        [p["name"], p["backend"], p["tier"], "key" if p["has_api_key"] else "login", p["model"] or "-",
+        [p["name"], p["backend"], p["tier"], p["auth"], p["model"] or "-",
          "yes" if p["enabled"] else "no", p["config_dir"]]
         for p in items
     ]  # fmt: skip
@@ -88,6 +137,14 @@ def profile_show(name: str, as_json: bool) -> None:
     render(client().call("GET", f"/v1/profiles/{segment(name)}"), as_json, _show_text)
 
 
+AUTH_TEXT = {
+    "key": "API key (in the secret store)",
+    "login": "the CLI's own login, in the config dir",
+    "none": "none needed (a server on this host)",
+    "missing": "missing",
+}
+
+
 def _show_text(p: dict[str, Any]) -> str:
     prices = ", ".join(f"{k} ${v}/Mtok" for k, v in p["prices_per_mtok"].items() if v is not None)
     return fields_text(
@@ -95,7 +152,8 @@ def _show_text(p: dict[str, Any]) -> str:
             ("name", p["name"]),
             ("backend", p["backend"]),
             ("tier", p["tier"]),
-            ("auth", "API key (in the keyring)" if p["has_api_key"] else "login in the config dir"),
+            ("auth", AUTH_TEXT[p["auth"]]),
+            ("to do", p["auth_hint"]),
             ("config dir", p["config_dir"]),
             ("base url", p["base_url"]),
             ("model", p["model"]),
@@ -145,7 +203,8 @@ def profile_login(name: str) -> None:
     env = client().call("GET", f"/v1/profiles/{segment(name)}/env")
     argv = env["login_argv"]
     if not argv:
-        raise CliError(f"profile {name} ({env['backend']}) logs in by API key: add it with --api-key-stdin")
+        why = env["auth_hint"] or AUTH_TEXT[env["auth"]]
+        raise CliError(f"profile {name} ({env['backend']}) has no login to run; its authentication: {why}")
     child_env = {k: v for k, v in os.environ.items() if k not in env["unset"]}
     child_env.update(env["set"])
     click.echo(f"running `{' '.join(argv)}` for profile {name}", err=True)

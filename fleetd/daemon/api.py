@@ -21,7 +21,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fleetd import __version__
-from fleetd.backends.registry import get_adapter, routed_backends
+from fleetd.backends.registry import get_adapter
 from fleetd.daemon.logview import readable
 from fleetd.daemon.views import (
     circuit_json,
@@ -40,18 +40,20 @@ from fleetd.heartbeat.service import Heartbeat
 from fleetd.hooks.model import validate_hook_name
 from fleetd.hooks.service import HookService
 from fleetd.loops.executor import Executor
-from fleetd.loops.model import validate_loop_input, validate_name
+from fleetd.loops.model import validate_name
 from fleetd.loops.retention import Pruner
 from fleetd.loops.runlog import RunLog
 from fleetd.loops.scheduler import Scheduler
 from fleetd.loops.scrub import Scrubber
+from fleetd.loops.service import LoopService
 from fleetd.paths import Paths
 from fleetd.profiles.model import validate_profile_name
 from fleetd.profiles.service import ProfileService
 from fleetd.records.hook import Hook
+from fleetd.records.loop import Loop
 from fleetd.records.profile import Profile
 from fleetd.records.run import FINAL_STATUSES, STATUSES, Run, accepted_attempt
-from fleetd.routing.policy import apply_routing_input, loop_policy
+from fleetd.routing.policy import loop_policy
 from fleetd.routing.router import resolve
 from fleetd.store.attempts import AttemptStore
 from fleetd.store.db import StoreUnavailable
@@ -84,6 +86,7 @@ class DaemonContext:
     events: EventLog
     stats: StatsStore
     scheduler: Scheduler
+    loop_service: LoopService
     executor: Executor
     hooks: HookService
     clock: Callable[[], datetime]
@@ -181,34 +184,39 @@ def create_app(ctx: DaemonContext) -> Starlette:
     async def list_loops(request: Request) -> Response:
         loops = await ctx.loops.list()
         last = await ctx.runs.last_for_loops()
-        return JSONResponse([loop_json(lp, last.get(lp.name), *_running(lp.name)) for lp in loops])
+        return JSONResponse([loop_json(lp, last.get(lp.name), *_running(lp)) for lp in loops])
 
-    def _running_id(name: str) -> int | None:
-        return _running(name)[0]
+    def _running_id(loop: Loop) -> int | None:
+        return _running(loop)[0]
 
-    def _running(name: str) -> tuple[int | None, datetime | None]:
-        """The loop's run in progress, and the reset it waits for."""
-        slot = ctx.executor.active.get(name)
+    def _running(loop: Loop) -> tuple[int | None, datetime | None]:
+        """The loop's run in progress (of this instance of it: `Loop.instance`), and the reset it waits for."""
+        slot = ctx.executor.running(loop)
         return (slot.run_id, slot.wait_until) if slot else (None, None)
 
     async def _loop_view(name: str) -> JSONResponse:
-        loop = await ctx.loops.get(validate_name(name))
-        last = await ctx.runs.list(loop=name, limit=1)
-        return JSONResponse(loop_json(loop, last[0] if last else None, *_running(name)))
+        return JSONResponse(await _loop_dict(await ctx.loops.get(validate_name(name))))
+
+    async def _loop_dict(loop: Loop) -> dict[str, Any]:
+        # Only this loop's own runs: not those of an earlier loop of the same name (`Loop.instance`).
+        last = await ctx.runs.list(loop=loop.name, since=loop.created_at, limit=1)
+        return loop_json(loop, last[0] if last else None, *_running(loop))
 
     async def add_loop(request: Request) -> Response:
         body = await _body(request)
-        loop = validate_loop_input(body, ctx.default_tz)
-        apply_routing_input(body, loop, await ctx.profiles.store.list(), routed_backends())
-        saved = await ctx.scheduler.add(loop)
+        saved = await ctx.loop_service.add(body)
         # Saved all the same: the CLI may be installed later; the answer says what would fail now.
-        answer = {**loop_json(saved, None, _running_id(saved.name)), "warnings": loop_warnings(saved)}
-        return JSONResponse(answer, status_code=201)
+        return JSONResponse({**loop_json(saved), "warnings": loop_warnings(saved)}, status_code=201)
+
+    async def edit_loop(request: Request) -> Response:
+        name = validate_name(request.path_params["name"])
+        body = await _body(request)
+        saved = await ctx.loop_service.edit(name, body)
+        return JSONResponse({**await _loop_dict(saved), "warnings": loop_warnings(saved)})
 
     async def show_loop(request: Request) -> Response:
-        response = await _loop_view(request.path_params["name"])
-        loop = await ctx.loops.get(request.path_params["name"])
-        body = json.loads(bytes(response.body))
+        loop = await ctx.loops.get(validate_name(request.path_params["name"]))
+        body = await _loop_dict(loop)
         usable_profiles = None
         if get_adapter(loop.backend).needs_profile:
             policy = loop_policy(loop)
@@ -235,10 +243,10 @@ def create_app(ctx: DaemonContext) -> Starlette:
     async def stop_loop(request: Request) -> Response:
         name = validate_name(request.path_params["name"])
         kill = _kill_flag(await _body(request))
-        await ctx.loops.get(name)
-        running = _running_id(name)
+        loop = await ctx.loops.get(name)
+        running = _running_id(loop)
         if running is None:
-            starting = name in ctx.executor.active
+            starting = ctx.executor.running(loop) is not None
             raise Conflict(
                 f"loop {name}'s run is starting: try again" if starting else f"loop {name} has no running run"
             )
@@ -376,6 +384,14 @@ def create_app(ctx: DaemonContext) -> Starlette:
     async def add_profile(request: Request) -> Response:
         profile = await ctx.profiles.add(await _body(request))
         return JSONResponse(_profile(profile), status_code=201)
+
+    async def edit_profile(request: Request) -> Response:
+        body = await _body(request)
+        return JSONResponse(_profile(await ctx.profiles.edit(request.path_params["name"], body)))
+
+    async def set_profile_key(request: Request) -> Response:
+        body = await _body(request)
+        return JSONResponse(_profile(await ctx.profiles.set_key(request.path_params["name"], body)))
 
     async def show_profile(request: Request) -> Response:
         name = validate_profile_name(request.path_params["name"])
@@ -524,6 +540,7 @@ def create_app(ctx: DaemonContext) -> Starlette:
         Route("/v1/loops", list_loops, methods=["GET"]),
         Route("/v1/loops", add_loop, methods=["POST"]),
         Route("/v1/loops/{name}", show_loop, methods=["GET"]),
+        Route("/v1/loops/{name}", edit_loop, methods=["PATCH"]),
         Route("/v1/loops/{name}", remove_loop, methods=["DELETE"]),
         Route("/v1/loops/{name}/pause", pause_loop, methods=["POST"]),
         Route("/v1/loops/{name}/resume", resume_loop, methods=["POST"]),
@@ -539,7 +556,9 @@ def create_app(ctx: DaemonContext) -> Starlette:
         Route("/v1/profiles", list_profiles, methods=["GET"]),
         Route("/v1/profiles", add_profile, methods=["POST"]),
         Route("/v1/profiles/{name}", show_profile, methods=["GET"]),
+        Route("/v1/profiles/{name}", edit_profile, methods=["PATCH"]),
         Route("/v1/profiles/{name}", remove_profile, methods=["DELETE"]),
+        Route("/v1/profiles/{name}/key", set_profile_key, methods=["PUT"]),
         Route("/v1/profiles/{name}/env", profile_env, methods=["GET"]),
         Route("/v1/profiles/{name}/switch", switch_profile, methods=["POST"]),
         Route("/v1/profiles/{name}/enable", enable_profile, methods=["POST"]),

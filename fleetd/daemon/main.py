@@ -30,6 +30,7 @@ from fleetd.loops import cgroups, proctree
 from fleetd.loops.executor import Executor
 from fleetd.loops.retention import Pruner
 from fleetd.loops.scheduler import Scheduler
+from fleetd.loops.service import LoopService
 from fleetd.paths import Paths
 from fleetd.profiles.secrets import open_secret_store
 from fleetd.profiles.service import KnownSecrets, ProfileService
@@ -246,6 +247,7 @@ class Daemon:
             events=events,
             stats=StatsStore(db),
             scheduler=scheduler,
+            loop_service=LoopService(loops, scheduler, profile_store, default_tz=zone_name),
             executor=executor,
             hooks=hooks,
             clock=now_utc,

@@ -63,6 +63,7 @@ def loop_json(
 
 
 def profile_json(profile: Profile) -> dict[str, Any]:
+    adapter = get_adapter(profile.backend)
     return {
         "name": profile.name,
         "backend": profile.backend,
@@ -72,6 +73,8 @@ def profile_json(profile: Profile) -> dict[str, Any]:
         "model": profile.model,
         "prices_per_mtok": {key.removeprefix("price_"): getattr(profile, key) for key in PRICE_FIELDS},
         "has_api_key": profile.has_secret,
+        "auth": adapter.auth_state(profile),  # key, login, none (a server on this host), or missing (it needs a key)
+        "auth_hint": adapter.auth_hint(profile),  # what the user does next for it to authenticate, or None
         "enabled": profile.enabled,
         "limits": [limit.describe() for limit in profile.limits],
         "default_reset_s": profile.default_reset_s,

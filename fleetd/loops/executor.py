@@ -165,7 +165,9 @@ class Executor:
         self.clock = clock
         self.local_tz = local_tz
         self.kill_grace = kill_grace
-        self.active: dict[str, ActiveRun] = {}
+        # Keyed by the loop's instance, not its name: a loop removed while it runs and added again is free at
+        # once, while the old run ends under the definition it started with.
+        self.active: dict[tuple[str, datetime | None], ActiveRun] = {}
         self.live_logs: dict[int, RunLog] = {}
         self.accepting = True
         self._background: set[asyncio.Future[Any]] = set()  # fire-and-forget work, kept referenced
@@ -186,7 +188,7 @@ class Executor:
         says how many fires were `missed` (and why) for its `loop.fire_missed` event."""
         await self.ready.wait()  # not while the daemon still cleans up after a crash
         now = self.clock()
-        current = self.active.get(loop.name)
+        current = self.active.get(loop.instance)
         code: SkipReason | None = None
         reason: str | None = None
         run: Run | None = None
@@ -196,7 +198,7 @@ class Executor:
             code = "waiting" if current.wait_until else "overlap"
         if code is None:
             slot = ActiveRun(trigger=trigger)
-            self.active[loop.name] = slot  # claimed before any await: two fires cannot both start
+            self.active[loop.instance] = slot  # claimed before any await: two fires cannot both start
             self.inflight.add(slot)
             try:
                 reason = await self._over_daily_cost(loop, now)
@@ -209,10 +211,10 @@ class Executor:
                 else:
                     code = "over_daily_cost"
             except BaseException:
-                self._release(loop.name, slot)
+                self._release(loop, slot)
                 raise
             if run is None:
-                self._release(loop.name, slot)
+                self._release(loop, slot)
                 if reason is None:
                     return None  # `fired` was recorded already
         if run is None:
@@ -260,10 +262,14 @@ class Executor:
                                    backend=loop.backend, loop=loop.name, run_id=skipped.id)  # fmt: skip
         return skipped
 
-    def _release(self, name: str, slot: ActiveRun) -> None:
+    def running(self, loop: Loop) -> ActiveRun | None:
+        """The slot of this loop's run in flight (of this instance of it: see `Loop.instance`), if any."""
+        return self.active.get(loop.instance)
+
+    def _release(self, loop: Loop, slot: ActiveRun) -> None:
         """The loop is free again and the slot done (shutdown stops waiting for it)."""
-        if self.active.get(name) is slot:
-            del self.active[name]
+        if self.active.get(loop.instance) is slot:
+            del self.active[loop.instance]
         self.inflight.discard(slot)
         slot.done.set()
 
@@ -297,14 +303,14 @@ class Executor:
             # The slot goes first: a run whose end cannot be written (disk full) must not block its
             # loop's later fires; its record is retried in the background until it is written.
             self.live_logs.pop(run.id, None)
-            if self.active.get(loop.name) is slot:
-                del self.active[loop.name]
+            if self.active.get(loop.instance) is slot:
+                del self.active[loop.instance]
             finish = RunFinish(run.id, loop.name, status, self.clock(), exit_code, error)
             try:
                 # The store writes the run's end and its `run.<status>` event in one transaction.
                 await asyncio.shield(self._record_finish(finish))
             finally:
-                self._release(loop.name, slot)
+                self._release(loop, slot)
             log.info("run %s of loop %s: %s", run.id, loop.name, status)
 
     async def _in_workdir(self, loop: Loop) -> Loop:

@@ -8,7 +8,14 @@ from pathlib import Path
 from typing import Any
 
 from fleetd.errors import InvalidArgument, shown
-from fleetd.records.loop import DEFAULT_OUTPUT_CAP, Loop, Schedule, ScheduleKind
+from fleetd.records.loop import (
+    DEFAULT_ON_EXHAUSTED,
+    DEFAULT_OUTPUT_CAP,
+    DEFAULT_TIERS,
+    Loop,
+    Schedule,
+    ScheduleKind,
+)
 from fleetd.timefmt import DurationError, parse_duration
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -191,3 +198,95 @@ def validate_loop_input(body: dict[str, Any], default_tz: str) -> Loop:
         model=optional_text(body, "model") or None,
         agent_args=agent_args,
     )
+
+
+# -- editing ---------------------------------------------------------------------------------------
+# An edit is the stored loop turned back into `loop add` input, the changes laid over it, and the whole
+# validated again by the same path as `loop add`: one set of rules, and nothing saved unless all pass.
+
+SCHEDULE_KEYS = ("cron", "every", "at")
+# Input a loop can be edited without: unset by `clear` (back to what `loop add` assumes when it is not given).
+CLEARABLE = (
+    "dir", "command", "prompt", "prompt_file", "env", "timeout", "profiles", "model", "agent_args", "chain",
+    "tiers", "max_cost", "max_tokens", "daily_cost", "on_exhausted", "verify", "verify_timeout", "review", "repair",
+)  # fmt: skip
+EDITABLE = (*SCHEDULE_KEYS, "timezone", "backend", "catch_up", "output_cap", "enabled", *CLEARABLE)
+# A change to one of these replaces the stored values of the others, unless the change gives them too:
+# a new schedule replaces the old one, a prompt replaces a prompt file, and a chain replaces the one-step
+# form (backend, pool, model) or is replaced by it.
+REPLACES: dict[str, tuple[str, ...]] = {
+    **{key: tuple(k for k in SCHEDULE_KEYS if k != key) for key in SCHEDULE_KEYS},
+    "prompt": ("prompt_file",),
+    "prompt_file": ("prompt",),
+    "chain": ("backend", "profiles", "model"),
+    "backend": ("chain", "profiles", "model"),
+    "profiles": ("chain",),
+}
+
+
+def loop_input(loop: Loop) -> dict[str, Any]:
+    """The `loop add` body that defines `loop`: validating it gives the same definition back."""
+    body: dict[str, Any] = {
+        "name": loop.name,
+        loop.schedule.kind: loop.schedule.expr,
+        "timezone": loop.schedule.timezone,
+        "backend": loop.backend,
+        "command": loop.command,
+        "prompt": loop.prompt,
+        "prompt_file": loop.prompt_file,
+        "dir": loop.workdir,
+        "env": dict(loop.env),
+        "timeout": _seconds(loop.timeout_s),
+        "catch_up": loop.catch_up,
+        "output_cap": loop.output_cap,
+        "enabled": loop.enabled,
+        "profiles": list(loop.profiles),
+        "model": loop.model,
+        "agent_args": list(loop.agent_args),
+        "chain": ",".join(step.describe() for step in loop.chain) or None,
+        "max_cost": loop.max_cost,
+        "max_tokens": loop.max_tokens,
+        "daily_cost": loop.daily_cost,
+        "verify": loop.verify,
+        "verify_timeout": _seconds(loop.verify_timeout_s),
+        "review": loop.review.describe() if loop.review else None,
+        # Left out at their defaults: `loop add` refuses routing options on a loop without an agent backend.
+        "tiers": list(loop.tiers) if loop.tiers != DEFAULT_TIERS else None,
+        "on_exhausted": loop.on_exhausted if loop.on_exhausted != DEFAULT_ON_EXHAUSTED else None,
+        "repair": loop.repair or None,
+    }
+    return {key: value for key, value in body.items() if value is not None}
+
+
+def _seconds(value: float | None) -> str | None:
+    # Plain decimals: `str(1e-05)` would not read back as a duration.
+    return None if value is None else format(value, "f").rstrip("0").rstrip(".")
+
+
+def edited_input(loop: Loop, changes: dict[str, Any]) -> dict[str, Any]:
+    """The `loop add` body of `loop` with `changes` (a PATCH body: fields to set, and `clear`, the
+    fields to unset) laid over it. Raises InvalidArgument for a field that cannot be edited."""
+    clear = changes.get("clear") or []
+    if not isinstance(clear, list) or not all(isinstance(key, str) for key in clear):
+        raise InvalidArgument("clear must be a list of field names")
+    for key in clear:
+        if key not in CLEARABLE:
+            raise InvalidArgument(f"cannot clear {shown(key)} (clearable: {', '.join(CLEARABLE)})")
+    given = {key: value for key, value in changes.items() if key != "clear" and value is not None}
+    for key in given:
+        if key == "name":
+            if given[key] != loop.name:
+                raise InvalidArgument("a loop cannot be renamed: add the new one and remove the old")
+        elif key not in EDITABLE:
+            raise InvalidArgument(f"unknown field {shown(key)}")
+        elif key in clear:
+            raise InvalidArgument(f"{key} is both given and cleared: give one")
+    body = loop_input(loop)
+    for key in given:
+        for replaced in REPLACES.get(key, ()):
+            if replaced not in given:
+                body.pop(replaced, None)
+    body.update(given)
+    for key in clear:
+        body.pop(key, None)
+    return body

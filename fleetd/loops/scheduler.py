@@ -13,7 +13,6 @@ from datetime import datetime, timedelta
 
 from apscheduler.triggers.base import BaseTrigger
 
-from fleetd.backends.registry import get_adapter
 from fleetd.errors import Conflict, InvalidArgument
 from fleetd.loops.executor import Executor
 from fleetd.loops.schedule import Plan, build_trigger, first_fire, never_fires, plan_startup, plan_wake
@@ -21,7 +20,6 @@ from fleetd.loops.whynot import LoopFacts, NotFiring, why_not
 from fleetd.records.fire import SkipReason
 from fleetd.records.loop import Loop
 from fleetd.records.run import LoopFire, Run
-from fleetd.routing.policy import loop_steps
 from fleetd.store.loops import LoopStore
 
 log = logging.getLogger("fleetd.scheduler")
@@ -94,10 +92,13 @@ class Scheduler:
                     # A retry after an error cannot record the fire twice: the run row is written only
                     # while the stored next fire time is still `due` (see LoopFire).
                     fired = LoopFire(loop.name, plan.fire.scheduled_at, plan.next_fire_at, due=due)
-                    started = await self.executor.fire(
+                    # Shielded: an edit, pause or rm that re-arms or disarms this timer mid-fire must not
+                    # cancel the fire between writing its run row and starting the run.
+                    firing = self.executor.fire(
                         loop, plan.fire.trigger, plan.fire.scheduled_at, fired, missed=plan.missed,
                         missed_reason="woke_late",
                     )  # fmt: skip
+                    started = await asyncio.shield(firing)
                     if started is None:
                         log.info("loop %s: the fire at %s was already recorded", loop.name, due)
                 else:
@@ -121,8 +122,7 @@ class Scheduler:
     # -- changes from the API -------------------------------------------------------------------
 
     async def add(self, loop: Loop) -> Loop:
-        for step in loop_steps(loop):
-            get_adapter(step.backend).validate(loop)
+        """Save and arm a new loop (checked already: `LoopService.define`)."""
         now = self.clock()
         loop.created_at = loop.updated_at = now
         trigger = build_trigger(loop.schedule, now)
@@ -134,6 +134,27 @@ class Scheduler:
         saved = await self.loops.insert(loop)
         if saved.enabled:
             self._arm(saved, trigger, saved.next_fire_at)
+        return saved
+
+    async def edit(self, old: Loop, new: Loop) -> Loop:
+        """Save `new` (checked already) over `old`, the loop it was made from, and re-arm its timer with it:
+        it takes effect at the next fire. A run in flight keeps the Loop it was fired with: `new` is another
+        object, and nothing re-reads a loop mid-run. A new schedule, or a loop enabled again, gets its next
+        fire recomputed (like `resume`: nothing missed is caught up); otherwise the next fire stays."""
+        now = self.clock()
+        new.created_at, new.updated_at = old.created_at, now
+        trigger = build_trigger(new.schedule, _anchor(old))  # interval loops stay on the grid of their creation
+        moved = new.schedule != old.schedule or new.enabled != old.enabled
+        if moved:
+            due = first_fire(trigger, now)
+            if due is None and (new.enabled or new.schedule.kind == "cron"):
+                raise InvalidArgument(never_fires(new.schedule))
+            new.next_fire_at = due if new.enabled else None
+        saved = await self.loops.replace(new, schedule_moved=moved)
+        if saved.enabled:
+            self._arm(saved, trigger, saved.next_fire_at)
+        else:
+            self._disarm(saved.name)
         return saved
 
     async def pause(self, name: str) -> Loop:
@@ -159,8 +180,7 @@ class Scheduler:
         """Remove loop `name`. A loop with a run in flight is refused unless `force`: then its timer
         stops first (no new fire), the run is stopped (`cancelled`), and the loop goes. Returns the
         stopped run's id."""
-        await self.loops.get(name)
-        slot = self.executor.active.get(name)
+        slot = self.executor.running(await self.loops.get(name))
         if slot is not None and not force:
             what = f"run {slot.run_id}" if slot.run_id is not None else "a run starting"
             raise Conflict(
@@ -183,8 +203,8 @@ class Scheduler:
     async def not_firing(self, loop: Loop, usable_profiles: int | None = None) -> NotFiring | None:
         """Why `loop` did not fire, or will not (`loops/whynot.py` decides; this reads what it needs)."""
         now = self.clock()
-        newest = await self.executor.runs.list(loop=loop.name, limit=1)
-        slot = self.executor.active.get(loop.name)
+        newest = await self.executor.runs.list(loop=loop.name, since=loop.created_at, limit=1)
+        slot = self.executor.running(loop)
         spent = None
         if loop.daily_cost is not None:
             spent = await self.executor.attempts.loop_cost_since(loop.name, now - timedelta(days=1))

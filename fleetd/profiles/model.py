@@ -10,7 +10,7 @@ from urllib.parse import urlparse
 from fleetd.errors import InvalidArgument, shown
 from fleetd.heartbeat.limits import parse_limits
 from fleetd.loops.model import NAME_RE, optional_text, validate_path
-from fleetd.records.profile import PRICE_FIELDS, TIERS, Profile
+from fleetd.records.profile import PRICE_FIELDS, TIERS, Profile, is_loopback
 from fleetd.routing.policy import parse_usd
 from fleetd.timefmt import DurationError, parse_duration
 
@@ -27,11 +27,6 @@ def validate_profile_name(name: object) -> str:
             "use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
         )
     return name
-
-
-def _is_loopback(url: str) -> bool:
-    host = urlparse(url).hostname or ""
-    return host in ("localhost", "::1") or host.startswith("127.")
 
 
 def _base_url(value: str) -> str:
@@ -69,27 +64,33 @@ def _price(body: dict[str, Any], key: str) -> float | None:
     return price
 
 
+def validate_secret(value: object) -> str | None:
+    """An API key as read from stdin: one line, not empty. Never quoted back in a message."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidArgument("the API key on stdin is empty")
+    secret = value.strip()
+    if "\n" in secret or "\r" in secret:
+        raise InvalidArgument("the API key on stdin must be a single line")
+    if "\x00" in secret:
+        raise InvalidArgument("the API key on stdin contains a NUL byte")
+    return secret
+
+
 def validate_profile_input(body: dict[str, Any], default_dir: Path) -> tuple[Profile, str | None]:
     """Returns the profile and the secret (API key) that came with it, which is kept apart."""
     name = validate_profile_name(body.get("name"))
     backend = optional_text(body, "backend")
     if not backend:
         raise InvalidArgument("a profile needs --backend")
-    secret = body.get("api_key")
-    if secret is not None:
-        if not isinstance(secret, str) or not secret.strip():
-            raise InvalidArgument("the API key on stdin is empty")
-        secret = secret.strip()
-        if "\n" in secret or "\r" in secret:
-            raise InvalidArgument("the API key on stdin must be a single line")
-        if "\x00" in secret:
-            raise InvalidArgument("the API key on stdin contains a NUL byte")
+    secret = validate_secret(body.get("api_key"))
     base_url = optional_text(body, "base_url")
     if base_url is not None:
         base_url = _base_url(base_url)
     tier = body.get("tier")
     if tier is None:
-        if base_url is not None and _is_loopback(base_url) and secret is None:
+        if base_url is not None and is_loopback(base_url) and secret is None:
             tier = "local"
         else:
             tier = "metered" if secret is not None else "subscription"
@@ -127,3 +128,56 @@ def validate_profile_input(body: dict[str, Any], default_dir: Path) -> tuple[Pro
             raise InvalidArgument("--default-reset is at most 1d")
     profile.daily_cost = parse_usd(body.get("daily_cost"), "--daily-cost")
     return profile, secret
+
+
+# -- editing: the stored profile as `profile add` input, the changes over it, validated again in full --------
+CLEARABLE = ("base_url", "model", "limits", *PRICE_FIELDS, "default_reset", "daily_cost")
+EDITABLE = ("tier", *CLEARABLE)
+
+
+def profile_input(profile: Profile) -> dict[str, Any]:
+    """The `profile add` body (without its key) that defines `profile`."""
+    body: dict[str, Any] = {
+        "name": profile.name,
+        "backend": profile.backend,
+        "tier": profile.tier,
+        "config_dir": profile.config_dir,
+        "base_url": profile.base_url,
+        "model": profile.model,
+        # Exact figures: `Limit.describe` rounds its window for reading.
+        "limits": [f"{_number(lim.window_s)}={_number(lim.amount)}{lim.unit}" for lim in profile.limits],
+        "default_reset": _number(profile.default_reset_s) if profile.default_reset_s is not None else None,
+        "daily_cost": profile.daily_cost,
+        "enabled": profile.enabled,
+        **{key: getattr(profile, key) for key in PRICE_FIELDS},
+    }
+    return {key: value for key, value in body.items() if value is not None}
+
+
+def _number(value: float) -> str:
+    return format(value, "f").rstrip("0").rstrip(".")
+
+
+def edited_profile_input(profile: Profile, changes: dict[str, Any]) -> dict[str, Any]:
+    """`changes` (fields to set, and `clear`: fields to unset) over the `profile add` body of `profile`."""
+    clear = changes.get("clear") or []
+    if not isinstance(clear, list) or not all(isinstance(key, str) for key in clear):
+        raise InvalidArgument("clear must be a list of field names")
+    for key in clear:
+        if key not in CLEARABLE:
+            raise InvalidArgument(f"cannot clear {shown(key)} (clearable: {', '.join(CLEARABLE)})")
+    given = {key: value for key, value in changes.items() if key != "clear" and value is not None}
+    for key in given:
+        if key == "name":
+            if given[key] != profile.name:
+                raise InvalidArgument("a profile cannot be renamed: add the new one and remove the old")
+        elif key == "api_key":
+            raise InvalidArgument("a profile's key is changed by `fleetd profile set-key NAME --api-key-stdin`")
+        elif key not in EDITABLE:
+            raise InvalidArgument(f"cannot edit {shown(key)} (editable: {', '.join(EDITABLE)})")
+        elif key in clear:
+            raise InvalidArgument(f"{key} is both given and cleared: give one")
+    body = {**profile_input(profile), **given}
+    for key in clear:
+        body.pop(key, None)
+    return body

@@ -18,7 +18,12 @@ from fleetd.errors import Conflict, FleetdError, InvalidArgument, NotFound
 from fleetd.heartbeat.service import Heartbeat
 from fleetd.loops.model import shown_path
 from fleetd.paths import UnsafeDirectory, private_dir
-from fleetd.profiles.model import validate_profile_input
+from fleetd.profiles.model import (
+    edited_profile_input,
+    validate_profile_input,
+    validate_profile_name,
+    validate_secret,
+)
 from fleetd.profiles.secrets import SecretStore
 from fleetd.records.loop import ChainStep, Loop
 from fleetd.records.profile import Profile
@@ -40,8 +45,12 @@ class KnownSecrets:
     """Every profile's key, held in the daemon's memory only (never written anywhere), so that any attempt's
     output — and the agents' own records — can be scrubbed of all of them, not just the attempt's own.
 
-    Loaded from the secret store on first use, then kept current by `put` and `drop` as keys are added and
-    removed. A load that could not read every key is not kept: the next use tries again."""
+    Loaded from the secret store on first use, then kept current by `put` and `drop` as keys are added,
+    replaced and removed. A load that could not read every key is not kept: the next use tries again.
+
+    A key replaced or removed is retired, not forgotten: it stays scrubbed until the daemon stops, since a
+    run started under it may still print it and old output shown again may hold it. (No run outlives the
+    daemon, and at start the secret store holds only current keys.)"""
 
     def __init__(
         self, secrets: SecretStore, profiles: ProfileStore, more: Callable[[], Awaitable[list[str]]] | None = None
@@ -51,6 +60,7 @@ class KnownSecrets:
         # The names of other secrets in the same store to scrub too (webhook secrets: hooks/service.py).
         self.more = more
         self._by_profile: dict[str, str] | None = None
+        self._retired: set[str] = set()
         self._generation = 0  # bumped by put/drop: a load that overlapped one is stale
 
     async def values(self) -> frozenset[str]:
@@ -62,7 +72,7 @@ class KnownSecrets:
                 by_profile = None  # a key came or went while loading: read again
             elif complete:
                 self._by_profile = by_profile
-        return frozenset(v for v in by_profile.values() if len(v) >= MIN_SHARED_SECRET_LEN)
+        return frozenset(v for v in (*by_profile.values(), *self._retired) if len(v) >= MIN_SHARED_SECRET_LEN)
 
     async def _load(self) -> tuple[dict[str, str], bool]:
         loaded: dict[str, str] = {}
@@ -82,15 +92,24 @@ class KnownSecrets:
                 loaded[name] = value
         return loaded, complete
 
-    def put(self, profile: str, secret: str) -> None:
+    def put(self, profile: str, secret: str, replaced: str | None = None) -> None:
+        """`profile`'s key is `secret` now; `replaced`, the key it had, is retired."""
         self._generation += 1
+        self._retire(replaced)
         if self._by_profile is not None:
+            self._retire(self._by_profile.get(profile))
             self._by_profile[profile] = secret
+        self._retired.discard(secret)
 
-    def drop(self, profile: str) -> None:
+    def drop(self, profile: str, removed: str | None = None) -> None:
         self._generation += 1
+        self._retire(removed)
         if self._by_profile is not None:
-            self._by_profile.pop(profile, None)
+            self._retire(self._by_profile.pop(profile, None))
+
+    def _retire(self, secret: str | None) -> None:
+        if secret:
+            self._retired.add(secret)
 
 
 class ProfileService:
@@ -167,14 +186,47 @@ class ProfileService:
         if users:
             raise Conflict(f"profile {name!r} is in the pool of loop(s) {', '.join(users)}; change those first")
         if profile.has_secret:
+            # Read before it is deleted: a run of this profile may still print it, so it stays scrubbed.
+            removed = None
+            with contextlib.suppress(Exception):
+                removed = await self.secret(profile)
             await asyncio.to_thread(self.secrets.delete, name)
-            self.known.drop(name)
+            self.known.drop(name, removed)
         await self.store.delete(name)
         await self.heartbeat.forget(name)
         default_dir = self.profiles_dir / name
         if Path(profile.config_dir) == default_dir:
             # fleetd made this directory; a directory the user named stays theirs.
             shutil.rmtree(default_dir, ignore_errors=True)
+
+    async def edit(self, name: str, changes: dict[str, Any]) -> Profile:
+        """`changes` over the stored profile, checked as a whole like `profile add`; nothing saved on error.
+        The heartbeat judges it again at once (new limits, a new tier)."""
+        old = await self.store.get(validate_profile_name(name))
+        profile, _ = validate_profile_input(edited_profile_input(old, changes), self.profiles_dir)
+        get_adapter(profile.backend).validate_profile(profile)
+        profile.has_secret, profile.enabled = old.has_secret, old.enabled
+        profile.created_at, profile.updated_at = old.created_at, self.clock()
+        saved = await self.store.replace(profile)
+        await self.heartbeat.beat()
+        return saved
+
+    async def set_key(self, name: str, body: dict[str, Any]) -> Profile:
+        """Store a new API key for `name` (or its first). Output is scrubbed of the old key too (`KnownSecrets`)."""
+        profile = await self.store.get(validate_profile_name(name))
+        secret = validate_secret(body.get("api_key"))
+        if secret is None:
+            raise InvalidArgument("no key given: pipe it in with --api-key-stdin")
+        old = await self.secret(profile) if profile.has_secret else None
+        await asyncio.to_thread(self.secrets.set, name, secret)
+        if not profile.has_secret:
+            try:
+                await self.store.set_has_secret(name, True, self.clock())
+            except BaseException:
+                await asyncio.to_thread(self.secrets.delete, name)  # no key the profile's row does not know of
+                raise
+        self.known.put(name, secret, replaced=old)
+        return await self.store.get(name)
 
     async def set_enabled(self, name: str, enabled: bool) -> Profile:
         await self.store.set_enabled(name, enabled, self.clock())
@@ -194,6 +246,8 @@ class ProfileService:
             "set": change.set,
             "unset": list(change.unset),
             "login_argv": adapter.login_argv(profile),
+            "auth": adapter.auth_state(profile),
+            "auth_hint": adapter.auth_hint(profile),
         }
 
     # -- ProfileSource, for the executor ----------------------------------------------------------
@@ -206,7 +260,9 @@ class ProfileService:
         views = await self.heartbeat.views(profiles)
         now = self.clock()
         for profile in profiles:
-            why = None if direct else get_adapter(profile.backend).unavailable(profile)
+            adapter = get_adapter(profile.backend)
+            # The gateway (`direct`) calls the API itself: a missing CLI does not matter there, a missing key does.
+            why = (None if direct else adapter.unavailable(profile)) or adapter.auth_problem(profile)
             over = None
             if profile.daily_cost is not None and self.attempt_costs is not None:
                 spent = await self.attempt_costs.profile_cost_since(profile.name, now - DAY)

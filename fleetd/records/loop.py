@@ -14,7 +14,9 @@ CatchUp = Literal["once", "skip"]
 # metered only when a loop says so.
 DEFAULT_TIERS = ("local", "subscription")
 ON_EXHAUSTED = ("escalate", "wait")
+DEFAULT_ON_EXHAUSTED = "escalate"
 DEFAULT_OUTPUT_CAP = 10 * 1024 * 1024
+DEFAULT_VERIFY_TIMEOUT_S = 600.0
 
 
 @dataclass(frozen=True)
@@ -75,14 +77,21 @@ class Loop:
     max_cost: float | None = None  # USD per run
     max_tokens: int | None = None  # per run
     daily_cost: float | None = None  # USD per rolling 24 h, for the loop
-    on_exhausted: str = "escalate"  # or "wait" for the step's reset
+    on_exhausted: str = DEFAULT_ON_EXHAUSTED  # or "wait" for the step's reset
     # Acceptance: a command whose exit 0 accepts an attempt's work, and how many repair rounds a
     # rejected worker gets before the next step takes over.
     verify: str | None = None
-    verify_timeout_s: float = 600.0
+    verify_timeout_s: float = DEFAULT_VERIFY_TIMEOUT_S
     repair: int = 0
     review: ChainStep | None = None  # a cheap reviewer agent that must accept the work too
     created_at: datetime | None = None
     updated_at: datetime | None = None
     last_fire_at: datetime | None = None
     next_fire_at: datetime | None = None
+
+    @property
+    def instance(self) -> tuple[str, datetime | None]:
+        """This loop as it was added. A loop removed and added again under its name is another instance:
+        it inherits none of the old one's runs (runs of an instance started at or after its `created_at`).
+        An edit keeps the instance."""
+        return (self.name, self.created_at)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
+from urllib.parse import urlparse
 
 from fleetd.timefmt import format_duration
 
@@ -12,6 +13,15 @@ Tier = Literal["local", "subscription", "metered"]
 TIERS: tuple[Tier, ...] = ("local", "subscription", "metered")
 PRICE_FIELDS = ("price_input", "price_output", "price_cache_read", "price_cache_write")
 Unit = Literal["tok", "req", "usd"]
+
+
+def is_loopback(url: str | None) -> bool:
+    """A URL on this host (a local model server): no key needed, no traffic leaves the machine."""
+    try:
+        host = urlparse(url or "").hostname or ""
+    except ValueError:
+        return False
+    return host in ("localhost", "::1") or host.startswith("127.")
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
 from fleetd.errors import InvalidArgument
-from fleetd.records.loop import ON_EXHAUSTED, ChainStep
+from fleetd.records.loop import DEFAULT_ON_EXHAUSTED, ON_EXHAUSTED, ChainStep
 from fleetd.routing.chain import parse_chain, parse_tiers
 from fleetd.routing.router import Policy
 from fleetd.timefmt import DurationError, parse_duration
@@ -91,7 +91,7 @@ def apply_routing_input(body: dict[str, Any], loop: Loop, profiles: list[Profile
     loop.max_cost = parse_usd(body.get("max_cost"), "--max-cost")
     loop.max_tokens = parse_tokens(body.get("max_tokens"), "--max-tokens")
     loop.daily_cost = parse_usd(body.get("daily_cost"), "--daily-cost")
-    on_exhausted = body.get("on_exhausted") or "escalate"
+    on_exhausted = body.get("on_exhausted") or DEFAULT_ON_EXHAUSTED
     if on_exhausted not in ON_EXHAUSTED:
         raise InvalidArgument(f"invalid --on-exhausted {on_exhausted!r}: use escalate or wait")
     loop.on_exhausted = on_exhausted

@@ -55,55 +55,79 @@ def _row_to_loop(row: aiosqlite.Row) -> Loop:
     )
 
 
+def _values(loop: Loop) -> tuple[object, ...]:
+    """A loop's columns, in _COLUMNS order."""
+    return (
+        loop.name,
+        loop.schedule.kind,
+        loop.schedule.expr,
+        loop.schedule.timezone,
+        loop.backend,
+        loop.command,
+        loop.prompt,
+        loop.prompt_file,
+        loop.workdir,
+        json.dumps(loop.env, sort_keys=True),
+        loop.timeout_s,
+        loop.catch_up,
+        loop.output_cap,
+        int(loop.enabled),
+        to_iso(loop.created_at),
+        to_iso(loop.updated_at),
+        to_iso(loop.last_fire_at),
+        to_iso(loop.next_fire_at),
+        json.dumps(loop.profiles),
+        loop.model,
+        json.dumps(loop.agent_args),
+        json.dumps([step.to_json() for step in loop.chain]),
+        json.dumps(list(loop.tiers)),
+        loop.max_cost,
+        loop.max_tokens,
+        loop.daily_cost,
+        loop.on_exhausted,
+        loop.verify,
+        loop.verify_timeout_s,
+        loop.repair,
+        json.dumps(loop.review.to_json()) if loop.review else None,
+    )
+
+
 class LoopStore:
     def __init__(self, db: Database) -> None:
         self.db = db
 
     async def insert(self, loop: Loop) -> Loop:
         """Save a new loop; returns it as stored, read back inside the write."""
-        values = (
-            loop.name,
-            loop.schedule.kind,
-            loop.schedule.expr,
-            loop.schedule.timezone,
-            loop.backend,
-            loop.command,
-            loop.prompt,
-            loop.prompt_file,
-            loop.workdir,
-            json.dumps(loop.env, sort_keys=True),
-            loop.timeout_s,
-            loop.catch_up,
-            loop.output_cap,
-            int(loop.enabled),
-            to_iso(loop.created_at),
-            to_iso(loop.updated_at),
-            to_iso(loop.last_fire_at),
-            to_iso(loop.next_fire_at),
-            json.dumps(loop.profiles),
-            loop.model,
-            json.dumps(loop.agent_args),
-            json.dumps([step.to_json() for step in loop.chain]),
-            json.dumps(list(loop.tiers)),
-            loop.max_cost,
-            loop.max_tokens,
-            loop.daily_cost,
-            loop.on_exhausted,
-            loop.verify,
-            loop.verify_timeout_s,
-            loop.repair,
-            json.dumps(loop.review.to_json()) if loop.review else None,
-        )
         try:
             async with self.db.transaction() as conn:
                 cur = await conn.execute(
-                    f"INSERT INTO loops ({_COLUMNS}) VALUES ({','.join('?' * 31)}) RETURNING {_COLUMNS}", values
+                    f"INSERT INTO loops ({_COLUMNS}) VALUES ({','.join('?' * 31)}) RETURNING {_COLUMNS}", _values(loop)
                 )
                 row = await cur.fetchone()
                 await cur.close()
         except sqlite3.IntegrityError:
             raise Conflict(f"loop {loop.name!r} already exists") from None
         assert row is not None
+        return _row_to_loop(row)
+
+    async def replace(self, loop: Loop, *, schedule_moved: bool) -> Loop:
+        """Save an edited definition over the loop it was made from, the same instance (`Loop.instance`): an
+        edit that raced a `loop rm` (and maybe a new `loop add` of the name) changes nothing. When and whether
+        it last fired stay as stored (a fire may have been recorded meanwhile), and so does its next fire time
+        unless the edit `schedule_moved` it to `loop.next_fire_at`."""
+        kept = {"name", "created_at", "last_fire_at"} | (set() if schedule_moved else {"next_fire_at"})
+        names = [c.strip() for c in _COLUMNS.split(",")]
+        changed = [(n, v) for n, v in zip(names, _values(loop), strict=True) if n not in kept]
+        async with self.db.transaction() as conn:
+            cur = await conn.execute(
+                f"UPDATE loops SET {', '.join(f'{n} = ?' for n, _ in changed)} WHERE name = ? AND created_at = ? "
+                f"RETURNING {_COLUMNS}",
+                (*(v for _, v in changed), loop.name, to_iso(loop.created_at)),
+            )
+            row = await cur.fetchone()
+            await cur.close()
+        if row is None:
+            raise NotFound(f"no loop named {loop.name!r} (removed meanwhile?)")
         return _row_to_loop(row)
 
     async def get(self, name: str) -> Loop:

@@ -246,10 +246,11 @@ class RunStore:
         return [_row_to_run(r) for r in rows]
 
     async def last_for_loops(self) -> dict[str, Run]:
-        """The newest run of every defined loop (as `list` orders them), for `loop list`: one index probe per loop."""
+        """The newest run of every defined loop (as `list` orders them), for `loop list`: one index probe per
+        loop. A run started before the loop was added belongs to an earlier loop of that name (`Loop.instance`)."""
         rows = await self.db.fetchall(
             f"SELECT {_COLUMNS} FROM runs WHERE id IN (SELECT (SELECT id FROM runs r WHERE r.loop = l.name "
-            f"ORDER BY {NEWEST_FIRST} LIMIT 1) FROM loops l)"
+            f"AND r.started_at >= l.created_at ORDER BY {NEWEST_FIRST} LIMIT 1) FROM loops l)"
         )
         return {r["loop"]: _row_to_run(r) for r in rows}
 

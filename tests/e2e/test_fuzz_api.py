@@ -194,6 +194,15 @@ def profile_body(root: Path) -> st.SearchStrategy[dict[str, Any]]:
     return base.flatmap(lambda b: mutated(b, fields))
 
 
+def edit_body(body: st.SearchStrategy[dict[str, Any]]) -> st.SearchStrategy[dict[str, Any]]:
+    """A PATCH body: an add body's fields (its name mostly left out: a loop or profile cannot be renamed)
+    and fields to clear, valid and not."""
+    clear = plausible([], ["dir"], ["timeout", "env"], ["model", "limits"], ["cron"], "dir", ["ghost"], [1])
+    return st.tuples(body, clear, st.integers(0, 9)).map(
+        lambda t: {**{k: v for k, v in t[0].items() if k != "name" or t[2] == 0}, "clear": t[1]}
+    )
+
+
 # -- requests -------------------------------------------------------------------------------------
 
 PATH_TEXT = st.text(max_size=40)  # no surrogates: a URL cannot carry one
@@ -289,6 +298,12 @@ def calls(draw: st.DrawFn, root: Path) -> Call:
         fields = draw(st.one_of(loop_body(root), loop_body(root), st.dictionaries(TEXT, JUNK, max_size=4)))
     elif (method, template) == ("POST", "/v1/profiles"):
         fields = draw(st.one_of(profile_body(root), profile_body(root), st.dictionaries(TEXT, JUNK, max_size=4)))
+    elif (method, template) == ("PATCH", "/v1/loops/{name}"):
+        fields = draw(st.one_of(edit_body(loop_body(root)), st.dictionaries(TEXT, JUNK, max_size=4)))
+    elif (method, template) == ("PATCH", "/v1/profiles/{name}"):
+        fields = draw(st.one_of(edit_body(profile_body(root)), st.dictionaries(TEXT, JUNK, max_size=4)))
+    elif (method, template) == ("PUT", "/v1/profiles/{name}/key"):
+        fields = {"api_key": draw(plausible("sk-fuzz-0123456789abcdef", "", " ", "a\nb", "k\x00", 5))}
     if fields is not None and draw(st.integers(0, 9)) > 0:
         body = json.dumps(fields).encode()
     else:
@@ -320,9 +335,10 @@ def _check_answer(call: Call, response: httpx.Response, created: Created) -> Non
 
 def test_every_route_is_fuzzed() -> None:
     """The strategies above know each route's fields; a route they do not know gets only junk."""
-    known_bodies = {("POST", "/v1/loops"), ("POST", "/v1/profiles")}
+    known_bodies = {("POST", "/v1/loops"), ("POST", "/v1/profiles"), ("PATCH", "/v1/loops/{name}"),
+                    ("PATCH", "/v1/profiles/{name}"), ("PUT", "/v1/profiles/{name}/key")}  # fmt: skip
     for method, template in ROUTES:
-        takes_body = method == "POST" and template in ("/v1/loops", "/v1/profiles")
+        takes_body = (method == "POST" and template in ("/v1/loops", "/v1/profiles")) or method in ("PATCH", "PUT")
         assert not takes_body or (method, template) in known_bodies
     assert {t for _, t in ROUTES} >= set(QUERIES)
     assert len(ROUTES) >= 22

@@ -17,8 +17,9 @@ LOOP = {"agent_args", "backend", "catch_up", "chain", "command", "created_at", "
 RUN = {"attempts", "backend", "duration_s", "error", "exit_code", "finished_at", "id", "log_path", "loop", "pid",
        "profile", "scheduled_at", "skip_reason", "skipped_count", "started_at", "status", "trigger",
        "wait_until"}  # fmt: skip
-PROFILE = {"backend", "base_url", "circuit", "config_dir", "created_at", "daily_cost", "default_reset_s", "enabled",
-           "has_api_key", "limits", "model", "name", "prices_per_mtok", "tier"}  # fmt: skip
+PROFILE = {"auth", "auth_hint", "backend", "base_url", "circuit", "config_dir", "created_at", "daily_cost",
+           "default_reset_s", "enabled", "has_api_key", "limits", "model", "name", "prices_per_mtok",
+           "tier"}  # fmt: skip
 USAGE = {"active", "backend", "circuit", "exhausted_until", "garbled_lines", "in_flight", "pinned", "profile",
          "reason", "reported_windows", "resets_in_s", "state", "tier", "unconfirmed", "windows"}  # fmt: skip
 HEALTH = {"home", "loops", "pid", "running_runs", "socket", "started_at", "status", "store", "uptime_s", "version"}
@@ -47,6 +48,10 @@ def test_every_commands_json_keys(daemon: Daemon, tmp_path: Path) -> None:
     assert set(added) == PROFILE
     assert [set(p) for p in daemon.json("profile", "list")] == [PROFILE]
     assert set(daemon.json("profile", "show", "jp")) == PROFILE
+    assert set(daemon.json("profile", "edit", "jp", "--model", "gemini-2.5-flash")) == PROFILE
+    # (`profile set-key --json`, which needs a secret store, is pinned in test_edit.py.)
+    # `loop edit` answers like `loop add`: the loop, and what it warns about.
+    assert set(daemon.json("loop", "edit", "jc", "--timeout", "5m")) == LOOP | {"warnings"}
 
     assert [set(u) for u in daemon.json("usage")] == [USAGE]
     assert set(daemon.json("usage", "show", "jp")) == USAGE

@@ -89,7 +89,7 @@ def test_fires_while_a_run_waits_for_a_reset_are_one_skipped_row_with_a_count(tm
                           tmp_root=tmp_path / "tmp", tag_prefix="wait", clock=now_utc, local_tz=ZoneInfo("UTC"),
                           kill_grace=0.5)  # fmt: skip
             until = datetime(2030, 1, 1, 10, 0, tzinfo=UTC)
-            ex.active["patient"] = blocker = ActiveRun(run_id=12, waiting=True, wait_until=until)
+            ex.active[loop.instance] = blocker = ActiveRun(run_id=12, waiting=True, wait_until=until)
             for _ in range(3):
                 await ex.fire(loop, "schedule", now)
             blocker.waiting, blocker.wait_until = False, None  # the reset came: it runs again

@@ -53,7 +53,8 @@ def test_loads_once_then_follows_adds_and_removals() -> None:
         assert store.gets == 3
         cache.put("c", "sk-key-of-c-55555")
         cache.drop("a")
-        assert await cache.values() == {KEY_B, "sk-key-of-c-55555"}
+        # A removed profile's key stays scrubbed until the daemon stops: a run of it may still print it.
+        assert await cache.values() == {KEY_A, KEY_B, "sk-key-of-c-55555"}
         assert store.gets == 3  # from memory
 
     asyncio.run(go())
@@ -84,5 +85,26 @@ def test_a_key_added_while_loading_is_not_lost() -> None:
         store.listing.set()
         assert await loading == {KEY_A, KEY_B}
         assert await cache.values() == {KEY_A, KEY_B}
+
+    asyncio.run(go())
+
+
+def test_a_rotated_key_is_scrubbed_with_the_new_one_loaded_or_not() -> None:
+    """`profile set-key`: output may hold the old key (a run started under it, old output shown again)."""
+
+    async def go() -> None:
+        new_a = "sk-new-key-of-a-4242424242"
+        loaded = known(Store({"a": KEY_A, "b": KEY_B}))
+        assert await loaded.values() == {KEY_A, KEY_B}
+        loaded.put("a", new_a)  # the cache knew the old key itself
+        assert await loaded.values() == {KEY_A, new_a, KEY_B}
+
+        store = Store({"a": KEY_A, "b": KEY_B})
+        cold = known(store)
+        cold.put("a", new_a, replaced=KEY_A)  # rotated before any use: the service hands the old key over
+        store.keys["a"] = new_a
+        assert await cold.values() == {KEY_A, new_a, KEY_B}
+        cold.put("a", KEY_A, replaced=new_a)  # rotated back: the current key is not "retired"
+        assert KEY_A in await cold.values()
 
     asyncio.run(go())

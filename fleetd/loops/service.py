@@ -1,0 +1,63 @@
+"""Loops as the user defines them: `loop add` and `loop edit` go through one validation path
+(`define`), and nothing is saved unless all of it passes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from fleetd.backends.registry import get_adapter, routed_backends
+from fleetd.errors import NoProfile
+from fleetd.loops.model import edited_input, validate_loop_input
+from fleetd.loops.scheduler import Scheduler
+from fleetd.records.loop import Loop
+from fleetd.records.profile import Profile
+from fleetd.routing.policy import apply_routing_input, loop_steps
+from fleetd.store.loops import LoopStore
+from fleetd.store.profiles import ProfileStore
+
+
+class LoopService:
+    def __init__(self, loops: LoopStore, scheduler: Scheduler, profiles: ProfileStore, *, default_tz: str) -> None:
+        self.loops = loops
+        self.scheduler = scheduler
+        self.profiles = profiles
+        self.default_tz = default_tz
+
+    async def define(self, body: dict[str, Any]) -> Loop:
+        """A `loop add` body checked in full and turned into a Loop: its fields, its routing against the
+        profiles that exist, what each backend of its chain needs, and a profile that can run each step."""
+        loop = validate_loop_input(body, self.default_tz)
+        profiles = await self.profiles.list()
+        apply_routing_input(body, loop, profiles, routed_backends())
+        for step in loop_steps(loop):
+            get_adapter(step.backend).validate(loop)
+        check_profiles(loop, profiles)
+        return loop
+
+    async def add(self, body: dict[str, Any]) -> Loop:
+        return await self.scheduler.add(await self.define(body))
+
+    async def edit(self, name: str, changes: dict[str, Any]) -> Loop:
+        """`changes` over the stored loop, checked as a whole like `loop add`; takes effect at the next fire."""
+        old = await self.loops.get(name)
+        new = await self.define(edited_input(old, changes))
+        return await self.scheduler.edit(old, new)
+
+
+def check_profiles(loop: Loop, profiles: Sequence[Profile]) -> None:
+    """Every agent step (the reviewer's too) has a profile that can authenticate, or the loop would only
+    fail at its first run: refused now, with the command that fixes it."""
+    steps = [*loop_steps(loop), *([loop.review] if loop.review else [])]
+    for step in steps:
+        adapter = get_adapter(step.backend)
+        if not adapter.needs_profile:
+            continue
+        mine = [p for p in profiles if p.name in step.profiles] if step.explicit else [
+            p for p in profiles if p.backend == step.backend
+        ]  # fmt: skip
+        if not mine:
+            raise NoProfile(f"no {step.backend} profile: add one with `{adapter.setup_hint()}`")
+        if all(adapter.auth_problem(p) for p in mine):
+            hints = "; ".join(f"{p.name}: {adapter.auth_hint(p)}" for p in mine)
+            raise NoProfile(f"no {step.backend} profile can authenticate: {hints}")
