@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import statistics
@@ -10,6 +11,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 BIN = Path(sys.executable).parent
 FLEETD = shutil.which("fleetd", path=str(BIN)) or "fleetd"
@@ -31,13 +33,32 @@ class ThrowawayDaemon:
         self.env = {**os.environ, "FLEETD_HOME": str(self.dir / "home")}
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> ThrowawayDaemon:
-        subprocess.run([FLEETD, "daemon", "start"], env=self.env, check=True, stdout=subprocess.DEVNULL)
+    def start(self, *flags: str) -> ThrowawayDaemon:
+        subprocess.run([FLEETD, "daemon", "start", *flags], env=self.env, check=True, stdout=subprocess.DEVNULL)
         return self
 
     def cli(self, *args: str) -> None:
         subprocess.run([FLEETD, *args], env=self.env, check=True, stdout=subprocess.DEVNULL)
 
     def close(self) -> None:
-        subprocess.run([FLEETD, "daemon", "stop"], env=self.env, check=False, stdout=subprocess.DEVNULL)
+        subprocess.run([FLEETD, "daemon", "stop"], env=self.env, check=False, capture_output=True)
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+RESULTS = Path(__file__).resolve().parent / "results"  # git-ignored
+
+
+def write_json(name: str, payload: dict[str, Any], path: Path | None = None) -> Path:
+    """The bench's figures as JSON (bench/results/NAME.json unless `path`); returns where."""
+    target = path or RESULTS / f"{name}.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(payload, indent=2) + "\n")
+    return target
+
+
+def with_pythonpath(env: dict[str, str], pythonpath: str | None) -> dict[str, str]:
+    """`env` with `pythonpath` first on PYTHONPATH: the daemon and the CLI then run that checkout
+    (`git worktree add /tmp/x main`, then `--pythonpath /tmp/x` measures main)."""
+    if not pythonpath:
+        return env
+    return {**env, "PYTHONPATH": os.pathsep.join(p for p in (pythonpath, env.get("PYTHONPATH")) if p)}
