@@ -17,10 +17,10 @@ import asyncio
 import logging
 import os
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
 
@@ -28,6 +28,7 @@ from fleetd.errors import FleetdError
 from fleetd.store.schema import MIGRATIONS
 
 log = logging.getLogger("fleetd.store")
+T = TypeVar("T")
 
 PRAGMAS = (
     "PRAGMA journal_mode=WAL",
@@ -128,16 +129,25 @@ class Database:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """A write transaction. A caller cancelled inside it (a stop cancels the scheduler's timers
+        mid-fire) cannot leave the writer half-way: a statement already handed to the connection's
+        thread runs whatever the caller does, so each of BEGIN, COMMIT and ROLLBACK is waited out.
+        Invariant: the lock is released only with the writer outside any transaction. A COMMIT that
+        went through stands: the caller then returns normally and sees the cancellation at its next
+        await, so it never takes a written row for a lost one."""
         async with self._lock:
             try:
-                await self._writer.execute("BEGIN IMMEDIATE")
                 try:
+                    if await _settled(self._writer.execute("BEGIN IMMEDIATE")):
+                        raise asyncio.CancelledError
                     yield self._writer
-                    await self._writer.execute("COMMIT")
-                except BaseException:
+                    if await _settled(self._writer.execute("COMMIT")):
+                        _cancel_again()
+                except BaseException as e:
                     # SQLite may already have rolled back (some I/O errors do); a second ROLLBACK would fail.
-                    if self._writer.in_transaction:
-                        await self._writer.execute("ROLLBACK")
+                    cancelled = self._writer.in_transaction and await _settled(self._writer.execute("ROLLBACK"))
+                    if cancelled and not isinstance(e, asyncio.CancelledError):
+                        _cancel_again()
                     raise
             except Exception as e:
                 problem = store_problem(e)
@@ -171,6 +181,39 @@ class Database:
         else:
             log.error("the database cannot be written: %s; changes and fires fail until it can", problem)
         self.problem = problem
+
+
+async def _settled(statement: Awaitable[object]) -> bool:
+    """Wait for `statement` to finish even when the caller is cancelled meanwhile; True when it was
+    (the cancellation is then owed: the caller raises it, or `_cancel_again`). Its own failure is raised."""
+    task = asyncio.ensure_future(statement)
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.wait({task})
+        except asyncio.CancelledError:
+            cancelled = True
+    task.result()
+    return cancelled
+
+
+async def finish_first(write: Awaitable[T]) -> T:
+    """`write` run to its end, as its own task, even when the caller is cancelled meanwhile: cancelled
+    inside a transaction's body, a write would leave a statement open on the writer (its cursor kept
+    alive by the cancellation's traceback) and every later COMMIT would fail. The caller gets the result
+    (a row that was written is not taken for a lost one) and the cancellation at its next await."""
+    task = asyncio.ensure_future(write)
+    if await _settled(task):
+        _cancel_again()
+    return task.result()
+
+
+def _cancel_again() -> None:
+    """The current task was cancelled during a statement that went through: let the caller finish
+    with its result and be cancelled at its next await instead."""
+    task = asyncio.current_task()
+    if task is not None:
+        task.cancel()
 
 
 def _raise_read_failure(e: sqlite3.DatabaseError) -> None:

@@ -71,7 +71,9 @@ class RunStore:
                 )
                 if cur.rowcount != 1:
                     return None
-            cur = await conn.execute(
+            # One round trip to the writer's thread that also steps the statement to its end (a
+            # RETURNING cursor left open, say by a cancelled caller, would fail every later COMMIT).
+            (row,) = await conn.execute_fetchall(
                 "INSERT INTO runs (loop, trigger, status, scheduled_at, started_at, finished_at, backend, "
                 f"error, attempts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING {_COLUMNS}",
                 (
@@ -86,8 +88,6 @@ class RunStore:
                     0 if status == "skipped" else 1,
                 ),
             )
-            row = await cur.fetchone()
-            await cur.close()
             assert row is not None
             run = _row_to_run(row)
             if log_path_for is not None:

@@ -70,3 +70,44 @@ def test_a_fire_waits_while_the_daemon_recovers_from_a_crash(tmp_path: Path) -> 
             await db.close()
 
     assert asyncio.run(go()) == (True, "succeeded")
+
+
+def test_a_fire_cancelled_mid_write_leaves_the_store_writable_and_no_run_behind(tmp_path: Path) -> None:
+    """A stop cancels the scheduler's timers, some in the middle of recording a fire. The cancelled
+    write used to leave its statement running on the writer's thread after the lock was released
+    (a BEGIN no one would COMMIT): every later write failed, run ends included, and runs were left
+    `running`. Cancelled at each point of its way, a fire now either records nothing or records a
+    run that starts and ends; the store keeps working."""
+
+    async def go() -> list[tuple[int, str, list[str]]]:
+        db = await Database.open(tmp_path / "c.db")
+        try:
+            now = now_utc()
+            loop = Loop(name="cancelled", schedule=Schedule("every", "1h", "UTC"), backend="command", command="true",
+                        created_at=now, updated_at=now)  # fmt: skip
+            await LoopStore(db).insert(loop)
+            ex = Executor(RunStore(db), AttemptStore(db), NoProfiles(), log_path=lambda i: tmp_path / f"{i}.log",  # type: ignore[arg-type]
+                          tmp_root=tmp_path / "tmp", tag_prefix="cancel", clock=now_utc, local_tz=ZoneInfo("UTC"),
+                          kill_grace=0.5)  # fmt: skip
+            wrong = []
+            for steps in range(30):  # every point of the fire's way, from before BEGIN to after COMMIT
+                fire = asyncio.create_task(ex.fire(loop, "schedule", now_utc()))
+                for _ in range(steps):
+                    await asyncio.sleep(0)
+                fire.cancel()
+                await asyncio.gather(fire, return_exceptions=True)
+                idle = await ex.wait_idle(5)
+                try:
+                    await RunStore(db).insert(loop="cancelled", trigger="manual", status="skipped", scheduled_at=now,
+                                              started_at=now, finished_at=now, backend="command")  # fmt: skip
+                    write = "ok"
+                except Exception as e:
+                    write = str(e)
+                left = [r.status for r in await RunStore(db).list(limit=1000) if r.status in ("running", "waiting")]
+                if not idle or write != "ok" or left:
+                    wrong.append((steps, write, left))
+            return wrong
+        finally:
+            await db.close()
+
+    assert asyncio.run(go()) == []
