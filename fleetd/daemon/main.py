@@ -22,7 +22,7 @@ from fleetd.daemon.server import bind_unix_socket, make_server
 from fleetd.daemon.startup import StartupError, open_store, prepare_home
 from fleetd.heartbeat.service import Heartbeat
 from fleetd.loops import cgroups, proctree
-from fleetd.loops.executor import Executor
+from fleetd.loops.executor import Executor, watch_children_by_pidfd
 from fleetd.loops.scheduler import Scheduler
 from fleetd.paths import Paths
 from fleetd.profiles.secrets import open_secret_store
@@ -142,6 +142,7 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
+        watch_children_by_pidfd()
         db = self.db = await open_store(self.paths)
         loops, runs, attempts = LoopStore(db), RunStore(db), AttemptStore(db)
         zone_name = _local_zone()
@@ -218,12 +219,21 @@ class Daemon:
             executor.ready.set()
             ctx.phase = "ok"
             await heartbeat.start()
-            await scheduler.start()
-            log.info("fleetd daemon ready (pid %s, socket %s)", os.getpid(), self.paths.socket)
-            sd_notify("READY=1")
+            # A stop must not wait for the start: with hundreds of loops that missed fires while the
+            # daemon was down, their catch-up fires take a while. Cancelling it is safe: a fire's
+            # write runs to its end (store.db.finish_first).
+            starting = asyncio.create_task(scheduler.start(), name="scheduler-start")
+            await asyncio.wait({starting, asyncio.ensure_future(self.stop_event.wait())},
+                               return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+            if starting.done():
+                starting.result()
+                log.info("fleetd daemon ready (pid %s, socket %s)", os.getpid(), self.paths.socket)
+                sd_notify("READY=1")
             await self.stop_event.wait()
             sd_notify("STOPPING=1")
             log.info("stopping: no new fires; waiting up to %ss for running runs", self.options.stop_grace)
+            starting.cancel()
+            await asyncio.gather(starting, return_exceptions=True)
             scheduler.stop()
             executor.accepting = False
             executor.interrupt_waiting("daemon stopped while the run waited for a profile's reset")
