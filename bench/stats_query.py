@@ -14,9 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import sqlite3
-import statistics
 import sys
 import time
 from datetime import UTC, datetime, timedelta
@@ -24,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench._common import FLEETD, ThrowawayDaemon, time_command
+from bench._common import FLEETD, ThrowawayDaemon, time_api, time_command
 from fleetd.store.db import Database
 from fleetd.store.schema import STATS_REBUILD
 
@@ -96,24 +94,6 @@ def fill(db_path: Path, n: int, now: datetime) -> None:
         print(f"(rows {rebuild - began:.1f} s, rollups {time.perf_counter() - rebuild:.1f} s)", file=sys.stderr)
         conn.execute("ANALYZE")
         conn.execute("PRAGMA journal_mode=WAL")
-
-
-def time_api(sock_path: Path, path: str, repeat: int) -> float:
-    """Median of one HTTP request over the Unix socket, connect to last byte, in milliseconds."""
-    request = f"GET {path} HTTP/1.1\r\nHost: fleetd\r\nConnection: close\r\n\r\n".encode()
-    samples = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.connect(str(sock_path))
-            sock.sendall(request)
-            answer = b""
-            while data := sock.recv(65536):
-                answer += data
-        samples.append((time.perf_counter() - start) * 1000)
-        if not answer.startswith(b"HTTP/1.1 200"):
-            raise SystemExit(f"GET {path} failed: {answer[:300]!r}")
-    return statistics.median(samples)
 
 
 def measure(n: int, repeat: int) -> tuple[float, float, float]:

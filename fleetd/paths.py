@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import os
 import stat
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 APP = "fleetd"
 SOCKET_NAME = "fleetd.sock"
+RUN_LOG_SHARD = 1000  # run ids per directory of run logs
 
 
 @dataclass(frozen=True)
@@ -55,7 +57,7 @@ class Paths:
 
     def run_log(self, run_id: int) -> Path:
         # Sharded so a million runs never put a million files in one directory.
-        return self.run_logs / f"{run_id // 1000:04d}" / f"{run_id}.log"
+        return self.run_logs / f"{run_id // RUN_LOG_SHARD:04d}" / f"{run_id}.log"
 
     def ensure(self) -> None:
         """Create the missing directories 0700; refuse existing ones that others can write (UnsafeDirectory).
@@ -122,9 +124,20 @@ def resolve(env: dict[str, str] | None = None) -> Paths:
     if override:
         home = Path(override).expanduser().resolve()
         return Paths(home=home, run_dir=home / "run")
-    import platformdirs
-
-    home = Path(platformdirs.user_data_dir(APP))
+    home = user_data_dir(env)
     runtime = env.get("XDG_RUNTIME_DIR")
     run_dir = Path(runtime) / APP if runtime and Path(runtime).is_dir() else home / "run"
     return Paths(home=home, run_dir=run_dir)
+
+
+def user_data_dir(env: dict[str, str]) -> Path:
+    """platformdirs' per-user data directory, worked out here on Linux and macOS: importing
+    platformdirs costs ~9 ms (it pulls in tempfile), a fifth of a CLI command."""
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Application Support" / APP
+    if sys.platform.startswith("linux"):
+        xdg = env.get("XDG_DATA_HOME", "").strip()
+        return Path(xdg or os.path.expanduser("~/.local/share")) / APP
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir(APP))

@@ -45,6 +45,19 @@ def parse_duration(text: str) -> float:
     return seconds
 
 
+RETENTION_OFF = ("0", "off")
+
+
+LOCAL_FORMAT = "%Y-%m-%d %H:%M:%S %Z"
+
+
+def parse_retention(text: str) -> float | None:
+    """`90d` → seconds; `0` or `off` → None (keep everything). Raises DurationError."""
+    if text.strip().lower() in RETENTION_OFF:
+        return None
+    return parse_duration(text)
+
+
 def format_duration(seconds: float | None) -> str:
     if seconds is None:
         return "-"
@@ -59,6 +72,12 @@ def format_duration(seconds: float | None) -> str:
             parts.append(f"{total // size}{unit}")
             total %= size
     return "".join(parts[:2])
+
+
+def local_text(dt: datetime) -> str:
+    """A moment as people read it everywhere fleetd writes text (tables, event messages, route notes, its
+    log): local time with the zone's name, e.g. "2026-11-30 07:41:02 CET". JSON keeps ISO 8601."""
+    return dt.astimezone().strftime(LOCAL_FORMAT)
 
 
 def now_utc() -> datetime:

@@ -75,6 +75,8 @@ class Adapter(Protocol):
     # True where the CLI has no setting to stop its own retrying: the attempt then ends at the first
     # line of live output that proves a failure (`live_failure`) instead of sitting out minutes of retries.
     end_on_live_failure: bool
+    # The program that must be on the daemon's PATH (`fleetd doctor`, `loop add`'s warning); None: none.
+    executable: str | None
 
     def validate(self, loop: Loop) -> None:
         """Raise InvalidArgument when the loop lacks what this backend needs."""
@@ -88,6 +90,11 @@ class Adapter(Protocol):
 
     def unavailable(self, profile: Profile) -> str | None:
         """Why `profile` cannot run on this host at all (its CLI is missing, ...), or None."""
+
+    def login_problem(self, profile: Profile, env: Mapping[str, str]) -> str | None:
+        """Why the CLI would find no login for `profile` (never logged in: no credentials file where the CLI
+        keeps them), for `fleetd doctor`; None when it has one, logs in by key, or this cannot be told from
+        the files. `env` is the daemon's environment. Reads files, never the network; never raises."""
 
     def validate_profile(self, profile: Profile) -> None:
         """Raise InvalidArgument when a new profile lacks what this backend needs."""

@@ -8,6 +8,7 @@ traffic is off too: an attempt talks to its provider and nothing else.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 from datetime import datetime, tzinfo
 from pathlib import Path
@@ -47,6 +48,18 @@ class ClaudeCodeAdapter(AgentCli):
     def login_argv(self, profile: Profile) -> list[str] | None:
         return [self.executable, "/login"]
 
+    def login_problem(self, profile: Profile, env: Mapping[str, str]) -> str | None:
+        if profile.has_secret:
+            return None  # an API-key profile: the key is its login
+        config = Path(profile.config_dir)
+        if (config / ".credentials.json").is_file():
+            return None
+        # On macOS the token lives in the Keychain, not in the directory; the account record that a login
+        # writes into .claude.json is what the directory shows of it.
+        if _json_has(config / ".claude.json", "oauthAccount"):
+            return None
+        return f"never logged in: no .credentials.json in {config}"
+
     def log_renderer(self) -> Callable[[str], str | None] | None:
         return parser.render_line
 
@@ -72,3 +85,11 @@ class ClaudeCodeAdapter(AgentCli):
 
     def interpret(self, ctx: AttemptContext, out: ProcessOutput, now: datetime, tz: tzinfo) -> ParsedOutput:
         return parser.parse_stream_json(out.stdout, out.stderr, out.exit_code, now, tz)
+
+
+def _json_has(path: Path, key: str) -> bool:
+    try:
+        data = json.loads(path.read_text(errors="replace"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and bool(data.get(key))

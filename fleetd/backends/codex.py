@@ -43,6 +43,17 @@ class CodexAdapter(AgentCli):
     def login_argv(self, profile: Profile) -> list[str] | None:
         return [self.executable, "login"]
 
+    def login_problem(self, profile: Profile, env: Mapping[str, str]) -> str | None:
+        if profile.has_secret:
+            return None  # CODEX_API_KEY from fleetd's secret store
+        home = Path(profile.config_dir)
+        if (home / "auth.json").is_file():
+            return None
+        # `cli_auth_credentials_store = "keyring"` (or "auto") keeps the login outside the directory: no telling.
+        if _credentials_store(home / "config.toml") not in ("file", None):
+            return None
+        return f"never logged in: no auth.json in {home}"
+
     def log_renderer(self) -> Callable[[str], str | None] | None:
         return parser.render_line
 
@@ -92,3 +103,14 @@ def find_rollout(codex_home: Path, thread_id: str) -> Path | None:
             if matches:
                 return matches[0]
     return None
+
+
+def _credentials_store(config: Path) -> str | None:
+    import tomllib
+
+    try:
+        data = tomllib.loads(config.read_text(errors="replace"))
+    except (OSError, ValueError):
+        return None
+    value = data.get("cli_auth_credentials_store")
+    return value if isinstance(value, str) else None

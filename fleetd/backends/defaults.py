@@ -15,6 +15,8 @@ if TYPE_CHECKING:
 
 
 class AdapterDefaults:
+    executable: str | None = None  # nothing to find on PATH
+
     def profile_env(self, profile: Profile, secret: str | None) -> EnvChange:
         return EnvChange()
 
@@ -23,6 +25,9 @@ class AdapterDefaults:
 
     def unavailable(self, profile: Profile) -> str | None:
         return None
+
+    def login_problem(self, profile: Profile, env: Mapping[str, str]) -> str | None:
+        return None  # a key (kept by fleetd's secret store), or no login at all
 
     def validate_profile(self, profile: Profile) -> None:
         return None

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime, tzinfo
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -41,6 +41,18 @@ class GeminiAdapter(AgentCli):
 
     def login_argv(self, profile: Profile) -> list[str] | None:
         return [self.executable]
+
+    def login_problem(self, profile: Profile, env: Mapping[str, str]) -> str | None:
+        if profile.has_secret:
+            return None  # GEMINI_API_KEY from fleetd's secret store
+        gemini_dir = Path(profile.config_dir) / ".gemini"
+        if (gemini_dir / "oauth_creds.json").is_file():
+            return None
+        # Vertex AI, Cloud Shell or a key from elsewhere: settings.json names another auth type; no telling.
+        selected = _selected_auth(gemini_dir / "settings.json")
+        if selected not in (None, "oauth-personal"):
+            return None
+        return f"never logged in: no .gemini/oauth_creds.json in {profile.config_dir}"
 
     def log_renderer(self) -> Callable[[str], str | None] | None:
         return parser.render_line
@@ -75,3 +87,16 @@ def limit_own_retries(gemini_home: Path) -> None:
     tmp = path.with_suffix(".fleetd-tmp")
     tmp.write_text(json.dumps(settings, indent=2))
     os.replace(tmp, path)
+
+
+def _selected_auth(path: Path) -> str | None:
+    """settings.json's `security.auth.selectedType` (older CLIs: top-level `selectedAuthType`)."""
+    try:
+        settings = json.loads(path.read_text(errors="replace"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(settings, dict):
+        return None
+    auth = (settings.get("security") or {}).get("auth") if isinstance(settings.get("security"), dict) else None
+    selected = auth.get("selectedType") if isinstance(auth, dict) else settings.get("selectedAuthType")
+    return selected if isinstance(selected, str) else None

@@ -24,23 +24,30 @@ from fleetd.backends.registry import get_adapter, routed_backends
 from fleetd.daemon.logview import readable
 from fleetd.daemon.views import (
     circuit_json,
+    hook_json,
     loop_json,
     profile_json,
+    pruned_json,
     result_json,
     run_json,
     stats_json,
     usage_json,
 )
+from fleetd.doctor.service import DoctorService, checked_user_path, loop_warnings
 from fleetd.errors import FleetdError, InvalidArgument, NotFound, shown
 from fleetd.heartbeat.service import Heartbeat
+from fleetd.hooks.model import validate_hook_name
+from fleetd.hooks.service import HookService
 from fleetd.loops.executor import Executor
 from fleetd.loops.model import validate_loop_input, validate_name
+from fleetd.loops.retention import Pruner
 from fleetd.loops.runlog import RunLog
 from fleetd.loops.scheduler import Scheduler
 from fleetd.loops.scrub import Scrubber
 from fleetd.paths import Paths
 from fleetd.profiles.model import validate_profile_name
 from fleetd.profiles.service import ProfileService
+from fleetd.records.hook import Hook
 from fleetd.records.profile import Profile
 from fleetd.records.run import FINAL_STATUSES, STATUSES, Run, accepted_attempt
 from fleetd.routing.policy import apply_routing_input, loop_policy
@@ -56,6 +63,7 @@ from fleetd.timefmt import DurationError, parse_duration, to_iso
 log = logging.getLogger("fleetd.api")
 MAX_LIMIT = 10_000
 MAX_ID = 2**63 - 1  # SQLite's largest INTEGER: no row id (run, event) can be past it
+MAX_KEEP = 2**31 - 1  # `runs prune --keep-per-loop`: more than any history holds
 MAX_BODY_DEPTH = 32  # no request body nests more than 3 levels; the rest is refused before any validator recurses
 
 
@@ -71,11 +79,14 @@ class DaemonContext:
     stats: StatsStore
     scheduler: Scheduler
     executor: Executor
+    hooks: HookService
     clock: Callable[[], datetime]
     started_at: datetime
     default_tz: str
     request_stop: Callable[[], None]
     phase: str = "ok"  # "recovering" while a crash's leftovers are cleaned up at start
+    pruner: Pruner | None = None
+    retain: float | None = None  # the daemon's --retain in seconds: what `runs prune` without options prunes
 
 
 def error_response(status: int, code: str, message: str) -> JSONResponse:
@@ -179,7 +190,9 @@ def create_app(ctx: DaemonContext) -> Starlette:
         loop = validate_loop_input(body, ctx.default_tz)
         apply_routing_input(body, loop, await ctx.profiles.store.list(), routed_backends())
         saved = await ctx.scheduler.add(loop)
-        return JSONResponse(loop_json(saved, None, _running_id(saved.name)), status_code=201)
+        # Saved all the same: the CLI may be installed later; the answer says what would fail now.
+        answer = {**loop_json(saved, None, _running_id(saved.name)), "warnings": loop_warnings(saved)}
+        return JSONResponse(answer, status_code=201)
 
     async def show_loop(request: Request) -> Response:
         response = await _loop_view(request.path_params["name"])
@@ -226,6 +239,30 @@ def create_app(ctx: DaemonContext) -> Starlette:
         limit = _int_param(request, "limit", 50, 1, MAX_LIMIT)
         runs = await ctx.runs.list(loop=q.get("loop"), status=status, since=since, limit=limit)
         return JSONResponse([run_json(r) for r in runs])
+
+    async def prune_runs(request: Request) -> Response:
+        body = await _body(request)
+        unknown = sorted(set(body) - {"older_than", "keep_per_loop"})
+        if unknown:
+            raise InvalidArgument(f"unknown field {shown(unknown[0])} (older_than, keep_per_loop)")
+        older_than, keep = body.get("older_than"), body.get("keep_per_loop")
+        seconds: float | None = None
+        if older_than is not None:
+            if not isinstance(older_than, str):
+                raise InvalidArgument("invalid --older-than: give a duration, e.g. 30d")
+            try:
+                seconds = parse_duration(older_than)
+            except DurationError as e:
+                raise InvalidArgument(f"invalid --older-than: {e}") from None
+        if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or not 1 <= keep <= MAX_KEEP):
+            raise InvalidArgument(f"invalid --keep-per-loop {shown(str(keep))}: a number from 1 to {MAX_KEEP}")
+        if seconds is None and keep is None:
+            if ctx.retain is None:
+                raise InvalidArgument("nothing to prune by: give --older-than or --keep-per-loop (--retain is off)")
+            seconds = ctx.retain
+        assert ctx.pruner is not None
+        freed = await ctx.pruner.prune(older_than=seconds, keep_per_loop=keep)
+        return JSONResponse(pruned_json(freed, older_than_s=seconds, keep_per_loop=keep))
 
     def _run_id(request: Request) -> int:
         raw = request.path_params["run_id"]
@@ -336,6 +373,30 @@ def create_app(ctx: DaemonContext) -> Starlette:
             return JSONResponse([e.to_json() for e in first])
         return StreamingResponse(_follow_events(ctx, first), media_type="application/x-ndjson")
 
+    def _hook(hook: Hook) -> dict[str, Any]:
+        return hook_json(hook, *ctx.hooks.status(hook.name))
+
+    async def list_hooks(request: Request) -> Response:
+        return JSONResponse([_hook(h) for h in await ctx.hooks.list()])
+
+    async def add_hook(request: Request) -> Response:
+        return JSONResponse(_hook(await ctx.hooks.add(await _body(request))), status_code=201)
+
+    async def remove_hook(request: Request) -> Response:
+        name = validate_hook_name(request.path_params["name"])
+        await ctx.hooks.remove(name)
+        return JSONResponse({"removed": name})
+
+    async def test_hook(request: Request) -> Response:
+        name = validate_hook_name(request.path_params["name"])
+        delivery = await ctx.hooks.test(name)
+        return JSONResponse({"hook": name, **delivery.to_json()})
+
+    async def doctor_report(request: Request) -> Response:
+        user_path = checked_user_path(request.query_params.get("path"))
+        doctor = DoctorService(ctx.paths, ctx.loops, ctx.profiles, store_problem=lambda: ctx.loops.db.problem)
+        return JSONResponse((await doctor.report(user_path)).to_json())
+
     async def shutdown(request: Request) -> Response:
         ctx.request_stop()
         return JSONResponse({"stopping": True, "pid": os.getpid()}, status_code=202)
@@ -350,6 +411,7 @@ def create_app(ctx: DaemonContext) -> Starlette:
         Route("/v1/loops/{name}/resume", resume_loop, methods=["POST"]),
         Route("/v1/loops/{name}/run", run_loop, methods=["POST"]),
         Route("/v1/runs", list_runs),
+        Route("/v1/runs/prune", prune_runs, methods=["POST"]),
         Route("/v1/runs/{run_id}", show_run),
         Route("/v1/runs/{run_id}/log", run_log),
         Route("/v1/runs/{run_id}/result", run_result),
@@ -366,6 +428,11 @@ def create_app(ctx: DaemonContext) -> Starlette:
         Route("/v1/backends/{backend}/auto", auto_backend, methods=["POST"]),
         Route("/v1/usage", usage),
         Route("/v1/events", events),
+        Route("/v1/hooks", list_hooks, methods=["GET"]),
+        Route("/v1/hooks", add_hook, methods=["POST"]),
+        Route("/v1/hooks/{name}", remove_hook, methods=["DELETE"]),
+        Route("/v1/hooks/{name}/test", test_hook, methods=["POST"]),
+        Route("/v1/doctor", doctor_report),
         Route("/v1/shutdown", shutdown, methods=["POST"]),
     ]
 

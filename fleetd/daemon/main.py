@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
+import logging.handlers
 import os
 import shutil
 import signal
 import sys
-from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -18,11 +19,14 @@ from zoneinfo import ZoneInfo
 from fleetd.daemon.api import DaemonContext, create_app
 from fleetd.daemon.lock import AlreadyRunning, InstanceLock
 from fleetd.daemon.notify import sd_notify
+from fleetd.daemon.options import DaemonOptions
 from fleetd.daemon.server import bind_unix_socket, make_server
 from fleetd.daemon.startup import StartupError, open_store, prepare_home
 from fleetd.heartbeat.service import Heartbeat
+from fleetd.hooks.service import HookService, secret_names
 from fleetd.loops import cgroups, proctree
 from fleetd.loops.executor import Executor, watch_children_by_pidfd
+from fleetd.loops.retention import Pruner
 from fleetd.loops.scheduler import Scheduler
 from fleetd.paths import Paths
 from fleetd.profiles.secrets import open_secret_store
@@ -33,30 +37,22 @@ from fleetd.store.attempts import AttemptStore
 from fleetd.store.circuits import CircuitStore
 from fleetd.store.db import Database, StoreUnavailable
 from fleetd.store.events import EventLog
+from fleetd.store.hooks import HookStore
 from fleetd.store.loops import LoopStore
 from fleetd.store.profiles import ProfileStore
+from fleetd.store.retention import RetentionStore
 from fleetd.store.runs import RunStore
 from fleetd.store.stats import StatsStore
 from fleetd.store.usage import UsageStore
-from fleetd.timefmt import now_utc, to_iso
+from fleetd.timefmt import LOCAL_FORMAT, local_text, now_utc
 
 log = logging.getLogger("fleetd.daemon")
-
-
-@dataclass
-class DaemonOptions:
-    stop_grace: float = 30.0  # in-flight runs get this long to finish on SIGTERM
-    kill_grace: float = 5.0  # between SIGTERM and SIGKILL of a process tree
-    misfire_grace: float = 60.0  # a timer waking later than this counts as a missed fire
-    heartbeat_interval: float = 30.0
-    near_limit: float = 0.9  # a profile is near_limit from this fraction of any window
-    backoff_base: float = 2.0  # first retry delay after a transient failure
-    circuit_cooldown: float = 60.0  # an open circuit's first cooldown
+HOOK_STOP_GRACE = 5.0  # how long pending hook deliveries may finish on stop
 
 
 def run_daemon(paths: Paths, options: DaemonOptions) -> int:
     """Exit status 0 after a clean stop; 1 with one line on stderr when the daemon cannot start or fails."""
-    _setup_logging()
+    _setup_logging(options)
     lock = InstanceLock(paths.lock)
     try:
         prepare_home(paths)
@@ -100,14 +96,41 @@ def _one_line(e: BaseException) -> str:
     return " ".join(text.split())
 
 
-def _setup_logging() -> None:
-    logging.basicConfig(
-        level=os.environ.get("FLEETD_LOG_LEVEL", "INFO").upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(_drop_reported_store_failures)
+def _setup_logging(options: DaemonOptions) -> None:
+    handler: logging.Handler
+    if options.log_file is not None:
+        handler = OwnedLogFile(options.log_file, max_bytes=options.log_max_bytes, backups=options.log_backups)
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", LOCAL_FORMAT))
+    handler.addFilter(_drop_reported_store_failures)
+    logging.basicConfig(level=os.environ.get("FLEETD_LOG_LEVEL", "INFO").upper(), handlers=[handler], force=True)
+
+
+class OwnedLogFile(logging.handlers.RotatingFileHandler):
+    """The daemon's log when the daemon owns the file (`daemon start`): size-capped, `backups` older files
+    (daemon.log.1 … .N). Invariant: the process's stdout and stderr are the current file, re-pointed at each
+    rotation, so what bypasses logging (a warning, a crash's traceback, a child's inherited stderr) is in
+    the file a user reads, never in a rotated or deleted one; the next record's size check counts it too."""
+
+    def __init__(self, path: Path, *, max_bytes: int, backups: int) -> None:
+        super().__init__(path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8")
+        os.chmod(path, 0o600)  # it may quote prompts and errors
+        self._point_std_streams()
+
+    def doRollover(self) -> None:
+        super().doRollover()
+        if self.stream is not None:
+            os.fchmod(self.stream.fileno(), 0o600)
+        self._point_std_streams()
+
+    def _point_std_streams(self) -> None:
+        if self.stream is None:
+            return
+        for stream, fd in ((sys.stdout, 1), (sys.stderr, 2)):
+            with contextlib.suppress(Exception):
+                stream.flush()
+            os.dup2(self.stream.fileno(), fd)
 
 
 def _drop_reported_store_failures(record: logging.LogRecord) -> bool:
@@ -148,7 +171,10 @@ class Daemon:
         zone_name = _local_zone()
         profile_store, events = ProfileStore(db), EventLog(db)
         secret_store = open_secret_store(self.paths.home)
-        known_secrets = KnownSecrets(secret_store, profile_store)  # one cache: the heartbeat's and the executor's
+        hook_store = HookStore(db)
+        # One cache of every secret to scrub (profile keys and webhook secrets): the heartbeat's and the executor's.
+        known_secrets = KnownSecrets(secret_store, profile_store, more=functools.partial(secret_names, hook_store))
+        hooks = HookService(hook_store, events, secret_store, known_secrets, clock=now_utc, cwd=self.paths.home)
         heartbeat = Heartbeat(
             profile_store,
             UsageStore(db),
@@ -188,6 +214,7 @@ class Daemon:
         scheduler = Scheduler(
             loops, executor, clock=now_utc, misfire_grace=timedelta(seconds=self.options.misfire_grace)
         )
+        pruner = Pruner(RetentionStore(db), run_logs=self.paths.run_logs, clock=now_utc)
         ctx = DaemonContext(
             paths=self.paths,
             loops=loops,
@@ -199,15 +226,19 @@ class Daemon:
             stats=StatsStore(db),
             scheduler=scheduler,
             executor=executor,
+            hooks=hooks,
             clock=now_utc,
             started_at=now_utc(),
             default_tz=zone_name,
             request_stop=self.request_stop,
             phase="recovering",
+            pruner=pruner,
+            retain=self.options.retain,
         )
         sock = bind_unix_socket(self.paths.socket)
         server = make_server(create_app(ctx))
         server_task = asyncio.create_task(server.serve(sockets=[sock]))
+        pruning: asyncio.Task[None] | None = None
         try:
             while not server.started:
                 if server_task.done():
@@ -218,6 +249,7 @@ class Daemon:
             await self._recover(leftovers, runs, attempts, executor)
             executor.ready.set()
             ctx.phase = "ok"
+            await hooks.start()  # delivers from its cursor: events written at start are not missed
             await heartbeat.start()
             # A stop must not wait for the start: with hundreds of loops that missed fires while the
             # daemon was down, their catch-up fires take a while. Cancelling it is safe: a fire's
@@ -227,10 +259,16 @@ class Daemon:
                                return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
             if starting.done():
                 starting.result()
+                if self.options.retain is not None:
+                    pruning = asyncio.create_task(
+                        pruner.run(retain=self.options.retain, interval=self.options.prune_interval)
+                    )
                 log.info("fleetd daemon ready (pid %s, socket %s)", os.getpid(), self.paths.socket)
                 sd_notify("READY=1")
             await self.stop_event.wait()
             sd_notify("STOPPING=1")
+            if pruning is not None:
+                pruning.cancel()  # a batch in flight rolls back whole; the next start prunes again
             log.info("stopping: no new fires; waiting up to %ss for running runs", self.options.stop_grace)
             starting.cancel()
             await asyncio.gather(starting, return_exceptions=True)
@@ -240,8 +278,13 @@ class Daemon:
             if not await executor.wait_idle(self.options.stop_grace):
                 await executor.interrupt_all("daemon stopped before the run finished")
             await executor.flush_unrecorded()
+            # The runs' last events are written: deliver them if that is quick; the rest waits for the next start.
+            await hooks.stop(grace=min(HOOK_STOP_GRACE, self.options.stop_grace))
             await heartbeat.stop()
         finally:
+            if pruning is not None:
+                pruning.cancel()
+                await asyncio.gather(pruning, return_exceptions=True)
             server.should_exit = True
             await asyncio.gather(server_task, return_exceptions=True)
             await db.close()
@@ -280,7 +323,7 @@ class Daemon:
                 killed = 0
             if run.status == "waiting":
                 reason = "the daemon stopped while this run waited for a profile's reset" + (
-                    f" (until {to_iso(run.wait_until)})" if run.wait_until else ""
+                    f" (until {local_text(run.wait_until)})" if run.wait_until else ""
                 )
             else:
                 reason = "the daemon stopped while this run was running" + (

@@ -6,10 +6,12 @@ from datetime import datetime
 from typing import Any
 
 from fleetd.backends.registry import get_adapter
+from fleetd.hooks.dispatch import LastDelivery
 from fleetd.records.circuit import Circuit
+from fleetd.records.hook import Hook
 from fleetd.records.loop import Loop
 from fleetd.records.profile import PRICE_FIELDS, Profile
-from fleetd.records.run import Attempt, Run
+from fleetd.records.run import Attempt, Pruned, Run
 from fleetd.store.stats import Stats, StatsRow
 from fleetd.timefmt import to_iso
 
@@ -161,6 +163,11 @@ def run_json(
     }
 
 
+def pruned_json(freed: Pruned, *, older_than_s: float | None, keep_per_loop: int | None) -> dict[str, Any]:
+    """What `runs prune` freed, and by which criteria."""
+    return {**freed.to_json(), "older_than_s": older_than_s, "keep_per_loop": keep_per_loop}
+
+
 def usage_json(row: dict[str, Any]) -> dict[str, Any]:
     """One row of `fleetd usage`: a profile's state, windows and whether it is its backend's active one."""
     profile, stored, now = row["profile"], row["stored"], row["now"]
@@ -177,7 +184,8 @@ def usage_json(row: dict[str, Any]) -> dict[str, Any]:
                 "eases_at": to_iso(w.eases_at),
             }
         )
-    reported = [w.to_json() for w in stored.reported]
+    # A reported window whose reset has passed says nothing about now: marked, so it is not shown as full.
+    reported = [{**w.to_json(), "expired": w.resets_at is not None and w.resets_at <= now} for w in stored.reported]
     resets_in = None
     if status.exhausted_until is not None:
         resets_in = max(0.0, round((status.exhausted_until - now).total_seconds(), 1))
@@ -240,4 +248,22 @@ def _stats_row_json(row: StatsRow) -> dict[str, Any]:
         },
         "cost_usd": round(row.cost_usd, 6),
         "cost_per_success_usd": None if row.cost_per_success is None else round(row.cost_per_success, 6),
+    }
+
+
+def hook_json(hook: Hook, last: LastDelivery | None = None, pending: int = 0, dropped: int = 0) -> dict[str, Any]:
+    """A hook, never its secret: `has_secret` says whether one is set."""
+    return {
+        "name": hook.name,
+        "on": list(hook.on),
+        "kind": hook.kind,
+        "exec": hook.target if hook.kind == "exec" else None,
+        "webhook": hook.target if hook.kind == "webhook" else None,
+        "timeout_s": hook.timeout_s,
+        "has_secret": hook.has_secret,
+        "created_at": to_iso(hook.created_at),
+        # since the daemon started (kept in its memory)
+        "last_delivery": last.to_json() if last else None,
+        "pending": pending,
+        "dropped": dropped,
     }

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from fleetd.backends.registry import get_adapter
-from fleetd.heartbeat.state import NEAR_LIMIT, after_attempt, evaluate
+from fleetd.heartbeat.state import after_attempt, evaluate
 from fleetd.heartbeat.switch import CIRCUIT_OPEN, Standing, choose_active
 from fleetd.heartbeat.windows import WindowUsage, headroom, window_usage
 from fleetd.loops.scrub import Scrubber
@@ -30,6 +30,7 @@ from fleetd.store.circuits import CircuitStore
 from fleetd.store.events import EventLog
 from fleetd.store.profiles import ProfileStore
 from fleetd.store.usage import NewUsage, UsageStore
+from fleetd.timefmt import local_text
 
 log = logging.getLogger("fleetd.heartbeat")
 WATCH_ARMING_S = 1.0  # a generous bound on how long watchfiles takes to start watching
@@ -46,8 +47,8 @@ class Heartbeat:
         events: EventLog,
         *,
         clock: Callable[[], datetime],
-        interval: float = 30.0,
-        near_limit: float = NEAR_LIMIT,
+        interval: float,
+        near_limit: float,
         known_secrets: Callable[[], Awaitable[Collection[str]]] | None = None,
         circuits: CircuitStore | None = None,
         breaker_policy: breaker.BreakerPolicy | None = None,
@@ -245,7 +246,7 @@ class Heartbeat:
         }.get(new.state, "profile.recovered")
         if new.state == "available" and old.state == "near_limit":
             kind = "profile.available"
-        until = f" until {new.exhausted_until.isoformat(timespec='seconds')}" if new.exhausted_until else ""
+        until = f" until {local_text(new.exhausted_until)}" if new.exhausted_until else ""
         message = f"{profile.name} is {new.state}{until}" + (f": {new.reason}" if new.reason else "")
         await self.events.emit(now, kind, message, backend=profile.backend, profile=profile.name,
                                state=new.state, exhausted_until=new.exhausted_until, reason=new.reason)  # fmt: skip
@@ -332,7 +333,7 @@ class Heartbeat:
             return
         until = ""
         if new.state == "open" and new.open_until:
-            until = f" until {new.open_until.isoformat(timespec='seconds')}"
+            until = f" until {local_text(new.open_until)}"
         message = f"{profile.name}: circuit {new.state.replace('_', '-')}{until} ({why})"
         await self.events.emit(now, CIRCUIT_EVENTS[new.state], message, backend=profile.backend, profile=profile.name,
                                state=new.state, open_until=new.open_until, reason=why)  # fmt: skip

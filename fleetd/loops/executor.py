@@ -64,6 +64,7 @@ NO_VERDICT = "the reviewer's answer holds no verdict"
 RATE_LIMIT_EXIT_GRACE = 1.0
 MAX_WAIT_SLEEP = 30.0  # a waiting run re-checks at least this often
 FINISH_RETRY_FIRST, FINISH_RETRY_MAX = 0.5, 30.0  # backoff for a run end the store refused
+RUN_END_EVENTS = {"succeeded": "run.succeeded", "failed": "run.failed", "timed_out": "run.timed_out"}
 
 
 class ProfileSource(Protocol):
@@ -250,10 +251,30 @@ class Executor:
                 del self.active[loop.name]
             finish = RunFinish(run.id, loop.name, status, self.clock(), exit_code, error)
             try:
-                await asyncio.shield(self._record_finish(finish))
+                if await asyncio.shield(self._record_finish(finish)):
+                    await self._emit_end(loop, run, finish)
             finally:
                 self._release(loop.name, slot)
             log.info("run %s of loop %s: %s", run.id, loop.name, status)
+
+    async def _emit_end(self, loop: Loop, run: Run, finish: RunFinish) -> None:
+        """`run.succeeded` / `run.failed` / `run.timed_out` in the event log (hooks follow it). A minimal
+        stand-in on the `hooks` branch until the run lifecycle events land; never fails the run."""
+        event_type = RUN_END_EVENTS.get(finish.status)
+        if self.events is None or event_type is None:
+            return
+        how = finish.status.replace("_", " ")
+        if finish.exit_code is not None and finish.status != "succeeded":
+            how += f", exit {finish.exit_code}"
+        message = f"run {run.id} of loop {loop.name} {how}" + (f": {finish.error}" if finish.error else "")
+        try:
+            await self.events.emit(
+                finish.finished_at, event_type, message, backend=loop.backend, run_id=run.id,
+                loop=loop.name, status=finish.status, exit_code=finish.exit_code, trigger=run.trigger,
+                error=finish.error,
+            )  # fmt: skip
+        except Exception as e:
+            log.warning("run %s: cannot record its %s event: %s", run.id, event_type, e)
 
     async def _record_finish(self, finish: RunFinish) -> bool:
         """Write a run's end; on failure keep it for `_retry_finishes` and say so once, loudly."""

@@ -23,6 +23,7 @@ class SecretStore(Protocol):
     description: str
 
     def get(self, profile: str) -> str | None: ...
+    def problem(self) -> str | None: ...
     def set(self, profile: str, secret: str) -> None: ...
     def delete(self, profile: str) -> None: ...
 
@@ -57,6 +58,15 @@ class KeyringStore:
             reason = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise SecretStoreUnavailable(f"the OS keyring refused ({reason}); {self._hint}") from None
 
+    def problem(self) -> str | None:
+        """Why keys cannot be kept here (for `fleetd doctor`), without reading one: a read may prompt to unlock."""
+        import keyring
+        from keyring.backends import fail
+
+        if isinstance(keyring.get_keyring(), fail.Keyring):
+            return "no usable OS keyring backend (a headless host, or no D-Bus session)"
+        return None
+
     def get(self, profile: str) -> str | None:
         return self._call("get_password", profile)
 
@@ -88,6 +98,20 @@ class FileStore:
         with os.fdopen(fd, "w") as f:
             json.dump(data, f)
         os.replace(tmp, self.path)
+
+    def problem(self) -> str | None:
+        """Why this file should not hold keys as it is (for `fleetd doctor`), or None."""
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            return None  # made 0600 with the first key
+        except OSError as e:
+            return f"cannot read {self.path}: {e.strerror or e}"
+        if st.st_uid != os.geteuid():
+            return f"{self.path} belongs to uid {st.st_uid}, not to you"
+        if st.st_mode & 0o077:
+            return f"{self.path} can be read by others (mode {st.st_mode & 0o777:04o})"
+        return None
 
     def get(self, profile: str) -> str | None:
         with self._lock:

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import logging
 import shutil
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -27,6 +27,7 @@ from fleetd.routing.router import World
 from fleetd.store.attempts import AttemptStore
 from fleetd.store.loops import LoopStore
 from fleetd.store.profiles import ProfileStore
+from fleetd.timefmt import local_text
 
 log = logging.getLogger("fleetd.profiles")
 DAY = timedelta(days=1)
@@ -43,9 +44,13 @@ class KnownSecrets:
     Loaded from the secret store on first use, then kept current by `put` and `drop` as keys are added and
     removed. A load that could not read every key is not kept: the next use tries again."""
 
-    def __init__(self, secrets: SecretStore, profiles: ProfileStore) -> None:
+    def __init__(
+        self, secrets: SecretStore, profiles: ProfileStore, more: Callable[[], Awaitable[list[str]]] | None = None
+    ) -> None:
         self.secrets = secrets
         self.profiles = profiles
+        # The names of other secrets in the same store to scrub too (webhook secrets: hooks/service.py).
+        self.more = more
         self._by_profile: dict[str, str] | None = None
         self._generation = 0  # bumped by put/drop: a load that overlapped one is stale
 
@@ -63,19 +68,19 @@ class KnownSecrets:
     async def _load(self) -> tuple[dict[str, str], bool]:
         loaded: dict[str, str] = {}
         complete = True
-        for profile in await self.profiles.list():
-            if not profile.has_secret:
-                continue
+        names = [profile.name for profile in await self.profiles.list() if profile.has_secret]
+        names += await self.more() if self.more is not None else []
+        for name in names:
             try:
-                value = await asyncio.to_thread(self.secrets.get, profile.name)
+                value = await asyncio.to_thread(self.secrets.get, name)
             except Exception as e:  # a key we cannot read is a key the attempts cannot use either
                 # Only our own one-line message or the exception's type: a foreign one could quote anything.
                 why = e.message if isinstance(e, FleetdError) else type(e).__name__
-                log.warning("cannot read profile %s's key, to scrub output of it: %s", profile.name, why)
+                log.warning("cannot read the secret of %s, to scrub output of it: %s", name, why)
                 complete = False
                 continue
             if value:
-                loaded[profile.name] = value
+                loaded[name] = value
         return loaded, complete
 
     def put(self, profile: str, secret: str) -> None:
@@ -233,7 +238,7 @@ class ProfileService:
 
     async def run_waiting(self, loop: Loop, run_id: int, until: datetime) -> None:
         await self.heartbeat.events.emit(
-            self.clock(), "run.waiting", f"run {run_id} of loop {loop.name} waits until {until.isoformat()}",
+            self.clock(), "run.waiting", f"run {run_id} of loop {loop.name} waits until {local_text(until)}",
             backend=loop.backend, run_id=run_id, loop=loop.name, until=until,
         )  # fmt: skip
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
@@ -89,3 +89,18 @@ def accepted_attempt(run: Run, attempts: list[Attempt]) -> Attempt | None:
         return None
     done = [a for a in attempts if a.outcome == "succeeded" and a.role != "review" and a.accepted is not False]
     return max(done, key=lambda a: a.number) if done else None
+
+
+@dataclass
+class Pruned:
+    """What one prune freed. `log_bytes` is the run logs' size; the database reuses the space of its
+    deleted rows for new ones rather than shrinking the file."""
+
+    runs: int = 0
+    attempts: int = 0
+    events: int = 0
+    log_files: int = 0
+    log_bytes: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)

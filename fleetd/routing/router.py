@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from fleetd.records.loop import ChainStep
+from fleetd.timefmt import local_text
 
 # What each failure class means for the run (the table of ../shared/ARCHITECTURE.md).
 Action = Literal["retry", "next_candidate", "next_step", "stop"]
@@ -186,12 +187,12 @@ def _why_not(
         if view.until is not None and view.until <= now:
             pass  # its reset has passed: usable again (the heartbeat confirms on its next beat)
         else:
-            when = f" until {view.until.isoformat(timespec='seconds')}" if view.until else ""
+            when = f" until {local_text(view.until)}" if view.until else ""
             return f"exhausted{when}", view.until
     if view.over_daily_cost:
         return f"over its daily cost: {view.over_daily_cost}", None
     if view.circuit == "open" and (view.circuit_until is None or view.circuit_until > now):
-        when = f" until {view.circuit_until.isoformat(timespec='seconds')}" if view.circuit_until else ""
+        when = f" until {local_text(view.circuit_until)}" if view.circuit_until else ""
         return f"circuit open{when}", None
     if view.circuit in ("open", "half_open") and view.probe_taken:
         return "circuit half-open: its one probe is in flight", None
@@ -261,7 +262,7 @@ class Router:
                     self.note(
                         now,
                         "wait",
-                        f"nothing allowed has headroom: waiting until {until.isoformat(timespec='seconds')}",
+                        f"nothing allowed has headroom: waiting until {local_text(until)}",
                     )
                     world = (yield WaitUntil(until)).world
                     continue

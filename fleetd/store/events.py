@@ -32,6 +32,9 @@ class EventLog:
     def __init__(self, db: Database) -> None:
         self.db = db
         self._new = asyncio.Condition()
+        # Bumped by every emit: a follower that read the log at `written == n` waits for `written > n`,
+        # so an event written between its read and its wait cannot be missed (a bare notify would be).
+        self.written = 0
 
     async def emit(
         self, at: datetime, type_: str, message: str, *, backend: str | None = None, profile: str | None = None,
@@ -43,6 +46,7 @@ class EventLog:
                 (to_iso(at), type_, backend, profile, message, json.dumps(data, default=str)),
             )
         async with self._new:
+            self.written += 1
             self._new.notify_all()
 
     async def after(self, last_id: int, limit: int = 1000) -> list[Event]:
@@ -64,3 +68,9 @@ class EventLog:
         async with self._new:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._new.wait(), timeout)
+
+    async def wait_past(self, seen: int, timeout: float) -> None:
+        """Until an event is written after the follower saw `written == seen`, or `timeout` seconds."""
+        async with self._new:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._new.wait_for(lambda: self.written > seen), timeout)

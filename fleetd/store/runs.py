@@ -1,4 +1,4 @@
-"""Queries on the runs table. Run rows are never deleted by fleetd."""
+"""Queries on the runs table. Rows are deleted only by retention (store/retention.py)."""
 
 from __future__ import annotations
 
@@ -146,30 +146,43 @@ class RunStore:
         since: datetime | None = None,
         limit: int = 50,
     ) -> list[Run]:
-        where, params = [], []
-        if loop is not None:
-            where.append("loop = ?")
-            params.append(loop)
-        if status is not None:
-            where.append("status = ?")
-            params.append(status)
-        if since is not None:
-            where.append("started_at >= ?")
-            params.append(to_iso(since))
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
-        rows = await self.db.fetchall(
-            f"SELECT {_COLUMNS} FROM runs {clause} ORDER BY id DESC LIMIT ?", (*params, limit)
-        )
-        return [_row_to_run(r) for r in rows]
+        """Newest first: by start time, then id."""
+        sql, params = list_query(loop=loop, status=status, since=since, limit=limit)
+        return [_row_to_run(r) for r in await self.db.fetchall(sql, params)]
 
     async def running(self) -> list[Run]:
         rows = await self.db.fetchall(f"SELECT {_COLUMNS} FROM runs WHERE status IN ('running', 'waiting') ORDER BY id")
         return [_row_to_run(r) for r in rows]
 
     async def last_for_loops(self) -> dict[str, Run]:
-        """The newest run of every defined loop, for `loop list`: one index probe per loop."""
+        """The newest run of every defined loop (as `list` orders them), for `loop list`: one index probe per loop."""
         rows = await self.db.fetchall(
-            f"SELECT {_COLUMNS} FROM runs WHERE id IN "
-            "(SELECT (SELECT max(id) FROM runs r WHERE r.loop = l.name) FROM loops l)"
+            f"SELECT {_COLUMNS} FROM runs WHERE id IN (SELECT (SELECT id FROM runs r WHERE r.loop = l.name "
+            f"ORDER BY {NEWEST_FIRST} LIMIT 1) FROM loops l)"
         )
         return {r["loop"]: _row_to_run(r) for r in rows}
+
+
+# Newest first. Invariant: every filter combination of `list_query` has an index that ends in started_at
+# (schema migration 9), so SQLite walks that index backwards from the filters' prefix (and `--since`'s
+# bound) and stops after `limit` rows: no table scan, no sort. tests/store/test_query_plans.py pins it.
+NEWEST_FIRST = "started_at DESC, id DESC"
+
+
+def list_query(
+    *, loop: str | None, status: str | None, since: datetime | None, limit: int
+) -> tuple[str, tuple[Any, ...]]:
+    """The SQL of `RunStore.list` (and its parameters), for the store and the test of its query plans."""
+    where: list[str] = []
+    params: list[Any] = []
+    if loop is not None:
+        where.append("loop = ?")
+        params.append(loop)
+    if status is not None:
+        where.append("status = ?")
+        params.append(status)
+    if since is not None:
+        where.append("started_at >= ?")
+        params.append(to_iso(since))
+    clause = f"WHERE {' AND '.join(where)}" if where else ""
+    return f"SELECT {_COLUMNS} FROM runs {clause} ORDER BY {NEWEST_FIRST} LIMIT ?", (*params, limit)

@@ -351,4 +351,41 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE attempts ADD COLUMN result_text TEXT;
     """,
+    # 9: every `runs list` filter combination is an index search. The list is newest first by
+    # (started_at, id) (store/runs.py), so each index ends in started_at (and the rowid after it):
+    # the equality filters pick the index's prefix, `--since` is a range on started_at, and the walk
+    # comes out in list order and stops at the limit. (loop, id DESC) served `--loop` alone; a status
+    # filter, or `--since` with anything, scanned the table newest first. Retention prunes events by age.
+    """
+    DROP INDEX runs_by_loop;
+    CREATE INDEX runs_by_loop ON runs (loop, started_at);
+    CREATE INDEX runs_by_status ON runs (status, started_at);
+    CREATE INDEX runs_by_loop_status ON runs (loop, status, started_at);
+    CREATE INDEX events_by_at ON events (at);
+    """,
+    # 10, 11: placeholders for migrations other branches add in parallel (a database migrated while
+    # they stand empty must be thrown away, not reused).
+    "",
+    "",
+    # 12: hooks (fleetd/hooks/): the command or URL each is told about its events; the secret of a
+    # webhook lives in the secret store. `hook_cursor` is the last event id whose deliveries all ended,
+    # so a restart neither redelivers older events nor loses ones written while delivering.
+    """
+    CREATE TABLE hooks (
+        id          INTEGER PRIMARY KEY,
+        name        TEXT NOT NULL UNIQUE,
+        on_json     TEXT NOT NULL,
+        kind        TEXT NOT NULL CHECK (kind IN ('exec', 'webhook')),
+        target      TEXT NOT NULL,
+        timeout_s   REAL NOT NULL,
+        has_secret  INTEGER NOT NULL DEFAULT 0,
+        since_event INTEGER NOT NULL DEFAULT 0,
+        created_at  TEXT NOT NULL
+    );
+    CREATE TABLE hook_cursor (
+        id         INTEGER PRIMARY KEY CHECK (id = 1),
+        event_id   INTEGER NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+    """,
 ]

@@ -234,6 +234,11 @@ QUERIES: dict[str, st.SearchStrategy[dict[str, str]]] = {
         {}, optional={"after": NUMBER_TEXT, "limit": NUMBER_TEXT, "follow": st.just("0")}
     ),
     "/v1/runs/{run_id}/log": st.fixed_dictionaries({}, optional={"follow": st.sampled_from(["0", "no"])}),
+    # The asking shell's PATH: any text, over-long too (33,000 characters: over the daemon's 32 KiB,
+    # under httpx's 64 KiB query limit).
+    "/v1/doctor": st.fixed_dictionaries(
+        {}, optional={"path": st.one_of(st.sampled_from(["/usr/bin:/bin", "", "a" * 33_000]), PATH_TEXT)}
+    ),
 }
 
 

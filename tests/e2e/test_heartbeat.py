@@ -61,7 +61,8 @@ def test_usage_limit_mid_run_fails_over_and_the_profile_comes_back_after_its_res
     assert rows["claude_b"]["active"] is True and rows["claude_a"]["active"] is False
     assert rows["claude_b"]["windows"][0]["used"] == 244  # 123 in + 9 out + 67 cache read + 45 cache write
     table = d.cli("usage").stdout
-    assert "exhausted" in table and "claude_b" in table and "5h 244tok/4.0Mtok" in table
+    assert "exhausted" in table and "claude_b" in table and "5h 0%" in table  # 244 of 4M tokens
+    assert "5h 244tok/4.0Mtok 0%" in d.cli("usage", "--wide").stdout
     wait_until(lambda: usage(d)["claude_a"]["state"] == "available", timeout=15, what="claude_a back after reset")
     back = usage(d)["claude_a"]
     assert back["unconfirmed"] is True  # until an attempt proves it

@@ -33,3 +33,6 @@ def test_service_install_print_fills_in_the_installed_fleetd(short_home: Path) -
     assert f"ExecStart={FLEETD} daemon run" in result.stdout
     assert f"Environment=FLEETD_HOME={d.home}" in result.stdout
     assert "Type=notify" in result.stdout and "KillMode=mixed" in result.stdout
+    # The PATH of the shell that installs it, so the agent CLIs found there are found by the service too.
+    recorded = ":".join(dict.fromkeys(p for p in d.env["PATH"].split(":") if p.startswith("/")))  # each dir once
+    assert f"Environment=PATH={recorded}" in result.stdout.splitlines()

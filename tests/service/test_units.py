@@ -262,8 +262,10 @@ def systemd_verify(unit: Path, runtime_dir: Path) -> subprocess.CompletedProcess
 
 
 @pytest.mark.skipif(SYSTEMD_ANALYZE is None, reason="systemd-analyze is not installed on this machine")
-@pytest.mark.parametrize("home", [None, "/srv/fleet home/50%"])
-def test_systemd_analyze_verify_accepts_the_unit(tmp_path: Path, home: str | None) -> None:
+@pytest.mark.parametrize(
+    ("home", "user_path"), [(None, None), ("/srv/fleet home/50%", "/home/u/my bin:/x%h/bin:/usr/bin")]
+)
+def test_systemd_analyze_verify_accepts_the_unit(tmp_path: Path, home: str | None, user_path: str | None) -> None:
     # A real executable whose path needs quoting (space) and escaping (`%h` would expand to $HOME).
     exe = tmp_path / "my tools" / "x%hy" / "fleetd"
     exe.parent.mkdir(parents=True)
@@ -273,7 +275,7 @@ def test_systemd_analyze_verify_accepts_the_unit(tmp_path: Path, home: str | Non
     runtime_dir.mkdir(mode=0o700)
     unit = tmp_path / "units" / "fleetd.service"
     unit.parent.mkdir()
-    text = units.render_systemd_unit(str(exe), home)
+    text = units.render_systemd_unit(str(exe), home, units.service_environment(None, user_path, "file"))
     unit.write_text(text)
 
     result = systemd_verify(unit, runtime_dir)
@@ -285,3 +287,155 @@ def test_systemd_analyze_verify_accepts_the_unit(tmp_path: Path, home: str | Non
     assert broken != text
     unit.write_text(broken)
     assert systemd_verify(unit, runtime_dir).returncode != 0
+
+
+# -- the environment the unit records -------------------------------------------------------------
+
+USER_PATH = "/home/u/.local/bin:relative/bin::/home/u/.nvm/versions/node/v20/bin:~/bin:/usr/bin:/home/u/.local/bin"
+RECORDED = "/home/u/.local/bin:/home/u/.nvm/versions/node/v20/bin:/usr/bin"
+
+
+def test_service_environment_keeps_absolute_path_entries_once() -> None:
+    env = units.service_environment(HOME, path=USER_PATH, secret_store="file")
+    assert env == {"FLEETD_HOME": HOME, "FLEETD_SECRET_STORE": "file", "PATH": RECORDED}
+    assert units.service_environment(None) == {}
+    assert units.service_environment(None, path="relative:~/x") == {}  # nothing usable: the manager's default
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"secret_store": "vault"}, "'keyring' or 'file'"),
+        ({"path": "/usr/bin:/bad\nline"}, "control character"),
+    ],
+)
+def test_service_environment_refuses(kwargs: dict[str, str], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        units.service_environment(None, **kwargs)
+
+
+def test_systemd_unit_records_path_and_secret_store_and_reads_back(tmp_path: Path) -> None:
+    env = units.service_environment(None, path="/opt/50%/bin:/home/u/my bin:/usr/bin", secret_store="file")
+    text = units.render_systemd_unit(EXE, HOME, env)
+    lines = text.splitlines()
+    assert 'Environment="FLEETD_HOME=/srv/fleet home"' in lines
+    assert "Environment=FLEETD_SECRET_STORE=file" in lines
+    assert 'Environment="PATH=/opt/50%%/bin:/home/u/my bin:/usr/bin"' in lines
+    unit = tmp_path / "fleetd.service"
+    unit.write_text(text)
+    assert units.read_environment(unit) == {
+        "FLEETD_HOME": HOME,
+        "FLEETD_SECRET_STORE": "file",
+        "PATH": "/opt/50%/bin:/home/u/my bin:/usr/bin",
+    }
+
+
+def test_launchd_plist_records_path_and_secret_store_and_reads_back(tmp_path: Path) -> None:
+    env = units.service_environment(None, path="/Users/u/.local/bin:/usr/bin", secret_store="file")
+    text = units.render_launchd_plist(EXE, None, LOG_DIR, env)
+    plist = plistlib.loads(text.encode())
+    assert plist["EnvironmentVariables"] == {"FLEETD_SECRET_STORE": "file", "PATH": "/Users/u/.local/bin:/usr/bin"}
+    path = tmp_path / "dev.fleetd.plist"
+    path.write_text(text)
+    assert units.read_environment(path) == plist["EnvironmentVariables"]
+
+
+def test_install_records_the_users_path(tmp_path: Path) -> None:
+    result = units.install("linux", EXE, None, tmp_path, "/l", print_only=True, user_path=USER_PATH)
+    assert f"Environment=PATH={RECORDED}" in result.text.splitlines()
+    assert "FLEETD_SECRET_STORE" not in result.text  # only when set
+
+
+# -- status and uninstall, with a fake service manager -------------------------------------------
+
+
+class FakeManager:
+    def __init__(self, answers: dict[str, tuple[int, str, str]]) -> None:
+        self.answers = answers
+        self.calls: list[list[str]] = []
+
+    def __call__(self, argv: list[str]) -> tuple[int, str, str]:
+        self.calls.append(argv)
+        for key, answer in self.answers.items():
+            if key in " ".join(argv):
+                return answer
+        return 0, "", ""
+
+
+def no_tool(name: str) -> str | None:
+    return None
+
+
+def has_tool(name: str) -> str | None:
+    return f"/usr/bin/{name}"
+
+
+def installed_unit(tmp_path: Path) -> Path:
+    result = units.install("linux", EXE, None, tmp_path, "/l", print_only=False, user_path="/usr/bin:/bin")
+    return result.path
+
+
+def test_status_without_systemctl_says_so_plainly(tmp_path: Path) -> None:
+    installed_unit(tmp_path)
+    state = units.status("linux", tmp_path, run=FakeManager({}), which=no_tool)
+    assert state.installed and not state.reachable
+    assert state.environment == {"PATH": "/usr/bin:/bin"}
+    assert state.note == "systemctl is not available on this host: the unit's state cannot be asked"
+    assert set(state.to_json()) == {
+        "manager", "path", "installed", "environment", "reachable", "note", "loaded", "enabled", "active", "pid"
+    }  # fmt: skip
+
+
+def test_status_when_the_user_manager_cannot_be_reached(tmp_path: Path) -> None:
+    fake = FakeManager({"show": (1, "", "Failed to connect to bus: No medium found\n")})
+    state = units.status("linux", tmp_path, run=fake, which=has_tool)
+    assert not state.installed and not state.reachable
+    assert state.note == "systemctl cannot reach your user service manager (Failed to connect to bus: No medium found)"
+
+
+def test_status_reads_systemctl_show(tmp_path: Path) -> None:
+    installed_unit(tmp_path)
+    shown = "LoadState=loaded\nUnitFileState=enabled\nActiveState=active\nSubState=running\nMainPID=4242\n"
+    fake = FakeManager({"show": (0, shown, "")})
+    state = units.status("linux", tmp_path, run=fake, which=has_tool)
+    assert (state.loaded, state.enabled, state.active, state.pid) == ("loaded", "enabled", "active (running)", 4242)
+    assert fake.calls == [
+        ["systemctl", "--user", "show", "fleetd.service", "-p", "LoadState,UnitFileState,ActiveState,SubState,MainPID"]
+    ]
+
+
+def test_status_reads_launchctl_print(tmp_path: Path) -> None:
+    fake = FakeManager({"print": (0, "gui/501/dev.fleetd = {\n\tstate = running\n\tpid = 77\n}\n", "")})
+    state = units.status("darwin", tmp_path, run=fake, which=has_tool)
+    assert (state.manager, state.loaded, state.active, state.pid) == ("launchd", "loaded", "running", 77)
+
+
+def test_uninstall_without_systemctl_removes_the_file_and_is_idempotent(tmp_path: Path) -> None:
+    path = installed_unit(tmp_path)
+    done = units.uninstall("linux", tmp_path, run=FakeManager({}), which=no_tool)
+    assert done == [
+        "systemctl is not available on this host: nothing to stop or disable",
+        f"removed {path}",
+    ]
+    assert not path.exists()
+    again = units.uninstall("linux", tmp_path, run=FakeManager({}), which=no_tool)
+    assert again == [f"no service file at {path}: nothing to stop, disable or remove"]
+
+
+def test_uninstall_stops_disables_removes_and_reloads(tmp_path: Path) -> None:
+    path = installed_unit(tmp_path)
+    fake = FakeManager({})
+    done = units.uninstall("linux", tmp_path, run=fake, which=has_tool)
+    assert fake.calls == [
+        ["systemctl", "--user", "disable", "--now", "fleetd.service"],
+        ["systemctl", "--user", "daemon-reload"],
+    ]
+    assert done == ["stopped and disabled fleetd.service", f"removed {path}", "reloaded systemd's user units"]
+
+
+def test_uninstall_darwin_boots_out_and_removes(tmp_path: Path) -> None:
+    path = units.install("darwin", EXE, None, tmp_path, str(tmp_path / "logs"), print_only=False).path
+    fake = FakeManager({"bootout": (3, "", "Boot-out failed: 3: No such process")})
+    done = units.uninstall("darwin", tmp_path, run=fake, which=has_tool)
+    assert done == [f"gui/{os.getuid()}/dev.fleetd was not loaded", f"removed {path}"]
+    assert not path.exists()

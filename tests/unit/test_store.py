@@ -43,20 +43,6 @@ def test_a_failing_migration_leaves_the_previous_version(tmp_path: Path, monkeyp
     assert "extra" not in tables  # ...and nothing of the failing one
 
 
-def test_runs_by_loop_query_uses_the_index(tmp_path: Path) -> None:
-    async def go() -> None:
-        db = await Database.open(tmp_path / "i.db")
-        await db.close()
-
-    asyncio.run(go())
-    with sqlite3.connect(tmp_path / "i.db") as conn:
-        plan = conn.execute(
-            "EXPLAIN QUERY PLAN SELECT * FROM runs WHERE loop = ? ORDER BY id DESC LIMIT 50", ("x",)
-        ).fetchall()
-    detail = " ".join(row[-1] for row in plan)
-    assert "USING INDEX runs_by_loop" in detail and "TEMP B-TREE" not in detail
-
-
 def test_finish_only_touches_running_runs(tmp_path: Path) -> None:
     async def go() -> None:
         db = await Database.open(tmp_path / "r.db")

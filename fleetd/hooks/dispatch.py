@@ -1,0 +1,287 @@
+"""Following the event log and delivering each event to the hooks that subscribe to it.
+
+Delivery never blocks the scheduler or a run: an event is written (a row, as before) and this module's
+own tasks read it back from the log. One follower task reads new events in id order and puts each on
+the queue of every matching hook; one worker task per hook delivers its queue in order; at most
+`concurrency` deliveries run at once across all hooks.
+
+Invariants:
+- Memory is bounded: each hook's queue holds at most `queue_cap` events. When a slow or hung hook's
+  queue is full, its OLDEST pending event is dropped (a notifier cares most about the newest), the
+  drop is logged, and the first drop of each overflow episode emits one `hook.failed`.
+- At least once, from a persisted cursor: `hook_cursor` holds the last event id whose deliveries have
+  all ended (delivered, failed or dropped). A restart re-reads the log after it, so an event written
+  while delivering (or while the daemon stopped) is not lost; one a hook already got before a crash
+  may come again (the payload's `id` tells duplicates apart). The first start ever begins at the
+  newest event: hooks are not sent history.
+- No recursion: `hook.*` events are skipped here (records/event.py: no hook can subscribe to them),
+  so a failing hook's `hook.failed` never reaches a hook, least of all itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable, Collection
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from fleetd.errors import FleetdError
+from fleetd.hooks import deliver
+from fleetd.loops.scrub import Scrubber
+from fleetd.records.event import is_hook_event, matches
+from fleetd.records.hook import Delivery, Hook
+from fleetd.store.events import Event, EventLog
+from fleetd.store.hooks import HookStore
+from fleetd.timefmt import to_iso
+
+log = logging.getLogger("fleetd.hooks")
+# Per hook. An event is ~1 KB here, so a full queue is ~1 MB; far more than a burst (a run's end, a switch
+# and an exhaustion are a handful of events), so only a hook that keeps hanging while events keep coming
+# ever reaches it.
+QUEUE_CAP = 1000
+CONCURRENCY = 4
+BATCH = 200
+FOLLOW_WAIT = 15.0  # the follower re-reads the log at least this often, even without a wake-up
+
+
+@dataclass
+class LastDelivery:
+    at: datetime
+    event_id: int
+    event_type: str
+    delivery: Delivery
+
+    def to_json(self) -> dict[str, Any]:
+        return {"at": to_iso(self.at), "event_id": self.event_id, "event_type": self.event_type,
+                **self.delivery.to_json()}  # fmt: skip
+
+
+@dataclass(eq=False)
+class _Queue:
+    """One hook's pending events and its worker."""
+
+    hook: Hook
+    items: deque[Event] = field(default_factory=deque)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+    current: Event | None = None  # being delivered
+    overflowing: bool = False  # dropping since the queue last had room
+    dropped: int = 0  # in all, since the daemon started
+    last: LastDelivery | None = None
+
+    @property
+    def idle(self) -> bool:
+        return not self.items and self.current is None
+
+
+class HookDispatcher:
+    def __init__(
+        self,
+        hooks: HookStore,
+        events: EventLog,
+        *,
+        secret: Callable[[Hook], Awaitable[str | None]],
+        known_secrets: Callable[[], Awaitable[Collection[str]]],
+        clock: Callable[[], datetime],
+        cwd: Path,
+        queue_cap: int = QUEUE_CAP,
+        concurrency: int = CONCURRENCY,
+        backoff_base: float = 1.0,
+    ) -> None:
+        self.hooks = hooks
+        self.events = events
+        self.secret = secret
+        self.known_secrets = known_secrets
+        self.clock = clock
+        self.cwd = cwd
+        self.queue_cap = queue_cap
+        self.backoff_base = backoff_base
+        self._slots = asyncio.Semaphore(concurrency)
+        self._queues: dict[str, _Queue] = {}
+        self._pending: Counter[int] = Counter()  # event id -> deliveries not yet ended
+        self._read_upto = 0  # the follower has queued every event up to this id
+        self._saved: int | None = None  # the cursor as last written
+        self._follower: asyncio.Task[None] | None = None
+        self._http: httpx.AsyncClient | None = None
+        self._stopped = False
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        cursor = await self.hooks.cursor()
+        if cursor is None:  # the first start ever: from now, not from history
+            cursor = await self.hooks.newest_event()
+            await self.hooks.save_cursor(cursor, self.clock())
+        self._read_upto = self._saved = cursor
+        await self.reload()
+        self._follower = asyncio.create_task(self._follow(), name="hook-follower")
+
+    async def stop(self, grace: float) -> None:
+        """Queue what the log holds now (a run's end written just before), give the deliveries up to
+        `grace` seconds, then cancel the rest (an exec hook's session is killed); they stay after the
+        cursor, for the next start."""
+        if self._follower is not None:
+            self._follower.cancel()
+            await asyncio.gather(self._follower, return_exceptions=True)
+            with contextlib.suppress(Exception):
+                await self._read_new()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._drained(), grace)
+        # The cursor is saved before the rest is cancelled, and never after: a cancelled delivery did not
+        # happen, so its event must stay after the cursor.
+        await self._save_cursor()
+        self._stopped = True
+        for queue in list(self._queues.values()):
+            await self._close(queue)
+        if self._http is not None:
+            await self._http.aclose()
+
+    async def _drained(self) -> None:
+        while not all(q.idle for q in self._queues.values()):
+            await asyncio.sleep(0.05)
+
+    async def reload(self) -> None:
+        """The hooks changed (added, removed): start and stop workers to match."""
+        current = {hook.name: hook for hook in await self.hooks.list()}
+        for name in [n for n in self._queues if n not in current or current[n] != self._queues[n].hook]:
+            await self._close(self._queues.pop(name))
+        for name, hook in current.items():
+            if name not in self._queues:
+                queue = self._queues[name] = _Queue(hook)
+                queue.task = asyncio.create_task(self._work(queue), name=f"hook-{name}")
+        await self._save_cursor()
+
+    async def _close(self, queue: _Queue) -> None:
+        """Stop `queue`'s worker; its events count as ended for the cursor (the hook is gone)."""
+        if queue.task is not None:
+            queue.task.cancel()
+            await asyncio.gather(queue.task, return_exceptions=True)
+        while queue.items:
+            self._ended(queue.items.popleft().id)
+
+    def last(self, name: str) -> tuple[LastDelivery | None, int, int]:
+        """A hook's last delivery since the daemon started, its queue length, and how many were dropped."""
+        queue = self._queues.get(name)
+        if queue is None:
+            return None, 0, 0
+        return queue.last, len(queue.items) + (queue.current is not None), queue.dropped
+
+    # -- following the log --------------------------------------------------------------------------
+
+    async def _follow(self) -> None:
+        while True:
+            seen = self.events.written
+            try:
+                got = await self._read_new()
+            except Exception:  # the store failing now and then: keep following
+                log.warning("hooks: cannot read the event log; retrying", exc_info=True)
+                got = 0
+            if got < BATCH:
+                await self.events.wait_past(seen, FOLLOW_WAIT)
+
+    async def _read_new(self) -> int:
+        batch = await self.events.after(self._read_upto, BATCH)
+        for event in batch:
+            if not is_hook_event(event.type):
+                for queue in self._queues.values():
+                    if event.id > queue.hook.since_event and matches(queue.hook.on, event.type):
+                        await self._enqueue(queue, event)
+            self._read_upto = event.id
+        if batch:
+            await self._save_cursor()
+        return len(batch)
+
+    async def _enqueue(self, queue: _Queue, event: Event) -> None:
+        if len(queue.items) >= self.queue_cap:
+            oldest = queue.items.popleft()
+            queue.dropped += 1
+            self._ended(oldest.id)
+            log.warning("hook %s: queue of %d full, dropped event %s (%s)", queue.hook.name, self.queue_cap,
+                        oldest.id, oldest.type)  # fmt: skip
+            if not queue.overflowing:
+                queue.overflowing = True
+                await self._failed(
+                    queue.hook, oldest,
+                    f"its queue of {self.queue_cap} events is full (the hook is slow or hanging): dropping the "
+                    "oldest pending events until it catches up", tries=0,
+                )  # fmt: skip
+        queue.items.append(event)
+        self._pending[event.id] += 1
+        queue.wake.set()
+
+    # -- delivering ---------------------------------------------------------------------------------
+
+    async def _work(self, queue: _Queue) -> None:
+        while True:
+            while not queue.items:
+                queue.overflowing = False
+                queue.wake.clear()
+                await queue.wake.wait()
+            event = queue.current = queue.items.popleft()
+            try:
+                async with self._slots:
+                    delivery = await self.deliver(queue.hook, event.to_json())
+                queue.last = LastDelivery(self.clock(), event.id, event.type, delivery)
+                if not delivery.ok:
+                    await self._failed(queue.hook, event, delivery.detail, delivery.tries)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a bug or the store: logged, and the worker carries on with the next event
+                log.exception("hook %s: delivering event %s failed", queue.hook.name, event.id)
+            finally:
+                queue.current = None
+                self._ended(event.id)
+            await self._save_cursor()
+
+    async def deliver(self, hook: Hook, event: dict[str, Any], *, retries: bool = True) -> Delivery:
+        """One delivery of `event` to `hook` (all its tries); never raises for a failing hook."""
+        if hook.kind == "exec":
+            scrubber = Scrubber(await self.known_secrets())
+            return await deliver.run_exec(hook, event, cwd=self.cwd, scrub=lambda s: scrubber.text(s) or "")
+        try:
+            secret = await self.secret(hook) if hook.has_secret else None
+        except FleetdError as e:
+            return Delivery(False, f"cannot read the hook's secret: {e.message}", tries=0)
+        if self._http is None:
+            # Redirects are not followed (a webhook goes where the user said, nowhere else); each try's
+            # timeout is the hook's own (deliver.post_webhook), so the client sets none.
+            self._http = httpx.AsyncClient(follow_redirects=False, timeout=None)
+        return await deliver.post_webhook(
+            self._http, hook, event, secret, backoff_base=self.backoff_base, retries=retries
+        )
+
+    async def _failed(self, hook: Hook, event: Event, detail: str, tries: int) -> None:
+        """Logged and written as `hook.failed` (which no hook receives)."""
+        message = f"hook {hook.name}: event {event.id} ({event.type}) not delivered: {detail}"
+        log.warning("%s", message)
+        try:
+            await self.events.emit(self.clock(), "hook.failed", message, hook=hook.name, event_id=event.id,
+                                   event_type=event.type, detail=detail, tries=tries)  # fmt: skip
+        except Exception as e:
+            log.error("hook %s: cannot record its failure: %s", hook.name, e)
+
+    # -- the cursor ---------------------------------------------------------------------------------
+
+    def _ended(self, event_id: int) -> None:
+        self._pending[event_id] -= 1
+        if self._pending[event_id] <= 0:
+            del self._pending[event_id]
+
+    async def _save_cursor(self) -> None:
+        if self._stopped:
+            return
+        safe = min(self._pending) - 1 if self._pending else self._read_upto
+        if safe == self._saved:
+            return
+        try:
+            await self.hooks.save_cursor(safe, self.clock())
+            self._saved = safe
+        except Exception as e:  # the store is failing: the next end tries again; a restart redelivers
+            log.warning("hooks: cannot save the delivery cursor: %s", e)

@@ -1,0 +1,113 @@
+"""`fleetd doctor` against a real daemon whose PATH lacks `claude`, and without a daemon; `loop add`'s
+warning for a CLI the daemon cannot find; `service status/uninstall` where systemctl is absent."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+from tests.harness import FLEETD, STANDIN_BIN, Daemon
+
+DAEMON_PATH = "/usr/bin:/bin"  # no claude there
+REPORT_KEYS = ["ok", "errors", "warnings", "daemon", "findings", "checked", "skipped"]
+FINDING_KEYS = {"check", "severity", "subject", "message", "fix"}
+
+
+def isolated(d: Daemon, root: Path) -> Daemon:
+    # A service unit installed for the real user must not leak into these answers.
+    d.env["XDG_CONFIG_HOME"] = str(root / "xdg")
+    d.env.pop("INVOCATION_ID", None)
+    return d
+
+
+def test_doctor_finds_a_cli_missing_from_the_daemons_path(short_home: Path) -> None:
+    d = isolated(Daemon(short_home / "home", "--kill-grace", "0.5s"), short_home)
+    d.env["PATH"] = DAEMON_PATH
+    d.start()
+    try:
+        # The user's shell finds claude (in ~/.local/bin, say); the daemon, started elsewhere, does not.
+        d.env["PATH"] = f"{STANDIN_BIN}:{os.environ['PATH']}"
+        d.cli("profile", "add", "work", "--backend", "claude_code")
+        added = d.cli("loop", "add", "nightly", "--backend", "claude_code", "--prompt", "fix it", "--every", "1h")
+        assert added.returncode == 0  # saved all the same
+        assert added.stderr == f"warning: claude not on the daemon's PATH ({DAEMON_PATH}); see `fleetd doctor`\n"
+        shell = d.json("loop", "add", "shell", "--command", "true", "--every", "1h")
+        assert shell["warnings"] == []
+
+        text = d.cli("doctor", check=False)
+        assert text.returncode == 1, text.stdout + text.stderr
+        assert (
+            f"error    cli          claude not on the daemon's PATH ({DAEMON_PATH}); needed by loop nightly"
+            in text.stdout
+        )
+        assert f"your shell finds it at {STANDIN_BIN}/claude" in text.stdout
+        assert "fix: restart the daemon from this shell: fleetd daemon stop && fleetd daemon start" in text.stdout
+        assert "fleetd service install" in text.stdout
+        assert "error    login        profile work: never logged in" in text.stdout
+        assert "fix: fleetd profile login work" in text.stdout
+
+        raw = d.cli("doctor", "--json", check=False)
+        assert raw.returncode == 1
+        report = json.loads(raw.stdout)
+        assert list(report) == REPORT_KEYS
+        assert report["ok"] is False and report["errors"] >= 2
+        assert set(report["daemon"]) == {"running", "pid", "version", "home", "path", "manager"}
+        assert report["daemon"]["path"] == DAEMON_PATH and report["daemon"]["running"] is True
+        assert all(set(f) == FINDING_KEYS for f in report["findings"])
+        cli = next(f for f in report["findings"] if f["check"] == "cli")
+        assert (cli["severity"], cli["subject"]) == ("error", "claude_code")
+        assert {"check": "service", "why": "no service unit is installed"} in report["skipped"]
+
+        # Logged in (the file Claude Code writes) and the loop paused: what is left are warnings.
+        (d.home / "profiles" / "work" / ".credentials.json").write_text('{"claudeAiOauth": {}}')
+        d.cli("loop", "pause", "nightly")
+        after = d.cli("doctor", "--json", check=False)
+        report = json.loads(after.stdout)
+        assert [f["severity"] for f in report["findings"] if f["check"] in ("cli", "login")] == ["warning"]
+        assert after.returncode == (1 if report["errors"] else 0)
+    finally:
+        d.stop()
+
+
+def test_doctor_without_a_daemon_says_so_and_checks_what_it_can(short_home: Path) -> None:
+    d = isolated(Daemon(short_home / "home"), short_home)
+    text = d.cli("doctor", check=False)
+    assert text.returncode == 1
+    assert f"error    daemon       the daemon is not running (socket {d.socket})" in text.stdout
+    assert "fix: fleetd daemon start" in text.stdout
+    report = json.loads(d.cli("doctor", "--json", check=False).stdout)
+    assert list(report) == REPORT_KEYS
+    assert report["daemon"] == {"running": False, "home": str(d.home), "socket": str(d.socket)}
+    assert {s["check"] for s in report["skipped"]} >= {"cli", "login", "key", "database"}
+    assert "disk" in report["checked"] and "socket" in report["checked"]
+
+
+def test_service_status_and_uninstall_without_systemctl(short_home: Path) -> None:
+    env = {**os.environ, "HOME": str(short_home), "XDG_CONFIG_HOME": str(short_home / "xdg"), "PATH": "/nowhere"}
+    env.pop("FLEETD_HOME", None)
+
+    def run(*args: str) -> tuple[int, str]:
+        done = subprocess.run([FLEETD, "service", *args], env=env, capture_output=True, text=True, timeout=60)
+        return done.returncode, done.stdout + done.stderr
+
+    unit = short_home / "xdg" / "systemd" / "user" / "fleetd.service"
+    code, out = run("install")
+    assert code == 0 and unit.is_file(), out
+    assert "Environment=PATH=/nowhere" in unit.read_text()
+    code, out = run("status", "--json")
+    status = json.loads(out)
+    assert (code, status["installed"], status["reachable"]) == (0, True, False)
+    assert status["note"] == "systemctl is not available on this host: the unit's state cannot be asked"
+    assert status["environment"]["PATH"] == "/nowhere"
+    code, out = run("uninstall")
+    assert code == 0
+    assert out.splitlines() == [
+        "systemctl is not available on this host: nothing to stop or disable",
+        f"removed {unit}",
+    ]
+    code, out = run("uninstall")
+    assert (code, out.strip()) == (0, f"no service file at {unit}: nothing to stop, disable or remove")
+    code, out = run("status")
+    assert f"systemd unit {unit}: not installed" in out

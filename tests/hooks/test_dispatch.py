@@ -1,0 +1,206 @@
+"""The dispatcher over a real store: what reaches which hook, `hook.failed` without recursion, the
+bounded queue of a hung hook, and the persisted cursor (a restart neither loses nor repeats)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from fleetd.hooks.dispatch import HookDispatcher
+from fleetd.records.hook import Hook
+from fleetd.store.db import Database
+from fleetd.store.events import EventLog
+from fleetd.store.hooks import HookStore
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+async def _until(predicate: Callable[[], Awaitable[bool] | bool], timeout: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        value = predicate()
+        if await value if isinstance(value, Awaitable) else value:
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {predicate}")
+        await asyncio.sleep(0.02)
+
+
+class World:
+    def __init__(self, db: Database, home: Path) -> None:
+        self.db, self.home = db, home
+        self.events = EventLog(db)
+        self.store = HookStore(db)
+
+    def dispatcher(self, **kw: Any) -> HookDispatcher:
+        async def no_secret(hook: Hook) -> str | None:
+            return None
+
+        async def known() -> list[str]:
+            return []
+
+        return HookDispatcher(self.store, self.events, secret=no_secret, known_secrets=known, clock=lambda: NOW,
+                              cwd=self.home, backoff_base=0.01, **kw)  # fmt: skip
+
+    async def add_exec(self, name: str, on: tuple[str, ...], command: str, timeout: float = 5.0) -> None:
+        await self.store.insert(Hook(name, on, "exec", command, timeout_s=timeout, created_at=NOW))
+
+    async def emit(self, type_: str, **data: Any) -> None:
+        await self.events.emit(NOW, type_, f"{type_} for the test", **data)
+
+    async def types(self) -> list[str]:
+        return [e.type for e in await self.events.after(0)]
+
+
+@asynccontextmanager
+async def world(tmp_path: Path) -> AsyncIterator[World]:
+    db = await Database.open(tmp_path / "h.db")
+    try:
+        yield World(db, tmp_path)
+    finally:
+        await db.close()
+
+
+def _lines(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_each_hook_gets_the_events_it_subscribes_to_in_order(tmp_path: Path) -> None:
+    failed, everything = tmp_path / "failed.jsonl", tmp_path / "all.jsonl"
+
+    async def go() -> None:
+        async with world(tmp_path) as w:
+            await w.add_exec("failed", ("run.failed",), f"cat >> {failed}")
+            await w.add_exec("all", ("*",), f"cat >> {everything}")
+            dispatcher = w.dispatcher()
+            await dispatcher.start()
+            for t in ("run.succeeded", "run.failed", "circuit.opened", "run.failed"):
+                await w.emit(t)
+            await _until(lambda: len(_lines(everything)) == 4 and len(_lines(failed)) == 2)
+            await dispatcher.stop(1)
+
+    asyncio.run(go())
+    assert [e["type"] for e in _lines(everything)] == ["run.succeeded", "run.failed", "circuit.opened", "run.failed"]
+    assert [e["id"] for e in _lines(failed)] == [2, 4]
+
+
+def test_a_failing_hook_emits_hook_failed_which_no_hook_receives(tmp_path: Path) -> None:
+    everything = tmp_path / "all.jsonl"
+
+    async def go() -> None:
+        async with world(tmp_path) as w:
+            await w.add_exec("broken", ("*",), "echo 'no such notifier' >&2; exit 3")
+            await w.add_exec("all", ("*",), f"cat >> {everything}")
+            dispatcher = w.dispatcher()
+            await dispatcher.start()
+            await w.emit("run.failed", run_id=1)
+            await _until(lambda: w.types(), 5)
+            await _until(lambda: _has(w, "hook.failed"))
+            await w.emit("run.succeeded", run_id=2)
+            await _until(lambda: len(_lines(everything)) == 2)
+            await _until(lambda: _count(w, "hook.failed", 2))
+            await asyncio.sleep(0.3)  # a recursion would show as more hook.failed events by now
+            assert await w.types() == ["run.failed", "hook.failed", "run.succeeded", "hook.failed"]
+            failure = (await w.events.after(1))[0]
+            assert failure.data == {"hook": "broken", "event_id": 1, "event_type": "run.failed",
+                                    "detail": "exit 3: no such notifier", "tries": 1}  # fmt: skip
+            last, pending, dropped = dispatcher.last("broken")
+            assert last is not None and not last.delivery.ok and (pending, dropped) == (0, 0)
+            await dispatcher.stop(1)
+
+    asyncio.run(go())
+    assert [e["type"] for e in _lines(everything)] == ["run.failed", "run.succeeded"]  # never hook.failed
+
+
+async def _has(w: World, type_: str) -> bool:
+    return type_ in await w.types()
+
+
+async def _count(w: World, type_: str, n: int) -> bool:
+    return (await w.types()).count(type_) >= n
+
+
+def test_a_hung_hook_holds_at_most_its_queue_and_says_once_what_it_drops(tmp_path: Path) -> None:
+    fast = tmp_path / "fast.jsonl"
+
+    async def go() -> None:
+        async with world(tmp_path) as w:
+            await w.add_exec("hung", ("run.*",), "sleep 60", timeout=60)
+            await w.add_exec("fast", ("run.*",), f"cat >> {fast}")
+            dispatcher = w.dispatcher(queue_cap=3)
+            await dispatcher.start()
+            for n in range(10):
+                await w.emit("run.failed", run_id=n)
+                # the other hook is not held up: it gets each event while the hung one hangs
+                await _until(lambda n=n: len(_lines(fast)) == n + 1)
+            await _until(lambda: dispatcher.last("hung")[2] == 6)
+            _, pending, _ = dispatcher.last("hung")
+            assert pending == 4  # one in its command, three queued: the cap
+            failures = [e for e in await w.events.after(0) if e.type == "hook.failed"]
+            assert len(failures) == 1 and "queue of 3 events is full" in failures[0].message
+            # the newest stayed: the oldest were dropped
+            newest = [e.id for e in await w.events.after(0) if e.type == "run.failed"][-3:]
+            assert [e.id for e in dispatcher._queues["hung"].items] == newest
+            await dispatcher.stop(0.2)  # the hung command is killed, not waited for
+
+    asyncio.run(asyncio.wait_for(go(), 30))
+
+
+def test_the_cursor_redelivers_after_a_restart_what_was_not_delivered_and_nothing_else(tmp_path: Path) -> None:
+    out = tmp_path / "got.jsonl"
+    gate = tmp_path / "open"
+
+    async def go() -> None:
+        async with world(tmp_path) as w:
+            await w.emit("run.failed", run_id=0)  # before any hook: history, never sent
+            # The hook blocks until `gate` exists, so events 2 and 3 are pending when the daemon stops.
+            await w.add_exec("slow", ("run.*",), f"while [ ! -e {gate} ]; do sleep 0.05; done; cat >> {out}")
+            first = w.dispatcher()
+            await first.start()
+            await w.emit("run.failed", run_id=1)
+            await w.emit("run.succeeded", run_id=2)
+            await _until(lambda: first.last("slow")[1] == 2)
+            await first.stop(0.1)  # the delivery in progress is cancelled: nothing was delivered
+            assert await w.store.cursor() == 1
+            await w.emit("run.failed", run_id=3)  # written while no dispatcher runs
+            gate.touch()
+            second = w.dispatcher()
+            await second.start()
+            await _until(lambda: len(_lines(out)) == 3)
+            await _until(lambda: _cursor_is(w, 4))
+            await second.stop(1)
+            third = w.dispatcher()  # everything was delivered: a restart sends nothing again
+            await third.start()
+            await asyncio.sleep(0.3)
+            await third.stop(1)
+
+    asyncio.run(go())
+    assert [e["data"]["run_id"] for e in _lines(out)] == [1, 2, 3]
+
+
+async def _cursor_is(w: World, event_id: int) -> bool:
+    return await w.store.cursor() == event_id
+
+
+def test_the_first_start_begins_at_the_newest_event(tmp_path: Path) -> None:
+    out = tmp_path / "got.jsonl"
+
+    async def go() -> None:
+        async with world(tmp_path) as w:
+            await w.emit("run.failed", run_id=1)
+            await w.store.insert(Hook("h", ("*",), "exec", f"cat >> {out}", created_at=NOW))
+            async with w.db.transaction() as conn:  # as if it had existed all along: only the cursor decides
+                await conn.execute("UPDATE hooks SET since_event = 0")
+            dispatcher = w.dispatcher()
+            await dispatcher.start()
+            await w.emit("run.failed", run_id=2)
+            await _until(lambda: len(_lines(out)) == 1)
+            await dispatcher.stop(1)
+
+    asyncio.run(go())
+    assert [e["data"]["run_id"] for e in _lines(out)] == [2]

@@ -1,0 +1,113 @@
+"""Every history query is an index search (issue 12): `runs list` with any combination of filters, `loop
+list`'s last runs, `stats`, and retention's batches. Checked with EXPLAIN QUERY PLAN on the SQL the stores
+issue, on a fresh (un-ANALYZEd, as the daemon keeps it) database: a `SCAN runs` without an index would read
+every row of a million-run history, and a TEMP B-TREE would sort every matching row before the limit."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import sqlite3
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from fleetd.store import retention
+from fleetd.store.db import Database
+from fleetd.store.runs import _COLUMNS, NEWEST_FIRST, list_query
+from fleetd.store.stats import GROUP_KEYS, _queries
+
+SINCE = datetime(2026, 11, 21, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+def conn(tmp_path_factory: pytest.TempPathFactory) -> sqlite3.Connection:
+    path = tmp_path_factory.mktemp("plans") / "fleetd.db"
+
+    async def create() -> None:
+        await (await Database.open(path)).close()
+
+    asyncio.run(create())
+    return sqlite3.connect(path)
+
+
+def plan(conn: sqlite3.Connection, sql: str, params: Any = ()) -> list[str]:
+    return [row[-1] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", params)]
+
+
+def full_scans(steps: list[str], tables: tuple[str, ...]) -> list[str]:
+    """The steps that read a whole table, or sort rows before a limit."""
+    return [
+        s
+        for s in steps
+        if "TEMP B-TREE" in s
+        or any(s == f"SCAN {t}" or (s.startswith(f"SCAN {t} ") and "INDEX" not in s) for t in tables)
+    ]
+
+
+FILTERS = list(itertools.product((None, "loop07"), (None, "failed", "running"), (None, SINCE)))
+
+
+@pytest.mark.parametrize(("loop", "status", "since"), FILTERS)
+def test_runs_list_is_an_index_walk_for_every_filter_combination(
+    conn: sqlite3.Connection, loop: str | None, status: str | None, since: datetime | None
+) -> None:
+    sql, params = list_query(loop=loop, status=status, since=since, limit=10_000)
+    steps = plan(conn, sql, params)
+    assert not full_scans(steps, ("runs",)), steps
+    assert all("USING INDEX" in s or "USING COVERING INDEX" in s for s in steps), steps
+    if loop or status or since:
+        # Every filter narrows the walk through the index: one that only some of them narrow reads all the
+        # rows of the others (`--loop X --status failed` walked all of X's runs to find its few failures).
+        assert len(steps) == 1 and steps[0].startswith("SEARCH runs USING"), steps
+        bounds = steps[0].partition("(")[2]
+        wanted = [c for c, value in (("loop=?", loop), ("status=?", status), ("started_at>?", since)) if value]
+        assert all(c in bounds for c in wanted), steps
+
+
+def test_last_run_of_every_loop_is_one_probe_per_loop(conn: sqlite3.Connection) -> None:
+    sql = (
+        f"SELECT {_COLUMNS} FROM runs WHERE id IN (SELECT (SELECT id FROM runs r WHERE r.loop = l.name "
+        f"ORDER BY {NEWEST_FIRST} LIMIT 1) FROM loops l)"
+    )
+    steps = plan(conn, sql)
+    assert not full_scans(steps, ("runs", "r")), steps
+
+
+@pytest.mark.parametrize("by", [(k,) for k in GROUP_KEYS] + [("loop", "step")])
+@pytest.mark.parametrize("loop", [None, "loop07"])
+def test_stats_reads_rollups_and_raw_rows_by_index(
+    conn: sqlite3.Connection, by: tuple[str, ...], loop: str | None
+) -> None:
+    params = {
+        "since": "2026-11-21T09:30:00.000+00:00",
+        "day": "2026-11-21",
+        "hour": "2026-11-21T09",
+        "next_day": "2026-11-22",
+        "next_hour": "2026-11-21T10:00:00.000+00:00",
+        "loop": loop,
+    }
+    for sql in _queries(by, loop):
+        steps = plan(conn, sql, params)
+        scans = [
+            s
+            for s in full_scans(steps, ("runs", "r", "attempts", "a", "stats_daily", "stats_hourly"))
+            if "TEMP B-TREE" not in s
+        ]
+        assert not scans, steps
+
+
+@pytest.mark.parametrize(
+    ("sql", "params"),
+    [
+        (retention.OLD_RUNS, ("2026-11-21", 500)),
+        (retention.LOOP_NAMES, ()),
+        (retention.KEEP_EDGE, ("loop07", 999)),
+        (retention.BEYOND_EDGE, ("loop07", "2026-11-21", "2026-11-21", 7, 500)),
+        (retention.OLD_EVENTS, ("2026-11-21", 500)),
+    ],
+)
+def test_each_prune_batch_is_an_index_walk(conn: sqlite3.Connection, sql: str, params: tuple[object, ...]) -> None:
+    steps = plan(conn, sql, params)
+    assert not full_scans(steps, ("runs", "r", "events")), steps
