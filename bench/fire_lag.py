@@ -6,9 +6,9 @@ how long `daemon stop` then takes, through a real daemon.
 Each loop runs `date +%s.%N` every second; the loops are written into the store before the daemon
 starts (adding hundreds through the API while the first ones fire measures the API under load, not
 the fires), their grids spread evenly over the second. After a warm-up, every `schedule` slot of the
-measured window is read from the database: *fire lag* is the recorded `started_at` minus the slot, *fire-to-process* is the
-time the command printed (its first instruction, ~1 ms after the child's creation: the baseline
-row is that offset for a lone spawn from a bare asyncio loop) minus the slot. *Missed* counts the
+measured window is read from the database: *fire lag* is the recorded `started_at` minus the slot,
+*fire-to-process* is the time the command printed (its first instruction, ~1 ms after the child's
+creation: the baseline row is that offset for a lone spawn from a bare asyncio loop) minus the slot. *Missed* counts the
 window's slots without a run that started: no row at all (the timer woke too late and the slot
 was passed over) or a `skipped` one (the loop's previous run was still going). Then `daemon stop`
 is timed against the stop grace + kill grace (30 s + 5 s by default). `--pythonpath DIR` runs the
