@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+import itertools
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -111,3 +112,34 @@ def test_a_fire_cancelled_mid_write_leaves_the_store_writable_and_no_run_behind(
             await db.close()
 
     assert asyncio.run(go()) == []
+
+
+def test_started_at_is_when_the_child_was_started_not_when_the_fire_was_recorded(tmp_path: Path) -> None:
+    """`started_at - scheduled_at` is the fire's lag: stamped at the fire, before the row and the child
+    existed, it hid the time spent until the spawn. A clock that moves a second per reading tells them apart."""
+    ticks = itertools.count()
+    base = datetime(2026, 1, 1, tzinfo=UTC)
+
+    def clock() -> datetime:
+        return base + timedelta(seconds=next(ticks))
+
+    async def go() -> tuple[Any, Any]:
+        db = await Database.open(tmp_path / "s.db")
+        try:
+            loop = Loop(name="lag", schedule=Schedule("every", "1h", "UTC"), backend="command", command="true",
+                        created_at=base, updated_at=base)  # fmt: skip
+            await LoopStore(db).insert(loop)
+            ex = Executor(RunStore(db), AttemptStore(db), NoProfiles(), log_path=lambda i: tmp_path / f"{i}.log",  # type: ignore[arg-type]
+                          tmp_root=tmp_path / "tmp", tag_prefix="lag", clock=clock, local_tz=ZoneInfo("UTC"),
+                          kill_grace=0.5)  # fmt: skip
+            fired = await ex.fire(loop, "manual", base)
+            assert fired is not None and await ex.wait_idle(10)
+            return fired, (await RunStore(db).get(fired.id), await AttemptStore(db).for_run(fired.id))
+        finally:
+            await db.close()
+
+    fired, (run, attempts) = asyncio.run(go())
+    assert run.status == "succeeded"
+    assert run.started_at > fired.started_at  # later than the fire's own reading of the clock
+    assert run.started_at == attempts[0].started_at  # the moment the attempt's child was started
+    assert run.pid is not None
