@@ -116,7 +116,10 @@ def measure(loops: int, seconds: float, warmup: float, pythonpath: str | None) -
         end = datetime.now(UTC)
         stop_started = time.monotonic()
         stop = subprocess.run([FLEETD, "daemon", "stop", "--wait", "120"], env=daemon.env, capture_output=True)
-        stop_s = time.monotonic() - stop_started if stop.returncode == 0 else float("inf")
+        stop_s = time.monotonic() - stop_started
+        if stop.returncode != 0:
+            print(f"daemon stop failed after {stop_s:.1f}s: {stop.stderr.decode(errors='replace').strip()}")
+            stop_s = float("inf")
         with sqlite3.connect(daemon.dir / "home" / "fleetd.db") as db:
             grids = db.execute("SELECT name, created_at FROM loops").fetchall()
             rows = db.execute(

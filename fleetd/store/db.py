@@ -138,14 +138,16 @@ class Database:
         async with self._lock:
             try:
                 try:
-                    if await _settled(self._writer.execute("BEGIN IMMEDIATE")):
+                    if await self._control("BEGIN IMMEDIATE"):
                         raise asyncio.CancelledError
                     yield self._writer
-                    if await _settled(self._writer.execute("COMMIT")):
+                    if await self._control("COMMIT"):
+                        if self._writer.in_transaction:  # the COMMIT failed: rolled back below
+                            raise asyncio.CancelledError
                         _cancel_again()
                 except BaseException as e:
                     # SQLite may already have rolled back (some I/O errors do); a second ROLLBACK would fail.
-                    cancelled = self._writer.in_transaction and await _settled(self._writer.execute("ROLLBACK"))
+                    cancelled = self._writer.in_transaction and await self._control("ROLLBACK")
                     if cancelled and not isinstance(e, asyncio.CancelledError):
                         _cancel_again()
                     raise
@@ -156,6 +158,23 @@ class Database:
                 self._set_problem(problem)
                 raise StoreUnavailable("written", problem) from e
             self._set_problem(None)
+
+    async def _control(self, sql: str) -> bool:
+        """BEGIN, COMMIT or ROLLBACK on the writer. True when the caller was cancelled meanwhile: the
+        statement runs all the same (it is queued on the connection's thread, which runs its queue in
+        order), so a no-op queued behind it says when it has; `in_transaction` then says how it went.
+        No task of its own: the lock is held meanwhile, and every loop iteration counts under load."""
+        try:
+            await self._writer.execute(sql)
+            return False
+        except asyncio.CancelledError:
+            pass
+        while True:
+            try:
+                await self._writer.execute_fetchall("SELECT 1")  # fetched whole: no statement left open
+                return True
+            except asyncio.CancelledError:
+                continue
 
     async def fetchall(self, sql: str, params: tuple[Any, ...] = ()) -> list[aiosqlite.Row]:
         try:
