@@ -169,12 +169,9 @@ class Database:
             return False
         except asyncio.CancelledError:
             pass
-        while True:
-            try:
-                await self._writer.execute_fetchall("SELECT 1")  # fetched whole: no statement left open
-                return True
-            except asyncio.CancelledError:
-                continue
+        # Cancelled again meanwhile (the event loop's teardown): that one is raised, not waited out.
+        await self._writer.execute_fetchall("SELECT 1")  # fetched whole: no statement left open
+        return True
 
     async def fetchall(self, sql: str, params: tuple[Any, ...] = ()) -> list[aiosqlite.Row]:
         try:
@@ -211,6 +208,9 @@ async def _settled(statement: Awaitable[object]) -> bool:
         try:
             await asyncio.wait({task})
         except asyncio.CancelledError:
+            if cancelled:  # cancelled again (the event loop's own teardown): waiting must not hang it
+                task.cancel()
+                raise
             cancelled = True
     task.result()
     return cancelled
