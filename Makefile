@@ -32,6 +32,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/runs_query.py
 	$(BIN)/python bench/stats_query.py
 	$(BIN)/python bench/failover_latency.py
+	$(BIN)/python bench/dispatch.py
+	$(BIN)/python bench/fire_lag.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -11,6 +12,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 BIN = Path(sys.executable).parent
 FLEETD = shutil.which("fleetd", path=str(BIN)) or "fleetd"
@@ -58,5 +60,24 @@ class ThrowawayDaemon:
         subprocess.run([FLEETD, *args], env=self.env, check=True, stdout=subprocess.DEVNULL)
 
     def close(self) -> None:
-        subprocess.run([FLEETD, "daemon", "stop"], env=self.env, check=False, stdout=subprocess.DEVNULL)
+        subprocess.run([FLEETD, "daemon", "stop"], env=self.env, check=False, capture_output=True)
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+RESULTS = Path(__file__).resolve().parent / "results"  # git-ignored
+
+
+def write_json(name: str, payload: dict[str, Any], path: Path | None = None) -> Path:
+    """The bench's figures as JSON (bench/results/NAME.json unless `path`); returns where."""
+    target = path or RESULTS / f"{name}.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(payload, indent=2) + "\n")
+    return target
+
+
+def with_pythonpath(env: dict[str, str], pythonpath: str | None) -> dict[str, str]:
+    """`env` with `pythonpath` first on PYTHONPATH: the daemon and the CLI then run that checkout
+    (`git worktree add /tmp/x main`, then `--pythonpath /tmp/x` measures main)."""
+    if not pythonpath:
+        return env
+    return {**env, "PYTHONPATH": os.pathsep.join(p for p in (pythonpath, env.get("PYTHONPATH")) if p)}

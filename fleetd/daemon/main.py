@@ -27,7 +27,7 @@ from fleetd.errors import FleetdError
 from fleetd.heartbeat.service import Heartbeat
 from fleetd.hooks.service import HookService, secret_names
 from fleetd.loops import cgroups, proctree
-from fleetd.loops.executor import Executor
+from fleetd.loops.executor import Executor, watch_children_by_pidfd
 from fleetd.loops.retention import Pruner
 from fleetd.loops.scheduler import Scheduler
 from fleetd.loops.service import LoopService
@@ -179,6 +179,7 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
+        watch_children_by_pidfd()
         db = self.db = await open_store(self.paths)
         events = EventLog(db)
         # The run store writes each run's lifecycle events in the run's own transactions.
@@ -279,18 +280,27 @@ class Daemon:
                 await gateway.start()
             except FleetdError as e:  # the --gateway flag's address cannot be used: nothing half-started
                 raise StartupError(f"the gateway cannot start: {e.message}") from None
-            await scheduler.start()
-            if self.options.retain is not None:
-                pruning = asyncio.create_task(
-                    pruner.run(retain=self.options.retain, interval=self.options.prune_interval)
-                )
-            log.info("fleetd daemon ready (pid %s, socket %s)", os.getpid(), self.paths.socket)
-            sd_notify("READY=1")
+            # A stop must not wait for the start: with hundreds of loops that missed fires while the
+            # daemon was down, their catch-up fires take a while. Cancelling it is safe: a fire's
+            # write runs to its end (store.db.finish_first).
+            starting = asyncio.create_task(scheduler.start(), name="scheduler-start")
+            await asyncio.wait({starting, asyncio.ensure_future(self.stop_event.wait())},
+                               return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+            if starting.done():
+                starting.result()
+                if self.options.retain is not None:
+                    pruning = asyncio.create_task(
+                        pruner.run(retain=self.options.retain, interval=self.options.prune_interval)
+                    )
+                log.info("fleetd daemon ready (pid %s, socket %s)", os.getpid(), self.paths.socket)
+                sd_notify("READY=1")
             await self.stop_event.wait()
             sd_notify("STOPPING=1")
             if pruning is not None:
                 pruning.cancel()  # a batch in flight rolls back whole; the next start prunes again
             log.info("stopping: no new fires; waiting up to %ss for running runs", self.options.stop_grace)
+            starting.cancel()
+            await asyncio.gather(starting, return_exceptions=True)
             scheduler.stop()
             executor.accepting = False
             executor.interrupt_waiting("daemon stopped while the run waited for a profile's reset")

@@ -104,6 +104,11 @@ def subtree(instance: str) -> Path | None:
     return subtree_of(base, instance) if base is not None else None
 
 
+def probed() -> bool:
+    """Whether `base_dir` is known already (the first call probes: it spawns a process)."""
+    return bool(_base)
+
+
 def run_path(instance: str, run_id: int) -> Path | None:
     """Where run `run_id`'s processes live (whether or not it exists now); None without cgroups."""
     tree = subtree(instance)
@@ -172,12 +177,26 @@ def join(cgroup: Path, pid: int) -> bool:
     """Put `pid` into `cgroup` (a no-op when the child already joined itself). A process that has
     already exited counts as joined: it can have left nothing outside the cgroup it joined first."""
     try:
-        (cgroup / "cgroup.procs").write_text(f"{pid}\n")
+        _write_pid(cgroup / "cgroup.procs", pid)
     except ProcessLookupError:
         return True
     except OSError as e:
         return e.errno == errno.ESRCH
     return True
+
+
+def member_or_join(cgroup: Path, pid: int) -> bool:
+    """`join`, skipped when `pid` is in `cgroup` already (its wrapper joined it)."""
+    return pid in procs(cgroup) or join(cgroup, pid)
+
+
+def _write_pid(procs_file: Path, pid: int) -> None:
+    # os-level: once per run, where pathlib's text layer cost more than the write itself.
+    fd = os.open(procs_file, os.O_WRONLY)
+    try:
+        os.write(fd, b"%d\n" % pid)
+    finally:
+        os.close(fd)
 
 
 def exists(cgroup: Path) -> bool:

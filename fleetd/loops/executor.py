@@ -12,6 +12,7 @@ import itertools
 import logging
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field, replace
@@ -47,6 +48,7 @@ from fleetd.routing.router import (
     World,
 )
 from fleetd.store.attempts import AttemptStore
+from fleetd.store.db import finish_first
 from fleetd.store.events import EventLog
 from fleetd.store.runs import RunStore
 from fleetd.timefmt import format_duration
@@ -203,11 +205,12 @@ class Executor:
             try:
                 reason = await self._over_daily_cost(loop, now)
                 if reason is None:
-                    run = await self.runs.insert(
+                    # To its end even when a stop cancels the scheduler's timer meanwhile: a run it wrote starts.
+                    run = await finish_first(self.runs.insert(
                         loop=loop.name, trigger=trigger, status="running", scheduled_at=scheduled_at,
                         started_at=now, backend=loop.backend, log_path_for=self.log_path, fired=fired,
                         missed=missed, missed_reason=missed_reason,
-                    )  # fmt: skip
+                    ))  # fmt: skip
                 else:
                     code = "over_daily_cost"
             except BaseException:
@@ -245,16 +248,18 @@ class Executor:
         kept = blocker.skipped if blocker else None
         if blocker is not None and kept is not None and kept[0] == code:
             count = kept[2] + 1
-            grown = await self.runs.add_skip(kept[1], count, skip_text(code, count, blocking_id, until), fired)
+            grown = await finish_first(
+                self.runs.add_skip(kept[1], count, skip_text(code, count, blocking_id, until), fired)
+            )
             if grown is not None:
                 blocker.skipped = (code, grown.id, count)
                 return grown
             # Not added: a new row, unless `fired` was recorded already (then the insert writes nothing too).
         text = reason or skip_text(code, missed or 1, blocking_id, until)
-        skipped = await self.runs.insert(
+        skipped = await finish_first(self.runs.insert(
             loop=loop.name, trigger=trigger, status="skipped", scheduled_at=scheduled_at, started_at=now,
             finished_at=now, backend=loop.backend, error=text, fired=fired, skip_reason=code, missed=missed,
-        )  # fmt: skip
+        ))  # fmt: skip
         if skipped is not None and blocker is not None:
             blocker.skipped = (code, skipped.id, 1)
         if code == "over_daily_cost" and skipped is not None and self.events is not None:
@@ -737,10 +742,17 @@ class Executor:
         secret = await self.profiles.secret(profile) if profile and profile.has_secret else None
         scrubber = Scrubber([*(await self.profiles.known_secrets()), *([secret] if secret else [])])
         model = candidate.model or (profile.model if profile else None)
-        attempt_id = await self.attempts.start(
-            run_id=run.id, number=number, backend=candidate.backend, profile=profile.name if profile else "",
-            model=model, started_at=self.clock(), step=candidate.step + 1, role=role,
-        )  # fmt: skip
+        attempt_id: int | None = None
+
+        async def begin(pid: int | None = None, create_time: float | None = None, at: datetime | None = None) -> None:
+            """The attempt's row, once it really starts (a child's pid with it: one write, not two)."""
+            nonlocal attempt_id
+            attempt_id = await self.attempts.start(
+                run_id=run.id, number=number, backend=candidate.backend, profile=profile.name if profile else "",
+                model=model, started_at=at or self.clock(), step=candidate.step + 1, role=role, pid=pid,
+                pid_create_time=create_time,
+            )  # fmt: skip
+
         self.tmp_root.mkdir(parents=True, exist_ok=True, mode=0o700)
         tmpdir = tempfile.mkdtemp(prefix=f"run{run.id}-{number}-", dir=self.tmp_root)
         # --agent-arg is for the loop's own backend's CLI
@@ -753,11 +765,14 @@ class Executor:
                              resume_session=resume, role=role)  # fmt: skip
         try:
             if adapter.kind == "http":
+                await begin()
                 end = await self._http_attempt(cast(HttpAdapter, adapter), ctx, slot, runlog, scrubber)
             else:
-                end = await self._process_attempt(cast(ProcessAdapter, adapter), ctx, slot, runlog, scrubber)
+                end = await self._process_attempt(cast(ProcessAdapter, adapter), ctx, slot, runlog, scrubber, begin)
+            if attempt_id is None:  # no child was started (bad workdir, not found): recorded all the same
+                await begin()
         finally:
-            shutil.rmtree(tmpdir, ignore_errors=True)
+            _remove_dir(tmpdir)
             runlog.end_line()  # the next attempt's notes and output start on a line of their own
         # The boundary: the streams were scrubbed before parsing; this catches what the parser decoded into
         # a key (a JSON escape) and the messages fleetd wrote itself. Nothing below sees the raw values.
@@ -770,6 +785,7 @@ class Executor:
             )
         error = None if parsed.outcome == "succeeded" else _describe(parsed)
         finished_at = self.clock()
+        assert attempt_id is not None
         try:
             await self.attempts.finish(
                 attempt_id, finished_at=finished_at, exit_code=end.exit_code, parsed=parsed, error=error, cost_usd=cost
@@ -814,8 +830,15 @@ class Executor:
         return AttemptEnd(parsed)
 
     async def _process_attempt(
-        self, adapter: ProcessAdapter, ctx: AttemptContext, slot: ActiveRun, runlog: RunLog, scrubber: Scrubber
+        self,
+        adapter: ProcessAdapter,
+        ctx: AttemptContext,
+        slot: ActiveRun,
+        runlog: RunLog,
+        scrubber: Scrubber,
+        begin: Callable[[int, float | None, datetime], Awaitable[None]],
     ) -> AttemptEnd:
+        """`begin(pid, create_time, started_at)` records the attempt once its child exists."""
         try:
             spec = adapter.build(ctx)
         except FleetdError as e:
@@ -828,7 +851,10 @@ class Executor:
         env = self._child_env(ctx, spec, slot.trigger)
         # The run's processes are tracked by its cgroup where one can be made (an escapee that leaves
         # the session and clears its environment stays in it), else by session + tag (proctree).
-        cgroup = await asyncio.to_thread(cgroups.run_path, self.tag_prefix, ctx.run_id)
+        if cgroups.probed():
+            cgroup = cgroups.run_path(self.tag_prefix, ctx.run_id)
+        else:  # the first run probes the hierarchy (it spawns a process): off the event loop
+            cgroup = await asyncio.to_thread(cgroups.run_path, self.tag_prefix, ctx.run_id)
         if cgroup is not None and not cgroups.create(cgroup):
             log.warning("run %s: cannot make its cgroup %s; tracking its processes by tag", ctx.run_id, cgroup)
             cgroup = None
@@ -840,6 +866,9 @@ class Executor:
                 _drop_cgroup(ctx.run_id, cgroup)
                 return _not_started(runlog, spec.argv[0], problem)
             argv = cgroups.join_argv(cgroup, spec.argv)
+        # The fork happens synchronously inside this call, before its first suspension: this is when the
+        # child started, even when the event loop is too busy to resume us for a while after it.
+        spawned_at = self.clock()
         try:
             proc = await asyncio.create_subprocess_exec(
                 *argv,
@@ -856,19 +885,21 @@ class Executor:
         except OSError as e:
             _drop_cgroup(ctx.run_id, cgroup)
             return _not_started(runlog, spec.argv[0], str(e.strerror or e))
-        if cgroup is not None and not cgroups.join(cgroup, proc.pid):
-            # Neither the wrapper nor we could move it: the tag sweep stands in (it misses escapees
-            # that clear their environment).
-            log.warning("run %s: cannot move pid %s into %s; tracking it by tag", ctx.run_id, proc.pid, cgroup)
-            _drop_cgroup(ctx.run_id, cgroup)
-            cgroup = None
         slot.proc, slot.cgroup = proc, cgroup
         if slot.interrupted.is_set():  # the stop came while it was starting: interrupt_all did not see it
             self._kill_slot(slot, self.kill_grace if slot.kill_grace is None else slot.kill_grace)
         try:
-            await self.runs.set_process(ctx.run_id, proc.pid, _create_time(proc.pid))
-        except Exception as e:  # only crash recovery needs it; the child is ours either way
+            await begin(proc.pid, _create_time(proc.pid), spawned_at)
+        except Exception as e:  # only crash recovery needs the pid; the child is ours either way
             log.error("run %s: cannot record its process %s (%s)", ctx.run_id, proc.pid, e)
+        # Checked only now: by then the wrapper has (almost always) joined, and reading the list is cheap
+        # where a write (a cgroup migration, even a no-op one) costs milliseconds of a kernel-wide lock.
+        if cgroup is not None and not cgroups.member_or_join(cgroup, proc.pid):
+            # Neither the wrapper nor we could move it: the tag sweep stands in (it misses escapees
+            # that clear their environment).
+            log.warning("run %s: cannot move pid %s into %s; tracking it by tag", ctx.run_id, proc.pid, cgroup)
+            _drop_cgroup(ctx.run_id, cgroup)
+            cgroup = slot.cgroup = None
         ended_early = _LiveFailure()
         watch = adapter.live_failure if adapter.end_on_live_failure else None
         # Each stream is scrubbed once, as it is read: the run log and the parser get the same clean bytes.
@@ -1029,6 +1060,29 @@ async def _exit_status(proc: asyncio.subprocess.Process) -> int:
         if not waiter.done():
             waiter.cancel()
     return proc.returncode if proc.returncode is not None else waiter.result()
+
+
+def watch_children_by_pidfd() -> None:
+    """Call from the running loop, before the first child. Python 3.11's default child watcher starts
+    a thread per child to wait for it (a fifth of the dispatch cost of a short run); a pidfd needs no
+    thread. From 3.12 asyncio picks pidfds itself; without them (not Linux, kernel < 5.3) nothing changes."""
+    if sys.version_info >= (3, 12) or not hasattr(os, "pidfd_open"):
+        return
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except OSError:
+        return
+    watcher = asyncio.PidfdChildWatcher()
+    watcher.attach_loop(asyncio.get_running_loop())
+    asyncio.set_child_watcher(watcher)
+
+
+def _remove_dir(path: str) -> None:
+    """An attempt's TMPDIR: usually left empty, which one rmdir removes (rmtree costs a dozen calls)."""
+    try:
+        os.rmdir(path)
+    except OSError:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _cannot_exec(argv0: str, env: dict[str, str], cwd: str | None) -> str | None:

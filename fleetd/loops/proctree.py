@@ -7,6 +7,11 @@ was made) the fallback is the session + tag sweep: each run's child leads its ow
 process of the run carries FLEETD_RUN_TAG in its environment: a double-forked descendant escapes both
 the process group and `children(recursive=True)`, but not the tag sweep, which reads the environment
 of every process on the machine. A descendant that also clears its environment escapes the sweep.
+
+That sweep is O(every process on the machine), so it is shared: one pass over /proc serves every run
+that asked for one while the previous pass ran (`_TagSweeps`). Under load, runs ending by the hundred
+per second then cost one pass every few milliseconds, not one each; a lone run still gets a pass that
+starts after it asked (a pass already under way may have read /proc before its last fork).
 """
 
 from __future__ import annotations
@@ -15,6 +20,9 @@ import asyncio
 import contextlib
 import os
 import signal
+import sys
+import weakref
+from collections import defaultdict
 from pathlib import Path
 
 import psutil
@@ -25,21 +33,97 @@ TAG_VAR = "FLEETD_RUN_TAG"
 
 
 def tagged(tag: str) -> list[psutil.Process]:
-    found = []
+    return [p for pid in all_tags().get(tag, ()) if (p := _process(pid, tag)) is not None]
+
+
+def all_tags() -> dict[str, list[int]]:
+    """Every process carrying a run tag, by tag: one pass over every process's environment."""
+    if not sys.platform.startswith("linux"):
+        return _all_tags_psutil()
+    found: dict[str, list[int]] = defaultdict(list)
+    needle = b"\0" + TAG_VAR.encode() + b"="
+    me = os.getpid()
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == me:
+            continue
+        try:
+            with open(f"/proc/{name}/environ", "rb") as f:
+                env = b"\0" + f.read()
+        except OSError:
+            continue  # gone, or not ours to read
+        if (at := env.find(needle)) != -1:
+            start = at + len(needle)
+            end = env.find(b"\0", start)
+            found[env[start : end if end != -1 else len(env)].decode(errors="replace")].append(int(name))
+    return found
+
+
+def _all_tags_psutil() -> dict[str, list[int]]:
+    found: dict[str, list[int]] = defaultdict(list)
     for proc in psutil.process_iter():
         try:
-            if proc.environ().get(TAG_VAR) == tag:
-                found.append(proc)
+            if (tag := proc.environ().get(TAG_VAR)) is not None:
+                found[tag].append(proc.pid)
         except (psutil.Error, OSError):
-            continue  # gone, or not ours to read
+            continue
     return found
+
+
+def _process(pid: int, tag: str) -> psutil.Process | None:
+    """`pid` as a psutil handle (which pins its create time), if it still carries `tag`: the pid may
+    have been reused since the pass read it."""
+    try:
+        proc = psutil.Process(pid)
+        return proc if proc.environ().get(TAG_VAR) == tag else None
+    except (psutil.Error, OSError):
+        return None
+
+
+class _TagSweeps:
+    """Shared sweeps for one event loop. Invariant: a caller is answered by a pass that started after
+    it asked; every caller that asked while a pass ran is answered by the one next pass."""
+
+    def __init__(self) -> None:
+        self._next: asyncio.Future[dict[str, list[int]]] | None = None  # the pass not yet started
+        self._worker: asyncio.Task[None] | None = None
+
+    async def find(self, tag: str) -> list[int]:
+        if self._next is None:
+            self._next = asyncio.get_running_loop().create_future()
+        answer = self._next
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.create_task(self._work(), name="tag-sweeps")
+        # Shielded: a caller cancelled meanwhile must not cancel the pass the others wait for.
+        return list((await asyncio.shield(answer)).get(tag, ()))
+
+    async def _work(self) -> None:
+        while (answer := self._next) is not None:
+            self._next = None
+            try:
+                answer.set_result(await asyncio.to_thread(all_tags))
+            except Exception as e:
+                answer.set_exception(e)
+                answer.exception()  # retrieved: a caller that went away must not leave it unlogged
+
+
+_sweeps: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _TagSweeps] = weakref.WeakKeyDictionary()
+
+
+async def sweep(tag: str) -> list[psutil.Process]:
+    """The processes carrying `tag`, from a pass shared with every other run that asks meanwhile."""
+    loop = asyncio.get_running_loop()
+    sweeps = _sweeps.get(loop)
+    if sweeps is None:
+        sweeps = _sweeps[loop] = _TagSweeps()
+    return [p for pid in await sweeps.find(tag) if (p := _process(pid, tag)) is not None]
 
 
 def snapshot(
     root_pid: int | None, create_time: float | None, tag: str | None, cgroup: Path | None = None
 ) -> list[psutil.Process]:
     """With an existing `cgroup`: the root (if it is still the same process) and every process in
-    the cgroup. Otherwise the root, its descendants and every tagged process."""
+    the cgroup. Otherwise the root, its descendants and every tagged process (`kill_tree` passes no
+    tag and adds the shared `sweep`'s finds instead)."""
     procs: dict[int, psutil.Process] = {}
     if root_pid is not None:
         try:
@@ -90,7 +174,13 @@ async def kill_tree(
     """
     if cgroup is not None and not cgroups.exists(cgroup):
         cgroup = None
-    procs = await asyncio.to_thread(snapshot, root_pid, create_time, tag, cgroup)
+    if cgroup is None and root_pid is None:
+        procs = []  # nothing to walk from: only the sweep can find what is left
+    else:
+        procs = await asyncio.to_thread(snapshot, root_pid, create_time, None, cgroup)
+    if cgroup is None and tag:
+        seen = {p.pid for p in procs} | {os.getpid()}
+        procs += [p for p in await sweep(tag) if p.pid not in seen]
     if not procs:
         return 0
     managed_root = root_pid if root_exited is not None else None

@@ -30,8 +30,13 @@ class AttemptStore:
         started_at: datetime,
         step: int = 1,
         role: str = "work",
+        pid: int | None = None,
+        pid_create_time: float | None = None,
     ) -> int:
-        """`step` is the loop's chain step the attempt came from (from 1); `role` what it did (`work`)."""
+        """`step` is the loop's chain step the attempt came from (from 1); `role` what it did (`work`).
+        For a child process, written once it exists: its pid goes on the run (crash recovery kills it)
+        and, for the run's first attempt, `started_at` becomes the run's start too (the run row was
+        written before it, at the fire): one transaction instead of three."""
         async with self.db.transaction() as conn:
             cur = await conn.execute(
                 "INSERT INTO attempts (run_id, number, backend, profile, model, started_at, step, role) "
@@ -40,8 +45,11 @@ class AttemptStore:
             )
             # The run's profile is its worker's; a reviewer's attempt does not take that place.
             await conn.execute(
-                "UPDATE runs SET attempts = ?, profile = CASE WHEN ? = 'work' THEN ? ELSE profile END WHERE id = ?",
-                (number, role, profile, run_id),
+                "UPDATE runs SET attempts = ?, profile = CASE WHEN ? = 'work' THEN ? ELSE profile END, "
+                "started_at = CASE WHEN ? = 1 THEN ? ELSE started_at END, "
+                "pid = coalesce(?, pid), pid_create_time = CASE WHEN ? IS NULL THEN pid_create_time ELSE ? END "
+                "WHERE id = ?",
+                (number, role, profile, number, to_iso(started_at), pid, pid, pid_create_time, run_id),
             )
             return int(cur.lastrowid or 0)
 

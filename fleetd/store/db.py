@@ -17,10 +17,10 @@ import asyncio
 import logging
 import os
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
 
@@ -28,6 +28,7 @@ from fleetd.errors import FleetdError
 from fleetd.store.schema import MIGRATIONS
 
 log = logging.getLogger("fleetd.store")
+T = TypeVar("T")
 
 PRAGMAS = (
     "PRAGMA journal_mode=WAL",
@@ -128,16 +129,27 @@ class Database:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """A write transaction. A caller cancelled inside it (a stop cancels the scheduler's timers
+        mid-fire) cannot leave the writer half-way: a statement already handed to the connection's
+        thread runs whatever the caller does, so each of BEGIN, COMMIT and ROLLBACK is waited out.
+        Invariant: the lock is released only with the writer outside any transaction. A COMMIT that
+        went through stands: the caller then returns normally and sees the cancellation at its next
+        await, so it never takes a written row for a lost one."""
         async with self._lock:
             try:
-                await self._writer.execute("BEGIN IMMEDIATE")
                 try:
+                    if await self._control("BEGIN IMMEDIATE"):
+                        raise asyncio.CancelledError
                     yield self._writer
-                    await self._writer.execute("COMMIT")
-                except BaseException:
+                    if await self._control("COMMIT"):
+                        if self._writer.in_transaction:  # the COMMIT failed: rolled back below
+                            raise asyncio.CancelledError
+                        _cancel_again()
+                except BaseException as e:
                     # SQLite may already have rolled back (some I/O errors do); a second ROLLBACK would fail.
-                    if self._writer.in_transaction:
-                        await self._writer.execute("ROLLBACK")
+                    cancelled = self._writer.in_transaction and await self._control("ROLLBACK")
+                    if cancelled and not isinstance(e, asyncio.CancelledError):
+                        _cancel_again()
                     raise
             except Exception as e:
                 problem = store_problem(e)
@@ -146,6 +158,20 @@ class Database:
                 self._set_problem(problem)
                 raise StoreUnavailable("written", problem) from e
             self._set_problem(None)
+
+    async def _control(self, sql: str) -> bool:
+        """BEGIN, COMMIT or ROLLBACK on the writer. True when the caller was cancelled meanwhile: the
+        statement runs all the same (it is queued on the connection's thread, which runs its queue in
+        order), so a no-op queued behind it says when it has; `in_transaction` then says how it went.
+        No task of its own: the lock is held meanwhile, and every loop iteration counts under load."""
+        try:
+            await self._writer.execute(sql)
+            return False
+        except asyncio.CancelledError:
+            pass
+        # Cancelled again meanwhile (the event loop's teardown): that one is raised, not waited out.
+        await self._writer.execute_fetchall("SELECT 1")  # fetched whole: no statement left open
+        return True
 
     async def fetchall(self, sql: str, params: tuple[Any, ...] = ()) -> list[aiosqlite.Row]:
         try:
@@ -171,6 +197,42 @@ class Database:
         else:
             log.error("the database cannot be written: %s; changes and fires fail until it can", problem)
         self.problem = problem
+
+
+async def _settled(statement: Awaitable[object]) -> bool:
+    """Wait for `statement` to finish even when the caller is cancelled meanwhile; True when it was
+    (the cancellation is then owed: the caller raises it, or `_cancel_again`). Its own failure is raised."""
+    task = asyncio.ensure_future(statement)
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.wait({task})
+        except asyncio.CancelledError:
+            if cancelled:  # cancelled again (the event loop's own teardown): waiting must not hang it
+                task.cancel()
+                raise
+            cancelled = True
+    task.result()
+    return cancelled
+
+
+async def finish_first(write: Awaitable[T]) -> T:
+    """`write` run to its end, as its own task, even when the caller is cancelled meanwhile: cancelled
+    inside a transaction's body, a write would leave a statement open on the writer (its cursor kept
+    alive by the cancellation's traceback) and every later COMMIT would fail. The caller gets the result
+    (a row that was written is not taken for a lost one) and the cancellation at its next await."""
+    task = asyncio.ensure_future(write)
+    if await _settled(task):
+        _cancel_again()
+    return task.result()
+
+
+def _cancel_again() -> None:
+    """The current task was cancelled during a statement that went through: let the caller finish
+    with its result and be cancelled at its next await instead."""
+    task = asyncio.current_task()
+    if task is not None:
+        task.cancel()
 
 
 def _raise_read_failure(e: sqlite3.DatabaseError) -> None:

@@ -110,7 +110,9 @@ class RunStore:
                 )
                 if cur.rowcount != 1:
                     return None
-            cur = await conn.execute(
+            # One round trip to the writer's thread that also steps the statement to its end (a
+            # RETURNING cursor left open, say by a cancelled caller, would fail every later COMMIT).
+            (row,) = await conn.execute_fetchall(
                 "INSERT INTO runs (loop, trigger, status, scheduled_at, started_at, finished_at, backend, "
                 f"error, attempts, skip_reason, skipped_count) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
                 f"RETURNING {_COLUMNS}",
@@ -128,8 +130,6 @@ class RunStore:
                     skipped_count,
                 ),
             )
-            row = await cur.fetchone()
-            await cur.close()
             assert row is not None
             run = _row_to_run(row)
             if log_path_for is not None:

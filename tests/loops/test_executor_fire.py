@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+import itertools
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -102,3 +103,75 @@ def test_fires_while_a_run_waits_for_a_reset_are_one_skipped_row_with_a_count(tm
     assert waited[1:] == ("skipped", "waiting", 3, "skipped 3 fires while run 12 waits for a usage reset until "
                                                    "2030-01-01T10:00:00+00:00")  # fmt: skip
     assert overlap[1:] == ("skipped", "overlap", 1, "previous run 12 still running")
+
+
+def test_a_fire_cancelled_mid_write_leaves_the_store_writable_and_no_run_behind(tmp_path: Path) -> None:
+    """A stop cancels the scheduler's timers, some in the middle of recording a fire. The cancelled
+    write used to leave its statement running on the writer's thread after the lock was released
+    (a BEGIN no one would COMMIT): every later write failed, run ends included, and runs were left
+    `running`. Cancelled at each point of its way, a fire now either records nothing or records a
+    run that starts and ends; the store keeps working."""
+
+    async def go() -> list[tuple[int, str, list[str]]]:
+        db = await Database.open(tmp_path / "c.db")
+        try:
+            now = now_utc()
+            loop = Loop(name="cancelled", schedule=Schedule("every", "1h", "UTC"), backend="command", command="true",
+                        created_at=now, updated_at=now)  # fmt: skip
+            await LoopStore(db).insert(loop)
+            ex = Executor(RunStore(db), AttemptStore(db), NoProfiles(), log_path=lambda i: tmp_path / f"{i}.log",  # type: ignore[arg-type]
+                          tmp_root=tmp_path / "tmp", tag_prefix="cancel", clock=now_utc, local_tz=ZoneInfo("UTC"),
+                          kill_grace=0.5)  # fmt: skip
+            wrong = []
+            for steps in range(30):  # every point of the fire's way, from before BEGIN to after COMMIT
+                fire = asyncio.create_task(ex.fire(loop, "schedule", now_utc()))
+                for _ in range(steps):
+                    await asyncio.sleep(0)
+                fire.cancel()
+                await asyncio.gather(fire, return_exceptions=True)
+                idle = await ex.wait_idle(5)
+                try:
+                    await RunStore(db).insert(loop="cancelled", trigger="manual", status="skipped", scheduled_at=now,
+                                              started_at=now, finished_at=now, backend="command")  # fmt: skip
+                    write = "ok"
+                except Exception as e:
+                    write = str(e)
+                left = [r.status for r in await RunStore(db).list(limit=1000) if r.status in ("running", "waiting")]
+                if not idle or write != "ok" or left:
+                    wrong.append((steps, write, left))
+            return wrong
+        finally:
+            await db.close()
+
+    assert asyncio.run(go()) == []
+
+
+def test_started_at_is_when_the_child_was_started_not_when_the_fire_was_recorded(tmp_path: Path) -> None:
+    """`started_at - scheduled_at` is the fire's lag: stamped at the fire, before the row and the child
+    existed, it hid the time spent until the spawn. A clock that moves a second per reading tells them apart."""
+    ticks = itertools.count()
+    base = datetime(2026, 1, 1, tzinfo=UTC)
+
+    def clock() -> datetime:
+        return base + timedelta(seconds=next(ticks))
+
+    async def go() -> tuple[Any, Any]:
+        db = await Database.open(tmp_path / "s.db")
+        try:
+            loop = Loop(name="lag", schedule=Schedule("every", "1h", "UTC"), backend="command", command="true",
+                        created_at=base, updated_at=base)  # fmt: skip
+            await LoopStore(db).insert(loop)
+            ex = Executor(RunStore(db), AttemptStore(db), NoProfiles(), log_path=lambda i: tmp_path / f"{i}.log",  # type: ignore[arg-type]
+                          tmp_root=tmp_path / "tmp", tag_prefix="lag", clock=clock, local_tz=ZoneInfo("UTC"),
+                          kill_grace=0.5)  # fmt: skip
+            fired = await ex.fire(loop, "manual", base)
+            assert fired is not None and await ex.wait_idle(10)
+            return fired, (await RunStore(db).get(fired.id), await AttemptStore(db).for_run(fired.id))
+        finally:
+            await db.close()
+
+    fired, (run, attempts) = asyncio.run(go())
+    assert run.status == "succeeded"
+    assert run.started_at > fired.started_at  # later than the fire's own reading of the clock
+    assert run.started_at == attempts[0].started_at  # the moment the attempt's child was started
+    assert run.pid is not None

@@ -1,0 +1,148 @@
+"""Dispatch: runs of `true` started and recorded per second by fleetd's executor, vs a bare asyncio
+loop spawning `sh -c true` (pipes, a new session) in the same run.
+
+    .venv/bin/python bench/dispatch.py [--seconds 5] [--concurrency 32] [--repeat 3]
+
+Both keep `--concurrency` runs in flight for `--seconds`: the baseline spawns and waits; fleetd's side
+is the daemon's own dispatch path (Executor.fire → the run row → the child in its session and cgroup,
+its output to the run log → its end written), over a real SQLite store, one loop per slot (a loop
+never overlaps itself), each run started as soon as the loop's previous one is recorded. The
+scheduler's timers and fire lag are bench/fire_lag.py's. Both share this machine's cores with whatever
+else runs: compare the ratio, and `--repeat` for a range. `FLEETD_CGROUP=off` measures the fallback
+(session + tag sweep) instead of a cgroup per run. To measure another checkout, run that checkout's
+copy of this script (`git worktree add /tmp/x main`, copy bench/ there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench._common import write_json  # noqa: E402
+from fleetd.loops import cgroups  # noqa: E402
+from fleetd.loops import executor as executor_module  # noqa: E402
+from fleetd.loops.executor import Executor  # noqa: E402
+from fleetd.records.loop import Loop, Schedule  # noqa: E402
+from fleetd.store.attempts import AttemptStore  # noqa: E402
+from fleetd.store.db import Database  # noqa: E402
+from fleetd.store.loops import LoopStore  # noqa: E402
+from fleetd.store.runs import RunStore  # noqa: E402
+from fleetd.timefmt import now_utc  # noqa: E402
+
+
+async def _bare(seconds: float, concurrency: int) -> int:
+    done = 0
+    end = time.monotonic() + seconds
+
+    async def worker() -> None:
+        nonlocal done
+        while time.monotonic() < end:
+            proc = await asyncio.create_subprocess_exec(
+                "sh", "-c", "true", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE, start_new_session=True,
+            )  # fmt: skip
+            await proc.communicate()
+            done += 1
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return done
+
+
+def bare_rate(seconds: float, concurrency: int) -> float:
+    start = time.monotonic()
+    done = asyncio.run(_bare(seconds, concurrency))
+    return done / (time.monotonic() - start)
+
+
+class _NoProfiles:
+    """The command backend needs no profile; its output is scrubbed of no key."""
+
+    async def known_secrets(self) -> list[str]:
+        return []
+
+
+async def _fleetd(home: Path, seconds: float, concurrency: int) -> tuple[int, int]:
+    if hasattr(executor_module, "watch_children_by_pidfd"):  # as the daemon does (older checkouts lack it)
+        executor_module.watch_children_by_pidfd()
+    db = await Database.open(home / "fleetd.db")
+    try:
+        runs = RunStore(db)
+        ex = Executor(
+            runs, AttemptStore(db), _NoProfiles(), log_path=lambda i: home / "logs" / f"{i}.log",  # type: ignore[arg-type]
+            tmp_root=home / "tmp", tag_prefix=f"bench{os.getpid()}", clock=now_utc, local_tz=ZoneInfo("UTC"),
+            kill_grace=5.0,
+        )  # fmt: skip
+        now = now_utc()
+        every = Schedule("every", "1h", "UTC")
+        loops = [Loop(f"d{i:03d}", every, "command", command="true", created_at=now, updated_at=now)
+                 for i in range(concurrency)]  # fmt: skip
+        for loop in loops:
+            await LoopStore(db).insert(loop)
+        done = 0
+        end = time.monotonic() + seconds
+
+        async def worker(loop: Loop) -> None:
+            nonlocal done
+            while time.monotonic() < end:
+                run = await ex.fire(loop, "manual", now_utc())
+                assert run is not None and run.status == "running", run
+                slot = ex.active[loop.name]
+                await slot.done.wait()  # its end is written (or kept for a retry) when the slot is done
+                done += 1
+
+        await asyncio.gather(*(worker(loop) for loop in loops))
+        assert await ex.wait_idle(30)
+        failed = len(await runs.list(status="failed", limit=1_000_000))
+        return done, failed
+    finally:
+        await db.close()
+
+
+def fleetd_rate(seconds: float, concurrency: int) -> tuple[float, int]:
+    home = Path(tempfile.mkdtemp(prefix="flb-dispatch-", dir="/tmp"))
+    try:
+        start = time.monotonic()
+        done, failed = asyncio.run(_fleetd(home, seconds, concurrency))
+        return done / (time.monotonic() - start), failed
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=5.0, help="measured window, each side")
+    parser.add_argument("--concurrency", type=int, default=32, help="runs in flight (loops), each side")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--json", type=Path, help="where to write the figures (default bench/results/dispatch.json)")
+    args = parser.parse_args()
+    if args.seconds <= 0 or args.repeat < 1 or args.concurrency < 1:
+        parser.error("--seconds, --repeat and --concurrency must be positive")
+    tracking = "a cgroup per run" if cgroups.base_dir() is not None else "session + tag sweep (no cgroup)"
+    rounds = []
+    for _ in range(args.repeat):
+        base = bare_rate(args.seconds, args.concurrency)
+        rate, failed = fleetd_rate(args.seconds, args.concurrency)
+        rounds.append({"baseline_per_s": base, "fleetd_per_s": rate, "ratio": rate / base, "failed": failed})
+    print(f"dispatch: runs of `true`, {args.concurrency} in flight, {args.seconds:g}s per side; tracking: {tracking}")
+    print(f"{'round':>5}  {'bare asyncio /s':>15}  {'fleetd runs /s':>14}  {'ratio':>6}  {'failed':>6}")
+    for i, r in enumerate(rounds, 1):
+        print(f"{i:>5}  {r['baseline_per_s']:15.0f}  {r['fleetd_per_s']:14.0f}  {r['ratio']:5.2f}x  {r['failed']:>6}")
+    ratios = [r["ratio"] for r in rounds]
+    print(f"ratio median {statistics.median(ratios):.2f}x (range {min(ratios):.2f}-{max(ratios):.2f}); target >= 0.50x")
+    payload = {"seconds": args.seconds, "concurrency": args.concurrency, "tracking": tracking, "rounds": rounds}
+    print(f"(JSON: {write_json('dispatch', payload, args.json)})")
+
+
+if __name__ == "__main__":
+    main()
