@@ -28,6 +28,7 @@ from starlette.types import Receive, Scope, Send
 
 from fleetd.backends.registry import get_adapter
 from fleetd.gateway.protocols import GatewayError, WireProtocol, forwarded_headers
+from fleetd.gateway.recorder import Attempt, Finished, Recorder
 from fleetd.gateway.sse import EventSplitter
 from fleetd.gateway.upstream import failure_class, reset_from_headers
 from fleetd.loops.scrub import Scrubber
@@ -83,13 +84,13 @@ class Proxy:
     def __init__(
         self,
         profiles: ProfileService,
-        record: Callable[[GatewayCall], Awaitable[None]],
+        record_calls: Callable[[list[GatewayCall]], Awaitable[None]],
         *,
         clock: Callable[[], datetime],
     ) -> None:
         self.profiles = profiles
-        self.record = record
         self.clock = clock
+        self.recorder = Recorder(self._attempts_finished, record_calls)
         # httpx logs every request at INFO: a line per call (with its URL) is the call log's job, not the log's.
         logging.getLogger("httpx").setLevel(logging.WARNING)
         self.client = httpx.AsyncClient(limits=httpx.Limits(max_connections=None, max_keepalive_connections=256))
@@ -98,7 +99,11 @@ class Proxy:
         self._secrets: dict[tuple[str, datetime | None], str | None] = {}
 
     async def close(self) -> None:
+        await self.recorder.close()
         await self.client.aclose()
+
+    async def _attempts_finished(self, attempts: list[Attempt]) -> None:
+        await self.profiles.attempts_finished([(a.profile, a.parsed, a.finished_at, a.cost_usd) for a in attempts])
 
     def _semaphore(self, profile: str) -> asyncio.Semaphore:
         if profile not in self._semaphores:
@@ -300,16 +305,19 @@ class Proxy:
         call.input_tokens, call.output_tokens = usage.input_tokens, usage.output_tokens
         call.cache_read_tokens, call.cache_write_tokens = usage.cache_read_tokens, usage.cache_write_tokens
         call.cost_usd = cost or 0.0
-        if outcome == "succeeded":
+        if outcome == "succeeded":  # written after, with others (recorder.py): the next call need not wait
             parsed = ParsedOutput("succeeded", usage=usage, model=call.model)
-        else:  # the stream broke after it began: the provider failed, and what it used still counts
-            parsed = ParsedOutput("failed", "transient", usage=usage, model=call.model, message=error)
-            self._worlds.clear()
+            await self.recorder.put(Finished(call, Attempt(profile, parsed, self.clock(), cost)))
+            return
+        # The stream broke after it began: the provider failed (the router must know before the next call),
+        # and what it used still counts.
+        parsed = ParsedOutput("failed", "transient", usage=usage, model=call.model, message=error)
+        self._worlds.clear()
         try:
             await self.profiles.attempt_finished(profile, parsed, self.clock(), cost)
-            await self.record(call)
         except Exception:  # the client has its answer; a store that refuses the record is logged, not raised
             log.exception("gateway: cannot record a call of route %s", call.route)
+        await self.recorder.put(Finished(call))
 
     async def _refuse(
         self, req: Request, call: GatewayCall, started: float, last: Failure | None, reason: str, scrubber: Scrubber,
@@ -336,10 +344,7 @@ class Proxy:
         return response
 
     async def _record_quietly(self, call: GatewayCall) -> None:
-        try:
-            await self.record(call)
-        except Exception:
-            log.exception("gateway: cannot record a call of route %s", call.route)
+        await self.recorder.put(Finished(call))
 
 
 class StreamAnswer:

@@ -24,6 +24,7 @@ from fleetd.gateway.model import (
 )
 from fleetd.gateway.protocols import GatewayError
 from fleetd.gateway.proxy import Proxy
+from fleetd.gateway.recorder import Finished
 from fleetd.gateway.server import GatewayListener
 from fleetd.profiles.service import ProfileService
 from fleetd.records.gateway import ClientKey, GatewayCall, GatewaySetting, Route, is_loopback, split_listen
@@ -47,7 +48,7 @@ class GatewayService:
         self.profiles = profiles
         self.clock = clock
         self.forced = forced  # the daemon's --gateway flag: this run only, never stored
-        self.proxy = Proxy(profiles, self.record, clock=clock)
+        self.proxy = Proxy(profiles, store.add_calls, clock=clock)
         self.listener = GatewayListener(create_gateway_app(self))
         self.setting = GatewaySetting()
         self.problem: str | None = None
@@ -191,7 +192,8 @@ class GatewayService:
     # -- the per-call log --------------------------------------------------------------------------
 
     async def record(self, call: GatewayCall) -> None:
-        await self.store.add_call(call)
+        """To the call log, after the answer (with others: recorder.py)."""
+        await self.proxy.recorder.put(Finished(call))
 
     async def calls(self, *, route: str | None, since: datetime | None, limit: int) -> list[GatewayCall]:
         if route is not None:

@@ -409,6 +409,45 @@ class Heartbeat:
             await self._refresh(profile)
             await self._switch(profile.backend)
 
+    async def attempts_finished(self, done: list[tuple[Profile, ParsedOutput, datetime, float | None]]) -> None:
+        """`attempt_finished` for many attempts at once (the gateway's successes, batched): each one's
+        state and circuit step in order, as one by one, but their usage in one write and each profile's
+        windows and its backend's choice refreshed once, after all of them."""
+        if not done:
+            return
+        async with self._lock:
+            await self.usage.add(
+                [NewUsage(p.name, at, "attempt", parsed.usage.total, cost or 0.0, parsed.session_id)
+                 for p, parsed, at, cost in done]
+            )  # fmt: skip
+            last: dict[str, Profile] = {}
+            for profile, parsed, finished_at, _ in done:
+                last[profile.name] = profile
+                stored = self.states.get(profile.name) or StoredState(ProfileStatus())
+                if parsed.windows:
+                    stored.reported = list(parsed.windows)
+                default_reset = timedelta(seconds=profile.default_reset_s) if profile.default_reset_s else None
+                new = after_attempt(
+                    stored.status, parsed.outcome, parsed.error_class, parsed.reset_at, parsed.message or "",
+                    finished_at, **({"default_reset": default_reset} if default_reset else {}),
+                )  # fmt: skip
+                # Unchanged: the refresh below saves it once (a write per success was the cost this saves).
+                if new != stored.status or parsed.windows or profile.name not in self.states:
+                    await self._set(profile, stored, new, finished_at)
+                old_circuit = self.circuit(profile.name)
+                new_circuit = breaker.after_attempt(
+                    old_circuit, parsed.error_class, parsed.outcome == "succeeded", finished_at, self.breaker_policy
+                )
+                if new_circuit != self.circuits.get(profile.name, Circuit()):
+                    why = parsed.error_class or parsed.outcome
+                    await self._set_circuit(profile, old_circuit, new_circuit, finished_at, f"attempt {why}")
+            for name, profile in last.items():
+                recent = await self.usage.recent_attempt_tokens(name)
+                self._typical_tokens[name] = statistics.median(recent) if recent else 0
+                await self._refresh(profile)
+            for backend in {p.backend for p in last.values()}:
+                await self._switch(backend)
+
     async def set_enabled(self, profile: Profile, enabled: bool) -> None:
         """By hand: disable a profile, or bring one back (also after an auth failure, once fixed)."""
         async with self._lock:

@@ -286,6 +286,9 @@ class ProfileService:
     ) -> None:
         await self.heartbeat.attempt_finished(profile, parsed, finished_at, cost_usd)
 
+    async def attempts_finished(self, done: list[tuple[Profile, ParsedOutput, datetime, float | None]]) -> None:
+        await self.heartbeat.attempts_finished(done)
+
     async def candidate_skipped(self, loop: Loop, run_id: int, profile: str, why: str) -> None:
         await self.heartbeat.events.emit(
             self.clock(), "candidate.unavailable", f"run {run_id} of loop {loop.name} skipped {why}",

@@ -120,14 +120,19 @@ class GatewayStore:
     # -- calls -------------------------------------------------------------------------------------
 
     async def add_call(self, call: GatewayCall) -> None:
+        await self.add_calls([call])
+
+    async def add_calls(self, calls: list[GatewayCall]) -> None:
+        """In one transaction (the gateway writes its calls in batches, after their answers)."""
+        rows = [
+            (to_iso(call.at), call.key, call.route, call.api, int(call.streamed), call.outcome, call.status,
+             call.error, json.dumps(call.path), call.profile, call.model, call.ttft_ms, call.latency_ms,
+             call.input_tokens, call.output_tokens, call.cache_read_tokens, call.cache_write_tokens,
+             call.cost_usd, call.request_body, call.response_body)
+            for call in calls
+        ]  # fmt: skip
         async with self.db.transaction() as conn:
-            await conn.execute(
-                f"INSERT INTO gateway_calls ({_CALL_COLUMNS}) VALUES ({', '.join('?' * 20)})",
-                (to_iso(call.at), call.key, call.route, call.api, int(call.streamed), call.outcome, call.status,
-                 call.error, json.dumps(call.path), call.profile, call.model, call.ttft_ms, call.latency_ms,
-                 call.input_tokens, call.output_tokens, call.cache_read_tokens, call.cache_write_tokens,
-                 call.cost_usd, call.request_body, call.response_body),
-            )  # fmt: skip
+            await conn.executemany(f"INSERT INTO gateway_calls ({_CALL_COLUMNS}) VALUES ({', '.join('?' * 20)})", rows)
 
     async def calls(self, *, route: str | None, since: datetime | None, limit: int) -> list[GatewayCall]:
         where, params = _where(route=route, since=since)

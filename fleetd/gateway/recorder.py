@@ -1,0 +1,114 @@
+"""What a finished gateway call leaves behind (its attempt to the heartbeat, its row to the per-call log),
+written after the answer has gone out and in batches.
+
+Why not at the end of each request: uvicorn reads a keep-alive connection's next request only once the
+previous one's ASGI call has returned, background task included, so a write there delays the client's
+next call; and one transaction per call (plus the heartbeat's own per attempt) caps the gateway at
+the store's commit rate. Here one writer takes whatever has queued up since its last batch and writes
+it in one heartbeat step and one insert, so the batch grows with the load instead of the queue.
+
+What may not wait: a failed attempt tells the router where not to go next, so the proxy reports
+failures to the heartbeat itself, at once. What comes here are successes (their usage), streams that
+broke after they began, and refusals (call rows only)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from fleetd.records.gateway import GatewayCall
+from fleetd.records.profile import Profile
+from fleetd.records.result import ParsedOutput
+
+log = logging.getLogger("fleetd.gateway")
+# Past this many unwritten calls (a store that stalls), a finishing call waits for the writer rather than
+# grow the queue without end: the clients slow down, nothing is dropped.
+MAX_PENDING = 5000
+
+
+@dataclass
+class Attempt:
+    """A finished attempt, as the heartbeat takes it."""
+
+    profile: Profile
+    parsed: ParsedOutput
+    finished_at: datetime
+    cost_usd: float | None
+
+
+@dataclass
+class Finished:
+    call: GatewayCall | None  # None: nothing for the call log (count_tokens)
+    attempt: Attempt | None = None  # None: no provider answered (a refusal)
+
+
+class Recorder:
+    def __init__(
+        self,
+        attempts: Callable[[list[Attempt]], Awaitable[None]],
+        calls: Callable[[list[GatewayCall]], Awaitable[None]],
+    ) -> None:
+        self._attempts = attempts
+        self._calls = calls
+        self._queue: list[Finished] = []
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._task: asyncio.Task[None] | None = None
+
+    async def put(self, item: Finished) -> None:
+        self._queue.append(item)
+        self._idle.clear()
+        self._wake.set()
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(), name="gateway-recorder")
+        if len(self._queue) > MAX_PENDING:
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Until everything queued so far is written (or failed to be: each failure is logged)."""
+        if self._task is None or self._task.done():
+            if self._queue:  # no writer left (a stop cancelled it): write here
+                await self._write(self._take())
+            return
+        await self._idle.wait()
+
+    async def close(self) -> None:
+        await self.flush()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    def _take(self) -> list[Finished]:
+        batch, self._queue = self._queue, []
+        return batch
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._queue:
+                await self._write(self._take())
+            self._idle.set()
+
+    async def _write(self, batch: list[Finished]) -> None:
+        # The attempts first: a call row that shows a cost the profile's windows do not yet count is the
+        # worse of the two orders. A store that refuses either is logged: the clients have their answers.
+        attempts = [f.attempt for f in batch if f.attempt is not None]
+        calls = [f.call for f in batch if f.call is not None]
+        try:
+            if attempts:
+                await self._attempts(attempts)
+        except Exception:
+            log.exception("gateway: cannot record %d attempt(s) with the heartbeat", len(attempts))
+        try:
+            if calls:
+                await self._calls(calls)
+        except Exception:
+            log.exception("gateway: cannot record %d call(s)", len(calls))
