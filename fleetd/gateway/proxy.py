@@ -15,13 +15,16 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
-import httpx
+import aiohttp
+import yarl
+from aiohttp.helpers import get_env_proxy_for_url
 from starlette.background import BackgroundTask
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -45,6 +48,8 @@ ERROR_BODY_CAP = 1024 * 1024  # of an upstream's error answer
 PROFILE_CONCURRENCY = 64  # calls in flight per profile; more wait (within the route's timeout)
 WRITE_TIMEOUT_S = 30.0  # a client that reads nothing for this long loses its stream (and frees the upstream)
 CONNECT_TIMEOUT_S = 10.0
+KEEPALIVE_S = 30.0  # an idle upstream connection is kept this long for the next call
+UPSTREAM_ERRORS = (aiohttp.ClientError, OSError)  # (a timeout is a TimeoutError, which is an OSError)
 # Short: a client is waiting. Full jitter up to base * 2^(n-1), capped, and never past the route's timeout.
 RETRIES, BACKOFF_BASE_S, BACKOFF_CAP_S = 1, 0.25, 2.0
 PASSED_BACK = ("content-type", "request-id", "x-request-id", "retry-after")
@@ -91,16 +96,44 @@ class Proxy:
         self.profiles = profiles
         self.clock = clock
         self.recorder = Recorder(self._attempts_finished, record_calls)
-        # httpx logs every request at INFO: a line per call (with its URL) is the call log's job, not the log's.
-        logging.getLogger("httpx").setLevel(logging.WARNING)
-        self.client = httpx.AsyncClient(limits=httpx.Limits(max_connections=None, max_keepalive_connections=256))
+        self._rng = (
+            random.Random()
+        )  # one for every call's backoff jitter: seeding one per call costs more than the rest
+        self._session: aiohttp.ClientSession | None = None  # made in the running loop, on the first call
+        self._proxies: dict[yarl.URL, tuple[yarl.URL | None, aiohttp.BasicAuth | None]] = {}
         self._semaphores: dict[str, asyncio.Semaphore] = {}
         self._worlds: dict[tuple[str, ...], tuple[float, World, dict[str, Profile]]] = {}
         self._secrets: dict[tuple[str, datetime | None], str | None] = {}
 
     async def close(self) -> None:
         await self.recorder.close()
-        await self.client.aclose()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def session(self) -> aiohttp.ClientSession:
+        """One session, one keep-alive pool for every upstream. aiohttp, not httpx: its C parser and its
+        pool's bookkeeping cost a fraction of httpx's per request (httpcore checks every pooled
+        connection's socket on each request), and this is on every call's path, twice under load.
+        No limit of its own: calls in flight are bounded per profile (PROFILE_CONCURRENCY). Bytes pass as
+        they come (no decompression); proxies from the environment apply (`_env_proxy`)."""
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=KEEPALIVE_S)
+            self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False,
+                                                  cookie_jar=aiohttp.DummyCookieJar())  # fmt: skip
+        return self._session
+
+    async def _env_proxy(self, url: str) -> tuple[yarl.URL | None, aiohttp.BasicAuth | None]:
+        """The proxy the environment (HTTPS_PROXY, NO_PROXY, …) names for `url`'s origin, looked up once per
+        origin: aiohttp's `trust_env` looks it up in a thread on every request, and that thread hop
+        (the GIL handed over and back) was most of a call's added latency."""
+        origin = yarl.URL(url).origin()
+        if origin not in self._proxies:
+            try:
+                self._proxies[origin] = await asyncio.to_thread(get_env_proxy_for_url, origin)
+            except LookupError:
+                self._proxies[origin] = (None, None)
+        return self._proxies[origin]
 
     async def _attempts_finished(self, attempts: list[Attempt]) -> None:
         await self.profiles.attempts_finished([(a.profile, a.parsed, a.finished_at, a.cost_usd) for a in attempts])
@@ -120,7 +153,7 @@ class Proxy:
         body, strip_usage = req.protocol.prepare(req.body)
         policy = Policy(chain=req.route.chain, tiers=frozenset(TIERS), retries=RETRIES, backoff_base=BACKOFF_BASE_S,
                         backoff_cap=BACKOFF_CAP_S, max_attempts=3 * len(req.route.chain) + 2)  # fmt: skip
-        router = Router(policy)
+        router = Router(policy, rng=self._rng)
         steps = list(req.route.chain)
         world, profiles = await self._first_world(steps)
         flow = router.route(world)
@@ -218,26 +251,26 @@ class Proxy:
 
         left = max(0.001, deadline - time.monotonic())
         try:
-            request = self.client.build_request(
-                "POST", url, content=content, headers=headers,
-                timeout=httpx.Timeout(left, connect=min(left, CONNECT_TIMEOUT_S)),
-            )  # fmt: skip
-            response = await self.client.send(request, stream=True)
-        except httpx.TimeoutException:
+            # sock_read: the longest wait for the answer's head and then between two of its chunks.
+            timeout = aiohttp.ClientTimeout(total=None, sock_connect=min(left, CONNECT_TIMEOUT_S), sock_read=left)
+            proxy, proxy_auth = await self._env_proxy(url)
+            response = await self.session().post(url, data=content, headers=headers, timeout=timeout, proxy=proxy,
+                                                 proxy_auth=proxy_auth)  # fmt: skip
+        except TimeoutError:
             release()
             return await self._failed_attempt(profile, failed, "transient", "no answer in time")
-        except httpx.HTTPError as e:
+        except UPSTREAM_ERRORS as e:
             release()
             why = scrubber.text(f"cannot reach {profile.name}'s provider: {type(e).__name__}") or ""
             return await self._failed_attempt(profile, failed, "transient", why)
-        status = response.status_code
+        status = response.status
         if not 200 <= status < 300:
             try:
                 data = await _read_capped(response, ERROR_BODY_CAP)
-            except httpx.HTTPError:
+            except UPSTREAM_ERRORS:
                 data = b""
             finally:
-                await response.aclose()
+                _done(response)
                 release()
             data = _scrub(scrubber, data)
             error_class, message = failure_class(status, data)
@@ -250,23 +283,23 @@ class Proxy:
         entry.update(status=status, latency_ms=_ms(time.monotonic() - t0))
         call.status = status
         if "text/event-stream" in response.headers.get("content-type", ""):
-            chunks = response.aiter_raw()
+            chunks = response.content.iter_any()
             try:
                 first = await chunks.__anext__()
             except StopAsyncIteration:
                 first = b""
-            except httpx.HTTPError as e:  # nothing has reached the client yet: the call can still fall over
-                await response.aclose()
+            except UPSTREAM_ERRORS as e:  # nothing has reached the client yet: the call can still fall over
+                _done(response)
                 release()
                 return await self._failed_attempt(profile, failed, "transient", f"stream broke: {type(e).__name__}")
             call.streamed = True
             return StreamAnswer(self, req, call, profile, response, chunks, first, release, started, strip_usage)
         try:
-            data = await response.aread()
-        except httpx.HTTPError as e:
+            data = await response.read()
+        except UPSTREAM_ERRORS as e:
             return await self._failed_attempt(profile, failed, "transient", f"answer broke: {type(e).__name__}")
         finally:
-            await response.aclose()
+            _done(response)
             release()
         usage = None
         if req.counted:
@@ -353,7 +386,7 @@ class StreamAnswer:
     longer than the client reads (WRITE_TIMEOUT_S) or stays connected."""
 
     def __init__(
-        self, proxy: Proxy, req: Request, call: GatewayCall, profile: Profile, response: httpx.Response,
+        self, proxy: Proxy, req: Request, call: GatewayCall, profile: Profile, response: aiohttp.ClientResponse,
         chunks: AsyncIterator[bytes], first: bytes, release: Callable[[], None], started: float, strip_usage: bool,
     ) -> None:  # fmt: skip
         self.proxy, self.req, self.call, self.profile = proxy, req, call, profile
@@ -389,7 +422,7 @@ class StreamAnswer:
         outcome, error = "succeeded", None
         try:
             headers = [(k.encode(), v.encode()) for k, v in self.response.headers.items() if k.lower() in PASSED_BACK]
-            await self._send(send, {"type": "http.response.start", "status": self.response.status_code,
+            await self._send(send, {"type": "http.response.start", "status": self.response.status,
                                     "headers": headers})  # fmt: skip
             chunk = self.first
             while True:
@@ -406,7 +439,7 @@ class StreamAnswer:
                     chunk = await self.chunks.__anext__()
                 except StopAsyncIteration:
                     break
-                except httpx.HTTPError as e:
+                except UPSTREAM_ERRORS as e:
                     outcome, error = "stream_error", f"the upstream stream broke after it began: {type(e).__name__}"
                     event = self.req.protocol.error_event(f"fleetd gateway: {error}")
                     await self._send(send, {"type": "http.response.body", "body": event, "more_body": True})
@@ -419,7 +452,7 @@ class StreamAnswer:
             outcome, error = "failed", "the client went away mid-stream"
         finally:
             watcher.cancel()
-            await self.response.aclose()
+            _done(self.response)
             self.release()
             if self.req.route.log_bodies:
                 self.call.response_body = _capped(bytes(self.logged))
@@ -434,9 +467,18 @@ class StreamAnswer:
             self.logged += data[: LOG_BODY_CAP - len(self.logged)]
 
 
-async def _read_capped(response: httpx.Response, cap: int) -> bytes:
+def _done(response: aiohttp.ClientResponse) -> None:
+    """The connection back to the pool when the answer was read to its end, else closed (a half-read
+    answer would be the next call's first bytes)."""
+    if response.content.at_eof():
+        response.release()
+    else:
+        response.close()
+
+
+async def _read_capped(response: aiohttp.ClientResponse, cap: int) -> bytes:
     data = bytearray()
-    async for chunk in response.aiter_raw():
+    async for chunk in response.content.iter_any():
         data += chunk
         if len(data) >= cap:
             break

@@ -4,7 +4,7 @@ written after the answer has gone out and in batches.
 Why not at the end of each request: uvicorn reads a keep-alive connection's next request only once the
 previous one's ASGI call has returned, background task included, so a write there delays the client's
 next call; and one transaction per call (plus the heartbeat's own per attempt) caps the gateway at
-the store's commit rate. Here one writer takes whatever has queued up since its last batch and writes
+the store's commit rate. Here one writer takes whatever has queued up in the last LINGER_S and writes
 it in one heartbeat step and one insert, so the batch grows with the load instead of the queue.
 
 What may not wait: a failed attempt tells the router where not to go next, so the proxy reports
@@ -28,6 +28,11 @@ log = logging.getLogger("fleetd.gateway")
 # Past this many unwritten calls (a store that stalls), a finishing call waits for the writer rather than
 # grow the queue without end: the clients slow down, nothing is dropped.
 MAX_PENDING = 5000
+# How long the writer lets calls gather before it writes them. A batch costs about the same whatever its
+# size (a dozen round trips to the store's thread, each one a hand-over of the GIL that the calls being
+# served wait on), so it is written a few times a second rather than after every call; the call log
+# and the profiles' windows are this much behind at most.
+LINGER_S = 0.2
 
 
 @dataclass
@@ -93,6 +98,7 @@ class Recorder:
         while True:
             await self._wake.wait()
             self._wake.clear()
+            await asyncio.sleep(LINGER_S)
             while self._queue:
                 await self._write(self._take())
             self._idle.set()
