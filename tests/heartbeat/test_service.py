@@ -275,3 +275,33 @@ def test_only_the_probe_itself_frees_a_half_open_circuits_probe(tmp_path: Path) 
         assert hb.claim_probe("a") is True
 
     run(tmp_path, body)
+
+
+def test_attempts_finished_in_a_batch_end_as_one_by_one(tmp_path: Path) -> None:
+    """The gateway's batch (its successes, written after their answers): the same windows, states and
+    active profile as the same attempts finished one at a time, including a state change mid-batch."""
+
+    async def snapshot(hb: Heartbeat, usage: UsageStore) -> object:
+        used = [w.used for w in hb.windows["a"]]
+        rows = len(await usage.since("a", T0 - timedelta(hours=1)))
+        return hb.states["a"].status, hb.states["b"].status, hb.active["claude_code"], used, rows
+
+    async def one_by_one(hb: Heartbeat, clock: Clock, usage: UsageStore, profiles: list[Profile]) -> None:
+        for profile, tokens in ((profiles[0], 600), (profiles[1], 100), (profiles[0], 450)):
+            await hb.attempt_finished(profile, ok(tokens), clock.now, 0.01)
+        seen.append(await snapshot(hb, usage))
+
+    async def batched(hb: Heartbeat, clock: Clock, usage: UsageStore, profiles: list[Profile]) -> None:
+        a, b = profiles
+        await hb.attempts_finished([(a, ok(600), clock.now, 0.01), (b, ok(100), clock.now, 0.01),
+                                    (a, ok(450), clock.now, 0.01)])  # fmt: skip
+        seen.append(await snapshot(hb, usage))
+        assert (await usage.load_states())["a"].status == hb.states["a"].status  # saved, not only in memory
+
+    seen: list[object] = []
+    (tmp_path / "one").mkdir()
+    (tmp_path / "batch").mkdir()
+    run(tmp_path / "one", one_by_one)
+    run(tmp_path / "batch", batched)
+    assert seen[0] == seen[1]
+    assert seen[1][0].state == "exhausted"  # type: ignore[index]

@@ -1,0 +1,114 @@
+"""A finished gateway call's writes (its attempt to the heartbeat, its row to the call log) happen after
+its answer, batched: the request never waits for the store (uvicorn reads a keep-alive connection's
+next request only once the previous call has returned), nothing is lost, and a stop writes the rest."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from fleetd.gateway import recorder as recorder_module
+from fleetd.gateway.protocols import get_protocol
+from fleetd.gateway.proxy import Proxy, Request
+from fleetd.gateway.recorder import Attempt, Finished, Recorder
+from fleetd.records.gateway import ClientKey, GatewayCall, Route
+from fleetd.records.loop import ChainStep
+from fleetd.records.profile import Profile
+from fleetd.records.result import ParsedOutput, TokenUsage
+
+T0 = datetime(2026, 11, 30, 8, 0, tzinfo=UTC)
+PROFILE = Profile("p", "openai_compat", "metered", "/tmp/p", price_input=3.0, price_output=15.0)
+
+
+class BlockedStore:
+    """Heartbeat and call log in one: every write waits until `open` is set."""
+
+    def __init__(self) -> None:
+        self.open = asyncio.Event()
+        self.attempts: list[Any] = []
+        self.calls: list[GatewayCall] = []
+        self.writes = 0
+
+    async def attempt_finished(self, profile: Profile, parsed: ParsedOutput, at: datetime, cost: float | None) -> None:
+        await self.attempts_finished([(profile, parsed, at, cost)])
+
+    async def attempts_finished(self, done: list[Any]) -> None:
+        await self.open.wait()
+        self.attempts += done
+
+    async def add_calls(self, calls: Any) -> None:
+        await self.open.wait()
+        self.writes += 1
+        self.calls += calls if isinstance(calls, list) else [calls]
+
+
+def call(route: str = "fast") -> GatewayCall:
+    return GatewayCall(T0, "laptop", route, "chat", False)
+
+
+def test_a_finished_call_does_not_wait_for_the_store() -> None:
+    async def go() -> None:
+        store = BlockedStore()
+        proxy = Proxy(store, store.add_calls, clock=lambda: T0)  # type: ignore[arg-type]
+        route = Route("fast", "chat", (ChainStep("openai_compat", ("p",)),))
+        req = Request(get_protocol("chat"), route, ClientKey("laptop", "0" * 64), {"model": "fast"}, b"", {}, "/x")
+        finished = proxy.finished(req, call(), PROFILE, TokenUsage(input_tokens=10, output_tokens=2), "succeeded",
+                                  None, time.monotonic())  # fmt: skip
+        await asyncio.wait_for(finished, 2)  # the store is blocked: this returns only if nothing waits for it
+        assert store.calls == [] and store.attempts == []
+        store.open.set()
+        await proxy.close()  # a stop writes what is queued
+        (written,) = store.calls
+        assert (written.outcome, written.input_tokens, written.output_tokens) == ("succeeded", 10, 2)
+        assert written.cost_usd == (10 * 3.0 + 2 * 15.0) / 1e6
+        ((profile, parsed, _, cost),) = store.attempts
+        assert (profile.name, parsed.outcome, cost) == ("p", "succeeded", written.cost_usd)
+
+    asyncio.run(go())
+
+
+def test_calls_finished_together_are_written_in_one_batch(monkeypatch: Any) -> None:
+    monkeypatch.setattr(recorder_module, "LINGER_S", 0.05)
+
+    async def go() -> None:
+        store = BlockedStore()
+        store.open.set()
+        rec = Recorder(store.attempts_finished, store.add_calls)
+        for i in range(50):
+            attempt = Attempt(PROFILE, ParsedOutput("succeeded"), T0, None) if i % 2 else None
+            await rec.put(Finished(call(f"r{i}"), attempt))
+        await rec.flush()
+        assert store.writes == 1 and [c.route for c in store.calls] == [f"r{i}" for i in range(50)]
+        assert len(store.attempts) == 25
+        await rec.put(Finished(call("later")))
+        await rec.close()
+        assert store.writes == 2 and store.calls[-1].route == "later"
+
+    asyncio.run(go())
+
+
+def test_a_store_that_refuses_a_batch_is_logged_and_the_next_is_written(monkeypatch: Any) -> None:
+    monkeypatch.setattr(recorder_module, "LINGER_S", 0.01)
+
+    async def go() -> None:
+        written: list[GatewayCall] = []
+        failing = [True]
+
+        async def calls(batch: list[GatewayCall]) -> None:
+            if failing.pop() if failing else False:
+                raise RuntimeError("disk full")
+            written.extend(batch)
+
+        async def attempts(batch: list[Attempt]) -> None:
+            pass
+
+        rec = Recorder(attempts, calls)
+        await rec.put(Finished(call("lost")))
+        await rec.flush()
+        await rec.put(Finished(call("kept")))
+        await rec.close()
+        assert [c.route for c in written] == ["kept"]
+
+    asyncio.run(go())
