@@ -37,6 +37,12 @@ class AiderAdapter(AgentCli):
     executable = "aider"
     end_on_live_failure = True
 
+    def gateway_apis(self, profile: Profile) -> dict[str, str]:
+        # An OpenAI-style model on its --base-url (or OpenAI's): the chat API; others litellm alone speaks.
+        if key_variable(profile.model) != "OPENAI_API_KEY" or not (profile.has_secret or profile.base_url):
+            return {}
+        return {"chat": profile.base_url or "https://api.openai.com/v1"}
+
     def profile_env(self, profile: Profile, secret: str | None) -> EnvChange:
         env: dict[str, str] = {}
         if profile.base_url:

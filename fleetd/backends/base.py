@@ -115,6 +115,16 @@ class Adapter(Protocol):
         out), for `runs logs`; None when the output is already text (a command, aider, an HTTP call's log)."""
         ...
 
+    def gateway_apis(self, profile: Profile) -> dict[str, str]:
+        """The provider APIs (`chat`, `messages`, `responses`) the gateway can reach this profile's provider
+        by, each with its base URL (the profile's --base-url, else the provider's own); empty when none
+        (a subscription login the CLI alone can use)."""
+        ...
+
+    def gateway_auth(self, secret: str | None) -> dict[str, str]:
+        """The headers that authenticate a gateway call with the profile's key (none without a key)."""
+        ...
+
 
 class ProcessAdapter(Adapter, Protocol):
     def build(self, ctx: AttemptContext) -> ProcessSpec: ...

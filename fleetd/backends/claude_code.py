@@ -22,6 +22,7 @@ from fleetd.records.result import ParsedOutput
 if TYPE_CHECKING:
     from fleetd.records.profile import Profile
 
+ANTHROPIC_API = "https://api.anthropic.com"
 CREDENTIAL_VARS = ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "CLAUDE_CODE_OAUTH_TOKEN")
 
 
@@ -38,6 +39,13 @@ class ClaudeCodeAdapter(AgentCli):
             env["ANTHROPIC_API_KEY"] = secret
             return EnvChange(env, ("ANTHROPIC_AUTH_TOKEN", "CLAUDE_CODE_OAUTH_TOKEN"))
         return EnvChange(env, CREDENTIAL_VARS)
+
+    def gateway_apis(self, profile: Profile) -> dict[str, str]:
+        # A subscription login belongs to the CLI; only an API-key profile can be called directly.
+        return {"messages": profile.base_url or ANTHROPIC_API} if profile.has_secret else {}
+
+    def gateway_auth(self, secret: str | None) -> dict[str, str]:
+        return {"x-api-key": secret} if secret else {}
 
     def usage_reader(self, profile: Profile, offsets: Mapping[str, Any]) -> UsageReader | None:
         from fleetd.backends import usage_files

@@ -17,6 +17,8 @@ from fleetd.records.result import ErrorClass, ParsedOutput
 if TYPE_CHECKING:
     from fleetd.records.profile import Profile
 
+OPENAI_API = "https://api.openai.com/v1"
+
 
 class CodexAdapter(AgentCli):
     name = "codex"
@@ -33,6 +35,10 @@ class CodexAdapter(AgentCli):
             env["CODEX_API_KEY"] = secret  # overrides the key for `codex exec` only
             return EnvChange(env)
         return EnvChange(env, ("CODEX_API_KEY", "OPENAI_API_KEY"))
+
+    def gateway_apis(self, profile: Profile) -> dict[str, str]:
+        # A ChatGPT login belongs to the CLI; only an API-key profile can be called directly.
+        return {"responses": profile.base_url or OPENAI_API} if profile.has_secret else {}
 
     def usage_reader(self, profile: Profile, offsets: Mapping[str, Any]) -> UsageReader | None:
         from fleetd.backends import usage_files

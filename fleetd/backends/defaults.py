@@ -40,3 +40,9 @@ class AdapterDefaults:
 
     def live_failure(self, line: str) -> ErrorClass | None:
         return None  # the CLI stops by itself (its retries are turned off): nothing to cut short
+
+    def gateway_apis(self, profile: Profile) -> dict[str, str]:
+        return {}  # the gateway cannot reach this backend's provider
+
+    def gateway_auth(self, secret: str | None) -> dict[str, str]:
+        return {"authorization": f"Bearer {secret}"} if secret else {}

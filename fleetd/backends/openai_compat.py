@@ -39,6 +39,9 @@ class OpenAICompatAdapter(AdapterDefaults):
         if not profile.base_url:
             raise InvalidArgument("an openai_compat profile needs --base-url")
 
+    def gateway_apis(self, profile: Profile) -> dict[str, str]:
+        return {"chat": profile.base_url, "responses": profile.base_url} if profile.base_url else {}
+
     async def call(
         self, ctx: AttemptContext, log: LogSink, timeout: float | None, now: datetime, tz: tzinfo
     ) -> ParsedOutput:

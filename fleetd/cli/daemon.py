@@ -24,11 +24,16 @@ def daemon() -> None:
 def daemon_options(f: Any) -> Any:
     """Every daemon setting as a flag, from its one declaration (fleetd/daemon/options.py)."""
     for flag in reversed(flags()):
-        f = click.option(flag.option, flag.name, default=flag.default_text, show_default=True, help=flag.help)(f)
+        if flag.kind == "switch":
+            f = click.option(flag.option, flag.name, is_flag=True, help=flag.help)(f)
+        elif flag.kind == "text":
+            f = click.option(flag.option, flag.name, default="", metavar="HOST:PORT", help=flag.help)(f)
+        else:
+            f = click.option(flag.option, flag.name, default=flag.default_text, show_default=True, help=flag.help)(f)
     return f
 
 
-def _options(texts: dict[str, str]) -> DaemonOptions:
+def _options(texts: dict[str, Any]) -> DaemonOptions:
     try:
         return DaemonOptions.from_flags(texts)
     except OptionError as e:
@@ -37,7 +42,7 @@ def _options(texts: dict[str, str]) -> DaemonOptions:
 
 @daemon.command("run")
 @daemon_options
-def daemon_run(**texts: str) -> None:
+def daemon_run(**texts: Any) -> None:
     """Run the daemon in the foreground (what the service unit runs)."""
     options = _options(texts)
     from fleetd.daemon.main import run_daemon
@@ -51,7 +56,7 @@ def daemon_run(**texts: str) -> None:
 @daemon_options
 @click.option("--wait", "wait_s", default=15.0, show_default=True, callback=positive_seconds,
               help="Seconds to wait for the socket.")  # fmt: skip
-def daemon_start(wait_s: float, **texts: str) -> None:
+def daemon_start(wait_s: float, **texts: Any) -> None:
     """Start the daemon in the background; returns once its socket answers."""
     _options(texts)  # bad flags fail here, not in the background
     where = paths()
@@ -65,7 +70,7 @@ def daemon_start(wait_s: float, **texts: str) -> None:
     ensure_home(where)
     argv = [sys.executable, "-m", "fleetd", "daemon", "run"]
     for flag in flags():
-        argv += [flag.option, texts[flag.name]]
+        argv += flag.argv(texts[flag.name])
     try:
         with open(where.daemon_log, "ab") as logf:
             proc = subprocess.Popen(

@@ -27,6 +27,8 @@ COMMANDS = {
     "stats": "fleetd.cli.stats:stats",
     "service": "fleetd.cli.service:service",
     "hook": "fleetd.cli.hook:hook",
+    "route": "fleetd.cli.route:route",
+    "gateway": "fleetd.cli.gateway:gateway",
     "doctor": "fleetd.cli.doctor:doctor",
     "completion": "fleetd.cli.complete:completion",
 }

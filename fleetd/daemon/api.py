@@ -9,7 +9,7 @@ import os
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -58,6 +58,9 @@ from fleetd.store.runs import RunStore
 from fleetd.store.stats import DEFAULT_SINCE, StatsStore, parse_by
 from fleetd.timefmt import DurationError, parse_duration, to_iso
 
+if TYPE_CHECKING:
+    from fleetd.gateway.service import GatewayService
+
 log = logging.getLogger("fleetd.api")
 MAX_LIMIT = 10_000
 MAX_ID = 2**63 - 1  # SQLite's largest INTEGER: no row id (run, event) can be past it
@@ -82,6 +85,7 @@ class DaemonContext:
     default_tz: str
     request_stop: Callable[[], None]
     phase: str = "ok"  # "recovering" while a crash's leftovers are cleaned up at start
+    gateway: GatewayService | None = None
 
 
 def error_response(status: int, code: str, message: str) -> JSONResponse:
@@ -275,6 +279,17 @@ def create_app(ctx: DaemonContext) -> Starlette:
         q = request.query_params
         now = ctx.clock()
         since = _since(q.get("since", DEFAULT_SINCE), now)
+        source = q.get("source") or "loops"
+        if source not in ("loops", "gateway"):
+            raise InvalidArgument(f"invalid --source {shown(source)} (loops or gateway)")
+        if source == "gateway":
+            from fleetd.gateway.service import parse_gateway_by
+
+            if q.get("loop") is not None:
+                raise InvalidArgument("--loop is for --source loops; gateway calls belong to routes")
+            by = parse_gateway_by(q.get("by"))
+            figures = await _gateway().stats(since=since, by=by)
+            return JSONResponse({"since": to_iso(since), "until": to_iso(now), **figures})
         loop = q.get("loop")
         if loop is not None:
             validate_name(loop)
@@ -368,6 +383,67 @@ def create_app(ctx: DaemonContext) -> Starlette:
         doctor = DoctorService(ctx.paths, ctx.loops, ctx.profiles, store_problem=lambda: ctx.loops.db.problem)
         return JSONResponse((await doctor.report(user_path)).to_json())
 
+    # -- the gateway's management side (its own traffic is on its TCP listener: fleetd/gateway/app.py) --
+
+    def _gateway() -> GatewayService:
+        if ctx.gateway is None:
+            raise NotFound("this daemon has no gateway")
+        return ctx.gateway
+
+    async def gateway_status(request: Request) -> Response:
+        return JSONResponse(_gateway().status())
+
+    async def gateway_enable(request: Request) -> Response:
+        return JSONResponse(await _gateway().enable(await _body(request)))
+
+    async def gateway_disable(request: Request) -> Response:
+        return JSONResponse(await _gateway().disable())
+
+    async def list_routes(request: Request) -> Response:
+        from fleetd.gateway.views import route_json
+
+        return JSONResponse([route_json(r) for r in _gateway().routes_now()])
+
+    async def add_route(request: Request) -> Response:
+        from fleetd.gateway.views import route_json
+
+        return JSONResponse(route_json(await _gateway().add_route(await _body(request))), status_code=201)
+
+    async def show_route(request: Request) -> Response:
+        from fleetd.gateway.views import route_json
+
+        return JSONResponse(route_json(_gateway().get_route(request.path_params["name"])))
+
+    async def remove_route(request: Request) -> Response:
+        name = request.path_params["name"]
+        await _gateway().remove_route(name)
+        return JSONResponse({"removed": name})
+
+    async def list_keys(request: Request) -> Response:
+        from fleetd.gateway.views import key_json
+
+        return JSONResponse([key_json(k) for k in _gateway().keys_now()])
+
+    async def add_key(request: Request) -> Response:
+        from fleetd.gateway.views import key_json
+
+        key, plain = await _gateway().add_key(await _body(request))
+        return JSONResponse(key_json(key, plain), status_code=201)
+
+    async def remove_key(request: Request) -> Response:
+        name = request.path_params["name"]
+        await _gateway().remove_key(name)
+        return JSONResponse({"removed": name})
+
+    async def gateway_calls(request: Request) -> Response:
+        from fleetd.gateway.views import call_json
+
+        q = request.query_params
+        since = _since(q["since"], ctx.clock()) if q.get("since") else None
+        limit = _int_param(request, "limit", 50, 1, MAX_LIMIT)
+        calls = await _gateway().calls(route=q.get("route"), since=since, limit=limit)
+        return JSONResponse([call_json(c) for c in calls])
+
     async def shutdown(request: Request) -> Response:
         ctx.request_stop()
         return JSONResponse({"stopping": True, "pid": os.getpid()}, status_code=202)
@@ -403,6 +479,17 @@ def create_app(ctx: DaemonContext) -> Starlette:
         Route("/v1/hooks/{name}", remove_hook, methods=["DELETE"]),
         Route("/v1/hooks/{name}/test", test_hook, methods=["POST"]),
         Route("/v1/doctor", doctor_report),
+        Route("/v1/gateway", gateway_status, methods=["GET"]),
+        Route("/v1/gateway/enable", gateway_enable, methods=["POST"]),
+        Route("/v1/gateway/disable", gateway_disable, methods=["POST"]),
+        Route("/v1/gateway/keys", list_keys, methods=["GET"]),
+        Route("/v1/gateway/keys", add_key, methods=["POST"]),
+        Route("/v1/gateway/keys/{name}", remove_key, methods=["DELETE"]),
+        Route("/v1/gateway/calls", gateway_calls, methods=["GET"]),
+        Route("/v1/routes", list_routes, methods=["GET"]),
+        Route("/v1/routes", add_route, methods=["POST"]),
+        Route("/v1/routes/{name}", show_route, methods=["GET"]),
+        Route("/v1/routes/{name}", remove_route, methods=["DELETE"]),
         Route("/v1/shutdown", shutdown, methods=["POST"]),
     ]
 

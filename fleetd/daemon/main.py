@@ -21,6 +21,7 @@ from fleetd.daemon.notify import sd_notify
 from fleetd.daemon.options import DaemonOptions
 from fleetd.daemon.server import bind_unix_socket, make_server
 from fleetd.daemon.startup import StartupError, open_store, prepare_home
+from fleetd.errors import FleetdError
 from fleetd.heartbeat.service import Heartbeat
 from fleetd.hooks.service import HookService, secret_names
 from fleetd.loops import cgroups, proctree
@@ -183,6 +184,12 @@ class Daemon:
         scheduler = Scheduler(
             loops, executor, clock=now_utc, misfire_grace=timedelta(seconds=self.options.misfire_grace)
         )
+        from fleetd.gateway.service import GatewayService  # the gateway's stack (httpx, protocols) only here
+        from fleetd.records.gateway import GatewaySetting
+        from fleetd.store.gateway import GatewayStore
+
+        forced = GatewaySetting(self.options.gateway, self.options.gateway_public) if self.options.gateway else None
+        gateway = GatewayService(GatewayStore(db), profiles, clock=now_utc, forced=forced)
         ctx = DaemonContext(
             paths=self.paths,
             loops=loops,
@@ -200,6 +207,7 @@ class Daemon:
             default_tz=zone_name,
             request_stop=self.request_stop,
             phase="recovering",
+            gateway=gateway,
         )
         sock = bind_unix_socket(self.paths.socket)
         server = make_server(create_app(ctx))
@@ -216,6 +224,10 @@ class Daemon:
             ctx.phase = "ok"
             await hooks.start()  # delivers from its cursor: events written at start are not missed
             await heartbeat.start()
+            try:
+                await gateway.start()
+            except FleetdError as e:  # the --gateway flag's address cannot be used: nothing half-started
+                raise StartupError(f"the gateway cannot start: {e.message}") from None
             await scheduler.start()
             log.info("fleetd daemon ready (pid %s, socket %s)", os.getpid(), self.paths.socket)
             sd_notify("READY=1")
@@ -232,6 +244,7 @@ class Daemon:
             await hooks.stop(grace=min(HOOK_STOP_GRACE, self.options.stop_grace))
             await heartbeat.stop()
         finally:
+            await gateway.stop()
             server.should_exit = True
             await asyncio.gather(server_task, return_exceptions=True)
             await db.close()

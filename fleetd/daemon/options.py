@@ -12,14 +12,14 @@ from typing import Any, Literal
 
 from fleetd.timefmt import DurationError, parse_duration
 
-Kind = Literal["duration", "fraction"]
+Kind = Literal["duration", "fraction", "text", "switch"]
 
 
 class OptionError(ValueError):
     """A flag's value cannot be read; the message names the flag."""
 
 
-def _option(default: float, help: str, kind: Kind = "duration") -> Any:
+def _option(default: float | str | bool, help: str, kind: Kind = "duration") -> Any:
     return field(default=default, metadata={"help": help, "kind": kind})
 
 
@@ -31,20 +31,26 @@ class DaemonOptions:
     near_limit: float = _option(0.9, "A profile is near_limit from this share of any window.", "fraction")
     backoff_base: float = _option(2.0, "First retry delay after a transient failure (doubles, jittered, cap 60s).")
     circuit_cooldown: float = _option(60.0, "How long an open circuit stays open before one probe (doubles, cap 30m).")
+    gateway: str = _option("", "Serve the gateway on HOST:PORT for this run (else the `fleetd gateway enable` "
+                           "setting, if any).", "text")  # fmt: skip
+    gateway_public: bool = _option(False, "Allow a non-loopback --gateway address.", "switch")
     # Not a flag: a timer waking later than this counts as a missed fire.
     misfire_grace: float = 60.0
 
     @classmethod
-    def from_flags(cls, texts: dict[str, str]) -> DaemonOptions:
+    def from_flags(cls, texts: dict[str, Any]) -> DaemonOptions:
         """`texts`: flag values as typed, by field name. Raises OptionError."""
-        return cls(**{flag.name: flag.parse(texts[flag.name]) for flag in flags() if flag.name in texts})
+        options = cls(**{flag.name: flag.parse(texts[flag.name]) for flag in flags() if flag.name in texts})
+        if options.gateway:
+            _check_listen(options.gateway, options.gateway_public)
+        return options
 
 
 @dataclass(frozen=True)
 class Flag:
     name: str  # the DaemonOptions field
     kind: Kind
-    default: float
+    default: float | str | bool
     help: str
 
     @property
@@ -52,10 +58,25 @@ class Flag:
         return "--" + self.name.replace("_", "-")
 
     @property
-    def default_text(self) -> str:
+    def default_text(self) -> Any:
+        if self.kind in ("text", "switch"):
+            return self.default
+        assert isinstance(self.default, float)
         return f"{self.default * 100:g}%" if self.kind == "fraction" else f"{self.default:g}s"
 
-    def parse(self, text: str) -> float:
+    def argv(self, value: Any) -> list[str]:
+        """The flag as `daemon start` passes it on to `daemon run` (nothing for an unset text or switch)."""
+        if self.kind == "switch":
+            return [self.option] if value else []
+        if self.kind == "text" and not value:
+            return []
+        return [self.option, str(value)]
+
+    def parse(self, text: Any) -> Any:
+        if self.kind == "switch":
+            return bool(text)
+        if self.kind == "text":
+            return str(text or "")
         if self.kind == "fraction":
             return _fraction(text, self.option)
         try:
@@ -80,3 +101,15 @@ def _fraction(text: str, option: str) -> float:
     if not (math.isfinite(fraction) and 0 < fraction <= 1):
         raise OptionError(f"invalid {option} {text!r}: between 0 and 100%")
     return fraction
+
+
+def _check_listen(text: str, public: bool) -> None:
+    from fleetd.errors import InvalidArgument
+    from fleetd.records.gateway import is_loopback, split_listen
+
+    try:
+        host, _ = split_listen(text)
+    except InvalidArgument as e:
+        raise OptionError(f"invalid --gateway: {e.message}") from None
+    if not public and not is_loopback(host):
+        raise OptionError(f"--gateway {text} is not a loopback address: add --gateway-public to listen there")

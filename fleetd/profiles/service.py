@@ -198,14 +198,15 @@ class ProfileService:
 
     # -- ProfileSource, for the executor ----------------------------------------------------------
 
-    async def world(self, steps: list[ChainStep]) -> tuple[World, dict[str, Profile]]:
-        """What the router needs to know now about every profile the chain could use."""
+    async def world(self, steps: list[ChainStep], direct: bool = False) -> tuple[World, dict[str, Profile]]:
+        """What the router needs to know now about every profile the chain could use. `direct`: the
+        gateway calls the provider itself, so a CLI missing from this host does not make a profile unusable."""
         backends = {step.backend for step in steps}
         profiles = [p for p in await self.store.list() if p.backend in backends]
         views = await self.heartbeat.views(profiles)
         now = self.clock()
         for profile in profiles:
-            why = get_adapter(profile.backend).unavailable(profile)
+            why = None if direct else get_adapter(profile.backend).unavailable(profile)
             over = None
             if profile.daily_cost is not None and self.attempt_costs is not None:
                 spent = await self.attempt_costs.profile_cost_since(profile.name, now - DAY)

@@ -377,4 +377,58 @@ MIGRATIONS: list[str] = [
         updated_at TEXT NOT NULL
     );
     """,
+    # 13: a placeholder on the `gateway` branch for a migration another branch adds in parallel.
+    "",
+    # 14: the gateway (fleetd/gateway/): routes (a model name over a chain of profiles), client keys (a
+    # SHA-256 hash only), its listen setting, and one row per call (each try of its path, tokens, cost;
+    # bodies only for a route with --log-bodies).
+    """
+    CREATE TABLE gateway_routes (
+        name       TEXT PRIMARY KEY,
+        api        TEXT NOT NULL,
+        chain_json TEXT NOT NULL,
+        timeout_s  REAL NOT NULL,
+        log_bodies INTEGER NOT NULL DEFAULT 0,
+        created_at TEXT NOT NULL
+    );
+    CREATE TABLE gateway_keys (
+        name        TEXT PRIMARY KEY,
+        key_hash    TEXT NOT NULL UNIQUE,
+        routes_json TEXT,
+        daily_cost  REAL,
+        created_at  TEXT NOT NULL
+    );
+    CREATE TABLE gateway_settings (
+        id         INTEGER PRIMARY KEY CHECK (id = 1),
+        listen     TEXT,
+        public     INTEGER NOT NULL DEFAULT 0,
+        updated_at TEXT NOT NULL
+    );
+    CREATE TABLE gateway_calls (
+        id                 INTEGER PRIMARY KEY,
+        at                 TEXT NOT NULL,
+        key_name           TEXT,
+        route              TEXT NOT NULL,
+        api                TEXT NOT NULL,
+        streamed           INTEGER NOT NULL,
+        outcome            TEXT NOT NULL,
+        status             INTEGER,
+        error              TEXT,
+        path_json          TEXT NOT NULL,
+        profile            TEXT,
+        model              TEXT,
+        ttft_ms            INTEGER,
+        latency_ms         INTEGER NOT NULL,
+        input_tokens       INTEGER NOT NULL DEFAULT 0,
+        output_tokens      INTEGER NOT NULL DEFAULT 0,
+        cache_read_tokens  INTEGER NOT NULL DEFAULT 0,
+        cache_write_tokens INTEGER NOT NULL DEFAULT 0,
+        cost_usd           REAL NOT NULL DEFAULT 0,
+        request_body       TEXT,
+        response_body      TEXT
+    );
+    CREATE INDEX gateway_calls_at ON gateway_calls(at);
+    CREATE INDEX gateway_calls_route_at ON gateway_calls(route, at);
+    CREATE INDEX gateway_calls_key_at ON gateway_calls(key_name, at);
+    """,
 ]

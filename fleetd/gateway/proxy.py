@@ -1,0 +1,424 @@
+"""The gateway's driver of the router: one client request is one task over its route's chain.
+
+For each `Try` the request goes to the candidate profile's provider (its adapter says where and how to
+authenticate), and the answer becomes the router's `AttemptResult`: the router alone decides what comes
+next (retry after a short backoff, the next profile, stop). Rate limits, breakers and usage go through
+the same profile service the executor uses, so `fleetd usage` and the profiles' windows see gateway
+calls like any attempt.
+
+Invariant: once a byte of an answer has gone to the client, the call is committed to that upstream; a
+failure after it ends the stream with the protocol's error event (never a second model's output).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import httpx
+from starlette.background import BackgroundTask
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from fleetd.backends.registry import get_adapter
+from fleetd.gateway.protocols import GatewayError, WireProtocol, forwarded_headers
+from fleetd.gateway.sse import EventSplitter
+from fleetd.gateway.upstream import failure_class, reset_from_headers
+from fleetd.loops.scrub import Scrubber
+from fleetd.profiles.service import ProfileService
+from fleetd.records.gateway import ClientKey, GatewayCall, Route
+from fleetd.records.profile import TIERS, Profile
+from fleetd.records.result import ParsedOutput, TokenUsage
+from fleetd.routing.router import AttemptResult, Backoff, Finish, Observation, Policy, Router, Try
+
+log = logging.getLogger("fleetd.gateway")
+LOG_BODY_CAP = 64 * 1024  # per body, for a route with --log-bodies
+ERROR_BODY_CAP = 1024 * 1024  # of an upstream's error answer
+PROFILE_CONCURRENCY = 64  # calls in flight per profile; more wait (within the route's timeout)
+WRITE_TIMEOUT_S = 30.0  # a client that reads nothing for this long loses its stream (and frees the upstream)
+CONNECT_TIMEOUT_S = 10.0
+# Short: a client is waiting. Full jitter up to base * 2^(n-1), capped, and never past the route's timeout.
+RETRIES, BACKOFF_BASE_S, BACKOFF_CAP_S = 1, 0.25, 2.0
+PASSED_BACK = ("content-type", "request-id", "x-request-id", "retry-after")
+
+
+@dataclass
+class Request:
+    """One client request, authenticated and routed."""
+
+    protocol: WireProtocol
+    route: Route
+    key: ClientKey
+    body: dict[str, Any]
+    raw: bytes
+    headers: Mapping[str, str]  # the client's, lower-case
+    path: str  # below the upstream's base URL
+    query: str = ""
+    counted: bool = True  # a model call (count_tokens is not: no usage, no call row)
+
+
+@dataclass
+class Failure:
+    """An attempt that did not succeed: the router's view of it, and the upstream's own answer if any."""
+
+    result: AttemptResult
+    status: int | None = None
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class Proxy:
+    def __init__(
+        self,
+        profiles: ProfileService,
+        record: Callable[[GatewayCall], Awaitable[None]],
+        *,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self.profiles = profiles
+        self.record = record
+        self.clock = clock
+        # httpx logs every request at INFO: a line per call (with its URL) is the call log's job, not the log's.
+        logging.getLogger("httpx").setLevel(logging.WARNING)
+        self.client = httpx.AsyncClient(limits=httpx.Limits(max_connections=None, max_keepalive_connections=256))
+        self._semaphores: dict[str, asyncio.Semaphore] = {}
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    def _semaphore(self, profile: str) -> asyncio.Semaphore:
+        if profile not in self._semaphores:
+            self._semaphores[profile] = asyncio.Semaphore(PROFILE_CONCURRENCY)
+        return self._semaphores[profile]
+
+    async def forward(self, req: Request) -> Response | StreamAnswer:
+        started = time.monotonic()
+        deadline = started + req.route.timeout_s
+        call = GatewayCall(self.clock(), req.key.name, req.route.name, req.protocol.name, bool(req.body.get("stream")))
+        if req.route.log_bodies:
+            call.request_body = _capped(req.raw)
+        scrubber = Scrubber(await self.profiles.known_secrets())
+        body, strip_usage = req.protocol.prepare(req.body)
+        policy = Policy(chain=req.route.chain, tiers=frozenset(TIERS), retries=RETRIES, backoff_base=BACKOFF_BASE_S,
+                        backoff_cap=BACKOFF_CAP_S, max_attempts=3 * len(req.route.chain) + 2)  # fmt: skip
+        router = Router(policy)
+        steps = list(req.route.chain)
+        world, profiles = await self.profiles.world(steps, direct=True)
+        flow = router.route(world)
+        decision = next(flow)
+        last: Failure | None = None
+        while True:
+            left = deadline - time.monotonic()
+            if isinstance(decision, Finish):
+                return await self._refuse(req, call, started, last, decision.reason or "failed", scrubber)
+            if left <= 0:
+                error = GatewayError("timeout", f"route {req.route.name}: no answer within {req.route.timeout_s:g}s")
+                return await self._refuse(req, call, started, last, error.message, scrubber, error)
+            if isinstance(decision, Try):
+                profile = profiles[decision.candidate.profile]
+                model = decision.candidate.model or profile.model or req.route.name
+                answer = await self._try(req, call, profile, model, body, strip_usage, deadline, started, scrubber)
+                if not isinstance(answer, Failure):
+                    return answer
+                last = answer
+                world, profiles = await self.profiles.world(steps, direct=True)
+                decision = flow.send(Observation(world, answer.result))
+            elif isinstance(decision, Backoff):
+                await asyncio.sleep(max(0.0, min(decision.seconds, left - 0.05)))
+                world, profiles = await self.profiles.world(steps, direct=True)
+                decision = flow.send(Observation(world))
+            else:  # WaitUntil: a client does not wait for a reset; it is told when
+                wait = max(1.0, (decision.until - world.now).total_seconds())
+                error = GatewayError("rate_limited", f"route {req.route.name}: every profile is resting until "
+                                     f"{decision.until.isoformat(timespec='seconds')}", retry_after=wait)  # fmt: skip
+                return await self._refuse(req, call, started, last if last and last.status == 429 else None,
+                                          error.message, scrubber, error)  # fmt: skip
+
+    async def _try(
+        self, req: Request, call: GatewayCall, profile: Profile, model: str, body: dict[str, Any], strip_usage: bool,
+        deadline: float, started: float, scrubber: Scrubber,
+    ) -> Response | StreamAnswer | Failure:  # fmt: skip
+        adapter = get_adapter(profile.backend)
+        base = adapter.gateway_apis(profile).get(req.protocol.name)
+        t0 = time.monotonic()
+        entry: dict[str, Any] = {"profile": profile.name, "model": model, "status": None, "class": None,
+                                 "latency_ms": 0}  # fmt: skip
+        call.path.append(entry)
+        call.profile, call.model = profile.name, model
+
+        def failed(result: AttemptResult, status: int | None = None, data: bytes = b"", headers: Any = None) -> Failure:
+            entry.update(status=status, latency_ms=_ms(time.monotonic() - t0))
+            entry["class"] = result.error_class
+            passed = {k: v for k, v in (headers or {}).items() if k.lower() in PASSED_BACK}
+            return Failure(result, status, data, passed)
+
+        if base is None:
+            return failed(AttemptResult("failed", "unavailable", f"{profile.name} does not speak {req.protocol.name}"))
+        secret = await self.profiles.secret(profile) if profile.has_secret else None
+        headers = {
+            "content-type": "application/json",
+            "accept-encoding": "identity",  # the bytes go to the client as they come: no decoding here
+            **forwarded_headers(req.protocol, req.headers),
+            **adapter.gateway_auth(secret),
+        }
+        url = base.rstrip("/") + req.path + (f"?{req.query}" if req.query else "")
+        content = json.dumps(req.protocol.with_model(body, model)).encode()
+        semaphore = self._semaphore(profile.name)
+        try:
+            await asyncio.wait_for(semaphore.acquire(), max(0.0, deadline - time.monotonic()))
+        except TimeoutError:
+            busy = f"{profile.name}: {PROFILE_CONCURRENCY} calls in flight; none ended in time"
+            return failed(AttemptResult("failed", "transient", busy))
+        probe = self.profiles.claim_probe(profile)
+        self.profiles.reserve(profile)
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                semaphore.release()
+                self.profiles.release(profile, probe)
+
+        left = max(0.001, deadline - time.monotonic())
+        try:
+            request = self.client.build_request(
+                "POST", url, content=content, headers=headers,
+                timeout=httpx.Timeout(left, connect=min(left, CONNECT_TIMEOUT_S)),
+            )  # fmt: skip
+            response = await self.client.send(request, stream=True)
+        except httpx.TimeoutException:
+            release()
+            return await self._failed_attempt(profile, failed, "transient", "no answer in time")
+        except httpx.HTTPError as e:
+            release()
+            why = scrubber.text(f"cannot reach {profile.name}'s provider: {type(e).__name__}") or ""
+            return await self._failed_attempt(profile, failed, "transient", why)
+        status = response.status_code
+        if not 200 <= status < 300:
+            try:
+                data = await _read_capped(response, ERROR_BODY_CAP)
+            except httpx.HTTPError:
+                data = b""
+            finally:
+                await response.aclose()
+                release()
+            data = _scrub(scrubber, data)
+            error_class, message = failure_class(status, data)
+            reset = reset_from_headers(response.headers, self.clock()) if error_class == "rate_limited" else None
+            parsed = ParsedOutput("failed", error_class, reset, message=scrubber.text(message))
+            await self.profiles.attempt_finished(profile, parsed, self.clock(), None)
+            result = AttemptResult("failed", error_class, parsed.message or "", reset_at=reset)
+            return failed(result, status, data, response.headers)
+        entry.update(status=status, latency_ms=_ms(time.monotonic() - t0))
+        call.status = status
+        if "text/event-stream" in response.headers.get("content-type", ""):
+            chunks = response.aiter_raw()
+            try:
+                first = await chunks.__anext__()
+            except StopAsyncIteration:
+                first = b""
+            except httpx.HTTPError as e:  # nothing has reached the client yet: the call can still fall over
+                await response.aclose()
+                release()
+                return await self._failed_attempt(profile, failed, "transient", f"stream broke: {type(e).__name__}")
+            call.streamed = True
+            return StreamAnswer(self, req, call, profile, response, chunks, first, release, started, strip_usage)
+        try:
+            data = await response.aread()
+        except httpx.HTTPError as e:
+            return await self._failed_attempt(profile, failed, "transient", f"answer broke: {type(e).__name__}")
+        finally:
+            await response.aclose()
+            release()
+        usage = None
+        if req.counted:
+            try:
+                usage = req.protocol.usage_json(json.loads(data))
+            except ValueError:
+                usage = None
+        call.streamed = False
+        if req.route.log_bodies:
+            call.response_body = _capped(data)
+        passed = {k: v for k, v in response.headers.items() if k.lower() in PASSED_BACK}
+        done = BackgroundTask(self.finished, req, call, profile, usage or TokenUsage(), "succeeded", None, started)
+        return Response(data, status, headers=passed, background=done)
+
+    async def _failed_attempt(
+        self, profile: Profile, failed: Callable[..., Failure], error_class: str, message: str
+    ) -> Failure:
+        parsed = ParsedOutput("failed", error_class, message=message)  # type: ignore[arg-type]
+        await self.profiles.attempt_finished(profile, parsed, self.clock(), None)
+        return failed(AttemptResult("failed", error_class, message))
+
+    async def finished(
+        self, req: Request, call: GatewayCall, profile: Profile, usage: TokenUsage, outcome: str, error: str | None,
+        started: float,
+    ) -> None:  # fmt: skip
+        """After the answer went out: the attempt's usage and outcome to the heartbeat, the call to the log."""
+        call.latency_ms = _ms(time.monotonic() - started)
+        call.outcome, call.error = outcome, error
+        if not req.counted:
+            if outcome != "succeeded":
+                parsed = ParsedOutput("failed", "transient", message=error)
+                await self.profiles.attempt_finished(profile, parsed, self.clock(), None)
+            return
+        cost = profile.cost(usage.input_tokens, usage.output_tokens, usage.cache_read_tokens, usage.cache_write_tokens)
+        call.input_tokens, call.output_tokens = usage.input_tokens, usage.output_tokens
+        call.cache_read_tokens, call.cache_write_tokens = usage.cache_read_tokens, usage.cache_write_tokens
+        call.cost_usd = cost or 0.0
+        if outcome == "succeeded":
+            parsed = ParsedOutput("succeeded", usage=usage, model=call.model)
+        else:  # the stream broke after it began: the provider failed, and what it used still counts
+            parsed = ParsedOutput("failed", "transient", usage=usage, model=call.model, message=error)
+        try:
+            await self.profiles.attempt_finished(profile, parsed, self.clock(), cost)
+            await self.record(call)
+        except Exception:  # the client has its answer; a store that refuses the record is logged, not raised
+            log.exception("gateway: cannot record a call of route %s", call.route)
+
+    async def _refuse(
+        self, req: Request, call: GatewayCall, started: float, last: Failure | None, reason: str, scrubber: Scrubber,
+        error: GatewayError | None = None,
+    ) -> Response:  # fmt: skip
+        """The call ends without a success: the last upstream's own answer when there was one (a contract
+        error reaches the client unchanged), else the gateway's, in the protocol's shape."""
+        if error is None and last is not None and last.status is not None:
+            response = Response(last.body, last.status, headers=last.headers)
+            call.status, call.error = last.status, last.result.message
+        else:
+            error = error or GatewayError("upstream", f"route {req.route.name}: {reason}")
+            message = scrubber.text(error.message) or ""
+            headers = {"retry-after": str(max(1, round(error.retry_after)))} if error.retry_after else {}
+            response = Response(req.protocol.error_bytes(error.kind, message), error.status, headers=headers,
+                                media_type="application/json")  # fmt: skip
+            call.status, call.error = error.status, message
+        call.outcome = "failed"
+        call.latency_ms = _ms(time.monotonic() - started)
+        if req.route.log_bodies:
+            call.response_body = _capped(bytes(response.body))
+        if req.counted:
+            await self._record_quietly(call)
+        return response
+
+    async def _record_quietly(self, call: GatewayCall) -> None:
+        try:
+            await self.record(call)
+        except Exception:
+            log.exception("gateway: cannot record a call of route %s", call.route)
+
+
+class StreamAnswer:
+    """An upstream's SSE stream, relayed event by event as it comes. Usage is read on the way; a chat
+    usage chunk fleetd asked for itself is kept from the client. The upstream connection is never held
+    longer than the client reads (WRITE_TIMEOUT_S) or stays connected."""
+
+    def __init__(
+        self, proxy: Proxy, req: Request, call: GatewayCall, profile: Profile, response: httpx.Response,
+        chunks: AsyncIterator[bytes], first: bytes, release: Callable[[], None], started: float, strip_usage: bool,
+    ) -> None:  # fmt: skip
+        self.proxy, self.req, self.call, self.profile = proxy, req, call, profile
+        self.response, self.chunks, self.first, self.release = response, chunks, first, release
+        self.started, self.strip_usage = started, strip_usage
+        self.splitter = EventSplitter()
+        self.usage: TokenUsage | None = None
+        self.logged = bytearray()
+
+    def _relay(self, chunk: bytes) -> bytes:
+        if not self.req.counted:
+            return chunk
+        out = bytearray()
+        protocol = self.req.protocol
+        for event in self.splitter.feed(chunk):
+            if protocol.may_carry_usage(event.raw):
+                data = event.json()
+                self.usage = protocol.usage_event(event.name, data, self.usage)
+                if self.strip_usage and protocol.drop_event(data):
+                    continue
+            out += event.raw
+        return bytes(out)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        gone = asyncio.Event()
+
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            gone.set()
+
+        watcher = asyncio.create_task(watch())
+        outcome, error = "succeeded", None
+        try:
+            headers = [(k.encode(), v.encode()) for k, v in self.response.headers.items() if k.lower() in PASSED_BACK]
+            await self._send(send, {"type": "http.response.start", "status": self.response.status_code,
+                                    "headers": headers})  # fmt: skip
+            chunk = self.first
+            while True:
+                out = self._relay(chunk)
+                if out:
+                    await self._send(send, {"type": "http.response.body", "body": out, "more_body": True})
+                    if self.call.ttft_ms is None:
+                        self.call.ttft_ms = _ms(time.monotonic() - self.started)
+                    self._log(out)
+                if gone.is_set():
+                    outcome, error = "failed", "the client went away mid-stream"
+                    break
+                try:
+                    chunk = await self.chunks.__anext__()
+                except StopAsyncIteration:
+                    break
+                except httpx.HTTPError as e:
+                    outcome, error = "stream_error", f"the upstream stream broke after it began: {type(e).__name__}"
+                    event = self.req.protocol.error_event(f"fleetd gateway: {error}")
+                    await self._send(send, {"type": "http.response.body", "body": event, "more_body": True})
+                    break
+            rest = self.splitter.rest()
+            await self._send(send, {"type": "http.response.body", "body": rest, "more_body": False})
+        except TimeoutError:
+            outcome, error = "failed", f"the client read nothing for {WRITE_TIMEOUT_S:g}s: stream dropped"
+        except OSError:
+            outcome, error = "failed", "the client went away mid-stream"
+        finally:
+            watcher.cancel()
+            await self.response.aclose()
+            self.release()
+            if self.req.route.log_bodies:
+                self.call.response_body = _capped(bytes(self.logged))
+            await self.proxy.finished(self.req, self.call, self.profile, self.usage or TokenUsage(), outcome, error,
+                                      self.started)  # fmt: skip
+
+    async def _send(self, send: Send, message: dict[str, Any]) -> None:
+        await asyncio.wait_for(send(message), WRITE_TIMEOUT_S)
+
+    def _log(self, data: bytes) -> None:
+        if self.req.route.log_bodies and len(self.logged) < LOG_BODY_CAP:
+            self.logged += data[: LOG_BODY_CAP - len(self.logged)]
+
+
+async def _read_capped(response: httpx.Response, cap: int) -> bytes:
+    data = bytearray()
+    async for chunk in response.aiter_raw():
+        data += chunk
+        if len(data) >= cap:
+            break
+    return bytes(data[:cap])
+
+
+def _scrub(scrubber: Scrubber, data: bytes) -> bytes:
+    """An upstream's error body without any key fleetd knows (a provider may quote the key it was sent)."""
+    fresh = scrubber.fresh()
+    return fresh.feed(data) + fresh.flush()
+
+
+def _capped(data: bytes) -> str:
+    return data[:LOG_BODY_CAP].decode("utf-8", "replace")
+
+
+def _ms(seconds: float) -> int:
+    return round(seconds * 1000)

@@ -1,0 +1,214 @@
+"""The gateway as the daemon runs it: routes and keys (kept in memory, written through to the store),
+the listener's lifecycle (the `--gateway` flag, else the stored setting), the per-call log and its
+figures. The proxy (`proxy.py`) does the forwarding."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import datetime, timedelta
+from typing import Any
+
+from fleetd.errors import InvalidArgument, NotFound
+from fleetd.gateway.app import create_gateway_app
+from fleetd.gateway.model import (
+    new_key,
+    parse_listen,
+    validate_key_input,
+    validate_key_name,
+    validate_route_input,
+    validate_route_name,
+)
+from fleetd.gateway.protocols import GatewayError
+from fleetd.gateway.proxy import Proxy
+from fleetd.gateway.server import GatewayListener
+from fleetd.profiles.service import ProfileService
+from fleetd.records.gateway import ClientKey, GatewayCall, GatewaySetting, Route, is_loopback, split_listen
+from fleetd.store.gateway import GatewayStore
+
+log = logging.getLogger("fleetd.gateway")
+DAY = timedelta(days=1)
+STATS_KEYS = ("route", "profile", "model", "key", "api")
+
+
+class GatewayService:
+    def __init__(
+        self,
+        store: GatewayStore,
+        profiles: ProfileService,
+        *,
+        clock: Callable[[], datetime],
+        forced: GatewaySetting | None = None,
+    ) -> None:
+        self.store = store
+        self.profiles = profiles
+        self.clock = clock
+        self.forced = forced  # the daemon's --gateway flag: this run only, never stored
+        self.proxy = Proxy(profiles, self.record, clock=clock)
+        self.listener = GatewayListener(create_gateway_app(self))
+        self.setting = GatewaySetting()
+        self.problem: str | None = None
+        self._routes: dict[str, Route] = {}
+        self._keys: list[ClientKey] = []
+
+    async def start(self) -> None:
+        """Load routes and keys, then listen where the flag or the stored setting says. A bad flag stops
+        the daemon (raised); a stored address that cannot be bound now is reported, not fatal."""
+        self._routes = {r.name: r for r in await self.store.routes()}
+        self._keys = await self.store.keys()
+        setting = self.forced or await self.store.setting()
+        if setting.listen is None:
+            return
+        try:
+            await self._listen(setting)
+        except InvalidArgument as e:
+            if self.forced is not None:
+                raise
+            self.problem = e.message
+            log.error("gateway: %s", e.message)
+
+    async def stop(self) -> None:
+        await self.listener.stop()
+        await self.proxy.close()
+
+    async def _listen(self, setting: GatewaySetting) -> None:
+        await self.listener.stop()
+        self.setting = GatewaySetting()
+        address = await self.listener.start(setting.listen or "")
+        self.setting, self.problem = setting, None
+        host, _ = split_listen(address)
+        if not is_loopback(host):
+            log.warning("gateway: listening on %s, beyond this machine: anyone who can reach it can try keys", address)
+        log.info("gateway listening on http://%s", address)
+
+    # -- the listen setting -----------------------------------------------------------------------
+
+    async def enable(self, body: dict[str, Any]) -> dict[str, Any]:
+        public = body.get("public", False)
+        if not isinstance(public, bool):
+            raise InvalidArgument("public must be true or false")
+        setting = parse_listen(body.get("listen"), public)
+        await self._listen(setting)  # bound first: an address that cannot be used is never saved
+        try:
+            await self.store.save_setting(setting, self.clock())
+        except BaseException:
+            await self.listener.stop()
+            raise
+        return self.status()
+
+    async def disable(self) -> dict[str, Any]:
+        await self.store.save_setting(GatewaySetting(), self.clock())
+        await self.listener.stop()
+        self.setting, self.problem = GatewaySetting(), None
+        return self.status()
+
+    def status(self) -> dict[str, Any]:
+        address = self.listener.address
+        return {
+            "enabled": address is not None,
+            "listen": self.setting.listen,
+            "address": address,
+            "url": f"http://{address}" if address else None,
+            "public": self.setting.public,
+            "source": "flag" if self.forced is not None else "setting",
+            "problem": self.problem,
+            "routes": len(self._routes),
+            "keys": len(self._keys),
+        }
+
+    # -- routes ------------------------------------------------------------------------------------
+
+    async def add_route(self, body: dict[str, Any]) -> Route:
+        route = validate_route_input(body, await self.profiles.store.list())
+        route = replace(route, created_at=self.clock())
+        await self.store.add_route(route)
+        self._routes[route.name] = route
+        return route
+
+    def routes_now(self) -> list[Route]:
+        return sorted(self._routes.values(), key=lambda r: r.name)
+
+    def route(self, name: str) -> Route | None:
+        return self._routes.get(name)
+
+    def get_route(self, name: str) -> Route:
+        route = self._routes.get(validate_route_name(name))
+        if route is None:
+            raise NotFound(f"no route named {name!r}")
+        return route
+
+    async def remove_route(self, name: str) -> None:
+        validate_route_name(name)
+        users = [k.name for k in self._keys if k.routes is not None and name in k.routes]
+        await self.store.remove_route(name)
+        self._routes.pop(name, None)
+        if users:
+            log.info("route %s removed; key(s) %s named it", name, ", ".join(users))
+
+    # -- keys --------------------------------------------------------------------------------------
+
+    async def add_key(self, body: dict[str, Any]) -> tuple[ClientKey, str]:
+        name, routes, daily_cost = validate_key_input(body, self._routes)
+        key, plain = new_key(name, routes, daily_cost)
+        key = replace(key, created_at=self.clock())
+        await self.store.add_key(key)
+        self._keys.append(key)
+        return key, plain
+
+    def keys_now(self) -> list[ClientKey]:
+        return sorted(self._keys, key=lambda k: k.name)
+
+    async def remove_key(self, name: str) -> None:
+        validate_key_name(name)
+        await self.store.remove_key(name)
+        self._keys = [k for k in self._keys if k.name != name]
+
+    def authenticate(self, presented: str | None) -> ClientKey:
+        """The key `presented` is, compared in constant time against every key's hash (no early exit)."""
+        if not presented:
+            raise GatewayError("auth", "no gateway key: send it as `Authorization: Bearer fk-…` or `x-api-key`")
+        digest = hashlib.sha256(presented.encode("utf-8", "surrogatepass")).hexdigest()
+        found = None
+        for key in self._keys:
+            if hmac.compare_digest(digest, key.key_hash):
+                found = key
+        if found is None:
+            raise GatewayError("auth", "invalid gateway key (fleetd gateway key list)")
+        return found
+
+    async def over_daily_cost(self, key: ClientKey) -> str | None:
+        if key.daily_cost is None:
+            return None
+        spent = await self.store.key_cost_since(key.name, self.clock() - DAY)
+        if spent < key.daily_cost:
+            return None
+        return (f"gateway key {key.name} has spent ${spent:.4f} of its ${key.daily_cost:.2f} daily cost cap "
+                "in the last 24 h")  # fmt: skip
+
+    # -- the per-call log --------------------------------------------------------------------------
+
+    async def record(self, call: GatewayCall) -> None:
+        await self.store.add_call(call)
+
+    async def calls(self, *, route: str | None, since: datetime | None, limit: int) -> list[GatewayCall]:
+        if route is not None:
+            validate_route_name(route)
+        return await self.store.calls(route=route, since=since, limit=limit)
+
+    async def stats(self, *, since: datetime, by: tuple[str, ...]) -> dict[str, Any]:
+        from fleetd.gateway.views import gateway_stats
+
+        return gateway_stats(await self.store.stats_rows(since), by)
+
+
+def parse_gateway_by(text: str | None) -> tuple[str, ...]:
+    if not text:
+        return ("route",)
+    keys = tuple(k.strip() for k in text.split(","))
+    bad = [k for k in keys if k not in STATS_KEYS]
+    if bad or len(keys) > 2 or len(set(keys)) != len(keys):
+        raise InvalidArgument(f"invalid --by {text!r} for --source gateway: one or two of {', '.join(STATS_KEYS)}")
+    return keys

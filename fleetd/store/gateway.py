@@ -1,0 +1,163 @@
+"""The gateway's tables: routes, client keys (hashes only), its listen setting, and the per-call log."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from datetime import datetime
+from typing import Any
+
+import aiosqlite
+
+from fleetd.errors import Conflict, NotFound
+from fleetd.records.gateway import ClientKey, GatewayCall, GatewaySetting, Route
+from fleetd.records.loop import ChainStep
+from fleetd.store.db import Database
+from fleetd.timefmt import from_iso, to_iso
+
+_CALL_COLUMNS = (
+    "at, key_name, route, api, streamed, outcome, status, error, path_json, profile, model, ttft_ms, latency_ms, "
+    "input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, cost_usd, request_body, response_body"
+)
+
+
+def _route(row: aiosqlite.Row) -> Route:
+    return Route(
+        name=row["name"],
+        api=row["api"],
+        chain=tuple(ChainStep.from_json(step) for step in json.loads(row["chain_json"])),
+        timeout_s=row["timeout_s"],
+        log_bodies=bool(row["log_bodies"]),
+        created_at=from_iso(row["created_at"]),
+    )
+
+
+def _key(row: aiosqlite.Row) -> ClientKey:
+    routes = json.loads(row["routes_json"]) if row["routes_json"] else None
+    return ClientKey(row["name"], row["key_hash"], tuple(routes) if routes is not None else None, row["daily_cost"],
+                     from_iso(row["created_at"]))  # fmt: skip
+
+
+def _call(row: aiosqlite.Row) -> GatewayCall:
+    return GatewayCall(
+        at=from_iso(row["at"]),  # type: ignore[arg-type]
+        key=row["key_name"], route=row["route"], api=row["api"], streamed=bool(row["streamed"]),
+        outcome=row["outcome"], status=row["status"], error=row["error"], path=json.loads(row["path_json"]),
+        profile=row["profile"], model=row["model"], ttft_ms=row["ttft_ms"], latency_ms=row["latency_ms"],
+        input_tokens=row["input_tokens"], output_tokens=row["output_tokens"],
+        cache_read_tokens=row["cache_read_tokens"], cache_write_tokens=row["cache_write_tokens"],
+        cost_usd=row["cost_usd"], request_body=row["request_body"], response_body=row["response_body"], id=row["id"],
+    )  # fmt: skip
+
+
+class GatewayStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    # -- routes ------------------------------------------------------------------------------------
+
+    async def add_route(self, route: Route) -> Route:
+        try:
+            async with self.db.transaction() as conn:
+                await conn.execute(
+                    "INSERT INTO gateway_routes (name, api, chain_json, timeout_s, log_bodies, created_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (route.name, route.api, json.dumps([s.to_json() for s in route.chain]), route.timeout_s,
+                     int(route.log_bodies), to_iso(route.created_at)),
+                )  # fmt: skip
+        except sqlite3.IntegrityError:
+            raise Conflict(f"route {route.name!r} already exists") from None
+        return route
+
+    async def routes(self) -> list[Route]:
+        return [_route(r) for r in await self.db.fetchall("SELECT * FROM gateway_routes ORDER BY name")]
+
+    async def remove_route(self, name: str) -> None:
+        async with self.db.transaction() as conn:
+            cur = await conn.execute("DELETE FROM gateway_routes WHERE name = ?", (name,))
+            if cur.rowcount == 0:
+                raise NotFound(f"no route named {name!r}")
+
+    # -- keys --------------------------------------------------------------------------------------
+
+    async def add_key(self, key: ClientKey) -> ClientKey:
+        try:
+            async with self.db.transaction() as conn:
+                await conn.execute(
+                    "INSERT INTO gateway_keys (name, key_hash, routes_json, daily_cost, created_at) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (key.name, key.key_hash, json.dumps(list(key.routes)) if key.routes is not None else None,
+                     key.daily_cost, to_iso(key.created_at)),
+                )  # fmt: skip
+        except sqlite3.IntegrityError:
+            raise Conflict(f"gateway key {key.name!r} already exists") from None
+        return key
+
+    async def keys(self) -> list[ClientKey]:
+        return [_key(r) for r in await self.db.fetchall("SELECT * FROM gateway_keys ORDER BY name")]
+
+    async def remove_key(self, name: str) -> None:
+        async with self.db.transaction() as conn:
+            cur = await conn.execute("DELETE FROM gateway_keys WHERE name = ?", (name,))
+            if cur.rowcount == 0:
+                raise NotFound(f"no gateway key named {name!r}")
+
+    # -- the listen setting ------------------------------------------------------------------------
+
+    async def setting(self) -> GatewaySetting:
+        row = await self.db.fetchone("SELECT listen, public FROM gateway_settings WHERE id = 1")
+        return GatewaySetting(row["listen"], bool(row["public"])) if row else GatewaySetting()
+
+    async def save_setting(self, setting: GatewaySetting, now: datetime) -> None:
+        async with self.db.transaction() as conn:
+            await conn.execute(
+                "INSERT INTO gateway_settings (id, listen, public, updated_at) VALUES (1, ?, ?, ?) "
+                "ON CONFLICT (id) DO UPDATE SET listen = excluded.listen, public = excluded.public, "
+                "updated_at = excluded.updated_at",
+                (setting.listen, int(setting.public), to_iso(now)),
+            )
+
+    # -- calls -------------------------------------------------------------------------------------
+
+    async def add_call(self, call: GatewayCall) -> None:
+        async with self.db.transaction() as conn:
+            await conn.execute(
+                f"INSERT INTO gateway_calls ({_CALL_COLUMNS}) VALUES ({', '.join('?' * 20)})",
+                (to_iso(call.at), call.key, call.route, call.api, int(call.streamed), call.outcome, call.status,
+                 call.error, json.dumps(call.path), call.profile, call.model, call.ttft_ms, call.latency_ms,
+                 call.input_tokens, call.output_tokens, call.cache_read_tokens, call.cache_write_tokens,
+                 call.cost_usd, call.request_body, call.response_body),
+            )  # fmt: skip
+
+    async def calls(self, *, route: str | None, since: datetime | None, limit: int) -> list[GatewayCall]:
+        where, params = _where(route=route, since=since)
+        rows = await self.db.fetchall(
+            f"SELECT id, {_CALL_COLUMNS} FROM gateway_calls {where} ORDER BY id DESC LIMIT ?", (*params, limit)
+        )
+        return [_call(r) for r in rows]
+
+    async def key_cost_since(self, key: str, since: datetime) -> float:
+        row = await self.db.fetchone(
+            "SELECT coalesce(sum(cost_usd), 0) FROM gateway_calls WHERE key_name = ? AND at >= ?", (key, to_iso(since))
+        )
+        return float(row[0]) if row else 0.0
+
+    async def stats_rows(self, since: datetime) -> list[GatewayCall]:
+        """Every call since `since`, without bodies: what `stats --source gateway` groups."""
+        columns = _CALL_COLUMNS.replace("request_body, response_body", "NULL AS request_body, NULL AS response_body")
+        rows = await self.db.fetchall(
+            f"SELECT id, {columns} FROM gateway_calls WHERE at >= ? ORDER BY id",
+            (to_iso(since),),
+        )
+        return [_call(r) for r in rows]
+
+
+def _where(**filters: Any) -> tuple[str, tuple[Any, ...]]:
+    clauses, params = [], []
+    if filters.get("route") is not None:
+        clauses.append("route = ?")
+        params.append(filters["route"])
+    if filters.get("since") is not None:
+        clauses.append("at >= ?")
+        params.append(to_iso(filters["since"]))
+    return ("WHERE " + " AND ".join(clauses)) if clauses else "", tuple(params)
