@@ -32,6 +32,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/runs_query.py
 	$(BIN)/python bench/stats_query.py
 	$(BIN)/python bench/failover_latency.py
+	$(BIN)/python bench/gateway.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

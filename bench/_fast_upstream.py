@@ -89,8 +89,8 @@ class _Protocol(asyncio.Protocol):
         found = _MODEL.search(body)
         model = found.group(1).decode() if found else "fake"
         if _STREAM.search(body):
-            self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
-                                 b"Transfer-Encoding: chunked\r\n\r\n" + _stream(model, bool(_INCLUDE_USAGE.search(body))))  # fmt: skip
+            head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+            self.transport.write(head + _stream(model, bool(_INCLUDE_USAGE.search(body))))
         else:
             payload = _completion(model)
             self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"

@@ -102,6 +102,8 @@ class Gateway:
 
 @pytest.fixture(scope="module")
 def gateway(providers: list[fp.FakeProvider]) -> Iterator[Gateway]:
+    if not any(agents.find_agent(cli) for cli in CLIENTS):
+        agents.require_agent("claude")  # skips with the reason, or fails under CI=true: no daemon for nothing
     root = Path(tempfile.mkdtemp(prefix="flgw-", dir="/tmp"))
     port = _free_port()
     d = Daemon(root / "home", "--gateway", f"127.0.0.1:{port}")
