@@ -16,8 +16,10 @@ from fleetd.timefmt import format_duration
 @click.option("--by", help="backend, profile, model, loop, step or role; or two joined, e.g. loop,step "
               "(default backend).")  # fmt: skip
 @click.option("--loop", "loop_name", help="Only this loop's runs.")
+@click.option("--source", type=click.Choice(["loops", "gateway"]), default="loops", show_default=True,
+              help="The loops' runs, or the gateway's calls (--by route, profile, model, key or api).")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
-def stats(since: str | None, by: str | None, loop_name: str | None, as_json: bool) -> None:
+def stats(since: str | None, by: str | None, loop_name: str | None, source: str, as_json: bool) -> None:
     """Runs, attempts, success, fallback and escalation rates, attempt durations, tokens and cost per group.
 
     \b
@@ -31,8 +33,34 @@ def stats(since: str | None, by: str | None, loop_name: str | None, as_json: boo
     COST/SUCCESS: the group's whole cost, failed attempts included, per succeeded run.
     P50/P95: attempt durations, rounded to two significant digits.
     """
-    answer = client().call("GET", "/v1/stats", query={"since": since, "by": by, "loop": loop_name})
-    render(answer, as_json, _stats_table)
+    query = {"since": since, "by": by, "loop": loop_name}
+    if source == "gateway":
+        query["source"] = source
+    answer = client().call("GET", "/v1/stats", query=query)
+    render(answer, as_json, _gateway_table if source == "gateway" else _stats_table)
+
+
+def _gateway_table(answer: dict[str, Any]) -> str:
+    by = answer["by"]
+
+    def ms(value: int | None) -> str:
+        return "-" if value is None else f"{value}ms"
+
+    def cells(row: dict[str, Any]) -> list[str]:
+        t = row["tokens"]
+        return [
+            str(row["calls"]), _percent(row["success_rate"]), _percent(row["fallback_rate"]),
+            str(row["stream_errors"]), ms(row["p50_latency_ms"]), ms(row["p95_latency_ms"]), ms(row["p50_ttft_ms"]),
+            _tokens(t["input"]), _tokens(t["output"]), _tokens(t["cache_read"]), _tokens(t["cache_write"]),
+            f"${row['cost_usd']:.4f}",
+        ]  # fmt: skip
+
+    headers = [key.upper() for key in by]
+    headers += ["CALLS", "SUCCESS", "FALLBACK", "STREAM ERR", "P50", "P95", "TTFT P50",
+                "IN", "OUT", "CACHE R", "CACHE W", "COST"]  # fmt: skip
+    rows = [[_group_value(row["group"][key]) for key in by] + cells(row) for row in answer["groups"]]
+    rows.append(["TOTAL"] + [""] * (len(by) - 1) + cells(answer["total"]))
+    return f"gateway calls since {local_time(answer['since'])}\n" + table(headers, rows)
 
 
 def _stats_table(answer: dict[str, Any]) -> str:

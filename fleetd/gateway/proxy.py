@@ -17,7 +17,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -33,9 +33,10 @@ from fleetd.gateway.upstream import failure_class, reset_from_headers
 from fleetd.loops.scrub import Scrubber
 from fleetd.profiles.service import ProfileService
 from fleetd.records.gateway import ClientKey, GatewayCall, Route
+from fleetd.records.loop import ChainStep
 from fleetd.records.profile import TIERS, Profile
 from fleetd.records.result import ParsedOutput, TokenUsage
-from fleetd.routing.router import AttemptResult, Backoff, Finish, Observation, Policy, Router, Try
+from fleetd.routing.router import AttemptResult, Backoff, Finish, Observation, Policy, Router, Try, World
 
 log = logging.getLogger("fleetd.gateway")
 LOG_BODY_CAP = 64 * 1024  # per body, for a route with --log-bodies
@@ -46,6 +47,11 @@ CONNECT_TIMEOUT_S = 10.0
 # Short: a client is waiting. Full jitter up to base * 2^(n-1), capped, and never past the route's timeout.
 RETRIES, BACKOFF_BASE_S, BACKOFF_CAP_S = 1, 0.25, 2.0
 PASSED_BACK = ("content-type", "request-id", "x-request-id", "retry-after")
+# A request's first look at the world may be this old: reading it takes the heartbeat's lock, which each
+# recorded success holds for milliseconds, and at hundreds of calls a second that wait was most of the
+# gateway's added latency. What must be fresh is: every failure this gateway saw (it drops the cached
+# world), and a half-open circuit's one probe (a world with a circuit not closed is never cached).
+WORLD_TTL_S = 0.25
 
 
 @dataclass
@@ -88,6 +94,8 @@ class Proxy:
         logging.getLogger("httpx").setLevel(logging.WARNING)
         self.client = httpx.AsyncClient(limits=httpx.Limits(max_connections=None, max_keepalive_connections=256))
         self._semaphores: dict[str, asyncio.Semaphore] = {}
+        self._worlds: dict[tuple[str, ...], tuple[float, World, dict[str, Profile]]] = {}
+        self._secrets: dict[tuple[str, datetime | None], str | None] = {}
 
     async def close(self) -> None:
         await self.client.aclose()
@@ -109,7 +117,7 @@ class Proxy:
                         backoff_cap=BACKOFF_CAP_S, max_attempts=3 * len(req.route.chain) + 2)  # fmt: skip
         router = Router(policy)
         steps = list(req.route.chain)
-        world, profiles = await self.profiles.world(steps, direct=True)
+        world, profiles = await self._first_world(steps)
         flow = router.route(world)
         decision = next(flow)
         last: Failure | None = None
@@ -140,6 +148,23 @@ class Proxy:
                 return await self._refuse(req, call, started, last if last and last.status == 429 else None,
                                           error.message, scrubber, error)  # fmt: skip
 
+    async def _first_world(self, steps: list[ChainStep]) -> tuple[World, dict[str, Profile]]:
+        key = tuple(s.describe() for s in steps)
+        cached = self._worlds.get(key)
+        if cached is not None and time.monotonic() - cached[0] < WORLD_TTL_S:
+            return replace(cached[1], now=self.clock()), cached[2]
+        world, profiles = await self.profiles.world(steps, direct=True)
+        if all(view.circuit == "closed" for view in world.profiles.values()):
+            self._worlds[key] = (time.monotonic(), world, profiles)
+        return world, profiles
+
+    async def _secret(self, profile: Profile) -> str | None:
+        """The profile's key, read from the secret store once per profile (a re-added profile is new)."""
+        key = (profile.name, profile.created_at)
+        if key not in self._secrets:
+            self._secrets[key] = await self.profiles.secret(profile)
+        return self._secrets[key]
+
     async def _try(
         self, req: Request, call: GatewayCall, profile: Profile, model: str, body: dict[str, Any], strip_usage: bool,
         deadline: float, started: float, scrubber: Scrubber,
@@ -160,7 +185,7 @@ class Proxy:
 
         if base is None:
             return failed(AttemptResult("failed", "unavailable", f"{profile.name} does not speak {req.protocol.name}"))
-        secret = await self.profiles.secret(profile) if profile.has_secret else None
+        secret = await self._secret(profile) if profile.has_secret else None
         headers = {
             "content-type": "application/json",
             "accept-encoding": "identity",  # the bytes go to the client as they come: no decoding here
@@ -213,6 +238,7 @@ class Proxy:
             error_class, message = failure_class(status, data)
             reset = reset_from_headers(response.headers, self.clock()) if error_class == "rate_limited" else None
             parsed = ParsedOutput("failed", error_class, reset, message=scrubber.text(message))
+            self._worlds.clear()
             await self.profiles.attempt_finished(profile, parsed, self.clock(), None)
             result = AttemptResult("failed", error_class, parsed.message or "", reset_at=reset)
             return failed(result, status, data, response.headers)
@@ -254,6 +280,7 @@ class Proxy:
         self, profile: Profile, failed: Callable[..., Failure], error_class: str, message: str
     ) -> Failure:
         parsed = ParsedOutput("failed", error_class, message=message)  # type: ignore[arg-type]
+        self._worlds.clear()
         await self.profiles.attempt_finished(profile, parsed, self.clock(), None)
         return failed(AttemptResult("failed", error_class, message))
 
@@ -277,6 +304,7 @@ class Proxy:
             parsed = ParsedOutput("succeeded", usage=usage, model=call.model)
         else:  # the stream broke after it began: the provider failed, and what it used still counts
             parsed = ParsedOutput("failed", "transient", usage=usage, model=call.model, message=error)
+            self._worlds.clear()
         try:
             await self.profiles.attempt_finished(profile, parsed, self.clock(), cost)
             await self.record(call)

@@ -1,0 +1,174 @@
+"""The gateway's pure parts: reset times from headers, failure classes, usage from JSON and SSE streams,
+listen addresses."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from fleetd.errors import InvalidArgument
+from fleetd.gateway.model import parse_listen
+from fleetd.gateway.protocols import get_protocol
+from fleetd.gateway.sse import EventSplitter
+from fleetd.gateway.upstream import failure_class, reset_from_headers
+from fleetd.records.result import TokenUsage
+from tests.integration import fake_provider as fake
+
+NOW = datetime(2026, 5, 1, 12, 0, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ({"retry-after": "7"}, NOW + timedelta(seconds=7)),
+        ({"retry-after-ms": "1500", "retry-after": "9"}, NOW + timedelta(milliseconds=1500)),
+        (
+            {
+                "x-ratelimit-reset-requests": "6m0s",
+                "x-ratelimit-remaining-requests": "0",
+                "x-ratelimit-reset-tokens": "20ms",
+            },
+            NOW + timedelta(minutes=6),
+        ),
+        ({"x-ratelimit-reset-requests": "1s", "x-ratelimit-reset-tokens": "3s"}, NOW + timedelta(seconds=3)),
+        (
+            {
+                "anthropic-ratelimit-tokens-reset": "2026-05-01T12:05:00Z",
+                "anthropic-ratelimit-tokens-remaining": "0",
+                "anthropic-ratelimit-requests-reset": "2026-05-01T12:09:00Z",
+            },
+            NOW + timedelta(minutes=5),
+        ),
+        ({"Anthropic-Ratelimit-Requests-Reset": "2026-05-01T12:01:00Z"}, NOW + timedelta(minutes=1)),
+        ({}, None),
+        ({"retry-after": "soon", "x-ratelimit-reset-requests": "garbage"}, None),
+    ],
+)
+def test_reset_from_headers(headers: dict[str, str], expected: datetime | None) -> None:
+    assert reset_from_headers(headers, NOW) == expected
+
+
+@pytest.mark.parametrize(
+    ("status", "mode", "expected"),
+    [
+        (429, "429", "rate_limited"),
+        (429, "quota", "quota"),
+        (503, "529", "transient"),
+        (500, "500", "transient"),
+        (401, "bad_key", "auth"),
+        (400, "bad_request", "contract"),
+        (404, "model_not_found", "contract"),
+    ],
+)
+def test_openai_failure_classes(status: int, mode: str, expected: str) -> None:
+    reply = fake.openai_error(mode)
+    assert reply.status == status
+    import json
+
+    assert failure_class(reply.status, json.dumps(reply.body).encode())[0] == expected
+
+
+@pytest.mark.parametrize(
+    ("mode", "expected"),
+    [
+        ("429", "rate_limited"),
+        ("529", "transient"),
+        ("quota", "quota"),
+        ("bad_key", "auth"),
+        ("bad_request", "contract"),
+        ("500", "transient"),
+    ],
+)
+def test_anthropic_failure_classes(mode: str, expected: str) -> None:
+    import json
+
+    reply = fake.anthropic_error(mode)
+    assert failure_class(reply.status, json.dumps(reply.body).encode())[0] == expected
+
+
+def test_other_statuses() -> None:
+    assert failure_class(402, b"{}")[0] == "quota"
+    assert failure_class(422, b'{"error": {"message": "bad field"}}') == ("contract", "HTTP 422: bad field")
+    assert failure_class(403, b"forbidden")[0] == "auth"
+
+
+def _stream_usage(api: str, chunks: list[bytes]) -> TokenUsage | None:
+    protocol = get_protocol(api)
+    splitter = EventSplitter()
+    usage = None
+    for chunk in chunks:
+        for event in splitter.feed(chunk):
+            usage = protocol.usage_event(event.name, event.json(), usage)
+    return usage
+
+
+def _split_badly(stream: bytes, size: int = 7) -> list[bytes]:
+    """A stream cut at arbitrary points, as TCP may deliver it."""
+    return [stream[i : i + size] for i in range(0, len(stream), size)]
+
+
+def test_usage_from_a_chat_stream_split_anywhere() -> None:
+    stream = b"".join(fake.chat_stream("m", include_usage=True))
+    usage = _stream_usage("chat", _split_badly(stream))
+    assert usage == TokenUsage(fake.CHAT_PROMPT_TOKENS, fake.CHAT_COMPLETION_TOKENS, 0, 0)
+
+
+def test_usage_from_a_messages_stream() -> None:
+    stream = b"".join(fake.anthropic_stream("claude-x"))
+    usage = _stream_usage("messages", _split_badly(stream, 13))
+    assert usage == TokenUsage(
+        fake.ANTHROPIC_INPUT_TOKENS,
+        fake.ANTHROPIC_OUTPUT_TOKENS,
+        fake.ANTHROPIC_CACHE_READ_INPUT_TOKENS,
+        fake.ANTHROPIC_CACHE_CREATION_INPUT_TOKENS,
+    )
+
+
+def test_usage_from_a_responses_stream() -> None:
+    stream = b"".join(fake.responses_stream("gpt-x"))
+    usage = _stream_usage("responses", _split_badly(stream, 5))
+    cached = fake.RESPONSES_CACHED_INPUT_TOKENS
+    assert usage == TokenUsage(fake.RESPONSES_INPUT_TOKENS - cached, fake.RESPONSES_OUTPUT_TOKENS, cached, 0)
+
+
+def test_usage_from_json_answers() -> None:
+    assert get_protocol("chat").usage_json(fake.chat_completion("m")) == TokenUsage(812, 5, 0, 0)
+    assert get_protocol("messages").usage_json(fake.anthropic_message("m")) == TokenUsage(123, 9, 67, 45)
+    assert get_protocol("chat").usage_json({"usage": "nonsense"}) is None
+
+
+def test_a_chat_stream_gets_usage_asked_for_and_the_client_does_not_see_it() -> None:
+    chat = get_protocol("chat")
+    body, strip = chat.prepare({"model": "x", "stream": True})
+    assert body["stream_options"] == {"include_usage": True} and strip
+    body, strip = chat.prepare({"model": "x", "stream": True, "stream_options": {"include_usage": True}})
+    assert not strip
+    assert chat.drop_event({"choices": [], "usage": {"prompt_tokens": 1}})
+    assert not chat.drop_event({"choices": [{"delta": {}}]})
+
+
+def test_error_shapes() -> None:
+    assert get_protocol("messages").error_body("auth", "no")["error"]["type"] == "authentication_error"
+    assert get_protocol("chat").error_body("auth", "no")["error"]["code"] == "invalid_api_key"
+    assert get_protocol("messages").error_event("boom").startswith(b"event: error\ndata: ")
+
+
+@pytest.mark.parametrize(
+    ("text", "public", "listen", "is_public"),
+    [
+        ("127.0.0.1:4141", False, "127.0.0.1:4141", False),
+        ("localhost:0", False, "localhost:0", False),
+        ("[::1]:4141", False, "[::1]:4141", False),
+        ("0.0.0.0:4141", True, "0.0.0.0:4141", True),
+    ],
+)
+def test_listen_addresses(text: str, public: bool, listen: str, is_public: bool) -> None:
+    setting = parse_listen(text, public)
+    assert (setting.listen, setting.public) == (listen, is_public)
+
+
+@pytest.mark.parametrize("text", ["0.0.0.0:4141", "192.168.1.2:80", "4141", "host:99999", ":80", "a b:1"])
+def test_bad_or_public_listen_addresses_refused(text: str) -> None:
+    with pytest.raises(InvalidArgument):
+        parse_listen(text, False)

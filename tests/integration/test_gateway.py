@@ -1,0 +1,325 @@
+"""The gateway through a real daemon (`--gateway 127.0.0.1:0`), the official openai SDK and plain
+httpx, against two loopback fake providers: failover on 429 and 529 (streaming and not), a 400 passed
+back unchanged, tokens as the provider sent them, keys (401 in each API's shape, routes, daily cost),
+a stream that breaks after its first byte, the body cap, and no provider key anywhere it should not be."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from tests.harness import Daemon, wait_until
+from tests.integration import fake_provider as fake
+from tests.integration.fake_provider import FakeProvider
+
+KEYS = {"1": "sk-gw-provider-one-0123456789abcdef", "2": "sk-gw-provider-two-0123456789abcdef"}
+PRICE_IN, PRICE_OUT = 3.0, 15.0  # USD per million tokens
+CHAT_COST = (fake.CHAT_PROMPT_TOKENS * PRICE_IN + fake.CHAT_COMPLETION_TOKENS * PRICE_OUT) / 1e6
+
+
+class Gateway:
+    def __init__(self, d: Daemon, p1: FakeProvider, p2: FakeProvider, url: str, key: str) -> None:
+        self.d, self.p1, self.p2, self.url, self.key = d, p1, p2, url, key
+
+    def pair(self, prefix: str, api: str = "chat", models: str = "") -> str:
+        """Two profiles on the two providers and a route `prefix` over them, in that order."""
+        for n, provider in (("1", self.p1), ("2", self.p2)):
+            if api == "messages":
+                backend, base = ["--backend", "claude_code"], provider.base_url
+            else:
+                backend, base = ["--backend", "openai_compat"], provider.base_url + "/v1"
+            self.d.cli("profile", "add", f"{prefix}{n}", *backend, "--base-url", base, "--model", f"{prefix}-model-{n}",
+                       "--price-input", str(PRICE_IN), "--price-output", str(PRICE_OUT), "--api-key-stdin",
+                       input=KEYS[n] + "\n")  # fmt: skip
+        self.d.cli("route", "add", prefix, "--chain", f"{prefix}1{models},{prefix}2", "--api", api)
+        return prefix
+
+    def sdk(self, key: str | None = None) -> openai.OpenAI:
+        return openai.OpenAI(base_url=self.url + "/v1", api_key=key or self.key, max_retries=0, timeout=30)
+
+    def calls(self, *args: str) -> list[dict[str, Any]]:
+        return self.d.json("gateway", "calls", "--limit", "500", *args)  # type: ignore[no-any-return]
+
+    def call_of(self, route: str, count: int = 1) -> list[dict[str, Any]]:
+        """The route's calls once `count` are recorded (recording follows the answer)."""
+        return wait_until(lambda: c if len(c := self.calls("--route", route)) >= count else None,
+                          what=f"{count} call(s) of {route}")  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def gw() -> Iterator[Gateway]:
+    root = Path(tempfile.mkdtemp(prefix="flg-", dir="/tmp"))
+    p1, p2 = FakeProvider().start(), FakeProvider().start()
+    d = Daemon(root / "home", "--kill-grace", "0.5s", "--stop-grace", "1s", "--gateway", "127.0.0.1:0")
+    d.env["FLEETD_SECRET_STORE"] = "file"
+    d.start()
+    try:
+        key = d.json("gateway", "key", "add", "laptop")["key"]
+        yield Gateway(d, p1, p2, d.json("gateway", "status")["url"], key)
+    finally:
+        d.stop()
+        p1.stop()
+        p2.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_chat_falls_over_on_429_and_counts_the_tokens(gw: Gateway) -> None:
+    route = gw.pair("rl")
+    gw.p1.fail_first(1, "429")
+    answer = gw.sdk().chat.completions.create(model=route, messages=[{"role": "user", "content": "hi"}])
+    assert answer.choices[0].message.content == fake.REPLY_TEXT
+    assert answer.model == "rl-model-2"  # the second step's model, rewritten
+    [call] = gw.call_of(route)
+    assert [(p["profile"], p["status"], p["class"]) for p in call["path"]] == [
+        ("rl1", 429, "rate_limited"), ("rl2", 200, None)]  # fmt: skip
+    assert call["outcome"] == "succeeded" and call["key"] == "laptop" and not call["streamed"]
+    assert call["tokens"] == {"input": fake.CHAT_PROMPT_TOKENS, "output": fake.CHAT_COMPLETION_TOKENS,
+                              "cache_read": 0, "cache_write": 0}  # fmt: skip
+    assert call["cost_usd"] == pytest.approx(CHAT_COST)
+    usage = {row["profile"]: row for row in gw.d.json("usage")}
+    assert usage["rl1"]["state"] == "exhausted"
+
+
+def test_a_streamed_chat_falls_over_on_529_and_honours_include_usage(gw: Gateway) -> None:
+    route = gw.pair("ov")
+    gw.p1.fail_first(2, "529")  # the first profile and its one retry
+    stream = gw.sdk().chat.completions.create(
+        model=route, messages=[{"role": "user", "content": "hi"}], stream=True, stream_options={"include_usage": True}
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == fake.REPLY_TEXT
+    assert chunks[-1].usage is not None and chunks[-1].usage.prompt_tokens == fake.CHAT_PROMPT_TOKENS
+    [call] = gw.call_of(route)
+    assert [p["class"] for p in call["path"]] == ["transient", "transient", None]
+    assert call["streamed"] and call["ttft_ms"] is not None and call["outcome"] == "succeeded"
+    assert call["tokens"]["input"] == fake.CHAT_PROMPT_TOKENS
+
+
+def test_a_stream_without_include_usage_is_still_counted_and_the_client_gets_no_usage_chunk(gw: Gateway) -> None:
+    route = gw.pair("nu")
+    chunks = list(gw.sdk().chat.completions.create(model=route, messages=[{"role": "user", "content": "x"}],
+                                                    stream=True))  # fmt: skip
+    assert all(c.usage is None for c in chunks) and all(c.choices for c in chunks)
+    sent = gw.p1.requests_for(fake.API_CHAT)[-1].body
+    assert sent["stream_options"] == {"include_usage": True}
+    [call] = gw.call_of(route)
+    assert call["tokens"]["output"] == fake.CHAT_COMPLETION_TOKENS
+
+
+def test_tools_pass_through_untouched_and_only_the_model_is_rewritten(gw: Gateway) -> None:
+    route = gw.pair("tl", models="@special-model")
+    tools = [{"type": "function", "function": {"name": "lookup", "description": "d",
+              "parameters": {"type": "object", "properties": {"q": {"type": "string"}}}}}]  # fmt: skip
+    messages = [{"role": "user", "content": "use the tool"}]
+    gw.sdk().chat.completions.create(model=route, messages=messages, tools=tools, tool_choice="auto", temperature=0.3)
+    sent = gw.p1.requests_for(fake.API_CHAT)[-1]
+    assert sent.body == {"model": "special-model", "messages": messages, "tools": tools, "tool_choice": "auto",
+                         "temperature": 0.3}  # fmt: skip
+    assert sent.headers["authorization"] == f"Bearer {KEYS['1']}"  # the provider's key, not the gateway's
+
+
+def test_a_400_reaches_the_client_unchanged_and_nothing_else_is_tried(gw: Gateway) -> None:
+    route = gw.pair("br")
+    before = gw.p2.calls[fake.API_CHAT]
+    gw.p1.fail_first(1, "bad_request")
+    with pytest.raises(openai.BadRequestError) as caught:
+        gw.sdk().chat.completions.create(model=route, messages=[{"role": "user", "content": "hi"}])
+    assert caught.value.body == fake.openai_error("bad_request").body["error"]
+    assert gw.p2.calls[fake.API_CHAT] == before
+    [call] = gw.call_of(route)
+    assert call["status"] == 400 and call["outcome"] == "failed" and len(call["path"]) == 1
+
+
+@pytest.mark.parametrize("api", ["chat", "messages", "responses"])
+@pytest.mark.parametrize("header", [None, "Bearer fk-wrong", "x-api-key"])
+def test_401_without_a_valid_key_in_each_apis_shape(gw: Gateway, api: str, header: str | None) -> None:
+    path = {"chat": "/v1/chat/completions", "messages": "/v1/messages", "responses": "/v1/responses"}[api]
+    headers = {}
+    if header == "x-api-key":
+        headers["x-api-key"] = "fk-not-a-key"
+    elif header:
+        headers["authorization"] = header
+    answer = httpx.post(gw.url + path, json={"model": "x", "messages": []}, headers=headers)
+    assert answer.status_code == 401
+    body = answer.json()
+    if api == "messages":
+        assert body["type"] == "error" and body["error"]["type"] == "authentication_error"
+    else:
+        assert body["error"]["code"] == "invalid_api_key" and body["error"]["type"] == "invalid_request_error"
+
+
+def test_a_key_limited_to_routes(gw: Gateway) -> None:
+    mine, other = gw.pair("lim"), gw.pair("oth")
+    key = gw.d.json("gateway", "key", "add", "limited", "--routes", mine)["key"]
+    assert [m.id for m in gw.sdk(key).models.list()] == [mine]
+    gw.sdk(key).chat.completions.create(model=mine, messages=[{"role": "user", "content": "hi"}])
+    with pytest.raises(openai.PermissionDeniedError, match="may not use route"):
+        gw.sdk(key).chat.completions.create(model=other, messages=[{"role": "user", "content": "hi"}])
+    with pytest.raises(openai.NotFoundError, match="no route named"):
+        gw.sdk(key).chat.completions.create(model="nosuch", messages=[{"role": "user", "content": "hi"}])
+
+
+def test_the_daily_cost_cap_answers_429(gw: Gateway) -> None:
+    route = gw.pair("cap")
+    key = gw.d.json("gateway", "key", "add", "capped", "--daily-cost", str(CHAT_COST / 2))["key"]
+    gw.sdk(key).chat.completions.create(model=route, messages=[{"role": "user", "content": "hi"}])
+    gw.call_of(route)
+    with pytest.raises(openai.RateLimitError, match="daily cost cap"):
+        gw.sdk(key).chat.completions.create(model=route, messages=[{"role": "user", "content": "hi"}])
+    assert gw.call_of(route, 2)[0]["outcome"] == "rejected"
+
+
+def test_messages_pass_through_with_the_protocol_headers_streamed_and_not(gw: Gateway) -> None:
+    route = gw.pair("an", api="messages", models="@claude-x")
+    gw.p1.fail_first(1, "529")
+    headers = {"x-api-key": gw.key, "anthropic-version": "2023-06-01", "anthropic-beta": "tools-2024"}
+    body = {"model": route, "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}
+    answer = httpx.post(gw.url + "/v1/messages?beta=true", json=body, headers=headers, timeout=30)
+    assert answer.status_code == 200 and answer.json()["content"][0]["text"] == fake.REPLY_TEXT
+    sent = gw.p1.requests_for(fake.API_ANTHROPIC)[-1]
+    assert sent.query == {"beta": ["true"]} and sent.headers["x-api-key"] == KEYS["1"]
+    assert sent.headers["anthropic-version"] == "2023-06-01" and sent.headers["anthropic-beta"] == "tools-2024"
+    with httpx.stream("POST", gw.url + "/v1/messages", json={**body, "stream": True}, headers=headers) as s:
+        raw = b"".join(s.iter_raw())
+    assert b"message_stop" in raw
+    counted = httpx.post(gw.url + "/v1/messages/count_tokens", json=body, headers=headers)
+    assert counted.json() == {"input_tokens": fake.ANTHROPIC_COUNT_TOKENS}
+    calls = gw.call_of(route, 2)  # count_tokens is not a model call
+    assert len(calls) == 2
+    assert calls[0]["tokens"] == {"input": fake.ANTHROPIC_INPUT_TOKENS, "output": fake.ANTHROPIC_OUTPUT_TOKENS,
+                                  "cache_read": fake.ANTHROPIC_CACHE_READ_INPUT_TOKENS,
+                                  "cache_write": fake.ANTHROPIC_CACHE_CREATION_INPUT_TOKENS}  # fmt: skip
+
+
+def test_responses_stream_through_the_sdk_with_failover(gw: Gateway) -> None:
+    route = gw.pair("rs", api="responses")
+    gw.p1.fail_first(1, "429")
+    with gw.sdk().responses.stream(model=route, input="hi") as stream:
+        final = stream.get_final_response()
+    assert final.output_text == fake.REPLY_TEXT
+    [call] = gw.call_of(route)
+    assert [p["profile"] for p in call["path"]] == ["rs1", "rs2"]
+    assert call["tokens"]["output"] == fake.RESPONSES_OUTPUT_TOKENS
+
+
+def test_a_stream_that_breaks_after_its_first_byte_ends_with_an_error_event(gw: Gateway) -> None:
+    port = _breaking_server()
+    gw.d.cli("profile", "add", "brk1", "--backend", "openai_compat", "--base-url", f"http://127.0.0.1:{port}/v1",
+             "--model", "m", "--api-key-stdin", input=KEYS["1"] + "\n")  # fmt: skip
+    gw.d.cli("profile", "add", "brk2", "--backend", "openai_compat", "--base-url", gw.p2.base_url + "/v1",
+             "--model", "m", "--api-key-stdin", input=KEYS["2"] + "\n")  # fmt: skip
+    gw.d.cli("route", "add", "brk", "--chain", "brk1,brk2")
+    before = gw.p2.calls[fake.API_CHAT]
+    body = {"model": "brk", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    with httpx.stream("POST", gw.url + "/v1/chat/completions", json=body,
+                      headers={"authorization": f"Bearer {gw.key}"}) as s:  # fmt: skip
+        raw = b"".join(s.iter_raw())
+    assert raw.startswith(b'data: {"first"')
+    assert b"fleetd gateway: the upstream stream broke" in raw and b"server_error" in raw
+    assert gw.p2.calls[fake.API_CHAT] == before  # never spliced onto another model's output
+    [call] = gw.call_of("brk")
+    assert call["outcome"] == "stream_error" and call["streamed"]
+
+
+def test_a_body_over_16_mb_is_413_in_the_apis_shape(gw: Gateway) -> None:
+    big = b'{"model": "x", "pad": "' + b"a" * (16 * 1024 * 1024 + 10) + b'"}'
+    answer = httpx.post(gw.url + "/v1/messages", content=big, headers={"x-api-key": gw.key}, timeout=60)
+    assert answer.status_code == 413 and answer.json()["error"]["type"] == "request_too_large"
+
+
+def test_no_provider_key_in_calls_logs_or_answers(gw: Gateway) -> None:
+    route = gw.pair("lk")
+    gw.p1.fail_first(1, "bad_key")
+    gw.p2.fail_first(1, "bad_request")
+    with pytest.raises(openai.BadRequestError) as caught:
+        gw.sdk().chat.completions.create(model=route, messages=[{"role": "user", "content": "hi"}])
+    gw.call_of(route)
+    seen = json.dumps(caught.value.body) + gw.d.cli("gateway", "calls", "--json").stdout + gw.d.log_text()
+    seen += gw.d.cli("gateway", "key", "list", "--json").stdout + gw.d.cli("route", "list", "--json").stdout
+    for secret in KEYS.values():
+        assert secret not in seen
+    assert gw.key not in gw.d.cli("gateway", "key", "list", "--json").stdout
+
+
+def test_bad_cli_input_exits_2_and_saves_nothing(gw: Gateway) -> None:
+    gw.pair("bad")
+    cases = [
+        ("route", "add", "x1", "--chain", "nosuch"),
+        ("route", "add", "x2", "--chain", "bad1", "--api", "messages"),  # an openai_compat profile
+        ("route", "add", "x3", "--chain", "bad1,claude_code"),  # a backend is not a named step
+        ("route", "add", "x4 y", "--chain", "bad1"),
+        ("route", "add", "x5", "--chain", "bad1", "--timeout", "0s"),
+        ("route", "add", "bad", "--chain", "bad1"),  # exists: a conflict, not a usage error
+        ("gateway", "key", "add", "k1", "--routes", "nosuch"),
+        ("gateway", "key", "add", "k2", "--daily-cost", "-1"),
+        ("gateway", "key", "add", "bad key"),
+        ("gateway", "enable", "--listen", "0.0.0.0:4141"),
+        ("gateway", "enable", "--listen", "nonsense"),
+        ("daemon", "run", "--gateway", "10.1.2.3:4141"),  # not loopback, without --gateway-public
+        ("daemon", "start", "--gateway", "nonsense"),
+    ]
+    for args in cases:
+        result = gw.d.cli(*args, check=False)
+        assert result.returncode == (1 if args[:3] == ("route", "add", "bad") else 2), (args, result.stderr)
+        assert result.stderr.startswith("fleetd: ") and result.stderr.count("\n") == 1
+    assert {r["name"] for r in gw.d.json("route", "list")} & {"x1", "x2", "x3", "x4 y", "x5"} == set()
+    assert not {"k1", "k2"} & {k["name"] for k in gw.d.json("gateway", "key", "list")}
+    assert gw.d.json("gateway", "status")["url"] == gw.url
+
+
+def test_json_contracts(gw: Gateway) -> None:
+    route = gw.pair("js")
+    gw.sdk().chat.completions.create(model=route, messages=[{"role": "user", "content": "hi"}])
+    gw.call_of(route)
+    assert set(gw.d.json("route", "show", route)) == {"name", "api", "chain", "chain_text", "timeout_s", "log_bodies",
+                                                      "created_at"}  # fmt: skip
+    assert set(gw.d.json("gateway", "key", "add", "contract")) == {"name", "routes", "daily_cost", "created_at", "key"}
+    assert set(gw.d.json("gateway", "key", "list")[0]) == {"name", "routes", "daily_cost", "created_at"}
+    assert set(gw.d.json("gateway", "status")) == {"enabled", "listen", "address", "url", "public", "source",
+                                                   "problem", "routes", "keys"}  # fmt: skip
+    [call] = gw.calls("--route", route, "--since", "1h")
+    assert set(call) == {"id", "at", "key", "route", "api", "streamed", "outcome", "status", "error", "path",
+                         "profile", "model", "ttft_ms", "latency_ms", "tokens", "cost_usd"}  # fmt: skip
+    assert set(call["path"][0]) == {"profile", "model", "status", "class", "latency_ms"}
+    stats = gw.d.json("stats", "--source", "gateway", "--by", "route,profile")
+    assert set(stats) == {"since", "until", "source", "by", "groups", "total"}
+    row = next(g for g in stats["groups"] if g["group"] == {"route": route, "profile": "js1"})
+    assert row["calls"] == 1 and row["tokens"]["input"] == fake.CHAT_PROMPT_TOKENS
+    assert "CALLS" in gw.d.cli("stats", "--source", "gateway", "--by", "route,profile").stdout
+
+
+def _breaking_server() -> int:
+    """A provider that sends the first event of a stream and then drops the connection mid-answer."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+
+    def serve() -> None:
+        while True:
+            conn, _ = server.accept()
+            with conn:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    data += conn.recv(65536)
+                head, _, rest = data.partition(b"\r\n\r\n")
+                length = int(next((line.split(b":")[1] for line in head.split(b"\r\n")
+                                   if line.lower().startswith(b"content-length")), b"0"))  # fmt: skip
+                while len(rest) < length:
+                    rest += conn.recv(65536)
+                event = b'data: {"first": true}\n\n'
+                conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+                             + b"%x\r\n%s\r\n" % (len(event), event) + b"5\r\ndata:")  # fmt: skip
+
+    threading.Thread(target=serve, daemon=True).start()
+    return int(server.getsockname()[1])
