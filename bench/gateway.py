@@ -296,6 +296,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "gateway.json")
     args = parser.parse_args()
 
+    # Killed (a timeout, Ctrl-C from a parent): still end the daemon and the fakes in `finally`.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     procs = Processes()
     try:
         upstream = start_upstream(procs)
