@@ -13,8 +13,9 @@ would point it at the gateway, with one gateway key (`fleetd gateway key add`):
 
 For each: the first step of the route fails (429 on every call, or 529 once) and the client still succeeds (on the
 next step, or the same one retried after a 529), with the tokens the provider sent in the gateway's per-call log; a
-400 on every step reaches the client unchanged and no other step is tried. Aider takes seconds to start, so its 429 and 529 share one call (a three-step route), and
-that call streams (as fleetd runs Aider), so the tokens recorded are the provider's usage, not Aider's estimate.
+400 on every step reaches the client unchanged and no other step is tried. Aider takes seconds to start, so its 429
+and 529 share one call (a three-step route), and that call streams (as fleetd runs Aider), so the tokens recorded
+are the provider's usage, not Aider's estimate.
 """
 
 from __future__ import annotations
