@@ -34,6 +34,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/failover_latency.py
 	$(BIN)/python bench/dispatch.py
 	$(BIN)/python bench/fire_lag.py
+	$(BIN)/python bench/gateway.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -21,7 +21,6 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fleetd import __version__
-from fleetd.backends.registry import get_adapter
 from fleetd.daemon.logview import readable
 from fleetd.daemon.views import (
     circuit_json,
@@ -53,8 +52,6 @@ from fleetd.records.hook import Hook
 from fleetd.records.loop import Loop
 from fleetd.records.profile import Profile
 from fleetd.records.run import FINAL_STATUSES, STATUSES, Run, accepted_attempt
-from fleetd.routing.policy import loop_policy
-from fleetd.routing.router import resolve
 from fleetd.store.attempts import AttemptStore
 from fleetd.store.db import StoreUnavailable
 from fleetd.store.events import EventLog
@@ -97,6 +94,7 @@ class DaemonContext:
     pruner: Pruner | None = None
     retain: float | None = None  # the daemon's --retain in seconds: what `runs prune` without options prunes
     gateway: GatewayService | None = None
+    store_problem: Callable[[], str | None] = lambda: None  # what is wrong with the database now, if anything
 
 
 def error_response(status: int, code: str, message: str) -> JSONResponse:
@@ -161,7 +159,7 @@ def _since(text: str, now: datetime) -> datetime:
 def create_app(ctx: DaemonContext) -> Starlette:
     async def health(request: Request) -> Response:
         # Health answers even when the store does not: "store" says what is wrong with it.
-        store = ctx.loops.db.problem
+        store = ctx.store_problem()
         try:
             loops: int | None = len(await ctx.loops.list())
         except StoreUnavailable as e:
@@ -176,7 +174,7 @@ def create_app(ctx: DaemonContext) -> Starlette:
                 "started_at": to_iso(ctx.started_at),
                 "uptime_s": round((ctx.clock() - ctx.started_at).total_seconds(), 3),
                 "loops": loops,
-                "running_runs": len(ctx.executor.active),
+                "running_runs": ctx.executor.running_runs(),
                 "store": store or "ok",
             }
         )
@@ -217,10 +215,8 @@ def create_app(ctx: DaemonContext) -> Starlette:
     async def show_loop(request: Request) -> Response:
         loop = await ctx.loops.get(validate_name(request.path_params["name"]))
         body = await _loop_dict(loop)
-        usable_profiles = None
-        if get_adapter(loop.backend).needs_profile:
-            policy = loop_policy(loop)
-            world, _ = await ctx.profiles.world(list(policy.chain))
+        resolved, not_firing = await ctx.loop_service.explain(loop)
+        if resolved is not None:
             body["resolved"] = [
                 {
                     "step": index + 1,
@@ -228,10 +224,8 @@ def create_app(ctx: DaemonContext) -> Starlette:
                     "candidates": [c.profile for c in usable],
                     "passed": [{"profile": p.profile, "why": p.why} for p in passed],
                 }
-                for index, (step, usable, passed) in enumerate(resolve(policy, world))
+                for index, (step, usable, passed) in enumerate(resolved)
             ]
-            usable_profiles = sum(len(step["candidates"]) for step in body["resolved"])
-        not_firing = await ctx.scheduler.not_firing(loop, usable_profiles)
         body["not_firing"] = not_firing.to_json() if not_firing else None
         return JSONResponse(body)
 
@@ -376,7 +370,7 @@ def create_app(ctx: DaemonContext) -> Starlette:
         return JSONResponse(stats_json(figures, now))
 
     async def list_profiles(request: Request) -> Response:
-        return JSONResponse([_profile(p) for p in await ctx.profiles.store.list()])
+        return JSONResponse([_profile(p) for p in await ctx.profiles.list()])
 
     def _profile(profile: Profile) -> dict[str, Any]:
         return {**profile_json(profile), "circuit": circuit_json(ctx.heartbeat.circuit(profile.name))}
@@ -395,7 +389,7 @@ def create_app(ctx: DaemonContext) -> Starlette:
 
     async def show_profile(request: Request) -> Response:
         name = validate_profile_name(request.path_params["name"])
-        return JSONResponse(_profile(await ctx.profiles.store.get(name)))
+        return JSONResponse(_profile(await ctx.profiles.get(name)))
 
     async def remove_profile(request: Request) -> Response:
         name = validate_profile_name(request.path_params["name"])
@@ -411,8 +405,7 @@ def create_app(ctx: DaemonContext) -> Starlette:
         return JSONResponse(_profile(await ctx.profiles.set_enabled(name, False)))
 
     async def reset_circuit(request: Request) -> Response:
-        profile = await ctx.profiles.store.get(validate_profile_name(request.path_params["name"]))
-        await ctx.heartbeat.reset_circuit(profile)
+        profile = await ctx.profiles.reset_circuit(validate_profile_name(request.path_params["name"]))
         return JSONResponse({"profile": profile.name, "circuit": circuit_json(ctx.heartbeat.circuit(profile.name))})
 
     async def profile_env(request: Request) -> Response:
@@ -420,20 +413,15 @@ def create_app(ctx: DaemonContext) -> Starlette:
         return JSONResponse(await ctx.profiles.environment(name))
 
     async def usage(request: Request) -> Response:
-        profiles = await ctx.profiles.store.list()
-        return JSONResponse([usage_json(row) for row in ctx.heartbeat.snapshot(profiles)])
+        return JSONResponse([usage_json(row) for row in await ctx.profiles.usage()])
 
     async def switch_profile(request: Request) -> Response:
-        profile = await ctx.profiles.store.get(validate_profile_name(request.path_params["name"]))
-        await ctx.heartbeat.pin(profile)
+        profile = await ctx.profiles.pin(validate_profile_name(request.path_params["name"]))
         return JSONResponse({"backend": profile.backend, "active": profile.name, "pinned": True})
 
     async def auto_backend(request: Request) -> Response:
         backend = request.path_params["backend"]
-        if not any(p.backend == backend for p in await ctx.profiles.store.list()):
-            raise NotFound(f"no profile for backend {shown(backend)}")
-        await ctx.heartbeat.unpin(backend)
-        active, _ = ctx.heartbeat.active.get(backend, (None, False))
+        active = await ctx.profiles.auto(backend)
         return JSONResponse({"backend": backend, "active": active, "pinned": False})
 
     async def events(request: Request) -> Response:
@@ -467,7 +455,7 @@ def create_app(ctx: DaemonContext) -> Starlette:
 
     async def doctor_report(request: Request) -> Response:
         user_path = checked_user_path(request.query_params.get("path"))
-        doctor = DoctorService(ctx.paths, ctx.loops, ctx.profiles, store_problem=lambda: ctx.loops.db.problem)
+        doctor = DoctorService(ctx.paths, ctx.loops, ctx.profiles, store_problem=ctx.store_problem)
         return JSONResponse((await doctor.report(user_path)).to_json())
 
     # -- the gateway's management side (its own traffic is on its TCP listener: fleetd/gateway/app.py) --

@@ -248,7 +248,7 @@ class Daemon:
             events=events,
             stats=StatsStore(db),
             scheduler=scheduler,
-            loop_service=LoopService(loops, scheduler, profile_store, default_tz=zone_name),
+            loop_service=LoopService(loops, scheduler, profile_store, default_tz=zone_name, world=profiles.world),
             executor=executor,
             hooks=hooks,
             clock=now_utc,
@@ -259,6 +259,7 @@ class Daemon:
             pruner=pruner,
             retain=self.options.retain,
             gateway=gateway,
+            store_problem=lambda: db.problem,
         )
         sock = bind_unix_socket(self.paths.socket)
         server = make_server(create_app(ctx))

@@ -62,7 +62,7 @@ class DoctorService:
         """Every check, from the daemon's side. `user_path`: the PATH of the shell asking, so a CLI that
         shell finds but the daemon does not can be told apart from one that is not installed."""
         loops = await self.loops.list()
-        profiles = await self.profiles.store.list()
+        profiles = await self.profiles.list()
         daemon_path = _path(self.env)
         manager = facts.service_manager(self.env)
         clis = self._clis(loops, profiles, daemon_path, user_path, manager)

@@ -123,7 +123,7 @@ class GatewayService:
     # -- routes ------------------------------------------------------------------------------------
 
     async def add_route(self, body: dict[str, Any]) -> Route:
-        route = validate_route_input(body, await self.profiles.store.list())
+        route = validate_route_input(body, await self.profiles.list())
         route = replace(route, created_at=self.clock())
         await self.store.add_route(route)
         self._routes[route.name] = route

@@ -267,6 +267,10 @@ class Executor:
                                    backend=loop.backend, loop=loop.name, run_id=skipped.id)  # fmt: skip
         return skipped
 
+    def running_runs(self) -> int:
+        """Runs in flight now (waiting ones too)."""
+        return len(self.active)
+
     def running(self, loop: Loop) -> ActiveRun | None:
         """The slot of this loop's run in flight (of this instance of it: see `Loop.instance`), if any."""
         return self.active.get(loop.instance)

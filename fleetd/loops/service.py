@@ -3,26 +3,45 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from fleetd.backends.registry import get_adapter, routed_backends
 from fleetd.errors import NoProfile
 from fleetd.loops.model import edited_input, validate_loop_input
 from fleetd.loops.scheduler import Scheduler
+from fleetd.loops.whynot import NotFiring
 from fleetd.records.loop import Loop
 from fleetd.records.profile import Profile
-from fleetd.routing.policy import apply_routing_input, loop_steps
+from fleetd.routing.policy import apply_routing_input, loop_policy, loop_steps
+from fleetd.routing.router import Resolved, World, resolve
 from fleetd.store.loops import LoopStore
 from fleetd.store.profiles import ProfileStore
 
+WorldOf = Callable[[list[Any]], Awaitable[tuple[World, dict[str, Profile]]]]
+
 
 class LoopService:
-    def __init__(self, loops: LoopStore, scheduler: Scheduler, profiles: ProfileStore, *, default_tz: str) -> None:
+    def __init__(
+        self, loops: LoopStore, scheduler: Scheduler, profiles: ProfileStore, *, default_tz: str,
+        world: WorldOf | None = None,
+    ) -> None:  # fmt: skip
         self.loops = loops
         self.scheduler = scheduler
         self.profiles = profiles
         self.default_tz = default_tz
+        self.world = world  # the profiles as the router sees them now (ProfileService.world)
+
+    async def explain(self, loop: Loop) -> tuple[list[Resolved] | None, NotFiring | None]:
+        """`loop show`: for an agent loop, each chain step's candidates now and the profiles passed over
+        (None for a command loop); and why the loop did not fire, if it did not."""
+        resolved = None
+        if get_adapter(loop.backend).needs_profile and self.world is not None:
+            policy = loop_policy(loop)
+            world, _ = await self.world(list(policy.chain))
+            resolved = resolve(policy, world)
+        usable = None if resolved is None else sum(len(usable) for _, usable, _ in resolved)
+        return resolved, await self.scheduler.not_firing(loop, usable)
 
     async def define(self, body: dict[str, Any]) -> Loop:
         """A `loop add` body checked in full and turned into a Loop: its fields, its routing against the

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from fleetd.backends.registry import get_adapter
-from fleetd.errors import Conflict, FleetdError, InvalidArgument, NotFound
+from fleetd.errors import Conflict, FleetdError, InvalidArgument, NotFound, shown
 from fleetd.heartbeat.service import Heartbeat
 from fleetd.loops.model import shown_path
 from fleetd.paths import UnsafeDirectory, private_dir
@@ -227,6 +227,35 @@ class ProfileService:
                 raise
         self.known.put(name, secret, replaced=old)
         return await self.store.get(name)
+
+    async def get(self, name: str) -> Profile:
+        return await self.store.get(name)
+
+    async def list(self) -> list[Profile]:
+        return await self.store.list()
+
+    async def reset_circuit(self, name: str) -> Profile:
+        profile = await self.store.get(name)
+        await self.heartbeat.reset_circuit(profile)
+        return profile
+
+    async def usage(self) -> list[dict[str, Any]]:
+        """`fleetd usage`: each profile's standing as the heartbeat judges it now."""
+        return self.heartbeat.snapshot(await self.store.list())
+
+    async def pin(self, name: str) -> Profile:
+        """Make `name` its backend's active profile until it is exhausted or `auto` is asked."""
+        profile = await self.store.get(name)
+        await self.heartbeat.pin(profile)
+        return profile
+
+    async def auto(self, backend: str) -> str | None:
+        """Hand `backend`'s choice back to the heartbeat; its active profile now (NotFound: no such profile)."""
+        if not any(p.backend == backend for p in await self.store.list()):
+            raise NotFound(f"no profile for backend {shown(backend)}")
+        await self.heartbeat.unpin(backend)
+        active, _ = self.heartbeat.active.get(backend, (None, False))
+        return active
 
     async def set_enabled(self, name: str, enabled: bool) -> Profile:
         await self.store.set_enabled(name, enabled, self.clock())

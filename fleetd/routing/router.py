@@ -199,7 +199,10 @@ def _why_not(
     return None, None
 
 
-def resolve(policy: Policy, world: World) -> list[tuple[ChainStep, list[Candidate], list[Passed]]]:
+Resolved = tuple[ChainStep, list["Candidate"], list["Passed"]]  # a step, its candidates now, who is out and why
+
+
+def resolve(policy: Policy, world: World) -> list[Resolved]:
     """The chain as it resolves now: each step's candidates in order and who is out, and why."""
     return [(step, *expand(i, step, world, policy.tiers)) for i, step in enumerate(policy.chain)]
 

@@ -76,7 +76,7 @@ def _toml_str(value: str) -> str:
     return json.dumps(value)  # a JSON string is a valid TOML basic string
 
 
-def _codex_config(base_url: str, model: str) -> str:
+def _codex_config(base_url: str, model: str, key_env: str = CODEX_KEY_ENV) -> str:
     lines = [
         "# Written by tests/integration/agents.py: a local provider, no retries, no outside traffic.",
         f"model = {_toml_str(model)}",
@@ -88,7 +88,7 @@ def _codex_config(base_url: str, model: str) -> str:
         f"[model_providers.{CODEX_PROVIDER_ID}]",
         'name = "Fake provider"',
         f"base_url = {_toml_str(base_url.rstrip('/') + '/v1')}",
-        f"env_key = {_toml_str(CODEX_KEY_ENV)}",
+        f"env_key = {_toml_str(key_env)}",
         'wire_api = "responses"',
         "stream_max_retries = 0",
         "request_max_retries = 0",
@@ -135,8 +135,11 @@ def _aider_metadata(model: str) -> dict[str, object]:
     }
 
 
-def prepare_profile(name: str, base_url: str, profile_dir: Path, model: str | None = None) -> None:
-    """Write the config files ``name`` needs inside ``profile_dir`` (created if missing)."""
+def prepare_profile(
+    name: str, base_url: str, profile_dir: Path, model: str | None = None, *, key_env: str = CODEX_KEY_ENV
+) -> None:
+    """Write the config files ``name`` needs inside ``profile_dir`` (created if missing). ``key_env``: the variable
+    Codex reads its key from (its provider block's ``env_key``)."""
     model = model or DEFAULT_MODELS[name]
     profile_dir = Path(profile_dir)
     profile_dir.mkdir(parents=True, exist_ok=True)
@@ -144,7 +147,7 @@ def prepare_profile(name: str, base_url: str, profile_dir: Path, model: str | No
         # CLAUDE_CONFIG_DIR: Claude Code creates its own files; the environment does the rest.
         return
     if name == "codex":
-        (profile_dir / "config.toml").write_text(_codex_config(base_url, model))
+        (profile_dir / "config.toml").write_text(_codex_config(base_url, model, key_env))
     elif name == "gemini":
         settings_dir = profile_dir / ".gemini"
         settings_dir.mkdir(exist_ok=True)
@@ -155,10 +158,19 @@ def prepare_profile(name: str, base_url: str, profile_dir: Path, model: str | No
         raise ValueError(f"unknown agent {name!r}")
 
 
-def agent_env(name: str, base_url: str, profile_dir: Path, tmpdir: Path) -> dict[str, str]:
+def agent_env(
+    name: str,
+    base_url: str,
+    profile_dir: Path,
+    tmpdir: Path,
+    *,
+    api_key: str = FAKE_API_KEY,
+    key_env: str = CODEX_KEY_ENV,
+) -> dict[str, str]:
     """The complete environment for running ``name`` against ``base_url`` (call prepare_profile first).
 
-    ``tmpdir`` becomes the child's TMPDIR; its HOME is ``tmpdir/home``. Both are created.
+    ``tmpdir`` becomes the child's TMPDIR; its HOME is ``tmpdir/home``. Both are created. ``api_key`` is the key the
+    CLI sends (a fleetd gateway key when ``base_url`` is the gateway); ``key_env`` as for prepare_profile.
     """
     tmpdir = Path(tmpdir)
     home = tmpdir / "home"
@@ -186,7 +198,7 @@ def agent_env(name: str, base_url: str, profile_dir: Path, tmpdir: Path) -> dict
             {
                 "CLAUDE_CONFIG_DIR": str(profile_dir),
                 "ANTHROPIC_BASE_URL": base_url,
-                "ANTHROPIC_API_KEY": FAKE_API_KEY,
+                "ANTHROPIC_API_KEY": api_key,
                 "CLAUDE_CODE_MAX_RETRIES": "0",
                 "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
                 "DISABLE_AUTOUPDATER": "1",
@@ -195,13 +207,13 @@ def agent_env(name: str, base_url: str, profile_dir: Path, tmpdir: Path) -> dict
             }
         )
     elif name == "codex":
-        env.update({"CODEX_HOME": str(profile_dir), CODEX_KEY_ENV: FAKE_API_KEY})
+        env.update({"CODEX_HOME": str(profile_dir), key_env: api_key})
     elif name == "gemini":
         env.update(
             {
                 "GEMINI_CLI_HOME": str(profile_dir),
                 "GOOGLE_GEMINI_BASE_URL": base_url,
-                "GEMINI_API_KEY": FAKE_API_KEY,
+                "GEMINI_API_KEY": api_key,
                 "GEMINI_CLI_TRUST_WORKSPACE": "true",
                 "GEMINI_CLI_NO_RELAUNCH": "true",
                 "GEMINI_TELEMETRY_ENABLED": "false",
@@ -211,7 +223,7 @@ def agent_env(name: str, base_url: str, profile_dir: Path, tmpdir: Path) -> dict
         env.update(
             {
                 "OPENAI_API_BASE": base_url.rstrip("/") + "/v1",
-                "OPENAI_API_KEY": FAKE_API_KEY,
+                "OPENAI_API_KEY": api_key,
                 "LITELLM_LOCAL_MODEL_COST_MAP": "True",
                 "AIDER_CHECK_UPDATE": "false",
                 "AIDER_ANALYTICS": "false",
@@ -231,6 +243,7 @@ def agent_argv(
     base_url: str | None = None,
     profile_dir: Path | None = None,
     executable: Path | str | None = None,
+    api_key: str = FAKE_API_KEY,
 ) -> list[str]:
     """The headless command line for one prompt.
 
@@ -260,7 +273,7 @@ def agent_argv(
             "--openai-api-base",
             base_url.rstrip("/") + "/v1",
             "--openai-api-key",
-            FAKE_API_KEY,
+            api_key,
             "--model-metadata-file",
             str(profile_dir / AIDER_METADATA_FILE),
             "--analytics-log",
