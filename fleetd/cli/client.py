@@ -155,4 +155,3 @@ def _decode(status: int, raw: bytes) -> Any:
         message = err.get("message") or f"HTTP {status}"
         raise CliError(message, exit_code=2 if status == 400 else 1)
     return data
-
