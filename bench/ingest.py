@@ -46,17 +46,16 @@ CACHE = REPO / ".cache" / "bench"
 CCUSAGE = CACHE / "bin" / "ccusage"
 MB = 1 << 20
 FIELDS = ("input", "output", "cache_read", "cache_write")
-WORDS = (
-    "the a to of and in that is for it with as on be this by are not from or have an at which file test function "
-    "return value error line we should will fix update config run check build module import class self def none "
-    "true false path data result output input string list dict key index loop call method user request response"
-).split()
+_VOCABULARY = """the a to of and in that is for it with as on be this by are not from or have an at which file test
+function return value error line we should will fix update config run check build module import class self def none
+true false path data result output input string list dict key index loop call"""
+WORDS = _VOCABULARY.split()
 CODE = [
-    "def {w}(self, {v}: int) -> str:\n    return f\"{{{v}!r}}\"\n",
-    "    if {v} is None:\n        raise ValueError(\"{w} missing\")\n",
+    'def {w}(self, {v}: int) -> str:\n    return f"{{{v}!r}}"\n',
+    '    if {v} is None:\n        raise ValueError("{w} missing")\n',
     "import {w}\nfrom {w}.{v} import {v}_{w}\n",
     "for {v} in range(10):\n    {w}[{v}] = '{w}\\t{v}'\n",
-    "{{\"{w}\": [{v}, \"{v}\"], \"ok\": true}}\n",
+    '{{"{w}": [{v}, "{v}"], "ok": true}}\n',
 ]
 
 
@@ -144,7 +143,8 @@ class Writer:
             user = {**head, "type": "user",
                     "message": {"role": "user", "content": [{"tool_use_id": tool_id, "type": "tool_result",
                                                              "content": body}]},
-                    "toolUseResult": {"stdout": body, "stderr": "", "interrupted": False, "isImage": False}}  # fmt: skip
+                    "toolUseResult": {"stdout": body, "stderr": "", "interrupted": False,
+                                      "isImage": False}}  # fmt: skip
             if self.rng.random() < 0.03:  # a Task tool's result: a "usage" of its own, counted by no one
                 user["toolUseResult"] = {"status": "completed", "totalTokens": 12000,
                                          "usage": {"input_tokens": 5, "output_tokens": 900}}  # fmt: skip
@@ -156,8 +156,9 @@ class Writer:
                            "signature": hashlib.sha512(mid.encode()).hexdigest() * 4})  # fmt: skip
         blocks.append({"type": "text", "text": self.text(self.rng.randint(50, 600))})
         if self.rng.random() < 0.6:
+            command = self.text(self.rng.randint(20, 300))
             blocks.append({"type": "tool_use", "id": tool_id, "name": "Bash",
-                           "input": {"command": self.text(self.rng.randint(20, 300)), "description": "run"}})  # fmt: skip
+                           "input": {"command": command, "description": "run"}})  # fmt: skip
         streamed = self.rng.random() < 0.2  # earlier copies carry a smaller output count; the last one is whole
         for i, block in enumerate(blocks):
             copy = dict(usage)
@@ -174,8 +175,8 @@ class Writer:
             zero = dict.fromkeys(("input_tokens", "output_tokens", "cache_creation_input_tokens",
                                   "cache_read_input_tokens"), 0)  # fmt: skip
             message = {"id": self.uid("msg_01"), "type": "message", "role": "assistant", "model": "<synthetic>",
-                       "content": [{"type": "text", "text": "API Error: 529 Overloaded"}], "stop_reason": "stop_sequence",
-                       "stop_sequence": "", "usage": zero}  # fmt: skip
+                       "content": [{"type": "text", "text": "API Error: 529 Overloaded"}],
+                       "stop_reason": "stop_sequence", "stop_sequence": "", "usage": zero}  # fmt: skip
             out.append(self.line({**head, "message": message, "type": "assistant", "uuid": self.uid(),
                                   "timestamp": stamp, "isApiErrorMessage": True}))  # fmt: skip
         if self.rng.random() < 0.15:
@@ -352,7 +353,7 @@ def spread(values: list[float], fmt: str) -> str:
         return "-"
     if len(values) == 1:
         return format(values[0], fmt)
-    return f"{format(statistics.median(values), fmt)} ({format(min(values), fmt)}–{format(max(values), fmt)})"
+    return f"{format(statistics.median(values), fmt)} ({format(min(values), fmt)} to {format(max(values), fmt)})"
 
 
 def main() -> int:
