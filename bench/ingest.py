@@ -48,7 +48,7 @@ MB = 1 << 20
 FIELDS = ("input", "output", "cache_read", "cache_write")
 _VOCABULARY = """the a to of and in that is for it with as on be this by are not from or have an at which file test
 function return value error line we should will fix update config run check build module import class self def none
-true false path data result output input string list dict key index loop call"""
+true false path data result output input string list dict key index loop call method user request response"""
 WORDS = _VOCABULARY.split()
 CODE = [
     'def {w}(self, {v}: int) -> str:\n    return f"{{{v}!r}}"\n',
