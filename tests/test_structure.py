@@ -20,7 +20,7 @@ ALLOWED = {
     # the records are a leaf: nothing of fleetd but each other and the tiny helpers
     "records": RECORD_MODULES,
     # the CLI starts fast and stays out of the daemon
-    "cli": {"fleetd", "fleetd.cli", "fleetd.paths", "fleetd.timefmt"},
+    "cli": {"fleetd", "fleetd.cli", "fleetd.paths", "fleetd.timefmt", "fleetd.daemon.options"},
 }
 
 

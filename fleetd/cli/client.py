@@ -12,7 +12,6 @@ import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
-from urllib.parse import quote, urlencode
 
 
 class CliError(Exception):
@@ -101,7 +100,7 @@ class Client:
 
     def call(self, method: str, path: str, body: Any = None, query: dict[str, Any] | None = None) -> Any:
         if query:
-            path += "?" + urlencode({k: v for k, v in query.items() if v is not None})
+            path += "?" + "&".join(f"{quote(str(k))}={quote(str(v))}" for k, v in query.items() if v is not None)
         resp = self._send(method, path, body, self.timeout)
         try:
             raw = resp.read()
@@ -129,7 +128,7 @@ class Client:
 
 
 def segment(value: str) -> str:
-    return quote(value, safe="")
+    return quote(value)
 
 
 def _decode(status: int, raw: bytes) -> Any:
@@ -142,3 +141,12 @@ def _decode(status: int, raw: bytes) -> Any:
         message = err.get("message") or f"HTTP {status}"
         raise CliError(message, exit_code=2 if status == 400 else 1)
     return data
+
+
+_UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+
+
+def quote(value: str) -> str:
+    """Percent-encode all but RFC 3986's unreserved characters (urllib.parse.quote with safe="", without
+    importing urllib.parse and ipaddress on every CLI call)."""
+    return "".join(chr(b) if b in _UNRESERVED else f"%{b:02X}" for b in value.encode("utf-8", "surrogatepass"))

@@ -1,4 +1,9 @@
-"""Human output: tables and times in the local zone."""
+"""Human output: tables, and times in the local zone with the zone's name.
+
+The daemon speaks ISO 8601 with an offset (what `--json` prints); people read local time with the
+zone ("2026-11-30 07:41:02 CET") or, where the distance matters more than the moment, relative time
+("in 3m", "2h ago"). Event lines, log lines and tables all go through these.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +13,27 @@ from typing import Any
 
 import click
 
+from fleetd.timefmt import format_duration
+
 
 def local_time(iso: str | None) -> str:
     if not iso:
         return "-"
-    return datetime.fromisoformat(iso).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+    return datetime.fromisoformat(iso).astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
+
+
+def relative_time(iso: str | None, now: datetime | None = None) -> str:
+    """ "in 3m", "2h ago", "now": for times a person compares with the present (next fire, last fire)."""
+    if not iso:
+        return "-"
+    at = datetime.fromisoformat(iso)
+    delta = (at - (now or datetime.now(at.tzinfo))).total_seconds()
+    if abs(delta) < 1:
+        return "now"
+    # Whole seconds under a minute: "in 3s" reads better than "in 3.0s".
+    seconds = round(abs(delta))
+    span = f"{seconds}s" if seconds < 60 else format_duration(seconds)
+    return f"in {span}" if delta > 0 else f"{span} ago"
 
 
 def table(headers: list[str], rows: list[list[str]]) -> str:

@@ -10,7 +10,6 @@ import os
 import shutil
 import signal
 import sys
-from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -18,6 +17,7 @@ from zoneinfo import ZoneInfo
 from fleetd.daemon.api import DaemonContext, create_app
 from fleetd.daemon.lock import AlreadyRunning, InstanceLock
 from fleetd.daemon.notify import sd_notify
+from fleetd.daemon.options import DaemonOptions
 from fleetd.daemon.server import bind_unix_socket, make_server
 from fleetd.daemon.startup import StartupError, open_store, prepare_home
 from fleetd.heartbeat.service import Heartbeat
@@ -41,17 +41,6 @@ from fleetd.store.usage import UsageStore
 from fleetd.timefmt import now_utc, to_iso
 
 log = logging.getLogger("fleetd.daemon")
-
-
-@dataclass
-class DaemonOptions:
-    stop_grace: float = 30.0  # in-flight runs get this long to finish on SIGTERM
-    kill_grace: float = 5.0  # between SIGTERM and SIGKILL of a process tree
-    misfire_grace: float = 60.0  # a timer waking later than this counts as a missed fire
-    heartbeat_interval: float = 30.0
-    near_limit: float = 0.9  # a profile is near_limit from this fraction of any window
-    backoff_base: float = 2.0  # first retry delay after a transient failure
-    circuit_cooldown: float = 60.0  # an open circuit's first cooldown
 
 
 def run_daemon(paths: Paths, options: DaemonOptions) -> int:

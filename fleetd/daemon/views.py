@@ -177,7 +177,8 @@ def usage_json(row: dict[str, Any]) -> dict[str, Any]:
                 "eases_at": to_iso(w.eases_at),
             }
         )
-    reported = [w.to_json() for w in stored.reported]
+    # A reported window whose reset has passed says nothing about now: marked, so it is not shown as full.
+    reported = [{**w.to_json(), "expired": w.resets_at is not None and w.resets_at <= now} for w in stored.reported]
     resets_in = None
     if status.exhausted_until is not None:
         resets_in = max(0.0, round((status.exhausted_until - now).total_seconds(), 1))

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from fleetd.backends.registry import get_adapter
-from fleetd.heartbeat.state import NEAR_LIMIT, after_attempt, evaluate
+from fleetd.heartbeat.state import after_attempt, evaluate
 from fleetd.heartbeat.switch import CIRCUIT_OPEN, Standing, choose_active
 from fleetd.heartbeat.windows import WindowUsage, headroom, window_usage
 from fleetd.loops.scrub import Scrubber
@@ -46,8 +46,8 @@ class Heartbeat:
         events: EventLog,
         *,
         clock: Callable[[], datetime],
-        interval: float = 30.0,
-        near_limit: float = NEAR_LIMIT,
+        interval: float,
+        near_limit: float,
         known_secrets: Callable[[], Awaitable[Collection[str]]] | None = None,
         circuits: CircuitStore | None = None,
         breaker_policy: breaker.BreakerPolicy | None = None,

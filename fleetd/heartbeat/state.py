@@ -15,7 +15,6 @@ from fleetd.heartbeat.windows import WindowUsage
 from fleetd.records.result import WindowState
 from fleetd.records.usage import ProfileStatus
 
-NEAR_LIMIT = 0.9
 # A rate limit without a reset time: look again then (a profile's --default-reset overrides it). A
 # key's per-minute limits clear in about a minute; subscription windows come with their reset time.
 UNKNOWN_RESET_BACKOFF = timedelta(seconds=60)
@@ -27,7 +26,7 @@ def evaluate(
     full_until: list[datetime | None],
     reported: list[WindowState],
     now: datetime,
-    near: float = NEAR_LIMIT,
+    near: float,
 ) -> ProfileStatus:
     """The periodic judgement from window usage. Reported windows (the backend's own numbers) win
     over fleetd's estimate; a reset time the backend gave is never shortened by an estimate."""

@@ -84,8 +84,8 @@ def test_a_529_is_retried_then_fails_over_and_the_circuit_opens_half_opens_and_c
     second = run(d, "flaky")
     assert second["status"] == "succeeded" and [a["profile"] for a in second["attempt_list"]] == ["over-b"]
     assert any(e["kind"] == "skip" and "circuit open until" in e["detail"] for e in second["route"])
-    usage = d.cli("usage").stdout
-    assert "open until" in usage
+    assert "circuit open" in d.cli("usage").stdout  # the narrow table says so in STATE
+    assert "open until" in d.cli("usage", "--wide").stdout
 
     scenario(d, "over-a", "ok")
     wait_until(lambda: circuit(d, "over-a")["state"] == "half_open", timeout=20, what="the cooldown to pass")

@@ -17,6 +17,7 @@ from fleetd.records.usage import Consumption, ProfileStatus
 
 T0 = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 H = timedelta(hours=1)
+NEAR = 0.9  # the daemon's default --near-limit
 
 
 @pytest.mark.parametrize(
@@ -71,17 +72,17 @@ def test_state_goes_near_limit_then_exhausted_then_back_unconfirmed() -> None:
     recs = records((0, 920))
     now = T0 + H
     usage = window_usage(recs, limit, now)
-    near = evaluate(ProfileStatus(), [usage], [None], [], now)
+    near = evaluate(ProfileStatus(), [usage], [None], [], now, NEAR)
     assert near.state == "near_limit"
     recs += records((1.5, 100))
     now = T0 + 2 * H
     usage = window_usage(recs, limit, now)
-    full = evaluate(near, [usage], [usage.full_until(recs, now)], [], now)
+    full = evaluate(near, [usage], [usage.full_until(recs, now)], [], now, NEAR)
     assert (full.state, full.exhausted_until) == ("exhausted", T0 + 5 * H)
-    assert evaluate(full, [usage], [None], [], T0 + 4 * H) == full  # still before its reset
+    assert evaluate(full, [usage], [None], [], T0 + 4 * H, NEAR) == full  # still before its reset
     now = T0 + 5.1 * H
     usage = window_usage(recs, limit, now)
-    back = evaluate(full, [usage], [None], [], now)
+    back = evaluate(full, [usage], [None], [], now, NEAR)
     assert back.state == "available" and back.unconfirmed
     confirmed = after_attempt(back, "succeeded", None, None, "", now)
     assert confirmed == ProfileStatus("available")
@@ -91,10 +92,10 @@ def test_reported_windows_win_over_the_estimate() -> None:
     limit = Limit(5 * 3600, 1000, "tok")
     usage = window_usage(records((0, 10)), limit, T0 + H)  # fleetd thinks: 1 %
     reported = [WindowState(300, 100.0, T0 + 3 * H)]
-    status = evaluate(ProfileStatus(), [usage], [None], reported, T0 + H)
+    status = evaluate(ProfileStatus(), [usage], [None], reported, T0 + H, NEAR)
     assert (status.state, status.exhausted_until) == ("exhausted", T0 + 3 * H)
     assert "5h window at 100% (reported)" in status.reason
-    mostly = evaluate(ProfileStatus(), [usage], [None], [WindowState(10080, 93.0, T0 + 50 * H)], T0 + H)
+    mostly = evaluate(ProfileStatus(), [usage], [None], [WindowState(10080, 93.0, T0 + 50 * H)], T0 + H, NEAR)
     assert mostly.state == "near_limit"
 
 
@@ -110,7 +111,7 @@ def test_reported_windows_win_over_the_estimate() -> None:
 )
 def test_a_reported_percentage_is_read_as_a_percentage(used_percent: float, state: str, reason: str) -> None:
     # fleetd's own estimate says nothing (no usage): the backend's percentage alone decides.
-    status = evaluate(ProfileStatus(), [], [], [WindowState(300, used_percent, T0 + 3 * H)], T0 + H)
+    status = evaluate(ProfileStatus(), [], [], [WindowState(300, used_percent, T0 + 3 * H)], T0 + H, NEAR)
     assert (status.state, status.reason) == (state, reason)
 
 
@@ -122,7 +123,7 @@ def test_rate_limit_auth_and_unknown_reset() -> None:
     assert no_reset.exhausted_until == now + timedelta(seconds=60)  # the default reset
     dead = after_attempt(ProfileStatus(), "failed", "auth", None, "Invalid API key", now)
     assert dead.state == "disabled" and "Invalid API key" in dead.reason
-    assert evaluate(dead, [], [], [], now + 100 * H) == dead  # only a person re-enables it
+    assert evaluate(dead, [], [], [], now + 100 * H, NEAR) == dead  # only a person re-enables it
     assert after_attempt(limited, "failed", "transient", None, "529", now) == limited
 
 

@@ -50,7 +50,7 @@ def run(
                         created_at=T0, updated_at=T0)  # fmt: skip
             await store.insert(p)
             profiles.append(p)
-        hb = Heartbeat(store, usage, EventLog(db), clock=clock, interval=3600)
+        hb = Heartbeat(store, usage, EventLog(db), clock=clock, interval=3600, near_limit=0.9)
         await hb.start()
         try:
             await body(hb, clock, usage, profiles)

@@ -82,3 +82,17 @@ def test_without_parents_only_the_last_component_is_created(tmp_path: Path) -> N
 def test_a_home_that_cannot_be_created_is_one_clear_error() -> None:
     with pytest.raises(UnsafeDirectory, match="cannot create the fleetd home /proc/nope"):
         resolve({"FLEETD_HOME": "/proc/nope"}).ensure()
+
+
+@pytest.mark.parametrize("xdg", [None, "", "   ", "/tmp/xdg-data"])
+def test_user_data_dir_is_what_platformdirs_says(xdg: str | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """fleetd works the directory out itself (to keep platformdirs out of every CLI call): same answer."""
+    import platformdirs
+
+    from fleetd.paths import APP, user_data_dir
+
+    if xdg is None:
+        monkeypatch.delenv("XDG_DATA_HOME", raising=False)
+    else:
+        monkeypatch.setenv("XDG_DATA_HOME", xdg)
+    assert user_data_dir(dict(os.environ)) == Path(platformdirs.user_data_dir(APP))

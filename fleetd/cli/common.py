@@ -1,0 +1,96 @@
+"""What every command module shares: where the daemon is, reading flags, and printing a result.
+
+A command parses its flags, makes one call, and hands the answer to `render`: the same answer is
+printed as JSON with `--json` and through the command's text renderer otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from fleetd.cli.client import Client, CliError
+from fleetd.cli.format import emit_json
+from fleetd.paths import Paths, UnsafeDirectory, resolve
+
+json_flag = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+
+
+def paths() -> Paths:
+    return resolve()
+
+
+def client(timeout: float | None = 30.0) -> Client:
+    return Client(paths().socket, timeout=timeout)
+
+
+def render(answer: Any, as_json: bool, text: Callable[[Any], str | None]) -> None:
+    """The one way a command prints: JSON as the daemon said it, or the command's text."""
+    if as_json:
+        emit_json(answer)
+        return
+    shown = text(answer)
+    if shown is not None:
+        click.echo(shown)
+
+
+def seconds(value: str, flag: str) -> float:
+    from fleetd.timefmt import DurationError, parse_duration
+
+    try:
+        return parse_duration(value)
+    except DurationError as e:
+        raise CliError(f"invalid {flag}: {e}", exit_code=2) from None
+
+
+def positive_seconds(ctx: click.Context, param: click.Parameter, value: float) -> float:
+    """A click callback for plain-seconds options: finite, above zero, within fleetd's longest duration."""
+    from fleetd.timefmt import MAX_DURATION_S, MAX_DURATION_YEARS
+
+    if not (math.isfinite(value) and 0 < value <= MAX_DURATION_S):
+        raise click.BadParameter(
+            f"{value:g}: give seconds above 0, at most {MAX_DURATION_YEARS} years", ctx=ctx, param=param
+        )
+    return value
+
+
+def ensure_home(where: Paths) -> None:
+    """Creates fleetd's directories, or says in one line why it cannot (e.g. FLEETD_HOME=/proc/x)."""
+    try:
+        where.ensure()
+    except UnsafeDirectory as e:
+        raise CliError(str(e)) from None
+    except OSError as e:
+        place = e.filename or where.home
+        raise CliError(f"cannot create fleetd's directory {place}: {e.strerror or e}") from None
+
+
+def absolute(path: str) -> str:
+    """A path as the daemon needs it: it does not share the CLI's cwd or `~`."""
+    return os.path.abspath(os.path.expanduser(path))
+
+
+def checked_run_id(value: str) -> str:
+    if not value.isdigit():
+        raise CliError(f"invalid run id {value!r}: run ids are numbers", exit_code=2)
+    return value
+
+
+def fields_text(fields: list[tuple[str, Any]]) -> str:
+    """`key  value` lines, aligned; empty values left out."""
+    width = max((len(k) for k, _ in fields), default=0)
+    return "\n".join(f"{key.ljust(width)}  {value}" for key, value in fields if value not in (None, ""))
+
+
+def circuit_text(circuit: dict[str, Any] | None) -> str:
+    from fleetd.cli.format import local_time
+
+    if not circuit:
+        return "-"
+    if circuit["state"] == "open":
+        return f"open until {local_time(circuit['open_until'])}"
+    return circuit["state"].replace("_", "-")

@@ -1,0 +1,93 @@
+"""What scripts and shells rely on: each command's `--json` keys (pinned: a key added, renamed or dropped is
+a change to the contract and must change this file and the README too), the usage table's width, and
+shell completion of names."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+from tests.harness import FLEETD, Daemon
+
+LOOP = {"agent_args", "backend", "catch_up", "chain", "command", "created_at", "daily_cost", "dir", "enabled", "env",
+        "last_fire_at", "last_run", "max_cost", "max_tokens", "model", "name", "next_fire_at", "on_exhausted",
+        "output_cap_bytes", "profiles", "prompt", "prompt_file", "repair", "review", "routed", "running_run_id",
+        "schedule", "tiers", "timeout_s", "updated_at", "verify", "verify_timeout_s"}  # fmt: skip
+RUN = {"attempts", "backend", "duration_s", "error", "exit_code", "finished_at", "id", "log_path", "loop", "pid",
+       "profile", "scheduled_at", "started_at", "status", "trigger", "wait_until"}  # fmt: skip
+PROFILE = {"backend", "base_url", "circuit", "config_dir", "created_at", "daily_cost", "default_reset_s", "enabled",
+           "has_api_key", "limits", "model", "name", "prices_per_mtok", "tier"}  # fmt: skip
+USAGE = {"active", "backend", "circuit", "exhausted_until", "garbled_lines", "in_flight", "pinned", "profile",
+         "reason", "reported_windows", "resets_in_s", "state", "tier", "unconfirmed", "windows"}  # fmt: skip
+HEALTH = {"home", "loops", "pid", "running_runs", "socket", "started_at", "status", "store", "uptime_s", "version"}
+
+
+def test_every_commands_json_keys(daemon: Daemon, tmp_path: Path) -> None:
+    assert set(daemon.json("daemon", "status")) == HEALTH
+
+    assert set(daemon.json("loop", "add", "jc", "--every", "1h", "--paused", "--command", "echo hi")) == LOOP
+    run = daemon.json("loop", "run", "jc")
+    assert set(run) == RUN
+    daemon.wait_run(run["id"])
+    assert [set(lp) for lp in daemon.json("loop", "list")] == [LOOP]
+    shown = daemon.json("loop", "show", "jc")
+    assert set(shown) == LOOP and set(shown["schedule"]) >= {"kind", "expr", "timezone"}
+    assert set(shown["last_run"]) == {"id", "started_at", "status"}
+
+    assert [set(r) for r in daemon.json("runs", "list")] == [RUN]
+    full = daemon.json("runs", "show", str(run["id"]))
+    assert set(full) == RUN | {"attempt_list", "route"}
+
+    added = daemon.json("profile", "add", "jp", "--backend", "gemini", "--config-dir", str(tmp_path / "g"))
+    assert set(added) == PROFILE
+    assert [set(p) for p in daemon.json("profile", "list")] == [PROFILE]
+    assert set(daemon.json("profile", "show", "jp")) == PROFILE
+
+    assert [set(u) for u in daemon.json("usage")] == [USAGE]
+    assert set(daemon.json("usage", "show", "jp")) == USAGE
+    assert set(daemon.json("stats")) == {"since", "until", "by", "loop", "groups", "total"}
+
+
+def test_usage_table_fits_120_columns_and_explains_its_marks(daemon: Daemon, tmp_path: Path) -> None:
+    for n in range(3):
+        limits = ("--limit", "5h=4000000tok", "--limit", "7d=90usd")
+        name = f"a-rather-long-profile-name-{n}"
+        daemon.cli("profile", "add", name, "--backend", "codex", "--config-dir", str(tmp_path / f"c{n}"), *limits)
+    text = daemon.cli("usage").stdout
+    assert max(len(line) for line in text.splitlines()) <= 120
+    assert "ACTIVE *: the profile its backend uses next" in text
+    assert "CIRCUIT" not in text and "CIRCUIT" in daemon.cli("usage", "--wide").stdout
+    assert "window 5h" in daemon.cli("usage", "show", "a-rather-long-profile-name-0").stdout
+    missing = daemon.cli("usage", "show", "nobody", check=False)
+    assert missing.returncode == 1 and missing.stderr.count("\n") == 1
+
+
+def _complete(daemon: Daemon, line: str) -> list[str]:
+    """What bash completion offers for the last word of `line` (click's protocol: `type,value` lines)."""
+    words = line.split(" ")
+    env = {**daemon.env, "_FLEETD_COMPLETE": "bash_complete", "COMP_WORDS": line, "COMP_CWORD": str(len(words) - 1)}
+    result = subprocess.run([FLEETD], env=env, capture_output=True, text=True, timeout=30, check=True)
+    return [row.split(",", 1)[1] for row in result.stdout.splitlines()]
+
+
+def test_completion_offers_loop_profile_backend_names_and_runs(daemon: Daemon, tmp_path: Path) -> None:
+    daemon.cli("loop", "add", "nightly-tests", "--every", "1h", "--paused", "--command", "true")
+    daemon.cli("profile", "add", "cc-work", "--backend", "claude_code", "--config-dir", str(tmp_path / "cc"))
+    run = daemon.json("loop", "run", "nightly-tests")
+    assert "nightly-tests" in _complete(daemon, "fleetd loop show night")
+    assert _complete(daemon, "fleetd profile show cc-") == ["cc-work"]
+    assert _complete(daemon, "fleetd loop add x --profile jp,cc") == ["jp,cc-work"]
+    assert "claude_code" in _complete(daemon, "fleetd profile add x --backend ")
+    assert "command" not in _complete(daemon, "fleetd profile add x --backend ")  # no profile runs a command
+    assert "command" in _complete(daemon, "fleetd loop add x --backend ")
+    assert str(run["id"]) in _complete(daemon, "fleetd runs show ")
+    for shell in ("bash", "zsh", "fish"):
+        assert "_FLEETD_COMPLETE" in daemon.cli("completion", shell).stdout
+
+
+def test_completion_without_a_daemon_offers_nothing_and_says_nothing(tmp_path: Path) -> None:
+    env = {**os.environ, "FLEETD_HOME": str(tmp_path), "_FLEETD_COMPLETE": "bash_complete",
+           "COMP_WORDS": "fleetd loop show ", "COMP_CWORD": "3"}  # fmt: skip
+    result = subprocess.run([FLEETD], env=env, capture_output=True, text=True, timeout=30)
+    assert (result.returncode, result.stdout.strip(), result.stderr) == (0, "", "")
