@@ -186,7 +186,7 @@ class _JsonlTail:
         return result
 
     def batches(
-        self, now: datetime, paths: Iterable[str | Path] | None = None, *, batch_records: int = BATCH_RECORDS
+        self, now: datetime, paths: Iterable[str | Path] | None = None, *, batch_records: int | None = None
     ) -> Iterator[IngestResult]:
         """`scan` in parts of about `batch_records` records (0: one part), so that a first read of gigabytes never
         holds all of its records at once. Files are read whole into one part; windows come with the last part.
@@ -196,6 +196,8 @@ class _JsonlTail:
         file, which is what a periodic beat can afford and a beat per appended line cannot.
         """
         now = (now if now.tzinfo else now.replace(tzinfo=UTC)).astimezone(UTC)
+        if batch_records is None:
+            batch_records = BATCH_RECORDS
         result = IngestResult()
         with self._lock:
             if paths is None:
