@@ -289,8 +289,7 @@ class Heartbeat:
             sessions = {r.session_id for r in fresh if r.session_id}
             if sessions:
                 ledger.take_sessions(await self.usage.attempt_sessions(profile.name, sessions))
-            for r in fresh:
-                ledger.add(r.at, r.tokens, r.requests, r.cost_usd, r.session_id)
+            ledger.add_many((r.at, r.tokens, r.requests, r.cost_usd, r.session_id) for r in fresh)
             self._last_id = await self.usage.last_id()
         else:  # some were stored before (a file read again): which are new, only the store knows
             self._ledgers.pop(profile.name, None)

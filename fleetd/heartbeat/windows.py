@@ -60,6 +60,10 @@ def headroom(usages: list[WindowUsage]) -> float:
     return max(0.0, min(1.0 - u.fraction for u in usages))
 
 
+def _at(entry: _Entry) -> float:
+    return entry.at
+
+
 @dataclass(slots=True)
 class _Entry:
     at: float  # POSIX seconds
@@ -122,11 +126,30 @@ class Ledger:
                 self._hi[i] += 1
                 self._count(i, entry, 1)
 
+    def add_many(self, records: Iterable[tuple[datetime, int, int, float, str | None]]) -> None:
+        """Agent records (at, tokens, requests, cost, session) at once: appended and sorted in one go (a first read
+        brings records of many files, out of time order: one `add` each would shift the list each time), then the
+        windows summed again over what is kept."""
+        fresh = [
+            _Entry(at.timestamp(), tokens, requests, round(cost * 1e9), session)
+            for at, tokens, requests, cost, session in records
+            if session not in self._taken
+        ]
+        if not fresh:
+            return
+        for entry in fresh:
+            if entry.session_id:
+                self._sessions.setdefault(entry.session_id, []).append(entry)
+        self._entries += fresh
+        self._entries.sort(key=_at)  # stable: ties keep their order, as bisect_right does
+        self._ats = [e.at for e in self._entries]
+        self._rewind(self._now)
+
     def advance(self, now: datetime) -> list[WindowUsage]:
         """Move every window to end at `now`; its usage, as `window_usage` over the same records says."""
         t = now.timestamp()
         if t < self._now:
-            self._resum(t)
+            self._rewind(t)
         ats, entries = self._ats, self._entries
         for i, limit in enumerate(self.limits):
             hi, lo, start = self._hi[i], self._lo[i], t - limit.window_s
@@ -177,8 +200,9 @@ class Ledger:
         eases = datetime.fromtimestamp(oldest + limit.window_s, UTC) if oldest is not None else None
         return WindowUsage(limit, float(used), eases)
 
-    def _resum(self, t: float) -> None:
-        """The clock went back: every window from scratch over the entries still kept."""
+    def _rewind(self, t: float) -> None:
+        """Every window empty and ending at `t` (the next `advance` sums it again over the entries kept): after the
+        clock went back, or many entries came at once."""
         for i, limit in enumerate(self.limits):
             self._lo[i] = bisect.bisect_right(self._ats, t - limit.window_s)
             self._hi[i] = self._lo[i]

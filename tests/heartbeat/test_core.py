@@ -174,7 +174,7 @@ SESSIONS = [None, "s1", "s2", "s3"]
 # minutes, so that records fall on window edges and on the clock itself
 OPS = hs.lists(
     hs.tuples(
-        hs.sampled_from(["agent", "agent", "attempt", "advance"]),
+        hs.sampled_from(["agent", "agents", "attempt", "advance"]),
         hs.integers(0, 30).map(lambda n: 10 * n),
         hs.integers(-40, 3).map(lambda n: 10 * n),
         hs.integers(0, 300),
@@ -196,11 +196,18 @@ def test_the_ledger_equals_a_recomputation_from_scratch(ops: list, prune_at: int
     now = T0
     for kind, step, offset, tokens, session in ops:
         now = max(now, T0 + timedelta(minutes=step))  # the clock never goes back here (see the next test)
-        if kind != "advance":
-            at = now + timedelta(minutes=offset)
-            cost = tokens / 1000
+        at, cost = now + timedelta(minutes=offset), tokens / 1000
+        if kind in ("agent", "attempt"):
             records.append((kind, Consumption(at, tokens, 1, cost), session))
             ledger.add(at, tokens, 1, cost, session, attempt=kind == "attempt")
+        elif kind == "agents":  # a part of a scan: several at once, out of time order
+            many = [
+                (at, tokens, 1, cost, session),
+                (at - timedelta(minutes=70), 7, 1, 0.5, None),
+                (at, 1, 1, 0, session),
+            ]
+            records += [("agent", Consumption(a, t, r, c), s) for a, t, r, c, s in many]
+            ledger.add_many(many)
         taken = {s for k, _, s in records if k == "attempt" and s}
         counted = [c for k, c, s in records if k == "attempt" or s not in taken]
         usages = ledger.advance(now)
