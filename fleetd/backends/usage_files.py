@@ -99,6 +99,7 @@ class IngestResult:
     files_read: int = 0  # files with new bytes
     bytes_read: int = 0  # bytes actually read from disk this scan
     touched: set[str] = field(default_factory=set)  # files whose offset moved: persist these
+    saved: dict[str, Any] = field(default_factory=dict)  # their offsets as JSON, made when the part was handed out
     forgotten: set[str] = field(default_factory=set)  # files no longer there: drop their offsets
 
     def merge(self, other: IngestResult) -> None:
@@ -109,6 +110,7 @@ class IngestResult:
         self.bytes_read += other.bytes_read
         self.touched |= other.touched
         self.forgotten |= other.forgotten
+        self.saved.update(other.saved)
 
 
 def _non_negative(value: object) -> int:
@@ -119,6 +121,8 @@ def _non_negative(value: object) -> int:
 
 def _count(value: object) -> int:
     """A token count: a non-negative int, 0 for anything else."""
+    if type(value) is int:  # the usual case first
+        return value if value > 0 else 0
     if isinstance(value, bool):
         return 0
     if isinstance(value, float) and value == value and 0 <= value < 1e18:
@@ -173,10 +177,6 @@ class _JsonlTail:
         with self._lock:
             return copy.deepcopy(self._offsets)
 
-    def offset(self, path: str) -> FileOffset | None:
-        """What to persist for one file (the live object: serialise it, do not keep it)."""
-        return self._offsets.get(path)
-
     def scan(self, now: datetime, paths: Iterable[str | Path] | None = None) -> IngestResult:
         """Read what was appended since the last scan (of `paths` only, when given). Never raises on file
         contents or vanished files."""
@@ -214,6 +214,7 @@ class _JsonlTail:
                 self._read(path, now, result)
                 if batch_records and len(result.records) >= batch_records:
                     self._flush()
+                    self._save(result)
                     yield result
                     result = IngestResult()
             if paths is None:
@@ -222,7 +223,11 @@ class _JsonlTail:
                         self._forget(key, result)
             self._flush()
             self._finish(now, result)
+            self._save(result)
         yield result
+
+    def _save(self, out: IngestResult) -> None:
+        out.saved = {key: self._offsets[key].to_json() for key in out.touched if key in self._offsets}
 
     def _mine(self, path: Path) -> bool:
         if not self._wanted(path.name):
@@ -382,7 +387,7 @@ class _Kept:
     pending: int | None  # index of this scan's record for it, which can still be replaced outright
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class _ClaudeEntry:
     at: datetime
     usage: TokenUsage
@@ -604,8 +609,10 @@ def _valid_claude_entry(obj: dict[str, Any], message: dict[str, Any]) -> bool:
     version = obj.get("version")
     if "version" in obj and not (isinstance(version, str) and _SEMVER_PREFIX.match(version)):
         return False
-    present = [(obj, "sessionId"), (obj, "requestId"), (message, "id"), (message, "model")]
-    return all(_text(where[key]) is not None for where, key in present if key in where)
+    for where, key in ((obj, "sessionId"), (obj, "requestId"), (message, "id"), (message, "model")):
+        if key in where and not (isinstance(value := where[key], str) and value):
+            return False
+    return True
 
 
 _COPY_MESSAGE = b'"message":{"id":"'

@@ -254,21 +254,29 @@ class Heartbeat:
             return
         scrubber = Scrubber(await self.known_secrets()) if self.known_secrets is not None else None
         parts = ingester.batches(now, changed)
+        # The next part is read (in a thread) while this one is stored: SQLite lets go of the GIL while it writes.
+        ahead: asyncio.Future[Any] = asyncio.ensure_future(asyncio.to_thread(next, parts, None))
         added = 0
         try:
-            while (part := await asyncio.to_thread(next, parts, None)) is not None:
-                added += await self._store_part(profile, stored, ingester, part, scrubber, now)
+            while (part := await ahead) is not None:
+                ahead = asyncio.ensure_future(asyncio.to_thread(next, parts, None))
+                added += await self._store_part(profile, stored, part, scrubber, now)
         except Exception:
             log.exception("reading %s's usage records failed", profile.name)
-            self._ledgers.pop(profile.name, None)  # which records were stored is unknown: read the windows again
+            # What was read but not stored is read again, from the offsets of what was stored (duplicates are
+            # ignored by the store), and the windows come from the store again.
+            self._ingesters.pop(profile.name, None)
+            self._ledgers.pop(profile.name, None)
             return
         finally:
+            with contextlib.suppress(Exception):
+                await ahead  # a generator still running in its thread cannot be closed
             parts.close()
         if added:
             log.info("profile %s: %d usage record(s) from the agent's own files", profile.name, added)
 
     async def _store_part(
-        self, profile: Profile, stored: StoredState, ingester: Any, part: Any, scrubber: Scrubber | None, now: datetime
+        self, profile: Profile, stored: StoredState, part: Any, scrubber: Scrubber | None, now: datetime
     ) -> int:
         """One part of a scan: its records inserted in one statement and added to the windows, its offsets kept."""
         # What is stored of an agent's record is its session id and dedupe key: those are scrubbed of every key.
@@ -295,10 +303,7 @@ class Heartbeat:
             self._ledgers.pop(profile.name, None)
         for path in part.forgotten:
             stored.offsets.pop(path, None)
-        for path in part.touched:
-            offset = ingester.offset(path)
-            if offset is not None:
-                stored.offsets[path] = offset.to_json()
+        stored.offsets.update(part.saved)
         stored.garbled_lines += part.garbled_lines
         if part.windows:
             stored.reported = list(scrubber.record(part.windows) if scrubber is not None else part.windows)

@@ -373,3 +373,25 @@ def test_a_transcript_rewritten_from_the_start_is_not_counted_twice(tmp_path: Pa
         assert used(hb, "a") == [600]
 
     run(tmp_path, body)
+
+
+def test_records_a_failed_insert_lost_are_read_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    original = UsageStore.add
+    failing = [True]
+
+    async def flaky(self: UsageStore, records: list[NewUsage]) -> int:
+        if failing[0] and records:
+            raise OSError("disk full")
+        return await original(self, records)
+
+    monkeypatch.setattr(UsageStore, "add", flaky)
+
+    async def body(hb: Heartbeat, clock: Clock, usage: UsageStore, profiles: list[Profile]) -> None:
+        agent_writes(profiles[0], SESSION, 300)
+        await hb.beat()
+        assert used(hb, "a") == [0]
+        failing[0] = False
+        await hb.beat({str(transcript_of(profiles[0], SESSION))})
+        assert used(hb, "a") == [300]
+
+    run(tmp_path, body)
