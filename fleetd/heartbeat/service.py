@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import statistics
 from collections.abc import Awaitable, Callable, Collection
@@ -72,6 +73,7 @@ class Heartbeat:
         self._ingesters: dict[str, Any] = {}
         self._ledgers: dict[str, Ledger] = {}  # each profile's windows, kept as records arrive
         self._last_id = -1  # the newest usage record the ledgers have; any other means someone else wrote
+        self._offsets_json: dict[str, str] = {}  # each profile's offsets as last saved, until a part moves them
         # Files the watch reported since the last beat that read them; None: list every file (at start, after the
         # watch was (re)armed or failed, and on every periodic beat, which is the safety net for missed events).
         self._changed: set[str] | None = None
@@ -304,6 +306,8 @@ class Heartbeat:
         for path in part.forgotten:
             stored.offsets.pop(path, None)
         stored.offsets.update(part.saved)
+        if part.saved or part.forgotten:
+            self._offsets_json.pop(profile.name, None)
         stored.garbled_lines += part.garbled_lines
         if part.windows:
             stored.reported = list(scrubber.record(part.windows) if scrubber is not None else part.windows)
@@ -313,7 +317,10 @@ class Heartbeat:
         old = stored.status
         stored.status = new
         self.states[profile.name] = stored
-        await self.usage.save_state(profile.name, stored, now)
+        offsets_json = self._offsets_json.get(profile.name)
+        if offsets_json is None:
+            offsets_json = self._offsets_json[profile.name] = json.dumps(stored.offsets)
+        await self.usage.save_state(profile.name, stored, now, offsets_json)
         if new.state == old.state and new.exhausted_until == old.exhausted_until:
             return
         kind = {
@@ -527,6 +534,7 @@ class Heartbeat:
                 await self.circuit_store.forget(profile)
             self._ingesters.pop(profile, None)
             self._ledgers.pop(profile, None)
+            self._offsets_json.pop(profile, None)
             await self.usage.forget(profile)
             for backend, (active, _) in list(self.active.items()):
                 if active == profile:

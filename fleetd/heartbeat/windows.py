@@ -127,12 +127,17 @@ class Ledger:
                 self._count(i, entry, 1)
 
     def add_many(self, records: Iterable[tuple[datetime, int, int, float, str | None]]) -> None:
-        """Agent records (at, tokens, requests, cost, session) at once: appended and sorted in one go (a first read
-        brings records of many files, out of time order: one `add` each would shift the list each time), then the
-        windows summed again over what is kept."""
+        """Agent records (at, tokens, requests, cost, session). A few are added one by one; many (a first read
+        brings records of many files, out of time order, and one `add` each would shift the list each time) are
+        appended and sorted in one go, and the windows summed again over what is kept at the next `advance`."""
+        batch = list(records)
+        if len(batch) * 8 < len(self._entries):
+            for at, tokens, requests, cost, session in batch:
+                self.add(at, tokens, requests, cost, session)
+            return
         fresh = [
             _Entry(at.timestamp(), tokens, requests, round(cost * 1e9), session)
-            for at, tokens, requests, cost, session in records
+            for at, tokens, requests, cost, session in batch
             if session not in self._taken
         ]
         if not fresh:
@@ -196,7 +201,11 @@ class Ledger:
         limit = self.limits[i]
         tokens, requests, nano_usd = self._sums[i]
         used = {"tok": tokens, "req": requests, "usd": nano_usd / 1e9}[limit.unit]
-        oldest = next((e.at for e in self._entries[self._lo[i] : self._hi[i]] if e.counted), None)
+        entries, oldest = self._entries, None
+        for k in range(self._lo[i], self._hi[i]):  # the first counted one: nearly always the first
+            if entries[k].counted:
+                oldest = entries[k].at
+                break
         eases = datetime.fromtimestamp(oldest + limit.window_s, UTC) if oldest is not None else None
         return WindowUsage(limit, float(used), eases)
 

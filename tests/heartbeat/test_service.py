@@ -395,3 +395,21 @@ def test_records_a_failed_insert_lost_are_read_again(tmp_path: Path, monkeypatch
         assert used(hb, "a") == [300]
 
     run(tmp_path, body)
+
+
+def test_offsets_are_saved_as_files_move_on(tmp_path: Path) -> None:
+    async def body(hb: Heartbeat, clock: Clock, usage: UsageStore, profiles: list[Profile]) -> None:
+        path = transcript_of(profiles[0], SESSION)
+        agent_writes(profiles[0], SESSION, 300)
+        await hb.beat()
+        assert (await usage.load_states())["a"].offsets[str(path)]["offset"] == path.stat().st_size
+        agent_writes(profiles[0], BY_HAND, 5)
+        agent_writes(profiles[0], SESSION, 300, stamp="2026-11-21T07:59:30.000Z")
+        await hb.beat({str(path)})
+        saved = (await usage.load_states())["a"].offsets
+        assert saved[str(path)]["offset"] == path.stat().st_size and len(saved) == 1
+        path.unlink()
+        await hb.beat()
+        assert list((await usage.load_states())["a"].offsets) == [str(transcript_of(profiles[0], BY_HAND))]
+
+    run(tmp_path, body)
