@@ -286,23 +286,25 @@ class Heartbeat:
         # Every record is kept, fleetd's own sessions too: which of an agent's and an attempt's records of
         # one session counts is decided by the rule UsageStore.since states (and the ledger keeps), never by
         # arrival order.
-        fresh = [
-            NewUsage(profile.name, r.at, "agent", r.usage.total, 0.0, r.session_id and clean(r.session_id),
-                     r.dedupe_key and clean(r.dedupe_key), r.requests)
+        # Rows in the store's column order; `at` is UTC already (the readers make it so), as `to_iso` writes it.
+        name = profile.name
+        rows = [
+            (name, r.at.isoformat(timespec="milliseconds"), "agent", r.session_id and clean(r.session_id),
+             r.dedupe_key and clean(r.dedupe_key), r.usage.total, 0.0, r.requests)
             for r in part.records
         ]  # fmt: skip
         ledger = await self._ledger(profile, now)  # before the insert: a ledger read after has them
-        added = await self.usage.add(fresh)
-        if not fresh:
+        added = await self.usage.add_rows(rows)
+        if not rows:
             pass
-        elif added == len(fresh):
-            sessions = {r.session_id for r in fresh if r.session_id}
+        elif added == len(rows):
+            sessions = {row[3] for row in rows if row[3]}
             if sessions:
-                ledger.take_sessions(await self.usage.attempt_sessions(profile.name, sessions))
-            ledger.add_many((r.at, r.tokens, r.requests, r.cost_usd, r.session_id) for r in fresh)
+                ledger.take_sessions(await self.usage.attempt_sessions(name, sessions))
+            ledger.add_many((r.at, row[5], r.requests, 0.0, row[3]) for r, row in zip(part.records, rows, strict=True))
             self._last_id = await self.usage.last_id()
         else:  # some were stored before (a file read again): which are new, only the store knows
-            self._ledgers.pop(profile.name, None)
+            self._ledgers.pop(name, None)
         for path in part.forgotten:
             stored.offsets.pop(path, None)
         stored.offsets.update(part.saved)

@@ -86,6 +86,7 @@ class Ledger:
     """
 
     PRUNE_AT = 4096  # entries below every window before they are dropped (a list shift costs O(n))
+    BULK = 256  # records that `add_many` sorts in rather than inserting one by one
 
     def __init__(self, limits: list[Limit]) -> None:
         self.limits = list(limits)
@@ -131,7 +132,9 @@ class Ledger:
         brings records of many files, out of time order, and one `add` each would shift the list each time) are
         appended and sorted in one go, and the windows summed again over what is kept at the next `advance`."""
         batch = list(records)
-        if len(batch) * 8 < len(self._entries):
+        # One by one costs a list shift each, next to nothing for the newest records (an append to a transcript);
+        # at once costs a sort and, unless nothing was summed yet, summing the windows again.
+        if len(batch) < self.BULK and self._now != float("-inf"):
             for at, tokens, requests, cost, session in batch:
                 self.add(at, tokens, requests, cost, session)
             return

@@ -332,13 +332,13 @@ def test_windows_are_read_from_the_store_once_and_then_kept(tmp_path: Path, monk
 def test_agent_records_are_inserted_a_part_at_a_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(usage_files, "BATCH_RECORDS", 2)
     inserts: list[int] = []
-    original = UsageStore.add
+    original = UsageStore.add_rows
 
-    async def counting(self: UsageStore, records: list[NewUsage]) -> int:
-        inserts.append(len(records))
-        return await original(self, records)
+    async def counting(self: UsageStore, rows: list[Any]) -> int:
+        inserts.append(len(rows))
+        return await original(self, rows)
 
-    monkeypatch.setattr(UsageStore, "add", counting)
+    monkeypatch.setattr(UsageStore, "add_rows", counting)
 
     async def body(hb: Heartbeat, clock: Clock, usage: UsageStore, profiles: list[Profile]) -> None:
         a = profiles[0]
@@ -376,15 +376,15 @@ def test_a_transcript_rewritten_from_the_start_is_not_counted_twice(tmp_path: Pa
 
 
 def test_records_a_failed_insert_lost_are_read_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    original = UsageStore.add
+    original = UsageStore.add_rows
     failing = [True]
 
-    async def flaky(self: UsageStore, records: list[NewUsage]) -> int:
-        if failing[0] and records:
+    async def flaky(self: UsageStore, rows: list[Any]) -> int:
+        if failing[0] and rows:
             raise OSError("disk full")
-        return await original(self, records)
+        return await original(self, rows)
 
-    monkeypatch.setattr(UsageStore, "add", flaky)
+    monkeypatch.setattr(UsageStore, "add_rows", flaky)
 
     async def body(hb: Heartbeat, clock: Clock, usage: UsageStore, profiles: list[Profile]) -> None:
         agent_writes(profiles[0], SESSION, 300)
