@@ -78,11 +78,12 @@ class Ledger:
     """One profile's consumption inside its longest window, kept sorted by time, and a running sum per limit:
     each beat costs what was added and what left the windows since the last one, not a re-read of the window.
 
-    Invariant, per limit i, as of the last `advance(now)`: `_lo[i]` entries lie at or before `now - window`,
-    `_hi[i]` at or before `now`, and `_sums[i]` holds the counted entries in between (start < at <= now, as
-    `window_usage`). Counting follows `UsageStore.since`: an agent record of a session stops counting once an
-    attempt record of that session is added (`add(..., attempt=True)`), so a session is never counted twice.
-    Entries older than every window are dropped; a clock that goes back re-sums what is left.
+    Invariant, per limit i: `_sums[i]` holds the counted entries with `_start[i] < at <= _end[i]`, which are
+    `_entries[_lo[i]:_hi[i]]`; after `advance(now)` that is `now - window < at <= now`, as `window_usage` counts.
+    Counting follows `UsageStore.since`: an agent record of a session stops counting once an attempt record of
+    that session is added (`add(..., attempt=True)`), so a session is never counted twice. Entries older than
+    every window are dropped; a clock that goes back re-sums what is left, and so does the first `advance` after
+    `add_many` brought many at once (appended unsorted, sorted then).
     """
 
     PRUNE_AT = 4096  # entries below every window before they are dropped (a list shift costs O(n))
@@ -97,7 +98,11 @@ class Ledger:
         self._now = float("-inf")
         self._lo = [0] * len(self.limits)
         self._hi = [0] * len(self.limits)
+        # What each window's sum covers: start < at <= end (`end` is `_now`, or `start` after a rewind).
+        self._start = [float("-inf")] * len(self.limits)
+        self._end = [float("-inf")] * len(self.limits)
         self._sums = [[0, 0, 0] for _ in self.limits]  # tokens, requests, nano-dollars
+        self._sorted = True  # False: entries appended by `add_many`, `_ats` not yet their times in order
 
     def take_sessions(self, sessions: Collection[str]) -> None:
         """Sessions that have an attempt record (read from the store): their agent records do not count."""
@@ -114,16 +119,17 @@ class Ledger:
         elif session_id in self._taken:
             return
         entry = _Entry(at.timestamp(), tokens, requests, round(cost_usd * 1e9), session_id)
+        self._sort()
         index = bisect.bisect_right(self._ats, entry.at)
         self._ats.insert(index, entry.at)
         self._entries.insert(index, entry)
         if session_id:
             self._sessions.setdefault(session_id, []).append(entry)
-        for i, limit in enumerate(self.limits):
-            if entry.at <= self._now - limit.window_s:
+        for i in range(len(self.limits)):
+            if entry.at <= self._start[i]:
                 self._lo[i] += 1
                 self._hi[i] += 1
-            elif entry.at <= self._now:
+            elif entry.at <= self._end[i]:
                 self._hi[i] += 1
                 self._count(i, entry, 1)
 
@@ -133,7 +139,7 @@ class Ledger:
         appended and sorted in one go, and the windows summed again over what is kept at the next `advance`."""
         batch = list(records)
         # One by one costs a list shift each, next to nothing for the newest records (an append to a transcript);
-        # at once costs a sort and, unless nothing was summed yet, summing the windows again.
+        # at once costs a sort and summing the windows again, nothing when nothing was summed yet (a first read).
         if len(batch) < self.BULK and self._now != float("-inf"):
             for at, tokens, requests, cost, session in batch:
                 self.add(at, tokens, requests, cost, session)
@@ -149,13 +155,12 @@ class Ledger:
             if entry.session_id:
                 self._sessions.setdefault(entry.session_id, []).append(entry)
         self._entries += fresh
-        self._entries.sort(key=_at)  # stable: ties keep their order, as bisect_right does
-        self._ats = [e.at for e in self._entries]
-        self._rewind(self._now)
+        self._sorted = False  # sorted once, when the order is needed: a first read brings many parts
 
     def advance(self, now: datetime) -> list[WindowUsage]:
         """Move every window to end at `now`; its usage, as `window_usage` over the same records says."""
         t = now.timestamp()
+        self._sort()
         if t < self._now:
             self._rewind(t)
         ats, entries = self._ats, self._entries
@@ -168,12 +173,14 @@ class Ledger:
                 self._count(i, entries[lo], -1)
                 lo += 1
             self._hi[i], self._lo[i] = hi, lo
+            self._start[i], self._end[i] = start, t
         self._now = t
         self._prune()
         return [self._usage(i) for i in range(len(self.limits))]
 
     def inside(self, limit: int) -> list[Consumption]:
         """The counted records in the window of limit `limit` (by index), oldest first: what `full_until` reads."""
+        self._sort()
         return [
             Consumption(datetime.fromtimestamp(e.at, UTC), e.tokens, e.requests, e.nano_usd / 1e9)
             for e in self._entries[self._lo[limit] : self._hi[limit]]
@@ -186,10 +193,11 @@ class Ledger:
     # -- inside -----------------------------------------------------------------------------------
 
     def _take(self, session: str) -> None:
+        self._sort()  # the sums say what they cover only once entries added at once are in order
         self._taken.add(session)
         for entry in self._sessions.pop(session, []):
-            for i, limit in enumerate(self.limits):
-                if self._now - limit.window_s < entry.at <= self._now:
+            for i in range(len(self.limits)):
+                if self._start[i] < entry.at <= self._end[i]:
                     self._count(i, entry, -1)
             entry.counted = False
 
@@ -212,12 +220,19 @@ class Ledger:
         eases = datetime.fromtimestamp(oldest + limit.window_s, UTC) if oldest is not None else None
         return WindowUsage(limit, float(used), eases)
 
+    def _sort(self) -> None:
+        if not self._sorted:
+            self._entries.sort(key=_at)  # stable: ties keep their order, as bisect_right does
+            self._ats = [e.at for e in self._entries]
+            self._sorted = True
+            self._rewind(self._now)
+
     def _rewind(self, t: float) -> None:
         """Every window empty and ending at `t` (the next `advance` sums it again over the entries kept): after the
         clock went back, or many entries came at once."""
         for i, limit in enumerate(self.limits):
-            self._lo[i] = bisect.bisect_right(self._ats, t - limit.window_s)
-            self._hi[i] = self._lo[i]
+            self._lo[i] = self._hi[i] = bisect.bisect_right(self._ats, t - limit.window_s)
+            self._start[i] = self._end[i] = t - limit.window_s
             self._sums[i] = [0, 0, 0]
         self._now = t
 

@@ -185,13 +185,14 @@ OPS = hs.lists(
 
 
 @settings(max_examples=300, deadline=None)
-@given(ops=OPS, prune_at=hs.sampled_from([1, 3, 4096]))
-def test_the_ledger_equals_a_recomputation_from_scratch(ops: list, prune_at: int) -> None:
+@given(ops=OPS, prune_at=hs.sampled_from([1, 3, 4096]), bulk=hs.sampled_from([1, 256]))
+def test_the_ledger_equals_a_recomputation_from_scratch(ops: list, prune_at: int, bulk: int) -> None:
     """Any interleaving of agent records, attempt records (which take their session over) and a clock that moves
     on: after every step, each window's use, when it eases and when it is no longer full equal `window_usage`
     over the records `UsageStore.since` would return."""
     ledger = Ledger(LEDGER_LIMITS)
     ledger.PRUNE_AT = prune_at  # type: ignore[misc]
+    ledger.BULK = bulk  # type: ignore[misc]
     records: list[tuple[str, Consumption, str | None]] = []
     now = T0
     for kind, step, offset, tokens, session in ops:
@@ -208,6 +209,9 @@ def test_the_ledger_equals_a_recomputation_from_scratch(ops: list, prune_at: int
             ]
             records += [("agent", Consumption(a, t, r, c), s) for a, t, r, c, s in many]
             ledger.add_many(many)
+        if kind == "agents" and offset % 20 == 0:  # an attempt's record right after a part, before the beat
+            records.append(("attempt", Consumption(at, 1, 1, 0.0), session))
+            ledger.add(at, 1, 1, 0.0, session, attempt=True)
         taken = {s for k, _, s in records if k == "attempt" and s}
         counted = [c for k, c, s in records if k == "attempt" or s not in taken]
         usages = ledger.advance(now)
