@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint bench agents clean
+.PHONY: run test lint bench bench-tools agents clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ bench: $(STAMP)
 	$(BIN)/python bench/dispatch.py
 	$(BIN)/python bench/fire_lag.py
 	$(BIN)/python bench/gateway.py
+
+# What the benchmarks compare with (ccusage for bench/ingest.py) in the git-ignored .cache/bench; never part of `test`.
+bench-tools:
+	bash scripts/install-bench.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

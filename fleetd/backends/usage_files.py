@@ -18,7 +18,7 @@ import re
 import stat
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,24 +28,20 @@ from fleetd.backends.parsers.codex import parse_rollout
 from fleetd.records.result import TokenUsage, WindowState
 
 MAX_KEYS = 200_000  # de-duplication keys remembered per profile (message ids resp. Codex event keys)
-CHUNK_BYTES = 1 << 20
+CHUNK_BYTES = 4 << 20
+BATCH_RECORDS = 5_000  # records per part of a scan (`batches`): what one database transaction inserts
 MAX_LINE_BYTES = 64 << 20  # a "line" longer than this without a newline is junk: dropped, not buffered forever
 
 _STRIP = b" \t\r\n\x00"  # NUL padding is what a crash mid-write leaves behind on some filesystems
 # ccusage's cheap pre-filter, tolerant of whitespace after the colon (pretty-printed or re-serialised lines).
 _CLAUDE_USAGE_MARKER = re.compile(rb'"usage"\s*:\s*\{')
-# ccusage skips a line with a null in any of these fields, wherever in the line it appears.
-_CLAUDE_NULL_FIELD = re.compile(
-    rb'"(?:id|cwd|model|speed|costUSD|version|sessionId|requestId|isApiErrorMessage|'
-    rb'cache_read_input_tokens|cache_creation_input_tokens)"\s*:\s*null'
-)
 _SEMVER_PREFIX = re.compile(r"\d+\.\d+\.\d")
 _CODEX_MARKERS = (b'"token_count"', b'"turn_context"', b'"session_meta"')
 _CODEX_FIELDS = ("input_tokens", "cached_input_tokens", "output_tokens", "reasoning_output_tokens", "total_tokens")
 _THREAD_ID = re.compile(r"([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})$")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class UsageRecord:
     """One request's consumption (or, with requests=0, a later correction of one; see ClaudeTranscripts)."""
 
@@ -102,6 +98,19 @@ class IngestResult:
     garbled_lines: int = 0
     files_read: int = 0  # files with new bytes
     bytes_read: int = 0  # bytes actually read from disk this scan
+    touched: set[str] = field(default_factory=set)  # files whose offset moved: persist these
+    saved: dict[str, Any] = field(default_factory=dict)  # their offsets as JSON, made when the part was handed out
+    forgotten: set[str] = field(default_factory=set)  # files no longer there: drop their offsets
+
+    def merge(self, other: IngestResult) -> None:
+        self.records += other.records
+        self.windows = other.windows or self.windows
+        self.garbled_lines += other.garbled_lines
+        self.files_read += other.files_read
+        self.bytes_read += other.bytes_read
+        self.touched |= other.touched
+        self.forgotten |= other.forgotten
+        self.saved.update(other.saved)
 
 
 def _non_negative(value: object) -> int:
@@ -112,6 +121,8 @@ def _non_negative(value: object) -> int:
 
 def _count(value: object) -> int:
     """A token count: a non-negative int, 0 for anything else."""
+    if type(value) is int:  # the usual case first
+        return value if value > 0 else 0
     if isinstance(value, bool):
         return 0
     if isinstance(value, float) and value == value and 0 <= value < 1e18:
@@ -166,20 +177,66 @@ class _JsonlTail:
         with self._lock:
             return copy.deepcopy(self._offsets)
 
-    def scan(self, now: datetime) -> IngestResult:
-        """Read what was appended since the last scan. Never raises on file contents or vanished files."""
+    def scan(self, now: datetime, paths: Iterable[str | Path] | None = None) -> IngestResult:
+        """Read what was appended since the last scan (of `paths` only, when given). Never raises on file
+        contents or vanished files."""
+        result = IngestResult()
+        for batch in self.batches(now, paths, batch_records=0):
+            result.merge(batch)
+        return result
+
+    def batches(
+        self, now: datetime, paths: Iterable[str | Path] | None = None, *, batch_records: int | None = None
+    ) -> Iterator[IngestResult]:
+        """`scan` in parts of about `batch_records` records (0: one part), so that a first read of gigabytes never
+        holds all of its records at once. Files are read whole into one part; windows come with the last part.
+
+        `paths`: the files a watcher reported as changed; only those (under this reader's roots, with the reader's
+        names) are read, and those gone are forgotten. Without it every file under the roots is listed: a stat per
+        file, which is what a periodic beat can afford and a beat per appended line cannot.
+        """
         now = (now if now.tzinfo else now.replace(tzinfo=UTC)).astimezone(UTC)
+        if batch_records is None:
+            batch_records = BATCH_RECORDS
+        result = IngestResult()
         with self._lock:
-            result = IngestResult()
-            listed: set[str] = set()
-            for path in self._files():
-                listed.add(str(path))
+            if paths is None:
+                listed: set[str] = set()
+                candidates: Iterable[Path] = self._files()
+            else:
+                candidates = sorted({Path(p) for p in paths if self._mine(Path(p))}, key=str)
+            for path in candidates:
+                if paths is None:
+                    listed.add(str(path))
+                elif not path.exists():
+                    self._forget(str(path), result)
+                    continue
                 self._read(path, now, result)
-            for key in [k for k in self._offsets if k not in listed]:
-                if not os.path.exists(key):  # gone (deleted, archived): forget it; a listing hiccup keeps it
-                    del self._offsets[key]
+                if batch_records and len(result.records) >= batch_records:
+                    self._flush()
+                    self._save(result)
+                    yield result
+                    result = IngestResult()
+            if paths is None:
+                for key in [k for k in self._offsets if k not in listed]:
+                    if not os.path.exists(key):  # gone (deleted, archived): forget it; a listing hiccup keeps it
+                        self._forget(key, result)
+            self._flush()
             self._finish(now, result)
-            return result
+            self._save(result)
+        yield result
+
+    def _save(self, out: IngestResult) -> None:
+        out.saved = {key: self._offsets[key].to_json() for key in out.touched if key in self._offsets}
+
+    def _mine(self, path: Path) -> bool:
+        if not self._wanted(path.name):
+            return False
+        return any(path.is_relative_to(root) for root in self._roots())
+
+    def _forget(self, key: str, out: IngestResult) -> None:
+        if self._offsets.pop(key, None) is not None:
+            out.forgotten.add(key)
 
     # -- for subclasses --------------------------------------------------------------------------
 
@@ -197,6 +254,17 @@ class _JsonlTail:
     def _finish(self, now: datetime, out: IngestResult) -> None:
         """After every file of a scan was read."""
 
+    def _flush(self) -> None:
+        """The records read so far are handed out (a part of `batches`): none of them can be replaced any more."""
+
+    def _lines(
+        self, data: bytes, end: int, position: int, path: Path, state: dict[str, Any], now: datetime, out: IngestResult
+    ) -> None:
+        """The complete lines in data[:end] (which ends with a newline); `position`: the file offset of data[0]."""
+        for line in data[:end].split(b"\n")[:-1]:
+            self._safe_line(line, position, path, state, now, out)
+            position += len(line) + 1
+
     # -- files and bytes -------------------------------------------------------------------------
 
     def _files(self) -> Iterator[Path]:
@@ -213,7 +281,7 @@ class _JsonlTail:
         try:
             handle = path.open("rb")
         except FileNotFoundError:  # vanished between listing and reading
-            self._offsets.pop(key, None)
+            self._forget(key, out)
             return
         except OSError:  # unreadable for now (permissions, a directory named *.jsonl): try again next scan
             return
@@ -234,6 +302,7 @@ class _JsonlTail:
                     start, partial, state = 0, b"", {}  # rewritten in place (truncated and regrown)
             try:
                 self._offsets[key] = self._consume(handle, path, info, start, partial, state, now, out)
+                out.touched.add(key)
             except OSError:  # an I/O error mid-read: keep the old offset; de-duplication absorbs the re-read
                 return
 
@@ -257,19 +326,27 @@ class _JsonlTail:
         out: IngestResult,
     ) -> FileOffset:
         handle.seek(start)
-        buffer = bytearray(partial)
-        position = start - len(partial)  # file position of buffer[0]
+        buffer = bytearray(partial)  # a line still without its newline
+        position = start - len(partial)  # file position of the next line's first byte
         offset = start
         while chunk := handle.read(CHUNK_BYTES):
             offset += len(chunk)
             out.bytes_read += len(chunk)
-            buffer += chunk
-            cut = buffer.rfind(b"\n")
-            if cut >= 0:
-                for line in bytes(buffer[:cut]).split(b"\n"):
-                    self._safe_line(line, position, path, state, now, out)
-                    position += len(line) + 1
-                del buffer[: cut + 1]
+            if buffer:
+                if b"\n" not in chunk:
+                    buffer += chunk
+                    data = b""
+                else:
+                    buffer += chunk
+                    data = bytes(buffer)
+                    buffer.clear()
+            else:
+                data = chunk  # the usual case: no copy
+            cut = data.rfind(b"\n") + 1
+            if cut:
+                self._lines(data, cut, position, path, state, now, out)
+                position += cut
+                buffer += memoryview(data)[cut:]
             if len(buffer) > MAX_LINE_BYTES:
                 # Keep one byte so the next scan's continuity check holds; the rest of this junk line, once
                 # its newline comes, does not look like an object and is counted as garbled then.
@@ -297,12 +374,12 @@ class _JsonlTail:
 # -- Claude Code --------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(slots=True)
 class _Kept:
     """The copy of a message that counts, after ccusage's collision rules, and what was emitted for it."""
 
     key: str
-    request_ids: set[str | None]
+    request_ids: tuple[str | None, ...]
     sidechain: bool
     total: int
     speed: bool
@@ -310,7 +387,7 @@ class _Kept:
     pending: int | None  # index of this scan's record for it, which can still be replaced outright
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class _ClaudeEntry:
     at: datetime
     usage: TokenUsage
@@ -347,6 +424,9 @@ class ClaudeTranscripts(_JsonlTail):
         self._max_keys = max(1, max_keys)
         self._seen: OrderedDict[str, list[_Kept]] = OrderedDict()  # message id → kept copies, oldest first
         self._touched: list[_Kept] = []
+        # Hashes of the raw (message id, usage … request id, sidechain) of lines already taken: Claude Code writes a
+        # message once per content block, and a copy identical in all that decides the collision changes nothing.
+        self._copies: OrderedDict[int, None] = OrderedDict()
 
     @property
     def watch_root(self) -> Path:
@@ -355,25 +435,74 @@ class ClaudeTranscripts(_JsonlTail):
     def _roots(self) -> list[Path]:
         return [self.watch_root]
 
+    def _lines(
+        self, data: bytes, end: int, position: int, path: Path, state: dict[str, Any], now: datetime, out: IngestResult
+    ) -> None:
+        """Most lines carry no usage (prompts, tool output, progress): only their first and last byte are looked at.
+        The usage marker is searched for once over the whole buffer, not line by line."""
+        find, search = data.find, _CLAUDE_USAGE_MARKER.search
+        hit = search(data, 0, end)
+        marked = hit.start() if hit else end
+        start = 0
+        while start < end:
+            stop = find(b"\n", start, end)  # found: data[end - 1] is a newline
+            if data[start] == 0x7B and data[stop - 1] == 0x7D:  # "{" … "}", nothing to strip
+                if marked < stop:
+                    try:
+                        self._marked(data, start, stop, path, out)
+                    except Exception:  # a shape nobody foresaw in one line must not cost the rest of the file
+                        out.garbled_lines += 1
+            else:
+                self._safe_line(data[start:stop], position + start, path, state, now, out)
+            start = stop + 1
+            if marked < start:
+                hit = search(data, start, end)
+                marked = hit.start() if hit else end
+
+    def _marked(self, data: bytes, start: int, stop: int, path: Path, out: IngestResult) -> None:
+        """A whole line data[start:stop] that contains the usage marker."""
+        copy_key, message_at, usage_at = _copy_key(data, start, stop)
+        if copy_key is not None and copy_key in self._copies:
+            return
+        line = data[start:stop]
+        if _has_null_field(line):
+            return
+        obj = None
+        if usage_at >= 0:  # Claude Code's own layout: decode the few hundred bytes around the content only
+            obj = _around_content(data, start, stop, message_at, usage_at)
+        if obj is None:
+            obj = _load_object(line)
+            if obj is None:
+                out.garbled_lines += 1
+                return
+        if self._take(obj, path, out) and copy_key is not None:
+            self._copies[copy_key] = None
+            if len(self._copies) > self._max_keys:
+                self._copies.popitem(last=False)
+
     def _line(
         self, line: bytes, position: int, path: Path, state: dict[str, Any], now: datetime, out: IngestResult
     ) -> None:
-        if not _CLAUDE_USAGE_MARKER.search(line) or _CLAUDE_NULL_FIELD.search(line):
+        if not _CLAUDE_USAGE_MARKER.search(line) or _has_null_field(line):
             return
         obj = _load_object(line)
         if obj is None:
             out.garbled_lines += 1
             return
+        self._take(obj, path, out)
+
+    def _take(self, obj: dict[str, Any], path: Path, out: IngestResult) -> bool:
+        """A decoded line with the usage marker; True when it was a usage entry (offered for de-duplication)."""
         message = obj.get("message")
         usage = message.get("usage") if isinstance(message, dict) else None
         if not isinstance(message, dict) or not isinstance(usage, dict):
-            return  # "usage":{ elsewhere, e.g. in a Task tool's result on a user line
+            return False  # "usage":{ elsewhere, e.g. in a Task tool's result on a user line
         at = _timestamp(obj.get("timestamp"))
         if at is None:
             out.garbled_lines += 1
-            return
+            return False
         if not _valid_claude_entry(obj, message):
-            return
+            return False
         model = _text(message.get("model"))
         # The total, as the attempt's own parser counts it: Claude Code reports a breakdown of zeros beside
         # a real total when the provider sends none, so the breakdown is only a fallback for a missing total.
@@ -399,6 +528,7 @@ class ClaudeTranscripts(_JsonlTail):
             source_path=str(path),
         )
         self._offer(entry, out)
+        return True
 
     def _offer(self, entry: _ClaudeEntry, out: IngestResult) -> None:
         if entry.message_id is None:
@@ -409,7 +539,7 @@ class ClaudeTranscripts(_JsonlTail):
             key = f"{entry.message_id}:{entry.request_id}" if entry.request_id else entry.message_id
             kept = _Kept(
                 key,
-                {entry.request_id},
+                (entry.request_id,),
                 entry.sidechain,
                 entry.usage.total,
                 entry.speed,
@@ -421,7 +551,8 @@ class ClaudeTranscripts(_JsonlTail):
             return
         if not _replaces(entry, kept):
             return
-        kept.request_ids.add(entry.request_id)
+        if entry.request_id not in kept.request_ids:
+            kept.request_ids += (entry.request_id,)
         kept.sidechain, kept.total, kept.speed = entry.sidechain, entry.usage.total, entry.speed
         if kept.pending is not None:
             out.records[kept.pending] = entry.record(entry.usage, kept.key)
@@ -457,7 +588,7 @@ class ClaudeTranscripts(_JsonlTail):
         while len(self._seen) > self._max_keys:
             self._seen.popitem(last=False)
 
-    def _finish(self, now: datetime, out: IngestResult) -> None:
+    def _flush(self) -> None:
         for kept in self._touched:
             kept.pending = None
         self._touched.clear()
@@ -478,8 +609,85 @@ def _valid_claude_entry(obj: dict[str, Any], message: dict[str, Any]) -> bool:
     version = obj.get("version")
     if "version" in obj and not (isinstance(version, str) and _SEMVER_PREFIX.match(version)):
         return False
-    present = [(obj, "sessionId"), (obj, "requestId"), (message, "id"), (message, "model")]
-    return all(_text(where[key]) is not None for where, key in present if key in where)
+    for where, key in ((obj, "sessionId"), (obj, "requestId"), (message, "id"), (message, "model")):
+        if key in where and not (isinstance(value := where[key], str) and value):
+            return False
+    return True
+
+
+_COPY_MESSAGE = b'"message":{"id":"'
+_COPY_USAGE = b'"usage":{'
+_COPY_REQUEST = b'"requestId":"'
+_NULL_FIELDS = frozenset(
+    b"id cwd model speed costUSD version sessionId requestId isApiErrorMessage cache_read_input_tokens "
+    b"cache_creation_input_tokens".split()
+)
+_SPACE = b" \t\n\r\f\v"
+_DECODER = json.JSONDecoder()
+
+
+def _copy_key(data: bytes, start: int, stop: int) -> tuple[int | None, int, int]:
+    """For a line in Claude Code's own layout (`{…"message":{"id":"…",…,"usage":{…}…},"requestId":"…",…}`): a hash
+    of what decides a collision (message id, the bytes from the usage object to the request id, the sidechain flag),
+    where the message and the usage object start. (None, -1, -1) for any other layout."""
+    usage_at = data.rfind(_COPY_USAGE, start, stop)
+    if usage_at < 0:
+        return None, -1, -1
+    request_at = data.find(_COPY_REQUEST, usage_at, stop)
+    message_at = data.find(_COPY_MESSAGE, start, usage_at)
+    if request_at < 0 or message_at < 0:
+        return None, -1, -1
+    id_end = data.find(b'"', message_at + len(_COPY_MESSAGE), usage_at)
+    request_end = data.find(b'"', request_at + len(_COPY_REQUEST), stop)
+    if id_end < 0 or request_end < 0:
+        return None, -1, -1
+    sidechain = data.find(b'"isSidechain":true', start, message_at) >= 0
+    key = (data[message_at + len(_COPY_MESSAGE) : id_end], data[usage_at:request_end], sidechain)
+    return hash(key), message_at, usage_at
+
+
+def _around_content(data: bytes, start: int, stop: int, message_at: int, usage_at: int) -> dict[str, Any] | None:
+    """The line decoded without its message content, which is most of its bytes and nothing ccusage reads.
+
+    Claude Code writes `…"message":{…,"content":[…],"stop_reason":…,"usage":{…}…},…}`: the bytes up to the content
+    array, `null`, and the bytes from the array's end (its last `],"stop_reason":` before the usage object) on are
+    decoded as one document. That is the full line's decoding with `content: null` whenever the content array is
+    well-formed and spells no structural `],"stop_reason":` of its own; anything after it that is not the message's
+    remaining keys and the line's own, or any other layout, does not decode or is not found: None, and the caller
+    decodes the whole line.
+    """
+    content_at = data.find(b'"content":[', message_at, usage_at)
+    if content_at < 0:
+        return None
+    after = data.rfind(b'],"stop_reason":', content_at, usage_at)
+    if after < 0:
+        return None
+    try:
+        text = (data[start : content_at + 10] + b"null" + data[after + 1 : stop]).decode()
+        value, end = _DECODER.raw_decode(text)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        return None
+    return value if end == len(text) and isinstance(value, dict) else None
+
+
+def _has_null_field(line: bytes) -> bool:
+    """ccusage's skip rule: `"<one of its fields>"\\s*:\\s*null` anywhere in the line (as _CLAUDE_NULL_FIELD, but
+    looking back from each `null`, which is far rarer in a line than the quotes the regular expression starts at)."""
+    at = line.find(b"null")
+    while at >= 0:
+        end = at
+        while end and line[end - 1] in _SPACE:
+            end -= 1
+        if end and line[end - 1] == 0x3A:  # ":"
+            end -= 1
+            while end and line[end - 1] in _SPACE:
+                end -= 1
+            if end > 1 and line[end - 1] == 0x22:  # the key's closing quote
+                opening = line.rfind(b'"', 0, end - 1)
+                if opening >= 0 and line[opening + 1 : end - 1] in _NULL_FIELDS:
+                    return True
+        at = line.find(b"null", at + 4)
+    return False
 
 
 def _replaces(entry: _ClaudeEntry, kept: _Kept) -> bool:

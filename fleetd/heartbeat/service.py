@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import statistics
 from collections.abc import Awaitable, Callable, Collection
@@ -18,7 +19,7 @@ from typing import Any
 from fleetd.backends.registry import get_adapter
 from fleetd.heartbeat.state import after_attempt, evaluate
 from fleetd.heartbeat.switch import CIRCUIT_OPEN, Standing, choose_active
-from fleetd.heartbeat.windows import WindowUsage, headroom, window_usage
+from fleetd.heartbeat.windows import Ledger, WindowUsage, headroom
 from fleetd.loops.scrub import Scrubber
 from fleetd.records.circuit import Circuit
 from fleetd.records.profile import Profile
@@ -71,6 +72,12 @@ class Heartbeat:
         self.active: dict[str, tuple[str | None, bool]] = {}
         self.in_flight: dict[str, int] = {}
         self._ingesters: dict[str, Any] = {}
+        self._ledgers: dict[str, Ledger] = {}  # each profile's windows, kept as records arrive
+        self._last_id = -1  # the newest usage record the ledgers have; any other means someone else wrote
+        self._offsets_json: dict[str, str] = {}  # each profile's offsets as last saved, until a part moves them
+        # Files the watch reported since the last beat that read them; None: list every file (at start, after the
+        # watch was (re)armed or failed, and on every periodic beat, which is the safety net for missed events).
+        self._changed: set[str] | None = None
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -109,13 +116,16 @@ class Heartbeat:
 
     async def _run(self) -> None:
         while not self._stop.is_set():
-            with contextlib.suppress(TimeoutError):
+            try:
                 await asyncio.wait_for(self._wake.wait(), self._next_delay())
+            except TimeoutError:
+                self._changed = None  # a periodic beat lists every file
             if self._stop.is_set():
                 return
             self._wake.clear()
+            changed, self._changed = self._changed, set()
             try:
-                await self.beat()
+                await self.beat(changed)
             except Exception:
                 log.exception("heartbeat failed; next beat in %ss", self.interval)
 
@@ -151,16 +161,23 @@ class Heartbeat:
                     continue
                 # Whatever is written while the watch is being armed raises no event: one beat just
                 # after arming reads it (scans are incremental, so this costs next to nothing).
-                asyncio.get_running_loop().call_later(WATCH_ARMING_S, self._wake.set)
-                async for _changes in watchfiles.awatch(*roots, stop_event=iteration_done, recursive=True,
-                                                        watch_filter=lambda _c, p: p.endswith(".jsonl")):  # fmt: skip
+                asyncio.get_running_loop().call_later(WATCH_ARMING_S, self._list_all)
+                async for changes in watchfiles.awatch(*roots, stop_event=iteration_done, recursive=True,
+                                                       watch_filter=lambda _c, p: p.endswith(".jsonl")):  # fmt: skip
+                    if self._changed is not None:
+                        self._changed.update(path for _, path in changes)
                     self._wake.set()
             except Exception:
                 log.exception("watching usage records failed; relying on the periodic beat")
+                self._changed = None
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), self.interval)
             finally:
                 relay.cancel()
+
+    def _list_all(self) -> None:
+        self._changed = None
+        self._wake.set()
 
     async def _end_watch_on(self, done: asyncio.Event) -> None:
         stop, rewatch = asyncio.ensure_future(self._stop.wait()), asyncio.ensure_future(self._rewatch.wait())
@@ -173,11 +190,13 @@ class Heartbeat:
 
     # -- the beat -------------------------------------------------------------------------------
 
-    async def beat(self) -> None:
+    async def beat(self, changed: Collection[str] | None = None) -> None:
+        """Ingest, judge and switch. `changed`: the files the watch reported since the last beat, which are all
+        that is read; None (a periodic beat, a beat asked for from outside) lists every file."""
         async with self._lock:
             profiles = await self.profiles.list()
             for profile in profiles:
-                await self._refresh(profile)
+                await self._refresh(profile, changed)
             for profile in profiles:
                 await self._observe_circuit(profile, self.clock())
             for backend in sorted({p.backend for p in profiles}):
@@ -185,57 +204,126 @@ class Heartbeat:
             if self._watch_roots() != self._watched:
                 self._rewatch.set()
 
-    async def _refresh(self, profile: Profile) -> None:
+    def _pending(self) -> Collection[str] | None:
+        """The files the watch reported that the next beat reads (None: it lists every file); read here too,
+        they are read again there for free (a file at its offset costs an fstat)."""
+        return None if self._changed is None else set(self._changed)
+
+    async def _refresh(self, profile: Profile, changed: Collection[str] | None) -> None:
+        """`changed`: the files to read (None: list them all)."""
         now = self.clock()
         stored = self.states.get(profile.name) or StoredState(ProfileStatus())
-        await self._ingest(profile, stored, now)
-        longest = max((limit.window_s for limit in profile.limits), default=0.0)
-        # A profile without limits has no windows: nothing to read on every beat.
-        records = await self.usage.since(profile.name, now - timedelta(seconds=longest)) if longest else []
-        usages = [window_usage(records, limit, now) for limit in profile.limits]
-        fulls = [u.full_until(records, now) for u in usages]
+        await self._ingest(profile, stored, now, changed)
+        ledger = await self._ledger(profile, now)
+        usages = ledger.advance(now)
+        # Only a window over its limit needs its records (when does it fit again?).
+        fulls = [u.full_until(ledger.inside(i), now) if u.exceeded else None for i, u in enumerate(usages)]
         self.windows[profile.name] = usages
         new = evaluate(stored.status, usages, fulls, stored.reported, now, self.near_limit)
         if not profile.enabled:
             new = ProfileStatus("disabled", None, "disabled by hand")
         await self._set(profile, stored, new, now)
 
-    async def _ingest(self, profile: Profile, stored: StoredState, now: datetime) -> None:
+    async def _ledger(self, profile: Profile, now: datetime) -> Ledger:
+        """The profile's windows, read from the store once (and again when its limits change or the store
+        ignored records, so that which of them are new is unknown); kept up to date as records are added."""
+        last = await self.usage.last_id()
+        if last != self._last_id:  # records the heartbeat did not add itself (only a test writes behind its back)
+            self._ledgers.clear()
+            self._last_id = last
+        ledger = self._ledgers.get(profile.name)
+        if ledger is not None and ledger.limits == profile.limits:
+            return ledger
+        ledger = Ledger(profile.limits)
+        longest = max((limit.window_s for limit in profile.limits), default=0.0)
+        if longest:  # a profile without limits has no windows: nothing to read
+            for c, session in await self.usage.window(profile.name, now - timedelta(seconds=longest)):
+                ledger.add(c.at, c.tokens, c.requests, c.cost_usd, session)
+        self._ledgers[profile.name] = ledger
+        return ledger
+
+    async def _ingest(
+        self, profile: Profile, stored: StoredState, now: datetime, changed: Collection[str] | None
+    ) -> None:
         if profile.name not in self._ingesters:
             try:
                 self._ingesters[profile.name] = get_adapter(profile.backend).usage_reader(profile, stored.offsets)
             except Exception:  # usage from the agent's files is a bonus; never a reason to fail a run
                 log.exception("cannot read %s's usage records", profile.name)
                 self._ingesters[profile.name] = None
+            changed = None  # a new reader lists every file once
         ingester = self._ingesters[profile.name]
-        if ingester is None:
+        if ingester is None or (changed is not None and not changed):
             return
+        scrubber = Scrubber(await self.known_secrets()) if self.known_secrets is not None else None
+        parts = ingester.batches(now, changed)
+        # The next part is read (in a thread) while this one is stored: SQLite lets go of the GIL while it writes.
+        ahead: asyncio.Future[Any] = asyncio.ensure_future(asyncio.to_thread(next, parts, None))
+        added = 0
         try:
-            result = await asyncio.to_thread(ingester.scan, now)
+            while (part := await ahead) is not None:
+                ahead = asyncio.ensure_future(asyncio.to_thread(next, parts, None))
+                added += await self._store_part(profile, stored, part, scrubber, now)
         except Exception:
             log.exception("reading %s's usage records failed", profile.name)
+            # What was read but not stored is read again, from the offsets of what was stored (duplicates are
+            # ignored by the store), and the windows come from the store again.
+            self._ingesters.pop(profile.name, None)
+            self._ledgers.pop(profile.name, None)
             return
-        if self.known_secrets is not None and (result.records or result.windows):
-            result = Scrubber(await self.known_secrets()).record(result)
-        # Every record is kept, fleetd's own sessions too: which of an agent's and an attempt's records of
-        # one session counts is decided where windows are read (UsageStore.since), never by arrival order.
-        fresh = [
-            NewUsage(profile.name, r.at, "agent", r.usage.total, 0.0, r.session_id, r.dedupe_key, r.requests)
-            for r in result.records
-        ]
-        added = await self.usage.add(fresh)
-        stored.offsets = {path: offset.to_json() for path, offset in ingester.offsets.items()}
-        stored.garbled_lines += result.garbled_lines
-        if result.windows:
-            stored.reported = list(result.windows)
+        finally:
+            with contextlib.suppress(Exception):
+                await ahead  # a generator still running in its thread cannot be closed
+            parts.close()
         if added:
             log.info("profile %s: %d usage record(s) from the agent's own files", profile.name, added)
+
+    async def _store_part(
+        self, profile: Profile, stored: StoredState, part: Any, scrubber: Scrubber | None, now: datetime
+    ) -> int:
+        """One part of a scan: its records inserted in one statement and added to the windows, its offsets kept."""
+        # What is stored of an agent's record is its session id and dedupe key: those are scrubbed of every key.
+        clean = scrubber.text if scrubber is not None else _same
+        # Every record is kept, fleetd's own sessions too: which of an agent's and an attempt's records of
+        # one session counts is decided by the rule UsageStore.since states (and the ledger keeps), never by
+        # arrival order.
+        # Rows in the store's column order; `at` is UTC already (the readers make it so), as `to_iso` writes it.
+        name = profile.name
+        rows = [
+            (name, r.at.isoformat(timespec="milliseconds"), "agent", r.session_id and clean(r.session_id),
+             r.dedupe_key and clean(r.dedupe_key), r.usage.total, 0.0, r.requests)
+            for r in part.records
+        ]  # fmt: skip
+        ledger = await self._ledger(profile, now)  # before the insert: a ledger read after has them
+        added = await self.usage.add_rows(rows)
+        if not rows:
+            pass
+        elif added == len(rows):
+            sessions = {row[3] for row in rows if row[3]}
+            if sessions:
+                ledger.take_sessions(await self.usage.attempt_sessions(name, sessions))
+            ledger.add_many((r.at, row[5], r.requests, 0.0, row[3]) for r, row in zip(part.records, rows, strict=True))
+            self._last_id = await self.usage.last_id()
+        else:  # some were stored before (a file read again): which are new, only the store knows
+            self._ledgers.pop(name, None)
+        for path in part.forgotten:
+            stored.offsets.pop(path, None)
+        stored.offsets.update(part.saved)
+        if part.saved or part.forgotten:
+            self._offsets_json.pop(profile.name, None)
+        stored.garbled_lines += part.garbled_lines
+        if part.windows:
+            stored.reported = list(scrubber.record(part.windows) if scrubber is not None else part.windows)
+        return added
 
     async def _set(self, profile: Profile, stored: StoredState, new: ProfileStatus, now: datetime) -> None:
         old = stored.status
         stored.status = new
         self.states[profile.name] = stored
-        await self.usage.save_state(profile.name, stored, now)
+        offsets_json = self._offsets_json.get(profile.name)
+        if offsets_json is None:
+            offsets_json = self._offsets_json[profile.name] = json.dumps(stored.offsets)
+        await self.usage.save_state(profile.name, stored, now, offsets_json)
         if new.state == old.state and new.exhausted_until == old.exhausted_until:
             return
         kind = {
@@ -357,7 +445,7 @@ class Heartbeat:
                 if profile.name not in self.states or (
                     status.state in ("exhausted", "parked") and status.exhausted_until and status.exhausted_until <= now
                 ):
-                    await self._refresh(profile)
+                    await self._refresh(profile, self._pending())
                 await self._observe_circuit(profile, now)
             views = {}
             for profile, standing in zip(profiles, self.standings(profiles), strict=True):
@@ -385,9 +473,11 @@ class Heartbeat:
         """Record what the attempt used and what it says about the profile, then beat for its backend."""
         async with self._lock:
             tokens = parsed.usage.total
-            await self.usage.add(
-                [NewUsage(profile.name, finished_at, "attempt", tokens, cost_usd or 0.0, parsed.session_id)]
-            )
+            record = NewUsage(profile.name, finished_at, "attempt", tokens, cost_usd or 0.0, parsed.session_id)
+            ledger = await self._ledger(profile, finished_at)  # before the insert: a ledger read after has it
+            await self.usage.add([record])
+            ledger.add(finished_at, tokens, 1, record.cost_usd, parsed.session_id, attempt=True)
+            self._last_id = await self.usage.last_id()
             recent = await self.usage.recent_attempt_tokens(profile.name)
             self._typical_tokens[profile.name] = statistics.median(recent) if recent else 0
             stored = self.states.get(profile.name) or StoredState(ProfileStatus())
@@ -406,7 +496,7 @@ class Heartbeat:
             if new_circuit != self.circuits.get(profile.name, Circuit()):
                 why = parsed.error_class or parsed.outcome
                 await self._set_circuit(profile, old_circuit, new_circuit, finished_at, f"attempt {why}")
-            await self._refresh(profile)
+            await self._refresh(profile, self._pending())
             await self._switch(profile.backend)
 
     async def attempts_finished(self, done: list[tuple[Profile, ParsedOutput, datetime, float | None]]) -> None:
@@ -416,10 +506,15 @@ class Heartbeat:
         if not done:
             return
         async with self._lock:
-            await self.usage.add(
-                [NewUsage(p.name, at, "attempt", parsed.usage.total, cost or 0.0, parsed.session_id)
-                 for p, parsed, at, cost in done]
-            )  # fmt: skip
+            records = [NewUsage(p.name, at, "attempt", parsed.usage.total, cost or 0.0, parsed.session_id)
+                       for p, parsed, at, cost in done]  # fmt: skip
+            ledgers = {p.name: await self._ledger(p, at) for p, _, at, _ in done}  # before the insert, as one by one
+            await self.usage.add(records)
+            for record in records:
+                ledgers[record.profile].add(
+                    record.at, record.tokens, 1, record.cost_usd, record.session_id, attempt=True
+                )
+            self._last_id = await self.usage.last_id()
             last: dict[str, Profile] = {}
             for profile, parsed, finished_at, _ in done:
                 last[profile.name] = profile
@@ -444,7 +539,7 @@ class Heartbeat:
             for name, profile in last.items():
                 recent = await self.usage.recent_attempt_tokens(name)
                 self._typical_tokens[name] = statistics.median(recent) if recent else 0
-                await self._refresh(profile)
+                await self._refresh(profile, self._pending())
             for backend in {p.backend for p in last.values()}:
                 await self._switch(backend)
 
@@ -455,7 +550,7 @@ class Heartbeat:
             stored = self.states.get(profile.name) or StoredState(ProfileStatus())
             new = ProfileStatus() if enabled else ProfileStatus("disabled", None, "disabled by hand")
             await self._set(profile, stored, new, now)
-            await self._refresh(profile)
+            await self._refresh(profile, self._pending())
             await self._switch(profile.backend)
 
     async def pin(self, profile: Profile) -> None:
@@ -485,6 +580,8 @@ class Heartbeat:
             if self.circuit_store is not None:
                 await self.circuit_store.forget(profile)
             self._ingesters.pop(profile, None)
+            self._ledgers.pop(profile, None)
+            self._offsets_json.pop(profile, None)
             await self.usage.forget(profile)
             for backend, (active, _) in list(self.active.items()):
                 if active == profile:
@@ -502,3 +599,7 @@ class Heartbeat:
                          "in_flight": self.in_flight.get(profile.name, 0), "now": now,
                          "circuit": self.circuit(profile.name)})  # fmt: skip
         return rows
+
+
+def _same(text: str) -> str:
+    return text

@@ -4,6 +4,7 @@ of each backend."""
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -41,20 +42,28 @@ class UsageStore:
         self.db = db
 
     async def add(self, records: list[NewUsage]) -> int:
-        """Insert, skipping records whose dedupe key this profile already has. Returns how many were new."""
-        if not records:
+        """Insert in one statement, skipping records whose dedupe key this profile already has. Returns how many
+        were new (all of them, unless some were read before: then the caller cannot tell which)."""
+        return await self.add_rows(
+            [
+                (r.profile, to_iso(r.at), r.source, r.session_id, r.dedupe_key, r.tokens, r.cost_usd, r.requests)
+                for r in records
+            ]
+        )
+
+    async def add_rows(self, rows: list[tuple[str, str | None, str, str | None, str | None, int, float, int]]) -> int:
+        """`add` for rows already in column order (profile, at as `to_iso` writes it, source, session_id,
+        dedupe_key, tokens, cost_usd, requests): a first read brings a hundred thousand."""
+        if not rows:
             return 0
-        added = 0
         async with self.db.transaction() as conn:
-            for r in records:
-                cur = await conn.execute(
-                    "INSERT OR IGNORE INTO usage_records "
-                    "(profile, at, source, session_id, dedupe_key, tokens, cost_usd, requests) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (r.profile, to_iso(r.at), r.source, r.session_id, r.dedupe_key, r.tokens, r.cost_usd, r.requests),
-                )
-                added += cur.rowcount
-        return added
+            cur = await conn.executemany(
+                "INSERT OR IGNORE INTO usage_records "
+                "(profile, at, source, session_id, dedupe_key, tokens, cost_usd, requests) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+            return max(0, cur.rowcount)
 
     async def since(self, profile: str, start: datetime) -> list[Consumption]:
         """The profile's consumption after `start`, each session counted once.
@@ -65,16 +74,43 @@ class UsageStore:
         rows alone, so no ordering of ingestion against `attempt_finished` can count a session twice
         (in the trial the file watcher read the agent's record tens of ms before the attempt's existed).
         Agent records without a session id, or of sessions fleetd never ran (someone using the same
-        login by hand), always count.
+        login by hand), always count. (`heartbeat.windows.Ledger` keeps the same rule as records arrive.)
         """
+        return [row for row, _ in await self.window(profile, start)]
+
+    async def window(self, profile: str, start: datetime) -> list[tuple[Consumption, str | None]]:
+        """`since`, each record with the session an attempt record could still take over (agent records only)."""
         rows = await self.db.fetchall(
-            "SELECT at, tokens, requests, cost_usd FROM usage_records AS u WHERE u.profile = ? AND u.at > ? "
+            "SELECT at, tokens, requests, cost_usd, CASE WHEN source = 'agent' THEN session_id END AS agent_session "
+            "FROM usage_records AS u WHERE u.profile = ? AND u.at > ? "
             "AND NOT (u.source = 'agent' AND u.session_id IS NOT NULL AND EXISTS ("
             "SELECT 1 FROM usage_records AS a WHERE a.profile = u.profile AND a.source = 'attempt' "
             "AND a.session_id = u.session_id)) ORDER BY u.at",
             (profile, to_iso(start)),
         )
-        return [Consumption(from_iso(r["at"]), r["tokens"], r["requests"], r["cost_usd"]) for r in rows]  # type: ignore[arg-type]
+        return [
+            (Consumption(from_iso(r["at"]), r["tokens"], r["requests"], r["cost_usd"]), r["agent_session"])  # type: ignore[arg-type]
+            for r in rows
+        ]
+
+    async def last_id(self) -> int:
+        """The newest record's id, whoever wrote it (O(1)): whether the records changed since it was last read."""
+        row = await self.db.fetchone("SELECT max(id) AS last FROM usage_records")
+        return (row["last"] if row is not None else None) or 0
+
+    async def attempt_sessions(self, profile: str, sessions: Collection[str]) -> set[str]:
+        """Which of `sessions` have an attempt record (their agent records do not count)."""
+        found: set[str] = set()
+        wanted = sorted(set(sessions))
+        for i in range(0, len(wanted), 500):  # SQLite's limit on bound parameters
+            part = wanted[i : i + 500]
+            rows = await self.db.fetchall(
+                "SELECT DISTINCT session_id FROM usage_records WHERE profile = ? AND source = 'attempt' "
+                f"AND session_id IN ({', '.join('?' * len(part))})",
+                (profile, *part),
+            )
+            found.update(r["session_id"] for r in rows)
+        return found
 
     async def recent_attempt_tokens(self, profile: str, limit: int = 10) -> list[int]:
         rows = await self.db.fetchall(
@@ -98,7 +134,11 @@ class UsageStore:
             for r in rows
         }
 
-    async def save_state(self, profile: str, stored: StoredState, now: datetime) -> None:
+    async def save_state(
+        self, profile: str, stored: StoredState, now: datetime, offsets_json: str | None = None
+    ) -> None:
+        """`offsets_json`: `stored.offsets` already serialised (a caller that knows they did not change keeps
+        thousands of files' offsets from being serialised on every beat)."""
         s = stored.status
         async with self.db.transaction() as conn:
             await conn.execute(
@@ -110,7 +150,8 @@ class UsageStore:
                 "offsets_json = excluded.offsets_json, garbled_lines = excluded.garbled_lines, "
                 "updated_at = excluded.updated_at",
                 (profile, s.state, to_iso(s.exhausted_until), s.reason, int(s.unconfirmed),
-                 _windows_to_json(stored.reported), json.dumps(stored.offsets), stored.garbled_lines, to_iso(now)),
+                 _windows_to_json(stored.reported), offsets_json or json.dumps(stored.offsets), stored.garbled_lines,
+                 to_iso(now)),
             )  # fmt: skip
 
     async def forget(self, profile: str) -> None:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fleetd.backends.parsers import claude_code
 from fleetd.backends.usage_files import (
@@ -18,6 +21,9 @@ from fleetd.backends.usage_files import (
     FileOffset,
     IngestResult,
     UsageRecord,
+    _around_content,
+    _copy_key,
+    _has_null_field,
 )
 from fleetd.records.result import TokenUsage, WindowState
 from tests.harness import captures_dir
@@ -856,3 +862,123 @@ def test_claude_lines_with_spaces_after_colons_are_still_read(tmp_path: Path) ->
     path.write_text(json.dumps(line, indent=None) + "\n")  # ", " and ": " separators
     (record,) = ClaudeTranscripts(tmp_path).scan(datetime(2026, 11, 21, 11, tzinfo=UTC)).records
     assert (record.usage.input_tokens, record.usage.output_tokens) == (7, 3)
+
+
+# -- the fast path: lines without usage are barely looked at, copies are not decoded again ----------
+
+# ccusage's null rule as a regular expression: the reference _has_null_field must agree with.
+NULL_FIELD = re.compile(
+    rb'"(?:id|cwd|model|speed|costUSD|version|sessionId|requestId|isApiErrorMessage|'
+    rb'cache_read_input_tokens|cache_creation_input_tokens)"\s*:\s*null'
+)
+NULL_PIECES = [b'"id"', b'"cwd"', b'"model"', b'"costUSD"', b'"cache_read_input_tokens"', b'"idx"', b'"xid"', b'"',
+               b":", b" ", b"\t", b"null", b"nul", b"\\", b"{", b",", b"x", b'\\"id\\"']  # fmt: skip
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from(NULL_PIECES), max_size=14))
+def test_the_null_rule_agrees_with_ccusages_regular_expression(pieces: list[bytes]) -> None:
+    line = b"".join(pieces)
+    assert _has_null_field(line) == bool(NULL_FIELD.search(line))
+
+
+TRICKY_TEXT = st.text(alphabet='ab"\\{}[]:,\n\t\u00e9\u2028 ', max_size=40)
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=TRICKY_TEXT, tool_input=st.dictionaries(st.sampled_from(["usage", "message", "content", "id"]),
+                                                     st.integers(0, 9) | TRICKY_TEXT, max_size=3))  # fmt: skip
+def test_decoding_around_the_content_gives_what_decoding_the_line_gives(text: str, tool_input: dict) -> None:
+    """Content that spells the markers (escaped, or as real keys of a tool's input) changes nothing."""
+    obj = json.loads(claude_line())
+    obj["message"]["content"] = [{"type": "text", "text": text}, {"type": "tool_use", "input": tool_input}]
+    line = compact(obj).rstrip(b"\n")
+    _, message_at, usage_at = _copy_key(line, 0, len(line))
+    decoded = _around_content(line, 0, len(line), message_at, usage_at)
+    assert decoded is not None
+    obj["message"]["content"] = None
+    assert decoded == obj
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b'{"message":{"id":"m","content":[],"stop_reason":null,"usage":{"input_tokens":1}}}}',  # a brace too many
+        b'{"message":{"id":"m","content":[],"stop_reason":null,"usage":{"input_tokens":1}},"requestId":"r","x":}',
+        b'{"message":{"id":"m","content":[]},"t":{"usage":{"input_tokens":1}},"requestId":"r"}',  # not the message's
+        b'{"message":{"id":"m","content":"text","stop_reason":null,"usage":{"input_tokens":1}},"requestId":"r"}',
+    ],
+)
+def test_lines_that_do_not_decode_around_the_content_are_left_to_the_full_decode(line: bytes) -> None:
+    _, message_at, usage_at = _copy_key(line, 0, len(line))
+    assert _around_content(line, 0, len(line), message_at, usage_at) is None
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b'{"a":{"message":{"id":"m","content":[],"stop_reason":null,"usage":{"input_tokens":1}},"requestId":"r"}}',
+        b'{"message":{"id":"m","content":[],"stop_reason":null},"t":{"usage":{"input_tokens":1}},"requestId":"r"}',
+    ],
+    ids=["message-not-top-level", "usage-not-the-messages"],
+)
+def test_what_decodes_around_the_content_is_what_the_full_decode_gives(line: bytes) -> None:
+    _, message_at, usage_at = _copy_key(line, 0, len(line))
+    full = json.loads(line)
+    full.get("a", full)["message"]["content"] = None
+    assert _around_content(line, 0, len(line), message_at, usage_at) == full
+
+
+def test_copies_of_a_message_are_not_decoded_again(claude_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = transcript(claude_dir)
+    # One line per content block, as Claude Code writes them: same id, request id and usage.
+    append(path, *(claude_line(ts=f"2025-09-09T21:51:1{i}.000Z") for i in range(4)), user_line() * 3)
+    reader = ClaudeTranscripts(claude_dir, {})
+    taken = []
+    original = ClaudeTranscripts._take
+    monkeypatch.setattr(
+        ClaudeTranscripts, "_take", lambda self, obj, p, out: taken.append(1) or original(self, obj, p, out)
+    )
+    [record] = reader.scan(NOW).records
+    assert len(taken) == 1 and record.at == at("2025-09-09T21:51:10.000Z")
+    append(path, claude_line(ts="2025-09-09T21:52:00.000Z", usage=tokens(4, 9000, 0, 17902)))  # larger: decoded
+    [correction] = reader.scan(NOW).records
+    assert len(taken) == 2 and correction.usage.output_tokens == 9000 - 3
+
+
+def test_a_message_whose_content_holds_a_usage_object_counts_the_messages_own(claude_dir: Path) -> None:
+    obj = json.loads(claude_line())
+    obj["message"]["content"] = [{"type": "tool_use", "input": {"usage": {"input_tokens": 999999}}}]
+    append(transcript(claude_dir), compact(obj))
+    [record] = ClaudeTranscripts(claude_dir, {}).scan(NOW).records
+    assert record.usage == TokenUsage(4, 3, 0, 17902)
+
+
+def test_lines_ending_in_carriage_returns_or_spaces_are_still_read(claude_dir: Path) -> None:
+    append(transcript(claude_dir), claude_line(mid="msg_1").replace(b"\n", b"\r\n"), b"  " + claude_line(mid="msg_2"))
+    result = ClaudeTranscripts(claude_dir, {}).scan(NOW)
+    assert ([r.dedupe_key for r in result.records], result.garbled_lines) == ([f"msg_1:{REQ}", f"msg_2:{REQ}"], 0)
+
+
+def test_a_scan_of_given_paths_reads_only_those(claude_dir: Path) -> None:
+    one, two = transcript(claude_dir, "one"), transcript(claude_dir, "two")
+    append(one, claude_line(mid="msg_1"))
+    append(two, claude_line(mid="msg_2"))
+    reader = ClaudeTranscripts(claude_dir, {})
+    first = reader.scan(NOW, paths=[str(one), str(claude_dir / "elsewhere.jsonl"), "/etc/passwd"])
+    assert ([r.dedupe_key for r in first.records], set(reader.offsets)) == ([f"msg_1:{REQ}"], {str(one)})
+    assert first.touched == {str(one)}
+    one.unlink()
+    gone = reader.scan(NOW, paths=[str(one)])
+    assert (gone.records, gone.forgotten, set(reader.offsets)) == ([], {str(one)}, set())
+    assert [r.dedupe_key for r in reader.scan(NOW).records] == [f"msg_2:{REQ}"]  # a full listing finds the rest
+
+
+def test_batches_hand_out_whole_files_and_add_up_to_one_scan(claude_dir: Path) -> None:
+    for n in range(5):
+        append(transcript(claude_dir, f"s{n}"), *(claude_line(mid=f"msg_{n}_{i}") for i in range(3)))
+    whole = ClaudeTranscripts(claude_dir, {}).scan(NOW)
+    parts = list(ClaudeTranscripts(claude_dir, {}).batches(NOW, batch_records=4))
+    assert [len(p.records) for p in parts] == [6, 6, 3]
+    assert [r for p in parts for r in p.records] == whole.records
+    assert set().union(*(p.touched for p in parts)) == whole.touched

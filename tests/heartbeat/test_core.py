@@ -5,12 +5,14 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as hs
 
 from fleetd.errors import InvalidArgument
 from fleetd.heartbeat.limits import parse_limit, parse_limits
 from fleetd.heartbeat.state import after_attempt, evaluate
 from fleetd.heartbeat.switch import Standing, choose_active
-from fleetd.heartbeat.windows import headroom, window_usage
+from fleetd.heartbeat.windows import Ledger, headroom, window_usage
 from fleetd.records.profile import Limit
 from fleetd.records.result import WindowState
 from fleetd.records.usage import Consumption, ProfileStatus
@@ -162,3 +164,78 @@ def test_choose_active_keeps_a_usable_current_and_switches_to_most_headroom() ->
 def test_choose_active_picks_the_most_headroom(standings: list[Standing], chosen: str) -> None:
     name, why = choose_active(standings, None, pinned=False)
     assert name == chosen and why.startswith("no active profile")
+
+
+# -- the ledger: windows kept as records come and go equal windows summed from scratch ------------
+
+LEDGER_LIMITS = [Limit(3600, 500, "tok"), Limit(5 * 3600, 20, "req"), Limit(7 * 86400, 3.0, "usd")]
+SESSIONS = [None, "s1", "s2", "s3"]
+# (kind, minutes from T0, minutes of the record's time relative to the clock, tokens, session); in steps of ten
+# minutes, so that records fall on window edges and on the clock itself
+OPS = hs.lists(
+    hs.tuples(
+        hs.sampled_from(["agent", "agents", "attempt", "advance"]),
+        hs.integers(0, 30).map(lambda n: 10 * n),
+        hs.integers(-40, 3).map(lambda n: 10 * n),
+        hs.integers(0, 300),
+        hs.sampled_from(SESSIONS),
+    ),
+    max_size=60,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(ops=OPS, prune_at=hs.sampled_from([1, 3, 4096]), bulk=hs.sampled_from([1, 256]))
+def test_the_ledger_equals_a_recomputation_from_scratch(ops: list, prune_at: int, bulk: int) -> None:
+    """Any interleaving of agent records, attempt records (which take their session over) and a clock that moves
+    on: after every step, each window's use, when it eases and when it is no longer full equal `window_usage`
+    over the records `UsageStore.since` would return."""
+    ledger = Ledger(LEDGER_LIMITS)
+    ledger.PRUNE_AT = prune_at  # type: ignore[misc]
+    ledger.BULK = bulk  # type: ignore[misc]
+    records: list[tuple[str, Consumption, str | None]] = []
+    now = T0
+    for kind, step, offset, tokens, session in ops:
+        now = max(now, T0 + timedelta(minutes=step))  # the clock never goes back here (see the next test)
+        at, cost = now + timedelta(minutes=offset), tokens / 1000
+        if kind in ("agent", "attempt"):
+            records.append((kind, Consumption(at, tokens, 1, cost), session))
+            ledger.add(at, tokens, 1, cost, session, attempt=kind == "attempt")
+        elif kind == "agents":  # a part of a scan: several at once, out of time order
+            many = [
+                (at, tokens, 1, cost, session),
+                (at - timedelta(minutes=70), 7, 1, 0.5, None),
+                (at, 1, 1, 0, session),
+            ]
+            records += [("agent", Consumption(a, t, r, c), s) for a, t, r, c, s in many]
+            ledger.add_many(many)
+        if kind == "agents" and offset % 20 == 0:  # an attempt's record right after a part, before the beat
+            records.append(("attempt", Consumption(at, 1, 1, 0.0), session))
+            ledger.add(at, 1, 1, 0.0, session, attempt=True)
+        taken = {s for k, _, s in records if k == "attempt" and s}
+        counted = [c for k, c, s in records if k == "attempt" or s not in taken]
+        usages = ledger.advance(now)
+        for i, (limit, usage) in enumerate(zip(LEDGER_LIMITS, usages, strict=True)):
+            expected = window_usage(counted, limit, now)
+            assert usage.used == pytest.approx(expected.used, abs=1e-9)
+            assert usage.eases_at == expected.eases_at
+            if expected.exceeded:
+                assert usage.full_until(ledger.inside(i), now) == expected.full_until(counted, now)
+
+
+def test_the_ledger_sums_again_when_the_clock_goes_back() -> None:
+    ledger = Ledger([Limit(3600, 1000, "tok")])
+    for minutes in (0, 10, 50):
+        ledger.add(T0 + timedelta(minutes=minutes), 100)
+    assert [u.used for u in ledger.advance(T0 + timedelta(minutes=65))] == [200]  # minute 0 left the hour
+    assert [u.used for u in ledger.advance(T0 + timedelta(minutes=30))] == [200]  # minutes 0 and 10, again
+    assert [u.used for u in ledger.advance(T0 + timedelta(minutes=55))] == [300]
+
+
+def test_a_ledger_drops_what_no_window_reaches() -> None:
+    ledger = Ledger([Limit(3600, 1e9, "tok")])
+    ledger.PRUNE_AT = 10  # type: ignore[misc]
+    for minutes in range(100):
+        ledger.add(T0 + timedelta(minutes=minutes), 1)
+    assert [u.used for u in ledger.advance(T0 + timedelta(minutes=99))] == [60]
+    assert len(ledger) == 60

@@ -8,9 +8,11 @@ import json
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from fleetd.backends import usage_files
 from fleetd.heartbeat.limits import parse_limit
 from fleetd.heartbeat.service import Heartbeat
 from fleetd.records.loop import ChainStep
@@ -305,3 +307,139 @@ def test_attempts_finished_in_a_batch_end_as_one_by_one(tmp_path: Path) -> None:
     run(tmp_path / "batch", batched)
     assert seen[0] == seen[1]
     assert seen[1][0].state == "exhausted"  # type: ignore[index]
+
+
+# -- ingestion that costs what changed ------------------------------------------------------------
+
+
+def transcript_of(profile: Profile, session: str) -> Path:
+    return Path(profile.config_dir, "projects", "-home-user-project", f"{session}.jsonl")
+
+
+def test_a_beat_for_reported_files_reads_only_those_and_a_full_beat_reads_the_rest(tmp_path: Path) -> None:
+    async def body(hb: Heartbeat, clock: Clock, usage: UsageStore, profiles: list[Profile]) -> None:
+        a = profiles[0]
+        agent_writes(a, SESSION, 300)
+        agent_writes(a, BY_HAND, 200)
+        await hb.beat({str(transcript_of(a, SESSION))})  # what the watch reports
+        assert used(hb, "a") == [300]
+        await hb.beat(set())  # nothing reported: nothing read
+        assert used(hb, "a") == [300]
+        await hb.beat()  # a periodic beat lists every file
+        assert used(hb, "a") == [500]
+
+    run(tmp_path, body)
+
+
+def test_windows_are_read_from_the_store_once_and_then_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    reads: list[str] = []
+    original = UsageStore.window
+
+    async def counting(self: UsageStore, profile: str, start: datetime) -> Any:
+        reads.append(profile)
+        return await original(self, profile, start)
+
+    monkeypatch.setattr(UsageStore, "window", counting)
+
+    async def body(hb: Heartbeat, clock: Clock, usage: UsageStore, profiles: list[Profile]) -> None:
+        a = profiles[0]
+        reads.clear()
+        for n in range(3):
+            session = f"{SESSION[:-1]}{n}"
+            agent_writes(a, session, 100, stamp=f"2026-11-21T07:5{n}:00.000Z")
+            await hb.beat({str(transcript_of(a, session))})
+            await hb.attempt_finished(profiles[1], ok(10), clock.now, None)
+            clock.now += timedelta(minutes=1)
+        assert used(hb, "a") == [300] and used(hb, "b") == [30]
+        assert reads == []  # every beat added what was new to the windows kept since start
+        clock.now += timedelta(hours=5)
+        await hb.beat()
+        assert used(hb, "a") == [0] and reads == []
+
+    run(tmp_path, body)
+
+
+def test_agent_records_are_inserted_a_part_at_a_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(usage_files, "BATCH_RECORDS", 2)
+    inserts: list[int] = []
+    original = UsageStore.add_rows
+
+    async def counting(self: UsageStore, rows: list[Any]) -> int:
+        inserts.append(len(rows))
+        return await original(self, rows)
+
+    monkeypatch.setattr(UsageStore, "add_rows", counting)
+
+    async def body(hb: Heartbeat, clock: Clock, usage: UsageStore, profiles: list[Profile]) -> None:
+        a = profiles[0]
+        inserts.clear()
+        for n in range(3):
+            session = f"{SESSION[:-1]}{n}"
+            agent_writes(a, session, 100)
+            agent_writes(a, session, 100, stamp="2026-11-21T07:59:30.000Z")  # same ids: one record
+            agent_writes(a, f"{BY_HAND[:-1]}{n}", 10)
+        await hb.beat()
+        assert [n for n in inserts if n] == [2, 2, 2]  # a part per file here (each file has two records)
+        assert used(hb, "a") == [330]
+
+    run(tmp_path, body)
+
+
+def test_a_transcript_rewritten_from_the_start_is_not_counted_twice(tmp_path: Path) -> None:
+    async def body(hb: Heartbeat, clock: Clock, usage: UsageStore, profiles: list[Profile]) -> None:
+        a = profiles[0]
+        path = transcript_of(a, SESSION)
+        agent_writes(a, SESSION, 300)
+        await hb.beat({str(path)})
+        old = path.read_bytes()
+        path.write_bytes(b"")  # truncated, then the same history and one more request (another message)
+        path.write_bytes(old + old.replace(b"msg-", b"msg-2-").replace(b"req-", b"req-2-"))
+        await hb.beat({str(path)})
+        assert used(hb, "a") == [600]
+        staged = path.with_suffix(".tmp")  # an atomic replace: a new inode, read from the start
+        staged.write_bytes(path.read_bytes())
+        staged.replace(path)
+        await hb.beat({str(path)})
+        assert used(hb, "a") == [600]
+
+    run(tmp_path, body)
+
+
+def test_records_a_failed_insert_lost_are_read_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    original = UsageStore.add_rows
+    failing = [True]
+
+    async def flaky(self: UsageStore, rows: list[Any]) -> int:
+        if failing[0] and rows:
+            raise OSError("disk full")
+        return await original(self, rows)
+
+    monkeypatch.setattr(UsageStore, "add_rows", flaky)
+
+    async def body(hb: Heartbeat, clock: Clock, usage: UsageStore, profiles: list[Profile]) -> None:
+        agent_writes(profiles[0], SESSION, 300)
+        await hb.beat()
+        assert used(hb, "a") == [0]
+        failing[0] = False
+        await hb.beat({str(transcript_of(profiles[0], SESSION))})
+        assert used(hb, "a") == [300]
+
+    run(tmp_path, body)
+
+
+def test_offsets_are_saved_as_files_move_on(tmp_path: Path) -> None:
+    async def body(hb: Heartbeat, clock: Clock, usage: UsageStore, profiles: list[Profile]) -> None:
+        path = transcript_of(profiles[0], SESSION)
+        agent_writes(profiles[0], SESSION, 300)
+        await hb.beat()
+        assert (await usage.load_states())["a"].offsets[str(path)]["offset"] == path.stat().st_size
+        agent_writes(profiles[0], BY_HAND, 5)
+        agent_writes(profiles[0], SESSION, 300, stamp="2026-11-21T07:59:30.000Z")
+        await hb.beat({str(path)})
+        saved = (await usage.load_states())["a"].offsets
+        assert saved[str(path)]["offset"] == path.stat().st_size and len(saved) == 1
+        path.unlink()
+        await hb.beat()
+        assert list((await usage.load_states())["a"].offsets) == [str(transcript_of(profiles[0], BY_HAND))]
+
+    run(tmp_path, body)
