@@ -140,7 +140,8 @@ class Scheduler:
         """Save `new` (checked already) over `old`, the loop it was made from, and re-arm its timer with it:
         it takes effect at the next fire. A run in flight keeps the Loop it was fired with: `new` is another
         object, and nothing re-reads a loop mid-run. A new schedule, or a loop enabled again, gets its next
-        fire recomputed (like `resume`: nothing missed is caught up); otherwise the next fire stays."""
+        fire recomputed (like `resume`: nothing missed is caught up); otherwise the next fire stays. A pause,
+        resume or edit since `old` was read makes it a Conflict, nothing saved (`LoopStore.replace`)."""
         now = self.clock()
         new.created_at, new.updated_at = old.created_at, now
         trigger = build_trigger(new.schedule, _anchor(old))  # interval loops stay on the grid of their creation
@@ -150,7 +151,7 @@ class Scheduler:
             if due is None and (new.enabled or new.schedule.kind == "cron"):
                 raise InvalidArgument(never_fires(new.schedule))
             new.next_fire_at = due if new.enabled else None
-        saved = await self.loops.replace(new, schedule_moved=moved)
+        saved = await self.loops.replace(new, was=old, schedule_moved=moved)
         if saved.enabled:
             self._arm(saved, trigger, saved.next_fire_at)
         else:

@@ -96,3 +96,53 @@ def test_a_catch_up_that_cannot_be_recorded_at_start_is_retried_by_the_loops_tim
 
     triggers, recorded = asyncio.run(go())
     assert triggers[:2] == ["catch-up", "catch-up"] and recorded == 1  # retried, recorded once
+
+
+def test_an_edit_that_raced_a_pause_or_resume_saves_nothing(tmp_path: Path) -> None:
+    """`loop edit` reads the loop, checks the edit, then saves: a pause or resume in between must not be
+    undone by the edit's stale `enabled` (an enabled loop with no next fire never fires again)."""
+    import dataclasses
+
+    from fleetd.errors import Conflict
+    from fleetd.timefmt import to_iso
+
+    async def go() -> None:
+        db = await Database.open(tmp_path / "r.db")
+        clock = Clock(T0)  # a clock that stands still: the race is caught whatever the timestamps say
+        loops = LoopStore(db)
+        scheduler = Scheduler(loops, NoExecutor(), clock=clock, misfire_grace=timedelta(seconds=1))  # type: ignore[arg-type]
+        try:
+            await scheduler.add(Loop("raced", Schedule("every", "1h", "UTC"), "command", command="true"))
+            old = await loops.get("raced")
+            await scheduler.pause("raced")  # lands between the edit's read and its write
+            try:
+                await scheduler.edit(old, dataclasses.replace(old, timeout_s=60.0))
+                raise AssertionError("the edit over a paused loop was saved")
+            except Conflict as e:
+                assert "changed meanwhile" in e.message
+            now = await loops.get("raced")
+            assert (now.enabled, now.next_fire_at, now.timeout_s) == (False, None, None)
+            assert "raced" not in scheduler._timers
+
+            old = await loops.get("raced")  # paused
+            await scheduler.resume("raced")
+            try:
+                await scheduler.edit(old, dataclasses.replace(old, timeout_s=60.0))
+                raise AssertionError("the edit over a resumed loop was saved")
+            except Conflict:
+                pass
+            now = await loops.get("raced")
+            assert (now.enabled, now.next_fire_at, now.timeout_s) == (True, T0 + H, None)
+
+            # A fire recorded meanwhile (it moves the next fire time only) is no conflict: the edit keeps it.
+            old = await loops.get("raced")
+            async with db.transaction() as conn:
+                await conn.execute("UPDATE loops SET last_fire_at = next_fire_at, next_fire_at = ?",
+                                   (to_iso(T0 + 2 * H),))  # fmt: skip
+            saved = await scheduler.edit(old, dataclasses.replace(old, timeout_s=60.0))
+            assert (saved.enabled, saved.next_fire_at, saved.timeout_s) == (True, T0 + 2 * H, 60.0)
+        finally:
+            scheduler.stop()
+            await db.close()
+
+    asyncio.run(go())
