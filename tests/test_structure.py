@@ -84,3 +84,14 @@ def test_nothing_outside_the_adapters_names_an_agent_backend() -> None:
             if isinstance(node, ast.Constant) and node.value in AGENT_BACKENDS:
                 named.append(f"{path.relative_to(FLEETD.parent)}:{node.lineno} {node.value!r}")
     assert not named, named
+
+
+def test_every_package_is_a_regular_package() -> None:
+    """A directory of modules without `__init__.py` is an implicit namespace package: imports still work,
+    so only this notices (and a namespace package has no place for the package's docstring)."""
+    missing = sorted(
+        str(d.relative_to(FLEETD.parent))
+        for d in [FLEETD, *(p for p in FLEETD.rglob("*") if p.is_dir())]
+        if any(d.glob("*.py")) and not (d / "__init__.py").exists()
+    )
+    assert missing == []

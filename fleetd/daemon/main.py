@@ -40,6 +40,7 @@ from fleetd.store.attempts import AttemptStore
 from fleetd.store.circuits import CircuitStore
 from fleetd.store.db import Database, StoreUnavailable
 from fleetd.store.events import EventLog
+from fleetd.store.gateway import GatewayStore
 from fleetd.store.hooks import HookStore
 from fleetd.store.loops import LoopStore
 from fleetd.store.profiles import ProfileStore
@@ -202,6 +203,7 @@ class Daemon:
             circuits=CircuitStore(db),
             breaker_policy=BreakerPolicy(cooldown_s=self.options.circuit_cooldown),
         )
+        gateway_store = GatewayStore(db)
         profiles = ProfileService(
             profile_store,
             loops,
@@ -211,6 +213,7 @@ class Daemon:
             clock=now_utc,
             known=known_secrets,
             attempts=attempts,
+            routes=gateway_store,
         )
         executor = Executor(
             runs,
@@ -234,10 +237,9 @@ class Daemon:
         pruner = Pruner(RetentionStore(db), run_logs=self.paths.run_logs, clock=now_utc)
         from fleetd.gateway.service import GatewayService  # the gateway's stack (httpx, protocols) only here
         from fleetd.records.gateway import GatewaySetting
-        from fleetd.store.gateway import GatewayStore
 
         forced = GatewaySetting(self.options.gateway, self.options.gateway_public) if self.options.gateway else None
-        gateway = GatewayService(GatewayStore(db), profiles, clock=now_utc, forced=forced)
+        gateway = GatewayService(gateway_store, profiles, clock=now_utc, forced=forced)
         ctx = DaemonContext(
             paths=self.paths,
             loops=loops,

@@ -275,7 +275,9 @@ class HookDispatcher:
             del self._pending[event_id]
 
     async def _save_cursor(self) -> None:
-        if self._stopped:
+        # Before start() nothing was read (`_read_upto` is still 0): the stored cursor stays as it is. The
+        # API can reload the hooks while the daemon still recovers, before the dispatcher starts.
+        if self._stopped or self._saved is None:
             return
         safe = min(self._pending) - 1 if self._pending else self._read_upto
         if safe == self._saved:

@@ -708,8 +708,9 @@ class Executor:
         return len(trail)
 
     def _verdict(self, loop: Loop, slot: ActiveRun, end: AttemptEnd) -> tuple[RunStatus, int | None, str | None] | None:
-        """A final status, or None when another profile could still do it. Work that finished
-        successfully counts even when a stop was requested meanwhile (it exited 0 in the grace)."""
+        """A final status, or None when another profile could still do it. Work that finished successfully
+        counts even when the daemon's shutdown interrupted it meanwhile (it exited 0 in the grace); a user's
+        stop that came first still makes the run `cancelled` (`_execute`, whatever this returns)."""
         if end.timed_out:
             return "timed_out", end.exit_code, f"timed out after {format_duration(loop.timeout_s)}"
         if end.parsed.outcome == "succeeded":

@@ -6,6 +6,7 @@ its own database and decides catch-up itself, so a restart never depends on a pi
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Literal
@@ -44,13 +45,48 @@ def parse_at(expr: str, tz: ZoneInfo) -> datetime:
     return when
 
 
+# cron counts the days of the week from Sunday, as 0 or 7; APScheduler 3 counts 0 as Monday (its
+# documented historical mistake). Both read the names alike, so numbers become names.
+_WEEKDAY_NAMES = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
+_NUMERIC_DOW = re.compile(r"(?:(\*)|(\d+)(?:-(\d+))?)(?:/(\d+))?")
+
+
+def _cron_day_of_week(field: str) -> str:
+    """cron's day-of-week field in APScheduler's terms: each numeric part (`1`, `1-5`, `*/2`, `1/2`)
+    becomes the list of day names it selects; names and anything unrecognised pass through, for
+    APScheduler to read or refuse."""
+    parts = []
+    for part in field.split(","):
+        m = _NUMERIC_DOW.fullmatch(part)
+        if m is None:
+            parts.append(part)
+            continue
+        star, first, last, step = m.groups()
+        # As cron reads them: `*` and `a/n` run to 7, `a` alone is just a.
+        low = 0 if star else int(first)
+        high = 7 if star or (last is None and step) else int(last if last is not None else first)
+        by = int(step) if step else 1
+        if high > 7:
+            raise ValueError(f"day of week {part!r} is out of range: use 0-7 (0 and 7 are Sunday) or sun-sat")
+        if low > high or by < 1:
+            raise ValueError(f"day of week {part!r}: a range must run upwards and a step be at least 1")
+        parts.extend(dict.fromkeys(_WEEKDAY_NAMES[day % 7] for day in range(low, high + 1, by)))
+    return ",".join(parts)
+
+
 def build_trigger(schedule: Schedule, anchor: datetime) -> BaseTrigger:
     """`anchor` is when the loop was created: interval loops count from it, so fires stay aligned
     across restarts."""
     tz = zone(schedule.timezone)
     if schedule.kind == "cron":
         try:
-            return CronTrigger.from_crontab(schedule.expr, timezone=tz)
+            fields = schedule.expr.split()
+            if len(fields) != 5:
+                raise ValueError(f"wrong number of fields; got {len(fields)}, expected 5")
+            minute, hour, day, month, day_of_week = fields
+            return CronTrigger(
+                minute=minute, hour=hour, day=day, month=month, day_of_week=_cron_day_of_week(day_of_week), timezone=tz
+            )
         except (ValueError, TypeError) as e:
             raise InvalidArgument(f"invalid cron expression {schedule.expr!r}: {e}") from None
     if schedule.kind == "every":

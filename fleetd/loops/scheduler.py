@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 
 from apscheduler.triggers.base import BaseTrigger
 
-from fleetd.errors import Conflict, InvalidArgument
+from fleetd.errors import Conflict, InvalidArgument, NotFound
 from fleetd.loops.executor import Executor
 from fleetd.loops.schedule import Plan, build_trigger, first_fire, never_fires, plan_startup, plan_wake
 from fleetd.loops.whynot import LoopFacts, NotFiring, why_not
@@ -40,6 +40,9 @@ class Scheduler:
         self.clock = clock
         self.misfire_grace = misfire_grace
         self._timers: dict[str, asyncio.Task[None]] = {}
+        # A timer's fire still being recorded, by loop. Shielded, it outlives its timer when an edit or a
+        # resume re-arms the loop meanwhile; the new timer waits for it (`_timer`).
+        self._firing: dict[str, asyncio.Future[Run | None]] = {}
 
     async def start(self) -> None:
         for loop in await self.loops.list():
@@ -81,6 +84,17 @@ class Scheduler:
             timer.cancel()
 
     async def _timer(self, loop: Loop, trigger: BaseTrigger, due: datetime | None) -> None:
+        firing = self._firing.get(loop.name)
+        if firing is not None:
+            # The timer this one replaces is still recording its fire at `due`, which then moves the stored
+            # next fire time on: take that time, or this timer would fire the same due time again.
+            await asyncio.wait([firing])
+            try:
+                due = (await self.loops.get(loop.name)).next_fire_at
+            except NotFound:
+                due = None
+            except Exception:  # the store failing: `due` it is; a fire recorded already is not recorded twice
+                log.warning("loop %s: cannot re-read its next fire time", loop.name, exc_info=True)
         while due is not None:
             delay = (due - self.clock()).total_seconds()
             if delay > 0:
@@ -94,10 +108,12 @@ class Scheduler:
                     fired = LoopFire(loop.name, plan.fire.scheduled_at, plan.next_fire_at, due=due)
                     # Shielded: an edit, pause or rm that re-arms or disarms this timer mid-fire must not
                     # cancel the fire between writing its run row and starting the run.
-                    firing = self.executor.fire(
+                    firing = asyncio.ensure_future(self.executor.fire(
                         loop, plan.fire.trigger, plan.fire.scheduled_at, fired, missed=plan.missed,
                         missed_reason="woke_late",
-                    )  # fmt: skip
+                    ))  # fmt: skip
+                    self._firing[loop.name] = firing
+                    firing.add_done_callback(lambda done, name=loop.name: self._fired(name, done))
                     started = await asyncio.shield(firing)
                     if started is None:
                         log.info("loop %s: the fire at %s was already recorded", loop.name, due)
@@ -110,6 +126,10 @@ class Scheduler:
                 continue
             due = plan.next_fire_at
         self._timers.pop(loop.name, None)
+
+    def _fired(self, name: str, firing: asyncio.Future[Run | None]) -> None:
+        if self._firing.get(name) is firing:
+            del self._firing[name]
 
     async def _missed(self, loop: Loop, plan: Plan, due: datetime | None, why: SkipReason) -> None:
         """Missed fires `--catch-up skip` does not run: one `skipped` row (and event) for them all, written
@@ -140,7 +160,8 @@ class Scheduler:
         """Save `new` (checked already) over `old`, the loop it was made from, and re-arm its timer with it:
         it takes effect at the next fire. A run in flight keeps the Loop it was fired with: `new` is another
         object, and nothing re-reads a loop mid-run. A new schedule, or a loop enabled again, gets its next
-        fire recomputed (like `resume`: nothing missed is caught up); otherwise the next fire stays."""
+        fire recomputed (like `resume`: nothing missed is caught up); otherwise the next fire stays. A pause,
+        resume or edit since `old` was read makes it a Conflict, nothing saved (`LoopStore.replace`)."""
         now = self.clock()
         new.created_at, new.updated_at = old.created_at, now
         trigger = build_trigger(new.schedule, _anchor(old))  # interval loops stay on the grid of their creation
@@ -150,7 +171,7 @@ class Scheduler:
             if due is None and (new.enabled or new.schedule.kind == "cron"):
                 raise InvalidArgument(never_fires(new.schedule))
             new.next_fire_at = due if new.enabled else None
-        saved = await self.loops.replace(new, schedule_moved=moved)
+        saved = await self.loops.replace(new, was=old, schedule_moved=moved)
         if saved.enabled:
             self._arm(saved, trigger, saved.next_fire_at)
         else:

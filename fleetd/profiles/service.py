@@ -30,6 +30,7 @@ from fleetd.records.profile import Profile
 from fleetd.records.result import ParsedOutput
 from fleetd.routing.router import World
 from fleetd.store.attempts import AttemptStore
+from fleetd.store.gateway import GatewayStore
 from fleetd.store.loops import LoopStore
 from fleetd.store.profiles import ProfileStore
 
@@ -124,8 +125,10 @@ class ProfileService:
         clock: Callable[[], datetime],
         known: KnownSecrets | None = None,
         attempts: AttemptStore | None = None,
+        routes: GatewayStore | None = None,
     ) -> None:
         self.store = store
+        self.routes = routes  # the gateway's routes, read only: their chains name profiles too
         self.attempt_costs = attempts
         self.loops = loops
         self.secrets = secrets
@@ -182,9 +185,9 @@ class ProfileService:
 
     async def remove(self, name: str) -> None:
         profile = await self.store.get(name)
-        users = [lp.name for lp in await self.loops.list() if name in lp.profiles]
+        users = await self._users(name)
         if users:
-            raise Conflict(f"profile {name!r} is in the pool of loop(s) {', '.join(users)}; change those first")
+            raise Conflict(f"profile {name!r} is still named by {', '.join(users)}: change or remove those first")
         if profile.has_secret:
             # Read before it is deleted: a run of this profile may still print it, so it stays scrubbed.
             removed = None
@@ -198,6 +201,22 @@ class ProfileService:
         if Path(profile.config_dir) == default_dir:
             # fleetd made this directory; a directory the user named stays theirs.
             shutil.rmtree(default_dir, ignore_errors=True)
+
+    async def _users(self, name: str) -> list[str]:
+        """What names profile `name` and would be left pointing at nothing without it: a loop's pool, chain
+        or review step, or a gateway route's chain."""
+        users = []
+        for lp in await self.loops.list():
+            where = [what for what, names in (("pool", lp.profiles),
+                                              ("chain", [p for step in lp.chain for p in step.profiles]),
+                                              ("review", lp.review.profiles if lp.review else ()))
+                     if name in names]  # fmt: skip
+            if where:
+                users.append(f"loop {lp.name} ({', '.join(where)})")
+        for route in await self.routes.routes() if self.routes is not None else []:
+            if any(name in step.profiles for step in route.chain):
+                users.append(f"route {route.name}")
+        return users
 
     async def edit(self, name: str, changes: dict[str, Any]) -> Profile:
         """`changes` over the stored profile, checked as a whole like `profile add`; nothing saved on error.

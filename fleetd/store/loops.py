@@ -110,23 +110,34 @@ class LoopStore:
         assert row is not None
         return _row_to_loop(row)
 
-    async def replace(self, loop: Loop, *, schedule_moved: bool) -> Loop:
-        """Save an edited definition over the loop it was made from, the same instance (`Loop.instance`): an
-        edit that raced a `loop rm` (and maybe a new `loop add` of the name) changes nothing. When and whether
-        it last fired stay as stored (a fire may have been recorded meanwhile), and so does its next fire time
-        unless the edit `schedule_moved` it to `loop.next_fire_at`."""
+    async def replace(self, loop: Loop, *, was: Loop, schedule_moved: bool) -> Loop:
+        """Save an edited definition over `was`, the loop as read when the edit began, and the same instance
+        (`Loop.instance`): an edit that raced a `loop rm` (and maybe a new `loop add` of the name) changes
+        nothing. Neither does one that raced a pause, resume or another edit (Conflict): its `enabled` and
+        schedule were decided on a stale read. When and whether it last fired stay as stored (a fire may
+        have been recorded meanwhile, and is no conflict), and so does its next fire time unless the edit
+        `schedule_moved` it to `loop.next_fire_at`."""
         kept = {"name", "created_at", "last_fire_at"} | (set() if schedule_moved else {"next_fire_at"})
         names = [c.strip() for c in _COLUMNS.split(",")]
         changed = [(n, v) for n, v in zip(names, _values(loop), strict=True) if n not in kept]
+        instance = (loop.name, to_iso(loop.created_at))
+        same_instance = False
         async with self.db.transaction() as conn:
+            # `enabled` as well as `updated_at`: a pause in the same millisecond still differs.
             cur = await conn.execute(
-                f"UPDATE loops SET {', '.join(f'{n} = ?' for n, _ in changed)} WHERE name = ? AND created_at = ? "
-                f"RETURNING {_COLUMNS}",
-                (*(v for _, v in changed), loop.name, to_iso(loop.created_at)),
+                f"UPDATE loops SET {', '.join(f'{n} = ?' for n, _ in changed)} "
+                f"WHERE name = ? AND created_at = ? AND updated_at IS ? AND enabled = ? RETURNING {_COLUMNS}",
+                (*(v for _, v in changed), *instance, to_iso(was.updated_at), int(was.enabled)),
             )
             row = await cur.fetchone()
             await cur.close()
+            if row is None:
+                cur = await conn.execute("SELECT 1 FROM loops WHERE name = ? AND created_at = ?", instance)
+                same_instance = await cur.fetchone() is not None
+                await cur.close()
         if row is None:
+            if same_instance:
+                raise Conflict(f"loop {loop.name!r} changed meanwhile (paused, resumed or edited): try again")
             raise NotFound(f"no loop named {loop.name!r} (removed meanwhile?)")
         return _row_to_loop(row)
 

@@ -1,7 +1,8 @@
 """Deleting old history (`fleetd runs prune`, the daemon's `--retain`): the queries, in small batches.
 
-Which runs may go: only finished ones (never `running` or `waiting`), and never the newest run of a
-loop that still exists, so `loop list` / `loop show` keep showing its last run however long ago that was.
+Which runs may go: only finished ones (never `running` or `waiting`), and never the last run of a
+loop that still exists (`runs.LAST_RUN_IDS`, a run of this loop, not of an earlier one of its name), so
+`loop list` / `loop show` keep showing its last run however long ago that was.
 A run goes with its attempts, in one short write transaction per batch, so a fire or an API write waits
 at most one batch. The stats rollups (`stats_daily`, `stats_hourly`) are not touched: they keep the
 figures of pruned runs (store/stats.py; triggers add on update only, so a delete subtracts nothing).
@@ -13,16 +14,13 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from fleetd.store.db import Database
-from fleetd.store.runs import NEWEST_FIRST
+from fleetd.store.runs import ACTIVE, LAST_RUN_IDS, NEWEST_FIRST
 from fleetd.timefmt import to_iso
 
-_UNFINISHED = "('running', 'waiting')"
-# The newest run of each defined loop (as `runs list` orders them): one index probe per loop.
-_PROTECTED = f"SELECT (SELECT id FROM runs r WHERE r.loop = l.name ORDER BY {NEWEST_FIRST} LIMIT 1) FROM loops l"
 # Each an index walk that stops at its limit (tests/store/test_query_plans.py): a prune's batch never reads
 # or sorts all of a million-run history.
 OLD_RUNS = (
-    f"SELECT id FROM runs WHERE started_at < ? AND status NOT IN {_UNFINISHED} AND id NOT IN ({_PROTECTED}) "
+    f"SELECT id FROM runs WHERE started_at < ? AND status NOT IN {ACTIVE} AND id NOT IN ({LAST_RUN_IDS}) "
     "ORDER BY started_at, id LIMIT ?"
 )
 LOOP_NAMES = (  # a skip-scan of runs_by_loop, one probe per name (SELECT DISTINCT would read the whole index)
@@ -33,7 +31,7 @@ LOOP_NAMES = (  # a skip-scan of runs_by_loop, one probe per name (SELECT DISTIN
 KEEP_EDGE = f"SELECT started_at, id FROM runs WHERE loop = ? ORDER BY {NEWEST_FIRST} LIMIT 1 OFFSET ?"
 BEYOND_EDGE = (
     "SELECT id FROM runs WHERE loop = ? AND started_at <= ? AND NOT (started_at = ? AND id >= ?) "
-    f"AND status NOT IN {_UNFINISHED} ORDER BY started_at, id LIMIT ?"
+    f"AND status NOT IN {ACTIVE} ORDER BY started_at, id LIMIT ?"
 )
 OLD_EVENTS = "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE at < ? ORDER BY at LIMIT ?)"
 
@@ -76,8 +74,8 @@ class RetentionStore:
         marks = ",".join("?" * len(ids))
         async with self.db.transaction() as conn:
             cur = await conn.execute(
-                f"SELECT id, log_path FROM runs WHERE id IN ({marks}) AND status NOT IN {_UNFINISHED} "
-                f"AND id NOT IN ({_PROTECTED})",
+                f"SELECT id, log_path FROM runs WHERE id IN ({marks}) AND status NOT IN {ACTIVE} "
+                f"AND id NOT IN ({LAST_RUN_IDS})",
                 ids,
             )
             gone = [DeletedRun(r[0], r[1]) for r in await cur.fetchall()]

@@ -16,7 +16,7 @@ import aiosqlite
 
 from fleetd.errors import NotFound
 from fleetd.records.fire import SkipReason
-from fleetd.records.run import LoopFire, Run, RunStatus
+from fleetd.records.run import ACTIVE_STATUSES, LoopFire, Run, RunStatus
 from fleetd.store.db import Database
 from fleetd.store.events import EventLog, NewEvent, fire_event, run_event
 from fleetd.timefmt import from_iso, now_utc, to_iso
@@ -171,10 +171,6 @@ class RunStore:
             return None
         return _row_to_run(row)
 
-    async def set_process(self, run_id: int, pid: int, create_time: float | None) -> None:
-        async with self.db.transaction() as conn:
-            await conn.execute("UPDATE runs SET pid = ?, pid_create_time = ? WHERE id = ?", (pid, create_time, run_id))
-
     async def finish(
         self,
         run_id: int,
@@ -189,7 +185,7 @@ class RunStore:
         async with self.db.transaction() as conn:
             cur = await conn.execute(
                 "UPDATE runs SET status = ?, finished_at = ?, exit_code = ?, error = ?, wait_until = NULL "
-                f"WHERE id = ? AND status IN ('running', 'waiting') RETURNING {_COLUMNS}",
+                f"WHERE id = ? AND status IN {ACTIVE} RETURNING {_COLUMNS}",
                 (status, to_iso(finished_at), exit_code, error, run_id),
             )
             row = await cur.fetchone()
@@ -210,8 +206,7 @@ class RunStore:
         """`waiting` until a profile's reset, with its `run.waiting` event (until=None: back to `running`)."""
         async with self.db.transaction() as conn:
             cur = await conn.execute(
-                "UPDATE runs SET status = ?, wait_until = ? WHERE id = ? AND status IN ('running', 'waiting') "
-                f"RETURNING {_COLUMNS}",
+                f"UPDATE runs SET status = ?, wait_until = ? WHERE id = ? AND status IN {ACTIVE} RETURNING {_COLUMNS}",
                 ("waiting" if until else "running", to_iso(until), run_id),
             )
             row = await cur.fetchone()
@@ -242,16 +237,13 @@ class RunStore:
         return [_row_to_run(r) for r in await self.db.fetchall(sql, params)]
 
     async def running(self) -> list[Run]:
-        rows = await self.db.fetchall(f"SELECT {_COLUMNS} FROM runs WHERE status IN ('running', 'waiting') ORDER BY id")
+        rows = await self.db.fetchall(f"SELECT {_COLUMNS} FROM runs WHERE status IN {ACTIVE} ORDER BY id")
         return [_row_to_run(r) for r in rows]
 
     async def last_for_loops(self) -> dict[str, Run]:
         """The newest run of every defined loop (as `list` orders them), for `loop list`: one index probe per
         loop. A run started before the loop was added belongs to an earlier loop of that name (`Loop.instance`)."""
-        rows = await self.db.fetchall(
-            f"SELECT {_COLUMNS} FROM runs WHERE id IN (SELECT (SELECT id FROM runs r WHERE r.loop = l.name "
-            f"AND r.started_at >= l.created_at ORDER BY {NEWEST_FIRST} LIMIT 1) FROM loops l)"
-        )
+        rows = await self.db.fetchall(f"SELECT {_COLUMNS} FROM runs WHERE id IN ({LAST_RUN_IDS})")
         return {r["loop"]: _row_to_run(r) for r in rows}
 
 
@@ -259,6 +251,15 @@ class RunStore:
 # (schema migration 9), so SQLite walks that index backwards from the filters' prefix (and `--since`'s
 # bound) and stops after `limit` rows: no table scan, no sort. tests/store/test_query_plans.py pins it.
 NEWEST_FIRST = "started_at DESC, id DESC"
+# The id of each defined loop's last run, the one `loop list` and `loop show` show and retention keeps: of this
+# loop, not of an earlier one removed under its name (`Loop.instance`). One index probe per loop. A loop with
+# no run yet gives no row, not a NULL: `id NOT IN (…, NULL)` is never true, and would keep every run.
+LAST_RUN_IDS = (
+    "SELECT id FROM (SELECT (SELECT id FROM runs r WHERE r.loop = l.name AND r.started_at >= l.created_at "
+    f"ORDER BY {NEWEST_FIRST} LIMIT 1) AS id FROM loops l) WHERE id IS NOT NULL"
+)
+# The statuses of ACTIVE_STATUSES as an SQL list, `status IN {ACTIVE}`.
+ACTIVE = "(" + ", ".join(f"'{status}'" for status in ACTIVE_STATUSES) + ")"
 
 
 def list_query(

@@ -474,7 +474,8 @@ MIGRATIONS: list[Migration] = [
         updated_at TEXT NOT NULL
     );
     """,
-    # 13: a placeholder on the `gateway` branch for a migration another branch adds in parallel.
+    # 13: empty for good. The gateway branch kept this number free while branches added migrations in
+    # parallel, and no migration took it; the step stays because databases at version 14 passed through it.
     "",
     # 14: the gateway (fleetd/gateway/): routes (a model name over a chain of profiles), client keys (a
     # SHA-256 hash only), its listen setting, and one row per call (each try of its path, tokens, cost;

@@ -123,7 +123,7 @@ def test_loop_pool_is_checked_when_the_loop_is_added(plain: Daemon) -> None:
 def test_a_profile_in_a_loops_pool_cannot_be_removed(plain: Daemon) -> None:
     plain.cli("loop", "add", "uses", "--every", "1h", "--backend", "claude_code", "--profile", "known", "--prompt", "x")
     result = plain.cli("profile", "rm", "known", check=False)
-    assert result.returncode == 1 and "in the pool of loop(s) uses" in result.stderr
+    assert result.returncode == 1 and "still named by loop uses (pool)" in result.stderr
     plain.cli("loop", "rm", "uses")
     plain.cli("profile", "rm", "known")
 

@@ -204,3 +204,50 @@ def test_the_first_start_begins_at_the_newest_event(tmp_path: Path) -> None:
 
     asyncio.run(go())
     assert [e["data"]["run_id"] for e in _lines(out)] == [2]
+
+
+def test_a_hook_change_before_start_keeps_the_cursor(tmp_path: Path) -> None:
+    """The API serves `hook add`/`hook rm` while the daemon still recovers, before the dispatcher starts:
+    that reload must not rewind the stored cursor (which would redeliver every stored event)."""
+    out = tmp_path / "got.jsonl"
+
+    async def go() -> None:
+        async with world(tmp_path) as w:
+            for run_id in (1, 2, 3):
+                await w.emit("run.failed", run_id=run_id)
+            await w.store.insert(Hook("h", ("*",), "exec", f"cat >> {out}", created_at=NOW))
+            async with w.db.transaction() as conn:  # a hook older than every event
+                await conn.execute("UPDATE hooks SET since_event = 0")
+            await w.store.save_cursor(3, NOW)  # the last daemon delivered them all
+            dispatcher = w.dispatcher()
+            await dispatcher.reload()  # a `hook add` during start-up
+            assert await w.store.cursor() == 3
+            await dispatcher.start()
+            await w.emit("run.failed", run_id=4)
+            await _until(lambda: len(_lines(out)) >= 1)
+            await _until(lambda: _cursor_is(w, 4))
+            await dispatcher.stop(1)
+
+    asyncio.run(asyncio.wait_for(go(), 30))
+    assert [e["data"]["run_id"] for e in _lines(out)] == [4]
+
+
+def test_a_hook_change_before_the_first_start_sends_no_history(tmp_path: Path) -> None:
+    out = tmp_path / "got.jsonl"
+
+    async def go() -> None:
+        async with world(tmp_path) as w:
+            await w.emit("run.failed", run_id=1)
+            await w.store.insert(Hook("h", ("*",), "exec", f"cat >> {out}", created_at=NOW))
+            async with w.db.transaction() as conn:
+                await conn.execute("UPDATE hooks SET since_event = 0")
+            dispatcher = w.dispatcher()
+            await dispatcher.reload()
+            assert await w.store.cursor() is None  # still the first start: it begins at the newest event
+            await dispatcher.start()
+            await w.emit("run.failed", run_id=2)
+            await _until(lambda: len(_lines(out)) == 1)
+            await dispatcher.stop(1)
+
+    asyncio.run(asyncio.wait_for(go(), 30))
+    assert [e["data"]["run_id"] for e in _lines(out)] == [2]

@@ -53,13 +53,15 @@ class World:
             await self.runs.finish(run.id, status=status, finished_at=at)  # type: ignore[arg-type]
         return run.id
 
-    async def define(self, loop: str) -> None:
+    async def define(self, loop: str, days_ago: float = 365) -> None:
+        """The loop as added `days_ago` (it owns the runs of its name started since: `Loop.instance`)."""
+        at = to_iso(NOW - timedelta(days=days_ago))
         async with self.db.transaction() as conn:
             await conn.execute(
                 "INSERT INTO loops (name, schedule_kind, schedule_expr, timezone, backend, command, catch_up, "
                 "output_cap, created_at, updated_at) VALUES (?, 'every', '1h', 'UTC', 'command', 'true', 'once', "
                 "1000, ?, ?)",
-                (loop, to_iso(NOW), to_iso(NOW)),
+                (loop, at, at),
             )
 
     async def ids(self) -> set[int]:
@@ -122,6 +124,32 @@ async def test_running_and_waiting_runs_and_each_defined_loops_last_run_stay(wor
 
     assert await world.ids() == {running, waiting, last}
     assert freed.runs == 2 and {older, removed_loops_last}.isdisjoint(await world.ids())
+
+
+@in_world
+async def test_a_loop_that_never_ran_does_not_stop_the_prune(world: World) -> None:
+    """A defined loop with no run has no last run to keep; it must not keep every other run (SQL's `NOT IN`
+    over a list holding NULL is never true)."""
+    await world.define("never_ran")
+    old = await world.run("gone", days_ago=100)
+    assert (await world.pruner.prune(older_than=30 * DAY)).runs == 1
+    assert old not in await world.ids()
+
+
+@in_world
+async def test_a_loop_added_again_protects_its_own_last_run_not_the_earlier_loops(world: World) -> None:
+    """The protected "last run" is the one `loop list` / `loop show` show: of this loop, not of an earlier loop
+    removed under the same name (RunStore.last_for_loops)."""
+    earlier = await world.run("again", days_ago=100)  # the last run of a loop since removed
+    await world.define("again", days_ago=50)  # added again: it has no run of its own yet
+    freed = await world.pruner.prune(older_than=30 * DAY)
+    assert freed.runs == 1 and earlier not in await world.ids()
+    assert await world.runs.last_for_loops() == {}
+
+    own = await world.run("again", days_ago=40)
+    await world.pruner.prune(older_than=30 * DAY)
+    assert own in await world.ids()
+    assert (await world.runs.last_for_loops())["again"].id == own
 
 
 @in_world

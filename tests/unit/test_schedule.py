@@ -128,3 +128,56 @@ def test_following_never_returns_a_past_time() -> None:
     now = fired + timedelta(seconds=3.5)  # the run took a while to record
     nxt = following(trig, fired, now)
     assert nxt is not None and nxt > now and nxt == T0 + timedelta(seconds=5)
+
+
+def _cron_weekdays(expr: str, weeks: int = 3) -> set[int]:
+    """The weekdays (cron numbering: 0 = Sunday) on which `expr` fires over a few weeks."""
+    trig = build_trigger(Schedule("cron", expr, "UTC"), T0)
+    days, fire = set(), first_fire(trig, T0)
+    while fire is not None and fire < T0 + timedelta(weeks=weeks):
+        days.add(fire.isoweekday() % 7)
+        fire = following(trig, fire, fire)
+    return days
+
+
+@pytest.mark.parametrize(
+    ("dow", "weekdays"),
+    [
+        ("1", {1}),
+        ("0", {0}),
+        ("7", {0}),
+        ("6", {6}),
+        ("1-5", {1, 2, 3, 4, 5}),
+        ("0,6", {0, 6}),
+        ("6,7", {0, 6}),
+        ("5-7", {5, 6, 0}),
+        ("0-6", {0, 1, 2, 3, 4, 5, 6}),
+        ("*", {0, 1, 2, 3, 4, 5, 6}),
+        ("*/2", {0, 2, 4, 6}),
+        ("1-5/2", {1, 3, 5}),
+        ("1/2", {1, 3, 5, 0}),  # cron reads `a/n` as a-7/n: 1, 3, 5, 7 (Sunday)
+        ("1,3-4", {1, 3, 4}),
+        ("mon", {1}),
+        ("sun", {0}),
+        ("mon-fri", {1, 2, 3, 4, 5}),
+        ("sat,sun", {6, 0}),
+        ("mon,3", {1, 3}),
+        ("MON", {1}),
+    ],
+)
+def test_cron_day_of_week_counts_like_cron(dow: str, weekdays: set[int]) -> None:
+    """cron counts 0 (and 7) as Sunday; APScheduler 3 counts 0 as Monday, so a weekly job must not move a day."""
+    assert _cron_weekdays(f"0 3 * * {dow}") == weekdays
+
+
+def test_cron_monday_fires_on_the_calendar_monday() -> None:
+    trig = build_trigger(Schedule("cron", "0 3 * * 1", "Asia/Tokyo"), T0)  # T0 is Saturday 2026-11-21
+    nxt = first_fire(trig, T0)
+    assert nxt is not None and nxt.isoformat() == "2026-11-23T03:00:00+09:00"
+    assert nxt.strftime("%A") == "Monday"
+
+
+@pytest.mark.parametrize("dow", ["8", "0-8", "5-1", "*/0", "1-", "funday"])
+def test_cron_bad_day_of_week(dow: str) -> None:
+    with pytest.raises(InvalidArgument, match="invalid cron expression"):
+        build_trigger(Schedule("cron", f"0 3 * * {dow}", "UTC"), T0)

@@ -96,3 +96,116 @@ def test_a_catch_up_that_cannot_be_recorded_at_start_is_retried_by_the_loops_tim
 
     triggers, recorded = asyncio.run(go())
     assert triggers[:2] == ["catch-up", "catch-up"] and recorded == 1  # retried, recorded once
+
+
+def test_an_edit_that_raced_a_pause_or_resume_saves_nothing(tmp_path: Path) -> None:
+    """`loop edit` reads the loop, checks the edit, then saves: a pause or resume in between must not be
+    undone by the edit's stale `enabled` (an enabled loop with no next fire never fires again)."""
+    import dataclasses
+
+    from fleetd.errors import Conflict
+    from fleetd.timefmt import to_iso
+
+    async def go() -> None:
+        db = await Database.open(tmp_path / "r.db")
+        clock = Clock(T0)  # a clock that stands still: the race is caught whatever the timestamps say
+        loops = LoopStore(db)
+        scheduler = Scheduler(loops, NoExecutor(), clock=clock, misfire_grace=timedelta(seconds=1))  # type: ignore[arg-type]
+        try:
+            await scheduler.add(Loop("raced", Schedule("every", "1h", "UTC"), "command", command="true"))
+            old = await loops.get("raced")
+            await scheduler.pause("raced")  # lands between the edit's read and its write
+            try:
+                await scheduler.edit(old, dataclasses.replace(old, timeout_s=60.0))
+                raise AssertionError("the edit over a paused loop was saved")
+            except Conflict as e:
+                assert "changed meanwhile" in e.message
+            now = await loops.get("raced")
+            assert (now.enabled, now.next_fire_at, now.timeout_s) == (False, None, None)
+            assert "raced" not in scheduler._timers
+
+            old = await loops.get("raced")  # paused
+            await scheduler.resume("raced")
+            try:
+                await scheduler.edit(old, dataclasses.replace(old, timeout_s=60.0))
+                raise AssertionError("the edit over a resumed loop was saved")
+            except Conflict:
+                pass
+            now = await loops.get("raced")
+            assert (now.enabled, now.next_fire_at, now.timeout_s) == (True, T0 + H, None)
+
+            # A fire recorded meanwhile (it moves the next fire time only) is no conflict: the edit keeps it.
+            old = await loops.get("raced")
+            async with db.transaction() as conn:
+                await conn.execute("UPDATE loops SET last_fire_at = next_fire_at, next_fire_at = ?",
+                                   (to_iso(T0 + 2 * H),))  # fmt: skip
+            saved = await scheduler.edit(old, dataclasses.replace(old, timeout_s=60.0))
+            assert (saved.enabled, saved.next_fire_at, saved.timeout_s) == (True, T0 + 2 * H, 60.0)
+        finally:
+            scheduler.stop()
+            await db.close()
+
+    asyncio.run(go())
+
+
+class HeldFire:
+    """The first fire holds (as a fire does while it checks the loop's daily cost) until `gate` opens; any
+    later fire finds the first's slot taken and records a `skipped` overlap row, as the executor does."""
+
+    def __init__(self, runs: object) -> None:
+        self.runs = runs
+        self.calls: list[datetime] = []
+        self.entered, self.gate = asyncio.Event(), asyncio.Event()
+        self.done = asyncio.Event()
+
+    async def fire(self, loop: Loop, trigger: str, scheduled_at: datetime, fired: object = None, **_: object) -> object:
+        self.calls.append(scheduled_at)
+        first = len(self.calls) == 1
+        if first:
+            self.entered.set()
+            await self.gate.wait()
+        run = await self.runs.insert(  # type: ignore[attr-defined]
+            loop=loop.name, trigger=trigger, status="running" if first else "skipped", scheduled_at=scheduled_at,
+            started_at=scheduled_at, backend="command", fired=fired, skip_reason=None if first else "overlap",
+        )  # fmt: skip
+        if first:
+            self.done.set()
+        return run
+
+
+def test_an_edit_during_a_fire_does_not_fire_the_same_due_time_again(tmp_path: Path) -> None:
+    """An edit re-arms the loop's timer while the old timer's fire at T is still recording itself: the new
+    timer must wait for it and take the due time after T, not fire T again (a bogus overlap skip that also
+    makes the real fire at T record nothing)."""
+    import dataclasses
+
+    from fleetd.store.runs import RunStore
+
+    async def go() -> None:
+        db = await Database.open(tmp_path / "e.db")
+        clock = Clock(T0)
+        loops, runs = LoopStore(db), RunStore(db)
+        executor = HeldFire(runs)
+        scheduler = Scheduler(loops, executor, clock=clock, misfire_grace=timedelta(seconds=1))  # type: ignore[arg-type]
+        try:
+            await scheduler.add(Loop("held", Schedule("every", "1h", "UTC"), "command", command="true"))
+            scheduler.stop()
+            clock.now = T0 + H  # due now: the timer fires at once
+            await scheduler.start()
+            await asyncio.wait_for(executor.entered.wait(), 10)
+            old = await loops.get("held")
+            await scheduler.edit(old, dataclasses.replace(old, timeout_s=60.0))
+            for _ in range(20):  # let the re-armed timer run up to its first wait
+                await asyncio.sleep(0)
+            executor.gate.set()
+            await asyncio.wait_for(executor.done.wait(), 10)
+            for _ in range(20):
+                await asyncio.sleep(0)
+            assert executor.calls == [T0 + H]
+            assert [(r.status, r.scheduled_at) for r in await runs.list()] == [("running", T0 + H)]
+            assert (await loops.get("held")).next_fire_at == T0 + 2 * H
+        finally:
+            scheduler.stop()
+            await db.close()
+
+    asyncio.run(go())
