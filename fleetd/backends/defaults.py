@@ -45,12 +45,13 @@ class AdapterDefaults:
         return None
 
     def setup_hint(self) -> str:
+        """How to add a profile of this backend: commands in backticks, each copyable as it stands."""
         add = f"fleetd profile add NAME --backend {self.name}"
         if self.auth == "login":
-            return f"{add}, then fleetd profile login NAME"
+            return f"`{add}`, then `fleetd profile login NAME`"
         if self.auth == "key":
-            return f"{add} --api-key-stdin < key.txt"
-        return f"{add} --base-url URL (and --api-key-stdin < key.txt unless the URL is on this host)"
+            return f"`{add} --api-key-stdin < key.txt`"
+        return f"`{add} --base-url URL` (with `--api-key-stdin < key.txt` unless the URL is on this host)"
 
     def profile_env(self, profile: Profile, secret: str | None) -> EnvChange:
         return EnvChange()

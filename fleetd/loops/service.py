@@ -76,7 +76,7 @@ def check_profiles(loop: Loop, profiles: Sequence[Profile]) -> None:
             p for p in profiles if p.backend == step.backend
         ]  # fmt: skip
         if not mine:
-            raise NoProfile(f"no {step.backend} profile: add one with `{adapter.setup_hint()}`")
+            raise NoProfile(f"no {step.backend} profile: add one with {adapter.setup_hint()}")
         if all(adapter.auth_problem(p) for p in mine):
             hints = "; ".join(f"{p.name}: {adapter.auth_hint(p)}" for p in mine)
             raise NoProfile(f"no {step.backend} profile can authenticate: {hints}")

@@ -152,8 +152,8 @@ def test_an_edit_that_cannot_apply_is_refused(changes: dict[str, Any], fragment:
         (
             {"backend": "gemini"},
             PROFILES,
-            "no gemini profile: add one with `fleetd profile add NAME --backend gemini, "
-            "then fleetd profile login NAME`",
+            "no gemini profile: add one with `fleetd profile add NAME --backend gemini`, "
+            "then `fleetd profile login NAME`",
         ),
         (
             {"backend": "aider", "model": "m"},
@@ -169,7 +169,7 @@ def test_an_edit_that_cannot_apply_is_refused(changes: dict[str, Any], fragment:
         (
             {"backend": "openai_compat"},
             [],
-            "no openai_compat profile: add one with `fleetd profile add NAME --backend openai_compat --base-url URL",
+            "no openai_compat profile: add one with `fleetd profile add NAME --backend openai_compat --base-url URL`",
         ),
     ],
 )
