@@ -103,7 +103,6 @@ class Proxy:
         self._proxies: dict[yarl.URL, tuple[yarl.URL | None, aiohttp.BasicAuth | None]] = {}
         self._semaphores: dict[str, asyncio.Semaphore] = {}
         self._worlds: dict[tuple[str, ...], tuple[float, World, dict[str, Profile]]] = {}
-        self._secrets: dict[tuple[str, datetime | None], str | None] = {}
 
     async def close(self) -> None:
         await self.recorder.close()
@@ -196,13 +195,6 @@ class Proxy:
             self._worlds[key] = (time.monotonic(), world, profiles)
         return world, profiles
 
-    async def _secret(self, profile: Profile) -> str | None:
-        """The profile's key, read from the secret store once per profile (a re-added profile is new)."""
-        key = (profile.name, profile.created_at)
-        if key not in self._secrets:
-            self._secrets[key] = await self.profiles.secret(profile)
-        return self._secrets[key]
-
     async def _try(
         self, req: Request, call: GatewayCall, profile: Profile, model: str, body: dict[str, Any], strip_usage: bool,
         deadline: float, started: float, scrubber: Scrubber,
@@ -223,7 +215,7 @@ class Proxy:
 
         if base is None:
             return failed(AttemptResult("failed", "unavailable", f"{profile.name} does not speak {req.protocol.name}"))
-        secret = await self._secret(profile) if profile.has_secret else None
+        secret = await self.profiles.current_secret(profile) if profile.has_secret else None
         headers = {
             "content-type": "application/json",
             "accept-encoding": "identity",  # the bytes go to the client as they come: no decoding here

@@ -75,6 +75,15 @@ class KnownSecrets:
                 self._by_profile = by_profile
         return frozenset(v for v in (*by_profile.values(), *self._retired) if len(v) >= MIN_SHARED_SECRET_LEN)
 
+    async def current(self, name: str) -> str | None:
+        """`name`'s key now, from memory once loaded (put/drop follow every add, set-key and removal, so no
+        caller keeps a key of its own that a rotation would leave stale); read from the store when the
+        last load could not read every key."""
+        await self.values()
+        if self._by_profile is not None:
+            return self._by_profile.get(name)
+        return await asyncio.to_thread(self.secrets.get, name)
+
     async def _load(self) -> tuple[dict[str, str], bool]:
         loaded: dict[str, str] = {}
         complete = True
@@ -345,6 +354,11 @@ class ProfileService:
 
     async def secret(self, profile: Profile) -> str | None:
         return await asyncio.to_thread(self.secrets.get, profile.name)
+
+    async def current_secret(self, profile: Profile) -> str | None:
+        """The profile's key as of its last add or set-key, from memory: for a caller on every request's path
+        (the gateway), which must never keep a key of its own (`KnownSecrets.current`)."""
+        return await self.known.current(profile.name)
 
     async def known_secrets(self) -> frozenset[str]:
         return await self.known.values()

@@ -129,6 +129,17 @@ def test_tools_pass_through_untouched_and_only_the_model_is_rewritten(gw: Gatewa
     assert sent.headers["authorization"] == f"Bearer {KEYS['1']}"  # the provider's key, not the gateway's
 
 
+def test_a_key_set_with_set_key_is_the_one_the_provider_gets_next(gw: Gateway) -> None:
+    route = gw.pair("rot")
+    ask = {"model": route, "messages": [{"role": "user", "content": "hi"}]}
+    gw.sdk().chat.completions.create(**ask)  # type: ignore[call-overload]
+    assert gw.p1.requests_for(fake.API_CHAT)[-1].headers["authorization"] == f"Bearer {KEYS['1']}"
+    rotated = "sk-gw-provider-rotated-0123456789ab"
+    gw.d.cli("profile", "set-key", "rot1", "--api-key-stdin", input=rotated + "\n")
+    gw.sdk().chat.completions.create(**ask)  # type: ignore[call-overload]
+    assert gw.p1.requests_for(fake.API_CHAT)[-1].headers["authorization"] == f"Bearer {rotated}"
+
+
 def test_a_400_reaches_the_client_unchanged_and_nothing_else_is_tried(gw: Gateway) -> None:
     route = gw.pair("br")
     before = gw.p2.calls[fake.API_CHAT]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime
 
+import pytest
+
 from fleetd.profiles.secrets import SecretStoreUnavailable
 from fleetd.profiles.service import KnownSecrets
 from fleetd.records.profile import Profile
@@ -106,5 +108,26 @@ def test_a_rotated_key_is_scrubbed_with_the_new_one_loaded_or_not() -> None:
         assert await cold.values() == {KEY_A, new_a, KEY_B}
         cold.put("a", KEY_A, replaced=new_a)  # rotated back: the current key is not "retired"
         assert KEY_A in await cold.values()
+
+    asyncio.run(go())
+
+
+def test_the_current_key_follows_a_rotation_and_a_removal() -> None:
+    async def go() -> None:
+        store = Store({"a": KEY_A})
+        cache = known(store)
+        assert await cache.current("a") == KEY_A
+        store.keys["a"] = KEY_B
+        cache.put("a", KEY_B, replaced=KEY_A)
+        assert await cache.current("a") == KEY_B
+        cache.drop("a", KEY_B)
+        assert await cache.current("a") is None
+        store.keys["a"] = KEY_A
+        store.refuse = True  # a load that could not read every key is not kept: the store is asked each time
+        fresh = known(store)
+        with pytest.raises(SecretStoreUnavailable):
+            await fresh.current("a")
+        store.refuse = False
+        assert await fresh.current("a") == KEY_A
 
     asyncio.run(go())
