@@ -15,7 +15,7 @@ from starlette.routing import Route as HttpRoute
 
 from fleetd.gateway.protocols import GatewayError, WireProtocol, get_protocol
 from fleetd.gateway.protocols.messages import COUNT_TOKENS_PATH
-from fleetd.gateway.proxy import Request
+from fleetd.gateway.proxy import TOO_DEEP, Request
 from fleetd.records.gateway import GatewayCall
 
 if TYPE_CHECKING:
@@ -60,7 +60,9 @@ def create_gateway_app(service: GatewayService) -> Starlette:
             raw = await read_body(request)
             try:
                 body = json.loads(raw)
-            except ValueError:
+            except RecursionError:
+                raise GatewayError("bad_request", TOO_DEEP) from None
+            except ValueError:  # JSONDecodeError, UnicodeDecodeError, an integer past Python's 4,300 digits
                 raise GatewayError("bad_request", "the request body is not valid JSON") from None
             if not isinstance(body, dict) or not isinstance(body.get("model"), str):
                 raise GatewayError("bad_request", 'the request body must be a JSON object with a "model"')
@@ -81,6 +83,8 @@ def create_gateway_app(service: GatewayService) -> Starlette:
         forward = Request(protocol, route, key, body, raw, request.headers, path, request.url.query, counted)
         try:
             return await service.proxy.forward(forward)  # type: ignore[return-value]
+        except GatewayError as e:  # found on the way upstream, before any byte went to the client
+            return refusal(protocol, e)
         except Exception:  # a bug's last stop: one line in the API's shape for the client, the traceback logged
             log.exception("gateway: internal error on route %s", route.name)
             return refusal(protocol, GatewayError("upstream", "internal error in the fleetd gateway; see its log"))

@@ -58,6 +58,7 @@ PASSED_BACK = ("content-type", "request-id", "x-request-id", "retry-after")
 # gateway's added latency. What must be fresh is: every failure this gateway saw (it drops the cached
 # world), and a half-open circuit's one probe (a world with a circuit not closed is never cached).
 WORLD_TTL_S = 0.25
+TOO_DEEP = "the request body is nested too deeply"
 
 
 @dataclass
@@ -223,7 +224,7 @@ class Proxy:
             **adapter.gateway_auth(secret),
         }
         url = base.rstrip("/") + req.path + (f"?{req.query}" if req.query else "")
-        content = json.dumps(req.protocol.with_model(body, model)).encode()
+        content = upstream_bytes(req.protocol, body, model)
         semaphore = self._semaphore(profile.name)
         try:
             await asyncio.wait_for(semaphore.acquire(), max(0.0, deadline - time.monotonic()))
@@ -457,6 +458,16 @@ class StreamAnswer:
     def _log(self, data: bytes) -> None:
         if self.req.route.log_bodies and len(self.logged) < LOG_BODY_CAP:
             self.logged += data[: LOG_BODY_CAP - len(self.logged)]
+
+
+def upstream_bytes(protocol: WireProtocol, body: dict[str, Any], model: str) -> bytes:
+    """The body as it goes upstream. Nesting is not walked on every call: json.dumps runs a few frames
+    deeper than the json.loads that read it, so a body at the very edge of Python's recursion limit can
+    pass one and not the other; that is the client's bad request, not the gateway's failure."""
+    try:
+        return json.dumps(protocol.with_model(body, model)).encode()
+    except RecursionError:
+        raise GatewayError("bad_request", TOO_DEEP) from None
 
 
 def _done(response: aiohttp.ClientResponse) -> None:

@@ -9,7 +9,8 @@ import pytest
 
 from fleetd.errors import InvalidArgument
 from fleetd.gateway.model import parse_listen
-from fleetd.gateway.protocols import get_protocol
+from fleetd.gateway.protocols import GatewayError, get_protocol
+from fleetd.gateway.proxy import upstream_bytes
 from fleetd.gateway.sse import EventSplitter
 from fleetd.gateway.upstream import failure_class, reset_from_headers
 from fleetd.records.result import TokenUsage
@@ -172,3 +173,13 @@ def test_listen_addresses(text: str, public: bool, listen: str, is_public: bool)
 def test_bad_or_public_listen_addresses_refused(text: str) -> None:
     with pytest.raises(InvalidArgument):
         parse_listen(text, False)
+
+
+def test_a_body_too_deep_to_serialize_upstream_is_the_clients_bad_request() -> None:
+    deep: list[object] = []
+    for _ in range(100_000):  # built, not parsed: what json.loads could read at a shallower stack
+        deep = [deep]
+    with pytest.raises(GatewayError) as caught:
+        upstream_bytes(get_protocol("chat"), {"model": "r", "messages": deep}, "m")
+    assert caught.value.kind == "bad_request" and caught.value.status == 400
+    assert upstream_bytes(get_protocol("chat"), {"model": "r"}, "m") == b'{"model": "m"}'

@@ -249,6 +249,39 @@ def test_a_body_over_16_mb_is_413_in_the_apis_shape(gw: Gateway) -> None:
     assert answer.status_code == 413 and answer.json()["error"]["type"] == "request_too_large"
 
 
+def _nested(depth: int, route: str = "nd") -> bytes:
+    return b'{"model": "%s", "messages": ' % route.encode() + b"[" * depth + b"]" * depth + b"}"
+
+
+@pytest.mark.parametrize("api", ["chat", "messages"])
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        (b"[" * 200_000, 400),  # past Python's recursion limit in json.loads
+        (_nested(5000), 400),
+        (b'{"model": "\xff\xfe"}', 400),  # not UTF-8
+        (b'[{"model": "nd"}]', 400),
+        (b'{"model": 5}', 400),
+        (b'{"model": "nd", "messages": [], "n": ' + b"9" * 5000 + b"}", 400),  # past int's digit limit
+        (b"", 400),
+        (b'{"model": "\\ud800"}', 404),  # a lone surrogate is no route's name
+    ],
+)
+def test_malformed_bodies_are_4xx_in_the_apis_shape(gw: Gateway, api: str, body: bytes, status: int) -> None:
+    if not any(r["name"] == "nd" for r in gw.d.json("route", "list")):
+        gw.pair("nd")
+    path = {"chat": "/v1/chat/completions", "messages": "/v1/messages"}[api]
+    log = gw.d.home / "daemon-test.log"
+    logged = log.stat().st_size
+    answer = httpx.post(gw.url + path, content=body, headers={"x-api-key": gw.key}, timeout=30)
+    assert answer.status_code == status, answer.text[:300]
+    error = answer.json()["error"]
+    assert error["type"] == ("invalid_request_error" if api == "chat" or status == 400 else "not_found_error")
+    with log.open("rb") as f:
+        f.seek(logged)
+        assert b"Traceback" not in f.read()
+
+
 def test_no_provider_key_in_calls_logs_or_answers(gw: Gateway) -> None:
     route = gw.pair("lk")
     gw.p1.fail_first(1, "bad_key")
