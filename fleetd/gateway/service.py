@@ -76,10 +76,26 @@ class GatewayService:
         await self.proxy.close()
 
     async def _listen(self, setting: GatewaySetting) -> None:
-        await self.listener.stop()
-        self.setting = GatewaySetting()
-        address = await self.listener.start(setting.listen or "")
+        await self._switch(await self._bind(setting), setting)
+
+    async def _bind(self, setting: GatewaySetting) -> GatewayListener | None:
+        """A listener on the new address, started beside the running one (None: it is the running one's
+        address already), so an address that cannot be used leaves the gateway as it was."""
+        listen = setting.listen or ""
+        if self.listener.address is not None and not listen.endswith(":0") and listen in (
+            self.setting.listen, self.listener.address):  # fmt: skip
+            return None  # bound already: a second bind would find the port in use
+        new = GatewayListener(self.listener.app)
+        await new.start(listen)
+        return new
+
+    async def _switch(self, new: GatewayListener | None, setting: GatewaySetting) -> None:
+        """Serve from `new` (from `_bind`) and stop the old listener; its calls in flight end first."""
+        if new is not None:
+            old, self.listener = self.listener, new
+            await old.stop()
         self.setting, self.problem = setting, None
+        address = self.listener.address or ""
         host, _ = split_listen(address)
         if not is_loopback(host):
             log.warning("gateway: listening on %s, beyond this machine: anyone who can reach it can try keys", address)
@@ -92,12 +108,16 @@ class GatewayService:
         if not isinstance(public, bool):
             raise InvalidArgument("public must be true or false")
         setting = parse_listen(body.get("listen"), public)
-        await self._listen(setting)  # bound first: an address that cannot be used is never saved
+        # Bound first, saved second, switched last: an address that cannot be used is never saved, and a
+        # failure at either step leaves the running gateway (if any) listening where it was.
+        new = await self._bind(setting)
         try:
             await self.store.save_setting(setting, self.clock())
         except BaseException:
-            await self.listener.stop()
+            if new is not None:
+                await new.stop()
             raise
+        await self._switch(new, setting)
         return self.status()
 
     async def disable(self) -> dict[str, Any]:

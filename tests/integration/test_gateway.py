@@ -322,6 +322,30 @@ def test_bad_cli_input_exits_2_and_saves_nothing(gw: Gateway) -> None:
     assert gw.d.json("gateway", "status")["url"] == gw.url
 
 
+def test_an_enable_on_a_busy_port_leaves_the_running_gateway_listening(gw: Gateway) -> None:
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(1)
+    try:
+        port = busy.getsockname()[1]
+        result = gw.d.cli("gateway", "enable", "--listen", f"127.0.0.1:{port}", check=False)
+        assert result.returncode == 2 and "cannot listen on 127.0.0.1:" in result.stderr, result.stderr
+    finally:
+        busy.close()
+    status = gw.d.json("gateway", "status")
+    assert status["enabled"] and status["url"] == gw.url and status["problem"] is None
+    assert httpx.get(gw.url + "/v1/models", headers={"x-api-key": gw.key}).status_code == 200
+    # Its own address again is no busy port: it keeps listening there.
+    assert gw.d.json("gateway", "enable", "--listen", status["address"])["url"] == gw.url
+    assert httpx.get(gw.url + "/v1/models", headers={"x-api-key": gw.key}).status_code == 200
+    # A free address: the new listener serves, the old one is closed; and back.
+    moved = gw.d.json("gateway", "enable", "--listen", "127.0.0.1:0")["url"]
+    assert moved != gw.url and httpx.get(moved + "/v1/models", headers={"x-api-key": gw.key}).status_code == 200
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(gw.url + "/v1/models", headers={"x-api-key": gw.key})
+    assert gw.d.json("gateway", "enable", "--listen", status["address"])["url"] == gw.url
+
+
 def test_json_contracts(gw: Gateway) -> None:
     route = gw.pair("js")
     gw.sdk().chat.completions.create(model=route, messages=[{"role": "user", "content": "hi"}])
