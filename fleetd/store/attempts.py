@@ -98,10 +98,12 @@ class AttemptStore:
             )
 
     async def profile_cost_since(self, profile: str, since: datetime) -> float:
-        """What fleetd's attempts on `profile` cost since then (USD)."""
+        """What `profile` cost since then (USD): the loops' attempts and the gateway's calls alike (a
+        profile's --daily-cost is one budget, whichever driver spends it; this is the one place it is summed)."""
         row = await self.db.fetchone(
-            "SELECT coalesce(sum(cost_usd), 0) AS spent FROM attempts WHERE profile = ? AND started_at >= ?",
-            (profile, to_iso(since)),
+            "SELECT (SELECT coalesce(sum(cost_usd), 0) FROM attempts WHERE profile = ? AND started_at >= ?) "
+            "+ (SELECT coalesce(sum(cost_usd), 0) FROM gateway_calls WHERE profile = ? AND at >= ?) AS spent",
+            (profile, to_iso(since), profile, to_iso(since)),
         )
         return float(row["spent"]) if row else 0.0
 

@@ -191,6 +191,25 @@ def test_the_daily_cost_cap_answers_429(gw: Gateway) -> None:
     assert gw.call_of(route, 2)[0]["outcome"] == "rejected"
 
 
+def test_a_profile_over_its_daily_cost_through_the_gateway_is_passed_over(gw: Gateway) -> None:
+    for n, provider, cap in (("1", gw.p1, ["--daily-cost", str(CHAT_COST / 2)]), ("2", gw.p2, [])):
+        gw.d.cli("profile", "add", f"dc{n}", "--backend", "openai_compat", "--base-url", provider.base_url + "/v1",
+                 "--model", "m", "--price-input", str(PRICE_IN), "--price-output", str(PRICE_OUT), *cap,
+                 "--api-key-stdin", input=KEYS[n] + "\n")  # fmt: skip
+    gw.d.cli("route", "add", "dc", "--chain", "dc1,dc2")
+    ask = {"model": "dc", "messages": [{"role": "user", "content": "hi"}]}
+    gw.sdk().chat.completions.create(**ask)  # type: ignore[call-overload]
+    assert gw.call_of("dc")[0]["profile"] == "dc1"  # its spend is recorded now: over its cap
+    before = gw.p2.calls[fake.API_CHAT]
+
+    def passed_over() -> bool:
+        gw.sdk().chat.completions.create(**ask)  # type: ignore[call-overload]
+        return gw.p2.calls[fake.API_CHAT] > before
+
+    # A world read just before the record may serve for WORLD_TTL_S more: the next calls, not the very next.
+    wait_until(passed_over, timeout=5, what="a call routed past dc1, over its daily cost")
+
+
 def test_messages_pass_through_with_the_protocol_headers_streamed_and_not(gw: Gateway) -> None:
     route = gw.pair("an", api="messages", models="@claude-x")
     gw.p1.fail_first(1, "529")
