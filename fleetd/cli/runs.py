@@ -66,7 +66,7 @@ def runs_prune(older_than: str | None, keep_per_loop: int | None, as_json: bool)
 def _pruned_text(freed: dict[str, Any]) -> str:
     return (
         f"pruned {freed['runs']} run(s), {freed['attempts']} attempt(s), {freed['events']} event(s), "
-        f"{freed['log_files']} log file(s) ({_size(freed['log_bytes'])})"
+        f"{freed['gateway_calls']} gateway call(s), {freed['log_files']} log file(s) ({_size(freed['log_bytes'])})"
     )
 
 

@@ -1,5 +1,6 @@
-"""Retention: old runs, their attempts and logs, and old events are pruned (`fleetd runs prune`, and the
-daemon every `--prune-interval` for what is older than `--retain`, 90 days by default).
+"""Retention: old runs, their attempts and logs, old events and old gateway calls (with their logged bodies)
+are pruned (`fleetd runs prune`, and the daemon every `--prune-interval` for what is older than `--retain`,
+90 days by default).
 
 What is kept, whatever the options (store/retention.py enforces it in the same transaction as the delete):
 a run that is `running` or `waiting`, and the newest run of every loop that still exists (its `last run`).
@@ -17,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -58,12 +59,8 @@ class Pruner:
             if older_than is not None:
                 before = self.clock() - timedelta(seconds=older_than)
                 await self._drain(lambda: self.store.runs_started_before(before, self.batch), freed)
-                while True:
-                    deleted = await self.store.delete_events_before(before, self.batch)
-                    freed.events += deleted
-                    if deleted < self.batch:
-                        break
-                    await asyncio.sleep(self.pause)
+                freed.events = await self._by_age(self.store.delete_events_before, before)
+                freed.gateway_calls = await self._by_age(self.store.delete_gateway_calls_before, before)
             if keep_per_loop is not None:
                 for loop in await self.store.loops_with_runs():
                     await self._drain(
@@ -85,12 +82,23 @@ class Pruner:
                 # A store that cannot be written now may be writable at the next pass; the store logs that itself.
                 log.debug("pruning history failed", exc_info=True)
                 continue
-            if freed.runs or freed.events:
+            if freed.runs or freed.events or freed.gateway_calls:
                 log.info(
-                    "pruned history older than %s: %s run(s), %s attempt(s), %s event(s), %s log file(s), %s bytes",
-                    timedelta(seconds=retain), freed.runs, freed.attempts, freed.events, freed.log_files,
-                    freed.log_bytes,
+                    "pruned history older than %s: %s run(s), %s attempt(s), %s event(s), %s gateway call(s), "
+                    "%s log file(s), %s bytes",
+                    timedelta(seconds=retain), freed.runs, freed.attempts, freed.events, freed.gateway_calls,
+                    freed.log_files, freed.log_bytes,
                 )  # fmt: skip
+
+    async def _by_age(self, delete: Callable[[datetime, int], Awaitable[int]], before: datetime) -> int:
+        """Rows older than `before` through `delete`, a batch at a time; how many went."""
+        total = 0
+        while True:
+            deleted = await delete(before, self.batch)
+            total += deleted
+            if deleted < self.batch:
+                return total
+            await asyncio.sleep(self.pause)
 
     async def _drain(self, next_ids: Callable[[], Any], freed: Pruned) -> None:
         while ids := await next_ids():

@@ -105,6 +105,7 @@ class Pruned:
     runs: int = 0
     attempts: int = 0
     events: int = 0
+    gateway_calls: int = 0  # with their logged bodies (a route's --log-bodies)
     log_files: int = 0
     log_bytes: int = 0
 

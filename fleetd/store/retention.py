@@ -3,7 +3,8 @@
 Which runs may go: only finished ones (never `running` or `waiting`), and never the last run of a
 loop that still exists (`runs.LAST_RUN_IDS`, a run of this loop, not of an earlier one of its name), so
 `loop list` / `loop show` keep showing its last run however long ago that was.
-A run goes with its attempts, in one short write transaction per batch, so a fire or an API write waits
+A run goes with its attempts, in one short write transaction per batch (events and gateway calls go by age
+alone, in batches too), so a fire or an API write waits
 at most one batch. The stats rollups (`stats_daily`, `stats_hourly`) are not touched: they keep the
 figures of pruned runs (store/stats.py; triggers add on update only, so a delete subtracts nothing).
 """
@@ -34,6 +35,9 @@ BEYOND_EDGE = (
     f"AND status NOT IN {ACTIVE} ORDER BY started_at, id LIMIT ?"
 )
 OLD_EVENTS = "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE at < ? ORDER BY at LIMIT ?)"
+OLD_GATEWAY_CALLS = (
+    "DELETE FROM gateway_calls WHERE id IN (SELECT id FROM gateway_calls WHERE at < ? ORDER BY at LIMIT ?)"
+)
 
 
 @dataclass(frozen=True)
@@ -93,6 +97,12 @@ class RetentionStore:
         """Delete up to `limit` events older than `before` (events_by_at); how many went."""
         async with self.db.transaction() as conn:
             cur = await conn.execute(OLD_EVENTS, (to_iso(before), limit))
+            return cur.rowcount
+
+    async def delete_gateway_calls_before(self, before: datetime, limit: int) -> int:
+        """Delete up to `limit` gateway calls (and their logged bodies) older than `before` (gateway_calls_at)."""
+        async with self.db.transaction() as conn:
+            cur = await conn.execute(OLD_GATEWAY_CALLS, (to_iso(before), limit))
             return cur.rowcount
 
     async def last_run_id(self) -> int:

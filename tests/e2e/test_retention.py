@@ -18,7 +18,7 @@ from tests.harness import Daemon, wait_until
 
 def seed(home: Path, ages_days: list[float], loop: str = "gone") -> list[int]:
     """Finished runs of `loop` (not a defined loop) started that many days ago, each with a 1000-byte log,
-    written into the home's database before the daemon starts; and one event per run, as old."""
+    written into the home's database before the daemon starts; and one event and one gateway call per run, as old."""
     home.mkdir(mode=0o700, parents=True, exist_ok=True)
     db_path = home / "fleetd.db"
 
@@ -41,6 +41,11 @@ def seed(home: Path, ages_days: list[float], loop: str = "gone") -> list[int]:
             log.write_bytes(b"x" * 1000)
             conn.execute("UPDATE runs SET log_path = ? WHERE id = ?", (str(log), run_id))
             conn.execute("INSERT INTO events (at, type, message) VALUES (?, 'profile.exhausted', 'seeded')", (at,))
+            conn.execute(
+                "INSERT INTO gateway_calls (at, route, api, streamed, outcome, path_json, latency_ms, request_body) "
+                "VALUES (?, 'r', 'chat', 0, 'succeeded', '[]', 1, 'a logged body')",
+                (at,),
+            )
             ids.append(run_id)
     return ids
 
@@ -62,6 +67,7 @@ def test_the_daemon_prunes_history_older_than_retain_by_itself(short_home: Path)
         assert all((logs / f"{i}.log").exists() for i in young)
         events = daemon.cli("events", "--limit", "100", "--json").stdout.splitlines()
         assert len(events) == 2  # one per young run
+        assert len(daemon.json("gateway", "calls")) == 2
     finally:
         daemon.stop()
 
@@ -91,11 +97,11 @@ def test_runs_prune_by_hand_says_what_it_freed(short_home: Path) -> None:
         daemon.start()
         freed = daemon.json("runs", "prune", "--older-than", "30d")
         assert freed == {
-            "runs": 2, "attempts": 0, "events": 2, "log_files": 2, "log_bytes": 2000,
+            "runs": 2, "attempts": 0, "events": 2, "gateway_calls": 2, "log_files": 2, "log_bytes": 2000,
             "older_than_s": 30 * 86400.0, "keep_per_loop": None,
         }  # fmt: skip
         text = daemon.cli("runs", "prune", "--keep-per-loop", "1").stdout.strip()
-        assert text == "pruned 2 run(s), 0 attempt(s), 0 event(s), 2 log file(s) (2.0 KB)"
+        assert text == "pruned 2 run(s), 0 attempt(s), 0 event(s), 0 gateway call(s), 2 log file(s) (2.0 KB)"
         assert {r["loop"] for r in daemon.runs()} == {"a", "b"} and b[-1] in run_ids(daemon)
     finally:
         daemon.stop()

@@ -11,10 +11,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from fleetd.loops.retention import Pruner
+from fleetd.records.gateway import GatewayCall
 from fleetd.records.result import ParsedOutput
 from fleetd.store.attempts import AttemptStore
 from fleetd.store.db import Database
 from fleetd.store.events import EventLog
+from fleetd.store.gateway import GatewayStore
 from fleetd.store.retention import RetentionStore
 from fleetd.store.runs import RunStore
 from fleetd.timefmt import to_iso
@@ -108,6 +110,27 @@ async def test_age_prunes_old_runs_with_their_attempts_logs_and_old_events(world
     assert [e.message for e in await world.events.latest(10)] == ["new"]
     assert not any((world.logs / "0000" / f"{i}.log").exists() for i in old)
     assert all((world.logs / "0000" / f"{i}.log").exists() for i in young)
+
+
+@in_world
+async def test_age_prunes_old_gateway_calls_with_their_bodies_in_batches(world: World) -> None:
+    calls = GatewayStore(world.db)
+    old = [GatewayCall(NOW - timedelta(days=31 + i), "k", "r", "chat", False, request_body="x" * 1000,
+                       response_body="y" * 1000) for i in range(7)]  # fmt: skip
+    await calls.add_calls([*old, GatewayCall(NOW - timedelta(days=1), "k", "r", "chat", False, request_body="z")])
+    batches: list[int] = []
+    delete = world.pruner.store.delete_gateway_calls_before
+
+    async def spy(before: datetime, limit: int) -> int:
+        batches.append(deleted := await delete(before, limit))
+        return deleted
+
+    world.pruner.store.delete_gateway_calls_before = spy  # type: ignore[method-assign]
+    freed = await world.pruner.prune(older_than=30 * DAY)
+
+    assert freed.gateway_calls == 7 and batches == [3, 3, 1]
+    assert [c.request_body for c in await calls.calls(route=None, since=None, limit=10)] == ["z"]
+    assert (await world.pruner.prune(keep_per_loop=1)).gateway_calls == 0  # calls go by age only
 
 
 @in_world

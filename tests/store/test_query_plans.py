@@ -106,8 +106,9 @@ def test_stats_reads_rollups_and_raw_rows_by_index(
         (retention.KEEP_EDGE, ("loop07", 999)),
         (retention.BEYOND_EDGE, ("loop07", "2026-11-21", "2026-11-21", 7, 500)),
         (retention.OLD_EVENTS, ("2026-11-21", 500)),
+        (retention.OLD_GATEWAY_CALLS, ("2026-11-21", 500)),
     ],
 )
 def test_each_prune_batch_is_an_index_walk(conn: sqlite3.Connection, sql: str, params: tuple[object, ...]) -> None:
     steps = plan(conn, sql, params)
-    assert not full_scans(steps, ("runs", "r", "events")), steps
+    assert not full_scans(steps, ("runs", "r", "events", "gateway_calls")), steps
