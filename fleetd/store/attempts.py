@@ -15,6 +15,13 @@ from fleetd.timefmt import from_iso, to_iso
 RESULT_TEXT_CAP = 64 * 1024
 
 
+# Both halves are index searches on (profile, time) (`tests/store/test_query_plans.py`).
+PROFILE_COST = (
+    "SELECT (SELECT coalesce(sum(cost_usd), 0) FROM attempts WHERE profile = ? AND started_at >= ?) "
+    "+ (SELECT coalesce(sum(cost_usd), 0) FROM gateway_calls WHERE profile = ? AND at >= ?) AS spent"
+)
+
+
 class AttemptStore:
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -100,11 +107,7 @@ class AttemptStore:
     async def profile_cost_since(self, profile: str, since: datetime) -> float:
         """What `profile` cost since then (USD): the loops' attempts and the gateway's calls alike (a
         profile's --daily-cost is one budget, whichever driver spends it; this is the one place it is summed)."""
-        row = await self.db.fetchone(
-            "SELECT (SELECT coalesce(sum(cost_usd), 0) FROM attempts WHERE profile = ? AND started_at >= ?) "
-            "+ (SELECT coalesce(sum(cost_usd), 0) FROM gateway_calls WHERE profile = ? AND at >= ?) AS spent",
-            (profile, to_iso(since), profile, to_iso(since)),
-        )
+        row = await self.db.fetchone(PROFILE_COST, (profile, to_iso(since), profile, to_iso(since)))
         return float(row["spent"]) if row else 0.0
 
     async def loop_cost_since(self, loop: str, since: datetime) -> float:

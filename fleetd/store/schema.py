@@ -529,4 +529,9 @@ MIGRATIONS: list[Migration] = [
     CREATE INDEX gateway_calls_route_at ON gateway_calls(route, at);
     CREATE INDEX gateway_calls_key_at ON gateway_calls(key_name, at);
     """,
+    # 15: a profile's 24 h spend (`--daily-cost`) sums its gateway calls too: an index search, not a walk
+    # over every call of the day.
+    """
+    CREATE INDEX gateway_calls_profile_at ON gateway_calls(profile, at);
+    """,
 ]

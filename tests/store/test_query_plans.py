@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from fleetd.store import retention
+from fleetd.store import attempts, retention
 from fleetd.store.db import Database
 from fleetd.store.runs import _COLUMNS, NEWEST_FIRST, list_query
 from fleetd.store.stats import GROUP_KEYS, _queries
@@ -112,3 +112,11 @@ def test_stats_reads_rollups_and_raw_rows_by_index(
 def test_each_prune_batch_is_an_index_walk(conn: sqlite3.Connection, sql: str, params: tuple[object, ...]) -> None:
     steps = plan(conn, sql, params)
     assert not full_scans(steps, ("runs", "r", "events", "gateway_calls")), steps
+
+
+def test_a_profiles_daily_spend_is_two_index_searches(conn: sqlite3.Connection) -> None:
+    """Checked before each routing decision for a profile with --daily-cost: loops' attempts and gateway calls."""
+    steps = plan(conn, attempts.PROFILE_COST, ("p", "2026-11-21", "p", "2026-11-21"))
+    assert not full_scans(steps, ("attempts", "gateway_calls")), steps
+    assert any("gateway_calls" in s and "profile=?" in s for s in steps), steps
+    assert any("attempts" in s and "profile=?" in s for s in steps), steps
