@@ -15,8 +15,10 @@ $(STAMP): pyproject.toml
 run: $(STAMP)  ## start the daemon in the foreground on its embedded defaults (SQLite, no external service)
 	$(BIN)/fleetd daemon run
 
+# Two workers, one test file each at a time (a module's tests share its daemon): most tests wait on
+# processes and sockets, so two cores run the suite in about half the time.
 test: $(STAMP) agents lint  ## install what the tests need and run them
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 # The pinned real agent CLIs (npm + an Aider venv) in the git-ignored .cache/agents, for the
 # real-program integration tests. Idempotent; without node it says so and those tests skip.
