@@ -98,7 +98,7 @@ def _cli_fix(cli: CliFact) -> str:
             "launchctl bootstrap gui/$UID ~/Library/LaunchAgents/dev.fleetd.plist   # the plist records this PATH"
         )
     return (
-        "restart the daemon from this shell: fleetd daemon stop && fleetd daemon start   "
+        "restart the daemon from this shell: fleetd daemon restart   "
         "# under the service, run `fleetd service install` again instead, then restart it"
     )
 

@@ -72,7 +72,8 @@ def why_not(facts: LoopFacts, now: datetime) -> NotFiring | None:
     if facts.usable_profiles == 0:
         return NotFiring(
             "no_profile",
-            f"no usable profile for its chain: its next run would find no candidate (see the steps below; "
-            f"`fleetd profile add NAME --backend {loop.backend}`)",
+            "no usable profile for its chain: its next run would find no candidate (the steps below say why "
+            f"each was passed over; `fleetd doctor` says how to fix it, `fleetd profile add NAME --backend "
+            f"{loop.backend}` adds another)",
         )
     return None

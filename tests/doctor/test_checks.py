@@ -60,7 +60,7 @@ CLI = CliFact("claude_code", "claude", "/usr/bin:/bin", found=None, needed_by=("
             CliFact(**{**CLI.__dict__, "user_found": "/opt/bin/claude", "manager": None}),
             [("cli", "error")],
             "/opt/bin/claude",
-            "fleetd daemon stop && fleetd daemon start",
+            "fleetd daemon restart",
         ),
     ],
 )

@@ -43,7 +43,7 @@ def test_doctor_finds_a_cli_missing_from_the_daemons_path(short_home: Path) -> N
             in text.stdout
         )
         assert f"your shell finds it at {STANDIN_BIN}/claude" in text.stdout
-        assert "fix: restart the daemon from this shell: fleetd daemon stop && fleetd daemon start" in text.stdout
+        assert "fix: restart the daemon from this shell: fleetd daemon restart" in text.stdout
         assert "fleetd service install" in text.stdout
         assert "error    login        profile work: never logged in" in text.stdout
         assert "fix: fleetd profile login work" in text.stdout
