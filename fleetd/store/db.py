@@ -151,17 +151,18 @@ class Database:
         caller returns its result (a written row is not taken for a lost one) and is cancelled at its
         next await. A second cancellation (the event loop's teardown) is raised at once."""
         item = self._thread.submit(fn)
-        cancelled = False
-        while not item.future.done():
-            try:
-                await asyncio.wait({item.future})
-            except asyncio.CancelledError:
-                if cancelled or self._thread.withdraw(item):
-                    raise
-                cancelled = True
-        if cancelled:
+        try:
+            # Awaited directly (no asyncio.wait): under load every extra hop is a turn of a busy loop.
+            ok, value = await item.future
+        except asyncio.CancelledError:
+            if self._thread.withdraw(item):
+                raise
+            if item.outcome is None:  # taken: it commits or fails on its own; wait for which
+                item.late = asyncio.get_running_loop().create_future()
+                await item.late  # cancelled again (the event loop's teardown): raised at once
+            assert item.outcome is not None
+            ok, value = item.outcome
             _cancel_again()
-        ok, value = item.future.result()
         if ok:
             self._set_problem(None)
             return value  # type: ignore[no-any-return]

@@ -43,11 +43,15 @@ _QUEUED, _TAKEN, _WITHDRAWN = 0, 1, 2
 
 @dataclass(eq=False)
 class Write:
-    """One queued write function; its future's result is `(True, value)` or `(False, exception)`."""
+    """One queued write function; its outcome is `(True, value)` or `(False, exception)`."""
 
     fn: Callable[[sqlite3.Connection], Any]
-    future: asyncio.Future[tuple[bool, Any]]
+    future: asyncio.Future[tuple[bool, Any]]  # the outcome, for its caller (cancelled with it)
     state: int = _QUEUED  # guarded by Writer._mutex
+    # Set on the event loop's thread only: the outcome once known, and where a caller cancelled after
+    # the thread took its write waits for it.
+    outcome: tuple[bool, Any] | None = None
+    late: asyncio.Future[None] | None = None
 
 
 @dataclass(eq=False)
@@ -177,5 +181,8 @@ def _open(future: asyncio.Future[None]) -> None:
 
 def _deliver(answers: list[tuple[Write, tuple[bool, Any]]]) -> None:
     for w, outcome in answers:
+        w.outcome = outcome
         if not w.future.done():
             w.future.set_result(outcome)
+        if w.late is not None and not w.late.done():
+            w.late.set_result(None)
