@@ -71,10 +71,18 @@ class Writer:
         self._loop = loop
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._mutex = threading.Lock()
+        self._stopping = False  # set by close(), on the event loop's thread, as submit() and gate() run
         self._thread = threading.Thread(target=self._run, name="fleetd-writer", daemon=True)
         self._thread.start()
 
+    def _check_open(self) -> None:
+        # Queued behind the stop, a write would never be answered: refused instead, as a closed
+        # aiosqlite connection refuses a statement.
+        if self._stopping:
+            raise ValueError("the database is closed")
+
     def submit(self, fn: Callable[[sqlite3.Connection], Any]) -> Write:
+        self._check_open()
         item = Write(fn, self._loop.create_future())
         self._queue.put(item)
         return item
@@ -89,12 +97,14 @@ class Writer:
             return True
 
     def gate(self) -> Gate:
+        self._check_open()
         gate = Gate(self._loop.create_future())
         self._queue.put(gate)
         return gate
 
     async def close(self) -> None:
         """Run what is queued, then stop and close the connection."""
+        self._stopping = True
         self._queue.put(_STOP)
         await self._loop.run_in_executor(None, self._thread.join)
 

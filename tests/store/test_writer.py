@@ -155,3 +155,13 @@ def test_a_caller_cancelled_during_its_write_gets_the_committed_result_then_the_
     got, cancelled, rows = _run(go)
     assert got == ["slow"] and cancelled  # a written row is never taken for a lost one
     assert rows == ["slow"]
+
+
+def test_a_write_after_close_is_refused_not_left_waiting(tmp_path: Path) -> None:
+    async def go() -> None:
+        db = await Database.open(tmp_path / "w.db")
+        await db.close()
+        with pytest.raises(ValueError, match="closed"):
+            await asyncio.wait_for(db.write(_insert("late")), 5)
+
+    _run(go)
