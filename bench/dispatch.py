@@ -97,7 +97,7 @@ async def _fleetd(home: Path, seconds: float, concurrency: int) -> tuple[int, in
             while time.monotonic() < end:
                 run = await ex.fire(loop, "manual", now_utc())
                 assert run is not None and run.status == "running", run
-                slot = ex.active[loop.name]
+                slot = ex.active[loop.instance]  # keyed by the loop's instance since loops/edit
                 await slot.done.wait()  # its end is written (or kept for a retry) when the slot is done
                 done += 1
 

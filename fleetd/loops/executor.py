@@ -758,8 +758,7 @@ class Executor:
                 pid_create_time=create_time,
             )  # fmt: skip
 
-        self.tmp_root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmpdir = tempfile.mkdtemp(prefix=f"run{run.id}-{number}-", dir=self.tmp_root)
+        tmpdir = _private_tmpdir(self.tmp_root, f"run{run.id}-{number}-")
         # --agent-arg is for the loop's own backend's CLI
         task = Task.of(loop, agent_args=candidate.backend == loop.backend)
         timeout = max(0.0, (deadline - self.clock()).total_seconds()) if deadline else None
@@ -777,7 +776,10 @@ class Executor:
             if attempt_id is None:  # no child was started (bad workdir, not found): recorded all the same
                 await begin()
         finally:
-            _remove_dir(tmpdir)
+            # Off the event loop: nothing waits for it, and an rmdir takes a millisecond on a busy disk.
+            cleanup = asyncio.get_running_loop().run_in_executor(None, _remove_dir, tmpdir)
+            self._background.add(cleanup)
+            cleanup.add_done_callback(self._background.discard)
             runlog.end_line()  # the next attempt's notes and output start on a line of their own
         # The boundary: the streams were scrubbed before parsing; this catches what the parser decoded into
         # a key (a JSON escape) and the messages fleetd wrote itself. Nothing below sees the raw values.
@@ -1080,6 +1082,16 @@ def watch_children_by_pidfd() -> None:
     watcher = asyncio.PidfdChildWatcher()
     watcher.attach_loop(asyncio.get_running_loop())
     asyncio.set_child_watcher(watcher)
+
+
+def _private_tmpdir(root: Path, prefix: str) -> str:
+    """A new 0700 directory under `root`, which is made only when missing: an mkdir of a directory that
+    exists costs about as much as making one, on every attempt."""
+    try:
+        return tempfile.mkdtemp(prefix=prefix, dir=root)
+    except FileNotFoundError:
+        root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return tempfile.mkdtemp(prefix=prefix, dir=root)
 
 
 def _remove_dir(path: str) -> None:

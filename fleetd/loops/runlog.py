@@ -179,7 +179,11 @@ class RunLog:
 
 
 def _create(path: Path) -> BinaryIO:
-    # Directories fleetd makes are private; the output may hold anything the agent printed.
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+    # The directory is made only when missing (an mkdir of one that exists costs about as much as
+    # making it, on every run); directories fleetd makes are private, the output may hold anything.
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
     return os.fdopen(fd, "w+b")

@@ -45,7 +45,13 @@ class Scheduler:
         self._firing: dict[str, asyncio.Future[Run | None]] = {}
 
     async def start(self) -> None:
+        task = asyncio.current_task()
         for loop in await self.loops.list():
+            # A stop cancels the start: a fire's write waits that out (`finish_first`) and re-raises the
+            # cancellation at the next await, which the next fire's write would wait out again, and so
+            # on through every loop. Still cancelling: start no more.
+            if task is not None and task.cancelling():
+                raise asyncio.CancelledError
             if not loop.enabled:
                 continue
             try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from datetime import datetime
 
 from fleetd.records.result import ParsedOutput
@@ -44,14 +45,15 @@ class AttemptStore:
         For a child process, written once it exists: its pid goes on the run (crash recovery kills it)
         and, for the run's first attempt, `started_at` becomes the run's start too (the run row was
         written before it, at the fire): one transaction instead of three."""
-        async with self.db.transaction() as conn:
-            cur = await conn.execute(
+
+        def write(conn: sqlite3.Connection) -> int:
+            cur = conn.execute(
                 "INSERT INTO attempts (run_id, number, backend, profile, model, started_at, step, role) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (run_id, number, backend, profile, model, to_iso(started_at), step, role),
             )
             # The run's profile is its worker's; a reviewer's attempt does not take that place.
-            await conn.execute(
+            conn.execute(
                 "UPDATE runs SET attempts = ?, profile = CASE WHEN ? = 'work' THEN ? ELSE profile END, "
                 "started_at = CASE WHEN ? = 1 THEN ? ELSE started_at END, "
                 "pid = coalesce(?, pid), pid_create_time = CASE WHEN ? IS NULL THEN pid_create_time ELSE ? END "
@@ -59,6 +61,8 @@ class AttemptStore:
                 (number, role, profile, number, to_iso(started_at), pid, pid, pid_create_time, run_id),
             )
             return int(cur.lastrowid or 0)
+
+        return await self.db.write(write)
 
     async def finish(
         self,
@@ -72,8 +76,8 @@ class AttemptStore:
     ) -> None:
         windows = [w.to_json() for w in parsed.windows]
         u = parsed.usage
-        async with self.db.transaction() as conn:
-            await conn.execute(
+        await self.db.write(
+            lambda conn: conn.execute(
                 "UPDATE attempts SET finished_at = ?, exit_code = ?, outcome = ?, error_class = ?, error = ?, "
                 "reset_at = ?, input_tokens = ?, output_tokens = ?, cache_read_tokens = ?, "
                 "cache_write_tokens = ?, cost_usd = ?, session_id = ?, model = coalesce(?, model), "
@@ -85,24 +89,27 @@ class AttemptStore:
                     u.cache_write_tokens, cost_usd, parsed.session_id, parsed.model, json.dumps(windows),
                     cap_result_text(parsed.final_text), to_iso(finished_at), attempt_id,
                 ),
-            )  # fmt: skip
+            ).close()
+        )  # fmt: skip
 
     async def set_gate(
         self, attempt_id: int, *, verify_exit: int | None, verify_ms: int, accepted: bool, findings: str | None
     ) -> None:
         """What the acceptance gate said about the attempt's work."""
-        async with self.db.transaction() as conn:
-            await conn.execute(
+        await self.db.write(
+            lambda conn: conn.execute(
                 "UPDATE attempts SET verify_exit = ?, verify_ms = ?, accepted = ?, findings = ? WHERE id = ?",
                 (verify_exit, verify_ms, int(accepted), findings, attempt_id),
-            )
+            ).close()
+        )
 
     async def set_accepted(self, attempt_id: int, *, accepted: bool, findings: str | None) -> None:
         """The acceptance gate's final word on the attempt's work (after its reviewer, if any)."""
-        async with self.db.transaction() as conn:
-            await conn.execute(
+        await self.db.write(
+            lambda conn: conn.execute(
                 "UPDATE attempts SET accepted = ?, findings = ? WHERE id = ?", (int(accepted), findings, attempt_id)
-            )
+            ).close()
+        )
 
     async def profile_cost_since(self, profile: str, since: datetime) -> float:
         """What `profile` cost since then (USD): the loops' attempts and the gateway's calls alike (a
@@ -121,13 +128,14 @@ class AttemptStore:
 
     async def interrupt_open(self, run_id: int, *, finished_at: datetime, error: str) -> None:
         """Close the attempts a dead daemon left open (crash recovery)."""
-        async with self.db.transaction() as conn:
-            await conn.execute(
+        await self.db.write(
+            lambda conn: conn.execute(
                 "UPDATE attempts SET finished_at = ?, outcome = 'failed', error = ?, "
                 "duration_ms = CAST(round((julianday(?) - julianday(started_at)) * 86400000) AS INTEGER) "
                 "WHERE run_id = ? AND finished_at IS NULL",
                 (to_iso(finished_at), error, to_iso(finished_at), run_id),
-            )
+            ).close()
+        )
 
     async def for_run(self, run_id: int) -> list[Attempt]:
         rows = await self.db.fetchall(

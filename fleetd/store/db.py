@@ -1,10 +1,13 @@
-"""The database handle: one writer connection behind a lock, one reader connection behind another.
+"""The database handle: the writer thread, an async writer connection, and a reader connection.
 
-Coroutines sharing a connection interleave their statements, so every write goes through
-`transaction()`, which serialises writers and uses BEGIN IMMEDIATE (a deferred BEGIN that reads
-then writes fails at once under WAL). Reads are serialised too: while one statement on a
-connection is still stepping, SQLite serves every other statement on it from the same (older)
-snapshot, so a read started after a commit could miss the committed row.
+Writes are plain functions over a sqlite3 connection handed to `write()`: the writer thread
+(store/writer.py) runs each in one transaction with whatever else is queued (group commit), one
+round trip to the event loop per write instead of one per statement. `transaction()` is the older
+async form (over aiosqlite, BEGIN IMMEDIATE: a deferred BEGIN that reads then writes fails at once
+under WAL), for changes not converted yet: it takes its turn in the writer thread's queue, so the two
+never write at once and keep one order. Reads are serialised: while one statement on a connection is
+still stepping, SQLite serves every other statement on it from the same (older) snapshot, so a read
+started after a commit could miss the committed row.
 
 SQLite's own failures are translated here, once: a file that cannot be used at all is a `StoreError`
 at open (the daemon refuses to start), and a write the disk or the file refuses later is a
@@ -17,7 +20,7 @@ import asyncio
 import logging
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import Any, TypeVar
@@ -26,6 +29,7 @@ import aiosqlite
 
 from fleetd.errors import FleetdError
 from fleetd.store.schema import MIGRATIONS
+from fleetd.store.writer import Writer
 
 log = logging.getLogger("fleetd.store")
 T = TypeVar("T")
@@ -79,10 +83,18 @@ def store_problem(exc: BaseException) -> str | None:
 
 
 class Database:
-    def __init__(self, writer: aiosqlite.Connection, reader: aiosqlite.Connection, path: Path | None = None) -> None:
+    def __init__(
+        self,
+        writer: aiosqlite.Connection,
+        reader: aiosqlite.Connection,
+        thread_conn: sqlite3.Connection,
+        path: Path | None = None,
+    ) -> None:
         self._writer = writer
         self._reader = reader
         self._lock = asyncio.Lock()
+        # The writer thread (store/writer.py) and `_writer` write in turns, in one queue: never at once.
+        self._thread = Writer(thread_conn, asyncio.get_running_loop())
         # Invariant: at most one statement is open on the reader, and it runs to completion (all
         # rows fetched, cursor closed) before the next starts, so each read sees every commit
         # that finished before it began.
@@ -109,6 +121,7 @@ class Database:
             await _probe_write(writer)
             reader = await _connect(path)
             opened.append(reader)
+            thread_conn = _connect_sync(path)
         except BaseException as e:
             for conn in opened:
                 with suppress(Exception):
@@ -118,14 +131,46 @@ class Database:
             if isinstance(e, OSError):
                 raise StoreError(f"cannot open the database {path}: {e.strerror or e}") from None
             raise
-        return cls(writer, reader, path)
+        return cls(writer, reader, thread_conn, path)
 
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
+        await self._thread.close()
         await self._reader.close()
         await self._writer.close()
+
+    async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """`fn(conn)` in a write transaction on the writer thread, committed with whatever else is queued
+        then (store/writer.py: each in a SAVEPOINT of its own, so its failure is its own); its result, or
+        its exception. `fn` touches nothing but `conn` and steps every statement to its end.
+
+        A caller cancelled before the thread took its write withdraws it (nothing is written); cancelled
+        after, it waits the transaction out, as `transaction()` does: a write that committed stands, the
+        caller returns its result (a written row is not taken for a lost one) and is cancelled at its
+        next await. A second cancellation (the event loop's teardown) is raised at once."""
+        item = self._thread.submit(fn)
+        try:
+            # Awaited directly (no asyncio.wait): under load every extra hop is a turn of a busy loop.
+            ok, value = await item.future
+        except asyncio.CancelledError:
+            if self._thread.withdraw(item):
+                raise
+            if item.outcome is None:  # taken: it commits or fails on its own; wait for which
+                item.late = asyncio.get_running_loop().create_future()
+                await item.late  # cancelled again (the event loop's teardown): raised at once
+            assert item.outcome is not None
+            ok, value = item.outcome
+            _cancel_again()
+        if ok:
+            self._set_problem(None)
+            return value  # type: ignore[no-any-return]
+        problem = store_problem(value)
+        if problem is None:
+            raise value
+        self._set_problem(problem)
+        raise StoreUnavailable("written", problem) from value
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
@@ -135,7 +180,7 @@ class Database:
         Invariant: the lock is released only with the writer outside any transaction. A COMMIT that
         went through stands: the caller then returns normally and sees the cancellation at its next
         await, so it never takes a written row for a lost one."""
-        async with self._lock:
+        async with self._lock, self._turn():
             try:
                 try:
                     if await self._control("BEGIN IMMEDIATE"):
@@ -158,6 +203,16 @@ class Database:
                 self._set_problem(problem)
                 raise StoreUnavailable("written", problem) from e
             self._set_problem(None)
+
+    @asynccontextmanager
+    async def _turn(self) -> AsyncIterator[None]:
+        """The writer thread stopped at this transaction's place in its queue, until it ends."""
+        gate = self._thread.gate()
+        try:
+            await gate.opened  # cancelled meanwhile: the thread passes the gate, closed below
+            yield
+        finally:
+            gate.closed.set()
 
     async def _control(self, sql: str) -> bool:
         """BEGIN, COMMIT or ROLLBACK on the writer. True when the caller was cancelled meanwhile: the
@@ -240,6 +295,19 @@ def _raise_read_failure(e: sqlite3.DatabaseError) -> None:
     problem = store_problem(e)
     if problem is not None:
         raise StoreUnavailable("read", problem) from e
+
+
+def _connect_sync(path: Path) -> sqlite3.Connection:
+    """The writer thread's connection: made here, used only by that thread from then on."""
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        conn.row_factory = sqlite3.Row
+        for pragma in PRAGMAS:
+            conn.execute(pragma)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
 
 
 async def _connect(path: Path) -> aiosqlite.Connection:

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -68,8 +69,8 @@ class EventLog:
         self, at: datetime, type_: str, message: str, *, backend: str | None = None, profile: str | None = None,
         **data: Any,
     ) -> None:  # fmt: skip
-        async with self.db.transaction() as conn:
-            await conn.execute(_INSERT, (to_iso(at), type_, backend, profile, message, json.dumps(data, default=str)))
+        row = (to_iso(at), type_, backend, profile, message, json.dumps(data, default=str))
+        await self.db.write(lambda conn: conn.execute(_INSERT, row).close())
         await self.notify()
 
     async def write_in(self, conn: aiosqlite.Connection, events: Sequence[NewEvent]) -> bool:
@@ -91,6 +92,29 @@ class EventLog:
                 await conn.execute("RELEASE events")
             return False
         await conn.execute("RELEASE events")
+        return True
+
+    def write_sync(self, conn: sqlite3.Connection, events: Sequence[NewEvent]) -> bool:
+        """`write_in` for a write function on the writer thread (`Database.write`): the same SAVEPOINT,
+        the same promise (a failing event never costs the change)."""
+        if not events:
+            return True
+        conn.execute("SAVEPOINT events")
+        try:
+            conn.executemany(
+                _INSERT,
+                [
+                    (to_iso(e.at), e.type, e.backend, e.profile, e.message, json.dumps(e.data, default=str))
+                    for e in events
+                ],
+            )
+        except Exception:
+            log.exception("cannot write the event(s) %s; the change they describe is kept", [e.type for e in events])
+            with contextlib.suppress(Exception):  # a transaction SQLite already rolled back fails in the commit
+                conn.execute("ROLLBACK TO events")
+                conn.execute("RELEASE events")
+            return False
+        conn.execute("RELEASE events")
         return True
 
     async def notify(self) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -61,8 +62,8 @@ class RunStore:
         self.events = events  # None: no events (tests of other parts)
         self.clock = clock
 
-    async def _announce(self, conn: aiosqlite.Connection, build: Callable[[], list[NewEvent | None]]) -> bool:
-        """Write the events of a change inside its transaction; never fails it (EventLog.write_in)."""
+    def _announce(self, conn: sqlite3.Connection, build: Callable[[], list[NewEvent | None]]) -> bool:
+        """Write the events of a change inside its transaction; never fails it (EventLog.write_sync)."""
         if self.events is None:
             return False
         try:
@@ -70,7 +71,7 @@ class RunStore:
         except Exception:  # building is pure; a bug in it must not cost the run its record
             log.exception("cannot build the event(s) of a run change; the change is kept")
             return False
-        return bool(events) and await self.events.write_in(conn, events)
+        return bool(events) and self.events.write_sync(conn, events)
 
     async def _notify(self, wrote: bool) -> None:
         if wrote and self.events is not None:
@@ -102,17 +103,11 @@ class RunStore:
         fire them, which this row (a catch-up run, or a skipped one) stands for, and `missed_reason` why a
         catch-up run's fires were missed."""
         skipped_count = (missed or 1) if status == "skipped" else 0
-        async with self.db.transaction() as conn:
-            if fired is not None:
-                cur = await conn.execute(
-                    "UPDATE loops SET last_fire_at = ?, next_fire_at = ? WHERE name = ? AND next_fire_at IS ?",
-                    (to_iso(fired.last_fire_at), to_iso(fired.next_fire_at), fired.loop, to_iso(fired.due)),
-                )
-                if cur.rowcount != 1:
-                    return None
-            # One round trip to the writer's thread that also steps the statement to its end (a
-            # RETURNING cursor left open, say by a cancelled caller, would fail every later COMMIT).
-            (row,) = await conn.execute_fetchall(
+
+        def write(conn: sqlite3.Connection) -> tuple[Run, bool] | None:
+            if fired is not None and not _move_fire(conn, fired):
+                return None
+            (row,) = conn.execute(
                 "INSERT INTO runs (loop, trigger, status, scheduled_at, started_at, finished_at, backend, "
                 f"error, attempts, skip_reason, skipped_count) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
                 f"RETURNING {_COLUMNS}",
@@ -129,47 +124,47 @@ class RunStore:
                     skip_reason,
                     skipped_count,
                 ),
-            )
-            assert row is not None
+            ).fetchall()
             run = _row_to_run(row)
             if log_path_for is not None:
                 run.log_path = str(log_path_for(run.id))
-                await conn.execute("UPDATE runs SET log_path = ? WHERE id = ?", (run.log_path, run.id))
-            wrote = await self._announce(
+                conn.execute("UPDATE runs SET log_path = ? WHERE id = ?", (run.log_path, run.id))
+            wrote = self._announce(
                 conn,
                 lambda: [
                     fire_event(run, started_at, missed, missed_reason),
                     run_event(run, started_at) if status == "running" else None,
                 ],
             )
-        await self._notify(wrote)
-        return run
+            return run, wrote
+
+        written = await self.db.write(write)
+        if written is None:
+            return None
+        await self._notify(written[1])
+        return written[0]
 
     async def add_skip(self, run_id: int, count: int, error: str, fired: LoopFire | None = None) -> Run | None:
         """One more fire skipped into the `skipped` row `run_id` (now standing for `count` fires), with the
         loop's fire times moved on as `insert` does. No event: the row's first fire told it. None, with
         nothing written: `fired` was already recorded, or the row is gone."""
+
+        def write(conn: sqlite3.Connection) -> Run | None:
+            rows = conn.execute(
+                "UPDATE runs SET skipped_count = ?, error = ? WHERE id = ? AND status = 'skipped' "
+                f"RETURNING {_COLUMNS}",
+                (count, error, run_id),
+            ).fetchall()
+            if not rows:
+                return None
+            if fired is not None and not _move_fire(conn, fired):
+                raise _NotAdded  # rolls the count back (the write's own savepoint)
+            return _row_to_run(rows[0])
+
         try:
-            async with self.db.transaction() as conn:
-                cur = await conn.execute(
-                    f"UPDATE runs SET skipped_count = ?, error = ? WHERE id = ? AND status = 'skipped' "
-                    f"RETURNING {_COLUMNS}",
-                    (count, error, run_id),
-                )
-                row = await cur.fetchone()
-                await cur.close()
-                if row is None:
-                    return None
-                if fired is not None:
-                    cur = await conn.execute(
-                        "UPDATE loops SET last_fire_at = ?, next_fire_at = ? WHERE name = ? AND next_fire_at IS ?",
-                        (to_iso(fired.last_fire_at), to_iso(fired.next_fire_at), fired.loop, to_iso(fired.due)),
-                    )
-                    if cur.rowcount != 1:
-                        raise _NotAdded  # rolls the count back
+            return await self.db.write(write)
         except _NotAdded:
             return None
-        return _row_to_run(row)
 
     async def finish(
         self,
@@ -182,21 +177,23 @@ class RunStore:
     ) -> None:
         """The run's end, and its `run.<status>` event: the one path every run end takes (the executor's,
         crash recovery's), so every status gets its event, whatever statuses are added later."""
-        async with self.db.transaction() as conn:
-            cur = await conn.execute(
+
+        def write(conn: sqlite3.Connection) -> bool:
+            rows = conn.execute(
                 "UPDATE runs SET status = ?, finished_at = ?, exit_code = ?, error = ?, wait_until = NULL "
                 f"WHERE id = ? AND status IN {ACTIVE} RETURNING {_COLUMNS}",
                 (status, to_iso(finished_at), exit_code, error, run_id),
-            )
-            row = await cur.fetchone()
-            await cur.close()
-            wrote = row is not None and await self._announce(conn, lambda: [run_event(_row_to_run(row), finished_at)])
-        await self._notify(wrote)
+            ).fetchall()
+            return bool(rows) and self._announce(conn, lambda: [run_event(_row_to_run(rows[0]), finished_at)])
+
+        await self._notify(await self.db.write(write))
 
     async def set_route(self, run_id: int, route: list[dict[str, Any]]) -> None:
         """The run's route: every routing decision and every candidate passed over, in order."""
-        async with self.db.transaction() as conn:
-            await conn.execute("UPDATE runs SET route_json = ? WHERE id = ?", (json.dumps(route), run_id))
+        text = json.dumps(route)
+        await self.db.write(
+            lambda conn: conn.execute("UPDATE runs SET route_json = ? WHERE id = ?", (text, run_id)).close()
+        )
 
     async def route(self, run_id: int) -> list[dict[str, Any]]:
         row = await self.db.fetchone("SELECT route_json FROM runs WHERE id = ?", (run_id,))
@@ -204,19 +201,20 @@ class RunStore:
 
     async def set_waiting(self, run_id: int, until: datetime | None) -> None:
         """`waiting` until a profile's reset, with its `run.waiting` event (until=None: back to `running`)."""
-        async with self.db.transaction() as conn:
-            cur = await conn.execute(
+        now = self.clock()
+
+        def write(conn: sqlite3.Connection) -> bool:
+            rows = conn.execute(
                 f"UPDATE runs SET status = ?, wait_until = ? WHERE id = ? AND status IN {ACTIVE} RETURNING {_COLUMNS}",
                 ("waiting" if until else "running", to_iso(until), run_id),
-            )
-            row = await cur.fetchone()
-            await cur.close()
-            wrote = (
+            ).fetchall()
+            return (
                 until is not None
-                and row is not None
-                and await self._announce(conn, lambda: [run_event(_row_to_run(row), self.clock())])
+                and bool(rows)
+                and self._announce(conn, lambda: [run_event(_row_to_run(rows[0]), now)])
             )
-        await self._notify(wrote)
+
+        await self._notify(await self.db.write(write))
 
     async def get(self, run_id: int) -> Run:
         row = await self.db.fetchone(f"SELECT {_COLUMNS} FROM runs WHERE id = ?", (run_id,))
@@ -245,6 +243,16 @@ class RunStore:
         loop. A run started before the loop was added belongs to an earlier loop of that name (`Loop.instance`)."""
         rows = await self.db.fetchall(f"SELECT {_COLUMNS} FROM runs WHERE id IN ({LAST_RUN_IDS})")
         return {r["loop"]: _row_to_run(r) for r in rows}
+
+
+def _move_fire(conn: sqlite3.Connection, fired: LoopFire) -> bool:
+    """Record a fire of the loop: compare-and-set on `next_fire_at`, so a fire is recorded once (False:
+    recorded already, or the loop's schedule moved on meanwhile)."""
+    cur = conn.execute(
+        "UPDATE loops SET last_fire_at = ?, next_fire_at = ? WHERE name = ? AND next_fire_at IS ?",
+        (to_iso(fired.last_fire_at), to_iso(fired.next_fire_at), fired.loop, to_iso(fired.due)),
+    )
+    return cur.rowcount == 1
 
 
 # Newest first. Invariant: every filter combination of `list_query` has an index that ends in started_at

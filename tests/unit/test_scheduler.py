@@ -209,3 +209,53 @@ def test_an_edit_during_a_fire_does_not_fire_the_same_due_time_again(tmp_path: P
             await db.close()
 
     asyncio.run(go())
+
+
+class HeldFires:
+    """Each fire's write runs to its end as the executor's does (`finish_first`); the first is held."""
+
+    def __init__(self) -> None:
+        self.fired: list[str] = []
+        self.first_started = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def fire(self, loop: Loop, *args: object, **kwargs: object) -> None:
+        from fleetd.store.db import finish_first
+
+        async def write() -> None:
+            if not self.fired:
+                self.first_started.set()
+                await self.release.wait()
+            self.fired.append(loop.name)
+
+        await finish_first(write())
+
+
+def test_a_cancelled_start_fires_no_more_catch_ups(tmp_path: Path) -> None:
+    """A stop cancels the start's catch-up fires: the fire in flight is written whole, the others are not
+    started (each fire's `finish_first` used to take the cancellation for its own and re-raise it at the
+    next fire's write, so a stop waited for every loop's catch-up while the timers already fired)."""
+
+    async def go() -> tuple[list[str], bool]:
+        db = await Database.open(tmp_path / "s.db")
+        clock = Clock(T0)
+        executor = HeldFires()
+        scheduler = Scheduler(LoopStore(db), executor, clock=clock, misfire_grace=timedelta(seconds=1))  # type: ignore[arg-type]
+        try:
+            for i in range(5):
+                await scheduler.add(Loop(f"l{i}", Schedule("every", "1h", "UTC"), "command", command="true"))
+            scheduler.stop()
+            clock.now = T0 + 2 * H + 30 * M  # every loop missed fires while the daemon was down
+            starting = asyncio.create_task(scheduler.start())
+            await asyncio.wait_for(executor.first_started.wait(), 10)
+            starting.cancel()
+            await asyncio.sleep(0)
+            executor.release.set()
+            await asyncio.wait({starting}, timeout=10)
+            return executor.fired, starting.cancelled()
+        finally:
+            scheduler.stop()
+            await db.close()
+
+    fired, cancelled = asyncio.run(go())
+    assert fired == ["l0"] and cancelled
