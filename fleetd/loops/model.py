@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from fleetd.edits import split_changes
 from fleetd.errors import InvalidArgument, shown
 from fleetd.records.loop import (
     DEFAULT_ON_EXHAUSTED,
@@ -266,21 +267,7 @@ def _seconds(value: float | None) -> str | None:
 def edited_input(loop: Loop, changes: dict[str, Any]) -> dict[str, Any]:
     """The `loop add` body of `loop` with `changes` (a PATCH body: fields to set, and `clear`, the
     fields to unset) laid over it. Raises InvalidArgument for a field that cannot be edited."""
-    clear = changes.get("clear") or []
-    if not isinstance(clear, list) or not all(isinstance(key, str) for key in clear):
-        raise InvalidArgument("clear must be a list of field names")
-    for key in clear:
-        if key not in CLEARABLE:
-            raise InvalidArgument(f"cannot clear {shown(key)} (clearable: {', '.join(CLEARABLE)})")
-    given = {key: value for key, value in changes.items() if key != "clear" and value is not None}
-    for key in given:
-        if key == "name":
-            if given[key] != loop.name:
-                raise InvalidArgument("a loop cannot be renamed: add the new one and remove the old")
-        elif key not in EDITABLE:
-            raise InvalidArgument(f"unknown field {shown(key)}")
-        elif key in clear:
-            raise InvalidArgument(f"{key} is both given and cleared: give one")
+    given, clear = split_changes(changes, what="loop", name=loop.name, editable=EDITABLE, clearable=CLEARABLE)
     body = loop_input(loop)
     for key in given:
         for replaced in REPLACES.get(key, ()):

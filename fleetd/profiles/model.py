@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from fleetd.edits import split_changes
 from fleetd.errors import InvalidArgument, shown
 from fleetd.heartbeat.limits import parse_limits
 from fleetd.loops.model import NAME_RE, optional_text, validate_path
@@ -160,23 +161,10 @@ def _number(value: float) -> str:
 
 def edited_profile_input(profile: Profile, changes: dict[str, Any]) -> dict[str, Any]:
     """`changes` (fields to set, and `clear`: fields to unset) over the `profile add` body of `profile`."""
-    clear = changes.get("clear") or []
-    if not isinstance(clear, list) or not all(isinstance(key, str) for key in clear):
-        raise InvalidArgument("clear must be a list of field names")
-    for key in clear:
-        if key not in CLEARABLE:
-            raise InvalidArgument(f"cannot clear {shown(key)} (clearable: {', '.join(CLEARABLE)})")
-    given = {key: value for key, value in changes.items() if key != "clear" and value is not None}
-    for key in given:
-        if key == "name":
-            if given[key] != profile.name:
-                raise InvalidArgument("a profile cannot be renamed: add the new one and remove the old")
-        elif key == "api_key":
-            raise InvalidArgument("a profile's key is changed by `fleetd profile set-key NAME --api-key-stdin`")
-        elif key not in EDITABLE:
-            raise InvalidArgument(f"cannot edit {shown(key)} (editable: {', '.join(EDITABLE)})")
-        elif key in clear:
-            raise InvalidArgument(f"{key} is both given and cleared: give one")
+    given, clear = split_changes(
+        changes, what="profile", name=profile.name, editable=EDITABLE, clearable=CLEARABLE,
+        refused={"api_key": "a profile's key is changed by `fleetd profile set-key NAME --api-key-stdin`"},
+    )  # fmt: skip
     body = {**profile_input(profile), **given}
     for key in clear:
         body.pop(key, None)
