@@ -23,7 +23,7 @@ def events(follow: bool, limit: int, as_json: bool) -> None:
         if as_json:
             click.echo(json.dumps(event))
         else:
-            click.echo(f"{local_time(event['at'])}  {event['type']:<18} {event['message']}")
+            click.echo(f"{local_time(event['at'])}  {event['type']:<21} {event['message']}")
 
     daemon = client(timeout=None if follow else 30.0)
     if not follow:

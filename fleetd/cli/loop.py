@@ -118,7 +118,12 @@ def loop_add(name: str, as_json: bool, **fields: Any) -> None:
     """Add a loop NAME with exactly one of --cron, --every, --at."""
     created = client().call("POST", "/v1/loops", {**_loop_body(fields), "name": name})
     warn(created)
-    render(created, as_json, lambda lp: f"added loop {lp['name']}; next run {local_time(lp['next_fire_at'])}")
+    render(created, as_json, _added_text)
+
+
+def _added_text(lp: dict[str, Any]) -> str:
+    when = f"next run {local_time(lp['next_fire_at'])}" if lp["next_fire_at"] else "paused (no next run)"
+    return f"added loop {lp['name']}; {when}"
 
 
 @loop.command("edit")
