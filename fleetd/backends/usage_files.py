@@ -24,6 +24,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import msgspec
+
 from fleetd.backends.parsers.codex import parse_rollout
 from fleetd.records.result import TokenUsage, WindowState
 
@@ -144,9 +146,25 @@ def _timestamp(value: object) -> datetime | None:
     return (stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)).astimezone(UTC)
 
 
+_FAST = msgspec.json.Decoder()
+
+
+def _decode(data: bytes) -> Any:
+    """json.loads(data), mostly through msgspec: 2-3x faster on these lines, and decoding them is most of a scan.
+
+    Invariant: a document msgspec accepts decodes to what json gives (big integers stay ints, floats round alike;
+    orjson turns integers past 64 bits into floats, which would change a count). What msgspec rejects and json
+    accepts (NaN and Infinity, 1e400, surrogates escaped or UTF-8-encoded, encodings json detects) json decides,
+    so a line is garbled exactly when json rejects it. Raises what json raises."""
+    try:
+        return _FAST.decode(data)
+    except (msgspec.DecodeError, RecursionError):  # rare: garbled lines and json's extensions
+        return json.loads(data)
+
+
 def _load_object(line: bytes) -> dict[str, Any] | None:
     try:
-        value = json.loads(line)
+        value = _decode(line)
     except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError: binary junk lands here
         return None
     return value if isinstance(value, dict) else None
@@ -623,7 +641,6 @@ _NULL_FIELDS = frozenset(
     b"cache_creation_input_tokens".split()
 )
 _SPACE = b" \t\n\r\f\v"
-_DECODER = json.JSONDecoder()
 
 
 def _copy_key(data: bytes, start: int, stop: int) -> tuple[int | None, int, int]:
@@ -663,11 +680,12 @@ def _around_content(data: bytes, start: int, stop: int, message_at: int, usage_a
     if after < 0:
         return None
     try:
-        text = (data[start : content_at + 10] + b"null" + data[after + 1 : stop]).decode()
-        value, end = _DECODER.raw_decode(text)
-    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        # msgspec alone: it refuses trailing bytes and anything json would decode differently; what it rejects,
+        # the caller's full decode settles.
+        value = _FAST.decode(data[start : content_at + 10] + b"null" + data[after + 1 : stop])
+    except (msgspec.DecodeError, RecursionError):
         return None
-    return value if end == len(text) and isinstance(value, dict) else None
+    return value if isinstance(value, dict) else None
 
 
 def _has_null_field(line: bytes) -> bool:

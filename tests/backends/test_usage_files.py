@@ -23,6 +23,7 @@ from fleetd.backends.usage_files import (
     UsageRecord,
     _around_content,
     _copy_key,
+    _decode,
     _has_null_field,
 )
 from fleetd.records.result import TokenUsage, WindowState
@@ -982,3 +983,69 @@ def test_batches_hand_out_whole_files_and_add_up_to_one_scan(claude_dir: Path) -
     assert [len(p.records) for p in parts] == [6, 6, 3]
     assert [r for p in parts for r in p.records] == whole.records
     assert set().union(*(p.touched for p in parts)) == whole.touched
+
+
+# -- the fast decoder decides nothing json would decide otherwise ------------------------------------------------
+
+
+def _spliced(field: bytes, value: bytes) -> bytes:
+    """claude_line() with `"<field>":<value>` spliced in as raw bytes (json.dumps cannot write most of these)."""
+    line = claude_line()
+    at = line.index(b'"' + field + b'":') + len(field) + 3
+    return line[:at] + value + line[line.index(b",", at) :]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        (b"cwd", b"NaN"),  # json's extensions, which msgspec (and orjson) reject
+        (b"cwd", b"Infinity"),
+        (b"cwd", b"-Infinity"),
+        (b"cwd", b"1e400"),  # json: inf; msgspec: out of range
+        (b"cwd", b'"\\ud800"'),  # a lone surrogate, escaped
+        (b"cwd", b'"\xed\xa0\x80"'),  # the same surrogate, UTF-8-encoded: json decodes bytes with surrogatepass
+        (b"gitBranch", b'"\\udfff\\ud800"'),
+    ],
+)
+def test_what_json_accepts_and_the_fast_decoder_rejects_is_still_read(
+    claude_dir: Path, field: bytes, value: bytes
+) -> None:
+    line = _spliced(field, value)
+    json.loads(line)  # the premise: json accepts it
+    append(transcript(claude_dir), line)
+    result = ClaudeTranscripts(claude_dir, {}).scan(NOW)
+    assert ([r.dedupe_key for r in result.records], result.garbled_lines) == ([f"{MSG}:{REQ}"], 0)
+
+
+def test_integers_past_64_bits_count_as_json_reads_them(claude_dir: Path) -> None:
+    """orjson would decode 2**70 as a float (which _count treats as no count); json and msgspec keep the int."""
+    append(transcript(claude_dir), claude_line(usage=tokens(out=2**70)))
+    result = ClaudeTranscripts(claude_dir, {}).scan(NOW)
+    assert [r.usage.output_tokens for r in result.records] == [2**70]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [b'"\xff"', b'"\xed\xa0"', b'"a\x01b"', b"nan", b"+1", b"01", b'"\\x"'],
+    ids=["invalid-utf8", "truncated-utf8", "control-char", "lowercase-nan", "plus", "leading-zero", "bad-escape"],
+)
+def test_what_both_decoders_reject_is_garbled(claude_dir: Path, value: bytes) -> None:
+    line = _spliced(b"cwd", value)
+    with pytest.raises(ValueError):
+        json.loads(line)
+    append(transcript(claude_dir), line)
+    result = ClaudeTranscripts(claude_dir, {}).scan(NOW)
+    assert (result.records, result.garbled_lines) == ([], 1)
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(JSON_VALUES)
+def test_the_fast_decoder_gives_what_json_gives(value: Any) -> None:
+    data = json.dumps({"v": value}).encode()  # NaN, Infinity and lone surrogates included
+    assert repr(_decode(data)) == repr(json.loads(data))  # repr: NaN != NaN, and -0.0 == 0.0
