@@ -128,7 +128,8 @@ def test_run_lifecycle_events_in_fleetd_events(d: Daemon) -> None:
     started = [e["data"]["run_id"] for e in events(d) if e["type"] == "run.started"]
     assert set(ids.values()) <= set(started)
     text = d.cli("events").stdout
-    assert f"run.failed         run {ids['bad']} of loop bad failed (exit 3) after " in text
+    # the type column is as wide as the longest type (candidate.unavailable), then the message
+    assert f"{'run.failed':<21} run {ids['bad']} of loop bad failed (exit 3) after " in text
 
 
 def test_a_one_shot_missed_while_the_daemon_was_down_says_so(tmp_path: Path) -> None:
