@@ -11,6 +11,7 @@ from typing import Any
 
 from fleetd.backends.registry import get_adapter
 from fleetd.errors import InvalidArgument, shown
+from fleetd.loops.model import checked_name
 from fleetd.records.gateway import (
     APIS,
     DEFAULT_ROUTE_TIMEOUT_S,
@@ -29,7 +30,6 @@ from fleetd.timefmt import DurationError, parse_duration
 
 # A route's name is the model name clients send: letters, digits and the punctuation model names use.
 ROUTE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
-KEY_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 MAX_ROUTE_TIMEOUT_S = 3600.0
 
 
@@ -43,12 +43,7 @@ def validate_route_name(name: object) -> str:
 
 
 def validate_key_name(name: object) -> str:
-    if not isinstance(name, str) or not KEY_NAME_RE.fullmatch(name):
-        raise InvalidArgument(
-            f"invalid key name {shown(name)}: use 1-64 letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit"
-        )
-    return name
+    return checked_name("key", name)
 
 
 def validate_route_input(body: Mapping[str, Any], profiles: Collection[Profile]) -> Route:

@@ -7,7 +7,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from fleetd.errors import InvalidArgument, shown
-from fleetd.loops.model import NAME_RE, optional_text
+from fleetd.loops.model import checked_name, optional_text
 from fleetd.records.event import parse_patterns
 from fleetd.records.hook import DEFAULT_TIMEOUT_S, MAX_TIMEOUT_S, Hook
 from fleetd.timefmt import DurationError, parse_duration
@@ -20,12 +20,7 @@ MAX_SECRET = 1024
 
 
 def validate_hook_name(name: object) -> str:
-    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
-        raise InvalidArgument(
-            f"invalid hook name {shown(name)}: "
-            "use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
-        )
-    return name
+    return checked_name("hook", name)
 
 
 def validate_hook_input(body: dict[str, Any]) -> tuple[Hook, str | None]:

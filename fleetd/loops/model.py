@@ -74,13 +74,18 @@ def _path_is(value: str, what: str, test: Callable[[Path], bool]) -> bool:
         raise InvalidArgument(f"cannot use {what} {shown_path(value)}: {e.strerror}") from None
 
 
-def validate_name(name: object) -> str:
+def checked_name(what: str, name: object) -> str:
+    """A loop's, profile's, hook's or gateway key's name: the one rule for names, with `what` in the error."""
     if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise InvalidArgument(
-            f"invalid loop name {shown(name)}: "
+            f"invalid {what} name {shown(name)}: "
             "use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
         )
     return name
+
+
+def validate_name(name: object) -> str:
+    return checked_name("loop", name)
 
 
 def parse_schedule_input(body: dict[str, Any], default_tz: str) -> Schedule:

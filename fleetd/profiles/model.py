@@ -10,7 +10,7 @@ from urllib.parse import urlparse
 from fleetd.edits import split_changes
 from fleetd.errors import InvalidArgument, shown
 from fleetd.heartbeat.limits import parse_limits
-from fleetd.loops.model import NAME_RE, optional_text, validate_path
+from fleetd.loops.model import checked_name, optional_text, validate_path
 from fleetd.records.profile import PRICE_FIELDS, TIERS, Profile, is_loopback
 from fleetd.routing.policy import parse_usd
 from fleetd.timefmt import DurationError, parse_duration
@@ -22,12 +22,7 @@ MAX_PRICE_PER_MTOK = 1_000_000.0
 
 
 def validate_profile_name(name: object) -> str:
-    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
-        raise InvalidArgument(
-            f"invalid profile name {shown(name)}: "
-            "use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
-        )
-    return name
+    return checked_name("profile", name)
 
 
 def _base_url(value: str) -> str:
