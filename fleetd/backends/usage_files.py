@@ -13,16 +13,19 @@ from __future__ import annotations
 import base64
 import copy
 import json
+import logging
+import multiprocessing
 import os
 import re
 import stat
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, ClassVar, NamedTuple
 
 import msgspec
 
@@ -33,10 +36,20 @@ MAX_KEYS = 200_000  # de-duplication keys remembered per profile (message ids re
 CHUNK_BYTES = 4 << 20
 BATCH_RECORDS = 5_000  # records per part of a scan (`batches`): what one database transaction inserts
 MAX_LINE_BYTES = 64 << 20  # a "line" longer than this without a newline is junk: dropped, not buffered forever
+# A scan with this much to read parses its files in processes on the other cores (see `_JsonlTail._parsed`), handed
+# out this many bytes or files at a time: a process costs ~0.1 s to start, a task a round trip.
+PARALLEL_MIN_BYTES = 32 << 20
+PARALLEL_TASK_BYTES = 4 << 20
+PARALLEL_TASK_FILES = 64
+MAX_PARSING_PROCESSES = 4
+
+log = logging.getLogger("fleetd.usage_files")
 
 _STRIP = b" \t\r\n\x00"  # NUL padding is what a crash mid-write leaves behind on some filesystems
 # ccusage's cheap pre-filter, tolerant of whitespace after the colon (pretty-printed or re-serialised lines).
 _CLAUDE_USAGE_MARKER = re.compile(rb'"usage"\s*:\s*\{')
+_CLAUDE_USAGE_KEY = b'"usage"'
+_CLAUDE_USAGE_REST = re.compile(rb"\s*:\s*\{")
 _SEMVER_PREFIX = re.compile(r"\d+\.\d+\.\d")
 _CODEX_MARKERS = (b'"token_count"', b'"turn_context"', b'"session_meta"')
 _CODEX_FIELDS = ("input_tokens", "cached_input_tokens", "output_tokens", "reasoning_output_tokens", "total_tokens")
@@ -115,6 +128,44 @@ class IngestResult:
         self.saved.update(other.saved)
 
 
+class _Parsed(NamedTuple):
+    """What a parsing process made of one file (`_JsonlTail._read` there): the reader that sent it adopts it."""
+
+    offset: FileOffset | None  # the file's offset after the read (None: not known there)
+    touched: bool
+    forgotten: bool
+    entries: list[Any]  # what the reader there would have offered for de-duplication, in file order
+    garbled_lines: int
+    bytes_read: int
+    files_read: int
+
+
+def _parse_files(
+    collector: type[_JsonlTail], config_dir: Path, files: list[tuple[str, FileOffset | None]], now: datetime
+) -> list[_Parsed]:
+    """In a parsing process: each file read from its offset, as the sending reader would have read it."""
+    reader = collector(config_dir, {path: prev for path, prev in files if prev is not None})
+    parsed = []
+    for path, _ in files:
+        out = IngestResult()
+        reader._read(Path(path), now, out)
+        offset = reader._offsets.get(path)
+        parsed.append(
+            _Parsed(offset, path in out.touched, path in out.forgotten, reader._collected(), out.garbled_lines,
+                    out.bytes_read, out.files_read)
+        )  # fmt: skip
+    return parsed
+
+
+def _parsing_processes() -> int:
+    """The cores this process may run on (at most MAX_PARSING_PROCESSES): a pool of one would only add its cost."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # macOS has no sched_getaffinity
+        cores = os.cpu_count() or 1
+    return min(cores, MAX_PARSING_PROCESSES)
+
+
 def _non_negative(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"not a non-negative integer: {value!r}")
@@ -184,6 +235,11 @@ class _JsonlTail:
             str(path): offset for path, offset in (offsets or {}).items() if isinstance(offset, FileOffset)
         }
         self._lock = threading.Lock()
+        self.parallel_min_bytes = PARALLEL_MIN_BYTES
+
+    # A subclass that parses files in other processes names here the reader made there: one that collects what it
+    # would offer for de-duplication (`_replay` offers it here). None: every file is read in the daemon's thread.
+    _collector: ClassVar[type[_JsonlTail] | None] = None
 
     @property
     def watch_root(self) -> Path:
@@ -223,13 +279,16 @@ class _JsonlTail:
                 candidates: Iterable[Path] = self._files()
             else:
                 candidates = sorted({Path(p) for p in paths if self._mine(Path(p))}, key=str)
-            for path in candidates:
+            for path, parsed in self._parsed(candidates, now):
                 if paths is None:
                     listed.add(str(path))
                 elif not path.exists():
                     self._forget(str(path), result)
                     continue
-                self._read(path, now, result)
+                if parsed is None:
+                    self._read(path, now, result)
+                else:
+                    self._adopt(path, parsed, result)
                 if batch_records and len(result.records) >= batch_records:
                     self._flush()
                     self._save(result)
@@ -243,6 +302,79 @@ class _JsonlTail:
             self._finish(now, result)
             self._save(result)
         yield result
+
+    def _parsed(self, candidates: Iterable[Path], now: datetime) -> Iterator[tuple[Path, _Parsed | None]]:
+        """Each candidate in order, with what a parsing process made of it; None: read it here.
+
+        A scan with at least `parallel_min_bytes` to read (a first read of a config directory, a daemon back after
+        days) is parsed by processes on the other cores, files handed out in order a few megabytes at a time and
+        taken back in order, so that de-duplication sees the files in the order one reader would; each result is a
+        file's usage entries, far smaller than its bytes, and only a few tasks are out at once (bounded memory).
+        Anything going wrong with the processes (none can be started, one dies) leaves the rest to this thread."""
+        workers = _parsing_processes()
+        if self._collector is None or workers < 2:
+            yield from ((path, None) for path in candidates)
+            return
+        listing = list(candidates)
+        unread = [self._unread(path) for path in listing]
+        if sum(unread) < self.parallel_min_bytes:
+            yield from ((path, None) for path in listing)
+            return
+        tasks: list[list[Path]] = [[]]
+        size = 0
+        for path, more in zip(listing, unread, strict=True):
+            if size >= PARALLEL_TASK_BYTES or len(tasks[-1]) >= PARALLEL_TASK_FILES:
+                tasks.append([])
+                size = 0
+            tasks[-1].append(path)
+            size += more
+        done = 0  # tasks whose files were handed out
+        pool: ProcessPoolExecutor | None = None
+        try:
+            # spawn, not fork: the daemon has threads, and a forked child could inherit a lock one of them held.
+            pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+            out: deque[Future[list[_Parsed]]] = deque()
+            for task in tasks:
+                while len(out) < min(2 * workers, len(tasks) - done):
+                    files = tasks[done + len(out)]
+                    offsets = [(str(path), self._offsets.get(str(path))) for path in files]
+                    out.append(pool.submit(_parse_files, self._collector, self.config_dir, offsets, now))
+                parsed = out.popleft().result()
+                done += 1
+                yield from zip(task, parsed, strict=True)
+        except Exception:  # BrokenProcessPool, OSError, a pickling error: the rest is read here, as without processes
+            log.warning("parsing %s in other processes failed; reading the rest in the daemon", self.config_dir,
+                        exc_info=True)  # fmt: skip
+            for task in tasks[done:]:
+                yield from ((path, None) for path in task)
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=done == len(tasks), cancel_futures=True)
+
+    def _unread(self, path: Path) -> int:
+        """Bytes of `path` a read would take (0 when unknown)."""
+        try:
+            info = os.stat(path)
+        except OSError:
+            return 0
+        prev = self._offsets.get(str(path))
+        if prev is not None and prev.inode == info.st_ino and prev.offset <= info.st_size:
+            return info.st_size - prev.offset
+        return info.st_size
+
+    def _adopt(self, path: Path, parsed: _Parsed, out: IngestResult) -> None:
+        """What a parsing process made of a file, as if `_read` had read it here."""
+        key = str(path)
+        if parsed.forgotten:
+            self._forget(key, out)
+        elif parsed.offset is not None:
+            self._offsets[key] = parsed.offset
+            if parsed.touched:
+                out.touched.add(key)
+        out.garbled_lines += parsed.garbled_lines
+        out.bytes_read += parsed.bytes_read
+        out.files_read += parsed.files_read
+        self._replay(parsed.entries, out)
 
     def _save(self, out: IngestResult) -> None:
         out.saved = {key: self._offsets[key].to_json() for key in out.touched if key in self._offsets}
@@ -272,6 +404,14 @@ class _JsonlTail:
     def _finish(self, now: datetime, out: IngestResult) -> None:
         """After every file of a scan was read."""
 
+    def _replay(self, entries: list[Any], out: IngestResult) -> None:
+        """A file's entries as `_collector` collected them in a parsing process, offered here in file order."""
+        raise NotImplementedError
+
+    def _collected(self) -> list[Any]:
+        """In a `_collector`: what it collected since the last call."""
+        raise NotImplementedError
+
     def _flush(self) -> None:
         """The records read so far are handed out (a part of `batches`): none of them can be replaced any more."""
 
@@ -296,6 +436,15 @@ class _JsonlTail:
     def _read(self, path: Path, now: datetime, out: IngestResult) -> None:
         key = str(path)
         prev = self._offsets.get(key)
+        if prev is not None:  # the usual case of a full listing: nothing new, told by a stat without opening the file
+            try:
+                info = os.stat(key)
+            except OSError:
+                pass  # told below, as it opens the file
+            else:
+                if stat.S_ISREG(info.st_mode) and prev.inode == info.st_ino and prev.offset == info.st_size:
+                    prev.size = info.st_size
+                    return
         try:
             handle = path.open("rb")
         except FileNotFoundError:  # vanished between listing and reading
@@ -392,6 +541,79 @@ class _JsonlTail:
 # -- Claude Code --------------------------------------------------------------------------------
 
 
+class _ClaudeUsage(msgspec.Struct):
+    input_tokens: Any = None
+    output_tokens: Any = None
+    cache_read_input_tokens: Any = None
+    cache_creation_input_tokens: Any = None
+    cache_creation: Any = None
+    speed: Any = None
+
+
+class _ClaudeMessage(msgspec.Struct):
+    # UNSET: absent. ccusage tells an absent id or model (allowed) from a present one that is not a non-empty string.
+    id: Any = msgspec.UNSET
+    model: Any = msgspec.UNSET
+    usage: _ClaudeUsage | None = None
+
+
+class _ClaudeLine(msgspec.Struct):
+    """The fields of a transcript line that ccusage reads; the rest of the line (its content: most of its bytes) is
+    skipped by the decoder without building anything. `message` None: no message object with a usage object."""
+
+    timestamp: Any = None
+    sessionId: Any = msgspec.UNSET
+    requestId: Any = msgspec.UNSET
+    isSidechain: Any = None
+    version: Any = msgspec.UNSET
+    message: _ClaudeMessage | None = None
+
+
+_CLAUDE_LINE = msgspec.json.Decoder(_ClaudeLine)
+_NOT_A_USAGE_LINE = _ClaudeLine()
+
+
+def _claude_line(line: bytes) -> _ClaudeLine | None:
+    """The line's fields as `json.loads` reads them; None when json rejects the line (garbled).
+
+    Invariant: decoded straight into the struct only when json would accept the line too. msgspec skips the fields a
+    struct does not name without decoding their strings, so it would take invalid UTF-8 there: such a line (rare:
+    nearly every line is ASCII, which `isascii` tells at memory speed) is first checked as json decodes bytes. Every
+    other line msgspec accepts, json accepts with the same values (see `_decode`); what msgspec rejects, or a message
+    or usage that is not an object, json and the generic path decide, as before."""
+    if line.isascii() or _utf8(line):
+        try:
+            return _CLAUDE_LINE.decode(line)
+        except (msgspec.DecodeError, RecursionError):  # ValidationError is a DecodeError
+            pass
+    obj = _load_object(line)
+    if obj is None:
+        return None
+    try:
+        return msgspec.convert(obj, _ClaudeLine)
+    except msgspec.ValidationError:  # its message or usage is not an object (or null)
+        return _NOT_A_USAGE_LINE
+
+
+def _marker(data: bytes, start: int, end: int) -> int:
+    """Where the next usage marker in data[start:end] is (`end`: none). `"usage"` is searched for with bytes.find,
+    several times faster than the regular expression, which then only checks what follows it."""
+    at = data.find(_CLAUDE_USAGE_KEY, start, end)
+    while at >= 0:
+        if _CLAUDE_USAGE_REST.match(data, at + len(_CLAUDE_USAGE_KEY), end):
+            return at
+        at = data.find(_CLAUDE_USAGE_KEY, at + len(_CLAUDE_USAGE_KEY), end)
+    return end
+
+
+def _utf8(line: bytes) -> bool:
+    try:
+        line.decode("utf-8", "surrogatepass")  # as json.loads decodes bytes
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 @dataclass(slots=True)
 class _Kept:
     """The copy of a message that counts, after ccusage's collision rules, and what was emitted for it."""
@@ -405,10 +627,13 @@ class _Kept:
     pending: int | None  # index of this scan's record for it, which can still be replaced outright
 
 
-@dataclass(slots=True)
-class _ClaudeEntry:
+class _ClaudeEntry(NamedTuple):
+    """A usage line, before de-duplication: plain values, cheap to make (most lines are copies that lose) and to
+    send from a parsing process."""
+
     at: datetime
-    usage: TokenUsage
+    counts: tuple[int, int, int, int]  # input, output, cache read, cache write
+    total: int
     model: str | None
     session_id: str | None
     message_id: str | None
@@ -417,8 +642,14 @@ class _ClaudeEntry:
     speed: bool
     source_path: str
 
+    def usage(self) -> TokenUsage:
+        return TokenUsage(*self.counts)
+
     def record(self, usage: TokenUsage, key: str | None, requests: int = 1) -> UsageRecord:
         return UsageRecord(self.at, usage, self.model, self.session_id, key, self.source_path, requests)
+
+
+_GARBLED = _ClaudeEntry(datetime.min, (0, 0, 0, 0), 0, None, None, None, None, False, False, "")  # a marker
 
 
 class ClaudeTranscripts(_JsonlTail):
@@ -442,9 +673,11 @@ class ClaudeTranscripts(_JsonlTail):
         self._max_keys = max(1, max_keys)
         self._seen: OrderedDict[str, list[_Kept]] = OrderedDict()  # message id → kept copies, oldest first
         self._touched: list[_Kept] = []
-        # Hashes of the raw (message id, usage … request id, sidechain) of lines already taken: Claude Code writes a
-        # message once per content block, and a copy identical in all that decides the collision changes nothing.
-        self._copies: OrderedDict[int, None] = OrderedDict()
+        # What decides a collision, of the entries offered from one file (`_copies_of`): Claude Code writes a message
+        # once per content block, and a copy identical in all of that changes nothing (it neither replaces the kept
+        # copy nor, the order being total, anything that replaced it), so it is not offered again.
+        self._copies: set[tuple[Any, ...]] = set()
+        self._copies_of = ""
 
     @property
     def watch_root(self) -> Path:
@@ -458,134 +691,135 @@ class ClaudeTranscripts(_JsonlTail):
     ) -> None:
         """Most lines carry no usage (prompts, tool output, progress): only their first and last byte are looked at.
         The usage marker is searched for once over the whole buffer, not line by line."""
-        find, search = data.find, _CLAUDE_USAGE_MARKER.search
-        hit = search(data, 0, end)
-        marked = hit.start() if hit else end
+        find = data.find
+        marked = _marker(data, 0, end)
         start = 0
+        source = str(path)
         while start < end:
             stop = find(b"\n", start, end)  # found: data[end - 1] is a newline
             if data[start] == 0x7B and data[stop - 1] == 0x7D:  # "{" … "}", nothing to strip
                 if marked < stop:
                     try:
-                        self._marked(data, start, stop, path, out)
+                        self._marked(data[start:stop], path, source, out)
                     except Exception:  # a shape nobody foresaw in one line must not cost the rest of the file
                         out.garbled_lines += 1
             else:
                 self._safe_line(data[start:stop], position + start, path, state, now, out)
             start = stop + 1
             if marked < start:
-                hit = search(data, start, end)
-                marked = hit.start() if hit else end
-
-    def _marked(self, data: bytes, start: int, stop: int, path: Path, out: IngestResult) -> None:
-        """A whole line data[start:stop] that contains the usage marker."""
-        copy_key, message_at, usage_at = _copy_key(data, start, stop)
-        if copy_key is not None and copy_key in self._copies:
-            return
-        line = data[start:stop]
-        if _has_null_field(line):
-            return
-        obj = None
-        if usage_at >= 0:  # Claude Code's own layout: decode the few hundred bytes around the content only
-            obj = _around_content(data, start, stop, message_at, usage_at)
-        if obj is None:
-            obj = _load_object(line)
-            if obj is None:
-                out.garbled_lines += 1
-                return
-        if self._take(obj, path, out) and copy_key is not None:
-            self._copies[copy_key] = None
-            if len(self._copies) > self._max_keys:
-                self._copies.popitem(last=False)
+                marked = _marker(data, start, end)
 
     def _line(
         self, line: bytes, position: int, path: Path, state: dict[str, Any], now: datetime, out: IngestResult
     ) -> None:
-        if not _CLAUDE_USAGE_MARKER.search(line) or _has_null_field(line):
-            return
-        obj = _load_object(line)
-        if obj is None:
-            out.garbled_lines += 1
-            return
-        self._take(obj, path, out)
+        if _CLAUDE_USAGE_MARKER.search(line):
+            self._marked(line, path, str(path), out)
 
-    def _take(self, obj: dict[str, Any], path: Path, out: IngestResult) -> bool:
-        """A decoded line with the usage marker; True when it was a usage entry (offered for de-duplication)."""
-        message = obj.get("message")
-        usage = message.get("usage") if isinstance(message, dict) else None
-        if not isinstance(message, dict) or not isinstance(usage, dict):
-            return False  # "usage":{ elsewhere, e.g. in a Task tool's result on a user line
-        at = _timestamp(obj.get("timestamp"))
+    def _marked(self, line: bytes, path: Path, source: str, out: IngestResult) -> None:
+        """A line with the usage marker. Skipped when it has a null in one of ccusage's fields (not counted as
+        garbled, whatever else is wrong with it); that costs a look through the line, so it is asked last, when the
+        line would count: most usage lines are copies that change nothing."""
+        obj = _claude_line(line)
+        entry = self._entry(obj, path, source) if obj is not None else _GARBLED
+        if entry is None:
+            return
+        if entry is _GARBLED:
+            if not _has_null_field(line):
+                out.garbled_lines += 1
+            return
+        copy_key = None
+        if entry.message_id is not None:  # entries without one are never de-duplicated: each counts
+            if source != self._copies_of:
+                self._copies.clear()
+                self._copies_of = source
+            copy_key = (entry.message_id, entry.request_id, entry.counts, entry.sidechain, entry.speed)
+            if copy_key in self._copies:
+                return
+        if _has_null_field(line):
+            return
+        if copy_key is not None:
+            self._copies.add(copy_key)
+        self._offer(entry, out)
+
+    def _entry(self, obj: _ClaudeLine, path: Path, source: str) -> _ClaudeEntry | None:
+        """The usage entry a decoded line is; None if it is none, _GARBLED if its timestamp is unreadable."""
+        message = obj.message
+        usage = message.usage if message is not None else None
+        if message is None or usage is None:
+            return None  # "usage":{ elsewhere, e.g. in a Task tool's result on a user line
+        at = _timestamp(obj.timestamp)
         if at is None:
-            out.garbled_lines += 1
-            return False
-        if not _valid_claude_entry(obj, message):
-            return False
-        model = _text(message.get("model"))
+            return _GARBLED
+        # ccusage's is_valid_usage_entry: optional fields, but when present, well-formed and not empty.
+        version, unset = obj.version, msgspec.UNSET
+        if version is not unset and not (isinstance(version, str) and _SEMVER_PREFIX.match(version)):
+            return None
+        for value in (obj.sessionId, obj.requestId, message.id, message.model):
+            if value is not unset and not (isinstance(value, str) and value):
+                return None
         # The total, as the attempt's own parser counts it: Claude Code reports a breakdown of zeros beside
         # a real total when the provider sends none, so the breakdown is only a fallback for a missing total.
-        cache = usage.get("cache_creation")
-        if usage.get("cache_creation_input_tokens") is None and isinstance(cache, dict):
+        cache = usage.cache_creation
+        if usage.cache_creation_input_tokens is None and isinstance(cache, dict):
             written = _count(cache.get("ephemeral_5m_input_tokens")) + _count(cache.get("ephemeral_1h_input_tokens"))
         else:
-            written = _count(usage.get("cache_creation_input_tokens"))
-        entry = _ClaudeEntry(
-            at=at,
-            usage=TokenUsage(
-                input_tokens=_count(usage.get("input_tokens")),
-                output_tokens=_count(usage.get("output_tokens")),
-                cache_read_tokens=_count(usage.get("cache_read_input_tokens")),
-                cache_write_tokens=written,
-            ),
-            model=None if model == "<synthetic>" else model,
-            session_id=_text(obj.get("sessionId")) or self._session_from_path(path),
-            message_id=_text(message.get("id")),
-            request_id=_text(obj.get("requestId")),
-            sidechain=obj.get("isSidechain") is True,
-            speed=usage.get("speed") is not None,
-            source_path=str(path),
+            written = _count(usage.cache_creation_input_tokens)
+        counts = (
+            _count(usage.input_tokens),
+            _count(usage.output_tokens),
+            _count(usage.cache_read_input_tokens),
+            written,
         )
-        self._offer(entry, out)
-        return True
+        model = message.model
+        return _ClaudeEntry(
+            at,
+            counts,
+            counts[0] + counts[1] + counts[2] + counts[3],
+            None if model is unset or model == "<synthetic>" else model,
+            obj.sessionId if obj.sessionId is not unset else self._session_from_path(path),
+            message.id if message.id is not unset else None,
+            obj.requestId if obj.requestId is not unset else None,
+            obj.isSidechain is True,
+            usage.speed is not None,
+            source,
+        )
 
     def _offer(self, entry: _ClaudeEntry, out: IngestResult) -> None:
         if entry.message_id is None:
-            out.records.append(entry.record(entry.usage, None))  # ccusage never de-duplicates these
+            out.records.append(entry.record(entry.usage(), None))  # ccusage never de-duplicates these
             return
         kept = self._find(entry)
         if kept is None:
             key = f"{entry.message_id}:{entry.request_id}" if entry.request_id else entry.message_id
-            kept = _Kept(
-                key,
-                (entry.request_id,),
-                entry.sidechain,
-                entry.usage.total,
-                entry.speed,
-                entry.usage,
-                pending=len(out.records),
-            )
-            out.records.append(entry.record(entry.usage, key))
+            usage = entry.usage()
+            kept = _Kept(key, (entry.request_id,), entry.sidechain, entry.total, entry.speed, usage, len(out.records))
+            out.records.append(entry.record(usage, key))
             self._remember(entry.message_id, kept)
             return
         if not _replaces(entry, kept):
             return
         if entry.request_id not in kept.request_ids:
             kept.request_ids += (entry.request_id,)
-        kept.sidechain, kept.total, kept.speed = entry.sidechain, entry.usage.total, entry.speed
+        kept.sidechain, kept.total, kept.speed = entry.sidechain, entry.total, entry.speed
         if kept.pending is not None:
-            out.records[kept.pending] = entry.record(entry.usage, kept.key)
-            kept.emitted = entry.usage
+            kept.emitted = entry.usage()
+            out.records[kept.pending] = entry.record(kept.emitted, kept.key)
             return
-        before, now_ = kept.emitted, entry.usage
+        before = kept.emitted
         extra = TokenUsage(
-            max(0, now_.input_tokens - before.input_tokens),
-            max(0, now_.output_tokens - before.output_tokens),
-            max(0, now_.cache_read_tokens - before.cache_read_tokens),
-            max(0, now_.cache_write_tokens - before.cache_write_tokens),
+            max(0, entry.counts[0] - before.input_tokens),
+            max(0, entry.counts[1] - before.output_tokens),
+            max(0, entry.counts[2] - before.cache_read_tokens),
+            max(0, entry.counts[3] - before.cache_write_tokens),
         )
         kept.emitted = before + extra
         if extra.total:
-            out.records.append(entry.record(extra, f"{kept.key}+{entry.usage.total}", requests=0))
+            out.records.append(entry.record(extra, f"{kept.key}+{entry.total}", requests=0))
+
+    def _replay(self, entries: list[Any], out: IngestResult) -> None:
+        make = _ClaudeEntry._make
+        for values in entries:
+            self._offer(make(values), out)
 
     def _find(self, entry: _ClaudeEntry) -> _Kept | None:
         assert entry.message_id is not None
@@ -593,9 +827,9 @@ class ClaudeTranscripts(_JsonlTail):
         if not copies:
             return None
         self._seen.move_to_end(entry.message_id)
-        exact = next((k for k in copies if entry.request_id in k.request_ids), None)
-        if exact is not None:
-            return exact
+        for kept in copies:
+            if entry.request_id in kept.request_ids:
+                return kept
         # /btw-style sidechain replays carry the parent's message with a new request id.
         return next((k for k in copies if entry.sidechain or k.sidechain), None)
 
@@ -622,87 +856,43 @@ class ClaudeTranscripts(_JsonlTail):
         return Path(parts[-1]).stem if parts else None
 
 
-def _valid_claude_entry(obj: dict[str, Any], message: dict[str, Any]) -> bool:
-    """ccusage's is_valid_usage_entry: optional fields, but when present, well-formed and not empty."""
-    version = obj.get("version")
-    if "version" in obj and not (isinstance(version, str) and _SEMVER_PREFIX.match(version)):
-        return False
-    for where, key in ((obj, "sessionId"), (obj, "requestId"), (message, "id"), (message, "model")):
-        if key in where and not (isinstance(value := where[key], str) and value):
-            return False
-    return True
+class _ClaudeCollector(ClaudeTranscripts):
+    """ClaudeTranscripts in a parsing process: the entries it would offer are collected, for the reader that sent
+    the files to offer in order (de-duplication spans all files, so it is done in one place)."""
+
+    def __init__(self, config_dir: Path | str, offsets: Mapping[str, FileOffset] | None = None) -> None:
+        super().__init__(config_dir, offsets)
+        self._entries: list[_ClaudeEntry] = []
+
+    def _offer(self, entry: _ClaudeEntry, out: IngestResult) -> None:
+        self._entries.append(entry)
+
+    def _collected(self) -> list[Any]:
+        """As plain tuples: a named tuple pickles and unpickles through Python code, several times slower."""
+        entries, self._entries = self._entries, []
+        return list(map(tuple, entries))
 
 
-_COPY_MESSAGE = b'"message":{"id":"'
-_COPY_USAGE = b'"usage":{'
-_COPY_REQUEST = b'"requestId":"'
+ClaudeTranscripts._collector = _ClaudeCollector
+
 _NULL_FIELDS = frozenset(
     b"id cwd model speed costUSD version sessionId requestId isApiErrorMessage cache_read_input_tokens "
     b"cache_creation_input_tokens".split()
 )
-_SPACE = b" \t\n\r\f\v"
-
-
-def _copy_key(data: bytes, start: int, stop: int) -> tuple[int | None, int, int]:
-    """For a line in Claude Code's own layout (`{…"message":{"id":"…",…,"usage":{…}…},"requestId":"…",…}`): a hash
-    of what decides a collision (message id, the bytes from the usage object to the request id, the sidechain flag),
-    where the message and the usage object start. (None, -1, -1) for any other layout."""
-    usage_at = data.rfind(_COPY_USAGE, start, stop)
-    if usage_at < 0:
-        return None, -1, -1
-    request_at = data.find(_COPY_REQUEST, usage_at, stop)
-    message_at = data.find(_COPY_MESSAGE, start, usage_at)
-    if request_at < 0 or message_at < 0:
-        return None, -1, -1
-    id_end = data.find(b'"', message_at + len(_COPY_MESSAGE), usage_at)
-    request_end = data.find(b'"', request_at + len(_COPY_REQUEST), stop)
-    if id_end < 0 or request_end < 0:
-        return None, -1, -1
-    sidechain = data.find(b'"isSidechain":true', start, message_at) >= 0
-    key = (data[message_at + len(_COPY_MESSAGE) : id_end], data[usage_at:request_end], sidechain)
-    return hash(key), message_at, usage_at
-
-
-def _around_content(data: bytes, start: int, stop: int, message_at: int, usage_at: int) -> dict[str, Any] | None:
-    """The line decoded without its message content, which is most of its bytes and nothing ccusage reads.
-
-    Claude Code writes `…"message":{…,"content":[…],"stop_reason":…,"usage":{…}…},…}`: the bytes up to the content
-    array, `null`, and the bytes from the array's end (its last `],"stop_reason":` before the usage object) on are
-    decoded as one document. That is the full line's decoding with `content: null` whenever the content array is
-    well-formed and spells no structural `],"stop_reason":` of its own; anything after it that is not the message's
-    remaining keys and the line's own, or any other layout, does not decode or is not found: None, and the caller
-    decodes the whole line.
-    """
-    content_at = data.find(b'"content":[', message_at, usage_at)
-    if content_at < 0:
-        return None
-    after = data.rfind(b'],"stop_reason":', content_at, usage_at)
-    if after < 0:
-        return None
-    try:
-        # msgspec alone: it refuses trailing bytes and anything json would decode differently; what it rejects,
-        # the caller's full decode settles.
-        value = _FAST.decode(data[start : content_at + 10] + b"null" + data[after + 1 : stop])
-    except (msgspec.DecodeError, RecursionError):
-        return None
-    return value if isinstance(value, dict) else None
+_SPACE = b" \t\n\r\f\v"  # what \s matches in a bytes regular expression
 
 
 def _has_null_field(line: bytes) -> bool:
-    """ccusage's skip rule: `"<one of its fields>"\\s*:\\s*null` anywhere in the line (as _CLAUDE_NULL_FIELD, but
-    looking back from each `null`, which is far rarer in a line than the quotes the regular expression starts at)."""
+    """ccusage's skip rule: `"<one of its fields>"\\s*:\\s*null` anywhere in the line; looked for backwards from each
+    `null` (a line has two or three), each step a C call: a regular expression would start at every quote."""
     at = line.find(b"null")
     while at >= 0:
-        end = at
-        while end and line[end - 1] in _SPACE:
-            end -= 1
-        if end and line[end - 1] == 0x3A:  # ":"
-            end -= 1
-            while end and line[end - 1] in _SPACE:
-                end -= 1
-            if end > 1 and line[end - 1] == 0x22:  # the key's closing quote
-                opening = line.rfind(b'"', 0, end - 1)
-                if opening >= 0 and line[opening + 1 : end - 1] in _NULL_FIELDS:
+        colon = line.rfind(b":", 0, at)
+        if colon > 0 and not line[colon + 1 : at].strip(_SPACE):
+            closing = line.rfind(b'"', 0, colon)
+            if closing > 0 and not line[closing + 1 : colon].strip(_SPACE):
+                opening = line.rfind(b'"', 0, closing)
+                if opening >= 0 and line[opening + 1 : closing] in _NULL_FIELDS:
                     return True
         at = line.find(b"null", at + 4)
     return False
@@ -711,8 +901,8 @@ def _has_null_field(line: bytes) -> bool:
 def _replaces(entry: _ClaudeEntry, kept: _Kept) -> bool:
     if entry.sidechain != kept.sidechain:
         return kept.sidechain
-    if entry.usage.total != kept.total:
-        return entry.usage.total > kept.total
+    if entry.total != kept.total:
+        return entry.total > kept.total
     return entry.speed and not kept.speed
 
 

@@ -6,14 +6,18 @@ import json
 import os
 import re
 from collections.abc import Iterator
+from concurrent.futures import Future
+from concurrent.futures.process import BrokenProcessPool
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fleetd.backends import usage_files
 from fleetd.backends.parsers import claude_code
 from fleetd.backends.usage_files import (
     ClaudeTranscripts,
@@ -21,8 +25,8 @@ from fleetd.backends.usage_files import (
     FileOffset,
     IngestResult,
     UsageRecord,
-    _around_content,
-    _copy_key,
+    _claude_line,
+    _ClaudeLine,
     _decode,
     _has_null_field,
 )
@@ -352,6 +356,18 @@ def test_garbled_truncated_and_binary_lines_are_counted_and_skipped(claude_dir: 
     result = ClaudeTranscripts(claude_dir, {}).scan(NOW)
     assert [r.dedupe_key for r in result.records] == [f"msg_1:{REQ}", f"msg_3:{REQ}"]
     assert result.garbled_lines == 6
+
+
+def test_a_line_ccusage_skips_for_a_null_is_not_garbled_whatever_else_is_wrong(claude_dir: Path) -> None:
+    append(
+        transcript(claude_dir),
+        claude_line(mid="msg_1", ts="yesterday", costUSD=None),  # skipped for the null: not counted as garbled
+        claude_line(mid="msg_2", ts="yesterday"),  # garbled
+        # Undecodable (a raw control character in a string), but skipped for the null first.
+        claude_line(mid="msg_3", costUSD=None).replace(b'"assistant"', b'"assis\x01tant"'),
+    )
+    result = ClaudeTranscripts(claude_dir, {}).scan(NOW)
+    assert (result.records, result.garbled_lines) == ([], 1)
 
 
 def test_appended_lines_give_only_new_records(claude_dir: Path) -> None:
@@ -865,7 +881,7 @@ def test_claude_lines_with_spaces_after_colons_are_still_read(tmp_path: Path) ->
     assert (record.usage.input_tokens, record.usage.output_tokens) == (7, 3)
 
 
-# -- the fast path: lines without usage are barely looked at, copies are not decoded again ----------
+# -- the fast path: lines without usage are barely looked at, usage lines decoded into a struct, copies not offered --
 
 # ccusage's null rule as a regular expression: the reference _has_null_field must agree with.
 NULL_FIELD = re.compile(
@@ -873,78 +889,73 @@ NULL_FIELD = re.compile(
     rb'cache_read_input_tokens|cache_creation_input_tokens)"\s*:\s*null'
 )
 NULL_PIECES = [b'"id"', b'"cwd"', b'"model"', b'"costUSD"', b'"cache_read_input_tokens"', b'"idx"', b'"xid"', b'"',
-               b":", b" ", b"\t", b"null", b"nul", b"\\", b"{", b",", b"x", b'\\"id\\"']  # fmt: skip
+               b":", b" ", b"\t", b"null", b"nul", b"\\", b"{", b",", b"x", b'\\"id\\"', b"\n", b"\x0b"]  # fmt: skip
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=600, deadline=None)
 @given(st.lists(st.sampled_from(NULL_PIECES), max_size=14))
 def test_the_null_rule_agrees_with_ccusages_regular_expression(pieces: list[bytes]) -> None:
     line = b"".join(pieces)
     assert _has_null_field(line) == bool(NULL_FIELD.search(line))
 
 
-TRICKY_TEXT = st.text(alphabet='ab"\\{}[]:,\n\t\u00e9\u2028 ', max_size=40)
+TRICKY_TEXT = st.text(alphabet='ab"\\{}[]:,\n\t\u00e9\u2028\U0001f600 ', max_size=40)
+TOP_FIELDS = ["timestamp", "sessionId", "requestId", "isSidechain", "version", "message", "cwd", "usage"]
 
 
-@settings(max_examples=200, deadline=None)
-@given(text=TRICKY_TEXT, tool_input=st.dictionaries(st.sampled_from(["usage", "message", "content", "id"]),
-                                                     st.integers(0, 9) | TRICKY_TEXT, max_size=3))  # fmt: skip
-def test_decoding_around_the_content_gives_what_decoding_the_line_gives(text: str, tool_input: dict) -> None:
-    """Content that spells the markers (escaped, or as real keys of a tool's input) changes nothing."""
+@settings(max_examples=300, deadline=None)
+@given(
+    text=TRICKY_TEXT,
+    tool_input=st.dictionaries(st.sampled_from(["usage", "message", "content", "id"]), st.integers(0, 9) | TRICKY_TEXT,
+                               max_size=3),
+    extra=st.dictionaries(st.sampled_from(TOP_FIELDS), st.none() | st.booleans() | st.integers() | TRICKY_TEXT,
+                          max_size=2),
+)  # fmt: skip
+def test_the_struct_decode_reads_what_json_reads(text: str, tool_input: dict[str, Any], extra: dict[str, Any]) -> None:
+    """Content that spells the markers (escaped, or as real keys of a tool's input), odd values in the fields read,
+    non-ASCII text: the struct holds what json.loads gives for those fields (json's own dict converted)."""
     obj = json.loads(claude_line())
     obj["message"]["content"] = [{"type": "text", "text": text}, {"type": "tool_use", "input": tool_input}]
-    line = compact(obj).rstrip(b"\n")
-    _, message_at, usage_at = _copy_key(line, 0, len(line))
-    decoded = _around_content(line, 0, len(line), message_at, usage_at)
-    assert decoded is not None
-    obj["message"]["content"] = None
-    assert decoded == obj
+    obj.update(extra)
+    line = json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+    try:
+        expected = msgspec.convert(json.loads(line), _ClaudeLine)
+    except msgspec.ValidationError:  # a message that is not an object: no usage entry either way
+        expected = _ClaudeLine()
+    assert _claude_line(line) == expected
 
 
 @pytest.mark.parametrize(
     "line",
     [
-        b'{"message":{"id":"m","content":[],"stop_reason":null,"usage":{"input_tokens":1}}}}',  # a brace too many
-        b'{"message":{"id":"m","content":[],"stop_reason":null,"usage":{"input_tokens":1}},"requestId":"r","x":}',
-        b'{"message":{"id":"m","content":[]},"t":{"usage":{"input_tokens":1}},"requestId":"r"}',  # not the message's
-        b'{"message":{"id":"m","content":"text","stop_reason":null,"usage":{"input_tokens":1}},"requestId":"r"}',
+        b'{"message":{"id":"m","usage":{"input_tokens":1}},"cwd":"\xff"}',  # skipped by the struct, refused by json
+        b'{"message":{"id":"m","usage":{"input_tokens":1}},"cwd":"\xed\xa0"}',
+        b'{"message":{"id":"m","usage":{"input_tokens":1}},"cwd":NaN,}',
     ],
 )
-def test_lines_that_do_not_decode_around_the_content_are_left_to_the_full_decode(line: bytes) -> None:
-    _, message_at, usage_at = _copy_key(line, 0, len(line))
-    assert _around_content(line, 0, len(line), message_at, usage_at) is None
+def test_lines_json_refuses_are_refused_even_where_the_struct_skips(line: bytes) -> None:
+    with pytest.raises(ValueError):
+        json.loads(line)
+    assert _claude_line(line) is None
 
 
-@pytest.mark.parametrize(
-    "line",
-    [
-        b'{"a":{"message":{"id":"m","content":[],"stop_reason":null,"usage":{"input_tokens":1}},"requestId":"r"}}',
-        b'{"message":{"id":"m","content":[],"stop_reason":null},"t":{"usage":{"input_tokens":1}},"requestId":"r"}',
-    ],
-    ids=["message-not-top-level", "usage-not-the-messages"],
-)
-def test_what_decodes_around_the_content_is_what_the_full_decode_gives(line: bytes) -> None:
-    _, message_at, usage_at = _copy_key(line, 0, len(line))
-    full = json.loads(line)
-    full.get("a", full)["message"]["content"] = None
-    assert _around_content(line, 0, len(line), message_at, usage_at) == full
-
-
-def test_copies_of_a_message_are_not_decoded_again(claude_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_copies_of_a_message_are_not_offered_again(claude_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = transcript(claude_dir)
     # One line per content block, as Claude Code writes them: same id, request id and usage.
     append(path, *(claude_line(ts=f"2025-09-09T21:51:1{i}.000Z") for i in range(4)), user_line() * 3)
     reader = ClaudeTranscripts(claude_dir, {})
-    taken = []
-    original = ClaudeTranscripts._take
+    offered = []
+    original = ClaudeTranscripts._offer
     monkeypatch.setattr(
-        ClaudeTranscripts, "_take", lambda self, obj, p, out: taken.append(1) or original(self, obj, p, out)
+        ClaudeTranscripts, "_offer", lambda self, entry, out: offered.append(1) or original(self, entry, out)
     )
     [record] = reader.scan(NOW).records
-    assert len(taken) == 1 and record.at == at("2025-09-09T21:51:10.000Z")
-    append(path, claude_line(ts="2025-09-09T21:52:00.000Z", usage=tokens(4, 9000, 0, 17902)))  # larger: decoded
+    assert len(offered) == 1 and record.at == at("2025-09-09T21:51:10.000Z")
+    append(path, claude_line(ts="2025-09-09T21:52:00.000Z", usage=tokens(4, 9000, 0, 17902)))  # larger: offered
     [correction] = reader.scan(NOW).records
-    assert len(taken) == 2 and correction.usage.output_tokens == 9000 - 3
+    assert len(offered) == 2 and correction.usage.output_tokens == 9000 - 3
+    append(path, claude_line(mid=None), claude_line(mid=None))  # no message id: never de-duplicated, each counts
+    assert len(reader.scan(NOW).records) == 2
 
 
 def test_a_message_whose_content_holds_a_usage_object_counts_the_messages_own(claude_dir: Path) -> None:
@@ -983,6 +994,97 @@ def test_batches_hand_out_whole_files_and_add_up_to_one_scan(claude_dir: Path) -
     assert [len(p.records) for p in parts] == [6, 6, 3]
     assert [r for p in parts for r in p.records] == whole.records
     assert set().union(*(p.touched for p in parts)) == whole.touched
+
+
+# -- a first read of many files is parsed in other processes, with the outcome of one reader ----------------------
+
+
+def _many_files(claude_dir: Path) -> list[Path]:
+    """Files whose order matters to de-duplication: copies across files, a sidechain replay, a larger copy later,
+    lines without a message id, garbled lines, a partial last line, a nested sub-agent file."""
+    paths = [transcript(claude_dir, f"s{n}") for n in range(6)]
+    append(paths[0], claude_line(mid="msg_a", usage=tokens(4, 10)), claude_line(mid="msg_b"), b"not json\n")
+    append(paths[1], claude_line(mid="msg_a", usage=tokens(4, 99)), claude_line(mid=None), user_line())
+    append(paths[2], claude_line(mid="msg_b", rid="req_side", sidechain=True, usage=tokens(4, 900)))
+    append(paths[3], claude_line(mid="msg_c", ts="yesterday"), claude_line(mid="msg_d"), claude_line(mid=None))
+    append(paths[4], *(claude_line(mid=f"msg_e{i}") for i in range(5)), claude_line(mid="msg_f")[:40])  # cut off
+    append(paths[5], claude_line(mid="msg_a", usage=tokens(4, 50)), claude_line(mid="msg_g", costUSD=None))
+    nested = claude_dir / "projects" / PROJECT / "s6" / "subagents" / "agent-1.jsonl"
+    append(nested, claude_line(mid="msg_h", session=None), claude_line(mid="msg_b", sidechain=True))
+    return [*paths, nested]
+
+
+def _outcome(parts: list[IngestResult]) -> tuple[Any, ...]:
+    return (
+        [r for p in parts for r in p.records],
+        [len(p.records) for p in parts],
+        sum(p.garbled_lines for p in parts),
+        sum(p.bytes_read for p in parts),
+        sum(p.files_read for p in parts),
+        [p.saved for p in parts],
+        [p.forgotten for p in parts],
+    )
+
+
+def test_files_parsed_in_other_processes_give_what_one_reader_gives(
+    claude_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    paths = _many_files(claude_dir)
+    monkeypatch.setattr(usage_files, "_parsing_processes", lambda: 2)  # even on a one-core machine
+    monkeypatch.setattr(usage_files, "PARALLEL_TASK_FILES", 2)  # several tasks, taken back in order
+    alone, pooled = ClaudeTranscripts(claude_dir, {}), ClaudeTranscripts(claude_dir, {})
+    alone.parallel_min_bytes, pooled.parallel_min_bytes = 1 << 40, 0
+    adopted: list[Path] = []
+    adopt = pooled._adopt
+    monkeypatch.setattr(pooled, "_adopt", lambda path, parsed, out: adopted.append(path) or adopt(path, parsed, out))
+    expected = _outcome(list(alone.batches(NOW, batch_records=3)))
+    assert _outcome(list(pooled.batches(NOW, batch_records=3))) == expected
+    assert sorted(adopted) == sorted(paths) and alone.offsets == pooled.offsets
+    assert expected[2] == 2 and len(expected[0]) == 11  # the corpus is what it claims: garbled lines, records
+    # From the offsets on, in the processes too: the partial line completed, a file appended to, one rewritten.
+    append(paths[4], claude_line(mid="msg_f")[40:], claude_line(mid="msg_b", rid="req_new"))
+    append(paths[0], claude_line(mid="msg_a", usage=tokens(4, 500)))
+    paths[3].write_bytes(claude_line(mid="msg_z"))
+    paths[1].unlink()
+    adopted.clear()
+    expected = _outcome(list(alone.batches(NOW, batch_records=3)))
+    assert _outcome(list(pooled.batches(NOW, batch_records=3))) == expected
+    assert len(adopted) == len(paths) - 1 and alone.offsets == pooled.offsets
+    assert [r.dedupe_key for r in expected[0]] == [f"msg_a:{REQ}+{4 + 500}", "msg_z:" + REQ,
+                                                   "msg_f:" + REQ, "msg_b:req_new"]  # fmt: skip
+
+
+def test_when_the_parsing_processes_fail_the_rest_is_read_in_the_daemon(
+    claude_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    _many_files(claude_dir)
+    expected = _outcome(list(ClaudeTranscripts(claude_dir, {}).batches(NOW, batch_records=3)))
+
+    class DiesAfterOneTask:
+        """The first task parsed (here, inline), then a process dies: the pool is broken."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            self.tasks = 0
+
+        def submit(self, fn: Any, *args: Any) -> Future[Any]:
+            self.tasks += 1
+            done: Future[Any] = Future()
+            if self.tasks == 1:
+                done.set_result(fn(*args))
+            else:
+                done.set_exception(BrokenProcessPool("a parsing process died"))
+            return done
+
+        def shutdown(self, **kwargs: Any) -> None:
+            pass
+
+    monkeypatch.setattr(usage_files, "_parsing_processes", lambda: 2)
+    monkeypatch.setattr(usage_files, "PARALLEL_TASK_FILES", 2)
+    monkeypatch.setattr(usage_files, "ProcessPoolExecutor", DiesAfterOneTask)
+    reader = ClaudeTranscripts(claude_dir, {})
+    reader.parallel_min_bytes = 0
+    assert _outcome(list(reader.batches(NOW, batch_records=3))) == expected
+    assert "reading the rest in the daemon" in caplog.text
 
 
 # -- the fast decoder decides nothing json would decide otherwise ------------------------------------------------
