@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -441,5 +442,41 @@ def test_offsets_are_saved_as_files_move_on(tmp_path: Path) -> None:
         path.unlink()
         await hb.beat()
         assert list((await usage.load_states())["a"].offsets) == [str(transcript_of(profiles[0], BY_HAND))]
+
+    run(tmp_path, body)
+
+
+def test_a_new_profiles_directory_is_watched_while_its_first_read_is_still_going(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A first read of a large directory takes seconds; an agent's write landing just after it used to wait for the
+    full listing a second after the watch was armed, which only began once the read was done."""
+
+    async def body(hb: Heartbeat, clock: Clock, usage: UsageStore, profiles: list[Profile]) -> None:
+        new = Profile("c", "claude_code", "subscription", str(tmp_path / "c"), limits=[parse_limit("5h=1000tok")],
+                      created_at=T0, updated_at=T0)  # fmt: skip
+        agent_writes(new, SESSION, 300)
+        await hb.profiles.insert(new)
+        release = threading.Event()
+        batches = usage_files.ClaudeTranscripts.batches
+
+        def slow_first_read(self: Any, *args: Any, **kwargs: Any) -> Any:
+            if self.config_dir == Path(new.config_dir):
+                release.wait(10)  # in the reading thread
+            yield from batches(self, *args, **kwargs)
+
+        monkeypatch.setattr(usage_files.ClaudeTranscripts, "batches", slow_first_read)
+        beat = asyncio.ensure_future(hb.beat())
+        root = Path(new.config_dir, "projects")
+        try:
+            for _ in range(200):  # up to 10 s: the watch task re-arms on the event loop meanwhile
+                if root in hb._watched:
+                    break
+                await asyncio.sleep(0.05)
+            assert root in hb._watched and not beat.done()
+        finally:
+            release.set()
+            await beat
+        assert used(hb, "c") == [300]
 
     run(tmp_path, body)
