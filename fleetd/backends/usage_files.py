@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import gc
 import json
 import logging
 import multiprocessing
@@ -34,7 +35,7 @@ from fleetd.records.result import TokenUsage, WindowState
 
 MAX_KEYS = 200_000  # de-duplication keys remembered per profile (message ids resp. Codex event keys)
 CHUNK_BYTES = 4 << 20
-BATCH_RECORDS = 5_000  # records per part of a scan (`batches`): what one database transaction inserts
+BATCH_RECORDS = 20_000  # records per part of a scan (`batches`): what one database transaction inserts
 MAX_LINE_BYTES = 64 << 20  # a "line" longer than this without a newline is junk: dropped, not buffered forever
 # A scan with this much to read parses its files in processes on the other cores (see `_JsonlTail._parsed`), handed
 # out this many bytes or files at a time: a process costs ~0.1 s to start, a task a round trip.
@@ -56,9 +57,9 @@ _CODEX_FIELDS = ("input_tokens", "cached_input_tokens", "output_tokens", "reason
 _THREAD_ID = re.compile(r"([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})$")
 
 
-@dataclass(frozen=True, slots=True)
-class UsageRecord:
-    """One request's consumption (or, with requests=0, a later correction of one; see ClaudeTranscripts)."""
+class UsageRecord(NamedTuple):
+    """One request's consumption (or, with requests=0, a later correction of one; see ClaudeTranscripts). A named
+    tuple: a first read makes a hundred thousand, and a frozen dataclass costs several times more to make."""
 
     at: datetime  # aware, UTC
     usage: TokenUsage
@@ -190,6 +191,12 @@ def _text(value: object) -> str | None:
 def _timestamp(value: object) -> datetime | None:
     if not isinstance(value, str) or not value:
         return None
+    try:  # the usual case: what the agents write, `…Z`, is UTC already
+        stamp = datetime.fromisoformat(value)
+        if stamp.tzinfo is UTC:
+            return stamp
+    except ValueError:
+        pass
     try:
         stamp = datetime.fromisoformat(value.strip())
     except ValueError:
@@ -332,7 +339,8 @@ class _JsonlTail:
         pool: ProcessPoolExecutor | None = None
         try:
             # spawn, not fork: the daemon has threads, and a forked child could inherit a lock one of them held.
-            pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+            # A parsing process only parses: it makes no reference cycles for the collector to find, only work for it.
+            pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=gc.disable)
             out: deque[Future[list[_Parsed]]] = deque()
             for task in tasks:
                 while len(out) < min(2 * workers, len(tasks) - done):
@@ -541,7 +549,9 @@ class _JsonlTail:
 # -- Claude Code --------------------------------------------------------------------------------
 
 
-class _ClaudeUsage(msgspec.Struct):
+# gc=False: decoded from JSON, they cannot form a cycle, and untracked they cost the collector nothing (a first read
+# makes hundreds of thousands).
+class _ClaudeUsage(msgspec.Struct, gc=False):
     input_tokens: Any = None
     output_tokens: Any = None
     cache_read_input_tokens: Any = None
@@ -550,14 +560,14 @@ class _ClaudeUsage(msgspec.Struct):
     speed: Any = None
 
 
-class _ClaudeMessage(msgspec.Struct):
+class _ClaudeMessage(msgspec.Struct, gc=False):
     # UNSET: absent. ccusage tells an absent id or model (allowed) from a present one that is not a non-empty string.
     id: Any = msgspec.UNSET
     model: Any = msgspec.UNSET
     usage: _ClaudeUsage | None = None
 
 
-class _ClaudeLine(msgspec.Struct):
+class _ClaudeLine(msgspec.Struct, gc=False):
     """The fields of a transcript line that ccusage reads; the rest of the line (its content: most of its bytes) is
     skipped by the decoder without building anything. `message` None: no message object with a usage object."""
 
@@ -649,7 +659,38 @@ class _ClaudeEntry(NamedTuple):
         return UsageRecord(self.at, usage, self.model, self.session_id, key, self.source_path, requests)
 
 
-_GARBLED = _ClaudeEntry(datetime.min, (0, 0, 0, 0), 0, None, None, None, None, False, False, "")  # a marker
+_VERSIONS: dict[str, bool] = {}  # version → whether it is N.N.N…: a handful of versions, on every line
+
+
+def _valid_claude_entry(obj: _ClaudeLine, message: _ClaudeMessage) -> bool:
+    """ccusage's is_valid_usage_entry: optional fields, but when present, well-formed and not empty."""
+    version = obj.version
+    if version is not msgspec.UNSET:
+        if not isinstance(version, str):
+            return False
+        valid = _VERSIONS.get(version)
+        if valid is None:
+            valid = bool(_SEMVER_PREFIX.match(version))
+            if len(_VERSIONS) < 1000:
+                _VERSIONS[version] = valid
+        if not valid:
+            return False
+    for value in (obj.sessionId, obj.requestId, message.id, message.model):
+        if value is not msgspec.UNSET and not (isinstance(value, str) and value):
+            return False
+    return True
+
+
+def _claude_counts(usage: _ClaudeUsage) -> tuple[int, int, int, int]:
+    """Input, output, cache read, cache write. The total as the attempt's own parser counts it: Claude Code reports a
+    breakdown of zeros beside a real total when the provider sends none, so the breakdown is only a fallback for a
+    missing total."""
+    cache = usage.cache_creation
+    if usage.cache_creation_input_tokens is None and isinstance(cache, dict):
+        written = _count(cache.get("ephemeral_5m_input_tokens")) + _count(cache.get("ephemeral_1h_input_tokens"))
+    else:
+        written = _count(usage.cache_creation_input_tokens)
+    return _count(usage.input_tokens), _count(usage.output_tokens), _count(usage.cache_read_input_tokens), written
 
 
 class ClaudeTranscripts(_JsonlTail):
@@ -720,68 +761,50 @@ class ClaudeTranscripts(_JsonlTail):
         garbled, whatever else is wrong with it); that costs a look through the line, so it is asked last, when the
         line would count: most usage lines are copies that change nothing."""
         obj = _claude_line(line)
-        entry = self._entry(obj, path, source) if obj is not None else _GARBLED
-        if entry is None:
-            return
-        if entry is _GARBLED:
+        message = obj.message if obj is not None else None
+        usage = message.usage if message is not None else None
+        if obj is None or usage is None:
+            if obj is None and not _has_null_field(line):
+                out.garbled_lines += 1
+            return  # garbled; or "usage":{ elsewhere, e.g. in a Task tool's result on a user line
+        assert message is not None
+        at = _timestamp(obj.timestamp)
+        if at is None:
             if not _has_null_field(line):
                 out.garbled_lines += 1
             return
+        if not _valid_claude_entry(obj, message):
+            return
+        counts = _claude_counts(usage)
+        sidechain, speed = obj.isSidechain is True, usage.speed is not None
+        mid, rid = message.id, obj.requestId
         copy_key = None
-        if entry.message_id is not None:  # entries without one are never de-duplicated: each counts
+        if mid is not msgspec.UNSET:  # entries without a message id are never de-duplicated: each counts
             if source != self._copies_of:
                 self._copies.clear()
                 self._copies_of = source
-            copy_key = (entry.message_id, entry.request_id, entry.counts, entry.sidechain, entry.speed)
+            copy_key = (mid, rid, counts, sidechain, speed)
             if copy_key in self._copies:
                 return
         if _has_null_field(line):
             return
         if copy_key is not None:
             self._copies.add(copy_key)
-        self._offer(entry, out)
-
-    def _entry(self, obj: _ClaudeLine, path: Path, source: str) -> _ClaudeEntry | None:
-        """The usage entry a decoded line is; None if it is none, _GARBLED if its timestamp is unreadable."""
-        message = obj.message
-        usage = message.usage if message is not None else None
-        if message is None or usage is None:
-            return None  # "usage":{ elsewhere, e.g. in a Task tool's result on a user line
-        at = _timestamp(obj.timestamp)
-        if at is None:
-            return _GARBLED
-        # ccusage's is_valid_usage_entry: optional fields, but when present, well-formed and not empty.
-        version, unset = obj.version, msgspec.UNSET
-        if version is not unset and not (isinstance(version, str) and _SEMVER_PREFIX.match(version)):
-            return None
-        for value in (obj.sessionId, obj.requestId, message.id, message.model):
-            if value is not unset and not (isinstance(value, str) and value):
-                return None
-        # The total, as the attempt's own parser counts it: Claude Code reports a breakdown of zeros beside
-        # a real total when the provider sends none, so the breakdown is only a fallback for a missing total.
-        cache = usage.cache_creation
-        if usage.cache_creation_input_tokens is None and isinstance(cache, dict):
-            written = _count(cache.get("ephemeral_5m_input_tokens")) + _count(cache.get("ephemeral_1h_input_tokens"))
-        else:
-            written = _count(usage.cache_creation_input_tokens)
-        counts = (
-            _count(usage.input_tokens),
-            _count(usage.output_tokens),
-            _count(usage.cache_read_input_tokens),
-            written,
-        )
         model = message.model
-        return _ClaudeEntry(
-            at,
-            counts,
-            counts[0] + counts[1] + counts[2] + counts[3],
-            None if model is unset or model == "<synthetic>" else model,
-            obj.sessionId if obj.sessionId is not unset else self._session_from_path(path),
-            message.id if message.id is not unset else None,
-            obj.requestId if obj.requestId is not unset else None,
-            obj.isSidechain is True,
-            usage.speed is not None,
-            source,
+        self._offer(
+            _ClaudeEntry(
+                at,
+                counts,
+                counts[0] + counts[1] + counts[2] + counts[3],
+                None if model is msgspec.UNSET or model == "<synthetic>" else model,
+                obj.sessionId if obj.sessionId is not msgspec.UNSET else self._session_from_path(path),
+                None if mid is msgspec.UNSET else mid,
+                None if rid is msgspec.UNSET else rid,
+                sidechain,
+                speed,
+                source,
+            ),
+            out,
         )
 
     def _offer(self, entry: _ClaudeEntry, out: IngestResult) -> None:

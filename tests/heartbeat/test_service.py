@@ -480,3 +480,22 @@ def test_a_new_profiles_directory_is_watched_while_its_first_read_is_still_going
         assert used(hb, "c") == [300]
 
     run(tmp_path, body)
+
+
+def test_the_collector_is_paused_for_a_full_listing_and_left_as_it_was() -> None:
+    import gc
+
+    from fleetd.heartbeat.service import _collection_paused
+
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError), _collection_paused():
+        assert not gc.isenabled()
+        raise RuntimeError("a read that fails")
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with _collection_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()  # someone else turned it off: not turned on behind their back
+    finally:
+        gc.enable()
