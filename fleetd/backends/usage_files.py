@@ -30,7 +30,6 @@ from typing import Any, BinaryIO, ClassVar, NamedTuple
 
 import msgspec
 
-from fleetd.backends.parsers.codex import parse_rollout
 from fleetd.records.result import TokenUsage, WindowState
 
 MAX_KEYS = 200_000  # de-duplication keys remembered per profile (message ids resp. Codex event keys)
@@ -1049,6 +1048,9 @@ class CodexRollouts(_JsonlTail):
             return
         self._new_snapshot = False
         latest = sorted(self._snapshots.values(), key=lambda snap: (snap[0], snap[1]))
+        # Imported here: a parsing process (spawned, importing this module) never needs Codex's output parser.
+        from fleetd.backends.parsers.codex import parse_rollout
+
         out.windows = parse_rollout("\n".join(json.dumps(snap[2]) for snap in latest), now, UTC)
 
 
