@@ -1151,3 +1151,49 @@ JSON_VALUES = st.recursive(
 def test_the_fast_decoder_gives_what_json_gives(value: Any) -> None:
     data = json.dumps({"v": value}).encode()  # NaN, Infinity and lone surrogates included
     assert repr(_decode(data)) == repr(json.loads(data))  # repr: NaN != NaN, and -0.0 == 0.0
+
+
+# -- a buffer decoded at once gives what its lines read one by one give ------------------------------------------
+
+LINE_KINDS = [
+    claude_line(mid="msg_1"),
+    claude_line(mid="msg_1", ts="2025-09-09T21:51:19.000Z"),  # a copy
+    claude_line(mid="msg_1", usage=tokens(4, 50)),  # a larger one
+    claude_line(mid="msg_2", sidechain=True, rid="req_side"),
+    claude_line(mid=None),
+    claude_line(mid="msg_3", ts="yesterday"),
+    claude_line(mid="msg_4", costUSD=None),
+    claude_line(mid="msg_5", version="2.0"),
+    claude_line(mid="msg_6").replace(b'"usage":', b'"us\\u0061ge":'),  # a usage object the marker does not spell
+    claude_line(mid="msg_7").replace(b'"cwd":"/Users', b'"cwd":"\xff/Users'),  # json refuses the bytes
+    claude_line(mid="msg_8").replace(b'"gitBranch":"master"', b'"gitBranch":NaN'),  # json's extension
+    claude_line(mid="msg_9").replace(b"\n", b"\r\n"),
+    b"  " + claude_line(mid="msg_10"),
+    claude_line(mid="msg_11").rstrip(b"\n") + claude_line(mid="msg_12"),  # two objects on one line
+    claude_line(mid="msg_13").replace(b'"message":{', b'"message":"text","m":{'),  # a message that is no object
+    user_line(),
+    user_line("caf\u00e9 \u2028 \U0001f600"),
+    b"\n",
+    b" \t\r\n",
+    b"not json\n",
+    b"[1, 2]\n",
+    b"\x00\x00\n",
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(LINE_KINDS), max_size=12))
+def test_a_buffer_decoded_at_once_gives_what_its_lines_read_one_by_one_give(tmp_path_factory: Any, lines: list) -> None:
+    claude_dir = tmp_path_factory.mktemp("claude")
+    append(transcript(claude_dir), *lines)
+    at_once = ClaudeTranscripts(claude_dir, {}).scan(NOW)
+    one_by_one = ClaudeTranscripts(claude_dir, {})
+    one_by_one._decoded_at_once = lambda *args: False  # type: ignore[method-assign]
+    expected = one_by_one.scan(NOW)
+    assert (at_once.records, at_once.garbled_lines) == (expected.records, expected.garbled_lines)
+
+
+def test_the_buffer_is_decoded_at_once_when_it_can_be(claude_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    append(transcript(claude_dir), claude_line(mid="msg_1"), user_line("caf\u00e9"), claude_line(mid="msg_2"), b"\n")
+    monkeypatch.setattr(ClaudeTranscripts, "_marked", lambda *args: pytest.fail("read line by line"))
+    assert len(ClaudeTranscripts(claude_dir, {}).scan(NOW).records) == 2
