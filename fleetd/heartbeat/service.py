@@ -304,25 +304,24 @@ class Heartbeat:
         # Every record is kept, fleetd's own sessions too: which of an agent's and an attempt's records of
         # one session counts is decided by the rule UsageStore.since states (and the ledger keeps), never by
         # arrival order.
-        # Rows in the store's column order; `at` is UTC already (the readers make it so), as `to_iso` writes it.
-        name = profile.name
+        # Rows as `add_agent` takes them; `at` is UTC already (the readers make it so), as `to_iso` writes it.
         rows = [
-            (name, r.at.isoformat(timespec="milliseconds"), "agent", r.session_id and clean(r.session_id),
-             r.dedupe_key and clean(r.dedupe_key), r.usage.total, 0.0, r.requests)
+            (r.at.isoformat(timespec="milliseconds"), r.session_id and clean(r.session_id),
+             r.dedupe_key and clean(r.dedupe_key), r.usage.total, r.requests)
             for r in part.records
         ]  # fmt: skip
         ledger = await self._ledger(profile, now)  # before the insert: a ledger read after has them
-        added = await self.usage.add_rows(rows)
+        added = await self.usage.add_agent(profile.name, rows)
         if not rows:
             pass
         elif added == len(rows):
-            sessions = {row[3] for row in rows if row[3]}
+            sessions = {row[1] for row in rows if row[1]}
             if sessions:
-                ledger.take_sessions(await self.usage.attempt_sessions(name, sessions))
-            ledger.add_many((r.at, row[5], r.requests, 0.0, row[3]) for r, row in zip(part.records, rows, strict=True))
+                ledger.take_sessions(await self.usage.attempt_sessions(profile.name, sessions))
+            ledger.add_many((r.at, row[3], r.requests, 0.0, row[1]) for r, row in zip(part.records, rows, strict=True))
             self._last_id = await self.usage.last_id()
         else:  # some were stored before (a file read again): which are new, only the store knows
-            self._ledgers.pop(name, None)
+            self._ledgers.pop(profile.name, None)
         for path in part.forgotten:
             stored.offsets.pop(path, None)
         stored.offsets.update(part.saved)

@@ -65,6 +65,27 @@ class UsageStore:
             )
             return max(0, cur.rowcount)
 
+    async def add_agent(self, profile: str, rows: list[tuple[str, str | None, str | None, int, int]]) -> int:
+        """An agent's own records of `profile`, each (at as `to_iso` writes it, session_id, dedupe_key, tokens,
+        requests), added as `add` adds them (a dedupe key the profile has is skipped; returns how many were new).
+
+        One statement over a JSON array of them, which SQLite runs in one step. `executemany` steps once per row and
+        lets go of Python's GIL around each step; during a first read (a hundred thousand records, the daemon's other
+        threads busy decoding and de-duplicating the next ones) each row then waited for another thread's turn to
+        end, and 20,000 rows took a second instead of a tenth."""
+        if not rows:
+            return 0
+        async with self.db.transaction() as conn:
+            cur = await conn.execute(
+                "INSERT OR IGNORE INTO usage_records "
+                "(profile, at, source, session_id, dedupe_key, tokens, cost_usd, requests) "
+                "SELECT ?, json_extract(r.value, '$[0]'), 'agent', json_extract(r.value, '$[1]'), "
+                "json_extract(r.value, '$[2]'), json_extract(r.value, '$[3]'), 0.0, json_extract(r.value, '$[4]') "
+                "FROM json_each(?) AS r",
+                (profile, json.dumps(rows)),
+            )
+            return max(0, cur.rowcount)
+
     async def since(self, profile: str, start: datetime) -> list[Consumption]:
         """The profile's consumption after `start`, each session counted once.
 

@@ -363,13 +363,13 @@ def test_windows_are_read_from_the_store_once_and_then_kept(tmp_path: Path, monk
 def test_agent_records_are_inserted_a_part_at_a_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(usage_files, "BATCH_RECORDS", 2)
     inserts: list[int] = []
-    original = UsageStore.add_rows
+    original = UsageStore.add_agent
 
-    async def counting(self: UsageStore, rows: list[Any]) -> int:
+    async def counting(self: UsageStore, profile: str, rows: list[Any]) -> int:
         inserts.append(len(rows))
-        return await original(self, rows)
+        return await original(self, profile, rows)
 
-    monkeypatch.setattr(UsageStore, "add_rows", counting)
+    monkeypatch.setattr(UsageStore, "add_agent", counting)
 
     async def body(hb: Heartbeat, clock: Clock, usage: UsageStore, profiles: list[Profile]) -> None:
         a = profiles[0]
@@ -407,15 +407,15 @@ def test_a_transcript_rewritten_from_the_start_is_not_counted_twice(tmp_path: Pa
 
 
 def test_records_a_failed_insert_lost_are_read_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    original = UsageStore.add_rows
+    original = UsageStore.add_agent
     failing = [True]
 
-    async def flaky(self: UsageStore, rows: list[Any]) -> int:
+    async def flaky(self: UsageStore, profile: str, rows: list[Any]) -> int:
         if failing[0] and rows:
             raise OSError("disk full")
-        return await original(self, rows)
+        return await original(self, profile, rows)
 
-    monkeypatch.setattr(UsageStore, "add_rows", flaky)
+    monkeypatch.setattr(UsageStore, "add_agent", flaky)
 
     async def body(hb: Heartbeat, clock: Clock, usage: UsageStore, profiles: list[Profile]) -> None:
         agent_writes(profiles[0], SESSION, 300)
