@@ -34,7 +34,7 @@ from fleetd.records.result import TokenUsage, WindowState
 
 MAX_KEYS = 200_000  # de-duplication keys remembered per profile (message ids resp. Codex event keys)
 CHUNK_BYTES = 4 << 20
-BATCH_RECORDS = 20_000  # records per part of a scan (`batches`): what one database transaction inserts
+BATCH_RECORDS = 10_000  # records per part of a scan (`batches`): what one database transaction inserts
 MAX_LINE_BYTES = 64 << 20  # a "line" longer than this without a newline is junk: dropped, not buffered forever
 # A scan with this much to read parses its files in processes on the other cores (see `_JsonlTail._parsed`), handed
 # out this many bytes or files at a time: a process costs ~0.1 s to start, a task a round trip.
@@ -618,6 +618,11 @@ def _marker(data: bytes, start: int, end: int) -> int:
     return end
 
 
+def _spells_marker(line: bytes) -> bool:
+    """Claude Code's own spelling, found from the end (the usage object is near it), else the marker's any."""
+    return line.rfind(b'"usage":{') >= 0 or _marker(line, 0, len(line)) < len(line)
+
+
 def _utf8(line: bytes | memoryview) -> bool:
     try:
         str(line, "utf-8", "surrogatepass")  # as json.loads decodes bytes
@@ -687,12 +692,17 @@ def _claude_counts(usage: _ClaudeUsage) -> tuple[int, int, int, int]:
     """Input, output, cache read, cache write. The total as the attempt's own parser counts it: Claude Code reports a
     breakdown of zeros beside a real total when the provider sends none, so the breakdown is only a fallback for a
     missing total."""
+    given, out, read, written = (
+        usage.input_tokens, usage.output_tokens, usage.cache_read_input_tokens, usage.cache_creation_input_tokens
+    )  # fmt: skip
+    if type(given) is type(out) is type(read) is type(written) is int and min(given, out, read, written) >= 0:
+        return given, out, read, written  # the usual case: four counts
     cache = usage.cache_creation
-    if usage.cache_creation_input_tokens is None and isinstance(cache, dict):
+    if written is None and isinstance(cache, dict):
         written = _count(cache.get("ephemeral_5m_input_tokens")) + _count(cache.get("ephemeral_1h_input_tokens"))
     else:
-        written = _count(usage.cache_creation_input_tokens)
-    return _count(usage.input_tokens), _count(usage.output_tokens), _count(usage.cache_read_input_tokens), written
+        written = _count(written)
+    return _count(given), _count(out), _count(read), written
 
 
 class ClaudeTranscripts(_JsonlTail):
@@ -785,12 +795,8 @@ class ClaudeTranscripts(_JsonlTail):
             return False  # a line held two objects
         source = str(path)
         for (start, stop), i in zip(spans, wanted, strict=True):
-            line = data[start:stop]
-            # Claude Code's own spelling, found from the end (the usage object is near it), else the marker's any.
-            if line.rfind(b'"usage":{') < 0 and _marker(line, 0, len(line)) == len(line):
-                continue  # a usage object the marker does not spell (an escaped key): one by one, it is not read
             try:
-                self._counted(objs[i], line, path, source, out)
+                self._counted(objs[i], data[start:stop], path, source, out, marked=False)
             except Exception:  # a shape nobody foresaw in one line must not cost the rest of the file
                 out.garbled_lines += 1
         return True
@@ -805,10 +811,14 @@ class ClaudeTranscripts(_JsonlTail):
         """A line with the usage marker."""
         self._counted(_claude_line(line), line, path, source, out)
 
-    def _counted(self, obj: _ClaudeLine | None, line: bytes, path: Path, source: str, out: IngestResult) -> None:
-        """A line with the usage marker, decoded (None: json refuses it). Skipped when it has a null in one of
-        ccusage's fields (not counted as garbled, whatever else is wrong with it); that costs a look through the line,
-        so it is asked last, when the line would count: most usage lines are copies that change nothing."""
+    def _counted(
+        self, obj: _ClaudeLine | None, line: bytes, path: Path, source: str, out: IngestResult, marked: bool = True
+    ) -> None:
+        """A line decoded (None: json refuses it); `marked`: it is known to spell the usage marker, which a line read
+        one by one must to be looked at all (a usage object under an escaped key is not read). Skipped when it has a
+        null in one of ccusage's fields (not counted as garbled, whatever else is wrong with it). Both cost a look
+        through the line, so they are asked last, when the line would count: most usage lines are copies that
+        change nothing."""
         message = obj.message if obj is not None else None
         usage = message.usage if message is not None else None
         if obj is None or usage is None:
@@ -818,7 +828,7 @@ class ClaudeTranscripts(_JsonlTail):
         assert message is not None
         at = _timestamp(obj.timestamp)
         if at is None:
-            if not _has_null_field(line):
+            if (marked or _spells_marker(line)) and not _has_null_field(line):
                 out.garbled_lines += 1
             return
         if not _valid_claude_entry(obj, message):
@@ -834,7 +844,7 @@ class ClaudeTranscripts(_JsonlTail):
             copy_key = (mid, rid, counts, sidechain, speed)
             if copy_key in self._copies:
                 return
-        if _has_null_field(line):
+        if not (marked or _spells_marker(line)) or _has_null_field(line):
             return
         if copy_key is not None:
             self._copies.add(copy_key)
@@ -951,11 +961,14 @@ _NULL_FIELDS = frozenset(
     b"cache_creation_input_tokens".split()
 )
 _SPACE = b" \t\n\r\f\v"  # what \s matches in a bytes regular expression
+_STOP_NULLS = b'"stop_reason":null,"stop_sequence":null'
 
 
 def _has_null_field(line: bytes) -> bool:
     """ccusage's skip rule: `"<one of its fields>"\\s*:\\s*null` anywhere in the line; looked for backwards from each
     `null` (a line has two or three), each step a C call: a regular expression would start at every quote."""
+    if line.count(b"null") == 2 and _STOP_NULLS in line:
+        return False  # Claude Code's usual two, its message's stop_reason and stop_sequence: told by two C calls
     at = line.find(b"null")
     while at >= 0:
         colon = line.rfind(b":", 0, at)

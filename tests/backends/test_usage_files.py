@@ -889,7 +889,8 @@ NULL_FIELD = re.compile(
     rb'cache_read_input_tokens|cache_creation_input_tokens)"\s*:\s*null'
 )
 NULL_PIECES = [b'"id"', b'"cwd"', b'"model"', b'"costUSD"', b'"cache_read_input_tokens"', b'"idx"', b'"xid"', b'"',
-               b":", b" ", b"\t", b"null", b"nul", b"\\", b"{", b",", b"x", b'\\"id\\"', b"\n", b"\x0b"]  # fmt: skip
+               b":", b" ", b"\t", b"null", b"nul", b"\\", b"{", b",", b"x", b'\\"id\\"', b"\n", b"\x0b",
+               b'"stop_reason":null,"stop_sequence":null']  # fmt: skip
 
 
 @settings(max_examples=600, deadline=None)
