@@ -21,6 +21,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fleetd import __version__
+from fleetd.daemon.listing import LoopListing
 from fleetd.daemon.logview import readable
 from fleetd.daemon.views import (
     circuit_json,
@@ -180,9 +181,10 @@ def create_app(ctx: DaemonContext) -> Starlette:
         )
 
     async def list_loops(request: Request) -> Response:
-        loops = await ctx.loops.list()
-        last = await ctx.runs.last_for_loops()
-        return JSONResponse([loop_json(lp, last.get(lp.name), *_running(lp)) for lp in loops])
+        # ?indent=2: laid out as `fleetd loop list --json` prints it, which then prints it as it comes.
+        indent = _int_param(request, "indent", 0, 0, 8)
+        headers = {"X-Fleetd-Indent": str(indent)} if indent else None
+        return Response(await listing.body(indent), media_type="application/json", headers=headers)
 
     def _running_id(loop: Loop) -> int | None:
         return _running(loop)[0]
@@ -191,6 +193,8 @@ def create_app(ctx: DaemonContext) -> Starlette:
         """The loop's run in progress (of this instance of it: `Loop.instance`), and the reset it waits for."""
         slot = ctx.executor.running(loop)
         return (slot.run_id, slot.wait_until) if slot else (None, None)
+
+    listing = LoopListing(ctx.loops.db, ctx.loops, ctx.runs, _running)
 
     async def _loop_view(name: str) -> JSONResponse:
         return JSONResponse(await _loop_dict(await ctx.loops.get(validate_name(name))))
