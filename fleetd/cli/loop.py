@@ -10,8 +10,9 @@ import click
 from fleetd.cli.client import CliError, segment
 from fleetd.cli.common import LazyGroup, client, fields_text, json_flag, render, show
 from fleetd.cli.complete import loop_name
-from fleetd.cli.format import local_time, relative_time, schedule_text, short, table
-from fleetd.timefmt import format_duration
+
+# The text renderers import the formatters (fleetd.cli.format, fleetd.timefmt) themselves: `loop list
+# --json`, the command scripts poll, prints the daemon's answer and needs none of them.
 
 
 @click.group(cls=LazyGroup, lazy={"add": "fleetd.cli.loopdef:loop_add", "edit": "fleetd.cli.loopdef:loop_edit"})
@@ -27,6 +28,8 @@ def loop_list(as_json: bool) -> None:
 
 
 def _list_text(loops: list[dict[str, Any]]) -> str:
+    from fleetd.cli.format import relative_time, schedule_text, table
+
     rows = [
         [
             lp["name"],
@@ -44,6 +47,8 @@ def _list_text(loops: list[dict[str, Any]]) -> str:
 
 def _state_text(lp: dict[str, Any]) -> str:
     """What the loop's run is doing: a run that only waits for a usage reset is not `running`."""
+    from fleetd.cli.format import local_time
+
     if lp.get("waiting_until"):
         return f"waiting until {local_time(lp['waiting_until'])}"
     if lp["running_run_id"]:
@@ -60,6 +65,9 @@ def loop_show(name: str, as_json: bool) -> None:
 
 
 def _show_text(lp: dict[str, Any]) -> str:
+    from fleetd.cli.format import schedule_text, short
+    from fleetd.timefmt import format_duration
+
     lines = [
         fields_text(
             [
@@ -113,10 +121,14 @@ ALL_OF_BACKEND = "(all of the backend)"
 
 
 def _moment(iso: str | None) -> str:
+    from fleetd.cli.format import local_time, relative_time
+
     return f"{local_time(iso)} ({relative_time(iso)})" if iso else "-"
 
 
 def _running_text(lp: dict[str, Any]) -> str:
+    from fleetd.cli.format import local_time
+
     if not lp["running_run_id"]:
         return "no"
     waits = f", waiting until {local_time(lp['waiting_until'])}" if lp.get("waiting_until") else ""
@@ -125,6 +137,8 @@ def _running_text(lp: dict[str, Any]) -> str:
 
 def _why_not_text(not_firing: dict[str, Any] | None) -> str | None:
     """`loop show`: why the loop did not fire (or will not), with the times in the local zone."""
+    from fleetd.cli.format import local_time
+
     if not not_firing:
         return None
     text = f"{not_firing['message']} [{not_firing['reason']}]"
@@ -136,6 +150,8 @@ def _why_not_text(not_firing: dict[str, Any] | None) -> str | None:
 
 
 def _run_brief(run: dict[str, Any] | None) -> str:
+    from fleetd.cli.format import local_time
+
     if not run:
         return "-"
     return f"{run['id']} {run['status']} at {local_time(run['started_at'])}"

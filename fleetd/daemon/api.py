@@ -162,7 +162,7 @@ def create_app(ctx: DaemonContext) -> Starlette:
         # Health answers even when the store does not: "store" says what is wrong with it.
         store = ctx.store_problem()
         try:
-            loops: int | None = len(await ctx.loops.list())
+            loops: int | None = await ctx.loops.count()
         except StoreUnavailable as e:
             loops, store = None, store or e.problem
         return JSONResponse(
