@@ -180,9 +180,14 @@ def create_app(ctx: DaemonContext) -> Starlette:
             }
         )
 
+    listing: LoopListing | None = None  # made at the first request: create_app reads nothing of ctx
+
     async def list_loops(request: Request) -> Response:
+        nonlocal listing
         # ?indent=2: laid out as `fleetd loop list --json` prints it, which then prints it as it comes.
         indent = _int_param(request, "indent", 0, 0, 8)
+        if listing is None:
+            listing = LoopListing(ctx.loops.db, ctx.loops, ctx.runs, _running)
         headers = {"X-Fleetd-Indent": str(indent)} if indent else None
         return Response(await listing.body(indent), media_type="application/json", headers=headers)
 
@@ -193,8 +198,6 @@ def create_app(ctx: DaemonContext) -> Starlette:
         """The loop's run in progress (of this instance of it: `Loop.instance`), and the reset it waits for."""
         slot = ctx.executor.running(loop)
         return (slot.run_id, slot.wait_until) if slot else (None, None)
-
-    listing = LoopListing(ctx.loops.db, ctx.loops, ctx.runs, _running)
 
     async def _loop_view(name: str) -> JSONResponse:
         return JSONResponse(await _loop_dict(await ctx.loops.get(validate_name(name))))

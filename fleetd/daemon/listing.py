@@ -37,8 +37,9 @@ class LoopListing:
         self._runs = runs
         self._running = running
         self._read: _Read | None = None
-        # (slots, indent) -> the encoded answer, for the rows of `_read`.
-        self._rendered: dict[tuple[tuple[Slot, ...], int], bytes] = {}
+        # indent -> the slots it was rendered with and the encoded answer, for the rows of `_read`: the
+        # latest only (for 10,000 loops an answer is megabytes).
+        self._rendered: dict[int, tuple[tuple[Slot, ...], bytes]] = {}
 
     async def body(self, indent: int = 0) -> bytes:
         """The answer's JSON: compact (indent 0, as every answer), or laid out with `indent`, the way
@@ -51,14 +52,13 @@ class LoopListing:
             read = _Read(version, await self._loops.list(), await self._runs.last_for_loops())
             self._read, self._rendered = read, {}
         slots = tuple(self._running(lp) for lp in read.loops)
-        body = self._rendered.get((slots, indent))
-        if body is None:
-            views = [loop_json(lp, read.last.get(lp.name), *slot) for lp, slot in zip(read.loops, slots, strict=True)]
-            body = _encode(views, indent)
-            if read is self._read:  # not replaced by a newer read meanwhile
-                if len(self._rendered) >= 8:  # slots come and go as runs do: keep only the recent ones
-                    self._rendered.clear()
-                self._rendered[(slots, indent)] = body
+        rendered = self._rendered.get(indent)
+        if rendered is not None and rendered[0] == slots:
+            return rendered[1]
+        views = [loop_json(lp, read.last.get(lp.name), *slot) for lp, slot in zip(read.loops, slots, strict=True)]
+        body = _encode(views, indent)
+        if read is self._read:  # not replaced by a newer read meanwhile
+            self._rendered[indent] = (slots, body)
         return body
 
 
