@@ -149,9 +149,14 @@ class EventLog:
         """Until an event is written after the follower saw `written == seen`, or `timeout` seconds."""
         if self.written > seen:
             return
-        with contextlib.suppress(TimeoutError):
-            # The Event of the notify to come: a notify replaces it, so this cannot miss one.
-            await asyncio.wait_for(self._new.wait(), timeout)
+        # The Event of the notify to come: a notify replaces it, so this cannot miss one. Not wait_for: in
+        # 3.11 it drops a cancellation that lands in the turn the wait ends, and a stop cancelling a
+        # follower just as a run's end woke it then waited for that follower forever.
+        woken = asyncio.ensure_future(self._new.wait())
+        try:
+            await asyncio.wait({woken}, timeout=timeout)
+        finally:
+            woken.cancel()
 
 
 def one_line(text: str | None, cap: int = ERROR_CAP) -> str | None:

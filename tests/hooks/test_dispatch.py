@@ -251,3 +251,30 @@ def test_a_hook_change_before_the_first_start_sends_no_history(tmp_path: Path) -
 
     asyncio.run(asyncio.wait_for(go(), 30))
     assert [e["data"]["run_id"] for e in _lines(out)] == [2]
+
+
+def test_a_stop_that_lands_as_the_follower_wakes_still_stops_it(tmp_path: Path) -> None:
+    """3.11's wait_for drops a cancellation that lands in the turn its wait ends: a stop cancelling the
+    follower just as an event woke it left the follower running and `daemon stop` waiting for it forever."""
+
+    async def go(turns: int) -> bool:
+        async with world(tmp_path / str(turns)) as w:
+            dispatcher = w.dispatcher()
+            await dispatcher.start()
+            await _until(lambda: bool(w.events._new._waiters))  # the follower waits for the next event
+            await w.events.notify()  # a run's end was written...
+            for _ in range(turns):
+                await asyncio.sleep(0)
+            stop = asyncio.create_task(dispatcher.stop(grace=0.1))  # ...and the daemon stops
+            done, _ = await asyncio.wait({stop}, timeout=5)
+            if not done:  # leave nothing running behind the test
+                dispatcher._stopped = True
+                if dispatcher._follower is not None:
+                    dispatcher._follower.cancel()
+                stop.cancel()
+                await asyncio.gather(stop, return_exceptions=True)
+            return bool(done)
+
+    for turns in range(5):
+        (tmp_path / str(turns)).mkdir()
+        assert asyncio.run(go(turns)), f"stop hung ({turns} turns after the wake-up)"
