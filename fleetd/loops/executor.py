@@ -205,12 +205,16 @@ class Executor:
             try:
                 reason = await self._over_daily_cost(loop, now)
                 if reason is None:
-                    # To its end even when a stop cancels the scheduler's timer meanwhile: a run it wrote starts.
-                    run = await finish_first(self.runs.insert(
+                    # Awaited directly, not through finish_first (its own task and waits: three turns of a busy
+                    # event loop on every fire's way to its spawn): the write is the only suspension of the
+                    # insert, and Database.write alone keeps the promise that a run it wrote starts. A stop
+                    # cancelling this before the writer took it writes nothing; after, the row is returned
+                    # (the cancellation comes at the next await) and nothing awaits until the run's task exists.
+                    run = await self.runs.insert(
                         loop=loop.name, trigger=trigger, status="running", scheduled_at=scheduled_at,
                         started_at=now, backend=loop.backend, log_path_for=self.log_path, fired=fired,
                         missed=missed, missed_reason=missed_reason,
-                    ))  # fmt: skip
+                    )  # fmt: skip
                 else:
                     code = "over_daily_cost"
             except BaseException:
@@ -360,7 +364,8 @@ class Executor:
         if loop.workdir is not None or self.work_dir is None:
             return loop
         path = self.work_dir(loop.name)
-        await asyncio.to_thread(_private_dirs, path)
+        if not path.is_dir():  # one stat when it exists (every run but the first): no thread's round trip
+            await asyncio.to_thread(_private_dirs, path)
         return replace(loop, workdir=str(path))
 
     async def stop(self, run_id: int, *, kill: bool = False, reason: str) -> bool:
