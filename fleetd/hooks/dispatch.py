@@ -28,9 +28,7 @@ from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from fleetd.errors import FleetdError
 from fleetd.hooks import deliver
@@ -40,6 +38,9 @@ from fleetd.records.hook import Delivery, Hook
 from fleetd.store.events import Event, EventLog
 from fleetd.store.hooks import HookStore
 from fleetd.timefmt import to_iso
+
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger("fleetd.hooks")
 # Per hook. An event is ~1 KB here, so a full queue is ~1 MB; far more than a burst (a run's end, a switch
@@ -252,6 +253,8 @@ class HookDispatcher:
         if self._http is None:
             # Redirects are not followed (a webhook goes where the user said, nowhere else); each try's
             # timeout is the hook's own (deliver.post_webhook), so the client sets none.
+            import httpx  # webhooks only: a daemon without them never loads it
+
             self._http = httpx.AsyncClient(follow_redirects=False, timeout=None)
         return await deliver.post_webhook(
             self._http, hook, event, secret, backoff_base=self.backoff_base, retries=retries
