@@ -37,16 +37,35 @@ def relative_time(iso: str | None, now: datetime | None = None) -> str:
 
 
 def table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [len(h) for h in headers]
-    for row in rows:
-        widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
-    return "\n".join(lines)
+    """Columns as wide as their widest cell, two spaces apart, no trailing blanks. Column by column and through
+    one format string: cell by cell took ~100 ms for `runs list --limit 10000`."""
+    columns = list(zip(headers, *rows, strict=True))
+    line = "  ".join(f"{{:<{max(map(len, column))}}}" for column in columns)
+    return "\n".join(line.format(*row).rstrip() for row in [headers, *rows])
 
 
 def emit_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, sort_keys=False))
+    click.echo(json_text(data))
+
+
+_NESTED = frozenset((dict, list))
+# Between the items of an object nested in a list, with indent=2: what json.dumps writes there.
+_ITEM = ",\n    "
+
+
+def json_text(data: Any) -> str:
+    """`json.dumps(data, indent=2)`, byte for byte. With an indent, json.dumps leaves its C encoder for one in
+    Python (400 ms for 10,000 runs); a list of flat objects (every `… list --json`) is written by the C encoder
+    instead, with the indent as its separators. Its strings never hold a raw newline (JSON escapes it), and
+    nothing but a row begins with `{`, so "},\n    {" only ever stands between two rows."""
+    if (
+        not isinstance(data, list)
+        or not data
+        or not all(type(row) is dict and row and _NESTED.isdisjoint(map(type, row.values())) for row in data)
+    ):
+        return json.dumps(data, indent=2)
+    flat = json.dumps(data, separators=(_ITEM, ": "))  # [{"id": 1,\n    "loop": "x"},\n    {"id": 2, …}]
+    return "[\n  {\n    " + flat[2:-2].replace("}" + _ITEM + "{", "\n  },\n  {\n    ") + "\n  }\n]"
 
 
 def schedule_text(schedule: dict[str, str]) -> str:
