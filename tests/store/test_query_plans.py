@@ -89,6 +89,8 @@ def test_stats_reads_rollups_and_raw_rows_by_index(
         "next_day": "2026-11-22",
         "next_hour": "2026-11-21T10:00:00.000+00:00",
         "loop": loop,
+        "days": '["2026-11-22", "2026-11-23"]',
+        "hours": '["2026-11-21T10"]',
     }
     for sql in _queries(by, loop):
         steps = plan(conn, sql, params)
