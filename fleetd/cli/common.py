@@ -62,9 +62,29 @@ JSON_INDENT = 2  # how --json lays JSON out: json.dumps' own layout with this in
 
 
 def emit_json(data: Any) -> None:
+    click.echo(json_text(data))
+
+
+_NESTED = frozenset((dict, list))
+# Between the items of an object nested in a list, with indent=2: what json.dumps writes there.
+_ITEM = ",\n    "
+
+
+def json_text(data: Any) -> str:
+    """`json.dumps(data, indent=2)`, byte for byte. With an indent, json.dumps leaves its C encoder for one in
+    Python (400 ms for 10,000 runs); a list of flat objects (every `… list --json`) is written by the C encoder
+    instead, with the indent as its separators. Its strings never hold a raw newline (JSON escapes it), and
+    nothing but a row begins with `{`, so "},\n    {" only ever stands between two rows."""
     import json
 
-    click.echo(json.dumps(data, indent=JSON_INDENT))
+    if (
+        not isinstance(data, list)
+        or not data
+        or not all(type(row) is dict and row and _NESTED.isdisjoint(map(type, row.values())) for row in data)
+    ):
+        return json.dumps(data, indent=JSON_INDENT)
+    flat = json.dumps(data, separators=(_ITEM, ": "))  # [{"id": 1,\n    "loop": "x"},\n    {"id": 2, …}]
+    return "[\n  {\n    " + flat[2:-2].replace("}" + _ITEM + "{", "\n  },\n  {\n    ") + "\n  }\n]"
 
 
 def show(path: str, as_json: bool, text: Callable[[Any], str | None]) -> None:
