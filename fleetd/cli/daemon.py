@@ -77,7 +77,8 @@ def _start(where: Paths, texts: dict[str, str], wait_s: float, verb: str = "star
     probe = Client(where.socket, timeout=2.0)
 
     ensure_home(where)
-    argv = [sys.executable, "-m", "fleetd", "daemon", "run"]
+    # -P: not the working directory first on the import path (a `fleetd/` or `json.py` there would run instead)
+    argv = [sys.executable, "-P", "-m", "fleetd", "daemon", "run"]
     for flag in flags():
         argv += flag.argv(texts[flag.name])
     argv += ["--log-file", str(where.daemon_log)]  # it rotates the file it writes itself

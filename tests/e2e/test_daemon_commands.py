@@ -153,3 +153,19 @@ def test_a_daemon_too_busy_to_answer_is_never_called_not_running(short_home: Pat
             assert time.monotonic() - started < 20
     finally:
         silent.close()
+
+
+def test_daemon_start_from_a_directory_holding_python_files_runs_the_installed_fleetd(short_home: Path) -> None:
+    """`python -m` puts the working directory first on the import path: started from a checkout or any
+    project with a `json.py` or a `fleetd/`, the daemon would run those instead of what is installed."""
+    project = short_home / "project"
+    (project / "fleetd").mkdir(parents=True)
+    (project / "fleetd" / "__init__.py").write_text("raise SystemExit('imported from the working directory')\n")
+    d = Daemon(short_home / "home")
+    result = subprocess.run([FLEETD, "daemon", "start", "--wait", "20"], env=d.env, cwd=project, capture_output=True,
+                            text=True)  # fmt: skip
+    try:
+        assert result.returncode == 0, result.stderr
+        assert d.status() == "ok"
+    finally:
+        d.stop()
