@@ -4,9 +4,11 @@
 
 Rows are written straight into the SQLite file (the daemon's own schema, no ANALYZE: the daemon never
 runs it) before the daemon starts: runs spread evenly over the last 100 days across 50 loops (each loop in turn), 5 %
-failed, 2 % skipped, 1 % timed out, the rest succeeded. Per combination, printed: the API call's median
-over the socket (the time spent in the daemon: query, JSON, HTTP) at 1k runs (the baseline) and at 1M,
-and the 1M CLI median (a fresh process, as a user runs it). Also `stats --since 30d` for the record.
+failed, 2 % skipped, 1 % timed out, the rest succeeded. Per combination, printed at 1k runs (the baseline)
+and at 1M: the API call's median over the socket (the time spent in the daemon: query, JSON, HTTP); the
+daemon's SQL alone (store.runs.list_query with views.RUN_JSON_SQL, every row fetched); and the CLI's median,
+a fresh process as a user runs it, with `--json` and as the text table (its output to /dev/null). Also
+`stats --since 30d` for the record (bench/stats_query.py measures stats at a million attempts).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from urllib.parse import urlencode
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench._common import FLEETD, ThrowawayDaemon, time_api, time_command
+from fleetd.daemon.views import RUN_JSON_SQL
 from fleetd.store.db import Database
 from fleetd.store.runs import list_query
 from fleetd.timefmt import parse_duration
@@ -88,11 +91,13 @@ def query(flags: list[str], limit: int = 50) -> dict[str, str]:
 
 
 def time_sql(db_path: Path, flags: list[str], repeat: int) -> tuple[float, int]:
-    """Median of the daemon's own SQL for these flags (store.runs.list_query), all rows fetched, in ms; and
-    how many rows it returns. What is left of the API's time is building and sending those rows."""
+    """Median of the daemon's own SQL for these flags (store.runs.list_query, each row's JSON built by SQLite),
+    all rows fetched, in ms; and how many rows it returns. What is left of the API's time is sending them."""
     q = query(flags)
     since = datetime.now(UTC) - timedelta(seconds=parse_duration(q["since"])) if "since" in q else None
-    sql, params = list_query(loop=q.get("loop"), status=q.get("status"), since=since, limit=int(q["limit"]))
+    sql, params = list_query(
+        loop=q.get("loop"), status=q.get("status"), since=since, limit=int(q["limit"]), select=RUN_JSON_SQL
+    )
     samples, rows = [], 0
     with sqlite3.connect(db_path) as conn:
         for _ in range(repeat):
@@ -102,10 +107,10 @@ def time_sql(db_path: Path, flags: list[str], repeat: int) -> tuple[float, int]:
     return statistics.median(samples), rows
 
 
-Figures = dict[str, tuple[float, float, int, float | None]]  # case → (API ms, SQL ms, rows, CLI ms)
+Figures = dict[str, tuple[float, float, int, float | None, float | None]]  # case → (API, SQL, rows, CLI json, CLI text)
 
 
-def measure(n: int, repeat: int, with_cli: bool) -> tuple[Figures, float]:
+def measure(n: int, repeat: int) -> tuple[Figures, float]:
     daemon = ThrowawayDaemon()
     home = Path(daemon.env["FLEETD_HOME"])
     home.mkdir(parents=True)
@@ -121,10 +126,11 @@ def measure(n: int, repeat: int, with_cli: bool) -> tuple[Figures, float]:
         for label, flags in CASES:
             api = time_api(sock, "/v1/runs?" + urlencode(query(flags)), repeat)
             sql, rows = time_sql(home / "fleetd.db", flags, repeat)
-            cli = time_command([FLEETD, "runs", "list", *flags, "--json"], daemon.env, repeat) if with_cli else None
-            results[label] = (api, sql, rows, cli)
+            cli_json = time_command([FLEETD, "runs", "list", *flags, "--json"], daemon.env, repeat)
+            cli_text = time_command([FLEETD, "runs", "list", *flags], daemon.env, repeat)
+            results[label] = (api, sql, rows, cli_json, cli_text)
         stats = time_api(sock, "/v1/stats?since=30d&by=backend", repeat)
-        results["stats --since 30d --by backend"] = (stats, float("nan"), 0, None)
+        results["stats --since 30d --by backend"] = (stats, float("nan"), 0, None, None)
         return results, fill_s
     finally:
         daemon.close()
@@ -136,22 +142,27 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--json", dest="json_path", help="Also write the figures here.")
     args = parser.parse_args()
-    small, _ = measure(1000, args.repeat, with_cli=False)
-    big, fill_s = measure(args.runs, args.repeat, with_cli=True)
+    small, _ = measure(1000, args.repeat)
+    big, fill_s = measure(args.runs, args.repeat)
     width = max(len(label) for label in big)
     big_n = f"{args.runs // 1000}k" if args.runs < 1_000_000 else f"{args.runs / 1e6:g}M"
+
+    def pair(a: float | None, b: float | None) -> str:
+        return f"{'-':>7} {'-':>7}" if a is None or b is None or a != a else f"{a:7.1f} {b:7.1f}"
+
     print(
-        f"{'':<{width}}  {'in daemon (API call), ms':^30}  {'its SQL alone, ms':^24}  {'rows':>5}  {'CLI':>6}\n"
-        f"{'runs list …':<{width}}  {'1k':>7} {big_n:>7} {'ratio':>7}     {'1k':>7} {big_n:>7} {'ratio':>7}  "
-        f"{big_n:>5}  {big_n + ' ms':>6}"
+        f"{'':<{width}}  {'in daemon (API call), ms':^23}  {'its SQL, ms':^15}  {'rows':>5}  "
+        f"{'CLI --json, ms':^15}  {'CLI table, ms':>15}\n"
+        f"{'runs list …':<{width}}  {'1k':>7} {big_n:>7} {'ratio':>7}  {'1k':>7} {big_n:>7}  {big_n:>5}  "
+        + f"{'1k':>7} {big_n:>7}  "
+        * 2
     )
     rows = []
-    for label, (api, sql, n_rows, cli) in big.items():
-        api_1k, sql_1k = small[label][0], small[label][1]
-        cli_text = f"{cli:6.0f}" if cli is not None else f"{'-':>6}"
-        sql_text = f"{sql_1k:7.1f} {sql:7.1f} {sql / sql_1k:6.1f}x" if sql == sql else f"{'-':>7} {'-':>7} {'-':>7}"
+    for label, (api, sql, n_rows, cli_json, cli_text) in big.items():
+        api_1k, sql_1k, _, json_1k, text_1k = small[label]
         print(
-            f"{label:<{width}}  {api_1k:7.1f} {api:7.1f} {api / api_1k:6.1f}x     {sql_text}  {n_rows:5d}  {cli_text}"
+            f"{label:<{width}}  {api_1k:7.1f} {api:7.1f} {api / api_1k:6.1f}x  {pair(sql_1k, sql)}  {n_rows:5d}  "
+            f"{pair(json_1k, cli_json)}  {pair(text_1k, cli_text)}"
         )
         rows.append(
             {
@@ -161,7 +172,10 @@ def main() -> None:
                 "sql_ms_1k": round(sql_1k, 2) if sql == sql else None,
                 "sql_ms": round(sql, 2) if sql == sql else None,
                 "rows": n_rows,
-                "cli_ms": None if cli is None else round(cli, 1),
+                "cli_json_ms_1k": None if json_1k is None else round(json_1k, 1),
+                "cli_json_ms": None if cli_json is None else round(cli_json, 1),
+                "cli_text_ms_1k": None if text_1k is None else round(text_1k, 1),
+                "cli_text_ms": None if cli_text is None else round(cli_text, 1),
             }
         )
     print(f"(median of {args.repeat}; filling {args.runs} runs took {fill_s:.1f} s)")

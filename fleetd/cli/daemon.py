@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from fleetd.cli.client import Client, CliError
+from fleetd.cli.client import Client, CliError, DaemonNotRunning
 from fleetd.cli.common import client, ensure_home, json_flag, paths, positive_seconds, render
 from fleetd.daemon.options import DaemonOptions, OptionError, flags
 from fleetd.paths import Paths
@@ -64,7 +64,7 @@ def daemon_start(wait_s: float, **texts: Any) -> None:
     """Start the daemon in the background; returns once its socket answers."""
     _options(texts)  # bad flags fail here, not in the background
     where = paths()
-    health = Client(where.socket, timeout=2.0).ping()
+    health = _health(where, wait_s)
     if health:
         click.echo(f"fleetd daemon already running (pid {health['pid']}, socket {where.socket})")
         return
@@ -77,7 +77,8 @@ def _start(where: Paths, texts: dict[str, str], wait_s: float, verb: str = "star
     probe = Client(where.socket, timeout=2.0)
 
     ensure_home(where)
-    argv = [sys.executable, "-m", "fleetd", "daemon", "run"]
+    # -P: not the working directory first on the import path (a `fleetd/` or `json.py` there would run instead)
+    argv = [sys.executable, "-P", "-m", "fleetd", "daemon", "run"]
     for flag in flags():
         argv += flag.argv(texts[flag.name])
     argv += ["--log-file", str(where.daemon_log)]  # it rotates the file it writes itself
@@ -116,15 +117,24 @@ def _last_line(where: Paths) -> str:
 def daemon_stop(wait_s: float) -> None:
     """Stop the daemon: no new fires, in-flight runs get the stop grace, then are interrupted."""
     where = paths()
-    health = Client(where.socket, timeout=5.0).ping()
+    health = _health(where, wait_s)
     if health is None:
         raise CliError(f"fleetd daemon is not running (socket {where.socket})")
     click.echo(f"fleetd daemon stopped (pid {_stop(where, wait_s)})")
 
 
+def _health(where: Paths, timeout: float) -> dict[str, Any] | None:
+    """The daemon's health, or None when none is running. A daemon too busy to answer within `timeout`
+    (hundreds of runs a second) is an error, never "not running": that would start a second one."""
+    try:
+        return Client(where.socket, timeout=timeout).call("GET", "/v1/health")  # type: ignore[no-any-return]
+    except DaemonNotRunning:
+        return None
+
+
 def _stop(where: Paths, wait_s: float) -> int:
     """Ask the daemon to stop (no new fires, the stop grace, then runs interrupted); its pid once it exited."""
-    answer = Client(where.socket, timeout=5.0).call("POST", "/v1/shutdown")
+    answer = Client(where.socket, timeout=wait_s).call("POST", "/v1/shutdown")
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
         if not _pid_alive(answer["pid"]):
@@ -143,7 +153,7 @@ def daemon_restart(wait_s: float, stop_wait_s: float, **texts: str) -> None:
     """Stop the daemon gracefully (as `daemon stop`), then start it (as `daemon start`, with these flags)."""
     _options(texts)  # bad flags fail before anything is stopped
     where = paths()
-    health = Client(where.socket, timeout=5.0).ping()
+    health = _health(where, stop_wait_s)
     if health is None:
         click.echo(f"fleetd daemon was not running (socket {where.socket}); starting it")
         _start(where, texts, wait_s)

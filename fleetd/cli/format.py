@@ -7,11 +7,7 @@ zone ("2026-11-30 07:41:02 CET") or, where the distance matters more than the mo
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
-from typing import Any
-
-import click
 
 from fleetd.timefmt import format_duration, local_text
 
@@ -37,16 +33,11 @@ def relative_time(iso: str | None, now: datetime | None = None) -> str:
 
 
 def table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [len(h) for h in headers]
-    for row in rows:
-        widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
-    return "\n".join(lines)
-
-
-def emit_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, sort_keys=False))
+    """Columns as wide as their widest cell, two spaces apart, no trailing blanks. Column by column and through
+    one format string: cell by cell took ~100 ms for `runs list --limit 10000`."""
+    columns = list(zip(headers, *rows, strict=True))
+    line = "  ".join(f"{{:<{max(map(len, column))}}}" for column in columns)
+    return "\n".join(line.format(*row).rstrip() for row in [headers, *rows])
 
 
 def schedule_text(schedule: dict[str, str]) -> str:

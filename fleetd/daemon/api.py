@@ -21,10 +21,13 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fleetd import __version__
+from fleetd.daemon.listing import LoopListing
 from fleetd.daemon.logview import readable
 from fleetd.daemon.views import (
+    RUN_JSON_SQL,
     circuit_json,
     hook_json,
+    json_array,
     loop_json,
     profile_json,
     pruned_json,
@@ -161,7 +164,7 @@ def create_app(ctx: DaemonContext) -> Starlette:
         # Health answers even when the store does not: "store" says what is wrong with it.
         store = ctx.store_problem()
         try:
-            loops: int | None = len(await ctx.loops.list())
+            loops: int | None = await ctx.loops.count()
         except StoreUnavailable as e:
             loops, store = None, store or e.problem
         return JSONResponse(
@@ -179,10 +182,16 @@ def create_app(ctx: DaemonContext) -> Starlette:
             }
         )
 
+    listing: LoopListing | None = None  # made at the first request: create_app reads nothing of ctx
+
     async def list_loops(request: Request) -> Response:
-        loops = await ctx.loops.list()
-        last = await ctx.runs.last_for_loops()
-        return JSONResponse([loop_json(lp, last.get(lp.name), *_running(lp)) for lp in loops])
+        nonlocal listing
+        # ?indent=2: laid out as `fleetd loop list --json` prints it, which then prints it as it comes.
+        indent = _int_param(request, "indent", 0, 0, 8)
+        if listing is None:
+            listing = LoopListing(ctx.loops.db, ctx.loops, ctx.runs, _running)
+        headers = {"X-Fleetd-Indent": str(indent)} if indent else None
+        return Response(await listing.body(indent), media_type="application/json", headers=headers)
 
     def _running_id(loop: Loop) -> int | None:
         return _running(loop)[0]
@@ -285,8 +294,8 @@ def create_app(ctx: DaemonContext) -> Starlette:
             raise InvalidArgument(f"invalid status {shown(status)} (one of: {', '.join(STATUSES)})")
         since = _since(q["since"], ctx.clock()) if q.get("since") else None
         limit = _int_param(request, "limit", 50, 1, MAX_LIMIT)
-        runs = await ctx.runs.list(loop=q.get("loop"), status=status, since=since, limit=limit)
-        return JSONResponse([run_json(r) for r in runs])
+        runs = await ctx.runs.list_selected(RUN_JSON_SQL, loop=q.get("loop"), status=status, since=since, limit=limit)
+        return Response(json_array(runs), media_type="application/json")
 
     async def prune_runs(request: Request) -> Response:
         body = await _body(request)

@@ -31,6 +31,13 @@ and only its first, partial hour from the raw rows, through the same views the t
 (`stats_attempt_facts`, `stats_run_facts`), so each part counts alike. Its cost grows with days times
 groups, not with runs. The histograms are merged here, in Python: SQLite groups by sorting, and
 sorting the (group, duration) pairs of a month cost more than the whole budget of a second.
+
+The rollups' histograms are many small JSON texts (a month at a million attempts: ~8,600 of them, half a
+million entries), and decoding and merging them took ~400 ms a query. So a StatsStore keeps each whole
+period's histograms, merged by group, between queries (`_PeriodHistograms`), and reads again only the periods
+whose attempt count moved. Invariant (the triggers of schema.py keep it): a rollup row's `durations` change
+only as its `attempts` grow, so a period with the same attempt count (under the same `loop` filter) has the
+same histograms.
 """
 
 from __future__ import annotations
@@ -117,8 +124,9 @@ def _ratio(part: float, whole: float) -> float | None:
     return part / whole if whole else None
 
 
-def _queries(by: tuple[str, ...], loop: str | None) -> tuple[str, str, str]:
-    """The figures per group; the rollups' duration histograms; the raw rows' durations."""
+def _queries(by: tuple[str, ...], loop: str | None) -> tuple[str, str, str, str]:
+    """The figures per group; each whole period's attempt count; the duration histograms of the periods named
+    (JSON arrays :days and :hours); the raw rows' durations."""
     keys = ", ".join(by)
     tuple_ = ", ".join(_TUPLE)
     only = " AND loop = :loop" if loop is not None else ""
@@ -143,12 +151,21 @@ def _queries(by: tuple[str, ...], loop: str | None) -> tuple[str, str, str]:
                    0, 0, 0, 1, succeeded FROM raw_runs
         ) GROUP BY {keys} ORDER BY {keys}
     """
-    histograms = f"SELECT {keys}, durations FROM {daily} UNION ALL SELECT {keys}, durations FROM {hourly}"
+    histograms = (
+        f"SELECT 'd', period, {keys}, durations FROM stats_daily WHERE period IN (SELECT value FROM json_each(:days))"
+        f"{only} UNION ALL SELECT 'h', period, {keys}, durations FROM stats_hourly "
+        f"WHERE period IN (SELECT value FROM json_each(:hours)){only}"
+    )
     raw_durations = (
         f"SELECT {keys}, duration_ms, count(*) FROM stats_attempt_facts WHERE {raw} AND duration_ms IS NOT NULL "
         f"GROUP BY {keys}, duration_ms"
     )
-    return figures, histograms, raw_durations
+    # In the primary key's order (period first): no sort.
+    periods = (
+        f"SELECT 'd', period, sum(attempts) FROM {daily} GROUP BY period "
+        f"UNION ALL SELECT 'h', period, sum(attempts) FROM {hourly} GROUP BY period"
+    )
+    return figures, periods, histograms, raw_durations
 
 
 def percentile(histogram: dict[int, int], p: float) -> int | None:
@@ -162,9 +179,40 @@ def percentile(histogram: dict[int, int], p: float) -> int | None:
     return None
 
 
+Histogram = dict[str, int]  # rounded duration in ms, as text (as the JSON has it) → attempts
+Period = tuple[str, str]  # ('d', '2026-11-21') or ('h', '2026-11-21T09')
+Kept = dict[Period, tuple[int, dict[tuple[Any, ...], Histogram]]]  # period → (its attempts, its groups' histograms)
+
+
+class _PeriodHistograms:
+    """Whole periods' histograms merged by group, for each (by, loop) asked lately, with the attempt count
+    they were read at. Bounded: at most MAX_ENTRIES entries in all; past it, a (by, loop) keeps only the
+    periods of its last query, and the least recently asked go first (one bigger than that alone is not kept)."""
+
+    MAX_ENTRIES = 200_000  # ~20 MB of dicts at most; `--by backend` over 30 days at a million attempts: ~16k
+
+    def __init__(self) -> None:
+        self._kept: dict[tuple[Any, ...], tuple[int, Kept]] = {}
+
+    def get(self, key: tuple[Any, ...]) -> Kept:
+        return self._kept.get(key, (0, {}))[1]
+
+    def put(self, key: tuple[Any, ...], asked: Kept) -> None:
+        """`asked`: the periods of the query just answered; those kept from earlier queries stay while they fit."""
+        _, earlier = self._kept.pop(key, (0, {}))
+        for periods in ({**earlier, **asked}, asked):
+            entries = sum(len(h) for _, groups in periods.values() for h in groups.values())
+            if entries <= self.MAX_ENTRIES:
+                self._kept[key] = (entries, periods)  # last in the dict: the most recently asked
+                break
+        while sum(n for n, _ in self._kept.values()) > self.MAX_ENTRIES:
+            del self._kept[next(iter(self._kept))]
+
+
 class StatsStore:
     def __init__(self, db: Database) -> None:
         self.db = db
+        self._periods = _PeriodHistograms()
 
     async def stats(self, *, since: datetime, by: tuple[str, ...] = DEFAULT_BY, loop: str | None = None) -> Stats:
         """The figures per group of `by` (distinct keys from GROUP_KEYS, checked by the caller) and in total."""
@@ -180,7 +228,7 @@ class StatsStore:
             "next_hour": to_iso(hour + timedelta(hours=1)),
             "loop": loop,
         }
-        figures, histograms, raw_durations = _queries(by, loop)
+        figures, periods, histograms, raw_durations = _queries(by, loop)
         n = len(by)
         rows: dict[tuple[Any, ...], StatsRow] = {}
         for r in await self.db.fetchall(figures, params):  # type: ignore[arg-type]
@@ -189,14 +237,15 @@ class StatsStore:
             for name, value in zip(_SUMS, r[n:], strict=True):
                 setattr(row, name, value if name == "cost_usd" else int(value))
             rows[key] = row
-        # Histograms keyed by the duration as text (as the JSON has it): one int() per distinct duration, not per entry.
-        merged: dict[tuple[Any, ...], dict[str, int]] = {key: {} for key in rows}
-        for r in await self.db.fetchall(histograms, params):  # type: ignore[arg-type]
-            hist = merged[tuple(r[:n])]
-            for duration, count in json.loads(r[n]).items():
-                hist[duration] = hist.get(duration, 0) + count
+        # A group in a histogram but not in the figures ended between the two reads: counted next time.
+        merged: dict[tuple[Any, ...], Histogram] = {key: {} for key in rows}
+        for groups in (await self._whole_periods(by, loop, periods, histograms, params)).values():
+            for key, period_hist in groups.items():
+                hist = merged.setdefault(key, {})
+                for duration, count in period_hist.items():
+                    hist[duration] = hist.get(duration, 0) + count
         for r in await self.db.fetchall(raw_durations, params):  # type: ignore[arg-type]
-            hist = merged[tuple(r[:n])]
+            hist = merged.setdefault(tuple(r[:n]), {})
             hist[str(r[n])] = hist.get(str(r[n]), 0) + r[n + 1]
         result = Stats(since=since, by=by, loop=loop, groups=list(rows.values()))
         total, overall = result.total, dict[int, int]()
@@ -209,3 +258,34 @@ class StatsStore:
                 overall[duration] = overall.get(duration, 0) + count
         total.p50_duration_ms, total.p95_duration_ms = percentile(overall, 50), percentile(overall, 95)
         return result
+
+    async def _whole_periods(
+        self, by: tuple[str, ...], loop: str | None, periods: str, histograms: str, params: dict[str, Any]
+    ) -> dict[Period, dict[tuple[Any, ...], Histogram]]:
+        """The histograms of the window's whole days and hours, merged by group: kept ones while their period's
+        attempt count stands, the others read (and kept for the next query)."""
+        kept = self._periods.get((by, loop))
+        now: Kept = {}
+        stale: dict[Period, int] = {}
+        for table, period, attempts in await self.db.fetchall(periods, params):  # type: ignore[arg-type]
+            seen = kept.get((table, period))
+            if seen is not None and seen[0] == attempts:
+                now[(table, period)] = seen
+            else:
+                stale[(table, period)] = attempts
+        if stale:
+            # Counted before reading: a period that grows meanwhile is read again next time, never kept stale.
+            fresh: dict[Period, dict[tuple[Any, ...], Histogram]] = {p: {} for p in stale}
+            wanted = {
+                **params,
+                "days": json.dumps([p for t, p in stale if t == "d"]),
+                "hours": json.dumps([p for t, p in stale if t == "h"]),
+            }
+            n = len(by)
+            for r in await self.db.fetchall(histograms, wanted):  # type: ignore[arg-type]
+                hist = fresh[(r[0], r[1])].setdefault(tuple(r[2 : 2 + n]), {})
+                for duration, count in json.loads(r[2 + n]).items():
+                    hist[duration] = hist.get(duration, 0) + count
+            now.update({p: (attempts, fresh[p]) for p, attempts in stale.items()})
+        self._periods.put((by, loop), now)
+        return {p: groups for p, (_, groups) in now.items()}

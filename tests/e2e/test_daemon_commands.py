@@ -131,3 +131,41 @@ def test_an_open_follower_does_not_keep_a_stopping_daemon_alive(make_daemon: Mak
     finally:
         follower.kill()
         follower.wait(5)
+
+
+def test_a_daemon_too_busy_to_answer_is_never_called_not_running(short_home: Path) -> None:
+    """Under load the daemon may answer slower than a health probe waits: `daemon stop`, `restart` and
+    `start` must not report it as not running (and `start` must not start a second one)."""
+    import socket
+
+    d = Daemon(short_home / "home")
+    d.socket.parent.mkdir(parents=True)
+    silent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)  # accepts, never answers: a saturated daemon
+    silent.bind(str(d.socket))
+    silent.listen(16)
+    try:
+        for argv in (("stop", "--wait", "1"), ("restart", "--stop-wait", "1"), ("start", "--wait", "1")):
+            started = time.monotonic()
+            result = d.cli("daemon", *argv, check=False)
+            assert result.returncode == 1, (argv, result)
+            assert "not running" not in result.stderr + result.stdout, (argv, result)
+            assert "did not answer" in result.stderr, (argv, result)
+            assert time.monotonic() - started < 20
+    finally:
+        silent.close()
+
+
+def test_daemon_start_from_a_directory_holding_python_files_runs_the_installed_fleetd(short_home: Path) -> None:
+    """`python -m` puts the working directory first on the import path: started from a checkout or any
+    project with a `json.py` or a `fleetd/`, the daemon would run those instead of what is installed."""
+    project = short_home / "project"
+    (project / "fleetd").mkdir(parents=True)
+    (project / "fleetd" / "__init__.py").write_text("raise SystemExit('imported from the working directory')\n")
+    d = Daemon(short_home / "home")
+    result = subprocess.run([FLEETD, "daemon", "start", "--wait", "20"], env=d.env, cwd=project, capture_output=True,
+                            text=True)  # fmt: skip
+    try:
+        assert result.returncode == 0, result.stderr
+        assert d.status() == "ok"
+    finally:
+        d.stop()

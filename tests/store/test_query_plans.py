@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from fleetd.daemon.views import RUN_JSON_SQL
 from fleetd.store import attempts, retention
 from fleetd.store.db import Database
 from fleetd.store.runs import _COLUMNS, NEWEST_FIRST, list_query
@@ -50,10 +51,11 @@ FILTERS = list(itertools.product((None, "loop07"), (None, "failed", "running"), 
 
 
 @pytest.mark.parametrize(("loop", "status", "since"), FILTERS)
+@pytest.mark.parametrize("select", [_COLUMNS, RUN_JSON_SQL], ids=["runs", "api-json"])
 def test_runs_list_is_an_index_walk_for_every_filter_combination(
-    conn: sqlite3.Connection, loop: str | None, status: str | None, since: datetime | None
+    conn: sqlite3.Connection, loop: str | None, status: str | None, since: datetime | None, select: str
 ) -> None:
-    sql, params = list_query(loop=loop, status=status, since=since, limit=10_000)
+    sql, params = list_query(loop=loop, status=status, since=since, limit=10_000, select=select)
     steps = plan(conn, sql, params)
     assert not full_scans(steps, ("runs",)), steps
     assert all("USING INDEX" in s or "USING COVERING INDEX" in s for s in steps), steps
@@ -87,6 +89,8 @@ def test_stats_reads_rollups_and_raw_rows_by_index(
         "next_day": "2026-11-22",
         "next_hour": "2026-11-21T10:00:00.000+00:00",
         "loop": loop,
+        "days": '["2026-11-22", "2026-11-23"]',
+        "hours": '["2026-11-21T10"]',
     }
     for sql in _queries(by, loop):
         steps = plan(conn, sql, params)

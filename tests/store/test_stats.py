@@ -17,7 +17,7 @@ import pytest
 from fleetd.errors import InvalidArgument
 from fleetd.store.db import Database
 from fleetd.store.schema import STATS_REBUILD
-from fleetd.store.stats import Stats, StatsStore, parse_by, percentile
+from fleetd.store.stats import Stats, StatsStore, _PeriodHistograms, parse_by, percentile
 from fleetd.timefmt import to_iso
 
 NOW = datetime(2026, 11, 30, 15, 37, 12, 345000, tzinfo=UTC)
@@ -305,6 +305,37 @@ def test_rollups_agree_with_the_definition_wherever_the_window_starts(db_path: P
             assert figures(query(db_path, since, by)) == _reference(runs, since, by), (since, by)
 
 
+def test_a_store_that_answered_before_sees_every_later_change(db_path: Path) -> None:
+    """A StatsStore keeps whole periods' histograms between queries: runs that end later, in periods it has
+    kept (an attempt started days ago finishing now included), must count in its next answer, wherever the
+    window starts."""
+    rnd = random.Random(5)
+    runs = _random_runs(rnd, 150)
+    write(db_path, runs)
+    starts = [NOW - timedelta(days=4), NOW - timedelta(days=1, hours=5, minutes=17), NOW - timedelta(minutes=41)]
+    cuts = [("backend",), ("loop", "role")]
+
+    async def go() -> None:
+        db = await Database.open(db_path)
+        store = StatsStore(db)
+        try:
+            for round_ in range(3):
+                for since in starts:
+                    for by in cuts:
+                        stats = await store.stats(since=since, by=by)
+                        assert figures(stats) == _reference(runs, since, by), (since, by)
+                later = _random_runs(rnd, 40)
+                for run in later:  # longer than any before: every percentile the cache could get wrong moves
+                    for a in run.attempts:
+                        a.ms = rnd.randint(300_000 * (round_ + 1), 400_000 * (round_ + 1))
+                write(db_path, later)
+                runs.extend(later)
+        finally:
+            await db.close()
+
+    asyncio.run(go())
+
+
 def test_rebuild_gives_what_the_triggers_kept(db_path: Path) -> None:
     """STATS_REBUILD (the migration's backfill) and the triggers are two writers of one rollup."""
     write(db_path, _random_runs(random.Random(3), 200) + SCENARIO)
@@ -333,3 +364,21 @@ def test_a_run_that_ended_without_an_attempt_counts_under_its_loops_backend(db_p
     assert row.success_rate == 0.5
     by_backend = {tuple(r.group.values()): r for r in query(db_path, WEEK, ("backend",)).groups}
     assert by_backend[("x",)].runs_ended == 1 and by_backend[("x",)].succeeded == 0
+
+
+def test_kept_histograms_stay_within_their_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_PeriodHistograms, "MAX_ENTRIES", 10)
+    kept = _PeriodHistograms()
+
+    def periods(*days: str, entries: int = 2) -> dict[Any, Any]:
+        return {("d", day): (1, {("cc",): {str(i): 1 for i in range(entries)}}) for day in days}
+
+    kept.put("a", periods("01", "02"))
+    kept.put("a", periods("03"))
+    assert set(kept.get("a")) == {("d", "01"), ("d", "02"), ("d", "03")}  # earlier periods stay while they fit
+    kept.put("a", periods("04", "05", "06"))
+    assert set(kept.get("a")) == {("d", "04"), ("d", "05"), ("d", "06")}  # past the bound: the last query's only
+    kept.put("b", periods("01", "02", entries=3))
+    assert kept.get("a") == {} and set(kept.get("b")) == {("d", "01"), ("d", "02")}  # the least recent goes
+    kept.put("c", periods("01", entries=11))
+    assert kept.get("c") == {}  # too big alone: not kept

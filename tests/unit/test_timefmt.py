@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+import time
+from datetime import UTC, datetime, timedelta
+
 import pytest
 
-from fleetd.timefmt import MAX_DURATION_S, DurationError, format_duration, parse_duration
+from fleetd.timefmt import LOCAL_FORMAT, MAX_DURATION_S, DurationError, format_duration, local_text, parse_duration
 
 
 @pytest.mark.parametrize(
@@ -37,3 +40,25 @@ def test_parse_duration_bound_is_100_years() -> None:
     assert parse_duration(f"{100 * 365}d") == MAX_DURATION_S
     with pytest.raises(DurationError, match="too long"):
         parse_duration(f"{MAX_DURATION_S + 1}")
+
+
+@pytest.mark.parametrize(
+    "zone", ["UTC", "Europe/Berlin", "America/St_Johns", "Australia/Lord_Howe", "Asia/Kathmandu", "Pacific/Apia"]
+)
+def test_local_text_is_the_local_format(zone: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """local_text writes LOCAL_FORMAT without strftime: the same text, in any zone, on either side of a change
+    of offset (DST in Berlin, a 30-minute one on Lord Howe), to the second."""
+    monkeypatch.setenv("TZ", zone)
+    time.tzset()
+    try:
+        start = datetime(2026, 1, 1, tzinfo=UTC)
+        moments = [
+            start + timedelta(minutes=7 * i, seconds=i % 60, microseconds=999_999 * (i % 2))
+            for i in range(0, 80_000, 37)
+        ]
+        moments += [datetime(999, 5, 1, 12, tzinfo=UTC), datetime(1, 1, 2, tzinfo=UTC)]
+        for moment in moments:
+            assert local_text(moment) == moment.astimezone().strftime(LOCAL_FORMAT), moment
+    finally:
+        monkeypatch.undo()
+        time.tzset()

@@ -1,0 +1,87 @@
+"""`runs list` answers with the JSON objects SQLite builds (views.RUN_JSON_SQL): they must be, key for key, in
+order and value for value, what `run_json` makes of the same runs (the shape `runs show` and the CLI read)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from fleetd.daemon.views import EPOCH_S_SQL, RUN_JSON_SQL, duration_sql, json_array, run_json
+from fleetd.store.db import Database
+from fleetd.store.runs import RunStore
+
+T0 = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+# Strings JSON must escape, and some it need not: quotes, backslashes, control characters, DEL, non-ASCII, astral.
+AWKWARD = 'he said "no" \\ C:\\path\n\ttab \x00\x01\x1f\x7f é … 日本 🚀 </script>'
+
+
+def test_every_run_is_the_object_run_json_makes_of_it(tmp_path: Path) -> None:
+    async def go() -> tuple[list[dict[str, object]], bytes]:
+        db = await Database.open(tmp_path / "f.db")
+        runs = RunStore(db)
+        try:
+            started = [T0 + timedelta(minutes=i, milliseconds=7 * i) for i in range(8)]
+            ids = []
+            for i, at in enumerate(started):
+                run = await runs.insert(
+                    loop=f"loop{i % 3}", trigger="schedule" if i % 2 else "manual", status="running",
+                    scheduled_at=at - timedelta(milliseconds=1), started_at=at, backend="command",
+                    log_path_for=lambda n: f"/tmp/é {n}.log",
+                )  # fmt: skip
+                assert run is not None
+                ids.append(run.id)
+            # finished after 0 ms, 1 ms, 999 ms, 1.5 s, 100 days and a few ms; one "before" it started (a clock step)
+            took = [0, 1, 999, 1500, 100 * 86_400_000 + 123, -250]
+            for run_id, at, ms in zip(ids, started, took, strict=False):
+                await runs.finish(run_id, status="failed", finished_at=at + timedelta(milliseconds=ms), exit_code=3,
+                                  error=AWKWARD)  # fmt: skip
+            await runs.set_waiting(ids[6], T0 + timedelta(hours=5))  # ids[7] stays running
+            await runs.insert(loop="loop0", trigger="schedule", status="skipped", scheduled_at=T0, started_at=T0,
+                              finished_at=T0, backend="command", error="busy", skip_reason="overlap",
+                              missed=4)  # fmt: skip
+            await db.write(lambda c: c.execute("UPDATE runs SET pid = 4242, profile = 'p-1' WHERE id = ?", (ids[1],)))
+            expected = [run_json(r) for r in await runs.list(limit=100)]
+            body = json_array(await runs.list_selected(RUN_JSON_SQL, limit=100))
+            return expected, body
+        finally:
+            await db.close()
+
+    expected, body = asyncio.run(go())
+    assert len(expected) == 9
+    answer = json.loads(body)
+    assert answer == expected
+    assert [list(a) for a in answer] == [list(e) for e in expected]  # the keys' order too
+    assert [type(a["duration_s"]) for a in answer] == [type(e["duration_s"]) for e in expected]
+
+
+@pytest.mark.parametrize("epoch_s", EPOCH_S_SQL)
+def test_durations_are_run_json_s_to_the_last_bit(tmp_path: Path, epoch_s: str) -> None:
+    """ms / 1000.0 in SQLite, printed by SQLite, read back: the very float run_json rounds to, for any duration,
+    whichever way the SQLite at hand counts seconds."""
+    rng = random.Random(12)
+    pairs = [(T0, T0 + timedelta(milliseconds=ms)) for ms in range(0, 3000)]
+    for _ in range(3000):
+        start = T0 + timedelta(milliseconds=rng.randrange(-(10**12), 10**12))
+        pairs.append((start, start + timedelta(milliseconds=rng.randrange(-(10**6), 4 * 10**11))))
+
+    async def go() -> list[str]:
+        db = await Database.open(tmp_path / "f.db")
+        try:
+            await db.write(lambda c: c.executemany(
+                "INSERT INTO runs (loop, trigger, status, scheduled_at, started_at, finished_at, backend) "
+                "VALUES ('l', 'manual', 'succeeded', ?, ?, ?, 'command')",
+                [(s.isoformat(timespec="milliseconds"), s.isoformat(timespec="milliseconds"),
+                  f.isoformat(timespec="milliseconds")) for s, f in pairs],
+            ).close())  # fmt: skip
+            rows = await db.fetchall(f"SELECT json_object('d', {duration_sql(epoch_s)}) FROM runs ORDER BY id")
+            return [r[0] for r in rows]
+        finally:
+            await db.close()
+
+    got = [json.loads(text)["d"] for text in asyncio.run(go())]
+    assert got == [round((f - s).total_seconds(), 3) for s, f in pairs]
