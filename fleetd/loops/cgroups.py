@@ -24,6 +24,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -35,7 +36,8 @@ DELEGATE_XATTRS = ("trusted.delegate", "user.delegate")  # set by systemd >= 251
 # threaded process), and moving it after the spawn returns would leave a window in which the command
 # can fork an escapee (a shell script does so within a millisecond). `exec` keeps the pid, session
 # and create time. A failed join is not fatal: the daemon checks the pid after the spawn.
-_JOIN = '{ echo 0 >"$1"; } 2>/dev/null; shift; exec "$@"'
+JOIN_STEP = '{ echo 0 >"$1"; } 2>/dev/null; shift'  # takes the cgroup.procs path; `loops/child` builds on it
+_JOIN = JOIN_STEP + '; exec "$@"'
 
 
 # --- pure ---------------------------------------------------------------------------------------
@@ -88,6 +90,8 @@ def join_argv(cgroup: Path, argv: list[str]) -> list[str]:
 
 _lock = threading.Lock()
 _base: list[Path | None] = []  # filled once: the probe spawns a process
+_made: set[Path] = set()  # the run cgroups this process made and has not removed yet
+_held: Counter[Path] = Counter()  # how many of them each subtree holds
 
 
 def base_dir() -> Path | None:
@@ -160,16 +164,24 @@ def _usable(base: Path) -> bool:
 
 
 def create(cgroup: Path) -> bool:
-    """Make the run's cgroup (and the daemon's subtree). False when it cannot be made."""
+    """Make the run's cgroup (and the daemon's subtree, when missing). False when it cannot be made."""
     for _ in range(3):
         try:
-            cgroup.parent.mkdir(exist_ok=True)
-            cgroup.mkdir(exist_ok=True)
-            return True
+            os.mkdir(cgroup)
+        except FileExistsError:
+            pass  # a retried attempt's, or one a crash left
         except FileNotFoundError:
-            continue  # the subtree was removed under us as another run's cgroup went: make it again
+            # The subtree is missing: the first run, or the last run's cgroup took it away as it went.
+            with contextlib.suppress(FileExistsError, FileNotFoundError):
+                os.mkdir(cgroup.parent)
+            continue
         except OSError:
             return False
+        with _lock:
+            if cgroup not in _made:
+                _made.add(cgroup)
+                _held[cgroup.parent] += 1
+        return True
     return False
 
 
@@ -205,10 +217,34 @@ def exists(cgroup: Path) -> bool:
 
 def procs(cgroup: Path) -> list[int]:
     """The pids in `cgroup` (exited processes are not listed); [] when it does not exist."""
+    text = _read(cgroup / "cgroup.procs")
     try:
-        return [int(line) for line in (cgroup / "cgroup.procs").read_text().split()]
-    except (OSError, ValueError):
+        return [int(line) for line in text.split()] if text else []
+    except ValueError:
         return []
+
+
+def populated(cgroup: Path) -> bool:
+    """Whether any process is left in `cgroup` or a cgroup below it (`cgroup.events`: one small read, the
+    usual answer once a run's command has exited). False when it does not exist."""
+    text = _read(cgroup / "cgroup.events")
+    if text is None:
+        return exists(cgroup)  # unreadable but there: the careful answer
+    return b"populated 0" not in text
+
+
+def _read(path: Path) -> bytes | None:
+    # os-level: once or twice per run, where pathlib's text layer cost ten times the read itself.
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        return os.read(fd, 65536)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 def wait_empty(cgroup: Path, timeout: float) -> bool:
@@ -241,16 +277,22 @@ def kill_all(cgroup: Path, timeout: float) -> set[int]:
 
 
 def remove(cgroup: Path) -> bool:
-    """rmdir the run's cgroup (it must be empty), then the daemon's subtree if that is now empty too,
-    so an idle daemon leaves nothing in the hierarchy."""
+    """rmdir the run's cgroup (it must be empty), then the daemon's subtree once this process has no run
+    cgroup left in it, so an idle daemon leaves nothing in the hierarchy."""
     try:
-        cgroup.rmdir()
+        os.rmdir(cgroup)
     except FileNotFoundError:
         pass
     except OSError:
         return False
-    with contextlib.suppress(OSError):
-        cgroup.parent.rmdir()  # EBUSY while another run's cgroup is there
+    with _lock:
+        if cgroup in _made:
+            _made.discard(cgroup)
+            _held[cgroup.parent] -= 1
+        last = _held[cgroup.parent] <= 0
+    if last:
+        with contextlib.suppress(OSError):
+            os.rmdir(cgroup.parent)  # EBUSY while a cgroup someone else made is there
     return True
 
 

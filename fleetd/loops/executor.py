@@ -25,7 +25,7 @@ import psutil
 from fleetd.backends.base import AttemptContext, HttpAdapter, ProcessAdapter, ProcessOutput, ProcessSpec
 from fleetd.backends.registry import get_adapter
 from fleetd.errors import FleetdError
-from fleetd.loops import cgroups, changes, proctree
+from fleetd.loops import cgroups, changes, child, proctree
 from fleetd.loops.runlog import RunLog
 from fleetd.loops.scrub import Scrubber
 from fleetd.records.fire import SkipReason, daily_cost_text, skip_text
@@ -85,7 +85,7 @@ class ProfileSource(Protocol):
 class ActiveRun:
     run_id: int | None = None
     task: asyncio.Task[None] | None = None
-    proc: asyncio.subprocess.Process | None = None
+    proc: child.Child | None = None  # the running attempt's (or verify command's) process
     tag: str | None = None
     cgroup: Path | None = None  # the running attempt's cgroup, where there is one
     trigger: str = "manual"  # schedule, manual or catch-up: FLEETD_TRIGGER
@@ -359,8 +359,8 @@ class Executor:
         """Kill the slot's current child tree in the background (the run's own task sees it exit)."""
         assert slot.proc is not None
         killer = asyncio.ensure_future(
-            proctree.kill_tree(slot.proc.pid, tag=slot.tag, grace=grace,
-                               root_exited=asyncio.ensure_future(_exit_status(slot.proc)), cgroup=slot.cgroup)
+            proctree.kill_tree(slot.proc.pid, tag=slot.tag, grace=grace, root_exited=slot.proc.exited,
+                               cgroup=slot.cgroup)
         )  # fmt: skip
         self._background.add(killer)
         killer.add_done_callback(self._background.discard)
@@ -583,32 +583,29 @@ class Executor:
         if deadline is not None:
             timeout = max(0.0, min(timeout, (deadline - self.clock()).total_seconds()))
         started = self.clock()
+        tail = bytearray()
+
+        def take(chunk: bytes) -> None:
+            runlog.write(chunk)
+            tail.extend(chunk)
+            del tail[: max(0, len(tail) - VERIFY_TAIL)]
+
         try:
-            proc = await asyncio.create_subprocess_exec(
-                "/bin/sh", "-c", loop.verify, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT, cwd=loop.workdir, env=env, start_new_session=True,
-            )  # fmt: skip
+            proc = child.spawn(["/bin/sh", "-c", loop.verify], env=env, cwd=loop.workdir, stdin=None, stdout=take,
+                               stderr=None)  # fmt: skip
         except OSError as e:
             runlog.note(f"verify could not start: {e.strerror or e}")
             return "contract", f"the verify command could not start: {e.strerror or e}"
         slot.proc = proc
-        tail = bytearray()
-
-        async def pump() -> None:
-            assert proc.stdout is not None
-            while chunk := await proc.stdout.read(65536):
-                runlog.write(chunk)
-                tail.extend(chunk)
-                del tail[: max(0, len(tail) - VERIFY_TAIL)]
-
-        reader = asyncio.create_task(pump())
-        exited = asyncio.ensure_future(_exit_status(proc))
+        exited = proc.exited
         done, _ = await asyncio.wait({exited}, timeout=timeout)
         if not done:
             await proctree.kill_tree(proc.pid, tag=None, grace=self.kill_grace, root_exited=exited)
-        code = await exited
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(reader, 5)
+            await asyncio.wait({exited})
+        code = exited.result()
+        if not proc.output_closed.done():
+            await asyncio.wait({proc.output_closed}, timeout=5)
+        proc.close()
         slot.proc = None
         took = self.clock() - started
         text = tail.decode(errors="replace").strip()
@@ -758,7 +755,7 @@ class Executor:
                 pid_create_time=create_time,
             )  # fmt: skip
 
-        tmpdir = _private_tmpdir(self.tmp_root, f"run{run.id}-{number}-")
+        tmpdir = _private_tmpdir(self.tmp_root, f"run{run.id}-{number}")
         # --agent-arg is for the loop's own backend's CLI
         task = Task.of(loop, agent_args=candidate.backend == loop.backend)
         timeout = max(0.0, (deadline - self.clock()).total_seconds()) if deadline else None
@@ -865,27 +862,23 @@ class Executor:
         if cgroup is not None and not cgroups.create(cgroup):
             log.warning("run %s: cannot make its cgroup %s; tracking its processes by tag", ctx.run_id, cgroup)
             cgroup = None
-        argv = spec.argv
-        if cgroup is not None:
-            # The child joins through a /bin/sh wrapper that execs the command, where a missing
-            # command would be the wrapper's exit 127: find that out first, as the spawn would.
-            if (problem := _cannot_exec(spec.argv[0], env, spec.cwd)) is not None:
-                _drop_cgroup(ctx.run_id, cgroup)
-                return _not_started(runlog, spec.argv[0], problem)
-            argv = cgroups.join_argv(cgroup, spec.argv)
-        # The fork happens synchronously inside this call, before its first suspension: this is when the
+        # The child joins its cgroup and working directory in a /bin/sh wrapper that execs the command
+        # (`child.wrapped`), where a missing command would be the wrapper's exit 127: find that out first.
+        if (problem := _cannot_exec(spec.argv[0], env, spec.cwd)) is not None:
+            _drop_cgroup(ctx.run_id, cgroup)
+            return _not_started(runlog, spec.argv[0], problem)
+        ended_early = _LiveFailure()
+        watch = adapter.live_failure if adapter.end_on_live_failure else None
+        # Each stream is scrubbed once, as it is read: the run log and the parser get the same clean bytes.
+        stdout, stderr = _Capture(scrubber.fresh()), _Capture(scrubber.fresh())
+        # The spawn is synchronous (posix_spawn returns once the child runs its program): this is when the
         # child started, even when the event loop is too busy to resume us for a while after it.
         spawned_at = self.clock()
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                cwd=spec.cwd,
-                env=env,
-                start_new_session=True,
-            )
+            proc = child.spawn(
+                spec.argv, env=env, cwd=spec.cwd, stdin=spec.stdin or b"", cgroup=cgroup,
+                stdout=_sink(stdout, runlog, watch, ended_early), stderr=_sink(stderr, runlog, watch, ended_early),
+            )  # fmt: skip
         except FileNotFoundError:
             _drop_cgroup(ctx.run_id, cgroup)
             return _not_started(runlog, spec.argv[0], "")
@@ -907,19 +900,15 @@ class Executor:
             log.warning("run %s: cannot move pid %s into %s; tracking it by tag", ctx.run_id, proc.pid, cgroup)
             _drop_cgroup(ctx.run_id, cgroup)
             cgroup = slot.cgroup = None
-        ended_early = _LiveFailure()
-        watch = adapter.live_failure if adapter.end_on_live_failure else None
-        # Each stream is scrubbed once, as it is read: the run log and the parser get the same clean bytes.
-        stdout, stderr = _Capture(scrubber.fresh()), _Capture(scrubber.fresh())
-        pumps = [
-            asyncio.create_task(_pump(proc.stdout, stdout, runlog, watch, ended_early)),
-            asyncio.create_task(_pump(proc.stderr, stderr, runlog, watch, ended_early)),
-        ]
-        feed = asyncio.create_task(_feed(proc, spec.stdin))
-        exited = asyncio.ensure_future(_exit_status(proc))
-        stopper = asyncio.ensure_future(ended_early.seen.wait())
-        done, _ = await asyncio.wait({exited, stopper}, timeout=ctx.timeout_s, return_when=asyncio.FIRST_COMPLETED)
-        stopper.cancel()
+        exited = proc.exited
+        waits: set[asyncio.Future[Any]] = {exited}
+        stopper = None
+        if watch is not None:
+            stopper = asyncio.ensure_future(ended_early.seen.wait())
+            waits.add(stopper)
+        done, _ = await asyncio.wait(waits, timeout=ctx.timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        if stopper is not None:
+            stopper.cancel()
         timed_out = not done
         if not timed_out and exited not in done:
             await asyncio.wait({exited}, timeout=RATE_LIMIT_EXIT_GRACE)
@@ -930,17 +919,21 @@ class Executor:
             runlog.note(f"{what} in the live output: ending the attempt instead of waiting out the CLI's retries")
         if not exited.done():
             await proctree.kill_tree(proc.pid, tag=tag, grace=self.kill_grace, root_exited=exited, cgroup=cgroup)
-        exit_code = await exited
-        # Whatever the attempt left behind (background jobs holding the output pipes open) goes too.
-        leftovers = await proctree.kill_tree(None, tag=tag, grace=self.kill_grace, cgroup=cgroup)
-        if leftovers:
-            runlog.note(f"killed {leftovers} leftover process(es) of this run")
+            await asyncio.wait({exited})
+        exit_code = exited.result()
+        # Whatever the attempt left behind (background jobs holding the output pipes open) goes too. An
+        # empty cgroup (the usual case) says so in one read: no snapshot, no thread.
+        if cgroup is None or cgroups.populated(cgroup):
+            leftovers = await proctree.kill_tree(None, tag=tag, grace=self.kill_grace, cgroup=cgroup)
+            if leftovers:
+                runlog.note(f"killed {leftovers} leftover process(es) of this run")
         # Not in a `finally`: a cgroup an exception leaves behind is reused by the run's next
         # attempt and reaped by the next daemon start (proctree.reap_cgroups).
         _drop_cgroup(ctx.run_id, cgroup)
-        feed.cancel()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.gather(*pumps), 10)
+        if not proc.output_closed.done():
+            await asyncio.wait({proc.output_closed}, timeout=10)
+        proc.close()
+        proc.check()
         for capture in (stdout, stderr):
             runlog.write(capture.flush())
         slot.proc, slot.cgroup = None, None
@@ -997,7 +990,7 @@ class Executor:
                     s.proc.pid,
                     tag=s.tag,
                     grace=grace,
-                    root_exited=asyncio.ensure_future(_exit_status(s.proc)),
+                    root_exited=s.proc.exited,
                     cgroup=s.cgroup,
                 )
                 for s in slots
@@ -1042,37 +1035,11 @@ def _route_json(entry: dict[str, Any]) -> dict[str, Any]:
     return {key: value.isoformat() if isinstance(value, datetime) else value for key, value in entry.items()}
 
 
-async def _exit_status(proc: asyncio.subprocess.Process) -> int:
-    """The child's exit status as soon as it has exited. Not `proc.wait()` alone: that also waits
-    for the output pipes to close, which a background process that inherited them holds open as
-    long as it lives, and the sweep that kills such leftovers runs only after this returns."""
-    waiter = asyncio.ensure_future(proc.wait())
-    loop = asyncio.get_running_loop()
-    gone: asyncio.Future[None] = loop.create_future()
-    pidfd = None
-    with contextlib.suppress(AttributeError, OSError):  # pidfd: Linux >= 5.3; elsewhere poll
-        pidfd = os.pidfd_open(proc.pid)
-        loop.add_reader(pidfd, lambda: gone.done() or gone.set_result(None))
-    try:
-        while proc.returncode is None and not waiter.done():
-            # Once the pidfd says it exited, asyncio's child watcher sets returncode moments later.
-            if pidfd is None or gone.done():
-                await asyncio.wait({waiter}, timeout=0.05)
-            else:
-                await asyncio.wait({waiter, gone}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        if pidfd is not None:
-            loop.remove_reader(pidfd)
-            os.close(pidfd)
-        if not waiter.done():
-            waiter.cancel()
-    return proc.returncode if proc.returncode is not None else waiter.result()
-
-
 def watch_children_by_pidfd() -> None:
     """Call from the running loop, before the first child. Python 3.11's default child watcher starts
-    a thread per child to wait for it (a fifth of the dispatch cost of a short run); a pidfd needs no
-    thread. From 3.12 asyncio picks pidfds itself; without them (not Linux, kernel < 5.3) nothing changes."""
+    a thread per child to wait for it; a pidfd needs no thread. For the daemon's asyncio children (hook
+    commands): a run's own children never meet a watcher (`loops/child`). From 3.12 asyncio picks pidfds
+    itself; without them (not Linux, kernel < 5.3) nothing changes."""
     if sys.version_info >= (3, 12) or not hasattr(os, "pidfd_open"):
         return
     try:
@@ -1084,14 +1051,19 @@ def watch_children_by_pidfd() -> None:
     asyncio.set_child_watcher(watcher)
 
 
-def _private_tmpdir(root: Path, prefix: str) -> str:
-    """A new 0700 directory under `root`, which is made only when missing: an mkdir of a directory that
-    exists costs about as much as making one, on every attempt."""
+def _private_tmpdir(root: Path, name: str) -> str:
+    """A new 0700 directory `name` under `root` (which is made only when missing: an mkdir of a directory
+    that exists costs about as much as making one, on every attempt). The name is the attempt's own, so
+    no random name is drawn; one taken already (left by a crash) gets a random suffix instead."""
+    path = os.path.join(root, name)
     try:
-        return tempfile.mkdtemp(prefix=prefix, dir=root)
+        os.mkdir(path, 0o700)
     except FileNotFoundError:
         root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        return tempfile.mkdtemp(prefix=prefix, dir=root)
+        return _private_tmpdir(root, name)
+    except FileExistsError:
+        return tempfile.mkdtemp(prefix=f"{name}-", dir=root)
+    return path
 
 
 def _remove_dir(path: str) -> None:
@@ -1197,18 +1169,15 @@ class _LiveFailure:
     error_class: ErrorClass | None = None
 
 
-async def _pump(
-    stream: asyncio.StreamReader | None,
-    capture: _Capture,
-    runlog: RunLog,
-    watch: Callable[[str], ErrorClass | None] | None,
-    ended: _LiveFailure,
-) -> None:
-    assert stream is not None
-    while chunk := await stream.read(65536):
+def _sink(
+    capture: _Capture, runlog: RunLog, watch: Callable[[str], ErrorClass | None] | None, ended: _LiveFailure
+) -> child.Sink:
+    """What one output stream's chunks go through as they are read: scrubbed, kept, logged, watched."""
+
+    def take(chunk: bytes) -> None:
         runlog.write(capture.add(chunk))
         if watch is None or ended.seen.is_set():
-            continue
+            return
         # The watch sees the raw lines, as early as possible; it only names a class.
         for line in capture.lines(chunk):
             if found := watch(line):
@@ -1216,16 +1185,4 @@ async def _pump(
                 ended.seen.set()
                 break
 
-
-async def _feed(proc: asyncio.subprocess.Process, data: bytes | None) -> None:
-    """Prompt on stdin, then EOF: some CLIs (codex) wait for stdin to close."""
-    assert proc.stdin is not None
-    try:
-        if data:
-            proc.stdin.write(data)
-            await proc.stdin.drain()
-    except (BrokenPipeError, ConnectionResetError):
-        pass
-    finally:
-        with contextlib.suppress(Exception):
-            proc.stdin.close()
+    return take
