@@ -20,8 +20,6 @@ from datetime import datetime, timedelta, tzinfo
 from pathlib import Path
 from typing import Any, Protocol, cast
 
-import psutil
-
 from fleetd.backends.base import AttemptContext, HttpAdapter, ProcessAdapter, ProcessOutput, ProcessSpec
 from fleetd.backends.registry import get_adapter
 from fleetd.errors import FleetdError
@@ -889,7 +887,7 @@ class Executor:
         if slot.interrupted.is_set():  # the stop came while it was starting: interrupt_all did not see it
             self._kill_slot(slot, self.kill_grace if slot.kill_grace is None else slot.kill_grace)
         try:
-            await begin(proc.pid, _create_time(proc.pid), spawned_at)
+            await begin(proc.pid, proctree.create_time(proc.pid), spawned_at)
         except Exception as e:  # only crash recovery needs the pid; the child is ours either way
             log.error("run %s: cannot record its process %s (%s)", ctx.run_id, proc.pid, e)
         # Checked only now: by then the wrapper has (almost always) joined, and reading the list is cheap
@@ -1117,13 +1115,6 @@ def read_prompt(loop: Loop) -> str | None:
     if loop.prompt_file:
         return Path(loop.prompt_file).read_text(encoding="utf-8", errors="replace")
     return loop.prompt
-
-
-def _create_time(pid: int) -> float | None:
-    try:
-        return psutil.Process(pid).create_time()
-    except psutil.Error:
-        return None
 
 
 class _Capture:
