@@ -12,6 +12,7 @@ import itertools
 import logging
 import os
 import shutil
+import sqlite3
 import sys
 import tempfile
 from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping
@@ -45,7 +46,7 @@ from fleetd.routing.router import (
     WaitUntil,
     World,
 )
-from fleetd.store.attempts import AttemptStore
+from fleetd.store.attempts import AttemptStore, finish_write
 from fleetd.store.db import finish_first
 from fleetd.store.events import EventLog
 from fleetd.store.runs import RunStore
@@ -98,6 +99,7 @@ class ActiveRun:
     # The `skipped` row fires that found this run in progress went into: (reason, run id, fires), so
     # the next fire skipped for the same reason adds to it instead of writing one more row.
     skipped: tuple[SkipReason, int, int] | None = None
+    attempt_end: Callable[[sqlite3.Connection], object] | None = None  # written with the run's end (`_attempt`)
     interrupted: asyncio.Event = field(default_factory=asyncio.Event)
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -124,6 +126,7 @@ class RunFinish:
     finished_at: datetime
     exit_code: int | None
     error: str | None
+    attempt_end: Callable[[sqlite3.Connection], object] | None = None  # its last attempt's, written with it
 
 
 @dataclass
@@ -312,7 +315,7 @@ class Executor:
             self.live_logs.pop(run.id, None)
             if self.active.get(loop.instance) is slot:
                 del self.active[loop.instance]
-            finish = RunFinish(run.id, loop.name, status, self.clock(), exit_code, error)
+            finish = RunFinish(run.id, loop.name, status, self.clock(), exit_code, error, slot.attempt_end)
             try:
                 # The store writes the run's end and its `run.<status>` event in one transaction.
                 await asyncio.shield(self._record_finish(finish))
@@ -386,6 +389,7 @@ class Executor:
                 finished_at=finish.finished_at,
                 exit_code=finish.exit_code,
                 error=finish.error,
+                attempt_end=finish.attempt_end,
             )
         except Exception as e:
             if finish.run_id not in self.unrecorded:
@@ -435,7 +439,7 @@ class Executor:
         deadline = run.started_at + timedelta(seconds=loop.timeout_s) if loop.timeout_s else None
         if not adapter.needs_profile:
             alone = Try(Candidate(0, "", loop.backend, None, "local"), 1, None, None)  # no profile, no routing
-            end = await self._attempt(1, loop, run, slot, runlog, None, prompt, alone, deadline)
+            end = await self._attempt(1, loop, run, slot, runlog, None, prompt, alone, deadline, last=True)
             return self._verdict(loop, slot, end) or ("failed", end.exit_code, _describe(end.parsed))
         router = Router(replace(loop_policy(loop), backoff_base=self.backoff_base))
         numbers = itertools.count(1)  # attempt numbers of the run, workers and reviewers alike
@@ -736,7 +740,10 @@ class Executor:
         deadline: datetime | None,
         resume: str | None = None,
         role: str = "work",
+        last: bool = False,
     ) -> AttemptEnd:
+        """One attempt, recorded. `last`: the run ends with it whatever it says (no routing, no profile), so
+        its end is written with the run's (`ActiveRun.attempt_end`), one transaction instead of two."""
         candidate = decision.candidate
         adapter = get_adapter(candidate.backend)
         secret = await self.profiles.secret(profile) if profile and profile.has_secret else None
@@ -788,12 +795,18 @@ class Executor:
         error = None if parsed.outcome == "succeeded" else _describe(parsed)
         finished_at = self.clock()
         assert attempt_id is not None
-        try:
-            await self.attempts.finish(
+        if last:  # nothing reads it before the run's end, which writes it
+            slot.attempt_end = finish_write(
                 attempt_id, finished_at=finished_at, exit_code=end.exit_code, parsed=parsed, error=error, cost_usd=cost
             )
-        except Exception as e:  # the run's own end still gets recorded (and retried)
-            log.error("run %s: cannot record the end of attempt %s (%s)", run.id, number, e)
+        else:
+            try:
+                await self.attempts.finish(
+                    attempt_id, finished_at=finished_at, exit_code=end.exit_code, parsed=parsed, error=error,
+                    cost_usd=cost,
+                )  # fmt: skip
+            except Exception as e:  # the run's own end still gets recorded (and retried)
+                log.error("run %s: cannot record the end of attempt %s (%s)", run.id, number, e)
         if profile is not None:
             # An attempt fleetd itself cut short (its --timeout, a stop) says nothing about the provider:
             # its usage counts, but it moves neither the profile's state nor its circuit breaker.

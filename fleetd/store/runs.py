@@ -174,11 +174,16 @@ class RunStore:
         finished_at: datetime,
         exit_code: int | None = None,
         error: str | None = None,
+        attempt_end: Callable[[sqlite3.Connection], object] | None = None,
     ) -> None:
         """The run's end, and its `run.<status>` event: the one path every run end takes (the executor's,
-        crash recovery's), so every status gets its event, whatever statuses are added later."""
+        crash recovery's), so every status gets its event, whatever statuses are added later. `attempt_end`
+        (`attempts.finish_write`) records its last attempt's end in the same transaction; its failure is
+        logged and does not cost the run its end, as when it was written alone."""
 
         def write(conn: sqlite3.Connection) -> bool:
+            if attempt_end is not None:
+                _apart(conn, attempt_end, run_id)
             rows = conn.execute(
                 "UPDATE runs SET status = ?, finished_at = ?, exit_code = ?, error = ?, wait_until = NULL "
                 f"WHERE id = ? AND status IN {ACTIVE} RETURNING {_COLUMNS}",
@@ -243,6 +248,20 @@ class RunStore:
         loop. A run started before the loop was added belongs to an earlier loop of that name (`Loop.instance`)."""
         rows = await self.db.fetchall(f"SELECT {_COLUMNS} FROM runs WHERE id IN ({LAST_RUN_IDS})")
         return {r["loop"]: _row_to_run(r) for r in rows}
+
+
+def _apart(conn: sqlite3.Connection, write: Callable[[sqlite3.Connection], object], run_id: int) -> None:
+    """`write` inside the caller's transaction, behind a SAVEPOINT of its own: its failure rolls back only
+    what it wrote (unless SQLite rolled the whole transaction back, which the caller must see)."""
+    conn.execute("SAVEPOINT apart")
+    try:
+        write(conn)
+    except Exception as e:
+        if not conn.in_transaction:
+            raise
+        log.error("run %s: cannot record the end of its last attempt (%s); the run's end is kept", run_id, e)
+        conn.execute("ROLLBACK TO apart")
+    conn.execute("RELEASE apart")
 
 
 def _move_fire(conn: sqlite3.Connection, fired: LoopFire) -> bool:

@@ -175,3 +175,6 @@ def test_started_at_is_when_the_child_was_started_not_when_the_fire_was_recorded
     assert run.started_at > fired.started_at  # later than the fire's own reading of the clock
     assert run.started_at == attempts[0].started_at  # the moment the attempt's child was started
     assert run.pid is not None
+    # Its attempt's end went with the run's (one transaction): recorded all the same.
+    assert (attempts[0].outcome, attempts[0].exit_code) == ("succeeded", 0)
+    assert attempts[0].finished_at is not None and attempts[0].finished_at <= run.finished_at
