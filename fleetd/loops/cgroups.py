@@ -90,8 +90,11 @@ def join_argv(cgroup: Path, argv: list[str]) -> list[str]:
 
 _lock = threading.Lock()
 _base: list[Path | None] = []  # filled once: the probe spawns a process
-_made: set[Path] = set()  # the run cgroups this process made and has not removed yet
-_held: Counter[Path] = Counter()  # how many of them each subtree holds
+_subtrees: dict[str, Path] = {}  # by instance, once its base is known
+# The run cgroups this process made and has not removed yet, each with its subtree (a parent made once:
+# pathlib's cost showed in every run), and how many of them each subtree holds.
+_made: dict[Path, Path] = {}
+_held: Counter[Path] = Counter()
 
 
 def base_dir() -> Path | None:
@@ -104,8 +107,13 @@ def base_dir() -> Path | None:
 
 
 def subtree(instance: str) -> Path | None:
-    base = base_dir()
-    return subtree_of(base, instance) if base is not None else None
+    tree = _subtrees.get(instance)
+    if tree is None:
+        base = base_dir()
+        if base is None:
+            return None
+        tree = _subtrees.setdefault(instance, subtree_of(base, instance))
+    return tree
 
 
 def probed() -> bool:
@@ -179,8 +187,8 @@ def create(cgroup: Path) -> bool:
             return False
         with _lock:
             if cgroup not in _made:
-                _made.add(cgroup)
-                _held[cgroup.parent] += 1
+                _made[cgroup] = parent = cgroup.parent
+                _held[parent] += 1
         return True
     return False
 
@@ -189,7 +197,7 @@ def join(cgroup: Path, pid: int) -> bool:
     """Put `pid` into `cgroup` (a no-op when the child already joined itself). A process that has
     already exited counts as joined: it can have left nothing outside the cgroup it joined first."""
     try:
-        _write_pid(cgroup / "cgroup.procs", pid)
+        _write_pid(f"{cgroup}/cgroup.procs", pid)
     except ProcessLookupError:
         return True
     except OSError as e:
@@ -202,7 +210,7 @@ def member_or_join(cgroup: Path, pid: int) -> bool:
     return pid in procs(cgroup) or join(cgroup, pid)
 
 
-def _write_pid(procs_file: Path, pid: int) -> None:
+def _write_pid(procs_file: str, pid: int) -> None:
     # os-level: once per run, where pathlib's text layer cost more than the write itself.
     fd = os.open(procs_file, os.O_WRONLY)
     try:
@@ -212,12 +220,13 @@ def _write_pid(procs_file: Path, pid: int) -> None:
 
 
 def exists(cgroup: Path) -> bool:
-    return (cgroup / "cgroup.procs").exists()
+    return os.path.exists(f"{cgroup}/cgroup.procs")
 
 
 def procs(cgroup: Path) -> list[int]:
     """The pids in `cgroup` (exited processes are not listed); [] when it does not exist."""
-    text = _read(cgroup / "cgroup.procs")
+    # f-strings, not `/`: str(Path) is cached on the object, where `/` builds a new Path every call.
+    text = _read(f"{cgroup}/cgroup.procs")
     try:
         return [int(line) for line in text.split()] if text else []
     except ValueError:
@@ -227,13 +236,13 @@ def procs(cgroup: Path) -> list[int]:
 def populated(cgroup: Path) -> bool:
     """Whether any process is left in `cgroup` or a cgroup below it (`cgroup.events`: one small read, the
     usual answer once a run's command has exited). False when it does not exist."""
-    text = _read(cgroup / "cgroup.events")
+    text = _read(f"{cgroup}/cgroup.events")
     if text is None:
         return exists(cgroup)  # unreadable but there: the careful answer
     return b"populated 0" not in text
 
 
-def _read(path: Path) -> bytes | None:
+def _read(path: str) -> bytes | None:
     # os-level: once or twice per run, where pathlib's text layer cost ten times the read itself.
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -286,13 +295,15 @@ def remove(cgroup: Path) -> bool:
     except OSError:
         return False
     with _lock:
-        if cgroup in _made:
-            _made.discard(cgroup)
-            _held[cgroup.parent] -= 1
-        last = _held[cgroup.parent] <= 0
+        parent = _made.pop(cgroup, None)
+        if parent is not None:
+            _held[parent] -= 1
+        else:
+            parent = cgroup.parent
+        last = _held[parent] <= 0
     if last:
         with contextlib.suppress(OSError):
-            os.rmdir(cgroup.parent)  # EBUSY while a cgroup someone else made is there
+            os.rmdir(parent)  # EBUSY while a cgroup someone else made is there
     return True
 
 

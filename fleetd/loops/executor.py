@@ -290,7 +290,9 @@ class Executor:
         return daily_cost_text(await self.attempts.loop_cost_since(loop.name, now - timedelta(days=1)), loop.daily_cost)
 
     async def _execute(self, loop: Loop, run: Run, slot: ActiveRun) -> None:
-        runlog = RunLog(Path(run.log_path or self.log_path(run.id)), loop.output_cap)
+        # Made off the event loop: creating a file waits for the filesystem's journal, which other writers
+        # on a busy disk hold for milliseconds, and every other run would wait with it.
+        runlog = await asyncio.to_thread(RunLog, Path(run.log_path or self.log_path(run.id)), loop.output_cap)
         self.live_logs[run.id] = runlog
         status: RunStatus = "failed"
         exit_code: int | None = None
@@ -760,7 +762,7 @@ class Executor:
                 pid_create_time=create_time,
             )  # fmt: skip
 
-        tmpdir = _private_tmpdir(self.tmp_root, f"run{run.id}-{number}")
+        tmpdir, cgroup = await asyncio.to_thread(self._places, run.id, number, adapter.kind == "process")
         # --agent-arg is for the loop's own backend's CLI
         task = Task.of(loop, agent_args=candidate.backend == loop.backend)
         timeout = max(0.0, (deadline - self.clock()).total_seconds()) if deadline else None
@@ -774,7 +776,9 @@ class Executor:
                 await begin()
                 end = await self._http_attempt(cast(HttpAdapter, adapter), ctx, slot, runlog, scrubber)
             else:
-                end = await self._process_attempt(cast(ProcessAdapter, adapter), ctx, slot, runlog, scrubber, begin)
+                end = await self._process_attempt(
+                    cast(ProcessAdapter, adapter), ctx, slot, runlog, scrubber, begin, cgroup
+                )
             if attempt_id is None:  # no child was started (bad workdir, not found): recorded all the same
                 await begin()
         finally:
@@ -852,27 +856,22 @@ class Executor:
         runlog: RunLog,
         scrubber: Scrubber,
         begin: Callable[[int, float | None, datetime], Awaitable[None]],
+        cgroup: Path | None,
     ) -> AttemptEnd:
-        """`begin(pid, create_time, started_at)` records the attempt once its child exists."""
+        """`begin(pid, create_time, started_at)` records the attempt once its child exists. `cgroup`: the
+        attempt's, made for it (`_places`), removed here."""
         try:
             spec = adapter.build(ctx)
         except FleetdError as e:
+            _drop_cgroup(ctx.run_id, cgroup)
             runlog.note(e.message)
             return AttemptEnd(ParsedOutput("failed", "contract", message=e.message))
         if spec.cwd and not os.path.isdir(spec.cwd):
+            _drop_cgroup(ctx.run_id, cgroup)
             runlog.note(f"working directory not found: {spec.cwd}")
             return AttemptEnd(ParsedOutput("failed", "contract", message=f"working directory not found: {spec.cwd}"))
         tag = self.run_tag(ctx.run_id)
         env = self._child_env(ctx, spec, slot.trigger)
-        # The run's processes are tracked by its cgroup where one can be made (an escapee that leaves
-        # the session and clears its environment stays in it), else by session + tag (proctree).
-        if cgroups.probed():
-            cgroup = cgroups.run_path(self.tag_prefix, ctx.run_id)
-        else:  # the first run probes the hierarchy (it spawns a process): off the event loop
-            cgroup = await asyncio.to_thread(cgroups.run_path, self.tag_prefix, ctx.run_id)
-        if cgroup is not None and not cgroups.create(cgroup):
-            log.warning("run %s: cannot make its cgroup %s; tracking its processes by tag", ctx.run_id, cgroup)
-            cgroup = None
         # The child joins its cgroup and working directory in a /bin/sh wrapper that execs the command
         # (`child.wrapped`), where a missing command would be the wrapper's exit 127: find that out first.
         if (problem := _cannot_exec(spec.argv[0], env, spec.cwd)) is not None:
@@ -954,6 +953,20 @@ class Executor:
         if ended_early.error_class and parsed.outcome != "succeeded" and parsed.error_class in (None, "unknown"):
             parsed = replace(parsed, outcome="failed", error_class=ended_early.error_class)
         return AttemptEnd(parsed, exit_code, timed_out)
+
+    def _places(self, run_id: int, number: int, process: bool) -> tuple[str, Path | None]:
+        """In a worker thread, what an attempt needs on disk before it starts: its private TMPDIR and, for a
+        process, the run's cgroup where one can be made (None: its processes are tracked by session + tag).
+        Both wait for locks other writers hold on a busy host (the filesystem's journal, the kernel's cgroup
+        mutex): a millisecond or more, in which the event loop would serve no other run."""
+        tmpdir = _private_tmpdir(self.tmp_root, f"run{run_id}-{number}")
+        # The run's processes are tracked by its cgroup where one can be made (an escapee that leaves the
+        # session and clears its environment stays in it). The first call probes the hierarchy.
+        cgroup = cgroups.run_path(self.tag_prefix, run_id) if process else None
+        if cgroup is not None and not cgroups.create(cgroup):
+            log.warning("run %s: cannot make its cgroup %s; tracking its processes by tag", run_id, cgroup)
+            cgroup = None
+        return tmpdir, cgroup
 
     def _child_env(self, ctx: AttemptContext, spec: ProcessSpec, trigger: str) -> dict[str, str]:
         base = {k: v for k, v in os.environ.items() if k not in spec.unset_env}
