@@ -36,8 +36,7 @@ DELEGATE_XATTRS = ("trusted.delegate", "user.delegate")  # set by systemd >= 251
 # threaded process), and moving it after the spawn returns would leave a window in which the command
 # can fork an escapee (a shell script does so within a millisecond). `exec` keeps the pid, session
 # and create time. A failed join is not fatal: the daemon checks the pid after the spawn.
-JOIN_STEP = '{ echo 0 >"$1"; } 2>/dev/null; shift'  # takes the cgroup.procs path; `loops/child` builds on it
-_JOIN = JOIN_STEP + '; exec "$@"'
+_JOIN = '{ echo 0 >"$1"; } 2>/dev/null; shift; exec "$@"'
 
 
 # --- pure ---------------------------------------------------------------------------------------

@@ -14,7 +14,6 @@ import os
 import shutil
 import sqlite3
 import sys
-import tempfile
 from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, tzinfo
@@ -127,6 +126,17 @@ class RunFinish:
     exit_code: int | None
     error: str | None
     attempt_end: Callable[[sqlite3.Connection], object] | None = None  # its last attempt's, written with it
+
+
+@dataclass(frozen=True)
+class _Launch:
+    """What `Executor._launch` did: a started child (with its cgroup, when it has one), or why not."""
+
+    cgroup: Path | None
+    problem: str | None  # `_not_started`'s: "" not found, else why it could not start
+    started: child.Started | None
+    spawned_at: datetime
+    create_time: float | None
 
 
 @dataclass
@@ -290,9 +300,8 @@ class Executor:
         return daily_cost_text(await self.attempts.loop_cost_since(loop.name, now - timedelta(days=1)), loop.daily_cost)
 
     async def _execute(self, loop: Loop, run: Run, slot: ActiveRun) -> None:
-        # Made off the event loop: creating a file waits for the filesystem's journal, which other writers
-        # on a busy disk hold for milliseconds, and every other run would wait with it.
-        runlog = await asyncio.to_thread(RunLog, Path(run.log_path or self.log_path(run.id)), loop.output_cap)
+        # On the event loop: a file's creation costs less than a turn through a worker thread (measured).
+        runlog = RunLog(Path(run.log_path or self.log_path(run.id)), loop.output_cap)
         self.live_logs[run.id] = runlog
         status: RunStatus = "failed"
         exit_code: int | None = None
@@ -595,8 +604,9 @@ class Executor:
             del tail[: max(0, len(tail) - VERIFY_TAIL)]
 
         try:
-            proc = child.spawn(["/bin/sh", "-c", loop.verify], env=env, cwd=loop.workdir, stdin=None, stdout=take,
-                               stderr=None)  # fmt: skip
+            launched = await asyncio.to_thread(child.start, ["/bin/sh", "-c", loop.verify], env=env, cwd=loop.workdir,
+                                               stdin=False, merge_stderr=True, cgroup=None)  # fmt: skip
+            proc = child.Child(launched, b"", take, None)
         except OSError as e:
             runlog.note(f"verify could not start: {e.strerror or e}")
             return "contract", f"the verify command could not start: {e.strerror or e}"
@@ -762,7 +772,11 @@ class Executor:
                 pid_create_time=create_time,
             )  # fmt: skip
 
-        tmpdir, cgroup = await asyncio.to_thread(self._places, run.id, number, adapter.kind == "process")
+        # A process's TMPDIR is made with its child, in one worker-thread call (`_launch`); `build` only names
+        # paths in it.
+        tmpdir = os.path.join(self.tmp_root, f"run{run.id}-{number}")
+        if adapter.kind == "http":
+            await asyncio.to_thread(_private_tmpdir, tmpdir)
         # --agent-arg is for the loop's own backend's CLI
         task = Task.of(loop, agent_args=candidate.backend == loop.backend)
         timeout = max(0.0, (deadline - self.clock()).total_seconds()) if deadline else None
@@ -776,9 +790,7 @@ class Executor:
                 await begin()
                 end = await self._http_attempt(cast(HttpAdapter, adapter), ctx, slot, runlog, scrubber)
             else:
-                end = await self._process_attempt(
-                    cast(ProcessAdapter, adapter), ctx, slot, runlog, scrubber, begin, cgroup
-                )
+                end = await self._process_attempt(cast(ProcessAdapter, adapter), ctx, slot, runlog, scrubber, begin)
             if attempt_id is None:  # no child was started (bad workdir, not found): recorded all the same
                 await begin()
         finally:
@@ -856,50 +868,34 @@ class Executor:
         runlog: RunLog,
         scrubber: Scrubber,
         begin: Callable[[int, float | None, datetime], Awaitable[None]],
-        cgroup: Path | None,
     ) -> AttemptEnd:
-        """`begin(pid, create_time, started_at)` records the attempt once its child exists. `cgroup`: the
-        attempt's, made for it (`_places`), removed here."""
+        """`begin(pid, create_time, started_at)` records the attempt once its child exists."""
         try:
             spec = adapter.build(ctx)
         except FleetdError as e:
-            _drop_cgroup(ctx.run_id, cgroup)
             runlog.note(e.message)
             return AttemptEnd(ParsedOutput("failed", "contract", message=e.message))
         if spec.cwd and not os.path.isdir(spec.cwd):
-            _drop_cgroup(ctx.run_id, cgroup)
             runlog.note(f"working directory not found: {spec.cwd}")
             return AttemptEnd(ParsedOutput("failed", "contract", message=f"working directory not found: {spec.cwd}"))
         tag = self.run_tag(ctx.run_id)
         env = self._child_env(ctx, spec, slot.trigger)
-        # The child joins its cgroup and working directory in a /bin/sh wrapper that execs the command
-        # (`child.wrapped`), where a missing command would be the wrapper's exit 127: find that out first.
-        if (problem := _cannot_exec(spec.argv[0], env, spec.cwd)) is not None:
-            _drop_cgroup(ctx.run_id, cgroup)
-            return _not_started(runlog, spec.argv[0], problem)
         ended_early = _LiveFailure()
         watch = adapter.live_failure if adapter.end_on_live_failure else None
+        launch = await asyncio.to_thread(self._launch, ctx, spec, env)
+        if launch.problem is not None:
+            return _not_started(runlog, spec.argv[0], launch.problem)
+        assert launch.started is not None
+        cgroup = launch.cgroup
         # Each stream is scrubbed once, as it is read: the run log and the parser get the same clean bytes.
         stdout, stderr = _Capture(scrubber.fresh()), _Capture(scrubber.fresh())
-        # The spawn is synchronous (posix_spawn returns once the child runs its program): this is when the
-        # child started, even when the event loop is too busy to resume us for a while after it.
-        spawned_at = self.clock()
-        try:
-            proc = child.spawn(
-                spec.argv, env=env, cwd=spec.cwd, stdin=spec.stdin or b"", cgroup=cgroup,
-                stdout=_sink(stdout, runlog, watch, ended_early), stderr=_sink(stderr, runlog, watch, ended_early),
-            )  # fmt: skip
-        except FileNotFoundError:
-            _drop_cgroup(ctx.run_id, cgroup)
-            return _not_started(runlog, spec.argv[0], "")
-        except OSError as e:
-            _drop_cgroup(ctx.run_id, cgroup)
-            return _not_started(runlog, spec.argv[0], str(e.strerror or e))
+        proc = child.Child(launch.started, spec.stdin or b"", _sink(stdout, runlog, watch, ended_early),
+                           _sink(stderr, runlog, watch, ended_early))  # fmt: skip
         slot.proc, slot.cgroup = proc, cgroup
         if slot.interrupted.is_set():  # the stop came while it was starting: interrupt_all did not see it
             self._kill_slot(slot, self.kill_grace if slot.kill_grace is None else slot.kill_grace)
         try:
-            await begin(proc.pid, proctree.create_time(proc.pid), spawned_at)
+            await begin(proc.pid, launch.create_time, launch.spawned_at)
         except Exception as e:  # only crash recovery needs the pid; the child is ours either way
             log.error("run %s: cannot record its process %s (%s)", ctx.run_id, proc.pid, e)
         # Checked only now: by then the wrapper has (almost always) joined, and reading the list is cheap
@@ -954,19 +950,36 @@ class Executor:
             parsed = replace(parsed, outcome="failed", error_class=ended_early.error_class)
         return AttemptEnd(parsed, exit_code, timed_out)
 
-    def _places(self, run_id: int, number: int, process: bool) -> tuple[str, Path | None]:
-        """In a worker thread, what an attempt needs on disk before it starts: its private TMPDIR and, for a
-        process, the run's cgroup where one can be made (None: its processes are tracked by session + tag).
-        Both wait for locks other writers hold on a busy host (the filesystem's journal, the kernel's cgroup
-        mutex): a millisecond or more, in which the event loop would serve no other run."""
-        tmpdir = _private_tmpdir(self.tmp_root, f"run{run_id}-{number}")
+    def _launch(self, ctx: AttemptContext, spec: ProcessSpec, env: dict[str, str]) -> _Launch:
+        """In a worker thread, everything that starts an attempt's process and may wait on a busy host: its
+        private TMPDIR (the filesystem's journal), the run's cgroup (the kernel's cgroup mutex), the spawn
+        itself (the parent waits until the child has exec'd) and the child's create time (a file of /proc).
+        On the event loop each would stall every other run meanwhile."""
+        _private_tmpdir(ctx.tmpdir)
         # The run's processes are tracked by its cgroup where one can be made (an escapee that leaves the
-        # session and clears its environment stays in it). The first call probes the hierarchy.
-        cgroup = cgroups.run_path(self.tag_prefix, run_id) if process else None
+        # session and clears its environment stays in it), else by session + tag (proctree). The first call
+        # probes the hierarchy.
+        cgroup = cgroups.run_path(self.tag_prefix, ctx.run_id)
         if cgroup is not None and not cgroups.create(cgroup):
-            log.warning("run %s: cannot make its cgroup %s; tracking its processes by tag", run_id, cgroup)
+            log.warning("run %s: cannot make its cgroup %s; tracking its processes by tag", ctx.run_id, cgroup)
             cgroup = None
-        return tmpdir, cgroup
+        # The child joins its cgroup through a /bin/sh wrapper that execs the command, where a missing
+        # command would be the wrapper's exit 127: find that out first, as the spawn would.
+        problem = _cannot_exec(spec.argv[0], env, spec.cwd) if cgroup is not None else None
+        if problem is None:
+            # The spawn returns once the child runs its program: this is when it started, however long the
+            # event loop then takes to resume the run.
+            spawned_at = self.clock()
+            try:
+                started = child.start(spec.argv, env=env, cwd=spec.cwd, stdin=True, merge_stderr=False, cgroup=cgroup)
+            except FileNotFoundError:
+                problem = ""
+            except OSError as e:
+                problem = str(e.strerror or e)
+            else:
+                return _Launch(cgroup, None, started, spawned_at, proctree.create_time(started.pid))
+        _drop_cgroup(ctx.run_id, cgroup)
+        return _Launch(None, problem, None, self.clock(), None)
 
     def _child_env(self, ctx: AttemptContext, spec: ProcessSpec, trigger: str) -> dict[str, str]:
         base = {k: v for k, v in os.environ.items() if k not in spec.unset_env}
@@ -1075,19 +1088,18 @@ def watch_children_by_pidfd() -> None:
     asyncio.set_child_watcher(watcher)
 
 
-def _private_tmpdir(root: Path, name: str) -> str:
-    """A new 0700 directory `name` under `root` (which is made only when missing: an mkdir of a directory
-    that exists costs about as much as making one, on every attempt). The name is the attempt's own, so
-    no random name is drawn; one taken already (left by a crash) gets a random suffix instead."""
-    path = os.path.join(root, name)
+def _private_tmpdir(path: str) -> None:
+    """Make the attempt's TMPDIR, 0700 (its parent only when missing: an mkdir of a directory that exists
+    costs about as much as making one, on every attempt). One left by a dead attempt of the same name (a
+    run id from an earlier database) is emptied first: nothing of it may reach this one."""
     try:
         os.mkdir(path, 0o700)
     except FileNotFoundError:
-        root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        return _private_tmpdir(root, name)
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        os.mkdir(path, 0o700)
     except FileExistsError:
-        return tempfile.mkdtemp(prefix=f"{name}-", dir=root)
-    return path
+        shutil.rmtree(path)
+        os.mkdir(path, 0o700)
 
 
 def _remove_dir(path: str) -> None:
