@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shlex
 import signal
 import subprocess
 import threading
@@ -81,8 +82,13 @@ def subtree_of(base: Path, instance: str) -> Path:
 
 
 def join_argv(cgroup: Path, argv: list[str]) -> list[str]:
-    """`argv`, started so that the child is in `cgroup` before it runs the command."""
-    return ["/bin/sh", "-c", _JOIN, "fleetd-run", str(cgroup / "cgroup.procs"), *argv]
+    """`argv`, started so that the child is in `cgroup` before it runs the command. A command that is a
+    `/bin/sh -c` script already joins at the top of its own script: one shell, not a shell that execs a
+    shell (its $0 and arguments are as they were)."""
+    procs = f"{cgroup}/cgroup.procs"
+    if len(argv) >= 3 and argv[0] == "/bin/sh" and argv[1] == "-c":
+        return ["/bin/sh", "-c", f"{{ echo 0 >{shlex.quote(procs)}; }} 2>/dev/null || :\n{argv[2]}", *argv[3:]]
+    return ["/bin/sh", "-c", _JOIN, "fleetd-run", procs, *argv]
 
 
 # --- I/O ----------------------------------------------------------------------------------------

@@ -11,9 +11,11 @@ import errno
 import itertools
 import logging
 import os
+import queue
 import shutil
 import sqlite3
 import sys
+import threading
 from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, tzinfo
@@ -794,10 +796,7 @@ class Executor:
             if attempt_id is None:  # no child was started (bad workdir, not found): recorded all the same
                 await begin()
         finally:
-            # Off the event loop: nothing waits for it, and an rmdir takes a millisecond on a busy disk.
-            cleanup = asyncio.get_running_loop().run_in_executor(None, _remove_dir, tmpdir)
-            self._background.add(cleanup)
-            cleanup.add_done_callback(self._background.discard)
+            _removals.put(tmpdir)
             runlog.end_line()  # the next attempt's notes and output start on a line of their own
         # The boundary: the streams were scrubbed before parsing; this catches what the parser decoded into
         # a key (a JSON escape) and the messages fleetd wrote itself. Nothing below sees the raw values.
@@ -1102,10 +1101,39 @@ def _private_tmpdir(path: str) -> None:
         os.mkdir(path, 0o700)
 
 
+class _Removals:
+    """Attempts' TMPDIRs are removed by a thread of their own: nothing waits for it, an rmdir takes a
+    millisecond on a busy disk, and a queue's put costs the event loop less than a worker thread's future
+    (which also wakes the loop once done). One thread per process, started with the first removal; what
+    is still queued when the daemon stops, the next start removes (`daemon.main._remove_attempt_dirs`)."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def put(self, path: str) -> None:
+        if self._thread is None:
+            with self._lock:
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._run, name="fleetd-tmpdirs", daemon=True)
+                    self._thread.start()
+        self._queue.put(path)
+
+    def _run(self) -> None:
+        while True:
+            _remove_dir(self._queue.get())
+
+
+_removals = _Removals()
+
+
 def _remove_dir(path: str) -> None:
     """An attempt's TMPDIR: usually left empty, which one rmdir removes (rmtree costs a dozen calls)."""
     try:
         os.rmdir(path)
+    except FileNotFoundError:
+        pass  # never made (the attempt stopped before its process started)
     except OSError:
         shutil.rmtree(path, ignore_errors=True)
 
