@@ -90,8 +90,8 @@ class Child:
         self._popen = started.popen  # told the exit status, so that it never waits for the child itself
         self._open: dict[int, Sink] = {}
         outputs = [(started.stdout, stdout)]
-        if started.stderr is not None and stderr is not None:
-            outputs.append((started.stderr, stderr))
+        if started.stderr is not None:
+            outputs.append((started.stderr, stderr or stdout))
         for fd, sink in outputs:
             os.set_blocking(fd, False)
             self._open[fd] = sink

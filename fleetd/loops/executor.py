@@ -897,7 +897,7 @@ class Executor:
             await begin(proc.pid, launch.create_time, launch.spawned_at)
         except Exception as e:  # only crash recovery needs the pid; the child is ours either way
             log.error("run %s: cannot record its process %s (%s)", ctx.run_id, proc.pid, e)
-        # Checked only now: by then the wrapper has (almost always) joined, and reading the list is cheap
+        # Checked only now: by then the child has (almost always) joined itself, and reading the list is cheap
         # where a write (a cgroup migration, even a no-op one) costs milliseconds of a kernel-wide lock.
         if cgroup is not None and not cgroups.member_or_join(cgroup, proc.pid):
             # Neither the wrapper nor we could move it: the tag sweep stands in (it misses escapees
