@@ -31,6 +31,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/cli_roundtrip.py
+	$(BIN)/python bench/idle.py
 	$(BIN)/python bench/runs_query.py
 	$(BIN)/python bench/stats_query.py
 	$(BIN)/python bench/failover_latency.py

@@ -2,7 +2,9 @@
 
 `FLEETD_HOME` puts everything (database, logs, socket, profile dirs) under one directory; that is how
 tests, benches and side-by-side instances run. Without it, platformdirs' per-user locations apply.
-Kept import-light: the CLI imports this on every invocation.
+Kept import-light: the CLI imports this on every invocation, and most commands need only the socket
+(`socket_path`, plain `os.path`): `pathlib` (which loads `urllib.parse` and `ipaddress`) and
+`dataclasses` would be a tenth of `fleetd loop list`.
 """
 
 from __future__ import annotations
@@ -10,16 +12,18 @@ from __future__ import annotations
 import os
 import stat
 import sys
-from dataclasses import dataclass
-from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from pathlib import Path
 
 APP = "fleetd"
 SOCKET_NAME = "fleetd.sock"
 RUN_LOG_SHARD = 1000  # run ids per directory of run logs
 
 
-@dataclass(frozen=True)
-class Paths:
+class Paths(NamedTuple):
     home: Path
     run_dir: Path  # holds the socket; mode 0700
 
@@ -128,25 +132,44 @@ def private_dir(path: Path, what: str, *, parents: bool) -> bool:
 
 
 def resolve(env: dict[str, str] | None = None) -> Paths:
-    env = dict(os.environ) if env is None else env
+    from pathlib import Path
+
+    home, run_dir = _locate(env)
+    return Paths(home=Path(home), run_dir=Path(run_dir))
+
+
+def socket_path(env: dict[str, str] | None = None) -> str:
+    """`resolve(env).socket` as a string, without building `Paths` (what a CLI command needs)."""
+    return os.path.join(_locate(env)[1], SOCKET_NAME)
+
+
+def _locate(env: dict[str, str] | None) -> tuple[str, str]:
+    """The home and the socket's directory: the one rule, in strings."""
+    env = os.environ if env is None else env
     override = env.get("FLEETD_HOME")
     if override:
-        home = Path(override).expanduser().resolve()
-        return Paths(home=home, run_dir=home / "run")
-    home = user_data_dir(env)
+        home = os.path.realpath(os.path.expanduser(override))
+        return home, os.path.join(home, "run")
+    home = _user_data_dir(env)
     runtime = env.get("XDG_RUNTIME_DIR")
-    run_dir = Path(runtime) / APP if runtime and Path(runtime).is_dir() else home / "run"
-    return Paths(home=home, run_dir=run_dir)
+    run_dir = os.path.join(runtime, APP) if runtime and os.path.isdir(runtime) else os.path.join(home, "run")
+    return home, run_dir
 
 
-def user_data_dir(env: dict[str, str]) -> Path:
+def user_data_dir(env: Mapping[str, str]) -> Path:
+    from pathlib import Path
+
+    return Path(_user_data_dir(env))
+
+
+def _user_data_dir(env: Mapping[str, str]) -> str:
     """platformdirs' per-user data directory, worked out here on Linux and macOS: importing
     platformdirs costs ~9 ms (it pulls in tempfile), a fifth of a CLI command."""
     if sys.platform == "darwin":
-        return Path.home() / "Library" / "Application Support" / APP
+        return os.path.join(os.path.expanduser("~"), "Library", "Application Support", APP)
     if sys.platform.startswith("linux"):
         xdg = env.get("XDG_DATA_HOME", "").strip()
-        return Path(xdg or os.path.expanduser("~/.local/share")) / APP
+        return os.path.join(xdg or os.path.expanduser("~/.local/share"), APP)
     import platformdirs
 
-    return Path(platformdirs.user_data_dir(APP))
+    return str(platformdirs.user_data_dir(APP))

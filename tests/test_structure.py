@@ -4,6 +4,8 @@ that backend knowledge stays in the adapters."""
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -95,3 +97,11 @@ def test_every_package_is_a_regular_package() -> None:
         if any(d.glob("*.py")) and not (d / "__init__.py").exists()
     )
     assert missing == []
+
+
+def test_the_daemon_loads_the_gateway_and_webhook_clients_only_when_used() -> None:
+    """aiohttp (the gateway) and httpx (webhooks) cost the daemon's start-up ~0.3 s and ~10 MB: a daemon
+    that serves neither must not import them (tests/e2e/test_gateway_lazy.py checks the running one)."""
+    code = "import sys, fleetd.daemon.main; print(' '.join(m for m in ('aiohttp', 'httpx') if m in sys.modules))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert loaded == []

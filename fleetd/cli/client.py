@@ -1,18 +1,23 @@
 """A minimal HTTP/1.1 client over the daemon's Unix socket.
 
-Stdlib sockets only: `http.client` imports `ssl` and costs ~20 ms per CLI invocation, and the CLI's
-start-up time is most of a command's latency. One request per connection (`Connection: close`);
-bodies are either Content-Length or chunked (streamed logs).
+Its imports are most of a short command's latency, so it loads almost nothing: `_socket` (the C
+module under `socket`, whose Python layer pulls in `selectors`, `array` and `enum` helpers), `io`
+(loaded at start-up anyway), and `json` and `urllib.parse` only where a call needs them; `http.client`
+would import `ssl`. One request per connection (`Connection: close`); bodies are either Content-Length
+or chunked (streamed logs).
 """
 
 from __future__ import annotations
 
-import json
-import socket
+import _socket
+import io
 from collections.abc import Iterator
-from pathlib import Path
-from typing import IO, Any
-from urllib.parse import quote, urlencode
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+if TYPE_CHECKING:
+    from os import PathLike
+
+    SocketPath = str | PathLike[str]
 
 
 class CliError(Exception):
@@ -25,7 +30,7 @@ class CliError(Exception):
 
 
 class DaemonNotRunning(CliError):
-    def __init__(self, socket_path: Path) -> None:
+    def __init__(self, socket_path: SocketPath) -> None:
         super().__init__(f"fleetd daemon is not running (socket {socket_path}); start it with `fleetd daemon start`")
 
 
@@ -36,10 +41,23 @@ class StreamCut(CliError):
         super().__init__("the fleetd daemon went away mid-answer (connection closed)")
 
 
-class Response:
-    def __init__(self, sock: socket.socket) -> None:
+class _SocketReader(io.RawIOBase):
+    """The socket as a raw stream, for `io.BufferedReader`'s readline and read (what `socket.makefile` does)."""
+
+    def __init__(self, sock: _socket.socket) -> None:
         self._sock = sock
-        self._file: IO[bytes] = sock.makefile("rb")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        return self._sock.recv_into(buffer)
+
+
+class Response:
+    def __init__(self, sock: _socket.socket) -> None:
+        self._sock = sock
+        self._file = io.BufferedReader(_SocketReader(sock))
         status_line = self._file.readline(65536).decode("latin-1")
         parts = status_line.split(" ", 2)
         if len(parts) < 2 or not parts[1].isdigit():
@@ -85,18 +103,32 @@ class Response:
         self._sock.close()
 
 
+class Answer(NamedTuple):
+    status: int
+    headers: dict[str, str]  # names in lower case
+    body: bytes
+
+    def decoded(self) -> Any:
+        """The JSON body; an error status raised as the CliError the daemon's message says."""
+        return _decode(self.status, self.body)
+
+
 class Client:
-    def __init__(self, socket_path: Path, timeout: float | None = 30.0) -> None:
+    def __init__(self, socket_path: SocketPath, timeout: float | None = 30.0) -> None:
         self.socket_path = socket_path
         self.timeout = timeout
 
     def _send(self, method: str, path: str, body: Any = None, timeout: float | None = None) -> Response:
-        payload = b"" if body is None else json.dumps(body).encode()
+        payload = b""
+        if body is not None:
+            import json
+
+            payload = json.dumps(body).encode()
         head = f"{method} {path} HTTP/1.1\r\nHost: fleetd\r\nConnection: close\r\n"
         if body is not None:
             head += "Content-Type: application/json\r\n"
         head += f"Content-Length: {len(payload)}\r\n\r\n"
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         sock.settimeout(timeout)
         try:
             sock.connect(str(self.socket_path))
@@ -114,15 +146,20 @@ class Client:
 
     def call(self, method: str, path: str, body: Any = None, query: dict[str, Any] | None = None) -> Any:
         if query:
+            from urllib.parse import urlencode
+
             path += "?" + urlencode({k: v for k, v in query.items() if v is not None})
+        return self.request(method, path, body).decoded()
+
+    def request(self, method: str, path: str, body: Any = None) -> Answer:
+        """One exchange, the answer's body read whole and not decoded; an error status is the caller's."""
         resp = self._send(method, path, body, self.timeout)
         try:
-            raw = resp.read()
+            return Answer(resp.status, resp.headers, resp.read())
         except (TimeoutError, OSError, ValueError) as e:
             raise CliError(f"fleetd daemon answer was cut short: {e}") from None
         finally:
             resp.close()
-        return _decode(resp.status, raw)
 
     def stream(self, path: str) -> Iterator[bytes]:
         resp = self._send("GET", path, None, self.timeout)
@@ -142,10 +179,14 @@ class Client:
 
 
 def segment(value: str) -> str:
+    from urllib.parse import quote
+
     return quote(value, safe="")
 
 
 def _decode(status: int, raw: bytes) -> Any:
+    import json
+
     try:
         data = json.loads(raw) if raw else None
     except json.JSONDecodeError:

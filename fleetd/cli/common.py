@@ -6,82 +6,38 @@ printed as JSON with `--json` and through the command's text renderer otherwise.
 
 from __future__ import annotations
 
+import importlib
 import math
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import click
 
 from fleetd.cli.client import Client, CliError
-from fleetd.cli.format import emit_json
-from fleetd.paths import Paths, UnsafeDirectory, resolve
+from fleetd.paths import Paths, UnsafeDirectory, resolve, socket_path
 
 json_flag = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 
 
-@dataclass(frozen=True)
-class Option:
-    """One option of an `add` command and its `edit`, declared once for both. `add_default` is what `add`
-    assumes when it is not given; `edit` has no defaults (what is not given stays as it is). A `clearable`
-    option can be unset by `edit --clear-NAME`, back to `add`'s default."""
+class LazyGroup(click.Group):
+    """A group some (or all) of whose commands are imported only when used: `lazy` maps a command's name
+    to "module:attribute". `fleetd loop list` then loads neither the other groups nor `loop add`'s options;
+    `--help` and completion load them all, for their help."""
 
-    flag: str  # "--dir", or a "--on/--off" pair
-    key: str  # the field of the API body
-    help: str
-    add_default: Any = None
-    clearable: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)  # more click settings: type, multiple, metavar
+    def __init__(self, *args: Any, lazy: dict[str, str], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy = lazy
 
-    @property
-    def name(self) -> str:
-        return self.flag.split("/")[0].removeprefix("--")
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy})
 
-    @property
-    def clear_flag(self) -> str:
-        """`--clear-dir`; plural for a repeatable option, which it clears of every value: `--clear-agent-args`."""
-        many = self.extra.get("multiple") and not self.name.endswith("s") and self.name != "env"
-        return f"--clear-{self.name}{'s' if many else ''}"
-
-
-def shared_options(options: tuple[Option, ...], edit: bool) -> Callable[[Callable[..., None]], Callable[..., None]]:
-    """`options` for an `add` command (edit=False) or its `edit`: the same list, with `add`'s defaults, or
-    with none and a `--clear-NAME` for each clearable one."""
-
-    def decorate(command: Callable[..., None]) -> Callable[..., None]:
-        declared = []
-        for option in options:
-            settings = dict(option.extra)
-            if not edit and option.add_default is not None:
-                settings.update(default=option.add_default, show_default=option.add_default is not False)
-            elif "/" in option.flag:
-                settings["default"] = None  # a flag pair left out of `edit` changes nothing (click would say False)
-            declared.append(click.option(option.flag, option.key, help=option.help, **settings))
-        if edit:
-            declared += [
-                click.option(o.clear_flag, f"clear_{o.key}", is_flag=True, help=f"Unset --{o.name}.")
-                for o in options
-                if o.clearable
-            ]
-        for declare in reversed(declared):
-            command = declare(command)
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.lazy:
+            return super().get_command(ctx, cmd_name)
+        module, _, attribute = self.lazy[cmd_name].partition(":")
+        command: click.Command = getattr(importlib.import_module(module), attribute)
         return command
-
-    return decorate
-
-
-def edit_changes(options: tuple[Option, ...], fields: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """An `edit` command's flags: the options given (by their body key) and the fields to clear."""
-    by_key = {o.key: o for o in options}
-    clear = [key.removeprefix("clear_") for key, value in fields.items() if key.startswith("clear_") and value]
-    given = {k: v for k, v in fields.items() if not k.startswith("clear_") and v is not None and v != ()}
-    if not given and not clear:
-        raise CliError("nothing to change: give the options to change (see --help)", exit_code=2)
-    for key in clear:
-        if key in given:
-            raise CliError(f"give --{by_key[key].name} or {by_key[key].clear_flag}, not both", exit_code=2)
-    return given, clear
 
 
 def paths() -> Paths:
@@ -89,7 +45,7 @@ def paths() -> Paths:
 
 
 def client(timeout: float | None = 30.0) -> Client:
-    return Client(paths().socket, timeout=timeout)
+    return Client(socket_path(), timeout=timeout)
 
 
 def render(answer: Any, as_json: bool, text: Callable[[Any], str | None]) -> None:
@@ -100,6 +56,30 @@ def render(answer: Any, as_json: bool, text: Callable[[Any], str | None]) -> Non
     shown = text(answer)
     if shown is not None:
         click.echo(shown)
+
+
+JSON_INDENT = 2  # how --json lays JSON out: json.dumps' own layout with this indent
+
+
+def emit_json(data: Any) -> None:
+    import json
+
+    click.echo(json.dumps(data, indent=JSON_INDENT))
+
+
+def show(path: str, as_json: bool, text: Callable[[Any], str | None]) -> None:
+    """`render` of what GET `path` answers, for a route that can lay its answer out as `emit_json` does
+    (`?indent=`): with --json that answer is printed as it comes, neither decoded nor encoded again (for
+    `loop list` of many loops that was a fifth of the command). A daemon that does not say it laid it out
+    (an older one, still running) gets the answer decoded and printed as `emit_json` prints it."""
+    if not as_json:
+        render(client().call("GET", path), as_json, text)
+        return
+    answer = client().request("GET", f"{path}?indent={JSON_INDENT}")
+    if answer.status >= 400 or answer.headers.get("x-fleetd-indent") != str(JSON_INDENT):
+        emit_json(answer.decoded())
+        return
+    click.echo(answer.body)
 
 
 def seconds(value: str, flag: str) -> float:

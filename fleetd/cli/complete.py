@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from fleetd.cli.client import Client, CliError
-from fleetd.cli.common import paths
+from fleetd.paths import socket_path
 
 if TYPE_CHECKING:  # imported where used: every command module loads this one, completing is rare
     from click.shell_completion import CompletionItem
@@ -19,7 +19,7 @@ if TYPE_CHECKING:  # imported where used: every command module loads this one, c
 
 def _ask(path: str) -> list[dict[str, Any]]:
     try:
-        answer = Client(paths().socket, timeout=1.0).call("GET", path)
+        answer = Client(socket_path(), timeout=1.0).call("GET", path)
     except (CliError, OSError, ValueError):
         return []
     return answer if isinstance(answer, list) else []

@@ -7,11 +7,7 @@ zone ("2026-11-30 07:41:02 CET") or, where the distance matters more than the mo
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
-from typing import Any
-
-import click
 
 from fleetd.timefmt import format_duration, local_text
 
@@ -43,10 +39,6 @@ def table(headers: list[str], rows: list[list[str]]) -> str:
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
     return "\n".join(lines)
-
-
-def emit_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, sort_keys=False))
 
 
 def schedule_text(schedule: dict[str, str]) -> str:

@@ -7,13 +7,13 @@ heavier (the daemon, keyring, the unit templates) is imported inside the command
 
 from __future__ import annotations
 
-import importlib
 import sys
 
 import click
 
 from fleetd import __version__
 from fleetd.cli.client import CliError
+from fleetd.cli.common import LazyGroup
 
 # name -> "module:attribute". A command imports only its own module: `fleetd loop list` never
 # loads the daemon, profile or service commands (`fleetd --help` loads them all, for their help).
@@ -34,19 +34,7 @@ COMMANDS = {
 }
 
 
-class LazyGroup(click.Group):
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted(COMMANDS)
-
-    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        if cmd_name not in COMMANDS:
-            return None
-        module, _, attribute = COMMANDS[cmd_name].partition(":")
-        command: click.Command = getattr(importlib.import_module(module), attribute)
-        return command
-
-
-@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=LazyGroup, lazy=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="fleetd")
 def cli() -> None:
     """fleetd: run coding-agent loops unattended."""

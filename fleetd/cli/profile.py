@@ -9,18 +9,9 @@ from typing import Any
 import click
 
 from fleetd.cli import complete
+from fleetd.cli.addedit import Option, edit_changes, shared_options
 from fleetd.cli.client import CliError, segment
-from fleetd.cli.common import (
-    Option,
-    absolute,
-    circuit_text,
-    client,
-    edit_changes,
-    fields_text,
-    json_flag,
-    render,
-    shared_options,
-)
+from fleetd.cli.common import absolute, circuit_text, client, fields_text, json_flag, render
 from fleetd.cli.complete import profile_name
 from fleetd.cli.format import table
 from fleetd.timefmt import format_duration

@@ -21,6 +21,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fleetd import __version__
+from fleetd.daemon.listing import LoopListing
 from fleetd.daemon.logview import readable
 from fleetd.daemon.views import (
     circuit_json,
@@ -161,7 +162,7 @@ def create_app(ctx: DaemonContext) -> Starlette:
         # Health answers even when the store does not: "store" says what is wrong with it.
         store = ctx.store_problem()
         try:
-            loops: int | None = len(await ctx.loops.list())
+            loops: int | None = await ctx.loops.count()
         except StoreUnavailable as e:
             loops, store = None, store or e.problem
         return JSONResponse(
@@ -179,10 +180,16 @@ def create_app(ctx: DaemonContext) -> Starlette:
             }
         )
 
+    listing: LoopListing | None = None  # made at the first request: create_app reads nothing of ctx
+
     async def list_loops(request: Request) -> Response:
-        loops = await ctx.loops.list()
-        last = await ctx.runs.last_for_loops()
-        return JSONResponse([loop_json(lp, last.get(lp.name), *_running(lp)) for lp in loops])
+        nonlocal listing
+        # ?indent=2: laid out as `fleetd loop list --json` prints it, which then prints it as it comes.
+        indent = _int_param(request, "indent", 0, 0, 8)
+        if listing is None:
+            listing = LoopListing(ctx.loops.db, ctx.loops, ctx.runs, _running)
+        headers = {"X-Fleetd-Indent": str(indent)} if indent else None
+        return Response(await listing.body(indent), media_type="application/json", headers=headers)
 
     def _running_id(loop: Loop) -> int | None:
         return _running(loop)[0]

@@ -18,12 +18,13 @@ import signal
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from fleetd import __version__
 from fleetd.records.hook import Delivery, Hook
+
+if TYPE_CHECKING:
+    import httpx
 
 RETRIES = 3  # after the first try: a webhook is tried at most 4 times
 MAX_RETRY_AFTER = 60.0  # a server's Retry-After is honoured up to this
@@ -72,6 +73,8 @@ async def post_webhook(
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     wall_clock: Callable[[], float] = time.time,
 ) -> Delivery:
+    import httpx  # webhooks only: a daemon without them never loads it
+
     body = payload(event)
     started = time.monotonic()
     tries = 0

@@ -28,9 +28,7 @@ from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from fleetd.errors import FleetdError
 from fleetd.hooks import deliver
@@ -40,6 +38,9 @@ from fleetd.records.hook import Delivery, Hook
 from fleetd.store.events import Event, EventLog
 from fleetd.store.hooks import HookStore
 from fleetd.timefmt import to_iso
+
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger("fleetd.hooks")
 # Per hook. An event is ~1 KB here, so a full queue is ~1 MB; far more than a burst (a run's end, a switch
@@ -109,6 +110,7 @@ class HookDispatcher:
         self._read_upto = 0  # the follower has queued every event up to this id
         self._saved: int | None = None  # the cursor as last written
         self._follower: asyncio.Task[None] | None = None
+        self._have_hooks = asyncio.Event()  # set while some hook exists: without one the follower sleeps
         self._http: httpx.AsyncClient | None = None
         self._stopped = False
 
@@ -156,6 +158,13 @@ class HookDispatcher:
             if name not in self._queues:
                 queue = self._queues[name] = _Queue(hook)
                 queue.task = asyncio.create_task(self._work(queue), name=f"hook-{name}")
+        if self._queues:
+            # Each hook wants only the events after its `since_event`: what lies before the oldest of those
+            # (written while no hook wanted it) is never read.
+            self._read_upto = max(self._read_upto, min(q.hook.since_event for q in self._queues.values()))
+            self._have_hooks.set()
+        else:
+            self._have_hooks.clear()
         await self._save_cursor()
 
     async def _close(self, queue: _Queue) -> None:
@@ -177,6 +186,8 @@ class HookDispatcher:
 
     async def _follow(self) -> None:
         while True:
+            # Every run start and end wakes the follower: with no hook, that must cost no read and no write.
+            await self._have_hooks.wait()
             seen = self.events.written
             try:
                 got = await self._read_new()
@@ -187,6 +198,8 @@ class HookDispatcher:
                 await self.events.wait_past(seen, FOLLOW_WAIT)
 
     async def _read_new(self) -> int:
+        if not self._queues:
+            return 0
         batch = await self.events.after(self._read_upto, BATCH)
         for event in batch:
             if not is_hook_event(event.type):
@@ -252,6 +265,8 @@ class HookDispatcher:
         if self._http is None:
             # Redirects are not followed (a webhook goes where the user said, nowhere else); each try's
             # timeout is the hook's own (deliver.post_webhook), so the client sets none.
+            import httpx  # webhooks only: a daemon without them never loads it
+
             self._http = httpx.AsyncClient(follow_redirects=False, timeout=None)
         return await deliver.post_webhook(
             self._http, hook, event, secret, backoff_base=self.backoff_base, retries=retries

@@ -218,12 +218,16 @@ class Executor:
             try:
                 reason = await self._over_daily_cost(loop, now)
                 if reason is None:
-                    # To its end even when a stop cancels the scheduler's timer meanwhile: a run it wrote starts.
-                    run = await finish_first(self.runs.insert(
+                    # Awaited directly, not through finish_first (its own task and waits: three turns of a busy
+                    # event loop on every fire's way to its spawn): the write is the only suspension of the
+                    # insert, and Database.write alone keeps the promise that a run it wrote starts. A stop
+                    # cancelling this before the writer took it writes nothing; after, the row is returned
+                    # (the cancellation comes at the next await) and nothing awaits until the run's task exists.
+                    run = await self.runs.insert(
                         loop=loop.name, trigger=trigger, status="running", scheduled_at=scheduled_at,
                         started_at=now, backend=loop.backend, log_path_for=self.log_path, fired=fired,
                         missed=missed, missed_reason=missed_reason,
-                    ))  # fmt: skip
+                    )  # fmt: skip
                 else:
                     code = "over_daily_cost"
             except BaseException:
@@ -239,6 +243,7 @@ class Executor:
         slot.run_id = run.id
         slot.tag = self.run_tag(run.id)
         slot.task = asyncio.create_task(self._execute(loop, run, slot), name=f"run-{run.id}")
+        slot.task.add_done_callback(lambda task: self._run_task_ended(loop, run, slot, task))
         return run
 
     async def record_missed(
@@ -287,6 +292,37 @@ class Executor:
     def running(self, loop: Loop) -> ActiveRun | None:
         """The slot of this loop's run in flight (of this instance of it: see `Loop.instance`), if any."""
         return self.active.get(loop.instance)
+
+    def _run_task_ended(self, loop: Loop, run: Run, slot: ActiveRun, task: asyncio.Task[None]) -> None:
+        """Invariant: a run's slot is released once its task has ended, however it ended. `_execute` releases
+        it itself; a task that ended outside that (cancelled before its first step, or failed before its
+        `try`, e.g. its log could not be created) would leave the loop `overlap` forever and every stop
+        waiting out both graces: its end is recorded here, then the slot released."""
+        if slot not in self.inflight:
+            return
+        if task.cancelled():
+            status: RunStatus = "interrupted"
+            error = slot.interrupt_reason or "the run was stopped before it started"
+        else:
+            status, error = "failed", f"fleetd could not run it: {task.exception()}"
+            log.error("run %s of loop %s failed to execute", run.id, loop.name, exc_info=task.exception())
+        if slot.cancel_reason is not None:
+            status, error = "cancelled", slot.cancel_reason
+        slot.ended = True
+        self.live_logs.pop(run.id, None)
+        if self.active.get(loop.instance) is slot:
+            del self.active[loop.instance]
+        finish = RunFinish(run.id, loop.name, status, self.clock(), None, error, slot.attempt_end)
+
+        async def record() -> None:
+            try:
+                await self._record_finish(finish)
+            finally:
+                self._release(loop, slot)
+
+        recording = asyncio.ensure_future(record())
+        self._background.add(recording)
+        recording.add_done_callback(self._background.discard)
 
     def _release(self, loop: Loop, slot: ActiveRun) -> None:
         """The loop is free again and the slot done (shutdown stops waiting for it)."""
@@ -342,7 +378,8 @@ class Executor:
         if loop.workdir is not None or self.work_dir is None:
             return loop
         path = self.work_dir(loop.name)
-        await asyncio.to_thread(_private_dirs, path)
+        if not path.is_dir():  # one stat when it exists (every run but the first): no thread's round trip
+            await asyncio.to_thread(_private_dirs, path)
         return replace(loop, workdir=str(path))
 
     async def stop(self, run_id: int, *, kill: bool = False, reason: str) -> bool:

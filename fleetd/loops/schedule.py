@@ -13,6 +13,7 @@ from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from apscheduler.triggers.base import BaseTrigger
+from apscheduler.triggers.combining import OrTrigger
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
@@ -84,9 +85,14 @@ def build_trigger(schedule: Schedule, anchor: datetime) -> BaseTrigger:
             if len(fields) != 5:
                 raise ValueError(f"wrong number of fields; got {len(fields)}, expected 5")
             minute, hour, day, month, day_of_week = fields
-            return CronTrigger(
-                minute=minute, hour=hour, day=day, month=month, day_of_week=_cron_day_of_week(day_of_week), timezone=tz
-            )
+            weekdays = _cron_day_of_week(day_of_week)
+            if day.startswith("*") or day_of_week.startswith("*"):
+                return CronTrigger(minute=minute, hour=hour, day=day, month=month, day_of_week=weekdays, timezone=tz)
+            # cron(5): with both day fields restricted a day matching either fires; APScheduler wants both.
+            return OrTrigger([
+                CronTrigger(minute=minute, hour=hour, day=day, month=month, timezone=tz),
+                CronTrigger(minute=minute, hour=hour, month=month, day_of_week=weekdays, timezone=tz),
+            ])  # fmt: skip
         except (ValueError, TypeError) as e:
             raise InvalidArgument(f"invalid cron expression {schedule.expr!r}: {e}") from None
     if schedule.kind == "every":

@@ -244,6 +244,13 @@ class Database:
             _raise_read_failure(e)
             raise
 
+    async def data_version(self) -> int:
+        """A number that changes whenever a write is committed, by this process or another: SQLite's
+        `PRAGMA data_version` on the reader, which never writes itself. What a cache of reads keys on."""
+        row = await self.fetchone("PRAGMA data_version")
+        assert row is not None
+        return int(row[0])
+
     def _set_problem(self, problem: str | None) -> None:
         if problem == self.problem:
             return

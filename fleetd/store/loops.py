@@ -151,6 +151,11 @@ class LoopStore:
         rows = await self.db.fetchall(f"SELECT {_COLUMNS} FROM loops ORDER BY name")
         return [_row_to_loop(r) for r in rows]
 
+    async def count(self) -> int:
+        row = await self.db.fetchone("SELECT count(*) FROM loops")
+        assert row is not None
+        return int(row[0])
+
     async def set_state(
         self,
         name: str,

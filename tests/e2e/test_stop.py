@@ -8,6 +8,7 @@ import os
 import select
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -171,3 +172,49 @@ def test_a_run_waiting_for_a_reset_is_cancelled_too(standins: Daemon) -> None:
     stopped = d.json("runs", "stop", str(run_id))
     assert stopped["status"] == "cancelled" and stopped["error"] == "stopped by `fleetd runs stop`"
     assert stopped["wait_until"] is None
+
+
+def test_a_stop_under_load_ends_within_the_graces_and_leaves_no_run_running(short_home: Path) -> None:
+    """`daemon stop` with runs by the dozen in flight, fires arriving all the while (some of them cut short
+    by the stop) and a hook following every event: done within the stop grace plus the kill grace, every
+    run recorded. It once waited out both graces (a run slot that never said it was done) or forever
+    (the hooks follower missed its cancellation when the last run's end woke it)."""
+    import asyncio
+    from datetime import UTC, datetime, timedelta
+
+    from fleetd.records.loop import Loop, Schedule
+    from fleetd.store.db import Database
+    from fleetd.store.loops import LoopStore
+
+    home = short_home / "home"
+    home.mkdir()
+
+    async def prefill() -> None:  # written before the start: 60 `loop add`s would take longer than the test
+        db = await Database.open(home / "fleetd.db")
+        try:
+            now = datetime.now(UTC)
+            for i in range(60):
+                created = now - timedelta(seconds=1, milliseconds=1000 * i // 60)
+                command = "sleep 30" if i % 2 else "true"  # half stay in flight, half keep firing
+                await LoopStore(db).insert(Loop(f"load{i:02d}", Schedule("every", "1s", "UTC"), "command",
+                                                command=command, created_at=created, updated_at=created,
+                                                next_fire_at=now + timedelta(seconds=2)))  # fmt: skip
+        finally:
+            await db.close()
+
+    asyncio.run(prefill())
+    d = Daemon(home, "--stop-grace", "1s", "--kill-grace", "1s").start()
+    try:
+        d.cli("hook", "add", "everything", "--on", "*", "--exec", "cat > /dev/null")
+        wait_until(lambda: len(d.runs("--status", "running")) >= 30, timeout=30, what="30 runs in flight")
+        started = time.monotonic()
+        d.cli("daemon", "stop", "--wait", "60")
+        took = time.monotonic() - started
+    finally:
+        d.stop()
+    assert took < 1 + 1 + 5, f"daemon stop took {took:.1f}s"
+    with sqlite3.connect(home / "fleetd.db") as db:
+        left = db.execute("SELECT count(*) FROM runs WHERE status IN ('running', 'waiting')").fetchone()[0]
+        interrupted = db.execute("SELECT count(*) FROM runs WHERE status = 'interrupted'").fetchone()[0]
+    assert left == 0
+    assert interrupted >= 30

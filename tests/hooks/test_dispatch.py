@@ -251,3 +251,71 @@ def test_a_hook_change_before_the_first_start_sends_no_history(tmp_path: Path) -
 
     asyncio.run(asyncio.wait_for(go(), 30))
     assert [e["data"]["run_id"] for e in _lines(out)] == [2]
+
+
+def test_a_stop_that_lands_as_the_follower_wakes_still_stops_it(tmp_path: Path) -> None:
+    """3.11's wait_for drops a cancellation that lands in the turn its wait ends: a stop cancelling the
+    follower just as an event woke it left the follower running and `daemon stop` waiting for it forever."""
+
+    async def go(turns: int) -> bool:
+        async with world(tmp_path / str(turns)) as w:
+            await w.add_exec("some", ("circuit.opened",), "true")  # without a hook the follower waits for one
+            dispatcher = w.dispatcher()
+            await dispatcher.start()
+            await _until(lambda: bool(w.events._new._waiters))  # the follower waits for the next event
+            await w.events.notify()  # a run's end was written...
+            for _ in range(turns):
+                await asyncio.sleep(0)
+            stop = asyncio.create_task(dispatcher.stop(grace=0.1))  # ...and the daemon stops
+            done, _ = await asyncio.wait({stop}, timeout=5)
+            if not done:  # leave nothing running behind the test
+                dispatcher._stopped = True
+                if dispatcher._follower is not None:
+                    dispatcher._follower.cancel()
+                stop.cancel()
+                await asyncio.gather(stop, return_exceptions=True)
+            return bool(done)
+
+    for turns in range(5):
+        (tmp_path / str(turns)).mkdir()
+        assert asyncio.run(go(turns)), f"stop hung ({turns} turns after the wake-up)"
+
+
+def test_with_no_hook_the_follower_reads_and_writes_nothing_and_a_hook_added_later_gets_what_follows(
+    tmp_path: Path,
+) -> None:
+    """Every run start and end wakes the follower: with no hook to deliver to it must not read the log
+    or save its cursor each time (a read and a write per run event, under load)."""
+    later = tmp_path / "later.jsonl"
+
+    async def go() -> None:
+        async with world(tmp_path) as w:
+            dispatcher = w.dispatcher()
+            await dispatcher.start()
+            reads = saves = 0
+            after, save_cursor = w.events.after, w.store.save_cursor
+
+            async def counted_after(*args: Any, **kw: Any) -> Any:
+                nonlocal reads
+                reads += 1
+                return await after(*args, **kw)
+
+            async def counted_save(*args: Any, **kw: Any) -> Any:
+                nonlocal saves
+                saves += 1
+                return await save_cursor(*args, **kw)
+
+            w.events.after, w.store.save_cursor = counted_after, counted_save  # type: ignore[method-assign]
+            for _ in range(20):
+                await w.emit("run.succeeded")
+                await asyncio.sleep(0)
+            await asyncio.sleep(0.1)  # the follower has had its wakes
+            assert (reads, saves) == (0, 0)
+            await w.add_exec("later", ("*",), f"cat >> {later}")
+            await dispatcher.reload()
+            await w.emit("run.failed")
+            await _until(lambda: len(_lines(later)) == 1)
+            await dispatcher.stop(1)
+
+    asyncio.run(go())
+    assert [e["id"] for e in _lines(later)] == [21]

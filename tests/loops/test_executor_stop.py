@@ -143,3 +143,66 @@ def test_a_stop_after_the_command_exited_but_before_the_run_ended_cancels_it(tmp
     assert stopped is True
     assert finishes == [("cancelled", 0)]
     assert status == "cancelled"
+
+
+def test_every_run_slot_signals_its_end_however_its_task_ends(tmp_path: Path) -> None:
+    """A stop waits for every run in flight to signal its end. A run whose task ended outside its own
+    handling (its log could not be created; cancelled before its first step) never did: the daemon's stop
+    sat out the stop grace and the kill grace with nothing left running, the loop never fired again (each
+    fire an `overlap`), and the row stayed `running`. Here beside runs that a stop interrupts."""
+
+    async def go() -> tuple[bool, float, dict[str, tuple[str, str | None]], list[str]]:
+        db = await Database.open(tmp_path / "e.db")
+        (tmp_path / "not-a-dir").write_text("")
+        broken = {"log": False}
+
+        def log_path(run_id: int) -> Path:
+            return tmp_path / ("not-a-dir" if broken["log"] else "logs") / f"{run_id}.log"
+
+        runs = RunStore(db)
+        ex = Executor(runs, AttemptStore(db), NoProfiles(), log_path=log_path,  # type: ignore[arg-type]
+                      tmp_root=tmp_path / "tmp", tag_prefix="ends", clock=now_utc, local_tz=ZoneInfo("UTC"),
+                      kill_grace=5.0)  # fmt: skip
+        now = now_utc()
+
+        async def loop(name: str, command: str) -> Loop:
+            made = Loop(name=name, schedule=Schedule("every", "1h", "UTC"), backend="command", command=command,
+                        workdir=str(tmp_path), created_at=now, updated_at=now)  # fmt: skip
+            return await LoopStore(db).insert(made)
+
+        try:
+            busy = [await loop(f"busy{i}", "sleep 30") for i in range(12)]
+            unlogged, unstarted = await loop("unlogged", "true"), await loop("unstarted", "true")
+            ids = {}
+            for each in busy:
+                fired = await ex.fire(each, "schedule", now)
+                assert fired is not None
+                ids[fired.id] = each.name
+            broken["log"] = True
+            fired = await ex.fire(unlogged, "schedule", now)
+            assert fired is not None
+            ids[fired.id] = "unlogged"
+            broken["log"] = False
+            fired = await ex.fire(unstarted, "schedule", now)
+            assert fired is not None
+            ids[fired.id] = "unstarted"
+            slot = ex.running(unstarted)
+            assert slot is not None and slot.task is not None
+            slot.task.cancel()  # before its first step: its body (and its `finally`) never runs
+            started = asyncio.get_running_loop().time()
+            await ex.interrupt_all("daemon stopped before the run finished", grace=0)
+            idle = await ex.wait_idle(3)
+            took = asyncio.get_running_loop().time() - started
+            rows = {ids[r.id]: (r.status, r.error) for r in await runs.list(limit=100) if r.id in ids}
+            free = [name for name in ("unlogged", "unstarted") if ex.running(await LoopStore(db).get(name)) is None]
+            return idle, took, rows, free
+        finally:
+            await ex.wait_idle(10)
+            await db.close()
+
+    idle, took, rows, free = asyncio.run(go())
+    assert idle and took < 10
+    assert free == ["unlogged", "unstarted"]
+    assert {status for name, (status, _) in rows.items() if name.startswith("busy")} == {"interrupted"}
+    assert rows["unlogged"][0] == "failed" and "not-a-dir" in (rows["unlogged"][1] or "")
+    assert rows["unstarted"][0] == "interrupted"

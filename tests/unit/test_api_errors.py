@@ -27,13 +27,21 @@ def request(ctx: object, method: str, path: str, body: bytes = b"") -> httpx.Res
 
 
 class Broken:
+    """A store (and its database) whose every read fails."""
+
+    def __init__(self) -> None:
+        self.db = self
+
+    async def data_version(self) -> int:
+        raise RuntimeError("the disk caught fire")
+
     async def list(self) -> list[Any]:
         raise RuntimeError("the disk caught fire")
 
 
 def test_an_internal_error_is_one_json_500_and_one_traceback(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.ERROR):
-        response = request(SimpleNamespace(loops=Broken()), "GET", "/v1/loops")
+        response = request(SimpleNamespace(loops=Broken(), runs=Broken()), "GET", "/v1/loops")
     assert response.status_code == 500
     assert response.json() == {
         "error": {"code": "internal", "message": "internal error (RuntimeError); see the daemon log"}

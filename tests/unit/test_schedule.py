@@ -181,3 +181,25 @@ def test_cron_monday_fires_on_the_calendar_monday() -> None:
 def test_cron_bad_day_of_week(dow: str) -> None:
     with pytest.raises(InvalidArgument, match="invalid cron expression"):
         build_trigger(Schedule("cron", f"0 3 * * {dow}", "UTC"), T0)
+
+
+def _fires(expr: str, count: int) -> list[str]:
+    trig = build_trigger(Schedule("cron", expr, "UTC"), T0)
+    out, fire = [], first_fire(trig, T0)
+    while fire is not None and len(out) < count:
+        out.append(fire.date().isoformat())
+        fire = following(trig, fire, fire)
+    return out
+
+
+def test_cron_day_of_month_and_day_of_week_both_set_fire_on_either() -> None:
+    """cron(8): when both day fields are restricted, a day matching either one fires (the 1st of the
+    month, or any Monday) — not only Mondays that fall on the 1st."""
+    # T0 is Saturday 2026-11-21: Mondays 23 Nov, 30 Nov, 7 Dec; the 1st: 1 Dec.
+    assert _fires("0 9 1 * mon", 4) == ["2026-11-23", "2026-11-30", "2026-12-01", "2026-12-07"]
+
+
+@pytest.mark.parametrize(("expr", "first"), [("0 9 1 * *", "2026-12-01"), ("0 9 * * 1", "2026-11-23"),
+                                             ("0 13 */10 * *", "2026-11-21")])  # fmt: skip
+def test_cron_one_day_field_restricted_is_read_alone(expr: str, first: str) -> None:
+    assert _fires(expr, 1) == [first]
