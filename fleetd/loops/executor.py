@@ -8,14 +8,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import itertools
 import logging
 import os
-import queue
 import shutil
 import sqlite3
 import sys
-import threading
 from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, tzinfo
@@ -28,6 +27,7 @@ from fleetd.errors import FleetdError
 from fleetd.loops import cgroups, changes, child, proctree
 from fleetd.loops.runlog import RunLog
 from fleetd.loops.scrub import Scrubber
+from fleetd.loops.workers import Workers
 from fleetd.records.fire import SkipReason, daily_cost_text, skip_text
 from fleetd.records.loop import ChainStep, Loop
 from fleetd.records.profile import Profile
@@ -643,8 +643,10 @@ class Executor:
             del tail[: max(0, len(tail) - VERIFY_TAIL)]
 
         try:
-            launched = await asyncio.to_thread(child.start, ["/bin/sh", "-c", loop.verify], env=env, cwd=loop.workdir,
-                                               stdin=False, merge_stderr=True, cgroup=None)  # fmt: skip
+            launched = await _launches.call(
+                functools.partial(child.start, ["/bin/sh", "-c", loop.verify], env=env, cwd=loop.workdir, stdin=False,
+                                  merge_stderr=True, cgroup=None)
+            )  # fmt: skip
             proc = child.Child(launched, b"", take, None)
         except OSError as e:
             runlog.note(f"verify could not start: {e.strerror or e}")
@@ -833,7 +835,7 @@ class Executor:
             if attempt_id is None:  # no child was started (bad workdir, not found): recorded all the same
                 await begin()
         finally:
-            _removals.put(tmpdir)
+            _removals.put(_remove_dir, tmpdir)
             runlog.end_line()  # the next attempt's notes and output start on a line of their own
         # The boundary: the streams were scrubbed before parsing; this catches what the parser decoded into
         # a key (a JSON escape) and the messages fleetd wrote itself. Nothing below sees the raw values.
@@ -918,7 +920,7 @@ class Executor:
         env = self._child_env(ctx, spec, slot.trigger)
         ended_early = _LiveFailure()
         watch = adapter.live_failure if adapter.end_on_live_failure else None
-        launch = await asyncio.to_thread(self._launch, ctx, spec, env)
+        launch = await _launches.call(self._launch, ctx, spec, env)
         if launch.problem is not None:
             return _not_started(runlog, spec.argv[0], launch.problem)
         assert launch.started is not None
@@ -1138,31 +1140,10 @@ def _private_tmpdir(path: str) -> None:
         os.mkdir(path, 0o700)
 
 
-class _Removals:
-    """Attempts' TMPDIRs are removed by a thread of their own: nothing waits for it, an rmdir takes a
-    millisecond on a busy disk, and a queue's put costs the event loop less than a worker thread's future
-    (which also wakes the loop once done). One thread per process, started with the first removal; what
-    is still queued when the daemon stops, the next start removes (`daemon.main._remove_attempt_dirs`)."""
-
-    def __init__(self) -> None:
-        self._queue: queue.SimpleQueue[str] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
-
-    def put(self, path: str) -> None:
-        if self._thread is None:
-            with self._lock:
-                if self._thread is None:
-                    self._thread = threading.Thread(target=self._run, name="fleetd-tmpdirs", daemon=True)
-                    self._thread.start()
-        self._queue.put(path)
-
-    def _run(self) -> None:
-        while True:
-            _remove_dir(self._queue.get())
-
-
-_removals = _Removals()
+# The run path's blocking calls, in threads of its own (`loops/workers`): launches wait for a vfork and a
+# busy disk, several at once; TMPDIRs are removed by one thread that nothing waits for.
+_launches = Workers("fleetd-launch", 4)
+_removals = Workers("fleetd-tmpdirs", 1)
 
 
 def _remove_dir(path: str) -> None:

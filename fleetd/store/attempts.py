@@ -181,7 +181,7 @@ def finish_write(
 ) -> Callable[[sqlite3.Connection], None]:
     """The attempt's end as a write function: `AttemptStore.finish` writes it alone; a run's last attempt
     goes with the run's end (`RunStore.finish(attempt_end=…)`), one transaction instead of two."""
-    windows = json.dumps([w.to_json() for w in parsed.windows])
+    windows = json.dumps([w.to_json() for w in parsed.windows]) if parsed.windows else "[]"
     u = parsed.usage
     params = (
         to_iso(finished_at), exit_code, parsed.outcome, parsed.error_class, error, to_iso(parsed.reset_at),
