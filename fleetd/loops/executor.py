@@ -309,7 +309,8 @@ class Executor:
         if slot.cancel_reason is not None:
             status, error = "cancelled", slot.cancel_reason
         slot.ended = True
-        self.live_logs.pop(run.id, None)
+        if (runlog := self.live_logs.pop(run.id, None)) is not None:
+            runlog.close()  # its descriptor is not left open
         if self.active.get(loop.instance) is slot:
             del self.active[loop.instance]
         finish = RunFinish(run.id, loop.name, status, self.clock(), None, error, slot.attempt_end)
