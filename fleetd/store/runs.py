@@ -56,6 +56,10 @@ class _NotAdded(Exception):
     pass
 
 
+class _AttemptEndFailed(Exception):
+    """The last attempt's end, written with the run's end, failed: the run's end goes alone."""
+
+
 class RunStore:
     def __init__(self, db: Database, events: EventLog | None = None, clock: Callable[[], datetime] = now_utc) -> None:
         self.db = db
@@ -183,7 +187,12 @@ class RunStore:
 
         def write(conn: sqlite3.Connection) -> bool:
             if attempt_end is not None:
-                _apart(conn, attempt_end, run_id)
+                try:
+                    attempt_end(conn)
+                except Exception as e:  # this write is rolled back (the writer's own savepoint); run again without
+                    if not conn.in_transaction:  # SQLite rolled the whole transaction back: the store failed
+                        raise
+                    raise _AttemptEndFailed(e) from e
             rows = conn.execute(
                 "UPDATE runs SET status = ?, finished_at = ?, exit_code = ?, error = ?, wait_until = NULL "
                 f"WHERE id = ? AND status IN {ACTIVE} RETURNING {_COLUMNS}",
@@ -191,7 +200,13 @@ class RunStore:
             ).fetchall()
             return bool(rows) and self._announce(conn, lambda: [run_event(_row_to_run(rows[0]), finished_at)])
 
-        await self._notify(await self.db.write(write))
+        try:
+            wrote = await self.db.write(write)
+        except _AttemptEndFailed as e:
+            log.error("run %s: cannot record the end of its last attempt (%s); the run's end is kept", run_id, e)
+            await self.finish(run_id, status=status, finished_at=finished_at, exit_code=exit_code, error=error)
+            return
+        await self._notify(wrote)
 
     async def set_route(self, run_id: int, route: list[dict[str, Any]]) -> None:
         """The run's route: every routing decision and every candidate passed over, in order."""
@@ -248,20 +263,6 @@ class RunStore:
         loop. A run started before the loop was added belongs to an earlier loop of that name (`Loop.instance`)."""
         rows = await self.db.fetchall(f"SELECT {_COLUMNS} FROM runs WHERE id IN ({LAST_RUN_IDS})")
         return {r["loop"]: _row_to_run(r) for r in rows}
-
-
-def _apart(conn: sqlite3.Connection, write: Callable[[sqlite3.Connection], object], run_id: int) -> None:
-    """`write` inside the caller's transaction, behind a SAVEPOINT of its own: its failure rolls back only
-    what it wrote (unless SQLite rolled the whole transaction back, which the caller must see)."""
-    conn.execute("SAVEPOINT apart")
-    try:
-        write(conn)
-    except Exception as e:
-        if not conn.in_transaction:
-            raise
-        log.error("run %s: cannot record the end of its last attempt (%s); the run's end is kept", run_id, e)
-        conn.execute("ROLLBACK TO apart")
-    conn.execute("RELEASE apart")
 
 
 def _move_fire(conn: sqlite3.Connection, fired: LoopFire) -> bool:
