@@ -814,7 +814,7 @@ class Executor:
                 pid_create_time=create_time,
             )  # fmt: skip
 
-        # A process's TMPDIR is made with its child, in one worker-thread call (`_launch`); `build` only names
+        # A process's TMPDIR is made with its child, in its launch thread (`_launch`); `build` only names
         # paths in it.
         tmpdir = os.path.join(self.tmp_root, f"run{run.id}-{number}")
         if adapter.kind == "http":
@@ -990,7 +990,7 @@ class Executor:
         return AttemptEnd(parsed, exit_code, timed_out)
 
     def _launch(self, ctx: AttemptContext, spec: ProcessSpec, env: dict[str, str]) -> _Launch:
-        """In a worker thread, everything that starts an attempt's process and may wait on a busy host: its
+        """In a launch thread, everything that starts an attempt's process and may wait on a busy host: its
         private TMPDIR (the filesystem's journal), the run's cgroup (the kernel's cgroup mutex), the spawn
         itself (the parent waits until the child has exec'd) and the child's create time (a file of /proc).
         On the event loop each would stall every other run meanwhile."""
