@@ -81,12 +81,18 @@ def subtree_of(base: Path, instance: str) -> Path:
     return base / f"{SUBTREE_PREFIX}{instance}"
 
 
+def wraps(argv: list[str]) -> bool:
+    """Whether `join_argv` starts `argv` through a wrapper shell that execs it (not for a `/bin/sh -c` script,
+    which joins at its own top): then a command that cannot be executed is the wrapper's exit 127."""
+    return not (len(argv) >= 3 and argv[0] == "/bin/sh" and argv[1] == "-c")
+
+
 def join_argv(cgroup: Path, argv: list[str]) -> list[str]:
     """`argv`, started so that the child is in `cgroup` before it runs the command. A command that is a
     `/bin/sh -c` script already joins at the top of its own script: one shell, not a shell that execs a
     shell (its $0 and arguments are as they were)."""
     procs = f"{cgroup}/cgroup.procs"
-    if len(argv) >= 3 and argv[0] == "/bin/sh" and argv[1] == "-c":
+    if not wraps(argv):
         return ["/bin/sh", "-c", f"{{ echo 0 >{shlex.quote(procs)}; }} 2>/dev/null || :\n{argv[2]}", *argv[3:]]
     return ["/bin/sh", "-c", _JOIN, "fleetd-run", procs, *argv]
 

@@ -1003,8 +1003,10 @@ class Executor:
             log.warning("run %s: cannot make its cgroup %s; tracking its processes by tag", ctx.run_id, cgroup)
             cgroup = None
         # The child joins its cgroup through a /bin/sh wrapper that execs the command, where a missing
-        # command would be the wrapper's exit 127: find that out first, as the spawn would.
-        problem = _cannot_exec(spec.argv[0], env, spec.cwd) if cgroup is not None else None
+        # command would be the wrapper's exit 127: find that out first, as the spawn would (a `/bin/sh -c`
+        # script joins at its own top: the spawn itself says).
+        wrapped = cgroup is not None and cgroups.wraps(spec.argv)
+        problem = _cannot_exec(spec.argv[0], env, spec.cwd) if wrapped else None
         if problem is None:
             # The spawn returns once the child runs its program: this is when it started, however long the
             # event loop then takes to resume the run.
