@@ -29,7 +29,7 @@ class AttemptContext:
     profile: Profile | None
     secret: str | None  # the profile's API key, if it has one; never logged
     model: str | None  # the chain step's model, else the profile's default
-    tmpdir: str  # private TMPDIR for this attempt, removed afterwards
+    tmpdir: str  # private TMPDIR for this attempt, removed afterwards (made with its process: `build` only names paths)
     timeout_s: float | None = None  # what is left of the run's --timeout
     cost_left: float | None = None  # what the run's budget still allows, for backends that can enforce it
     tokens_left: int | None = None

@@ -20,10 +20,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shlex
 import signal
 import subprocess
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -79,15 +81,31 @@ def subtree_of(base: Path, instance: str) -> Path:
     return base / f"{SUBTREE_PREFIX}{instance}"
 
 
+def wraps(argv: list[str]) -> bool:
+    """Whether `join_argv` starts `argv` through a wrapper shell that execs it (not for a `/bin/sh -c` script,
+    which joins at its own top): then a command that cannot be executed is the wrapper's exit 127."""
+    return not (len(argv) >= 3 and argv[0] == "/bin/sh" and argv[1] == "-c")
+
+
 def join_argv(cgroup: Path, argv: list[str]) -> list[str]:
-    """`argv`, started so that the child is in `cgroup` before it runs the command."""
-    return ["/bin/sh", "-c", _JOIN, "fleetd-run", str(cgroup / "cgroup.procs"), *argv]
+    """`argv`, started so that the child is in `cgroup` before it runs the command. A command that is a
+    `/bin/sh -c` script already joins at the top of its own script: one shell, not a shell that execs a
+    shell (its $0 and arguments are as they were)."""
+    procs = f"{cgroup}/cgroup.procs"
+    if not wraps(argv):
+        return ["/bin/sh", "-c", f"{{ echo 0 >{shlex.quote(procs)}; }} 2>/dev/null || :\n{argv[2]}", *argv[3:]]
+    return ["/bin/sh", "-c", _JOIN, "fleetd-run", procs, *argv]
 
 
 # --- I/O ----------------------------------------------------------------------------------------
 
 _lock = threading.Lock()
 _base: list[Path | None] = []  # filled once: the probe spawns a process
+_subtrees: dict[str, Path] = {}  # by instance, once its base is known
+# The run cgroups this process made and has not removed yet, each with its subtree (a parent made once:
+# pathlib's cost showed in every run), and how many of them each subtree holds.
+_made: dict[Path, Path] = {}
+_held: Counter[Path] = Counter()
 
 
 def base_dir() -> Path | None:
@@ -100,8 +118,13 @@ def base_dir() -> Path | None:
 
 
 def subtree(instance: str) -> Path | None:
-    base = base_dir()
-    return subtree_of(base, instance) if base is not None else None
+    tree = _subtrees.get(instance)
+    if tree is None:
+        base = base_dir()
+        if base is None:
+            return None
+        tree = _subtrees.setdefault(instance, subtree_of(base, instance))
+    return tree
 
 
 def probed() -> bool:
@@ -160,16 +183,24 @@ def _usable(base: Path) -> bool:
 
 
 def create(cgroup: Path) -> bool:
-    """Make the run's cgroup (and the daemon's subtree). False when it cannot be made."""
+    """Make the run's cgroup (and the daemon's subtree, when missing). False when it cannot be made."""
     for _ in range(3):
         try:
-            cgroup.parent.mkdir(exist_ok=True)
-            cgroup.mkdir(exist_ok=True)
-            return True
+            os.mkdir(cgroup)
+        except FileExistsError:
+            pass  # a retried attempt's, or one a crash left
         except FileNotFoundError:
-            continue  # the subtree was removed under us as another run's cgroup went: make it again
+            # The subtree is missing: the first run, or the last run's cgroup took it away as it went.
+            with contextlib.suppress(FileExistsError, FileNotFoundError):
+                os.mkdir(cgroup.parent)
+            continue
         except OSError:
             return False
+        with _lock:
+            if cgroup not in _made:
+                _made[cgroup] = parent = cgroup.parent
+                _held[parent] += 1
+        return True
     return False
 
 
@@ -177,7 +208,7 @@ def join(cgroup: Path, pid: int) -> bool:
     """Put `pid` into `cgroup` (a no-op when the child already joined itself). A process that has
     already exited counts as joined: it can have left nothing outside the cgroup it joined first."""
     try:
-        _write_pid(cgroup / "cgroup.procs", pid)
+        _write_pid(f"{cgroup}/cgroup.procs", pid)
     except ProcessLookupError:
         return True
     except OSError as e:
@@ -190,7 +221,7 @@ def member_or_join(cgroup: Path, pid: int) -> bool:
     return pid in procs(cgroup) or join(cgroup, pid)
 
 
-def _write_pid(procs_file: Path, pid: int) -> None:
+def _write_pid(procs_file: str, pid: int) -> None:
     # os-level: once per run, where pathlib's text layer cost more than the write itself.
     fd = os.open(procs_file, os.O_WRONLY)
     try:
@@ -200,15 +231,40 @@ def _write_pid(procs_file: Path, pid: int) -> None:
 
 
 def exists(cgroup: Path) -> bool:
-    return (cgroup / "cgroup.procs").exists()
+    return os.path.exists(f"{cgroup}/cgroup.procs")
 
 
 def procs(cgroup: Path) -> list[int]:
     """The pids in `cgroup` (exited processes are not listed); [] when it does not exist."""
+    # f-strings, not `/`: str(Path) is cached on the object, where `/` builds a new Path every call.
+    text = _read(f"{cgroup}/cgroup.procs")
     try:
-        return [int(line) for line in (cgroup / "cgroup.procs").read_text().split()]
-    except (OSError, ValueError):
+        return [int(line) for line in text.split()] if text else []
+    except ValueError:
         return []
+
+
+def populated(cgroup: Path) -> bool:
+    """Whether any process is left in `cgroup` or a cgroup below it (`cgroup.events`: one small read, the
+    usual answer once a run's command has exited). False when it does not exist."""
+    text = _read(f"{cgroup}/cgroup.events")
+    if text is None:
+        return exists(cgroup)  # unreadable but there: the careful answer
+    return b"populated 0" not in text
+
+
+def _read(path: str) -> bytes | None:
+    # os-level: once or twice per run, where pathlib's text layer cost ten times the read itself.
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        return os.read(fd, 65536)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 def wait_empty(cgroup: Path, timeout: float) -> bool:
@@ -241,16 +297,24 @@ def kill_all(cgroup: Path, timeout: float) -> set[int]:
 
 
 def remove(cgroup: Path) -> bool:
-    """rmdir the run's cgroup (it must be empty), then the daemon's subtree if that is now empty too,
-    so an idle daemon leaves nothing in the hierarchy."""
+    """rmdir the run's cgroup (it must be empty), then the daemon's subtree once this process has no run
+    cgroup left in it, so an idle daemon leaves nothing in the hierarchy."""
     try:
-        cgroup.rmdir()
+        os.rmdir(cgroup)
     except FileNotFoundError:
         pass
     except OSError:
         return False
-    with contextlib.suppress(OSError):
-        cgroup.parent.rmdir()  # EBUSY while another run's cgroup is there
+    with _lock:
+        parent = _made.pop(cgroup, None)
+        if parent is not None:
+            _held[parent] -= 1
+        else:
+            parent = cgroup.parent
+        last = _held[parent] <= 0
+    if last:
+        with contextlib.suppress(OSError):
+            os.rmdir(parent)  # EBUSY while a cgroup someone else made is there
     return True
 
 

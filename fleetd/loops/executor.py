@@ -8,26 +8,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import itertools
 import logging
 import os
 import shutil
+import sqlite3
 import sys
-import tempfile
 from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, tzinfo
 from pathlib import Path
 from typing import Any, Protocol, cast
 
-import psutil
-
 from fleetd.backends.base import AttemptContext, HttpAdapter, ProcessAdapter, ProcessOutput, ProcessSpec
 from fleetd.backends.registry import get_adapter
 from fleetd.errors import FleetdError
-from fleetd.loops import cgroups, changes, proctree
+from fleetd.loops import cgroups, changes, child, proctree
 from fleetd.loops.runlog import RunLog
 from fleetd.loops.scrub import Scrubber
+from fleetd.loops.workers import Workers
 from fleetd.records.fire import SkipReason, daily_cost_text, skip_text
 from fleetd.records.loop import ChainStep, Loop
 from fleetd.records.profile import Profile
@@ -47,7 +47,7 @@ from fleetd.routing.router import (
     WaitUntil,
     World,
 )
-from fleetd.store.attempts import AttemptStore
+from fleetd.store.attempts import AttemptStore, finish_write
 from fleetd.store.db import finish_first
 from fleetd.store.events import EventLog
 from fleetd.store.runs import RunStore
@@ -85,7 +85,7 @@ class ProfileSource(Protocol):
 class ActiveRun:
     run_id: int | None = None
     task: asyncio.Task[None] | None = None
-    proc: asyncio.subprocess.Process | None = None
+    proc: child.Child | None = None  # the running attempt's (or verify command's) process
     tag: str | None = None
     cgroup: Path | None = None  # the running attempt's cgroup, where there is one
     trigger: str = "manual"  # schedule, manual or catch-up: FLEETD_TRIGGER
@@ -100,6 +100,7 @@ class ActiveRun:
     # The `skipped` row fires that found this run in progress went into: (reason, run id, fires), so
     # the next fire skipped for the same reason adds to it instead of writing one more row.
     skipped: tuple[SkipReason, int, int] | None = None
+    attempt_end: Callable[[sqlite3.Connection], object] | None = None  # written with the run's end (`_attempt`)
     interrupted: asyncio.Event = field(default_factory=asyncio.Event)
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -126,6 +127,18 @@ class RunFinish:
     finished_at: datetime
     exit_code: int | None
     error: str | None
+    attempt_end: Callable[[sqlite3.Connection], object] | None = None  # its last attempt's, written with it
+
+
+@dataclass(frozen=True)
+class _Launch:
+    """What `Executor._launch` did: a started child (with its cgroup, when it has one), or why not."""
+
+    cgroup: Path | None
+    problem: str | None  # `_not_started`'s: "" not found, else why it could not start
+    started: child.Started | None
+    spawned_at: datetime
+    create_time: float | None
 
 
 @dataclass
@@ -296,10 +309,11 @@ class Executor:
         if slot.cancel_reason is not None:
             status, error = "cancelled", slot.cancel_reason
         slot.ended = True
-        self.live_logs.pop(run.id, None)
+        if (runlog := self.live_logs.pop(run.id, None)) is not None:
+            runlog.close()  # its descriptor is not left open
         if self.active.get(loop.instance) is slot:
             del self.active[loop.instance]
-        finish = RunFinish(run.id, loop.name, status, self.clock(), None, error)
+        finish = RunFinish(run.id, loop.name, status, self.clock(), None, error, slot.attempt_end)
 
         async def record() -> None:
             try:
@@ -325,6 +339,7 @@ class Executor:
         return daily_cost_text(await self.attempts.loop_cost_since(loop.name, now - timedelta(days=1)), loop.daily_cost)
 
     async def _execute(self, loop: Loop, run: Run, slot: ActiveRun) -> None:
+        # On the event loop: a file's creation costs less than a turn through a worker thread (measured).
         runlog = RunLog(Path(run.log_path or self.log_path(run.id)), loop.output_cap)
         self.live_logs[run.id] = runlog
         status: RunStatus = "failed"
@@ -350,7 +365,7 @@ class Executor:
             self.live_logs.pop(run.id, None)
             if self.active.get(loop.instance) is slot:
                 del self.active[loop.instance]
-            finish = RunFinish(run.id, loop.name, status, self.clock(), exit_code, error)
+            finish = RunFinish(run.id, loop.name, status, self.clock(), exit_code, error, slot.attempt_end)
             try:
                 # The store writes the run's end and its `run.<status>` event in one transaction.
                 await asyncio.shield(self._record_finish(finish))
@@ -396,8 +411,8 @@ class Executor:
         """Kill the slot's current child tree in the background (the run's own task sees it exit)."""
         assert slot.proc is not None
         killer = asyncio.ensure_future(
-            proctree.kill_tree(slot.proc.pid, tag=slot.tag, grace=grace,
-                               root_exited=asyncio.ensure_future(_exit_status(slot.proc)), cgroup=slot.cgroup)
+            proctree.kill_tree(slot.proc.pid, tag=slot.tag, grace=grace, root_exited=slot.proc.exited,
+                               cgroup=slot.cgroup)
         )  # fmt: skip
         self._background.add(killer)
         killer.add_done_callback(self._background.discard)
@@ -425,6 +440,7 @@ class Executor:
                 finished_at=finish.finished_at,
                 exit_code=finish.exit_code,
                 error=finish.error,
+                attempt_end=finish.attempt_end,
             )
         except Exception as e:
             if finish.run_id not in self.unrecorded:
@@ -474,7 +490,7 @@ class Executor:
         deadline = run.started_at + timedelta(seconds=loop.timeout_s) if loop.timeout_s else None
         if not adapter.needs_profile:
             alone = Try(Candidate(0, "", loop.backend, None, "local"), 1, None, None)  # no profile, no routing
-            end = await self._attempt(1, loop, run, slot, runlog, None, prompt, alone, deadline)
+            end = await self._attempt(1, loop, run, slot, runlog, None, prompt, alone, deadline, last=True)
             return self._verdict(loop, slot, end) or ("failed", end.exit_code, _describe(end.parsed))
         router = Router(replace(loop_policy(loop), backoff_base=self.backoff_base))
         numbers = itertools.count(1)  # attempt numbers of the run, workers and reviewers alike
@@ -620,32 +636,32 @@ class Executor:
         if deadline is not None:
             timeout = max(0.0, min(timeout, (deadline - self.clock()).total_seconds()))
         started = self.clock()
+        tail = bytearray()
+
+        def take(chunk: bytes) -> None:
+            runlog.write(chunk)
+            tail.extend(chunk)
+            del tail[: max(0, len(tail) - VERIFY_TAIL)]
+
         try:
-            proc = await asyncio.create_subprocess_exec(
-                "/bin/sh", "-c", loop.verify, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT, cwd=loop.workdir, env=env, start_new_session=True,
+            launched = await _launches.call(
+                functools.partial(child.start, ["/bin/sh", "-c", loop.verify], env=env, cwd=loop.workdir, stdin=False,
+                                  merge_stderr=True, cgroup=None)
             )  # fmt: skip
+            proc = child.Child(launched, b"", take, None)
         except OSError as e:
             runlog.note(f"verify could not start: {e.strerror or e}")
             return "contract", f"the verify command could not start: {e.strerror or e}"
         slot.proc = proc
-        tail = bytearray()
-
-        async def pump() -> None:
-            assert proc.stdout is not None
-            while chunk := await proc.stdout.read(65536):
-                runlog.write(chunk)
-                tail.extend(chunk)
-                del tail[: max(0, len(tail) - VERIFY_TAIL)]
-
-        reader = asyncio.create_task(pump())
-        exited = asyncio.ensure_future(_exit_status(proc))
+        exited = proc.exited
         done, _ = await asyncio.wait({exited}, timeout=timeout)
         if not done:
             await proctree.kill_tree(proc.pid, tag=None, grace=self.kill_grace, root_exited=exited)
-        code = await exited
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(reader, 5)
+            await asyncio.wait({exited})
+        code = exited.result()
+        if not proc.output_closed.done():
+            await asyncio.wait({proc.output_closed}, timeout=5)
+        proc.close()
         slot.proc = None
         took = self.clock() - started
         text = tail.decode(errors="replace").strip()
@@ -778,7 +794,10 @@ class Executor:
         deadline: datetime | None,
         resume: str | None = None,
         role: str = "work",
+        last: bool = False,
     ) -> AttemptEnd:
+        """One attempt, recorded. `last`: the run ends with it whatever it says (no routing, no profile), so
+        its end is written with the run's (`ActiveRun.attempt_end`), one transaction instead of two."""
         candidate = decision.candidate
         adapter = get_adapter(candidate.backend)
         secret = await self.profiles.secret(profile) if profile and profile.has_secret else None
@@ -795,7 +814,11 @@ class Executor:
                 pid_create_time=create_time,
             )  # fmt: skip
 
-        tmpdir = _private_tmpdir(self.tmp_root, f"run{run.id}-{number}-")
+        # A process's TMPDIR is made with its child, in its launch thread (`_launch`); `build` only names
+        # paths in it.
+        tmpdir = os.path.join(self.tmp_root, f"run{run.id}-{number}")
+        if adapter.kind == "http":
+            await asyncio.to_thread(_private_tmpdir, tmpdir)
         # --agent-arg is for the loop's own backend's CLI
         task = Task.of(loop, agent_args=candidate.backend == loop.backend)
         timeout = max(0.0, (deadline - self.clock()).total_seconds()) if deadline else None
@@ -813,10 +836,7 @@ class Executor:
             if attempt_id is None:  # no child was started (bad workdir, not found): recorded all the same
                 await begin()
         finally:
-            # Off the event loop: nothing waits for it, and an rmdir takes a millisecond on a busy disk.
-            cleanup = asyncio.get_running_loop().run_in_executor(None, _remove_dir, tmpdir)
-            self._background.add(cleanup)
-            cleanup.add_done_callback(self._background.discard)
+            _removals.put(_remove_dir, tmpdir)
             runlog.end_line()  # the next attempt's notes and output start on a line of their own
         # The boundary: the streams were scrubbed before parsing; this catches what the parser decoded into
         # a key (a JSON escape) and the messages fleetd wrote itself. Nothing below sees the raw values.
@@ -830,12 +850,18 @@ class Executor:
         error = None if parsed.outcome == "succeeded" else _describe(parsed)
         finished_at = self.clock()
         assert attempt_id is not None
-        try:
-            await self.attempts.finish(
+        if last:  # nothing reads it before the run's end, which writes it
+            slot.attempt_end = finish_write(
                 attempt_id, finished_at=finished_at, exit_code=end.exit_code, parsed=parsed, error=error, cost_usd=cost
             )
-        except Exception as e:  # the run's own end still gets recorded (and retried)
-            log.error("run %s: cannot record the end of attempt %s (%s)", run.id, number, e)
+        else:
+            try:
+                await self.attempts.finish(
+                    attempt_id, finished_at=finished_at, exit_code=end.exit_code, parsed=parsed, error=error,
+                    cost_usd=cost,
+                )  # fmt: skip
+            except Exception as e:  # the run's own end still gets recorded (and retried)
+                log.error("run %s: cannot record the end of attempt %s (%s)", run.id, number, e)
         if profile is not None:
             # An attempt fleetd itself cut short (its --timeout, a stop) says nothing about the provider:
             # its usage counts, but it moves neither the profile's state nor its circuit breaker.
@@ -893,50 +919,25 @@ class Executor:
             return AttemptEnd(ParsedOutput("failed", "contract", message=f"working directory not found: {spec.cwd}"))
         tag = self.run_tag(ctx.run_id)
         env = self._child_env(ctx, spec, slot.trigger)
-        # The run's processes are tracked by its cgroup where one can be made (an escapee that leaves
-        # the session and clears its environment stays in it), else by session + tag (proctree).
-        if cgroups.probed():
-            cgroup = cgroups.run_path(self.tag_prefix, ctx.run_id)
-        else:  # the first run probes the hierarchy (it spawns a process): off the event loop
-            cgroup = await asyncio.to_thread(cgroups.run_path, self.tag_prefix, ctx.run_id)
-        if cgroup is not None and not cgroups.create(cgroup):
-            log.warning("run %s: cannot make its cgroup %s; tracking its processes by tag", ctx.run_id, cgroup)
-            cgroup = None
-        argv = spec.argv
-        if cgroup is not None:
-            # The child joins through a /bin/sh wrapper that execs the command, where a missing
-            # command would be the wrapper's exit 127: find that out first, as the spawn would.
-            if (problem := _cannot_exec(spec.argv[0], env, spec.cwd)) is not None:
-                _drop_cgroup(ctx.run_id, cgroup)
-                return _not_started(runlog, spec.argv[0], problem)
-            argv = cgroups.join_argv(cgroup, spec.argv)
-        # The fork happens synchronously inside this call, before its first suspension: this is when the
-        # child started, even when the event loop is too busy to resume us for a while after it.
-        spawned_at = self.clock()
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                cwd=spec.cwd,
-                env=env,
-                start_new_session=True,
-            )
-        except FileNotFoundError:
-            _drop_cgroup(ctx.run_id, cgroup)
-            return _not_started(runlog, spec.argv[0], "")
-        except OSError as e:
-            _drop_cgroup(ctx.run_id, cgroup)
-            return _not_started(runlog, spec.argv[0], str(e.strerror or e))
+        ended_early = _LiveFailure()
+        watch = adapter.live_failure if adapter.end_on_live_failure else None
+        launch = await _launches.call(self._launch, ctx, spec, env)
+        if launch.problem is not None:
+            return _not_started(runlog, spec.argv[0], launch.problem)
+        assert launch.started is not None
+        cgroup = launch.cgroup
+        # Each stream is scrubbed once, as it is read: the run log and the parser get the same clean bytes.
+        stdout, stderr = _Capture(scrubber.fresh()), _Capture(scrubber.fresh())
+        proc = child.Child(launch.started, spec.stdin or b"", _sink(stdout, runlog, watch, ended_early),
+                           _sink(stderr, runlog, watch, ended_early))  # fmt: skip
         slot.proc, slot.cgroup = proc, cgroup
         if slot.interrupted.is_set():  # the stop came while it was starting: interrupt_all did not see it
             self._kill_slot(slot, self.kill_grace if slot.kill_grace is None else slot.kill_grace)
         try:
-            await begin(proc.pid, _create_time(proc.pid), spawned_at)
+            await begin(proc.pid, launch.create_time, launch.spawned_at)
         except Exception as e:  # only crash recovery needs the pid; the child is ours either way
             log.error("run %s: cannot record its process %s (%s)", ctx.run_id, proc.pid, e)
-        # Checked only now: by then the wrapper has (almost always) joined, and reading the list is cheap
+        # Checked only now: by then the child has (almost always) joined itself, and reading the list is cheap
         # where a write (a cgroup migration, even a no-op one) costs milliseconds of a kernel-wide lock.
         if cgroup is not None and not cgroups.member_or_join(cgroup, proc.pid):
             # Neither the wrapper nor we could move it: the tag sweep stands in (it misses escapees
@@ -944,19 +945,15 @@ class Executor:
             log.warning("run %s: cannot move pid %s into %s; tracking it by tag", ctx.run_id, proc.pid, cgroup)
             _drop_cgroup(ctx.run_id, cgroup)
             cgroup = slot.cgroup = None
-        ended_early = _LiveFailure()
-        watch = adapter.live_failure if adapter.end_on_live_failure else None
-        # Each stream is scrubbed once, as it is read: the run log and the parser get the same clean bytes.
-        stdout, stderr = _Capture(scrubber.fresh()), _Capture(scrubber.fresh())
-        pumps = [
-            asyncio.create_task(_pump(proc.stdout, stdout, runlog, watch, ended_early)),
-            asyncio.create_task(_pump(proc.stderr, stderr, runlog, watch, ended_early)),
-        ]
-        feed = asyncio.create_task(_feed(proc, spec.stdin))
-        exited = asyncio.ensure_future(_exit_status(proc))
-        stopper = asyncio.ensure_future(ended_early.seen.wait())
-        done, _ = await asyncio.wait({exited, stopper}, timeout=ctx.timeout_s, return_when=asyncio.FIRST_COMPLETED)
-        stopper.cancel()
+        exited = proc.exited
+        waits: set[asyncio.Future[Any]] = {exited}
+        stopper = None
+        if watch is not None:
+            stopper = asyncio.ensure_future(ended_early.seen.wait())
+            waits.add(stopper)
+        done, _ = await asyncio.wait(waits, timeout=ctx.timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        if stopper is not None:
+            stopper.cancel()
         timed_out = not done
         if not timed_out and exited not in done:
             await asyncio.wait({exited}, timeout=RATE_LIMIT_EXIT_GRACE)
@@ -967,17 +964,21 @@ class Executor:
             runlog.note(f"{what} in the live output: ending the attempt instead of waiting out the CLI's retries")
         if not exited.done():
             await proctree.kill_tree(proc.pid, tag=tag, grace=self.kill_grace, root_exited=exited, cgroup=cgroup)
-        exit_code = await exited
-        # Whatever the attempt left behind (background jobs holding the output pipes open) goes too.
-        leftovers = await proctree.kill_tree(None, tag=tag, grace=self.kill_grace, cgroup=cgroup)
-        if leftovers:
-            runlog.note(f"killed {leftovers} leftover process(es) of this run")
+            await asyncio.wait({exited})
+        exit_code = exited.result()
+        # Whatever the attempt left behind (background jobs holding the output pipes open) goes too. An
+        # empty cgroup (the usual case) says so in one read: no snapshot, no thread.
+        if cgroup is None or cgroups.populated(cgroup):
+            leftovers = await proctree.kill_tree(None, tag=tag, grace=self.kill_grace, cgroup=cgroup)
+            if leftovers:
+                runlog.note(f"killed {leftovers} leftover process(es) of this run")
         # Not in a `finally`: a cgroup an exception leaves behind is reused by the run's next
         # attempt and reaped by the next daemon start (proctree.reap_cgroups).
         _drop_cgroup(ctx.run_id, cgroup)
-        feed.cancel()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.gather(*pumps), 10)
+        if not proc.output_closed.done():
+            await asyncio.wait({proc.output_closed}, timeout=10)
+        proc.close()
+        proc.check()
         for capture in (stdout, stderr):
             runlog.write(capture.flush())
         slot.proc, slot.cgroup = None, None
@@ -987,6 +988,39 @@ class Executor:
         if ended_early.error_class and parsed.outcome != "succeeded" and parsed.error_class in (None, "unknown"):
             parsed = replace(parsed, outcome="failed", error_class=ended_early.error_class)
         return AttemptEnd(parsed, exit_code, timed_out)
+
+    def _launch(self, ctx: AttemptContext, spec: ProcessSpec, env: dict[str, str]) -> _Launch:
+        """In a launch thread, everything that starts an attempt's process and may wait on a busy host: its
+        private TMPDIR (the filesystem's journal), the run's cgroup (the kernel's cgroup mutex), the spawn
+        itself (the parent waits until the child has exec'd) and the child's create time (a file of /proc).
+        On the event loop each would stall every other run meanwhile."""
+        _private_tmpdir(ctx.tmpdir)
+        # The run's processes are tracked by its cgroup where one can be made (an escapee that leaves the
+        # session and clears its environment stays in it), else by session + tag (proctree). The first call
+        # probes the hierarchy.
+        cgroup = cgroups.run_path(self.tag_prefix, ctx.run_id)
+        if cgroup is not None and not cgroups.create(cgroup):
+            log.warning("run %s: cannot make its cgroup %s; tracking its processes by tag", ctx.run_id, cgroup)
+            cgroup = None
+        # The child joins its cgroup through a /bin/sh wrapper that execs the command, where a missing
+        # command would be the wrapper's exit 127: find that out first, as the spawn would (a `/bin/sh -c`
+        # script joins at its own top: the spawn itself says).
+        wrapped = cgroup is not None and cgroups.wraps(spec.argv)
+        problem = _cannot_exec(spec.argv[0], env, spec.cwd) if wrapped else None
+        if problem is None:
+            # The spawn returns once the child runs its program: this is when it started, however long the
+            # event loop then takes to resume the run.
+            spawned_at = self.clock()
+            try:
+                started = child.start(spec.argv, env=env, cwd=spec.cwd, stdin=True, merge_stderr=False, cgroup=cgroup)
+            except FileNotFoundError:
+                problem = ""
+            except OSError as e:
+                problem = str(e.strerror or e)
+            else:
+                return _Launch(cgroup, None, started, spawned_at, proctree.create_time(started.pid))
+        _drop_cgroup(ctx.run_id, cgroup)
+        return _Launch(None, problem, None, self.clock(), None)
 
     def _child_env(self, ctx: AttemptContext, spec: ProcessSpec, trigger: str) -> dict[str, str]:
         base = {k: v for k, v in os.environ.items() if k not in spec.unset_env}
@@ -1034,7 +1068,7 @@ class Executor:
                     s.proc.pid,
                     tag=s.tag,
                     grace=grace,
-                    root_exited=asyncio.ensure_future(_exit_status(s.proc)),
+                    root_exited=s.proc.exited,
                     cgroup=s.cgroup,
                 )
                 for s in slots
@@ -1079,37 +1113,11 @@ def _route_json(entry: dict[str, Any]) -> dict[str, Any]:
     return {key: value.isoformat() if isinstance(value, datetime) else value for key, value in entry.items()}
 
 
-async def _exit_status(proc: asyncio.subprocess.Process) -> int:
-    """The child's exit status as soon as it has exited. Not `proc.wait()` alone: that also waits
-    for the output pipes to close, which a background process that inherited them holds open as
-    long as it lives, and the sweep that kills such leftovers runs only after this returns."""
-    waiter = asyncio.ensure_future(proc.wait())
-    loop = asyncio.get_running_loop()
-    gone: asyncio.Future[None] = loop.create_future()
-    pidfd = None
-    with contextlib.suppress(AttributeError, OSError):  # pidfd: Linux >= 5.3; elsewhere poll
-        pidfd = os.pidfd_open(proc.pid)
-        loop.add_reader(pidfd, lambda: gone.done() or gone.set_result(None))
-    try:
-        while proc.returncode is None and not waiter.done():
-            # Once the pidfd says it exited, asyncio's child watcher sets returncode moments later.
-            if pidfd is None or gone.done():
-                await asyncio.wait({waiter}, timeout=0.05)
-            else:
-                await asyncio.wait({waiter, gone}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        if pidfd is not None:
-            loop.remove_reader(pidfd)
-            os.close(pidfd)
-        if not waiter.done():
-            waiter.cancel()
-    return proc.returncode if proc.returncode is not None else waiter.result()
-
-
 def watch_children_by_pidfd() -> None:
     """Call from the running loop, before the first child. Python 3.11's default child watcher starts
-    a thread per child to wait for it (a fifth of the dispatch cost of a short run); a pidfd needs no
-    thread. From 3.12 asyncio picks pidfds itself; without them (not Linux, kernel < 5.3) nothing changes."""
+    a thread per child to wait for it; a pidfd needs no thread. For the daemon's asyncio children (hook
+    commands): a run's own children never meet a watcher (`loops/child`). From 3.12 asyncio picks pidfds
+    itself; without them (not Linux, kernel < 5.3) nothing changes."""
     if sys.version_info >= (3, 12) or not hasattr(os, "pidfd_open"):
         return
     try:
@@ -1121,20 +1129,33 @@ def watch_children_by_pidfd() -> None:
     asyncio.set_child_watcher(watcher)
 
 
-def _private_tmpdir(root: Path, prefix: str) -> str:
-    """A new 0700 directory under `root`, which is made only when missing: an mkdir of a directory that
-    exists costs about as much as making one, on every attempt."""
+def _private_tmpdir(path: str) -> None:
+    """Make the attempt's TMPDIR, 0700 (its parent only when missing: an mkdir of a directory that exists
+    costs about as much as making one, on every attempt). One left by a dead attempt of the same name (a
+    run id from an earlier database) is emptied first: nothing of it may reach this one."""
     try:
-        return tempfile.mkdtemp(prefix=prefix, dir=root)
+        os.mkdir(path, 0o700)
     except FileNotFoundError:
-        root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        return tempfile.mkdtemp(prefix=prefix, dir=root)
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        shutil.rmtree(path)
+        os.mkdir(path, 0o700)
+
+
+# The run path's blocking calls, in threads of its own (`loops/workers`): launches wait for a vfork and a
+# busy disk with the GIL released, so several overlap (8 dispatched a quarter more runs of `true` a second
+# than 4, and 16 or 32 no more than 8, on 2 cores); TMPDIRs are removed by one thread nothing waits for.
+_launches = Workers("fleetd-launch", 8)
+_removals = Workers("fleetd-tmpdirs", 1)
 
 
 def _remove_dir(path: str) -> None:
     """An attempt's TMPDIR: usually left empty, which one rmdir removes (rmtree costs a dozen calls)."""
     try:
         os.rmdir(path)
+    except FileNotFoundError:
+        pass  # never made (the attempt stopped before its process started)
     except OSError:
         shutil.rmtree(path, ignore_errors=True)
 
@@ -1184,13 +1205,6 @@ def read_prompt(loop: Loop) -> str | None:
     return loop.prompt
 
 
-def _create_time(pid: int) -> float | None:
-    try:
-        return psutil.Process(pid).create_time()
-    except psutil.Error:
-        return None
-
-
 class _Capture:
     """One stream's output for the parser, scrubbed: all of it up to STREAM_KEEP, then the tail."""
 
@@ -1234,18 +1248,15 @@ class _LiveFailure:
     error_class: ErrorClass | None = None
 
 
-async def _pump(
-    stream: asyncio.StreamReader | None,
-    capture: _Capture,
-    runlog: RunLog,
-    watch: Callable[[str], ErrorClass | None] | None,
-    ended: _LiveFailure,
-) -> None:
-    assert stream is not None
-    while chunk := await stream.read(65536):
+def _sink(
+    capture: _Capture, runlog: RunLog, watch: Callable[[str], ErrorClass | None] | None, ended: _LiveFailure
+) -> child.Sink:
+    """What one output stream's chunks go through as they are read: scrubbed, kept, logged, watched."""
+
+    def take(chunk: bytes) -> None:
         runlog.write(capture.add(chunk))
         if watch is None or ended.seen.is_set():
-            continue
+            return
         # The watch sees the raw lines, as early as possible; it only names a class.
         for line in capture.lines(chunk):
             if found := watch(line):
@@ -1253,16 +1264,4 @@ async def _pump(
                 ended.seen.set()
                 break
 
-
-async def _feed(proc: asyncio.subprocess.Process, data: bytes | None) -> None:
-    """Prompt on stdin, then EOF: some CLIs (codex) wait for stdin to close."""
-    assert proc.stdin is not None
-    try:
-        if data:
-            proc.stdin.write(data)
-            await proc.stdin.drain()
-    except (BrokenPipeError, ConnectionResetError):
-        pass
-    finally:
-        with contextlib.suppress(Exception):
-            proc.stdin.close()
+    return take

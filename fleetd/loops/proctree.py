@@ -21,6 +21,7 @@ import contextlib
 import os
 import signal
 import sys
+import time
 import weakref
 from collections import defaultdict
 from pathlib import Path
@@ -30,6 +31,33 @@ import psutil
 from fleetd.loops import cgroups
 
 TAG_VAR = "FLEETD_RUN_TAG"
+
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+_BOOT_TIME_TTL = 1.0  # /proc/stat's btime: read at most this often (it is long, and whole seconds)
+_boot_time: tuple[float, float] | None = None  # (read at, by time.monotonic(); btime)
+
+
+def create_time(pid: int) -> float | None:
+    """`pid`'s create time, as psutil's `Process.create_time()` says it (recorded for crash recovery, which
+    compares the two), None when it is gone. On Linux read directly: psutil reads /proc/stat, all of it, on
+    every call, which cost a run more than its own spawn; its btime is whole seconds, reread each second."""
+    global _boot_time
+    if not sys.platform.startswith("linux"):
+        try:
+            return psutil.Process(pid).create_time()
+        except psutil.Error:
+            return None
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        started = float(stat[stat.rfind(b")") + 2 :].split()[19]) / _CLOCK_TICKS
+    except (OSError, IndexError, ValueError):
+        return None
+    now = time.monotonic()
+    if _boot_time is None or now - _boot_time[0] > _BOOT_TIME_TTL:
+        _boot_time = (now, psutil.boot_time())
+    return started + _boot_time[1]
 
 
 def tagged(tag: str) -> list[psutil.Process]:

@@ -20,7 +20,6 @@ import contextlib
 import logging
 import os
 from pathlib import Path
-from typing import BinaryIO
 
 CHUNK = 64 * 1024
 log = logging.getLogger("fleetd.runlog")
@@ -31,7 +30,9 @@ class RunLog:
         self.path = path
         self.cap = cap
         self.slack = max(cap // 4, 4096)
-        self._file = _create(path)
+        # A bare descriptor, written and read at explicit offsets: a buffered file object cost each run an
+        # fstat and an lseek (with the GIL held) and its objects, for a log that most often stays empty.
+        self._fd = _create(path)
         self._recreate_failed = False
         self.dropped = 0  # logical bytes no longer in the file
         self.header_len = 0
@@ -86,8 +87,7 @@ class RunLog:
 
     def _put(self, data: bytes) -> None:
         self._owed_newline = False
-        self._file.write(data)
-        self._file.flush()
+        _write_at(self._fd, data, self.header_len + self.data_len)
         self.data_len += len(data)
         self._mid_line = not data.endswith(b"\n")
         if self.data_len > self.cap + self.slack:
@@ -102,27 +102,24 @@ class RunLog:
         self._ensure_file()
         if self.data_len > self.cap:
             self._compact()
-        self._file.close()
+        os.close(self._fd)
         self.closed = True
         self._notify()
 
     def _compact(self) -> None:
         excess = self.data_len - self.cap
-        self._file.seek(self.header_len + excess)
-        tail = self._file.read(self.cap)
+        tail = _read_at(self._fd, self.cap, self.header_len + excess)
         self.dropped += excess
         header = f"[fleetd] output capped at {self.cap} bytes: {self.dropped} earlier bytes dropped\n".encode()
-        self._file.seek(0)
-        self._file.write(header + tail)
-        self._file.truncate()
-        self._file.flush()
+        _write_at(self._fd, header + tail, 0)
+        os.ftruncate(self._fd, len(header) + len(tail))
         self.header_len, self.data_len = len(header), len(tail)
 
     def _ensure_file(self) -> None:
         """Recreate the file if it is no longer at `path` (deleted, or its directory was)."""
         try:
             here = os.stat(self.path)
-            mine = os.fstat(self._file.fileno())
+            mine = os.fstat(self._fd)
             if (here.st_dev, here.st_ino) == (mine.st_dev, mine.st_ino):
                 return
         except FileNotFoundError:
@@ -135,11 +132,10 @@ class RunLog:
                 log.warning("cannot recreate the deleted run log %s: %s", self.path, e)
             return
         # The old file is still open: its content moves over whole, so nothing is lost.
-        self._file.flush()
-        self._file.seek(0)
-        new.write(self._file.read())
-        self._file.close()
-        self._file = new
+        size = self.header_len + self.data_len
+        _write_at(new, _read_at(self._fd, size, 0), 0)
+        os.close(self._fd)
+        self._fd = new
         self._recreate_failed = False
         log.warning("run log %s was deleted during the run: recreated it", self.path)
         self.note("this log file was deleted while the run was writing it: recreated it, with all output so far")
@@ -167,7 +163,7 @@ class RunLog:
             except FileNotFoundError:
                 return prefix + b"\n[fleetd] the log file was deleted after the run ended\n", self.end
         else:
-            data = os.pread(self._file.fileno(), min(CHUNK, self.end - pos), self.header_len + (pos - self.dropped))
+            data = os.pread(self._fd, min(CHUNK, self.end - pos), self.header_len + (pos - self.dropped))
         return prefix + data, pos + len(data)
 
     async def wait_for_more(self, pos: int, timeout: float) -> None:
@@ -178,12 +174,26 @@ class RunLog:
             await asyncio.wait_for(event.wait(), timeout)
 
 
-def _create(path: Path) -> BinaryIO:
+def _create(path: Path) -> int:
     # The directory is made only when missing (an mkdir of one that exists costs about as much as
     # making it, on every run); directories fleetd makes are private, the output may hold anything.
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
     except FileNotFoundError:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
-    return os.fdopen(fd, "w+b")
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+
+
+def _write_at(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
+
+
+def _read_at(fd: int, size: int, offset: int) -> bytes:
+    parts = []
+    while size > 0 and (chunk := os.pread(fd, size, offset)):
+        parts.append(chunk)
+        size, offset = size - len(chunk), offset + len(chunk)
+    return b"".join(parts)

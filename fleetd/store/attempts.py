@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Callable
 from datetime import datetime
 
 from fleetd.records.result import ParsedOutput
@@ -74,23 +75,11 @@ class AttemptStore:
         error: str | None,
         cost_usd: float | None,
     ) -> None:
-        windows = [w.to_json() for w in parsed.windows]
-        u = parsed.usage
         await self.db.write(
-            lambda conn: conn.execute(
-                "UPDATE attempts SET finished_at = ?, exit_code = ?, outcome = ?, error_class = ?, error = ?, "
-                "reset_at = ?, input_tokens = ?, output_tokens = ?, cache_read_tokens = ?, "
-                "cache_write_tokens = ?, cost_usd = ?, session_id = ?, model = coalesce(?, model), "
-                "windows_json = ?, result_text = ?, "
-                "duration_ms = CAST(round((julianday(?) - julianday(started_at)) * 86400000) AS INTEGER) WHERE id = ?",
-                (
-                    to_iso(finished_at), exit_code, parsed.outcome, parsed.error_class, error,
-                    to_iso(parsed.reset_at), u.input_tokens, u.output_tokens, u.cache_read_tokens,
-                    u.cache_write_tokens, cost_usd, parsed.session_id, parsed.model, json.dumps(windows),
-                    cap_result_text(parsed.final_text), to_iso(finished_at), attempt_id,
-                ),
-            ).close()
-        )  # fmt: skip
+            finish_write(
+                attempt_id, finished_at=finished_at, exit_code=exit_code, parsed=parsed, error=error, cost_usd=cost_usd
+            )
+        )
 
     async def set_gate(
         self, attempt_id: int, *, verify_exit: int | None, verify_ms: int, accepted: bool, findings: str | None
@@ -179,6 +168,38 @@ class AttemptStore:
             )
             for r in rows
         ]
+
+
+def finish_write(
+    attempt_id: int,
+    *,
+    finished_at: datetime,
+    exit_code: int | None,
+    parsed: ParsedOutput,
+    error: str | None,
+    cost_usd: float | None,
+) -> Callable[[sqlite3.Connection], None]:
+    """The attempt's end as a write function: `AttemptStore.finish` writes it alone; a run's last attempt
+    goes with the run's end (`RunStore.finish(attempt_end=…)`), one transaction instead of two."""
+    windows = json.dumps([w.to_json() for w in parsed.windows]) if parsed.windows else "[]"
+    u = parsed.usage
+    params = (
+        to_iso(finished_at), exit_code, parsed.outcome, parsed.error_class, error, to_iso(parsed.reset_at),
+        u.input_tokens, u.output_tokens, u.cache_read_tokens, u.cache_write_tokens, cost_usd, parsed.session_id,
+        parsed.model, windows, cap_result_text(parsed.final_text), to_iso(finished_at), attempt_id,
+    )  # fmt: skip
+
+    def write(conn: sqlite3.Connection) -> None:
+        conn.execute(
+            "UPDATE attempts SET finished_at = ?, exit_code = ?, outcome = ?, error_class = ?, error = ?, "
+            "reset_at = ?, input_tokens = ?, output_tokens = ?, cache_read_tokens = ?, "
+            "cache_write_tokens = ?, cost_usd = ?, session_id = ?, model = coalesce(?, model), "
+            "windows_json = ?, result_text = ?, "
+            "duration_ms = CAST(round((julianday(?) - julianday(started_at)) * 86400000) AS INTEGER) WHERE id = ?",
+            params,
+        ).close()
+
+    return write
 
 
 def cap_result_text(text: str | None) -> str | None:

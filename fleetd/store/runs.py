@@ -56,6 +56,10 @@ class _NotAdded(Exception):
     pass
 
 
+class _AttemptEndFailed(Exception):
+    """The last attempt's end, written with the run's end, failed: the run's end goes alone."""
+
+
 class RunStore:
     def __init__(self, db: Database, events: EventLog | None = None, clock: Callable[[], datetime] = now_utc) -> None:
         self.db = db
@@ -174,11 +178,21 @@ class RunStore:
         finished_at: datetime,
         exit_code: int | None = None,
         error: str | None = None,
+        attempt_end: Callable[[sqlite3.Connection], object] | None = None,
     ) -> None:
         """The run's end, and its `run.<status>` event: the one path every run end takes (the executor's,
-        crash recovery's), so every status gets its event, whatever statuses are added later."""
+        crash recovery's), so every status gets its event, whatever statuses are added later. `attempt_end`
+        (`attempts.finish_write`) records its last attempt's end in the same transaction; its failure is
+        logged and does not cost the run its end, as when it was written alone."""
 
         def write(conn: sqlite3.Connection) -> bool:
+            if attempt_end is not None:
+                try:
+                    attempt_end(conn)
+                except Exception as e:  # this write is rolled back (the writer's own savepoint); run again without
+                    if not conn.in_transaction:  # SQLite rolled the whole transaction back: the store failed
+                        raise
+                    raise _AttemptEndFailed(e) from e
             rows = conn.execute(
                 "UPDATE runs SET status = ?, finished_at = ?, exit_code = ?, error = ?, wait_until = NULL "
                 f"WHERE id = ? AND status IN {ACTIVE} RETURNING {_COLUMNS}",
@@ -186,7 +200,13 @@ class RunStore:
             ).fetchall()
             return bool(rows) and self._announce(conn, lambda: [run_event(_row_to_run(rows[0]), finished_at)])
 
-        await self._notify(await self.db.write(write))
+        try:
+            wrote = await self.db.write(write)
+        except _AttemptEndFailed as e:
+            log.error("run %s: cannot record the end of its last attempt (%s); the run's end is kept", run_id, e)
+            await self.finish(run_id, status=status, finished_at=finished_at, exit_code=exit_code, error=error)
+            return
+        await self._notify(wrote)
 
     async def set_route(self, run_id: int, route: list[dict[str, Any]]) -> None:
         """The run's route: every routing decision and every candidate passed over, in order."""

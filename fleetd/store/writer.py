@@ -4,8 +4,9 @@ A store method hands `Database.write` a plain function over a `sqlite3.Connectio
 between BEGIN IMMEDIATE and COMMIT, so a transaction costs one round trip to the event loop instead of
 one per statement (each of which waited for a busy loop to come round, holding the write lock
 meanwhile). The thread never waits for the loop: the functions queued while it commits run together
-in its next transaction (group commit), each inside a SAVEPOINT of its own, so one that raises is
-rolled back alone and its caller gets its exception while the others commit and get their results.
+in its next transaction (group commit). One that raises is rolled back alone and its caller gets its
+exception while the others commit and get their results (the group then runs again, each function
+inside a SAVEPOINT of its own: `_transaction`).
 When a group fails as a whole (BEGIN, COMMIT, or an error SQLite answers by rolling back the whole
 transaction, such as a full disk), each of its functions runs again alone, in order, so every caller
 gets the answer it would have had alone: batching never changes an outcome, only its cost.
@@ -152,24 +153,20 @@ class Writer:
 
     def _transaction(self, writes: list[Write]) -> list[tuple[bool, Any]] | None:
         """Each write's outcome, committed; None when the transaction failed as a whole (`_failure` says
-        why) and nothing of it was committed."""
+        why) and nothing of it was committed.
+
+        The group runs first as it is, with no SAVEPOINT around each write: two statements fewer per write,
+        each of which gives the GIL up and waits to have it back (on a busy event loop that was most of a
+        commit's time). Only when a write raises is the group rolled back and run again, each write in a
+        SAVEPOINT of its own (a write may run a second time after a rollback: see the invariant above)."""
         conn = self._conn
-        outcomes: list[tuple[bool, Any]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for w in writes:
-                conn.execute("SAVEPOINT write")
-                try:
-                    value = w.fn(conn)
-                except BaseException as e:  # the caller's to see; the thread goes on
-                    if not conn.in_transaction:  # SQLite rolled the whole transaction back
-                        raise
-                    conn.execute("ROLLBACK TO write")
-                    conn.execute("RELEASE write")
-                    outcomes.append((False, e))
-                else:
-                    conn.execute("RELEASE write")
-                    outcomes.append((True, value))
+            outcomes = _plain(conn, writes)
+            if outcomes is None:  # one raised: nothing of the group stands
+                conn.execute("ROLLBACK")
+                conn.execute("BEGIN IMMEDIATE")
+                outcomes = _isolated(conn, writes)
             conn.execute("COMMIT")
         except BaseException as e:  # answered to the callers; the thread goes on
             if conn.in_transaction:
@@ -182,6 +179,38 @@ class Writer:
     def _answer(self, fn: Callable[[Any], None], arg: Any) -> None:
         with suppress(RuntimeError):  # the event loop is closed: nobody is left to answer
             self._loop.call_soon_threadsafe(fn, arg)
+
+
+def _plain(conn: sqlite3.Connection, writes: list[Write]) -> list[tuple[bool, Any]] | None:
+    """Each write's value, run one after the other in the open transaction; None as soon as one raises."""
+    values: list[tuple[bool, Any]] = []
+    for w in writes:
+        try:
+            values.append((True, w.fn(conn)))
+        except BaseException:
+            if not conn.in_transaction:  # SQLite rolled the whole transaction back: a failure of the group
+                raise
+            return None
+    return values
+
+
+def _isolated(conn: sqlite3.Connection, writes: list[Write]) -> list[tuple[bool, Any]]:
+    """Each write's outcome, each in a SAVEPOINT of its own: one that raises is rolled back alone."""
+    outcomes: list[tuple[bool, Any]] = []
+    for w in writes:
+        conn.execute("SAVEPOINT write")
+        try:
+            value = w.fn(conn)
+        except BaseException as e:  # the caller's to see; the thread goes on
+            if not conn.in_transaction:  # SQLite rolled the whole transaction back
+                raise
+            conn.execute("ROLLBACK TO write")
+            conn.execute("RELEASE write")
+            outcomes.append((False, e))
+        else:
+            conn.execute("RELEASE write")
+            outcomes.append((True, value))
+    return outcomes
 
 
 def _open(future: asyncio.Future[None]) -> None:

@@ -175,3 +175,39 @@ def test_started_at_is_when_the_child_was_started_not_when_the_fire_was_recorded
     assert run.started_at > fired.started_at  # later than the fire's own reading of the clock
     assert run.started_at == attempts[0].started_at  # the moment the attempt's child was started
     assert run.pid is not None
+    # Its attempt's end went with the run's (one transaction): recorded all the same.
+    assert (attempts[0].outcome, attempts[0].exit_code) == ("succeeded", 0)
+    assert attempts[0].finished_at is not None and attempts[0].finished_at <= run.finished_at
+
+
+def test_a_command_run_costs_three_write_transactions(tmp_path: Path) -> None:
+    """Its row at the fire, its attempt once the child exists, and its end with the attempt's end: the
+    attempt's end is no transaction of its own (issue 12: fewer writes per run)."""
+
+    async def go() -> tuple[int, str]:
+        db = await Database.open(tmp_path / "w.db")
+        try:
+            now = now_utc()
+            loop = Loop(name="writes", schedule=Schedule("every", "1h", "UTC"), backend="command", command="true",
+                        created_at=now, updated_at=now)  # fmt: skip
+            await LoopStore(db).insert(loop)
+            ex = Executor(RunStore(db), AttemptStore(db), NoProfiles(), log_path=lambda i: tmp_path / f"{i}.log",  # type: ignore[arg-type]
+                          tmp_root=tmp_path / "tmp", tag_prefix="wr", clock=now_utc, local_tz=ZoneInfo("UTC"),
+                          kill_grace=0.5)  # fmt: skip
+            writes = 0
+            write = db.write
+
+            async def counted(fn: Any) -> Any:
+                nonlocal writes
+                writes += 1
+                return await write(fn)
+
+            db.write = counted  # type: ignore[method-assign]
+            run = await ex.fire(loop, "manual", now)
+            assert run is not None and await ex.wait_idle(10)
+            db.write = write  # type: ignore[method-assign]
+            return writes, (await RunStore(db).get(run.id)).status
+        finally:
+            await db.close()
+
+    assert asyncio.run(go()) == (3, "succeeded")

@@ -1,9 +1,9 @@
 """A stop racing the run's own end: the run is recorded exactly once, as whichever came first.
 
-The run's end is the moment the executor decides its status (the command has exited and its attempt is
-written); a stop before that makes it `cancelled` (keeping the exit code it had), a stop after it is
-refused and the run keeps its own status. Gates on the store's writes hold the run at each boundary,
-so the order is fixed by the test, not by timing."""
+The run's end is the moment the executor decides its status (the command has exited and what it left
+behind is gone); a stop before that makes it `cancelled` (keeping the exit code it had), a stop after it
+is refused and the run keeps its own status. A gate on the store's writes, or a leftover that holds the
+run, keeps it at each boundary, so the order is fixed by the test, not by timing."""
 
 from __future__ import annotations
 
@@ -49,17 +49,6 @@ class GatedRuns(RunStore):
         await super().finish(run_id, **kwargs)
 
 
-class GatedAttempts(AttemptStore):
-    def __init__(self, db: Database) -> None:
-        super().__init__(db)
-        self.gate = Gate()
-        self.gate.open.set()
-
-    async def finish(self, attempt_id: int, **kwargs: Any) -> None:
-        await self.gate.through()
-        await super().finish(attempt_id, **kwargs)
-
-
 class NoProfiles:
     async def known_secrets(self) -> list[str]:
         return []
@@ -69,14 +58,14 @@ class NoProfiles:
 class Setup:
     ex: Executor
     runs: GatedRuns
-    attempts: GatedAttempts
+    attempts: AttemptStore
     loop: Loop
 
 
 @asynccontextmanager
 async def _setup(tmp_path: Path, command: str) -> AsyncIterator[Setup]:
     db = await Database.open(tmp_path / "s.db")
-    runs, attempts = GatedRuns(db), GatedAttempts(db)
+    runs, attempts = GatedRuns(db), AttemptStore(db)
     now = now_utc()
     loop = Loop(name="racer", schedule=Schedule("every", "1h", "UTC"), backend="command", command=command,
                 workdir=str(tmp_path), created_at=now, updated_at=now)  # fmt: skip
@@ -131,20 +120,23 @@ def test_a_stop_first_then_the_command_exits_by_itself_in_the_grace(tmp_path: Pa
 
 
 def test_a_stop_after_the_command_exited_but_before_the_run_ended_cancels_it(tmp_path: Path) -> None:
-    """The boundary: the command has exited 0, its attempt is being written, the run's status is not
-    decided yet. The stop is first, so the run is `cancelled` (with the exit code it had)."""
+    """The boundary: the command has exited 0, the run's status is not decided yet (a leftover that ignores
+    SIGTERM holds the run in its leftover sweep's grace). The stop is first, so the run is `cancelled` (with
+    the exit code it had), and its kill ends the wait at once."""
 
     async def go() -> tuple[bool, list[Any], str]:
-        async with _setup(tmp_path, "true") as s:
-            s.attempts.gate.open.clear()
+        async with _setup(tmp_path, "(trap '' TERM; exec sleep 30) & exit 0") as s:
             s.runs.gate.open.set()
             run = await s.ex.fire(s.loop, "manual", datetime.now(UTC))
             assert run is not None
-            await asyncio.wait_for(s.attempts.gate.reached.wait(), 10)
-            stopper = asyncio.create_task(s.ex.stop(run.id, reason="stopped by a test"))
-            await asyncio.sleep(0)
-            s.attempts.gate.open.set()
-            stopped = await stopper
+            slot = s.ex.running(s.loop)
+            assert slot is not None
+            deadline = asyncio.get_running_loop().time() + 10
+            while slot.proc is None or slot.proc.returncode is None:  # the command itself has exited
+                assert asyncio.get_running_loop().time() < deadline, "the command never exited"
+                await asyncio.sleep(0.01)
+            assert not slot.ended
+            stopped = await s.ex.stop(run.id, kill=True, reason="stopped by a test")
             return stopped, s.runs.finishes, (await s.runs.get(run.id)).status
 
     stopped, finishes, status = asyncio.run(go())

@@ -63,6 +63,23 @@ def _run(go: Callable[[], Awaitable[Any]]) -> Any:
     return asyncio.run(go())  # type: ignore[arg-type]
 
 
+def test_a_group_without_failures_commits_with_no_savepoint(tmp_path: Path) -> None:
+    """Each SAVEPOINT and RELEASE is a statement that gives the GIL up and waits to have it back: a group in
+    which nothing fails needs neither (its writes stand or fall together)."""
+
+    async def go() -> tuple[list[Any], list[str]]:
+        async with _db(tmp_path) as (db, statements):
+            await db.write(_insert("first"))
+            statements.clear()
+            results = await _queued_behind_a_gate(db, [_insert("a"), _insert("b"), _insert("c")])
+            return results, statements
+
+    results, statements = _run(go)
+    assert results == ["a", "b", "c"]
+    assert statements.count("BEGIN IMMEDIATE") == 1 and statements.count("COMMIT") == 1
+    assert not [s for s in statements if "SAVEPOINT" in s or "RELEASE" in s]
+
+
 def test_one_failing_write_in_a_group_fails_alone(tmp_path: Path) -> None:
     async def go() -> tuple[list[Any], list[str], list[str]]:
         async with _db(tmp_path) as (db, statements):
@@ -78,7 +95,8 @@ def test_one_failing_write_in_a_group_fails_alone(tmp_path: Path) -> None:
     assert isinstance(results[1], ValueError) and str(results[1]) == "the write's own failure"
     assert isinstance(results[3], sqlite3.IntegrityError)  # a statement's error, not the store's: not a 503
     assert rows == ["taken", "a", "b", "c"]  # in the order queued; the failed ones left nothing ('half')
-    assert statements.count("BEGIN IMMEDIATE") == 1 and statements.count("COMMIT") == 1  # one transaction
+    # One commit: the group ran as it is, then (a write raised) again with each write in a SAVEPOINT of its own.
+    assert statements.count("COMMIT") == 1 and statements.count("ROLLBACK TO write") == 2
 
 
 def test_a_group_that_fails_as_a_whole_is_retried_write_by_write(tmp_path: Path) -> None:

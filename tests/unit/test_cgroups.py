@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -70,6 +71,22 @@ def test_the_child_joins_its_cgroup_before_the_command_runs() -> None:
     assert argv[:2] == ["/bin/sh", "-c"]
     assert argv[3:] == ["fleetd-run", "/cg/run-1/cgroup.procs", "claude", "-p", "a b"]
     assert argv[2].rstrip().endswith('exec "$@"')  # same pid, session and create time as the command
+
+
+def test_a_shell_script_joins_at_its_own_top_in_one_shell(tmp_path: Path) -> None:
+    """The command backend's `/bin/sh -c SCRIPT`: no second shell to exec; $0, the arguments, the exit
+    status and `$?` at the script's start are the script's own, whether or not the join worked."""
+    argv = cgroups.join_argv(tmp_path / "no-such-cgroup", ["/bin/sh", "-c", 'echo "$?" "$0" "$1"; exit 3', "nm", "a b"])
+    assert argv[:2] == ["/bin/sh", "-c"] and argv[3:] == ["nm", "a b"]
+    assert argv[2].startswith("{ echo 0 >") and argv[2].endswith('\necho "$?" "$0" "$1"; exit 3')
+    done = subprocess.run(argv, capture_output=True, check=False)
+    assert (done.returncode, done.stdout, done.stderr) == (3, b"0 nm a b\n", b"")
+    procs = tmp_path / "cg" / "cgroup.procs"  # a stand-in file: the pid the shell writes goes there
+    procs.parent.mkdir()
+    done = subprocess.run(
+        cgroups.join_argv(procs.parent, ["/bin/sh", "-c", "echo $$"]), capture_output=True, check=False
+    )
+    assert procs.read_text() == "0\n" and done.stdout.strip().isdigit()  # `echo 0`: "this process"
 
 
 def test_a_missing_command_is_reported_as_before_although_a_wrapper_execs_it(tmp_path: Path) -> None:
