@@ -36,6 +36,7 @@ from bench._common import FLEETD, ThrowawayDaemon, time_api, time_command
 from fleetd.daemon.views import RUN_JSON_SQL
 from fleetd.store.db import Database
 from fleetd.store.runs import list_query
+from fleetd.store.schema import duration_ms_sql
 from fleetd.timefmt import parse_duration
 
 LOOPS = 50
@@ -82,8 +83,12 @@ def fill(db_path: Path, n: int, now: datetime) -> None:
             f"{iso.format('t')}, {iso.format('t')}, {iso.format('t + 30')}, CASE WHEN k < 5 THEN 1 ELSE 0 END, "
             "'command', '/tmp/' || i || '.log', 1 FROM t"
         )
-        # the newest few are still running
-        conn.execute(f"UPDATE runs SET status = 'running', finished_at = NULL, exit_code = NULL WHERE id > {n - 3}")
+        # each run's duration_ms, as RunStore.finish writes it; the newest few are still running
+        conn.execute(f"UPDATE runs SET duration_ms = {duration_ms_sql('finished_at', 'started_at')}")
+        conn.execute(
+            "UPDATE runs SET status = 'running', finished_at = NULL, exit_code = NULL, duration_ms = NULL "
+            f"WHERE id > {n - 3}"
+        )
         conn.execute("COMMIT")
         conn.execute("PRAGMA journal_mode=WAL")
 

@@ -20,6 +20,7 @@ from fleetd.records.fire import SkipReason
 from fleetd.records.run import ACTIVE_STATUSES, LoopFire, Run, RunStatus
 from fleetd.store.db import Database
 from fleetd.store.events import EventLog, NewEvent, fire_event, run_event
+from fleetd.store.schema import duration_ms_sql
 from fleetd.timefmt import from_iso, now_utc, to_iso
 
 log = logging.getLogger("fleetd.runs")
@@ -27,6 +28,10 @@ _COLUMNS = (
     "id, loop, trigger, status, scheduled_at, started_at, finished_at, exit_code, backend, profile, "
     "log_path, error, attempts, pid, pid_create_time, wait_until, skip_reason, skipped_count"
 )
+
+# A run's duration_ms (migration 17) is written with its end, from the end's time and the start's: `runs list`
+# answers it as stored instead of working it out from both times of every row it lists.
+_DURATION_MS = duration_ms_sql("?6", "?5")  # an inserted row's finished_at and started_at
 
 
 def _row_to_run(row: aiosqlite.Row) -> Run:
@@ -113,8 +118,8 @@ class RunStore:
                 return None
             (row,) = conn.execute(
                 "INSERT INTO runs (loop, trigger, status, scheduled_at, started_at, finished_at, backend, "
-                f"error, attempts, skip_reason, skipped_count) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                f"RETURNING {_COLUMNS}",
+                "error, attempts, skip_reason, skipped_count, duration_ms) "
+                f"VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, {_DURATION_MS}) RETURNING {_COLUMNS}",
                 (
                     loop,
                     trigger,
@@ -194,8 +199,9 @@ class RunStore:
                         raise
                     raise _AttemptEndFailed(e) from e
             rows = conn.execute(
-                "UPDATE runs SET status = ?, finished_at = ?, exit_code = ?, error = ?, wait_until = NULL "
-                f"WHERE id = ? AND status IN {ACTIVE} RETURNING {_COLUMNS}",
+                "UPDATE runs SET status = ?1, finished_at = ?2, exit_code = ?3, error = ?4, wait_until = NULL, "
+                f"duration_ms = {duration_ms_sql('?2', 'started_at')} "
+                f"WHERE id = ?5 AND status IN {ACTIVE} RETURNING {_COLUMNS}",
                 (status, to_iso(finished_at), exit_code, error, run_id),
             ).fetchall()
             return bool(rows) and self._announce(conn, lambda: [run_event(_row_to_run(rows[0]), finished_at)])
