@@ -939,8 +939,9 @@ class Executor:
         except Exception as e:  # only crash recovery needs the pid; the child is ours either way
             log.error("run %s: cannot record its process %s (%s)", ctx.run_id, proc.pid, e)
         # Checked only now: by then the child has (almost always) joined itself, and reading the list is cheap
-        # where a write (a cgroup migration, even a no-op one) costs milliseconds of a kernel-wide lock.
-        if cgroup is not None and not cgroups.member_or_join(cgroup, proc.pid):
+        # where a write (a cgroup migration, even a no-op one) costs milliseconds of a kernel-wide lock. A
+        # child that has exited already counts as joined (`cgroups.join`): nothing to read.
+        if cgroup is not None and not proc.exited.done() and not cgroups.member_or_join(cgroup, proc.pid):
             # Neither the wrapper nor we could move it: the tag sweep stands in (it misses escapees
             # that clear their environment).
             log.warning("run %s: cannot move pid %s into %s; tracking it by tag", ctx.run_id, proc.pid, cgroup)
@@ -968,14 +969,15 @@ class Executor:
             await asyncio.wait({exited})
         exit_code = exited.result()
         # Whatever the attempt left behind (background jobs holding the output pipes open) goes too. An
-        # empty cgroup (the usual case) says so in one read: no snapshot, no thread.
-        if cgroup is None or cgroups.populated(cgroup):
+        # empty cgroup (the usual case) says so by going: the kernel refuses to rmdir a populated one, so one
+        # rmdir both asks and removes (no read of cgroup.events first), and no snapshot, no thread.
+        # Not in a `finally`: a cgroup an exception leaves behind is reused by the run's next
+        # attempt and reaped by the next daemon start (proctree.reap_cgroups).
+        if cgroup is None or not cgroups.remove(cgroup):
             leftovers = await proctree.kill_tree(None, tag=tag, grace=self.kill_grace, cgroup=cgroup)
             if leftovers:
                 runlog.note(f"killed {leftovers} leftover process(es) of this run")
-        # Not in a `finally`: a cgroup an exception leaves behind is reused by the run's next
-        # attempt and reaped by the next daemon start (proctree.reap_cgroups).
-        _drop_cgroup(ctx.run_id, cgroup)
+            _drop_cgroup(ctx.run_id, cgroup)
         if not proc.output_closed.done():
             await asyncio.wait({proc.output_closed}, timeout=10)
         proc.close()
