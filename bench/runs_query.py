@@ -1,14 +1,16 @@
 """`fleetd runs list` with every filter combination, against a million runs vs a thousand, same run.
 
-    .venv/bin/python bench/runs_query.py [--runs 1000000] [--repeat 7] [--json bench-runs.json]
+    .venv/bin/python bench/runs_query.py [--runs 1000000] [--repeat 7] [--json bench-runs.json] [--db FILE] [--no-cli]
 
-Rows are written straight into the SQLite file (the daemon's own schema, no ANALYZE: the daemon never
-runs it) before the daemon starts: runs spread evenly over the last 100 days across 50 loops (each loop in turn), 5 %
-failed, 2 % skipped, 1 % timed out, the rest succeeded. Per combination, printed at 1k runs (the baseline)
-and at 1M: the API call's median over the socket (the time spent in the daemon: query, JSON, HTTP); the
-daemon's SQL alone (store.runs.list_query with views.RUN_JSON_SQL, every row fetched); and the CLI's median,
-a fresh process as a user runs it, with `--json` and as the text table (its output to /dev/null). Also
-`stats --since 30d` for the record (bench/stats_query.py measures stats at a million attempts).
+Rows are written straight into the SQLite file (the daemon's own schema, no ANALYZE: the daemon never runs it) before
+the daemon starts (`--db FILE` keeps the filled million-run file there and starts from a copy of it while it is less
+than an hour old: its runs end at the time it was filled, and `--since` counts back from now): runs spread evenly over
+the last 100 days across 50 loops (each loop in turn), 5 % failed, 2 % skipped, 1 % timed out, the rest succeeded. Per
+combination, printed at 1k runs (the baseline) and at 1M: the API call's median over the socket (the time spent in the
+daemon: query, JSON, HTTP) and the daemon's CPU time per call (on a shared machine the wall time also counts waiting
+for a core); the daemon's SQL alone (store.runs.list_query with views.RUN_JSON_SQL, every row fetched); and the CLI's
+median, a fresh process as a user runs it, with `--json` and as the text table (its output to /dev/null). Also `stats
+--since 30d` for the record (bench/stats_query.py measures stats at a million attempts).
 """
 
 from __future__ import annotations
@@ -17,8 +19,11 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
+import socket
 import sqlite3
 import statistics
+import struct
 import sys
 import time
 from datetime import UTC, datetime, timedelta
@@ -107,30 +112,62 @@ def time_sql(db_path: Path, flags: list[str], repeat: int) -> tuple[float, int]:
     return statistics.median(samples), rows
 
 
-Figures = dict[str, tuple[float, float, int, float | None, float | None]]  # case → (API, SQL, rows, CLI json, CLI text)
+# case → (API wall, the daemon's CPU per call, SQL, rows, CLI json, CLI text)
+Figures = dict[str, tuple[float, float, float, int, float | None, float | None]]
 
 
-def measure(n: int, repeat: int) -> tuple[Figures, float]:
+def daemon_pid(sock_path: Path) -> int:
+    """The pid of the process answering on the socket (its peer credentials)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(str(sock_path))
+        pid, _, _ = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+        return pid
+
+
+def cpu_ms(pid: int) -> float:
+    """User + system CPU time the process has spent, in ms."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) * 1000 / os.sysconf("SC_CLK_TCK")
+
+
+def time_api_cpu(sock: Path, pid: int, path: str, repeat: int) -> tuple[float, float]:
+    """time_api's median wall time, and the daemon's mean CPU time per call, in ms."""
+    before = cpu_ms(pid)
+    wall = time_api(sock, path, repeat)
+    return wall, (cpu_ms(pid) - before) / repeat
+
+
+def fresh(db: Path | None) -> bool:
+    return db is not None and db.exists() and time.time() - db.stat().st_mtime < 3600
+
+
+def measure(n: int, repeat: int, db: Path | None = None, cli: bool = True) -> tuple[Figures, float]:
     daemon = ThrowawayDaemon()
     home = Path(daemon.env["FLEETD_HOME"])
     home.mkdir(parents=True)
     start = time.perf_counter()
-    fill(home / "fleetd.db", n, datetime.now(UTC))
+    if db is not None and fresh(db):
+        shutil.copy(db, home / "fleetd.db")
+    else:
+        fill(home / "fleetd.db", n, datetime.now(UTC))
+        if db is not None:
+            shutil.copy(home / "fleetd.db", db)
     fill_s = time.perf_counter() - start
     # No pruning during the measurement (the oldest runs are past the default retention); a loaded
     # machine's quick_check of a million-run file can take a while.
     daemon.start("--retain", "off", "--wait", "120")
     sock = home / "run" / "fleetd.sock"
+    pid = daemon_pid(sock)
     results: Figures = {}
     try:
         for label, flags in CASES:
-            api = time_api(sock, "/v1/runs?" + urlencode(query(flags)), repeat)
+            api, cpu = time_api_cpu(sock, pid, "/v1/runs?" + urlencode(query(flags)), repeat)
             sql, rows = time_sql(home / "fleetd.db", flags, repeat)
-            cli_json = time_command([FLEETD, "runs", "list", *flags, "--json"], daemon.env, repeat)
-            cli_text = time_command([FLEETD, "runs", "list", *flags], daemon.env, repeat)
-            results[label] = (api, sql, rows, cli_json, cli_text)
-        stats = time_api(sock, "/v1/stats?since=30d&by=backend", repeat)
-        results["stats --since 30d --by backend"] = (stats, float("nan"), 0, None, None)
+            cli_json = time_command([FLEETD, "runs", "list", *flags, "--json"], daemon.env, repeat) if cli else None
+            cli_text = time_command([FLEETD, "runs", "list", *flags], daemon.env, repeat) if cli else None
+            results[label] = (api, cpu, sql, rows, cli_json, cli_text)
+        stats, cpu = time_api_cpu(sock, pid, "/v1/stats?since=30d&by=backend", repeat)
+        results["stats --since 30d --by backend"] = (stats, cpu, float("nan"), 0, None, None)
         return results, fill_s
     finally:
         daemon.close()
@@ -141,9 +178,11 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--json", dest="json_path", help="Also write the figures here.")
+    parser.add_argument("--db", type=Path, help="Keep the filled file here; start from a copy while it is <1 h old.")
+    parser.add_argument("--no-cli", dest="cli", action="store_false", help="Time the daemon and its SQL only.")
     args = parser.parse_args()
-    small, _ = measure(1000, args.repeat)
-    big, fill_s = measure(args.runs, args.repeat)
+    small, _ = measure(1000, args.repeat, cli=args.cli)
+    big, fill_s = measure(args.runs, args.repeat, args.db, args.cli)
     width = max(len(label) for label in big)
     big_n = f"{args.runs // 1000}k" if args.runs < 1_000_000 else f"{args.runs / 1e6:g}M"
 
@@ -151,17 +190,17 @@ def main() -> None:
         return f"{'-':>7} {'-':>7}" if a is None or b is None or a != a else f"{a:7.1f} {b:7.1f}"
 
     print(
-        f"{'':<{width}}  {'in daemon (API call), ms':^23}  {'its SQL, ms':^15}  {'rows':>5}  "
+        f"{'':<{width}}  {'in daemon (API call), ms':^23}  {'its CPU, ms':^15}  {'its SQL, ms':^15}  {'rows':>5}  "
         f"{'CLI --json, ms':^15}  {'CLI table, ms':>15}\n"
-        f"{'runs list …':<{width}}  {'1k':>7} {big_n:>7} {'ratio':>7}  {'1k':>7} {big_n:>7}  {big_n:>5}  "
-        + f"{'1k':>7} {big_n:>7}  "
-        * 2
+        f"{'runs list …':<{width}}  {'1k':>7} {big_n:>7} {'ratio':>7}  {'1k':>7} {big_n:>7}  {'1k':>7} {big_n:>7}  "
+        f"{big_n:>5}  " + f"{'1k':>7} {big_n:>7}  " * 2
     )
     rows = []
-    for label, (api, sql, n_rows, cli_json, cli_text) in big.items():
-        api_1k, sql_1k, _, json_1k, text_1k = small[label]
+    for label, (api, cpu, sql, n_rows, cli_json, cli_text) in big.items():
+        api_1k, cpu_1k, sql_1k, _, json_1k, text_1k = small[label]
         print(
-            f"{label:<{width}}  {api_1k:7.1f} {api:7.1f} {api / api_1k:6.1f}x  {pair(sql_1k, sql)}  {n_rows:5d}  "
+            f"{label:<{width}}  {api_1k:7.1f} {api:7.1f} {api / api_1k:6.1f}x  {pair(cpu_1k, cpu)}  "
+            f"{pair(sql_1k, sql)}  {n_rows:5d}  "
             f"{pair(json_1k, cli_json)}  {pair(text_1k, cli_text)}"
         )
         rows.append(
@@ -169,6 +208,8 @@ def main() -> None:
                 "case": label,
                 "api_ms_1k": round(api_1k, 2),
                 "api_ms": round(api, 2),
+                "cpu_ms_1k": round(cpu_1k, 2),
+                "cpu_ms": round(cpu, 2),
                 "sql_ms_1k": round(sql_1k, 2) if sql == sql else None,
                 "sql_ms": round(sql, 2) if sql == sql else None,
                 "rows": n_rows,
