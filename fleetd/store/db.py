@@ -39,10 +39,6 @@ PRAGMAS = (
     "PRAGMA synchronous=NORMAL",
     "PRAGMA busy_timeout=5000",
     "PRAGMA foreign_keys=ON",
-    # 8 MB of page cache, not the default 2: a first read of an agent's usage inserts a hundred thousand records
-    # whose dedupe keys land all over their index, and with 2 MB the pages of a 10,000-row insert kept being evicted
-    # and read back (about 15 % of the insert's CPU). Pages are cached as touched: a small database costs no more.
-    "PRAGMA cache_size=-8000",
 )
 
 # SQLite's primary result codes (the low byte of an extended code) that say the store itself is unusable,
