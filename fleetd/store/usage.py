@@ -8,24 +8,10 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 
-import msgspec
-
 from fleetd.records.result import WindowState
 from fleetd.records.usage import Consumption, ProfileStatus, StoredState
 from fleetd.store.db import Database
 from fleetd.timefmt import from_iso, to_iso
-
-_JSON = msgspec.json.Encoder()
-
-
-def _json_array(rows: list[tuple[str, str | None, str | None, int, int]]) -> str:
-    """`rows` as JSON text (text: SQLite reads a blob as its binary JSON). msgspec writes it ten times faster than
-    `json.dumps`, and the insert it feeds is what a first read waits on; a string it cannot write as UTF-8 (a lone
-    surrogate a transcript escaped) goes through json, which escapes it."""
-    try:
-        return _JSON.encode(rows).decode("utf-8")
-    except (UnicodeEncodeError, OverflowError, TypeError):
-        return json.dumps(rows)
 
 
 @dataclass(frozen=True)
@@ -96,7 +82,7 @@ class UsageStore:
                 "SELECT ?, json_extract(r.value, '$[0]'), 'agent', json_extract(r.value, '$[1]'), "
                 "json_extract(r.value, '$[2]'), json_extract(r.value, '$[3]'), 0.0, json_extract(r.value, '$[4]') "
                 "FROM json_each(?) AS r",
-                (profile, _json_array(rows)),
+                (profile, json.dumps(rows)),
             )
             return max(0, cur.rowcount)
 

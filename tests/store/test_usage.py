@@ -47,20 +47,3 @@ def test_an_agents_records_in_one_statement_are_what_add_stores(tmp_path: Path) 
         assert one_statement == [*added, added[2]]  # the record without a key again: never de-duplicated
 
     asyncio.run(go())
-
-
-def test_an_agents_record_with_a_lone_surrogate_is_stored_as_before(tmp_path: Path) -> None:
-    """A transcript can escape a lone surrogate into a session id; the rows' JSON then goes through json, which
-    escapes it (the fast encoder cannot write it as UTF-8): stored, not an ingestion failure."""
-
-    async def go() -> None:
-        db = await Database.open(tmp_path / "u.db")
-        try:
-            usage = UsageStore(db)
-            rows = [(to_iso(T0), "s-\ud800", "k-1", 5, 1), (to_iso(T0), "s", "k-2", 2**70, 1)]
-            assert await usage.add_agent("p", rows) == 2
-            assert await usage.add_agent("p", [(to_iso(T0), "s-\ud800", "k-1", 5, 1)]) == 0
-        finally:
-            await db.close()
-
-    asyncio.run(go())
