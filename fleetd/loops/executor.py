@@ -312,8 +312,7 @@ class Executor:
         slot.ended = True
         if (runlog := self.live_logs.pop(run.id, None)) is not None:
             runlog.close()  # its descriptor is not left open
-        if self.active.get(loop.instance) is slot:
-            del self.active[loop.instance]
+        self._free_loop(loop, slot)
         finish = RunFinish(run.id, loop.name, status, self.clock(), None, error, slot.attempt_end)
 
         async def record() -> None:
@@ -326,10 +325,14 @@ class Executor:
         self._background.add(recording)
         recording.add_done_callback(self._background.discard)
 
-    def _release(self, loop: Loop, slot: ActiveRun) -> None:
-        """The loop is free again and the slot done (shutdown stops waiting for it)."""
+    def _free_loop(self, loop: Loop, slot: ActiveRun) -> None:
+        """The loop's later fires may start (its run's end may still be being recorded)."""
         if self.active.get(loop.instance) is slot:
             del self.active[loop.instance]
+
+    def _release(self, loop: Loop, slot: ActiveRun) -> None:
+        """The loop is free again and the slot done (shutdown stops waiting for it)."""
+        self._free_loop(loop, slot)
         self.inflight.discard(slot)
         slot.done.set()
 
@@ -364,8 +367,7 @@ class Executor:
             # The slot goes first: a run whose end cannot be written (disk full) must not block its
             # loop's later fires; its record is retried in the background until it is written.
             self.live_logs.pop(run.id, None)
-            if self.active.get(loop.instance) is slot:
-                del self.active[loop.instance]
+            self._free_loop(loop, slot)
             finish = RunFinish(run.id, loop.name, status, self.clock(), exit_code, error, slot.attempt_end)
             try:
                 # The store writes the run's end and its `run.<status>` event in one transaction.
