@@ -962,14 +962,24 @@ _NULL_FIELDS = frozenset(
 )
 _SPACE = b" \t\n\r\f\v"  # what \s matches in a bytes regular expression
 _STOP_NULLS = b'"stop_reason":null,"stop_sequence":null'
+_STOP_FIRST = _STOP_NULLS.index(b"null")  # where its first null is in it
+_STOP_SECOND = _STOP_NULLS.index(b"null", _STOP_FIRST + 4) - _STOP_FIRST  # and its second, from the first
 
 
 def _has_null_field(line: bytes) -> bool:
     """ccusage's skip rule: `"<one of its fields>"\\s*:\\s*null` anywhere in the line; looked for backwards from each
     `null` (a line has two or three), each step a C call: a regular expression would start at every quote."""
-    if line.count(b"null") == 2 and _STOP_NULLS in line:
-        return False  # Claude Code's usual two, its message's stop_reason and stop_sequence: told by two C calls
     at = line.find(b"null")
+    if (
+        at >= _STOP_FIRST
+        and line.startswith(_STOP_NULLS, at - _STOP_FIRST)
+        and line.find(b"null", at + 4) == at + _STOP_SECOND
+        and line.find(b"null", at + _STOP_SECOND + 4) < 0
+    ):
+        # Claude Code's usual two, its message's stop_reason and stop_sequence, and no other null: told in one pass
+        # through the line, each find taking up where the last stopped (counting them and then looking for the
+        # pair took two)
+        return False
     while at >= 0:
         colon = line.rfind(b":", 0, at)
         if colon > 0 and not line[colon + 1 : at].strip(_SPACE):

@@ -487,38 +487,12 @@ class Heartbeat:
         self, profile: Profile, parsed: ParsedOutput, finished_at: datetime, cost_usd: float | None
     ) -> None:
         """Record what the attempt used and what it says about the profile, then beat for its backend."""
-        async with self._lock:
-            tokens = parsed.usage.total
-            record = NewUsage(profile.name, finished_at, "attempt", tokens, cost_usd or 0.0, parsed.session_id)
-            ledger = await self._ledger(profile, finished_at)  # before the insert: a ledger read after has it
-            await self.usage.add([record])
-            ledger.add(finished_at, tokens, 1, record.cost_usd, parsed.session_id, attempt=True)
-            self._last_id = await self.usage.last_id()
-            recent = await self.usage.recent_attempt_tokens(profile.name)
-            self._typical_tokens[profile.name] = statistics.median(recent) if recent else 0
-            stored = self.states.get(profile.name) or StoredState(ProfileStatus())
-            if parsed.windows:
-                stored.reported = list(parsed.windows)
-            default_reset = timedelta(seconds=profile.default_reset_s) if profile.default_reset_s else None
-            new = after_attempt(
-                stored.status, parsed.outcome, parsed.error_class, parsed.reset_at, parsed.message or "", finished_at,
-                **({"default_reset": default_reset} if default_reset else {}),
-            )  # fmt: skip
-            await self._set(profile, stored, new, finished_at)
-            old_circuit = self.circuit(profile.name)
-            new_circuit = breaker.after_attempt(
-                old_circuit, parsed.error_class, parsed.outcome == "succeeded", finished_at, self.breaker_policy
-            )
-            if new_circuit != self.circuits.get(profile.name, Circuit()):
-                why = parsed.error_class or parsed.outcome
-                await self._set_circuit(profile, old_circuit, new_circuit, finished_at, f"attempt {why}")
-            await self._refresh(profile, self._pending())
-            await self._switch(profile.backend)
+        await self.attempts_finished([(profile, parsed, finished_at, cost_usd)])
 
     async def attempts_finished(self, done: list[tuple[Profile, ParsedOutput, datetime, float | None]]) -> None:
-        """`attempt_finished` for many attempts at once (the gateway's successes, batched): each one's
-        state and circuit step in order, as one by one, but their usage in one write and each profile's
-        windows and its backend's choice refreshed once, after all of them."""
+        """What the attempts used and what each says about its profile (the gateway's successes come
+        batched; a run's attempt alone): each one's state and circuit step in order, their usage in one
+        write, and each profile's windows and its backend's choice refreshed once, after all of them."""
         if not done:
             return
         async with self._lock:

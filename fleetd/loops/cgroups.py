@@ -297,8 +297,9 @@ def kill_all(cgroup: Path, timeout: float) -> set[int]:
 
 
 def remove(cgroup: Path) -> bool:
-    """rmdir the run's cgroup (it must be empty), then the daemon's subtree once this process has no run
-    cgroup left in it, so an idle daemon leaves nothing in the hierarchy."""
+    """rmdir the run's cgroup, then the daemon's subtree once this process has no run cgroup left in it, so
+    an idle daemon leaves nothing in the hierarchy. False, and nothing changed, while a process is left in
+    it (the kernel refuses to remove a populated cgroup): one call both asks and removes."""
     try:
         os.rmdir(cgroup)
     except FileNotFoundError:

@@ -176,6 +176,7 @@ class Executor:
         self.profiles = profiles
         self.log_path = log_path
         self.tmp_root = tmp_root
+        self._tmp_root = os.fspath(tmp_root)  # once: os.path.join of a Path costs a conversion per attempt
         self.tag_prefix = tag_prefix
         self.clock = clock
         self.local_tz = local_tz
@@ -311,8 +312,7 @@ class Executor:
         slot.ended = True
         if (runlog := self.live_logs.pop(run.id, None)) is not None:
             runlog.close()  # its descriptor is not left open
-        if self.active.get(loop.instance) is slot:
-            del self.active[loop.instance]
+        self._free_loop(loop, slot)
         finish = RunFinish(run.id, loop.name, status, self.clock(), None, error, slot.attempt_end)
 
         async def record() -> None:
@@ -325,10 +325,14 @@ class Executor:
         self._background.add(recording)
         recording.add_done_callback(self._background.discard)
 
-    def _release(self, loop: Loop, slot: ActiveRun) -> None:
-        """The loop is free again and the slot done (shutdown stops waiting for it)."""
+    def _free_loop(self, loop: Loop, slot: ActiveRun) -> None:
+        """The loop's later fires may start (its run's end may still be being recorded)."""
         if self.active.get(loop.instance) is slot:
             del self.active[loop.instance]
+
+    def _release(self, loop: Loop, slot: ActiveRun) -> None:
+        """The loop is free again and the slot done (shutdown stops waiting for it)."""
+        self._free_loop(loop, slot)
         self.inflight.discard(slot)
         slot.done.set()
 
@@ -363,8 +367,7 @@ class Executor:
             # The slot goes first: a run whose end cannot be written (disk full) must not block its
             # loop's later fires; its record is retried in the background until it is written.
             self.live_logs.pop(run.id, None)
-            if self.active.get(loop.instance) is slot:
-                del self.active[loop.instance]
+            self._free_loop(loop, slot)
             finish = RunFinish(run.id, loop.name, status, self.clock(), exit_code, error, slot.attempt_end)
             try:
                 # The store writes the run's end and its `run.<status>` event in one transaction.
@@ -816,7 +819,7 @@ class Executor:
 
         # A process's TMPDIR is made with its child, in its launch thread (`_launch`); `build` only names
         # paths in it.
-        tmpdir = os.path.join(self.tmp_root, f"run{run.id}-{number}")
+        tmpdir = f"{self._tmp_root}/run{run.id}-{number}"
         if adapter.kind == "http":
             await asyncio.to_thread(_private_tmpdir, tmpdir)
         # --agent-arg is for the loop's own backend's CLI
@@ -938,8 +941,9 @@ class Executor:
         except Exception as e:  # only crash recovery needs the pid; the child is ours either way
             log.error("run %s: cannot record its process %s (%s)", ctx.run_id, proc.pid, e)
         # Checked only now: by then the child has (almost always) joined itself, and reading the list is cheap
-        # where a write (a cgroup migration, even a no-op one) costs milliseconds of a kernel-wide lock.
-        if cgroup is not None and not cgroups.member_or_join(cgroup, proc.pid):
+        # where a write (a cgroup migration, even a no-op one) costs milliseconds of a kernel-wide lock. A
+        # child that has exited already counts as joined (`cgroups.join`): nothing to read.
+        if cgroup is not None and not proc.exited.done() and not cgroups.member_or_join(cgroup, proc.pid):
             # Neither the wrapper nor we could move it: the tag sweep stands in (it misses escapees
             # that clear their environment).
             log.warning("run %s: cannot move pid %s into %s; tracking it by tag", ctx.run_id, proc.pid, cgroup)
@@ -967,14 +971,15 @@ class Executor:
             await asyncio.wait({exited})
         exit_code = exited.result()
         # Whatever the attempt left behind (background jobs holding the output pipes open) goes too. An
-        # empty cgroup (the usual case) says so in one read: no snapshot, no thread.
-        if cgroup is None or cgroups.populated(cgroup):
+        # empty cgroup (the usual case) says so by going: the kernel refuses to rmdir a populated one, so one
+        # rmdir both asks and removes (no read of cgroup.events first), and no snapshot, no thread.
+        # Not in a `finally`: a cgroup an exception leaves behind is reused by the run's next
+        # attempt and reaped by the next daemon start (proctree.reap_cgroups).
+        if cgroup is None or not cgroups.remove(cgroup):
             leftovers = await proctree.kill_tree(None, tag=tag, grace=self.kill_grace, cgroup=cgroup)
             if leftovers:
                 runlog.note(f"killed {leftovers} leftover process(es) of this run")
-        # Not in a `finally`: a cgroup an exception leaves behind is reused by the run's next
-        # attempt and reaped by the next daemon start (proctree.reap_cgroups).
-        _drop_cgroup(ctx.run_id, cgroup)
+            _drop_cgroup(ctx.run_id, cgroup)
         if not proc.output_closed.done():
             await asyncio.wait({proc.output_closed}, timeout=10)
         proc.close()
@@ -1023,7 +1028,9 @@ class Executor:
         return _Launch(None, problem, None, self.clock(), None)
 
     def _child_env(self, ctx: AttemptContext, spec: ProcessSpec, trigger: str) -> dict[str, str]:
-        base = {k: v for k, v in os.environ.items() if k not in spec.unset_env}
+        base = _daemon_env()
+        if spec.unset_env:
+            base = {k: v for k, v in base.items() if k not in spec.unset_env}
         env = self._run_env({**base, **spec.env}, ctx.run_id, ctx.task.loop, ctx.task.env, trigger,
                             ctx.profile.name if ctx.profile else "")  # fmt: skip
         # The CLIs litter TMPDIR; each attempt gets its own, removed afterwards.
@@ -1127,6 +1134,23 @@ def watch_children_by_pidfd() -> None:
     watcher = asyncio.PidfdChildWatcher()
     watcher.attach_loop(asyncio.get_running_loop())
     asyncio.set_child_watcher(watcher)
+
+
+# The daemon's environment, decoded, with the raw table it was decoded from. Iterating os.environ decodes
+# every key and value in Python on every call (a twentieth of the event loop's time at hundreds of runs a
+# second); comparing the raw tables is one C-level dict comparison, and still sees every change to it.
+_env_cache: tuple[dict[bytes, bytes], dict[str, str]] | None = None
+
+
+def _daemon_env() -> dict[str, str]:
+    """os.environ as a plain dict (the caller's to change), decoded again only when it changed."""
+    global _env_cache
+    raw = getattr(os.environ, "_data", None)
+    if not isinstance(raw, dict):  # not CPython's posix layout: decode it every time
+        return dict(os.environ)
+    if _env_cache is None or _env_cache[0] != raw:
+        _env_cache = (raw.copy(), dict(os.environ))
+    return _env_cache[1].copy()
 
 
 def _private_tmpdir(path: str) -> None:

@@ -168,4 +168,4 @@ def test_daemon_start_from_a_directory_holding_python_files_runs_the_installed_f
         assert result.returncode == 0, result.stderr
         assert d.status() == "ok"
     finally:
-        d.stop()
+        d.cli("daemon", "stop", check=False)  # started by the CLI: `d` holds no process to signal

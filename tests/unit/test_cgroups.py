@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from fleetd.loops import cgroups
+from tests.harness import wait_until
 
 HYBRID = """\
 31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
@@ -102,3 +104,20 @@ def test_a_missing_command_is_reported_as_before_although_a_wrapper_execs_it(tmp
     script.chmod(0o755)
     assert _cannot_exec("./tool", env, str(tmp_path)) is None  # relative to the child's cwd
     assert _cannot_exec("./tool", env, "/") == ""
+
+
+@pytest.mark.skipif(cgroups.base_dir() is None, reason="no usable cgroup v2 subtree here")
+def test_removing_a_cgroup_a_process_is_left_in_refuses_and_changes_nothing() -> None:
+    """The executor asks `remove` first after a child's exit: only an empty cgroup may go."""
+    cgroup = cgroups.run_path(f"test-remove-{os.getpid()}", 1)
+    assert cgroup is not None and cgroups.create(cgroup)
+    left = subprocess.Popen(cgroups.join_argv(cgroup, ["/bin/sh", "-c", "exec sleep 30"]))
+    try:
+        wait_until(lambda: cgroups.procs(cgroup) == [left.pid], what="the child in its cgroup")
+        assert not cgroups.remove(cgroup)
+        assert cgroups.exists(cgroup) and cgroups.procs(cgroup) == [left.pid]
+    finally:
+        left.kill()
+        left.wait()
+    wait_until(lambda: not cgroups.populated(cgroup), what="the cgroup empty")
+    assert cgroups.remove(cgroup) and not cgroups.exists(cgroup) and not cgroup.parent.exists()
