@@ -174,7 +174,8 @@ def run_json(
 
 # `run_json(run)` without attempt_list and route, as SQLite builds it from a row of `runs`: what `runs list`
 # answers. 10,000 runs as Run objects, then dicts, then json.dumps cost the daemon ~400 ms on this 2-core
-# machine; one JSON text per row straight from the index search, a tenth of that (bench/runs_query.py).
+# machine; one JSON text per row straight from the index search, joined into the answer's array by SQLite too
+# (RunStore.list_array), a tenth of that (bench/runs_query.py).
 # tests/daemon/test_views.py pins the same keys, order and values as run_json on awkward rows.
 # Invariant: `runs` holds every time as `to_iso` wrote it, YYYY-MM-DDTHH:MM:SS.mmm+00:00 (so since the first
 # schema), which is also what the API says: the stored text is the answer, and a duration is a whole number of
@@ -206,11 +207,6 @@ _RUN_JSON_COLUMNS = (
     ("skipped_count", "skipped_count"),
 )
 RUN_JSON_SQL = "json_object(" + ", ".join(f"'{key}', {column}" for key, column in _RUN_JSON_COLUMNS) + ")"
-
-
-def json_array(objects: list[str]) -> bytes:
-    """A JSON array of JSON texts (RUN_JSON_SQL's), as the API's answer body."""
-    return ("[" + ",".join(objects) + "]").encode()
 
 
 def pruned_json(freed: Pruned, *, older_than_s: float | None, keep_per_loop: int | None) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from pathlib import Path
 import aiosqlite
 import pytest
 
-from fleetd.daemon.views import RUN_JSON_SQL, json_array, run_json
+from fleetd.daemon.views import RUN_JSON_SQL, run_json
 from fleetd.store.db import Database, migrate
 from fleetd.store.runs import RunStore
 from fleetd.store.schema import EPOCH_S_SQL, duration_ms_sql
@@ -48,7 +48,7 @@ def test_every_run_is_the_object_run_json_makes_of_it(tmp_path: Path) -> None:
                               missed=4)  # fmt: skip
             await db.write(lambda c: c.execute("UPDATE runs SET pid = 4242, profile = 'p-1' WHERE id = ?", (ids[1],)))
             expected = [run_json(r) for r in await runs.list(limit=100)]
-            body = json_array(await runs.list_selected(RUN_JSON_SQL, limit=100))
+            body = await runs.list_array(RUN_JSON_SQL, limit=100)
             # Each end wrote its duration_ms: none is left to RUN_JSON_SQL's fallback (worked out from the times).
             unstored = await db.fetchall("SELECT id FROM runs WHERE finished_at IS NOT NULL AND duration_ms IS NULL")
             assert [tuple(r) for r in unstored] == []
