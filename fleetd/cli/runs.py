@@ -9,7 +9,16 @@ import click
 
 from fleetd.cli import complete
 from fleetd.cli.client import CliError
-from fleetd.cli.common import checked_run_id, client, fields_text, json_flag, render, seconds
+from fleetd.cli.common import (
+    checked_run_id,
+    client,
+    emit_json,
+    fields_text,
+    json_flag,
+    laid_out_rows,
+    render,
+    seconds,
+)
 from fleetd.cli.complete import run_id_arg
 from fleetd.cli.format import local_time, short, table
 from fleetd.records.status import STATUSES
@@ -30,7 +39,18 @@ def runs() -> None:
 def runs_list(loop_name: str | None, status: str | None, since: str | None, limit: int, as_json: bool) -> None:
     """Runs, newest first."""
     query = {"loop": loop_name, "status": status, "since": since, "limit": limit}
-    render(client().call("GET", "/v1/runs", query=query), as_json, _list_text)
+    if not as_json:
+        render(client().call("GET", "/v1/runs", query=query), as_json, _list_text)
+        return
+    from urllib.parse import urlencode
+
+    answer = client().request("GET", "/v1/runs?" + urlencode({k: v for k, v in query.items() if v is not None}))
+    # The daemon's array as SQLite wrote it, laid out as --json lays out any answer, without decoding it.
+    laid_out = laid_out_rows(answer.body) if answer.status < 400 else None
+    if laid_out is None:
+        emit_json(answer.decoded())
+    else:
+        click.echo(laid_out)
 
 
 def _list_text(items: list[dict[str, Any]]) -> str:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fleetd.cli.common import json_text
+from fleetd.cli.common import json_text, laid_out_rows
 
 SCALARS = st.none() | st.booleans() | st.integers() | st.floats() | st.text()
 # Strings that look like the separators the fast path writes and replaces.
@@ -35,3 +36,31 @@ def test_any_other_answer_too(data: Any) -> None:
 def test_empty_rows_and_nested_values_take_the_general_path() -> None:
     for data in ([], [{}], [{"a": 1}, {}], [{"a": {"b": 1}}], [{"a": [1, 2]}], [{"a": []}], [1, 2], [[{"a": 1}]]):
         assert json_text(data) == json.dumps(data, indent=2), data
+
+
+# What SQLite's json_object writes for a run's values: text (anything), integers, NULL and durations (ms / 1000.0).
+SQL_VALUES = st.none() | st.integers(-(2**63), 2**63 - 1) | st.text() | TRICKY | st.sampled_from(['":', '\\":', ',"'])
+DURATIONS_MS = st.integers(-(10**6), 4 * 10**12)
+
+
+@given(st.lists(st.tuples(st.lists(SQL_VALUES, min_size=1, max_size=4), DURATIONS_MS), max_size=4))
+def test_rows_sqlite_wrote_are_laid_out_as_json_dumps_writes_them(rows: list[tuple[list[Any], int]]) -> None:
+    """`runs list --json` prints the daemon's array without decoding it: the same bytes as decoding and json_text."""
+    with sqlite3.connect(":memory:") as conn:
+        objects = [
+            conn.execute(
+                "SELECT json_object('id', ?, "
+                + ", ".join(f"'k{i}', ?" for i in range(len(values)))
+                + ", 'd', ? / 1000.0)",
+                (n, *values, ms),
+            ).fetchone()[0]
+            for n, (values, ms) in enumerate(rows)
+        ]
+    body = ("[" + ",".join(objects) + "]").encode()
+    assert laid_out_rows(body) == json_text(json.loads(body)).encode()
+
+
+def test_a_body_that_is_not_sqlite_s_flat_rows_is_left_to_the_decoder() -> None:
+    for body in (b'{"id":1}', b'[{"id":1},{"x":2,"id":3}]', b'[{"id":{"a":1}}]', b'[{"id":[1]}]', b"[1,2]",
+                 b'[{"id": 1}]', b'[{"a b":1}]', b'[{"id":1, "a":2}]', b'[{"id":"\xff"}]', b""):  # fmt: skip
+        assert laid_out_rows(body) is None, body
