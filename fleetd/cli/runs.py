@@ -20,7 +20,7 @@ from fleetd.cli.common import (
     seconds,
 )
 from fleetd.cli.complete import run_id_arg
-from fleetd.cli.format import local_time, short, table
+from fleetd.cli.format import local_time, local_times, short, table
 from fleetd.records.status import STATUSES
 from fleetd.timefmt import format_duration
 
@@ -54,6 +54,7 @@ def runs_list(loop_name: str | None, status: str | None, since: str | None, limi
 
 
 def _list_text(items: list[dict[str, Any]]) -> str:
+    started = local_times([r["started_at"] for r in items])
     rows = [
         [
             str(r["id"]),
@@ -61,11 +62,11 @@ def _list_text(items: list[dict[str, Any]]) -> str:
             r["trigger"],
             r["status"],
             "" if r["exit_code"] is None else str(r["exit_code"]),
-            local_time(r["started_at"]),
+            at,
             format_duration(r["duration_s"]),
             short(r["error"], 50),
         ]
-        for r in items
+        for r, at in zip(items, started, strict=True)
     ]
     return table(["ID", "LOOP", "TRIGGER", "STATUS", "EXIT", "STARTED", "TOOK", "ERROR"], rows)
 
