@@ -924,15 +924,16 @@ class Executor:
         env = self._child_env(ctx, spec, slot.trigger)
         ended_early = _LiveFailure()
         watch = adapter.live_failure if adapter.end_on_live_failure else None
-        launch = await _launches.call(self._launch, ctx, spec, env)
+        launch = await _launches.call(self._launch, ctx, spec, env, not adapter.stderr_apart)
         if launch.problem is not None:
             return _not_started(runlog, spec.argv[0], launch.problem)
         assert launch.started is not None
         cgroup = launch.cgroup
         # Each stream is scrubbed once, as it is read: the run log and the parser get the same clean bytes.
-        stdout, stderr = _Capture(scrubber.fresh()), _Capture(scrubber.fresh())
+        stdout = _Capture(scrubber.fresh())
+        stderr = _Capture(scrubber.fresh()) if adapter.stderr_apart else None
         proc = child.Child(launch.started, spec.stdin or b"", _sink(stdout, runlog, watch, ended_early),
-                           _sink(stderr, runlog, watch, ended_early))  # fmt: skip
+                           _sink(stderr, runlog, watch, ended_early) if stderr else None)  # fmt: skip
         slot.proc, slot.cgroup = proc, cgroup
         if slot.interrupted.is_set():  # the stop came while it was starting: interrupt_all did not see it
             self._kill_slot(slot, self.kill_grace if slot.kill_grace is None else slot.kill_grace)
@@ -985,20 +986,22 @@ class Executor:
         proc.close()
         proc.check()
         for capture in (stdout, stderr):
-            runlog.write(capture.flush())
+            if capture is not None:
+                runlog.write(capture.flush())
         slot.proc, slot.cgroup = None, None
-        out = ProcessOutput(exit_code, stdout.text(), stderr.text())
+        out = ProcessOutput(exit_code, stdout.text(), stderr.text() if stderr else "")
         parsed = adapter.interpret(ctx, out, self.clock(), self.local_tz)
         # The whole output's reading wins; the live line's class stands in where that found nothing.
         if ended_early.error_class and parsed.outcome != "succeeded" and parsed.error_class in (None, "unknown"):
             parsed = replace(parsed, outcome="failed", error_class=ended_early.error_class)
         return AttemptEnd(parsed, exit_code, timed_out)
 
-    def _launch(self, ctx: AttemptContext, spec: ProcessSpec, env: dict[str, str]) -> _Launch:
+    def _launch(self, ctx: AttemptContext, spec: ProcessSpec, env: dict[str, str], merge_stderr: bool) -> _Launch:
         """In a launch thread, everything that starts an attempt's process and may wait on a busy host: its
         private TMPDIR (the filesystem's journal), the run's cgroup (the kernel's cgroup mutex), the spawn
         itself (the parent waits until the child has exec'd) and the child's create time (a file of /proc).
-        On the event loop each would stall every other run meanwhile."""
+        On the event loop each would stall every other run meanwhile. `merge_stderr`: one pipe for both
+        streams (`ProcessAdapter.stderr_apart`)."""
         _private_tmpdir(ctx.tmpdir)
         # The run's processes are tracked by its cgroup where one can be made (an escapee that leaves the
         # session and clears its environment stays in it), else by session + tag (proctree). The first call
@@ -1017,7 +1020,8 @@ class Executor:
             # event loop then takes to resume the run.
             spawned_at = self.clock()
             try:
-                started = child.start(spec.argv, env=env, cwd=spec.cwd, stdin=True, merge_stderr=False, cgroup=cgroup)
+                started = child.start(spec.argv, env=env, cwd=spec.cwd, stdin=True, merge_stderr=merge_stderr,
+                                      cgroup=cgroup)  # fmt: skip
             except FileNotFoundError:
                 problem = ""
             except OSError as e:
