@@ -1,4 +1,5 @@
-"""The gateway's tables: routes, client keys (hashes only), its listen setting, and the per-call log."""
+"""The gateway's tables: routes, client keys (hashes only), its listen setting, and the per-call log (whose
+figures, `stats --source gateway`, come from rollups: store/gateway_stats.py)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from fleetd.errors import Conflict, NotFound
 from fleetd.records.gateway import ClientKey, GatewayCall, GatewaySetting, Route
 from fleetd.records.loop import ChainStep
 from fleetd.store.db import Database
+from fleetd.store.gateway_stats import GatewayStats, GatewayStatsStore
 from fleetd.timefmt import from_iso, to_iso
 
 _CALL_COLUMNS = (
@@ -53,6 +55,7 @@ def _call(row: aiosqlite.Row) -> GatewayCall:
 class GatewayStore:
     def __init__(self, db: Database) -> None:
         self.db = db
+        self._stats = GatewayStatsStore(db)  # keeps whole periods' histograms between queries
 
     # -- routes ------------------------------------------------------------------------------------
 
@@ -147,14 +150,9 @@ class GatewayStore:
         )
         return float(row[0]) if row else 0.0
 
-    async def stats_rows(self, since: datetime) -> list[GatewayCall]:
-        """Every call since `since`, without bodies: what `stats --source gateway` groups."""
-        columns = _CALL_COLUMNS.replace("request_body, response_body", "NULL AS request_body, NULL AS response_body")
-        rows = await self.db.fetchall(
-            f"SELECT id, {columns} FROM gateway_calls WHERE at >= ? ORDER BY id",
-            (to_iso(since),),
-        )
-        return [_call(r) for r in rows]
+    async def stats(self, *, since: datetime, by: tuple[str, ...]) -> GatewayStats:
+        """What `stats --source gateway` shows, from the rollups (store/gateway_stats.py)."""
+        return await self._stats.stats(since=since, by=by)
 
 
 def _where(**filters: Any) -> tuple[str, tuple[Any, ...]]:

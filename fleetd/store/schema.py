@@ -129,6 +129,114 @@ STATS_REBUILD = "\n".join(
     [f"DELETE FROM {table};" for table, _ in _PERIODS] + [_rollup((_ADD_ATTEMPTS, _ADD_RUN_STARTS, _ADD_RUN_ENDS), "1")]
 )
 
+# The rollups of `fleetd stats --source gateway` (migration 20; store/gateway_stats.py says what they count),
+# of the same two periods as the loops' ones. Each call adds to them as it is inserted (the trigger); a
+# histogram is a JSON object {"rounded ms": calls}. The trigger adds one call: its sums by an upsert, then one
+# to each histogram by json_set (a merge of two objects, as the loops' trigger does it, costs ~30x more on a
+# day's histogram of a few hundred entries: too much at hundreds of calls a second). GATEWAY_STATS_REBUILD
+# (the migration's backfill, and bench/ after bulk inserts) adds every call, grouped.
+_GATEWAY_KEY = "route, profile, model, key_name, api"
+_GATEWAY_PERIODS = (("gateway_stats_daily", 10), ("gateway_stats_hourly", 13))
+_GATEWAY_SUMS = ("calls", "succeeded", "fallbacks", "streamed", "stream_errors", "input_tokens", "output_tokens",
+                 "cache_read_tokens", "cache_write_tokens", "cost_usd")  # fmt: skip
+_GATEWAY_FACTS = ("1", "succeeded", "fallback", "streamed", "stream_error", "input_tokens", "output_tokens",
+                  "cache_read_tokens", "cache_write_tokens", "cost_usd")  # fmt: skip
+
+
+def two_digits_sql(column: str) -> str:
+    """`column` (whole milliseconds) rounded to two significant digits, halves up (36392 → 36000); below 100
+    as it is. As migration 6 rounds attempt durations: rounding is monotonic, so a percentile of the rounded
+    values is the exact percentile, rounded."""
+    digit = f"CAST(substr('1000000000000000000', 1, length({column}) - 1) AS INTEGER)"
+    return (
+        f"CASE WHEN {column} IS NULL THEN NULL WHEN {column} < 100 THEN max({column}, 0) "
+        f"ELSE ({column} + {digit} / 2) / {digit} * {digit} END"
+    )
+
+
+_GATEWAY_CALL_FACTS_VIEW = f"""
+    -- What one call adds to the figures. NULL keys are '' (a NULL would never match in a rollup's key).
+    -- Fallback: its path tried more than one profile (a retry of the same profile is not one).
+    CREATE VIEW gateway_call_facts AS
+    SELECT id AS call_id, at, route, coalesce(profile, '') AS profile, coalesce(model, '') AS model,
+           coalesce(key_name, '') AS key_name, api, outcome = 'succeeded' AS succeeded,
+           json_array_length(path_json) > 1 AND EXISTS (
+               SELECT 1 FROM json_each(path_json)
+               WHERE json_extract(value, '$.profile') IS NOT json_extract(path_json, '$[0].profile')) AS fallback,
+           streamed <> 0 AS streamed, outcome = 'stream_error' AS stream_error, input_tokens, output_tokens,
+           cache_read_tokens, cache_write_tokens, cost_usd,
+           {two_digits_sql("latency_ms")} AS latency_ms, {two_digits_sql("ttft_ms")} AS ttft_ms
+    FROM gateway_calls;
+"""
+_GATEWAY_ROLLUP_TABLE = """
+    CREATE TABLE {table} (
+        period             TEXT NOT NULL,
+        route              TEXT NOT NULL,
+        profile            TEXT NOT NULL,
+        model              TEXT NOT NULL,
+        key_name           TEXT NOT NULL,
+        api                TEXT NOT NULL,
+        calls              INTEGER NOT NULL DEFAULT 0,
+        succeeded          INTEGER NOT NULL DEFAULT 0,
+        fallbacks          INTEGER NOT NULL DEFAULT 0,
+        streamed           INTEGER NOT NULL DEFAULT 0,
+        stream_errors      INTEGER NOT NULL DEFAULT 0,
+        input_tokens       INTEGER NOT NULL DEFAULT 0,
+        output_tokens      INTEGER NOT NULL DEFAULT 0,
+        cache_read_tokens  INTEGER NOT NULL DEFAULT 0,
+        cache_write_tokens INTEGER NOT NULL DEFAULT 0,
+        cost_usd           REAL NOT NULL DEFAULT 0,
+        latencies          TEXT NOT NULL DEFAULT '{{}}',  -- {{"rounded latency_ms": calls}}
+        ttfts              TEXT NOT NULL DEFAULT '{{}}',  -- {{"rounded ttft_ms": calls}}, calls with a ttft
+        PRIMARY KEY (period, route, profile, model, key_name, api)
+    ) WITHOUT ROWID;
+"""
+_SUMMED = tuple(zip(_GATEWAY_SUMS, _GATEWAY_FACTS, strict=True))
+_GATEWAY_ADD_SUMS = (
+    f"INSERT INTO {{table}} (period, {_GATEWAY_KEY}, {', '.join(_GATEWAY_SUMS)}) "
+    f"SELECT substr(at, 1, {{width}}) AS period, {_GATEWAY_KEY}, "
+    + ", ".join(f"{'total' if s == 'cost_usd' else 'sum'}({f})" for s, f in _SUMMED)
+    + f" FROM gateway_call_facts f WHERE {{where}} GROUP BY period, {_GATEWAY_KEY} "
+    "ON CONFLICT DO UPDATE SET " + ", ".join(f"{s} = {s} + excluded.{s}" for s in _GATEWAY_SUMS) + ";"
+)
+_MATCH = " AND ".join(f"{{table}}.{c} = h.{c}" for c in ("period", *_GATEWAY_KEY.split(", ")))
+# One call's rounded latency (and ttft) added to its row's histograms, which _GATEWAY_ADD_SUMS has made.
+_GATEWAY_ADD_ONE = (
+    "UPDATE {table} SET "
+    "latencies = json_set(latencies, h.latency, coalesce(json_extract(latencies, h.latency), 0) + 1), "
+    "ttfts = CASE WHEN h.ttft IS NULL THEN ttfts "
+    "ELSE json_set(ttfts, h.ttft, coalesce(json_extract(ttfts, h.ttft), 0) + 1) END "
+    f"FROM (SELECT substr(at, 1, {{width}}) AS period, {_GATEWAY_KEY}, '$.\"' || latency_ms || '\"' AS latency, "
+    "'$.\"' || ttft_ms || '\"' AS ttft FROM gateway_call_facts f WHERE {where}) h "
+    f"WHERE {_MATCH};"
+)
+# Every call's, grouped: on rows _GATEWAY_ADD_SUMS has just made from the same calls.
+_GATEWAY_SET_HISTOGRAMS = "".join(
+    f"UPDATE {{table}} SET {column} = h.histogram FROM ("
+    f"SELECT period, {_GATEWAY_KEY}, json_group_object(ms, n) AS histogram FROM ("
+    f" SELECT substr(at, 1, {{width}}) AS period, {_GATEWAY_KEY}, {fact} AS ms, count(*) AS n"
+    f" FROM gateway_call_facts f WHERE {{where}} AND {fact} IS NOT NULL GROUP BY period, {_GATEWAY_KEY}, {fact}"
+    f") GROUP BY period, {_GATEWAY_KEY}) h WHERE {_MATCH};\n"
+    for column, fact in (("latencies", "latency_ms"), ("ttfts", "ttft_ms"))
+)
+
+
+def _gateway_rollup(templates: tuple[str, ...], where: str) -> str:
+    return "\n".join(
+        t.format(table=table, width=width, where=where) for table, width in _GATEWAY_PERIODS for t in templates
+    )
+
+
+GATEWAY_STATS_TRIGGER = (
+    "CREATE TRIGGER gateway_stats_call AFTER INSERT ON gateway_calls\nBEGIN\n"
+    + _gateway_rollup((_GATEWAY_ADD_SUMS, _GATEWAY_ADD_ONE), "f.call_id = NEW.id")
+    + "\nEND;"
+)
+GATEWAY_STATS_REBUILD = "\n".join(
+    [f"DELETE FROM {table};" for table, _ in _GATEWAY_PERIODS]
+    + [_gateway_rollup((_GATEWAY_ADD_SUMS, _GATEWAY_SET_HISTOGRAMS), "1")]
+)
+
 _RUNS_STATUS_CHECK = re.compile(r"(CHECK\s*\(\s*status\s+IN\s*\()([^)]*)(\))", re.IGNORECASE)
 _RUNS_STATUSES_V10 = "'running', 'waiting', 'succeeded', 'failed', 'timed_out', 'interrupted', 'cancelled', 'skipped'"
 
@@ -533,5 +641,18 @@ MIGRATIONS: list[Migration] = [
     # over every call of the day.
     """
     CREATE INDEX gateway_calls_profile_at ON gateway_calls(profile, at);
+    """,
+    # 16-19: kept free for other branches' migrations (this branch was given 20).
+    "",
+    "",
+    "",
+    "",
+    # 20: `fleetd stats --source gateway`: per-day and per-hour rollups of the calls, kept by a trigger as calls
+    # are logged (store/gateway_stats.py), and filled here with the calls already logged.
+    f"""
+    {_GATEWAY_CALL_FACTS_VIEW}
+    {"".join(_GATEWAY_ROLLUP_TABLE.format(table=table) for table, _ in _GATEWAY_PERIODS)}
+    {GATEWAY_STATS_TRIGGER}
+    {GATEWAY_STATS_REBUILD}
     """,
 ]
