@@ -14,7 +14,7 @@ from fleetd.errors import Conflict, NotFound
 from fleetd.records.gateway import ClientKey, GatewayCall, GatewaySetting, Route
 from fleetd.records.loop import ChainStep
 from fleetd.store.db import Database
-from fleetd.store.gateway_stats import GatewayStats, GatewayStatsStore
+from fleetd.store.gateway_stats import GatewayStats, GatewayStatsStore, add_to_rollups
 from fleetd.timefmt import from_iso, to_iso
 
 _CALL_COLUMNS = (
@@ -126,7 +126,8 @@ class GatewayStore:
         await self.add_calls([call])
 
     async def add_calls(self, calls: list[GatewayCall]) -> None:
-        """In one transaction (the gateway writes its calls in batches, after their answers)."""
+        """In one transaction, with what they add to the stats rollups (the gateway writes its calls in batches,
+        after their answers)."""
         rows = [
             (to_iso(call.at), call.key, call.route, call.api, int(call.streamed), call.outcome, call.status,
              call.error, json.dumps(call.path), call.profile, call.model, call.ttft_ms, call.latency_ms,
@@ -134,8 +135,14 @@ class GatewayStore:
              call.cost_usd, call.request_body, call.response_body)
             for call in calls
         ]  # fmt: skip
-        async with self.db.transaction() as conn:
-            await conn.executemany(f"INSERT INTO gateway_calls ({_CALL_COLUMNS}) VALUES ({', '.join('?' * 20)})", rows)
+
+        def write(conn: sqlite3.Connection) -> None:
+            # Ids are given in order (max + 1): the batch is every id above the largest before it.
+            (last,) = conn.execute("SELECT coalesce(max(id), 0) FROM gateway_calls").fetchone()
+            conn.executemany(f"INSERT INTO gateway_calls ({_CALL_COLUMNS}) VALUES ({', '.join('?' * 20)})", rows)
+            add_to_rollups(conn, last)
+
+        await self.db.write(write)
 
     async def calls(self, *, route: str | None, since: datetime | None, limit: int) -> list[GatewayCall]:
         where, params = _where(route=route, since=since)

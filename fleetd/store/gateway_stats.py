@@ -5,32 +5,30 @@ its route, last profile, model, client key and API. A fallback is a call whose p
 profile; p50 / p95 latency and p50 time to first token are nearest-rank over the calls' milliseconds rounded
 to two significant digits (36392 ms is kept as 36000; a call without a first token counts in latency only).
 
-How it stays fast: as loop stats do (store/stats.py, store/rollups.py). A trigger (schema migration 20) adds
-each call, as it is logged, to rollups keyed by (period, route, profile, model, key, api), one per UTC day
-(`gateway_stats_daily`) and one per hour (`gateway_stats_hourly`): counts, sums, and histograms of the rounded
-latency and time to first token. A query reads whole days and whole hours from them and only its first
-partial hour from the calls, through the view the trigger adds from (`gateway_call_facts`). Retention deletes
-calls, never rollups: pruned calls still count (but in a window's first partial hour).
+How it stays fast: as loop stats do (store/stats.py, store/rollups.py), with rollups (schema migration 20)
+keyed by (period, route, profile, model, key, api), per UTC day and per hour: counts and sums
+(`gateway_stats_{daily,hourly}`), and histograms of the rounded latency and time to first token as rows
+(`gateway_histograms_{daily,hourly}`; schema.py says why not JSON). The store adds each batch of calls to them
+in the transaction that inserts it (`add_to_rollups`: a few statements per batch; a trigger would run them for
+each call). A query reads whole days and whole hours from them and only its first partial hour from the calls,
+through the view the rollups are added from (`gateway_call_facts`), so each part counts alike.
+Retention deletes calls, never rollups: pruned calls still count (but in a window's first partial hour).
 """
 
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from fleetd.store.db import Database
 from fleetd.store.rollups import Histogram, PeriodHistograms, add_histograms, percentile, whole_periods, window
+from fleetd.store.schema import GATEWAY_FACTS, GATEWAY_KEY, GATEWAY_METRICS, GATEWAY_SUMS, gateway_add
 
 # `--by` key → its column (`key` is the client key's name)
 COLUMNS = {"route": "route", "profile": "profile", "model": "model", "key": "key_name", "api": "api"}
-_SUMS = ("calls", "succeeded", "fallbacks", "streamed", "stream_errors", "input_tokens", "output_tokens",
-         "cache_read_tokens", "cache_write_tokens", "cost_usd")  # fmt: skip
-_FACTS = ("1", "succeeded", "fallback", "streamed", "stream_error", "input_tokens", "output_tokens",
-          "cache_read_tokens", "cache_write_tokens", "cost_usd")  # fmt: skip
-_KEY = "route, profile, model, key_name, api"
-# The two histograms, each a prefix of a group's key in the kept periods: (its rollup column, its fact column).
-_HISTOGRAMS = {"latency": ("latencies", "latency_ms"), "ttft": ("ttfts", "ttft_ms")}
+_SUMS, _FACTS, _KEY = GATEWAY_SUMS, GATEWAY_FACTS, GATEWAY_KEY
 
 
 @dataclass
@@ -64,9 +62,9 @@ class GatewayStats:
 
 def queries(by: tuple[str, ...]) -> tuple[str, str, str, str]:
     """The figures per group; each whole period's call count; the histograms of the periods named (JSON arrays
-    :days and :hours), each row's group led by the histogram's name; the raw calls' histograms, likewise."""
+    :days and :hours), each row's group led by its metric; the raw calls' histograms, likewise."""
     keys = ", ".join(COLUMNS[k] for k in by)
-    daily = "gateway_stats_daily WHERE period > :day"
+    daily = "gateway_stats_daily WHERE period > :day"  # the sums, and whole periods' call counts
     hourly = "gateway_stats_hourly WHERE period > :hour AND period < :next_day"
     raw = "gateway_call_facts WHERE at >= :since AND at < :next_hour"
     sums = ", ".join(_SUMS)
@@ -79,15 +77,17 @@ def queries(by: tuple[str, ...]) -> tuple[str, str, str, str]:
             SELECT {_KEY}, {", ".join(_FACTS)} FROM {raw}
         ) GROUP BY {keys}
     """
+    # Rows of (rounded ms, calls), grouped into one JSON object per period, metric and group: rollups.py's shape.
     histograms = " UNION ALL ".join(
-        f"SELECT '{t}', period, '{name}', {keys}, {column} FROM {table} "
-        f"WHERE period IN (SELECT value FROM json_each(:{named})) AND {column} <> '{{}}'"
-        for t, table, named in (("d", "gateway_stats_daily", "days"), ("h", "gateway_stats_hourly", "hours"))
-        for name, (column, _) in _HISTOGRAMS.items()
+        f"SELECT '{t}', period, metric, {keys}, json_group_object(ms, n) FROM ("
+        f"SELECT period, metric, {keys}, ms, sum(calls) AS n FROM gateway_histograms_{table} "
+        f"WHERE period IN (SELECT value FROM json_each(:{named})) GROUP BY period, metric, {keys}, ms"
+        f") GROUP BY period, metric, {keys}"
+        for t, table, named in (("d", "daily", "days"), ("h", "hourly", "hours"))
     )
     raw_histograms = " UNION ALL ".join(
-        f"SELECT '{name}', {keys}, {fact}, count(*) FROM {raw} AND {fact} IS NOT NULL GROUP BY {keys}, {fact}"
-        for name, (_, fact) in _HISTOGRAMS.items()
+        f"SELECT '{metric}', {keys}, {fact}, count(*) FROM {raw} AND {fact} IS NOT NULL GROUP BY {keys}, {fact}"
+        for metric, fact in GATEWAY_METRICS
     )
     # In the primary key's order (period first): no sort.
     periods = (
@@ -95,6 +95,16 @@ def queries(by: tuple[str, ...]) -> tuple[str, str, str, str]:
         f"UNION ALL SELECT 'h', period, sum(calls) FROM {hourly} GROUP BY period"
     )
     return figures, periods, histograms, raw_histograms
+
+
+_ADD_BATCH = gateway_add("f.call_id > :after")
+
+
+def add_to_rollups(conn: sqlite3.Connection, after: int) -> None:
+    """Add the calls with an id above `after` (just inserted, in this transaction) to the rollups: a few
+    statements per batch, each an upsert per (period, group) or (period, group, rounded ms) the batch touches."""
+    for statement in _ADD_BATCH:
+        conn.execute(statement, {"after": after})
 
 
 class GatewayStatsStore:
@@ -117,7 +127,7 @@ class GatewayStatsStore:
             for name, value in zip(_SUMS, r[n:], strict=True):
                 setattr(row, name, value if name == "cost_usd" else int(value))
             rows[key] = row
-        # (histogram name, *group) → histogram. A group in a histogram but not in the figures was logged between
+        # (metric, *group) → histogram. A group in a histogram but not in the figures was logged between
         # the two reads: counted next time.
         merged: dict[tuple[Any, ...], Histogram] = {}
         for groups in (await whole_periods(self.db, self._periods, by, n + 1, periods, histograms, params)).values():
@@ -127,16 +137,16 @@ class GatewayStatsStore:
             hist[str(r[n + 1])] = hist.get(str(r[n + 1]), 0) + r[n + 2]
         result = GatewayStats(since=since, by=by)
         total = result.total
-        overall: dict[str, dict[int, int]] = {name: {} for name in _HISTOGRAMS}
+        overall: dict[str, dict[int, int]] = {metric: {} for metric, _ in GATEWAY_METRICS}
         for key, row in sorted(rows.items(), key=lambda kv: tuple(str(v) for v in kv[0])):
             result.groups.append(row)
             for name in _SUMS:
                 setattr(total, name, getattr(total, name) + getattr(row, name))
             hists = {}
-            for name in _HISTOGRAMS:
-                hists[name] = {int(ms): count for ms, count in merged.get((name, *key), {}).items()}
-                for ms, count in hists[name].items():
-                    overall[name][ms] = overall[name].get(ms, 0) + count
+            for metric, _ in GATEWAY_METRICS:
+                hists[metric] = {int(ms): count for ms, count in merged.get((metric, *key), {}).items()}
+                for ms, count in hists[metric].items():
+                    overall[metric][ms] = overall[metric].get(ms, 0) + count
             _percentiles(row, hists)
         _percentiles(total, overall)
         return result

@@ -129,18 +129,22 @@ STATS_REBUILD = "\n".join(
     [f"DELETE FROM {table};" for table, _ in _PERIODS] + [_rollup((_ADD_ATTEMPTS, _ADD_RUN_STARTS, _ADD_RUN_ENDS), "1")]
 )
 
-# The rollups of `fleetd stats --source gateway` (migration 20; store/gateway_stats.py says what they count),
-# of the same two periods as the loops' ones. Each call adds to them as it is inserted (the trigger); a
-# histogram is a JSON object {"rounded ms": calls}. The trigger adds one call: its sums by an upsert, then one
-# to each histogram by json_set (a merge of two objects, as the loops' trigger does it, costs ~30x more on a
-# day's histogram of a few hundred entries: too much at hundreds of calls a second). GATEWAY_STATS_REBUILD
-# (the migration's backfill, and bench/ after bulk inserts) adds every call, grouped.
-_GATEWAY_KEY = "route, profile, model, key_name, api"
-_GATEWAY_PERIODS = (("gateway_stats_daily", 10), ("gateway_stats_hourly", 13))
-_GATEWAY_SUMS = ("calls", "succeeded", "fallbacks", "streamed", "stream_errors", "input_tokens", "output_tokens",
+# The rollups of `fleetd stats --source gateway` (migration 20; store/gateway_stats.py says what they count), of
+# the same two periods as the loops' ones: sums per (period, route, profile, model, key, api) in
+# `gateway_stats_{daily,hourly}`, and the histograms of rounded latency and time to first token as one row per
+# (period, group, metric, rounded ms) in `gateway_histograms_{daily,hourly}`. Not JSON objects as the loops'
+# rollups keep them: adding one call to a JSON histogram re-parses and re-writes the whole object (SQLite's
+# json_set, or Python's json), ~200 us of CPU per call once a day's histograms hold a few hundred entries,
+# ten times the insert itself; adding to a row is an upsert of a few bytes. A query groups the rows of the
+# periods it has not kept (store/rollups.py) into JSON objects, so the rest is the loops' code.
+# GATEWAY_ADD (`{where}` picks the calls) adds calls to all four; GATEWAY_STATS_REBUILD adds every call.
+GATEWAY_KEY = "route, profile, model, key_name, api"
+GATEWAY_PERIODS = (("daily", 10), ("hourly", 13))  # gateway_stats_* and gateway_histograms_*, and period width
+GATEWAY_SUMS = ("calls", "succeeded", "fallbacks", "streamed", "stream_errors", "input_tokens", "output_tokens",
+                "cache_read_tokens", "cache_write_tokens", "cost_usd")  # fmt: skip
+GATEWAY_FACTS = ("1", "succeeded", "fallback", "streamed", "stream_error", "input_tokens", "output_tokens",
                  "cache_read_tokens", "cache_write_tokens", "cost_usd")  # fmt: skip
-_GATEWAY_FACTS = ("1", "succeeded", "fallback", "streamed", "stream_error", "input_tokens", "output_tokens",
-                  "cache_read_tokens", "cache_write_tokens", "cost_usd")  # fmt: skip
+GATEWAY_METRICS = (("latency", "latency_ms"), ("ttft", "ttft_ms"))  # a histogram's name, and its fact
 
 
 def two_digits_sql(column: str) -> str:
@@ -168,8 +172,8 @@ _GATEWAY_CALL_FACTS_VIEW = f"""
            {two_digits_sql("latency_ms")} AS latency_ms, {two_digits_sql("ttft_ms")} AS ttft_ms
     FROM gateway_calls;
 """
-_GATEWAY_ROLLUP_TABLE = """
-    CREATE TABLE {table} (
+_GATEWAY_ROLLUP_TABLES = """
+    CREATE TABLE gateway_stats_{period} (
         period             TEXT NOT NULL,
         route              TEXT NOT NULL,
         profile            TEXT NOT NULL,
@@ -186,55 +190,51 @@ _GATEWAY_ROLLUP_TABLE = """
         cache_read_tokens  INTEGER NOT NULL DEFAULT 0,
         cache_write_tokens INTEGER NOT NULL DEFAULT 0,
         cost_usd           REAL NOT NULL DEFAULT 0,
-        latencies          TEXT NOT NULL DEFAULT '{{}}',  -- {{"rounded latency_ms": calls}}
-        ttfts              TEXT NOT NULL DEFAULT '{{}}',  -- {{"rounded ttft_ms": calls}}, calls with a ttft
         PRIMARY KEY (period, route, profile, model, key_name, api)
     ) WITHOUT ROWID;
+    CREATE TABLE gateway_histograms_{period} (
+        period   TEXT NOT NULL,
+        route    TEXT NOT NULL,
+        profile  TEXT NOT NULL,
+        model    TEXT NOT NULL,
+        key_name TEXT NOT NULL,
+        api      TEXT NOT NULL,
+        metric   TEXT NOT NULL,     -- 'latency' or 'ttft' (calls with a first token only)
+        ms       INTEGER NOT NULL,  -- rounded to two significant digits
+        calls    INTEGER NOT NULL,
+        PRIMARY KEY (period, route, profile, model, key_name, api, metric, ms)
+    ) WITHOUT ROWID;
 """
-_SUMMED = tuple(zip(_GATEWAY_SUMS, _GATEWAY_FACTS, strict=True))
+_SUMMED = ", ".join(
+    f"{'total' if s == 'cost_usd' else 'sum'}({f})" for s, f in zip(GATEWAY_SUMS, GATEWAY_FACTS, strict=True)
+)
 _GATEWAY_ADD_SUMS = (
-    f"INSERT INTO {{table}} (period, {_GATEWAY_KEY}, {', '.join(_GATEWAY_SUMS)}) "
-    f"SELECT substr(at, 1, {{width}}) AS period, {_GATEWAY_KEY}, "
-    + ", ".join(f"{'total' if s == 'cost_usd' else 'sum'}({f})" for s, f in _SUMMED)
-    + f" FROM gateway_call_facts f WHERE {{where}} GROUP BY period, {_GATEWAY_KEY} "
-    "ON CONFLICT DO UPDATE SET " + ", ".join(f"{s} = {s} + excluded.{s}" for s in _GATEWAY_SUMS) + ";"
+    f"INSERT INTO gateway_stats_{{period}} (period, {GATEWAY_KEY}, {', '.join(GATEWAY_SUMS)}) "
+    f"SELECT substr(at, 1, {{width}}) AS period, {GATEWAY_KEY}, {_SUMMED} "
+    f"FROM gateway_call_facts f WHERE {{where}} GROUP BY period, {GATEWAY_KEY} "
+    "ON CONFLICT DO UPDATE SET " + ", ".join(f"{s} = {s} + excluded.{s}" for s in GATEWAY_SUMS) + ";"
 )
-_MATCH = " AND ".join(f"{{table}}.{c} = h.{c}" for c in ("period", *_GATEWAY_KEY.split(", ")))
-# One call's rounded latency (and ttft) added to its row's histograms, which _GATEWAY_ADD_SUMS has made.
-_GATEWAY_ADD_ONE = (
-    "UPDATE {table} SET "
-    "latencies = json_set(latencies, h.latency, coalesce(json_extract(latencies, h.latency), 0) + 1), "
-    "ttfts = CASE WHEN h.ttft IS NULL THEN ttfts "
-    "ELSE json_set(ttfts, h.ttft, coalesce(json_extract(ttfts, h.ttft), 0) + 1) END "
-    f"FROM (SELECT substr(at, 1, {{width}}) AS period, {_GATEWAY_KEY}, '$.\"' || latency_ms || '\"' AS latency, "
-    "'$.\"' || ttft_ms || '\"' AS ttft FROM gateway_call_facts f WHERE {where}) h "
-    f"WHERE {_MATCH};"
-)
-# Every call's, grouped: on rows _GATEWAY_ADD_SUMS has just made from the same calls.
-_GATEWAY_SET_HISTOGRAMS = "".join(
-    f"UPDATE {{table}} SET {column} = h.histogram FROM ("
-    f"SELECT period, {_GATEWAY_KEY}, json_group_object(ms, n) AS histogram FROM ("
-    f" SELECT substr(at, 1, {{width}}) AS period, {_GATEWAY_KEY}, {fact} AS ms, count(*) AS n"
-    f" FROM gateway_call_facts f WHERE {{where}} AND {fact} IS NOT NULL GROUP BY period, {_GATEWAY_KEY}, {fact}"
-    f") GROUP BY period, {_GATEWAY_KEY}) h WHERE {_MATCH};\n"
-    for column, fact in (("latencies", "latency_ms"), ("ttfts", "ttft_ms"))
+_GATEWAY_ADD_HISTOGRAM = (
+    f"INSERT INTO gateway_histograms_{{period}} (period, {GATEWAY_KEY}, metric, ms, calls) "
+    f"SELECT substr(at, 1, {{width}}) AS period, {GATEWAY_KEY}, '{{metric}}', {{fact}}, count(*) "
+    f"FROM gateway_call_facts f WHERE {{where}} AND {{fact}} IS NOT NULL GROUP BY period, {GATEWAY_KEY}, {{fact}} "
+    "ON CONFLICT DO UPDATE SET calls = calls + excluded.calls;"
 )
 
 
-def _gateway_rollup(templates: tuple[str, ...], where: str) -> str:
-    return "\n".join(
-        t.format(table=table, width=width, where=where) for table, width in _GATEWAY_PERIODS for t in templates
-    )
+def gateway_add(where: str) -> tuple[str, ...]:
+    """The statements that add the calls `where` picks (a condition on `gateway_call_facts f`) to the rollups."""
+    return tuple(
+        template.format(period=period, width=width, where=where, metric=metric, fact=fact)
+        for period, width in GATEWAY_PERIODS
+        for template, metric, fact in ((_GATEWAY_ADD_SUMS, "", ""),
+                                       *((_GATEWAY_ADD_HISTOGRAM, m, f) for m, f in GATEWAY_METRICS))
+    )  # fmt: skip
 
 
-GATEWAY_STATS_TRIGGER = (
-    "CREATE TRIGGER gateway_stats_call AFTER INSERT ON gateway_calls\nBEGIN\n"
-    + _gateway_rollup((_GATEWAY_ADD_SUMS, _GATEWAY_ADD_ONE), "f.call_id = NEW.id")
-    + "\nEND;"
-)
 GATEWAY_STATS_REBUILD = "\n".join(
-    [f"DELETE FROM {table};" for table, _ in _GATEWAY_PERIODS]
-    + [_gateway_rollup((_GATEWAY_ADD_SUMS, _GATEWAY_SET_HISTOGRAMS), "1")]
+    [f"DELETE FROM gateway_{kind}_{period};" for kind in ("stats", "histograms") for period, _ in GATEWAY_PERIODS]
+    + list(gateway_add("1"))
 )
 
 _RUNS_STATUS_CHECK = re.compile(r"(CHECK\s*\(\s*status\s+IN\s*\()([^)]*)(\))", re.IGNORECASE)
@@ -647,12 +647,11 @@ MIGRATIONS: list[Migration] = [
     "",
     "",
     "",
-    # 20: `fleetd stats --source gateway`: per-day and per-hour rollups of the calls, kept by a trigger as calls
-    # are logged (store/gateway_stats.py), and filled here with the calls already logged.
+    # 20: `fleetd stats --source gateway`: per-day and per-hour rollups of the calls, which the store adds each
+    # batch of calls to as it logs them (store/gateway_stats.py), filled here with the calls already logged.
     f"""
     {_GATEWAY_CALL_FACTS_VIEW}
-    {"".join(_GATEWAY_ROLLUP_TABLE.format(table=table) for table, _ in _GATEWAY_PERIODS)}
-    {GATEWAY_STATS_TRIGGER}
+    {"".join(_GATEWAY_ROLLUP_TABLES.format(period=period) for period, _ in GATEWAY_PERIODS)}
     {GATEWAY_STATS_REBUILD}
     """,
 ]
