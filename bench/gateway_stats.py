@@ -5,7 +5,8 @@
 Calls are written straight into the SQLite file (the daemon's own schema) before the daemon starts: spread
 evenly over the last 30 days across 4 routes, 3 profiles and 3 client keys; one in ten fell back to a second
 profile, one in fifty failed, a third streamed. Printed: the CLI's median (a fresh process) and the API call
-over the socket (the time spent in the daemon), first call and the median after it.
+over the socket (the time spent in the daemon), first call and the median after it. A --db FILE written by a
+fleetd before schema migration 20 is migrated when the daemon starts (its rollups built: ~45 s at 1M calls).
 """
 
 from __future__ import annotations
