@@ -248,7 +248,7 @@ class GatewayService:
     async def stats(self, *, since: datetime, by: tuple[str, ...]) -> dict[str, Any]:
         from fleetd.gateway.views import gateway_stats
 
-        return gateway_stats(await self.store.stats_rows(since), by)
+        return gateway_stats(await self.store.stats(since=since, by=by))
 
 
 def parse_gateway_by(text: str | None) -> tuple[str, ...]:

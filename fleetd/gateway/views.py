@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fleetd.records.gateway import ClientKey, GatewayCall, Route
 from fleetd.timefmt import to_iso
+
+if TYPE_CHECKING:
+    from fleetd.store.gateway_stats import GatewayStats, GatewayStatsRow
 
 
 def route_json(route: Route) -> dict[str, Any]:
@@ -62,45 +64,29 @@ def call_json(call: GatewayCall) -> dict[str, Any]:
     return answer
 
 
-def gateway_stats(calls: list[GatewayCall], by: tuple[str, ...]) -> dict[str, Any]:
-    groups: dict[tuple[Any, ...], list[GatewayCall]] = {}
-    for call in calls:
-        groups.setdefault(tuple(_value(call, k) for k in by), []).append(call)
-    rows = [{"group": dict(zip(by, key, strict=True)), **_figures(members)} for key, members in sorted(
-        groups.items(), key=lambda kv: tuple("" if v is None else str(v) for v in kv[0]))]  # fmt: skip
-    return {"source": "gateway", "by": list(by), "groups": rows, "total": {"group": {}, **_figures(calls)}}
+def gateway_stats(stats: GatewayStats) -> dict[str, Any]:
+    return {"source": "gateway", "by": list(stats.by), "groups": [_figures(row) for row in stats.groups],
+            "total": _figures(stats.total)}  # fmt: skip
 
 
-def _value(call: GatewayCall, key: str) -> Any:
-    return {"route": call.route, "profile": call.profile, "model": call.model, "key": call.key, "api": call.api}[key]
-
-
-def _figures(calls: list[GatewayCall]) -> dict[str, Any]:
-    succeeded = sum(1 for c in calls if c.outcome == "succeeded")
-    fallbacks = sum(1 for c in calls if len({p["profile"] for p in c.path}) > 1)
-    latencies = sorted(c.latency_ms for c in calls)
-    ttfts = sorted(c.ttft_ms for c in calls if c.ttft_ms is not None)
+def _figures(row: GatewayStatsRow) -> dict[str, Any]:
     return {
-        "calls": len(calls),
-        "succeeded": succeeded,
-        "fallbacks": fallbacks,
-        "streamed": sum(1 for c in calls if c.streamed),
-        "stream_errors": sum(1 for c in calls if c.outcome == "stream_error"),
-        "success_rate": round(succeeded / len(calls), 4) if calls else None,
-        "fallback_rate": round(fallbacks / len(calls), 4) if calls else None,
-        "p50_latency_ms": _rank(latencies, 0.5),
-        "p95_latency_ms": _rank(latencies, 0.95),
-        "p50_ttft_ms": _rank(ttfts, 0.5),
+        "group": row.group,
+        "calls": row.calls,
+        "succeeded": row.succeeded,
+        "fallbacks": row.fallbacks,
+        "streamed": row.streamed,
+        "stream_errors": row.stream_errors,
+        "success_rate": round(row.succeeded / row.calls, 4) if row.calls else None,
+        "fallback_rate": round(row.fallbacks / row.calls, 4) if row.calls else None,
+        "p50_latency_ms": row.p50_latency_ms,
+        "p95_latency_ms": row.p95_latency_ms,
+        "p50_ttft_ms": row.p50_ttft_ms,
         "tokens": {
-            "input": sum(c.input_tokens for c in calls),
-            "output": sum(c.output_tokens for c in calls),
-            "cache_read": sum(c.cache_read_tokens for c in calls),
-            "cache_write": sum(c.cache_write_tokens for c in calls),
+            "input": row.input_tokens,
+            "output": row.output_tokens,
+            "cache_read": row.cache_read_tokens,
+            "cache_write": row.cache_write_tokens,
         },
-        "cost_usd": round(sum(c.cost_usd for c in calls), 6),
+        "cost_usd": round(row.cost_usd, 6),
     }
-
-
-def _rank(values: list[int], q: float) -> int | None:
-    """Nearest-rank percentile."""
-    return values[max(0, math.ceil(q * len(values)) - 1)] if values else None

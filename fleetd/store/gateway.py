@@ -1,4 +1,5 @@
-"""The gateway's tables: routes, client keys (hashes only), its listen setting, and the per-call log."""
+"""The gateway's tables: routes, client keys (hashes only), its listen setting, and the per-call log (whose
+figures, `stats --source gateway`, come from rollups: store/gateway_stats.py)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from fleetd.errors import Conflict, NotFound
 from fleetd.records.gateway import ClientKey, GatewayCall, GatewaySetting, Route
 from fleetd.records.loop import ChainStep
 from fleetd.store.db import Database
+from fleetd.store.gateway_stats import GatewayStats, GatewayStatsStore, add_to_rollups
 from fleetd.timefmt import from_iso, to_iso
 
 _CALL_COLUMNS = (
@@ -53,6 +55,7 @@ def _call(row: aiosqlite.Row) -> GatewayCall:
 class GatewayStore:
     def __init__(self, db: Database) -> None:
         self.db = db
+        self._stats = GatewayStatsStore(db)  # keeps whole periods' histograms between queries
 
     # -- routes ------------------------------------------------------------------------------------
 
@@ -123,7 +126,8 @@ class GatewayStore:
         await self.add_calls([call])
 
     async def add_calls(self, calls: list[GatewayCall]) -> None:
-        """In one transaction (the gateway writes its calls in batches, after their answers)."""
+        """In one transaction, with what they add to the stats rollups (the gateway writes its calls in batches,
+        after their answers)."""
         rows = [
             (to_iso(call.at), call.key, call.route, call.api, int(call.streamed), call.outcome, call.status,
              call.error, json.dumps(call.path), call.profile, call.model, call.ttft_ms, call.latency_ms,
@@ -131,8 +135,14 @@ class GatewayStore:
              call.cost_usd, call.request_body, call.response_body)
             for call in calls
         ]  # fmt: skip
-        async with self.db.transaction() as conn:
-            await conn.executemany(f"INSERT INTO gateway_calls ({_CALL_COLUMNS}) VALUES ({', '.join('?' * 20)})", rows)
+
+        def write(conn: sqlite3.Connection) -> None:
+            # Ids are given in order (max + 1): the batch is every id above the largest before it.
+            (last,) = conn.execute("SELECT coalesce(max(id), 0) FROM gateway_calls").fetchone()
+            conn.executemany(f"INSERT INTO gateway_calls ({_CALL_COLUMNS}) VALUES ({', '.join('?' * 20)})", rows)
+            add_to_rollups(conn, last)
+
+        await self.db.write(write)
 
     async def calls(self, *, route: str | None, since: datetime | None, limit: int) -> list[GatewayCall]:
         where, params = _where(route=route, since=since)
@@ -147,14 +157,9 @@ class GatewayStore:
         )
         return float(row[0]) if row else 0.0
 
-    async def stats_rows(self, since: datetime) -> list[GatewayCall]:
-        """Every call since `since`, without bodies: what `stats --source gateway` groups."""
-        columns = _CALL_COLUMNS.replace("request_body, response_body", "NULL AS request_body, NULL AS response_body")
-        rows = await self.db.fetchall(
-            f"SELECT id, {columns} FROM gateway_calls WHERE at >= ? ORDER BY id",
-            (to_iso(since),),
-        )
-        return [_call(r) for r in rows]
+    async def stats(self, *, since: datetime, by: tuple[str, ...]) -> GatewayStats:
+        """What `stats --source gateway` shows, from the rollups (store/gateway_stats.py)."""
+        return await self._stats.stats(since=since, by=by)
 
 
 def _where(**filters: Any) -> tuple[str, tuple[Any, ...]]:

@@ -6,7 +6,9 @@ loop that still exists (`runs.LAST_RUN_IDS`, a run of this loop, not of an earli
 A run goes with its attempts, in one short write transaction per batch (events and gateway calls go by age
 alone, in batches too), so a fire or an API write waits
 at most one batch. The stats rollups (`stats_daily`, `stats_hourly`) are not touched: they keep the
-figures of pruned runs (store/stats.py; triggers add on update only, so a delete subtracts nothing).
+figures of pruned runs (store/stats.py; triggers add on update only, so a delete subtracts nothing). Nor are
+the gateway's (`gateway_stats_*`, `gateway_histograms_*`): the store adds calls as it inserts them, and
+nothing subtracts them (store/gateway_stats.py).
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ _COLUMNS = (
     "log_path, error, attempts, pid, pid_create_time, wait_until, skip_reason, skipped_count"
 )
 
-# A run's duration_ms (migration 17) is written with its end, from the end's time and the start's: `runs list`
+# A run's duration_ms (migration 16) is written with its end, from the end's time and the start's: `runs list`
 # answers it as stored instead of working it out from both times of every row it lists.
 _DURATION_MS = duration_ms_sql("?6", "?5")  # an inserted row's finished_at and started_at
 

@@ -26,7 +26,7 @@ EPOCH_S_SQL = ("unixepoch({0})", "CAST(strftime('%s', {0}) AS INTEGER)")
 def duration_ms_sql(finished: str, started: str, epoch_s: str | None = None) -> str:
     """The milliseconds from `started` to `finished` (SQL expressions of times as `to_iso` writes them,
     YYYY-MM-DDTHH:MM:SS.mmm+00:00), exactly: whole seconds (`epoch_s`, one of EPOCH_S_SQL) plus the text's
-    milliseconds. NULL when either is NULL. A run's `duration_ms` (migration 17)."""
+    milliseconds. NULL when either is NULL. A run's `duration_ms` (migration 16)."""
     if epoch_s is None:
         epoch_s = EPOCH_S_SQL[0] if sqlite3.sqlite_version_info >= (3, 38) else EPOCH_S_SQL[1]
     ms = f"{epoch_s} * 1000 + CAST(substr({{0}}, 21, 3) AS INTEGER)"
@@ -143,6 +143,114 @@ _ENDED_V10 = "'succeeded', 'failed', 'timed_out', 'interrupted', 'cancelled'"
 
 STATS_REBUILD = "\n".join(
     [f"DELETE FROM {table};" for table, _ in _PERIODS] + [_rollup((_ADD_ATTEMPTS, _ADD_RUN_STARTS, _ADD_RUN_ENDS), "1")]
+)
+
+# The rollups of `fleetd stats --source gateway` (migration 17; store/gateway_stats.py says what they count), of
+# the same two periods as the loops' ones: sums per (period, route, profile, model, key, api) in
+# `gateway_stats_{daily,hourly}`, and the histograms of rounded latency and time to first token as one row per
+# (period, group, metric, rounded ms) in `gateway_histograms_{daily,hourly}`. Not JSON objects as the loops'
+# rollups keep them: adding one call to a JSON histogram re-parses and re-writes the whole object (SQLite's
+# json_set, or Python's json), ~200 us of CPU per call once a day's histograms hold a few hundred entries,
+# ten times the insert itself; adding to a row is an upsert of a few bytes. A query groups the rows of the
+# periods it has not kept (store/rollups.py) into JSON objects, so the rest is the loops' code.
+# GATEWAY_ADD (`{where}` picks the calls) adds calls to all four; GATEWAY_STATS_REBUILD adds every call.
+GATEWAY_KEY = "route, profile, model, key_name, api"
+GATEWAY_PERIODS = (("daily", 10), ("hourly", 13))  # gateway_stats_* and gateway_histograms_*, and period width
+GATEWAY_SUMS = ("calls", "succeeded", "fallbacks", "streamed", "stream_errors", "input_tokens", "output_tokens",
+                "cache_read_tokens", "cache_write_tokens", "cost_usd")  # fmt: skip
+GATEWAY_FACTS = ("1", "succeeded", "fallback", "streamed", "stream_error", "input_tokens", "output_tokens",
+                 "cache_read_tokens", "cache_write_tokens", "cost_usd")  # fmt: skip
+GATEWAY_METRICS = (("latency", "latency_ms"), ("ttft", "ttft_ms"))  # a histogram's name, and its fact
+
+
+def two_digits_sql(column: str) -> str:
+    """`column` (whole milliseconds) rounded to two significant digits, halves up (36392 → 36000); below 100
+    as it is. As migration 6 rounds attempt durations: rounding is monotonic, so a percentile of the rounded
+    values is the exact percentile, rounded."""
+    digit = f"CAST(substr('1000000000000000000', 1, length({column}) - 1) AS INTEGER)"
+    return (
+        f"CASE WHEN {column} IS NULL THEN NULL WHEN {column} < 100 THEN max({column}, 0) "
+        f"ELSE ({column} + {digit} / 2) / {digit} * {digit} END"
+    )
+
+
+_GATEWAY_CALL_FACTS_VIEW = f"""
+    -- What one call adds to the figures. NULL keys are '' (a NULL would never match in a rollup's key).
+    -- Fallback: its path tried more than one profile (a retry of the same profile is not one).
+    CREATE VIEW gateway_call_facts AS
+    SELECT id AS call_id, at, route, coalesce(profile, '') AS profile, coalesce(model, '') AS model,
+           coalesce(key_name, '') AS key_name, api, outcome = 'succeeded' AS succeeded,
+           json_array_length(path_json) > 1 AND EXISTS (
+               SELECT 1 FROM json_each(path_json)
+               WHERE json_extract(value, '$.profile') IS NOT json_extract(path_json, '$[0].profile')) AS fallback,
+           streamed <> 0 AS streamed, outcome = 'stream_error' AS stream_error, input_tokens, output_tokens,
+           cache_read_tokens, cache_write_tokens, cost_usd,
+           {two_digits_sql("latency_ms")} AS latency_ms, {two_digits_sql("ttft_ms")} AS ttft_ms
+    FROM gateway_calls;
+"""
+_GATEWAY_ROLLUP_TABLES = """
+    CREATE TABLE gateway_stats_{period} (
+        period             TEXT NOT NULL,
+        route              TEXT NOT NULL,
+        profile            TEXT NOT NULL,
+        model              TEXT NOT NULL,
+        key_name           TEXT NOT NULL,
+        api                TEXT NOT NULL,
+        calls              INTEGER NOT NULL DEFAULT 0,
+        succeeded          INTEGER NOT NULL DEFAULT 0,
+        fallbacks          INTEGER NOT NULL DEFAULT 0,
+        streamed           INTEGER NOT NULL DEFAULT 0,
+        stream_errors      INTEGER NOT NULL DEFAULT 0,
+        input_tokens       INTEGER NOT NULL DEFAULT 0,
+        output_tokens      INTEGER NOT NULL DEFAULT 0,
+        cache_read_tokens  INTEGER NOT NULL DEFAULT 0,
+        cache_write_tokens INTEGER NOT NULL DEFAULT 0,
+        cost_usd           REAL NOT NULL DEFAULT 0,
+        PRIMARY KEY (period, route, profile, model, key_name, api)
+    ) WITHOUT ROWID;
+    CREATE TABLE gateway_histograms_{period} (
+        period   TEXT NOT NULL,
+        route    TEXT NOT NULL,
+        profile  TEXT NOT NULL,
+        model    TEXT NOT NULL,
+        key_name TEXT NOT NULL,
+        api      TEXT NOT NULL,
+        metric   TEXT NOT NULL,     -- 'latency' or 'ttft' (calls with a first token only)
+        ms       INTEGER NOT NULL,  -- rounded to two significant digits
+        calls    INTEGER NOT NULL,
+        PRIMARY KEY (period, route, profile, model, key_name, api, metric, ms)
+    ) WITHOUT ROWID;
+"""
+_SUMMED = ", ".join(
+    f"{'total' if s == 'cost_usd' else 'sum'}({f})" for s, f in zip(GATEWAY_SUMS, GATEWAY_FACTS, strict=True)
+)
+_GATEWAY_ADD_SUMS = (
+    f"INSERT INTO gateway_stats_{{period}} (period, {GATEWAY_KEY}, {', '.join(GATEWAY_SUMS)}) "
+    f"SELECT substr(at, 1, {{width}}) AS period, {GATEWAY_KEY}, {_SUMMED} "
+    f"FROM gateway_call_facts f WHERE {{where}} GROUP BY period, {GATEWAY_KEY} "
+    "ON CONFLICT DO UPDATE SET " + ", ".join(f"{s} = {s} + excluded.{s}" for s in GATEWAY_SUMS) + ";"
+)
+_GATEWAY_ADD_HISTOGRAM = (
+    f"INSERT INTO gateway_histograms_{{period}} (period, {GATEWAY_KEY}, metric, ms, calls) "
+    f"SELECT substr(at, 1, {{width}}) AS period, {GATEWAY_KEY}, '{{metric}}', {{fact}}, count(*) "
+    f"FROM gateway_call_facts f WHERE {{where}} AND {{fact}} IS NOT NULL GROUP BY period, {GATEWAY_KEY}, {{fact}} "
+    "ON CONFLICT DO UPDATE SET calls = calls + excluded.calls;"
+)
+
+
+def gateway_add(where: str) -> tuple[str, ...]:
+    """The statements that add the calls `where` picks (a condition on `gateway_call_facts f`) to the rollups."""
+    return tuple(
+        template.format(period=period, width=width, where=where, metric=metric, fact=fact)
+        for period, width in GATEWAY_PERIODS
+        for template, metric, fact in ((_GATEWAY_ADD_SUMS, "", ""),
+                                       *((_GATEWAY_ADD_HISTOGRAM, m, f) for m, f in GATEWAY_METRICS))
+    )  # fmt: skip
+
+
+GATEWAY_STATS_REBUILD = "\n".join(
+    [f"DELETE FROM gateway_{kind}_{period};" for kind in ("stats", "histograms") for period, _ in GATEWAY_PERIODS]
+    + list(gateway_add("1"))
 )
 
 _RUNS_STATUS_CHECK = re.compile(r"(CHECK\s*\(\s*status\s+IN\s*\()([^)]*)(\))", re.IGNORECASE)
@@ -550,13 +658,18 @@ MIGRATIONS: list[Migration] = [
     """
     CREATE INDEX gateway_calls_profile_at ON gateway_calls(profile, at);
     """,
-    # 16: kept free for another branch's migration (this branch was given 17).
-    "",
-    # 17: a run's duration in whole milliseconds, written with its end (`RunStore.finish`, a skipped row's
+    # 16: a run's duration in whole milliseconds, written with its end (`RunStore.finish`, a skipped row's
     # insert): `runs list --limit 10000` answered it from the two ISO times of each row, ~a third of the
     # daemon's CPU for the whole answer (bench/runs_query.py).
     f"""
     ALTER TABLE runs ADD COLUMN duration_ms INTEGER;
     UPDATE runs SET duration_ms = {duration_ms_sql("finished_at", "started_at")} WHERE finished_at IS NOT NULL;
+    """,
+    # 17: `fleetd stats --source gateway`: per-day and per-hour rollups of the calls, which the store adds each
+    # batch of calls to as it logs them (store/gateway_stats.py), filled here with the calls already logged.
+    f"""
+    {_GATEWAY_CALL_FACTS_VIEW}
+    {"".join(_GATEWAY_ROLLUP_TABLES.format(period=period) for period, _ in GATEWAY_PERIODS)}
+    {GATEWAY_STATS_REBUILD}
     """,
 ]

@@ -34,7 +34,7 @@ sorting the (group, duration) pairs of a month cost more than the whole budget o
 
 The rollups' histograms are many small JSON texts (a month at a million attempts: ~8,600 of them, half a
 million entries), and decoding and merging them took ~400 ms a query. So a StatsStore keeps each whole
-period's histograms, merged by group, between queries (`_PeriodHistograms`), and reads again only the periods
+period's histograms, merged by group, between queries (`rollups.PeriodHistograms`), and reads again only the periods
 whose attempt count moved. Invariant (the triggers of schema.py keep it): a rollup row's `durations` change
 only as its `attempts` grow, so a period with the same attempt count (under the same `loop` filter) has the
 same histograms.
@@ -42,14 +42,21 @@ same histograms.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from fleetd.errors import InvalidArgument
 from fleetd.store.db import Database
-from fleetd.timefmt import to_iso
+from fleetd.store.rollups import (
+    Histogram,
+    Period,
+    PeriodHistograms,
+    add_histograms,
+    percentile,
+    whole_periods,
+    window,
+)
 
 GROUP_KEYS = ("backend", "profile", "model", "loop", "step", "role")
 DEFAULT_BY = ("backend",)
@@ -58,6 +65,7 @@ DEFAULT_SINCE = "7d"
 _SUMS = ("attempts", "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "cost_usd",
          "runs_started", "fallbacks", "escalations", "runs_ended", "succeeded")  # fmt: skip
 _TUPLE = ("loop", "backend", "profile", "model", "step", "role")
+_PeriodHistograms = PeriodHistograms  # its name here before store/rollups.py shared it
 
 
 @dataclass
@@ -168,66 +176,16 @@ def _queries(by: tuple[str, ...], loop: str | None) -> tuple[str, str, str, str]
     return figures, periods, histograms, raw_durations
 
 
-def percentile(histogram: dict[int, int], p: float) -> int | None:
-    """Nearest rank: the smallest duration with at least p % of the attempts at or below it."""
-    total = sum(histogram.values())
-    below = 0
-    for duration in sorted(histogram):
-        below += histogram[duration]
-        if below * 100 >= total * p:
-            return duration
-    return None
-
-
-Histogram = dict[str, int]  # rounded duration in ms, as text (as the JSON has it) → attempts
-Period = tuple[str, str]  # ('d', '2026-11-21') or ('h', '2026-11-21T09')
-Kept = dict[Period, tuple[int, dict[tuple[Any, ...], Histogram]]]  # period → (its attempts, its groups' histograms)
-
-
-class _PeriodHistograms:
-    """Whole periods' histograms merged by group, for each (by, loop) asked lately, with the attempt count
-    they were read at. Bounded: at most MAX_ENTRIES entries in all; past it, a (by, loop) keeps only the
-    periods of its last query, and the least recently asked go first (one bigger than that alone is not kept)."""
-
-    MAX_ENTRIES = 200_000  # ~20 MB of dicts at most; `--by backend` over 30 days at a million attempts: ~16k
-
-    def __init__(self) -> None:
-        self._kept: dict[tuple[Any, ...], tuple[int, Kept]] = {}
-
-    def get(self, key: tuple[Any, ...]) -> Kept:
-        return self._kept.get(key, (0, {}))[1]
-
-    def put(self, key: tuple[Any, ...], asked: Kept) -> None:
-        """`asked`: the periods of the query just answered; those kept from earlier queries stay while they fit."""
-        _, earlier = self._kept.pop(key, (0, {}))
-        for periods in ({**earlier, **asked}, asked):
-            entries = sum(len(h) for _, groups in periods.values() for h in groups.values())
-            if entries <= self.MAX_ENTRIES:
-                self._kept[key] = (entries, periods)  # last in the dict: the most recently asked
-                break
-        while sum(n for n, _ in self._kept.values()) > self.MAX_ENTRIES:
-            del self._kept[next(iter(self._kept))]
-
-
 class StatsStore:
     def __init__(self, db: Database) -> None:
         self.db = db
-        self._periods = _PeriodHistograms()
+        self._periods = PeriodHistograms()
 
     async def stats(self, *, since: datetime, by: tuple[str, ...] = DEFAULT_BY, loop: str | None = None) -> Stats:
         """The figures per group of `by` (distinct keys from GROUP_KEYS, checked by the caller) and in total."""
         assert by and len(set(by)) == len(by) and all(k in GROUP_KEYS for k in by), by
         since = since.astimezone(UTC)
-        hour = since.replace(minute=0, second=0, microsecond=0)
-        next_day = (hour.replace(hour=0) + timedelta(days=1)).date().isoformat()
-        params = {
-            "since": to_iso(since),
-            "day": hour.date().isoformat(),
-            "hour": hour.strftime("%Y-%m-%dT%H"),
-            "next_day": next_day,
-            "next_hour": to_iso(hour + timedelta(hours=1)),
-            "loop": loop,
-        }
+        params: dict[str, Any] = {**window(since), "loop": loop}
         figures, periods, histograms, raw_durations = _queries(by, loop)
         n = len(by)
         rows: dict[tuple[Any, ...], StatsRow] = {}
@@ -240,10 +198,7 @@ class StatsStore:
         # A group in a histogram but not in the figures ended between the two reads: counted next time.
         merged: dict[tuple[Any, ...], Histogram] = {key: {} for key in rows}
         for groups in (await self._whole_periods(by, loop, periods, histograms, params)).values():
-            for key, period_hist in groups.items():
-                hist = merged.setdefault(key, {})
-                for duration, count in period_hist.items():
-                    hist[duration] = hist.get(duration, 0) + count
+            add_histograms(merged, groups)
         for r in await self.db.fetchall(raw_durations, params):  # type: ignore[arg-type]
             hist = merged.setdefault(tuple(r[:n]), {})
             hist[str(r[n])] = hist.get(str(r[n]), 0) + r[n + 1]
@@ -262,30 +217,5 @@ class StatsStore:
     async def _whole_periods(
         self, by: tuple[str, ...], loop: str | None, periods: str, histograms: str, params: dict[str, Any]
     ) -> dict[Period, dict[tuple[Any, ...], Histogram]]:
-        """The histograms of the window's whole days and hours, merged by group: kept ones while their period's
-        attempt count stands, the others read (and kept for the next query)."""
-        kept = self._periods.get((by, loop))
-        now: Kept = {}
-        stale: dict[Period, int] = {}
-        for table, period, attempts in await self.db.fetchall(periods, params):  # type: ignore[arg-type]
-            seen = kept.get((table, period))
-            if seen is not None and seen[0] == attempts:
-                now[(table, period)] = seen
-            else:
-                stale[(table, period)] = attempts
-        if stale:
-            # Counted before reading: a period that grows meanwhile is read again next time, never kept stale.
-            fresh: dict[Period, dict[tuple[Any, ...], Histogram]] = {p: {} for p in stale}
-            wanted = {
-                **params,
-                "days": json.dumps([p for t, p in stale if t == "d"]),
-                "hours": json.dumps([p for t, p in stale if t == "h"]),
-            }
-            n = len(by)
-            for r in await self.db.fetchall(histograms, wanted):  # type: ignore[arg-type]
-                hist = fresh[(r[0], r[1])].setdefault(tuple(r[2 : 2 + n]), {})
-                for duration, count in json.loads(r[2 + n]).items():
-                    hist[duration] = hist.get(duration, 0) + count
-            now.update({p: (attempts, fresh[p]) for p, attempts in stale.items()})
-        self._periods.put((by, loop), now)
-        return {p: groups for p, (_, groups) in now.items()}
+        """The histograms of the window's whole days and hours, merged by group (rollups.whole_periods)."""
+        return await whole_periods(self.db, self._periods, (by, loop), len(by), periods, histograms, params)

@@ -94,12 +94,12 @@ def test_durations_are_run_json_s_to_the_last_bit(tmp_path: Path, epoch_s: str) 
 
 
 def test_migration_17_stores_the_duration_of_every_ended_run(tmp_path: Path) -> None:
-    """Runs ended before migration 17 get their duration_ms from their times; running ones stay NULL."""
+    """Runs ended before migration 16 get their duration_ms from their times; running ones stay NULL."""
     ended = [(T0, T0 + timedelta(milliseconds=ms)) for ms in (0, 1, 999, 1500, 100 * 86_400_000 + 123, -250)]
 
     async def go() -> list[tuple[object, ...]]:
         async with aiosqlite.connect(tmp_path / "f.db", isolation_level=None) as conn:
-            assert await migrate(conn, upto=16) == 16
+            assert await migrate(conn, upto=15) == 15
             iso = [(s.isoformat(timespec="milliseconds"), f.isoformat(timespec="milliseconds")) for s, f in ended]
             await conn.executemany(
                 "INSERT INTO runs (loop, trigger, status, scheduled_at, started_at, finished_at, backend) "

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from fleetd.daemon.views import RUN_JSON_SQL
-from fleetd.store import attempts, retention
+from fleetd.store import attempts, gateway_stats, retention
 from fleetd.store.db import Database
 from fleetd.store.runs import _COLUMNS, NEWEST_FIRST, array_query, list_query
 from fleetd.store.stats import GROUP_KEYS, _queries
@@ -132,3 +132,30 @@ def test_a_profiles_daily_spend_is_two_index_searches(conn: sqlite3.Connection) 
     assert not full_scans(steps, ("attempts", "gateway_calls")), steps
     assert any("gateway_calls" in s and "profile=?" in s for s in steps), steps
     assert any("attempts" in s and "profile=?" in s for s in steps), steps
+
+
+@pytest.mark.parametrize("by", [(k,) for k in gateway_stats.COLUMNS] + [("route", "profile")])
+def test_gateway_stats_read_rollups_and_the_first_hours_calls_by_index(
+    conn: sqlite3.Connection, by: tuple[str, ...]
+) -> None:
+    params = {
+        "since": "2026-11-21T09:30:00.000+00:00",
+        "day": "2026-11-21",
+        "hour": "2026-11-21T09",
+        "next_day": "2026-11-22",
+        "next_hour": "2026-11-21T10:00:00.000+00:00",
+        "days": '["2026-11-22", "2026-11-23"]',
+        "hours": '["2026-11-21T10"]',
+    }
+    tables = ("gateway_calls", *(f"gateway_{k}_{p}" for k in ("stats", "histograms") for p in ("daily", "hourly")))
+    for sql in gateway_stats.queries(by):
+        steps = plan(conn, sql, params)
+        assert not [s for s in full_scans(steps, tables) if "TEMP B-TREE" not in s], steps
+
+
+def test_a_batch_of_calls_adds_to_the_rollups_by_index(conn: sqlite3.Connection) -> None:
+    """Each statement reads the batch alone (ids above the last before it), never the whole call log."""
+    for sql in gateway_stats._ADD_BATCH:
+        steps = plan(conn, sql, {"after": 1_000_000})
+        assert not [s for s in full_scans(steps, ("gateway_calls",)) if "TEMP B-TREE" not in s], steps
+        assert any("gateway_calls USING INTEGER PRIMARY KEY (rowid>?)" in s for s in steps), steps
