@@ -20,7 +20,6 @@ import asyncio
 import logging
 import os
 import sqlite3
-import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
@@ -41,7 +40,6 @@ PRAGMAS = (
     "PRAGMA busy_timeout=5000",
     "PRAGMA foreign_keys=ON",
 )
-CHECKPOINT_EVERY = 0.1  # seconds between the checkpointer's passes (`_Checkpointer`)
 
 # SQLite's primary result codes (the low byte of an extended code) that say the store itself is unusable,
 # as opposed to a statement being wrong (a constraint, a bug).
@@ -102,7 +100,6 @@ class Database:
         # that finished before it began.
         self._read_lock = asyncio.Lock()
         self.path = path
-        self._checkpointer = _Checkpointer(path) if path is not None else None
         # Invariant: None exactly when the last write that finished (or the open) succeeded. Each change
         # is logged once, so a full disk under fires every second is two log lines, not a flood.
         self.problem: str | None = None
@@ -140,8 +137,6 @@ class Database:
         if self._closed:
             return
         self._closed = True
-        if self._checkpointer is not None:
-            await self._checkpointer.close()
         await self._thread.close()
         await self._reader.close()
         await self._writer.close()
@@ -307,52 +302,6 @@ def _raise_read_failure(e: sqlite3.DatabaseError) -> None:
     problem = store_problem(e)
     if problem is not None:
         raise StoreUnavailable("read", problem) from e
-
-
-class _Checkpointer:
-    """WAL checkpoints beside the writer, in a thread and on a connection of their own. The commit that takes the
-    WAL past SQLite's 1,000-page mark checkpoints it (copies the pages into the file, then fsyncs both), while
-    every write queued behind it, a fire's among them, waits: with this thread's PASSIVE passes (which wait for
-    no reader or writer, and none waits for them) that commit finds the copying and the file's flush done, and
-    only the frames of the last moment left. That commit's checkpoint stays: a PASSIVE one with writes going on
-    beside it seldom lets the WAL start over (without the writer's, it grew to 24 MB in 15 s at 500 fires a
-    second), while the writer's, with no write beside it, does.
-
-    A pass after each `CHECKPOINT_EVERY` seconds in which something was committed; one that could not copy
-    every frame (a reader on an older snapshot) is tried again."""
-
-    def __init__(self, path: Path) -> None:
-        self._path = path
-        self._every = CHECKPOINT_EVERY
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="fleetd-checkpoint", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        conn: sqlite3.Connection | None = None
-        seen: int | None = None
-        failing = False
-        while not self._stop.wait(self._every):
-            try:
-                if conn is None:
-                    conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
-                    conn.execute("PRAGMA busy_timeout=5000")
-                (version,) = conn.execute("PRAGMA data_version").fetchone()
-                if version == seen:
-                    continue
-                busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-                seen = version if not busy and copied >= frames else None
-                failing = False
-            except sqlite3.Error as e:  # the next pass tries again; the writes themselves are not at stake
-                if not failing:
-                    log.warning("cannot checkpoint the database's WAL: %s; retrying", e)
-                failing = True
-        if conn is not None:
-            conn.close()
-
-    async def close(self) -> None:
-        self._stop.set()
-        await asyncio.to_thread(self._thread.join)
 
 
 def _connect_sync(path: Path) -> sqlite3.Connection:
