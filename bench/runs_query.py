@@ -8,7 +8,7 @@ than an hour old: its runs end at the time it was filled, and `--since` counts b
 the last 100 days across 50 loops (each loop in turn), 5 % failed, 2 % skipped, 1 % timed out, the rest succeeded. Per
 combination, printed at 1k runs (the baseline) and at 1M: the API call's median over the socket (the time spent in the
 daemon: query, JSON, HTTP) and the daemon's CPU time per call (on a shared machine the wall time also counts waiting
-for a core); the daemon's SQL alone (store.runs.list_query with views.RUN_JSON_SQL, every row fetched); and the CLI's
+for a core); the daemon's SQL alone (store.runs.array_query with views.RUN_JSON_SQL: the answer's bytes); and the CLI's
 median, a fresh process as a user runs it, with `--json` and as the text table (its output to /dev/null). Also `stats
 --since 30d` for the record (bench/stats_query.py measures stats at a million attempts).
 """
@@ -35,7 +35,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench._common import FLEETD, ThrowawayDaemon, time_api, time_command
 from fleetd.daemon.views import RUN_JSON_SQL
 from fleetd.store.db import Database
-from fleetd.store.runs import list_query
+from fleetd.store.runs import array_query
+from fleetd.store.schema import duration_ms_sql
 from fleetd.timefmt import parse_duration
 
 LOOPS = 50
@@ -82,8 +83,12 @@ def fill(db_path: Path, n: int, now: datetime) -> None:
             f"{iso.format('t')}, {iso.format('t')}, {iso.format('t + 30')}, CASE WHEN k < 5 THEN 1 ELSE 0 END, "
             "'command', '/tmp/' || i || '.log', 1 FROM t"
         )
-        # the newest few are still running
-        conn.execute(f"UPDATE runs SET status = 'running', finished_at = NULL, exit_code = NULL WHERE id > {n - 3}")
+        # each run's duration_ms, as RunStore.finish writes it; the newest few are still running
+        conn.execute(f"UPDATE runs SET duration_ms = {duration_ms_sql('finished_at', 'started_at')}")
+        conn.execute(
+            "UPDATE runs SET status = 'running', finished_at = NULL, exit_code = NULL, duration_ms = NULL "
+            f"WHERE id > {n - 3}"
+        )
         conn.execute("COMMIT")
         conn.execute("PRAGMA journal_mode=WAL")
 
@@ -96,20 +101,21 @@ def query(flags: list[str], limit: int = 50) -> dict[str, str]:
 
 
 def time_sql(db_path: Path, flags: list[str], repeat: int) -> tuple[float, int]:
-    """Median of the daemon's own SQL for these flags (store.runs.list_query, each row's JSON built by SQLite),
-    all rows fetched, in ms; and how many rows it returns. What is left of the API's time is sending them."""
+    """Median of the daemon's own SQL for these flags (store.runs.array_query with views.RUN_JSON_SQL: each row's
+    JSON and their array built by SQLite), in ms; and how many rows it gives. What is left of the API's time is
+    sending them."""
     q = query(flags)
     since = datetime.now(UTC) - timedelta(seconds=parse_duration(q["since"])) if "since" in q else None
-    sql, params = list_query(
-        loop=q.get("loop"), status=q.get("status"), since=since, limit=int(q["limit"]), select=RUN_JSON_SQL
+    sql, params = array_query(
+        RUN_JSON_SQL, loop=q.get("loop"), status=q.get("status"), since=since, limit=int(q["limit"])
     )
-    samples, rows = [], 0
+    samples, body = [], b"[]"
     with sqlite3.connect(db_path) as conn:
         for _ in range(repeat):
             start = time.perf_counter()
-            rows = len(conn.execute(sql, params).fetchall())
+            body = conn.execute(sql, params).fetchone()[0]
             samples.append((time.perf_counter() - start) * 1000)
-    return statistics.median(samples), rows
+    return statistics.median(samples), len(json.loads(body))
 
 
 # case → (API wall, the daemon's CPU per call, SQL, rows, CLI json, CLI text)

@@ -147,6 +147,10 @@ class Adapter(Protocol):
 
 
 class ProcessAdapter(Adapter, Protocol):
+    # Whether `interpret` reads stderr apart from stdout. False: the child's stderr shares its stdout pipe
+    # (one pipe and one reader less per attempt), and `ProcessOutput.stdout` holds both, as the run log does.
+    stderr_apart: bool
+
     def build(self, ctx: AttemptContext) -> ProcessSpec: ...
 
     def interpret(self, ctx: AttemptContext, out: ProcessOutput, now: datetime, tz: tzinfo) -> ParsedOutput: ...

@@ -17,6 +17,7 @@ class CommandAdapter(AdapterDefaults):
     kind: Literal["process"] = "process"
     needs_profile = False
     end_on_live_failure = False
+    stderr_apart = False  # its outcome is its exit status; its output, both streams, is only logged
 
     def validate(self, loop: Loop) -> None:
         if not loop.command or not loop.command.strip():

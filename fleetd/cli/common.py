@@ -10,12 +10,15 @@ import importlib
 import math
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from fleetd.cli.client import Client, CliError
 from fleetd.paths import Paths, UnsafeDirectory, resolve, socket_path
+
+if TYPE_CHECKING:
+    import re
 
 json_flag = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 
@@ -85,6 +88,48 @@ def json_text(data: Any) -> str:
         return json.dumps(data, indent=JSON_INDENT)
     flat = json.dumps(data, separators=(_ITEM, ": "))  # [{"id": 1,\n    "loop": "x"},\n    {"id": 2, …}]
     return "[\n  {\n    " + flat[2:-2].replace("}" + _ITEM + "{", "\n  },\n  {\n    ") + "\n  }\n]"
+
+
+def laid_out_rows(body: bytes) -> bytes | None:
+    """`json_text(json.loads(body))`, byte for byte, without decoding: for the compact JSON SQLite writes of a list
+    of flat objects that all begin with the same key (`GET /v1/runs` answers it so). For 10,000 runs, decoding and
+    encoding again was half of `runs list --json`'s time. None for any other body: the caller decodes it.
+
+    Why plain replacing is safe there: in compact JSON a `"` inside a string is always escaped (`\\"`), so `,"`
+    only ever stands between two members, `},{"` between two objects, and `":` after a key, except as `\\":` inside
+    a string (the keys are SQL names, none ends in a backslash). What json.dumps escapes and SQLite does not
+    (non-ASCII, DEL) is escaped as json.dumps does. A float SQLite writes with an exponent (|x| ≥ 1e15 or < 1e-4;
+    no run lasts that long, or is that short but 0) would keep SQLite's form of the same number."""
+    if body == b"[]":
+        return body
+    head = body[1 : body.find(b'"', 3) + 2]  # {"id":
+    if not (body.startswith(b'[{"') and body.endswith(b"}]") and head.endswith(b'":')):
+        return None
+    if body[len(head) + 1 : len(head) + 2] == b" " or b', "' in body:
+        return None  # not compact: written with other separators (", ", ": "), by json.dumps say
+    if not head[2:-2].replace(b"_", b"").isalnum():
+        return None
+    if body.count(b'},{"') != body.count(b"}," + head) or b'":[' in body or b'":{' in body:
+        return None  # an object that does not begin with the first one's key, or a nested value
+    if not body.isascii() or b"\x7f" in body:
+        import re
+
+        try:
+            text = body.decode()
+        except UnicodeDecodeError:
+            return None
+        body = re.sub("[\x7f-\U0010ffff]", _escape, text).encode()
+    members = body[2:-2].replace(b'":', b'": ').replace(b'\\": ', b'\\":').replace(b',"', b',\n    "')
+    return b"[\n  {\n    " + members.replace(b'},{"', b'\n  },\n  {\n    "') + b"\n  }\n]"
+
+
+def _escape(match: re.Match[str]) -> str:
+    """A character json.dumps escapes (ensure_ascii) and SQLite does not: DEL and beyond ASCII."""
+    n = ord(match.group())
+    if n < 0x10000:
+        return f"\\u{n:04x}"
+    n -= 0x10000  # a UTF-16 surrogate pair, as json.dumps writes one
+    return f"\\u{0xD800 | (n >> 10):04x}\\u{0xDC00 | (n & 0x3FF):04x}"
 
 
 def show(path: str, as_json: bool, text: Callable[[Any], str | None]) -> None:

@@ -9,9 +9,18 @@ import click
 
 from fleetd.cli import complete
 from fleetd.cli.client import CliError
-from fleetd.cli.common import checked_run_id, client, fields_text, json_flag, render, seconds
+from fleetd.cli.common import (
+    checked_run_id,
+    client,
+    emit_json,
+    fields_text,
+    json_flag,
+    laid_out_rows,
+    render,
+    seconds,
+)
 from fleetd.cli.complete import run_id_arg
-from fleetd.cli.format import local_time, short, table
+from fleetd.cli.format import local_time, local_times, short, table
 from fleetd.records.status import STATUSES
 from fleetd.timefmt import format_duration
 
@@ -30,10 +39,22 @@ def runs() -> None:
 def runs_list(loop_name: str | None, status: str | None, since: str | None, limit: int, as_json: bool) -> None:
     """Runs, newest first."""
     query = {"loop": loop_name, "status": status, "since": since, "limit": limit}
-    render(client().call("GET", "/v1/runs", query=query), as_json, _list_text)
+    if not as_json:
+        render(client().call("GET", "/v1/runs", query=query), as_json, _list_text)
+        return
+    from urllib.parse import urlencode
+
+    answer = client().request("GET", "/v1/runs?" + urlencode({k: v for k, v in query.items() if v is not None}))
+    # The daemon's array as SQLite wrote it, laid out as --json lays out any answer, without decoding it.
+    laid_out = laid_out_rows(answer.body) if answer.status < 400 else None
+    if laid_out is None:
+        emit_json(answer.decoded())
+    else:
+        click.echo(laid_out)
 
 
 def _list_text(items: list[dict[str, Any]]) -> str:
+    started = local_times([r["started_at"] for r in items])
     rows = [
         [
             str(r["id"]),
@@ -41,11 +62,11 @@ def _list_text(items: list[dict[str, Any]]) -> str:
             r["trigger"],
             r["status"],
             "" if r["exit_code"] is None else str(r["exit_code"]),
-            local_time(r["started_at"]),
+            at,
             format_duration(r["duration_s"]),
             short(r["error"], 50),
         ]
-        for r in items
+        for r, at in zip(items, started, strict=True)
     ]
     return table(["ID", "LOOP", "TRIGGER", "STATUS", "EXIT", "STARTED", "TOOK", "ERROR"], rows)
 

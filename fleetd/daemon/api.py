@@ -27,7 +27,6 @@ from fleetd.daemon.views import (
     RUN_JSON_SQL,
     circuit_json,
     hook_json,
-    json_array,
     loop_json,
     profile_json,
     pruned_json,
@@ -294,8 +293,8 @@ def create_app(ctx: DaemonContext) -> Starlette:
             raise InvalidArgument(f"invalid status {shown(status)} (one of: {', '.join(STATUSES)})")
         since = _since(q["since"], ctx.clock()) if q.get("since") else None
         limit = _int_param(request, "limit", 50, 1, MAX_LIMIT)
-        runs = await ctx.runs.list_selected(RUN_JSON_SQL, loop=q.get("loop"), status=status, since=since, limit=limit)
-        return Response(json_array(runs), media_type="application/json")
+        body = await ctx.runs.list_array(RUN_JSON_SQL, loop=q.get("loop"), status=status, since=since, limit=limit)
+        return Response(body, media_type="application/json")
 
     async def prune_runs(request: Request) -> Response:
         body = await _body(request)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 from datetime import datetime
 from typing import Any
 
@@ -13,6 +12,7 @@ from fleetd.records.hook import Hook
 from fleetd.records.loop import Loop
 from fleetd.records.profile import PRICE_FIELDS, Profile
 from fleetd.records.run import Attempt, Pruned, Run
+from fleetd.store.schema import duration_ms_sql
 from fleetd.store.stats import Stats, StatsRow
 from fleetd.timefmt import to_iso
 
@@ -174,24 +174,18 @@ def run_json(
 
 # `run_json(run)` without attempt_list and route, as SQLite builds it from a row of `runs`: what `runs list`
 # answers. 10,000 runs as Run objects, then dicts, then json.dumps cost the daemon ~400 ms on this 2-core
-# machine; one JSON text per row straight from the index search, a tenth of that (bench/runs_query.py).
+# machine; one JSON text per row straight from the index search, joined into the answer's array by SQLite too
+# (RunStore.list_array), a tenth of that (bench/runs_query.py).
 # tests/daemon/test_views.py pins the same keys, order and values as run_json on awkward rows.
 # Invariant: `runs` holds every time as `to_iso` wrote it, YYYY-MM-DDTHH:MM:SS.mmm+00:00 (so since the first
 # schema), which is also what the API says: the stored text is the answer, and a duration is a whole number of
-# milliseconds, so ms / 1000.0 is exactly run_json's round((finished_at - started_at).total_seconds(), 3).
-
-# Whole seconds since the epoch: unixepoch() where SQLite has it (3.38), else strftime('%s'), twice the cost.
-EPOCH_S_SQL = ("unixepoch({0})", "CAST(strftime('%s', {0}) AS INTEGER)")
-
-
-def duration_sql(epoch_s: str) -> str:
-    """run_json's duration_s in SQL, from whole seconds (`epoch_s`) and the milliseconds of the text."""
-    ms = f"{epoch_s} * 1000 + CAST(substr({{0}}, 21, 3) AS INTEGER)"
-    finished, started = ms.format("finished_at"), ms.format("started_at")
-    return f"CASE WHEN finished_at IS NULL THEN NULL ELSE ({finished} - ({started})) / 1000.0 END"
-
-
-_DURATION_SQL = duration_sql(EPOCH_S_SQL[0] if sqlite3.sqlite_version_info >= (3, 38) else EPOCH_S_SQL[1])
+# milliseconds (`duration_ms`, written with the run's end), so ms / 1000.0 is exactly run_json's
+# round((finished_at - started_at).total_seconds(), 3). A row some other writer ended without it is worked out
+# from its times (only then: coalesce stops at the first value that is not NULL).
+_DURATION_SQL = (
+    f"coalesce(duration_ms, CASE WHEN finished_at IS NULL THEN NULL "
+    f"ELSE {duration_ms_sql('finished_at', 'started_at')} END) / 1000.0"
+)
 _RUN_JSON_COLUMNS = (
     ("id", "id"),
     ("loop", "loop"),
@@ -213,11 +207,6 @@ _RUN_JSON_COLUMNS = (
     ("skipped_count", "skipped_count"),
 )
 RUN_JSON_SQL = "json_object(" + ", ".join(f"'{key}', {column}" for key, column in _RUN_JSON_COLUMNS) + ")"
-
-
-def json_array(objects: list[str]) -> bytes:
-    """A JSON array of JSON texts (RUN_JSON_SQL's), as the API's answer body."""
-    return ("[" + ",".join(objects) + "]").encode()
 
 
 def pruned_json(freed: Pruned, *, older_than_s: float | None, keep_per_loop: int | None) -> dict[str, Any]:

@@ -33,8 +33,8 @@ READ_SIZE = 65536
 
 @dataclass
 class Started:
-    """A child `start` made: its pid and the parent's ends of its pipes (stdin None: /dev/null; stderr
-    None: merged into stdout)."""
+    """A child `start` made: its pid and the parent's ends of its pipes, non-blocking (stdin None: /dev/null;
+    stderr None: merged into stdout)."""
 
     pid: int
     popen: subprocess.Popen[bytes]
@@ -71,6 +71,11 @@ def start(
     for fd in (in_r, out_w, err_w):
         if fd in made:
             os.close(fd)  # the child's ends: its own copies are all it needs
+    # Ours are made non-blocking here, in the caller's thread, not by `Child` on the event loop: two fcntl
+    # calls per pipe. The child's ends are other open file descriptions: they stay blocking.
+    for fd in (in_w, out_r, err_r):
+        if fd is not None:
+            os.set_blocking(fd, False)
     return Started(proc.pid, proc, in_w, out_r, err_r)
 
 
@@ -93,17 +98,14 @@ class Child:
         if started.stderr is not None:
             outputs.append((started.stderr, stderr or stdout))
         for fd, sink in outputs:
-            os.set_blocking(fd, False)
             self._open[fd] = sink
             loop.add_reader(fd, self._readable, fd)
         self._stdin = started.stdin
         self._rest = memoryview(data)
         self._writing = False  # a writer callback is registered for stdin
-        if self._stdin is not None:
-            os.set_blocking(self._stdin, False)
-            if self._write_stdin():
-                self._writing = True
-                loop.add_writer(self._stdin, self._write_stdin)
+        if self._stdin is not None and self._write_stdin():
+            self._writing = True
+            loop.add_writer(self._stdin, self._write_stdin)
         self._watch_exit()
 
     # Output.

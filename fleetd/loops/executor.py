@@ -311,7 +311,8 @@ class Executor:
             status, error = "cancelled", slot.cancel_reason
         slot.ended = True
         if (runlog := self.live_logs.pop(run.id, None)) is not None:
-            runlog.close()  # its descriptor is not left open
+            with contextlib.suppress(OSError):  # its file could not be made: the error above says why
+                runlog.close()  # its descriptor is not left open
         self._free_loop(loop, slot)
         finish = RunFinish(run.id, loop.name, status, self.clock(), None, error, slot.attempt_end)
 
@@ -343,7 +344,7 @@ class Executor:
         return daily_cost_text(await self.attempts.loop_cost_since(loop.name, now - timedelta(days=1)), loop.daily_cost)
 
     async def _execute(self, loop: Loop, run: Run, slot: ActiveRun) -> None:
-        # On the event loop: a file's creation costs less than a turn through a worker thread (measured).
+        # Its file is made by the first attempt's launch thread (off the event loop), else by its first note.
         runlog = RunLog(Path(run.log_path or self.log_path(run.id)), loop.output_cap)
         self.live_logs[run.id] = runlog
         status: RunStatus = "failed"
@@ -355,15 +356,20 @@ class Executor:
         except Exception as e:  # the record must be finished whatever happened
             log.exception("run %s of loop %s failed to execute", run.id, loop.name)
             status, error = "failed", f"fleetd could not run it: {e}"
-            runlog.note(error)
+            with contextlib.suppress(OSError):  # the log itself may be what could not be made
+                runlog.note(error)
         finally:
             # The run's end, decided here with no await since `_attempts` returned: a stop that came
             # first wins (even over a command that then exited 0 in its grace); a later one is refused.
             slot.ended = True
             if slot.cancel_reason is not None:
                 status, error = "cancelled", slot.cancel_reason
-                runlog.note(f"cancelled: {slot.cancel_reason}")
-            runlog.close()
+                with contextlib.suppress(OSError):
+                    runlog.note(f"cancelled: {slot.cancel_reason}")
+            try:
+                runlog.close()
+            except OSError as e:  # nothing made its file before: a run without its log failed, saying why
+                status, error = "failed", f"fleetd could not run it: {e}"
             # The slot goes first: a run whose end cannot be written (disk full) must not block its
             # loop's later fires; its record is retried in the background until it is written.
             self.live_logs.pop(run.id, None)
@@ -924,15 +930,16 @@ class Executor:
         env = self._child_env(ctx, spec, slot.trigger)
         ended_early = _LiveFailure()
         watch = adapter.live_failure if adapter.end_on_live_failure else None
-        launch = await _launches.call(self._launch, ctx, spec, env)
+        launch = await _launches.call(self._launch, ctx, spec, env, not adapter.stderr_apart, runlog)
         if launch.problem is not None:
             return _not_started(runlog, spec.argv[0], launch.problem)
         assert launch.started is not None
         cgroup = launch.cgroup
         # Each stream is scrubbed once, as it is read: the run log and the parser get the same clean bytes.
-        stdout, stderr = _Capture(scrubber.fresh()), _Capture(scrubber.fresh())
+        stdout = _Capture(scrubber.fresh())
+        stderr = _Capture(scrubber.fresh()) if adapter.stderr_apart else None
         proc = child.Child(launch.started, spec.stdin or b"", _sink(stdout, runlog, watch, ended_early),
-                           _sink(stderr, runlog, watch, ended_early))  # fmt: skip
+                           _sink(stderr, runlog, watch, ended_early) if stderr else None)  # fmt: skip
         slot.proc, slot.cgroup = proc, cgroup
         if slot.interrupted.is_set():  # the stop came while it was starting: interrupt_all did not see it
             self._kill_slot(slot, self.kill_grace if slot.kill_grace is None else slot.kill_grace)
@@ -985,20 +992,26 @@ class Executor:
         proc.close()
         proc.check()
         for capture in (stdout, stderr):
-            runlog.write(capture.flush())
+            if capture is not None:
+                runlog.write(capture.flush())
         slot.proc, slot.cgroup = None, None
-        out = ProcessOutput(exit_code, stdout.text(), stderr.text())
+        out = ProcessOutput(exit_code, stdout.text(), stderr.text() if stderr else "")
         parsed = adapter.interpret(ctx, out, self.clock(), self.local_tz)
         # The whole output's reading wins; the live line's class stands in where that found nothing.
         if ended_early.error_class and parsed.outcome != "succeeded" and parsed.error_class in (None, "unknown"):
             parsed = replace(parsed, outcome="failed", error_class=ended_early.error_class)
         return AttemptEnd(parsed, exit_code, timed_out)
 
-    def _launch(self, ctx: AttemptContext, spec: ProcessSpec, env: dict[str, str]) -> _Launch:
-        """In a launch thread, everything that starts an attempt's process and may wait on a busy host: its
-        private TMPDIR (the filesystem's journal), the run's cgroup (the kernel's cgroup mutex), the spawn
-        itself (the parent waits until the child has exec'd) and the child's create time (a file of /proc).
-        On the event loop each would stall every other run meanwhile."""
+    def _launch(
+        self, ctx: AttemptContext, spec: ProcessSpec, env: dict[str, str], merge_stderr: bool, runlog: RunLog
+    ) -> _Launch:
+        """In a launch thread, everything that starts an attempt's process and may wait on a busy host: the run
+        log's file and its private TMPDIR (the filesystem's journal), the run's cgroup (the kernel's cgroup
+        mutex), the spawn itself (the parent waits until the child has exec'd) and the child's create time (a
+        file of /proc). On the event loop each would stall every other run meanwhile. `merge_stderr`: one pipe
+        for both streams (`ProcessAdapter.stderr_apart`). Raises OSError, starting nothing, when the run log
+        cannot be made."""
+        runlog.create_file()  # the run's first attempt makes it; a no-op after that
         _private_tmpdir(ctx.tmpdir)
         # The run's processes are tracked by its cgroup where one can be made (an escapee that leaves the
         # session and clears its environment stays in it), else by session + tag (proctree). The first call
@@ -1017,7 +1030,8 @@ class Executor:
             # event loop then takes to resume the run.
             spawned_at = self.clock()
             try:
-                started = child.start(spec.argv, env=env, cwd=spec.cwd, stdin=True, merge_stderr=False, cgroup=cgroup)
+                started = child.start(spec.argv, env=env, cwd=spec.cwd, stdin=True, merge_stderr=merge_stderr,
+                                      cgroup=cgroup)  # fmt: skip
             except FileNotFoundError:
                 problem = ""
             except OSError as e:

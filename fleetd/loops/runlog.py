@@ -8,6 +8,10 @@ fleetd's own notes are whole lines and never split a CLI's line: a note made whi
 the middle of a line (a chunk ended there) is held until that line ends, or until `end_line` (the attempt's
 output is complete) or close ends the line for the CLI.
 
+The file is made by `create_file`, which any thread may call (an attempt's launch thread does, so that the
+creation's journal write is not the event loop's), or else at the first write, read or close. One that
+cannot be made fails that first call (the run fails, saying why) and every later one is a no-op.
+
 If the file is deleted under a live run (someone cleans up the logs directory), the next write, read or
 close notices and makes a new one with the directories, carrying over everything from the still-open old
 file and a note saying so: output is never silently written into a deleted file.
@@ -19,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import threading
 from pathlib import Path
 
 CHUNK = 64 * 1024
@@ -32,13 +37,16 @@ class RunLog:
         self.slack = max(cap // 4, 4096)
         # A bare descriptor, written and read at explicit offsets: a buffered file object cost each run an
         # fstat and an lseek (with the GIL held) and its objects, for a log that most often stays empty.
-        self._fd = _create(path)
+        # Invariant: set once, under _creating, by whichever thread comes first (`create_file`).
+        self._fd: int | None = None
+        self._creating = threading.Lock()
+        self.unwritable: OSError | None = None  # why the file could not be made: nothing is written then
         self._recreate_failed = False
         self.dropped = 0  # logical bytes no longer in the file
         self.header_len = 0
         self.data_len = 0  # bytes of output in the file after the header
         self.closed = False
-        self._changed = asyncio.Event()
+        self._changed: asyncio.Event | None = None  # made by a follower that waits (most runs have none)
         # Invariant: _held is empty unless _mid_line (notes wait only for a line to end).
         self._mid_line = False  # the last byte written was not a newline
         self._held: list[bytes] = []
@@ -50,9 +58,8 @@ class RunLog:
         return self.dropped + self.data_len
 
     def write(self, data: bytes) -> None:
-        if not data or self.closed:
+        if not data or self.closed or not self._ensure_file():
             return
-        self._ensure_file()
         if self._owed_newline:
             data = b"\n" + data
         if self._held and (end := data.find(b"\n")) != -1:
@@ -79,13 +86,14 @@ class RunLog:
         if not self._mid_line or self.closed:
             return
         if self._held:
-            self._ensure_file()
             held, self._held = b"".join(self._held), []
-            self._put(b"\n" + held)
+            if self._ensure_file():
+                self._put(b"\n" + held)
         else:
             self._owed_newline = True
 
     def _put(self, data: bytes) -> None:
+        assert self._fd is not None  # `_ensure_file` came first
         self._owed_newline = False
         _write_at(self._fd, data, self.header_len + self.data_len)
         self.data_len += len(data)
@@ -99,14 +107,16 @@ class RunLog:
             return
         if self._held:  # output that simply ends without a newline is left as it is
             self.end_line()
-        self._ensure_file()
-        if self.data_len > self.cap:
-            self._compact()
-        os.close(self._fd)
+        if self._ensure_file():
+            assert self._fd is not None
+            if self.data_len > self.cap:
+                self._compact()
+            os.close(self._fd)
         self.closed = True
         self._notify()
 
     def _compact(self) -> None:
+        assert self._fd is not None
         excess = self.data_len - self.cap
         tail = _read_at(self._fd, self.cap, self.header_len + excess)
         self.dropped += excess
@@ -115,13 +125,33 @@ class RunLog:
         os.ftruncate(self._fd, len(header) + len(tail))
         self.header_len, self.data_len = len(header), len(tail)
 
-    def _ensure_file(self) -> None:
-        """Recreate the file if it is no longer at `path` (deleted, or its directory was)."""
+    def create_file(self) -> None:
+        """Make the file, if nothing has yet: from any thread. Raises OSError when it cannot be made (and
+        from then on nothing is written)."""
+        with self._creating:
+            if self._fd is not None or self.closed:
+                return
+            if self.unwritable is not None:
+                raise self.unwritable
+            try:
+                self._fd = _create(self.path)
+            except OSError as e:
+                self.unwritable = e
+                raise
+
+    def _ensure_file(self) -> bool:
+        """Make the file if nothing has yet (its failure raises, once); recreate it if it is no longer at `path`
+        (deleted, or its directory was). False: there is no file to write (it could not be made)."""
+        if self._fd is None:
+            if self.unwritable is not None:
+                return False
+            self.create_file()
+            return True
         try:
             here = os.stat(self.path)
             mine = os.fstat(self._fd)
             if (here.st_dev, here.st_ino) == (mine.st_dev, mine.st_ino):
-                return
+                return True
         except FileNotFoundError:
             pass
         try:
@@ -130,7 +160,7 @@ class RunLog:
             if not self._recreate_failed:  # once: the run goes on, and its output stays readable live
                 self._recreate_failed = True
                 log.warning("cannot recreate the deleted run log %s: %s", self.path, e)
-            return
+            return True
         # The old file is still open: its content moves over whole, so nothing is lost.
         size = self.header_len + self.data_len
         _write_at(new, _read_at(self._fd, size, 0), 0)
@@ -139,10 +169,12 @@ class RunLog:
         self._recreate_failed = False
         log.warning("run log %s was deleted during the run: recreated it", self.path)
         self.note("this log file was deleted while the run was writing it: recreated it, with all output so far")
+        return True
 
     def _notify(self) -> None:
-        self._changed.set()
-        self._changed = asyncio.Event()
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
 
     def read_from(self, pos: int) -> tuple[bytes, int]:
         """Output from logical offset `pos`; returns (data, next offset). Synchronous on purpose:
@@ -151,8 +183,8 @@ class RunLog:
         if pos < self.dropped:
             prefix = f"[fleetd] {self.dropped - pos} bytes dropped by the output cap\n".encode()
             pos = self.dropped
-        if not self.closed:
-            self._ensure_file()
+        if not self.closed and not self._ensure_file():
+            return prefix, pos  # the file could not be made: there is nothing to read
         # Our own handle, not the path: it is the file we write even if the path was deleted meanwhile
         # (or, once closed, the file as it was left). pread leaves the writer's position alone.
         if self.closed:
@@ -163,12 +195,15 @@ class RunLog:
             except FileNotFoundError:
                 return prefix + b"\n[fleetd] the log file was deleted after the run ended\n", self.end
         else:
+            assert self._fd is not None
             data = os.pread(self._fd, min(CHUNK, self.end - pos), self.header_len + (pos - self.dropped))
         return prefix + data, pos + len(data)
 
     async def wait_for_more(self, pos: int, timeout: float) -> None:
         if pos < self.end or self.closed:
             return
+        if self._changed is None:
+            self._changed = asyncio.Event()
         event = self._changed
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(event.wait(), timeout)

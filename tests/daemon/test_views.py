@@ -9,11 +9,13 @@ import random
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import aiosqlite
 import pytest
 
-from fleetd.daemon.views import EPOCH_S_SQL, RUN_JSON_SQL, duration_sql, json_array, run_json
-from fleetd.store.db import Database
+from fleetd.daemon.views import RUN_JSON_SQL, run_json
+from fleetd.store.db import Database, migrate
 from fleetd.store.runs import RunStore
+from fleetd.store.schema import EPOCH_S_SQL, duration_ms_sql
 
 T0 = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 # Strings JSON must escape, and some it need not: quotes, backslashes, control characters, DEL, non-ASCII, astral.
@@ -46,7 +48,10 @@ def test_every_run_is_the_object_run_json_makes_of_it(tmp_path: Path) -> None:
                               missed=4)  # fmt: skip
             await db.write(lambda c: c.execute("UPDATE runs SET pid = 4242, profile = 'p-1' WHERE id = ?", (ids[1],)))
             expected = [run_json(r) for r in await runs.list(limit=100)]
-            body = json_array(await runs.list_selected(RUN_JSON_SQL, limit=100))
+            body = await runs.list_array(RUN_JSON_SQL, limit=100)
+            # Each end wrote its duration_ms: none is left to RUN_JSON_SQL's fallback (worked out from the times).
+            unstored = await db.fetchall("SELECT id FROM runs WHERE finished_at IS NOT NULL AND duration_ms IS NULL")
+            assert [tuple(r) for r in unstored] == []
             return expected, body
         finally:
             await db.close()
@@ -78,10 +83,32 @@ def test_durations_are_run_json_s_to_the_last_bit(tmp_path: Path, epoch_s: str) 
                 [(s.isoformat(timespec="milliseconds"), s.isoformat(timespec="milliseconds"),
                   f.isoformat(timespec="milliseconds")) for s, f in pairs],
             ).close())  # fmt: skip
-            rows = await db.fetchall(f"SELECT json_object('d', {duration_sql(epoch_s)}) FROM runs ORDER BY id")
+            duration = duration_ms_sql("finished_at", "started_at", epoch_s)
+            rows = await db.fetchall(f"SELECT json_object('d', {duration} / 1000.0) FROM runs ORDER BY id")
             return [r[0] for r in rows]
         finally:
             await db.close()
 
     got = [json.loads(text)["d"] for text in asyncio.run(go())]
     assert got == [round((f - s).total_seconds(), 3) for s, f in pairs]
+
+
+def test_migration_17_stores_the_duration_of_every_ended_run(tmp_path: Path) -> None:
+    """Runs ended before migration 17 get their duration_ms from their times; running ones stay NULL."""
+    ended = [(T0, T0 + timedelta(milliseconds=ms)) for ms in (0, 1, 999, 1500, 100 * 86_400_000 + 123, -250)]
+
+    async def go() -> list[tuple[object, ...]]:
+        async with aiosqlite.connect(tmp_path / "f.db", isolation_level=None) as conn:
+            assert await migrate(conn, upto=16) == 16
+            iso = [(s.isoformat(timespec="milliseconds"), f.isoformat(timespec="milliseconds")) for s, f in ended]
+            await conn.executemany(
+                "INSERT INTO runs (loop, trigger, status, scheduled_at, started_at, finished_at, backend) "
+                "VALUES ('l', 'manual', 'succeeded', ?1, ?1, ?2, 'command')", iso,
+            )  # fmt: skip
+            await conn.execute("INSERT INTO runs (loop, trigger, status, scheduled_at, started_at, backend) "
+                               "VALUES ('l', 'manual', 'running', ?1, ?1, 'command')", (iso[0][0],))  # fmt: skip
+            assert await migrate(conn) >= 17
+            async with conn.execute("SELECT duration_ms FROM runs ORDER BY id") as cur:
+                return [tuple(r) for r in await cur.fetchall()]
+
+    assert asyncio.run(go()) == [((f - s) // timedelta(milliseconds=1),) for s, f in ended] + [(None,)]

@@ -16,7 +16,7 @@ import pytest
 from fleetd.daemon.views import RUN_JSON_SQL
 from fleetd.store import attempts, retention
 from fleetd.store.db import Database
-from fleetd.store.runs import _COLUMNS, NEWEST_FIRST, list_query
+from fleetd.store.runs import _COLUMNS, NEWEST_FIRST, array_query, list_query
 from fleetd.store.stats import GROUP_KEYS, _queries
 
 SINCE = datetime(2026, 11, 21, tzinfo=UTC)
@@ -51,12 +51,20 @@ FILTERS = list(itertools.product((None, "loop07"), (None, "failed", "running"), 
 
 
 @pytest.mark.parametrize(("loop", "status", "since"), FILTERS)
-@pytest.mark.parametrize("select", [_COLUMNS, RUN_JSON_SQL], ids=["runs", "api-json"])
+@pytest.mark.parametrize("select", [_COLUMNS, RUN_JSON_SQL, "api-array"], ids=["runs", "api-json", "api-array"])
 def test_runs_list_is_an_index_walk_for_every_filter_combination(
     conn: sqlite3.Connection, loop: str | None, status: str | None, since: datetime | None, select: str
 ) -> None:
-    sql, params = list_query(loop=loop, status=status, since=since, limit=10_000, select=select)
-    steps = plan(conn, sql, params)
+    if select == "api-array":
+        # The API's answer: the same walk as a co-routine whose rows group_concat takes in its order (never
+        # flattened into the aggregate, which could take them in any order).
+        sql, params = array_query(RUN_JSON_SQL, loop=loop, status=status, since=since, limit=10_000)
+        outer = plan(conn, sql, params)
+        assert outer[0].startswith("CO-ROUTINE") and outer[-1].startswith("SCAN (subquery"), outer
+        steps = outer[1:-1]
+    else:
+        sql, params = list_query(loop=loop, status=status, since=since, limit=10_000, select=select)
+        steps = plan(conn, sql, params)
     assert not full_scans(steps, ("runs",)), steps
     assert all("USING INDEX" in s or "USING COVERING INDEX" in s for s in steps), steps
     if loop or status or since:

@@ -4,6 +4,8 @@ import asyncio
 import shutil
 from pathlib import Path
 
+import pytest
+
 from fleetd.loops.runlog import RunLog
 
 
@@ -157,3 +159,39 @@ def test_end_line_owes_the_newline_to_the_next_writer(tmp_path: Path) -> None:
 
     assert asyncio.run(go(None)) == b"attempt 1 ends mid-line"  # a command's output is left as it was
     assert asyncio.run(go(b"attempt 2\n")) == b"attempt 1 ends mid-line\nattempt 2\n"
+
+
+def test_the_file_is_made_by_whichever_thread_comes_first_and_only_once(tmp_path: Path) -> None:
+    """An attempt's launch thread makes the file (off the event loop); a note written before that makes it on
+    the caller's thread instead, and the launch thread's later call must not truncate what the note wrote."""
+    import threading
+
+    log = RunLog(tmp_path / "logs" / "1.log", cap=1 << 20)
+    assert not log.path.exists()  # nothing is made before it is asked for
+    log.note("route: attempt 1")
+    made = threading.Thread(target=log.create_file)
+    made.start()
+    made.join()
+    log.write(b"out\n")
+    log.close()
+    assert log.path.read_bytes() == b"[fleetd] route: attempt 1\nout\n"
+
+    early = RunLog(tmp_path / "early.log", cap=1 << 20)
+    made = threading.Thread(target=early.create_file)
+    made.start()
+    made.join()
+    assert early.path.exists()
+    early.close()
+    assert early.path.read_bytes() == b""
+
+
+def test_a_log_that_cannot_be_made_fails_once_then_writes_nothing(tmp_path: Path) -> None:
+    (tmp_path / "not-a-dir").write_text("")
+    log = RunLog(tmp_path / "not-a-dir" / "1.log", cap=1 << 20)
+    with pytest.raises(NotADirectoryError):
+        log.create_file()
+    log.write(b"lost\n")  # the run fails for it (`Executor._execute`): its notes must not fail again
+    log.note("failed")
+    assert log.read_from(0) == (b"", 0)
+    log.close()
+    assert log.closed

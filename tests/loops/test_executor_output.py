@@ -1,0 +1,47 @@
+"""What a run's log holds of its command's output."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from fleetd.loops.executor import Executor
+from fleetd.records.loop import Loop, Schedule
+from fleetd.store.attempts import AttemptStore
+from fleetd.store.db import Database
+from fleetd.store.loops import LoopStore
+from fleetd.store.runs import RunStore
+from fleetd.timefmt import now_utc
+
+
+class NoProfiles:
+    async def known_secrets(self) -> list[str]:
+        return []
+
+
+async def _run_command(tmp_path: Path, command: str) -> tuple[str, bytes]:
+    db = await Database.open(tmp_path / "f.db")
+    try:
+        now = now_utc()
+        loop = Loop(name="out", schedule=Schedule("every", "1h", "UTC"), backend="command", command=command,
+                    created_at=now, updated_at=now)  # fmt: skip
+        await LoopStore(db).insert(loop)
+        ex = Executor(RunStore(db), AttemptStore(db), NoProfiles(), log_path=lambda i: tmp_path / f"{i}.log",  # type: ignore[arg-type]
+                      tmp_root=tmp_path / "tmp", tag_prefix="out", clock=now_utc, local_tz=ZoneInfo("UTC"),
+                      kill_grace=0.5)  # fmt: skip
+        run = await ex.fire(loop, "manual", now)
+        assert run is not None
+        assert await ex.wait_idle(10)
+        return (await RunStore(db).get(run.id)).status, (tmp_path / f"{run.id}.log").read_bytes()
+    finally:
+        await db.close()
+
+
+def test_a_commands_stdout_and_stderr_are_logged_in_the_order_it_wrote_them(tmp_path: Path) -> None:
+    """The command backend reads neither stream apart: they share one pipe, so the log is the terminal's view."""
+    lines = [f"{stream} {i}" for i in range(20) for stream in ("out", "err")]
+    script = "; ".join(f"echo '{line}'" + (" >&2" if line.startswith("err") else "") for line in lines)
+    status, log = asyncio.run(_run_command(tmp_path, script))
+    assert status == "succeeded"
+    assert log.decode().splitlines() == lines
