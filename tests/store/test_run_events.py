@@ -138,6 +138,37 @@ def test_a_failed_event_write_never_fails_the_run(tmp_path: Path, caplog: pytest
     assert "cannot write the event(s) ['run.succeeded']" in caplog.text
 
 
+def test_a_refused_event_costs_neither_the_change_nor_half_of_its_events(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A catch-up fire writes two events with its row; the log refusing the second keeps the row and the
+    loop's move, and writes neither event (the events are one statement: all or none)."""
+    from fleetd.records.loop import Loop, Schedule
+
+    async def go() -> tuple[list[str], list[str], datetime | None]:
+        db, runs, events = await _store(tmp_path)
+        try:
+            await LoopStore(db).insert(Loop("l", Schedule("every", "1m", "UTC"), "command", command="true",
+                                            created_at=T0, updated_at=T0, next_fire_at=T0))  # fmt: skip
+            async with db.transaction() as conn:
+                await conn.execute("CREATE TRIGGER no_starts BEFORE INSERT ON events WHEN NEW.type = 'run.started' "
+                                   "BEGIN SELECT RAISE(ABORT, 'refused'); END")  # fmt: skip
+            m = timedelta(minutes=1)
+            run = await runs.insert(loop="l", trigger="catch-up", status="running", scheduled_at=T0, started_at=T0,
+                                    backend="command", missed=2, fired=LoopFire("l", T0, T0 + m, due=T0))  # fmt: skip
+            assert run is not None
+            statuses = [r.status for r in await runs.list()]
+            return statuses, [e["type"] for e in await _events(events)], (await LoopStore(db).get("l")).next_fire_at
+        finally:
+            await db.close()
+
+    with caplog.at_level(logging.ERROR, logger="fleetd.events"):
+        statuses, types, next_fire = asyncio.run(go())
+    assert statuses == ["running"] and next_fire == T0 + timedelta(minutes=1)
+    assert types == []
+    assert "cannot write the event(s) ['loop.fire_missed', 'run.started']" in caplog.text
+
+
 def test_fires_skipped_into_one_row_move_the_loop_on_and_tell_once(tmp_path: Path) -> None:
     from fleetd.records.loop import Loop, Schedule
 
