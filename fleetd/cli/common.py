@@ -90,14 +90,20 @@ def json_text(data: Any) -> str:
     return "[\n  {\n    " + flat[2:-2].replace("}" + _ITEM + "{", "\n  },\n  {\n    ") + "\n  }\n]"
 
 
+# Where a string's own quote (never escaped) stands beside a separator's characters: a value that begins with `:`
+# (`:":`), ends with `,` or `},{` (`,",`, `,"}`), a key that begins with `:` or `,`, or ends with a backslash.
+_LOOKALIKES = (b':":', b',",', b',"}', b'{":', b',":', b'\\\\":')
+
+
 def laid_out_rows(body: bytes) -> bytes | None:
     """`json_text(json.loads(body))`, byte for byte, without decoding: for the compact JSON SQLite writes of a list
     of flat objects that all begin with the same key (`GET /v1/runs` answers it so). For 10,000 runs, decoding and
     encoding again was half of `runs list --json`'s time. None for any other body: the caller decodes it.
 
-    Why plain replacing is safe there: in compact JSON a `"` inside a string is always escaped (`\\"`), so `,"`
-    only ever stands between two members, `},{"` between two objects, and `":` after a key, except as `\\":` inside
-    a string (the keys are SQL names, none ends in a backslash). What json.dumps escapes and SQLite does not
+    Why plain replacing is safe there: in compact JSON a `"` inside a string is always escaped (`\\"`), so an
+    unescaped `"` is a string's first or last character. `":` then stands after a key, or as `\\":` inside a string,
+    and `,"` between two members, unless a string's own quote stands beside a `:` or `,`: a value that begins with
+    `:` or ends with `,` (`_LOOKALIKES`): such a body is decoded. What json.dumps escapes and SQLite does not
     (non-ASCII, DEL) is escaped as json.dumps does. A float SQLite writes with an exponent (|x| ≥ 1e15 or < 1e-4;
     no run lasts that long, or is that short but 0) would keep SQLite's form of the same number."""
     if body == b"[]":
@@ -111,6 +117,8 @@ def laid_out_rows(body: bytes) -> bytes | None:
         return None
     if body.count(b'},{"') != body.count(b"}," + head) or b'":[' in body or b'":{' in body:
         return None  # an object that does not begin with the first one's key, or a nested value
+    if any(lookalike in body for lookalike in _LOOKALIKES):
+        return None
     if not body.isascii() or b"\x7f" in body:
         import re
 
