@@ -129,7 +129,7 @@ class RunStore:
                     to_iso(finished_at),
                     backend,
                     error,
-                    0 if status == "skipped" else 1,
+                    0,  # the first attempt, once it starts, makes it 1 (AttemptStore.start)
                     skip_reason,
                     skipped_count,
                 ),

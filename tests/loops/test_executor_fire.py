@@ -211,3 +211,29 @@ def test_a_command_run_costs_three_write_transactions(tmp_path: Path) -> None:
             await db.close()
 
     assert asyncio.run(go()) == (3, "succeeded")
+
+
+def test_a_run_that_ends_before_any_attempt_counts_none(tmp_path: Path) -> None:
+    """An agent loop whose prompt file cannot be read fails before it starts an attempt: `attempts` says 0."""
+
+    async def go() -> tuple[str, str, int, int]:
+        db = await Database.open(tmp_path / "p.db")
+        try:
+            now = now_utc()
+            loop = Loop(name="promptless", schedule=Schedule("every", "1h", "UTC"), backend="claude_code",
+                        prompt_file=str(tmp_path / "missing.md"), created_at=now, updated_at=now)  # fmt: skip
+            await LoopStore(db).insert(loop)
+            ex = Executor(RunStore(db), AttemptStore(db), NoProfiles(), log_path=lambda i: tmp_path / f"{i}.log",  # type: ignore[arg-type]
+                          tmp_root=tmp_path / "tmp", tag_prefix="np", clock=now_utc, local_tz=ZoneInfo("UTC"),
+                          kill_grace=0.5)  # fmt: skip
+            run = await ex.fire(loop, "manual", now)
+            assert run is not None and await ex.wait_idle(10)
+            (ended,) = await RunStore(db).list(loop="promptless", status=None, since=None, limit=5)
+            (n,) = await db.fetchone("SELECT count(*) FROM attempts")  # type: ignore[misc]
+            return ended.status, ended.error or "", ended.attempts, n
+        finally:
+            await db.close()
+
+    status, error, attempts, rows = asyncio.run(go())
+    assert (status, attempts, rows) == ("failed", 0, 0), error
+    assert "prompt" in error

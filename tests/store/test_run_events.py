@@ -62,7 +62,7 @@ def test_a_runs_lifecycle_events_carry_what_a_notification_needs(tmp_path: Path)
     assert waiting["at"] == "2026-03-02T09:00:05.000+00:00"  # the store's clock
     assert waiting["data"]["wait_until"] == "2026-03-02T09:05:00.000+00:00"
     data = failed["data"]
-    assert (data["status"], data["exit_code"], data["duration_s"], data["attempts"]) == ("failed", 3, 12.5, 1)
+    assert (data["status"], data["exit_code"], data["duration_s"], data["attempts"]) == ("failed", 3, 12.5, 0)
     assert data["error"] == "verify `pytest` exited 3:"  # one line
     assert failed["at"] == "2026-03-02T09:00:12.500+00:00"
     assert "failed (exit 3) after 12.5s: verify `pytest` exited 3:" in failed["message"]
