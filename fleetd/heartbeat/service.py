@@ -241,7 +241,11 @@ class Heartbeat:
                                   garbled_lines=stored.garbled_lines + counted.garbled_lines)  # fmt: skip
                 preview.status = await self._judge(profile, preview, now)
                 self.states[profile.name] = preview
-                await self._store_counted(profile, stored, counted)
+                try:
+                    await self._store_counted(profile, stored, counted)
+                except BaseException:  # cancelled (the daemon stops): the state as stored, not as shown
+                    self.states[profile.name] = stored
+                    raise
         if counted is not None and len(counted.keys) >= BIG_READ_RECORDS:
             _give_back_freed_memory()
         await self._set(profile, stored, await self._judge(profile, stored, now), now)
@@ -420,7 +424,7 @@ class Heartbeat:
         part's offsets move only once its records are committed, and are saved only after that (`_set`), so a kill
         at any point leaves the files to be read again from offsets whose records are all stored (what is stored
         again is ignored then, the store holding keyed records: not counted before storing)."""
-        added = 0
+        added = done = 0
         try:
             for rows, part in counted.parts:
                 stored_now = await self.usage.add_agent(profile.name, rows)
@@ -430,12 +434,15 @@ class Heartbeat:
                     self._ledgers.pop(profile.name, None)
                 added += stored_now
                 self._part_stored(profile, stored, part, None)  # its windows were scrubbed as it was counted
+                done += 1
         except Exception:
             log.exception("storing %s's usage records failed", profile.name)
-            # As when a read fails: the rest is read again, and the windows come from the store again.
-            self._ingesters.pop(profile.name, None)
-            self._ledgers.pop(profile.name, None)
         finally:
+            if done < len(counted.parts):
+                # Failed or cancelled: as when a read fails, the rest is read again (from the offsets of what was
+                # stored: the reader's own have moved past it) and the windows come from the store again.
+                self._ingesters.pop(profile.name, None)
+                self._ledgers.pop(profile.name, None)
             counted.parts.clear()
         self._last_id = await self.usage.last_id()
         if added:

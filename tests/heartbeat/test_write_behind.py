@@ -148,3 +148,38 @@ def test_a_kill_9_while_a_first_read_is_stored_behind_its_windows_loses_and_doub
     assert windows == [total]  # nothing lost, nothing counted twice
     assert len(rows) == len(SESSIONS) == len({key for key, _ in rows})  # each record stored once
     assert sum(tokens for _, tokens in rows) == total
+
+
+def test_a_beat_cancelled_while_storing_behind_the_windows_leaves_the_rest_to_be_read_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stop cancels the beat mid-way through storing: the reader's offsets have moved past what was not stored,
+    so it must not be kept (the records stayed unstored until a restart)."""
+    monkeypatch.setattr(usage_files, "BATCH_RECORDS", 2)
+    original = UsageStore.add_agent
+    calls: list[int] = []
+    blocked = asyncio.Event()
+
+    async def stalling(self: UsageStore, profile: str, rows: list[Any]) -> int:
+        calls.append(len(rows))
+        if len(calls) == 2:
+            blocked.set()
+            await asyncio.sleep(3600)  # until cancelled
+        return await original(self, profile, rows)
+
+    monkeypatch.setattr(UsageStore, "add_agent", stalling)
+
+    async def body(hb: Heartbeat, clock: Clock, usage: UsageStore, profiles: list[Profile]) -> None:
+        total = write_sessions(profiles[0])
+        calls.clear()
+        beat = asyncio.ensure_future(hb.beat())
+        await asyncio.wait_for(blocked.wait(), 10)
+        beat.cancel()
+        await asyncio.gather(beat, return_exceptions=True)
+        assert len(hb.states["a"].offsets) == 2  # the first part's two files: no offset past an unstored record
+        monkeypatch.setattr(UsageStore, "add_agent", original)
+        await hb.beat()
+        rows = await usage.db.fetchall("SELECT dedupe_key FROM usage_records WHERE profile = 'a'")
+        assert len(rows) == len(SESSIONS) and used(hb, "a") == [total]
+
+    run(tmp_path, body, limits=("5h=1000tok",))
