@@ -831,8 +831,6 @@ class ClaudeTranscripts(_JsonlTail):
             if (marked or _spells_marker(line)) and not _has_null_field(line):
                 out.garbled_lines += 1
             return
-        if not _valid_claude_entry(obj, message):
-            return
         counts = _claude_counts(usage)
         sidechain, speed = obj.isSidechain is True, usage.speed is not None
         mid, rid = message.id, obj.requestId
@@ -842,8 +840,12 @@ class ClaudeTranscripts(_JsonlTail):
                 self._copies.clear()
                 self._copies_of = source
             copy_key = (mid, rid, counts, sidechain, speed)
-            if copy_key in self._copies:
+            # A copy is told before the entry is checked (most usage lines are copies): valid or not, it is not
+            # offered. Ids of another type, which the check refuses, may not hash.
+            if type(mid) is str and (type(rid) is str or rid is msgspec.UNSET) and copy_key in self._copies:
                 return
+        if not _valid_claude_entry(obj, message):
+            return
         if not (marked or _spells_marker(line)) or _has_null_field(line):
             return
         if copy_key is not None:

@@ -232,6 +232,9 @@ def test_synthetic_model_is_no_model(claude_dir: Path) -> None:
                 "toolUseResult": {"status": "completed", "usage": {"input_tokens": 5, "output_tokens": 9}},
             }
         ),
+        # Ids that are no strings (ccusage skips them): not garbled, though they cannot be looked up among copies.
+        claude_line(mid={"id": 1}),  # type: ignore[arg-type]
+        claude_line(rid=["req"]),  # type: ignore[arg-type]
     ],
     ids=[
         "null-costUSD",
@@ -243,6 +246,8 @@ def test_synthetic_model_is_no_model(claude_dir: Path) -> None:
         "empty-session",
         "empty-model",
         "tool-result-usage",
+        "object-message-id",
+        "list-request-id",
     ],
 )
 def test_ccusage_skip_rules(claude_dir: Path, line: bytes) -> None:

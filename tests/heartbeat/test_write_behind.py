@@ -1,0 +1,185 @@
+"""A first read is counted in the windows before its records are stored (`Heartbeat._ingest`): shown at once,
+stored behind, and a kill -9 meanwhile loses and doubles nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fleetd.backends import usage_files
+from fleetd.heartbeat.limits import parse_limit
+from fleetd.heartbeat.service import Heartbeat
+from fleetd.records.profile import Profile
+from fleetd.store.db import Database
+from fleetd.store.events import EventLog
+from fleetd.store.profiles import ProfileStore
+from fleetd.store.usage import UsageStore
+from tests.harness import wait_until
+from tests.heartbeat.test_service import BY_HAND, SESSION, T0, Clock, agent_writes, run, transcript_of, used
+
+SESSIONS = [f"{SESSION[:-1]}{n}" for n in range(6)]
+
+
+def write_sessions(profile: Profile) -> int:
+    """Six sessions' records, one of them twice (the same ids: one record); their total."""
+    for n, session in enumerate(SESSIONS):
+        agent_writes(profile, session, 100 + n)
+    agent_writes(profile, SESSIONS[0], 100, stamp="2026-11-21T07:59:30.000Z")
+    return sum(100 + n for n in range(len(SESSIONS)))
+
+
+def test_a_first_read_is_in_the_windows_before_its_records_are_stored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(usage_files, "BATCH_RECORDS", 2)
+    seen: list[tuple[list[float], str, dict[str, Any]]] = []
+    original = UsageStore.add_agent
+
+    async def watching(self: UsageStore, profile: str, rows: list[Any]) -> int:
+        if rows:
+            hb = watching.hb  # type: ignore[attr-defined]
+            saved = (await self.load_states()).get(profile)
+            seen.append((used(hb, profile), hb.states[profile].status.state, saved.offsets if saved else {}))
+        return await original(self, profile, rows)
+
+    monkeypatch.setattr(UsageStore, "add_agent", watching)
+
+    async def body(hb: Heartbeat, clock: Clock, usage: UsageStore, profiles: list[Profile]) -> None:
+        a = profiles[0]
+        watching.hb = hb  # type: ignore[attr-defined]
+        total = write_sessions(a)
+        await hb.beat()
+        # Every insert ran with the whole read already shown, the state judged on it, and no offset saved yet.
+        assert len(seen) == 3
+        assert all(u == [total] and state == "near_limit" and offsets == {} for u, state, offsets in seen)
+        assert used(hb, "a") == [total]
+        rows = await usage.db.fetchall("SELECT dedupe_key FROM usage_records WHERE profile = 'a'")
+        assert len(rows) == len(SESSIONS)
+        saved = (await usage.load_states())["a"].offsets
+        assert saved[str(transcript_of(a, SESSIONS[0]))]["offset"] == transcript_of(a, SESSIONS[0]).stat().st_size
+        # Once the store holds the profile's records, a read is stored before it is counted, as before.
+        seen.clear()
+        agent_writes(a, BY_HAND, 7)
+        await hb.beat({str(transcript_of(a, BY_HAND))})
+        assert [u for u, _, _ in seen] == [[total]] and used(hb, "a") == [total + 7]
+
+    run(tmp_path, body, limits=("5h=650tok",))
+
+
+CHILD = """
+import asyncio, json, os, sys
+from pathlib import Path
+from fleetd.backends import usage_files
+from fleetd.heartbeat.limits import parse_limit
+from fleetd.heartbeat.service import Heartbeat
+from fleetd.records.profile import Profile
+from fleetd.store.db import Database
+from fleetd.store.events import EventLog
+from fleetd.store.profiles import ProfileStore
+from fleetd.store.usage import UsageStore
+from tests.heartbeat.test_service import T0
+
+db_path, config_dir, marker = sys.argv[1:4]
+usage_files.BATCH_RECORDS = 2
+original = UsageStore.add_agent
+committed = []
+
+async def add_agent(self, profile, rows):
+    if len(committed) == 2:  # two parts stored, one to go: tell the test, and wait for the kill
+        Path(marker + ".tmp").write_text(json.dumps({"used": [w.used for w in hb.windows["a"]], "rows": committed}))
+        os.replace(marker + ".tmp", marker)
+        await asyncio.sleep(3600)
+    committed.append(await original(self, profile, rows))
+    return committed[-1]
+
+UsageStore.add_agent = add_agent
+
+async def main():
+    global hb
+    db = await Database.open(Path(db_path))
+    profiles = ProfileStore(db)
+    await profiles.insert(Profile("a", "claude_code", "subscription", config_dir, limits=[parse_limit("5h=1000tok")],
+                                  created_at=T0, updated_at=T0))
+    hb = Heartbeat(profiles, UsageStore(db), EventLog(db), clock=lambda: T0, interval=3600, near_limit=0.9)
+    await hb.start()
+
+asyncio.run(main())
+"""
+
+
+def test_a_kill_9_while_a_first_read_is_stored_behind_its_windows_loses_and_doubles_nothing(tmp_path: Path) -> None:
+    config_dir = tmp_path / "a"
+    profile = Profile("a", "claude_code", "subscription", str(config_dir), limits=[parse_limit("5h=1000tok")],
+                      created_at=T0, updated_at=T0)  # fmt: skip
+    total = write_sessions(profile)
+    db_path, marker = tmp_path / "hb.db", tmp_path / "shown.json"
+    root = Path(__file__).resolve().parents[2]
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(db_path), str(config_dir), str(marker)], cwd=root)
+    try:
+        shown = wait_until(lambda: marker.exists() and json.loads(marker.read_text()), timeout=30,
+                           what="the first read shown with two of its parts stored")  # fmt: skip
+        assert shown == {"used": [total], "rows": [2, 2]}
+        child.send_signal(signal.SIGKILL)
+        assert child.wait(10) == -signal.SIGKILL
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(10)
+
+    async def restart() -> tuple[list[float], list[Any]]:
+        db = await Database.open(db_path)
+        hb = Heartbeat(ProfileStore(db), UsageStore(db), EventLog(db), clock=lambda: T0, interval=3600, near_limit=0.9)
+        await hb.start()
+        try:
+            rows = await db.fetchall("SELECT dedupe_key, tokens FROM usage_records WHERE profile = 'a'")
+            return used(hb, "a"), [(r["dedupe_key"], r["tokens"]) for r in rows]
+        finally:
+            await hb.stop()
+            await db.close()
+
+    windows, rows = asyncio.run(restart())
+    assert windows == [total]  # nothing lost, nothing counted twice
+    assert len(rows) == len(SESSIONS) == len({key for key, _ in rows})  # each record stored once
+    assert sum(tokens for _, tokens in rows) == total
+
+
+def test_a_beat_cancelled_while_storing_behind_the_windows_leaves_the_rest_to_be_read_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stop cancels the beat mid-way through storing: the reader's offsets have moved past what was not stored,
+    so it must not be kept (the records stayed unstored until a restart)."""
+    monkeypatch.setattr(usage_files, "BATCH_RECORDS", 2)
+    original = UsageStore.add_agent
+    calls: list[int] = []
+    blocked = asyncio.Event()
+
+    async def stalling(self: UsageStore, profile: str, rows: list[Any]) -> int:
+        calls.append(len(rows))
+        if len(calls) == 2:
+            blocked.set()
+            await asyncio.sleep(3600)  # until cancelled
+        return await original(self, profile, rows)
+
+    monkeypatch.setattr(UsageStore, "add_agent", stalling)
+
+    async def body(hb: Heartbeat, clock: Clock, usage: UsageStore, profiles: list[Profile]) -> None:
+        total = write_sessions(profiles[0])
+        calls.clear()
+        beat = asyncio.ensure_future(hb.beat())
+        await asyncio.wait_for(blocked.wait(), 10)
+        beat.cancel()
+        await asyncio.gather(beat, return_exceptions=True)
+        assert len(hb.states["a"].offsets) == 2  # the first part's two files: no offset past an unstored record
+        monkeypatch.setattr(UsageStore, "add_agent", original)
+        await hb.beat()
+        rows = await usage.db.fetchall("SELECT dedupe_key FROM usage_records WHERE profile = 'a'")
+        assert len(rows) == len(SESSIONS) and used(hb, "a") == [total]
+
+    run(tmp_path, body, limits=("5h=1000tok",))
