@@ -15,7 +15,10 @@ from typing import Any
 import pytest
 
 from fleetd.errors import InvalidArgument
+from fleetd.records.result import ParsedOutput, TokenUsage
+from fleetd.store.attempts import AttemptStore, finish_write
 from fleetd.store.db import Database
+from fleetd.store.runs import RunStore
 from fleetd.store.schema import STATS_REBUILD
 from fleetd.store.stats import Stats, StatsStore, _PeriodHistograms, parse_by, percentile
 from fleetd.timefmt import to_iso
@@ -336,9 +339,101 @@ def test_a_store_that_answered_before_sees_every_later_change(db_path: Path) -> 
     asyncio.run(go())
 
 
+@dataclass
+class Shape:
+    """A run as the executor ends it: its attempts as (backend, profile, model at start, step, role, ms, what
+    the output said), then its final status; `end` says how its last attempt ends (`with_run`: in the run's
+    own write, as the executor does; `alone`: by itself first; `interrupted`: crash recovery; `open`: never)."""
+
+    status: str
+    attempts: list[tuple[str, str, str | None, int, str, int, ParsedOutput]]
+    end: str = "with_run"
+    waited: bool = False
+
+
+def _out(outcome: str = "succeeded", model: str | None = None, cost: float | None = None, t: int = 0) -> ParsedOutput:
+    return ParsedOutput(outcome, usage=TokenUsage(100 + t, 10 + t, 1000 * t, t), cost_usd=cost, model=model)  # type: ignore[arg-type]
+
+
+SHAPES = [
+    # one attempt
+    Shape("succeeded", [(CC, "cc-a", "sonnet", 1, "work", 36_392, _out(cost=0.25, t=3))]),
+    # rate limited on cc-a, the next profile of the same step succeeds: a fallback
+    Shape("succeeded", [(CC, "cc-a", "sonnet", 1, "work", 1_250, _out("failed")),
+                        (CC, "cc-b", "sonnet", 1, "work", 20_000, _out(cost=0.5, t=1))]),
+    # escalation to a later step (another backend), which fails too
+    Shape("failed", [(CC, "cc-a", None, 1, "work", 3_000, _out("failed")),
+                     (CX, "cx-a", "gpt-5", 2, "work", 99_999, _out("failed", cost=0.3))]),
+    # a transient retry on the same profile: the same candidate, no fallback
+    Shape("succeeded", [(CC, "cc-a", None, 1, "work", 40, _out("failed")), (CC, "cc-a", None, 1, "work", 7, _out())]),
+    # a reviewer's attempt after the work: the run ends in the work attempt's group
+    Shape("succeeded", [(CC, "cc-a", "sonnet", 1, "work", 5_000, _out(cost=0.05)),
+                        (CX, "cx-a", None, 1, "review", 7_000, _out(model="gpt-5"))]),
+    # a reviewer after an escalation: started in one group, ended in another, reviewed in a third
+    Shape("failed", [(CC, "cc-a", "sonnet", 1, "work", 104, _out("failed")),
+                     (CX, "cx-a", "gpt-5", 2, "work", 995, _out(t=2)),
+                     (CC, "cc-b", None, 1, "review", 1_234_567, _out())], end="alone"),
+    # ended without any attempt (no usable candidate, over budget): under the loop's backend
+    Shape("failed", []),
+    Shape("timed_out", [(CX, "cx-a", None, 2, "work", 600_000, _out("failed", model="gpt-5"))]),
+    # cancelled while its attempt ran, and cancelled while waiting for a reset
+    Shape("cancelled", [(CC, "cc-a", "sonnet", 1, "work", 2_500, _out("failed"))]),
+    Shape("cancelled", [(CC, "cc-a", "sonnet", 1, "work", 900, _out("failed"))], end="alone", waited=True),
+    # a daemon that died mid-attempt: crash recovery closes the attempt, then the run
+    Shape("interrupted", [(CC, "cc-b", None, 1, "work", 0, _out())], end="interrupted"),
+    # waited for a reset, then ran again on the same profile and succeeded
+    Shape("succeeded", [(CC, "cc-a", "sonnet", 1, "work", 1_000, _out("failed")),
+                        (CC, "cc-a", "sonnet", 1, "work", 12_345, _out(cost=0.01))], waited=True),
+    # still running: its ended attempt counts, the run and its open attempt not yet
+    Shape("running", [(CC, "cc-a", None, 1, "work", 8_000, _out()), (CC, "cc-b", None, 1, "work", 1, _out())],
+          end="open"),
+]  # fmt: skip
+
+
+async def _end_through_the_store(db_path: Path, shapes: list[Shape], at: datetime) -> None:
+    """Each shape written by RunStore and AttemptStore, as the executor and crash recovery write them."""
+    db = await Database.open(db_path)
+    runs, attempts = RunStore(db), AttemptStore(db)
+    try:
+        await runs.insert(loop="a", trigger="schedule", status="skipped", scheduled_at=at, started_at=at,
+                          finished_at=at, backend=CC, skip_reason="overlap")  # fmt: skip
+        for i, shape in enumerate(shapes):
+            # 40 minutes apart: runs (and some attempts) fall in other hours and days
+            start = at + timedelta(minutes=40 * i, milliseconds=137 * i)
+            run = await runs.insert(loop=f"l{i % 3}", trigger="schedule", status="running", scheduled_at=start,
+                                    started_at=start, backend=CC)  # fmt: skip
+            assert run is not None
+            if shape.waited:
+                await runs.set_waiting(run.id, start + timedelta(minutes=5))
+                if shape.status != "cancelled":
+                    await runs.set_waiting(run.id, None)
+            now, last = start, None
+            for number, (backend, profile, model, step, role, ms, parsed) in enumerate(shape.attempts, start=1):
+                attempt_id = await attempts.start(run_id=run.id, number=number, backend=backend, profile=profile,
+                                                  model=model, started_at=now, step=step, role=role)  # fmt: skip
+                now += timedelta(milliseconds=ms)
+                end = finish_write(attempt_id, finished_at=now, exit_code=0, parsed=parsed, error=None,
+                                   cost_usd=parsed.cost_usd)  # fmt: skip
+                if number < len(shape.attempts) or shape.end == "alone":
+                    await db.write(end)
+                else:
+                    last = end
+            if shape.end == "interrupted":
+                await attempts.interrupt_open(run.id, finished_at=now, error="fleetd stopped")
+                last = None
+            if shape.status not in ("running", "waiting"):
+                await runs.finish(run.id, status=shape.status, finished_at=now, exit_code=1,  # type: ignore[arg-type]
+                                  attempt_end=last)  # fmt: skip
+    finally:
+        await db.close()
+
+
 def test_rebuild_gives_what_the_triggers_kept(db_path: Path) -> None:
-    """STATS_REBUILD (the migration's backfill) and the triggers are two writers of one rollup."""
+    """STATS_REBUILD (the migration's backfill, reading the views) and the triggers (reading the ended row) are
+    two writers of one rollup: runs of every shape, ended through the real store, count alike in both."""
     write(db_path, _random_runs(random.Random(3), 200) + SCENARIO)
+    asyncio.run(_end_through_the_store(db_path, SHAPES, NOW - timedelta(days=2, minutes=3)))
+    asyncio.run(_end_through_the_store(db_path, SHAPES[::-1], NOW - timedelta(hours=7)))
 
     def snapshot() -> list[tuple[Any, ...]]:
         with sqlite3.connect(db_path) as conn:
@@ -349,7 +444,12 @@ def test_rebuild_gives_what_the_triggers_kept(db_path: Path) -> None:
             return rows
 
     kept = snapshot()
-    assert kept
+    with sqlite3.connect(db_path) as conn:
+        ended = conn.execute("SELECT count(*) FROM runs WHERE status NOT IN ('running', 'waiting', 'skipped')")
+        assert (
+            conn.execute("SELECT sum(runs_ended), sum(runs_started) FROM stats_daily").fetchone()
+            == (ended.fetchone()[0],) * 2
+        )
     with sqlite3.connect(db_path, isolation_level=None) as conn:
         conn.executescript(f"BEGIN; {STATS_REBUILD} COMMIT;")
     assert snapshot() == kept
