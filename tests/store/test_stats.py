@@ -482,3 +482,20 @@ def test_kept_histograms_stay_within_their_bound(monkeypatch: pytest.MonkeyPatch
     assert kept.get("a") == {} and set(kept.get("b")) == {("d", "01"), ("d", "02")}  # the least recent goes
     kept.put("c", periods("01", entries=11))
     assert kept.get("c") == {}  # too big alone: not kept
+
+
+def test_the_triggers_build_no_temporary_btree(db_path: Path) -> None:
+    """A run's end and an attempt's end pay for their triggers on the writer thread: a sort, a GROUP BY or an IN
+    list of constants in a trigger's statement opens a temporary b-tree with a page cache of its own per row
+    ended, which cost more than all the rest of the trigger (schema.py, migration 21)."""
+    ends = {
+        "stats_run_finished": "UPDATE runs SET status = 'failed', finished_at = 'x' WHERE id = 1",
+        "stats_attempt_finished": "UPDATE attempts SET finished_at = 'x', duration_ms = 5 WHERE id = 1",
+    }
+    with sqlite3.connect(db_path) as conn:
+        for trigger, sql in ends.items():
+            # EXPLAIN lists the trigger's program after the statement's own, from its Init naming the trigger
+            ops = [(r[1], str(r[5])) for r in conn.execute(f"EXPLAIN {sql}")]
+            start = next(i for i, (op, p4) in enumerate(ops) if op == "Init" and p4 == f"-- TRIGGER {trigger}")
+            opened = [op for op, _ in ops[start:] if op in ("OpenEphemeral", "OpenAutoindex", "SorterOpen")]
+            assert opened == [], (trigger, opened)
