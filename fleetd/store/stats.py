@@ -218,12 +218,46 @@ def _merge_read(rows: list[Any], n: int, periods: dict[Period, int]) -> dict[Per
     group of `n` keys. Touches nothing but its arguments: it runs in a worker thread."""
     merged: dict[Period, dict[tuple[Any, ...], Histogram]] = {p: {} for p in periods}
     for i, r in enumerate(rows):
-        if i % 64 == 63:  # hands the GIL over: else each turn of the loop's thread waits up to 5 ms for it
+        # Hands the GIL over: else each turn of the event loop (each wait in epoll gives the GIL up) waits up to
+        # the switch interval (5 ms) for it, and an API call of a few dozen turns takes a hundred ms or more.
+        if i % 64 == 63:
             time.sleep(0)
         hist = merged[(r[0], r[1])].setdefault(tuple(r[2 : 2 + n]), {})
         for duration, count in json.loads(r[2 + n]).items():
             hist[duration] = hist.get(duration, 0) + count
     return merged
+
+
+def _rank(
+    result: Stats,
+    rows: dict[tuple[Any, ...], StatsRow],
+    whole: dict[Period, dict[tuple[Any, ...], Histogram]],
+    raw: list[Any],
+    n: int,
+) -> None:
+    """The percentiles of each group of `rows` (the groups of `result`) and the total's figures, from the whole
+    periods' histograms and the raw rows' durations. Reads the histograms without changing them (they may be
+    kept between queries) and touches nothing else but its arguments: it runs in a worker thread."""
+    # A group in a histogram but not in the figures ended between the two reads: counted next time.
+    merged: dict[tuple[Any, ...], Histogram] = {key: {} for key in rows}
+    for groups in whole.values():
+        time.sleep(0)  # hands the GIL over, as in `_merge_read`
+        for key, period_hist in groups.items():
+            hist = merged.setdefault(key, {})
+            for duration, count in period_hist.items():
+                hist[duration] = hist.get(duration, 0) + count
+    for r in raw:
+        hist = merged.setdefault(tuple(r[:n]), {})
+        hist[str(r[n])] = hist.get(str(r[n]), 0) + r[n + 1]
+    total, overall = result.total, dict[int, int]()
+    for key, row in rows.items():
+        for name in _SUMS:
+            setattr(total, name, getattr(total, name) + getattr(row, name))
+        hist = {int(duration): count for duration, count in merged[key].items()}
+        row.p50_duration_ms, row.p95_duration_ms = percentile(hist, 50), percentile(hist, 95)
+        for duration, count in hist.items():
+            overall[duration] = overall.get(duration, 0) + count
+    total.p50_duration_ms, total.p95_duration_ms = percentile(overall, 50), percentile(overall, 95)
 
 
 class StatsStore:
@@ -254,26 +288,12 @@ class StatsStore:
             for name, value in zip(_SUMS, r[n:], strict=True):
                 setattr(row, name, value if name == "cost_usd" else int(value))
             rows[key] = row
-        # A group in a histogram but not in the figures ended between the two reads: counted next time.
-        merged: dict[tuple[Any, ...], Histogram] = {key: {} for key in rows}
-        for groups in (await self._whole_periods(by, loop, periods, histograms, params)).values():
-            for key, period_hist in groups.items():
-                hist = merged.setdefault(key, {})
-                for duration, count in period_hist.items():
-                    hist[duration] = hist.get(duration, 0) + count
-        for r in await self.db.fetchall(raw_durations, params):  # type: ignore[arg-type]
-            hist = merged.setdefault(tuple(r[:n]), {})
-            hist[str(r[n])] = hist.get(str(r[n]), 0) + r[n + 1]
+        whole = await self._whole_periods(by, loop, periods, histograms, params)
+        raw = await self.db.fetchall(raw_durations, params)  # type: ignore[arg-type]
         result = Stats(since=since, by=by, loop=loop, groups=list(rows.values()))
-        total, overall = result.total, dict[int, int]()
-        for key, row in rows.items():
-            for name in _SUMS:
-                setattr(total, name, getattr(total, name) + getattr(row, name))
-            hist = {int(duration): count for duration, count in merged[key].items()}
-            row.p50_duration_ms, row.p95_duration_ms = percentile(hist, 50), percentile(hist, 95)
-            for duration, count in hist.items():
-                overall[duration] = overall.get(duration, 0) + count
-        total.p50_duration_ms, total.p95_duration_ms = percentile(overall, 50), percentile(overall, 95)
+        # Pure Python over what was read, like `_merge_read`: up to ~a million entries (`--by loop` over a month,
+        # more periods than are kept between queries), so in a worker thread too.
+        await asyncio.to_thread(_rank, result, rows, whole, raw, n)
         return result
 
     async def _whole_periods(

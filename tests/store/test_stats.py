@@ -469,37 +469,45 @@ def test_a_run_that_ended_without_an_attempt_counts_under_its_loops_backend(db_p
     assert by_backend[("x",)].runs_ended == 1 and by_backend[("x",)].succeeded == 0
 
 
-def test_a_first_query_decodes_the_histograms_off_the_event_loop(
+def test_a_query_merges_and_ranks_the_histograms_off_the_event_loop(
     db_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A store's first query decodes and merges whole periods' histograms (~400 ms a month at a million
-    attempts): in another thread than the event loop's, which meanwhile goes on answering (here: runs a
-    coroutine the decoding thread hands it, and waits for)."""
+    attempts), and every query merges the periods' and ranks them (as long again with `--by loop`): in another
+    thread than the event loop's, which meanwhile goes on answering (here: runs a coroutine that the decoding
+    thread hands it, and waits for)."""
     runs = _random_runs(random.Random(4), 120)
     write(db_path, runs)
     since = NOW - timedelta(days=4)
-    decoded_on_the_loop: list[bool] = []
+    on_the_loop: dict[str, list[bool]] = {"decoded": [], "ranked": []}
 
-    async def go() -> Stats:
+    async def go() -> list[Stats]:
         loop, loop_thread = asyncio.get_running_loop(), threading.get_ident()
 
         def loads(text: str) -> Any:
-            on_the_loop = threading.get_ident() == loop_thread
-            if not on_the_loop and not decoded_on_the_loop:  # would wait on itself if called on the loop
+            here = threading.get_ident() == loop_thread
+            if not here and not on_the_loop["decoded"]:  # on the loop's own thread, it would wait for itself
                 asyncio.run_coroutine_threadsafe(asyncio.sleep(0), loop).result(timeout=30)
-            decoded_on_the_loop.append(on_the_loop)
+            on_the_loop["decoded"].append(here)
             return json.loads(text)
 
+        def ranked(histogram: dict[int, int], p: float) -> int | None:
+            on_the_loop["ranked"].append(threading.get_ident() == loop_thread)
+            return percentile(histogram, p)
+
         monkeypatch.setattr(stats_module, "json", SimpleNamespace(loads=loads, dumps=json.dumps))
+        monkeypatch.setattr(stats_module, "percentile", ranked)
         db = await Database.open(db_path)
         try:
-            return await StatsStore(db).stats(since=since, by=("backend",))
+            store = StatsStore(db)
+            return [await store.stats(since=since, by=("backend",)) for _ in range(2)]
         finally:
             await db.close()
 
-    stats = asyncio.run(go())
-    assert decoded_on_the_loop and not any(decoded_on_the_loop)
-    assert figures(stats) == _reference(runs, since, ("backend",))
+    first, kept = asyncio.run(go())
+    assert on_the_loop["decoded"] and not any(on_the_loop["decoded"])
+    assert on_the_loop["ranked"] and not any(on_the_loop["ranked"])
+    assert figures(first) == figures(kept) == _reference(runs, since, ("backend",))
 
 
 def test_kept_histograms_stay_within_their_bound(monkeypatch: pytest.MonkeyPatch) -> None:
