@@ -35,13 +35,15 @@ sorting the (group, duration) pairs of a month cost more than the whole budget o
 The rollups' histograms are many small JSON texts (a month at a million attempts: ~8,600 of them, half a
 million entries), and decoding and merging them took ~400 ms a query. So a StatsStore keeps each whole
 period's histograms, merged by group, between queries (`rollups.PeriodHistograms`), and reads again only the periods
-whose attempt count moved. Invariant (the triggers of schema.py keep it): a rollup row's `durations` change
-only as its `attempts` grow, so a period with the same attempt count (under the same `loop` filter) has the
-same histograms.
+whose attempt count moved; what it reads is decoded and merged, and the percentiles ranked, in a worker thread,
+so the event loop goes on firing and answering meanwhile. Invariant (the triggers of schema.py keep it): a rollup
+row's `durations` change only as its `attempts` grow, so a period with the same attempt count (under the same
+`loop` filter) has the same histograms.
 """
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -176,6 +178,34 @@ def _queries(by: tuple[str, ...], loop: str | None) -> tuple[str, str, str, str]
     return figures, periods, histograms, raw_durations
 
 
+def _rank(
+    result: Stats,
+    rows: dict[tuple[Any, ...], StatsRow],
+    whole: dict[Period, dict[tuple[Any, ...], Histogram]],
+    raw: list[Any],
+    n: int,
+) -> None:
+    """The percentiles of each group of `rows` (the groups of `result`) and the total's figures, from the whole
+    periods' histograms and the raw rows' durations. Reads the histograms without changing them (they may be
+    kept between queries) and touches nothing else but its arguments: it runs in a worker thread."""
+    # A group in a histogram but not in the figures ended between the two reads: counted next time.
+    merged: dict[tuple[Any, ...], Histogram] = {key: {} for key in rows}
+    for groups in whole.values():
+        add_histograms(merged, groups)
+    for r in raw:
+        hist = merged.setdefault(tuple(r[:n]), {})
+        hist[str(r[n])] = hist.get(str(r[n]), 0) + r[n + 1]
+    total, overall = result.total, dict[int, int]()
+    for key, row in rows.items():
+        for name in _SUMS:
+            setattr(total, name, getattr(total, name) + getattr(row, name))
+        hist = {int(duration): count for duration, count in merged[key].items()}
+        row.p50_duration_ms, row.p95_duration_ms = percentile(hist, 50), percentile(hist, 95)
+        for duration, count in hist.items():
+            overall[duration] = overall.get(duration, 0) + count
+    total.p50_duration_ms, total.p95_duration_ms = percentile(overall, 50), percentile(overall, 95)
+
+
 class StatsStore:
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -195,23 +225,12 @@ class StatsStore:
             for name, value in zip(_SUMS, r[n:], strict=True):
                 setattr(row, name, value if name == "cost_usd" else int(value))
             rows[key] = row
-        # A group in a histogram but not in the figures ended between the two reads: counted next time.
-        merged: dict[tuple[Any, ...], Histogram] = {key: {} for key in rows}
-        for groups in (await self._whole_periods(by, loop, periods, histograms, params)).values():
-            add_histograms(merged, groups)
-        for r in await self.db.fetchall(raw_durations, params):  # type: ignore[arg-type]
-            hist = merged.setdefault(tuple(r[:n]), {})
-            hist[str(r[n])] = hist.get(str(r[n]), 0) + r[n + 1]
+        whole = await self._whole_periods(by, loop, periods, histograms, params)
+        raw = await self.db.fetchall(raw_durations, params)  # type: ignore[arg-type]
         result = Stats(since=since, by=by, loop=loop, groups=list(rows.values()))
-        total, overall = result.total, dict[int, int]()
-        for key, row in rows.items():
-            for name in _SUMS:
-                setattr(total, name, getattr(total, name) + getattr(row, name))
-            hist = {int(duration): count for duration, count in merged[key].items()}
-            row.p50_duration_ms, row.p95_duration_ms = percentile(hist, 50), percentile(hist, 95)
-            for duration, count in hist.items():
-                overall[duration] = overall.get(duration, 0) + count
-        total.p50_duration_ms, total.p95_duration_ms = percentile(overall, 50), percentile(overall, 95)
+        # Pure Python over what was read: up to ~a million entries (`--by loop` over a month, more periods than are
+        # kept between queries), so in a worker thread too.
+        await asyncio.to_thread(_rank, result, rows, whole, raw, n)
         return result
 
     async def _whole_periods(

@@ -7,15 +7,22 @@ import asyncio
 import json
 import random
 import sqlite3
+import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from fleetd.errors import InvalidArgument
+from fleetd.records.result import ParsedOutput, TokenUsage
+from fleetd.store import rollups as rollups_module
+from fleetd.store import stats as stats_module
+from fleetd.store.attempts import AttemptStore, finish_write
 from fleetd.store.db import Database
+from fleetd.store.runs import RunStore
 from fleetd.store.schema import STATS_REBUILD
 from fleetd.store.stats import Stats, StatsStore, _PeriodHistograms, parse_by, percentile
 from fleetd.timefmt import to_iso
@@ -336,9 +343,101 @@ def test_a_store_that_answered_before_sees_every_later_change(db_path: Path) -> 
     asyncio.run(go())
 
 
+@dataclass
+class Shape:
+    """A run as the executor ends it: its attempts as (backend, profile, model at start, step, role, ms, what
+    the output said), then its final status; `end` says how its last attempt ends (`with_run`: in the run's
+    own write, as the executor does; `alone`: by itself first; `interrupted`: crash recovery; `open`: never)."""
+
+    status: str
+    attempts: list[tuple[str, str, str | None, int, str, int, ParsedOutput]]
+    end: str = "with_run"
+    waited: bool = False
+
+
+def _out(outcome: str = "succeeded", model: str | None = None, cost: float | None = None, t: int = 0) -> ParsedOutput:
+    return ParsedOutput(outcome, usage=TokenUsage(100 + t, 10 + t, 1000 * t, t), cost_usd=cost, model=model)  # type: ignore[arg-type]
+
+
+SHAPES = [
+    # one attempt
+    Shape("succeeded", [(CC, "cc-a", "sonnet", 1, "work", 36_392, _out(cost=0.25, t=3))]),
+    # rate limited on cc-a, the next profile of the same step succeeds: a fallback
+    Shape("succeeded", [(CC, "cc-a", "sonnet", 1, "work", 1_250, _out("failed")),
+                        (CC, "cc-b", "sonnet", 1, "work", 20_000, _out(cost=0.5, t=1))]),
+    # escalation to a later step (another backend), which fails too
+    Shape("failed", [(CC, "cc-a", None, 1, "work", 3_000, _out("failed")),
+                     (CX, "cx-a", "gpt-5", 2, "work", 99_999, _out("failed", cost=0.3))]),
+    # a transient retry on the same profile: the same candidate, no fallback
+    Shape("succeeded", [(CC, "cc-a", None, 1, "work", 40, _out("failed")), (CC, "cc-a", None, 1, "work", 7, _out())]),
+    # a reviewer's attempt after the work: the run ends in the work attempt's group
+    Shape("succeeded", [(CC, "cc-a", "sonnet", 1, "work", 5_000, _out(cost=0.05)),
+                        (CX, "cx-a", None, 1, "review", 7_000, _out(model="gpt-5"))]),
+    # a reviewer after an escalation: started in one group, ended in another, reviewed in a third
+    Shape("failed", [(CC, "cc-a", "sonnet", 1, "work", 104, _out("failed")),
+                     (CX, "cx-a", "gpt-5", 2, "work", 995, _out(t=2)),
+                     (CC, "cc-b", None, 1, "review", 1_234_567, _out())], end="alone"),
+    # ended without any attempt (no usable candidate, over budget): under the loop's backend
+    Shape("failed", []),
+    Shape("timed_out", [(CX, "cx-a", None, 2, "work", 600_000, _out("failed", model="gpt-5"))]),
+    # cancelled while its attempt ran, and cancelled while waiting for a reset
+    Shape("cancelled", [(CC, "cc-a", "sonnet", 1, "work", 2_500, _out("failed"))]),
+    Shape("cancelled", [(CC, "cc-a", "sonnet", 1, "work", 900, _out("failed"))], end="alone", waited=True),
+    # a daemon that died mid-attempt: crash recovery closes the attempt, then the run
+    Shape("interrupted", [(CC, "cc-b", None, 1, "work", 0, _out())], end="interrupted"),
+    # waited for a reset, then ran again on the same profile and succeeded
+    Shape("succeeded", [(CC, "cc-a", "sonnet", 1, "work", 1_000, _out("failed")),
+                        (CC, "cc-a", "sonnet", 1, "work", 12_345, _out(cost=0.01))], waited=True),
+    # still running: its ended attempt counts, the run and its open attempt not yet
+    Shape("running", [(CC, "cc-a", None, 1, "work", 8_000, _out()), (CC, "cc-b", None, 1, "work", 1, _out())],
+          end="open"),
+]  # fmt: skip
+
+
+async def _end_through_the_store(db_path: Path, shapes: list[Shape], at: datetime) -> None:
+    """Each shape written by RunStore and AttemptStore, as the executor and crash recovery write them."""
+    db = await Database.open(db_path)
+    runs, attempts = RunStore(db), AttemptStore(db)
+    try:
+        await runs.insert(loop="a", trigger="schedule", status="skipped", scheduled_at=at, started_at=at,
+                          finished_at=at, backend=CC, skip_reason="overlap")  # fmt: skip
+        for i, shape in enumerate(shapes):
+            # 40 minutes apart: runs (and some attempts) fall in other hours and days
+            start = at + timedelta(minutes=40 * i, milliseconds=137 * i)
+            run = await runs.insert(loop=f"l{i % 3}", trigger="schedule", status="running", scheduled_at=start,
+                                    started_at=start, backend=CC)  # fmt: skip
+            assert run is not None
+            if shape.waited:
+                await runs.set_waiting(run.id, start + timedelta(minutes=5))
+                if shape.status != "cancelled":
+                    await runs.set_waiting(run.id, None)
+            now, last = start, None
+            for number, (backend, profile, model, step, role, ms, parsed) in enumerate(shape.attempts, start=1):
+                attempt_id = await attempts.start(run_id=run.id, number=number, backend=backend, profile=profile,
+                                                  model=model, started_at=now, step=step, role=role)  # fmt: skip
+                now += timedelta(milliseconds=ms)
+                end = finish_write(attempt_id, finished_at=now, exit_code=0, parsed=parsed, error=None,
+                                   cost_usd=parsed.cost_usd)  # fmt: skip
+                if number < len(shape.attempts) or shape.end == "alone":
+                    await db.write(end)
+                else:
+                    last = end
+            if shape.end == "interrupted":
+                await attempts.interrupt_open(run.id, finished_at=now, error="fleetd stopped")
+                last = None
+            if shape.status not in ("running", "waiting"):
+                await runs.finish(run.id, status=shape.status, finished_at=now, exit_code=1,  # type: ignore[arg-type]
+                                  attempt_end=last)  # fmt: skip
+    finally:
+        await db.close()
+
+
 def test_rebuild_gives_what_the_triggers_kept(db_path: Path) -> None:
-    """STATS_REBUILD (the migration's backfill) and the triggers are two writers of one rollup."""
+    """STATS_REBUILD (the migration's backfill, reading the views) and the triggers (reading the ended row) are
+    two writers of one rollup: runs of every shape, ended through the real store, count alike in both."""
     write(db_path, _random_runs(random.Random(3), 200) + SCENARIO)
+    asyncio.run(_end_through_the_store(db_path, SHAPES, NOW - timedelta(days=2, minutes=3)))
+    asyncio.run(_end_through_the_store(db_path, SHAPES[::-1], NOW - timedelta(hours=7)))
 
     def snapshot() -> list[tuple[Any, ...]]:
         with sqlite3.connect(db_path) as conn:
@@ -349,7 +448,12 @@ def test_rebuild_gives_what_the_triggers_kept(db_path: Path) -> None:
             return rows
 
     kept = snapshot()
-    assert kept
+    with sqlite3.connect(db_path) as conn:
+        ended = conn.execute("SELECT count(*) FROM runs WHERE status NOT IN ('running', 'waiting', 'skipped')")
+        assert (
+            conn.execute("SELECT sum(runs_ended), sum(runs_started) FROM stats_daily").fetchone()
+            == (ended.fetchone()[0],) * 2
+        )
     with sqlite3.connect(db_path, isolation_level=None) as conn:
         conn.executescript(f"BEGIN; {STATS_REBUILD} COMMIT;")
     assert snapshot() == kept
@@ -364,6 +468,47 @@ def test_a_run_that_ended_without_an_attempt_counts_under_its_loops_backend(db_p
     assert row.success_rate == 0.5
     by_backend = {tuple(r.group.values()): r for r in query(db_path, WEEK, ("backend",)).groups}
     assert by_backend[("x",)].runs_ended == 1 and by_backend[("x",)].succeeded == 0
+
+
+def test_a_query_merges_and_ranks_the_histograms_off_the_event_loop(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store's first query decodes and merges whole periods' histograms (~400 ms a month at a million
+    attempts), and every query merges the periods' and ranks them (as long again with `--by loop`): in another
+    thread than the event loop's, which meanwhile goes on answering (here: runs a coroutine that the decoding
+    thread hands it, and waits for)."""
+    runs = _random_runs(random.Random(4), 120)
+    write(db_path, runs)
+    since = NOW - timedelta(days=4)
+    on_the_loop: dict[str, list[bool]] = {"decoded": [], "ranked": []}
+
+    async def go() -> list[Stats]:
+        loop, loop_thread = asyncio.get_running_loop(), threading.get_ident()
+
+        def loads(text: str) -> Any:
+            here = threading.get_ident() == loop_thread
+            if not here and not on_the_loop["decoded"]:  # on the loop's own thread, it would wait for itself
+                asyncio.run_coroutine_threadsafe(asyncio.sleep(0), loop).result(timeout=30)
+            on_the_loop["decoded"].append(here)
+            return json.loads(text)
+
+        def ranked(histogram: dict[int, int], p: float) -> int | None:
+            on_the_loop["ranked"].append(threading.get_ident() == loop_thread)
+            return percentile(histogram, p)
+
+        monkeypatch.setattr(rollups_module, "json", SimpleNamespace(loads=loads, dumps=json.dumps))
+        monkeypatch.setattr(stats_module, "percentile", ranked)
+        db = await Database.open(db_path)
+        try:
+            store = StatsStore(db)
+            return [await store.stats(since=since, by=("backend",)) for _ in range(2)]
+        finally:
+            await db.close()
+
+    first, kept = asyncio.run(go())
+    assert on_the_loop["decoded"] and not any(on_the_loop["decoded"])
+    assert on_the_loop["ranked"] and not any(on_the_loop["ranked"])
+    assert figures(first) == figures(kept) == _reference(runs, since, ("backend",))
 
 
 def test_kept_histograms_stay_within_their_bound(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -382,3 +527,20 @@ def test_kept_histograms_stay_within_their_bound(monkeypatch: pytest.MonkeyPatch
     assert kept.get("a") == {} and set(kept.get("b")) == {("d", "01"), ("d", "02")}  # the least recent goes
     kept.put("c", periods("01", entries=11))
     assert kept.get("c") == {}  # too big alone: not kept
+
+
+def test_the_triggers_build_no_temporary_btree(db_path: Path) -> None:
+    """A run's end and an attempt's end pay for their triggers on the writer thread: a sort, a GROUP BY or an IN
+    list of constants in a trigger's statement opens a temporary b-tree with a page cache of its own per row
+    ended, which cost more than all the rest of the trigger (schema.py, migration 18)."""
+    ends = {
+        "stats_run_finished": "UPDATE runs SET status = 'failed', finished_at = 'x' WHERE id = 1",
+        "stats_attempt_finished": "UPDATE attempts SET finished_at = 'x', duration_ms = 5 WHERE id = 1",
+    }
+    with sqlite3.connect(db_path) as conn:
+        for trigger, sql in ends.items():
+            # EXPLAIN lists the trigger's program after the statement's own, from its Init naming the trigger
+            ops = [(r[1], str(r[5])) for r in conn.execute(f"EXPLAIN {sql}")]
+            start = next(i for i, (op, p4) in enumerate(ops) if op == "Init" and p4 == f"-- TRIGGER {trigger}")
+            opened = [op for op, _ in ops[start:] if op in ("OpenEphemeral", "OpenAutoindex", "SorterOpen")]
+            assert opened == [], (trigger, opened)
