@@ -16,8 +16,13 @@ import pytest
 from fleetd.daemon.views import RUN_JSON_SQL
 from fleetd.store import attempts, gateway_stats, retention
 from fleetd.store.db import Database
+from fleetd.store.rollups import window
 from fleetd.store.runs import _COLUMNS, NEWEST_FIRST, array_query, list_query
 from fleetd.store.stats import GROUP_KEYS, _queries
+
+# The parameters of a stats query from 09:30 (store/rollups.py `window`), with the whole periods it would read.
+WINDOW = {**window(datetime(2026, 11, 21, 9, 30, tzinfo=UTC)), "days": '["2026-11-22", "2026-11-23"]',
+          "hours": '["2026-11-21T10"]'}  # fmt: skip
 
 SINCE = datetime(2026, 11, 21, tzinfo=UTC)
 
@@ -90,16 +95,7 @@ def test_last_run_of_every_loop_is_one_probe_per_loop(conn: sqlite3.Connection) 
 def test_stats_reads_rollups_and_raw_rows_by_index(
     conn: sqlite3.Connection, by: tuple[str, ...], loop: str | None
 ) -> None:
-    params = {
-        "since": "2026-11-21T09:30:00.000+00:00",
-        "day": "2026-11-21",
-        "hour": "2026-11-21T09",
-        "next_day": "2026-11-22",
-        "next_hour": "2026-11-21T10:00:00.000+00:00",
-        "loop": loop,
-        "days": '["2026-11-22", "2026-11-23"]',
-        "hours": '["2026-11-21T10"]',
-    }
+    params = {**WINDOW, "loop": loop}
     for sql in _queries(by, loop):
         steps = plan(conn, sql, params)
         scans = [
@@ -138,15 +134,7 @@ def test_a_profiles_daily_spend_is_two_index_searches(conn: sqlite3.Connection) 
 def test_gateway_stats_read_rollups_and_the_first_hours_calls_by_index(
     conn: sqlite3.Connection, by: tuple[str, ...]
 ) -> None:
-    params = {
-        "since": "2026-11-21T09:30:00.000+00:00",
-        "day": "2026-11-21",
-        "hour": "2026-11-21T09",
-        "next_day": "2026-11-22",
-        "next_hour": "2026-11-21T10:00:00.000+00:00",
-        "days": '["2026-11-22", "2026-11-23"]',
-        "hours": '["2026-11-21T10"]',
-    }
+    params = WINDOW
     tables = ("gateway_calls", *(f"gateway_{k}_{p}" for k in ("stats", "histograms") for p in ("daily", "hourly")))
     for sql in gateway_stats.queries(by):
         steps = plan(conn, sql, params)
