@@ -240,12 +240,15 @@ class Heartbeat:
                 # committed.
                 preview = replace(stored, reported=counted.reported or stored.reported,
                                   garbled_lines=stored.garbled_lines + counted.garbled_lines)  # fmt: skip
-                preview.status = await self._judge(profile, preview, now)
-                self.states[profile.name] = preview
                 try:
+                    preview.status = await self._judge(profile, preview, now)
+                    self.states[profile.name] = preview
                     await self._store_counted(profile, stored, counted)
-                except BaseException:  # cancelled (the daemon stops): the state as stored, not as shown
+                except BaseException:  # failed or cancelled: the state as stored, not as shown
                     self.states[profile.name] = stored
+                    if counted.parts:  # none of it stored (`_store_counted` always empties it): all read again
+                        self._read_again(profile)
+                        counted.parts.clear()
                     raise
         if counted is not None and len(counted.keys) >= BIG_READ_RECORDS:
             # The collector's passes over everything the read made, done here, in the beat that made it: left to
@@ -343,14 +346,15 @@ class Heartbeat:
                     await self._count_part(profile, part, scrubber, now, counted)
                 else:
                     added += await self._store_part(profile, stored, part, scrubber, now)
-        except Exception:
-            log.exception("reading %s's usage records failed", profile.name)
-            # What was read but not stored is read again, from the offsets of what was stored (duplicates are
-            # ignored by the store), and the windows come from the store again.
-            self._ingesters.pop(profile.name, None)
-            self._ledgers.pop(profile.name, None)
+        except BaseException as e:
+            # Failed, or cancelled (not only by a stop): what was read but not stored is read again, from the offsets
+            # of what was stored (duplicates are ignored by the store), and the windows come from the store again.
+            self._read_again(profile)
             if counted is not None:
                 counted.parts.clear()  # nothing of it stored, no offset moved: all of it is read again
+            if not isinstance(e, Exception):
+                raise
+            log.exception("reading %s's usage records failed", profile.name)
             return
         finally:
             with contextlib.suppress(Exception):
@@ -358,6 +362,12 @@ class Heartbeat:
             parts.close()
         if added:
             log.info("profile %s: %d usage record(s) from the agent's own files", profile.name, added)
+
+    def _read_again(self, profile: Profile) -> None:
+        """What the profile's reader read past and was not stored is read again, from the stored offsets, by a new
+        reader, and its windows come from the store again."""
+        self._ingesters.pop(profile.name, None)
+        self._ledgers.pop(profile.name, None)
 
     @staticmethod
     def _rows(part: Any, scrubber: Scrubber | None) -> list[AgentRow]:
@@ -424,8 +434,10 @@ class Heartbeat:
         part.records = []  # the rows are what is kept, encoded
         counted.parts.append((AgentRows.encode(rows), part))
         counted.garbled_lines += part.garbled_lines
-        if part.windows:
-            counted.reported = list(scrubber.record(part.windows) if scrubber is not None else part.windows)
+        if part.windows:  # scrubbed once, here: `_part_stored` keeps them as they are
+            part.windows = counted.reported = list(
+                scrubber.record(part.windows) if scrubber is not None else part.windows
+            )
 
     async def _store_counted(self, profile: Profile, stored: StoredState, counted: _Counted) -> None:
         """Store a read `_ingest` counted in the windows, a part per transaction. Crash-safe as `_store_part` is: a
@@ -449,8 +461,7 @@ class Heartbeat:
             if done < len(counted.parts):
                 # Failed or cancelled: as when a read fails, the rest is read again (from the offsets of what was
                 # stored: the reader's own have moved past it) and the windows come from the store again.
-                self._ingesters.pop(profile.name, None)
-                self._ledgers.pop(profile.name, None)
+                self._read_again(profile)
             counted.parts.clear()
         self._last_id = await self.usage.last_id()
         if added:

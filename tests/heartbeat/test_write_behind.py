@@ -183,3 +183,110 @@ def test_a_beat_cancelled_while_storing_behind_the_windows_leaves_the_rest_to_be
         assert len(rows) == len(SESSIONS) and used(hb, "a") == [total]
 
     run(tmp_path, body, limits=("5h=1000tok",))
+
+
+def test_a_first_read_that_fails_before_it_is_stored_is_read_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The read is counted, then judging its windows fails before any of it is stored: the reader's offsets have
+    moved past all of it, so it must not be kept (the read was lost for good: stored offsets moved past it later)."""
+    monkeypatch.setattr(usage_files, "BATCH_RECORDS", 2)
+    original = Heartbeat._judge
+
+    async def failing_once(self: Heartbeat, profile: Profile, stored: Any, now: Any) -> Any:
+        monkeypatch.setattr(Heartbeat, "_judge", original)
+        raise RuntimeError("the store went away")
+
+    async def body(hb: Heartbeat, clock: Clock, usage: UsageStore, profiles: list[Profile]) -> None:
+        total = write_sessions(profiles[0])
+        monkeypatch.setattr(Heartbeat, "_judge", failing_once)
+        with pytest.raises(RuntimeError):
+            await hb.beat()
+        await hb.beat()
+        rows = await usage.db.fetchall("SELECT dedupe_key FROM usage_records WHERE profile = 'a'")
+        assert len(rows) == len(SESSIONS) and used(hb, "a") == [total]
+
+    run(tmp_path, body, limits=("5h=1000tok",))
+
+
+def test_a_first_read_cancelled_while_it_is_read_is_read_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A beat cancelled mid-read (not only by a stop: any caller's cancel): parts counted, none stored, the reader
+    past them. The next beat reads it all again, counted once."""
+    monkeypatch.setattr(usage_files, "BATCH_RECORDS", 2)
+    original = Heartbeat._count_part
+    counted: list[int] = []
+    blocked = asyncio.Event()
+
+    async def stalling(self: Heartbeat, profile: Profile, part: Any, *args: Any) -> None:
+        counted.append(len(part.records))
+        if len(counted) == 2:
+            blocked.set()
+            await asyncio.sleep(3600)  # until cancelled
+        await original(self, profile, part, *args)
+
+    async def body(hb: Heartbeat, clock: Clock, usage: UsageStore, profiles: list[Profile]) -> None:
+        total = write_sessions(profiles[0])
+        monkeypatch.setattr(Heartbeat, "_count_part", stalling)
+        beat = asyncio.ensure_future(hb.beat())
+        await asyncio.wait_for(blocked.wait(), 10)
+        beat.cancel()
+        await asyncio.gather(beat, return_exceptions=True)
+        monkeypatch.setattr(Heartbeat, "_count_part", original)
+        await hb.beat()
+        rows = await usage.db.fetchall("SELECT dedupe_key FROM usage_records WHERE profile = 'a'")
+        assert len(rows) == len(SESSIONS) and used(hb, "a") == [total]
+
+    run(tmp_path, body, limits=("5h=1000tok",))
+
+
+def test_a_first_reads_reported_windows_are_stored_scrubbed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A window's name comes from the agent's file (Codex's `limit_id`): a key in it is scrubbed in memory and in
+    the stored state alike, on a first read as on any other."""
+    from datetime import timedelta
+
+    from fleetd.heartbeat import service
+    from fleetd.records.result import TokenUsage, WindowState
+
+    secret = "sk-ant-api03-" + "Q" * 40
+
+    class Reader:
+        watch_root = str(tmp_path / "nowhere")
+
+        def __init__(self) -> None:
+            self.read = False
+
+        def batches(self, now: Any, changed: Any) -> Any:
+            if not self.read:
+                self.read = True
+                record = usage_files.UsageRecord(T0 - timedelta(minutes=1), TokenUsage(10, 5), None, "s1", "k1", "/f")
+                yield usage_files.IngestResult(records=[record], saved={"/f": {"offset": 1}},
+                                               windows=[WindowState(300, 50.0, None, f"{secret}:primary")])  # fmt: skip
+
+    class Adapter:
+        def usage_reader(self, profile: Profile, offsets: Any) -> Reader:
+            return Reader()
+
+    monkeypatch.setattr(service, "get_adapter", lambda backend: Adapter())
+
+    async def go() -> tuple[list[str], str]:
+        db = await Database.open(tmp_path / "hb.db")
+        profiles = ProfileStore(db)
+        await profiles.insert(Profile("a", "codex", "subscription", str(tmp_path / "a"),
+                                      limits=[parse_limit("5h=1000tok")], created_at=T0, updated_at=T0))  # fmt: skip
+
+        async def known() -> list[str]:
+            return [secret]
+
+        hb = Heartbeat(profiles, UsageStore(db), EventLog(db), clock=lambda: T0, interval=3600, near_limit=0.9,
+                       known_secrets=known)  # fmt: skip
+        try:
+            await hb.beat()
+            row = await db.fetchone("SELECT reported_json FROM profile_state WHERE profile = 'a'")
+            assert row is not None
+            return [w.name or "" for w in hb.states["a"].reported], row[0]
+        finally:
+            await db.close()
+
+    shown, stored = asyncio.run(go())
+    assert shown and secret not in shown[0]
+    assert secret not in stored and json.loads(stored)
