@@ -964,14 +964,20 @@ class _ClaudeCollector(ClaudeTranscripts):
     def __init__(self, config_dir: Path | str, offsets: Mapping[str, FileOffset] | None = None) -> None:
         super().__init__(config_dir, offsets)
         self._entries: list[_ClaudeEntry] = []
+        self._same: dict[str | None, str | None] = {}
 
     def _offer(self, entry: _ClaudeEntry, out: IngestResult) -> None:
         self._entries.append(entry)
 
     def _collected(self) -> list[Any]:
-        """As plain tuples: a named tuple pickles and unpickles through Python code, several times slower."""
+        """As plain tuples: a named tuple pickles and unpickles through Python code, several times slower. A model
+        and a session id, decoded anew on each line, are sent as one string each (pickle then writes each once per
+        task, and the daemon makes each once)."""
         entries, self._entries = self._entries, []
-        return list(map(tuple, entries))
+        same = self._same
+        return [(e.at, e.counts, e.total, same.setdefault(e.model, e.model),
+                 same.setdefault(e.session_id, e.session_id), e.message_id, e.request_id, e.sidechain, e.speed,
+                 e.source_path) for e in entries]  # fmt: skip
 
 
 ClaudeTranscripts._collector = _ClaudeCollector

@@ -1127,6 +1127,19 @@ def test_the_parsing_processes_get_their_first_task_before_every_file_is_looked_
     assert sorted(looked_at) == sorted(paths)
 
 
+def test_a_parsing_process_sends_a_model_and_a_session_once_per_task(claude_dir: Path) -> None:
+    """Decoded anew on every line, they are sent as one string each: fewer bytes to pickle and fewer to keep."""
+    first, second = transcript(claude_dir, "s1"), transcript(claude_dir, "s2")
+    append(first, claude_line(mid="msg_1"), claude_line(mid="msg_2"))
+    append(second, claude_line(mid="msg_3"))
+    parsed = usage_files._parse_files(usage_files._ClaudeCollector, claude_dir, [(str(first), None),
+                                                                                 (str(second), None)], NOW)  # fmt: skip
+    entries = [entry for file in parsed for entry in file.entries]
+    assert len(entries) == 3
+    for field in (3, 4):  # model, session id
+        assert len({id(entry[field]) for entry in entries}) == 1 and entries[0][field]
+
+
 # -- the fast decoder decides nothing json would decide otherwise ------------------------------------------------
 
 
