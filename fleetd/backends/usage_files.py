@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import copy
 import gc
+import itertools
 import json
 import logging
 import multiprocessing
@@ -169,6 +170,20 @@ def _parsing_processes() -> int:
     return min(cores, MAX_PARSING_PROCESSES)
 
 
+def _tasks(files: Iterable[tuple[Path, int]]) -> Iterator[list[Path]]:
+    """(path, bytes to read) in order → the files in order, PARALLEL_TASK_BYTES or PARALLEL_TASK_FILES at a time."""
+    task: list[Path] = []
+    size = 0
+    for path, more in files:
+        if task and (size >= PARALLEL_TASK_BYTES or len(task) >= PARALLEL_TASK_FILES):
+            yield task
+            task, size = [], 0
+        task.append(path)
+        size += more
+    if task:
+        yield task
+
+
 def _non_negative(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"not a non-negative integer: {value!r}")
@@ -319,47 +334,50 @@ class _JsonlTail:
         days) is parsed by processes on the other cores, files handed out in order a few megabytes at a time and
         taken back in order, so that de-duplication sees the files in the order one reader would; each result is a
         file's usage entries, far smaller than its bytes, and only a few tasks are out at once (bounded memory).
+        The processes are started as soon as the files looked at so far come to that much, and the first tasks
+        handed out then: the rest of the files are stat'ed while the processes start (a spawned process takes
+        ~0.1 s of a core to import what it needs, seconds on a busy machine).
         Anything going wrong with the processes (none can be started, one dies) leaves the rest to this thread."""
         workers = _parsing_processes()
         if self._collector is None or workers < 2:
             yield from ((path, None) for path in candidates)
             return
-        listing = list(candidates)
-        unread = [self._unread(path) for path in listing]
-        if sum(unread) < self.parallel_min_bytes:
-            yield from ((path, None) for path in listing)
+        listing = iter(candidates)
+        head: list[tuple[Path, int]] = []
+        unread = 0
+        for path in listing:
+            head.append((path, self._unread(path)))
+            unread += head[-1][1]
+            if unread >= self.parallel_min_bytes:
+                break
+        else:
+            yield from ((path, None) for path, _ in head)
             return
-        tasks: list[list[Path]] = [[]]
-        size = 0
-        for path, more in zip(listing, unread, strict=True):
-            if size >= PARALLEL_TASK_BYTES or len(tasks[-1]) >= PARALLEL_TASK_FILES:
-                tasks.append([])
-                size = 0
-            tasks[-1].append(path)
-            size += more
-        done = 0  # tasks whose files were handed out
+        tasks = _tasks(itertools.chain(head, ((path, self._unread(path)) for path in listing)))
+        out: deque[tuple[list[Path], Future[list[_Parsed]]]] = deque()  # tasks handed out, in order
         pool: ProcessPoolExecutor | None = None
         try:
             # spawn, not fork: the daemon has threads, and a forked child could inherit a lock one of them held.
             # A parsing process only parses: it makes no reference cycles for the collector to find, only work for it.
             pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=gc.disable)
-            out: deque[Future[list[_Parsed]]] = deque()
-            for task in tasks:
-                while len(out) < min(PARALLEL_TASKS_AHEAD, len(tasks) - done):
-                    files = tasks[done + len(out)]
+            while True:
+                while len(out) < PARALLEL_TASKS_AHEAD and (files := next(tasks, None)) is not None:
                     offsets = [(str(path), self._offsets.get(str(path))) for path in files]
-                    out.append(pool.submit(_parse_files, self._collector, self.config_dir, offsets, now))
-                parsed = out.popleft().result()
-                done += 1
-                yield from zip(task, parsed, strict=True)
+                    out.append((files, pool.submit(_parse_files, self._collector, self.config_dir, offsets, now)))
+                if not out:
+                    break
+                parsed = out[0][1].result()
+                yield from zip(out.popleft()[0], parsed, strict=True)
         except Exception:  # BrokenProcessPool, OSError, a pickling error: the rest is read here, as without processes
             log.warning("parsing %s in other processes failed; reading the rest in the daemon", self.config_dir,
                         exc_info=True)  # fmt: skip
-            for task in tasks[done:]:
-                yield from ((path, None) for path in task)
+            for files, _ in out:
+                yield from ((path, None) for path in files)
+            for files in tasks:
+                yield from ((path, None) for path in files)
         finally:
             if pool is not None:
-                pool.shutdown(wait=done == len(tasks), cancel_futures=True)
+                pool.shutdown(wait=not out, cancel_futures=True)
 
     def _unread(self, path: Path) -> int:
         """Bytes of `path` a read would take (0 when unknown)."""
@@ -946,14 +964,20 @@ class _ClaudeCollector(ClaudeTranscripts):
     def __init__(self, config_dir: Path | str, offsets: Mapping[str, FileOffset] | None = None) -> None:
         super().__init__(config_dir, offsets)
         self._entries: list[_ClaudeEntry] = []
+        self._same: dict[str | None, str | None] = {}
 
     def _offer(self, entry: _ClaudeEntry, out: IngestResult) -> None:
         self._entries.append(entry)
 
     def _collected(self) -> list[Any]:
-        """As plain tuples: a named tuple pickles and unpickles through Python code, several times slower."""
+        """As plain tuples: a named tuple pickles and unpickles through Python code, several times slower. A model
+        and a session id, decoded anew on each line, are sent as one string each (pickle then writes each once per
+        task, and the daemon makes each once)."""
         entries, self._entries = self._entries, []
-        return list(map(tuple, entries))
+        same = self._same
+        return [(e.at, e.counts, e.total, same.setdefault(e.model, e.model),
+                 same.setdefault(e.session_id, e.session_id), e.message_id, e.request_id, e.sidechain, e.speed,
+                 e.source_path) for e in entries]  # fmt: skip
 
 
 ClaudeTranscripts._collector = _ClaudeCollector

@@ -1093,6 +1093,53 @@ def test_when_the_parsing_processes_fail_the_rest_is_read_in_the_daemon(
     assert "reading the rest in the daemon" in caplog.text
 
 
+def test_the_parsing_processes_get_their_first_task_before_every_file_is_looked_at(
+    claude_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A spawned process takes a while to start: it starts on the first files while the rest are stat'ed."""
+    paths = _many_files(claude_dir)
+    expected = _outcome(list(ClaudeTranscripts(claude_dir, {}).batches(NOW, batch_records=3)))
+    reader = ClaudeTranscripts(claude_dir, {})
+    looked_at: list[Path] = []
+    unread = reader._unread
+    monkeypatch.setattr(reader, "_unread", lambda path: looked_at.append(path) or unread(path))
+    at_submit: list[int] = []
+
+    class Inline:
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            pass
+
+        def submit(self, fn: Any, *args: Any) -> Future[Any]:
+            at_submit.append(len(looked_at))
+            done: Future[Any] = Future()
+            done.set_result(fn(*args))
+            return done
+
+        def shutdown(self, **kwargs: Any) -> None:
+            pass
+
+    monkeypatch.setattr(usage_files, "_parsing_processes", lambda: 2)
+    monkeypatch.setattr(usage_files, "PARALLEL_TASK_FILES", 2)
+    monkeypatch.setattr(usage_files, "ProcessPoolExecutor", Inline)
+    reader.parallel_min_bytes = 1
+    assert _outcome(list(reader.batches(NOW, batch_records=3))) == expected
+    assert at_submit[0] == 3 < len(paths)  # two files and the one that begins the next task
+    assert sorted(looked_at) == sorted(paths)
+
+
+def test_a_parsing_process_sends_a_model_and_a_session_once_per_task(claude_dir: Path) -> None:
+    """Decoded anew on every line, they are sent as one string each: fewer bytes to pickle and fewer to keep."""
+    first, second = transcript(claude_dir, "s1"), transcript(claude_dir, "s2")
+    append(first, claude_line(mid="msg_1"), claude_line(mid="msg_2"))
+    append(second, claude_line(mid="msg_3"))
+    parsed = usage_files._parse_files(usage_files._ClaudeCollector, claude_dir, [(str(first), None),
+                                                                                 (str(second), None)], NOW)  # fmt: skip
+    entries = [entry for file in parsed for entry in file.entries]
+    assert len(entries) == 3
+    for field in (3, 4):  # model, session id
+        assert len({id(entry[field]) for entry in entries}) == 1 and entries[0][field]
+
+
 # -- the fast decoder decides nothing json would decide otherwise ------------------------------------------------
 
 
