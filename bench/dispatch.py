@@ -59,10 +59,17 @@ async def _bare(seconds: float, concurrency: int) -> int:
     return done
 
 
-def bare_rate(seconds: float, concurrency: int) -> float:
-    start = time.monotonic()
+def _cpu() -> float:
+    """This process's CPU seconds (every thread; not its children's)."""
+    times = os.times()
+    return times.user + times.system
+
+
+def bare_rate(seconds: float, concurrency: int) -> tuple[float, float]:
+    """Spawns a second, and the CPU milliseconds each cost this process."""
+    start, cpu = time.monotonic(), _cpu()
     done = asyncio.run(_bare(seconds, concurrency))
-    return done / (time.monotonic() - start)
+    return done / (time.monotonic() - start), (_cpu() - cpu) * 1000 / max(done, 1)
 
 
 class _NoProfiles:
@@ -109,14 +116,12 @@ async def _fleetd(home: Path, seconds: float, concurrency: int) -> tuple[int, in
         await db.close()
 
 
-def fleetd_rate(seconds: float, concurrency: int) -> tuple[float, int]:
-    home = Path(tempfile.mkdtemp(prefix="flb-dispatch-", dir="/tmp"))
-    try:
-        start = time.monotonic()
-        done, failed = asyncio.run(_fleetd(home, seconds, concurrency))
-        return done / (time.monotonic() - start), failed
-    finally:
-        shutil.rmtree(home, ignore_errors=True)
+def fleetd_rate(home: Path, seconds: float, concurrency: int) -> tuple[float, float, int]:
+    """Runs a second, the CPU milliseconds each cost this process (the daemon's side: its event loop, launch
+    threads and store writer), and how many failed."""
+    start, cpu = time.monotonic(), _cpu()
+    done, failed = asyncio.run(_fleetd(home, seconds, concurrency))
+    return done / (time.monotonic() - start), (_cpu() - cpu) * 1000 / max(done, 1), failed
 
 
 def main() -> None:
@@ -130,14 +135,27 @@ def main() -> None:
         parser.error("--seconds, --repeat and --concurrency must be positive")
     tracking = "a cgroup per run" if cgroups.base_dir() is not None else "session + tag sweep (no cgroup)"
     rounds = []
-    for _ in range(args.repeat):
-        base = bare_rate(args.seconds, args.concurrency)
-        rate, failed = fleetd_rate(args.seconds, args.concurrency)
-        rounds.append({"baseline_per_s": base, "fleetd_per_s": rate, "ratio": rate / base, "failed": failed})
+    # Every round's run logs are removed at the end, not between rounds: on ext4 without a journal each new inode
+    # skips every one freed in the last ~30 s, so removing a round's ~2,000 logs made the next round's log files
+    # cost it (a daemon removes logs once per --prune-interval, not between every few thousand runs).
+    homes: list[Path] = []
+    try:
+        for _ in range(args.repeat):
+            base, base_cpu = bare_rate(args.seconds, args.concurrency)
+            homes.append(Path(tempfile.mkdtemp(prefix="flb-dispatch-", dir="/tmp")))
+            rate, cpu, failed = fleetd_rate(homes[-1], args.seconds, args.concurrency)
+            rounds.append({"baseline_per_s": base, "fleetd_per_s": rate, "ratio": rate / base, "failed": failed,
+                           "baseline_cpu_ms": base_cpu, "fleetd_cpu_ms": cpu})  # fmt: skip
+    finally:
+        for home in homes:
+            shutil.rmtree(home, ignore_errors=True)
     print(f"dispatch: runs of `true`, {args.concurrency} in flight, {args.seconds:g}s per side; tracking: {tracking}")
-    print(f"{'round':>5}  {'bare asyncio /s':>15}  {'fleetd runs /s':>14}  {'ratio':>6}  {'failed':>6}")
+    print("(CPU: this process's milliseconds per spawn / per run, children not counted)")
+    head = ("round", "bare asyncio /s", "CPU", "fleetd runs /s", "CPU", "ratio", "failed")
+    print("  ".join(f"{h:>{w}}" for h, w in zip(head, (5, 15, 5, 14, 5, 6, 6), strict=True)))
     for i, r in enumerate(rounds, 1):
-        print(f"{i:>5}  {r['baseline_per_s']:15.0f}  {r['fleetd_per_s']:14.0f}  {r['ratio']:5.2f}x  {r['failed']:>6}")
+        print(f"{i:>5}  {r['baseline_per_s']:15.0f}  {r['baseline_cpu_ms']:5.2f}  {r['fleetd_per_s']:14.0f}  "
+              f"{r['fleetd_cpu_ms']:5.2f}  {r['ratio']:5.2f}x  {r['failed']:>6}")  # fmt: skip
     ratios = [r["ratio"] for r in rounds]
     print(f"ratio median {statistics.median(ratios):.2f}x (range {min(ratios):.2f}-{max(ratios):.2f}); target >= 0.50x")
     payload = {"seconds": args.seconds, "concurrency": args.concurrency, "tracking": tracking, "rounds": rounds}

@@ -27,6 +27,7 @@ from fleetd.errors import FleetdError
 from fleetd.loops import cgroups, changes, child, proctree
 from fleetd.loops.runlog import RunLog
 from fleetd.loops.scrub import Scrubber
+from fleetd.loops.tmpdirs import TmpDirs
 from fleetd.loops.workers import Workers
 from fleetd.records.fire import SkipReason, daily_cost_text, skip_text
 from fleetd.records.loop import ChainStep, Loop
@@ -177,6 +178,7 @@ class Executor:
         self.log_path = log_path
         self.tmp_root = tmp_root
         self._tmp_root = os.fspath(tmp_root)  # once: os.path.join of a Path costs a conversion per attempt
+        self._tmpdirs = TmpDirs(self._tmp_root)
         self.tag_prefix = tag_prefix
         self.clock = clock
         self.local_tz = local_tz
@@ -827,7 +829,7 @@ class Executor:
         # paths in it.
         tmpdir = f"{self._tmp_root}/run{run.id}-{number}"
         if adapter.kind == "http":
-            await asyncio.to_thread(_private_tmpdir, tmpdir)
+            await asyncio.to_thread(self._tmpdirs.make, tmpdir)
         # --agent-arg is for the loop's own backend's CLI
         task = Task.of(loop, agent_args=candidate.backend == loop.backend)
         timeout = max(0.0, (deadline - self.clock()).total_seconds()) if deadline else None
@@ -845,7 +847,7 @@ class Executor:
             if attempt_id is None:  # no child was started (bad workdir, not found): recorded all the same
                 await begin()
         finally:
-            _removals.put(_remove_dir, tmpdir)
+            _removals.put(self._tmpdirs.release, tmpdir)
             runlog.end_line()  # the next attempt's notes and output start on a line of their own
         # The boundary: the streams were scrubbed before parsing; this catches what the parser decoded into
         # a key (a JSON escape) and the messages fleetd wrote itself. Nothing below sees the raw values.
@@ -982,7 +984,9 @@ class Executor:
         # rmdir both asks and removes (no read of cgroup.events first), and no snapshot, no thread.
         # Not in a `finally`: a cgroup an exception leaves behind is reused by the run's next
         # attempt and reaped by the next daemon start (proctree.reap_cgroups).
-        if cgroup is None or not cgroups.remove(cgroup):
+        if cgroup is not None and cgroups.remove(cgroup):
+            self._tmpdirs.vacated(ctx.tmpdir)  # nothing of the run can write into it now: it may be recycled
+        else:
             leftovers = await proctree.kill_tree(None, tag=tag, grace=self.kill_grace, cgroup=cgroup)
             if leftovers:
                 runlog.note(f"killed {leftovers} leftover process(es) of this run")
@@ -1012,7 +1016,7 @@ class Executor:
         for both streams (`ProcessAdapter.stderr_apart`). Raises OSError, starting nothing, when the run log
         cannot be made."""
         runlog.create_file()  # the run's first attempt makes it; a no-op after that
-        _private_tmpdir(ctx.tmpdir)
+        self._tmpdirs.make(ctx.tmpdir)
         # The run's processes are tracked by its cgroup where one can be made (an escapee that leaves the
         # session and clears its environment stays in it), else by session + tag (proctree). The first call
         # probes the hierarchy.
@@ -1167,35 +1171,12 @@ def _daemon_env() -> dict[str, str]:
     return _env_cache[1].copy()
 
 
-def _private_tmpdir(path: str) -> None:
-    """Make the attempt's TMPDIR, 0700 (its parent only when missing: an mkdir of a directory that exists
-    costs about as much as making one, on every attempt). One left by a dead attempt of the same name (a
-    run id from an earlier database) is emptied first: nothing of it may reach this one."""
-    try:
-        os.mkdir(path, 0o700)
-    except FileNotFoundError:
-        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-        os.mkdir(path, 0o700)
-    except FileExistsError:
-        shutil.rmtree(path)
-        os.mkdir(path, 0o700)
-
-
 # The run path's blocking calls, in threads of its own (`loops/workers`): launches wait for a vfork and a
 # busy disk with the GIL released, so several overlap (8 dispatched a quarter more runs of `true` a second
-# than 4, and 16 or 32 no more than 8, on 2 cores); TMPDIRs are removed by one thread nothing waits for.
+# than 4, and 16 or 32 no more than 8, on 2 cores); TMPDIRs are released (recycled or removed) by one thread
+# nothing waits for.
 _launches = Workers("fleetd-launch", 8)
 _removals = Workers("fleetd-tmpdirs", 1)
-
-
-def _remove_dir(path: str) -> None:
-    """An attempt's TMPDIR: usually left empty, which one rmdir removes (rmtree costs a dozen calls)."""
-    try:
-        os.rmdir(path)
-    except FileNotFoundError:
-        pass  # never made (the attempt stopped before its process started)
-    except OSError:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def _cannot_exec(argv0: str, env: dict[str, str], cwd: str | None) -> str | None:
