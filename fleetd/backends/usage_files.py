@@ -73,6 +73,11 @@ class UsageRecord(NamedTuple):
     requests: int = 1
 
 
+# A record as the heartbeat stores it (`IngestResult.rows`): at as `to_iso` writes it, session id, dedupe key, tokens,
+# requests, and at in POSIX seconds (what its windows count by).
+UsageRow = tuple[str, str | None, str | None, int, int, float]
+
+
 @dataclass
 class FileOffset:
     """What is remembered per file between scans; ``state`` is the reader's per-file context (JSON-able)."""
@@ -113,6 +118,9 @@ class FileOffset:
 @dataclass
 class IngestResult:
     records: list[UsageRecord] = field(default_factory=list)
+    # A reader with `as_rows` set gives its Claude Code records here instead, as rows (made in the parsing processes
+    # for a first read: no datetime, TokenUsage or UsageRecord per record in the daemon).
+    rows: list[UsageRow] = field(default_factory=list)
     windows: list[WindowState] = field(default_factory=list)  # latest Codex rate-limit snapshot, if a new one came
     garbled_lines: int = 0
     files_read: int = 0  # files with new bytes
@@ -123,6 +131,7 @@ class IngestResult:
 
     def merge(self, other: IngestResult) -> None:
         self.records += other.records
+        self.rows += other.rows
         self.windows = other.windows or self.windows
         self.garbled_lines += other.garbled_lines
         self.files_read += other.files_read
@@ -145,10 +154,12 @@ class _Parsed(NamedTuple):
 
 
 def _parse_files(
-    collector: type[_JsonlTail], config_dir: Path, files: list[tuple[str, FileOffset | None]], now: datetime
-) -> list[_Parsed]:
+    collector: type[_JsonlTail], config_dir: Path, files: list[tuple[str, FileOffset | None]], now: datetime,
+    as_rows: bool = False,
+) -> list[_Parsed]:  # fmt: skip
     """In a parsing process: each file read from its offset, as the sending reader would have read it."""
     reader = collector(config_dir, {path: prev for path, prev in files if prev is not None})
+    reader.as_rows = as_rows
     parsed = []
     for path, _ in files:
         out = IngestResult()
@@ -260,6 +271,9 @@ class _JsonlTail:
         }
         self._lock = threading.Lock()
         self.parallel_min_bytes = PARALLEL_MIN_BYTES
+        # True: records a subclass can give as rows (`IngestResult.rows`) come so; the heartbeat, which stores rows,
+        # sets it. `scan` and the tests read UsageRecords.
+        self.as_rows = False
 
     # A subclass that parses files in other processes names here the reader made there: one that collects what it
     # would offer for de-duplication (`_replay` offers it here). None: every file is read in the daemon's thread.
@@ -313,7 +327,7 @@ class _JsonlTail:
                     self._read(path, now, result)
                 else:
                     self._adopt(path, parsed, result)
-                if batch_records and len(result.records) >= batch_records:
+                if batch_records and len(result.records) + len(result.rows) >= batch_records:
                     self._flush()
                     self._save(result)
                     yield result
@@ -363,7 +377,8 @@ class _JsonlTail:
             while True:
                 while len(out) < PARALLEL_TASKS_AHEAD and (files := next(tasks, None)) is not None:
                     offsets = [(str(path), self._offsets.get(str(path))) for path in files]
-                    out.append((files, pool.submit(_parse_files, self._collector, self.config_dir, offsets, now)))
+                    out.append((files, pool.submit(_parse_files, self._collector, self.config_dir, offsets, now,
+                                                          self.as_rows)))  # fmt: skip
                 if not out:
                     break
                 parsed = out[0][1].result()
@@ -658,15 +673,16 @@ class _Kept:
     sidechain: bool
     total: int
     speed: bool
-    emitted: TokenUsage
-    pending: int | None  # index of this scan's record for it, which can still be replaced outright
+    emitted: tuple[int, int, int, int]  # its counts, as `_ClaudeEntry.counts`
+    pending: int | None  # index of this scan's record (or row) for it, which can still be replaced outright
 
 
 class _ClaudeEntry(NamedTuple):
     """A usage line, before de-duplication: plain values, cheap to make (most lines are copies that lose) and to
-    send from a parsing process."""
+    send from a parsing process. One sent for a reader `as_rows` has no `at`: its `stamp` and `epoch` instead, made
+    in the parsing process (the daemon then makes no datetime per record)."""
 
-    at: datetime
+    at: datetime | None
     counts: tuple[int, int, int, int]  # input, output, cache read, cache write
     total: int
     model: str | None
@@ -676,12 +692,23 @@ class _ClaudeEntry(NamedTuple):
     sidechain: bool
     speed: bool
     source_path: str
+    stamp: str | None = None  # at as `to_iso` writes it
+    epoch: float = 0.0  # at in POSIX seconds
 
-    def usage(self) -> TokenUsage:
-        return TokenUsage(*self.counts)
+    def record(self, counts: tuple[int, ...], key: str | None, requests: int = 1) -> UsageRecord:
+        assert self.at is not None  # a reader that is not `as_rows` is sent `at`
+        return UsageRecord(self.at, TokenUsage(*counts), self.model, self.session_id, key, self.source_path, requests)
 
-    def record(self, usage: TokenUsage, key: str | None, requests: int = 1) -> UsageRecord:
-        return UsageRecord(self.at, usage, self.model, self.session_id, key, self.source_path, requests)
+    def row(self, tokens: int, key: str | None, requests: int = 1) -> UsageRow:
+        if self.stamp is None:
+            assert self.at is not None
+            return _iso(self.at), self.session_id, key, tokens, requests, self.at.timestamp()
+        return self.stamp, self.session_id, key, tokens, requests, self.epoch
+
+
+def _iso(at: datetime) -> str:
+    """`to_iso`'s text of a UTC datetime (what the readers make)."""
+    return at.isoformat(timespec="milliseconds")
 
 
 _VERSIONS: dict[str, bool] = {}  # version → whether it is N.N.N…: a handful of versions, on every line
@@ -886,15 +913,23 @@ class ClaudeTranscripts(_JsonlTail):
         )
 
     def _offer(self, entry: _ClaudeEntry, out: IngestResult) -> None:
-        if entry.message_id is None:
-            out.records.append(entry.record(entry.usage(), None))  # ccusage never de-duplicates these
+        as_rows = self.as_rows
+        if entry.message_id is None:  # ccusage never de-duplicates these
+            if as_rows:
+                out.rows.append(entry.row(entry.total, None))
+            else:
+                out.records.append(entry.record(entry.counts, None))
             return
         kept = self._find(entry)
         if kept is None:
             key = f"{entry.message_id}:{entry.request_id}" if entry.request_id else entry.message_id
-            usage = entry.usage()
-            kept = _Kept(key, (entry.request_id,), entry.sidechain, entry.total, entry.speed, usage, len(out.records))
-            out.records.append(entry.record(usage, key))
+            if as_rows:
+                pending = len(out.rows)
+                out.rows.append(entry.row(entry.total, key))
+            else:
+                pending = len(out.records)
+                out.records.append(entry.record(entry.counts, key))
+            kept = _Kept(key, (entry.request_id,), entry.sidechain, entry.total, entry.speed, entry.counts, pending)
             self._remember(entry.message_id, kept)
             return
         if not _replaces(entry, kept):
@@ -903,19 +938,21 @@ class ClaudeTranscripts(_JsonlTail):
             kept.request_ids += (entry.request_id,)
         kept.sidechain, kept.total, kept.speed = entry.sidechain, entry.total, entry.speed
         if kept.pending is not None:
-            kept.emitted = entry.usage()
-            out.records[kept.pending] = entry.record(kept.emitted, kept.key)
+            kept.emitted = entry.counts
+            if as_rows:
+                out.rows[kept.pending] = entry.row(entry.total, kept.key)
+            else:
+                out.records[kept.pending] = entry.record(entry.counts, kept.key)
             return
         before = kept.emitted
-        extra = TokenUsage(
-            max(0, entry.counts[0] - before.input_tokens),
-            max(0, entry.counts[1] - before.output_tokens),
-            max(0, entry.counts[2] - before.cache_read_tokens),
-            max(0, entry.counts[3] - before.cache_write_tokens),
-        )
-        kept.emitted = before + extra
-        if extra.total:
-            out.records.append(entry.record(extra, f"{kept.key}+{entry.total}", requests=0))
+        extra = tuple(max(0, now_ - was) for now_, was in zip(entry.counts, before, strict=True))
+        kept.emitted = (before[0] + extra[0], before[1] + extra[1], before[2] + extra[2], before[3] + extra[3])
+        if any(extra):
+            key = f"{kept.key}+{entry.total}"
+            if as_rows:
+                out.rows.append(entry.row(sum(extra), key, requests=0))
+            else:
+                out.records.append(entry.record(extra, key, requests=0))
 
     def _replay(self, entries: list[Any], out: IngestResult) -> None:
         make = _ClaudeEntry._make
@@ -975,9 +1012,13 @@ class _ClaudeCollector(ClaudeTranscripts):
         task, and the daemon makes each once)."""
         entries, self._entries = self._entries, []
         same = self._same
+        if self.as_rows:  # at as the heartbeat stores and counts it, made here rather than in the daemon
+            return [(None, e.counts, e.total, same.setdefault(e.model, e.model),
+                     same.setdefault(e.session_id, e.session_id), e.message_id, e.request_id, e.sidechain, e.speed,
+                     e.source_path, _iso(e.at), e.at.timestamp()) for e in entries if e.at is not None]  # fmt: skip
         return [(e.at, e.counts, e.total, same.setdefault(e.model, e.model),
                  same.setdefault(e.session_id, e.session_id), e.message_id, e.request_id, e.sidechain, e.speed,
-                 e.source_path) for e in entries]  # fmt: skip
+                 e.source_path, None, 0.0) for e in entries]  # fmt: skip
 
 
 ClaudeTranscripts._collector = _ClaudeCollector

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Collection, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fleetd.backends.registry import get_adapter
 from fleetd.heartbeat.state import after_attempt, evaluate
@@ -31,8 +31,11 @@ from fleetd.routing.router import ProfileView
 from fleetd.store.circuits import CircuitStore
 from fleetd.store.events import EventLog
 from fleetd.store.profiles import ProfileStore
-from fleetd.store.usage import AgentRow, AgentRows, NewUsage, UsageStore
+from fleetd.store.usage import AgentRows, NewUsage, UsageStore
 from fleetd.timefmt import local_text
+
+if TYPE_CHECKING:
+    from fleetd.backends.usage_files import UsageRow
 
 log = logging.getLogger("fleetd.heartbeat")
 WATCH_ARMING_S = 1.0  # a generous bound on how long watchfiles takes to start watching
@@ -298,7 +301,10 @@ class Heartbeat:
         after the windows show it and once the rows kept meanwhile are gone."""
         if profile.name not in self._ingesters:
             try:
-                self._ingesters[profile.name] = get_adapter(profile.backend).usage_reader(profile, stored.offsets)
+                reader = get_adapter(profile.backend).usage_reader(profile, stored.offsets)
+                if hasattr(reader, "as_rows"):
+                    reader.as_rows = True  # records as the rows stored and counted here (`_rows`)
+                self._ingesters[profile.name] = reader
             except Exception:  # usage from the agent's files is a bonus; never a reason to fail a run
                 log.exception("cannot read %s's usage records", profile.name)
                 self._ingesters[profile.name] = None
@@ -310,7 +316,9 @@ class Heartbeat:
         ingester = self._ingesters[profile.name]
         if ingester is None or (changed is not None and not changed):
             return None
-        scrubber = Scrubber(await self.known_secrets()) if self.known_secrets is not None else None
+        # No key known: nothing to scrub, and no pass over every row for nothing.
+        secrets = [s for s in await self.known_secrets() if s] if self.known_secrets is not None else []
+        scrubber = Scrubber(secrets) if secrets else None
         # Invariant that makes counting before storing exact: only the heartbeat writes agent records, under its lock,
         # so a store without a keyed record of this profile now ignores none of what is read (keys repeated within the
         # read are dropped by `_count_part`, as the store would), and every record read is new.
@@ -370,15 +378,23 @@ class Heartbeat:
         self._ledgers.pop(profile.name, None)
 
     @staticmethod
-    def _rows(part: Any, scrubber: Scrubber | None) -> list[AgentRow]:
-        """A part's records as `add_agent` takes them. What is stored of an agent's record is its session id and dedupe
-        key: those are scrubbed of every key. `at` is UTC already (the readers make it so), as `to_iso` writes it."""
-        clean = scrubber.text if scrubber is not None else _same
-        return [
-            (r.at.isoformat(timespec="milliseconds"), r.session_id and clean(r.session_id),
-             r.dedupe_key and clean(r.dedupe_key), r.usage.total, r.requests)
-            for r in part.records
-        ]  # fmt: skip
+    def _rows(part: Any, scrubber: Scrubber | None) -> list[UsageRow]:
+        """A part's records as rows: `add_agent`'s columns (`row[:5]`) and at in POSIX seconds (what the windows count
+        by). A reader `as_rows` made them already (`part.rows`); UsageRecords (Codex's) are made into rows here, `at`
+        UTC already (the readers make it so), as `to_iso` writes it. What is stored of an agent's record is its
+        session id and dedupe key: those are scrubbed of every key."""
+        rows: list[UsageRow] = part.rows
+        if part.records:
+            rows = rows + [(r.at.isoformat(timespec="milliseconds"), r.session_id, r.dedupe_key, r.usage.total,
+                            r.requests, r.at.timestamp()) for r in part.records]  # fmt: skip
+        if scrubber is None or not rows:
+            return rows
+        keys = _scrubbed([row[2] for row in rows], scrubber)
+        sessions: dict[str | None, str | None] = {None: None, "": ""}  # a session's many rows: scrubbed once
+        for session in {row[1] for row in rows}:
+            if session not in sessions:
+                sessions[session] = scrubber.text(session)
+        return [(row[0], sessions[row[1]], key, row[3], row[4], row[5]) for row, key in zip(rows, keys, strict=True)]
 
     async def _store_part(
         self, profile: Profile, stored: StoredState, part: Any, scrubber: Scrubber | None, now: datetime
@@ -389,22 +405,22 @@ class Heartbeat:
         # arrival order.
         rows = self._rows(part, scrubber)
         ledger = await self._ledger(profile, now)  # before the insert: a ledger read after has them
-        added = await self.usage.add_agent(profile.name, rows)
+        added = await self.usage.add_agent(profile.name, [row[:5] for row in rows])
         if not rows:
             pass
         elif added == len(rows):
-            await self._add_to_ledger(profile, ledger, part.records, rows)
+            await self._add_to_ledger(profile, ledger, rows)
             self._last_id = await self.usage.last_id()
         else:  # some were stored before (a file read again): which are new, only the store knows
             self._ledgers.pop(profile.name, None)
         self._part_stored(profile, stored, part, scrubber)
         return added
 
-    async def _add_to_ledger(self, profile: Profile, ledger: Ledger, records: list[Any], rows: list[Any]) -> None:
+    async def _add_to_ledger(self, profile: Profile, ledger: Ledger, rows: list[UsageRow]) -> None:
         sessions = {row[1] for row in rows if row[1]}
         if sessions:
             ledger.take_sessions(await self.usage.attempt_sessions(profile.name, sessions))
-        ledger.add_many((r.at, row[3], r.requests, 0.0, row[1]) for r, row in zip(records, rows, strict=True))
+        ledger.add_seconds([(row[5], row[3], row[4], 0.0, row[1]) for row in rows])
 
     def _part_stored(self, profile: Profile, stored: StoredState, part: Any, scrubber: Scrubber | None) -> None:
         """A part's records are committed: its offsets (saved with the profile's state next) and counts move on."""
@@ -421,18 +437,18 @@ class Heartbeat:
         self, profile: Profile, part: Any, scrubber: Scrubber | None, now: datetime, counted: _Counted
     ) -> None:
         """One part of a read whose records are all new (see `_ingest`): added to the windows, kept to be stored."""
-        rows, records = [], []
-        for record, row in zip(part.records, self._rows(part, scrubber), strict=True):
+        rows = []
+        keys = counted.keys
+        for row in self._rows(part, scrubber):
             key = row[2]
             if key is not None:
-                if key in counted.keys:  # the store would ignore it (a reader forgets keys past MAX_KEYS)
+                if key in keys:  # the store would ignore it (a reader forgets keys past MAX_KEYS)
                     continue
-                counted.keys.add(key)
+                keys.add(key)
             rows.append(row)
-            records.append(record)
-        await self._add_to_ledger(profile, await self._ledger(profile, now), records, rows)
-        part.records = []  # the rows are what is kept, encoded
-        counted.parts.append((AgentRows.encode(rows), part))
+        await self._add_to_ledger(profile, await self._ledger(profile, now), rows)
+        part.records = part.rows = []  # the rows are what is kept, encoded
+        counted.parts.append((AgentRows.encode([row[:5] for row in rows]), part))
         counted.garbled_lines += part.garbled_lines
         if part.windows:  # scrubbed once, here: `_part_stored` keeps them as they are
             part.windows = counted.reported = list(
@@ -727,8 +743,21 @@ class Heartbeat:
         return rows
 
 
-def _same(text: str) -> str:
-    return text
+def _scrubbed(values: list[str | None], scrubber: Scrubber) -> list[str | None]:
+    """`scrubber.text` of each value, in one pass over them joined by newlines when that gives the same: no value
+    holds a newline (checked), and no key matched across one (it would have taken a newline with it: checked)."""
+    present = [v for v in values if v]
+    joined = "\n".join(present)
+    if present and joined.count("\n") == len(present) - 1:
+        clean = scrubber.text(joined)
+        assert clean is not None
+        if clean is joined or clean == joined:
+            return values
+        parts = clean.split("\n")
+        if len(parts) == len(present):
+            it = iter(parts)
+            return [next(it) if v else v for v in values]
+    return [scrubber.text(v) if v else v for v in values]
 
 
 def _give_back_freed_memory() -> None:

@@ -118,13 +118,15 @@ class Ledger:
             session_id = None  # an attempt record always counts
         elif session_id in self._taken:
             return
-        entry = _Entry(at.timestamp(), tokens, requests, round(cost_usd * 1e9), session_id)
+        self._insert(_Entry(at.timestamp(), tokens, requests, round(cost_usd * 1e9), session_id))
+
+    def _insert(self, entry: _Entry) -> None:
         self._sort()
         index = bisect.bisect_right(self._ats, entry.at)
         self._ats.insert(index, entry.at)
         self._entries.insert(index, entry)
-        if session_id:
-            self._sessions.setdefault(session_id, []).append(entry)
+        if entry.session_id:
+            self._sessions.setdefault(entry.session_id, []).append(entry)
         for i in range(len(self.limits)):
             if entry.at <= self._start[i]:
                 self._lo[i] += 1
@@ -137,17 +139,24 @@ class Ledger:
         """Agent records (at, tokens, requests, cost, session). A few are added one by one; many (a first read
         brings records of many files, out of time order, and one `add` each would shift the list each time) are
         appended and sorted in one go, and the windows summed again over what is kept at the next `advance`."""
-        batch = list(records)
+        self.add_seconds([(at.timestamp(), tokens, requests, cost, session) for at, tokens, requests, cost, session
+                          in records])  # fmt: skip
+
+    def add_seconds(self, records: list[tuple[float, int, int, float, str | None]]) -> None:
+        """`add_many` of records whose at is in POSIX seconds already (the heartbeat's rows carry it: a first read
+        then makes no datetime per record)."""
+        taken = self._taken
         # One by one costs a list shift each, next to nothing for the newest records (an append to a transcript);
         # at once costs a sort and summing the windows again, nothing when nothing was summed yet (a first read).
-        if len(batch) < self.BULK and self._now != float("-inf"):
-            for at, tokens, requests, cost, session in batch:
-                self.add(at, tokens, requests, cost, session)
+        if len(records) < self.BULK and self._now != float("-inf"):
+            for at, tokens, requests, cost, session in records:
+                if session not in taken:
+                    self._insert(_Entry(at, tokens, requests, round(cost * 1e9), session))
             return
         fresh = [
-            _Entry(at.timestamp(), tokens, requests, round(cost * 1e9), session)
-            for at, tokens, requests, cost, session in batch
-            if session not in self._taken
+            _Entry(at, tokens, requests, round(cost * 1e9) if cost else 0, session)
+            for at, tokens, requests, cost, session in records
+            if session not in taken
         ]
         if not fresh:
             return

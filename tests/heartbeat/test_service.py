@@ -499,3 +499,21 @@ def test_the_collector_is_paused_for_a_full_listing_and_left_as_it_was() -> None
         assert not gc.isenabled()  # someone else turned it off: not turned on behind their back
     finally:
         gc.enable()
+
+
+def test_keys_scrubbed_in_one_pass_are_what_scrubbing_each_gives() -> None:
+    """`_scrubbed` joins the keys by newlines: a key holding one, or a secret spanning two keys, must not change
+    what each key scrubbed alone gives."""
+    from fleetd.heartbeat.service import _scrubbed
+    from fleetd.loops.scrub import Scrubber
+
+    cases = [
+        (["a:sk-1", None, "", "b:sk-1x", "plain"], ["sk-1"]),
+        (["tail-sk", "1-head", "sk-1"], ["sk\n1", "sk-1"]),  # a secret across the join: not matched
+        (["x\nsk-1", "y"], ["sk-1"]),  # a key holding a newline
+        (["clean", "also clean"], ["sk-1"]),
+        ([None, None], ["sk-1"]),
+    ]
+    for values, secrets in cases:
+        scrubber = Scrubber(secrets)
+        assert _scrubbed(values, scrubber) == [scrubber.text(v) if v else v for v in values]
