@@ -99,6 +99,10 @@ class Database:
         # rows fetched, cursor closed) before the next starts, so each read sees every commit
         # that finished before it began.
         self._read_lock = asyncio.Lock()
+        # A second reader, made on first use, for a long read split in two halves that run at once
+        # (`fetchone_beside`): SQLite lets go of the GIL while it steps, so each half takes a core.
+        self._side: sqlite3.Connection | None = None
+        self._side_lock = asyncio.Lock()
         self.path = path
         # Invariant: None exactly when the last write that finished (or the open) succeeded. Each change
         # is logged once, so a full disk under fires every second is two log lines, not a flood.
@@ -138,6 +142,9 @@ class Database:
             return
         self._closed = True
         await self._thread.close()
+        async with self._side_lock:
+            if self._side is not None:
+                self._side.close()
         await self._reader.close()
         await self._writer.close()
 
@@ -244,6 +251,19 @@ class Database:
             _raise_read_failure(e)
             raise
 
+    async def fetchone_beside(self, sql: str, params: tuple[Any, ...] = ()) -> sqlite3.Row | None:
+        """`fetchone` on a second reader connection, in a worker thread, so that it can run while `fetchone`
+        runs on the first: one long read split in two takes both cores. The two see each their own snapshot."""
+        assert self.path is not None
+        try:
+            async with self._side_lock:
+                if self._side is None:
+                    self._side = await asyncio.to_thread(_connect_sync, self.path)
+                return await asyncio.to_thread(_fetch_one, self._side, sql, params)
+        except sqlite3.DatabaseError as e:
+            _raise_read_failure(e)
+            raise
+
     async def data_version(self) -> int:
         """A number that changes whenever a write is committed, by this process or another: SQLite's
         `PRAGMA data_version` on the reader, which never writes itself. What a cache of reads keys on."""
@@ -304,8 +324,16 @@ def _raise_read_failure(e: sqlite3.DatabaseError) -> None:
         raise StoreUnavailable("read", problem) from e
 
 
+def _fetch_one(conn: sqlite3.Connection, sql: str, params: tuple[Any, ...]) -> sqlite3.Row | None:
+    cur = conn.execute(sql, params)
+    try:
+        return cur.fetchone()  # type: ignore[no-any-return]
+    finally:
+        cur.close()  # no statement left open: the next read sees every commit before it
+
+
 def _connect_sync(path: Path) -> sqlite3.Connection:
-    """The writer thread's connection: made here, used only by that thread from then on."""
+    """A connection for one thread at a time (the writer thread's, or `fetchone_beside`'s under its lock)."""
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     try:
         conn.row_factory = sqlite3.Row

@@ -56,10 +56,25 @@ FILTERS = list(itertools.product((None, "loop07"), (None, "failed", "running"), 
 
 
 @pytest.mark.parametrize(("loop", "status", "since"), FILTERS)
-@pytest.mark.parametrize("select", [_COLUMNS, RUN_JSON_SQL, "api-array"], ids=["runs", "api-json", "api-array"])
+@pytest.mark.parametrize(
+    "select", [_COLUMNS, RUN_JSON_SQL, "api-array", "newer-half", "older-half"],
+    ids=["runs", "api-json", "api-array", "newer-half", "older-half"],
+)  # fmt: skip
 def test_runs_list_is_an_index_walk_for_every_filter_combination(
     conn: sqlite3.Connection, loop: str | None, status: str | None, since: datetime | None, select: str
 ) -> None:
+    """`api-array`, and its two halves read at once for a long list (`RunStore.list_array`), each bounded by the
+    row where they meet."""
+    half = {"newer-half": {"newer_than": ("2026-11-25T00:00:00.000+00:00", 7)},
+            "older-half": {"from_": ("2026-11-25T00:00:00.000+00:00", 7)}}.get(select)  # fmt: skip
+    if half is not None:
+        sql, params = array_query(RUN_JSON_SQL, loop=loop, status=status, since=since, limit=5_000, **half)
+        outer = plan(conn, sql, params)
+        assert outer[0].startswith("CO-ROUTINE") and outer[-1].startswith("SCAN (subquery"), outer
+        (step,) = outer[1:-1]
+        assert step.startswith("SEARCH runs USING") and "TEMP B-TREE" not in step, outer
+        assert ("started_at<?" if "from_" in half else "started_at>?") in step, outer
+        return
     if select == "api-array":
         # The API's answer: the same walk as a co-routine whose rows group_concat takes in its order (never
         # flattened into the aggregate, which could take them in any order).

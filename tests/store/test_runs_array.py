@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from fleetd.daemon.views import RUN_JSON_SQL
+from fleetd.store import runs as runs_module
 from fleetd.store.db import Database
 from fleetd.store.runs import RunStore
 
@@ -41,8 +42,14 @@ def _fill(conn: sqlite3.Connection) -> None:
 FILTERS = list(itertools.product((None, "loop3"), (None, "failed"), (None, T0 - timedelta(hours=6))))
 
 
-@pytest.mark.parametrize("limit", [1, 50, 10_000])
-def test_the_array_is_list_s_runs_in_list_s_order(tmp_path: Path, limit: int) -> None:
+@pytest.mark.parametrize("split_from", [runs_module.SPLIT_FROM, 2])
+@pytest.mark.parametrize("limit", [1, 50, 2001, 10_000])
+def test_the_array_is_list_s_runs_in_list_s_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, limit: int, split_from: int
+) -> None:
+    """Also when read in two halves at once (from `SPLIT_FROM` rows): the halves meet at a row, ties included."""
+    monkeypatch.setattr(runs_module, "SPLIT_FROM", split_from)
+
     async def go() -> list[tuple[list[int], list[int]]]:
         db = await Database.open(tmp_path / "f.db")
         runs = RunStore(db)
