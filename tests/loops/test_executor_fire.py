@@ -7,20 +7,14 @@ import itertools
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo
 
-from fleetd.loops.executor import Executor
 from fleetd.records.loop import Loop, Schedule
 from fleetd.store.attempts import AttemptStore
 from fleetd.store.db import Database
 from fleetd.store.loops import LoopStore
 from fleetd.store.runs import RunStore
 from fleetd.timefmt import now_utc
-
-
-class NoProfiles:
-    async def known_secrets(self) -> list[str]:
-        return []
+from tests.loops.executors import command_executor
 
 
 def test_two_fires_of_a_budgeted_loop_at_once_start_one_run(tmp_path: Path) -> None:
@@ -31,9 +25,7 @@ def test_two_fires_of_a_budgeted_loop_at_once_start_one_run(tmp_path: Path) -> N
             loop = Loop(name="budgeted", schedule=Schedule("every", "1h", "UTC"), backend="command",
                         command="sleep 0.3", daily_cost=5.0, created_at=now, updated_at=now)  # fmt: skip
             await LoopStore(db).insert(loop)
-            ex = Executor(RunStore(db), AttemptStore(db), NoProfiles(), log_path=lambda i: tmp_path / f"{i}.log",  # type: ignore[arg-type]
-                          tmp_root=tmp_path / "tmp", tag_prefix="fire", clock=now_utc, local_tz=ZoneInfo("UTC"),
-                          kill_grace=0.5)  # fmt: skip
+            ex = command_executor(db, tmp_path, "fire")
             runs = await asyncio.gather(ex.fire(loop, "schedule", datetime.now(UTC)), ex.fire(loop, "manual", now))
             assert await ex.wait_idle(10)
             return sorted((r.status, r.error or "") for r in runs if r is not None)
@@ -56,9 +48,7 @@ def test_a_fire_waits_while_the_daemon_recovers_from_a_crash(tmp_path: Path) -> 
             loop = Loop(name="manual", schedule=Schedule("every", "1h", "UTC"), backend="command", command="true",
                         created_at=now, updated_at=now)  # fmt: skip
             await LoopStore(db).insert(loop)
-            ex = Executor(RunStore(db), AttemptStore(db), NoProfiles(), log_path=lambda i: tmp_path / f"{i}.log",  # type: ignore[arg-type]
-                          tmp_root=tmp_path / "tmp", tag_prefix="rec", clock=now_utc, local_tz=ZoneInfo("UTC"),
-                          kill_grace=0.5)  # fmt: skip
+            ex = command_executor(db, tmp_path, "rec")
             ex.ready.clear()  # the daemon is recovering
             fire = asyncio.create_task(ex.fire(loop, "manual", now))
             await asyncio.sleep(0.2)
@@ -86,9 +76,7 @@ def test_fires_while_a_run_waits_for_a_reset_are_one_skipped_row_with_a_count(tm
             loop = Loop(name="patient", schedule=Schedule("every", "1m", "UTC"), backend="command", command="true",
                         created_at=now, updated_at=now)  # fmt: skip
             await LoopStore(db).insert(loop)
-            ex = Executor(RunStore(db), AttemptStore(db), NoProfiles(), log_path=lambda i: tmp_path / f"{i}.log",  # type: ignore[arg-type]
-                          tmp_root=tmp_path / "tmp", tag_prefix="wait", clock=now_utc, local_tz=ZoneInfo("UTC"),
-                          kill_grace=0.5)  # fmt: skip
+            ex = command_executor(db, tmp_path, "wait")
             until = datetime(2030, 1, 1, 10, 0, tzinfo=UTC)
             ex.active[loop.instance] = blocker = ActiveRun(run_id=12, waiting=True, wait_until=until)
             for _ in range(3):
@@ -119,9 +107,7 @@ def test_a_fire_cancelled_mid_write_leaves_the_store_writable_and_no_run_behind(
             loop = Loop(name="cancelled", schedule=Schedule("every", "1h", "UTC"), backend="command", command="true",
                         created_at=now, updated_at=now)  # fmt: skip
             await LoopStore(db).insert(loop)
-            ex = Executor(RunStore(db), AttemptStore(db), NoProfiles(), log_path=lambda i: tmp_path / f"{i}.log",  # type: ignore[arg-type]
-                          tmp_root=tmp_path / "tmp", tag_prefix="cancel", clock=now_utc, local_tz=ZoneInfo("UTC"),
-                          kill_grace=0.5)  # fmt: skip
+            ex = command_executor(db, tmp_path, "cancel")
             wrong = []
             for steps in range(30):  # every point of the fire's way, from before BEGIN to after COMMIT
                 fire = asyncio.create_task(ex.fire(loop, "schedule", now_utc()))
@@ -161,9 +147,7 @@ def test_started_at_is_when_the_child_was_started_not_when_the_fire_was_recorded
             loop = Loop(name="lag", schedule=Schedule("every", "1h", "UTC"), backend="command", command="true",
                         created_at=base, updated_at=base)  # fmt: skip
             await LoopStore(db).insert(loop)
-            ex = Executor(RunStore(db), AttemptStore(db), NoProfiles(), log_path=lambda i: tmp_path / f"{i}.log",  # type: ignore[arg-type]
-                          tmp_root=tmp_path / "tmp", tag_prefix="lag", clock=clock, local_tz=ZoneInfo("UTC"),
-                          kill_grace=0.5)  # fmt: skip
+            ex = command_executor(db, tmp_path, "lag", clock)
             fired = await ex.fire(loop, "manual", base)
             assert fired is not None and await ex.wait_idle(10)
             return fired, (await RunStore(db).get(fired.id), await AttemptStore(db).for_run(fired.id))
@@ -191,9 +175,7 @@ def test_a_command_run_costs_three_write_transactions(tmp_path: Path) -> None:
             loop = Loop(name="writes", schedule=Schedule("every", "1h", "UTC"), backend="command", command="true",
                         created_at=now, updated_at=now)  # fmt: skip
             await LoopStore(db).insert(loop)
-            ex = Executor(RunStore(db), AttemptStore(db), NoProfiles(), log_path=lambda i: tmp_path / f"{i}.log",  # type: ignore[arg-type]
-                          tmp_root=tmp_path / "tmp", tag_prefix="wr", clock=now_utc, local_tz=ZoneInfo("UTC"),
-                          kill_grace=0.5)  # fmt: skip
+            ex = command_executor(db, tmp_path, "wr")
             writes = 0
             write = db.write
 
@@ -223,9 +205,7 @@ def test_a_run_that_ends_before_any_attempt_counts_none(tmp_path: Path) -> None:
             loop = Loop(name="promptless", schedule=Schedule("every", "1h", "UTC"), backend="claude_code",
                         prompt_file=str(tmp_path / "missing.md"), created_at=now, updated_at=now)  # fmt: skip
             await LoopStore(db).insert(loop)
-            ex = Executor(RunStore(db), AttemptStore(db), NoProfiles(), log_path=lambda i: tmp_path / f"{i}.log",  # type: ignore[arg-type]
-                          tmp_root=tmp_path / "tmp", tag_prefix="np", clock=now_utc, local_tz=ZoneInfo("UTC"),
-                          kill_grace=0.5)  # fmt: skip
+            ex = command_executor(db, tmp_path, "np")
             run = await ex.fire(loop, "manual", now)
             assert run is not None and await ex.wait_idle(10)
             (ended,) = await RunStore(db).list(loop="promptless", status=None, since=None, limit=5)

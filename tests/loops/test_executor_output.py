@@ -4,20 +4,13 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from zoneinfo import ZoneInfo
 
-from fleetd.loops.executor import Executor
 from fleetd.records.loop import Loop, Schedule
-from fleetd.store.attempts import AttemptStore
 from fleetd.store.db import Database
 from fleetd.store.loops import LoopStore
 from fleetd.store.runs import RunStore
 from fleetd.timefmt import now_utc
-
-
-class NoProfiles:
-    async def known_secrets(self) -> list[str]:
-        return []
+from tests.loops.executors import command_executor
 
 
 async def _run_command(tmp_path: Path, command: str) -> tuple[str, bytes]:
@@ -27,9 +20,7 @@ async def _run_command(tmp_path: Path, command: str) -> tuple[str, bytes]:
         loop = Loop(name="out", schedule=Schedule("every", "1h", "UTC"), backend="command", command=command,
                     created_at=now, updated_at=now)  # fmt: skip
         await LoopStore(db).insert(loop)
-        ex = Executor(RunStore(db), AttemptStore(db), NoProfiles(), log_path=lambda i: tmp_path / f"{i}.log",  # type: ignore[arg-type]
-                      tmp_root=tmp_path / "tmp", tag_prefix="out", clock=now_utc, local_tz=ZoneInfo("UTC"),
-                      kill_grace=0.5)  # fmt: skip
+        ex = command_executor(db, tmp_path, "out")
         run = await ex.fire(loop, "manual", now)
         assert run is not None
         assert await ex.wait_idle(10)

@@ -7,19 +7,17 @@ import asyncio
 import os
 import stat
 from pathlib import Path
-from zoneinfo import ZoneInfo
 
 import pytest
 
 from fleetd.loops import cgroups
-from fleetd.loops.executor import Executor
 from fleetd.loops.tmpdirs import SPARE_PREFIX, TmpDirs
 from fleetd.records.loop import Loop, Schedule
-from fleetd.store.attempts import AttemptStore
 from fleetd.store.db import Database
 from fleetd.store.loops import LoopStore
 from fleetd.store.runs import RunStore
 from fleetd.timefmt import now_utc
+from tests.loops.executors import command_executor
 
 
 def _private_and_empty(path: Path) -> bool:
@@ -90,11 +88,6 @@ def test_spares_are_bounded(tmp_path: Path) -> None:
     assert len(list(tmp_path.iterdir())) == 2
 
 
-class NoProfiles:
-    async def known_secrets(self) -> list[str]:
-        return []
-
-
 @pytest.mark.skipif(cgroups.base_dir() is None, reason="needs a writable cgroup v2 subtree")
 def test_runs_of_a_command_reuse_a_clean_tmpdir_and_never_see_each_others_files(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -119,9 +112,7 @@ def test_runs_of_a_command_reuse_a_clean_tmpdir_and_never_see_each_others_files(
             loop = Loop(name="tmp", schedule=Schedule("every", "1h", "UTC"), backend="command", command=script,
                         created_at=now, updated_at=now)  # fmt: skip
             await LoopStore(db).insert(loop)
-            ex = Executor(RunStore(db), AttemptStore(db), NoProfiles(), log_path=lambda i: tmp_path / f"{i}.log",  # type: ignore[arg-type]
-                          tmp_root=tmp_path / "tmp", tag_prefix=f"tmpd{os.getpid()}", clock=now_utc,
-                          local_tz=ZoneInfo("UTC"), kill_grace=0.5)  # fmt: skip
+            ex = command_executor(db, tmp_path, f"tmpd{os.getpid()}")
             outputs = []
             for _ in range(4):
                 run = await ex.fire(loop, "manual", now_utc())
