@@ -14,9 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import shutil
 import sqlite3
-import statistics
 import sys
 import time
 from datetime import UTC, datetime
@@ -24,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench._common import FLEETD, ThrowawayDaemon, time_api, time_command, write_json
+from bench._common import FLEETD, ThrowawayDaemon, first_and_later, time_command, write_json
 from fleetd.store.db import Database
 from fleetd.store.schema import GATEWAY_STATS_REBUILD
 
@@ -78,19 +76,11 @@ def fill(db_path: Path, n: int, now: datetime) -> None:
 
 def measure(n: int, repeat: int, db: Path | None) -> tuple[float, float, float]:
     daemon = ThrowawayDaemon()
-    home = Path(daemon.env["FLEETD_HOME"])
-    home.mkdir(parents=True)
-    if db is not None and db.exists():
-        shutil.copy(db, home / "fleetd.db")
-    else:
-        fill(home / "fleetd.db", n, datetime.now(UTC))
-        if db is not None:
-            shutil.copy(home / "fleetd.db", db)
+    daemon.with_database(lambda path: fill(path, n, datetime.now(UTC)), db)
     daemon.start("--retain", "off", "--wait", "300")
     try:
-        sock, path = home / "run" / "fleetd.sock", f"/v1/stats?source=gateway&since=30d&by={BY}"
-        first = time_api(sock, path, 1)
-        api = statistics.median([time_api(sock, path, 1) for _ in range(repeat)])
+        sock = Path(daemon.env["FLEETD_HOME"]) / "run" / "fleetd.sock"
+        first, api = first_and_later(sock, f"/v1/stats?source=gateway&since=30d&by={BY}", repeat)
         cli = time_command([FLEETD, "stats", "--source", "gateway", "--since", "30d", "--by", BY], daemon.env, repeat)
         return cli, first, api
     finally:

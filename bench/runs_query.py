@@ -19,7 +19,6 @@ import argparse
 import asyncio
 import json
 import os
-import shutil
 import socket
 import sqlite3
 import statistics
@@ -143,22 +142,14 @@ def time_api_cpu(sock: Path, pid: int, path: str, repeat: int) -> tuple[float, f
     return wall, (cpu_ms(pid) - before) / repeat
 
 
-def fresh(db: Path | None) -> bool:
-    return db is not None and db.exists() and time.time() - db.stat().st_mtime < 3600
+def fresh(db: Path) -> bool:
+    return db.exists() and time.time() - db.stat().st_mtime < 3600
 
 
 def measure(n: int, repeat: int, db: Path | None = None, cli: bool = True) -> tuple[Figures, float]:
     daemon = ThrowawayDaemon()
     home = Path(daemon.env["FLEETD_HOME"])
-    home.mkdir(parents=True)
-    start = time.perf_counter()
-    if db is not None and fresh(db):
-        shutil.copy(db, home / "fleetd.db")
-    else:
-        fill(home / "fleetd.db", n, datetime.now(UTC))
-        if db is not None:
-            shutil.copy(home / "fleetd.db", db)
-    fill_s = time.perf_counter() - start
+    fill_s = daemon.with_database(lambda path: fill(path, n, datetime.now(UTC)), db, reuse=fresh)
     # No pruning during the measurement (the oldest runs are past the default retention); a loaded
     # machine's quick_check of a million-run file can take a while.
     daemon.start("--retain", "off", "--wait", "120")

@@ -17,9 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import shutil
 import sqlite3
-import statistics
 import sys
 import time
 from datetime import UTC, datetime, timedelta
@@ -27,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench._common import FLEETD, ThrowawayDaemon, time_api, time_command
+from bench._common import FLEETD, ThrowawayDaemon, first_and_later, time_command
 from fleetd.store.db import Database
 from fleetd.store.schema import STATS_REBUILD
 
@@ -103,21 +101,11 @@ def fill(db_path: Path, n: int, now: datetime) -> None:
 
 def measure(n: int, repeat: int, db: Path | None) -> tuple[float, float, float, float]:
     daemon = ThrowawayDaemon()
-    home = Path(daemon.env["FLEETD_HOME"])
-    home.mkdir(parents=True)
-    start = time.perf_counter()
-    if db is not None and db.exists():
-        shutil.copy(db, home / "fleetd.db")
-    else:
-        fill(home / "fleetd.db", n, datetime.now(UTC))
-        if db is not None:
-            shutil.copy(home / "fleetd.db", db)
-    fill_s = time.perf_counter() - start
+    fill_s = daemon.with_database(lambda path: fill(path, n, datetime.now(UTC)), db)
     daemon.start("--retain", "off", "--wait", "300")
     try:
-        sock, path = home / "run" / "fleetd.sock", "/v1/stats?since=30d&by=backend"
-        first = time_api(sock, path, 1)
-        api = statistics.median([time_api(sock, path, 1) for _ in range(repeat)])
+        sock = Path(daemon.env["FLEETD_HOME"]) / "run" / "fleetd.sock"
+        first, api = first_and_later(sock, "/v1/stats?since=30d&by=backend", repeat)
         cli = time_command([FLEETD, "stats", "--since", "30d", "--by", "backend"], daemon.env, repeat)
         return cli, first, api, fill_s
     finally:
