@@ -1060,33 +1060,50 @@ def test_files_parsed_in_other_processes_give_what_one_reader_gives(
                                                    "msg_f:" + REQ, "msg_b:req_new"]  # fmt: skip
 
 
+class InPlacePool:
+    """Stands in for the parsing processes' ProcessPoolExecutor: each task runs (`run`) as it is submitted."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.tasks = 0
+
+    def submit(self, fn: Any, *args: Any) -> Future[Any]:
+        self.tasks += 1
+        done: Future[Any] = Future()
+        try:
+            done.set_result(self.run(fn, *args))
+        except BrokenProcessPool as e:
+            done.set_exception(e)
+        return done
+
+    def run(self, fn: Any, *args: Any) -> Any:
+        return fn(*args)
+
+    def shutdown(self, **kwargs: Any) -> None:
+        pass
+
+
+def parse_in(monkeypatch: pytest.MonkeyPatch, pool: type[InPlacePool]) -> None:
+    """Two parsing processes, a task every two files, in `pool`."""
+    monkeypatch.setattr(usage_files, "_parsing_processes", lambda: 2)
+    monkeypatch.setattr(usage_files, "PARALLEL_TASK_FILES", 2)
+    monkeypatch.setattr(usage_files, "ProcessPoolExecutor", pool)
+
+
 def test_when_the_parsing_processes_fail_the_rest_is_read_in_the_daemon(
     claude_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     _many_files(claude_dir)
     expected = _outcome(list(ClaudeTranscripts(claude_dir, {}).batches(NOW, batch_records=3)))
 
-    class DiesAfterOneTask:
+    class DiesAfterOneTask(InPlacePool):
         """The first task parsed (here, inline), then a process dies: the pool is broken."""
 
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            self.tasks = 0
+        def run(self, fn: Any, *args: Any) -> Any:
+            if self.tasks > 1:
+                raise BrokenProcessPool("a parsing process died")
+            return fn(*args)
 
-        def submit(self, fn: Any, *args: Any) -> Future[Any]:
-            self.tasks += 1
-            done: Future[Any] = Future()
-            if self.tasks == 1:
-                done.set_result(fn(*args))
-            else:
-                done.set_exception(BrokenProcessPool("a parsing process died"))
-            return done
-
-        def shutdown(self, **kwargs: Any) -> None:
-            pass
-
-    monkeypatch.setattr(usage_files, "_parsing_processes", lambda: 2)
-    monkeypatch.setattr(usage_files, "PARALLEL_TASK_FILES", 2)
-    monkeypatch.setattr(usage_files, "ProcessPoolExecutor", DiesAfterOneTask)
+    parse_in(monkeypatch, DiesAfterOneTask)
     reader = ClaudeTranscripts(claude_dir, {})
     reader.parallel_min_bytes = 0
     assert _outcome(list(reader.batches(NOW, batch_records=3))) == expected
@@ -1105,22 +1122,12 @@ def test_the_parsing_processes_get_their_first_task_before_every_file_is_looked_
     monkeypatch.setattr(reader, "_unread", lambda path: looked_at.append(path) or unread(path))
     at_submit: list[int] = []
 
-    class Inline:
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            pass
-
-        def submit(self, fn: Any, *args: Any) -> Future[Any]:
+    class Counting(InPlacePool):
+        def run(self, fn: Any, *args: Any) -> Any:
             at_submit.append(len(looked_at))
-            done: Future[Any] = Future()
-            done.set_result(fn(*args))
-            return done
+            return fn(*args)
 
-        def shutdown(self, **kwargs: Any) -> None:
-            pass
-
-    monkeypatch.setattr(usage_files, "_parsing_processes", lambda: 2)
-    monkeypatch.setattr(usage_files, "PARALLEL_TASK_FILES", 2)
-    monkeypatch.setattr(usage_files, "ProcessPoolExecutor", Inline)
+    parse_in(monkeypatch, Counting)
     reader.parallel_min_bytes = 1
     assert _outcome(list(reader.batches(NOW, batch_records=3))) == expected
     assert at_submit[0] == 3 < len(paths)  # two files and the one that begins the next task
