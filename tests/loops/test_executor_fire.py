@@ -8,13 +8,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from fleetd.records.loop import Loop, Schedule
 from fleetd.store.attempts import AttemptStore
 from fleetd.store.db import Database
-from fleetd.store.loops import LoopStore
 from fleetd.store.runs import RunStore
 from fleetd.timefmt import now_utc
-from tests.loops.executors import command_executor
+from tests.loops.executors import added_loop, command_executor
 
 
 def test_two_fires_of_a_budgeted_loop_at_once_start_one_run(tmp_path: Path) -> None:
@@ -22,9 +20,7 @@ def test_two_fires_of_a_budgeted_loop_at_once_start_one_run(tmp_path: Path) -> N
         db = await Database.open(tmp_path / "f.db")
         try:
             now = now_utc()
-            loop = Loop(name="budgeted", schedule=Schedule("every", "1h", "UTC"), backend="command",
-                        command="sleep 0.3", daily_cost=5.0, created_at=now, updated_at=now)  # fmt: skip
-            await LoopStore(db).insert(loop)
+            loop = await added_loop(db, "budgeted", now, command="sleep 0.3", daily_cost=5.0)
             ex = command_executor(db, tmp_path, "fire")
             runs = await asyncio.gather(ex.fire(loop, "schedule", datetime.now(UTC)), ex.fire(loop, "manual", now))
             assert await ex.wait_idle(10)
@@ -45,9 +41,7 @@ def test_a_fire_waits_while_the_daemon_recovers_from_a_crash(tmp_path: Path) -> 
         db = await Database.open(tmp_path / "r.db")
         try:
             now = now_utc()
-            loop = Loop(name="manual", schedule=Schedule("every", "1h", "UTC"), backend="command", command="true",
-                        created_at=now, updated_at=now)  # fmt: skip
-            await LoopStore(db).insert(loop)
+            loop = await added_loop(db, "manual", now, command="true")
             ex = command_executor(db, tmp_path, "rec")
             ex.ready.clear()  # the daemon is recovering
             fire = asyncio.create_task(ex.fire(loop, "manual", now))
@@ -73,9 +67,7 @@ def test_fires_while_a_run_waits_for_a_reset_are_one_skipped_row_with_a_count(tm
         db = await Database.open(tmp_path / "w.db")
         try:
             now = now_utc()
-            loop = Loop(name="patient", schedule=Schedule("every", "1m", "UTC"), backend="command", command="true",
-                        created_at=now, updated_at=now)  # fmt: skip
-            await LoopStore(db).insert(loop)
+            loop = await added_loop(db, "patient", now, every="1m", command="true")
             ex = command_executor(db, tmp_path, "wait")
             until = datetime(2030, 1, 1, 10, 0, tzinfo=UTC)
             ex.active[loop.instance] = blocker = ActiveRun(run_id=12, waiting=True, wait_until=until)
@@ -104,9 +96,7 @@ def test_a_fire_cancelled_mid_write_leaves_the_store_writable_and_no_run_behind(
         db = await Database.open(tmp_path / "c.db")
         try:
             now = now_utc()
-            loop = Loop(name="cancelled", schedule=Schedule("every", "1h", "UTC"), backend="command", command="true",
-                        created_at=now, updated_at=now)  # fmt: skip
-            await LoopStore(db).insert(loop)
+            loop = await added_loop(db, "cancelled", now, command="true")
             ex = command_executor(db, tmp_path, "cancel")
             wrong = []
             for steps in range(30):  # every point of the fire's way, from before BEGIN to after COMMIT
@@ -144,9 +134,7 @@ def test_started_at_is_when_the_child_was_started_not_when_the_fire_was_recorded
     async def go() -> tuple[Any, Any]:
         db = await Database.open(tmp_path / "s.db")
         try:
-            loop = Loop(name="lag", schedule=Schedule("every", "1h", "UTC"), backend="command", command="true",
-                        created_at=base, updated_at=base)  # fmt: skip
-            await LoopStore(db).insert(loop)
+            loop = await added_loop(db, "lag", base, command="true")
             ex = command_executor(db, tmp_path, "lag", clock)
             fired = await ex.fire(loop, "manual", base)
             assert fired is not None and await ex.wait_idle(10)
@@ -172,9 +160,7 @@ def test_a_command_run_costs_three_write_transactions(tmp_path: Path) -> None:
         db = await Database.open(tmp_path / "w.db")
         try:
             now = now_utc()
-            loop = Loop(name="writes", schedule=Schedule("every", "1h", "UTC"), backend="command", command="true",
-                        created_at=now, updated_at=now)  # fmt: skip
-            await LoopStore(db).insert(loop)
+            loop = await added_loop(db, "writes", now, command="true")
             ex = command_executor(db, tmp_path, "wr")
             writes = 0
             write = db.write
@@ -202,9 +188,9 @@ def test_a_run_that_ends_before_any_attempt_counts_none(tmp_path: Path) -> None:
         db = await Database.open(tmp_path / "p.db")
         try:
             now = now_utc()
-            loop = Loop(name="promptless", schedule=Schedule("every", "1h", "UTC"), backend="claude_code",
-                        prompt_file=str(tmp_path / "missing.md"), created_at=now, updated_at=now)  # fmt: skip
-            await LoopStore(db).insert(loop)
+            loop = await added_loop(
+                db, "promptless", now, backend="claude_code", prompt_file=str(tmp_path / "missing.md")
+            )
             ex = command_executor(db, tmp_path, "np")
             run = await ex.fire(loop, "manual", now)
             assert run is not None and await ex.wait_idle(10)

@@ -5,21 +5,17 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from fleetd.records.loop import Loop, Schedule
 from fleetd.store.db import Database
-from fleetd.store.loops import LoopStore
 from fleetd.store.runs import RunStore
 from fleetd.timefmt import now_utc
-from tests.loops.executors import command_executor
+from tests.loops.executors import added_loop, command_executor
 
 
 async def _run_command(tmp_path: Path, command: str) -> tuple[str, bytes]:
     db = await Database.open(tmp_path / "f.db")
     try:
         now = now_utc()
-        loop = Loop(name="out", schedule=Schedule("every", "1h", "UTC"), backend="command", command=command,
-                    created_at=now, updated_at=now)  # fmt: skip
-        await LoopStore(db).insert(loop)
+        loop = await added_loop(db, "out", now, command=command)
         ex = command_executor(db, tmp_path, "out")
         run = await ex.fire(loop, "manual", now)
         assert run is not None

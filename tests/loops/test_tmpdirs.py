@@ -12,12 +12,10 @@ import pytest
 
 from fleetd.loops import cgroups
 from fleetd.loops.tmpdirs import SPARE_PREFIX, TmpDirs
-from fleetd.records.loop import Loop, Schedule
 from fleetd.store.db import Database
-from fleetd.store.loops import LoopStore
 from fleetd.store.runs import RunStore
 from fleetd.timefmt import now_utc
-from tests.loops.executors import command_executor
+from tests.loops.executors import added_loop, command_executor
 
 
 def _private_and_empty(path: Path) -> bool:
@@ -109,9 +107,7 @@ def test_runs_of_a_command_reuse_a_clean_tmpdir_and_never_see_each_others_files(
         db = await Database.open(tmp_path / "t.db")
         try:
             now = now_utc()
-            loop = Loop(name="tmp", schedule=Schedule("every", "1h", "UTC"), backend="command", command=script,
-                        created_at=now, updated_at=now)  # fmt: skip
-            await LoopStore(db).insert(loop)
+            loop = await added_loop(db, "tmp", now, command=script)
             ex = command_executor(db, tmp_path, f"tmpd{os.getpid()}")
             outputs = []
             for _ in range(4):
