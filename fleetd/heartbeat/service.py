@@ -332,7 +332,7 @@ class Heartbeat:
         await self._read_and_store(profile, stored, ingester, now, changed, scrubber, counted)
         if counted is not None and not counted.keys and all(not rows for rows, _ in counted.parts):
             for _, part in counted.parts:  # no record (a beat that found nothing new): nothing to show first
-                self._part_stored(profile, stored, part, None)
+                self._part_stored(profile, stored, part)
             return None
         return counted if counted is not None and counted.parts else None
 
@@ -350,6 +350,8 @@ class Heartbeat:
         try:
             while (part := await ahead) is not None:
                 ahead = asyncio.ensure_future(asyncio.to_thread(next, parts, None))
+                if part.windows and scrubber is not None:  # what the agent's files report: scrubbed as it comes
+                    part.windows = scrubber.record(part.windows)
                 if counted is not None:
                     await self._count_part(profile, part, scrubber, now, counted)
                 else:
@@ -413,7 +415,7 @@ class Heartbeat:
             self._last_id = await self.usage.last_id()
         else:  # some were stored before (a file read again): which are new, only the store knows
             self._ledgers.pop(profile.name, None)
-        self._part_stored(profile, stored, part, scrubber)
+        self._part_stored(profile, stored, part)
         return added
 
     async def _add_to_ledger(self, profile: Profile, ledger: Ledger, rows: list[UsageRow]) -> None:
@@ -422,7 +424,7 @@ class Heartbeat:
             ledger.take_sessions(await self.usage.attempt_sessions(profile.name, sessions))
         ledger.add_seconds([(row[5], row[3], row[4], 0.0, row[1]) for row in rows])
 
-    def _part_stored(self, profile: Profile, stored: StoredState, part: Any, scrubber: Scrubber | None) -> None:
+    def _part_stored(self, profile: Profile, stored: StoredState, part: Any) -> None:
         """A part's records are committed: its offsets (saved with the profile's state next) and counts move on."""
         for path in part.forgotten:
             stored.offsets.pop(path, None)
@@ -431,7 +433,7 @@ class Heartbeat:
             self._offsets_json.pop(profile.name, None)
         stored.garbled_lines += part.garbled_lines
         if part.windows:
-            stored.reported = list(scrubber.record(part.windows) if scrubber is not None else part.windows)
+            stored.reported = list(part.windows)
 
     async def _count_part(
         self, profile: Profile, part: Any, scrubber: Scrubber | None, now: datetime, counted: _Counted
@@ -450,10 +452,8 @@ class Heartbeat:
         part.records = part.rows = []  # the rows are what is kept, encoded
         counted.parts.append((AgentRows.encode([row[:5] for row in rows]), part))
         counted.garbled_lines += part.garbled_lines
-        if part.windows:  # scrubbed once, here: `_part_stored` keeps them as they are
-            part.windows = counted.reported = list(
-                scrubber.record(part.windows) if scrubber is not None else part.windows
-            )
+        if part.windows:
+            counted.reported = list(part.windows)
 
     async def _store_counted(self, profile: Profile, stored: StoredState, counted: _Counted) -> None:
         """Store a read `_ingest` counted in the windows, a part per transaction. Crash-safe as `_store_part` is: a
@@ -469,7 +469,7 @@ class Heartbeat:
                                 profile.name, len(rows) - stored_now, len(rows))  # fmt: skip
                     self._ledgers.pop(profile.name, None)
                 added += stored_now
-                self._part_stored(profile, stored, part, None)  # its windows were scrubbed as it was counted
+                self._part_stored(profile, stored, part)
                 done += 1
         except Exception:
             log.exception("storing %s's usage records failed", profile.name)
