@@ -17,13 +17,22 @@ Retention deletes calls, never rollups: pruned calls still count (but in a windo
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from fleetd.store.db import Database
-from fleetd.store.rollups import Histogram, PeriodHistograms, add_histograms, percentile, whole_periods, window
+from fleetd.store.rollups import (
+    Histogram,
+    Period,
+    PeriodHistograms,
+    merged_histograms,
+    percentile,
+    whole_periods,
+    window,
+)
 from fleetd.store.schema import GATEWAY_FACTS, GATEWAY_KEY, GATEWAY_METRICS, GATEWAY_SUMS, gateway_add
 
 # `--by` key → its column (`key` is the client key's name)
@@ -127,29 +136,39 @@ class GatewayStatsStore:
             for name, value in zip(_SUMS, r[n:], strict=True):
                 setattr(row, name, value if name == "cost_usd" else int(value))
             rows[key] = row
-        # (metric, *group) → histogram. A group in a histogram but not in the figures was logged between
-        # the two reads: counted next time.
-        merged: dict[tuple[Any, ...], Histogram] = {}
-        for groups in (await whole_periods(self.db, self._periods, by, n + 1, periods, histograms, params)).values():
-            add_histograms(merged, groups)
-        for r in await self.db.fetchall(raw_histograms, params):  # type: ignore[arg-type]
-            hist = merged.setdefault(tuple(r[: n + 1]), {})
-            hist[str(r[n + 1])] = hist.get(str(r[n + 1]), 0) + r[n + 2]
+        whole = await whole_periods(self.db, self._periods, by, n + 1, periods, histograms, params)
+        raw = await self.db.fetchall(raw_histograms, params)  # type: ignore[arg-type]
         result = GatewayStats(since=since, by=by)
-        total = result.total
-        overall: dict[str, dict[int, int]] = {metric: {} for metric, _ in GATEWAY_METRICS}
-        for key, row in sorted(rows.items(), key=lambda kv: tuple(str(v) for v in kv[0])):
-            result.groups.append(row)
-            for name in _SUMS:
-                setattr(total, name, getattr(total, name) + getattr(row, name))
-            hists = {}
-            for metric, _ in GATEWAY_METRICS:
-                hists[metric] = {int(ms): count for ms, count in merged.get((metric, *key), {}).items()}
-                for ms, count in hists[metric].items():
-                    overall[metric][ms] = overall[metric].get(ms, 0) + count
-            _percentiles(row, hists)
-        _percentiles(total, overall)
+        # Pure Python over what was read (as loop stats rank theirs): in a worker thread.
+        await asyncio.to_thread(_rank, result, rows, whole, raw, n)
         return result
+
+
+def _rank(
+    result: GatewayStats,
+    rows: dict[tuple[Any, ...], GatewayStatsRow],
+    whole: dict[Period, dict[tuple[Any, ...], Histogram]],
+    raw: list[Any],
+    n: int,
+) -> None:
+    """`result`'s groups (`rows`, in the order of their values as text), their percentiles and the total, from the
+    whole periods' histograms and the raw calls' (each group led by its metric). Touches nothing but its arguments:
+    it runs in a worker thread."""
+    # A group in a histogram but not in the figures was logged between the two reads: counted next time.
+    merged = merged_histograms(whole, raw, n + 1, ())
+    total = result.total
+    overall: dict[str, dict[int, int]] = {metric: {} for metric, _ in GATEWAY_METRICS}
+    for key, row in sorted(rows.items(), key=lambda kv: tuple(str(v) for v in kv[0])):
+        result.groups.append(row)
+        for name in _SUMS:
+            setattr(total, name, getattr(total, name) + getattr(row, name))
+        hists = {}
+        for metric, _ in GATEWAY_METRICS:
+            hists[metric] = {int(ms): count for ms, count in merged.get((metric, *key), {}).items()}
+            for ms, count in hists[metric].items():
+                overall[metric][ms] = overall[metric].get(ms, 0) + count
+        _percentiles(row, hists)
+    _percentiles(total, overall)
 
 
 def _percentiles(row: GatewayStatsRow, hists: dict[str, dict[int, int]]) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -63,6 +64,21 @@ def add_histograms(merged: dict[tuple[Any, ...], Histogram], groups: dict[tuple[
         hist = merged.setdefault(key, {})
         for duration, count in period_hist.items():
             hist[duration] = hist.get(duration, 0) + count
+
+
+def merged_histograms(
+    whole: dict[Period, dict[tuple[Any, ...], Histogram]], raw: list[Any], n: int, keys: Iterable[tuple[Any, ...]]
+) -> dict[tuple[Any, ...], Histogram]:
+    """The whole periods' histograms and the raw rows' (a group of `n` keys, a rounded value, its count) merged by
+    group, each of `keys` there even when empty. Reads `whole` without changing it (it may be kept between
+    queries): for a worker thread."""
+    merged: dict[tuple[Any, ...], Histogram] = {key: {} for key in keys}
+    for groups in whole.values():
+        add_histograms(merged, groups)
+    for r in raw:
+        hist = merged.setdefault(tuple(r[:n]), {})
+        hist[str(r[n])] = hist.get(str(r[n]), 0) + r[n + 1]
+    return merged
 
 
 class PeriodHistograms:

@@ -54,7 +54,7 @@ from fleetd.store.rollups import (
     Histogram,
     Period,
     PeriodHistograms,
-    add_histograms,
+    merged_histograms,
     percentile,
     whole_periods,
     window,
@@ -189,12 +189,7 @@ def _rank(
     periods' histograms and the raw rows' durations. Reads the histograms without changing them (they may be
     kept between queries) and touches nothing else but its arguments: it runs in a worker thread."""
     # A group in a histogram but not in the figures ended between the two reads: counted next time.
-    merged: dict[tuple[Any, ...], Histogram] = {key: {} for key in rows}
-    for groups in whole.values():
-        add_histograms(merged, groups)
-    for r in raw:
-        hist = merged.setdefault(tuple(r[:n]), {})
-        hist[str(r[n])] = hist.get(str(r[n]), 0) + r[n + 1]
+    merged = merged_histograms(whole, raw, n, rows)
     total, overall = result.total, dict[int, int]()
     for key, row in rows.items():
         for name in _SUMS:
