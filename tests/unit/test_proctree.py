@@ -68,15 +68,27 @@ def test_with_a_cgroup_an_escapee_without_the_tag_is_killed(tmp_path: Path, run_
 
 
 @needs_cgroup
-def test_a_process_ignoring_sigterm_and_forking_in_the_grace_is_killed(tmp_path: Path, run_cgroup: Path) -> None:
-    # Ignores SIGTERM, and on SIGTERM... it cannot react; instead it forks a new child every 50 ms,
-    # so some of its children are born after the snapshot: cgroup.kill takes them too.
-    script = "trap '' TERM; while :; do sleep 1000 & sleep 0.05; done"
-    proc = subprocess.Popen(cgroups.join_argv(run_cgroup, ["/bin/sh", "-c", script]), start_new_session=True)
-    wait_until(lambda: len(cgroups.procs(run_cgroup)) >= 3, what="a few children")
-    killed = asyncio.run(proctree.kill_tree(proc.pid, tag=None, grace=0.3, cgroup=run_cgroup))
+def test_a_process_forking_in_the_grace_is_killed_with_what_it_forked(tmp_path: Path, run_cgroup: Path) -> None:
+    # On SIGTERM the shell forks two children into sessions of their own: born after the snapshot and
+    # outside the group that is signalled, so only the cgroup can find them. The shell records their
+    # pids itself (`$!`) before the grace ends, whatever the scheduler does with the children.
+    born = tmp_path / "born"
+    script = (
+        f"on_term() {{ setsid sleep 1000 & echo $! >> {born}; setsid sleep 1000 & echo $! >> {born}; }}; "
+        "trap on_term TERM; echo ready; while :; do sleep 0.05; done"
+    )
+    proc = subprocess.Popen(
+        cgroups.join_argv(run_cgroup, ["/bin/sh", "-c", script]), start_new_session=True, stdout=subprocess.PIPE
+    )
+    assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
+    killed = asyncio.run(proctree.kill_tree(proc.pid, tag=None, grace=1.0, cgroup=run_cgroup))
     proc.wait(5)
-    assert killed >= 3
+    # The shell is gone, so the file is complete. It may have taken SIGTERM twice (as a group member,
+    # then by pid) and forked twice: two children or more.
+    forked = {int(p) for p in born.read_text().split()}
+    assert len(forked) >= 2
+    assert not any(alive(p) for p in forked)
+    assert killed >= 1 + len(forked)  # the shell and every child it forked in the grace
     assert cgroups.procs(run_cgroup) == []
 
 
