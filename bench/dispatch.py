@@ -9,19 +9,23 @@ its output to the run log → its end written), over a real SQLite store, one lo
 never overlaps itself), each run started as soon as the loop's previous one is recorded. The
 scheduler's timers and fire lag are bench/fire_lag.py's. Both share this machine's cores with whatever
 else runs: compare the ratio, and `--repeat` for a range. `FLEETD_CGROUP=off` measures the fallback
-(session + tag sweep) instead of a cgroup per run. To measure another checkout, run that checkout's
-copy of this script (`git worktree add /tmp/x main`, copy bench/ there).
+(session + tag sweep) instead of a cgroup per run. Each round also prints fleetd's CPU per run by thread
+and the cores the machine left idle meanwhile (Linux): idle cores with a flat rate mean that something
+other than the CPU bounds it. To measure another checkout, run that checkout's copy of this script
+(`git worktree add /tmp/x main`, copy bench/ there).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import shutil
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -72,6 +76,33 @@ def bare_rate(seconds: float, concurrency: int) -> tuple[float, float]:
     return done / (time.monotonic() - start), (_cpu() - cpu) * 1000 / max(done, 1)
 
 
+def _thread_cpu() -> dict[str, float]:
+    """CPU seconds of this process's live threads by kind (the event loop's, `fleetd-launch`, ...); {} without /proc."""
+    kinds = {t.native_id: t.name for t in threading.enumerate()}
+    tick = os.sysconf("SC_CLK_TCK")
+    cpu: dict[str, float] = {}
+    with contextlib.suppress(OSError):
+        for tid in os.listdir("/proc/self/task"):
+            try:
+                stat = Path(f"/proc/self/task/{tid}/stat").read_text()
+            except OSError:
+                continue  # ended meanwhile
+            fields = stat[stat.rindex(")") + 2 :].split()
+            name = "event loop" if int(tid) == os.getpid() else kinds.get(int(tid), "other")
+            kind = name[name.find("(") + 1 : -1] if "(" in name else name.rstrip("0123456789-")
+            cpu[kind] = cpu.get(kind, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return cpu
+
+
+def _idle_seconds() -> float:
+    """The machine's idle CPU seconds so far, every core (0 without /proc)."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    except OSError:
+        return 0.0
+    return (int(fields[4]) + int(fields[5])) / os.sysconf("SC_CLK_TCK")
+
+
 class _NoProfiles:
     """The command backend needs no profile; its output is scrubbed of no key."""
 
@@ -79,7 +110,7 @@ class _NoProfiles:
         return []
 
 
-async def _fleetd(home: Path, seconds: float, concurrency: int) -> tuple[int, int]:
+async def _fleetd(home: Path, seconds: float, concurrency: int) -> tuple[int, int, dict[str, float], float]:
     if hasattr(executor_module, "watch_children_by_pidfd"):  # as the daemon does (older checkouts lack it)
         executor_module.watch_children_by_pidfd()
     db = await Database.open(home / "fleetd.db")
@@ -97,7 +128,9 @@ async def _fleetd(home: Path, seconds: float, concurrency: int) -> tuple[int, in
         for loop in loops:
             await LoopStore(db).insert(loop)
         done = 0
-        end = time.monotonic() + seconds
+        # Where the daemon's CPU goes, and whether the cores are the limit: read before the writer thread ends.
+        threads, idle, start = _thread_cpu(), _idle_seconds(), time.monotonic()
+        end = start + seconds
 
         async def worker(loop: Loop) -> None:
             nonlocal done
@@ -109,19 +142,21 @@ async def _fleetd(home: Path, seconds: float, concurrency: int) -> tuple[int, in
                 done += 1
 
         await asyncio.gather(*(worker(loop) for loop in loops))
+        per_run = {k: (v - threads.get(k, 0.0)) * 1000 / max(done, 1) for k, v in _thread_cpu().items()}
+        idle_cores = (_idle_seconds() - idle) / (time.monotonic() - start)
         assert await ex.wait_idle(30)
         failed = len(await runs.list(status="failed", limit=1_000_000))
-        return done, failed
+        return done, failed, {k: v for k, v in per_run.items() if v >= 0.01}, idle_cores
     finally:
         await db.close()
 
 
-def fleetd_rate(home: Path, seconds: float, concurrency: int) -> tuple[float, float, int]:
+def fleetd_rate(home: Path, seconds: float, concurrency: int) -> tuple[float, float, int, dict[str, float], float]:
     """Runs a second, the CPU milliseconds each cost this process (the daemon's side: its event loop, launch
-    threads and store writer), and how many failed."""
+    threads and store writer), how many failed, those milliseconds by thread kind, and how many cores stayed idle."""
     start, cpu = time.monotonic(), _cpu()
-    done, failed = asyncio.run(_fleetd(home, seconds, concurrency))
-    return done / (time.monotonic() - start), (_cpu() - cpu) * 1000 / max(done, 1), failed
+    done, failed, threads, idle_cores = asyncio.run(_fleetd(home, seconds, concurrency))
+    return done / (time.monotonic() - start), (_cpu() - cpu) * 1000 / max(done, 1), failed, threads, idle_cores
 
 
 def main() -> None:
@@ -148,9 +183,10 @@ def main() -> None:
         for _ in range(args.repeat):
             base, base_cpu = bare_rate(args.seconds, args.concurrency)
             homes.append(Path(tempfile.mkdtemp(prefix="flb-dispatch-", dir="/tmp")))
-            rate, cpu, failed = fleetd_rate(homes[-1], args.seconds, args.concurrency)
+            rate, cpu, failed, threads, idle_cores = fleetd_rate(homes[-1], args.seconds, args.concurrency)
             rounds.append({"baseline_per_s": base, "fleetd_per_s": rate, "ratio": rate / base, "failed": failed,
-                           "baseline_cpu_ms": base_cpu, "fleetd_cpu_ms": cpu})  # fmt: skip
+                           "baseline_cpu_ms": base_cpu, "fleetd_cpu_ms": cpu, "fleetd_thread_cpu_ms": threads,
+                           "idle_cores": idle_cores})  # fmt: skip
     finally:
         for home in homes:
             shutil.rmtree(home, ignore_errors=True)
@@ -161,6 +197,12 @@ def main() -> None:
     for i, r in enumerate(rounds, 1):
         print(f"{i:>5}  {r['baseline_per_s']:15.0f}  {r['baseline_cpu_ms']:5.2f}  {r['fleetd_per_s']:14.0f}  "
               f"{r['fleetd_cpu_ms']:5.2f}  {r['ratio']:5.2f}x  {r['failed']:>6}")  # fmt: skip
+    for i, r in enumerate(rounds, 1):
+        threads = sorted(r["fleetd_thread_cpu_ms"].items(), key=lambda kv: -kv[1])
+        if threads:
+            by_thread = ", ".join(f"{k} {v:.2f}" for k, v in threads)
+            idle = f"{r['idle_cores']:.2f} of {os.cpu_count()}"
+            print(f"round {i}: fleetd's CPU ms per run by thread: {by_thread}; cores left idle: {idle}")
     ratios = [r["ratio"] for r in rounds]
     print(f"ratio median {statistics.median(ratios):.2f}x (range {min(ratios):.2f}-{max(ratios):.2f}); target >= 0.50x")
     payload = {"seconds": args.seconds, "concurrency": args.concurrency, "tracking": tracking, "rounds": rounds}
