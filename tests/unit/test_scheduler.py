@@ -58,6 +58,7 @@ class FailsOnce:
     def __init__(self, runs: object) -> None:
         self.calls: list[tuple[str, object]] = []
         self.runs = runs
+        self.recorded = asyncio.Event()  # a fire's row is written
 
     async def fire(
         self, loop: Loop, trigger: str, scheduled_at: datetime, fired: object = None, **missed: object
@@ -65,10 +66,12 @@ class FailsOnce:
         self.calls.append((trigger, fired))
         if len(self.calls) == 1:
             raise OSError("database or disk is full")
-        return await self.runs.insert(  # type: ignore[attr-defined]
+        run = await self.runs.insert(  # type: ignore[attr-defined]
             loop=loop.name, trigger=trigger, status="skipped", scheduled_at=scheduled_at, started_at=scheduled_at,
             finished_at=scheduled_at, backend="command", fired=fired,
         )  # fmt: skip
+        self.recorded.set()
+        return run
 
 
 def test_a_catch_up_that_cannot_be_recorded_at_start_is_retried_by_the_loops_timer(tmp_path: Path) -> None:
@@ -85,10 +88,9 @@ def test_a_catch_up_that_cannot_be_recorded_at_start_is_retried_by_the_loops_tim
             scheduler.stop()
             clock.now = T0 + 2 * H + 30 * M  # the daemon was down across two fire times
             await scheduler.start()
-            for _ in range(200):  # the timer's retry comes a second later
-                if len(executor.calls) >= 2:
-                    break
-                await asyncio.sleep(0.02)
+            # The timer retries at once (the fire is past due): waited for until its row is written, not
+            # only until it was called, which left the insert one poll's time to commit.
+            await asyncio.wait_for(executor.recorded.wait(), 10)
             return [t for t, _ in executor.calls], len(await runs.list())
         finally:
             scheduler.stop()
