@@ -149,5 +149,9 @@ def test_every_fire_is_recorded_exactly_once_while_clients_read(make_daemon: Mak
         slots = sorted(datetime.fromisoformat(r["scheduled_at"]) for r in runs)
         duplicated = [s for s, n in Counter(slots).items() if n > 1]
         assert not duplicated, f"{name}: slots recorded twice: {duplicated}"
-        gaps = [b - a for a, b in itertools.pairwise(slots) if b - a != timedelta(seconds=1)]
+        # A fire that started a whole period late (a loaded host) is followed by the next slot still ahead, not
+        # by the ones already past (schedule.following): only a gap after a fire on time is a lost slot.
+        started = {datetime.fromisoformat(r["scheduled_at"]): datetime.fromisoformat(r["started_at"]) for r in runs}
+        gaps = [(a, b - a) for a, b in itertools.pairwise(slots)
+                if b - a != timedelta(seconds=1) and started[a] - a < timedelta(seconds=1)]  # fmt: skip
         assert not gaps, f"{name}: slots missing between fires: {gaps}"
