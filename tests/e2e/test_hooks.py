@@ -129,9 +129,11 @@ def test_a_hung_hook_does_not_hold_the_scheduler_back(own_daemon: Daemon) -> Non
     daemon.cli("loop", "add", "tick", "--every", "1s", "--command", "true")
     runs = wait_until(lambda: (r := daemon.runs("--loop", "tick")) and len(r) >= 4 and r, timeout=15,
                       what="four fires while the hook hangs")  # fmt: skip
+    # Held back by the hook, a fire would wait for its 60 s; on a loaded host a fire on time can still start
+    # some hundreds of milliseconds after its slot (the timer, the run's row, the spawn).
     for run in runs:
         late = datetime.fromisoformat(run["started_at"]) - datetime.fromisoformat(run["scheduled_at"])
-        assert late.total_seconds() < 0.5, run
+        assert late.total_seconds() < 1.0, run
     assert {r["status"] for r in runs} <= {"succeeded", "running"}
     hung = daemon.json("hook", "list")[0]
     assert hung["pending"] >= 2 and hung["last_delivery"] is None  # still in its first delivery

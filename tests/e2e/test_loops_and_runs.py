@@ -123,13 +123,13 @@ def test_overlapping_fire_is_recorded_as_skipped(daemon: Daemon) -> None:
 def test_timeout_kills_the_whole_tree_even_when_sigterm_is_ignored(daemon: Daemon, tmp_path: Path) -> None:
     pids_file = tmp_path / "pids"
     daemon.cli(
-        "loop", "add", "stubborn", "--every", "1h", "--timeout", "1s",
+        "loop", "add", "stubborn", "--every", "1h", "--timeout", "3s",  # (time to fork twice on a loaded host)
         "--command", f"{sys.executable} {FIXTURES / 'forker.py'} {pids_file}",
     )  # fmt: skip
     daemon.cli("loop", "run", "stubborn")
     run = finished(daemon, "stubborn")[0]
     assert run["status"] == "timed_out"
-    assert run["error"] == "timed out after 1.0s"
+    assert run["error"] == "timed out after 3.0s"
     pids = [int(p) for p in pids_file.read_text().split()]
     assert len(pids) == 3  # the run, its child, and the double-forked grandchild
     wait_until(lambda: not any(alive(p) for p in pids), timeout=10, what="every process of the run gone")

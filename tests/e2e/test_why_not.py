@@ -54,7 +54,8 @@ def why_not(d: Daemon, loop: str) -> str:
 
 
 def test_loop_show_says_a_fire_was_skipped_because_the_previous_run_still_runs(d: Daemon) -> None:
-    d.cli("loop", "add", "busy", "--every", "1s", "--command", "sleep 4")
+    # Runs far longer than the test: a second run (whose overlap would start a second skipped row) never starts.
+    d.cli("loop", "add", "busy", "--every", "1s", "--command", "sleep 60")
     row = skipped_row(d, "busy", at_least=2)
     d.cli("loop", "pause", "busy")
     assert len(d.runs("--loop", "busy", "--status", "skipped")) == 1  # coalesced: one row that counts
@@ -67,6 +68,7 @@ def test_loop_show_says_a_fire_was_skipped_because_the_previous_run_still_runs(d
     assert why_not(d, "busy").startswith("paused: it fires again after `fleetd loop resume` [paused]; since ")
     types = [e["type"] for e in events(d) if e["data"].get("loop") == "busy"]
     assert types.count("loop.fire_skipped") >= 1 and "run.started" in types
+    d.cli("loop", "stop", "busy", "--kill")  # (the daemon's stop would wait for it)
 
 
 def test_loop_show_says_the_loop_is_over_its_daily_cost(d: Daemon) -> None:
@@ -88,7 +90,9 @@ def test_loop_show_says_the_loop_is_over_its_daily_cost(d: Daemon) -> None:
 
 def test_fires_while_a_run_waits_for_a_reset_are_one_skipped_row_and_the_list_says_waiting(d: Daemon) -> None:
     d.cli("profile", "add", "solo", "--backend", "codex")
-    scenario(d, "solo", "usage_limit +6")
+    # The reset far enough ahead for every check below on a loaded host: one that came first would retry the run
+    # (a third attempt) and start a second skipped row.
+    scenario(d, "solo", "usage_limit +12")
     d.cli("loop", "add", "patient", "--every", "1s", "--backend", "codex", "--prompt", "x", "--on-exhausted", "wait")
     waiting = wait_until(lambda: next(iter(d.runs("--loop", "patient", "--status", "waiting")), None), timeout=15,
                          what="the run to wait for the reset")  # fmt: skip
