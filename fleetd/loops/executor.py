@@ -242,7 +242,10 @@ class Executor:
                     return None  # `fired` was recorded already
         if run is None:
             assert code is not None
-            return await self._skip(loop, trigger, scheduled_at, code, reason, fired, current, missed)
+            # A late scheduled fire's passed slots (`plan_wake`) are told by the run it starts; skipped, it is one
+            # skip like any other (its row and event say why it did not run).
+            told = 0 if trigger == "schedule" else missed
+            return await self._skip(loop, trigger, scheduled_at, code, reason, fired, current, told)
         slot.run_id = run.id
         slot.tag = self.run_tag(run.id)
         slot.task = asyncio.create_task(self._execute(loop, run, slot), name=f"run-{run.id}")

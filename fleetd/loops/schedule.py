@@ -143,6 +143,9 @@ class Plan:
     missed: int = 0  # fires that fell while fleetd could not fire them (a catch-up fire stands for them all)
 
 
+_INSTANT = timedelta(microseconds=1)
+
+
 def count_fires(trigger: BaseTrigger, first: datetime, now: datetime, cap: int = MISSED_CAP) -> int:
     """How many fires fall in [first, now], `first` being one; at most `cap` (then it is "cap+")."""
     count, fire = 0, first
@@ -168,6 +171,10 @@ def plan_wake(trigger: BaseTrigger, due: datetime, now: datetime, catch_up: Catc
     if now < due:
         return Plan(None, due)
     if now - due <= grace:
-        return Plan(Fire(due, "schedule"), following(trigger, due, now))
+        # Late by a period or more, the slots already past are not fired after it (they would replay back to
+        # back): this fire stands for them, as a catch-up does, so they are told (`missed`), not lost unseen.
+        nxt = following(trigger, due, now)
+        passed = count_fires(trigger, due, nxt - _INSTANT if nxt is not None else now)
+        return Plan(Fire(due, "schedule"), nxt, missed=passed if passed > 1 else 0)
     fire = Fire(due, "catch-up") if catch_up == "once" else None
     return Plan(fire, first_fire(trigger, now), count_fires(trigger, due, now))

@@ -203,3 +203,41 @@ def test_a_run_that_ends_before_any_attempt_counts_none(tmp_path: Path) -> None:
     status, error, attempts, rows = asyncio.run(go())
     assert (status, attempts, rows) == ("failed", 0, 0), error
     assert "prompt" in error
+
+
+def test_a_late_fire_tells_the_slots_that_passed_only_when_it_runs(tmp_path: Path) -> None:
+    """The timer woke late and slots passed meanwhile (`plan_wake`'s `missed`): a fire that starts its run stands
+    for them (`loop.fire_missed`, caught up by that run); one that finds the loop busy stays one overlap skip."""
+    import json
+    import sqlite3
+
+    from fleetd.loops.executor import ActiveRun
+    from fleetd.store.events import EventLog
+
+    async def go() -> tuple[Any, Any]:
+        db = await Database.open(tmp_path / "l.db")
+        try:
+            now = now_utc()
+            busy = await added_loop(db, "busy", now, every="10s", command="true")
+            free = await added_loop(db, "free", now, every="10s", command="true")
+            ex = command_executor(db, tmp_path, "late")
+            ex.runs = RunStore(db, EventLog(db))  # with its events
+            ex.active[busy.instance] = ActiveRun(run_id=12)
+            skipped = await ex.fire(busy, "schedule", now, missed=3, missed_reason="woke_late")
+            ran = await ex.fire(free, "schedule", now, missed=3, missed_reason="woke_late")
+            del ex.active[busy.instance]
+            assert await ex.wait_idle(10)
+            return skipped, ran
+        finally:
+            await db.close()
+
+    skipped, ran = asyncio.run(go())
+    assert (skipped.status, skipped.skip_reason, skipped.skipped_count) == ("skipped", "overlap", 1)
+    assert skipped.error == "previous run 12 still running"
+    with sqlite3.connect(tmp_path / "l.db") as conn:
+        events = {
+            (t, json.loads(d)["loop"]): json.loads(d) for t, d in conn.execute("SELECT type, data_json FROM events")
+        }
+    assert ("loop.fire_missed", "busy") not in events and ("loop.fire_skipped", "busy") in events
+    told = events[("loop.fire_missed", "free")]
+    assert (told["run_id"], told["missed"], told["reason"], told["caught_up"]) == (ran.id, 3, "woke_late", True)

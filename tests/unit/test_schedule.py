@@ -108,6 +108,21 @@ def test_wake_after_suspend_is_a_catch_up_and_never_replays() -> None:
     assert plan_wake(trig, due, woke, "skip", GRACE) == Plan(None, after, missed=12)
 
 
+def test_a_late_wake_within_the_grace_fires_and_counts_the_slots_that_passed_meanwhile() -> None:
+    # An --every 10s loop whose timer woke 25 s late (a suspended laptop, a loaded host), within the 60 s grace: the
+    # due fire runs, the next is the first slot still ahead, and the two passed in between are not lost silently.
+    trig = build_trigger(every("10s"), T0)
+    due = T0 + timedelta(seconds=10)
+    plan = plan_wake(trig, due, due + timedelta(seconds=25), "once", GRACE)
+    assert plan == Plan(Fire(due, "schedule"), due + timedelta(seconds=30), missed=3)  # due, +10 s, +20 s
+    # Late, but by less than a period: nothing passed.
+    assert plan_wake(trig, due, due + timedelta(seconds=9), "once", GRACE).missed == 0
+    # A slot exactly at the wake is the next fire, not a passed one.
+    assert plan_wake(trig, due, due + timedelta(seconds=20), "once", GRACE) == Plan(
+        Fire(due, "schedule"), due + timedelta(seconds=20), missed=2
+    )
+
+
 @pytest.mark.parametrize(
     ("schedule", "first", "now", "count"),
     [
