@@ -50,18 +50,20 @@ def test_restart_stops_gracefully_then_starts_and_logs_show_it(short_home: Path)
         assert f"ready (pid {first}" not in recent
         assert d.cli("daemon", "logs", "--since", "soon", check=False).returncode == 2
 
-        follower = subprocess.Popen([FLEETD, "daemon", "logs", "-f"], env=d.env, text=True,
+        follower = subprocess.Popen([FLEETD, "daemon", "logs", "-f"], env=d.env, bufsize=0,
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
         try:
             d.cli("loop", "add", "logged", "--every", "1h", "--command", "true")
             run_id = d.json("loop", "run", "logged")["id"]
-            wanted = f"run {run_id} of loop logged: succeeded"
+            wanted = f"run {run_id} of loop logged: succeeded".encode()
             assert follower.stdout is not None
             deadline = time.monotonic() + 20
-            seen = ""
+            seen = b""
+            # Raw reads of whatever the pipe holds: a buffered readline() after select() left lines in its
+            # buffer that select() could not see, and waited for more output that never came.
             while wanted not in seen and time.monotonic() < deadline:
                 if select.select([follower.stdout], [], [], 1)[0]:
-                    seen += follower.stdout.readline()
+                    seen += os.read(follower.stdout.fileno(), 65536)
             assert wanted in seen
         finally:
             follower.terminate()
