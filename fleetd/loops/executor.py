@@ -242,10 +242,7 @@ class Executor:
                     return None  # `fired` was recorded already
         if run is None:
             assert code is not None
-            # A late scheduled fire's passed slots (`plan_wake`) are told by the run it starts; skipped, it is one
-            # skip like any other (its row and event say why it did not run).
-            told = 0 if trigger == "schedule" else missed
-            return await self._skip(loop, trigger, scheduled_at, code, reason, fired, current, told)
+            return await self._skip(loop, trigger, scheduled_at, code, reason, fired, current, missed)
         slot.run_id = run.id
         slot.tag = self.run_tag(run.id)
         slot.task = asyncio.create_task(self._execute(loop, run, slot), name=f"run-{run.id}")
@@ -271,7 +268,8 @@ class Executor:
         until = blocker.wait_until.astimezone(self.local_tz) if blocker and blocker.wait_until else None
         kept = blocker.skipped if blocker else None
         if blocker is not None and kept is not None and kept[0] == code:
-            count = kept[2] + 1
+            # A late fire stands for the slots its timer passed over (`missed`): skipped, so are they.
+            count = kept[2] + max(missed, 1)
             grown = await finish_first(
                 self.runs.add_skip(kept[1], count, skip_text(code, count, blocking_id, until), fired)
             )
@@ -285,7 +283,7 @@ class Executor:
             finished_at=now, backend=loop.backend, error=text, fired=fired, skip_reason=code, missed=missed,
         ))  # fmt: skip
         if skipped is not None and blocker is not None:
-            blocker.skipped = (code, skipped.id, 1)
+            blocker.skipped = (code, skipped.id, skipped.skipped_count)
         if code == "over_daily_cost" and skipped is not None and self.events is not None:
             await self.events.emit(now, "budget.exceeded", f"loop {loop.name}: run {skipped.id} skipped, {text}",
                                    backend=loop.backend, loop=loop.name, run_id=skipped.id)  # fmt: skip

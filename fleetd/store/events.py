@@ -207,7 +207,9 @@ def fire_event(run: Run, at: datetime, missed: int = 0, missed_reason: str = "da
     started no run; None for a run that is neither."""
     if run.status == "skipped" and run.skip_reason in MISSED_REASONS:
         missed = run.skipped_count
-    if missed:
+    # A row skipped for another reason (the loop busy) tells the fires it stands for as skipped ones, whether they
+    # came due or a late timer passed over them: its `skipped_count` counts them.
+    if missed and (run.status != "skipped" or run.skip_reason in MISSED_REASONS):
         caught_up = run.status != "skipped"
         data: dict[str, Any] = {
             "loop": run.loop,

@@ -207,14 +207,15 @@ def test_a_run_that_ends_before_any_attempt_counts_none(tmp_path: Path) -> None:
 
 def test_a_late_fire_tells_the_slots_that_passed_only_when_it_runs(tmp_path: Path) -> None:
     """The timer woke late and slots passed meanwhile (`plan_wake`'s `missed`): a fire that starts its run stands
-    for them (`loop.fire_missed`, caught up by that run); one that finds the loop busy stays one overlap skip."""
+    for them (`loop.fire_missed`, caught up by that run); one that finds the loop busy skips them with it (its
+    skipped row counts them, and is told as a skip)."""
     import json
     import sqlite3
 
     from fleetd.loops.executor import ActiveRun
     from fleetd.store.events import EventLog
 
-    async def go() -> tuple[Any, Any]:
+    async def go() -> tuple[Any, Any, Any]:
         db = await Database.open(tmp_path / "l.db")
         try:
             now = now_utc()
@@ -224,16 +225,19 @@ def test_a_late_fire_tells_the_slots_that_passed_only_when_it_runs(tmp_path: Pat
             ex.runs = RunStore(db, EventLog(db))  # with its events
             ex.active[busy.instance] = ActiveRun(run_id=12)
             skipped = await ex.fire(busy, "schedule", now, missed=3, missed_reason="woke_late")
+            grown = await ex.fire(busy, "schedule", now + timedelta(seconds=40), missed=2, missed_reason="woke_late")
             ran = await ex.fire(free, "schedule", now, missed=3, missed_reason="woke_late")
             del ex.active[busy.instance]
             assert await ex.wait_idle(10)
-            return skipped, ran
+            return skipped, grown, ran
         finally:
             await db.close()
 
-    skipped, ran = asyncio.run(go())
-    assert (skipped.status, skipped.skip_reason, skipped.skipped_count) == ("skipped", "overlap", 1)
-    assert skipped.error == "previous run 12 still running"
+    skipped, grown, ran = asyncio.run(go())
+    assert (skipped.status, skipped.skip_reason, skipped.skipped_count) == ("skipped", "overlap", 3)
+    assert skipped.error == "previous run 12 still running (3 fires skipped)"
+    assert (grown.id, grown.skipped_count) == (skipped.id, 5)  # the same row: 3 and then 2 more
+    assert grown.error == "previous run 12 still running (5 fires skipped)"
     with sqlite3.connect(tmp_path / "l.db") as conn:
         events = {
             (t, json.loads(d)["loop"]): json.loads(d) for t, d in conn.execute("SELECT type, data_json FROM events")
