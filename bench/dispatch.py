@@ -176,7 +176,7 @@ def main() -> None:
     homes: list[Path] = []
     try:
         # An untimed round of each side first: the first round measured was the slowest on both sides, the
-        # bare one more (~0.8x of its later rounds against ~0.85x), which made the first ratio look better.
+        # bare one more (~0.8x of its later rounds, fleetd's ~0.9x), which made the first ratio look better.
         bare_rate(1.0, args.concurrency)
         homes.append(Path(tempfile.mkdtemp(prefix="flb-dispatch-", dir="/tmp")))
         fleetd_rate(homes[-1], 1.0, args.concurrency)

@@ -269,7 +269,7 @@ class Executor:
         kept = blocker.skipped if blocker else None
         if blocker is not None and kept is not None and kept[0] == code:
             # A late fire stands for the slots its timer passed over (`missed`): skipped, so are they.
-            count = kept[2] + max(missed, 1)
+            count = kept[2] + (missed or 1)
             grown = await finish_first(
                 self.runs.add_skip(kept[1], count, skip_text(code, count, blocking_id, until), fired)
             )

@@ -13,6 +13,7 @@ from fleetd.loops.executor import Executor
 from fleetd.records.loop import Loop, Schedule
 from fleetd.store.attempts import AttemptStore
 from fleetd.store.db import Database
+from fleetd.store.events import EventLog
 from fleetd.store.loops import LoopStore
 from fleetd.store.runs import RunStore
 from fleetd.timefmt import now_utc
@@ -24,10 +25,10 @@ class NoProfiles:
 
 
 def command_executor(
-    db: Database, tmp_path: Path, tag: str, clock: Callable[[], datetime] = now_utc
+    db: Database, tmp_path: Path, tag: str, clock: Callable[[], datetime] = now_utc, events: EventLog | None = None
 ) -> Executor:  # fmt: skip
-    """Run logs and TMPDIRs under `tmp_path`, processes tagged `tag`, a short kill grace."""
-    return Executor(RunStore(db), AttemptStore(db), NoProfiles(), log_path=lambda i: tmp_path / f"{i}.log",  # type: ignore[arg-type]
+    """Run logs and TMPDIRs under `tmp_path`, processes tagged `tag`, a short kill grace; runs' events into `events`."""
+    return Executor(RunStore(db, events), AttemptStore(db), NoProfiles(), log_path=lambda i: tmp_path / f"{i}.log",  # type: ignore[arg-type]
                     tmp_root=tmp_path / "tmp", tag_prefix=tag, clock=clock, local_tz=ZoneInfo("UTC"),
                     kill_grace=0.5)  # fmt: skip
 

@@ -221,8 +221,7 @@ def test_a_late_fire_tells_the_slots_that_passed_only_when_it_runs(tmp_path: Pat
             now = now_utc()
             busy = await added_loop(db, "busy", now, every="10s", command="true")
             free = await added_loop(db, "free", now, every="10s", command="true")
-            ex = command_executor(db, tmp_path, "late")
-            ex.runs = RunStore(db, EventLog(db))  # with its events
+            ex = command_executor(db, tmp_path, "late", events=EventLog(db))
             ex.active[busy.instance] = ActiveRun(run_id=12)
             skipped = await ex.fire(busy, "schedule", now, missed=3, missed_reason="woke_late")
             grown = await ex.fire(busy, "schedule", now + timedelta(seconds=40), missed=2, missed_reason="woke_late")
