@@ -9,9 +9,10 @@ the fires), their grids spread evenly over the second. After a warm-up, every `s
 measured window is read from the database: *fire lag* is the recorded `started_at` minus the slot,
 *fire-to-process* is the time the command printed (its first instruction, ~1 ms after the child's
 creation: the baseline row is that offset for a lone spawn from a bare asyncio loop) minus the slot. *Missed* counts the
-window's slots without a run that started: no row at all (*missing*; *told* when a late fire's
-`loop.fire_missed` event stands for the slot its timer passed over) or a `skipped` one (the loop's
-previous run was still going). Then `daemon stop`
+window's slots without a run that started: *skipped* (the loop's previous run was still going: a
+`skipped` row stands for as many slots as its count, its own and those after it), *told* (a late
+fire's `loop.fire_missed` event stands for the slot its timer passed over) or *missing* (neither a
+row nor an event: a fire lost). Then `daemon stop`
 is timed against the stop grace + kill grace (30 s + 5 s by default). `--pythonpath DIR` runs the
 daemon from another checkout (see bench/_common.py).
 """
@@ -129,6 +130,17 @@ def measure(loops: int, seconds: float, warmup: float, pythonpath: str | None) -
                 "AND scheduled_at >= ? AND scheduled_at < ?",
                 (to_iso(start), to_iso(end)),
             ).fetchall()
+            # A skipped row stands for `skipped_count` fires: its own slot and the ones after it (skips against one
+            # run coalesce; a late fire's passed-over slots count in), one a second. Rows from before the window too.
+            skipped_slots = {
+                (loop, datetime.fromisoformat(scheduled) + timedelta(seconds=k))
+                for loop, scheduled, count in db.execute(
+                    "SELECT loop, scheduled_at, skipped_count FROM runs WHERE trigger = 'schedule' "
+                    "AND status = 'skipped' AND scheduled_at >= ? AND scheduled_at < ?",
+                    (to_iso(start - timedelta(seconds=120)), to_iso(end)),
+                )
+                for k in range(count)
+            }
             left = db.execute("SELECT count(*) FROM runs WHERE status IN ('running', 'waiting')").fetchone()[0]
             # Slots a late timer passed over are told by its fire's `loop.fire_missed` (missed, from first_missed_at).
             told_slots = {
@@ -146,7 +158,9 @@ def measure(loops: int, seconds: float, warmup: float, pythonpath: str | None) -
                 expected += 1
                 found = by_slot.get((name, slot))
                 if not found:
-                    if (name, slot) in told_slots:
+                    if (name, slot) in skipped_slots:
+                        skipped += 1
+                    elif (name, slot) in told_slots:
                         told += 1
                     else:
                         no_row += 1
