@@ -32,7 +32,7 @@ from fleetd.store.circuits import CircuitStore
 from fleetd.store.events import EventLog
 from fleetd.store.profiles import ProfileStore
 from fleetd.store.usage import AgentRows, NewUsage, UsageStore
-from fleetd.timefmt import local_text
+from fleetd.timefmt import local_text, to_iso
 
 if TYPE_CHECKING:
     from fleetd.backends.usage_files import UsageRow
@@ -246,7 +246,7 @@ class Heartbeat:
                 try:
                     preview.status = await self._judge(profile, preview, now)
                     self.states[profile.name] = preview
-                    await self._store_counted(profile, stored, counted)
+                    await self._store_counted(profile, stored, counted, now)
                 except BaseException:  # failed or cancelled: the state as stored, not as shown
                     self.states[profile.name] = stored
                     if counted.parts:  # none of it stored (`_store_counted` always empties it): all read again
@@ -407,7 +407,8 @@ class Heartbeat:
         # arrival order.
         rows = self._rows(part, scrubber)
         ledger = await self._ledger(profile, now)  # before the insert: a ledger read after has them
-        added = await self.usage.add_agent(profile.name, [row[:5] for row in rows])
+        offsets = self._offsets_after(stored, part) if rows else None
+        added = await self.usage.add_agent(profile.name, [row[:5] for row in rows], offsets and (offsets, to_iso(now)))
         if not rows:
             pass
         elif added == len(rows):
@@ -415,8 +416,19 @@ class Heartbeat:
             self._last_id = await self.usage.last_id()
         else:  # some were stored before (a file read again): which are new, only the store knows
             self._ledgers.pop(profile.name, None)
-        self._part_stored(profile, stored, part)
+        self._part_stored(profile, stored, part, offsets)
         return added
+
+    @staticmethod
+    def _offsets_after(stored: StoredState, part: Any) -> str | None:
+        """The profile's offsets once `part` is stored, serialised to be saved with its records (None: unchanged)."""
+        if not part.saved and not part.forgotten:
+            return None
+        offsets = dict(stored.offsets)
+        for path in part.forgotten:
+            offsets.pop(path, None)
+        offsets.update(part.saved)
+        return json.dumps(offsets)
 
     async def _add_to_ledger(self, profile: Profile, ledger: Ledger, rows: list[UsageRow]) -> None:
         sessions = {row[1] for row in rows if row[1]}
@@ -424,12 +436,15 @@ class Heartbeat:
             ledger.take_sessions(await self.usage.attempt_sessions(profile.name, sessions))
         ledger.add_seconds([(row[5], row[3], row[4], 0.0, row[1]) for row in rows])
 
-    def _part_stored(self, profile: Profile, stored: StoredState, part: Any) -> None:
-        """A part's records are committed: its offsets (saved with the profile's state next) and counts move on."""
+    def _part_stored(self, profile: Profile, stored: StoredState, part: Any, saved_json: str | None = None) -> None:
+        """A part's records are committed: its offsets (saved with the profile's state next, unless `saved_json`
+        says they were saved with the records) and counts move on."""
         for path in part.forgotten:
             stored.offsets.pop(path, None)
         stored.offsets.update(part.saved)
-        if part.saved or part.forgotten:
+        if saved_json is not None:
+            self._offsets_json[profile.name] = saved_json  # `_set` saves them again as they are: not made again
+        elif part.saved or part.forgotten:
             self._offsets_json.pop(profile.name, None)
         stored.garbled_lines += part.garbled_lines
         if part.windows:
@@ -455,7 +470,7 @@ class Heartbeat:
         if part.windows:
             counted.reported = list(part.windows)
 
-    async def _store_counted(self, profile: Profile, stored: StoredState, counted: _Counted) -> None:
+    async def _store_counted(self, profile: Profile, stored: StoredState, counted: _Counted, now: datetime) -> None:
         """Store a read `_ingest` counted in the windows, a part per transaction. Crash-safe as `_store_part` is: a
         part's offsets move only once its records are committed, and are saved only after that (`_set`), so a kill
         at any point leaves the files to be read again from offsets whose records are all stored (what is stored
@@ -463,13 +478,14 @@ class Heartbeat:
         added = done = 0
         try:
             for rows, part in counted.parts:
-                stored_now = await self.usage.add_agent(profile.name, rows)
+                offsets = self._offsets_after(stored, part)
+                stored_now = await self.usage.add_agent(profile.name, rows, offsets and (offsets, to_iso(now)))
                 if stored_now != len(rows):  # cannot happen while the invariant in `_ingest` holds
                     log.warning("profile %s: %d of %d records were stored before; reading the windows again",
                                 profile.name, len(rows) - stored_now, len(rows))  # fmt: skip
                     self._ledgers.pop(profile.name, None)
                 added += stored_now
-                self._part_stored(profile, stored, part)
+                self._part_stored(profile, stored, part, offsets)
                 done += 1
         except Exception:
             log.exception("storing %s's usage records failed", profile.name)

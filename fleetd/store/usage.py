@@ -98,10 +98,15 @@ class UsageStore:
             )
             return max(0, cur.rowcount)
 
-    async def add_agent(self, profile: str, rows: list[AgentRow] | AgentRows) -> int:
+    async def add_agent(
+        self, profile: str, rows: list[AgentRow] | AgentRows, offsets: tuple[str, str] | None = None
+    ) -> int:
         """An agent's own records of `profile`, each (at as `to_iso` writes it, session_id, dedupe_key, tokens,
         requests), added as `add` adds them (a dedupe key the profile has is skipped; returns how many were new).
         `rows` may come encoded already (`AgentRows.encode`): a read kept to be stored later is kept that way.
+        `offsets`: (the reader's offsets past these records, serialised; now, as `to_iso` writes it), saved as the
+        profile's in the same transaction: a kill between the two would leave the records to be read again, and a
+        record without a dedupe key would then be stored twice.
 
         One statement over a JSON array of them, which SQLite runs in one step. `executemany` steps once per row and
         lets go of Python's GIL around each step; during a first read (a hundred thousand records, the daemon's other
@@ -119,6 +124,12 @@ class UsageStore:
                 "FROM json_each(?) AS r",
                 (profile, text),
             )
+            if offsets is not None:
+                await conn.execute(
+                    "INSERT INTO profile_state (profile, state, offsets_json, updated_at) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (profile) DO UPDATE SET offsets_json = excluded.offsets_json",
+                    (profile, ProfileStatus().state, *offsets),
+                )
             return max(0, cur.rowcount)
 
     async def has_agent_keys(self, profile: str) -> bool:

@@ -365,9 +365,9 @@ def test_agent_records_are_inserted_a_part_at_a_time(tmp_path: Path, monkeypatch
     inserts: list[int] = []
     original = UsageStore.add_agent
 
-    async def counting(self: UsageStore, profile: str, rows: list[Any]) -> int:
+    async def counting(self: UsageStore, profile: str, rows: list[Any], offsets: Any = None) -> int:
         inserts.append(len(rows))
-        return await original(self, profile, rows)
+        return await original(self, profile, rows, offsets)
 
     monkeypatch.setattr(UsageStore, "add_agent", counting)
 
@@ -410,10 +410,10 @@ def test_records_a_failed_insert_lost_are_read_again(tmp_path: Path, monkeypatch
     original = UsageStore.add_agent
     failing = [True]
 
-    async def flaky(self: UsageStore, profile: str, rows: list[Any]) -> int:
+    async def flaky(self: UsageStore, profile: str, rows: list[Any], offsets: Any = None) -> int:
         if failing[0] and rows:
             raise OSError("disk full")
-        return await original(self, profile, rows)
+        return await original(self, profile, rows, offsets)
 
     monkeypatch.setattr(UsageStore, "add_agent", flaky)
 
