@@ -12,9 +12,9 @@ creation: the baseline row is that offset for a lone spawn from a bare asyncio l
 window's slots without a run that started: *skipped* (the loop's previous run was still going: a
 `skipped` row stands for as many slots as its count, its own and those after it), *told* (a late
 fire's `loop.fire_missed` event stands for the slot its timer passed over) or *missing* (neither a
-row nor an event: a fire lost). Then `daemon stop`
-is timed against the stop grace + kill grace (30 s + 5 s by default). `--pythonpath DIR` runs the
-daemon from another checkout (see bench/_common.py).
+row nor an event: a fire lost). Then, once the window's last slots have had 3 s to fire (the loops
+still firing), `daemon stop` is timed against the stop grace + kill grace (30 s + 5 s by default).
+`--pythonpath DIR` runs the daemon from another checkout (see bench/_common.py).
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from fleetd.timefmt import to_iso  # noqa: E402
 
 COMMAND = "date +%s.%N"
 STOP_GRACE, KILL_GRACE = 30.0, 5.0  # the daemon's defaults, passed explicitly
+SETTLE = 3.0  # seconds between the window's end and the stop: more than the fire lag at 500 loops (~1 s at worst)
 
 
 def pct(values: list[float], q: float) -> float:
@@ -68,6 +69,12 @@ async def _spawn_offsets(n: int) -> list[float]:
 def baseline(n: int = 30) -> float:
     """Median offset, in seconds, from a bare asyncio spawn to the command's own timestamp."""
     return statistics.median(asyncio.run(_spawn_offsets(n)))
+
+
+def _to_ms(moment: datetime) -> datetime:
+    """`moment` to the millisecond, as the store writes times: a slot then falls inside [start, end) for the query
+    exactly as for the count (with microseconds, a slot a moment before `end` was counted but not fetched)."""
+    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
 
 
 def _slots(created: datetime, start: datetime, end: datetime) -> list[datetime]:
@@ -114,9 +121,12 @@ def measure(loops: int, seconds: float, warmup: float, pythonpath: str | None) -
     daemon.start("--stop-grace", f"{STOP_GRACE:g}s", "--kill-grace", f"{KILL_GRACE:g}s")
     try:
         time.sleep(warmup + 2.0)
-        start = datetime.now(UTC)
+        start = _to_ms(datetime.now(UTC))
         time.sleep(seconds)
-        end = datetime.now(UTC)
+        end = _to_ms(datetime.now(UTC))
+        # The window's last slots get the time to fire (a slot a moment before `end` fired after it, and a stop at
+        # once would count it missing); the loops go on firing meanwhile, so the stop is timed under the same load.
+        time.sleep(SETTLE)
         stop_started = time.monotonic()
         stop = subprocess.run([FLEETD, "daemon", "stop", "--wait", "120"], env=daemon.env, capture_output=True)
         stop_s = time.monotonic() - stop_started
