@@ -31,7 +31,7 @@ from fleetd.routing.router import ProfileView
 from fleetd.store.circuits import CircuitStore
 from fleetd.store.events import EventLog
 from fleetd.store.profiles import ProfileStore
-from fleetd.store.usage import AgentRows, NewUsage, UsageStore
+from fleetd.store.usage import AgentRows, NewUsage, ReadProgress, UsageStore
 from fleetd.timefmt import local_text, to_iso
 
 if TYPE_CHECKING:
@@ -94,7 +94,7 @@ class Heartbeat:
         self._ingesters: dict[str, Any] = {}
         self._ledgers: dict[str, Ledger] = {}  # each profile's windows, kept as records arrive
         self._last_id = -1  # the newest usage record the ledgers have; any other means someone else wrote
-        self._offsets_json: dict[str, str] = {}  # each profile's offsets as last saved, until a part moves them
+        self._offsets_json: dict[str, str] = {}  # each profile's offsets serialised, until a part moves them
         self._keyed: set[str] = set()  # profiles the store holds keyed agent records of (`UsageStore.has_agent_keys`)
         # Files the watch reported since the last beat that read them; None: list every file (at start, after the
         # watch was (re)armed or failed, and on every periodic beat, which is the safety net for missed events).
@@ -407,8 +407,11 @@ class Heartbeat:
         # arrival order.
         rows = self._rows(part, scrubber)
         ledger = await self._ledger(profile, now)  # before the insert: a ledger read after has them
-        offsets = self._offsets_after(stored, part) if rows else None
-        added = await self.usage.add_agent(profile.name, [row[:5] for row in rows], offsets and (offsets, to_iso(now)))
+        progress = self._progress_after(profile, stored, part, now) if rows else None
+        added = await self.usage.add_agent(profile.name, [row[:5] for row in rows], progress)
+        # Taken as stored at once, before anything else can fail or be cancelled: the part is committed, and a beat
+        # that gave up now would read it again from offsets that are not the store's any more.
+        self._part_stored(profile, stored, part, progress)
         if not rows:
             pass
         elif added == len(rows):
@@ -416,19 +419,19 @@ class Heartbeat:
             self._last_id = await self.usage.last_id()
         else:  # some were stored before (a file read again): which are new, only the store knows
             self._ledgers.pop(profile.name, None)
-        self._part_stored(profile, stored, part, offsets)
         return added
 
-    @staticmethod
-    def _offsets_after(stored: StoredState, part: Any) -> str | None:
-        """The profile's offsets once `part` is stored, serialised to be saved with its records (None: unchanged)."""
-        if not part.saved and not part.forgotten:
-            return None
-        offsets = dict(stored.offsets)
-        for path in part.forgotten:
-            offsets.pop(path, None)
-        offsets.update(part.saved)
-        return json.dumps(offsets)
+    def _progress_after(self, profile: Profile, stored: StoredState, part: Any, now: datetime) -> ReadProgress:
+        """Where the profile's reader stands once `part` is stored, to be saved with its records."""
+        offsets_json = self._offsets_json.get(profile.name)
+        if offsets_json is None or part.saved or part.forgotten:
+            offsets = dict(stored.offsets)
+            for path in part.forgotten:
+                offsets.pop(path, None)
+            offsets.update(part.saved)
+            offsets_json = json.dumps(offsets)
+        reported = list(part.windows) if part.windows else stored.reported
+        return ReadProgress(offsets_json, stored.garbled_lines + part.garbled_lines, reported, to_iso(now))
 
     async def _add_to_ledger(self, profile: Profile, ledger: Ledger, rows: list[UsageRow]) -> None:
         sessions = {row[1] for row in rows if row[1]}
@@ -436,14 +439,16 @@ class Heartbeat:
             ledger.take_sessions(await self.usage.attempt_sessions(profile.name, sessions))
         ledger.add_seconds([(row[5], row[3], row[4], 0.0, row[1]) for row in rows])
 
-    def _part_stored(self, profile: Profile, stored: StoredState, part: Any, saved_json: str | None = None) -> None:
-        """A part's records are committed: its offsets (saved with the profile's state next, unless `saved_json`
-        says they were saved with the records) and counts move on."""
+    def _part_stored(
+        self, profile: Profile, stored: StoredState, part: Any, progress: ReadProgress | None = None
+    ) -> None:
+        """A part's records are committed: its offsets and counts move on (saved with its records, `progress`, or
+        else with the profile's state next)."""
         for path in part.forgotten:
             stored.offsets.pop(path, None)
         stored.offsets.update(part.saved)
-        if saved_json is not None:
-            self._offsets_json[profile.name] = saved_json  # `_set` saves them again as they are: not made again
+        if progress is not None:
+            self._offsets_json[profile.name] = progress.offsets_json  # `_set` saves them as they are: not made again
         elif part.saved or part.forgotten:
             self._offsets_json.pop(profile.name, None)
         stored.garbled_lines += part.garbled_lines
@@ -472,20 +477,19 @@ class Heartbeat:
 
     async def _store_counted(self, profile: Profile, stored: StoredState, counted: _Counted, now: datetime) -> None:
         """Store a read `_ingest` counted in the windows, a part per transaction. Crash-safe as `_store_part` is: a
-        part's offsets move only once its records are committed, and are saved only after that (`_set`), so a kill
-        at any point leaves the files to be read again from offsets whose records are all stored (what is stored
-        again is ignored then, the store holding keyed records: not counted before storing)."""
+        part's offsets are saved in the transaction that stores its records, so a kill at any point leaves the files
+        to be read again from exactly past what is stored."""
         added = done = 0
         try:
             for rows, part in counted.parts:
-                offsets = self._offsets_after(stored, part)
-                stored_now = await self.usage.add_agent(profile.name, rows, offsets and (offsets, to_iso(now)))
+                progress = self._progress_after(profile, stored, part, now) if len(rows) else None
+                stored_now = await self.usage.add_agent(profile.name, rows, progress)
+                self._part_stored(profile, stored, part, progress)  # at once: see `_store_part`
                 if stored_now != len(rows):  # cannot happen while the invariant in `_ingest` holds
                     log.warning("profile %s: %d of %d records were stored before; reading the windows again",
                                 profile.name, len(rows) - stored_now, len(rows))  # fmt: skip
                     self._ledgers.pop(profile.name, None)
                 added += stored_now
-                self._part_stored(profile, stored, part, offsets)
                 done += 1
         except Exception:
             log.exception("storing %s's usage records failed", profile.name)

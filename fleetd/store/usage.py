@@ -59,6 +59,17 @@ class AgentRows:
         return self._count
 
 
+@dataclass(frozen=True)
+class ReadProgress:
+    """What a profile's reader has got past once a part of its read is stored (`add_agent`): its offsets (serialised),
+    the garbled lines counted so far, the windows the agent's files last reported, and when (as `to_iso` writes it)."""
+
+    offsets_json: str
+    garbled_lines: int
+    reported: list[WindowState]
+    at: str
+
+
 def _windows_to_json(windows: list[WindowState]) -> str:
     return json.dumps([w.to_json() for w in windows])
 
@@ -99,14 +110,14 @@ class UsageStore:
             return max(0, cur.rowcount)
 
     async def add_agent(
-        self, profile: str, rows: list[AgentRow] | AgentRows, offsets: tuple[str, str] | None = None
+        self, profile: str, rows: list[AgentRow] | AgentRows, progress: ReadProgress | None = None
     ) -> int:
         """An agent's own records of `profile`, each (at as `to_iso` writes it, session_id, dedupe_key, tokens,
         requests), added as `add` adds them (a dedupe key the profile has is skipped; returns how many were new).
         `rows` may come encoded already (`AgentRows.encode`): a read kept to be stored later is kept that way.
-        `offsets`: (the reader's offsets past these records, serialised; now, as `to_iso` writes it), saved as the
-        profile's in the same transaction: a kill between the two would leave the records to be read again, and a
-        record without a dedupe key would then be stored twice.
+        `progress`: where the profile's reader stands past these records, saved as the profile's in the same
+        transaction: a kill between the two would leave the records to be read again, and a record without a dedupe
+        key would then be stored twice.
 
         One statement over a JSON array of them, which SQLite runs in one step. `executemany` steps once per row and
         lets go of Python's GIL around each step; during a first read (a hundred thousand records, the daemon's other
@@ -124,12 +135,16 @@ class UsageStore:
                 "FROM json_each(?) AS r",
                 (profile, text),
             )
-            if offsets is not None:
+            if progress is not None:
                 await conn.execute(
-                    "INSERT INTO profile_state (profile, state, offsets_json, updated_at) VALUES (?, ?, ?, ?) "
-                    "ON CONFLICT (profile) DO UPDATE SET offsets_json = excluded.offsets_json",
-                    (profile, ProfileStatus().state, *offsets),
-                )
+                    "INSERT INTO profile_state "
+                    "(profile, state, reported_json, offsets_json, garbled_lines, updated_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (profile) DO UPDATE SET "
+                    "reported_json = excluded.reported_json, offsets_json = excluded.offsets_json, "
+                    "garbled_lines = excluded.garbled_lines",
+                    (profile, ProfileStatus().state, _windows_to_json(progress.reported), progress.offsets_json,
+                     progress.garbled_lines, progress.at),
+                )  # fmt: skip
             return max(0, cur.rowcount)
 
     async def has_agent_keys(self, profile: str) -> bool:

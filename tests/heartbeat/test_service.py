@@ -4,6 +4,7 @@ milliseconds; concurrent starts are spread by reservations."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 from collections.abc import Awaitable, Callable
@@ -424,6 +425,59 @@ def test_records_a_failed_insert_lost_are_read_again(tmp_path: Path, monkeypatch
         failing[0] = False
         await hb.beat({str(transcript_of(profiles[0], SESSION))})
         assert used(hb, "a") == [300]
+
+    run(tmp_path, body)
+
+
+def keyless_writes(profile: Profile, session: str, tokens: int) -> None:
+    """A Claude Code line of `session` without a message id or request id: nothing the store could de-duplicate."""
+    path = Path(profile.config_dir, "projects", "-home-user-project", f"{session}.jsonl")
+    usage = {"input_tokens": tokens, "output_tokens": 0, "cache_read_input_tokens": 0, "cache_creation_input_tokens": 0}
+    line = {"type": "assistant", "sessionId": session, "version": "2.1.330", "timestamp": "2026-11-21T07:59:10.000Z",
+            "message": {"model": "claude-opus-5-5", "usage": usage}}  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(line, separators=(",", ":")) + "\n")
+
+
+@pytest.mark.parametrize("how", ["fails", "is cancelled"])
+def test_a_part_committed_before_its_beat_fails_is_not_read_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """The records and offsets of a part commit together; a beat that then fails (or is cancelled) before it has
+    taken the part as stored must not read it again: a record without a dedupe key would be stored twice."""
+    original = UsageStore.attempt_sessions
+    breaking = [False]
+
+    async def breaks_once(self: UsageStore, *args: Any) -> Any:
+        if breaking[0]:
+            breaking[0] = False
+            if how == "fails":
+                raise OSError("disk I/O error")
+            raise asyncio.CancelledError
+        return await original(self, *args)
+
+    monkeypatch.setattr(UsageStore, "attempt_sessions", breaks_once)
+
+    async def body(hb: Heartbeat, clock: Clock, usage: UsageStore, profiles: list[Profile]) -> None:
+        a = profiles[0]
+        agent_writes(a, SESSION, 100)  # a keyed record: later reads are stored part by part (`_store_part`)
+        await hb.beat()
+        keyless_writes(a, SESSION, 300)
+        with transcript_of(a, SESSION).open("a", encoding="utf-8") as handle:
+            handle.write('{"type":"assistant","message":{"usage":{"input_tokens":\n')  # cut short: garbled
+        breaking[0] = True
+        with contextlib.suppress(asyncio.CancelledError):
+            await hb.beat({str(transcript_of(a, SESSION))})
+        # What the reader got past is saved with the part, its garbled line too (the cancelled beat saved nothing).
+        saved = (await usage.load_states())["a"]
+        assert saved.garbled_lines == 1
+        assert saved.offsets[str(transcript_of(a, SESSION))]["offset"] == transcript_of(a, SESSION).stat().st_size
+        await hb.beat({str(transcript_of(a, SESSION))})
+        await hb.beat()
+        rows = await usage.db.fetchall("SELECT tokens FROM usage_records WHERE profile = 'a' ORDER BY id")
+        assert [r["tokens"] for r in rows] == [100, 300]
+        assert used(hb, "a") == [400]
 
     run(tmp_path, body)
 
