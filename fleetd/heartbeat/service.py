@@ -423,15 +423,11 @@ class Heartbeat:
 
     def _progress_after(self, profile: Profile, stored: StoredState, part: Any, now: datetime) -> ReadProgress:
         """Where the profile's reader stands once `part` is stored, to be saved with its records."""
+        after = replace(stored, offsets=dict(stored.offsets))
         offsets_json = self._offsets_json.get(profile.name)
-        if offsets_json is None or part.saved or part.forgotten:
-            offsets = dict(stored.offsets)
-            for path in part.forgotten:
-                offsets.pop(path, None)
-            offsets.update(part.saved)
-            offsets_json = json.dumps(offsets)
-        reported = list(part.windows) if part.windows else stored.reported
-        return ReadProgress(offsets_json, stored.garbled_lines + part.garbled_lines, reported, to_iso(now))
+        if _advance(after, part) or offsets_json is None:
+            offsets_json = json.dumps(after.offsets)
+        return ReadProgress(offsets_json, after.garbled_lines, after.reported, to_iso(now))
 
     async def _add_to_ledger(self, profile: Profile, ledger: Ledger, rows: list[UsageRow]) -> None:
         sessions = {row[1] for row in rows if row[1]}
@@ -444,16 +440,11 @@ class Heartbeat:
     ) -> None:
         """A part's records are committed: its offsets and counts move on (saved with its records, `progress`, or
         else with the profile's state next)."""
-        for path in part.forgotten:
-            stored.offsets.pop(path, None)
-        stored.offsets.update(part.saved)
+        moved = _advance(stored, part)
         if progress is not None:
             self._offsets_json[profile.name] = progress.offsets_json  # `_set` saves them as they are: not made again
-        elif part.saved or part.forgotten:
+        elif moved:
             self._offsets_json.pop(profile.name, None)
-        stored.garbled_lines += part.garbled_lines
-        if part.windows:
-            stored.reported = list(part.windows)
 
     async def _count_part(
         self, profile: Profile, part: Any, scrubber: Scrubber | None, now: datetime, counted: _Counted
@@ -778,6 +769,18 @@ def _scrubbed(values: list[str | None], scrubber: Scrubber) -> list[str | None]:
             it = iter(parts)
             return [next(it) if v else v for v in values]
     return [scrubber.text(v) if v else v for v in values]
+
+
+def _advance(stored: StoredState, part: Any) -> bool:
+    """Move `stored` past a part of a read: its files' offsets, its garbled lines, the windows it reported. Whether
+    the offsets moved."""
+    for path in part.forgotten:
+        stored.offsets.pop(path, None)
+    stored.offsets.update(part.saved)
+    stored.garbled_lines += part.garbled_lines
+    if part.windows:
+        stored.reported = list(part.windows)
+    return bool(part.saved or part.forgotten)
 
 
 def _give_back_freed_memory() -> None:
