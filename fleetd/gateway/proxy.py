@@ -286,7 +286,8 @@ class Proxy:
                 release()
                 return await self._failed_attempt(profile, failed, "transient", f"stream broke: {type(e).__name__}")
             call.streamed = True
-            return StreamAnswer(self, req, call, profile, response, chunks, first, release, started, strip_usage)
+            return StreamAnswer(self, req, call, profile, response, chunks, first, release, started, strip_usage,
+                                scrubber.fresh())  # fmt: skip
         try:
             data = await response.read()
         except UPSTREAM_ERRORS as e:
@@ -294,6 +295,8 @@ class Proxy:
         finally:
             _done(response)
             release()
+        # A provider, or its model, can quote the key it was sent: neither the client nor the call log gets it.
+        data = _scrub(scrubber, data)
         usage = None
         if req.counted:
             try:
@@ -375,14 +378,17 @@ class Proxy:
 
 class StreamAnswer:
     """An upstream's SSE stream, relayed event by event as it comes. Usage is read on the way; a chat
-    usage chunk fleetd asked for itself is kept from the client. The upstream connection is never held
-    longer than the client reads (WRITE_TIMEOUT_S) or stays connected."""
+    usage chunk fleetd asked for itself is kept from the client, and every key fleetd knows is redacted from the
+    bytes before they are split into events. The upstream connection is never held longer than the client reads
+    (WRITE_TIMEOUT_S) or stays connected."""
 
     def __init__(
         self, proxy: Proxy, req: Request, call: GatewayCall, profile: Profile, response: aiohttp.ClientResponse,
         chunks: AsyncIterator[bytes], first: bytes, release: Callable[[], None], started: float, strip_usage: bool,
+        scrubber: Scrubber,
     ) -> None:  # fmt: skip
         self.proxy, self.req, self.call, self.profile = proxy, req, call, profile
+        self.scrubber = scrubber  # the stream's own: it holds back a chunk's end that may begin a key
         self.response, self.chunks, self.first, self.release = response, chunks, first, release
         self.started, self.strip_usage = started, strip_usage
         self.splitter = EventSplitter()
@@ -419,7 +425,7 @@ class StreamAnswer:
                                     "headers": headers})  # fmt: skip
             chunk = self.first
             while True:
-                out = self._relay(chunk)
+                out = self._relay(self.scrubber.feed(chunk))
                 if out:
                     await self._send(send, {"type": "http.response.body", "body": out, "more_body": True})
                     if self.call.ttft_ms is None:
@@ -437,7 +443,7 @@ class StreamAnswer:
                     event = self.req.protocol.error_event(f"fleetd gateway: {error}")
                     await self._send(send, {"type": "http.response.body", "body": event, "more_body": True})
                     break
-            rest = self.splitter.rest()
+            rest = self._relay(self.scrubber.flush()) + self.splitter.rest()
             await self._send(send, {"type": "http.response.body", "body": rest, "more_body": False})
         except TimeoutError:
             outcome, error = "failed", f"the client read nothing for {WRITE_TIMEOUT_S:g}s: stream dropped"

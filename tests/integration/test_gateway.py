@@ -315,6 +315,30 @@ def test_no_provider_key_in_calls_logs_or_answers(gw: Gateway) -> None:
     assert gw.key not in gw.d.cli("gateway", "key", "list", "--json").stdout
 
 
+def test_a_provider_key_quoted_in_an_answer_reaches_neither_the_client_nor_the_call_log(gw: Gateway) -> None:
+    """A provider (or its model) can answer with the key it was sent; the gateway's client holds only the gateway's
+    key, and the call log is fleetd's record: both get the answer with every key fleetd knows redacted, streamed or
+    not."""
+    gw.pair("qk")
+    gw.d.cli("route", "add", "qk-bodies", "--chain", "qk1,qk2", "--api", "chat", "--log-bodies")
+    gw.p1.reply_text = f"you sent {KEYS['1']}; the other is {KEYS['2']}"
+    messages: Any = [{"role": "user", "content": "which key?"}]
+    try:
+        plain = gw.sdk().chat.completions.create(model="qk-bodies", messages=messages).choices[0].message.content
+        chunks = gw.sdk().chat.completions.create(model="qk-bodies", messages=messages, stream=True)
+        streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    finally:
+        gw.p1.reply_text = fake.REPLY_TEXT
+    assert plain == streamed == "you sent [REDACTED]; the other is [REDACTED]"
+    calls = gw.call_of("qk-bodies", 2)
+    assert all("[REDACTED]" in call["response_body"] for call in calls), calls
+    stored = b"".join(p.read_bytes() for p in gw.d.home.glob("fleetd.db*"))
+    seen = json.dumps(calls) + gw.d.log_text()
+    for secret in KEYS.values():
+        assert secret not in seen
+        assert secret.encode() not in stored
+
+
 def test_bad_cli_input_exits_2_and_saves_nothing(gw: Gateway) -> None:
     gw.pair("bad")
     cases = [
