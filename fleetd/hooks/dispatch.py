@@ -9,10 +9,12 @@ Invariants:
 - Memory is bounded: each hook's queue holds at most `queue_cap` events. When a slow or hung hook's
   queue is full, its OLDEST pending event is dropped (a notifier cares most about the newest), the
   drop is logged, and the first drop of each overflow episode emits one `hook.failed`.
-- At least once, from a persisted cursor: `hook_cursor` holds the last event id whose deliveries have
-  all ended (delivered, failed or dropped). A restart re-reads the log after it, so an event written
-  while delivering (or while the daemon stopped) is not lost; one a hook already got before a crash
-  may come again (the payload's `id` tells duplicates apart). The first start ever begins at the
+- At least once, from persisted cursors: `hook_cursor` holds the last event id whose deliveries have
+  all ended (delivered, failed or dropped), and each hook its own (`hooks.delivered_upto`). A restart
+  re-reads the log after the first and gives each hook only what lies after its own, so an event written
+  while delivering (or while the daemon stopped) is not lost, a hook that kept up is not sent again what
+  another hook still owed, and one a hook already got before a crash may come again (the payload's `id`
+  tells duplicates apart). The first start ever begins at the
   newest event: hooks are not sent history.
 - No recursion: `hook.*` events are skipped here (records/event.py: no hook can subscribe to them),
   so a failing hook's `hook.failed` never reaches a hook, least of all itself.
@@ -76,6 +78,13 @@ class _Queue:
     overflowing: bool = False  # dropping since the queue last had room
     dropped: int = 0  # in all, since the daemon started
     last: LastDelivery | None = None
+    after: int = 0  # the hook wants the events after this id: its `since_event`, or its saved cursor
+    saved: int | None = None  # its cursor as last written
+
+    def delivered_upto(self, read_upto: int) -> int:
+        """The last event id up to which this hook's deliveries all ended (its queue is in id order)."""
+        oldest = self.current or (self.items[0] if self.items else None)
+        return oldest.id - 1 if oldest is not None else max(read_upto, self.after)
 
     @property
     def idle(self) -> bool:
@@ -109,6 +118,7 @@ class HookDispatcher:
         self._pending: Counter[int] = Counter()  # event id -> deliveries not yet ended
         self._read_upto = 0  # the follower has queued every event up to this id
         self._saved: int | None = None  # the cursor as last written
+        self._delivered: dict[str, int] = {}  # each hook's cursor as the last daemon left it (`start`)
         self._follower: asyncio.Task[None] | None = None
         self._have_hooks = asyncio.Event()  # set while some hook exists: without one the follower sleeps
         self._http: httpx.AsyncClient | None = None
@@ -122,6 +132,9 @@ class HookDispatcher:
             cursor = await self.hooks.newest_event()
             await self.hooks.save_cursor(cursor, self.clock())
         self._read_upto = self._saved = cursor
+        self._delivered = await self.hooks.delivered()
+        for name, queue in self._queues.items():  # made by a reload before the start: see its saved cursor now
+            queue.after = queue.saved = max(queue.hook.since_event, self._delivered.get(name, 0))
         await self.reload()
         self._follower = asyncio.create_task(self._follow(), name="hook-follower")
 
@@ -156,12 +169,13 @@ class HookDispatcher:
             await self._close(self._queues.pop(name))
         for name, hook in current.items():
             if name not in self._queues:
-                queue = self._queues[name] = _Queue(hook)
+                after = max(hook.since_event, self._delivered.get(name, 0))
+                queue = self._queues[name] = _Queue(hook, after=after, saved=after)
                 queue.task = asyncio.create_task(self._work(queue), name=f"hook-{name}")
         if self._queues:
             # Each hook wants only the events after its `since_event`: what lies before the oldest of those
             # (written while no hook wanted it) is never read.
-            self._read_upto = max(self._read_upto, min(q.hook.since_event for q in self._queues.values()))
+            self._read_upto = max(self._read_upto, min(q.after for q in self._queues.values()))
             self._have_hooks.set()
         else:
             self._have_hooks.clear()
@@ -204,7 +218,7 @@ class HookDispatcher:
         for event in batch:
             if not is_hook_event(event.type):
                 for queue in self._queues.values():
-                    if event.id > queue.hook.since_event and matches(queue.hook.on, event.type):
+                    if event.id > queue.after and matches(queue.hook.on, event.type):
                         await self._enqueue(queue, event)
             self._read_upto = event.id
         if batch:
@@ -295,10 +309,14 @@ class HookDispatcher:
         if self._stopped or self._saved is None:
             return
         safe = min(self._pending) - 1 if self._pending else self._read_upto
-        if safe == self._saved:
+        delivered = {name: q.delivered_upto(self._read_upto) for name, q in self._queues.items()}
+        moved = {name: upto for name, upto in delivered.items() if upto != self._queues[name].saved}
+        if safe == self._saved and not moved:
             return
         try:
-            await self.hooks.save_cursor(safe, self.clock())
+            await self.hooks.save_cursor(safe, self.clock(), moved)
             self._saved = safe
+            for name, upto in moved.items():
+                self._queues[name].saved = upto
         except Exception as e:  # the store is failing: the next end tries again; a restart redelivers
             log.warning("hooks: cannot save the delivery cursor: %s", e)

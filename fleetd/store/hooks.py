@@ -71,13 +71,22 @@ class HookStore:
         row = await self.db.fetchone("SELECT event_id FROM hook_cursor WHERE id = 1")
         return int(row["event_id"]) if row else None
 
-    async def save_cursor(self, event_id: int, now: datetime) -> None:
+    async def delivered(self) -> dict[str, int]:
+        """Each hook's own cursor, where one was saved: the last event id up to which its deliveries all ended."""
+        rows = await self.db.fetchall("SELECT name, delivered_upto FROM hooks WHERE delivered_upto IS NOT NULL")
+        return {row["name"]: int(row["delivered_upto"]) for row in rows}
+
+    async def save_cursor(self, event_id: int, now: datetime, delivered: dict[str, int] | None = None) -> None:
+        """The log's cursor, and (`delivered`) hooks' own, in one transaction."""
         async with self.db.transaction() as conn:
             await conn.execute(
                 "INSERT INTO hook_cursor (id, event_id, updated_at) VALUES (1, ?, ?) "
                 "ON CONFLICT (id) DO UPDATE SET event_id = excluded.event_id, updated_at = excluded.updated_at",
                 (event_id, to_iso(now)),
             )
+            if delivered:
+                await conn.executemany("UPDATE hooks SET delivered_upto = ? WHERE name = ?",
+                                       [(upto, name) for name, upto in delivered.items()])  # fmt: skip
 
     async def newest_event(self) -> int:
         row = await self.db.fetchone("SELECT coalesce(max(id), 0) AS top FROM events")

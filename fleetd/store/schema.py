@@ -757,4 +757,10 @@ MIGRATIONS: list[Migration] = [
         {"".join(_add_run_v18(table, width) for table, width in _PERIODS)}
     END;
     """,
+    # 19: each hook's own delivery cursor: the last event id up to which its deliveries all ended (NULL: none
+    # past `hook_cursor`). `hook_cursor` stays where the log is read from (the oldest of them); a hook past it
+    # is not sent again what it got before a stop, however far behind another hook is.
+    """
+    ALTER TABLE hooks ADD COLUMN delivered_upto INTEGER;
+    """,
 ]

@@ -319,3 +319,30 @@ def test_with_no_hook_the_follower_reads_and_writes_nothing_and_a_hook_added_lat
 
     asyncio.run(go())
     assert [e["id"] for e in _lines(later)] == [21]
+
+
+def test_a_stop_with_one_hook_behind_redelivers_nothing_to_the_hooks_that_kept_up(tmp_path: Path) -> None:
+    """Each hook's deliveries are its own: a hook that hangs keeps its undelivered events for the next start, and
+    a healthy hook that got every event gets none of them again (the one cursor of all hooks sent them to both)."""
+    good, slow = tmp_path / "good.jsonl", tmp_path / "slow.jsonl"
+
+    async def go() -> None:
+        async with world(tmp_path) as w:
+            await w.add_exec("good", ("*",), f"cat >> {good}")
+            await w.add_exec("slow", ("*",), f"cat >> {slow}; sleep 30", timeout=60)
+            dispatcher = w.dispatcher()
+            await dispatcher.start()
+            for run_id in (1, 2, 3):
+                await w.emit("run.failed", run_id=run_id)
+            await _until(lambda: len(_lines(good)) == 3 and len(_lines(slow)) == 1)
+            await dispatcher.stop(0.2)  # `slow` is still on event 1: it and 2, 3 stay undelivered
+            for restart in range(2):
+                again = w.dispatcher()
+                await again.start()
+                want = 2 + restart  # event 1 again each time: its delivery was cut
+                await _until(lambda want=want: len(_lines(slow)) == want)  # type: ignore[misc]
+                await again.stop(0.2)
+
+    asyncio.run(asyncio.wait_for(go(), 60))
+    assert [e["data"]["run_id"] for e in _lines(good)] == [1, 2, 3]
+    assert [e["data"]["run_id"] for e in _lines(slow)] == [1, 1, 1]
