@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -117,6 +118,13 @@ def test_runs_of_a_command_reuse_a_clean_tmpdir_and_never_see_each_others_files(
                 assert (await RunStore(db).get(run.id)).status == "succeeded"
                 outputs.append((tmp_path / f"{run.id}.log").read_text())
                 assert await ex.wait_idle(5)
+                # Its TMPDIR is released (recycled or removed) by a thread nothing waits for: the next run may
+                # only count on a spare once it is one.
+                released = tmp_path / "tmp" / f"run{run.id}-1"
+                deadline = time.monotonic() + 5
+                while released.exists():
+                    assert time.monotonic() < deadline, f"{released} was never released"
+                    await asyncio.sleep(0.01)
             return outputs
         finally:
             await db.close()
