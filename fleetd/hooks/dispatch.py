@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -83,7 +83,7 @@ class _Queue:
 
     def delivered_upto(self, read_upto: int) -> int:
         """The last event id up to which this hook's deliveries all ended (its queue is in id order)."""
-        oldest = self.current or (self.items[0] if self.items else None)
+        oldest = self.current if self.current is not None else (self.items[0] if self.items else None)
         return oldest.id - 1 if oldest is not None else max(read_upto, self.after)
 
     @property
@@ -115,7 +115,6 @@ class HookDispatcher:
         self.backoff_base = backoff_base
         self._slots = asyncio.Semaphore(concurrency)
         self._queues: dict[str, _Queue] = {}
-        self._pending: Counter[int] = Counter()  # event id -> deliveries not yet ended
         self._read_upto = 0  # the follower has queued every event up to this id
         self._saved: int | None = None  # the cursor as last written
         self._delivered: dict[str, int] = {}  # each hook's cursor as the last daemon left it (`start`)
@@ -133,8 +132,8 @@ class HookDispatcher:
             await self.hooks.save_cursor(cursor, self.clock())
         self._read_upto = self._saved = cursor
         self._delivered = await self.hooks.delivered()
-        for name, queue in self._queues.items():  # made by a reload before the start: see its saved cursor now
-            queue.after = queue.saved = max(queue.hook.since_event, self._delivered.get(name, 0))
+        for queue in self._queues.values():  # made by a reload before the start: see its saved cursor now
+            queue.after = queue.saved = self._after(queue.hook)
         await self.reload()
         self._follower = asyncio.create_task(self._follow(), name="hook-follower")
 
@@ -169,7 +168,7 @@ class HookDispatcher:
             await self._close(self._queues.pop(name))
         for name, hook in current.items():
             if name not in self._queues:
-                after = max(hook.since_event, self._delivered.get(name, 0))
+                after = self._after(hook)
                 queue = self._queues[name] = _Queue(hook, after=after, saved=after)
                 queue.task = asyncio.create_task(self._work(queue), name=f"hook-{name}")
         if self._queues:
@@ -181,13 +180,16 @@ class HookDispatcher:
             self._have_hooks.clear()
         await self._save_cursor()
 
+    def _after(self, hook: Hook) -> int:
+        """The last event id `hook` needs no more: older than the hook, or delivered before the last stop."""
+        return max(hook.since_event, self._delivered.get(hook.name, 0))
+
     async def _close(self, queue: _Queue) -> None:
-        """Stop `queue`'s worker; its events count as ended for the cursor (the hook is gone)."""
+        """Stop `queue`'s worker. Once out of `_queues` its events no longer hold the cursor back (the hook is gone)."""
         if queue.task is not None:
             queue.task.cancel()
             await asyncio.gather(queue.task, return_exceptions=True)
-        while queue.items:
-            self._ended(queue.items.popleft().id)
+        queue.items.clear()
 
     def last(self, name: str) -> tuple[LastDelivery | None, int, int]:
         """A hook's last delivery since the daemon started, its queue length, and how many were dropped."""
@@ -229,7 +231,6 @@ class HookDispatcher:
         if len(queue.items) >= self.queue_cap:
             oldest = queue.items.popleft()
             queue.dropped += 1
-            self._ended(oldest.id)
             log.warning("hook %s: queue of %d full, dropped event %s (%s)", queue.hook.name, self.queue_cap,
                         oldest.id, oldest.type)  # fmt: skip
             if not queue.overflowing:
@@ -240,7 +241,6 @@ class HookDispatcher:
                     "oldest pending events until it catches up", tries=0,
                 )  # fmt: skip
         queue.items.append(event)
-        self._pending[event.id] += 1
         queue.wake.set()
 
     # -- delivering ---------------------------------------------------------------------------------
@@ -264,7 +264,6 @@ class HookDispatcher:
                 log.exception("hook %s: delivering event %s failed", queue.hook.name, event.id)
             finally:
                 queue.current = None
-                self._ended(event.id)
             await self._save_cursor()
 
     async def deliver(self, hook: Hook, event: dict[str, Any], *, retries: bool = True) -> Delivery:
@@ -298,18 +297,14 @@ class HookDispatcher:
 
     # -- the cursor ---------------------------------------------------------------------------------
 
-    def _ended(self, event_id: int) -> None:
-        self._pending[event_id] -= 1
-        if self._pending[event_id] <= 0:
-            del self._pending[event_id]
-
     async def _save_cursor(self) -> None:
         # Before start() nothing was read (`_read_upto` is still 0): the stored cursor stays as it is. The
         # API can reload the hooks while the daemon still recovers, before the dispatcher starts.
         if self._stopped or self._saved is None:
             return
-        safe = min(self._pending) - 1 if self._pending else self._read_upto
         delivered = {name: q.delivered_upto(self._read_upto) for name, q in self._queues.items()}
+        # The log is read again from the hook furthest behind.
+        safe = min(delivered.values(), default=self._read_upto)
         moved = {name: upto for name, upto in delivered.items() if upto != self._queues[name].saved}
         if safe == self._saved and not moved:
             return
