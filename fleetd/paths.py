@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 APP = "fleetd"
 SOCKET_NAME = "fleetd.sock"
 RUN_LOG_SHARD = 1000  # run ids per directory of run logs
+# A Unix socket's path fits in sun_path: 108 bytes on Linux, 104 on macOS, its NUL included.
+MAX_SOCKET_PATH_BYTES = 103 if sys.platform == "darwin" else 107
 
 
 class Paths(NamedTuple):
@@ -75,7 +77,10 @@ class Paths(NamedTuple):
     def ensure(self) -> None:
         """Create the missing directories 0700; refuse existing ones that others can write (UnsafeDirectory).
 
-        An existing directory is never chmod'ed: with FLEETD_HOME=/tmp as root that would break the host."""
+        An existing directory is never chmod'ed: with FLEETD_HOME=/tmp as root that would break the host.
+        A socket path too long to bind is refused first, so nothing is created for a daemon that cannot listen."""
+        if problem := socket_path_problem(str(self.socket)):
+            raise UnsafeDirectory(problem)
         private_dir(self.home, "the fleetd home", parents=True)
         for d in (self.logs, self.run_logs):
             private_dir(d, "fleetd's logs", parents=False)
@@ -84,6 +89,17 @@ class Paths(NamedTuple):
 
 class UnsafeDirectory(Exception):
     """A directory fleetd will not use or create; the message is one line that says how to fix it."""
+
+
+def socket_path_problem(path: str) -> str | None:
+    """Why `path` cannot be the daemon's socket (too long for a Unix socket), with the fix; or None."""
+    size = len(os.fsencode(path))
+    if size <= MAX_SOCKET_PATH_BYTES:
+        return None
+    return (
+        f"the socket path {path} is {size} bytes, more than the {MAX_SOCKET_PATH_BYTES} a Unix socket's path "
+        "can have: set a shorter FLEETD_HOME"
+    )
 
 
 def unsafe_reason(path: Path, mode: int, owner: int, uid: int) -> str | None:

@@ -24,6 +24,10 @@ class CommandAdapter(AdapterDefaults):
             raise InvalidArgument("the command backend needs --command")
         if loop.profiles:
             raise InvalidArgument("the command backend takes no --profile")
+        if loop.model:
+            raise InvalidArgument("the command backend takes no --model")
+        if loop.agent_args:
+            raise InvalidArgument("the command backend takes no --agent-arg")
 
     def build(self, ctx: AttemptContext) -> ProcessSpec:
         env = {"FLEETD_PROMPT": ctx.prompt} if ctx.prompt is not None else {}

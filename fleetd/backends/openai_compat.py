@@ -29,6 +29,8 @@ class OpenAICompatAdapter(AdapterDefaults):
             raise InvalidArgument("the openai_compat backend needs --prompt or --prompt-file")
         if loop.command:
             raise InvalidArgument("the openai_compat backend takes no --command")
+        if loop.agent_args:
+            raise InvalidArgument("the openai_compat backend takes no --agent-arg (it runs no CLI)")
 
     def profile_env(self, profile: Profile, secret: str | None) -> EnvChange:
         env = {"OPENAI_BASE_URL": profile.base_url or ""}

@@ -50,8 +50,8 @@ def shared_options(options: tuple[Option, ...], edit: bool) -> Callable[[Callabl
             settings = dict(option.extra)
             if not edit and option.add_default is not None:
                 settings.update(default=option.add_default, show_default=option.add_default is not False)
-            elif "/" in option.flag:
-                settings["default"] = None  # a flag pair left out of `edit` changes nothing (click would say False)
+            elif "/" in option.flag or settings.get("is_flag"):
+                settings["default"] = None  # a flag left out of `edit` changes nothing (click would say False)
             declared.append(click.option(option.flag, option.key, help=option.help, **settings))
         if edit:
             declared += [

@@ -142,6 +142,10 @@ class Client:
             raise CliError(f"fleetd daemon did not answer in time (socket {self.socket_path})") from None
         except OSError as e:
             sock.close()
+            from fleetd.paths import socket_path_problem
+
+            if problem := socket_path_problem(str(self.socket_path)):
+                raise CliError(problem) from None
             raise CliError(f"cannot talk to the fleetd daemon at {self.socket_path}: {e}") from None
 
     def call(self, method: str, path: str, body: Any = None, query: dict[str, Any] | None = None) -> Any:

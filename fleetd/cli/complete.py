@@ -6,6 +6,7 @@ Names come from the daemon with a short timeout; with no daemon there is simply 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -63,8 +64,27 @@ def runs(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Co
             if str(r["id"]).startswith(incomplete)]  # fmt: skip
 
 
-loop_name = click.argument("name", shell_complete=loops)
-profile_name = click.argument("name", shell_complete=profiles)
+def _name_check(what: str) -> Callable[[click.Context, click.Parameter, str], str]:
+    """A NAME argument checked by the daemon's rule before it goes into a request's path, where a '/' or
+    an empty name would address another resource (and get its "Not Found")."""
+
+    def check(ctx: click.Context, param: click.Parameter, value: str) -> str:
+        from fleetd.errors import InvalidArgument  # here: `loop list`, which takes no name, loads neither
+        from fleetd.names import checked_name, checked_route_name
+
+        try:
+            return checked_route_name(value) if what == "route" else checked_name(what, value)
+        except InvalidArgument as e:
+            raise CliError(e.message, exit_code=2) from None
+
+    return check
+
+
+loop_name = click.argument("name", shell_complete=loops, callback=_name_check("loop"))
+profile_name = click.argument("name", shell_complete=profiles, callback=_name_check("profile"))
+hook_name = click.argument("name", callback=_name_check("hook"))
+key_name = click.argument("name", callback=_name_check("key"))
+route_name = click.argument("name", callback=_name_check("route"))
 run_id_arg = click.argument("run_id", shell_complete=runs)
 
 

@@ -8,6 +8,7 @@ import click
 
 from fleetd.cli.client import CliError, segment
 from fleetd.cli.common import client, json_flag, render
+from fleetd.cli.complete import key_name
 from fleetd.cli.format import local_time, short, table
 
 
@@ -54,7 +55,7 @@ def key() -> None:
 
 
 @key.command("add")
-@click.argument("name")
+@key_name
 @click.option("--routes", metavar="R1,R2", help="Only these routes (default: every route).")
 @click.option("--daily-cost", metavar="USD", help="At most this much per rolling 24 h; over it, 429.")
 @json_flag
@@ -87,7 +88,7 @@ def _keys_text(items: list[dict[str, Any]]) -> str:
 
 
 @key.command("rm")
-@click.argument("name")
+@key_name
 def key_rm(name: str) -> None:
     """Remove key NAME: it stops working at once."""
     client().call("DELETE", f"/v1/gateway/keys/{segment(name)}")

@@ -9,6 +9,7 @@ import click
 
 from fleetd.cli.client import CliError, segment
 from fleetd.cli.common import client, json_flag, render
+from fleetd.cli.complete import hook_name
 from fleetd.cli.format import local_time, short, table
 
 # A test delivery waits for the hook (at most its timeout, 120 s); the answer must not be cut short first.
@@ -21,7 +22,7 @@ def hook() -> None:
 
 
 @hook.command("add")
-@click.argument("name")
+@hook_name
 @click.option("--on", "on", required=True, metavar="EVENTS",
               help="Event types, comma-separated, e.g. run.failed,circuit.opened; run.* a family; * all.")  # fmt: skip
 @click.option("--exec", "command", help="Shell command; gets the event JSON on stdin, FLEETD_EVENT_TYPE etc. in env.")
@@ -73,7 +74,7 @@ def _last_text(last: dict[str, Any] | None) -> str:
 
 
 @hook.command("rm")
-@click.argument("name")
+@hook_name
 def hook_rm(name: str) -> None:
     """Remove hook NAME (and its secret)."""
     client().call("DELETE", f"/v1/hooks/{segment(name)}")
@@ -81,7 +82,7 @@ def hook_rm(name: str) -> None:
 
 
 @hook.command("test")
-@click.argument("name")
+@hook_name
 @json_flag
 def hook_test(name: str, as_json: bool) -> None:
     """Deliver a `hook.test` event to hook NAME now, once; exit 1 when the delivery fails."""

@@ -157,18 +157,18 @@ def _run_brief(run: dict[str, Any] | None) -> str:
     return f"{run['id']} {run['status']} at {local_time(run['started_at'])}"
 
 
-def _loop_action(action: str, verb: str) -> Any:
+def _loop_action(action: str, verb: str, doc: str) -> Any:
     @loop_name
     def command(name: str) -> None:
         client().call("POST", f"/v1/loops/{segment(name)}/{action}")
         click.echo(f"{verb} loop {name}")
 
-    command.__doc__ = f"{verb.capitalize()} loop NAME."
+    command.__doc__ = doc
     return command
 
 
-loop.command("pause")(_loop_action("pause", "paused"))
-loop.command("resume")(_loop_action("resume", "resumed"))
+loop.command("pause")(_loop_action("pause", "paused", "Pause loop NAME: no fires until it is resumed."))
+loop.command("resume")(_loop_action("resume", "resumed", "Resume loop NAME: it fires on its schedule again."))
 
 
 @loop.command("rm")
@@ -200,8 +200,10 @@ def loop_stop(name: str, kill: bool, as_json: bool) -> None:
 @loop_name
 @click.option("--json", "as_json", is_flag=True, help="Print the run as JSON.")
 def loop_run(name: str, as_json: bool) -> None:
-    """Fire loop NAME now."""
+    """Fire loop NAME now. Exit 1 when the run is skipped (its last run still runs, a budget is spent)."""
     run = client().call("POST", f"/v1/loops/{segment(name)}/run")
     if run["status"] == "skipped" and not as_json:
         raise CliError(f"run {run['id']} skipped: {run['error']}")
     render(run, as_json, lambda r: f"started run {r['id']} of loop {name}; follow: fleetd runs logs {r['id']} -f")
+    if run["status"] == "skipped":  # the same exit status with --json: a script checks one thing
+        raise SystemExit(1)

@@ -74,7 +74,10 @@ LOOP_OPTIONS = (
     Option("--catch-up", "catch_up", "A fire missed while the daemon was down: run once, or skip.", "once",
                extra={"type": click.Choice(["once", "skip"])}),
     Option("--output-cap", "output_cap", "Keep at most this much output (tail).", "10MB"),
-    Option("--paused/--enabled", "paused", "Paused (not firing) or enabled.", False),
+    Option("--paused", "paused", "Paused: not firing until `loop resume` (or `edit --enabled`).",
+           extra={"is_flag": True}),
+    Option("--enabled", "enabled", "Enabled: firing on its schedule (what `add` does without --paused).",
+           extra={"is_flag": True}),
 )
 # fmt: on
 _BY_KEY = {option.key: option for option in LOOP_OPTIONS}
@@ -83,12 +86,17 @@ _BY_KEY = {option.key: option for option in LOOP_OPTIONS}
 def _loop_body(fields: dict[str, Any]) -> dict[str, Any]:
     """The API body of the options given (a repeatable option given no value is not given)."""
     body: dict[str, Any] = {}
+    paused, enabled = fields.pop("paused", None), fields.pop("enabled", None)
+    if paused and enabled:
+        raise CliError("give --paused or --enabled, not both", exit_code=2)
+    if paused or enabled:
+        body["enabled"] = bool(enabled)
     for key, value in fields.items():
         if value is None or value == ():
             continue
-        if key == "paused":
-            body["enabled"] = not value
-        elif key in ("dir", "prompt_file"):
+        if value == "":  # `--tz ""`: not a value (the API would take it as "not given" and use the default)
+            raise CliError(f"--{_BY_KEY[key].name} needs a value", exit_code=2)
+        if key in ("dir", "prompt_file"):
             body[key] = absolute(value)
         elif key == "output_cap":
             body[key] = _parse_size(value)

@@ -45,6 +45,12 @@ def main() -> None:
         cli.main(standalone_mode=False)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
+    except click.exceptions.NoArgsIsHelpError as e:
+        # `fleetd loop` alone: what it can do, in one line (click would print the whole help as the error).
+        assert isinstance(e.ctx.command, click.Group)  # only a group is called without its arguments
+        path, names = e.ctx.command_path, e.ctx.command.list_commands(e.ctx)
+        click.echo(f"fleetd: `{path}` needs a command: {', '.join(names)} (see `{path} --help`)", err=True)
+        sys.exit(2)
     except click.UsageError as e:
         hint = f" (see `{e.ctx.command_path} --help`)" if e.ctx else ""
         click.echo(f"fleetd: {e.format_message()}{hint}", err=True)

@@ -9,6 +9,7 @@ import click
 
 from fleetd.cli.client import segment
 from fleetd.cli.common import client, fields_text, json_flag, render
+from fleetd.cli.complete import route_name
 from fleetd.cli.format import local_time, table
 from fleetd.timefmt import format_duration
 
@@ -19,7 +20,7 @@ def route() -> None:
 
 
 @route.command("add")
-@click.argument("name")
+@route_name
 @click.option("--chain", required=True, metavar="P1[@MODEL],P2[@MODEL]",
               help="The profiles to try, in order; @MODEL is the model the provider is asked for.")  # fmt: skip
 @click.option("--api", type=click.Choice(["chat", "messages", "responses"]), default="chat", show_default=True,
@@ -50,7 +51,7 @@ def _list_text(items: list[dict[str, Any]]) -> str:
 
 
 @route.command("show")
-@click.argument("name")
+@route_name
 @json_flag
 def route_show(name: str, as_json: bool) -> None:
     """One route."""
@@ -65,7 +66,7 @@ def _show_text(r: dict[str, Any]) -> str:
 
 
 @route.command("rm")
-@click.argument("name")
+@route_name
 def route_rm(name: str) -> None:
     """Remove route NAME."""
     client().call("DELETE", f"/v1/routes/{segment(name)}")

@@ -9,6 +9,7 @@ import click
 
 from fleetd.cli.client import CliError
 from fleetd.cli.common import circuit_text, client, fields_text, json_flag, positive_seconds, render
+from fleetd.cli.complete import profile_name
 from fleetd.cli.format import local_time, table
 from fleetd.timefmt import format_duration
 
@@ -92,7 +93,7 @@ def usage(ctx: click.Context, watch: bool, interval: float, wide: bool, as_json:
 
 
 @usage.command("show")
-@click.argument("name")
+@profile_name
 @json_flag
 def usage_show(name: str, as_json: bool) -> None:
     """One profile's usage in full: every window, the reported ones, the circuit, what is in flight."""

@@ -4,14 +4,14 @@ Bad input is an InvalidArgument naming the flag; nothing is saved."""
 from __future__ import annotations
 
 import hashlib
-import re
 import secrets
 from collections.abc import Collection, Mapping
 from typing import Any
 
 from fleetd.backends.registry import get_adapter
 from fleetd.errors import InvalidArgument, shown
-from fleetd.loops.model import checked_name
+from fleetd.names import checked_name
+from fleetd.names import checked_route_name as validate_route_name
 from fleetd.records.gateway import (
     APIS,
     DEFAULT_ROUTE_TIMEOUT_S,
@@ -28,18 +28,7 @@ from fleetd.routing.chain import parse_chain
 from fleetd.routing.policy import parse_usd
 from fleetd.timefmt import DurationError, parse_duration
 
-# A route's name is the model name clients send: letters, digits and the punctuation model names use.
-ROUTE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 MAX_ROUTE_TIMEOUT_S = 3600.0
-
-
-def validate_route_name(name: object) -> str:
-    if not isinstance(name, str) or not ROUTE_NAME_RE.fullmatch(name):
-        raise InvalidArgument(
-            f"invalid route name {shown(name)}: the model name clients ask for, 1-128 letters, digits, "
-            "'.', '_', ':' or '-', starting with a letter or digit"
-        )
-    return name
 
 
 def validate_key_name(name: object) -> str:

@@ -7,7 +7,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from fleetd.errors import InvalidArgument, shown
-from fleetd.loops.model import checked_name, optional_text
+from fleetd.loops.model import optional_text
+from fleetd.names import checked_name
 from fleetd.records.event import parse_patterns
 from fleetd.records.hook import DEFAULT_TIMEOUT_S, MAX_TIMEOUT_S, Hook
 from fleetd.timefmt import DurationError, parse_duration

@@ -23,8 +23,9 @@ from typing import Any, Protocol, cast
 
 from fleetd.backends.base import AttemptContext, HttpAdapter, ProcessAdapter, ProcessOutput, ProcessSpec
 from fleetd.backends.registry import get_adapter
-from fleetd.errors import FleetdError
+from fleetd.errors import FleetdError, InvalidArgument
 from fleetd.loops import cgroups, changes, child, proctree
+from fleetd.loops.model import read_prompt
 from fleetd.loops.runlog import RunLog
 from fleetd.loops.scrub import Scrubber
 from fleetd.loops.tmpdirs import TmpDirs
@@ -499,6 +500,9 @@ class Executor:
         except OSError as e:
             runlog.note(f"cannot read prompt file: {e}")
             return "failed", None, f"cannot read prompt file {loop.prompt_file}: {e.strerror}"
+        except InvalidArgument as e:  # grown too big to pass since the loop was saved
+            runlog.note(e.message)
+            return "failed", None, e.message
         deadline = run.started_at + timedelta(seconds=loop.timeout_s) if loop.timeout_s else None
         if not adapter.needs_profile:
             alone = Try(Candidate(0, "", loop.backend, None, "local"), 1, None, None)  # no profile, no routing
@@ -1217,12 +1221,6 @@ def _drop_cgroup(run_id: int, cgroup: Path | None) -> None:
 def _describe(parsed: ParsedOutput) -> str:
     message = parsed.message or parsed.outcome
     return f"{parsed.error_class}: {message}" if parsed.error_class else message
-
-
-def read_prompt(loop: Loop) -> str | None:
-    if loop.prompt_file:
-        return Path(loop.prompt_file).read_text(encoding="utf-8", errors="replace")
-    return loop.prompt
 
 
 class _Capture:

@@ -9,17 +9,18 @@ from typing import Any
 
 from fleetd.edits import split_changes
 from fleetd.errors import InvalidArgument, shown
+from fleetd.names import checked_name
 from fleetd.records.loop import (
     DEFAULT_ON_EXHAUSTED,
     DEFAULT_OUTPUT_CAP,
     DEFAULT_TIERS,
+    DEFAULT_VERIFY_TIMEOUT_S,
     Loop,
     Schedule,
     ScheduleKind,
 )
 from fleetd.timefmt import DurationError, parse_duration
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 MIN_OUTPUT_CAP = 1024
 # 1 TiB: far beyond any useful log tail, and well inside what SQLite's INTEGER column holds.
@@ -27,6 +28,11 @@ MAX_OUTPUT_CAP = 1024**4
 # Linux's PATH_MAX; a longer path cannot be opened, so it is refused up front.
 MAX_PATH_BYTES = 4096
 RESERVED_ENV_PREFIX = "FLEETD_"
+# Linux takes at most 128 KiB (MAX_ARG_STRLEN, with its NUL) in one argument or one environment entry; over
+# it, exec fails with "Argument list too long". A command is one argument (`sh -c`), an agent's prompt one
+# argument, a command's prompt also the entry FLEETD_PROMPT=…, so the prompt gets the smaller of the two.
+MAX_ARG_BYTES = 128 * 1024 - 1
+MAX_PROMPT_BYTES = MAX_ARG_BYTES - len("FLEETD_PROMPT=")
 
 
 def optional_text(body: dict[str, Any], key: str) -> str | None:
@@ -40,6 +46,25 @@ def optional_text(body: dict[str, Any], key: str) -> str | None:
     if "\x00" in value:
         raise InvalidArgument(f"{key} contains a NUL byte")
     return value
+
+
+def check_passable(what: str, size: int, limit: int = MAX_ARG_BYTES) -> None:
+    """Refuse a value of `size` bytes that could never be passed to a run's process (see MAX_ARG_BYTES)."""
+    if size > limit:
+        raise InvalidArgument(
+            f"{what} is {size:,} bytes; at most {limit:,} can be passed "
+            "(Linux's limit on one argument or environment variable)"
+        )
+
+
+def read_prompt(loop: Loop) -> str | None:
+    """The prompt of a run: the loop's, or its prompt file read now. Raises OSError, or InvalidArgument for
+    a file grown past what can be passed since the loop was saved."""
+    if not loop.prompt_file:
+        return loop.prompt
+    prompt = Path(loop.prompt_file).read_text(encoding="utf-8", errors="replace")
+    check_passable(f"prompt file {shown_path(loop.prompt_file)}", len(prompt.encode()), MAX_PROMPT_BYTES)
+    return prompt
 
 
 def _text_list(value: object, message: str) -> list[str]:
@@ -67,21 +92,18 @@ def shown_path(path: str) -> str:
     return path if path.isprintable() and len(path) <= 200 else shown(path)
 
 
+def _size(path: str) -> int:
+    try:
+        return Path(path).stat().st_size
+    except OSError as e:
+        raise InvalidArgument(f"cannot use prompt file {shown_path(path)}: {e.strerror}") from None
+
+
 def _path_is(value: str, what: str, test: Callable[[Path], bool]) -> bool:
     try:
         return test(Path(value))
     except OSError as e:  # e.g. a component over NAME_MAX, or a directory we may not search
         raise InvalidArgument(f"cannot use {what} {shown_path(value)}: {e.strerror}") from None
-
-
-def checked_name(what: str, name: object) -> str:
-    """A loop's, profile's, hook's or gateway key's name: the one rule for names, with `what` in the error."""
-    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
-        raise InvalidArgument(
-            f"invalid {what} name {shown(name)}: "
-            "use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
-        )
-    return name
 
 
 def validate_name(name: object) -> str:
@@ -143,6 +165,9 @@ def validate_loop_input(body: dict[str, Any], default_tz: str) -> Loop:
         prompt_file = validate_path(prompt_file, "prompt file")
         if not _path_is(prompt_file, "prompt file", Path.is_file):
             raise InvalidArgument(f"prompt file not found: {shown_path(prompt_file)}")
+        check_passable(f"prompt file {shown_path(prompt_file)}", _size(prompt_file), MAX_PROMPT_BYTES)
+    if prompt is not None:
+        check_passable("--prompt", len(prompt.encode()), MAX_PROMPT_BYTES)
 
     workdir = body.get("dir")
     if workdir is not None:
@@ -186,16 +211,24 @@ def validate_loop_input(body: dict[str, Any], default_tz: str) -> Loop:
     if len(set(profiles)) != len(profiles):
         raise InvalidArgument("--profile lists a profile twice")
     agent_args = _text_list(body.get("agent_args") or [], "--agent-arg values must be strings without NUL bytes")
+    for arg in agent_args:
+        check_passable("--agent-arg", len(arg.encode()))
+    command = optional_text(body, "command")
+    if command is not None:
+        check_passable("--command", len(command.encode()))
+    env = parse_env(body.get("env"))
+    for key, value in env.items():
+        check_passable(f"--env {key}", len(f"{key}={value}".encode()))
 
     return Loop(
         name=name,
         schedule=schedule,
         backend=backend,
-        command=optional_text(body, "command"),
+        command=command,
         prompt=prompt,
         prompt_file=prompt_file,
         workdir=workdir,
-        env=parse_env(body.get("env")),
+        env=env,
         timeout_s=timeout_s,
         catch_up=catch_up,
         output_cap=output_cap,
@@ -254,7 +287,9 @@ def loop_input(loop: Loop) -> dict[str, Any]:
         "max_tokens": loop.max_tokens,
         "daily_cost": loop.daily_cost,
         "verify": loop.verify,
-        "verify_timeout": _seconds(loop.verify_timeout_s),
+        "verify_timeout": _seconds(loop.verify_timeout_s)
+        if loop.verify_timeout_s != DEFAULT_VERIFY_TIMEOUT_S
+        else None,
         "review": loop.review.describe() if loop.review else None,
         # Left out at their defaults: `loop add` refuses routing options on a loop without an agent backend.
         "tiers": list(loop.tiers) if loop.tiers != DEFAULT_TIERS else None,

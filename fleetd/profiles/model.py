@@ -10,7 +10,8 @@ from urllib.parse import urlparse
 from fleetd.edits import split_changes
 from fleetd.errors import InvalidArgument, shown
 from fleetd.heartbeat.limits import parse_limits
-from fleetd.loops.model import checked_name, optional_text, validate_path
+from fleetd.loops.model import optional_text, validate_path
+from fleetd.names import checked_name
 from fleetd.records.profile import PRICE_FIELDS, TIERS, Profile, is_loopback
 from fleetd.routing.policy import parse_usd
 from fleetd.timefmt import DurationError, parse_duration

@@ -29,6 +29,7 @@ ROUTING_FIELDS = (
     "daily_cost",
     "on_exhausted",
     "verify",
+    "verify_timeout",
     "repair",
     "review",
 )

@@ -260,9 +260,155 @@ def test_a_home_that_cannot_be_made_is_one_line_not_a_traceback(tmp_path: Path, 
     assert not os.path.exists("/proc/fleetd-nope")
 
 
+@pytest.mark.parametrize("command", [["daemon", "start"], ["daemon", "run"], ["loop", "list"], ["daemon", "status"]])
+def test_a_home_too_deep_for_a_socket_says_to_shorten_it(command: list[str]) -> None:
+    home = Path("/tmp") / ("fleetd-deep-" + "d" * 100)
+    socket_path = f"{home}/run/fleetd.sock"  # 133 bytes: over sun_path's 108
+    daemon = Daemon(home)
+    result = daemon.cli(*command, check=False)
+    assert result.returncode == 1, result
+    assert result.stderr.strip() == (
+        f"fleetd: the socket path {socket_path} is {len(socket_path)} bytes, more than the 107 a Unix socket's path "
+        "can have: set a shorter FLEETD_HOME"
+    )  # was "cannot listen on the socket …: AF_UNIX path too long", the home made all the same
+    assert not home.exists()
+
+
 def test_daemon_stop_without_a_daemon_exits_1_with_one_line(tmp_path: Path) -> None:
     result = Daemon(tmp_path / "home").cli("daemon", "stop", check=False)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
         f"fleetd: fleetd daemon is not running (socket {tmp_path}/home/run/fleetd.sock)"
     ]
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["loop", "show", "a/b"], "invalid loop name 'a/b'"),
+        (["loop", "rm", "../hooks/h5"], "invalid loop name '../hooks/h5'"),
+        (["loop", "show", ""], "invalid loop name ''"),
+        (["loop", "run", "x/run"], "invalid loop name 'x/run'"),
+        (["loop", "edit", "a/b", "--every", "1h"], "invalid loop name 'a/b'"),
+        (["profile", "show", "a/b"], "invalid profile name 'a/b'"),
+        (["profile", "rm", ""], "invalid profile name ''"),
+        (["hook", "rm", "a/b"], "invalid hook name 'a/b'"),
+        (["hook", "test", "../loops/x"], "invalid hook name '../loops/x'"),
+        (["route", "show", "a/b"], "invalid route name 'a/b'"),
+        (["route", "rm", ""], "invalid route name ''"),
+        (["gateway", "key", "rm", "a/b"], "invalid key name 'a/b'"),
+        (["usage", "show", "a/b"], "invalid profile name 'a/b'"),
+    ],
+)
+def test_a_name_no_loop_profile_hook_or_route_can_have_is_a_usage_error(
+    daemon: Daemon, args: list[str], fragment: str
+) -> None:
+    # A '/' made the request's path another resource's (`GET /v1/loops/a/b: Not Found`, exit 1).
+    assert_refused(daemon, args, 2, fragment)
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (["--paused", "--enabled"], ["give --paused or --enabled, not both"]),
+        (["--verify-timeout", "abc"], ["--verify-timeout needs an agent backend"]),
+        (["--verify-timeout", "0"], ["--verify-timeout needs an agent backend"]),
+        (["--model", "sonnet"], ["the command backend takes no --model"]),
+        (["--agent-arg", "--verbose"], ["the command backend takes no --agent-arg"]),
+        (["--tz", ""], ["--tz needs a value"]),
+        (["--tiers", ""], ["--tiers needs a value"]),
+    ],
+)
+def test_options_a_command_loop_cannot_use_are_refused(daemon: Daemon, args: list[str], fragments: list[str]) -> None:
+    assert_refused(daemon, ["loop", "add", "bad", "--every", "1h", "--command", "true", *args], 2, *fragments)
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (["--verify-timeout", "abc"], ["invalid --verify-timeout"]),
+        (["--verify-timeout", "-1"], ["invalid --verify-timeout"]),
+        (["--verify-timeout", "0"], ["invalid --verify-timeout"]),
+    ],
+)
+def test_options_an_agent_loop_cannot_use_are_refused(daemon: Daemon, args: list[str], fragments: list[str]) -> None:
+    _a_claude_profile(daemon)
+    assert_refused(daemon, ["loop", "add", "bad", "--every", "1h", "--backend", "claude_code", "--prompt", "hi",
+                            "--verify", "true", *args], 2, *fragments)  # fmt: skip
+
+
+def test_a_prompt_file_too_big_to_pass_is_refused_at_add_and_fails_its_run_clearly(
+    daemon: Daemon, tmp_path: Path
+) -> None:
+    prompt = tmp_path / "prompt.md"
+    prompt.write_text("p" * 132_000)
+    assert_refused(daemon, ["loop", "add", "bad", "--every", "1h", "--command", "true", "--prompt-file", str(prompt)],
+                   2, "prompt file", "132,000 bytes", "at most 131,057")  # fmt: skip
+    # One that grows past the limit after `loop add`: its run fails saying so, not "Argument list too long".
+    prompt.write_text("small")
+    daemon.cli("loop", "add", "grows", "--every", "1h", "--command", "cat", "--prompt-file", str(prompt))
+    prompt.write_text("p" * 132_000)
+    run = daemon.json("loop", "run", "grows")
+    done = daemon.wait_run(run["id"])
+    assert done["status"] == "failed"
+    assert "prompt file" in done["error"] and "132,000 bytes" in done["error"], done["error"]
+    assert "Argument list too long" not in done["error"]
+
+
+@pytest.mark.parametrize("args", [["loop", "edit", "x", "--paused", "--enabled"], ["loop", "edit", "x", "--tz", ""]])
+def test_edit_refuses_what_add_refuses(daemon: Daemon, args: list[str]) -> None:
+    if not any(lp["name"] == "x" for lp in daemon.json("loop", "list")):
+        daemon.cli("loop", "add", "x", "--every", "1h", "--command", "true")
+    before = daemon.json("loop", "show", "x")
+    result = daemon.cli(*args, check=False)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result
+    assert daemon.json("loop", "show", "x") == before
+
+
+def test_loop_run_json_of_a_skipped_run_exits_1(daemon: Daemon, tmp_path: Path) -> None:
+    daemon.cli("loop", "add", "slow", "--every", "1h", "--command", "sleep 30")
+    first = daemon.json("loop", "run", "slow")
+    result = daemon.cli("loop", "run", "slow", "--json", check=False)
+    assert result.returncode == 1, result
+    assert json.loads(result.stdout)["status"] == "skipped"
+    daemon.cli("loop", "stop", "slow", "--kill")
+    assert daemon.wait_run(first["id"])["status"] == "cancelled"
+
+
+@pytest.mark.parametrize("args", [[], ["loop"], ["profile"], ["gateway", "key"]])
+def test_a_group_without_a_command_is_one_line_naming_its_commands(daemon: Daemon, args: list[str]) -> None:
+    result = daemon.cli(*args, check=False)
+    assert result.returncode == 2, result
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("fleetd: ") and "--help" in line, line
+    assert ("list" in line) if args else ("loop" in line and "daemon" in line), line
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("fields", "fragment"),
+    [
+        ({"prompt": "x" * 140_000}, "--prompt is 140,000 bytes; at most 131,057"),
+        ({"env": ["BIG=" + "x" * 140_000]}, "--env BIG is 140,004 bytes"),
+        ({"command": "echo " + "x" * 140_000}, "--command is 140,005 bytes"),
+        ({"command": None, "backend": "claude_code", "prompt": "hi", "agent_args": ["y" * 140_000]},
+         "--agent-arg is 140,000 bytes"),
+    ],
+)  # fmt: skip
+def test_a_value_too_big_for_one_argument_or_variable_is_refused(
+    daemon: Daemon, fields: dict[str, Any], fragment: str
+) -> None:
+    # Linux takes at most 128 KiB in one argument or environment variable: such a loop was saved and every
+    # run failed with "Argument list too long". (The CLI cannot even be given one: its own argv has the cap.)
+    _a_claude_profile(daemon)
+    before = daemon.json("loop", "list")
+    body = {key: value for key, value in json.loads(_loop_body(**fields)).items() if value is not None}
+    status, answer = _request(daemon, "POST", "/v1/loops", json.dumps(body).encode())
+    assert status == 400, answer
+    assert fragment in answer["error"]["message"] and "at most 131,0" in answer["error"]["message"], answer
+    assert daemon.json("loop", "list") == before
+
+
+def _a_claude_profile(daemon: Daemon) -> None:
+    if not any(p["name"] == "p1" for p in daemon.json("profile", "list")):
+        daemon.cli("profile", "add", "p1", "--backend", "claude_code", "--config-dir", str(daemon.home / "p1"))

@@ -72,7 +72,7 @@ def test_loop_list_json_is_laid_out_as_every_json_output(daemon: Daemon) -> None
     """The daemon lays the answer out and the CLI prints it as it comes: byte for byte what decoding
     it and printing it as every other --json does (json.dumps, indent 2, non-ASCII escaped) gives."""
     daemon.cli("loop", "add", "accents", "--every", "1h", "--paused", "--command", "echo héllo ✓ \"q\"",
-               "--env", "GREETING=grüß dich", "--agent-arg", "--x=1")  # fmt: skip
+               "--env", "GREETING=grüß dich", "--env", "MOOD=très ✓")  # fmt: skip
     out = daemon.cli("loop", "list", "--json").stdout
     assert out == json.dumps(json.loads(out), indent=2) + "\n"
     assert "\\u00e9" in out  # escaped, as json.dumps does by default

@@ -157,7 +157,9 @@ def test_the_run_budget_is_passed_down_and_the_daily_cost_skips_fires(routed: Da
     calls = [json.loads(line) for line in (d.standin_dir / "calls.jsonl").read_text().splitlines()]  # type: ignore[attr-defined]
     argv = next(c["argv"] for c in calls if c["env"].get("FLEETD_RUN_ID") == str(first["id"]))
     assert argv[argv.index("--max-budget-usd") + 1] == "0.5000"
-    second = d.json("loop", "run", "thrifty")
+    answer = d.cli("loop", "run", "thrifty", "--json", check=False)
+    assert answer.returncode == 1, answer  # a skipped run is exit 1, with --json too
+    second = json.loads(answer.stdout)
     assert second["status"] == "skipped" and second["error"].startswith("budget: the loop spent $0.00")
     assert any(e["type"] == "budget.exceeded" for e in events(d))
 

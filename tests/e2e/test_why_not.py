@@ -82,7 +82,9 @@ def test_loop_show_says_the_loop_is_over_its_daily_cost(d: Daemon) -> None:
     assert first["status"] == "succeeded"
     ahead = d.json("loop", "show", "thrifty")["not_firing"]
     assert ahead["reason"] == "over_daily_cost" and ahead["message"].startswith("its next fire will be skipped: budget")
-    skipped = d.json("loop", "run", "thrifty")
+    answer = d.cli("loop", "run", "thrifty", "--json", check=False)
+    assert answer.returncode == 1, answer  # a skipped run is exit 1, with --json too
+    skipped = json.loads(answer.stdout)
     assert skipped["status"] == "skipped" and skipped["skip_reason"] == "over_daily_cost"
     assert why_not(d, "thrifty").startswith("its last fire was skipped: budget: the loop spent $0.00")
     assert "[over_daily_cost]" in why_not(d, "thrifty")
