@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from fleetd.cli.client import CliError
 from fleetd.cli.common import client
 from fleetd.cli.format import local_time
 
@@ -44,3 +45,4 @@ def events(follow: bool, limit: int, as_json: bool) -> None:
                     sys.stdout.flush()
     except KeyboardInterrupt:
         return
+    raise CliError("the fleetd daemon stopped")  # the only end of a followed stream that is not cut

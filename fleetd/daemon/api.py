@@ -741,8 +741,12 @@ async def _follow_events(ctx: DaemonContext, first: list) -> AsyncIterator[bytes
     if not first:
         latest = await ctx.events.latest(1)
         last = latest[-1].id if latest else 0
+    seen = ctx.events.written
     while True:
-        await ctx.events.wait(timeout=15)
+        await ctx.events.wait_past(seen, timeout=15)
+        if ctx.events.closed:
+            return  # the daemon is stopping: the client reads a complete answer and says so
+        seen = ctx.events.written  # before the read: an event written during it wakes the next wait
         batch = await ctx.events.after(last)
         for event in batch:
             last = event.id

@@ -332,6 +332,7 @@ class Daemon:
                 pruning.cancel()
                 await asyncio.gather(pruning, return_exceptions=True)
             await gateway.stop()
+            events.close()  # open `events --follow` answers end before the server stops
             server.should_exit = True
             await asyncio.gather(server_task, return_exceptions=True)
             await db.close()

@@ -74,6 +74,7 @@ class EventLog:
         # Bumped by every emit: a follower that read the log at `written == n` waits for `written > n`,
         # so an event written between its read and its wait cannot be missed (a bare notify would be).
         self.written = 0
+        self.closed = False  # the daemon is stopping: followers end their streams
 
     async def emit(
         self, at: datetime, type_: str, message: str, *, backend: str | None = None, profile: str | None = None,
@@ -127,6 +128,12 @@ class EventLog:
         self.written += 1
         new, self._new = self._new, asyncio.Event()
         new.set()
+
+    def close(self) -> None:
+        """Wake the followers for good: the daemon is stopping, and they end their streams (an answer still
+        open when the server stops is cancelled, which logs an error and a traceback)."""
+        self.closed = True
+        self._new.set()
 
     async def after(self, last_id: int, limit: int = 1000) -> list[Event]:
         rows = await self.db.fetchall(
