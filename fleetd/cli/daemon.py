@@ -95,12 +95,24 @@ def _start(where: Paths, texts: dict[str, str], wait_s: float, verb: str = "star
         # It answers while it cleans up after a crash (bounded by one kill grace): wait that out too.
         if health and (health.get("status") != "recovering" or time.monotonic() + 0.1 >= deadline):
             recovering = " (still recovering runs a crash left)" if health.get("status") == "recovering" else ""
+            if health["pid"] != proc.pid:  # a start run at the same moment won: it is that one's daemon
+                verb, was = "already running", ""
             click.echo(f"fleetd daemon {verb} (pid {health['pid']}{was}, socket {where.socket}){recovering}")
             return
-        if proc.poll() is not None:
+        if proc.poll() is not None and _lock_holder(where) in (None, proc.pid):
             raise CliError(f"fleetd daemon exited with status {proc.returncode}: {_last_line(where)}")
         time.sleep(0.05)
     raise CliError(f"fleetd daemon did not answer within {wait_s:g}s; see {where.daemon_log}")
+
+
+def _lock_holder(where: Paths) -> int | None:
+    """The live process that holds (or last held) the home's instance lock: one that lost the race to it
+    exits at once, and the winner is still starting."""
+    try:
+        pid = int(where.lock.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return pid if _pid_alive(pid) else None
 
 
 def _last_line(where: Paths) -> str:

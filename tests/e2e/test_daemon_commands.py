@@ -175,3 +175,20 @@ def test_daemon_start_from_a_directory_holding_python_files_runs_the_installed_f
         assert d.status() == "ok"
     finally:
         d.cli("daemon", "stop", check=False)  # started by the CLI: `d` holds no process to signal
+
+
+def test_parallel_starts_in_a_fresh_home_all_succeed_with_one_daemon(short_home: Path) -> None:
+    d = Daemon(short_home / "home")
+    starts = [subprocess.Popen([FLEETD, "daemon", "start"], env=d.env, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(3)]  # fmt: skip
+    try:
+        outcomes = [(p.wait(30), *p.communicate()) for p in starts]
+        pid = d.json("daemon", "status")["pid"]
+        # The two that lost the race were `exit 1: a daemon is already running`: the user asked for one to run.
+        assert [code for code, _, _ in outcomes] == [0, 0, 0], outcomes
+        assert sorted(out.split(" (")[0] for _, out, _ in outcomes) == [
+            "fleetd daemon already running", "fleetd daemon already running", "fleetd daemon started"
+        ], outcomes  # fmt: skip
+        assert all(f"(pid {pid}," in out for _, out, _ in outcomes), outcomes
+    finally:
+        d.cli("daemon", "stop", check=False)
