@@ -52,6 +52,8 @@ def shared_options(options: tuple[Option, ...], edit: bool) -> Callable[[Callabl
                 settings.update(default=option.add_default, show_default=option.add_default is not False)
             elif "/" in option.flag or settings.get("is_flag"):
                 settings["default"] = None  # a flag left out of `edit` changes nothing (click would say False)
+            if not settings.get("multiple") and not settings.get("is_flag"):
+                settings.setdefault("callback", _not_empty)
             declared.append(click.option(option.flag, option.key, help=option.help, **settings))
         if edit:
             declared += [
@@ -64,6 +66,14 @@ def shared_options(options: tuple[Option, ...], edit: bool) -> Callable[[Callabl
         return command
 
     return decorate
+
+
+def _not_empty(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """`--tz ""` is not a value: the API takes an empty field as one not given (the default); `--clear-tz`
+    is how `edit` unsets one."""
+    if value == "":
+        raise CliError(f"{param.opts[0]} needs a value", exit_code=2)
+    return value
 
 
 def edit_changes(options: tuple[Option, ...], fields: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:

@@ -94,8 +94,6 @@ def _loop_body(fields: dict[str, Any]) -> dict[str, Any]:
     for key, value in fields.items():
         if value is None or value == ():
             continue
-        if value == "":  # `--tz ""`: not a value (the API would take it as "not given" and use the default)
-            raise CliError(f"--{_BY_KEY[key].name} needs a value", exit_code=2)
         if key in ("dir", "prompt_file"):
             body[key] = absolute(value)
         elif key == "output_cap":

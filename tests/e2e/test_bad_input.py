@@ -177,6 +177,7 @@ def assert_profile_refused(daemon: Daemon, args: list[str], *fragments: str) -> 
         (["--base-url", "http://[::1"], ["invalid --base-url 'http://[::1'"]),
         (["--base-url", "http://localhost:99999/v1"], ["invalid --base-url"]),
         (["--config-dir", "/proc/fleetd-nope/x"], ["/proc/fleetd-nope does not exist"]),
+        (["--model", ""], ["--model needs a value"]),  # was taken as no model
     ],
 )
 def test_profile_numbers_and_urls_that_cannot_be_stored_exit_2(
