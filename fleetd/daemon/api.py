@@ -741,7 +741,7 @@ async def _follow_events(ctx: DaemonContext, first: list) -> AsyncIterator[bytes
     if not first:
         latest = await ctx.events.latest(1)
         last = latest[-1].id if latest else 0
-    seen = ctx.events.written
+    seen = -1  # the first pass reads at once: what was written since `first` was read is not left to a later one
     while True:
         await ctx.events.wait_past(seen, timeout=15)
         if ctx.events.closed:

@@ -3,6 +3,7 @@ the same way, and where a loop without --dir runs. Real CLI, real daemon process
 
 from __future__ import annotations
 
+import json
 import os
 import select
 import signal
@@ -192,3 +193,25 @@ def test_parallel_starts_in_a_fresh_home_all_succeed_with_one_daemon(short_home:
         assert all(f"(pid {pid}," in out for _, out, _ in outcomes), outcomes
     finally:
         d.cli("daemon", "stop", check=False)
+
+
+def test_events_follow_prints_each_new_event_as_it_is_written(make_daemon: MakeDaemon) -> None:
+    d = make_daemon()
+    follower = subprocess.Popen([FLEETD, "events", "--follow", "--json", "--limit", "1"], env=d.env, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        wait_until(lambda: Path("/proc/net/unix").read_text().count(str(d.socket)) >= 2, what="the follower connected")
+        d.cli("loop", "add", "seen", "--every", "1h", "--command", "true")
+        run_id = d.json("loop", "run", "seen")["id"]
+        assert follower.stdout is not None
+        types: list[str] = []
+        deadline = time.monotonic() + 20
+        while "run.succeeded" not in types:
+            assert select.select([follower.stdout], [], [], max(0.0, deadline - time.monotonic()))[0], types
+            event = json.loads(follower.stdout.readline())
+            if event.get("data", {}).get("run_id") == run_id:
+                types.append(event["type"])
+        assert types == ["run.started", "run.succeeded"]
+    finally:
+        follower.kill()
+        follower.wait(5)
