@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -33,6 +34,10 @@ RESERVED_ENV_PREFIX = "FLEETD_"
 # argument, a command's prompt also the entry FLEETD_PROMPT=…, so the prompt gets the smaller of the two.
 MAX_ARG_BYTES = 128 * 1024 - 1
 MAX_PROMPT_BYTES = MAX_ARG_BYTES - len("FLEETD_PROMPT=")
+# All of a process's arguments and environment together fit in ARG_MAX (2 MiB on Linux, 1 MiB on macOS): a
+# loop's own values may fill it but for 128 KiB, left to the daemon's environment, fleetd's variables and
+# an agent CLI's own arguments.
+MAX_LOOP_ARGS_BYTES = os.sysconf("SC_ARG_MAX") - 128 * 1024
 
 
 def optional_text(body: dict[str, Any], key: str) -> str | None:
@@ -217,8 +222,16 @@ def validate_loop_input(body: dict[str, Any], default_tz: str) -> Loop:
     if command is not None:
         check_passable("--command", len(command.encode()))
     env = parse_env(body.get("env"))
-    for key, value in env.items():
-        check_passable(f"--env {key}", len(f"{key}={value}".encode()))
+    entries = [len(f"{key}={value}".encode()) + 1 for key, value in env.items()]
+    for key, size in zip(env, entries, strict=True):
+        check_passable(f"--env {key}", size - 1)
+    prompt_size = _size(prompt_file) if prompt_file is not None else len((prompt or "").encode())
+    total = sum(entries) + sum(len(a.encode()) + 1 for a in agent_args) + len((command or "").encode()) + prompt_size
+    if total > MAX_LOOP_ARGS_BYTES:
+        raise InvalidArgument(
+            f"--env, --command, --agent-arg and the prompt together are {total:,} bytes; at most "
+            f"{MAX_LOOP_ARGS_BYTES:,} can be passed to one process (the system's ARG_MAX, less what fleetd adds)"
+        )
 
     return Loop(
         name=name,

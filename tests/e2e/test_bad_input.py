@@ -394,6 +394,8 @@ def test_a_group_without_a_command_is_one_line_naming_its_commands(daemon: Daemo
         ({"command": "echo " + "x" * 140_000}, "--command is 140,005 bytes"),
         ({"command": None, "backend": "claude_code", "prompt": "hi", "agent_args": ["y" * 140_000]},
          "--agent-arg is 140,000 bytes"),
+        # Each entry under the limit, all of them together over what one process can be given (2 MiB):
+        ({"env": [f"V{i}=" + "x" * 130_000 for i in range(17)]}, "together are 2,210,0"),
     ],
 )  # fmt: skip
 def test_a_value_too_big_for_one_argument_or_variable_is_refused(
@@ -406,7 +408,7 @@ def test_a_value_too_big_for_one_argument_or_variable_is_refused(
     body = {key: value for key, value in json.loads(_loop_body(**fields)).items() if value is not None}
     status, answer = _request(daemon, "POST", "/v1/loops", json.dumps(body).encode())
     assert status == 400, answer
-    assert fragment in answer["error"]["message"] and "at most 131,0" in answer["error"]["message"], answer
+    assert fragment in answer["error"]["message"] and "at most 1" in answer["error"]["message"], answer
     assert daemon.json("loop", "list") == before
 
 
