@@ -34,6 +34,9 @@ RESERVED_ENV_PREFIX = "FLEETD_"
 # argument, a command's prompt also the entry FLEETD_PROMPT=…, so the prompt gets the smaller of the two.
 MAX_ARG_BYTES = 128 * 1024 - 1
 MAX_PROMPT_BYTES = MAX_ARG_BYTES - len("FLEETD_PROMPT=")
+# A command runs as `sh -c` after the line that moves it into its run's cgroup (cgroups.join_argv), in the
+# same argument: room for that line, whatever the cgroup's path.
+MAX_COMMAND_BYTES = MAX_ARG_BYTES - 1024
 # All of a process's arguments and environment together fit in ARG_MAX (2 MiB on Linux, 1 MiB on macOS): a
 # loop's own values may fill it but for 128 KiB, left to the daemon's environment, fleetd's variables and
 # an agent CLI's own arguments.
@@ -220,7 +223,7 @@ def validate_loop_input(body: dict[str, Any], default_tz: str) -> Loop:
         check_passable("--agent-arg", len(arg.encode()))
     command = optional_text(body, "command")
     if command is not None:
-        check_passable("--command", len(command.encode()))
+        check_passable("--command", len(command.encode()), MAX_COMMAND_BYTES)
     env = parse_env(body.get("env"))
     entries = [len(f"{key}={value}".encode()) + 1 for key, value in env.items()]
     for key, size in zip(env, entries, strict=True):

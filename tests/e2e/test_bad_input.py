@@ -391,7 +391,9 @@ def test_a_group_without_a_command_is_one_line_naming_its_commands(daemon: Daemo
     [
         ({"prompt": "x" * 140_000}, "--prompt is 140,000 bytes; at most 131,057"),
         ({"env": ["BIG=" + "x" * 140_000]}, "--env BIG is 140,004 bytes"),
-        ({"command": "echo " + "x" * 140_000}, "--command is 140,005 bytes"),
+        ({"command": "echo " + "x" * 140_000}, "--command is 140,005 bytes; at most 130,047"),
+        # Under Linux's 128 KiB, yet too long once the line that joins its cgroup is put before it:
+        ({"command": "true #" + "a" * 131_000}, "--command is 131,006 bytes; at most 130,047"),
         ({"command": None, "backend": "claude_code", "prompt": "hi", "agent_args": ["y" * 140_000]},
          "--agent-arg is 140,000 bytes"),
         # Each entry under the limit, all of them together over what one process can be given (2 MiB):
@@ -415,3 +417,16 @@ def test_a_value_too_big_for_one_argument_or_variable_is_refused(
 def _a_claude_profile(daemon: Daemon) -> None:
     if not any(p["name"] == "p1" for p in daemon.json("profile", "list")):
         daemon.cli("profile", "add", "p1", "--backend", "claude_code", "--config-dir", str(daemon.home / "p1"))
+
+
+def test_a_command_and_a_prompt_at_their_limits_run(daemon: Daemon) -> None:
+    # The limits are what a run can really be given: at them, the run starts (in its cgroup, where it has one).
+    head = 'printf %s "${#FLEETD_PROMPT}" #'
+    command = head + "a" * (130_047 - len(head))
+    assert len(command) == 130_047
+    body = {"name": "at-limits", "every": "1h", "command": command, "prompt": "p" * 131_057, "enabled": False}
+    status, answer = _request(daemon, "POST", "/v1/loops", json.dumps(body).encode())
+    assert status == 201, answer
+    run = daemon.wait_run(daemon.json("loop", "run", "at-limits")["id"])
+    assert run["status"] == "succeeded", run
+    assert daemon.cli("runs", "logs", str(run["id"])).stdout == "131057"
