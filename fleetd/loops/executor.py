@@ -1112,11 +1112,15 @@ class Executor:
         slots = list(self.inflight)
         if not slots:
             return True
+        # Not wait_for(gather(…)): cancelled (a second signal cuts the stop grace short), 3.11's wait_for
+        # left the gather's CancelledError unretrieved, logged with a traceback when it was collected.
+        waiters = [asyncio.ensure_future(s.done.wait()) for s in slots]
         try:
-            await asyncio.wait_for(asyncio.gather(*(s.done.wait() for s in slots)), timeout)
-        except TimeoutError:
-            return False
-        return True
+            _, pending = await asyncio.wait(waiters, timeout=timeout)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+        return not pending
 
 
 def review_prompt(task: str | None, final_text: str | None, diff: str) -> str:
