@@ -198,6 +198,7 @@ class Daemon:
         zone_name = _local_zone()
         profile_store = ProfileStore(db)
         secret_store = open_secret_store(self.paths.home)
+        log.info("keys are kept in the %s", secret_store.description)
         hook_store = HookStore(db)
         # One cache of every secret to scrub (profile keys and webhook secrets): the heartbeat's and the executor's.
         known_secrets = KnownSecrets(secret_store, profile_store, more=functools.partial(secret_names, hook_store))

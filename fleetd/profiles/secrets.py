@@ -1,5 +1,6 @@
 """Where API keys live: the OS keyring (service `fleetd`), or — only when the user opts in with
-FLEETD_SECRET_STORE=file — a 0600 JSON file under FLEETD_HOME. Never a silent plaintext fallback."""
+FLEETD_SECRET_STORE=file — a 0600 JSON file under FLEETD_HOME, which stays the store while it holds keys.
+Never a silent plaintext fallback."""
 
 from __future__ import annotations
 
@@ -113,6 +114,12 @@ class FileStore:
             return f"{self.path} can be read by others (mode {st.st_mode & 0o777:04o})"
         return None
 
+    def holds_keys(self) -> bool:
+        try:
+            return bool(self._read())
+        except (OSError, ValueError):  # unreadable or not JSON: the variable decides, and doctor says why
+            return False
+
     def get(self, profile: str) -> str | None:
         with self._lock:
             return self._read().get(profile)
@@ -131,9 +138,11 @@ class FileStore:
 
 
 def open_secret_store(home: Path, env: dict[str, str] | None = None) -> SecretStore:
+    """The store FLEETD_SECRET_STORE names; without it, the file once it holds keys (the user opted in to it
+    before: a daemon restarted from a shell without the variable must not lose its keys), else the keyring."""
     env = dict(os.environ) if env is None else env
     file_path = home / "secrets.json"
-    choice = env.get("FLEETD_SECRET_STORE", "keyring")
+    choice = env.get("FLEETD_SECRET_STORE") or ("file" if FileStore(file_path).holds_keys() else "keyring")
     if choice == "file":
         return FileStore(file_path)
     if choice != "keyring":
