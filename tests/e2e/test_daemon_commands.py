@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import select
 import signal
 import sqlite3
 import stat
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -207,11 +209,13 @@ def test_events_follow_prints_each_new_event_as_it_is_written(make_daemon: MakeD
         d.cli("loop", "add", "seen", "--every", "1h", "--command", "true")
         run_id = d.json("loop", "run", "seen")["id"]
         assert follower.stdout is not None
+        # Read by a thread: lines that came in one chunk are in the file's buffer, where select() cannot see them.
+        lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=lambda: [lines.put(line) for line in follower.stdout], daemon=True).start()  # type: ignore[union-attr]
         types: list[str] = []
         deadline = time.monotonic() + 20
         while "run.succeeded" not in types:
-            assert select.select([follower.stdout], [], [], max(0.0, deadline - time.monotonic()))[0], types
-            event = json.loads(follower.stdout.readline())
+            event = json.loads(lines.get(timeout=max(0.01, deadline - time.monotonic())))
             if event.get("data", {}).get("run_id") == run_id:
                 types.append(event["type"])
         assert types == ["run.started", "run.succeeded"]
