@@ -1,4 +1,5 @@
-"""A PATCH body (`loop edit`, `profile edit`): the fields to set and `clear`, the fields to unset, checked
+"""Input bodies checked for their fields: a POST's against the fields it knows (`known_fields`), and a PATCH
+body (`loop edit`, `profile edit`) split into the fields to set and `clear`, the fields to unset, checked
 against what may be edited, before the caller lays them over the stored definition's `add` body."""
 
 from __future__ import annotations
@@ -7,6 +8,14 @@ from collections.abc import Collection, Mapping
 from typing import Any
 
 from fleetd.errors import InvalidArgument, shown
+
+
+def known_fields(body: Mapping[str, Any], known: Collection[str], what: str) -> None:
+    """Refuse a field `what`'s body does not have: a typo (`timout`) or a CLI flag's name (`paused`) was
+    dropped without a word, and the thing saved without it."""
+    for key in body:
+        if key not in known:
+            raise InvalidArgument(f"unknown {what} field {shown(key)} (fields: {', '.join(known)})")
 
 
 def split_changes(

@@ -9,6 +9,7 @@ from collections.abc import Collection, Mapping
 from typing import Any
 
 from fleetd.backends.registry import get_adapter
+from fleetd.edits import known_fields
 from fleetd.errors import InvalidArgument, shown
 from fleetd.names import checked_name
 from fleetd.names import checked_route_name as validate_route_name
@@ -36,6 +37,7 @@ def validate_key_name(name: object) -> str:
 
 
 def validate_route_input(body: Mapping[str, Any], profiles: Collection[Profile]) -> Route:
+    known_fields(body, ("name", "api", "chain", "timeout", "log_bodies"), "route")
     name = validate_route_name(body.get("name"))
     api = body.get("api") or "chat"
     if api not in APIS:
@@ -75,6 +77,7 @@ def _checked_step(step: ChainStep, profile: Profile, api: str) -> ChainStep:
 
 def validate_key_input(body: Mapping[str, Any], route_names: Collection[str]) -> tuple[str, str | None, float | None]:
     """(name, routes text or None, daily cost); the routes must exist."""
+    known_fields(body, ("name", "routes", "daily_cost"), "key")
     name = validate_key_name(body.get("name"))
     routes = body.get("routes")
     if routes is not None:

@@ -6,6 +6,7 @@ import math
 from typing import Any
 from urllib.parse import urlsplit
 
+from fleetd.edits import known_fields
 from fleetd.errors import InvalidArgument, shown
 from fleetd.loops.model import optional_text
 from fleetd.names import checked_name
@@ -26,6 +27,7 @@ def validate_hook_name(name: object) -> str:
 
 def validate_hook_input(body: dict[str, Any]) -> tuple[Hook, str | None]:
     """The hook, and the webhook secret that came with it (kept apart: it goes to the secret store)."""
+    known_fields(body, ("name", "on", "exec", "webhook", "secret", "timeout"), "hook")
     name = validate_hook_name(body.get("name"))
     if body.get("on") is None:
         raise InvalidArgument("a hook needs --on EVENTS, e.g. --on run.failed,circuit.opened")

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fleetd.edits import split_changes
+from fleetd.edits import known_fields, split_changes
 from fleetd.errors import InvalidArgument, shown
 from fleetd.names import checked_name
 from fleetd.records.loop import (
@@ -162,6 +162,7 @@ def validate_loop_input(body: dict[str, Any], default_tz: str) -> Loop:
 
     The schedule expression itself is checked by `schedule.build_trigger`, which needs APScheduler.
     """
+    known_fields(body, ("name", *EDITABLE), "loop")
     name = validate_name(body.get("name"))
     schedule = parse_schedule_input(body, default_tz)
     backend = optional_text(body, "backend") or "command"

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from fleetd.edits import split_changes
+from fleetd.edits import known_fields, split_changes
 from fleetd.errors import InvalidArgument, shown
 from fleetd.heartbeat.limits import parse_limits
 from fleetd.loops.model import optional_text, validate_path
@@ -37,6 +37,11 @@ def _base_url(value: str) -> str:
         raise InvalidArgument(message) from None
     if any(c.isspace() or not c.isprintable() for c in value):
         raise InvalidArgument(message)
+    if "@" in parsed.netloc:  # it would be shown by `profile show`, `profile env` and every --json answer
+        raise InvalidArgument(
+            f"invalid --base-url {shown(value.split('@', 1)[-1])}: no credentials in the URL; "
+            "give the key with --api-key-stdin"
+        )
     return value
 
 
@@ -77,6 +82,7 @@ def validate_secret(value: object) -> str | None:
 
 def validate_profile_input(body: dict[str, Any], default_dir: Path) -> tuple[Profile, str | None]:
     """Returns the profile and the secret (API key) that came with it, which is kept apart."""
+    known_fields(body, ("name", "backend", "api_key", "config_dir", "enabled", *EDITABLE), "profile")
     name = validate_profile_name(body.get("name"))
     backend = optional_text(body, "backend")
     if not backend:

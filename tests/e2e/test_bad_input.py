@@ -176,6 +176,8 @@ def assert_profile_refused(daemon: Daemon, args: list[str], *fragments: str) -> 
         (["--limit", "99999999999w=5tok"], ["invalid --limit", "too long"]),
         (["--base-url", "http://[::1"], ["invalid --base-url 'http://[::1'"]),
         (["--base-url", "http://localhost:99999/v1"], ["invalid --base-url"]),
+        # Credentials in the URL were stored and shown by `profile show`, `profile env` and --json:
+        (["--base-url", "http://user:pw@127.0.0.1:1/v1"], ["no credentials in the URL", "--api-key-stdin"]),
         (["--config-dir", "/proc/fleetd-nope/x"], ["/proc/fleetd-nope does not exist"]),
         (["--model", ""], ["--model needs a value"]),  # was taken as no model
     ],
@@ -430,3 +432,26 @@ def test_a_command_and_a_prompt_at_their_limits_run(daemon: Daemon) -> None:
     run = daemon.wait_run(daemon.json("loop", "run", "at-limits")["id"])
     assert run["status"] == "succeeded", run
     assert daemon.cli("runs", "logs", str(run["id"])).stdout == "131057"
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "fragment"),
+    [
+        ("/v1/loops", {"name": "typo", "every": "1h", "command": "true", "timout": "5m"}, "field 'timout'"),
+        ("/v1/loops", {"name": "typo", "every": "1h", "command": "true", "paused": True}, "field 'paused'"),
+        ("/v1/profiles", {"name": "typo", "backend": "claude_code", "modle": "x"}, "unknown profile field 'modle'"),
+        ("/v1/hooks", {"name": "typo", "on": "run.failed", "exec": "true", "timeot": "5s"}, "unknown hook field"),
+        ("/v1/routes", {"name": "typo", "chain": "nobody", "apis": "chat"}, "unknown route field 'apis'"),
+        ("/v1/gateway/keys", {"name": "typo", "route": "r1"}, "unknown key field 'route'"),
+    ],
+)  # fmt: skip
+def test_a_field_the_api_does_not_know_is_refused_not_dropped(
+    daemon: Daemon, path: str, body: dict[str, Any], fragment: str
+) -> None:
+    # The loop was saved enabled and without a timeout: both fields dropped without a word (PATCH refused them).
+    status, answer = _request(daemon, "POST", path, json.dumps(body).encode())
+    assert status == 400, answer
+    assert fragment in answer["error"]["message"], answer
+    listed = {"/v1/loops": ["loop", "list"], "/v1/profiles": ["profile", "list"], "/v1/hooks": ["hook", "list"],
+              "/v1/routes": ["route", "list"], "/v1/gateway/keys": ["gateway", "key", "list"]}[path]  # fmt: skip
+    assert "typo" not in {item["name"] for item in daemon.json(*listed)}
