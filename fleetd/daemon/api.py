@@ -212,16 +212,21 @@ def create_app(ctx: DaemonContext) -> Starlette:
         body = await _body(request)
         saved = await ctx.loop_service.add(body)
         # Saved all the same: the CLI may be installed later; the answer says what would fail now.
-        return JSONResponse({**loop_json(saved), "warnings": loop_warnings(saved)}, status_code=201)
+        return JSONResponse({**await _shown(saved.name), "warnings": loop_warnings(saved)}, status_code=201)
 
     async def edit_loop(request: Request) -> Response:
         name = validate_name(request.path_params["name"])
         body = await _body(request)
         saved = await ctx.loop_service.edit(name, body)
-        return JSONResponse({**await _loop_dict(saved), "warnings": loop_warnings(saved)})
+        return JSONResponse({**await _shown(name), "warnings": loop_warnings(saved)})
 
     async def show_loop(request: Request) -> Response:
-        loop = await ctx.loops.get(validate_name(request.path_params["name"]))
+        return JSONResponse(await _shown(validate_name(request.path_params["name"])))
+
+    async def _shown(name: str) -> dict[str, Any]:
+        """The loop as `loop show` has it, read back as stored: `loop add` and `loop edit` answer the same
+        (they answered the input's numbers, 90 where show has 90.0, and edit without `not_firing`)."""
+        loop = await ctx.loops.get(name)
         body = await _loop_dict(loop)
         resolved, not_firing = await ctx.loop_service.explain(loop)
         if resolved is not None:
@@ -235,7 +240,7 @@ def create_app(ctx: DaemonContext) -> Starlette:
                 for index, (step, usable, passed) in enumerate(resolved)
             ]
         body["not_firing"] = not_firing.to_json() if not_firing else None
-        return JSONResponse(body)
+        return body
 
     async def remove_loop(request: Request) -> Response:
         name = validate_name(request.path_params["name"])

@@ -30,7 +30,7 @@ def test_every_commands_json_keys(daemon: Daemon, tmp_path: Path) -> None:
 
     # `loop add` also says what it saved but warns about (a CLI not on the daemon's PATH): `fleetd doctor`.
     assert set(daemon.json("loop", "add", "jc", "--every", "1h", "--paused", "--command", "echo hi")) == LOOP | {
-        "warnings"
+        "not_firing", "warnings"
     }
     run = daemon.json("loop", "run", "jc")
     assert set(run) == RUN
@@ -51,11 +51,20 @@ def test_every_commands_json_keys(daemon: Daemon, tmp_path: Path) -> None:
     assert set(daemon.json("profile", "edit", "jp", "--model", "gemini-2.5-flash")) == PROFILE
     # (`profile set-key --json`, which needs a secret store, is pinned in test_edit.py.)
     # `loop edit` answers like `loop add`: the loop, and what it warns about.
-    assert set(daemon.json("loop", "edit", "jc", "--timeout", "5m")) == LOOP | {"warnings"}
+    assert set(daemon.json("loop", "edit", "jc", "--timeout", "5m")) == LOOP | {"not_firing", "warnings"}
 
     assert [set(u) for u in daemon.json("usage")] == [USAGE]
     assert set(daemon.json("usage", "show", "jp")) == USAGE
     assert set(daemon.json("stats")) == {"since", "until", "by", "loop", "groups", "total"}
+
+
+def test_loop_add_and_edit_answer_the_loop_as_loop_show_does(daemon: Daemon) -> None:
+    # They answered the input's numbers (timeout_s 90 where show has 90.0), and edit had no not_firing.
+    added = daemon.json("loop", "add", "same", "--every", "1h", "--command", "true", "--timeout", "90s")
+    assert added.pop("warnings") == [] and added == daemon.json("loop", "show", "same")
+    edited = daemon.json("loop", "edit", "same", "--paused")
+    assert edited.pop("warnings") == [] and edited == daemon.json("loop", "show", "same")
+    assert edited["not_firing"] is not None and edited["timeout_s"] == 90.0
 
 
 def test_usage_table_fits_120_columns_and_explains_its_marks(daemon: Daemon, tmp_path: Path) -> None:
