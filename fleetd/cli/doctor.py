@@ -9,6 +9,7 @@ import click
 
 from fleetd.cli.client import DaemonNotRunning
 from fleetd.cli.common import client, json_flag, paths, render
+from fleetd.paths import socket_path, socket_path_problem
 
 
 @click.command()
@@ -18,6 +19,8 @@ def doctor(as_json: bool) -> None:
     the socket, the disk, the database, the service unit's PATH. Each finding says its fix.
     Exits 1 when any finding is an error (warnings exit 0)."""
     try:
+        if socket_path_problem(socket_path()):  # no daemon can listen there: the socket check says why
+            raise DaemonNotRunning(socket_path())
         # This shell's PATH goes along: a CLI it finds but the daemon's PATH does not is told apart.
         report = client().call("GET", "/v1/doctor", query={"path": os.environ.get("PATH", "")})
     except DaemonNotRunning:

@@ -8,16 +8,16 @@ profile) or makes trouble likely (a disk filling up).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from fleetd.paths import unsafe_reason
+from fleetd.paths import MAX_SOCKET_PATH_BYTES, unsafe_reason
 
 Severity = Literal["error", "warning"]
 CHECKS = ("daemon", "cli", "login", "key", "secret_store", "socket", "disk", "database", "service")
 
-SOCKET_PATH_MAX = 107  # sun_path holds 108 bytes on Linux (104 on macOS), with the terminating NUL
 DISK_WARN_BYTES = 1024**3
 DISK_WARN_FRACTION = 0.05
 DISK_ERROR_BYTES = 64 * 1024**2  # SQLite's WAL and the run logs fail soon below this
@@ -190,12 +190,13 @@ class SocketFact:
 
 def check_socket(fact: SocketFact) -> list[Finding]:
     findings = []
-    if len(fact.socket_path.encode()) > SOCKET_PATH_MAX:
+    if len(os.fsencode(fact.socket_path)) > MAX_SOCKET_PATH_BYTES:
         findings.append(
             Finding(
                 "socket",
                 "error",
-                f"the socket path {fact.socket_path} is longer than a Unix socket allows ({SOCKET_PATH_MAX} bytes)",
+                f"the socket path {fact.socket_path} is longer than a Unix socket allows "
+                f"({MAX_SOCKET_PATH_BYTES} bytes)",
                 "use a shorter FLEETD_HOME (the socket is FLEETD_HOME/run/fleetd.sock)",
                 subject=fact.socket_path,
             )

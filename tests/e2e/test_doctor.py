@@ -84,6 +84,16 @@ def test_doctor_without_a_daemon_says_so_and_checks_what_it_can(short_home: Path
     assert "disk" in report["checked"] and "socket" in report["checked"]
 
 
+def test_doctor_with_a_home_too_deep_for_a_socket_reports_it(short_home: Path) -> None:
+    # It exited with that one line as an error, not the report the README's `socket` finding promises.
+    d = isolated(Daemon(short_home / ("deep-" + "d" * 110)), short_home)
+    report = json.loads(d.cli("doctor", "--json", check=False).stdout)
+    socket = [f for f in report["findings"] if f["check"] == "socket"]
+    assert socket and "longer than a Unix socket allows" in socket[0]["message"], report
+    assert "shorter FLEETD_HOME" in socket[0]["fix"]
+    assert not d.home.exists()
+
+
 def test_service_status_and_uninstall_without_systemctl(short_home: Path) -> None:
     env = {**os.environ, "HOME": str(short_home), "XDG_CONFIG_HOME": str(short_home / "xdg"), "PATH": "/nowhere"}
     env.pop("FLEETD_HOME", None)
