@@ -67,6 +67,11 @@ def daemon_start(wait_s: float, **texts: Any) -> None:
     health = _health(where, wait_s)
     if health:
         click.echo(f"fleetd daemon already running (pid {health['pid']}, socket {where.socket})")
+        source = click.get_current_context().get_parameter_source
+        given = [f.option for f in flags() if source(f.name) == click.core.ParameterSource.COMMANDLINE]
+        if given:  # they were dropped without a word
+            click.echo(f"warning: {', '.join(given)} not applied: the running daemon keeps its options "
+                       "(`fleetd daemon restart` with them applies them)", err=True)  # fmt: skip
         return
     _start(where, texts, wait_s)
 

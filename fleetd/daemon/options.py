@@ -56,6 +56,10 @@ class DaemonOptions:
         options = cls(**{flag.name: flag.parse(texts[flag.name]) for flag in flags() if flag.name in texts})
         if options.gateway:
             _check_listen(options.gateway, options.gateway_public)
+        elif options.gateway_public:  # it only lets --gateway listen beyond loopback: alone it did nothing
+            raise OptionError(
+                "--gateway-public needs --gateway HOST:PORT (or: fleetd gateway enable --listen HOST:PORT --public)"
+            )
         return options
 
 

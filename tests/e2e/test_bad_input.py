@@ -144,6 +144,24 @@ def test_api_answers_bad_requests_with_json_errors(
     assert body["error"]["code"] == code and body["error"]["message"]
 
 
+def test_gateway_public_without_a_gateway_is_refused(tmp_path: Path) -> None:
+    # It started the daemon with no gateway and no word: the flag only widens what --gateway may listen on.
+    result = Daemon(tmp_path / "h").cli("daemon", "run", "--gateway-public", check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("fleetd: --gateway-public needs --gateway HOST:PORT")
+    assert not (tmp_path / "h").exists()
+
+
+def test_start_of_a_running_daemon_says_the_options_given_are_not_applied(daemon: Daemon) -> None:
+    result = daemon.cli("daemon", "start", "--retain", "1m", "--kill-grace", "2s")
+    assert result.stdout.startswith("fleetd daemon already running")
+    assert result.stderr.strip() == (
+        "warning: --kill-grace, --retain not applied: the running daemon keeps its options "
+        "(`fleetd daemon restart` with them applies them)"
+    )
+    assert daemon.cli("daemon", "start").stderr == ""  # none given, nothing to say
+
+
 @pytest.mark.parametrize("value", ["150%", "0", "most"])
 def test_daemon_refuses_a_bad_near_limit(tmp_path: Path, value: str) -> None:
     result = Daemon(tmp_path / "h").cli("daemon", "run", "--near-limit", value, check=False)
