@@ -119,6 +119,8 @@ def _setup_logging(options: DaemonOptions) -> None:
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", LOCAL_FORMAT))
     handler.addFilter(_drop_reported_store_failures)
     logging.basicConfig(level=os.environ.get("FLEETD_LOG_LEVEL", "INFO").upper(), handlers=[handler], force=True)
+    # httpx logs every request's URL at INFO: a webhook's URL can carry its token in its path (Slack's do).
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 class OwnedLogFile(logging.handlers.RotatingFileHandler):

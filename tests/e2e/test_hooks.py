@@ -71,6 +71,8 @@ def test_a_webhook_receives_a_real_run_failed_signed_and_an_exec_hook_gets_it_on
     assert abs(int(request.headers["x-fleetd-timestamp"]) - datetime.now().timestamp()) < 60
     # the same event, as `fleetd events --json` shows it
     assert event in [e for e in _events(daemon) if e["type"] == "run.failed"]
+    # A webhook URL can carry its token in its path (Slack's do): httpx logged every one it posted to.
+    assert rx.url not in (daemon.home / "daemon-test.log").read_text(errors="replace")
 
     def exec_got() -> list[dict[str, Any]] | None:
         got = [json.loads(x) for x in out.read_text().splitlines()] if out.exists() else []
