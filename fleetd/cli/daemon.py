@@ -125,7 +125,8 @@ def _last_line(where: Paths) -> str:
         lines = where.daemon_log.read_text(errors="replace").strip().splitlines()
     except OSError:
         return "(no log)"
-    return lines[-1] if lines else "(no log)"
+    # The daemon's own one-line reason starts "fleetd: ", as the CLI's message about it does.
+    return lines[-1].removeprefix("fleetd: ") if lines else "(no log)"
 
 
 @daemon.command("stop")
@@ -263,7 +264,10 @@ def daemon_status(as_json: bool) -> None:
 def _status_text(health: dict[str, Any]) -> str:
     store = health.get("store", "ok")
     loops = "?" if health["loops"] is None else health["loops"]
-    state = "recovering runs a crash left" if health["status"] == "recovering" else "running"
+    state = {
+        "recovering": "recovering runs a crash left",
+        "stopping": "stopping (no new fires; its runs get the stop grace)",
+    }.get(health["status"], "running")
     store_line = "ok" if store == "ok" else f"unusable: {store} (changes and fires fail until it is fixed)"
     return (
         f"fleetd {health['version']} {state}: pid {health['pid']}, up {format_duration(health['uptime_s'])}, "

@@ -92,7 +92,7 @@ class DaemonContext:
     started_at: datetime
     default_tz: str
     request_stop: Callable[[], None]
-    phase: str = "ok"  # "recovering" while a crash's leftovers are cleaned up at start
+    phase: str = "ok"  # "recovering" while a crash's leftovers are cleaned up at start, "stopping" at the end
     pruner: Pruner | None = None
     retain: float | None = None  # the daemon's --retain in seconds: what `runs prune` without options prunes
     gateway: GatewayService | None = None

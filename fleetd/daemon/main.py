@@ -312,6 +312,7 @@ class Daemon:
                 log.info("fleetd daemon ready (pid %s, socket %s)", os.getpid(), self.paths.socket)
                 sd_notify("READY=1")
             await self.stop_event.wait()
+            ctx.phase = "stopping"  # `daemon status` says so while the runs get their grace
             sd_notify("STOPPING=1")
             if pruning is not None:
                 pruning.cancel()  # a batch in flight rolls back whole; the next start prunes again

@@ -82,7 +82,8 @@ def _check_pattern(pattern: str) -> None:
         if family in FAMILIES:
             return
         raise InvalidArgument(
-            f"unknown event family in --on {shown(pattern)} (one of: {', '.join(f'{f}.*' for f in FAMILIES)})"
+            f"unknown event family in --on {shown(pattern)} "
+            f"(one of: {', '.join(f'{f}.*' for f in FAMILIES if f != HOOK_FAMILY)})"
         )
     if pattern not in EVENT_TYPES:
         known = ", ".join(t for t in EVENT_TYPES if not is_hook_event(t))

@@ -123,6 +123,19 @@ def test_a_loop_without_dir_runs_in_its_own_directory_under_the_home(make_daemon
     assert d.json("loop", "show", "homeless")["dir"] is None  # the loop itself is unchanged
 
 
+def test_status_says_the_daemon_is_stopping_while_its_runs_get_the_grace(make_daemon: MakeDaemon) -> None:
+    d = make_daemon("--stop-grace", "60s")
+    d.cli("loop", "add", "lingers", "--every", "1h", "--command", "sleep 60")
+    d.json("loop", "run", "lingers")
+    assert d.proc is not None
+    d.proc.send_signal(signal.SIGTERM)
+    # It said "running … store ok" for the whole stop grace.
+    wait_until(lambda: d.json("daemon", "status")["status"] == "stopping", what="status stopping")
+    assert " stopping (no new fires; its runs get the stop grace): pid " in d.cli("daemon", "status").stdout
+    d.proc.send_signal(signal.SIGTERM)  # now: the run is killed
+    assert d.proc.wait(15) == 0
+
+
 def test_an_open_follower_does_not_keep_a_stopping_daemon_alive(make_daemon: MakeDaemon) -> None:
     d = make_daemon()
     follower = subprocess.Popen([FLEETD, "events", "--follow"], env=d.env, text=True,

@@ -100,6 +100,12 @@ def test_a_damaged_database_refuses_to_start_with_one_line(home: Path, damage: o
     assert _run(home, "daemon", "status").returncode == 1  # nothing half-started answers
 
 
+def test_daemon_start_says_why_its_daemon_did_not_start_in_one_line(home: Path) -> None:
+    _garbage_header(home / "fleetd.db")
+    line = _refused(_run(home, "daemon", "start"), "fleetd daemon exited with status 1: the database")
+    assert line.count("fleetd: ") == 1  # the daemon's own "fleetd: " prefix was repeated inside the line
+
+
 def test_an_emptied_database_of_a_used_home_refuses_to_start(home: Path) -> None:
     db = home / "fleetd.db"
     os.truncate(db, 0)

@@ -30,7 +30,8 @@ def test_every_commands_json_keys(daemon: Daemon, tmp_path: Path) -> None:
 
     # `loop add` also says what it saved but warns about (a CLI not on the daemon's PATH): `fleetd doctor`.
     assert set(daemon.json("loop", "add", "jc", "--every", "1h", "--paused", "--command", "echo hi")) == LOOP | {
-        "not_firing", "warnings"
+        "not_firing",
+        "warnings",
     }
     run = daemon.json("loop", "run", "jc")
     assert set(run) == RUN

@@ -84,3 +84,9 @@ def test_every_run_status_has_its_event_type() -> None:
     for status in STATUSES:
         if status != "skipped":  # a skipped fire is `loop.fire_skipped`
             assert ("run.started" if status == "running" else f"run.{status}") in EVENT_TYPES
+
+
+def test_the_families_an_unknown_one_is_told_of_are_those_a_hook_may_name() -> None:
+    with pytest.raises(InvalidArgument) as refused:
+        parse_patterns("nope.*")
+    assert "run.*" in refused.value.message and "hook.*" not in refused.value.message  # hook.* is refused
