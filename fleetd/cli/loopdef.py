@@ -5,6 +5,7 @@ Registered lazily by the `loop` group (loop.py): building these ~30 options is m
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -113,12 +114,18 @@ def loop_add(name: str, as_json: bool, **fields: Any) -> None:
     """Add a loop NAME with exactly one of --cron, --every, --at."""
     created = client().call("POST", "/v1/loops", {**_loop_body(fields), "name": name})
     warn(created)
-    render(created, as_json, _added_text)
+    render(created, as_json, _saved_text("added"))
 
 
-def _added_text(lp: dict[str, Any]) -> str:
-    when = f"next run {local_time(lp['next_fire_at'])}" if lp["next_fire_at"] else "paused (no next run)"
-    return f"added loop {lp['name']}; {when}"
+def _saved_text(verb: str) -> Callable[[dict[str, Any]], str]:
+    def text(lp: dict[str, Any]) -> str:
+        if lp["next_fire_at"]:
+            when = f"next run {local_time(lp['next_fire_at'])}"
+        else:
+            when = "paused (no next run)" if not lp["enabled"] else "no next run"
+        return f"{verb} loop {lp['name']}; {when}"
+
+    return text
 
 
 @click.command("edit")
@@ -133,7 +140,7 @@ def loop_edit(name: str, as_json: bool, **fields: Any) -> None:
     given, clear = edit_changes(LOOP_OPTIONS, fields)
     edited = client().call("PATCH", f"/v1/loops/{segment(name)}", {**_loop_body(given), "clear": clear})
     warn(edited)
-    render(edited, as_json, lambda lp: f"edited loop {lp['name']}; next run {local_time(lp['next_fire_at'])}")
+    render(edited, as_json, _saved_text("edited"))
 
 
 def warn(answer: dict[str, Any]) -> None:

@@ -36,6 +36,7 @@ from fleetd.daemon.views import (
     usage_json,
 )
 from fleetd.doctor.service import DoctorService, checked_user_path, loop_warnings
+from fleetd.edits import known_fields
 from fleetd.errors import Conflict, FleetdError, InvalidArgument, NotFound, shown
 from fleetd.heartbeat.service import Heartbeat
 from fleetd.hooks.model import validate_hook_name
@@ -298,14 +299,15 @@ def create_app(ctx: DaemonContext) -> Starlette:
             raise InvalidArgument(f"invalid status {shown(status)} (one of: {', '.join(STATUSES)})")
         since = _since(q["since"], ctx.clock()) if q.get("since") else None
         limit = _int_param(request, "limit", 50, 1, MAX_LIMIT)
-        body = await ctx.runs.list_array(RUN_JSON_SQL, loop=q.get("loop"), status=status, since=since, limit=limit)
+        loop = q.get("loop")
+        if loop is not None:
+            validate_name(loop)  # as `stats --loop` does: a name no loop can have is a mistake, not "no runs"
+        body = await ctx.runs.list_array(RUN_JSON_SQL, loop=loop, status=status, since=since, limit=limit)
         return Response(body, media_type="application/json")
 
     async def prune_runs(request: Request) -> Response:
         body = await _body(request)
-        unknown = sorted(set(body) - {"older_than", "keep_per_loop"})
-        if unknown:
-            raise InvalidArgument(f"unknown field {shown(unknown[0])} (older_than, keep_per_loop)")
+        known_fields(body, ("older_than", "keep_per_loop"), "prune")
         older_than, keep = body.get("older_than"), body.get("keep_per_loop")
         seconds: float | None = None
         if older_than is not None:

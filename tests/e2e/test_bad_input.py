@@ -94,6 +94,7 @@ def test_unknown_and_malformed_runs(daemon: Daemon) -> None:
     assert_refused(daemon, ["runs", "list", "--status", "happy"], 2, "invalid status 'happy'")
     assert_refused(daemon, ["runs", "list", "--since", "yesterday"], 2, "invalid --since")
     assert_refused(daemon, ["runs", "list", "--limit", "0"], 2, "--limit must be between")
+    assert_refused(daemon, ["runs", "list", "--loop", "bad name"], 2, "invalid loop name 'bad name'")  # was []
 
 
 def test_click_usage_errors_are_one_line_exit_2(daemon: Daemon) -> None:

@@ -70,6 +70,9 @@ def test_edit_changes_a_loop_in_place_and_recomputes_the_next_fire_only_for_a_ne
     assert after["schedule"]["expr"] == "2h"
     # Still counted from its creation: the grid of an interval loop survives an edit.
     assert datetime.fromisoformat(after["next_fire_at"]) == created + timedelta(hours=2)
+    # Paused, it says so as `loop add --paused` does (it said "next run -").
+    assert d.cli("loop", "edit", "tidy", "--paused").stdout == "edited loop tidy; paused (no next run)\n"
+    d.cli("loop", "edit", "tidy", "--enabled")
     # What was not given stays, add's defaults are not applied (catch-up stays skip, output cap stays).
     assert {k: after[k] for k in ("command", "dir", "timeout_s", "env", "catch_up", "output_cap_bytes")} == {
         "command": "echo one", "dir": str(tmp_path), "timeout_s": 300.0, "env": {"A": "1"}, "catch_up": "skip",
@@ -102,8 +105,7 @@ def test_edit_json_is_the_loop_as_show_prints_it(d: Daemon) -> None:
     d.cli("loop", "add", "edjson", "--every", "1h", "--command", "true")
     edited = d.json("loop", "edit", "edjson", "--timeout", "10m")
     shown = _show(d, "edjson")
-    del shown["not_firing"]  # show's own addition: why it did not fire
-    assert edited == {**shown, "warnings": []}  # and what it warns about, like `loop add`
+    assert edited == {**shown, "warnings": []}  # not_firing too; and what it warns about, like `loop add`
     assert set(edited) >= LOOP_KEYS and edited["timeout_s"] == 600.0
 
 
