@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -67,6 +68,19 @@ def test_full_window_is_full_until_enough_rolls_out() -> None:
     usage = window_usage(recs, limit, T0 + 3 * H)
     assert usage.exceeded
     assert usage.full_until(recs, T0 + 3 * H) == T0 + 5 * H  # dropping the 600 brings it to 500
+
+
+def test_a_sum_a_rounding_apart_is_as_full_and_eases_at_the_same_record() -> None:
+    # Found by the ledger's property test: the Ledger's running sum 4.5 against 4.499999999999999 from scratch
+    # (the same costs in another order) eased a 3 USD window one record apart.
+    limit = Limit(7 * 24 * 3600, 3.0, "usd")
+    recs = [Consumption(T0 + i * H, 1, 1, 1.5) for i in range(3)]
+    usage = window_usage(recs, limit, T0 + 3 * H)
+    nudged = replace(usage, used=4.499999999999999)
+    assert usage.exceeded and nudged.exceeded
+    assert usage.full_until(recs, T0 + 3 * H) == nudged.full_until(recs, T0 + 3 * H) == T0 + H + 7 * 24 * H
+    at_the_limit = replace(usage, used=2.9999999999999996)  # 3.0 as another order sums it: full as 3.0 is
+    assert at_the_limit.exceeded
 
 
 def test_state_goes_near_limit_then_exhausted_then_back_unconfirmed() -> None:
