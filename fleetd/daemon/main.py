@@ -200,7 +200,6 @@ class Daemon:
         zone_name = _local_zone()
         profile_store = ProfileStore(db)
         secret_store = open_secret_store(self.paths.home)
-        log.info("keys are kept in the %s", secret_store.description)
         hook_store = HookStore(db)
         # One cache of every secret to scrub (profile keys and webhook secrets): the heartbeat's and the executor's.
         known_secrets = KnownSecrets(secret_store, profile_store, more=functools.partial(secret_names, hook_store))
@@ -309,7 +308,10 @@ class Daemon:
                         pruner.run(retain=self.options.retain, interval=self.options.prune_interval)
                     )
                 _freeze_start_up()
-                log.info("fleetd daemon ready (pid %s, socket %s)", os.getpid(), self.paths.socket)
+                log.info(
+                    "fleetd daemon ready (pid %s, socket %s, keys in the %s)",
+                    os.getpid(), self.paths.socket, secret_store.description,
+                )  # fmt: skip
                 sd_notify("READY=1")
             await self.stop_event.wait()
             ctx.phase = "stopping"  # `daemon status` says so while the runs get their grace
