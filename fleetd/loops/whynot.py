@@ -58,11 +58,14 @@ def why_not(facts: LoopFacts, now: datetime) -> NotFiring | None:
         )  # fmt: skip
     if last is not None and last.status == "skipped" and last.skip_reason:
         # The newest fire started no run, and none has since: that row says why, counted.
-        text = f"its last fire was skipped: {last.error}" if last.error else "its last fire was skipped"
+        # `loop list` counts only the schedule's fires: a `loop run` that was skipped says it was that.
+        fire = "`loop run`" if last.trigger == "manual" else "fire"
+        text = f"its last {fire} was skipped: {last.error}" if last.error else f"its last {fire} was skipped"
         return NotFiring(last.skip_reason, text, since=last.scheduled_at, run_id=last.id)
     if loop.next_fire_at is None:
         if loop.schedule.kind == "at":
-            done = f"already fired (run {last.id})" if last is not None else "is in the past"
+            # The newest run may be a later `loop run`: name the fire, not that run.
+            done = "already fired" if loop.last_fire_at is not None else "is in the past"
             return NotFiring("at_past", f"one-shot --at {loop.schedule.expr} {done}", since=loop.last_fire_at)
         return NotFiring("no_next_fire", f"the schedule {loop.schedule.describe()} has no fire left")
     if loop.daily_cost is not None and facts.spent_24h is not None:
