@@ -30,12 +30,15 @@ def parse_duration(text: str) -> float:
     if _NUMBER.fullmatch(raw):
         seconds = float(raw)
     else:
-        pos, seconds = 0, 0.0
+        pos, seconds, last_unit = 0, 0.0, math.inf
         for m in _PART.finditer(raw):
+            unit = _UNITS[m.group(2)]
             if m.start() != pos:
                 break
-            seconds += float(m.group(1)) * _UNITS[m.group(2)]
-            pos = m.end()
+            if unit >= last_unit:  # `1m1m`, `1s5h`: a typo, not a sum to work out
+                raise DurationError(f"invalid duration {shown(text)}: units from the largest down, each once (1h30m)")
+            seconds += float(m.group(1)) * unit
+            pos, last_unit = m.end(), unit
         if pos != len(raw):
             raise DurationError(f"invalid duration {shown(text)} (use e.g. 90s, 10m, 1h30m, 2d)")
     if seconds <= 0:

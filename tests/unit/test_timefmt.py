@@ -23,6 +23,14 @@ def test_parse_duration_rejects(text: str) -> None:
         parse_duration(text)
 
 
+@pytest.mark.parametrize("text", ["1m1m", "1s5h", "30m1h", "1s500ms1s"])
+def test_parse_duration_refuses_units_out_of_order_or_repeated(text: str) -> None:
+    # Taken as sums (1m1m was 2 minutes): a typo the user meant otherwise.
+    with pytest.raises(DurationError, match="units from the largest down, each once"):
+        parse_duration(text)
+    assert parse_duration("1w2d3h4m5s6ms") == 604800 + 2 * 86400 + 3 * 3600 + 4 * 60 + 5 + 0.006
+
+
 @pytest.mark.parametrize(
     ("seconds", "text"), [(None, "-"), (0.25, "250ms"), (12.34, "12.3s"), (3725, "1h2m"), (90061, "1d1h")]
 )
