@@ -22,8 +22,9 @@ class DurationError(ValueError):
     pass
 
 
-def parse_duration(text: str) -> float:
-    """'30m', '1h30m', '90s', '2d', '45' (seconds) → seconds. Raises DurationError."""
+def parse_duration(text: str, *, strict: bool = True) -> float:
+    """'30m', '1h30m', '90s', '2d', '45' (seconds) → seconds. Raises DurationError. `strict=False` takes
+    units in any order, repeated (summed): what was accepted once and is stored (a loop's `--every`)."""
     raw = text.strip().lower()
     if not raw:
         raise DurationError("empty duration")
@@ -35,7 +36,7 @@ def parse_duration(text: str) -> float:
             unit = _UNITS[m.group(2)]
             if m.start() != pos:
                 break
-            if unit >= last_unit:  # `1m1m`, `1s5h`: a typo, not a sum to work out
+            if strict and unit >= last_unit:  # `1m1m`, `1s5h`: a typo, not a sum to work out
                 raise DurationError(f"invalid duration {shown(text)}: units from the largest down, each once (1h30m)")
             seconds += float(m.group(1)) * unit
             pos, last_unit = m.end(), unit

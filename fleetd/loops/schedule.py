@@ -75,9 +75,10 @@ def _cron_day_of_week(field: str) -> str:
     return ",".join(parts)
 
 
-def build_trigger(schedule: Schedule, anchor: datetime) -> BaseTrigger:
+def build_trigger(schedule: Schedule, anchor: datetime, *, stored: bool = False) -> BaseTrigger:
     """`anchor` is when the loop was created: interval loops count from it, so fires stay aligned
-    across restarts."""
+    across restarts. `stored`: a schedule already saved, read as it was accepted (an `--every 1m1m`
+    saved before units had to come from the largest down still fires)."""
     tz = zone(schedule.timezone)
     if schedule.kind == "cron":
         try:
@@ -97,7 +98,7 @@ def build_trigger(schedule: Schedule, anchor: datetime) -> BaseTrigger:
             raise InvalidArgument(f"invalid cron expression {schedule.expr!r}: {e}") from None
     if schedule.kind == "every":
         try:
-            seconds = parse_duration(schedule.expr)
+            seconds = parse_duration(schedule.expr, strict=not stored)
         except DurationError as e:
             raise InvalidArgument(f"invalid --every: {e}") from None
         if seconds < 1:

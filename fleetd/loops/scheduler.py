@@ -60,7 +60,7 @@ class Scheduler:
                 log.exception("cannot schedule loop %s", loop.name)
 
     async def _start_loop(self, loop: Loop) -> None:
-        trigger = build_trigger(loop.schedule, _anchor(loop))
+        trigger = build_trigger(loop.schedule, _anchor(loop), stored=True)
         now = self.clock()
         plan = plan_startup(trigger, loop.next_fire_at, now, loop.catch_up)
         try:
@@ -196,7 +196,7 @@ class Scheduler:
         if loop.enabled and name in self._timers:
             return loop
         now = self.clock()
-        trigger = build_trigger(loop.schedule, _anchor(loop))
+        trigger = build_trigger(loop.schedule, _anchor(loop), stored=True)
         due = first_fire(trigger, now)
         await self.loops.set_state(name, updated_at=now, enabled=True, next_fire_at=due, clear_next=True)
         loop = await self.loops.get(name)

@@ -56,6 +56,14 @@ def test_bad_schedules(schedule: Schedule, message: str) -> None:
         build_trigger(schedule, T0)
 
 
+def test_an_interval_saved_before_units_had_an_order_still_fires_but_is_refused_anew() -> None:
+    schedule = Schedule("every", "1m1m", "UTC")
+    with pytest.raises(InvalidArgument, match="units from the largest down"):
+        build_trigger(schedule, T0)
+    trigger = build_trigger(schedule, T0, stored=True)  # a daemon start must not drop a loop it ran before
+    assert trigger.get_next_fire_time(None, T0) == T0 + timedelta(minutes=2)
+
+
 def test_startup_not_yet_due_keeps_the_stored_time() -> None:
     trig = build_trigger(every("10m"), T0)
     due = T0 + timedelta(minutes=10)
