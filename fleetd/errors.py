@@ -23,6 +23,12 @@ def shown(value: object, limit: int = 60) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
+def shown_without_credentials(url: str) -> str:
+    """A URL that carries `user:password@`, quoted for an error message without them."""
+    scheme, sep, rest = url.partition("://")
+    return shown(f"{scheme}{sep}{rest.rpartition('@')[2]}" if sep else url.rpartition("@")[2])
+
+
 class InvalidArgument(FleetdError):
     status = 400
     code = "invalid_argument"

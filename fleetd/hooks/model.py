@@ -7,7 +7,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from fleetd.edits import known_fields
-from fleetd.errors import InvalidArgument, shown
+from fleetd.errors import InvalidArgument, shown, shown_without_credentials
 from fleetd.loops.model import optional_text
 from fleetd.names import checked_name
 from fleetd.records.event import parse_patterns
@@ -76,7 +76,7 @@ def validate_url(url: str) -> str:
         raise InvalidArgument(message)
     if parts.username is not None or parts.password is not None:
         raise InvalidArgument(
-            f"--webhook {shown(url.split('@', 1)[-1])}: no credentials in the URL; sign with --secret-stdin instead"
+            f"--webhook {shown_without_credentials(url)}: no credentials in the URL; sign with --secret-stdin instead"
         )
     return url
 

@@ -8,7 +8,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from fleetd.edits import known_fields, split_changes
-from fleetd.errors import InvalidArgument, shown
+from fleetd.errors import InvalidArgument, shown, shown_without_credentials
 from fleetd.heartbeat.limits import parse_limits
 from fleetd.loops.model import optional_text, validate_path
 from fleetd.names import checked_name
@@ -39,7 +39,7 @@ def _base_url(value: str) -> str:
         raise InvalidArgument(message)
     if "@" in parsed.netloc:  # it would be shown by `profile show`, `profile env` and every --json answer
         raise InvalidArgument(
-            f"invalid --base-url {shown(value.split('@', 1)[-1])}: no credentials in the URL; "
+            f"invalid --base-url {shown_without_credentials(value)}: no credentials in the URL; "
             "give the key with --api-key-stdin"
         )
     return value

@@ -196,7 +196,7 @@ def assert_profile_refused(daemon: Daemon, args: list[str], *fragments: str) -> 
         (["--base-url", "http://[::1"], ["invalid --base-url 'http://[::1'"]),
         (["--base-url", "http://localhost:99999/v1"], ["invalid --base-url"]),
         # Credentials in the URL were stored and shown by `profile show`, `profile env` and --json:
-        (["--base-url", "http://user:pw@127.0.0.1:1/v1"], ["no credentials in the URL", "--api-key-stdin"]),
+        (["--base-url", "http://user:pw@127.0.0.1:1/v1"], ["--base-url 'http://127.0.0.1:1/v1': no credentials"]),
         (["--config-dir", "/proc/fleetd-nope/x"], ["/proc/fleetd-nope does not exist"]),
         (["--model", ""], ["--model needs a value"]),  # was taken as no model
     ],

@@ -150,7 +150,7 @@ def test_a_hung_hook_does_not_hold_the_scheduler_back(own_daemon: Daemon) -> Non
         (["recursive", "--on", "hook.failed", "--exec", "true"], "hook events are not delivered to hooks"),
         (["bad-url", "--on", "run.failed", "--webhook", "ftp://example.com/x"], "invalid --webhook"),
         (["bad-url2", "--on", "run.failed", "--webhook", "not a url"], "invalid --webhook"),
-        (["creds", "--on", "run.failed", "--webhook", "https://u:p@example.com/x"], "no credentials in the URL"),
+        (["creds", "--on", "run.failed", "--webhook", "https://u:p@example.com/x"], "'https://example.com/x': no cred"),
         (["neither", "--on", "run.failed"], "exactly one of --exec COMMAND or --webhook URL"),
         (["both", "--on", "run.failed", "--exec", "true", "--webhook", "http://127.0.0.1:1/"], "exactly one of"),
         (["no-on", "--exec", "true"], "Missing option '--on'"),
