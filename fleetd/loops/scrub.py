@@ -1,14 +1,42 @@
 """Keeps secrets out of captured output: every occurrence of a secret value becomes [REDACTED],
-also when it arrives split across two reads, and in every string of a parsed record."""
+also when it arrives split across two reads, written with JSON's escapes (`\\u0073k-…`, `\\/`), and in
+every string of a parsed record."""
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
+import re
 from collections.abc import Iterable
 from typing import Any, TypeVar
 
 REDACTED = b"[REDACTED]"
 T = TypeVar("T")
+# JSON's escapes of an ASCII character: what a JSON writer may put for any character of a key.
+_ESCAPE = re.compile(rb"\\(?:u00([0-7][0-9A-Fa-f])|(/))")
+# The end of a read that may be the start of such an escape, completed by the next read.
+_OPEN_ESCAPE = re.compile(rb"\\(?:u(?:0(?:0(?:[0-7][0-9A-Fa-f]?)?)?)?)?\Z")
+
+
+class _Decoded:
+    """`data` with those escapes decoded, and the way back from an offset in it to one in `data`."""
+
+    def __init__(self, data: bytes) -> None:
+        out, pos = bytearray(), 0
+        self._at: list[int] = []  # offset in the decoded bytes of each escaped character
+        self._extra: list[int] = [0]  # bytes the escapes before it added: _extra[j] for the first j escapes
+        for m in _ESCAPE.finditer(data):
+            out += data[pos : m.start()]
+            self._at.append(len(out))
+            out.append(int(m[1], 16) if m[1] else ord("/"))
+            self._extra.append(self._extra[-1] + m.end() - m.start() - 1)
+            pos = m.end()
+        out += data[pos:]
+        self.bytes = bytes(out)
+
+    def offset(self, i: int) -> int:
+        """The offset in `data` of decoded offset `i` (an escaped character: where its escape starts)."""
+        return i + self._extra[bisect.bisect_left(self._at, i)]
 
 
 class Scrubber:
@@ -27,7 +55,13 @@ class Scrubber:
         if not self._secrets:
             return data
         buf = self._redact(self._pending + data)
-        cut = len(buf) - self._open_end(buf)
+        open_escape = _OPEN_ESCAPE.search(buf, max(0, len(buf) - 6))
+        body = buf[: open_escape.start()] if open_escape else buf
+        if b"\\" in body and _ESCAPE.search(body):
+            decoded = _Decoded(body)
+            cut = decoded.offset(len(decoded.bytes) - self._open_end(decoded.bytes))
+        else:
+            cut = len(body) - self._open_end(body)
         self._pending = buf[cut:]
         return buf[:cut]
 
@@ -52,7 +86,22 @@ class Scrubber:
     def _redact(self, data: bytes) -> bytes:
         for secret in self._secrets:
             data = data.replace(secret, REDACTED)
-        return data
+        if b"\\" not in data or not _ESCAPE.search(data):
+            return data
+        # A secret some of whose characters are escaped: found in the decoded bytes, cut from `data`.
+        decoded, spans = _Decoded(data), []
+        for secret in self._secrets:  # the longest first, as above
+            start = decoded.bytes.find(secret)
+            while start != -1:
+                end = start + len(secret)
+                if not any(a < end and start < b for a, b in spans):
+                    spans.append((start, end))
+                start = decoded.bytes.find(secret, start + 1)
+        out, pos = bytearray(), 0
+        for a, b in sorted(spans):
+            out += data[pos : decoded.offset(a)] + REDACTED
+            pos = decoded.offset(b)
+        return bytes(out + data[pos:])
 
     def text(self, value: str | None) -> str | None:
         if value is None:

@@ -68,13 +68,28 @@ def test_record_scrubs_every_string_at_any_depth() -> None:
     assert Scrubber([]).record(parsed) is parsed
 
 
-def test_a_key_only_the_parser_decodes_is_caught_by_the_record_scrub() -> None:
-    """The stream shows the key JSON-escaped, so scrubbing the bytes cannot see it; the parsed message has it."""
-    escaped = f"\\u{ord(SECRET[0]):04x}{SECRET[1:]}"
-    line = '{"type":"result","is_error":true,"api_error_status":401,"result":"Invalid API key ' + escaped + '"}\n'
+def test_a_json_escaped_key_is_redacted_in_the_bytes_too() -> None:
+    """A JSON writer may escape any character of a key (`\\u0073k-…`, `\\/`): the raw log, `runs logs --raw` and a
+    gateway client had the key once parsed. The bytes are scrubbed as decoded; the rest is left as it was."""
+    escaped = f"\\u{ord(SECRET[0]):04x}{SECRET[1:5]}\\u00{ord(SECRET[5]):02X}{SECRET[6:]}"
+    line = '{"result":"Invalid API key ' + escaped + ' \\u0041\\n\\/ ok"}\n'
     s = Scrubber([SECRET])
     stdout = (s.feed(line.encode()) + s.flush()).decode()
-    assert SECRET not in stdout
+    assert stdout == '{"result":"Invalid API key [REDACTED] \\u0041\\n\\/ ok"}\n'
     parsed = parse_stream_json(stdout, "", 1, datetime(2026, 1, 1, tzinfo=UTC), UTC)
-    assert parsed.message is not None and SECRET in parsed.message
-    assert s.record(parsed).message == "Invalid API key [REDACTED]"
+    assert parsed.message is not None and SECRET not in parsed.message
+
+
+@pytest.mark.parametrize("split", range(1, 60))
+def test_an_escaped_key_split_across_reads_anywhere_is_redacted(split: int) -> None:
+    escaped = f"\\u{ord(SECRET[0]):04x}{SECRET[1:-1]}\\u{ord(SECRET[-1]):04x}"
+    data = f"a\\/b {escaped} {SECRET} \\u005c".encode()
+    s = Scrubber([SECRET])
+    out = s.feed(data[:split]) + s.feed(data[split:]) + s.flush()
+    assert out == b"a\\/b [REDACTED] [REDACTED] \\u005c"
+
+
+def test_an_escape_cut_at_a_reads_end_holds_back_the_key_it_may_continue() -> None:
+    s = Scrubber([SECRET])
+    assert s.feed(b"key sk-an\\u00") == b"key "  # "sk-an" and an escape that may be its "t"
+    assert s.feed(b"74-api03-SECRETVALUE.") + s.flush() == b"[REDACTED]."
