@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import shutil
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
@@ -159,6 +160,13 @@ class ProfileService:
             await self.store.get(profile.name)
             raise Conflict(f"profile {profile.name!r} already exists")
         config_dir = Path(profile.config_dir)
+        if owner := await self._config_dir_owner(config_dir):
+            # Two logins in one directory overwrite each other, their usage is counted twice, and removing
+            # one profile removed the other's login with the directory.
+            raise Conflict(
+                f"config directory {shown_path(str(config_dir))} is profile {owner}'s: give each profile its own "
+                "(one login with several models: one profile, and STEP@MODEL in --chain)"
+            )
         created = self._prepare_config_dir(profile.name, config_dir)
         try:
             if secret is not None:
@@ -207,9 +215,18 @@ class ProfileService:
         await self.store.delete(name)
         await self.heartbeat.forget(name)
         default_dir = self.profiles_dir / name
-        if Path(profile.config_dir) == default_dir:
-            # fleetd made this directory; a directory the user named stays theirs.
+        if Path(profile.config_dir) == default_dir and not await self._config_dir_owner(default_dir):
+            # fleetd made this directory; a directory the user named stays theirs, and one another profile
+            # was given (before that was refused) stays that profile's.
             shutil.rmtree(default_dir, ignore_errors=True)
+
+    async def _config_dir_owner(self, config_dir: Path) -> str | None:
+        """The profile whose config directory `config_dir` is (the same directory by another path too)."""
+        mine = os.path.realpath(config_dir)
+        for other in await self.store.list():
+            if os.path.realpath(other.config_dir) == mine:
+                return other.name
+        return None
 
     async def _users(self, name: str) -> list[str]:
         """What names profile `name` and would be left pointing at nothing without it: a loop's pool, chain

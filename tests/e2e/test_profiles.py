@@ -128,6 +128,22 @@ def test_a_profile_in_a_loops_pool_cannot_be_removed(plain: Daemon) -> None:
     plain.cli("profile", "rm", "known")
 
 
+def test_a_config_directory_is_one_profiles_and_rm_never_takes_anothers_login(plain: Daemon) -> None:
+    # A trial gave a second profile the first's directory (accepted), then removed the first: the directory,
+    # the second's login with it, was deleted.
+    plain.cli("profile", "add", "cxa", "--backend", "codex")
+    login = plain.home / "profiles" / "cxa" / "auth.json"
+    login.write_text('{"tokens": "x"}')
+    before = plain.json("profile", "list")
+    for shared in (str(login.parent), f"{login.parent}/../cxa"):
+        result = plain.cli("profile", "add", "cxb", "--backend", "claude_code", "--config-dir", shared, check=False)
+        assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1, result
+        assert "is profile cxa's: give each profile its own" in result.stderr
+    assert plain.json("profile", "list") == before
+    plain.cli("profile", "rm", "cxa")
+    assert not login.parent.exists()  # its own, made by fleetd: removed with it
+
+
 def test_no_secret_in_the_database_with_the_file_store(plain: Daemon) -> None:
     plain.cli("profile", "add", "keyed", "--backend", "gemini", "--api-key-stdin", input=KEY)
     with sqlite3.connect(plain.home / "fleetd.db") as db:
