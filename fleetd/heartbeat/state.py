@@ -34,7 +34,12 @@ def evaluate(
         return prev
     if prev.state == "parked" and (prev.exhausted_until is None or now < prev.exhausted_until):
         return prev
-    if prev.state == "exhausted" and prev.exhausted_until is not None and now < prev.exhausted_until:
+    if (
+        prev.state == "exhausted"
+        and not prev.counted
+        and prev.exhausted_until is not None
+        and now < prev.exhausted_until
+    ):
         return prev
     came_back = prev.state == "exhausted"
     live = [w for w in reported if w.resets_at is None or w.resets_at > now]
@@ -46,7 +51,7 @@ def evaluate(
         for usage, until in zip(usages, full_until, strict=True):
             if usage.exceeded:
                 reason = f"{usage.limit.describe()} used {usage.used:g}"
-                return ProfileStatus("exhausted", until or now + UNKNOWN_RESET_BACKOFF, reason)
+                return ProfileStatus("exhausted", until or now + UNKNOWN_RESET_BACKOFF, reason, counted=True)
     fractions = [(w.used_percent or 0) / 100 for w in live] if live else [u.fraction for u in usages]
     unconfirmed = prev.unconfirmed or came_back
     if fractions and max(fractions) >= near:
@@ -75,7 +80,12 @@ def after_attempt(
     if outcome == "succeeded":
         state = prev.state if prev.state == "near_limit" else "available"
         return replace(
-            prev, state=state, exhausted_until=None, unconfirmed=False, reason=prev.reason * (state != "available")
+            prev,
+            state=state,
+            exhausted_until=None,
+            unconfirmed=False,
+            reason=prev.reason * (state != "available"),
+            counted=False,
         )
     return prev
 

@@ -18,6 +18,9 @@ class ProfileStatus:
     exhausted_until: datetime | None = None
     reason: str = ""
     unconfirmed: bool = False  # back after a reset, not yet proven by a successful attempt
+    # Exhausted by fleetd's own count against the profile's --limit (not by what the provider said): judged
+    # again at every beat, so a limit raised or cleared frees the profile at once.
+    counted: bool = False
 
 
 @dataclass

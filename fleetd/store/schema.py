@@ -763,4 +763,9 @@ MIGRATIONS: list[Migration] = [
     """
     ALTER TABLE hooks ADD COLUMN delivered_upto INTEGER;
     """,
+    # 20: an exhaustion fleetd counted against the profile's own --limit (1), not one the provider reported
+    # (0): only the first is judged again at every beat, so raising or clearing the limit frees the profile.
+    """
+    ALTER TABLE profile_state ADD COLUMN counted INTEGER NOT NULL DEFAULT 0;
+    """,
 ]

@@ -208,12 +208,14 @@ class UsageStore:
 
     async def load_states(self) -> dict[str, StoredState]:
         rows = await self.db.fetchall(
-            "SELECT profile, state, exhausted_until, reason, unconfirmed, reported_json, offsets_json, garbled_lines "
-            "FROM profile_state"
+            "SELECT profile, state, exhausted_until, reason, unconfirmed, counted, reported_json, offsets_json, "
+            "garbled_lines FROM profile_state"
         )
         return {
             r["profile"]: StoredState(
-                ProfileStatus(r["state"], from_iso(r["exhausted_until"]), r["reason"], bool(r["unconfirmed"])),
+                ProfileStatus(
+                    r["state"], from_iso(r["exhausted_until"]), r["reason"], bool(r["unconfirmed"]), bool(r["counted"])
+                ),
                 _windows_from_json(r["reported_json"]),
                 json.loads(r["offsets_json"]),
                 r["garbled_lines"],
@@ -229,14 +231,15 @@ class UsageStore:
         s = stored.status
         async with self.db.transaction() as conn:
             await conn.execute(
-                "INSERT INTO profile_state (profile, state, exhausted_until, reason, unconfirmed, reported_json, "
-                "offsets_json, garbled_lines, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "INSERT INTO profile_state (profile, state, exhausted_until, reason, unconfirmed, counted, "
+                "reported_json, offsets_json, garbled_lines, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (profile) DO UPDATE SET state = excluded.state, "
                 "exhausted_until = excluded.exhausted_until, "
-                "reason = excluded.reason, unconfirmed = excluded.unconfirmed, reported_json = excluded.reported_json, "
+                "reason = excluded.reason, unconfirmed = excluded.unconfirmed, counted = excluded.counted, "
+                "reported_json = excluded.reported_json, "
                 "offsets_json = excluded.offsets_json, garbled_lines = excluded.garbled_lines, "
                 "updated_at = excluded.updated_at",
-                (profile, s.state, to_iso(s.exhausted_until), s.reason, int(s.unconfirmed),
+                (profile, s.state, to_iso(s.exhausted_until), s.reason, int(s.unconfirmed), int(s.counted),
                  _windows_to_json(stored.reported), offsets_json or json.dumps(stored.offsets), stored.garbled_lines,
                  to_iso(now)),
             )  # fmt: skip

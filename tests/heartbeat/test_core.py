@@ -95,13 +95,30 @@ def test_state_goes_near_limit_then_exhausted_then_back_unconfirmed() -> None:
     usage = window_usage(recs, limit, now)
     full = evaluate(near, [usage], [usage.full_until(recs, now)], [], now, NEAR)
     assert (full.state, full.exhausted_until) == ("exhausted", T0 + 5 * H)
-    assert evaluate(full, [usage], [None], [], T0 + 4 * H, NEAR) == full  # still before its reset
+    later = window_usage(recs, limit, T0 + 4 * H)
+    assert evaluate(full, [later], [later.full_until(recs, T0 + 4 * H)], [], T0 + 4 * H, NEAR) == full  # not yet
     now = T0 + 5.1 * H
     usage = window_usage(recs, limit, now)
     back = evaluate(full, [usage], [None], [], now, NEAR)
     assert back.state == "available" and back.unconfirmed
     confirmed = after_attempt(back, "succeeded", None, None, "", now)
     assert confirmed == ProfileStatus("available")
+
+
+def test_a_limit_raised_or_cleared_frees_a_profile_its_own_count_exhausted_but_not_one_the_provider_did() -> None:
+    # A trial exhausted a profile by its own --limit 1d=1req, raised it to 100req: it stayed exhausted for a day.
+    recs = records((0, 1))
+    now = T0 + H
+    tight = window_usage(recs, Limit(86400, 1, "req"), now)
+    counted = evaluate(ProfileStatus(), [tight], [tight.full_until(recs, now)], [], now, NEAR)
+    assert (counted.state, counted.counted) == ("exhausted", True)
+    raised = window_usage(recs, Limit(86400, 100, "req"), now)
+    assert evaluate(counted, [raised], [None], [], now, NEAR).state == "available"
+    assert evaluate(counted, [], [], [], now, NEAR).state == "available"  # --clear-limits
+    assert evaluate(counted, [tight], [tight.full_until(recs, now)], [], now, NEAR) == counted  # the same limit
+    # What the provider said (a 429's reset) is not fleetd's to take back: it stays until then.
+    told = after_attempt(ProfileStatus(), "failed", "rate_limited", T0 + 5 * H, "429", now)
+    assert evaluate(told, [raised], [None], [], now, NEAR) == told
 
 
 def test_reported_windows_win_over_the_estimate() -> None:
