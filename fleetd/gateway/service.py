@@ -12,7 +12,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from fleetd.errors import InvalidArgument, NotFound
+from fleetd.errors import Conflict, InvalidArgument, NotFound
 from fleetd.gateway.model import (
     new_key,
     parse_listen,
@@ -187,10 +187,14 @@ class GatewayService:
     async def remove_route(self, name: str) -> None:
         validate_route_name(name)
         users = [k.name for k in self._keys if k.routes is not None and name in k.routes]
+        if users:
+            # Removed, a key kept naming it, and a new route of the same name was that key's without a word.
+            raise Conflict(
+                f"route {name!r} is one of the routes of gateway key(s) {', '.join(users)}: remove "
+                "those keys first (`fleetd gateway key rm NAME`; a key's routes cannot be changed)"
+            )
         await self.store.remove_route(name)
         self._routes.pop(name, None)
-        if users:
-            log.info("route %s removed; key(s) %s named it", name, ", ".join(users))
 
     # -- keys --------------------------------------------------------------------------------------
 

@@ -179,6 +179,13 @@ def test_a_key_limited_to_routes(gw: Gateway) -> None:
         gw.sdk(key).chat.completions.create(model=other, messages=[{"role": "user", "content": "hi"}])
     with pytest.raises(openai.NotFoundError, match="no route named"):
         gw.sdk(key).chat.completions.create(model="nosuch", messages=[{"role": "user", "content": "hi"}])
+    # Removed while the key named it, a new route of that name became the key's without a word.
+    refused = gw.d.cli("route", "rm", mine, check=False)
+    assert refused.returncode == 1, refused
+    assert f"route '{mine}' is one of the routes of gateway key(s) limited" in refused.stderr
+    assert mine in {r["name"] for r in gw.d.json("route", "list")}
+    gw.d.cli("gateway", "key", "rm", "limited")
+    gw.d.cli("route", "rm", mine)
 
 
 def test_the_daily_cost_cap_answers_429(gw: Gateway) -> None:
