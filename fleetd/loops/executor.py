@@ -99,6 +99,7 @@ class ActiveRun:
     kill_grace: float | None = None  # a stop's own grace (0: SIGKILL at once), for a child that starts later
     waiting: bool = False  # sleeping until a profile's reset: nothing to finish
     wait_until: datetime | None = None  # that reset, while waiting (`loop list`: "waiting until T")
+    waited: bool = False  # it waited for a reset before its first attempt: its start stays the fire's
     # The `skipped` row fires that found this run in progress went into: (reason, run id, fires), so
     # the next fire skipped for the same reason adds to it instead of writing one more row.
     skipped: tuple[SkipReason, int, int] | None = None
@@ -615,7 +616,7 @@ class Executor:
             else:
                 assert isinstance(decision, WaitUntil)
                 await self.runs.set_waiting(run.id, decision.until)  # and its run.waiting event
-                slot.waiting, slot.wait_until = True, decision.until
+                slot.waiting, slot.wait_until, slot.waited = True, decision.until, True
                 try:
                     await self._sleep_until(min(decision.until, deadline) if deadline else decision.until, slot)
                 finally:
@@ -827,7 +828,7 @@ class Executor:
             attempt_id = await self.attempts.start(
                 run_id=run.id, number=number, backend=candidate.backend, profile=profile.name if profile else "",
                 model=model, started_at=at or self.clock(), step=candidate.step + 1, role=role, pid=pid,
-                pid_create_time=create_time,
+                pid_create_time=create_time, run_start=number == 1 and not slot.waited,
             )  # fmt: skip
 
         # A process's TMPDIR is made with its child, in its launch thread (`_launch`); `build` only names

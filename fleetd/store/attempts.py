@@ -41,11 +41,14 @@ class AttemptStore:
         role: str = "work",
         pid: int | None = None,
         pid_create_time: float | None = None,
+        run_start: bool | None = None,
     ) -> int:
         """`step` is the loop's chain step the attempt came from (from 1); `role` what it did (`work`).
         For a child process, written once it exists: its pid goes on the run (crash recovery kills it)
-        and, for the run's first attempt, `started_at` becomes the run's start too (the run row was
-        written before it, at the fire): one transaction instead of three."""
+        and, for the run's first attempt (`run_start`; None: number 1), `started_at` becomes the run's start
+        too (the run row was written before it, at the fire): one transaction instead of three. Not after
+        the run waited for a reset: its start is the fire's, and the wait is part of its duration."""
+        moves_start = number == 1 if run_start is None else run_start
 
         def write(conn: sqlite3.Connection) -> int:
             cur = conn.execute(
@@ -56,10 +59,10 @@ class AttemptStore:
             # The run's profile is its worker's; a reviewer's attempt does not take that place.
             conn.execute(
                 "UPDATE runs SET attempts = ?, profile = CASE WHEN ? = 'work' THEN ? ELSE profile END, "
-                "started_at = CASE WHEN ? = 1 THEN ? ELSE started_at END, "
+                "started_at = CASE WHEN ? THEN ? ELSE started_at END, "
                 "pid = coalesce(?, pid), pid_create_time = CASE WHEN ? IS NULL THEN pid_create_time ELSE ? END "
                 "WHERE id = ?",
-                (number, role, profile, number, to_iso(started_at), pid, pid, pid_create_time, run_id),
+                (number, role, profile, int(moves_start), to_iso(started_at), pid, pid, pid_create_time, run_id),
             )
             return int(cur.lastrowid or 0)
 

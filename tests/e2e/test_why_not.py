@@ -120,6 +120,29 @@ def test_fires_while_a_run_waits_for_a_reset_are_one_skipped_row_and_the_list_sa
     assert any(e["type"] == "run.waiting" and e["data"]["run_id"] == waiting["id"] for e in mine)
 
 
+def test_a_run_that_waits_before_its_first_attempt_keeps_the_fires_start(d: Daemon) -> None:
+    # Its first attempt's start replaced the run's (a trial: started 19:17:09 after a 52 s wait, duration 0.07 s).
+    d.cli("profile", "add", "spent", "--backend", "codex")
+    scenario(d, "spent", "usage_limit +6")
+    d.cli("loop", "add", "spender", "--every", "1h", "--paused", "--backend", "codex", "--profile", "spent",
+          "--prompt", "x")  # fmt: skip
+    spender = d.json("loop", "run", "spender")  # rate limited: the profile is exhausted for 6 s
+    wait_until(lambda: {u["profile"]: u for u in d.json("usage")}["spent"]["state"] == "exhausted",
+               what="the profile exhausted")  # fmt: skip
+    scenario(d, "spent", "ok")
+    d.cli("loop", "add", "waiter", "--every", "1h", "--paused", "--backend", "codex", "--profile", "spent",
+          "--prompt", "x", "--on-exhausted", "wait")  # fmt: skip
+    fired = d.json("loop", "run", "waiter")
+    done = d.wait_run(fired["id"], timeout=30)
+    assert done["status"] == "succeeded"
+    shown = d.json("runs", "show", str(done["id"]))
+    first_attempt = datetime.fromisoformat(shown["attempt_list"][0]["started_at"])
+    assert done["started_at"] == fired["started_at"]
+    assert first_attempt - datetime.fromisoformat(done["started_at"]) > timedelta(seconds=1)  # the wait
+    assert done["duration_s"] > 1
+    d.wait_run(spender["id"], timeout=30)
+
+
 def test_run_lifecycle_events_in_fleetd_events(d: Daemon) -> None:
     d.cli("loop", "add", "ok", "--every", "1h", "--paused", "--command", "echo fine")
     d.cli("loop", "add", "bad", "--every", "1h", "--paused", "--command", "echo broken >&2; exit 3")
