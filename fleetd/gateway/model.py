@@ -48,7 +48,7 @@ def validate_route_input(body: Mapping[str, Any], profiles: Collection[Profile])
     by_name = {p.name: p for p in profiles}
     # Profiles only, never a backend: a route tries exactly the profiles the user named, nothing else.
     steps = parse_chain(chain_text, (), {p.name: p.backend for p in profiles})
-    chain = tuple(_checked_step(step, by_name[step.profiles[0]], api) for step in steps)
+    chain = tuple(checked_step(step, by_name[step.profiles[0]], api) for step in steps)
     timeout = DEFAULT_ROUTE_TIMEOUT_S
     if body.get("timeout") not in (None, ""):
         try:
@@ -63,7 +63,8 @@ def validate_route_input(body: Mapping[str, Any], profiles: Collection[Profile])
     return Route(name, api, chain, timeout, log_bodies)
 
 
-def _checked_step(step: ChainStep, profile: Profile, api: str) -> ChainStep:
+def checked_step(step: ChainStep, profile: Profile, api: str) -> ChainStep:
+    """A route's chain step over `profile`: it must speak the route's API and know what model to ask for."""
     apis = get_adapter(profile.backend).gateway_apis(profile)
     if api not in apis:
         spoken = f"it speaks {', '.join(sorted(apis))}" if apis else "the gateway cannot call it (no key or base URL)"

@@ -16,6 +16,7 @@ from typing import Any
 
 from fleetd.backends.registry import get_adapter
 from fleetd.errors import Conflict, FleetdError, InvalidArgument, NotFound, shown
+from fleetd.gateway.model import checked_step
 from fleetd.heartbeat.service import Heartbeat
 from fleetd.loops.model import shown_path
 from fleetd.paths import UnsafeDirectory, private_dir
@@ -252,9 +253,21 @@ class ProfileService:
         get_adapter(profile.backend).validate_profile(profile)
         profile.has_secret, profile.enabled = old.has_secret, old.enabled
         profile.created_at, profile.updated_at = old.created_at, self.clock()
+        await self._check_routes(profile)
         saved = await self.store.replace(profile)
         await self.heartbeat.beat()
         return saved
+
+    async def _check_routes(self, profile: Profile) -> None:
+        """The gateway routes over `profile` still work with it as edited: a cleared --model left a step that
+        asked the provider for the route's own name."""
+        for route in await self.routes.routes() if self.routes is not None else []:
+            for step in route.chain:
+                if profile.name in step.profiles:
+                    try:
+                        checked_step(step, profile, route.api)
+                    except InvalidArgument as e:
+                        raise InvalidArgument(f"route {route.name} would not work: {e.message}") from None
 
     async def set_key(self, name: str, body: dict[str, Any]) -> Profile:
         """Store a new API key for `name` (or its first). Output is scrubbed of the old key too (`KnownSecrets`)."""

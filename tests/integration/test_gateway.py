@@ -188,6 +188,19 @@ def test_a_key_limited_to_routes(gw: Gateway) -> None:
     gw.d.cli("route", "rm", mine)
 
 
+def test_a_profile_edit_that_would_break_a_route_over_it_is_refused(gw: Gateway) -> None:
+    route = gw.pair("brk")
+    # Its model cleared, the route's step (no @MODEL) asked the provider for the route's own name.
+    refused = gw.d.cli("profile", "edit", "brk1", "--clear-model", check=False)
+    assert refused.returncode == 2, refused
+    assert refused.stderr.strip() == (
+        "fleetd: route brk would not work: chain step brk1 has no model: write brk1@MODEL or give the profile --model"
+    )
+    assert gw.d.json("profile", "show", "brk1")["model"] == "brk-model-1"
+    gw.d.cli("profile", "edit", "brk1", "--model", "another")  # still a model: fine
+    gw.d.cli("route", "rm", route)
+
+
 def test_the_daily_cost_cap_answers_429(gw: Gateway) -> None:
     route = gw.pair("cap")
     key = gw.d.json("gateway", "key", "add", "capped", "--daily-cost", str(CHAT_COST / 2))["key"]
