@@ -60,6 +60,7 @@ class Recorder:
         self._attempts = attempts
         self._calls = calls
         self._queue: list[Finished] = []
+        self._writing: list[Finished] = []  # taken from the queue, not yet written
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -90,8 +91,14 @@ class Recorder:
                 await self._task
             self._task = None
 
+    def unwritten_cost(self, key: str) -> float:
+        """What gateway key `key`'s finished calls cost that the call log does not show yet: its daily cost cap
+        counts it (sequential calls went past the cap by the calls of one linger)."""
+        return sum(f.call.cost_usd for f in (*self._writing, *self._queue) if f.call is not None and f.call.key == key)
+
     def _take(self) -> list[Finished]:
         batch, self._queue = self._queue, []
+        self._writing = batch
         return batch
 
     async def _run(self) -> None:
@@ -118,3 +125,5 @@ class Recorder:
                 await self._calls(calls)
         except Exception:
             log.exception("gateway: cannot record %d call(s)", len(calls))
+        finally:
+            self._writing = []

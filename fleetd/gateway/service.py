@@ -230,7 +230,10 @@ class GatewayService:
     async def over_daily_cost(self, key: ClientKey) -> str | None:
         if key.daily_cost is None:
             return None
-        spent = await self.store.key_cost_since(key.name, self.clock() - DAY)
+        # Read before the store: a batch written meanwhile is then counted twice (a refusal a moment early),
+        # never not at all.
+        unwritten = self.proxy.recorder.unwritten_cost(key.name)
+        spent = unwritten + await self.store.key_cost_since(key.name, self.clock() - DAY)
         if spent < key.daily_cost:
             return None
         return (f"gateway key {key.name} has spent ${spent:.4f} of its ${key.daily_cost:.2f} daily cost cap "

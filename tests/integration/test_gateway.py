@@ -211,6 +211,17 @@ def test_the_daily_cost_cap_answers_429(gw: Gateway) -> None:
     assert gw.call_of(route, 2)[0]["outcome"] == "rejected"
 
 
+def test_the_daily_cost_cap_counts_the_calls_the_call_log_does_not_show_yet(gw: Gateway) -> None:
+    # One client, one call after another: five got through a cap of about one and a half calls (the call
+    # log is written a fifth of a second behind).
+    route = gw.pair("seq")
+    key = gw.d.json("gateway", "key", "add", "sequential", "--daily-cost", str(CHAT_COST * 1.5))["key"]
+    for _ in range(2):
+        gw.sdk(key).chat.completions.create(model=route, messages=[{"role": "user", "content": "hi"}])
+    with pytest.raises(openai.RateLimitError, match="daily cost cap"):
+        gw.sdk(key).chat.completions.create(model=route, messages=[{"role": "user", "content": "hi"}])
+
+
 def test_a_profile_over_its_daily_cost_through_the_gateway_is_passed_over(gw: Gateway) -> None:
     for n, provider, cap in (("1", gw.p1, ["--daily-cost", str(CHAT_COST / 2)]), ("2", gw.p2, [])):
         gw.d.cli("profile", "add", f"dc{n}", "--backend", "openai_compat", "--base-url", provider.base_url + "/v1",
