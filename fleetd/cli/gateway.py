@@ -81,9 +81,11 @@ def key_list(as_json: bool) -> None:
 
 
 def _keys_text(items: list[dict[str, Any]]) -> str:
-    rows = [[k["name"], ",".join(k["routes"]) if k["routes"] is not None else "*",
-             "-" if k["daily_cost"] is None else f"${k['daily_cost']:g}", local_time(k["created_at"])]
-            for k in items]  # fmt: skip
+    def cap(usd: float | None) -> str:
+        return "-" if usd is None else "$" + f"{usd:.6f}".rstrip("0").rstrip(".")  # not `:g`: $1e-06
+
+    rows = [[k["name"], ",".join(k["routes"]) if k["routes"] is not None else "*", cap(k["daily_cost"]),
+             local_time(k["created_at"])] for k in items]  # fmt: skip
     return table(["NAME", "ROUTES", "DAILY COST", "CREATED"], rows)
 
 

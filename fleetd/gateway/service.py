@@ -23,6 +23,7 @@ from fleetd.gateway.model import (
 )
 from fleetd.gateway.protocols import GatewayError
 from fleetd.profiles.service import ProfileService
+from fleetd.records.fire import usd
 from fleetd.records.gateway import ClientKey, GatewayCall, GatewaySetting, Route, is_loopback, split_listen
 from fleetd.store.gateway import GatewayStore
 
@@ -236,8 +237,8 @@ class GatewayService:
         spent = unwritten + await self.store.key_cost_since(key.name, self.clock() - DAY)
         if spent < key.daily_cost:
             return None
-        return (f"gateway key {key.name} has spent ${spent:.4f} of its ${key.daily_cost:.2f} daily cost cap "
-                "in the last 24 h")  # fmt: skip
+        cap = usd(key.daily_cost)
+        return f"gateway key {key.name} has spent {usd(spent)} of its {cap} daily cost cap in the last 24 h"
 
     # -- the per-call log --------------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ The README's "Why a loop did not fire" table is this one.
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from typing import Literal
 
@@ -53,8 +54,16 @@ def skip_text(reason: SkipReason, count: int, blocking_run: int | None, until: d
     raise ValueError(f"no text for skip reason {reason!r}")  # over_daily_cost: daily_cost_text
 
 
+def usd(amount: float) -> str:
+    """`$2.50`; an amount under a cent with its first two significant digits (`$0.0018`), not `$0.00`."""
+    if amount == 0 or abs(amount) >= 0.01:
+        return f"${amount:,.2f}"
+    digits = 1 - math.floor(math.log10(abs(amount)))
+    return f"${amount:.{digits}f}".rstrip("0")
+
+
 def daily_cost_text(spent: float, daily_cost: float) -> str | None:
     """`budget: …` when the loop has spent its --daily-cost (the one place that decides it), else None."""
     if spent < daily_cost:
         return None
-    return f"budget: the loop spent ${spent:.2f} of its ${daily_cost:.2f} daily cost in the last 24 h"
+    return f"budget: the loop spent {usd(spent)} of its {usd(daily_cost)} daily cost in the last 24 h"

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
+from fleetd.records.fire import usd
 from fleetd.records.loop import ChainStep
 from fleetd.timefmt import local_text
 
@@ -378,7 +379,7 @@ class Router:
     def _over_budget(self) -> str | None:
         p = self.policy
         if p.max_cost is not None and self.spent_cost >= p.max_cost:
-            return f"budget: spent ${self.spent_cost:.4f} of the run's ${p.max_cost:g}"
+            return f"budget: spent {usd(self.spent_cost)} of the run's {usd(p.max_cost)}"
         if p.max_tokens is not None and self.spent_tokens >= p.max_tokens:
             return f"budget: used {self.spent_tokens} of the run's {p.max_tokens} tokens"
         return None

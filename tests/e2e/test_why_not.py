@@ -86,7 +86,9 @@ def test_loop_show_says_the_loop_is_over_its_daily_cost(d: Daemon) -> None:
     assert answer.returncode == 1, answer  # a skipped run is exit 1, with --json too
     skipped = json.loads(answer.stdout)
     assert skipped["status"] == "skipped" and skipped["skip_reason"] == "over_daily_cost"
-    assert why_not(d, "thrifty").startswith("its last `loop run` was skipped: budget: the loop spent $0.00")
+    assert why_not(d, "thrifty").startswith(
+        "its last `loop run` was skipped: budget: the loop spent $0.00091 of its $0.0005"
+    )
     assert "[over_daily_cost]" in why_not(d, "thrifty")
 
 

@@ -189,15 +189,15 @@ def test_a_key_limited_to_routes(gw: Gateway) -> None:
 
 
 def test_a_profile_edit_that_would_break_a_route_over_it_is_refused(gw: Gateway) -> None:
-    route = gw.pair("brk")
+    route = gw.pair("edt")
     # Its model cleared, the route's step (no @MODEL) asked the provider for the route's own name.
-    refused = gw.d.cli("profile", "edit", "brk1", "--clear-model", check=False)
+    refused = gw.d.cli("profile", "edit", "edt1", "--clear-model", check=False)
     assert refused.returncode == 2, refused
     assert refused.stderr.strip() == (
-        "fleetd: route brk would not work: chain step brk1 has no model: write brk1@MODEL or give the profile --model"
+        "fleetd: route edt would not work: chain step edt1 has no model: write edt1@MODEL or give the profile --model"
     )
-    assert gw.d.json("profile", "show", "brk1")["model"] == "brk-model-1"
-    gw.d.cli("profile", "edit", "brk1", "--model", "another")  # still a model: fine
+    assert gw.d.json("profile", "show", "edt1")["model"] == "edt-model-1"
+    gw.d.cli("profile", "edit", "edt1", "--model", "another")  # still a model: fine
     gw.d.cli("route", "rm", route)
 
 
