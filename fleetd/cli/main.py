@@ -61,7 +61,9 @@ def main() -> None:
     except click.Abort:
         sys.exit(130)
     except CliError as e:
-        click.echo(f"fleetd: {e.message}", err=True)
+        # One line, whatever the daemon's message quotes (a reviewer's findings, a run's error).
+        message = " ".join(line.strip() for line in e.message.splitlines() if line.strip())
+        click.echo(f"fleetd: {message}", err=True)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)

@@ -140,6 +140,10 @@ def test_a_reviewer_rejection_escalates_with_the_missing_items(gated: Daemon) ->
     result = run(d, "picky")
     assert result["status"] == "failed" and result["error"].startswith("rejected: the reviewer rejected it")
     assert "update the changelog" in result["error"]
+    # Its findings are lines of their own: `runs result` printed them on lines of their own too.
+    no_result = d.cli("runs", "result", str(result["id"]), check=False)
+    assert no_result.returncode == 1 and len(no_result.stderr.strip().splitlines()) == 1, no_result.stderr
+    assert "has no accepted result" in no_result.stderr and "update the changelog" in no_result.stderr
     gem_call = next(c for c in calls(d, result["id"]) if c["cli"] == "gemini")
     assert "test the empty input" in gem_call["argv"][gem_call["argv"].index("-p") + 1]
 
