@@ -14,24 +14,31 @@ from fleetd.records.loop import ChainStep
 from fleetd.records.profile import TIERS
 
 
-def parse_chain(text: str, backends: Collection[str], profile_backends: Mapping[str, str]) -> list[ChainStep]:
+def parse_chain(
+    text: str, backends: Collection[str], profile_backends: Mapping[str, str], flag: str = "--chain"
+) -> list[ChainStep]:
     """`local-qwen,claude_code@sonnet,codex` → steps. A name that is a backend (of those that run
     under profiles, `backends`) is a backend step; otherwise it must be a profile (`profile_backends`
-    maps each profile to its backend)."""
-    steps = []
+    maps each profile to its backend). `flag` names the option in errors (`--review` takes one step)."""
+    steps: list[ChainStep] = []
     for raw in text.split(","):
         item = raw.strip()
         if not item:
-            raise InvalidArgument(f"invalid --chain {text!r}: empty step (use e.g. local-qwen,claude_code@sonnet)")
+            raise InvalidArgument(f"invalid {flag} {text!r}: empty step (use e.g. local-qwen,claude_code@sonnet)")
         name, _, model = item.partition("@")
         if "@" in item and not model:
-            raise InvalidArgument(f"invalid --chain step {item!r}: nothing after '@'")
+            raise InvalidArgument(f"invalid {flag} step {item!r}: nothing after '@'")
+        if "@" in model:
+            raise InvalidArgument(f"invalid {flag} step {item!r}: one @MODEL per step")
         if name in backends:
-            steps.append(ChainStep(name, (), model or None))
+            step = ChainStep(name, (), model or None)
         elif name in profile_backends:
-            steps.append(ChainStep(profile_backends[name], (name,), model or None))
+            step = ChainStep(profile_backends[name], (name,), model or None)
         else:
-            raise InvalidArgument(f"unknown backend or profile {name!r} in --chain")
+            raise InvalidArgument(f"unknown backend or profile {name!r} in {flag}")
+        if step in steps:  # tried again right after it failed: the same answer, twice the cost
+            raise InvalidArgument(f"{flag} lists the step {item!r} twice")
+        steps.append(step)
     return steps
 
 

@@ -101,7 +101,7 @@ def apply_routing_input(body: dict[str, Any], loop: Loop, profiles: list[Profile
     if review not in (None, ""):
         if not isinstance(review, str):
             raise InvalidArgument("--review must be one step: BACKEND[@MODEL] or PROFILE[@MODEL]")
-        steps = parse_chain(review, routed, {p.name: p.backend for p in profiles})
+        steps = parse_chain(review, routed, {p.name: p.backend for p in profiles}, flag="--review")
         if len(steps) != 1:
             raise InvalidArgument("--review takes one step: BACKEND[@MODEL] or PROFILE[@MODEL]")
         loop.review = steps[0]

@@ -176,6 +176,10 @@ def test_bad_routing_input_is_refused_with_one_line(routed: Daemon) -> None:
         (["--backend", "claude_code", "--max-cost", "nan"], "invalid --max-cost"),
         (["--backend", "claude_code", "--max-tokens", "lots"], "invalid --max-tokens"),
         (["--command", "true", "--max-cost", "1"], "--max-cost needs an agent backend"),
+        # Accepted before: a step twice, two models, and --review's error naming --chain.
+        (["--chain", "claude_code,claude_code"], "--chain lists the step 'claude_code' twice"),
+        (["--chain", "codex@m1@m2"], "invalid --chain step 'codex@m1@m2': one @MODEL per step"),
+        (["--backend", "claude_code", "--review", "nosuch"], "unknown backend or profile 'nosuch' in --review"),
     ]
     for args, message in cases:
         result = d.cli("loop", "add", "bad", "--every", "1h", "--prompt", "x", *args, check=False)
