@@ -79,6 +79,8 @@ def usage(ctx: click.Context, watch: bool, interval: float, wide: bool, as_json:
     `fleetd usage show NAME` gives one profile in full."""
     if ctx.invoked_subcommand is not None:
         return
+    if not watch and ctx.get_parameter_source("interval") == click.core.ParameterSource.COMMANDLINE:
+        raise CliError("--interval needs --watch (it is the time between its refreshes)", exit_code=2)
     daemon = client()
     if as_json or not watch:
         render(daemon.call("GET", "/v1/usage"), as_json, lambda rows: _usage_table(rows, wide))

@@ -271,6 +271,10 @@ def test_usage_watch_refuses_a_bad_interval(daemon: Daemon, interval: str) -> No
     assert line.startswith("fleetd: Invalid value for '--interval'")
 
 
+def test_usage_interval_without_watch_is_refused(daemon: Daemon) -> None:
+    assert_refused(daemon, ["usage", "--interval", "1"], 2, "--interval needs --watch")  # was taken and ignored
+
+
 @pytest.mark.parametrize("command", [["daemon", "start"], ["daemon", "run"]])
 def test_a_home_that_cannot_be_made_is_one_line_not_a_traceback(tmp_path: Path, command: list[str]) -> None:
     home = Daemon(tmp_path / "unused")
