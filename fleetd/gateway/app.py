@@ -113,7 +113,11 @@ def create_gateway_app(service: GatewayService) -> Starlette:
 
     async def not_found(request: HttpRequest, exc: Exception) -> Response:
         api = "messages" if request.url.path.startswith("/v1/messages") else "chat"
-        error = GatewayError("not_found", f"{request.method} {request.url.path}: not a gateway endpoint")
+        if getattr(exc, "status_code", 404) == 405:  # not "model_not_found": the path is one, the method is not
+            allowed = (getattr(exc, "headers", None) or {}).get("Allow", "another method")
+            error = GatewayError("wrong_method", f"{request.method} {request.url.path}: not allowed; use {allowed}")
+        else:
+            error = GatewayError("no_endpoint", f"{request.method} {request.url.path}: not a gateway endpoint")
         return refusal(get_protocol(api), error)
 
     routes = [

@@ -332,6 +332,17 @@ def test_malformed_bodies_are_4xx_in_the_apis_shape(gw: Gateway, api: str, body:
         assert b"Traceback" not in f.read()
 
 
+def test_a_wrong_method_or_path_is_said_as_such_not_as_an_unknown_model(gw: Gateway) -> None:
+    # GET /v1/chat/completions answered 404 "model_not_found".
+    wrong = httpx.get(gw.url + "/v1/chat/completions", headers={"authorization": f"Bearer {gw.key}"}, timeout=30)
+    assert wrong.status_code == 405 and wrong.json()["error"]["code"] == "method_not_allowed", wrong.text
+    assert "GET /v1/chat/completions: not allowed; use POST" in wrong.json()["error"]["message"]
+    nowhere = httpx.post(gw.url + "/v1/nowhere", headers={"authorization": f"Bearer {gw.key}"}, timeout=30)
+    assert nowhere.status_code == 404 and nowhere.json()["error"]["code"] == "unknown_url", nowhere.text
+    anthropic = httpx.get(gw.url + "/v1/messages", headers={"x-api-key": gw.key}, timeout=30)
+    assert anthropic.status_code == 405 and anthropic.json()["error"]["type"] == "invalid_request_error"
+
+
 def test_no_provider_key_in_calls_logs_or_answers(gw: Gateway) -> None:
     route = gw.pair("lk")
     gw.p1.fail_first(1, "bad_key")

@@ -21,6 +21,8 @@ TYPES = {
     "bad_request": ("invalid_request_error", None),
     "upstream": ("server_error", None),
     "timeout": ("server_error", "timeout"),
+    "no_endpoint": ("invalid_request_error", "unknown_url"),
+    "wrong_method": ("invalid_request_error", "method_not_allowed"),
 }
 
 

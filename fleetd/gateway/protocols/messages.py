@@ -21,6 +21,8 @@ TYPES = {
     "bad_request": "invalid_request_error",
     "upstream": "api_error",
     "timeout": "api_error",
+    "no_endpoint": "not_found_error",
+    "wrong_method": "invalid_request_error",
 }
 _FIELDS = ("input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
 
