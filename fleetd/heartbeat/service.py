@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fleetd.backends.registry import get_adapter
-from fleetd.heartbeat.state import after_attempt, evaluate
+from fleetd.heartbeat.state import after_attempt, evaluate, headroom
 from fleetd.heartbeat.switch import CIRCUIT_OPEN, Standing, choose_active
-from fleetd.heartbeat.windows import Ledger, WindowUsage, headroom
+from fleetd.heartbeat.windows import Ledger, WindowUsage
 from fleetd.loops.scrub import Scrubber
 from fleetd.records.circuit import Circuit
 from fleetd.records.profile import Profile
@@ -546,8 +546,9 @@ class Heartbeat:
     def standings(self, profiles: list[Profile]) -> list[Standing]:
         out = []
         for position, profile in enumerate(profiles):
-            status = self.states.get(profile.name, StoredState(ProfileStatus())).status
-            room = headroom(self.windows.get(profile.name, []))
+            stored = self.states.get(profile.name, StoredState(ProfileStatus()))
+            status = stored.status
+            room = headroom(self.windows.get(profile.name, []), stored.reported, self.clock())
             room -= self.in_flight.get(profile.name, 0) * self._reservation(profile)
             out.append(Standing(profile.name, position, profile.tier, status, max(0.0, room)))
         return out

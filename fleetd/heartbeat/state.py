@@ -42,7 +42,7 @@ def evaluate(
     ):
         return prev
     came_back = prev.state == "exhausted"
-    live = [w for w in reported if w.resets_at is None or w.resets_at > now]
+    live = _live(reported, now)
     for w in live:
         if w.used_percent is not None and w.used_percent >= 100:
             until = w.resets_at or now + UNKNOWN_RESET_BACKOFF
@@ -52,11 +52,29 @@ def evaluate(
             if usage.exceeded:
                 reason = f"{usage.limit.describe()} used {usage.used:g}"
                 return ProfileStatus("exhausted", until or now + UNKNOWN_RESET_BACKOFF, reason, counted=True)
-    fractions = [(w.used_percent or 0) / 100 for w in live] if live else [u.fraction for u in usages]
+    fractions = used_fractions(usages, reported, now)
     unconfirmed = prev.unconfirmed or came_back
     if fractions and max(fractions) >= near:
         return ProfileStatus("near_limit", None, f"{max(fractions):.0%} of a window used", unconfirmed)
     return ProfileStatus("available", None, "", unconfirmed)
+
+
+def _live(reported: list[WindowState], now: datetime) -> list[WindowState]:
+    return [w for w in reported if w.resets_at is None or w.resets_at > now]
+
+
+def used_fractions(usages: list[WindowUsage], reported: list[WindowState], now: datetime) -> list[float]:
+    """How full each window is: the backend's reported windows while any is live (they win over fleetd's
+    estimate), else fleetd's own count. What `evaluate` judges and `headroom` ranks by."""
+    live = _live(reported, now)
+    return [(w.used_percent or 0) / 100 for w in live] if live else [u.fraction for u in usages]
+
+
+def headroom(usages: list[WindowUsage], reported: list[WindowState], now: datetime) -> float:
+    """The smallest remaining share over every window (1.0 with none), by the same windows `evaluate` reads:
+    a profile whose backend reports 42 % used is not ranked as if it were unused."""
+    fractions = used_fractions(usages, reported, now)
+    return max(0.0, min(1.0, 1.0 - max(fractions))) if fractions else 1.0
 
 
 def after_attempt(

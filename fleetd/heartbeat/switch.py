@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from fleetd.records.profile import TIERS
 from fleetd.records.usage import ProfileStatus
 
 USABLE = ("available", "near_limit")
+_TIER_RANK = {tier: rank for rank, tier in enumerate(TIERS)}
 CIRCUIT_OPEN = "out: its circuit is open"  # the reason on a standing whose circuit breaker is open
 
 
@@ -23,7 +25,7 @@ class Standing:
 
 def choose_active(standings: list[Standing], current: str | None, pinned: bool) -> tuple[str | None, str]:
     """Keep the current profile while it is usable (no flapping; a pin holds until exhaustion);
-    otherwise the available profile with the most headroom, ties by configured order."""
+    otherwise the available profile with the most headroom, ties by tier, then by configured order."""
     by_name = {s.name: s for s in standings}
     cur = by_name.get(current or "")
     if cur is not None and pinned and cur.status.state in USABLE:
@@ -33,7 +35,9 @@ def choose_active(standings: list[Standing], current: str | None, pinned: bool) 
     for states in (("available",), ("near_limit",)):
         pool = [s for s in standings if s.status.state in states]
         if pool:
-            best = max(pool, key=lambda s: (s.headroom, -s.position))
+            # Equal headroom: the cheaper tier (local, then subscription, then metered: the router's order), then
+            # the configured order (a metered key won a tie over a subscription login by its name).
+            best = max(pool, key=lambda s: (s.headroom, -_TIER_RANK.get(s.tier, len(TIERS)), -s.position))
             what = cur.status.reason if cur is not None and cur.status.reason == CIRCUIT_OPEN else None
             why = f"{cur.name} is {what or cur.status.state}" if cur is not None else "no active profile"
             if pinned and cur is not None:

@@ -60,13 +60,6 @@ def window_usage(records: Iterable[Consumption], limit: Limit, now: datetime) ->
     return WindowUsage(limit, used, eases)
 
 
-def headroom(usages: list[WindowUsage]) -> float:
-    """The smallest remaining fraction over all windows; 1.0 when the profile has no limits."""
-    if not usages:
-        return 1.0
-    return max(0.0, min(1.0 - u.fraction for u in usages))
-
-
 def _at(entry: _Entry) -> float:
     return entry.at
 

@@ -11,9 +11,9 @@ from hypothesis import strategies as hs
 
 from fleetd.errors import InvalidArgument
 from fleetd.heartbeat.limits import parse_limit, parse_limits
-from fleetd.heartbeat.state import after_attempt, evaluate
+from fleetd.heartbeat.state import after_attempt, evaluate, headroom
 from fleetd.heartbeat.switch import Standing, choose_active
-from fleetd.heartbeat.windows import Ledger, headroom, window_usage
+from fleetd.heartbeat.windows import Ledger, window_usage
 from fleetd.records.profile import Limit
 from fleetd.records.result import WindowState
 from fleetd.records.usage import Consumption, ProfileStatus
@@ -58,8 +58,12 @@ def test_rolling_window_counts_only_the_last_window() -> None:
     assert window_usage(recs, limit, T0 + 4.9 * H).used == 900
     later = window_usage(recs, limit, T0 + 5.5 * H)  # the first one has rolled out
     assert later.used == 600 and later.eases_at == T0 + 7 * H
-    assert headroom([later]) == pytest.approx(0.4)
-    assert headroom([]) == 1.0
+    assert headroom([later], [], T0 + 5.5 * H) == pytest.approx(0.4)
+    assert headroom([], [], T0) == 1.0
+    # The backend's own report wins over fleetd's count, as in `evaluate` (it ranked a profile at 42 % used
+    # as the one with the most headroom, 100 %):
+    assert headroom([later], [WindowState(300, 42.0, T0 + 9 * H)], T0 + 5.5 * H) == pytest.approx(0.58)
+    assert headroom([later], [WindowState(300, 42.0, T0 + 5 * H)], T0 + 5.5 * H) == pytest.approx(0.4)  # past
 
 
 def test_full_window_is_full_until_enough_rolls_out() -> None:
@@ -190,6 +194,9 @@ def test_choose_active_keeps_a_usable_current_and_switches_to_most_headroom() ->
         # available beats near_limit even with less headroom; equal headroom goes to the configured order.
         ([st("near", "near_limit", 0.09, 0), st("avail", headroom=0.2, position=1)], "avail"),
         ([st("second", headroom=0.5, position=1), st("first", headroom=0.5, position=0)], "first"),
+        # Equal headroom: the cheaper tier first, whatever the order (a metered key won by its name).
+        ([st("cc-api", position=0, tier="metered"), st("cc-sub", position=1)], "cc-sub"),
+        ([st("paid", position=0, tier="metered"), st("box", position=2, tier="local")], "box"),
     ],
 )
 def test_choose_active_picks_the_most_headroom(standings: list[Standing], chosen: str) -> None:
