@@ -56,13 +56,27 @@ class AttemptStore:
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (run_id, number, backend, profile, model, to_iso(started_at), step, role),
             )
-            # The run's profile is its worker's; a reviewer's attempt does not take that place.
+            # The run's profile (and its backend, which a chain step may change) is its worker's; a reviewer's
+            # attempt does not take that place.
             conn.execute(
                 "UPDATE runs SET attempts = ?, profile = CASE WHEN ? = 'work' THEN ? ELSE profile END, "
+                "backend = CASE WHEN ? = 'work' THEN ? ELSE backend END, "
                 "started_at = CASE WHEN ? THEN ? ELSE started_at END, "
                 "pid = coalesce(?, pid), pid_create_time = CASE WHEN ? IS NULL THEN pid_create_time ELSE ? END "
                 "WHERE id = ?",
-                (number, role, profile, int(moves_start), to_iso(started_at), pid, pid, pid_create_time, run_id),
+                (
+                    number,
+                    role,
+                    profile,
+                    role,
+                    backend,
+                    int(moves_start),
+                    to_iso(started_at),
+                    pid,
+                    pid,
+                    pid_create_time,
+                    run_id,
+                ),
             )
             return int(cur.lastrowid or 0)
 

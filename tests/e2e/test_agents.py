@@ -353,6 +353,11 @@ def test_runs_result_and_readable_logs_across_backends(agents: Daemon) -> None:
     assert run["status"] == "succeeded" and [a["backend"] for a in run["attempt_list"]] == ["claude_code", "codex"]
     limited, ok = run["attempt_list"]
     assert limited["result_text"] is None and ok["result_text"] == "hi"
+    # The run's backend is its last worker's, as its profile is (it said claude_code beside profile rd_cx).
+    assert (run["backend"], run["profile"]) == ("codex", "rd_cx")
+    listed = [json.loads(line) for line in d.cli("events", "--json", "--limit", "200").stdout.splitlines()]
+    ended = next(e for e in listed if e["type"] == "run.succeeded" and e["data"]["run_id"] == run["id"])
+    assert (ended["backend"], ended["profile"]) == ("codex", "rd_cx")
     rid = str(run["id"])
     assert d.cli("runs", "result", rid).stdout == "hi\n"
     answer = d.json("runs", "result", rid)
