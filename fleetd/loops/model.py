@@ -333,4 +333,6 @@ def edited_input(loop: Loop, changes: dict[str, Any]) -> dict[str, Any]:
     body.update(given)
     for key in clear:
         body.pop(key, None)
+    if "verify" in clear and "verify_timeout" not in given:
+        body.pop("verify_timeout", None)  # it times the verify command, gone with it
     return body

@@ -117,6 +117,8 @@ def _apply_acceptance_input(body: dict[str, Any], loop: Loop) -> None:
             raise InvalidArgument(f"--verify must be a shell command of at most {MAX_VERIFY_CHARS} characters")
         loop.verify = verify
     if body.get("verify_timeout") not in (None, ""):
+        if loop.verify is None:  # it times the --verify command: alone it did nothing
+            raise InvalidArgument("--verify-timeout needs --verify")
         try:
             loop.verify_timeout_s = parse_duration(str(body["verify_timeout"]))
         except DurationError as e:

@@ -363,6 +363,20 @@ def test_options_an_agent_loop_cannot_use_are_refused(daemon: Daemon, args: list
                             "--verify", "true", *args], 2, *fragments)  # fmt: skip
 
 
+def test_verify_timeout_needs_verify_and_goes_with_it(daemon: Daemon) -> None:
+    _a_claude_profile(daemon)
+    agent = ["--every", "1h", "--backend", "claude_code", "--prompt", "hi"]
+    # Accepted and doing nothing before.
+    assert_refused(
+        daemon, ["loop", "add", "bad", *agent, "--verify-timeout", "5m"], 2, "--verify-timeout needs --verify"
+    )
+    daemon.cli("loop", "add", "gated-vt", *agent, "--verify", "true", "--verify-timeout", "5m")
+    daemon.cli("loop", "edit", "gated-vt", "--clear-verify")  # its timeout goes with it
+    shown = daemon.json("loop", "show", "gated-vt")
+    assert shown["verify"] is None and shown["verify_timeout_s"] == 600.0
+    daemon.cli("loop", "rm", "gated-vt")
+
+
 def test_a_prompt_file_too_big_to_pass_is_refused_at_add_and_fails_its_run_clearly(
     daemon: Daemon, tmp_path: Path
 ) -> None:
