@@ -706,6 +706,10 @@ class Heartbeat:
             await self._refresh(profile, self._pending())
             await self._switch(profile.backend)
 
+    def status(self, name: str) -> ProfileStatus:
+        """Profile `name`'s state as last judged (available when it has none yet)."""
+        return self.states.get(name, StoredState(ProfileStatus())).status
+
     async def pin(self, profile: Profile) -> None:
         async with self._lock:
             previous, _ = self.active.get(profile.backend, (None, False))

@@ -18,6 +18,7 @@ from fleetd.backends.registry import get_adapter
 from fleetd.errors import Conflict, FleetdError, InvalidArgument, NotFound, shown
 from fleetd.gateway.model import checked_step
 from fleetd.heartbeat.service import Heartbeat
+from fleetd.heartbeat.switch import USABLE
 from fleetd.loops.model import shown_path
 from fleetd.paths import UnsafeDirectory, private_dir
 from fleetd.profiles.model import (
@@ -304,6 +305,10 @@ class ProfileService:
     async def pin(self, name: str) -> Profile:
         """Make `name` its backend's active profile until it is exhausted or `auto` is asked."""
         profile = await self.store.get(name)
+        status = self.heartbeat.status(profile.name)
+        if status.state not in USABLE:  # a pin holds only while the profile is usable: this one ended at once
+            why = f": {status.reason}" if status.reason else ""
+            raise Conflict(f"profile {name} is {status.state}{why}; it cannot be the active one now")
         await self.heartbeat.pin(profile)
         return profile
 

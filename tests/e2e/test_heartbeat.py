@@ -138,6 +138,14 @@ def test_manual_pin_and_auto(hb: Daemon) -> None:
     assert usage(d)["g2"]["pinned"] is False
     bad = d.cli("profile", "switch", "--auto", "nonsense", check=False)
     assert bad.returncode == 1 and "no profile for backend 'nonsense'" in bad.stderr
+    # A profile that cannot be active is not pinned (it said "pinned", and the next beat moved on).
+    d.cli("profile", "disable", "g1")
+    refused = d.cli("profile", "switch", "g1", check=False)
+    assert refused.returncode == 1 and refused.stderr.strip() == (
+        "fleetd: profile g1 is disabled: disabled by hand; it cannot be the active one now"
+    ), refused.stderr
+    assert usage(d)["g1"]["pinned"] is False
+    d.cli("profile", "enable", "g1")
 
 
 def test_exhaustion_survives_a_restart(hb: Daemon) -> None:
