@@ -74,18 +74,24 @@ def create_gateway_app(service: GatewayService) -> Starlette:
                 raise GatewayError("forbidden", f"gateway key {key.name} may not use route {route.name}")
             if route.api != api:
                 raise GatewayError("bad_request", f"route {route.name} speaks the {route.api} API, not {api}")
-            if counted and (over := await service.over_daily_cost(key)):
-                await service.record(GatewayCall(service.clock(), key.name, route.name, api, bool(body.get("stream")),
-                                                 outcome="rejected", status=429, error=over))  # fmt: skip
-                raise GatewayError("rate_limited", over, retry_after=3600)
+            hold = None
+            if counted:
+                over, hold = await service.admit(key, route)
+                if over is not None:
+                    await service.record(GatewayCall(service.clock(), key.name, route.name, api,
+                                                     bool(body.get("stream")), outcome="rejected", status=429,
+                                                     error=over.message))  # fmt: skip
+                    raise over
         except GatewayError as e:
             return refusal(protocol, e)
-        forward = Request(protocol, route, key, body, raw, request.headers, path, request.url.query, counted)
+        forward = Request(protocol, route, key, body, raw, request.headers, path, request.url.query, counted, hold)
         try:
             return await service.proxy.forward(forward)  # type: ignore[return-value]
         except GatewayError as e:  # found on the way upstream, before any byte went to the client
+            service.proxy.holds.release(hold)
             return refusal(protocol, e)
         except Exception:  # a bug's last stop: one line in the API's shape for the client, the traceback logged
+            service.proxy.holds.release(hold)
             log.exception("gateway: internal error on route %s", route.name)
             return refusal(protocol, GatewayError("upstream", "internal error in the fleetd gateway; see its log"))
 

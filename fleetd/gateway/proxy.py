@@ -30,6 +30,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from fleetd.backends.registry import get_adapter
+from fleetd.gateway.holds import Holds
 from fleetd.gateway.protocols import GatewayError, WireProtocol, forwarded_headers
 from fleetd.gateway.recorder import Attempt, Finished, Recorder
 from fleetd.gateway.sse import EventSplitter
@@ -74,6 +75,7 @@ class Request:
     path: str  # below the upstream's base URL
     query: str = ""
     counted: bool = True  # a model call (count_tokens is not: no usage, no call row)
+    hold: int | None = None  # its hold on the key's daily cost cap (holds.py), released when it ends
 
 
 @dataclass
@@ -97,6 +99,7 @@ class Proxy:
         self.profiles = profiles
         self.clock = clock
         self.recorder = Recorder(self._attempts_finished, record_calls)
+        self.holds = Holds()
         self._rng = (
             random.Random()
         )  # one for every call's backoff jitter: seeding one per call costs more than the rest
@@ -325,6 +328,8 @@ class Proxy:
         """After the answer went out: the attempt's usage and outcome to the heartbeat, the call to the log."""
         call.latency_ms = _ms(time.monotonic() - started)
         call.outcome, call.error = outcome, error
+        self.holds.release(req.hold, profile.cost(usage.input_tokens, usage.output_tokens, usage.cache_read_tokens,
+                                                  usage.cache_write_tokens))  # fmt: skip
         if not req.counted:
             if outcome != "succeeded":
                 parsed = ParsedOutput("failed", "transient", message=error)
@@ -366,6 +371,7 @@ class Proxy:
             call.status, call.error = error.status, message
         call.outcome = "failed"
         call.latency_ms = _ms(time.monotonic() - started)
+        self.holds.release(req.hold)
         if req.route.log_bodies:
             call.response_body = _capped(bytes(response.body))
         if req.counted:

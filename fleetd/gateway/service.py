@@ -228,17 +228,30 @@ class GatewayService:
             raise GatewayError("auth", "invalid gateway key (fleetd gateway key list)")
         return found
 
-    async def over_daily_cost(self, key: ClientKey) -> str | None:
+    async def admit(self, key: ClientKey, route: Route) -> tuple[GatewayError | None, int | None]:
+        """Whether a call of `key` may go on under its daily cost cap: (the refusal, None) or (None, its hold on
+        the cap, which the proxy releases when the call ends). The cap counts what the call log shows, the finished
+        calls it does not show yet, and the calls under way (`holds.py`), each held at what the key's latest call
+        cost, or, before one has finished, at all that is left: the first calls go one at a time."""
         if key.daily_cost is None:
-            return None
+            return None, None
+        holds = self.proxy.holds
         # Read before the store: a batch written meanwhile is then counted twice (a refusal a moment early),
         # never not at all.
         unwritten = self.proxy.recorder.unwritten_cost(key.name)
         spent = unwritten + await self.store.key_cost_since(key.name, self.clock() - DAY)
-        if spent < key.daily_cost:
-            return None
+        held = holds.held(key.name)
         cap = usd(key.daily_cost)
-        return f"gateway key {key.name} has spent {usd(spent)} of its {cap} daily cost cap in the last 24 h"
+        if spent >= key.daily_cost:
+            message = f"gateway key {key.name} has spent {usd(spent)} of its {cap} daily cost cap in the last 24 h"
+            return GatewayError("rate_limited", message, retry_after=3600), None
+        if spent + held >= key.daily_cost:  # the calls under way may spend the rest: the next one waits for them
+            message = (f"gateway key {key.name} has spent {usd(spent)} of its {cap} daily cost cap in the last 24 h "
+                       f"and calls under way may spend the rest")  # fmt: skip
+            return GatewayError("rate_limited", message, retry_after=1), None
+        expected = holds.expected(key.name)
+        amount = expected if expected is not None else key.daily_cost - spent - held
+        return None, holds.hold(key.name, amount, route.timeout_s + 60)
 
     # -- the per-call log --------------------------------------------------------------------------
 

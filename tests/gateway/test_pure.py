@@ -183,3 +183,20 @@ def test_a_body_too_deep_to_serialize_upstream_is_the_clients_bad_request() -> N
         upstream_bytes(get_protocol("chat"), {"model": "r", "messages": deep}, "m")
     assert caught.value.kind == "bad_request" and caught.value.status == 400
     assert upstream_bytes(get_protocol("chat"), {"model": "r"}, "m") == b'{"model": "m"}'
+
+
+def test_a_hold_is_released_once_and_a_forgotten_one_expires() -> None:
+    from fleetd.gateway.holds import Holds
+
+    now = [100.0]
+    holds = Holds(clock=lambda: now[0])
+    assert holds.expected("k") is None and holds.held("k") == 0
+    first, second = holds.hold("k", 0.5, ttl=10), holds.hold("k", 0.25, ttl=60)
+    holds.hold("other", 9.0, ttl=10)
+    assert holds.held("k") == 0.75
+    holds.release(first, 0.4)
+    holds.release(first, 0.1)  # twice: nothing more, and the cost stays the first's
+    assert holds.held("k") == 0.25 and holds.expected("k") == 0.4
+    now[0] += 61  # a call that never ended (its client left before the answer began) gives its hold up
+    assert holds.held("k") == 0 and holds.held("other") == 0
+    holds.release(second)  # after it expired: nothing

@@ -592,6 +592,8 @@ class _Handler(BaseHTTPRequestHandler):
         if api is None:
             self._unknown_or_aux(path)
             return
+        if self.server.latency:
+            time.sleep(self.server.latency)
         mode = self.server.mode_for_next_call()
         if mode != "ok":
             model = str(request.get("model") or "")
@@ -707,6 +709,7 @@ class FakeProvider(ThreadingHTTPServer):
         self._mode = "ok"
         self.mode = mode
         self.reply_text = REPLY_TEXT  # what the model answers in "ok" mode; reset() leaves it, like mode
+        self.latency = 0.0  # seconds each generation request waits before its answer (calls in flight together)
         self.calls: dict[str, int] = dict.fromkeys(APIS, 0)
         self.paths: list[str] = []
         self.requests: list[RecordedRequest] = []

@@ -5,6 +5,7 @@ a stream that breaks after its first byte, the body cap, and no provider key any
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import shutil
 import socket
@@ -220,6 +221,32 @@ def test_the_daily_cost_cap_counts_the_calls_the_call_log_does_not_show_yet(gw: 
         gw.sdk(key).chat.completions.create(model=route, messages=[{"role": "user", "content": "hi"}])
     with pytest.raises(openai.RateLimitError, match="daily cost cap"):
         gw.sdk(key).chat.completions.create(model=route, messages=[{"role": "user", "content": "hi"}])
+
+
+def test_calls_in_flight_together_hold_the_daily_cost_cap(gw: Gateway) -> None:
+    # Twenty parallel calls each saw only what had been written before it came in: sixteen times a small cap.
+    route = gw.pair("par")
+    key = gw.d.json("gateway", "key", "add", "parallel", "--daily-cost", str(CHAT_COST * 2.5))["key"]
+    gw.sdk(key).chat.completions.create(model=route, messages=[{"role": "user", "content": "hi"}])  # its cost known
+    gw.p1.latency = 0.5  # all six are under way at once
+    try:
+        with concurrent.futures.ThreadPoolExecutor(6) as pool:
+            outcomes = list(pool.map(lambda _: _outcome(gw, key, route), range(6)))
+    finally:
+        gw.p1.latency = 0.0
+    # Spent 1 call, each admitted call held at that cost: two more fit under 2.5 calls, the rest wait for them.
+    assert sorted(outcomes) == ["429", "429", "429", "429", "ok", "ok"], outcomes
+    # Once they ended, what they held is spent: the cap is reached, and the refusal says so (not "under way").
+    with pytest.raises(openai.RateLimitError, match=r"daily cost cap in the last 24 h$"):
+        gw.sdk(key).chat.completions.create(model=route, messages=[{"role": "user", "content": "hi"}])
+
+
+def _outcome(gw: Gateway, key: str, route: str) -> str:
+    try:
+        gw.sdk(key).chat.completions.create(model=route, messages=[{"role": "user", "content": "hi"}])
+    except openai.RateLimitError:
+        return "429"
+    return "ok"
 
 
 def test_a_profile_over_its_daily_cost_through_the_gateway_is_passed_over(gw: Gateway) -> None:
