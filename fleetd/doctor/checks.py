@@ -8,12 +8,11 @@ profile) or makes trouble likely (a disk filling up).
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from fleetd.paths import MAX_SOCKET_PATH_BYTES, unsafe_reason
+from fleetd.paths import MAX_SOCKET_PATH_BYTES, socket_path_problem, unsafe_reason
 
 Severity = Literal["error", "warning"]
 CHECKS = ("daemon", "cli", "login", "key", "secret_store", "socket", "disk", "database", "service")
@@ -190,7 +189,7 @@ class SocketFact:
 
 def check_socket(fact: SocketFact) -> list[Finding]:
     findings = []
-    if len(os.fsencode(fact.socket_path)) > MAX_SOCKET_PATH_BYTES:
+    if socket_path_problem(fact.socket_path):
         findings.append(
             Finding(
                 "socket",

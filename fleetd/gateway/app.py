@@ -117,7 +117,7 @@ def create_gateway_app(service: GatewayService) -> Starlette:
                 for r in service.routes_now() if key.may_use(r.name)]  # fmt: skip
         return JSONResponse({"object": "list", "data": data})
 
-    async def not_found(request: HttpRequest, exc: Exception) -> Response:
+    async def refused_path(request: HttpRequest, exc: Exception) -> Response:
         api = "messages" if request.url.path.startswith("/v1/messages") else "chat"
         if getattr(exc, "status_code", 404) == 405:  # not "model_not_found": the path is one, the method is not
             allowed = (getattr(exc, "headers", None) or {}).get("Allow", "another method")
@@ -133,4 +133,4 @@ def create_gateway_app(service: GatewayService) -> Starlette:
         HttpRoute("/v1/messages/count_tokens", count_tokens, methods=["POST"]),
         HttpRoute("/v1/models", models, methods=["GET"]),
     ]
-    return Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found})
+    return Starlette(routes=routes, exception_handlers={404: refused_path, 405: refused_path})

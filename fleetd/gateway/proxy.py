@@ -328,14 +328,13 @@ class Proxy:
         """After the answer went out: the attempt's usage and outcome to the heartbeat, the call to the log."""
         call.latency_ms = _ms(time.monotonic() - started)
         call.outcome, call.error = outcome, error
-        self.holds.release(req.hold, profile.cost(usage.input_tokens, usage.output_tokens, usage.cache_read_tokens,
-                                                  usage.cache_write_tokens))  # fmt: skip
+        cost = profile.cost(usage.input_tokens, usage.output_tokens, usage.cache_read_tokens, usage.cache_write_tokens)
+        self.holds.release(req.hold, cost)
         if not req.counted:
             if outcome != "succeeded":
                 parsed = ParsedOutput("failed", "transient", message=error)
                 await self.profiles.attempt_finished(profile, parsed, self.clock(), None)
             return
-        cost = profile.cost(usage.input_tokens, usage.output_tokens, usage.cache_read_tokens, usage.cache_write_tokens)
         call.input_tokens, call.output_tokens = usage.input_tokens, usage.output_tokens
         call.cache_read_tokens, call.cache_write_tokens = usage.cache_read_tokens, usage.cache_write_tokens
         call.cost_usd = cost or 0.0

@@ -620,7 +620,7 @@ class Heartbeat:
         async with self._lock:
             now = self.clock()
             for profile in profiles:
-                status = self.states.get(profile.name, StoredState(ProfileStatus())).status
+                status = self.status(profile.name)
                 if profile.name not in self.states or (
                     status.state in ("exhausted", "parked") and status.exhausted_until and status.exhausted_until <= now
                 ):

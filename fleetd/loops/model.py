@@ -174,9 +174,11 @@ def validate_loop_input(body: dict[str, Any], default_tz: str) -> Loop:
         prompt_file = validate_path(prompt_file, "prompt file")
         if not _path_is(prompt_file, "prompt file", Path.is_file):
             raise InvalidArgument(f"prompt file not found: {shown_path(prompt_file)}")
-        check_passable(f"prompt file {shown_path(prompt_file)}", _size(prompt_file), MAX_PROMPT_BYTES)
-    if prompt is not None:
-        check_passable("--prompt", len(prompt.encode()), MAX_PROMPT_BYTES)
+        prompt_size = _size(prompt_file)
+        check_passable(f"prompt file {shown_path(prompt_file)}", prompt_size, MAX_PROMPT_BYTES)
+    else:
+        prompt_size = len((prompt or "").encode())
+        check_passable("--prompt", prompt_size, MAX_PROMPT_BYTES)
 
     workdir = body.get("dir")
     if workdir is not None:
@@ -229,7 +231,6 @@ def validate_loop_input(body: dict[str, Any], default_tz: str) -> Loop:
     entries = [len(f"{key}={value}".encode()) + 1 for key, value in env.items()]
     for key, size in zip(env, entries, strict=True):
         check_passable(f"--env {key}", size - 1)
-    prompt_size = _size(prompt_file) if prompt_file is not None else len((prompt or "").encode())
     total = sum(entries) + sum(len(a.encode()) + 1 for a in agent_args) + len((command or "").encode()) + prompt_size
     if total > MAX_LOOP_ARGS_BYTES:
         raise InvalidArgument(
