@@ -234,6 +234,15 @@ class Proxy:
         except TimeoutError:
             busy = f"{profile.name}: {PROFILE_CONCURRENCY} calls in flight; none ended in time"
             return failed(AttemptResult("failed", "transient", busy))
+        # The world this call was routed by was read before its awaits (or cached): calls that came together all
+        # saw room that the first ones to reserve have taken since.
+        taken = self.profiles.room_taken(profile)
+        if taken is not None:
+            semaphore.release()
+            why, until = taken
+            if until is None:  # its daily cost: out for this call
+                return failed(AttemptResult("failed", "unavailable", f"{profile.name}: {why}"))
+            return failed(AttemptResult("failed", "rate_limited", f"{profile.name}: {why}", reset_at=until))
         probe = self.profiles.claim_probe(profile)
         self.profiles.reserve(profile)
         released = False

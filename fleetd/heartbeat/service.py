@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fleetd.backends.registry import get_adapter
-from fleetd.heartbeat.state import after_attempt, evaluate, headroom
+from fleetd.heartbeat.state import Typical, after_attempt, evaluate, headroom, taken_by_attempts_under_way
 from fleetd.heartbeat.switch import CIRCUIT_OPEN, Standing, choose_active
 from fleetd.heartbeat.windows import Ledger, WindowUsage
 from fleetd.loops.scrub import Scrubber
@@ -106,7 +106,7 @@ class Heartbeat:
         self._stop = asyncio.Event()
         self._rewatch = asyncio.Event()
         self._watched: set[Path] = set()
-        self._typical_tokens: dict[str, float] = {}
+        self._typical: dict[str, Typical | None] = {}  # None: no attempt of it has ended yet
 
     async def start(self) -> None:
         self.states = await self.usage.load_states()
@@ -555,11 +555,32 @@ class Heartbeat:
 
     def _reservation(self, profile: Profile) -> float:
         """The share of the tightest window one more attempt is expected to take."""
-        typical = self._typical_tokens.get(profile.name)
+        typical = self._typical.get(profile.name)
         token_limits = [limit.amount for limit in profile.limits if limit.unit == "tok"]
-        if not typical or not token_limits:
+        if not typical or not typical.tokens or not token_limits:
             return RESERVATION_FLOOR
-        return max(RESERVATION_FLOOR, typical / min(token_limits))
+        return max(RESERVATION_FLOOR, typical.tokens / min(token_limits))
+
+    def typical(self, profile: str) -> Typical | None:
+        """What one of its attempts uses, going by its recent ones (None before one has ended)."""
+        return self._typical.get(profile)
+
+    def limit_taken(self, profile: Profile) -> tuple[str, datetime] | None:
+        """Whether the profile's attempts under way leave one of its own limits no room for another (why, and
+        when there is room again), judged on its windows as last counted. No await: read as an attempt reserves."""
+        stored = self.states.get(profile.name)
+        ledger = self._ledgers.get(profile.name)
+        if stored is None or ledger is None or stored.status.state not in ("available", "near_limit"):
+            return None
+        return taken_by_attempts_under_way(
+            self.windows.get(profile.name, []), ledger.inside, stored.reported, self.in_flight.get(profile.name, 0),
+            self._typical.get(profile.name), self.clock(),
+        )  # fmt: skip
+
+    async def _learn_typical(self, name: str) -> None:
+        recent = await self.usage.recent_attempts(name)
+        tokens, costs = [t for t, _ in recent], [c for _, c in recent]
+        self._typical[name] = Typical(statistics.median(tokens), statistics.median(costs)) if recent else None
 
     def reserve(self, profile: str) -> None:
         self.in_flight[profile] = self.in_flight.get(profile, 0) + 1
@@ -626,6 +647,8 @@ class Heartbeat:
                 ):
                     await self._refresh(profile, self._pending())
                 await self._observe_circuit(profile, now)
+                if profile.name not in self._typical:  # since the daemon started
+                    await self._learn_typical(profile.name)
             views = {}
             for profile, standing in zip(profiles, self.standings(profiles), strict=True):
                 active, _ = self.active.get(profile.backend, (None, False))
@@ -690,8 +713,7 @@ class Heartbeat:
                     why = parsed.error_class or parsed.outcome
                     await self._set_circuit(profile, old_circuit, new_circuit, finished_at, f"attempt {why}")
             for name, profile in last.items():
-                recent = await self.usage.recent_attempt_tokens(name)
-                self._typical_tokens[name] = statistics.median(recent) if recent else 0
+                await self._learn_typical(name)
                 await self._refresh(profile, self._pending())
             for backend in {p.backend for p in last.values()}:
                 await self._switch(backend)
@@ -738,6 +760,7 @@ class Heartbeat:
                 await self.circuit_store.forget(profile)
             self._ingesters.pop(profile, None)
             self._ledgers.pop(profile, None)
+            self._typical.pop(profile, None)
             self._offsets_json.pop(profile, None)
             self._keyed.discard(profile)
             await self.usage.forget(profile)

@@ -8,12 +8,15 @@ hand or until the reset the backend gave; disabled (auth failure, or by hand) un
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime, timedelta
+from functools import partial
+from typing import NamedTuple
 
 from fleetd.heartbeat.windows import WindowUsage
 from fleetd.records.result import WindowState
-from fleetd.records.usage import ProfileStatus
+from fleetd.records.usage import Consumption, ProfileStatus
 
 # A rate limit without a reset time: look again then (a profile's --default-reset overrides it). A
 # key's per-minute limits clear in about a minute; subscription windows come with their reset time.
@@ -57,6 +60,48 @@ def evaluate(
     if fractions and max(fractions) >= near:
         return ProfileStatus("near_limit", None, f"{max(fractions):.0%} of a window used", unconfirmed)
     return ProfileStatus("available", None, "", unconfirmed)
+
+
+class Typical(NamedTuple):
+    """What one of a profile's attempts uses, going by its recent ones (their medians)."""
+
+    tokens: float
+    cost_usd: float
+
+
+def taken_by_attempts_under_way(
+    usages: list[WindowUsage],
+    records: Callable[[int], list[Consumption]],
+    reported: list[WindowState],
+    under_way: int,
+    typical: Typical | None,
+    now: datetime,
+) -> tuple[str, datetime] | None:
+    """Whether the profile's attempts under way leave one of its own limits no room for another: why, and when
+    there is room again should they end now (`WindowUsage.taken_until`). Each is expected to use a request and
+    what its recent attempts used (unknown before one has ended: all that is left). None while every window has
+    room, or while the backend's reported windows judge it (as in `evaluate`). `records(i)`: window i's records."""
+    if under_way <= 0 or _live(reported, now):
+        return None
+    for i, usage in enumerate(usages):
+        unit = usage.limit.unit
+        each: float | None = 1.0
+        if unit != "req":
+            each = None if typical is None else typical.tokens if unit == "tok" else typical.cost_usd
+        until = usage.taken_until(partial(records, i), under_way, each, now)
+        if until is not None:
+            return f"{usage.limit.describe()}: {usage.used:g} used and {under_way} attempt(s) under way", until
+    return None
+
+
+def cost_cap_taken(spent: float, cap: float, under_way: int, typical: Typical | None) -> bool:
+    """Whether a profile's daily cost cap leaves no room for another attempt: spent, or taken by its attempts under
+    way at what its recent ones cost (unknown before one has ended: all that is left)."""
+    if spent >= cap:
+        return True
+    if under_way <= 0:
+        return False
+    return typical is None or spent + under_way * typical.cost_usd >= cap
 
 
 def _live(reported: list[WindowState], now: datetime) -> list[WindowState]:

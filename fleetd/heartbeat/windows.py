@@ -4,7 +4,7 @@ go (`Ledger`). Pure: the clock is an argument."""
 from __future__ import annotations
 
 import bisect
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -39,14 +39,33 @@ class WindowUsage:
         until the sum fits."""
         if not self.exceeded:
             return None
+        return self._fits_again(records, self.used, now) or now
+
+    def taken_until(
+        self, records: Callable[[], list[Consumption]], under_way: int, each: float | None, now: datetime
+    ) -> datetime | None:
+        """Whether the attempts under way leave no room for another, and if so when there is room again should
+        they end now: None while there is room. `each`: what one is expected to use (None, not known yet: one
+        under way may use all that is left, so the attempts go one at a time until one has ended). Calls that
+        start together each saw the window as it stood before any of them ended: a `1d=30req` profile took 31.
+        `records`: the window's records, read only when it is full."""
+        if under_way <= 0:
+            return None
+        used = self.used + (max(0.0, self.limit.amount - self.used) if each is None else under_way * each)
+        if used < self._at_limit:
+            return None
+        # Their own use, counted as of now, leaves the window last.
+        return self._fits_again(records(), used, now) or now + timedelta(seconds=self.limit.window_s)
+
+    def _fits_again(self, records: list[Consumption], used: float, now: datetime) -> datetime | None:
+        """When `used` is back under the limit as the window's records leave it, oldest first; None if they all
+        leave and it still is not."""
         start = now - timedelta(seconds=self.limit.window_s)
-        inside = sorted((c for c in records if c.at > start), key=lambda c: c.at)
-        used = self.used
-        for c in inside:
+        for c in sorted((c for c in records if c.at > start), key=lambda c: c.at):
             used -= c.amount(self.limit.unit)
             if used < self._at_limit:
                 return c.at + timedelta(seconds=self.limit.window_s)
-        return now
+        return None
 
 
 def window_usage(records: Iterable[Consumption], limit: Limit, now: datetime) -> WindowUsage:

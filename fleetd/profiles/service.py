@@ -18,6 +18,7 @@ from fleetd.backends.registry import get_adapter
 from fleetd.errors import Conflict, FleetdError, InvalidArgument, NotFound, shown
 from fleetd.gateway.model import checked_step
 from fleetd.heartbeat.service import Heartbeat
+from fleetd.heartbeat.state import cost_cap_taken
 from fleetd.heartbeat.switch import USABLE
 from fleetd.loops.model import shown_path
 from fleetd.paths import UnsafeDirectory, private_dir
@@ -28,6 +29,7 @@ from fleetd.profiles.model import (
     validate_secret,
 )
 from fleetd.profiles.secrets import SecretStore
+from fleetd.records.fire import usd
 from fleetd.records.loop import ChainStep, Loop
 from fleetd.records.profile import Profile
 from fleetd.records.result import ParsedOutput
@@ -148,6 +150,7 @@ class ProfileService:
         self.heartbeat = heartbeat
         self.profiles_dir = profiles_dir
         self.clock = clock
+        self._spent: dict[str, float] = {}  # each capped profile's cost in the last 24 h, as `world` last read it
 
     async def add(self, body: dict[str, Any]) -> Profile:
         profile, secret = validate_profile_input(body, self.profiles_dir)
@@ -352,17 +355,43 @@ class ProfileService:
         views = await self.heartbeat.views(profiles)
         now = self.clock()
         for profile in profiles:
+            if profile.daily_cost is not None and self.attempt_costs is not None:
+                self._spent[profile.name] = await self.attempt_costs.profile_cost_since(profile.name, now - DAY)
+        # No await from here on: the attempts under way are counted as they stand when the caller's attempt
+        # reserves its profile (the executor reserves before its next await), so two cannot both take the last room.
+        for profile in profiles:
             adapter = get_adapter(profile.backend)
             # The gateway (`direct`) calls the API itself: a missing CLI does not matter there, a missing key does.
             why = (None if direct else adapter.unavailable(profile)) or adapter.auth_problem(profile)
-            over = None
-            if profile.daily_cost is not None and self.attempt_costs is not None:
-                spent = await self.attempt_costs.profile_cost_since(profile.name, now - DAY)
-                if spent >= profile.daily_cost:
-                    over = f"${spent:.2f} of ${profile.daily_cost:.2f} in the last 24 h"
-            if why or over:
-                views[profile.name] = replace(views[profile.name], unavailable=why, over_daily_cost=over)
+            over = self.over_daily_cost(profile)
+            taken = self.heartbeat.limit_taken(profile)
+            if why or over or taken:
+                views[profile.name] = replace(views[profile.name], unavailable=why, over_daily_cost=over,
+                                              taken=taken[0] if taken else None,
+                                              taken_until=taken[1] if taken else None)  # fmt: skip
         return World(now, views), {p.name: p for p in profiles}
+
+    def over_daily_cost(self, profile: Profile) -> str | None:
+        """Why the profile's `--daily-cost` leaves no room for another attempt (spent as of the last `world`, and
+        its attempts under way at what its recent ones cost), or None."""
+        spent = self._spent.get(profile.name)
+        if profile.daily_cost is None or spent is None:
+            return None
+        under_way = self.heartbeat.in_flight.get(profile.name, 0)
+        if not cost_cap_taken(spent, profile.daily_cost, under_way, self.heartbeat.typical(profile.name)):
+            return None
+        ways = f" and {under_way} attempt(s) under way" if spent < profile.daily_cost else ""
+        return f"{usd(spent)} of {usd(profile.daily_cost)} in the last 24 h{ways}"
+
+    def room_taken(self, profile: Profile) -> tuple[str, datetime | None] | None:
+        """`world`'s judgement of the profile's limits and daily cost with what is under way now, again, for a
+        caller that awaited since it read the world (the gateway): why there is no room for its attempt, and
+        when there is again (None: not by itself)."""
+        over = self.over_daily_cost(profile)
+        if over:
+            return f"over its daily cost: {over}", None
+        taken = self.heartbeat.limit_taken(profile)
+        return (f"no room for another attempt: {taken[0]}", taken[1]) if taken else None
 
     def claim_probe(self, profile: Profile) -> bool:
         return self.heartbeat.claim_probe(profile.name)

@@ -199,12 +199,14 @@ class UsageStore:
             found.update(r["session_id"] for r in rows)
         return found
 
-    async def recent_attempt_tokens(self, profile: str, limit: int = 10) -> list[int]:
+    async def recent_attempts(self, profile: str, limit: int = 10) -> list[tuple[int, float]]:
+        """The tokens and cost of the profile's latest attempts (runs' and gateway calls'), newest first."""
         rows = await self.db.fetchall(
-            "SELECT tokens FROM usage_records WHERE profile = ? AND source = 'attempt' ORDER BY id DESC LIMIT ?",
+            "SELECT tokens, cost_usd FROM usage_records WHERE profile = ? AND source = 'attempt' "
+            "ORDER BY id DESC LIMIT ?",
             (profile, limit),
         )
-        return [r["tokens"] for r in rows]
+        return [(r["tokens"], r["cost_usd"]) for r in rows]
 
     async def load_states(self) -> dict[str, StoredState]:
         rows = await self.db.fetchall(

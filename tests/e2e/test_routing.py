@@ -198,3 +198,25 @@ def test_attempts_fleetd_cuts_short_do_not_open_the_circuit(routed: Daemon) -> N
     for _ in range(3):
         assert run(d, "slowpoke")["status"] == "timed_out"
     assert circuit(d, "slow")["state"] == "closed" and circuit(d, "slow")["failures"] == 0
+
+
+def test_a_profiles_request_limit_counts_the_attempt_under_way(routed: Daemon) -> None:
+    # Runs that start together each saw the limit as it stood before any of them ended: a `1d=30req` profile took
+    # 31. With its one request under way, the next run goes on to the chain's next step.
+    d = routed
+    d.cli("profile", "add", "one-req", "--backend", "claude_code", "--limit", "1d=1req")
+    d.cli("profile", "add", "spare", "--backend", "claude_code")
+    scenario(d, "one-req", "held")
+    scenario(d, "spare", "ok")
+    for name in ("held-a", "held-b"):
+        d.cli("loop", "add", name, "--every", "1h", "--paused", "--backend", "claude_code",
+              "--chain", "one-req,spare", "--prompt", "fix it")  # fmt: skip
+    first = d.json("loop", "run", "held-a")["id"]
+    wait_until(lambda: called(d, "one-req") == 1, what="the first run's attempt under way")
+    second = run(d, "held-b")
+    assert second["status"] == "succeeded" and second["profile"] == "spare"
+    assert any("one-req: no room for another attempt: 1d=1req: 0 used and 1 attempt(s) under way" in e["detail"]
+               for e in second["route"]), second["route"]  # fmt: skip
+    (d.standin_dir / "one-req.release").write_text("")  # type: ignore[attr-defined]
+    assert d.wait_run(first)["profile"] == "one-req"
+    assert called(d, "one-req") == 1

@@ -11,7 +11,7 @@ from hypothesis import strategies as hs
 
 from fleetd.errors import InvalidArgument
 from fleetd.heartbeat.limits import parse_limit, parse_limits
-from fleetd.heartbeat.state import after_attempt, evaluate, headroom
+from fleetd.heartbeat.state import Typical, after_attempt, cost_cap_taken, evaluate, headroom
 from fleetd.heartbeat.switch import Standing, choose_active
 from fleetd.heartbeat.windows import Ledger, window_usage
 from fleetd.records.profile import Limit
@@ -72,6 +72,34 @@ def test_full_window_is_full_until_enough_rolls_out() -> None:
     usage = window_usage(recs, limit, T0 + 3 * H)
     assert usage.exceeded
     assert usage.full_until(recs, T0 + 3 * H) == T0 + 5 * H  # dropping the 600 brings it to 500
+
+
+def test_attempts_under_way_take_the_room_they_are_expected_to_use() -> None:
+    # Calls that started together each saw the window as it stood before any ended: `1d=30req` took 31.
+    now = T0 + 3 * H
+    reqs = [Consumption(T0 + timedelta(hours=h), 10, 1) for h in (0, 1)]
+    two = window_usage(reqs, Limit(24 * 3600, 3, "req"), now)
+    assert not two.exceeded
+    assert two.taken_until(lambda: reqs, 0, 1.0, now) is None  # nothing under way: room for one more
+    # One under way takes the last request: room again when the oldest record leaves the window.
+    assert two.taken_until(lambda: reqs, 1, 1.0, now) == T0 + 24 * H
+    # Four under way: only once theirs (counted as of now) leave.
+    assert two.taken_until(lambda: reqs, 4, 1.0, now) == now + 24 * H
+    toks = window_usage(reqs, Limit(24 * 3600, 100, "tok"), now)
+    assert toks.taken_until(lambda: reqs, 3, 20.0, now) is None  # 20 used, 60 expected: room
+    assert toks.taken_until(lambda: reqs, 4, 20.0, now) == T0 + 24 * H  # 100: full until the first 10 leave
+    # Before any attempt has ended, what one uses is unknown: one under way may use all that is left (room again
+    # as the first record leaves, or, with none, as its own does).
+    assert toks.taken_until(lambda: reqs, 1, None, now) == T0 + 24 * H
+    assert window_usage([], Limit(3600, 5, "usd"), now).taken_until(list, 1, None, now) == now + H
+
+
+def test_a_daily_cost_cap_counts_the_attempts_under_way_at_what_recent_ones_cost() -> None:
+    assert cost_cap_taken(5.0, 5.0, 0, None)  # spent
+    assert not cost_cap_taken(4.0, 5.0, 0, None)
+    assert not cost_cap_taken(4.0, 5.0, 2, Typical(1000, 0.4))  # 4.8: room for one more
+    assert cost_cap_taken(4.0, 5.0, 3, Typical(1000, 0.4))  # 5.2
+    assert cost_cap_taken(0.0, 5.0, 1, None)  # what one costs is not known yet: one at a time
 
 
 def test_a_sum_a_rounding_apart_is_as_full_and_eases_at_the_same_record() -> None:

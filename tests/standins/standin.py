@@ -19,6 +19,7 @@ tests/integration/fake_provider.py, see tests/backends/test_classification.py):
 and `flaky [N] [FAILURE]`: the first N calls of this profile (default $STANDIN_FAIL_TIMES, else 1; counted in
 $STANDIN_DIR/flaky-<profile>.count) act out FAILURE (default overloaded), every later call succeeds ("ok").
 $STANDIN_TIME_SCALE scales the waits of scenarios that replay a CLI's own back-off (Aider's, Codex's).
+`held` (claude): answers as "ok" does once $STANDIN_DIR/<FLEETD_PROFILE>.release exists (an attempt kept under way).
 """
 
 from __future__ import annotations
@@ -83,6 +84,14 @@ def _flaky(args: list[str]) -> str:
         f.truncate()
         f.write(str(done + 1))
     return failure if done < times else "ok"
+
+
+def held() -> None:
+    """The `held` scenario's wait (after the call is recorded): until its profile's release file exists."""
+    release = Path(os.environ.get("STANDIN_DIR") or ".") / f"{os.environ.get('FLEETD_PROFILE', '')}.release"
+    deadline = time.monotonic() + 60
+    while not release.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
 
 
 def scaled_sleep(seconds: float) -> None:
@@ -164,6 +173,9 @@ def claude(argv: list[str]) -> None:
         emit(f"login for {os.environ.get('CLAUDE_CONFIG_DIR')}")
         sys.exit(0)
     s = scenario()
+    if s == "held":
+        held()
+        s = "ok"
     fmt = argv[argv.index("--output-format") + 1] if "--output-format" in argv else "text"
     if s == "ok":
         replay({"stream-json": "cc_ok_stream", "json": "cc_ok_json"}.get(fmt, "cc_ok_json"))
