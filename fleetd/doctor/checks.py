@@ -15,7 +15,7 @@ from typing import Any, Literal
 from fleetd.paths import MAX_SOCKET_PATH_BYTES, socket_path_problem, unsafe_reason
 
 Severity = Literal["error", "warning"]
-CHECKS = ("daemon", "cli", "login", "key", "secret_store", "socket", "disk", "database", "service")
+CHECKS = ("daemon", "cli", "login", "key", "rotation", "secret_store", "socket", "disk", "database", "service")
 
 DISK_WARN_BYTES = 1024**3
 DISK_WARN_FRACTION = 0.05
@@ -139,6 +139,49 @@ def check_profiles(profiles: list[ProfileFact]) -> list[Finding]:
                     subject=p.name,
                 )
             )
+    return findings
+
+
+# -- profiles out of rotation ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OutFact:
+    """A profile that nothing runs on until someone acts: disabled (by hand, or after an auth failure) or parked
+    (out of quota). An exhausted one comes back by itself at its reset: not one of these."""
+
+    name: str
+    why: str  # "disabled by hand", "disabled: auth failure: …", "parked: out of quota: …"
+    by_hand: bool  # disabled by the user: their choice, not a problem in itself
+    loops: tuple[str, ...] = ()  # the enabled loops that may use it
+
+
+def check_rotation(out: list[OutFact], stranded: dict[str, list[str]]) -> list[Finding]:
+    """`stranded`: each enabled loop every profile of which is out, with them. Such a loop's every fire fails
+    ("no usable candidate"); a profile taken out by a failure, which enabled loops may use, is worth knowing too."""
+    findings = []
+    for loop, names in stranded.items():
+        findings.append(
+            Finding(
+                "rotation",
+                "error",
+                f"loop {loop}: every profile it may use is out of rotation ({', '.join(names)})",
+                f"fleetd profile enable {names[0]}   # once what took it out is fixed; or fleetd loop edit {loop}",
+                subject=loop,
+            )
+        )
+    for p in out:
+        if p.by_hand or not p.loops:
+            continue
+        findings.append(
+            Finding(
+                "rotation",
+                "warning",
+                f"profile {p.name} is {p.why}; loops {', '.join(p.loops)} pass it over",
+                f"fleetd profile enable {p.name}   # once what took it out is fixed",
+                subject=p.name,
+            )
+        )
     return findings
 
 

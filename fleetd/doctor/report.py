@@ -30,7 +30,7 @@ def local_report(
             checks.Finding("daemon", "error", f"the daemon is not running (socket {paths.socket})", start),
         ],
         checked=["daemon", "secret_store", "socket", "disk"],
-        skipped=[(check, NEEDS_DAEMON) for check in ("cli", "login", "key", "database")],
+        skipped=[(check, NEEDS_DAEMON) for check in ("cli", "login", "key", "rotation", "database")],
     )
     report.findings += checks.check_secret_store(facts.secret_store_fact(paths.home, env, keys_in_use=0))
     report.findings += checks.check_socket(facts.socket_fact(paths, daemon_answers=False))

@@ -9,6 +9,7 @@ import asyncio
 import os
 import sys
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
 from pathlib import Path
 
 from fleetd import __version__
@@ -82,6 +83,7 @@ class DoctorService:
         )
         report.findings += checks.check_clis(clis)
         report.findings += checks.check_profiles(profile_facts)
+        report.findings += checks.check_rotation(*self._rotation(loops, profiles))
         report.findings += checks.check_secret_store(store)
         report.findings += checks.check_socket(facts.socket_fact(self.paths, daemon_answers=True))
         disk = facts.disk_fact(self.paths.home)
@@ -161,6 +163,30 @@ class DoctorService:
                 )
             )
         return found
+
+    def _rotation(
+        self, loops: list[Loop], profiles: list[Profile]
+    ) -> tuple[list[checks.OutFact], dict[str, list[str]]]:
+        """The profiles out of rotation, and the enabled loops left with none to run on."""
+        out: dict[str, checks.OutFact] = {}
+        for profile in profiles:
+            status = self.profiles.heartbeat.status(profile.name)
+            if not profile.enabled:
+                why, by_hand = "disabled by hand", True
+            elif status.state in ("disabled", "parked"):
+                why, by_hand = f"{status.state}{': ' + status.reason if status.reason else ''}", False
+            else:
+                continue
+            out[profile.name] = checks.OutFact(profile.name, why, by_hand)
+        stranded: dict[str, list[str]] = {}
+        for loop in (lp for lp in loops if lp.enabled):
+            usable = [p.name for p in profiles if _may_use(loop, p)]
+            for name in usable:
+                if name in out:
+                    out[name] = replace(out[name], loops=(*out[name].loops, loop.name))
+            if usable and all(name in out for name in usable):
+                stranded[loop.name] = usable
+        return list(out.values()), stranded
 
 
 def _steps(loop: Loop) -> Iterable[ChainStep]:

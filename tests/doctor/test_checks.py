@@ -11,6 +11,7 @@ from fleetd.doctor.checks import (
     CliFact,
     DatabaseFact,
     DiskFact,
+    OutFact,
     ProfileFact,
     SecretStoreFact,
     ServiceFact,
@@ -114,6 +115,27 @@ def test_check_profiles(fact: ProfileFact, expected: list[tuple[str, str]], fix:
     if found:
         assert fix in found[0].fix
         assert fact.name in found[0].message
+
+
+# -- profiles out of rotation ---------------------------------------------------------------------
+
+
+def test_check_rotation() -> None:
+    parked = OutFact("b", "parked: out of quota: credit balance too low", False, ("nightly", "weekly"))
+    by_hand = OutFact("c", "disabled by hand", True, ("nightly",))
+    unused = OutFact("d", "disabled: auth failure: invalid key", False)
+    findings = checks.check_rotation([parked, by_hand, unused], {"weekly": ["b"]})
+    assert brief(findings) == [("rotation", "error"), ("rotation", "warning")]
+    stranded, warning = findings
+    assert stranded.message == "loop weekly: every profile it may use is out of rotation (b)"
+    assert stranded.subject == "weekly" and stranded.fix.startswith("fleetd profile enable b")
+    # A failure took it out while loops may use it; one disabled by hand, or one no loop uses, is no finding.
+    assert (
+        warning.message
+        == "profile b is parked: out of quota: credit balance too low; loops nightly, weekly pass it over"
+    )
+    assert warning.subject == "b"
+    assert checks.check_rotation([by_hand, unused], {}) == []
 
 
 # -- secret store ---------------------------------------------------------------------------------

@@ -60,6 +60,15 @@ def test_doctor_finds_a_cli_missing_from_the_daemons_path(short_home: Path) -> N
         assert (cli["severity"], cli["subject"]) == ("error", "claude_code")
         assert {"check": "service", "why": "no service unit is installed"} in report["skipped"]
 
+        # Its one profile taken out of rotation: every fire of the loop would fail, and doctor said nothing.
+        d.cli("profile", "disable", "work")
+        report = json.loads(d.cli("doctor", "--json", check=False).stdout)
+        [stranded] = [f for f in report["findings"] if f["check"] == "rotation"]
+        assert stranded["severity"] == "error" and stranded["subject"] == "nightly"
+        assert stranded["message"] == "loop nightly: every profile it may use is out of rotation (work)"
+        assert stranded["fix"].startswith("fleetd profile enable work")
+        d.cli("profile", "enable", "work")
+
         # Logged in (the file Claude Code writes) and the loop paused: what is left are warnings.
         (d.home / "profiles" / "work" / ".credentials.json").write_text('{"claudeAiOauth": {}}')
         d.cli("loop", "pause", "nightly")
@@ -80,7 +89,7 @@ def test_doctor_without_a_daemon_says_so_and_checks_what_it_can(short_home: Path
     report = json.loads(d.cli("doctor", "--json", check=False).stdout)
     assert list(report) == REPORT_KEYS
     assert report["daemon"] == {"running": False, "home": str(d.home), "socket": str(d.socket)}
-    assert {s["check"] for s in report["skipped"]} >= {"cli", "login", "key", "database"}
+    assert {s["check"] for s in report["skipped"]} >= {"cli", "login", "key", "rotation", "database"}
     assert "disk" in report["checked"] and "socket" in report["checked"]
 
 
