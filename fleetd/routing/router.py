@@ -304,7 +304,14 @@ class Router:
             error_class = result.error_class or "unknown"
             action = ACTIONS.get(error_class, "stop")
             self.note(world.now, "outcome", _describe(result), chosen, number=number, error_class=error_class)
-            if action == "retry":
+            view = world.profiles.get(chosen.profile)
+            if action == "retry" and view is not None and view.circuit == "open":
+                # Its circuit opened with this failure (a failed probe, or the threshold reached): a retry would
+                # sleep its backoff only to find the candidate passed over.
+                out[key] = f"{error_class}; circuit open"
+                self.note(world.now, "next", f"{chosen.profile}: {error_class}; its circuit is open: trying the "
+                          "next candidate", chosen)  # fmt: skip
+            elif action == "retry":
                 retries[key] = retries.get(key, 0) + 1
                 if retries[key] <= policy.retries and not self._over_budget():
                     delay = backoff_delay(retries[key], policy.backoff_base, policy.backoff_cap, self.rng)
@@ -317,7 +324,6 @@ class Router:
                 self.note(world.now, "next", f"{chosen.profile}: {out[key]}; trying the next candidate", chosen)
             elif action == "next_candidate":
                 if error_class == "rate_limited":
-                    view = world.profiles.get(chosen.profile)
                     until = view.until if view is not None and view.state == "exhausted" and view.until else None
                     resting[key] = until or result.reset_at or world.now + timedelta(seconds=60)
                 else:

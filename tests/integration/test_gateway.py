@@ -508,17 +508,17 @@ def _breaking_server() -> int:
 def test_a_profiles_request_limit_counts_the_calls_under_way(gw: Gateway) -> None:
     # Calls in flight together each saw the limit as it was before any of them ended: a `1d=30req` profile took 31.
     for n, provider, limit in (("1", gw.p1, ["--limit", "1d=2req"]), ("2", gw.p2, [])):
-        gw.d.cli("profile", "add", f"lim{n}", "--backend", "openai_compat", "--base-url", provider.base_url + "/v1",
+        gw.d.cli("profile", "add", f"rql{n}", "--backend", "openai_compat", "--base-url", provider.base_url + "/v1",
                  "--model", "m", *limit, "--api-key-stdin", input=KEYS[n] + "\n")  # fmt: skip
-    gw.d.cli("route", "add", "lim", "--chain", "lim1,lim2")
+    gw.d.cli("route", "add", "rql", "--chain", "rql1,rql2")
     before = len(gw.p1.requests_for(fake.API_CHAT))
     gw.p1.latency = gw.p2.latency = 0.5  # all five are under way at once
     try:
         with concurrent.futures.ThreadPoolExecutor(5) as pool:
-            outcomes = list(pool.map(lambda _: _outcome(gw, gw.key, "lim"), range(5)))
+            outcomes = list(pool.map(lambda _: _outcome(gw, gw.key, "rql"), range(5)))
     finally:
         gw.p1.latency = gw.p2.latency = 0.0
     assert outcomes == ["ok"] * 5
-    assert len(gw.p1.requests_for(fake.API_CHAT)) - before == 2  # its limit; the other three went to lim2
-    calls = gw.call_of("lim", 5)
-    assert sorted(c["profile"] for c in calls) == ["lim1", "lim1", "lim2", "lim2", "lim2"]
+    assert len(gw.p1.requests_for(fake.API_CHAT)) - before == 2  # its limit; the other three went to rql2
+    calls = gw.call_of("rql", 5)
+    assert sorted(c["profile"] for c in calls) == ["rql1", "rql1", "rql2", "rql2", "rql2"]

@@ -216,6 +216,21 @@ def test_open_and_half_open_circuits_are_passed_over_and_one_probe_is_allowed() 
     assert drive.run().status == "succeeded" and drive.tried == ["cc-a@sonnet"]
 
 
+def test_a_transient_failure_that_opened_the_circuit_is_not_retried_after_a_backoff() -> None:
+    # A failed half-open probe reopens its circuit: the backoff was slept all the same, and the retry then found
+    # the candidate passed over. It goes on to the next candidate at once.
+    def circuit_opens(profiles: dict[str, ProfileView], name: str, result: AttemptResult, now: datetime) -> None:
+        if result.error_class == "transient":
+            profiles[name] = replace(profiles[name], circuit="open", circuit_until=now + timedelta(minutes=5))
+
+    drive = Drive(Policy(CHAIN), {"qwen": [fail("transient")], "cc-a": [OK]}, on_result=circuit_opens)
+    assert drive.run().status == "succeeded"
+    assert drive.tried == ["qwen", "cc-a@sonnet"]
+    assert not any(isinstance(d, Backoff) for d in drive.decisions)
+    [moved] = [e["detail"] for e in drive.router.trail if e["kind"] == "next"]
+    assert moved == "qwen: transient; its circuit is open: trying the next candidate"
+
+
 def test_the_active_profile_goes_first_then_headroom() -> None:
     profiles = dict(PROFILES)
     profiles["cc-a"] = replace(profiles["cc-a"], headroom=0.9)
