@@ -636,16 +636,21 @@ class Heartbeat:
 
     # -- the router's view ----------------------------------------------------------------------
 
+    async def _judge_if_due(self, profile: Profile, now: datetime) -> None:
+        """Judge a profile now if it was never judged or the reset it waited for has passed (not at the next beat:
+        the router would pass it over, `usage` say `exhausted`, until then). Under the lock."""
+        status = self.status(profile.name)
+        if profile.name not in self.states or (
+            status.state in ("exhausted", "parked") and status.exhausted_until and status.exhausted_until <= now
+        ):
+            await self._refresh(profile, self._pending())
+
     async def views(self, profiles: list[Profile]) -> dict[str, ProfileView]:
         """Each profile as the router sees it now (state, headroom, active, circuit)."""
         async with self._lock:
             now = self.clock()
             for profile in profiles:
-                status = self.status(profile.name)
-                if profile.name not in self.states or (
-                    status.state in ("exhausted", "parked") and status.exhausted_until and status.exhausted_until <= now
-                ):
-                    await self._refresh(profile, self._pending())
+                await self._judge_if_due(profile, now)
                 await self._observe_circuit(profile, now)
                 if profile.name not in self._typical:  # since the daemon started
                     await self._learn_typical(profile.name)
@@ -768,9 +773,12 @@ class Heartbeat:
                 if active == profile:
                     self.active[backend] = (None, False)
 
-    def snapshot(self, profiles: list[Profile]) -> list[dict[str, Any]]:
-        """What `fleetd usage` shows, one entry per profile."""
-        now = self.clock()
+    async def snapshot(self, profiles: list[Profile]) -> list[dict[str, Any]]:
+        """What `fleetd usage` shows, one entry per profile, as of now."""
+        async with self._lock:
+            now = self.clock()
+            for profile in profiles:
+                await self._judge_if_due(profile, now)
         rows = []
         for profile in profiles:
             stored = self.states.get(profile.name, StoredState(ProfileStatus()))

@@ -303,7 +303,7 @@ class ProfileService:
 
     async def usage(self) -> list[dict[str, Any]]:
         """`fleetd usage`: each profile's standing as the heartbeat judges it now."""
-        return self.heartbeat.snapshot(await self.store.list())
+        return await self.heartbeat.snapshot(await self.store.list())
 
     async def pin(self, name: str) -> Profile:
         """Make `name` its backend's active profile until it is exhausted or `auto` is asked."""

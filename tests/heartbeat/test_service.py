@@ -106,6 +106,22 @@ def test_rate_limit_reset_from_the_cli_wins_and_restart_keeps_it(tmp_path: Path)
     run(tmp_path, body)
 
 
+def test_usage_shows_a_profile_whose_reset_has_passed_as_back_not_exhausted_until_the_next_beat(tmp_path: Path) -> None:
+    # `usage` said `exhausted … RESETS IN 0ms` for up to a beat after the reset.
+    reset = T0 + timedelta(minutes=30)
+
+    async def body(hb: Heartbeat, clock: Clock, usage: UsageStore, profiles: list[Profile]) -> None:
+        limited = ParsedOutput("failed", "rate_limited", reset_at=reset, message="You've hit your limit")
+        await hb.attempt_finished(profiles[0], limited, clock.now, None)
+        [before, _] = await hb.snapshot(profiles)
+        assert before["stored"].status.state == "exhausted"
+        clock.now = reset + timedelta(seconds=1)
+        [after, _] = await hb.snapshot(profiles)
+        assert after["stored"].status.state == "available" and after["stored"].status.unconfirmed
+
+    run(tmp_path, body)
+
+
 def test_concurrent_starts_are_spread_by_reservations(tmp_path: Path) -> None:
     async def body(hb: Heartbeat, clock: Clock, usage: UsageStore, profiles: list[Profile]) -> None:
         await usage.add([NewUsage("a", clock.now, "agent", 300), NewUsage("b", clock.now, "agent", 320)])
