@@ -509,8 +509,8 @@ class Executor:
             alone = Try(Candidate(0, "", loop.backend, None, "local"), 1, None, None)  # no profile, no routing
             end = await self._attempt(1, loop, run, slot, runlog, None, prompt, alone, deadline, last=True)
             return self._verdict(loop, slot, end) or ("failed", end.exit_code, _describe(end.parsed))
-        router = Router(replace(loop_policy(loop), backoff_base=self.backoff_base))
         numbers = itertools.count(1)  # attempt numbers of the run, workers and reviewers alike
+        router = Router(replace(loop_policy(loop), backoff_base=self.backoff_base), numbers=numbers)
 
         async def judge(decision: Try, profile: Profile, end: AttemptEnd, before: changes.Snapshot | None) -> Judgement:
             """The acceptance gate: the verify command, then the reviewer agent."""
@@ -530,7 +530,7 @@ class Executor:
             return Judgement()
 
         try:
-            return await self._drive(router, loop, run, slot, runlog, prompt, deadline, numbers=numbers, judge=judge)
+            return await self._drive(router, loop, run, slot, runlog, prompt, deadline, judge=judge)
         finally:
             with contextlib.suppress(Exception):  # the route is a record, not a reason to fail the run
                 await self.runs.set_route(run.id, [_route_json(entry) for entry in router.trail])
@@ -545,7 +545,6 @@ class Executor:
         prompt: str | None,
         deadline: datetime | None,
         *,
-        numbers: Iterator[int],
         judge: Judge,
         role: str = "work",
     ) -> tuple[RunStatus, int | None, str | None]:
@@ -577,7 +576,7 @@ class Executor:
                 try:
                     before = await asyncio.to_thread(changes.snapshot, loop.workdir) if loop.review else None
                     end = await self._attempt(
-                        next(numbers), loop, run, slot, runlog, profile, prompt, decision, deadline,
+                        decision.number, loop, run, slot, runlog, profile, prompt, decision, deadline,
                         resume=sessions.get(key) if decision.repair else None, role=role,
                     )  # fmt: skip
                 finally:
@@ -730,7 +729,7 @@ class Executor:
         left = None if loop.max_cost is None else max(0.0, loop.max_cost - work.spent_cost - (end.cost_usd or 0.0))
         policy = Policy(chain=(loop.review,), tiers=frozenset(loop.tiers), max_cost=left, retries=1,
                         backoff_base=self.backoff_base, max_attempts=6)  # fmt: skip
-        reviewer = Router(policy, role="review")
+        reviewer = Router(policy, role="review", numbers=numbers)
         verdicts: list[Any] = []
 
         async def read_verdict(
@@ -744,7 +743,7 @@ class Executor:
 
         runlog.note(f"review by {loop.review.describe()}")
         status, _, reason = await self._drive(reviewer, loop, run, slot, runlog, question, deadline,
-                                              numbers=numbers, judge=read_verdict, role="review")  # fmt: skip
+                                              judge=read_verdict, role="review")  # fmt: skip
         work.trail.extend(reviewer.trail)  # its entries carry "role": "review"
         spent = Judgement(None, reviewer.spent_cost, reviewer.spent_tokens)
         if status != "succeeded" or not verdicts:

@@ -12,7 +12,7 @@ Each decision and every candidate passed over is written to `Router.trail`, the 
 from __future__ import annotations
 
 import random
-from collections.abc import Generator, Mapping
+from collections.abc import Generator, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -226,6 +226,9 @@ class Router:
     spent_cost: float = 0.0
     spent_tokens: int = 0
     role: str = "work"  # what its attempts do: `review` for the reviewer agent's own router
+    # The run's attempt numbers, shared by its worker's router and its reviewers': a Try's number, and the route's,
+    # is then the attempt's in the run's list (each router counting its own gave a review "review 1" beside attempt 2).
+    numbers: Iterator[int] | None = None
 
     def note(self, now: datetime, kind: str, detail: str, candidate: Candidate | None = None, **data: Any) -> None:
         """One entry of the route; steps are numbered from 1 there, as users count them."""
@@ -283,14 +286,15 @@ class Router:
                 yield Finish("failed", reason, last.error_class if last else None)
                 return
             number += 1
+            attempt = next(self.numbers) if self.numbers is not None else number
             cost_left = None if policy.max_cost is None else max(0.0, policy.max_cost - self.spent_cost)
             tokens_left = None if policy.max_tokens is None else max(0, policy.max_tokens - self.spent_tokens)
             repair = repairing == (chosen.step, chosen.profile)
             repairing = None
             what = "repair of" if repair else "review" if self.role == "review" else "attempt"
-            self.note(now, "try", f"{what} {number}: {chosen.profile} (step {chosen.step + 1}: "
-                      f"{policy.chain[chosen.step].describe()})", chosen, number=number)  # fmt: skip
-            observed = yield Try(chosen, number, cost_left, tokens_left, findings, repair)
+            self.note(now, "try", f"{what} {attempt}: {chosen.profile} (step {chosen.step + 1}: "
+                      f"{policy.chain[chosen.step].describe()})", chosen, number=attempt)  # fmt: skip
+            observed = yield Try(chosen, attempt, cost_left, tokens_left, findings, repair)
             world, result = observed.world, observed.result
             assert result is not None
             last = result
@@ -298,12 +302,12 @@ class Router:
             self.spent_tokens += result.tokens
             key = (chosen.step, chosen.profile)
             if result.outcome == "succeeded":
-                self.note(world.now, "outcome", "succeeded", chosen, number=number)
+                self.note(world.now, "outcome", "succeeded", chosen, number=attempt)
                 yield Finish("succeeded")
                 return
             error_class = result.error_class or "unknown"
             action = ACTIONS.get(error_class, "stop")
-            self.note(world.now, "outcome", _describe(result), chosen, number=number, error_class=error_class)
+            self.note(world.now, "outcome", _describe(result), chosen, number=attempt, error_class=error_class)
             view = world.profiles.get(chosen.profile)
             if action == "retry" and view is not None and view.circuit == "open":
                 # Its circuit opened with this failure (a failed probe, or the threshold reached): a retry would

@@ -125,6 +125,10 @@ def test_the_reviewer_accepts_and_its_attempt_is_role_review(gated: Daemon) -> N
     assert result["status"] == "succeeded" and result["profile"] in ("cc-first", "reviewer")
     roles = [(a["profile"], a["role"]) for a in result["attempt_list"]]
     assert roles == [("cc-first", "work"), ("reviewer", "review")]
+    # The route numbers attempts as the list does (the review was "review 1" beside attempt 2).
+    tries = [(e["number"], e["detail"].split(":")[0]) for e in result["route"] if e["kind"] == "try"]
+    assert tries == [(1, "attempt 1"), (2, "review 2")], result["route"]
+    assert [a["number"] for a in result["attempt_list"]] == [1, 2]
     _, review = calls(d, result["id"])
     question = review["argv"][review["argv"].index("-p") + 1]
     assert "add a flag" in question and '"verdict"' in question and "## What changed" in question
