@@ -161,16 +161,19 @@ def test_real_cli_lone_529_is_retried_into_a_success(daemon: Daemon, provider: f
     loop = f"lone529_{case.cli}"
     add_profile(daemon, case, f"{case.cli}-once", provider.base_url)
     setup_loop(daemon, case, provider.base_url, pool=f"{case.cli}-once", name=loop)
+    seen = len(provider.requests)
     provider.fail_first(1, "529")
     result = run(daemon, loop)
     log = daemon.cli("runs", "logs", str(result["id"])).stdout
     assert result["status"] == "succeeded", log[-3000:]
     classes = [a["error_class"] for a in result["attempt_list"]]
+    requests = [(r.method, r.path, r.api) for r in provider.requests[seen:]]  # what the provider was asked, in order
+    log = f"{requests}\n{log[-3000:]}"
     # Aider's OpenAI client and Gemini CLI get past one overloaded answer inside their own attempt;
     # Claude Code and Codex end at once (their retries are turned down) and fleetd retries.
-    assert classes in (["transient", None], [None]), (classes, log[-3000:])
+    assert classes in (["transient", None], [None]), (classes, log)
     if case.cli in ("claude", "codex"):
-        assert classes == ["transient", None]
+        assert classes == ["transient", None], (classes, log)
         assert any(e["kind"] == "retry" for e in result["route"])
     assert provider.failures_left == 0
 
