@@ -558,21 +558,30 @@ class Executor:
         noted = 0
         sessions: dict[tuple[int, str], str] = {}  # the CLI session each worker's last attempt left, for repairs
         while True:
-            noted = await self._tell(loop, run, runlog, router.trail, noted, role)
+            noted, skips = self._note_route(runlog, router.trail, noted, role)
+            probe = False
+            if isinstance(decision, Try) and not slot.interrupt_reason and not self._past(deadline):
+                # No await since the world was read: the room and the probe the router saw free are still free, and
+                # taken now, before the skips are told (an await), so a run reading the world meanwhile sees them taken.
+                probe = self.profiles.claim_probe(profiles[decision.candidate.profile])
+                self.profiles.reserve(profiles[decision.candidate.profile])
+            try:
+                await self._tell_skips(loop, run, skips)
+            except BaseException:
+                if isinstance(decision, Try):
+                    self.profiles.release(profiles[decision.candidate.profile], probe)
+                raise
             if slot.interrupt_reason and not isinstance(decision, Finish):
                 return "interrupted", end.exit_code, slot.interrupt_reason  # a stop: no new attempt, no retry
             if isinstance(decision, Finish):
                 if decision.status == "succeeded":
                     return "succeeded", end.exit_code, None
                 return "failed", end.exit_code, decision.reason
-            if deadline is not None and self.clock() >= deadline:
+            if self._past(deadline):
                 return "timed_out", end.exit_code, f"timed out after {format_duration(loop.timeout_s)}"
-            if isinstance(decision, Try):
+            if isinstance(decision, Try):  # its profile reserved above
                 profile = profiles[decision.candidate.profile]
                 key = (decision.candidate.step, profile.name)
-                # No await since the world was read: the probe the router saw free is still free.
-                probe = self.profiles.claim_probe(profile)
-                self.profiles.reserve(profile)
                 try:
                     before = await asyncio.to_thread(changes.snapshot, loop.workdir) if loop.review else None
                     end = await self._attempt(
@@ -761,20 +770,30 @@ class Executor:
         missing = "".join(f"\n- {item}" for item in verdict.missing)
         return replace(spent, rejected=("capability", f"the reviewer rejected it: {verdict.reason}{missing}"))
 
-    async def _tell(
-        self, loop: Loop, run: Run, runlog: RunLog, trail: list[dict[str, Any]], noted: int, role: str = "work"
-    ) -> int:
-        """The route's new entries into the run log (never inside a CLI's line: each note is its own
-        line), and an event for each candidate skipped as unavailable. A reviewer's entries join the
-        work's trail after its own drive told them: they are not told twice."""
+    @staticmethod
+    def _note_route(
+        runlog: RunLog, trail: list[dict[str, Any]], noted: int, role: str = "work"
+    ) -> tuple[int, list[dict[str, Any]]]:
+        """The route's new entries into the run log (never inside a CLI's line: each note is its own line), and
+        the candidates among them skipped as unavailable, for `_tell_skips`. A reviewer's entries join the work's
+        trail after its own drive noted them: they are not noted twice."""
+        skips = []
         for entry in trail[noted:]:
             if entry.get("role", "work") != role:
                 continue
             if entry["kind"] != "outcome":
                 runlog.note(f"route: {entry['detail']}")
             if entry["kind"] == "skip" and ": unavailable: " in entry["detail"]:
-                await self.profiles.candidate_skipped(loop, run.id, entry["profile"], entry["detail"])
-        return len(trail)
+                skips.append(entry)
+        return len(trail), skips
+
+    async def _tell_skips(self, loop: Loop, run: Run, skips: list[dict[str, Any]]) -> None:
+        """An event for each candidate skipped as unavailable."""
+        for entry in skips:
+            await self.profiles.candidate_skipped(loop, run.id, entry["profile"], entry["detail"])
+
+    def _past(self, deadline: datetime | None) -> bool:
+        return deadline is not None and self.clock() >= deadline
 
     def _verdict(self, loop: Loop, slot: ActiveRun, end: AttemptEnd) -> tuple[RunStatus, int | None, str | None] | None:
         """A final status, or None when another profile could still do it. Work that finished successfully
