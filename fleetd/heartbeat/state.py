@@ -79,15 +79,20 @@ def taken_by_attempts_under_way(
 ) -> tuple[str, datetime] | None:
     """Whether the profile's attempts under way leave one of its own limits no room for another: why, and when
     there is room again should they end now (`WindowUsage.taken_until`). Each is expected to use a request and
-    what its recent attempts used (unknown before one has ended: all that is left). None while every window has
-    room, or while the backend's reported windows judge it (as in `evaluate`). `records(i)`: window i's records."""
+    what its recent attempts used; a token or money window is not judged so before one of them has ended (held at
+    all that is left, the next run would wait out the whole window behind a first attempt of any size). None
+    while every window has room, or while the backend's reported windows judge it (as in `evaluate`).
+    `records(i)`: window i's records."""
     if under_way <= 0 or _live(reported, now):
         return None
     for i, usage in enumerate(usages):
         unit = usage.limit.unit
-        each: float | None = 1.0
-        if unit != "req":
-            each = None if typical is None else typical.tokens if unit == "tok" else typical.cost_usd
+        if unit == "req":
+            each = 1.0
+        elif typical is not None:
+            each = typical.tokens if unit == "tok" else typical.cost_usd
+        else:
+            continue
         until = usage.taken_until(partial(records, i), under_way, each, now)
         if until is not None:
             return f"{usage.limit.describe()}: {usage.used:g} used and {under_way} attempt(s) under way", until
@@ -96,12 +101,10 @@ def taken_by_attempts_under_way(
 
 def cost_cap_taken(spent: float, cap: float, under_way: int, typical: Typical | None) -> bool:
     """Whether a profile's daily cost cap leaves no room for another attempt: spent, or taken by its attempts under
-    way at what its recent ones cost (unknown before one has ended: all that is left)."""
+    way at what its recent ones cost (not counted before one has ended: what the next would cost is not known)."""
     if spent >= cap:
         return True
-    if under_way <= 0:
-        return False
-    return typical is None or spent + under_way * typical.cost_usd >= cap
+    return under_way > 0 and typical is not None and spent + under_way * typical.cost_usd >= cap
 
 
 def _live(reported: list[WindowState], now: datetime) -> list[WindowState]:

@@ -42,16 +42,15 @@ class WindowUsage:
         return self._fits_again(records, self.used, now) or now
 
     def taken_until(
-        self, records: Callable[[], list[Consumption]], under_way: int, each: float | None, now: datetime
+        self, records: Callable[[], list[Consumption]], under_way: int, each: float, now: datetime
     ) -> datetime | None:
         """Whether the attempts under way leave no room for another, and if so when there is room again should
-        they end now: None while there is room. `each`: what one is expected to use (None, not known yet: one
-        under way may use all that is left, so the attempts go one at a time until one has ended). Calls that
-        start together each saw the window as it stood before any of them ended: a `1d=30req` profile took 31.
-        `records`: the window's records, read only when it is full."""
+        they end now: None while there is room. `each`: what one is expected to use. Calls that start together
+        each saw the window as it stood before any of them ended: a `1d=30req` profile took 31. `records`: the
+        window's records, read only when it is full."""
         if under_way <= 0:
             return None
-        used = self.used + (max(0.0, self.limit.amount - self.used) if each is None else under_way * each)
+        used = self.used + under_way * each
         if used < self._at_limit:
             return None
         # Their own use, counted as of now, leaves the window last.

@@ -11,7 +11,14 @@ from hypothesis import strategies as hs
 
 from fleetd.errors import InvalidArgument
 from fleetd.heartbeat.limits import parse_limit, parse_limits
-from fleetd.heartbeat.state import Typical, after_attempt, cost_cap_taken, evaluate, headroom
+from fleetd.heartbeat.state import (
+    Typical,
+    after_attempt,
+    cost_cap_taken,
+    evaluate,
+    headroom,
+    taken_by_attempts_under_way,
+)
 from fleetd.heartbeat.switch import Standing, choose_active
 from fleetd.heartbeat.windows import Ledger, window_usage
 from fleetd.records.profile import Limit
@@ -88,10 +95,15 @@ def test_attempts_under_way_take_the_room_they_are_expected_to_use() -> None:
     toks = window_usage(reqs, Limit(24 * 3600, 100, "tok"), now)
     assert toks.taken_until(lambda: reqs, 3, 20.0, now) is None  # 20 used, 60 expected: room
     assert toks.taken_until(lambda: reqs, 4, 20.0, now) == T0 + 24 * H  # 100: full until the first 10 leave
-    # Before any attempt has ended, what one uses is unknown: one under way may use all that is left (room again
-    # as the first record leaves, or, with none, as its own does).
-    assert toks.taken_until(lambda: reqs, 1, None, now) == T0 + 24 * H
-    assert window_usage([], Limit(3600, 5, "usd"), now).taken_until(list, 1, None, now) == now + H
+    assert window_usage([], Limit(3600, 5, "usd"), now).taken_until(list, 1, 5.0, now) == now + H
+    # The profile's view: a request each; tokens and money at what its recent attempts used, and not judged before
+    # one has ended (held at all that is left, a second run waited out the whole window behind the first).
+    assert taken_by_attempts_under_way([two, toks], lambda i: reqs, [], 1, None, now) == (
+        "1d=3req: 2 used and 1 attempt(s) under way", T0 + 24 * H)  # fmt: skip
+    assert taken_by_attempts_under_way([toks], lambda i: reqs, [], 4, None, now) is None
+    assert taken_by_attempts_under_way([toks], lambda i: reqs, [], 4, Typical(20, 0.1), now) is not None
+    # The backend's reported windows judge it while any is live (as `evaluate`).
+    assert taken_by_attempts_under_way([two], lambda i: reqs, [WindowState(300, 10.0, now + H)], 1, None, now) is None
 
 
 def test_a_daily_cost_cap_counts_the_attempts_under_way_at_what_recent_ones_cost() -> None:
@@ -99,7 +111,7 @@ def test_a_daily_cost_cap_counts_the_attempts_under_way_at_what_recent_ones_cost
     assert not cost_cap_taken(4.0, 5.0, 0, None)
     assert not cost_cap_taken(4.0, 5.0, 2, Typical(1000, 0.4))  # 4.8: room for one more
     assert cost_cap_taken(4.0, 5.0, 3, Typical(1000, 0.4))  # 5.2
-    assert cost_cap_taken(0.0, 5.0, 1, None)  # what one costs is not known yet: one at a time
+    assert not cost_cap_taken(4.9, 5.0, 9, None)  # what one costs is not known before one has ended
 
 
 def test_a_sum_a_rounding_apart_is_as_full_and_eases_at_the_same_record() -> None:
