@@ -98,7 +98,7 @@ class Proxy:
     ) -> None:
         self.profiles = profiles
         self.clock = clock
-        self.recorder = Recorder(self._attempts_finished, record_calls)
+        self.recorder = Recorder(self._attempts_finished, record_calls, self._written)
         self.holds = Holds()
         self._rng = (
             random.Random()
@@ -140,6 +140,10 @@ class Proxy:
 
     async def _attempts_finished(self, attempts: list[Attempt]) -> None:
         await self.profiles.attempts_finished([(a.profile, a.parsed, a.finished_at, a.cost_usd) for a in attempts])
+
+    def _written(self, attempts: list[Attempt]) -> None:
+        for attempt in attempts:  # in the windows and the call log now: no longer counted apart (`finished`)
+            self.profiles.recorded(attempt.profile)
 
     def _semaphore(self, profile: str) -> asyncio.Semaphore:
         if profile not in self._semaphores:
@@ -349,6 +353,8 @@ class Proxy:
         call.cost_usd = cost or 0.0
         if outcome == "succeeded":  # written after, with others (recorder.py): the next call need not wait
             parsed = ParsedOutput("succeeded", usage=usage, model=call.model)
+            # Its use counts against the profile's limits until the batch is written (`_written`).
+            self.profiles.unrecorded(profile, usage.total, cost or 0.0)
             await self.recorder.put(Finished(call, Attempt(profile, parsed, self.clock(), cost)))
             return
         # The stream broke after it began: the provider failed (the router must know before the next call),

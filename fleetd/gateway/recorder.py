@@ -56,9 +56,11 @@ class Recorder:
         self,
         attempts: Callable[[list[Attempt]], Awaitable[None]],
         calls: Callable[[list[GatewayCall]], Awaitable[None]],
+        written: Callable[[list[Attempt]], None] = lambda _: None,
     ) -> None:
         self._attempts = attempts
         self._calls = calls
+        self._written = written  # told of a batch's attempts once the batch is written (or failed to be)
         self._queue: list[Finished] = []
         self._writing: list[Finished] = []  # taken from the queue, not yet written
         self._wake = asyncio.Event()
@@ -127,3 +129,4 @@ class Recorder:
             log.exception("gateway: cannot record %d call(s)", len(calls))
         finally:
             self._writing = []
+            self._written(attempts)

@@ -245,11 +245,17 @@ class GatewayService:
         if spent >= key.daily_cost:
             message = f"gateway key {key.name} has spent {usd(spent)} of its {cap} daily cost cap in the last 24 h"
             return GatewayError("rate_limited", message, retry_after=3600), None
-        if spent + held >= key.daily_cost:  # the calls under way may spend the rest: the next one waits for them
-            message = (f"gateway key {key.name} has spent {usd(spent)} of its {cap} daily cost cap in the last 24 h "
-                       f"and calls under way may spend the rest")  # fmt: skip
-            return GatewayError("rate_limited", message, retry_after=1), None
         expected = holds.expected(key.name)
+        # The calls under way may spend the rest, or this one would pass the cap (a call at $0.82 of a $1 cap was let
+        # in though each cost $0.82): it waits for them, or for spend to leave the 24 h window.
+        if spent + held + (expected or 0.0) > key.daily_cost * (1 + 1e-9) or spent + held >= key.daily_cost:
+            if held:
+                message = (f"gateway key {key.name} has spent {usd(spent)} of its {cap} daily cost cap in the last "
+                           f"24 h and calls under way may spend the rest")  # fmt: skip
+                return GatewayError("rate_limited", message, retry_after=1), None
+            message = (f"gateway key {key.name} has spent {usd(spent)} of its {cap} daily cost cap in the last 24 h "
+                       f"and a call costs about {usd(expected or 0.0)}")  # fmt: skip
+            return GatewayError("rate_limited", message, retry_after=3600), None
         amount = expected if expected is not None else key.daily_cost - spent - held
         return None, holds.hold(key.name, amount, route.timeout_s + 60)
 

@@ -18,14 +18,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fleetd.backends.registry import get_adapter
-from fleetd.heartbeat.state import Typical, after_attempt, evaluate, headroom, taken_by_attempts_under_way
+from fleetd.heartbeat.state import Typical, after_attempt, evaluate, headroom, no_room_for_another
 from fleetd.heartbeat.switch import CIRCUIT_OPEN, Standing, choose_active
 from fleetd.heartbeat.windows import Ledger, WindowUsage
 from fleetd.loops.scrub import Scrubber
 from fleetd.records.circuit import Circuit
 from fleetd.records.profile import Profile
 from fleetd.records.result import ParsedOutput, WindowState
-from fleetd.records.usage import ProfileStatus, StoredState
+from fleetd.records.usage import Consumption, ProfileStatus, StoredState
 from fleetd.routing import circuit as breaker
 from fleetd.routing.router import ProfileView
 from fleetd.store.circuits import CircuitStore
@@ -107,6 +107,7 @@ class Heartbeat:
         self._rewatch = asyncio.Event()
         self._watched: set[Path] = set()
         self._typical: dict[str, Typical | None] = {}  # None: no attempt of it has ended yet
+        self._unrecorded: dict[str, list[tuple[int, float]]] = {}  # tokens and cost of calls `recorded` has not seen
 
     async def start(self) -> None:
         self.states = await self.usage.load_states()
@@ -562,20 +563,46 @@ class Heartbeat:
         return max(RESERVATION_FLOOR, typical.tokens / min(token_limits))
 
     def typical(self, profile: str) -> Typical | None:
-        """What one of its attempts uses, going by its recent ones (None before one has ended)."""
-        return self._typical.get(profile)
+        """What one of its attempts uses, going by its recent ones (None before one has ended): those recorded, else
+        the finished calls not recorded yet (a first call's batch is written a moment after the next came in)."""
+        known = self._typical.get(profile)
+        pending = self._unrecorded.get(profile)
+        if known is None and pending:
+            return Typical(statistics.median(t for t, _ in pending), statistics.median(c for _, c in pending))
+        return known
 
-    def limit_taken(self, profile: Profile) -> tuple[str, datetime] | None:
-        """Whether the profile's attempts under way leave one of its own limits no room for another (why, and
-        when there is room again), judged on its windows as last counted. No await: read as an attempt reserves."""
+    def no_room(self, profile: Profile) -> tuple[str, datetime] | None:
+        """Whether one of the profile's own limits has no room for one more attempt beside its attempts under way
+        and its finished ones not counted yet (why, and when it has room), judged on its windows as last counted.
+        No await: read as an attempt reserves."""
         stored = self.states.get(profile.name)
         ledger = self._ledgers.get(profile.name)
         if stored is None or ledger is None or stored.status.state not in ("available", "near_limit"):
             return None
-        return taken_by_attempts_under_way(
+        return no_room_for_another(
             self.windows.get(profile.name, []), ledger.inside, stored.reported, self.in_flight.get(profile.name, 0),
-            self._typical.get(profile.name), self.clock(),
+            self.typical(profile.name), self._pending_use(profile.name), self.clock(),
         )  # fmt: skip
+
+    def unrecorded(self, profile: str, tokens: int, cost_usd: float) -> None:
+        """A finished call whose usage reaches `attempts_finished` a moment later, with others (the gateway's
+        recorder): counted by `no_room` and `unrecorded_cost` meanwhile (back-to-back calls went past a limit)."""
+        self._unrecorded.setdefault(profile, []).append((tokens, cost_usd))
+
+    def recorded(self, profile: str) -> None:
+        """The oldest of `unrecorded`'s calls is in the windows now (or its write failed: no longer pending)."""
+        pending = self._unrecorded.get(profile)
+        if pending:
+            pending.pop(0)
+
+    def unrecorded_cost(self, profile: str) -> float:
+        return sum(cost for _, cost in self._unrecorded.get(profile, ()))
+
+    def _pending_use(self, profile: str) -> Consumption | None:
+        pending = self._unrecorded.get(profile)
+        if not pending:
+            return None
+        return Consumption(self.clock(), sum(t for t, _ in pending), len(pending), sum(c for _, c in pending))
 
     async def _learn_typical(self, name: str) -> None:
         recent = await self.usage.recent_attempts(name)

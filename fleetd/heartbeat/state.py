@@ -69,42 +69,53 @@ class Typical(NamedTuple):
     cost_usd: float
 
 
-def taken_by_attempts_under_way(
+def no_room_for_another(
     usages: list[WindowUsage],
     records: Callable[[int], list[Consumption]],
     reported: list[WindowState],
     under_way: int,
     typical: Typical | None,
+    unrecorded: Consumption | None,
     now: datetime,
 ) -> tuple[str, datetime] | None:
-    """Whether the profile's attempts under way leave one of its own limits no room for another: why, and when
-    there is room again should they end now (`WindowUsage.taken_until`). Each is expected to use a request and
-    what its recent attempts used; a token or money window is not judged so before one of them has ended (held at
-    all that is left, the next run would wait out the whole window behind a first attempt of any size). None
-    while every window has room, or while the backend's reported windows judge it (as in `evaluate`).
-    `records(i)`: window i's records."""
-    if under_way <= 0 or _live(reported, now):
+    """Whether one of the profile's own limits has no room for one more attempt beside its attempts under way and
+    its finished ones not counted yet (`unrecorded`, the gateway's, written a moment later): why, and when it has
+    room should nothing more start (`WindowUsage.no_room_until`). An attempt is expected to use a request, and
+    the tokens and cost its recent ones used (`typical`; not known before one has ended: then a token or money
+    window is judged on what is used and recorded only). None while the backend's reported windows judge the
+    profile (as in `evaluate`). `records(i)`: window i's records."""
+    if _live(reported, now):
         return None
     for i, usage in enumerate(usages):
         unit = usage.limit.unit
-        if unit == "req":
-            each = 1.0
-        elif typical is not None:
-            each = typical.tokens if unit == "tok" else typical.cost_usd
-        else:
-            continue
-        until = usage.taken_until(partial(records, i), under_way, each, now)
+        each = (
+            1.0 if unit == "req" else None if typical is None else typical.tokens if unit == "tok" else typical.cost_usd
+        )
+        done = unrecorded.amount(unit) if unrecorded is not None else 0.0
+        pending = done + under_way * (each or 0.0)
+        extra = [unrecorded] if unrecorded is not None else []
+        until = usage.no_room_until(partial(_joined, records, i, extra), pending, each, now)
         if until is not None:
-            return f"{usage.limit.describe()}: {usage.used:g} used and {under_way} attempt(s) under way", until
+            said = [f"{usage.used + done:g} used"]
+            if under_way:
+                said.append(f"{under_way} attempt(s) under way")
+            if unit != "req" and each:
+                said.append(f"one uses about {each:g}")
+            return f"{usage.limit.describe()}: {', '.join(said)}", until
     return None
 
 
 def cost_cap_taken(spent: float, cap: float, under_way: int, typical: Typical | None) -> bool:
-    """Whether a profile's daily cost cap leaves no room for another attempt: spent, or taken by its attempts under
-    way at what its recent ones cost (not counted before one has ended: what the next would cost is not known)."""
-    if spent >= cap:
+    """Whether a profile's daily cost cap has no room for one more attempt: spent, or it would be passed by the
+    attempts under way and one more, each at what its recent ones cost (not known before one has ended: then only
+    what is spent counts). One at $1.63 of a $2 cap was let in though each cost $0.82."""
+    if spent >= cap * (1 - 1e-9):
         return True
-    return under_way > 0 and typical is not None and spent + under_way * typical.cost_usd >= cap
+    return typical is not None and spent + (under_way + 1) * typical.cost_usd > cap * (1 + 1e-9)
+
+
+def _joined(records: Callable[[int], list[Consumption]], i: int, extra: list[Consumption]) -> list[Consumption]:
+    return [*records(i), *extra]
 
 
 def _live(reported: list[WindowState], now: datetime) -> list[WindowState]:

@@ -364,11 +364,11 @@ class ProfileService:
             # The gateway (`direct`) calls the API itself: a missing CLI does not matter there, a missing key does.
             why = (None if direct else adapter.unavailable(profile)) or adapter.auth_problem(profile)
             over = self.over_daily_cost(profile)
-            taken = self.heartbeat.limit_taken(profile)
-            if why or over or taken:
+            full = self.heartbeat.no_room(profile)
+            if why or over or full:
                 views[profile.name] = replace(views[profile.name], unavailable=why, over_daily_cost=over,
-                                              taken=taken[0] if taken else None,
-                                              taken_until=taken[1] if taken else None)  # fmt: skip
+                                              no_room=full[0] if full else None,
+                                              room_at=full[1] if full else None)  # fmt: skip
         return World(now, views), {p.name: p for p in profiles}
 
     def over_daily_cost(self, profile: Profile) -> str | None:
@@ -377,11 +377,16 @@ class ProfileService:
         spent = self._spent.get(profile.name)
         if profile.daily_cost is None or spent is None:
             return None
+        spent += self.heartbeat.unrecorded_cost(profile.name)
         under_way = self.heartbeat.in_flight.get(profile.name, 0)
-        if not cost_cap_taken(spent, profile.daily_cost, under_way, self.heartbeat.typical(profile.name)):
+        typical = self.heartbeat.typical(profile.name)
+        if not cost_cap_taken(spent, profile.daily_cost, under_way, typical):
             return None
-        ways = f" and {under_way} attempt(s) under way" if spent < profile.daily_cost else ""
-        return f"{usd(spent)} of {usd(profile.daily_cost)} in the last 24 h{ways}"
+        if spent >= profile.daily_cost or typical is None:
+            return f"{usd(spent)} of {usd(profile.daily_cost)} in the last 24 h"
+        ways = f", {under_way} attempt(s) under way" if under_way else ""
+        return (f"{usd(spent)} of {usd(profile.daily_cost)} spent in the last 24 h{ways}, and one costs about "
+                f"{usd(typical.cost_usd)}")  # fmt: skip
 
     def room_taken(self, profile: Profile) -> tuple[str, datetime | None] | None:
         """`world`'s judgement of the profile's limits and daily cost with what is under way now, again, for a
@@ -390,14 +395,20 @@ class ProfileService:
         over = self.over_daily_cost(profile)
         if over:
             return f"over its daily cost: {over}", None
-        taken = self.heartbeat.limit_taken(profile)
-        return (f"no room for another attempt: {taken[0]}", taken[1]) if taken else None
+        full = self.heartbeat.no_room(profile)
+        return (f"no room for another attempt: {full[0]}", full[1]) if full else None
 
     def claim_probe(self, profile: Profile) -> bool:
         return self.heartbeat.claim_probe(profile.name)
 
     def reserve(self, profile: Profile) -> None:
         self.heartbeat.reserve(profile.name)
+
+    def unrecorded(self, profile: Profile, tokens: int, cost_usd: float) -> None:
+        self.heartbeat.unrecorded(profile.name, tokens, cost_usd)
+
+    def recorded(self, profile: Profile) -> None:
+        self.heartbeat.recorded(profile.name)
 
     def release(self, profile: Profile, probe: bool = False) -> None:
         self.heartbeat.release(profile.name, probe)

@@ -54,9 +54,9 @@ class ProfileView:
     probe_taken: bool = False  # half-open, and its one probe is already in flight
     unavailable: str | None = None  # why it cannot run here at all (its CLI is missing, ...)
     over_daily_cost: str | None = None  # why its daily cost cap is reached
-    # Why its attempts under way leave one of its limits no room for another; room again at `taken_until`.
-    taken: str | None = None
-    taken_until: datetime | None = None
+    # Why one of its limits has no room for one more attempt (beside those under way); room again at `room_at`.
+    no_room: str | None = None
+    room_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -195,8 +195,8 @@ def _why_not(
             return f"exhausted{when}", view.until
     if view.over_daily_cost:
         return f"over its daily cost: {view.over_daily_cost}", None
-    if view.taken:
-        return f"no room for another attempt: {view.taken}", view.taken_until
+    if view.no_room:
+        return f"no room for another attempt: {view.no_room}", view.room_at
     if view.circuit == "open" and (view.circuit_until is None or view.circuit_until > now):
         when = f" until {local_text(view.circuit_until)}" if view.circuit_until else ""
         return f"circuit open{when}", None

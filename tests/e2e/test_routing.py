@@ -215,7 +215,7 @@ def test_a_profiles_request_limit_counts_the_attempt_under_way(routed: Daemon) -
     wait_until(lambda: called(d, "one-req") == 1, what="the first run's attempt under way")
     second = run(d, "held-b")
     assert second["status"] == "succeeded" and second["profile"] == "spare"
-    assert any("one-req: no room for another attempt: 1d=1req: 0 used and 1 attempt(s) under way" in e["detail"]
+    assert any("one-req: no room for another attempt: 1d=1req: 0 used, 1 attempt(s) under way" in e["detail"]
                for e in second["route"]), second["route"]  # fmt: skip
     (d.standin_dir / "one-req.release").write_text("")  # type: ignore[attr-defined]
     assert d.wait_run(first)["profile"] == "one-req"

@@ -30,6 +30,7 @@ class BlockedStore:
         self.attempts: list[Any] = []
         self.calls: list[GatewayCall] = []
         self.writes = 0
+        self.pending = 0  # finished calls counted apart until their batch is written
 
     async def attempt_finished(self, profile: Profile, parsed: ParsedOutput, at: datetime, cost: float | None) -> None:
         await self.attempts_finished([(profile, parsed, at, cost)])
@@ -37,6 +38,12 @@ class BlockedStore:
     async def attempts_finished(self, done: list[Any]) -> None:
         await self.open.wait()
         self.attempts += done
+
+    def unrecorded(self, profile: Profile, tokens: int, cost: float) -> None:
+        self.pending += 1
+
+    def recorded(self, profile: Profile) -> None:
+        self.pending -= 1
 
     async def add_calls(self, calls: Any) -> None:
         await self.open.wait()
@@ -58,8 +65,10 @@ def test_a_finished_call_does_not_wait_for_the_store() -> None:
                                   None, time.monotonic())  # fmt: skip
         await asyncio.wait_for(finished, 2)  # the store is blocked: this returns only if nothing waits for it
         assert store.calls == [] and store.attempts == []
+        assert store.pending == 1  # counted against the profile's limits meanwhile
         store.open.set()
         await proxy.close()  # a stop writes what is queued
+        assert store.pending == 0
         (written,) = store.calls
         assert (written.outcome, written.input_tokens, written.output_tokens) == ("succeeded", 10, 2)
         assert written.cost_usd == (10 * 3.0 + 2 * 15.0) / 1e6

@@ -17,7 +17,7 @@ from fleetd.heartbeat.state import (
     cost_cap_taken,
     evaluate,
     headroom,
-    taken_by_attempts_under_way,
+    no_room_for_another,
 )
 from fleetd.heartbeat.switch import Standing, choose_active
 from fleetd.heartbeat.windows import Ledger, window_usage
@@ -81,36 +81,54 @@ def test_full_window_is_full_until_enough_rolls_out() -> None:
     assert usage.full_until(recs, T0 + 3 * H) == T0 + 5 * H  # dropping the 600 brings it to 500
 
 
-def test_attempts_under_way_take_the_room_they_are_expected_to_use() -> None:
-    # Calls that started together each saw the window as it stood before any ended: `1d=30req` took 31.
+def test_one_more_attempt_has_room_only_beside_what_is_pending() -> None:
+    # Calls that started together each saw the window as it stood before any of them ended: `1d=30req` took 31.
     now = T0 + 3 * H
     reqs = [Consumption(T0 + timedelta(hours=h), 10, 1) for h in (0, 1)]
     two = window_usage(reqs, Limit(24 * 3600, 3, "req"), now)
-    assert not two.exceeded
-    assert two.taken_until(lambda: reqs, 0, 1.0, now) is None  # nothing under way: room for one more
+    assert two.no_room_until(lambda: reqs, 0.0, 1.0, now) is None  # 2 of 3 used: room for one more
     # One under way takes the last request: room again when the oldest record leaves the window.
-    assert two.taken_until(lambda: reqs, 1, 1.0, now) == T0 + 24 * H
+    assert two.no_room_until(lambda: reqs, 1.0, 1.0, now) == T0 + 24 * H
     # Four under way: only once theirs (counted as of now) leave.
-    assert two.taken_until(lambda: reqs, 4, 1.0, now) == now + 24 * H
+    assert two.no_room_until(lambda: reqs, 4.0, 1.0, now) == now + 24 * H
     toks = window_usage(reqs, Limit(24 * 3600, 100, "tok"), now)
-    assert toks.taken_until(lambda: reqs, 3, 20.0, now) is None  # 20 used, 60 expected: room
-    assert toks.taken_until(lambda: reqs, 4, 20.0, now) == T0 + 24 * H  # 100: full until the first 10 leave
-    assert window_usage([], Limit(3600, 5, "usd"), now).taken_until(list, 1, 5.0, now) == now + H
-    # The profile's view: a request each; tokens and money at what its recent attempts used, and not judged before
-    # one has ended (held at all that is left, a second run waited out the whole window behind the first).
-    assert taken_by_attempts_under_way([two, toks], lambda i: reqs, [], 1, None, now) == (
-        "1d=3req: 2 used and 1 attempt(s) under way", T0 + 24 * H)  # fmt: skip
-    assert taken_by_attempts_under_way([toks], lambda i: reqs, [], 4, None, now) is None
-    assert taken_by_attempts_under_way([toks], lambda i: reqs, [], 4, Typical(20, 0.1), now) is not None
+    assert toks.no_room_until(lambda: reqs, 60.0, 20.0, now) is None  # 20 used, 60 under way, 20 more: 100
+    # At 81 of 100 with 20 an attempt, the next one would pass the limit: it waits for room (one at 2,451 of
+    # 3,000 tokens was let in though each used 817).
+    assert toks.no_room_until(lambda: reqs, 61.0, 20.0, now) == T0 + 24 * H
+    # What one uses not known: no room only once what is used and pending reaches the limit.
+    assert toks.no_room_until(lambda: reqs, 79.0, None, now) is None
+    assert toks.no_room_until(lambda: reqs, 80.0, None, now) == T0 + 24 * H
+    assert window_usage([], Limit(3600, 5, "usd"), now).no_room_until(list, 5.0, None, now) == now + H
+
+
+def test_the_profiles_view_counts_requests_tokens_and_calls_not_recorded_yet() -> None:
+    now = T0 + 3 * H
+    reqs = [Consumption(T0 + timedelta(hours=h), 10, 1) for h in (0, 1)]
+    two = window_usage(reqs, Limit(24 * 3600, 3, "req"), now)
+    toks = window_usage(reqs, Limit(24 * 3600, 100, "tok"), now)
+    assert no_room_for_another([two, toks], lambda i: reqs, [], 1, None, None, now) == (
+        "1d=3req: 2 used, 1 attempt(s) under way", T0 + 24 * H)  # fmt: skip
+    assert no_room_for_another([two], lambda i: reqs, [], 0, None, None, now) is None
+    # A finished call the gateway has not written yet counts (back-to-back calls went past a limit).
+    unrecorded = Consumption(now, 30, 1, 0.0)
+    assert no_room_for_another([two], lambda i: reqs, [], 0, None, unrecorded, now) == (
+        "1d=3req: 3 used", T0 + 24 * H)  # fmt: skip
+    # Tokens at what recent attempts used; not judged so before one has ended.
+    assert no_room_for_another([toks], lambda i: reqs, [], 4, None, None, now) is None
+    assert no_room_for_another([toks], lambda i: reqs, [], 3, Typical(20, 0.1), None, now) is None  # 100: fits
+    full = no_room_for_another([toks], lambda i: reqs, [], 4, Typical(20, 0.1), None, now)
+    assert full == ("1d=100tok: 20 used, 4 attempt(s) under way, one uses about 20", T0 + 25 * H)
     # The backend's reported windows judge it while any is live (as `evaluate`).
-    assert taken_by_attempts_under_way([two], lambda i: reqs, [WindowState(300, 10.0, now + H)], 1, None, now) is None
+    assert no_room_for_another([two], lambda i: reqs, [WindowState(300, 10.0, now + H)], 1, None, None, now) is None
 
 
-def test_a_daily_cost_cap_counts_the_attempts_under_way_at_what_recent_ones_cost() -> None:
+def test_a_daily_cost_cap_has_room_only_for_an_attempt_that_fits() -> None:
     assert cost_cap_taken(5.0, 5.0, 0, None)  # spent
     assert not cost_cap_taken(4.0, 5.0, 0, None)
-    assert not cost_cap_taken(4.0, 5.0, 2, Typical(1000, 0.4))  # 4.8: room for one more
-    assert cost_cap_taken(4.0, 5.0, 3, Typical(1000, 0.4))  # 5.2
+    assert not cost_cap_taken(3.0, 5.0, 1, Typical(1000, 1.0))  # 3 + 1 under way + 1 more: 5, fits
+    assert cost_cap_taken(3.0, 5.0, 2, Typical(1000, 1.0))  # 6
+    assert cost_cap_taken(1.63, 2.0, 0, Typical(1000, 0.817))  # one at $1.63 of $2 each costing $0.82 was let in
     assert not cost_cap_taken(4.9, 5.0, 9, None)  # what one costs is not known before one has ended
 
 

@@ -214,12 +214,11 @@ def test_the_daily_cost_cap_answers_429(gw: Gateway) -> None:
 
 def test_the_daily_cost_cap_counts_the_calls_the_call_log_does_not_show_yet(gw: Gateway) -> None:
     # One client, one call after another: five got through a cap of about one and a half calls (the call
-    # log is written a fifth of a second behind).
+    # log is written a fifth of a second behind); then the second, which would pass it, was let in.
     route = gw.pair("seq")
     key = gw.d.json("gateway", "key", "add", "sequential", "--daily-cost", str(CHAT_COST * 1.5))["key"]
-    for _ in range(2):
-        gw.sdk(key).chat.completions.create(model=route, messages=[{"role": "user", "content": "hi"}])
-    with pytest.raises(openai.RateLimitError, match="daily cost cap"):
+    gw.sdk(key).chat.completions.create(model=route, messages=[{"role": "user", "content": "hi"}])
+    with pytest.raises(openai.RateLimitError, match=r"daily cost cap in the last 24 h and a call costs about \$"):
         gw.sdk(key).chat.completions.create(model=route, messages=[{"role": "user", "content": "hi"}])
 
 
@@ -234,10 +233,10 @@ def test_calls_in_flight_together_hold_the_daily_cost_cap(gw: Gateway) -> None:
             outcomes = list(pool.map(lambda _: _outcome(gw, key, route), range(6)))
     finally:
         gw.p1.latency = 0.0
-    # Spent 1 call, each admitted call held at that cost: two more fit under 2.5 calls, the rest wait for them.
-    assert sorted(outcomes) == ["429", "429", "429", "429", "ok", "ok"], outcomes
-    # Once they ended, what they held is spent: the cap is reached, and the refusal says so (not "under way").
-    with pytest.raises(openai.RateLimitError, match=r"daily cost cap in the last 24 h$"):
+    # Spent 1 call, each admitted call held at that cost: one more fits under 2.5 calls, the rest wait for it.
+    assert sorted(outcomes) == ["429", "429", "429", "429", "429", "ok"], outcomes
+    # Once it ended, what it held is spent: a third call would pass the cap, and the refusal says so.
+    with pytest.raises(openai.RateLimitError, match=r"daily cost cap in the last 24 h and a call costs about \$"):
         gw.sdk(key).chat.completions.create(model=route, messages=[{"role": "user", "content": "hi"}])
 
 
@@ -522,3 +521,17 @@ def test_a_profiles_request_limit_counts_the_calls_under_way(gw: Gateway) -> Non
     assert len(gw.p1.requests_for(fake.API_CHAT)) - before == 2  # its limit; the other three went to rql2
     calls = gw.call_of("rql", 5)
     assert sorted(c["profile"] for c in calls) == ["rql1", "rql1", "rql2", "rql2", "rql2"]
+
+
+def test_back_to_back_calls_stay_within_a_profiles_request_and_token_limits(gw: Gateway) -> None:
+    # The call log and the windows are written a moment after each answer: a `1d=1req` profile answered two calls
+    # back to back. And one at 2,451 of 3,000 tokens was let in though each call used 817.
+    tokens = fake.CHAT_PROMPT_TOKENS + fake.CHAT_COMPLETION_TOKENS
+    for name, limit in (("bbreq", "1d=1req"), ("bbtok", f"1d={int(tokens * 2.5)}tok")):
+        gw.d.cli("profile", "add", name, "--backend", "openai_compat", "--base-url", gw.p1.base_url + "/v1",
+                 "--model", "m", "--limit", limit, "--api-key-stdin", input=KEYS["1"] + "\n")  # fmt: skip
+        gw.d.cli("route", "add", name, "--chain", name)
+    assert [_outcome(gw, gw.key, "bbreq") for _ in range(3)] == ["ok", "429", "429"]
+    assert [_outcome(gw, gw.key, "bbtok") for _ in range(3)] == ["ok", "ok", "429"]  # a third would pass it
+    used = lambda: [w["used"] for row in gw.d.json("usage") if row["profile"] == "bbtok" for w in row["windows"]]  # noqa: E731
+    wait_until(lambda: used() == [tokens * 2], what="both calls in the window")

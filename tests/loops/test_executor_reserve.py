@@ -37,8 +37,8 @@ class LastRoom:
         views = {n: ProfileView(n, "codex", "subscription") for n in NAMES}
         views["gone"] = ProfileView("gone", "codex", "subscription", unavailable="codex not on PATH")
         if self.under_way.get("one-left"):
-            views["one-left"] = ProfileView("one-left", "codex", "subscription", taken="1d=1req: 0 used and 1 "
-                                            "attempt(s) under way", taken_until=now_utc())  # fmt: skip
+            views["one-left"] = ProfileView("one-left", "codex", "subscription", no_room="1d=1req: 0 used, 1 "
+                                            "attempt(s) under way", room_at=now_utc())  # fmt: skip
         return World(now_utc(), views), dict(self.profiles)
 
     def claim_probe(self, profile: Profile) -> bool:
