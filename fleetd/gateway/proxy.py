@@ -86,6 +86,7 @@ class Failure:
     status: int | None = None
     body: bytes = b""
     headers: dict[str, str] = field(default_factory=dict)
+    over_cost: bool = False  # not called: its profile is over its daily cost
 
 
 class Proxy:
@@ -169,7 +170,10 @@ class Proxy:
         while True:
             left = deadline - time.monotonic()
             if isinstance(decision, Finish):
-                return await self._refuse(req, call, started, last, decision.reason or "failed", scrubber)
+                error = None
+                if (decision.over_cost and last is None) or (last is not None and last.over_cost):
+                    error = GatewayError("rate_limited", f"route {req.route.name}: {decision.reason}", retry_after=3600)
+                return await self._refuse(req, call, started, last, decision.reason or "failed", scrubber, error)
             if left <= 0:
                 error = GatewayError("timeout", f"route {req.route.name}: no answer within {req.route.timeout_s:g}s")
                 return await self._refuse(req, call, started, last, error.message, scrubber, error)
@@ -245,7 +249,7 @@ class Proxy:
             semaphore.release()
             why, until = taken
             if until is None:  # its daily cost: out for this call
-                return failed(AttemptResult("failed", "unavailable", f"{profile.name}: {why}"))
+                return replace(failed(AttemptResult("failed", "unavailable", f"{profile.name}: {why}")), over_cost=True)
             return failed(AttemptResult("failed", "rate_limited", f"{profile.name}: {why}", reset_at=until))
         probe = self.profiles.claim_probe(profile)
         self.profiles.reserve(profile)

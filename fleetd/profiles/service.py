@@ -33,7 +33,7 @@ from fleetd.records.fire import usd
 from fleetd.records.loop import ChainStep, Loop
 from fleetd.records.profile import Profile
 from fleetd.records.result import ParsedOutput
-from fleetd.routing.router import World
+from fleetd.routing.router import OVER_COST, World
 from fleetd.store.attempts import AttemptStore
 from fleetd.store.gateway import GatewayStore
 from fleetd.store.loops import LoopStore
@@ -394,7 +394,7 @@ class ProfileService:
         when there is again (None: not by itself)."""
         over = self.over_daily_cost(profile)
         if over:
-            return f"over its daily cost: {over}", None
+            return f"{OVER_COST}{over}", None
         full = self.heartbeat.no_room(profile)
         return (f"no room for another attempt: {full[0]}", full[1]) if full else None
 

@@ -34,6 +34,7 @@ ACTIONS: Mapping[str, Action] = {
     "unknown": "stop",  # nothing says another worker would do better
 }
 TIER_ORDER = {"local": 0, "subscription": 1, "metered": 2}
+OVER_COST = "over its daily cost: "  # how a candidate passed over for its daily cost is named
 USABLE_STATES = ("available", "near_limit")
 
 
@@ -132,6 +133,9 @@ class Finish:
     status: Literal["succeeded", "failed"]
     reason: str | None = None  # why it failed: "budget: …", "contract: …", "no candidate: …"
     error_class: str | None = None
+    # Nothing was tried because every candidate is over its daily cost: spend leaves the 24 h window by itself (the
+    # gateway answers 429, not 502 as for a failing upstream).
+    over_cost: bool = False
 
 
 Decision = Try | Backoff | WaitUntil | Finish
@@ -194,7 +198,7 @@ def _why_not(
             when = f" until {local_text(view.until)}" if view.until else ""
             return f"exhausted{when}", view.until
     if view.over_daily_cost:
-        return f"over its daily cost: {view.over_daily_cost}", None
+        return f"{OVER_COST}{view.over_daily_cost}", None
     if view.no_room:
         return f"no room for another attempt: {view.no_room}", view.room_at
     if view.circuit == "open" and (view.circuit_until is None or view.circuit_until > now):
@@ -283,7 +287,8 @@ class Router:
                 else:
                     reason = _nothing_left(passed_all, out, last)
                 self.note(now, "stop", reason)
-                yield Finish("failed", reason, last.error_class if last else None)
+                over_cost = bool(passed_all) and all(p.why.startswith(OVER_COST) for p in passed_all) and not out
+                yield Finish("failed", reason, last.error_class if last else None, over_cost)
                 return
             number += 1
             attempt = next(self.numbers) if self.numbers is not None else number

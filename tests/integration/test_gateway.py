@@ -265,6 +265,12 @@ def test_a_profile_over_its_daily_cost_through_the_gateway_is_passed_over(gw: Ga
 
     # A world read just before the record may serve for WORLD_TTL_S more: the next calls, not the very next.
     wait_until(passed_over, timeout=5, what="a call routed past dc1, over its daily cost")
+    # With nowhere else to go the client is told to come back later, as for a key's cap (it was a 502, as if an
+    # upstream had failed).
+    gw.d.cli("route", "add", "dconly", "--chain", "dc1")
+    with pytest.raises(openai.RateLimitError, match="over its daily cost") as refused:
+        gw.sdk().chat.completions.create(**{**ask, "model": "dconly"})  # type: ignore[call-overload]
+    assert refused.value.response.headers["retry-after"] == "3600"
 
 
 def test_messages_pass_through_with_the_protocol_headers_streamed_and_not(gw: Gateway) -> None:
