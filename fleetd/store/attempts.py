@@ -132,16 +132,22 @@ class AttemptStore:
         )
         return float(row["spent"]) if row else 0.0
 
-    async def interrupt_open(self, run_id: int, *, finished_at: datetime, error: str) -> None:
-        """Close the attempts a dead daemon left open (crash recovery)."""
-        await self.db.write(
-            lambda conn: conn.execute(
+    async def interrupt_open(self, run_id: int, *, finished_at: datetime, error: str) -> list[tuple[str, datetime]]:
+        """Close the attempts a dead daemon left open (crash recovery); the profile and start of each closed."""
+
+        def close(conn: sqlite3.Connection) -> list[tuple[str, datetime]]:
+            rows = conn.execute(
+                "SELECT profile, started_at FROM attempts WHERE run_id = ? AND finished_at IS NULL", (run_id,)
+            ).fetchall()
+            conn.execute(
                 "UPDATE attempts SET finished_at = ?, outcome = 'failed', error = ?, "
                 "duration_ms = CAST(round((julianday(?) - julianday(started_at)) * 86400000) AS INTEGER) "
                 "WHERE run_id = ? AND finished_at IS NULL",
                 (to_iso(finished_at), error, to_iso(finished_at), run_id),
             ).close()
-        )
+            return [(profile, from_iso(started)) for profile, started in rows]
+
+        return await self.db.write(close)
 
     async def for_run(self, run_id: int) -> list[Attempt]:
         rows = await self.db.fetchall(

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from tests.harness import Daemon, alive, wait_until
+from tests.harness import Daemon, alive, standin_env, wait_until
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 MakeDaemon = Callable[..., Daemon]
@@ -43,6 +43,33 @@ def test_kill9_mid_run_then_restart_marks_interrupted_and_kills_leftovers(
     loop = d.json("loop", "show", "crashy")
     for key in ("name", "schedule", "command", "timeout_s", "next_fire_at", "created_at"):
         assert loop[key] == before[key]
+
+
+def test_an_attempt_a_crash_cut_short_counts_against_its_profiles_limit(short_home: Path) -> None:
+    # A `1d=1req` profile ran twice across a kill -9: the attempt under way was never counted (a stop counts it).
+    standin = short_home / "standin"
+    standin.mkdir()
+
+    def started() -> Daemon:
+        daemon = Daemon(short_home / "home", "--kill-grace", "0.5s")
+        daemon.env.update(standin_env(standin))
+        return daemon.start()
+
+    d = started()
+    try:
+        d.cli("profile", "add", "once", "--backend", "claude_code", "--limit", "1d=1req")
+        (standin / "once.scenario").write_text("held")
+        d.cli("loop", "add", "crashed", "--every", "1h", "--paused", "--backend", "claude_code", "--profile", "once",
+              "--prompt", "x")  # fmt: skip
+        d.json("loop", "run", "crashed")
+        wait_until(lambda: (standin / "calls.jsonl").exists(), what="the attempt under way")
+        d.kill9()
+        d = started()
+        [once] = [u for u in d.json("usage") if u["profile"] == "once"]
+        assert [w["used"] for w in once["windows"]] == [1]
+        assert once["state"] == "exhausted"
+    finally:
+        d.stop()
 
 
 def _missed_while_down(make_daemon: MakeDaemon, catch_up: str, crash: bool) -> tuple[Daemon, dict, list]:
