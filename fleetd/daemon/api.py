@@ -392,11 +392,14 @@ def create_app(ctx: DaemonContext) -> Starlette:
 
     async def add_profile(request: Request) -> Response:
         profile = await ctx.profiles.add(await _body(request))
+        ctx.executor.look_again()  # a run waiting for any profile of its backend may use this one
         return JSONResponse(_profile(profile), status_code=201)
 
     async def edit_profile(request: Request) -> Response:
         body = await _body(request)
-        return JSONResponse(_profile(await ctx.profiles.edit(request.path_params["name"], body)))
+        profile = await ctx.profiles.edit(request.path_params["name"], body)
+        ctx.executor.look_again()  # its limits may have room now for a run that waits
+        return JSONResponse(_profile(profile))
 
     async def set_profile_key(request: Request) -> Response:
         body = await _body(request)
@@ -413,7 +416,9 @@ def create_app(ctx: DaemonContext) -> Starlette:
 
     async def enable_profile(request: Request) -> Response:
         name = validate_profile_name(request.path_params["name"])
-        return JSONResponse(_profile(await ctx.profiles.set_enabled(name, True)))
+        profile = await ctx.profiles.set_enabled(name, True)
+        ctx.executor.look_again()
+        return JSONResponse(_profile(profile))
 
     async def disable_profile(request: Request) -> Response:
         name = validate_profile_name(request.path_params["name"])
@@ -421,6 +426,7 @@ def create_app(ctx: DaemonContext) -> Starlette:
 
     async def reset_circuit(request: Request) -> Response:
         profile = await ctx.profiles.reset_circuit(validate_profile_name(request.path_params["name"]))
+        ctx.executor.look_again()
         return JSONResponse({"profile": profile.name, "circuit": circuit_json(ctx.heartbeat.circuit(profile.name))})
 
     async def profile_env(request: Request) -> Response:

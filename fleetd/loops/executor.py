@@ -105,6 +105,7 @@ class ActiveRun:
     skipped: tuple[SkipReason, int, int] | None = None
     attempt_end: Callable[[sqlite3.Connection], object] | None = None  # written with the run's end (`_attempt`)
     interrupted: asyncio.Event = field(default_factory=asyncio.Event)
+    look_again: asyncio.Event = field(default_factory=asyncio.Event)  # a waiting run reads the world again now
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -625,8 +626,10 @@ class Executor:
                 assert isinstance(decision, WaitUntil)
                 await self.runs.set_waiting(run.id, decision.until)  # and its run.waiting event
                 slot.waiting, slot.wait_until, slot.waited = True, decision.until, True
+                slot.look_again.clear()
                 try:
-                    await self._sleep_until(min(decision.until, deadline) if deadline else decision.until, slot)
+                    await self._sleep_until(min(decision.until, deadline) if deadline else decision.until, slot,
+                                            slot.look_again)  # fmt: skip
                 finally:
                     slot.waiting, slot.wait_until = False, None
                 await self.runs.set_waiting(run.id, None)
@@ -807,14 +810,27 @@ class Executor:
             return "interrupted", end.exit_code, slot.interrupt_reason
         return None
 
-    async def _sleep_until(self, until: datetime, slot: ActiveRun) -> None:
-        """Until `until` by the wall clock, or until the run is interrupted: never a tight loop."""
-        while not slot.interrupted.is_set():
+    async def _sleep_until(self, until: datetime, slot: ActiveRun, wake: asyncio.Event | None = None) -> None:
+        """Until `until` by the wall clock, or until the run is interrupted (or `wake` is set): never a tight loop."""
+        events = [slot.interrupted, *([wake] if wake is not None else [])]
+        while not any(event.is_set() for event in events):
             delay = (until - self.clock()).total_seconds()
             if delay <= 0:
                 return
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(slot.interrupted.wait(), min(delay, MAX_WAIT_SLEEP))
+            waiters = [asyncio.ensure_future(event.wait()) for event in events]
+            try:
+                await asyncio.wait(waiters, timeout=min(delay, MAX_WAIT_SLEEP), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiter in waiters:
+                    waiter.cancel()
+
+    def look_again(self) -> None:
+        """A profile was changed by hand (its limits, enabled again, its circuit closed): runs waiting for a reset
+        read the world again now rather than at the reset they were told (one waited a day after its limit was
+        raised)."""
+        for slot in self.active.values():
+            if slot.waiting:
+                slot.look_again.set()
 
     async def _attempt(
         self,

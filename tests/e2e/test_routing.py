@@ -220,3 +220,17 @@ def test_a_profiles_request_limit_counts_the_attempt_under_way(routed: Daemon) -
     (d.standin_dir / "one-req.release").write_text("")  # type: ignore[attr-defined]
     assert d.wait_run(first)["profile"] == "one-req"
     assert called(d, "one-req") == 1
+
+
+def test_a_run_waiting_for_room_goes_on_when_the_limit_is_raised(routed: Daemon) -> None:
+    # It slept until the reset it was told (a day away) though the edit gave it room at once.
+    d = routed
+    d.cli("profile", "add", "raised", "--backend", "claude_code", "--limit", "1d=1req")
+    scenario(d, "raised", "ok")
+    d.cli("loop", "add", "patient-r", "--every", "1h", "--paused", "--backend", "claude_code", "--profile", "raised",
+          "--prompt", "x", "--on-exhausted", "wait")  # fmt: skip
+    assert run(d, "patient-r")["status"] == "succeeded"  # its one request of the day
+    second = d.json("loop", "run", "patient-r")["id"]
+    wait_until(lambda: d.json("runs", "show", str(second))["status"] == "waiting", what="the run to wait for room")
+    d.cli("profile", "edit", "raised", "--limit", "1d=2req")
+    assert d.wait_run(second, timeout=15)["status"] == "succeeded"
