@@ -122,6 +122,7 @@ def _show_text(r: dict[str, Any]) -> str:
                 ("started", local_time(r["started_at"])),
                 ("finished", local_time(r["finished_at"])),
                 ("took", format_duration(r["duration_s"]) if r["duration_s"] is not None else None),
+                ("waiting", f"until {local_time(r['wait_until'])}" if r.get("wait_until") else None),
                 ("backend", r["backend"]),
                 ("profile", r["profile"]),
                 ("attempts", r["attempts"]),
@@ -132,7 +133,8 @@ def _show_text(r: dict[str, Any]) -> str:
     for a in r.get("attempt_list", []):
         t = a["tokens"]
         cost = f" ${a['cost_usd']:.4f}" if a["cost_usd"] is not None else ""
-        what = a["outcome"] if not a["error_class"] else f"{a['outcome']} ({a['error_class']})"
+        outcome = a["outcome"] or "running"  # none yet: the attempt is under way
+        what = outcome if not a["error_class"] else f"{outcome} ({a['error_class']})"
         role = " (review)" if a.get("role") == "review" else ""
         lines.append(
             f"  attempt {a['number']}{role}: {a['backend']}/{a['profile'] or '-'} {a['model'] or ''} {what}, "

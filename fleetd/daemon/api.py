@@ -339,7 +339,10 @@ def create_app(ctx: DaemonContext) -> Starlette:
 
     async def show_run(request: Request) -> Response:
         run = await ctx.runs.get(_run_id(request))
-        return JSONResponse(run_json(run, await ctx.attempts.for_run(run.id), await ctx.runs.route(run.id)))
+        route = ctx.executor.live_route(run.id)  # stored once the run ends
+        if route is None:
+            route = await ctx.runs.route(run.id)
+        return JSONResponse(run_json(run, await ctx.attempts.for_run(run.id), route))
 
     async def run_log(request: Request) -> Response:
         run = await ctx.runs.get(_run_id(request))

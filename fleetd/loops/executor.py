@@ -106,6 +106,7 @@ class ActiveRun:
     attempt_end: Callable[[sqlite3.Connection], object] | None = None  # written with the run's end (`_attempt`)
     interrupted: asyncio.Event = field(default_factory=asyncio.Event)
     look_again: asyncio.Event = field(default_factory=asyncio.Event)  # a waiting run reads the world again now
+    route: list[dict[str, Any]] | None = None  # its router's trail so far (stored when the run ends)
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -435,6 +436,11 @@ class Executor:
     def _slot_of(self, run_id: int) -> ActiveRun | None:
         return next((s for s in self.inflight if s.run_id == run_id), None)
 
+    def live_route(self, run_id: int) -> list[dict[str, Any]] | None:
+        """The route of a run under way as it stands now (a waiting run's says what it waits for), or None."""
+        slot = self._slot_of(run_id)
+        return [_route_json(entry) for entry in slot.route] if slot is not None and slot.route is not None else None
+
     def in_flight(self, run_id: int) -> bool:
         """Whether run `run_id` is this daemon's and its end is not written (or tried) yet."""
         return self._slot_of(run_id) is not None
@@ -512,6 +518,7 @@ class Executor:
             return self._verdict(loop, slot, end) or ("failed", end.exit_code, _describe(end.parsed))
         numbers = itertools.count(1)  # attempt numbers of the run, workers and reviewers alike
         router = Router(replace(loop_policy(loop), backoff_base=self.backoff_base), numbers=numbers)
+        slot.route = router.trail
 
         async def judge(decision: Try, profile: Profile, end: AttemptEnd, before: changes.Snapshot | None) -> Judgement:
             """The acceptance gate: the verify command, then the reviewer agent."""

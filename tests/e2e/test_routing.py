@@ -217,6 +217,8 @@ def test_a_profiles_request_limit_counts_the_attempt_under_way(routed: Daemon) -
     assert second["status"] == "succeeded" and second["profile"] == "spare"
     assert any("one-req: no room for another attempt: 1d=1req: 0 used, 1 attempt(s) under way" in e["detail"]
                for e in second["route"]), second["route"]  # fmt: skip
+    under_way = d.cli("runs", "show", str(first)).stdout
+    assert "attempt 1: claude_code/one-req  running," in under_way, under_way  # it said "None"
     (d.standin_dir / "one-req.release").write_text("")  # type: ignore[attr-defined]
     assert d.wait_run(first)["profile"] == "one-req"
     assert called(d, "one-req") == 1
@@ -232,5 +234,11 @@ def test_a_run_waiting_for_room_goes_on_when_the_limit_is_raised(routed: Daemon)
     assert run(d, "patient-r")["status"] == "succeeded"  # its one request of the day
     second = d.json("loop", "run", "patient-r")["id"]
     wait_until(lambda: d.json("runs", "show", str(second))["status"] == "waiting", what="the run to wait for room")
+    # While it waits, `runs show` says until when and why (its route was shown only once the run had ended).
+    shown = d.json("runs", "show", str(second))
+    assert [e["kind"] for e in shown["route"]][-1] == "wait" and shown["wait_until"]
+    assert "raised: exhausted until" in " ".join(e["detail"] for e in shown["route"])
+    text = d.cli("runs", "show", str(second)).stdout
+    assert "waiting    until " in text and "nothing allowed has headroom: waiting until" in text
     d.cli("profile", "edit", "raised", "--limit", "1d=2req")
     assert d.wait_run(second, timeout=15)["status"] == "succeeded"
