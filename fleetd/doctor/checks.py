@@ -153,21 +153,25 @@ class OutFact:
     name: str
     why: str  # "disabled by hand", "disabled: auth failure: …", "parked: out of quota: …"
     by_hand: bool  # disabled by the user: their choice, not a problem in itself
-    loops: tuple[str, ...] = ()  # the enabled loops that may use it
+    loops: tuple[str, ...] = ()  # what may use it: "loop nightly" (enabled loops), "route fast" (gateway routes)
 
 
 def check_rotation(out: list[OutFact], stranded: dict[str, list[str]]) -> list[Finding]:
-    """`stranded`: each enabled loop every profile of which is out, with them. Such a loop's every fire fails
-    ("no usable candidate"); a profile taken out by a failure, which enabled loops may use, is worth knowing too."""
+    """`stranded`: each enabled loop ("loop NAME") or gateway route ("route NAME") every profile of which is out,
+    with them. Such a loop's every fire fails ("no usable candidate"), such a route answers every call with an
+    error; a profile taken out by a failure, which loops or routes may use, is worth knowing too."""
     findings = []
-    for loop, names in stranded.items():
+    for user, names in stranded.items():
+        kind, _, name = user.partition(" ")
         findings.append(
             Finding(
                 "rotation",
                 "error",
-                f"loop {loop}: every profile it may use is out of rotation ({', '.join(names)})",
-                f"fleetd profile enable {names[0]}   # once what took it out is fixed; or fleetd loop edit {loop}",
-                subject=loop,
+                f"{user}: every profile it may use is out of rotation ({', '.join(names)})",
+                f"fleetd profile enable {names[0]}   # once what took it out is fixed; or fleetd {kind} edit {name}"
+                if kind == "loop"
+                else f"fleetd profile enable {names[0]}   # once what took it out is fixed",
+                subject=name,
             )
         )
     for p in out:
@@ -177,7 +181,7 @@ def check_rotation(out: list[OutFact], stranded: dict[str, list[str]]) -> list[F
             Finding(
                 "rotation",
                 "warning",
-                f"profile {p.name} is {p.why}; loops {', '.join(p.loops)} pass it over",
+                f"profile {p.name} is {p.why}; {', '.join(p.loops)} pass it over",
                 f"fleetd profile enable {p.name}   # once what took it out is fixed",
                 subject=p.name,
             )

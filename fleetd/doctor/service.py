@@ -83,7 +83,7 @@ class DoctorService:
         )
         report.findings += checks.check_clis(clis)
         report.findings += checks.check_profiles(profile_facts)
-        report.findings += checks.check_rotation(*self._rotation(loops, profiles))
+        report.findings += checks.check_rotation(*await self._rotation(loops, profiles))
         report.findings += checks.check_secret_store(store)
         report.findings += checks.check_socket(facts.socket_fact(self.paths, daemon_answers=True))
         disk = facts.disk_fact(self.paths.home)
@@ -164,10 +164,10 @@ class DoctorService:
             )
         return found
 
-    def _rotation(
+    async def _rotation(
         self, loops: list[Loop], profiles: list[Profile]
     ) -> tuple[list[checks.OutFact], dict[str, list[str]]]:
-        """The profiles out of rotation, and the enabled loops left with none to run on."""
+        """The profiles out of rotation, and the enabled loops and the gateway routes left with none to run on."""
         out: dict[str, checks.OutFact] = {}
         for profile in profiles:
             status = self.profiles.heartbeat.status(profile.name)
@@ -179,13 +179,16 @@ class DoctorService:
                 continue
             out[profile.name] = checks.OutFact(profile.name, why, by_hand)
         stranded: dict[str, list[str]] = {}
-        for loop in (lp for lp in loops if lp.enabled):
-            usable = [p.name for p in profiles if _may_use(loop, p)]
+        users = [(f"loop {lp.name}", [p.name for p in profiles if _may_use(lp, p)]) for lp in loops if lp.enabled]
+        if self.profiles.routes is not None:  # a route names every profile it tries
+            users += [(f"route {r.name}", [n for step in r.chain for n in step.profiles])
+                      for r in await self.profiles.routes.routes()]  # fmt: skip
+        for user, usable in users:
             for name in usable:
                 if name in out:
-                    out[name] = replace(out[name], loops=(*out[name].loops, loop.name))
+                    out[name] = replace(out[name], loops=(*out[name].loops, user))
             if usable and all(name in out for name in usable):
-                stranded[loop.name] = usable
+                stranded[user] = usable
         return list(out.values()), stranded
 
 

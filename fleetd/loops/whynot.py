@@ -76,7 +76,8 @@ def why_not(facts: LoopFacts, now: datetime) -> NotFiring | None:
         return NotFiring(
             "no_profile",
             "no usable profile for its chain: its next run would find no candidate (the steps below say why "
-            f"each was passed over; `fleetd doctor` says how to fix it, `fleetd profile add NAME --backend "
-            f"{loop.backend}` adds another)",
+            "each was passed over; one disabled or parked comes back with `fleetd profile enable NAME` once its "
+            f"cause is fixed (`fleetd doctor` names them); `fleetd profile add NAME --backend {loop.backend}` adds "
+            "another)",
         )
     return None

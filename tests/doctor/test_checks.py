@@ -121,18 +121,19 @@ def test_check_profiles(fact: ProfileFact, expected: list[tuple[str, str]], fix:
 
 
 def test_check_rotation() -> None:
-    parked = OutFact("b", "parked: out of quota: credit balance too low", False, ("nightly", "weekly"))
-    by_hand = OutFact("c", "disabled by hand", True, ("nightly",))
+    parked = OutFact("b", "parked: out of quota: credit balance too low", False, ("loop nightly", "route fast"))
+    by_hand = OutFact("c", "disabled by hand", True, ("loop nightly",))
     unused = OutFact("d", "disabled: auth failure: invalid key", False)
-    findings = checks.check_rotation([parked, by_hand, unused], {"weekly": ["b"]})
-    assert brief(findings) == [("rotation", "error"), ("rotation", "warning")]
-    stranded, warning = findings
+    findings = checks.check_rotation([parked, by_hand, unused], {"loop weekly": ["b"], "route fast": ["b"]})
+    assert brief(findings) == [("rotation", "error"), ("rotation", "error"), ("rotation", "warning")]
+    stranded, route, warning = findings
     assert stranded.message == "loop weekly: every profile it may use is out of rotation (b)"
     assert stranded.subject == "weekly" and stranded.fix.startswith("fleetd profile enable b")
-    # A failure took it out while loops may use it; one disabled by hand, or one no loop uses, is no finding.
-    assert (
-        warning.message
-        == "profile b is parked: out of quota: credit balance too low; loops nightly, weekly pass it over"
+    assert "loop edit weekly" in stranded.fix and "edit" not in route.fix
+    assert route.message == "route fast: every profile it may use is out of rotation (b)"
+    # A failure took it out while loops or routes may use it; one disabled by hand, or one nothing uses, is no finding.
+    assert warning.message == (
+        "profile b is parked: out of quota: credit balance too low; loop nightly, route fast pass it over"
     )
     assert warning.subject == "b"
     assert checks.check_rotation([by_hand, unused], {}) == []

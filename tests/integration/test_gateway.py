@@ -541,3 +541,17 @@ def test_back_to_back_calls_stay_within_a_profiles_request_and_token_limits(gw: 
     assert [_outcome(gw, gw.key, "bbtok") for _ in range(3)] == ["ok", "ok", "429"]  # a third would pass it
     used = lambda: [w["used"] for row in gw.d.json("usage") if row["profile"] == "bbtok" for w in row["windows"]]  # noqa: E731
     wait_until(lambda: used() == [tokens * 2], what="both calls in the window")
+
+
+def test_doctor_names_a_route_whose_every_profile_is_out_of_rotation(gw: Gateway) -> None:
+    gw.d.cli("profile", "add", "docp", "--backend", "openai_compat", "--base-url", gw.p1.base_url + "/v1",
+             "--model", "m", "--api-key-stdin", input=KEYS["1"] + "\n")  # fmt: skip
+    gw.d.cli("route", "add", "docr", "--chain", "docp")
+    gw.d.cli("profile", "disable", "docp")
+    try:
+        report = json.loads(gw.d.cli("doctor", "--json", check=False).stdout)
+        [finding] = [f for f in report["findings"] if f["check"] == "rotation" and f["subject"] == "docr"]
+        assert finding["severity"] == "error"
+        assert finding["message"] == "route docr: every profile it may use is out of rotation (docp)"
+    finally:
+        gw.d.cli("profile", "enable", "docp")
