@@ -15,7 +15,8 @@ from fleetd.timefmt import format_duration
 
 LEGEND = (
     "ACTIVE *: the profile its backend uses next (pinned: chosen by hand).\n"
-    "N%*: the backend's own figure for that window; N% without *: fleetd's count against the profile's --limit."
+    "N%*: the backend's own figure for that window; N% without *: fleetd's count against the profile's --limit.\n"
+    "24h $X/$Y: what it spent of its --daily-cost."
 )
 
 
@@ -30,7 +31,9 @@ def _windows(r: dict[str, Any], wide: bool) -> str:
             reported.append(f"{_minutes(w['window_minutes'])} reset")
         elif w["used_percent"] is not None:
             reported.append(f"{_minutes(w['window_minutes'])} {w['used_percent']:g}%*")
-    return " ".join(own + reported) or "-"
+    cost = r.get("daily_cost")
+    spent = [f"24h {_amount(cost['spent'], 'usd')}/{_amount(cost['cap'], 'usd')}"] if cost else []
+    return " ".join(own + reported + spent) or "-"
 
 
 def _usage_table(rows: list[dict[str, Any]], wide: bool = False) -> str:
@@ -39,6 +42,8 @@ def _usage_table(rows: list[dict[str, Any]], wide: bool = False) -> str:
         state = r["state"] + ("?" if r["unconfirmed"] else "")
         if not wide and r["circuit"] and r["circuit"]["state"] == "open":
             state += ", circuit open"
+        if r.get("daily_cost") and r["daily_cost"]["over"]:
+            state += ", over daily cost"
         resets = format_duration(r["resets_in_s"]) if r["resets_in_s"] is not None else "-"
         marker = ("*" if r["active"] else "") + (" pinned" if r["pinned"] else "")
         line = [r["profile"], r["backend"], r["tier"], state, _windows(r, wide), resets, marker.strip()]
@@ -46,14 +51,14 @@ def _usage_table(rows: list[dict[str, Any]], wide: bool = False) -> str:
     headers = ["PROFILE", "BACKEND", "TIER", "STATE", "WINDOWS", "RESETS IN", "ACTIVE"]
     text = table([*headers, "CIRCUIT"] if wide else headers, lines)
     unconfirmed = (
-        "; STATE ?: back after a reset, not yet confirmed by a run" if any(r["unconfirmed"] for r in rows) else ""
+        "\nSTATE ?: back after a reset, not yet confirmed by a run" if any(r["unconfirmed"] for r in rows) else ""
     )
     return f"{text}\n{LEGEND}{unconfirmed}" if rows else text
 
 
 def _amount(value: float, unit: str) -> str:
     if unit == "usd":
-        return f"${value:.2f}"
+        return f"${value:.2f}" if value >= 0.01 or value == 0 else f"${value:.2g}"  # not $0.00 of $0.00
     for size, suffix in ((1_000_000, "M"), (1_000, "k")):
         if value >= size:
             return f"{value / size:.1f}{suffix}{unit}"
@@ -132,4 +137,7 @@ def _show_text(r: dict[str, Any]) -> str:
         elif w["used_percent"] is not None:
             resets = f", resets {local_time(w['resets_at'])}" if w["resets_at"] else ""
             fields.append((label, f"{w['used_percent']:g}% (the backend's own figure){resets}"))
+    if cost := r.get("daily_cost"):
+        over = ": over it, passed over until spend leaves the 24 h window" if cost["over"] else ""
+        fields.append(("daily cost", f"{_amount(cost['spent'], 'usd')} of {_amount(cost['cap'], 'usd')} in 24 h{over}"))
     return fields_text(fields)

@@ -251,6 +251,13 @@ def usage_json(row: dict[str, Any]) -> dict[str, Any]:
         "in_flight": row["in_flight"],
         "garbled_lines": stored.garbled_lines,
         "circuit": circuit_json(row["circuit"]),
+        "daily_cost": None
+        if profile.daily_cost is None or row.get("daily_cost_spent") is None
+        else {
+            "spent": row["daily_cost_spent"],
+            "cap": profile.daily_cost,
+            "over": row["daily_cost_spent"] >= profile.daily_cost,
+        },
     }
 
 

@@ -302,8 +302,18 @@ class ProfileService:
         return profile
 
     async def usage(self) -> list[dict[str, Any]]:
-        """`fleetd usage`: each profile's standing as the heartbeat judges it now."""
-        return await self.heartbeat.snapshot(await self.store.list())
+        """`fleetd usage`: each profile's standing as the heartbeat judges it now, and what it spent of its daily
+        cost cap (a profile over it showed as `available`, with nothing to say why runs passed it over)."""
+        rows = await self.heartbeat.snapshot(await self.store.list())
+        since = self.clock() - DAY
+        for row in rows:
+            profile = row["profile"]
+            spent = None
+            if profile.daily_cost is not None and self.attempt_costs is not None:
+                spent = await self.attempt_costs.profile_cost_since(profile.name, since)
+                spent += self.heartbeat.unrecorded_cost(profile.name)
+            row["daily_cost_spent"] = spent
+        return rows
 
     async def pin(self, name: str) -> Profile:
         """Make `name` its backend's active profile until it is exhausted or `auto` is asked."""

@@ -267,6 +267,11 @@ def test_a_profile_over_its_daily_cost_through_the_gateway_is_passed_over(gw: Ga
     wait_until(passed_over, timeout=5, what="a call routed past dc1, over its daily cost")
     # With nowhere else to go the client is told to come back later, as for a key's cap (it was a 502, as if an
     # upstream had failed).
+    # `usage` says so (it showed the profile `available`, and nothing of its spend).
+    [row] = [u for u in gw.d.json("usage") if u["profile"] == "dc1"]
+    assert row["daily_cost"] == {"spent": pytest.approx(CHAT_COST), "cap": CHAT_COST / 2, "over": True}
+    listed = next(line for line in gw.d.cli("usage").stdout.splitlines() if line.startswith("dc1 "))
+    assert "over daily cost" in listed and "24h $0.00/$0.00" not in listed
     gw.d.cli("route", "add", "dconly", "--chain", "dc1")
     with pytest.raises(openai.RateLimitError, match="over its daily cost") as refused:
         gw.sdk().chat.completions.create(**{**ask, "model": "dconly"})  # type: ignore[call-overload]
