@@ -24,7 +24,7 @@ import aiosqlite
 from fleetd.records.fire import MISSED_REASONS
 from fleetd.records.run import Run
 from fleetd.store.db import Database
-from fleetd.timefmt import format_duration, to_iso
+from fleetd.timefmt import format_duration, local_text, to_iso
 
 log = logging.getLogger("fleetd.events")
 ERROR_CAP = 300  # characters of a run's error in its event: one line, enough for a notification
@@ -198,7 +198,7 @@ def run_event(run: Run, at: datetime) -> NewEvent:
     if run.status == "running":
         message = f"{who} started ({run.trigger})"
     elif run.status == "waiting":
-        message = f"{who} waits for a usage reset until {to_iso(run.wait_until)}"
+        message = f"{who} waits for a usage reset until {local_text(run.wait_until) if run.wait_until else '-'}"
     else:
         code = f" (exit {run.exit_code})" if run.exit_code is not None and run.status != "succeeded" else ""
         message = f"{who} {run.status.replace('_', ' ')}{code} after {format_duration(duration)}"

@@ -5,6 +5,7 @@ tiers, a missing CLI is skipped, budgets skip fires, and every decision is in th
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -240,5 +241,7 @@ def test_a_run_waiting_for_room_goes_on_when_the_limit_is_raised(routed: Daemon)
     assert "raised: exhausted until" in " ".join(e["detail"] for e in shown["route"])
     text = d.cli("runs", "show", str(second)).stdout
     assert "waiting    until " in text and "nothing allowed has headroom: waiting until" in text
+    waiting = [e for e in events(d) if e["type"] == "run.waiting" and e["data"]["run_id"] == second]
+    assert waiting and not re.search(r"\d{4}-\d\d-\d\dT", waiting[-1]["message"]), waiting  # local, not ISO
     d.cli("profile", "edit", "raised", "--limit", "1d=2req")
     assert d.wait_run(second, timeout=15)["status"] == "succeeded"

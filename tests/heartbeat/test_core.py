@@ -44,7 +44,9 @@ def test_parse_limit(text: str, limit: Limit) -> None:
     assert parse_limit(text) == limit
 
 
-@pytest.mark.parametrize("text", ["5h", "5h=tok", "=5tok", "5h=10parsecs", "forever=1tok", "5h=0tok"])
+@pytest.mark.parametrize(
+    "text", ["5h", "5h=tok", "=5tok", "5h=10parsecs", "forever=1tok", "5h=0tok", "1d=0.5req", "1d=1.5tok"]
+)
 def test_bad_limits(text: str) -> None:
     with pytest.raises(InvalidArgument):
         parse_limit(text)
