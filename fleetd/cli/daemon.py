@@ -98,8 +98,9 @@ def _start(where: Paths, texts: dict[str, str], wait_s: float, verb: str = "star
     while time.monotonic() < deadline:
         health = probe.ping()
         # It answers while it cleans up after a crash (bounded by one kill grace): wait that out too.
-        if health and (health.get("status") != "recovering" or time.monotonic() + 0.1 >= deadline):
-            recovering = " (still recovering runs a crash left)" if health.get("status") == "recovering" else ""
+        if health and (health.get("status") not in ("recovering", "starting") or time.monotonic() + 0.1 >= deadline):
+            recovering = {"recovering": " (still recovering runs a crash left)",
+                          "starting": " (still starting)"}.get(health.get("status", ""), "")  # fmt: skip
             if health["pid"] != proc.pid:  # a start run at the same moment won: it is that one's daemon
                 verb, was = "already running", ""
             click.echo(f"fleetd daemon {verb} (pid {health['pid']}{was}, socket {where.socket}){recovering}")
@@ -266,6 +267,7 @@ def _status_text(health: dict[str, Any]) -> str:
     loops = "?" if health["loops"] is None else health["loops"]
     state = {
         "recovering": "recovering runs a crash left",
+        "starting": "starting (its first heartbeat, the gateway)",
         "stopping": "stopping (no new fires; its runs get the stop grace)",
     }.get(health["status"], "running")
     store_line = "ok" if store == "ok" else f"unusable: {store} (changes and fires fail until it is fixed)"

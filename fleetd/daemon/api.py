@@ -93,7 +93,9 @@ class DaemonContext:
     started_at: datetime
     default_tz: str
     request_stop: Callable[[], None]
-    phase: str = "ok"  # "recovering" while a crash's leftovers are cleaned up at start, "stopping" at the end
+    # "recovering" while a crash's leftovers are cleaned up at start, "starting" while the heartbeat's first beat and
+    # the gateway start, "stopping" at the end.
+    phase: str = "ok"
     pruner: Pruner | None = None
     retain: float | None = None  # the daemon's --retain in seconds: what `runs prune` without options prunes
     gateway: GatewayService | None = None

@@ -288,13 +288,15 @@ class Daemon:
             # The socket answers (status "recovering") while a crash's leftovers are cleaned up.
             await self._recover(leftovers, runs, attempts, executor, heartbeat.usage)
             executor.ready.set()
-            ctx.phase = "ok"
+            ctx.phase = "starting"
             await hooks.start()  # delivers from its cursor: events written at start are not missed
             await heartbeat.start()
             try:
                 await gateway.start()
             except FleetdError as e:  # the --gateway flag's address cannot be used: nothing half-started
                 raise StartupError(f"the gateway cannot start: {e.message}") from None
+            # Only now: `daemon start` returns on "ok", and a script that asks for the gateway's URL next found none.
+            ctx.phase = "ok"
             # A stop must not wait for the start: with hundreds of loops that missed fires while the
             # daemon was down, their catch-up fires take a while. Cancelling it is safe: a fire's
             # write runs to its end (store.db.finish_first).

@@ -235,3 +235,26 @@ def test_events_follow_prints_each_new_event_as_it_is_written(make_daemon: MakeD
     finally:
         follower.kill()
         follower.wait(5)
+
+
+def test_daemon_start_returns_once_the_gateway_listens(short_home: Path) -> None:
+    # A script that asked for the gateway's URL right after `daemon start` got none: the gateway started after the
+    # heartbeat's first beat (here, a first reading of a profile's 16 MB of transcripts), and start had returned.
+    d = Daemon(short_home / "home")
+    try:
+        d.cli("daemon", "start", "--wait", "20")
+        config = Path(d.json("profile", "add", "big", "--backend", "claude_code")["config_dir"])
+        d.cli("daemon", "stop")
+        transcript = config / "projects" / "p" / "s.jsonl"
+        transcript.parent.mkdir(parents=True)
+        now = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())
+        head = f'{{"sessionId":"s","type":"assistant","timestamp":"{now}","requestId":"r'
+        body = '","role":"assistant","model":"claude-sonnet-4-5","content":[{"type":"text","text":"' + "x" * 300
+        tail = '"}],"usage":{"input_tokens":4,"output_tokens":5}}}\n'
+        transcript.write_text("".join(f'{head}{n}","message":{{"id":"m{n}{body}{tail}' for n in range(40_000)))
+        d.cli("daemon", "start", "--gateway", "127.0.0.1:0", "--wait", "20")
+        status = d.json("gateway", "status")
+        assert status["url"] and status["url"].startswith("http://127.0.0.1:"), status
+        assert d.status() == "ok"
+    finally:
+        d.cli("daemon", "stop", check=False)  # started by the CLI: `d` holds no process to signal
