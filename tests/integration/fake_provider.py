@@ -703,8 +703,8 @@ class FakeProvider(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, mode: str = "ok") -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
+    def __init__(self, mode: str = "ok", port: int = 0) -> None:
+        super().__init__(("127.0.0.1", port), _Handler)
         self._lock = threading.Lock()
         self._mode = "ok"
         self.mode = mode
@@ -808,13 +808,29 @@ def running_fake_provider(mode: str = "ok") -> Iterator[FakeProvider]:
         server.stop()
 
 
-if __name__ == "__main__":  # manual use: python -m tests.integration.fake_provider [mode]
-    import sys
+def main(argv: list[str] | None = None) -> None:
+    """By hand: `python -m tests.integration.fake_provider [MODE] [--port N] [--latency S]`; prints its base URL."""
+    import argparse
 
-    with running_fake_provider(sys.argv[1] if len(sys.argv) > 1 else "ok") as provider:
-        print(provider.base_url, flush=True)
-        try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            pass
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.integration.fake_provider",
+        description="A loopback provider speaking the OpenAI, Anthropic and Gemini APIs.",
+    )
+    parser.add_argument("mode", nargs="?", default="ok", choices=MODES, help="how it answers (default ok)")
+    parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: a free one)")
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds each answer waits (calls in flight)")
+    args = parser.parse_args(argv)
+    provider = FakeProvider(args.mode, args.port).start()
+    provider.latency = args.latency
+    print(provider.base_url, flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        provider.stop()
+
+
+if __name__ == "__main__":
+    main()
