@@ -13,6 +13,7 @@ failure after it ends the stream with the protocol's error event (never a second
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import random
@@ -140,11 +141,15 @@ class Proxy:
         return self._proxies[origin]
 
     async def _attempts_finished(self, attempts: list[Attempt]) -> None:
-        await self.profiles.attempts_finished([(a.profile, a.parsed, a.finished_at, a.cost_usd) for a in attempts])
+        # Each call's use stops being counted apart as its record joins the windows (`_unrecorded`).
+        settles = [functools.partial(self.profiles.recorded_use, a.profile) for a in attempts]
+        await self.profiles.attempts_finished([(a.profile, a.parsed, a.finished_at, a.cost_usd) for a in attempts],
+                                              settles)  # fmt: skip
 
     def _written(self, attempts: list[Attempt]) -> None:
-        for attempt in attempts:  # in the windows and the call log now: no longer counted apart (`finished`)
-            self.profiles.recorded(attempt.profile)
+        written_at = time.monotonic()
+        for attempt in attempts:  # in the call log now: its cost is no longer counted apart
+            self.profiles.recorded_cost(attempt.profile, written_at)
 
     def _semaphore(self, profile: str) -> asyncio.Semaphore:
         if profile not in self._semaphores:
@@ -276,6 +281,9 @@ class Proxy:
             release()
             why = scrubber.text(f"cannot reach {profile.name}'s provider: {type(e).__name__}") or ""
             return await self._failed_attempt(profile, failed, "transient", why)
+        except BaseException:  # cancelled: what it reserved is given back (a leak would hold its limit's room)
+            release()
+            raise
         status = response.status
         if not 200 <= status < 300:
             try:
@@ -305,16 +313,23 @@ class Proxy:
                 _done(response)
                 release()
                 return await self._failed_attempt(profile, failed, "transient", f"stream broke: {type(e).__name__}")
+            except BaseException:
+                _done(response)
+                release()
+                raise
             call.streamed = True
             return StreamAnswer(self, req, call, profile, response, chunks, first, release, started, strip_usage,
                                 scrubber.fresh())  # fmt: skip
         try:
             data = await response.read()
         except UPSTREAM_ERRORS as e:
+            release()
             return await self._failed_attempt(profile, failed, "transient", f"answer broke: {type(e).__name__}")
+        except BaseException:  # cancelled (a stop, the client gone): what it reserved is given back
+            release()
+            raise
         finally:
             _done(response)
-            release()
         # A provider, or its model, can quote the key it was sent: neither the client nor the call log gets it.
         data = _scrub(scrubber, data)
         usage = None
@@ -323,12 +338,22 @@ class Proxy:
                 usage = req.protocol.usage_json(json.loads(data))
             except ValueError:
                 usage = None
+            # Counted apart from the moment it is no longer under way, not once its answer has gone out (`finished`
+            # runs after the body is sent): a call that came meanwhile found neither, and passed a `1d=1req` limit.
+            self._unrecorded(profile, usage or TokenUsage())
+        release()
         call.streamed = False
         if req.route.log_bodies:
             call.response_body = _capped(data)
         passed = {k: v for k, v in response.headers.items() if k.lower() in PASSED_BACK}
-        done = BackgroundTask(self.finished, req, call, profile, usage or TokenUsage(), "succeeded", None, started)
+        done = BackgroundTask(self.finished, req, call, profile, usage or TokenUsage(), "succeeded", None, started,
+                              counted_apart=req.counted)  # fmt: skip
         return Response(data, status, headers=passed, background=done)
+
+    def _unrecorded(self, profile: Profile, usage: TokenUsage) -> None:
+        """A successful call's use, counted against its profile's limits until its batch is written (`_written`)."""
+        cost = profile.cost(usage.input_tokens, usage.output_tokens, usage.cache_read_tokens, usage.cache_write_tokens)
+        self.profiles.unrecorded(profile, usage.total, cost or 0.0)
 
     async def _failed_attempt(
         self, profile: Profile, failed: Callable[..., Failure], error_class: str, message: str
@@ -340,9 +365,10 @@ class Proxy:
 
     async def finished(
         self, req: Request, call: GatewayCall, profile: Profile, usage: TokenUsage, outcome: str, error: str | None,
-        started: float,
+        started: float, *, counted_apart: bool = False,
     ) -> None:  # fmt: skip
-        """After the answer went out: the attempt's usage and outcome to the heartbeat, the call to the log."""
+        """After the answer went out: the attempt's usage and outcome to the heartbeat, the call to the log.
+        `counted_apart`: its use is already counted until its batch is written (`_unrecorded`)."""
         call.latency_ms = _ms(time.monotonic() - started)
         call.outcome, call.error = outcome, error
         cost = profile.cost(usage.input_tokens, usage.output_tokens, usage.cache_read_tokens, usage.cache_write_tokens)
@@ -357,8 +383,8 @@ class Proxy:
         call.cost_usd = cost or 0.0
         if outcome == "succeeded":  # written after, with others (recorder.py): the next call need not wait
             parsed = ParsedOutput("succeeded", usage=usage, model=call.model)
-            # Its use counts against the profile's limits until the batch is written (`_written`).
-            self.profiles.unrecorded(profile, usage.total, cost or 0.0)
+            if not counted_apart:  # a stream's: it ends here, with no await since it stopped being under way
+                self._unrecorded(profile, usage)
             await self.recorder.put(Finished(call, Attempt(profile, parsed, self.clock(), cost)))
             return
         # The stream broke after it began: the provider failed (the router must know before the next call),

@@ -29,10 +29,10 @@ def parse_limit(text: str) -> Limit:
     amount = float(number) * _SCALE[scale.lower()]
     if amount <= 0:
         raise InvalidArgument(f"invalid --limit {shown(text)}: the amount must be positive")
-    if unit in ("req", "tok") and amount != int(amount):  # `1d=0.5req`: no call is half a request
-        raise InvalidArgument(f"invalid --limit {shown(text)}: {unit} is counted in whole numbers")
     if amount > MAX_LIMIT_AMOUNT:  # also catches inf, which is what 400 nines become
         raise InvalidArgument(f"invalid --limit {shown(text)}: the amount must be at most {MAX_LIMIT_AMOUNT:,.0f}")
+    if unit in ("req", "tok") and amount != int(amount):  # `1d=0.5req`: no call is half a request
+        raise InvalidArgument(f"invalid --limit {shown(text)}: {unit} is counted in whole numbers")
     return Limit(window_s, amount, unit)  # type: ignore[arg-type]
 
 

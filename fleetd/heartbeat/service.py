@@ -11,7 +11,7 @@ import gc
 import json
 import logging
 import statistics
-from collections.abc import Awaitable, Callable, Collection, Iterator
+from collections.abc import Awaitable, Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -37,6 +37,7 @@ from fleetd.timefmt import local_text, to_iso
 if TYPE_CHECKING:
     from fleetd.backends.usage_files import UsageRow
 
+Settle = Callable[[], None]  # ends counting an attempt apart (its reservation, its unrecorded use)
 log = logging.getLogger("fleetd.heartbeat")
 WATCH_ARMING_S = 1.0  # a generous bound on how long watchfiles takes to start watching
 # How often watchfiles' thread looks for changes; it reports them once a look finds no newer ones, so an agent's write
@@ -107,7 +108,8 @@ class Heartbeat:
         self._rewatch = asyncio.Event()
         self._watched: set[Path] = set()
         self._typical: dict[str, Typical | None] = {}  # None: no attempt of it has ended yet
-        self._unrecorded: dict[str, list[tuple[int, float]]] = {}  # tokens and cost of calls `recorded` has not seen
+        self._unrecorded: dict[str, list[tuple[int, float]]] = {}  # tokens and cost of calls not in the windows yet
+        self._unrecorded_costs: dict[str, list[float]] = {}  # cost of calls not in the call log yet
 
     async def start(self) -> None:
         self.states = await self.usage.load_states()
@@ -579,24 +581,34 @@ class Heartbeat:
         ledger = self._ledgers.get(profile.name)
         if stored is None or ledger is None or stored.status.state not in ("available", "near_limit"):
             return None
+        now = self.clock()
+        # The windows as of now (`windows` is as of the last beat: a record added since, or one that left since,
+        # would be counted wrong beside what is pending).
         return no_room_for_another(
-            self.windows.get(profile.name, []), ledger.inside, stored.reported, self.in_flight.get(profile.name, 0),
-            self.typical(profile.name), self._pending_use(profile.name), self.clock(),
+            ledger.advance(now), ledger.inside, stored.reported, self.in_flight.get(profile.name, 0),
+            self.typical(profile.name), self._pending_use(profile.name), now,
         )  # fmt: skip
 
     def unrecorded(self, profile: str, tokens: int, cost_usd: float) -> None:
         """A finished call whose usage reaches `attempts_finished` a moment later, with others (the gateway's
-        recorder): counted by `no_room` and `unrecorded_cost` meanwhile (back-to-back calls went past a limit)."""
+        recorder): counted by `no_room` until its record joins the windows (`recorded_use`), and by
+        `unrecorded_cost` until the call log has it (`recorded_cost`). Back-to-back calls went past a limit."""
         self._unrecorded.setdefault(profile, []).append((tokens, cost_usd))
+        self._unrecorded_costs.setdefault(profile, []).append(cost_usd)
 
-    def recorded(self, profile: str) -> None:
-        """The oldest of `unrecorded`'s calls is in the windows now (or its write failed: no longer pending)."""
+    def recorded_use(self, profile: str) -> None:
+        """The oldest of `unrecorded`'s calls is in the windows now (or its write failed)."""
         pending = self._unrecorded.get(profile)
         if pending:
             pending.pop(0)
 
+    def recorded_cost(self, profile: str) -> float:
+        """The oldest of `unrecorded`'s calls is in the call log now (or its write failed): what it cost."""
+        pending = self._unrecorded_costs.get(profile)
+        return pending.pop(0) if pending else 0.0
+
     def unrecorded_cost(self, profile: str) -> float:
-        return sum(cost for _, cost in self._unrecorded.get(profile, ()))
+        return sum(self._unrecorded_costs.get(profile, ()))
 
     def _pending_use(self, profile: str) -> Consumption | None:
         pending = self._unrecorded.get(profile)
@@ -616,7 +628,11 @@ class Heartbeat:
         """An attempt ended; `probe`: it was the half-open circuit's one probe, which is free again."""
         self.in_flight[profile] = max(0, self.in_flight.get(profile, 0) - 1)
         if probe:
-            self.probing.discard(profile)
+            self.free_probe(profile)
+
+    def free_probe(self, profile: str) -> None:
+        """The half-open circuit's one probe ended (its circuit stepped): another may take it."""
+        self.probing.discard(profile)
 
     # -- circuit breakers -------------------------------------------------------------------------
 
@@ -702,26 +718,37 @@ class Heartbeat:
             return views
 
     async def attempt_finished(
-        self, profile: Profile, parsed: ParsedOutput, finished_at: datetime, cost_usd: float | None
-    ) -> None:
+        self, profile: Profile, parsed: ParsedOutput, finished_at: datetime, cost_usd: float | None,
+        settle: Settle | None = None,
+    ) -> None:  # fmt: skip
         """Record what the attempt used and what it says about the profile, then beat for its backend."""
-        await self.attempts_finished([(profile, parsed, finished_at, cost_usd)])
+        await self.attempts_finished([(profile, parsed, finished_at, cost_usd)], settles=[settle] if settle else [])
 
-    async def attempts_finished(self, done: list[tuple[Profile, ParsedOutput, datetime, float | None]]) -> None:
+    async def attempts_finished(
+        self, done: list[tuple[Profile, ParsedOutput, datetime, float | None]], settles: Sequence[Settle] = ()
+    ) -> None:
         """What the attempts used and what each says about its profile (the gateway's successes come
         batched; a run's attempt alone): each one's state and circuit step in order, their usage in one
-        write, and each profile's windows and its backend's choice refreshed once, after all of them."""
+        write, and each profile's windows and its backend's choice refreshed once, after all of them.
+        `settles`: called as their records join the windows, with no await between, to stop counting them apart
+        (a run's reservation, a gateway call's unrecorded use): never counted twice, nor not at all."""
         if not done:
+            for settle in settles:
+                settle()
             return
         async with self._lock:
             records = [NewUsage(p.name, at, "attempt", parsed.usage.total, cost or 0.0, parsed.session_id)
                        for p, parsed, at, cost in done]  # fmt: skip
-            ledgers = {p.name: await self._ledger(p, at) for p, _, at, _ in done}  # before the insert, as one by one
-            await self.usage.add(records)
-            for record in records:
-                ledgers[record.profile].add(
-                    record.at, record.tokens, 1, record.cost_usd, record.session_id, attempt=True
-                )
+            try:
+                ledgers = {p.name: await self._ledger(p, at) for p, _, at, _ in done}  # before the insert
+                await self.usage.add(records)
+                for record in records:
+                    ledgers[record.profile].add(
+                        record.at, record.tokens, 1, record.cost_usd, record.session_id, attempt=True
+                    )
+            finally:
+                for settle in settles:
+                    settle()
             self._last_id = await self.usage.last_id()
             last: dict[str, Profile] = {}
             for profile, parsed, finished_at, _ in done:

@@ -41,6 +41,7 @@ from fleetd.routing.router import (
     AttemptResult,
     Backoff,
     Candidate,
+    Decision,
     Finish,
     Observation,
     Policy,
@@ -78,9 +79,11 @@ class ProfileSource(Protocol):
     async def known_secrets(self) -> Collection[str]: ...
     def reserve(self, profile: Profile) -> None: ...
     def release(self, profile: Profile, probe: bool = False) -> None: ...
+    def free_probe(self, profile: Profile) -> None: ...
     async def attempt_finished(
-        self, profile: Profile, parsed: ParsedOutput, finished_at: datetime, cost_usd: float | None
-    ) -> None: ...
+        self, profile: Profile, parsed: ParsedOutput, finished_at: datetime, cost_usd: float | None,
+        settle: Callable[[], None] | None = None,
+    ) -> None: ...  # fmt: skip
 
 
 @dataclass(eq=False)  # identity: slots live in sets
@@ -567,37 +570,38 @@ class Executor:
         sessions: dict[tuple[int, str], str] = {}  # the CLI session each worker's last attempt left, for repairs
         while True:
             noted, skips = self._note_route(runlog, router.trail, noted, role)
-            probe = False
-            if isinstance(decision, Try) and not slot.interrupt_reason and not self._past(deadline):
+            reserved, probe = None, False
+            if isinstance(decision, Try) and self._ended(loop, decision, slot, deadline, end) is None:
                 # No await since the world was read: the room and the probe the router saw free are still free, and
                 # taken now, before the skips are told (an await), so a run reading the world meanwhile sees them taken.
-                probe = self.profiles.claim_probe(profiles[decision.candidate.profile])
-                self.profiles.reserve(profiles[decision.candidate.profile])
+                reserved = profiles[decision.candidate.profile]
+                probe = self.profiles.claim_probe(reserved)
+                self.profiles.reserve(reserved)
             try:
                 await self._tell_skips(loop, run, skips)
             except BaseException:
-                if isinstance(decision, Try):
-                    self.profiles.release(profiles[decision.candidate.profile], probe)
+                if reserved is not None:
+                    self.profiles.release(reserved, probe)
                 raise
-            if slot.interrupt_reason and not isinstance(decision, Finish):
-                return "interrupted", end.exit_code, slot.interrupt_reason  # a stop: no new attempt, no retry
-            if isinstance(decision, Finish):
-                if decision.status == "succeeded":
-                    return "succeeded", end.exit_code, None
-                return "failed", end.exit_code, decision.reason
-            if self._past(deadline):
-                return "timed_out", end.exit_code, f"timed out after {format_duration(loop.timeout_s)}"
+            ended = self._ended(loop, decision, slot, deadline, end)  # a stop or the deadline may have come meanwhile
+            if ended is not None:
+                if reserved is not None:
+                    self.profiles.release(reserved, probe)
+                return ended
             if isinstance(decision, Try):  # its profile reserved above
                 profile = profiles[decision.candidate.profile]
                 key = (decision.candidate.step, profile.name)
+                settle = _Settle(self.profiles, profile)
                 try:
                     before = await asyncio.to_thread(changes.snapshot, loop.workdir) if loop.review else None
                     end = await self._attempt(
                         decision.number, loop, run, slot, runlog, profile, prompt, decision, deadline,
-                        resume=sessions.get(key) if decision.repair else None, role=role,
+                        resume=sessions.get(key) if decision.repair else None, role=role, settle=settle,
                     )  # fmt: skip
                 finally:
-                    self.profiles.release(profile, probe)
+                    settle()
+                    if probe:  # only now: its circuit has stepped
+                        self.profiles.free_probe(profile)
                 if end.parsed.session_id:
                     sessions[key] = end.parsed.session_id
                 verdict = self._verdict(loop, slot, end)
@@ -805,6 +809,20 @@ class Executor:
     def _past(self, deadline: datetime | None) -> bool:
         return deadline is not None and self.clock() >= deadline
 
+    def _ended(
+        self, loop: Loop, decision: Decision, slot: ActiveRun, deadline: datetime | None, end: AttemptEnd
+    ) -> tuple[RunStatus, int | None, str | None] | None:
+        """How the drive ends before `decision` is carried out (a stop, the router's finish, the deadline), or None."""
+        if slot.interrupt_reason and not isinstance(decision, Finish):
+            return "interrupted", end.exit_code, slot.interrupt_reason  # a stop: no new attempt, no retry
+        if isinstance(decision, Finish):
+            if decision.status == "succeeded":
+                return "succeeded", end.exit_code, None
+            return "failed", end.exit_code, decision.reason
+        if self._past(deadline):
+            return "timed_out", end.exit_code, f"timed out after {format_duration(loop.timeout_s)}"
+        return None
+
     def _verdict(self, loop: Loop, slot: ActiveRun, end: AttemptEnd) -> tuple[RunStatus, int | None, str | None] | None:
         """A final status, or None when another profile could still do it. Work that finished successfully
         counts even when the daemon's shutdown interrupted it meanwhile (it exited 0 in the grace); a user's
@@ -853,9 +871,11 @@ class Executor:
         resume: str | None = None,
         role: str = "work",
         last: bool = False,
+        settle: Callable[[], None] | None = None,
     ) -> AttemptEnd:
         """One attempt, recorded. `last`: the run ends with it whatever it says (no routing, no profile), so
-        its end is written with the run's (`ActiveRun.attempt_end`), one transaction instead of two."""
+        its end is written with the run's (`ActiveRun.attempt_end`), one transaction instead of two. `settle`:
+        ends its profile's reservation as its use joins the profile's windows (`attempt_finished`)."""
         candidate = decision.candidate
         adapter = get_adapter(candidate.backend)
         secret = await self.profiles.secret(profile) if profile and profile.has_secret else None
@@ -926,7 +946,7 @@ class Executor:
             said = parsed
             if (end.timed_out or slot.interrupt_reason) and parsed.outcome != "succeeded":
                 said = replace(parsed, outcome="unknown", error_class=None)
-            await self.profiles.attempt_finished(profile, said, finished_at, cost)
+            await self.profiles.attempt_finished(profile, said, finished_at, cost, settle)
         end.cost_usd, end.attempt_id, end.number = cost, attempt_id, number
         return end
 
@@ -1183,6 +1203,20 @@ def with_findings(prompt: str | None, findings: str) -> str:
         f"{prompt or ''}\n\n---\nA check of the previous attempt at this task rejected it. Fix what it found:\n"
         f"{findings}\n"
     )
+
+
+class _Settle:
+    """Ends an attempt's reservation of its profile, once: as its use joins the profile's windows (with no await
+    between: never counted twice, nor not at all), or when the attempt ends without getting that far."""
+
+    def __init__(self, profiles: ProfileSource, profile: Profile) -> None:
+        self._profiles, self._profile = profiles, profile
+        self._done = False
+
+    def __call__(self) -> None:
+        if not self._done:
+            self._done = True
+            self._profiles.release(self._profile)
 
 
 def _route_json(entry: dict[str, Any]) -> dict[str, Any]:

@@ -8,7 +8,8 @@ import contextlib
 import logging
 import os
 import shutil
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any
 from fleetd.backends.registry import get_adapter
 from fleetd.errors import Conflict, FleetdError, InvalidArgument, NotFound, shown
 from fleetd.gateway.model import checked_step
-from fleetd.heartbeat.service import Heartbeat
+from fleetd.heartbeat.service import Heartbeat, Settle
 from fleetd.heartbeat.state import cost_cap_taken
 from fleetd.heartbeat.switch import USABLE
 from fleetd.loops.model import shown_path
@@ -151,6 +152,7 @@ class ProfileService:
         self.profiles_dir = profiles_dir
         self.clock = clock
         self._spent: dict[str, float] = {}  # each capped profile's cost in the last 24 h, as `world` last read it
+        self._spent_read: dict[str, tuple[float, float]] = {}  # when that read began (monotonic), and what it said
 
     async def add(self, body: dict[str, Any]) -> Profile:
         profile, secret = validate_profile_input(body, self.profiles_dir)
@@ -366,7 +368,9 @@ class ProfileService:
         now = self.clock()
         for profile in profiles:
             if profile.daily_cost is not None and self.attempt_costs is not None:
-                self._spent[profile.name] = await self.attempt_costs.profile_cost_since(profile.name, now - DAY)
+                began = time.monotonic()
+                spent = await self.attempt_costs.profile_cost_since(profile.name, now - DAY)
+                self._spent[profile.name], self._spent_read[profile.name] = spent, (began, spent)
         # No await from here on: the attempts under way are counted as they stand when the caller's attempt
         # reserves its profile (the executor reserves before its next await), so two cannot both take the last room.
         for profile in profiles:
@@ -417,19 +421,34 @@ class ProfileService:
     def unrecorded(self, profile: Profile, tokens: int, cost_usd: float) -> None:
         self.heartbeat.unrecorded(profile.name, tokens, cost_usd)
 
-    def recorded(self, profile: Profile) -> None:
-        self.heartbeat.recorded(profile.name)
+    def recorded_use(self, profile: Profile) -> None:
+        self.heartbeat.recorded_use(profile.name)
+
+    def recorded_cost(self, profile: Profile, written_at: float) -> None:
+        """The call log has the oldest unrecorded call of `profile` since `written_at` (monotonic): a spend read
+        begun before then does not show its cost, so it is added there until the next `world` reads it again."""
+        cost = self.heartbeat.recorded_cost(profile.name)
+        read = self._spent_read.get(profile.name)
+        if read is not None and read[0] < written_at:
+            self._spent[profile.name] = read[1] + cost
+            self._spent_read[profile.name] = (read[0], read[1] + cost)
+
+    def free_probe(self, profile: Profile) -> None:
+        self.heartbeat.free_probe(profile.name)
 
     def release(self, profile: Profile, probe: bool = False) -> None:
         self.heartbeat.release(profile.name, probe)
 
     async def attempt_finished(
-        self, profile: Profile, parsed: ParsedOutput, finished_at: datetime, cost_usd: float | None
-    ) -> None:
-        await self.heartbeat.attempt_finished(profile, parsed, finished_at, cost_usd)
+        self, profile: Profile, parsed: ParsedOutput, finished_at: datetime, cost_usd: float | None,
+        settle: Settle | None = None,
+    ) -> None:  # fmt: skip
+        await self.heartbeat.attempt_finished(profile, parsed, finished_at, cost_usd, settle)
 
-    async def attempts_finished(self, done: list[tuple[Profile, ParsedOutput, datetime, float | None]]) -> None:
-        await self.heartbeat.attempts_finished(done)
+    async def attempts_finished(
+        self, done: list[tuple[Profile, ParsedOutput, datetime, float | None]], settles: Sequence[Settle] = ()
+    ) -> None:
+        await self.heartbeat.attempts_finished(done, settles)
 
     async def candidate_skipped(self, loop: Loop, run_id: int, profile: str, why: str) -> None:
         await self.heartbeat.events.emit(

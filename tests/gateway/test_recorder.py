@@ -30,20 +30,27 @@ class BlockedStore:
         self.attempts: list[Any] = []
         self.calls: list[GatewayCall] = []
         self.writes = 0
-        self.pending = 0  # finished calls counted apart until their batch is written
+        self.pending = 0  # finished calls counted apart until their use joins the windows
+        self.pending_cost = 0  # ... and until the call log has them
 
     async def attempt_finished(self, profile: Profile, parsed: ParsedOutput, at: datetime, cost: float | None) -> None:
         await self.attempts_finished([(profile, parsed, at, cost)])
 
-    async def attempts_finished(self, done: list[Any]) -> None:
+    async def attempts_finished(self, done: list[Any], settles: Any = ()) -> None:
         await self.open.wait()
         self.attempts += done
+        for settle in settles:
+            settle()
 
     def unrecorded(self, profile: Profile, tokens: int, cost: float) -> None:
         self.pending += 1
+        self.pending_cost += 1
 
-    def recorded(self, profile: Profile) -> None:
+    def recorded_use(self, profile: Profile) -> None:
         self.pending -= 1
+
+    def recorded_cost(self, profile: Profile, written_at: float) -> None:
+        self.pending_cost -= 1
 
     async def add_calls(self, calls: Any) -> None:
         await self.open.wait()
@@ -65,10 +72,10 @@ def test_a_finished_call_does_not_wait_for_the_store() -> None:
                                   None, time.monotonic())  # fmt: skip
         await asyncio.wait_for(finished, 2)  # the store is blocked: this returns only if nothing waits for it
         assert store.calls == [] and store.attempts == []
-        assert store.pending == 1  # counted against the profile's limits meanwhile
+        assert (store.pending, store.pending_cost) == (1, 1)  # counted against the profile's limits meanwhile
         store.open.set()
         await proxy.close()  # a stop writes what is queued
-        assert store.pending == 0
+        assert (store.pending, store.pending_cost) == (0, 0)
         (written,) = store.calls
         assert (written.outcome, written.input_tokens, written.output_tokens) == ("succeeded", 10, 2)
         assert written.cost_usd == (10 * 3.0 + 2 * 15.0) / 1e6

@@ -587,3 +587,34 @@ def test_keys_scrubbed_in_one_pass_are_what_scrubbing_each_gives() -> None:
     for values, secrets in cases:
         scrubber = Scrubber(secrets)
         assert _scrubbed(values, scrubber) == [scrubber.text(v) if v else v for v in values]
+
+
+def test_an_attempts_reservation_becomes_its_record_with_no_moment_counted_twice_or_not_at_all(tmp_path: Path) -> None:
+    # Its record joined the windows, then (after awaits) its reservation ended: meanwhile it was counted twice, and a
+    # run that read the world then waited out the whole window.
+    async def body(hb: Heartbeat, clock: Clock, usage: UsageStore, profiles: list[Profile]) -> None:
+        a = profiles[0]
+        hb.reserve("a")
+        assert hb.no_room(a) is None  # 0 used, 1 under way, 1 more: 2 of 2
+        seen: list[object] = []
+
+        def settle() -> None:  # what the executor passes: its reservation ends here
+            hb.release("a")
+            seen.append(hb.no_room(a))  # as a run reading the world at this moment would see it
+
+        await hb.attempt_finished(a, ok(10), clock.now, None, settle)
+        assert seen == [None]  # 1 used, none under way: room for one more
+        assert hb.in_flight["a"] == 0
+        hb.reserve("a")
+        full = hb.no_room(a)
+        assert full is not None and full[0] == "1d=2req: 1 used, 1 attempt(s) under way"
+        hb.release("a")
+        # The windows as of now, not as of the last beat: a day later the record has left.
+        clock.now += timedelta(days=1, seconds=1)
+        hb.reserve("a")
+        hb.reserve("a")
+        assert hb.no_room(a) is not None  # two under way and one more
+        hb.release("a")
+        assert hb.no_room(a) is None
+
+    run(tmp_path, body, limits=("1d=2req",))

@@ -57,10 +57,15 @@ class OneProfile:
     def reserve(self, profile: Profile) -> None:
         pass
 
-    def release(self, profile: Profile) -> None:
+    def release(self, profile: Profile, probe: bool = False) -> None:
         pass
 
-    async def attempt_finished(self, profile: Profile, parsed: ParsedOutput, at: datetime, cost: float | None) -> None:
+    def free_probe(self, profile: Profile) -> None:
+        pass
+
+    async def attempt_finished(
+        self, profile: Profile, parsed: ParsedOutput, at: datetime, cost: float | None, settle: object = None
+    ) -> None:
         self.finished.append(parsed)
 
     async def run_waiting(self, loop: Loop, run_id: int, until: datetime) -> None:

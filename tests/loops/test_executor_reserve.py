@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Collection
+from collections.abc import Awaitable, Callable, Collection
 from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -32,6 +32,8 @@ class LastRoom:
     def __init__(self, tmp_path: Path) -> None:
         self.profiles = {n: Profile(n, "codex", "subscription", str(tmp_path / n)) for n in NAMES}
         self.under_way: dict[str, int] = {}
+        self.stop: Callable[[int], Awaitable[object]] | None = None  # called as a skip is told
+        self.stops: list[asyncio.Future[object]] = []
 
     async def world(self, steps: list[ChainStep]) -> tuple[World, dict[str, Profile]]:
         views = {n: ProfileView(n, "codex", "subscription") for n in NAMES}
@@ -47,6 +49,11 @@ class LastRoom:
     async def candidate_skipped(self, loop: Loop, run_id: int, profile: str, why: str) -> None:
         for _ in range(5):  # an event written: the other run's task gets its turns meanwhile
             await asyncio.sleep(0)
+        if self.stop is not None:  # the stop comes while this run tells its skip (it waits for the run's end)
+            stopping = asyncio.ensure_future(self.stop(run_id))
+            for _ in range(5):
+                await asyncio.sleep(0)
+            self.stops.append(stopping)
 
     async def secret(self, profile: Profile) -> str | None:
         return None
@@ -60,7 +67,12 @@ class LastRoom:
     def release(self, profile: Profile, probe: bool = False) -> None:
         self.under_way[profile.name] -= 1
 
-    async def attempt_finished(self, profile: Profile, parsed: ParsedOutput, at: datetime, cost: float | None) -> None:
+    def free_probe(self, profile: Profile) -> None:
+        pass
+
+    async def attempt_finished(
+        self, profile: Profile, parsed: ParsedOutput, at: datetime, cost: float | None, settle: object = None
+    ) -> None:
         pass
 
 
@@ -87,3 +99,30 @@ def test_two_runs_starting_together_cannot_both_take_the_last_room(tmp_path: Pat
             await db.close()
 
     assert sorted(asyncio.run(go())) == ["one-left", "spare"]
+
+
+def test_a_run_stopped_while_it_tells_a_skip_gives_its_reservation_back(tmp_path: Path) -> None:
+    # It returned `interrupted` with its profile still reserved: a `1d=1req` profile never had room again.
+    async def go() -> dict[str, int]:
+        db = await Database.open(tmp_path / "x.db")
+        try:
+            now = now_utc()
+            loop = Loop(name="l1", schedule=Schedule("every", "1h", "UTC"), backend="codex", prompt="hi",
+                        env={"PATH": f"{STANDIN_BIN}:{os.environ['PATH']}"}, chain=[ChainStep("codex", NAMES)],
+                        timeout_s=60, created_at=now, updated_at=now)  # fmt: skip
+            await LoopStore(db).insert(loop)
+            profiles = LastRoom(tmp_path)
+            ex = Executor(RunStore(db), AttemptStore(db), profiles, log_path=lambda i: tmp_path / f"{i}.log",  # type: ignore[arg-type]
+                          tmp_root=tmp_path / "tmp", tag_prefix=f"reserve{os.getpid()}", clock=now_utc,
+                          local_tz=ZoneInfo("UTC"), kill_grace=0.5)  # fmt: skip
+            profiles.stop = lambda run_id: ex.stop(run_id, reason="stopped by hand")
+            run = await ex.fire(loop, "manual", now)
+            assert run is not None
+            assert await ex.wait_idle(30)
+            await asyncio.gather(*profiles.stops)
+            assert (await RunStore(db).get(run.id)).status == "cancelled"
+            return profiles.under_way
+        finally:
+            await db.close()
+
+    assert asyncio.run(go()) == {"one-left": 0}
