@@ -256,7 +256,7 @@ def usage_json(row: dict[str, Any]) -> dict[str, Any]:
         else {
             "spent": row["daily_cost_spent"],
             "cap": profile.daily_cost,
-            "over": row["daily_cost_spent"] >= profile.daily_cost,
+            "over": row["daily_cost_over"],
         },
     }
 

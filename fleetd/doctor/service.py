@@ -181,7 +181,7 @@ class DoctorService:
         stranded: dict[str, list[str]] = {}
         users = [(f"loop {lp.name}", [p.name for p in profiles if _may_use(lp, p)]) for lp in loops if lp.enabled]
         if self.profiles.routes is not None:  # a route names every profile it tries
-            users += [(f"route {r.name}", [n for step in r.chain for n in step.profiles])
+            users += [(f"route {r.name}", list(dict.fromkeys(n for step in r.chain for n in step.profiles)))
                       for r in await self.profiles.routes.routes()]  # fmt: skip
         for user, usable in users:
             for name in usable:

@@ -246,10 +246,12 @@ class GatewayService:
             message = f"gateway key {key.name} has spent {usd(spent)} of its {cap} daily cost cap in the last 24 h"
             return GatewayError("rate_limited", message, retry_after=3600), None
         expected = holds.expected(key.name)
+        if expected is not None:
+            expected = min(expected, key.daily_cost)  # one over the cap alone: let in when nothing else is spent
         # The calls under way may spend the rest, or this one would pass the cap (a call at $0.82 of a $1 cap was let
         # in though each cost $0.82): it waits for them, or for spend to leave the 24 h window.
         if spent + held + (expected or 0.0) > key.daily_cost * (1 + 1e-9) or spent + held >= key.daily_cost:
-            if held:
+            if held and spent + (expected or 0.0) <= key.daily_cost * (1 + 1e-9):  # it would fit once they end
                 message = (f"gateway key {key.name} has spent {usd(spent)} of its {cap} daily cost cap in the last "
                            f"24 h and calls under way may spend the rest")  # fmt: skip
                 return GatewayError("rate_limited", message, retry_after=1), None

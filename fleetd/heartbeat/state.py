@@ -111,7 +111,8 @@ def cost_cap_taken(spent: float, cap: float, under_way: int, typical: Typical | 
     what is spent counts). One at $1.63 of a $2 cap was let in though each cost $0.82."""
     if spent >= cap * (1 - 1e-9):
         return True
-    return typical is not None and spent + (under_way + 1) * typical.cost_usd > cap * (1 + 1e-9)
+    each = min(typical.cost_usd, cap) if typical is not None else 0.0  # over the cap alone: it would never run again
+    return typical is not None and spent + (under_way + 1) * each > cap * (1 + 1e-9)
 
 
 def _joined(records: Callable[[int], list[Consumption]], i: int, extra: list[Consumption]) -> list[Consumption]:

@@ -50,6 +50,9 @@ class WindowUsage:
         pending reaches the limit). Calls that started together each saw the window as it stood before any of them
         ended (a `1d=30req` profile took 31), and one at 2,451 of 3,000 tokens was let in though each used 817.
         `records`: the window's records, read only when there is no room."""
+        # One that would not fit an empty window is let in when the window has room at all: held at more than the
+        # limit, the profile would be passed over for ever (no attempt, so no new typical size).
+        each = min(each, self.limit.amount) if each else each
         need = self.used + pending + (each or 0.0)
         fits = self._within if each else self._under
         if fits(need):

@@ -221,6 +221,8 @@ class ProfileService:
             self.known.drop(name, removed)
         await self.store.delete(name)
         await self.heartbeat.forget(name)
+        self._spent.pop(name, None)
+        self._spent_read.pop(name, None)
         default_dir = self.profiles_dir / name
         if Path(profile.config_dir) == default_dir and not await self._config_dir_owner(default_dir):
             # fleetd made this directory; a directory the user named stays theirs, and one another profile
@@ -315,6 +317,11 @@ class ProfileService:
                 spent = await self.attempt_costs.profile_cost_since(profile.name, since)
                 spent += self.heartbeat.unrecorded_cost(profile.name)
             row["daily_cost_spent"] = spent
+            # As routing judges it: spent, or no room for one more attempt of its typical cost.
+            row["daily_cost_over"] = spent is not None and cost_cap_taken(
+                spent, profile.daily_cost, self.heartbeat.in_flight.get(profile.name, 0),
+                self.heartbeat.typical(profile.name),
+            )  # fmt: skip
         return rows
 
     async def pin(self, name: str) -> Profile:
@@ -379,10 +386,9 @@ class ProfileService:
             why = (None if direct else adapter.unavailable(profile)) or adapter.auth_problem(profile)
             over = self.over_daily_cost(profile)
             full = self.heartbeat.no_room(profile)
-            if why or over or full:
-                views[profile.name] = replace(views[profile.name], unavailable=why, over_daily_cost=over,
-                                              no_room=full[0] if full else None,
-                                              room_at=full[1] if full else None)  # fmt: skip
+            views[profile.name] = replace(views[profile.name], unavailable=why, over_daily_cost=over,
+                                          no_room=full[0] if full else None, room_at=full[1] if full else None,
+                                          probe_taken=profile.name in self.heartbeat.probing)  # fmt: skip
         return World(now, views), {p.name: p for p in profiles}
 
     def over_daily_cost(self, profile: Profile) -> str | None:

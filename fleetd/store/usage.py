@@ -200,9 +200,10 @@ class UsageStore:
         return found
 
     async def recent_attempts(self, profile: str, limit: int = 10) -> list[tuple[int, float]]:
-        """The tokens and cost of the profile's latest attempts (runs' and gateway calls'), newest first."""
+        """The tokens and cost of the profile's latest attempts that used any (runs' and gateway calls'), newest
+        first: failures that used nothing (and the requests a crash left) would make its typical attempt free."""
         rows = await self.db.fetchall(
-            "SELECT tokens, cost_usd FROM usage_records WHERE profile = ? AND source = 'attempt' "
+            "SELECT tokens, cost_usd FROM usage_records WHERE profile = ? AND source = 'attempt' AND tokens > 0 "
             "ORDER BY id DESC LIMIT ?",
             (profile, limit),
         )

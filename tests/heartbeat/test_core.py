@@ -102,6 +102,9 @@ def test_one_more_attempt_has_room_only_beside_what_is_pending() -> None:
     assert toks.no_room_until(lambda: reqs, 79.0, None, now) is None
     assert toks.no_room_until(lambda: reqs, 80.0, None, now) == T0 + 24 * H
     assert window_usage([], Limit(3600, 5, "usd"), now).no_room_until(list, 5.0, None, now) == now + H
+    # One whose typical attempt is over the limit alone is let into an empty window (held at more than the limit,
+    # it was passed over for ever: no attempt, so no new typical size).
+    assert window_usage([], Limit(3600, 100, "tok"), now).no_room_until(list, 0.0, 5000.0, now) is None
 
 
 def test_the_profiles_view_counts_requests_tokens_and_calls_not_recorded_yet() -> None:
@@ -132,6 +135,7 @@ def test_a_daily_cost_cap_has_room_only_for_an_attempt_that_fits() -> None:
     assert cost_cap_taken(3.0, 5.0, 2, Typical(1000, 1.0))  # 6
     assert cost_cap_taken(1.63, 2.0, 0, Typical(1000, 0.817))  # one at $1.63 of $2 each costing $0.82 was let in
     assert not cost_cap_taken(4.9, 5.0, 9, None)  # what one costs is not known before one has ended
+    assert not cost_cap_taken(0.0, 5.0, 0, Typical(1000, 9.0))  # over the cap alone: let in when nothing is spent
 
 
 def test_a_sum_a_rounding_apart_is_as_full_and_eases_at_the_same_record() -> None:
