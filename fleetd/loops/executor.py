@@ -635,10 +635,11 @@ class Executor:
                 decision = flow.send(Observation(world))
             else:
                 assert isinstance(decision, WaitUntil)
-                await self.runs.set_waiting(run.id, decision.until)  # and its run.waiting event
+                # Waiting from here on: a change by hand during the write below wakes it too (`look_again`).
                 slot.waiting, slot.wait_until, slot.waited = True, decision.until, True
                 slot.look_again.clear()
                 try:
+                    await self.runs.set_waiting(run.id, decision.until)  # and its run.waiting event
                     await self._sleep_until(min(decision.until, deadline) if deadline else decision.until, slot,
                                             slot.look_again)  # fmt: skip
                 finally:
