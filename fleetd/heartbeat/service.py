@@ -737,6 +737,10 @@ class Heartbeat:
                 settle()
             return
         async with self._lock:
+            # Each profile as it is now, not as it was when the attempt began: a `--limit` edited meanwhile came back
+            # when the attempt ended (its ledger rebuilt and judged with the old limits).
+            current = {p.name: p for p in await self.profiles.list()}
+            done = [(current.get(p.name, p), parsed, at, cost) for p, parsed, at, cost in done]
             records = [NewUsage(p.name, at, "attempt", parsed.usage.total, cost or 0.0, parsed.session_id)
                        for p, parsed, at, cost in done]  # fmt: skip
             try:

@@ -8,6 +8,7 @@ import contextlib
 import json
 import threading
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -618,3 +619,18 @@ def test_an_attempts_reservation_becomes_its_record_with_no_moment_counted_twice
         assert hb.no_room(a) is None
 
     run(tmp_path, body, limits=("1d=2req",))
+
+
+def test_a_limit_edited_while_an_attempt_is_under_way_stands_when_it_ends(tmp_path: Path) -> None:
+    # The attempt's end rebuilt the windows with the limit it began under: raised to 5req, the profile was exhausted
+    # at `1d=1req used 1` for a day; lowered, the next calls passed the new limit.
+    async def body(hb: Heartbeat, clock: Clock, usage: UsageStore, profiles: list[Profile]) -> None:
+        began = profiles[0]
+        raised = replace(began, limits=[parse_limit("1d=5req")])
+        await hb.profiles.replace(raised)
+        await hb.beat()  # what `profile edit` does
+        await hb.attempt_finished(began, ok(10), clock.now, None)  # the attempt holds the profile it began with
+        assert hb.status("a").state == "available"
+        assert hb.no_room(raised) is None and [w.limit.amount for w in hb.windows["a"]] == [5]
+
+    run(tmp_path, body, limits=("1d=1req",))
