@@ -195,10 +195,13 @@ class Proxy:
                 await asyncio.sleep(max(0.0, min(decision.seconds, left - 0.05)))
                 world, profiles = await self.profiles.world(steps, direct=True)
                 decision = flow.send(Observation(world))
-            else:  # WaitUntil: a client does not wait for a reset; it is told when
+            else:  # WaitUntil: a client does not wait for a reset; it is told when, and why
                 wait = max(1.0, (decision.until - world.now).total_seconds())
-                error = GatewayError("rate_limited", f"route {req.route.name}: every profile is resting until "
-                                     f"{decision.until.isoformat(timespec='seconds')}", retry_after=wait)  # fmt: skip
+                why = "; ".join(dict.fromkeys(e["detail"] for e in router.trail if e["kind"] == "skip"
+                                              or e.get("error_class") == "rate_limited"))  # fmt: skip
+                error = GatewayError("rate_limited", f"route {req.route.name}: no profile has room before "
+                                     f"{decision.until.isoformat(timespec='seconds')}" + (f" ({why})" if why else ""),
+                                     retry_after=wait)  # fmt: skip
                 return await self._refuse(req, call, started, last if last and last.status == 429 else None,
                                           error.message, scrubber, error)  # fmt: skip
 

@@ -573,7 +573,7 @@ class Heartbeat:
             return Typical(statistics.median(t for t, _ in pending), statistics.median(c for _, c in pending))
         return known
 
-    def no_room(self, profile: Profile) -> tuple[str, datetime] | None:
+    def no_room(self, profile: Profile, unknown_takes_rest: bool = False) -> tuple[str, datetime, bool] | None:
         """Whether one of the profile's own limits has no room for one more attempt beside its attempts under way
         and its finished ones not counted yet (why, and when it has room), judged on its windows as last counted.
         No await: read as an attempt reserves."""
@@ -586,7 +586,7 @@ class Heartbeat:
         # would be counted wrong beside what is pending).
         return no_room_for_another(
             ledger.advance(now), ledger.inside, stored.reported, self.in_flight.get(profile.name, 0),
-            self.typical(profile.name), self._pending_use(profile.name), now,
+            self.typical(profile.name), self._pending_use(profile.name), now, unknown_takes_rest,
         )  # fmt: skip
 
     def unrecorded(self, profile: str, tokens: int, cost_usd: float) -> None:

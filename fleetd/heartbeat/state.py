@@ -77,13 +77,16 @@ def no_room_for_another(
     typical: Typical | None,
     unrecorded: Consumption | None,
     now: datetime,
-) -> tuple[str, datetime] | None:
+    unknown_takes_rest: bool = False,
+) -> tuple[str, datetime, bool] | None:
     """Whether one of the profile's own limits has no room for one more attempt beside its attempts under way and
     its finished ones not counted yet (`unrecorded`, the gateway's, written a moment later): why, and when it has
     room should nothing more start (`WindowUsage.no_room_until`). An attempt is expected to use a request, and
     the tokens and cost its recent ones used (`typical`; not known before one has ended: then a token or money
-    window is judged on what is used and recorded only). None while the backend's reported windows judge the
-    profile (as in `evaluate`). `records(i)`: window i's records."""
+    window is judged on what is used and recorded only, or with `unknown_takes_rest` each is held at all that is left
+    so that they go one at a time: the gateway's calls, which are told to come back in a second). The third value:
+    the room is taken by what is pending (it may come back as that ends), not by what is recorded. None while the
+    backend's reported windows judge the profile (as in `evaluate`). `records(i)`: window i's records."""
     if _live(reported, now):
         return None
     for i, usage in enumerate(usages):
@@ -92,6 +95,8 @@ def no_room_for_another(
             1.0 if unit == "req" else None if typical is None else typical.tokens if unit == "tok" else typical.cost_usd
         )
         done = unrecorded.amount(unit) if unrecorded is not None else 0.0
+        if each is None and unknown_takes_rest:
+            each = max(0.0, usage.limit.amount - usage.used - done)
         pending = done + under_way * (each or 0.0)
         extra = [unrecorded] if unrecorded is not None else []
         until = usage.no_room_until(partial(_joined, records, i, extra), pending, each, now)
@@ -99,9 +104,10 @@ def no_room_for_another(
             said = [f"{usage.used + done:g} used"]
             if under_way:
                 said.append(f"{under_way} attempt(s) under way")
-            if unit != "req" and each:
+            if unit != "req" and each and typical is not None:
                 said.append(f"one uses about {each:g}")
-            return f"{usage.limit.describe()}: {', '.join(said)}", until
+            busy = usage.used + done + min(each or 0.0, usage.limit.amount) <= usage.limit.amount * (1 + 1e-9)
+            return f"{usage.limit.describe()}: {', '.join(said)}", until, busy
     return None
 
 

@@ -415,8 +415,12 @@ class ProfileService:
         over = self.over_daily_cost(profile)
         if over:
             return f"{OVER_COST}{over}", None
-        full = self.heartbeat.no_room(profile)
-        return (f"no room for another attempt: {full[0]}", full[1]) if full else None
+        full = self.heartbeat.no_room(profile, unknown_takes_rest=True)
+        if full is None:
+            return None
+        why, until, busy = full
+        # Taken by calls under way: a client comes back in a second, not at the window's end (they may free it).
+        return f"no room for another attempt: {why}", self.clock() + timedelta(seconds=1) if busy else until
 
     def claim_probe(self, profile: Profile) -> bool:
         return self.heartbeat.claim_probe(profile.name)

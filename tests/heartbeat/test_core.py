@@ -112,18 +112,23 @@ def test_the_profiles_view_counts_requests_tokens_and_calls_not_recorded_yet() -
     reqs = [Consumption(T0 + timedelta(hours=h), 10, 1) for h in (0, 1)]
     two = window_usage(reqs, Limit(24 * 3600, 3, "req"), now)
     toks = window_usage(reqs, Limit(24 * 3600, 100, "tok"), now)
+    # The third value: taken by what is under way (it may come back as that ends), not by what is recorded.
     assert no_room_for_another([two, toks], lambda i: reqs, [], 1, None, None, now) == (
-        "1d=3req: 2 used, 1 attempt(s) under way", T0 + 24 * H)  # fmt: skip
+        "1d=3req: 2 used, 1 attempt(s) under way", T0 + 24 * H, True)  # fmt: skip
     assert no_room_for_another([two], lambda i: reqs, [], 0, None, None, now) is None
     # A finished call the gateway has not written yet counts (back-to-back calls went past a limit).
     unrecorded = Consumption(now, 30, 1, 0.0)
     assert no_room_for_another([two], lambda i: reqs, [], 0, None, unrecorded, now) == (
-        "1d=3req: 3 used", T0 + 24 * H)  # fmt: skip
+        "1d=3req: 3 used", T0 + 24 * H, False)  # fmt: skip
     # Tokens at what recent attempts used; not judged so before one has ended.
     assert no_room_for_another([toks], lambda i: reqs, [], 4, None, None, now) is None
     assert no_room_for_another([toks], lambda i: reqs, [], 3, Typical(20, 0.1), None, now) is None  # 100: fits
     full = no_room_for_another([toks], lambda i: reqs, [], 4, Typical(20, 0.1), None, now)
-    assert full == ("1d=100tok: 20 used, 4 attempt(s) under way, one uses about 20", T0 + 25 * H)
+    assert full == ("1d=100tok: 20 used, 4 attempt(s) under way, one uses about 20", T0 + 25 * H, True)
+    # The gateway holds a call of unknown size at all that is left: its calls go one at a time.
+    gateway = no_room_for_another([toks], lambda i: reqs, [], 1, None, None, now, unknown_takes_rest=True)
+    assert gateway is not None and gateway[0] == "1d=100tok: 20 used, 1 attempt(s) under way" and gateway[2]
+    assert no_room_for_another([toks], lambda i: reqs, [], 0, None, None, now, unknown_takes_rest=True) is None
     # The backend's reported windows judge it while any is live (as `evaluate`).
     assert no_room_for_another([two], lambda i: reqs, [WindowState(300, 10.0, now + H)], 1, None, None, now) is None
 

@@ -560,3 +560,32 @@ def test_doctor_names_a_route_whose_every_profile_is_out_of_rotation(gw: Gateway
         assert finding["message"] == "route docr: every profile it may use is out of rotation (docp)"
     finally:
         gw.d.cli("profile", "enable", "docp")
+
+
+def test_parallel_calls_on_a_fresh_token_limited_profile_go_one_at_a_time_and_are_told_why(gw: Gateway) -> None:
+    # Before one of its calls had ended what a call uses was not known, so none was held back: eight parallel calls
+    # took 6.5k tokens of a 3k limit. Now the first call holds all that is left; the others come back in a second.
+    tokens = fake.CHAT_PROMPT_TOKENS + fake.CHAT_COMPLETION_TOKENS
+    limit = f"1d={int(tokens * 3.5)}tok"
+    gw.d.cli("profile", "add", "fresh", "--backend", "openai_compat", "--base-url", gw.p2.base_url + "/v1",
+             "--model", "m", "--limit", limit, "--api-key-stdin", input=KEYS["2"] + "\n")  # fmt: skip
+    gw.d.cli("route", "add", "fresh", "--chain", "fresh")
+    before = gw.p2.calls[fake.API_CHAT]
+    gw.p2.latency = 0.5
+    try:
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(lambda _: _raw_call(gw, "fresh"), range(4)))
+    finally:
+        gw.p2.latency = 0.0
+    assert sorted(status for status, _, _ in answers) == [200, 429, 429, 429]
+    assert gw.p2.calls[fake.API_CHAT] - before == 1
+    refused = [(retry, message) for status, retry, message in answers if status == 429]
+    assert all(retry == "1" for retry, _ in refused), refused
+    assert all("no room for another attempt: 1d=" in message for _, message in refused), refused
+
+
+def _raw_call(gw: Gateway, route: str) -> tuple[int, str | None, str]:
+    answer = httpx.post(gw.url + "/v1/chat/completions", headers={"authorization": f"Bearer {gw.key}"},
+                        json={"model": route, "messages": [{"role": "user", "content": "hi"}]}, timeout=30)  # fmt: skip
+    message = answer.json().get("error", {}).get("message", "") if answer.status_code != 200 else ""
+    return answer.status_code, answer.headers.get("retry-after"), message
