@@ -415,6 +415,20 @@ class ProfileService:
         over = self.over_daily_cost(profile)
         if over:
             return f"{OVER_COST}{over}", None
+        under_way = self.heartbeat.in_flight.get(profile.name, 0)
+        spent = self._spent.get(profile.name)
+        if (
+            spent is not None
+            and profile.daily_cost is not None
+            and under_way
+            and self.heartbeat.typical(profile.name) is None
+        ):
+            # What a call costs is not known before one has ended: they go one at a time (eight parallel calls spent
+            # $2.61 of a $1 cap), as a key's do.
+            spent += self.heartbeat.unrecorded_cost(profile.name)
+            return (f"no room for another attempt: {usd(spent)} of its {usd(profile.daily_cost)} daily cost spent, "
+                    f"{under_way} attempt(s) under way, what one costs not known yet",
+                    self.clock() + timedelta(seconds=1))  # fmt: skip
         full = self.heartbeat.no_room(profile, unknown_takes_rest=True)
         if full is None:
             return None

@@ -589,3 +589,21 @@ def _raw_call(gw: Gateway, route: str) -> tuple[int, str | None, str]:
                         json={"model": route, "messages": [{"role": "user", "content": "hi"}]}, timeout=30)  # fmt: skip
     message = answer.json().get("error", {}).get("message", "") if answer.status_code != 200 else ""
     return answer.status_code, answer.headers.get("retry-after"), message
+
+
+def test_parallel_calls_on_a_fresh_profile_with_a_daily_cost_go_one_at_a_time(gw: Gateway) -> None:
+    # Eight parallel calls spent $2.61 of a $1 cap: what a call costs was not known before one had ended.
+    gw.d.cli("profile", "add", "freshcost", "--backend", "openai_compat", "--base-url", gw.p2.base_url + "/v1",
+             "--model", "m", "--price-input", str(PRICE_IN), "--price-output", str(PRICE_OUT),
+             "--daily-cost", str(CHAT_COST * 3.5), "--api-key-stdin", input=KEYS["2"] + "\n")  # fmt: skip
+    gw.d.cli("route", "add", "freshcost", "--chain", "freshcost")
+    before = gw.p2.calls[fake.API_CHAT]
+    gw.p2.latency = 0.5
+    try:
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(lambda _: _raw_call(gw, "freshcost"), range(4)))
+    finally:
+        gw.p2.latency = 0.0
+    assert sorted(status for status, _, _ in answers) == [200, 429, 429, 429]
+    assert gw.p2.calls[fake.API_CHAT] - before == 1
+    assert all(retry == "1" for status, retry, _ in answers if status == 429), answers
