@@ -12,29 +12,36 @@ from dataclasses import dataclass, field
 @dataclass
 class Holds:
     clock: Callable[[], float] = time.monotonic
-    # token -> (key, amount, expires at): a call that never ends its hold (a client gone before its answer began)
-    # gives it up when its route's timeout has passed.
-    _held: dict[int, tuple[str, float, float]] = field(default_factory=dict)
-    _last_cost: dict[str, float] = field(default_factory=dict)  # each key's latest finished call's cost
+    # token -> (key, route, amount, expires at): a call that never ends its hold (a client gone before its answer
+    # began) gives it up when its route's timeout has passed.
+    _held: dict[int, tuple[str, str, float, float]] = field(default_factory=dict)
+    # Each key's latest finished call's cost on each route: a key's calls on a cheap route made a call on a dear one
+    # look cheap, and it passed the cap.
+    _last_cost: dict[tuple[str, str], float] = field(default_factory=dict)
     _next: int = 0
 
     def held(self, key: str) -> float:
         now = self.clock()
-        for token in [t for t, (_, _, expires) in self._held.items() if expires <= now]:
+        for token in [t for t, (_, _, _, expires) in self._held.items() if expires <= now]:
             del self._held[token]
-        return sum(amount for k, amount, _ in self._held.values() if k == key)
+        return sum(amount for k, _, amount, _ in self._held.values() if k == key)
 
-    def expected(self, key: str) -> float | None:
-        """What the key's next call is expected to cost: its latest call's; None before one has finished."""
-        return self._last_cost.get(key)
+    def expected(self, key: str, route: str) -> float | None:
+        """What the key's next call on `route` is expected to cost: its latest one's; None before one has finished
+        (or before `remember` told it, after a restart)."""
+        return self._last_cost.get((key, route))
 
-    def hold(self, key: str, amount: float, ttl: float) -> int:
+    def remember(self, key: str, route: str, cost: float) -> None:
+        """A cost read from the call log (what the key's latest call on `route` cost before a restart)."""
+        self._last_cost.setdefault((key, route), cost)
+
+    def hold(self, key: str, route: str, amount: float, ttl: float) -> int:
         self._next += 1
-        self._held[self._next] = (key, amount, self.clock() + ttl)
+        self._held[self._next] = (key, route, amount, self.clock() + ttl)
         return self._next
 
     def release(self, token: int | None, cost: float | None = None) -> None:
         """The call ended (cost: what it cost, when it reached a provider). Twice, or an unknown token: nothing."""
         held = self._held.pop(token, None) if token is not None else None
         if held is not None and cost:
-            self._last_cost[held[0]] = cost
+            self._last_cost[(held[0], held[1])] = cost

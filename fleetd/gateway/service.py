@@ -58,6 +58,7 @@ class GatewayService:
         self.problem: str | None = None
         self._routes: dict[str, Route] = {}
         self._keys: list[ClientKey] = []
+        self._looked_up: set[tuple[str, str]] = set()  # (key, route) whose last cost the call log was asked for
 
     async def start(self) -> None:
         """Load routes and keys, then listen where the flag or the stored setting says. A bad flag stops
@@ -245,7 +246,15 @@ class GatewayService:
         if spent >= key.daily_cost:
             message = f"gateway key {key.name} has spent {usd(spent)} of its {cap} daily cost cap in the last 24 h"
             return GatewayError("rate_limited", message, retry_after=3600), None
-        expected = holds.expected(key.name)
+        expected = holds.expected(key.name, route.name)
+        if expected is None and (key.name, route.name) not in self._looked_up:
+            # After a restart: what its latest call on this route cost, from the call log (one at $0.98 of $1 was let
+            # in after a kill -9, the key's last cost forgotten).
+            self._looked_up.add((key.name, route.name))
+            last = await self.store.last_call_cost(key.name, route.name)
+            if last:
+                holds.remember(key.name, route.name, last)
+                expected = last
         if expected is not None:
             expected = min(expected, key.daily_cost)  # one over the cap alone: let in when nothing else is spent
         # The calls under way may spend the rest, or this one would pass the cap (a call at $0.82 of a $1 cap was let
@@ -259,7 +268,7 @@ class GatewayService:
                        f"and a call costs about {usd(expected or 0.0)}")  # fmt: skip
             return GatewayError("rate_limited", message, retry_after=3600), None
         amount = expected if expected is not None else key.daily_cost - spent - held
-        return None, holds.hold(key.name, amount, route.timeout_s + 60)
+        return None, holds.hold(key.name, route.name, amount, route.timeout_s + 60)
 
     # -- the per-call log --------------------------------------------------------------------------
 

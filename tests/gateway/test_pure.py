@@ -190,13 +190,16 @@ def test_a_hold_is_released_once_and_a_forgotten_one_expires() -> None:
 
     now = [100.0]
     holds = Holds(clock=lambda: now[0])
-    assert holds.expected("k") is None and holds.held("k") == 0
-    first, second = holds.hold("k", 0.5, ttl=10), holds.hold("k", 0.25, ttl=60)
-    holds.hold("other", 9.0, ttl=10)
+    assert holds.expected("k", "r") is None and holds.held("k") == 0
+    first, second = holds.hold("k", "r", 0.5, ttl=10), holds.hold("k", "cheap", 0.25, ttl=60)
+    holds.hold("other", "r", 9.0, ttl=10)
     assert holds.held("k") == 0.75
     holds.release(first, 0.4)
     holds.release(first, 0.1)  # twice: nothing more, and the cost stays the first's
-    assert holds.held("k") == 0.25 and holds.expected("k") == 0.4
+    # A key's expected cost is per route: calls on a cheap route made one on a dear route look cheap.
+    assert holds.held("k") == 0.25 and holds.expected("k", "r") == 0.4 and holds.expected("k", "cheap") is None
+    holds.remember("k", "r", 9.0)  # the call log's figure, after a restart, never over a newer one
+    assert holds.expected("k", "r") == 0.4
     now[0] += 61  # a call that never ended (its client left before the answer began) gives its hold up
     assert holds.held("k") == 0 and holds.held("other") == 0
     holds.release(second)  # after it expired: nothing

@@ -607,3 +607,43 @@ def test_parallel_calls_on_a_fresh_profile_with_a_daily_cost_go_one_at_a_time(gw
     assert sorted(status for status, _, _ in answers) == [200, 429, 429, 429]
     assert gw.p2.calls[fake.API_CHAT] - before == 1
     assert all(retry == "1" for status, retry, _ in answers if status == 429), answers
+
+
+def test_a_keys_cap_expects_each_routes_own_cost(gw: Gateway) -> None:
+    # Calls on a cheap route made a call on a dear one look cheap: it was let in and passed the key's cap.
+    for name, scale in (("cheapr", 1), ("dearr", 40)):
+        gw.d.cli("profile", "add", name, "--backend", "openai_compat", "--base-url", gw.p1.base_url + "/v1",
+                 "--model", "m", "--price-input", str(PRICE_IN * scale), "--price-output", str(PRICE_OUT * scale),
+                 "--api-key-stdin", input=KEYS["1"] + "\n")  # fmt: skip
+        gw.d.cli("route", "add", name, "--chain", name)
+    dear = CHAT_COST * 40
+    key = gw.d.json("gateway", "key", "add", "mixed", "--daily-cost", str(dear * 2.5))["key"]
+    assert [_outcome(gw, key, "dearr") for _ in range(2)] == ["ok", "ok"]
+    assert [_outcome(gw, key, "cheapr") for _ in range(3)] == ["ok", "ok", "ok"]
+    assert _outcome(gw, key, "dearr") == "429"  # 2.075 dear spent: one more would pass 2.5
+    assert _outcome(gw, key, "cheapr") == "ok"  # a cheap one still fits
+
+
+def test_a_keys_cap_remembers_what_its_calls_cost_across_a_restart(short_home: Path) -> None:
+    # After a kill -9 the key's last call cost was forgotten: at $0.98 of $1 the next call was let in.
+    provider = FakeProvider().start()
+    d = Daemon(short_home / "home", "--gateway", "127.0.0.1:0")
+    d.env["FLEETD_SECRET_STORE"] = "file"
+    d.start()
+    try:
+        d.cli("profile", "add", "rs", "--backend", "openai_compat", "--base-url", provider.base_url + "/v1",
+              "--model", "m", "--price-input", str(PRICE_IN), "--price-output", str(PRICE_OUT),
+              "--api-key-stdin", input=KEYS["1"] + "\n")  # fmt: skip
+        d.cli("route", "add", "rs", "--chain", "rs")
+        key = d.json("gateway", "key", "add", "rk", "--daily-cost", str(CHAT_COST * 1.5))["key"]
+        sdk = openai.OpenAI(base_url=d.json("gateway", "status")["url"] + "/v1", api_key=key, max_retries=0)
+        sdk.chat.completions.create(model="rs", messages=[{"role": "user", "content": "hi"}])
+        wait_until(lambda: d.json("gateway", "calls"), what="the call in the call log")
+        d.stop()
+        d.start()
+        sdk = openai.OpenAI(base_url=d.json("gateway", "status")["url"] + "/v1", api_key=key, max_retries=0)
+        with pytest.raises(openai.RateLimitError, match="a call costs about"):
+            sdk.chat.completions.create(model="rs", messages=[{"role": "user", "content": "hi"}])
+    finally:
+        d.stop()
+        provider.stop()
