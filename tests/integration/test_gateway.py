@@ -558,6 +558,9 @@ def test_doctor_names_a_route_whose_every_profile_is_out_of_rotation(gw: Gateway
         [finding] = [f for f in report["findings"] if f["check"] == "rotation" and f["subject"] == "docr"]
         assert finding["severity"] == "error"
         assert finding["message"] == "route docr: every profile it may use is out of rotation (docp)"
+        # A call on it: nothing could be tried, so no upstream failed (it was a 502).
+        status, _, message = _raw_call(gw, "docr")
+        assert status == 503 and "docp: disabled" in message
     finally:
         gw.d.cli("profile", "enable", "docp")
 

@@ -20,11 +20,13 @@ from fleetd.records.result import TokenUsage
 #   auth: no or a wrong gateway key; forbidden: the key may not use the route; not_found: no such route;
 #   too_large: the body is over the cap; rate_limited: the key's daily cost, or every profile rests;
 #   bad_request: not a request this API takes; upstream: no upstream gave an answer; timeout: none in time;
-#   no_endpoint: a path the gateway does not serve; wrong_method: a path it serves, asked with another method.
+#   no_endpoint: a path the gateway does not serve; wrong_method: a path it serves, asked with another method;
+#   unavailable: no profile of the route can be tried at all (disabled, parked, no key): nothing was called.
 ERROR_KINDS = ("auth", "forbidden", "not_found", "too_large", "rate_limited", "bad_request", "upstream", "timeout",
-               "no_endpoint", "wrong_method")  # fmt: skip
+               "no_endpoint", "wrong_method", "unavailable")  # fmt: skip
 STATUS = {"auth": 401, "forbidden": 403, "not_found": 404, "too_large": 413, "rate_limited": 429,
-          "bad_request": 400, "upstream": 502, "timeout": 504, "no_endpoint": 404, "wrong_method": 405}  # fmt: skip
+          "bad_request": 400, "upstream": 502, "timeout": 504, "no_endpoint": 404, "wrong_method": 405,
+          "unavailable": 503}  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ TYPES = {
     "timeout": ("server_error", "timeout"),
     "no_endpoint": ("invalid_request_error", "unknown_url"),
     "wrong_method": ("invalid_request_error", "method_not_allowed"),
+    "unavailable": ("server_error", "service_unavailable"),
 }
 
 

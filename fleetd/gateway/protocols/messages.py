@@ -23,6 +23,7 @@ TYPES = {
     "timeout": "api_error",
     "no_endpoint": "not_found_error",
     "wrong_method": "invalid_request_error",
+    "unavailable": "overloaded_error",
 }
 _FIELDS = ("input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
 
