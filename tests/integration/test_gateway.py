@@ -573,18 +573,24 @@ def test_parallel_calls_on_a_fresh_token_limited_profile_go_one_at_a_time_and_ar
     gw.d.cli("profile", "add", "fresh", "--backend", "openai_compat", "--base-url", gw.p2.base_url + "/v1",
              "--model", "m", "--limit", limit, "--api-key-stdin", input=KEYS["2"] + "\n")  # fmt: skip
     gw.d.cli("route", "add", "fresh", "--chain", "fresh")
+    answers = _four_at_once_reach_one(gw, "fresh")
+    refused = [(retry, message) for status, retry, message in answers if status == 429]
+    assert all(retry == "1" for retry, _ in refused), refused
+    assert all("no room for another attempt: 1d=" in message for _, message in refused), refused
+
+
+def _four_at_once_reach_one(gw: Gateway, route: str) -> list[tuple[int, str | None, str]]:
+    """Four calls at once on `route` (over p2, answering slowly): one reaches the provider, three get 429."""
     before = gw.p2.calls[fake.API_CHAT]
     gw.p2.latency = 0.5
     try:
         with concurrent.futures.ThreadPoolExecutor(4) as pool:
-            answers = list(pool.map(lambda _: _raw_call(gw, "fresh"), range(4)))
+            answers = list(pool.map(lambda _: _raw_call(gw, route), range(4)))
     finally:
         gw.p2.latency = 0.0
-    assert sorted(status for status, _, _ in answers) == [200, 429, 429, 429]
+    assert sorted(status for status, _, _ in answers) == [200, 429, 429, 429], answers
     assert gw.p2.calls[fake.API_CHAT] - before == 1
-    refused = [(retry, message) for status, retry, message in answers if status == 429]
-    assert all(retry == "1" for retry, _ in refused), refused
-    assert all("no room for another attempt: 1d=" in message for _, message in refused), refused
+    return answers
 
 
 def _raw_call(gw: Gateway, route: str) -> tuple[int, str | None, str]:
@@ -600,15 +606,7 @@ def test_parallel_calls_on_a_fresh_profile_with_a_daily_cost_go_one_at_a_time(gw
              "--model", "m", "--price-input", str(PRICE_IN), "--price-output", str(PRICE_OUT),
              "--daily-cost", str(CHAT_COST * 3.5), "--api-key-stdin", input=KEYS["2"] + "\n")  # fmt: skip
     gw.d.cli("route", "add", "freshcost", "--chain", "freshcost")
-    before = gw.p2.calls[fake.API_CHAT]
-    gw.p2.latency = 0.5
-    try:
-        with concurrent.futures.ThreadPoolExecutor(4) as pool:
-            answers = list(pool.map(lambda _: _raw_call(gw, "freshcost"), range(4)))
-    finally:
-        gw.p2.latency = 0.0
-    assert sorted(status for status, _, _ in answers) == [200, 429, 429, 429]
-    assert gw.p2.calls[fake.API_CHAT] - before == 1
+    answers = _four_at_once_reach_one(gw, "freshcost")
     assert all(retry == "1" for status, retry, _ in answers if status == 429), answers
 
 
