@@ -172,6 +172,7 @@ class Proxy:
         flow = router.route(world)
         decision = next(flow)
         last: Failure | None = None
+        answered: Failure | None = None
         while True:
             left = deadline - time.monotonic()
             if isinstance(decision, Finish):
@@ -191,6 +192,8 @@ class Proxy:
                 if not isinstance(answer, Failure):
                     return answer
                 last = answer
+                if answer.status is not None:
+                    answered = answer  # an upstream's own answer, which a client gets rather than a wait of ours
                 world, profiles = await self.profiles.world(steps, direct=True)
                 decision = flow.send(Observation(world, answer.result))
             elif isinstance(decision, Backoff):
@@ -204,6 +207,10 @@ class Proxy:
                 error = GatewayError("rate_limited", f"route {req.route.name}: no profile has room before "
                                      f"{decision.until.isoformat(timespec='seconds')}" + (f" ({why})" if why else ""),
                                      retry_after=wait)  # fmt: skip
+                if last and last.status != 429 and answered and (answered.status or 0) >= 500:
+                    # A provider's 5xx whose retry only a profile's limit stopped is its answer to pass on (it reached
+                    # the client as "no room", 429, as if the provider had rate limited it).
+                    return await self._refuse(req, call, started, answered, error.message, scrubber)
                 return await self._refuse(req, call, started, last if last and last.status == 429 else None,
                                           error.message, scrubber, error)  # fmt: skip
 

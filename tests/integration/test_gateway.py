@@ -648,3 +648,18 @@ def test_a_keys_cap_remembers_what_its_calls_cost_across_a_restart(short_home: P
     finally:
         d.stop()
         provider.stop()
+
+
+def test_a_providers_5xx_that_a_limit_keeps_from_being_retried_reaches_the_client(gw: Gateway) -> None:
+    # Its one request of the day answered 500; the retry had no room: the client got 429 "no room", as if the
+    # provider had rate limited it.
+    gw.d.cli("profile", "add", "once5", "--backend", "openai_compat", "--base-url", gw.p1.base_url + "/v1",
+             "--model", "m", "--limit", "1d=1req", "--api-key-stdin", input=KEYS["1"] + "\n")  # fmt: skip
+    gw.d.cli("route", "add", "once5", "--chain", "once5")
+    gw.p1.fail_first(1, "500")
+    try:
+        status, _, _ = _raw_call(gw, "once5")
+    finally:
+        gw.p1.fail_first(0, "500")
+    assert status == 500
+    assert _raw_call(gw, "once5")[0] == 429  # the limit holds for the next one
