@@ -634,3 +634,18 @@ def test_a_limit_edited_while_an_attempt_is_under_way_stands_when_it_ends(tmp_pa
         assert hb.no_room(raised) is None and [w.limit.amount for w in hb.windows["a"]] == [5]
 
     run(tmp_path, body, limits=("1d=1req",))
+
+
+def test_usage_counts_the_gateways_calls_not_recorded_yet(tmp_path: Path) -> None:
+    # `usage show` said `0req of 3req` for a moment after three calls had ended (routing already counted them).
+    async def body(hb: Heartbeat, clock: Clock, usage: UsageStore, profiles: list[Profile]) -> None:
+        await hb.attempt_finished(profiles[0], ok(10), clock.now, None)
+        hb.unrecorded("a", 20, 0.0)
+        hb.unrecorded("a", 20, 0.0)
+        [row, _] = await hb.snapshot(profiles)
+        assert [w.used for w in row["windows"]] == [3]
+        hb.recorded_use("a")
+        [row, _] = await hb.snapshot(profiles)
+        assert [w.used for w in row["windows"]] == [2]
+
+    run(tmp_path, body, limits=("1d=3req",))
