@@ -41,6 +41,7 @@ from fleetd.store.loops import LoopStore
 from fleetd.store.profiles import ProfileStore
 
 log = logging.getLogger("fleetd.profiles")
+PENDING_RECHECK = timedelta(seconds=60)  # how soon a run waiting on room that attempts under way take looks again
 DAY = timedelta(days=1)
 # Another profile's key shorter than this is not scrubbed from every run's output: a placeholder such as
 # "none" for a local server guards nothing and would mangle everyone's output. An attempt's own key is
@@ -386,8 +387,13 @@ class ProfileService:
             why = (None if direct else adapter.unavailable(profile)) or adapter.auth_problem(profile)
             over = self.over_daily_cost(profile)
             full = self.heartbeat.no_room(profile)
+            room_at = None
+            if full is not None:
+                # Taken by attempts under way: look again within a minute (they may end using less than their
+                # profile's typical attempt, or nothing), not only when the window's records leave it (hours).
+                room_at = min(full[1], now + PENDING_RECHECK) if full[2] else full[1]
             views[profile.name] = replace(views[profile.name], unavailable=why, over_daily_cost=over,
-                                          no_room=full[0] if full else None, room_at=full[1] if full else None,
+                                          no_room=full[0] if full else None, room_at=room_at,
                                           probe_taken=profile.name in self.heartbeat.probing)  # fmt: skip
         return World(now, views), {p.name: p for p in profiles}
 
