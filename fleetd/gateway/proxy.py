@@ -396,7 +396,7 @@ class Proxy:
         if outcome == "succeeded":  # written after, with others (recorder.py): the next call need not wait
             parsed = ParsedOutput("succeeded", usage=usage, model=call.model)
             if not counted_apart:  # a stream's: it ends here, with no await since it stopped being under way
-                self._unrecorded(profile, usage)
+                self.profiles.unrecorded(profile, usage.total, cost or 0.0)
             await self.recorder.put(Finished(call, Attempt(profile, parsed, self.clock(), cost)))
             return
         # The stream broke after it began: the provider failed (the router must know before the next call),

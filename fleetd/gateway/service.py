@@ -22,6 +22,7 @@ from fleetd.gateway.model import (
     validate_route_name,
 )
 from fleetd.gateway.protocols import GatewayError
+from fleetd.heartbeat.windows import within
 from fleetd.profiles.service import ProfileService
 from fleetd.records.fire import usd
 from fleetd.records.gateway import ClientKey, GatewayCall, GatewaySetting, Route, is_loopback, split_listen
@@ -259,8 +260,8 @@ class GatewayService:
             expected = min(expected, key.daily_cost)  # one over the cap alone: let in when nothing else is spent
         # The calls under way may spend the rest, or this one would pass the cap (a call at $0.82 of a $1 cap was let
         # in though each cost $0.82): it waits for them, or for spend to leave the 24 h window.
-        if spent + held + (expected or 0.0) > key.daily_cost * (1 + 1e-9) or spent + held >= key.daily_cost:
-            if held and spent + (expected or 0.0) <= key.daily_cost * (1 + 1e-9):  # it would fit once they end
+        if not within(spent + held + (expected or 0.0), key.daily_cost) or spent + held >= key.daily_cost:
+            if held and within(spent + (expected or 0.0), key.daily_cost):  # it would fit once they end
                 message = (f"gateway key {key.name} has spent {usd(spent)} of its {cap} daily cost cap in the last "
                            f"24 h and calls under way may spend the rest")  # fmt: skip
                 return GatewayError("rate_limited", message, retry_after=1), None

@@ -10,7 +10,6 @@ import contextlib
 import gc
 import json
 import logging
-import statistics
 from collections.abc import Awaitable, Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -18,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fleetd.backends.registry import get_adapter
-from fleetd.heartbeat.state import Typical, after_attempt, evaluate, headroom, no_room_for_another
+from fleetd.heartbeat.state import Typical, after_attempt, evaluate, headroom, no_room_for_another, typical_of
 from fleetd.heartbeat.switch import CIRCUIT_OPEN, Standing, choose_active
 from fleetd.heartbeat.windows import Ledger, WindowUsage
 from fleetd.loops.scrub import Scrubber
@@ -568,15 +567,12 @@ class Heartbeat:
         """What one of its attempts uses, going by its recent ones (None before one has ended): those recorded, else
         the finished calls not recorded yet (a first call's batch is written a moment after the next came in)."""
         known = self._typical.get(profile)
-        pending = self._unrecorded.get(profile)
-        if known is None and pending:
-            return Typical(statistics.median(t for t, _ in pending), statistics.median(c for _, c in pending))
-        return known
+        return typical_of(self._unrecorded.get(profile, [])) if known is None else known
 
     def no_room(self, profile: Profile, unknown_takes_rest: bool = False) -> tuple[str, datetime, bool] | None:
         """Whether one of the profile's own limits has no room for one more attempt beside its attempts under way
-        and its finished ones not counted yet (why, and when it has room), judged on its windows as last counted.
-        No await: read as an attempt reserves."""
+        and its finished ones not counted yet (why, when it has room, and whether what is pending takes it), judged
+        on its ledger as of now. No await: read as an attempt reserves."""
         stored = self.states.get(profile.name)
         ledger = self._ledgers.get(profile.name)
         if stored is None or ledger is None or stored.status.state not in ("available", "near_limit"):
@@ -617,9 +613,7 @@ class Heartbeat:
         return Consumption(self.clock(), sum(t for t, _ in pending), len(pending), sum(c for _, c in pending))
 
     async def _learn_typical(self, name: str) -> None:
-        recent = await self.usage.recent_attempts(name)
-        tokens, costs = [t for t, _ in recent], [c for _, c in recent]
-        self._typical[name] = Typical(statistics.median(tokens), statistics.median(costs)) if recent else None
+        self._typical[name] = typical_of(await self.usage.recent_attempts(name))
 
     def reserve(self, profile: str) -> None:
         self.in_flight[profile] = self.in_flight.get(profile, 0) + 1

@@ -8,13 +8,14 @@ hand or until the reset the backend gave; disabled (auth failure, or by hand) un
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import statistics
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 from functools import partial
 from typing import NamedTuple
 
-from fleetd.heartbeat.windows import WindowUsage
+from fleetd.heartbeat.windows import WindowUsage, reaches, within
 from fleetd.records.result import WindowState
 from fleetd.records.usage import Consumption, ProfileStatus
 
@@ -106,19 +107,31 @@ def no_room_for_another(
                 said.append(f"{under_way} attempt(s) under way")
             if unit != "req" and each and typical is not None:
                 said.append(f"one uses about {each:g}")
-            busy = usage.used + done + min(each or 0.0, usage.limit.amount) <= usage.limit.amount * (1 + 1e-9)
+            busy = within(usage.used + done + min(each or 0.0, usage.limit.amount), usage.limit.amount)
             return f"{usage.limit.describe()}: {', '.join(said)}", until, busy
     return None
 
 
-def cost_cap_taken(spent: float, cap: float, under_way: int, typical: Typical | None) -> bool:
+def cost_cap_taken(
+    spent: float, cap: float, under_way: int, typical: Typical | None, unknown_takes_rest: bool = False
+) -> bool:
     """Whether a profile's daily cost cap has no room for one more attempt: spent, or it would be passed by the
     attempts under way and one more, each at what its recent ones cost (not known before one has ended: then only
-    what is spent counts). One at $1.63 of a $2 cap was let in though each cost $0.82."""
-    if spent >= cap * (1 - 1e-9):
+    what is spent counts, or with `unknown_takes_rest` one under way takes all that is left, as in
+    `no_room_for_another`). One at $1.63 of a $2 cap was let in though each cost $0.82."""
+    if reaches(spent, cap):
         return True
-    each = min(typical.cost_usd, cap) if typical is not None else 0.0  # over the cap alone: it would never run again
-    return typical is not None and spent + (under_way + 1) * each > cap * (1 + 1e-9)
+    if typical is None:
+        return unknown_takes_rest and under_way > 0
+    each = min(typical.cost_usd, cap)  # over the cap alone: it would never run again
+    return not within(spent + (under_way + 1) * each, cap)
+
+
+def typical_of(recent: Sequence[tuple[float, float]]) -> Typical | None:
+    """The medians of some attempts' (tokens, cost); None without any."""
+    if not recent:
+        return None
+    return Typical(statistics.median(t for t, _ in recent), statistics.median(c for _, c in recent))
 
 
 def _joined(records: Callable[[int], list[Consumption]], i: int, extra: list[Consumption]) -> list[Consumption]:

@@ -12,6 +12,19 @@ from fleetd.records.profile import Limit
 from fleetd.records.usage import Consumption
 
 
+# Usage within a billionth of a limit is at it: the same costs summed in another order (the Ledger adds and takes away
+# as records come and go) differ in their last bits, and 4.499999999999999 against 4.5 moved when a 3 USD window eased
+# by a whole record. One tolerance for every limit and cap, both ways:
+def reaches(used: float, limit: float) -> bool:
+    """`used` is at `limit` or over it: no room left."""
+    return used >= limit * (1 - 1e-9)
+
+
+def within(used: float, limit: float) -> bool:
+    """`used` does not pass `limit`: what is about to be used still fits."""
+    return used <= limit * (1 + 1e-9)
+
+
 @dataclass(frozen=True)
 class WindowUsage:
     limit: Limit
@@ -25,14 +38,7 @@ class WindowUsage:
 
     @property
     def exceeded(self) -> bool:
-        return self.used >= self._at_limit
-
-    @property
-    def _at_limit(self) -> float:
-        # Usage within a billionth of the limit is at it: the same costs summed in another order (the Ledger
-        # adds and takes away as records come and go) differ in their last bits, and 4.499999999999999
-        # against 4.5 moved when a 3 USD window eased by a whole record.
-        return self.limit.amount * (1 - 1e-9)
+        return reaches(self.used, self.limit.amount)
 
     def full_until(self, records: list[Consumption], now: datetime) -> datetime | None:
         """When usage will be back under the limit if nothing more is used: drop the oldest records
@@ -61,10 +67,10 @@ class WindowUsage:
         return self._fits_again(records(), need, now, fits) or now + timedelta(seconds=self.limit.window_s)
 
     def _under(self, used: float) -> bool:
-        return used < self._at_limit
+        return not reaches(used, self.limit.amount)
 
     def _within(self, used: float) -> bool:
-        return used <= self.limit.amount * (1 + 1e-9)  # the same billionth as `_at_limit`, the other way
+        return within(used, self.limit.amount)
 
     def _fits_again(
         self, records: list[Consumption], used: float, now: datetime, fits: Callable[[float], bool]

@@ -21,6 +21,7 @@ from fleetd.gateway.model import checked_step
 from fleetd.heartbeat.service import Heartbeat, Settle
 from fleetd.heartbeat.state import cost_cap_taken
 from fleetd.heartbeat.switch import USABLE
+from fleetd.heartbeat.windows import reaches
 from fleetd.loops.model import shown_path
 from fleetd.paths import UnsafeDirectory, private_dir
 from fleetd.profiles.model import (
@@ -152,8 +153,8 @@ class ProfileService:
         self.heartbeat = heartbeat
         self.profiles_dir = profiles_dir
         self.clock = clock
-        self._spent: dict[str, float] = {}  # each capped profile's cost in the last 24 h, as `world` last read it
-        self._spent_read: dict[str, tuple[float, float]] = {}  # when that read began (monotonic), and what it said
+        # Each capped profile's cost in the last 24 h as `world` last read it, and when that read began (monotonic).
+        self._spent: dict[str, tuple[float, float]] = {}
 
     async def add(self, body: dict[str, Any]) -> Profile:
         profile, secret = validate_profile_input(body, self.profiles_dir)
@@ -223,7 +224,6 @@ class ProfileService:
         await self.store.delete(name)
         await self.heartbeat.forget(name)
         self._spent.pop(name, None)
-        self._spent_read.pop(name, None)
         default_dir = self.profiles_dir / name
         if Path(profile.config_dir) == default_dir and not await self._config_dir_owner(default_dir):
             # fleetd made this directory; a directory the user named stays theirs, and one another profile
@@ -378,7 +378,7 @@ class ProfileService:
             if profile.daily_cost is not None and self.attempt_costs is not None:
                 began = time.monotonic()
                 spent = await self.attempt_costs.profile_cost_since(profile.name, now - DAY)
-                self._spent[profile.name], self._spent_read[profile.name] = spent, (began, spent)
+                self._spent[profile.name] = (began, spent)
         # No await from here on: the attempts under way are counted as they stand when the caller's attempt
         # reserves its profile (the executor reserves before its next await), so two cannot both take the last room.
         for profile in profiles:
@@ -386,55 +386,56 @@ class ProfileService:
             # The gateway (`direct`) calls the API itself: a missing CLI does not matter there, a missing key does.
             why = (None if direct else adapter.unavailable(profile)) or adapter.auth_problem(profile)
             over = self.over_daily_cost(profile)
-            full = self.heartbeat.no_room(profile)
-            room_at = None
-            if full is not None:
-                # Taken by attempts under way: look again within a minute (they may end using less than their
-                # profile's typical attempt, or nothing), not only when the window's records leave it (hours).
-                room_at = min(full[1], now + PENDING_RECHECK) if full[2] else full[1]
-            views[profile.name] = replace(views[profile.name], unavailable=why, over_daily_cost=over,
-                                          no_room=full[0] if full else None, room_at=room_at,
-                                          probe_taken=profile.name in self.heartbeat.probing)  # fmt: skip
+            no_room, room_at = None, None
+            if full := self.heartbeat.no_room(profile):
+                no_room, room_at, busy = full
+                if busy:
+                    # Taken by attempts under way: look again within a minute (they may end using less than their
+                    # profile's typical attempt, or nothing), not only when the window's records leave it (hours).
+                    room_at = min(room_at, now + PENDING_RECHECK)
+            probe_taken = profile.name in self.heartbeat.probing
+            views[profile.name] = replace(views[profile.name], unavailable=why, over_daily_cost=over, no_room=no_room,
+                                          room_at=room_at, probe_taken=probe_taken)  # fmt: skip
         return World(now, views), {p.name: p for p in profiles}
 
     def over_daily_cost(self, profile: Profile) -> str | None:
         """Why the profile's `--daily-cost` leaves no room for another attempt (spent as of the last `world`, and
         its attempts under way at what its recent ones cost), or None."""
-        spent = self._spent.get(profile.name)
-        if profile.daily_cost is None or spent is None:
+        taken = self._daily_cost_taken(profile)
+        return taken[0] if taken else None
+
+    def _daily_cost_taken(self, profile: Profile, unknown_takes_rest: bool = False) -> tuple[str, bool] | None:
+        """`cost_cap_taken` of the profile's `--daily-cost`: why, and whether only attempts under way of a cost not
+        known yet take it (they may end cheaper: a gateway client comes back in a second); or None."""
+        read = self._spent.get(profile.name)
+        if profile.daily_cost is None or read is None:
             return None
-        spent += self.heartbeat.unrecorded_cost(profile.name)
+        spent = read[1] + self.heartbeat.unrecorded_cost(profile.name)
+        cap = profile.daily_cost
         under_way = self.heartbeat.in_flight.get(profile.name, 0)
         typical = self.heartbeat.typical(profile.name)
-        if not cost_cap_taken(spent, profile.daily_cost, under_way, typical):
+        if not cost_cap_taken(spent, cap, under_way, typical, unknown_takes_rest):
             return None
-        if spent >= profile.daily_cost or typical is None:
-            return f"{usd(spent)} of {usd(profile.daily_cost)} in the last 24 h"
+        if reaches(spent, cap):
+            return f"{usd(spent)} of {usd(cap)} in the last 24 h", False
+        if typical is None:  # one at a time, as a key's calls (eight parallel calls spent $2.61 of a $1 cap)
+            return (f"{usd(spent)} of its {usd(cap)} daily cost spent, {under_way} attempt(s) under way, what one "
+                    f"costs not known yet"), True  # fmt: skip
         ways = f", {under_way} attempt(s) under way" if under_way else ""
-        return (f"{usd(spent)} of {usd(profile.daily_cost)} spent in the last 24 h{ways}, and one costs about "
-                f"{usd(typical.cost_usd)}")  # fmt: skip
+        return (
+            f"{usd(spent)} of {usd(cap)} spent in the last 24 h{ways}, and one costs about {usd(typical.cost_usd)}",
+            False,
+        )
 
     def room_taken(self, profile: Profile) -> tuple[str, datetime | None] | None:
         """`world`'s judgement of the profile's limits and daily cost with what is under way now, again, for a
         caller that awaited since it read the world (the gateway): why there is no room for its attempt, and
         when there is again (None: not by itself)."""
-        over = self.over_daily_cost(profile)
-        if over:
-            return f"{OVER_COST}{over}", None
-        under_way = self.heartbeat.in_flight.get(profile.name, 0)
-        spent = self._spent.get(profile.name)
-        if (
-            spent is not None
-            and profile.daily_cost is not None
-            and under_way
-            and self.heartbeat.typical(profile.name) is None
-        ):
-            # What a call costs is not known before one has ended: they go one at a time (eight parallel calls spent
-            # $2.61 of a $1 cap), as a key's do.
-            spent += self.heartbeat.unrecorded_cost(profile.name)
-            return (f"no room for another attempt: {usd(spent)} of its {usd(profile.daily_cost)} daily cost spent, "
-                    f"{under_way} attempt(s) under way, what one costs not known yet",
-                    self.clock() + timedelta(seconds=1))  # fmt: skip
+        cost = self._daily_cost_taken(profile, unknown_takes_rest=True)
+        if cost is not None:
+            why, busy = cost
+            return (f"no room for another attempt: {why}", self.clock() + timedelta(seconds=1)) if busy else (
+                f"{OVER_COST}{why}", None)  # fmt: skip
         full = self.heartbeat.no_room(profile, unknown_takes_rest=True)
         if full is None:
             return None
@@ -458,10 +459,9 @@ class ProfileService:
         """The call log has the oldest unrecorded call of `profile` since `written_at` (monotonic): a spend read
         begun before then does not show its cost, so it is added there until the next `world` reads it again."""
         cost = self.heartbeat.recorded_cost(profile.name)
-        read = self._spent_read.get(profile.name)
+        read = self._spent.get(profile.name)
         if read is not None and read[0] < written_at:
-            self._spent[profile.name] = read[1] + cost
-            self._spent_read[profile.name] = (read[0], read[1] + cost)
+            self._spent[profile.name] = (read[0], read[1] + cost)
 
     def free_probe(self, profile: Profile) -> None:
         self.heartbeat.free_probe(profile.name)
