@@ -12,8 +12,10 @@ creation: the baseline row is that offset for a lone spawn from a bare asyncio l
 window's slots without a run that started: *skipped* (the loop's previous run was still going: a
 `skipped` row stands for as many slots as its count, its own and those after it), *told* (a late
 fire's `loop.fire_missed` event stands for the slot its timer passed over) or *missing* (neither a
-row nor an event: a fire lost). Then, once the window's last slots have had 3 s to fire (the loops
-still firing), `daemon stop` is timed against the stop grace + kill grace (30 s + 5 s by default).
+row nor an event: a fire lost). *cpu/run* is the daemon's own CPU over the window per run started (a
+cost that, unlike the skips near saturation, does not flip between runs). Then, once the window's last
+slots have had 3 s to fire (the loops still firing), `daemon stop` is timed against the stop grace +
+kill grace (30 s + 5 s by default).
 `--pythonpath DIR` runs the daemon from another checkout (see bench/_common.py).
 """
 
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sqlite3
 import statistics
 import subprocess
@@ -89,6 +92,17 @@ def _slots(created: datetime, start: datetime, end: datetime) -> list[datetime]:
     return slots
 
 
+def _daemon_pid(env: dict[str, str]) -> int:
+    status = subprocess.run([FLEETD, "daemon", "status", "--json"], env=env, capture_output=True, check=True)
+    return int(json.loads(status.stdout)["pid"])
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU of process `pid` so far (all its threads; not its children)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _printed(log_path: str | None) -> float | None:
     try:
         return float(Path(log_path or "").read_text().split()[0])
@@ -120,9 +134,12 @@ def measure(loops: int, seconds: float, warmup: float, pythonpath: str | None) -
     asyncio.run(_prefill(home / "fleetd.db", loops, lead=2.0))
     daemon.start("--stop-grace", f"{STOP_GRACE:g}s", "--kill-grace", f"{KILL_GRACE:g}s")
     try:
+        pid = _daemon_pid(daemon.env)
         time.sleep(warmup + 2.0)
         start = _to_ms(datetime.now(UTC))
+        cpu_before = _cpu_seconds(pid)
         time.sleep(seconds)
+        cpu = _cpu_seconds(pid) - cpu_before
         end = _to_ms(datetime.now(UTC))
         # The window's last slots get the time to fire (a slot a moment before `end` fired after it, and a stop at
         # once would count it missing); the loops go on firing meanwhile, so the stop is timed under the same load.
@@ -189,6 +206,7 @@ def measure(loops: int, seconds: float, warmup: float, pythonpath: str | None) -
         "skipped": skipped, "lag_p50_ms": pct(lags, 0.5) * 1000, "lag_p99_ms": pct(lags, 0.99) * 1000,
         "proc_p50_ms": pct(to_process, 0.5) * 1000, "proc_p99_ms": pct(to_process, 0.99) * 1000,
         "proc_max_ms": max(to_process, default=float("nan")) * 1000, "stop_s": stop_s, "left_running": left,
+        "cpu_ms_per_run": cpu * 1000 / len(lags) if lags else float("nan"),
     }  # fmt: skip
 
 
@@ -210,13 +228,15 @@ def main() -> None:
     results = [measure(n, args.seconds, args.warmup, args.pythonpath) for n in counts]
     print(f"fire lag / fire-to-process, loops of `{COMMAND}` every 1s, {args.seconds:g}s measured (ms)")
     print(f"{'loops':>5}  {'lag p50':>8}  {'lag p99':>8}  {'proc p50':>8}  {'proc p99':>8}  {'proc max':>8}  "
-          f"{'slots':>6}  {'missing':>7}  {'told':>5}  {'skipped':>7}  {'stop s':>6}  {'left':>4}")  # fmt: skip
+          f"{'slots':>6}  {'missing':>7}  {'told':>5}  {'skipped':>7}  {'stop s':>6}  {'left':>4}  "
+          f"{'cpu/run':>7}")  # fmt: skip
     print(f"{'bare':>5}  {'':>8}  {'':>8}  {floor * 1000:8.1f}  {'':>8}  {'':>8}  (baseline: a lone spawn's offset)")
     for r in results:
         print(f"{r['loops']:>5}  {r['lag_p50_ms']:8.1f}  {r['lag_p99_ms']:8.1f}  {r['proc_p50_ms']:8.1f}  "
               f"{r['proc_p99_ms']:8.1f}  {r['proc_max_ms']:8.1f}  {r['expected']:>6}  {r['missing']:>7}  "
               f"{r['told_missed']:>5}  "
-              f"{r['skipped']:>7}  {r['stop_s']:6.1f}  {r['left_running']:>4}")  # fmt: skip
+              f"{r['skipped']:>7}  {r['stop_s']:6.1f}  {r['left_running']:>4}  {r['cpu_ms_per_run']:7.2f}")  # fmt: skip
+    print("cpu/run: the daemon's CPU (all its threads, not its children) over the window per run started, ms")
     print(f"targets: proc p50 <= 20, p99 <= 100 at 200 loops; no missed fire at 500; stop <= "
           f"{STOP_GRACE + KILL_GRACE:g} s")  # fmt: skip
     payload = {"seconds": args.seconds, "baseline_spawn_ms": floor * 1000, "results": results}
