@@ -35,7 +35,7 @@ from fleetd.records.fire import usd
 from fleetd.records.loop import ChainStep, Loop
 from fleetd.records.profile import Profile
 from fleetd.records.result import ParsedOutput
-from fleetd.routing.router import OVER_COST, World
+from fleetd.routing.router import NO_COST_ROOM, OVER_COST, World
 from fleetd.store.attempts import AttemptStore
 from fleetd.store.gateway import GatewayStore
 from fleetd.store.loops import LoopStore
@@ -417,13 +417,14 @@ class ProfileService:
         if not cost_cap_taken(spent, cap, under_way, typical, unknown_takes_rest):
             return None
         if reaches(spent, cap):
-            return f"{usd(spent)} of {usd(cap)} in the last 24 h", False
+            return f"{OVER_COST}{usd(spent)} of {usd(cap)} in the last 24 h", False
         if typical is None:  # one at a time, as a key's calls (eight parallel calls spent $2.61 of a $1 cap)
-            return (f"{usd(spent)} of its {usd(cap)} daily cost spent, {under_way} attempt(s) under way, what one "
-                    f"costs not known yet"), True  # fmt: skip
+            return (f"no room for another attempt: {usd(spent)} of its {usd(cap)} daily cost spent, {under_way} "
+                    f"attempt(s) under way, what one costs not known yet"), True  # fmt: skip
         ways = f", {under_way} attempt(s) under way" if under_way else ""
         return (
-            f"{usd(spent)} of {usd(cap)} spent in the last 24 h{ways}, and one costs about {usd(typical.cost_usd)}",
+            f"{NO_COST_ROOM}{usd(spent)} of {usd(cap)} spent in the last 24 h{ways}, and one costs about "
+            f"{usd(typical.cost_usd)}",
             False,
         )
 
@@ -434,8 +435,7 @@ class ProfileService:
         cost = self._daily_cost_taken(profile, unknown_takes_rest=True)
         if cost is not None:
             why, busy = cost
-            return (f"no room for another attempt: {why}", self.clock() + timedelta(seconds=1)) if busy else (
-                f"{OVER_COST}{why}", None)  # fmt: skip
+            return why, self.clock() + timedelta(seconds=1) if busy else None
         full = self.heartbeat.no_room(profile, unknown_takes_rest=True)
         if full is None:
             return None

@@ -34,7 +34,9 @@ ACTIONS: Mapping[str, Action] = {
     "unknown": "stop",  # nothing says another worker would do better
 }
 TIER_ORDER = {"local": 0, "subscription": 1, "metered": 2}
-OVER_COST = "over its daily cost: "  # how a candidate passed over for its daily cost is named
+# How a candidate passed over for its daily cost is named: spent, or the next attempt would pass it.
+OVER_COST = "over its daily cost: "
+NO_COST_ROOM = "no room in its daily cost: "
 USABLE_STATES = ("available", "near_limit")
 
 
@@ -54,7 +56,7 @@ class ProfileView:
     circuit_until: datetime | None = None
     probe_taken: bool = False  # half-open, and its one probe is already in flight
     unavailable: str | None = None  # why it cannot run here at all (its CLI is missing, ...)
-    over_daily_cost: str | None = None  # why its daily cost cap is reached
+    over_daily_cost: str | None = None  # why its daily cost leaves no room (`over its daily cost: …`, `no room in …`)
     # Why one of its limits has no room for one more attempt (beside those under way); room again at `room_at`.
     no_room: str | None = None
     room_at: datetime | None = None
@@ -198,7 +200,7 @@ def _why_not(
             when = f" until {local_text(view.until)}" if view.until else ""
             return f"exhausted{when}", view.until
     if view.over_daily_cost:
-        return f"{OVER_COST}{view.over_daily_cost}", None
+        return view.over_daily_cost, None
     if view.no_room:
         return f"no room for another attempt: {view.no_room}", view.room_at
     if view.circuit == "open" and (view.circuit_until is None or view.circuit_until > now):
@@ -287,7 +289,8 @@ class Router:
                 else:
                     reason = _nothing_left(passed_all, out, last)
                 self.note(now, "stop", reason)
-                over_cost = bool(passed_all) and all(p.why.startswith(OVER_COST) for p in passed_all) and not out
+                costs = (OVER_COST, NO_COST_ROOM)
+                over_cost = bool(passed_all) and all(p.why.startswith(costs) for p in passed_all) and not out
                 yield Finish("failed", reason, last.error_class if last else None, over_cost)
                 return
             number += 1

@@ -4,6 +4,7 @@ a run is told to look again soon, not at the hour the window's records leave it 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from fleetd.profiles.service import PENDING_RECHECK, ProfileService
 from fleetd.records.loop import ChainStep
 from fleetd.records.profile import Profile
 from fleetd.records.result import ParsedOutput, TokenUsage
-from fleetd.routing.router import ProfileView
+from fleetd.routing.router import ProfileView, _why_not
 from fleetd.store.db import Database
 from fleetd.store.events import EventLog
 from fleetd.store.loops import LoopStore
@@ -62,3 +63,50 @@ def test_room_taken_by_attempts_under_way_is_looked_at_again_within_a_minute(tmp
 def test_room_taken_by_what_is_recorded_waits_for_the_window(tmp_path: Path) -> None:
     view = _after_one_attempt_of_600(tmp_path, "1d=1000tok", 0)  # 600 used, and the next about 600: 1,200
     assert view.no_room is not None and view.room_at == T0 + timedelta(days=1)
+
+
+class _Spent:
+    """The profile's recorded cost in the last 24 h, as the attempts store would answer it."""
+
+    def __init__(self, usd: float) -> None:
+        self.usd = usd
+
+    async def profile_cost_since(self, profile: str, since: datetime) -> float:
+        return self.usd
+
+
+def _daily_cost_reason(tmp_path: Path, spent: float) -> str | None:
+    """Why the router passes over a profile capped at $1.00 a day that has spent `spent`, its attempts costing
+    about $0.33 each (None: it is not passed over)."""
+
+    async def go() -> str | None:
+        tmp_path.mkdir(parents=True)
+        db = await Database.open(tmp_path / "f.db")
+        try:
+            store = ProfileStore(db)
+            profile = Profile("dear", "claude_code", "subscription", str(tmp_path / "dear"), daily_cost=1.0,
+                              created_at=T0, updated_at=T0)  # fmt: skip
+            await store.insert(profile)
+            heartbeat = Heartbeat(store, UsageStore(db), EventLog(db), clock=lambda: T0, interval=3600, near_limit=0.9)
+            await heartbeat.start()
+            service = ProfileService(store, LoopStore(db), None, heartbeat, profiles_dir=tmp_path / "p",  # type: ignore[arg-type]
+                                     clock=lambda: T0, attempts=_Spent(spent))  # type: ignore[arg-type]  # fmt: skip
+            ok = ParsedOutput("succeeded", usage=TokenUsage(input_tokens=600), cost_usd=0.33)
+            await heartbeat.attempt_finished(profile, ok, T0, 0.33)
+            world, _ = await service.world([ChainStep("claude_code", ("dear",))])
+            await heartbeat.stop()
+            view = replace(world.profiles["dear"], unavailable=None)  # no `claude` on this host: beside the point
+            return _why_not(view, T0, explicit=True, tiers=frozenset())[0]
+        finally:
+            await db.close()
+
+    return asyncio.run(go())
+
+
+def test_a_daily_cost_the_next_attempt_would_pass_is_not_said_to_be_passed_already(tmp_path: Path) -> None:
+    assert _daily_cost_reason(tmp_path / "a", 0.50) is None  # $0.50 + $0.33 fits in $1.00
+    # $0.70 + $0.33 would pass it: the candidate is passed over, saying so, not "over its daily cost" at $0.70 of $1.
+    assert _daily_cost_reason(tmp_path / "b", 0.70) == (
+        "no room in its daily cost: $0.70 of $1.00 spent in the last 24 h, and one costs about $0.33"
+    )
+    assert _daily_cost_reason(tmp_path / "c", 1.00) == "over its daily cost: $1.00 of $1.00 in the last 24 h"

@@ -249,7 +249,7 @@ def test_unavailable_disabled_and_over_daily_cost_candidates_are_skipped_with_th
     profiles = dict(PROFILES)
     profiles["qwen"] = replace(profiles["qwen"], unavailable="no server at 127.0.0.1:11434")
     profiles["cc-a"] = replace(profiles["cc-a"], state="disabled", reason="auth failure")
-    profiles["cc-b"] = replace(profiles["cc-b"], over_daily_cost="$10.00 of $10.00")
+    profiles["cc-b"] = replace(profiles["cc-b"], over_daily_cost="over its daily cost: $10.00 of $10.00")
     drive = Drive(Policy(CHAIN), {"codex": [OK]}, profiles)
     assert drive.run().status == "succeeded" and drive.tried == ["codex"]
     skips = [e["detail"] for e in drive.router.trail if e["kind"] == "skip"]
