@@ -523,7 +523,8 @@ def create_app(ctx: DaemonContext) -> Starlette:
     async def list_keys(request: Request) -> Response:
         from fleetd.gateway.views import key_json
 
-        return JSONResponse([key_json(k) for k in _gateway().keys_now()])
+        gateway = _gateway()
+        return JSONResponse([key_json(k, spent=await gateway.spent(k)) for k in gateway.keys_now()])
 
     async def add_key(request: Request) -> Response:
         from fleetd.gateway.views import key_json

@@ -212,6 +212,12 @@ class GatewayService:
     def keys_now(self) -> list[ClientKey]:
         return sorted(self._keys, key=lambda k: k.name)
 
+    async def spent(self, key: ClientKey) -> float:
+        """What `key`'s calls cost in the last 24 h, as its cap counts it: the call log, and the finished calls it
+        does not show yet. Read the recorder first: a batch written meanwhile counts twice, never not at all."""
+        unwritten = self.proxy.recorder.unwritten_cost(key.name)
+        return unwritten + await self.store.key_cost_since(key.name, self.clock() - DAY)
+
     async def remove_key(self, name: str) -> None:
         validate_key_name(name)
         await self.store.remove_key(name)
@@ -238,10 +244,7 @@ class GatewayService:
         if key.daily_cost is None:
             return None, None
         holds = self.proxy.holds
-        # Read before the store: a batch written meanwhile is then counted twice (a refusal a moment early),
-        # never not at all.
-        unwritten = self.proxy.recorder.unwritten_cost(key.name)
-        spent = unwritten + await self.store.key_cost_since(key.name, self.clock() - DAY)
+        spent = await self.spent(key)
         held = holds.held(key.name)
         cap = usd(key.daily_cost)
         if spent >= key.daily_cost:

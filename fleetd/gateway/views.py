@@ -23,13 +23,16 @@ def route_json(route: Route) -> dict[str, Any]:
     }
 
 
-def key_json(key: ClientKey, plain: str | None = None) -> dict[str, Any]:
-    answer = {
+def key_json(key: ClientKey, plain: str | None = None, spent: float | None = None) -> dict[str, Any]:
+    """A key as the API shows it; `spent`: what its calls cost in the last 24 h (`key list`)."""
+    answer: dict[str, Any] = {
         "name": key.name,
         "routes": list(key.routes) if key.routes is not None else None,
         "daily_cost": key.daily_cost,
         "created_at": to_iso(key.created_at),
     }
+    if spent is not None:
+        answer["spent_24h"] = spent
     if plain is not None:
         answer["key"] = plain  # shown this once; only its hash is kept
     return answer

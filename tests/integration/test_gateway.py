@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import re
 import shutil
 import socket
 import tempfile
@@ -218,6 +219,11 @@ def test_the_daily_cost_cap_counts_the_calls_the_call_log_does_not_show_yet(gw: 
     route = gw.pair("seq")
     key = gw.d.json("gateway", "key", "add", "sequential", "--daily-cost", str(CHAT_COST * 1.5))["key"]
     gw.sdk(key).chat.completions.create(model=route, messages=[{"role": "user", "content": "hi"}])
+    # What it has spent against its cap shows where a user looks at keys (it was only in `stats`), the call not yet
+    # in the call log counted too, as the cap counts it.
+    (shown,) = [k for k in gw.d.json("gateway", "key", "list") if k["name"] == "sequential"]
+    assert shown["spent_24h"] == pytest.approx(CHAT_COST)
+    assert re.search(r"sequential +\* +\$0\.\d+ of \$0\.\d+ ", gw.d.cli("gateway", "key", "list").stdout)
     with pytest.raises(openai.RateLimitError, match=r"daily cost cap in the last 24 h and a call costs about \$"):
         gw.sdk(key).chat.completions.create(model=route, messages=[{"role": "user", "content": "hi"}])
 
@@ -475,7 +481,7 @@ def test_json_contracts(gw: Gateway) -> None:
     assert set(gw.d.json("route", "show", route)) == {"name", "api", "chain", "chain_text", "timeout_s", "log_bodies",
                                                       "created_at"}  # fmt: skip
     assert set(gw.d.json("gateway", "key", "add", "contract")) == {"name", "routes", "daily_cost", "created_at", "key"}
-    assert set(gw.d.json("gateway", "key", "list")[0]) == {"name", "routes", "daily_cost", "created_at"}
+    assert set(gw.d.json("gateway", "key", "list")[0]) == {"name", "routes", "daily_cost", "spent_24h", "created_at"}
     assert set(gw.d.json("gateway", "status")) == {"enabled", "listen", "address", "url", "public", "source",
                                                    "problem", "routes", "keys"}  # fmt: skip
     [call] = gw.calls("--route", route, "--since", "1h")
