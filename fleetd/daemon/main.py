@@ -241,6 +241,7 @@ class Daemon:
             backoff_base=self.options.backoff_base,
             work_dir=self.paths.loop_work,
         )
+        heartbeat.room_freed = executor.room_freed
         leftovers = await runs.running()  # read before anything can start a run
         executor.ready.clear()  # a `loop run` that comes in while recovering waits for it (one kill grace)
         scheduler = Scheduler(

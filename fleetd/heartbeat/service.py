@@ -91,6 +91,8 @@ class Heartbeat:
         self.windows: dict[str, list[WindowUsage]] = {}
         self.active: dict[str, tuple[str | None, bool]] = {}
         self.in_flight: dict[str, int] = {}
+        # Told a profile's name when an attempt under way on it ends (the executor: runs waiting on its room).
+        self.room_freed: Callable[[str], None] | None = None
         self._ingesters: dict[str, Any] = {}
         self._ledgers: dict[str, Ledger] = {}  # each profile's windows, kept as records arrive
         self._last_id = -1  # the newest usage record the ledgers have; any other means someone else wrote
@@ -619,10 +621,13 @@ class Heartbeat:
         self.in_flight[profile] = self.in_flight.get(profile, 0) + 1
 
     def release(self, profile: str, probe: bool = False) -> None:
-        """An attempt ended; `probe`: it was the half-open circuit's one probe, which is free again."""
+        """An attempt ended; `probe`: it was the half-open circuit's one probe, which is free again. What it held
+        of the profile's room is free (`room_freed`: runs waiting on it look again now)."""
         self.in_flight[profile] = max(0, self.in_flight.get(profile, 0) - 1)
         if probe:
             self.free_probe(profile)
+        if self.room_freed is not None:
+            self.room_freed(profile)
 
     def free_probe(self, profile: str) -> None:
         """The half-open circuit's one probe ended (its circuit stepped): another may take it."""

@@ -66,6 +66,7 @@ NO_VERDICT = "the reviewer's answer holds no verdict"
 # After the line that ends an attempt early, a CLI about to exit by itself may (Codex's final error
 # line comes ~0.2 s before its exit 1): its own exit code is recorded then, not fleetd's -15.
 RATE_LIMIT_EXIT_GRACE = 1.0
+ROOM_LOOK_INTERVAL = 1.0  # seconds: a run waiting on room looks again at most this often as attempts end
 MAX_WAIT_SLEEP = 30.0  # a waiting run re-checks at least this often
 FINISH_RETRY_FIRST, FINISH_RETRY_MAX = 0.5, 30.0  # backoff for a run end the store refused
 
@@ -109,6 +110,9 @@ class ActiveRun:
     attempt_end: Callable[[sqlite3.Connection], object] | None = None  # written with the run's end (`_attempt`)
     interrupted: asyncio.Event = field(default_factory=asyncio.Event)
     look_again: asyncio.Event = field(default_factory=asyncio.Event)  # a waiting run reads the world again now
+    waiting_on: frozenset[str] = frozenset()  # while waiting: the profiles it could use (`room_freed`)
+    looked_at: float = 0.0  # the event loop's time when it began this wait (`room_freed` paces its looks)
+    look_due: bool = False  # `room_freed` has woken it, or will
     route: list[dict[str, Any]] | None = None  # its router's trail so far (stored when the run ends)
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -200,6 +204,7 @@ class Executor:
         self.ready.set()
         self.inflight: set[ActiveRun] = set()  # every slot until its run's end was written (or tried)
         self.unrecorded: dict[int, RunFinish] = {}  # run ends the store refused, by run id
+        self._waiting: set[ActiveRun] = set()  # the slots waiting for room or a reset now
         self._retrier: asyncio.Task[None] | None = None
 
     def run_tag(self, run_id: int) -> str:
@@ -579,6 +584,9 @@ class Executor:
                 self.profiles.reserve(reserved)
             try:
                 await self._tell_skips(loop, run, skips)
+                if slot.wait_until is not None and not isinstance(decision, WaitUntil):
+                    slot.wait_until = None  # the wait ended: `running` again (or the run's end, written next)
+                    await self.runs.set_waiting(run.id, None)
             except BaseException:
                 if reserved is not None:
                     self.profiles.release(reserved, probe)
@@ -636,17 +644,24 @@ class Executor:
             else:
                 assert isinstance(decision, WaitUntil)
                 # Waiting from here on: a change by hand during the write below wakes it too (`look_again`).
+                told_until = slot.wait_until if decision.again else None
                 slot.waiting, slot.wait_until, slot.waited = True, decision.until, True
+                slot.waiting_on = frozenset(profiles)
+                slot.looked_at, slot.look_due = asyncio.get_running_loop().time(), False
                 slot.look_again.clear()
+                self._waiting.add(slot)
                 try:
-                    await self.runs.set_waiting(run.id, decision.until)  # and its run.waiting event
+                    if told_until != decision.until:  # the run.waiting event only as the wait begins
+                        await self.runs.set_waiting(run.id, decision.until, announce=not decision.again)
                     await self._sleep_until(min(decision.until, deadline) if deadline else decision.until, slot,
                                             slot.look_again)  # fmt: skip
                 finally:
-                    slot.waiting, slot.wait_until = False, None
-                await self.runs.set_waiting(run.id, None)
+                    slot.waiting = False
+                    self._waiting.discard(slot)
                 if slot.interrupt_reason:
+                    slot.wait_until = None
                     return "interrupted", end.exit_code, slot.interrupt_reason
+                # Still `waiting` in the store until the next decision is not (`wait_ended` at the loop's top).
                 world, profiles = await self.profiles.world(steps)
                 decision = flow.send(Observation(world))
 
@@ -849,6 +864,16 @@ class Executor:
             finally:
                 for waiter in waiters:
                     waiter.cancel()
+
+    def room_freed(self, profile: str) -> None:
+        """An attempt under way on `profile` ended: runs waiting for room it may have held read the world again now,
+        not at the recheck they were told (`PENDING_RECHECK`, while attempts may take far less). At most one look a
+        `ROOM_LOOK_INTERVAL` each: a busy gateway ends calls many times a second, and each look reads the store."""
+        loop = asyncio.get_running_loop()
+        for slot in self._waiting:  # not every run in flight: this is on every gateway call's path
+            if profile in slot.waiting_on and not slot.look_due:
+                slot.look_due = True
+                loop.call_at(slot.looked_at + ROOM_LOOK_INTERVAL, slot.look_again.set)
 
     def look_again(self) -> None:
         """A profile was changed by hand (its limits, enabled again, its circuit closed): runs waiting for a reset

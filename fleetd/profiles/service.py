@@ -42,7 +42,9 @@ from fleetd.store.loops import LoopStore
 from fleetd.store.profiles import ProfileStore
 
 log = logging.getLogger("fleetd.profiles")
-PENDING_RECHECK = timedelta(seconds=60)  # how soon a run waiting on room that attempts under way take looks again
+# How soon a run waiting on room that attempts under way take looks again by itself: each attempt's end wakes it
+# (`Heartbeat.room_freed`); this only bounds the wait if that never comes.
+PENDING_RECHECK = timedelta(minutes=5)
 DAY = timedelta(days=1)
 # Another profile's key shorter than this is not scrubbed from every run's output: a placeholder such as
 # "none" for a local server guards nothing and would mangle everyone's output. An attempt's own key is
@@ -390,8 +392,8 @@ class ProfileService:
             if full := self.heartbeat.no_room(profile):
                 no_room, room_at, busy = full
                 if busy:
-                    # Taken by attempts under way: look again within a minute (they may end using less than their
-                    # profile's typical attempt, or nothing), not only when the window's records leave it (hours).
+                    # Taken by attempts under way: look again when one ends (they may use less than their profile's
+                    # typical attempt, or nothing), not only when the window's records leave it (hours).
                     room_at = min(room_at, now + PENDING_RECHECK)
             probe_taken = profile.name in self.heartbeat.probing
             views[profile.name] = replace(views[profile.name], unavailable=why, over_daily_cost=over, no_room=no_room,

@@ -128,6 +128,8 @@ class Backoff:
 @dataclass(frozen=True)
 class WaitUntil:
     until: datetime  # nothing allowed has headroom: the run waits for the earliest reset
+    # The same wait as the last decision's, looked at again (woken early, nothing tried since): not told again.
+    again: bool = False
 
 
 @dataclass(frozen=True)
@@ -259,6 +261,7 @@ class Router:
         repairs: dict[tuple[int, str], int] = {}
         findings: str | None = None  # the acceptance gate's last findings, carried to every later attempt
         told: set[tuple[int, str, str]] = set()  # passed-over notes already in the trail
+        waiting = False  # the last decision was a wait (a wake that finds no room yet continues it)
         last: AttemptResult | None = None
         while True:
             now = world.now
@@ -277,12 +280,10 @@ class Router:
             if chosen is None:
                 if resets:
                     until = min(resets)
-                    self.note(
-                        now,
-                        "wait",
-                        f"nothing allowed has headroom: waiting until {local_text(until)}",
-                    )
-                    world = (yield WaitUntil(until)).world
+                    if not waiting:
+                        self.note(now, "wait", f"nothing allowed has headroom: waiting until {local_text(until)}")
+                    world = (yield WaitUntil(until, again=waiting)).world
+                    waiting = True
                     continue
                 if last is not None and last.error_class == "capability":
                     reason = f"rejected: {last.message}" if last.message else "rejected"
@@ -293,6 +294,7 @@ class Router:
                 over_cost = bool(passed_all) and all(p.why.startswith(costs) for p in passed_all) and not out
                 yield Finish("failed", reason, last.error_class if last else None, over_cost)
                 return
+            waiting = False
             number += 1
             attempt = next(self.numbers) if self.numbers is not None else number
             cost_left = None if policy.max_cost is None else max(0.0, policy.max_cost - self.spent_cost)

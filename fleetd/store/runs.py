@@ -226,8 +226,9 @@ class RunStore:
         row = await self.db.fetchone("SELECT route_json FROM runs WHERE id = ?", (run_id,))
         return list(json.loads(row["route_json"])) if row else []
 
-    async def set_waiting(self, run_id: int, until: datetime | None) -> None:
-        """`waiting` until a profile's reset, with its `run.waiting` event (until=None: back to `running`)."""
+    async def set_waiting(self, run_id: int, until: datetime | None, announce: bool = True) -> None:
+        """`waiting` until a profile's reset, with its `run.waiting` event unless `announce` is False (the same
+        wait, its time moved); until=None: back to `running`."""
         now = self.clock()
 
         def write(conn: sqlite3.Connection) -> bool:
@@ -237,6 +238,7 @@ class RunStore:
             ).fetchall()
             return (
                 until is not None
+                and announce
                 and bool(rows)
                 and self._announce(conn, lambda: [run_event(_row_to_run(rows[0]), now)])
             )

@@ -245,3 +245,39 @@ def test_a_run_waiting_for_room_goes_on_when_the_limit_is_raised(routed: Daemon)
     assert waiting and not re.search(r"\d{4}-\d\d-\d\dT", waiting[-1]["message"]), waiting  # local, not ISO
     d.cli("profile", "edit", "raised", "--limit", "1d=2req")
     assert d.wait_run(second, timeout=15)["status"] == "succeeded"
+
+
+def test_a_run_waiting_on_attempts_under_way_looks_again_as_each_ends(routed: Daemon) -> None:
+    # With room taken only by attempts under way, the waiting run looked again a minute later, whenever they ended.
+    # Now each end wakes it; one that leaves it still without room is the same wait: no second `wait` in its
+    # route, no second `run.waiting` event (gateway calls end many times a second).
+    d = routed
+    d.cli("profile", "add", "busy", "--backend", "claude_code")
+    scenario(d, "busy", "ok")
+    for name in ("busy-a", "busy-b", "busy-c"):
+        d.cli("loop", "add", name, "--every", "1h", "--paused", "--backend", "claude_code", "--profile", "busy",
+              "--prompt", "x", "--on-exhausted", "wait")  # fmt: skip
+    (attempt,) = run(d, "busy-a")["attempt_list"]  # what one attempt uses becomes known
+    each = sum(attempt["tokens"].values())
+    assert each > 0
+    scenario(d, "busy", "held")
+    held = [d.json("loop", "run", name)["id"] for name in ("busy-a", "busy-c")]
+    wait_until(lambda: called(d, "busy") == 3, what="two held attempts under way")
+    # Room for what is used and one and a half attempts more: with either held one under way, the next has none.
+    d.cli("profile", "edit", "busy", "--limit", f"1d={each * 5 // 2}tok")
+    waiting = d.json("loop", "run", "busy-b")["id"]
+    wait_until(lambda: d.json("runs", "show", str(waiting))["status"] == "waiting", what="the next run to wait")
+
+    def route() -> list[dict]:
+        return d.json("runs", "show", str(waiting))["route"]
+
+    d.cli("runs", "stop", str(held[0]))  # it ends having used nothing; the other still takes the room
+    wait_until(lambda: any("1 attempt(s) under way" in e["detail"] for e in route()), what="a look after the end")
+    assert d.json("runs", "show", str(waiting))["status"] == "waiting"
+    assert [e["kind"] for e in route()].count("wait") == 1, route()
+    d.cli("runs", "stop", str(held[1]))  # now there is room: it goes on at once, not minutes later
+    wait_until(lambda: called(d, "busy") == 4, timeout=15, what="the waiting run's attempt, at once")
+    (d.standin_dir / "busy.release").write_text("")  # type: ignore[attr-defined]
+    assert d.wait_run(waiting)["status"] == "succeeded"
+    waits = [e for e in events(d) if e["type"] == "run.waiting" and e["data"]["run_id"] == waiting]
+    assert len(waits) == 1, waits

@@ -1,0 +1,52 @@
+"""A run waiting on room that attempts under way take looks again as they end (`Executor.room_freed`), at most once
+a `ROOM_LOOK_INTERVAL`: a busy gateway ends calls many times a second, and each look reads the store."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from fleetd.loops.executor import ROOM_LOOK_INTERVAL, ActiveRun, Executor
+from fleetd.timefmt import now_utc
+
+
+def _executor(tmp_path: Path) -> Executor:
+    return Executor(None, None, None, log_path=lambda i: tmp_path / f"{i}.log", tmp_root=tmp_path / "tmp",  # type: ignore[arg-type]
+                    tag_prefix="room", clock=now_utc, local_tz=ZoneInfo("UTC"), kill_grace=0.5)  # fmt: skip
+
+
+def _waiting(ex: Executor, on: set[str], looked_at: float) -> ActiveRun:
+    slot = ActiveRun(waiting=True, waiting_on=frozenset(on), looked_at=looked_at)
+    ex._waiting.add(slot)
+    return slot
+
+
+def test_an_attempts_end_wakes_only_the_runs_that_could_use_its_profile(tmp_path: Path) -> None:
+    async def go() -> tuple[bool, bool]:
+        ex = _executor(tmp_path)
+        past = asyncio.get_running_loop().time() - ROOM_LOOK_INTERVAL
+        mine, other = _waiting(ex, {"p", "q"}, past), _waiting(ex, {"r"}, past)
+        ex.room_freed("p")
+        await asyncio.wait_for(mine.look_again.wait(), 5)
+        return mine.look_again.is_set(), other.look_again.is_set()
+
+    assert asyncio.run(go()) == (True, False)
+
+
+def test_many_ends_in_a_moment_wake_a_waiting_run_once_at_its_pace(tmp_path: Path) -> None:
+    async def go() -> tuple[bool, int, float]:
+        ex = _executor(tmp_path)
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        slot = _waiting(ex, {"p"}, began)  # it has just looked
+        for _ in range(100):
+            ex.room_freed("p")
+        early = slot.look_again.is_set()
+        handles = len(loop._scheduled)  # type: ignore[attr-defined]
+        await asyncio.wait_for(slot.look_again.wait(), 5)
+        return early, handles, loop.time() - began
+
+    early, timers, waited = asyncio.run(go())
+    assert not early and timers == 1  # one look, not a hundred
+    assert waited >= ROOM_LOOK_INTERVAL * 0.99
