@@ -10,7 +10,6 @@ from fleetd.cli.client import CliError, segment
 from fleetd.cli.common import client, json_flag, render
 from fleetd.cli.complete import key_name
 from fleetd.cli.format import local_time, short, table
-from fleetd.records.fire import usd
 
 
 @click.group()
@@ -86,7 +85,7 @@ def _keys_text(items: list[dict[str, Any]]) -> str:
         return "-" if usd is None else "$" + f"{usd:.6f}".rstrip("0").rstrip(".")  # not `:g`: $1e-06
 
     def spent(k: dict[str, Any]) -> str:
-        return usd(k["spent_24h"]) + (f" of {cap(k['daily_cost'])}" if k["daily_cost"] is not None else "")
+        return f"{cap(k['spent_24h'])}" + (f" of {cap(k['daily_cost'])}" if k["daily_cost"] is not None else "")
 
     rows = [[k["name"], ",".join(k["routes"]) if k["routes"] is not None else "*", spent(k),
              local_time(k["created_at"])] for k in items]  # fmt: skip

@@ -139,7 +139,7 @@ class Runs:
     def __init__(self) -> None:
         self.waiting: list[datetime | None] = []
 
-    async def set_waiting(self, run_id: int, until: datetime | None) -> None:
+    async def set_waiting(self, run_id: int, until: datetime | None, announce: bool = True) -> None:
         self.waiting.append(until)
 
     async def set_route(self, run_id: int, route: list[dict[str, Any]]) -> None:
