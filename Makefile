@@ -38,6 +38,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/dispatch.py
 	$(BIN)/python bench/fire_lag.py
 	$(BIN)/python bench/gateway.py
+	$(BIN)/python bench/no_room.py
 
 # What the benchmarks compare with (ccusage for bench/ingest.py) in the git-ignored .cache/bench; never part of `test`.
 bench-tools:

@@ -8,8 +8,9 @@ hand or until the reset the backend gave; disabled (auth failure, or by hand) un
 
 from __future__ import annotations
 
+import itertools
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 from functools import partial
@@ -72,7 +73,7 @@ class Typical(NamedTuple):
 
 def no_room_for_another(
     usages: list[WindowUsage],
-    records: Callable[[int], list[Consumption]],
+    records: Callable[[int], Iterable[Consumption]],
     reported: list[WindowState],
     under_way: int,
     typical: Typical | None,
@@ -134,8 +135,8 @@ def typical_of(recent: Sequence[tuple[float, float]]) -> Typical | None:
     return Typical(statistics.median(t for t, _ in recent), statistics.median(c for _, c in recent))
 
 
-def _joined(records: Callable[[int], list[Consumption]], i: int, extra: list[Consumption]) -> list[Consumption]:
-    return [*records(i), *extra]
+def _joined(records: Callable[[int], Iterable[Consumption]], i: int, extra: list[Consumption]) -> Iterable[Consumption]:
+    return itertools.chain(records(i), extra)  # what is pending is as of now: after every record, oldest first
 
 
 def _live(reported: list[WindowState], now: datetime) -> list[WindowState]:
