@@ -84,8 +84,8 @@ def _keys_text(items: list[dict[str, Any]]) -> str:
     def cap(usd: float | None) -> str:
         return "-" if usd is None else "$" + f"{usd:.6f}".rstrip("0").rstrip(".")  # not `:g`: $1e-06
 
-    def spent(k: dict[str, Any]) -> str:
-        return f"{cap(k['spent_24h'])}" + (f" of {cap(k['daily_cost'])}" if k["daily_cost"] is not None else "")
+    def spent(k: dict[str, Any]) -> str:  # a daemon from before spent_24h (not restarted yet) has none: "-"
+        return cap(k.get("spent_24h")) + (f" of {cap(k['daily_cost'])}" if k["daily_cost"] is not None else "")
 
     rows = [[k["name"], ",".join(k["routes"]) if k["routes"] is not None else "*", spent(k),
              local_time(k["created_at"])] for k in items]  # fmt: skip

@@ -111,8 +111,9 @@ class ActiveRun:
     interrupted: asyncio.Event = field(default_factory=asyncio.Event)
     look_again: asyncio.Event = field(default_factory=asyncio.Event)  # a waiting run reads the world again now
     waiting_on: frozenset[str] = frozenset()  # while waiting: the profiles it could use (`room_freed`)
-    looked_at: float = 0.0  # the event loop's time when it began this wait (`room_freed` paces its looks)
-    look_due: bool = False  # `room_freed` has woken it, or will
+    looked_at: float = 0.0  # the event loop's time of its last look while waiting (`room_freed` paces its looks)
+    look_due: bool = False  # `room_freed` has woken it, or will (`look_timer`)
+    look_timer: asyncio.TimerHandle | None = None
     route: list[dict[str, Any]] | None = None  # its router's trail so far (stored when the run ends)
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -548,6 +549,7 @@ class Executor:
         try:
             return await self._drive(router, loop, run, slot, runlog, prompt, deadline, judge=judge)
         finally:
+            self._end_wait(slot)  # it ended while waiting (a stop, its deadline): nothing may wake it now
             with contextlib.suppress(Exception):  # the route is a record, not a reason to fail the run
                 await self.runs.set_route(run.id, [_route_json(entry) for entry in router.trail])
 
@@ -584,8 +586,8 @@ class Executor:
                 self.profiles.reserve(reserved)
             try:
                 await self._tell_skips(loop, run, skips)
-                if slot.wait_until is not None and not isinstance(decision, WaitUntil):
-                    slot.wait_until = None  # the wait ended: `running` again (or the run's end, written next)
+                if slot.waiting and not isinstance(decision, WaitUntil):
+                    self._end_wait(slot)  # `running` again (or the run's end, written next)
                     await self.runs.set_waiting(run.id, None)
             except BaseException:
                 if reserved is not None:
@@ -643,25 +645,24 @@ class Executor:
                 decision = flow.send(Observation(world))
             else:
                 assert isinstance(decision, WaitUntil)
-                # Waiting from here on: a change by hand during the write below wakes it too (`look_again`).
-                told_until = slot.wait_until if decision.again else None
+                # Waiting from here on, through the looks that find no room yet, until the next decision is not a
+                # wait (`_end_wait`, at the loop's top): a change by hand or a stop meanwhile finds it waiting.
+                told = slot.wait_until
                 slot.waiting, slot.wait_until, slot.waited = True, decision.until, True
-                slot.waiting_on = frozenset(profiles)
-                slot.looked_at, slot.look_due = asyncio.get_running_loop().time(), False
-                slot.look_again.clear()
+                slot.waiting_on = decision.waiting_on
+                slot.looked_at = asyncio.get_running_loop().time()
                 self._waiting.add(slot)
-                try:
-                    if told_until != decision.until:  # the run.waiting event only as the wait begins
-                        await self.runs.set_waiting(run.id, decision.until, announce=not decision.again)
-                    await self._sleep_until(min(decision.until, deadline) if deadline else decision.until, slot,
-                                            slot.look_again)  # fmt: skip
-                finally:
-                    slot.waiting = False
-                    self._waiting.discard(slot)
+                if told != decision.until:  # its run.waiting event only as the wait begins or really changes
+                    await self.runs.set_waiting(run.id, decision.until, announce=not decision.again)
+                await self._sleep_until(min(decision.until, deadline) if deadline else decision.until, slot,
+                                        slot.look_again)  # fmt: skip
+                slot.look_again.clear()  # this look answers it; one set from here on is for the next
+                slot.look_due = False
+                if slot.look_timer is not None:
+                    slot.look_timer.cancel()
+                    slot.look_timer = None
                 if slot.interrupt_reason:
-                    slot.wait_until = None
                     return "interrupted", end.exit_code, slot.interrupt_reason
-                # Still `waiting` in the store until the next decision is not (`wait_ended` at the loop's top).
                 world, profiles = await self.profiles.world(steps)
                 decision = flow.send(Observation(world))
 
@@ -865,6 +866,14 @@ class Executor:
                 for waiter in waiters:
                     waiter.cancel()
 
+    def _end_wait(self, slot: ActiveRun) -> None:
+        """The run waits no more (it goes on, or ends however it ends)."""
+        slot.waiting, slot.wait_until, slot.waiting_on = False, None, frozenset()
+        self._waiting.discard(slot)
+        if slot.look_timer is not None:
+            slot.look_timer.cancel()
+            slot.look_timer = None
+
     def room_freed(self, profile: str) -> None:
         """An attempt under way on `profile` ended: runs waiting for room it may have held read the world again now,
         not at the recheck they were told (`PENDING_RECHECK`, while attempts may take far less). At most one look a
@@ -873,7 +882,7 @@ class Executor:
         for slot in self._waiting:  # not every run in flight: this is on every gateway call's path
             if profile in slot.waiting_on and not slot.look_due:
                 slot.look_due = True
-                loop.call_at(slot.looked_at + ROOM_LOOK_INTERVAL, slot.look_again.set)
+                slot.look_timer = loop.call_at(slot.looked_at + ROOM_LOOK_INTERVAL, slot.look_again.set)
 
     def look_again(self) -> None:
         """A profile was changed by hand (its limits, enabled again, its circuit closed): runs waiting for a reset

@@ -388,7 +388,7 @@ class ProfileService:
             # The gateway (`direct`) calls the API itself: a missing CLI does not matter there, a missing key does.
             why = (None if direct else adapter.unavailable(profile)) or adapter.auth_problem(profile)
             over = self.over_daily_cost(profile)
-            no_room, room_at = None, None
+            no_room, room_at, busy = None, None, False
             if full := self.heartbeat.no_room(profile):
                 no_room, room_at, busy = full
                 if busy:
@@ -397,7 +397,7 @@ class ProfileService:
                     room_at = min(room_at, now + PENDING_RECHECK)
             probe_taken = profile.name in self.heartbeat.probing
             views[profile.name] = replace(views[profile.name], unavailable=why, over_daily_cost=over, no_room=no_room,
-                                          room_at=room_at, probe_taken=probe_taken)  # fmt: skip
+                                          room_at=room_at, room_pending=busy, probe_taken=probe_taken)  # fmt: skip
         return World(now, views), {p.name: p for p in profiles}
 
     def over_daily_cost(self, profile: Profile) -> str | None:

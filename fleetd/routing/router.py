@@ -37,6 +37,7 @@ TIER_ORDER = {"local": 0, "subscription": 1, "metered": 2}
 # How a candidate passed over for its daily cost is named: spent, or the next attempt would pass it.
 OVER_COST = "over its daily cost: "
 NO_COST_ROOM = "no room in its daily cost: "
+NO_ROOM = "no room for another attempt: "  # one of its limits, beside the attempts under way
 USABLE_STATES = ("available", "near_limit")
 
 
@@ -60,6 +61,9 @@ class ProfileView:
     # Why one of its limits has no room for one more attempt (beside those under way); room again at `room_at`.
     no_room: str | None = None
     room_at: datetime | None = None
+    # Its room is taken by attempts under way (they may end using less): `room_at` is only a bound, and an attempt's
+    # end is the moment to look again (`Executor.room_freed`).
+    room_pending: bool = False
 
 
 @dataclass(frozen=True)
@@ -128,8 +132,13 @@ class Backoff:
 @dataclass(frozen=True)
 class WaitUntil:
     until: datetime  # nothing allowed has headroom: the run waits for the earliest reset
-    # The same wait as the last decision's, looked at again (woken early, nothing tried since): not told again.
+    # The same wait as the last decision's, looked at again (nothing tried since, the same reset, or still only room
+    # that attempts under way take): not told again.
     again: bool = False
+    # The profiles whose room attempts under way take: the wait ends early when one of theirs ends. `until` is then a
+    # bound if no other reset comes first (`pending`).
+    waiting_on: frozenset[str] = frozenset()
+    pending: bool = False
 
 
 @dataclass(frozen=True)
@@ -153,6 +162,7 @@ class Passed:
     profile: str
     why: str
     until: datetime | None = None  # only for reasons that end by themselves (a rate limit's reset)
+    pending: bool = False  # no room beside attempts under way: `until` is a bound, their end the moment to look
 
 
 def expand(
@@ -176,7 +186,8 @@ def expand(
             continue
         why, until = _why_not(view, world.now, explicit=step.explicit, tiers=tiers)
         if why is not None:
-            passed.append(Passed(step_index, name, why, until))
+            pending = view.room_pending and why.startswith(NO_ROOM)
+            passed.append(Passed(step_index, name, why, until, pending))
             continue
         active_first = view.active and not step.explicit
         key = (not active_first, TIER_ORDER.get(view.tier, 9), view.state != "available", -view.headroom, position)
@@ -204,7 +215,7 @@ def _why_not(
     if view.over_daily_cost:
         return view.over_daily_cost, None
     if view.no_room:
-        return f"no room for another attempt: {view.no_room}", view.room_at
+        return f"{NO_ROOM}{view.no_room}", view.room_at
     if view.circuit == "open" and (view.circuit_until is None or view.circuit_until > now):
         when = f" until {local_text(view.circuit_until)}" if view.circuit_until else ""
         return f"circuit open{when}", None
@@ -261,7 +272,7 @@ class Router:
         repairs: dict[tuple[int, str], int] = {}
         findings: str | None = None  # the acceptance gate's last findings, carried to every later attempt
         told: set[tuple[int, str, str]] = set()  # passed-over notes already in the trail
-        waiting = False  # the last decision was a wait (a wake that finds no room yet continues it)
+        waited: WaitUntil | None = None  # the last decision, if it was a wait (a look that finds no room continues it)
         last: AttemptResult | None = None
         while True:
             now = world.now
@@ -275,15 +286,22 @@ class Router:
                 self.note(now, "stop", reason)
                 yield Finish("failed", reason, last.error_class if last else None)
                 return
-            chosen, resets, passed_all = self._choose(world, out, resting, rejected_steps, again, told)
+            chosen, resets, passed_all = self._choose(world, out, resting, rejected_steps, again, told, waited)
             again = None
             if chosen is None:
                 if resets:
-                    until = min(resets)
-                    if not waiting:
-                        self.note(now, "wait", f"nothing allowed has headroom: waiting until {local_text(until)}")
-                    world = (yield WaitUntil(until, again=waiting)).world
-                    waiting = True
+                    until, pending = min(resets)
+                    waiting_on = frozenset(p.profile for p in passed_all if p.pending)
+                    same = waited is not None and (until == waited.until or (pending and waited.pending))
+                    if not same:
+                        self.note(
+                            now,
+                            "wait",
+                            f"nothing allowed has headroom: waiting until {local_text(until)}"
+                            + (" at the latest, or until an attempt under way ends" if pending else ""),
+                        )
+                    waited = WaitUntil(until, same, waiting_on, pending)
+                    world = (yield waited).world
                     continue
                 if last is not None and last.error_class == "capability":
                     reason = f"rejected: {last.message}" if last.message else "rejected"
@@ -294,7 +312,7 @@ class Router:
                 over_cost = bool(passed_all) and all(p.why.startswith(costs) for p in passed_all) and not out
                 yield Finish("failed", reason, last.error_class if last else None, over_cost)
                 return
-            waiting = False
+            waited = None
             number += 1
             attempt = next(self.numbers) if self.numbers is not None else number
             cost_left = None if policy.max_cost is None else max(0.0, policy.max_cost - self.spent_cost)
@@ -367,29 +385,35 @@ class Router:
         rejected_steps: set[int],
         again: tuple[int, str] | None,
         told: set[tuple[int, str, str]],
-    ) -> tuple[Candidate | None, list[datetime], list[Passed]]:
+        waited: WaitUntil | None,
+    ) -> tuple[Candidate | None, list[tuple[datetime, bool]], list[Passed]]:
         """The first usable candidate, scanning the chain from its first step (cheaper steps come
-        back after a reset); else the resets worth waiting for."""
-        resets: list[datetime] = []
+        back after a reset); else the resets worth waiting for (each: when, and whether only a bound on room that
+        attempts under way take). `waited`: the run is looking again while it waits."""
+        resets: list[tuple[datetime, bool]] = []
         passed_all: list[Passed] = []
         for index, step in enumerate(self.policy.chain):
             if index in rejected_steps:
                 continue
             ordered, passed = expand(index, step, world, self.policy.tiers)
             for p in passed:
-                if (p.step, p.profile, p.why) not in told:
-                    told.add((p.step, p.profile, p.why))
+                # While it waits on attempts under way, their figures change at each look: told once.
+                said = NO_ROOM if p.pending and waited is not None else p.why
+                if (p.step, p.profile, said) not in told:
+                    told.update({(p.step, p.profile, said), (p.step, p.profile, NO_ROOM if p.pending else p.why)})
                     self.note(world.now, "skip", f"{p.profile}: {p.why}", step=p.step + 1, profile=p.profile)
             passed_all.extend(passed)
             # A candidate this run is done with is no reason to wait, whenever its reset comes.
-            step_resets = [p.until for p in passed if p.until is not None and (p.step, p.profile) not in out]
+            step_resets = [
+                (p.until, p.pending) for p in passed if p.until is not None and (p.step, p.profile) not in out
+            ]
             usable = []
             for c in ordered:
                 key = (c.step, c.profile)
                 if key in out:
                     continue
                 if key in resting and resting[key] > world.now:
-                    step_resets.append(resting[key])
+                    step_resets.append((resting[key], False))
                     continue
                 usable.append(c)
             if again is not None:

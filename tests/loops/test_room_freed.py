@@ -35,18 +35,32 @@ def test_an_attempts_end_wakes_only_the_runs_that_could_use_its_profile(tmp_path
 
 
 def test_many_ends_in_a_moment_wake_a_waiting_run_once_at_its_pace(tmp_path: Path) -> None:
-    async def go() -> tuple[bool, int, float]:
+    async def go() -> tuple[bool, bool, float]:
         ex = _executor(tmp_path)
         loop = asyncio.get_running_loop()
         began = loop.time()
         slot = _waiting(ex, {"p"}, began)  # it has just looked
-        for _ in range(100):
+        ex.room_freed("p")
+        timer = slot.look_timer
+        for _ in range(99):
             ex.room_freed("p")
         early = slot.look_again.is_set()
-        handles = len(loop._scheduled)  # type: ignore[attr-defined]
         await asyncio.wait_for(slot.look_again.wait(), 5)
-        return early, handles, loop.time() - began
+        return early, slot.look_timer is timer, loop.time() - began
 
-    early, timers, waited = asyncio.run(go())
-    assert not early and timers == 1  # one look, not a hundred
+    early, one_timer, waited = asyncio.run(go())
+    assert not early and one_timer  # one look, at its pace, not a hundred
     assert waited >= ROOM_LOOK_INTERVAL * 0.99
+
+
+def test_a_wait_that_ends_takes_its_pending_look_with_it(tmp_path: Path) -> None:
+    # A look timer left behind woke the run's next wait early.
+    async def go() -> bool:
+        ex = _executor(tmp_path)
+        slot = _waiting(ex, {"p"}, asyncio.get_running_loop().time())
+        ex.room_freed("p")
+        ex._end_wait(slot)
+        await asyncio.sleep(ROOM_LOOK_INTERVAL * 1.5)  # past when the look was due: nothing may set it now
+        return slot.look_again.is_set() or slot in ex._waiting
+
+    assert asyncio.run(go()) is False

@@ -319,3 +319,43 @@ def test_a_candidate_the_run_is_done_with_is_no_reason_to_wait() -> None:
     finish = Drive(Policy((ChainStep("claude_code", ("cc-a",)),)), {"cc-a": [fail("auth")]},
                    on_result=auth_then_exhausted).run()  # fmt: skip
     assert finish.status == "failed"
+
+
+def test_a_route_refused_only_for_daily_costs_finishes_as_over_cost() -> None:
+    # Spent, or the next attempt would pass it: both are the daily cost's refusal (the gateway's 429 with
+    # retry-after 3600), not an upstream's failure.
+    chain = (ChainStep("claude_code", ("cc-a", "cc-b")),)
+    profiles = dict(PROFILES)
+    profiles["cc-a"] = replace(profiles["cc-a"], over_daily_cost="over its daily cost: $10.00 of $10.00")
+    profiles["cc-b"] = replace(profiles["cc-b"], over_daily_cost="no room in its daily cost: $9.80 of $10.00 spent in "
+                               "the last 24 h, and one costs about $0.33")  # fmt: skip
+    assert Drive(Policy(chain), {}, profiles).run().over_cost
+    profiles["cc-a"] = replace(profiles["cc-a"], over_daily_cost=None, state="disabled")
+    assert not Drive(Policy(chain), {}, profiles).run().over_cost  # one is out for another reason
+
+
+def test_a_wait_on_attempts_under_way_is_told_once_however_often_it_looks() -> None:
+    # Each attempt's end wakes the run; a look that still finds no room continues the same wait: it was a new
+    # `wait` and a new skip with the figures of the moment each time (the gateway ends calls many times a second).
+    chain = (ChainStep("claude_code", ("cc-a",)),)
+    router = Router(Policy(chain, on_exhausted="wait"), random.Random(7))
+
+    def busy(now: datetime, used: int) -> World:
+        view = replace(PROFILES["cc-a"], no_room=f"1d=10req: {used} used, 1 attempt(s) under way",
+                       room_at=now + timedelta(minutes=5), room_pending=True)  # fmt: skip
+        return World(now, {"cc-a": view})
+
+    flow = router.route(busy(T0, 8))
+    first = next(flow)
+    assert isinstance(first, WaitUntil) and first.pending and not first.again and first.waiting_on == {"cc-a"}
+    looks = [flow.send(Observation(busy(T0 + timedelta(seconds=s), 8 + s % 2))) for s in (1, 2, 3)]
+    assert all(isinstance(w, WaitUntil) and w.again for w in looks), looks
+    assert [e["kind"] for e in router.trail] == ["skip", "wait"], router.trail
+    assert router.trail[-1]["detail"].endswith("at the latest, or until an attempt under way ends")
+    # Its room now waits on what is recorded (hours): a different wait, told.
+    full = replace(PROFILES["cc-a"], no_room="1d=10req: 10 used", room_at=T0 + timedelta(hours=20))
+    changed = flow.send(Observation(World(T0 + timedelta(seconds=4), {"cc-a": full})))
+    assert isinstance(changed, WaitUntil) and not changed.again and not changed.pending and not changed.waiting_on
+    assert [e["kind"] for e in router.trail] == ["skip", "wait", "skip", "wait"]
+    # Room again: it tries.
+    assert isinstance(flow.send(Observation(World(T0 + timedelta(hours=20), dict(PROFILES)))), Try)

@@ -19,6 +19,7 @@ import pytest
 
 from fleetd.loops.executor import MAX_WAIT_SLEEP, ActiveRun, Executor
 from fleetd.loops.runlog import RunLog
+from fleetd.profiles.service import PENDING_RECHECK
 from fleetd.records.loop import ChainStep, Loop, Schedule
 from fleetd.records.profile import Profile
 from fleetd.routing.router import ProfileView, World
@@ -138,9 +139,11 @@ class Waits:
 class Runs:
     def __init__(self) -> None:
         self.waiting: list[datetime | None] = []
+        self.announced: list[bool] = []
 
     async def set_waiting(self, run_id: int, until: datetime | None, announce: bool = True) -> None:
         self.waiting.append(until)
+        self.announced.append(announce and until is not None)
 
     async def set_route(self, run_id: int, route: list[dict[str, Any]]) -> None:
         pass
@@ -165,3 +168,56 @@ def test_a_waiting_run_plans_again_only_after_the_reset(tmp_path: Path) -> None:
     assert clock.elapsed() == pytest.approx(WAIT.total_seconds())
     assert profiles.plans <= 2 + WAIT.total_seconds() / MAX_WAIT_SLEEP
     assert clock.reads <= 2 * WAKE_BUDGET
+
+
+class BusyThenGone:
+    """One profile whose room attempts under way take for three looks (one of theirs ends 10 s after each), then
+    disabled (the run ends without a child)."""
+
+    clock: Clock
+    executor: Executor
+
+    def __init__(self) -> None:
+        self.plans = 0
+
+    async def world(self, steps: list[ChainStep]) -> tuple[World, dict[str, Profile]]:
+        self.plans += 1
+        if self.plans > RUNAWAY:
+            raise AssertionError(f"busy wait: planned {self.plans} times by {self.clock.elapsed()} s")
+        now = self.clock()
+        if self.plans <= 3:
+            view = ProfileView("a", "claude_code", "subscription", no_room=f"1d=9req: {self.plans} used, 1 attempt(s) "
+                               "under way", room_at=now + PENDING_RECHECK, room_pending=True)  # fmt: skip
+            asyncio.get_running_loop().call_later(10, self.executor.room_freed, "a")
+        else:
+            view = ProfileView("a", "claude_code", "subscription", "disabled", reason="gone")
+        return World(now, {"a": view}), {"a": Profile("a", "claude_code", "subscription", str(self.clock))}
+
+    async def candidate_skipped(self, loop: Loop, run_id: int, profile: str, why: str) -> None:
+        pass
+
+
+def test_a_run_waiting_on_attempts_under_way_looks_again_as_they_end_and_tells_its_wait_once(tmp_path: Path) -> None:
+    # It looked again only at the bound it was told (a minute then); each look that still found no room was told as
+    # a new wait: a `run.waiting` event each time (hooks get them), and the store's status flipped back and forth.
+    loop = Loop("waits", Schedule("every", "1h", "UTC"), "claude_code", prompt="hi", on_exhausted="wait")
+    runs, profiles = Runs(), BusyThenGone()
+
+    async def go(clock: Clock) -> tuple[str | None, set[ActiveRun]]:
+        profiles.clock = clock
+        ex = profiles.executor = executor(clock, tmp_path, runs, profiles)
+        run = type("R", (), {"id": 7})()
+        runlog = RunLog(tmp_path / "7.log", 1 << 20)
+        try:
+            _, _, error = await ex._attempts(loop, run, ActiveRun(), runlog)  # type: ignore[arg-type]
+            return error, ex._waiting
+        finally:
+            runlog.close()
+
+    (error, waiting), clock = run_virtual(go)
+    assert error is not None and error.startswith("no usable candidate (a: disabled")
+    assert clock.elapsed() == pytest.approx(3 * 10)  # each look as an attempt ended, not at the 5 min bound
+    # Waiting once (its bound moved at each look, told without an event), then running again: never back and forth.
+    assert runs.waiting[-1] is None and None not in runs.waiting[:-1] and len(runs.waiting) == 4, runs.waiting
+    assert runs.announced == [True, False, False, False]
+    assert not waiting  # nothing left to wake
