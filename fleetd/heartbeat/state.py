@@ -176,6 +176,10 @@ def after_attempt(
     if error_class == "auth":
         return ProfileStatus("disabled", None, f"auth failure: {message}"[:200])
     if outcome == "succeeded":
+        if prev.state == "exhausted" and prev.counted:
+            # Exhausted by fleetd's own count, not the provider's word: a call let through anyway (routed a moment
+            # before) proves nothing against it. Each beat judges it again (a raised limit frees it).
+            return prev
         state = prev.state if prev.state == "near_limit" else "available"
         return replace(
             prev,

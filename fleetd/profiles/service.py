@@ -40,6 +40,7 @@ from fleetd.store.attempts import AttemptStore
 from fleetd.store.gateway import GatewayStore
 from fleetd.store.loops import LoopStore
 from fleetd.store.profiles import ProfileStore
+from fleetd.timefmt import local_text
 
 log = logging.getLogger("fleetd.profiles")
 # How soon a run waiting on room that attempts under way take looks again by itself: each attempt's end wakes it
@@ -434,6 +435,13 @@ class ProfileService:
         """`world`'s judgement of the profile's limits and daily cost with what is under way now, again, for a
         caller that awaited since it read the world (the gateway): why there is no room for its attempt, and
         when there is again (None: not by itself)."""
+        now = self.clock()
+        status = self.heartbeat.status(profile.name)
+        if status.state == "exhausted" and (status.exhausted_until is None or status.exhausted_until > now):
+            # Exhausted since the world was read (by its own count as a call ended): a call let through then was
+            # counted a success that took the exhaustion back, and the next went through too.
+            until = status.exhausted_until or now + timedelta(minutes=1)
+            return f"exhausted until {local_text(until)}", until
         cost = self._daily_cost_taken(profile, unknown_takes_rest=True)
         if cost is not None:
             why, busy = cost

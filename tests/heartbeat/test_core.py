@@ -216,6 +216,10 @@ def test_a_limit_raised_or_cleared_frees_a_profile_its_own_count_exhausted_but_n
     # What the provider said (a 429's reset) is not fleetd's to take back: it stays until then.
     told = after_attempt(ProfileStatus(), "failed", "rate_limited", T0 + 5 * H, "429", now)
     assert evaluate(told, [raised], [None], [], now, NEAR) == told
+    # A call that got through anyway (routed by a world read a moment before) proves nothing against fleetd's own
+    # count: it flipped the profile to available, and the next calls went through (a trial's 1d=3req took 11).
+    assert after_attempt(counted, "succeeded", None, None, "", now) == counted
+    assert after_attempt(told, "succeeded", None, None, "", now).state == "available"  # the provider's word: taken back
 
 
 def test_reported_windows_win_over_the_estimate() -> None:

@@ -110,3 +110,30 @@ def test_a_daily_cost_the_next_attempt_would_pass_is_not_said_to_be_passed_alrea
         "no room in its daily cost: $0.70 of $1.00 spent in the last 24 h, and one costs about $0.33"
     )
     assert _daily_cost_reason(tmp_path / "c", 1.00) == "over its daily cost: $1.00 of $1.00 in the last 24 h"
+
+
+def test_the_gateways_second_look_refuses_a_profile_exhausted_since_its_world_was_read(tmp_path: Path) -> None:
+    # The gateway routes by a world up to a quarter of a second old, then asks again just before it calls
+    # (`room_taken`): that said "room" for a profile exhausted meanwhile, as it judged only usable ones.
+    async def go() -> tuple[str, datetime | None] | None:
+        db = await Database.open(tmp_path / "f.db")
+        try:
+            store = ProfileStore(db)
+            profile = Profile("one", "openai_compat", "metered", str(tmp_path / "one"), limits=[parse_limit("1d=1req")],
+                              created_at=T0, updated_at=T0)  # fmt: skip
+            await store.insert(profile)
+            heartbeat = Heartbeat(store, UsageStore(db), EventLog(db), clock=lambda: T0, interval=3600, near_limit=0.9)
+            await heartbeat.start()
+            service = ProfileService(store, LoopStore(db), None, heartbeat, profiles_dir=tmp_path / "p",  # type: ignore[arg-type]
+                                     clock=lambda: T0)  # fmt: skip
+            await heartbeat.attempt_finished(profile, ParsedOutput("succeeded", usage=TokenUsage(10)), T0, None)
+            assert heartbeat.status("one").state == "exhausted"  # by its own count: 1 of 1
+            taken = service.room_taken(profile)
+            await heartbeat.stop()
+            return taken
+        finally:
+            await db.close()
+
+    taken = asyncio.run(go())
+    assert taken is not None and taken[1] == T0 + timedelta(days=1), taken
+    assert "exhausted" in taken[0]
