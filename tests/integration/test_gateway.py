@@ -12,6 +12,7 @@ import shutil
 import socket
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -552,6 +553,29 @@ def test_back_to_back_calls_stay_within_a_profiles_request_and_token_limits(gw: 
     assert [_outcome(gw, gw.key, "bbtok") for _ in range(3)] == ["ok", "ok", "429"]  # a third would pass it
     used = lambda: [w["used"] for row in gw.d.json("usage") if row["profile"] == "bbtok" for w in row["windows"]]  # noqa: E731
     wait_until(lambda: used() == [tokens * 2], what="both calls in the window")
+
+
+def test_clients_calling_in_a_tight_loop_get_exactly_a_profiles_request_limit(gw: Gateway) -> None:
+    # Two clients calling as fast as they could took a `1d=3req` profile to 11: a call routed by a world read a moment
+    # before the profile was exhausted went through, and its success took the exhaustion back.
+    gw.d.cli("profile", "add", "tight", "--backend", "openai_compat", "--base-url", gw.p1.base_url + "/v1",
+             "--model", "m", "--limit", "1d=3req", "--api-key-stdin", input=KEYS["1"] + "\n")  # fmt: skip
+    gw.d.cli("route", "add", "tight", "--chain", "tight")
+    end = time.monotonic() + 3
+
+    def client(_: int) -> list[int]:
+        statuses = []
+        with httpx.Client(base_url=gw.url, headers={"authorization": f"Bearer {gw.key}"}, timeout=30) as http:
+            while time.monotonic() < end:
+                body = {"model": "tight", "messages": [{"role": "user", "content": "hi"}]}
+                statuses.append(http.post("/v1/chat/completions", json=body).status_code)
+        return statuses
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        statuses = [code for codes in pool.map(client, range(2)) for code in codes]
+    assert statuses.count(200) == 3 and set(statuses) == {200, 429}, (statuses.count(200), len(statuses))
+    requests = lambda: [w["used"] for row in gw.d.json("usage") if row["profile"] == "tight" for w in row["windows"]]  # noqa: E731
+    wait_until(lambda: requests() == [3], what="three requests in the window")
 
 
 def test_doctor_names_a_route_whose_every_profile_is_out_of_rotation(gw: Gateway) -> None:
