@@ -44,6 +44,8 @@ def _usage_table(rows: list[dict[str, Any]], wide: bool = False) -> str:
             state += ", circuit open"
         if r.get("daily_cost") and r["daily_cost"]["over"]:
             state += ", over daily cost"
+        elif r.get("daily_cost") and r["daily_cost"].get("no_room"):
+            state += ", no room in daily cost"
         resets = format_duration(r["resets_in_s"]) if r["resets_in_s"] is not None else "-"
         marker = ("*" if r["active"] else "") + (" pinned" if r["pinned"] else "")
         line = [r["profile"], r["backend"], r["tier"], state, _windows(r, wide), resets, marker.strip()]
@@ -138,6 +140,13 @@ def _show_text(r: dict[str, Any]) -> str:
             resets = f", resets {local_time(w['resets_at'])}" if w["resets_at"] else ""
             fields.append((label, f"{w['used_percent']:g}% (the backend's own figure){resets}"))
     if cost := r.get("daily_cost"):
-        over = ": over it, passed over until spend leaves the 24 h window" if cost["over"] else ""
+        over = (
+            ": over it, passed over until spend leaves the 24 h window"
+            if cost["over"]
+            else ": no room for another attempt of what its recent ones cost, passed over until spend leaves the 24 h "
+            "window"
+            if cost.get("no_room")
+            else ""
+        )
         fields.append(("daily cost", f"{_amount(cost['spent'], 'usd')} of {_amount(cost['cap'], 'usd')} in 24 h{over}"))
     return fields_text(fields)

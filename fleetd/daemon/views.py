@@ -257,6 +257,7 @@ def usage_json(row: dict[str, Any]) -> dict[str, Any]:
             "spent": row["daily_cost_spent"],
             "cap": profile.daily_cost,
             "over": row["daily_cost_over"],
+            "no_room": row["daily_cost_no_room"],
         },
     }
 

@@ -276,13 +276,31 @@ def test_a_profile_over_its_daily_cost_through_the_gateway_is_passed_over(gw: Ga
     # upstream had failed).
     # `usage` says so (it showed the profile `available`, and nothing of its spend).
     [row] = [u for u in gw.d.json("usage") if u["profile"] == "dc1"]
-    assert row["daily_cost"] == {"spent": pytest.approx(CHAT_COST), "cap": CHAT_COST / 2, "over": True}
+    assert row["daily_cost"] == {"spent": pytest.approx(CHAT_COST), "cap": CHAT_COST / 2, "over": True, "no_room": True}
     listed = next(line for line in gw.d.cli("usage").stdout.splitlines() if line.startswith("dc1 "))
     assert "over daily cost" in listed and "24h $0.00/$0.00" not in listed
     gw.d.cli("route", "add", "dconly", "--chain", "dc1")
     with pytest.raises(openai.RateLimitError, match="over its daily cost") as refused:
         gw.sdk().chat.completions.create(**{**ask, "model": "dconly"})  # type: ignore[call-overload]
     assert refused.value.response.headers["retry-after"] == "3600"
+
+
+def test_usage_tells_a_profile_with_no_room_in_its_daily_cost_from_one_over_it(gw: Gateway) -> None:
+    # At $0.0276 of $0.03, each call about $0.0025, `usage` said "over daily cost" (`over: true`), where the routes
+    # said "no room in its daily cost".
+    gw.d.cli("profile", "add", "nr1", "--backend", "openai_compat", "--base-url", gw.p1.base_url + "/v1",
+             "--model", "m", "--price-input", str(PRICE_IN), "--price-output", str(PRICE_OUT),
+             "--daily-cost", str(CHAT_COST * 1.5), "--api-key-stdin", input=KEYS["1"] + "\n")  # fmt: skip
+    gw.d.cli("route", "add", "nr", "--chain", "nr1")
+    gw.sdk().chat.completions.create(model="nr", messages=[{"role": "user", "content": "hi"}])
+    gw.call_of("nr")
+    [row] = [u for u in gw.d.json("usage") if u["profile"] == "nr1"]
+    assert row["daily_cost"] == {"spent": pytest.approx(CHAT_COST), "cap": CHAT_COST * 1.5, "over": False,
+                                 "no_room": True}  # fmt: skip
+    listed = next(line for line in gw.d.cli("usage").stdout.splitlines() if line.startswith("nr1 "))
+    assert "no room in daily cost" in listed and "over" not in listed, listed
+    shown = gw.d.cli("usage", "show", "nr1").stdout
+    assert "no room for another attempt" in shown and "over it" not in shown, shown
 
 
 def test_messages_pass_through_with_the_protocol_headers_streamed_and_not(gw: Gateway) -> None:
