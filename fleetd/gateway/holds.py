@@ -18,6 +18,9 @@ class Holds:
     # Each key's latest finished call's cost on each route: a key's calls on a cheap route made a call on a dear one
     # look cheap, and it passed the cap.
     _last_cost: dict[tuple[str, str], float] = field(default_factory=dict)
+    # Each route's latest finished call's cost, whoever's key: what a key's first call there is expected to cost (it
+    # was held at all that was left of the cap, and passed it).
+    _route_cost: dict[str, float] = field(default_factory=dict)
     _next: int = 0
 
     def held(self, key: str) -> float:
@@ -27,13 +30,18 @@ class Holds:
         return sum(amount for k, _, amount, _ in self._held.values() if k == key)
 
     def expected(self, key: str, route: str) -> float | None:
-        """What the key's next call on `route` is expected to cost: its latest one's; None before one has finished
-        (or before `remember` told it, after a restart)."""
-        return self._last_cost.get((key, route))
+        """What the key's next call on `route` is expected to cost: its latest one's, else the route's latest call's
+        (another key's); None before one has finished there (or before `remember` told it, after a restart)."""
+        own = self._last_cost.get((key, route))
+        return own if own is not None else self._route_cost.get(route)
 
-    def remember(self, key: str, route: str, cost: float) -> None:
-        """A cost read from the call log (what the key's latest call on `route` cost before a restart)."""
-        self._last_cost.setdefault((key, route), cost)
+    def remember(self, key: str | None, route: str, cost: float) -> None:
+        """A cost read from the call log (what the key's latest call on `route` cost before a restart; key None: the
+        route's latest call's, whoever's)."""
+        if key is None:
+            self._route_cost.setdefault(route, cost)
+        else:
+            self._last_cost.setdefault((key, route), cost)
 
     def hold(self, key: str, route: str, amount: float, ttl: float) -> int:
         self._next += 1
@@ -45,3 +53,4 @@ class Holds:
         held = self._held.pop(token, None) if token is not None else None
         if held is not None and cost:
             self._last_cost[(held[0], held[1])] = cost
+            self._route_cost[held[1]] = cost

@@ -255,10 +255,11 @@ class GatewayService:
             # After a restart: what its latest call on this route cost, from the call log (one at $0.98 of $1 was let
             # in after a kill -9, the key's last cost forgotten).
             self._looked_up.add((key.name, route.name))
-            last = await self.store.last_call_cost(key.name, route.name)
-            if last:
+            if last := await self.store.last_call_cost(key.name, route.name):
                 holds.remember(key.name, route.name, last)
-                expected = last
+            elif last := await self.store.last_call_cost(None, route.name):  # the key's first call there
+                holds.remember(None, route.name, last)
+            expected = holds.expected(key.name, route.name)
         if expected is not None:
             expected = min(expected, key.daily_cost)  # one over the cap alone: let in when nothing else is spent
         # The calls under way may spend the rest, or this one would pass the cap (a call at $0.82 of a $1 cap was let

@@ -151,13 +151,18 @@ class GatewayStore:
         )
         return [_call(r) for r in rows]
 
-    async def last_call_cost(self, key: str, route: str) -> float | None:
-        """What key `key`'s latest call on `route` that cost anything cost, or None."""
-        row = await self.db.fetchone(
-            "SELECT cost_usd FROM gateway_calls WHERE key_name = ? AND route = ? AND cost_usd > 0 "
-            "ORDER BY at DESC LIMIT 1",
-            (key, route),
-        )
+    async def last_call_cost(self, key: str | None, route: str) -> float | None:
+        """What key `key`'s latest call on `route` that cost anything cost (key None: any key's), or None."""
+        if key is None:
+            row = await self.db.fetchone(
+                "SELECT cost_usd FROM gateway_calls WHERE route = ? AND cost_usd > 0 ORDER BY at DESC LIMIT 1", (route,)
+            )
+        else:
+            row = await self.db.fetchone(
+                "SELECT cost_usd FROM gateway_calls WHERE key_name = ? AND route = ? AND cost_usd > 0 "
+                "ORDER BY at DESC LIMIT 1",
+                (key, route),
+            )
         return float(row[0]) if row else None
 
     async def key_cost_since(self, key: str, since: datetime) -> float:

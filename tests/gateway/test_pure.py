@@ -200,6 +200,11 @@ def test_a_hold_is_released_once_and_a_forgotten_one_expires() -> None:
     assert holds.held("k") == 0.25 and holds.expected("k", "r") == 0.4 and holds.expected("k", "cheap") is None
     holds.remember("k", "r", 9.0)  # the call log's figure, after a restart, never over a newer one
     assert holds.expected("k", "r") == 0.4
+    # Another key's first call on a route: what the route's latest call cost, whoever's (it was held at all that was
+    # left of its cap, and passed it).
+    assert holds.expected("new", "r") == 0.4 and holds.expected("new", "elsewhere") is None
+    holds.remember(None, "elsewhere", 0.3)
+    assert holds.expected("new", "elsewhere") == 0.3
     now[0] += 61  # a call that never ended (its client left before the answer began) gives its hold up
     assert holds.held("k") == 0 and holds.held("other") == 0
     holds.release(second)  # after it expired: nothing

@@ -673,6 +673,20 @@ def test_a_keys_cap_expects_each_routes_own_cost(gw: Gateway) -> None:
     assert _outcome(gw, key, "cheapr") == "ok"  # a cheap one still fits
 
 
+def test_a_keys_first_call_on_a_route_expects_what_the_route_costs(gw: Gateway) -> None:
+    # At $0.005022 of a $0.006 cap, the key's first call on another route was let in (its cost not known for that
+    # key) though that route's calls cost $0.002511 for every other key: it spent $0.007533.
+    gw.d.cli("profile", "add", "newr", "--backend", "openai_compat", "--base-url", gw.p1.base_url + "/v1",
+             "--model", "m", "--price-input", str(PRICE_IN), "--price-output", str(PRICE_OUT),
+             "--api-key-stdin", input=KEYS["1"] + "\n")  # fmt: skip
+    for route in ("newr-a", "newr-b"):
+        gw.d.cli("route", "add", route, "--chain", "newr")
+    assert _outcome(gw, gw.key, "newr-b") == "ok"  # another key's call: what newr-b costs is known
+    key = gw.d.json("gateway", "key", "add", "newroute", "--daily-cost", str(CHAT_COST * 2.5))["key"]
+    assert [_outcome(gw, key, "newr-a") for _ in range(2)] == ["ok", "ok"]
+    assert _outcome(gw, key, "newr-b") == "429"  # 2 spent: one more would pass 2.5
+
+
 def test_a_keys_cap_remembers_what_its_calls_cost_across_a_restart(short_home: Path) -> None:
     # After a kill -9 the key's last call cost was forgotten: at $0.98 of $1 the next call was let in.
     provider = FakeProvider().start()
