@@ -524,7 +524,8 @@ def create_app(ctx: DaemonContext) -> Starlette:
         from fleetd.gateway.views import key_json
 
         gateway = _gateway()
-        return JSONResponse([key_json(k, spent=await gateway.spent(k)) for k in gateway.keys_now()])
+        # To the billionth of a dollar, as caps are judged (a sum of costs read 0.007533000000000001).
+        return JSONResponse([key_json(k, spent=round(await gateway.spent(k), 9)) for k in gateway.keys_now()])
 
     async def add_key(request: Request) -> Response:
         from fleetd.gateway.views import key_json

@@ -24,7 +24,7 @@ from fleetd.gateway.model import (
 from fleetd.gateway.protocols import GatewayError
 from fleetd.heartbeat.windows import within
 from fleetd.profiles.service import ProfileService
-from fleetd.records.fire import usd
+from fleetd.records.fire import usd, usd_apart
 from fleetd.records.gateway import ClientKey, GatewayCall, GatewaySetting, Route, is_loopback, split_listen
 from fleetd.store.gateway import GatewayStore
 
@@ -246,9 +246,9 @@ class GatewayService:
         holds = self.proxy.holds
         spent = await self.spent(key)
         held = holds.held(key.name)
-        cap = usd(key.daily_cost)
+        shown, cap = usd_apart(spent, key.daily_cost)
         if spent >= key.daily_cost:
-            message = f"gateway key {key.name} has spent {usd(spent)} of its {cap} daily cost cap in the last 24 h"
+            message = f"gateway key {key.name} has spent {shown} of its {cap} daily cost cap in the last 24 h"
             return GatewayError("rate_limited", message, retry_after=3600), None
         expected = holds.expected(key.name, route.name)
         if expected is None and (key.name, route.name) not in self._looked_up:
@@ -266,10 +266,10 @@ class GatewayService:
         # in though each cost $0.82): it waits for them, or for spend to leave the 24 h window.
         if not within(spent + held + (expected or 0.0), key.daily_cost) or spent + held >= key.daily_cost:
             if held and within(spent + (expected or 0.0), key.daily_cost):  # it would fit once they end
-                message = (f"gateway key {key.name} has spent {usd(spent)} of its {cap} daily cost cap in the last "
+                message = (f"gateway key {key.name} has spent {shown} of its {cap} daily cost cap in the last "
                            f"24 h and calls under way may spend the rest")  # fmt: skip
                 return GatewayError("rate_limited", message, retry_after=1), None
-            message = (f"gateway key {key.name} has spent {usd(spent)} of its {cap} daily cost cap in the last 24 h "
+            message = (f"gateway key {key.name} has spent {shown} of its {cap} daily cost cap in the last 24 h "
                        f"and a call costs about {usd(expected or 0.0)}")  # fmt: skip
             return GatewayError("rate_limited", message, retry_after=3600), None
         amount = expected if expected is not None else key.daily_cost - spent - held

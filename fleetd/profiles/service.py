@@ -31,7 +31,7 @@ from fleetd.profiles.model import (
     validate_secret,
 )
 from fleetd.profiles.secrets import SecretStore
-from fleetd.records.fire import usd
+from fleetd.records.fire import usd, usd_apart
 from fleetd.records.loop import ChainStep, Loop
 from fleetd.records.profile import Profile
 from fleetd.records.result import ParsedOutput
@@ -421,14 +421,15 @@ class ProfileService:
         typical = self.heartbeat.typical(profile.name)
         if not cost_cap_taken(spent, cap, under_way, typical, unknown_takes_rest):
             return None
+        shown, cap_shown = usd_apart(spent, cap)
         if reaches(spent, cap):
-            return f"{OVER_COST}{usd(spent)} of {usd(cap)} in the last 24 h", False
+            return f"{OVER_COST}{shown} of {cap_shown} in the last 24 h", False
         if typical is None:  # one at a time, as a key's calls (eight parallel calls spent $2.61 of a $1 cap)
-            return (f"no room for another attempt: {usd(spent)} of its {usd(cap)} daily cost spent, {under_way} "
+            return (f"no room for another attempt: {shown} of its {cap_shown} daily cost spent, {under_way} "
                     f"attempt(s) under way, what one costs not known yet"), True  # fmt: skip
         ways = f", {under_way} attempt(s) under way" if under_way else ""
         return (
-            f"{NO_COST_ROOM}{usd(spent)} of {usd(cap)} spent in the last 24 h{ways}, and one costs about "
+            f"{NO_COST_ROOM}{shown} of {cap_shown} spent in the last 24 h{ways}, and one costs about "
             f"{usd(typical.cost_usd)}",
             False,
         )

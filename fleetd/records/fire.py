@@ -62,8 +62,22 @@ def usd(amount: float) -> str:
     return f"${amount:.{digits}f}".rstrip("0")
 
 
+def usd_apart(spent: float, cap: float) -> tuple[str, str]:
+    """`usd` of a spend and its cap, the spend with the digits that tell it from the cap when rounding would not:
+    "$0.03 of $0.03" was written at $0.0276 spent ("$0.028 of $0.03")."""
+    shown, cap_shown = usd(spent), usd(cap)
+    if shown != cap_shown or abs(spent - cap) <= abs(cap) * 1e-9:
+        return shown, cap_shown
+    for digits in range(3, 10):
+        closer = f"{spent:,.{digits}f}".rstrip("0")
+        if closer != f"{cap:,.{digits}f}".rstrip("0"):
+            return f"${closer}", cap_shown
+    return shown, cap_shown
+
+
 def daily_cost_text(spent: float, daily_cost: float) -> str | None:
     """`budget: …` when the loop has spent its --daily-cost (the one place that decides it), else None."""
     if spent < daily_cost:
         return None
-    return f"budget: the loop spent {usd(spent)} of its {usd(daily_cost)} daily cost in the last 24 h"
+    shown, cap = usd_apart(spent, daily_cost)
+    return f"budget: the loop spent {shown} of its {cap} daily cost in the last 24 h"
