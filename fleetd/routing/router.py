@@ -442,6 +442,10 @@ def _describe(result: AttemptResult | None) -> str:
 
 
 def _nothing_left(passed: list[Passed], out: dict[tuple[int, str], str], last: AttemptResult | None) -> str:
-    reasons = [f"{p.profile}: {p.why}" for p in passed] + [f"{name}: {why}" for (_, name), why in out.items()]
+    # Each candidate once: as the last world saw it, else why the run was done with it.
+    seen = {p.profile for p in passed}
+    reasons = [f"{p.profile}: {p.why}" for p in passed] + [
+        f"{name}: {why}" for (_, name), why in out.items() if name not in seen
+    ]
     text = "no usable candidate" + (f" ({'; '.join(dict.fromkeys(reasons))})" if reasons else " in the chain")
     return f"{text}; last: {_describe(last)}" if last else text

@@ -16,6 +16,7 @@ from fleetd.routing.router import (
     Backoff,
     Finish,
     Observation,
+    Passed,
     Policy,
     ProfileView,
     Router,
@@ -359,3 +360,17 @@ def test_a_wait_on_attempts_under_way_is_told_once_however_often_it_looks() -> N
     assert [e["kind"] for e in router.trail] == ["skip", "wait", "skip", "wait"]
     # Room again: it tries.
     assert isinstance(flow.send(Observation(World(T0 + timedelta(hours=20), dict(PROFILES)))), Try)
+
+
+def test_nothing_left_names_each_candidate_once() -> None:
+    # A gateway call refused at its second look, then passed over by the next world: "g7: no room in its daily
+    # cost: …; g7: unavailable".
+    from fleetd.routing.router import _nothing_left
+
+    passed = [Passed(0, "g7", "no room in its daily cost: $0.028 of $0.03 spent in the last 24 h"),
+              Passed(0, "g8", "disabled")]  # fmt: skip
+    out = {(0, "g7"): "unavailable", (0, "g9"): "auth"}
+    assert _nothing_left(passed, out, None) == (
+        "no usable candidate (g7: no room in its daily cost: $0.028 of $0.03 spent in the last 24 h; g8: disabled; "
+        "g9: auth)"
+    )
