@@ -48,9 +48,11 @@ class Holds:
         self._held[self._next] = (key, route, amount, self.clock() + ttl)
         return self._next
 
-    def release(self, token: int | None, cost: float | None = None) -> None:
-        """The call ended (cost: what it cost, when it reached a provider). Twice, or an unknown token: nothing."""
+    def release(self, token: int | None, cost: float | None = None, route: str | None = None) -> None:
+        """The call ended (cost: what it cost, when it reached a provider, on `route`: what the route's calls cost,
+        whether its key has a cap or not). Twice, or an unknown token: nothing more."""
+        if cost and route is not None:
+            self._route_cost[route] = cost
         held = self._held.pop(token, None) if token is not None else None
         if held is not None and cost:
             self._last_cost[(held[0], held[1])] = cost
-            self._route_cost[held[1]] = cost

@@ -43,6 +43,7 @@ from fleetd.records.loop import ChainStep
 from fleetd.records.profile import TIERS, Profile
 from fleetd.records.result import ParsedOutput, TokenUsage
 from fleetd.routing.router import AttemptResult, Backoff, Finish, Observation, Policy, Router, Try, World
+from fleetd.timefmt import local_text
 
 log = logging.getLogger("fleetd.gateway")
 LOG_BODY_CAP = 64 * 1024  # per body, for a route with --log-bodies
@@ -202,10 +203,12 @@ class Proxy:
                 decision = flow.send(Observation(world))
             else:  # WaitUntil: a client does not wait for a reset; it is told when, and why
                 wait = max(1.0, (decision.until - world.now).total_seconds())
-                why = "; ".join(dict.fromkeys(e["detail"] for e in router.trail if e["kind"] == "skip"
-                                              or e.get("error_class") == "rate_limited"))  # fmt: skip
+                # Each reason once: a call refused at its second look is then passed over for the same reason.
+                told = [e["detail"].removeprefix("rate_limited: ") for e in router.trail
+                        if e["kind"] == "skip" or e.get("error_class") == "rate_limited"]  # fmt: skip
+                why = "; ".join(dict.fromkeys(told))
                 error = GatewayError("rate_limited", f"route {req.route.name}: no profile has room before "
-                                     f"{decision.until.isoformat(timespec='seconds')}" + (f" ({why})" if why else ""),
+                                     f"{local_text(decision.until)}" + (f" ({why})" if why else ""),
                                      retry_after=wait)  # fmt: skip
                 if last and last.status != 429 and answered and (answered.status or 0) >= 500:
                     # A provider's 5xx whose retry only a profile's limit stopped is its answer to pass on (it reached
@@ -384,7 +387,7 @@ class Proxy:
         call.latency_ms = _ms(time.monotonic() - started)
         call.outcome, call.error = outcome, error
         cost = profile.cost(usage.input_tokens, usage.output_tokens, usage.cache_read_tokens, usage.cache_write_tokens)
-        self.holds.release(req.hold, cost)
+        self.holds.release(req.hold, cost, req.route.name)
         if not req.counted:
             if outcome != "succeeded":
                 parsed = ParsedOutput("failed", "transient", message=error)

@@ -202,7 +202,10 @@ def test_a_hold_is_released_once_and_a_forgotten_one_expires() -> None:
     assert holds.expected("k", "r") == 0.4
     # Another key's first call on a route: what the route's latest call cost, whoever's (it was held at all that was
     # left of its cap, and passed it).
-    assert holds.expected("new", "r") == 0.4 and holds.expected("new", "elsewhere") is None
+    holds.release(first, 0.4, "r")  # a call's end tells its route's cost, whoever's key (an uncapped key holds none)
+    holds.release(None, 0.2, "uncapped")
+    assert holds.expected("new", "r") == 0.4 and holds.expected("new", "uncapped") == 0.2
+    assert holds.expected("new", "elsewhere") is None
     holds.remember(None, "elsewhere", 0.3)
     assert holds.expected("new", "elsewhere") == 0.3
     now[0] += 61  # a call that never ended (its client left before the answer began) gives its hold up
