@@ -46,7 +46,7 @@ def _list_text(loops: list[dict[str, Any]]) -> str:
 
 
 def _state_text(lp: dict[str, Any]) -> str:
-    """What the loop's run is doing: a run that only waits for a usage reset is not `running`."""
+    """What the loop's run is doing: a run that only waits for headroom is not `running`."""
     from fleetd.cli.format import local_time
 
     if lp.get("waiting_until"):

@@ -23,7 +23,7 @@ class LoopFacts:
     loop: Loop
     last_run: Run | None  # the loop's newest run row
     running_id: int | None = None  # its run in progress
-    waiting_until: datetime | None = None  # set while that run waits for a usage reset
+    waiting_until: datetime | None = None  # set while that run waits for headroom
     spent_24h: float | None = None  # what it spent in the last 24 h (loops with --daily-cost)
     usable_profiles: int | None = None  # usable candidates of its chain now (agent loops; None otherwise)
 
@@ -49,7 +49,7 @@ def why_not(facts: LoopFacts, now: datetime) -> NotFiring | None:
         return NotFiring("paused", "paused: it fires again after `fleetd loop resume`", since=loop.updated_at)
     if facts.waiting_until is not None and facts.waiting_until > now:
         skipped = last is not None and last.status == "skipped" and last.skip_reason == "waiting"
-        text = f"run {facts.running_id} waits for a usage reset; fires meanwhile are skipped"
+        text = f"run {facts.running_id} waits for headroom; fires meanwhile are skipped"
         if skipped and last is not None:
             text += f" ({last.skipped_count} so far, run {last.id})"
         return NotFiring(

@@ -10,6 +10,8 @@ import math
 from datetime import datetime
 from typing import Literal
 
+from fleetd.timefmt import local_text
+
 SkipReason = Literal["overlap", "waiting", "over_daily_cost", "shutting_down", "daemon_down", "woke_late"]
 
 # Fires that fell while fleetd could not fire them (recorded as `loop.fire_missed`); the other skip
@@ -21,7 +23,7 @@ REASONS: dict[str, str] = {
     "at_past": "a one-shot `--at` loop whose time has passed: it fired, or it was missed",
     "no_next_fire": "the schedule has no fire left",
     "overlap": "the previous run was still running (a loop never overlaps itself)",
-    "waiting": "the previous run waits for a usage reset; fires meanwhile are skipped, one row with a count",
+    "waiting": "the previous run waits for headroom; fires meanwhile are skipped, one row with a count",
     "over_daily_cost": "the loop spent its `--daily-cost` in the last 24 h",
     "shutting_down": "the daemon was stopping",
     "daemon_down": "fires fell while the daemon was down and `--catch-up skip` does not run them",
@@ -40,10 +42,10 @@ def skip_text(reason: SkipReason, count: int, blocking_run: int | None, until: d
         text = f"previous run {blocking_run or '(starting)'} still running"
         return text if count == 1 else f"{text} ({count} fires skipped)"
     if reason == "waiting":
-        when = f" until {until.isoformat(timespec='seconds')}" if until else ""
+        when = f" until {local_text(until)}" if until else ""  # as every message says a time
         if count == 1:
-            return f"previous run {blocking_run} waits for a usage reset{when}"
-        return f"skipped {count} fires while run {blocking_run} waits for a usage reset{when}"
+            return f"previous run {blocking_run} waits for headroom{when}"
+        return f"skipped {count} fires while run {blocking_run} waits for headroom{when}"
     if reason in MISSED_REASONS:
         many = f"{count}+" if count >= MISSED_CAP else str(count)
         fires = "1 fire" if count == 1 else f"{many} fires"

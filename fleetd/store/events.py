@@ -198,7 +198,7 @@ def run_event(run: Run, at: datetime) -> NewEvent:
     if run.status == "running":
         message = f"{who} started ({run.trigger})"
     elif run.status == "waiting":
-        message = f"{who} waits for a usage reset until {local_text(run.wait_until) if run.wait_until else '-'}"
+        message = f"{who} waits for headroom until {local_text(run.wait_until) if run.wait_until else '-'}"
     else:
         code = f" (exit {run.exit_code})" if run.exit_code is not None and run.status != "succeeded" else ""
         message = f"{who} {run.status.replace('_', ' ')}{code} after {format_duration(duration)}"

@@ -1,11 +1,12 @@
 """Why a loop did not fire, and the run lifecycle events, through the CLI against a real daemon: a fire
 skipped because the previous run still runs, a loop over its daily cost, fires coalesced while a run
-waits for a usage reset (`loop list`: "waiting until"), a one-shot missed while the daemon was down,
+waits for headroom (`loop list`: "waiting until"), a one-shot missed while the daemon was down,
 and run.* / loop.fire_* events in `fleetd events`."""
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -107,11 +108,12 @@ def test_fires_while_a_run_waits_for_a_reset_are_one_skipped_row_and_the_list_sa
     d.cli("loop", "pause", "patient")
     assert len(d.runs("--loop", "patient", "--status", "skipped")) == 1  # not one row per fire
     assert row["skip_reason"] == "waiting"
-    assert row["error"].startswith(f"skipped {row['skipped_count']} fires while run {waiting['id']} waits for a usage")
+    told = f"skipped {row['skipped_count']} fires while run {waiting['id']} waits for headroom until "
+    assert row["error"].startswith(told) and not re.search(r"\dT\d", row["error"]), row["error"]
     assert "waiting until " in listed and "running" not in listed
     assert shown["waiting_until"] == waiting["wait_until"] and shown["running_run_id"] == waiting["id"]
     assert shown["not_firing"]["reason"] == "waiting" and shown["not_firing"]["until"] == waiting["wait_until"]
-    assert f"run {waiting['id']} waits for a usage reset; fires meanwhile are skipped" in text
+    assert f"run {waiting['id']} waits for headroom; fires meanwhile are skipped" in text
     scenario(d, "solo", "ok")
     done = d.wait_run(waiting["id"], timeout=30)
     assert done["status"] == "succeeded"

@@ -11,7 +11,7 @@ from typing import Any
 from fleetd.store.attempts import AttemptStore
 from fleetd.store.db import Database
 from fleetd.store.runs import RunStore
-from fleetd.timefmt import now_utc
+from fleetd.timefmt import local_text, now_utc
 from tests.loops.executors import added_loop, command_executor
 
 
@@ -80,8 +80,8 @@ def test_fires_while_a_run_waits_for_a_reset_are_one_skipped_row_with_a_count(tm
             await db.close()
 
     overlap, waited = asyncio.run(go())
-    assert waited[1:] == ("skipped", "waiting", 3, "skipped 3 fires while run 12 waits for a usage reset until "
-                                                   "2030-01-01T10:00:00+00:00")  # fmt: skip
+    assert waited[1:] == ("skipped", "waiting", 3, "skipped 3 fires while run 12 waits for headroom until "
+                                                   f"{local_text(datetime(2030, 1, 1, 10, tzinfo=UTC))}")  # fmt: skip
     assert overlap[1:] == ("skipped", "overlap", 1, "previous run 12 still running")
 
 

@@ -148,16 +148,16 @@ CASES = [
         6,
     ),
     (
-        "a run waits for a usage reset, nothing skipped yet",
+        "a run waits for headroom, nothing skipped yet",
         LoopFacts(LOOP, run(7, "waiting", finished_at=None, wait_until=UNTIL), running_id=7, waiting_until=UNTIL),
         "waiting",
-        "run 7 waits for a usage reset",
+        "run 7 waits for headroom",
         None,
         UNTIL,
         7,
     ),
     (
-        "a run waits for a usage reset, fires skipped into one row",
+        "a run waits for headroom, fires skipped into one row",
         LoopFacts(
             LOOP, skipped(8, "waiting", "skipped 60 fires while run 7 waits", 60), running_id=7, waiting_until=UNTIL
         ),
