@@ -42,10 +42,11 @@ def _usage_table(rows: list[dict[str, Any]], wide: bool = False) -> str:
         state = r["state"] + ("?" if r["unconfirmed"] else "")
         if not wide and r["circuit"] and r["circuit"]["state"] == "open":
             state += ", circuit open"
-        if r.get("daily_cost") and r["daily_cost"]["over"]:
-            state += ", over daily cost"
-        elif r.get("daily_cost") and r["daily_cost"].get("no_room"):
-            state += ", no room in daily cost"
+        if cost := r.get("daily_cost"):  # `reached`: a daemon not restarted since it was added has none
+            if cost.get("reached", cost["over"]):
+                state += ", over daily cost"
+            elif cost["over"]:
+                state += ", no room in daily cost"
         resets = format_duration(r["resets_in_s"]) if r["resets_in_s"] is not None else "-"
         marker = ("*" if r["active"] else "") + (" pinned" if r["pinned"] else "")
         line = [r["profile"], r["backend"], r["tier"], state, _windows(r, wide), resets, marker.strip()]
@@ -142,10 +143,10 @@ def _show_text(r: dict[str, Any]) -> str:
     if cost := r.get("daily_cost"):
         over = (
             ": over it, passed over until spend leaves the 24 h window"
-            if cost["over"]
+            if cost.get("reached", cost["over"])
             else ": no room for another attempt of what its recent ones cost, passed over until spend leaves the 24 h "
             "window"
-            if cost.get("no_room")
+            if cost["over"]
             else ""
         )
         fields.append(("daily cost", f"{_amount(cost['spent'], 'usd')} of {_amount(cost['cap'], 'usd')} in 24 h{over}"))

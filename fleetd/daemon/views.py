@@ -256,8 +256,8 @@ def usage_json(row: dict[str, Any]) -> dict[str, Any]:
         else {
             "spent": row["daily_cost_spent"],
             "cap": profile.daily_cost,
-            "over": row["daily_cost_over"],
-            "no_room": row["daily_cost_no_room"],
+            "over": row["daily_cost_over"],  # passed over for it (its meaning since it was added)
+            "reached": row["daily_cost_reached"],
         },
     }
 

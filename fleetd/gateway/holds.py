@@ -32,8 +32,12 @@ class Holds:
     def expected(self, key: str, route: str) -> float | None:
         """What the key's next call on `route` is expected to cost: its latest one's, else the route's latest call's
         (another key's); None before one has finished there (or before `remember` told it, after a restart)."""
-        own = self._last_cost.get((key, route))
+        own = self.own(key, route)
         return own if own is not None else self._route_cost.get(route)
+
+    def own(self, key: str, route: str) -> float | None:
+        """What the key's latest call on `route` cost (None: none since the start, nor told by `remember`)."""
+        return self._last_cost.get((key, route))
 
     def remember(self, key: str | None, route: str, cost: float) -> None:
         """A cost read from the call log (what the key's latest call on `route` cost before a restart; key None: the
@@ -48,9 +52,15 @@ class Holds:
         self._held[self._next] = (key, route, amount, self.clock() + ttl)
         return self._next
 
+    def forget(self, route: str) -> None:
+        """The route was removed: a new one of its name may cost anything."""
+        self._route_cost.pop(route, None)
+        for pair in [pair for pair in self._last_cost if pair[1] == route]:
+            del self._last_cost[pair]
+
     def release(self, token: int | None, cost: float | None = None, route: str | None = None) -> None:
-        """The call ended (cost: what it cost, when it reached a provider, on `route`: what the route's calls cost,
-        whether its key has a cap or not). Twice, or an unknown token: nothing more."""
+        """The call ended (cost: what it cost, when it reached a provider; `route`, for a call that succeeded: what
+        the route's calls cost, whether its key has a cap or not). Twice, or an unknown token: nothing more."""
         if cost and route is not None:
             self._route_cost[route] = cost
         held = self._held.pop(token, None) if token is not None else None

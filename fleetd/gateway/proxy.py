@@ -203,9 +203,7 @@ class Proxy:
                 decision = flow.send(Observation(world))
             else:  # WaitUntil: a client does not wait for a reset; it is told when, and why
                 wait = max(1.0, (decision.until - world.now).total_seconds())
-                # Each reason once: a call refused at its second look is then passed over for the same reason.
-                told = [e["detail"].removeprefix("rate_limited: ") for e in router.trail
-                        if e["kind"] == "skip" or e.get("error_class") == "rate_limited"]  # fmt: skip
+                told = [_told(e) for e in router.trail if e["kind"] == "skip" or e.get("error_class") == "rate_limited"]
                 why = "; ".join(dict.fromkeys(told))
                 error = GatewayError("rate_limited", f"route {req.route.name}: no profile has room before "
                                      f"{local_text(decision.until)}" + (f" ({why})" if why else ""),
@@ -387,7 +385,8 @@ class Proxy:
         call.latency_ms = _ms(time.monotonic() - started)
         call.outcome, call.error = outcome, error
         cost = profile.cost(usage.input_tokens, usage.output_tokens, usage.cache_read_tokens, usage.cache_write_tokens)
-        self.holds.release(req.hold, cost, req.route.name)
+        # A call cut short (a client gone mid-stream) says little of what the route's calls cost.
+        self.holds.release(req.hold, cost, req.route.name if outcome == "succeeded" else None)
         if not req.counted:
             if outcome != "succeeded":
                 parsed = ParsedOutput("failed", "transient", message=error)
@@ -567,6 +566,16 @@ def _scrub(scrubber: Scrubber, data: bytes) -> bytes:
 
 def _capped(data: bytes) -> str:
     return data[:LOG_BODY_CAP].decode("utf-8", "replace")
+
+
+def _told(entry: dict[str, Any]) -> str:
+    """A route entry as a refusal names it: `profile: why`, the same words for a call refused at its second look
+    and for the next world passing it over (each reason is said once), a provider's 429 with its profile."""
+    if entry["kind"] == "skip":
+        return str(entry["detail"])
+    why = str(entry["detail"]).removeprefix("rate_limited: ")
+    profile = entry.get("profile")
+    return why if profile is None or why.startswith(f"{profile}: ") else f"{profile}: {why}"
 
 
 def _ms(seconds: float) -> int:

@@ -60,6 +60,7 @@ class GatewayService:
         self._routes: dict[str, Route] = {}
         self._keys: list[ClientKey] = []
         self._looked_up: set[tuple[str, str]] = set()  # (key, route) whose last cost the call log was asked for
+        self._routes_looked_up: set[str] = set()  # routes whose last call's cost (any key's) it was asked for
 
     async def start(self) -> None:
         """Load routes and keys, then listen where the flag or the stored setting says. A bad flag stops
@@ -198,6 +199,9 @@ class GatewayService:
             )
         await self.store.remove_route(name)
         self._routes.pop(name, None)
+        self.proxy.holds.forget(name)
+        self._looked_up = {pair for pair in self._looked_up if pair[1] != name}
+        self._routes_looked_up.discard(name)
 
     # -- keys --------------------------------------------------------------------------------------
 
@@ -250,16 +254,19 @@ class GatewayService:
         if spent >= key.daily_cost:
             message = f"gateway key {key.name} has spent {shown} of its {cap} daily cost cap in the last 24 h"
             return GatewayError("rate_limited", message, retry_after=3600), None
-        expected = holds.expected(key.name, route.name)
-        if expected is None and (key.name, route.name) not in self._looked_up:
+        own = holds.own(key.name, route.name)
+        if own is None and (key.name, route.name) not in self._looked_up:
             # After a restart: what its latest call on this route cost, from the call log (one at $0.98 of $1 was let
-            # in after a kill -9, the key's last cost forgotten).
+            # in after a kill -9, the key's last cost forgotten), before any other key's since.
             self._looked_up.add((key.name, route.name))
-            if last := await self.store.last_call_cost(key.name, route.name):
-                holds.remember(key.name, route.name, last)
-            elif last := await self.store.last_call_cost(None, route.name):  # the key's first call there
+            if own := await self.store.last_call_cost(key.name, route.name, route.created_at):
+                holds.remember(key.name, route.name, own)
+        expected = holds.expected(key.name, route.name)
+        if expected is None and route.name not in self._routes_looked_up:  # its first call there, after a restart
+            self._routes_looked_up.add(route.name)
+            if last := await self.store.last_call_cost(None, route.name, route.created_at):
                 holds.remember(None, route.name, last)
-            expected = holds.expected(key.name, route.name)
+                expected = last
         if expected is not None:
             expected = min(expected, key.daily_cost)  # one over the cap alone: let in when nothing else is spent
         # The calls under way may spend the rest, or this one would pass the cap (a call at $0.82 of a $1 cap was let
@@ -272,7 +279,9 @@ class GatewayService:
             message = (f"gateway key {key.name} has spent {shown} of its {cap} daily cost cap in the last 24 h "
                        f"and a call costs about {usd(expected or 0.0)}")  # fmt: skip
             return GatewayError("rate_limited", message, retry_after=3600), None
-        amount = expected if expected is not None else key.daily_cost - spent - held
+        # Held at its own last cost; a first call on the route (expected at another key's, or not at all) at all that
+        # is left, so that its first calls go one at a time (twenty at once were let in at another key's $0.001 ping).
+        amount = min(own, key.daily_cost) if own else key.daily_cost - spent - held
         return None, holds.hold(key.name, route.name, amount, route.timeout_s + 60)
 
     # -- the per-call log --------------------------------------------------------------------------

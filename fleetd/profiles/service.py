@@ -321,10 +321,10 @@ class ProfileService:
                 spent = await self.attempt_costs.profile_cost_since(profile.name, since)
                 spent += self.heartbeat.unrecorded_cost(profile.name)
             row["daily_cost_spent"] = spent
-            # Spent; and, as routing judges it, no room for one more attempt of its typical cost (which says "no room
-            # in its daily cost" while under the cap: `usage` said "over" at $0.0276 of $0.03).
-            row["daily_cost_over"] = spent is not None and reaches(spent, profile.daily_cost)
-            row["daily_cost_no_room"] = spent is not None and cost_cap_taken(
+            # Spent; and, as routing judges it, passed over: spent, or no room for one more attempt of its typical cost
+            # (routes then say "no room in its daily cost": the table said "over" at $0.0276 of $0.03).
+            row["daily_cost_reached"] = spent is not None and reaches(spent, profile.daily_cost)
+            row["daily_cost_over"] = spent is not None and cost_cap_taken(
                 spent, profile.daily_cost, self.heartbeat.in_flight.get(profile.name, 0),
                 self.heartbeat.typical(profile.name),
             )  # fmt: skip

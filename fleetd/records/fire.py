@@ -71,10 +71,16 @@ def usd_apart(spent: float, cap: float) -> tuple[str, str]:
     if shown != cap_shown or abs(spent - cap) <= abs(cap) * 1e-9:
         return shown, cap_shown
     for digits in range(3, 10):
-        closer = f"{spent:,.{digits}f}".rstrip("0")
-        if closer != f"{cap:,.{digits}f}".rstrip("0"):
-            return f"${closer}", cap_shown
+        closer, cap_closer = f"{spent:,.{digits}f}", f"{cap:,.{digits}f}"
+        if closer != cap_closer:  # both at these digits, or each rounded its own way reads in the wrong order
+            return f"${_cents_at_least(closer)}", f"${_cents_at_least(cap_closer)}"
     return shown, cap_shown
+
+
+def _cents_at_least(amount: str) -> str:
+    """`amount` (digits after its point) without trailing zeros past the cents: 0.0250 → 0.025, 10.000 → 10.00."""
+    whole, _, fraction = amount.partition(".")
+    return f"{whole}.{fraction.rstrip('0').ljust(2, '0')}"
 
 
 def daily_cost_text(spent: float, daily_cost: float) -> str | None:

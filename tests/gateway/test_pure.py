@@ -211,3 +211,16 @@ def test_a_hold_is_released_once_and_a_forgotten_one_expires() -> None:
     now[0] += 61  # a call that never ended (its client left before the answer began) gives its hold up
     assert holds.held("k") == 0 and holds.held("other") == 0
     holds.release(second)  # after it expired: nothing
+
+
+def test_a_refusal_names_each_reason_once_with_its_profile() -> None:
+    from fleetd.gateway.proxy import _told
+
+    refused_at_second_look = {"kind": "outcome", "detail": "rate_limited: p1: no room for another attempt: 1d=1req: "
+                              "1 used", "profile": "p1", "error_class": "rate_limited"}  # fmt: skip
+    passed_over = {"kind": "skip", "detail": "p1: no room for another attempt: 1d=1req: 1 used", "profile": "p1"}
+    assert _told(refused_at_second_look) == _told(passed_over) == passed_over["detail"]
+    # A provider's own 429 kept its words but lost whose it was.
+    provider = {"kind": "outcome", "detail": "rate_limited: Too Many Requests", "profile": "p2",
+                "error_class": "rate_limited"}  # fmt: skip
+    assert _told(provider) == "p2: Too Many Requests"

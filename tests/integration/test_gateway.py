@@ -276,7 +276,7 @@ def test_a_profile_over_its_daily_cost_through_the_gateway_is_passed_over(gw: Ga
     # upstream had failed).
     # `usage` says so (it showed the profile `available`, and nothing of its spend).
     [row] = [u for u in gw.d.json("usage") if u["profile"] == "dc1"]
-    assert row["daily_cost"] == {"spent": pytest.approx(CHAT_COST), "cap": CHAT_COST / 2, "over": True, "no_room": True}
+    assert row["daily_cost"] == {"spent": pytest.approx(CHAT_COST), "cap": CHAT_COST / 2, "over": True, "reached": True}
     listed = next(line for line in gw.d.cli("usage").stdout.splitlines() if line.startswith("dc1 "))
     assert "over daily cost" in listed and "24h $0.00/$0.00" not in listed
     gw.d.cli("route", "add", "dconly", "--chain", "dc1")
@@ -295,8 +295,8 @@ def test_usage_tells_a_profile_with_no_room_in_its_daily_cost_from_one_over_it(g
     gw.sdk().chat.completions.create(model="nr", messages=[{"role": "user", "content": "hi"}])
     gw.call_of("nr")
     [row] = [u for u in gw.d.json("usage") if u["profile"] == "nr1"]
-    assert row["daily_cost"] == {"spent": pytest.approx(CHAT_COST), "cap": CHAT_COST * 1.5, "over": False,
-                                 "no_room": True}  # fmt: skip
+    assert row["daily_cost"] == {"spent": pytest.approx(CHAT_COST), "cap": CHAT_COST * 1.5, "over": True,
+                                 "reached": False}  # passed over, not spent  # fmt: skip
     listed = next(line for line in gw.d.cli("usage").stdout.splitlines() if line.startswith("nr1 "))
     assert "no room in daily cost" in listed and "over" not in listed, listed
     shown = gw.d.cli("usage", "show", "nr1").stdout
