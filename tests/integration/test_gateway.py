@@ -286,8 +286,8 @@ def test_a_profile_over_its_daily_cost_through_the_gateway_is_passed_over(gw: Ga
 
 
 def test_usage_tells_a_profile_with_no_room_in_its_daily_cost_from_one_over_it(gw: Gateway) -> None:
-    # At $0.0276 of $0.03, each call about $0.0025, `usage` said "over daily cost" (`over: true`), where the routes
-    # said "no room in its daily cost".
+    # At $0.0276 of $0.03, each call about $0.0025, `usage` said "over daily cost", where the routes said "no room in
+    # its daily cost"; its JSON had nothing to tell the two apart (`over`: passed over, keeps its meaning).
     gw.d.cli("profile", "add", "nr1", "--backend", "openai_compat", "--base-url", gw.p1.base_url + "/v1",
              "--model", "m", "--price-input", str(PRICE_IN), "--price-output", str(PRICE_OUT),
              "--daily-cost", str(CHAT_COST * 1.5), "--api-key-stdin", input=KEYS["1"] + "\n")  # fmt: skip
