@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -90,6 +91,17 @@ class ThrowawayDaemon:
 
 
 RESULTS = Path(__file__).resolve().parent / "results"  # git-ignored
+
+
+def counts(parser: argparse.ArgumentParser, flag: str, text: str) -> list[int]:
+    """A comma-separated list of positive whole numbers given to `flag`, or the parser's usage error."""
+    try:
+        numbers = [int(n) for n in text.split(",")]
+    except ValueError:
+        parser.error(f"{flag}: not a list of numbers: {text!r}")
+    if any(n < 1 for n in numbers):
+        parser.error(f"{flag} must be positive")
+    return numbers
 
 
 def write_json(name: str, payload: dict[str, Any], path: Path | None = None) -> Path:

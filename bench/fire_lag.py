@@ -38,7 +38,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench._common import FLEETD, ThrowawayDaemon, with_pythonpath, write_json  # noqa: E402
+from bench._common import FLEETD, ThrowawayDaemon, counts, with_pythonpath, write_json  # noqa: E402
 from fleetd.records.loop import Loop, Schedule  # noqa: E402
 from fleetd.store.db import Database  # noqa: E402
 from fleetd.store.loops import LoopStore  # noqa: E402
@@ -218,14 +218,11 @@ def main() -> None:
     parser.add_argument("--pythonpath", help="run the daemon from this checkout")
     parser.add_argument("--json", type=Path, help="where to write the figures (default bench/results/fire_lag.json)")
     args = parser.parse_args()
-    try:
-        counts = [int(n) for n in args.loops.split(",")]
-    except ValueError:
-        parser.error(f"--loops: not a list of numbers: {args.loops!r}")
-    if any(n < 1 for n in counts) or args.seconds <= 0 or args.warmup < 0:
-        parser.error("--loops must be positive, --seconds > 0, --warmup >= 0")
+    loops = counts(parser, "--loops", args.loops)
+    if args.seconds <= 0 or args.warmup < 0:
+        parser.error("--seconds must be > 0, --warmup >= 0")
     floor = baseline()
-    results = [measure(n, args.seconds, args.warmup, args.pythonpath) for n in counts]
+    results = [measure(n, args.seconds, args.warmup, args.pythonpath) for n in loops]
     print(f"fire lag / fire-to-process, loops of `{COMMAND}` every 1s, {args.seconds:g}s measured (ms)")
     print(f"{'loops':>5}  {'lag p50':>8}  {'lag p99':>8}  {'proc p50':>8}  {'proc p99':>8}  {'proc max':>8}  "
           f"{'slots':>6}  {'missing':>7}  {'told':>5}  {'skipped':>7}  {'stop s':>6}  {'left':>4}  "

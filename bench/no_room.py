@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench._common import write_json  # noqa: E402
+from bench._common import counts, write_json  # noqa: E402
 from fleetd.heartbeat.limits import parse_limit  # noqa: E402
 from fleetd.heartbeat.state import no_room_for_another  # noqa: E402
 from fleetd.heartbeat.windows import Ledger  # noqa: E402
@@ -49,12 +49,9 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=200, help="checks timed per size")
     parser.add_argument("--json", type=Path, help="where to write the figures (default bench/results/no_room.json)")
     args = parser.parse_args()
-    try:
-        sizes = [int(n) for n in args.records.split(",")]
-    except ValueError:
-        parser.error(f"--records: not a list of numbers: {args.records!r}")
-    if any(n < 1 for n in sizes) or args.calls < 1:
-        parser.error("--records and --calls must be positive")
+    sizes = counts(parser, "--records", args.records)
+    if args.calls < 1:
+        parser.error("--calls must be positive")
     rows = []
     print(f"room check of one profile, {args.calls} checks per size (µs per check)")
     print(f"{'records':>8}  {'full':>9}  {'with room':>9}  {'ratio':>6}")

@@ -123,11 +123,12 @@ class Waits:
         if self.plans > RUNAWAY:
             raise AssertionError(f"busy wait: planned {self.plans} times by {self.clock.elapsed()} s")
         now = self.clock()
+        return World(now, {"a": self.view(now)}), {"a": Profile("a", "claude_code", "subscription", str(self.clock))}
+
+    def view(self, now: datetime) -> ProfileView:
         if now < T0 + WAIT:
-            view = ProfileView("a", "claude_code", "subscription", "exhausted", until=T0 + WAIT)
-        else:
-            view = ProfileView("a", "claude_code", "subscription", "disabled", reason="gone")
-        return World(now, {"a": view}), {"a": Profile("a", "claude_code", "subscription", str(self.clock))}
+            return ProfileView("a", "claude_code", "subscription", "exhausted", until=T0 + WAIT)
+        return ProfileView("a", "claude_code", "subscription", "disabled", reason="gone")
 
     async def run_waiting(self, loop: Loop, run_id: int, until: datetime) -> None:
         pass
@@ -170,31 +171,19 @@ def test_a_waiting_run_plans_again_only_after_the_reset(tmp_path: Path) -> None:
     assert clock.reads <= 2 * WAKE_BUDGET
 
 
-class BusyThenGone:
+class BusyThenGone(Waits):
     """One profile whose room attempts under way take for three looks (one of theirs ends 10 s after each), then
     disabled (the run ends without a child)."""
 
-    clock: Clock
     executor: Executor
 
-    def __init__(self) -> None:
-        self.plans = 0
-
-    async def world(self, steps: list[ChainStep]) -> tuple[World, dict[str, Profile]]:
-        self.plans += 1
-        if self.plans > RUNAWAY:
-            raise AssertionError(f"busy wait: planned {self.plans} times by {self.clock.elapsed()} s")
-        now = self.clock()
-        if self.plans <= 3:
-            view = ProfileView("a", "claude_code", "subscription", no_room=f"1d=9req: {self.plans} used, 1 attempt(s) "
-                               "under way", room_at=now + PENDING_RECHECK, room_pending=True)  # fmt: skip
-            asyncio.get_running_loop().call_later(10, self.executor.room_freed, "a")
-        else:
-            view = ProfileView("a", "claude_code", "subscription", "disabled", reason="gone")
-        return World(now, {"a": view}), {"a": Profile("a", "claude_code", "subscription", str(self.clock))}
-
-    async def candidate_skipped(self, loop: Loop, run_id: int, profile: str, why: str) -> None:
-        pass
+    def view(self, now: datetime) -> ProfileView:
+        if self.plans > 3:
+            return ProfileView("a", "claude_code", "subscription", "disabled", reason="gone")
+        asyncio.get_running_loop().call_later(10, self.executor.room_freed, "a")
+        busy = f"1d=9req: {self.plans} used, 1 attempt(s) under way"
+        return ProfileView("a", "claude_code", "subscription", no_room=busy, room_at=now + PENDING_RECHECK,
+                           room_pending=True)  # fmt: skip
 
 
 def test_a_run_waiting_on_attempts_under_way_looks_again_as_they_end_and_tells_its_wait_once(tmp_path: Path) -> None:
