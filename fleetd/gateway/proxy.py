@@ -385,9 +385,10 @@ class Proxy:
         call.latency_ms = _ms(time.monotonic() - started)
         call.outcome, call.error = outcome, error
         cost = profile.cost(usage.input_tokens, usage.output_tokens, usage.cache_read_tokens, usage.cache_write_tokens)
-        # A call cut short (a client gone mid-stream) says little of what the route's calls cost.
-        self.holds.release(req.hold, cost, req.route.name if outcome == "succeeded" else None)
+        # Its hold on the key's cap ends as the call joins the calls not written yet, in the same step: a cap's reader
+        # between the two would count it nowhere.
         if not req.counted:
+            self.holds.release(req.hold, cost)
             if outcome != "succeeded":
                 parsed = ParsedOutput("failed", "transient", message=error)
                 await self.profiles.attempt_finished(profile, parsed, self.clock(), None)
@@ -399,6 +400,7 @@ class Proxy:
             parsed = ParsedOutput("succeeded", usage=usage, model=call.model)
             if not counted_apart:  # a stream's: it ends here, with no await since it stopped being under way
                 self.profiles.unrecorded(profile, usage.total, cost or 0.0)
+            self.holds.release(req.hold, cost, req.route.name)  # a call that succeeded: what the route's calls cost
             await self.recorder.put(Finished(call, Attempt(profile, parsed, self.clock(), cost)))
             return
         # The stream broke after it began: the provider failed (the router must know before the next call),
@@ -409,6 +411,7 @@ class Proxy:
             await self.profiles.attempt_finished(profile, parsed, self.clock(), cost)
         except Exception:  # the client has its answer; a store that refuses the record is logged, not raised
             log.exception("gateway: cannot record a call of route %s", call.route)
+        self.holds.release(req.hold, cost)
         await self.recorder.put(Finished(call))
 
     async def _refuse(

@@ -63,6 +63,9 @@ class Recorder:
         self._written = written  # told of a batch's attempts once the batch is written (or failed to be)
         self._queue: list[Finished] = []
         self._writing: list[Finished] = []  # taken from the queue, not yet written
+        # Held while calls go into the call log and leave `_writing`: a reader that holds it sees each finished call
+        # once, in the log or not written yet (`GatewayService.admit`: a key's cap was passed by a call in neither).
+        self.log_lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -95,7 +98,8 @@ class Recorder:
 
     def unwritten_cost(self, key: str) -> float:
         """What gateway key `key`'s finished calls cost that the call log does not show yet: its daily cost cap
-        counts it (sequential calls went past the cap by the calls of one linger)."""
+        counts it (sequential calls went past the cap by the calls of one linger). Read under `log_lock` with the
+        log."""
         return sum(f.call.cost_usd for f in (*self._writing, *self._queue) if f.call is not None and f.call.key == key)
 
     def _take(self) -> list[Finished]:
@@ -123,10 +127,13 @@ class Recorder:
         except Exception:
             log.exception("gateway: cannot record %d attempt(s) with the heartbeat", len(attempts))
         try:
-            if calls:
-                await self._calls(calls)
+            async with self.log_lock:
+                try:
+                    if calls:
+                        await self._calls(calls)
+                finally:
+                    self._writing = []
         except Exception:
             log.exception("gateway: cannot record %d call(s)", len(calls))
         finally:
-            self._writing = []
             self._written(attempts)

@@ -218,9 +218,10 @@ class GatewayService:
 
     async def spent(self, key: ClientKey) -> float:
         """What `key`'s calls cost in the last 24 h, as its cap counts it: the call log, and the finished calls it
-        does not show yet. Read the recorder first: a batch written meanwhile counts twice, never not at all."""
-        unwritten = self.proxy.recorder.unwritten_cost(key.name)
-        return unwritten + await self.store.key_cost_since(key.name, self.clock() - DAY)
+        does not show yet, read together (no batch is written meanwhile: each call is counted once)."""
+        recorder = self.proxy.recorder
+        async with recorder.log_lock:
+            return await self.store.key_cost_since(key.name, self.clock() - DAY) + recorder.unwritten_cost(key.name)
 
     async def remove_key(self, name: str) -> None:
         validate_key_name(name)
@@ -248,12 +249,6 @@ class GatewayService:
         if key.daily_cost is None:
             return None, None
         holds = self.proxy.holds
-        spent = await self.spent(key)
-        held = holds.held(key.name)
-        shown, cap = usd_apart(spent, key.daily_cost)
-        if spent >= key.daily_cost:
-            message = f"gateway key {key.name} has spent {shown} of its {cap} daily cost cap in the last 24 h"
-            return GatewayError("rate_limited", message, retry_after=3600), None
         own = holds.own(key.name, route.name)
         if own is None and (key.name, route.name) not in self._looked_up:
             # After a restart: what its latest call on this route cost, from the call log (one at $0.98 of $1 was let
@@ -267,6 +262,14 @@ class GatewayService:
             if last := await self.store.last_call_cost(None, route.name, route.created_at):
                 holds.remember(None, route.name, last)
                 expected = last
+        # What it spent, then what its calls under way hold, with no await between (nor after, until this call holds
+        # its share): a call that ended meanwhile moved from the calls under way to the finished ones, counted once.
+        spent = await self.spent(key)
+        held = holds.held(key.name)
+        shown, cap = usd_apart(spent, key.daily_cost)
+        if spent >= key.daily_cost:
+            message = f"gateway key {key.name} has spent {shown} of its {cap} daily cost cap in the last 24 h"
+            return GatewayError("rate_limited", message, retry_after=3600), None
         if expected is not None:
             expected = min(expected, key.daily_cost)  # one over the cap alone: let in when nothing else is spent
         # The calls under way may spend the rest, or this one would pass the cap (a call at $0.82 of a $1 cap was let

@@ -576,27 +576,49 @@ def test_back_to_back_calls_stay_within_a_profiles_request_and_token_limits(gw: 
     wait_until(lambda: used() == [tokens * 2], what="both calls in the window")
 
 
+def _hammer(gw: Gateway, key: str, route: str, clients: int, seconds: float) -> list[int]:
+    """`clients` clients calling `route` with `key` one call after another, as fast as they can: every status."""
+    end = time.monotonic() + seconds
+
+    def client(_: int) -> list[int]:
+        statuses = []
+        with httpx.Client(base_url=gw.url, headers={"authorization": f"Bearer {key}"}, timeout=30) as http:
+            while time.monotonic() < end:
+                body = {"model": route, "messages": [{"role": "user", "content": "hi"}]}
+                statuses.append(http.post("/v1/chat/completions", json=body).status_code)
+        return statuses
+
+    with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+        return [code for codes in pool.map(client, range(clients)) for code in codes]
+
+
 def test_clients_calling_in_a_tight_loop_get_exactly_a_profiles_request_limit(gw: Gateway) -> None:
     # Two clients calling as fast as they could took a `1d=3req` profile to 11: a call routed by a world read a moment
     # before the profile was exhausted went through, and its success took the exhaustion back.
     gw.d.cli("profile", "add", "tight", "--backend", "openai_compat", "--base-url", gw.p1.base_url + "/v1",
              "--model", "m", "--limit", "1d=3req", "--api-key-stdin", input=KEYS["1"] + "\n")  # fmt: skip
     gw.d.cli("route", "add", "tight", "--chain", "tight")
-    end = time.monotonic() + 3
-
-    def client(_: int) -> list[int]:
-        statuses = []
-        with httpx.Client(base_url=gw.url, headers={"authorization": f"Bearer {gw.key}"}, timeout=30) as http:
-            while time.monotonic() < end:
-                body = {"model": "tight", "messages": [{"role": "user", "content": "hi"}]}
-                statuses.append(http.post("/v1/chat/completions", json=body).status_code)
-        return statuses
-
-    with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        statuses = [code for codes in pool.map(client, range(2)) for code in codes]
+    statuses = _hammer(gw, gw.key, "tight", 2, 3)
     assert statuses.count(200) == 3 and set(statuses) == {200, 429}, (statuses.count(200), len(statuses))
     requests = lambda: [w["used"] for row in gw.d.json("usage") if row["profile"] == "tight" for w in row["windows"]]  # noqa: E731
     wait_until(lambda: requests() == [3], what="three requests in the window")
+
+
+def test_clients_calling_in_a_tight_loop_get_exactly_a_keys_daily_cost(gw: Gateway) -> None:
+    # Three clients of a key capped at 2.5 calls got 3: a call that ended while the cap's read of the call log was
+    # under way had left the calls under way and joined the calls not written yet after that list was read.
+    gw.d.cli("profile", "add", "slowcap", "--backend", "openai_compat", "--base-url", gw.p2.base_url + "/v1",
+             "--model", "m", "--price-input", str(PRICE_IN), "--price-output", str(PRICE_OUT),
+             "--api-key-stdin", input=KEYS["2"] + "\n")  # fmt: skip
+    gw.d.cli("route", "add", "slowcap", "--chain", "slowcap")
+    assert _outcome(gw, gw.key, "slowcap") == "ok"  # what a call costs is known
+    key = gw.d.json("gateway", "key", "add", "hammered", "--daily-cost", str(CHAT_COST * 2.5))["key"]
+    gw.p2.latency = 0.3
+    try:
+        statuses = _hammer(gw, key, "slowcap", 3, 3)
+    finally:
+        gw.p2.latency = 0.0
+    assert statuses.count(200) == 2 and set(statuses) == {200, 429}, (statuses.count(200), len(statuses))
 
 
 def test_doctor_names_a_route_whose_every_profile_is_out_of_rotation(gw: Gateway) -> None:
