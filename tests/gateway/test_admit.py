@@ -30,7 +30,8 @@ class CallLog:
 
 def _service(log: CallLog, holds: Holds) -> GatewayService:
     service = GatewayService(log, None, clock=lambda: T0)  # type: ignore[arg-type]
-    service._proxy = SimpleNamespace(holds=holds, recorder=SimpleNamespace(unwritten_cost=lambda key: 0.0))  # type: ignore[assignment]
+    recorder = SimpleNamespace(unwritten_cost=lambda key: 0.0, log_lock=asyncio.Lock())
+    service._proxy = SimpleNamespace(holds=holds, recorder=recorder)  # type: ignore[assignment]
     return service
 
 
