@@ -23,7 +23,16 @@ ALLOWED = {
     "records": RECORD_MODULES,
     # the CLI starts fast and stays out of the daemon
     # (and the status vocabulary, a leaf of `typing` alone, for the help text)
-    "cli": {"fleetd", "fleetd.cli", "fleetd.paths", "fleetd.timefmt", "fleetd.daemon.options", "fleetd.records.status"},
+    # (and the status vocabulary and money's text, leaves of `typing` and `math` alone)
+    "cli": {
+        "fleetd",
+        "fleetd.cli",
+        "fleetd.paths",
+        "fleetd.timefmt",
+        "fleetd.daemon.options",
+        "fleetd.records.status",
+        "fleetd.records.money",
+    },
 }
 
 

@@ -10,6 +10,7 @@ import click
 from fleetd.cli.client import CliError, segment
 from fleetd.cli.common import LazyGroup, client, fields_text, json_flag, render, show
 from fleetd.cli.complete import loop_name
+from fleetd.records.money import usd
 
 # The text renderers import the formatters (fleetd.cli.format, fleetd.timefmt) themselves: `loop list
 # --json`, the command scripts poll, prints the daemon's answer and needs none of them.
@@ -86,9 +87,9 @@ def _show_text(lp: dict[str, Any]) -> str:
                 ("model", lp["model"]),
                 ("chain", ",".join(lp["chain"]) or None),
                 ("tiers", ",".join(lp["tiers"]) if lp["routed"] else None),
-                ("max cost", f"${lp['max_cost']:.2f} per run" if lp["max_cost"] else None),
+                ("max cost", f"{usd(lp['max_cost'])} per run" if lp["max_cost"] else None),
                 ("max tokens", f"{lp['max_tokens']} per run" if lp["max_tokens"] else None),
-                ("daily cost", f"${lp['daily_cost']:.2f} per 24 h" if lp["daily_cost"] else None),
+                ("daily cost", f"{usd(lp['daily_cost'])} per 24 h" if lp["daily_cost"] else None),
                 ("on exhausted", lp["on_exhausted"] if lp["routed"] else None),
                 (
                     "verify",

@@ -14,6 +14,7 @@ from fleetd.cli.client import CliError, segment
 from fleetd.cli.common import absolute, circuit_text, client, fields_text, json_flag, render
 from fleetd.cli.complete import profile_name
 from fleetd.cli.format import table
+from fleetd.records.money import usd
 from fleetd.timefmt import format_duration
 
 
@@ -151,7 +152,7 @@ def _show_text(p: dict[str, Any]) -> str:
             ("prices", prices or None),
             ("limits", " ".join(p["limits"]) or None),
             ("default reset", format_duration(p["default_reset_s"]) if p.get("default_reset_s") else None),
-            ("daily cost", f"${p['daily_cost']:.2f} per 24 h" if p.get("daily_cost") else None),
+            ("daily cost", f"{usd(p['daily_cost'])} per 24 h" if p.get("daily_cost") else None),
             ("enabled", "yes" if p["enabled"] else "no"),
             ("circuit", circuit_text(p.get("circuit"))),
         ]

@@ -11,6 +11,7 @@ from fleetd.cli.client import CliError
 from fleetd.cli.common import circuit_text, client, fields_text, json_flag, positive_seconds, render
 from fleetd.cli.complete import profile_name
 from fleetd.cli.format import local_time, table
+from fleetd.records.money import usd, usd_apart
 from fleetd.timefmt import format_duration
 
 LEGEND = (
@@ -23,7 +24,7 @@ LEGEND = (
 def _windows(r: dict[str, Any], wide: bool) -> str:
     own = []
     for w in r["windows"]:
-        amounts = f" {_amount(w['used'], w['unit'])}/{_amount(w['limit'], w['unit'])}" if wide else ""
+        amounts = " {}/{}".format(*_used_of(w)) if wide else ""
         own.append(f"{w['window']}{amounts} {w['percent']:g}%")
     reported = []
     for w in r["reported_windows"]:
@@ -32,7 +33,7 @@ def _windows(r: dict[str, Any], wide: bool) -> str:
         elif w["used_percent"] is not None:
             reported.append(f"{_minutes(w['window_minutes'])} {w['used_percent']:g}%*")
     cost = r.get("daily_cost")
-    spent = [f"24h {_amount(cost['spent'], 'usd')}/{_amount(cost['cap'], 'usd')}"] if cost else []
+    spent = ["24h {}/{}".format(*usd_apart(cost["spent"], cost["cap"]))] if cost else []
     return " ".join(own + reported + spent) or "-"
 
 
@@ -59,9 +60,16 @@ def _usage_table(rows: list[dict[str, Any]], wide: bool = False) -> str:
     return f"{text}\n{LEGEND}{unconfirmed}" if rows else text
 
 
+def _used_of(window: dict[str, Any]) -> tuple[str, str]:
+    """A window's used and limit as text; money with the digits that tell them apart."""
+    if window["unit"] == "usd":
+        return usd_apart(window["used"], window["limit"])
+    return _amount(window["used"], window["unit"]), _amount(window["limit"], window["unit"])
+
+
 def _amount(value: float, unit: str) -> str:
     if unit == "usd":
-        return f"${value:.2f}" if value >= 0.01 or value == 0 else f"${value:.2g}"  # not $0.00 of $0.00
+        return usd(value)
     for size, suffix in ((1_000_000, "M"), (1_000, "k")):
         if value >= size:
             return f"{value / size:.1f}{suffix}{unit}"
@@ -131,7 +139,7 @@ def _show_text(r: dict[str, Any]) -> str:
     ]
     for w in r["windows"]:
         eases = f", eases {local_time(w['eases_at'])}" if w.get("eases_at") else ""
-        used = f"{_amount(w['used'], w['unit'])} of {_amount(w['limit'], w['unit'])} ({w['percent']:g}%){eases}"
+        used = "{} of {}".format(*_used_of(w)) + f" ({w['percent']:g}%){eases}"
         fields.append((f"window {w['window']}", used))
     for w in r["reported_windows"]:
         label = f"reported {_minutes(w['window_minutes'])}"
@@ -149,5 +157,5 @@ def _show_text(r: dict[str, Any]) -> str:
             if cost["over"]
             else ""
         )
-        fields.append(("daily cost", f"{_amount(cost['spent'], 'usd')} of {_amount(cost['cap'], 'usd')} in 24 h{over}"))
+        fields.append(("daily cost", "{} of {} in 24 h".format(*usd_apart(cost["spent"], cost["cap"])) + over))
     return fields_text(fields)

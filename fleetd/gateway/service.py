@@ -24,8 +24,8 @@ from fleetd.gateway.model import (
 from fleetd.gateway.protocols import GatewayError
 from fleetd.heartbeat.windows import within
 from fleetd.profiles.service import ProfileService
-from fleetd.records.fire import usd, usd_apart
 from fleetd.records.gateway import ClientKey, GatewayCall, GatewaySetting, Route, is_loopback, split_listen
+from fleetd.records.money import usd, usd_apart
 from fleetd.store.gateway import GatewayStore
 
 if TYPE_CHECKING:

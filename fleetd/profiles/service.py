@@ -31,8 +31,8 @@ from fleetd.profiles.model import (
     validate_secret,
 )
 from fleetd.profiles.secrets import SecretStore
-from fleetd.records.fire import usd, usd_apart
 from fleetd.records.loop import ChainStep, Loop
+from fleetd.records.money import usd, usd_apart
 from fleetd.records.profile import Profile
 from fleetd.records.result import ParsedOutput
 from fleetd.routing.router import NO_COST_ROOM, OVER_COST, World

@@ -6,10 +6,10 @@ The README's "Why a loop did not fire" table is this one.
 
 from __future__ import annotations
 
-import math
 from datetime import datetime
 from typing import Literal
 
+from fleetd.records.money import usd_apart
 from fleetd.timefmt import local_text
 
 SkipReason = Literal["overlap", "waiting", "over_daily_cost", "shutting_down", "daemon_down", "woke_late"]
@@ -54,33 +54,6 @@ def skip_text(reason: SkipReason, count: int, blocking_run: int | None, until: d
     if reason == "shutting_down":
         return "daemon is shutting down"
     raise ValueError(f"no text for skip reason {reason!r}")  # over_daily_cost: daily_cost_text
-
-
-def usd(amount: float) -> str:
-    """`$2.50`; an amount under a cent with its first two significant digits (`$0.0018`), not `$0.00`."""
-    if amount == 0 or abs(amount) >= 0.01:
-        return f"${amount:,.2f}"
-    digits = 1 - math.floor(math.log10(abs(amount)))
-    return f"${amount:.{digits}f}".rstrip("0")
-
-
-def usd_apart(spent: float, cap: float) -> tuple[str, str]:
-    """`usd` of a spend and its cap, the spend with the digits that tell it from the cap when rounding would not:
-    "$0.03 of $0.03" was written at $0.0276 spent ("$0.028 of $0.03")."""
-    shown, cap_shown = usd(spent), usd(cap)
-    if shown != cap_shown or abs(spent - cap) <= abs(cap) * 1e-9:
-        return shown, cap_shown
-    for digits in range(3, 10):
-        closer, cap_closer = f"{spent:,.{digits}f}", f"{cap:,.{digits}f}"
-        if closer != cap_closer:  # both at these digits, or each rounded its own way reads in the wrong order
-            return f"${_cents_at_least(closer)}", f"${_cents_at_least(cap_closer)}"
-    return shown, cap_shown
-
-
-def _cents_at_least(amount: str) -> str:
-    """`amount` (digits after its point) without trailing zeros past the cents: 0.0250 → 0.025, 10.000 → 10.00."""
-    whole, _, fraction = amount.partition(".")
-    return f"{whole}.{fraction.rstrip('0').ljust(2, '0')}"
 
 
 def daily_cost_text(spent: float, daily_cost: float) -> str | None:

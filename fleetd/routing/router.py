@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from fleetd.records.fire import usd
 from fleetd.records.loop import ChainStep
+from fleetd.records.money import usd
 from fleetd.timefmt import local_text
 
 # What each failure class means for the run (the table of ../shared/ARCHITECTURE.md).

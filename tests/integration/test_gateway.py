@@ -301,6 +301,9 @@ def test_usage_tells_a_profile_with_no_room_in_its_daily_cost_from_one_over_it(g
     assert "no room in daily cost" in listed and "over" not in listed, listed
     shown = gw.d.cli("usage", "show", "nr1").stdout
     assert "no room for another attempt" in shown and "over it" not in shown, shown
+    # Amounts beside their cap keep the digits that tell them apart; a sub-cent cap is not "$0.00".
+    spent, cap = re.search(r"24h (\$[\d.]+)/(\$[\d.]+)", listed).groups()  # type: ignore[union-attr]
+    assert spent != cap and f"daily cost     {cap} per 24 h" in gw.d.cli("profile", "show", "nr1").stdout
 
 
 def test_messages_pass_through_with_the_protocol_headers_streamed_and_not(gw: Gateway) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fleetd.records.fire import usd, usd_apart
+from fleetd.records.money import usd, usd_apart
 
 
 def test_an_amount_under_a_cent_keeps_two_significant_digits() -> None:
