@@ -326,7 +326,7 @@ class Daemon:
             await asyncio.gather(starting, return_exceptions=True)
             scheduler.stop()
             executor.accepting = False
-            executor.interrupt_waiting("daemon stopped while the run waited for a profile's reset")
+            executor.interrupt_waiting("daemon stopped while the run waited for headroom")
             if not await self._unless_hurried(executor.wait_idle(self.options.stop_grace)):
                 await self._interrupt(executor)
             await executor.flush_unrecorded()
@@ -407,7 +407,7 @@ class Daemon:
                 log.error("run %s: cannot kill its leftover processes: %s", run.id, killed)
                 killed = 0
             if run.status == "waiting":
-                reason = "the daemon stopped while this run waited for a profile's reset" + (
+                reason = "the daemon stopped while this run waited for headroom" + (
                     f" (until {local_text(run.wait_until)})" if run.wait_until else ""
                 )
             else:

@@ -202,18 +202,23 @@ class Proxy:
                 world, profiles = await self.profiles.world(steps, direct=True)
                 decision = flow.send(Observation(world))
             else:  # WaitUntil: a client does not wait for a reset; it is told when, and why
-                wait = max(1.0, (decision.until - world.now).total_seconds())
+                # Room that calls under way take comes back as one ends: a second, not the bound the world set.
+                wait = 1.0 if decision.pending else max(1.0, (decision.until - world.now).total_seconds())
                 told = [_told(e) for e in router.trail if e["kind"] == "skip" or e.get("error_class") == "rate_limited"]
                 why = "; ".join(dict.fromkeys(told))
-                error = GatewayError("rate_limited", f"route {req.route.name}: no profile has room before "
-                                     f"{local_text(decision.until)}" + (f" ({why})" if why else ""),
-                                     retry_after=wait)  # fmt: skip
+                when = "now: calls under way take it" if decision.pending else f"before {local_text(decision.until)}"
+                error = GatewayError("rate_limited", f"route {req.route.name}: no profile has room {when}"
+                                     + (f" ({why})" if why else ""), retry_after=wait)  # fmt: skip
                 if last and last.status != 429 and answered and (answered.status or 0) >= 500:
                     # A provider's 5xx whose retry only a profile's limit stopped is its answer to pass on (it reached
                     # the client as "no room", 429, as if the provider had rate limited it).
                     return await self._refuse(req, call, started, answered, error.message, scrubber)
                 return await self._refuse(req, call, started, last if last and last.status == 429 else None,
                                           error.message, scrubber, error)  # fmt: skip
+
+    def forget_worlds(self) -> None:
+        """The next call reads the world again (a profile was changed by hand)."""
+        self._worlds.clear()
 
     async def _first_world(self, steps: list[ChainStep]) -> tuple[World, dict[str, Profile]]:
         key = tuple(s.describe() for s in steps)

@@ -213,6 +213,11 @@ class GatewayService:
         self._keys.append(key)
         return key, plain
 
+    def profiles_changed(self) -> None:
+        """A profile was changed by hand: the next call reads the world again (`Proxy.forget_worlds`)."""
+        if self._proxy is not None:
+            self._proxy.forget_worlds()
+
     def keys_now(self) -> list[ClientKey]:
         return sorted(self._keys, key=lambda k: k.name)
 

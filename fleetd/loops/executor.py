@@ -101,7 +101,7 @@ class ActiveRun:
     cancel_reason: str | None = None  # who stopped it (`fleetd runs stop`, `loop stop`, `loop rm --force`)
     ended: bool = False  # the run's status is decided
     kill_grace: float | None = None  # a stop's own grace (0: SIGKILL at once), for a child that starts later
-    waiting: bool = False  # sleeping until a profile's reset: nothing to finish
+    waiting: bool = False  # waiting for headroom (a reset, or room): nothing to finish
     wait_until: datetime | None = None  # that reset, while waiting (`loop list`: "waiting until T")
     waited: bool = False  # it waited for a reset before its first attempt: its start stays the fire's
     # The `skipped` row fires that found this run in progress went into: (reason, run id, fires), so

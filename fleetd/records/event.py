@@ -16,7 +16,7 @@ EVENT_TYPES: dict[str, str] = {
     "run.succeeded": "a run succeeded",
     "run.failed": "a run failed",
     "run.timed_out": "a run hit its --timeout",
-    "run.waiting": "a run waits for a profile's reset",
+    "run.waiting": "a run waits for headroom (a profile's reset, or room under its limits)",
     "run.cancelled": "a run was stopped by hand",
     "run.interrupted": "a run was cut short by a daemon stop or crash",
     # fires that started no run

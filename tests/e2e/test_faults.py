@@ -107,7 +107,7 @@ def test_a_run_left_waiting_by_a_crash_says_so_and_forgets_its_reset(make_daemon
     d = make_daemon()
     after = d.json("runs", "show", str(run["id"]))
     assert after["status"] == "interrupted"
-    assert after["error"].startswith("the daemon stopped while this run waited for a profile's reset")
+    assert after["error"].startswith("the daemon stopped while this run waited for headroom")
     assert after.get("wait_until") is None
 
 

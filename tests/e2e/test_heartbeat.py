@@ -165,7 +165,7 @@ def test_exhaustion_survives_a_restart(hb: Daemon) -> None:
     row = usage(d)["tired"]
     assert (row["state"], row["exhausted_until"]) == ("exhausted", until)
     after = d.json("runs", "show", str(run_id))
-    assert after["status"] == "interrupted" and "waited for a profile's reset" in after["error"]
+    assert after["status"] == "interrupted" and "waited for headroom" in after["error"]
 
 
 def test_disable_by_hand_and_enable_after_an_auth_failure(hb: Daemon) -> None:

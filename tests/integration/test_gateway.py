@@ -625,6 +625,19 @@ def test_clients_calling_in_a_tight_loop_get_exactly_a_keys_daily_cost(gw: Gatew
     assert statuses.count(200) == 2 and set(statuses) == {200, 429}, (statuses.count(200), len(statuses))
 
 
+def test_a_profile_disabled_by_hand_is_not_called_again(gw: Gateway) -> None:
+    # The gateway routes by a world it read up to a quarter of a second before: a call right after `profile disable`
+    # went to the disabled profile.
+    route = gw.pair("dis")
+    gw.sdk().chat.completions.create(model=route, messages=[{"role": "user", "content": "hi"}])
+    gw.d.cli("profile", "disable", "dis1")
+    try:
+        gw.sdk().chat.completions.create(model=route, messages=[{"role": "user", "content": "hi"}])
+        assert [c["profile"] for c in gw.call_of(route, 2)] == ["dis2", "dis1"]  # newest first
+    finally:
+        gw.d.cli("profile", "enable", "dis1")
+
+
 def test_doctor_names_a_route_whose_every_profile_is_out_of_rotation(gw: Gateway) -> None:
     gw.d.cli("profile", "add", "docp", "--backend", "openai_compat", "--base-url", gw.p1.base_url + "/v1",
              "--model", "m", "--api-key-stdin", input=KEYS["1"] + "\n")  # fmt: skip
