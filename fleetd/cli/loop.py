@@ -10,7 +10,6 @@ import click
 from fleetd.cli.client import CliError, segment
 from fleetd.cli.common import LazyGroup, client, fields_text, json_flag, render, show
 from fleetd.cli.complete import loop_name
-from fleetd.records.money import usd
 
 # The text renderers import the formatters (fleetd.cli.format, fleetd.timefmt) themselves: `loop list
 # --json`, the command scripts poll, prints the daemon's answer and needs none of them.
@@ -67,6 +66,7 @@ def loop_show(name: str, as_json: bool) -> None:
 
 def _show_text(lp: dict[str, Any]) -> str:
     from fleetd.cli.format import schedule_text, short
+    from fleetd.records.money import usd
     from fleetd.timefmt import format_duration
 
     lines = [
