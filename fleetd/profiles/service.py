@@ -390,7 +390,7 @@ class ProfileService:
             adapter = get_adapter(profile.backend)
             # The gateway (`direct`) calls the API itself: a missing CLI does not matter there, a missing key does.
             why = (None if direct else adapter.unavailable(profile)) or adapter.auth_problem(profile)
-            over = self.over_daily_cost(profile)
+            over, cost_busy = self._daily_cost_taken(profile) or (None, False)
             no_room, room_at, busy = None, None, False
             if full := self.heartbeat.no_room(profile):
                 no_room, room_at, busy = full
@@ -398,20 +398,23 @@ class ProfileService:
                     # Taken by attempts under way: look again when one ends (they may use less than their profile's
                     # typical attempt, or nothing), not only when the window's records leave it (hours).
                     room_at = min(room_at, now + PENDING_RECHECK)
+            elif over is not None and cost_busy and over.startswith(NO_COST_ROOM):
+                # Its daily cost, likewise: a wait as for a limit's room (a run with --on-exhausted wait failed).
+                no_room, room_at, busy, over = (
+                    f"daily cost {over.removeprefix(NO_COST_ROOM)}",
+                    now + PENDING_RECHECK,
+                    True,
+                    None,
+                )
             probe_taken = profile.name in self.heartbeat.probing
             views[profile.name] = replace(views[profile.name], unavailable=why, over_daily_cost=over, no_room=no_room,
                                           room_at=room_at, room_pending=busy, probe_taken=probe_taken)  # fmt: skip
         return World(now, views), {p.name: p for p in profiles}
 
-    def over_daily_cost(self, profile: Profile) -> str | None:
-        """Why the profile's `--daily-cost` leaves no room for another attempt (spent as of the last `world`, and
-        its attempts under way at what its recent ones cost), or None."""
-        taken = self._daily_cost_taken(profile)
-        return taken[0] if taken else None
-
     def _daily_cost_taken(self, profile: Profile, unknown_takes_rest: bool = False) -> tuple[str, bool] | None:
-        """`cost_cap_taken` of the profile's `--daily-cost`: why, and whether only attempts under way of a cost not
-        known yet take it (they may end cheaper: a gateway client comes back in a second); or None."""
+        """`cost_cap_taken` of the profile's `--daily-cost` (spent as of the last `world`, and its attempts under way
+        at what its recent ones cost): why, and whether only attempts under way take it (they may end cheaper: a
+        gateway client comes back in a second, a run waits for one to end); or None."""
         read = self._spent.get(profile.name)
         if profile.daily_cost is None or read is None:
             return None
@@ -431,7 +434,8 @@ class ProfileService:
         return (
             f"{NO_COST_ROOM}{shown} of {cap_shown} spent in the last 24 h{ways}, and one costs about "
             f"{usd(typical.cost_usd)}",
-            False,
+            # Only the attempts under way take it: there is room again as they end (they may cost less).
+            under_way > 0 and not cost_cap_taken(spent, cap, 0, typical),
         )
 
     def room_taken(self, profile: Profile) -> tuple[str, datetime | None] | None:

@@ -137,3 +137,39 @@ def test_the_gateways_second_look_refuses_a_profile_exhausted_since_its_world_wa
     taken = asyncio.run(go())
     assert taken is not None and taken[1] == T0 + timedelta(days=1), taken
     assert "exhausted" in taken[0]
+
+
+def test_a_daily_cost_only_attempts_under_way_take_is_a_wait_not_a_refusal(tmp_path: Path) -> None:
+    # With room for one more once those under way end (they may cost less), a run with `--on-exhausted wait` failed
+    # at once ("no usable candidate"), where a `--limit 1d=…usd` of the same room made it wait.
+    async def go(spent: float, under_way: int) -> ProfileView:
+        path = tmp_path / f"{spent}-{under_way}"
+        path.mkdir(parents=True)
+        db = await Database.open(path / "f.db")
+        try:
+            store = ProfileStore(db)
+            profile = Profile("dear", "claude_code", "subscription", str(path / "dear"), daily_cost=1.0,
+                              created_at=T0, updated_at=T0)  # fmt: skip
+            await store.insert(profile)
+            heartbeat = Heartbeat(store, UsageStore(db), EventLog(db), clock=lambda: T0, interval=3600, near_limit=0.9)
+            await heartbeat.start()
+            service = ProfileService(store, LoopStore(db), None, heartbeat, profiles_dir=path / "p",  # type: ignore[arg-type]
+                                     clock=lambda: T0, attempts=_Spent(spent))  # type: ignore[arg-type]  # fmt: skip
+            ok = ParsedOutput("succeeded", usage=TokenUsage(input_tokens=600), cost_usd=0.33)
+            await heartbeat.attempt_finished(profile, ok, T0, 0.33)
+            for _ in range(under_way):
+                service.reserve(profile)
+            world, _ = await service.world([ChainStep("claude_code", ("dear",))])
+            await heartbeat.stop()
+            return world.profiles["dear"]
+        finally:
+            await db.close()
+
+    pending = asyncio.run(go(0.50, 1))  # $0.50 + $0.33 under way + $0.33 would pass $1; without the one under way, fits
+    assert pending.over_daily_cost is None and pending.room_pending and pending.room_at == T0 + PENDING_RECHECK
+    assert (
+        pending.no_room == "daily cost $0.50 of $1.00 spent in the last 24 h, 1 attempt(s) under way, and one "
+        "costs about $0.33"
+    )
+    spent = asyncio.run(go(0.70, 0))  # what is spent leaves no room by itself: a refusal until it leaves the window
+    assert spent.over_daily_cost is not None and not spent.room_pending
