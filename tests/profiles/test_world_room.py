@@ -75,11 +75,11 @@ class _Spent:
         return self.usd
 
 
-def _daily_cost_reason(tmp_path: Path, spent: float) -> str | None:
-    """Why the router passes over a profile capped at $1.00 a day that has spent `spent`, its attempts costing
-    about $0.33 each (None: it is not passed over)."""
+def _capped_view(tmp_path: Path, spent: float, under_way: int = 0) -> ProfileView:
+    """The view of a profile capped at $1.00 a day that has spent `spent`, its attempts costing about $0.33 each, with
+    `under_way` attempts reserved."""
 
-    async def go() -> str | None:
+    async def go() -> ProfileView:
         tmp_path.mkdir(parents=True)
         db = await Database.open(tmp_path / "f.db")
         try:
@@ -93,14 +93,20 @@ def _daily_cost_reason(tmp_path: Path, spent: float) -> str | None:
                                      clock=lambda: T0, attempts=_Spent(spent))  # type: ignore[arg-type]  # fmt: skip
             ok = ParsedOutput("succeeded", usage=TokenUsage(input_tokens=600), cost_usd=0.33)
             await heartbeat.attempt_finished(profile, ok, T0, 0.33)
+            for _ in range(under_way):
+                service.reserve(profile)
             world, _ = await service.world([ChainStep("claude_code", ("dear",))])
             await heartbeat.stop()
-            view = replace(world.profiles["dear"], unavailable=None)  # no `claude` on this host: beside the point
-            return _why_not(view, T0, explicit=True, tiers=frozenset())[0]
+            return replace(world.profiles["dear"], unavailable=None)  # no `claude` on this host: beside the point
         finally:
             await db.close()
 
     return asyncio.run(go())
+
+
+def _daily_cost_reason(tmp_path: Path, spent: float) -> str | None:
+    """Why the router passes over that profile (None: it is not passed over)."""
+    return _why_not(_capped_view(tmp_path, spent), T0, explicit=True, tiers=frozenset())[0]
 
 
 def test_a_daily_cost_the_next_attempt_would_pass_is_not_said_to_be_passed_already(tmp_path: Path) -> None:
@@ -142,34 +148,11 @@ def test_the_gateways_second_look_refuses_a_profile_exhausted_since_its_world_wa
 def test_a_daily_cost_only_attempts_under_way_take_is_a_wait_not_a_refusal(tmp_path: Path) -> None:
     # With room for one more once those under way end (they may cost less), a run with `--on-exhausted wait` failed
     # at once ("no usable candidate"), where a `--limit 1d=…usd` of the same room made it wait.
-    async def go(spent: float, under_way: int) -> ProfileView:
-        path = tmp_path / f"{spent}-{under_way}"
-        path.mkdir(parents=True)
-        db = await Database.open(path / "f.db")
-        try:
-            store = ProfileStore(db)
-            profile = Profile("dear", "claude_code", "subscription", str(path / "dear"), daily_cost=1.0,
-                              created_at=T0, updated_at=T0)  # fmt: skip
-            await store.insert(profile)
-            heartbeat = Heartbeat(store, UsageStore(db), EventLog(db), clock=lambda: T0, interval=3600, near_limit=0.9)
-            await heartbeat.start()
-            service = ProfileService(store, LoopStore(db), None, heartbeat, profiles_dir=path / "p",  # type: ignore[arg-type]
-                                     clock=lambda: T0, attempts=_Spent(spent))  # type: ignore[arg-type]  # fmt: skip
-            ok = ParsedOutput("succeeded", usage=TokenUsage(input_tokens=600), cost_usd=0.33)
-            await heartbeat.attempt_finished(profile, ok, T0, 0.33)
-            for _ in range(under_way):
-                service.reserve(profile)
-            world, _ = await service.world([ChainStep("claude_code", ("dear",))])
-            await heartbeat.stop()
-            return world.profiles["dear"]
-        finally:
-            await db.close()
-
-    pending = asyncio.run(go(0.50, 1))  # $0.50 + $0.33 under way + $0.33 would pass $1; without the one under way, fits
+    pending = _capped_view(tmp_path / "a", 0.50, 1)  # $0.50 + $0.33 under way + $0.33 passes $1; without it, fits
     assert pending.over_daily_cost is None and pending.room_pending and pending.room_at == T0 + PENDING_RECHECK
     assert (
         pending.no_room == "daily cost $0.50 of $1.00 spent in the last 24 h, 1 attempt(s) under way, and one "
         "costs about $0.33"
     )
-    spent = asyncio.run(go(0.70, 0))  # what is spent leaves no room by itself: a refusal until it leaves the window
+    spent = _capped_view(tmp_path / "b", 0.70)  # what is spent leaves no room by itself: a refusal until it leaves
     assert spent.over_daily_cost is not None and not spent.room_pending
