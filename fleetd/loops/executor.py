@@ -112,8 +112,7 @@ class ActiveRun:
     look_again: asyncio.Event = field(default_factory=asyncio.Event)  # a waiting run reads the world again now
     waiting_on: frozenset[str] = frozenset()  # while waiting: the profiles it could use (`room_freed`)
     looked_at: float = 0.0  # the event loop's time of its last look while waiting (`room_freed` paces its looks)
-    look_due: bool = False  # `room_freed` has woken it, or will (`look_timer`)
-    look_timer: asyncio.TimerHandle | None = None
+    look_timer: asyncio.TimerHandle | None = None  # `room_freed` has woken it, or will
     route: list[dict[str, Any]] | None = None  # its router's trail so far (stored when the run ends)
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -657,10 +656,7 @@ class Executor:
                 await self._sleep_until(min(decision.until, deadline) if deadline else decision.until, slot,
                                         slot.look_again)  # fmt: skip
                 slot.look_again.clear()  # this look answers it; one set from here on is for the next
-                slot.look_due = False
-                if slot.look_timer is not None:
-                    slot.look_timer.cancel()
-                    slot.look_timer = None
+                _drop_look(slot)
                 if slot.interrupt_reason:
                     return "interrupted", end.exit_code, slot.interrupt_reason
                 world, profiles = await self.profiles.world(steps)
@@ -870,9 +866,7 @@ class Executor:
         """The run waits no more (it goes on, or ends however it ends)."""
         slot.waiting, slot.wait_until, slot.waiting_on = False, None, frozenset()
         self._waiting.discard(slot)
-        if slot.look_timer is not None:
-            slot.look_timer.cancel()
-            slot.look_timer = None
+        _drop_look(slot)
 
     def room_freed(self, profile: str) -> None:
         """An attempt under way on `profile` ended: runs waiting for room it may have held read the world again now,
@@ -880,8 +874,7 @@ class Executor:
         `ROOM_LOOK_INTERVAL` each: a busy gateway ends calls many times a second, and each look reads the store."""
         loop = asyncio.get_running_loop()
         for slot in self._waiting:  # not every run in flight: this is on every gateway call's path
-            if profile in slot.waiting_on and not slot.look_due:
-                slot.look_due = True
+            if profile in slot.waiting_on and slot.look_timer is None:
                 slot.look_timer = loop.call_at(slot.looked_at + ROOM_LOOK_INTERVAL, slot.look_again.set)
 
     def look_again(self) -> None:
@@ -1238,6 +1231,13 @@ def with_findings(prompt: str | None, findings: str) -> str:
         f"{prompt or ''}\n\n---\nA check of the previous attempt at this task rejected it. Fix what it found:\n"
         f"{findings}\n"
     )
+
+
+def _drop_look(slot: ActiveRun) -> None:
+    """The look `room_freed` set up is taken, or no longer wanted: the next attempt's end may set up another."""
+    if slot.look_timer is not None:
+        slot.look_timer.cancel()
+        slot.look_timer = None
 
 
 class _Settle:

@@ -35,7 +35,7 @@ from fleetd.records.loop import ChainStep, Loop
 from fleetd.records.money import usd, usd_apart
 from fleetd.records.profile import Profile
 from fleetd.records.result import ParsedOutput
-from fleetd.routing.router import NO_COST_ROOM, OVER_COST, World
+from fleetd.routing.router import NO_COST_ROOM, NO_ROOM, OVER_COST, World
 from fleetd.store.attempts import AttemptStore
 from fleetd.store.gateway import GatewayStore
 from fleetd.store.loops import LoopStore
@@ -428,7 +428,7 @@ class ProfileService:
         if reaches(spent, cap):
             return f"{OVER_COST}{shown} of {cap_shown} in the last 24 h", False
         if typical is None:  # one at a time, as a key's calls (eight parallel calls spent $2.61 of a $1 cap)
-            return (f"no room for another attempt: {shown} of its {cap_shown} daily cost spent, {under_way} "
+            return (f"{NO_ROOM}{shown} of its {cap_shown} daily cost spent, {under_way} "
                     f"attempt(s) under way, what one costs not known yet"), True  # fmt: skip
         ways = f", {under_way} attempt(s) under way" if under_way else ""
         return (
@@ -452,13 +452,13 @@ class ProfileService:
         cost = self._daily_cost_taken(profile, unknown_takes_rest=True)
         if cost is not None:
             why, busy = cost
-            return why, self.clock() + timedelta(seconds=1) if busy else None
+            return why, now + timedelta(seconds=1) if busy else None
         full = self.heartbeat.no_room(profile, unknown_takes_rest=True)
         if full is None:
             return None
         why, until, busy = full
         # Taken by calls under way: a client comes back in a second, not at the window's end (they may free it).
-        return f"no room for another attempt: {why}", self.clock() + timedelta(seconds=1) if busy else until
+        return f"{NO_ROOM}{why}", now + timedelta(seconds=1) if busy else until
 
     def claim_probe(self, profile: Profile) -> bool:
         return self.heartbeat.claim_probe(profile.name)

@@ -400,7 +400,9 @@ class Router:
                 # While it waits on attempts under way, their figures change at each look: told once.
                 said = NO_ROOM if p.pending and waited is not None else p.why
                 if (p.step, p.profile, said) not in told:
-                    told.update({(p.step, p.profile, said), (p.step, p.profile, NO_ROOM if p.pending else p.why)})
+                    told.add((p.step, p.profile, said))
+                    if p.pending:  # told in these figures: the wait's later looks need not tell others
+                        told.add((p.step, p.profile, NO_ROOM))
                     self.note(world.now, "skip", f"{p.profile}: {p.why}", step=p.step + 1, profile=p.profile)
             passed_all.extend(passed)
             # A candidate this run is done with is no reason to wait, whenever its reset comes.

@@ -154,18 +154,12 @@ class GatewayStore:
     async def last_call_cost(self, key: str | None, route: str, since: datetime | None) -> float | None:
         """What key `key`'s latest call on `route` since `since` (the route's creation: a route removed and added
         again may cost anything) that cost anything cost (key None: any key's), or None."""
-        if key is None:
-            row = await self.db.fetchone(
-                "SELECT cost_usd FROM gateway_calls WHERE route = ? AND at >= ? AND cost_usd > 0 "
-                "ORDER BY at DESC LIMIT 1",
-                (route, to_iso(since) or ""),
-            )
-        else:
-            row = await self.db.fetchone(
-                "SELECT cost_usd FROM gateway_calls WHERE key_name = ? AND route = ? AND at >= ? AND cost_usd > 0 "
-                "ORDER BY at DESC LIMIT 1",
-                (key, route, to_iso(since) or ""),
-            )
+        by_key, keys = ("key_name = ? AND ", (key,)) if key is not None else ("", ())
+        row = await self.db.fetchone(
+            f"SELECT cost_usd FROM gateway_calls WHERE {by_key}route = ? AND at >= ? AND cost_usd > 0 "
+            "ORDER BY at DESC LIMIT 1",
+            (*keys, route, to_iso(since) or ""),
+        )
         return float(row[0]) if row else None
 
     async def key_cost_since(self, key: str, since: datetime) -> float:
