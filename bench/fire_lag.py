@@ -13,7 +13,8 @@ window's slots without a run that started: *skipped* (the loop's previous run wa
 `skipped` row stands for as many slots as its count, its own and those after it), *told* (a late
 fire's `loop.fire_missed` event stands for the slot its timer passed over) or *missing* (neither a
 row nor an event: a fire lost). *cpu/run* is the daemon's own CPU over the window per run started (a
-cost that, unlike the skips near saturation, does not flip between runs). Then, once the window's last
+cost that, unlike the skips near saturation, does not flip between runs), *loop* the part of it on the event
+loop's thread, and *idle* the cores the machine left idle meanwhile. Then, once the window's last
 slots have had 3 s to fire (the loops still firing), `daemon stop` is timed against the stop grace +
 kill grace (30 s + 5 s by default).
 `--pythonpath DIR` runs the daemon from another checkout (see bench/_common.py).
@@ -103,6 +104,18 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _loop_cpu_seconds(pid: int) -> float:
+    """CPU of the daemon's main thread (its event loop) so far."""
+    fields = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _idle_seconds() -> float:
+    """The machine's idle CPU seconds so far, every core."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    return (int(fields[4]) + int(fields[5])) / os.sysconf("SC_CLK_TCK")
+
+
 def _printed(log_path: str | None) -> float | None:
     try:
         return float(Path(log_path or "").read_text().split()[0])
@@ -137,9 +150,12 @@ def measure(loops: int, seconds: float, warmup: float, pythonpath: str | None) -
         pid = _daemon_pid(daemon.env)
         time.sleep(warmup + 2.0)
         start = _to_ms(datetime.now(UTC))
-        cpu_before = _cpu_seconds(pid)
+        cpu_before, loop_before = _cpu_seconds(pid), _loop_cpu_seconds(pid)
+        idle_before, wall = _idle_seconds(), time.monotonic()
         time.sleep(seconds)
         cpu = _cpu_seconds(pid) - cpu_before
+        loop_cpu = _loop_cpu_seconds(pid) - loop_before
+        idle = (_idle_seconds() - idle_before) / (time.monotonic() - wall)
         end = _to_ms(datetime.now(UTC))
         # The window's last slots get the time to fire (a slot a moment before `end` fired after it, and a stop at
         # once would count it missing); the loops go on firing meanwhile, so the stop is timed under the same load.
@@ -207,6 +223,7 @@ def measure(loops: int, seconds: float, warmup: float, pythonpath: str | None) -
         "proc_p50_ms": pct(to_process, 0.5) * 1000, "proc_p99_ms": pct(to_process, 0.99) * 1000,
         "proc_max_ms": max(to_process, default=float("nan")) * 1000, "stop_s": stop_s, "left_running": left,
         "cpu_ms_per_run": cpu * 1000 / len(lags) if lags else float("nan"),
+        "loop_cpu_ms_per_run": loop_cpu * 1000 / len(lags) if lags else float("nan"), "idle_cores": idle,
     }  # fmt: skip
 
 
@@ -226,14 +243,16 @@ def main() -> None:
     print(f"fire lag / fire-to-process, loops of `{COMMAND}` every 1s, {args.seconds:g}s measured (ms)")
     print(f"{'loops':>5}  {'lag p50':>8}  {'lag p99':>8}  {'proc p50':>8}  {'proc p99':>8}  {'proc max':>8}  "
           f"{'slots':>6}  {'missing':>7}  {'told':>5}  {'skipped':>7}  {'stop s':>6}  {'left':>4}  "
-          f"{'cpu/run':>7}")  # fmt: skip
+          f"{'cpu/run':>7}  {'loop':>5}  {'idle':>4}")  # fmt: skip
     print(f"{'bare':>5}  {'':>8}  {'':>8}  {floor * 1000:8.1f}  {'':>8}  {'':>8}  (baseline: a lone spawn's offset)")
     for r in results:
         print(f"{r['loops']:>5}  {r['lag_p50_ms']:8.1f}  {r['lag_p99_ms']:8.1f}  {r['proc_p50_ms']:8.1f}  "
               f"{r['proc_p99_ms']:8.1f}  {r['proc_max_ms']:8.1f}  {r['expected']:>6}  {r['missing']:>7}  "
               f"{r['told_missed']:>5}  "
-              f"{r['skipped']:>7}  {r['stop_s']:6.1f}  {r['left_running']:>4}  {r['cpu_ms_per_run']:7.2f}")  # fmt: skip
-    print("cpu/run: the daemon's CPU (all its threads, not its children) over the window per run started, ms")
+              f"{r['skipped']:>7}  {r['stop_s']:6.1f}  {r['left_running']:>4}  {r['cpu_ms_per_run']:7.2f}  "
+              f"{r['loop_cpu_ms_per_run']:5.2f}  {r['idle_cores']:4.2f}")  # fmt: skip
+    print("cpu/run: the daemon's CPU (all its threads, not its children) over the window per run started, ms;"
+          " loop: its event loop's thread alone; idle: cores the machine left idle meanwhile")  # fmt: skip
     print(f"targets: proc p50 <= 20, p99 <= 100 at 200 loops; no missed fire at 500; stop <= "
           f"{STOP_GRACE + KILL_GRACE:g} s")  # fmt: skip
     payload = {"seconds": args.seconds, "baseline_spawn_ms": floor * 1000, "results": results}
