@@ -48,7 +48,7 @@ from fleetd.store.profiles import ProfileStore
 from fleetd.store.retention import RetentionStore
 from fleetd.store.runs import RunStore
 from fleetd.store.stats import StatsStore
-from fleetd.store.usage import NewUsage, UsageStore
+from fleetd.store.usage import UsageStore
 from fleetd.timefmt import LOCAL_FORMAT, local_text, now_utc
 
 log = logging.getLogger("fleetd.daemon")
@@ -287,7 +287,7 @@ class Daemon:
                     raise RuntimeError("API server exited during start-up")
                 await asyncio.sleep(0.01)
             # The socket answers (status "recovering") while a crash's leftovers are cleaned up.
-            await self._recover(leftovers, runs, attempts, executor, heartbeat.usage)
+            await self._recover(leftovers, runs, attempts, executor)
             executor.ready.set()
             ctx.phase = "starting"
             await hooks.start()  # delivers from its cursor: events written at start are not missed
@@ -376,9 +376,7 @@ class Daemon:
         await executor.interrupt_all("daemon stopped at once (signalled twice) before the run finished", grace=0)
         await asyncio.gather(*self._left, return_exceptions=True)
 
-    async def _recover(
-        self, leftovers: list[Run], runs: RunStore, attempts: AttemptStore, executor: Executor, usage: UsageStore
-    ) -> None:
+    async def _recover(self, leftovers: list[Run], runs: RunStore, attempts: AttemptStore, executor: Executor) -> None:
         """Runs a dead daemon left `running` or `waiting` become `interrupted`, their unfinished
         attempts are closed (each counted as a request of its profile: its CLI may well have made it, and a
         `1d=1req` profile ran twice across a crash), their processes killed and their private temp directories
@@ -414,11 +412,7 @@ class Daemon:
                 reason = "the daemon stopped while this run was running" + (
                     f"; killed {killed} leftover process(es)" if killed else ""
                 )
-            closed = await attempts.interrupt_open(
-                run.id, finished_at=now, error="the daemon stopped during this attempt"
-            )
-            if counted := [NewUsage(profile, started, "attempt", 0) for profile, started in closed if profile]:
-                await usage.add(counted)
+            await attempts.interrupt_open(run.id, finished_at=now, error="the daemon stopped during this attempt")
             await runs.finish(run.id, status="interrupted", finished_at=now, error=reason)
             log.warning("run %s of loop %s was interrupted by a daemon crash", run.id, run.loop)
         _remove_attempt_dirs(self.paths.tmp)

@@ -10,6 +10,7 @@ from datetime import datetime
 from fleetd.records.result import ParsedOutput
 from fleetd.records.run import Attempt
 from fleetd.store.db import Database
+from fleetd.store.usage import INSERT_USAGE
 from fleetd.timefmt import from_iso, to_iso
 
 # An attempt's final message is kept to this many characters (its end cut, with a mark): what the agent says
@@ -132,22 +133,26 @@ class AttemptStore:
         )
         return float(row["spent"]) if row else 0.0
 
-    async def interrupt_open(self, run_id: int, *, finished_at: datetime, error: str) -> list[tuple[str, datetime]]:
-        """Close the attempts a dead daemon left open (crash recovery); the profile and start of each closed."""
+    async def interrupt_open(self, run_id: int, *, finished_at: datetime, error: str) -> None:
+        """Close the attempts a dead daemon left open (crash recovery). Each
+        one under a profile counts as a request of it (its CLI may well have made it: a `1d=1req` profile ran twice
+        across a crash), in the same transaction: a crash between the two would leave it closed and never counted."""
 
-        def close(conn: sqlite3.Connection) -> list[tuple[str, datetime]]:
+        def close(conn: sqlite3.Connection) -> None:
             rows = conn.execute(
                 "SELECT profile, started_at FROM attempts WHERE run_id = ? AND finished_at IS NULL", (run_id,)
             ).fetchall()
+            counted = [(profile, started, "attempt", None, None, 0, 0.0, 1) for profile, started in rows if profile]
+            if counted:
+                conn.executemany(INSERT_USAGE, counted).close()
             conn.execute(
                 "UPDATE attempts SET finished_at = ?, outcome = 'failed', error = ?, "
                 "duration_ms = CAST(round((julianday(?) - julianday(started_at)) * 86400000) AS INTEGER) "
                 "WHERE run_id = ? AND finished_at IS NULL",
                 (to_iso(finished_at), error, to_iso(finished_at), run_id),
             ).close()
-            return [(profile, from_iso(started)) for profile, started in rows]
 
-        return await self.db.write(close)
+        await self.db.write(close)
 
     async def for_run(self, run_id: int) -> list[Attempt]:
         rows = await self.db.fetchall(

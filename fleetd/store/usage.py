@@ -28,6 +28,11 @@ class NewUsage:
     requests: int = 1
 
 
+# A record whose dedupe key its profile has already is skipped.
+INSERT_USAGE = (
+    "INSERT OR IGNORE INTO usage_records (profile, at, source, session_id, dedupe_key, tokens, cost_usd, requests) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
 HAS_AGENT_KEYS_SQL = "SELECT 1 AS found FROM usage_records WHERE profile = ? AND dedupe_key IS NOT NULL LIMIT 1"
 
 
@@ -101,12 +106,7 @@ class UsageStore:
         if not rows:
             return 0
         async with self.db.transaction() as conn:
-            cur = await conn.executemany(
-                "INSERT OR IGNORE INTO usage_records "
-                "(profile, at, source, session_id, dedupe_key, tokens, cost_usd, requests) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                rows,
-            )
+            cur = await conn.executemany(INSERT_USAGE, rows)
             return max(0, cur.rowcount)
 
     async def add_agent(

@@ -8,6 +8,8 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 
+import pytest
+
 from tests.harness import Daemon, alive, standin_env, wait_until
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
@@ -68,6 +70,42 @@ def test_an_attempt_a_crash_cut_short_counts_against_its_profiles_limit(short_ho
         [once] = [u for u in d.json("usage") if u["profile"] == "once"]
         assert [w["used"] for w in once["windows"]] == [1]
         assert once["state"] == "exhausted"
+    finally:
+        d.stop()
+
+
+def test_a_crash_during_recovery_does_not_lose_the_cut_short_attempts_count(short_home: Path) -> None:
+    # Recovery closed the open attempts in one transaction and counted them in another: a crash (here, a failing
+    # insert) between the two left the attempt closed and never counted, and the next start found nothing to count.
+    standin = short_home / "standin"
+    standin.mkdir()
+
+    def started() -> Daemon:
+        daemon = Daemon(short_home / "home", "--kill-grace", "0.5s")
+        daemon.env.update(standin_env(standin))
+        return daemon.start()
+
+    d = started()
+    try:
+        d.cli("profile", "add", "once", "--backend", "claude_code", "--limit", "1d=1req")
+        (standin / "once.scenario").write_text("held")
+        d.cli("loop", "add", "crashed", "--every", "1h", "--paused", "--backend", "claude_code", "--profile", "once",
+              "--prompt", "x")  # fmt: skip
+        d.json("loop", "run", "crashed")
+        wait_until(lambda: (standin / "calls.jsonl").exists(), what="the attempt under way")
+        d.kill9()
+        with sqlite3.connect(d.home / "fleetd.db") as db:
+            db.execute("CREATE TRIGGER no_count BEFORE INSERT ON usage_records WHEN NEW.source = 'attempt' "
+                       "BEGIN SELECT RAISE(ABORT, 'the disk is full'); END")  # fmt: skip
+        with pytest.raises(AssertionError, match="daemon exited"):
+            started()
+        with sqlite3.connect(d.home / "fleetd.db") as db:
+            db.execute("DROP TRIGGER no_count")
+        d = started()
+        [once] = [u for u in d.json("usage") if u["profile"] == "once"]
+        assert [w["used"] for w in once["windows"]] == [1]
+        [run] = d.runs("--loop", "crashed")
+        assert run["status"] == "interrupted"
     finally:
         d.stop()
 
