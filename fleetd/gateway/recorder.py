@@ -96,11 +96,15 @@ class Recorder:
                 await self._task
             self._task = None
 
-    def unwritten_cost(self, key: str) -> float:
-        """What gateway key `key`'s finished calls cost that the call log does not show yet: its daily cost cap
-        counts it (sequential calls went past the cap by the calls of one linger). Read under `log_lock` with the
-        log."""
-        return sum(f.call.cost_usd for f in (*self._writing, *self._queue) if f.call is not None and f.call.key == key)
+    def unwritten_cost(self, key: str, since: datetime) -> float:
+        """What gateway key `key`'s finished calls since `since` cost that the call log does not show yet: its daily
+        cost cap counts it (sequential calls went past the cap by the calls of one linger). Read under `log_lock`
+        with the log."""
+        return sum(
+            f.call.cost_usd
+            for f in (*self._writing, *self._queue)
+            if f.call is not None and f.call.key == key and f.call.at >= since
+        )
 
     def _take(self) -> list[Finished]:
         batch, self._queue = self._queue, []

@@ -223,10 +223,14 @@ class GatewayService:
 
     async def spent(self, key: ClientKey) -> float:
         """What `key`'s calls cost in the last 24 h, as its cap counts it: the call log, and the finished calls it
-        does not show yet, read together (no batch is written meanwhile: each call is counted once)."""
+        does not show yet, read together (no batch is written meanwhile: each call is counted once). Only since the
+        key was added: calls are logged by its name, and a key added under a removed one's name took its spend."""
+        since = self.clock() - DAY
+        if key.created_at is not None:
+            since = max(since, key.created_at)
         recorder = self.proxy.recorder
         async with recorder.log_lock:
-            return await self.store.key_cost_since(key.name, self.clock() - DAY) + recorder.unwritten_cost(key.name)
+            return await self.store.key_cost_since(key.name, since) + recorder.unwritten_cost(key.name, since)
 
     async def remove_key(self, name: str) -> None:
         validate_key_name(name)

@@ -30,7 +30,7 @@ class CallLog:
 
 def _service(log: CallLog, holds: Holds) -> GatewayService:
     service = GatewayService(log, None, clock=lambda: T0)  # type: ignore[arg-type]
-    recorder = SimpleNamespace(unwritten_cost=lambda key: 0.0, log_lock=asyncio.Lock())
+    recorder = SimpleNamespace(unwritten_cost=lambda key, since: 0.0, log_lock=asyncio.Lock())
     service._proxy = SimpleNamespace(holds=holds, recorder=recorder)  # type: ignore[assignment]
     return service
 

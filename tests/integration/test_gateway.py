@@ -229,6 +229,22 @@ def test_the_daily_cost_cap_counts_the_calls_the_call_log_does_not_show_yet(gw: 
         gw.sdk(key).chat.completions.create(model=route, messages=[{"role": "user", "content": "hi"}])
 
 
+def test_a_key_removed_and_added_again_starts_its_daily_cost_afresh(gw: Gateway) -> None:
+    # The cap counted calls by the key's name: a key added again under a removed key's name was refused with what the
+    # removed key had spent.
+    route = gw.pair("again")
+    key = gw.d.json("gateway", "key", "add", "again", "--daily-cost", str(CHAT_COST * 1.5))["key"]
+    gw.sdk(key).chat.completions.create(model=route, messages=[{"role": "user", "content": "hi"}])
+    gw.call_of(route)
+    gw.d.cli("gateway", "key", "rm", "again")
+    key = gw.d.json("gateway", "key", "add", "again", "--daily-cost", str(CHAT_COST * 1.5))["key"]
+    (shown,) = [k for k in gw.d.json("gateway", "key", "list") if k["name"] == "again"]
+    assert shown["spent_24h"] == 0
+    gw.sdk(key).chat.completions.create(model=route, messages=[{"role": "user", "content": "hi"}])
+    with pytest.raises(openai.RateLimitError, match="daily cost cap"):
+        gw.sdk(key).chat.completions.create(model=route, messages=[{"role": "user", "content": "hi"}])
+
+
 def test_calls_in_flight_together_hold_the_daily_cost_cap(gw: Gateway) -> None:
     # Twenty parallel calls each saw only what had been written before it came in: sixteen times a small cap.
     route = gw.pair("par")
