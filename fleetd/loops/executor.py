@@ -356,7 +356,7 @@ class Executor:
         """`budget: …` when the loop has spent its --daily-cost in the last 24 h."""
         if loop.daily_cost is None:
             return None
-        return daily_cost_text(await self.attempts.loop_cost_since(loop.name, now - timedelta(days=1)), loop.daily_cost)
+        return daily_cost_text(await self.attempts.loop_spent_24h(loop, now), loop.daily_cost)
 
     async def _execute(self, loop: Loop, run: Run, slot: ActiveRun) -> None:
         # Its file is made by the first attempt's launch thread (off the event loop), else by its first note.

@@ -234,7 +234,7 @@ class Scheduler:
         slot = self.executor.running(loop)
         spent = None
         if loop.daily_cost is not None:
-            spent = await self.executor.attempts.loop_cost_since(loop.name, now - timedelta(days=1))
+            spent = await self.executor.attempts.loop_spent_24h(loop, now)
         facts = LoopFacts(
             loop, newest[0] if newest else None, slot.run_id if slot else None, slot.wait_until if slot else None,
             spent, usable_profiles,

@@ -93,6 +93,23 @@ def test_loop_show_says_the_loop_is_over_its_daily_cost(d: Daemon) -> None:
     assert "[over_daily_cost]" in why_not(d, "thrifty")
 
 
+def test_a_loop_removed_and_added_again_starts_its_daily_cost_afresh(d: Daemon) -> None:
+    # A loop's spend was summed by its name: one added under a removed loop's name had its runs skipped for what the
+    # removed loop had spent, though `loop show` lists none of that loop's runs.
+    d.cli("profile", "add", "cc-again", "--backend", "claude_code")
+    scenario(d, "cc-again", "ok")  # the capture reports $0.0009104 for its run
+    define = ("loop", "add", "respent", "--every", "1h", "--paused", "--backend", "claude_code", "--profile",
+              "cc-again", "--prompt", "x", "--daily-cost", "0.0005")  # fmt: skip
+    d.cli(*define)
+    assert d.wait_run(d.json("loop", "run", "respent")["id"])["status"] == "succeeded"
+    assert d.cli("loop", "run", "respent", "--json", check=False).returncode == 1  # over its daily cost: skipped
+    d.cli("loop", "rm", "respent")
+    d.cli(*define)
+    again = d.cli("loop", "run", "respent", "--json", check=False)
+    assert again.returncode == 0, again.stdout
+    assert d.wait_run(json.loads(again.stdout)["id"])["status"] == "succeeded"
+
+
 def test_fires_while_a_run_waits_for_a_reset_are_one_skipped_row_and_the_list_says_waiting(d: Daemon) -> None:
     d.cli("profile", "add", "solo", "--backend", "codex")
     # The reset far enough ahead for every check below on a loaded host: one that came first would retry the run
