@@ -17,6 +17,8 @@ from functools import partial
 from typing import NamedTuple
 
 from fleetd.heartbeat.windows import WindowUsage, reaches, within
+from fleetd.records.money import usd, usd_apart
+from fleetd.records.profile import Limit
 from fleetd.records.result import WindowState
 from fleetd.records.usage import Consumption, ProfileStatus
 
@@ -55,13 +57,18 @@ def evaluate(
     if not live:
         for usage, until in zip(usages, full_until, strict=True):
             if usage.exceeded:
-                reason = f"{usage.limit.describe()} used {usage.used:g}"
+                reason = f"{usage.limit.describe()}: {_amount(usage.used, usage.limit)} used"
                 return ProfileStatus("exhausted", until or now + UNKNOWN_RESET_BACKOFF, reason, counted=True)
     fractions = used_fractions(usages, reported, now)
     unconfirmed = prev.unconfirmed or came_back
     if fractions and max(fractions) >= near:
         return ProfileStatus("near_limit", None, f"{max(fractions):.0%} of a window used", unconfirmed)
     return ProfileStatus("available", None, "", unconfirmed)
+
+
+def _amount(used: float, limit: Limit) -> str:
+    """What a window holds as its messages write it: dollars for a money limit, told apart from the limit."""
+    return usd_apart(used, limit.amount)[0] if limit.unit == "usd" else f"{used:g}"
 
 
 class Typical(NamedTuple):
@@ -103,11 +110,11 @@ def no_room_for_another(
         extra = [unrecorded] if unrecorded is not None else []
         until = usage.no_room_until(partial(_joined, records, i, extra), pending, each, now)
         if until is not None:
-            said = [f"{usage.used + done:g} used"]
+            said = [f"{_amount(usage.used + done, usage.limit)} used"]
             if under_way:
                 said.append(f"{under_way} attempt(s) under way")
             if unit != "req" and each and typical is not None:
-                said.append(f"one uses about {each:g}")
+                said.append(f"one costs about {usd(each)}" if unit == "usd" else f"one uses about {each:g}")
             busy = within(usage.used + done + min(each or 0.0, usage.limit.amount), usage.limit.amount)
             return f"{usage.limit.describe()}: {', '.join(said)}", until, busy
     return None

@@ -157,6 +157,19 @@ def test_the_profiles_view_counts_requests_tokens_and_calls_not_recorded_yet() -
     assert no_room_for_another([two], lambda i: reqs, [WindowState(300, 10.0, now + H)], 1, None, None, now) is None
 
 
+def test_a_money_limits_reasons_write_money() -> None:
+    # "1d=0.005usd: 0.0027312 used, one uses about 0.0009104": raw floats where every other message writes dollars.
+    now = T0 + 3 * H
+    spent = [Consumption(T0 + timedelta(hours=h), 10, 1, cost) for h, cost in ((0, 0.0018208), (1, 0.0009104))]
+    cap = window_usage(spent, Limit(24 * 3600, 0.003, "usd"), now)
+    full = no_room_for_another([cap], lambda i: spent, [], 1, Typical(10, 0.0009104), None, now)
+    assert full is not None
+    assert full[0] == "1d=0.003usd: $0.0027 used, 1 attempt(s) under way, one costs about $0.00091"
+    over = window_usage([*spent, Consumption(T0 + 2 * H, 10, 1, 0.0009104)], Limit(24 * 3600, 0.003, "usd"), now)
+    status = evaluate(ProfileStatus(), [over], [T0 + 24 * H], [], now, NEAR)
+    assert (status.state, status.reason) == ("exhausted", "1d=0.003usd: $0.0036 used")
+
+
 def test_a_daily_cost_cap_has_room_only_for_an_attempt_that_fits() -> None:
     assert cost_cap_taken(5.0, 5.0, 0, None)  # spent
     assert not cost_cap_taken(4.0, 5.0, 0, None)
