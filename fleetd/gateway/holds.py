@@ -1,6 +1,7 @@
 """What gateway calls let in but not finished are expected to cost, per client key: its daily cost cap counts
 them, so calls that arrive together cannot each go past it (twenty parallel calls spent sixteen times a small cap:
-each saw only what was written before it came in). Pure but for the monotonic clock it is given."""
+each saw only what was written before it came in). Pure but for the monotonic clock it is given. A key is whatever
+identifies it to the caller (its hash: a key added under a removed one's name is another key)."""
 
 from __future__ import annotations
 

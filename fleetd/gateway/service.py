@@ -9,7 +9,7 @@ import hmac
 import logging
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from fleetd.errors import Conflict, InvalidArgument, NotFound
@@ -25,7 +25,7 @@ from fleetd.gateway.protocols import GatewayError
 from fleetd.heartbeat.windows import within
 from fleetd.profiles.service import ProfileService
 from fleetd.records.gateway import ClientKey, GatewayCall, GatewaySetting, Route, is_loopback, split_listen
-from fleetd.records.money import usd, usd_apart
+from fleetd.records.money import day_since, usd, usd_apart
 from fleetd.store.gateway import GatewayStore
 
 if TYPE_CHECKING:
@@ -33,7 +33,6 @@ if TYPE_CHECKING:
     from fleetd.gateway.server import GatewayListener
 
 log = logging.getLogger("fleetd.gateway")
-DAY = timedelta(days=1)
 STATS_KEYS = ("route", "profile", "model", "key", "api")
 
 
@@ -59,7 +58,7 @@ class GatewayService:
         self.problem: str | None = None
         self._routes: dict[str, Route] = {}
         self._keys: list[ClientKey] = []
-        self._looked_up: set[tuple[str, str]] = set()  # (key, route) whose last cost the call log was asked for
+        self._looked_up: set[tuple[str, str]] = set()  # (key's hash, route) whose last cost the call log was asked for
         self._routes_looked_up: set[str] = set()  # routes whose last call's cost (any key's) it was asked for
 
     async def start(self) -> None:
@@ -225,9 +224,7 @@ class GatewayService:
         """What `key`'s calls cost in the last 24 h, as its cap counts it: the call log, and the finished calls it
         does not show yet, read together (no batch is written meanwhile: each call is counted once). Only since the
         key was added: calls are logged by its name, and a key added under a removed one's name took its spend."""
-        since = self.clock() - DAY
-        if key.created_at is not None:
-            since = max(since, key.created_at)
+        since = day_since(self.clock(), key.created_at)
         recorder = self.proxy.recorder
         async with recorder.log_lock:
             return await self.store.key_cost_since(key.name, since) + recorder.unwritten_cost(key.name, since)
@@ -258,14 +255,18 @@ class GatewayService:
         if key.daily_cost is None:
             return None, None
         holds = self.proxy.holds
-        own = holds.own(key.name, route.name)
-        if own is None and (key.name, route.name) not in self._looked_up:
+        me = key.key_hash  # in memory a key is its hash: one added under a removed key's name is another key
+        own = holds.own(me, route.name)
+        if own is None and (me, route.name) not in self._looked_up:
             # After a restart: what its latest call on this route cost, from the call log (one at $0.98 of $1 was let
             # in after a kill -9, the key's last cost forgotten), before any other key's since.
-            self._looked_up.add((key.name, route.name))
-            if own := await self.store.last_call_cost(key.name, route.name, route.created_at):
-                holds.remember(key.name, route.name, own)
-        expected = holds.expected(key.name, route.name)
+            self._looked_up.add((me, route.name))
+            since = route.created_at  # not another route's of its name, nor another key's of its name
+            if since is not None and key.created_at is not None:
+                since = max(since, key.created_at)
+            if own := await self.store.last_call_cost(key.name, route.name, since):
+                holds.remember(me, route.name, own)
+        expected = holds.expected(me, route.name)
         if expected is None and route.name not in self._routes_looked_up:  # its first call there, after a restart
             self._routes_looked_up.add(route.name)
             if last := await self.store.last_call_cost(None, route.name, route.created_at):
@@ -274,7 +275,7 @@ class GatewayService:
         # What it spent, then what its calls under way hold, with no await between (nor after, until this call holds
         # its share): a call that ended meanwhile moved from the calls under way to the finished ones, counted once.
         spent = await self.spent(key)
-        held = holds.held(key.name)
+        held = holds.held(me)
         shown, cap = usd_apart(spent, key.daily_cost)
         if spent >= key.daily_cost:
             message = f"gateway key {key.name} has spent {shown} of its {cap} daily cost cap in the last 24 h"
@@ -294,7 +295,7 @@ class GatewayService:
         # Held at its own last cost; a first call on the route (expected at another key's, or not at all) at all that
         # is left, so that its first calls go one at a time (twenty at once were let in at another key's $0.001 ping).
         amount = min(own, key.daily_cost) if own else key.daily_cost - spent - held
-        return None, holds.hold(key.name, route.name, amount, route.timeout_s + 60)
+        return None, holds.hold(me, route.name, amount, route.timeout_s + 60)
 
     # -- the per-call log --------------------------------------------------------------------------
 

@@ -32,6 +32,7 @@ from fleetd.loops.tmpdirs import TmpDirs
 from fleetd.loops.workers import Workers
 from fleetd.records.fire import SkipReason, daily_cost_text, skip_text
 from fleetd.records.loop import ChainStep, Loop
+from fleetd.records.money import day_since
 from fleetd.records.profile import Profile
 from fleetd.records.result import ErrorClass, ParsedOutput
 from fleetd.records.run import LoopFire, Run, RunStatus
@@ -356,7 +357,8 @@ class Executor:
         """`budget: …` when the loop has spent its --daily-cost in the last 24 h."""
         if loop.daily_cost is None:
             return None
-        return daily_cost_text(await self.attempts.loop_spent_24h(loop, now), loop.daily_cost)
+        spent = await self.attempts.loop_cost_since(loop.name, day_since(now, loop.created_at))
+        return daily_cost_text(spent, loop.daily_cost)
 
     async def _execute(self, loop: Loop, run: Run, slot: ActiveRun) -> None:
         # Its file is made by the first attempt's launch thread (off the event loop), else by its first note.

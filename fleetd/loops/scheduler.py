@@ -19,6 +19,7 @@ from fleetd.loops.schedule import Plan, build_trigger, first_fire, never_fires, 
 from fleetd.loops.whynot import LoopFacts, NotFiring, why_not
 from fleetd.records.fire import SkipReason
 from fleetd.records.loop import Loop
+from fleetd.records.money import day_since
 from fleetd.records.run import LoopFire, Run
 from fleetd.store.loops import LoopStore
 
@@ -234,7 +235,7 @@ class Scheduler:
         slot = self.executor.running(loop)
         spent = None
         if loop.daily_cost is not None:
-            spent = await self.executor.attempts.loop_spent_24h(loop, now)
+            spent = await self.executor.attempts.loop_cost_since(loop.name, day_since(now, loop.created_at))
         facts = LoopFacts(
             loop, newest[0] if newest else None, slot.run_id if slot else None, slot.wait_until if slot else None,
             spent, usable_profiles,

@@ -32,7 +32,7 @@ from fleetd.profiles.model import (
 )
 from fleetd.profiles.secrets import SecretStore
 from fleetd.records.loop import ChainStep, Loop
-from fleetd.records.money import usd, usd_apart
+from fleetd.records.money import day_since, usd, usd_apart
 from fleetd.records.profile import Profile
 from fleetd.records.result import ParsedOutput
 from fleetd.routing.router import NO_COST_ROOM, NO_ROOM, OVER_COST, World
@@ -46,7 +46,6 @@ log = logging.getLogger("fleetd.profiles")
 # How soon a run waiting on room that attempts under way take looks again by itself: each attempt's end wakes it
 # (`Heartbeat.room_freed`); this only bounds the wait if that never comes.
 PENDING_RECHECK = timedelta(minutes=5)
-DAY = timedelta(days=1)
 # Another profile's key shorter than this is not scrubbed from every run's output: a placeholder such as
 # "none" for a local server guards nothing and would mangle everyone's output. An attempt's own key is
 # scrubbed from its output whatever its length.
@@ -313,12 +312,12 @@ class ProfileService:
         """`fleetd usage`: each profile's standing as the heartbeat judges it now, and what it spent of its daily
         cost cap (a profile over it showed as `available`, with nothing to say why runs passed it over)."""
         rows = await self.heartbeat.snapshot(await self.store.list())
-        since = self.clock() - DAY
+        now = self.clock()
         for row in rows:
             profile = row["profile"]
             spent = None
             if profile.daily_cost is not None and self.attempt_costs is not None:
-                spent = await self.attempt_costs.profile_cost_since(profile.name, since)
+                spent = await self.attempt_costs.profile_cost_since(profile.name, day_since(now, profile.created_at))
                 spent += self.heartbeat.unrecorded_cost(profile.name)
             row["daily_cost_spent"] = spent
             # Spent; and, as routing judges it, passed over: spent, or no room for one more attempt of its typical cost
@@ -382,7 +381,7 @@ class ProfileService:
         for profile in profiles:
             if profile.daily_cost is not None and self.attempt_costs is not None:
                 began = time.monotonic()
-                spent = await self.attempt_costs.profile_cost_since(profile.name, now - DAY)
+                spent = await self.attempt_costs.profile_cost_since(profile.name, day_since(now, profile.created_at))
                 self._spent[profile.name] = (began, spent)
         # No await from here on: the attempts under way are counted as they stand when the caller's attempt
         # reserves its profile (the executor reserves before its next await), so two cannot both take the last room.

@@ -1,9 +1,19 @@
 """Money as fleetd writes it in text (JSON keeps the numbers): a leaf of the records, shared by the daemon's
-messages and the CLI's tables, so that a spend beside its cap reads the same everywhere."""
+messages and the CLI's tables, so that a spend beside its cap reads the same everywhere; and where a daily cost's
+24 h start."""
 
 from __future__ import annotations
 
 import math
+from datetime import datetime, timedelta
+
+DAY = timedelta(days=1)
+
+
+def day_since(now: datetime, added: datetime | None) -> datetime:
+    """Where the rolling 24 h of a daily cost (a loop's, a profile's, a gateway key's) start: not before its owner
+    was added. Spend is recorded by name, and one added under a removed one's name was refused with its spend."""
+    return now - DAY if added is None else max(now - DAY, added)
 
 
 def usd(amount: float) -> str:

@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import datetime
 
-from fleetd.records.loop import Loop
 from fleetd.records.result import ParsedOutput
 from fleetd.records.run import Attempt
 from fleetd.store.db import Database
@@ -125,17 +124,12 @@ class AttemptStore:
         row = await self.db.fetchone(PROFILE_COST, (profile, to_iso(since), profile, to_iso(since)))
         return float(row["spent"]) if row else 0.0
 
-    async def loop_spent_24h(self, loop: Loop, now: datetime) -> float:
-        """What the loop's runs cost in the 24 h before `now` (USD), every attempt included, as its --daily-cost
-        counts it: only since it was added (runs are by the loop's name, and one added under a removed loop's name
-        had its fires skipped for that loop's spend)."""
-        since = now - timedelta(days=1)
-        if loop.created_at is not None:
-            since = max(since, loop.created_at)
+    async def loop_cost_since(self, loop: str, since: datetime) -> float:
+        """What a loop's runs cost since then (USD), every attempt included."""
         row = await self.db.fetchone(
             "SELECT coalesce(sum(a.cost_usd), 0) AS spent FROM attempts a JOIN runs r ON r.id = a.run_id "
             "WHERE r.loop = ? AND a.started_at >= ?",
-            (loop.name, to_iso(since)),
+            (loop, to_iso(since)),
         )
         return float(row["spent"]) if row else 0.0
 

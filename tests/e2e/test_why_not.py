@@ -110,6 +110,23 @@ def test_a_loop_removed_and_added_again_starts_its_daily_cost_afresh(d: Daemon) 
     assert d.wait_run(json.loads(again.stdout)["id"])["status"] == "succeeded"
 
 
+def test_a_profile_removed_and_added_again_starts_its_daily_cost_afresh(d: Daemon) -> None:
+    # Its --limit windows start afresh (`profile rm` forgets its usage records), but its --daily-cost was summed by
+    # name: added again, it was passed over for what the removed profile had spent.
+    define = ("profile", "add", "cc-back", "--backend", "claude_code", "--daily-cost", "0.0005")
+    d.cli(*define)
+    scenario(d, "cc-back", "ok")  # the capture reports $0.0009104 for its run
+    d.cli("loop", "add", "backer", "--every", "1h", "--paused", "--backend", "claude_code", "--profile", "cc-back",
+          "--prompt", "x")  # fmt: skip
+    assert d.wait_run(d.json("loop", "run", "backer")["id"])["status"] == "succeeded"
+    spent = lambda: next(u["daily_cost"] for u in d.json("usage") if u["profile"] == "cc-back")  # noqa: E731
+    assert spent()["spent"] > 0.0005 and spent()["reached"]
+    d.cli("loop", "rm", "backer")
+    d.cli("profile", "rm", "cc-back")
+    d.cli(*define)
+    assert spent()["spent"] == 0 and not spent()["reached"]
+
+
 def test_fires_while_a_run_waits_for_a_reset_are_one_skipped_row_and_the_list_says_waiting(d: Daemon) -> None:
     d.cli("profile", "add", "solo", "--backend", "codex")
     # The reset far enough ahead for every check below on a loaded host: one that came first would retry the run

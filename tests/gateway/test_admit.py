@@ -58,5 +58,21 @@ def test_a_keys_first_calls_on_a_route_go_one_at_a_time_at_whatever_another_key_
         return [first, second]
 
     (ok, hold), (refused, none) = asyncio.run(two())
-    assert ok is None and hold is not None and holds.held("a") == 1.0  # all that is left
+    assert ok is None and hold is not None and holds.held("h") == 1.0  # all that is left (a key is its hash)
     assert none is None and refused is not None and refused.retry_after == 1  # until the first one ends
+
+
+def test_a_key_added_under_a_removed_keys_name_takes_neither_its_calls_under_way_nor_its_last_cost() -> None:
+    # The holds were by name: the removed key's call under way counted against the new key's cap, and its last cost
+    # on the route stood for the new key's own (its first calls then went in together, not one at a time).
+    holds = Holds()
+    service = _service(CallLog({}, {}), holds)
+    old = ClientKey("a", "old-hash", daily_cost=1.0, created_at=T0)
+    _, first = asyncio.run(service.admit(old, ROUTE))
+    holds.release(first, 0.30, "r")
+    _, under_way = asyncio.run(service.admit(old, ROUTE))
+    assert under_way is not None and holds.held("old-hash") == 0.30
+    new = ClientKey("a", "new-hash", daily_cost=1.0, created_at=T0)
+    refused, hold = asyncio.run(service.admit(new, ROUTE))
+    assert refused is None and hold is not None
+    assert holds.held("new-hash") == 1.0  # a first call: all that is left, not $0.30, and the old call not counted

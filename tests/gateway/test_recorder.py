@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from fleetd.gateway import recorder as recorder_module
@@ -126,5 +126,20 @@ def test_a_store_that_refuses_a_batch_is_logged_and_the_next_is_written(monkeypa
         await rec.put(Finished(call("kept")))
         await rec.close()
         assert [c.route for c in written] == ["kept"]
+
+    asyncio.run(go())
+
+
+def test_the_unwritten_cost_of_a_key_counts_only_its_calls_since_then() -> None:
+    # A key added under a removed key's name: the removed key's calls not written yet are not the new key's.
+    async def go() -> None:
+        store = BlockedStore()
+        recorder = Recorder(store.attempts_finished, store.add_calls)
+        await recorder.put(Finished(GatewayCall(T0, "laptop", "fast", "chat", False, cost_usd=0.25)))
+        assert recorder.unwritten_cost("laptop", T0) == 0.25
+        assert recorder.unwritten_cost("laptop", T0 + timedelta(seconds=1)) == 0.0
+        assert recorder.unwritten_cost("desk", T0) == 0.0
+        store.open.set()
+        await recorder.close()
 
     asyncio.run(go())
