@@ -243,14 +243,14 @@ def main() -> None:
     print(f"fire lag / fire-to-process, loops of `{COMMAND}` every 1s, {args.seconds:g}s measured (ms)")
     print(f"{'loops':>5}  {'lag p50':>8}  {'lag p99':>8}  {'proc p50':>8}  {'proc p99':>8}  {'proc max':>8}  "
           f"{'slots':>6}  {'missing':>7}  {'told':>5}  {'skipped':>7}  {'stop s':>6}  {'left':>4}  "
-          f"{'cpu/run':>7}  {'loop':>5}  {'idle':>4}")  # fmt: skip
+          f"{'cpu/run':>7}  {'loop':>5}  {'idle':>5}")  # fmt: skip
     print(f"{'bare':>5}  {'':>8}  {'':>8}  {floor * 1000:8.1f}  {'':>8}  {'':>8}  (baseline: a lone spawn's offset)")
     for r in results:
         print(f"{r['loops']:>5}  {r['lag_p50_ms']:8.1f}  {r['lag_p99_ms']:8.1f}  {r['proc_p50_ms']:8.1f}  "
               f"{r['proc_p99_ms']:8.1f}  {r['proc_max_ms']:8.1f}  {r['expected']:>6}  {r['missing']:>7}  "
               f"{r['told_missed']:>5}  "
               f"{r['skipped']:>7}  {r['stop_s']:6.1f}  {r['left_running']:>4}  {r['cpu_ms_per_run']:7.2f}  "
-              f"{r['loop_cpu_ms_per_run']:5.2f}  {r['idle_cores']:4.2f}")  # fmt: skip
+              f"{r['loop_cpu_ms_per_run']:5.2f}  {r['idle_cores']:5.2f}")  # fmt: skip
     print("cpu/run: the daemon's CPU (all its threads, not its children) over the window per run started, ms;"
           " loop: its event loop's thread alone; idle: cores the machine left idle meanwhile")  # fmt: skip
     print(f"targets: proc p50 <= 20, p99 <= 100 at 200 loops; no missed fire at 500; stop <= "
