@@ -10,6 +10,7 @@ import contextlib
 import gc
 import json
 import logging
+import sqlite3
 from collections.abc import Awaitable, Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
     from fleetd.backends.usage_files import UsageRow
 
 Settle = Callable[[], None]  # ends counting an attempt apart (its reservation, its unrecorded use)
+Write = Callable[[sqlite3.Connection], object]  # a change to the store, run inside one of its transactions
 log = logging.getLogger("fleetd.heartbeat")
 WATCH_ARMING_S = 1.0  # a generous bound on how long watchfiles takes to start watching
 # How often watchfiles' thread looks for changes; it reports them once a look finds no newer ones, so an agent's write
@@ -718,19 +720,25 @@ class Heartbeat:
 
     async def attempt_finished(
         self, profile: Profile, parsed: ParsedOutput, finished_at: datetime, cost_usd: float | None,
-        settle: Settle | None = None,
+        settle: Settle | None = None, end: Write | None = None,
     ) -> None:  # fmt: skip
-        """Record what the attempt used and what it says about the profile, then beat for its backend."""
-        await self.attempts_finished([(profile, parsed, finished_at, cost_usd)], settles=[settle] if settle else [])
+        """Record what the attempt used and what it says about the profile, then beat for its backend. `end`: the
+        attempt's end, written with its use (`attempts_finished`)."""
+        await self.attempts_finished(
+            [(profile, parsed, finished_at, cost_usd)], settles=[settle] if settle else [], ends=[end] if end else []
+        )
 
     async def attempts_finished(
-        self, done: list[tuple[Profile, ParsedOutput, datetime, float | None]], settles: Sequence[Settle] = ()
-    ) -> None:
+        self, done: list[tuple[Profile, ParsedOutput, datetime, float | None]], settles: Sequence[Settle] = (),
+        ends: Sequence[Write] = (),
+    ) -> None:  # fmt: skip
         """What the attempts used and what each says about its profile (the gateway's successes come
         batched; a run's attempt alone): each one's state and circuit step in order, their usage in one
         write, and each profile's windows and its backend's choice refreshed once, after all of them.
         `settles`: called as their records join the windows, with no await between, to stop counting them apart
-        (a run's reservation, a gateway call's unrecorded use): never counted twice, nor not at all."""
+        (a run's reservation, a gateway call's unrecorded use): never counted twice, nor not at all. `ends`: the
+        attempts' ends (of their rows in the store), written in the same transaction as their use: a kill -9 between
+        the two left an attempt closed and never counted (crash recovery counts an open one)."""
         if not done:
             for settle in settles:
                 settle()
@@ -744,7 +752,7 @@ class Heartbeat:
                        for p, parsed, at, cost in done]  # fmt: skip
             try:
                 ledgers = {p.name: await self._ledger(p, at) for p, _, at, _ in done}  # before the insert
-                await self.usage.add(records)
+                await self.usage.add(records, with_=ends)
                 for record in records:
                     ledgers[record.profile].add(
                         record.at, record.tokens, 1, record.cost_usd, record.session_id, attempt=True

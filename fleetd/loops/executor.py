@@ -82,9 +82,10 @@ class ProfileSource(Protocol):
     def reserve(self, profile: Profile) -> None: ...
     def release(self, profile: Profile, probe: bool = False) -> None: ...
     def free_probe(self, profile: Profile) -> None: ...
+    # `end`: the attempt's end in the store, written with its use in one transaction.
     async def attempt_finished(
         self, profile: Profile, parsed: ParsedOutput, finished_at: datetime, cost_usd: float | None,
-        settle: Callable[[], None] | None = None,
+        settle: Callable[[], None] | None = None, end: Callable[[sqlite3.Connection], None] | None = None,
     ) -> None: ...  # fmt: skip
 
 
@@ -958,16 +959,14 @@ class Executor:
         error = None if parsed.outcome == "succeeded" else _describe(parsed)
         finished_at = self.clock()
         assert attempt_id is not None
+        ending = finish_write(
+            attempt_id, finished_at=finished_at, exit_code=end.exit_code, parsed=parsed, error=error, cost_usd=cost
+        )
         if last:  # nothing reads it before the run's end, which writes it
-            slot.attempt_end = finish_write(
-                attempt_id, finished_at=finished_at, exit_code=end.exit_code, parsed=parsed, error=error, cost_usd=cost
-            )
-        else:
+            slot.attempt_end = ending
+        elif profile is None:
             try:
-                await self.attempts.finish(
-                    attempt_id, finished_at=finished_at, exit_code=end.exit_code, parsed=parsed, error=error,
-                    cost_usd=cost,
-                )  # fmt: skip
+                await self.attempts.write_end(ending)
             except Exception as e:  # the run's own end still gets recorded (and retried)
                 log.error("run %s: cannot record the end of attempt %s (%s)", run.id, number, e)
         if profile is not None:
@@ -976,7 +975,14 @@ class Executor:
             said = parsed
             if (end.timed_out or slot.interrupt_reason) and parsed.outcome != "succeeded":
                 said = replace(parsed, outcome="unknown", error_class=None)
-            await self.profiles.attempt_finished(profile, said, finished_at, cost, settle)
+            # Its end goes with its use, in one transaction: closed, it is counted (crash recovery counts it while
+            # it is open). Should the count fail before that write, its end is written alone.
+            try:
+                await self.profiles.attempt_finished(profile, said, finished_at, cost, settle, ending)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(self.attempts.write_end(ending))
+                raise
         end.cost_usd, end.attempt_id, end.number = cost, attempt_id, number
         return end
 

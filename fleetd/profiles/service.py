@@ -18,7 +18,7 @@ from typing import Any
 from fleetd.backends.registry import get_adapter
 from fleetd.errors import Conflict, FleetdError, InvalidArgument, NotFound, shown
 from fleetd.gateway.model import checked_step
-from fleetd.heartbeat.service import Heartbeat, Settle
+from fleetd.heartbeat.service import Heartbeat, Settle, Write
 from fleetd.heartbeat.state import cost_cap_taken
 from fleetd.heartbeat.switch import USABLE
 from fleetd.heartbeat.windows import reaches
@@ -487,9 +487,9 @@ class ProfileService:
 
     async def attempt_finished(
         self, profile: Profile, parsed: ParsedOutput, finished_at: datetime, cost_usd: float | None,
-        settle: Settle | None = None,
+        settle: Settle | None = None, end: Write | None = None,
     ) -> None:  # fmt: skip
-        await self.heartbeat.attempt_finished(profile, parsed, finished_at, cost_usd, settle)
+        await self.heartbeat.attempt_finished(profile, parsed, finished_at, cost_usd, settle, end)
 
     async def attempts_finished(
         self, done: list[tuple[Profile, ParsedOutput, datetime, float | None]], settles: Sequence[Settle] = ()

@@ -83,6 +83,10 @@ class AttemptStore:
 
         return await self.db.write(write)
 
+    async def write_end(self, end: Callable[[sqlite3.Connection], None]) -> None:
+        """An attempt's end made by `finish_write`, written alone."""
+        await self.db.write(end)
+
     async def finish(
         self,
         attempt_id: int,

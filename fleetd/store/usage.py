@@ -4,7 +4,9 @@ of each backend."""
 from __future__ import annotations
 
 import json
-from collections.abc import Collection
+import logging
+import sqlite3
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -14,6 +16,8 @@ from fleetd.records.result import WindowState
 from fleetd.records.usage import Consumption, ProfileStatus, StoredState
 from fleetd.store.db import Database
 from fleetd.timefmt import from_iso, to_iso
+
+log = logging.getLogger("fleetd.store")
 
 
 @dataclass(frozen=True)
@@ -90,15 +94,28 @@ class UsageStore:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    async def add(self, records: list[NewUsage]) -> int:
-        """Insert in one statement, skipping records whose dedupe key this profile already has. Returns how many
-        were new (all of them, unless some were read before: then the caller cannot tell which)."""
-        return await self.add_rows(
-            [
-                (r.profile, to_iso(r.at), r.source, r.session_id, r.dedupe_key, r.tokens, r.cost_usd, r.requests)
-                for r in records
-            ]
-        )
+    async def add(self, records: list[NewUsage], with_: Sequence[Callable[[sqlite3.Connection], object]] = ()) -> int:
+        """Insert them, skipping records whose dedupe key this profile already has. Returns how many were new (all of
+        them, unless some were read before: then the caller cannot tell which). `with_`: writes of the change these
+        records count (the ends of the attempts that used them), in the same transaction: an attempt closed is an
+        attempt counted (crash recovery counts the open ones). One that raises is logged, and the records still go."""
+        rows = [
+            (r.profile, to_iso(r.at), r.source, r.session_id, r.dedupe_key, r.tokens, r.cost_usd, r.requests)
+            for r in records
+        ]
+
+        def write(conn: sqlite3.Connection) -> int:
+            for change in with_:
+                try:
+                    change(conn)
+                except Exception:
+                    if not conn.in_transaction:  # SQLite rolled the whole transaction back: the store failed
+                        raise
+                    log.exception("cannot record the change some usage records count; the records are kept")
+            cur = conn.executemany(INSERT_USAGE, rows)
+            return max(0, cur.rowcount)
+
+        return await self.db.write(write) if rows or with_ else 0
 
     async def add_rows(self, rows: list[tuple[str, str | None, str, str | None, str | None, int, float, int]]) -> int:
         """`add` for rows already in column order (profile, at as `to_iso` writes it, source, session_id,

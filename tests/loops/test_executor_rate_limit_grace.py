@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Collection
+import sqlite3
+from collections.abc import Callable, Collection
 from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -31,8 +32,8 @@ KILL_GRACE = 0.5
 class OneProfile:
     """The pool is one Codex profile, tried once: after its attempt nothing has headroom."""
 
-    def __init__(self, profile: Profile) -> None:
-        self.profile = profile
+    def __init__(self, profile: Profile, db: Database) -> None:
+        self.profile, self.db = profile, db
         self.planned = 0
         self.finished: list[ParsedOutput] = []
 
@@ -64,9 +65,12 @@ class OneProfile:
         pass
 
     async def attempt_finished(
-        self, profile: Profile, parsed: ParsedOutput, at: datetime, cost: float | None, settle: object = None
-    ) -> None:
+        self, profile: Profile, parsed: ParsedOutput, at: datetime, cost: float | None, settle: object = None,
+        end: Callable[[sqlite3.Connection], None] | None = None,
+    ) -> None:  # fmt: skip
         self.finished.append(parsed)
+        if end is not None:  # written with its use, as the heartbeat does
+            await self.db.write(end)
 
     async def run_waiting(self, loop: Loop, run_id: int, until: datetime) -> None:
         raise AssertionError("nothing to wait for")
@@ -86,7 +90,7 @@ def codex_attempt(tmp_path: Path, scenario: str) -> Attempt:
             await LoopStore(db).insert(loop)
             profile = Profile("cx", "codex", "subscription", str(tmp_path / "codex-home"))
             attempts = AttemptStore(db)
-            ex = Executor(RunStore(db), attempts, OneProfile(profile), log_path=lambda i: tmp_path / f"{i}.log",  # type: ignore[arg-type]
+            ex = Executor(RunStore(db), attempts, OneProfile(profile, db), log_path=lambda i: tmp_path / f"{i}.log",  # type: ignore[arg-type]
                           tmp_root=tmp_path / "tmp", tag_prefix=f"grace{os.getpid()}", clock=now_utc,
                           local_tz=ZoneInfo("UTC"), kill_grace=KILL_GRACE)  # fmt: skip
             run = await ex.fire(loop, "manual", now)

@@ -71,8 +71,9 @@ class LastRoom:
         pass
 
     async def attempt_finished(
-        self, profile: Profile, parsed: ParsedOutput, at: datetime, cost: float | None, settle: object = None
-    ) -> None:
+        self, profile: Profile, parsed: ParsedOutput, at: datetime, cost: float | None, settle: object = None,
+        end: object = None,
+    ) -> None:  # fmt: skip
         pass
 
 
