@@ -753,10 +753,18 @@ class Heartbeat:
             try:
                 ledgers = {p.name: await self._ledger(p, at) for p, _, at, _ in done}  # before the insert
                 await self.usage.add(records, with_=ends)
+                used: dict[str, list[tuple[float, float]]] = {}
                 for record in records:
                     ledgers[record.profile].add(
                         record.at, record.tokens, 1, record.cost_usd, record.session_id, attempt=True
                     )
+                    if record.tokens > 0:
+                        used.setdefault(record.profile, []).append((record.tokens, record.cost_usd))
+                # What one uses, known as these stop being counted apart (the settles), not only once read back from
+                # the store (`_learn_typical`, below): a call in between was held at all that was left, and passed.
+                for name, recent in used.items():
+                    if self._typical.get(name) is None:
+                        self._typical[name] = typical_of(recent)
             finally:
                 for settle in settles:
                     settle()

@@ -636,6 +636,25 @@ def test_a_limit_edited_while_an_attempt_is_under_way_stands_when_it_ends(tmp_pa
     run(tmp_path, body, limits=("1d=1req",))
 
 
+def test_what_an_attempt_uses_is_known_as_its_first_calls_use_joins_the_windows(tmp_path: Path) -> None:
+    # Between a fresh profile's first calls joining the windows (no longer counted apart) and its typical attempt read
+    # back from the store, what one uses was known nowhere: a third back-to-back call was held at all that was left
+    # of a token limit, let in, and passed it.
+    async def body(hb: Heartbeat, clock: Clock, usage: UsageStore, profiles: list[Profile]) -> None:
+        seen: list[object] = []
+        hb.unrecorded("a", 817, 0.01)
+        assert hb.typical("a") == (817, 0.01)  # the call not recorded yet stands for it
+
+        def settle() -> None:  # the gateway's: the call is in the windows now, no longer counted apart
+            hb.recorded_use("a")
+            seen.append(hb.typical("a"))
+
+        await hb.attempts_finished([(profiles[0], ok(817), clock.now, 0.01)], [settle])
+        assert seen == [(817, 0.01)]
+
+    run(tmp_path, body, limits=("1d=2042tok",))
+
+
 def test_usage_counts_the_gateways_calls_not_recorded_yet(tmp_path: Path) -> None:
     # `usage show` said `0req of 3req` for a moment after three calls had ended (routing already counted them).
     async def body(hb: Heartbeat, clock: Clock, usage: UsageStore, profiles: list[Profile]) -> None:
