@@ -47,8 +47,8 @@ def test_kill9_mid_run_then_restart_marks_interrupted_and_kills_leftovers(
         assert loop[key] == before[key]
 
 
-def test_an_attempt_a_crash_cut_short_counts_against_its_profiles_limit(short_home: Path) -> None:
-    # A `1d=1req` profile ran twice across a kill -9: the attempt under way was never counted (a stop counts it).
+def _killed_mid_attempt(short_home: Path) -> Callable[[], Daemon]:
+    """A daemon killed -9 while a run's attempt on profile `once` (`1d=1req`) was under way; what starts it again."""
     standin = short_home / "standin"
     standin.mkdir()
 
@@ -65,11 +65,22 @@ def test_an_attempt_a_crash_cut_short_counts_against_its_profiles_limit(short_ho
               "--prompt", "x")  # fmt: skip
         d.json("loop", "run", "crashed")
         wait_until(lambda: (standin / "calls.jsonl").exists(), what="the attempt under way")
+    finally:
         d.kill9()
-        d = started()
-        [once] = [u for u in d.json("usage") if u["profile"] == "once"]
-        assert [w["used"] for w in once["windows"]] == [1]
-        assert once["state"] == "exhausted"
+    return started
+
+
+def _once_used(d: Daemon) -> list[float]:
+    [once] = [u for u in d.json("usage") if u["profile"] == "once"]
+    assert once["state"] == "exhausted", once
+    return [w["used"] for w in once["windows"]]
+
+
+def test_an_attempt_a_crash_cut_short_counts_against_its_profiles_limit(short_home: Path) -> None:
+    # A `1d=1req` profile ran twice across a kill -9: the attempt under way was never counted (a stop counts it).
+    d = _killed_mid_attempt(short_home)()
+    try:
+        assert _once_used(d) == [1]
     finally:
         d.stop()
 
@@ -77,33 +88,17 @@ def test_an_attempt_a_crash_cut_short_counts_against_its_profiles_limit(short_ho
 def test_a_crash_during_recovery_does_not_lose_the_cut_short_attempts_count(short_home: Path) -> None:
     # Recovery closed the open attempts in one transaction and counted them in another: a crash (here, a failing
     # insert) between the two left the attempt closed and never counted, and the next start found nothing to count.
-    standin = short_home / "standin"
-    standin.mkdir()
-
-    def started() -> Daemon:
-        daemon = Daemon(short_home / "home", "--kill-grace", "0.5s")
-        daemon.env.update(standin_env(standin))
-        return daemon.start()
-
+    started = _killed_mid_attempt(short_home)
+    with sqlite3.connect(short_home / "home" / "fleetd.db") as db:
+        db.execute("CREATE TRIGGER no_count BEFORE INSERT ON usage_records WHEN NEW.source = 'attempt' "
+                   "BEGIN SELECT RAISE(ABORT, 'the disk is full'); END")  # fmt: skip
+    with pytest.raises(AssertionError, match="daemon exited"):
+        started()
+    with sqlite3.connect(short_home / "home" / "fleetd.db") as db:
+        db.execute("DROP TRIGGER no_count")
     d = started()
     try:
-        d.cli("profile", "add", "once", "--backend", "claude_code", "--limit", "1d=1req")
-        (standin / "once.scenario").write_text("held")
-        d.cli("loop", "add", "crashed", "--every", "1h", "--paused", "--backend", "claude_code", "--profile", "once",
-              "--prompt", "x")  # fmt: skip
-        d.json("loop", "run", "crashed")
-        wait_until(lambda: (standin / "calls.jsonl").exists(), what="the attempt under way")
-        d.kill9()
-        with sqlite3.connect(d.home / "fleetd.db") as db:
-            db.execute("CREATE TRIGGER no_count BEFORE INSERT ON usage_records WHEN NEW.source = 'attempt' "
-                       "BEGIN SELECT RAISE(ABORT, 'the disk is full'); END")  # fmt: skip
-        with pytest.raises(AssertionError, match="daemon exited"):
-            started()
-        with sqlite3.connect(d.home / "fleetd.db") as db:
-            db.execute("DROP TRIGGER no_count")
-        d = started()
-        [once] = [u for u in d.json("usage") if u["profile"] == "once"]
-        assert [w["used"] for w in once["windows"]] == [1]
+        assert _once_used(d) == [1]
         [run] = d.runs("--loop", "crashed")
         assert run["status"] == "interrupted"
     finally:

@@ -8,69 +8,39 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from fleetd.loops.executor import Executor
-from fleetd.records.loop import ChainStep, Loop, Schedule
+from fleetd.records.loop import Loop, Schedule
 from fleetd.records.profile import Profile
 from fleetd.records.result import ParsedOutput
-from fleetd.routing.router import ProfileView, World
 from fleetd.store.attempts import AttemptStore
 from fleetd.store.db import Database
 from fleetd.store.loops import LoopStore
 from fleetd.store.runs import RunStore
 from fleetd.timefmt import now_utc
 from tests.harness import STANDIN_BIN, capture_folder, captures_dir
+from tests.loops.executors import OneProfile
 
 
-class SlowToCount:
-    """One Codex profile, tried once; counting an attempt's use waits until `counting` is let go, then writes its end
-    with it, as the heartbeat does."""
+class SlowToCount(OneProfile):
+    """Counting an attempt's use waits until `counting` is let go, then writes its end with it."""
 
     def __init__(self, profile: Profile, db: Database) -> None:
-        self.profile, self.db = profile, db
-        self.planned = 0
+        super().__init__(profile, db)
         self.arrived = asyncio.Event()
         self.counting = asyncio.Event()
 
-    async def world(self, steps: list[ChainStep]) -> tuple[World, dict[str, Profile]]:
-        self.planned += 1
-        p = self.profile
-        state = "available" if self.planned == 1 else "disabled"
-        return World(now_utc(), {p.name: ProfileView(p.name, p.backend, p.tier, state)}), {p.name: p}
-
-    def claim_probe(self, profile: Profile) -> bool:
-        return True
-
-    async def candidate_skipped(self, loop: Loop, run_id: int, profile: str, why: str) -> None:
-        pass
-
-    async def secret(self, profile: Profile) -> str | None:
-        return None
-
-    async def known_secrets(self) -> Collection[str]:
-        return []
-
-    def reserve(self, profile: Profile) -> None:
-        pass
-
-    def release(self, profile: Profile, probe: bool = False) -> None:
-        pass
-
-    def free_probe(self, profile: Profile) -> None:
-        pass
-
     async def attempt_finished(
         self, profile: Profile, parsed: ParsedOutput, at: datetime, cost: float | None, settle: object = None,
-        end: Callable[[sqlite3.Connection], object] | None = None,
+        end: Callable[[sqlite3.Connection], None] | None = None,
     ) -> None:  # fmt: skip
         self.arrived.set()
         await self.counting.wait()
-        if end is not None:
-            await self.db.write(end)
+        await super().attempt_finished(profile, parsed, at, cost, settle, end)
 
 
 def test_an_attempt_stays_open_until_its_use_is_counted(tmp_path: Path) -> None:
