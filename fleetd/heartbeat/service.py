@@ -619,6 +619,11 @@ class Heartbeat:
     async def _learn_typical(self, name: str) -> None:
         self._typical[name] = typical_of(await self.usage.recent_attempts(name))
 
+    async def _know_typical(self, name: str) -> None:
+        """Its typical attempt read once since the daemon started (then kept up as attempts end)."""
+        if name not in self._typical:
+            await self._learn_typical(name)
+
     def reserve(self, profile: str) -> None:
         self.in_flight[profile] = self.in_flight.get(profile, 0) + 1
 
@@ -696,8 +701,7 @@ class Heartbeat:
             for profile in profiles:
                 await self._judge_if_due(profile, now)
                 await self._observe_circuit(profile, now)
-                if profile.name not in self._typical:  # since the daemon started
-                    await self._learn_typical(profile.name)
+                await self._know_typical(profile.name)
             views = {}
             for profile, standing in zip(profiles, self.standings(profiles), strict=True):
                 active, _ = self.active.get(profile.backend, (None, False))
@@ -867,6 +871,7 @@ class Heartbeat:
             now = self.clock()
             for profile in profiles:
                 await self._judge_if_due(profile, now)
+                await self._know_typical(profile.name)  # `usage` judges a daily cost's room by it
         rows = []
         for profile in profiles:
             stored = self.states.get(profile.name, StoredState(ProfileStatus()))

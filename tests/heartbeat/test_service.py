@@ -655,6 +655,17 @@ def test_what_an_attempt_uses_is_known_as_its_first_calls_use_joins_the_windows(
     run(tmp_path, body, limits=("1d=2042tok",))
 
 
+def test_usage_after_a_restart_knows_what_an_attempt_uses(tmp_path: Path) -> None:
+    # `usage` right after a start said a profile with no room in its daily cost for another attempt had room (and
+    # routing refused it): what one of its attempts uses was read only as the router first looked.
+    async def body(hb: Heartbeat, clock: Clock, usage: UsageStore, profiles: list[Profile]) -> None:
+        await usage.add([NewUsage("a", clock.now, "attempt", 817, 0.01)])  # recorded before this start
+        await hb.snapshot(profiles)
+        assert hb.typical("a") == (817, 0.01)
+
+    run(tmp_path, body)
+
+
 def test_usage_counts_the_gateways_calls_not_recorded_yet(tmp_path: Path) -> None:
     # `usage show` said `0req of 3req` for a moment after three calls had ended (routing already counted them).
     async def body(hb: Heartbeat, clock: Clock, usage: UsageStore, profiles: list[Profile]) -> None:
