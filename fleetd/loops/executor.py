@@ -115,7 +115,7 @@ class ActiveRun:
     waiting_on: frozenset[str] = frozenset()  # while waiting: the profiles it could use (`room_freed`)
     looked_at: float = 0.0  # the event loop's time of its last look while waiting (`room_freed` paces its looks)
     look_timer: asyncio.TimerHandle | None = None  # `room_freed` has woken it, or will
-    route: list[dict[str, Any]] | None = None  # its router's trail so far (stored when the run ends)
+    route: list[dict[str, Any]] | None = None  # its router's trail so far (stored at each attempt, wait and end)
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -450,7 +450,7 @@ class Executor:
     def live_route(self, run_id: int) -> list[dict[str, Any]] | None:
         """The route of a run under way as it stands now (a waiting run's says what it waits for), or None."""
         slot = self._slot_of(run_id)
-        return [_route_json(entry) for entry in slot.route] if slot is not None and slot.route is not None else None
+        return _route_so_far(slot) if slot is not None else None
 
     def in_flight(self, run_id: int) -> bool:
         """Whether run `run_id` is this daemon's and its end is not written (or tried) yet."""
@@ -590,7 +590,7 @@ class Executor:
                 await self._tell_skips(loop, run, skips)
                 if slot.waiting and not isinstance(decision, WaitUntil):
                     self._end_wait(slot)  # `running` again (or the run's end, written next)
-                    await self.runs.set_waiting(run.id, None)
+                    await self.runs.set_waiting(run.id, None, route=_route_so_far(slot))
             except BaseException:
                 if reserved is not None:
                     self.profiles.release(reserved, probe)
@@ -655,7 +655,9 @@ class Executor:
                 slot.looked_at = asyncio.get_running_loop().time()
                 self._waiting.add(slot)
                 if told != decision.until:  # its run.waiting event only as the wait begins or really changes
-                    await self.runs.set_waiting(run.id, decision.until, announce=not decision.again)
+                    await self.runs.set_waiting(
+                        run.id, decision.until, announce=not decision.again, route=_route_so_far(slot)
+                    )
                 await self._sleep_until(min(decision.until, deadline) if deadline else decision.until, slot,
                                         slot.look_again)  # fmt: skip
                 slot.look_again.clear()  # this look answers it; one set from here on is for the next
@@ -920,7 +922,7 @@ class Executor:
             attempt_id = await self.attempts.start(
                 run_id=run.id, number=number, backend=candidate.backend, profile=profile.name if profile else "",
                 model=model, started_at=at or self.clock(), step=candidate.step + 1, role=role, pid=pid,
-                pid_create_time=create_time, run_start=number == 1 and not slot.waited,
+                pid_create_time=create_time, run_start=number == 1 and not slot.waited, route=_route_so_far(slot),
             )  # fmt: skip
 
         # A process's TMPDIR is made with its child, in its launch thread (`_launch`); `build` only names
@@ -1260,6 +1262,12 @@ class _Settle:
         if not self._done:
             self._done = True
             self._profiles.release(self._profile)
+
+
+def _route_so_far(slot: ActiveRun) -> list[dict[str, Any]] | None:
+    """The run's route as its record keeps it, written with each attempt's start and each wait, and whole at the
+    run's end (a kill -9 left a run without one)."""
+    return [_route_json(entry) for entry in slot.route] if slot.route is not None else None
 
 
 def _route_json(entry: dict[str, Any]) -> dict[str, Any]:

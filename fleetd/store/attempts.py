@@ -6,6 +6,7 @@ import json
 import sqlite3
 from collections.abc import Callable
 from datetime import datetime
+from typing import Any
 
 from fleetd.records.result import ParsedOutput
 from fleetd.records.run import Attempt
@@ -43,13 +44,16 @@ class AttemptStore:
         pid: int | None = None,
         pid_create_time: float | None = None,
         run_start: bool | None = None,
+        route: list[dict[str, Any]] | None = None,
     ) -> int:
         """`step` is the loop's chain step the attempt came from (from 1); `role` what it did (`work`).
         For a child process, written once it exists: its pid goes on the run (crash recovery kills it)
         and, for the run's first attempt (`run_start`; None: number 1), `started_at` becomes the run's start
         too (the run row was written before it, at the fire): one transaction instead of three. Not after
-        the run waited for a reset: its start is the fire's, and the wait is part of its duration."""
+        the run waited for a reset: its start is the fire's, and the wait is part of its duration. `route`: the
+        run's route so far, kept should the daemon die before the run's end writes it whole (`RunStore.set_route`)."""
         moves_start = number == 1 if run_start is None else run_start
+        route_text = json.dumps(route) if route is not None else None
 
         def write(conn: sqlite3.Connection) -> int:
             cur = conn.execute(
@@ -63,8 +67,8 @@ class AttemptStore:
                 "UPDATE runs SET attempts = ?, profile = CASE WHEN ? = 'work' THEN ? ELSE profile END, "
                 "backend = CASE WHEN ? = 'work' THEN ? ELSE backend END, "
                 "started_at = CASE WHEN ? THEN ? ELSE started_at END, "
-                "pid = coalesce(?, pid), pid_create_time = CASE WHEN ? IS NULL THEN pid_create_time ELSE ? END "
-                "WHERE id = ?",
+                "pid = coalesce(?, pid), pid_create_time = CASE WHEN ? IS NULL THEN pid_create_time ELSE ? END, "
+                "route_json = coalesce(?, route_json) WHERE id = ?",
                 (
                     number,
                     role,
@@ -76,6 +80,7 @@ class AttemptStore:
                     pid,
                     pid,
                     pid_create_time,
+                    route_text,
                     run_id,
                 ),
             )

@@ -226,15 +226,20 @@ class RunStore:
         row = await self.db.fetchone("SELECT route_json FROM runs WHERE id = ?", (run_id,))
         return list(json.loads(row["route_json"])) if row else []
 
-    async def set_waiting(self, run_id: int, until: datetime | None, announce: bool = True) -> None:
+    async def set_waiting(
+        self, run_id: int, until: datetime | None, announce: bool = True, route: list[dict[str, Any]] | None = None
+    ) -> None:
         """`waiting` until a profile's reset, with its `run.waiting` event unless `announce` is False (the same
-        wait, its time moved); until=None: back to `running`."""
+        wait, its time moved); until=None: back to `running`. `route`: the run's route so far, kept should the
+        daemon die before the run's end writes it whole (`set_route`)."""
         now = self.clock()
+        text = json.dumps(route) if route is not None else None
 
         def write(conn: sqlite3.Connection) -> bool:
             rows = conn.execute(
-                f"UPDATE runs SET status = ?, wait_until = ? WHERE id = ? AND status IN {ACTIVE} RETURNING {_COLUMNS}",
-                ("waiting" if until else "running", to_iso(until), run_id),
+                "UPDATE runs SET status = ?, wait_until = ?, route_json = coalesce(?, route_json) "
+                f"WHERE id = ? AND status IN {ACTIVE} RETURNING {_COLUMNS}",
+                ("waiting" if until else "running", to_iso(until), text, run_id),
             ).fetchall()
             return (
                 until is not None

@@ -81,6 +81,9 @@ def test_an_attempt_a_crash_cut_short_counts_against_its_profiles_limit(short_ho
     d = _killed_mid_attempt(short_home)()
     try:
         assert _once_used(d) == [1]
+        # Its route so far is kept: it was written only as the run ended, which a kill -9 never reaches.
+        [run] = d.runs("--loop", "crashed")
+        assert [e["kind"] for e in d.json("runs", "show", str(run["id"]))["route"]] == ["try"]
     finally:
         d.stop()
 

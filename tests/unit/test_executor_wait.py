@@ -142,7 +142,9 @@ class Runs:
         self.waiting: list[datetime | None] = []
         self.announced: list[bool] = []
 
-    async def set_waiting(self, run_id: int, until: datetime | None, announce: bool = True) -> None:
+    async def set_waiting(
+        self, run_id: int, until: datetime | None, announce: bool = True, route: list[dict[str, Any]] | None = None
+    ) -> None:
         self.waiting.append(until)
         self.announced.append(announce and until is not None)
 
