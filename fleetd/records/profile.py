@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 from typing import Literal
 from urllib.parse import urlparse
 
@@ -37,7 +38,8 @@ class Limit:
         return format_duration(self.window_s)
 
     def describe(self) -> str:
-        amount = int(self.amount) if self.amount == int(self.amount) else self.amount
+        """As `--limit` takes it: never in exponent form (`1e-07usd` is refused)."""
+        amount = str(int(self.amount)) if self.amount == int(self.amount) else f"{Decimal(repr(self.amount)):f}"
         return f"{self.label}={amount}{self.unit}"
 
     def to_json(self) -> dict[str, object]:

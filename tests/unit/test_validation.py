@@ -120,3 +120,10 @@ def test_limit_refused(text: str) -> None:
 
 def test_limit_at_the_bound_is_kept() -> None:
     assert parse_limit("5h=1000000000Mtok").amount == MAX_LIMIT_AMOUNT
+
+
+@pytest.mark.parametrize("text", ["1d=0.0000001usd", "24h=0.003usd", "5h=2.5usd", "5h=4000000tok", "1d=3req"])
+def test_a_limit_is_written_as_it_can_be_typed_back(text: str) -> None:
+    # `1d=0.0000001usd` was shown as `1d=1e-07usd`, which `--limit` refuses.
+    assert parse_limit(text).describe() == text.replace("24h", "1d")
+    assert parse_limit(parse_limit(text).describe()) == parse_limit(text)
