@@ -81,11 +81,15 @@ def key_list(as_json: bool) -> None:
 
 
 def _keys_text(items: list[dict[str, Any]]) -> str:
-    def cap(usd: float | None) -> str:
-        return "-" if usd is None else "$" + f"{usd:.6f}".rstrip("0").rstrip(".")  # not `:g`: $1e-06
+    from fleetd.records.money import usd, usd_apart  # here: the other commands do not pay for its import
 
     def spent(k: dict[str, Any]) -> str:  # a daemon from before spent_24h (not restarted yet) has none: "-"
-        return cap(k.get("spent_24h")) + (f" of {cap(k['daily_cost'])}" if k["daily_cost"] is not None else "")
+        amount, cap = k.get("spent_24h"), k["daily_cost"]
+        if amount is None:
+            return "-"
+        if cap is None:
+            return usd(amount)
+        return "{} of {}".format(*usd_apart(amount, cap))  # as the gateway's refusals write it
 
     rows = [[k["name"], ",".join(k["routes"]) if k["routes"] is not None else "*", spent(k),
              local_time(k["created_at"])] for k in items]  # fmt: skip

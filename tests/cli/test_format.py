@@ -127,3 +127,19 @@ def test_many_local_times_are_each_local_time(zone: Callable[[str], None], name:
         isos += [(first + timedelta(seconds=s, milliseconds=s % 1000)).isoformat(timespec="milliseconds")
                  for s in range(0, 6 * 3600, 23)]  # fmt: skip
     assert local_times(isos) == [local_time(iso) for iso in isos]
+
+
+def test_gateway_key_list_writes_a_spend_beside_its_cap_as_the_refusals_do() -> None:
+    # The 429 said "$1.63 of its $2.00 daily cost cap" while `gateway key list` said "$1.634 of $2".
+    from fleetd.cli.gateway import _keys_text
+
+    keys = [
+        {"name": "a", "routes": None, "spent_24h": 1.634, "daily_cost": 2.0, "created_at": "2026-12-01T00:00:00+00:00"},
+        {"name": "b", "routes": ["r"], "spent_24h": 0.0276, "daily_cost": 0.03, "created_at": "2026-12-01T00:00:00Z"},
+        {"name": "c", "routes": None, "spent_24h": 0.5, "daily_cost": None, "created_at": "2026-12-01T00:00:00Z"},
+        {"name": "d", "routes": None, "daily_cost": None, "created_at": "2026-12-01T00:00:00Z"},  # an older daemon's
+    ]
+    rows = {line.split()[0]: line.split()[2:-3] for line in _keys_text(keys).splitlines()[1:]}  # NAME ROUTES … CREATED
+    assert rows["a"] == ["$1.63", "of", "$2.00"]
+    assert rows["b"] == ["$0.028", "of", "$0.03"]
+    assert rows["c"] == ["$0.50"] and rows["d"] == ["-"]
