@@ -17,7 +17,7 @@ from fleetd.errors import Conflict, InvalidArgument, NotFound
 from fleetd.loops.executor import Executor
 from fleetd.loops.schedule import Plan, build_trigger, first_fire, never_fires, plan_startup, plan_wake
 from fleetd.loops.whynot import LoopFacts, NotFiring, why_not
-from fleetd.records.fire import SkipReason
+from fleetd.records.fire import SkipReason, daily_cost_eases
 from fleetd.records.loop import Loop
 from fleetd.records.money import day_since
 from fleetd.records.run import LoopFire, Run
@@ -233,12 +233,13 @@ class Scheduler:
         now = self.clock()
         newest = await self.executor.runs.list(loop=loop.name, since=loop.created_at, limit=1)
         slot = self.executor.running(loop)
-        spent = None
+        spent = eases = None
         if loop.daily_cost is not None:
-            spent = await self.executor.attempts.loop_cost_since(loop.name, day_since(now, loop.created_at))
+            costs = await self.executor.attempts.loop_costs_since(loop.name, day_since(now, loop.created_at))
+            spent, eases = sum(cost for _, cost in costs), daily_cost_eases(costs, loop.daily_cost)
         facts = LoopFacts(
             loop, newest[0] if newest else None, slot.run_id if slot else None, slot.wait_until if slot else None,
-            spent, usable_profiles,
+            spent, eases, usable_profiles,
         )  # fmt: skip
         return why_not(facts, now)
 

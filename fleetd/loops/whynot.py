@@ -25,6 +25,7 @@ class LoopFacts:
     running_id: int | None = None  # its run in progress
     waiting_until: datetime | None = None  # set while that run waits for headroom
     spent_24h: float | None = None  # what it spent in the last 24 h (loops with --daily-cost)
+    spend_eases_at: datetime | None = None  # when that is under its --daily-cost again, should it spend no more
     usable_profiles: int | None = None  # usable candidates of its chain now (agent loops; None otherwise)
 
 
@@ -61,7 +62,8 @@ def why_not(facts: LoopFacts, now: datetime) -> NotFiring | None:
         # `loop list` counts only the schedule's fires: a `loop run` that was skipped says it was that.
         fire = "`loop run`" if last.trigger == "manual" else "fire"
         text = f"its last {fire} was skipped: {last.error}" if last.error else f"its last {fire} was skipped"
-        return NotFiring(last.skip_reason, text, since=last.scheduled_at, run_id=last.id)
+        until = facts.spend_eases_at if last.skip_reason == "over_daily_cost" else None
+        return NotFiring(last.skip_reason, text, since=last.scheduled_at, until=until, run_id=last.id)
     if loop.next_fire_at is None:
         if loop.schedule.kind == "at":
             # The newest run may be a later `loop run`: name the fire, not that run.
@@ -71,7 +73,7 @@ def why_not(facts: LoopFacts, now: datetime) -> NotFiring | None:
     if loop.daily_cost is not None and facts.spent_24h is not None:
         over = daily_cost_text(facts.spent_24h, loop.daily_cost)
         if over is not None:
-            return NotFiring("over_daily_cost", f"its next fire will be skipped: {over}")
+            return NotFiring("over_daily_cost", f"its next fire will be skipped: {over}", until=facts.spend_eases_at)
     if facts.usable_profiles == 0:
         return NotFiring(
             "no_profile",

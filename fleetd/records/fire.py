@@ -6,10 +6,11 @@ The README's "Why a loop did not fire" table is this one.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Literal
 
-from fleetd.records.money import usd_apart
+from fleetd.records.money import DAY, usd_apart
 from fleetd.timefmt import local_text
 
 SkipReason = Literal["overlap", "waiting", "over_daily_cost", "shutting_down", "daemon_down", "woke_late"]
@@ -54,6 +55,19 @@ def skip_text(reason: SkipReason, count: int, blocking_run: int | None, until: d
     if reason == "shutting_down":
         return "daemon is shutting down"
     raise ValueError(f"no text for skip reason {reason!r}")  # over_daily_cost: daily_cost_text
+
+
+def daily_cost_eases(costs: Sequence[tuple[datetime, float]], daily_cost: float) -> datetime | None:
+    """When a loop over its --daily-cost is under it again, should it spend nothing more: 24 h after the cost (of
+    `costs`, its last 24 h's, oldest first) whose leaving the window takes it under. None: it is under already."""
+    left = sum(cost for _, cost in costs)
+    if daily_cost_text(left, daily_cost) is None:
+        return None
+    for at, cost in costs:
+        left -= cost
+        if daily_cost_text(left, daily_cost) is None:
+            return at + DAY
+    return None  # not reached: with every cost gone, nothing is spent
 
 
 def daily_cost_text(spent: float, daily_cost: float) -> str | None:

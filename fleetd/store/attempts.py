@@ -133,6 +133,16 @@ class AttemptStore:
         row = await self.db.fetchone(PROFILE_COST, (profile, to_iso(since), profile, to_iso(since)))
         return float(row["spent"]) if row else 0.0
 
+    async def loop_costs_since(self, loop: str, since: datetime) -> list[tuple[datetime, float]]:
+        """When each of a loop's attempts since then started and what it cost (USD), oldest first; those that cost
+        nothing left out."""
+        rows = await self.db.fetchall(
+            "SELECT a.started_at, a.cost_usd FROM attempts a JOIN runs r ON r.id = a.run_id "
+            "WHERE r.loop = ? AND a.started_at >= ? AND a.cost_usd > 0 ORDER BY a.started_at",
+            (loop, to_iso(since)),
+        )
+        return [(from_iso(r["started_at"]), float(r["cost_usd"])) for r in rows]  # type: ignore[misc]
+
     async def loop_cost_since(self, loop: str, since: datetime) -> float:
         """What a loop's runs cost since then (USD), every attempt included."""
         row = await self.db.fetchone(

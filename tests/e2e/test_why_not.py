@@ -83,6 +83,9 @@ def test_loop_show_says_the_loop_is_over_its_daily_cost(d: Daemon) -> None:
     assert first["status"] == "succeeded"
     ahead = d.json("loop", "show", "thrifty")["not_firing"]
     assert ahead["reason"] == "over_daily_cost" and ahead["message"].startswith("its next fire will be skipped: budget")
+    # When it fires again, should it spend nothing more: a day after the run that spent it (it said nothing).
+    eases = datetime.fromisoformat(ahead["until"]) - datetime.fromisoformat(first["started_at"])
+    assert timedelta(hours=24) <= eases < timedelta(hours=24, seconds=5), ahead
     answer = d.cli("loop", "run", "thrifty", "--json", check=False)
     assert answer.returncode == 1, answer  # a skipped run is exit 1, with --json too
     skipped = json.loads(answer.stdout)

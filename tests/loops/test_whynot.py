@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from fleetd.loops.whynot import LoopFacts, why_not
+from fleetd.records.fire import daily_cost_eases
 from fleetd.records.loop import Loop, Schedule
 from fleetd.records.run import Run
 
@@ -177,12 +178,12 @@ CASES = [
         None,
     ),
     (
-        "over its daily cost: the next fire will be skipped",
-        LoopFacts(replace(LOOP, daily_cost=1.0), run(3), spent_24h=1.25),
+        "over its daily cost: the next fire will be skipped, until its spend eases",
+        LoopFacts(replace(LOOP, daily_cost=1.0), run(3), spent_24h=1.25, spend_eases_at=NOW + 90 * M),
         "over_daily_cost",
         "spent $1.25 of its $1.00 daily cost",
         None,
-        None,
+        NOW + 90 * M,
         None,
     ),
     (
@@ -200,11 +201,12 @@ CASES = [
             replace(LOOP, daily_cost=1.0),
             skipped(9, "over_daily_cost", "budget: the loop spent $1.25 …"),
             spent_24h=1.25,
+            spend_eases_at=NOW + 90 * M,
         ),
         "over_daily_cost",
         "its last fire was skipped: budget:",
         NOW - 5 * M,
-        None,
+        NOW + 90 * M,  # `loop show` said nothing of when it fires again
         9,
     ),
     (
@@ -240,3 +242,12 @@ def test_its_json_is_stable() -> None:
     assert answer is not None
     assert answer.to_json() == {"reason": "paused", "message": answer.message, "since": "2026-03-02T08:00:00.000+00:00",
                                 "until": None, "run_id": None}  # fmt: skip
+
+
+def test_a_loop_over_its_daily_cost_is_under_it_again_as_enough_of_its_oldest_costs_leave_the_window() -> None:
+    costs = [(NOW - 20 * 60 * M, 0.5), (NOW - 10 * 60 * M, 0.25), (NOW - 60 * M, 0.5)]  # $1.25 of $1.00
+    assert daily_cost_eases(costs, 1.0) == NOW - 20 * 60 * M + 24 * 60 * M  # the first leaving: $0.75
+    assert daily_cost_eases(costs, 0.6) == NOW - 10 * 60 * M + 24 * 60 * M  # $0.75, then $0.50
+    assert daily_cost_eases(costs, 0.5) == NOW - 60 * M + 24 * 60 * M  # at $0.50 of $0.50 still spent: all must leave
+    assert daily_cost_eases(costs, 2.0) is None  # under it
+    assert daily_cost_eases([], 1.0) is None
