@@ -24,8 +24,9 @@ from fleetd.store.usage import UsageStore
 T0 = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 
 
-def _after_one_attempt_of_600(tmp_path: Path, limit: str, under_way: int) -> ProfileView:
-    """The profile's view after one attempt used 600 tokens, with `under_way` more attempts reserved."""
+def _after_one_attempt_of_600(tmp_path: Path, limit: str, under_way: int, fresh: bool = False) -> ProfileView:
+    """The profile's view after one attempt used 600 tokens (`fresh`: none yet), with `under_way` more attempts
+    reserved."""
 
     async def go() -> ProfileView:
         tmp_path.mkdir(parents=True, exist_ok=True)
@@ -40,7 +41,8 @@ def _after_one_attempt_of_600(tmp_path: Path, limit: str, under_way: int) -> Pro
             service = ProfileService(store, LoopStore(db), None, heartbeat, profiles_dir=tmp_path / "p",  # type: ignore[arg-type]
                                      clock=lambda: T0)  # fmt: skip
             ok = ParsedOutput("succeeded", usage=TokenUsage(input_tokens=600))
-            await heartbeat.attempt_finished(profile, ok, T0, None)  # one attempt uses about 600
+            if not fresh:
+                await heartbeat.attempt_finished(profile, ok, T0, None)  # one attempt uses about 600
             for _ in range(under_way):
                 service.reserve(profile)
             world, _ = await service.world([ChainStep("claude_code", ("tok",))])
@@ -58,6 +60,15 @@ def test_room_taken_by_attempts_under_way_is_looked_at_again_within_a_minute(tmp
     assert view.no_room == "1d=1500tok: 600 used, 1 attempt(s) under way, one uses about 600"
     # Not at T0 + 1 day, when the 600 leave the window: the one under way may end using less, or nothing.
     assert view.room_at == T0 + PENDING_RECHECK
+
+
+def test_runs_on_a_fresh_profile_with_a_token_limit_go_one_at_a_time_until_one_has_ended(tmp_path: Path) -> None:
+    # What one uses is not known before one has ended: three runs started together on a fresh `1d=900tok` profile
+    # took it to 2,451 (272 %). The first goes; the next waits for it (as a gateway call waits), then knows.
+    assert _after_one_attempt_of_600(tmp_path / "a", "1d=900tok", 0, fresh=True).no_room is None
+    view = _after_one_attempt_of_600(tmp_path / "b", "1d=900tok", 1, fresh=True)
+    assert view.no_room == "1d=900tok: 0 used, 1 attempt(s) under way" and view.room_pending
+    assert view.room_at == T0 + PENDING_RECHECK  # and looked at again as the one under way ends (`room_freed`)
 
 
 def test_room_taken_by_what_is_recorded_waits_for_the_window(tmp_path: Path) -> None:
