@@ -553,7 +553,7 @@ class Executor:
         finally:
             self._end_wait(slot)  # it ended while waiting (a stop, its deadline): nothing may wake it now
             with contextlib.suppress(Exception):  # the route is a record, not a reason to fail the run
-                await self.runs.set_route(run.id, [_route_json(entry) for entry in router.trail])
+                await self.runs.set_route(run.id, _route_so_far(slot) or [])
 
     async def _drive(
         self,

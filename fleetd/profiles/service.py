@@ -391,9 +391,7 @@ class ProfileService:
             why = (None if direct else adapter.unavailable(profile)) or adapter.auth_problem(profile)
             over, cost_busy = self._daily_cost_taken(profile) or (None, False)
             no_room, room_at, busy = None, None, False
-            # What one uses not known yet (none has ended): each is held at all that is left, so that they go one at a
-            # time until then (three runs started together on a fresh `1d=900tok` profile took it to 2,451).
-            if full := self.heartbeat.no_room(profile, unknown_takes_rest=True):
+            if full := self.heartbeat.no_room(profile):
                 no_room, room_at, busy = full
                 if busy:
                     # Taken by attempts under way: look again when one ends (they may use less than their profile's
@@ -454,7 +452,7 @@ class ProfileService:
         if cost is not None:
             why, busy = cost
             return why, now + timedelta(seconds=1) if busy else None
-        full = self.heartbeat.no_room(profile, unknown_takes_rest=True)
+        full = self.heartbeat.no_room(profile)
         if full is None:
             return None
         why, until, busy = full

@@ -24,6 +24,8 @@ PROFILE_COST = (
     "SELECT (SELECT coalesce(sum(cost_usd), 0) FROM attempts WHERE profile = ? AND started_at >= ?) "
     "+ (SELECT coalesce(sum(cost_usd), 0) FROM gateway_calls WHERE profile = ? AND at >= ?) AS spent"
 )
+# A loop's attempts since a time: its spend (a sum as a fire is judged, each cost for when it eases).
+_LOOP_ATTEMPTS_SINCE = "FROM attempts a JOIN runs r ON r.id = a.run_id WHERE r.loop = ? AND a.started_at >= ?"
 
 
 class AttemptStore:
@@ -137,8 +139,7 @@ class AttemptStore:
         """When each of a loop's attempts since then started and what it cost (USD), oldest first; those that cost
         nothing left out."""
         rows = await self.db.fetchall(
-            "SELECT a.started_at, a.cost_usd FROM attempts a JOIN runs r ON r.id = a.run_id "
-            "WHERE r.loop = ? AND a.started_at >= ? AND a.cost_usd > 0 ORDER BY a.started_at",
+            f"SELECT a.started_at, a.cost_usd {_LOOP_ATTEMPTS_SINCE} AND a.cost_usd > 0 ORDER BY a.started_at",
             (loop, to_iso(since)),
         )
         return [(from_iso(r["started_at"]), float(r["cost_usd"])) for r in rows]  # type: ignore[misc]
@@ -146,8 +147,7 @@ class AttemptStore:
     async def loop_cost_since(self, loop: str, since: datetime) -> float:
         """What a loop's runs cost since then (USD), every attempt included."""
         row = await self.db.fetchone(
-            "SELECT coalesce(sum(a.cost_usd), 0) AS spent FROM attempts a JOIN runs r ON r.id = a.run_id "
-            "WHERE r.loop = ? AND a.started_at >= ?",
+            f"SELECT coalesce(sum(a.cost_usd), 0) AS spent {_LOOP_ATTEMPTS_SINCE}",
             (loop, to_iso(since)),
         )
         return float(row["spent"]) if row else 0.0
