@@ -54,6 +54,11 @@ class Paths(NamedTuple):
         return self.logs / "daemon.log"
 
     @property
+    def gateway_journal(self) -> Path:
+        """The gateway's calls not yet in the store (gateway/journal.py): what a kill -9 would otherwise lose."""
+        return self.home / "gateway-journal"
+
+    @property
     def profiles(self) -> Path:
         return self.home / "profiles"
 
@@ -84,6 +89,7 @@ class Paths(NamedTuple):
         private_dir(self.home, "the fleetd home", parents=True)
         for d in (self.logs, self.run_logs):
             private_dir(d, "fleetd's logs", parents=False)
+        private_dir(self.gateway_journal, "the gateway's journal", parents=False)
         private_dir(self.run_dir, "the socket's directory", parents=True)
 
 

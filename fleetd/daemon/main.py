@@ -288,6 +288,7 @@ class Daemon:
                 await asyncio.sleep(0.01)
             # The socket answers (status "recovering") while a crash's leftovers are cleaned up.
             await self._recover(leftovers, runs, attempts, executor)
+            await gateway.recover(self.paths.gateway_journal)
             executor.ready.set()
             ctx.phase = "starting"
             await hooks.start()  # delivers from its cursor: events written at start are not missed

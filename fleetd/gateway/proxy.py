@@ -32,6 +32,7 @@ from starlette.types import Receive, Scope, Send
 
 from fleetd.backends.registry import get_adapter
 from fleetd.gateway.holds import Holds
+from fleetd.gateway.journal import Journal, attempt_key
 from fleetd.gateway.protocols import GatewayError, WireProtocol, forwarded_headers
 from fleetd.gateway.recorder import Attempt, Finished, Recorder
 from fleetd.gateway.sse import EventSplitter
@@ -98,10 +99,12 @@ class Proxy:
         record_calls: Callable[[list[GatewayCall]], Awaitable[None]],
         *,
         clock: Callable[[], datetime],
+        journal: Journal | None = None,
     ) -> None:
         self.profiles = profiles
         self.clock = clock
-        self.recorder = Recorder(self._attempts_finished, record_calls, self._written)
+        self.recorder = Recorder(self._attempts_finished, record_calls, self._written, journal)
+        self.journal = self.recorder.journal
         self.holds = Holds()
         self._rng = (
             random.Random()
@@ -145,7 +148,7 @@ class Proxy:
         # Each call's use stops being counted apart as its record joins the windows (`_unrecorded`).
         settles = [functools.partial(self.profiles.recorded_use, a.profile) for a in attempts]
         await self.profiles.attempts_finished([(a.profile, a.parsed, a.finished_at, a.cost_usd) for a in attempts],
-                                              settles)  # fmt: skip
+                                              settles, keys=[a.key for a in attempts])  # fmt: skip
 
     def _written(self, attempts: list[Attempt]) -> None:
         written_at = time.monotonic()
@@ -158,9 +161,17 @@ class Proxy:
         return self._semaphores[profile]
 
     async def forward(self, req: Request) -> Response | StreamAnswer:
+        call = GatewayCall(self.clock(), req.key.name, req.route.name, req.protocol.name, bool(req.body.get("stream")),
+                           id=self.journal.new_id() if req.counted else None)  # fmt: skip
+        try:
+            return await self._forward(req, call)
+        except BaseException:  # no row for the call log (cancelled, or a client's error found on the way)
+            self.journal.dropped(call)
+            raise
+
+    async def _forward(self, req: Request, call: GatewayCall) -> Response | StreamAnswer:
         started = time.monotonic()
         deadline = started + req.route.timeout_s
-        call = GatewayCall(self.clock(), req.key.name, req.route.name, req.protocol.name, bool(req.body.get("stream")))
         if req.route.log_bodies:
             call.request_body = _capped(req.raw)
         scrubber = Scrubber(await self.profiles.known_secrets())
@@ -276,6 +287,10 @@ class Proxy:
             return failed(AttemptResult("failed", "rate_limited", f"{profile.name}: {why}", reset_at=until))
         probe = self.profiles.claim_probe(profile)
         self.profiles.reserve(profile)
+        attempt = len(call.path) - 1
+        key = attempt_key(call.id, attempt)
+        if req.counted:  # under way from here: a kill -9 now leaves it `interrupted`, its request counted
+            self.journal.began(call, attempt, profile.name, self.clock())
         released = False
 
         def release() -> None:
@@ -294,11 +309,11 @@ class Proxy:
                                                  proxy_auth=proxy_auth)  # fmt: skip
         except TimeoutError:
             release()
-            return await self._failed_attempt(profile, failed, "transient", "no answer in time")
+            return await self._failed_attempt(profile, failed, "transient", "no answer in time", key)
         except UPSTREAM_ERRORS as e:
             release()
             why = scrubber.text(f"cannot reach {profile.name}'s provider: {type(e).__name__}") or ""
-            return await self._failed_attempt(profile, failed, "transient", why)
+            return await self._failed_attempt(profile, failed, "transient", why, key)
         except BaseException:  # cancelled: what it reserved is given back (a leak would hold its limit's room)
             release()
             raise
@@ -316,7 +331,7 @@ class Proxy:
             reset = reset_from_headers(response.headers, self.clock()) if error_class == "rate_limited" else None
             parsed = ParsedOutput("failed", error_class, reset, message=scrubber.text(message))
             self._worlds.clear()
-            await self.profiles.attempt_finished(profile, parsed, self.clock(), None)
+            await self.profiles.attempt_finished(profile, parsed, self.clock(), None, key=key)
             result = AttemptResult("failed", error_class, parsed.message or "", reset_at=reset)
             return failed(result, status, data, response.headers)
         entry.update(status=status, latency_ms=_ms(time.monotonic() - t0))
@@ -330,7 +345,8 @@ class Proxy:
             except UPSTREAM_ERRORS as e:  # nothing has reached the client yet: the call can still fall over
                 _done(response)
                 release()
-                return await self._failed_attempt(profile, failed, "transient", f"stream broke: {type(e).__name__}")
+                return await self._failed_attempt(profile, failed, "transient", f"stream broke: {type(e).__name__}",
+                                                  key)  # fmt: skip
             except BaseException:
                 _done(response)
                 release()
@@ -342,7 +358,8 @@ class Proxy:
             data = await response.read()
         except UPSTREAM_ERRORS as e:
             release()
-            return await self._failed_attempt(profile, failed, "transient", f"answer broke: {type(e).__name__}")
+            return await self._failed_attempt(profile, failed, "transient", f"answer broke: {type(e).__name__}",
+                                              key)  # fmt: skip
         except BaseException:  # cancelled (a stop, the client gone): what it reserved is given back
             release()
             raise
@@ -374,11 +391,11 @@ class Proxy:
         self.profiles.unrecorded(profile, usage.total, cost or 0.0)
 
     async def _failed_attempt(
-        self, profile: Profile, failed: Callable[..., Failure], error_class: str, message: str
+        self, profile: Profile, failed: Callable[..., Failure], error_class: str, message: str, key: str | None
     ) -> Failure:
         parsed = ParsedOutput("failed", error_class, message=message)  # type: ignore[arg-type]
         self._worlds.clear()
-        await self.profiles.attempt_finished(profile, parsed, self.clock(), None)
+        await self.profiles.attempt_finished(profile, parsed, self.clock(), None, key=key)
         return failed(AttemptResult("failed", error_class, message))
 
     async def finished(
@@ -401,19 +418,20 @@ class Proxy:
         call.input_tokens, call.output_tokens = usage.input_tokens, usage.output_tokens
         call.cache_read_tokens, call.cache_write_tokens = usage.cache_read_tokens, usage.cache_write_tokens
         call.cost_usd = cost or 0.0
+        key = attempt_key(call.id, len(call.path) - 1)
         if outcome == "succeeded":  # written after, with others (recorder.py): the next call need not wait
             parsed = ParsedOutput("succeeded", usage=usage, model=call.model)
             if not counted_apart:  # a stream's: it ends here, with no await since it stopped being under way
                 self.profiles.unrecorded(profile, usage.total, cost or 0.0)
             self.holds.release(req.hold, cost, req.route.name)  # a call that succeeded: what the route's calls cost
-            await self.recorder.put(Finished(call, Attempt(profile, parsed, self.clock(), cost)))
+            await self.recorder.put(Finished(call, Attempt(profile, parsed, self.clock(), cost, key)))
             return
         # The stream broke after it began: the provider failed (the router must know before the next call),
         # and what it used still counts.
         parsed = ParsedOutput("failed", "transient", usage=usage, model=call.model, message=error)
         self._worlds.clear()
         try:
-            await self.profiles.attempt_finished(profile, parsed, self.clock(), cost)
+            await self.profiles.attempt_finished(profile, parsed, self.clock(), cost, key=key)
         except Exception:  # the client has its answer; a store that refuses the record is logged, not raised
             log.exception("gateway: cannot record a call of route %s", call.route)
         self.holds.release(req.hold, cost)

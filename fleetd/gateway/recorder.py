@@ -19,8 +19,10 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
-from fleetd.records.gateway import GatewayCall
+from fleetd.gateway.journal import Journal
+from fleetd.records.gateway import AttemptUse, GatewayCall
 from fleetd.records.profile import Profile
 from fleetd.records.result import ParsedOutput
 
@@ -43,6 +45,7 @@ class Attempt:
     parsed: ParsedOutput
     finished_at: datetime
     cost_usd: float | None
+    key: str | None = None  # which try of which call (`journal.attempt_key`)
 
 
 @dataclass
@@ -57,8 +60,10 @@ class Recorder:
         attempts: Callable[[list[Attempt]], Awaitable[None]],
         calls: Callable[[list[GatewayCall]], Awaitable[None]],
         written: Callable[[list[Attempt]], None] = lambda _: None,
+        journal: Journal | None = None,
     ) -> None:
         self._attempts = attempts
+        self.journal = journal or Journal(None)  # what a kill -9 before the write would lose, kept till it is written
         self._calls = calls
         self._written = written  # told of a batch's attempts once the batch is written (or failed to be)
         self._queue: list[Finished] = []
@@ -72,6 +77,16 @@ class Recorder:
         self._task: asyncio.Task[None] | None = None
 
     async def put(self, item: Finished) -> None:
+        if item.call is not None:
+            if item.call.id is None:
+                item.call.id = self.journal.new_id()
+            a = item.attempt
+            use = (
+                None
+                if a is None or a.key is None
+                else AttemptUse(a.profile.name, a.finished_at, a.parsed.usage.total, a.cost_usd or 0.0, a.key)
+            )
+            self.journal.ended(item.call, use)
         self._queue.append(item)
         self._idle.clear()
         self._wake.set()
@@ -84,7 +99,7 @@ class Recorder:
         """Until everything queued so far is written (or failed to be: each failure is logged)."""
         if self._task is None or self._task.done():
             if self._queue:  # no writer left (a stop cancelled it): write here
-                await self._write(self._take())
+                await self._write(*self._take())
             return
         await self._idle.wait()
 
@@ -95,6 +110,7 @@ class Recorder:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        self.journal.close()
 
     def unwritten_cost(self, key: str, since: datetime) -> float:
         """What gateway key `key`'s finished calls since `since` cost that the call log does not show yet: its daily
@@ -106,10 +122,11 @@ class Recorder:
             if f.call is not None and f.call.key == key and f.call.at >= since
         )
 
-    def _take(self) -> list[Finished]:
+    def _take(self) -> tuple[list[Finished], Path | None]:
+        """The queue as a batch, and the journal segment that holds it (to remove once the batch is written)."""
         batch, self._queue = self._queue, []
         self._writing = batch
-        return batch
+        return batch, self.journal.rotate()
 
     async def _run(self) -> None:
         while True:
@@ -117,18 +134,21 @@ class Recorder:
             self._wake.clear()
             await asyncio.sleep(LINGER_S)
             while self._queue:
-                await self._write(self._take())
+                await self._write(*self._take())
             self._idle.set()
 
-    async def _write(self, batch: list[Finished]) -> None:
+    async def _write(self, batch: list[Finished], segment: Path | None) -> None:
         # The attempts first: a call row that shows a cost the profile's windows do not yet count is the
         # worse of the two orders. A store that refuses either is logged: the clients have their answers.
         attempts = [f.attempt for f in batch if f.attempt is not None]
         calls = [f.call for f in batch if f.call is not None]
+        # A batch that could not be written stays in the journal, for the next start to write.
+        written = True
         try:
             if attempts:
                 await self._attempts(attempts)
         except Exception:
+            written = False
             log.exception("gateway: cannot record %d attempt(s) with the heartbeat", len(attempts))
         try:
             async with self.log_lock:
@@ -138,6 +158,9 @@ class Recorder:
                 finally:
                     self._writing = []
         except Exception:
+            written = False
             log.exception("gateway: cannot record %d call(s)", len(calls))
         finally:
             self._written(attempts)
+        if written:
+            self.journal.written(segment)

@@ -4,12 +4,14 @@ figures. The proxy (`proxy.py`) does the forwarding."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import logging
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fleetd.errors import Conflict, InvalidArgument, NotFound
@@ -29,6 +31,7 @@ from fleetd.records.money import day_since, usd, usd_apart
 from fleetd.store.gateway import GatewayStore
 
 if TYPE_CHECKING:
+    from fleetd.gateway.journal import Journal
     from fleetd.gateway.proxy import Proxy
     from fleetd.gateway.server import GatewayListener
 
@@ -60,6 +63,23 @@ class GatewayService:
         self._keys: list[ClientKey] = []
         self._looked_up: set[tuple[str, str]] = set()  # (key's hash, route) whose last cost the call log was asked for
         self._routes_looked_up: set[str] = set()  # routes whose last call's cost (any key's) it was asked for
+        self.journal: Journal | None = None  # set by `recover`; none: a kill -9 loses the calls not yet written
+
+    async def recover(self, directory: Path) -> None:
+        """Write into the store what the journal a kill -9 left holds and the store does not (journal.py), then keep
+        the journal there from the next call id on. Before the heartbeat and the gateway start: the profiles' windows
+        and the keys' caps count those calls from the first look."""
+        from fleetd.gateway import journal
+
+        replay = await asyncio.to_thread(journal.read, directory)
+        if replay.calls or replay.uses:
+            added = await self.store.replay(replay.calls, replay.uses)
+            interrupted = sum(c.outcome == "interrupted" for c in replay.calls)
+            log.warning("gateway: %d call(s) the daemon had not written when it stopped are recorded now (%d were "
+                        "under way: interrupted)", added, interrupted)  # fmt: skip
+        for segment in replay.segments:
+            segment.unlink(missing_ok=True)
+        self.journal = journal.Journal(directory, await self.store.last_call_id() + 1)
 
     async def start(self) -> None:
         """Load routes and keys, then listen where the flag or the stored setting says. A bad flag stops
@@ -82,7 +102,7 @@ class GatewayService:
         if self._proxy is None:
             from fleetd.gateway.proxy import Proxy
 
-            self._proxy = Proxy(self.profiles, self.store.add_calls, clock=self.clock)
+            self._proxy = Proxy(self.profiles, self.store.add_calls, clock=self.clock, journal=self.journal)
         return self._proxy
 
     @property

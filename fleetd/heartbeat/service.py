@@ -726,17 +726,18 @@ class Heartbeat:
 
     async def attempt_finished(
         self, profile: Profile, parsed: ParsedOutput, finished_at: datetime, cost_usd: float | None,
-        settle: Settle | None = None, end: Write | None = None,
+        settle: Settle | None = None, end: Write | None = None, key: str | None = None,
     ) -> None:  # fmt: skip
         """Record what the attempt used and what it says about the profile, then beat for its backend. `end`: the
-        attempt's end, written with its use (`attempts_finished`)."""
+        attempt's end, written with its use (`attempts_finished`); `key`: a gateway try's (`journal.attempt_key`)."""
         await self.attempts_finished(
-            [(profile, parsed, finished_at, cost_usd)], settles=[settle] if settle else [], ends=[end] if end else []
-        )
+            [(profile, parsed, finished_at, cost_usd)], settles=[settle] if settle else [], ends=[end] if end else [],
+            keys=[key],
+        )  # fmt: skip
 
     async def attempts_finished(
         self, done: list[tuple[Profile, ParsedOutput, datetime, float | None]], settles: Sequence[Settle] = (),
-        ends: Sequence[Write] = (),
+        ends: Sequence[Write] = (), keys: Sequence[str | None] = (),
     ) -> None:  # fmt: skip
         """What the attempts used and what each says about its profile (the gateway's successes come
         batched; a run's attempt alone): each one's state and circuit step in order, their usage in one
@@ -744,7 +745,8 @@ class Heartbeat:
         `settles`: called as their records join the windows, with no await between, to stop counting them apart
         (a run's reservation, a gateway call's unrecorded use): never counted twice, nor not at all. `ends`: the
         attempts' ends (of their rows in the store), written in the same transaction as their use: a kill -9 between
-        the two left an attempt closed and never counted (crash recovery counts an open one)."""
+        the two left an attempt closed and never counted (crash recovery counts an open one). `keys`: each gateway
+        attempt's (`journal.attempt_key`), which the journal's replay after a kill -9 finds written."""
         if not done:
             for settle in settles:
                 settle()
@@ -754,8 +756,10 @@ class Heartbeat:
             # when the attempt ended (its ledger rebuilt and judged with the old limits).
             current = {p.name: p for p in await self.profiles.list()}
             done = [(current.get(p.name, p), parsed, at, cost) for p, parsed, at, cost in done]
-            records = [NewUsage(p.name, at, "attempt", parsed.usage.total, cost or 0.0, parsed.session_id)
-                       for p, parsed, at, cost in done]  # fmt: skip
+            keyed = [*keys, *[None] * (len(done) - len(keys))]
+            records = [NewUsage(p.name, at, "attempt", parsed.usage.total, cost or 0.0, parsed.session_id,
+                                gateway_attempt=key)
+                       for (p, parsed, at, cost), key in zip(done, keyed, strict=True)]  # fmt: skip
             try:
                 ledgers = {p.name: await self._ledger(p, at) for p, _, at, _ in done}  # before the insert
                 await self.usage.add(records, with_=ends)

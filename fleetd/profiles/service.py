@@ -487,14 +487,15 @@ class ProfileService:
 
     async def attempt_finished(
         self, profile: Profile, parsed: ParsedOutput, finished_at: datetime, cost_usd: float | None,
-        settle: Settle | None = None, end: Write | None = None,
+        settle: Settle | None = None, end: Write | None = None, key: str | None = None,
     ) -> None:  # fmt: skip
-        await self.heartbeat.attempt_finished(profile, parsed, finished_at, cost_usd, settle, end)
+        await self.heartbeat.attempt_finished(profile, parsed, finished_at, cost_usd, settle, end, key)
 
     async def attempts_finished(
-        self, done: list[tuple[Profile, ParsedOutput, datetime, float | None]], settles: Sequence[Settle] = ()
-    ) -> None:
-        await self.heartbeat.attempts_finished(done, settles)
+        self, done: list[tuple[Profile, ParsedOutput, datetime, float | None]], settles: Sequence[Settle] = (),
+        keys: Sequence[str | None] = (),
+    ) -> None:  # fmt: skip
+        await self.heartbeat.attempts_finished(done, settles, keys=keys)
 
     async def candidate_skipped(self, loop: Loop, run_id: int, profile: str, why: str) -> None:
         await self.heartbeat.events.emit(

@@ -18,7 +18,8 @@ DEFAULT_ROUTE_TIMEOUT_S = 120.0
 KEY_PREFIX = "fk-"
 # What a call ended as. `stream_error`: the stream had begun (a byte had reached the client) when the
 # upstream failed; the client got a provider-shaped error event, never another model's continuation.
-OUTCOMES = ("succeeded", "failed", "rejected", "stream_error")
+# `interrupted`: the daemon died while it was under way (gateway/journal.py).
+OUTCOMES = ("succeeded", "failed", "rejected", "stream_error", "interrupted")
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,18 @@ class GatewayCall:
     request_body: str | None = None
     response_body: str | None = None
     id: int | None = None
+
+
+@dataclass(frozen=True)
+class AttemptUse:
+    """What one try of a gateway call used, as its profile's usage record keeps it; `key`: which try
+    (`gateway.journal.attempt_key`)."""
+
+    profile: str
+    at: datetime
+    tokens: int
+    cost_usd: float
+    key: str
 
 
 def split_listen(text: str) -> tuple[str, int]:

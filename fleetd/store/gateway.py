@@ -3,6 +3,7 @@ figures, `stats --source gateway`, come from rollups: store/gateway_stats.py).""
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 from datetime import datetime
@@ -11,10 +12,11 @@ from typing import Any
 import aiosqlite
 
 from fleetd.errors import Conflict, NotFound
-from fleetd.records.gateway import ClientKey, GatewayCall, GatewaySetting, Route
+from fleetd.records.gateway import AttemptUse, ClientKey, GatewayCall, GatewaySetting, Route
 from fleetd.records.loop import ChainStep
 from fleetd.store.db import Database
 from fleetd.store.gateway_stats import GatewayStats, GatewayStatsStore, add_to_rollups
+from fleetd.store.usage import INSERT_ATTEMPT_USAGE
 from fleetd.timefmt import from_iso, to_iso
 
 _CALL_COLUMNS = (
@@ -127,22 +129,29 @@ class GatewayStore:
 
     async def add_calls(self, calls: list[GatewayCall]) -> None:
         """In one transaction, with what they add to the stats rollups (the gateway writes its calls in batches,
-        after their answers)."""
-        rows = [
-            (to_iso(call.at), call.key, call.route, call.api, int(call.streamed), call.outcome, call.status,
-             call.error, json.dumps(call.path), call.profile, call.model, call.ttft_ms, call.latency_ms,
-             call.input_tokens, call.output_tokens, call.cache_read_tokens, call.cache_write_tokens,
-             call.cost_usd, call.request_body, call.response_body)
-            for call in calls
-        ]  # fmt: skip
+        after their answers). A call with an id keeps it (the journal gave it as the call started) and one the log
+        has already is skipped; one without is numbered after the largest."""
+        await self.db.write(functools.partial(_insert_calls, calls))
 
-        def write(conn: sqlite3.Connection) -> None:
-            # Ids are given in order (max + 1): the batch is every id above the largest before it.
-            (last,) = conn.execute("SELECT coalesce(max(id), 0) FROM gateway_calls").fetchone()
-            conn.executemany(f"INSERT INTO gateway_calls ({_CALL_COLUMNS}) VALUES ({', '.join('?' * 20)})", rows)
-            add_to_rollups(conn, last)
+    async def replay(self, calls: list[GatewayCall], uses: list[AttemptUse]) -> int:
+        """What a kill -9 left in the gateway's journal (journal.py), in one transaction: the calls the log does not
+        have, and each attempt's use its profile's records do not (of profiles that still exist). Returns how many
+        calls were new."""
 
-        await self.db.write(write)
+        def write(conn: sqlite3.Connection) -> int:
+            added = _insert_calls(calls, conn)
+            conn.executemany(
+                f"{INSERT_ATTEMPT_USAGE.split(' VALUES ')[0]} SELECT ?, ?, 'attempt', NULL, NULL, ?, ?, 1, ? "
+                "WHERE EXISTS (SELECT 1 FROM profiles WHERE name = ?)",
+                [(u.profile, to_iso(u.at), u.tokens, u.cost_usd, u.key, u.profile) for u in uses],
+            )
+            return added
+
+        return await self.db.write(write) if calls or uses else 0
+
+    async def last_call_id(self) -> int:
+        row = await self.db.fetchone("SELECT coalesce(max(id), 0) AS last FROM gateway_calls")
+        return int(row["last"]) if row is not None else 0
 
     async def calls(self, *, route: str | None, since: datetime | None, limit: int) -> list[GatewayCall]:
         where, params = _where(route=route, since=since)
@@ -182,3 +191,27 @@ def _where(**filters: Any) -> tuple[str, tuple[Any, ...]]:
         clauses.append("at >= ?")
         params.append(to_iso(filters["since"]))
     return ("WHERE " + " AND ".join(clauses)) if clauses else "", tuple(params)
+
+
+def _insert_calls(calls: list[GatewayCall], conn: sqlite3.Connection) -> int:
+    """Insert the calls the log does not have yet, and add them to the rollups; returns how many."""
+    given = [c.id for c in calls if c.id is not None]
+    have = {r[0] for r in conn.execute("SELECT id FROM gateway_calls WHERE id IN (SELECT value FROM json_each(?))",
+                                       (json.dumps(given),))} if given else set()  # fmt: skip
+    (last,) = conn.execute("SELECT coalesce(max(id), 0) FROM gateway_calls").fetchone()
+    rows, ids = [], []
+    for call in calls:
+        if call.id in have:
+            continue
+        if call.id is None:
+            last += 1
+        call_id = call.id if call.id is not None else last
+        last = max(last, call_id)
+        ids.append(call_id)
+        rows.append((call_id, to_iso(call.at), call.key, call.route, call.api, int(call.streamed), call.outcome,
+                     call.status, call.error, json.dumps(call.path), call.profile, call.model, call.ttft_ms,
+                     call.latency_ms, call.input_tokens, call.output_tokens, call.cache_read_tokens,
+                     call.cache_write_tokens, call.cost_usd, call.request_body, call.response_body))  # fmt: skip
+    conn.executemany(f"INSERT INTO gateway_calls (id, {_CALL_COLUMNS}) VALUES ({', '.join('?' * 21)})", rows)
+    add_to_rollups(conn, ids)
+    return len(rows)

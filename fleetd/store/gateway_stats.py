@@ -18,6 +18,7 @@ Retention deletes calls, never rollups: pruned calls still count (but in a windo
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -106,14 +107,16 @@ def queries(by: tuple[str, ...]) -> tuple[str, str, str, str]:
     return figures, periods, histograms, raw_histograms
 
 
-_ADD_BATCH = gateway_add("f.call_id > :after")
+_ADD_BATCH = gateway_add("f.call_id IN (SELECT value FROM json_each(:ids))")
 
 
-def add_to_rollups(conn: sqlite3.Connection, after: int) -> None:
-    """Add the calls with an id above `after` (just inserted, in this transaction) to the rollups: a few
-    statements per batch, each an upsert per (period, group) or (period, group, rounded ms) the batch touches."""
+def add_to_rollups(conn: sqlite3.Connection, ids: list[int]) -> None:
+    """Add the calls `ids` (just inserted, in this transaction) to the rollups: a few statements per batch, each an
+    upsert per (period, group) or (period, group, rounded ms) the batch touches. By id, not "above the largest
+    before": a call's id is given as it starts, so a batch's calls need not be the newest (journal.py)."""
+    text = json.dumps(ids)
     for statement in _ADD_BATCH:
-        conn.execute(statement, {"after": after})
+        conn.execute(statement, {"ids": text})
 
 
 class GatewayStatsStore:

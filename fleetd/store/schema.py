@@ -768,4 +768,10 @@ MIGRATIONS: list[Migration] = [
     """
     ALTER TABLE profile_state ADD COLUMN counted INTEGER NOT NULL DEFAULT 0;
     """,
+    # 21: a gateway attempt's usage record says which it is (`<call id>.<attempt>`): the journal a kill -9 leaves
+    # is replayed at the next start (gateway/journal.py), and what was written before the kill is skipped.
+    """
+    ALTER TABLE usage_records ADD COLUMN gateway_attempt TEXT;
+    CREATE UNIQUE INDEX usage_gateway_attempt ON usage_records (gateway_attempt) WHERE gateway_attempt IS NOT NULL;
+    """,
 ]

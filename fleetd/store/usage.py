@@ -30,12 +30,19 @@ class NewUsage:
     session_id: str | None = None
     dedupe_key: str | None = None
     requests: int = 1
+    gateway_attempt: str | None = None  # a gateway call's try (`journal.attempt_key`): replaying it is a no-op
 
 
 # A record whose dedupe key its profile has already is skipped.
 INSERT_USAGE = (
     "INSERT OR IGNORE INTO usage_records (profile, at, source, session_id, dedupe_key, tokens, cost_usd, requests) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+# `INSERT_USAGE` with the gateway attempt a record counts (a record of one written already is skipped).
+INSERT_ATTEMPT_USAGE = (
+    "INSERT OR IGNORE INTO usage_records "
+    "(profile, at, source, session_id, dedupe_key, tokens, cost_usd, requests, gateway_attempt) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 HAS_AGENT_KEYS_SQL = "SELECT 1 AS found FROM usage_records WHERE profile = ? AND dedupe_key IS NOT NULL LIMIT 1"
 
@@ -100,7 +107,17 @@ class UsageStore:
         records count (the ends of the attempts that used them), in the same transaction: an attempt closed is an
         attempt counted (crash recovery counts the open ones). One that raises is logged, and the records still go."""
         rows = [
-            (r.profile, to_iso(r.at), r.source, r.session_id, r.dedupe_key, r.tokens, r.cost_usd, r.requests)
+            (
+                r.profile,
+                to_iso(r.at),
+                r.source,
+                r.session_id,
+                r.dedupe_key,
+                r.tokens,
+                r.cost_usd,
+                r.requests,
+                r.gateway_attempt,
+            )
             for r in records
         ]
 
@@ -112,7 +129,7 @@ class UsageStore:
                     if not conn.in_transaction:  # SQLite rolled the whole transaction back: the store failed
                         raise
                     log.exception("cannot record the change some usage records count; the records are kept")
-            cur = conn.executemany(INSERT_USAGE, rows)
+            cur = conn.executemany(INSERT_ATTEMPT_USAGE, rows)
             return max(0, cur.rowcount)
 
         return await self.db.write(write) if rows or with_ else 0

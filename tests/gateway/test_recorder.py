@@ -36,7 +36,7 @@ class BlockedStore:
     async def attempt_finished(self, profile: Profile, parsed: ParsedOutput, at: datetime, cost: float | None) -> None:
         await self.attempts_finished([(profile, parsed, at, cost)])
 
-    async def attempts_finished(self, done: list[Any], settles: Any = ()) -> None:
+    async def attempts_finished(self, done: list[Any], settles: Any = (), keys: Any = ()) -> None:
         await self.open.wait()
         self.attempts += done
         for settle in settles:

@@ -6,6 +6,7 @@ a stream that breaks after its first byte, the body cap, and no provider key any
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import json
 import re
 import shutil
@@ -783,3 +784,49 @@ def test_a_providers_5xx_that_a_limit_keeps_from_being_retried_reaches_the_clien
         gw.p1.fail_first(0, "500")
     assert status == 500
     assert _raw_call(gw, "once5")[0] == 429  # the limit holds for the next one
+
+
+def test_a_kill_9_loses_no_gateway_call_finished_or_under_way(short_home: Path) -> None:
+    # A call answered just before a kill -9 was lost (its row and its use waited for the recorder's next batch, 6 in 6
+    # at 0.05-0.2 s), and a call under way was never counted: a `1d=10req` profile showed 0 used after the restart.
+    provider = FakeProvider().start()
+    d = Daemon(short_home / "home", "--gateway", "127.0.0.1:0")
+    d.env["FLEETD_SECRET_STORE"] = "file"
+    d.start()
+    try:
+        d.cli("profile", "add", "kj", "--backend", "openai_compat", "--base-url", provider.base_url + "/v1",
+              "--model", "m", "--price-input", str(PRICE_IN), "--price-output", str(PRICE_OUT), "--limit", "1d=10req",
+              "--api-key-stdin", input=KEYS["1"] + "\n")  # fmt: skip
+        d.cli("route", "add", "kj", "--chain", "kj")
+        key = d.json("gateway", "key", "add", "kk", "--daily-cost", "1")["key"]
+        sdk = openai.OpenAI(base_url=d.json("gateway", "status")["url"] + "/v1", api_key=key, max_retries=0)
+        sdk.chat.completions.create(model="kj", messages=[{"role": "user", "content": "hi"}])
+        provider.latency = 3.0  # the next call is under way at the provider when the daemon dies
+
+        def call() -> None:
+            with contextlib.suppress(openai.APIError):
+                sdk.chat.completions.create(model="kj", messages=[{"role": "user", "content": "again"}])
+
+        under_way = threading.Thread(target=call)
+        under_way.start()
+        wait_until(lambda: provider.calls[fake.API_CHAT] == 2, what="the second call at the provider")
+        d.kill9()
+        under_way.join(10)
+        provider.latency = 0.0
+        d.start()
+        calls = sorted(d.json("gateway", "calls"), key=lambda c: c["id"])
+        assert [(c["outcome"], c["profile"], c["key"]) for c in calls] == [
+            ("succeeded", "kj", "kk"), ("interrupted", "kj", "kk")]  # fmt: skip
+        assert calls[0]["tokens"]["output"] == fake.CHAT_COMPLETION_TOKENS
+        assert calls[0]["cost_usd"] == pytest.approx(CHAT_COST)
+        assert "under way" in calls[1]["error"]
+        [row] = [r for r in d.json("usage") if r["profile"] == "kj"]
+        assert [w["used"] for w in row["windows"]] == [2]  # both requests, once each
+        assert d.json("gateway", "key", "list")[0]["spent_24h"] == pytest.approx(CHAT_COST)
+        d.kill9()  # the journal was replayed and removed: nothing is counted twice after a second start
+        d.start()
+        assert len(d.json("gateway", "calls")) == 2
+        assert [w["used"] for r in d.json("usage") if r["profile"] == "kj" for w in r["windows"]] == [2]
+    finally:
+        d.stop()
+        provider.stop()

@@ -1,0 +1,149 @@
+"""The gateway's journal (gateway/journal.py): what a kill -9 before the recorder's write would lose is in a file, and
+the next start writes it into the store once, whatever of it was written before the kill."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from fleetd.gateway import journal
+from fleetd.gateway.journal import Journal, attempt_key
+from fleetd.gateway.recorder import Attempt, Finished, Recorder
+from fleetd.records.gateway import GatewayCall
+from fleetd.records.profile import Profile
+from fleetd.records.result import ParsedOutput, TokenUsage
+from fleetd.store.db import Database
+from fleetd.store.gateway import GatewayStore
+from fleetd.store.profiles import ProfileStore
+from fleetd.store.usage import NewUsage, UsageStore
+
+T0 = datetime(2026, 12, 1, 8, 0, tzinfo=UTC)
+PROFILE = Profile(
+    "p", "openai_compat", "metered", "/tmp/p", price_input=3.0, price_output=15.0, created_at=T0, updated_at=T0
+)
+USAGE = TokenUsage(input_tokens=100, output_tokens=20)
+
+
+def _call(j: Journal, route: str = "r") -> GatewayCall:
+    return GatewayCall(T0, "k", route, "chat", False, id=j.new_id())
+
+
+def _succeeded(call: GatewayCall, attempt: int = 0) -> Finished:
+    call.outcome, call.status, call.profile = "succeeded", 200, PROFILE.name
+    call.input_tokens, call.output_tokens, call.cost_usd = 100, 20, 0.0006
+    parsed = ParsedOutput("succeeded", usage=USAGE)
+    return Finished(call, Attempt(PROFILE, parsed, T0, 0.0006, attempt_key(call.id, attempt)))
+
+
+def _never_written(j: Journal) -> Recorder:
+    """A recorder whose writes never happen: the daemon is killed before its batch."""
+
+    async def nothing(_: Any) -> None:
+        raise AssertionError("not written before the kill")
+
+    return Recorder(nothing, nothing, journal=j)
+
+
+def _in_store(tmp_path: Path, replay: journal.Replay, *, twice: bool = False, live_use: bool = False) -> dict[str, Any]:
+    async def go() -> dict[str, Any]:
+        db = await Database.open(tmp_path / "fleetd.db")
+        try:
+            await ProfileStore(db).insert(PROFILE)
+            if live_use:  # the batch's use was written before the kill, its call rows not
+                await UsageStore(db).add([NewUsage("p", T0, "attempt", 120, 0.0006, gateway_attempt="1.0")])
+            store = GatewayStore(db)
+            for _ in range(2 if twice else 1):
+                await store.replay(replay.calls, replay.uses)
+            calls = await store.calls(route=None, since=None, limit=100)
+            uses = await db.fetchall("SELECT profile, tokens, requests, gateway_attempt FROM usage_records ORDER BY id")
+            stats = await store.stats(since=T0, by=("route",))
+            return {"calls": calls, "uses": [tuple(u) for u in uses], "stats_calls": stats.total.calls,
+                    "next": await store.last_call_id() + 1}  # fmt: skip
+        finally:
+            await db.close()
+
+    return asyncio.run(go())
+
+
+def test_a_call_answered_but_not_yet_written_is_written_by_the_next_start(tmp_path: Path) -> None:
+    j = Journal(tmp_path / "j", first_id=1)
+    (tmp_path / "j").mkdir()
+    recorder = _never_written(j)
+    asyncio.run(recorder.put(_succeeded(_call(j))))  # killed within the linger: the batch never ran
+    replay = journal.read(tmp_path / "j")
+    got = _in_store(tmp_path, replay, twice=True)  # a second replay (a kill before the files went) changes nothing
+    [call] = got["calls"]
+    assert (call.id, call.outcome, call.output_tokens, call.cost_usd) == (1, "succeeded", 20, 0.0006)
+    assert got["uses"] == [("p", 120, 1, "1.0")]
+    assert got["stats_calls"] == 1 and got["next"] == 2
+
+
+def test_a_batch_whose_use_was_written_before_the_kill_is_not_counted_twice(tmp_path: Path) -> None:
+    j = Journal(tmp_path / "j", first_id=1)
+    (tmp_path / "j").mkdir()
+    asyncio.run(_never_written(j).put(_succeeded(_call(j))))
+    got = _in_store(tmp_path, journal.read(tmp_path / "j"), live_use=True)
+    assert [c.id for c in got["calls"]] == [1]
+    assert got["uses"] == [("p", 120, 1, "1.0")]
+
+
+def test_a_call_under_way_is_interrupted_with_one_request_on_each_profile_it_tried(tmp_path: Path) -> None:
+    j = Journal(tmp_path / "j", first_id=7)
+    (tmp_path / "j").mkdir()
+    call = _call(j)
+    call.path.append({"profile": "p"})
+    j.began(call, 0, "p", T0)  # its first try failed (its use written as it happened) ...
+    call.path.append({"profile": "p"})
+    j.began(call, 1, "p", T0)  # ... and the second was under way at the kill
+    got = _in_store(tmp_path, journal.read(tmp_path / "j"), twice=True)
+    [row] = got["calls"]
+    assert (row.id, row.outcome, row.profile, row.key, row.route) == (7, "interrupted", "p", "k", "r")
+    assert "under way" in (row.error or "") and [p["profile"] for p in row.path] == ["p", "p"]
+    assert got["uses"] == [("p", 0, 1, "7.0"), ("p", 0, 1, "7.1")]
+
+
+def test_segments_go_once_written_and_a_call_under_way_outlives_its_segment(tmp_path: Path) -> None:
+    directory = tmp_path / "j"
+    directory.mkdir()
+    j = Journal(directory, first_id=1)
+    long = _call(j)
+    j.began(long, 0, "p", T0)  # a stream that outlasts many batches
+    short = _call(j)
+    j.began(short, 0, "p", T0)
+    j.ended(short)
+    old = j.rotate()  # the batch with `short` is taken ...
+    j.written(old)  # ... and written: its segment goes, `long`'s start is in the new one
+    assert old is not None and not old.exists()
+    replay = journal.read(directory)
+    assert [(c.id, c.outcome) for c in replay.calls] == [(long.id, "interrupted")]
+    dropped = _call(j)
+    j.began(dropped, 0, "p", T0)
+    j.dropped(dropped)  # cancelled before any answer: nothing for the call log
+    long.outcome = "stream_error"
+    j.ended(long)
+    assert [(c.id, c.outcome) for c in journal.read(directory).calls] == [(long.id, "stream_error")]  # as it ended
+    j.written(j.rotate())
+    assert journal.read(directory).calls == []
+    j.close()
+    assert list(directory.iterdir()) == []
+
+
+def test_a_line_cut_short_is_skipped_and_the_rest_kept(tmp_path: Path) -> None:
+    directory = tmp_path / "j"
+    directory.mkdir()
+    j = Journal(directory, first_id=1)
+    asyncio.run(_never_written(j).put(_succeeded(_call(j))))
+    [segment] = directory.iterdir()
+    with open(segment, "ab") as f:
+        f.write(b'{"f":2,"call":{"at":"2026-')  # the machine died mid-write
+    assert [c.id for c in journal.read(directory).calls] == [1]
+
+
+def test_without_a_directory_nothing_is_kept_and_the_store_numbers_the_calls(tmp_path: Path) -> None:
+    j = Journal(None)
+    call = GatewayCall(T0, "k", "r", "chat", False, id=j.new_id())
+    j.began(call, 0, "p", T0)
+    j.ended(call)
+    assert call.id is None and list(tmp_path.iterdir()) == []
