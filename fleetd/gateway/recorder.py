@@ -122,8 +122,8 @@ class Recorder:
             if f.call is not None and f.call.key == key and f.call.at >= since
         )
 
-    def _take(self) -> tuple[list[Finished], Path | None]:
-        """The queue as a batch, and the journal segment that holds it (to remove once the batch is written)."""
+    def _take(self) -> tuple[list[Finished], list[Path]]:
+        """The queue as a batch, and the journal segments that hold it (to remove once the batch is written)."""
         batch, self._queue = self._queue, []
         self._writing = batch
         return batch, self.journal.rotate()
@@ -137,7 +137,7 @@ class Recorder:
                 await self._write(*self._take())
             self._idle.set()
 
-    async def _write(self, batch: list[Finished], segment: Path | None) -> None:
+    async def _write(self, batch: list[Finished], segments: list[Path]) -> None:
         # The attempts first: a call row that shows a cost the profile's windows do not yet count is the
         # worse of the two orders. A store that refuses either is logged: the clients have their answers.
         attempts = [f.attempt for f in batch if f.attempt is not None]
@@ -163,4 +163,4 @@ class Recorder:
         finally:
             self._written(attempts)
         if written:
-            self.journal.written(segment)
+            self.journal.written(segments)

@@ -115,7 +115,7 @@ def test_segments_go_once_written_and_a_call_under_way_outlives_its_segment(tmp_
     j.ended(short)
     old = j.rotate()  # the batch with `short` is taken ...
     j.written(old)  # ... and written: its segment goes, `long`'s start is in the new one
-    assert old is not None and not old.exists()
+    assert len(old) == 1 and not old[0].exists()
     replay = journal.read(directory)
     assert [(c.id, c.outcome) for c in replay.calls] == [(long.id, "interrupted")]
     dropped = _call(j)
@@ -136,9 +136,28 @@ def test_a_line_cut_short_is_skipped_and_the_rest_kept(tmp_path: Path) -> None:
     j = Journal(directory, first_id=1)
     asyncio.run(_never_written(j).put(_succeeded(_call(j))))
     [segment] = directory.iterdir()
-    with open(segment, "ab") as f:
-        f.write(b'{"f":2,"call":{"at":"2026-')  # the machine died mid-write
+    with open(segment, "r+b") as f:  # the machine died mid-write: a line cut short before the segment's zeros
+        f.seek(f.read().index(b"\0"))
+        f.write(b'["f",2,"2026-12-01T08:00')
     assert [c.id for c in journal.read(directory).calls] == [1]
+
+
+def test_a_batch_bigger_than_a_segment_fills_more_than_one_and_all_go_once_written(tmp_path: Path) -> None:
+    directory = tmp_path / "j"
+    directory.mkdir()
+    j = Journal(directory, first_id=1)
+    recorder = _never_written(j)
+    calls = 2 * journal.SEGMENT_BYTES // 300  # each end takes a line of about 250 bytes
+
+    async def put_all() -> None:
+        for _ in range(calls):
+            await recorder.put(_succeeded(_call(j)))
+
+    asyncio.run(put_all())
+    assert len(list(directory.iterdir())) >= 2
+    assert [c.id for c in journal.read(directory).calls] == list(range(1, calls + 1))
+    j.written(j.rotate())
+    assert list(directory.iterdir()) == []
 
 
 def test_without_a_directory_nothing_is_kept_and_the_store_numbers_the_calls(tmp_path: Path) -> None:
