@@ -167,9 +167,14 @@ def read(directory: Path) -> Replay:
     ended: dict[int, list[Any]] = {}
     began: dict[int, dict[int, list[Any]]] = {}
     gone: set[int] = set()  # dropped: ended with nothing for the call log
+    readable = []
     for segment in segments:
-        with open(segment, "rb") as f:
-            data = f.read()
+        try:
+            data = segment.read_bytes()
+        except OSError as e:  # left where it is, for a start that can read it
+            log.error("gateway: cannot read journal segment %s: %s", segment, e)
+            continue
+        readable.append(segment)
         # A segment is mapped at its full size: its lines end where the zeros it was made with begin.
         end = data.find(b"\0")
         for raw in (data if end < 0 else data[:end]).splitlines():
@@ -208,7 +213,7 @@ def read(directory: Path) -> Replay:
         except (ValueError, TypeError):
             log.warning("gateway: journal: call %s's start is damaged; skipped", call_id)
     calls.sort(key=lambda c: c.id or 0)
-    return Replay(calls, uses, segments)
+    return Replay(calls, uses, readable)
 
 
 def _at(text: str) -> datetime:

@@ -71,15 +71,22 @@ class GatewayService:
         and the keys' caps count those calls from the first look."""
         from fleetd.gateway import journal
 
-        replay = await asyncio.to_thread(journal.read, directory)
-        if replay.calls or replay.uses:
-            added = await self.store.replay(replay.calls, replay.uses)
-            interrupted = sum(c.outcome == "interrupted" for c in replay.calls)
-            log.warning("gateway: %d call(s) the daemon had not written when it stopped are recorded now (%d were "
-                        "under way: interrupted)", added, interrupted)  # fmt: skip
-        for segment in replay.segments:
-            segment.unlink(missing_ok=True)
-        self.journal = journal.Journal(directory, await self.store.last_call_id() + 1)
+        last = 0
+        try:
+            replay = await asyncio.to_thread(journal.read, directory)
+            last = max((c.id or 0 for c in replay.calls), default=0)
+            if replay.calls or replay.uses:
+                added = await self.store.replay(replay.calls, replay.uses)
+                interrupted = sum(c.outcome == "interrupted" for c in replay.calls)
+                log.warning("gateway: %d call(s) the daemon had not written when it stopped are recorded now (%d of "
+                            "the journal's were under way: interrupted)", added, interrupted)  # fmt: skip
+            for segment in replay.segments:
+                segment.unlink(missing_ok=True)
+        except Exception:  # kept for the next start: the daemon starts, its new calls numbered after the kept ones
+            log.exception(
+                "gateway: cannot write the journal %s into the store; it is kept for the next start", directory
+            )
+        self.journal = journal.Journal(directory, max(last, await self.store.last_call_id()) + 1)
 
     async def start(self) -> None:
         """Load routes and keys, then listen where the flag or the stored setting says. A bad flag stops

@@ -389,7 +389,8 @@ class ProfileService:
             adapter = get_adapter(profile.backend)
             # The gateway (`direct`) calls the API itself: a missing CLI does not matter there, a missing key does.
             why = (None if direct else adapter.unavailable(profile)) or adapter.auth_problem(profile)
-            over, cost_busy = self._daily_cost_taken(profile) or (None, False)
+            # Before one has ended, each attempt under way is held at all that is left (they go one at a time).
+            over, cost_busy = self._daily_cost_taken(profile, unknown_takes_rest=True) or (None, False)
             no_room, room_at, busy = None, None, False
             if full := self.heartbeat.no_room(profile):
                 no_room, room_at, busy = full
@@ -397,14 +398,10 @@ class ProfileService:
                     # Taken by attempts under way: look again when one ends (they may use less than their profile's
                     # typical attempt, or nothing), not only when the window's records leave it (hours).
                     room_at = min(room_at, now + PENDING_RECHECK)
-            elif over is not None and cost_busy and over.startswith(NO_COST_ROOM):
+            elif over is not None and cost_busy:
                 # Its daily cost, likewise: a wait as for a limit's room (a run with --on-exhausted wait failed).
-                no_room, room_at, busy, over = (
-                    f"daily cost {over.removeprefix(NO_COST_ROOM)}",
-                    now + PENDING_RECHECK,
-                    True,
-                    None,
-                )
+                said = f"daily cost {over.removeprefix(NO_COST_ROOM)}" if over.startswith(NO_COST_ROOM) else over
+                no_room, room_at, busy, over = said.removeprefix(NO_ROOM), now + PENDING_RECHECK, True, None
             probe_taken = profile.name in self.heartbeat.probing
             views[profile.name] = replace(views[profile.name], unavailable=why, over_daily_cost=over, no_room=no_room,
                                           room_at=room_at, room_pending=busy, probe_taken=probe_taken)  # fmt: skip

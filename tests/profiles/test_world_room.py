@@ -86,9 +86,9 @@ class _Spent:
         return self.usd
 
 
-def _capped_view(tmp_path: Path, spent: float, under_way: int = 0) -> ProfileView:
-    """The view of a profile capped at $1.00 a day that has spent `spent`, its attempts costing about $0.33 each, with
-    `under_way` attempts reserved."""
+def _capped_view(tmp_path: Path, spent: float, under_way: int = 0, fresh: bool = False) -> ProfileView:
+    """The view of a profile capped at $1.00 a day that has spent `spent`, its attempts costing about $0.33 each
+    (`fresh`: none has ended yet), with `under_way` attempts reserved."""
 
     async def go() -> ProfileView:
         tmp_path.mkdir(parents=True)
@@ -103,7 +103,8 @@ def _capped_view(tmp_path: Path, spent: float, under_way: int = 0) -> ProfileVie
             service = ProfileService(store, LoopStore(db), None, heartbeat, profiles_dir=tmp_path / "p",  # type: ignore[arg-type]
                                      clock=lambda: T0, attempts=_Spent(spent))  # type: ignore[arg-type]  # fmt: skip
             ok = ParsedOutput("succeeded", usage=TokenUsage(input_tokens=600), cost_usd=0.33)
-            await heartbeat.attempt_finished(profile, ok, T0, 0.33)
+            if not fresh:
+                await heartbeat.attempt_finished(profile, ok, T0, 0.33)
             for _ in range(under_way):
                 service.reserve(profile)
             world, _ = await service.world([ChainStep("claude_code", ("dear",))])
@@ -167,3 +168,15 @@ def test_a_daily_cost_only_attempts_under_way_take_is_a_wait_not_a_refusal(tmp_p
     )
     spent = _capped_view(tmp_path / "b", 0.70)  # what is spent leaves no room by itself: a refusal until it leaves
     assert spent.over_daily_cost is not None and not spent.room_pending
+
+
+def test_runs_on_a_fresh_profile_with_a_daily_cost_go_one_at_a_time_until_one_has_ended(tmp_path: Path) -> None:
+    # What one costs is not known before one has ended: runs started together on a fresh profile were all let in (a
+    # gateway key's calls, and a token limit's runs, already went one at a time), and passed its cap together.
+    alone = _capped_view(tmp_path / "a", 0.0, 0, fresh=True)
+    assert alone.over_daily_cost is None and alone.no_room is None
+    second = _capped_view(tmp_path / "b", 0.0, 1, fresh=True)  # the first is under way: the next waits for it
+    assert second.over_daily_cost is None and second.room_pending and second.room_at == T0 + PENDING_RECHECK
+    assert second.no_room == (
+        "$0.00 of its $1.00 daily cost spent, 1 attempt(s) under way, what one costs not known yet"
+    )
