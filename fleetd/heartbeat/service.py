@@ -755,11 +755,16 @@ class Heartbeat:
             # Each profile as it is now, not as it was when the attempt began: a `--limit` edited meanwhile came back
             # when the attempt ended (its ledger rebuilt and judged with the old limits).
             current = {p.name: p for p in await self.profiles.list()}
-            done = [(current.get(p.name, p), parsed, at, cost) for p, parsed, at, cost in done]
             keyed = [*keys, *[None] * (len(done) - len(keys))]
+            # One of a profile removed since counts for nothing (its records went with it), not even for a profile added
+            # again under its name: that one's window counted an attempt it never made.
+            kept = [((current[p.name], parsed, at, cost), key)
+                    for (p, parsed, at, cost), key in zip(done, keyed, strict=True)
+                    if p.name in current and current[p.name].created_at == p.created_at]  # fmt: skip
+            done = [attempt for attempt, _ in kept]
             records = [NewUsage(p.name, at, "attempt", parsed.usage.total, cost or 0.0, parsed.session_id,
                                 gateway_attempt=key)
-                       for (p, parsed, at, cost), key in zip(done, keyed, strict=True)]  # fmt: skip
+                       for (p, parsed, at, cost), key in kept]  # fmt: skip
             try:
                 ledgers = {p.name: await self._ledger(p, at) for p, _, at, _ in done}  # before the insert
                 await self.usage.add(records, with_=ends)

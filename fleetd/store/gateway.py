@@ -142,8 +142,9 @@ class GatewayStore:
             added = _insert_calls(calls, conn)
             conn.executemany(
                 f"{INSERT_ATTEMPT_USAGE.split(' VALUES ')[0]} SELECT ?, ?, 'attempt', NULL, NULL, ?, ?, 1, ? "
-                "WHERE EXISTS (SELECT 1 FROM profiles WHERE name = ?)",
-                [(u.profile, to_iso(u.at), u.tokens, u.cost_usd, u.key, u.profile) for u in uses],
+                # Of the profile as it is now, not one removed since (then added again, after the use)
+                "WHERE EXISTS (SELECT 1 FROM profiles WHERE name = ? AND (created_at IS NULL OR created_at <= ?))",
+                [(u.profile, to_iso(u.at), u.tokens, u.cost_usd, u.key, u.profile, to_iso(u.at)) for u in uses],
             )
             return added
 

@@ -4,7 +4,8 @@ the next start writes it into the store once, whatever of it was written before 
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -46,11 +47,13 @@ def _never_written(j: Journal) -> Recorder:
     return Recorder(nothing, nothing, journal=j)
 
 
-def _in_store(tmp_path: Path, replay: journal.Replay, *, twice: bool = False, live_use: bool = False) -> dict[str, Any]:
+def _in_store(
+    tmp_path: Path, replay: journal.Replay, *, twice: bool = False, live_use: bool = False, profile: Profile = PROFILE
+) -> dict[str, Any]:
     async def go() -> dict[str, Any]:
         db = await Database.open(tmp_path / "fleetd.db")
         try:
-            await ProfileStore(db).insert(PROFILE)
+            await ProfileStore(db).insert(profile)
             if live_use:  # the batch's use was written before the kill, its call rows not
                 await UsageStore(db).add([NewUsage("p", T0, "attempt", 120, 0.0006, gateway_attempt="1.0")])
             store = GatewayStore(db)
@@ -102,6 +105,15 @@ def test_a_call_under_way_is_interrupted_with_one_request_on_each_profile_it_tri
     assert (row.id, row.outcome, row.profile, row.key, row.route) == (7, "interrupted", "p", "k", "r")
     assert "under way" in (row.error or "") and [p["profile"] for p in row.path] == ["p", "p"]
     assert got["uses"] == [("p", 0, 1, "7.0"), ("p", 0, 1, "7.1")]
+
+
+def test_a_use_before_its_profile_was_added_again_is_not_counted_for_the_new_one(tmp_path: Path) -> None:
+    j = Journal(tmp_path / "j", first_id=1)
+    (tmp_path / "j").mkdir()
+    asyncio.run(_never_written(j).put(_succeeded(_call(j))))  # then `profile rm p`, `profile add p`, a kill -9
+    later = replace(PROFILE, created_at=T0 + timedelta(minutes=1))
+    got = _in_store(tmp_path, journal.read(tmp_path / "j"), profile=later)
+    assert [c.id for c in got["calls"]] == [1] and got["uses"] == []
 
 
 def test_segments_go_once_written_and_a_call_under_way_outlives_its_segment(tmp_path: Path) -> None:

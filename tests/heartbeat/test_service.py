@@ -679,3 +679,21 @@ def test_usage_counts_the_gateways_calls_not_recorded_yet(tmp_path: Path) -> Non
         assert [w.used for w in row["windows"]] == [2]
 
     run(tmp_path, body, limits=("1d=3req",))
+
+
+def test_an_attempt_under_way_when_its_profile_was_removed_does_not_count_for_one_added_again(tmp_path: Path) -> None:
+    # A gateway call (or run) under way across `profile rm` and `profile add` of the same name was counted in the new
+    # profile's `--limit` window: 600 of its 1,000 tokens used before it had made a call.
+    async def body(hb: Heartbeat, clock: Clock, usage: UsageStore, profiles: list[Profile]) -> None:
+        old = profiles[0]
+        await hb.forget(old.name)
+        await hb.profiles.delete(old.name)
+        clock.now += timedelta(minutes=5)
+        new = replace(old, created_at=clock.now, updated_at=clock.now)
+        await hb.profiles.insert(new)
+        await hb.attempt_finished(old, ok(600), clock.now, None)  # the old one's attempt ends now
+        await hb.attempt_finished(new, ok(10), clock.now, None)
+        assert used(hb, "a") == [10]
+        assert [c.tokens for c in await usage.since("a", T0)] == [10]
+
+    run(tmp_path, body)
