@@ -12,8 +12,8 @@ the store what it does not have yet (`read`, `GatewayStore.replay`): an ended ca
 Lines go to a segment file, and each batch the recorder takes starts a new one (`rotate`): the old segments hold
 nothing but that batch's ends and the starts of calls still under way, which are written again into the new one,
 so they are removed once the batch is written (`written`). Replaying is idempotent: a call row is keyed by its id
-(given here, before the call is forwarded) and each attempt's use by `<call id>.<attempt>` (`attempt_key`), so
-what was written before the kill is skipped.
+(given here, before the call is forwarded) and each attempt's use by its call's id and its number (`attempt_key`),
+so what was written before the kill is skipped.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import mmap
 import os
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -28,7 +29,7 @@ from typing import Any
 
 import msgspec
 
-from fleetd.records.gateway import AttemptUse, GatewayCall
+from fleetd.records.gateway import OUTCOMES, AttemptUse, GatewayCall
 from fleetd.timefmt import from_iso, to_iso
 
 log = logging.getLogger("fleetd.gateway")
@@ -42,9 +43,9 @@ _ROW = ("key", "route", "api", "streamed", "outcome", "status", "error", "path",
 _encode = msgspec.json.Encoder().encode
 
 
-def attempt_key(call_id: int | None, attempt: int) -> str | None:
+def attempt_key(call_id: int | None, attempt: int) -> tuple[int, int] | None:
     """The key of a call's `attempt`-th try (0 first) on its usage record: what makes replaying it idempotent."""
-    return None if call_id is None else f"{call_id}.{attempt}"
+    return None if call_id is None else (call_id, attempt)
 
 
 @dataclass
@@ -66,6 +67,8 @@ class Journal:
         self._map: mmap.mmap | None = None  # the segment being written, mapped
         self._at = 0  # where its next line goes
         self._paths: list[Path] = []  # the segments since the last rotation (more than one when one filled)
+        self._started = time.time_ns()
+        self._failing = False  # the last line could not be written (said once, until one can)
 
     def new_id(self) -> int | None:
         if self.directory is None:
@@ -88,7 +91,7 @@ class Journal:
         if call.id is None:
             return
         self._open.pop(call.id, None)
-        used = None if use is None else [use.profile, to_iso(use.at), use.tokens, use.cost_usd, use.key]
+        used = None if use is None else [use.profile, to_iso(use.at), use.tokens, use.cost_usd, *use.key]
         self._append(_line(["f", call.id, to_iso(call.at), [getattr(call, k) for k in _ROW], used]))
 
     def dropped(self, call: GatewayCall) -> None:
@@ -132,22 +135,33 @@ class Journal:
             self._at += len(data)
         except (OSError, ValueError) as e:  # the call still goes to the store: only a kill -9 now could lose it
             self._unmap()
-            log.warning("gateway: cannot write the journal (%s): a kill -9 now would lose calls", e)
+            if not self._failing:  # once, not at every line of every call while the disk is full
+                log.warning("gateway: cannot write the journal (%s): a kill -9 now would lose calls", e)
+            self._failing = True
+            return
+        if self._failing:
+            self._failing = False
+            log.warning("gateway: the journal is written again")
 
     def _new_segment(self, size: int) -> None:
         self._unmap()
         assert self.directory is not None
         self._segment += 1
-        path = self.directory / f"{os.getpid()}-{self._segment:08d}.jsonl"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        self._paths.append(path)
+        # Named by this journal's start and its count: a daemon that has the same pid as the last one (in a container,
+        # pid 1 at every start) must not reuse the name of a segment a failed replay kept.
+        path = self.directory / f"{self._started}-{self._segment:08d}.jsonl"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
             # Its blocks taken now: a page of a sparse file written through the map when the disk is full is a
             # SIGBUS, not an error.
             os.posix_fallocate(fd, 0, size)
             self._map = mmap.mmap(fd, size)
+        except OSError:
+            path.unlink(missing_ok=True)
+            raise
         finally:
             os.close(fd)
+        self._paths.append(path)
         self._at = 0
 
     def _unmap(self) -> None:
@@ -194,12 +208,17 @@ def read(directory: Path) -> Replay:
     for call_id, entry in ended.items():
         try:
             _, _, at, row, used = entry
-            calls.append(GatewayCall(_at(at), **dict(zip(_ROW, row, strict=True)), id=call_id))
+            call = GatewayCall(_at(at), **dict(zip(_ROW, row, strict=True)), id=call_id)
+            use = None
             if used is not None:
-                profile, used_at, tokens, cost, key = used
-                uses.append(AttemptUse(profile, _at(used_at), int(tokens), float(cost), str(key)))
+                profile, used_at, tokens, cost, _, attempt = used
+                use = AttemptUse(profile, _at(used_at), tokens, cost, (call_id, attempt))
+            _check(call, [use] if use else [])
         except (ValueError, TypeError):
             log.warning("gateway: journal: call %s's end is damaged; skipped", call_id)
+            continue
+        calls.append(call)
+        uses.extend([use] if use else [])
     for call_id, attempts in began.items():
         if call_id in ended or call_id in gone:
             continue
@@ -207,13 +226,39 @@ def read(directory: Path) -> Replay:
             tries = [attempts[n] for n in sorted(attempts)]
             _, _, _, profile, _, call_at, key, route, api, streamed = tries[-1]
             path = [{"profile": t[3], "model": None, "status": None, "class": None, "latency_ms": 0} for t in tries]
-            calls.append(GatewayCall(_at(call_at), key, route, api, bool(streamed), outcome="interrupted",
-                                     error=INTERRUPTED, path=path, profile=profile, id=call_id))  # fmt: skip
-            uses.extend(AttemptUse(t[3], _at(t[4]), 0, 0.0, f"{call_id}.{n}") for n, t in attempts.items())
+            call = GatewayCall(_at(call_at), key, route, api, streamed, outcome="interrupted", error=INTERRUPTED,
+                               path=path, profile=profile, id=call_id)  # fmt: skip
+            tried = [AttemptUse(t[3], _at(t[4]), 0, 0.0, (call_id, n)) for n, t in attempts.items()]
+            _check(call, tried)
         except (ValueError, TypeError):
             log.warning("gateway: journal: call %s's start is damaged; skipped", call_id)
+            continue
+        calls.append(call)
+        uses.extend(tried)
     calls.sort(key=lambda c: c.id or 0)
     return Replay(calls, uses, readable)
+
+
+def _check(call: GatewayCall, uses: list[AttemptUse]) -> None:
+    """ValueError unless the line's fields are what the store takes (a line that decodes can still be wrong: written by
+    another version, or by hand), so that one such line does not keep the rest out of the store at every start."""
+    text = (call.route, call.api)
+    maybe_text = (call.key, call.error, call.profile, call.model)
+    counts = (call.latency_ms, call.input_tokens, call.output_tokens, call.cache_read_tokens, call.cache_write_tokens)
+    if not (
+        isinstance(call.id, int) and call.id > 0
+        and all(isinstance(v, str) and v for v in text) and all(v is None or isinstance(v, str) for v in maybe_text)
+        and isinstance(call.streamed, bool) and call.outcome in OUTCOMES and isinstance(call.path, list)
+        and all(_count(v) for v in counts) and all(v is None or _count(v) for v in (call.status, call.ttft_ms))
+        and isinstance(call.cost_usd, int | float) and call.cost_usd >= 0
+        and all(isinstance(u.profile, str) and _count(u.tokens) and isinstance(u.cost_usd, int | float)
+                and _count(u.key[1]) for u in uses)
+    ):  # fmt: skip
+        raise ValueError(f"call {call.id}: a field of the wrong kind")
+
+
+def _count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _at(text: str) -> datetime:

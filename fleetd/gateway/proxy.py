@@ -145,8 +145,11 @@ class Proxy:
         return self._proxies[origin]
 
     async def _attempts_finished(self, attempts: list[Attempt]) -> None:
-        # Each call's use stops being counted apart as its record joins the windows (`_unrecorded`).
-        settles = [functools.partial(self.profiles.recorded_use, a.profile) for a in attempts]
+        # Each call's use stops being counted apart as its record joins the windows (`_unrecorded`), or its write fails:
+        # once, though a refused batch is written again.
+        settles = [functools.partial(self.profiles.recorded_use, a.profile) for a in attempts if not a.settled]
+        for a in attempts:
+            a.settled = True
         await self.profiles.attempts_finished([(a.profile, a.parsed, a.finished_at, a.cost_usd) for a in attempts],
                                               settles, keys=[a.key for a in attempts])  # fmt: skip
 

@@ -45,7 +45,8 @@ class Attempt:
     parsed: ParsedOutput
     finished_at: datetime
     cost_usd: float | None
-    key: str | None = None  # which try of which call (`journal.attempt_key`)
+    key: tuple[int, int] | None = None  # which try of which call (`journal.attempt_key`)
+    settled: bool = False  # no longer counted apart (`Proxy._attempts_finished`): not again if written again
 
 
 @dataclass
@@ -68,6 +69,10 @@ class Recorder:
         self._written = written  # told of a batch's attempts once the batch is written (or failed to be)
         self._queue: list[Finished] = []
         self._writing: list[Finished] = []  # taken from the queue, not yet written
+        # What the store refused (a full disk), tried again with the next batch; its journal segments kept till then.
+        self._refused_attempts: list[Attempt] = []
+        self._refused_calls: list[GatewayCall] = []
+        self._refused_segments: list[Path] = []
         # Held while calls go into the call log and leave `_writing`: a reader that holds it sees each finished call
         # once, in the log or not written yet (`GatewayService.admit`: a key's cap was passed by a call in neither).
         self.log_lock = asyncio.Lock()
@@ -120,7 +125,7 @@ class Recorder:
             f.call.cost_usd
             for f in (*self._writing, *self._queue)
             if f.call is not None and f.call.key == key and f.call.at >= since
-        )
+        ) + sum(c.cost_usd for c in self._refused_calls if c.key == key and c.at >= since)
 
     def _take(self) -> tuple[list[Finished], list[Path]]:
         """The queue as a batch, and the journal segments that hold it (to remove once the batch is written)."""
@@ -139,28 +144,36 @@ class Recorder:
 
     async def _write(self, batch: list[Finished], segments: list[Path]) -> None:
         # The attempts first: a call row that shows a cost the profile's windows do not yet count is the
-        # worse of the two orders. A store that refuses either is logged: the clients have their answers.
-        attempts = [f.attempt for f in batch if f.attempt is not None]
-        calls = [f.call for f in batch if f.call is not None]
-        # A batch that could not be written stays in the journal, for the next start to write.
-        written = True
+        # worse of the two orders. A store that refuses either is logged (the clients have their answers), and what it
+        # refused is tried again with the next batch, and at the next start from the journal, which keeps it until then.
+        new = [f.attempt for f in batch if f.attempt is not None]
+        attempts = self._refused_attempts + new
+        calls = [*self._refused_calls, *(f.call for f in batch if f.call is not None)]
+        segments = self._refused_segments + segments
+        self._refused_attempts, self._refused_segments = [], []
         try:
             if attempts:
                 await self._attempts(attempts)
         except Exception:
-            written = False
-            log.exception("gateway: cannot record %d attempt(s) with the heartbeat", len(attempts))
+            self._refused_attempts = attempts
+            log.exception("gateway: cannot record %d attempt(s) with the heartbeat; tried again with the next calls",
+                          len(attempts))  # fmt: skip
         try:
             async with self.log_lock:
                 try:
                     if calls:
                         await self._calls(calls)
+                    self._refused_calls = []
+                except Exception:
+                    self._refused_calls = calls  # counted by a key's cap as not written yet, as they are
+                    raise
                 finally:
                     self._writing = []
         except Exception:
-            written = False
-            log.exception("gateway: cannot record %d call(s)", len(calls))
+            log.exception("gateway: cannot record %d call(s); tried again with the next calls", len(calls))
         finally:
-            self._written(attempts)
-        if written:
+            self._written(new)
+        if self._refused_attempts or self._refused_calls:
+            self._refused_segments = segments
+        else:
             self.journal.written(segments)

@@ -77,9 +77,10 @@ class GatewayService:
             last = max((c.id or 0 for c in replay.calls), default=0)
             if replay.calls or replay.uses:
                 added = await self.store.replay(replay.calls, replay.uses)
-                interrupted = sum(c.outcome == "interrupted" for c in replay.calls)
-                log.warning("gateway: %d call(s) the daemon had not written when it stopped are recorded now (%d of "
-                            "the journal's were under way: interrupted)", added, interrupted)  # fmt: skip
+                if added:
+                    interrupted = sum(c.outcome == "interrupted" for c in replay.calls if c.id in added)
+                    log.warning("gateway: %d call(s) the daemon had not written when it stopped are recorded now (%d "
+                                "of them under way then: interrupted)", len(added), interrupted)  # fmt: skip
             for segment in replay.segments:
                 segment.unlink(missing_ok=True)
         except Exception:  # kept for the next start: the daemon starts, its new calls numbered after the kept ones

@@ -726,7 +726,7 @@ class Heartbeat:
 
     async def attempt_finished(
         self, profile: Profile, parsed: ParsedOutput, finished_at: datetime, cost_usd: float | None,
-        settle: Settle | None = None, end: Write | None = None, key: str | None = None,
+        settle: Settle | None = None, end: Write | None = None, key: tuple[int, int] | None = None,
     ) -> None:  # fmt: skip
         """Record what the attempt used and what it says about the profile, then beat for its backend. `end`: the
         attempt's end, written with its use (`attempts_finished`); `key`: a gateway try's (`journal.attempt_key`)."""
@@ -737,7 +737,7 @@ class Heartbeat:
 
     async def attempts_finished(
         self, done: list[tuple[Profile, ParsedOutput, datetime, float | None]], settles: Sequence[Settle] = (),
-        ends: Sequence[Write] = (), keys: Sequence[str | None] = (),
+        ends: Sequence[Write] = (), keys: Sequence[tuple[int, int] | None] = (),
     ) -> None:  # fmt: skip
         """What the attempts used and what each says about its profile (the gateway's successes come
         batched; a run's attempt alone): each one's state and circuit step in order, their usage in one
@@ -763,7 +763,7 @@ class Heartbeat:
                     if p.name in current and current[p.name].created_at == p.created_at]  # fmt: skip
             done = [attempt for attempt, _ in kept]
             records = [NewUsage(p.name, at, "attempt", parsed.usage.total, cost or 0.0, parsed.session_id,
-                                gateway_attempt=key)
+                                gateway_try=key)
                        for (p, parsed, at, cost), key in kept]  # fmt: skip
             try:
                 ledgers = {p.name: await self._ledger(p, at) for p, _, at, _ in done}  # before the insert

@@ -484,13 +484,13 @@ class ProfileService:
 
     async def attempt_finished(
         self, profile: Profile, parsed: ParsedOutput, finished_at: datetime, cost_usd: float | None,
-        settle: Settle | None = None, end: Write | None = None, key: str | None = None,
+        settle: Settle | None = None, end: Write | None = None, key: tuple[int, int] | None = None,
     ) -> None:  # fmt: skip
         await self.heartbeat.attempt_finished(profile, parsed, finished_at, cost_usd, settle, end, key)
 
     async def attempts_finished(
         self, done: list[tuple[Profile, ParsedOutput, datetime, float | None]], settles: Sequence[Settle] = (),
-        keys: Sequence[str | None] = (),
+        keys: Sequence[tuple[int, int] | None] = (),
     ) -> None:  # fmt: skip
         await self.heartbeat.attempts_finished(done, settles, keys=keys)
 

@@ -77,14 +77,13 @@ class GatewayCall:
 
 @dataclass(frozen=True)
 class AttemptUse:
-    """What one try of a gateway call used, as its profile's usage record keeps it; `key`: which try
-    (`gateway.journal.attempt_key`)."""
+    """What one try of a gateway call used, as its profile's usage record keeps it (`gateway.journal.attempt_key`)."""
 
     profile: str
     at: datetime
     tokens: int
     cost_usd: float
-    key: str
+    key: tuple[int, int]  # the call's id, the try's number
 
 
 def split_listen(text: str) -> tuple[str, int]:

@@ -133,25 +133,30 @@ class GatewayStore:
         has already is skipped; one without is numbered after the largest."""
         await self.db.write(functools.partial(_insert_calls, calls))
 
-    async def replay(self, calls: list[GatewayCall], uses: list[AttemptUse]) -> int:
+    async def replay(self, calls: list[GatewayCall], uses: list[AttemptUse]) -> set[int]:
         """What a kill -9 left in the gateway's journal (journal.py), in one transaction: the calls the log does not
-        have, and each attempt's use its profile's records do not (of profiles that still exist). Returns how many
-        calls were new."""
+        have, and each attempt's use its profile's records do not (of profiles that still exist). Returns the ids of
+        the calls that were new."""
 
-        def write(conn: sqlite3.Connection) -> int:
+        def write(conn: sqlite3.Connection) -> set[int]:
             added = _insert_calls(calls, conn)
             conn.executemany(
-                f"{INSERT_ATTEMPT_USAGE.split(' VALUES ')[0]} SELECT ?, ?, 'attempt', NULL, NULL, ?, ?, 1, ? "
+                f"{INSERT_ATTEMPT_USAGE.split(' VALUES ')[0]} SELECT ?, ?, 'attempt', NULL, NULL, ?, ?, 1, ?, ? "
                 # Of the profile as it is now, not one removed since (then added again, after the use)
                 "WHERE EXISTS (SELECT 1 FROM profiles WHERE name = ? AND (created_at IS NULL OR created_at <= ?))",
-                [(u.profile, to_iso(u.at), u.tokens, u.cost_usd, u.key, u.profile, to_iso(u.at)) for u in uses],
+                [(u.profile, to_iso(u.at), u.tokens, u.cost_usd, *u.key, u.profile, to_iso(u.at)) for u in uses],
             )
             return added
 
-        return await self.db.write(write) if calls or uses else 0
+        return await self.db.write(write) if calls or uses else set()
 
     async def last_call_id(self) -> int:
-        row = await self.db.fetchone("SELECT coalesce(max(id), 0) AS last FROM gateway_calls")
+        """The largest call id the log or a usage record holds: ids go on from there, never again one a profile's
+        usage records still key (the calls may have been pruned; their records count on for a day)."""
+        row = await self.db.fetchone(
+            "SELECT max(coalesce((SELECT max(id) FROM gateway_calls), 0), "
+            "coalesce((SELECT max(gateway_call) FROM usage_records WHERE gateway_call IS NOT NULL), 0)) AS last"
+        )
         return int(row["last"]) if row is not None else 0
 
     async def calls(self, *, route: str | None, since: datetime | None, limit: int) -> list[GatewayCall]:
@@ -194,8 +199,8 @@ def _where(**filters: Any) -> tuple[str, tuple[Any, ...]]:
     return ("WHERE " + " AND ".join(clauses)) if clauses else "", tuple(params)
 
 
-def _insert_calls(calls: list[GatewayCall], conn: sqlite3.Connection) -> int:
-    """Insert the calls the log does not have yet, and add them to the rollups; returns how many."""
+def _insert_calls(calls: list[GatewayCall], conn: sqlite3.Connection) -> set[int]:
+    """Insert the calls the log does not have yet, and add them to the rollups; returns their ids."""
     given = [c.id for c in calls if c.id is not None]
     have = {r[0] for r in conn.execute("SELECT id FROM gateway_calls WHERE id IN (SELECT value FROM json_each(?))",
                                        (json.dumps(given),))} if given else set()  # fmt: skip
@@ -215,4 +220,4 @@ def _insert_calls(calls: list[GatewayCall], conn: sqlite3.Connection) -> int:
                      call.cache_write_tokens, call.cost_usd, call.request_body, call.response_body))  # fmt: skip
     conn.executemany(f"INSERT INTO gateway_calls (id, {_CALL_COLUMNS}) VALUES ({', '.join('?' * 21)})", rows)
     add_to_rollups(conn, ids)
-    return len(rows)
+    return set(ids)

@@ -768,10 +768,12 @@ MIGRATIONS: list[Migration] = [
     """
     ALTER TABLE profile_state ADD COLUMN counted INTEGER NOT NULL DEFAULT 0;
     """,
-    # 21: a gateway attempt's usage record says which it is (`<call id>.<attempt>`): the journal a kill -9 leaves
-    # is replayed at the next start (gateway/journal.py), and what was written before the kill is skipped.
+    # 21: a gateway try's usage record says which it is (its call's id and the try's number): the journal a kill -9
+    # leaves is replayed at the next start (gateway/journal.py), and what was written before the kill is skipped. The
+    # index also gives the largest call id any record holds: ids go on from there after the calls are pruned.
     """
-    ALTER TABLE usage_records ADD COLUMN gateway_attempt TEXT;
-    CREATE UNIQUE INDEX usage_gateway_attempt ON usage_records (gateway_attempt) WHERE gateway_attempt IS NOT NULL;
+    ALTER TABLE usage_records ADD COLUMN gateway_call INTEGER;
+    ALTER TABLE usage_records ADD COLUMN gateway_try INTEGER;
+    CREATE UNIQUE INDEX usage_gateway_try ON usage_records (gateway_call, gateway_try) WHERE gateway_call IS NOT NULL;
     """,
 ]

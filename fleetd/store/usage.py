@@ -30,7 +30,7 @@ class NewUsage:
     session_id: str | None = None
     dedupe_key: str | None = None
     requests: int = 1
-    gateway_attempt: str | None = None  # a gateway call's try (`journal.attempt_key`): replaying it is a no-op
+    gateway_try: tuple[int, int] | None = None  # a gateway call's id and try (`journal.attempt_key`): replayed once
 
 
 # A record whose dedupe key its profile has already is skipped.
@@ -41,8 +41,8 @@ INSERT_USAGE = (
 # `INSERT_USAGE` with the gateway attempt a record counts (a record of one written already is skipped).
 INSERT_ATTEMPT_USAGE = (
     "INSERT OR IGNORE INTO usage_records "
-    "(profile, at, source, session_id, dedupe_key, tokens, cost_usd, requests, gateway_attempt) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "(profile, at, source, session_id, dedupe_key, tokens, cost_usd, requests, gateway_call, gateway_try) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 HAS_AGENT_KEYS_SQL = "SELECT 1 AS found FROM usage_records WHERE profile = ? AND dedupe_key IS NOT NULL LIMIT 1"
 
@@ -116,7 +116,7 @@ class UsageStore:
                 r.tokens,
                 r.cost_usd,
                 r.requests,
-                r.gateway_attempt,
+                *(r.gateway_try or (None, None)),
             )
             for r in records
         ]

@@ -55,12 +55,14 @@ def _in_store(
         try:
             await ProfileStore(db).insert(profile)
             if live_use:  # the batch's use was written before the kill, its call rows not
-                await UsageStore(db).add([NewUsage("p", T0, "attempt", 120, 0.0006, gateway_attempt="1.0")])
+                await UsageStore(db).add([NewUsage("p", T0, "attempt", 120, 0.0006, gateway_try=(1, 0))])
             store = GatewayStore(db)
             for _ in range(2 if twice else 1):
                 await store.replay(replay.calls, replay.uses)
             calls = await store.calls(route=None, since=None, limit=100)
-            uses = await db.fetchall("SELECT profile, tokens, requests, gateway_attempt FROM usage_records ORDER BY id")
+            uses = await db.fetchall(
+                "SELECT profile, tokens, requests, gateway_call, gateway_try FROM usage_records ORDER BY id"
+            )
             stats = await store.stats(since=T0, by=("route",))
             return {"calls": calls, "uses": [tuple(u) for u in uses], "stats_calls": stats.total.calls,
                     "next": await store.last_call_id() + 1}  # fmt: skip
@@ -79,7 +81,7 @@ def test_a_call_answered_but_not_yet_written_is_written_by_the_next_start(tmp_pa
     got = _in_store(tmp_path, replay, twice=True)  # a second replay (a kill before the files went) changes nothing
     [call] = got["calls"]
     assert (call.id, call.outcome, call.output_tokens, call.cost_usd) == (1, "succeeded", 20, 0.0006)
-    assert got["uses"] == [("p", 120, 1, "1.0")]
+    assert got["uses"] == [("p", 120, 1, 1, 0)]
     assert got["stats_calls"] == 1 and got["next"] == 2
 
 
@@ -89,7 +91,7 @@ def test_a_batch_whose_use_was_written_before_the_kill_is_not_counted_twice(tmp_
     asyncio.run(_never_written(j).put(_succeeded(_call(j))))
     got = _in_store(tmp_path, journal.read(tmp_path / "j"), live_use=True)
     assert [c.id for c in got["calls"]] == [1]
-    assert got["uses"] == [("p", 120, 1, "1.0")]
+    assert got["uses"] == [("p", 120, 1, 1, 0)]
 
 
 def test_a_call_under_way_is_interrupted_with_one_request_on_each_profile_it_tried(tmp_path: Path) -> None:
@@ -104,7 +106,7 @@ def test_a_call_under_way_is_interrupted_with_one_request_on_each_profile_it_tri
     [row] = got["calls"]
     assert (row.id, row.outcome, row.profile, row.key, row.route) == (7, "interrupted", "p", "k", "r")
     assert "under way" in (row.error or "") and [p["profile"] for p in row.path] == ["p", "p"]
-    assert got["uses"] == [("p", 0, 1, "7.0"), ("p", 0, 1, "7.1")]
+    assert got["uses"] == [("p", 0, 1, 7, 0), ("p", 0, 1, 7, 1)]
 
 
 def test_a_use_before_its_profile_was_added_again_is_not_counted_for_the_new_one(tmp_path: Path) -> None:
@@ -178,3 +180,51 @@ def test_without_a_directory_nothing_is_kept_and_the_store_numbers_the_calls(tmp
     j.began(call, 0, "p", T0)
     j.ended(call)
     assert call.id is None and list(tmp_path.iterdir()) == []
+
+
+def test_call_ids_go_on_after_every_call_is_pruned(tmp_path: Path) -> None:
+    # Ids started again at 1 once retention had pruned every call; the usage records still keyed the old ids, so the
+    # new calls' records were dropped as already written: 3 calls of 817 tokens passed a fresh `1d=2000tok` profile.
+    async def go() -> int:
+        db = await Database.open(tmp_path / "fleetd.db")
+        try:
+            await ProfileStore(db).insert(PROFILE)
+            await UsageStore(db).add([NewUsage("p", T0, "attempt", 120, 0.0006, gateway_try=(57, 1))])
+            return await GatewayStore(db).last_call_id()  # no call left in the log
+        finally:
+            await db.close()
+
+    assert asyncio.run(go()) == 57
+
+
+def test_a_line_of_the_wrong_kind_is_skipped_and_the_rest_written(tmp_path: Path) -> None:
+    # A line that decoded but held a null route (another version's, or by hand) made the whole replay fail, at every
+    # start: the real calls beside it were never written.
+    directory = tmp_path / "j"
+    directory.mkdir()
+    j = Journal(directory, first_id=1)
+    asyncio.run(_never_written(j).put(_succeeded(_call(j))))
+    (directory / "zz.jsonl").write_bytes(b'["b",999000,0,"p","2026-12-01T08:00:00.000+00:00",'
+                                         b'"2026-12-01T08:00:00.000+00:00","k",null,"chat",false]\n')  # fmt: skip
+    replay = journal.read(directory)
+    assert [c.id for c in replay.calls] == [1]
+    assert [c.id for c in _in_store(tmp_path, replay)["calls"]] == [1]
+
+
+def test_a_new_journal_never_writes_over_a_kept_segment(tmp_path: Path) -> None:
+    # Segments were named by pid: a daemon with the last one's pid (pid 1 in a container) truncated the segment a failed
+    # replay had kept, and its calls were lost.
+    directory = tmp_path / "j"
+    directory.mkdir()
+    first = Journal(directory, first_id=1)
+    asyncio.run(_never_written(first).put(_succeeded(_call(first))))
+    second = Journal(directory, first_id=2)
+    asyncio.run(_never_written(second).put(_succeeded(_call(second))))
+    assert [c.id for c in journal.read(directory).calls] == [1, 2]
+
+
+def test_a_journal_that_cannot_be_written_says_so_once(tmp_path: Path, caplog: Any) -> None:
+    j = Journal(tmp_path / "gone", first_id=1)  # no such directory: as a full disk, every segment refused
+    for _ in range(3):
+        j.ended(_succeeded(_call(j)).call)
+    assert sum("cannot write the journal" in r.message for r in caplog.records) == 1
