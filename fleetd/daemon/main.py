@@ -280,6 +280,7 @@ class Daemon:
         server = make_server(create_app(ctx))
         server_task = asyncio.create_task(server.serve(sockets=[sock]))
         pruning: asyncio.Task[None] | None = None
+        gateway_stopping: asyncio.Task[None] | None = None
         try:
             while not server.started:
                 if server_task.done():
@@ -320,6 +321,9 @@ class Daemon:
             await self.stop_event.wait()
             ctx.phase = "stopping"  # `daemon status` says so while the runs get their grace
             sd_notify("STOPPING=1")
+            # Beside the runs, with the same grace: no new call, and a call still under way then is cut (it was waited
+            # for to its end, however long: a stop took as long as the slowest stream).
+            gateway_stopping = asyncio.create_task(gateway.stop(grace=self.options.stop_grace), name="gateway-stop")
             if pruning is not None:
                 pruning.cancel()  # a batch in flight rolls back whole; the next start prunes again
             log.info("stopping: no new fires; waiting up to %ss for running runs", self.options.stop_grace)
@@ -341,7 +345,9 @@ class Daemon:
             if pruning is not None:
                 pruning.cancel()
                 await asyncio.gather(pruning, return_exceptions=True)
-            await gateway.stop()
+            if gateway_stopping is not None:
+                await asyncio.gather(gateway_stopping, return_exceptions=True)
+            await gateway.stop()  # its proxy, when the stop began elsewhere (a failed start)
             events.close()  # open `events --follow` answers end before the server stops
             server.should_exit = True
             await asyncio.gather(server_task, return_exceptions=True)

@@ -168,7 +168,9 @@ class Proxy:
                            id=self.journal.new_id() if req.counted else None)  # fmt: skip
         try:
             return await self._forward(req, call)
-        except BaseException:  # no row for the call log (cancelled, or a client's error found on the way)
+        except asyncio.CancelledError:  # cut by a stop: left under way in the journal, `interrupted` at the next start
+            raise
+        except BaseException:  # no row for the call log (a client's error found on the way)
             self.journal.dropped(call)
             raise
 
@@ -422,7 +424,10 @@ class Proxy:
         call.cache_read_tokens, call.cache_write_tokens = usage.cache_read_tokens, usage.cache_write_tokens
         call.cost_usd = cost or 0.0
         key = attempt_key(call.id, len(call.path) - 1)
-        if outcome == "succeeded":  # written after, with others (recorder.py): the next call need not wait
+        if outcome in (
+            "succeeded",
+            "interrupted",
+        ):  # written after, with others (recorder.py): the next call need not wait
             parsed = ParsedOutput("succeeded", usage=usage, model=call.model)
             if not counted_apart:  # a stream's: it ends here, with no await since it stopped being under way
                 self.profiles.unrecorded(profile, usage.total, cost or 0.0)
@@ -542,6 +547,11 @@ class StreamAnswer:
             outcome, error = "failed", f"the client read nothing for {WRITE_TIMEOUT_S:g}s: stream dropped"
         except OSError:
             outcome, error = "failed", "the client went away mid-stream"
+        except (
+            asyncio.CancelledError
+        ):  # a stop's grace ran out: what it used so far counts, not as the provider's fault
+            outcome, error = "interrupted", "the daemon stopped while the stream was under way"
+            raise
         finally:
             watcher.cancel()
             _done(self.response)

@@ -53,9 +53,12 @@ class GatewayListener:
         self.address = f"[{bound_host}]:{bound_port}" if ":" in bound_host else f"{bound_host}:{bound_port}"
         return self.address
 
-    async def stop(self) -> None:
+    async def stop(self, grace: float | None = None) -> None:
+        """No new connection; the calls in flight get `grace` seconds (None: as long as they take), then are
+        cancelled (a call cancelled under way is recorded `interrupted`: journal.py)."""
         if self.server is None:
             return
+        self.server.config.timeout_graceful_shutdown = grace  # type: ignore[assignment]  # uvicorn's waits take floats
         self.server.should_exit = True
         if self.task is not None:
             await asyncio.gather(self.task, return_exceptions=True)

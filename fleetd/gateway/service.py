@@ -117,9 +117,10 @@ class GatewayService:
     def address(self) -> str | None:
         return self.listener.address if self.listener is not None else None
 
-    async def stop(self) -> None:
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop listening; calls in flight get `grace` seconds (None: all they take)."""
         if self.listener is not None:
-            await self.listener.stop()
+            await self.listener.stop(grace)
         if self._proxy is not None:
             await self._proxy.close()
 

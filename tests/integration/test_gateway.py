@@ -830,3 +830,39 @@ def test_a_kill_9_loses_no_gateway_call_finished_or_under_way(short_home: Path) 
     finally:
         d.stop()
         provider.stop()
+
+
+def test_a_stop_waits_for_a_call_under_way_no_longer_than_the_stop_grace(short_home: Path) -> None:
+    # `daemon stop` waited for a 40 s call to end, past the "waiting up to 30s" it logged; the gateway also took new
+    # calls all through the runs' grace.
+    provider = FakeProvider().start()
+    d = Daemon(short_home / "home", "--gateway", "127.0.0.1:0", "--stop-grace", "1s", "--kill-grace", "0.5s")
+    d.env["FLEETD_SECRET_STORE"] = "file"
+    d.start()
+    try:
+        d.cli("profile", "add", "sg", "--backend", "openai_compat", "--base-url", provider.base_url + "/v1",
+              "--model", "m", "--limit", "1d=10req", "--api-key-stdin", input=KEYS["1"] + "\n")  # fmt: skip
+        d.cli("route", "add", "sg", "--chain", "sg")
+        key = d.json("gateway", "key", "add", "sk")["key"]
+        sdk = openai.OpenAI(base_url=d.json("gateway", "status")["url"] + "/v1", api_key=key, max_retries=0)
+        provider.latency = 20.0
+
+        def call() -> None:
+            with contextlib.suppress(openai.APIError):
+                sdk.chat.completions.create(model="sg", messages=[{"role": "user", "content": "slow"}])
+
+        under_way = threading.Thread(target=call)
+        under_way.start()
+        wait_until(lambda: provider.calls[fake.API_CHAT] == 1, what="the call at the provider")
+        began = time.monotonic()
+        assert d.stop(timeout=15) == 0
+        assert time.monotonic() - began < 8  # the stop grace and the kill grace, and the start-up of the CLI
+        under_way.join(5)
+        provider.latency = 0.0
+        d.start()
+        [row] = d.json("gateway", "calls")
+        assert row["outcome"] == "interrupted"  # cut by the stop: its request counted, as after a kill -9
+        assert [w["used"] for r in d.json("usage") if r["profile"] == "sg" for w in r["windows"]] == [1]
+    finally:
+        d.stop()
+        provider.stop()
