@@ -14,7 +14,7 @@ import socket
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +75,42 @@ def gw() -> Iterator[Gateway]:
         p1.stop()
         p2.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def lone_gateway(
+    home: Path, name: str, *profile_args: str, daemon_args: tuple[str, ...] = ()
+) -> Iterator[tuple[Daemon, FakeProvider]]:
+    """A daemon of a test's own (it is stopped, restarted or killed) with a gateway, one profile `name` on a fake
+    provider of its own and a route `name` over it."""
+    provider = FakeProvider().start()
+    d = Daemon(home / "home", "--gateway", "127.0.0.1:0", *daemon_args)
+    d.env["FLEETD_SECRET_STORE"] = "file"
+    d.start()
+    try:
+        d.cli("profile", "add", name, "--backend", "openai_compat", "--base-url", provider.base_url + "/v1",
+              "--model", "m", *profile_args, "--api-key-stdin", input=KEYS["1"] + "\n")  # fmt: skip
+        d.cli("route", "add", name, "--chain", name)
+        yield d, provider
+    finally:
+        d.stop()
+        provider.stop()
+
+
+def sdk_of(d: Daemon, key: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=d.json("gateway", "status")["url"] + "/v1", api_key=key, max_retries=0)
+
+
+def in_background(call: Callable[[], object]) -> threading.Thread:
+    """`call` in a thread, whatever error it gets (the daemon is killed or stopped under it)."""
+
+    def quietly() -> None:
+        with contextlib.suppress(openai.APIError):
+            call()
+
+    thread = threading.Thread(target=quietly)
+    thread.start()
+    return thread
 
 
 def test_chat_falls_over_on_429_and_counts_the_tokens(gw: Gateway) -> None:
@@ -748,27 +784,15 @@ def test_a_keys_first_call_on_a_route_expects_what_the_route_costs(gw: Gateway) 
 
 def test_a_keys_cap_remembers_what_its_calls_cost_across_a_restart(short_home: Path) -> None:
     # After a kill -9 the key's last call cost was forgotten: at $0.98 of $1 the next call was let in.
-    provider = FakeProvider().start()
-    d = Daemon(short_home / "home", "--gateway", "127.0.0.1:0")
-    d.env["FLEETD_SECRET_STORE"] = "file"
-    d.start()
-    try:
-        d.cli("profile", "add", "rs", "--backend", "openai_compat", "--base-url", provider.base_url + "/v1",
-              "--model", "m", "--price-input", str(PRICE_IN), "--price-output", str(PRICE_OUT),
-              "--api-key-stdin", input=KEYS["1"] + "\n")  # fmt: skip
-        d.cli("route", "add", "rs", "--chain", "rs")
+    prices = ("--price-input", str(PRICE_IN), "--price-output", str(PRICE_OUT))
+    with lone_gateway(short_home, "rs", *prices) as (d, _):
         key = d.json("gateway", "key", "add", "rk", "--daily-cost", str(CHAT_COST * 1.5))["key"]
-        sdk = openai.OpenAI(base_url=d.json("gateway", "status")["url"] + "/v1", api_key=key, max_retries=0)
-        sdk.chat.completions.create(model="rs", messages=[{"role": "user", "content": "hi"}])
+        sdk_of(d, key).chat.completions.create(model="rs", messages=[{"role": "user", "content": "hi"}])
         wait_until(lambda: d.json("gateway", "calls"), what="the call in the call log")
         d.stop()
         d.start()
-        sdk = openai.OpenAI(base_url=d.json("gateway", "status")["url"] + "/v1", api_key=key, max_retries=0)
         with pytest.raises(openai.RateLimitError, match="a call costs about"):
-            sdk.chat.completions.create(model="rs", messages=[{"role": "user", "content": "hi"}])
-    finally:
-        d.stop()
-        provider.stop()
+            sdk_of(d, key).chat.completions.create(model="rs", messages=[{"role": "user", "content": "hi"}])
 
 
 def test_a_providers_5xx_that_a_limit_keeps_from_being_retried_reaches_the_client(gw: Gateway) -> None:
@@ -789,26 +813,14 @@ def test_a_providers_5xx_that_a_limit_keeps_from_being_retried_reaches_the_clien
 def test_a_kill_9_loses_no_gateway_call_finished_or_under_way(short_home: Path) -> None:
     # A call answered just before a kill -9 was lost (its row and its use waited for the recorder's next batch, 6 in 6
     # at 0.05-0.2 s), and a call under way was never counted: a `1d=10req` profile showed 0 used after the restart.
-    provider = FakeProvider().start()
-    d = Daemon(short_home / "home", "--gateway", "127.0.0.1:0")
-    d.env["FLEETD_SECRET_STORE"] = "file"
-    d.start()
-    try:
-        d.cli("profile", "add", "kj", "--backend", "openai_compat", "--base-url", provider.base_url + "/v1",
-              "--model", "m", "--price-input", str(PRICE_IN), "--price-output", str(PRICE_OUT), "--limit", "1d=10req",
-              "--api-key-stdin", input=KEYS["1"] + "\n")  # fmt: skip
-        d.cli("route", "add", "kj", "--chain", "kj")
-        key = d.json("gateway", "key", "add", "kk", "--daily-cost", "1")["key"]
-        sdk = openai.OpenAI(base_url=d.json("gateway", "status")["url"] + "/v1", api_key=key, max_retries=0)
+    prices = ("--price-input", str(PRICE_IN), "--price-output", str(PRICE_OUT))
+    with lone_gateway(short_home, "kj", *prices, "--limit", "1d=10req") as (d, provider):
+        sdk = sdk_of(d, d.json("gateway", "key", "add", "kk", "--daily-cost", "1")["key"])
         sdk.chat.completions.create(model="kj", messages=[{"role": "user", "content": "hi"}])
         provider.latency = 3.0  # the next call is under way at the provider when the daemon dies
-
-        def call() -> None:
-            with contextlib.suppress(openai.APIError):
-                sdk.chat.completions.create(model="kj", messages=[{"role": "user", "content": "again"}])
-
-        under_way = threading.Thread(target=call)
-        under_way.start()
+        under_way = in_background(
+            lambda: sdk.chat.completions.create(model="kj", messages=[{"role": "user", "content": "again"}])
+        )
         wait_until(lambda: provider.calls[fake.API_CHAT] == 2, what="the second call at the provider")
         d.kill9()
         under_way.join(10)
@@ -820,39 +832,24 @@ def test_a_kill_9_loses_no_gateway_call_finished_or_under_way(short_home: Path) 
         assert calls[0]["tokens"]["output"] == fake.CHAT_COMPLETION_TOKENS
         assert calls[0]["cost_usd"] == pytest.approx(CHAT_COST)
         assert "under way" in calls[1]["error"]
-        [row] = [r for r in d.json("usage") if r["profile"] == "kj"]
-        assert [w["used"] for w in row["windows"]] == [2]  # both requests, once each
+        assert _requests_used(d, "kj") == [2]  # both requests, once each
         assert d.json("gateway", "key", "list")[0]["spent_24h"] == pytest.approx(CHAT_COST)
         d.kill9()  # the journal was replayed and removed: nothing is counted twice after a second start
         d.start()
         assert len(d.json("gateway", "calls")) == 2
-        assert [w["used"] for r in d.json("usage") if r["profile"] == "kj" for w in r["windows"]] == [2]
-    finally:
-        d.stop()
-        provider.stop()
+        assert _requests_used(d, "kj") == [2]
 
 
 def test_a_stop_waits_for_a_call_under_way_no_longer_than_the_stop_grace(short_home: Path) -> None:
     # `daemon stop` waited for a 40 s call to end, past the "waiting up to 30s" it logged; the gateway also took new
     # calls all through the runs' grace.
-    provider = FakeProvider().start()
-    d = Daemon(short_home / "home", "--gateway", "127.0.0.1:0", "--stop-grace", "1s", "--kill-grace", "0.5s")
-    d.env["FLEETD_SECRET_STORE"] = "file"
-    d.start()
-    try:
-        d.cli("profile", "add", "sg", "--backend", "openai_compat", "--base-url", provider.base_url + "/v1",
-              "--model", "m", "--limit", "1d=10req", "--api-key-stdin", input=KEYS["1"] + "\n")  # fmt: skip
-        d.cli("route", "add", "sg", "--chain", "sg")
-        key = d.json("gateway", "key", "add", "sk")["key"]
-        sdk = openai.OpenAI(base_url=d.json("gateway", "status")["url"] + "/v1", api_key=key, max_retries=0)
+    graces = ("--stop-grace", "1s", "--kill-grace", "0.5s")
+    with lone_gateway(short_home, "sg", "--limit", "1d=10req", daemon_args=graces) as (d, provider):
+        sdk = sdk_of(d, d.json("gateway", "key", "add", "sk")["key"])
         provider.latency = 20.0
-
-        def call() -> None:
-            with contextlib.suppress(openai.APIError):
-                sdk.chat.completions.create(model="sg", messages=[{"role": "user", "content": "slow"}])
-
-        under_way = threading.Thread(target=call)
-        under_way.start()
+        under_way = in_background(
+            lambda: sdk.chat.completions.create(model="sg", messages=[{"role": "user", "content": "slow"}])
+        )
         wait_until(lambda: provider.calls[fake.API_CHAT] == 1, what="the call at the provider")
         began = time.monotonic()
         assert d.stop(timeout=15) == 0
@@ -862,7 +859,8 @@ def test_a_stop_waits_for_a_call_under_way_no_longer_than_the_stop_grace(short_h
         d.start()
         [row] = d.json("gateway", "calls")
         assert row["outcome"] == "interrupted"  # cut by the stop: its request counted, as after a kill -9
-        assert [w["used"] for r in d.json("usage") if r["profile"] == "sg" for w in r["windows"]] == [1]
-    finally:
-        d.stop()
-        provider.stop()
+        assert _requests_used(d, "sg") == [1]
+
+
+def _requests_used(d: Daemon, profile: str) -> list[float]:
+    return [w["used"] for r in d.json("usage") if r["profile"] == profile for w in r["windows"]]
