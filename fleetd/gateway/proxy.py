@@ -220,8 +220,13 @@ class Proxy:
             else:  # WaitUntil: a client does not wait for a reset; it is told when, and why
                 # Room that calls under way take comes back as one ends: a second, not the bound the world set.
                 wait = 1.0 if decision.pending else max(1.0, (decision.until - world.now).total_seconds())
-                told = [_told(e) for e in router.trail if e["kind"] == "skip" or e.get("error_class") == "rate_limited"]
-                why = "; ".join(dict.fromkeys(told))
+                # Each profile once, in the first words said of it: a provider's own 429, not again as the exhaustion
+                # it caused, which the next world passed it over for.
+                told: dict[object, str] = {}
+                for e in router.trail:
+                    if e["kind"] == "skip" or e.get("error_class") == "rate_limited":
+                        told.setdefault(e.get("profile") or _told(e), _told(e))
+                why = "; ".join(dict.fromkeys(told.values()))
                 when = "now: calls under way take it" if decision.pending else f"before {local_text(decision.until)}"
                 error = GatewayError("rate_limited", f"route {req.route.name}: no profile has room {when}"
                                      + (f" ({why})" if why else ""), retry_after=wait)  # fmt: skip

@@ -864,3 +864,18 @@ def test_a_stop_waits_for_a_call_under_way_no_longer_than_the_stop_grace(short_h
 
 def _requests_used(d: Daemon, profile: str) -> list[float]:
     return [w["used"] for r in d.json("usage") if r["profile"] == profile for w in r["windows"]]
+
+
+def test_a_providers_429_is_told_once_not_again_as_the_exhaustion_it_caused(gw: Gateway) -> None:
+    # The refusal named the provider's 429 and then the exhaustion that 429 had just caused, one profile twice.
+    gw.d.cli("profile", "add", "twice", "--backend", "openai_compat", "--base-url", gw.p1.base_url + "/v1",
+             "--model", "m", "--api-key-stdin", input=KEYS["1"] + "\n")  # fmt: skip
+    gw.d.cli("route", "add", "twice", "--chain", "twice")
+    gw.p1.fail_first(1, "429")
+    try:
+        status, _, message = _raw_call(gw, "twice")
+    finally:
+        gw.p1.fail_first(0, "429")
+    assert status == 429, message
+    reasons = message.partition(" (")[2].removesuffix(")").split("; ")
+    assert [r.partition(": ")[0] for r in reasons] == ["twice"], message
