@@ -246,7 +246,7 @@ def _check(call: GatewayCall, uses: list[AttemptUse]) -> None:
     maybe_text = (call.key, call.error, call.profile, call.model)
     counts = (call.latency_ms, call.input_tokens, call.output_tokens, call.cache_read_tokens, call.cache_write_tokens)
     if not (
-        isinstance(call.id, int) and call.id > 0
+        _count(call.id) and call.id > 0
         and all(isinstance(v, str) and v for v in text) and all(v is None or isinstance(v, str) for v in maybe_text)
         and isinstance(call.streamed, bool) and call.outcome in OUTCOMES and isinstance(call.path, list)
         and all(_count(v) for v in counts) and all(v is None or _count(v) for v in (call.status, call.ttft_ms))
@@ -258,7 +258,8 @@ def _check(call: GatewayCall, uses: list[AttemptUse]) -> None:
 
 
 def _count(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    """A whole number SQLite's INTEGER holds (a larger one failed the whole replay)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63
 
 
 def _at(text: str) -> datetime:

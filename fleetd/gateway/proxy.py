@@ -103,7 +103,7 @@ class Proxy:
     ) -> None:
         self.profiles = profiles
         self.clock = clock
-        self.recorder = Recorder(self._attempts_finished, record_calls, self._written, journal)
+        self.recorder = Recorder(self._attempts_finished, record_calls, self._written, journal, self._refused)
         self.journal = self.recorder.journal
         self.holds = Holds()
         self._rng = (
@@ -145,13 +145,15 @@ class Proxy:
         return self._proxies[origin]
 
     async def _attempts_finished(self, attempts: list[Attempt]) -> None:
-        # Each call's use stops being counted apart as its record joins the windows (`_unrecorded`), or its write fails:
-        # once, though a refused batch is written again.
-        settles = [functools.partial(self.profiles.recorded_use, a.profile) for a in attempts if not a.settled]
-        for a in attempts:
-            a.settled = True
+        # Each call's use stops being counted apart as its record joins the windows (`_unrecorded`), or its write fails
+        # (then `_refused` counts it apart again, till the batch is written again).
+        settles = [functools.partial(self.profiles.recorded_use, a.profile) for a in attempts]
         await self.profiles.attempts_finished([(a.profile, a.parsed, a.finished_at, a.cost_usd) for a in attempts],
                                               settles, keys=[a.key for a in attempts])  # fmt: skip
+
+    def _refused(self, attempts: list[Attempt]) -> None:
+        for a in attempts:
+            self.profiles.unsettled(a.profile, a.parsed.usage.total, a.cost_usd or 0.0)
 
     def _written(self, attempts: list[Attempt]) -> None:
         written_at = time.monotonic()

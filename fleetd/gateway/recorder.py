@@ -46,7 +46,6 @@ class Attempt:
     finished_at: datetime
     cost_usd: float | None
     key: tuple[int, int] | None = None  # which try of which call (`journal.attempt_key`)
-    settled: bool = False  # no longer counted apart (`Proxy._attempts_finished`): not again if written again
 
 
 @dataclass
@@ -62,17 +61,20 @@ class Recorder:
         calls: Callable[[list[GatewayCall]], Awaitable[None]],
         written: Callable[[list[Attempt]], None] = lambda _: None,
         journal: Journal | None = None,
+        refused: Callable[[list[Attempt]], None] = lambda _: None,
     ) -> None:
         self._attempts = attempts
         self.journal = journal or Journal(None)  # what a kill -9 before the write would lose, kept till it is written
         self._calls = calls
-        self._written = written  # told of a batch's attempts once the batch is written (or failed to be)
+        self._written = written  # told of attempts once their calls are in the call log
+        self._refused = refused  # told of attempts the heartbeat refused: their use is counted apart again till written
         self._queue: list[Finished] = []
         self._writing: list[Finished] = []  # taken from the queue, not yet written
         # What the store refused (a full disk), tried again with the next batch; its journal segments kept till then.
         self._refused_attempts: list[Attempt] = []
         self._refused_calls: list[GatewayCall] = []
         self._refused_segments: list[Path] = []
+        self._unlogged: list[Attempt] = []  # attempts whose calls are not in the call log yet
         # Held while calls go into the call log and leave `_writing`: a reader that holds it sees each finished call
         # once, in the log or not written yet (`GatewayService.admit`: a key's cap was passed by a call in neither).
         self.log_lock = asyncio.Lock()
@@ -85,13 +87,7 @@ class Recorder:
         if item.call is not None:
             if item.call.id is None:
                 item.call.id = self.journal.new_id()
-            a = item.attempt
-            use = (
-                None
-                if a is None or a.key is None
-                else AttemptUse(a.profile.name, a.finished_at, a.parsed.usage.total, a.cost_usd or 0.0, a.key)
-            )
-            self.journal.ended(item.call, use)
+            self.journal.ended(item.call, _use(item.attempt))
         self._queue.append(item)
         self._idle.clear()
         self._wake.set()
@@ -115,6 +111,14 @@ class Recorder:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        if self._refused_attempts or self._refused_calls:  # once more: the store may have room again
+            await self._write([], [])
+        if self._refused_calls:  # into the journal, if it has room, for the next start (it may not have held them)
+            log.error("gateway: %d call(s) could not be written at the stop; kept in the journal if it has room",
+                      len(self._refused_calls))  # fmt: skip
+            uses = {a.key[0]: a for a in self._refused_attempts if a.key is not None}
+            for call in self._refused_calls:
+                self.journal.ended(call, _use(uses.get(call.id)))
         self.journal.close()
 
     def unwritten_cost(self, key: str, since: datetime) -> float:
@@ -147,15 +151,17 @@ class Recorder:
         # worse of the two orders. A store that refuses either is logged (the clients have their answers), and what it
         # refused is tried again with the next batch, and at the next start from the journal, which keeps it until then.
         new = [f.attempt for f in batch if f.attempt is not None]
+        self._unlogged += new
         attempts = self._refused_attempts + new
         calls = [*self._refused_calls, *(f.call for f in batch if f.call is not None)]
         segments = self._refused_segments + segments
-        self._refused_attempts, self._refused_segments = [], []
+        self._refused_attempts = []
         try:
             if attempts:
                 await self._attempts(attempts)
         except Exception:
             self._refused_attempts = attempts
+            self._refused(attempts)  # their use counted apart again: a full disk let calls pass a limit
             log.exception("gateway: cannot record %d attempt(s) with the heartbeat; tried again with the next calls",
                           len(attempts))  # fmt: skip
         try:
@@ -164,6 +170,8 @@ class Recorder:
                     if calls:
                         await self._calls(calls)
                     self._refused_calls = []
+                    logged, self._unlogged = self._unlogged, []
+                    self._written(logged)
                 except Exception:
                     self._refused_calls = calls  # counted by a key's cap as not written yet, as they are
                     raise
@@ -171,9 +179,16 @@ class Recorder:
                     self._writing = []
         except Exception:
             log.exception("gateway: cannot record %d call(s); tried again with the next calls", len(calls))
-        finally:
-            self._written(new)
         if self._refused_attempts or self._refused_calls:
             self._refused_segments = segments
         else:
+            self._refused_segments = []
             self.journal.written(segments)
+
+
+def _use(attempt: Attempt | None) -> AttemptUse | None:
+    """What the journal keeps of a call's attempt whose use is written with the call."""
+    a = attempt
+    if a is None or a.key is None:
+        return None
+    return AttemptUse(a.profile.name, a.finished_at, a.parsed.usage.total, a.cost_usd or 0.0, a.key)

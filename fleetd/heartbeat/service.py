@@ -598,6 +598,11 @@ class Heartbeat:
         self._unrecorded.setdefault(profile, []).append((tokens, cost_usd))
         self._unrecorded_costs.setdefault(profile, []).append(cost_usd)
 
+    def unsettled(self, profile: str, tokens: int, cost_usd: float) -> None:
+        """A finished call's use whose record the store refused (`recorded_use` came as its write failed): counted by
+        `no_room` again until it is written, as `unrecorded` counts it (its cost is counted apart still)."""
+        self._unrecorded.setdefault(profile, []).append((tokens, cost_usd))
+
     def recorded_use(self, profile: str) -> None:
         """The oldest of `unrecorded`'s calls is in the windows now (or its write failed)."""
         pending = self._unrecorded.get(profile)

@@ -465,6 +465,9 @@ class ProfileService:
     def unrecorded(self, profile: Profile, tokens: int, cost_usd: float) -> None:
         self.heartbeat.unrecorded(profile.name, tokens, cost_usd)
 
+    def unsettled(self, profile: Profile, tokens: int, cost_usd: float) -> None:
+        self.heartbeat.unsettled(profile.name, tokens, cost_usd)
+
     def recorded_use(self, profile: Profile) -> None:
         self.heartbeat.recorded_use(profile.name)
 

@@ -206,6 +206,9 @@ def test_a_line_of_the_wrong_kind_is_skipped_and_the_rest_written(tmp_path: Path
     asyncio.run(_never_written(j).put(_succeeded(_call(j))))
     (directory / "zz.jsonl").write_bytes(b'["b",999000,0,"p","2026-12-01T08:00:00.000+00:00",'
                                          b'"2026-12-01T08:00:00.000+00:00","k",null,"chat",false]\n')  # fmt: skip
+    # An id too large for SQLite's INTEGER likewise (it also made every later call's id too large).
+    (directory / "zz2.jsonl").write_bytes(b'["b",18446744073709551616,0,"p","2026-12-01T08:00:00.000+00:00",'
+                                          b'"2026-12-01T08:00:00.000+00:00","k","r","chat",false]\n')  # fmt: skip
     replay = journal.read(directory)
     assert [c.id for c in replay.calls] == [1]
     assert [c.id for c in _in_store(tmp_path, replay)["calls"]] == [1]

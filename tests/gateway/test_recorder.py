@@ -144,3 +144,35 @@ def test_the_unwritten_cost_of_a_key_counts_only_its_calls_since_then() -> None:
         await recorder.close()
 
     asyncio.run(go())
+
+
+def test_a_refused_batch_is_counted_apart_until_written_and_a_stop_tries_it_once_more(monkeypatch: Any) -> None:
+    # With the disk full, a refused batch's use stopped being counted against its profile's limits (10 calls of 817
+    # tokens passed a 1d=2500tok profile), and a clean stop dropped what was still refused.
+    monkeypatch.setattr(recorder_module, "LINGER_S", 0.01)
+
+    async def go() -> None:
+        full = [True]
+        logged: list[GatewayCall] = []
+        counted_apart_again: list[Attempt] = []
+        in_call_log: list[Attempt] = []
+
+        async def attempts(batch: list[Attempt]) -> None:
+            if full[0]:
+                raise RuntimeError("database or disk is full")
+
+        async def calls(batch: list[GatewayCall]) -> None:
+            if full[0]:
+                raise RuntimeError("database or disk is full")
+            logged.extend(batch)
+
+        rec = Recorder(attempts, calls, in_call_log.extend, refused=counted_apart_again.extend)
+        used = Attempt(PROFILE, ParsedOutput("succeeded", usage=TokenUsage(817)), T0, 0.0025)
+        await rec.put(Finished(call("refused"), used))
+        await rec.flush()
+        assert counted_apart_again == [used] and in_call_log == []  # its use and its cost still count
+        full[0] = False  # room again; no call comes before the stop
+        await rec.close()
+        assert [c.route for c in logged] == ["refused"] and in_call_log == [used]
+
+    asyncio.run(go())
