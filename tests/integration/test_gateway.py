@@ -48,6 +48,22 @@ class Gateway:
         self.d.cli("route", "add", prefix, "--chain", f"{prefix}1{models},{prefix}2", "--api", api)
         return prefix
 
+    def lone(self, name: str, *args: str) -> str:
+        """A profile `name` on the first provider and a route `name` over it alone."""
+        self.d.cli("profile", "add", name, "--backend", "openai_compat", "--base-url", self.p1.base_url + "/v1",
+                   "--model", "m", *args, "--api-key-stdin", input=KEYS["1"] + "\n")  # fmt: skip
+        self.d.cli("route", "add", name, "--chain", name)
+        return name
+
+    def first_answer(self, route: str, mode: str) -> tuple[int, str]:
+        """Status and message of a call on `route` whose first provider answer is `mode`."""
+        self.p1.fail_first(1, mode)
+        try:
+            status, _, message = _raw_call(self, route)
+        finally:
+            self.p1.fail_first(0, mode)
+        return status, message
+
     def sdk(self, key: str | None = None) -> openai.OpenAI:
         return openai.OpenAI(base_url=self.url + "/v1", api_key=key or self.key, max_retries=0, timeout=30)
 
@@ -798,16 +814,9 @@ def test_a_keys_cap_remembers_what_its_calls_cost_across_a_restart(short_home: P
 def test_a_providers_5xx_that_a_limit_keeps_from_being_retried_reaches_the_client(gw: Gateway) -> None:
     # Its one request of the day answered 500; the retry had no room: the client got 429 "no room", as if the
     # provider had rate limited it.
-    gw.d.cli("profile", "add", "once5", "--backend", "openai_compat", "--base-url", gw.p1.base_url + "/v1",
-             "--model", "m", "--limit", "1d=1req", "--api-key-stdin", input=KEYS["1"] + "\n")  # fmt: skip
-    gw.d.cli("route", "add", "once5", "--chain", "once5")
-    gw.p1.fail_first(1, "500")
-    try:
-        status, _, _ = _raw_call(gw, "once5")
-    finally:
-        gw.p1.fail_first(0, "500")
-    assert status == 500
-    assert _raw_call(gw, "once5")[0] == 429  # the limit holds for the next one
+    route = gw.lone("once5", "--limit", "1d=1req")
+    assert gw.first_answer(route, "500")[0] == 500
+    assert _raw_call(gw, route)[0] == 429  # the limit holds for the next one
 
 
 def test_a_kill_9_loses_no_gateway_call_finished_or_under_way(short_home: Path) -> None:
@@ -868,14 +877,7 @@ def _requests_used(d: Daemon, profile: str) -> list[float]:
 
 def test_a_providers_429_is_told_once_not_again_as_the_exhaustion_it_caused(gw: Gateway) -> None:
     # The refusal named the provider's 429 and then the exhaustion that 429 had just caused, one profile twice.
-    gw.d.cli("profile", "add", "twice", "--backend", "openai_compat", "--base-url", gw.p1.base_url + "/v1",
-             "--model", "m", "--api-key-stdin", input=KEYS["1"] + "\n")  # fmt: skip
-    gw.d.cli("route", "add", "twice", "--chain", "twice")
-    gw.p1.fail_first(1, "429")
-    try:
-        status, _, message = _raw_call(gw, "twice")
-    finally:
-        gw.p1.fail_first(0, "429")
+    status, message = gw.first_answer(gw.lone("twice"), "429")
     assert status == 429, message
     reasons = message.partition(" (")[2].removesuffix(")").split("; ")
     assert [r.partition(": ")[0] for r in reasons] == ["twice"], message
