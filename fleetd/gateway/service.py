@@ -88,6 +88,8 @@ class GatewayService:
                 "gateway: cannot write the journal %s into the store; it is kept for the next start", directory
             )
         self.journal = journal.Journal(directory, max(last, await self.store.last_call_id()) + 1)
+        if self._proxy is not None:  # made meanwhile by an API request (`gateway key list`); no call went through it
+            self._proxy.journal = self._proxy.recorder.journal = self.journal
 
     async def start(self) -> None:
         """Load routes and keys, then listen where the flag or the stored setting says. A bad flag stops

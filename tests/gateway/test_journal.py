@@ -231,3 +231,21 @@ def test_a_journal_that_cannot_be_written_says_so_once(tmp_path: Path, caplog: A
     for _ in range(3):
         j.ended(_succeeded(_call(j)).call)
     assert sum("cannot write the journal" in r.message for r in caplog.records) == 1
+
+
+def test_a_proxy_made_before_the_replay_keeps_the_journal_too(tmp_path: Path) -> None:
+    # `gateway key list` while the daemon recovers makes the proxy: it had no journal for the daemon's whole life.
+    from fleetd.gateway.service import GatewayService
+
+    async def go() -> Path | None:
+        db = await Database.open(tmp_path / "fleetd.db")
+        try:
+            service = GatewayService(GatewayStore(db), None, clock=lambda: T0)  # type: ignore[arg-type]
+            early = service.proxy
+            (tmp_path / "j").mkdir()
+            await service.recover(tmp_path / "j")
+            return early.recorder.journal.directory
+        finally:
+            await db.close()
+
+    assert asyncio.run(go()) == tmp_path / "j"
