@@ -70,11 +70,9 @@ class Recorder:
         self._refused = refused  # told of attempts the heartbeat refused: their use is counted apart again till written
         self._queue: list[Finished] = []
         self._writing: list[Finished] = []  # taken from the queue, not yet written
-        # What the store refused (a full disk), tried again with the next batch; its journal segments kept till then.
-        self._refused_attempts: list[Attempt] = []
-        self._refused_calls: list[GatewayCall] = []
-        self._refused_segments: list[Path] = []
-        self._unlogged: list[Attempt] = []  # attempts whose calls are not in the call log yet
+        # Batches the store refused (a full disk), each tried again on its own before the next batch, so that one it
+        # will never take cannot keep the later ones out; their journal segments are kept till then.
+        self._refused_parts: list[_Part] = []
         # Held while calls go into the call log and leave `_writing`: a reader that holds it sees each finished call
         # once, in the log or not written yet (`GatewayService.admit`: a key's cap was passed by a call in neither).
         self.log_lock = asyncio.Lock()
@@ -111,13 +109,13 @@ class Recorder:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        if self._refused_attempts or self._refused_calls:  # once more: the store may have room again
+        if self._refused_parts:  # once more: the store may have room again
             await self._write([], [])
-        if self._refused_calls:  # into the journal, if it has room, for the next start (it may not have held them)
+        for part in self._refused_parts:  # into the journal, if it has room, for the next start
             log.error("gateway: %d call(s) could not be written at the stop; kept in the journal if it has room",
-                      len(self._refused_calls))  # fmt: skip
-            uses = {a.key[0]: a for a in self._refused_attempts if a.key is not None}
-            for call in self._refused_calls:
+                      len(part.calls))  # fmt: skip
+            uses = {a.key[0]: a for a in part.attempts if a.key is not None}
+            for call in part.calls:
                 self.journal.ended(call, _use(uses.get(call.id)))
         self.journal.close()
 
@@ -129,7 +127,7 @@ class Recorder:
             f.call.cost_usd
             for f in (*self._writing, *self._queue)
             if f.call is not None and f.call.key == key and f.call.at >= since
-        ) + sum(c.cost_usd for c in self._refused_calls if c.key == key and c.at >= since)
+        ) + sum(c.cost_usd for part in self._refused_parts for c in part.calls if c.key == key and c.at >= since)
 
     def _take(self) -> tuple[list[Finished], list[Path]]:
         """The queue as a batch, and the journal segments that hold it (to remove once the batch is written)."""
@@ -147,43 +145,55 @@ class Recorder:
             self._idle.set()
 
     async def _write(self, batch: list[Finished], segments: list[Path]) -> None:
+        """The batches the store refused before, each on its own, then this one."""
+        for part in list(self._refused_parts):
+            await self._write_part(part, fresh=False)
+        attempts = [f.attempt for f in batch if f.attempt is not None]
+        fresh = _Part(attempts, [f.call for f in batch if f.call is not None], attempts, segments)
+        await self._write_part(fresh, fresh=True)
+
+    async def _write_part(self, part: _Part, *, fresh: bool) -> None:
+        """`fresh`: the batch just taken (its calls in `_writing` till now), not one refused before."""
         # The attempts first: a call row that shows a cost the profile's windows do not yet count is the
         # worse of the two orders. A store that refuses either is logged (the clients have their answers), and what it
-        # refused is tried again with the next batch, and at the next start from the journal, which keeps it until then.
-        new = [f.attempt for f in batch if f.attempt is not None]
-        self._unlogged += new
-        attempts = self._refused_attempts + new
-        calls = [*self._refused_calls, *(f.call for f in batch if f.call is not None)]
-        segments = self._refused_segments + segments
-        self._refused_attempts = []
-        try:
-            if attempts:
-                await self._attempts(attempts)
-        except Exception:
-            self._refused_attempts = attempts
-            self._refused(attempts)  # their use counted apart again: a full disk let calls pass a limit
-            log.exception("gateway: cannot record %d attempt(s) with the heartbeat; tried again with the next calls",
-                          len(attempts))  # fmt: skip
+        # refused is tried again before the next batch, and at the next start from the journal, which keeps it.
+        if part.attempts:
+            try:
+                await self._attempts(part.attempts)
+                part.attempts = []
+            except Exception:
+                self._refused(part.attempts)  # their use counted apart again: a full disk let calls pass a limit
+                log.exception("gateway: cannot record %d attempt(s) with the heartbeat; tried again later",
+                              len(part.attempts))  # fmt: skip
         try:
             async with self.log_lock:
+                # Between these, with no await once the log has them: a key's cap reads each call in one place.
                 try:
-                    if calls:
-                        await self._calls(calls)
-                    self._refused_calls = []
-                    logged, self._unlogged = self._unlogged, []
-                    self._written(logged)
-                except Exception:
-                    self._refused_calls = calls  # counted by a key's cap as not written yet, as they are
-                    raise
+                    if part.calls:
+                        await self._calls(part.calls)
+                    part.calls = []
+                    self._written(part.unlogged)
+                    part.unlogged = []
                 finally:
-                    self._writing = []
+                    kept = [p for p in self._refused_parts if p is not part]
+                    self._refused_parts = [*kept, part] if part.attempts or part.calls else kept
+                    if fresh:
+                        self._writing = []
         except Exception:
-            log.exception("gateway: cannot record %d call(s); tried again with the next calls", len(calls))
-        if self._refused_attempts or self._refused_calls:
-            self._refused_segments = segments
-        else:
-            self._refused_segments = []
-            self.journal.written(segments)
+            log.exception("gateway: cannot record %d call(s); tried again later", len(part.calls))
+        if not (part.attempts or part.calls):
+            self.journal.written(part.segments)
+
+
+@dataclass(eq=False)
+class _Part:
+    """A batch, or what the store refused of one: attempts not yet with the heartbeat, calls not yet in the log, the
+    attempts whose calls are not in the log yet (`written` is told of them when they are), its journal segments."""
+
+    attempts: list[Attempt]
+    calls: list[GatewayCall]
+    unlogged: list[Attempt]
+    segments: list[Path]
 
 
 def _use(attempt: Attempt | None) -> AttemptUse | None:

@@ -176,3 +176,29 @@ def test_a_refused_batch_is_counted_apart_until_written_and_a_stop_tries_it_once
         assert [c.route for c in logged] == ["refused"] and in_call_log == [used]
 
     asyncio.run(go())
+
+
+def test_a_batch_the_store_never_takes_does_not_keep_the_later_ones_out(monkeypatch: Any) -> None:
+    monkeypatch.setattr(recorder_module, "LINGER_S", 0.01)
+
+    async def go() -> None:
+        logged: list[GatewayCall] = []
+
+        async def calls(batch: list[GatewayCall]) -> None:
+            if any(c.route == "poison" for c in batch):
+                raise RuntimeError("CHECK constraint failed")
+            logged.extend(batch)
+
+        async def attempts(batch: list[Attempt]) -> None:
+            pass
+
+        rec = Recorder(attempts, calls)
+        await rec.put(Finished(call("poison")))
+        await rec.flush()
+        for route in ("after", "later"):
+            await rec.put(Finished(call(route)))
+            await rec.flush()
+        await rec.close()
+        assert [c.route for c in logged] == ["after", "later"]
+
+    asyncio.run(go())
