@@ -347,7 +347,7 @@ class Daemon:
                 await asyncio.gather(pruning, return_exceptions=True)
             if gateway_stopping is not None:
                 await asyncio.gather(gateway_stopping, return_exceptions=True)
-            await gateway.stop()  # its proxy, when the stop began elsewhere (a failed start)
+            await gateway.stop()  # again (idempotent): closes its proxy when the stop above failed or never began
             events.close()  # open `events --follow` answers end before the server stops
             server.should_exit = True
             await asyncio.gather(server_task, return_exceptions=True)

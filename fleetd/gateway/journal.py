@@ -18,6 +18,7 @@ so what was written before the kill is skipped.
 
 from __future__ import annotations
 
+import functools
 import logging
 import mmap
 import os
@@ -203,40 +204,43 @@ def read(directory: Path) -> Replay:
                     began.setdefault(call_id, {})[int(entry[2])] = entry
             except (msgspec.DecodeError, ValueError, IndexError, TypeError):
                 log.warning("gateway: journal %s: a damaged line skipped", segment.name)
+    found = [(call_id, "end", functools.partial(_ended, call_id, entry)) for call_id, entry in ended.items()]
+    found += [(call_id, "start", functools.partial(_interrupted, call_id, attempts))
+              for call_id, attempts in began.items() if call_id not in ended and call_id not in gone]  # fmt: skip
     calls: list[GatewayCall] = []
     uses: list[AttemptUse] = []
-    for call_id, entry in ended.items():
+    for call_id, which, build in found:
         try:
-            _, _, at, row, used = entry
-            call = GatewayCall(_at(at), **dict(zip(_ROW, row, strict=True)), id=call_id)
-            use = None
-            if used is not None:
-                profile, used_at, tokens, cost, _, attempt = used
-                use = AttemptUse(profile, _at(used_at), tokens, cost, (call_id, attempt))
-            _check(call, [use] if use else [])
-        except (ValueError, TypeError):
-            log.warning("gateway: journal: call %s's end is damaged; skipped", call_id)
+            call, its = build()
+            _check(call, its)
+        except (ValueError, TypeError, IndexError):
+            log.warning("gateway: journal: call %s's %s is damaged; skipped", call_id, which)
             continue
         calls.append(call)
-        uses.extend([use] if use else [])
-    for call_id, attempts in began.items():
-        if call_id in ended or call_id in gone:
-            continue
-        try:
-            tries = [attempts[n] for n in sorted(attempts)]
-            _, _, _, profile, _, call_at, key, route, api, streamed = tries[-1]
-            path = [{"profile": t[3], "model": None, "status": None, "class": None, "latency_ms": 0} for t in tries]
-            call = GatewayCall(_at(call_at), key, route, api, streamed, outcome="interrupted", error=INTERRUPTED,
-                               path=path, profile=profile, id=call_id)  # fmt: skip
-            tried = [AttemptUse(t[3], _at(t[4]), 0, 0.0, (call_id, n)) for n, t in attempts.items()]
-            _check(call, tried)
-        except (ValueError, TypeError):
-            log.warning("gateway: journal: call %s's start is damaged; skipped", call_id)
-            continue
-        calls.append(call)
-        uses.extend(tried)
+        uses.extend(its)
     calls.sort(key=lambda c: c.id or 0)
     return Replay(calls, uses, readable)
+
+
+def _ended(call_id: int, entry: list[Any]) -> tuple[GatewayCall, list[AttemptUse]]:
+    """An ended call as its end's line has it, with its last try's use when that went to the store with the call."""
+    _, _, at, row, used = entry
+    call = GatewayCall(_at(at), **dict(zip(_ROW, row, strict=True)), id=call_id)
+    if used is None:
+        return call, []
+    profile, used_at, tokens, cost, _, attempt = used
+    return call, [AttemptUse(profile, _at(used_at), tokens, cost, (call_id, attempt))]
+
+
+def _interrupted(call_id: int, attempts: dict[int, list[Any]]) -> tuple[GatewayCall, list[AttemptUse]]:
+    """A call with starts and no end: `interrupted`, one request on each profile it tried (its tries that failed were
+    written as they failed: their records are found and skipped)."""
+    tries = [attempts[n] for n in sorted(attempts)]
+    _, _, _, profile, _, call_at, key, route, api, streamed = tries[-1]
+    path = [{"profile": t[3], "model": None, "status": None, "class": None, "latency_ms": 0} for t in tries]
+    call = GatewayCall(_at(call_at), key, route, api, streamed, outcome="interrupted", error=INTERRUPTED, path=path,
+                       profile=profile, id=call_id)  # fmt: skip
+    return call, [AttemptUse(t[3], _at(t[4]), 0, 0.0, (call_id, n)) for n, t in attempts.items()]
 
 
 def _check(call: GatewayCall, uses: list[AttemptUse]) -> None:

@@ -403,8 +403,9 @@ class Proxy:
         self.profiles.unrecorded(profile, usage.total, cost or 0.0)
 
     async def _failed_attempt(
-        self, profile: Profile, failed: Callable[..., Failure], error_class: str, message: str, key: str | None
-    ) -> Failure:
+        self, profile: Profile, failed: Callable[..., Failure], error_class: str, message: str,
+        key: tuple[int, int] | None,
+    ) -> Failure:  # fmt: skip
         parsed = ParsedOutput("failed", error_class, message=message)  # type: ignore[arg-type]
         self._worlds.clear()
         await self.profiles.attempt_finished(profile, parsed, self.clock(), None, key=key)
@@ -431,10 +432,8 @@ class Proxy:
         call.cache_read_tokens, call.cache_write_tokens = usage.cache_read_tokens, usage.cache_write_tokens
         call.cost_usd = cost or 0.0
         key = attempt_key(call.id, len(call.path) - 1)
-        if outcome in (
-            "succeeded",
-            "interrupted",
-        ):  # written after, with others (recorder.py): the next call need not wait
+        # Written after, with others (recorder.py): the next call need not wait. A stream cut by a stop counts its use.
+        if outcome in ("succeeded", "interrupted"):
             parsed = ParsedOutput("succeeded", usage=usage, model=call.model)
             if not counted_apart:  # a stream's: it ends here, with no await since it stopped being under way
                 self.profiles.unrecorded(profile, usage.total, cost or 0.0)
@@ -554,9 +553,8 @@ class StreamAnswer:
             outcome, error = "failed", f"the client read nothing for {WRITE_TIMEOUT_S:g}s: stream dropped"
         except OSError:
             outcome, error = "failed", "the client went away mid-stream"
-        except (
-            asyncio.CancelledError
-        ):  # a stop's grace ran out: what it used so far counts, not as the provider's fault
+        except asyncio.CancelledError:
+            # A stop's grace ran out: what it used so far counts, and not as the provider's fault.
             outcome, error = "interrupted", "the daemon stopped while the stream was under way"
             raise
         finally:

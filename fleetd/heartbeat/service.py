@@ -595,7 +595,7 @@ class Heartbeat:
         """A finished call whose usage reaches `attempts_finished` a moment later, with others (the gateway's
         recorder): counted by `no_room` until its record joins the windows (`recorded_use`), and by
         `unrecorded_cost` until the call log has it (`recorded_cost`). Back-to-back calls went past a limit."""
-        self._unrecorded.setdefault(profile, []).append((tokens, cost_usd))
+        self.unsettled(profile, tokens, cost_usd)
         self._unrecorded_costs.setdefault(profile, []).append(cost_usd)
 
     def unsettled(self, profile: str, tokens: int, cost_usd: float) -> None:
@@ -760,7 +760,7 @@ class Heartbeat:
             # Each profile as it is now, not as it was when the attempt began: a `--limit` edited meanwhile came back
             # when the attempt ended (its ledger rebuilt and judged with the old limits).
             current = {p.name: p for p in await self.profiles.list()}
-            keyed = [*keys, *[None] * (len(done) - len(keys))]
+            keyed = list(keys) or [None] * len(done)  # a key for each, or none (not the gateway's)
             # One of a profile removed since counts for nothing (its records went with it), not even for a profile added
             # again under its name: that one's window counted an attempt it never made.
             kept = [((current[p.name], parsed, at, cost), key)

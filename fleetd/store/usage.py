@@ -38,12 +38,13 @@ INSERT_USAGE = (
     "INSERT OR IGNORE INTO usage_records (profile, at, source, session_id, dedupe_key, tokens, cost_usd, requests) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
-# `INSERT_USAGE` with the gateway attempt a record counts (a record of one written already is skipped).
-INSERT_ATTEMPT_USAGE = (
+# `INSERT_USAGE` with the gateway attempt a record counts (a record of one written already is skipped); its head alone
+# takes a SELECT of the rows instead of their VALUES (`GatewayStore.replay`).
+INSERT_ATTEMPT_USAGE_INTO = (
     "INSERT OR IGNORE INTO usage_records "
-    "(profile, at, source, session_id, dedupe_key, tokens, cost_usd, requests, gateway_call, gateway_try) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "(profile, at, source, session_id, dedupe_key, tokens, cost_usd, requests, gateway_call, gateway_try)"
 )
+INSERT_ATTEMPT_USAGE = f"{INSERT_ATTEMPT_USAGE_INTO} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 HAS_AGENT_KEYS_SQL = "SELECT 1 AS found FROM usage_records WHERE profile = ? AND dedupe_key IS NOT NULL LIMIT 1"
 
 

@@ -249,3 +249,13 @@ def test_a_proxy_made_before_the_replay_keeps_the_journal_too(tmp_path: Path) ->
             await db.close()
 
     assert asyncio.run(go()) == tmp_path / "j"
+
+
+def test_an_earlier_start_line_cut_short_is_a_damaged_call_not_a_failed_replay(tmp_path: Path) -> None:
+    directory = tmp_path / "j"
+    directory.mkdir()
+    (directory / "a.jsonl").write_bytes(
+        b'["b",5,0,"p"]\n["b",5,1,"p","2026-12-01T08:00:00.000+00:00","2026-12-01T08:00:00.000+00:00","k","r","chat",'
+        b"false]\n"
+    )
+    assert journal.read(directory).calls == []

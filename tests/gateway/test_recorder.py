@@ -58,6 +58,26 @@ class BlockedStore:
         self.calls += calls if isinstance(calls, list) else [calls]
 
 
+class RefusingStore:
+    """Heartbeat and call log in one that refuse every batch while `full` (a full disk), and a batch of calls holding
+    `bad_route` always (a row the store will never take)."""
+
+    def __init__(self, *, full: bool = False, bad_route: str | None = None) -> None:
+        self.full, self.bad_route = full, bad_route
+        self.logged: list[GatewayCall] = []
+
+    async def attempts(self, batch: list[Attempt]) -> None:
+        if self.full:
+            raise RuntimeError("database or disk is full")
+
+    async def calls(self, batch: list[GatewayCall]) -> None:
+        if self.full:
+            raise RuntimeError("database or disk is full")
+        if any(c.route == self.bad_route for c in batch):
+            raise RuntimeError("CHECK constraint failed")
+        self.logged.extend(batch)
+
+
 def call(route: str = "fast") -> GatewayCall:
     return GatewayCall(T0, "laptop", route, "chat", False)
 
@@ -110,23 +130,14 @@ def test_a_batch_the_store_refused_is_written_with_the_next(monkeypatch: Any) ->
     monkeypatch.setattr(recorder_module, "LINGER_S", 0.01)
 
     async def go() -> None:
-        written: list[GatewayCall] = []
-        failing = [True]
-
-        async def calls(batch: list[GatewayCall]) -> None:
-            if failing.pop() if failing else False:
-                raise RuntimeError("disk full")
-            written.extend(batch)
-
-        async def attempts(batch: list[Attempt]) -> None:
-            pass
-
-        rec = Recorder(attempts, calls)
+        store = RefusingStore(full=True)
+        rec = Recorder(store.attempts, store.calls)
         await rec.put(Finished(call("lost")))
         await rec.flush()
+        store.full = False
         await rec.put(Finished(call("kept")))
         await rec.close()
-        assert [c.route for c in written] == ["lost", "kept"]
+        assert [c.route for c in store.logged] == ["lost", "kept"]
 
     asyncio.run(go())
 
@@ -152,28 +163,17 @@ def test_a_refused_batch_is_counted_apart_until_written_and_a_stop_tries_it_once
     monkeypatch.setattr(recorder_module, "LINGER_S", 0.01)
 
     async def go() -> None:
-        full = [True]
-        logged: list[GatewayCall] = []
+        store = RefusingStore(full=True)
         counted_apart_again: list[Attempt] = []
         in_call_log: list[Attempt] = []
-
-        async def attempts(batch: list[Attempt]) -> None:
-            if full[0]:
-                raise RuntimeError("database or disk is full")
-
-        async def calls(batch: list[GatewayCall]) -> None:
-            if full[0]:
-                raise RuntimeError("database or disk is full")
-            logged.extend(batch)
-
-        rec = Recorder(attempts, calls, in_call_log.extend, refused=counted_apart_again.extend)
+        rec = Recorder(store.attempts, store.calls, in_call_log.extend, refused=counted_apart_again.extend)
         used = Attempt(PROFILE, ParsedOutput("succeeded", usage=TokenUsage(817)), T0, 0.0025)
         await rec.put(Finished(call("refused"), used))
         await rec.flush()
         assert counted_apart_again == [used] and in_call_log == []  # its use and its cost still count
-        full[0] = False  # room again; no call comes before the stop
+        store.full = False  # room again; no call comes before the stop
         await rec.close()
-        assert [c.route for c in logged] == ["refused"] and in_call_log == [used]
+        assert [c.route for c in store.logged] == ["refused"] and in_call_log == [used]
 
     asyncio.run(go())
 
@@ -182,23 +182,14 @@ def test_a_batch_the_store_never_takes_does_not_keep_the_later_ones_out(monkeypa
     monkeypatch.setattr(recorder_module, "LINGER_S", 0.01)
 
     async def go() -> None:
-        logged: list[GatewayCall] = []
-
-        async def calls(batch: list[GatewayCall]) -> None:
-            if any(c.route == "poison" for c in batch):
-                raise RuntimeError("CHECK constraint failed")
-            logged.extend(batch)
-
-        async def attempts(batch: list[Attempt]) -> None:
-            pass
-
-        rec = Recorder(attempts, calls)
+        store = RefusingStore(bad_route="poison")
+        rec = Recorder(store.attempts, store.calls)
         await rec.put(Finished(call("poison")))
         await rec.flush()
         for route in ("after", "later"):
             await rec.put(Finished(call(route)))
             await rec.flush()
         await rec.close()
-        assert [c.route for c in logged] == ["after", "later"]
+        assert [c.route for c in store.logged] == ["after", "later"]
 
     asyncio.run(go())
