@@ -326,7 +326,13 @@ class Daemon:
             gateway_stopping = asyncio.create_task(gateway.stop(grace=self.options.stop_grace), name="gateway-stop")
             if pruning is not None:
                 pruning.cancel()  # a batch in flight rolls back whole; the next start prunes again
-            log.info("stopping: no new fires; waiting up to %ss for running runs", self.options.stop_grace)
+            listening = gateway.address is not None
+            log.info(
+                "stopping: no new fires%s; waiting up to %ss for %s%s under way",
+                " or gateway calls" if listening else "", self.options.stop_grace,
+                _counted(executor.running_runs(), "run"),
+                f" and {_counted(gateway.calls_under_way, 'gateway call')}" if listening else "",
+            )  # fmt: skip
             starting.cancel()
             await asyncio.gather(starting, return_exceptions=True)
             scheduler.stop()
@@ -423,6 +429,10 @@ class Daemon:
             await runs.finish(run.id, status="interrupted", finished_at=now, error=reason)
             log.warning("run %s of loop %s was interrupted by a daemon crash", run.id, run.loop)
         _remove_attempt_dirs(self.paths.tmp)
+
+
+def _counted(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 async def _within(step: Awaitable[None], seconds: float) -> bool:

@@ -77,6 +77,11 @@ class Journal:
         self._next_id += 1
         return self._next_id - 1
 
+    @property
+    def under_way(self) -> int:
+        """Calls whose attempt has begun and which have not ended."""
+        return len(self._open)
+
     def began(self, call: GatewayCall, attempt: int, profile: str, at: datetime) -> None:
         """Attempt `attempt` of `call` goes to `profile`'s provider now."""
         if call.id is None:

@@ -119,6 +119,10 @@ class GatewayService:
     def address(self) -> str | None:
         return self.listener.address if self.listener is not None else None
 
+    @property
+    def calls_under_way(self) -> int:
+        return self.journal.under_way if self.journal is not None else 0
+
     async def stop(self, grace: float | None = None) -> None:
         """Stop listening; calls in flight get `grace` seconds (None: all they take)."""
         if self.listener is not None:
