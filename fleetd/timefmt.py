@@ -53,6 +53,9 @@ RETENTION_OFF = ("0", "off")
 
 
 LOCAL_FORMAT = "%Y-%m-%d %H:%M:%S %Z"
+# The daemon log's times: with the offset, not the zone's name, so a reader in another zone (the CLI's `daemon logs
+# --since`) places each line, and the lines of daemons started in different zones compare.
+DAEMON_LOG_FORMAT = "%Y-%m-%d %H:%M:%S %z"
 
 
 def parse_retention(text: str) -> float | None:

@@ -6,18 +6,20 @@ read here; a daemon systemd runs logs to the journal, where journalctl is the re
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
 import time
 from collections.abc import Iterable, Iterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TextIO
 
 import click
 
 from fleetd.cli.client import CliError
+from fleetd.timefmt import DAEMON_LOG_FORMAT
 
 POLL_S = 0.2  # how often --follow looks for more
 
@@ -38,7 +40,7 @@ def show_journal(unit: str, *, follow: bool, since_s: float | None) -> None:
 
 
 def show_file(path: Path, *, follow: bool, since_s: float | None) -> None:
-    cutoff = datetime.now() - timedelta(seconds=since_s) if since_s is not None else None
+    cutoff = datetime.now(UTC) - timedelta(seconds=since_s) if since_s is not None else None
     # Older, rotated files only matter when --since reaches back; newest last.
     files = [*_rotated(path), path] if cutoff is not None else [path]
     out = sys.stdout
@@ -69,15 +71,24 @@ def _rotated(path: Path) -> list[Path]:
 
 
 def _keep(line: str, cutoff: datetime | None, previous: bool) -> bool:
-    """Whether a line is inside --since: by its timestamp (the daemon's `2026-11-21 09:00:00,123`, local
-    time); a line without one (a traceback's) goes with the line before it."""
+    """Whether a line is inside --since, by its timestamp; a line without one (a traceback's) goes with the line
+    before it."""
     if cutoff is None:
         return True
+    at = _line_time(line)
+    return previous if at is None else at >= cutoff
+
+
+def _line_time(line: str) -> datetime | None:
+    """A line's time: `2026-11-21 09:00:00 +0100` (DAEMON_LOG_FORMAT); a line of an older daemon names its zone
+    instead (`… CET`), read as UTC when it says so and else as the reader's own zone, as it was before."""
+    with contextlib.suppress(ValueError):
+        return datetime.strptime(line[:25], DAEMON_LOG_FORMAT)
     try:
         at = datetime.strptime(line[:19], "%Y-%m-%d %H:%M:%S")
     except ValueError:
-        return previous
-    return at >= cutoff
+        return None
+    return at.replace(tzinfo=UTC) if line[20:24] in ("UTC ", "GMT ") else at.astimezone()
 
 
 def _tail(path: Path) -> Iterator[str]:

@@ -49,7 +49,7 @@ from fleetd.store.retention import RetentionStore
 from fleetd.store.runs import RunStore
 from fleetd.store.stats import StatsStore
 from fleetd.store.usage import UsageStore
-from fleetd.timefmt import LOCAL_FORMAT, local_text, now_utc
+from fleetd.timefmt import DAEMON_LOG_FORMAT, local_text, now_utc
 
 log = logging.getLogger("fleetd.daemon")
 HOOK_STOP_GRACE = 5.0  # how long pending hook deliveries may finish on stop
@@ -110,13 +110,17 @@ def _one_line(e: BaseException) -> str:
     return " ".join(text.split())
 
 
+def log_formatter() -> logging.Formatter:
+    return logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", DAEMON_LOG_FORMAT)
+
+
 def _setup_logging(options: DaemonOptions) -> None:
     handler: logging.Handler
     if options.log_file is not None:
         handler = OwnedLogFile(options.log_file, max_bytes=options.log_max_bytes, backups=options.log_backups)
     else:
         handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", LOCAL_FORMAT))
+    handler.setFormatter(log_formatter())
     handler.addFilter(_drop_reported_store_failures)
     logging.basicConfig(level=os.environ.get("FLEETD_LOG_LEVEL", "INFO").upper(), handlers=[handler], force=True)
     # httpx logs every request's URL at INFO: a webhook's URL can carry its token in its path (Slack's do).

@@ -26,6 +26,7 @@ from typing import Any
 from fleetd.paths import RUN_LOG_SHARD
 from fleetd.records.run import Pruned
 from fleetd.store.retention import DeletedRun, RetentionStore
+from fleetd.timefmt import format_duration
 
 log = logging.getLogger("fleetd.retention")
 
@@ -86,7 +87,7 @@ class Pruner:
                 log.info(
                     "pruned history older than %s: %s run(s), %s attempt(s), %s event(s), %s gateway call(s), "
                     "%s log file(s), %s bytes",
-                    timedelta(seconds=retain), freed.runs, freed.attempts, freed.events, freed.gateway_calls,
+                    format_duration(retain), freed.runs, freed.attempts, freed.events, freed.gateway_calls,
                     freed.log_files, freed.log_bytes,
                 )  # fmt: skip
 

@@ -22,6 +22,7 @@ from fleetd.records.loop import Loop
 from fleetd.records.money import day_since
 from fleetd.records.run import LoopFire, Run
 from fleetd.store.loops import LoopStore
+from fleetd.timefmt import local_text
 
 log = logging.getLogger("fleetd.scheduler")
 MAX_SLEEP = 30.0  # re-check the wall clock at least this often (suspend, clock changes)
@@ -66,11 +67,15 @@ class Scheduler:
         plan = plan_startup(trigger, loop.next_fire_at, now, loop.catch_up)
         try:
             if plan.fire is not None:
-                log.info("loop %s missed %s while down: one catch-up run", loop.name, plan.fire.scheduled_at)
+                log.info(
+                    "loop %s missed %s while down: one catch-up run", loop.name, local_text(plan.fire.scheduled_at)
+                )
                 fired = LoopFire(loop.name, plan.fire.scheduled_at, plan.next_fire_at, due=loop.next_fire_at)
                 await self.executor.fire(loop, "catch-up", plan.fire.scheduled_at, fired, missed=plan.missed)
             elif plan.next_fire_at != loop.next_fire_at:
-                log.info("loop %s missed %s while down: skipped (catch-up skip)", loop.name, loop.next_fire_at)
+                log.info(
+                    "loop %s missed %s while down: skipped (catch-up skip)", loop.name, local_text(loop.next_fire_at)
+                )
                 await self._missed(loop, plan, loop.next_fire_at, "daemon_down")
         except Exception:
             # Nothing was recorded: the timer takes the stored (past) due time and applies the loop's
