@@ -41,8 +41,10 @@ class DaemonOptions:
     gateway: str = _option("", "Serve the gateway on HOST:PORT for this run (else the `fleetd gateway enable` "
                            "setting, if any).", "text")  # fmt: skip
     gateway_public: bool = _option(False, "Allow a non-loopback --gateway address.", "switch")
-    # Not flags. A timer waking later than this counts as a missed fire:
-    misfire_grace: float = 60.0
+    misfire_grace: float = _option(
+        60.0, "A timer waking later than this (a suspended host) counts its fires as missed, per --catch-up."
+    )
+    # Not flags.
     # Where the daemon writes its own log, rotating it; None: stderr (a service manager's journal). `daemon
     # start` sets it (`daemon run --log-file`), and the daemon's stdout and stderr follow each rotation, so
     # nothing lands in a rotated-away file.
