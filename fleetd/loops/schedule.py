@@ -87,13 +87,18 @@ def build_trigger(schedule: Schedule, anchor: datetime, *, stored: bool = False)
                 raise ValueError(f"wrong number of fields; got {len(fields)}, expected 5")
             minute, hour, day, month, day_of_week = fields
             weekdays = _cron_day_of_week(day_of_week)
+            inner: BaseTrigger
             if day.startswith("*") or day_of_week.startswith("*"):
-                return CronTrigger(minute=minute, hour=hour, day=day, month=month, day_of_week=weekdays, timezone=tz)
-            # cron(5): with both day fields restricted a day matching either fires; APScheduler wants both.
-            return OrTrigger([
-                CronTrigger(minute=minute, hour=hour, day=day, month=month, timezone=tz),
-                CronTrigger(minute=minute, hour=hour, month=month, day_of_week=weekdays, timezone=tz),
-            ])  # fmt: skip
+                inner = CronTrigger(minute=minute, hour=hour, day=day, month=month, day_of_week=weekdays, timezone=tz)
+            else:
+                # cron(5): with both day fields restricted a day matching either fires; APScheduler wants both.
+                inner = OrTrigger([
+                    CronTrigger(minute=minute, hour=hour, day=day, month=month, timezone=tz),
+                    CronTrigger(minute=minute, hour=hour, month=month, day_of_week=weekdays, timezone=tz),
+                ])  # fmt: skip
+            if hour.startswith("*"):  # an hourly job runs by the clock on the wall, as cron's does
+                return inner
+            return FixedHours(inner, tz, CronTrigger(minute=minute, hour=hour, timezone=tz))
         except (ValueError, TypeError) as e:
             raise InvalidArgument(f"invalid cron expression {schedule.expr!r}: {e}") from None
     if schedule.kind == "every":
@@ -108,6 +113,66 @@ def build_trigger(schedule: Schedule, anchor: datetime, *, stored: bool = False)
     return DateTrigger(run_date=parse_at(schedule.expr, tz), timezone=tz)
 
 
+class FixedHours(BaseTrigger):
+    """A cron schedule whose hours are given, across the clock changes, as cron runs it: a time in the hour the
+    clocks repeat fires in its first pass only (APScheduler fired it in both, an hour apart), and a time the clocks
+    skip fires once, as they jump (APScheduler fired it an hour after its time, and each of several skipped times
+    apart). Compared as moments: aware times of one zone compare by their wall clocks, which repeat."""
+
+    def __init__(self, inner: BaseTrigger, tz: ZoneInfo, clock_fields: CronTrigger) -> None:
+        self.inner = inner
+        self.tz = tz
+        self._hour, self._minute = (next(f for f in clock_fields.fields if f.name == n) for n in ("hour", "minute"))
+
+    def get_next_fire_time(self, previous_fire_time: datetime | None, now: datetime) -> datetime | None:
+        previous, start = previous_fire_time, now
+        for _ in range(_SEARCH_CAP):
+            found = self.inner.get_next_fire_time(previous, start)
+            if found is None:
+                return None
+            fire = self._as_cron_fires(found)
+            if fire is not None and (previous_fire_time is None or fire > previous_fire_time.astimezone(UTC)):
+                return fire.astimezone(self.tz)
+            # From the moment, not the wall time: one in the repeated hour plus a microsecond is an hour earlier.
+            previous = found.astimezone(UTC)
+            start = previous + _INSTANT
+        return None
+
+    def _as_cron_fires(self, found: datetime) -> datetime | None:
+        """When cron fires what APScheduler found at `found`; None: not at all (the repeated hour's second pass)."""
+        utc = found.astimezone(UTC)
+        wall = utc.astimezone(self.tz)
+        if wall.fold:
+            return None
+        before = (utc - _LONGEST_JUMP).astimezone(self.tz).utcoffset()
+        after = wall.utcoffset()
+        if before is None or after is None or after <= before or self._matches(wall):
+            return utc
+        # The clocks jumped forward since, and the wall shows a time the schedule does not name: APScheduler moved a
+        # skipped time past the jump. cron runs it at the jump.
+        return _jump(self.tz, utc - _LONGEST_JUMP, utc)
+
+    def _matches(self, wall: datetime) -> bool:
+        return bool(self._hour.get_next_value(wall) == wall.hour and self._minute.get_next_value(wall) == wall.minute)
+
+
+_SEARCH_CAP = 256  # fires passed over in one search: at most the slots of one repeated hour
+_LONGEST_JUMP = timedelta(hours=3)  # more than any zone's clock change
+
+
+def _jump(tz: ZoneInfo, low: datetime, high: datetime) -> datetime:
+    """The first second of `tz`'s newer offset in (low, high], `low` being in the older one."""
+    old = low.astimezone(tz).utcoffset()
+    lo, hi = int(low.timestamp()), int(high.timestamp())
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if datetime.fromtimestamp(mid, tz).utcoffset() == old:
+            lo = mid
+        else:
+            hi = mid
+    return datetime.fromtimestamp(hi, UTC)
+
+
 def never_fires(schedule: Schedule) -> str:
     """Why a trigger with no fire left was refused, in the user's terms."""
     if schedule.kind == "cron":
@@ -118,7 +183,7 @@ def never_fires(schedule: Schedule) -> str:
 def first_fire(trigger: BaseTrigger, now: datetime) -> datetime | None:
     """The first fire at or after `now`, or None when the trigger has none left."""
     nxt = trigger.get_next_fire_time(None, now)
-    if nxt is not None and nxt < now:
+    if nxt is not None and nxt.astimezone(UTC) < now.astimezone(UTC):
         return None  # a one-shot whose time has passed
     return nxt
 
@@ -126,7 +191,7 @@ def first_fire(trigger: BaseTrigger, now: datetime) -> datetime | None:
 def following(trigger: BaseTrigger, fired: datetime, now: datetime) -> datetime | None:
     """The fire after `fired`; never one already in the past (those would replay back to back)."""
     nxt = trigger.get_next_fire_time(fired, now)
-    if nxt is not None and nxt <= now:
+    if nxt is not None and nxt.astimezone(UTC) <= now.astimezone(UTC):  # moments, not wall clocks
         nxt = first_fire(trigger, now)
     return nxt
 
@@ -153,7 +218,8 @@ def count_fires(trigger: BaseTrigger, first: datetime, now: datetime, cap: int =
     while fire is not None and fire <= now and count < cap:
         count += 1
         later = trigger.get_next_fire_time(fire, now)
-        fire = later if later is not None and later > fire else None
+        # As moments: two aware times of one zone compare by their wall clocks, which repeat as the clocks go back.
+        fire = later if later is not None and later.astimezone(UTC) > fire.astimezone(UTC) else None
     return count
 
 

@@ -226,3 +226,56 @@ def test_cron_day_of_month_and_day_of_week_both_set_fire_on_either() -> None:
                                              ("0 13 */10 * *", "2026-11-21")])  # fmt: skip
 def test_cron_one_day_field_restricted_is_read_alone(expr: str, first: str) -> None:
     assert _fires(expr, 1) == [first]
+
+
+def _between(expr: str, zone: str, start: datetime, end: datetime) -> list[datetime]:
+    """The cron loop's fires in [start, end), in UTC, as the timer meets them (each found from the one before)."""
+    trig = build_trigger(Schedule("cron", expr, zone), start)
+    out: list[datetime] = []
+    fire = first_fire(trig, start)
+    while fire is not None and fire < end:
+        fire = fire.astimezone(UTC)  # as the store keeps it
+        out.append(fire)
+        fire = following(trig, fire, fire + timedelta(milliseconds=3))
+    return out
+
+
+def _utc(*args: int) -> datetime:
+    return datetime(*args, tzinfo=UTC)
+
+
+# Europe/Stockholm: 2026-10-25 03:00 CEST goes back to 02:00 CET (01:00 UTC); 2026-03-29 02:00 CET jumps to 03:00
+# CEST (01:00 UTC).
+STOCKHOLM = "Europe/Stockholm"
+AUTUMN = (_utc(2026, 10, 24, 12), _utc(2026, 10, 26, 12))
+SPRING = (_utc(2026, 3, 28, 12), _utc(2026, 3, 30, 12))
+
+
+def test_a_fixed_time_in_the_repeated_hour_fires_once_as_cron_runs_it() -> None:
+    # `30 2 * * *` fired at 02:30 CEST and again at 02:30 CET, an hour later, on the day the clocks go back.
+    assert _between("30 2 * * *", STOCKHOLM, *AUTUMN) == [_utc(2026, 10, 25, 0, 30), _utc(2026, 10, 26, 1, 30)]
+    assert _between("*/20 2 * * *", STOCKHOLM, *AUTUMN)[:4] == [
+        _utc(2026, 10, 25, 0, 0), _utc(2026, 10, 25, 0, 20), _utc(2026, 10, 25, 0, 40), _utc(2026, 10, 26, 1, 0)
+    ]  # fmt: skip
+    trig = build_trigger(Schedule("cron", "30 2 * * *", "Europe/Stockholm"), AUTUMN[0])
+    assert count_fires(trig, _utc(2026, 10, 25, 0, 30), _utc(2026, 10, 26, 0)) == 1
+
+
+def test_an_hourly_job_fires_in_both_passes_of_the_repeated_hour() -> None:
+    fires = _between("30 * * * *", STOCKHOLM, _utc(2026, 10, 24, 23), _utc(2026, 10, 25, 3))
+    assert fires == [_utc(2026, 10, 24, 23, 30), _utc(2026, 10, 25, 0, 30), _utc(2026, 10, 25, 1, 30),
+                     _utc(2026, 10, 25, 2, 30)]  # fmt: skip
+    trig = build_trigger(Schedule("cron", "30 * * * *", "Europe/Stockholm"), AUTUMN[0])
+    first = first_fire(trig, _utc(2026, 10, 24, 23))
+    assert first is not None and count_fires(trig, first, _utc(2026, 10, 25, 3)) == 4  # counted 2: a wall time repeats
+
+
+def test_a_fixed_time_the_clocks_skip_fires_once_at_the_jump() -> None:
+    # cron runs a job whose time the clocks jump over as they jump (03:00 CEST), once.
+    assert _between("30 2 * * *", STOCKHOLM, *SPRING) == [_utc(2026, 3, 29, 1, 0), _utc(2026, 3, 30, 0, 30)]
+    assert _between("*/15 2 * * *", STOCKHOLM, *SPRING)[:2] == [_utc(2026, 3, 29, 1, 0), _utc(2026, 3, 30, 0)]
+    # A time after the jump, and an hourly job, are not moved.
+    assert _between("30 3 * * *", STOCKHOLM, *SPRING) == [_utc(2026, 3, 29, 1, 30), _utc(2026, 3, 30, 1, 30)]
+    fires = _between("30 * * * *", STOCKHOLM, _utc(2026, 3, 28, 23), _utc(2026, 3, 29, 3))
+    assert fires == [_utc(2026, 3, 28, 23, 30), _utc(2026, 3, 29, 0, 30), _utc(2026, 3, 29, 1, 30),
+                     _utc(2026, 3, 29, 2, 30)]  # fmt: skip
