@@ -157,6 +157,7 @@ class Scheduler:
         """Save and arm a new loop (checked already: `LoopService.define`)."""
         now = self.clock()
         loop.created_at = loop.updated_at = now
+        loop.paused_at = None if loop.enabled else now
         trigger = build_trigger(loop.schedule, now)
         first = first_fire(trigger, now)
         # A cron expression that never fires is wrong even paused; a past --at only matters enabled.
@@ -176,6 +177,10 @@ class Scheduler:
         resume or edit since `old` was read makes it a Conflict, nothing saved (`LoopStore.replace`)."""
         now = self.clock()
         new.created_at, new.updated_at = old.created_at, now
+        if new.enabled != old.enabled:
+            new.paused_at = None if new.enabled else now
+        else:
+            new.paused_at = old.paused_at
         trigger = build_trigger(new.schedule, _anchor(old))  # interval loops stay on the grid of their creation
         moved = new.schedule != old.schedule or new.enabled != old.enabled
         if moved:

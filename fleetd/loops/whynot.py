@@ -47,7 +47,9 @@ def why_not(facts: LoopFacts, now: datetime) -> NotFiring | None:
     planned. The order is what a user must act on first: a pause hides everything else."""
     loop, last = facts.loop, facts.last_run
     if not loop.enabled:
-        return NotFiring("paused", "paused: it fires again after `fleetd loop resume`", since=loop.updated_at)
+        return NotFiring(
+            "paused", "paused: it fires again after `fleetd loop resume`", since=loop.paused_at or loop.updated_at
+        )
     if facts.waiting_until is not None and facts.waiting_until > now:
         skipped = last is not None and last.status == "skipped" and last.skip_reason == "waiting"
         text = f"run {facts.running_id} waits for headroom; fires meanwhile are skipped"

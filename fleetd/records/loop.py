@@ -86,6 +86,7 @@ class Loop:
     review: ChainStep | None = None  # a cheap reviewer agent that must accept the work too
     created_at: datetime | None = None
     updated_at: datetime | None = None
+    paused_at: datetime | None = None  # when it was last paused, while it is (an edit meanwhile moves updated_at)
     last_fire_at: datetime | None = None
     next_fire_at: datetime | None = None
 

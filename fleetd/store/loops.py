@@ -17,7 +17,7 @@ _COLUMNS = (
     "name, schedule_kind, schedule_expr, timezone, backend, command, prompt, prompt_file, workdir, "
     "env_json, timeout_s, catch_up, output_cap, enabled, created_at, updated_at, last_fire_at, next_fire_at, "
     "profiles_json, model, agent_args_json, chain_json, tiers_json, max_cost, max_tokens, daily_cost, on_exhausted, "
-    "verify, verify_timeout_s, repair, review_json"
+    "verify, verify_timeout_s, repair, review_json, paused_at"
 )
 
 
@@ -52,6 +52,7 @@ def _row_to_loop(row: aiosqlite.Row) -> Loop:
         verify_timeout_s=row["verify_timeout_s"],
         repair=row["repair"],
         review=ChainStep.from_json(json.loads(row["review_json"])) if row["review_json"] else None,
+        paused_at=from_iso(row["paused_at"]),
     )
 
 
@@ -89,6 +90,7 @@ def _values(loop: Loop) -> tuple[object, ...]:
         loop.verify_timeout_s,
         loop.repair,
         json.dumps(loop.review.to_json()) if loop.review else None,
+        to_iso(loop.paused_at),
     )
 
 
@@ -101,7 +103,7 @@ class LoopStore:
         try:
             async with self.db.transaction() as conn:
                 cur = await conn.execute(
-                    f"INSERT INTO loops ({_COLUMNS}) VALUES ({','.join('?' * 31)}) RETURNING {_COLUMNS}", _values(loop)
+                    f"INSERT INTO loops ({_COLUMNS}) VALUES ({','.join('?' * 32)}) RETURNING {_COLUMNS}", _values(loop)
                 )
                 row = await cur.fetchone()
                 await cur.close()
@@ -168,8 +170,8 @@ class LoopStore:
     ) -> None:
         sets, params = ["updated_at = ?"], [to_iso(updated_at)]
         if enabled is not None:
-            sets.append("enabled = ?")
-            params.append(int(enabled))
+            sets.append("enabled = ?, paused_at = ?")
+            params.extend((int(enabled), None if enabled else to_iso(updated_at)))
         if next_fire_at is not None or clear_next:
             sets.append("next_fire_at = ?")
             params.append(to_iso(next_fire_at))

@@ -776,4 +776,10 @@ MIGRATIONS: list[Migration] = [
     ALTER TABLE usage_records ADD COLUMN gateway_try INTEGER;
     CREATE UNIQUE INDEX usage_gateway_try ON usage_records (gateway_call, gateway_try) WHERE gateway_call IS NOT NULL;
     """,
+    # 22: when a paused loop was paused (`why not`'s `since`): its updated_at, which it was, moves with every edit.
+    # A loop paused before this has only that to go on.
+    """
+    ALTER TABLE loops ADD COLUMN paused_at TEXT;
+    UPDATE loops SET paused_at = updated_at WHERE enabled = 0;
+    """,
 ]

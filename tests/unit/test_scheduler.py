@@ -261,3 +261,63 @@ def test_a_cancelled_start_fires_no_more_catch_ups(tmp_path: Path) -> None:
 
     fired, cancelled = asyncio.run(go())
     assert fired == ["l0"] and cancelled
+
+
+def test_a_paused_loops_why_not_says_since_the_pause_not_since_its_last_edit(tmp_path: Path) -> None:
+    # `since` was the loop's updated_at: an edit while paused moved the start of the pause to the edit.
+    from dataclasses import replace
+
+    from fleetd.loops.whynot import LoopFacts, why_not
+
+    async def go() -> list[datetime | None]:
+        db = await Database.open(tmp_path / "s.db")
+        clock = Clock(T0)
+        loops = LoopStore(db)
+        scheduler = Scheduler(loops, NoExecutor(), clock=clock, misfire_grace=timedelta(seconds=1))  # type: ignore[arg-type]
+
+        async def since(name: str) -> datetime | None:
+            why = why_not(LoopFacts(await loops.get(name), None), clock.now)
+            return why.since if why is not None else None
+
+        try:
+            await scheduler.add(Loop("edited", Schedule("every", "1h", "UTC"), "command", command="true"))
+            await scheduler.add(Loop("born", Schedule("every", "1h", "UTC"), "command", command="true", enabled=False))
+            clock.now = T0 + 10 * M
+            await scheduler.pause("edited")
+            clock.now = T0 + 20 * M
+            for name in ("edited", "born"):
+                old = await loops.get(name)
+                await scheduler.edit(old, replace(old, command="echo again"))
+            seen = [await since("born"), await since("edited")]
+            # Resumed and paused again by edits: the pause is the second one.
+            resumed = await scheduler.edit(await loops.get("edited"), replace(await loops.get("edited"), enabled=True))
+            clock.now = T0 + 30 * M
+            await scheduler.edit(resumed, replace(resumed, enabled=False))
+            return [*seen, await since("edited")]
+        finally:
+            scheduler.stop()
+            await db.close()
+
+    assert asyncio.run(go()) == [T0, T0 + 10 * M, T0 + 30 * M]
+
+
+def test_migration_22_dates_a_loop_paused_before_it_from_its_last_change(tmp_path: Path) -> None:
+    import aiosqlite
+
+    from fleetd.store.db import migrate
+
+    async def go() -> list[tuple[object, ...]]:
+        async with aiosqlite.connect(tmp_path / "f.db", isolation_level=None) as conn:
+            assert await migrate(conn, upto=21) == 21
+            for name, enabled in (("on", 1), ("off", 0)):
+                await conn.execute(
+                    "INSERT INTO loops (name, schedule_kind, schedule_expr, timezone, backend, catch_up, output_cap, "
+                    "enabled, created_at, updated_at) VALUES (?, 'every', '1h', 'UTC', 'command', 'once', 1, ?, "
+                    "'2026-03-01T00:00:00.000+00:00', '2026-03-02T09:10:00.000+00:00')",
+                    (name, enabled),
+                )
+            assert await migrate(conn) == 22
+            async with conn.execute("SELECT name, paused_at FROM loops ORDER BY name") as cur:
+                return [tuple(r) for r in await cur.fetchall()]
+
+    assert asyncio.run(go()) == [("off", "2026-03-02T09:10:00.000+00:00"), ("on", None)]
