@@ -694,10 +694,13 @@ class Executor:
             timeout = max(0.0, min(timeout, (deadline - self.clock()).total_seconds()))
         started = self.clock()
         tail = bytearray()
+        # Its output becomes the attempt's findings, the run's error and the repair prompt: scrubbed as an attempt's is.
+        scrubber = Scrubber(await self.profiles.known_secrets())
 
         def take(chunk: bytes) -> None:
-            runlog.write(chunk)
-            tail.extend(chunk)
+            clean = scrubber.feed(chunk)
+            runlog.write(clean)
+            tail.extend(clean)
             del tail[: max(0, len(tail) - VERIFY_TAIL)]
 
         try:
@@ -720,6 +723,7 @@ class Executor:
             await asyncio.wait({proc.output_closed}, timeout=5)
         proc.close()
         slot.proc = None
+        take(scrubber.flush())
         took = self.clock() - started
         text = tail.decode(errors="replace").strip()
         runlog.note(f"verify exit {code} after {format_duration(took.total_seconds())}")

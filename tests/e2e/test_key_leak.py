@@ -134,3 +134,36 @@ def test_keys_printed_in_every_field_reach_nothing(leaky: Daemon) -> None:
         assert_no_key(str(path), path.read_bytes())
     stored = json.loads((d.home / "secrets.json").read_text())
     assert set(stored.values()) == set(KEYS)
+
+
+def test_a_key_the_verify_command_prints_reaches_neither_the_records_nor_the_repair_prompt(leaky: Daemon) -> None:
+    # The verify command's output went unscrubbed into the attempt's findings, the run's error and route, its events,
+    # and the repair prompt sent to the provider (another profile's key, there).
+    d = leaky
+    for name, key in (("gate_p", KEY_B), ("gate_q", KEY_A)):
+        d.cli("profile", "add", name, "--backend", "claude_code", "--api-key-stdin",
+              "--config-dir", str(d.root / f"cfg-{name}"), input=key + "\n")  # type: ignore[attr-defined]  # fmt: skip
+    set_scenario(d, "gate_p", "ok")
+    printed = d.root / "verify-says"  # type: ignore[attr-defined]
+    printed.write_text(f"token is {KEY_A}\n")
+    d.cli("loop", "add", "gated_leak", "--every", "1h", "--paused", "--chain", "gate_p", "--prompt", "fix it",
+          "--verify", f"cat {printed}; exit 1", "--repair", "1")  # fmt: skip
+    run = d.wait_run(d.json("loop", "run", "gated_leak")["id"], timeout=30)
+    assert run["status"] == "failed"
+    first, repair = run["attempt_list"]
+    assert first["findings"].endswith(f"token is {REDACTED}") and repair["accepted"] is False
+    calls = [json.loads(line) for line in (d.standin_dir / "calls.jsonl").read_text().splitlines()]  # type: ignore[attr-defined]
+    prompts = [" ".join(c["argv"]) for c in calls if c["env"].get("FLEETD_RUN_ID") == str(run["id"])]
+    assert len(prompts) == 2 and f"token is {REDACTED}" in prompts[1]
+    for where, text in {
+        "prompts": "\n".join(prompts),
+        "runs show": d.cli("runs", "show", str(run["id"])).stdout,
+        "runs show --json": d.cli("runs", "show", str(run["id"]), "--json").stdout,
+        "runs list --json": d.cli("runs", "list", "--json").stdout,
+        "events --json": d.cli("events", "--json", "--limit", "1000").stdout,
+        "runs logs": d.cli("runs", "logs", str(run["id"]), "--raw").stdout,
+    }.items():
+        assert_no_key(where, text)
+    for table, rows in db_rows(d).items():
+        for row in rows:
+            assert_no_key(f"table {table}", json.dumps(row, default=str))
