@@ -275,3 +275,23 @@ def test_is_rate_limit_line(text: str, expected: bool) -> None:
 def test_answers_quoting_a_limit_notice_are_successes(answer: str) -> None:
     assert parse_text(answer, "", 0, NOW, TZ).outcome == "succeeded"
     assert parse_json(result(result=answer), "", 0, NOW, TZ).outcome == "succeeded"
+
+
+def test_a_resumed_sessions_result_costs_what_its_own_turn_cost_not_the_sessions_total() -> None:
+    # Claude Code 2.1.330, `-p --resume SID` (a repair round), as a trial's run log held it: `total_cost_usd` and
+    # `modelUsage` are the session's so far, `usage` and `model_usage_since_last_result` this turn's. The repair
+    # attempt was recorded at the session's $0.0018, the run's --max-cost counting the first turn twice.
+    turn = {"inputTokens": 123, "outputTokens": 9, "cacheReadInputTokens": 67, "cacheCreationInputTokens": 45,
+            "webSearchRequests": 0, "costUSD": 0.0009104000000000001, "contextWindow": 1000000}  # fmt: skip
+    session = {**turn, "inputTokens": 246, "outputTokens": 18, "cacheReadInputTokens": 134,
+               "cacheCreationInputTokens": 90, "costUSD": 0.0018208000000000002}  # fmt: skip
+    usage = {"input_tokens": 123, "cache_creation_input_tokens": 45, "cache_read_input_tokens": 67, "output_tokens": 9}
+    by_model = {"claude-opus-5-5": turn, "claude-haiku-4-5": {**turn, "costUSD": 0.0001}}
+    out = result(result="hi", num_turns=1, total_cost_usd=0.0018208000000000002, usage=usage,
+                 modelUsage={"claude-opus-5-5": session}, model_usage_since_last_result=by_model)  # fmt: skip
+    for parsed in (parse_json(out, "", 0, NOW, TZ), parse_stream_json(out, "", 0, NOW, TZ)):
+        assert parsed.cost_usd == pytest.approx(0.0010104)
+        assert parsed.usage == TokenUsage(123, 9, 67, 45)
+    # A CLI without the field: its total, as before.
+    older = result(result="hi", total_cost_usd=0.0123, usage=usage)
+    assert parse_json(older, "", 0, NOW, TZ).cost_usd == 0.0123

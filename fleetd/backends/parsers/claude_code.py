@@ -233,7 +233,7 @@ def _from_result(obj: dict[str, Any], now: datetime, tz: tzinfo) -> ParsedOutput
     common: dict[str, Any] = {
         "usage": _usage(obj.get("usage")),
         "cost_usd": _cost(obj),
-        "model": _main_model(obj.get("modelUsage")),
+        "model": _main_model(obj.get("model_usage_since_last_result") or obj.get("modelUsage")),
         "session_id": as_str(obj.get("session_id")),
     }
     error_class = _result_class(obj)
@@ -391,6 +391,13 @@ def _usage(usage: object) -> TokenUsage:
 
 
 def _cost(obj: dict[str, Any]) -> float | None:
+    """This invocation's cost. After `--resume`, `total_cost_usd` (and `modelUsage`) are the whole session's so far;
+    `model_usage_since_last_result` (2.1.x) is this turn's alone, by model, where the CLI gives it."""
+    turn = obj.get("model_usage_since_last_result")
+    if isinstance(turn, dict) and turn:
+        costs = [as_float(stats.get("costUSD")) for stats in turn.values() if isinstance(stats, dict)]
+        if costs and all(cost is not None for cost in costs):
+            return sum(cost for cost in costs if cost is not None)
     for key in ("total_cost_usd", "total_cost", "cost_usd"):  # renamed in 1.0.22; cost_usd in old blog posts
         value = as_float(obj.get(key))
         if value is not None:
