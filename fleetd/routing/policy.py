@@ -132,7 +132,10 @@ def _apply_acceptance_input(body: dict[str, Any], loop: Loop) -> None:
 
 def _check_tiers_reach(loop: Loop, profiles: list[Profile]) -> None:
     """A backend step whose every profile is outside the loop's tiers would never run: say so now."""
-    for step in loop_steps(loop):
+    steps = [(step, "--profile or --chain") for step in loop_steps(loop)]
+    if loop.review is not None:  # the reviewer is routed under the same tiers
+        steps.append((loop.review, "--review"))
+    for step, flags in steps:
         if step.explicit:
             continue
         mine = [p for p in profiles if p.backend == step.backend]
@@ -141,7 +144,7 @@ def _check_tiers_reach(loop: Loop, profiles: list[Profile]) -> None:
             wanted = ",".join(dict.fromkeys([*loop.tiers, *(p.tier for p in mine)]))
             raise InvalidArgument(
                 f"no {step.backend} profile is in the tiers {','.join(loop.tiers)} (it has {names}): "
-                f"allow them with --tiers {wanted}, or name one in --profile or --chain"
+                f"allow them with --tiers {wanted}, or name one in {flags}"
             )
 
 

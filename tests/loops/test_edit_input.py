@@ -193,3 +193,12 @@ def test_an_agent_loop_no_profile_can_run_is_refused_with_the_fix(
 )
 def test_a_loop_with_a_profile_for_every_step_passes(body: dict[str, Any]) -> None:
     check_profiles(define({"name": "l", "every": "1h", "prompt": "p", **body}), PROFILES)
+
+
+def test_a_reviewer_backend_whose_every_profile_is_outside_the_tiers_is_refused_as_a_chain_step_is() -> None:
+    # `--review codex` under the default tiers was saved; every run then did the work, paid, and failed at the review.
+    body = {"name": "rev", "every": "1h", "chain": "llm", "prompt": "x", "review": "codex"}
+    with pytest.raises(InvalidArgument, match=r"no codex profile is in the tiers local,subscription .*--review"):
+        define(body)
+    assert define({**body, "tiers": "local,subscription,metered"}).review is not None
+    assert define({**body, "review": "cx"}).review is not None  # named: the tiers pass it, as in --chain
