@@ -27,6 +27,9 @@ class AgentCli(AdapterDefaults):
         """Why this profile cannot run here at all, before trying (the router skips it)."""
         if shutil.which(self.executable) is None:
             return f"{self.executable} not found on the daemon's PATH"
+        return self.setup_problem(profile)
+
+    def setup_problem(self, profile: Profile) -> str | None:
         if self.uses_config_dir and not os.path.isdir(profile.config_dir):
             return f"its config directory {profile.config_dir} is gone"
         return None

@@ -111,6 +111,10 @@ class Adapter(Protocol):
     def unavailable(self, profile: Profile) -> str | None:
         """Why `profile` cannot run on this host at all (its CLI is missing, ...), or None."""
 
+    def setup_problem(self, profile: Profile) -> str | None:
+        """Why `profile`'s own setup cannot run here (its config directory is gone), its CLI aside; None when it can.
+        Part of `unavailable`; `fleetd doctor` asks it alone (the CLI has a check of its own)."""
+
     def login_problem(self, profile: Profile, env: Mapping[str, str]) -> str | None:
         """Why the CLI would find no login for `profile` (never logged in: no credentials file where the CLI
         keeps them), for `fleetd doctor`; None when it has one, logs in by key, or this cannot be told from

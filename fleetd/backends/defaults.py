@@ -63,6 +63,9 @@ class AdapterDefaults:
     def unavailable(self, profile: Profile) -> str | None:
         return None
 
+    def setup_problem(self, profile: Profile) -> str | None:
+        return None
+
     def login_problem(self, profile: Profile, env: Mapping[str, str]) -> str | None:
         return None  # a key (kept by fleetd's secret store), or no login at all
 

@@ -115,11 +115,20 @@ class ProfileFact:
     key_missing: bool = False  # ... and the secret store no longer has it
     key_store: str = ""  # where keys live, for the message
     scheduled: bool = False  # an enabled loop can use this (enabled) profile
+    setup_problem: str | None = None  # the adapter's answer: why it cannot run here at all (its directory is gone)
+    config_dir: str = ""
 
 
 def check_profiles(profiles: list[ProfileFact]) -> list[Finding]:
     findings = []
     for p in profiles:
+        if p.setup_problem:  # every run on it fails `unavailable`; a login there is moot until it is back
+            fix = f"mkdir -m 700 {p.config_dir}" + (
+                "" if p.has_key or not p.can_log_in else f"; fleetd profile login {p.name}"
+            )
+            findings.append(
+                Finding("login", severity(p.scheduled), f"profile {p.name}: {p.setup_problem}", fix, subject=p.name)
+            )
         if p.login_problem:
             fix = (
                 f"fleetd profile login {p.name}"

@@ -143,7 +143,8 @@ class DoctorService:
             if not profile.enabled:
                 continue  # out of rotation by the user's choice: nothing runs on it
             adapter = get_adapter(profile.backend)
-            problem = await asyncio.to_thread(adapter.login_problem, profile, self.env)
+            setup = await asyncio.to_thread(adapter.setup_problem, profile)
+            problem = None if setup else await asyncio.to_thread(adapter.login_problem, profile, self.env)
             missing = False
             if profile.has_secret:
                 try:
@@ -155,6 +156,8 @@ class DoctorService:
                     name=profile.name,
                     backend=profile.backend,
                     login_problem=problem,
+                    setup_problem=setup,
+                    config_dir=profile.config_dir,
                     can_log_in=adapter.login_argv(profile) is not None,
                     has_key=profile.has_secret,
                     key_missing=missing,

@@ -25,6 +25,7 @@ def isolated(d: Daemon, root: Path) -> Daemon:
 def test_doctor_finds_a_cli_missing_from_the_daemons_path(short_home: Path) -> None:
     d = isolated(Daemon(short_home / "home", "--kill-grace", "0.5s"), short_home)
     d.env["PATH"] = DAEMON_PATH
+    d.env["FLEETD_SECRET_STORE"] = "file"  # a key profile below; no keyring here
     d.start()
     try:
         # The user's shell finds claude (in ~/.local/bin, say); the daemon, started elsewhere, does not.
@@ -76,6 +77,17 @@ def test_doctor_finds_a_cli_missing_from_the_daemons_path(short_home: Path) -> N
         report = json.loads(after.stdout)
         assert [f["severity"] for f in report["findings"] if f["check"] in ("cli", "login")] == ["warning"]
         assert after.returncode == (1 if report["errors"] else 0)
+
+        # A key profile whose config directory is gone: every run on it failed `unavailable`, and doctor said nothing.
+        d.cli("profile", "add", "keyed", "--backend", "claude_code", "--api-key-stdin", "--tier", "subscription",
+              input="sk-ant-doctor-0123456789\n")  # fmt: skip
+        d.cli("loop", "resume", "nightly")
+        (d.home / "profiles" / "keyed").rename(short_home / "keyed-moved")
+        report = json.loads(d.cli("doctor", "--json", check=False).stdout)
+        [gone] = [f for f in report["findings"] if f["subject"] == "keyed"]
+        assert (gone["check"], gone["severity"]) == ("login", "error")
+        assert gone["message"] == f"profile keyed: its config directory {d.home / 'profiles' / 'keyed'} is gone"
+        assert gone["fix"] == f"mkdir -m 700 {d.home / 'profiles' / 'keyed'}"
     finally:
         d.stop()
 
