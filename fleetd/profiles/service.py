@@ -341,6 +341,7 @@ class ProfileService:
 
     async def auto(self, backend: str) -> str | None:
         """Hand `backend`'s choice back to the heartbeat; its active profile now (NotFound: no such profile)."""
+        get_adapter(backend)  # an unknown backend is bad input (exit 2), not a backend without profiles (exit 1)
         if not any(p.backend == backend for p in await self.store.list()):
             raise NotFound(f"no profile for backend {shown(backend)}")
         await self.heartbeat.unpin(backend)

@@ -136,8 +136,11 @@ def test_manual_pin_and_auto(hb: Daemon) -> None:
     assert "pinned" in d.cli("usage").stdout
     assert d.cli("profile", "switch", "--auto", "gemini").stdout.startswith("gemini: automatic")
     assert usage(d)["g2"]["pinned"] is False
+    # An unknown backend is a usage error (it was exit 1, as a known one without profiles is).
     bad = d.cli("profile", "switch", "--auto", "nonsense", check=False)
-    assert bad.returncode == 1 and "no profile for backend 'nonsense'" in bad.stderr
+    assert bad.returncode == 2 and "unknown backend 'nonsense'" in bad.stderr, bad.stderr
+    none = d.cli("profile", "switch", "--auto", "codex", check=False)
+    assert none.returncode == 1 and "no profile for backend 'codex'" in none.stderr, none.stderr
     # A profile that cannot be active is not pinned (it said "pinned", and the next beat moved on).
     d.cli("profile", "disable", "g1")
     refused = d.cli("profile", "switch", "g1", check=False)
