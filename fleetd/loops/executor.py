@@ -724,9 +724,9 @@ class Executor:
         proc.close()
         slot.proc = None
         take(scrubber.flush())
-        took = self.clock() - started
+        took_ms = round((self.clock() - started).total_seconds() * 1000)  # the log and the record say the same
         text = tail.decode(errors="replace").strip()
-        runlog.note(f"verify exit {code} after {format_duration(took.total_seconds())}")
+        runlog.note(f"verify exit {code} after {format_duration(took_ms / 1000)}")
         if not done:
             gate: tuple[str, str] | None = (
                 "contract",
@@ -744,7 +744,7 @@ class Executor:
         if end.attempt_id is not None:
             with contextlib.suppress(Exception):  # a record of the gate, not a reason to fail the run
                 await self.attempts.set_gate(
-                    end.attempt_id, verify_exit=code, verify_ms=int(took.total_seconds() * 1000),
+                    end.attempt_id, verify_exit=code, verify_ms=took_ms,
                     accepted=gate is None, findings=None if gate is None else gate[1],
                 )  # fmt: skip
         return gate

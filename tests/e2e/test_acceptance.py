@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from fleetd.timefmt import format_duration
 from tests.harness import Daemon, capture_folder, standin_env
 
 SESSION = "44ce97b6-bd26-4495-bf03-46c93a098e16"  # what the cc_ok_stream capture's session is
@@ -63,6 +64,8 @@ def test_rejected_on_step_one_the_next_step_is_accepted_with_the_findings(gated:
     assert prompt.startswith("fix the tests") and "2 tests fail" in prompt  # the next worker gets the findings
     log = d.cli("runs", "logs", str(result["id"])).stdout
     assert "[fleetd] verify (attempt 1, cc-first):" in log and "checked by cc-first" in log
+    # The log said 5ms where the record said 4ms (rounded one, truncated the other).
+    assert f"[fleetd] verify exit 1 after {format_duration(first['verify_ms'] / 1000)}\n" in log
     assert any(e["kind"] == "next" and "rejected" in e["detail"] for e in result["route"])
 
 
