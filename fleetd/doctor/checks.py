@@ -190,7 +190,7 @@ def check_rotation(out: list[OutFact], stranded: dict[str, list[str]]) -> list[F
             Finding(
                 "rotation",
                 "warning",
-                f"profile {p.name} is {p.why}; {', '.join(p.loops)} pass it over",
+                f"profile {p.name} is {p.why}; {', '.join(p.loops)} {'pass' if len(p.loops) > 1 else 'passes'} it over",
                 f"fleetd profile enable {p.name}   # once what took it out is fixed",
                 subject=p.name,
             )

@@ -336,6 +336,12 @@ class ProfileService:
         if status.state not in USABLE:  # a pin holds only while the profile is usable: this one ended at once
             why = f": {status.reason}" if status.reason else ""
             raise Conflict(f"profile {name} is {status.state}{why}; it cannot be the active one now")
+        circuit = self.heartbeat.circuit(profile.name)
+        if circuit.state == "open" and circuit.open_until is not None:  # the next choice would end the pin at once
+            raise Conflict(
+                f"profile {name}'s circuit is open until {local_text(circuit.open_until)}; it cannot be the active one "
+                f"now (`fleetd profile reset-circuit {name}` closes it)"
+            )
         await self.heartbeat.pin(profile)
         return profile
 

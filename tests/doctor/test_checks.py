@@ -137,6 +137,8 @@ def test_check_rotation() -> None:
     )
     assert warning.subject == "b"
     assert checks.check_rotation([by_hand, unused], {}) == []
+    lone = checks.check_rotation([OutFact("e", "parked: out of quota", False, ("loop w1",))], {})
+    assert lone[0].message == "profile e is parked: out of quota; loop w1 passes it over"  # said "pass"
 
 
 # -- secret store ---------------------------------------------------------------------------------

@@ -106,6 +106,9 @@ def test_reset_circuit_closes_it_by_hand(routed: Daemon) -> None:
     failed = run(d, "flaky-c")
     assert failed["status"] == "failed" and failed["error"].startswith("no usable candidate")
     assert circuit(d, "over-c")["state"] == "open"
+    # Pinned with its circuit open, it was "pinned" and the next choice ended the pin at once.
+    refused = d.cli("profile", "switch", "over-c", check=False)
+    assert refused.returncode == 1 and "over-c's circuit is open until " in refused.stderr, refused.stderr
     d.cli("profile", "reset-circuit", "over-c")
     assert circuit(d, "over-c")["state"] == "closed"
 
