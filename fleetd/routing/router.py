@@ -370,7 +370,8 @@ class Router:
                     again = repairing = key
                     continue
                 rejected_steps.add(chosen.step)
-                self.note(world.now, "next", f"step {chosen.step + 1} rejected: escalating to the next step", chosen)
+                onward = "escalating to the next step" if chosen.step + 1 < len(policy.chain) else "no step left"
+                self.note(world.now, "next", f"step {chosen.step + 1} rejected: {onward}", chosen)
             else:
                 reason = f"{error_class}: {result.message}" if result.message else error_class
                 self.note(world.now, "stop", f"{reason} (not escalated: another worker would get the same task)")

@@ -307,8 +307,12 @@ def test_a_rejection_gets_repair_rounds_on_the_same_worker_then_escalates_with_t
 
 def test_rejected_by_every_step_fails_with_reason_rejected_and_the_last_findings() -> None:
     rejected = AttemptResult("failed", "capability", "verify exit 1: 3 failed")
-    finish = Drive(Policy(CHAIN), {name: [rejected] for name in PROFILES}).run()
+    drive = Drive(Policy(CHAIN), {name: [rejected] for name in PROFILES})
+    finish = drive.run()
     assert finish.status == "failed" and finish.reason == "rejected: verify exit 1: 3 failed"
+    # The last step's rejection said "escalating to the next step", of which there was none.
+    steps = [e["detail"] for e in drive.router.trail if e["kind"] == "next"]
+    assert steps[-1] == "step 3 rejected: no step left" and steps[0] == "step 1 rejected: escalating to the next step"
 
 
 def test_a_candidate_the_run_is_done_with_is_no_reason_to_wait() -> None:
