@@ -169,10 +169,11 @@ class EventLog:
 
 
 def one_line(text: str | None, cap: int = ERROR_CAP) -> str | None:
-    """An error for a notification: its first non-empty line, at most `cap` characters."""
+    """An error for a notification: its non-empty lines joined into one, at most `cap` characters (the first line
+    alone of a verify rejection was `verify … exited 1:`, its findings lost)."""
     if not text:
         return text
-    line = next((part.strip() for part in text.splitlines() if part.strip()), "")
+    line = " ".join(part.strip() for part in text.splitlines() if part.strip())
     return line if len(line) <= cap else line[: cap - 1] + "…"
 
 

@@ -63,7 +63,8 @@ def test_a_runs_lifecycle_events_carry_what_a_notification_needs(tmp_path: Path)
     assert waiting["data"]["wait_until"] == "2026-03-02T09:05:00.000+00:00"
     data = failed["data"]
     assert (data["status"], data["exit_code"], data["duration_s"], data["attempts"]) == ("failed", 3, 12.5, 0)
-    assert data["error"] == "verify `pytest` exited 3:"  # one line
+    # One line, its lines joined: it was the first alone, and a verify rejection's findings were lost.
+    assert data["error"] == "verify `pytest` exited 3: E   assert 1 == 2 more"
     assert failed["at"] == "2026-03-02T09:00:12.500+00:00"
     assert "failed (exit 3) after 12.5s: verify `pytest` exited 3:" in failed["message"]
 
