@@ -151,6 +151,11 @@ def test_fires_while_a_run_waits_for_a_reset_are_one_skipped_row_and_the_list_sa
     assert shown["waiting_until"] == waiting["wait_until"] and shown["running_run_id"] == waiting["id"]
     assert shown["not_firing"]["reason"] == "waiting" and shown["not_firing"]["until"] == waiting["wait_until"]
     assert f"run {waiting['id']} waits for headroom; fires meanwhile are skipped" in text
+    d.cli("loop", "resume", "patient")
+    by_hand = d.cli("loop", "run", "patient", check=False)  # it said "run 21 skipped: skipped 2 fires while …"
+    assert by_hand.returncode == 1 and by_hand.stderr.startswith("fleetd: run "), by_hand.stderr
+    assert "skipped: skipped" not in by_hand.stderr and " fires while run " in by_hand.stderr, by_hand.stderr
+    d.cli("loop", "pause", "patient")
     scenario(d, "solo", "ok")
     done = d.wait_run(waiting["id"], timeout=30)
     assert done["status"] == "succeeded"
