@@ -70,9 +70,23 @@ def read_prompt(loop: Loop) -> str | None:
     a file grown past what can be passed since the loop was saved."""
     if not loop.prompt_file:
         return loop.prompt
-    prompt = Path(loop.prompt_file).read_text(encoding="utf-8", errors="replace")
-    check_passable(f"prompt file {shown_path(loop.prompt_file)}", len(prompt.encode()), MAX_PROMPT_BYTES)
-    return prompt
+    return prompt_text(loop.prompt_file)
+
+
+def prompt_text(path: str) -> str:
+    """A prompt file's text. Raises OSError, or InvalidArgument when it is too big to pass, holds a NUL byte (no
+    argument can) or is not UTF-8 (it reached the command with U+FFFD in place of each bad byte, unsaid)."""
+    what = f"prompt file {shown_path(path)}"
+    with open(path, "rb") as f:
+        check_passable(what, os.fstat(f.fileno()).st_size, MAX_PROMPT_BYTES)
+        data = f.read(MAX_PROMPT_BYTES + 1)
+    check_passable(what, len(data), MAX_PROMPT_BYTES)
+    if b"\x00" in data:
+        raise InvalidArgument(f"{what} contains a NUL byte at {data.index(0)}: a prompt is text")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InvalidArgument(f"{what} is not UTF-8 text (byte 0x{data[e.start]:02x} at {e.start})") from None
 
 
 def _text_list(value: object, message: str) -> list[str]:
@@ -98,13 +112,6 @@ def validate_path(value: object, what: str) -> str:
 def shown_path(path: str) -> str:
     """A path in a message: as typed when it is plain, else quoted and cut short."""
     return path if path.isprintable() and len(path) <= 200 else shown(path)
-
-
-def _size(path: str) -> int:
-    try:
-        return Path(path).stat().st_size
-    except OSError as e:
-        raise InvalidArgument(f"cannot use prompt file {shown_path(path)}: {e.strerror}") from None
 
 
 def _path_is(value: str, what: str, test: Callable[[Path], bool]) -> bool:
@@ -174,8 +181,10 @@ def validate_loop_input(body: dict[str, Any], default_tz: str) -> Loop:
         prompt_file = validate_path(prompt_file, "prompt file")
         if not _path_is(prompt_file, "prompt file", Path.is_file):
             raise InvalidArgument(f"prompt file not found: {shown_path(prompt_file)}")
-        prompt_size = _size(prompt_file)
-        check_passable(f"prompt file {shown_path(prompt_file)}", prompt_size, MAX_PROMPT_BYTES)
+        try:
+            prompt_size = len(prompt_text(prompt_file).encode())
+        except OSError as e:
+            raise InvalidArgument(f"cannot use prompt file {shown_path(prompt_file)}: {e.strerror}") from None
     else:
         prompt_size = len((prompt or "").encode())
         check_passable("--prompt", prompt_size, MAX_PROMPT_BYTES)

@@ -4,6 +4,7 @@ text can be handed to the OS, and a refusal names the field. Table-driven over t
 from __future__ import annotations
 
 import math
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -127,3 +128,27 @@ def test_a_limit_is_written_as_it_can_be_typed_back(text: str) -> None:
     # `1d=0.0000001usd` was shown as `1d=1e-07usd`, which `--limit` refuses.
     assert parse_limit(text).describe() == text.replace("24h", "1d")
     assert parse_limit(parse_limit(text).describe()) == parse_limit(text)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"fix it\x00now", "contains a NUL byte at 6"),  # the run failed "fleetd could not run it: embedded null byte"
+        (b"caf\xe9 au lait", "is not UTF-8 text (byte 0xe9 at 3)"),  # reached the command as U+FFFD, silently
+    ],
+)
+def test_a_prompt_file_that_is_not_text_is_refused_at_add_and_fails_its_run_saying_why(
+    tmp_path: Path, content: bytes, message: str
+) -> None:
+    from fleetd.loops.model import read_prompt
+
+    path = tmp_path / "prompt.txt"
+    path.write_bytes(content)
+    body = {"name": "p", "every": "1h", "command": "cat", "prompt_file": str(path)}
+    with pytest.raises(InvalidArgument, match=rf"^prompt file {path} {re.escape(message)}"):
+        validate_loop_input(body, "UTC")
+    path.write_text("fine")
+    loop = validate_loop_input(body, "UTC")
+    path.write_bytes(content)  # changed since: each run reads it
+    with pytest.raises(InvalidArgument, match=rf"^prompt file {path} {re.escape(message)}"):
+        read_prompt(loop)
