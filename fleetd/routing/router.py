@@ -290,14 +290,19 @@ class Router:
             again = None
             if chosen is None:
                 if resets:
-                    until, pending = min(resets)
+                    until, pending, step = min(resets)
                     waiting_on = frozenset(p.profile for p in passed_all if p.pending)
                     same = waited is not None and (until == waited.until or (pending and waited.pending))
                     if not same:
                         self.note(
                             now,
                             "wait",
-                            f"nothing allowed has headroom: waiting until {local_text(until)}"
+                            (
+                                f"step {step + 1} has no headroom (--on-exhausted wait)"
+                                if policy.on_exhausted == "wait"
+                                else "nothing allowed has headroom"
+                            )
+                            + f": waiting until {local_text(until)}"
                             + (" at the latest, or until an attempt under way ends" if pending else ""),
                         )
                     waited = WaitUntil(until, same, waiting_on, pending)
@@ -387,11 +392,11 @@ class Router:
         again: tuple[int, str] | None,
         told: set[tuple[int, str, str]],
         waited: WaitUntil | None,
-    ) -> tuple[Candidate | None, list[tuple[datetime, bool]], list[Passed]]:
+    ) -> tuple[Candidate | None, list[tuple[datetime, bool, int]], list[Passed]]:
         """The first usable candidate, scanning the chain from its first step (cheaper steps come
-        back after a reset); else the resets worth waiting for (each: when, and whether only a bound on room that
-        attempts under way take). `waited`: the run is looking again while it waits."""
-        resets: list[tuple[datetime, bool]] = []
+        back after a reset); else the resets worth waiting for (each: when, whether only a bound on room that
+        attempts under way take, and the step's index). `waited`: the run is looking again while it waits."""
+        resets: list[tuple[datetime, bool, int]] = []
         passed_all: list[Passed] = []
         for index, step in enumerate(self.policy.chain):
             if index in rejected_steps:
@@ -408,7 +413,7 @@ class Router:
             passed_all.extend(passed)
             # A candidate this run is done with is no reason to wait, whenever its reset comes.
             step_resets = [
-                (p.until, p.pending) for p in passed if p.until is not None and (p.step, p.profile) not in out
+                (p.until, p.pending, index) for p in passed if p.until is not None and (p.step, p.profile) not in out
             ]
             usable = []
             for c in ordered:
@@ -416,7 +421,7 @@ class Router:
                 if key in out:
                     continue
                 if key in resting and resting[key] > world.now:
-                    step_resets.append((resting[key], False))
+                    step_resets.append((resting[key], False, index))
                     continue
                 usable.append(c)
             if again is not None:

@@ -243,7 +243,7 @@ def test_a_run_waiting_for_room_goes_on_when_the_limit_is_raised(routed: Daemon)
     assert [e["kind"] for e in shown["route"]][-1] == "wait" and shown["wait_until"]
     assert "raised: exhausted until" in " ".join(e["detail"] for e in shown["route"])
     text = d.cli("runs", "show", str(second)).stdout
-    assert "waiting    until " in text and "nothing allowed has headroom: waiting until" in text
+    assert "waiting    until " in text and "step 1 has no headroom (--on-exhausted wait): waiting until" in text
     waiting = [e for e in events(d) if e["type"] == "run.waiting" and e["data"]["run_id"] == second]
     assert waiting and not re.search(r"\d{4}-\d\d-\d\dT", waiting[-1]["message"]), waiting  # local, not ISO
     d.cli("profile", "edit", "raised", "--limit", "1d=2req")

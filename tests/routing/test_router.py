@@ -179,6 +179,9 @@ def test_on_exhausted_wait_waits_for_the_step_instead_of_escalating() -> None:
     assert drive.run().status == "succeeded"
     assert drive.tried == ["qwen", "qwen"]
     assert [d.until for d in drive.decisions if isinstance(d, WaitUntil)] == [soon]
+    # It said "nothing allowed has headroom" while the next step had room.
+    [wait] = [e["detail"] for e in drive.router.trail if e["kind"] == "wait"]
+    assert wait.startswith("step 1 has no headroom (--on-exhausted wait): waiting until "), wait
 
 
 def test_transient_retries_back_off_with_full_jitter_within_the_cap() -> None:
