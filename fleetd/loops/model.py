@@ -147,6 +147,8 @@ def parse_env(items: object) -> dict[str, str]:
             if not isinstance(item, str) or "=" not in item:
                 raise InvalidArgument(f"invalid --env {shown(item)}: use KEY=VALUE")
             key, _, value = item.partition("=")
+            if any(key == given for given, _ in pairs):  # the last one silently won
+                raise InvalidArgument(f"--env {shown(key)} given twice: give each variable once")
             pairs.append((key, value))
     else:
         raise InvalidArgument("env must be a list of KEY=VALUE")

@@ -44,6 +44,7 @@ def loop(**fields: Any) -> dict[str, Any]:
         ({"dir": "/d" * 2100}, "longer than 4096 bytes"),
         ({"dir": 5}, "directory must be a string"),
         ({"prompt_file": "/etc/hostname\x00"}, "prompt file contains a NUL byte"),
+        ({"env": ["A=1", "B=2", "A=2"]}, "--env 'A' given twice: give each variable once"),  # A=2 silently won
         ({"command": "true\x00"}, "command contains a NUL byte"),
         ({"timezone": "UTC\x00"}, "timezone contains a NUL byte"),
         ({"env": ["A=b\x00"]}, "contains a NUL byte"),
