@@ -463,11 +463,22 @@ def _remove_attempt_dirs(tmp_root: Path) -> None:
 
 
 def _local_zone() -> str:
+    """The zone loops added without --tz are in: TZ's where it names one, else the host's, by its IANA name."""
+    tz = os.environ.get("TZ")
+    if tz:
+        with contextlib.suppress(Exception):
+            ZoneInfo(tz.removeprefix(":"))
+            return tz.removeprefix(":")
     try:
         import tzlocal
 
         name = tzlocal.get_localzone_name() or "UTC"
         ZoneInfo(name)
-        return name
     except Exception:
-        return "UTC"
+        name = "UTC"
+    if tz:
+        # A POSIX rule (TZ="CET-1CEST,M3.5.0,M10.5.0/3") sets the clock on the wall but names no zone: loops would
+        # fire by another clock than the daemon's log shows, unsaid.
+        log.warning("TZ=%s names no time zone; loops added without --tz use %s (give TZ as e.g. Europe/Paris)",
+                    tz, name)  # fmt: skip
+    return name

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from fleetd.cli.main import cli
@@ -25,3 +27,18 @@ def test_every_daemon_flag_the_readme_names_is_one_daemon_run_takes() -> None:
 def test_misfire_grace_reads_as_a_duration() -> None:
     assert DaemonOptions.from_flags({"misfire_grace": "10s"}).misfire_grace == 10.0
     assert DaemonOptions().misfire_grace == 60.0
+
+
+def test_a_tz_that_is_a_posix_rule_and_no_zone_name_is_warned_of(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # TZ="CET-1CEST,…" set the daemon's clock on the wall, and loops added without --tz silently got Etc/UTC.
+    from fleetd.daemon.main import _local_zone
+
+    monkeypatch.setenv("TZ", "CET-1CEST,M3.5.0,M10.5.0/3")
+    with caplog.at_level(logging.WARNING, "fleetd.daemon"):
+        name = _local_zone()
+    assert f"TZ=CET-1CEST,M3.5.0,M10.5.0/3 names no time zone; loops added without --tz use {name}" in caplog.text
+    caplog.clear()
+    monkeypatch.setenv("TZ", ":Europe/Paris")
+    assert _local_zone() == "Europe/Paris" and caplog.text == ""
