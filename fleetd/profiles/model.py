@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from fleetd.backends.registry import backend_names
 from fleetd.edits import known_fields, split_changes
 from fleetd.errors import InvalidArgument, shown, shown_without_credentials
 from fleetd.heartbeat.limits import parse_limits
@@ -85,10 +84,6 @@ def validate_profile_input(body: dict[str, Any], default_dir: Path) -> tuple[Pro
     """Returns the profile and the secret (API key) that came with it, which is kept apart."""
     known_fields(body, ("name", "backend", "api_key", "config_dir", "enabled", *EDITABLE), "profile")
     name = validate_profile_name(body.get("name"))
-    if name in backend_names():
-        raise InvalidArgument(
-            f"a profile cannot be named {name}, like a backend: in --chain and --review that name means the backend"
-        )
     backend = optional_text(body, "backend")
     if not backend:
         raise InvalidArgument("a profile needs --backend")

@@ -208,17 +208,6 @@ def test_profile_numbers_and_urls_that_cannot_be_stored_exit_2(
     assert_profile_refused(daemon, ["--backend", backend, *args], *fragments)
 
 
-def test_a_profile_named_like_a_backend_is_refused(daemon: Daemon) -> None:
-    # Saved, it could never be named alone: a chain step `claude_code` means the backend.
-    before = daemon.json("profile", "list")
-    result = daemon.cli("profile", "add", "codex", "--backend", "claude_code", check=False)
-    assert result.returncode == 2, result
-    assert result.stderr.strip() == (
-        "fleetd: a profile cannot be named codex, like a backend: in --chain and --review that name means the backend"
-    )
-    assert daemon.json("profile", "list") == before
-
-
 def _request(daemon: Daemon, method: str, path: str, body: bytes = b"") -> tuple[int, Any]:
     head = f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
     return _raw(daemon, head.encode() + body)
