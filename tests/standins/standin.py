@@ -318,6 +318,10 @@ def claude_leak(s: str, init: dict, result: dict) -> None:
     escaped = " ".join(f"@ESCAPED{i}@" for i in range(len(keys)))
     session, model = keys[0], keys[-1]
     model_usage = {model: next(iter(result.get("modelUsage", {}).values()), {"costUSD": 0.001})}
+    # Both by-model fields name the model (the turn's one as the CLI prints it since 2.1.x).
+    usage_fields = {"modelUsage": model_usage}
+    if "model_usage_since_last_result" in result:
+        usage_fields["model_usage_since_last_result"] = model_usage
     init = dict(init, session_id=session, model=model)
     sys.stderr.write(f"warning: using key {joined}\n")
     sys.stderr.flush()
@@ -325,7 +329,7 @@ def claude_leak(s: str, init: dict, result: dict) -> None:
     if s == "leak_auth":
         text = f"Invalid API key {joined} {escaped} · Please run /login"
         lines.append(dict(result, is_error=True, result=text, api_error_status=401, terminal_reason="api_error",
-                          session_id=session, modelUsage=model_usage))  # fmt: skip
+                          session_id=session, **usage_fields))  # fmt: skip
         code = 1
     elif s == "leak_limit":
         clock = time.strftime("%I:%M%p", time.gmtime(RESET_EPOCH)).lstrip("0").lower()
@@ -334,14 +338,14 @@ def claude_leak(s: str, init: dict, result: dict) -> None:
                       "rate_limit_info": {"status": "rejected", "resetsAt": RESET_EPOCH, "rateLimitType": model,
                                           "utilization": 1.0}})  # fmt: skip
         lines.append(dict(result, is_error=True, result=text, api_error_status=429, terminal_reason="api_error",
-                          session_id=session, modelUsage=model_usage))  # fmt: skip
+                          session_id=session, **usage_fields))  # fmt: skip
         code = 1
     else:
         text = f"done; my keys are {joined} {escaped}"
         lines.append({"type": "assistant", "session_id": session,
                       "message": {"id": f"msg-{session}", "model": model, "content": [{"type": "text", "text": text}],
                                   "usage": {"input_tokens": 3, "output_tokens": 1}}})  # fmt: skip
-        lines.append(dict(result, result=text, session_id=session, modelUsage=model_usage))
+        lines.append(dict(result, result=text, session_id=session, **usage_fields))
         _claude_transcript(session, model)
         code = 0
     out = [json.dumps(line, separators=(",", ":"), ensure_ascii=False) for line in lines]
