@@ -87,18 +87,17 @@ def build_trigger(schedule: Schedule, anchor: datetime, *, stored: bool = False)
                 raise ValueError(f"wrong number of fields; got {len(fields)}, expected 5")
             minute, hour, day, month, day_of_week = fields
             weekdays = _cron_day_of_week(day_of_week)
-            inner: BaseTrigger
+            # The wall clock's times, found in UTC (where none repeats or is skipped); `WallClockCron` places them.
+            walls: BaseTrigger
             if day.startswith("*") or day_of_week.startswith("*"):
-                inner = CronTrigger(minute=minute, hour=hour, day=day, month=month, day_of_week=weekdays, timezone=tz)
+                walls = CronTrigger(minute=minute, hour=hour, day=day, month=month, day_of_week=weekdays, timezone=UTC)
             else:
                 # cron(5): with both day fields restricted a day matching either fires; APScheduler wants both.
-                inner = OrTrigger([
-                    CronTrigger(minute=minute, hour=hour, day=day, month=month, timezone=tz),
-                    CronTrigger(minute=minute, hour=hour, month=month, day_of_week=weekdays, timezone=tz),
+                walls = OrTrigger([
+                    CronTrigger(minute=minute, hour=hour, day=day, month=month, timezone=UTC),
+                    CronTrigger(minute=minute, hour=hour, month=month, day_of_week=weekdays, timezone=UTC),
                 ])  # fmt: skip
-            if hour.startswith("*"):  # an hourly job runs by the clock on the wall, as cron's does
-                return inner
-            return FixedHours(inner, tz, CronTrigger(minute=minute, hour=hour, timezone=tz))
+            return WallClockCron(walls, tz, wildcard=minute.startswith("*") or hour.startswith("*"))
         except (ValueError, TypeError) as e:
             raise InvalidArgument(f"invalid cron expression {schedule.expr!r}: {e}") from None
     if schedule.kind == "every":
@@ -113,50 +112,77 @@ def build_trigger(schedule: Schedule, anchor: datetime, *, stored: bool = False)
     return DateTrigger(run_date=parse_at(schedule.expr, tz), timezone=tz)
 
 
-class FixedHours(BaseTrigger):
-    """A cron schedule whose hours are given, across the clock changes, as cron runs it: a time in the hour the
-    clocks repeat fires in its first pass only (APScheduler fired it in both, an hour apart), and a time the clocks
-    skip fires once, as they jump (APScheduler fired it an hour after its time, and each of several skipped times
-    apart). Compared as moments: aware times of one zone compare by their wall clocks, which repeat."""
+class WallClockCron(BaseTrigger):
+    """A cron schedule in a zone, across its clock changes as cron(8) runs one (Vixie, cronie; a change under 3 h):
+    a `wildcard` job (its minute or hour field starts with `*`) fires by the wall clock, in both passes of an hour the
+    clocks repeat and not for times they skip; any other job fires once in a repeated hour, and a time the clocks
+    skip fires once, as they jump. APScheduler's own arithmetic in a zone fired a fixed time twice in autumn, skipped
+    times an hour late or not at all, and lost a whole day after the spring change (`0 0 * * *` in Stockholm: no fire
+    on the Monday). `walls` is the schedule in UTC, used for its wall times alone. Fires are compared as moments:
+    aware times of one zone compare by their wall clocks, which repeat."""
 
-    def __init__(self, inner: BaseTrigger, tz: ZoneInfo, clock_fields: CronTrigger) -> None:
-        self.inner = inner
+    def __init__(self, walls: BaseTrigger, tz: ZoneInfo, *, wildcard: bool) -> None:
+        self.walls = walls
         self.tz = tz
-        self._hour, self._minute = (next(f for f in clock_fields.fields if f.name == n) for n in ("hour", "minute"))
+        self.wildcard = wildcard
 
     def get_next_fire_time(self, previous_fire_time: datetime | None, now: datetime) -> datetime | None:
-        previous, start = previous_fire_time, now
-        for _ in range(_SEARCH_CAP):
-            found = self.inner.get_next_fire_time(previous, start)
-            if found is None:
-                return None
-            fire = self._as_cron_fires(found)
-            if fire is not None and (previous_fire_time is None or fire > previous_fire_time.astimezone(UTC)):
-                return fire.astimezone(self.tz)
-            # From the moment, not the wall time: one in the repeated hour plus a microsecond is an hour earlier.
-            previous = found.astimezone(UTC)
-            start = previous + _INSTANT
-        return None
-
-    def _as_cron_fires(self, found: datetime) -> datetime | None:
-        """When cron fires what APScheduler found at `found`; None: not at all (the repeated hour's second pass)."""
-        utc = found.astimezone(UTC)
-        wall = utc.astimezone(self.tz)
-        if wall.fold:
+        """The first fire after `previous_fire_time`, else the first at or after `now`."""
+        start = previous_fire_time.astimezone(UTC) + _INSTANT if previous_fire_time else now.astimezone(UTC)
+        found = self.walls.get_next_fire_time(None, _naive(start, self.tz).replace(tzinfo=UTC))
+        if found is None:
             return None
-        before = (utc - _LONGEST_JUMP).astimezone(self.tz).utcoffset()
-        after = wall.utcoffset()
-        if before is None or after is None or after <= before or self._matches(wall):
-            return utc
-        # The clocks jumped forward since, and the wall shows a time the schedule does not name: APScheduler moved a
-        # skipped time past the jump. cron runs it at the jump.
-        return _jump(self.tz, utc - _LONGEST_JUMP, utc)
+        moment = found.replace(tzinfo=self.tz).astimezone(UTC)
+        # No clock change near: the next wall time is the next fire (the usual case, one search).
+        if moment - start < _STEADY_SPAN and self._steady(start - _LONGEST_JUMP, moment + _LONGEST_JUMP):
+            return moment.astimezone(self.tz)
+        # A clock change near: a wall time before `start`'s may fire at or after it (a skipped time, at the jump; a
+        # repeated hour's second pass). No wall time before `start` read at the smallest offset about it can.
+        wall = (start + min(self._offsets(start))).replace(tzinfo=None)
+        best: datetime | None = None
+        for _ in range(_SEARCH_CAP):
+            found = self.walls.get_next_fire_time(None, wall.replace(tzinfo=UTC))
+            if found is None:
+                break
+            wall = found.replace(tzinfo=None)
+            if best is not None and wall > (best + max(self._offsets(best))).replace(tzinfo=None):
+                break  # it, and every later wall time, fires after `best`
+            for moment in self._moments(wall):
+                if moment >= start and (best is None or moment < best):
+                    best = moment
+            wall += _INSTANT
+        return best.astimezone(self.tz) if best is not None else None
 
-    def _matches(self, wall: datetime) -> bool:
-        return bool(self._hour.get_next_value(wall) == wall.hour and self._minute.get_next_value(wall) == wall.minute)
+    def _offsets(self, moment: datetime) -> list[timedelta]:
+        """The zone's offsets from a clock change before `moment` to one after."""
+        return [
+            offset
+            for at in (moment - _LONGEST_JUMP, moment, moment + _LONGEST_JUMP)
+            if (offset := at.astimezone(self.tz).utcoffset()) is not None
+        ]
+
+    def _steady(self, first: datetime, last: datetime) -> bool:
+        """No clock change between the two moments (less than `_STEADY_SPAN` apart: two could cancel out)."""
+        return first.astimezone(self.tz).utcoffset() == last.astimezone(self.tz).utcoffset()
+
+    def _moments(self, wall: datetime) -> list[datetime]:
+        """When cron fires at wall time `wall` (naive, in the zone): once, twice (a repeated hour, wildcard jobs) or at
+        the jump (a skipped time, fixed-time jobs)."""
+        first = wall.replace(tzinfo=self.tz).astimezone(UTC)
+        second = wall.replace(tzinfo=self.tz, fold=1).astimezone(UTC)
+        if _naive(first, self.tz) != wall:  # skipped by the clocks: `second` is before the jump, `first` after
+            return [] if self.wildcard else [_jump(self.tz, second, first)]
+        if first != second and self.wildcard:
+            return [first, second]
+        return [first]
 
 
-_SEARCH_CAP = 256  # fires passed over in one search: at most the slots of one repeated hour
+def _naive(moment: datetime, tz: ZoneInfo) -> datetime:
+    return moment.astimezone(tz).replace(tzinfo=None)
+
+
+_STEADY_SPAN = timedelta(days=7)  # shorter than the time between any zone's two clock changes
+_SEARCH_CAP = 2000  # wall times looked at in one search: a minute's for 6 h around a clock change, and more
 _LONGEST_JUMP = timedelta(hours=3)  # more than any zone's clock change
 
 

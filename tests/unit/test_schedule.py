@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -251,31 +252,75 @@ AUTUMN = (_utc(2026, 10, 24, 12), _utc(2026, 10, 26, 12))
 SPRING = (_utc(2026, 3, 28, 12), _utc(2026, 3, 30, 12))
 
 
+def _local_days(fires: list[datetime], zone: str) -> list[str]:
+    return [f.astimezone(ZoneInfo(zone)).strftime("%m-%d %H:%M") for f in fires]
+
+
+# cron(8) (Vixie, cronie) across a clock change of under 3 h: a job whose minute or hour field starts with `*` (a
+# "wildcard" job) runs by the wall clock, in both passes of a repeated hour and not for skipped times; any other job
+# ("fixed time") runs once in a repeated hour and, for a skipped time, once as the clocks jump.
+
+
 def test_a_fixed_time_in_the_repeated_hour_fires_once_as_cron_runs_it() -> None:
     # `30 2 * * *` fired at 02:30 CEST and again at 02:30 CET, an hour later, on the day the clocks go back.
     assert _between("30 2 * * *", STOCKHOLM, *AUTUMN) == [_utc(2026, 10, 25, 0, 30), _utc(2026, 10, 26, 1, 30)]
-    assert _between("*/20 2 * * *", STOCKHOLM, *AUTUMN)[:4] == [
+    assert _between("0,20,40 2 * * *", STOCKHOLM, *AUTUMN)[:4] == [
         _utc(2026, 10, 25, 0, 0), _utc(2026, 10, 25, 0, 20), _utc(2026, 10, 25, 0, 40), _utc(2026, 10, 26, 1, 0)
     ]  # fmt: skip
     trig = build_trigger(Schedule("cron", "30 2 * * *", "Europe/Stockholm"), AUTUMN[0])
     assert count_fires(trig, _utc(2026, 10, 25, 0, 30), _utc(2026, 10, 26, 0)) == 1
 
 
-def test_an_hourly_job_fires_in_both_passes_of_the_repeated_hour() -> None:
+def test_a_wildcard_job_fires_in_both_passes_of_the_repeated_hour() -> None:
     fires = _between("30 * * * *", STOCKHOLM, _utc(2026, 10, 24, 23), _utc(2026, 10, 25, 3))
     assert fires == [_utc(2026, 10, 24, 23, 30), _utc(2026, 10, 25, 0, 30), _utc(2026, 10, 25, 1, 30),
                      _utc(2026, 10, 25, 2, 30)]  # fmt: skip
     trig = build_trigger(Schedule("cron", "30 * * * *", "Europe/Stockholm"), AUTUMN[0])
     first = first_fire(trig, _utc(2026, 10, 24, 23))
     assert first is not None and count_fires(trig, first, _utc(2026, 10, 25, 3)) == 4  # counted 2: a wall time repeats
+    assert _between("*/20 2 * * *", STOCKHOLM, *AUTUMN)[:7] == [  # a star minute makes it a wildcard job
+        _utc(2026, 10, 25, 0, 0), _utc(2026, 10, 25, 0, 20), _utc(2026, 10, 25, 0, 40),
+        _utc(2026, 10, 25, 1, 0), _utc(2026, 10, 25, 1, 20), _utc(2026, 10, 25, 1, 40), _utc(2026, 10, 26, 1, 0),
+    ]  # fmt: skip
 
 
 def test_a_fixed_time_the_clocks_skip_fires_once_at_the_jump() -> None:
-    # cron runs a job whose time the clocks jump over as they jump (03:00 CEST), once.
+    # It fired an hour after its time; several skipped times, each apart; some not at all.
     assert _between("30 2 * * *", STOCKHOLM, *SPRING) == [_utc(2026, 3, 29, 1, 0), _utc(2026, 3, 30, 0, 30)]
-    assert _between("*/15 2 * * *", STOCKHOLM, *SPRING)[:2] == [_utc(2026, 3, 29, 1, 0), _utc(2026, 3, 30, 0)]
-    # A time after the jump, and an hourly job, are not moved.
+    assert _between("0,15,30,45 2 * * *", STOCKHOLM, *SPRING)[:2] == [_utc(2026, 3, 29, 1, 0), _utc(2026, 3, 30, 0)]
+    assert _local_days(_between("30 1,2 * * *", STOCKHOLM, *SPRING), STOCKHOLM) == [
+        "03-29 01:30", "03-29 03:00", "03-30 01:30", "03-30 02:30"
+    ]  # fmt: skip  # 02:30 was lost
+    # A time after the jump is not moved; a wildcard job has no fire in the skipped hour.
     assert _between("30 3 * * *", STOCKHOLM, *SPRING) == [_utc(2026, 3, 29, 1, 30), _utc(2026, 3, 30, 1, 30)]
     fires = _between("30 * * * *", STOCKHOLM, _utc(2026, 3, 28, 23), _utc(2026, 3, 29, 3))
     assert fires == [_utc(2026, 3, 28, 23, 30), _utc(2026, 3, 29, 0, 30), _utc(2026, 3, 29, 1, 30),
                      _utc(2026, 3, 29, 2, 30)]  # fmt: skip
+    assert _local_days(_between("0 */2 * * *", STOCKHOLM, _utc(2026, 3, 28, 22), _utc(2026, 3, 29, 3)), STOCKHOLM) == [
+        "03-29 00:00", "03-29 04:00"
+    ]  # fmt: skip  # it fired at 03:00 CEST, off its grid
+    assert _between("*/15 2 * * *", STOCKHOLM, *SPRING)[:1] == [_utc(2026, 3, 30, 0)]
+
+
+@pytest.mark.parametrize(
+    ("zone", "start", "days"),
+    [
+        ("Europe/Stockholm", _utc(2026, 3, 27, 12), ["03-28", "03-29", "03-30", "03-31"]),
+        ("America/New_York", _utc(2026, 3, 6, 12), ["03-07", "03-08", "03-09", "03-10"]),
+        ("Australia/Sydney", _utc(2026, 10, 2, 12), ["10-03", "10-04", "10-05", "10-06"]),
+        # Clocks that jump at midnight: the day's midnight does not exist, and it fires as they jump, at 01:00.
+        ("America/Santiago", _utc(2026, 9, 4, 12), ["09-05", "09-06", "09-07", "09-08"]),
+        ("America/Havana", _utc(2026, 3, 6, 12), ["03-07", "03-08", "03-09", "03-10"]),
+    ],
+)
+def test_a_daily_job_fires_every_day_across_the_spring_change(zone: str, start: datetime, days: list[str]) -> None:
+    # `0 0 * * *` found each fire from the one before, as the timer does, and lost the day after the change.
+    fires = _between("0 0 * * *", zone, start, start + timedelta(days=4))
+    assert [day[:5] for day in _local_days(fires, zone)] == days
+
+
+def test_a_half_hour_change_is_a_change_too() -> None:
+    # Australia/Lord_Howe goes from +10:30 to +11 at 02:00 on 2026-10-04: 02:00-02:29 do not exist.
+    zone = "Australia/Lord_Howe"
+    fires = _local_days(_between("0 1,2 * * *", zone, _utc(2026, 10, 2, 12), _utc(2026, 10, 5, 0)), zone)
+    assert fires == ["10-03 01:00", "10-03 02:00", "10-04 01:00", "10-04 02:30", "10-05 01:00", "10-05 02:00"]
