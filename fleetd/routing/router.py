@@ -375,7 +375,12 @@ class Router:
                     again = repairing = key
                     continue
                 rejected_steps.add(chosen.step)
-                onward = "escalating to the next step" if chosen.step + 1 < len(policy.chain) else "no step left"
+                left = set(range(len(policy.chain))) - rejected_steps
+                onward = (
+                    "escalating to the next step" if any(step > chosen.step for step in left)
+                    else "back to an earlier step, once it has room" if left
+                    else "no step left"
+                )  # fmt: skip
                 self.note(world.now, "next", f"step {chosen.step + 1} rejected: {onward}", chosen)
             else:
                 reason = f"{error_class}: {result.message}" if result.message else error_class

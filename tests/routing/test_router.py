@@ -381,3 +381,15 @@ def test_nothing_left_names_each_candidate_once() -> None:
         "no usable candidate (g7: no room in its daily cost: $0.028 of $0.03 spent in the last 24 h; g8: disabled; "
         "g9: auth)"
     )
+
+
+def test_a_rejection_on_the_last_step_with_an_earlier_one_resting_says_so_and_goes_back() -> None:
+    # It said "no step left" (the last step), and then the run went back to step 1 once its reset came.
+    soon = T0 + timedelta(minutes=5)
+    rejected = AttemptResult("failed", "capability", "verify exit 1")
+    chain = (ChainStep("openai_compat", ("qwen",)), ChainStep("codex"))
+    drive = Drive(Policy(chain), {"qwen": [fail("rate_limited", reset_at=soon), OK], "codex": [rejected]})
+    assert drive.run().status == "succeeded"
+    assert drive.tried == ["qwen", "codex", "qwen"]
+    [told] = [e["detail"] for e in drive.router.trail if e["kind"] == "next" and "rejected" in e["detail"]]
+    assert told == "step 2 rejected: back to an earlier step, once it has room"
