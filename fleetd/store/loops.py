@@ -170,8 +170,9 @@ class LoopStore:
     ) -> None:
         sets, params = ["updated_at = ?"], [to_iso(updated_at)]
         if enabled is not None:
-            sets.append("enabled = ?, paused_at = ?")
-            params.extend((int(enabled), None if enabled else to_iso(updated_at)))
+            # A pause of a paused loop keeps when it was paused.
+            sets.append("enabled = ?, paused_at = CASE WHEN ? THEN NULL ELSE coalesce(paused_at, ?) END")
+            params.extend((int(enabled), int(enabled), to_iso(updated_at)))
         if next_fire_at is not None or clear_next:
             sets.append("next_fire_at = ?")
             params.append(to_iso(next_fire_at))

@@ -288,6 +288,8 @@ def test_a_paused_loops_why_not_says_since_the_pause_not_since_its_last_edit(tmp
             for name in ("edited", "born"):
                 old = await loops.get(name)
                 await scheduler.edit(old, replace(old, command="echo again"))
+            clock.now = T0 + 25 * M
+            await scheduler.pause("edited")  # again (a script's): the pause is still the first one
             seen = [await since("born"), await since("edited")]
             # Resumed and paused again by edits: the pause is the second one.
             resumed = await scheduler.edit(await loops.get("edited"), replace(await loops.get("edited"), enabled=True))
