@@ -476,7 +476,7 @@ def _local_zone() -> str:
         ZoneInfo(name)
     except Exception:
         name = "UTC"
-    if tz:
+    if tz and not tz.removeprefix(":").startswith("/"):  # a path is a zone's file, which tzlocal reads
         # A POSIX rule (TZ="CET-1CEST,M3.5.0,M10.5.0/3") sets the clock on the wall but names no zone: loops would
         # fire by another clock than the daemon's log shows, unsaid.
         log.warning("TZ=%s names no time zone; loops added without --tz use %s (give TZ as e.g. Europe/Paris)",

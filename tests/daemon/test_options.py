@@ -42,3 +42,8 @@ def test_a_tz_that_is_a_posix_rule_and_no_zone_name_is_warned_of(
     caplog.clear()
     monkeypatch.setenv("TZ", ":Europe/Paris")
     assert _local_zone() == "Europe/Paris" and caplog.text == ""
+    # A file is a zone too (tzlocal reads it): no warning (the review found one for TZ=:/etc/localtime).
+    for path in ("/usr/share/zoneinfo/Europe/Stockholm", ":/etc/localtime"):
+        monkeypatch.setenv("TZ", path)
+        _local_zone()
+        assert caplog.text == "", path
