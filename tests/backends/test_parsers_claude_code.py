@@ -292,6 +292,9 @@ def test_a_resumed_sessions_result_costs_what_its_own_turn_cost_not_the_sessions
     for parsed in (parse_json(out, "", 0, NOW, TZ), parse_stream_json(out, "", 0, NOW, TZ)):
         assert parsed.cost_usd == pytest.approx(0.0010104)
         assert parsed.usage == TokenUsage(123, 9, 67, 45)
+    # A resumed turn that called no model cost nothing (it was charged the session's total again).
+    idle = result(result="hi", total_cost_usd=0.0018, usage=usage, model_usage_since_last_result={})
+    assert parse_json(idle, "", 0, NOW, TZ).cost_usd == 0.0
     # A CLI without the field: its total, as before.
     older = result(result="hi", total_cost_usd=0.0123, usage=usage)
     assert parse_json(older, "", 0, NOW, TZ).cost_usd == 0.0123

@@ -394,9 +394,9 @@ def _cost(obj: dict[str, Any]) -> float | None:
     """This invocation's cost. After `--resume`, `total_cost_usd` (and `modelUsage`) are the whole session's so far;
     `model_usage_since_last_result` (2.1.x) is this turn's alone, by model, where the CLI gives it."""
     turn = obj.get("model_usage_since_last_result")
-    if isinstance(turn, dict) and turn:
-        costs = [as_float(stats.get("costUSD")) for stats in turn.values() if isinstance(stats, dict)]
-        if costs and all(cost is not None for cost in costs):
+    if isinstance(turn, dict):  # empty: the turn called no model, and cost nothing
+        costs = [as_float(stats.get("costUSD")) if isinstance(stats, dict) else None for stats in turn.values()]
+        if all(cost is not None for cost in costs):
             return sum(cost for cost in costs if cost is not None)
     for key in ("total_cost_usd", "total_cost", "cost_usd"):  # renamed in 1.0.22; cost_usd in old blog posts
         value = as_float(obj.get(key))
