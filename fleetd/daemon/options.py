@@ -18,6 +18,9 @@ from fleetd.timefmt import DurationError, parse_duration, parse_retention
 Kind = Literal["duration", "fraction", "retention", "text", "switch"]
 
 
+MIN_MISFIRE_GRACE = 1.0
+
+
 class OptionError(ValueError):
     """A flag's value cannot be read; the message names the flag."""
 
@@ -56,6 +59,8 @@ class DaemonOptions:
     def from_flags(cls, texts: dict[str, Any]) -> DaemonOptions:
         """`texts`: flag values as typed, by field name. Raises OptionError."""
         options = cls(**{flag.name: flag.parse(texts[flag.name]) for flag in flags() if flag.name in texts})
+        if options.misfire_grace < MIN_MISFIRE_GRACE:  # nearly every timer would wake "late": every fire missed
+            raise OptionError(f"invalid --misfire-grace {texts['misfire_grace']!r}: at least {MIN_MISFIRE_GRACE:g}s")
         if options.gateway:
             _check_listen(options.gateway, options.gateway_public)
         elif options.gateway_public:  # it only lets --gateway listen beyond loopback: alone it did nothing

@@ -8,6 +8,7 @@ profile) or makes trouble likely (a disk filling up).
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -123,7 +124,7 @@ def check_profiles(profiles: list[ProfileFact]) -> list[Finding]:
     findings = []
     for p in profiles:
         if p.setup_problem:  # every run on it fails `unavailable`; a login there is moot until it is back
-            fix = f"mkdir -m 700 {p.config_dir}" + (
+            fix = f"mkdir -p -m 700 {shlex.quote(p.config_dir)}" + (
                 "" if p.has_key or not p.can_log_in else f"; fleetd profile login {p.name}"
             )
             findings.append(

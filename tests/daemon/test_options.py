@@ -10,15 +10,17 @@ import pytest
 from click.testing import CliRunner
 
 from fleetd.cli.main import cli
-from fleetd.daemon.options import DaemonOptions, flags
+from fleetd.daemon.options import DaemonOptions, OptionError, flags
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def test_every_daemon_flag_the_readme_names_is_one_daemon_run_takes() -> None:
     # The README told of `--misfire-grace`, which `daemon run` refused as no such option.
-    named = set(re.findall(r"`(--[a-z-]+grace|--[a-z-]+interval)", README.read_text()))
-    assert "--misfire-grace" in named
+    text = README.read_text()
+    usages = " ".join(line.split(" | ")[0] for line in text.splitlines() if line.startswith("| `fleetd daemon run "))
+    named = set(re.findall(r"--[a-z-]+", usages)) | set(re.findall(r"`(--[a-z-]+(?:grace|interval))", text))
+    assert {"--misfire-grace", "--stop-grace", "--gateway-public"} <= named
     assert named <= {flag.option for flag in flags()}
     help_text = CliRunner().invoke(cli, ["daemon", "run", "--help"]).output
     assert "--misfire-grace" in help_text
@@ -27,6 +29,8 @@ def test_every_daemon_flag_the_readme_names_is_one_daemon_run_takes() -> None:
 def test_misfire_grace_reads_as_a_duration() -> None:
     assert DaemonOptions.from_flags({"misfire_grace": "10s"}).misfire_grace == 10.0
     assert DaemonOptions().misfire_grace == 60.0
+    with pytest.raises(OptionError, match=r"invalid --misfire-grace '1ms': at least 1s"):
+        DaemonOptions.from_flags({"misfire_grace": "1ms"})
 
 
 def test_a_tz_that_is_a_posix_rule_and_no_zone_name_is_warned_of(

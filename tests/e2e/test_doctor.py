@@ -87,7 +87,7 @@ def test_doctor_finds_a_cli_missing_from_the_daemons_path(short_home: Path) -> N
         [gone] = [f for f in report["findings"] if f["subject"] == "keyed"]
         assert (gone["check"], gone["severity"]) == ("login", "error")
         assert gone["message"] == f"profile keyed: its config directory {d.home / 'profiles' / 'keyed'} is gone"
-        assert gone["fix"] == f"mkdir -m 700 {d.home / 'profiles' / 'keyed'}"
+        assert gone["fix"] == f"mkdir -p -m 700 {d.home / 'profiles' / 'keyed'}"
     finally:
         d.stop()
 
