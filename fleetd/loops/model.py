@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -77,8 +78,12 @@ def prompt_text(path: str) -> str:
     """A prompt file's text. Raises OSError, or InvalidArgument when it is too big to pass, holds a NUL byte (no
     argument can) or is not UTF-8 (it reached the command with U+FFFD in place of each bad byte, unsaid)."""
     what = f"prompt file {shown_path(path)}"
-    with open(path, "rb") as f:
-        check_passable(what, os.fstat(f.fileno()).st_size, MAX_PROMPT_BYTES)
+    # Not blocking: a FIFO put in its place would hold whoever reads it (the daemon's event loop) until written to.
+    with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as f:
+        info = os.fstat(f.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise InvalidArgument(f"{what} is not a regular file")
+        check_passable(what, info.st_size, MAX_PROMPT_BYTES)
         data = f.read(MAX_PROMPT_BYTES + 1)
     check_passable(what, len(data), MAX_PROMPT_BYTES)
     if b"\x00" in data:

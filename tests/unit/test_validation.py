@@ -4,6 +4,7 @@ text can be handed to the OS, and a refusal names the field. Table-driven over t
 from __future__ import annotations
 
 import math
+import os
 import re
 from datetime import UTC, datetime
 from pathlib import Path
@@ -152,4 +153,8 @@ def test_a_prompt_file_that_is_not_text_is_refused_at_add_and_fails_its_run_sayi
     loop = validate_loop_input(body, "UTC")
     path.write_bytes(content)  # changed since: each run reads it
     with pytest.raises(InvalidArgument, match=rf"^prompt file {path} {re.escape(message)}"):
+        read_prompt(loop)
+    path.unlink()
+    os.mkfifo(path)  # it held the daemon's event loop until something wrote to it
+    with pytest.raises(InvalidArgument, match=rf"^prompt file {path} is not a regular file"):
         read_prompt(loop)
