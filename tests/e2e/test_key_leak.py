@@ -67,11 +67,16 @@ def assert_no_key(where: str, text: str | bytes) -> None:
             assert needle not in text, f"{form} leaked into {where}"
 
 
-def test_keys_printed_in_every_field_reach_nothing(leaky: Daemon) -> None:
-    d = leaky
-    for name, key in (("leak_a", KEY_A), ("leak_b", KEY_B)):
+def add_keyed(d: Daemon, keys: dict[str, str]) -> None:
+    """Claude Code profiles, each with its key and a config directory of its own."""
+    for name, key in keys.items():
         d.cli("profile", "add", name, "--backend", "claude_code", "--api-key-stdin",
               "--config-dir", str(d.root / f"cfg-{name}"), input=key + "\n")  # type: ignore[attr-defined]  # fmt: skip
+
+
+def test_keys_printed_in_every_field_reach_nothing(leaky: Daemon) -> None:
+    d = leaky
+    add_keyed(d, {"leak_a": KEY_A, "leak_b": KEY_B})
     set_scenario(d, "leak_a", "leak_auth")
     set_scenario(d, "leak_b", "leak_limit +2")
     d.cli("loop", "add", "leak_auth", "--every", "1h", "--backend", "claude_code", "--profile", "leak_a",
@@ -140,9 +145,7 @@ def test_a_key_the_verify_command_prints_reaches_neither_the_records_nor_the_rep
     # The verify command's output went unscrubbed into the attempt's findings, the run's error and route, its events,
     # and the repair prompt sent to the provider (another profile's key, there).
     d = leaky
-    for name, key in (("gate_p", KEY_B), ("gate_q", KEY_A)):
-        d.cli("profile", "add", name, "--backend", "claude_code", "--api-key-stdin",
-              "--config-dir", str(d.root / f"cfg-{name}"), input=key + "\n")  # type: ignore[attr-defined]  # fmt: skip
+    add_keyed(d, {"gate_p": KEY_B, "gate_q": KEY_A})
     set_scenario(d, "gate_p", "ok")
     printed = d.root / "verify-says"  # type: ignore[attr-defined]
     printed.write_text(f"token is {KEY_A}\n")
