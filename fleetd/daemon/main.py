@@ -465,10 +465,11 @@ def _remove_attempt_dirs(tmp_root: Path) -> None:
 def _local_zone() -> str:
     """The zone loops added without --tz are in: TZ's where it names one, else the host's, by its IANA name."""
     tz = os.environ.get("TZ")
-    if tz:
+    key = (tz or "").removeprefix(":")  # ":Europe/Paris" is "Europe/Paris" (POSIX)
+    if key:
         with contextlib.suppress(Exception):
-            ZoneInfo(tz.removeprefix(":"))
-            return tz.removeprefix(":")
+            ZoneInfo(key)
+            return key
     try:
         import tzlocal
 
@@ -476,7 +477,7 @@ def _local_zone() -> str:
         ZoneInfo(name)
     except Exception:
         name = "UTC"
-    if tz and not tz.removeprefix(":").startswith("/"):  # a path is a zone's file, which tzlocal reads
+    if key and not key.startswith("/"):  # a path is a zone's file, which tzlocal reads
         # A POSIX rule (TZ="CET-1CEST,M3.5.0,M10.5.0/3") sets the clock on the wall but names no zone: loops would
         # fire by another clock than the daemon's log shows, unsaid.
         log.warning("TZ=%s names no time zone; loops added without --tz use %s (give TZ as e.g. Europe/Paris)",

@@ -18,7 +18,7 @@ from fleetd.loops.executor import Executor
 from fleetd.loops.schedule import Plan, build_trigger, first_fire, never_fires, plan_startup, plan_wake
 from fleetd.loops.whynot import LoopFacts, NotFiring, why_not
 from fleetd.records.fire import SkipReason, daily_cost_eases
-from fleetd.records.loop import Loop
+from fleetd.records.loop import Loop, paused_since
 from fleetd.records.money import day_since
 from fleetd.records.run import LoopFire, Run
 from fleetd.store.loops import LoopStore
@@ -157,7 +157,7 @@ class Scheduler:
         """Save and arm a new loop (checked already: `LoopService.define`)."""
         now = self.clock()
         loop.created_at = loop.updated_at = now
-        loop.paused_at = None if loop.enabled else now
+        loop.paused_at = paused_since(loop.enabled, None, now)
         trigger = build_trigger(loop.schedule, now)
         first = first_fire(trigger, now)
         # A cron expression that never fires is wrong even paused; a past --at only matters enabled.
@@ -177,10 +177,7 @@ class Scheduler:
         resume or edit since `old` was read makes it a Conflict, nothing saved (`LoopStore.replace`)."""
         now = self.clock()
         new.created_at, new.updated_at = old.created_at, now
-        if new.enabled != old.enabled:
-            new.paused_at = None if new.enabled else now
-        else:
-            new.paused_at = old.paused_at
+        new.paused_at = paused_since(new.enabled, None if old.enabled else old.paused_at, now)
         trigger = build_trigger(new.schedule, _anchor(old))  # interval loops stay on the grid of their creation
         moved = new.schedule != old.schedule or new.enabled != old.enabled
         if moved:

@@ -96,3 +96,9 @@ class Loop:
         it inherits none of the old one's runs (runs of an instance started at or after its `created_at`).
         An edit keeps the instance."""
         return (self.name, self.created_at)
+
+
+def paused_since(enabled: bool, was: datetime | None, now: datetime) -> datetime | None:
+    """A loop's `paused_at` after a change at `now`: none while enabled; else `was`, when it was paused already (a
+    change while paused keeps when the pause began), or `now`. `LoopStore.set_state` writes the same rule in SQL."""
+    return None if enabled else was or now

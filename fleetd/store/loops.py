@@ -170,7 +170,7 @@ class LoopStore:
     ) -> None:
         sets, params = ["updated_at = ?"], [to_iso(updated_at)]
         if enabled is not None:
-            # A pause of a paused loop keeps when it was paused.
+            # `paused_since`, in SQL: a pause of a paused loop keeps when it was paused.
             sets.append("enabled = ?, paused_at = CASE WHEN ? THEN NULL ELSE coalesce(paused_at, ?) END")
             params.extend((int(enabled), int(enabled), to_iso(updated_at)))
         if next_fire_at is not None or clear_next:
