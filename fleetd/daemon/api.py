@@ -305,7 +305,14 @@ def create_app(ctx: DaemonContext) -> Starlette:
         if loop is not None:
             validate_name(loop)  # as `stats --loop` does: a name no loop can have is a mistake, not "no runs"
         body = await ctx.runs.list_array(RUN_JSON_SQL, loop=loop, status=status, since=since, limit=limit)
+        if loop is not None and body == b"[]":
+            await _known_loop(loop)
         return Response(body, media_type="application/json")
+
+    async def _known_loop(name: str) -> None:
+        """An empty answer for a loop nothing knows is a typo's: said so (`LoopStore.known`)."""
+        if not await ctx.loops.known(name):
+            raise NotFound(f"no loop named {name!r}, and no runs of one on record")
 
     async def prune_runs(request: Request) -> Response:
         body = await _body(request)
@@ -387,6 +394,8 @@ def create_app(ctx: DaemonContext) -> Starlette:
         if loop is not None:
             validate_name(loop)
         figures = await ctx.stats.stats(since=since, by=parse_by(q.get("by")), loop=loop)
+        if loop is not None and not figures.groups:
+            await _known_loop(loop)
         return JSONResponse(stats_json(figures, now))
 
     async def list_profiles(request: Request) -> Response:

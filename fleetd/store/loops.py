@@ -143,6 +143,16 @@ class LoopStore:
             raise NotFound(f"no loop named {loop.name!r} (removed meanwhile?)")
         return _row_to_loop(row)
 
+    async def known(self, name: str) -> bool:
+        """Whether `name` is a loop defined now, or one whose runs or stats figures are on record (a loop removed
+        keeps its history): a name none of them knows is a mistake, not a loop with nothing to show."""
+        row = await self.db.fetchone(
+            "SELECT EXISTS (SELECT 1 FROM loops WHERE name = ?1) OR EXISTS (SELECT 1 FROM runs WHERE loop = ?1) "
+            "OR EXISTS (SELECT 1 FROM stats_daily WHERE loop = ?1)",
+            (name,),
+        )
+        return bool(row and row[0])
+
     async def get(self, name: str) -> Loop:
         row = await self.db.fetchone(f"SELECT {_COLUMNS} FROM loops WHERE name = ?", (name,))
         if row is None:

@@ -97,6 +97,22 @@ def test_unknown_and_malformed_runs(daemon: Daemon) -> None:
     assert_refused(daemon, ["runs", "list", "--loop", "bad name"], 2, "invalid loop name 'bad name'")  # was []
 
 
+def test_a_loop_name_nothing_knows_is_refused_not_an_empty_answer(daemon: Daemon) -> None:
+    # A typo in --loop printed an empty list (and stats all zeros), exit 0: as if the loop had never run.
+    assert_refused(daemon, ["runs", "list", "--loop", "ghost"], 1, "no loop named 'ghost'")
+    assert_refused(daemon, ["stats", "--loop", "ghost"], 1, "no loop named 'ghost'")
+    # A loop that exists but has not run yet, and one removed whose runs are on record, are answered.
+    daemon.cli("loop", "add", "fresh", "--every", "1h", "--paused", "--command", "true")
+    assert daemon.json("runs", "list", "--loop", "fresh") == []
+    assert daemon.json("stats", "--loop", "fresh")["total"]["runs_started"] == 0
+    daemon.cli("loop", "add", "gone", "--every", "1h", "--paused", "--command", "true")
+    daemon.wait_run(daemon.json("loop", "run", "gone")["id"])
+    daemon.cli("loop", "rm", "gone")
+    assert [r["loop"] for r in daemon.json("runs", "list", "--loop", "gone")] == ["gone"]
+    assert daemon.json("runs", "list", "--loop", "gone", "--status", "failed") == []  # known: filtered, not refused
+    assert daemon.json("stats", "--loop", "gone")["total"]["runs_started"] == 1
+
+
 def test_click_usage_errors_are_one_line_exit_2(daemon: Daemon) -> None:
     assert_refused(daemon, ["loop", "add", "x", "--catch-up", "twice"], 2, "twice")
     assert_refused(daemon, ["loop", "frobnicate"], 2, "No such command")
