@@ -204,11 +204,7 @@ def loop_run(name: str, as_json: bool) -> None:
     """Fire loop NAME now. Exit 1 when the run is skipped (its last run still runs, a budget is spent)."""
     run = client().call("POST", f"/v1/loops/{segment(name)}/run")
     if run["status"] == "skipped" and not as_json:
-        error = run["error"] or ""
-        # A row that stands for several fires says so itself ("skipped 3 fires while run 7 waits …").
-        raise CliError(
-            f"run {run['id']}: {error}" if error.startswith("skipped ") else f"run {run['id']} skipped: {error}"
-        )
+        raise CliError(f"run {run['id']} skipped: {run['error']}")
     render(run, as_json, lambda r: f"started run {r['id']} of loop {name}; follow: fleetd runs logs {r['id']} -f")
     if run["status"] == "skipped":  # the same exit status with --json: a script checks one thing
         raise SystemExit(1)

@@ -44,9 +44,8 @@ def skip_text(reason: SkipReason, count: int, blocking_run: int | None, until: d
         return text if count == 1 else f"{text} ({count} fires skipped)"
     if reason == "waiting":
         when = f" until {local_text(until)}" if until else ""  # as every message says a time
-        if count == 1:
-            return f"previous run {blocking_run} waits for headroom{when}"
-        return f"skipped {count} fires while run {blocking_run} waits for headroom{when}"
+        text = f"previous run {blocking_run} waits for headroom{when}"
+        return text if count == 1 else f"{text} ({count} fires skipped)"
     if reason in MISSED_REASONS:
         many = f"{count}+" if count >= MISSED_CAP else str(count)
         fires = "1 fire" if count == 1 else f"{many} fires"

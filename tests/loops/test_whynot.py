@@ -160,7 +160,10 @@ CASES = [
     (
         "a run waits for headroom, fires skipped into one row",
         LoopFacts(
-            LOOP, skipped(8, "waiting", "skipped 60 fires while run 7 waits", 60), running_id=7, waiting_until=UNTIL
+            LOOP,
+            skipped(8, "waiting", "previous run 7 waits for headroom (60 fires skipped)", 60),
+            running_id=7,
+            waiting_until=UNTIL,
         ),
         "waiting",
         "(60 so far, run 8)",
