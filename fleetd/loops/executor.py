@@ -420,6 +420,9 @@ class Executor:
         if slot is None:
             return False
         stopping = not slot.ended
+        if not stopping and kill and slot.proc is not None and slot.kill_grace != 0:
+            slot.kill_grace = 0.0  # its end is decided (a timeout's kill under way): --kill only ends the grace now
+            self._kill_slot(slot, 0.0)
         if stopping:
             grace = 0.0 if kill else self.kill_grace
             if slot.cancel_reason is None:
@@ -1080,6 +1083,7 @@ class Executor:
         if not timed_out and exited not in done:
             await asyncio.wait({exited}, timeout=RATE_LIMIT_EXIT_GRACE)
         if timed_out:
+            slot.ended = True  # `_verdict` makes it `timed_out`: a stop in the kill's grace is refused, not `cancelled`
             runlog.note(f"timed out after {format_duration(ctx.task.timeout_s)}: killing the process tree")
         elif not exited.done():
             what = ended_early.error_class

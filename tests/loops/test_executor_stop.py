@@ -63,16 +63,18 @@ class Setup:
 
 
 @asynccontextmanager
-async def _setup(tmp_path: Path, command: str) -> AsyncIterator[Setup]:
+async def _setup(
+    tmp_path: Path, command: str, *, timeout_s: float | None = None, kill_grace: float = 5.0
+) -> AsyncIterator[Setup]:
     db = await Database.open(tmp_path / "s.db")
     runs, attempts = GatedRuns(db), AttemptStore(db)
     now = now_utc()
     loop = Loop(name="racer", schedule=Schedule("every", "1h", "UTC"), backend="command", command=command,
-                workdir=str(tmp_path), created_at=now, updated_at=now)  # fmt: skip
+                workdir=str(tmp_path), timeout_s=timeout_s, created_at=now, updated_at=now)  # fmt: skip
     await LoopStore(db).insert(loop)
     ex = Executor(runs, attempts, NoProfiles(), log_path=lambda i: tmp_path / f"{i}.log",  # type: ignore[arg-type]
                   tmp_root=tmp_path / "tmp", tag_prefix="stop", clock=now_utc, local_tz=ZoneInfo("UTC"),
-                  kill_grace=5.0)  # fmt: skip
+                  kill_grace=kill_grace)  # fmt: skip
     try:
         yield Setup(ex, runs, attempts, loop)
     finally:
@@ -143,6 +145,36 @@ def test_a_stop_after_the_command_exited_but_before_the_run_ended_cancels_it(tmp
     assert stopped is True
     assert finishes == [("cancelled", 0)]
     assert status == "cancelled"
+
+
+def test_a_stop_in_the_kill_grace_of_a_timeout_is_refused_and_only_hurries_the_kill(tmp_path: Path) -> None:
+    """The run's --timeout has decided its end (`timed_out`: its kill under way, a command that ignores SIGTERM
+    holding it in the grace). A stop then is refused, as after any end, and the run stays `timed_out` (it
+    was recorded `cancelled`, with no `run.timed_out` event for a hook to see); `--kill` still ends the
+    grace at once rather than leave the command to the end of its 30 s."""
+
+    async def go() -> tuple[bool, list[Any], str, float]:
+        command = f"trap '' TERM; touch {tmp_path}/up; sleep 60"
+        async with _setup(tmp_path, command, timeout_s=0.5, kill_grace=30.0) as s:
+            s.runs.gate.open.set()
+            run = await s.ex.fire(s.loop, "manual", datetime.now(UTC))
+            assert run is not None
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 10
+            log = tmp_path / f"{run.id}.log"
+            while not (log.exists() and "timed out after" in log.read_text()):  # its kill's grace has begun
+                assert loop.time() < deadline, "the run never timed out"
+                await asyncio.sleep(0.01)
+            started = loop.time()
+            stopped = await s.ex.stop(run.id, kill=True, reason="stopped by a test")
+            row = await s.runs.get(run.id)
+            return stopped, s.runs.finishes, row.status, loop.time() - started
+
+    stopped, finishes, status, took = asyncio.run(go())
+    assert stopped is False
+    assert [status for status, _ in finishes] == ["timed_out"]
+    assert status == "timed_out"
+    assert took < 10  # not the 30 s grace
 
 
 def test_every_run_slot_signals_its_end_however_its_task_ends(tmp_path: Path) -> None:
