@@ -16,6 +16,10 @@ from fleetd.daemon.options import DaemonOptions, OptionError, flags
 from fleetd.paths import Paths
 from fleetd.timefmt import format_duration
 
+# How long `daemon start` waits for a daemon in its stop to exit: `daemon stop --wait`'s default, past the
+# default stop grace (30 s) and kill grace.
+STOPPING_WAIT_S = 60.0
+
 
 @click.group()
 def daemon() -> None:
@@ -65,6 +69,12 @@ def daemon_start(wait_s: float, **texts: Any) -> None:
     _options(texts)  # bad flags fail here, not in the background
     where = paths()
     health = _health(where, wait_s)
+    if health and health.get("status") == "stopping":  # it is about to go: "already running" would leave none
+        click.echo(f"fleetd daemon (pid {health['pid']}) is stopping: waiting for it to exit", err=True)
+        if not _exited(health["pid"], STOPPING_WAIT_S):
+            raise CliError(f"fleetd daemon (pid {health['pid']}) still stopping after {STOPPING_WAIT_S:g}s; "
+                           "start it once it has exited")  # fmt: skip
+        health = None
     if health:
         click.echo(f"fleetd daemon already running (pid {health['pid']}, socket {where.socket})")
         source = click.get_current_context().get_parameter_source
@@ -154,12 +164,19 @@ def _health(where: Paths, timeout: float) -> dict[str, Any] | None:
 def _stop(where: Paths, wait_s: float) -> int:
     """Ask the daemon to stop (no new fires, the stop grace, then runs interrupted); its pid once it exited."""
     answer = Client(where.socket, timeout=wait_s).call("POST", "/v1/shutdown")
-    deadline = time.monotonic() + wait_s
-    while time.monotonic() < deadline:
-        if not _pid_alive(answer["pid"]):
-            return int(answer["pid"])
-        time.sleep(0.05)
+    if _exited(answer["pid"], wait_s):
+        return int(answer["pid"])
     raise CliError(f"fleetd daemon (pid {answer['pid']}) still running after {wait_s:g}s")
+
+
+def _exited(pid: int, wait_s: float) -> bool:
+    """Whether process `pid` is gone within `wait_s`."""
+    deadline = time.monotonic() + wait_s
+    while _pid_alive(pid):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 @daemon.command("restart")

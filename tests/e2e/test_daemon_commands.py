@@ -136,6 +136,28 @@ def test_status_says_the_daemon_is_stopping_while_its_runs_get_the_grace(make_da
     assert d.proc.wait(15) == 0
 
 
+def test_start_while_the_daemon_stops_waits_for_it_then_starts_one(short_home: Path) -> None:
+    """`daemon start` said "already running" (exit 0) to a daemon in its stop grace, which then exited: a
+    script's `stop || true; start` was left with no daemon and a success."""
+    d = Daemon(short_home / "home", "--stop-grace", "1s", "--kill-grace", "0.5s").start()
+    try:
+        d.cli("loop", "add", "lingers", "--every", "1h", "--command", "trap '' TERM; sleep 60")
+        d.json("loop", "run", "lingers")
+        assert d.proc is not None
+        old = d.proc.pid
+        d.proc.send_signal(signal.SIGTERM)
+        wait_until(lambda: d.json("daemon", "status")["status"] == "stopping", what="status stopping")
+        started = d.cli("daemon", "start")
+        assert d.proc.wait(15) == 0
+        status = d.json("daemon", "status")
+        new = status["pid"]
+        assert new != old and status["status"] == "ok" and alive(new)
+        assert started.stdout.startswith(f"fleetd daemon started (pid {new}"), started.stdout
+        assert started.stderr == f"fleetd daemon (pid {old}) is stopping: waiting for it to exit\n"
+    finally:
+        d.cli("daemon", "stop", check=False)
+
+
 def test_an_open_follower_does_not_keep_a_stopping_daemon_alive(make_daemon: MakeDaemon) -> None:
     d = make_daemon()
     follower = subprocess.Popen([FLEETD, "events", "--follow"], env=d.env, text=True,
