@@ -99,6 +99,7 @@ def _start(where: Paths, texts: dict[str, str], wait_s: float, verb: str = "star
     argv += ["--log-file", str(where.daemon_log)]  # it rotates the file it writes itself
     try:
         with open(where.daemon_log, "ab") as logf:
+            logged = logf.tell()  # what is there is earlier daemons'
             proc = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, start_new_session=True, close_fds=True
             )
@@ -116,7 +117,8 @@ def _start(where: Paths, texts: dict[str, str], wait_s: float, verb: str = "star
             click.echo(f"fleetd daemon {verb} (pid {health['pid']}{was}, socket {where.socket}){recovering}")
             return
         if proc.poll() is not None and _lock_holder(where) in (None, proc.pid):
-            raise CliError(f"fleetd daemon exited with status {proc.returncode}: {_last_line(where)}")
+            why = _last_line(where.daemon_log, logged)
+            raise CliError(f"fleetd daemon exited with status {proc.returncode}: {why}")
         time.sleep(0.05)
     raise CliError(f"fleetd daemon did not answer within {wait_s:g}s; see {where.daemon_log}")
 
@@ -131,13 +133,20 @@ def _lock_holder(where: Paths) -> int | None:
     return pid if _pid_alive(pid) else None
 
 
-def _last_line(where: Paths) -> str:
+def _last_line(log: Path, since: int) -> str:
+    """The last line the daemon started here wrote to `log` (from byte `since`, its size before the start): an
+    earlier daemon's line is not this one's reason."""
     try:
-        lines = where.daemon_log.read_text(errors="replace").strip().splitlines()
+        with log.open("rb") as f:
+            if f.seek(0, os.SEEK_END) >= since:  # else it rotated meanwhile: all of it is new
+                f.seek(since)
+            else:
+                f.seek(0)
+            lines = f.read().decode(errors="replace").strip().splitlines()
     except OSError:
         return "(no log)"
     # The daemon's own one-line reason starts "fleetd: ", as the CLI's message about it does.
-    return lines[-1].removeprefix("fleetd: ") if lines else "(no log)"
+    return lines[-1].removeprefix("fleetd: ") if lines else "(it logged nothing)"
 
 
 @daemon.command("stop")
