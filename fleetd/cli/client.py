@@ -59,6 +59,8 @@ class Response:
         self._sock = sock
         self._file = io.BufferedReader(_SocketReader(sock))
         status_line = self._file.readline(65536).decode("latin-1")
+        if not status_line:  # closed with no answer at all: killed or crashed while it handled the request
+            raise CliError("the fleetd daemon went away before it answered (connection closed)")
         parts = status_line.split(" ", 2)
         if len(parts) < 2 or not parts[1].isdigit():
             raise CliError("fleetd daemon sent an unreadable answer")
