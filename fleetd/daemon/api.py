@@ -119,6 +119,17 @@ async def _body(request: Request) -> dict[str, Any]:
     return body
 
 
+async def _fields(request: Request, *known: str) -> dict[str, Any]:
+    """The body of an action that takes `known` fields (or none): one it does not take is refused, as in an
+    add or an edit, not ignored (`{"kil": true}` stopped gracefully what was meant to be killed)."""
+    body = await _body(request)
+    for key in body:
+        if key not in known:
+            takes = f"its fields: {', '.join(known)}" if known else "it takes none"
+            raise InvalidArgument(f"unknown field {shown(key)} for {request.method} {request.url.path} ({takes})")
+    return body
+
+
 def _check_storable(body: Any) -> None:
     """Refuses what no field can hold, before any validator sees it: nesting past MAX_BODY_DEPTH,
     and text with a lone surrogate (JSON allows "\\ud800"; UTF-8, hence SQLite and our own
@@ -252,7 +263,7 @@ def create_app(ctx: DaemonContext) -> Starlette:
 
     async def stop_loop(request: Request) -> Response:
         name = validate_name(request.path_params["name"])
-        kill = _kill_flag(await _body(request))
+        kill = _kill_flag(await _fields(request, "kill"))
         loop = await ctx.loops.get(name)
         running = _running_id(loop)
         if running is None:
@@ -264,7 +275,7 @@ def create_app(ctx: DaemonContext) -> Starlette:
 
     async def stop_run(request: Request) -> Response:
         run_id = _run_id(request)
-        kill = _kill_flag(await _body(request))
+        kill = _kill_flag(await _fields(request, "kill"))
         return await _stop(
             run_id, kill, "killed by `fleetd runs stop --kill`" if kill else "stopped by `fleetd runs stop`"
         )
@@ -283,14 +294,17 @@ def create_app(ctx: DaemonContext) -> Starlette:
         return JSONResponse(run_json(await ctx.runs.get(run_id)))
 
     async def pause_loop(request: Request) -> Response:
+        await _fields(request)
         await ctx.scheduler.pause(validate_name(request.path_params["name"]))
         return await _loop_view(request.path_params["name"])
 
     async def resume_loop(request: Request) -> Response:
+        await _fields(request)
         await ctx.scheduler.resume(validate_name(request.path_params["name"]))
         return await _loop_view(request.path_params["name"])
 
     async def run_loop(request: Request) -> Response:
+        await _fields(request)
         run = await ctx.scheduler.run_now(validate_name(request.path_params["name"]))
         return JSONResponse(run_json(run), status_code=201)
 
@@ -437,18 +451,21 @@ def create_app(ctx: DaemonContext) -> Starlette:
         return JSONResponse({"removed": name})
 
     async def enable_profile(request: Request) -> Response:
+        await _fields(request)
         name = validate_profile_name(request.path_params["name"])
         profile = await ctx.profiles.set_enabled(name, True)
         profiles_changed()
         return JSONResponse(_profile(profile))
 
     async def disable_profile(request: Request) -> Response:
+        await _fields(request)
         name = validate_profile_name(request.path_params["name"])
         profile = await ctx.profiles.set_enabled(name, False)
         profiles_changed()
         return JSONResponse(_profile(profile))
 
     async def reset_circuit(request: Request) -> Response:
+        await _fields(request)
         profile = await ctx.profiles.reset_circuit(validate_profile_name(request.path_params["name"]))
         profiles_changed()
         return JSONResponse({"profile": profile.name, "circuit": circuit_json(ctx.heartbeat.circuit(profile.name))})
@@ -461,10 +478,12 @@ def create_app(ctx: DaemonContext) -> Starlette:
         return JSONResponse([usage_json(row) for row in await ctx.profiles.usage()])
 
     async def switch_profile(request: Request) -> Response:
+        await _fields(request)
         profile = await ctx.profiles.pin(validate_profile_name(request.path_params["name"]))
         return JSONResponse({"backend": profile.backend, "active": profile.name, "pinned": True})
 
     async def auto_backend(request: Request) -> Response:
+        await _fields(request)
         backend = request.path_params["backend"]
         active = await ctx.profiles.auto(backend)
         return JSONResponse({"backend": backend, "active": active, "pinned": False})
@@ -494,6 +513,7 @@ def create_app(ctx: DaemonContext) -> Starlette:
         return JSONResponse({"removed": name})
 
     async def test_hook(request: Request) -> Response:
+        await _fields(request)
         name = validate_hook_name(request.path_params["name"])
         delivery = await ctx.hooks.test(name)
         return JSONResponse({"hook": name, **delivery.to_json()})
@@ -517,6 +537,7 @@ def create_app(ctx: DaemonContext) -> Starlette:
         return JSONResponse(await _gateway().enable(await _body(request)))
 
     async def gateway_disable(request: Request) -> Response:
+        await _fields(request)
         return JSONResponse(await _gateway().disable())
 
     async def list_routes(request: Request) -> Response:
@@ -567,6 +588,7 @@ def create_app(ctx: DaemonContext) -> Starlette:
         return JSONResponse([call_json(c) for c in calls])
 
     async def shutdown(request: Request) -> Response:
+        await _fields(request)
         ctx.request_stop()
         return JSONResponse({"stopping": True, "pid": os.getpid()}, status_code=202)
 

@@ -508,3 +508,41 @@ def test_a_field_the_api_does_not_know_is_refused_not_dropped(
     listed = {"/v1/loops": ["loop", "list"], "/v1/profiles": ["profile", "list"], "/v1/hooks": ["hook", "list"],
               "/v1/routes": ["route", "list"], "/v1/gateway/keys": ["gateway", "key", "list"]}[path]  # fmt: skip
     assert "typo" not in {item["name"] for item in daemon.json(*listed)}
+
+
+def test_an_action_refuses_a_body_it_does_not_take_and_does_nothing(daemon: Daemon) -> None:
+    """`POST …/run` with `{"x": 1}` or a body that is not JSON started a run; `{"kil": true}` stopped gracefully
+    what was meant to be killed: the actions never read their bodies."""
+    daemon.cli("loop", "add", "acted", "--every", "1h", "--command", "sleep 30")
+    _a_claude_profile(daemon)
+    before = daemon.json("runs", "list", "--loop", "acted")
+    for path, body in [
+        ("/v1/loops/acted/run", b'{"x": 1}'),
+        ("/v1/loops/acted/run", b"notjson"),
+        ("/v1/loops/acted/pause", b'{"x": 1}'),
+        ("/v1/loops/acted/resume", b'{"x": 1}'),
+        ("/v1/profiles/p1/switch", b'{"x": 1}'),
+        ("/v1/profiles/p1/disable", b'{"x": 1}'),
+        ("/v1/profiles/p1/reset-circuit", b'{"x": 1}'),
+        ("/v1/backends/claude_code/auto", b'{"x": 1}'),
+        ("/v1/gateway/disable", b'{"x": 1}'),
+        ("/v1/shutdown", b'{"x": 1}'),
+    ]:
+        status, answer = _request(daemon, "POST", path, body)
+        assert status == 400, (path, answer)
+        message = answer["error"]["message"]
+        assert message in ("request body is not valid JSON", f"unknown field 'x' for POST {path} (it takes none)")
+    assert daemon.json("runs", "list", "--loop", "acted") == before
+    assert daemon.json("loop", "show", "acted")["enabled"] is True
+    assert [p["enabled"] for p in daemon.json("profile", "list") if p["name"] == "p1"] == [True]
+    assert daemon.status() == "ok"
+
+    run_id = daemon.json("loop", "run", "acted")["id"]
+    status, answer = _request(daemon, "POST", f"/v1/runs/{run_id}/stop", b'{"kil": true}')
+    assert status == 400 and answer["error"]["message"] == (
+        f"unknown field 'kil' for POST /v1/runs/{run_id}/stop (its fields: kill)"
+    ), answer
+    status, answer = _request(daemon, "POST", "/v1/loops/acted/stop", b'{"kil": true}')
+    assert status == 400, answer
+    assert daemon.json("runs", "show", str(run_id))["status"] == "running"
+    daemon.cli("runs", "stop", str(run_id), "--kill")
