@@ -64,6 +64,8 @@ def why_not(facts: LoopFacts, now: datetime) -> NotFiring | None:
         # `loop list` counts only the schedule's fires: a `loop run` that was skipped says it was that.
         fire = "`loop run`" if last.trigger == "manual" else "fire"
         text = f"its last {fire} was skipped: {last.error}" if last.error else f"its last {fire} was skipped"
+        if last.skip_reason in ("overlap", "waiting") and facts.running_id is None:
+            text += " (it has ended since)"  # the row's "still running" was so then, not now
         until = facts.spend_eases_at if last.skip_reason == "over_daily_cost" else None
         return NotFiring(last.skip_reason, text, since=last.scheduled_at, until=until, run_id=last.id)
     if loop.next_fire_at is None:

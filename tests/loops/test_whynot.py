@@ -125,7 +125,7 @@ CASES = [
             ),
         ),
         "overlap",
-        "its last `loop run` was skipped: previous run 3 still running",
+        "its last `loop run` was skipped: previous run 3 still running (it has ended since)",
         NOW - 5 * M,
         None,
         4,
@@ -134,7 +134,7 @@ CASES = [
         "the last fire was skipped and the run in the way has ended: still the answer until a run starts",
         LoopFacts(LOOP, skipped(4, "overlap", "previous run 3 still running")),
         "overlap",
-        "its last fire was skipped: previous run 3 still running",
+        "its last fire was skipped: previous run 3 still running (it has ended since)",
         NOW - 5 * M,
         None,
         4,
@@ -238,6 +238,12 @@ def test_why_not(
     assert answer is not None
     assert (answer.reason, answer.since, answer.until, answer.run_id) == (reason, since, until, run_id)
     assert text in answer.message
+
+
+def test_a_skip_against_a_run_still_in_progress_does_not_say_it_ended() -> None:
+    facts = LoopFacts(LOOP, skipped(4, "overlap", "previous run 3 still running"), running_id=3)
+    answer = why_not(facts, NOW)
+    assert answer is not None and answer.message == "its last fire was skipped: previous run 3 still running"
 
 
 def test_its_json_is_stable() -> None:
