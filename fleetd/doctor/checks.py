@@ -16,7 +16,7 @@ from typing import Any, Literal
 from fleetd.paths import MAX_SOCKET_PATH_BYTES, socket_path_problem, unsafe_reason
 
 Severity = Literal["error", "warning"]
-CHECKS = ("daemon", "cli", "login", "key", "rotation", "secret_store", "socket", "disk", "database", "service")
+CHECKS = ("daemon", "cli", "login", "key", "rotation", "loop", "secret_store", "socket", "disk", "database", "service")
 
 DISK_WARN_BYTES = 1024**3
 DISK_WARN_FRACTION = 0.05
@@ -149,6 +149,28 @@ def check_profiles(profiles: list[ProfileFact]) -> list[Finding]:
                     subject=p.name,
                 )
             )
+    return findings
+
+
+# -- what a loop names on disk ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LoopPathFact:
+    """A loop's --dir or --prompt-file that its runs cannot use now (it was there when the loop was saved)."""
+
+    loop: str
+    scheduled: bool  # the loop is enabled
+    option: str  # "--dir" or "--prompt-file"
+    problem: str  # "directory not found: /x", "prompt file /p is 200,000 bytes; …"
+
+
+def check_loop_paths(facts: list[LoopPathFact]) -> list[Finding]:
+    findings = []
+    for f in facts:
+        fix = f"fleetd loop edit {shlex.quote(f.loop)} {f.option} {'DIR' if f.option == '--dir' else 'FILE'}"
+        message = f"loop {f.loop}: {f.problem} (each run fails)"
+        findings.append(Finding("loop", severity(f.scheduled), message, fix, subject=f.loop))
     return findings
 
 

@@ -84,6 +84,7 @@ class DoctorService:
         report.findings += checks.check_clis(clis)
         report.findings += checks.check_profiles(profile_facts)
         report.findings += checks.check_rotation(*await self._rotation(loops, profiles))
+        report.findings += checks.check_loop_paths(await asyncio.to_thread(facts.loop_path_facts, loops))
         report.findings += checks.check_secret_store(store)
         report.findings += checks.check_socket(facts.socket_fact(self.paths, daemon_answers=True))
         disk = facts.disk_fact(self.paths.home)

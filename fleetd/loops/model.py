@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ RESERVED_ENV_PREFIX = "FLEETD_"
 # argument, a command's prompt also the entry FLEETD_PROMPT=…, so the prompt gets the smaller of the two.
 MAX_ARG_BYTES = 128 * 1024 - 1
 MAX_PROMPT_BYTES = MAX_ARG_BYTES - len("FLEETD_PROMPT=")
+PATH_FIELDS = ("dir", "prompt_file")  # a loop's fields that name something on disk
 # A command runs as `sh -c` after the line that moves it into its run's cgroup (cgroups.join_argv), in the
 # same argument: room for that line, whatever the cgroup's path.
 MAX_COMMAND_BYTES = MAX_ARG_BYTES - 1024
@@ -171,9 +172,12 @@ def parse_env(items: object) -> dict[str, str]:
     return env
 
 
-def validate_loop_input(body: dict[str, Any], default_tz: str) -> Loop:
+def validate_loop_input(body: dict[str, Any], default_tz: str, *, on_disk: Collection[str] = PATH_FIELDS) -> Loop:
     """Turn an API request body into a Loop or raise InvalidArgument naming the bad field.
 
+    `on_disk`: the path fields looked for on disk. An edit names only those it changes: a directory or prompt
+    file gone since the loop was saved is `fleetd doctor`'s to say (and each run's), and must not refuse an
+    unrelated edit (a pause, a timeout) of a loop whose runs fail.
     The schedule expression itself is checked by `schedule.build_trigger`, which needs APScheduler.
     """
     known_fields(body, ("name", *EDITABLE), "loop")
@@ -184,7 +188,13 @@ def validate_loop_input(body: dict[str, Any], default_tz: str) -> Loop:
     prompt, prompt_file = optional_text(body, "prompt"), body.get("prompt_file")
     if prompt is not None and prompt_file is not None:
         raise InvalidArgument("give either --prompt or --prompt-file, not both")
-    if prompt_file is not None:
+    if prompt_file is not None and "prompt_file" not in on_disk:
+        prompt_file = validate_path(prompt_file, "prompt file")
+        try:
+            prompt_size = len(prompt_text(prompt_file).encode())
+        except (OSError, InvalidArgument):
+            prompt_size = 0  # the run says what is wrong with it
+    elif prompt_file is not None:
         prompt_file = validate_path(prompt_file, "prompt file")
         if not _path_is(prompt_file, "prompt file", Path.is_file):
             raise InvalidArgument(f"prompt file not found: {shown_path(prompt_file)}")
@@ -199,7 +209,7 @@ def validate_loop_input(body: dict[str, Any], default_tz: str) -> Loop:
     workdir = body.get("dir")
     if workdir is not None:
         workdir = validate_path(workdir, "directory")
-        if not _path_is(workdir, "directory", Path.is_dir):
+        if "dir" in on_disk and not _path_is(workdir, "directory", Path.is_dir):
             raise InvalidArgument(f"directory not found: {shown_path(workdir)}")
 
     timeout_s = None

@@ -3,12 +3,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any
 
 from fleetd.backends.registry import get_adapter, routed_backends
 from fleetd.errors import NoProfile
-from fleetd.loops.model import edited_input, validate_loop_input
+from fleetd.loops.model import PATH_FIELDS, edited_input, validate_loop_input
 from fleetd.loops.scheduler import Scheduler
 from fleetd.loops.whynot import NotFiring
 from fleetd.records.loop import Loop
@@ -43,10 +43,11 @@ class LoopService:
         usable = None if resolved is None else sum(len(usable) for _, usable, _ in resolved)
         return resolved, await self.scheduler.not_firing(loop, usable)
 
-    async def define(self, body: dict[str, Any]) -> Loop:
+    async def define(self, body: dict[str, Any], on_disk: Collection[str] = PATH_FIELDS) -> Loop:
         """A `loop add` body checked in full and turned into a Loop: its fields, its routing against the
-        profiles that exist, what each backend of its chain needs, and a profile that can run each step."""
-        loop = validate_loop_input(body, self.default_tz)
+        profiles that exist, what each backend of its chain needs, and a profile that can run each step
+        (`on_disk`: the path fields looked for on disk, `validate_loop_input`)."""
+        loop = validate_loop_input(body, self.default_tz, on_disk=on_disk)
         profiles = await self.profiles.list()
         apply_routing_input(body, loop, profiles, routed_backends())
         for step in loop_steps(loop):
@@ -58,9 +59,11 @@ class LoopService:
         return await self.scheduler.add(await self.define(body))
 
     async def edit(self, name: str, changes: dict[str, Any]) -> Loop:
-        """`changes` over the stored loop, checked as a whole like `loop add`; takes effect at the next fire."""
+        """`changes` over the stored loop, checked as a whole like `loop add` (but for what it does not change on
+        disk); takes effect at the next fire."""
         old = await self.loops.get(name)
-        new = await self.define(edited_input(old, changes))
+        changed_paths = [field for field in PATH_FIELDS if changes.get(field) is not None]
+        new = await self.define(edited_input(old, changes), on_disk=changed_paths)
         return await self.scheduler.edit(old, new)
 
 

@@ -142,3 +142,48 @@ def test_service_status_and_uninstall_without_systemctl(short_home: Path) -> Non
     assert (code, out.strip()) == (0, f"no service file at {unit}: nothing to stop, disable or remove")
     code, out = run("status")
     assert f"systemd unit {unit}: not installed" in out
+
+
+def test_a_loops_dir_or_prompt_file_gone_since_its_add_is_a_doctor_error_not_a_refused_edit(short_home: Path) -> None:
+    """The directory or prompt file a loop was saved with goes away: each run fails. `loop edit --timeout` and
+    `--paused` were refused ("directory not found"), as if the edit had named it, and doctor said nothing."""
+    d = isolated(Daemon(short_home / "home", "--kill-grace", "0.5s"), short_home)
+    d.start()
+    try:
+        work, prompt = short_home / "work", short_home / "prompt.txt"
+        work.mkdir()
+        prompt.write_text("look at X")
+        d.cli("loop", "add", "gone", "--every", "1h", "--dir", str(work), "--prompt-file", str(prompt),
+              "--command", "cat")  # fmt: skip
+        work.rmdir()
+        prompt.unlink()
+
+        d.cli("loop", "edit", "gone", "--timeout", "1h")
+        assert d.json("loop", "show", "gone")["timeout_s"] == 3600
+        report = json.loads(d.cli("doctor", "--json", check=False).stdout)
+        found = [
+            (f["check"], f["severity"], f["message"], f["fix"]) for f in report["findings"] if f["check"] == "loop"
+        ]
+        assert found == [
+            ("loop", "error", f"loop gone: directory not found: {work} (each run fails)",
+             "fleetd loop edit gone --dir DIR"),
+            ("loop", "error", f"loop gone: prompt file not found: {prompt} (each run fails)",
+             "fleetd loop edit gone --prompt-file FILE"),
+        ]  # fmt: skip
+        assert "loop" in report["checked"]
+
+        d.cli("loop", "edit", "gone", "--paused")  # a paused loop's: warnings
+        report = json.loads(d.cli("doctor", "--json").stdout)
+        assert {f["severity"] for f in report["findings"] if f["check"] == "loop"} == {"warning"}
+
+        # What an edit names is still looked for.
+        refused = d.cli("loop", "edit", "gone", "--dir", str(short_home / "nowhere"), check=False)
+        assert refused.returncode == 2 and refused.stderr == f"fleetd: directory not found: {short_home}/nowhere\n"
+        work.mkdir()
+        d.cli("loop", "edit", "gone", "--dir", str(work))
+        messages = [f["message"] for f in json.loads(d.cli("doctor", "--json").stdout)["findings"]]
+        assert [m for m in messages if m.startswith("loop gone")] == [
+            f"loop gone: prompt file not found: {prompt} (each run fails)"
+        ]
+    finally:
+        d.stop()
