@@ -59,7 +59,8 @@ class Pruner:
         async with self._lock:
             if older_than is not None:
                 before = self.clock() - timedelta(seconds=older_than)
-                await self._drain(lambda: self.store.runs_started_before(before, self.batch), freed)
+                await self._drain(lambda: self.store.runs_started_before(before, self.batch), freed, keep_facts=False)
+                await self._by_age(self.store.delete_pruned_facts_before, before)
                 freed.events = await self._by_age(self.store.delete_events_before, before)
                 freed.gateway_calls = await self._by_age(self.store.delete_gateway_calls_before, before)
             if keep_per_loop is not None:
@@ -101,9 +102,9 @@ class Pruner:
                 return total
             await asyncio.sleep(self.pause)
 
-    async def _drain(self, next_ids: Callable[[], Any], freed: Pruned) -> None:
+    async def _drain(self, next_ids: Callable[[], Any], freed: Pruned, *, keep_facts: bool = True) -> None:
         while ids := await next_ids():
-            gone, attempts = await self.store.delete_runs(ids)
+            gone, attempts = await self.store.delete_runs(ids, keep_facts=keep_facts)
             if not gone:
                 return  # all of them became protected meanwhile: the next query would return them again
             freed.runs += len(gone)

@@ -6,7 +6,9 @@ loop that still exists (`runs.LAST_RUN_IDS`, a run of this loop, not of an earli
 A run goes with its attempts, in one short write transaction per batch (events and gateway calls go by age
 alone, in batches too), so a fire or an API write waits
 at most one batch. The stats rollups (`stats_daily`, `stats_hourly`) are not touched: they keep the
-figures of pruned runs (store/stats.py; triggers add on update only, so a delete subtracts nothing). Nor are
+figures of pruned runs (store/stats.py; triggers add on update only, so a delete subtracts nothing). A run
+pruned by count (`--keep-per-loop`, often a recent one) leaves its facts (`stats_pruned_*`, migration 23) for
+the raw, first partial hour of a window; those go by age, as runs do. Nor are
 the gateway's (`gateway_stats_*`, `gateway_histograms_*`): the store adds calls as it inserts them, and
 nothing subtracts them (store/gateway_stats.py).
 """
@@ -18,6 +20,7 @@ from datetime import datetime
 
 from fleetd.store.db import Database
 from fleetd.store.runs import ACTIVE, LAST_RUN_IDS, NEWEST_FIRST
+from fleetd.store.schema import KEEP_PRUNED_FACTS
 from fleetd.timefmt import to_iso
 
 # Each an index walk that stops at its limit (tests/store/test_query_plans.py): a prune's batch never reads
@@ -71,10 +74,11 @@ class RetentionStore:
         rows = await self.db.fetchall(BEYOND_EDGE, (loop, edge[0], edge[0], edge[1], limit))
         return [r[0] for r in rows]
 
-    async def delete_runs(self, ids: list[int]) -> tuple[list[DeletedRun], int]:
+    async def delete_runs(self, ids: list[int], *, keep_facts: bool = True) -> tuple[list[DeletedRun], int]:
         """Delete these runs and their attempts in one transaction; what was deleted and how many attempts.
         The status and the protection are checked again inside it: the ids were read before, and a run
-        may have been added as a loop's newest meanwhile (not finished runs: they never run again)."""
+        may have been added as a loop's newest meanwhile (not finished runs: they never run again).
+        `keep_facts`: their stats facts stay for the raw part of a window (runs pruned by count; by age, not)."""
         if not ids:
             return [], 0
         marks = ",".join("?" * len(ids))
@@ -90,6 +94,9 @@ class RetentionStore:
                 return [], 0
             keep_marks = ",".join("?" * len(gone))
             gone_ids = [r.id for r in gone]
+            if keep_facts:
+                for keep in KEEP_PRUNED_FACTS:
+                    await conn.execute(keep.format(ids=keep_marks), gone_ids)
             cur = await conn.execute(f"DELETE FROM attempts WHERE run_id IN ({keep_marks})", gone_ids)
             attempts = cur.rowcount
             await conn.execute(f"DELETE FROM runs WHERE id IN ({keep_marks})", gone_ids)
@@ -100,6 +107,19 @@ class RetentionStore:
         async with self.db.transaction() as conn:
             cur = await conn.execute(OLD_EVENTS, (to_iso(before), limit))
             return cur.rowcount
+
+    async def delete_pruned_facts_before(self, before: datetime, limit: int) -> int:
+        """Delete up to `limit` stats facts of runs pruned by count that started before `before`; how many went."""
+        total = 0
+        async with self.db.transaction() as conn:
+            for table in ("stats_pruned_attempts", "stats_pruned_runs"):
+                cur = await conn.execute(
+                    f"DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} WHERE started_at < ? "
+                    "ORDER BY started_at LIMIT ?)",
+                    (to_iso(before), limit),
+                )
+                total = max(total, cur.rowcount)
+        return total
 
     async def delete_gateway_calls_before(self, before: datetime, limit: int) -> int:
         """Delete up to `limit` gateway calls (and their logged bodies) older than `before` (gateway_calls_at)."""

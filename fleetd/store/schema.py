@@ -782,4 +782,41 @@ MIGRATIONS: list[Migration] = [
     ALTER TABLE loops ADD COLUMN paused_at TEXT;
     UPDATE loops SET paused_at = updated_at WHERE enabled = 0;
     """,
+    # 23: the stats facts of runs pruned by count (`runs prune --keep-per-loop`), as the views gave them: a window's
+    # first, partial hour is read from the raw rows (store/stats.py), and those runs were missing from it. Runs
+    # pruned by age leave none (a window that starts before the retention may miss its first partial hour), and
+    # these go by age too (store/retention.py).
+    """
+    CREATE TABLE stats_pruned_attempts (
+        started_at TEXT NOT NULL, loop TEXT, backend TEXT, profile TEXT,
+        model TEXT, step INTEGER, role TEXT, input_tokens INTEGER,
+        output_tokens INTEGER, cache_read_tokens INTEGER, cache_write_tokens INTEGER, cost_usd REAL,
+        duration_ms INTEGER
+    );
+    CREATE INDEX stats_pruned_attempts_at ON stats_pruned_attempts (started_at);
+    CREATE TABLE stats_pruned_runs (
+        started_at TEXT NOT NULL, loop TEXT, succeeded INTEGER,
+        first_backend TEXT, first_profile TEXT, first_model TEXT,
+        first_step INTEGER, first_role TEXT, last_backend TEXT,
+        last_profile TEXT, last_model TEXT, last_step INTEGER, last_role TEXT,
+        fallback INTEGER, escalated INTEGER
+    );
+    CREATE INDEX stats_pruned_runs_at ON stats_pruned_runs (started_at);
+    """,
 ]
+
+# What a pruned run leaves for the raw part of a stats window (migration 23), `{ids}` its run ids' marks.
+PRUNED_ATTEMPT_COLUMNS = (
+    "started_at, loop, backend, profile, model, step, role, input_tokens, output_tokens, cache_read_tokens, "
+    "cache_write_tokens, cost_usd, duration_ms"
+)
+PRUNED_RUN_COLUMNS = (
+    "started_at, loop, succeeded, first_backend, first_profile, first_model, first_step, first_role, last_backend, "
+    "last_profile, last_model, last_step, last_role, fallback, escalated"
+)
+KEEP_PRUNED_FACTS = (
+    f"INSERT INTO stats_pruned_attempts ({PRUNED_ATTEMPT_COLUMNS}) SELECT {PRUNED_ATTEMPT_COLUMNS} "
+    "FROM stats_attempt_facts WHERE attempt_id IN (SELECT id FROM attempts WHERE run_id IN ({ids}))",
+    f"INSERT INTO stats_pruned_runs ({PRUNED_RUN_COLUMNS}) SELECT {PRUNED_RUN_COLUMNS} "
+    "FROM stats_run_facts WHERE run_id IN ({ids})",
+)

@@ -59,6 +59,7 @@ from fleetd.store.rollups import (
     whole_periods,
     window,
 )
+from fleetd.store.schema import PRUNED_ATTEMPT_COLUMNS, PRUNED_RUN_COLUMNS
 
 GROUP_KEYS = ("backend", "profile", "model", "loop", "step", "role")
 DEFAULT_BY = ("backend",)
@@ -144,15 +145,21 @@ def _queries(by: tuple[str, ...], loop: str | None) -> tuple[str, str, str, str]
     hourly = f"stats_hourly WHERE period > :hour AND period < :next_day{only}"
     raw = f"started_at >= :since AND started_at < :next_hour{only}"
     zeros = ", ".join(["0"] * 6)
+    # The raw rows: those still in runs and attempts, and the facts runs pruned by count left (store/retention.py).
+    raw_attempts = (
+        f"SELECT {PRUNED_ATTEMPT_COLUMNS} FROM stats_attempt_facts WHERE {raw} "
+        f"UNION ALL SELECT {PRUNED_ATTEMPT_COLUMNS} FROM stats_pruned_attempts WHERE {raw}"
+    )
     figures = f"""
-        WITH raw_runs AS (SELECT * FROM stats_run_facts WHERE {raw})
+        WITH raw_runs AS (SELECT {PRUNED_RUN_COLUMNS} FROM stats_run_facts WHERE {raw}
+                          UNION ALL SELECT {PRUNED_RUN_COLUMNS} FROM stats_pruned_runs WHERE {raw})
         SELECT {keys}, {", ".join(f"total({s})" for s in _SUMS)} FROM (
             SELECT {tuple_}, {", ".join(_SUMS)} FROM {daily}
             UNION ALL
             SELECT {tuple_}, {", ".join(_SUMS)} FROM {hourly}
             UNION ALL
             SELECT {tuple_}, 1, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, cost_usd,
-                   0, 0, 0, 0, 0 FROM stats_attempt_facts WHERE {raw}
+                   0, 0, 0, 0, 0 FROM ({raw_attempts})
             UNION ALL
             SELECT loop, first_backend, first_profile, first_model, first_step, first_role, {zeros},
                    1, fallback, escalated, 0, 0 FROM raw_runs
@@ -167,7 +174,7 @@ def _queries(by: tuple[str, ...], loop: str | None) -> tuple[str, str, str, str]
         f"WHERE period IN (SELECT value FROM json_each(:hours)){only}"
     )
     raw_durations = (
-        f"SELECT {keys}, duration_ms, count(*) FROM stats_attempt_facts WHERE {raw} AND duration_ms IS NOT NULL "
+        f"SELECT {keys}, duration_ms, count(*) FROM ({raw_attempts}) WHERE duration_ms IS NOT NULL "
         f"GROUP BY {keys}, duration_ms"
     )
     # In the primary key's order (period first): no sort.

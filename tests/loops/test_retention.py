@@ -205,9 +205,9 @@ async def test_prunes_in_batches_of_short_transactions(world: World) -> None:
     batches: list[int] = []
     delete_runs = world.pruner.store.delete_runs
 
-    async def spy(ids: list[int]) -> tuple[list, int]:  # type: ignore[type-arg]
+    async def spy(ids: list[int], *, keep_facts: bool = True) -> tuple[list, int]:  # type: ignore[type-arg]
         batches.append(len(ids))
-        return await delete_runs(ids)
+        return await delete_runs(ids, keep_facts=keep_facts)
 
     world.pruner.store.delete_runs = spy  # type: ignore[method-assign]
     freed = await world.pruner.prune(older_than=30 * DAY)
@@ -224,9 +224,9 @@ async def test_a_write_waits_for_one_batch_not_the_whole_prune(world: World) -> 
     order: list[str] = []
     delete_runs = world.pruner.store.delete_runs
 
-    async def spy(ids: list[int]) -> tuple[list, int]:  # type: ignore[type-arg]
+    async def spy(ids: list[int], *, keep_facts: bool = True) -> tuple[list, int]:  # type: ignore[type-arg]
         order.append("batch")
-        return await delete_runs(ids)
+        return await delete_runs(ids, keep_facts=keep_facts)
 
     world.pruner.store.delete_runs = spy  # type: ignore[method-assign]
 
@@ -266,6 +266,32 @@ async def test_stats_rollups_keep_the_figures_of_pruned_runs(world: World) -> No
     assert await world.count("runs") == 0
     after = await world.db.fetchall("SELECT period, runs_ended, attempts FROM stats_daily ORDER BY period")
     assert [tuple(r) for r in after] == [tuple(r) for r in before] and len(before) == 3
+
+
+@in_world
+async def test_runs_pruned_by_count_leave_their_stats_facts_until_they_are_old_enough_to_go_by_age(
+    world: World,
+) -> None:
+    """A window's first partial hour is read from the raw rows (store/stats.py): the runs `--keep-per-loop` prunes
+    (recent ones) leave their facts for it; runs pruned by age leave none, and those facts go by age too."""
+    for days_ago in (40, 41, 0.01, 0.02, 0.03):
+        await world.run("a", days_ago=days_ago)
+    await world.define("a")
+
+    await world.pruner.prune(keep_per_loop=1)
+    assert await world.count("runs") == 1
+    at = [r[0] for r in await world.db.fetchall("SELECT started_at FROM stats_pruned_runs ORDER BY started_at")]
+    assert at == [to_iso(NOW - timedelta(days=d)) for d in (41, 40, 0.03, 0.02)]
+    assert await world.count("stats_pruned_attempts") == 4
+
+    await world.pruner.prune(older_than=30 * DAY)
+    at = [r[0] for r in await world.db.fetchall("SELECT started_at FROM stats_pruned_runs ORDER BY started_at")]
+    assert at == [to_iso(NOW - timedelta(days=d)) for d in (0.03, 0.02)]
+    assert await world.count("stats_pruned_attempts") == 2
+
+    await world.run("b", days_ago=50)
+    await world.pruner.prune(older_than=30 * DAY)  # by age: nothing kept
+    assert await world.count("stats_pruned_runs") == 2
 
 
 @in_world

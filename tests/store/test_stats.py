@@ -22,6 +22,7 @@ from fleetd.store import rollups as rollups_module
 from fleetd.store import stats as stats_module
 from fleetd.store.attempts import AttemptStore, finish_write
 from fleetd.store.db import Database
+from fleetd.store.retention import RetentionStore
 from fleetd.store.runs import RunStore
 from fleetd.store.schema import STATS_REBUILD
 from fleetd.store.stats import Stats, StatsStore, _PeriodHistograms, parse_by, percentile
@@ -309,6 +310,30 @@ def test_rollups_agree_with_the_definition_wherever_the_window_starts(db_path: P
               NOW.replace(hour=0, minute=0, second=0, microsecond=0), NOW - timedelta(minutes=41)]  # fmt: skip
     for since in starts:
         for by in [("backend",), ("model",), ("loop", "role"), ("profile", "step")]:
+            assert figures(query(db_path, since, by)) == _reference(runs, since, by), (since, by)
+
+
+def test_runs_pruned_by_count_still_count_wherever_the_window_starts(db_path: Path) -> None:
+    """`runs prune --keep-per-loop` deletes recent runs: the first, partial hour of a window (all of `--since
+    10m`) is read from the raw rows, and the pruned ones were missing from it (6 runs in 30 days, 1 in 10 min)."""
+    rnd = random.Random(3)
+    runs = _random_runs(rnd, 600)
+    write(db_path, runs)
+
+    async def prune_half() -> int:
+        db = await Database.open(db_path)
+        try:
+            ids = [r[0] for r in await db.fetchall("SELECT id FROM runs ORDER BY id")]
+            gone, _ = await RetentionStore(db).delete_runs(rnd.sample(ids, len(ids) // 2))
+            return len(gone)
+        finally:
+            await db.close()
+
+    assert asyncio.run(prune_half()) > 200
+    # Each a minute past an hour: its raw part is 59 minutes long.
+    starts = [NOW.replace(minute=1) - timedelta(hours=hours) for hours in (0, 1, 7, 20, 30)]
+    for since in starts:
+        for by in [("backend",), ("loop", "role"), ("profile", "step", "model")]:
             assert figures(query(db_path, since, by)) == _reference(runs, since, by), (since, by)
 
 
