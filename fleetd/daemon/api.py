@@ -759,10 +759,11 @@ async def _read_file(f: BinaryIO) -> AsyncIterator[bytes]:
 
 
 async def _follow_live(ctx: DaemonContext, run_id: int, live: RunLog, follow: bool) -> AsyncIterator[bytes]:
-    pos = 0
+    pos, mid_line = 0, False
     while True:
-        data, pos = live.read_from(pos)
+        data, pos = live.read_from(pos, mid_line)
         if data:
+            mid_line = not data.endswith(b"\n")
             yield data
             continue
         if live.closed or not follow:

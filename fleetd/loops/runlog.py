@@ -176,12 +176,14 @@ class RunLog:
             self._changed.set()
             self._changed = None
 
-    def read_from(self, pos: int) -> tuple[bytes, int]:
-        """Output from logical offset `pos`; returns (data, next offset). Synchronous on purpose:
+    def read_from(self, pos: int, mid_line: bool = False) -> tuple[bytes, int]:
+        """Output from logical offset `pos`; returns (data, next offset). `mid_line`: what the reader was given
+        last did not end its line (a note of bytes dropped goes on a line of its own). Synchronous on purpose:
         no compaction can happen between computing the file offset and reading."""
         prefix = b""
         if pos < self.dropped:
-            prefix = f"[fleetd] {self.dropped - pos} bytes dropped by the output cap\n".encode()
+            start = b"\n" if mid_line else b""
+            prefix = start + f"[fleetd] {self.dropped - pos} bytes dropped by the output cap\n".encode()
             pos = self.dropped
         if not self.closed and not self._ensure_file():
             return prefix, pos  # the file could not be made: there is nothing to read

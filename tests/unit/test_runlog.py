@@ -54,6 +54,21 @@ async def _waits(tmp_path: Path) -> None:
     await asyncio.wait_for(log.wait_for_more(5, timeout=5), 1)  # closed: returns at once
 
 
+def test_a_follower_left_mid_line_gets_the_dropped_note_on_a_line_of_its_own(tmp_path: Path) -> None:
+    """`runs logs --follow` of `seq 1 300000` with `--output-cap 100k` printed `1277[fleetd] 159744 bytes dropped`:
+    the note went on after the partial line the follower had been given."""
+    log = RunLog(tmp_path / "m.log", cap=4096)
+    log.write(b"1276\n1277")
+    data, pos = log.read_from(0)
+    assert data == b"1276\n1277"
+    log.write(b"".join(b"%d\n" % n for n in range(1278, 9000)))  # compacted far past the follower
+    data, _ = log.read_from(pos, mid_line=not data.endswith(b"\n"))
+    assert data.startswith(b"\n[fleetd] ") and b" bytes dropped by the output cap\n" in data
+    data, _ = log.read_from(pos)  # at a line's start: no empty line
+    assert data.startswith(b"[fleetd] ")
+    log.close()
+
+
 def test_followers_wake_on_new_output_and_on_close(tmp_path: Path) -> None:
     asyncio.run(_waits(tmp_path))
 
