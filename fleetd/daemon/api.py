@@ -243,6 +243,7 @@ def create_app(ctx: DaemonContext) -> Starlette:
         loop = await ctx.loops.get(name)
         body = await _loop_dict(loop)
         resolved, not_firing = await ctx.loop_service.explain(loop)
+        body["resolved"] = None  # a command loop: no chain
         if resolved is not None:
             body["resolved"] = [
                 {

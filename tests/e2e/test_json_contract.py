@@ -31,6 +31,7 @@ def test_every_commands_json_keys(daemon: Daemon, tmp_path: Path) -> None:
     # `loop add` also says what it saved but warns about (a CLI not on the daemon's PATH): `fleetd doctor`.
     assert set(daemon.json("loop", "add", "jc", "--every", "1h", "--paused", "--command", "echo hi")) == LOOP | {
         "not_firing",
+        "resolved",
         "warnings",
     }
     run = daemon.json("loop", "run", "jc")
@@ -38,7 +39,9 @@ def test_every_commands_json_keys(daemon: Daemon, tmp_path: Path) -> None:
     daemon.wait_run(run["id"])
     assert [set(lp) for lp in daemon.json("loop", "list")] == [LOOP]
     shown = daemon.json("loop", "show", "jc")
-    assert set(shown) == LOOP | {"not_firing"} and set(shown["schedule"]) >= {"kind", "expr", "timezone"}
+    # `resolved` is there for every loop (null for a command loop, which has no chain): it was absent.
+    assert set(shown) == LOOP | {"not_firing", "resolved"} and shown["resolved"] is None
+    assert set(shown["schedule"]) >= {"kind", "expr", "timezone"}
     assert set(shown["last_run"]) == {"id", "started_at", "status"}
 
     assert [set(r) for r in daemon.json("runs", "list")] == [RUN]
@@ -52,7 +55,7 @@ def test_every_commands_json_keys(daemon: Daemon, tmp_path: Path) -> None:
     assert set(daemon.json("profile", "edit", "jp", "--model", "gemini-2.5-flash")) == PROFILE
     # (`profile set-key --json`, which needs a secret store, is pinned in test_edit.py.)
     # `loop edit` answers like `loop add`: the loop, and what it warns about.
-    assert set(daemon.json("loop", "edit", "jc", "--timeout", "5m")) == LOOP | {"not_firing", "warnings"}
+    assert set(daemon.json("loop", "edit", "jc", "--timeout", "5m")) == LOOP | {"not_firing", "resolved", "warnings"}
 
     assert [set(u) for u in daemon.json("usage")] == [USAGE]
     assert set(daemon.json("usage", "show", "jp")) == USAGE
