@@ -318,7 +318,7 @@ def test_migration_22_dates_a_loop_paused_before_it_from_its_last_change(tmp_pat
                     "'2026-03-01T00:00:00.000+00:00', '2026-03-02T09:10:00.000+00:00')",
                     (name, enabled),
                 )
-            assert await migrate(conn) == 22
+            assert await migrate(conn, upto=22) == 22
             async with conn.execute("SELECT name, paused_at FROM loops ORDER BY name") as cur:
                 return [tuple(r) for r in await cur.fetchall()]
 
