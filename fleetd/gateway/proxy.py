@@ -179,9 +179,9 @@ class Proxy:
     async def _forward(self, req: Request, call: GatewayCall) -> Response | StreamAnswer:
         started = time.monotonic()
         deadline = started + req.route.timeout_s
-        if req.route.log_bodies:
-            call.request_body = _capped(req.raw)
         scrubber = Scrubber(await self.profiles.known_secrets())
+        if req.route.log_bodies:  # a client may paste a key it was given into a question: the log gets it redacted
+            call.request_body = _capped(_scrub(scrubber, req.raw))
         body, strip_usage = req.protocol.prepare(req.body)
         policy = Policy(chain=req.route.chain, tiers=frozenset(TIERS), retries=RETRIES, backoff_base=BACKOFF_BASE_S,
                         backoff_cap=BACKOFF_CAP_S, max_attempts=3 * len(req.route.chain) + 2)  # fmt: skip
@@ -603,7 +603,7 @@ async def _read_capped(response: aiohttp.ClientResponse, cap: int) -> bytes:
 
 
 def _scrub(scrubber: Scrubber, data: bytes) -> bytes:
-    """An upstream's error body without any key fleetd knows (a provider may quote the key it was sent)."""
+    """A body without any key fleetd knows (a provider may quote the key it was sent, a client paste one)."""
     fresh = scrubber.fresh()
     return fresh.feed(data) + fresh.flush()
 

@@ -494,11 +494,11 @@ def test_no_provider_key_in_calls_logs_or_answers(gw: Gateway) -> None:
 def test_a_provider_key_quoted_in_an_answer_reaches_neither_the_client_nor_the_call_log(gw: Gateway) -> None:
     """A provider (or its model) can answer with the key it was sent; the gateway's client holds only the gateway's
     key, and the call log is fleetd's record: both get the answer with every key fleetd knows redacted, streamed or
-    not."""
+    not; a client that pasted one into its question finds it redacted in the logged request too."""
     gw.pair("qk")
     gw.d.cli("route", "add", "qk-bodies", "--chain", "qk1,qk2", "--api", "chat", "--log-bodies")
     gw.p1.reply_text = f"you sent {KEYS['1']}; the other is {KEYS['2']}"
-    messages: Any = [{"role": "user", "content": "which key?"}]
+    messages: Any = [{"role": "user", "content": f"which key? not {KEYS['2']}?"}]
     try:
         plain = gw.sdk().chat.completions.create(model="qk-bodies", messages=messages).choices[0].message.content
         chunks = gw.sdk().chat.completions.create(model="qk-bodies", messages=messages, stream=True)
@@ -508,6 +508,7 @@ def test_a_provider_key_quoted_in_an_answer_reaches_neither_the_client_nor_the_c
     assert plain == streamed == "you sent [REDACTED]; the other is [REDACTED]"
     calls = gw.call_of("qk-bodies", 2)
     assert all("[REDACTED]" in call["response_body"] for call in calls), calls
+    assert all("which key? not [REDACTED]?" in call["request_body"] for call in calls), calls
     stored = b"".join(p.read_bytes() for p in gw.d.home.glob("fleetd.db*"))
     seen = json.dumps(calls) + gw.d.log_text()
     for secret in KEYS.values():
