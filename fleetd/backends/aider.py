@@ -58,7 +58,8 @@ class AiderAdapter(AgentCli):
     def build(self, ctx: AttemptContext) -> ProcessSpec:
         assert ctx.profile is not None
         argv = [
-            self.executable, "--message", ctx.prompt or "", "--yes-always", "--no-pretty",
+            # --message=TEXT: a prompt that starts with "-" stays the message (argparse took "--fix" for an option).
+            self.executable, f"--message={ctx.prompt or ''}", "--yes-always", "--no-pretty",
             "--no-check-update", "--no-analytics", "--analytics-log", str(Path(ctx.tmpdir) / ANALYTICS_LOG),
         ]  # fmt: skip
         if ctx.model:

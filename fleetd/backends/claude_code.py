@@ -73,7 +73,7 @@ class ClaudeCodeAdapter(AgentCli):
 
     def build(self, ctx: AttemptContext) -> ProcessSpec:
         assert ctx.profile is not None
-        argv = [self.executable, "-p", ctx.prompt or "", "--output-format", "stream-json", "--verbose"]
+        argv = [self.executable, "-p", "--output-format", "stream-json", "--verbose"]
         if ctx.model:
             argv += ["--model", ctx.model]
         if ctx.resume_session:  # a repair round continues the session it repairs
@@ -89,7 +89,10 @@ class ClaudeCodeAdapter(AgentCli):
             "DISABLE_AUTOUPDATER": "1",
             "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
         }
-        return ProcessSpec(argv=[*argv, *ctx.task.agent_args], env=env, unset_env=change.unset, cwd=ctx.task.workdir)
+        # The prompt last, after "--": one that starts with "-" (front matter, a list) is not an option, and a
+        # variadic agent arg (--add-dir A B) does not swallow it.
+        argv += [*ctx.task.agent_args, "--", ctx.prompt or ""]
+        return ProcessSpec(argv=argv, env=env, unset_env=change.unset, cwd=ctx.task.workdir)
 
     def interpret(self, ctx: AttemptContext, out: ProcessOutput, now: datetime, tz: tzinfo) -> ParsedOutput:
         return parser.parse_stream_json(out.stdout, out.stderr, out.exit_code, now, tz)

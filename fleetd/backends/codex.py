@@ -76,7 +76,8 @@ class CodexAdapter(AgentCli):
         change = self.profile_env(ctx.profile, ctx.secret)
         session = [ctx.resume_session] if ctx.resume_session else []
         return ProcessSpec(
-            argv=[*argv, *ctx.task.agent_args, *session, ctx.prompt or ""],
+            # After "--", a prompt that starts with "-" is not taken for an option ("unexpected argument").
+            argv=[*argv, *ctx.task.agent_args, "--", *session, ctx.prompt or ""],
             env=change.set,
             unset_env=change.unset,
             cwd=ctx.task.workdir,

@@ -61,7 +61,8 @@ class GeminiAdapter(AgentCli):
         assert ctx.profile is not None
         limit_own_retries(Path(ctx.profile.config_dir))
         change = self.profile_env(ctx.profile, ctx.secret)
-        argv = [self.executable, "-p", ctx.prompt or "", "-o", "json", "-m", ctx.model or DEFAULT_MODEL]
+        # --prompt=TEXT: a prompt that starts with "-" stays the prompt (as "-p TEXT" it was an unknown option).
+        argv = [self.executable, f"--prompt={ctx.prompt or ''}", "-o", "json", "-m", ctx.model or DEFAULT_MODEL]
         env = {**change.set, "GEMINI_CLI_NO_RELAUNCH": "true"}
         return ProcessSpec(argv=[*argv, *ctx.task.agent_args], env=env, unset_env=change.unset, cwd=ctx.task.workdir)
 

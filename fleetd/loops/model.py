@@ -32,7 +32,8 @@ MAX_PATH_BYTES = 4096
 RESERVED_ENV_PREFIX = "FLEETD_"
 # Linux takes at most 128 KiB (MAX_ARG_STRLEN, with its NUL) in one argument or one environment entry; over
 # it, exec fails with "Argument list too long". A command is one argument (`sh -c`), an agent's prompt one
-# argument, a command's prompt also the entry FLEETD_PROMPT=…, so the prompt gets the smaller of the two.
+# argument (at most "--message=…"), a command's prompt also the entry FLEETD_PROMPT=…, so the prompt gets the
+# smallest of them.
 MAX_ARG_BYTES = 128 * 1024 - 1
 MAX_PROMPT_BYTES = MAX_ARG_BYTES - len("FLEETD_PROMPT=")
 PATH_FIELDS = ("dir", "prompt_file")  # a loop's fields that name something on disk

@@ -20,7 +20,7 @@ def context(tmp_path: Path, backend: str, resume: str | None) -> AttemptContext:
 
 def test_codex_resumes_with_exec_resume_session_then_prompt(tmp_path: Path) -> None:
     fresh = CodexAdapter().build(context(tmp_path, "codex", None)).argv
-    assert fresh == ["codex", "exec", "--json", "--skip-git-repo-check", "-m", "m1", "fix it"]
+    assert fresh == ["codex", "exec", "--json", "--skip-git-repo-check", "-m", "m1", "--", "fix it"]
     resumed = CodexAdapter().build(context(tmp_path, "codex", "0199a-thread")).argv
     assert resumed == [
         "codex",
@@ -30,6 +30,7 @@ def test_codex_resumes_with_exec_resume_session_then_prompt(tmp_path: Path) -> N
         "--skip-git-repo-check",
         "-m",
         "m1",
+        "--",
         "0199a-thread",
         "fix it",
     ]

@@ -25,10 +25,10 @@ NOW = datetime(2026, 11, 30, 3, 40, tzinfo=UTC)
 TZ = ZoneInfo("UTC")
 
 ARGV = {
-    "claude": ["-p", "x", "--output-format", "stream-json", "--verbose", "--model", "claude-opus-5-5"],
-    "codex": ["exec", "--json", "--skip-git-repo-check", "-m", "gpt-5.5", "x"],
-    "gemini": ["-p", "x", "-o", "json", "-m", "gemini-2.5-pro"],
-    "aider": ["--message", "x", "--yes-always", "--no-pretty"],
+    "claude": ["-p", "--output-format", "stream-json", "--verbose", "--model", "claude-opus-5-5", "--", "x"],
+    "codex": ["exec", "--json", "--skip-git-repo-check", "-m", "gpt-5.5", "--", "x"],
+    "gemini": ["--prompt=x", "-o", "json", "-m", "gemini-2.5-pro"],
+    "aider": ["--message=x", "--yes-always", "--no-pretty"],
 }
 
 

@@ -88,8 +88,8 @@ def test_claude_subscription_profile_success_records_usage(agents: Daemon) -> No
     assert attempt["session_id"] == "44ce97b6-bd26-4495-bf03-46c93a098e16"
     assert attempt["outcome"] == "succeeded" and attempt["model"]
     (call,) = calls(d, run["id"])
-    assert call["argv"] == ["-p", "say hi", "--output-format", "stream-json", "--verbose", "--model", "opus",
-                            "--max-turns", "3"]  # fmt: skip
+    assert call["argv"] == ["-p", "--output-format", "stream-json", "--verbose", "--model", "opus",
+                            "--max-turns", "3", "--", "say hi"]  # fmt: skip
     profile_dir = d.json("profile", "show", "cc_sub")["config_dir"]
     assert call["env"]["CLAUDE_CONFIG_DIR"] == profile_dir
     assert stat.S_IMODE(os.stat(profile_dir).st_mode) == 0o700
@@ -172,7 +172,7 @@ def test_codex_usage_and_window_state_from_its_rollout(agents: Daemon) -> None:
     assert datetime.fromisoformat(windows[300]["resets_at"]) == datetime.fromtimestamp(RESET_EPOCH, UTC)
     (call,) = calls(d, run["id"])
     assert call["stdin_closed"] is True  # codex waits for stdin to close
-    assert call["argv"][:3] == ["exec", "--json", "--skip-git-repo-check"] and call["argv"][-1] == "hi"
+    assert call["argv"][:3] == ["exec", "--json", "--skip-git-repo-check"] and call["argv"][-2:] == ["--", "hi"]
     assert call["env"]["CODEX_HOME"] == d.json("profile", "show", "cx")["config_dir"]
 
 
@@ -224,7 +224,7 @@ def test_gemini_quota_exit_173_and_own_retries_turned_down(agents: Daemon) -> No
     settings = json.loads((gemini_home / ".gemini" / "settings.json").read_text())
     assert settings["general"]["maxAttempts"] == 1
     call = calls(d, run["id"])[0]
-    assert call["argv"] == ["-p", "hi", "-o", "json", "-m", "gemini-2.5-flash"]
+    assert call["argv"] == ["--prompt=hi", "-o", "json", "-m", "gemini-2.5-flash"]
     assert call["env"]["GEMINI_API_KEY"] == "gem-key-123"
 
 

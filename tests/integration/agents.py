@@ -253,21 +253,20 @@ def agent_argv(
     model = model or DEFAULT_MODELS[name]
     exe = str(executable or find_agent(name) or name)
     if name == "claude":
-        return [exe, "-p", prompt, "--output-format", "stream-json", "--verbose", "--model", model]
+        return [exe, "-p", "--output-format", "stream-json", "--verbose", "--model", model, "--", prompt]
     if name == "codex":
         # Stdin must be closed (/dev/null): codex exec otherwise waits for more input.
-        return [exe, "exec", "--json", "--skip-git-repo-check", "--model", model, prompt]
+        return [exe, "exec", "--json", "--skip-git-repo-check", "--model", model, "--", prompt]
     if name == "gemini":
         # An explicit -m skips Gemini CLI's model router (extra classifier calls, each with their own retries).
-        return [exe, "-p", prompt, "-o", "json", "-m", model]
+        return [exe, f"--prompt={prompt}", "-o", "json", "-m", model]
     if name == "aider":
         if base_url is None or profile_dir is None:
             raise ValueError("aider needs base_url and profile_dir")
         profile_dir = Path(profile_dir)
         return [
             exe,
-            "--message",
-            prompt,
+            f"--message={prompt}",
             "--model",
             f"openai/{model}",
             "--openai-api-base",

@@ -107,7 +107,9 @@ def run_agent(
     agents.prepare_profile(name, base_url, profile_dir)
     env = agents.agent_env(name, base_url, profile_dir, child_tmp)
     argv = agents.agent_argv(name, PROMPT, base_url=base_url, profile_dir=profile_dir, executable=exe)
-    argv = [arg for arg in argv if arg not in drop_flags] + list(add_flags)
+    argv = [arg for arg in argv if arg not in drop_flags]
+    end = argv.index("--") if "--" in argv else len(argv)  # options go before the prompt's "--"
+    argv[end:end] = add_flags
     matches = stop_on if callable(stop_on) else (lambda line: stop_on is not None and stop_on in line)
 
     out: list[str] = []
