@@ -948,7 +948,7 @@ class Executor:
         try:
             if adapter.kind == "http":
                 await begin()
-                end = await self._http_attempt(cast(HttpAdapter, adapter), ctx, slot, runlog, scrubber)
+                end = await self._http_call(cast(HttpAdapter, adapter), ctx, slot, runlog, scrubber)
             else:
                 end = await self._process_attempt(cast(ProcessAdapter, adapter), ctx, slot, runlog, scrubber, begin)
             if attempt_id is None:  # no child was started (bad workdir, not found): recorded all the same
@@ -994,6 +994,20 @@ class Executor:
                 raise
         end.cost_usd, end.attempt_id, end.number = cost, attempt_id, number
         return end
+
+    async def _http_call(
+        self, adapter: HttpAdapter, ctx: AttemptContext, slot: ActiveRun, runlog: RunLog, scrubber: Scrubber
+    ) -> AttemptEnd:
+        """The call, ended whatever happens: its row is written, and fleetd's own failure in it (no process to
+        clean up after) ends it failed, saying why, instead of leaving it `running`."""
+        try:
+            return await self._http_attempt(adapter, ctx, slot, runlog, scrubber)
+        except Exception as e:
+            log.exception("run %s: the call to %s failed in fleetd", ctx.run_id, adapter.name)
+            message = f"fleetd could not run it: {type(e).__name__}: {e}"
+            runlog.write(scrubber.flush())
+            runlog.note(message)
+            return AttemptEnd(ParsedOutput("failed", message=message))
 
     async def _http_attempt(
         self, adapter: HttpAdapter, ctx: AttemptContext, slot: ActiveRun, runlog: RunLog, scrubber: Scrubber

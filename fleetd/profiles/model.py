@@ -70,13 +70,20 @@ def validate_secret(value: object) -> str | None:
     """An API key as read from stdin: one line, not empty. Never quoted back in a message."""
     if value is None:
         return None
-    if not isinstance(value, str) or not value.strip():
+    if not isinstance(value, str):
+        raise InvalidArgument("the API key must be a string")
+    if not value.strip():
         raise InvalidArgument("the API key on stdin is empty")
     secret = value.strip()
     if "\n" in secret or "\r" in secret:
         raise InvalidArgument("the API key on stdin must be a single line")
     if "\x00" in secret:
         raise InvalidArgument("the API key on stdin contains a NUL byte")
+    # Every key ends up in an HTTP header (the CLIs' or fleetd's own), which carries printable ASCII only: a
+    # curly quote pasted with it failed each attempt. Where, not which: the message must not quote the key.
+    odd = next((i for i, c in enumerate(secret) if not " " <= c <= "~"), None)
+    if odd is not None:
+        raise InvalidArgument(f"the API key on stdin has a character that is not printable ASCII (character {odd + 1})")
     return secret
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.test_bad_input import _request
 from tests.e2e.test_json_contract import PROFILE
 from tests.e2e.test_loops_and_runs import LOOP_KEYS
 from tests.harness import Daemon, wait_until
@@ -284,3 +285,41 @@ def test_set_key_rotates_the_key_and_output_is_scrubbed_of_the_old_and_the_new(d
     assert json.loads((d.home / "secrets.json").read_text())["rot"] == NEW_KEY
     missing = d.cli("profile", "set-key", "ghost", "--api-key-stdin", input=NEW_KEY + "\n", check=False)
     assert missing.returncode == 1 and "no profile named 'ghost'" in missing.stderr
+
+
+def test_an_api_key_that_no_http_header_can_carry_is_refused_and_nothing_is_saved(d: Daemon) -> None:
+    """A key with a character outside printable ASCII (pasted from a document: a curly quote, a non-breaking
+    space) was saved; each attempt of an openai_compat profile then died in httpx before any request, leaving
+    its attempt `running` for ever."""
+    for key in ("sk-abcd\u00e9-0123456789", "sk-0123\u00a0456789", "sk-0123\x07456789"):
+        added = d.cli("profile", "add", "odd-key", "--backend", "openai_compat", "--base-url",
+                           "http://127.0.0.1:9/v1", "--api-key-stdin", input=key + "\n", check=False)  # fmt: skip
+        assert added.returncode == 2, added
+        assert added.stderr == (
+            "fleetd: the API key on stdin has a character that is not printable ASCII (character 8)\n"
+        )
+        assert "odd-key" not in {p["name"] for p in d.json("profile", "list")}
+    d.cli("profile", "add", "odd-key", "--backend", "openai_compat", "--base-url", "http://127.0.0.1:9/v1",
+               "--api-key-stdin", input="sk-good-0123456789\n")  # fmt: skip
+    refused = d.cli("profile", "set-key", "odd-key", "--api-key-stdin", input="sk-caf\u00e9-0123\n", check=False)
+    assert refused.returncode == 2 and "not printable ASCII" in refused.stderr
+    status, answer = _request(d, "PUT", "/v1/profiles/odd-key/key", json.dumps({"api_key": 12}).encode())
+    assert status == 400 and answer["error"]["message"] == "the API key must be a string", answer
+    assert json.loads((d.home / "secrets.json").read_text())["odd-key"] == "sk-good-0123456789"
+
+
+def test_an_attempt_that_fleetd_itself_fails_to_make_ends_and_so_does_its_run(d: Daemon) -> None:
+    """An exception inside an attempt (here httpx refusing a key that an older fleetd saved) failed the run but
+    left its attempt `running`, with no end, for ever."""
+    if "odd-key" not in {p["name"] for p in d.json("profile", "list")}:
+        d.cli("profile", "add", "odd-key", "--backend", "openai_compat", "--base-url", "http://127.0.0.1:9/v1",
+              "--api-key-stdin", input="sk-good-0123456789\n")  # fmt: skip
+    secrets = d.home / "secrets.json"
+    secrets.write_text(json.dumps({**json.loads(secrets.read_text()), "odd-key": "sk-caf\u00e9-0123456789"}))
+    d.cli("loop", "add", "odd-run", "--every", "1h", "--paused", "--backend", "openai_compat", "--profile", "odd-key",
+          "--prompt", "hi", "--model", "m")  # fmt: skip
+    run = d.wait_run(d.json("loop", "run", "odd-run")["id"])
+    (attempt,) = run["attempt_list"]
+    assert run["status"] == "failed" and attempt["finished_at"] is not None and attempt["outcome"] == "failed", run
+    assert run["error"].startswith("unknown: fleetd could not run it: UnicodeEncodeError"), run["error"]
+    assert run["error"] == f"unknown: {attempt['error']}"
