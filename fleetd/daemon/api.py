@@ -414,10 +414,11 @@ def create_app(ctx: DaemonContext) -> Starlette:
         return JSONResponse(stats_json(figures, now))
 
     async def list_profiles(request: Request) -> Response:
-        return JSONResponse([_profile(p) for p in await ctx.profiles.list()])
+        return JSONResponse([await _profile(p) for p in await ctx.profiles.list()])
 
-    def _profile(profile: Profile) -> dict[str, Any]:
-        return {**profile_json(profile), "circuit": circuit_json(ctx.heartbeat.circuit(profile.name))}
+    async def _profile(profile: Profile) -> dict[str, Any]:
+        missing = ctx.profiles.secrets.description if await ctx.profiles.has_key_missing(profile) else None
+        return {**profile_json(profile, missing), "circuit": circuit_json(ctx.heartbeat.circuit(profile.name))}
 
     def profiles_changed() -> None:
         """A profile changed by hand: runs waiting on profiles look again, and the gateway's next call does not route
@@ -429,21 +430,21 @@ def create_app(ctx: DaemonContext) -> Starlette:
     async def add_profile(request: Request) -> Response:
         profile = await ctx.profiles.add(await _body(request))
         profiles_changed()  # a run waiting for any profile of its backend may use this one
-        return JSONResponse(_profile(profile), status_code=201)
+        return JSONResponse(await _profile(profile), status_code=201)
 
     async def edit_profile(request: Request) -> Response:
         body = await _body(request)
         profile = await ctx.profiles.edit(request.path_params["name"], body)
         profiles_changed()  # its limits may have room now for a run that waits
-        return JSONResponse(_profile(profile))
+        return JSONResponse(await _profile(profile))
 
     async def set_profile_key(request: Request) -> Response:
         body = await _body(request)
-        return JSONResponse(_profile(await ctx.profiles.set_key(request.path_params["name"], body)))
+        return JSONResponse(await _profile(await ctx.profiles.set_key(request.path_params["name"], body)))
 
     async def show_profile(request: Request) -> Response:
         name = validate_profile_name(request.path_params["name"])
-        return JSONResponse(_profile(await ctx.profiles.get(name)))
+        return JSONResponse(await _profile(await ctx.profiles.get(name)))
 
     async def remove_profile(request: Request) -> Response:
         name = validate_profile_name(request.path_params["name"])
@@ -456,14 +457,14 @@ def create_app(ctx: DaemonContext) -> Starlette:
         name = validate_profile_name(request.path_params["name"])
         profile = await ctx.profiles.set_enabled(name, True)
         profiles_changed()
-        return JSONResponse(_profile(profile))
+        return JSONResponse(await _profile(profile))
 
     async def disable_profile(request: Request) -> Response:
         await _fields(request)
         name = validate_profile_name(request.path_params["name"])
         profile = await ctx.profiles.set_enabled(name, False)
         profiles_changed()
-        return JSONResponse(_profile(profile))
+        return JSONResponse(await _profile(profile))
 
     async def reset_circuit(request: Request) -> Response:
         await _fields(request)

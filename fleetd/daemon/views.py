@@ -63,7 +63,8 @@ def loop_json(
     }
 
 
-def profile_json(profile: Profile) -> dict[str, Any]:
+def profile_json(profile: Profile, key_missing: str | None = None) -> dict[str, Any]:
+    """`key_missing`: where its key should be and is not (the secret store's description)."""
     adapter = get_adapter(profile.backend)
     return {
         "name": profile.name,
@@ -74,8 +75,15 @@ def profile_json(profile: Profile) -> dict[str, Any]:
         "model": profile.model,
         "prices_per_mtok": {key.removeprefix("price_"): getattr(profile, key) for key in PRICE_FIELDS},
         "has_api_key": profile.has_secret,
-        "auth": adapter.auth_state(profile),  # key, login, none (a server on this host), or missing (it needs a key)
-        "auth_hint": adapter.auth_hint(profile),  # what the user does next for it to authenticate, or None
+        # key, login, none (a server on this host), or missing (it needs a key, or its key is gone from the store)
+        "auth": "missing" if key_missing else adapter.auth_state(profile),
+        # what the user does next for it to authenticate, or None
+        "auth_hint": (
+            f"its API key is not in the secret store ({key_missing}): add it again with "
+            f"`fleetd profile set-key {profile.name} --api-key-stdin < key.txt`"
+            if key_missing
+            else adapter.auth_hint(profile)
+        ),
         "enabled": profile.enabled,
         "limits": [limit.describe() for limit in profile.limits],
         "default_reset_s": profile.default_reset_s,

@@ -146,12 +146,7 @@ class DoctorService:
             adapter = get_adapter(profile.backend)
             setup = await asyncio.to_thread(adapter.setup_problem, profile)
             problem = None if setup else await asyncio.to_thread(adapter.login_problem, profile, self.env)
-            missing = False
-            if profile.has_secret:
-                try:
-                    missing = await self.profiles.secret(profile) is None
-                except Exception:  # the store itself is unusable: the secret_store check says so
-                    missing = False
+            missing = await self.profiles.has_key_missing(profile)  # an unusable store: secret_store says so
             found.append(
                 checks.ProfileFact(
                     name=profile.name,

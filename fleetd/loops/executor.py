@@ -77,6 +77,8 @@ class ProfileSource(Protocol):
     def claim_probe(self, profile: Profile) -> bool: ...
     async def candidate_skipped(self, loop: Loop, run_id: int, profile: str, why: str) -> None: ...
     async def secret(self, profile: Profile) -> str | None: ...
+    # Why a profile that has a key cannot run with it: the key is not in the secret store.
+    def key_missing(self, profile: Profile) -> str: ...
     # Every profile's key: an attempt's output is scrubbed of all of them, not only of its own.
     async def known_secrets(self) -> Collection[str]: ...
     def reserve(self, profile: Profile) -> None: ...
@@ -919,6 +921,8 @@ class Executor:
         candidate = decision.candidate
         adapter = get_adapter(candidate.backend)
         secret = await self.profiles.secret(profile) if profile and profile.has_secret else None
+        # Without its key an attempt would run as no one (or as a key in the daemon's environment): an auth failure.
+        key_missing = self.profiles.key_missing(profile) if profile and profile.has_secret and not secret else None
         scrubber = Scrubber([*(await self.profiles.known_secrets()), *([secret] if secret else [])])
         model = candidate.model or (profile.model if profile else None)
         attempt_id: int | None = None
@@ -946,7 +950,10 @@ class Executor:
                              cost_left=decision.cost_left, tokens_left=decision.tokens_left,
                              resume_session=resume, role=role)  # fmt: skip
         try:
-            if adapter.kind == "http":
+            if key_missing is not None:
+                runlog.note(key_missing)
+                end = AttemptEnd(ParsedOutput("failed", "auth", message=key_missing))
+            elif adapter.kind == "http":
                 await begin()
                 end = await self._http_call(cast(HttpAdapter, adapter), ctx, slot, runlog, scrubber)
             else:

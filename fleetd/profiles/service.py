@@ -513,6 +513,23 @@ class ProfileService:
     async def secret(self, profile: Profile) -> str | None:
         return await asyncio.to_thread(self.secrets.get, profile.name)
 
+    def key_missing(self, profile: Profile) -> str:
+        """What an attempt of `profile`, which has a key, says when the secret store no longer holds it."""
+        return (
+            f"profile {profile.name}'s API key is not in the secret store ({self.secrets.description}): "
+            f"fleetd profile set-key {profile.name} --api-key-stdin, then fleetd profile enable {profile.name}"
+        )
+
+    async def has_key_missing(self, profile: Profile) -> bool:
+        """Whether `profile` has a key that the secret store no longer holds (an unusable store: not known here,
+        `fleetd doctor` says why)."""
+        if not profile.has_secret:
+            return False
+        try:
+            return await self.secret(profile) is None
+        except Exception:
+            return False
+
     async def current_secret(self, profile: Profile) -> str | None:
         """The profile's key as of its last add or set-key, from memory: for a caller on every request's path
         (the gateway), which must never keep a key of its own (`KnownSecrets.current`)."""

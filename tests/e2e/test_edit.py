@@ -323,3 +323,26 @@ def test_an_attempt_that_fleetd_itself_fails_to_make_ends_and_so_does_its_run(d:
     assert run["status"] == "failed" and attempt["finished_at"] is not None and attempt["outcome"] == "failed", run
     assert run["error"].startswith("unknown: fleetd could not run it: UnicodeEncodeError"), run["error"]
     assert run["error"] == f"unknown: {attempt['error']}"
+
+
+def test_a_key_gone_from_the_secret_store_fails_its_attempt_as_auth_and_shows_missing(d: Daemon) -> None:
+    """A profile whose key went missing (a new keyring, a secrets file restored from before it) ran its attempts
+    with no key at all, and `profile list` still said AUTH key."""
+    d.cli("profile", "add", "gone-key", "--backend", "openai_compat", "--base-url", "http://127.0.0.1:9/v1",
+          "--api-key-stdin", input="sk-gone-0123456789\n")  # fmt: skip
+    secrets = d.home / "secrets.json"
+    secrets.write_text(json.dumps({k: v for k, v in json.loads(secrets.read_text()).items() if k != "gone-key"}))
+    shown = d.json("profile", "show", "gone-key")
+    assert (shown["auth"], shown["has_api_key"]) == ("missing", True), shown
+    assert "fleetd profile set-key gone-key --api-key-stdin" in shown["auth_hint"], shown
+    d.cli("loop", "add", "gone-run", "--every", "1h", "--paused", "--backend", "openai_compat", "--profile",
+          "gone-key", "--prompt", "hi", "--model", "m")  # fmt: skip
+    run = d.wait_run(d.json("loop", "run", "gone-run")["id"])
+    (attempt,) = run["attempt_list"]
+    assert attempt["error_class"] == "auth", attempt
+    assert attempt["error"] == (
+        f"auth: profile gone-key's API key is not in the secret store (file {secrets}): "
+        "fleetd profile set-key gone-key --api-key-stdin, then fleetd profile enable gone-key"
+    )
+    (row,) = [row for row in d.json("usage") if row["profile"] == "gone-key"]
+    assert row["state"] == "disabled" and "API key is not in the secret store" in row["reason"], row
