@@ -42,6 +42,13 @@ def _base_url(value: str) -> str:
             f"invalid --base-url {shown_without_credentials(value)}: no credentials in the URL; "
             "give the key with --api-key-stdin"
         )
+    if parsed.query or parsed.fragment or value.endswith(("?", "#")):
+        # fleetd appends the API's path (/chat/completions) to it; a key in the query would also be shown everywhere
+        cut = min(i for i in (value.find("?"), value.find("#"), len(value)) if i >= 0)
+        raise InvalidArgument(
+            f"invalid --base-url {shown(value[: cut + 1] + '…')}: no query or fragment (fleetd appends the API's "
+            "path to it); give a key with --api-key-stdin"
+        )
     return value
 
 

@@ -195,6 +195,7 @@ def assert_profile_refused(daemon: Daemon, args: list[str], *fragments: str) -> 
     assert result.returncode == 2, result
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("fleetd: ") and all(f in line for f in fragments), line
+    assert "SECRET" not in line
     # Nothing saved, and the listings that a stored inf or 400-digit number broke still answer.
     assert daemon.json("profile", "list") == before
     daemon.json("usage")
@@ -213,6 +214,9 @@ def assert_profile_refused(daemon: Daemon, args: list[str], *fragments: str) -> 
         (["--base-url", "http://localhost:99999/v1"], ["invalid --base-url"]),
         # Credentials in the URL were stored and shown by `profile show`, `profile env` and --json:
         (["--base-url", "http://user:pw@127.0.0.1:1/v1"], ["--base-url 'http://127.0.0.1:1/v1': no credentials"]),
+        # A key in the query was shown as the credentials were, and the API's path went after it (?key=K/chat/…):
+        (["--base-url", "https://gw.example/v1?key=AIzaSECRET"], ["--base-url 'https://gw.example/v1?…': no query"]),
+        (["--base-url", "http://127.0.0.1:1/v1#frag"], ["--base-url 'http://127.0.0.1:1/v1#…': no query or fragment"]),
         (["--config-dir", "/proc/fleetd-nope/x"], ["/proc/fleetd-nope does not exist"]),
         (["--model", ""], ["--model needs a value"]),  # was taken as no model
     ],
