@@ -278,6 +278,8 @@ class Router:
             now = world.now
             over = self._over_budget()
             if over:
+                if last is not None:  # what the last attempt came to (rejected, say) is as much the run's end
+                    over = f"{over}; last: {_describe(last)}"
                 self.note(now, "stop", over)
                 yield Finish("failed", over, last.error_class if last else None)
                 return

@@ -184,6 +184,17 @@ def test_on_exhausted_wait_waits_for_the_step_instead_of_escalating() -> None:
     assert wait.startswith("step 1 has no headroom (--on-exhausted wait): waiting until "), wait
 
 
+def test_a_run_over_budget_after_its_last_rejection_says_both() -> None:
+    """The budget's stop came first and hid why the work failed: rejected, with no step left to take it."""
+    chain = (ChainStep("openai_compat", ("qwen",)),)
+    drive = Drive(Policy(chain, max_cost=1.0), {"qwen": [fail("capability", cost=1.2)]})
+    finish = drive.run()
+    assert finish.status == "failed" and finish.error_class == "capability"
+    assert finish.reason == "budget: spent $1.20 of the run's $1.00; last: capability: capability (test)"
+    drive = Drive(Policy(chain, max_cost=1.0), {"qwen": [OK]})
+    assert drive.run().status == "succeeded"  # a success that went over is still a success
+
+
 def test_transient_retries_back_off_with_full_jitter_within_the_cap() -> None:
     drive = Drive(Policy(CHAIN, retries=2, backoff_base=2, backoff_cap=3), {"qwen": [fail("transient")], "cc-a": [OK]})
     drive.run()
