@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from decimal import Decimal
 
 from fleetd.errors import InvalidArgument, shown
 from fleetd.records.profile import Limit
@@ -26,12 +27,13 @@ def parse_limit(text: str) -> Limit:
         window_s = parse_duration(window)
     except DurationError as e:
         raise InvalidArgument(f"invalid --limit {shown(text)}: {e}") from None
-    amount = float(number) * _SCALE[scale.lower()]
+    exact = Decimal(number) * _SCALE[scale.lower()]  # in floats 4.1M is 4,099,999.9999999995
+    amount = float(exact)
     if amount <= 0:
         raise InvalidArgument(f"invalid --limit {shown(text)}: the amount must be positive")
     if amount > MAX_LIMIT_AMOUNT:  # also catches inf, which is what 400 nines become
         raise InvalidArgument(f"invalid --limit {shown(text)}: the amount must be at most {MAX_LIMIT_AMOUNT:,.0f}")
-    if unit in ("req", "tok") and amount != int(amount):  # `1d=0.5req`: no call is half a request
+    if unit in ("req", "tok") and exact != int(exact):  # `1d=0.5req`: no call is half a request
         raise InvalidArgument(f"invalid --limit {shown(text)}: {unit} is counted in whole numbers")
     return Limit(window_s, amount, unit)  # type: ignore[arg-type]
 

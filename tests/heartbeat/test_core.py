@@ -39,6 +39,10 @@ NEAR = 0.9  # the daemon's default --near-limit
         ("24h=500req", Limit(86400, 500, "req")),
         ("30d=12.5usd", Limit(2592000, 12.5, "usd")),
         ("90m=2ktok", Limit(5400, 2000, "tok")),
+        # In floats 4.1M is 4,099,999.9999999995: refused as "tok is counted in whole numbers"
+        ("5h=4.1Mtok", Limit(18000, 4_100_000, "tok")),
+        ("1d=1.1kreq", Limit(86400, 1100, "req")),
+        ("30d=0.3kusd", Limit(2592000, 300, "usd")),
     ],
 )
 def test_parse_limit(text: str, limit: Limit) -> None:
