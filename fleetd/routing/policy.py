@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Collection
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from fleetd.errors import InvalidArgument
@@ -57,9 +58,12 @@ def parse_tokens(value: object, flag: str) -> int | None:
     m = _TOKENS_RE.match(str(value))
     if not m:
         raise InvalidArgument(f"invalid {flag} {value!r}: a number of tokens, e.g. 500k or 2M")
-    count = float(m.group(1)) * {"": 1, "k": 1e3, "m": 1e6}[m.group(2).lower()]
+    # Decimal: in floats 4.1M is 4,099,999.9999999995 tokens
+    count = Decimal(m.group(1)) * {"": 1, "k": 1000, "m": 1000000}[m.group(2).lower()]
     if not 1 <= count <= MAX_TOKENS:
         raise InvalidArgument(f"invalid {flag} {value!r}: between 1 and {MAX_TOKENS:.0e} tokens")
+    if count != int(count):  # 1.5 was saved as 1
+        raise InvalidArgument(f"invalid {flag} {value!r}: a whole number of tokens, e.g. 500k or 2M")
     return int(count)
 
 

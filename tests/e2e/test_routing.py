@@ -179,6 +179,8 @@ def test_bad_routing_input_is_refused_with_one_line(routed: Daemon) -> None:
         (["--backend", "claude_code", "--tiers", "gold"], "invalid tier 'gold'"),
         (["--backend", "claude_code", "--max-cost", "nan"], "invalid --max-cost"),
         (["--backend", "claude_code", "--max-tokens", "lots"], "invalid --max-tokens"),
+        # Saved as 1 token (and 1.5 as a budget no attempt could stay under):
+        (["--backend", "claude_code", "--max-tokens", "1.5"], "invalid --max-tokens '1.5': a whole number of tokens"),
         (["--command", "true", "--max-cost", "1"], "--max-cost needs an agent backend"),
         # Accepted before: a step twice, two models, and --review's error naming --chain.
         (["--chain", "claude_code,claude_code"], "--chain lists the step 'claude_code' twice"),
