@@ -586,7 +586,10 @@ def create_app(ctx: DaemonContext) -> Starlette:
         q = request.query_params
         since = _since(q["since"], ctx.clock()) if q.get("since") else None
         limit = _int_param(request, "limit", 50, 1, MAX_LIMIT)
-        calls = await _gateway().calls(route=q.get("route"), since=since, limit=limit)
+        route = q.get("route")
+        calls = await _gateway().calls(route=route, since=since, limit=limit)
+        if route is not None and not calls and not await _gateway().route_known(route):
+            raise NotFound(f"no route named {route!r}, and no calls of one on record")  # a typo's empty answer
         return JSONResponse([call_json(c) for c in calls])
 
     async def shutdown(request: Request) -> Response:

@@ -345,6 +345,10 @@ class GatewayService:
             validate_route_name(route)
         return await self.store.calls(route=route, since=since, limit=limit)
 
+    async def route_known(self, name: str) -> bool:
+        """A route that exists, or whose calls are on record (a removed route's history still answers)."""
+        return name in self._routes or await self.store.has_calls(name)
+
     async def stats(self, *, since: datetime, by: tuple[str, ...]) -> dict[str, Any]:
         from fleetd.gateway.views import gateway_stats
 

@@ -166,6 +166,9 @@ class GatewayStore:
         )
         return [_call(r) for r in rows]
 
+    async def has_calls(self, route: str) -> bool:
+        return await self.db.fetchone("SELECT 1 FROM gateway_calls WHERE route = ? LIMIT 1", (route,)) is not None
+
     async def last_call_cost(self, key: str | None, route: str, since: datetime | None) -> float | None:
         """What key `key`'s latest call on `route` since `since` (the route's creation: a route removed and added
         again may cost anything) that cost anything cost (key None: any key's), or None."""

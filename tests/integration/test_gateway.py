@@ -538,6 +538,10 @@ def test_bad_cli_input_exits_2_and_saves_nothing(gw: Gateway) -> None:
         assert result.returncode == (1 if args[:3] == ("route", "add", "bad") else 2), (args, result.stderr)
         assert result.stderr.startswith("fleetd: ") and result.stderr.count("\n") == 1
     assert {r["name"] for r in gw.d.json("route", "list")} & {"x1", "x2", "x3", "x4 y", "x5"} == set()
+    # A typo's empty list, exit 0, read as "no calls yet":
+    typo = gw.d.cli("gateway", "calls", "--route", "bda", check=False)
+    assert (typo.returncode, typo.stderr) == (1, "fleetd: no route named 'bda', and no calls of one on record\n")
+    assert gw.d.json("gateway", "calls", "--route", "bad") == []  # a route with no calls yet
     assert not {"k1", "k2"} & {k["name"] for k in gw.d.json("gateway", "key", "list")}
     assert gw.d.json("gateway", "status")["url"] == gw.url
 
