@@ -66,11 +66,10 @@ def key_add(name: str, routes: str | None, daily_cost: str | None, as_json: bool
         body["routes"] = routes
     if daily_cost is not None:
         body["daily_cost"] = daily_cost
-    render(client().call("POST", "/v1/gateway/keys", body), as_json, _added_text)
-
-
-def _added_text(k: dict[str, Any]) -> str:
-    return f"{k['key']}\n(gateway key {k['name']}: shown once, keep it now; fleetd keeps only its hash)"
+    added = client().call("POST", "/v1/gateway/keys", body)
+    if not as_json:  # the key alone on stdout, for KEY=$(fleetd gateway key add NAME); the note for whoever reads
+        click.echo(f"fleetd: gateway key {name}: shown once, keep it now; fleetd keeps only its hash", err=True)
+    render(added, as_json, lambda k: str(k["key"]))
 
 
 @key.command("list")

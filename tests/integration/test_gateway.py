@@ -888,3 +888,11 @@ def test_a_providers_429_is_told_once_not_again_as_the_exhaustion_it_caused(gw: 
     assert status == 429, message
     reasons = message.partition(" (")[2].removesuffix(")").split("; ")
     assert [r.partition(": ")[0] for r in reasons] == ["twice"], message
+
+
+def test_gateway_key_add_prints_the_key_alone_on_stdout(gw: Gateway) -> None:
+    """`KEY=$(fleetd gateway key add ci)` took the note after the key too: the client then sent both lines."""
+    added = gw.d.cli("gateway", "key", "add", "scripted")
+    assert re.fullmatch(r"fk-[A-Za-z0-9_-]+\n", added.stdout), added.stdout
+    assert added.stderr == "fleetd: gateway key scripted: shown once, keep it now; fleetd keeps only its hash\n"
+    assert "scripted" in {k["name"] for k in gw.d.json("gateway", "key", "list")}
