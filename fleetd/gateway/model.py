@@ -65,10 +65,16 @@ def validate_route_input(body: Mapping[str, Any], profiles: Collection[Profile])
 
 def checked_step(step: ChainStep, profile: Profile, api: str) -> ChainStep:
     """A route's chain step over `profile`: it must speak the route's API and know what model to ask for."""
-    apis = get_adapter(profile.backend).gateway_apis(profile)
+    adapter = get_adapter(profile.backend)
+    apis = adapter.gateway_apis(profile)
     if api not in apis:
         spoken = f"it speaks {', '.join(sorted(apis))}" if apis else "the gateway cannot call it (no key or base URL)"
         raise InvalidArgument(f"profile {profile.name} ({profile.backend}) cannot serve a {api} route: {spoken}")
+    if problem := adapter.auth_problem(profile):  # each call would be the provider's 401, then a disabled profile
+        raise InvalidArgument(
+            f"profile {profile.name} ({profile.backend}) cannot serve a route: {problem}: add one with "
+            f"`fleetd profile set-key {profile.name} --api-key-stdin < key.txt`"
+        )
     if not (step.model or profile.model):
         raise InvalidArgument(
             f"chain step {profile.name} has no model: write {profile.name}@MODEL or give the profile --model"

@@ -518,12 +518,15 @@ def test_a_provider_key_quoted_in_an_answer_reaches_neither_the_client_nor_the_c
 
 def test_bad_cli_input_exits_2_and_saves_nothing(gw: Gateway) -> None:
     gw.pair("bad")
+    gw.d.cli("profile", "add", "bad-nokey", "--backend", "openai_compat", "--base-url", "https://llm.example/v1",
+             "--model", "m")  # fmt: skip
     cases = [
         ("route", "add", "x1", "--chain", "nosuch"),
         ("route", "add", "x2", "--chain", "bad1", "--api", "messages"),  # an openai_compat profile
         ("route", "add", "x3", "--chain", "bad1,claude_code"),  # a backend is not a named step
         ("route", "add", "x4 y", "--chain", "bad1"),
         ("route", "add", "x5", "--chain", "bad1", "--timeout", "0s"),
+        ("route", "add", "x6", "--chain", "bad-nokey"),  # every call was the provider's 401, then a disabled profile
         ("route", "add", "bad", "--chain", "bad1"),  # exists: a conflict, not a usage error
         ("gateway", "key", "add", "k1", "--routes", "nosuch"),
         ("gateway", "key", "add", "k2", "--daily-cost", "-1"),
@@ -537,7 +540,12 @@ def test_bad_cli_input_exits_2_and_saves_nothing(gw: Gateway) -> None:
         result = gw.d.cli(*args, check=False)
         assert result.returncode == (1 if args[:3] == ("route", "add", "bad") else 2), (args, result.stderr)
         assert result.stderr.startswith("fleetd: ") and result.stderr.count("\n") == 1
-    assert {r["name"] for r in gw.d.json("route", "list")} & {"x1", "x2", "x3", "x4 y", "x5"} == set()
+    assert {r["name"] for r in gw.d.json("route", "list")} & {"x1", "x2", "x3", "x4 y", "x5", "x6"} == set()
+    nokey = gw.d.cli("route", "add", "x6", "--chain", "bad-nokey", check=False).stderr
+    assert nokey == (
+        "fleetd: profile bad-nokey (openai_compat) cannot serve a route: no API key (its --base-url is not on this "
+        "host): add one with `fleetd profile set-key bad-nokey --api-key-stdin < key.txt`\n"
+    )
     # A typo's empty list, exit 0, read as "no calls yet":
     typo = gw.d.cli("gateway", "calls", "--route", "bda", check=False)
     assert (typo.returncode, typo.stderr) == (1, "fleetd: no route named 'bda', and no calls of one on record\n")
