@@ -199,7 +199,10 @@ class Proxy:
                 if (decision.over_cost and last is None) or (last is not None and last.over_cost):
                     error = GatewayError("rate_limited", f"route {req.route.name}: {decision.reason}", retry_after=3600)
                 elif last is None:  # nothing could be tried (disabled, parked, no key): not an upstream's failure
-                    error = GatewayError("unavailable", f"route {req.route.name}: {decision.reason}")
+                    back = decision.back_at  # each comes back by itself (an open circuit): the client is told when
+                    retry_after = max(1.0, (back - world.now).total_seconds()) if back is not None else None
+                    error = GatewayError("unavailable", f"route {req.route.name}: {decision.reason}",
+                                         retry_after=retry_after)  # fmt: skip
                 return await self._refuse(req, call, started, last, decision.reason or "failed", scrubber, error)
             if left <= 0:
                 error = GatewayError("timeout", f"route {req.route.name}: no answer within {req.route.timeout_s:g}s")

@@ -149,6 +149,8 @@ class Finish:
     # Nothing was tried because every candidate is over its daily cost: spend leaves the 24 h window by itself (the
     # gateway answers 429, not 502 as for a failing upstream).
     over_cost: bool = False
+    # Every candidate passed over comes back by itself, the first at this time (a gateway's retry-after).
+    back_at: datetime | None = None
 
 
 Decision = Try | Backoff | WaitUntil | Finish
@@ -163,6 +165,9 @@ class Passed:
     why: str
     until: datetime | None = None  # only for reasons that end by themselves (a rate limit's reset)
     pending: bool = False  # no room beside attempts under way: `until` is a bound, their end the moment to look
+    # When it comes back by itself, for telling a caller: `until`, or an open circuit's end (not waited for: a run
+    # fails rather than sit out a provider's outage, but a gateway client can be told when to try again).
+    back_at: datetime | None = None
 
 
 def expand(
@@ -187,7 +192,8 @@ def expand(
         why, until = _why_not(view, world.now, explicit=step.explicit, tiers=tiers)
         if why is not None:
             pending = view.room_pending and why.startswith(NO_ROOM)
-            passed.append(Passed(step_index, name, why, until, pending))
+            circuit = view.circuit_until if view.circuit == "open" and why.startswith("circuit open") else None
+            passed.append(Passed(step_index, name, why, until, pending, until or circuit))
             continue
         active_first = view.active and not step.explicit
         key = (not active_first, TIER_ORDER.get(view.tier, 9), view.state != "available", -view.headroom, position)
@@ -317,7 +323,9 @@ class Router:
                 self.note(now, "stop", reason)
                 costs = (OVER_COST, NO_COST_ROOM)
                 over_cost = bool(passed_all) and all(p.why.startswith(costs) for p in passed_all) and not out
-                yield Finish("failed", reason, last.error_class if last else None, over_cost)
+                backs = [p.back_at for p in passed_all if p.back_at is not None]
+                back_at = min(backs) if backs and len(backs) == len(passed_all) and not out else None
+                yield Finish("failed", reason, last.error_class if last else None, over_cost, back_at)
                 return
             waited = None
             number += 1

@@ -15,6 +15,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -904,3 +905,21 @@ def test_gateway_key_add_prints_the_key_alone_on_stdout(gw: Gateway) -> None:
     assert re.fullmatch(r"fk-[A-Za-z0-9_-]+\n", added.stdout), added.stdout
     assert added.stderr == "fleetd: gateway key scripted: shown once, keep it now; fleetd keeps only its hash\n"
     assert "scripted" in {k["name"] for k in gw.d.json("gateway", "key", "list")}
+
+
+def test_a_route_whose_profiles_all_come_back_by_themselves_says_when(gw: Gateway) -> None:
+    """Every profile's circuit open: 503 with no retry-after, as for a profile disabled by hand, though the
+    gateway knew the moment the first one would be tried again."""
+    route = gw.lone("cbk")
+    gw.p1.fail_first(50, "529")
+    try:
+        wait_until(lambda: gw.d.json("profile", "show", route)["circuit"]["state"] == "open" or (_raw_call(gw, route)
+                   and False), timeout=60, what="the circuit to open")  # fmt: skip
+        until = datetime.fromisoformat(gw.d.json("profile", "show", route)["circuit"]["open_until"])
+        status, retry_after, message = _raw_call(gw, route)
+    finally:
+        gw.p1.fail_first(0, "529")
+        gw.d.cli("profile", "reset-circuit", route)
+    assert status == 503 and "circuit" in message, (status, message)
+    assert retry_after is not None, message
+    assert 1 <= int(retry_after) <= max(1, round((until - datetime.now(UTC)).total_seconds()) + 1), retry_after
