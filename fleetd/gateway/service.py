@@ -178,13 +178,14 @@ class GatewayService:
                 await new.stop()
             raise
         await self._switch(new, setting)
+        self.forced = None  # the user's word now: the stored setting, not the daemon's --gateway, says where
         return self.status()
 
     async def disable(self) -> dict[str, Any]:
         await self.store.save_setting(GatewaySetting(), self.clock())
         if self.listener is not None:
             await self.listener.stop()
-        self.setting, self.problem = GatewaySetting(), None
+        self.setting, self.problem, self.forced = GatewaySetting(), None, None
         return self.status()
 
     def status(self) -> dict[str, Any]:

@@ -567,9 +567,12 @@ def test_an_enable_on_a_busy_port_leaves_the_running_gateway_listening(gw: Gatew
         busy.close()
     status = gw.d.json("gateway", "status")
     assert status["enabled"] and status["url"] == gw.url and status["problem"] is None
+    assert status["source"] == "flag"  # the daemon's --gateway, until an enable
     assert httpx.get(gw.url + "/v1/models", headers={"x-api-key": gw.key}).status_code == 200
-    # Its own address again is no busy port: it keeps listening there.
-    assert gw.d.json("gateway", "enable", "--listen", status["address"])["url"] == gw.url
+    # Its own address again is no busy port: it keeps listening there, now as the stored setting says (status
+    # said "flag" still).
+    enabled = gw.d.json("gateway", "enable", "--listen", status["address"])
+    assert (enabled["url"], enabled["source"]) == (gw.url, "setting")
     assert httpx.get(gw.url + "/v1/models", headers={"x-api-key": gw.key}).status_code == 200
     # A free address: the new listener serves, the old one is closed; and back.
     moved = gw.d.json("gateway", "enable", "--listen", "127.0.0.1:0")["url"]
