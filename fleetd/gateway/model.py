@@ -68,7 +68,12 @@ def checked_step(step: ChainStep, profile: Profile, api: str) -> ChainStep:
     adapter = get_adapter(profile.backend)
     apis = adapter.gateway_apis(profile)
     if api not in apis:
-        spoken = f"it speaks {', '.join(sorted(apis))}" if apis else "the gateway cannot call it (no key or base URL)"
+        if apis:
+            spoken = f"it speaks {', '.join(sorted(apis))}"
+        elif profile.has_secret:  # a Gemini key, say: an API the gateway does not speak
+            spoken = "the gateway cannot call its provider (it speaks the chat, messages and responses APIs only)"
+        else:  # a subscription login belongs to its CLI
+            spoken = "the gateway cannot call it (no key or base URL)"
         raise InvalidArgument(f"profile {profile.name} ({profile.backend}) cannot serve a {api} route: {spoken}")
     if problem := adapter.auth_problem(profile):  # each call would be the provider's 401, then a disabled profile
         raise InvalidArgument(

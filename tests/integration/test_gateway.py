@@ -542,6 +542,12 @@ def test_bad_cli_input_exits_2_and_saves_nothing(gw: Gateway) -> None:
         assert result.returncode == (1 if args[:3] == ("route", "add", "bad") else 2), (args, result.stderr)
         assert result.stderr.startswith("fleetd: ") and result.stderr.count("\n") == 1
     assert {r["name"] for r in gw.d.json("route", "list")} & {"x1", "x2", "x3", "x4 y", "x5", "x6"} == set()
+    # A Gemini profile with its key was said to have "no key or base URL":
+    gw.d.cli("profile", "add", "bad-gem", "--backend", "gemini", "--api-key-stdin", input="gem-key-0123456789\n")
+    gem = gw.d.cli("route", "add", "x7", "--chain", "bad-gem@gemini-2.5-flash", check=False)
+    assert (gem.returncode, gem.stderr) == (2, "fleetd: profile bad-gem (gemini) cannot serve a chat route: the "
+                                            "gateway cannot call its provider (it speaks the chat, messages and "
+                                            "responses APIs only)\n")  # fmt: skip
     nokey = gw.d.cli("route", "add", "x6", "--chain", "bad-nokey", check=False).stderr
     assert nokey == (
         "fleetd: profile bad-nokey (openai_compat) cannot serve a route: no API key (its --base-url is not on this "
