@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from fleetd.backends.registry import get_adapter
+from fleetd.backends.registry import backend_names, get_adapter
 from fleetd.errors import Conflict, FleetdError, InvalidArgument, NotFound, shown
 from fleetd.gateway.model import checked_step
 from fleetd.heartbeat.service import Heartbeat, Settle, Write
@@ -160,6 +160,13 @@ class ProfileService:
 
     async def add(self, body: dict[str, Any]) -> Profile:
         profile, secret = validate_profile_input(body, self.profiles_dir)
+        if profile.name in backend_names() and profile.name != profile.backend:
+            # parse_chain takes a backend's name for the backend: `--chain codex` never meant this profile. Named
+            # like its own backend it is one of that backend's profiles, which the step takes.
+            raise InvalidArgument(
+                f"a profile named {profile.name!r} must be a {profile.name} profile: --chain and --review read the "
+                f"name as the {profile.name} backend"
+            )
         adapter = get_adapter(profile.backend)
         if not adapter.needs_profile:
             raise InvalidArgument(f"the {profile.backend} backend takes no profiles")

@@ -228,6 +228,17 @@ def test_profile_numbers_and_urls_that_cannot_be_stored_exit_2(
     assert_profile_refused(daemon, ["--backend", backend, *args], *fragments)
 
 
+def test_a_profile_named_like_another_backend_is_refused(daemon: Daemon) -> None:
+    """`--chain codex` means the codex backend (any of its profiles): a claude_code profile named `codex` was saved,
+    and a chain naming it silently ran Codex instead."""
+    result = daemon.cli("profile", "add", "codex", "--backend", "claude_code", check=False)
+    assert (result.returncode, result.stderr) == (
+        2, "fleetd: a profile named 'codex' must be a codex profile: --chain and --review read the name as the codex "
+           "backend\n"
+    )  # fmt: skip
+    assert "codex" not in {p["name"] for p in daemon.json("profile", "list")}
+
+
 def _request(daemon: Daemon, method: str, path: str, body: bytes = b"") -> tuple[int, Any]:
     head = f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
     return _raw(daemon, head.encode() + body)
