@@ -1134,7 +1134,12 @@ class Executor:
                 runlog.write(capture.flush())
         slot.proc, slot.cgroup = None, None
         out = ProcessOutput(exit_code, stdout.text(), stderr.text() if stderr else "")
-        parsed = adapter.interpret(ctx, out, self.clock(), self.local_tz)
+        try:
+            parsed = adapter.interpret(ctx, out, self.clock(), self.local_tz)
+        except Exception as e:  # a parser's bug: its process is gone, so the attempt ends, failed, saying why
+            log.exception("run %s: cannot read the output of %s", ctx.run_id, adapter.name)
+            parsed = ParsedOutput("failed", message=f"fleetd could not read its output: {type(e).__name__}: {e}")
+            runlog.note(parsed.message or "")
         # The whole output's reading wins; the live line's class stands in where that found nothing.
         if ended_early.error_class and parsed.outcome != "succeeded" and parsed.error_class in (None, "unknown"):
             parsed = replace(parsed, outcome="failed", error_class=ended_early.error_class)
