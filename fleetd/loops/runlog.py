@@ -12,6 +12,9 @@ The file is made by `create_file`, which any thread may call (an attempt's launc
 creation's journal write is not the event loop's), or else at the first write, read or close. One that
 cannot be made fails that first call (the run fails, saying why) and every later one is a no-op.
 
+A write that fails once the file exists (disk full, EIO, a quota) loses that output, not the run: the next
+write that succeeds starts with a note of how many bytes were lost and why, and the run ends as it ends.
+
 If the file is deleted under a live run (someone cleans up the logs directory), the next write, read or
 close notices and makes a new one with the directories, carrying over everything from the still-open old
 file and a note saying so: output is never silently written into a deleted file.
@@ -51,6 +54,8 @@ class RunLog:
         self._mid_line = False  # the last byte written was not a newline
         self._held: list[bytes] = []
         self._owed_newline = False  # end_line ended a line that the next write must start after
+        self.lost = 0  # bytes of output that could not be written (disk full, EIO) since the last write that could
+        self._lost_why: OSError | None = None
 
     @property
     def end(self) -> int:
@@ -94,12 +99,30 @@ class RunLog:
 
     def _put(self, data: bytes) -> None:
         assert self._fd is not None  # `_ensure_file` came first
+        given = len(data)
+        if self.lost:  # on a line of its own, before what comes now
+            why = self._lost_why.strerror if self._lost_why and self._lost_why.strerror else self._lost_why
+            note = f"[fleetd] {self.lost} bytes of output lost: cannot write the run log: {why}\n".encode()
+            data = (b"\n" if self._mid_line else b"") + note + data
+        offset = self.header_len + self.data_len
+        try:
+            _write_at(self._fd, data, offset)
+        except OSError as e:
+            if not self.lost:
+                log.warning("cannot write the run log %s: %s (its output is lost until it can)", self.path, e)
+            with contextlib.suppress(OSError):  # what a partial write left is cut off: the note says it is lost
+                os.ftruncate(self._fd, offset)
+            self.lost, self._lost_why = self.lost + given, e
+            return
+        self.lost, self._lost_why = 0, None
         self._owed_newline = False
-        _write_at(self._fd, data, self.header_len + self.data_len)
         self.data_len += len(data)
         self._mid_line = not data.endswith(b"\n")
         if self.data_len > self.cap + self.slack:
-            self._compact()
+            try:
+                self._compact()
+            except OSError as e:  # tried again at the next write; the file is only over its cap meanwhile
+                log.warning("cannot cap the run log %s: %s", self.path, e)
         self._notify()
 
     def close(self) -> None:
@@ -110,7 +133,10 @@ class RunLog:
         if self._ensure_file():
             assert self._fd is not None
             if self.data_len > self.cap:
-                self._compact()
+                try:
+                    self._compact()
+                except OSError as e:  # the run's end is its own: its log is only over its cap
+                    log.warning("cannot cap the run log %s: %s", self.path, e)
             os.close(self._fd)
         self.closed = True
         self._notify()
@@ -163,7 +189,14 @@ class RunLog:
             return True
         # The old file is still open: its content moves over whole, so nothing is lost.
         size = self.header_len + self.data_len
-        _write_at(new, _read_at(self._fd, size, 0), 0)
+        try:
+            _write_at(new, _read_at(self._fd, size, 0), 0)
+        except OSError as e:  # (disk full) the old file stays this run's, readable live; tried again next write
+            os.close(new)
+            if not self._recreate_failed:
+                self._recreate_failed = True
+                log.warning("cannot recreate the deleted run log %s: %s", self.path, e)
+            return True
         os.close(self._fd)
         self._fd = new
         self._recreate_failed = False

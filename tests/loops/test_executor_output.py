@@ -64,3 +64,45 @@ def test_output_that_its_parser_fails_on_ends_the_attempt_failed(tmp_path: Path,
     assert status == "failed" and error == "fleetd could not read its output: ValueError: unexpected output", error
     ((outcome, finished_at),) = attempts
     assert outcome == "failed" and finished_at is not None
+
+
+def test_a_run_log_that_cannot_be_written_for_a_while_loses_that_output_not_the_run(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    """Disk full (or EIO, a quota) under a live run: the write's OSError failed the run ('fleetd could not run it')
+    though its command went on to exit 0, and left its attempt `running` for ever. The output meanwhile is lost,
+    the log says how much, and the run keeps its own end."""
+    import errno
+
+    from fleetd.loops import runlog
+    from fleetd.store.attempts import AttemptStore
+
+    real = runlog._write_at
+    failing = {"left": 1}
+
+    def full_once(fd: int, data: bytes, offset: int) -> None:
+        if failing["left"] and data == b"first\n":
+            failing["left"] -= 1
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(fd, data, offset)
+
+    monkeypatch.setattr(runlog, "_write_at", full_once)
+
+    async def go() -> tuple[str, int | None, list[str | None], bytes]:
+        db = await Database.open(tmp_path / "f.db")
+        try:
+            now = now_utc()
+            loop = await added_loop(db, "full", now, command="echo first; sleep 0.3; echo second")
+            ex = command_executor(db, tmp_path, "full")
+            run = await ex.fire(loop, "manual", now)
+            assert run is not None and await ex.wait_idle(10)
+            ended = await RunStore(db).get(run.id)
+            attempts = [to_iso(a.finished_at) for a in await AttemptStore(db).for_run(run.id)]
+            return ended.status, ended.exit_code, attempts, (tmp_path / f"{run.id}.log").read_bytes()
+        finally:
+            await db.close()
+
+    status, exit_code, attempts, text = asyncio.run(go())
+    assert (status, exit_code) == ("succeeded", 0), text
+    assert len(attempts) == 1 and attempts[0] is not None
+    assert text == b"[fleetd] 6 bytes of output lost: cannot write the run log: No space left on device\nsecond\n"

@@ -210,3 +210,33 @@ def test_a_log_that_cannot_be_made_fails_once_then_writes_nothing(tmp_path: Path
     assert log.read_from(0) == (b"", 0)
     log.close()
     assert log.closed
+
+
+def test_writes_that_fail_lose_only_their_output_and_the_next_that_succeeds_says_how_much(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    from fleetd.loops import runlog
+
+    real = runlog._write_at
+    full = {"on": False}
+
+    def maybe_full(fd: int, data: bytes, offset: int) -> None:
+        if full["on"]:
+            real(fd, data[:1], offset)  # a partial write, then the disk is full
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(fd, data, offset)
+
+    monkeypatch.setattr(runlog, "_write_at", maybe_full)
+    log = RunLog(tmp_path / "r.log", cap=4096)
+    log.write(b"kept, then ")
+    full["on"] = True
+    log.write(b"ab")
+    log.write(b"cd\n")  # its note is not counted as output lost
+    full["on"] = False
+    log.write(b"ef\n")
+    log.close()
+    assert (tmp_path / "r.log").read_bytes() == (
+        b"kept, then \n[fleetd] 5 bytes of output lost: cannot write the run log: No space left on device\nef\n"
+    )
