@@ -840,8 +840,8 @@ class Executor:
         self, loop: Loop, decision: Decision, slot: ActiveRun, deadline: datetime | None, end: AttemptEnd
     ) -> tuple[RunStatus, int | None, str | None] | None:
         """How the drive ends before `decision` is carried out (a stop, the router's finish, the deadline), or None."""
-        if slot.interrupt_reason and not isinstance(decision, Finish):
-            return "interrupted", end.exit_code, slot.interrupt_reason  # a stop: no new attempt, no retry
+        if slot.interrupt_reason:  # a stop: no new attempt, no retry, and a success in its kill grace is not one
+            return "interrupted", end.exit_code, slot.interrupt_reason
         if isinstance(decision, Finish):
             if decision.status == "succeeded":
                 return "succeeded", end.exit_code, None
@@ -851,15 +851,15 @@ class Executor:
         return None
 
     def _verdict(self, loop: Loop, slot: ActiveRun, end: AttemptEnd) -> tuple[RunStatus, int | None, str | None] | None:
-        """A final status, or None when another profile could still do it. Work that finished successfully
-        counts even when the daemon's shutdown interrupted it meanwhile (it exited 0 in the grace); a user's
-        stop that came first still makes the run `cancelled` (`_execute`, whatever this returns)."""
+        """A final status, or None when another profile could still do it. A run the daemon's shutdown stopped is
+        `interrupted` even when it then exits 0 in the kill grace (a clean shutdown, not its task done), as a
+        timeout's is `timed_out`; a user's stop that came first makes it `cancelled` (`_execute`)."""
         if end.timed_out:
             return "timed_out", end.exit_code, f"timed out after {format_duration(loop.timeout_s)}"
-        if end.parsed.outcome == "succeeded":
-            return "succeeded", end.exit_code, None
         if slot.interrupt_reason:
             return "interrupted", end.exit_code, slot.interrupt_reason
+        if end.parsed.outcome == "succeeded":
+            return "succeeded", end.exit_code, None
         return None
 
     async def _sleep_until(self, until: datetime, slot: ActiveRun, wake: asyncio.Event | None = None) -> None:
