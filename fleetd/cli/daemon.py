@@ -170,12 +170,14 @@ def _health(where: Paths, timeout: float) -> dict[str, Any] | None:
         return None
 
 
-def _stop(where: Paths, wait_s: float) -> int:
-    """Ask the daemon to stop (no new fires, the stop grace, then runs interrupted); its pid once it exited."""
+def _stop(where: Paths, wait_s: float, then: str = "") -> int:
+    """Ask the daemon to stop (no new fires, the stop grace, then runs interrupted); its pid once it exited.
+    `then`: what the caller will not do, said when the wait runs out (the stop itself goes on)."""
     answer = Client(where.socket, timeout=wait_s).call("POST", "/v1/shutdown")
     if _exited(answer["pid"], wait_s):
         return int(answer["pid"])
-    raise CliError(f"fleetd daemon (pid {answer['pid']}) still running after {wait_s:g}s")
+    raise CliError(f"fleetd daemon (pid {answer['pid']}) is still stopping after {wait_s:g}s (its runs' stop grace): "
+                   f"it exits by itself{then}")  # fmt: skip
 
 
 def _exited(pid: int, wait_s: float) -> bool:
@@ -204,7 +206,7 @@ def daemon_restart(wait_s: float, stop_wait_s: float, **texts: str) -> None:
         _start(where, texts, wait_s)
         return
     _refuse_if_supervised(health["pid"], "restart")
-    old = _stop(where, stop_wait_s)
+    old = _stop(where, stop_wait_s, then="; not restarted: `fleetd daemon start` waits for it and starts one")
     _start(where, texts, wait_s, verb="restarted", was=f", was {old}")
 
 

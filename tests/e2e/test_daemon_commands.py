@@ -158,6 +158,26 @@ def test_start_while_the_daemon_stops_waits_for_it_then_starts_one(short_home: P
         d.cli("daemon", "stop", check=False)
 
 
+def test_a_restart_whose_stop_wait_runs_out_says_it_did_not_restart(short_home: Path) -> None:
+    """`restart --stop-wait 1` under a longer stop grace said "still running after 1s", exit 1, and the old daemon
+    then exited: no daemon, and words that read as if nothing had happened."""
+    d = Daemon(short_home / "home", "--stop-grace", "3s", "--kill-grace", "0.5s").start()
+    try:
+        d.cli("loop", "add", "lingers", "--every", "1h", "--command", "trap '' TERM; sleep 60")
+        d.json("loop", "run", "lingers")
+        assert d.proc is not None
+        old = d.proc.pid
+        result = d.cli("daemon", "restart", "--stop-wait", "1", check=False)
+        assert result.returncode == 1
+        assert result.stderr == (
+            f"fleetd: fleetd daemon (pid {old}) is still stopping after 1s (its runs' stop grace): it exits by "
+            "itself; not restarted: `fleetd daemon start` waits for it and starts one\n"
+        )
+        assert d.proc.wait(15) == 0
+    finally:
+        d.cli("daemon", "stop", check=False)
+
+
 def test_an_open_follower_does_not_keep_a_stopping_daemon_alive(make_daemon: MakeDaemon) -> None:
     d = make_daemon()
     follower = subprocess.Popen([FLEETD, "events", "--follow"], env=d.env, text=True,
