@@ -311,11 +311,28 @@ def test_choose_active_keeps_a_usable_current_and_switches_to_most_headroom() ->
         # Equal headroom: the cheaper tier first, whatever the order (a metered key won by its name).
         ([st("cc-api", position=0, tier="metered"), st("cc-sub", position=1)], "cc-sub"),
         ([st("paid", position=0, tier="metered"), st("box", position=2, tier="local")], "box"),
+        # The cheaper tier first, whatever the headroom: a metered key without limits (always 100 %) took over
+        # from a subscription that had room, and billed every run.
+        ([st("paid", headroom=1.0, position=0, tier="metered"), st("sub-b", headroom=0.24, position=1)], "sub-b"),
+        # ...among available profiles: a subscription near its limit does not win over an available key.
+        ([st("paid", headroom=1.0, tier="metered"), st("sub", "near_limit", 0.05, 1)], "paid"),
     ],
 )
 def test_choose_active_picks_the_most_headroom(standings: list[Standing], chosen: str) -> None:
     name, why = choose_active(standings, None, pinned=False)
     assert name == chosen and why.startswith("no active profile")
+
+
+def test_an_active_key_gives_way_to_a_cheaper_tier_available_again() -> None:
+    """A metered profile never nears a limit it does not have: once active it stayed, after the subscription it
+    stood in for had reset."""
+    paid, sub = st("paid", tier="metered", position=1), st("sub-a", headroom=0.9, position=0)
+    assert choose_active([paid, sub], "paid", pinned=False) == (
+        "sub-a",
+        "sub-a (subscription) is available: cheaper than paid (metered)",
+    )
+    assert choose_active([paid, st("sub-a", "exhausted", 0.0, 0)], "paid", pinned=False) == ("paid", "still available")
+    assert choose_active([paid, sub], "paid", pinned=True) == ("paid", "pinned")  # the user's choice stands
 
 
 # -- the ledger: windows kept as records come and go equal windows summed from scratch ------------
