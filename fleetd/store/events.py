@@ -64,6 +64,15 @@ class NewEvent:
     data: dict[str, Any] = field(default_factory=dict)
 
 
+def _json_value(value: object) -> str:
+    """A value JSON has no form for: a time as every --json answer writes one (ISO 8601), anything else as text."""
+    return to_iso(value) if isinstance(value, datetime) else str(value)
+
+
+def _row(e: NewEvent) -> tuple[str | None, str, str | None, str | None, str, str]:
+    return (to_iso(e.at), e.type, e.backend, e.profile, e.message, json.dumps(e.data, default=_json_value))
+
+
 class EventLog:
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -80,7 +89,7 @@ class EventLog:
         self, at: datetime, type_: str, message: str, *, backend: str | None = None, profile: str | None = None,
         **data: Any,
     ) -> None:  # fmt: skip
-        row = (to_iso(at), type_, backend, profile, message, json.dumps(data, default=str))
+        row = (to_iso(at), type_, backend, profile, message, json.dumps(data, default=_json_value))
         await self.db.write(lambda conn: conn.execute(_INSERT, row).close())
         await self.notify()
 
@@ -93,9 +102,7 @@ class EventLog:
         await conn.execute("SAVEPOINT events")
         try:
             for e in events:
-                await conn.execute(
-                    _INSERT, (to_iso(e.at), e.type, e.backend, e.profile, e.message, json.dumps(e.data, default=str))
-                )
+                await conn.execute(_INSERT, _row(e))
         except Exception:
             log.exception("cannot write the event(s) %s; the change they describe is kept", [e.type for e in events])
             with contextlib.suppress(Exception):  # a transaction SQLite already rolled back fails in the commit
@@ -114,9 +121,7 @@ class EventLog:
         if not events:
             return True
         try:
-            rows = [
-                (to_iso(e.at), e.type, e.backend, e.profile, e.message, json.dumps(e.data, default=str)) for e in events
-            ]
+            rows = [_row(e) for e in events]
             conn.execute(_insert_many(len(rows)), [value for row in rows for value in row]).close()
         except Exception:
             log.exception("cannot write the event(s) %s; the change they describe is kept", [e.type for e in events])

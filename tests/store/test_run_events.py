@@ -197,3 +197,20 @@ def test_fires_skipped_into_one_row_move_the_loop_on_and_tell_once(tmp_path: Pat
     assert rows == [(1, 2, "2")]  # the replay changed nothing
     assert next_fire == T0 + timedelta(minutes=2)
     assert types == ["loop.fire_skipped"]
+
+
+def test_a_time_in_an_events_data_is_iso_8601_as_everywhere_else(tmp_path: Path) -> None:
+    """profile.exhausted's `exhausted_until` and circuit.opened's `open_until` read "2026-12-02 00:47:23+00:00"
+    (str of a datetime, microseconds and all): hooks and --json got a form the README does not promise."""
+
+    async def go() -> list[dict[str, Any]]:
+        db, _, events = await _store(tmp_path)
+        try:
+            until = T0 + timedelta(minutes=5, microseconds=502123)
+            await events.emit(T0, "profile.exhausted", "p is exhausted", profile="p", exhausted_until=until)
+            return await _events(events)
+        finally:
+            await db.close()
+
+    (event,) = asyncio.run(go())
+    assert event["data"]["exhausted_until"] == "2026-03-02T09:05:00.502+00:00"
