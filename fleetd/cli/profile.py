@@ -73,7 +73,18 @@ def profile_add(name: str, api_key_stdin: bool, config_dir: str | None, as_json:
         body["config_dir"] = absolute(config_dir)
     if api_key_stdin:
         body["api_key"] = _key_from_stdin("add")
-    render(client().call("POST", "/v1/profiles", body), as_json, _added_text)
+    added = client().call("POST", "/v1/profiles", body)
+    _warn_if_billed(added)
+    render(added, as_json, _added_text)
+
+
+def _warn_if_billed(p: dict[str, Any]) -> None:
+    """A key wins over a login (Claude Code with -p, Codex exec, Gemini): a subscription profile with one is billed
+    per token, while loops allow its tier by default."""
+    if p["tier"] == "subscription" and p["auth"] == "key":
+        click.echo(f"fleetd: warning: profile {p['name']} is tier subscription but runs with its API key, billed per "
+                   f"token (a key wins over the login): `fleetd profile edit {p['name']} --tier metered`",
+                   err=True)  # fmt: skip
 
 
 def _added_text(p: dict[str, Any]) -> str:
@@ -102,6 +113,7 @@ def profile_set_key(name: str, api_key_stdin: bool, as_json: bool) -> None:
     """Give profile NAME a new API key (or its first), read from stdin: never on a command line. Output
     that runs print is scrubbed of the old key too, until the daemon restarts."""
     answer = client().call("PUT", f"/v1/profiles/{segment(name)}/key", {"api_key": _key_from_stdin("set-key")})
+    _warn_if_billed(answer)
     render(answer, as_json, lambda p: f"stored a new API key for profile {p['name']}")
 
 

@@ -346,3 +346,21 @@ def test_a_key_gone_from_the_secret_store_fails_its_attempt_as_auth_and_shows_mi
     )
     (row,) = [row for row in d.json("usage") if row["profile"] == "gone-key"]
     assert row["state"] == "disabled" and "API key is not in the secret store" in row["reason"], row
+
+
+def test_a_key_on_a_subscription_profile_is_said_to_be_billed(d: Daemon) -> None:
+    """A key given to a subscription login's profile wins over the login (with -p), so its runs are billed per
+    token while it stays in the subscription tier that loops allow by default: nothing said so."""
+    d.cli("profile", "add", "sub-keyed", "--backend", "claude_code")
+    warning = (
+        "fleetd: warning: profile sub-keyed is tier subscription but runs with its API key, billed per token (a key "
+        "wins over the login): `fleetd profile edit sub-keyed --tier metered`\n"
+    )
+    stored = d.cli("profile", "set-key", "sub-keyed", "--api-key-stdin", input="sk-ant-api03-billed-0123456789\n")
+    assert stored.stdout == "stored a new API key for profile sub-keyed\n" and stored.stderr == warning
+    added = d.cli("profile", "add", "sub-keyed2", "--backend", "claude_code", "--tier", "subscription",
+                  "--api-key-stdin", input="sk-ant-api03-billed-9876543210\n")  # fmt: skip
+    assert added.stderr == warning.replace("sub-keyed", "sub-keyed2")
+    quiet = d.cli("profile", "add", "metered-keyed", "--backend", "claude_code", "--api-key-stdin",
+                  input="sk-ant-api03-billed-5555555555\n")  # fmt: skip
+    assert quiet.stderr == ""
