@@ -223,6 +223,11 @@ class ProfileService:
         users = await self._users(name)
         if users:
             raise Conflict(f"profile {name!r} is still named by {', '.join(users)}: change or remove those first")
+        if busy := self.heartbeat.in_flight.get(name, 0):  # a backend step's attempt names no profile beforehand
+            one = busy == 1
+            what, ended = ("attempt or gateway call", "that has") if one else ("attempts or gateway calls", "they have")
+            raise Conflict(f"profile {name!r} has {busy} {what} under way: remove it once {ended} ended "
+                           "(fleetd runs list --status running)")  # fmt: skip
         if profile.has_secret:
             # Read before it is deleted: a run of this profile may still print it, so it stays scrubbed.
             removed = None

@@ -397,3 +397,25 @@ def test_runs_result_without_one_is_a_clear_error(agents: Daemon) -> None:
     assert f"run {failed['id']} has no accepted result: it ended failed" in answer.stderr
     bad = d.cli("runs", "result", "x1", check=False)
     assert bad.returncode == 2
+
+
+def test_a_profile_with_an_attempt_under_way_is_not_removed(agents: Daemon) -> None:
+    """`profile rm` removed a profile (and its config directory, under the running CLI) while an attempt of a
+    backend step that no loop names it in ran on it."""
+    d = agents
+    d.cli("profile", "add", "cc_busy", "--backend", "claude_code")
+    d.cli("profile", "switch", "cc_busy")  # the backend step's active profile: tried first
+    set_scenario(d, "cc_busy", "hang")
+    d.cli("loop", "add", "busy", "--every", "1h", "--paused", "--chain", "claude_code", "--prompt", "x")
+    run_id = d.json("loop", "run", "busy")["id"]
+    (attempt,) = wait_until(lambda: d.json("runs", "show", str(run_id))["attempt_list"], what="the attempt to start")
+    assert attempt["profile"] == "cc_busy"
+    refused = d.cli("profile", "rm", "cc_busy", check=False)
+    assert (refused.returncode, refused.stderr) == (
+        1, "fleetd: profile 'cc_busy' has 1 attempt or gateway call under way: remove it once that has ended "
+           "(fleetd runs list --status running)\n"
+    )  # fmt: skip
+    assert "cc_busy" in {p["name"] for p in d.json("profile", "list")}
+    d.cli("runs", "stop", str(run_id), "--kill")
+    d.cli("loop", "rm", "busy")
+    d.cli("profile", "rm", "cc_busy")
