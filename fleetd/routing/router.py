@@ -282,6 +282,10 @@ class Router:
         last: AttemptResult | None = None
         while True:
             now = world.now
+            for key, why in list(out.items()):
+                view = world.profiles.get(key[1])
+                if why in ("quota", "auth") and view is not None and view.state in ("available", "near_limit"):
+                    del out[key]  # enabled again by hand (or its parking ended) since it failed: usable again
             over = self._over_budget()
             if over:
                 if last is not None:  # what the last attempt came to (rejected, say) is as much the run's end

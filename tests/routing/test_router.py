@@ -404,3 +404,22 @@ def test_a_rejection_on_the_last_step_with_an_earlier_one_resting_says_so_and_go
     assert drive.tried == ["qwen", "codex", "qwen"]
     [told] = [e["detail"] for e in drive.router.trail if e["kind"] == "next" and "rejected" in e["detail"]]
     assert told == "step 2 rejected: back to an earlier step, once it has room"
+
+
+def test_a_profile_re_enabled_while_the_run_waits_is_tried_again() -> None:
+    """A run that had found g1 out of quota and waited for c1's reset went on waiting after `profile enable g1`:
+    it had put g1 aside for good ("the README: enabling makes waiting runs look again at once")."""
+    chain = (ChainStep("codex", ("c1",)), ChainStep("gemini", ("g1",)))
+    views = {"c1": ProfileView("c1", "codex", "subscription"), "g1": ProfileView("g1", "gemini", "subscription")}
+    router = Router(Policy(chain), random.Random(7))
+    flow = router.route(World(T0, views))
+    assert isinstance(first := next(flow), Try) and first.candidate.profile == "c1"
+    views["c1"] = replace(views["c1"], state="exhausted", until=T0 + timedelta(minutes=10))
+    second = flow.send(Observation(World(T0, views), fail("rate_limited", reset_at=T0 + timedelta(minutes=10))))
+    assert isinstance(second, Try) and second.candidate.profile == "g1"
+    views["g1"] = replace(views["g1"], state="parked")
+    wait = flow.send(Observation(World(T0, views), fail("quota")))
+    assert isinstance(wait, WaitUntil) and wait.until == T0 + timedelta(minutes=10)
+    views["g1"] = replace(views["g1"], state="available")  # `fleetd profile enable g1`: the run looks again
+    again = flow.send(Observation(World(T0 + timedelta(seconds=5), views)))
+    assert isinstance(again, Try) and again.candidate.profile == "g1", again
