@@ -10,7 +10,7 @@ from fleetd.backends.registry import get_adapter, routed_backends
 from fleetd.errors import NoProfile
 from fleetd.loops.model import PATH_FIELDS, edited_input, validate_loop_input
 from fleetd.loops.scheduler import Scheduler
-from fleetd.loops.whynot import NotFiring
+from fleetd.loops.whynot import NotFiring, usable_at_next_run
 from fleetd.records.loop import Loop
 from fleetd.records.profile import Profile
 from fleetd.routing.policy import apply_routing_input, loop_policy, loop_steps
@@ -40,7 +40,7 @@ class LoopService:
             policy = loop_policy(loop)
             world, _ = await self.world(list(policy.chain))
             resolved = resolve(policy, world)
-        usable = None if resolved is None else sum(len(usable) for _, usable, _ in resolved)
+        usable = None if resolved is None else usable_at_next_run(resolved, loop.next_fire_at)
         return resolved, await self.scheduler.not_firing(loop, usable)
 
     async def define(self, body: dict[str, Any], on_disk: Collection[str] = PATH_FIELDS) -> Loop:

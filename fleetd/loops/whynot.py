@@ -13,7 +13,19 @@ from typing import Any
 from fleetd.records.fire import daily_cost_text
 from fleetd.records.loop import Loop
 from fleetd.records.run import Run
+from fleetd.routing.router import Resolved
 from fleetd.timefmt import to_iso
+
+
+def usable_at_next_run(resolved: list[Resolved], next_fire: datetime | None) -> int:
+    """The candidates a run at the next fire could use: usable now, or passed over for a reason that ends by
+    itself — a rate limit's reset or a limit's room (the run would wait for it), or an open circuit that closes
+    before that fire. `loop show` told a user to add a profile for one only resting until its reset."""
+    count = 0
+    for _, usable, passed in resolved:
+        count += len(usable)
+        count += sum(1 for p in passed if p.until is not None or (p.back_at and next_fire and p.back_at <= next_fire))
+    return count
 
 
 @dataclass(frozen=True)
@@ -26,7 +38,8 @@ class LoopFacts:
     waiting_until: datetime | None = None  # set while that run waits for headroom
     spent_24h: float | None = None  # what it spent in the last 24 h (loops with --daily-cost)
     spend_eases_at: datetime | None = None  # when that is under its --daily-cost again, should it spend no more
-    usable_profiles: int | None = None  # usable candidates of its chain now (agent loops; None otherwise)
+    # candidates its next run could use (agent loops, `usable_at_next_run`; None otherwise)
+    usable_profiles: int | None = None
 
 
 @dataclass(frozen=True)

@@ -229,3 +229,21 @@ def test_a_one_shot_missed_while_the_daemon_was_down_says_so(tmp_path: Path) -> 
                                   "first_missed_at": row["scheduled_at"], "caught_up": False}  # fmt: skip
     finally:
         d.stop()
+
+
+def test_a_profile_resting_until_its_reset_is_no_reason_to_add_one(d: Daemon) -> None:
+    """`loop show` said "no usable profile for its chain … `fleetd profile add NAME --backend codex` adds another"
+    while the chain's one profile was only exhausted until a reset minutes before the loop's next fire."""
+    d.cli("profile", "add", "resting", "--backend", "codex")
+    scenario(d, "resting", "usage_limit +600")
+    d.cli("loop", "add", "tires", "--every", "1h", "--paused", "--backend", "codex", "--profile", "resting",
+          "--prompt", "x")  # fmt: skip
+    d.cli("loop", "add", "later", "--every", "1h", "--backend", "codex", "--profile", "resting", "--prompt", "x")
+    tired = d.json("loop", "run", "tires")["id"]
+    wait_until(lambda: {u["profile"]: u for u in d.json("usage")}["resting"]["state"] == "exhausted",
+               what="the profile exhausted")  # fmt: skip
+    try:
+        assert why_not(d, "later") == ""
+    finally:
+        d.cli("runs", "stop", str(tired))
+        scenario(d, "resting", "ok")

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from fleetd.loops.whynot import LoopFacts, why_not
+from fleetd.loops.whynot import LoopFacts, usable_at_next_run, why_not
 from fleetd.records.fire import daily_cost_eases
 from fleetd.records.loop import Loop, Schedule
 from fleetd.records.run import Run
@@ -260,3 +260,20 @@ def test_a_loop_over_its_daily_cost_is_under_it_again_as_enough_of_its_oldest_co
     assert daily_cost_eases(costs, 0.5) == NOW - 60 * M + 24 * 60 * M  # at $0.50 of $0.50 still spent: all must leave
     assert daily_cost_eases(costs, 2.0) is None  # under it
     assert daily_cost_eases([], 1.0) is None
+
+
+def test_a_candidate_resting_until_a_reset_counts_for_the_next_run() -> None:
+    """`loop show` said "no usable profile … `fleetd profile add` adds another" for a chain whose one profile was
+    only exhausted until its reset (the run would wait for it), or whose circuit closes before the next fire."""
+    from fleetd.records.loop import ChainStep
+    from fleetd.routing.router import Passed
+
+    step = ChainStep("codex", ("c1",))
+    nxt = NOW + 60 * M
+    resting = [(step, [], [Passed(0, "c1", "exhausted until …", NOW + 10 * M, back_at=NOW + 10 * M)])]
+    assert usable_at_next_run(resting, nxt) == 1  # type: ignore[arg-type]
+    circuit = [(step, [], [Passed(0, "c1", "circuit open until …", back_at=NOW + 2 * M)])]
+    assert usable_at_next_run(circuit, nxt) == 1  # type: ignore[arg-type]
+    assert usable_at_next_run(circuit, NOW + M) == 0  # type: ignore[arg-type]
+    disabled = [(step, [], [Passed(0, "c1", "disabled by hand")])]
+    assert usable_at_next_run(disabled, nxt) == 0  # type: ignore[arg-type]
