@@ -41,6 +41,9 @@ NO_ROOM = "no room for another attempt: "  # one of its limits, beside the attem
 USABLE_STATES = ("available", "near_limit")
 
 
+RATE_LIMIT_REST_CAP_S = 900.0
+
+
 @dataclass(frozen=True)
 class ProfileView:
     """One profile as the router sees it at one moment."""
@@ -276,6 +279,10 @@ class Router:
         again: tuple[int, str] | None = None  # retry this one first (transient backoff, repair round)
         repairing: tuple[int, str] | None = None  # the next try is a repair round of this one
         repairs: dict[tuple[int, str], int] = {}
+        # Rate limits per candidate: a provider whose every answer is a 429 with `retry-after: 1` had a run try it
+        # once a second until max_attempts (each try an exhausted and a waiting event); from the second, it rests
+        # at least 2, 4, 8 … s, to RATE_LIMIT_REST_CAP_S.
+        limited: dict[tuple[int, str], int] = {}
         findings: str | None = None  # the acceptance gate's last findings, carried to every later attempt
         told: set[tuple[int, str, str]] = set()  # passed-over notes already in the trail
         waited: WaitUntil | None = None  # the last decision, if it was a wait (a look that finds no room continues it)
@@ -376,7 +383,12 @@ class Router:
             elif action == "next_candidate":
                 if error_class == "rate_limited":
                     until = view.until if view is not None and view.state == "exhausted" and view.until else None
-                    resting[key] = until or result.reset_at or world.now + timedelta(seconds=60)
+                    rest = until or result.reset_at or world.now + timedelta(seconds=60)
+                    limited[key] = limited.get(key, 0) + 1
+                    if limited[key] > 1:  # limited again right after its reset: each time it rests longer
+                        floor = min(RATE_LIMIT_REST_CAP_S, 2.0 ** (limited[key] - 1))
+                        rest = max(rest, world.now + timedelta(seconds=floor))
+                    resting[key] = rest
                 else:
                     out[key] = error_class
                 self.note(world.now, "next", f"{chosen.profile}: {error_class}; trying the next candidate", chosen)

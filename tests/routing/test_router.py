@@ -7,6 +7,7 @@ import random
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 
 import pytest
 
@@ -423,3 +424,22 @@ def test_a_profile_re_enabled_while_the_run_waits_is_tried_again() -> None:
     views["g1"] = replace(views["g1"], state="available")  # `fleetd profile enable g1`: the run looks again
     again = flow.send(Observation(World(T0 + timedelta(seconds=5), views)))
     assert isinstance(again, Try) and again.candidate.profile == "g1", again
+
+
+def test_a_candidate_rate_limited_again_after_each_reset_rests_longer_each_time() -> None:
+    """A provider answering every call with a 429 and `retry-after: 1` had a run try once a second, 20 times in
+    20 s (each a profile.exhausted and a run.waiting event, each to the hooks), then fail."""
+
+    tried_at: list[datetime] = []
+
+    def one_second(profiles: dict[str, ProfileView], name: str, result: AttemptResult, now: datetime) -> None:
+        tried_at.append(now)
+        profiles[name] = replace(profiles[name], state="exhausted", until=now + timedelta(seconds=1))
+
+    chain = (ChainStep("openai_compat", ("qwen",)),)
+    drive = Drive(Policy(chain), {"qwen": [fail("rate_limited")]}, on_result=one_second)
+    finish = drive.run()
+    assert finish.status == "failed"
+    gaps = [round((b - a).total_seconds()) for a, b in pairwise(tried_at)]
+    assert gaps[:6] == [2, 3, 5, 9, 17, 33], gaps  # the reset's 1 s, then at least 2, 4, 8 … s (+1 s an attempt)
+    assert gaps == sorted(gaps) and max(gaps) == 901  # to a cap of 15 minutes
