@@ -418,7 +418,8 @@ def create_app(ctx: DaemonContext) -> Starlette:
 
     async def _profile(profile: Profile) -> dict[str, Any]:
         missing = ctx.profiles.secrets.description if await ctx.profiles.has_key_missing(profile) else None
-        return {**profile_json(profile, missing), "circuit": circuit_json(ctx.heartbeat.circuit(profile.name))}
+        shown = profile_json(profile, missing, await ctx.profiles.logged_in(profile))
+        return {**shown, "circuit": circuit_json(ctx.heartbeat.circuit(profile.name))}
 
     def profiles_changed() -> None:
         """A profile changed by hand: runs waiting on profiles look again, and the gateway's next call does not route

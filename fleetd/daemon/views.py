@@ -63,8 +63,9 @@ def loop_json(
     }
 
 
-def profile_json(profile: Profile, key_missing: str | None = None) -> dict[str, Any]:
-    """`key_missing`: where its key should be and is not (the secret store's description)."""
+def profile_json(profile: Profile, key_missing: str | None = None, logged_in: bool = False) -> dict[str, Any]:
+    """`key_missing`: where its key should be and is not (the secret store's description); `logged_in`: its
+    CLI's credentials are where the CLI keeps them (no login to ask for)."""
     adapter = get_adapter(profile.backend)
     return {
         "name": profile.name,
@@ -82,6 +83,8 @@ def profile_json(profile: Profile, key_missing: str | None = None) -> dict[str, 
             f"its API key is not in the secret store ({key_missing}): add it again with "
             f"`fleetd profile set-key {profile.name} --api-key-stdin < key.txt`"
             if key_missing
+            else None
+            if logged_in
             else adapter.auth_hint(profile)
         ),
         "enabled": profile.enabled,

@@ -532,6 +532,14 @@ class ProfileService:
             f"fleetd profile set-key {profile.name} --api-key-stdin, then fleetd profile enable {profile.name}"
         )
 
+    async def logged_in(self, profile: Profile) -> bool:
+        """Whether a login profile's CLI credentials are where its CLI keeps them (`profile show` then has no login
+        to ask for). Reads files."""
+        adapter = get_adapter(profile.backend)
+        if adapter.auth != "login" or profile.has_secret:
+            return False
+        return await asyncio.to_thread(adapter.login_problem, profile, os.environ) is None
+
     async def has_key_missing(self, profile: Profile) -> bool:
         """Whether `profile` has a key that the secret store no longer holds (an unusable store: not known here,
         `fleetd doctor` says why)."""

@@ -71,7 +71,10 @@ def test_doctor_finds_a_cli_missing_from_the_daemons_path(short_home: Path) -> N
         d.cli("profile", "enable", "work")
 
         # Logged in (the file Claude Code writes) and the loop paused: what is left are warnings.
+        assert d.json("profile", "show", "work")["auth_hint"] == "log in with `fleetd profile login work`"
         (d.home / "profiles" / "work" / ".credentials.json").write_text('{"claudeAiOauth": {}}')
+        # `profile show` said "to do: log in" all the same:
+        assert d.json("profile", "show", "work")["auth_hint"] is None
         d.cli("loop", "pause", "nightly")
         after = d.cli("doctor", "--json", check=False)
         report = json.loads(after.stdout)
