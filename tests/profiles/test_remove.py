@@ -24,6 +24,8 @@ T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 class _Heartbeat:
+    in_flight: dict[str, int] = {}  # no attempt under way
+
     async def forget(self, profile: str) -> None:
         pass
 
