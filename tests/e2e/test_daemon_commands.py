@@ -136,15 +136,21 @@ def test_status_says_the_daemon_is_stopping_while_its_runs_get_the_grace(make_da
     assert d.proc.wait(15) == 0
 
 
+def _lingering(home: Path, stop_grace: str) -> tuple[Daemon, int]:
+    """A daemon with a run that ignores SIGTERM, so that a stop lasts its whole grace; and the daemon's pid."""
+    d = Daemon(home, "--stop-grace", stop_grace, "--kill-grace", "0.5s").start()
+    d.cli("loop", "add", "lingers", "--every", "1h", "--command", "trap '' TERM; sleep 60")
+    d.json("loop", "run", "lingers")
+    assert d.proc is not None
+    return d, d.proc.pid
+
+
 def test_start_while_the_daemon_stops_waits_for_it_then_starts_one(short_home: Path) -> None:
     """`daemon start` said "already running" (exit 0) to a daemon in its stop grace, which then exited: a
     script's `stop || true; start` was left with no daemon and a success."""
-    d = Daemon(short_home / "home", "--stop-grace", "1s", "--kill-grace", "0.5s").start()
+    d, old = _lingering(short_home / "home", "1s")
     try:
-        d.cli("loop", "add", "lingers", "--every", "1h", "--command", "trap '' TERM; sleep 60")
-        d.json("loop", "run", "lingers")
         assert d.proc is not None
-        old = d.proc.pid
         d.proc.send_signal(signal.SIGTERM)
         wait_until(lambda: d.json("daemon", "status")["status"] == "stopping", what="status stopping")
         started = d.cli("daemon", "start")
@@ -161,19 +167,15 @@ def test_start_while_the_daemon_stops_waits_for_it_then_starts_one(short_home: P
 def test_a_restart_whose_stop_wait_runs_out_says_it_did_not_restart(short_home: Path) -> None:
     """`restart --stop-wait 1` under a longer stop grace said "still running after 1s", exit 1, and the old daemon
     then exited: no daemon, and words that read as if nothing had happened."""
-    d = Daemon(short_home / "home", "--stop-grace", "3s", "--kill-grace", "0.5s").start()
+    d, old = _lingering(short_home / "home", "3s")
     try:
-        d.cli("loop", "add", "lingers", "--every", "1h", "--command", "trap '' TERM; sleep 60")
-        d.json("loop", "run", "lingers")
-        assert d.proc is not None
-        old = d.proc.pid
         result = d.cli("daemon", "restart", "--stop-wait", "1", check=False)
         assert result.returncode == 1
         assert result.stderr == (
             f"fleetd: fleetd daemon (pid {old}) is still stopping after 1s (its runs' stop grace): it exits by "
             "itself; not restarted: `fleetd daemon start` waits for it and starts one\n"
         )
-        assert d.proc.wait(15) == 0
+        assert d.proc is not None and d.proc.wait(15) == 0
     finally:
         d.cli("daemon", "stop", check=False)
 

@@ -6,13 +6,16 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+from fleetd.records.run import Attempt, Run
+from fleetd.store.attempts import AttemptStore
 from fleetd.store.db import Database
 from fleetd.store.runs import RunStore
-from fleetd.timefmt import now_utc, to_iso
+from fleetd.timefmt import now_utc
 from tests.loops.executors import added_loop, command_executor
 
 
-async def _run_command(tmp_path: Path, command: str) -> tuple[str, bytes]:
+async def _run_to_end(tmp_path: Path, command: str) -> tuple[Run, list[Attempt], bytes]:
+    """A command loop's manual run, to its recorded end: the run, its attempts, its log."""
     db = await Database.open(tmp_path / "f.db")
     try:
         now = now_utc()
@@ -21,9 +24,15 @@ async def _run_command(tmp_path: Path, command: str) -> tuple[str, bytes]:
         run = await ex.fire(loop, "manual", now)
         assert run is not None
         assert await ex.wait_idle(10)
-        return (await RunStore(db).get(run.id)).status, (tmp_path / f"{run.id}.log").read_bytes()
+        attempts = await AttemptStore(db).for_run(run.id)
+        return await RunStore(db).get(run.id), attempts, (tmp_path / f"{run.id}.log").read_bytes()
     finally:
         await db.close()
+
+
+async def _run_command(tmp_path: Path, command: str) -> tuple[str, bytes]:
+    run, _, text = await _run_to_end(tmp_path, command)
+    return run.status, text
 
 
 def test_a_commands_stdout_and_stderr_are_logged_in_the_order_it_wrote_them(tmp_path: Path) -> None:
@@ -39,31 +48,16 @@ def test_output_that_its_parser_fails_on_ends_the_attempt_failed(tmp_path: Path,
     """A parser raising on output it did not expect failed the run but left its attempt `running` for ever; the
     child is gone by then, so the attempt ends, failed, saying why."""
     from fleetd.backends.command import CommandAdapter
-    from fleetd.store.attempts import AttemptStore
 
     def broken(*args: object) -> None:
         raise ValueError("unexpected output")
 
     monkeypatch.setattr(CommandAdapter, "interpret", broken)
 
-    async def go() -> tuple[str, str | None, list[tuple[str | None, str | None]]]:
-        db = await Database.open(tmp_path / "f.db")
-        try:
-            now = now_utc()
-            loop = await added_loop(db, "garbled", now, command="echo hi")
-            ex = command_executor(db, tmp_path, "garbled")
-            run = await ex.fire(loop, "manual", now)
-            assert run is not None and await ex.wait_idle(10)
-            ended = await RunStore(db).get(run.id)
-            attempts = [(a.outcome, to_iso(a.finished_at)) for a in await AttemptStore(db).for_run(run.id)]
-            return ended.status, ended.error, attempts
-        finally:
-            await db.close()
-
-    status, error, attempts = asyncio.run(go())
-    assert status == "failed" and error == "fleetd could not read its output: ValueError: unexpected output", error
-    ((outcome, finished_at),) = attempts
-    assert outcome == "failed" and finished_at is not None
+    run, attempts, _ = asyncio.run(_run_to_end(tmp_path, "echo hi"))
+    assert run.status == "failed" and run.error == "fleetd could not read its output: ValueError: unexpected output"
+    (attempt,) = attempts
+    assert attempt.outcome == "failed" and attempt.finished_at is not None
 
 
 def test_a_run_log_that_cannot_be_written_for_a_while_loses_that_output_not_the_run(
@@ -75,7 +69,6 @@ def test_a_run_log_that_cannot_be_written_for_a_while_loses_that_output_not_the_
     import errno
 
     from fleetd.loops import runlog
-    from fleetd.store.attempts import AttemptStore
 
     real = runlog._write_at
     failing = {"left": 1}
@@ -88,21 +81,7 @@ def test_a_run_log_that_cannot_be_written_for_a_while_loses_that_output_not_the_
 
     monkeypatch.setattr(runlog, "_write_at", full_once)
 
-    async def go() -> tuple[str, int | None, list[str | None], bytes]:
-        db = await Database.open(tmp_path / "f.db")
-        try:
-            now = now_utc()
-            loop = await added_loop(db, "full", now, command="echo first; sleep 0.3; echo second")
-            ex = command_executor(db, tmp_path, "full")
-            run = await ex.fire(loop, "manual", now)
-            assert run is not None and await ex.wait_idle(10)
-            ended = await RunStore(db).get(run.id)
-            attempts = [to_iso(a.finished_at) for a in await AttemptStore(db).for_run(run.id)]
-            return ended.status, ended.exit_code, attempts, (tmp_path / f"{run.id}.log").read_bytes()
-        finally:
-            await db.close()
-
-    status, exit_code, attempts, text = asyncio.run(go())
-    assert (status, exit_code) == ("succeeded", 0), text
-    assert len(attempts) == 1 and attempts[0] is not None
+    run, attempts, text = asyncio.run(_run_to_end(tmp_path, "echo first; sleep 0.3; echo second"))
+    assert (run.status, run.exit_code) == ("succeeded", 0), text
+    assert len(attempts) == 1 and attempts[0].finished_at is not None
     assert text == b"[fleetd] 6 bytes of output lost: cannot write the run log: No space left on device\nsecond\n"
