@@ -63,6 +63,16 @@ def loop_json(
     }
 
 
+def _auth_hint(profile: Profile, key_missing: str | None, logged_in: bool) -> str | None:
+    """What the user does next for `profile` to authenticate, or None."""
+    if key_missing:
+        return (
+            f"its API key is not in the secret store ({key_missing}): add it again with "
+            f"`fleetd profile set-key {profile.name} --api-key-stdin < key.txt`"
+        )
+    return None if logged_in else get_adapter(profile.backend).auth_hint(profile)
+
+
 def profile_json(profile: Profile, key_missing: str | None = None, logged_in: bool = False) -> dict[str, Any]:
     """`key_missing`: where its key should be and is not (the secret store's description); `logged_in`: its
     CLI's credentials are where the CLI keeps them (no login to ask for)."""
@@ -78,15 +88,7 @@ def profile_json(profile: Profile, key_missing: str | None = None, logged_in: bo
         "has_api_key": profile.has_secret,
         # key, login, none (a server on this host), or missing (it needs a key, or its key is gone from the store)
         "auth": "missing" if key_missing else adapter.auth_state(profile),
-        # what the user does next for it to authenticate, or None
-        "auth_hint": (
-            f"its API key is not in the secret store ({key_missing}): add it again with "
-            f"`fleetd profile set-key {profile.name} --api-key-stdin < key.txt`"
-            if key_missing
-            else None
-            if logged_in
-            else adapter.auth_hint(profile)
-        ),
+        "auth_hint": _auth_hint(profile, key_missing, logged_in),
         "enabled": profile.enabled,
         "limits": [limit.describe() for limit in profile.limits],
         "default_reset_s": profile.default_reset_s,

@@ -27,6 +27,12 @@ def _rank(s: Standing) -> int:
     return _TIER_RANK.get(s.tier, len(TIERS))
 
 
+def _preference(s: Standing) -> tuple[int, float, int]:
+    """The cheaper tier (local, then subscription, then metered: the router's order), then the most headroom, then
+    the configured order (a metered key won a tie over a subscription login by its name). Higher is better."""
+    return -_rank(s), s.headroom, -s.position
+
+
 def choose_active(standings: list[Standing], current: str | None, pinned: bool) -> tuple[str | None, str]:
     """Keep the current profile while it is usable (no flapping; a pin holds until exhaustion) and no cheaper
     tier has an available profile; otherwise the cheapest tier's available profile with the most headroom, then
@@ -40,14 +46,12 @@ def choose_active(standings: list[Standing], current: str | None, pinned: bool) 
         cheaper = [s for s in standings if s.status.state == "available" and _rank(s) < _rank(cur)]
         if not cheaper:
             return cur.name, "still available"
-        best = max(cheaper, key=lambda s: (-_rank(s), s.headroom, -s.position))
+        best = max(cheaper, key=_preference)
         return best.name, f"{best.name} ({best.tier}) is available: cheaper than {cur.name} ({cur.tier})"
     for states in (("available",), ("near_limit",)):
         pool = [s for s in standings if s.status.state in states]
         if pool:
-            # The cheaper tier (local, then subscription, then metered: the router's order), then the most
-            # headroom, then the configured order (a metered key won a tie over a subscription login by its name).
-            best = max(pool, key=lambda s: (-_rank(s), s.headroom, -s.position))
+            best = max(pool, key=_preference)
             what = cur.status.reason if cur is not None and cur.status.reason == CIRCUIT_OPEN else None
             why = f"{cur.name} is {what or cur.status.state}" if cur is not None else "no active profile"
             if pinned and cur is not None:

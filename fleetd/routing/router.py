@@ -39,9 +39,7 @@ OVER_COST = "over its daily cost: "
 NO_COST_ROOM = "no room in its daily cost: "
 NO_ROOM = "no room for another attempt: "  # one of its limits, beside the attempts under way
 USABLE_STATES = ("available", "near_limit")
-
-
-RATE_LIMIT_REST_CAP_S = 900.0
+RATE_LIMIT_REST_CAP_S = 900.0  # the longest a candidate rate limited again and again rests in one run
 
 
 @dataclass(frozen=True)
@@ -192,11 +190,10 @@ def expand(
         if view is None:
             passed.append(Passed(step_index, name, "no such profile"))
             continue
-        why, until = _why_not(view, world.now, explicit=step.explicit, tiers=tiers)
+        why, until, back_at = _why_not(view, world.now, explicit=step.explicit, tiers=tiers)
         if why is not None:
             pending = view.room_pending and why.startswith(NO_ROOM)
-            circuit = view.circuit_until if view.circuit == "open" and why.startswith("circuit open") else None
-            passed.append(Passed(step_index, name, why, until, pending, until or circuit))
+            passed.append(Passed(step_index, name, why, until, pending, back_at))
             continue
         active_first = view.active and not step.explicit
         key = (not active_first, TIER_ORDER.get(view.tier, 9), view.state != "available", -view.headroom, position)
@@ -206,31 +203,37 @@ def expand(
 
 def _why_not(
     view: ProfileView, now: datetime, *, explicit: bool, tiers: frozenset[str]
-) -> tuple[str | None, datetime | None]:
+) -> tuple[str | None, datetime | None, datetime | None]:
+    """Why `view` is passed over now (None: usable), when a run may wait for it, and when it comes back by itself
+    (`Passed.back_at`)."""
     if not explicit and view.tier not in tiers:
-        return f"tier {view.tier} not allowed (--tiers {','.join(sorted(tiers, key=TIER_ORDER.__getitem__))})", None
+        return (
+            f"tier {view.tier} not allowed (--tiers {','.join(sorted(tiers, key=TIER_ORDER.__getitem__))})",
+            None,
+            None,
+        )
     if view.unavailable:
-        return f"unavailable: {view.unavailable}", None
+        return f"unavailable: {view.unavailable}", None, None
     if view.state == "disabled":
-        return f"disabled{': ' + view.reason if view.reason else ''}", None
+        return f"disabled{': ' + view.reason if view.reason else ''}", None, None
     if view.state == "parked":
-        return f"parked (quota){': ' + view.reason if view.reason else ''}", None
+        return f"parked (quota){': ' + view.reason if view.reason else ''}", None, None
     if view.state == "exhausted":
         if view.until is not None and view.until <= now:
             pass  # its reset has passed: usable again (the heartbeat confirms on its next beat)
         else:
             when = f" until {local_text(view.until)}" if view.until else ""
-            return f"exhausted{when}", view.until
+            return f"exhausted{when}", view.until, view.until
     if view.over_daily_cost:
-        return view.over_daily_cost, None
+        return view.over_daily_cost, None, None
     if view.no_room:
-        return f"{NO_ROOM}{view.no_room}", view.room_at
+        return f"{NO_ROOM}{view.no_room}", view.room_at, view.room_at
     if view.circuit == "open" and (view.circuit_until is None or view.circuit_until > now):
         when = f" until {local_text(view.circuit_until)}" if view.circuit_until else ""
-        return f"circuit open{when}", None
+        return f"circuit open{when}", None, view.circuit_until
     if view.circuit in ("open", "half_open") and view.probe_taken:
-        return "circuit half-open: its one probe is in flight", None
-    return None, None
+        return "circuit half-open: its one probe is in flight", None, None
+    return None, None, None
 
 
 Resolved = tuple[ChainStep, list["Candidate"], list["Passed"]]  # a step, its candidates now, who is out and why
@@ -291,7 +294,7 @@ class Router:
             now = world.now
             for key, why in list(out.items()):
                 view = world.profiles.get(key[1])
-                if why in ("quota", "auth") and view is not None and view.state in ("available", "near_limit"):
+                if why in ("quota", "auth") and view is not None and view.state in USABLE_STATES:
                     del out[key]  # enabled again by hand (or its parking ended) since it failed: usable again
             over = self._over_budget()
             if over:
