@@ -960,6 +960,10 @@ class Executor:
                 end = await self._process_attempt(cast(ProcessAdapter, adapter), ctx, slot, runlog, scrubber, begin)
             if attempt_id is None:  # no child was started (bad workdir, not found): recorded all the same
                 await begin()
+        except Exception as e:
+            if attempt_id is not None:  # fleetd failed inside it: the run fails, and its attempt ends, not `running`
+                await self._end_abandoned(attempt_id, run.id, scrubber, e)
+            raise
         finally:
             _removals.put(self._tmpdirs.release, tmpdir)
             runlog.end_line()  # the next attempt's notes and output start on a line of their own
@@ -1001,6 +1005,18 @@ class Executor:
                 raise
         end.cost_usd, end.attempt_id, end.number = cost, attempt_id, number
         return end
+
+    async def _end_abandoned(self, attempt_id: int, run_id: int, scrubber: Scrubber, error: Exception) -> None:
+        """A started attempt that fleetd itself failed in ends `failed`, saying why (best effort: the run's own
+        failure is what its caller records)."""
+        message = f"fleetd could not run it: {type(error).__name__}: {error}"
+        parsed = scrubber.record(ParsedOutput("failed", message=message))
+        ending = finish_write(attempt_id, finished_at=self.clock(), exit_code=None, parsed=parsed,
+                              error=parsed.message, cost_usd=None)  # fmt: skip
+        try:
+            await asyncio.shield(self.attempts.write_end(ending))
+        except Exception as e:
+            log.error("run %s: cannot record the end of its attempt %s (%s)", run_id, attempt_id, e)
 
     async def _http_call(
         self, adapter: HttpAdapter, ctx: AttemptContext, slot: ActiveRun, runlog: RunLog, scrubber: Scrubber
@@ -1082,68 +1098,88 @@ class Executor:
             await begin(proc.pid, launch.create_time, launch.spawned_at)
         except Exception as e:  # only crash recovery needs the pid; the child is ours either way
             log.error("run %s: cannot record its process %s (%s)", ctx.run_id, proc.pid, e)
-        # Checked only now: by then the child has (almost always) joined itself, and reading the list is cheap
-        # where a write (a cgroup migration, even a no-op one) costs milliseconds of a kernel-wide lock. A
-        # child that has exited already counts as joined (`cgroups.join`): nothing to read.
-        if cgroup is not None and not proc.exited.done() and not cgroups.member_or_join(cgroup, proc.pid):
-            # Neither the wrapper nor we could move it: the tag sweep stands in (it misses escapees
-            # that clear their environment).
-            log.warning("run %s: cannot move pid %s into %s; tracking it by tag", ctx.run_id, proc.pid, cgroup)
-            _drop_cgroup(ctx.run_id, cgroup)
-            cgroup = slot.cgroup = None
-        exited = proc.exited
-        waits: set[asyncio.Future[Any]] = {exited}
-        stopper = None
-        if watch is not None:
-            stopper = asyncio.ensure_future(ended_early.seen.wait())
-            waits.add(stopper)
-        done, _ = await asyncio.wait(waits, timeout=ctx.timeout_s, return_when=asyncio.FIRST_COMPLETED)
-        if stopper is not None:
-            stopper.cancel()
-        timed_out = not done
-        if not timed_out and exited not in done:
-            await asyncio.wait({exited}, timeout=RATE_LIMIT_EXIT_GRACE)
-        if timed_out:
-            slot.ended = True  # `_verdict` makes it `timed_out`: a stop in the kill's grace is refused, not `cancelled`
-            runlog.note(f"timed out after {format_duration(ctx.task.timeout_s)}: killing the process tree")
-        elif not exited.done():
-            what = ended_early.error_class
-            runlog.note(f"{what} in the live output: ending the attempt instead of waiting out the CLI's retries")
-        if not exited.done():
-            await proctree.kill_tree(proc.pid, tag=tag, grace=self.kill_grace, root_exited=exited, cgroup=cgroup)
-            await asyncio.wait({exited})
-        exit_code = exited.result()
-        # Whatever the attempt left behind (background jobs holding the output pipes open) goes too. An
-        # empty cgroup (the usual case) says so by going: the kernel refuses to rmdir a populated one, so one
-        # rmdir both asks and removes (no read of cgroup.events first), and no snapshot, no thread.
-        # Not in a `finally`: a cgroup an exception leaves behind is reused by the run's next
-        # attempt and reaped by the next daemon start (proctree.reap_cgroups).
-        if cgroup is not None and cgroups.remove(cgroup):
-            self._tmpdirs.vacated(ctx.tmpdir)  # nothing of the run can write into it now: it may be recycled
-        else:
-            leftovers = await proctree.kill_tree(None, tag=tag, grace=self.kill_grace, cgroup=cgroup)
-            if leftovers:
-                runlog.note(f"killed {leftovers} leftover process(es) of this run")
-            _drop_cgroup(ctx.run_id, cgroup)
-        if not proc.output_closed.done():
-            await asyncio.wait({proc.output_closed}, timeout=10)
-        proc.close()
-        proc.check()
-        for capture in (stdout, stderr):
-            if capture is not None:
-                runlog.write(capture.flush())
-        slot.proc, slot.cgroup = None, None
-        out = ProcessOutput(exit_code, stdout.text(), stderr.text() if stderr else "")
         try:
-            parsed = adapter.interpret(ctx, out, self.clock(), self.local_tz)
-        except Exception as e:  # a parser's bug: its process is gone, so the attempt ends, failed, saying why
-            log.exception("run %s: cannot read the output of %s", ctx.run_id, adapter.name)
-            parsed = ParsedOutput("failed", message=f"fleetd could not read its output: {type(e).__name__}: {e}")
-            runlog.note(parsed.message or "")
-        # The whole output's reading wins; the live line's class stands in where that found nothing.
-        if ended_early.error_class and parsed.outcome != "succeeded" and parsed.error_class in (None, "unknown"):
-            parsed = replace(parsed, outcome="failed", error_class=ended_early.error_class)
-        return AttemptEnd(parsed, exit_code, timed_out)
+            # Checked only now: by then the child has (almost always) joined itself, and reading the list is cheap
+            # where a write (a cgroup migration, even a no-op one) costs milliseconds of a kernel-wide lock. A
+            # child that has exited already counts as joined (`cgroups.join`): nothing to read.
+            if cgroup is not None and not proc.exited.done() and not cgroups.member_or_join(cgroup, proc.pid):
+                # Neither the wrapper nor we could move it: the tag sweep stands in (it misses escapees
+                # that clear their environment).
+                log.warning("run %s: cannot move pid %s into %s; tracking it by tag", ctx.run_id, proc.pid, cgroup)
+                _drop_cgroup(ctx.run_id, cgroup)
+                cgroup = slot.cgroup = None
+            exited = proc.exited
+            waits: set[asyncio.Future[Any]] = {exited}
+            stopper = None
+            if watch is not None:
+                stopper = asyncio.ensure_future(ended_early.seen.wait())
+                waits.add(stopper)
+            done, _ = await asyncio.wait(waits, timeout=ctx.timeout_s, return_when=asyncio.FIRST_COMPLETED)
+            if stopper is not None:
+                stopper.cancel()
+            timed_out = not done
+            if not timed_out and exited not in done:
+                await asyncio.wait({exited}, timeout=RATE_LIMIT_EXIT_GRACE)
+            if timed_out:
+                slot.ended = (
+                    True  # `_verdict` makes it `timed_out`: a stop in the kill's grace is refused, not `cancelled`
+                )
+                runlog.note(f"timed out after {format_duration(ctx.task.timeout_s)}: killing the process tree")
+            elif not exited.done():
+                what = ended_early.error_class
+                runlog.note(f"{what} in the live output: ending the attempt instead of waiting out the CLI's retries")
+            if not exited.done():
+                await proctree.kill_tree(proc.pid, tag=tag, grace=self.kill_grace, root_exited=exited, cgroup=cgroup)
+                await asyncio.wait({exited})
+            exit_code = exited.result()
+            # Whatever the attempt left behind (background jobs holding the output pipes open) goes too. An
+            # empty cgroup (the usual case) says so by going: the kernel refuses to rmdir a populated one, so one
+            # rmdir both asks and removes (no read of cgroup.events first), and no snapshot, no thread.
+            # On fleetd's own failure in between, `_abandon_child` kills what is left and removes the cgroup.
+            if cgroup is not None and cgroups.remove(cgroup):
+                self._tmpdirs.vacated(ctx.tmpdir)  # nothing of the run can write into it now: it may be recycled
+            else:
+                leftovers = await proctree.kill_tree(None, tag=tag, grace=self.kill_grace, cgroup=cgroup)
+                if leftovers:
+                    runlog.note(f"killed {leftovers} leftover process(es) of this run")
+                _drop_cgroup(ctx.run_id, cgroup)
+            if not proc.output_closed.done():
+                await asyncio.wait({proc.output_closed}, timeout=10)
+            proc.close()
+            proc.check()
+            for capture in (stdout, stderr):
+                if capture is not None:
+                    runlog.write(capture.flush())
+            slot.proc, slot.cgroup = None, None
+            out = ProcessOutput(exit_code, stdout.text(), stderr.text() if stderr else "")
+            try:
+                parsed = adapter.interpret(ctx, out, self.clock(), self.local_tz)
+            except Exception as e:  # a parser's bug: its process is gone, so the attempt ends, failed, saying why
+                log.exception("run %s: cannot read the output of %s", ctx.run_id, adapter.name)
+                parsed = ParsedOutput("failed", message=f"fleetd could not read its output: {type(e).__name__}: {e}")
+                runlog.note(parsed.message or "")
+            # The whole output's reading wins; the live line's class stands in where that found nothing.
+            if ended_early.error_class and parsed.outcome != "succeeded" and parsed.error_class in (None, "unknown"):
+                parsed = replace(parsed, outcome="failed", error_class=ended_early.error_class)
+            return AttemptEnd(parsed, exit_code, timed_out)
+        except Exception:  # fleetd's own failure: the run fails (the caller ends the attempt), its processes go
+            await self._abandon_child(ctx.run_id, proc, tag, slot)
+            raise
+
+    async def _abandon_child(self, run_id: int, proc: child.Child, tag: str, slot: ActiveRun) -> None:
+        """After fleetd failed inside an attempt: its process tree killed (nobody else would stop it), its exit
+        reaped, its pipes closed and its cgroup removed. Raises nothing: the failure being handled is the news."""
+        try:
+            await proctree.kill_tree(
+                proc.pid, tag=tag, grace=self.kill_grace, root_exited=proc.exited, cgroup=slot.cgroup
+            )
+            await asyncio.wait({proc.exited}, timeout=self.kill_grace + 5)
+            proc.close()
+            if slot.cgroup is not None:
+                _drop_cgroup(run_id, slot.cgroup)
+        except Exception:
+            log.exception("run %s: cannot clean up after its process %s", run_id, proc.pid)
+        slot.proc, slot.cgroup = None, None
 
     def _launch(
         self, ctx: AttemptContext, spec: ProcessSpec, env: dict[str, str], merge_stderr: bool, runlog: RunLog
@@ -1437,14 +1473,19 @@ def _sink(
     """What one output stream's chunks go through as they are read: scrubbed, kept, logged, watched."""
 
     def take(chunk: bytes) -> None:
+        nonlocal watch
         runlog.write(capture.add(chunk))
         if watch is None or ended.seen.is_set():
             return
         # The watch sees the raw lines, as early as possible; it only names a class.
-        for line in capture.lines(chunk):
-            if found := watch(line):
-                ended.error_class = found
-                ended.seen.set()
-                break
+        try:
+            for line in capture.lines(chunk):
+                if found := watch(line):
+                    ended.error_class = found
+                    ended.seen.set()
+                    break
+        except Exception:  # its bug (it must never raise) costs the early end, not the stream: give it up
+            log.exception("cannot watch the live output for failures; the attempt ends when its process does")
+            watch = None
 
     return take

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,75 @@ def test_output_that_its_parser_fails_on_ends_the_attempt_failed(tmp_path: Path,
     assert run.status == "failed" and run.error == "fleetd could not read its output: ValueError: unexpected output"
     (attempt,) = attempts
     assert attempt.outcome == "failed" and attempt.finished_at is not None
+
+
+def test_a_live_failure_watch_that_raises_stops_watching_not_reading(tmp_path: Path, monkeypatch: Any) -> None:
+    """`live_failure` must never raise; one that did abandoned the stream (the rest of the output lost, the
+    child's writes a broken pipe), then failed the run and left its attempt `running` for ever. The watch
+    is given up instead: the output is read to its end and the run keeps its command's own end."""
+    from fleetd.backends.command import CommandAdapter
+
+    def broken(self: object, line: str) -> None:
+        raise ValueError("a bug in the watch")
+
+    monkeypatch.setattr(CommandAdapter, "end_on_live_failure", True)
+    monkeypatch.setattr(CommandAdapter, "live_failure", broken)
+
+    run, attempts, log = asyncio.run(_run_to_end(tmp_path, "for i in 1 2 3; do echo line $i; done"))
+    assert run.status == "succeeded", run.error
+    assert log.decode().splitlines() == ["line 1", "line 2", "line 3"]
+    (attempt,) = attempts
+    assert attempt.outcome == "succeeded" and attempt.finished_at is not None
+
+
+def test_fleetd_failing_inside_a_started_attempt_ends_the_attempt_failed(tmp_path: Path, monkeypatch: Any) -> None:
+    """fleetd's own failure after a child started (here: reading what the child left) failed the run but left
+    its attempt `running` for ever; the attempt ends failed too, saying why."""
+    from fleetd.loops import child
+
+    def broken(self: object) -> None:
+        raise RuntimeError("fleetd's own bug")
+
+    monkeypatch.setattr(child.Child, "check", broken)
+
+    run, attempts, _ = asyncio.run(_run_to_end(tmp_path, "echo hi"))
+    assert run.status == "failed" and run.error is not None and "fleetd's own bug" in run.error
+    (attempt,) = attempts
+    assert attempt.outcome == "failed" and attempt.finished_at is not None
+    assert attempt.error == "fleetd could not run it: RuntimeError: fleetd's own bug"
+
+
+def test_fleetd_failing_while_its_child_runs_leaves_no_process_behind(tmp_path: Path, monkeypatch: Any) -> None:
+    """An exception while the child ran went up through the run, which failed, and left the child running with
+    nobody to stop it (and its attempt `running`). Its process tree is killed and its attempt ended."""
+    import pytest
+
+    from fleetd.loops import cgroups
+
+    if cgroups.base_dir() is None:
+        pytest.skip("no cgroup subtree here: the failure is injected into the child's cgroup check")
+
+    pid_file = tmp_path / "pid"
+
+    def broken(cgroup: Path, pid: int) -> bool:
+        deadline = time.monotonic() + 5
+        while not pid_file.exists() and time.monotonic() < deadline:  # the child is under way (blocking: a test)
+            time.sleep(0.01)
+        raise OSError("cannot read cgroup.procs")
+
+    monkeypatch.setattr(cgroups, "member_or_join", broken)
+    started = now_utc()
+    run, attempts, _ = asyncio.run(_run_to_end(tmp_path, f"echo $$ > {pid_file}; exec sleep 30"))
+    assert (now_utc() - started).total_seconds() < 10  # not the sleep's 30 s: the child was killed
+    assert run.status == "failed" and run.error is not None and "cannot read cgroup.procs" in run.error
+    (attempt,) = attempts
+    assert attempt.outcome == "failed" and attempt.finished_at is not None
+    pid = int(pid_file.read_text())
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        state = "gone"
+    assert state == "gone", f"the run's child {pid} is still there ({state})"
 
 
 def test_a_run_log_that_cannot_be_written_for_a_while_loses_that_output_not_the_run(
