@@ -127,10 +127,22 @@ def profile_list(as_json: bool) -> None:
 def _list_text(items: list[dict[str, Any]]) -> str:
     rows = [
         [p["name"], p["backend"], p["tier"], p["auth"], p["model"] or "-",
-         "yes" if p["enabled"] else "no", p["config_dir"]]
+         _enabled_cell(p), p["config_dir"]]
         for p in items
     ]  # fmt: skip
     return table(["NAME", "BACKEND", "TIER", "AUTH", "MODEL", "ENABLED", "CONFIG DIR"], rows)
+
+
+def _enabled_cell(p: dict[str, Any]) -> str:
+    if aside := p.get("disabled_reason"):
+        return f"no ({aside.split(':', 1)[0]})"  # the heartbeat's reason, e.g. "auth failure: ..."
+    return "yes" if p["enabled"] else "no"
+
+
+def _enabled_text(p: dict[str, Any]) -> str:
+    if aside := p.get("disabled_reason"):
+        return f"no, {aside} (`fleetd profile enable {p['name']}` once it is fixed)"
+    return "yes" if p["enabled"] else "no"
 
 
 @profile.command("show")
@@ -165,7 +177,7 @@ def _show_text(p: dict[str, Any]) -> str:
             ("limits", " ".join(p["limits"]) or None),
             ("default reset", format_duration(p["default_reset_s"]) if p.get("default_reset_s") else None),
             ("daily cost", f"{usd(p['daily_cost'])} per 24 h" if p.get("daily_cost") else None),
-            ("enabled", "yes" if p["enabled"] else "no"),
+            ("enabled", _enabled_text(p)),
             ("circuit", circuit_text(p.get("circuit"))),
         ]
     )

@@ -419,7 +419,10 @@ def create_app(ctx: DaemonContext) -> Starlette:
     async def _profile(profile: Profile) -> dict[str, Any]:
         missing = ctx.profiles.secrets.description if await ctx.profiles.has_key_missing(profile) else None
         shown = profile_json(profile, missing, await ctx.profiles.logged_in(profile))
-        return {**shown, "circuit": circuit_json(ctx.heartbeat.circuit(profile.name))}
+        # Enabled by its setting, yet set aside by the heartbeat (an auth failure) until enabled again by hand.
+        status = ctx.heartbeat.status(profile.name)
+        aside = status.reason if profile.enabled and status.state == "disabled" else None
+        return {**shown, "disabled_reason": aside, "circuit": circuit_json(ctx.heartbeat.circuit(profile.name))}
 
     def profiles_changed() -> None:
         """A profile changed by hand: runs waiting on profiles look again, and the gateway's next call does not route

@@ -181,9 +181,17 @@ def test_disable_by_hand_and_enable_after_an_auth_failure(hb: Daemon) -> None:
     run = d.wait_run(d.json("loop", "run", "keys")["id"])
     assert [(a["profile"], a["error_class"]) for a in run["attempt_list"]] == [("ka", "auth"), ("kb", None)]
     assert usage(d)["ka"]["state"] == "disabled" and "auth failure" in usage(d)["ka"]["reason"]
+    # `profile list` and `show` said ENABLED yes for it, while every run passed it over.
+    listed = {line.split()[0]: line for line in d.cli("profile", "list").stdout.splitlines()[1:]}
+    assert " no (auth failure) " in listed["ka"] and " yes " in listed["kb"], listed
+    shown = d.json("profile", "show", "ka")
+    assert shown["enabled"] is True and "auth failure" in shown["disabled_reason"]
+    enabled = next(line for line in d.cli("profile", "show", "ka").stdout.splitlines() if line.startswith("enabled"))
+    assert "no, auth failure" in enabled and "fleetd profile enable ka" in enabled, enabled
     scenario(d, "ka", "ok")  # the login was fixed
     assert d.cli("profile", "enable", "ka").stdout.strip() == "enabled profile ka"
     assert usage(d)["ka"]["state"] == "available"
+    assert d.json("profile", "show", "ka")["disabled_reason"] is None
     d.cli("profile", "disable", "kb")
     assert (usage(d)["kb"]["state"], usage(d)["kb"]["reason"]) == ("disabled", "disabled by hand")
     assert d.json("profile", "show", "kb")["enabled"] is False
