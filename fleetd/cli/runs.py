@@ -184,13 +184,19 @@ def runs_logs(run_id: str, follow: bool, raw: bool) -> None:
     checked = checked_run_id(run_id)
     path = f"/v1/runs/{checked}/log?raw={int(raw)}" + ("&follow=1" if follow else "")
     out = sys.stdout.buffer
+    printed = False
     try:
         for chunk in client(timeout=None).stream(path):
             out.write(chunk)
             out.flush()
+            printed = printed or bool(chunk)
     except StreamCut:
         raise CliError(f"the fleetd daemon went away while following run {checked}") from None
     if not follow:
+        if not printed:  # a skipped run ran nothing: say so, rather than look like a silent run
+            run = client().call("GET", f"/v1/runs/{checked}")
+            if run["status"] == "skipped":
+                click.echo(f"run {checked} was skipped ({run['error']}): no output", err=True)
         return
     # The daemon ends a followed stream once the run's end is written: this reads its final status.
     try:

@@ -112,6 +112,10 @@ def test_overlapping_fire_is_recorded_as_skipped(daemon: Daemon) -> None:
     daemon.cli("loop", "pause", "overlap")
     assert skipped[0]["error"].startswith("previous run ") and "still running" in skipped[0]["error"]
     assert skipped[0]["exit_code"] is None
+    # It ran nothing, so it has no output: `runs logs` printed nothing at all, exit 0, as for a silent run.
+    logs = daemon.cli("runs", "logs", str(skipped[0]["id"]))
+    said = f"run {skipped[0]['id']} was skipped ({skipped[0]['error']}): no output\n"
+    assert logs.stdout == "" and logs.stderr == said
     # A manual fire while it runs is refused the same way, with a clear message.
     daemon.cli("loop", "add", "busy", "--every", "1h", "--command", "sleep 3")
     daemon.cli("loop", "run", "busy")
