@@ -17,6 +17,8 @@ from fleetd.records.loop import (
     DEFAULT_OUTPUT_CAP,
     DEFAULT_TIERS,
     DEFAULT_VERIFY_TIMEOUT_S,
+    MAX_OUTPUT_CAP,
+    MIN_OUTPUT_CAP,
     Loop,
     Schedule,
     ScheduleKind,
@@ -24,9 +26,6 @@ from fleetd.records.loop import (
 from fleetd.timefmt import DurationError, parse_duration
 
 ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-MIN_OUTPUT_CAP = 1024
-# 1 TiB: far beyond any useful log tail, and well inside what SQLite's INTEGER column holds.
-MAX_OUTPUT_CAP = 1024**4
 # Linux's PATH_MAX; a longer path cannot be opened, so it is refused up front.
 MAX_PATH_BYTES = 4096
 RESERVED_ENV_PREFIX = "FLEETD_"

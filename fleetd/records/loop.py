@@ -16,6 +16,9 @@ DEFAULT_TIERS = ("local", "subscription")
 ON_EXHAUSTED = ("escalate", "wait")
 DEFAULT_ON_EXHAUSTED = "escalate"
 DEFAULT_OUTPUT_CAP = 10 * 1024 * 1024
+MIN_OUTPUT_CAP = 1024
+# 1 TiB: far beyond any useful log tail, and well inside what SQLite's INTEGER column holds.
+MAX_OUTPUT_CAP = 1024**4
 DEFAULT_VERIFY_TIMEOUT_S = 600.0
 
 

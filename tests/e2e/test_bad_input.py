@@ -50,7 +50,10 @@ def assert_refused(daemon: Daemon, args: list[str], code: int, *fragments: str) 
         (["--every", "1m", "--output-cap", "99999999999999G"], ["invalid --output-cap"]),
         (["--every", "1m", "--output-cap", "inf"], ["invalid --output-cap 'inf'"]),
         (["--every", "1m", "--output-cap", "lots"], ["invalid --output-cap 'lots'"]),
-        (["--every", "1m", "--output-cap", "100"], ["invalid --output-cap 100"]),
+        (["--every", "1m", "--output-cap", "100"], ["invalid --output-cap '100'", "from 1k to 1024G"]),
+        # The text typed, not its byte count (was "invalid --output-cap 1100585369600"); 0.3k was saved as 307.
+        (["--every", "1m", "--output-cap", "1025G"], ["invalid --output-cap '1025G'", "from 1k to 1024G"]),
+        (["--every", "1m", "--output-cap", "0.3k"], ["invalid --output-cap '0.3k'", "whole number of bytes"]),
         (["--every", "1m", "--dir", "/" + "d" * 300], ["cannot use directory", "File name too long"]),
         (["--every", "1m", "--dir", "/" + "d/" * 2100], ["directory is longer than 4096 bytes"]),
         (["--at", "9999-12-31T23:59:59-12:00"], ["invalid time", "out of range"]),
