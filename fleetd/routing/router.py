@@ -281,6 +281,7 @@ class Router:
         rejected_steps: set[int] = set()  # capability shortfalls: the next step gets the task
         again: tuple[int, str] | None = None  # retry this one first (transient backoff, repair round)
         repairing: tuple[int, str] | None = None  # the next try is a repair round of this one
+        repaired = 0  # the number of the attempt it repairs
         repairs: dict[tuple[int, str], int] = {}
         # Rate limits per candidate: a provider whose every answer is a 429 with `retry-after: 1` had a run try it
         # once a second until max_attempts (each try an exhausted and a waiting event); from the second, it rests
@@ -348,8 +349,9 @@ class Router:
             tokens_left = None if policy.max_tokens is None else max(0, policy.max_tokens - self.spent_tokens)
             repair = repairing == (chosen.step, chosen.profile)
             repairing = None
-            what = "repair of" if repair else "review" if self.role == "review" else "attempt"
-            self.note(now, "try", f"{what} {attempt}: {chosen.profile} (step {chosen.step + 1}: "
+            what = "review" if self.role == "review" else "attempt"
+            what = f"{what} {attempt} (repair of attempt {repaired})" if repair else f"{what} {attempt}"
+            self.note(now, "try", f"{what}: {chosen.profile} (step {chosen.step + 1}: "
                       f"{policy.chain[chosen.step].describe()})", chosen, number=attempt)  # fmt: skip
             observed = yield Try(chosen, attempt, cost_left, tokens_left, findings, repair)
             world, result = observed.world, observed.result
@@ -402,6 +404,7 @@ class Router:
                     self.note(world.now, "repair", f"{chosen.profile}'s work was rejected: repair round "
                               f"{repairs[key]} of {policy.repairs} with the findings", chosen)  # fmt: skip
                     again = repairing = key
+                    repaired = attempt
                     continue
                 rejected_steps.add(chosen.step)
                 left = set(range(len(policy.chain))) - rejected_steps

@@ -18,7 +18,7 @@ RUN = {"attempts", "backend", "duration_s", "error", "exit_code", "finished_at",
        "profile", "scheduled_at", "skip_reason", "skipped_count", "started_at", "status", "trigger",
        "wait_until"}  # fmt: skip
 PROFILE = {"auth", "auth_hint", "backend", "base_url", "circuit", "config_dir", "created_at", "daily_cost",
-           "default_reset_s", "enabled", "has_api_key", "limits", "model", "name", "prices_per_mtok",
+           "disabled_reason", "default_reset_s", "enabled", "has_api_key", "limits", "model", "name", "prices_per_mtok",
            "tier"}  # fmt: skip
 USAGE = {"active", "backend", "circuit", "daily_cost", "exhausted_until", "garbled_lines", "in_flight", "pinned",
          "profile", "reason", "reported_windows", "resets_in_s", "state", "tier", "unconfirmed", "windows"}  # fmt: skip

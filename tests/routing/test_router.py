@@ -318,6 +318,9 @@ def test_a_rejection_gets_repair_rounds_on_the_same_worker_then_escalates_with_t
     tries = [d for d in drive.decisions if isinstance(d, Try)]
     assert [t.repair for t in tries] == [False, True, False, True]
     assert [t.findings for t in tries] == [None, *["2 tests still fail: test_a, test_b"] * 3]
+    # The route said "repair of 2: qwen …" for attempt 2, read as a repair of attempt 2.
+    said = [e["detail"].split(":")[0] for e in drive.router.trail if e["kind"] == "try"]
+    assert said == ["attempt 1", "attempt 2 (repair of attempt 1)", "attempt 3", "attempt 4 (repair of attempt 3)"]
 
 
 def test_rejected_by_every_step_fails_with_reason_rejected_and_the_last_findings() -> None:
