@@ -465,6 +465,13 @@ class Router:
                 usable.sort(key=lambda c: (c.step, c.profile) != again)
             if usable:
                 return usable[0], [], passed_all
+            if step_resets:
+                # Waiting anyway: an open circuit that half-opens sooner is worth its probe (not waited for alone).
+                step_resets += [
+                    (p.back_at, False, index)
+                    for p in passed
+                    if p.until is None and p.back_at is not None and (p.step, p.profile) not in out
+                ]
             resets.extend(step_resets)
             if step_resets and self.policy.on_exhausted == "wait":
                 return None, step_resets, passed_all  # this loop waits for its step rather than escalate

@@ -232,6 +232,27 @@ def test_open_and_half_open_circuits_are_passed_over_and_one_probe_is_allowed() 
     assert drive.run().status == "succeeded" and drive.tried == ["cc-a@sonnet"]
 
 
+def test_a_run_that_waits_anyway_wakes_when_an_open_circuit_half_opens() -> None:
+    """A run waits for a rate limit's reset (hours), not for an open circuit (a provider's outage: it fails instead).
+    But once it waits, a profile whose circuit half-opens sooner is worth its probe: the run slept through it to the
+    reset. Only open circuits and nothing else: it still fails, saying when they come back."""
+    chain = (ChainStep("claude_code", ("cc-a", "cc-b")),)
+    profiles = {
+        "cc-a": replace(PROFILES["cc-a"], circuit="open", circuit_until=T0 + timedelta(minutes=1)),
+        "cc-b": replace(PROFILES["cc-b"], state="exhausted", until=T0 + timedelta(hours=5)),
+    }
+    flow = Router(Policy(chain), random.Random(7)).route(World(T0, profiles))
+    first = next(flow)
+    assert isinstance(first, WaitUntil) and first.until == T0 + timedelta(minutes=1), first
+    half_open = dict(profiles, **{"cc-a": replace(profiles["cc-a"], circuit="half_open")})
+    probe = flow.send(Observation(World(T0 + timedelta(minutes=1), half_open)))
+    assert isinstance(probe, Try) and probe.candidate.profile == "cc-a", probe
+    only_a = (ChainStep("claude_code", ("cc-a",)),)
+    alone = Router(Policy(only_a), random.Random(7)).route(World(T0, {"cc-a": profiles["cc-a"]}))
+    finish = next(alone)
+    assert isinstance(finish, Finish) and finish.status == "failed" and finish.back_at == T0 + timedelta(minutes=1)
+
+
 def test_a_transient_failure_that_opened_the_circuit_is_not_retried_after_a_backoff() -> None:
     # A failed half-open probe reopens its circuit: the backoff was slept all the same, and the retry then found
     # the candidate passed over. It goes on to the next candidate at once.
