@@ -37,9 +37,9 @@ from fleetd.gateway.protocols import GatewayError, WireProtocol, forwarded_heade
 from fleetd.gateway.recorder import Attempt, Finished, Recorder
 from fleetd.gateway.sse import EventSplitter
 from fleetd.gateway.upstream import failure_class, reset_from_headers
-from fleetd.loops.scrub import Scrubber
+from fleetd.loops.scrub import REDACTED, Scrubber
 from fleetd.profiles.service import ProfileService
-from fleetd.records.gateway import ClientKey, GatewayCall, Route
+from fleetd.records.gateway import KEY_RE, ClientKey, GatewayCall, Route
 from fleetd.records.loop import ChainStep
 from fleetd.records.profile import TIERS, Profile
 from fleetd.records.result import ParsedOutput, TokenUsage
@@ -612,7 +612,9 @@ def _scrub(scrubber: Scrubber, data: bytes) -> bytes:
 
 
 def _capped(data: bytes) -> str:
-    return data[:LOG_BODY_CAP].decode("utf-8", "replace")
+    """A body as the call log keeps it: capped, and without any gateway key (fleetd stores only their hashes, so
+    none is known to the scrubber: one a client pasted is found by its form)."""
+    return KEY_RE.sub(REDACTED, data[:LOG_BODY_CAP]).decode("utf-8", "replace")
 
 
 def _told(entry: dict[str, Any]) -> str:

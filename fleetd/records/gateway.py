@@ -16,6 +16,9 @@ from fleetd.records.loop import ChainStep
 APIS = ("chat", "messages", "responses")
 DEFAULT_ROUTE_TIMEOUT_S = 120.0
 KEY_PREFIX = "fk-"
+# A gateway key as written anywhere (the prefix and 43 URL-safe characters: gateway/model.new_key); 16 or more
+# catch one a body's cap cut short. fleetd keeps only their hashes: text is scrubbed of them by this form.
+KEY_RE = re.compile(rb"fk-[A-Za-z0-9_-]{16,}")
 # What a call ended as. `stream_error`: the stream had begun (a byte had reached the client) when the
 # upstream failed; the client got a provider-shaped error event, never another model's continuation.
 # `interrupted`: the daemon died while it was under way (gateway/journal.py).

@@ -499,7 +499,8 @@ def test_a_provider_key_quoted_in_an_answer_reaches_neither_the_client_nor_the_c
     gw.pair("qk")
     gw.d.cli("route", "add", "qk-bodies", "--chain", "qk1,qk2", "--api", "chat", "--log-bodies")
     gw.p1.reply_text = f"you sent {KEYS['1']}; the other is {KEYS['2']}"
-    messages: Any = [{"role": "user", "content": f"which key? not {KEYS['2']}?"}]
+    # fleetd's own keys are kept only as hashes: the one the client pasted (its own, here) was stored in the clear.
+    messages: Any = [{"role": "user", "content": f"which key? not {KEYS['2']}? mine is {gw.key}"}]
     try:
         plain = gw.sdk().chat.completions.create(model="qk-bodies", messages=messages).choices[0].message.content
         chunks = gw.sdk().chat.completions.create(model="qk-bodies", messages=messages, stream=True)
@@ -509,10 +510,10 @@ def test_a_provider_key_quoted_in_an_answer_reaches_neither_the_client_nor_the_c
     assert plain == streamed == "you sent [REDACTED]; the other is [REDACTED]"
     calls = gw.call_of("qk-bodies", 2)
     assert all("[REDACTED]" in call["response_body"] for call in calls), calls
-    assert all("which key? not [REDACTED]?" in call["request_body"] for call in calls), calls
+    assert all("which key? not [REDACTED]? mine is [REDACTED]" in call["request_body"] for call in calls), calls
     stored = b"".join(p.read_bytes() for p in gw.d.home.glob("fleetd.db*"))
     seen = json.dumps(calls) + gw.d.log_text()
-    for secret in KEYS.values():
+    for secret in [*KEYS.values(), gw.key]:
         assert secret not in seen
         assert secret.encode() not in stored
 
