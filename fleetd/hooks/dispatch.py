@@ -14,8 +14,8 @@ Invariants:
   re-reads the log after the first and gives each hook only what lies after its own, so an event written
   while delivering (or while the daemon stopped) is not lost, a hook that kept up is not sent again what
   another hook still owed, and one a hook already got before a crash may come again (the payload's `id`
-  tells duplicates apart). The first start ever begins at the
-  newest event: hooks are not sent history.
+  tells duplicates apart). An exec hook a stop cut short is not run again (`stop`: it ends failed, as at
+  its timeout). The first start ever begins at the newest event: hooks are not sent history.
 - No recursion: `hook.*` events are skipped here (records/event.py: no hook can subscribe to them),
   so a failing hook's `hook.failed` never reaches a hook, least of all itself.
 """
@@ -139,8 +139,9 @@ class HookDispatcher:
 
     async def stop(self, grace: float) -> None:
         """Queue what the log holds now (a run's end written just before), give the deliveries up to
-        `grace` seconds, then cancel the rest (an exec hook's session is killed); they stay after the
-        cursor, for the next start."""
+        `grace` seconds, then cancel the rest: what is still queued stays after the cursor, for the next
+        start, as does a webhook's try under way (at least once); an exec hook under way is killed (its
+        session) and ends failed, past the cursor: not retried, as at its timeout (it may have got halfway)."""
         if self._follower is not None:
             self._follower.cancel()
             await asyncio.gather(self._follower, return_exceptions=True)
@@ -148,6 +149,13 @@ class HookDispatcher:
                 await self._read_new()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._drained(), grace)
+        cut = [(q, q.current) for q in self._queues.values() if q.hook.kind == "exec" and q.current is not None]
+        for queue, _ in cut:
+            await self._close_worker(queue)  # its `current` is cleared: the cursor passes it
+        for queue, event in cut:
+            if event is not None:
+                detail = f"cut short by the daemon's stop after its {grace:g}s grace; not run again"
+                await self._failed(queue.hook, event, detail, tries=1)
         # The cursor is saved before the rest is cancelled, and never after: a cancelled delivery did not
         # happen, so its event must stay after the cursor.
         await self._save_cursor()
@@ -186,10 +194,13 @@ class HookDispatcher:
 
     async def _close(self, queue: _Queue) -> None:
         """Stop `queue`'s worker. Once out of `_queues` its events no longer hold the cursor back (the hook is gone)."""
+        await self._close_worker(queue)
+        queue.items.clear()
+
+    async def _close_worker(self, queue: _Queue) -> None:
         if queue.task is not None:
             queue.task.cancel()
             await asyncio.gather(queue.task, return_exceptions=True)
-        queue.items.clear()
 
     def last(self, name: str) -> tuple[LastDelivery | None, int, int]:
         """A hook's last delivery since the daemon started, its queue length, and how many were dropped."""

@@ -152,27 +152,34 @@ def test_a_hung_hook_holds_at_most_its_queue_and_says_once_what_it_drops(tmp_pat
 
 
 def test_the_cursor_redelivers_after_a_restart_what_was_not_delivered_and_nothing_else(tmp_path: Path) -> None:
+    """What waited in the queue at a stop is delivered after the restart; the exec delivery the stop cut short is
+    not run again (it was, from the start, at every restart: a command that got halfway ran twice, three times…):
+    it is a `hook.failed` that says so."""
     out = tmp_path / "got.jsonl"
     gate = tmp_path / "open"
+    started = tmp_path / "started"
 
     async def go() -> None:
         async with world(tmp_path) as w:
             await w.emit("run.failed", run_id=0)  # before any hook: history, never sent
             # The hook blocks until `gate` exists, so events 2 and 3 are pending when the daemon stops.
-            await w.add_exec("slow", ("run.*",), f"while [ ! -e {gate} ]; do sleep 0.05; done; cat >> {out}")
+            command = f"echo >> {started}; while [ ! -e {gate} ]; do sleep 0.05; done; cat >> {out}"
+            await w.add_exec("slow", ("run.*",), command)
             first = w.dispatcher()
             await first.start()
             await w.emit("run.failed", run_id=1)
             await w.emit("run.succeeded", run_id=2)
-            await _until(lambda: first.last("slow")[1] == 2)
-            await first.stop(0.1)  # the delivery in progress is cancelled: nothing was delivered
-            assert await w.store.cursor() == 1
+            await _until(lambda: first.last("slow")[1] == 2 and started.exists())
+            await first.stop(0.1)  # the delivery under way (run 1) is cut short; run 2's waits for the next start
+            assert await w.store.cursor() == 2
+            (cut,) = [e for e in await w.events.after(0) if e.type == "hook.failed"]
+            assert cut.data["event_id"] == 2 and "cut short by the daemon's stop" in cut.message, cut
             await w.emit("run.failed", run_id=3)  # written while no dispatcher runs
             gate.touch()
             second = w.dispatcher()
             await second.start()
-            await _until(lambda: len(_lines(out)) == 3)
-            await _until(lambda: _cursor_is(w, 4))
+            await _until(lambda: len(_lines(out)) == 2)
+            await _until(lambda: _cursor_is(w, 5))
             await second.stop(1)
             third = w.dispatcher()  # everything was delivered: a restart sends nothing again
             await third.start()
@@ -180,7 +187,8 @@ def test_the_cursor_redelivers_after_a_restart_what_was_not_delivered_and_nothin
             await third.stop(1)
 
     asyncio.run(go())
-    assert [e["data"]["run_id"] for e in _lines(out)] == [1, 2, 3]
+    assert [e["data"]["run_id"] for e in _lines(out)] == [2, 3]
+    assert started.read_text().count("\n") == 3  # run 1's once (cut short), then runs 2 and 3: none twice
 
 
 async def _cursor_is(w: World, event_id: int) -> bool:
@@ -335,14 +343,14 @@ def test_a_stop_with_one_hook_behind_redelivers_nothing_to_the_hooks_that_kept_u
             for run_id in (1, 2, 3):
                 await w.emit("run.failed", run_id=run_id)
             await _until(lambda: len(_lines(good)) == 3 and len(_lines(slow)) == 1)
-            await dispatcher.stop(0.2)  # `slow` is still on event 1: it and 2, 3 stay undelivered
+            await dispatcher.stop(0.2)  # `slow` is still on event 1 (cut short: not run again); 2, 3 stay undelivered
             for restart in range(2):
                 again = w.dispatcher()
                 await again.start()
-                want = 2 + restart  # event 1 again each time: its delivery was cut
+                want = 2 + restart  # the next event each time (event 1 again each time, before: a cut exec re-ran)
                 await _until(lambda want=want: len(_lines(slow)) == want)  # type: ignore[misc]
                 await again.stop(0.2)
 
     asyncio.run(asyncio.wait_for(go(), 60))
     assert [e["data"]["run_id"] for e in _lines(good)] == [1, 2, 3]
-    assert [e["data"]["run_id"] for e in _lines(slow)] == [1, 1, 1]
+    assert [e["data"]["run_id"] for e in _lines(slow)] == [1, 2, 3]
