@@ -197,7 +197,8 @@ def _exited(pid: int, wait_s: float) -> bool:
 @click.option("--stop-wait", "stop_wait_s", default=60.0, show_default=True, callback=positive_seconds,
               help="Seconds to wait for the old daemon to exit.")  # fmt: skip
 def daemon_restart(wait_s: float, stop_wait_s: float, **texts: str) -> None:
-    """Stop the daemon gracefully (as `daemon stop`), then start it (as `daemon start`, with these flags)."""
+    """Stop the daemon gracefully (as `daemon stop`), then start it (as `daemon start`) with the flags given here
+    and, for the others, the options the running daemon has (not the defaults)."""
     _options(texts)  # bad flags fail before anything is stopped
     where = paths()
     health = _health(where, stop_wait_s)
@@ -206,6 +207,12 @@ def daemon_restart(wait_s: float, stop_wait_s: float, **texts: str) -> None:
         _start(where, texts, wait_s)
         return
     _refuse_if_supervised(health["pid"], "restart")
+    # A bare restart put every option back to its default: a `--retain off` became 90-day pruning.
+    source = click.get_current_context().get_parameter_source
+    running = health.get("options") or {}
+    texts = {name: text if source(name) == click.core.ParameterSource.COMMANDLINE or name not in running
+             else running[name] for name, text in texts.items()}  # fmt: skip
+    _options(texts)  # what the old daemon ran with may no longer do beside a flag given now
     old = _stop(where, stop_wait_s, then="; not restarted: `fleetd daemon start` waits for it and starts one")
     _start(where, texts, wait_s, verb="restarted", was=f", was {old}")
 

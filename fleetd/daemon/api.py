@@ -98,6 +98,7 @@ class DaemonContext:
     phase: str = "ok"
     pruner: Pruner | None = None
     retain: float | None = None  # the daemon's --retain in seconds: what `runs prune` without options prunes
+    flags: dict[str, Any] | None = None  # its options as flag texts (`daemon restart` keeps them)
     gateway: GatewayService | None = None
     store_problem: Callable[[], str | None] = lambda: None  # what is wrong with the database now, if anything
 
@@ -192,6 +193,7 @@ def create_app(ctx: DaemonContext) -> Starlette:
                 "loops": loops,
                 "running_runs": ctx.executor.running_runs(),
                 "store": store or "ok",
+                "options": ctx.flags or {},
             }
         )
 

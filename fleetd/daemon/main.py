@@ -277,6 +277,7 @@ class Daemon:
             phase="recovering",
             pruner=pruner,
             retain=self.options.retain,
+            flags=self.options.flag_texts(),
             gateway=gateway,
             store_problem=lambda: db.problem,
         )

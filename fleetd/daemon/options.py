@@ -69,6 +69,10 @@ class DaemonOptions:
             )
         return options
 
+    def flag_texts(self) -> dict[str, Any]:
+        """Every flag's value as `from_flags` reads it back: what `daemon restart` keeps of a running daemon."""
+        return {flag.name: flag.text(getattr(self, flag.name)) for flag in flags()}
+
 
 @dataclass(frozen=True)
 class Flag:
@@ -83,17 +87,21 @@ class Flag:
 
     @property
     def default_text(self) -> Any:
+        return self.text(self.default)
+
+    def text(self, value: Any) -> Any:
+        """`value` as its flag is typed (`parse` reads it back to the same value)."""
         if self.kind in ("text", "switch"):
-            return self.default
-        if self.default is None:
+            return value
+        if value is None:
             return "off"
-        assert isinstance(self.default, float)
+        assert isinstance(value, float)
         if self.kind == "fraction":
-            return f"{self.default * 100:g}%"
+            return f"{value * 100:g}%"
         for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-            if self.default >= size and (self.default / size).is_integer():
-                return f"{self.default / size:g}{unit}"
-        return f"{self.default:g}s"
+            if value >= size and (value / size).is_integer():
+                return f"{value / size:g}{unit}"
+        return f"{value:g}s"
 
     def argv(self, value: Any) -> list[str]:
         """The flag as `daemon start` passes it on to `daemon run` (nothing for an unset text or switch)."""

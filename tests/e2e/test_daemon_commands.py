@@ -75,6 +75,24 @@ def test_restart_stops_gracefully_then_starts_and_logs_show_it(short_home: Path)
         d.cli("daemon", "stop", check=False)
 
 
+def test_restart_keeps_the_running_daemons_options_and_applies_those_given(short_home: Path) -> None:
+    """A bare `daemon restart` started the new daemon on the defaults: a `--retain off` (keep everything) became
+    90-day pruning, history deleted at its next prune, and a `--gateway` was dropped, without a word."""
+    d = Daemon(short_home / "home")
+    try:
+        d.cli("daemon", "start", "--retain", "off", "--heartbeat-interval", "5m", "--kill-grace", "0.5s")
+        assert d.json("daemon", "status")["options"]["retain"] == "off"
+        d.cli("daemon", "restart")
+        kept = d.json("daemon", "status")["options"]
+        assert (kept["retain"], kept["heartbeat_interval"], kept["kill_grace"]) == ("off", "5m", "0.5s"), kept
+        d.cli("daemon", "restart", "--retain", "30d")  # what is given is applied; the rest is kept
+        changed = d.json("daemon", "status")["options"]
+        assert (changed["retain"], changed["heartbeat_interval"]) == ("30d", "5m"), changed
+        assert changed["stop_grace"] == "30s" and changed["gateway"] == "" and changed["gateway_public"] is False
+    finally:
+        d.cli("daemon", "stop", check=False)
+
+
 def test_daemon_logs_without_a_log_says_where_it_would_be(short_home: Path) -> None:
     d = Daemon(short_home / "home")
     d.env["XDG_CONFIG_HOME"] = str(short_home / "config")  # no unit installed

@@ -22,7 +22,8 @@ PROFILE = {"auth", "auth_hint", "backend", "base_url", "circuit", "config_dir", 
            "tier"}  # fmt: skip
 USAGE = {"active", "backend", "circuit", "daily_cost", "exhausted_until", "garbled_lines", "in_flight", "pinned",
          "profile", "reason", "reported_windows", "resets_in_s", "state", "tier", "unconfirmed", "windows"}  # fmt: skip
-HEALTH = {"home", "loops", "pid", "running_runs", "socket", "started_at", "status", "store", "uptime_s", "version"}
+HEALTH = {"home", "loops", "options", "pid", "running_runs", "socket", "started_at", "status", "store", "uptime_s",
+          "version"}  # fmt: skip
 
 
 def test_every_commands_json_keys(daemon: Daemon, tmp_path: Path) -> None:
