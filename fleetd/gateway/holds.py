@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 class Holds:
     clock: Callable[[], float] = time.monotonic
     # token -> (key, route, amount, expires at): a call that never ends its hold (a client gone before its answer
-    # began) gives it up when its route's timeout has passed.
+    # began) gives it up when its route's call timeout has passed.
     _held: dict[int, tuple[str, str, float, float]] = field(default_factory=dict)
     # Each key's latest finished call's cost on each route: a key's calls on a cheap route made a call on a dear one
     # look cheap, and it passed the cap.

@@ -178,7 +178,8 @@ class Proxy:
 
     async def _forward(self, req: Request, call: GatewayCall) -> Response | StreamAnswer:
         started = time.monotonic()
-        deadline = started + req.route.timeout_s
+        whole_s = req.route.call_timeout_s  # each try gets the route's --timeout of it (`until` below)
+        deadline = started + whole_s
         scrubber = Scrubber(await self.profiles.known_secrets())
         if req.route.log_bodies:  # a client may paste a key it was given into a question: the log gets it redacted
             call.request_body = _capped(_scrub(scrubber, req.raw))
@@ -205,12 +206,14 @@ class Proxy:
                                          retry_after=retry_after)  # fmt: skip
                 return await self._refuse(req, call, started, last, decision.reason or "failed", scrubber, error)
             if left <= 0:
-                error = GatewayError("timeout", f"route {req.route.name}: no answer within {req.route.timeout_s:g}s")
+                error = GatewayError("timeout", f"route {req.route.name}: no answer within {whole_s:g}s "
+                                     f"({req.route.timeout_s:g}s for each upstream's)")  # fmt: skip
                 return await self._refuse(req, call, started, last, error.message, scrubber, error)
             if isinstance(decision, Try):
                 profile = profiles[decision.candidate.profile]
                 model = decision.candidate.model or profile.model or req.route.name
-                answer = await self._try(req, call, profile, model, body, strip_usage, deadline, started, scrubber)
+                until = min(deadline, time.monotonic() + req.route.timeout_s)
+                answer = await self._try(req, call, profile, model, body, strip_usage, until, started, scrubber)
                 if not isinstance(answer, Failure):
                     return answer
                 last = answer

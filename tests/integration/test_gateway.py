@@ -147,6 +147,24 @@ def test_chat_falls_over_on_429_and_counts_the_tokens(gw: Gateway) -> None:
     assert usage["rl1"]["state"] == "exhausted"
 
 
+def test_a_hung_upstream_times_out_on_its_own_and_the_next_profile_answers(gw: Gateway) -> None:
+    """`--timeout` is for one upstream's answer: it bounded the whole call, so a first profile that hung used all of
+    it and the client got a 504 while the next profile was healthy, never tried."""
+    gw.pair("hang")
+    route = "hang-1s"
+    gw.d.cli("route", "add", route, "--chain", "hang1,hang2", "--timeout", "1s")
+    gw.p1.latency = 5.0  # only the first profile's provider hangs
+    try:
+        answer = gw.sdk().chat.completions.create(model=route, messages=[{"role": "user", "content": "hi"}])
+    finally:
+        gw.p1.latency = 0.0
+    assert answer.model == "hang-model-2"
+    [call] = gw.call_of(route)
+    assert [(p["profile"], p["class"]) for p in call["path"]] == [
+        ("hang1", "transient"), ("hang1", "transient"), ("hang2", None)], call["path"]  # fmt: skip
+    assert all(p["latency_ms"] < 2500 for p in call["path"][:2]), call["path"]
+
+
 def test_a_streamed_chat_falls_over_on_529_and_honours_include_usage(gw: Gateway) -> None:
     route = gw.pair("ov")
     gw.p1.fail_first(2, "529")  # the first profile and its one retry
