@@ -26,6 +26,11 @@ def gateway_enable(listen: str, public: bool, as_json: bool) -> None:
     answer = client().call("POST", "/v1/gateway/enable", {"listen": listen, "public": public})
     if answer.get("public") and not as_json:
         click.echo(f"fleetd: warning: the gateway listens on {answer['address']}, beyond this machine", err=True)
+    host, _, port = listen.rpartition(":")
+    if port == "0" and answer.get("address"):  # clients configured with this port lose it at the next restart
+        now = answer["address"].rpartition(":")[2]
+        click.echo(f"fleetd: warning: port 0 is a new free port at every daemon start (now {now}); "
+                   f"`--listen {host}:{now}` keeps this one", err=True)  # fmt: skip
     render(answer, as_json, _status_text)
 
 

@@ -600,7 +600,12 @@ def test_an_enable_on_a_busy_port_leaves_the_running_gateway_listening(gw: Gatew
     assert (enabled["url"], enabled["source"]) == (gw.url, "setting")
     assert httpx.get(gw.url + "/v1/models", headers={"x-api-key": gw.key}).status_code == 200
     # A free address: the new listener serves, the old one is closed; and back.
-    moved = gw.d.json("gateway", "enable", "--listen", "127.0.0.1:0")["url"]
+    anywhere = gw.d.cli("gateway", "enable", "--listen", "127.0.0.1:0", "--json")
+    moved = json.loads(anywhere.stdout)["url"]
+    # Port 0 is a new free port at each start: said, with the port to give for an address clients can keep.
+    port = moved.rsplit(":", 1)[1]
+    assert anywhere.stderr == (f"fleetd: warning: port 0 is a new free port at every daemon start (now {port}); "
+                               f"`--listen 127.0.0.1:{port}` keeps this one\n")  # fmt: skip
     assert moved != gw.url and httpx.get(moved + "/v1/models", headers={"x-api-key": gw.key}).status_code == 200
     with pytest.raises(httpx.ConnectError):
         httpx.get(gw.url + "/v1/models", headers={"x-api-key": gw.key})
