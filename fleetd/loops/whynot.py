@@ -80,6 +80,14 @@ def why_not(facts: LoopFacts, now: datetime) -> NotFiring | None:
         if last.skip_reason in ("overlap", "waiting") and facts.running_id is None:
             text += " (it has ended since)"  # the row's "still running" was so then, not now
         until = facts.spend_eases_at if last.skip_reason == "over_daily_cost" else None
+        if last.skip_reason == "over_daily_cost":
+            # The row's cap was so then: one raised or cleared since lets the next fire run.
+            if loop.daily_cost is None:
+                text += " (not so now: its --daily-cost was cleared, its next fire runs)"
+                until = None
+            elif facts.spent_24h is not None and daily_cost_text(facts.spent_24h, loop.daily_cost) is None:
+                text += " (not so now: within its --daily-cost, its next fire runs)"
+                until = None
         return NotFiring(last.skip_reason, text, since=last.scheduled_at, until=until, run_id=last.id)
     if loop.next_fire_at is None:
         if loop.schedule.kind == "at":

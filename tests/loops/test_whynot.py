@@ -213,6 +213,25 @@ CASES = [
         9,
     ),
     (
+        # The skip is history once the loop's cap was raised or cleared: it read as if the next fire would be skipped.
+        "a fire skipped over a daily cost raised since",
+        LoopFacts(replace(LOOP, daily_cost=10.0), skipped(9, "over_daily_cost", "budget: …"), spent_24h=1.25),
+        "over_daily_cost",
+        "its last fire was skipped: budget: … (not so now: within its --daily-cost, its next fire runs)",
+        NOW - 5 * M,
+        None,
+        9,
+    ),
+    (
+        "a fire skipped over a daily cost cleared since",
+        LoopFacts(LOOP, skipped(9, "over_daily_cost", "budget: …")),
+        "over_daily_cost",
+        "its last fire was skipped: budget: … (not so now: its --daily-cost was cleared, its next fire runs)",
+        NOW - 5 * M,
+        None,
+        9,
+    ),
+    (
         "an agent loop with no usable profile",
         LoopFacts(replace(LOOP, backend="some_agent", command=None, prompt="x"), None, usable_profiles=0),
         "no_profile",
