@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any
 
 from fleetd.backends.registry import get_adapter, routed_backends
-from fleetd.errors import NoProfile
+from fleetd.errors import InvalidArgument, NoProfile
 from fleetd.loops.model import PATH_FIELDS, edited_input, validate_loop_input
 from fleetd.loops.scheduler import Scheduler
 from fleetd.loops.whynot import NotFiring, usable_at_next_run
@@ -63,7 +63,12 @@ class LoopService:
         disk); takes effect at the next fire."""
         old = await self.loops.get(name)
         changed_paths = [field for field in PATH_FIELDS if changes.get(field) is not None]
-        new = await self.define(edited_input(old, changes), on_disk=changed_paths)
+        try:
+            new = await self.define(edited_input(old, changes), on_disk=changed_paths)
+        except InvalidArgument as e:
+            if old.command is not None and e.message.endswith("takes no --command"):  # a command loop's new backend
+                raise InvalidArgument(f"{e.message}: the loop has one (`--clear-command` drops it)") from None
+            raise
         return await self.scheduler.edit(old, new)
 
 

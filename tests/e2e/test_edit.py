@@ -126,6 +126,8 @@ def test_edit_json_is_the_loop_as_show_prints_it(d: Daemon) -> None:
             1,
             "no codex profile: add one with `fleetd profile add NAME",
         ),
+        # A command loop moved to an agent: the message now says how to drop the command it has.
+        (["--backend", "openai_compat", "--prompt", "x"], 2, "the loop has one (`--clear-command` drops it)"),
         (["--max-cost", "2"], 2, "--max-cost needs an agent backend"),
         (["--output-cap", "lots"], 2, "invalid --output-cap"),
         ([], 2, "nothing to change"),
