@@ -29,6 +29,17 @@ def get_adapter(name: str) -> Adapter:
         raise InvalidArgument(f"unknown backend {name!r} (known: {known})") from None
 
 
+def profile_adapter(name: str) -> Adapter:
+    """The adapter of a backend that takes profiles (InvalidArgument naming those, for another)."""
+    adapter = ADAPTERS.get(name)
+    if adapter is None:
+        known = ", ".join(sorted(n for n, a in ADAPTERS.items() if a.needs_profile))
+        raise InvalidArgument(f"unknown backend {name!r} (backends with profiles: {known})")
+    if not adapter.needs_profile:
+        raise InvalidArgument(f"the {name} backend takes no profiles")
+    return adapter
+
+
 def backend_names() -> tuple[str, ...]:
     return tuple(ADAPTERS)
 

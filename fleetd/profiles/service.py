@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from fleetd.backends.registry import backend_names, get_adapter
+from fleetd.backends.registry import backend_names, get_adapter, profile_adapter
 from fleetd.errors import Conflict, FleetdError, InvalidArgument, NotFound, shown
 from fleetd.gateway.model import checked_step
 from fleetd.heartbeat.service import Heartbeat, Settle, Write
@@ -167,9 +167,7 @@ class ProfileService:
                 f"a profile named {profile.name!r} must be a {profile.name} profile: --chain and --review read the "
                 f"name as the {profile.name} backend"
             )
-        adapter = get_adapter(profile.backend)
-        if not adapter.needs_profile:
-            raise InvalidArgument(f"the {profile.backend} backend takes no profiles")
+        adapter = profile_adapter(profile.backend)
         adapter.validate_profile(profile)
         profile.created_at = profile.updated_at = self.clock()
         # The secret goes in first and the row second: a refused secret leaves nothing behind, and a
@@ -359,7 +357,7 @@ class ProfileService:
 
     async def auto(self, backend: str) -> str | None:
         """Hand `backend`'s choice back to the heartbeat; its active profile now (NotFound: no such profile)."""
-        get_adapter(backend)  # an unknown backend is bad input (exit 2), not a backend without profiles (exit 1)
+        profile_adapter(backend)  # an unknown backend is bad input (exit 2), not a backend without profiles (exit 1)
         if not any(p.backend == backend for p in await self.store.list()):
             raise NotFound(f"no profile for backend {shown(backend)}")
         await self.heartbeat.unpin(backend)

@@ -82,7 +82,13 @@ def plain() -> Iterator[Daemon]:
 @pytest.mark.parametrize(
     ("args", "stdin", "code", "fragment"),
     [
-        (["add", "p1", "--backend", "teleport"], None, 2, "unknown backend 'teleport'"),
+        # The list named `command`, which is then refused: it takes no profiles.
+        (
+            ["add", "p1", "--backend", "teleport"],
+            None,
+            2,
+            "unknown backend 'teleport' (backends with profiles: aider, claude_code, codex, gemini, openai_compat)",
+        ),
         (["add", "p1", "--backend", "command"], None, 2, "the command backend takes no profiles"),
         (["add", "p1"], None, 2, "Missing option '--backend'"),
         (["add", "bad name", "--backend", "codex"], None, 2, "invalid profile name"),
