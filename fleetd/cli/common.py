@@ -198,9 +198,14 @@ def checked_run_id(value: str) -> str:
 
 
 def fields_text(fields: list[tuple[str, Any]]) -> str:
-    """`key  value` lines, aligned; empty values left out."""
+    """`key  value` lines, aligned (a value's later lines under its first); empty values left out."""
     width = max((len(k) for k, _ in fields), default=0)
-    return "\n".join(f"{key.ljust(width)}  {value}" for key, value in fields if value not in (None, ""))
+    under = "\n" + " " * (width + 2)
+    return "\n".join(
+        f"{key.ljust(width)}  {str(value).rstrip(chr(10)).replace(chr(10), under)}"
+        for key, value in fields
+        if value not in (None, "")
+    )
 
 
 def circuit_text(circuit: dict[str, Any] | None) -> str:

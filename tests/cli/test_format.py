@@ -143,3 +143,17 @@ def test_gateway_key_list_writes_a_spend_beside_its_cap_as_the_refusals_do() -> 
     assert rows["a"] == ["$1.63", "of", "$2.00"]
     assert rows["b"] == ["$0.028", "of", "$0.03"]
     assert rows["c"] == ["$0.50"] and rows["d"] == ["-"]
+
+
+def test_a_field_of_several_lines_keeps_its_lines_under_its_value() -> None:
+    """`runs show` of a run its --verify rejected printed the verify output's second line at column 0, where it
+    read as a field of its own."""
+    from fleetd.cli.common import fields_text
+
+    text = fields_text([("status", "failed"), ("error", "verify exit 1:\nverify-said-no"), ("exit code", 0)])
+    assert text.splitlines() == [
+        "status     failed",
+        "error      verify exit 1:",
+        "           verify-said-no",
+        "exit code  0",
+    ]
