@@ -75,6 +75,7 @@ class _Queue:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
     current: Event | None = None  # being delivered
+    delivering: bool = False  # `current` holds a delivery slot: an exec hook's command is under way
     overflowing: bool = False  # dropping since the queue last had room
     dropped: int = 0  # in all, since the daemon started
     last: LastDelivery | None = None
@@ -149,17 +150,24 @@ class HookDispatcher:
                 await self._read_new()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._drained(), grace)
-        cut = [(q, q.current) for q in self._queues.values() if q.hook.kind == "exec" and q.current is not None]
-        for queue, _ in cut:
-            await self._close_worker(queue)  # its `current` is cleared: the cursor passes it
-        for queue, event in cut:
-            if event is not None:
-                detail = f"cut short by the daemon's stop after its {grace:g}s grace; not run again"
-                await self._failed(queue.hook, event, detail, tries=1)
+        # Every worker at once (each exec's session killed meanwhile): none starts another delivery.
+        under_way = [(q, q.current, q.delivering) for q in self._queues.values() if q.current is not None]
+        await asyncio.gather(*(self._close_worker(q) for q in self._queues.values()))
+        cut: list[tuple[_Queue, Event]] = []
+        for queue, event, delivering in under_way:
+            assert event is not None
+            if queue.hook.kind == "exec" and delivering:
+                cut.append((queue, event))  # its command ran, perhaps halfway: past the cursor, not run again
+            else:
+                queue.items.appendleft(event)  # it never ran (waiting for a slot), or a webhook: delivered again
         # The cursor is saved before the rest is cancelled, and never after: a cancelled delivery did not
-        # happen, so its event must stay after the cursor.
+        # happen, so its event must stay after the cursor. The cut ones are told after it is saved: a stop
+        # cut short meanwhile loses a `hook.failed`, never runs a command twice.
         await self._save_cursor()
         self._stopped = True
+        for queue, event in cut:
+            detail = f"cut short by the daemon's stop after its {grace:g}s grace; not run again"
+            await self._failed(queue.hook, event, detail, tries=1)
         for queue in list(self._queues.values()):
             await self._close(queue)
         if self._http is not None:
@@ -265,6 +273,7 @@ class HookDispatcher:
             event = queue.current = queue.items.popleft()
             try:
                 async with self._slots:
+                    queue.delivering = True
                     delivery = await self.deliver(queue.hook, event.to_json())
                 queue.last = LastDelivery(self.clock(), event.id, event.type, delivery)
                 if not delivery.ok:
@@ -274,7 +283,7 @@ class HookDispatcher:
             except Exception:  # a bug or the store: logged, and the worker carries on with the next event
                 log.exception("hook %s: delivering event %s failed", queue.hook.name, event.id)
             finally:
-                queue.current = None
+                queue.current, queue.delivering = None, False
             await self._save_cursor()
 
     async def deliver(self, hook: Hook, event: dict[str, Any], *, retries: bool = True) -> Delivery:

@@ -354,3 +354,31 @@ def test_a_stop_with_one_hook_behind_redelivers_nothing_to_the_hooks_that_kept_u
     asyncio.run(asyncio.wait_for(go(), 60))
     assert [e["data"]["run_id"] for e in _lines(good)] == [1, 2, 3]
     assert [e["data"]["run_id"] for e in _lines(slow)] == [1, 2, 3]
+
+
+def test_an_exec_delivery_waiting_for_a_slot_at_a_stop_is_delivered_after_the_start_not_cut(tmp_path: Path) -> None:
+    """Only a command a stop really cut short is not run again: one that still waited for a delivery slot (all
+    taken by another hook) had never started, yet was marked cut (`hook.failed`) and never delivered."""
+    busy, waiting = tmp_path / "busy.jsonl", tmp_path / "waiting.jsonl"
+
+    async def go() -> None:
+        async with world(tmp_path) as w:
+            await w.add_exec("busy", ("run.failed",), f"cat >> {busy}; sleep 30", timeout=60)
+            await w.add_exec("waiting", ("run.succeeded",), f"cat >> {waiting}")
+            first = w.dispatcher(concurrency=1)
+            await first.start()
+            await w.emit("run.failed", run_id=1)
+            await _until(lambda: len(_lines(busy)) == 1)
+            await w.emit("run.succeeded", run_id=2)  # its delivery waits for `busy`'s slot
+            await _until(lambda: first.last("waiting")[1] == 1)
+            await first.stop(0.2)
+            failed = [e.data["hook"] for e in await w.events.after(0) if e.type == "hook.failed"]
+            assert failed == ["busy"], failed
+            second = w.dispatcher(concurrency=1)
+            await second.start()
+            await _until(lambda: len(_lines(waiting)) == 1)
+            await second.stop(0.2)
+
+    asyncio.run(asyncio.wait_for(go(), 60))
+    assert [e["data"]["run_id"] for e in _lines(waiting)] == [2]
+    assert [e["data"]["run_id"] for e in _lines(busy)] == [1]  # cut short once, not run again
