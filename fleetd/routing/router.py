@@ -239,6 +239,12 @@ def _why_not(
 Resolved = tuple[ChainStep, list["Candidate"], list["Passed"]]  # a step, its candidates now, who is out and why
 
 
+def _half_opens(passed: list[Passed], out: dict[tuple[int, str], str]) -> list[tuple[datetime, bool, int]]:
+    """When the open circuits among `passed` half-open (those the run is not done with), as resets to wake for."""
+    return [(p.back_at, False, p.step) for p in passed
+            if p.until is None and p.back_at is not None and (p.step, p.profile) not in out]  # fmt: skip
+
+
 def resolve(policy: Policy, world: World) -> list[Resolved]:
     """The chain as it resolves now: each step's candidates in order and who is out, and why."""
     return [(step, *expand(i, step, world, policy.tiers)) for i, step in enumerate(policy.chain)]
@@ -465,17 +471,12 @@ class Router:
                 usable.sort(key=lambda c: (c.step, c.profile) != again)
             if usable:
                 return usable[0], [], passed_all
-            if step_resets:
-                # Waiting anyway: an open circuit that half-opens sooner is worth its probe (not waited for alone).
-                step_resets += [
-                    (p.back_at, False, index)
-                    for p in passed
-                    if p.until is None and p.back_at is not None and (p.step, p.profile) not in out
-                ]
             resets.extend(step_resets)
             if step_resets and self.policy.on_exhausted == "wait":
-                return None, step_resets, passed_all  # this loop waits for its step rather than escalate
-        return None, resets, passed_all
+                return None, step_resets + _half_opens(passed_all, out), passed_all  # it waits for its step
+        # Waiting anyway: an open circuit of a step scanned that half-opens sooner is worth its probe (not waited for
+        # alone: a provider's outage fails the run, saying when it comes back).
+        return None, resets + _half_opens(passed_all, out) if resets else [], passed_all
 
     def _over_budget(self) -> str | None:
         p = self.policy

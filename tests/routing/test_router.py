@@ -247,6 +247,12 @@ def test_a_run_that_waits_anyway_wakes_when_an_open_circuit_half_opens() -> None
     half_open = dict(profiles, **{"cc-a": replace(profiles["cc-a"], circuit="half_open")})
     probe = flow.send(Observation(World(T0 + timedelta(minutes=1), half_open)))
     assert isinstance(probe, Try) and probe.candidate.profile == "cc-a", probe
+    # The open circuit a step before the one whose reset the run waits for: woken for too.
+    two_steps = (ChainStep("claude_code", ("cc-a",)), ChainStep("claude_code", ("cc-b",)))
+    for on_exhausted in ("escalate", "wait"):
+        waits = Router(Policy(two_steps, on_exhausted=on_exhausted), random.Random(7)).route(World(T0, profiles))
+        first = next(waits)
+        assert isinstance(first, WaitUntil) and first.until == T0 + timedelta(minutes=1), (on_exhausted, first)
     only_a = (ChainStep("claude_code", ("cc-a",)),)
     alone = Router(Policy(only_a), random.Random(7)).route(World(T0, {"cc-a": profiles["cc-a"]}))
     finish = next(alone)
