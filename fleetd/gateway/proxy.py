@@ -178,7 +178,7 @@ class Proxy:
 
     async def _forward(self, req: Request, call: GatewayCall) -> Response | StreamAnswer:
         started = time.monotonic()
-        whole_s = req.route.call_timeout_s  # each try gets the route's --timeout of it (`until` below)
+        whole_s = call_timeout_s(req.route)  # each try gets the route's --timeout of it (`until` below)
         deadline = started + whole_s
         scrubber = Scrubber(await self.profiles.known_secrets())
         if req.route.log_bodies:  # a client may paste a key it was given into a question: the log gets it redacted
@@ -320,7 +320,9 @@ class Proxy:
 
         left = max(0.001, deadline - time.monotonic())
         try:
-            # sock_read: the longest wait for the answer's head and then between two of its chunks.
+            # sock_read: the longest wait for the answer's head and then between two of its chunks (the try's own
+            # --timeout, less only when the call's time is nearly out). Not asyncio.wait_for around the post: with it
+            # a stream that broke after its first byte went to the next profile instead (its request in another task).
             timeout = aiohttp.ClientTimeout(total=None, sock_connect=min(left, CONNECT_TIMEOUT_S), sock_read=left)
             proxy, proxy_auth = await self._env_proxy(url)
             response = await self.session().post(url, data=content, headers=headers, timeout=timeout, proxy=proxy,
@@ -580,6 +582,12 @@ class StreamAnswer:
             self.logged += data[: LOG_BODY_CAP - len(self.logged)]
 
 
+def call_timeout_s(route: Route) -> float:
+    """How long one call may take in all. The route's --timeout is each upstream's answer, and a profile that hangs
+    takes a try and its retry (a timeout is `transient`) and a backoff: each profile of the chain gets that much."""
+    return len(route.chain) * ((RETRIES + 1) * route.timeout_s + RETRIES * BACKOFF_CAP_S)
+
+
 def upstream_bytes(protocol: WireProtocol, body: dict[str, Any], model: str) -> bytes:
     """The body as it goes upstream. Nesting is not walked on every call: json.dumps runs a few frames
     deeper than the json.loads that read it, so a body at the very edge of Python's recursion limit can
@@ -617,7 +625,7 @@ def _scrub(scrubber: Scrubber, data: bytes) -> bytes:
 def _capped(data: bytes) -> str:
     """A body as the call log keeps it: capped, and without any gateway key (fleetd stores only their hashes, so
     none is known to the scrubber: one a client pasted is found by its form)."""
-    return KEY_RE.sub(REDACTED, data[:LOG_BODY_CAP]).decode("utf-8", "replace")
+    return KEY_RE.sub(REDACTED, data)[:LOG_BODY_CAP].decode("utf-8", "replace")
 
 
 def _told(entry: dict[str, Any]) -> str:

@@ -331,7 +331,9 @@ class GatewayService:
         # Held at its own last cost; a first call on the route (expected at another key's, or not at all) at all that
         # is left, so that its first calls go one at a time (twenty at once were let in at another key's $0.001 ping).
         amount = min(own, key.daily_cost) if own else key.daily_cost - spent - held
-        return None, holds.hold(me, route.name, amount, route.call_timeout_s + 60)
+        from fleetd.gateway.proxy import call_timeout_s  # loaded with the listener, before any call is admitted
+
+        return None, holds.hold(me, route.name, amount, call_timeout_s(route) + 60)
 
     # -- the per-call log --------------------------------------------------------------------------
 

@@ -34,12 +34,6 @@ class Route:
     log_bodies: bool = False
     created_at: datetime | None = None
 
-    @property
-    def call_timeout_s(self) -> float:
-        """How long one call may take in all: `timeout_s` is each upstream's, and a call that hangs on one must
-        leave the next its turn (one more than the chain's length of them: a retry, a profile each)."""
-        return self.timeout_s * (len(self.chain) + 1)
-
 
 @dataclass(frozen=True)
 class ClientKey:

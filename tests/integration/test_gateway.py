@@ -151,9 +151,12 @@ def test_a_hung_upstream_times_out_on_its_own_and_the_next_profile_answers(gw: G
     """`--timeout` is for one upstream's answer: it bounded the whole call, so a first profile that hung used all of
     it and the client got a 504 while the next profile was healthy, never tried."""
     gw.pair("hang")
+    gw.d.cli("profile", "add", "hang1b", "--backend", "openai_compat", "--base-url", gw.p1.base_url + "/v1",
+             "--model", "hang-model-1b", "--api-key-stdin", input=KEYS["1"] + "\n")  # fmt: skip
     route = "hang-1s"
-    gw.d.cli("route", "add", route, "--chain", "hang1,hang2", "--timeout", "1s")
-    gw.p1.latency = 5.0  # only the first profile's provider hangs
+    # Two hang (each a try and its retry): the third still gets its turn within the call's time.
+    gw.d.cli("route", "add", route, "--chain", "hang1,hang1b,hang2", "--timeout", "1s")
+    gw.p1.latency = 5.0  # only the first two profiles' provider hangs
     try:
         answer = gw.sdk().chat.completions.create(model=route, messages=[{"role": "user", "content": "hi"}])
     finally:
@@ -161,8 +164,9 @@ def test_a_hung_upstream_times_out_on_its_own_and_the_next_profile_answers(gw: G
     assert answer.model == "hang-model-2"
     [call] = gw.call_of(route)
     assert [(p["profile"], p["class"]) for p in call["path"]] == [
-        ("hang1", "transient"), ("hang1", "transient"), ("hang2", None)], call["path"]  # fmt: skip
-    assert all(p["latency_ms"] < 2500 for p in call["path"][:2]), call["path"]
+        ("hang1", "transient"), ("hang1", "transient"), ("hang1b", "transient"), ("hang1b", "transient"),
+        ("hang2", None)], call["path"]  # fmt: skip
+    assert all(p["latency_ms"] < 2500 for p in call["path"][:4]), call["path"]
 
 
 def test_a_streamed_chat_falls_over_on_529_and_honours_include_usage(gw: Gateway) -> None:
