@@ -1170,9 +1170,10 @@ class Executor:
         """After fleetd failed inside an attempt: its process tree killed (nobody else would stop it), its exit
         reaped, its pipes closed and its cgroup removed. Raises nothing: the failure being handled is the news."""
         try:
-            await proctree.kill_tree(
-                proc.pid, tag=tag, grace=self.kill_grace, root_exited=proc.exited, cgroup=slot.cgroup
-            )
+            # Its pid only while it is not reaped (a reaped one may name another process by now): else the cgroup
+            # or the tag sweep finds what is left.
+            root = None if proc.exited.done() else proc.pid
+            await proctree.kill_tree(root, tag=tag, grace=self.kill_grace, root_exited=proc.exited, cgroup=slot.cgroup)
             await asyncio.wait({proc.exited}, timeout=self.kill_grace + 5)
             proc.close()
             if slot.cgroup is not None:
