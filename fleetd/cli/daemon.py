@@ -209,9 +209,15 @@ def daemon_restart(wait_s: float, stop_wait_s: float, **texts: str) -> None:
     _refuse_if_supervised(health["pid"], "restart")
     # A bare restart put every option back to its default: a `--retain off` became 90-day pruning.
     source = click.get_current_context().get_parameter_source
-    running = health.get("options") or {}
-    texts = {name: text if source(name) == click.core.ParameterSource.COMMANDLINE or name not in running
-             else running[name] for name, text in texts.items()}  # fmt: skip
+    given = {name for name in texts if source(name) == click.core.ParameterSource.COMMANDLINE}
+    if "gateway" in given:
+        given.add("gateway_public")  # a switch has no "off" form: a new --gateway says it again, or not
+    running = health.get("options")
+    if running is None:  # a daemon from before this answer: its options are not known
+        click.echo("fleetd: warning: the running daemon does not say its options: the new one gets the flags given "
+                   "here and the defaults", err=True)  # fmt: skip
+    kept = {name: running[name] for name in texts if name not in given and name in (running or {})}
+    texts = {**texts, **kept}
     _options(texts)  # what the old daemon ran with may no longer do beside a flag given now
     old = _stop(where, stop_wait_s, then="; not restarted: `fleetd daemon start` waits for it and starts one")
     _start(where, texts, wait_s, verb="restarted", was=f", was {old}")

@@ -100,8 +100,9 @@ class Flag:
             return f"{value * 100:g}%"
         for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
             if value >= size and (value / size).is_integer():
-                return f"{value / size:g}{unit}"
-        return f"{value:g}s"
+                return f"{int(value // size)}{unit}"
+        # Exactly (`:g` wrote 2e+06s, which no flag reads, and rounded 1.23456789 s).
+        return f"{int(value)}s" if value.is_integer() else f"{value!r}s"
 
     def argv(self, value: Any) -> list[str]:
         """The flag as `daemon start` passes it on to `daemon run` (nothing for an unset text or switch)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -51,3 +52,17 @@ def test_a_tz_that_is_a_posix_rule_and_no_zone_name_is_warned_of(
         monkeypatch.setenv("TZ", path)
         _local_zone()
         assert caplog.text == "", path
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        {"retain": "2000000s", "kill_grace": "1.23456789s"},  # `:g` wrote 2e+06s (refused) and 1.23457s
+        {"retain": "off", "near_limit": "87.5%", "heartbeat_interval": "5m", "stop_grace": "0.5s"},
+        {"gateway": "127.0.0.1:4141", "gateway_public": False, "misfire_grace": "90d"},
+    ],
+)
+def test_a_daemons_options_read_back_from_their_flag_texts_are_the_same(flags: dict[str, Any]) -> None:
+    """`daemon restart` starts the new daemon with the running one's `flag_texts`: they must read back exactly."""
+    options = DaemonOptions.from_flags(flags)
+    assert DaemonOptions.from_flags(options.flag_texts()) == options
