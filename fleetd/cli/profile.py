@@ -127,22 +127,20 @@ def profile_list(as_json: bool) -> None:
 def _list_text(items: list[dict[str, Any]]) -> str:
     rows = [
         [p["name"], p["backend"], p["tier"], p["auth"], p["model"] or "-",
-         _enabled_cell(p), p["config_dir"]]
+         _enabled_text(p), p["config_dir"]]
         for p in items
     ]  # fmt: skip
     return table(["NAME", "BACKEND", "TIER", "AUTH", "MODEL", "ENABLED", "CONFIG DIR"], rows)
 
 
-def _enabled_cell(p: dict[str, Any]) -> str:
-    if aside := p.get("disabled_reason"):
-        return f"no ({aside.split(':', 1)[0]})"  # the heartbeat's reason, e.g. "auth failure: ..."
-    return "yes" if p["enabled"] else "no"
-
-
-def _enabled_text(p: dict[str, Any]) -> str:
-    if aside := p.get("disabled_reason"):
+def _enabled_text(p: dict[str, Any], *, whole: bool = False) -> str:
+    """Its setting, or `no` and why the heartbeat set it aside: the reason's kind in a list ("auth failure"), all of
+    it and the way back with `whole`."""
+    if not (aside := p.get("disabled_reason")):
+        return "yes" if p["enabled"] else "no"
+    if whole:
         return f"no, {aside} (`fleetd profile enable {p['name']}` once it is fixed)"
-    return "yes" if p["enabled"] else "no"
+    return f"no ({aside.split(':', 1)[0]})"
 
 
 @profile.command("show")
@@ -177,7 +175,7 @@ def _show_text(p: dict[str, Any]) -> str:
             ("limits", " ".join(p["limits"]) or None),
             ("default reset", format_duration(p["default_reset_s"]) if p.get("default_reset_s") else None),
             ("daily cost", f"{usd(p['daily_cost'])} per 24 h" if p.get("daily_cost") else None),
-            ("enabled", _enabled_text(p)),
+            ("enabled", _enabled_text(p, whole=True)),
             ("circuit", circuit_text(p.get("circuit"))),
         ]
     )

@@ -1009,7 +1009,7 @@ class Executor:
     async def _end_abandoned(self, attempt_id: int, run_id: int, scrubber: Scrubber, error: Exception) -> None:
         """A started attempt that fleetd itself failed in ends `failed`, saying why (best effort: the run's own
         failure is what its caller records)."""
-        message = f"fleetd could not run it: {type(error).__name__}: {error}"
+        message = _own_failure(error)
         parsed = scrubber.record(ParsedOutput("failed", message=message))
         ending = finish_write(attempt_id, finished_at=self.clock(), exit_code=None, parsed=parsed,
                               error=parsed.message, cost_usd=None)  # fmt: skip
@@ -1027,7 +1027,7 @@ class Executor:
             return await self._http_attempt(adapter, ctx, slot, runlog, scrubber)
         except Exception as e:
             log.exception("run %s: the call to %s failed in fleetd", ctx.run_id, adapter.name)
-            message = f"fleetd could not run it: {type(e).__name__}: {e}"
+            message = _own_failure(e)
             runlog.write(scrubber.flush())
             runlog.note(message)
             return AttemptEnd(ParsedOutput("failed", message=message))
@@ -1121,9 +1121,8 @@ class Executor:
             if not timed_out and exited not in done:
                 await asyncio.wait({exited}, timeout=RATE_LIMIT_EXIT_GRACE)
             if timed_out:
-                slot.ended = (
-                    True  # `_verdict` makes it `timed_out`: a stop in the kill's grace is refused, not `cancelled`
-                )
+                # `_verdict` makes it `timed_out`: a stop in the kill's grace is refused, not `cancelled`
+                slot.ended = True
                 runlog.note(f"timed out after {format_duration(ctx.task.timeout_s)}: killing the process tree")
             elif not exited.done():
                 what = ended_early.error_class
@@ -1418,6 +1417,11 @@ def _private_dirs(path: Path) -> None:
 def _drop_cgroup(run_id: int, cgroup: Path | None) -> None:
     if cgroup is not None and not cgroups.remove(cgroup):
         log.warning("run %s: its cgroup %s still holds processes; left for the next start to reap", run_id, cgroup)
+
+
+def _own_failure(error: Exception) -> str:
+    """What an attempt fleetd itself failed in says (an HTTP call's, a process attempt's)."""
+    return f"fleetd could not run it: {type(error).__name__}: {error}"
 
 
 def _describe(parsed: ParsedOutput) -> str:

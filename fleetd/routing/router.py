@@ -286,8 +286,7 @@ class Router:
         resting: dict[tuple[int, str], datetime] = {}  # rate-limited here: not before this time
         rejected_steps: set[int] = set()  # capability shortfalls: the next step gets the task
         again: tuple[int, str] | None = None  # retry this one first (transient backoff, repair round)
-        repairing: tuple[int, str] | None = None  # the next try is a repair round of this one
-        repaired = 0  # the number of the attempt it repairs
+        repairing: tuple[tuple[int, str], int] | None = None  # the next try repairs this candidate's attempt N
         repairs: dict[tuple[int, str], int] = {}
         # Rate limits per candidate: a provider whose every answer is a 429 with `retry-after: 1` had a run try it
         # once a second until max_attempts (each try an exhausted and a waiting event); from the second, it rests
@@ -353,7 +352,8 @@ class Router:
             attempt = next(self.numbers) if self.numbers is not None else number
             cost_left = None if policy.max_cost is None else max(0.0, policy.max_cost - self.spent_cost)
             tokens_left = None if policy.max_tokens is None else max(0, policy.max_tokens - self.spent_tokens)
-            repair = repairing == (chosen.step, chosen.profile)
+            repaired = repairing[1] if repairing and repairing[0] == (chosen.step, chosen.profile) else None
+            repair = repaired is not None
             repairing = None
             what = "review" if self.role == "review" else "attempt"
             what = f"{what} {attempt} (repair of attempt {repaired})" if repair else f"{what} {attempt}"
@@ -409,8 +409,7 @@ class Router:
                 if repairs[key] <= policy.repairs:
                     self.note(world.now, "repair", f"{chosen.profile}'s work was rejected: repair round "
                               f"{repairs[key]} of {policy.repairs} with the findings", chosen)  # fmt: skip
-                    again = repairing = key
-                    repaired = attempt
+                    again, repairing = key, (key, attempt)
                     continue
                 rejected_steps.add(chosen.step)
                 left = set(range(len(policy.chain))) - rejected_steps
