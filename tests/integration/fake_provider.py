@@ -592,9 +592,10 @@ class _Handler(BaseHTTPRequestHandler):
         if api is None:
             self._unknown_or_aux(path)
             return
+        # Decided on arrival: a request still hanging when a later test sets up fail_first does not take its failure.
+        mode = self.server.mode_for_next_call()
         if self.server.latency:
             time.sleep(self.server.latency)
-        mode = self.server.mode_for_next_call()
         if mode != "ok":
             model = str(request.get("model") or "")
             if api == API_GEMINI:

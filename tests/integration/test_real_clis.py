@@ -36,6 +36,7 @@ from fleetd.backends.parsers import codex as codex_parser
 from fleetd.backends.parsers import gemini as gemini_parser
 from fleetd.backends.parsers.verdict import extract_verdict
 from fleetd.records.result import ParsedOutput, Verdict
+from tests.harness import wait_until
 from tests.integration import agents
 from tests.integration import fake_provider as fp
 from tests.integration.fake_provider import FakeProvider, running_fake_provider
@@ -793,6 +794,24 @@ def test_fake_provider_fail_first_counts_generation_calls_per_server(server: Fak
     assert _post(server.base_url + "/v1/chat/completions", {"model": "m"})[0] == 500
     with pytest.raises(ValueError):
         server.fail_first(1, "ok")
+
+
+def test_fake_provider_decides_a_requests_answer_when_it_arrives(server: FakeProvider) -> None:
+    """A request that hangs (``latency``) keeps the answer it arrived to: one still sleeping when a later test set up
+    fail_first once took that failure, and the later test's own call got through where it should have failed."""
+    server.latency = 0.5
+    statuses: list[int] = []
+    hung = threading.Thread(target=lambda: statuses.append(_post(server.base_url + "/v1/chat/completions", {})[0]))
+    try:
+        hung.start()
+        wait_until(lambda: server.calls[fp.API_CHAT], interval=0.01, what="the request to arrive (it then sleeps)")
+        server.fail_first(1, "529")
+        hung.join(10)
+    finally:
+        server.latency = 0.0
+    assert statuses == [200]
+    assert server.failures_left == 1  # still there for the call it was meant for
+    server.fail_first(0)
 
 
 def test_fake_provider_refuses_proxy_requests(server: FakeProvider) -> None:
