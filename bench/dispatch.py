@@ -1,7 +1,7 @@
 """Dispatch: runs of `true` started and recorded per second by fleetd's executor, vs a bare asyncio
 loop spawning `sh -c true` (pipes, a new session) in the same run.
 
-    .venv/bin/python bench/dispatch.py [--seconds 5] [--concurrency 32] [--repeat 3]
+    .venv/bin/python bench/dispatch.py [--seconds 5] [--concurrency 32] [--repeat 3] [--dir /tmp]
 
 Both keep `--concurrency` runs in flight for `--seconds`: the baseline spawns and waits; fleetd's side
 is the daemon's own dispatch path (Executor.fire → the run row → the child in its session and cgroup,
@@ -11,8 +11,10 @@ scheduler's timers and fire lag are bench/fire_lag.py's. Both share this machine
 else runs: compare the ratio, and `--repeat` for a range. `FLEETD_CGROUP=off` measures the fallback
 (session + tag sweep) instead of a cgroup per run. Each round also prints fleetd's CPU per run by thread
 and the cores the machine left idle meanwhile (Linux): idle cores with a flat rate mean that something
-other than the CPU bounds it. To measure another checkout, run that checkout's copy of this script
-(`git worktree add /tmp/x main`, copy bench/ there).
+other than the CPU bounds it. Each run makes one new file, its log, in the home (`--dir`): on an ext4 without a
+journal, as on the VMs this was measured on, each new inode costs 40-470 us of the kernel's time, and more soon
+after many deletions (`--dir /dev/shm` shows the rate without that). To measure another checkout, run that
+checkout's copy of this script (`git worktree add /tmp/x main`, copy bench/ there).
 """
 
 from __future__ import annotations
@@ -103,6 +105,17 @@ def _idle_seconds() -> float:
     return (int(fields[4]) + int(fields[5])) / os.sysconf("SC_CLK_TCK")
 
 
+def _fs_type(path: Path) -> str:
+    """The filesystem `path` is on (Linux: the longest mount point above it), or "?"; each run makes a file there."""
+    best, kind, where = "", "?", str(path.resolve()).rstrip("/") + "/"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/mounts").read_text().splitlines():
+            point, fs = line.split()[1:3]
+            if where.startswith(point.rstrip("/") + "/") and len(point) >= len(best):
+                best, kind = point, fs
+    return kind
+
+
 class _NoProfiles:
     """The command backend needs no profile; its output is scrubbed of no key."""
 
@@ -165,6 +178,8 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32, help="runs in flight (loops), each side")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--json", type=Path, help="where to write the figures (default bench/results/dispatch.json)")
+    where = "where the daemon's home goes (default /tmp): its run logs, TMPDIRs and database"
+    parser.add_argument("--dir", type=Path, default=Path("/tmp"), help=where)
     args = parser.parse_args()
     if args.seconds <= 0 or args.repeat < 1 or args.concurrency < 1:
         parser.error("--seconds, --repeat and --concurrency must be positive")
@@ -178,11 +193,11 @@ def main() -> None:
         # An untimed round of each side first: the first round measured was the slowest on both sides, the
         # bare one more (~0.8x of its later rounds, fleetd's ~0.9x), which made the first ratio look better.
         bare_rate(1.0, args.concurrency)
-        homes.append(Path(tempfile.mkdtemp(prefix="flb-dispatch-", dir="/tmp")))
+        homes.append(Path(tempfile.mkdtemp(prefix="flb-dispatch-", dir=args.dir)))
         fleetd_rate(homes[-1], 1.0, args.concurrency)
         for _ in range(args.repeat):
             base, base_cpu = bare_rate(args.seconds, args.concurrency)
-            homes.append(Path(tempfile.mkdtemp(prefix="flb-dispatch-", dir="/tmp")))
+            homes.append(Path(tempfile.mkdtemp(prefix="flb-dispatch-", dir=args.dir)))
             rate, cpu, failed, threads, idle_cores = fleetd_rate(homes[-1], args.seconds, args.concurrency)
             rounds.append({"baseline_per_s": base, "fleetd_per_s": rate, "ratio": rate / base, "failed": failed,
                            "baseline_cpu_ms": base_cpu, "fleetd_cpu_ms": cpu, "fleetd_thread_cpu_ms": threads,
@@ -190,7 +205,8 @@ def main() -> None:
     finally:
         for home in homes:
             shutil.rmtree(home, ignore_errors=True)
-    print(f"dispatch: runs of `true`, {args.concurrency} in flight, {args.seconds:g}s per side; tracking: {tracking}")
+    print(f"dispatch: runs of `true`, {args.concurrency} in flight, {args.seconds:g}s per side; tracking: {tracking}; "
+          f"home in {args.dir} ({_fs_type(args.dir)})")  # fmt: skip
     print("(CPU: this process's milliseconds per spawn / per run, children not counted)")
     head = ("round", "bare asyncio /s", "CPU", "fleetd runs /s", "CPU", "ratio", "failed")
     print("  ".join(f"{h:>{w}}" for h, w in zip(head, (5, 15, 5, 14, 5, 6, 6), strict=True)))
