@@ -108,6 +108,14 @@ def runs_show(run_id: str, as_json: bool) -> None:
     render(client().call("GET", f"/v1/runs/{checked_run_id(run_id)}"), as_json, _show_text)
 
 
+def _wait_field(r: dict[str, Any]) -> tuple[str, str | None]:
+    """What a run waits for; for one the daemon's stop interrupted while it waited, what it waited for."""
+    if not r.get("wait_until"):
+        return ("waiting", None)
+    until = local_time(r["wait_until"])
+    return ("waiting", f"until {until}") if r["status"] == "waiting" else ("waited", f"for headroom until {until}")
+
+
 def _show_text(r: dict[str, Any]) -> str:
     lines = [
         fields_text(
@@ -122,7 +130,7 @@ def _show_text(r: dict[str, Any]) -> str:
                 ("started", local_time(r["started_at"])),
                 ("finished", local_time(r["finished_at"])),
                 ("took", format_duration(r["duration_s"]) if r["duration_s"] is not None else None),
-                ("waiting", f"until {local_time(r['wait_until'])}" if r.get("wait_until") else None),
+                _wait_field(r),
                 ("backend", r["backend"]),
                 ("profile", r["profile"]),
                 ("attempts", r["attempts"]),

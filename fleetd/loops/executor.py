@@ -99,6 +99,7 @@ class ActiveRun:
     tag: str | None = None
     cgroup: Path | None = None  # the running attempt's cgroup, where there is one
     trigger: str = "manual"  # schedule, manual or catch-up: FLEETD_TRIGGER
+    note: str | None = None  # the run log's first line, where the fire has something to say (a run it runs again)
     interrupt_reason: str | None = None
     # Invariant: at most one of these wins, decided without an await (`stop`, `_execute`): a stop that
     # finds `ended` unset makes the run `cancelled` with `cancel_reason`; once `ended`, it is refused.
@@ -216,10 +217,10 @@ class Executor:
 
     async def fire(
         self, loop: Loop, trigger: str, scheduled_at: datetime, fired: LoopFire | None = None, missed: int = 0,
-        missed_reason: SkipReason = "daemon_down",
+        missed_reason: SkipReason = "daemon_down", note: str | None = None,
     ) -> Run | None:  # fmt: skip
         """Record the fire and start its run; None when `fired` was already recorded. A catch-up fire
-        says how many fires were `missed` (and why) for its `loop.fire_missed` event."""
+        says how many fires were `missed` (and why) for its `loop.fire_missed` event. `note` opens the run's log."""
         await self.ready.wait()  # not while the daemon still cleans up after a crash
         now = self.clock()
         current = self.active.get(loop.instance)
@@ -231,7 +232,7 @@ class Executor:
         elif current is not None:
             code = "waiting" if current.wait_until else "overlap"
         if code is None:
-            slot = ActiveRun(trigger=trigger)
+            slot = ActiveRun(trigger=trigger, note=note)
             self.active[loop.instance] = slot  # claimed before any await: two fires cannot both start
             self.inflight.add(slot)
             try:
@@ -371,6 +372,8 @@ class Executor:
         exit_code: int | None = None
         error: str | None = None
         try:
+            if slot.note is not None:
+                runlog.note(slot.note)
             loop = await self._in_workdir(loop)
             status, exit_code, error = await self._attempts(loop, run, slot, runlog)
         except Exception as e:  # the record must be finished whatever happened

@@ -77,6 +77,14 @@ class Scheduler:
                     "loop %s missed %s while down: skipped (catch-up skip)", loop.name, local_text(loop.next_fire_at)
                 )
                 await self._missed(loop, plan, loop.next_fire_at, "daemon_down")
+            elif loop.catch_up == "once" and (cut := await self._cut_while_waiting(loop)) is not None:
+                # Its work was never done (it waited for headroom, perhaps for hours): as a fire missed while down,
+                # it runs once now, and waits again if the headroom has not come.
+                log.info("loop %s: run %s was waiting for headroom when the daemon stopped: one catch-up run",
+                         loop.name, cut.id)  # fmt: skip
+                note = (f"run {cut.id} was waiting for headroom when the daemon stopped"
+                        f" (until {local_text(cut.wait_until)}): this run does its work")  # fmt: skip
+                await self.executor.fire(loop, "catch-up", cut.scheduled_at or self.clock(), note=note)
         except Exception:
             # Nothing was recorded: the timer takes the stored (past) due time and applies the loop's
             # catch-up policy itself, retrying like any fire it could not record.
@@ -84,6 +92,14 @@ class Scheduler:
             self._arm(loop, trigger, loop.next_fire_at)
             return
         self._arm(loop, trigger, plan.next_fire_at)
+
+    async def _cut_while_waiting(self, loop: Loop) -> Run | None:
+        """The loop's newest run, if the daemon's stop (or crash) interrupted it while it waited for headroom (the
+        store keeps its `wait_until` then). Only the newest: the run that does its work is newer, whatever its end."""
+        newest = await self.executor.runs.list(loop=loop.name, since=loop.created_at, limit=1)
+        if newest and newest[0].status == "interrupted" and newest[0].wait_until is not None:
+            return newest[0]
+        return None
 
     def _arm(self, loop: Loop, trigger: BaseTrigger, due: datetime | None) -> None:
         self._disarm(loop.name)

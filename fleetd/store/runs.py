@@ -199,8 +199,11 @@ class RunStore:
                     if not conn.in_transaction:  # SQLite rolled the whole transaction back: the store failed
                         raise
                     raise _AttemptEndFailed(e) from e
+            # A waiting run the daemon's stop (or crash) interrupts keeps the reset it waited for: the next start runs
+            # it again (`Scheduler`), and `runs show` says what it waited for.
             rows = conn.execute(
-                "UPDATE runs SET status = ?1, finished_at = ?2, exit_code = ?3, error = ?4, wait_until = NULL, "
+                "UPDATE runs SET status = ?1, finished_at = ?2, exit_code = ?3, error = ?4, "
+                "wait_until = CASE WHEN ?1 = 'interrupted' AND status = 'waiting' THEN wait_until END, "
                 f"duration_ms = {duration_ms_sql('?2', 'started_at')} "
                 f"WHERE id = ?5 AND status IN {ACTIVE} RETURNING {_COLUMNS}",
                 (status, to_iso(finished_at), exit_code, error, run_id),

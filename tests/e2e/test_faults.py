@@ -97,20 +97,30 @@ def test_sigterm_with_20_runs_in_flight_stops_within_the_graces(short_home: Path
         assert db.execute("SELECT status, exit_code FROM runs WHERE id = ?", (polite,)).fetchone() == ("interrupted", 0)
 
 
-def test_a_run_left_waiting_by_a_crash_says_so_and_forgets_its_reset(make_daemon: MakeDaemon) -> None:
+def test_a_run_left_waiting_by_a_crash_says_so_and_keeps_the_reset_it_waited_for(make_daemon: MakeDaemon) -> None:
     d = make_daemon()
     d.cli("loop", "add", "waits", "--every", "1h", "--paused", "--command", "sleep 60")
+    d.cli("loop", "add", "goes_on", "--every", "1h", "--command", "echo did the work; sleep 60")
     run = d.json("loop", "run", "waits")
-    wait_until(lambda: d.json("runs", "show", str(run["id"]))["attempt_list"], what="the run's attempt to start")
+    other = d.json("loop", "run", "goes_on")
+    for r in (run, other):
+        wait_until(lambda r=r: d.json("runs", "show", str(r["id"]))["attempt_list"], what="the runs' attempts to start")
     d.kill9()
-    until = (datetime.now().astimezone() + timedelta(minutes=5)).isoformat()
-    with sqlite3.connect(d.home / "fleetd.db") as db:  # as a run waiting for a profile's reset leaves it
-        db.execute("UPDATE runs SET status = 'waiting', wait_until = ? WHERE id = ?", (until, run["id"]))
-    d = make_daemon()
+    until = (datetime.now().astimezone() + timedelta(minutes=5)).isoformat(timespec="milliseconds")
+    with sqlite3.connect(d.home / "fleetd.db") as db:  # as runs waiting for a profile's reset leave them
+        db.execute("UPDATE runs SET status = 'waiting', wait_until = ?", (until,))
+    d = make_daemon("--stop-grace", "1s")  # (the run it starts again sleeps)
     after = d.json("runs", "show", str(run["id"]))
     assert after["status"] == "interrupted"
     assert after["error"].startswith("the daemon stopped while this run waited for headroom")
-    assert after.get("wait_until") is None
+    assert datetime.fromisoformat(after["wait_until"]) == datetime.fromisoformat(until)  # the next start reads it
+    # A paused loop's: not run again (a fire of the loop, which its pause holds back).
+    assert [r["id"] for r in d.json("runs", "list", "--loop", "waits")] == [run["id"]]
+    # An enabled loop's is: its work was never done.
+    again = wait_until(lambda: [r for r in d.json("runs", "list", "--loop", "goes_on") if r["id"] != other["id"]],
+                       what="goes_on's run to be run again")  # fmt: skip
+    assert [r["trigger"] for r in again] == ["catch-up"]
+    wait_until(lambda: "did the work" in d.cli("runs", "logs", str(again[0]["id"])).stdout, what="its command to run")
 
 
 def test_every_fire_is_recorded_exactly_once_while_clients_read(make_daemon: MakeDaemon) -> None:

@@ -169,6 +169,42 @@ def test_exhaustion_survives_a_restart(hb: Daemon) -> None:
     assert (row["state"], row["exhausted_until"]) == ("exhausted", until)
     after = d.json("runs", "show", str(run_id))
     assert after["status"] == "interrupted" and "waited for headroom" in after["error"]
+    assert after["wait_until"] is not None  # what it waited for when the stop cut it
+    shown = d.cli("runs", "show", str(run_id)).stdout
+    assert "\nwaited     for headroom until " in shown and "\nwaiting " not in shown, shown
+
+
+def test_a_run_the_stop_cut_while_it_waited_is_run_again_at_the_next_start(hb: Daemon) -> None:
+    """A restart (an upgrade, a reboot) while a run waited hours for a reset lost its work: the run ended
+    `interrupted` and nothing ran until the loop's next fire (never, for an `--at` loop). As a fire missed while the
+    daemon was down, it is run once at the next start (`--catch-up once`), where it waits again for the same reset."""
+    d = hb
+    d.cli("profile", "add", "spent", "--backend", "claude_code")
+    scenario(d, "spent", "usage_limit +3600")
+    d.cli("loop", "add", "nightly", "--every", "1d", "--backend", "claude_code", "--prompt", "x", "--profile", "spent")
+    d.cli("loop", "add", "quiet", "--every", "1d", "--backend", "claude_code", "--prompt", "x", "--profile", "spent",
+          "--catch-up", "skip")  # fmt: skip
+    cut = {name: d.json("loop", "run", name)["id"] for name in ("nightly", "quiet")}
+    for run_id in cut.values():
+        wait_until(lambda r=run_id: d.json("runs", "show", str(r))["status"] == "waiting", what=f"run {run_id} to wait")
+    until = d.json("runs", "show", str(cut["nightly"]))["wait_until"]
+    d.stop()
+    d.start()
+    again = wait_until(lambda: [r for r in d.json("runs", "list", "--loop", "nightly") if r["id"] != cut["nightly"]],
+                       what="nightly's run to be run again")  # fmt: skip
+    assert [r["trigger"] for r in again] == ["catch-up"]
+    waiting = wait_until(lambda: (r := d.json("runs", "show", str(again[0]["id"])))["status"] == "waiting" and r,
+                         what="the new run to wait for the same reset")  # fmt: skip
+    assert waiting["wait_until"] == until
+    log = d.cli("runs", "logs", str(again[0]["id"])).stdout
+    assert f"run {cut['nightly']} was waiting for headroom when the daemon stopped" in log, log
+    assert [r["id"] for r in d.json("runs", "list", "--loop", "quiet")] == [cut["quiet"]]  # --catch-up skip
+    # Once: the next start finds the new run (interrupted in its turn), not the first one, to run again.
+    d.stop()
+    d.start()
+    runs = wait_until(lambda: r if len(r := d.json("runs", "list", "--loop", "nightly")) == 3 else None,
+                      what="the second cut run to be run again")  # fmt: skip
+    assert [r["status"] for r in runs[1:]] == ["interrupted", "interrupted"]
 
 
 def test_disable_by_hand_and_enable_after_an_auth_failure(hb: Daemon) -> None:

@@ -78,3 +78,28 @@ def test_an_attempt_end_that_fails_leaves_the_runs_end_written(tmp_path: Path) -
     run, attempt, _ = _run_and_attempt(tmp_path, end)
     assert run.status == "succeeded"
     assert attempt.outcome is None and attempt.finished_at is None  # rolled back alone
+
+
+def test_only_a_waiting_run_interrupted_keeps_the_reset_it_waited_for(tmp_path: Path) -> None:
+    """The marker the next start reads to run such a run's loop once more (`Scheduler._cut_while_waiting`)."""
+
+    async def go() -> dict[str, datetime | None]:
+        db = await Database.open(tmp_path / "f.db")
+        try:
+            runs, kept = RunStore(db), {}
+            until = T0 + timedelta(hours=1)
+            for name, waiting, status in [("cut", True, "interrupted"), ("stopped", True, "cancelled"),
+                                          ("timed", True, "timed_out"), ("ran", False, "interrupted")]:  # fmt: skip
+                run = await runs.insert(loop=name, trigger="manual", status="running", scheduled_at=T0,
+                                        started_at=T0, backend="command")  # fmt: skip
+                assert run is not None
+                await runs.set_waiting(run.id, until)
+                if not waiting:
+                    await runs.set_waiting(run.id, None)  # it waited, then ran on
+                await runs.finish(run.id, status=status, finished_at=T0 + timedelta(minutes=1))  # type: ignore[arg-type]
+                kept[name] = (await runs.get(run.id)).wait_until
+            return kept
+        finally:
+            await db.close()
+
+    assert asyncio.run(go()) == {"cut": T0 + timedelta(hours=1), "stopped": None, "timed": None, "ran": None}
