@@ -94,19 +94,26 @@ class Child:
         self._loop = loop
         self._popen = started.popen  # told the exit status, so that it never waits for the child itself
         self._open: dict[int, Sink] = {}
-        outputs = [(started.stdout, stdout)]
-        if started.stderr is not None:
-            outputs.append((started.stderr, stderr or stdout))
-        for fd, sink in outputs:
-            self._open[fd] = sink
-            loop.add_reader(fd, self._readable, fd)
         self._stdin = started.stdin
         self._rest = memoryview(data)
         self._writing = False  # a writer callback is registered for stdin
-        if self._stdin is not None and self._write_stdin():
-            self._writing = True
-            loop.add_writer(self._stdin, self._write_stdin)
-        self._watch_exit()
+        outputs = [(started.stdout, stdout)]
+        if started.stderr is not None:
+            outputs.append((started.stderr, stderr or stdout))
+        try:
+            for fd, sink in outputs:
+                self._open[fd] = sink
+                loop.add_reader(fd, self._readable, fd)
+            if self._stdin is not None and self._write_stdin():
+                self._writing = True
+                loop.add_writer(self._stdin, self._write_stdin)
+            self._watch_exit()
+        except BaseException:
+            # Nothing watches the child then: the caller kills and reaps it. Every pipe end of ours is closed.
+            for fd, _ in outputs:
+                self._open.setdefault(fd, stdout)
+            self.close()
+            raise
 
     # Output.
 

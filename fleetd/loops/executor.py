@@ -1092,8 +1092,12 @@ class Executor:
         # Each stream is scrubbed once, as it is read: the run log and the parser get the same clean bytes.
         stdout = _Capture(scrubber.fresh())
         stderr = _Capture(scrubber.fresh()) if adapter.stderr_apart else None
-        proc = child.Child(launch.started, spec.stdin or b"", _sink(stdout, runlog, watch, ended_early),
-                           _sink(stderr, runlog, watch, ended_early) if stderr else None)  # fmt: skip
+        try:
+            proc = child.Child(launch.started, spec.stdin or b"", _sink(stdout, runlog, watch, ended_early),
+                               _sink(stderr, runlog, watch, ended_early) if stderr else None)  # fmt: skip
+        except Exception:  # nothing would watch or stop it: it is recorded (the caller ends it failed) and killed
+            await self._orphan_killed(ctx.run_id, launch, tag, begin)
+            raise
         slot.proc, slot.cgroup = proc, cgroup
         if slot.interrupted.is_set():  # the stop came while it was starting: interrupt_all did not see it
             self._kill_slot(slot, self.kill_grace if slot.kill_grace is None else slot.kill_grace)
@@ -1167,6 +1171,26 @@ class Executor:
         except Exception:  # fleetd's own failure: the run fails (the caller ends the attempt), its processes go
             await self._abandon_child(ctx.run_id, proc, tag, slot)
             raise
+
+    async def _orphan_killed(
+        self, run_id: int, launch: _Launch, tag: str, begin: Callable[[int, float | None, datetime], Awaitable[None]]
+    ) -> None:
+        """A child started that fleetd then could not take over (`child.Child` failed): its attempt recorded, its
+        tree killed and it reaped (no event loop watches it), its cgroup removed. Raises nothing."""
+        assert launch.started is not None
+        pid = launch.started.pid
+        try:
+            await begin(pid, launch.create_time, launch.spawned_at)
+        except Exception as e:
+            log.error("run %s: cannot record its process %s (%s)", run_id, pid, e)
+        try:
+            await proctree.kill_tree(pid, tag=tag, grace=self.kill_grace, create_time=launch.create_time,
+                                     cgroup=launch.cgroup)  # fmt: skip
+            await asyncio.to_thread(launch.started.popen.wait, self.kill_grace + 5)
+        except Exception:
+            log.exception("run %s: cannot kill its process %s", run_id, pid)
+        if launch.cgroup is not None:
+            _drop_cgroup(run_id, launch.cgroup)
 
     async def _abandon_child(self, run_id: int, proc: child.Child, tag: str, slot: ActiveRun) -> None:
         """After fleetd failed inside an attempt: its process tree killed (nobody else would stop it), its exit

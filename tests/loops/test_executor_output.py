@@ -130,6 +130,38 @@ def test_fleetd_failing_while_its_child_runs_leaves_no_process_behind(tmp_path: 
     assert state == "gone", f"the run's child {pid} is still there ({state})"
 
 
+def test_fleetd_failing_as_it_takes_over_a_started_child_leaves_no_process_behind(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    """The child started, then fleetd could not take it over (here: no thread left to wait for its exit, where
+    there is no pidfd): the run failed with no attempt recorded, and its child ran on with nobody to stop it,
+    an agent spending its quota unwatched. It is killed, and its attempt recorded, failed."""
+    from fleetd.loops import child
+
+    pid_file = tmp_path / "pid"
+
+    def broken(self: object) -> None:
+        deadline = time.monotonic() + 5
+        while not pid_file.exists() and time.monotonic() < deadline:  # the child is under way (blocking: a test)
+            time.sleep(0.01)
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(child.Child, "_watch_exit", broken)
+    started = now_utc()
+    run, attempts, _ = asyncio.run(_run_to_end(tmp_path, f"echo $$ > {pid_file}; exec sleep 30"))
+    assert (now_utc() - started).total_seconds() < 10  # not the sleep's 30 s: the child was killed
+    assert run.status == "failed" and run.error is not None and "can't start new thread" in run.error
+    (attempt,) = attempts
+    assert attempt.outcome == "failed" and attempt.finished_at is not None
+    pid = int(pid_file.read_text())
+    assert run.pid == pid  # recorded as any attempt's process is (crash recovery would find it)
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        state = "gone"
+    assert state == "gone", f"the run's child {pid} is still there ({state})"
+
+
 def test_a_run_log_that_cannot_be_written_for_a_while_loses_that_output_not_the_run(
     tmp_path: Path, monkeypatch: Any
 ) -> None:
