@@ -256,6 +256,11 @@ class RunStore:
     async def get(self, run_id: int) -> Run:
         row = await self.db.fetchone(f"SELECT {_COLUMNS} FROM runs WHERE id = ?", (run_id,))
         if row is None:
+            # Ids are never reused (AUTOINCREMENT) and only retention deletes runs: one under the high-water mark
+            # was pruned, which is news to someone holding its id (from a hook, a notification, an old listing).
+            given = await self.db.fetchone("SELECT seq FROM sqlite_sequence WHERE name = 'runs'")
+            if given is not None and 1 <= run_id <= given["seq"]:
+                raise NotFound(f"run {run_id} was pruned from the history (`fleetd runs prune`, the daemon's --retain)")
             raise NotFound(f"no run with id {run_id}")
         return _row_to_run(row)
 

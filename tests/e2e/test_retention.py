@@ -103,6 +103,13 @@ def test_runs_prune_by_hand_says_what_it_freed(short_home: Path) -> None:
         text = daemon.cli("runs", "prune", "--keep-per-loop", "1").stdout.strip()
         assert text == "pruned 2 run(s), 0 attempt(s), 0 event(s), 0 gateway call(s), 2 log file(s) (2.0 KB)"
         assert {r["loop"] for r in daemon.runs()} == {"a", "b"} and b[-1] in run_ids(daemon)
+        # A pruned run's id says so (it said "no run with id", as if the id were mistyped); an id never given does not.
+        for command in (["runs", "show"], ["runs", "logs"]):
+            gone = daemon.cli(*command, str(b[0]), check=False)
+            pruned = f"fleetd: run {b[0]} was pruned from the history (`fleetd runs prune`, the daemon's --retain)"
+            assert (gone.returncode, gone.stderr.strip()) == (1, pruned)
+            never = daemon.cli(*command, "999999", check=False)
+            assert (never.returncode, never.stderr.strip()) == (1, "fleetd: no run with id 999999")
     finally:
         daemon.stop()
 
