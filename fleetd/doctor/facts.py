@@ -10,31 +10,15 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from fleetd.doctor.checks import DiskFact, LoopPathFact, SecretStoreFact, ServiceFact, SocketFact, UnitCli
-from fleetd.errors import InvalidArgument
-from fleetd.loops.model import prompt_text
+from fleetd.loops.model import path_problems
 from fleetd.paths import Paths
 from fleetd.records.loop import Loop
 
 
 def loop_path_facts(loops: Iterable[Loop]) -> list[LoopPathFact]:
     """Each loop's --dir and --prompt-file as a run would find them now (blocking: run it in a thread)."""
-    found = []
-    for loop in loops:
-        if loop.workdir and not os.path.isdir(loop.workdir):
-            found.append(LoopPathFact(loop.name, loop.enabled, "--dir", f"directory not found: {loop.workdir}"))
-        if loop.prompt_file:
-            try:
-                prompt_text(loop.prompt_file)
-            except FileNotFoundError:
-                problem = f"prompt file not found: {loop.prompt_file}"
-            except OSError as e:
-                problem = f"cannot read prompt file {loop.prompt_file}: {e.strerror}"
-            except InvalidArgument as e:
-                problem = str(e)
-            else:
-                continue
-            found.append(LoopPathFact(loop.name, loop.enabled, "--prompt-file", problem))
-    return found
+    return [LoopPathFact(loop.name, loop.enabled, option, problem)
+            for loop in loops for option, problem in path_problems(loop)]  # fmt: skip
 
 
 def which(executable: str, path: str | None) -> str | None:

@@ -75,6 +75,24 @@ def read_prompt(loop: Loop) -> str | None:
     return prompt_text(loop.prompt_file)
 
 
+def path_problems(loop: Loop) -> list[tuple[str, str]]:
+    """Its --dir and --prompt-file as a run would find them now: (option, what is wrong) for each that a run cannot
+    use (it was there when the loop was saved). Blocking: run it in a thread."""
+    found = []
+    if loop.workdir and not os.path.isdir(loop.workdir):
+        found.append(("--dir", f"directory not found: {loop.workdir}"))
+    if loop.prompt_file:
+        try:
+            prompt_text(loop.prompt_file)
+        except FileNotFoundError:
+            found.append(("--prompt-file", f"prompt file not found: {loop.prompt_file}"))
+        except OSError as e:
+            found.append(("--prompt-file", f"cannot read prompt file {loop.prompt_file}: {e.strerror}"))
+        except InvalidArgument as e:
+            found.append(("--prompt-file", str(e)))
+    return found
+
+
 def prompt_text(path: str) -> str:
     """A prompt file's text. Raises OSError, or InvalidArgument when it is too big to pass, holds a NUL byte (no
     argument can) or is not UTF-8 (it reached the command with U+FFFD in place of each bad byte, unsaid)."""

@@ -15,6 +15,7 @@ from apscheduler.triggers.base import BaseTrigger
 
 from fleetd.errors import Conflict, InvalidArgument, NotFound
 from fleetd.loops.executor import Executor
+from fleetd.loops.model import path_problems
 from fleetd.loops.schedule import Plan, build_trigger, first_fire, never_fires, plan_startup, plan_wake
 from fleetd.loops.whynot import LoopFacts, NotFiring, why_not
 from fleetd.records.fire import SkipReason, daily_cost_eases
@@ -260,9 +261,10 @@ class Scheduler:
         if loop.daily_cost is not None:
             costs = await self.executor.attempts.loop_costs_since(loop.name, day_since(now, loop.created_at))
             spent, eases = sum(cost for _, cost in costs), daily_cost_eases(costs, loop.daily_cost)
+        problems = await asyncio.to_thread(path_problems, loop) if loop.workdir or loop.prompt_file else []
         facts = LoopFacts(
             loop, newest[0] if newest else None, slot.run_id if slot else None, slot.wait_until if slot else None,
-            spent, eases, usable_profiles,
+            spent, eases, usable_profiles, problems[0] if problems else None,
         )  # fmt: skip
         return why_not(facts, now)
 

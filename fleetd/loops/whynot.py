@@ -40,6 +40,8 @@ class LoopFacts:
     spend_eases_at: datetime | None = None  # when that is under its --daily-cost again, should it spend no more
     # candidates its next run could use (agent loops, `usable_at_next_run`; None otherwise)
     usable_profiles: int | None = None
+    # its --dir or --prompt-file that a run cannot use now: (option, what is wrong), `model.path_problems`'s first
+    path_problem: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,11 @@ def why_not(facts: LoopFacts, now: datetime) -> NotFiring | None:
         over = daily_cost_text(facts.spent_24h, loop.daily_cost)
         if over is not None:
             return NotFiring("over_daily_cost", f"its next fire will be skipped: {over}", until=facts.spend_eases_at)
+    if facts.path_problem is not None:
+        option, problem = facts.path_problem
+        what = "DIR" if option == "--dir" else "FILE"
+        return NotFiring("unusable_path", f"its runs fail at once: {problem} (`fleetd loop edit {loop.name} {option} "
+                         f"{what}`)")  # fmt: skip
     if facts.usable_profiles == 0:
         return NotFiring(
             "no_profile",

@@ -30,6 +30,7 @@ REASONS: dict[str, str] = {
     "daemon_down": "fires fell while the daemon was down and `--catch-up skip` does not run them",
     "woke_late": "the timer woke late (host suspended, clock changed) and `--catch-up skip` does not run them",
     "no_profile": "an agent loop with no usable profile: its next run would find no candidate",
+    "unusable_path": "its --dir or --prompt-file is gone (or unreadable) since it was saved: each run fails at once",
 }
 SKIP_REASONS: tuple[SkipReason, ...] = ("overlap", "waiting", "over_daily_cost", "shutting_down", *MISSED_REASONS)
 

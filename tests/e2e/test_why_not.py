@@ -247,3 +247,16 @@ def test_a_profile_resting_until_its_reset_is_no_reason_to_add_one(d: Daemon) ->
     finally:
         d.cli("runs", "stop", str(tired))
         scenario(d, "resting", "ok")
+
+
+def test_loop_show_says_its_runs_fail_at_once_when_its_dir_is_gone(d: Daemon, tmp_path: Path) -> None:
+    """A --dir removed since the loop was added failed every run ("working directory not found") while `loop show`
+    said nothing was wrong; `fleetd doctor` knew. It says why, and the fix."""
+    work = tmp_path / "app"
+    work.mkdir()
+    d.cli("loop", "add", "homeless_show", "--every", "1h", "--dir", str(work), "--command", "true")
+    assert why_not(d, "homeless_show") == ""
+    work.rmdir()
+    assert why_not(d, "homeless_show") == (f"its runs fail at once: directory not found: {work} "
+                                           "(`fleetd loop edit homeless_show --dir DIR`) [unusable_path]")  # fmt: skip
+    assert d.json("loop", "show", "homeless_show")["not_firing"]["reason"] == "unusable_path"

@@ -241,6 +241,24 @@ CASES = [
         None,
     ),
     ("an agent loop with a usable profile", LoopFacts(LOOP, None, usable_profiles=2), None, "", None, None, None),
+    (
+        "a loop whose --dir is gone",
+        LoopFacts(LOOP, run(3, "failed"), path_problem=("--dir", "directory not found: /src/app")),
+        "unusable_path",
+        "its runs fail at once: directory not found: /src/app (`fleetd loop edit nightly --dir DIR`)",
+        None,
+        None,
+        None,
+    ),
+    (
+        "a paused loop whose prompt file is gone: the pause first",
+        LoopFacts(replace(LOOP, enabled=False), None, path_problem=("--prompt-file", "prompt file not found: /p")),
+        "paused",
+        "paused",
+        NOW - 60 * M,
+        None,
+        None,
+    ),
 ]
 
 
