@@ -186,7 +186,11 @@ class Child:
         if pidfd is None:
             threading.Thread(target=self._wait_thread, name=f"child-{self.pid}", daemon=True).start()
             return
-        self._loop.add_reader(pidfd, self._pidfd_readable, pidfd)
+        try:
+            self._loop.add_reader(pidfd, self._pidfd_readable, pidfd)
+        except BaseException:
+            os.close(pidfd)
+            raise
 
     def _pidfd_readable(self, pidfd: int) -> None:
         code = _reap(self.pid, os.WNOHANG)

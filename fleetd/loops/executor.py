@@ -1183,14 +1183,15 @@ class Executor:
             await begin(pid, launch.create_time, launch.spawned_at)
         except Exception as e:
             log.error("run %s: cannot record its process %s (%s)", run_id, pid, e)
-        try:
-            await proctree.kill_tree(pid, tag=tag, grace=self.kill_grace, create_time=launch.create_time,
-                                     cgroup=launch.cgroup)  # fmt: skip
-            await asyncio.to_thread(launch.started.popen.wait, self.kill_grace + 5)
-        except Exception:
-            log.exception("run %s: cannot kill its process %s", run_id, pid)
-        if launch.cgroup is not None:
-            _drop_cgroup(run_id, launch.cgroup)
+        finally:  # a cancellation of the record above does not spare it
+            try:
+                await proctree.kill_tree(pid, tag=tag, grace=self.kill_grace, create_time=launch.create_time,
+                                         cgroup=launch.cgroup)  # fmt: skip
+                await asyncio.to_thread(launch.started.popen.wait, self.kill_grace + 5)
+            except Exception:
+                log.exception("run %s: cannot kill its process %s", run_id, pid)
+            if launch.cgroup is not None:
+                _drop_cgroup(run_id, launch.cgroup)
 
     async def _abandon_child(self, run_id: int, proc: child.Child, tag: str, slot: ActiveRun) -> None:
         """After fleetd failed inside an attempt: its process tree killed (nobody else would stop it), its exit

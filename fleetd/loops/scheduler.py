@@ -85,7 +85,7 @@ class Scheduler:
                          loop.name, cut.id)  # fmt: skip
                 note = (f"run {cut.id} was waiting for headroom when the daemon stopped"
                         f" (until {local_text(cut.wait_until)}): this run does its work")  # fmt: skip
-                await self.executor.fire(loop, "catch-up", cut.scheduled_at or self.clock(), note=note)
+                await self.executor.fire(loop, "catch-up", cut.scheduled_at, note=note)
         except Exception:
             # Nothing was recorded: the timer takes the stored (past) due time and applies the loop's
             # catch-up policy itself, retrying like any fire it could not record.
@@ -95,12 +95,17 @@ class Scheduler:
         self._arm(loop, trigger, plan.next_fire_at)
 
     async def _cut_while_waiting(self, loop: Loop) -> Run | None:
-        """The loop's newest run, if the daemon's stop (or crash) interrupted it while it waited for headroom (the
-        store keeps its `wait_until` then). Only the newest: the run that does its work is newer, whatever its end."""
-        newest = await self.executor.runs.list(loop=loop.name, since=loop.created_at, limit=1)
-        if newest and newest[0].status == "interrupted" and newest[0].wait_until is not None:
-            return newest[0]
-        return None
+        """The loop's newest run (`skipped` rows aside), if the daemon's stop (or crash) interrupted it while it
+        waited for headroom (the store keeps its `wait_until` then). Only the newest: the run that does its work is
+        newer, whatever its end. Not once the loop was changed since (resumed, edited): someone has seen to it, and
+        a run of weeks ago must not come back at some later start."""
+        assert loop.created_at is not None
+        newest = await self.executor.runs.newest_ran(loop.name, loop.created_at)
+        if newest is None or newest.status != "interrupted" or newest.wait_until is None:
+            return None
+        if loop.updated_at is not None and newest.finished_at is not None and loop.updated_at > newest.finished_at:
+            return None
+        return newest
 
     def _arm(self, loop: Loop, trigger: BaseTrigger, due: datetime | None) -> None:
         self._disarm(loop.name)

@@ -309,6 +309,15 @@ class RunStore:
         assert row is not None  # an aggregate always gives one row
         return bytes(row[0])
 
+    async def newest_ran(self, loop: str, since: datetime) -> Run | None:
+        """The loop's newest run that is not a `skipped` row (fires skipped while it ran or waited are newer rows)."""
+        row = await self.db.fetchone(
+            f"SELECT {_COLUMNS} FROM runs WHERE loop = ? AND started_at >= ? AND status != 'skipped' "
+            f"ORDER BY {NEWEST_FIRST} LIMIT 1",
+            (loop, to_iso(since)),
+        )
+        return _row_to_run(row) if row is not None else None
+
     async def running(self) -> list[Run]:
         rows = await self.db.fetchall(f"SELECT {_COLUMNS} FROM runs WHERE status IN {ACTIVE} ORDER BY id")
         return [_row_to_run(r) for r in rows]

@@ -81,3 +81,38 @@ def test_no_descriptor_is_left_behind() -> None:
         asyncio.run(_run(["/bin/sh", "-c", "echo hi"]))
     if sys.platform.startswith("linux"):
         assert len(os.listdir("/proc/self/fd")) <= before
+
+
+def test_a_child_whose_set_up_fails_leaves_none_of_its_descriptors_open() -> None:
+    """`Child` failing part way (no room in epoll for its exit's pidfd) left that pidfd open, and its caller has no
+    handle on it: one descriptor lost per such attempt, until the daemon had none left."""
+
+    async def go() -> tuple[int, int]:
+        before = len(os.listdir("/proc/self/fd"))
+        started = await asyncio.to_thread(
+            child.start, ["/bin/sh", "-c", "sleep 5"], env=dict(os.environ), cwd=None, stdin=True, merge_stderr=False,
+            cgroup=None,
+        )  # fmt: skip
+        loop = asyncio.get_running_loop()
+        pipes = {started.stdin, started.stdout, started.stderr}
+        real = loop.add_reader
+
+        def no_room(fd: int, *args: object) -> None:
+            if fd not in pipes:  # the pidfd
+                raise OSError(28, "No space left on device")
+            real(fd, *args)  # type: ignore[arg-type]
+
+        loop.add_reader = no_room  # type: ignore[method-assign]
+        try:
+            with pytest.raises(OSError):
+                child.Child(started, b"", lambda _: None, lambda _: None)
+        finally:
+            loop.add_reader = real  # type: ignore[method-assign]
+        started.popen.kill()
+        await asyncio.to_thread(started.popen.wait)
+        return before, len(os.listdir("/proc/self/fd"))
+
+    if not hasattr(os, "pidfd_open"):
+        pytest.skip("no pidfd here: the exit is waited for by a thread")
+    before, after = asyncio.run(go())
+    assert after == before
