@@ -349,7 +349,7 @@ class Proxy:
             data = _scrub(scrubber, data)
             error_class, message = failure_class(status, data)
             reset = reset_from_headers(response.headers, self.clock()) if error_class == "rate_limited" else None
-            parsed = ParsedOutput("failed", error_class, reset, message=scrubber.text(message))
+            parsed = ParsedOutput("failed", error_class, reset, message=_without_gateway_keys(scrubber.text(message)))
             self._worlds.clear()
             await self.profiles.attempt_finished(profile, parsed, self.clock(), None, key=key)
             result = AttemptResult("failed", error_class, parsed.message or "", reset_at=reset)
@@ -620,6 +620,12 @@ def _scrub(scrubber: Scrubber, data: bytes) -> bytes:
     """A body without any key fleetd knows (a provider may quote the key it was sent, a client paste one)."""
     fresh = scrubber.fresh()
     return fresh.feed(data) + fresh.flush()
+
+
+def _without_gateway_keys(text: str | None) -> str | None:
+    """An upstream's message as fleetd records it: one that quotes the request it got may quote a gateway key a
+    client pasted into it, which no scrubber knows (fleetd keeps only their hashes): found by its form."""
+    return KEY_RE.sub(REDACTED, text.encode()).decode("utf-8", "replace") if text else text
 
 
 def _capped(data: bytes) -> str:

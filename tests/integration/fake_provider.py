@@ -606,6 +606,9 @@ class _Handler(BaseHTTPRequestHandler):
                 API_CHAT: openai_error,
                 API_GEMINI: gemini_error,
             }[api](mode, model or "fake")
+            if self.server.echo_errors:
+                quoted = raw[:300].decode("utf-8", "replace")
+                error.body["error"]["message"] = f"{error.body['error']['message']} (got: {quoted})"
             self._send_json(error.status, error.body, error.headers)
             return
         text = self.server.reply_text
@@ -711,6 +714,9 @@ class FakeProvider(ThreadingHTTPServer):
         self.mode = mode
         self.reply_text = REPLY_TEXT  # what the model answers in "ok" mode; reset() leaves it, like mode
         self.latency = 0.0  # seconds each generation request waits before its answer (calls in flight together)
+        # An error's message quotes the start of the request, as some servers' validation errors do (a local
+        # OpenAI-compatible server's "invalid value …: <what it got>").
+        self.echo_errors = False
         self.calls: dict[str, int] = dict.fromkeys(APIS, 0)
         self.paths: list[str] = []
         self.requests: list[RecordedRequest] = []

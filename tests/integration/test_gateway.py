@@ -540,6 +540,29 @@ def test_a_provider_key_quoted_in_an_answer_reaches_neither_the_client_nor_the_c
         assert secret.encode() not in stored
 
 
+def test_a_gateway_key_an_upstream_error_quotes_back_is_not_stored(gw: Gateway) -> None:
+    """A server whose 400 quotes the request it got (a client pasted its gateway key into its question) had that
+    key stored in the clear as the call's error and the profile's last error: fleetd keeps gateway keys only as
+    hashes, so only their form finds them. The client still gets the provider's answer as it was."""
+    route = gw.lone("echo")
+    gw.p1.echo_errors = True
+    gw.p1.fail_first(1, "bad_request")
+    messages: Any = [{"role": "user", "content": f"my key is {gw.key}"}]
+    try:
+        with pytest.raises(openai.BadRequestError) as caught:
+            gw.sdk().chat.completions.create(model=route, messages=messages)
+    finally:
+        gw.p1.echo_errors = False
+    assert gw.key in caught.value.message  # its own question, quoted back to it
+    [call] = gw.call_of(route)
+    assert call["status"] == 400 and "[REDACTED]" in call["error"], call
+    stored = b"".join(p.read_bytes() for p in gw.d.home.glob("fleetd.db*"))
+    seen = json.dumps(call) + gw.d.log_text() + gw.d.cli("events", "--json", "--limit", "1000").stdout
+    seen += gw.d.cli("usage", "--json").stdout + gw.d.cli("profile", "show", "echo", "--json").stdout
+    assert gw.key not in seen
+    assert gw.key.encode() not in stored
+
+
 def test_bad_cli_input_exits_2_and_saves_nothing(gw: Gateway) -> None:
     gw.pair("bad")
     gw.d.cli("profile", "add", "bad-nokey", "--backend", "openai_compat", "--base-url", "https://llm.example/v1",
