@@ -25,7 +25,7 @@ from fleetd.backends.base import AttemptContext, HttpAdapter, ProcessAdapter, Pr
 from fleetd.backends.registry import get_adapter
 from fleetd.errors import FleetdError, InvalidArgument
 from fleetd.loops import cgroups, changes, child, proctree
-from fleetd.loops.model import read_prompt
+from fleetd.loops.model import read_prompt, unreadable_prompt
 from fleetd.loops.runlog import RunLog
 from fleetd.loops.scrub import Scrubber
 from fleetd.loops.tmpdirs import TmpDirs
@@ -525,8 +525,10 @@ class Executor:
         try:
             prompt = read_prompt(loop)
         except OSError as e:
-            runlog.note(f"cannot read prompt file: {e}")
-            return "failed", None, f"cannot read prompt file {loop.prompt_file}: {e.strerror}"
+            assert loop.prompt_file is not None  # an inline prompt is read from no file
+            why = unreadable_prompt(loop.prompt_file, e)
+            runlog.note(why)
+            return "failed", None, why
         except InvalidArgument as e:  # grown too big to pass since the loop was saved
             runlog.note(e.message)
             return "failed", None, e.message
@@ -649,8 +651,8 @@ class Executor:
             elif isinstance(decision, Backoff):
                 until = self.clock() + timedelta(seconds=decision.seconds)
                 await self._sleep_until(min(until, deadline) if deadline else until, slot)
-                if slot.interrupt_reason:
-                    return "interrupted", end.exit_code, slot.interrupt_reason
+                if slot.interrupt_reason:  # between attempts: no process to have an exit code (as in crash recovery)
+                    return "interrupted", None, slot.interrupt_reason
                 world, profiles = await self.profiles.world(steps)
                 decision = flow.send(Observation(world))
             else:
@@ -670,8 +672,8 @@ class Executor:
                                         slot.look_again)  # fmt: skip
                 slot.look_again.clear()  # this look answers it; one set from here on is for the next
                 _drop_look(slot)
-                if slot.interrupt_reason:
-                    return "interrupted", end.exit_code, slot.interrupt_reason
+                if slot.interrupt_reason:  # waiting: no process to have an exit code (as in crash recovery)
+                    return "interrupted", None, slot.interrupt_reason
                 world, profiles = await self.profiles.world(steps)
                 decision = flow.send(Observation(world))
 

@@ -84,13 +84,18 @@ def path_problems(loop: Loop) -> list[tuple[str, str]]:
     if loop.prompt_file:
         try:
             prompt_text(loop.prompt_file)
-        except FileNotFoundError:
-            found.append(("--prompt-file", f"prompt file not found: {loop.prompt_file}"))
         except OSError as e:
-            found.append(("--prompt-file", f"cannot read prompt file {loop.prompt_file}: {e.strerror}"))
+            found.append(("--prompt-file", unreadable_prompt(loop.prompt_file, e)))
         except InvalidArgument as e:
             found.append(("--prompt-file", str(e)))
     return found
+
+
+def unreadable_prompt(path: str, error: OSError) -> str:
+    """Why a prompt file cannot be read, in the words `loop show`, `doctor` and the run's own log all use."""
+    if isinstance(error, FileNotFoundError):
+        return f"prompt file not found: {path}"
+    return f"cannot read prompt file {path}: {error.strerror or error}"
 
 
 def prompt_text(path: str) -> str:

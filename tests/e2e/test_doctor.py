@@ -188,5 +188,9 @@ def test_a_loops_dir_or_prompt_file_gone_since_its_add_is_a_doctor_error_not_a_r
         assert [m for m in messages if m.startswith("loop gone")] == [
             f"loop gone: prompt file not found: {prompt} (each run fails)"
         ]
+        # Its run fails saying so in the same words (the log had Python's "[Errno 2] No such file or directory").
+        run = d.wait_run(d.json("loop", "run", "gone")["id"])
+        assert (run["status"], run["error"]) == ("failed", f"prompt file not found: {prompt}")
+        assert d.cli("runs", "logs", str(run["id"])).stdout == f"[fleetd] prompt file not found: {prompt}\n"
     finally:
         d.stop()

@@ -170,6 +170,8 @@ def test_exhaustion_survives_a_restart(hb: Daemon) -> None:
     after = d.json("runs", "show", str(run_id))
     assert after["status"] == "interrupted" and "waited for headroom" in after["error"]
     assert after["wait_until"] is not None  # what it waited for when the stop cut it
+    # Nothing ran when the stop came: no exit code (it had its earlier attempt's 1, as if the stop had made it exit 1).
+    assert after["exit_code"] is None
     shown = d.cli("runs", "show", str(run_id)).stdout
     assert "\nwaited     for headroom until " in shown and "\nwaiting " not in shown, shown
 
