@@ -31,7 +31,7 @@ class CliError(Exception):
 
 class DaemonNotRunning(CliError):
     def __init__(self, socket_path: SocketPath) -> None:
-        super().__init__(f"fleetd daemon is not running (socket {socket_path}); start it with `fleetd daemon start`")
+        super().__init__(f"the daemon is not running (socket {socket_path}); start it with `fleetd daemon start`")
 
 
 class StreamCut(CliError):

@@ -157,7 +157,7 @@ def daemon_stop(wait_s: float) -> None:
     where = paths()
     health = _health(where, wait_s)
     if health is None:
-        raise CliError(f"fleetd daemon is not running (socket {where.socket})")
+        raise CliError(f"the daemon is not running (socket {where.socket})")
     click.echo(f"fleetd daemon stopped (pid {_stop(where, wait_s)})")
 
 

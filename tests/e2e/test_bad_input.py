@@ -127,7 +127,7 @@ def test_daemon_not_running_message(tmp_path: Path) -> None:
         result = absent.cli(*args, check=False)
         assert result.returncode == 1
         assert result.stderr.strip() == (
-            f"fleetd: fleetd daemon is not running (socket {absent.socket}); start it with `fleetd daemon start`"
+            f"fleetd: the daemon is not running (socket {absent.socket}); start it with `fleetd daemon start`"
         )
 
 
@@ -338,7 +338,7 @@ def test_daemon_stop_without_a_daemon_exits_1_with_one_line(tmp_path: Path) -> N
     result = Daemon(tmp_path / "home").cli("daemon", "stop", check=False)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
-        f"fleetd: fleetd daemon is not running (socket {tmp_path}/home/run/fleetd.sock)"
+        f"fleetd: the daemon is not running (socket {tmp_path}/home/run/fleetd.sock)"
     ]
 
 
