@@ -110,24 +110,40 @@ def test_fleetd_failing_while_its_child_runs_leaves_no_process_behind(tmp_path: 
     pid_file = tmp_path / "pid"
 
     def broken(cgroup: Path, pid: int) -> bool:
-        deadline = time.monotonic() + 5
-        while not pid_file.exists() and time.monotonic() < deadline:  # the child is under way (blocking: a test)
-            time.sleep(0.01)
+        _wait_for_file(pid_file)
         raise OSError("cannot read cgroup.procs")
 
     monkeypatch.setattr(cgroups, "member_or_join", broken)
+    _fails_and_kills_its_child(tmp_path, pid_file, "cannot read cgroup.procs")
+
+
+def _fails_and_kills_its_child(tmp_path: Path, pid_file: Path, message: str) -> tuple[Run, int]:
+    """A run whose child would sleep 30 s, in which fleetd fails (`message`): it ends within seconds, failed saying
+    so, its attempt ended failed too, and its child is gone. The run and the child's pid."""
     started = now_utc()
     run, attempts, _ = asyncio.run(_run_to_end(tmp_path, f"echo $$ > {pid_file}; exec sleep 30"))
     assert (now_utc() - started).total_seconds() < 10  # not the sleep's 30 s: the child was killed
-    assert run.status == "failed" and run.error is not None and "cannot read cgroup.procs" in run.error
+    assert run.status == "failed" and run.error is not None and message in run.error
     (attempt,) = attempts
     assert attempt.outcome == "failed" and attempt.finished_at is not None
     pid = int(pid_file.read_text())
+    assert _state(pid) == "gone", f"the run's child {pid} is still there ({_state(pid)})"
+    return run, pid
+
+
+def _wait_for_file(path: Path) -> None:
+    """Until the child has written `path` (it is under way), at most 5 s: blocking, from inside the daemon's code."""
+    deadline = time.monotonic() + 5
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def _state(pid: int) -> str:
+    """A process's state letter (Z: a zombie nobody reaped), or "gone"."""
     try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except FileNotFoundError:
-        state = "gone"
-    assert state == "gone", f"the run's child {pid} is still there ({state})"
+        return "gone"
 
 
 def test_fleetd_failing_as_it_takes_over_a_started_child_leaves_no_process_behind(
@@ -141,25 +157,12 @@ def test_fleetd_failing_as_it_takes_over_a_started_child_leaves_no_process_behin
     pid_file = tmp_path / "pid"
 
     def broken(self: object) -> None:
-        deadline = time.monotonic() + 5
-        while not pid_file.exists() and time.monotonic() < deadline:  # the child is under way (blocking: a test)
-            time.sleep(0.01)
+        _wait_for_file(pid_file)
         raise RuntimeError("can't start new thread")
 
     monkeypatch.setattr(child.Child, "_watch_exit", broken)
-    started = now_utc()
-    run, attempts, _ = asyncio.run(_run_to_end(tmp_path, f"echo $$ > {pid_file}; exec sleep 30"))
-    assert (now_utc() - started).total_seconds() < 10  # not the sleep's 30 s: the child was killed
-    assert run.status == "failed" and run.error is not None and "can't start new thread" in run.error
-    (attempt,) = attempts
-    assert attempt.outcome == "failed" and attempt.finished_at is not None
-    pid = int(pid_file.read_text())
+    run, pid = _fails_and_kills_its_child(tmp_path, pid_file, "can't start new thread")
     assert run.pid == pid  # recorded as any attempt's process is (crash recovery would find it)
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        state = "gone"
-    assert state == "gone", f"the run's child {pid} is still there ({state})"
 
 
 def test_a_run_log_that_cannot_be_written_for_a_while_loses_that_output_not_the_run(
