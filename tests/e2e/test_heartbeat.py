@@ -187,7 +187,9 @@ def test_a_run_the_stop_cut_while_it_waited_is_run_again_at_the_next_start(hb: D
     d.cli("loop", "add", "quiet", "--every", "1d", "--backend", "claude_code", "--prompt", "x", "--profile", "spent",
           "--catch-up", "skip")  # fmt: skip
     d.cli("loop", "add", "held", "--every", "1d", "--backend", "claude_code", "--prompt", "x", "--profile", "spent")
-    cut = {name: d.json("loop", "run", name)["id"] for name in ("nightly", "quiet", "held")}
+    later = (datetime.now(UTC) + timedelta(days=1)).strftime("%Y-%m-%dT%H:%M")
+    d.cli("loop", "add", "one_shot", "--at", later, "--backend", "claude_code", "--prompt", "x", "--profile", "spent")
+    cut = {name: d.json("loop", "run", name)["id"] for name in ("nightly", "quiet", "held", "one_shot")}
     for run_id in cut.values():
         wait_until(lambda r=run_id: d.json("runs", "show", str(r))["status"] == "waiting", what=f"run {run_id} to wait")
     # Fires that find it waiting are skipped rows, newer than it: they hid it (a loop firing more often than it
@@ -209,6 +211,8 @@ def test_a_run_the_stop_cut_while_it_waited_is_run_again_at_the_next_start(hb: D
     assert f"run {cut['nightly']} was waiting for headroom when the daemon stopped" in log, log
     assert [r["id"] for r in d.json("runs", "list", "--loop", "quiet")] == [cut["quiet"]]  # --catch-up skip
     assert [r["id"] for r in d.json("runs", "list", "--loop", "held")] == [cut["held"]]  # paused
+    assert wait_until(lambda: (t := [r["trigger"] for r in d.json("runs", "list", "--loop", "one_shot")])
+                      == ["catch-up", "manual"] and t, what="the one-shot's run to be run again")  # fmt: skip
     # Resumed by hand after the cut: the user has decided about it since (as a resume catches up no fire), so a later
     # start does not bring back a run of who knows how long ago.
     d.cli("loop", "resume", "held")
