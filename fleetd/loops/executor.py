@@ -972,21 +972,14 @@ class Executor:
         finally:
             _removals.put(self._tmpdirs.release, tmpdir)
             runlog.end_line()  # the next attempt's notes and output start on a line of their own
-        # The boundary: the streams were scrubbed before parsing; this catches what the parser decoded into
-        # a key (a JSON escape) and the messages fleetd wrote itself. Nothing below sees the raw values.
-        end.parsed = parsed = scrubber.record(end.parsed)
-        usage = parsed.usage
-        cost = parsed.cost_usd
-        if cost is None and profile is not None:
-            cost = profile.cost(
-                usage.input_tokens, usage.output_tokens, usage.cache_read_tokens, usage.cache_write_tokens
-            )
-        error = None if parsed.outcome == "succeeded" else _describe(parsed)
-        finished_at = self.clock()
         assert attempt_id is not None
-        ending = finish_write(
-            attempt_id, finished_at=finished_at, exit_code=end.exit_code, parsed=parsed, error=error, cost_usd=cost
-        )
+        finished_at = self.clock()
+        try:
+            ending, cost = _written_up(end, attempt_id, finished_at, scrubber, profile)
+        except Exception as e:  # a bug in the write-up: the run fails, and its attempt ends, not `running`
+            await self._end_abandoned(attempt_id, run.id, scrubber, e)
+            raise
+        parsed = end.parsed
         if last:  # nothing reads it before the run's end, which writes it
             slot.attempt_end = ending
         elif profile is None:
@@ -1014,8 +1007,10 @@ class Executor:
     async def _end_abandoned(self, attempt_id: int, run_id: int, scrubber: Scrubber, error: Exception) -> None:
         """A started attempt that fleetd itself failed in ends `failed`, saying why (best effort: the run's own
         failure is what its caller records)."""
-        message = _own_failure(error)
-        parsed = scrubber.record(ParsedOutput("failed", message=message))
+        try:
+            parsed = scrubber.record(ParsedOutput("failed", message=_own_failure(error)))
+        except Exception:  # the scrubber is what failed: its words cannot be written unscrubbed
+            parsed = ParsedOutput("failed", message="fleetd could not run it")
         ending = finish_write(attempt_id, finished_at=self.clock(), exit_code=None, parsed=parsed,
                               error=parsed.message, cost_usd=None)  # fmt: skip
         try:
@@ -1452,6 +1447,24 @@ def _drop_cgroup(run_id: int, cgroup: Path | None) -> None:
 def _own_failure(error: Exception) -> str:
     """What an attempt fleetd itself failed in says (an HTTP call's, a process attempt's)."""
     return f"fleetd could not run it: {type(error).__name__}: {error}"
+
+
+def _written_up(
+    end: AttemptEnd, attempt_id: int, finished_at: datetime, scrubber: Scrubber, profile: Profile | None
+) -> tuple[Callable[[sqlite3.Connection], None], float | None]:
+    """An attempt's end as it is written (`end.parsed` scrubbed in place), and its cost."""
+    # The boundary: the streams were scrubbed before parsing; this catches what the parser decoded into
+    # a key (a JSON escape) and the messages fleetd wrote itself. Nothing after this sees the raw values.
+    end.parsed = parsed = scrubber.record(end.parsed)
+    usage = parsed.usage
+    cost = parsed.cost_usd
+    if cost is None and profile is not None:
+        cost = profile.cost(usage.input_tokens, usage.output_tokens, usage.cache_read_tokens, usage.cache_write_tokens)
+    error = None if parsed.outcome == "succeeded" else _describe(parsed)
+    ending = finish_write(
+        attempt_id, finished_at=finished_at, exit_code=end.exit_code, parsed=parsed, error=error, cost_usd=cost
+    )
+    return ending, cost
 
 
 def _describe(parsed: ParsedOutput) -> str:

@@ -190,3 +190,38 @@ def test_a_run_log_that_cannot_be_written_for_a_while_loses_that_output_not_the_
     assert (run.status, run.exit_code) == ("succeeded", 0), text
     assert len(attempts) == 1 and attempts[0].finished_at is not None
     assert text == b"[fleetd] 6 bytes of output lost: cannot write the run log: No space left on device\nsecond\n"
+
+
+def test_fleetd_failing_as_it_writes_up_an_attempt_ends_the_attempt_failed(tmp_path: Path, monkeypatch: Any) -> None:
+    """fleetd's own failure after the child had ended, as it wrote the attempt up (the run's error text here),
+    failed the run but left its attempt `running` for ever: `runs show` listed it as under way."""
+    from fleetd.loops import executor
+
+    def broken(*args: object) -> str:
+        raise RuntimeError("fleetd's own bug")
+
+    monkeypatch.setattr(executor, "_describe", broken)
+
+    run, attempts, _ = asyncio.run(_run_to_end(tmp_path, "exit 3"))
+    assert run.status == "failed" and run.error is not None and "fleetd's own bug" in run.error
+    (attempt,) = attempts
+    assert attempt.outcome == "failed" and attempt.finished_at is not None
+    assert attempt.error == "fleetd could not run it: RuntimeError: fleetd's own bug"
+
+
+def test_a_scrubber_failing_as_an_attempt_is_written_up_ends_it_failed_saying_nothing_unscrubbed(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    """The scrubber itself failing left the attempt `running` (and its end's message could not be scrubbed)."""
+    from fleetd.loops.scrub import Scrubber
+
+    def broken(self: object, value: object) -> object:
+        raise RuntimeError("the scrubber's own bug")
+
+    monkeypatch.setattr(Scrubber, "record", broken)
+
+    run, attempts, _ = asyncio.run(_run_to_end(tmp_path, "echo hi"))
+    assert run.status == "failed"
+    (attempt,) = attempts
+    assert attempt.outcome == "failed" and attempt.finished_at is not None
+    assert attempt.error == "fleetd could not run it"
