@@ -91,6 +91,11 @@ def path_problems(loop: Loop) -> list[tuple[str, str]]:
     return found
 
 
+def path_fix(name: str, option: str) -> str:
+    """The command that fixes loop `name`'s unusable `option` (`path_problems`)."""
+    return f"`fleetd loop edit {name} {option} {'DIR' if option == '--dir' else 'FILE'}`"
+
+
 def unreadable_prompt(path: str, error: OSError) -> str:
     """Why a prompt file cannot be read, in the words `loop show`, `doctor` and the run's own log all use."""
     if isinstance(error, FileNotFoundError):

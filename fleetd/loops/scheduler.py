@@ -15,7 +15,7 @@ from apscheduler.triggers.base import BaseTrigger
 
 from fleetd.errors import Conflict, InvalidArgument, NotFound
 from fleetd.loops.executor import Executor
-from fleetd.loops.model import path_problems
+from fleetd.loops.model import path_fix, path_problems
 from fleetd.loops.schedule import Plan, build_trigger, first_fire, never_fires, plan_startup, plan_wake
 from fleetd.loops.whynot import LoopFacts, NotFiring, why_not
 from fleetd.records.fire import SkipReason, daily_cost_eases
@@ -252,7 +252,11 @@ class Scheduler:
         return stopped
 
     async def run_now(self, name: str) -> Run:
+        """A manual fire. Refused (Conflict) when its --dir or --prompt-file is gone: a run would only fail at once."""
         loop = await self.loops.get(name)
+        if problems := await self._path_problems(loop):
+            option, problem = problems[0]
+            raise Conflict(f"loop {name} cannot run: {problem} ({path_fix(name, option)})", code="unusable_path")
         run = await self.executor.fire(loop, "manual", self.clock())
         assert run is not None  # only a scheduled fire can have been recorded already
         return run
@@ -266,12 +270,16 @@ class Scheduler:
         if loop.daily_cost is not None:
             costs = await self.executor.attempts.loop_costs_since(loop.name, day_since(now, loop.created_at))
             spent, eases = sum(cost for _, cost in costs), daily_cost_eases(costs, loop.daily_cost)
-        problems = await asyncio.to_thread(path_problems, loop) if loop.workdir or loop.prompt_file else []
+        problems = await self._path_problems(loop)
         facts = LoopFacts(
             loop, newest[0] if newest else None, slot.run_id if slot else None, slot.wait_until if slot else None,
             spent, eases, usable_profiles, problems[0] if problems else None,
         )  # fmt: skip
         return why_not(facts, now)
+
+    @staticmethod
+    async def _path_problems(loop: Loop) -> list[tuple[str, str]]:
+        return await asyncio.to_thread(path_problems, loop) if loop.workdir or loop.prompt_file else []
 
     def stop(self) -> None:
         for name in list(self._timers):

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from fleetd.loops.model import path_fix
 from fleetd.records.fire import daily_cost_text
 from fleetd.records.loop import Loop
 from fleetd.records.run import Run
@@ -103,9 +104,7 @@ def why_not(facts: LoopFacts, now: datetime) -> NotFiring | None:
             return NotFiring("over_daily_cost", f"its next fire will be skipped: {over}", until=facts.spend_eases_at)
     if facts.path_problem is not None:
         option, problem = facts.path_problem
-        what = "DIR" if option == "--dir" else "FILE"
-        return NotFiring("unusable_path", f"its runs fail at once: {problem} (`fleetd loop edit {loop.name} {option} "
-                         f"{what}`)")  # fmt: skip
+        return NotFiring("unusable_path", f"its runs fail at once: {problem} ({path_fix(loop.name, option)})")
     if facts.usable_profiles == 0:
         return NotFiring(
             "no_profile",

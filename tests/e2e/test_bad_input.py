@@ -418,15 +418,15 @@ def test_a_prompt_file_too_big_to_pass_is_refused_at_add_and_fails_its_run_clear
     prompt.write_text("p" * 132_000)
     assert_refused(daemon, ["loop", "add", "bad", "--every", "1h", "--command", "true", "--prompt-file", str(prompt)],
                    2, "prompt file", "132,000 bytes", "at most 131,057")  # fmt: skip
-    # One that grows past the limit after `loop add`: its run fails saying so, not "Argument list too long".
+    # One that grows past the limit after `loop add`: `loop run` refuses it saying so (a scheduled run fails saying
+    # so, not "Argument list too long": tests/loops/test_executor_output.py).
     prompt.write_text("small")
     daemon.cli("loop", "add", "grows", "--every", "1h", "--command", "cat", "--prompt-file", str(prompt))
     prompt.write_text("p" * 132_000)
-    run = daemon.json("loop", "run", "grows")
-    done = daemon.wait_run(run["id"])
-    assert done["status"] == "failed"
-    assert "prompt file" in done["error"] and "132,000 bytes" in done["error"], done["error"]
-    assert "Argument list too long" not in done["error"]
+    refused = daemon.cli("loop", "run", "grows", check=False)
+    assert refused.returncode == 1 and refused.stderr.startswith("fleetd: loop grows cannot run: prompt file"), refused
+    assert "132,000 bytes" in refused.stderr and "(`fleetd loop edit grows --prompt-file FILE`)" in refused.stderr
+    assert daemon.json("runs", "list", "--loop", "grows") == []
 
 
 @pytest.mark.parametrize("args", [["loop", "edit", "x", "--paused", "--enabled"], ["loop", "edit", "x", "--tz", ""]])

@@ -260,3 +260,17 @@ def test_loop_show_says_its_runs_fail_at_once_when_its_dir_is_gone(d: Daemon, tm
     assert why_not(d, "homeless_show") == (f"its runs fail at once: directory not found: {work} "
                                            "(`fleetd loop edit homeless_show --dir DIR`) [unusable_path]")  # fmt: skip
     assert d.json("loop", "show", "homeless_show")["not_firing"]["reason"] == "unusable_path"
+
+
+def test_loop_run_refuses_a_loop_whose_dir_is_gone_saying_the_fix(d: Daemon, tmp_path: Path) -> None:
+    """`loop run` of such a loop said "started run N" of a run that failed at once; it says why it cannot run,
+    and the fix, and records no run."""
+    work = tmp_path / "app"
+    work.mkdir()
+    d.cli("loop", "add", "homeless_run", "--every", "1h", "--dir", str(work), "--command", "true")
+    work.rmdir()
+    done = d.cli("loop", "run", "homeless_run", check=False)
+    assert done.returncode == 1, done
+    assert done.stderr == (f"fleetd: loop homeless_run cannot run: directory not found: {work} "
+                           "(`fleetd loop edit homeless_run --dir DIR`)\n")  # fmt: skip
+    assert d.json("runs", "list", "--loop", "homeless_run") == []

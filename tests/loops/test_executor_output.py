@@ -225,3 +225,36 @@ def test_a_scrubber_failing_as_an_attempt_is_written_up_ends_it_failed_saying_no
     (attempt,) = attempts
     assert attempt.outcome == "failed" and attempt.finished_at is not None
     assert attempt.error == "fleetd could not run it"
+
+
+async def _fired_with_prompt_file(tmp_path: Path, prompt: Path) -> tuple[Run, bytes]:
+    """A scheduled run of a command loop reading `prompt`, to its end: the run and its log."""
+    db = await Database.open(tmp_path / "f.db")
+    try:
+        now = now_utc()
+        loop = await added_loop(db, "prompted", now, command="cat", prompt_file=str(prompt))
+        ex = command_executor(db, tmp_path, "prompted")
+        run = await ex.fire(loop, "schedule", now)
+        assert run is not None
+        assert await ex.wait_idle(10)
+        return await RunStore(db).get(run.id), (tmp_path / f"{run.id}.log").read_bytes()
+    finally:
+        await db.close()
+
+
+def test_a_run_whose_prompt_file_is_gone_fails_saying_so_as_doctor_does(tmp_path: Path) -> None:
+    """The log had Python's "[Errno 2] No such file or directory"; it says what `fleetd doctor` says."""
+    gone = tmp_path / "prompt.md"
+    run, log = asyncio.run(_fired_with_prompt_file(tmp_path, gone))
+    assert (run.status, run.error) == ("failed", f"prompt file not found: {gone}")
+    assert log == f"[fleetd] prompt file not found: {gone}\n".encode()
+
+
+def test_a_run_whose_prompt_file_grew_too_big_to_pass_fails_saying_so(tmp_path: Path) -> None:
+    """Not "Argument list too long" from the spawn: the size and the limit."""
+    prompt = tmp_path / "prompt.md"
+    prompt.write_text("p" * 132_000)
+    run, _ = asyncio.run(_fired_with_prompt_file(tmp_path, prompt))
+    assert run.status == "failed" and run.error is not None
+    assert "prompt file" in run.error and "132,000 bytes" in run.error, run.error
+    assert "Argument list too long" not in run.error
