@@ -421,10 +421,11 @@ class Proxy:
 
     async def finished(
         self, req: Request, call: GatewayCall, profile: Profile, usage: TokenUsage, outcome: str, error: str | None,
-        started: float, *, counted_apart: bool = False,
+        started: float, *, counted_apart: bool = False, client_left: bool = False,
     ) -> None:  # fmt: skip
         """After the answer went out: the attempt's usage and outcome to the heartbeat, the call to the log.
-        `counted_apart`: its use is already counted until its batch is written (`_unrecorded`)."""
+        `counted_apart`: its use is already counted until its batch is written (`_unrecorded`). `client_left`: the
+        call failed because its client went away, not its provider."""
         call.latency_ms = _ms(time.monotonic() - started)
         call.outcome, call.error = outcome, error
         cost = profile.cost(usage.input_tokens, usage.output_tokens, usage.cache_read_tokens, usage.cache_write_tokens)
@@ -432,7 +433,7 @@ class Proxy:
         # between the two would count it nowhere.
         if not req.counted:
             self.holds.release(req.hold, cost)
-            if outcome != "succeeded":
+            if outcome != "succeeded" and not client_left:
                 parsed = ParsedOutput("failed", "transient", message=error)
                 await self.profiles.attempt_finished(profile, parsed, self.clock(), None)
             return
@@ -440,12 +441,14 @@ class Proxy:
         call.cache_read_tokens, call.cache_write_tokens = usage.cache_read_tokens, usage.cache_write_tokens
         call.cost_usd = cost or 0.0
         key = attempt_key(call.id, len(call.path) - 1)
-        # Written after, with others (recorder.py): the next call need not wait. A stream cut by a stop counts its use.
-        if outcome in ("succeeded", "interrupted"):
+        # Written after, with others (recorder.py): the next call need not wait. A stream cut by a stop, or left by its
+        # client (gone, or reading nothing), counts its use: the provider answered, and did not fail.
+        if outcome in ("succeeded", "interrupted") or client_left:
             parsed = ParsedOutput("succeeded", usage=usage, model=call.model)
             if not counted_apart:  # a stream's: it ends here, with no await since it stopped being under way
                 self.profiles.unrecorded(profile, usage.total, cost or 0.0)
-            self.holds.release(req.hold, cost, req.route.name)  # a call that succeeded: what the route's calls cost
+            # A call that succeeded: what the route's calls cost (not one its client left: it may be a part of that).
+            self.holds.release(req.hold, cost, None if client_left else req.route.name)
             await self.recorder.put(Finished(call, Attempt(profile, parsed, self.clock(), cost, key)))
             return
         # The stream broke after it began: the provider failed (the router must know before the next call),
@@ -531,6 +534,7 @@ class StreamAnswer:
 
         watcher = asyncio.create_task(watch())
         outcome, error = "succeeded", None
+        client_left = False  # the client, not the provider, ended it: no mark against the provider
         try:
             headers = [(k.encode(), v.encode()) for k, v in self.response.headers.items() if k.lower() in PASSED_BACK]
             await self._send(send, {"type": "http.response.start", "status": self.response.status,
@@ -544,7 +548,7 @@ class StreamAnswer:
                         self.call.ttft_ms = _ms(time.monotonic() - self.started)
                     self._log(out)
                 if gone.is_set():
-                    outcome, error = "failed", "the client went away mid-stream"
+                    outcome, error, client_left = "failed", "the client went away mid-stream", True
                     break
                 try:
                     chunk = await self.chunks.__anext__()
@@ -559,8 +563,9 @@ class StreamAnswer:
             await self._send(send, {"type": "http.response.body", "body": rest, "more_body": False})
         except TimeoutError:
             outcome, error = "failed", f"the client read nothing for {WRITE_TIMEOUT_S:g}s: stream dropped"
+            client_left = True
         except OSError:
-            outcome, error = "failed", "the client went away mid-stream"
+            outcome, error, client_left = "failed", "the client went away mid-stream", True
         except asyncio.CancelledError:
             # A stop's grace ran out: what it used so far counts, and not as the provider's fault.
             outcome, error = "interrupted", "the daemon stopped while the stream was under way"
@@ -572,7 +577,7 @@ class StreamAnswer:
             if self.req.route.log_bodies:
                 self.call.response_body = _capped(bytes(self.logged))
             await self.proxy.finished(self.req, self.call, self.profile, self.usage or TokenUsage(), outcome, error,
-                                      self.started)  # fmt: skip
+                                      self.started, client_left=client_left)  # fmt: skip
 
     async def _send(self, send: Send, message: dict[str, Any]) -> None:
         await asyncio.wait_for(send(message), WRITE_TIMEOUT_S)

@@ -983,3 +983,26 @@ def test_a_route_whose_profiles_all_come_back_by_themselves_says_when(gw: Gatewa
     assert status == 503 and "circuit" in message, (status, message)
     assert retry_after is not None, message
     assert 1 <= int(retry_after) <= max(1, round((until - datetime.now(UTC)).total_seconds()) + 1), retry_after
+
+
+def test_a_client_that_hangs_up_is_not_counted_against_the_provider(gw: Gateway) -> None:
+    """A client that gave up waiting (`curl -m 1`, an SDK's timeout) counted as the provider's failure: three of them
+    opened its circuit breaker, and the loops on that profile failed ("no usable candidate") while it was healthy."""
+    route = gw.lone("hangup")
+    body = {"model": route, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    gw.p1.latency = 1.0  # the answer comes after the client has gone
+    try:
+        for _ in range(3):
+            with contextlib.suppress(httpx.TimeoutException):
+                httpx.post(gw.url + "/v1/chat/completions", json=body, timeout=0.2,
+                           headers={"authorization": f"Bearer {gw.key}"})  # fmt: skip
+        calls = gw.call_of(route, 3)
+    finally:
+        gw.p1.latency = 0.0
+    assert [(c["outcome"], c["error"]) for c in calls] == [("failed", "the client went away mid-stream")] * 3
+    shown = gw.d.json("profile", "show", route)
+    assert (shown["circuit"]["state"], shown["circuit"]["failures"]) == ("closed", 0), shown
+    assert {u["profile"]: u for u in gw.d.json("usage")}[route]["state"] == "available"
+    # And the next call is answered by it.
+    answer = gw.sdk().chat.completions.create(model=route, messages=[{"role": "user", "content": "hi"}])
+    assert answer.choices[0].message.content == fake.REPLY_TEXT
