@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from fleetd import __version__
 from fleetd.daemon.listing import LoopListing
 from fleetd.daemon.logview import readable
+from fleetd.daemon.options import flags
 from fleetd.daemon.views import (
     RUN_JSON_SQL,
     circuit_json,
@@ -173,6 +174,15 @@ def _since(text: str, now: datetime) -> datetime:
         raise InvalidArgument(f"invalid --since: {e}") from None
 
 
+def _options_in_force(ctx: DaemonContext) -> dict[str, Any]:
+    """The daemon's flags as they still hold (what a bare `daemon restart` keeps): a `--gateway` that a `gateway
+    enable` or `disable` has since overruled says nothing any more, or the restart would put it back."""
+    options = dict(ctx.flags or {})
+    if ctx.gateway is not None and ctx.gateway.forced is None and options.get("gateway"):
+        options.update({f.name: f.default_text for f in flags() if f.name in ("gateway", "gateway_public")})
+    return options
+
+
 def create_app(ctx: DaemonContext) -> Starlette:
     async def health(request: Request) -> Response:
         # Health answers even when the store does not: "store" says what is wrong with it.
@@ -193,7 +203,7 @@ def create_app(ctx: DaemonContext) -> Starlette:
                 "loops": loops,
                 "running_runs": ctx.executor.running_runs(),
                 "store": store or "ok",
-                "options": ctx.flags or {},
+                "options": _options_in_force(ctx),
             }
         )
 

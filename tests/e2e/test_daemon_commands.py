@@ -8,6 +8,7 @@ import os
 import queue
 import select
 import signal
+import socket
 import sqlite3
 import stat
 import subprocess
@@ -91,6 +92,30 @@ def test_restart_keeps_the_running_daemons_options_and_applies_those_given(short
         assert changed["stop_grace"] == "30s" and changed["gateway"] == "" and changed["gateway_public"] is False
     finally:
         d.cli("daemon", "stop", check=False)
+
+
+def test_a_bare_restart_keeps_a_gateway_enable_made_since_the_daemon_started_with_gateway(short_home: Path) -> None:
+    """`gateway enable` is "listen now and after restarts"; a bare restart of a daemon started with `--gateway` put
+    the old flag back, and clients pointed at the enabled address broke. The user's later word wins."""
+    d = Daemon(short_home / "home")
+    try:
+        d.cli("daemon", "start", "--gateway", "127.0.0.1:0", "--kill-grace", "0.5s")
+        assert d.json("gateway", "status")["source"] == "flag"
+        port = _free_port()
+        d.cli("gateway", "enable", "--listen", f"127.0.0.1:{port}")
+        assert d.json("daemon", "status")["options"]["gateway"] == ""  # the flag no longer says where
+        d.cli("daemon", "restart")
+        status = d.json("gateway", "status")
+        assert (status["source"], status["listen"]) == ("setting", f"127.0.0.1:{port}"), status
+        assert d.json("daemon", "status")["options"]["kill_grace"] == "0.5s"  # the other flags are kept
+    finally:
+        d.cli("daemon", "stop", check=False)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def test_daemon_logs_without_a_log_says_where_it_would_be(short_home: Path) -> None:
