@@ -19,7 +19,7 @@ from fleetd.backends.registry import backend_names, get_adapter, profile_adapter
 from fleetd.errors import Conflict, FleetdError, InvalidArgument, NotFound, shown
 from fleetd.gateway.model import checked_step
 from fleetd.heartbeat.service import Heartbeat, Settle, Write
-from fleetd.heartbeat.state import cost_cap_taken
+from fleetd.heartbeat.state import cost_cap_taken, cost_room_at
 from fleetd.heartbeat.switch import USABLE
 from fleetd.heartbeat.windows import reaches
 from fleetd.loops.model import shown_path
@@ -395,11 +395,20 @@ class ProfileService:
         profiles = [p for p in await self.store.list() if p.backend in backends]
         views = await self.heartbeat.views(profiles)
         now = self.clock()
+        cost_room: dict[str, datetime | None] = {}
         for profile in profiles:
             if profile.daily_cost is not None and self.attempt_costs is not None:
                 began = time.monotonic()
-                spent = await self.attempt_costs.profile_cost_since(profile.name, day_since(now, profile.created_at))
+                since = day_since(now, profile.created_at)
+                spent = await self.attempt_costs.profile_cost_since(profile.name, since)
                 self._spent[profile.name] = (began, spent)
+                unrecorded = self.heartbeat.unrecorded_cost(profile.name)
+                typical = self.heartbeat.typical(profile.name)
+                if cost_cap_taken(spent + unrecorded, profile.daily_cost, 0, typical):
+                    # Spent: when it has room again, for a run to wait for (read only then: each cost, not a sum).
+                    costs = await self.attempt_costs.profile_costs_since(profile.name, since)
+                    costs += [(now, unrecorded)] if unrecorded else []
+                    cost_room[profile.name] = cost_room_at(costs, profile.daily_cost, typical)
         # No await from here on: the attempts under way are counted as they stand when the caller's attempt
         # reserves its profile (the executor reserves before its next await), so two cannot both take the last room.
         for profile in profiles:
@@ -421,7 +430,8 @@ class ProfileService:
                 no_room, room_at, busy, over = said.removeprefix(NO_ROOM), now + PENDING_RECHECK, True, None
             probe_taken = profile.name in self.heartbeat.probing
             views[profile.name] = replace(views[profile.name], unavailable=why, over_daily_cost=over, no_room=no_room,
-                                          room_at=room_at, room_pending=busy, probe_taken=probe_taken)  # fmt: skip
+                                          room_at=room_at, room_pending=busy, probe_taken=probe_taken,
+                                          cost_room_at=cost_room.get(profile.name) if over else None)  # fmt: skip
         return World(now, views), {p.name: p for p in profiles}
 
     def _daily_cost_taken(self, profile: Profile, unknown_takes_rest: bool = False) -> tuple[str, bool] | None:

@@ -59,6 +59,7 @@ class ProfileView:
     probe_taken: bool = False  # half-open, and its one probe is already in flight
     unavailable: str | None = None  # why it cannot run here at all (its CLI is missing, ...)
     over_daily_cost: str | None = None  # why its daily cost leaves no room (`over its daily cost: …`, `no room in …`)
+    cost_room_at: datetime | None = None  # when that spend has left the 24 h window enough for one more attempt
     # Why one of its limits has no room for one more attempt (beside those under way); room again at `room_at`.
     no_room: str | None = None
     room_at: datetime | None = None
@@ -224,8 +225,8 @@ def _why_not(
         else:
             when = f" until {local_text(view.until)}" if view.until else ""
             return f"exhausted{when}", view.until, view.until
-    if view.over_daily_cost:
-        return view.over_daily_cost, None, None
+    if view.over_daily_cost:  # a run with nowhere else to go waits for the spend to leave the window, as for a limit
+        return view.over_daily_cost, view.cost_room_at, view.cost_room_at
     if view.no_room:
         return f"{NO_ROOM}{view.no_room}", view.room_at, view.room_at
     if view.circuit == "open" and (view.circuit_until is None or view.circuit_until > now):

@@ -135,6 +135,17 @@ class AttemptStore:
         row = await self.db.fetchone(PROFILE_COST, (profile, to_iso(since), profile, to_iso(since)))
         return float(row["spent"]) if row else 0.0
 
+    async def profile_costs_since(self, profile: str, since: datetime) -> list[tuple[datetime, float]]:
+        """What each of `profile`'s attempts and gateway calls since then cost (USD), and when, oldest first; those that
+        cost nothing left out (what `profile_cost_since` sums: when its --daily-cost has room again)."""
+        rows = await self.db.fetchall(
+            "SELECT started_at AS at, cost_usd FROM attempts WHERE profile = ?1 AND started_at >= ?2 AND cost_usd > 0 "
+            "UNION ALL SELECT at, cost_usd FROM gateway_calls WHERE profile = ?1 AND at >= ?2 AND cost_usd > 0 "
+            "ORDER BY at",
+            (profile, to_iso(since)),
+        )
+        return [(from_iso(r["at"]), float(r["cost_usd"])) for r in rows]  # type: ignore[misc]
+
     async def loop_costs_since(self, loop: str, since: datetime) -> list[tuple[datetime, float]]:
         """When each of a loop's attempts since then started and what it cost (USD), oldest first; those that cost
         nothing left out."""

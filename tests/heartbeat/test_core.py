@@ -16,6 +16,7 @@ from fleetd.heartbeat.state import (
     Typical,
     after_attempt,
     cost_cap_taken,
+    cost_room_at,
     evaluate,
     headroom,
     no_room_for_another,
@@ -409,3 +410,11 @@ def test_a_ledger_drops_what_no_window_reaches() -> None:
         ledger.add(T0 + timedelta(minutes=minutes), 1)
     assert [u.used for u in ledger.advance(T0 + timedelta(minutes=99))] == [60]
     assert len(ledger) == 60
+
+
+def test_a_daily_cost_cap_has_room_again_when_enough_of_its_oldest_costs_have_left_the_window() -> None:
+    costs = [(T0, 0.40), (T0 + H, 0.30), (T0 + 2 * H, 0.30)]  # $1.00 of a $1.00 cap
+    assert cost_room_at(costs, 1.0, None) == T0 + 24 * H  # the first $0.40 leaves: $0.60, under it
+    assert cost_room_at(costs, 1.0, Typical(1000, 0.5)) == T0 + 25 * H  # room for one at $0.50: $0.30 left
+    assert cost_room_at(costs, 2.0, None) is None  # room now
+    assert cost_room_at([(T0, 0.40)], 1.0, Typical(1000, 0.7)) == T0 + 24 * H  # nothing left in the window

@@ -374,7 +374,24 @@ def test_a_profile_over_its_daily_cost_through_the_gateway_is_passed_over(gw: Ga
     gw.d.cli("route", "add", "dconly", "--chain", "dc1")
     with pytest.raises(openai.RateLimitError, match="over its daily cost") as refused:
         gw.sdk().chat.completions.create(**{**ask, "model": "dconly"})  # type: ignore[call-overload]
-    assert refused.value.response.headers["retry-after"] == "3600"
+    # Told when its spend has left the 24 h window (it was always an hour).
+    assert 86_000 < int(refused.value.response.headers["retry-after"]) <= 86_400
+    # A run with nowhere else to go waits for that, as for a `--limit 1d=…usd` (it failed at once: "no usable
+    # candidate"), and says so.
+    gw.d.cli("loop", "add", "dcloop", "--every", "1h", "--backend", "openai_compat", "--profile", "dc1",
+             "--prompt", "hi")  # fmt: skip
+    run = gw.d.json("loop", "run", "dcloop")
+    try:
+        waiting = wait_until(lambda: r if (r := gw.d.json("runs", "show", str(run["id"])))["status"] == "waiting"
+                             or r["status"] not in ("running",) else None, what="the run waiting")  # fmt: skip
+        assert waiting["status"] == "waiting", waiting
+        until = datetime.fromisoformat(waiting["wait_until"])
+        assert 86_000 < (until - datetime.now(UTC)).total_seconds() <= 86_400
+    finally:
+        gw.d.cli("runs", "stop", str(run["id"]))
+    # `loop show` no longer tells the user to enable or add a profile: the spend leaves by itself.
+    shown = gw.d.json("loop", "show", "dcloop")
+    assert (shown["not_firing"] or {}).get("reason") != "no_profile", shown["not_firing"]
 
 
 def test_usage_tells_a_profile_with_no_room_in_its_daily_cost_from_one_over_it(gw: Gateway) -> None:

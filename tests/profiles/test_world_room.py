@@ -85,6 +85,10 @@ class _Spent:
     async def profile_cost_since(self, profile: str, since: datetime) -> float:
         return self.usd
 
+    async def profile_costs_since(self, profile: str, since: datetime) -> list[tuple[datetime, float]]:
+        """All of it in one attempt, 20 h before T0: it leaves the window 4 h after T0."""
+        return [(T0 - timedelta(hours=20), self.usd)] if self.usd else []
+
 
 def _capped_view(tmp_path: Path, spent: float, under_way: int = 0, fresh: bool = False) -> ProfileView:
     """The view of a profile capped at $1.00 a day that has spent `spent`, its attempts costing about $0.33 each
@@ -168,6 +172,15 @@ def test_a_daily_cost_only_attempts_under_way_take_is_a_wait_not_a_refusal(tmp_p
     )
     spent = _capped_view(tmp_path / "b", 0.70)  # what is spent leaves no room by itself: a refusal until it leaves
     assert spent.over_daily_cost is not None and not spent.room_pending
+
+
+def test_a_profile_over_its_daily_cost_says_when_a_run_may_wait_for_it(tmp_path: Path) -> None:
+    """A run with nowhere else to go failed at once ("no usable candidate"), where the same cap as a `--limit 1d=…usd`
+    made it wait: the router knew no time to wait for."""
+    view = _capped_view(tmp_path / "over", 0.70)  # $0.70 spent 20 h ago, and one costs about $0.33: room once it leaves
+    assert view.cost_room_at == T0 + timedelta(hours=4)
+    assert _why_not(view, T0, explicit=True, tiers=frozenset())[1:] == (view.cost_room_at, view.cost_room_at)
+    assert _capped_view(tmp_path / "room", 0.50).cost_room_at is None  # room now
 
 
 def test_runs_on_a_fresh_profile_with_a_daily_cost_go_one_at_a_time_until_one_has_ended(tmp_path: Path) -> None:
