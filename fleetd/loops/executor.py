@@ -694,7 +694,11 @@ class Executor:
         assert loop.verify is not None
         # The attempt's own number, as recorded: the router's count leaves out reviewers' attempts.
         number, candidate = end.number, decision.candidate
-        runlog.note(f"verify (attempt {number}, {profile.name}): {loop.verify}")
+        # Its output becomes the attempt's findings, the run's error and the repair prompt: scrubbed as an attempt's is,
+        # and so is the command where they quote it (a key typed into it).
+        scrubber = Scrubber(await self.profiles.known_secrets())
+        command = scrubber.text(loop.verify)
+        runlog.note(f"verify (attempt {number}, {profile.name}): {command}")
         env = self._run_env(os.environ, run.id, loop.name, loop.env, slot.trigger, profile.name)
         env.update({"FLEETD_ATTEMPT": str(number), "FLEETD_BACKEND": candidate.backend})
         if loop.workdir:
@@ -704,8 +708,6 @@ class Executor:
             timeout = max(0.0, min(timeout, (deadline - self.clock()).total_seconds()))
         started = self.clock()
         tail = bytearray()
-        # Its output becomes the attempt's findings, the run's error and the repair prompt: scrubbed as an attempt's is.
-        scrubber = Scrubber(await self.profiles.known_secrets())
 
         def take(chunk: bytes) -> None:
             clean = scrubber.feed(chunk)
@@ -750,7 +752,7 @@ class Executor:
                 f"the verify command could not run (exit {code}): {text.splitlines()[-1] if text else ''}",
             )
         else:
-            gate = ("capability", f"verify `{loop.verify}` exited {code}:\n{text}" if text else f"verify exited {code}")
+            gate = ("capability", f"verify `{command}` exited {code}:\n{text}" if text else f"verify exited {code}")
         if end.attempt_id is not None:
             with contextlib.suppress(Exception):  # a record of the gate, not a reason to fail the run
                 await self.attempts.set_gate(

@@ -170,3 +170,30 @@ def test_a_key_the_verify_command_prints_reaches_neither_the_records_nor_the_rep
     for table, rows in db_rows(d).items():
         for row in rows:
             assert_no_key(f"table {table}", json.dumps(row, default=str))
+
+
+def test_a_key_written_into_the_verify_command_reaches_none_of_the_runs_records(leaky: Daemon) -> None:
+    # The command's own text is quoted in the attempt's findings, the run's error, its events, its log and the repair
+    # prompt: a key typed into it literally reached another CLI's transcript. (The loop's definition keeps it as typed.)
+    d = leaky
+    add_keyed(d, {"vgate_p": KEY_B})
+    set_scenario(d, "vgate_p", "ok")
+    d.cli("loop", "add", "typed_leak", "--every", "1h", "--paused", "--chain", "vgate_p", "--prompt", "fix it",
+          "--verify", f"echo checking; test \"$T\" = {KEY_A}", "--repair", "1")  # fmt: skip
+    run = d.wait_run(d.json("loop", "run", "typed_leak")["id"], timeout=30)
+    assert run["status"] == "failed"
+    first = run["attempt_list"][0]
+    assert first["findings"] is not None and f"= {REDACTED}" in first["findings"], first["findings"]
+    calls = [json.loads(line) for line in (d.standin_dir / "calls.jsonl").read_text().splitlines()]  # type: ignore[attr-defined]
+    prompts = [" ".join(c["argv"]) for c in calls if c["env"].get("FLEETD_RUN_ID") == str(run["id"])]
+    for where, text in {
+        "prompts": "\n".join(prompts),
+        "runs show": d.cli("runs", "show", str(run["id"])).stdout,
+        "runs show --json": d.cli("runs", "show", str(run["id"]), "--json").stdout,
+        "events --json": d.cli("events", "--json", "--limit", "1000").stdout,
+        "runs logs": d.cli("runs", "logs", str(run["id"]), "--raw").stdout,
+    }.items():
+        assert_no_key(where, text)
+    for table, rows in db_rows(d).items():
+        for row in rows if table != "loops" else []:
+            assert_no_key(f"table {table}", json.dumps(row, default=str))
