@@ -3,6 +3,7 @@ hand the request to the proxy. Every refusal is in the protocol's own error shap
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -23,6 +24,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("fleetd.gateway")
 MAX_BODY = 16 * 1024 * 1024
+STOPPING = "the fleetd gateway is stopping: the call was cut short; try again once it is back"
+STOPPING_RETRY_S = 5.0
 DRAIN_LIMIT = 4 * MAX_BODY  # an oversized body is read (and dropped) this far, so the client sees the 413
 
 
@@ -90,6 +93,16 @@ def create_gateway_app(service: GatewayService) -> Starlette:
         except GatewayError as e:  # found on the way upstream, before any byte went to the client
             service.proxy.holds.release(hold)
             return refusal(protocol, e)
+        except asyncio.CancelledError:
+            if not service.stopping:
+                raise
+            # The stop's grace ran out (uvicorn cancels what is left): the client gets an answer it can act on, not
+            # uvicorn's plain 500 and a traceback in the log. The call stays under way in the journal: `interrupted`.
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            service.proxy.holds.release(hold)
+            return refusal(protocol, GatewayError("unavailable", STOPPING, retry_after=STOPPING_RETRY_S))
         except Exception:  # a bug's last stop: one line in the API's shape for the client, the traceback logged
             service.proxy.holds.release(hold)
             log.exception("gateway: internal error on route %s", route.name)

@@ -35,7 +35,10 @@ from fleetd.timefmt import from_iso, to_iso
 
 log = logging.getLogger("fleetd.gateway")
 SEGMENT_BYTES = 256 * 1024  # a segment's size (one more follows when a batch's lines fill it)
-INTERRUPTED = "fleetd stopped while the call was under way (a crash or kill -9): what it used is not known"
+INTERRUPTED = (
+    "fleetd stopped while the call was under way (its stop grace ran out, or a crash or kill -9): what it "
+    "used is not known"
+)
 # A call's fields as a line keeps them, in order (a list: no field names, no dict, on every call's path). Its logged
 # bodies are not kept: a replayed call has none.
 _ROW = ("key", "route", "api", "streamed", "outcome", "status", "error", "path", "profile", "model", "ttft_ms",

@@ -947,9 +947,16 @@ def test_a_stop_waits_for_a_call_under_way_no_longer_than_the_stop_grace(short_h
     with lone_gateway(short_home, "sg", "--limit", "1d=10req", daemon_args=graces) as (d, provider):
         sdk = sdk_of(d, d.json("gateway", "key", "add", "sk")["key"])
         provider.latency = 20.0
-        under_way = in_background(
-            lambda: sdk.chat.completions.create(model="sg", messages=[{"role": "user", "content": "slow"}])
-        )
+        answers: list[BaseException] = []
+
+        def call() -> None:
+            try:
+                sdk.chat.completions.create(model="sg", messages=[{"role": "user", "content": "slow"}])
+            except openai.APIError as e:
+                answers.append(e)
+
+        under_way = threading.Thread(target=call)
+        under_way.start()
         wait_until(lambda: provider.calls[fake.API_CHAT] == 1, what="the call at the provider")
         began = time.monotonic()
         assert d.stop(timeout=15) == 0
@@ -957,10 +964,17 @@ def test_a_stop_waits_for_a_call_under_way_no_longer_than_the_stop_grace(short_h
         # The stop's line said "waiting up to 1s for running runs", as if none of it were the call's.
         assert "waiting up to 1.0s for 0 runs and 1 gateway call under way" in d.log_text()
         under_way.join(5)
+        # Cut by the stop, the client got a 500 in plain text (and the log uvicorn's traceback): it gets a 503 in the
+        # API's shape that says why, and when to come back.
+        [cut] = answers
+        assert isinstance(cut, openai.APIStatusError) and cut.status_code == 503, cut
+        assert "the fleetd gateway is stopping" in cut.message and cut.response.headers["retry-after"], cut.message
+        assert "Traceback" not in d.log_text(), d.log_text()
         provider.latency = 0.0
         d.start()
         [row] = d.json("gateway", "calls")
         assert row["outcome"] == "interrupted"  # cut by the stop: its request counted, as after a kill -9
+        assert "its stop grace ran out" in row["error"], row["error"]  # it said only "a crash or kill -9"
         assert _requests_used(d, "sg") == [1]
 
 
