@@ -8,7 +8,7 @@ import secrets
 from collections.abc import Collection, Mapping
 from typing import Any
 
-from fleetd.backends.registry import get_adapter
+from fleetd.backends.registry import backend_names, get_adapter
 from fleetd.edits import known_fields
 from fleetd.errors import InvalidArgument, shown
 from fleetd.names import checked_name
@@ -47,6 +47,11 @@ def validate_route_input(body: Mapping[str, Any], profiles: Collection[Profile])
         raise InvalidArgument("a route needs --chain PROFILE[@MODEL],… (the profiles to try, in order)")
     by_name = {p.name: p for p in profiles}
     # Profiles only, never a backend: a route tries exactly the profiles the user named, nothing else.
+    for item in chain_text.split(","):
+        named = item.strip().partition("@")[0]
+        if named not in by_name and named in backend_names():
+            raise InvalidArgument(f"{named!r} is a backend: a route's --chain names profiles, the ones to try in order "
+                                  "(fleetd profile list)")  # fmt: skip
     steps = parse_chain(chain_text, (), {p.name: p.backend for p in profiles})
     chain = tuple(checked_step(step, by_name[step.profiles[0]], api) for step in steps)
     timeout = DEFAULT_ROUTE_TIMEOUT_S

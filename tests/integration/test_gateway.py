@@ -605,6 +605,10 @@ def test_bad_cli_input_exits_2_and_saves_nothing(gw: Gateway) -> None:
         assert result.returncode == (1 if args[:3] == ("route", "add", "bad") else 2), (args, result.stderr)
         assert result.stderr.startswith("fleetd: ") and result.stderr.count("\n") == 1
     assert {r["name"] for r in gw.d.json("route", "list")} & {"x1", "x2", "x3", "x4 y", "x5", "x6"} == set()
+    # A backend named as a step was "unknown backend or profile 'openai_compat'": it is a known backend.
+    backend = gw.d.cli("route", "add", "x8", "--chain", "openai_compat", check=False).stderr
+    assert backend == ("fleetd: 'openai_compat' is a backend: a route's --chain names profiles, the ones to try in "
+                       "order (fleetd profile list)\n")  # fmt: skip
     # A Gemini profile with its key was said to have "no key or base URL":
     gw.d.cli("profile", "add", "bad-gem", "--backend", "gemini", "--api-key-stdin", input="gem-key-0123456789\n")
     gem = gw.d.cli("route", "add", "x7", "--chain", "bad-gem@gemini-2.5-flash", check=False)
