@@ -48,6 +48,10 @@ class LoopService:
         profiles that exist, what each backend of its chain needs, and a profile that can run each step
         (`on_disk`: the path fields looked for on disk, `validate_loop_input`)."""
         loop = validate_loop_input(body, self.default_tz, on_disk=on_disk)
+        if body.get("backend") and not body.get("chain"):
+            # What the named backend itself refuses (`--command` for an agent) first: the routing's refusal (tiers,
+            # profiles) sent the user to fix those, to be refused again for this.
+            get_adapter(loop.backend).validate(loop)
         profiles = await self.profiles.list()
         apply_routing_input(body, loop, profiles, routed_backends())
         for step in loop_steps(loop):

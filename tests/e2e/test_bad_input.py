@@ -564,3 +564,17 @@ def test_an_action_refuses_a_body_it_does_not_take_and_does_nothing(daemon: Daem
     assert status == 400, answer
     assert daemon.json("runs", "show", str(run_id))["status"] == "running"
     daemon.cli("runs", "stop", str(run_id), "--kill")
+
+
+def test_a_command_given_to_an_agent_backend_is_what_the_refusal_names(daemon: Daemon) -> None:
+    # With no profile of that backend yet, it said what tiers or profiles were missing, never that the backend takes
+    # no --command: the user fixed the profiles first and was refused again.
+    args = ["loop", "add", "bad", "--every", "1m", "--command", "true", "--prompt", "x", "--backend", "openai_compat"]
+    assert_refused(daemon, args, 2, "the openai_compat backend takes no --command")
+    # A metered profile of it, outside a loop's default tiers: the refusal was about tiers.
+    daemon.cli("profile", "add", "cmd-metered", "--backend", "openai_compat", "--base-url", "http://127.0.0.1:9/v1",
+               "--model", "m", "--tier", "metered")  # fmt: skip
+    try:
+        assert_refused(daemon, args, 2, "the openai_compat backend takes no --command")
+    finally:
+        daemon.cli("profile", "rm", "cmd-metered")
