@@ -66,6 +66,7 @@ class ProfileView:
     # Its room is taken by attempts under way (they may end using less): `room_at` is only a bound, and an attempt's
     # end is the moment to look again (`Executor.room_freed`).
     room_pending: bool = False
+    typical_cost: float | None = None  # what one of its attempts costs, going by its recent ones (None: not known)
 
 
 @dataclass(frozen=True)
@@ -349,6 +350,13 @@ class Router:
                 yield Finish("failed", reason, last.error_class if last else None, over_cost, back_at)
                 return
             waited = None
+            unaffordable = self._unaffordable(world, chosen)
+            if unaffordable:
+                if last is not None:
+                    unaffordable = f"{unaffordable}; last: {_describe(last)}"
+                self.note(now, "stop", unaffordable)
+                yield Finish("failed", unaffordable, last.error_class if last else None)
+                return
             number += 1
             attempt = next(self.numbers) if self.numbers is not None else number
             cost_left = None if policy.max_cost is None else max(0.0, policy.max_cost - self.spent_cost)
@@ -369,6 +377,8 @@ class Router:
             key = (chosen.step, chosen.profile)
             if result.outcome == "succeeded":
                 self.note(world.now, "outcome", "succeeded", chosen, number=attempt)
+                if over := self._over_budget():  # still a success, but the run's record says what it cost
+                    self.note(world.now, "budget", f"{over.removeprefix('budget: ')}: its last attempt passed it")
                 yield Finish("succeeded")
                 return
             error_class = result.error_class or "unknown"
@@ -477,6 +487,21 @@ class Router:
         # Waiting anyway: an open circuit of a step scanned that half-opens sooner is worth its probe (not waited for
         # alone: a provider's outage fails the run, saying when it comes back).
         return None, resets + _half_opens(passed_all, out) if resets else [], passed_all
+
+    def _unaffordable(self, world: World, chosen: Candidate) -> str | None:
+        """`budget: …` when what the run has left of its --max-cost would not pay for an attempt on `chosen` at what its
+        attempts cost: a repair round started with $0.18 left where each cost $0.82, on a backend that takes no cost
+        cap. Not for a run's first attempt, which the budget is passed down to where the backend can enforce it."""
+        p = self.policy
+        view = world.profiles.get(chosen.profile)
+        typical = view.typical_cost if view is not None else None
+        if p.max_cost is None or not self.spent_cost or typical is None:
+            return None
+        left = p.max_cost - self.spent_cost
+        if typical <= left * (1 + 1e-9):
+            return None
+        return (f"budget: {usd(max(0.0, left))} left of the run's {usd(p.max_cost)}, and an attempt on "
+                f"{chosen.profile} costs about {usd(typical)}")  # fmt: skip
 
     def _over_budget(self) -> str | None:
         p = self.policy

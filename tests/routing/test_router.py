@@ -192,8 +192,11 @@ def test_a_run_over_budget_after_its_last_rejection_says_both() -> None:
     finish = drive.run()
     assert finish.status == "failed" and finish.error_class == "capability"
     assert finish.reason == "budget: spent $1.20 of the run's $1.00; last: capability: capability (test)"
-    drive = Drive(Policy(chain, max_cost=1.0), {"qwen": [OK]})
+    drive = Drive(Policy(chain, max_cost=0.4), {"qwen": [OK]})
     assert drive.run().status == "succeeded"  # a success that went over is still a success
+    # ... and its route says so (`runs show` said nothing of the budget).
+    assert drive.router.trail[-1]["kind"] == "budget"
+    assert drive.router.trail[-1]["detail"] == "spent $0.50 of the run's $0.40: its last attempt passed it"
 
 
 def test_transient_retries_back_off_with_full_jitter_within_the_cap() -> None:
@@ -473,3 +476,17 @@ def test_a_candidate_rate_limited_again_after_each_reset_rests_longer_each_time(
     gaps = [round((b - a).total_seconds()) for a, b in pairwise(tried_at)]
     assert gaps[:6] == [2, 3, 5, 9, 17, 33], gaps  # the reset's 1 s, then at least 2, 4, 8 … s (+1 s an attempt)
     assert gaps == sorted(gaps) and max(gaps) == 901  # to a cap of 15 minutes
+
+
+def test_an_attempt_the_budget_left_cannot_pay_for_is_not_started() -> None:
+    # A repair round started with $0.18 left of a $1.00 run whose attempts cost about $0.82 on that profile (nothing
+    # could stop it on a backend that takes no cost cap): it ended "spent $1.64 of the run's $1.00".
+    chain = (ChainStep("openai_compat", ("qwen",)),)
+    profiles = {"qwen": replace(PROFILES["qwen"], typical_cost=0.82)}
+    drive = Drive(Policy(chain, max_cost=1.0, repairs=1), {"qwen": [fail("capability", cost=0.82)]}, profiles)
+    finish = drive.run()
+    assert drive.tried == ["qwen"]
+    assert finish.status == "failed" and finish.reason is not None
+    assert finish.reason.startswith("budget: $0.18 left of the run's $1.00, and an attempt on qwen costs about $0.82")
+    # The first attempt is not judged by it (the budget is passed down where the backend can enforce it).
+    assert Drive(Policy(chain, max_cost=0.5), {"qwen": [OK]}, profiles).run().status == "succeeded"
