@@ -358,11 +358,13 @@ class Executor:
         slot.done.set()
 
     async def _over_daily_cost(self, loop: Loop, now: datetime) -> str | None:
-        """`budget: …` when the loop has spent its --daily-cost in the last 24 h."""
+        """`budget: …` when the loop has spent its --daily-cost in the last 24 h, or a run at what its latest one cost
+        would pass it."""
         if loop.daily_cost is None:
             return None
-        spent = await self.attempts.loop_cost_since(loop.name, day_since(now, loop.created_at))
-        return daily_cost_text(spent, loop.daily_cost)
+        since = day_since(now, loop.created_at)
+        spent = await self.attempts.loop_cost_since(loop.name, since)
+        return daily_cost_text(spent, loop.daily_cost, await self.attempts.loop_last_run_cost(loop.name, since))
 
     async def _execute(self, loop: Loop, run: Run, slot: ActiveRun) -> None:
         # Its file is made by the first attempt's launch thread (off the event loop), else by its first note.

@@ -266,14 +266,16 @@ class Scheduler:
         now = self.clock()
         newest = await self.executor.runs.list(loop=loop.name, since=loop.created_at, limit=1)
         slot = self.executor.running(loop)
-        spent = eases = None
+        spent = eases = run_cost = None
         if loop.daily_cost is not None:
-            costs = await self.executor.attempts.loop_costs_since(loop.name, day_since(now, loop.created_at))
-            spent, eases = sum(cost for _, cost in costs), daily_cost_eases(costs, loop.daily_cost)
+            since = day_since(now, loop.created_at)
+            costs = await self.executor.attempts.loop_costs_since(loop.name, since)
+            run_cost = await self.executor.attempts.loop_last_run_cost(loop.name, since)
+            spent, eases = sum(cost for _, cost in costs), daily_cost_eases(costs, loop.daily_cost, run_cost)
         problems = await self._path_problems(loop)
         facts = LoopFacts(
             loop, newest[0] if newest else None, slot.run_id if slot else None, slot.wait_until if slot else None,
-            spent, eases, usable_profiles, problems[0] if problems else None,
+            spent, eases, usable_profiles, problems[0] if problems else None, run_cost,
         )  # fmt: skip
         return why_not(facts, now)
 

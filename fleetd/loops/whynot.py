@@ -43,6 +43,7 @@ class LoopFacts:
     usable_profiles: int | None = None
     # its --dir or --prompt-file that a run cannot use now: (option, what is wrong), `model.path_problems`'s first
     path_problem: tuple[str, str] | None = None
+    run_cost: float | None = None  # what its latest run that cost anything cost (loops with --daily-cost)
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,8 @@ def why_not(facts: LoopFacts, now: datetime) -> NotFiring | None:
             if loop.daily_cost is None:
                 text += " (not so now: its --daily-cost was cleared, its next fire runs)"
                 until = None
-            elif facts.spent_24h is not None and daily_cost_text(facts.spent_24h, loop.daily_cost) is None:
+            elif facts.spent_24h is not None and daily_cost_text(facts.spent_24h, loop.daily_cost,
+                                                                 facts.run_cost) is None:  # fmt: skip
                 text += " (not so now: within its --daily-cost, its next fire runs)"
                 until = None
         return NotFiring(last.skip_reason, text, since=last.scheduled_at, until=until, run_id=last.id)
@@ -99,7 +101,7 @@ def why_not(facts: LoopFacts, now: datetime) -> NotFiring | None:
             return NotFiring("at_past", f"one-shot --at {loop.schedule.expr} {done}", since=loop.last_fire_at)
         return NotFiring("no_next_fire", f"the schedule {loop.schedule.describe()} has no fire left")
     if loop.daily_cost is not None and facts.spent_24h is not None:
-        over = daily_cost_text(facts.spent_24h, loop.daily_cost)
+        over = daily_cost_text(facts.spent_24h, loop.daily_cost, facts.run_cost)
         if over is not None:
             return NotFiring("over_daily_cost", f"its next fire will be skipped: {over}", until=facts.spend_eases_at)
     if facts.path_problem is not None:

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Literal
 
-from fleetd.records.money import DAY, usd_apart
+from fleetd.records.money import DAY, usd, usd_apart
 from fleetd.timefmt import local_text
 
 SkipReason = Literal["overlap", "waiting", "over_daily_cost", "shutting_down", "daemon_down", "woke_late"]
@@ -57,22 +57,29 @@ def skip_text(reason: SkipReason, count: int, blocking_run: int | None, until: d
     raise ValueError(f"no text for skip reason {reason!r}")  # over_daily_cost: daily_cost_text
 
 
-def daily_cost_eases(costs: Sequence[tuple[datetime, float]], daily_cost: float) -> datetime | None:
-    """When a loop over its --daily-cost is under it again, should it spend nothing more: 24 h after the cost (of
-    `costs`, its last 24 h's, oldest first) whose leaving the window takes it under. None: it is under already."""
+def daily_cost_eases(
+    costs: Sequence[tuple[datetime, float]], daily_cost: float, run_cost: float | None = None
+) -> datetime | None:
+    """When a loop over its --daily-cost is under it again (with room for a run at `run_cost`), should it spend nothing
+    more: 24 h after the cost (of `costs`, its last 24 h's, oldest first) whose leaving the window makes that room.
+    None: there is room already."""
     left = sum(cost for _, cost in costs)
-    if daily_cost_text(left, daily_cost) is None:
+    if daily_cost_text(left, daily_cost, run_cost) is None:
         return None
     for at, cost in costs:
         left -= cost
-        if daily_cost_text(left, daily_cost) is None:
+        if daily_cost_text(left, daily_cost, run_cost) is None:
             return at + DAY
     return None  # not reached: with every cost gone, nothing is spent
 
 
-def daily_cost_text(spent: float, daily_cost: float) -> str | None:
-    """`budget: …` when the loop has spent its --daily-cost (the one place that decides it), else None."""
-    if spent < daily_cost:
-        return None
+def daily_cost_text(spent: float, daily_cost: float, run_cost: float | None = None) -> str | None:
+    """`budget: …` when the loop has spent its --daily-cost, or a run at `run_cost` (what its latest one cost) would
+    pass it (the one place that decides it), else None. A run over the cap alone is let in when nothing is spent."""
     shown, cap = usd_apart(spent, daily_cost)
-    return f"budget: the loop spent {shown} of its {cap} daily cost in the last 24 h"
+    if spent >= daily_cost:
+        return f"budget: the loop spent {shown} of its {cap} daily cost in the last 24 h"
+    if run_cost and spent and spent + min(run_cost, daily_cost) > daily_cost * (1 + 1e-9):
+        return (f"budget: the loop spent {shown} of its {cap} daily cost in the last 24 h, and a run of it costs about "
+                f"{usd(run_cost)}")  # fmt: skip
+    return None

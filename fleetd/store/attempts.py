@@ -155,6 +155,16 @@ class AttemptStore:
         )
         return [(from_iso(r["started_at"]), float(r["cost_usd"])) for r in rows]  # type: ignore[misc]
 
+    async def loop_last_run_cost(self, loop: str, since: datetime) -> float | None:
+        """What the loop's latest run since then that cost anything cost, all its attempts (USD): what its next run
+        is expected to cost against its --daily-cost. None: none did."""
+        row = await self.db.fetchone(
+            f"SELECT sum(a.cost_usd) AS cost {_LOOP_ATTEMPTS_SINCE} GROUP BY a.run_id HAVING cost > 0 "
+            "ORDER BY a.run_id DESC LIMIT 1",
+            (loop, to_iso(since)),
+        )
+        return float(row["cost"]) if row else None
+
     async def loop_cost_since(self, loop: str, since: datetime) -> float:
         """What a loop's runs cost since then (USD), every attempt included."""
         row = await self.db.fetchone(

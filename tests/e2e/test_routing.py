@@ -171,6 +171,28 @@ def test_the_run_budget_is_passed_down_and_the_daily_cost_skips_fires(routed: Da
     assert any(e["type"] == "budget.exceeded" for e in events(d))
 
 
+def test_a_fire_whose_run_would_pass_the_loops_daily_cost_is_skipped(routed: Daemon) -> None:
+    # A loop with `--daily-cost 1` ran twice at $0.82 each ("spent $1.64 of its $1.00"): the cap was checked against
+    # what was spent only, never against what the next run would add.
+    d = routed
+    d.cli("profile", "add", "cc-pricey", "--backend", "claude_code")
+    scenario(d, "cc-pricey", "ok")  # $0.0009104 a run
+    d.cli("loop", "add", "twice", "--every", "1h", "--paused", "--backend", "claude_code", "--profile", "cc-pricey",
+          "--prompt", "x", "--daily-cost", "0.0015")  # fmt: skip
+    assert run(d, "twice")["status"] == "succeeded"
+    second = json.loads(d.cli("loop", "run", "twice", "--json", check=False).stdout)
+    assert second["status"] == "skipped", second
+    assert second["error"] == ("budget: the loop spent $0.00091 of its $0.0015 daily cost in the last 24 h, and a "
+                               "run of it costs about $0.00091")  # fmt: skip
+    d.cli("loop", "resume", "twice")  # (its next fire is an hour away)
+    try:
+        shown = d.json("loop", "show", "twice")["not_firing"]
+        assert shown["reason"] == "over_daily_cost" and shown["until"] is not None, shown
+        assert "not so now" not in shown["message"], shown
+    finally:
+        d.cli("loop", "pause", "twice")
+
+
 def test_bad_routing_input_is_refused_with_one_line(routed: Daemon) -> None:
     d = routed
     cases = [

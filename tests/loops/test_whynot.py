@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from fleetd.loops.whynot import LoopFacts, usable_at_next_run, why_not
-from fleetd.records.fire import daily_cost_eases
+from fleetd.records.fire import daily_cost_eases, daily_cost_text
 from fleetd.records.loop import Loop, Schedule
 from fleetd.records.run import Run
 
@@ -314,3 +314,14 @@ def test_a_candidate_resting_until_a_reset_counts_for_the_next_run() -> None:
     assert usable_at_next_run(circuit, NOW + M) == 0  # type: ignore[arg-type]
     disabled = [(step, [], [Passed(0, "c1", "disabled by hand")])]
     assert usable_at_next_run(disabled, nxt) == 0  # type: ignore[arg-type]
+
+
+def test_a_loop_whose_next_run_would_pass_its_daily_cost_is_over_it_until_room_for_that_run() -> None:
+    costs = [(NOW - 20 * 60 * M, 0.5), (NOW - 60 * M, 0.25)]  # $0.75 of $1.00, and a run costs about $0.5
+    assert daily_cost_text(0.75, 1.0) is None
+    assert daily_cost_text(0.75, 1.0, 0.5) == (
+        "budget: the loop spent $0.75 of its $1.00 daily cost in the last 24 h, and a run of it costs about $0.50"
+    )
+    assert daily_cost_text(0.5, 1.0, 0.5) is None  # it fits, just
+    assert daily_cost_eases(costs, 1.0, 0.5) == NOW - 20 * 60 * M + 24 * 60 * M  # $0.25 left: room for $0.50
+    assert daily_cost_text(0.0, 1.0, 3.0) is None  # a run over the cap alone: let in when nothing is spent
