@@ -411,9 +411,13 @@ class Router:
                         floor = min(RATE_LIMIT_REST_CAP_S, 2.0 ** (limited[key] - 1))
                         rest = max(rest, world.now + timedelta(seconds=floor))
                     resting[key] = rest
+                    onward = ("another candidate of its step, else a wait for the first reset (--on-exhausted wait)"
+                              if policy.on_exhausted == "wait" else "trying the next candidate")  # fmt: skip
+                    self.note(world.now, "next", f"{chosen.profile}: {error_class}, resting until "
+                              f"{local_text(rest)}; {onward}", chosen)  # fmt: skip
                 else:
                     out[key] = error_class
-                self.note(world.now, "next", f"{chosen.profile}: {error_class}; trying the next candidate", chosen)
+                    self.note(world.now, "next", f"{chosen.profile}: {error_class}; trying the next candidate", chosen)
             elif action == "next_step":
                 findings = result.message or findings
                 repairs[key] = repairs.get(key, 0) + 1

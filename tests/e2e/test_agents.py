@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import stat
 import tempfile
@@ -121,7 +122,7 @@ def test_usage_limit_fails_over_to_the_next_profile_and_scrubs_its_key(agents: D
     assert api_call["env"]["ANTHROPIC_API_KEY"] == SECRET
     log = d.cli("runs", "logs", str(run["id"])).stdout
     assert "key=[REDACTED]" in log and SECRET not in log
-    assert "route: cc_limited: rate_limited; trying the next candidate" in log
+    assert re.search(r"route: cc_limited: rate_limited, resting until [^;]+; trying the next candidate", log), log
     for path in d.home.rglob("*"):
         if path.is_file() and path.name != "secrets.json":
             assert SECRET.encode() not in path.read_bytes(), path

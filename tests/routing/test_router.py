@@ -490,3 +490,14 @@ def test_an_attempt_the_budget_left_cannot_pay_for_is_not_started() -> None:
     assert finish.reason.startswith("budget: $0.18 left of the run's $1.00, and an attempt on qwen costs about $0.82")
     # The first attempt is not judged by it (the budget is passed down where the backend can enforce it).
     assert Drive(Policy(chain, max_cost=0.5), {"qwen": [OK]}, profiles).run().status == "succeeded"
+
+
+def test_a_rate_limit_under_on_exhausted_wait_does_not_say_it_tries_the_next_candidate() -> None:
+    # `runs show` said "p429: rate_limited; trying the next candidate", then waited for the reset: there was none.
+    chain = (ChainStep("claude_code", ("cc-a",)),)
+    reset = T0 + timedelta(minutes=30)
+    drive = Drive(Policy(chain, on_exhausted="wait"), {"cc-a": [fail("rate_limited", reset_at=reset), OK]})
+    assert drive.run().status == "succeeded"
+    [moved] = [e["detail"] for e in drive.router.trail if e["kind"] == "next"]
+    assert moved.startswith("cc-a: rate_limited, resting until ") and "trying the next candidate" not in moved, moved
+    assert moved.endswith("; another candidate of its step, else a wait for the first reset (--on-exhausted wait)")
