@@ -13,6 +13,7 @@ failure after it ends the stream with the protocol's error event (never a second
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import logging
@@ -106,6 +107,7 @@ class Proxy:
         self.recorder = Recorder(self._attempts_finished, record_calls, self._written, journal, self._refused)
         self.journal = self.recorder.journal
         self.holds = Holds()
+        self.stopping = False  # the daemon stops: what is cancelled from now is the stop's grace running out
         self._rng = (
             random.Random()
         )  # one for every call's backoff jitter: seeding one per call costs more than the rest
@@ -569,7 +571,16 @@ class StreamAnswer:
         except asyncio.CancelledError:
             # A stop's grace ran out: what it used so far counts, and not as the provider's fault.
             outcome, error = "interrupted", "the daemon stopped while the stream was under way"
-            raise
+            if not self.proxy.stopping:
+                raise
+            # The client is told in the protocol's error event (uvicorn would log the cancellation's traceback, and
+            # the stream would just stop): the task goes on only to say so and record it.
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            with contextlib.suppress(Exception):
+                event = self.req.protocol.error_event("fleetd gateway: the daemon is stopping; the stream was cut")
+                await asyncio.wait_for(send({"type": "http.response.body", "body": event, "more_body": False}), 1.0)
         finally:
             watcher.cancel()
             _done(self.response)

@@ -127,6 +127,8 @@ class GatewayService:
     async def stop(self, grace: float | None = None) -> None:
         """Stop listening; calls in flight get `grace` seconds (None: all they take)."""
         self.stopping = True  # what is cut after that is the stop's doing (app.py answers it)
+        if self._proxy is not None:
+            self._proxy.stopping = True
         if self.listener is not None:
             await self.listener.stop(grace)
         if self._proxy is not None:

@@ -707,6 +707,61 @@ def _breaking_server() -> int:
     return int(server.getsockname()[1])
 
 
+def _stalling_server(hold_s: float) -> int:
+    """A provider that sends the first event of a stream, then nothing more for `hold_s` seconds (a long answer)."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+
+    def serve() -> None:
+        while True:
+            conn, _ = server.accept()
+            with conn:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    data += conn.recv(65536)
+                event = b'data: {"first": true}\n\n'
+                conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+                             + b"%x\r\n%s\r\n" % (len(event), event))  # fmt: skip
+                time.sleep(hold_s)
+
+    threading.Thread(target=serve, daemon=True).start()
+    return int(server.getsockname()[1])
+
+
+def test_a_stream_the_stops_grace_cuts_ends_with_an_error_event_and_no_traceback(short_home: Path) -> None:
+    # uvicorn cancelled it and logged "Exception in ASGI application" with a CancelledError's traceback.
+    port = _stalling_server(30)
+    d = Daemon(short_home / "home", "--gateway", "127.0.0.1:0", "--stop-grace", "1s", "--kill-grace", "0.5s")
+    d.env["FLEETD_SECRET_STORE"] = "file"
+    d.start()
+    try:
+        d.cli("profile", "add", "stall", "--backend", "openai_compat", "--base-url", f"http://127.0.0.1:{port}/v1",
+              "--model", "m", "--api-key-stdin", input=KEYS["1"] + "\n")  # fmt: skip
+        d.cli("route", "add", "stall", "--chain", "stall", "--timeout", "60s")
+        key = d.json("gateway", "key", "add", "st")["key"]
+        url = d.json("gateway", "status")["url"]
+        body = {"model": "stall", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+        got: list[bytes] = []
+        with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=30,
+                          headers={"authorization": f"Bearer {key}"}) as s:  # fmt: skip
+            chunks = s.iter_raw()
+            got.append(next(chunks))  # the first event: the stream is under way
+            stopper = threading.Thread(target=d.stop)
+            stopper.start()
+            with contextlib.suppress(httpx.HTTPError):
+                got.extend(chunks)
+            stopper.join(15)
+        raw = b"".join(got)
+        assert raw.startswith(b'data: {"first"') and b"fleetd gateway: the daemon is stopping" in raw, raw
+        assert "Traceback" not in d.log_text() and "Exception in ASGI application" not in d.log_text(), d.log_text()
+        d.start()
+        [row] = d.json("gateway", "calls")
+        assert row["outcome"] == "interrupted", row
+    finally:
+        d.stop()
+
+
 def test_a_profiles_request_limit_counts_the_calls_under_way(gw: Gateway) -> None:
     # Calls in flight together each saw the limit as it was before any of them ended: a `1d=30req` profile took 31.
     for n, provider, limit in (("1", gw.p1, ["--limit", "1d=2req"]), ("2", gw.p2, [])):
