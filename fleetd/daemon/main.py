@@ -138,6 +138,16 @@ class OwnedLogFile(logging.handlers.RotatingFileHandler):
         os.chmod(path, 0o600)  # it may quote prompts and errors
         self._point_std_streams()
 
+    def shouldRollover(self, record: logging.LogRecord) -> bool:
+        # The stdlib's asks the filesystem twice per record whether its file is a regular one (it may be /dev/null):
+        # two syscalls on the event loop for every run's line. This one is the daemon's own file: its offset is enough.
+        if self.stream is None:
+            self.stream = self._open()
+        if self.maxBytes <= 0:
+            return False
+        at = self.stream.tell()
+        return bool(at) and at + len(self.format(record)) + 1 >= self.maxBytes
+
     def doRollover(self) -> None:
         super().doRollover()
         if self.stream is not None:
