@@ -187,6 +187,10 @@ class Executor:
     ) -> None:
         self.backoff_base = backoff_base
         self.work_dir = work_dir  # where a loop without --dir runs (by its name); None: the daemon's cwd
+        # Those made (or found) already, by loop name: a run's way to its spawn asks the filesystem nothing more. One
+        # deleted since is made again as the run finds it gone (`_process_attempt`).
+        self._workdirs: dict[str, str] = {}
+        self._own_workdirs: set[str] = set()
         self.runs = runs
         self.events = events
         self.attempts = attempts
@@ -412,10 +416,14 @@ class Executor:
         wherever the daemon was started), created 0700."""
         if loop.workdir is not None or self.work_dir is None:
             return loop
-        path = self.work_dir(loop.name)
-        if not path.is_dir():  # one stat when it exists (every run but the first): no thread's round trip
-            await asyncio.to_thread(_private_dirs, path)
-        return replace(loop, workdir=str(path))
+        known = self._workdirs.get(loop.name)
+        if known is None:
+            path = self.work_dir(loop.name)
+            if not path.is_dir():
+                await asyncio.to_thread(_private_dirs, path)
+            known = self._workdirs[loop.name] = str(path)
+            self._own_workdirs.add(known)
+        return replace(loop, workdir=known)
 
     async def stop(self, run_id: int, *, kill: bool = False, reason: str) -> bool:
         """Stop run `run_id` and its whole process tree: SIGTERM, the kill grace, SIGKILL (`kill`: SIGKILL
@@ -1078,6 +1086,8 @@ class Executor:
         except FleetdError as e:
             runlog.note(e.message)
             return AttemptEnd(ParsedOutput("failed", "contract", message=e.message))
+        if spec.cwd and not os.path.isdir(spec.cwd) and spec.cwd in self._own_workdirs:
+            await asyncio.to_thread(_private_dirs, Path(spec.cwd))  # fleetd's own, deleted since: made again
         if spec.cwd and not os.path.isdir(spec.cwd):
             runlog.note(f"working directory not found: {spec.cwd}")
             return AttemptEnd(ParsedOutput("failed", "contract", message=f"working directory not found: {spec.cwd}"))

@@ -7,6 +7,7 @@ import json
 import os
 import queue
 import select
+import shutil
 import signal
 import socket
 import sqlite3
@@ -163,6 +164,11 @@ def test_a_loop_without_dir_runs_in_its_own_directory_under_the_home(make_daemon
     assert d.cli("runs", "logs", str(run["id"])).stdout.split() == [str(work), f"PWD={work}"]
     assert (work / "made-here").exists()
     assert stat.S_IMODE(os.stat(work).st_mode) == 0o700 and stat.S_IMODE(os.stat(work.parent).st_mode) == 0o700
+    # Deleted since (a clean-up of the home): made again for the next run, not its "working directory not found".
+    shutil.rmtree(work.parent)
+    again = d.wait_run(d.json("loop", "run", "homeless")["id"])
+    assert again["status"] == "succeeded", again
+    assert (work / "made-here").exists() and stat.S_IMODE(os.stat(work).st_mode) == 0o700
     assert d.json("loop", "show", "homeless")["dir"] is None  # the loop itself is unchanged
 
 
