@@ -82,6 +82,9 @@ class Adapter(Protocol):
     # True where the CLI has no setting to stop its own retrying: the attempt then ends at the first
     # line of live output that proves a failure (`live_failure`) instead of sitting out minutes of retries.
     end_on_live_failure: bool
+    # True where the CLI stops itself at the budget it is given (`AttemptContext.cost_left`): a run's --max-cost holds
+    # there whatever an attempt would cost, so the router need not look ahead for it.
+    takes_cost_cap: bool
     # The program that must be on the daemon's PATH (`fleetd doctor`, `loop add`'s warning); None: none.
     executable: str | None
 

@@ -30,6 +30,7 @@ class ClaudeCodeAdapter(AgentCli):
     name = "claude_code"
     executable = "claude"
     uses_config_dir = True
+    takes_cost_cap = True  # `--max-budget-usd` (build)
 
     def profile_env(self, profile: Profile, secret: str | None) -> EnvChange:
         env = {"CLAUDE_CONFIG_DIR": profile.config_dir}

@@ -20,6 +20,7 @@ class AdapterDefaults:
     executable: str | None = None  # nothing to find on PATH
     auth: AuthKind = "login"
     stderr_apart = True  # a CLI's errors and its answer are told apart (ProcessAdapter.stderr_apart)
+    takes_cost_cap = False  # (Adapter.takes_cost_cap)
 
     def auth_problem(self, profile: Profile) -> str | None:
         if profile.has_secret or self.auth == "login":

@@ -726,7 +726,6 @@ class Heartbeat:
                     circuit=circuit.state,
                     circuit_until=circuit.open_until,
                     probe_taken=profile.name in self.probing,
-                    typical_cost=typical.cost_usd if (typical := self.typical(profile.name)) else None,
                 )
             return views
 

@@ -66,7 +66,9 @@ class ProfileView:
     # Its room is taken by attempts under way (they may end using less): `room_at` is only a bound, and an attempt's
     # end is the moment to look again (`Executor.room_freed`).
     room_pending: bool = False
-    typical_cost: float | None = None  # what one of its attempts costs, going by its recent ones (None: not known)
+    # What one of its attempts costs, going by its recent ones, where its backend cannot be held to what a run's
+    # --max-cost has left (None: not known yet, or its CLI stops itself at the budget it is given).
+    attempt_cost: float | None = None
 
 
 @dataclass(frozen=True)
@@ -264,6 +266,7 @@ class Router:
     trail: list[dict[str, Any]] = field(default_factory=list)
     spent_cost: float = 0.0
     spent_tokens: int = 0
+    _unaffordable_seen: str | None = None  # the last choice passed one over for what the budget left (`_choose`)
     role: str = "work"  # what its attempts do: `review` for the reviewer agent's own router
     # The run's attempt numbers, shared by its worker's router and its reviewers': a Try's number, and the route's,
     # is then the attempt's in the run's list (each router counting its own gave a review "review 1" beside attempt 2).
@@ -338,7 +341,9 @@ class Router:
                     waited = WaitUntil(until, same, waiting_on, pending)
                     world = (yield waited).world
                     continue
-                if last is not None and last.error_class == "capability":
+                if self._unaffordable_seen is not None:  # only what the budget left could not pay for was left
+                    reason = self._unaffordable_seen + (f"; last: {_describe(last)}" if last is not None else "")
+                elif last is not None and last.error_class == "capability":
                     reason = f"rejected: {last.message}" if last.message else "rejected"
                 else:
                     reason = _nothing_left(passed_all, out, last)
@@ -350,13 +355,6 @@ class Router:
                 yield Finish("failed", reason, last.error_class if last else None, over_cost, back_at)
                 return
             waited = None
-            unaffordable = self._unaffordable(world, chosen)
-            if unaffordable:
-                if last is not None:
-                    unaffordable = f"{unaffordable}; last: {_describe(last)}"
-                self.note(now, "stop", unaffordable)
-                yield Finish("failed", unaffordable, last.error_class if last else None)
-                return
             number += 1
             attempt = next(self.numbers) if self.numbers is not None else number
             cost_left = None if policy.max_cost is None else max(0.0, policy.max_cost - self.spent_cost)
@@ -455,6 +453,7 @@ class Router:
         attempts under way take, and the step's index). `waited`: the run is looking again while it waits."""
         resets: list[tuple[datetime, bool, int]] = []
         passed_all: list[Passed] = []
+        self._unaffordable_seen = None
         for index, step in enumerate(self.policy.chain):
             if index in rejected_steps:
                 continue
@@ -480,6 +479,12 @@ class Router:
                 if key in resting and resting[key] > world.now:
                     step_resets.append((resting[key], False, index))
                     continue
+                if unaffordable := self._unaffordable(world, c):  # passed over: a cheaper one may fit
+                    if (c.step, c.profile, unaffordable) not in told:
+                        told.add((c.step, c.profile, unaffordable))
+                        self.note(world.now, "skip", f"{c.profile}: {unaffordable}", step=c.step + 1, profile=c.profile)
+                    self._unaffordable_seen = self._unaffordable_seen or unaffordable
+                    continue
                 usable.append(c)
             if again is not None:
                 usable.sort(key=lambda c: (c.step, c.profile) != again)
@@ -494,11 +499,11 @@ class Router:
 
     def _unaffordable(self, world: World, chosen: Candidate) -> str | None:
         """`budget: …` when what the run has left of its --max-cost would not pay for an attempt on `chosen` at what its
-        attempts cost: a repair round started with $0.18 left where each cost $0.82, on a backend that takes no cost
-        cap. Not for a run's first attempt, which the budget is passed down to where the backend can enforce it."""
+        attempts cost (`ProfileView.attempt_cost`: known, and its backend cannot be held to the budget): a repair round
+        started with $0.18 left where each cost $0.82. Not for a run's first attempt: that is what the budget is for."""
         p = self.policy
         view = world.profiles.get(chosen.profile)
-        typical = view.typical_cost if view is not None else None
+        typical = view.attempt_cost if view is not None else None
         if p.max_cost is None or not self.spent_cost or typical is None:
             return None
         left = p.max_cost - self.spent_cost

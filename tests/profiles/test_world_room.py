@@ -193,3 +193,9 @@ def test_runs_on_a_fresh_profile_with_a_daily_cost_go_one_at_a_time_until_one_ha
     assert second.no_room == (
         "$0.00 of its $1.00 daily cost spent, 1 attempt(s) under way, what one costs not known yet"
     )
+
+
+def test_a_run_looks_ahead_only_where_the_cli_cannot_be_held_to_its_budget(tmp_path: Path) -> None:
+    # Claude Code is given what the run has left (`--max-budget-usd`) and stops itself there: a repair that resumes a
+    # session costs less than the profile's median attempt, and the look ahead would have refused it.
+    assert _capped_view(tmp_path / "cc", 0.10).attempt_cost is None

@@ -482,7 +482,7 @@ def test_an_attempt_the_budget_left_cannot_pay_for_is_not_started() -> None:
     # A repair round started with $0.18 left of a $1.00 run whose attempts cost about $0.82 on that profile (nothing
     # could stop it on a backend that takes no cost cap): it ended "spent $1.64 of the run's $1.00".
     chain = (ChainStep("openai_compat", ("qwen",)),)
-    profiles = {"qwen": replace(PROFILES["qwen"], typical_cost=0.82)}
+    profiles = {"qwen": replace(PROFILES["qwen"], attempt_cost=0.82)}
     drive = Drive(Policy(chain, max_cost=1.0, repairs=1), {"qwen": [fail("capability", cost=0.82)]}, profiles)
     finish = drive.run()
     assert drive.tried == ["qwen"]
@@ -501,3 +501,16 @@ def test_a_rate_limit_under_on_exhausted_wait_does_not_say_it_tries_the_next_can
     [moved] = [e["detail"] for e in drive.router.trail if e["kind"] == "next"]
     assert moved.startswith("cc-a: rate_limited, resting until ") and "trying the next candidate" not in moved, moved
     assert moved.endswith("; another candidate of its step, else a wait for the first reset (--on-exhausted wait)")
+
+
+def test_a_candidate_the_budget_left_cannot_pay_for_is_passed_over_for_one_it_can() -> None:
+    # The look ahead ended the run at the first candidate it could not pay for, a cheaper one of the step untried.
+    chain = (ChainStep("claude_code", ("cc-a", "cc-b")),)
+    profiles = {**PROFILES, "cc-a": replace(PROFILES["cc-a"], attempt_cost=0.82),
+                "cc-b": replace(PROFILES["cc-b"], attempt_cost=0.05)}  # fmt: skip
+    drive = Drive(Policy(chain, max_cost=1.0, retries=1), {"cc-a": [fail("transient", cost=0.30)], "cc-b": [OK]},
+                  profiles)  # fmt: skip
+    assert drive.run().status == "succeeded"
+    assert drive.tried == ["cc-a", "cc-b"]
+    skips = [e["detail"] for e in drive.router.trail if e["kind"] == "skip"]
+    assert skips == ["cc-a: budget: $0.70 left of the run's $1.00, and an attempt on cc-a costs about $0.82"]
