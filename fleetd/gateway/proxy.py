@@ -446,7 +446,9 @@ class Proxy:
         # Written after, with others (recorder.py): the next call need not wait. A stream cut by a stop, or left by its
         # client (gone, or reading nothing), counts its use: the provider answered, and did not fail.
         if outcome in ("succeeded", "interrupted") or client_left:
-            parsed = ParsedOutput("succeeded", usage=usage, model=call.model)
+            # Only a success is the provider's: one cut short (by a stop, or its client) says nothing of it, as for an
+            # attempt a run's stop cut (`unknown`: its use counts; its profile's state and circuit stay as they were).
+            parsed = ParsedOutput("succeeded" if outcome == "succeeded" else "unknown", usage=usage, model=call.model)
             if not counted_apart:  # a stream's: it ends here, with no await since it stopped being under way
                 self.profiles.unrecorded(profile, usage.total, cost or 0.0)
             # A call that succeeded: what the route's calls cost (not one its client left: it may be a part of that).
