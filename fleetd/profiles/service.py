@@ -157,6 +157,9 @@ class ProfileService:
         self.clock = clock
         # Each capped profile's cost in the last 24 h as `world` last read it, and when that read began (monotonic).
         self._spent: dict[str, tuple[float, float]] = {}
+        # When each profile over its daily cost has room again, by the spend and attempt cost it was found for: the
+        # gateway reads the world four times a second, and the window's costs are read again only when those change.
+        self._cost_room: dict[str, tuple[tuple[float, float, float | None], datetime | None]] = {}
 
     async def add(self, body: dict[str, Any]) -> Profile:
         profile, secret = validate_profile_input(body, self.profiles_dir)
@@ -406,9 +409,14 @@ class ProfileService:
                 typical = self.heartbeat.typical(profile.name)
                 if cost_cap_taken(spent + unrecorded, profile.daily_cost, 0, typical):
                     # Spent: when it has room again, for a run to wait for (read only then: each cost, not a sum).
-                    costs = await self.attempt_costs.profile_costs_since(profile.name, since)
-                    costs += [(now, unrecorded)] if unrecorded else []
-                    cost_room[profile.name] = cost_room_at(costs, profile.daily_cost, typical)
+                    found_for = (spent + unrecorded, profile.daily_cost, typical.cost_usd if typical else None)
+                    known = self._cost_room.get(profile.name)
+                    if known is None or known[0] != found_for:
+                        costs = await self.attempt_costs.profile_costs_since(profile.name, since)
+                        costs += [(now, unrecorded)] if unrecorded else []
+                        known = self._cost_room[profile.name] = (found_for, cost_room_at(costs, profile.daily_cost,
+                                                                                        typical))  # fmt: skip
+                    cost_room[profile.name] = known[1]
         # No await from here on: the attempts under way are counted as they stand when the caller's attempt
         # reserves its profile (the executor reserves before its next await), so two cannot both take the last room.
         for profile in profiles:
