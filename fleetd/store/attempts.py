@@ -158,9 +158,12 @@ class AttemptStore:
     async def loop_last_run_cost(self, loop: str, since: datetime) -> float | None:
         """What the loop's latest run since then that cost anything cost, all its attempts (USD): what its next run
         is expected to cost against its --daily-cost. None: none did."""
+        # The window's runs by `runs_by_loop` (loop, started_at), not the loop's whole history; one under way (its
+        # cost so far) is no run's cost.
         row = await self.db.fetchone(
-            f"SELECT sum(a.cost_usd) AS cost {_LOOP_ATTEMPTS_SINCE} GROUP BY a.run_id HAVING cost > 0 "
-            "ORDER BY a.run_id DESC LIMIT 1",
+            "SELECT sum(a.cost_usd) AS cost FROM runs r JOIN attempts a ON a.run_id = r.id "
+            "WHERE r.loop = ? AND r.started_at >= ? AND r.status NOT IN ('running', 'waiting') "
+            "GROUP BY r.id HAVING cost > 0 ORDER BY r.started_at DESC LIMIT 1",
             (loop, to_iso(since)),
         )
         return float(row["cost"]) if row else None
