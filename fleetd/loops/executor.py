@@ -34,7 +34,7 @@ from fleetd.records.fire import SkipReason, daily_cost_text, skip_text
 from fleetd.records.loop import ChainStep, Loop
 from fleetd.records.money import day_since
 from fleetd.records.profile import Profile
-from fleetd.records.result import ErrorClass, ParsedOutput
+from fleetd.records.result import ErrorClass, ParsedOutput, TokenUsage
 from fleetd.records.run import LoopFire, Run, RunStatus
 from fleetd.records.task import Task
 from fleetd.routing.policy import loop_policy
@@ -989,7 +989,7 @@ class Executor:
         try:
             ending, cost = _written_up(end, attempt_id, finished_at, scrubber, profile)
         except Exception as e:  # a bug in the write-up: the run fails, and its attempt ends, not `running`
-            await self._end_abandoned(attempt_id, run.id, scrubber, e)
+            await self._end_abandoned(attempt_id, run.id, scrubber, e, end.parsed)
             raise
         parsed = end.parsed
         if last:  # nothing reads it before the run's end, which writes it
@@ -1016,15 +1016,19 @@ class Executor:
         end.cost_usd, end.attempt_id, end.number = cost, attempt_id, number
         return end
 
-    async def _end_abandoned(self, attempt_id: int, run_id: int, scrubber: Scrubber, error: Exception) -> None:
+    async def _end_abandoned(
+        self, attempt_id: int, run_id: int, scrubber: Scrubber, error: Exception, read: ParsedOutput | None = None
+    ) -> None:
         """A started attempt that fleetd itself failed in ends `failed`, saying why (best effort: the run's own
-        failure is what its caller records)."""
+        failure is what its caller records), with what its output said it used (`read`), where that was read."""
+        usage = read.usage if read is not None else TokenUsage()
         try:
-            parsed = scrubber.record(ParsedOutput("failed", message=_own_failure(error)))
+            parsed = scrubber.record(ParsedOutput("failed", message=_own_failure(error), usage=usage))
         except Exception:  # the scrubber is what failed: its words cannot be written unscrubbed
-            parsed = ParsedOutput("failed", message="fleetd could not run it")
+            parsed = ParsedOutput("failed", message="fleetd could not run it", usage=usage)
+        cost = read.cost_usd if read is not None else None
         ending = finish_write(attempt_id, finished_at=self.clock(), exit_code=None, parsed=parsed,
-                              error=parsed.message, cost_usd=None)  # fmt: skip
+                              error=parsed.message, cost_usd=cost)  # fmt: skip
         try:
             await asyncio.shield(self.attempts.write_end(ending))
         except Exception as e:

@@ -209,6 +209,26 @@ def test_fleetd_failing_as_it_writes_up_an_attempt_ends_the_attempt_failed(tmp_p
     assert attempt.error == "fleetd could not run it: RuntimeError: fleetd's own bug"
 
 
+def test_an_attempt_fleetd_fails_to_write_up_keeps_what_it_cost(tmp_path: Path, monkeypatch: Any) -> None:
+    """Its end was written with no usage and no cost: the spend dropped out of every budget."""
+    from fleetd.backends.command import CommandAdapter
+    from fleetd.loops import executor
+    from fleetd.records.result import ParsedOutput, TokenUsage
+
+    def costly(*args: object) -> ParsedOutput:
+        return ParsedOutput("failed", "unknown", message="no", usage=TokenUsage(input_tokens=1200), cost_usd=0.42)
+
+    def broken(*args: object) -> str:
+        raise RuntimeError("fleetd's own bug")
+
+    monkeypatch.setattr(CommandAdapter, "interpret", costly)
+    monkeypatch.setattr(executor, "_describe", broken)
+    _, attempts, _ = asyncio.run(_run_to_end(tmp_path, "exit 3"))
+    (attempt,) = attempts
+    assert attempt.outcome == "failed" and attempt.finished_at is not None
+    assert (attempt.cost_usd, attempt.input_tokens) == (0.42, 1200)
+
+
 def test_a_scrubber_failing_as_an_attempt_is_written_up_ends_it_failed_saying_nothing_unscrubbed(
     tmp_path: Path, monkeypatch: Any
 ) -> None:
