@@ -17,7 +17,7 @@ from functools import partial
 from typing import NamedTuple
 
 from fleetd.heartbeat.windows import WindowUsage, reaches, within
-from fleetd.records.money import DAY, usd, usd_apart
+from fleetd.records.money import DAY, cap_taken, usd, usd_apart
 from fleetd.records.profile import Limit
 from fleetd.records.result import WindowState
 from fleetd.records.usage import Consumption, ProfileStatus
@@ -127,12 +127,9 @@ def cost_cap_taken(
     attempts under way and one more, each at what its recent ones cost (not known before one has ended: then only
     what is spent counts, or with `unknown_takes_rest` one under way takes all that is left, as in
     `no_room_for_another`). One at $1.63 of a $2 cap was let in though each cost $0.82."""
-    if reaches(spent, cap):
-        return True
     if typical is None:
-        return unknown_takes_rest and under_way > 0
-    each = min(typical.cost_usd, cap)  # over the cap alone: it would never run again
-    return not within(spent + (under_way + 1) * each, cap)
+        return reaches(spent, cap) or (unknown_takes_rest and under_way > 0)
+    return cap_taken(spent, cap, typical.cost_usd, under_way)
 
 
 def cost_room_at(costs: Sequence[tuple[datetime, float]], cap: float, typical: Typical | None) -> datetime | None:

@@ -8,21 +8,11 @@ from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from fleetd.records.money import reaches, within
 from fleetd.records.profile import Limit
 from fleetd.records.usage import Consumption
 
-
-# Usage within a billionth of a limit is at it: the same costs summed in another order (the Ledger adds and takes away
-# as records come and go) differ in their last bits, and 4.499999999999999 against 4.5 moved when a 3 USD window eased
-# by a whole record. One tolerance for every limit and cap, both ways:
-def reaches(used: float, limit: float) -> bool:
-    """`used` is at `limit` or over it: no room left."""
-    return used >= limit * (1 - 1e-9)
-
-
-def within(used: float, limit: float) -> bool:
-    """`used` does not pass `limit`: what is about to be used still fits."""
-    return used <= limit * (1 + 1e-9)
+__all__ = ["Ledger", "WindowUsage", "reaches", "window_usage", "within"]
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Literal
 
-from fleetd.records.money import DAY, usd, usd_apart
+from fleetd.records.money import DAY, cap_taken, reaches, usd, usd_apart
 from fleetd.timefmt import local_text
 
 SkipReason = Literal["overlap", "waiting", "over_daily_cost", "shutting_down", "daemon_down", "woke_late"]
@@ -76,10 +76,10 @@ def daily_cost_eases(
 def daily_cost_text(spent: float, daily_cost: float, run_cost: float | None = None) -> str | None:
     """`budget: …` when the loop has spent its --daily-cost, or a run at `run_cost` (what its latest one cost) would
     pass it (the one place that decides it), else None. A run over the cap alone is let in when nothing is spent."""
+    if not cap_taken(spent, daily_cost, run_cost):
+        return None
     shown, cap = usd_apart(spent, daily_cost)
-    if spent >= daily_cost:
+    if reaches(spent, daily_cost) or run_cost is None:
         return f"budget: the loop spent {shown} of its {cap} daily cost in the last 24 h"
-    if run_cost and spent and spent + min(run_cost, daily_cost) > daily_cost * (1 + 1e-9):
-        return (f"budget: the loop spent {shown} of its {cap} daily cost in the last 24 h, and a run of it costs about "
-                f"{usd(run_cost)}")  # fmt: skip
-    return None
+    return (f"budget: the loop spent {shown} of its {cap} daily cost in the last 24 h, and a run of it costs about "
+            f"{usd(run_cost)}")  # fmt: skip

@@ -1,6 +1,6 @@
 """Money as fleetd writes it in text (JSON keeps the numbers): a leaf of the records, shared by the daemon's
-messages and the CLI's tables, so that a spend beside its cap reads the same everywhere; and where a daily cost's
-24 h start."""
+messages and the CLI's tables, so that a spend beside its cap reads the same everywhere; where a daily cost's
+24 h start; and whether a cap has room (`cap_taken`, one rule for a loop's and a profile's)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,30 @@ import math
 from datetime import datetime, timedelta
 
 DAY = timedelta(days=1)
+
+
+# Usage within a billionth of a limit is at it: the same costs summed in another order (the Ledger adds and takes away
+# as records come and go) differ in their last bits, and 4.499999999999999 against 4.5 moved when a 3 USD window eased
+# by a whole record. One tolerance for every limit and cap, both ways:
+def reaches(used: float, limit: float) -> bool:
+    """`used` is at `limit` or over it: no room left."""
+    return used >= limit * (1 - 1e-9)
+
+
+def within(used: float, limit: float) -> bool:
+    """`used` does not pass `limit`: what is about to be used still fits."""
+    return used <= limit * (1 + 1e-9)
+
+
+def cap_taken(spent: float, cap: float, each: float | None, under_way: int = 0) -> bool:
+    """Whether a daily cost cap has no room for one more (attempt, run) at `each`, beside `under_way` more at it: spent,
+    or it would be passed (`each` None: not known, only what is spent counts). One that alone costs more than the cap
+    is let in when nothing else is spent: held to that, it would never run again."""
+    if reaches(spent, cap):
+        return True
+    if each is None:
+        return False
+    return not within(spent + (under_way + 1) * min(each, cap), cap)
 
 
 def day_since(now: datetime, added: datetime | None) -> datetime:
