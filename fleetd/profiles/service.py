@@ -486,7 +486,11 @@ class ProfileService:
         cost = self._daily_cost_taken(profile, unknown_takes_rest=True)
         if cost is not None:
             why, busy = cost
-            return why, now + timedelta(seconds=1) if busy else None
+            if busy:
+                return why, now + timedelta(seconds=1)
+            # Spent: room again when `world` last found it (as the call's client is told), else not by itself.
+            known = self._cost_room.get(profile.name)
+            return why, known[1] if known is not None and known[1] is not None and known[1] > now else None
         full = self.heartbeat.no_room(profile)
         if full is None:
             return None

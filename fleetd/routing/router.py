@@ -376,7 +376,7 @@ class Router:
             if result.outcome == "succeeded":
                 self.note(world.now, "outcome", "succeeded", chosen, number=attempt)
                 if over := self._over_budget():  # still a success, but the run's record says what it cost
-                    self.note(world.now, "budget", f"{over.removeprefix('budget: ')}: its last attempt passed it")
+                    self.note(world.now, "budget", f"{over.removeprefix('budget: ')}: its last attempt used it up")
                 yield Finish("succeeded")
                 return
             error_class = result.error_class or "unknown"

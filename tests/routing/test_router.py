@@ -196,7 +196,7 @@ def test_a_run_over_budget_after_its_last_rejection_says_both() -> None:
     assert drive.run().status == "succeeded"  # a success that went over is still a success
     # ... and its route says so (`runs show` said nothing of the budget).
     assert drive.router.trail[-1]["kind"] == "budget"
-    assert drive.router.trail[-1]["detail"] == "spent $0.50 of the run's $0.40: its last attempt passed it"
+    assert drive.router.trail[-1]["detail"] == "spent $0.50 of the run's $0.40: its last attempt used it up"
 
 
 def test_transient_retries_back_off_with_full_jitter_within_the_cap() -> None:
