@@ -187,10 +187,7 @@ class Executor:
     ) -> None:
         self.backoff_base = backoff_base
         self.work_dir = work_dir  # where a loop without --dir runs (by its name); None: the daemon's cwd
-        # Those made (or found) already, by loop name: a run's way to its spawn asks the filesystem nothing more. One
-        # deleted since is made again as the run finds it gone (`_process_attempt`).
-        self._workdirs: dict[str, str] = {}
-        self._own_workdirs: set[str] = set()
+        self._workdirs: dict[str, str] = {}  # their paths by loop name, built once (pathlib's cost showed per run)
         self.runs = runs
         self.events = events
         self.attempts = attempts
@@ -418,11 +415,9 @@ class Executor:
             return loop
         known = self._workdirs.get(loop.name)
         if known is None:
-            path = self.work_dir(loop.name)
-            if not path.is_dir():
-                await asyncio.to_thread(_private_dirs, path)
-            known = self._workdirs[loop.name] = str(path)
-            self._own_workdirs.add(known)
+            known = self._workdirs[loop.name] = str(self.work_dir(loop.name))
+        if not os.path.isdir(known):  # one stat when it exists (every run but the first, or one deleted since)
+            await asyncio.to_thread(_private_dirs, Path(known))
         return replace(loop, workdir=known)
 
     async def stop(self, run_id: int, *, kill: bool = False, reason: str) -> bool:
@@ -1090,8 +1085,6 @@ class Executor:
         except FleetdError as e:
             runlog.note(e.message)
             return AttemptEnd(ParsedOutput("failed", "contract", message=e.message))
-        if spec.cwd and not os.path.isdir(spec.cwd) and spec.cwd in self._own_workdirs:
-            await asyncio.to_thread(_private_dirs, Path(spec.cwd))  # fleetd's own, deleted since: made again
         if spec.cwd and not os.path.isdir(spec.cwd):
             runlog.note(f"working directory not found: {spec.cwd}")
             return AttemptEnd(ParsedOutput("failed", "contract", message=f"working directory not found: {spec.cwd}"))

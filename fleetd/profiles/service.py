@@ -159,7 +159,7 @@ class ProfileService:
         self._spent: dict[str, tuple[float, float]] = {}
         # When each profile over its daily cost has room again, by the spend and attempt cost it was found for: the
         # gateway reads the world four times a second, and the window's costs are read again only when those change.
-        self._cost_room: dict[str, tuple[tuple[float, float, float | None], datetime | None]] = {}
+        self._cost_room: dict[str, tuple[tuple[float, float, float | None, datetime | None], datetime | None]] = {}
 
     async def add(self, body: dict[str, Any]) -> Profile:
         profile, secret = validate_profile_input(body, self.profiles_dir)
@@ -239,6 +239,7 @@ class ProfileService:
         await self.store.delete(name)
         await self.heartbeat.forget(name)
         self._spent.pop(name, None)
+        self._cost_room.pop(name, None)
         default_dir = self.profiles_dir / name
         if Path(profile.config_dir) == default_dir and not await self._config_dir_owner(default_dir):
             # fleetd made this directory; a directory the user named stays theirs, and one another profile
@@ -409,9 +410,12 @@ class ProfileService:
                 typical = self.heartbeat.typical(profile.name)
                 if cost_cap_taken(spent + unrecorded, profile.daily_cost, 0, typical):
                     # Spent: when it has room again, for a run to wait for (read only then: each cost, not a sum).
-                    found_for = (spent + unrecorded, profile.daily_cost, typical.cost_usd if typical else None)
+                    found_for = (spent + unrecorded, profile.daily_cost, typical.cost_usd if typical else None,
+                                 profile.created_at)  # fmt: skip
                     known = self._cost_room.get(profile.name)
-                    if known is None or known[0] != found_for:
+                    # Found again once its time has come: a cost that left may have been replaced by one of the same
+                    # amount since, the spend unchanged.
+                    if known is None or known[0] != found_for or known[1] is None or known[1] <= now:
                         costs = await self.attempt_costs.profile_costs_since(profile.name, since)
                         costs += [(now, unrecorded)] if unrecorded else []
                         known = self._cost_room[profile.name] = (found_for, cost_room_at(costs, profile.daily_cost,

@@ -199,3 +199,52 @@ def test_a_run_looks_ahead_only_where_the_cli_cannot_be_held_to_its_budget(tmp_p
     # Claude Code is given what the run has left (`--max-budget-usd`) and stops itself there: a repair that resumes a
     # session costs less than the profile's median attempt, and the look ahead would have refused it.
     assert _capped_view(tmp_path / "cc", 0.10).attempt_cost is None
+
+
+class _Costs:
+    """The profile's costs in the last 24 h, as the attempts store would answer them (settable)."""
+
+    def __init__(self, costs: list[tuple[datetime, float]]) -> None:
+        self.costs = costs
+
+    async def profile_cost_since(self, profile: str, since: datetime) -> float:
+        return sum(cost for _, cost in self.costs)
+
+    async def profile_costs_since(self, profile: str, since: datetime) -> list[tuple[datetime, float]]:
+        return list(self.costs)
+
+
+def test_when_a_profile_has_room_again_is_found_again_once_that_time_has_come(tmp_path: Path) -> None:
+    # One cost leaving the window and another of the same amount coming kept the spend as it was: the room time,
+    # cached by the spend, stayed in the past, and a waiting run looked again and again without a pause.
+    async def go() -> tuple[ProfileView, ProfileView]:
+        db = await Database.open(tmp_path / "f.db")
+        now = [T0]
+        try:
+            store = ProfileStore(db)
+            profile = Profile("dear", "openai_compat", "metered", str(tmp_path / "dear"), base_url="http://127.0.0.1:9/v1",
+                              daily_cost=1.0, created_at=T0 - timedelta(days=2), updated_at=T0)  # fmt: skip
+            await store.insert(profile)
+            heartbeat = Heartbeat(store, UsageStore(db), EventLog(db), clock=lambda: now[0], interval=3600,
+                                  near_limit=0.9)  # fmt: skip
+            await heartbeat.start()
+            costs = _Costs([(T0 - timedelta(hours=20), 0.70)])
+            service = ProfileService(store, LoopStore(db), None, heartbeat, profiles_dir=tmp_path / "p",  # type: ignore[arg-type]
+                                     clock=lambda: now[0], attempts=costs)  # type: ignore[arg-type]  # fmt: skip
+            ok = ParsedOutput("succeeded", usage=TokenUsage(input_tokens=600), cost_usd=0.33)
+            await heartbeat.attempt_finished(profile, ok, T0 - timedelta(hours=20), 0.33)
+            steps = [ChainStep("openai_compat", ("dear",))]
+            first = (await service.world(steps))[0].profiles["dear"]
+            now[0] = T0 + timedelta(hours=5)  # it left at T0 + 4 h; another of $0.70 came at T0 + 4 h 30
+            costs.costs = [(T0 + timedelta(hours=4, minutes=30), 0.70)]
+            second = (await service.world(steps))[0].profiles["dear"]
+            await heartbeat.stop()
+            return first, second
+        finally:
+            await db.close()
+
+    first, second = asyncio.run(go())
+    assert first.cost_room_at == T0 + timedelta(hours=4)
+    assert second.cost_room_at == T0 + timedelta(hours=28, minutes=30)
+    # A backend the run's budget is not passed down to: the look ahead has its figure.
+    assert first.attempt_cost == 0.33
