@@ -514,3 +514,15 @@ def test_a_candidate_the_budget_left_cannot_pay_for_is_passed_over_for_one_it_ca
     assert drive.tried == ["cc-a", "cc-b"]
     skips = [e["detail"] for e in drive.router.trail if e["kind"] == "skip"]
     assert skips == ["cc-a: budget: $0.70 left of the run's $1.00, and an attempt on cc-a costs about $0.82"]
+
+
+def test_a_candidate_the_budget_left_cannot_pay_for_is_no_reason_to_wait() -> None:
+    # Rate limited for 2 h after an attempt that left $0.70 of $1.00, where each costs $0.82: the run waited the 2 h,
+    # then failed for its budget (which only shrinks).
+    chain = (ChainStep("openai_compat", ("qwen",)),)
+    profiles = {"qwen": replace(PROFILES["qwen"], attempt_cost=0.82)}
+    limited = fail("rate_limited", cost=0.30, reset_at=T0 + timedelta(hours=2))
+    drive = Drive(Policy(chain, max_cost=1.0, on_exhausted="wait"), {"qwen": [limited]}, profiles)
+    finish = drive.run()
+    assert not [d for d in drive.decisions if isinstance(d, WaitUntil)], drive.decisions
+    assert finish.status == "failed" and (finish.reason or "").startswith("budget: $0.70 left of the run's $1.00")
