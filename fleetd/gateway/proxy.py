@@ -451,8 +451,8 @@ class Proxy:
             parsed = ParsedOutput("succeeded" if outcome == "succeeded" else "unknown", usage=usage, model=call.model)
             if not counted_apart:  # a stream's: it ends here, with no await since it stopped being under way
                 self.profiles.unrecorded(profile, usage.total, cost or 0.0)
-            # A call that succeeded: what the route's calls cost (not one its client left: it may be a part of that).
-            self.holds.release(req.hold, cost, None if client_left else req.route.name)
+            # A call that succeeded: what the route's calls cost (not one cut short: it may be a part of that).
+            self.holds.release(req.hold, cost, req.route.name if outcome == "succeeded" else None)
             await self.recorder.put(Finished(call, Attempt(profile, parsed, self.clock(), cost, key)))
             return
         # The stream broke after it began: the provider failed (the router must know before the next call),

@@ -984,7 +984,7 @@ class Executor:
         try:
             ending, cost = _written_up(end, attempt_id, finished_at, scrubber, profile)
         except Exception as e:  # a bug in the write-up: the run fails, and its attempt ends, not `running`
-            await self._end_abandoned(attempt_id, run.id, scrubber, e, end.parsed)
+            await self._end_abandoned(attempt_id, run.id, scrubber, e, end.parsed, profile)
             raise
         parsed = end.parsed
         if last:  # nothing reads it before the run's end, which writes it
@@ -1012,8 +1012,9 @@ class Executor:
         return end
 
     async def _end_abandoned(
-        self, attempt_id: int, run_id: int, scrubber: Scrubber, error: Exception, read: ParsedOutput | None = None
-    ) -> None:
+        self, attempt_id: int, run_id: int, scrubber: Scrubber, error: Exception, read: ParsedOutput | None = None,
+        profile: Profile | None = None,
+    ) -> None:  # fmt: skip
         """A started attempt that fleetd itself failed in ends `failed`, saying why (best effort: the run's own
         failure is what its caller records), with what its output said it used (`read`), where that was read."""
         usage = read.usage if read is not None else TokenUsage()
@@ -1022,6 +1023,10 @@ class Executor:
         except Exception:  # the scrubber is what failed: its words cannot be written unscrubbed
             parsed = ParsedOutput("failed", message="fleetd could not run it", usage=usage)
         cost = read.cost_usd if read is not None else None
+        if cost is None and read is not None and profile is not None:  # priced by the profile's rates
+            cost = profile.cost(
+                usage.input_tokens, usage.output_tokens, usage.cache_read_tokens, usage.cache_write_tokens
+            )
         ending = finish_write(attempt_id, finished_at=self.clock(), exit_code=None, parsed=parsed,
                               error=parsed.message, cost_usd=cost)  # fmt: skip
         try:
