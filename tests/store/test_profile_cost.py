@@ -40,3 +40,39 @@ def test_a_profiles_spend_counts_attempts_and_gateway_calls_in_the_window(tmp_pa
             await db.close()
 
     asyncio.run(go())
+
+
+def test_each_cost_of_a_profile_and_a_loops_latest_finished_run_cost(tmp_path: Path) -> None:
+    # When a daily cost has room again is found from each cost (attempts and gateway calls, oldest first); a loop's
+    # next run is expected to cost what its latest finished run did, not one under way (its cost so far).
+    async def go() -> None:
+        db = await Database.open(tmp_path / "f.db")
+        try:
+            runs, attempts, gateway = RunStore(db), AttemptStore(db), GatewayStore(db)
+
+            async def run_costing(at: datetime, costs: list[float], finished: bool = True) -> None:
+                run = await runs.insert(loop="l", trigger="manual", status="running", scheduled_at=at, started_at=at,
+                                        backend="claude_code")  # fmt: skip
+                for number, cost in enumerate(costs, 1):
+                    attempt = await attempts.start(run_id=run.id, number=number, backend="claude_code", profile="p",
+                                                   model=None, started_at=at)  # fmt: skip
+                    await attempts.finish(attempt, finished_at=at, exit_code=0, parsed=ParsedOutput("succeeded"),
+                                          error=None, cost_usd=cost)  # fmt: skip
+                if finished:
+                    await runs.finish(run.id, status="succeeded", finished_at=at, exit_code=0)
+
+            await run_costing(T0 - timedelta(hours=3), [0.25, 0.5])
+            await run_costing(T0 - timedelta(hours=2), [0.0])
+            await run_costing(T0 - timedelta(hours=1), [0.125], finished=False)
+            await gateway.add_calls([GatewayCall(T0 - timedelta(hours=2, minutes=30), "k", "r", "chat", False,
+                                                 "succeeded", profile="p", cost_usd=0.0625)])  # fmt: skip
+            since = T0 - timedelta(days=1)
+            assert await attempts.profile_costs_since("p", since) == [
+                (T0 - timedelta(hours=3), 0.25), (T0 - timedelta(hours=3), 0.5),
+                (T0 - timedelta(hours=2, minutes=30), 0.0625), (T0 - timedelta(hours=1), 0.125)]  # fmt: skip
+            assert await attempts.loop_last_run_cost("l", since) == 0.75  # not the $0 one, nor the one under way
+            assert await attempts.loop_last_run_cost("l", T0 - timedelta(hours=2, minutes=30)) is None
+        finally:
+            await db.close()
+
+    asyncio.run(go())
