@@ -449,7 +449,7 @@ def test_responses_stream_through_the_sdk_with_failover(gw: Gateway) -> None:
 
 
 def test_a_stream_that_breaks_after_its_first_byte_ends_with_an_error_event(gw: Gateway) -> None:
-    port = _breaking_server()
+    port = _one_event_server(then=b"5\r\ndata:")
     gw.d.cli("profile", "add", "brk1", "--backend", "openai_compat", "--base-url", f"http://127.0.0.1:{port}/v1",
              "--model", "m", "--api-key-stdin", input=KEYS["1"] + "\n")  # fmt: skip
     gw.d.cli("profile", "add", "brk2", "--backend", "openai_compat", "--base-url", gw.p2.base_url + "/v1",
@@ -681,8 +681,9 @@ def test_json_contracts(gw: Gateway) -> None:
     assert "CALLS" in gw.d.cli("stats", "--source", "gateway", "--by", "route,profile").stdout
 
 
-def _breaking_server() -> int:
-    """A provider that sends the first event of a stream and then drops the connection mid-answer."""
+def _one_event_server(then: bytes = b"", hold_s: float = 0.0) -> int:
+    """A provider that answers a stream's first event, then `then` (a chunk's start: the connection dropped
+    mid-answer), then holds the connection `hold_s` seconds (a long answer) before it closes it."""
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
     server.listen(8)
@@ -701,28 +702,7 @@ def _breaking_server() -> int:
                     rest += conn.recv(65536)
                 event = b'data: {"first": true}\n\n'
                 conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
-                             + b"%x\r\n%s\r\n" % (len(event), event) + b"5\r\ndata:")  # fmt: skip
-
-    threading.Thread(target=serve, daemon=True).start()
-    return int(server.getsockname()[1])
-
-
-def _stalling_server(hold_s: float) -> int:
-    """A provider that sends the first event of a stream, then nothing more for `hold_s` seconds (a long answer)."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(8)
-
-    def serve() -> None:
-        while True:
-            conn, _ = server.accept()
-            with conn:
-                data = b""
-                while b"\r\n\r\n" not in data:
-                    data += conn.recv(65536)
-                event = b'data: {"first": true}\n\n'
-                conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
-                             + b"%x\r\n%s\r\n" % (len(event), event))  # fmt: skip
+                             + b"%x\r\n%s\r\n" % (len(event), event) + then)  # fmt: skip
                 time.sleep(hold_s)
 
     threading.Thread(target=serve, daemon=True).start()
@@ -731,7 +711,7 @@ def _stalling_server(hold_s: float) -> int:
 
 def test_a_stream_the_stops_grace_cuts_ends_with_an_error_event_and_no_traceback(short_home: Path) -> None:
     # uvicorn cancelled it and logged "Exception in ASGI application" with a CancelledError's traceback.
-    port = _stalling_server(30)
+    port = _one_event_server(hold_s=30)
     d = Daemon(short_home / "home", "--gateway", "127.0.0.1:0", "--stop-grace", "1s", "--kill-grace", "0.5s")
     d.env["FLEETD_SECRET_STORE"] = "file"
     d.start()

@@ -89,8 +89,13 @@ def test_fleetd_failing_inside_a_started_attempt_ends_the_attempt_failed(tmp_pat
         raise RuntimeError("fleetd's own bug")
 
     monkeypatch.setattr(child.Child, "check", broken)
+    _ended_by_its_own_bug(tmp_path, "echo hi")
 
-    run, attempts, _ = asyncio.run(_run_to_end(tmp_path, "echo hi"))
+
+def _ended_by_its_own_bug(tmp_path: Path, command: str) -> None:
+    """A command loop's run in which fleetd's own bug (patched in by the caller) raised: it failed saying so, and so
+    did its attempt, which is not left `running`."""
+    run, attempts, _ = asyncio.run(_run_to_end(tmp_path, command))
     assert run.status == "failed" and run.error is not None and "fleetd's own bug" in run.error
     (attempt,) = attempts
     assert attempt.outcome == "failed" and attempt.finished_at is not None
@@ -201,12 +206,7 @@ def test_fleetd_failing_as_it_writes_up_an_attempt_ends_the_attempt_failed(tmp_p
         raise RuntimeError("fleetd's own bug")
 
     monkeypatch.setattr(executor, "_describe", broken)
-
-    run, attempts, _ = asyncio.run(_run_to_end(tmp_path, "exit 3"))
-    assert run.status == "failed" and run.error is not None and "fleetd's own bug" in run.error
-    (attempt,) = attempts
-    assert attempt.outcome == "failed" and attempt.finished_at is not None
-    assert attempt.error == "fleetd could not run it: RuntimeError: fleetd's own bug"
+    _ended_by_its_own_bug(tmp_path, "exit 3")
 
 
 def test_an_attempt_fleetd_fails_to_write_up_keeps_what_it_cost(tmp_path: Path, monkeypatch: Any) -> None:
