@@ -87,7 +87,8 @@ def create_gateway_app(service: GatewayService) -> Starlette:
                     raise over
         except GatewayError as e:
             return refusal(protocol, e)
-        forward = Request(protocol, route, key, body, raw, request.headers, path, request.url.query, counted, hold)
+        forward = Request(protocol, route, key, body, raw, request.headers, path, request.url.query, counted, hold,
+                          request.is_disconnected)  # fmt: skip
         try:
             return await service.proxy.forward(forward)  # type: ignore[return-value]
         except GatewayError as e:  # found on the way upstream, before any byte went to the client

@@ -49,6 +49,7 @@ from fleetd.timefmt import local_text
 
 log = logging.getLogger("fleetd.gateway")
 LOG_BODY_CAP = 64 * 1024  # per body, for a route with --log-bodies
+CLIENT_GONE = "the client went away before an answer: no other upstream was tried"
 ERROR_BODY_CAP = 1024 * 1024  # of an upstream's error answer
 PROFILE_CONCURRENCY = 64  # calls in flight per profile; more wait (within the route's timeout)
 WRITE_TIMEOUT_S = 30.0  # a client that reads nothing for this long loses its stream (and frees the upstream)
@@ -80,6 +81,7 @@ class Request:
     query: str = ""
     counted: bool = True  # a model call (count_tokens is not: no usage, no call row)
     hold: int | None = None  # its hold on the key's daily cost cap (holds.py), released when it ends
+    gone: Callable[[], Awaitable[bool]] | None = None  # whether its client has hung up (Starlette's is_disconnected)
 
 
 @dataclass
@@ -212,6 +214,10 @@ class Proxy:
                                      f"({req.route.timeout_s:g}s for each upstream's)")  # fmt: skip
                 return await self._refuse(req, call, started, last, error.message, scrubber, error)
             if isinstance(decision, Try):
+                if last is not None and req.gone is not None and await req.gone():
+                    # Nobody would read the answer: another upstream (a paid one, after a fallback) is not asked.
+                    error = GatewayError("unavailable", CLIENT_GONE)
+                    return await self._refuse(req, call, started, last, CLIENT_GONE, scrubber, error)
                 profile = profiles[decision.candidate.profile]
                 model = decision.candidate.model or profile.model or req.route.name
                 until = min(deadline, time.monotonic() + req.route.timeout_s)
@@ -539,37 +545,48 @@ class StreamAnswer:
         watcher = asyncio.create_task(watch())
         outcome, error = "succeeded", None
         client_left = False  # the client, not the provider, ended it: no mark against the provider
+
+        async def deliver(message: dict[str, Any]) -> bool:
+            """`message` to the client; False once it has gone (or reads nothing): what comes then is only read."""
+            nonlocal outcome, error, client_left
+            if not client_left and gone.is_set():
+                outcome, error, client_left = "failed", "the client went away mid-stream", True
+            if client_left:
+                return False
+            try:
+                await self._send(send, message)
+            except TimeoutError:
+                outcome, error = "failed", f"the client read nothing for {WRITE_TIMEOUT_S:g}s: stream dropped"
+                client_left = True
+            except OSError:
+                outcome, error, client_left = "failed", "the client went away mid-stream", True
+            return not client_left
+
         try:
             headers = [(k.encode(), v.encode()) for k, v in self.response.headers.items() if k.lower() in PASSED_BACK]
-            await self._send(send, {"type": "http.response.start", "status": self.response.status,
-                                    "headers": headers})  # fmt: skip
+            await deliver({"type": "http.response.start", "status": self.response.status, "headers": headers})
             chunk = self.first
+            # A client that leaves does not end the read: what the provider serves it bills, and the usage comes last
+            # (half such calls were counted at $0, and daily costs let more through). Nothing more is sent then.
             while True:
                 out = self._relay(self.scrubber.feed(chunk))
-                if out:
-                    await self._send(send, {"type": "http.response.body", "body": out, "more_body": True})
+                if out and await deliver({"type": "http.response.body", "body": out, "more_body": True}):
                     if self.call.ttft_ms is None:
                         self.call.ttft_ms = _ms(time.monotonic() - self.started)
                     self._log(out)
-                if gone.is_set():
-                    outcome, error, client_left = "failed", "the client went away mid-stream", True
-                    break
                 try:
                     chunk = await self.chunks.__anext__()
                 except StopAsyncIteration:
                     break
                 except UPSTREAM_ERRORS as e:
+                    if client_left:
+                        break
                     outcome, error = "stream_error", f"the upstream stream broke after it began: {type(e).__name__}"
-                    event = self.req.protocol.error_event(f"fleetd gateway: {error}")
-                    await self._send(send, {"type": "http.response.body", "body": event, "more_body": True})
+                    await deliver({"type": "http.response.body", "more_body": True,
+                                   "body": self.req.protocol.error_event(f"fleetd gateway: {error}")})  # fmt: skip
                     break
             rest = self._relay(self.scrubber.flush()) + self.splitter.rest()
-            await self._send(send, {"type": "http.response.body", "body": rest, "more_body": False})
-        except TimeoutError:
-            outcome, error = "failed", f"the client read nothing for {WRITE_TIMEOUT_S:g}s: stream dropped"
-            client_left = True
-        except OSError:
-            outcome, error, client_left = "failed", "the client went away mid-stream", True
+            await deliver({"type": "http.response.body", "body": rest, "more_body": False})
         except asyncio.CancelledError:
             # A stop's grace ran out: what it used so far counts, and not as the provider's fault.
             outcome, error = "interrupted", "the daemon stopped while the stream was under way"

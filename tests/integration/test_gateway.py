@@ -681,9 +681,10 @@ def test_json_contracts(gw: Gateway) -> None:
     assert "CALLS" in gw.d.cli("stats", "--source", "gateway", "--by", "route,profile").stdout
 
 
-def _one_event_server(then: bytes = b"", hold_s: float = 0.0) -> int:
+def _one_event_server(then: bytes = b"", hold_s: float = 0.0, later: tuple[bytes, ...] = ()) -> int:
     """A provider that answers a stream's first event, then `then` (a chunk's start: the connection dropped
-    mid-answer), then holds the connection `hold_s` seconds (a long answer) before it closes it."""
+    mid-answer), then holds the connection `hold_s` seconds (a long answer); then, if there are `later` chunks, sends
+    each after `hold_s` more and ends the stream (else it closes the connection)."""
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
     server.listen(8)
@@ -704,6 +705,12 @@ def _one_event_server(then: bytes = b"", hold_s: float = 0.0) -> int:
                 conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
                              + b"%x\r\n%s\r\n" % (len(event), event) + then)  # fmt: skip
                 time.sleep(hold_s)
+                with contextlib.suppress(OSError):
+                    for chunk in later:
+                        conn.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                        time.sleep(hold_s)
+                    if later:
+                        conn.sendall(b"0\r\n\r\n")
 
     threading.Thread(target=serve, daemon=True).start()
     return int(server.getsockname()[1])
@@ -1082,3 +1089,49 @@ def test_a_client_that_hangs_up_is_not_counted_against_the_provider(gw: Gateway)
     # And the next call is answered by it.
     answer = gw.sdk().chat.completions.create(model=route, messages=[{"role": "user", "content": "hi"}])
     assert answer.choices[0].message.content == fake.REPLY_TEXT
+    # What the provider served the clients that left is what it bills: counted (half such calls were $0, and a key's
+    # or a profile's daily cost let more through).
+    assert all(c["tokens"]["input"] == fake.CHAT_PROMPT_TOKENS for c in calls), calls
+
+
+def test_what_a_stream_its_client_left_used_is_counted(gw: Gateway) -> None:
+    # The usage comes in a stream's last event: a client that left before it (`curl -m 1`) had the call counted at 0
+    # tokens and $0, and a key's or a profile's daily cost let more through than it was set to.
+    usage = {"id": "u", "object": "chat.completion.chunk", "choices": [],
+             "usage": {"prompt_tokens": 1000, "completion_tokens": 200, "total_tokens": 1200}}  # fmt: skip
+    delta = {"id": "u", "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": "x"}}]}
+    more = b"data: " + json.dumps(delta).encode() + b"\n\n"
+    port = _one_event_server(hold_s=0.5, later=(more, more, b"data: " + json.dumps(usage).encode() + b"\n\n",
+                                                  b"data: [DONE]\n\n"))  # fmt: skip
+    gw.d.cli("profile", "add", "usage-left", "--backend", "openai_compat", "--base-url", f"http://127.0.0.1:{port}/v1",
+             "--model", "m", "--price-input", str(PRICE_IN), "--price-output", str(PRICE_OUT),
+             "--api-key-stdin", input=KEYS["1"] + "\n")  # fmt: skip
+    gw.d.cli("route", "add", "usage-left", "--chain", "usage-left")
+    body = {"model": "usage-left", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    with httpx.stream("POST", gw.url + "/v1/chat/completions", json=body, timeout=10,
+                      headers={"authorization": f"Bearer {gw.key}"}) as s:  # fmt: skip
+        assert next(s.iter_raw()).startswith(b'data: {"first"')  # then the client hangs up
+    [call] = gw.call_of("usage-left")
+    assert call["outcome"] == "failed" and call["error"] == "the client went away mid-stream", call
+    assert call["tokens"]["input"] == 1000 and call["tokens"]["output"] == 200, call
+    assert call["cost_usd"] == pytest.approx((1000 * PRICE_IN + 200 * PRICE_OUT) / 1e6)
+
+
+def test_a_call_whose_client_has_gone_is_not_tried_on_another_upstream(gw: Gateway) -> None:
+    # A client that gave up (`curl -m 1`) while its call's first profile answered 500: the gateway retried, fell over
+    # to the next profile and paid it for an answer nobody received.
+    route = gw.pair("left")
+    body = {"model": route, "messages": [{"role": "user", "content": "hi"}]}
+    first, second = gw.p1.calls[fake.API_CHAT], gw.p2.calls[fake.API_CHAT]
+    gw.p1.fail_first(2, "500")
+    gw.p1.latency = 1.0
+    try:
+        with contextlib.suppress(httpx.TimeoutException):
+            httpx.post(gw.url + "/v1/chat/completions", json=body, timeout=0.3,
+                       headers={"authorization": f"Bearer {gw.key}"})  # fmt: skip
+        [call] = gw.call_of(route)
+    finally:
+        gw.p1.latency = 0.0
+        gw.p1.fail_first(0, "500")
+    assert (gw.p1.calls[fake.API_CHAT] - first, gw.p2.calls[fake.API_CHAT] - second) == (1, 0), call["path"]
+    assert call["outcome"] == "failed" and "the client went away" in (call["error"] or ""), call
