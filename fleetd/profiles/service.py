@@ -442,11 +442,12 @@ class ProfileService:
                 no_room, room_at, busy, over = said.removeprefix(NO_ROOM), now + PENDING_RECHECK, True, None
             probe_taken = profile.name in self.heartbeat.probing
             # What one of its attempts costs, for a run's --max-cost to look ahead by: not where its CLI stops itself.
-            typical = None if adapter.takes_cost_cap else self.heartbeat.typical(profile.name)
+            typical = self.heartbeat.typical(profile.name)
             views[profile.name] = replace(views[profile.name], unavailable=why, over_daily_cost=over, no_room=no_room,
                                           room_at=room_at, room_pending=busy, probe_taken=probe_taken,
                                           cost_room_at=cost_room.get(profile.name) if over else None,
-                                          attempt_cost=typical.cost_usd if typical else None)  # fmt: skip
+                                          attempt_cost=typical.cost_usd if typical and not adapter.takes_cost_cap
+                                          else None, attempt_tokens=typical.tokens if typical else None)  # fmt: skip
         return World(now, views), {p.name: p for p in profiles}
 
     def _daily_cost_taken(self, profile: Profile, unknown_takes_rest: bool = False) -> tuple[str, bool] | None:

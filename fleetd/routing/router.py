@@ -69,6 +69,7 @@ class ProfileView:
     # What one of its attempts costs, going by its recent ones, where its backend cannot be held to what a run's
     # --max-cost has left (None: not known yet, or its CLI stops itself at the budget it is given).
     attempt_cost: float | None = None
+    attempt_tokens: float | None = None  # and the tokens one uses (None: not known yet), for a run's --max-tokens
 
 
 @dataclass(frozen=True)
@@ -506,19 +507,26 @@ class Router:
         return True
 
     def _unaffordable(self, world: World, chosen: Candidate | Passed) -> str | None:
-        """`budget: …` when what the run has left of its --max-cost would not pay for an attempt on `chosen` at what its
-        attempts cost (`ProfileView.attempt_cost`: known, and its backend cannot be held to the budget): a repair round
-        started with $0.18 left where each cost $0.82. Not for a run's first attempt: that is what the budget is for."""
+        """`budget: …` when what the run has left of its --max-cost (or --max-tokens) would not pay for an attempt on
+        `chosen` at what its attempts cost (`ProfileView.attempt_cost`: known, and its backend cannot be held to the
+        budget) or use (`attempt_tokens`): a repair round started with $0.18 left where each cost $0.82. Not for a run's
+        first attempt: that is what the budget is for."""
         p = self.policy
         view = world.profiles.get(chosen.profile)
-        typical = view.attempt_cost if view is not None else None
-        if p.max_cost is None or not self.spent_cost or typical is None:
+        if view is None:
             return None
-        left = p.max_cost - self.spent_cost
-        if typical <= left * (1 + 1e-9):
-            return None
-        return (f"budget: {usd(max(0.0, left))} left of the run's {usd(p.max_cost)}, and an attempt on "
-                f"{chosen.profile} costs about {usd(typical)}")  # fmt: skip
+        cost, tokens = view.attempt_cost, view.attempt_tokens
+        if p.max_cost is not None and self.spent_cost and cost is not None:
+            left = p.max_cost - self.spent_cost
+            if cost > left * (1 + 1e-9):
+                return (f"budget: {usd(max(0.0, left))} left of the run's {usd(p.max_cost)}, and an attempt on "
+                        f"{chosen.profile} costs about {usd(cost)}")  # fmt: skip
+        if p.max_tokens is not None and self.spent_tokens and tokens is not None:
+            left_tokens = p.max_tokens - self.spent_tokens
+            if tokens > left_tokens:
+                return (f"budget: {max(0, left_tokens)} of the run's {p.max_tokens} tokens left, and an attempt on "
+                        f"{chosen.profile} uses about {round(tokens)}")  # fmt: skip
+        return None
 
     def _over_budget(self) -> str | None:
         p = self.policy

@@ -247,4 +247,4 @@ def test_when_a_profile_has_room_again_is_found_again_once_that_time_has_come(tm
     assert first.cost_room_at == T0 + timedelta(hours=4)
     assert second.cost_room_at == T0 + timedelta(hours=28, minutes=30)
     # A backend the run's budget is not passed down to: the look ahead has its figure.
-    assert first.attempt_cost == 0.33
+    assert (first.attempt_cost, first.attempt_tokens) == (0.33, 600)

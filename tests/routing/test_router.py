@@ -526,3 +526,17 @@ def test_a_candidate_the_budget_left_cannot_pay_for_is_no_reason_to_wait() -> No
     finish = drive.run()
     assert not [d for d in drive.decisions if isinstance(d, WaitUntil)], drive.decisions
     assert finish.status == "failed" and (finish.reason or "").startswith("budget: $0.70 left of the run's $1.00")
+
+
+def test_an_attempt_the_token_budget_left_cannot_cover_is_passed_over_too() -> None:
+    # `--max-tokens 1000` with 183 left after an attempt of 817: the repair ran on the same profile anyway (no CLI is
+    # held to a total token budget) and the run used 1,634; a cheaper profile of the chain was never tried.
+    chain = (ChainStep("openai_compat", ("qwen",)), ChainStep("claude_code", ("cc-a",)))
+    profiles = {**PROFILES, "qwen": replace(PROFILES["qwen"], attempt_tokens=817),
+                "cc-a": replace(PROFILES["cc-a"], attempt_tokens=100)}  # fmt: skip
+    drive = Drive(Policy(chain, max_tokens=1000, repairs=1), {"qwen": [fail("capability", tokens=817)], "cc-a": [OK]},
+                  profiles)  # fmt: skip
+    assert drive.run().status == "succeeded"
+    assert drive.tried == ["qwen", "cc-a"]
+    skips = [e["detail"] for e in drive.router.trail if e["kind"] == "skip"]
+    assert skips == ["qwen: budget: 183 of the run's 1000 tokens left, and an attempt on qwen uses about 817"]
