@@ -27,6 +27,24 @@ class SocketServer(uvicorn.Server):
         yield
 
 
+def _cut_at_the_stop(record: logging.LogRecord) -> bool:
+    """uvicorn's ERROR for the answers a stop's grace cuts ("Cancel 2 running task(s), timeout graceful shutdown
+    exceeded": gateway calls, API followers), the expected end of a stop, said as a warning in the daemon's words."""
+    if record.levelno >= logging.ERROR and "timeout graceful shutdown exceeded" in record.getMessage():
+        count = record.args[0] if isinstance(record.args, tuple) and record.args else "some"
+        record.msg, record.args = "%s answer(s) still under way at the end of the stop grace: cut", (count,)
+        record.levelno, record.levelname, record.name = logging.WARNING, "WARNING", "fleetd.daemon"
+    return True
+
+
+def uvicorn_logging() -> None:
+    """uvicorn logs through the daemon's own handler (its time, format and filters): its default config gave lines
+    with no time. Once per process."""
+    error = logging.getLogger("uvicorn.error")
+    if _cut_at_the_stop not in error.filters:
+        error.addFilter(_cut_at_the_stop)
+
+
 def peer_allowed(peer_uid: int | None, own_uid: int) -> bool:
     """Only the daemon's own user may talk to it. The socket's mode already says so; this is defence in
     depth against a loosened mode or directory. An unknown peer (no way to ask on this platform) is left
@@ -101,5 +119,7 @@ def make_server(app: object) -> SocketServer:
         # A follower (`events --follow`, `runs logs --follow`) never closes its stream by itself: without
         # this, one left open kept a stopping daemon alive for good. Its client says the daemon went away.
         timeout_graceful_shutdown=FOLLOWERS_GRACE,
+        log_config=None,  # its loggers reach the daemon's handler (`uvicorn_logging`)
     )
+    uvicorn_logging()
     return SocketServer(config)

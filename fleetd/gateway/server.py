@@ -10,7 +10,7 @@ import socket
 
 import uvicorn
 
-from fleetd.daemon.server import SocketServer
+from fleetd.daemon.server import SocketServer, uvicorn_logging
 from fleetd.errors import InvalidArgument
 from fleetd.records.gateway import split_listen
 
@@ -32,6 +32,7 @@ class GatewayListener:
             self.app,  # type: ignore[arg-type]
             lifespan="off",
             log_level="warning",
+            log_config=None,  # its loggers reach the daemon's handler (daemon/server.uvicorn_logging)
             access_log=False,
             server_header=False,
             date_header=False,
@@ -39,6 +40,7 @@ class GatewayListener:
             # "auto": httptools (C, a dependency) parses a request in a fraction of h11's time; h11 without it.
             http="auto",
         )
+        uvicorn_logging()
         server = SocketServer(config)
         task = asyncio.create_task(server.serve(sockets=[sock]), name="gateway")
         deadline = asyncio.get_running_loop().time() + START_TIMEOUT_S
