@@ -503,17 +503,31 @@ def test_a_rate_limit_under_on_exhausted_wait_does_not_say_it_tries_the_next_can
     assert moved.endswith("; another candidate of its step, else a wait for the first reset (--on-exhausted wait)")
 
 
-def test_a_candidate_the_budget_left_cannot_pay_for_is_passed_over_for_one_it_can() -> None:
-    # The look ahead ended the run at the first candidate it could not pay for, a cheaper one of the step untried.
-    chain = (ChainStep("claude_code", ("cc-a", "cc-b")),)
-    profiles = {**PROFILES, "cc-a": replace(PROFILES["cc-a"], attempt_cost=0.82),
-                "cc-b": replace(PROFILES["cc-b"], attempt_cost=0.05)}  # fmt: skip
-    drive = Drive(Policy(chain, max_cost=1.0, retries=1), {"cc-a": [fail("transient", cost=0.30)], "cc-b": [OK]},
-                  profiles)  # fmt: skip
+@pytest.mark.parametrize(
+    ("chain", "looks", "policy", "answers", "skipped"),
+    [
+        # The look ahead ended the run at the first candidate it could not pay for, a cheaper one of the step untried.
+        ((ChainStep("claude_code", ("cc-a", "cc-b")),),
+         {"cc-a": {"attempt_cost": 0.82}, "cc-b": {"attempt_cost": 0.05}}, {"max_cost": 1.0, "retries": 1},
+         {"cc-a": [fail("transient", cost=0.30)], "cc-b": [OK]},
+         "cc-a: budget: $0.70 left of the run's $1.00, and an attempt on cc-a costs about $0.82"),
+        # `--max-tokens 1000` with 183 left after an attempt of 817: the repair ran on the same profile anyway (no CLI
+        # is held to a total token budget) and the run used 1,634; a cheaper profile of the chain was never tried.
+        ((ChainStep("openai_compat", ("qwen",)), ChainStep("claude_code", ("cc-a",))),
+         {"qwen": {"attempt_tokens": 817}, "cc-a": {"attempt_tokens": 100}},
+         {"max_tokens": 1000, "repairs": 1}, {"qwen": [fail("capability", tokens=817)], "cc-a": [OK]},
+         "qwen: budget: 183 of the run's 1000 tokens left, and an attempt on qwen uses about 817"),
+    ],
+)  # fmt: skip
+def test_a_candidate_the_budget_left_cannot_pay_for_is_passed_over_for_one_it_can(
+    chain: tuple[ChainStep, ...], looks: dict[str, dict[str, float]], policy: dict[str, float],
+    answers: dict[str, list[AttemptResult]], skipped: str,
+) -> None:  # fmt: skip
+    profiles = {**PROFILES, **{name: replace(PROFILES[name], **fields) for name, fields in looks.items()}}
+    drive = Drive(Policy(chain, **policy), answers, profiles)  # type: ignore[arg-type]
     assert drive.run().status == "succeeded"
-    assert drive.tried == ["cc-a", "cc-b"]
-    skips = [e["detail"] for e in drive.router.trail if e["kind"] == "skip"]
-    assert skips == ["cc-a: budget: $0.70 left of the run's $1.00, and an attempt on cc-a costs about $0.82"]
+    assert drive.tried == list(answers)
+    assert [e["detail"] for e in drive.router.trail if e["kind"] == "skip"] == [skipped]
 
 
 def test_a_candidate_the_budget_left_cannot_pay_for_is_no_reason_to_wait() -> None:
@@ -526,17 +540,3 @@ def test_a_candidate_the_budget_left_cannot_pay_for_is_no_reason_to_wait() -> No
     finish = drive.run()
     assert not [d for d in drive.decisions if isinstance(d, WaitUntil)], drive.decisions
     assert finish.status == "failed" and (finish.reason or "").startswith("budget: $0.70 left of the run's $1.00")
-
-
-def test_an_attempt_the_token_budget_left_cannot_cover_is_passed_over_too() -> None:
-    # `--max-tokens 1000` with 183 left after an attempt of 817: the repair ran on the same profile anyway (no CLI is
-    # held to a total token budget) and the run used 1,634; a cheaper profile of the chain was never tried.
-    chain = (ChainStep("openai_compat", ("qwen",)), ChainStep("claude_code", ("cc-a",)))
-    profiles = {**PROFILES, "qwen": replace(PROFILES["qwen"], attempt_tokens=817),
-                "cc-a": replace(PROFILES["cc-a"], attempt_tokens=100)}  # fmt: skip
-    drive = Drive(Policy(chain, max_tokens=1000, repairs=1), {"qwen": [fail("capability", tokens=817)], "cc-a": [OK]},
-                  profiles)  # fmt: skip
-    assert drive.run().status == "succeeded"
-    assert drive.tried == ["qwen", "cc-a"]
-    skips = [e["detail"] for e in drive.router.trail if e["kind"] == "skip"]
-    assert skips == ["qwen: budget: 183 of the run's 1000 tokens left, and an attempt on qwen uses about 817"]
