@@ -17,7 +17,7 @@ from functools import partial
 from typing import NamedTuple
 
 from fleetd.heartbeat.windows import WindowUsage, reaches, within
-from fleetd.records.money import DAY, cap_taken, usd, usd_apart
+from fleetd.records.money import cap_room_at, cap_taken, usd, usd_apart
 from fleetd.records.profile import Limit
 from fleetd.records.result import WindowState
 from fleetd.records.usage import Consumption, ProfileStatus
@@ -136,14 +136,7 @@ def cost_room_at(costs: Sequence[tuple[datetime, float]], cap: float, typical: T
     """When a daily cost cap that `cost_cap_taken` says is taken (nothing under way) has room again, should nothing
     more be spent: 24 h after the cost (of `costs`, the window's, oldest first) whose leaving it makes room for one more
     attempt at `typical`'s cost (unknown: for anything at all). None: there is room now."""
-    left = sum(cost for _, cost in costs)
-    if not cost_cap_taken(left, cap, 0, typical):
-        return None
-    for at, cost in costs:
-        left -= cost
-        if not cost_cap_taken(left, cap, 0, typical):
-            return at + DAY
-    return costs[-1][0] + DAY if costs else None  # spent but not recorded yet: the newest leaves last
+    return cap_room_at(costs, cap, typical.cost_usd if typical is not None else None)
 
 
 def typical_of(recent: Sequence[tuple[float, float]]) -> Typical | None:

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Literal
 
-from fleetd.records.money import DAY, cap_taken, reaches, usd, usd_apart
+from fleetd.records.money import cap_room_at, cap_taken, reaches, usd, usd_apart
 from fleetd.timefmt import local_text
 
 SkipReason = Literal["overlap", "waiting", "over_daily_cost", "shutting_down", "daemon_down", "woke_late"]
@@ -63,14 +63,7 @@ def daily_cost_eases(
     """When a loop over its --daily-cost is under it again (with room for a run at `run_cost`), should it spend nothing
     more: 24 h after the cost (of `costs`, its last 24 h's, oldest first) whose leaving the window makes that room.
     None: there is room already."""
-    left = sum(cost for _, cost in costs)
-    if daily_cost_text(left, daily_cost, run_cost) is None:
-        return None
-    for at, cost in costs:
-        left -= cost
-        if daily_cost_text(left, daily_cost, run_cost) is None:
-            return at + DAY
-    return None  # not reached: with every cost gone, nothing is spent
+    return cap_room_at(costs, daily_cost, run_cost)
 
 
 def daily_cost_text(spent: float, daily_cost: float, run_cost: float | None = None) -> str | None:

@@ -5,6 +5,7 @@ messages and the CLI's tables, so that a spend beside its cap reads the same eve
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 DAY = timedelta(days=1)
@@ -32,6 +33,20 @@ def cap_taken(spent: float, cap: float, each: float | None, under_way: int = 0) 
     if each is None:
         return False
     return not within(spent + (under_way + 1) * min(each, cap), cap)
+
+
+def cap_room_at(costs: Sequence[tuple[datetime, float]], cap: float, each: float | None) -> datetime | None:
+    """When a daily cost cap `cap_taken` says is taken has room again for one more at `each`, should nothing more be
+    spent: 24 h after the cost (of `costs`, the window's, oldest first) whose leaving the window makes that room.
+    None: there is room now."""
+    left = sum(cost for _, cost in costs)
+    if not cap_taken(left, cap, each):
+        return None
+    for at, cost in costs:
+        left -= cost
+        if not cap_taken(left, cap, each):
+            return at + DAY
+    return costs[-1][0] + DAY if costs else None  # (with every cost gone nothing is spent: not reached)
 
 
 def day_since(now: datetime, added: datetime | None) -> datetime:
