@@ -95,7 +95,7 @@ def create_gateway_app(service: GatewayService) -> Starlette:
             service.proxy.holds.release(hold)
             return refusal(protocol, e)
         except asyncio.CancelledError:
-            if not service.stopping:
+            if not service.proxy.stopping:
                 raise
             # The stop's grace ran out (uvicorn cancels what is left): the client gets an answer it can act on, not
             # uvicorn's plain 500 and a traceback in the log. The call stays under way in the journal: `interrupted`.

@@ -52,7 +52,6 @@ class GatewayService:
         self.profiles = profiles
         self.clock = clock
         self.forced = forced  # the daemon's --gateway flag: this run only, never stored
-        self.stopping = False
         # The proxy and its app (aiohttp, uvicorn's TCP side) are made on the first listen: a daemon that
         # never serves the gateway does not load them (~0.3 s of start-up and ~10 MB).
         self._proxy: Proxy | None = None
@@ -126,8 +125,7 @@ class GatewayService:
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop listening; calls in flight get `grace` seconds (None: all they take)."""
-        self.stopping = True  # what is cut after that is the stop's doing (app.py answers it)
-        if self._proxy is not None:
+        if self._proxy is not None:  # what is cut after that is the stop's doing (app.py and the stream answer it)
             self._proxy.stopping = True
         if self.listener is not None:
             await self.listener.stop(grace)
