@@ -268,7 +268,6 @@ class Router:
     spent_cost: float = 0.0
     spent_tokens: int = 0
     _unaffordable_seen: str | None = None  # the last choice passed one over for what the budget left (`_choose`)
-    _told_budget: set[tuple[int, str, str]] = field(default_factory=set)  # those said so in the route
     role: str = "work"  # what its attempts do: `review` for the reviewer agent's own router
     # The run's attempt numbers, shared by its worker's router and its reviewers': a Try's number, and the route's,
     # is then the attempt's in the run's list (each router counting its own gave a review "review 1" beside attempt 2).
@@ -473,12 +472,13 @@ class Router:
             # cannot pay for (the budget only shrinks).
             step_resets = [
                 (p.until, p.pending, index) for p in passed
-                if p.until is not None and (p.step, p.profile) not in out and not self._over_what_is_left(world, p)
+                if p.until is not None and (p.step, p.profile) not in out
+                and not self._over_what_is_left(world, p, told)
             ]  # fmt: skip
             usable = []
             for c in ordered:
                 key = (c.step, c.profile)
-                if key in out or self._over_what_is_left(world, c):  # passed over: a cheaper one may fit
+                if key in out or self._over_what_is_left(world, c, told):  # passed over: a cheaper one may fit
                     continue
                 if key in resting and resting[key] > world.now:
                     step_resets.append((resting[key], False, index))
@@ -495,13 +495,14 @@ class Router:
         # alone: a provider's outage fails the run, saying when it comes back).
         return None, resets + _half_opens(passed_all, out) if resets else [], passed_all
 
-    def _over_what_is_left(self, world: World, c: Candidate | Passed) -> bool:
-        """Whether the budget left cannot pay for an attempt on `c` (`_unaffordable`): then said once, in its route."""
+    def _over_what_is_left(self, world: World, c: Candidate | Passed, told: set[tuple[int, str, str]]) -> bool:
+        """Whether the budget left cannot pay for an attempt on `c` (`_unaffordable`): then said once in its route, as
+        every reason a candidate is passed over (`told`)."""
         unaffordable = self._unaffordable(world, c)
         if unaffordable is None:
             return False
-        if (c.step, c.profile, unaffordable) not in self._told_budget:
-            self._told_budget.add((c.step, c.profile, unaffordable))
+        if (c.step, c.profile, unaffordable) not in told:
+            told.add((c.step, c.profile, unaffordable))
             self.note(world.now, "skip", f"{c.profile}: {unaffordable}", step=c.step + 1, profile=c.profile)
         self._unaffordable_seen = self._unaffordable_seen or unaffordable
         return True
