@@ -1022,11 +1022,7 @@ class Executor:
             parsed = scrubber.record(ParsedOutput("failed", message=_own_failure(error), usage=usage))
         except Exception:  # the scrubber is what failed: its words cannot be written unscrubbed
             parsed = ParsedOutput("failed", message="fleetd could not run it", usage=usage)
-        cost = read.cost_usd if read is not None else None
-        if cost is None and read is not None and profile is not None:  # priced by the profile's rates
-            cost = profile.cost(
-                usage.input_tokens, usage.output_tokens, usage.cache_read_tokens, usage.cache_write_tokens
-            )
+        cost = _attempt_cost(read, profile) if read is not None else None
         ending = finish_write(attempt_id, finished_at=self.clock(), exit_code=None, parsed=parsed,
                               error=parsed.message, cost_usd=cost)  # fmt: skip
         try:
@@ -1472,15 +1468,20 @@ def _written_up(
     # The boundary: the streams were scrubbed before parsing; this catches what the parser decoded into
     # a key (a JSON escape) and the messages fleetd wrote itself. Nothing after this sees the raw values.
     end.parsed = parsed = scrubber.record(end.parsed)
-    usage = parsed.usage
-    cost = parsed.cost_usd
-    if cost is None and profile is not None:
-        cost = profile.cost(usage.input_tokens, usage.output_tokens, usage.cache_read_tokens, usage.cache_write_tokens)
+    cost = _attempt_cost(parsed, profile)
     error = None if parsed.outcome == "succeeded" else _describe(parsed)
     ending = finish_write(
         attempt_id, finished_at=finished_at, exit_code=end.exit_code, parsed=parsed, error=error, cost_usd=cost
     )
     return ending, cost
+
+
+def _attempt_cost(parsed: ParsedOutput, profile: Profile | None) -> float | None:
+    """What an attempt cost: as its output said, else its usage at its profile's rates (None: neither is known)."""
+    if parsed.cost_usd is not None or profile is None:
+        return parsed.cost_usd
+    usage = parsed.usage
+    return profile.cost(usage.input_tokens, usage.output_tokens, usage.cache_read_tokens, usage.cache_write_tokens)
 
 
 def _describe(parsed: ParsedOutput) -> str:
