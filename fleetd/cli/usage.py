@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from datetime import datetime
 from typing import Any
 
 import click
@@ -37,6 +38,15 @@ def _windows(r: dict[str, Any], wide: bool) -> str:
     return " ".join(own + reported + spent) or "-"
 
 
+def _back_in(r: dict[str, Any]) -> float | None:
+    """Seconds until the profile is usable again by itself: its exhaustion's reset or, if later, its daily cost's
+    room (an over-cap profile said `-`, as if it would never come back)."""
+    waits = [r["resets_in_s"]] if r["resets_in_s"] is not None else []
+    if (room_at := (r.get("daily_cost") or {}).get("room_at")) is not None:
+        waits.append(max(0.0, datetime.fromisoformat(room_at).timestamp() - time.time()))
+    return max(waits, default=None)
+
+
 def _usage_table(rows: list[dict[str, Any]], wide: bool = False) -> str:
     lines = []
     for r in rows:
@@ -48,7 +58,8 @@ def _usage_table(rows: list[dict[str, Any]], wide: bool = False) -> str:
                 state += ", over daily cost"
             elif cost["over"]:
                 state += ", no room in daily cost"
-        resets = format_duration(r["resets_in_s"]) if r["resets_in_s"] is not None else "-"
+        back_in = _back_in(r)
+        resets = format_duration(back_in) if back_in is not None else "-"
         marker = ("*" if r["active"] else "") + (" pinned" if r["pinned"] else "")
         line = [r["profile"], r["backend"], r["tier"], state, _windows(r, wide), resets, marker.strip()]
         lines.append([*line, circuit_text(r["circuit"])] if wide else line)
@@ -149,11 +160,12 @@ def _show_text(r: dict[str, Any]) -> str:
             resets = f", resets {local_time(w['resets_at'])}" if w["resets_at"] else ""
             fields.append((label, f"{w['used_percent']:g}% (the backend's own figure){resets}"))
     if cost := r.get("daily_cost"):
+        until = f"until {local_time(cost['room_at'])}, when enough spend leaves the 24 h window" if cost.get(
+            "room_at") else "until spend leaves the 24 h window"  # fmt: skip
         over = (
-            ": over it, passed over until spend leaves the 24 h window"
+            f": over it, passed over {until}"
             if cost.get("reached", cost["over"])
-            else ": no room for another attempt of what its recent ones cost, passed over until spend leaves the 24 h "
-            "window"
+            else f": no room for another attempt of what its recent ones cost, passed over {until}"
             if cost["over"]
             else ""
         )

@@ -267,10 +267,11 @@ def usage_json(row: dict[str, Any]) -> dict[str, Any]:
         "daily_cost": None
         if profile.daily_cost is None or row.get("daily_cost_spent") is None
         else {
-            "spent": row["daily_cost_spent"],
+            "spent": round(row["daily_cost_spent"], 6),  # a sum of costs: 0.30000000000000004 said nothing more
             "cap": profile.daily_cost,
             "over": row["daily_cost_over"],  # passed over for it (its meaning since it was added)
             "reached": row["daily_cost_reached"],
+            "room_at": to_iso(row["daily_cost_room_at"]),  # when spend leaving the 24 h window makes room again
         },
     }
 

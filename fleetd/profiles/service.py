@@ -329,11 +329,13 @@ class ProfileService:
         now = self.clock()
         for row in rows:
             profile = row["profile"]
-            spent = None
+            spent, room_at = None, None
             if profile.daily_cost is not None and self.attempt_costs is not None:
-                spent = await self.attempt_costs.profile_cost_since(profile.name, day_since(now, profile.created_at))
-                spent += self.heartbeat.unrecorded_cost(profile.name)
-            row["daily_cost_spent"] = spent
+                recorded = await self.attempt_costs.profile_cost_since(profile.name, day_since(now, profile.created_at))
+                spent = recorded + self.heartbeat.unrecorded_cost(profile.name)
+                # When it is usable again by itself, as a run waiting for it is told (the table said only "over").
+                room_at = await self._cost_room_at(profile, recorded, now)
+            row["daily_cost_spent"], row["daily_cost_room_at"] = spent, room_at
             # Spent; and, as routing judges it, passed over: spent, or no room for one more attempt of its typical cost
             # (routes then say "no room in its daily cost": the table said "over" at $0.0276 of $0.03).
             row["daily_cost_reached"] = spent is not None and reaches(spent, profile.daily_cost)
@@ -403,24 +405,9 @@ class ProfileService:
         for profile in profiles:
             if profile.daily_cost is not None and self.attempt_costs is not None:
                 began = time.monotonic()
-                since = day_since(now, profile.created_at)
-                spent = await self.attempt_costs.profile_cost_since(profile.name, since)
+                spent = await self.attempt_costs.profile_cost_since(profile.name, day_since(now, profile.created_at))
                 self._spent[profile.name] = (began, spent)
-                unrecorded = self.heartbeat.unrecorded_cost(profile.name)
-                typical = self.heartbeat.typical(profile.name)
-                if cost_cap_taken(spent + unrecorded, profile.daily_cost, 0, typical):
-                    # Spent: when it has room again, for a run to wait for (read only then: each cost, not a sum).
-                    found_for = (spent + unrecorded, profile.daily_cost, typical.cost_usd if typical else None,
-                                 profile.created_at)  # fmt: skip
-                    known = self._cost_room.get(profile.name)
-                    # Found again once its time has come: a cost that left may have been replaced by one of the same
-                    # amount since, the spend unchanged.
-                    if known is None or known[0] != found_for or known[1] is None or known[1] <= now:
-                        costs = await self.attempt_costs.profile_costs_since(profile.name, since)
-                        costs += [(now, unrecorded)] if unrecorded else []
-                        known = self._cost_room[profile.name] = (found_for, cost_room_at(costs, profile.daily_cost,
-                                                                                        typical))  # fmt: skip
-                    cost_room[profile.name] = known[1]
+                cost_room[profile.name] = await self._cost_room_at(profile, spent, now)
         # No await from here on: the attempts under way are counted as they stand when the caller's attempt
         # reserves its profile (the executor reserves before its next await), so two cannot both take the last room.
         for profile in profiles:
@@ -449,6 +436,25 @@ class ProfileService:
                                           attempt_cost=typical.cost_usd if typical and not adapter.takes_cost_cap
                                           else None, attempt_tokens=typical.tokens if typical else None)  # fmt: skip
         return World(now, views), {p.name: p for p in profiles}
+
+    async def _cost_room_at(self, profile: Profile, spent: float, now: datetime) -> datetime | None:
+        """When `profile`, its daily cost taken by what it spent (`spent`, recorded, and what is not yet), has room
+        again for an attempt of what its recent ones cost, should nothing more be spent; None: it has room now."""
+        assert profile.daily_cost is not None and self.attempt_costs is not None
+        unrecorded = self.heartbeat.unrecorded_cost(profile.name)
+        typical = self.heartbeat.typical(profile.name)
+        if not cost_cap_taken(spent + unrecorded, profile.daily_cost, 0, typical):
+            return None
+        # Read only while taken: each cost of the window, not a sum.
+        found_for = (spent + unrecorded, profile.daily_cost, typical.cost_usd if typical else None, profile.created_at)
+        known = self._cost_room.get(profile.name)
+        # Found again once its time has come: a cost that left may have been replaced by one of the same amount since,
+        # the spend unchanged.
+        if known is None or known[0] != found_for or known[1] is None or known[1] <= now:
+            costs = await self.attempt_costs.profile_costs_since(profile.name, day_since(now, profile.created_at))
+            costs += [(now, unrecorded)] if unrecorded else []
+            known = self._cost_room[profile.name] = (found_for, cost_room_at(costs, profile.daily_cost, typical))
+        return known[1]
 
     def _daily_cost_taken(self, profile: Profile, unknown_takes_rest: bool = False) -> tuple[str, bool] | None:
         """`cost_cap_taken` of the profile's `--daily-cost` (spent as of the last `world`, and its attempts under way

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from unittest.mock import ANY
 
 import httpx
 import openai
@@ -368,9 +369,14 @@ def test_a_profile_over_its_daily_cost_through_the_gateway_is_passed_over(gw: Ga
     # upstream had failed).
     # `usage` says so (it showed the profile `available`, and nothing of its spend).
     [row] = [u for u in gw.d.json("usage") if u["profile"] == "dc1"]
+    room_at = row["daily_cost"].pop("room_at")
     assert row["daily_cost"] == {"spent": pytest.approx(CHAT_COST), "cap": CHAT_COST / 2, "over": True, "reached": True}
+    # And when it is usable again, by itself (the table said "-" under RESETS IN, as if never).
+    assert 86_000 < (datetime.fromisoformat(room_at) - datetime.now(UTC)).total_seconds() <= 86_400
     listed = next(line for line in gw.d.cli("usage").stdout.splitlines() if line.startswith("dc1 "))
     assert "over daily cost" in listed and "24h $0.00/$0.00" not in listed
+    assert re.split(r"\s{2,}", listed)[5] in ("1d", "23h59m"), listed  # RESETS IN
+    assert "passed over until " in gw.d.cli("usage", "show", "dc1").stdout
     gw.d.cli("route", "add", "dconly", "--chain", "dc1")
     with pytest.raises(openai.RateLimitError, match="over its daily cost") as refused:
         gw.sdk().chat.completions.create(**{**ask, "model": "dconly"})  # type: ignore[call-overload]
@@ -405,7 +411,7 @@ def test_usage_tells_a_profile_with_no_room_in_its_daily_cost_from_one_over_it(g
     gw.call_of("nr")
     [row] = [u for u in gw.d.json("usage") if u["profile"] == "nr1"]
     assert row["daily_cost"] == {"spent": pytest.approx(CHAT_COST), "cap": CHAT_COST * 1.5, "over": True,
-                                 "reached": False}  # passed over, not spent  # fmt: skip
+                                 "reached": False, "room_at": ANY}  # passed over, not spent  # fmt: skip
     listed = next(line for line in gw.d.cli("usage").stdout.splitlines() if line.startswith("nr1 "))
     assert "no room in daily cost" in listed and "over" not in listed, listed
     shown = gw.d.cli("usage", "show", "nr1").stdout
