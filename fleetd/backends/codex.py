@@ -3,6 +3,7 @@ waits for stdin to close). Window state is read afterwards from the thread's rol
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from datetime import datetime, tzinfo
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
     from fleetd.records.profile import Profile
 
 OPENAI_API = "https://api.openai.com/v1"
+PROVIDER_ID = "fleetd"  # the custom provider block a profile's --base-url makes
 
 
 class CodexAdapter(AgentCli):
@@ -71,6 +73,8 @@ class CodexAdapter(AgentCli):
         # A repair round continues the session it repairs: `codex exec resume [OPTIONS] SESSION PROMPT`.
         resume = ["resume"] if ctx.resume_session else []
         argv = [self.executable, "exec", *resume, "--json", "--skip-git-repo-check"]
+        if ctx.profile.base_url:
+            argv += _provider_overrides(ctx.profile.base_url, ctx.secret is not None)
         if ctx.model:
             argv += ["-m", ctx.model]
         change = self.profile_env(ctx.profile, ctx.secret)
@@ -100,6 +104,25 @@ class CodexAdapter(AgentCli):
             # "try again at 3:28 PM" is the same time rounded to the minute.
             reset_at = parser.blocked_until(windows) or reset_at
         return replace(parsed, windows=windows or parsed.windows, reset_at=reset_at)
+
+
+def _provider_overrides(base_url: str, keyed: bool) -> list[str]:
+    """`-c` options that send the work to `base_url` through a custom provider block: `OPENAI_BASE_URL` does not move
+    the built-in provider, which would take the profile's key and prompt to api.openai.com. No retries of its own in
+    the block (fleetd retries); the key, if any, is the `CODEX_API_KEY` fleetd sets."""
+    block = f"model_providers.{PROVIDER_ID}"
+    values = {
+        "model_provider": PROVIDER_ID,
+        f"{block}.name": "fleetd profile",
+        f"{block}.base_url": base_url,
+        f"{block}.wire_api": "responses",
+        f"{block}.stream_max_retries": 0,
+        f"{block}.request_max_retries": 0,
+    }
+    if keyed:
+        values[f"{block}.env_key"] = "CODEX_API_KEY"
+    # A TOML value: JSON's quoting of a string is a valid TOML basic string.
+    return [arg for key, value in values.items() for arg in ("-c", f"{key}={json.dumps(value)}")]
 
 
 def find_rollout(codex_home: Path, thread_id: str) -> Path | None:

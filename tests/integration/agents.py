@@ -76,15 +76,9 @@ def _toml_str(value: str) -> str:
     return json.dumps(value)  # a JSON string is a valid TOML basic string
 
 
-def _codex_config(base_url: str, model: str, key_env: str = CODEX_KEY_ENV) -> str:
-    lines = [
-        "# Written by tests/integration/agents.py: a local provider, no retries, no outside traffic.",
-        f"model = {_toml_str(model)}",
-        f"model_provider = {_toml_str(CODEX_PROVIDER_ID)}",
-        "check_for_update_on_startup = false",
-        'approval_policy = "never"',
-        'sandbox_mode = "read-only"',
-        "",
+def _codex_config(base_url: str | None, model: str, key_env: str = CODEX_KEY_ENV) -> str:
+    """`base_url` None: no provider block (the profile's --base-url, which fleetd passes, says where)."""
+    provider = [
         f"[model_providers.{CODEX_PROVIDER_ID}]",
         'name = "Fake provider"',
         f"base_url = {_toml_str(base_url.rstrip('/') + '/v1')}",
@@ -94,6 +88,16 @@ def _codex_config(base_url: str, model: str, key_env: str = CODEX_KEY_ENV) -> st
         "request_max_retries = 0",
         "supports_websockets = false",
         "",
+    ] if base_url is not None else []  # fmt: skip
+    lines = [
+        "# Written by tests/integration/agents.py: a local provider, no retries, no outside traffic.",
+        f"model = {_toml_str(model)}",
+        *([f"model_provider = {_toml_str(CODEX_PROVIDER_ID)}"] if base_url is not None else []),
+        "check_for_update_on_startup = false",
+        'approval_policy = "never"',
+        'sandbox_mode = "read-only"',
+        "",
+        *provider,
         "[analytics]",
         "enabled = false",
         "",
@@ -136,10 +140,10 @@ def _aider_metadata(model: str) -> dict[str, object]:
 
 
 def prepare_profile(
-    name: str, base_url: str, profile_dir: Path, model: str | None = None, *, key_env: str = CODEX_KEY_ENV
+    name: str, base_url: str | None, profile_dir: Path, model: str | None = None, *, key_env: str = CODEX_KEY_ENV
 ) -> None:
     """Write the config files ``name`` needs inside ``profile_dir`` (created if missing). ``key_env``: the variable
-    Codex reads its key from (its provider block's ``env_key``)."""
+    Codex reads its key from (its provider block's ``env_key``); ``base_url`` None: Codex gets no provider block."""
     model = model or DEFAULT_MODELS[name]
     profile_dir = Path(profile_dir)
     profile_dir.mkdir(parents=True, exist_ok=True)

@@ -85,7 +85,7 @@ def daemon(provider: fp.FakeProvider) -> Iterator[Daemon]:
 
 
 def add_profile(d: Daemon, case: Case, name: str, base_url: str) -> Path:
-    base = f"{base_url}/v1" if case.cli == "aider" else base_url
+    base = f"{base_url}/v1" if case.cli in ("aider", "codex") else base_url
     d.cli("profile", "add", name, "--backend", case.backend, "--base-url", base, "--api-key-stdin",
           input=FAKE_API_KEY)  # fmt: skip
     config_dir = Path(d.json("profile", "show", name)["config_dir"])
@@ -223,3 +223,24 @@ def test_real_cli_529_on_one_profile_fails_over_to_the_healthy_one(
         again = run(daemon, loop)
         assert [a["profile"] for a in again["attempt_list"]] == [f"{case.cli}-up"]
     assert overloaded.proxy_attempts == [] and provider.proxy_attempts == []
+
+
+def test_a_codex_profiles_base_url_is_where_its_runs_go(daemon: Daemon, provider: fp.FakeProvider) -> None:
+    """A codex profile's --base-url with no provider block of the user's own: the work went to api.openai.com with
+    the profile's key (`OPENAI_BASE_URL` does not move Codex's built-in provider), while `profile show` named the
+    local URL."""
+    require_agent("codex")
+    provider.mode = "ok"
+    daemon.cli("profile", "add", "codex-url", "--backend", "codex", "--base-url", f"{provider.base_url}/v1",
+               "--api-key-stdin", input=FAKE_API_KEY)  # fmt: skip
+    config_dir = Path(daemon.json("profile", "show", "codex-url")["config_dir"])
+    prepare_profile("codex", None, config_dir)  # its extras off, and no provider of its own
+    daemon.cli("loop", "add", "codex_url", "--every", "1h", "--backend", "codex", "--profile", "codex-url",
+               "--prompt", "say hi", "--model", "gpt-5.5", "--timeout", "2m", "--dir", str(daemon.workdir))  # type: ignore[attr-defined]  # fmt: skip
+    seen = len(provider.requests_for(fp.API_RESPONSES))
+    result = run(daemon, "codex_url")
+    log = daemon.cli("runs", "logs", str(result["id"])).stdout
+    assert result["status"] == "succeeded", log[-3000:]
+    asked = provider.requests_for(fp.API_RESPONSES)[seen:]
+    assert asked and all(r.headers.get("authorization") == f"Bearer {FAKE_API_KEY}" for r in asked), asked
+    assert provider.proxy_attempts == []  # nothing went to api.openai.com (the trap records it)
