@@ -470,8 +470,11 @@ class Router:
             passed_all.extend(passed)
             # A candidate this run is done with is no reason to wait, whenever its reset comes; nor one the budget left
             # cannot pay for (the budget only shrinks).
+            # Back at its reset, or at the end of this run's rest for it if later: a wait for the reset alone found it
+            # still resting, and waited again (two `run.waiting` events for one wait).
             step_resets = [
-                (p.until, p.pending, index) for p in passed
+                (rest, False, index) if (rest := resting.get((p.step, p.profile), p.until)) > p.until
+                else (p.until, p.pending, index) for p in passed
                 if p.until is not None and (p.step, p.profile) not in out
                 and not self._over_what_is_left(world, p, told)
             ]  # fmt: skip

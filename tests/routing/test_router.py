@@ -478,6 +478,25 @@ def test_a_candidate_rate_limited_again_after_each_reset_rests_longer_each_time(
     assert gaps == sorted(gaps) and max(gaps) == 901  # to a cap of 15 minutes
 
 
+def test_a_candidate_resting_longer_than_its_reset_is_waited_for_once_until_its_rest() -> None:
+    """Under --on-exhausted wait, a 429 with `retry-after: 1` the second time: the run waited until the profile's reset
+    (1 s), then, finding the candidate still resting, waited again until the rest's end: two `run.waiting` events
+    (and hook deliveries) for one wait, after every attempt."""
+
+    def one_second(profiles: dict[str, ProfileView], name: str, result: AttemptResult, now: datetime) -> None:
+        profiles[name] = replace(profiles[name], state="exhausted", until=now + timedelta(seconds=1))
+
+    chain = (ChainStep("openai_compat", ("qwen",)),)
+    drive = Drive(Policy(chain, on_exhausted="wait", max_attempts=5), {"qwen": [fail("rate_limited")]},
+                  on_result=one_second)  # fmt: skip
+    drive.run()
+    kinds = [type(d).__name__ for d in drive.decisions]
+    assert kinds == ["Try", "WaitUntil"] * 4 + ["Try", "Finish"], kinds  # one wait between two attempts
+    waits = [d for d in drive.decisions if isinstance(d, WaitUntil)]
+    assert not any(w.again for w in waits)
+    assert len([e for e in drive.router.trail if e["kind"] == "wait"]) == 4
+
+
 def test_an_attempt_the_budget_left_cannot_pay_for_is_not_started() -> None:
     # A repair round started with $0.18 left of a $1.00 run whose attempts cost about $0.82 on that profile (nothing
     # could stop it on a backend that takes no cost cap): it ended "spent $1.64 of the run's $1.00".
