@@ -93,6 +93,7 @@ class Heartbeat:
         self.windows: dict[str, list[WindowUsage]] = {}
         self.active: dict[str, tuple[str | None, bool]] = {}
         self.in_flight: dict[str, int] = {}
+        self.enabled_at: dict[str, datetime] = {}  # when each was last enabled by hand
         # Told a profile's name when an attempt under way on it ends (the executor: runs waiting on its room).
         self.room_freed: Callable[[str], None] | None = None
         self._ingesters: dict[str, Any] = {}
@@ -723,6 +724,7 @@ class Heartbeat:
                     reason=status.reason,
                     headroom=standing.headroom,
                     active=active == profile.name,
+                    enabled_at=self.enabled_at.get(profile.name),
                     circuit=circuit.state,
                     circuit_until=circuit.open_until,
                     probe_taken=profile.name in self.probing,
@@ -823,6 +825,8 @@ class Heartbeat:
             stored = self.states.get(profile.name) or StoredState(ProfileStatus())
             new = ProfileStatus() if enabled else ProfileStatus("disabled", None, "disabled by hand")
             await self._set(profile, stored, new, now)
+            if enabled:  # a run resting from its rate limit takes it back too (`ProfileView.enabled_at`)
+                self.enabled_at[profile.name] = now
             await self._refresh(profile, self._pending())
             await self._switch(profile.backend)
 
@@ -862,6 +866,7 @@ class Heartbeat:
             self._unrecorded.pop(profile, None)
             self._unrecorded_costs.pop(profile, None)
             self.in_flight.pop(profile, None)
+            self.enabled_at.pop(profile, None)
             self._offsets_json.pop(profile, None)
             self._keyed.discard(profile)
             await self.usage.forget(profile)

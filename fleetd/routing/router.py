@@ -70,6 +70,7 @@ class ProfileView:
     # --max-cost has left (None: not known yet, or its CLI stops itself at the budget it is given).
     attempt_cost: float | None = None
     attempt_tokens: float | None = None  # and the tokens one uses (None: not known yet), for a run's --max-tokens
+    enabled_at: datetime | None = None  # when `profile enable` last brought it back by hand (since the daemon started)
 
 
 @dataclass(frozen=True)
@@ -290,6 +291,7 @@ class Router:
         retries: dict[tuple[int, str], int] = {}
         out: dict[tuple[int, str], str] = {}  # candidates this run is done with, and why
         resting: dict[tuple[int, str], datetime] = {}  # rate-limited here: not before this time
+        rested_at: dict[tuple[int, str], datetime] = {}  # when that rest began
         rejected_steps: set[int] = set()  # capability shortfalls: the next step gets the task
         again: tuple[int, str] | None = None  # retry this one first (transient backoff, repair round)
         repairing: tuple[tuple[int, str], int] | None = None  # the next try repairs this candidate's attempt N
@@ -308,6 +310,13 @@ class Router:
                 view = world.profiles.get(key[1])
                 if why in ("quota", "auth") and view is not None and view.state in USABLE_STATES:
                     del out[key]  # enabled again by hand (or its parking ended) since it failed: usable again
+            for key, began in list(rested_at.items()):
+                view = world.profiles.get(key[1])
+                if view is not None and view.enabled_at is not None and view.enabled_at > began:
+                    # Enabled by hand since its rate limit: the user's word ends this run's rest too (it waited on
+                    # while `usage` said available and a new run used it).
+                    del resting[key], rested_at[key]
+                    limited.pop(key, None)
             over = self._over_budget()
             if over:
                 if last is not None:  # what the last attempt came to (rejected, say) is as much the run's end
@@ -409,7 +418,7 @@ class Router:
                     if limited[key] > 1:  # limited again right after its reset: each time it rests longer
                         floor = min(RATE_LIMIT_REST_CAP_S, 2.0 ** (limited[key] - 1))
                         rest = max(rest, world.now + timedelta(seconds=floor))
-                    resting[key] = rest
+                    resting[key], rested_at[key] = rest, world.now
                     onward = ("another candidate of its step, else a wait for the first reset (--on-exhausted wait)"
                               if policy.on_exhausted == "wait" else "trying the next candidate")  # fmt: skip
                     self.note(world.now, "next", f"{chosen.profile}: {error_class}, resting until "

@@ -274,6 +274,21 @@ def test_a_run_waiting_for_room_goes_on_when_the_limit_is_raised(routed: Daemon)
     assert d.wait_run(second, timeout=15)["status"] == "succeeded"
 
 
+def test_a_run_waiting_out_a_rate_limit_goes_on_when_the_profile_is_enabled_by_hand(routed: Daemon) -> None:
+    # `profile enable` made `usage` say available, and a new run used the profile, while the run already waiting for
+    # its reset went on waiting (the README: enabling a profile makes waiting runs look again at once).
+    d = routed
+    d.cli("profile", "add", "limited", "--backend", "claude_code")
+    scenario(d, "limited", "usage_limit_text +3600")  # no window the backend reports full
+    d.cli("loop", "add", "patient-e", "--every", "1h", "--paused", "--backend", "claude_code", "--profile", "limited",
+          "--prompt", "x", "--on-exhausted", "wait")  # fmt: skip
+    waiting = d.json("loop", "run", "patient-e")["id"]
+    wait_until(lambda: d.json("runs", "show", str(waiting))["status"] == "waiting", what="the run to wait")
+    scenario(d, "limited", "ok")
+    d.cli("profile", "enable", "limited")
+    assert d.wait_run(waiting, timeout=15)["status"] == "succeeded"
+
+
 def test_a_run_waiting_on_attempts_under_way_looks_again_as_each_ends(routed: Daemon) -> None:
     # With room taken only by attempts under way, the waiting run looked again a minute later, whenever they ended.
     # Now each end wakes it; one that leaves it still without room is the same wait: no second `wait` in its

@@ -459,6 +459,29 @@ def test_a_profile_re_enabled_while_the_run_waits_is_tried_again() -> None:
     assert isinstance(again, Try) and again.candidate.profile == "g1", again
 
 
+def test_a_rate_limited_profile_enabled_by_hand_while_the_run_waits_is_tried_again() -> None:
+    """`profile enable` of a rate-limited profile made `usage` say it was available, and a new run used it, while the
+    run already waiting for it went on waiting for the rest it had set itself."""
+    chain = (ChainStep("claude_code", ("cc-a",)),)
+    views = {"cc-a": ProfileView("cc-a", "claude_code", "subscription")}
+    flow = Router(Policy(chain, on_exhausted="wait"), random.Random(7)).route(World(T0, views))
+    assert isinstance(next(flow), Try)
+    views["cc-a"] = replace(views["cc-a"], state="exhausted", until=T0 + timedelta(minutes=1))
+    wait = flow.send(Observation(World(T0, views), fail("rate_limited", reset_at=T0 + timedelta(minutes=1))))
+    assert isinstance(wait, WaitUntil)
+    # Enabled by hand 5 s later: the heartbeat's exhaustion is gone, and the run looks again.
+    enabled = T0 + timedelta(seconds=5)
+    views["cc-a"] = ProfileView("cc-a", "claude_code", "subscription", enabled_at=enabled)
+    again = flow.send(Observation(World(enabled, views)))
+    assert isinstance(again, Try) and again.candidate.profile == "cc-a", again
+    # A rest that began after that enable still holds.
+    views["cc-a"] = replace(views["cc-a"], state="exhausted", until=enabled + timedelta(minutes=1))
+    later = flow.send(Observation(World(enabled, views), fail("rate_limited", reset_at=enabled + timedelta(minutes=1))))
+    views["cc-a"] = replace(views["cc-a"], state="available", until=None)
+    assert isinstance(later, WaitUntil)
+    assert isinstance(flow.send(Observation(World(enabled + timedelta(seconds=59), views))), WaitUntil)
+
+
 def test_a_candidate_rate_limited_again_after_each_reset_rests_longer_each_time() -> None:
     """A provider answering every call with a 429 and `retry-after: 1` had a run try once a second, 20 times in
     20 s (each a profile.exhausted and a run.waiting event, each to the hooks), then fail."""
