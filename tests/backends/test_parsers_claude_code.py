@@ -298,3 +298,23 @@ def test_a_resumed_sessions_result_costs_what_its_own_turn_cost_not_the_sessions
     # A CLI without the field: its total, as before.
     older = result(result="hi", total_cost_usd=0.0123, usage=usage)
     assert parse_json(older, "", 0, NOW, TZ).cost_usd == 0.0123
+
+
+def test_a_result_stopped_at_its_budget_counts_the_tokens_its_model_usage_gives() -> None:
+    # Claude Code 2.1.330 stopped by `--max-budget-usd` (against the fake provider): `usage` all zero beside the turn's
+    # real counts by model. The attempt was recorded at 0 tokens and $0.0009, unseen by --max-tokens and the windows.
+    turn = {"inputTokens": 123, "outputTokens": 9, "cacheReadInputTokens": 67, "cacheCreationInputTokens": 45,
+            "webSearchRequests": 0, "costUSD": 0.0009104000000000001, "contextWindow": 1000000}  # fmt: skip
+    zero = {"input_tokens": 0, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0, "output_tokens": 0,
+            "cache_creation": {"ephemeral_1h_input_tokens": 0, "ephemeral_5m_input_tokens": 0}}  # fmt: skip
+    by_model = {"claude-opus-5-5": turn}
+    out = result(subtype="error_max_budget_usd", is_error=True, errors=["Reached maximum budget ($0.0001)"],
+                 terminal_reason="budget_exhausted", total_cost_usd=0.0009104000000000001, usage=zero,
+                 modelUsage=by_model, model_usage_since_last_result=by_model)  # fmt: skip
+    for parsed in (parse_json(out, "", 1, NOW, TZ), parse_stream_json(out, "", 1, NOW, TZ)):
+        assert (parsed.outcome, parsed.error_class) == ("failed", "contract")
+        assert parsed.usage == TokenUsage(123, 9, 67, 45)
+    # After --resume, `modelUsage` is the session's: only this turn's figures count.
+    session = {**turn, "inputTokens": 246}
+    resumed = json.loads(out) | {"modelUsage": {"claude-opus-5-5": session}}
+    assert parse_json(json.dumps(resumed), "", 1, NOW, TZ).usage == TokenUsage(123, 9, 67, 45)

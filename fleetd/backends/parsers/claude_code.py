@@ -230,8 +230,9 @@ def _interpret(scan: _Scan, stdout: str, stderr: str, exit_code: int | None, now
 
 def _from_result(obj: dict[str, Any], now: datetime, tz: tzinfo) -> ParsedOutput:
     text = as_str(obj.get("result"))
+    usage = _usage(obj.get("usage"))
     common: dict[str, Any] = {
-        "usage": _usage(obj.get("usage")),
+        "usage": usage if usage.total else _model_usage(obj),
         "cost_usd": _cost(obj),
         "model": _main_model(obj.get("model_usage_since_last_result") or obj.get("modelUsage")),
         "session_id": as_str(obj.get("session_id")),
@@ -388,6 +389,27 @@ def _usage(usage: object) -> TokenUsage:
         cache_read_tokens=count(usage.get("cache_read_input_tokens")),
         cache_write_tokens=count(write),
     )
+
+
+def _model_usage(obj: dict[str, Any]) -> TokenUsage:
+    """This turn's tokens by model, summed, where `usage` says none: 2.1.330 stopping at `--max-budget-usd`
+    (`error_max_budget_usd`) writes an all-zero `usage` beside the real counts. `modelUsage` is the session's so far
+    after `--resume`: only for a CLI without `model_usage_since_last_result`."""
+    by_model = obj.get("model_usage_since_last_result")
+    if not isinstance(by_model, dict):
+        by_model = obj.get("modelUsage")
+    if not isinstance(by_model, dict):
+        return TokenUsage()
+    total = TokenUsage()
+    for stats in by_model.values():
+        if isinstance(stats, dict):
+            total += TokenUsage(
+                input_tokens=count(stats.get("inputTokens")),
+                output_tokens=count(stats.get("outputTokens")),
+                cache_read_tokens=count(stats.get("cacheReadInputTokens")),
+                cache_write_tokens=count(stats.get("cacheCreationInputTokens")),
+            )
+    return total
 
 
 def _cost(obj: dict[str, Any]) -> float | None:
