@@ -199,6 +199,20 @@ def test_a_run_over_budget_after_its_last_rejection_says_both() -> None:
     assert drive.router.trail[-1]["detail"] == "spent $0.50 of the run's $0.40: its last attempt used it up"
 
 
+def test_an_attempt_stopped_at_the_budget_it_was_given_ends_the_run_for_its_budget() -> None:
+    """Claude Code given the $0.0004 a run had left stops itself (`error_max_budget_usd`: contract) after spending
+    $0.0009: the run ended "contract: Reached maximum budget … (not escalated: another worker would get the same
+    task)", where the README promises `budget: …; last: …`."""
+    chain = (ChainStep("openai_compat", ("qwen",)), ChainStep("claude_code", ("cc-a",)))
+    answers = {"qwen": [fail("capability", cost=0.0001)], "cc-a": [fail("contract", cost=0.0009)]}
+    finish = Drive(Policy(chain, max_cost=0.0005), answers).run()
+    assert finish.status == "failed" and finish.error_class == "contract"
+    assert finish.reason == "budget: spent $0.001 of the run's $0.0005; last: contract: contract (test)"
+    # Within its budget, a contract failure still stops the run as one.
+    finish = Drive(Policy(chain, max_cost=1.0), answers).run()
+    assert finish.reason is not None and finish.reason.startswith("contract") and "not escalated" not in finish.reason
+
+
 def test_transient_retries_back_off_with_full_jitter_within_the_cap() -> None:
     drive = Drive(Policy(CHAIN, retries=2, backoff_base=2, backoff_cap=3), {"qwen": [fail("transient")], "cc-a": [OK]})
     drive.run()
