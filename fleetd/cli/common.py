@@ -7,7 +7,6 @@ printed as JSON with `--json` and through the command's text renderer otherwise.
 from __future__ import annotations
 
 import importlib
-import math
 import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -164,15 +163,15 @@ def seconds(value: str, flag: str) -> float:
         raise CliError(f"invalid {flag}: {e}", exit_code=2) from None
 
 
-def positive_seconds(ctx: click.Context, param: click.Parameter, value: float) -> float:
-    """A click callback for plain-seconds options: finite, above zero, within fleetd's longest duration."""
-    from fleetd.timefmt import MAX_DURATION_S, MAX_DURATION_YEARS
+def positive_seconds(ctx: click.Context, param: click.Parameter, value: str | float) -> float:
+    """A click callback for the CLI's own waits (`--wait 60s`, `--interval 2`): a duration as every other flag takes
+    one (a bare number is seconds; `60s` was refused as "not a valid float"), above zero, within the longest."""
+    from fleetd.timefmt import DurationError, parse_duration
 
-    if not (math.isfinite(value) and 0 < value <= MAX_DURATION_S):
-        raise click.BadParameter(
-            f"{value:g}: give seconds above 0, at most {MAX_DURATION_YEARS} years", ctx=ctx, param=param
-        )
-    return value
+    try:
+        return parse_duration(str(value))
+    except DurationError as e:
+        raise click.BadParameter(str(e), ctx=ctx, param=param) from None
 
 
 def ensure_home(where: Paths) -> None:

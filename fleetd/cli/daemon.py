@@ -62,8 +62,8 @@ def daemon_run(log_file: Path | None, **texts: Any) -> None:
 
 @daemon.command("start")
 @daemon_options
-@click.option("--wait", "wait_s", default=15.0, show_default=True, callback=positive_seconds,
-              help="Seconds to wait for the socket.")  # fmt: skip
+@click.option("--wait", "wait_s", default="15s", show_default=True, callback=positive_seconds,
+              help="How long to wait for the socket (90s, 2m; a bare number is seconds).")  # fmt: skip
 def daemon_start(wait_s: float, **texts: Any) -> None:
     """Start the daemon in the background; returns once its socket answers."""
     _options(texts)  # bad flags fail here, not in the background
@@ -150,8 +150,8 @@ def _last_line(log: Path, since: int) -> str:
 
 
 @daemon.command("stop")
-@click.option("--wait", "wait_s", default=60.0, show_default=True, callback=positive_seconds,
-              help="Seconds to wait for it to exit.")  # fmt: skip
+@click.option("--wait", "wait_s", default="60s", show_default=True, callback=positive_seconds,
+              help="How long to wait for it to exit (90s, 2m; a bare number is seconds).")  # fmt: skip
 def daemon_stop(wait_s: float) -> None:
     """Stop the daemon: no new fires, in-flight runs get the stop grace, then are interrupted."""
     where = paths()
@@ -192,10 +192,10 @@ def _exited(pid: int, wait_s: float) -> bool:
 
 @daemon.command("restart")
 @daemon_options
-@click.option("--wait", "wait_s", default=15.0, show_default=True, callback=positive_seconds,
-              help="Seconds to wait for the new daemon's socket.")  # fmt: skip
-@click.option("--stop-wait", "stop_wait_s", default=60.0, show_default=True, callback=positive_seconds,
-              help="Seconds to wait for the old daemon to exit.")  # fmt: skip
+@click.option("--wait", "wait_s", default="15s", show_default=True, callback=positive_seconds,
+              help="How long to wait for the new daemon's socket.")  # fmt: skip
+@click.option("--stop-wait", "stop_wait_s", default="60s", show_default=True, callback=positive_seconds,
+              help="How long to wait for the old daemon to exit.")  # fmt: skip
 def daemon_restart(wait_s: float, stop_wait_s: float, **texts: str) -> None:
     """Stop the daemon gracefully (as `daemon stop`), then start it (as `daemon start`) with the flags given here
     and, for the others, the options the running daemon has (not the defaults)."""

@@ -95,8 +95,8 @@ def _minutes(value: int | None) -> str:
 
 @click.group("usage", invoke_without_command=True)
 @click.option("--watch", is_flag=True, help="Refresh in place until Ctrl-C.")
-@click.option("--interval", default=2.0, show_default=True, callback=positive_seconds,
-              help="Seconds between refreshes with --watch.")  # fmt: skip
+@click.option("--interval", default="2s", show_default=True, callback=positive_seconds,
+              help="Time between refreshes with --watch (5s, 1m; a bare number is seconds).")  # fmt: skip
 @click.option("--wide", is_flag=True, help="Every column: window amounts and the circuit breaker.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
 @click.pass_context

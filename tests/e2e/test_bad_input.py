@@ -305,6 +305,23 @@ def test_usage_watch_refuses_a_bad_interval(daemon: Daemon, interval: str) -> No
     assert line.startswith("fleetd: Invalid value for '--interval'")
 
 
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["daemon", "stop", "--wait"],
+        ["daemon", "start", "--wait"],
+        ["daemon", "restart", "--stop-wait"],
+        ["usage", "--watch", "--interval"],
+    ],
+)
+def test_the_clis_own_waits_take_a_duration_as_every_other_flag_does(daemon: Daemon, command: list[str]) -> None:
+    # `daemon stop --wait 60s` said "'60s' is not a valid float", where `--stop-grace 30s` beside it was taken.
+    result = daemon.cli(*command, "1h30", check=False)  # a bad duration: refused in its own words
+    assert result.returncode == 2 and "invalid duration '1h30'" in result.stderr, result
+    if command[:2] == ["daemon", "start"]:  # a good one is taken (the daemon runs already: nothing more to do)
+        assert "already running" in daemon.cli(*command, "90s").stdout
+
+
 def test_usage_interval_without_watch_is_refused(daemon: Daemon) -> None:
     assert_refused(daemon, ["usage", "--interval", "1"], 2, "--interval needs --watch")  # was taken and ignored
 
