@@ -70,8 +70,8 @@ def format_duration(seconds: float | None) -> str:
         return "-"
     if seconds < 1:
         return f"{seconds * 1000:.0f}ms"
-    if seconds < 60:
-        return f"{seconds:.1f}s"
+    if seconds < 60:  # a setting as it was typed: `--timeout 2s` is "2s" (it read "2.0s", and 90s "1m30s")
+        return f"{seconds:.0f}s" if seconds == int(seconds) else f"{seconds:.1f}s"
     total = round(seconds)
     parts = []
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):

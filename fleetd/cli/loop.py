@@ -99,6 +99,8 @@ def _show_text(lp: dict[str, Any]) -> str:
                 ("repair", f"{lp['repair']} round(s)" if lp["repair"] else None),
                 ("agent args", " ".join(lp["agent_args"]) or None),
                 ("timeout", format_duration(lp["timeout_s"]) if lp["timeout_s"] else "none"),
+                ("attempt timeout", format_duration(lp["attempt_timeout_s"]) if lp.get("attempt_timeout_s") else None),
+                ("output cap", _size(lp["output_cap_bytes"])),  # shown only in --json before
                 ("catch-up", lp["catch_up"]),
                 ("enabled", "yes" if lp["enabled"] else "paused"),
                 ("next fire", _moment(lp["next_fire_at"])),
@@ -208,3 +210,11 @@ def loop_run(name: str, as_json: bool) -> None:
     render(run, as_json, lambda r: f"started run {r['id']} of loop {name}; follow: fleetd runs logs {r['id']} -f")
     if run["status"] == "skipped":  # the same exit status with --json: a script checks one thing
         raise SystemExit(1)
+
+
+def _size(n: int) -> str:
+    """Bytes as `--output-cap` takes them: 10MB, 512k."""
+    for unit, size in (("G", 1024**3), ("MB", 1024**2), ("k", 1024)):
+        if n >= size and n % size == 0:
+            return f"{n // size}{unit}"
+    return f"{n} bytes"

@@ -53,6 +53,7 @@ def loop_json(
         "on_exhausted": loop.on_exhausted,
         "verify": loop.verify,
         "verify_timeout_s": loop.verify_timeout_s,
+        "attempt_timeout_s": loop.attempt_timeout_s,
         "repair": loop.repair,
         "review": loop.review.describe() if loop.review else None,
         "last_run": None

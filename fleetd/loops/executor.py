@@ -105,6 +105,9 @@ class ActiveRun:
     # finds `ended` unset makes the run `cancelled` with `cancel_reason`; once `ended`, it is refused.
     cancel_reason: str | None = None  # who stopped it (`fleetd runs stop`, `loop stop`, `loop rm --force`)
     ended: bool = False  # the run's status is decided
+    # The attempt under way is cut at the loop's --attempt-timeout, before the run's own deadline: its timeout is
+    # then a transient failure of that attempt, and the run goes on.
+    attempt_cut: float | None = None
     kill_grace: float | None = None  # a stop's own grace (0: SIGKILL at once), for a child that starts later
     waiting: bool = False  # waiting for headroom (a reset, or room): nothing to finish
     wait_until: datetime | None = None  # that reset, while waiting (`loop list`: "waiting until T")
@@ -956,6 +959,10 @@ class Executor:
         # --agent-arg is for the loop's own backend's CLI
         task = Task.of(loop, agent_args=candidate.backend == loop.backend)
         timeout = max(0.0, (deadline - self.clock()).total_seconds()) if deadline else None
+        # A routed attempt's own bound, where it comes before the run's (a provider that hangs is a transient failure).
+        own = loop.attempt_timeout_s if profile is not None else None
+        slot.attempt_cut = own if own is not None and (timeout is None or own < timeout) else None
+        timeout = slot.attempt_cut or timeout
         if decision.findings:
             prompt = with_findings(prompt, decision.findings)
         ctx = AttemptContext(run.id, task, prompt, profile, secret, model, tmpdir, timeout_s=timeout,
@@ -1066,6 +1073,8 @@ class Executor:
             parsed = call.result()
         except TimeoutError:
             runlog.write(scrubber.flush())
+            if slot.attempt_cut is not None:
+                return _attempt_cut(runlog, slot.attempt_cut, ParsedOutput("failed"))
             runlog.note(f"timed out after {format_duration(ctx.task.timeout_s)}")
             return AttemptEnd(ParsedOutput("failed", "transient", message="timed out"), timed_out=True)
         runlog.write(scrubber.flush())
@@ -1136,7 +1145,10 @@ class Executor:
             timed_out = not done
             if not timed_out and exited not in done:
                 await asyncio.wait({exited}, timeout=RATE_LIMIT_EXIT_GRACE)
-            if timed_out:
+            if timed_out and slot.attempt_cut is not None:
+                runlog.note(f"attempt timed out after {format_duration(slot.attempt_cut)} (--attempt-timeout): "
+                            "killing its process tree")  # fmt: skip
+            elif timed_out:
                 # `_verdict` makes it `timed_out`: a stop in the kill's grace is refused, not `cancelled`
                 slot.ended = True
                 runlog.note(f"timed out after {format_duration(ctx.task.timeout_s)}: killing the process tree")
@@ -1176,6 +1188,8 @@ class Executor:
             # The whole output's reading wins; the live line's class stands in where that found nothing.
             if ended_early.error_class and parsed.outcome != "succeeded" and parsed.error_class in (None, "unknown"):
                 parsed = replace(parsed, outcome="failed", error_class=ended_early.error_class)
+            if timed_out and slot.attempt_cut is not None:
+                return _attempt_cut(None, slot.attempt_cut, parsed, exit_code)
             return AttemptEnd(parsed, exit_code, timed_out)
         except Exception:  # fleetd's own failure: the run fails (the caller ends the attempt), its processes go
             await self._abandon_child(ctx.run_id, proc, tag, slot)
@@ -1459,6 +1473,15 @@ def _drop_cgroup(run_id: int, cgroup: Path | None) -> None:
 def _own_failure(error: Exception) -> str:
     """What an attempt fleetd itself failed in says (an HTTP call's, a process attempt's)."""
     return f"fleetd could not run it: {type(error).__name__}: {error}"
+
+
+def _attempt_cut(runlog: RunLog | None, after: float, read: ParsedOutput, exit_code: int | None = None) -> AttemptEnd:
+    """An attempt cut at its --attempt-timeout: a transient failure (the provider hung, or the work did), keeping the
+    usage its output gave; not the run's timeout, so the chain goes on."""
+    message = f"attempt timed out after {format_duration(after)} (--attempt-timeout)"
+    if runlog is not None:
+        runlog.note(message)
+    return AttemptEnd(replace(read, outcome="failed", error_class="transient", message=message), exit_code)
 
 
 def _written_up(

@@ -320,6 +320,7 @@ SCHEDULE_KEYS = ("cron", "every", "at")
 CLEARABLE = (
     "dir", "command", "prompt", "prompt_file", "env", "timeout", "profiles", "model", "agent_args", "chain",
     "tiers", "max_cost", "max_tokens", "daily_cost", "on_exhausted", "verify", "verify_timeout", "review", "repair",
+    "attempt_timeout",
 )  # fmt: skip
 EDITABLE = (*SCHEDULE_KEYS, "timezone", "backend", "catch_up", "output_cap", "enabled", *CLEARABLE)
 # A change to one of these replaces the stored values of the others, unless the change gives them too:
@@ -367,6 +368,7 @@ def loop_input(loop: Loop) -> dict[str, Any]:
         "tiers": list(loop.tiers) if loop.tiers != DEFAULT_TIERS else None,
         "on_exhausted": loop.on_exhausted if loop.on_exhausted != DEFAULT_ON_EXHAUSTED else None,
         "repair": loop.repair or None,
+        "attempt_timeout": _seconds(loop.attempt_timeout_s),
     }
     return {key: value for key, value in body.items() if value is not None}
 

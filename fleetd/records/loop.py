@@ -67,6 +67,7 @@ class Loop:
     workdir: str | None = None
     env: dict[str, str] = field(default_factory=dict)
     timeout_s: float | None = None
+    attempt_timeout_s: float | None = None  # one attempt of a routed run: past it, a transient failure (it hung)
     catch_up: CatchUp = "once"
     output_cap: int = DEFAULT_OUTPUT_CAP
     enabled: bool = True

@@ -33,6 +33,7 @@ ROUTING_FIELDS = (
     "verify_timeout",
     "repair",
     "review",
+    "attempt_timeout",
 )
 MAX_REPAIR = 5
 MAX_VERIFY_CHARS = 4096
@@ -100,6 +101,11 @@ def apply_routing_input(body: dict[str, Any], loop: Loop, profiles: list[Profile
     if on_exhausted not in ON_EXHAUSTED:
         raise InvalidArgument(f"invalid --on-exhausted {on_exhausted!r}: use escalate or wait")
     loop.on_exhausted = on_exhausted
+    if body.get("attempt_timeout") not in (None, ""):
+        try:
+            loop.attempt_timeout_s = parse_duration(str(body["attempt_timeout"]))
+        except DurationError as e:
+            raise InvalidArgument(f"invalid --attempt-timeout: {e}") from None
     _apply_acceptance_input(body, loop)
     review = body.get("review")
     if review not in (None, ""):

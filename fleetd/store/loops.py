@@ -17,7 +17,7 @@ _COLUMNS = (
     "name, schedule_kind, schedule_expr, timezone, backend, command, prompt, prompt_file, workdir, "
     "env_json, timeout_s, catch_up, output_cap, enabled, created_at, updated_at, last_fire_at, next_fire_at, "
     "profiles_json, model, agent_args_json, chain_json, tiers_json, max_cost, max_tokens, daily_cost, on_exhausted, "
-    "verify, verify_timeout_s, repair, review_json, paused_at"
+    "verify, verify_timeout_s, repair, review_json, paused_at, attempt_timeout_s"
 )
 
 
@@ -53,6 +53,7 @@ def _row_to_loop(row: aiosqlite.Row) -> Loop:
         repair=row["repair"],
         review=ChainStep.from_json(json.loads(row["review_json"])) if row["review_json"] else None,
         paused_at=from_iso(row["paused_at"]),
+        attempt_timeout_s=row["attempt_timeout_s"],
     )
 
 
@@ -91,6 +92,7 @@ def _values(loop: Loop) -> tuple[object, ...]:
         loop.repair,
         json.dumps(loop.review.to_json()) if loop.review else None,
         to_iso(loop.paused_at),
+        loop.attempt_timeout_s,
     )
 
 
@@ -103,7 +105,7 @@ class LoopStore:
         try:
             async with self.db.transaction() as conn:
                 cur = await conn.execute(
-                    f"INSERT INTO loops ({_COLUMNS}) VALUES ({','.join('?' * 32)}) RETURNING {_COLUMNS}", _values(loop)
+                    f"INSERT INTO loops ({_COLUMNS}) VALUES ({','.join('?' * 33)}) RETURNING {_COLUMNS}", _values(loop)
                 )
                 row = await cur.fetchone()
                 await cur.close()

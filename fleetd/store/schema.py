@@ -803,6 +803,9 @@ MIGRATIONS: list[Migration] = [
     );
     CREATE INDEX stats_pruned_runs_at ON stats_pruned_runs (started_at);
     """,
+    # 24: how long one attempt of a loop's run may take (`--attempt-timeout`): a provider that hangs is then a
+    # transient failure the chain moves past, not the whole run's --timeout spent on its first step.
+    "ALTER TABLE loops ADD COLUMN attempt_timeout_s REAL;",
 ]
 
 # What a pruned run leaves for the raw part of a stats window (migration 23), `{ids}` its run ids' marks.

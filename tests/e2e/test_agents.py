@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.harness import Daemon, capture_folder, standin_env, wait_until
+from tests.integration import fake_provider as fp
 
 SECRET = "sk-ant-api03-TESTSECRET-0123456789"
 RESET_EPOCH = 1795300000  # what the stand-ins report as the limit's reset
@@ -317,6 +318,25 @@ def test_openai_compat_local_model_ok_and_429(agents: Daemon) -> None:
         assert datetime.fromisoformat(waiting["wait_until"]) == reset
     finally:
         server.shutdown()
+
+
+def test_a_local_model_that_hangs_is_cut_at_the_attempt_timeout_and_the_next_step_answers(agents: Daemon) -> None:
+    # The call waited with no timeout of its own: a hung local server held the run until its --timeout (and, without
+    # one, for ever), the chain's next step never tried.
+    d = agents
+    with fp.running_fake_provider("ok") as hung, fp.running_fake_provider("ok") as good:
+        hung.latency = 30.0
+        for name, server in (("oc-hung", hung), ("oc-good", good)):
+            d.cli("profile", "add", name, "--backend", "openai_compat", "--base-url", f"{server.base_url}/v1",
+                  "--model", "m")  # fmt: skip
+        d.cli("loop", "add", "oc_cut", "--every", "1h", "--paused", "--chain", "oc-hung,oc-good", "--prompt", "hi",
+              "--attempt-timeout", "1s", "--timeout", "1m")  # fmt: skip
+        run = run_to_end(d, "oc_cut")
+        assert run["status"] == "succeeded" and run["profile"] == "oc-good", run
+        classes = [(a["profile"], a["error_class"]) for a in run["attempt_list"]]
+        assert classes == [("oc-hung", "transient")] * 3 + [("oc-good", None)], classes
+        assert run["attempt_list"][0]["error"].endswith("attempt timed out after 1s (--attempt-timeout)")
+        hung.latency = 0.0
 
 
 def test_hanging_agent_times_out(agents: Daemon) -> None:

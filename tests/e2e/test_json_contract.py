@@ -10,10 +10,11 @@ from pathlib import Path
 
 from tests.harness import FLEETD, Daemon
 
-LOOP = {"agent_args", "backend", "catch_up", "chain", "command", "created_at", "daily_cost", "dir", "enabled", "env",
-        "last_fire_at", "last_run", "max_cost", "max_tokens", "model", "name", "next_fire_at", "on_exhausted",
-        "output_cap_bytes", "profiles", "prompt", "prompt_file", "repair", "review", "routed", "running_run_id",
-        "schedule", "tiers", "timeout_s", "updated_at", "verify", "verify_timeout_s", "waiting_until"}  # fmt: skip
+LOOP = {"agent_args", "attempt_timeout_s", "backend", "catch_up", "chain", "command", "created_at", "daily_cost",
+        "dir", "enabled", "env", "last_fire_at", "last_run", "max_cost", "max_tokens", "model", "name", "next_fire_at",
+        "on_exhausted", "output_cap_bytes", "profiles", "prompt", "prompt_file", "repair", "review", "routed",
+        "running_run_id", "schedule", "tiers", "timeout_s", "updated_at", "verify", "verify_timeout_s",
+        "waiting_until"}  # fmt: skip
 RUN = {"attempts", "backend", "duration_s", "error", "exit_code", "finished_at", "id", "log_path", "loop", "pid",
        "profile", "scheduled_at", "skip_reason", "skipped_count", "started_at", "status", "trigger",
        "wait_until"}  # fmt: skip

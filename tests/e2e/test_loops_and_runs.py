@@ -133,7 +133,7 @@ def test_timeout_kills_the_whole_tree_even_when_sigterm_is_ignored(daemon: Daemo
     daemon.cli("loop", "run", "stubborn")
     run = finished(daemon, "stubborn")[0]
     assert run["status"] == "timed_out"
-    assert run["error"] == "timed out after 3.0s"
+    assert run["error"] == "timed out after 3s"
     pids = [int(p) for p in pids_file.read_text().split()]
     assert len(pids) == 3  # the run, its child, and the double-forked grandchild
     wait_until(lambda: not any(alive(p) for p in pids), timeout=10, what="every process of the run gone")

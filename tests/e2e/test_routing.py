@@ -289,6 +289,33 @@ def test_a_run_waiting_out_a_rate_limit_goes_on_when_the_profile_is_enabled_by_h
     assert d.wait_run(waiting, timeout=15)["status"] == "succeeded"
 
 
+def test_a_provider_that_hangs_is_cut_at_the_attempt_timeout_and_the_chain_moves_on(routed: Daemon) -> None:
+    # A provider that answered nothing at step 1 held the run until its --timeout: the next profile was never tried,
+    # and without a --timeout the run (and the loop's later fires) would wait for ever.
+    d = routed
+    for name in ("hangs", "answers"):
+        d.cli("profile", "add", name, "--backend", "claude_code")
+    scenario(d, "hangs", "held")  # never answers (until a release that does not come)
+    scenario(d, "answers", "ok")
+    d.cli("loop", "add", "cut", "--every", "1h", "--paused", "--chain", "hangs,answers", "--prompt", "x",
+          "--attempt-timeout", "1s", "--timeout", "1m")  # fmt: skip
+    shown = d.cli("loop", "show", "cut").stdout
+    assert re.search(r"attempt timeout\s+1s\n", shown) and re.search(r"output cap\s+10MB\n", shown), shown
+    result = run(d, "cut")
+    assert result["status"] == "succeeded" and result["profile"] == "answers", result
+    tried = [(a["profile"], a["error_class"], a["error"]) for a in result["attempt_list"]]
+    cut = ("hangs", "transient", "transient: attempt timed out after 1s (--attempt-timeout)")
+    assert tried == [cut] * 3 + [("answers", None, None)], tried  # a try and its 2 retries, then the next profile
+    assert "attempt timed out after 1s (--attempt-timeout): killing its process tree" in d.cli(
+        "runs", "logs", str(result["id"])).stdout  # fmt: skip
+    # Only a routed loop has attempts to cut: a command loop's run is its one process (--timeout).
+    refused = d.cli("loop", "add", "cut-cmd", "--every", "1h", "--command", "true", "--attempt-timeout", "1s",
+                    check=False)  # fmt: skip
+    assert refused.returncode == 2 and "--attempt-timeout needs an agent backend" in refused.stderr, refused
+    d.cli("loop", "edit", "cut", "--clear-attempt-timeout")
+    assert d.json("loop", "show", "cut")["attempt_timeout_s"] is None
+
+
 def test_a_run_waiting_on_attempts_under_way_looks_again_as_each_ends(routed: Daemon) -> None:
     # With room taken only by attempts under way, the waiting run looked again a minute later, whenever they ended.
     # Now each end wakes it; one that leaves it still without room is the same wait: no second `wait` in its

@@ -1014,7 +1014,7 @@ def test_a_stop_waits_for_a_call_under_way_no_longer_than_the_stop_grace(short_h
         assert d.stop(timeout=15) == 0
         assert time.monotonic() - began < 8  # the stop grace and the kill grace, and the start-up of the CLI
         # The stop's line said "waiting up to 1s for running runs", as if none of it were the call's.
-        assert "waiting up to 1.0s for 0 runs and 1 gateway call under way" in d.log_text()
+        assert "waiting up to 1s for 0 runs and 1 gateway call under way" in d.log_text()
         under_way.join(5)
         # Cut by the stop, the client got a 500 in plain text (and the log uvicorn's traceback): it gets a 503 in the
         # API's shape that says why, and when to come back.

@@ -32,7 +32,7 @@ def test_parse_duration_refuses_units_out_of_order_or_repeated(text: str) -> Non
 
 
 @pytest.mark.parametrize(
-    ("seconds", "text"), [(None, "-"), (0.25, "250ms"), (12.34, "12.3s"), (3725, "1h2m"), (90061, "1d1h")]
+    ("seconds", "text"), [(None, "-"), (0.25, "250ms"), (12.34, "12.3s"), (2.0, "2s"), (3725, "1h2m"), (90061, "1d1h")]
 )
 def test_format_duration(seconds: float | None, text: str) -> None:
     assert format_duration(seconds) == text
