@@ -14,7 +14,7 @@ import shutil
 import signal
 import sys
 from collections.abc import Awaitable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -432,18 +432,50 @@ class Daemon:
             if isinstance(killed, BaseException):
                 log.error("run %s: cannot kill its leftover processes: %s", run.id, killed)
                 killed = 0
+            ended, died = now, "the daemon died (a crash, kill -9 or power loss)"
             if run.status == "waiting":
-                reason = "the daemon stopped while this run waited for headroom" + (
+                reason = f"{died} while this run waited for headroom" + (
                     f" (until {local_text(run.wait_until)})" if run.wait_until else ""
                 )
+            elif killed:  # it ran until now
+                reason = f"{died} while this run was running; killed {killed} leftover process(es) at the next start"
             else:
-                reason = "the daemon stopped while this run was running" + (
-                    f"; killed {killed} leftover process(es)" if killed else ""
-                )
-            await attempts.interrupt_open(run.id, finished_at=now, error="the daemon stopped during this attempt")
-            await runs.finish(run.id, status="interrupted", finished_at=now, error=reason)
+                # It ended unseen while the daemon was down: its last output is the last that is known of it (its end
+                # taken at the restart counted the downtime as its run time, in `runs list` and `stats`).
+                ended = await asyncio.to_thread(_last_sign_of_life, run, now)
+                reason = f"{died} while this run was running; it ended unseen, at its last output or later"
+            await asyncio.to_thread(_note_in_log, run, reason)
+            await attempts.interrupt_open(run.id, finished_at=ended, error="the daemon died during this attempt")
+            await runs.finish(run.id, status="interrupted", finished_at=ended, error=reason)
             log.warning("run %s of loop %s was interrupted by a daemon crash", run.id, run.loop)
         _remove_attempt_dirs(self.paths.tmp)
+
+
+def _last_sign_of_life(run: Run, now: datetime) -> datetime:
+    """When a run a dead daemon left was last known to be under way: its log's last write, not before it started
+    nor after `now`."""
+    started = run.started_at or now
+    try:
+        written = datetime.fromtimestamp(os.stat(run.log_path).st_mtime, UTC) if run.log_path else started
+    except OSError:
+        written = started
+    return min(max(written, started), now)
+
+
+def _note_in_log(run: Run, text: str) -> None:
+    """Why the run ended, at the end of its log, as fleetd's own notes are (`RunLog.note`): a crash left none."""
+    if not run.log_path:
+        return
+    with contextlib.suppress(OSError), open(run.log_path, "ab") as f:
+        if f.tell() and not _ends_a_line(run.log_path):
+            f.write(b"\n")
+        f.write(f"[fleetd] {text}\n".encode())
+
+
+def _ends_a_line(path: str) -> bool:
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
 
 
 def _counted(count: int, noun: str) -> str:

@@ -209,6 +209,9 @@ async def kill_tree(
     if cgroup is None and tag:
         seen = {p.pid for p in procs} | {os.getpid()}
         procs += [p for p in await sweep(tag) if p.pid not in seen]
+    # A zombie is not left over: a dead daemon's child, exited, whose new parent has not reaped it yet (it was counted
+    # as killed at the next start, and its run's end taken then).
+    procs = [p for p in procs if _alive(p)]
     if not procs:
         return 0
     managed_root = root_pid if root_exited is not None else None

@@ -188,9 +188,10 @@ class AttemptStore:
             counted = [(profile, started, "attempt", None, None, 0, 0.0, 1) for profile, started in rows if profile]
             if counted:
                 conn.executemany(INSERT_USAGE, counted).close()
+            # Not before it started: `finished_at` may be the run's last sign of life, a guess from below.
             conn.execute(
-                "UPDATE attempts SET finished_at = ?, outcome = 'failed', error = ?, "
-                "duration_ms = CAST(round((julianday(?) - julianday(started_at)) * 86400000) AS INTEGER) "
+                "UPDATE attempts SET finished_at = max(started_at, ?), outcome = 'failed', error = ?, "
+                "duration_ms = max(0, CAST(round((julianday(?) - julianday(started_at)) * 86400000) AS INTEGER)) "
                 "WHERE run_id = ? AND finished_at IS NULL",
                 (to_iso(finished_at), error, to_iso(finished_at), run_id),
             ).close()

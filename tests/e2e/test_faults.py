@@ -67,10 +67,10 @@ def test_kill9_with_20_runs_in_flight_recovers_within_one_kill_grace(
             run = d.json("runs", "show", str(run_id))
             assert run["status"] == "interrupted"
             assert run["finished_at"] is not None
-            assert "the daemon stopped while this run was running" in run["error"]
+            assert "the daemon died (a crash, kill -9 or power loss) while this run was running" in run["error"]
             (attempt,) = run["attempt_list"]
             assert attempt["finished_at"] is not None and attempt["outcome"] == "failed"
-            assert attempt["error"] == "the daemon stopped during this attempt"
+            assert attempt["error"] == "the daemon died during this attempt"
         assert not any(p.exists() for p in tmp_dirs)
     finally:
         d.stop()
@@ -112,7 +112,9 @@ def test_a_run_left_waiting_by_a_crash_says_so_and_keeps_the_reset_it_waited_for
     d = make_daemon("--stop-grace", "1s")  # (the run it starts again sleeps)
     after = d.json("runs", "show", str(run["id"]))
     assert after["status"] == "interrupted"
-    assert after["error"].startswith("the daemon stopped while this run waited for headroom")
+    assert after["error"].startswith(
+        "the daemon died (a crash, kill -9 or power loss) while this run waited for headroom"
+    )
     assert datetime.fromisoformat(after["wait_until"]) == datetime.fromisoformat(until)  # the next start reads it
     # A paused loop's: not run again (a fire of the loop, which its pause holds back).
     assert [r["id"] for r in d.json("runs", "list", "--loop", "waits")] == [run["id"]]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import sys
 from collections.abc import Callable
@@ -39,12 +40,36 @@ def test_kill9_mid_run_then_restart_marks_interrupted_and_kills_leftovers(
     d = make_daemon()
     after = d.json("runs", "show", str(run["id"]))
     assert after["status"] == "interrupted"
-    assert "the daemon stopped while this run was running" in after["error"]
+    assert after["error"].startswith("the daemon died (a crash, kill -9 or power loss) while this run was running")
+    assert re.search(r"; killed \d+ leftover process\(es\)", after["error"])  # they ran until then: its end is now
     assert after["finished_at"] is not None
     wait_until(lambda: not any(alive(p) for p in pids), timeout=10, what="leftover processes killed")
     loop = d.json("loop", "show", "crashy")
     for key in ("name", "schedule", "command", "timeout_s", "next_fire_at", "created_at"):
         assert loop[key] == before[key]
+
+
+def test_a_run_that_ended_while_the_daemon_was_down_is_not_given_the_downtime(make_daemon: MakeDaemon) -> None:
+    # Its end was taken at the restart: a 20 s command "took 1m18s" after a kill -9 and a minute down, and that went
+    # into `stats`; its record read like a graceful stop's, and its log said nothing.
+    d = make_daemon()
+    d.cli("loop", "add", "short", "--every", "1h", "--command", "echo start; sleep 1; echo end")
+    run = d.json("loop", "run", "short")
+    pid = wait_until(lambda: d.json("runs", "show", str(run["id"]))["pid"], what="the run's process")
+    log_path = Path(d.json("runs", "show", str(run["id"]))["log_path"])
+    wait_until(lambda: log_path.exists() and b"start" in log_path.read_bytes(), what="its first output")
+    d.kill9()
+    wait_until(lambda: not alive(pid), timeout=10, what="the run's process to end while the daemon is down")
+    down_until = _now()
+    d = make_daemon()
+    after = d.json("runs", "show", str(run["id"]))
+    assert after["status"] == "interrupted"
+    assert after["error"] == ("the daemon died (a crash, kill -9 or power loss) while this run was running; it ended "
+                              "unseen, at its last output or later")  # fmt: skip
+    assert datetime.fromisoformat(after["finished_at"]) < down_until, (after, down_until)
+    (attempt,) = after["attempt_list"]
+    assert attempt["finished_at"] == after["finished_at"] and attempt["error"] == "the daemon died during this attempt"
+    assert log_path.read_text().endswith(f"[fleetd] {after['error']}\n")
 
 
 def _killed_mid_attempt(short_home: Path) -> Callable[[], Daemon]:
