@@ -228,6 +228,12 @@ class Scheduler:
         now = self.clock()
         trigger = build_trigger(loop.schedule, _anchor(loop), stored=True)
         due = first_fire(trigger, now)
+        if due is None:  # as `loop edit --enabled` refuses it: enabled, it would never fire
+            said = never_fires(loop.schedule)
+            if loop.last_fire_at is not None and loop.schedule.kind == "at":
+                said = f"--at {loop.schedule.expr} already fired"
+            raise Conflict(f"loop {name} cannot resume: {said} (give it a new one: `fleetd loop edit {name} "
+                           "--at TIME --enabled`)", code="at_past")  # fmt: skip
         await self.loops.set_state(name, updated_at=now, enabled=True, next_fire_at=due, clear_next=True)
         loop = await self.loops.get(name)
         self._arm(loop, trigger, due)

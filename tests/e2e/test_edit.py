@@ -102,6 +102,18 @@ def test_edit_changes_a_loop_in_place_and_recomputes_the_next_fire_only_for_a_ne
     assert _show(d, "tidy")["enabled"] is False
 
 
+def test_resume_refuses_a_one_shot_in_the_past_as_edit_enabled_does(d: Daemon) -> None:
+    # `loop edit --enabled` refused it ("is in the past") where `loop resume` enabled a loop that could never fire.
+    d.cli("loop", "add", "pastshot", "--at", "2020-01-01T00:00", "--command", "true", "--paused")
+    edited = d.cli("loop", "edit", "pastshot", "--enabled", check=False)
+    assert edited.returncode == 2 and "--at 2020-01-01T00:00 is in the past" in edited.stderr, edited
+    resumed = d.cli("loop", "resume", "pastshot", check=False)
+    assert resumed.returncode == 1, resumed
+    assert resumed.stderr.strip() == ("fleetd: loop pastshot cannot resume: --at 2020-01-01T00:00 is in the past (give "
+                                      "it a new one: `fleetd loop edit pastshot --at TIME --enabled`)")  # fmt: skip
+    assert _show(d, "pastshot")["enabled"] is False  # nothing changed
+
+
 def test_edit_json_is_the_loop_as_show_prints_it(d: Daemon) -> None:
     d.cli("loop", "add", "edjson", "--every", "1h", "--command", "true")
     edited = d.json("loop", "edit", "edjson", "--timeout", "10m")
