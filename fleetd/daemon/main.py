@@ -49,7 +49,7 @@ from fleetd.store.retention import RetentionStore
 from fleetd.store.runs import RunStore
 from fleetd.store.stats import StatsStore
 from fleetd.store.usage import UsageStore
-from fleetd.timefmt import DAEMON_LOG_FORMAT, local_text, now_utc
+from fleetd.timefmt import DAEMON_LOG_FORMAT, format_duration, local_text, now_utc
 
 log = logging.getLogger("fleetd.daemon")
 HOOK_STOP_GRACE = 5.0  # how long pending hook deliveries may finish on stop
@@ -343,8 +343,8 @@ class Daemon:
                 pruning.cancel()  # a batch in flight rolls back whole; the next start prunes again
             listening = gateway.address is not None
             log.info(
-                "stopping: no new fires%s; waiting up to %ss for %s%s under way",
-                " or gateway calls" if listening else "", self.options.stop_grace,
+                "stopping: no new fires%s; waiting up to %s for %s%s under way",
+                " or gateway calls" if listening else "", format_duration(self.options.stop_grace),
                 _counted(executor.running_runs(), "run"),
                 f" and {_counted(gateway.calls_under_way, 'gateway call')}" if listening else "",
             )  # fmt: skip
