@@ -228,6 +228,12 @@ def pruned_json(freed: Pruned, *, older_than_s: float | None, keep_per_loop: int
     return {**freed.to_json(), "older_than_s": older_than_s, "keep_per_loop": keep_per_loop}
 
 
+def _amount(value: float, unit: str) -> float | int:
+    """A window's amount in its unit: tokens and requests are counts (`2451`, not `2451.0`), dollars rounded to the
+    micro-dollar (a sum's float tail, 0.015066000000000001, said nothing more)."""
+    return round(value, 6) if unit == "usd" else round(value)
+
+
 def usage_json(row: dict[str, Any]) -> dict[str, Any]:
     """One row of `fleetd usage`: a profile's state, windows and whether it is its backend's active one."""
     profile, stored, now = row["profile"], row["stored"], row["now"]
@@ -238,8 +244,8 @@ def usage_json(row: dict[str, Any]) -> dict[str, Any]:
             {
                 "window": w.limit.label,
                 "unit": w.limit.unit,
-                "used": w.used,
-                "limit": w.limit.amount,
+                "used": _amount(w.used, w.limit.unit),
+                "limit": _amount(w.limit.amount, w.limit.unit),
                 "percent": round(100 * w.fraction, 1),
                 "eases_at": to_iso(w.eases_at),
             }

@@ -60,6 +60,8 @@ def test_usage_limit_mid_run_fails_over_and_the_profile_comes_back_after_its_res
     assert datetime.fromisoformat(rows["claude_a"]["exhausted_until"]) == reset  # the stand-in's own reset time
     assert rows["claude_b"]["active"] is True and rows["claude_a"]["active"] is False
     assert rows["claude_b"]["windows"][0]["used"] == 244  # 123 in + 9 out + 67 cache read + 45 cache write
+    window = rows["claude_b"]["windows"][0]  # counts, as JSON writes counts (`244.0` and `4000000.0` before)
+    assert json.dumps([window["used"], window["limit"]]) == "[244, 4000000]"
     table = d.cli("usage").stdout
     assert "exhausted" in table and "claude_b" in table and "5h 0%" in table  # 244 of 4M tokens
     assert "5h 244tok/4.0Mtok 0%" in d.cli("usage", "--wide").stdout
