@@ -50,6 +50,7 @@ from fleetd.timefmt import local_text
 log = logging.getLogger("fleetd.gateway")
 LOG_BODY_CAP = 64 * 1024  # per body, for a route with --log-bodies
 CLIENT_GONE = "the client went away before an answer: no other upstream was tried"
+CLIENT_LEFT_BEFORE = "the client went away before the answer was sent"
 ERROR_BODY_CAP = 1024 * 1024  # of an upstream's error answer
 PROFILE_CONCURRENCY = 64  # calls in flight per profile; more wait (within the route's timeout)
 WRITE_TIMEOUT_S = 30.0  # a client that reads nothing for this long loses its stream (and frees the upstream)
@@ -409,6 +410,12 @@ class Proxy:
         if req.route.log_bodies:
             call.response_body = _capped(data)
         passed = {k: v for k, v in response.headers.items() if k.lower() in PASSED_BACK}
+        if req.gone is not None and await req.gone():
+            # Its client hung up while the provider answered (`curl -m 1`): logged `succeeded`, as if it had the answer.
+            # Its use counts; the provider did not fail.
+            await self.finished(req, call, profile, usage or TokenUsage(), "failed", CLIENT_LEFT_BEFORE, started,
+                                counted_apart=req.counted, client_left=True)  # fmt: skip
+            return Response(data, status, headers=passed)
         done = BackgroundTask(self.finished, req, call, profile, usage or TokenUsage(), "succeeded", None, started,
                               counted_apart=req.counted)  # fmt: skip
         return Response(data, status, headers=passed, background=done)

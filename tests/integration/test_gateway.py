@@ -1104,6 +1104,25 @@ def test_a_client_that_hangs_up_is_not_counted_against_the_provider(gw: Gateway)
     assert all(c["tokens"]["input"] == fake.CHAT_PROMPT_TOKENS for c in calls), calls
 
 
+def test_a_plain_answer_whose_client_has_gone_is_not_logged_as_received(gw: Gateway) -> None:
+    # `curl --max-time 1` on a 5 s answer: curl gave up, the call log said `succeeded` (the stream's case said
+    # "the client went away mid-stream").
+    route = gw.lone("hangup-plain")
+    body = {"model": route, "messages": [{"role": "user", "content": "hi"}]}
+    gw.p1.latency = 1.0
+    try:
+        with contextlib.suppress(httpx.TimeoutException):
+            httpx.post(gw.url + "/v1/chat/completions", json=body, timeout=0.2,
+                       headers={"authorization": f"Bearer {gw.key}"})  # fmt: skip
+        [call] = gw.call_of(route)
+    finally:
+        gw.p1.latency = 0.0
+    assert (call["outcome"], call["error"]) == ("failed", "the client went away before the answer was sent"), call
+    assert call["tokens"]["input"] == fake.CHAT_PROMPT_TOKENS  # what the provider served is what it bills
+    shown = gw.d.json("profile", "show", route)
+    assert shown["circuit"]["failures"] == 0 and shown["circuit"]["state"] == "closed"  # no word on the provider
+
+
 def test_what_a_stream_its_client_left_used_is_counted(gw: Gateway) -> None:
     # The usage comes in a stream's last event: a client that left before it (`curl -m 1`) had the call counted at 0
     # tokens and $0, and a key's or a profile's daily cost let more through than it was set to.
