@@ -588,6 +588,29 @@ class Executor:
     ) -> tuple[RunStatus, int | None, str | None]:
         """Perform the router's decisions; it alone decides (`fleetd.routing.router`). `judge` is asked
         about every successful attempt (the acceptance gate); its rejection is the attempt's outcome."""
+        ended = await self._decisions(router, loop, run, slot, runlog, prompt, deadline, judge=judge, role=role)
+        status, _, reason = ended
+        if status in ("timed_out", "interrupted"):
+            # Ended by what no router decides (the run's --timeout, a stop): said where the route ended (it ended at
+            # its last `try` or `wait`, as if the run were still under way).
+            said = reason or status
+            router.note(self.clock(), "stop", said)
+            runlog.note(f"route: {said}")
+        return ended
+
+    async def _decisions(
+        self,
+        router: Router,
+        loop: Loop,
+        run: Run,
+        slot: ActiveRun,
+        runlog: RunLog,
+        prompt: str | None,
+        deadline: datetime | None,
+        *,
+        judge: Judge,
+        role: str,
+    ) -> tuple[RunStatus, int | None, str | None]:
         steps = list(router.policy.chain)
         world, profiles = await self.profiles.world(steps)
         flow = router.route(world)

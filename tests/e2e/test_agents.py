@@ -347,6 +347,8 @@ def test_hanging_agent_times_out(agents: Daemon) -> None:
           "--prompt", "x", "--timeout", "1s")  # fmt: skip
     run = run_to_end(d, "cc_h")
     assert run["status"] == "timed_out"
+    # Its route says how it ended (it stopped at its `try`, as if the run were still under way).
+    assert (run["route"][-1]["kind"], run["route"][-1]["detail"]) == ("stop", "timed out after 1s"), run["route"]
 
 
 def test_profile_env_and_login(agents: Daemon) -> None:

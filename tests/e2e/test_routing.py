@@ -350,3 +350,7 @@ def test_a_run_waiting_on_attempts_under_way_looks_again_as_each_ends(routed: Da
     assert d.wait_run(waiting)["status"] == "succeeded"
     waits = [e for e in events(d) if e["type"] == "run.waiting" and e["data"]["run_id"] == waiting]
     assert len(waits) == 1, waits
+    # A run stopped by hand says so where its route ends (it ended at its `try`, as if still under way).
+    stopped = d.wait_run(held[0])
+    assert stopped["status"] == "cancelled" and stopped["route"][-1]["kind"] == "stop", stopped["route"]
+    assert stopped["route"][-1]["detail"] == stopped["error"], (stopped["route"], stopped["error"])
