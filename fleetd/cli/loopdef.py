@@ -47,7 +47,7 @@ LOOP_OPTIONS = (
     Option("--cron", "cron", 'Cron expression, e.g. "0 2 * * *".'),
     Option("--every", "every", "Interval, e.g. 10m, 1h30m."),
     Option("--at", "at", "One-shot time, ISO 8601, e.g. 2026-12-01T09:00."),
-    Option("--tz", "timezone", "Time zone of the schedule (default: the daemon's local zone)."),
+    Option("--tz", "timezone", "Time zone of the schedule (default: the daemon's local zone).", clearable=True),
     Option("--dir", "dir", "Working directory.", clearable=True, extra={"type": click.Path(file_okay=False)}),
     Option("--backend", "backend", "command, claude_code, codex, gemini, aider or openai_compat.", "command",
            extra={"shell_complete": complete.backends}),

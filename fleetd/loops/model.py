@@ -320,9 +320,9 @@ SCHEDULE_KEYS = ("cron", "every", "at")
 CLEARABLE = (
     "dir", "command", "prompt", "prompt_file", "env", "timeout", "profiles", "model", "agent_args", "chain",
     "tiers", "max_cost", "max_tokens", "daily_cost", "on_exhausted", "verify", "verify_timeout", "review", "repair",
-    "attempt_timeout",
+    "attempt_timeout", "timezone",
 )  # fmt: skip
-EDITABLE = (*SCHEDULE_KEYS, "timezone", "backend", "catch_up", "output_cap", "enabled", *CLEARABLE)
+EDITABLE = (*SCHEDULE_KEYS, "backend", "catch_up", "output_cap", "enabled", *CLEARABLE)
 # A change to one of these replaces the stored values of the others, unless the change gives them too:
 # a new schedule replaces the old one, a prompt replaces a prompt file, and a chain replaces the one-step
 # form (backend, pool, model) or is replaced by it.

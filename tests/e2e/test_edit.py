@@ -114,6 +114,16 @@ def test_resume_refuses_a_one_shot_in_the_past_as_edit_enabled_does(d: Daemon) -
     assert _show(d, "pastshot")["enabled"] is False  # nothing changed
 
 
+def test_clear_tz_puts_a_loop_back_on_the_daemons_zone(d: Daemon) -> None:
+    # There was no --clear-tz (the README promises a --clear-OPTION for each optional one): once edited to another
+    # zone, a loop could not go back to the one loops take by default.
+    added = d.json("loop", "add", "zoned", "--cron", "0 9 * * *", "--command", "true")
+    home = added["schedule"]["timezone"]
+    assert d.json("loop", "edit", "zoned", "--tz", "Asia/Tokyo")["schedule"]["timezone"] == "Asia/Tokyo"
+    back = d.json("loop", "edit", "zoned", "--clear-tz")
+    assert back["schedule"]["timezone"] == home and back["next_fire_at"] == added["next_fire_at"]
+
+
 def test_edit_json_is_the_loop_as_show_prints_it(d: Daemon) -> None:
     d.cli("loop", "add", "edjson", "--every", "1h", "--command", "true")
     edited = d.json("loop", "edit", "edjson", "--timeout", "10m")
