@@ -215,3 +215,10 @@ def circuit_text(circuit: dict[str, Any] | None) -> str:
     if circuit["state"] == "open":
         return f"open until {local_time(circuit['open_until'])}"
     return circuit["state"].replace("_", "-")
+
+
+def warn(answer: dict[str, Any]) -> None:
+    """What the daemon saved but warns about (a CLI not on its PATH, a route's unpriced profile), on stderr, with
+    --json too."""
+    for warning in answer.get("warnings") or []:
+        click.echo(f"warning: {warning}", err=True)

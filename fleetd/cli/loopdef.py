@@ -13,7 +13,7 @@ import click
 from fleetd.cli import complete
 from fleetd.cli.addedit import Option, edit_changes, shared_options
 from fleetd.cli.client import CliError, segment
-from fleetd.cli.common import absolute, client, json_flag, render
+from fleetd.cli.common import absolute, client, json_flag, render, warn
 from fleetd.cli.complete import loop_name
 from fleetd.cli.format import local_time
 
@@ -157,9 +157,3 @@ def loop_edit(name: str, as_json: bool, **fields: Any) -> None:
     edited = client().call("PATCH", f"/v1/loops/{segment(name)}", {**_loop_body(given), "clear": clear})
     warn(edited)
     render(edited, as_json, _saved_text("edited"))
-
-
-def warn(answer: dict[str, Any]) -> None:
-    """What the daemon saved but warns about (a CLI not on its PATH), on stderr, with --json too."""
-    for warning in answer.get("warnings") or []:
-        click.echo(f"warning: {warning}", err=True)

@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from fleetd.cli.client import segment
-from fleetd.cli.common import client, fields_text, json_flag, render
+from fleetd.cli.common import client, fields_text, json_flag, render, warn
 from fleetd.cli.complete import route_name
 from fleetd.cli.format import local_time, table
 from fleetd.timefmt import format_duration
@@ -33,8 +33,9 @@ def route_add(name: str, chain: str, api: str, timeout: str | None, log_bodies: 
     body: dict[str, Any] = {"name": name, "chain": chain, "api": api, "log_bodies": log_bodies}
     if timeout is not None:
         body["timeout"] = timeout
-    render(client().call("POST", "/v1/routes", body), as_json, lambda r: f"added route {r['name']} ({r['api']}): "
-           f"{r['chain_text']}")  # fmt: skip
+    added = client().call("POST", "/v1/routes", body)
+    warn(added)
+    render(added, as_json, lambda r: f"added route {r['name']} ({r['api']}): {r['chain_text']}")
 
 
 @route.command("list")

@@ -566,7 +566,8 @@ def create_app(ctx: DaemonContext) -> Starlette:
     async def add_route(request: Request) -> Response:
         from fleetd.gateway.views import route_json
 
-        return JSONResponse(route_json(await _gateway().add_route(await _body(request))), status_code=201)
+        route, warnings = await _gateway().add_route(await _body(request))
+        return JSONResponse({**route_json(route), "warnings": warnings}, status_code=201)
 
     async def show_route(request: Request) -> Response:
         from fleetd.gateway.views import route_json

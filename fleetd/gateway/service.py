@@ -206,12 +206,25 @@ class GatewayService:
 
     # -- routes ------------------------------------------------------------------------------------
 
-    async def add_route(self, body: dict[str, Any]) -> Route:
-        route = validate_route_input(body, await self.profiles.list())
+    async def add_route(self, body: dict[str, Any]) -> tuple[Route, list[str]]:
+        """The route saved, and what to warn of: a paid profile of its chain without prices, whose calls the gateway
+        can only count at $0 (Claude Code prices its own runs; its key's calls here were $0, under no daily cost)."""
+        profiles = await self.profiles.list()
+        route = validate_route_input(body, profiles)
         route = replace(route, created_at=self.clock())
         await self.store.add_route(route)
         self._routes[route.name] = route
-        return route
+        by_name = {p.name: p for p in profiles}
+        unpriced = [
+            name for step in route.chain if (name := step.profiles[0]) in by_name
+            and by_name[name].tier != "local" and by_name[name].cost(1, 1, 1, 1) is None
+        ]  # fmt: skip
+        warnings = [
+            f"profile {name} has no prices: its calls on this route are counted at $0, and no --daily-cost (its own or "
+            f"a key's) sees them (`fleetd profile edit {name} --price-input X --price-output Y`: USD per 1M tokens)"
+            for name in dict.fromkeys(unpriced)
+        ]
+        return route, warnings
 
     def routes_now(self) -> list[Route]:
         return sorted(self._routes.values(), key=lambda r: r.name)

@@ -348,6 +348,20 @@ def _outcome(gw: Gateway, key: str, route: str) -> str:
     return "ok"
 
 
+def test_a_route_over_a_paid_profile_without_prices_warns_that_its_calls_count_at_nothing(gw: Gateway) -> None:
+    # A claude_code key profile has no prices (Claude Code prices its own runs): its gateway calls were $0, under no
+    # daily cost, its own or a key's, and `route add` said nothing.
+    gw.d.cli("profile", "add", "unpriced", "--backend", "openai_compat", "--base-url", gw.p1.base_url + "/v1",
+             "--model", "m", "--tier", "metered", "--api-key-stdin", input=KEYS["1"] + "\n")  # fmt: skip
+    added = gw.d.cli("route", "add", "unpriced-r", "--chain", "unpriced", "--json")
+    assert json.loads(added.stdout)["warnings"] == [added.stderr.strip().removeprefix("warning: ")]
+    assert added.stderr.startswith("warning: profile unpriced has no prices: its calls on this route are counted at $0")
+    # A local model's calls cost nothing indeed: no warning.
+    gw.d.cli("profile", "add", "free", "--backend", "openai_compat", "--base-url", gw.p1.base_url + "/v1",
+             "--model", "m", "--tier", "local")  # fmt: skip
+    assert gw.d.cli("route", "add", "free-r", "--chain", "free").stderr == ""
+
+
 def test_a_profile_over_its_daily_cost_through_the_gateway_is_passed_over(gw: Gateway) -> None:
     for n, provider, cap in (("1", gw.p1, ["--daily-cost", str(CHAT_COST / 2)]), ("2", gw.p2, [])):
         gw.d.cli("profile", "add", f"dc{n}", "--backend", "openai_compat", "--base-url", provider.base_url + "/v1",
