@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
@@ -35,6 +36,20 @@ def presented_key(headers: Any) -> str | None:
         return str(key)
     scheme, _, value = str(headers.get("authorization") or "").partition(" ")
     return value.strip() or None if scheme.lower() == "bearer" else None
+
+
+def client_gone(request: HttpRequest) -> Callable[[], Awaitable[bool]]:
+    """Whether the request's client has hung up. uvicorn's cycle keeps a flag its connection_lost sets: read as it is.
+    Starlette's `is_disconnected` polls `receive` inside a cancelled scope, which cost ~9 % of the gateway's
+    throughput asked once per plain answer; it stands in under any other server."""
+    cycle = getattr(request.receive, "__self__", None)  # uvicorn's RequestResponseCycle
+    if isinstance(getattr(cycle, "disconnected", None), bool):
+
+        async def flag() -> bool:
+            return bool(cycle.disconnected)  # type: ignore[union-attr]
+
+        return flag
+    return request.is_disconnected
 
 
 def create_gateway_app(service: GatewayService) -> Starlette:
@@ -88,7 +103,7 @@ def create_gateway_app(service: GatewayService) -> Starlette:
         except GatewayError as e:
             return refusal(protocol, e)
         forward = Request(protocol, route, key, body, raw, request.headers, path, request.url.query, counted, hold,
-                          request.is_disconnected)  # fmt: skip
+                          client_gone(request))  # fmt: skip
         try:
             return await service.proxy.forward(forward)  # type: ignore[return-value]
         except GatewayError as e:  # found on the way upstream, before any byte went to the client
