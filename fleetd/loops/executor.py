@@ -984,7 +984,9 @@ class Executor:
         timeout = max(0.0, (deadline - self.clock()).total_seconds()) if deadline else None
         # A routed attempt's own bound, where it comes before the run's (a provider that hangs is a transient failure).
         own = loop.attempt_timeout_s if profile is not None else None
-        slot.attempt_cut = own if own is not None and (timeout is None or own < timeout) else None
+        # Within a second of the run's deadline the run's own timeout decides (the cut would land past it, counted
+        # against the provider, where the run is over).
+        slot.attempt_cut = own if own is not None and (timeout is None or own + 1.0 < timeout) else None
         timeout = slot.attempt_cut or timeout
         if decision.findings:
             prompt = with_findings(prompt, decision.findings)
@@ -1499,11 +1501,15 @@ def _own_failure(error: Exception) -> str:
 
 
 def _attempt_cut(runlog: RunLog | None, after: float, read: ParsedOutput, exit_code: int | None = None) -> AttemptEnd:
-    """An attempt cut at its --attempt-timeout: a transient failure (the provider hung, or the work did), keeping the
-    usage its output gave; not the run's timeout, so the chain goes on."""
+    """An attempt cut at its --attempt-timeout, not the run's timeout: the chain goes on. What its output said before
+    the cut stands: a finished answer (Claude Code can print its result and then not exit) is judged as any success,
+    a failure the output names keeps its class (an auth error is no reason to retry). Else it is a transient failure:
+    the provider hung, or the work did."""
     message = f"attempt timed out after {format_duration(after)} (--attempt-timeout)"
     if runlog is not None:
         runlog.note(message)
+    if read.outcome == "succeeded" or read.error_class not in (None, "unknown", "transient"):  # (transient: the kill's)
+        return AttemptEnd(read, exit_code)
     return AttemptEnd(replace(read, outcome="failed", error_class="transient", message=message), exit_code)
 
 

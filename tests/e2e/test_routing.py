@@ -314,6 +314,13 @@ def test_a_provider_that_hangs_is_cut_at_the_attempt_timeout_and_the_chain_moves
     assert refused.returncode == 2 and "--attempt-timeout needs an agent backend" in refused.stderr, refused
     d.cli("loop", "edit", "cut", "--clear-attempt-timeout")
     assert d.json("loop", "show", "cut")["attempt_timeout_s"] is None
+    # An attempt whose answer came, its CLI then not exiting, is cut and judged by that answer: not thrown away and
+    # done again (with its edits and its cost) on the next candidate.
+    d.cli("profile", "add", "lingers", "--backend", "claude_code")
+    scenario(d, "lingers", "ok_then_hang")
+    d.cli("loop", "edit", "cut", "--chain", "lingers,answers", "--attempt-timeout", "1s")
+    done = run(d, "cut")
+    assert done["status"] == "succeeded" and [a["profile"] for a in done["attempt_list"]] == ["lingers"], done
 
 
 def test_a_run_waiting_on_attempts_under_way_looks_again_as_each_ends(routed: Daemon) -> None:

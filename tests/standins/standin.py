@@ -186,6 +186,9 @@ def claude(argv: list[str]) -> None:
     if s == "hang":
         emit(_claude_lines("cc_ok_stream")[0])
         hang()
+    if s == "ok_then_hang":  # its result printed, the process does not exit (a background task holds it)
+        emit(*_claude_lines("cc_ok_stream"))
+        hang()
     if s == "garbled":
         garbled()
     init, *_, result = _claude_lines("cc_ok_stream")
