@@ -410,6 +410,9 @@ class Daemon:
         `1d=1req` profile ran twice across a crash), their processes killed and their private temp directories
         removed. All trees die concurrently, so recovery takes one kill grace however many runs there were."""
         run_cgroups = await asyncio.to_thread(lambda: [cgroups.run_path(executor.tag_prefix, r.id) for r in leftovers])
+        # Whose own process still ran: those ran until now (a process of theirs left behind, a server an agent started
+        # in the background, says nothing of when the run's own ended).
+        roots = await asyncio.to_thread(lambda: [proctree.running(r.pid, r.pid_create_time) for r in leftovers])
         kills = await asyncio.gather(
             *(
                 proctree.kill_tree(
@@ -428,22 +431,26 @@ class Daemon:
         if reaped := await proctree.reap_cgroups(executor.tag_prefix, grace=self.options.kill_grace):
             log.warning("killed %s leftover process(es) in the run cgroups of a previous daemon", reaped)
         now = now_utc()
-        for run, killed in zip(leftovers, kills, strict=True):
+        for run, root_ran, killed in zip(leftovers, roots, kills, strict=True):
+            died = "the daemon died (a crash, kill -9 or power loss)"
+            left = f"; killed {killed} leftover process(es) at the next start" if killed else ""
+            ended = now
             if isinstance(killed, BaseException):
                 log.error("run %s: cannot kill its leftover processes: %s", run.id, killed)
-                killed = 0
-            ended, died = now, "the daemon died (a crash, kill -9 or power loss)"
-            if run.status == "waiting":
+                reason = f"{died} while this run was running; its leftover processes could not be killed: {killed}"
+            elif run.status == "waiting":
                 reason = f"{died} while this run waited for headroom" + (
                     f" (until {local_text(run.wait_until)})" if run.wait_until else ""
                 )
-            elif killed:  # it ran until now
-                reason = f"{died} while this run was running; killed {killed} leftover process(es) at the next start"
+            elif root_ran:  # it ran until now
+                reason = f"{died} while this run was running{left}"
             else:
-                # It ended unseen while the daemon was down: its last output is the last that is known of it (its end
-                # taken at the restart counted the downtime as its run time, in `runs list` and `stats`).
+                # Its own process ended unseen while the daemon was down (or it had none under way: the daemon's death
+                # ended it): its last output is the last that is known of it. Its end taken at the restart counted the
+                # downtime as its run time, in `runs list` and `stats`.
                 ended = await asyncio.to_thread(_last_sign_of_life, run, now)
-                reason = f"{died} while this run was running; it ended unseen, at its last output or later"
+                unseen = ", its process ending unseen (at its last output or later)" if run.pid is not None else ""
+                reason = f"{died} while this run was running{unseen}{left}"
             await asyncio.to_thread(_note_in_log, run, reason)
             await attempts.interrupt_open(run.id, finished_at=ended, error="the daemon died during this attempt")
             await runs.finish(run.id, status="interrupted", finished_at=ended, error=reason)

@@ -209,13 +209,15 @@ async def kill_tree(
     if cgroup is None and tag:
         seen = {p.pid for p in procs} | {os.getpid()}
         procs += [p for p in await sweep(tag) if p.pid not in seen]
+    # The root's group is signalled even when the root itself is a zombie: members that left its tree (reparented) and
+    # cleared its tag are reached only that way.
+    group = root_pid if root_pid is not None and any(p.pid == root_pid for p in procs) else None
     # A zombie is not left over: a dead daemon's child, exited, whose new parent has not reaped it yet (it was counted
     # as killed at the next start, and its run's end taken then).
     procs = [p for p in procs if _alive(p)]
-    if not procs:
+    if not procs and (group is None or not _group_alive(group)):
         return 0
     managed_root = root_pid if root_exited is not None else None
-    group = root_pid if root_pid is not None and any(p.pid == root_pid for p in procs) else None
     _signal_all(procs, signal.SIGTERM if grace > 0 else signal.SIGKILL, group)
     others = [p for p in procs if p.pid != managed_root]
     grace_over = _wait_cgroup_empty(cgroup, grace) if cgroup is not None else _wait_gone(others, grace)
@@ -267,6 +269,29 @@ async def _wait_gone(procs: list[psutil.Process], timeout: float) -> None:
         if not pending or loop.time() >= deadline:
             return
         await asyncio.sleep(0.05)
+
+
+def running(pid: int | None, create_time: float | None) -> bool:
+    """Whether process `pid` (the one started at `create_time`, when given) is still running: not gone, not another
+    process that took its pid, not a zombie."""
+    if pid is None:
+        return False
+    try:
+        proc = psutil.Process(pid)
+        if create_time is not None and abs(proc.create_time() - create_time) >= 0.01:
+            return False
+    except psutil.Error:
+        return False
+    return _alive(proc)
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether process group `pgid` has a member (signal 0 asks without signalling)."""
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
 
 
 def _alive(proc: psutil.Process) -> bool:
