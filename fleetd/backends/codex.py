@@ -73,7 +73,9 @@ class CodexAdapter(AgentCli):
         # A repair round continues the session it repairs: `codex exec resume [OPTIONS] SESSION PROMPT`.
         resume = ["resume"] if ctx.resume_session else []
         argv = [self.executable, "exec", *resume, "--json", "--skip-git-repo-check"]
-        if ctx.profile.base_url:
+        # The user's own provider block wins (its query params, headers, timeouts): theirs already says where to go.
+        config = Path(ctx.profile.config_dir) / "config.toml"
+        if ctx.profile.base_url and _config_value(config, "model_provider") is None:
             argv += _provider_overrides(ctx.profile.base_url, ctx.secret is not None)
         if ctx.model:
             argv += ["-m", ctx.model]
@@ -136,11 +138,16 @@ def find_rollout(codex_home: Path, thread_id: str) -> Path | None:
 
 
 def _credentials_store(config: Path) -> str | None:
+    return _config_value(config, "cli_auth_credentials_store")
+
+
+def _config_value(config: Path, key: str) -> str | None:
+    """A top-level string of a Codex `config.toml`; None when it has none (or cannot be read)."""
     import tomllib
 
     try:
         data = tomllib.loads(config.read_text(errors="replace"))
     except (OSError, ValueError):
         return None
-    value = data.get("cli_auth_credentials_store")
+    value = data.get(key)
     return value if isinstance(value, str) else None

@@ -51,3 +51,21 @@ def test_an_aider_reviewer_only_answers(tmp_path: Path) -> None:
     assert "--chat-mode" not in AiderAdapter().build(work).argv
     argv = AiderAdapter().build(replace(work, role="review")).argv
     assert argv[argv.index("--chat-mode") + 1] == "ask"
+
+
+def test_a_codex_profiles_base_url_is_a_provider_block_unless_its_config_has_its_own(tmp_path: Path) -> None:
+    profile = Profile(
+        "p", "codex", "metered", str(tmp_path / "p"), base_url="http://127.0.0.1:8000/v1", has_secret=True
+    )
+    ctx = AttemptContext(1, context(tmp_path, "codex", None).task, "fix it", profile, "sk-x", "m1", str(tmp_path))
+    argv = CodexAdapter().build(ctx).argv
+    overrides = [argv[i + 1] for i, arg in enumerate(argv) if arg == "-c"]
+    assert overrides == ['model_provider="fleetd"', 'model_providers.fleetd.name="fleetd profile"',
+                         'model_providers.fleetd.base_url="http://127.0.0.1:8000/v1"',
+                         'model_providers.fleetd.wire_api="responses"', "model_providers.fleetd.stream_max_retries=0",
+                         "model_providers.fleetd.request_max_retries=0",
+                         'model_providers.fleetd.env_key="CODEX_API_KEY"']  # fmt: skip
+    # A provider block of the user's own says where to go, with what it needs there (query params, headers): it wins.
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "config.toml").write_text('model_provider = "azure"\n[model_providers.azure]\nname = "Azure"\n')
+    assert "-c" not in CodexAdapter().build(ctx).argv
