@@ -318,3 +318,7 @@ def test_a_result_stopped_at_its_budget_counts_the_tokens_its_model_usage_gives(
     session = {**turn, "inputTokens": 246}
     resumed = json.loads(out) | {"modelUsage": {"claude-opus-5-5": session}}
     assert parse_json(json.dumps(resumed), "", 1, NOW, TZ).usage == TokenUsage(123, 9, 67, 45)
+    # Another failure with an all-zero usage, on a CLI without the turn's own figures, is not charged the session's.
+    other = json.loads(out) | {"subtype": "error_during_execution", "modelUsage": {"claude-opus-5-5": session}}
+    del other["model_usage_since_last_result"]
+    assert parse_json(json.dumps(other), "", 1, NOW, TZ).usage == TokenUsage()

@@ -394,10 +394,10 @@ def _usage(usage: object) -> TokenUsage:
 def _model_usage(obj: dict[str, Any]) -> TokenUsage:
     """This turn's tokens by model, summed, where `usage` says none: 2.1.330 stopping at `--max-budget-usd`
     (`error_max_budget_usd`) writes an all-zero `usage` beside the real counts. `modelUsage` is the session's so far
-    after `--resume`: only for a CLI without `model_usage_since_last_result`."""
+    after `--resume`: only for a CLI without `model_usage_since_last_result`, and only for that stop."""
     by_model = obj.get("model_usage_since_last_result")
-    if not isinstance(by_model, dict):
-        by_model = obj.get("modelUsage")
+    if not isinstance(by_model, dict) and obj.get("subtype") == "error_max_budget_usd":
+        by_model = obj.get("modelUsage")  # the session's, at worst: a turn that failed before any call has no figures
     if not isinstance(by_model, dict):
         return TokenUsage()
     total = TokenUsage()
