@@ -590,9 +590,9 @@ class Executor:
         about every successful attempt (the acceptance gate); its rejection is the attempt's outcome."""
         ended = await self._decisions(router, loop, run, slot, runlog, prompt, deadline, judge=judge, role=role)
         status, _, reason = ended
-        if status in ("timed_out", "interrupted"):
+        if status in ("timed_out", "interrupted") and not (router.trail and router.trail[-1]["kind"] == "stop"):
             # Ended by what no router decides (the run's --timeout, a stop): said where the route ended (it ended at
-            # its last `try` or `wait`, as if the run were still under way).
+            # its last `try` or `wait`, as if the run were still under way), unless the router's own stop came first.
             said = reason or status
             router.note(self.clock(), "stop", said)
             runlog.note(f"route: {said}")
