@@ -32,13 +32,18 @@ def loop_backends(loop: Loop) -> list[str]:
 
 def loop_warnings(loop: Loop, env: Mapping[str, str] | None = None) -> list[str]:
     """What `loop add` (and `loop edit`) warn about without refusing: a CLI of the loop's backends that the
-    daemon's PATH does not find (the run would fail; `fleetd doctor` explains). `env`: the daemon's."""
+    daemon's PATH does not find (the run would fail; `fleetd doctor` explains), an attempt timeout that can never
+    apply. `env`: the daemon's."""
     path = _path(os.environ if env is None else env)
     warnings = []
     for backend in loop_backends(loop):
         executable = get_adapter(backend).executable
         if executable and facts.which(executable, path) is None:
             warnings.append(f"{checks.missing_cli_message(executable, path)}; see `fleetd doctor`")
+    if loop.attempt_timeout_s is not None and loop.timeout_s is not None and loop.attempt_timeout_s >= loop.timeout_s:
+        warnings.append(
+            "--attempt-timeout is not shorter than --timeout: the run's own timeout ends every attempt first"
+        )
     return warnings
 
 

@@ -312,6 +312,8 @@ def test_a_provider_that_hangs_is_cut_at_the_attempt_timeout_and_the_chain_moves
     refused = d.cli("loop", "add", "cut-cmd", "--every", "1h", "--command", "true", "--attempt-timeout", "1s",
                     check=False)  # fmt: skip
     assert refused.returncode == 2 and "--attempt-timeout needs an agent backend" in refused.stderr, refused
+    longer = d.cli("loop", "edit", "cut", "--attempt-timeout", "2m")  # the run's --timeout is 1m
+    assert "warning: --attempt-timeout is not shorter than --timeout" in longer.stderr, longer.stderr
     d.cli("loop", "edit", "cut", "--clear-attempt-timeout")
     assert d.json("loop", "show", "cut")["attempt_timeout_s"] is None
     # An attempt whose answer came, its CLI then not exiting, is cut and judged by that answer: not thrown away and
