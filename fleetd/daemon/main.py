@@ -438,7 +438,8 @@ class Daemon:
             if isinstance(killed, BaseException):
                 log.error("run %s: cannot kill its leftover processes: %s", run.id, killed)
                 reason = f"{died} while this run was running; its leftover processes could not be killed: {killed}"
-            elif run.status == "waiting":
+            elif run.status == "waiting":  # no process: its last sign of life, as below (it counted the downtime)
+                ended = await asyncio.to_thread(_last_sign_of_life, run, now)
                 reason = f"{died} while this run waited for headroom" + (
                     f" (until {local_text(run.wait_until)})" if run.wait_until else ""
                 )
@@ -452,6 +453,10 @@ class Daemon:
                 unseen = ", its process ending unseen (at its last output or later)" if run.pid is not None else ""
                 reason = f"{died} while this run was running{unseen}{left}"
             await asyncio.to_thread(_note_in_log, run, reason)
+            # Its route ends saying so, as a stop's does (it ended at its last `try` or `wait`, as if under way).
+            with contextlib.suppress(Exception):  # a record, not a reason to leave the run `running`
+                route = await runs.route(run.id)
+                await runs.set_route(run.id, [*route, {"at": ended.isoformat(), "kind": "stop", "detail": reason}])
             await attempts.interrupt_open(run.id, finished_at=ended, error="the daemon died during this attempt")
             await runs.finish(run.id, status="interrupted", finished_at=ended, error=reason)
             log.warning("run %s of loop %s was interrupted by a daemon crash", run.id, run.loop)

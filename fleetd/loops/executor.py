@@ -757,6 +757,8 @@ class Executor:
             return "contract", f"the verify command could not start: {e.strerror or e}"
         slot.proc = proc
         exited = proc.exited
+        with contextlib.suppress(Exception):  # a record for crash recovery, not a reason to fail the gate
+            await self.runs.set_pid(run.id, proc.pid, proctree.create_time(proc.pid))
         done, _ = await asyncio.wait({exited}, timeout=timeout)
         if not done:
             await proctree.kill_tree(proc.pid, tag=None, grace=self.kill_grace, root_exited=exited)

@@ -253,6 +253,18 @@ class RunStore:
 
         await self._notify(await self.db.write(write))
 
+    async def set_pid(self, run_id: int, pid: int, create_time: float | None) -> None:
+        """The process the run is in now, when it is not an attempt's (its --verify): crash recovery kills it, and
+        takes a run whose process still ran at the restart to have run until then."""
+
+        def write(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                f"UPDATE runs SET pid = ?, pid_create_time = ? WHERE id = ? AND status IN {ACTIVE}",
+                (pid, create_time, run_id),
+            ).close()
+
+        await self.db.write(write)
+
     async def get(self, run_id: int) -> Run:
         row = await self.db.fetchone(f"SELECT {_COLUMNS} FROM runs WHERE id = ?", (run_id,))
         if row is None:

@@ -109,12 +109,17 @@ def test_a_run_left_waiting_by_a_crash_says_so_and_keeps_the_reset_it_waited_for
     until = (datetime.now().astimezone() + timedelta(minutes=5)).isoformat(timespec="milliseconds")
     with sqlite3.connect(d.home / "fleetd.db") as db:  # as runs waiting for a profile's reset leave them
         db.execute("UPDATE runs SET status = 'waiting', wait_until = ?", (until,))
+    restarted = datetime.now().astimezone()
     d = make_daemon("--stop-grace", "1s")  # (the run it starts again sleeps)
     after = d.json("runs", "show", str(run["id"]))
     assert after["status"] == "interrupted"
     assert after["error"].startswith(
         "the daemon died (a crash, kill -9 or power loss) while this run waited for headroom"
     )
+    # Its end is its last sign of life, not the restart (the downtime was counted as its run time); its route says
+    # how it ended (it ended at its `wait`, as if still waiting).
+    assert datetime.fromisoformat(after["finished_at"]) < restarted
+    assert (after["route"][-1]["kind"], after["route"][-1]["detail"]) == ("stop", after["error"]), after["route"]
     assert datetime.fromisoformat(after["wait_until"]) == datetime.fromisoformat(until)  # the next start reads it
     # A paused loop's: not run again (a fire of the loop, which its pause holds back).
     assert [r["id"] for r in d.json("runs", "list", "--loop", "waits")] == [run["id"]]

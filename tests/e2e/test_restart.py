@@ -74,6 +74,35 @@ def test_a_run_that_ended_while_the_daemon_was_down_is_not_given_the_downtime(ma
     assert log_path.read_text().endswith(f"[fleetd] {after['error']}\n")
 
 
+def test_a_run_whose_verify_still_ran_at_the_restart_ran_until_then(short_home: Path, tmp_path: Path) -> None:
+    # The verify's process was not the run's recorded one (the attempt's, exited): the run was dated at its last output
+    # (58 ms long), its still running verify called a leftover, its own process said to have "ended unseen".
+    standin = short_home / "standin"
+    standin.mkdir()
+    d = Daemon(short_home / "home", "--kill-grace", "0.5s")
+    d.env.update(standin_env(standin))
+    d.start()
+    d.cli("profile", "add", "vp", "--backend", "claude_code")
+    d.cli("loop", "add", "verified", "--every", "1h", "--paused", "--backend", "claude_code", "--profile", "vp",
+          "--prompt", "x", "--dir", str(tmp_path), "--verify", "echo verifying; sleep 60")  # fmt: skip
+    run = d.json("loop", "run", "verified")
+    log_path = Path(d.json("runs", "show", str(run["id"]))["log_path"])
+    wait_until(lambda: log_path.exists() and b"verifying" in log_path.read_bytes(), what="the verify under way")
+    d.kill9()
+    restarted = _now()
+    d = Daemon(short_home / "home", "--kill-grace", "0.5s")
+    d.env.update(standin_env(standin))
+    d.start()
+    try:
+        after = d.json("runs", "show", str(run["id"]))
+        assert after["status"] == "interrupted"
+        said = r"the daemon died \(a crash, kill -9 or power loss\) while this run was running; killed \d+ leftover"
+        assert re.fullmatch(said + r" process\(es\) at the next start", after["error"]), after["error"]
+        assert datetime.fromisoformat(after["finished_at"]) >= restarted
+    finally:
+        d.stop()
+
+
 def _killed_mid_attempt(short_home: Path) -> Callable[[], Daemon]:
     """A daemon killed -9 while a run's attempt on profile `once` (`1d=1req`) was under way; what starts it again."""
     standin = short_home / "standin"
@@ -108,9 +137,10 @@ def test_an_attempt_a_crash_cut_short_counts_against_its_profiles_limit(short_ho
     d = _killed_mid_attempt(short_home)()
     try:
         assert _once_used(d) == [1]
-        # Its route so far is kept: it was written only as the run ended, which a kill -9 never reaches.
+        # Its route so far is kept (it was written only as the run ended, which a kill -9 never reaches), ended by
+        # the crash's stop.
         [run] = d.runs("--loop", "crashed")
-        assert [e["kind"] for e in d.json("runs", "show", str(run["id"]))["route"]] == ["try"]
+        assert [e["kind"] for e in d.json("runs", "show", str(run["id"]))["route"]] == ["try", "stop"]
     finally:
         d.stop()
 
