@@ -1015,6 +1015,12 @@ class Executor:
             runlog.end_line()  # the next attempt's notes and output start on a line of their own
         assert attempt_id is not None
         finished_at = self.clock()
+        if (end.timed_out or slot.interrupt_reason) and end.parsed.outcome != "succeeded":
+            # Cut by the run's own end, not failed by its provider: its record said "transient: exited -15 without
+            # output" (the kill's doing), blaming the provider.
+            cut = f"cut by the run's --timeout ({format_duration(loop.timeout_s)})" if end.timed_out else (
+                f"cut by the run's end: {slot.interrupt_reason}")  # fmt: skip
+            end = replace(end, parsed=replace(end.parsed, outcome="failed", error_class=None, message=cut))
         try:
             ending, cost = _written_up(end, attempt_id, finished_at, scrubber, profile)
         except Exception as e:  # a bug in the write-up: the run fails, and its attempt ends, not `running`

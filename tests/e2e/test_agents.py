@@ -349,6 +349,9 @@ def test_hanging_agent_times_out(agents: Daemon) -> None:
     assert run["status"] == "timed_out"
     # Its route says how it ended (it stopped at its `try`, as if the run were still under way).
     assert (run["route"][-1]["kind"], run["route"][-1]["detail"]) == ("stop", "timed out after 1s"), run["route"]
+    # Its attempt was cut by the run's end, not failed by its provider (it said "transient: exited -15 without output").
+    (attempt,) = run["attempt_list"]
+    assert (attempt["error_class"], attempt["error"]) == (None, "cut by the run's --timeout (1s)"), attempt
 
 
 def test_profile_env_and_login(agents: Daemon) -> None:
