@@ -15,6 +15,7 @@ from fleetd.cli.format import local_time, table
 from fleetd.records.money import usd, usd_apart
 from fleetd.timefmt import format_duration
 
+MIN_INTERVAL_S = 0.5  # between two refreshes of `usage --watch`
 LEGEND = (
     "ACTIVE *: the profile its backend uses next (pinned: chosen by hand).\n"
     "N%*: the backend's own figure for that window; N% without *: fleetd's count against the profile's --limit.\n"
@@ -108,6 +109,8 @@ def usage(ctx: click.Context, watch: bool, interval: float, wide: bool, as_json:
         return
     if not watch and ctx.get_parameter_source("interval") == click.core.ParameterSource.COMMANDLINE:
         raise CliError("--interval needs --watch (it is the time between its refreshes)", exit_code=2)
+    if interval < MIN_INTERVAL_S:  # `1ms` asked the daemon in a tight loop
+        raise CliError(f"--interval must be at least {MIN_INTERVAL_S:g}s", exit_code=2)
     daemon = client()
     if as_json or not watch:
         render(daemon.call("GET", "/v1/usage"), as_json, lambda rows: _usage_table(rows, wide))

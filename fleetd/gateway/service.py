@@ -217,11 +217,11 @@ class GatewayService:
         by_name = {p.name: p for p in profiles}
         unpriced = [
             name for step in route.chain if (name := step.profiles[0]) in by_name
-            and by_name[name].tier != "local" and by_name[name].cost(1, 1, 1, 1) is None
+            and by_name[name].tier != "local" and None in (by_name[name].price_input, by_name[name].price_output)
         ]  # fmt: skip
         warnings = [
-            f"profile {name} has no prices: its calls on this route are counted at $0, and no --daily-cost (its own or "
-            f"a key's) sees them (`fleetd profile edit {name} --price-input X --price-output Y`: USD per 1M tokens)"
+            f"profile {name} lacks an input or output price: its calls on this route are counted at $0 (or less than "
+            f"they cost), and no --daily-cost sees it (`fleetd profile edit {name} --price-input X --price-output Y`)"
             for name in dict.fromkeys(unpriced)
         ]
         return route, warnings

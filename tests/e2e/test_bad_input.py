@@ -322,6 +322,10 @@ def test_the_clis_own_waits_take_a_duration_as_every_other_flag_does(daemon: Dae
         assert "already running" in daemon.cli(*command, "90s").stdout
 
 
+def test_usage_watch_refuses_an_interval_that_would_poll_in_a_tight_loop(daemon: Daemon) -> None:
+    assert_refused(daemon, ["usage", "--watch", "--interval", "1ms"], 2, "--interval must be at least 0.5s")
+
+
 def test_usage_interval_without_watch_is_refused(daemon: Daemon) -> None:
     assert_refused(daemon, ["usage", "--interval", "1"], 2, "--interval needs --watch")  # was taken and ignored
 

@@ -355,7 +355,11 @@ def test_a_route_over_a_paid_profile_without_prices_warns_that_its_calls_count_a
              "--model", "m", "--tier", "metered", "--api-key-stdin", input=KEYS["1"] + "\n")  # fmt: skip
     added = gw.d.cli("route", "add", "unpriced-r", "--chain", "unpriced", "--json")
     assert json.loads(added.stdout)["warnings"] == [added.stderr.strip().removeprefix("warning: ")]
-    assert added.stderr.startswith("warning: profile unpriced has no prices: its calls on this route are counted at $0")
+    assert added.stderr.startswith("warning: profile unpriced lacks an input or output price: its calls on this route "
+                                   "are counted at $0 (or less than they cost)")  # fmt: skip
+    # An input price alone leaves its output tokens at $0: warned of too.
+    gw.d.cli("profile", "edit", "unpriced", "--price-input", "3")
+    assert "lacks an input or output price" in gw.d.cli("route", "add", "unpriced-r2", "--chain", "unpriced").stderr
     # A local model's calls cost nothing indeed: no warning.
     gw.d.cli("profile", "add", "free", "--backend", "openai_compat", "--base-url", gw.p1.base_url + "/v1",
              "--model", "m", "--tier", "local")  # fmt: skip
