@@ -552,12 +552,16 @@ class StreamAnswer:
         watcher = asyncio.create_task(watch())
         outcome, error = "succeeded", None
         client_left = False  # the client, not the provider, ended it: no mark against the provider
+        began = False  # a part of the answer's body went out
+
+        def left() -> str:
+            return "the client went away mid-stream" if began else "the client went away before the stream began"
 
         async def deliver(message: dict[str, Any]) -> bool:
             """`message` to the client; False once it has gone (or reads nothing): what comes then is only read."""
-            nonlocal outcome, error, client_left
+            nonlocal outcome, error, client_left, began
             if not client_left and gone.is_set():
-                outcome, error, client_left = "failed", "the client went away mid-stream", True
+                outcome, error, client_left = "failed", left(), True
             if client_left:
                 return False
             try:
@@ -566,7 +570,8 @@ class StreamAnswer:
                 outcome, error = "failed", f"the client read nothing for {WRITE_TIMEOUT_S:g}s: stream dropped"
                 client_left = True
             except OSError:
-                outcome, error, client_left = "failed", "the client went away mid-stream", True
+                outcome, error, client_left = "failed", left(), True
+            began = began or (message["type"] == "http.response.body" and not client_left)
             return not client_left
 
         try:
