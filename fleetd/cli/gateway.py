@@ -126,7 +126,7 @@ def _calls_text(items: list[dict[str, Any]]) -> str:
         return " → ".join(f"{p['profile']}:{p['status'] or p['class'] or '-'}" for p in c["path"]) or "-"
 
     rows = [[local_time(c["at"]), c["key"] or "-", c["route"], path(c), c["outcome"] + (" (stream)" if c["streamed"]
-             else ""), str(c["status"] or "-"), f"{c['latency_ms']}ms",
+             else ""), str(c["status"] or "-"), "-" if c["latency_ms"] is None else f"{c['latency_ms']}ms",
              "-" if c["ttft_ms"] is None else f"{c['ttft_ms']}ms",
              f"{c['tokens']['input']}/{c['tokens']['output']}", f"${c['cost_usd']:.4f}", short(c["error"], 40)]
             for c in items]  # fmt: skip

@@ -242,7 +242,7 @@ def two_digits_sql(column: str) -> str:
     )
 
 
-_GATEWAY_CALL_FACTS_VIEW = f"""
+_GATEWAY_CALL_FACTS_VIEW_V17 = f"""
     -- What one call adds to the figures. NULL keys are '' (a NULL would never match in a rollup's key).
     -- Fallback: its path tried more than one profile (a retry of the same profile is not one).
     CREATE VIEW gateway_call_facts AS
@@ -255,6 +255,21 @@ _GATEWAY_CALL_FACTS_VIEW = f"""
            cache_read_tokens, cache_write_tokens, cost_usd,
            {two_digits_sql("latency_ms")} AS latency_ms, {two_digits_sql("ttft_ms")} AS ttft_ms
     FROM gateway_calls;
+"""
+# Migration 25's: a call a crash or a stop cut (`interrupted`, logged at 0 ms: gateway/journal.py) has no latency, as
+# a call without a first token has no time to first token (it pulled p50 down).
+_GATEWAY_CALL_FACTS_VIEW = _GATEWAY_CALL_FACTS_VIEW_V17.replace(
+    f"{two_digits_sql('latency_ms')} AS latency_ms",
+    f"CASE WHEN outcome = 'interrupted' THEN NULL ELSE {two_digits_sql('latency_ms')} END AS latency_ms",
+)
+_UNCOUNT_INTERRUPTED_LATENCY = f"""
+    UPDATE gateway_histograms_{{period}} AS h SET calls = h.calls - x.n
+    FROM (SELECT substr(at, 1, {{width}}) AS period, {GATEWAY_KEY}, latency_ms AS ms, count(*) AS n
+          FROM gateway_call_facts WHERE call_id IN (SELECT id FROM gateway_calls WHERE outcome = 'interrupted')
+          GROUP BY 1, 2, 3, 4, 5, 6, 7) AS x
+    WHERE h.period = x.period AND h.route = x.route AND h.profile = x.profile AND h.model = x.model
+      AND h.key_name = x.key_name AND h.api = x.api AND h.metric = 'latency' AND h.ms = x.ms;
+    DELETE FROM gateway_histograms_{{period}} WHERE calls <= 0;
 """
 _GATEWAY_ROLLUP_TABLES = """
     CREATE TABLE gateway_stats_{period} (
@@ -736,7 +751,7 @@ MIGRATIONS: list[Migration] = [
     # 17: `fleetd stats --source gateway`: per-day and per-hour rollups of the calls, which the store adds each
     # batch of calls to as it logs them (store/gateway_stats.py), filled here with the calls already logged.
     f"""
-    {_GATEWAY_CALL_FACTS_VIEW}
+    {_GATEWAY_CALL_FACTS_VIEW_V17}
     {"".join(_GATEWAY_ROLLUP_TABLES.format(period=period) for period, _ in GATEWAY_PERIODS)}
     {GATEWAY_STATS_REBUILD}
     """,
@@ -806,6 +821,13 @@ MIGRATIONS: list[Migration] = [
     # 24: how long one attempt of a loop's run may take (`--attempt-timeout`): a provider that hangs is then a
     # transient failure the chain moves past, not the whole run's --timeout spent on its first step.
     "ALTER TABLE loops ADD COLUMN attempt_timeout_s REAL;",
+    # 25: an interrupted gateway call (cut by a crash or a stop; logged at 0 ms) has no latency in `stats --source
+    # gateway`: taken out of the latency histograms it was added to, for the calls still logged (a pruned one's stays).
+    f"""
+    {"".join(_UNCOUNT_INTERRUPTED_LATENCY.format(period=period, width=width) for period, width in GATEWAY_PERIODS)}
+    DROP VIEW gateway_call_facts;
+    {_GATEWAY_CALL_FACTS_VIEW}
+    """,
 ]
 
 # What a pruned run leaves for the raw part of a stats window (migration 23), `{ids}` its run ids' marks.

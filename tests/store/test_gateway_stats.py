@@ -56,7 +56,8 @@ def _value(call: GatewayCall, key: str) -> Any:
 def _figures(calls: list[GatewayCall]) -> dict[str, Any]:
     succeeded = sum(1 for c in calls if c.outcome == "succeeded")
     fallbacks = sum(1 for c in calls if len({p["profile"] for p in c.path}) > 1)
-    latencies = sorted(c.latency_ms for c in calls)
+    # A call a crash cut is logged at 0 ms: not known, so in no latency (it pulled the p50 down).
+    latencies = sorted(c.latency_ms for c in calls if c.outcome != "interrupted")
     ttfts = sorted(c.ttft_ms for c in calls if c.ttft_ms is not None)
     return {
         "calls": len(calls),
@@ -108,7 +109,8 @@ def random_calls(rnd: random.Random, n: int, *, after: datetime | None = None) -
     start = after or NOW - timedelta(days=3)
     calls = []
     for _ in range(n):
-        outcome = rnd.choice(("succeeded", "succeeded", "succeeded", "failed", "rejected", "stream_error"))
+        outcome = rnd.choice(("succeeded", "succeeded", "succeeded", "failed", "rejected", "stream_error",
+                              "interrupted"))  # fmt: skip
         tries = [rnd.choice(("p1", "p2", "p3")) for _ in range(rnd.choice((1, 1, 2, 3)))]
         if outcome == "rejected":
             tries = []
@@ -121,7 +123,7 @@ def random_calls(rnd: random.Random, n: int, *, after: datetime | None = None) -
             path=[{"profile": p, "model": "m", "status": 200, "class": None, "latency_ms": 5} for p in tries],
             profile=tries[-1] if tries else None, model=rnd.choice(("m1", "m2")) if tries else None,
             ttft_ms=rnd.randint(0, 30_000) if streamed and rnd.random() < 0.9 else None,
-            latency_ms=rnd.choice((rnd.randint(0, 120), rnd.randint(0, 300_000))),
+            latency_ms=0 if outcome == "interrupted" else rnd.choice((rnd.randint(0, 120), rnd.randint(0, 300_000))),
             input_tokens=rnd.randint(0, 5000), output_tokens=rnd.randint(0, 900), cache_read_tokens=rnd.randint(0, 9),
             cache_write_tokens=rnd.randint(0, 3), cost_usd=rnd.randint(0, 500) / 1000,
         ))  # fmt: skip
