@@ -49,14 +49,14 @@ def _gateway_table(answer: dict[str, Any]) -> str:
     def cells(row: dict[str, Any]) -> list[str]:
         t = row["tokens"]
         return [
-            str(row["calls"]), _percent(row["success_rate"]), _percent(row["fallback_rate"]),
+            str(row["calls"]), str(row["rejected"]), _percent(row["success_rate"]), _percent(row["fallback_rate"]),
             str(row["stream_errors"]), ms(row["p50_latency_ms"]), ms(row["p95_latency_ms"]), ms(row["p50_ttft_ms"]),
             _tokens(t["input"]), _tokens(t["output"]), _tokens(t["cache_read"]), _tokens(t["cache_write"]),
             f"${row['cost_usd']:.4f}",
         ]  # fmt: skip
 
     headers = [key.upper() for key in by]
-    headers += ["CALLS", "SUCCESS", "FALLBACK", "STREAM ERR", "P50", "P95", "TTFT P50",
+    headers += ["CALLS", "REFUSED", "SUCCESS", "FALLBACK", "STREAM ERR", "P50", "P95", "TTFT P50",
                 "IN", "OUT", "CACHE R", "CACHE W", "COST"]  # fmt: skip
     rows = [[_group_value(row["group"][key]) for key in by] + cells(row) for row in answer["groups"]]
     rows.append(["TOTAL"] + [""] * (len(by) - 1) + cells(answer["total"]))

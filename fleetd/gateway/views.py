@@ -81,8 +81,10 @@ def _figures(row: GatewayStatsRow) -> dict[str, Any]:
         "fallbacks": row.fallbacks,
         "streamed": row.streamed,
         "stream_errors": row.stream_errors,
-        "success_rate": round(row.succeeded / row.calls, 4) if row.calls else None,
-        "fallback_rate": round(row.fallbacks / row.calls, 4) if row.calls else None,
+        "rejected": row.rejected,
+        # Of the calls fleetd let in: a key's own cap refusing one is no provider's failure (it counted as one).
+        "success_rate": round(row.succeeded / let_in, 4) if (let_in := row.calls - row.rejected) else None,
+        "fallback_rate": round(row.fallbacks / let_in, 4) if let_in else None,
         "p50_latency_ms": row.p50_latency_ms,
         "p95_latency_ms": row.p95_latency_ms,
         "p50_ttft_ms": row.p50_ttft_ms,

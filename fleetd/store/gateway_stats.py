@@ -57,6 +57,7 @@ class GatewayStatsRow:
     cache_read_tokens: int = 0
     cache_write_tokens: int = 0
     cost_usd: float = 0.0
+    rejected: int = 0  # refused by fleetd for the key's own --daily-cost: not routed, and no provider's failure
     p50_latency_ms: int | None = None
     p95_latency_ms: int | None = None
     p50_ttft_ms: int | None = None

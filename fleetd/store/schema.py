@@ -224,10 +224,13 @@ STATS_REBUILD = "\n".join(
 # GATEWAY_ADD (`{where}` picks the calls) adds calls to all four; GATEWAY_STATS_REBUILD adds every call.
 GATEWAY_KEY = "route, profile, model, key_name, api"
 GATEWAY_PERIODS = (("daily", 10), ("hourly", 13))  # gateway_stats_* and gateway_histograms_*, and period width
-GATEWAY_SUMS = ("calls", "succeeded", "fallbacks", "streamed", "stream_errors", "input_tokens", "output_tokens",
-                "cache_read_tokens", "cache_write_tokens", "cost_usd")  # fmt: skip
-GATEWAY_FACTS = ("1", "succeeded", "fallback", "streamed", "stream_error", "input_tokens", "output_tokens",
-                 "cache_read_tokens", "cache_write_tokens", "cost_usd")  # fmt: skip
+GATEWAY_SUMS_V17 = ("calls", "succeeded", "fallbacks", "streamed", "stream_errors", "input_tokens", "output_tokens",
+                    "cache_read_tokens", "cache_write_tokens", "cost_usd")  # fmt: skip
+GATEWAY_FACTS_V17 = ("1", "succeeded", "fallback", "streamed", "stream_error", "input_tokens", "output_tokens",
+                     "cache_read_tokens", "cache_write_tokens", "cost_usd")  # fmt: skip
+# Migration 26: calls fleetd refused for their key's own --daily-cost (`rejected`), apart from those it let in.
+GATEWAY_SUMS = (*GATEWAY_SUMS_V17, "rejected")
+GATEWAY_FACTS = (*GATEWAY_FACTS_V17, "rejected")
 GATEWAY_METRICS = (("latency", "latency_ms"), ("ttft", "ttft_ms"))  # a histogram's name, and its fact
 
 
@@ -258,9 +261,14 @@ _GATEWAY_CALL_FACTS_VIEW_V17 = f"""
 """
 # Migration 25's: a call a crash or a stop cut (`interrupted`, logged at 0 ms: gateway/journal.py) has no latency, as
 # a call without a first token has no time to first token (it pulled p50 down).
-_GATEWAY_CALL_FACTS_VIEW = _GATEWAY_CALL_FACTS_VIEW_V17.replace(
+_GATEWAY_CALL_FACTS_VIEW_V25 = _GATEWAY_CALL_FACTS_VIEW_V17.replace(
     f"{two_digits_sql('latency_ms')} AS latency_ms",
     f"CASE WHEN outcome = 'interrupted' THEN NULL ELSE {two_digits_sql('latency_ms')} END AS latency_ms",
+)
+# Migration 26's: and whether fleetd refused the call for its key's own --daily-cost (`rejected`).
+_GATEWAY_CALL_FACTS_VIEW = _GATEWAY_CALL_FACTS_VIEW_V25.replace(
+    "outcome = 'stream_error' AS stream_error,",
+    "outcome = 'stream_error' AS stream_error, outcome = 'rejected' AS rejected,",
 )
 _UNCOUNT_INTERRUPTED_LATENCY = f"""
     UPDATE gateway_histograms_{{period}} AS h SET calls = h.calls - x.n
@@ -270,6 +278,15 @@ _UNCOUNT_INTERRUPTED_LATENCY = f"""
     WHERE h.period = x.period AND h.route = x.route AND h.profile = x.profile AND h.model = x.model
       AND h.key_name = x.key_name AND h.api = x.api AND h.metric = 'latency' AND h.ms = x.ms;
     DELETE FROM gateway_histograms_{{period}} WHERE calls <= 0;
+"""
+_COUNT_REJECTED = f"""
+    ALTER TABLE gateway_stats_{{period}} ADD COLUMN rejected INTEGER NOT NULL DEFAULT 0;
+    UPDATE gateway_stats_{{period}} AS s SET rejected = x.n
+    FROM (SELECT substr(at, 1, {{width}}) AS period, {GATEWAY_KEY}, count(*) AS n
+          FROM gateway_call_facts WHERE call_id IN (SELECT id FROM gateway_calls WHERE outcome = 'rejected')
+          GROUP BY 1, 2, 3, 4, 5, 6) AS x
+    WHERE s.period = x.period AND s.route = x.route AND s.profile = x.profile AND s.model = x.model
+      AND s.key_name = x.key_name AND s.api = x.api;
 """
 _GATEWAY_ROLLUP_TABLES = """
     CREATE TABLE gateway_stats_{period} (
@@ -304,15 +321,19 @@ _GATEWAY_ROLLUP_TABLES = """
         PRIMARY KEY (period, route, profile, model, key_name, api, metric, ms)
     ) WITHOUT ROWID;
 """
-_SUMMED = ", ".join(
-    f"{'total' if s == 'cost_usd' else 'sum'}({f})" for s, f in zip(GATEWAY_SUMS, GATEWAY_FACTS, strict=True)
-)
-_GATEWAY_ADD_SUMS = (
-    f"INSERT INTO gateway_stats_{{period}} (period, {GATEWAY_KEY}, {', '.join(GATEWAY_SUMS)}) "
-    f"SELECT substr(at, 1, {{width}}) AS period, {GATEWAY_KEY}, {_SUMMED} "
-    f"FROM gateway_call_facts f WHERE {{where}} GROUP BY period, {GATEWAY_KEY} "
-    "ON CONFLICT DO UPDATE SET " + ", ".join(f"{s} = {s} + excluded.{s}" for s in GATEWAY_SUMS) + ";"
-)
+
+
+def _gateway_add_sums(sums: tuple[str, ...], facts: tuple[str, ...]) -> str:
+    """The statement that adds calls to `gateway_stats_{period}`: each of `sums` the sum of its fact."""
+    summed = ", ".join(f"{'total' if s == 'cost_usd' else 'sum'}({f})" for s, f in zip(sums, facts, strict=True))
+    return (
+        f"INSERT INTO gateway_stats_{{period}} (period, {GATEWAY_KEY}, {', '.join(sums)}) "
+        f"SELECT substr(at, 1, {{width}}) AS period, {GATEWAY_KEY}, {summed} "
+        f"FROM gateway_call_facts f WHERE {{where}} GROUP BY period, {GATEWAY_KEY} "
+        "ON CONFLICT DO UPDATE SET " + ", ".join(f"{s} = {s} + excluded.{s}" for s in sums) + ";"
+    )
+
+
 _GATEWAY_ADD_HISTOGRAM = (
     f"INSERT INTO gateway_histograms_{{period}} (period, {GATEWAY_KEY}, metric, ms, calls) "
     f"SELECT substr(at, 1, {{width}}) AS period, {GATEWAY_KEY}, '{{metric}}', {{fact}}, count(*) "
@@ -321,20 +342,28 @@ _GATEWAY_ADD_HISTOGRAM = (
 )
 
 
-def gateway_add(where: str) -> tuple[str, ...]:
-    """The statements that add the calls `where` picks (a condition on `gateway_call_facts f`) to the rollups."""
+def gateway_add(
+    where: str, sums: tuple[str, ...] = GATEWAY_SUMS, facts: tuple[str, ...] = GATEWAY_FACTS
+) -> tuple[str, ...]:
+    """The statements that add the calls `where` picks (a condition on `gateway_call_facts f`) to the rollups
+    (`sums`/`facts`: as of a migration, for the one that wrote them then)."""
+    add_sums = _gateway_add_sums(sums, facts)
     return tuple(
         template.format(period=period, width=width, where=where, metric=metric, fact=fact)
         for period, width in GATEWAY_PERIODS
-        for template, metric, fact in ((_GATEWAY_ADD_SUMS, "", ""),
+        for template, metric, fact in ((add_sums, "", ""),
                                        *((_GATEWAY_ADD_HISTOGRAM, m, f) for m, f in GATEWAY_METRICS))
     )  # fmt: skip
 
 
-GATEWAY_STATS_REBUILD = "\n".join(
-    [f"DELETE FROM gateway_{kind}_{period};" for kind in ("stats", "histograms") for period, _ in GATEWAY_PERIODS]
-    + list(gateway_add("1"))
-)
+def _gateway_rebuild(sums: tuple[str, ...], facts: tuple[str, ...]) -> str:
+    return "\n".join(
+        [f"DELETE FROM gateway_{kind}_{period};" for kind in ("stats", "histograms") for period, _ in GATEWAY_PERIODS]
+        + list(gateway_add("1", sums, facts))
+    )
+
+
+GATEWAY_STATS_REBUILD = _gateway_rebuild(GATEWAY_SUMS, GATEWAY_FACTS)
 
 _RUNS_STATUS_CHECK = re.compile(r"(CHECK\s*\(\s*status\s+IN\s*\()([^)]*)(\))", re.IGNORECASE)
 _RUNS_STATUSES_V10 = "'running', 'waiting', 'succeeded', 'failed', 'timed_out', 'interrupted', 'cancelled', 'skipped'"
@@ -753,7 +782,7 @@ MIGRATIONS: list[Migration] = [
     f"""
     {_GATEWAY_CALL_FACTS_VIEW_V17}
     {"".join(_GATEWAY_ROLLUP_TABLES.format(period=period) for period, _ in GATEWAY_PERIODS)}
-    {GATEWAY_STATS_REBUILD}
+    {_gateway_rebuild(GATEWAY_SUMS_V17, GATEWAY_FACTS_V17)}
     """,
     # 18: the stats triggers again (`_add_attempt_v18`, `_add_run_v18`), the same figures for less: in SQL alone
     # an attempt's end took ~110 µs more with its trigger than without, a run's ~240 µs; now ~35 and ~40. The
@@ -825,6 +854,14 @@ MIGRATIONS: list[Migration] = [
     # gateway`: taken out of the latency histograms it was added to, for the calls still logged (a pruned one's stays).
     f"""
     {"".join(_UNCOUNT_INTERRUPTED_LATENCY.format(period=period, width=width) for period, width in GATEWAY_PERIODS)}
+    DROP VIEW gateway_call_facts;
+    {_GATEWAY_CALL_FACTS_VIEW_V25}
+    """,
+    # 26: `stats --source gateway` counts the calls fleetd refused for their key's own --daily-cost apart: they were
+    # calls that failed, and its success rate blamed the providers for the user's cap. Filled from the calls still
+    # logged (a pruned one's stays a failed call).
+    f"""
+    {"".join(_COUNT_REJECTED.format(period=period, width=width) for period, width in GATEWAY_PERIODS)}
     DROP VIEW gateway_call_facts;
     {_GATEWAY_CALL_FACTS_VIEW}
     """,

@@ -56,6 +56,7 @@ def _value(call: GatewayCall, key: str) -> Any:
 def _figures(calls: list[GatewayCall]) -> dict[str, Any]:
     succeeded = sum(1 for c in calls if c.outcome == "succeeded")
     fallbacks = sum(1 for c in calls if len({p["profile"] for p in c.path}) > 1)
+    rejected = sum(1 for c in calls if c.outcome == "rejected")
     # A call a crash cut is logged at 0 ms: not known, so in no latency (it pulled the p50 down).
     latencies = sorted(c.latency_ms for c in calls if c.outcome != "interrupted")
     ttfts = sorted(c.ttft_ms for c in calls if c.ttft_ms is not None)
@@ -65,8 +66,10 @@ def _figures(calls: list[GatewayCall]) -> dict[str, Any]:
         "fallbacks": fallbacks,
         "streamed": sum(1 for c in calls if c.streamed),
         "stream_errors": sum(1 for c in calls if c.outcome == "stream_error"),
-        "success_rate": round(succeeded / len(calls), 4) if calls else None,
-        "fallback_rate": round(fallbacks / len(calls), 4) if calls else None,
+        # Refused by fleetd for the key's own cap: apart, and no part of the rates (they counted as failed calls).
+        "rejected": rejected,
+        "success_rate": round(succeeded / (len(calls) - rejected), 4) if len(calls) > rejected else None,
+        "fallback_rate": round(fallbacks / (len(calls) - rejected), 4) if len(calls) > rejected else None,
         "p50_latency_ms": _rank(latencies, 0.5),
         "p95_latency_ms": _rank(latencies, 0.95),
         "p50_ttft_ms": _rank(ttfts, 0.5),
