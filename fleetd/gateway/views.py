@@ -53,8 +53,8 @@ def call_json(call: GatewayCall) -> dict[str, Any]:
         "profile": call.profile,
         "model": call.model,
         "ttft_ms": call.ttft_ms,
-        # Cut by a crash or the stop's end: not known (it said 0 ms).
-        "latency_ms": None if call.outcome == "interrupted" else call.latency_ms,
+        # Cut by a crash or the stop's end, or refused before any upstream: none to speak of (it said 0 ms).
+        "latency_ms": None if call.outcome in ("interrupted", "rejected") else call.latency_ms,
         "tokens": {
             "input": call.input_tokens,
             "output": call.output_tokens,

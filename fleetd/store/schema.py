@@ -259,21 +259,23 @@ _GATEWAY_CALL_FACTS_VIEW_V17 = f"""
            {two_digits_sql("latency_ms")} AS latency_ms, {two_digits_sql("ttft_ms")} AS ttft_ms
     FROM gateway_calls;
 """
-# Migration 25's: a call a crash or a stop cut (`interrupted`, logged at 0 ms: gateway/journal.py) has no latency, as
-# a call without a first token has no time to first token (it pulled p50 down).
+# Migration 25's: a call a crash or a stop cut (`interrupted`: a crash's is logged at 0 ms, gateway/journal.py; a stop's
+# at the time it had run, cut short), or one fleetd refused (`rejected`, logged at 0 ms), has no latency, as a call
+# without a first token has no time to first token (they pulled p50 down).
 _GATEWAY_CALL_FACTS_VIEW_V25 = _GATEWAY_CALL_FACTS_VIEW_V17.replace(
     f"{two_digits_sql('latency_ms')} AS latency_ms",
-    f"CASE WHEN outcome = 'interrupted' THEN NULL ELSE {two_digits_sql('latency_ms')} END AS latency_ms",
+    f"CASE WHEN outcome IN ('interrupted', 'rejected') THEN NULL ELSE {two_digits_sql('latency_ms')} END AS latency_ms",
 )
 # Migration 26's: and whether fleetd refused the call for its key's own --daily-cost (`rejected`).
 _GATEWAY_CALL_FACTS_VIEW = _GATEWAY_CALL_FACTS_VIEW_V25.replace(
     "outcome = 'stream_error' AS stream_error,",
     "outcome = 'stream_error' AS stream_error, outcome = 'rejected' AS rejected,",
 )
-_UNCOUNT_INTERRUPTED_LATENCY = f"""
+_UNCOUNT_UNKNOWN_LATENCY = f"""
     UPDATE gateway_histograms_{{period}} AS h SET calls = h.calls - x.n
     FROM (SELECT substr(at, 1, {{width}}) AS period, {GATEWAY_KEY}, latency_ms AS ms, count(*) AS n
-          FROM gateway_call_facts WHERE call_id IN (SELECT id FROM gateway_calls WHERE outcome = 'interrupted')
+          FROM gateway_call_facts
+          WHERE call_id IN (SELECT id FROM gateway_calls WHERE outcome IN ('interrupted', 'rejected'))
           GROUP BY 1, 2, 3, 4, 5, 6, 7) AS x
     WHERE h.period = x.period AND h.route = x.route AND h.profile = x.profile AND h.model = x.model
       AND h.key_name = x.key_name AND h.api = x.api AND h.metric = 'latency' AND h.ms = x.ms;
@@ -850,10 +852,10 @@ MIGRATIONS: list[Migration] = [
     # 24: how long one attempt of a loop's run may take (`--attempt-timeout`): a provider that hangs is then a
     # transient failure the chain moves past, not the whole run's --timeout spent on its first step.
     "ALTER TABLE loops ADD COLUMN attempt_timeout_s REAL;",
-    # 25: an interrupted gateway call (cut by a crash or a stop; logged at 0 ms) has no latency in `stats --source
+    # 25: an interrupted gateway call (cut by a crash or a stop) or a refused one has no latency in `stats --source
     # gateway`: taken out of the latency histograms it was added to, for the calls still logged (a pruned one's stays).
     f"""
-    {"".join(_UNCOUNT_INTERRUPTED_LATENCY.format(period=period, width=width) for period, width in GATEWAY_PERIODS)}
+    {"".join(_UNCOUNT_UNKNOWN_LATENCY.format(period=period, width=width) for period, width in GATEWAY_PERIODS)}
     DROP VIEW gateway_call_facts;
     {_GATEWAY_CALL_FACTS_VIEW_V25}
     """,

@@ -57,8 +57,8 @@ def _figures(calls: list[GatewayCall]) -> dict[str, Any]:
     succeeded = sum(1 for c in calls if c.outcome == "succeeded")
     fallbacks = sum(1 for c in calls if len({p["profile"] for p in c.path}) > 1)
     rejected = sum(1 for c in calls if c.outcome == "rejected")
-    # A call a crash cut is logged at 0 ms: not known, so in no latency (it pulled the p50 down).
-    latencies = sorted(c.latency_ms for c in calls if c.outcome != "interrupted")
+    # A call a crash cut, or one fleetd refused, is logged at 0 ms: not known, so in no latency (it pulled p50 down).
+    latencies = sorted(c.latency_ms for c in calls if c.outcome not in ("interrupted", "rejected"))
     ttfts = sorted(c.ttft_ms for c in calls if c.ttft_ms is not None)
     return {
         "calls": len(calls),
@@ -126,7 +126,8 @@ def random_calls(rnd: random.Random, n: int, *, after: datetime | None = None) -
             path=[{"profile": p, "model": "m", "status": 200, "class": None, "latency_ms": 5} for p in tries],
             profile=tries[-1] if tries else None, model=rnd.choice(("m1", "m2")) if tries else None,
             ttft_ms=rnd.randint(0, 30_000) if streamed and rnd.random() < 0.9 else None,
-            latency_ms=0 if outcome == "interrupted" else rnd.choice((rnd.randint(0, 120), rnd.randint(0, 300_000))),
+            latency_ms=0 if outcome in ("interrupted", "rejected")
+            else rnd.choice((rnd.randint(0, 120), rnd.randint(0, 300_000))),
             input_tokens=rnd.randint(0, 5000), output_tokens=rnd.randint(0, 900), cache_read_tokens=rnd.randint(0, 9),
             cache_write_tokens=rnd.randint(0, 3), cost_usd=rnd.randint(0, 500) / 1000,
         ))  # fmt: skip
@@ -294,7 +295,7 @@ def test_rebuild_gives_what_the_batches_added(db_path: Path) -> None:
             rows = []
             for period in ("daily", "hourly"):
                 for r in conn.execute(f"SELECT * FROM gateway_stats_{period} ORDER BY 1, 2, 3, 4, 5, 6"):
-                    rows.append((period, *r[:15], round(r[15], 9)))
+                    rows.append((period, *r[:15], round(r[15], 9), *r[16:]))  # (r[15]: cost_usd)
                 rows += conn.execute(f"SELECT * FROM gateway_histograms_{period} ORDER BY 1, 2, 3, 4, 5, 6, 7, 8")
             return rows
 
