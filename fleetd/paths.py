@@ -54,6 +54,11 @@ class Paths(NamedTuple):
         return self.logs / "daemon.log"
 
     @property
+    def alive(self) -> Path:
+        """Touched every second by a running daemon: its mtime is when a dead one was last alive (crash recovery)."""
+        return self.home / "alive"
+
+    @property
     def gateway_journal(self) -> Path:
         """The gateway's calls not yet in the store (gateway/journal.py): what a kill -9 would otherwise lose."""
         return self.home / "gateway-journal"

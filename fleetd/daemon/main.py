@@ -207,6 +207,8 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
         watch_children_by_pidfd()
+        # When a dead daemon was last alive, before this one stamps the file itself.
+        last_alive = await asyncio.to_thread(_mtime, self.paths.alive)
         db = self.db = await open_store(self.paths)
         events = EventLog(db)
         # The run store writes each run's lifecycle events in the run's own transactions.
@@ -296,6 +298,7 @@ class Daemon:
         server_task = asyncio.create_task(server.serve(sockets=[sock]))
         pruning: asyncio.Task[None] | None = None
         gateway_stopping: asyncio.Task[None] | None = None
+        stamping: asyncio.Task[None] | None = None
         try:
             while not server.started:
                 if server_task.done():
@@ -303,7 +306,8 @@ class Daemon:
                     raise RuntimeError("API server exited during start-up")
                 await asyncio.sleep(0.01)
             # The socket answers (status "recovering") while a crash's leftovers are cleaned up.
-            await self._recover(leftovers, runs, attempts, executor)
+            await self._recover(leftovers, runs, attempts, executor, last_alive)
+            stamping = asyncio.create_task(_stamp_alive(self.paths.alive), name="alive-stamp")
             await gateway.recover(self.paths.gateway_journal)
             executor.ready.set()
             ctx.phase = "starting"
@@ -363,9 +367,10 @@ class Daemon:
                 log.warning("hooks: still stopping %ss after the stop; abandoned", hook_grace + HOOK_STOP_GRACE)
             await heartbeat.stop()
         finally:
-            if pruning is not None:
-                pruning.cancel()
-                await asyncio.gather(pruning, return_exceptions=True)
+            for task in (pruning, stamping):
+                if task is not None:
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
             if gateway_stopping is not None:
                 await asyncio.gather(gateway_stopping, return_exceptions=True)
             await gateway.stop()  # again (idempotent): closes its proxy when the stop above failed or never began
@@ -404,7 +409,10 @@ class Daemon:
         await executor.interrupt_all("daemon stopped at once (signalled twice) before the run finished", grace=0)
         await asyncio.gather(*self._left, return_exceptions=True)
 
-    async def _recover(self, leftovers: list[Run], runs: RunStore, attempts: AttemptStore, executor: Executor) -> None:
+    async def _recover(
+        self, leftovers: list[Run], runs: RunStore, attempts: AttemptStore, executor: Executor,
+        last_alive: datetime | None = None,
+    ) -> None:  # fmt: skip
         """Runs a dead daemon left `running` or `waiting` become `interrupted`, their unfinished
         attempts are closed (each counted as a request of its profile: its CLI may well have made it, and a
         `1d=1req` profile ran twice across a crash), their processes killed and their private temp directories
@@ -438,8 +446,8 @@ class Daemon:
             if isinstance(killed, BaseException):
                 log.error("run %s: cannot kill its leftover processes: %s", run.id, killed)
                 reason = f"{died} while this run was running; its leftover processes could not be killed: {killed}"
-            elif run.status == "waiting":  # no process: its last sign of life, as below (it counted the downtime)
-                ended = await asyncio.to_thread(_last_sign_of_life, run, now)
+            elif run.status == "waiting":  # no process: it waited as long as the daemon lived (it counted the downtime)
+                ended = await asyncio.to_thread(_last_sign_of_life, run, now, last_alive)
                 reason = f"{died} while this run waited for headroom" + (
                     f" (until {local_text(run.wait_until)})" if run.wait_until else ""
                 )
@@ -449,7 +457,9 @@ class Daemon:
                 # Its own process ended unseen while the daemon was down (or it had none under way: the daemon's death
                 # ended it): its last output is the last that is known of it. Its end taken at the restart counted the
                 # downtime as its run time, in `runs list` and `stats`.
-                ended = await asyncio.to_thread(_last_sign_of_life, run, now)
+                # With no process of its own (an HTTP call), it lasted as long as the daemon did.
+                alive = last_alive if run.pid is None else None
+                ended = await asyncio.to_thread(_last_sign_of_life, run, now, alive)
                 unseen = ", its process ending unseen (at its last output or later)" if run.pid is not None else ""
                 reason = f"{died} while this run was running{unseen}{left}"
             await asyncio.to_thread(_note_in_log, run, reason)
@@ -463,15 +473,33 @@ class Daemon:
         _remove_attempt_dirs(self.paths.tmp)
 
 
-def _last_sign_of_life(run: Run, now: datetime) -> datetime:
-    """When a run a dead daemon left was last known to be under way: its log's last write, not before it started
-    nor after `now`."""
+def _last_sign_of_life(run: Run, now: datetime, daemon_alive: datetime | None = None) -> datetime:
+    """When a run a dead daemon left was last known to be under way: its log's last write, or when the daemon was last
+    alive (`daemon_alive`: for a run that lived as long as the daemon did), not before it started nor after `now`."""
     started = run.started_at or now
+    written = _mtime(Path(run.log_path)) if run.log_path else None
+    return min(max(written or started, daemon_alive or started, started), now)
+
+
+def _mtime(path: Path) -> datetime | None:
     try:
-        written = datetime.fromtimestamp(os.stat(run.log_path).st_mtime, UTC) if run.log_path else started
+        return datetime.fromtimestamp(os.stat(path).st_mtime, UTC)
     except OSError:
-        written = started
-    return min(max(written, started), now)
+        return None
+
+
+ALIVE_STAMP_S = 1.0  # a crashed daemon's in-flight calls and waits end within this of its death
+
+
+async def _stamp_alive(path: Path) -> None:
+    """Touch `path` every ALIVE_STAMP_S: a syscall a second (`Paths.alive`)."""
+    while True:
+        try:
+            with open(path, "a"):
+                os.utime(path)
+        except OSError as e:  # a record for crash recovery, not a reason to stop the daemon
+            log.debug("cannot stamp %s: %s", path, e)
+        await asyncio.sleep(ALIVE_STAMP_S)
 
 
 def _note_in_log(run: Run, text: str) -> None:

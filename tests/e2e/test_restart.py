@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.harness import Daemon, alive, standin_env, wait_until
+from tests.integration import fake_provider as fp
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 MakeDaemon = Callable[..., Daemon]
@@ -101,6 +102,32 @@ def test_a_run_whose_verify_still_ran_at_the_restart_ran_until_then(short_home: 
         assert datetime.fromisoformat(after["finished_at"]) >= restarted
     finally:
         d.stop()
+
+
+def test_a_call_in_flight_at_a_crash_lasted_as_long_as_the_daemon(make_daemon: MakeDaemon) -> None:
+    # With no process of its own, a run whose HTTP call was under way ended at its log's last write, the call's start:
+    # 11 s into a call, the run "took 36ms". It lasted as long as the daemon did, which now stamps a file every second.
+    d = make_daemon()
+    with fp.running_fake_provider("ok") as slow:
+        slow.latency = 30.0
+        d.cli("profile", "add", "slowpoke", "--backend", "openai_compat", "--base-url", f"{slow.base_url}/v1",
+              "--model", "m")  # fmt: skip
+        d.cli("loop", "add", "inflight", "--every", "1h", "--paused", "--backend", "openai_compat", "--profile",
+              "slowpoke", "--prompt", "hi")  # fmt: skip
+        run = d.json("loop", "run", "inflight")
+        started = datetime.fromisoformat(d.json("runs", "show", str(run["id"]))["started_at"])
+        wait_until(lambda: slow.requests, what="the call under way")
+        stamp = d.home / "alive"
+        wait_until(lambda: stamp.exists() and stamp.stat().st_mtime > started.timestamp() + 2, timeout=10,
+                   what="the daemon's stamp, 2 s into the call")  # fmt: skip
+        d.kill9()
+        restarted = _now()
+        d = make_daemon()
+        after = d.json("runs", "show", str(run["id"]))
+        slow.latency = 0.0
+    assert after["status"] == "interrupted"
+    finished = datetime.fromisoformat(after["finished_at"])
+    assert started + timedelta(seconds=2) < finished < restarted, (started, finished, restarted)
 
 
 def _killed_mid_attempt(short_home: Path) -> Callable[[], Daemon]:
