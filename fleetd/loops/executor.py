@@ -567,7 +567,8 @@ class Executor:
             return Judgement()
 
         try:
-            return await self._drive(router, loop, run, slot, runlog, prompt, deadline, judge=judge)
+            ended = await self._drive(router, loop, run, slot, runlog, prompt, deadline, judge=judge)
+            return _route_ended(router, runlog, ended, self.clock())
         finally:
             self._end_wait(slot)  # it ended while waiting (a stop, its deadline): nothing may wake it now
             with contextlib.suppress(Exception):  # the route is a record, not a reason to fail the run
@@ -588,29 +589,6 @@ class Executor:
     ) -> tuple[RunStatus, int | None, str | None]:
         """Perform the router's decisions; it alone decides (`fleetd.routing.router`). `judge` is asked
         about every successful attempt (the acceptance gate); its rejection is the attempt's outcome."""
-        ended = await self._decisions(router, loop, run, slot, runlog, prompt, deadline, judge=judge, role=role)
-        status, _, reason = ended
-        if status in ("timed_out", "interrupted") and not (router.trail and router.trail[-1]["kind"] == "stop"):
-            # Ended by what no router decides (the run's --timeout, a stop): said where the route ended (it ended at
-            # its last `try` or `wait`, as if the run were still under way), unless the router's own stop came first.
-            said = reason or status
-            router.note(self.clock(), "stop", said)
-            runlog.note(f"route: {said}")
-        return ended
-
-    async def _decisions(
-        self,
-        router: Router,
-        loop: Loop,
-        run: Run,
-        slot: ActiveRun,
-        runlog: RunLog,
-        prompt: str | None,
-        deadline: datetime | None,
-        *,
-        judge: Judge,
-        role: str,
-    ) -> tuple[RunStatus, int | None, str | None]:
         steps = list(router.policy.chain)
         world, profiles = await self.profiles.world(steps)
         flow = router.route(world)
@@ -832,8 +810,9 @@ class Executor:
             return Judgement()
 
         runlog.note(f"review by {loop.review.describe()}")
-        status, _, reason = await self._drive(reviewer, loop, run, slot, runlog, question, deadline,
-                                              judge=read_verdict, role="review")  # fmt: skip
+        ended = await self._drive(reviewer, loop, run, slot, runlog, question, deadline, judge=read_verdict,
+                                  role="review")  # fmt: skip
+        status, _, reason = _route_ended(reviewer, runlog, ended, self.clock())
         work.trail.extend(reviewer.trail)  # its entries carry "role": "review"
         spent = Judgement(None, reviewer.spent_cost, reviewer.spent_tokens)
         if status != "succeeded" or not verdicts:
@@ -1015,12 +994,13 @@ class Executor:
             runlog.end_line()  # the next attempt's notes and output start on a line of their own
         assert attempt_id is not None
         finished_at = self.clock()
-        if (end.timed_out or slot.interrupt_reason) and end.parsed.outcome != "succeeded":
-            # Cut by the run's own end, not failed by its provider: its record said "transient: exited -15 without
-            # output" (the kill's doing), blaming the provider.
-            cut = f"cut by the run's --timeout ({format_duration(loop.timeout_s)})" if end.timed_out else (
+        # Cut by the run's own end (its --timeout, a stop), not failed by its provider: its record said "transient:
+        # exited -15 without output" (the kill's doing), blaming the provider.
+        cut = bool(end.timed_out or slot.interrupt_reason) and end.parsed.outcome != "succeeded"
+        if cut:
+            said = f"cut by the run's --timeout ({format_duration(loop.timeout_s)})" if end.timed_out else (
                 f"cut by the run's end: {slot.interrupt_reason}")  # fmt: skip
-            end = replace(end, parsed=replace(end.parsed, outcome="failed", error_class=None, message=cut))
+            end = replace(end, parsed=replace(end.parsed, outcome="failed", error_class=None, message=said))
         try:
             ending, cost = _written_up(end, attempt_id, finished_at, scrubber, profile)
         except Exception as e:  # a bug in the write-up: the run fails, and its attempt ends, not `running`
@@ -1037,13 +1017,11 @@ class Executor:
         if profile is not None:
             # An attempt fleetd itself cut short (its --timeout, a stop) says nothing about the provider:
             # its usage counts, but it moves neither the profile's state nor its circuit breaker.
-            said = parsed
-            if (end.timed_out or slot.interrupt_reason) and parsed.outcome != "succeeded":
-                said = replace(parsed, outcome="unknown", error_class=None)
+            told = replace(parsed, outcome="unknown", error_class=None) if cut else parsed
             # Its end goes with its use, in one transaction: closed, it is counted (crash recovery counts it while
             # it is open). Should the count fail before that write, its end is written alone.
             try:
-                await self.profiles.attempt_finished(profile, said, finished_at, cost, settle, ending)
+                await self.profiles.attempt_finished(profile, told, finished_at, cost, settle, ending)
             except BaseException:
                 with contextlib.suppress(Exception):
                     await asyncio.shield(self.attempts.write_end(ending))
@@ -1506,6 +1484,20 @@ def _drop_cgroup(run_id: int, cgroup: Path | None) -> None:
 def _own_failure(error: Exception) -> str:
     """What an attempt fleetd itself failed in says (an HTTP call's, a process attempt's)."""
     return f"fleetd could not run it: {type(error).__name__}: {error}"
+
+
+def _route_ended(
+    router: Router, runlog: RunLog, ended: tuple[RunStatus, int | None, str | None], now: datetime
+) -> tuple[RunStatus, int | None, str | None]:
+    """`ended`, a drive's end, said where its route ends when no router decided it (the run's --timeout, a stop): the
+    route ended at its last `try` or `wait`, as if the run were still under way. Not twice, after the router's own
+    stop."""
+    status, _, reason = ended
+    if status in ("timed_out", "interrupted") and not (router.trail and router.trail[-1]["kind"] == "stop"):
+        said = reason or status
+        router.note(now, "stop", said)
+        runlog.note(f"route: {said}")
+    return ended
 
 
 def _attempt_cut(runlog: RunLog | None, after: float, read: ParsedOutput, exit_code: int | None = None) -> AttemptEnd:
