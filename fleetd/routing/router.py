@@ -442,11 +442,8 @@ class Router:
                     else "no step left"
                 )  # fmt: skip
                 self.note(world.now, "next", f"step {chosen.step + 1} rejected: {onward}", chosen)
-            elif over := self._over_budget():  # a CLI stopped at the budget it was given: the budget ended the run
-                over = f"{over}; last: {_describe(last)}"
-                self.note(world.now, "stop", over)
-                yield Finish("failed", over, error_class)
-                return
+            elif self._over_budget():  # a CLI stopped at the budget it was given: the budget ends the run (above)
+                continue
             else:
                 reason = f"{error_class}: {result.message}" if result.message else error_class
                 self.note(world.now, "stop", f"{reason} (not escalated: another worker would get the same task)")
