@@ -153,16 +153,13 @@ def snapshot(
     the cgroup. Otherwise the root, its descendants and every tagged process (`kill_tree` passes no
     tag and adds the shared `sweep`'s finds instead)."""
     procs: dict[int, psutil.Process] = {}
-    if root_pid is not None:
-        try:
-            root = psutil.Process(root_pid)
-            if create_time is None or abs(root.create_time() - create_time) < 0.01:
-                procs[root.pid] = root
-                if cgroup is None:
-                    for child in root.children(recursive=True):
-                        procs[child.pid] = child
-        except psutil.Error:
-            pass
+    root = same_process(root_pid, create_time)
+    if root is not None:
+        procs[root.pid] = root
+        if cgroup is None:
+            with contextlib.suppress(psutil.Error):
+                for child in root.children(recursive=True):
+                    procs[child.pid] = child
     if cgroup is not None:
         for pid in cgroups.procs(cgroup):
             with contextlib.suppress(psutil.Error):
@@ -271,18 +268,24 @@ async def _wait_gone(procs: list[psutil.Process], timeout: float) -> None:
         await asyncio.sleep(0.05)
 
 
-def running(pid: int | None, create_time: float | None) -> bool:
-    """Whether process `pid` (the one started at `create_time`, when given) is still running: not gone, not another
-    process that took its pid, not a zombie."""
+def same_process(pid: int | None, create_time: float | None) -> psutil.Process | None:
+    """Process `pid`, if it is still the one started at `create_time` (when given): not gone, not another process
+    that took its pid."""
     if pid is None:
-        return False
+        return None
     try:
         proc = psutil.Process(pid)
-        if create_time is not None and abs(proc.create_time() - create_time) >= 0.01:
-            return False
+        if create_time is None or abs(proc.create_time() - create_time) < 0.01:
+            return proc
     except psutil.Error:
-        return False
-    return _alive(proc)
+        pass
+    return None
+
+
+def running(pid: int | None, create_time: float | None) -> bool:
+    """Whether process `pid` (the one started at `create_time`) still runs: `same_process`, and not a zombie."""
+    proc = same_process(pid, create_time)
+    return proc is not None and _alive(proc)
 
 
 def _group_alive(pgid: int) -> bool:
