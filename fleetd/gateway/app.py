@@ -17,7 +17,7 @@ from starlette.routing import Route as HttpRoute
 
 from fleetd.gateway.protocols import GatewayError, WireProtocol, get_protocol
 from fleetd.gateway.protocols.messages import COUNT_TOKENS_PATH
-from fleetd.gateway.proxy import TOO_DEEP, Request
+from fleetd.gateway.proxy import TOO_DEEP, Request, answer_the_stop
 from fleetd.records.gateway import GatewayCall
 
 if TYPE_CHECKING:
@@ -114,9 +114,7 @@ def create_gateway_app(service: GatewayService) -> Starlette:
                 raise
             # The stop's grace ran out (uvicorn cancels what is left): the client gets an answer it can act on, not
             # uvicorn's plain 500 and a traceback in the log. The call stays under way in the journal: `interrupted`.
-            task = asyncio.current_task()
-            if task is not None:
-                task.uncancel()
+            answer_the_stop()
             service.proxy.holds.release(hold)
             return refusal(protocol, GatewayError("unavailable", STOPPING, retry_after=STOPPING_RETRY_S))
         except Exception:  # a bug's last stop: one line in the API's shape for the client, the traceback logged

@@ -68,6 +68,22 @@ def validate_route_input(body: Mapping[str, Any], profiles: Collection[Profile])
     return Route(name, api, chain, timeout, log_bodies)
 
 
+def route_warnings(route: Route, profiles: Collection[Profile]) -> list[str]:
+    """What `route add` warns of, saving the route all the same: a paid profile of its chain lacking an input or output
+    price, whose calls the gateway can only count at $0 (Claude Code prices its own runs; its key's calls here were $0,
+    under no daily cost)."""
+    by_name = {p.name: p for p in profiles}
+    unpriced = [
+        name for step in route.chain if (name := step.profiles[0]) in by_name
+        and by_name[name].tier != "local" and None in (by_name[name].price_input, by_name[name].price_output)
+    ]  # fmt: skip
+    return [
+        f"profile {name} lacks an input or output price: its calls on this route are counted at $0 (or less than "
+        f"they cost), and no --daily-cost sees it (`fleetd profile edit {name} --price-input X --price-output Y`)"
+        for name in dict.fromkeys(unpriced)
+    ]
+
+
 def checked_step(step: ChainStep, profile: Profile, api: str) -> ChainStep:
     """A route's chain step over `profile`: it must speak the route's API and know what model to ask for."""
     adapter = get_adapter(profile.backend)

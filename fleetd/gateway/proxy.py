@@ -68,6 +68,14 @@ WORLD_TTL_S = 0.25
 TOO_DEEP = "the request body is nested too deeply"
 
 
+def answer_the_stop() -> None:
+    """The stop's grace ran out and uvicorn cancelled this call's task: it goes on only to tell its client and record
+    the call, so the cancellation is taken back (uncancelled) rather than raised into uvicorn's traceback."""
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()
+
+
 @dataclass
 class Request:
     """One client request, authenticated and routed."""
@@ -82,7 +90,7 @@ class Request:
     query: str = ""
     counted: bool = True  # a model call (count_tokens is not: no usage, no call row)
     hold: int | None = None  # its hold on the key's daily cost cap (holds.py), released when it ends
-    gone: Callable[[], Awaitable[bool]] | None = None  # whether its client has hung up (Starlette's is_disconnected)
+    gone: Callable[[], Awaitable[bool]] | None = None  # whether its client has hung up (app.py's `client_gone`)
 
 
 @dataclass
@@ -606,9 +614,7 @@ class StreamAnswer:
                 raise
             # The client is told in the protocol's error event (uvicorn would log the cancellation's traceback, and
             # the stream would just stop): the task goes on only to say so and record it.
-            task = asyncio.current_task()
-            if task is not None:
-                task.uncancel()
+            answer_the_stop()
             with contextlib.suppress(Exception):
                 event = self.req.protocol.error_event("fleetd gateway: the daemon is stopping; the stream was cut")
                 await asyncio.wait_for(send({"type": "http.response.body", "body": event, "more_body": False}), 1.0)

@@ -18,6 +18,7 @@ from fleetd.errors import Conflict, InvalidArgument, NotFound
 from fleetd.gateway.model import (
     new_key,
     parse_listen,
+    route_warnings,
     validate_key_input,
     validate_key_name,
     validate_route_input,
@@ -207,24 +208,13 @@ class GatewayService:
     # -- routes ------------------------------------------------------------------------------------
 
     async def add_route(self, body: dict[str, Any]) -> tuple[Route, list[str]]:
-        """The route saved, and what to warn of: a paid profile of its chain without prices, whose calls the gateway
-        can only count at $0 (Claude Code prices its own runs; its key's calls here were $0, under no daily cost)."""
+        """The route saved, and what to warn of (`route_warnings`)."""
         profiles = await self.profiles.list()
         route = validate_route_input(body, profiles)
         route = replace(route, created_at=self.clock())
         await self.store.add_route(route)
         self._routes[route.name] = route
-        by_name = {p.name: p for p in profiles}
-        unpriced = [
-            name for step in route.chain if (name := step.profiles[0]) in by_name
-            and by_name[name].tier != "local" and None in (by_name[name].price_input, by_name[name].price_output)
-        ]  # fmt: skip
-        warnings = [
-            f"profile {name} lacks an input or output price: its calls on this route are counted at $0 (or less than "
-            f"they cost), and no --daily-cost sees it (`fleetd profile edit {name} --price-input X --price-output Y`)"
-            for name in dict.fromkeys(unpriced)
-        ]
-        return route, warnings
+        return route, route_warnings(route, profiles)
 
     def routes_now(self) -> list[Route]:
         return sorted(self._routes.values(), key=lambda r: r.name)
