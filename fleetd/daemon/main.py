@@ -454,10 +454,9 @@ class Daemon:
             elif root_ran:  # it ran until now
                 reason = f"{died} while this run was running{left}"
             else:
-                # Its own process ended unseen while the daemon was down (or it had none under way: the daemon's death
-                # ended it): its last output is the last that is known of it. Its end taken at the restart counted the
-                # downtime as its run time, in `runs list` and `stats`.
-                # With no process of its own (an HTTP call), it lasted as long as the daemon did.
+                # Its own process ended unseen while the daemon was down: its last output is the last that is known of
+                # it (its end taken at the restart counted the downtime as run time, in `runs list` and `stats`). With
+                # no process of its own (an HTTP call), it lasted as long as the daemon did.
                 alive = last_alive if run.pid is None else None
                 ended = await asyncio.to_thread(_last_sign_of_life, run, now, alive)
                 unseen = ", its process ending unseen (at its last output or later)" if run.pid is not None else ""
@@ -495,8 +494,7 @@ async def _stamp_alive(path: Path) -> None:
     """Touch `path` every ALIVE_STAMP_S: a syscall a second (`Paths.alive`)."""
     while True:
         try:
-            with open(path, "a"):
-                os.utime(path)
+            path.touch()
         except OSError as e:  # a record for crash recovery, not a reason to stop the daemon
             log.debug("cannot stamp %s: %s", path, e)
         await asyncio.sleep(ALIVE_STAMP_S)
