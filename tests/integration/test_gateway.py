@@ -1091,6 +1091,21 @@ def test_a_route_whose_profiles_all_come_back_by_themselves_says_when(gw: Gatewa
     assert 1 <= int(retry_after) <= max(1, round((until - datetime.now(UTC)).total_seconds()) + 1), retry_after
 
 
+def _hung_up(gw: Gateway, route: str, *, streamed: bool, times: int, before: int = 0) -> list[dict[str, Any]]:
+    """`times` calls on `route` whose client gives up after 0.2 s, the answer coming after 1 s: their call log rows,
+    once they and the route's `before` earlier calls are all recorded (recording follows the answer)."""
+    body = {"model": route, "stream": streamed, "messages": [{"role": "user", "content": "hi"}]}
+    gw.p1.latency = 1.0  # the answer comes after the client has gone
+    try:
+        for _ in range(times):
+            with contextlib.suppress(httpx.TimeoutException):
+                httpx.post(gw.url + "/v1/chat/completions", json=body, timeout=0.2,
+                           headers={"authorization": f"Bearer {gw.key}"})  # fmt: skip
+        return gw.call_of(route, before + times)[:times]
+    finally:
+        gw.p1.latency = 0.0
+
+
 def test_a_client_that_hangs_up_is_not_counted_against_the_provider(gw: Gateway) -> None:
     """A client that gave up waiting (`curl -m 1`, an SDK's timeout) counted as the provider's failure: three of them
     opened its circuit breaker, and the loops on that profile failed ("no usable candidate") while it was healthy."""
@@ -1101,16 +1116,7 @@ def test_a_client_that_hangs_up_is_not_counted_against_the_provider(gw: Gateway)
     with contextlib.suppress(openai.APIError):
         gw.sdk().chat.completions.create(model=route, messages=[{"role": "user", "content": "hi"}])
     assert gw.d.json("profile", "show", route)["circuit"]["failures"] == 2
-    body = {"model": route, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
-    gw.p1.latency = 1.0  # the answer comes after the client has gone
-    try:
-        for _ in range(3):
-            with contextlib.suppress(httpx.TimeoutException):
-                httpx.post(gw.url + "/v1/chat/completions", json=body, timeout=0.2,
-                           headers={"authorization": f"Bearer {gw.key}"})  # fmt: skip
-        calls = gw.call_of(route, 4)[:3]
-    finally:
-        gw.p1.latency = 0.0
+    calls = _hung_up(gw, route, streamed=True, times=3, before=1)  # (after the 529's call)
     # (They left before its first chunk: it said "mid-stream".)
     assert [(c["outcome"], c["error"]) for c in calls] == [
         ("failed", "the client went away before the stream began")
@@ -1130,15 +1136,7 @@ def test_a_plain_answer_whose_client_has_gone_is_not_logged_as_received(gw: Gate
     # `curl --max-time 1` on a 5 s answer: curl gave up, the call log said `succeeded` (the stream's case said
     # "the client went away mid-stream").
     route = gw.lone("hangup-plain")
-    body = {"model": route, "messages": [{"role": "user", "content": "hi"}]}
-    gw.p1.latency = 1.0
-    try:
-        with contextlib.suppress(httpx.TimeoutException):
-            httpx.post(gw.url + "/v1/chat/completions", json=body, timeout=0.2,
-                       headers={"authorization": f"Bearer {gw.key}"})  # fmt: skip
-        [call] = gw.call_of(route)
-    finally:
-        gw.p1.latency = 0.0
+    [call] = _hung_up(gw, route, streamed=False, times=1)
     assert (call["outcome"], call["error"]) == ("failed", "the client went away before the answer was sent"), call
     assert call["tokens"]["input"] == fake.CHAT_PROMPT_TOKENS  # what the provider served is what it bills
     shown = gw.d.json("profile", "show", route)
